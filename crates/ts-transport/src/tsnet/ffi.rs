@@ -1,0 +1,42 @@
+//! The C API of the Go archive built from `go/tailscale.go`.
+//!
+//! Names and meanings follow libtailscale's `tailscale.h`; the functions
+//! marked as extensions exist only in our archive.
+
+use std::ffi::{c_char, c_int};
+
+unsafe extern "C" {
+    pub(crate) fn tailscale_new() -> c_int;
+    pub(crate) fn tailscale_set_dir(sd: c_int, dir: *const c_char) -> c_int;
+    pub(crate) fn tailscale_set_hostname(sd: c_int, hostname: *const c_char) -> c_int;
+    pub(crate) fn tailscale_set_authkey(sd: c_int, authkey: *const c_char) -> c_int;
+    pub(crate) fn tailscale_set_control_url(sd: c_int, url: *const c_char) -> c_int;
+    pub(crate) fn tailscale_set_ephemeral(sd: c_int, ephemeral: c_int) -> c_int;
+    pub(crate) fn tailscale_set_logfd(sd: c_int, fd: c_int) -> c_int;
+    /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`.
+    pub(crate) fn tailscale_up_timeout(sd: c_int, timeout_ms: c_int) -> c_int;
+    pub(crate) fn tailscale_close(sd: c_int) -> c_int;
+    pub(crate) fn tailscale_getips(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
+    pub(crate) fn tailscale_listen(
+        sd: c_int,
+        network: *const c_char,
+        addr: *const c_char,
+        listener_out: *mut c_int,
+    ) -> c_int;
+    /// Extension: a dial that returns at once with a pending fd.
+    pub(crate) fn tailscale_dial_async(
+        sd: c_int,
+        network: *const c_char,
+        addr: *const c_char,
+        timeout_ms: c_int,
+        pending_out: *mut c_int,
+    ) -> c_int;
+    pub(crate) fn tailscale_loopback(
+        sd: c_int,
+        addr_out: *mut c_char,
+        addrlen: usize,
+        proxy_cred_out: *mut c_char,
+        local_api_cred_out: *mut c_char,
+    ) -> c_int;
+    pub(crate) fn tailscale_errmsg(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
+}

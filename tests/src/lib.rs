@@ -1,0 +1,11 @@
+//! Cross-crate test suites and the harness they share.
+//!
+//! - [`tailnet`] runs a real local tailnet (control, DERP and STUN on
+//!   127.0.0.1, in a separate Go process) and brings up tsnet nodes on it.
+//! - [`conformance`] is the one suite every `ts_transport::Transport` must
+//!   pass, run over the in-memory, TCP and tsnet transports alike.
+//!
+//! The suites themselves live in `tests/tests/`.
+
+pub mod conformance;
+pub mod tailnet;

@@ -1,0 +1,172 @@
+//! A local tailnet for tests: starts the `xtask/tailnet` program (control,
+//! DERP and STUN on 127.0.0.1) as a child process, talks to its admin API,
+//! and brings up tsnet nodes against it.
+//!
+//! The child exits when its stdin closes, so it never outlives the test
+//! process, even when a test panics or the process is killed.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use ts_transport::tsnet::{NodeOptions, TailnetAddrs, TsnetTransport};
+
+/// Path of the tailnet program, built by this crate's build script.
+pub const TAILNET_BIN: &str = env!("TAILNET_BIN");
+
+/// How long the tailnet program may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to come up.
+pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest admin API response read.
+const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
+
+/// A running local tailnet.
+#[derive(Debug)]
+pub struct LocalTailnet {
+    child: Child,
+    /// The control server's URL, for [`NodeOptions::control_url`].
+    pub control_url: String,
+    admin_addr: String,
+    dir: tempfile::TempDir,
+}
+
+/// One node as the control server sees it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AdminNode {
+    /// The hostname the node registered with.
+    pub hostname: String,
+    /// The node's stable id.
+    pub stable_id: String,
+    /// The node's tailnet addresses.
+    pub ips: Vec<String>,
+    /// The node's ACL tags.
+    pub tags: Vec<String>,
+    /// Whether control marks the node online.
+    pub online: bool,
+}
+
+#[derive(Deserialize)]
+struct Ready {
+    control_url: String,
+    admin_url: String,
+}
+
+impl LocalTailnet {
+    /// Starts a new tailnet.
+    pub async fn start() -> io::Result<LocalTailnet> {
+        let dir = tempfile::Builder::new().prefix("tailnet-").tempdir()?;
+        let mut child = Command::new(TAILNET_BIN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| io::Error::new(err.kind(), format!("start {TAILNET_BIN}: {err}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let read = stdout.read_line(&mut line);
+        match tokio::time::timeout(START_TIMEOUT, read).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => {
+                return Err(io::Error::other("tailnet program exited before it was ready"));
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => return Err(io::Error::other("tailnet program not ready after 30 s")),
+        }
+        let ready: Ready = serde_json::from_str(&line).map_err(|err| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("tailnet said {line:?}: {err}"))
+        })?;
+        let admin_addr = ready
+            .admin_url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| io::Error::other(format!("bad admin URL {}", ready.admin_url)))?
+            .to_owned();
+        Ok(LocalTailnet { child, control_url: ready.control_url, admin_addr, dir })
+    }
+
+    /// A directory that lives as long as the tailnet, for node state.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Options for a node called `hostname` on this tailnet, with its state
+    /// in a directory of its own.
+    pub fn node_options(&self, hostname: &str) -> NodeOptions {
+        let mut options = NodeOptions::new(self.state_dir(hostname), hostname);
+        options.control_url = Some(self.control_url.clone());
+        options
+    }
+
+    /// The state directory [`LocalTailnet::node_options`] uses for `hostname`.
+    pub fn state_dir(&self, hostname: &str) -> PathBuf {
+        self.dir.path().join(hostname)
+    }
+
+    /// Creates a node called `hostname` and brings it up.
+    pub async fn node(&self, hostname: &str) -> io::Result<(TsnetTransport, TailnetAddrs)> {
+        let node = TsnetTransport::new(self.node_options(hostname)).map_err(io::Error::other)?;
+        let addrs = node.up(UP_TIMEOUT).await.map_err(io::Error::other)?;
+        Ok((node, addrs))
+    }
+
+    /// Every node control knows.
+    pub async fn nodes(&self) -> io::Result<Vec<AdminNode>> {
+        let body = self.admin("GET", "/__admin/nodes", "").await?;
+        serde_json::from_str(&body).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    }
+
+    /// Sets the tags of the node called `hostname` (an empty list clears
+    /// them); control pushes the change to every node.
+    pub async fn set_tags(&self, hostname: &str, tags: &[&str]) -> io::Result<Vec<AdminNode>> {
+        let body = serde_json::json!({ "hostname": hostname, "tags": tags }).to_string();
+        let body = self.admin("POST", "/__admin/tags", &body).await?;
+        serde_json::from_str(&body).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    }
+
+    /// One HTTP/1.1 request to the admin API; returns the body of a 200.
+    async fn admin(&self, method: &str, path: &str, body: &str) -> io::Result<String> {
+        let exchange = async {
+            let mut stream = TcpStream::connect(&self.admin_addr).await?;
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.admin_addr,
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.take(MAX_ADMIN_RESPONSE).read_to_end(&mut response).await?;
+            Ok::<_, io::Error>(response)
+        };
+        let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| io::Error::other(format!("admin {method} {path} timed out")))??;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| io::Error::other(format!("admin {method} {path}: no HTTP response")))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(io::Error::other(format!(
+                "admin {method} {path}: {} {body}",
+                head.lines().next().unwrap_or_default()
+            )));
+        }
+        Ok(body.to_owned())
+    }
+
+    /// Stops the tailnet program and waits for it to exit.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
