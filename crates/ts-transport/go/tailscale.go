@@ -29,6 +29,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -585,6 +586,33 @@ func tailscale_accept(listener C.int, connOut *C.int) C.int {
 	return 0
 }
 
+// checkTailnetTarget refuses any address that is not a node of the tailnet.
+// tsnet's Dial sends addresses it has no route for out through the host's
+// own network, which a tailnet transport must never do.
+func (srv *server) checkTailnetTarget(ctx context.Context, network, addr string) error {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return fmt.Errorf("unsupported network %q", network)
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return fmt.Errorf("dial address %q is not ip:port", addr)
+	}
+	ip := ap.Addr().Unmap()
+	if ip4, ip6 := srv.s.TailscaleIPs(); ip == ip4 || ip == ip6 {
+		return nil
+	}
+	lc, err := srv.s.LocalClient()
+	if err != nil {
+		return err
+	}
+	if _, err := lc.WhoIs(ctx, ip.String()); err != nil {
+		return fmt.Errorf("no tailnet node has address %s", ip)
+	}
+	return nil
+}
+
 //export tailscale_dial
 func tailscale_dial(sd C.int, network *C.char, addr *C.char, connOut *C.int) (ret C.int) {
 	srv := getServer(sd)
@@ -595,7 +623,11 @@ func tailscale_dial(sd C.int, network *C.char, addr *C.char, connOut *C.int) (re
 	if err := srv.start(); err != nil {
 		return srv.setErr(err)
 	}
-	conn, err := srv.s.Dial(srv.ctx, C.GoString(network), C.GoString(addr))
+	netw, target := C.GoString(network), C.GoString(addr)
+	if err := srv.checkTailnetTarget(srv.ctx, netw, target); err != nil {
+		return srv.setErr(err)
+	}
+	conn, err := srv.s.Dial(srv.ctx, netw, target)
 	if err != nil {
 		return srv.setErr(err)
 	}
@@ -642,7 +674,11 @@ func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.i
 		defer cancel()
 		defer goEnd.Close()
 		defer func() { recover() }()
-		conn, err := srv.s.Dial(ctx, netw, target)
+		var conn net.Conn
+		err := srv.checkTailnetTarget(ctx, netw, target)
+		if err == nil {
+			conn, err = srv.s.Dial(ctx, netw, target)
+		}
 		if err != nil {
 			if ctx.Err() == context.DeadlineExceeded {
 				err = fmt.Errorf("dial %s: timed out after %d ms", target, timeoutMs)
