@@ -1,1 +1,120 @@
-fn main() {}
+//! Build and test automation for the workspace, run as `cargo xtask <task>`.
+//!
+//! - `ci`: the one gate. Formatting check, clippy with warnings denied,
+//!   docs with warnings denied, the whole test suite (the real-tailnet tests
+//!   included), and `cargo deny check bans licenses sources`. It never
+//!   edits files.
+//! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
+//!   in the foreground and prints its URLs, for trying things by hand.
+//! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
+//!   table goes into `docs/benchmarks.md`.
+//!
+//! Standard library only, so it builds in seconds before anything else.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// Environment every process that may start a tsnet node gets. Go reads it
+/// when the process starts, so it must be set before exec.
+const TAILNET_ENV: &[(&str, &str)] =
+    &[("TS_NO_LOGS_NO_SUPPORT", "true"), ("TS_DISABLE_PORTMAPPER", "1")];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci"] => ci(),
+        ["tailnet"] => tailnet(),
+        ["bench", "transport"] => bench_transport(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | tailnet | bench transport>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(workspace_root());
+    cmd.envs(TAILNET_ENV.iter().copied());
+    cmd
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result {
+    eprintln!("\n==> {step}");
+    let started = Instant::now();
+    let status = cmd.status().map_err(|err| format!("{step}: could not start: {err}"))?;
+    eprintln!(
+        "==> {step}: {} in {:.1?}",
+        if status.success() { "ok" } else { "FAILED" },
+        started.elapsed()
+    );
+    if status.success() { Ok(()) } else { Err(format!("{step} failed ({status})")) }
+}
+
+fn ci() -> Result {
+    let started = Instant::now();
+    run("fmt", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "doc",
+        cargo()
+            .args(["doc", "--workspace", "--all-features", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    run("test", cargo().args(["test", "--workspace", "--all-features", "--locked"]))?;
+    run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
+    eprintln!("\nci: all steps passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn tailnet() -> Result {
+    let root = workspace_root();
+    let bin = root.join("target/xtask/tailnet");
+    run(
+        "build local tailnet",
+        Command::new("go")
+            .current_dir(root.join("xtask/tailnet"))
+            .args(["build", "-trimpath", "-mod=readonly", "-o"])
+            .arg(&bin)
+            .arg("."),
+    )?;
+    eprintln!(
+        "local tailnet: the line below has its URLs; press Ctrl-D (close stdin) or Ctrl-C to stop"
+    );
+    run("local tailnet", &mut Command::new(&bin))
+}
+
+fn bench_transport() -> Result {
+    run(
+        "transport benchmark",
+        cargo().args(["bench", "--package", "tests", "--bench", "transport", "--locked"]),
+    )
+}

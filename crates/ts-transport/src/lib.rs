@@ -18,8 +18,8 @@
 //!   like libtailscale's `tailscale.h`. This is the only place in the
 //!   workspace that knows Tailscale exists.
 //!
-//! Streams are tokio [`AsyncRead`](tokio::io::AsyncRead) +
-//! [`AsyncWrite`](tokio::io::AsyncWrite); shutting down the write half sends
+//! Streams are tokio [`AsyncRead`] +
+//! [`AsyncWrite`]; shutting down the write half sends
 //! end-of-stream to the peer while the read half stays open.
 
 mod close;

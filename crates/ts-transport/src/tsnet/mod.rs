@@ -191,20 +191,20 @@ impl TsnetTransport {
             }),
         };
         let node = &transport.node;
-        // SAFETY (all calls below): sd is a live handle; the strings outlive
-        // the calls, which copy them.
-        node.check(|sd| unsafe { ffi::tailscale_set_dir(sd, dir.as_ptr()) })?;
-        node.check(|sd| unsafe { ffi::tailscale_set_hostname(sd, hostname.as_ptr()) })?;
+        node.set_string(ffi::tailscale_set_dir, &dir)?;
+        node.set_string(ffi::tailscale_set_hostname, &hostname)?;
         if let Some(key) = &auth_key {
-            node.check(|sd| unsafe { ffi::tailscale_set_authkey(sd, key.as_ptr()) })?;
+            node.set_string(ffi::tailscale_set_authkey, key)?;
         }
         if let Some(url) = &control_url {
-            node.check(|sd| unsafe { ffi::tailscale_set_control_url(sd, url.as_ptr()) })?;
+            node.set_string(ffi::tailscale_set_control_url, url)?;
         }
+        // SAFETY: sd is a live handle; the call takes an int.
         node.check(|sd| unsafe {
             ffi::tailscale_set_ephemeral(sd, c_int::from(options.ephemeral))
         })?;
-        // The descriptor now belongs to the node, whatever the result.
+        // SAFETY: as above. The descriptor now belongs to the node, whatever
+        // the result.
         node.check(|sd| unsafe { ffi::tailscale_set_logfd(sd, log_fd) })?;
         Ok(transport)
     }
@@ -282,6 +282,17 @@ impl Node {
             }
             errno => Err(TransportError::io("tailscale", io::Error::from_raw_os_error(errno))),
         }
+    }
+
+    /// Calls one of the string setters.
+    fn set_string(
+        &self,
+        setter: unsafe extern "C" fn(c_int, *const c_char) -> c_int,
+        value: &CString,
+    ) -> Result<(), TransportError> {
+        // SAFETY: sd is a live handle and value a NUL-terminated string that
+        // outlives the call; the setters copy it.
+        self.check(|sd| unsafe { setter(sd, value.as_ptr()) })
     }
 
     fn errmsg(&self) -> String {
@@ -362,6 +373,13 @@ fn stream_from_fd(fd: OwnedFd) -> Result<BoxStream, TransportError> {
     Ok(Box::new(stream) as BoxStream)
 }
 
+/// Takes ownership of a descriptor the Go side just handed out.
+fn owned_fd(fd: c_int) -> OwnedFd {
+    // SAFETY: only called with a descriptor returned by a successful call,
+    // which is fresh and owned by nobody else.
+    unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+}
+
 fn async_fd(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, TransportError> {
     set_nonblocking(&fd).map_err(|err| TransportError::io("set non-blocking", err))?;
     // SAFETY: an OwnedFd always returns the same open descriptor, which it
@@ -419,10 +437,7 @@ impl Transport for TsnetTransport {
                     ffi::tailscale_listen(sd, network.as_ptr(), addr.as_ptr(), &mut fd)
                 });
                 match res {
-                    // SAFETY: on success fd is a fresh descriptor owned by us.
-                    Ok(()) => {
-                        break unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-                    }
+                    Ok(()) => break owned_fd(fd),
                     // A listener closed just before may still be shutting
                     // down on the Go side.
                     Err(TransportError::Tailscale(msg)) if msg.contains("already open") => {
@@ -466,9 +481,7 @@ impl Transport for TsnetTransport {
                     &mut fd,
                 )
             })?;
-            // SAFETY: on success fd is a fresh descriptor owned by us.
-            let pending =
-                async_fd(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })?;
+            let pending = async_fd(owned_fd(fd))?;
             // The Go side answers within the timeout; the extra second only
             // guards against it never answering. Dropping `pending` (on
             // timeout or when this future is dropped) abandons the dial.
