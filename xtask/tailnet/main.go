@@ -16,9 +16,15 @@
 //	POST /__admin/tags            {"hostname": "h", "tags": ["tag:x"]} sets the tags of every
 //	                              node with that hostname ([] clears them) and pushes a new
 //	                              netmap to every node; answers with the updated nodes
+//
+// A node is online while it holds a connection to the DERP server (every
+// node keeps one to its home region), which testcontrol cannot tell by
+// itself. A reconcile loop applies online changes and re-asserts the tags
+// set through the admin API, then pushes new netmaps to every node.
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -26,16 +32,26 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
+	"tailscale.com/derp/derpserver"
 	"tailscale.com/net/netns"
+	"tailscale.com/net/stun/stuntest"
 	"tailscale.com/tailcfg"
-	"tailscale.com/tstest/integration"
 	"tailscale.com/tstest/integration/testcontrol"
+	"tailscale.com/types/key"
 	"tailscale.com/types/logger"
+	"tailscale.com/types/nettype"
 	"tailscale.com/types/ptr"
 )
+
+// reconcileEvery is how often node liveness and admin tags are re-checked.
+const reconcileEvery = 50 * time.Millisecond
 
 // maxAdminBody bounds admin request bodies.
 const maxAdminBody = 64 << 10
@@ -54,7 +70,7 @@ func main() {
 	if *verbose {
 		logf = log.Printf
 	}
-	derpMap := integration.RunDERPAndSTUN(fakeTB{}, logf, "127.0.0.1")
+	derpMap, derp := runDERPAndSTUN(logf)
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -73,6 +89,13 @@ func main() {
 		},
 	}
 
+	tn := &tailnet{control: control, derp: derp, tags: map[key.NodePublic][]string{}}
+	go func() {
+		for range time.Tick(reconcileEvery) {
+			tn.reconcile()
+		}
+	}()
+
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /__admin/nodes", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, listNodes(control))
@@ -88,7 +111,7 @@ func main() {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": fmt.Sprintf("want {\"hostname\": \"...\", \"tags\": [...]}: %v", err)})
 			return
 		}
-		updated := setTags(control, req.Hostname, req.Tags)
+		updated := tn.setTags(req.Hostname, req.Tags)
 		if len(updated) == 0 {
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no node with hostname " + req.Hostname})
 			return
@@ -150,23 +173,103 @@ func listNodes(control *testcontrol.Server) []nodeInfo {
 	return out
 }
 
-// setTags sets the tags of every node called hostname, marks it online, and
-// makes control send every node a fresh netmap.
-func setTags(control *testcontrol.Server, hostname string, tags []string) []nodeInfo {
-	updated := []nodeInfo{}
-	for _, n := range control.AllNodes() {
-		if n.Hostinfo.Hostname() != hostname {
-			continue
+// tailnet holds what the admin API asked for, which reconcile keeps true.
+type tailnet struct {
+	control *testcontrol.Server
+	derp    *derpserver.Server
+
+	mu   sync.Mutex
+	tags map[key.NodePublic][]string // tags set through the admin API
+}
+
+// setTags records the tags for every node called hostname and applies them
+// at once. It answers with the nodes it changed.
+func (tn *tailnet) setTags(hostname string, tags []string) []nodeInfo {
+	tn.mu.Lock()
+	for _, n := range tn.control.AllNodes() {
+		if n.Hostinfo.Hostname() == hostname {
+			tn.tags[n.Key] = append([]string{}, tags...)
 		}
-		n.Tags = append([]string{}, tags...)
-		n.Online = ptr.To(true)
-		control.UpdateNode(n)
-		// UpdateNode stores the node but tells nobody (v1.94.1); any call
-		// that runs updateLocked over all nodes pushes new netmaps.
-		control.SetJailed(n.Key, n.Key, false)
-		updated = append(updated, describe(n))
+	}
+	tn.mu.Unlock()
+	tn.reconcile()
+	updated := []nodeInfo{}
+	for _, n := range tn.control.AllNodes() {
+		if n.Hostinfo.Hostname() == hostname {
+			updated = append(updated, describe(n))
+		}
 	}
 	return updated
+}
+
+// reconcile makes every node's tags and online state what they should be,
+// and pushes a new netmap to every node if anything changed. Re-asserting the
+// tags on every round undoes a map request that wrote back an older copy of
+// the node.
+func (tn *tailnet) reconcile() {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	var changed []key.NodePublic
+	for _, n := range tn.control.AllNodes() {
+		dirty := false
+		if want, ok := tn.tags[n.Key]; ok && !slices.Equal(want, n.Tags) {
+			n.Tags = append([]string{}, want...)
+			dirty = true
+		}
+		online := tn.derp.IsClientConnectedForTest(n.Key)
+		if n.Online == nil || *n.Online != online {
+			n.Online = ptr.To(online)
+			dirty = true
+		}
+		if dirty {
+			tn.control.UpdateNode(n)
+			changed = append(changed, n.Key)
+		}
+	}
+	if len(changed) > 0 {
+		// UpdateNode stores the node but tells nobody (v1.94.1); any call
+		// that runs updateLocked over all nodes pushes new netmaps.
+		tn.control.SetJailed(changed[0], changed[0], false)
+	}
+}
+
+// runDERPAndSTUN starts a DERP server (TLS, self-signed, trusted through
+// InsecureForTests) and a STUN server on 127.0.0.1, as
+// integration.RunDERPAndSTUN does, but keeps the DERP server so its
+// connected clients can be read.
+func runDERPAndSTUN(logf logger.Logf) (*tailcfg.DERPMap, *derpserver.Server) {
+	d := derpserver.New(key.NewNode(), logf)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatalf("DERP listen: %v", err)
+	}
+	httpsrv := httptest.NewUnstartedServer(derpserver.Handler(d))
+	httpsrv.Listener.Close()
+	httpsrv.Listener = ln
+	httpsrv.Config.ErrorLog = logger.StdLogger(logf)
+	httpsrv.Config.TLSNextProto = make(map[string]func(*http.Server, *tls.Conn, http.Handler))
+	httpsrv.StartTLS()
+	stunAddr, _ := stuntest.ServeWithPacketListener(fakeTB{}, nettype.Std{})
+	derpMap := &tailcfg.DERPMap{
+		Regions: map[int]*tailcfg.DERPRegion{
+			1: {
+				RegionID:   1,
+				RegionCode: "local",
+				Nodes: []*tailcfg.DERPNode{{
+					Name:             "local1",
+					RegionID:         1,
+					HostName:         "127.0.0.1",
+					IPv4:             "127.0.0.1",
+					IPv6:             "none",
+					STUNPort:         stunAddr.Port,
+					DERPPort:         ln.Addr().(*net.TCPAddr).Port,
+					InsecureForTests: true,
+					STUNTestIP:       "127.0.0.1",
+				}},
+			},
+		},
+	}
+	return derpMap, d
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
