@@ -8,6 +8,7 @@
 //!   in the foreground and prints its URLs, for trying things by hand.
 //! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
 //!   table goes into `docs/benchmarks.md`.
+//! - `bench discovery`: tag-propagation latency on the local tailnet.
 //!
 //! Standard library only, so it builds in seconds before anything else.
 
@@ -27,9 +28,9 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["ci"] => ci(),
         ["tailnet"] => tailnet(),
-        ["bench", "transport"] => bench_transport(),
+        ["bench", which @ ("transport" | "discovery")] => bench(which),
         _ => {
-            eprintln!("usage: cargo xtask <ci | tailnet | bench transport>");
+            eprintln!("usage: cargo xtask <ci | tailnet | bench transport | bench discovery>");
             return ExitCode::from(2);
         }
     };
@@ -112,9 +113,9 @@ fn tailnet() -> Result {
     run("local tailnet", &mut Command::new(&bin))
 }
 
-fn bench_transport() -> Result {
+fn bench(which: &str) -> Result {
     run(
-        "transport benchmark",
-        cargo().args(["bench", "--package", "tests", "--bench", "transport", "--locked"]),
+        &format!("{which} benchmark"),
+        cargo().args(["bench", "--package", "tests", "--bench", which, "--locked"]),
     )
 }

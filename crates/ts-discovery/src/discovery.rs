@@ -96,6 +96,11 @@ impl Authorizer {
         }
         !state.is_stale(self.max_staleness) && view.contains_addr(ip)
     }
+
+    /// Whether the peer of an accepted stream may talk to this node.
+    pub fn allows_peer(&self, peer: ts_transport::PeerAddr) -> bool {
+        self.allows(peer.ip())
+    }
 }
 
 /// Publishes a new view: updates the state and sends the events.

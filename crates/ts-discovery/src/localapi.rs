@@ -63,6 +63,17 @@ impl LocalApi {
         }
     }
 
+    /// A client for the LocalAPI of a tsnet node (starting its loopback
+    /// server if needed).
+    #[cfg(feature = "tailscale")]
+    pub fn for_node(
+        node: &ts_transport::tsnet::TsnetTransport,
+        limits: LocalApiLimits,
+    ) -> Result<LocalApi, ts_transport::TransportError> {
+        let access = node.local_api()?;
+        Ok(LocalApi::new(access.addr, &access.credential, limits))
+    }
+
     /// The node's view of its tailnet. Fails with
     /// [`DiscoveryError::NotRunning`] unless the node is running.
     pub async fn status(&self) -> Result<TailnetView, DiscoveryError> {
@@ -90,6 +101,13 @@ impl LocalApi {
             max_line: self.limits.max_line,
             _conn: conn,
         })
+    }
+
+    /// The raw body of a GET of `path` (such as `/localapi/v0/status`),
+    /// size-capped and with the request timeout: for diagnostics and for
+    /// recording fixtures.
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, DiscoveryError> {
+        self.get(path).await
     }
 
     async fn get(&self, path: &str) -> Result<Bytes, DiscoveryError> {
@@ -181,14 +199,23 @@ pub struct IpnBusWatch {
 impl IpnBusWatch {
     /// The next message; `Ok(None)` when the node ends the watch.
     pub async fn next(&mut self) -> Result<Option<Notify>, DiscoveryError> {
+        match self.next_line().await? {
+            Some(line) => parse_notify(&line).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message as raw JSON, without its newline; `Ok(None)` when
+    /// the node ends the watch.
+    pub async fn next_line(&mut self) -> Result<Option<Bytes>, DiscoveryError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(pos + 1);
-                let line = &line[..pos];
+                let mut line = self.buf.split_to(pos + 1);
+                line.truncate(pos);
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return parse_notify(line).map(Some);
+                return Ok(Some(line.freeze()));
             }
             if self.buf.len() > self.max_line {
                 return Err(DiscoveryError::TooLarge {

@@ -1,8 +1,4 @@
-//! The tsnet transport on a real local tailnet: control, DERP and STUN on
-//! 127.0.0.1 (the `xtask/tailnet` program) and tsnet nodes in this process.
-//!
-//! Every test starts its own tailnet, so tests can run in parallel and a
-//! failure in one leaves nothing behind for the next.
+//! The tsnet transport on the real local tailnet.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,18 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::tsnet::TsnetTransport;
 use ts_transport::{Listener, Transport, TransportError};
 
-/// Bound on a whole test's network activity after the nodes are up.
-const TEST_BUDGET: Duration = Duration::from_secs(120);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(TEST_BUDGET, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {TEST_BUDGET:?}"))
-}
-
-fn v4(node: &TsnetTransport) -> IpAddr {
-    IpAddr::V4(node.addrs().and_then(|a| a.v4).expect("node is up with an IPv4 address"))
-}
+use crate::{v4, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tsnet_transport_conforms() {
