@@ -1,6 +1,38 @@
-//! The consensus engine: openraft 0.9 wired to a `ts_transport::Transport`
-//! (framed RPCs with limits and timeouts), durable log, vote and snapshot
-//! storage, and the adapter that turns a user's deterministic state machine
-//! into openraft's, with exactly-once commands and proposal batching.
+//! The consensus engine: openraft 0.9 wired to a `ts_transport::Transport`.
 //!
-//! Not yet filled: this crate is built by the raft-core issue.
+//! - [`RaftNode`] runs one node: its raft port (only peers the caller's
+//!   [`Authorize`] hook accepts), storage ([`Storage::Memory`] or
+//!   [`Storage::Durable`]: log, vote and committed index in redb, snapshots
+//!   as atomically replaced files), and a proposal batcher that coalesces
+//!   concurrent commands into one log entry, because openraft 0.9 performs
+//!   one durable append at a time.
+//! - [`StateMachine`] is the user's deterministic state machine. The adapter
+//!   around it keeps a session table so a command retried with the same
+//!   `(ClientId, seq)` is applied once, and stops the node on a panic in
+//!   `apply` rather than let replicas diverge.
+//! - The network frames RPCs as `[length][version][request id][bincode]`,
+//!   refuses frames over a configured size before allocating them, keeps one
+//!   connection per peer with several RPCs in flight, and backs off from
+//!   unreachable peers.
+//!
+//! openraft types stay inside this crate: errors, metrics and membership are
+//! this crate's own types, so the layers above never see openraft.
+
+mod codec;
+mod error;
+pub mod network;
+mod node;
+mod state_machine;
+mod storage;
+mod types;
+
+pub use crate::codec::DecodeError;
+pub use crate::error::{MembershipError, ProposeError, ReadError, StartError};
+pub use crate::network::{Authorize, NetworkConfig};
+pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
+pub use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+pub use crate::storage::LogStore;
+pub use crate::types::{
+    Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
+    node_id_from_stable_id,
+};

@@ -1,0 +1,114 @@
+//! What can go wrong, in this crate's own types (no openraft types leak).
+
+use std::time::Duration;
+
+use crate::types::{NodeId, NodeInfo};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is inconsistent.
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    /// Storage could not be opened or restored.
+    #[error("raft storage: {0}")]
+    Storage(String),
+    /// The raft port could not be opened.
+    #[error("cannot listen on raft port {port}: {reason}")]
+    Listen {
+        /// The port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
+    /// openraft refused to start.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal has no outcome.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node is not the leader; the leader, if known. The proposal was
+    /// not applied by this node (a retry elsewhere is safe).
+    #[error("not the leader{}", match leader { Some((id, node)) => format!("; the leader is {id} ({node})"), None => "; no leader is known".to_owned() })]
+    NotLeader {
+        /// The leader's id and address, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// No outcome within the timeout: the command may or may not be applied.
+    /// Retry with the same client and sequence number to find out.
+    #[error(
+        "no outcome within {0:?}; the command may still be applied (retry with the same sequence number)"
+    )]
+    Timeout(Duration),
+    /// The command is larger than allowed.
+    #[error("command of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// The node stopped on a fatal error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// Why a linearizable read could not be served here.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// This node is not the leader; the leader, if known.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader's id and address, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The leader could not confirm its leadership with a quorum.
+    #[error("leadership not confirmed by a quorum: {0}")]
+    QuorumNotReached(String),
+    /// Not confirmed within the timeout.
+    #[error("read not confirmed within {0:?}")]
+    Timeout(Duration),
+    /// The node stopped on a fatal error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+/// Why a membership change failed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// This node is not the leader; the leader, if known.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader's id and address, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// Another membership change is still being committed; retry later.
+    #[error("another membership change is in progress")]
+    InProgress,
+    /// The learner did not catch up in time.
+    #[error("learner {id} did not catch up within {waited:?}")]
+    NotCaughtUp {
+        /// The learner.
+        id: NodeId,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Not done within the timeout.
+    #[error("membership change not done within {0:?}")]
+    Timeout(Duration),
+    /// The node stopped on a fatal error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// Refused for another reason.
+    #[error("{0}")]
+    Other(String),
+}

@@ -1,0 +1,616 @@
+//! A raft node: openraft wired to storage, the network, the user's state
+//! machine, and the proposal batcher.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use ts_transport::{Listener, Transport};
+
+use crate::error::{MembershipError, ProposeError, ReadError, StartError};
+use crate::network::client::RaftNetworkClients;
+use crate::network::{Authorize, NetworkConfig, server};
+use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+use crate::storage::LogStore;
+use crate::storage::snapshot::SnapshotStore;
+use crate::types::{Batch, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
+
+/// Where a node keeps its log, vote and snapshots.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// In memory: gone when the process ends (tests, throwaway clusters).
+    Memory,
+    /// In this directory: `raft.redb` (log, vote, committed index) and
+    /// `snapshots/`. Everything acknowledged survives a crash.
+    Durable(PathBuf),
+}
+
+/// Timing and size settings. The defaults fit a tailnet, where a path may
+/// be relayed (DERP) and round trips can reach hundreds of milliseconds.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    /// How often the leader sends heartbeats; also the timeout of each
+    /// AppendEntries RPC. 500 ms: tolerant of a relayed path.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing for a random time in this range starts
+    /// an election. 1.5–3 s: several heartbeats must be lost first.
+    pub election_timeout: (Duration, Duration),
+    /// Time allowed for each snapshot chunk to be sent and installed.
+    pub install_snapshot_timeout: Duration,
+    /// Snapshot chunk size.
+    pub snapshot_chunk_size: usize,
+    /// Build a snapshot after this many new log entries.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot covers them, so a slightly lagging
+    /// follower catches up from the log rather than a new snapshot.
+    pub keep_after_snapshot: u64,
+    /// Most entries in one AppendEntries.
+    pub max_entries_per_append: u64,
+    /// Most proposals coalesced into one log entry.
+    pub batch_max_proposals: usize,
+    /// Most command bytes coalesced into one log entry.
+    pub batch_max_bytes: usize,
+    /// Largest single command.
+    pub max_command_bytes: usize,
+    /// Batches being committed at once.
+    pub max_batches_in_flight: usize,
+    /// How long a proposal may take before its outcome is reported unknown.
+    pub propose_timeout: Duration,
+    /// Exactly-once session table bounds.
+    pub sessions: SessionLimits,
+    /// The raft network.
+    pub network: NetworkConfig,
+}
+
+impl Default for RaftConfig {
+    fn default() -> RaftConfig {
+        RaftConfig {
+            heartbeat_interval: Duration::from_millis(500),
+            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            install_snapshot_timeout: Duration::from_secs(10),
+            snapshot_chunk_size: 1 << 20,
+            snapshot_every: 8192,
+            keep_after_snapshot: 1000,
+            max_entries_per_append: 64,
+            batch_max_proposals: 256,
+            batch_max_bytes: 1 << 20,
+            max_command_bytes: 1 << 20,
+            max_batches_in_flight: 4,
+            propose_timeout: Duration::from_secs(10),
+            sessions: SessionLimits::default(),
+            network: NetworkConfig::default(),
+        }
+    }
+}
+
+impl RaftConfig {
+    fn openraft(&self) -> Result<openraft::Config, StartError> {
+        let invalid = |why: String| StartError::Config(why);
+        let frame = self.network.max_frame;
+        if self.max_command_bytes > frame / 4 || self.batch_max_bytes > frame / 4 {
+            return Err(invalid(format!(
+                "max_command_bytes ({}) and batch_max_bytes ({}) must be at most a quarter of max_frame ({frame})",
+                self.max_command_bytes, self.batch_max_bytes
+            )));
+        }
+        if self.snapshot_chunk_size > frame / 2 {
+            return Err(invalid(format!(
+                "snapshot_chunk_size must be at most half of max_frame ({frame})"
+            )));
+        }
+        if self.batch_max_proposals == 0 || self.max_batches_in_flight == 0 {
+            return Err(invalid(
+                "batch_max_proposals and max_batches_in_flight must be positive".into(),
+            ));
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: self.network.cluster.clone(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            install_snapshot_timeout: ms(self.install_snapshot_timeout),
+            snapshot_max_chunk_size: self.snapshot_chunk_size as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            max_payload_entries: self.max_entries_per_append,
+            // A follower further behind than this gets a snapshot.
+            replication_lag_threshold: self.snapshot_every + self.keep_after_snapshot,
+            purge_batch_size: 256,
+            ..Default::default()
+        };
+        config.validate().map_err(|err| invalid(err.to_string()))
+    }
+}
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leads the cluster.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Running for leader.
+    Candidate,
+    /// Receives the log but does not vote.
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+/// A point-in-time view of a node, without openraft types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeMetrics {
+    /// This node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Index of the last entry in the log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry.
+    pub last_applied: Option<u64>,
+    /// Index covered by the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Voting members.
+    pub voters: BTreeSet<NodeId>,
+    /// Non-voting members.
+    pub learners: BTreeSet<NodeId>,
+    /// Every member's address record.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// On the leader: each follower's last replicated index.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
+    /// On the leader: time since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Why the node stopped, if it hit a fatal error.
+    pub fatal: Option<String>,
+}
+
+fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
+    let membership = m.membership_config.membership();
+    NodeMetrics {
+        id: m.id,
+        role: match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        },
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log_index: m.last_log_index,
+        last_applied: m.last_applied.map(|id| id.index),
+        snapshot: m.snapshot.map(|id| id.index),
+        voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        nodes: membership.nodes().map(|(id, node)| (*id, node.clone())).collect(),
+        replication: m
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, matched)| (*id, matched.map(|l| l.index))).collect()),
+        millis_since_quorum_ack: m.millis_since_quorum_ack,
+        fatal: m.running_state.as_ref().err().map(|f| f.to_string()),
+    }
+}
+
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+/// One raft node serving its raft port.
+pub struct RaftNode<S: StateMachine> {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    state_machine: StateMachineStore<S>,
+    proposals: mpsc::Sender<Pending>,
+    listener: Arc<dyn Listener>,
+    tasks: Vec<JoinHandle<()>>,
+    config: RaftConfig,
+}
+
+fn leader_of(
+    forward: openraft::error::ForwardToLeader<NodeId, NodeInfo>,
+) -> Option<(NodeId, NodeInfo)> {
+    forward.leader_id.zip(forward.leader_node)
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// Starts node `id`, described to others by `self_node`, listening for
+    /// raft RPCs on `self_node.raft_port` of `transport`. Peers `authorize`
+    /// refuses are disconnected before anything is read.
+    ///
+    /// A node with stored state resumes where it was; a fresh node waits to
+    /// be initialized or added to a cluster.
+    pub async fn start(
+        id: NodeId,
+        self_node: NodeInfo,
+        transport: Arc<dyn Transport>,
+        storage: Storage,
+        state_machine: S,
+        authorize: Authorize,
+        config: RaftConfig,
+    ) -> Result<RaftNode<S>, StartError> {
+        let openraft_config = Arc::new(config.openraft()?);
+        let (log_store, snapshots) = match &storage {
+            Storage::Memory => (LogStore::in_memory(), SnapshotStore::Memory(Default::default())),
+            Storage::Durable(dir) => {
+                std::fs::create_dir_all(dir).map_err(|err| {
+                    StartError::Storage(format!("create {}: {err}", dir.display()))
+                })?;
+                let log = LogStore::durable(&dir.join("raft.redb"))
+                    .map_err(|err| StartError::Storage(err.to_string()))?;
+                (log, SnapshotStore::Dir(dir.join("snapshots")))
+            }
+        };
+        let state_machine = tokio::task::spawn_blocking(move || {
+            StateMachineStore::open(state_machine, snapshots, config_sessions(&storage))
+        });
+        let state_machine = state_machine
+            .await
+            .map_err(|err| StartError::Storage(err.to_string()))?
+            .map_err(|err| StartError::Storage(format!("restore from snapshot: {err}")))?;
+        let listener: Arc<dyn Listener> =
+            Arc::from(transport.listen(self_node.raft_port).await.map_err(|err| {
+                StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
+            })?);
+        let network = RaftNetworkClients::new(transport, id, config.network.clone());
+        let raft = Raft::new(id, openraft_config, network, log_store, state_machine.clone())
+            .await
+            .map_err(|err| StartError::Raft(err.to_string()))?;
+        let server = tokio::spawn(server::serve(
+            listener.clone(),
+            raft.clone(),
+            id,
+            config.network.clone(),
+            authorize,
+        ));
+        let (proposals, queue) =
+            mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
+        let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
+        tracing::info!(id, node = %self_node, "raft node started");
+        Ok(RaftNode {
+            id,
+            raft,
+            state_machine,
+            proposals,
+            listener,
+            tasks: vec![server, batcher],
+            config,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Makes this node the first of a new cluster with `members` (itself
+    /// among them). Returns `false`, doing nothing, if the node already has
+    /// state: initializing twice is harmless.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, MembershipError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(err) => Err(MembershipError::Other(err.to_string())),
+        }
+    }
+
+    /// Whether this node has any raft state (was initialized or joined).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Proposes one command. Concurrent proposals are coalesced into one log
+    /// entry. Answers with the command's outcome once it is applied on the
+    /// leader; a retry with the same `(client, seq)` is answered from the
+    /// session and never applied twice.
+    pub async fn propose(
+        &self,
+        client: ClientId,
+        seq: u64,
+        command: Vec<u8>,
+    ) -> Result<Outcome, ProposeError> {
+        if command.len() > self.config.max_command_bytes {
+            return Err(ProposeError::TooLarge {
+                size: command.len(),
+                limit: self.config.max_command_bytes,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.proposals
+            .send(Pending { proposal: Proposal { client, seq, command }, reply })
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
+        answer.await.map_err(|_| ProposeError::ShuttingDown)?
+    }
+
+    /// Confirms this node is the leader and waits until everything committed
+    /// before now is applied here: a read of the local state machine after
+    /// this is linearizable. Returns the read index.
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, ReadError> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ReadError::Timeout(timeout)),
+            Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ReadError::NotLeader { leader: leader_of(f) })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
+                Err(ReadError::QuorumNotReached(q.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ReadError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Waits until this node has applied `index` (for follower reads at a
+    /// leader's read index).
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ReadError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|err| match err {
+                openraft::metrics::WaitError::Timeout(..) => ReadError::Timeout(timeout),
+                other => ReadError::Fatal(other.to_string()),
+            })
+    }
+
+    /// Runs `f` on the local state machine, as applied so far on this node.
+    pub fn read_local<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+        self.state_machine.read(f)
+    }
+
+    /// Answers `query` from the local state machine.
+    pub fn query_local(&self, query: &[u8]) -> Vec<u8> {
+        self.state_machine.read(|sm| sm.query(query))
+    }
+
+    /// The committed index, as this node knows it.
+    pub async fn committed_index(&self) -> Option<u64> {
+        self.raft.with_raft_state(|st| st.committed.map(|id| id.index)).await.ok().flatten()
+    }
+
+    /// Adds `id` as a learner (on the leader) and waits, within `timeout`,
+    /// until it has caught up to the leader's log.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + timeout;
+        let added = tokio::time::timeout(timeout, self.raft.add_learner(id, node, false)).await;
+        let response = match added {
+            Err(_) => return Err(MembershipError::Timeout(timeout)),
+            Ok(result) => result.map_err(membership_error)?,
+        };
+        let target = response.log_id.index;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let caught_up = metrics
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .is_some_and(|matched| matched.index >= target);
+            if caught_up {
+                return Ok(());
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(MembershipError::NotCaughtUp { id, waited: timeout });
+            }
+            if tokio::time::timeout(remaining, metrics.changed()).await.is_ok_and(|r| r.is_err()) {
+                return Err(MembershipError::Fatal("raft stopped".to_owned()));
+            }
+        }
+    }
+
+    /// Makes learners `ids` voters (on the leader).
+    pub async fn promote(
+        &self,
+        ids: BTreeSet<NodeId>,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        self.change(ChangeMembers::AddVoterIds(ids), timeout).await
+    }
+
+    /// Removes `id` from the cluster, voter or learner (on the leader).
+    pub async fn remove(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        let is_voter = self.metrics().voters.contains(&id);
+        if is_voter {
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), timeout).await?;
+        }
+        if self.metrics().nodes.contains_key(&id) {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, NodeInfo>,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(MembershipError::Timeout(timeout)),
+            Ok(result) => result.map(|_| ()).map_err(membership_error),
+        }
+    }
+
+    /// The node's metrics now.
+    pub fn metrics(&self) -> NodeMetrics {
+        convert(&self.raft.metrics().borrow())
+    }
+
+    /// Waits until `condition` holds for the node's metrics, for at most
+    /// `timeout`; returns the metrics that satisfied it.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&NodeMetrics) -> bool,
+    ) -> Result<NodeMetrics, NodeMetrics> {
+        let mut rx = self.raft.metrics();
+        let outcome = tokio::time::timeout(timeout, async {
+            loop {
+                let now = convert(&rx.borrow_and_update());
+                if condition(&now) {
+                    return Ok(now);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(now);
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(result) => result,
+            Err(_) => Err(self.metrics()),
+        }
+    }
+
+    /// Changes of the metrics, as a watch of our own type.
+    pub fn subscribe(&self) -> watch::Receiver<NodeMetrics> {
+        let mut rx = self.raft.metrics();
+        let (tx, out) = watch::channel(convert(&rx.borrow()));
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let now = convert(&rx.borrow_and_update());
+                if tx.send(now).is_err() {
+                    break;
+                }
+            }
+        });
+        out
+    }
+
+    /// Asks for a snapshot now and waits until one covers at least the
+    /// currently applied index.
+    pub async fn snapshot_now(&self, timeout: Duration) -> Result<(), MembershipError> {
+        let applied = self.metrics().last_applied;
+        self.raft.trigger().snapshot().await.map_err(|e| MembershipError::Fatal(e.to_string()))?;
+        self.wait_for(timeout, |m| m.snapshot >= applied)
+            .await
+            .map(|_| ())
+            .map_err(|_| MembershipError::Timeout(timeout))
+    }
+
+    /// Stops serving and shuts raft down. Every background task ends.
+    pub async fn shutdown(self) {
+        // Stop taking RPCs first, so none arrive at a stopped core.
+        self.listener.close();
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(error = %err, "raft shutdown reported an error");
+        }
+        tracing::info!(id = self.id, "raft node stopped");
+    }
+}
+
+fn config_sessions(_storage: &Storage) -> SessionLimits {
+    SessionLimits::default()
+}
+
+fn membership_error(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> MembershipError {
+    match err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            MembershipError::NotLeader { leader: leader_of(f) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            if matches!(e, openraft::error::ChangeMembershipError::InProgress(_)) {
+                MembershipError::InProgress
+            } else {
+                MembershipError::Other(e.to_string())
+            }
+        }
+        RaftError::Fatal(f) => MembershipError::Fatal(f.to_string()),
+    }
+}
+
+/// Coalesces queued proposals into batches and commits up to
+/// `max_batches_in_flight` of them at once. A batch leaves as soon as the
+/// previous ones let it: there is no timer, so an idle node adds no delay.
+async fn batch_loop(
+    raft: Raft<TypeConfig>,
+    mut queue: mpsc::Receiver<Pending>,
+    config: RaftConfig,
+) {
+    let in_flight = Arc::new(Semaphore::new(config.max_batches_in_flight));
+    let mut commits = JoinSet::new();
+    while let Some(first) = queue.recv().await {
+        // Wait for room first: while batches are in flight, more proposals
+        // queue up and join this one.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let mut bytes = first.proposal.command.len();
+        let mut batch = vec![first];
+        while batch.len() < config.batch_max_proposals && bytes < config.batch_max_bytes {
+            match queue.try_recv() {
+                Ok(next) => {
+                    bytes += next.proposal.command.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        let timeout = config.propose_timeout;
+        commits.spawn(async move {
+            commit(raft, batch, timeout).await;
+            drop(permit);
+        });
+        while commits.try_join_next().is_some() {}
+    }
+    commits.shutdown().await;
+}
+
+async fn commit(raft: Raft<TypeConfig>, batch: Vec<Pending>, timeout: Duration) {
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+    let count = proposals.len();
+    let result = tokio::time::timeout(timeout, raft.client_write(Batch(proposals))).await;
+    let outcomes: Result<Vec<Outcome>, ProposeError> = match result {
+        Err(_) => Err(ProposeError::Timeout(timeout)),
+        Ok(Ok(response)) if response.data.0.len() == count => Ok(response.data.0),
+        Ok(Ok(response)) => Err(ProposeError::Fatal(format!(
+            "{} outcomes for a batch of {count} proposals",
+            response.data.0.len()
+        ))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(ProposeError::NotLeader { leader: leader_of(f) })
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ProposeError::Fatal(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Fatal(f.to_string())),
+    };
+    match outcomes {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) => {
+            for reply in replies {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}

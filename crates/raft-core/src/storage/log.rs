@@ -1,0 +1,338 @@
+//! The raft log, vote and committed index: [`LogStore`] over an in-memory
+//! or a redb backend, implementing openraft's traits once. Durable writes run on the blocking pool, one at a
+//! time, in submission order (openraft 0.9 issues them serially), and each
+//! is fsynced before it is acknowledged.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::codec;
+use crate::types::{NodeId, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// Log index → encoded entry.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// "vote", "committed", "last_purged" → encoded value.
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+/// What a log backend must provide; synchronous, called from the blocking
+/// pool for the durable backend.
+pub(crate) trait LogBackend: Send + Sync + 'static {
+    fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, String>;
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, String>;
+    fn append(&self, entries: Vec<Entry>) -> Result<(), String>;
+    /// Deletes `[index, ∞)`.
+    fn truncate_from(&self, index: u64) -> Result<(), String>;
+    /// Deletes `(-∞, log_id.index]` and records `log_id` as last purged, atomically.
+    fn purge_to(&self, log_id: LogId<NodeId>) -> Result<(), String>;
+    fn put_meta(&self, key: &'static str, value: Vec<u8>) -> Result<(), String>;
+    fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String>;
+    /// Whether calls may block on disk (and so belong on the blocking pool).
+    fn blocking(&self) -> bool;
+}
+
+/// The in-memory backend.
+#[derive(Debug, Default)]
+pub(crate) struct MemBackend {
+    log: Mutex<BTreeMap<u64, Entry>>,
+    meta: Mutex<BTreeMap<&'static str, Vec<u8>>>,
+}
+
+impl LogBackend for MemBackend {
+    fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, String> {
+        Ok(self
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, String> {
+        Ok(self
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .next_back()
+            .map(|e| e.log_id))
+    }
+    fn append(&self, entries: Vec<Entry>) -> Result<(), String> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries {
+            log.insert(entry.log_id.index, entry);
+        }
+        Ok(())
+    }
+    fn truncate_from(&self, index: u64) -> Result<(), String> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).split_off(&index);
+        Ok(())
+    }
+    fn purge_to(&self, log_id: LogId<NodeId>) -> Result<(), String> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        *log = log.split_off(&(log_id.index + 1));
+        self.meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("last_purged", codec::encode(&log_id));
+        Ok(())
+    }
+    fn put_meta(&self, key: &'static str, value: Vec<u8>) -> Result<(), String> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(key, value);
+        Ok(())
+    }
+    fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.meta.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+}
+
+/// The redb backend: one file, one writer, every commit fsynced.
+pub(crate) struct RedbBackend {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl RedbBackend {
+    pub(crate) fn open(path: &Path) -> Result<RedbBackend, String> {
+        let db = Database::create(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        // Create the tables so readers never see them missing.
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(LOG).map_err(err)?;
+        txn.open_table(META).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(RedbBackend { db })
+    }
+}
+
+impl LogBackend for RedbBackend {
+    fn entries(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, String> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(LOG).map_err(err)?;
+        let mut out = Vec::new();
+        for row in table.range::<u64>((start, end)).map_err(err)? {
+            let (index, value) = row.map_err(err)?;
+            let bytes = value.value();
+            let entry: Entry = codec::decode(bytes, codec::stored_limit(bytes.len()), "log entry")
+                .map_err(|e| format!("log entry {}: {e}", index.value()))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+    fn last_entry_id(&self) -> Result<Option<LogId<NodeId>>, String> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(LOG).map_err(err)?;
+        match table.last().map_err(err)? {
+            None => Ok(None),
+            Some((_, value)) => {
+                let bytes = value.value();
+                let entry: Entry =
+                    codec::decode(bytes, codec::stored_limit(bytes.len()), "last log entry")
+                        .map_err(err)?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+    fn append(&self, entries: Vec<Entry>) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(LOG).map_err(err)?;
+            for entry in &entries {
+                table.insert(entry.log_id.index, codec::encode(entry).as_slice()).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+    fn truncate_from(&self, index: u64) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(LOG).map_err(err)?.retain_in(index.., |_, _| false).map_err(err)?;
+        txn.commit().map_err(err)
+    }
+    fn purge_to(&self, log_id: LogId<NodeId>) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(LOG).map_err(err)?.retain_in(..=log_id.index, |_, _| false).map_err(err)?;
+        txn.open_table(META)
+            .map_err(err)?
+            .insert("last_purged", codec::encode(&log_id).as_slice())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+    fn put_meta(&self, key: &'static str, value: Vec<u8>) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(META).map_err(err)?.insert(key, value.as_slice()).map_err(err)?;
+        txn.commit().map_err(err)
+    }
+    fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(META).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+    fn blocking(&self) -> bool {
+        true
+    }
+}
+
+/// openraft's log storage: the log, the vote and the committed log id.
+///
+/// [`LogStore::in_memory`] keeps them in memory (tests); [`LogStore::durable`]
+/// keeps them in one redb file, fsyncing every write before acknowledging it.
+/// Cloning shares the same store (the clone is the log reader).
+#[derive(Clone)]
+pub struct LogStore {
+    backend: Arc<dyn LogBackend>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("durable", &self.backend.blocking()).finish()
+    }
+}
+
+impl LogStore {
+    /// A log kept in memory.
+    pub fn in_memory() -> LogStore {
+        LogStore { backend: Arc::new(MemBackend::default()) }
+    }
+
+    /// A log kept in the redb file at `path` (created if missing).
+    pub fn durable(path: &Path) -> Result<LogStore, StorageError<NodeId>> {
+        let backend = RedbBackend::open(path)
+            .map_err(|e| StorageIOError::<NodeId>::write_logs(AnyError::error(e)))?;
+        Ok(LogStore { backend: Arc::new(backend) })
+    }
+
+    /// Runs `f` on the backend: inline for memory, on the blocking pool for
+    /// disk.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn LogBackend) -> Result<T, String> + Send + 'static,
+        on_error: fn(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<T, StorageError<NodeId>> {
+        let result = if self.backend.blocking() {
+            let backend = self.backend.clone();
+            tokio::task::spawn_blocking(move || f(&*backend))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        } else {
+            f(&*self.backend)
+        };
+        result.map_err(|e| on_error(AnyError::error(e)).into())
+    }
+
+    async fn meta<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+        on_error: fn(AnyError) -> StorageIOError<NodeId>,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
+        self.run(
+            move |b| match b.get_meta(key)? {
+                None => Ok(None),
+                Some(bytes) => codec::decode(&bytes, codec::stored_limit(bytes.len()), key)
+                    .map(Some)
+                    .map_err(err),
+            },
+            on_error,
+        )
+        .await
+    }
+}
+
+fn read_logs(e: AnyError) -> StorageIOError<NodeId> {
+    StorageIOError::read_logs(e)
+}
+fn write_logs(e: AnyError) -> StorageIOError<NodeId> {
+    StorageIOError::write_logs(e)
+}
+fn read_vote(e: AnyError) -> StorageIOError<NodeId> {
+    StorageIOError::read_vote(e)
+}
+fn write_vote(e: AnyError) -> StorageIOError<NodeId> {
+    StorageIOError::write_vote(e)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let (start, end) = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.run(move |b| b.entries(start, end), read_logs).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId<NodeId>> = self.meta("last_purged", read_logs).await?;
+        let last = self.run(|b| b.last_entry_id(), read_logs).await?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let bytes = codec::encode(vote);
+        self.run(move |b| b.put_meta("vote", bytes), write_vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.meta("vote", read_vote).await
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = codec::encode(&committed);
+        self.run(move |b| b.put_meta("committed", bytes), write_logs).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.meta::<Option<LogId<NodeId>>>("committed", read_logs).await?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // The write is durable (fsynced) when it returns, so the entries are
+        // both readable and flushed here.
+        let result = self.run(move |b| b.append(entries), write_logs).await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.run(move |b| b.truncate_from(log_id.index), write_logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.run(move |b| b.purge_to(log_id), write_logs).await
+    }
+}

@@ -1,0 +1,344 @@
+//! Raft clusters on the in-memory network (with its fault controls) and on
+//! TCP loopback: elections, replication, crashes, partitions, snapshots,
+//! restarts from durable storage, exactly-once proposals.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use raft_core::{ClientId, Outcome, ProposeError, Role};
+use ts_transport::MemNetwork;
+
+fn client(n: u128) -> ClientId {
+    ClientId(n)
+}
+
+/// Commits `count` commands through the leader (one session, sequential).
+async fn commit_n(cluster: &Cluster, leader: usize, session: u128, from: u64, count: u64) {
+    for seq in from..from + count {
+        let outcome = cluster
+            .propose(leader, client(session), seq, format!("{session}:{seq}").as_bytes())
+            .await;
+        assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
+    }
+}
+
+async fn elect_and_replicate(n: usize, net: Net) {
+    let cluster = Cluster::new(n, net, false, fast_config()).await;
+    cluster.initialize().await;
+    let all: Vec<usize> = (0..n).collect();
+    let leader = cluster.leader(&all).await;
+    commit_n(&cluster, leader, 1, 1, 20).await;
+    for i in 0..n {
+        cluster.wait_applied(i, 20).await;
+        assert_eq!(cluster.applied(i), cluster.applied(leader), "node {i} diverged");
+    }
+    let metrics = cluster.node(leader).metrics();
+    assert_eq!(metrics.voters.len(), n);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_elects_itself_and_applies() {
+    elect_and_replicate(1, Net::Mem(MemNetwork::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_and_replicate() {
+    elect_and_replicate(3, Net::Mem(MemNetwork::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_elect_and_replicate() {
+    elect_and_replicate(5, Net::Mem(MemNetwork::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_and_replicate_over_tcp() {
+    elect_and_replicate(3, Net::Tcp(17400)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_elects_a_new_leader_and_loses_nothing() {
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    commit_n(&cluster, leader, 1, 1, 10).await;
+    let before = cluster.applied(leader);
+    cluster.stop(leader).await;
+
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    commit_n(&cluster, new_leader, 2, 1, 10).await;
+    for &i in &rest {
+        cluster.wait_applied(i, 20).await;
+        let applied = cluster.applied(i);
+        assert_eq!(applied[..10], before[..], "node {i} lost or reordered a committed entry");
+    }
+    // The survivors agree on the whole log, old entries and new.
+    assert_eq!(cluster.applied(rest[0]), cluster.applied(rest[1]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
+    let net = MemNetwork::new();
+    let cluster = Cluster::new(5, Net::Mem(net.clone()), false, fast_config()).await;
+    cluster.initialize().await;
+    let all: Vec<usize> = (0..5).collect();
+    let leader = cluster.leader(&all).await;
+    commit_n(&cluster, leader, 1, 1, 5).await;
+
+    // The leader and one follower on the minority side.
+    let buddy = (leader + 1) % 5;
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != leader && i != buddy).collect();
+    net.partition_set(&[ip(leader), ip(buddy)]);
+
+    // The old leader cannot commit: its proposal gets no outcome.
+    let stranded = cluster.node(leader).propose(client(9), 1, b"stranded".to_vec()).await;
+    assert!(
+        matches!(stranded, Err(ProposeError::Timeout(_) | ProposeError::NotLeader { .. })),
+        "minority leader committed: {stranded:?}"
+    );
+    // The majority elects its own leader and commits.
+    let new_leader = cluster.leader(&majority).await;
+    commit_n(&cluster, new_leader, 2, 1, 5).await;
+
+    net.heal_all();
+    for i in 0..5 {
+        cluster.wait_applied(i, 10).await;
+    }
+    let reference = cluster.applied(new_leader);
+    assert!(
+        !reference.contains(&b"stranded".to_vec()),
+        "an uncommitted minority write was applied"
+    );
+    for i in 0..5 {
+        assert_eq!(cluster.applied(i), reference, "node {i} diverged after healing");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_does_not_stop_the_majority() {
+    let net = MemNetwork::new();
+    let cluster = Cluster::new(3, Net::Mem(net.clone()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    net.isolate(ip(follower));
+    commit_n(&cluster, leader, 1, 1, 10).await;
+    assert!(cluster.applied(follower).len() < 10, "isolated follower received entries");
+    net.heal_all();
+    cluster.wait_applied(follower, 10).await;
+    assert_eq!(cluster.applied(follower), cluster.applied(leader));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_through_a_snapshot() {
+    let net = MemNetwork::new();
+    let mut config = fast_config();
+    config.snapshot_every = 20;
+    config.keep_after_snapshot = 5;
+    let cluster = Cluster::new(3, Net::Mem(net.clone()), false, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    commit_n(&cluster, leader, 1, 1, 5).await;
+    cluster.wait_applied(follower, 5).await;
+
+    net.isolate(ip(follower));
+    // Each proposal is its own entry here (sequential), so 100 proposals
+    // pass several snapshot points; the leader purges what they cover.
+    commit_n(&cluster, leader, 1, 6, 100).await;
+    let purged = cluster
+        .node(leader)
+        .wait_for(WAIT, |m| m.snapshot.is_some_and(|s| s >= 60))
+        .await
+        .expect("leader built a snapshot");
+    assert!(purged.snapshot.is_some());
+
+    net.heal_all();
+    cluster.wait_applied(follower, 105).await;
+    assert_eq!(cluster.applied(follower), cluster.applied(leader));
+    let caught_up = cluster.node(follower).metrics();
+    assert!(
+        caught_up.snapshot.is_some(),
+        "follower caught up without installing a snapshot: {caught_up:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_restarted_from_durable_storage_keeps_every_committed_entry() {
+    let mut config = fast_config();
+    config.snapshot_every = 30;
+    config.keep_after_snapshot = 10;
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), true, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    commit_n(&cluster, leader, 1, 1, 50).await;
+    let committed = cluster.applied(leader);
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+    for i in 0..3 {
+        let node = cluster.start_node(i).await;
+        cluster.nodes[i] = Some(node);
+    }
+    // Restored from the last snapshot plus the log, before any new election.
+    for i in 0..3 {
+        cluster.wait_applied(i, 50).await;
+        assert_eq!(
+            cluster.applied(i)[..50],
+            committed[..],
+            "node {i} lost entries across the restart"
+        );
+    }
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    commit_n(&cluster, leader, 1, 51, 5).await;
+    for i in 0..3 {
+        cluster.wait_applied(i, 55).await;
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_proposal_twice_is_applied_once() {
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let first = cluster.propose(leader, client(7), 1, b"once").await.unwrap();
+    let again = cluster.propose(leader, client(7), 1, b"once").await.unwrap();
+    assert!(matches!(first, Outcome::Applied(_)));
+    assert_eq!(
+        again,
+        Outcome::Duplicate(match &first {
+            Outcome::Applied(bytes) => bytes.clone(),
+            _ => unreachable!(),
+        })
+    );
+    // A retry through a new leader after a crash is still a duplicate.
+    cluster.stop(leader).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.leader(&rest).await;
+    let retried = cluster.propose(new_leader, client(7), 1, b"once").await.unwrap();
+    assert!(matches!(retried, Outcome::Duplicate(_)), "{retried:?}");
+    // An older sequence number than the session's last is stale, not applied.
+    cluster.propose(new_leader, client(7), 2, b"second").await.unwrap();
+    let stale = cluster.propose(new_leader, client(7), 1, b"once").await.unwrap();
+    assert_eq!(stale, Outcome::Stale { last_seq: 2 });
+    for &i in &rest {
+        cluster.wait_applied(i, 2).await;
+        let applied = cluster.applied(i);
+        assert_eq!(applied, vec![b"once".to_vec(), b"second".to_vec()], "node {i}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_are_batched_and_all_applied_in_one_order() {
+    let cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let cluster = std::sync::Arc::new(cluster);
+    let before = cluster.node(leader).metrics().last_log_index.unwrap_or(0);
+    let mut tasks = Vec::new();
+    for c in 0..64u128 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=10 {
+                let outcome = cluster
+                    .propose(leader, client(100 + c), seq, format!("{c}:{seq}").as_bytes())
+                    .await;
+                assert!(matches!(outcome, Ok(Outcome::Applied(_))), "{outcome:?}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for i in 0..3 {
+        cluster.wait_applied(i, 640).await;
+        assert_eq!(cluster.applied(i), cluster.applied(leader));
+    }
+    let entries = cluster.node(leader).metrics().last_log_index.unwrap_or(0) - before;
+    assert!(entries < 640, "640 concurrent proposals took {entries} log entries: no batching");
+    let set: BTreeSet<Vec<u8>> = cluster.applied(leader).into_iter().collect();
+    assert_eq!(set.len(), 640, "a proposal was applied twice or lost");
+    match std::sync::Arc::try_unwrap(cluster) {
+        Ok(cluster) => cluster.shutdown().await,
+        Err(_) => panic!("cluster still shared"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_state_machine_stops_the_node_with_a_fatal_error() {
+    let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    cluster.leader(&[0]).await;
+    cluster.propose(0, client(1), 1, b"fine").await.unwrap();
+    let outcome = cluster.propose(0, client(1), 2, b"panic now").await;
+    assert!(
+        matches!(outcome, Err(ProposeError::Fatal(_)) | Err(ProposeError::ShuttingDown)),
+        "{outcome:?}"
+    );
+    let stopped = cluster
+        .node(0)
+        .wait_for(WAIT, |m| m.fatal.is_some())
+        .await
+        .expect("node reports the fatal error");
+    assert!(
+        stopped.fatal.as_deref().unwrap_or_default().contains("panicked"),
+        "{:?}",
+        stopped.fatal
+    );
+    let after = cluster.propose(0, client(1), 3, b"later").await;
+    assert!(after.is_err(), "a stopped node accepted a proposal: {after:?}");
+    assert_eq!(cluster.applied(0), vec![b"fine".to_vec()]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_peers_cannot_reach_the_raft_port() {
+    let net = MemNetwork::new();
+    let config = fast_config();
+    // Node 0 accepts nobody; node 1 everybody.
+    let deny: raft_core::Authorize = std::sync::Arc::new(|_| false);
+    let a = raft_core::RaftNode::start(
+        node_id(0),
+        node_info(0, ip(0)),
+        std::sync::Arc::new(net.node(ip(0))),
+        raft_core::Storage::Memory,
+        Recorder::default(),
+        deny,
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    let b = raft_core::RaftNode::start(
+        node_id(1),
+        node_info(1, ip(1)),
+        std::sync::Arc::new(net.node(ip(1))),
+        raft_core::Storage::Memory,
+        Recorder::default(),
+        allow_all(),
+        config,
+    )
+    .await
+    .unwrap();
+    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
+        .into_iter()
+        .collect();
+    assert!(b.initialize(members).await.unwrap());
+    // b can never win: a refuses its connections, so no vote arrives.
+    let elected = b.wait_for(Duration::from_secs(3), |m| m.role == Role::Leader).await;
+    assert!(elected.is_err(), "b became leader without a's vote");
+    assert_eq!(a.metrics().term, 0, "a heard from an unauthorized peer");
+    a.shutdown().await;
+    b.shutdown().await;
+}

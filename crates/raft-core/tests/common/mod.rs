@@ -1,0 +1,256 @@
+//! A test cluster harness: nodes on a `MemNetwork` (or TCP loopback) with a
+//! recording state machine, fast timings, and condition waits with deadlines.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(unreachable_pub, reason = "shared between test binaries as a module")]
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::{
+    Authorize, ClientId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode, Role,
+    StateMachine, Storage,
+};
+use ts_transport::{MemNetwork, TcpTransport, Transport};
+
+/// Records every applied command in order; `apply` answers with the count.
+/// A command starting with `b"panic"` panics, to test containment.
+#[derive(Default)]
+pub struct Recorder {
+    pub applied: Vec<Vec<u8>>,
+}
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        assert!(!command.starts_with(b"panic"), "asked to panic by the test");
+        self.applied.push(command.to_vec());
+        (self.applied.len() as u64).to_le_bytes().to_vec()
+    }
+    fn query(&self, _query: &[u8]) -> Vec<u8> {
+        (self.applied.len() as u64).to_le_bytes().to_vec()
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&(self.applied.len() as u64).to_le_bytes())?;
+        for command in &self.applied {
+            out.write_all(&(command.len() as u32).to_le_bytes())?;
+            out.write_all(command)?;
+        }
+        Ok(())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut n = [0u8; 8];
+        input.read_exact(&mut n)?;
+        self.applied.clear();
+        for _ in 0..u64::from_le_bytes(n) {
+            let mut len = [0u8; 4];
+            input.read_exact(&mut len)?;
+            let mut command = vec![0u8; u32::from_le_bytes(len) as usize];
+            input.read_exact(&mut command)?;
+            self.applied.push(command);
+        }
+        Ok(())
+    }
+}
+
+/// Timings fast enough for tests, slow enough for a loaded 2-core machine.
+pub fn fast_config() -> RaftConfig {
+    RaftConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        install_snapshot_timeout: Duration::from_secs(5),
+        propose_timeout: Duration::from_secs(5),
+        ..RaftConfig::default()
+    }
+}
+
+pub const RAFT_PORT: u16 = 7000;
+/// Bound on waits for cluster conditions (elections, catch-up).
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+pub fn node_info(i: usize, addr: IpAddr) -> NodeInfo {
+    NodeInfo {
+        stable_id: format!("node-{i}"),
+        addrs: vec![addr],
+        raft_port: RAFT_PORT,
+        command_port: RAFT_PORT + 1,
+    }
+}
+
+pub fn node_id(i: usize) -> NodeId {
+    i as NodeId + 1
+}
+
+pub fn allow_all() -> Authorize {
+    Arc::new(|_| true)
+}
+
+/// How the nodes of a test cluster reach each other.
+#[derive(Clone)]
+pub enum Net {
+    Mem(MemNetwork),
+    /// Loopback TCP, node i at 127.0.0.(i+1), raft port base + i.
+    Tcp(u16),
+}
+
+pub struct Cluster {
+    pub net: Net,
+    pub nodes: Vec<Option<RaftNode<Recorder>>>,
+    pub dirs: Vec<Option<PathBuf>>,
+    pub config: RaftConfig,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// `n` nodes, not yet initialized.
+    pub async fn new(n: usize, net: Net, durable: bool, config: RaftConfig) -> Cluster {
+        let temp = durable.then(|| tempfile::tempdir().expect("temp dir"));
+        let dirs =
+            (0..n).map(|i| temp.as_ref().map(|t| t.path().join(format!("node-{i}")))).collect();
+        let mut cluster = Cluster { net, nodes: Vec::new(), dirs, config, _temp: temp };
+        for i in 0..n {
+            let node = cluster.start_node(i).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    pub fn info(&self, i: usize) -> NodeInfo {
+        match &self.net {
+            Net::Mem(_) => node_info(i, ip(i)),
+            Net::Tcp(base) => NodeInfo {
+                stable_id: format!("node-{i}"),
+                addrs: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1))],
+                raft_port: base + i as u16,
+                command_port: 0,
+            },
+        }
+    }
+
+    fn transport(&self, i: usize) -> Arc<dyn Transport> {
+        match &self.net {
+            Net::Mem(net) => Arc::new(net.node(ip(i))),
+            Net::Tcp(_) => Arc::new(TcpTransport::new(self.info(i).addrs[0])),
+        }
+    }
+
+    /// Starts (or restarts) node `i` on its storage.
+    pub async fn start_node(&self, i: usize) -> RaftNode<Recorder> {
+        let storage = match &self.dirs[i] {
+            Some(dir) => Storage::Durable(dir.clone()),
+            None => Storage::Memory,
+        };
+        RaftNode::start(
+            node_id(i),
+            self.info(i),
+            self.transport(i),
+            storage,
+            Recorder::default(),
+            allow_all(),
+            self.config.clone(),
+        )
+        .await
+        .expect("node starts")
+    }
+
+    pub fn node(&self, i: usize) -> &RaftNode<Recorder> {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Initializes node 0 with every node as a voter.
+    pub async fn initialize(&self) {
+        let members: BTreeMap<NodeId, NodeInfo> =
+            (0..self.nodes.len()).map(|i| (node_id(i), self.info(i))).collect();
+        assert!(self.node(0).initialize(members).await.expect("initialize"));
+    }
+
+    /// Waits until the running nodes in `among` agree on one leader from
+    /// `among`; returns its index.
+    pub async fn leader(&self, among: &[usize]) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let leaders: Vec<usize> = among
+                .iter()
+                .filter(|&&i| {
+                    self.nodes[i].as_ref().is_some_and(|n| n.metrics().role == Role::Leader)
+                })
+                .copied()
+                .collect();
+            if let [leader] = leaders.as_slice() {
+                let id = node_id(*leader);
+                if among
+                    .iter()
+                    .all(|&i| self.nodes[i].as_ref().is_none_or(|n| n.metrics().leader == Some(id)))
+                {
+                    return *leader;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Proposes through node `i`, following "not the leader" answers.
+    pub async fn propose(
+        &self,
+        i: usize,
+        client: ClientId,
+        seq: u64,
+        command: &[u8],
+    ) -> Result<Outcome, ProposeError> {
+        self.node(i).propose(client, seq, command.to_vec()).await
+    }
+
+    /// Waits until node `i` has applied at least `count` commands.
+    pub async fn wait_applied(&self, i: usize, count: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let have = self.node(i).read_local(|r| r.applied.len());
+            if have >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} applied {have} of {count} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn applied(&self, i: usize) -> Vec<Vec<u8>> {
+        self.node(i).read_local(|r| r.applied.clone())
+    }
+
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// The answer an applied command gets from the recorder: how many commands
+/// it had applied, itself included.
+pub fn count_of(outcome: &Outcome) -> u64 {
+    match outcome {
+        Outcome::Applied(bytes) | Outcome::Duplicate(bytes) => {
+            u64::from_le_bytes(bytes[..8].try_into().unwrap())
+        }
+        Outcome::Stale { .. } => panic!("unexpected stale outcome"),
+    }
+}
