@@ -9,6 +9,8 @@
 //! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
 //!   table goes into `docs/benchmarks.md`.
 //! - `bench discovery`: tag-propagation latency on the local tailnet.
+//! - `bench raft`: proposal throughput and latency of a 3-node raft-core
+//!   cluster (memory and TCP transports, memory and durable storage).
 //!
 //! Standard library only, so it builds in seconds before anything else.
 
@@ -28,9 +30,12 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["ci"] => ci(),
         ["tailnet"] => tailnet(),
-        ["bench", which @ ("transport" | "discovery")] => bench(which),
+        ["bench", which @ ("transport" | "discovery")] => bench("tests", which),
+        ["bench", "raft"] => bench("raft-core", "propose"),
         _ => {
-            eprintln!("usage: cargo xtask <ci | tailnet | bench transport | bench discovery>");
+            eprintln!(
+                "usage: cargo xtask <ci | tailnet | bench transport | bench discovery | bench raft>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -113,9 +118,9 @@ fn tailnet() -> Result {
     run("local tailnet", &mut Command::new(&bin))
 }
 
-fn bench(which: &str) -> Result {
+fn bench(package: &str, which: &str) -> Result {
     run(
         &format!("{which} benchmark"),
-        cargo().args(["bench", "--package", "tests", "--bench", which, "--locked"]),
+        cargo().args(["bench", "--package", package, "--bench", which, "--locked"]),
     )
 }

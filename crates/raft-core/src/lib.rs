@@ -18,6 +18,11 @@
 //! openraft types stay inside this crate: errors, metrics and membership are
 //! this crate's own types, so the layers above never see openraft.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's storage traits require its StorageError (over 200 bytes) as their error type"
+)]
+
 mod codec;
 mod error;
 pub mod network;
