@@ -56,6 +56,11 @@ async fn five_nodes_elect_and_replicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ipv6_only_nodes_elect_and_replicate() {
+    elect_and_replicate(3, Net::Mem6(MemNetwork::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_and_replicate_over_tcp() {
     elect_and_replicate(3, Net::Tcp(17400)).await;
 }

@@ -75,6 +75,10 @@ pub fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
 }
 
+pub fn ip6(i: usize) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, i as u16 + 1))
+}
+
 pub fn node_info(i: usize, addr: IpAddr) -> NodeInfo {
     NodeInfo {
         stable_id: format!("node-{i}"),
@@ -96,6 +100,8 @@ pub fn allow_all() -> Authorize {
 #[derive(Clone)]
 pub enum Net {
     Mem(MemNetwork),
+    /// In memory, every node with only an IPv6 address.
+    Mem6(MemNetwork),
     /// Loopback TCP, node i at 127.0.0.(i+1), raft port base + i.
     Tcp(u16),
 }
@@ -125,6 +131,7 @@ impl Cluster {
     pub fn info(&self, i: usize) -> NodeInfo {
         match &self.net {
             Net::Mem(_) => node_info(i, ip(i)),
+            Net::Mem6(_) => node_info(i, ip6(i)),
             Net::Tcp(base) => NodeInfo {
                 stable_id: format!("node-{i}"),
                 addrs: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8 + 1))],
@@ -137,6 +144,7 @@ impl Cluster {
     fn transport(&self, i: usize) -> Arc<dyn Transport> {
         match &self.net {
             Net::Mem(net) => Arc::new(net.node(ip(i))),
+            Net::Mem6(net) => Arc::new(net.node(ip6(i))),
             Net::Tcp(_) => Arc::new(TcpTransport::new(self.info(i).addrs[0])),
         }
     }
