@@ -1,6 +1,38 @@
-//! The node-to-node command API: HTTP/1.1 (hyper) over transport streams to
-//! execute commands, join the cluster and read linearizably from any node,
-//! with forwarding to the leader, authorization by tailnet address and bounded
-//! bodies.
+//! The node-to-node command API: HTTP/1.1 (hyper) over transport streams.
 //!
-//! Not yet filled: this crate is built by the cmd-rpc issue.
+//! Any node accepts a command, a join, a removal or a read; what only the
+//! leader can do is done there. [`CommandService`] holds that logic: it runs
+//! a call locally on the leader, or forwards it, following "not the leader,
+//! the leader is X" hints, waiting (within the caller's deadline) while an
+//! election is under way, and retrying with backoff. Commands carry a
+//! session id and sequence number, so a retry never applies a command twice.
+//!
+//! [`CommandServer`] serves the API on the command port (default 6271):
+//! requests are authorized by the caller's real address before anything is
+//! read (403), bodies are bounded (413) and must arrive in time (408), JSON
+//! is strict (400), and unknown paths and methods get 404 and 405. Errors are
+//! `{code, message, leader}` ([`ErrorBody`]); a state machine's own answer,
+//! errors included, is carried verbatim through any number of hops.
+//! [`CommandClient`] is the calling side, with idle connections reused.
+//!
+//! Commands, queries and answers are JSON documents at this layer.
+
+mod api;
+mod client;
+mod config;
+mod error;
+mod server;
+mod service;
+
+pub use crate::api::{
+    ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint,
+    Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+};
+pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
+pub use crate::config::CommandConfig;
+pub use crate::error::RpcError;
+pub use crate::server::{Authorize, CommandServer};
+pub use crate::service::CommandService;
+
+/// The Go package's default command port.
+pub const DEFAULT_PORT: u16 = 6271;

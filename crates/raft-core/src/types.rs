@@ -14,6 +14,7 @@ pub type NodeId = u64;
 /// Where to reach a member; stored in the replicated membership, so each
 /// node carries its own ports and nodes need not share port numbers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeInfo {
     /// The node's stable tailnet identity (for humans and for checks).
     pub stable_id: String,

@@ -1,0 +1,227 @@
+//! The calling side: HTTP/1.1 to other nodes' command ports over a
+//! `Transport`, with idle connections kept for reuse.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use raft_core::NodeInfo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use ts_transport::Transport;
+
+use crate::api::ErrorBody;
+use crate::config::CommandConfig;
+use crate::error::RpcError;
+
+/// Header carrying the time the caller still allows, in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-tsc-deadline-ms";
+/// Header marking a request forwarded by another node (never forwarded again).
+pub const FORWARDED_HEADER: &str = "x-tsc-forwarded";
+/// Idle connections kept per peer.
+const MAX_IDLE_PER_PEER: usize = 8;
+
+/// Idle connections by peer address.
+type IdlePool = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>>;
+
+/// A client for other nodes' command APIs.
+#[derive(Clone)]
+pub struct CommandClient {
+    transport: Arc<dyn Transport>,
+    config: CommandConfig,
+    idle: IdlePool,
+}
+
+impl std::fmt::Debug for CommandClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandClient").finish_non_exhaustive()
+    }
+}
+
+impl CommandClient {
+    /// A client dialing over `transport`.
+    pub fn new(transport: Arc<dyn Transport>, config: CommandConfig) -> CommandClient {
+        CommandClient { transport, config, idle: Arc::default() }
+    }
+
+    /// `POST path` with a JSON body to `node`, as a forwarded request when
+    /// `forwarded`; decodes a 200 answer as `R`, anything else as the error
+    /// the other node reported.
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
+        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded).await
+    }
+
+    /// `GET path` on `node`.
+    pub async fn get<R: DeserializeOwned>(
+        &self,
+        node: &NodeInfo,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        self.request(node, Method::GET, path, Bytes::new(), deadline, false).await
+    }
+
+    async fn request<R: DeserializeOwned>(
+        &self,
+        node: &NodeInfo,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let mut last =
+            RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
+        for &ip in &node.addrs {
+            let addr = SocketAddr::new(ip, node.command_port);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(RpcError::Timeout {
+                    what: format!("{method} {path} to {addr}"),
+                    after: Duration::ZERO,
+                });
+            }
+            let attempt =
+                self.exchange(addr, method.clone(), path, body.clone(), remaining, forwarded);
+            match tokio::time::timeout(remaining, attempt).await {
+                Err(_) => {
+                    return Err(RpcError::Timeout {
+                        what: format!("{method} {path} to {addr}"),
+                        after: remaining,
+                    });
+                }
+                Ok(Err(err @ RpcError::Unreachable { .. })) => last = err,
+                Ok(Err(err)) => return Err(err),
+                Ok(Ok((status, bytes))) => {
+                    if status == 200 {
+                        return serde_json::from_slice(&bytes).map_err(|e| RpcError::Unreachable {
+                            target: addr.to_string(),
+                            reason: format!("answered 200 with an unexpected body: {e}"),
+                        });
+                    }
+                    let body: ErrorBody =
+                        serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                            code: "http_error".to_owned(),
+                            message: format!(
+                                "{status}: {}",
+                                String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
+                            ),
+                            leader: None,
+                        });
+                    return Err(RpcError::from_remote(status, body));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        remaining: Duration,
+        forwarded: bool,
+    ) -> Result<(u16, Bytes), RpcError> {
+        let unreachable =
+            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
+        let mut sender = self.connection(addr, remaining).await?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr.to_string())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(DEADLINE_HEADER, remaining.as_millis().to_string());
+        if forwarded {
+            request = request.header(FORWARDED_HEADER, "1");
+        }
+        let request =
+            request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let response =
+            sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let mut incoming = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > self.config.max_response {
+                    return Err(RpcError::TooLarge {
+                        size: bytes.len() + data.len(),
+                        limit: self.config.max_response,
+                    });
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        self.give_back(addr, sender);
+        Ok((status, Bytes::from(bytes)))
+    }
+
+    /// An idle connection to `addr`, or a new one.
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SendRequest<Full<Bytes>>, RpcError> {
+        loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&addr)
+                .and_then(Vec::pop);
+            match idle {
+                Some(mut sender) if !sender.is_closed() => {
+                    if sender.ready().await.is_ok() {
+                        return Ok(sender);
+                    }
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let unreachable =
+            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
+        let stream = self
+            .transport
+            .dial(addr.ip(), addr.port(), timeout)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        // Ends when the connection closes or every sender is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_PEER {
+            list.push(sender);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Settings of the command API.
+
+use std::time::Duration;
+
+/// Settings of the command API, server and client.
+#[derive(Clone, Debug)]
+pub struct CommandConfig {
+    /// Largest request body accepted (413 beyond).
+    pub max_request: usize,
+    /// Largest response body read from another node.
+    pub max_response: usize,
+    /// Time a client has to send its request headers (and the longest an
+    /// idle connection is kept).
+    pub header_timeout: Duration,
+    /// Time a client has to send its whole request body.
+    pub body_timeout: Duration,
+    /// Deadline of a request that does not bring its own.
+    pub default_deadline: Duration,
+    /// Longest deadline a caller may ask for.
+    pub max_deadline: Duration,
+    /// Time a joining learner has to catch up before it is made a voter.
+    pub catch_up_timeout: Duration,
+    /// First wait between retries while no leader is known; doubles up to
+    /// `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest wait between retries.
+    pub max_backoff: Duration,
+}
+
+impl Default for CommandConfig {
+    fn default() -> CommandConfig {
+        CommandConfig {
+            max_request: 2 << 20,
+            max_response: 4 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            default_deadline: Duration::from_secs(30),
+            max_deadline: Duration::from_secs(300),
+            catch_up_timeout: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Errors of the command API, and how each maps to HTTP and `{code, message,
+//! leader}`.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::api::{ErrorBody, LeaderHint};
+
+/// Why a command-API call failed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// No leader was elected within the deadline.
+    #[error("no leader elected within {waited:?}; the cluster may have lost its quorum")]
+    NoLeader {
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// This node is not the leader (only for requests that are not forwarded).
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<LeaderHint>,
+    },
+    /// No outcome within the deadline. For an execute, the command may still
+    /// be applied; retrying with the same client and sequence is safe.
+    #[error("{what}: no outcome within {after:?}")]
+    Timeout {
+        /// What timed out.
+        what: String,
+        /// The deadline that ran out.
+        after: Duration,
+    },
+    /// The caller's address may not use this port.
+    #[error("peer {0} is not allowed")]
+    Forbidden(String),
+    /// A body larger than allowed.
+    #[error("body of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Its size (or the part read before giving up).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The body did not arrive in time.
+    #[error("request body not received within {0:?}")]
+    SlowBody(Duration),
+    /// No such endpoint.
+    #[error("no endpoint {0}")]
+    NotFound(String),
+    /// The endpoint exists, the method does not.
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
+    /// The session has moved past this sequence number.
+    #[error(
+        "sequence number is older than the session's last ({last_seq}); the command was not applied again"
+    )]
+    StaleSequence {
+        /// The session's last applied sequence number.
+        last_seq: u64,
+    },
+    /// The service cannot answer now (no quorum, shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Another node could not be reached.
+    #[error("cannot reach {target}: {reason}")]
+    Unreachable {
+        /// Which node.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node stopped on a fatal error.
+    #[error("fatal: {0}")]
+    Fatal(String),
+    /// An error another node answered with, passed on unchanged.
+    #[error("{}: {}", .body.code, .body.message)]
+    Remote {
+        /// Its HTTP status.
+        status: u16,
+        /// Its body.
+        body: ErrorBody,
+    },
+}
+
+impl RpcError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        match self {
+            RpcError::NoLeader { .. } => "no_leader",
+            RpcError::NotLeader { .. } => "not_leader",
+            RpcError::Timeout { .. } => "timeout",
+            RpcError::Forbidden(_) => "forbidden",
+            RpcError::TooLarge { .. } => "too_large",
+            RpcError::BadRequest(_) => "bad_request",
+            RpcError::SlowBody(_) => "slow_body",
+            RpcError::NotFound(_) => "not_found",
+            RpcError::MethodNotAllowed { .. } => "method_not_allowed",
+            RpcError::StaleSequence { .. } => "stale_sequence",
+            RpcError::Unavailable(_) => "unavailable",
+            RpcError::Unreachable { .. } => "unreachable",
+            RpcError::Fatal(_) => "fatal",
+            RpcError::Remote { body, .. } => &body.code,
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RpcError::NoLeader { .. } | RpcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RpcError::NotLeader { .. } | RpcError::StaleSequence { .. } => StatusCode::CONFLICT,
+            RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            RpcError::Forbidden(_) => StatusCode::FORBIDDEN,
+            RpcError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RpcError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            RpcError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            RpcError::NotFound(_) => StatusCode::NOT_FOUND,
+            RpcError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            RpcError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            RpcError::Fatal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RpcError::Remote { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    /// The JSON body it is answered with.
+    pub fn body(&self) -> ErrorBody {
+        match self {
+            RpcError::Remote { body, .. } => body.clone(),
+            RpcError::NotLeader { leader } => ErrorBody {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                leader: leader.clone(),
+            },
+            _ => {
+                ErrorBody { code: self.code().to_owned(), message: self.to_string(), leader: None }
+            }
+        }
+    }
+
+    /// Rebuilds an error from another node's answer.
+    pub fn from_remote(status: u16, body: ErrorBody) -> RpcError {
+        RpcError::Remote { status, body }
+    }
+}

@@ -1,0 +1,453 @@
+//! What the command API does, wherever it is called from (HTTP or the
+//! facade): run on the leader, or find the leader and forward to it.
+//!
+//! The node a caller talks to drives the whole call: it follows "not the
+//! leader, the leader is X" hints, waits (within the deadline) while an
+//! election is under way, and retries with backoff. A forwarded request is
+//! never forwarded again, so there are no chains or loops. Every command
+//! carries (client, seq), so a retry after a timeout or a leader change is
+//! answered from the session, never applied twice.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft_core::{
+    ClientId, MembershipError, NodeId, NodeInfo, Outcome, ProposeError, RaftNode, ReadError, Role,
+    StateMachine,
+};
+use serde_json::value::RawValue;
+use tokio::sync::Mutex;
+
+use crate::api::{
+    ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
+    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+};
+use crate::client::CommandClient;
+use crate::config::CommandConfig;
+use crate::error::RpcError;
+
+/// The command API of one node.
+pub struct CommandService<S: StateMachine> {
+    node: Arc<RaftNode<S>>,
+    client: CommandClient,
+    config: CommandConfig,
+    /// Membership changes one at a time (openraft allows one in progress).
+    membership: Mutex<()>,
+}
+
+/// Where a call should go next.
+enum Route {
+    Local,
+    Remote(NodeInfo),
+    Unknown,
+}
+
+fn hint(id: NodeId, node: NodeInfo) -> LeaderHint {
+    LeaderHint { id, node }
+}
+
+fn parse_client(text: &str) -> Result<ClientId, RpcError> {
+    if text.len() != 32 {
+        return Err(RpcError::BadRequest(format!(
+            "client must be 32 hex digits, got {} characters",
+            text.len()
+        )));
+    }
+    u128::from_str_radix(text, 16)
+        .map(ClientId)
+        .map_err(|_| RpcError::BadRequest(format!("client {text:?} is not hex")))
+}
+
+fn raw(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>, RpcError> {
+    let text = String::from_utf8(bytes)
+        .map_err(|_| RpcError::Fatal(format!("{what} is not UTF-8 JSON")))?;
+    RawValue::from_string(text).map_err(|e| RpcError::Fatal(format!("{what} is not JSON: {e}")))
+}
+
+impl<S: StateMachine> CommandService<S> {
+    /// The command API of `node`, reaching other nodes through `client`.
+    pub fn new(
+        node: Arc<RaftNode<S>>,
+        client: CommandClient,
+        config: CommandConfig,
+    ) -> CommandService<S> {
+        CommandService { node, client, config, membership: Mutex::new(()) }
+    }
+
+    /// The raft node behind the API.
+    pub fn node(&self) -> &Arc<RaftNode<S>> {
+        &self.node
+    }
+
+    /// Gives the raft node back (to shut it down).
+    pub fn into_node(self) -> Arc<RaftNode<S>> {
+        self.node
+    }
+
+    /// The deadline for a call that asked for `requested`.
+    pub fn deadline(&self, requested: Option<Duration>) -> Instant {
+        Instant::now()
+            + requested.unwrap_or(self.config.default_deadline).min(self.config.max_deadline)
+    }
+
+    fn route(&self, hint: Option<&LeaderHint>) -> Route {
+        let metrics = self.node.metrics();
+        if metrics.role == Role::Leader {
+            return Route::Local;
+        }
+        if let Some(hint) = hint {
+            if hint.id == self.node.id() {
+                return Route::Local;
+            }
+            return Route::Remote(hint.node.clone());
+        }
+        match metrics.leader {
+            Some(id) if id == self.node.id() => Route::Local,
+            Some(id) => match metrics.nodes.get(&id) {
+                Some(node) => Route::Remote(node.clone()),
+                None => Route::Unknown,
+            },
+            None => Route::Unknown,
+        }
+    }
+
+    fn leader_hint(&self, leader: Option<(NodeId, NodeInfo)>) -> Option<LeaderHint> {
+        leader.map(|(id, node)| hint(id, node)).or_else(|| {
+            let m = self.node.metrics();
+            m.leader.and_then(|id| m.nodes.get(&id).cloned().map(|node| hint(id, node)))
+        })
+    }
+
+    /// Runs `attempt` against the leader until it gives a final answer or
+    /// the deadline passes. `attempt` returns `Ok(Some(answer))`, `Ok(None)`
+    /// to try again (leadership moved), or an error that ends the call.
+    async fn with_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        forwarded: bool,
+        mut attempt: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(Route) -> Fut,
+        Fut: Future<Output = Result<Retry<T>, RpcError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.config.min_backoff;
+        let mut hinted: Option<LeaderHint> = None;
+        let mut last_error: Option<RpcError> = None;
+        loop {
+            let route = self.route(hinted.as_ref());
+            if forwarded && !matches!(route, Route::Local) {
+                // Forwarded requests are answered here or bounced back.
+                return Err(RpcError::NotLeader { leader: self.leader_hint(None) });
+            }
+            let waiting_for_leader = matches!(route, Route::Unknown);
+            if waiting_for_leader {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let _ = self.node.wait_for(remaining.min(backoff), |m| m.leader.is_some()).await;
+            } else {
+                match attempt(route).await? {
+                    Retry::Done(answer) => return Ok(answer),
+                    Retry::Again { leader, error } => {
+                        hinted = leader;
+                        last_error = error;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(match (waiting_for_leader, last_error) {
+                    (true, _) | (false, None) if self.node.metrics().leader.is_none() => {
+                        RpcError::NoLeader { waited: started.elapsed() }
+                    }
+                    (_, Some(err)) => err,
+                    _ => RpcError::Timeout { what: what.to_owned(), after: started.elapsed() },
+                });
+            }
+            if !waiting_for_leader {
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// Executes one command on the leader.
+    pub async fn execute(
+        &self,
+        request: &ExecuteRequest,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<ExecuteResponse, RpcError> {
+        let client = parse_client(&request.client)?;
+        if request.seq == 0 {
+            return Err(RpcError::BadRequest("seq starts at 1".to_owned()));
+        }
+        self.with_leader("execute", deadline, forwarded, |route| async move {
+            match route {
+                Route::Local => {
+                    let command = request.command.get().as_bytes().to_vec();
+                    match self.node.propose(client, request.seq, command).await {
+                        Ok(Outcome::Applied(bytes)) => Ok(Retry::Done(ExecuteResponse {
+                            result: raw(bytes, "state machine answer")?,
+                            duplicate: false,
+                        })),
+                        Ok(Outcome::Duplicate(bytes)) => Ok(Retry::Done(ExecuteResponse {
+                            result: raw(bytes, "state machine answer")?,
+                            duplicate: true,
+                        })),
+                        Ok(Outcome::Stale { last_seq }) => {
+                            Err(RpcError::StaleSequence { last_seq })
+                        }
+                        Err(ProposeError::NotLeader { leader }) => {
+                            Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
+                        }
+                        // Unknown outcome: a retry with the same seq is safe.
+                        Err(ProposeError::Timeout(after)) => Ok(Retry::Again {
+                            leader: None,
+                            error: Some(RpcError::Timeout {
+                                what: "execute (outcome unknown)".to_owned(),
+                                after,
+                            }),
+                        }),
+                        Err(ProposeError::TooLarge { size, limit }) => {
+                            Err(RpcError::TooLarge { size, limit })
+                        }
+                        Err(ProposeError::ShuttingDown) => {
+                            Err(RpcError::Unavailable("node is shutting down".to_owned()))
+                        }
+                        Err(err) => Err(RpcError::Fatal(err.to_string())),
+                    }
+                }
+                Route::Remote(leader) => {
+                    let result =
+                        self.client.post(&leader, "/v1/execute", request, deadline, true).await;
+                    self.remote_result(result)
+                }
+                Route::Unknown => {
+                    unreachable!("with_leader does not call attempts without a route")
+                }
+            }
+        })
+        .await
+    }
+
+    /// Turns another node's answer into done, retry, or a final error.
+    fn remote_result<T>(&self, result: Result<T, RpcError>) -> Result<Retry<T>, RpcError> {
+        match result {
+            Ok(answer) => Ok(Retry::Done(answer)),
+            Err(RpcError::Remote { body, .. })
+                if body.code == "not_leader" || body.code == "no_leader" =>
+            {
+                Ok(Retry::Again { leader: body.leader, error: None })
+            }
+            // The leader may have died or be unreachable for a moment.
+            Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. })) => {
+                Ok(Retry::Again { leader: None, error: Some(err) })
+            }
+            Err(RpcError::Remote { status, body })
+                if body.code == "timeout" || body.code == "unavailable" =>
+            {
+                Ok(Retry::Again { leader: None, error: Some(RpcError::Remote { status, body }) })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Adds a node: as a learner, then as a voter once it has caught up.
+    /// Joining again is harmless.
+    pub async fn join(
+        &self,
+        request: &JoinRequest,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<(), RpcError> {
+        self.with_leader("join", deadline, forwarded, |route| async move {
+            match route {
+                Route::Local => self.join_here(request, deadline).await,
+                Route::Remote(leader) => {
+                    let result: Result<serde_json::Value, RpcError> =
+                        self.client.post(&leader, "/v1/join", request, deadline, true).await;
+                    self.remote_result(result.map(|_| ()))
+                }
+                Route::Unknown => {
+                    unreachable!("with_leader does not call attempts without a route")
+                }
+            }
+        })
+        .await
+    }
+
+    async fn join_here(
+        &self,
+        request: &JoinRequest,
+        deadline: Instant,
+    ) -> Result<Retry<()>, RpcError> {
+        let _serial = self.membership.lock().await;
+        let metrics = self.node.metrics();
+        if metrics.voters.contains(&request.id)
+            && metrics.nodes.get(&request.id) == Some(&request.node)
+        {
+            return Ok(Retry::Done(()));
+        }
+        let remaining =
+            deadline.saturating_duration_since(Instant::now()).min(self.config.catch_up_timeout);
+        if let Err(err) = self.node.add_learner(request.id, request.node.clone(), remaining).await {
+            return self.membership_result(err);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self.node.promote(BTreeSet::from([request.id]), remaining).await {
+            Ok(()) => {
+                tracing::info!(id = request.id, node = %request.node, "node joined as a voter");
+                Ok(Retry::Done(()))
+            }
+            Err(err) => self.membership_result(err),
+        }
+    }
+
+    fn membership_result<T>(&self, err: MembershipError) -> Result<Retry<T>, RpcError> {
+        match err {
+            MembershipError::NotLeader { leader } => {
+                Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
+            }
+            MembershipError::InProgress => Ok(Retry::Again { leader: None, error: None }),
+            MembershipError::NotCaughtUp { id, waited } => {
+                Err(RpcError::Timeout { what: format!("node {id} catching up"), after: waited })
+            }
+            MembershipError::Timeout(after) => Ok(Retry::Again {
+                leader: None,
+                error: Some(RpcError::Timeout { what: "membership change".to_owned(), after }),
+            }),
+            MembershipError::Fatal(why) => Err(RpcError::Fatal(why)),
+            other => Err(RpcError::BadRequest(other.to_string())),
+        }
+    }
+
+    /// Removes a member.
+    pub async fn remove(
+        &self,
+        request: &RemoveRequest,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<(), RpcError> {
+        self.with_leader("remove", deadline, forwarded, |route| async move {
+            match route {
+                Route::Local => {
+                    let _serial = self.membership.lock().await;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.node.remove(request.id, remaining).await {
+                        Ok(()) => Ok(Retry::Done(())),
+                        Err(err) => self.membership_result(err),
+                    }
+                }
+                Route::Remote(leader) => {
+                    let result: Result<serde_json::Value, RpcError> =
+                        self.client.post(&leader, "/v1/remove", request, deadline, true).await;
+                    self.remote_result(result.map(|_| ()))
+                }
+                Route::Unknown => {
+                    unreachable!("with_leader does not call attempts without a route")
+                }
+            }
+        })
+        .await
+    }
+
+    /// The read index, answered by the leader only.
+    pub async fn read_index(&self, deadline: Instant) -> Result<ReadIndexResponse, RpcError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self.node.read_index(remaining).await {
+            Ok(index) => Ok(ReadIndexResponse { index }),
+            Err(ReadError::NotLeader { leader }) => {
+                Err(RpcError::NotLeader { leader: self.leader_hint(leader) })
+            }
+            Err(ReadError::QuorumNotReached(why)) => Err(RpcError::Unavailable(why)),
+            Err(ReadError::Timeout(after)) => {
+                Err(RpcError::Timeout { what: "read index".to_owned(), after })
+            }
+            Err(err) => Err(RpcError::Fatal(err.to_string())),
+        }
+    }
+
+    /// Answers a query, linearizable or local. A linearizable read on a
+    /// follower asks the leader for its read index and waits until this node
+    /// has applied it.
+    pub async fn read(
+        &self,
+        request: &ReadRequest,
+        deadline: Instant,
+    ) -> Result<ReadResponse, RpcError> {
+        let query = request.query.get().as_bytes();
+        if request.consistency == Consistency::Local {
+            let index = self.node.metrics().last_applied.unwrap_or(0);
+            return Ok(ReadResponse {
+                result: raw(self.node.query_local(query), "query answer")?,
+                index,
+            });
+        }
+        let index = self
+            .with_leader("linearizable read", deadline, false, |route| async move {
+                match route {
+                    Route::Local => match self.read_index(deadline).await {
+                        Ok(r) => Ok(Retry::Done(r.index)),
+                        Err(RpcError::NotLeader { leader }) => {
+                            Ok(Retry::Again { leader, error: None })
+                        }
+                        Err(err @ (RpcError::Unavailable(_) | RpcError::Timeout { .. })) => {
+                            Ok(Retry::Again { leader: None, error: Some(err) })
+                        }
+                        Err(err) => Err(err),
+                    },
+                    Route::Remote(leader) => {
+                        let result: Result<ReadIndexResponse, RpcError> = self
+                            .client
+                            .post(&leader, "/v1/read-index", &serde_json::json!({}), deadline, true)
+                            .await;
+                        self.remote_result(result.map(|r| r.index))
+                    }
+                    Route::Unknown => {
+                        unreachable!("with_leader does not call attempts without a route")
+                    }
+                }
+            })
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.node.wait_applied(index, remaining).await.map_err(|err| match err {
+            ReadError::Timeout(after) => {
+                RpcError::Timeout { what: format!("applying up to read index {index}"), after }
+            }
+            other => RpcError::Fatal(other.to_string()),
+        })?;
+        Ok(ReadResponse { result: raw(self.node.query_local(query), "query answer")?, index })
+    }
+
+    /// The configuration as this node knows it.
+    pub fn cluster(&self) -> ClusterInfo {
+        let m = self.node.metrics();
+        let members = m
+            .nodes
+            .iter()
+            .map(|(id, node)| Member { id: *id, node: node.clone(), voter: m.voters.contains(id) })
+            .collect();
+        ClusterInfo { node: m.id, leader: m.leader, term: m.term, members }
+    }
+}
+
+/// One attempt's result.
+enum Retry<T> {
+    /// Final answer.
+    Done(T),
+    /// Try again, at the hinted leader if any; `error` is what to report if
+    /// the deadline passes first.
+    Again { leader: Option<LeaderHint>, error: Option<RpcError> },
+}
+
+impl<T> std::fmt::Debug for Retry<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retry::Done(_) => f.write_str("Done"),
+            Retry::Again { leader, .. } => write!(f, "Again({:?})", leader.as_ref().map(|l| l.id)),
+        }
+    }
+}

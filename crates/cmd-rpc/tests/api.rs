@@ -1,0 +1,641 @@
+//! The command API on clusters over the in-memory network: execute, join,
+//! read and remove through any node; forwarding across leader changes;
+//! authorization, size limits, strict JSON and slow clients.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmd_rpc::{
+    CommandClient, CommandConfig, CommandServer, CommandService, Consistency, ExecuteRequest,
+    ExecuteResponse, JoinRequest, ReadRequest, ReadResponse, RemoveRequest, RpcError,
+};
+use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ts_transport::{MemNetwork, PeerAddr, Transport};
+
+const RAFT_PORT: u16 = 7000;
+const COMMAND_PORT: u16 = 7001;
+const WAIT: Duration = Duration::from_secs(20);
+/// An address that is on the network but not allowed to use the API.
+const INTRUDER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99));
+
+/// A JSON key-value store. `{"op":"put","key":k,"value":v}` answers with the
+/// previous value; `{"op":"fail"}` answers with an error of the state
+/// machine's own; queries are `{"get": k}`.
+#[derive(Default)]
+struct Kv {
+    map: BTreeMap<String, String>,
+    log: Vec<String>,
+}
+
+impl StateMachine for Kv {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let command: serde_json::Value =
+            serde_json::from_slice(command).expect("commands are JSON");
+        self.log.push(command.to_string());
+        let answer = match command["op"].as_str() {
+            Some("put") => {
+                let key = command["key"].as_str().unwrap_or_default().to_owned();
+                let value = command["value"].as_str().unwrap_or_default().to_owned();
+                json!({ "previous": self.map.insert(key, value) })
+            }
+            _ => json!({ "error": "refused by the state machine: unknown op" }),
+        };
+        answer.to_string().into_bytes()
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let query: serde_json::Value = serde_json::from_slice(query).unwrap_or_default();
+        json!({ "value": query["get"].as_str().and_then(|k| self.map.get(k)) })
+            .to_string()
+            .into_bytes()
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(out, &(&self.map, &self.log)).map_err(io::Error::other)
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        (self.map, self.log) = serde_json::from_reader(input).map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+fn info(i: usize) -> NodeInfo {
+    NodeInfo {
+        stable_id: format!("node-{i}"),
+        addrs: vec![ip(i)],
+        raft_port: RAFT_PORT,
+        command_port: COMMAND_PORT,
+    }
+}
+
+fn id(i: usize) -> NodeId {
+    i as NodeId + 1
+}
+
+fn test_config() -> CommandConfig {
+    CommandConfig {
+        body_timeout: Duration::from_secs(2),
+        header_timeout: Duration::from_secs(2),
+        ..CommandConfig::default()
+    }
+}
+
+struct Node {
+    service: Arc<CommandService<Kv>>,
+    server: CommandServer,
+}
+
+struct Cluster {
+    net: MemNetwork,
+    nodes: Vec<Option<Node>>,
+}
+
+fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
+    Arc::new(|peer: PeerAddr| peer.ip() != INTRUDER)
+}
+
+impl Cluster {
+    async fn start_node(net: &MemNetwork, i: usize) -> Node {
+        let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
+        let raft = RaftConfig {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            propose_timeout: Duration::from_secs(3),
+            ..RaftConfig::default()
+        };
+        let raft_node = RaftNode::start(
+            id(i),
+            info(i),
+            transport.clone(),
+            Storage::Memory,
+            Kv::default(),
+            authorize_all_but_intruder(),
+            raft,
+        )
+        .await
+        .unwrap();
+        let config = test_config();
+        let service = Arc::new(CommandService::new(
+            Arc::new(raft_node),
+            CommandClient::new(transport.clone(), config.clone()),
+            config.clone(),
+        ));
+        let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
+        let server =
+            CommandServer::start(listener, service.clone(), authorize_all_but_intruder(), config);
+        Node { service, server }
+    }
+
+    /// `n` nodes; the first `voters` form the initial cluster, the rest wait
+    /// to join.
+    async fn new(n: usize, voters: usize) -> Cluster {
+        let net = MemNetwork::new();
+        net.node(INTRUDER);
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(Some(Cluster::start_node(&net, i).await));
+        }
+        let members = (0..voters).map(|i| (id(i), info(i))).collect();
+        assert!(nodes[0].as_ref().unwrap().service.node().initialize(members).await.unwrap());
+        let cluster = Cluster { net, nodes };
+        cluster.leader().await;
+        cluster
+    }
+
+    fn service(&self, i: usize) -> &Arc<CommandService<Kv>> {
+        &self.nodes[i].as_ref().expect("running").service
+    }
+
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.as_ref().is_some_and(|n| n.service.node().metrics().role == Role::Leader) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.server.shutdown().await;
+            match Arc::try_unwrap(node.service) {
+                Ok(service) => match Arc::try_unwrap(service.into_node()) {
+                    Ok(raft) => raft.shutdown().await,
+                    Err(_) => panic!("raft node still shared"),
+                },
+                Err(_) => panic!("service still shared"),
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+
+    fn log(&self, i: usize) -> Vec<String> {
+        self.service(i).node().read_local(|kv| kv.log.clone())
+    }
+
+    async fn wait_log_len(&self, i: usize, len: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log(i).len() < len {
+            assert!(Instant::now() < deadline, "node {i} applied {} of {len}", self.log(i).len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn put(client: u128, seq: u64, key: &str, value: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        client: format!("{client:032x}"),
+        seq,
+        command: RawValue::from_string(
+            json!({"op": "put", "key": key, "value": value}).to_string(),
+        )
+        .unwrap(),
+    }
+}
+
+fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+/// A raw HTTP/1.1 exchange from `from` to node `to`'s command port: the
+/// status code and body, or the error if the server cut the connection.
+async fn raw_http(
+    net: &MemNetwork,
+    from: IpAddr,
+    to: usize,
+    request: &[u8],
+) -> io::Result<(u16, String)> {
+    let mut stream = net
+        .node(from)
+        .dial(ip(to), COMMAND_PORT, Duration::from_secs(5))
+        .await
+        .map_err(io::Error::other)?;
+    stream.write_all(request).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(io::Error::other)??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no status in {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execute_through_every_node_is_applied_once_each() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    for i in 0..3 {
+        let answer = cluster
+            .service(i)
+            .execute(&put(i as u128 + 1, 1, &format!("k{i}"), "v"), deadline(10), false)
+            .await
+            .unwrap();
+        assert!(!answer.duplicate);
+        assert_eq!(
+            answer.result.get(),
+            r#"{"previous":null}"#,
+            "via node {i} (leader is {leader})"
+        );
+    }
+    // A second put on a key answers with the value before it, via a follower.
+    let follower = (leader + 1) % 3;
+    let answer = cluster
+        .service(follower)
+        .execute(&put(9, 1, "k0", "w"), deadline(10), false)
+        .await
+        .unwrap();
+    assert_eq!(answer.result.get(), r#"{"previous":"v"}"#);
+    for i in 0..3 {
+        cluster.wait_log_len(i, 4).await;
+        assert_eq!(cluster.log(i), cluster.log(leader));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_machines_own_error_survives_forwarding() {
+    let cluster = Cluster::new(3, 3).await;
+    let follower = (cluster.leader().await + 1) % 3;
+    let request = ExecuteRequest {
+        client: format!("{:032x}", 5),
+        seq: 1,
+        command: RawValue::from_string(r#"{"op":"explode"}"#.into()).unwrap(),
+    };
+    let answer = cluster.service(follower).execute(&request, deadline(10), false).await.unwrap();
+    assert_eq!(answer.result.get(), r#"{"error":"refused by the state machine: unknown op"}"#);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_through_each_follower_adds_voters() {
+    let cluster = Cluster::new(5, 3).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for (joiner, via) in [(3, followers[0]), (4, followers[1])] {
+        let request = JoinRequest { id: id(joiner), node: info(joiner) };
+        cluster
+            .service(via)
+            .join(&request, deadline(20), false)
+            .await
+            .unwrap_or_else(|e| panic!("join {joiner} via {via}: {e}"));
+    }
+    let metrics = cluster.service(leader).node().metrics();
+    assert_eq!(metrics.voters, (0..5).map(id).collect(), "joined nodes are voters");
+    // Joining again is harmless.
+    cluster
+        .service(followers[0])
+        .join(&JoinRequest { id: id(3), node: info(3) }, deadline(10), false)
+        .await
+        .unwrap();
+    // The new voters replicate.
+    cluster.service(3).execute(&put(1, 1, "after-join", "x"), deadline(10), false).await.unwrap();
+    cluster.wait_log_len(4, 1).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_leader_change_is_not_applied_twice() {
+    let mut cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    // Applied on the old leader, whose answer is then "lost".
+    let first = cluster
+        .service(leader)
+        .execute(&put(77, 1, "once", "1"), deadline(10), false)
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let follower = (leader + 1) % 3;
+    cluster.wait_log_len(follower, 1).await;
+    cluster.stop(leader).await;
+    // The caller retries the same (client, seq) through a follower: it finds
+    // the new leader, which answers from the session.
+    let retry = cluster
+        .service(follower)
+        .execute(&put(77, 1, "once", "1"), deadline(20), false)
+        .await
+        .unwrap();
+    assert!(retry.duplicate, "retry was applied again");
+    assert_eq!(retry.result.get(), first.result.get());
+    cluster.wait_log_len(follower, 1).await;
+    assert_eq!(cluster.log(follower).len(), 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_during_a_leader_crash_is_applied_exactly_once() {
+    let mut cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    // Slow the follower's link to the leader so the forwarded request is
+    // still in flight when the leader dies.
+    cluster.net.set_delay(ip(follower), ip(leader), Duration::from_millis(300));
+    let service = cluster.service(follower).clone();
+    let request = tokio::spawn(async move {
+        service.execute(&put(88, 1, "crash", "1"), deadline(30), false).await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cluster.stop(leader).await;
+    cluster.net.set_delay(ip(follower), ip(leader), Duration::ZERO);
+    let answer = request.await.unwrap().expect("the request finds the new leader");
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &survivors {
+        cluster.wait_log_len(i, 1).await;
+        let applied = cluster.log(i).iter().filter(|c| c.contains("crash")).count();
+        assert_eq!(
+            applied, 1,
+            "node {i} applied the command {applied} times (duplicate answer: {})",
+            answer.duplicate
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_on_a_follower_see_acknowledged_writes() {
+    let cluster = Cluster::new(3, 3).await;
+    let follower = (cluster.leader().await + 1) % 3;
+    let other = (follower + 1) % 3;
+    for n in 1..=20u64 {
+        cluster
+            .service(other)
+            .execute(&put(3, n, "counter", &n.to_string()), deadline(10), false)
+            .await
+            .unwrap();
+        let read = ReadRequest {
+            query: RawValue::from_string(r#"{"get":"counter"}"#.into()).unwrap(),
+            consistency: Consistency::Linearizable,
+        };
+        let answer: ReadResponse =
+            cluster.service(follower).read(&read, deadline(10)).await.unwrap();
+        assert_eq!(
+            answer.result.get(),
+            format!(r#"{{"value":"{n}"}}"#),
+            "read {n} on a follower missed an acknowledged write"
+        );
+    }
+    let local = ReadRequest {
+        query: RawValue::from_string(r#"{"get":"counter"}"#.into()).unwrap(),
+        consistency: Consistency::Local,
+    };
+    assert!(cluster.service(follower).read(&local, deadline(5)).await.is_ok());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_through_a_follower() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let victim = (leader + 2) % 3;
+    cluster
+        .service(follower)
+        .remove(&RemoveRequest { id: id(victim) }, deadline(10), false)
+        .await
+        .unwrap();
+    let metrics = cluster.service(leader).node().metrics();
+    assert!(
+        !metrics.voters.contains(&id(victim)) && !metrics.nodes.contains_key(&id(victim)),
+        "{metrics:?}"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_leader_a_call_waits_its_deadline_and_says_why() {
+    let mut cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            cluster.stop(i).await;
+        }
+    }
+    let started = Instant::now();
+    let err = cluster
+        .service(survivor)
+        .execute(&put(1, 1, "k", "v"), Instant::now() + Duration::from_secs(3), false)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(8),
+        "waited {waited:?}"
+    );
+    assert!(matches!(err, RpcError::NoLeader { .. }), "no quorum gave {err:?}");
+    assert!(err.to_string().contains("no leader elected"), "{err}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
+    let cluster = Cluster::new(1, 1).await;
+    let body = r#"{"client":"00000000000000000000000000000001","seq":1,"command":{}}"#;
+    for (method, path) in [
+        ("POST", "/v1/execute"),
+        ("POST", "/v1/join"),
+        ("POST", "/v1/remove"),
+        ("POST", "/v1/read"),
+        ("POST", "/v1/read-index"),
+        ("GET", "/v1/cluster"),
+        ("GET", "/nope"),
+    ] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, answer) =
+            raw_http(&cluster.net, INTRUDER, 0, request.as_bytes()).await.unwrap();
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+        assert!(answer.contains(r#""code":"forbidden""#), "{answer}");
+    }
+    // And an unauthorized node cannot join, even naming itself.
+    let join = serde_json::to_string(&JoinRequest {
+        id: 99,
+        node: NodeInfo { addrs: vec![INTRUDER], ..info(5) },
+    })
+    .unwrap();
+    let (status, _) = raw_http(&cluster.net, INTRUDER, 0, &post("/v1/join", &join)).await.unwrap();
+    assert_eq!(status, 403);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_join_on_behalf_of_another_address() {
+    let cluster = Cluster::new(2, 1).await;
+    // Node 1 (allowed) asks to add a node at node 0's address plus another.
+    let join = serde_json::to_string(&JoinRequest {
+        id: 50,
+        node: NodeInfo { addrs: vec![ip(7)], ..info(7) },
+    })
+    .unwrap();
+    let (status, body) = raw_http(&cluster.net, ip(1), 0, &post("/v1/join", &join)).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413() {
+    let cluster = Cluster::new(1, 1).await;
+    let limit = test_config().max_request;
+    // Declared too large: refused before the body is read.
+    let request = format!(
+        "POST /v1/execute HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        limit + 1
+    );
+    let (status, body) = raw_http(&cluster.net, ip(0), 0, request.as_bytes()).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    // Chunked, growing past the limit.
+    let mut request = b"POST /v1/execute HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..(limit / chunk.len() + 2) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw_http(&cluster.net, ip(0), 0, &request).await.unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("too_large"), "{body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_gets_400_and_wrong_routes_get_404_or_405() {
+    let cluster = Cluster::new(1, 1).await;
+    let good = r#"{"client":"00000000000000000000000000000001","seq":1,"command":{"op":"put","key":"a","value":"b"}}"#;
+    for bad in [
+        "not json",
+        "",
+        &format!("{good} {good}"),
+        r#"{"client":"00000000000000000000000000000001","seq":1,"command":{},"extra":1}"#,
+        r#"{"client":"00000000000000000000000000000001","seq":"one","command":{}}"#,
+        r#"{"client":"xyz","seq":1,"command":{}}"#,
+        r#"{"client":"00000000000000000000000000000001","seq":0,"command":{}}"#,
+    ] {
+        let (status, body) =
+            raw_http(&cluster.net, ip(0), 0, &post("/v1/execute", bad)).await.unwrap();
+        assert_eq!(status, 400, "{bad:?} gave {status}: {body}");
+        assert!(body.contains("bad_request"), "{body}");
+    }
+    let (status, _) = raw_http(&cluster.net, ip(0), 0, &post("/v1/execute", good)).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = raw_http(&cluster.net, ip(0), 0, &post("/v2/execute", good)).await.unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = raw_http(
+        &cluster.net,
+        ip(0),
+        0,
+        b"GET /v1/execute HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 405);
+    let (status, body) = raw_http(
+        &cluster.net,
+        ip(0),
+        0,
+        b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""members""#), "{body}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_one_byte_per_second_is_cut_off() {
+    let cluster = Cluster::new(1, 1).await;
+    let mut stream =
+        cluster.net.node(ip(0)).dial(ip(0), COMMAND_PORT, Duration::from_secs(5)).await.unwrap();
+    stream
+        .write_all(b"POST /v1/execute HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Trickle the body; the server must answer (408) or hang up long before
+    // 100 bytes have been sent.
+    loop {
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => response.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if response.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "slow client was never cut off");
+    }
+    let cut_after = started.elapsed();
+    let body_timeout = test_config().body_timeout;
+    assert!(
+        cut_after >= body_timeout && cut_after < body_timeout + Duration::from_secs(4),
+        "cut off after {cut_after:?}"
+    );
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_headers_is_disconnected() {
+    let cluster = Cluster::new(1, 1).await;
+    let mut stream =
+        cluster.net.node(ip(0)).dial(ip(0), COMMAND_PORT, Duration::from_secs(5)).await.unwrap();
+    stream.write_all(b"POST /v1/exe").await.unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "connection with half a header still open after 10 s");
+    assert!(started.elapsed() < test_config().header_timeout + Duration::from_secs(3));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_client_forwards_through_a_real_server() {
+    let cluster = Cluster::new(3, 3).await;
+    let follower = (cluster.leader().await + 1) % 3;
+    let client = CommandClient::new(Arc::new(cluster.net.node(ip(9))), test_config());
+    let answer: ExecuteResponse = client
+        .post(&info(follower), "/v1/execute", &put(42, 1, "http", "yes"), deadline(10), false)
+        .await
+        .unwrap();
+    assert!(!answer.duplicate);
+    let again: ExecuteResponse = client
+        .post(&info(follower), "/v1/execute", &put(42, 1, "http", "yes"), deadline(10), false)
+        .await
+        .unwrap();
+    assert!(again.duplicate, "HTTP retry applied twice");
+    cluster.shutdown().await;
+}
