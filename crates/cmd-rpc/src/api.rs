@@ -36,6 +36,11 @@ pub struct JoinRequest {
     pub id: NodeId,
     /// Where to reach it.
     pub node: NodeInfo,
+    /// The node has no raft state (new, or it lost its state). If its id is
+    /// already a member, the leader removes it first, so the cluster never
+    /// sees a member's log go backwards.
+    #[serde(default)]
+    pub fresh: bool,
 }
 
 /// `POST /v1/remove`: remove a member.

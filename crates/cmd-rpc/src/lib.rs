@@ -15,12 +15,16 @@
 //! errors included, is carried verbatim through any number of hops.
 //! [`CommandClient`] is the calling side, with idle connections reused.
 //!
+//! [`PageServer`] serves read-only pages rendered elsewhere (the facade's
+//! monitor) with the same authorization, so hyper stays in this crate.
+//!
 //! Commands, queries and answers are JSON documents at this layer.
 
 mod api;
 mod client;
 mod config;
 mod error;
+mod pages;
 mod server;
 mod service;
 
@@ -31,6 +35,7 @@ pub use crate::api::{
 pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
 pub use crate::config::CommandConfig;
 pub use crate::error::RpcError;
+pub use crate::pages::{Page, PageServer, Render};
 pub use crate::server::{Authorize, CommandServer};
 pub use crate::service::CommandService;
 

@@ -298,7 +298,7 @@ async fn join_through_each_follower_adds_voters() {
     let leader = cluster.leader().await;
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     for (joiner, via) in [(3, followers[0]), (4, followers[1])] {
-        let request = JoinRequest { id: id(joiner), node: info(joiner) };
+        let request = JoinRequest { id: id(joiner), node: info(joiner), fresh: true };
         cluster
             .service(via)
             .join(&request, deadline(20), false)
@@ -310,7 +310,7 @@ async fn join_through_each_follower_adds_voters() {
     // Joining again is harmless.
     cluster
         .service(followers[0])
-        .join(&JoinRequest { id: id(3), node: info(3) }, deadline(10), false)
+        .join(&JoinRequest { id: id(3), node: info(3), fresh: false }, deadline(10), false)
         .await
         .unwrap();
     // The new voters replicate.
@@ -478,6 +478,7 @@ async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
     let join = serde_json::to_string(&JoinRequest {
         id: 99,
         node: NodeInfo { addrs: vec![INTRUDER], ..info(5) },
+        fresh: true,
     })
     .unwrap();
     let (status, _) = raw_http(&cluster.net, INTRUDER, 0, &post("/v1/join", &join)).await.unwrap();
@@ -488,10 +489,11 @@ async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cannot_join_on_behalf_of_another_address() {
     let cluster = Cluster::new(2, 1).await;
-    // Node 1 (allowed) asks to add a node at node 0's address plus another.
+    // Node 1 (allowed) asks to add a node at an address that is not its own.
     let join = serde_json::to_string(&JoinRequest {
         id: 50,
         node: NodeInfo { addrs: vec![ip(7)], ..info(7) },
+        fresh: true,
     })
     .unwrap();
     let (status, body) = raw_http(&cluster.net, ip(1), 0, &post("/v1/join", &join)).await.unwrap();

@@ -214,7 +214,7 @@ pub struct RaftNode<S: StateMachine> {
     state_machine: StateMachineStore<S>,
     proposals: mpsc::Sender<Pending>,
     listener: Arc<dyn Listener>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     config: RaftConfig,
 }
 
@@ -284,7 +284,7 @@ impl<S: StateMachine> RaftNode<S> {
             state_machine,
             proposals,
             listener,
-            tasks: vec![server, batcher],
+            tasks: std::sync::Mutex::new(vec![server, batcher]),
             config,
         })
     }
@@ -509,13 +509,19 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Stops serving and shuts raft down. Every background task ends.
-    pub async fn shutdown(self) {
+    /// Calling it again does nothing more.
+    pub async fn shutdown(&self) {
         // Stop taking RPCs first, so none arrive at a stopped core.
         self.listener.close();
-        for task in &self.tasks {
+        let tasks: Vec<_> =
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        if tasks.is_empty() {
+            return;
+        }
+        for task in &tasks {
             task.abort();
         }
-        for task in self.tasks {
+        for task in tasks {
             let _ = task.await;
         }
         if let Err(err) = self.raft.shutdown().await {

@@ -65,6 +65,9 @@ pub trait Discovery: Send + Sync + 'static {
         self.state().borrow().view.clone()
     }
 
+    /// Stops the source's background work, if it has any. Idempotent.
+    fn stop(&self) {}
+
     /// An authorizer over this source that refuses everything when the view
     /// is older than `max_staleness`.
     fn authorizer(&self, max_staleness: Duration) -> Authorizer {
@@ -203,6 +206,14 @@ pub struct TailnetDiscovery {
 }
 
 impl TailnetDiscovery {
+    fn abort_tasks(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl TailnetDiscovery {
     /// Starts watching the node behind `api`.
     pub fn start(api: LocalApi, config: TailnetDiscoveryConfig) -> TailnetDiscovery {
         let state = watch::Sender::new(DiscoveryState::empty());
@@ -226,13 +237,15 @@ impl TailnetDiscovery {
 
 impl Drop for TailnetDiscovery {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.abort_tasks();
     }
 }
 
 impl Discovery for TailnetDiscovery {
+    fn stop(&self) {
+        self.abort_tasks();
+    }
+
     fn state(&self) -> watch::Receiver<DiscoveryState> {
         self.state.subscribe()
     }

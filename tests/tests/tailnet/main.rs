@@ -5,6 +5,7 @@
 //! own tailnet, so tests can run in parallel and a failure in one leaves
 //! nothing behind for the next.
 
+mod consensus;
 mod discovery;
 mod transport;
 

@@ -1,0 +1,192 @@
+//! A replicated key-value store on a tailnet.
+//!
+//! ```sh
+//! cargo run -p consensus --example kv -- --hostname kv-1 --control-url http://127.0.0.1:PORT \
+//!     --tag tag:kv --state-dir /tmp/kv-1 --local-port 7000
+//! ```
+//!
+//! Talk to it on `127.0.0.1:<local-port>`, one command per line, one JSON
+//! answer per line:
+//!
+//! ```text
+//! put <key> <value>         set a key
+//! get <key>                 read it (linearizable)
+//! get-local <key>           read it from this node only (may be stale)
+//! cas <key> <old|-> <new>   compare-and-set ("-": the key is absent)
+//! del <key>                 delete it
+//! status                    this node's role, term, leader and members
+//! ```
+
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use consensus::{
+    BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, TsnetTransport,
+};
+use store::{KvCommand, KvQuery, KvStore};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser, Debug)]
+#[command(about = "A replicated key-value store on a tailnet")]
+struct Args {
+    /// Tailnet hostname of this node.
+    #[arg(long)]
+    hostname: String,
+    /// Auth key to join the tailnet (not needed once state exists).
+    #[arg(long, env = "TS_AUTHKEY")]
+    auth_key: Option<String>,
+    /// Control server URL (default: Tailscale's).
+    #[arg(long)]
+    control_url: Option<String>,
+    /// The cluster's ACL tag.
+    #[arg(long, default_value = "tag:kv")]
+    tag: String,
+    /// Directory for the node's tailnet state and its raft state.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Raft port.
+    #[arg(long, default_value_t = 6270)]
+    raft_port: u16,
+    /// Command port.
+    #[arg(long, default_value_t = 6271)]
+    command_port: u16,
+    /// Monitor port on the tailnet (tagged peers only).
+    #[arg(long, default_value_t = 8081)]
+    monitor_port: u16,
+    /// Also serve the monitor on 127.0.0.1:<port>.
+    #[arg(long)]
+    monitor_local_port: Option<u16>,
+    /// Port on 127.0.0.1 for the line interface.
+    #[arg(long)]
+    local_port: u16,
+    /// How many tagged nodes form the first cluster.
+    #[arg(long, default_value_t = 1)]
+    expected_size: usize,
+    /// Only join an existing cluster.
+    #[arg(long)]
+    follow_only: bool,
+    /// Command ports to try on peers when joining.
+    #[arg(long, value_delimiter = ',')]
+    seed_command_ports: Vec<u16>,
+    /// Exit when standard input closes (for supervisors and tests).
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut options = NodeOptions::new(args.state_dir.join("tailscale"), &args.hostname);
+    options.auth_key = args.auth_key.clone();
+    options.control_url = args.control_url.clone();
+    let node = TsnetTransport::new(options)?;
+    let addrs = node.up(Duration::from_secs(120)).await?;
+    eprintln!("kv: {} is on the tailnet at {:?}", args.hostname, addrs.all());
+
+    let config = Config {
+        raft_port: args.raft_port,
+        command_port: args.command_port,
+        monitor_port: Some(args.monitor_port),
+        monitor_localhost_port: args.monitor_local_port,
+        state_dir: Some(args.state_dir.join("raft")),
+        seed_command_ports: args.seed_command_ports.clone(),
+        ..Config::default()
+    };
+    let bootstrap = BootstrapOptions {
+        tag: args.tag.clone(),
+        follow_only: args.follow_only,
+        expected_size: args.expected_size,
+    };
+    let kv = Consensus::start_on_tailnet(&node, KvStore::default(), bootstrap, config).await?;
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.local_port))).await?;
+    eprintln!(
+        "kv: node {} ready; line interface on 127.0.0.1:{}{}",
+        kv.id(),
+        args.local_port,
+        kv.monitor_localhost_port()
+            .map(|p| format!("; monitor on http://127.0.0.1:{p}/"))
+            .unwrap_or_default()
+    );
+
+    let serve = {
+        let kv = kv.clone();
+        async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(serve_lines(kv.clone(), stream));
+            }
+        }
+    };
+    let stop_on_eof = async {
+        if args.exit_on_stdin_eof {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = serve => {}
+        _ = tokio::signal::ctrl_c() => eprintln!("kv: interrupted"),
+        _ = stop_on_eof => eprintln!("kv: stdin closed"),
+    }
+    kv.stop(StopMode::Stay).await?;
+    node.close().await;
+    Ok(())
+}
+
+async fn serve_lines(kv: Consensus<KvStore>, stream: TcpStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = handle(&kv, &line).await;
+        if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(kv: &Consensus<KvStore>, line: &str) -> serde_json::Value {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let result = match words.as_slice() {
+        ["put", key, value] => kv
+            .execute(KvCommand::Put { key: key.to_string(), value: value.to_string() })
+            .await
+            .map(|r| serde_json::json!(r)),
+        ["cas", key, old, new] => kv
+            .execute(KvCommand::Cas {
+                key: key.to_string(),
+                expected: (*old != "-").then(|| old.to_string()),
+                value: new.to_string(),
+            })
+            .await
+            .map(|r| serde_json::json!(r)),
+        ["del", key] => kv
+            .execute(KvCommand::Delete { key: key.to_string() })
+            .await
+            .map(|r| serde_json::json!(r)),
+        ["get", key] => {
+            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Linearizable).await
+        }
+        ["get-local", key] => {
+            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Local).await
+        }
+        ["status"] => Ok(serde_json::json!({ "metrics": kv.metrics(), "members": kv.members() })),
+        _ => return serde_json::json!({ "error": format!("unknown command {line:?}") }),
+    };
+    match result {
+        Ok(value) => serde_json::json!({ "ok": value }),
+        Err(err) => serde_json::json!({ "error": err.to_string() }),
+    }
+}

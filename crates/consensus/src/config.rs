@@ -1,0 +1,94 @@
+//! How to run a node: ports, storage, timing, bootstrap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Node settings. `Config::default()` uses the Go package's ports (raft
+/// 6270, command 6271, monitor 8081) and memory-only state.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Port of the raft RPC server.
+    pub raft_port: u16,
+    /// Port of the command API.
+    pub command_port: u16,
+    /// Port of the monitor (tagged peers only); `None` disables it.
+    pub monitor_port: Option<u16>,
+    /// Also serve the monitor on `127.0.0.1:<port>` for operators on this
+    /// host (0 picks a free port); `None` disables it.
+    pub monitor_localhost_port: Option<u16>,
+    /// Where to keep the log and snapshots; `None` keeps them in memory
+    /// (everything is lost when the process ends).
+    pub state_dir: Option<PathBuf>,
+    /// Command ports to try on peers when joining, besides this node's own
+    /// and the default 6271 (for clusters whose nodes use other ports).
+    pub seed_command_ports: Vec<u16>,
+    /// Timing of raft and of calls.
+    pub timing: Timing,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            raft_port: 6270,
+            command_port: cmd_rpc::DEFAULT_PORT,
+            monitor_port: Some(8081),
+            monitor_localhost_port: None,
+            state_dir: None,
+            seed_command_ports: Vec::new(),
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// Timing settings; the defaults fit a tailnet (docs/configuration.md).
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Election timeout range.
+    pub election: (Duration, Duration),
+    /// Default deadline of `execute` and `read`.
+    pub call_deadline: Duration,
+    /// How long `start` may take to join or form a cluster.
+    pub start_timeout: Duration,
+    /// How often the leader reconciles membership with the tagged nodes
+    /// (it also does so on every discovery change).
+    pub reconcile_every: Duration,
+    /// The authorizer refuses peers once the tailnet view is this old.
+    pub max_staleness: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat: Duration::from_millis(500),
+            election: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            call_deadline: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(120),
+            reconcile_every: Duration::from_secs(2),
+            max_staleness: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How this node finds or forms its cluster.
+#[derive(Clone, Debug)]
+pub struct BootstrapOptions {
+    /// The ACL tag that makes a node a member, such as `tag:cluster`. This
+    /// node must carry it.
+    pub tag: String,
+    /// Never form a cluster; only join an existing one.
+    pub follow_only: bool,
+    /// How many tagged nodes form the first cluster. With a fresh state,
+    /// nodes wait until this many tagged nodes are online; then the one with
+    /// the lowest id forms the cluster and the others join it, so nodes
+    /// started together form exactly one cluster. 1 lets a lone node start.
+    pub expected_size: usize,
+}
+
+impl BootstrapOptions {
+    /// Options for `tag`, expecting a cluster of one to start with.
+    pub fn new(tag: impl Into<String>) -> BootstrapOptions {
+        BootstrapOptions { tag: tag.into(), follow_only: false, expected_size: 1 }
+    }
+}

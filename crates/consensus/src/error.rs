@@ -1,0 +1,67 @@
+//! The one error type of the facade: the cases a caller acts on.
+
+use std::time::Duration;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// This node does not carry the cluster tag, so it may not join.
+    #[error("this node is not tagged {tag}; tag it in the tailnet's ACLs to let it join")]
+    NotTagged {
+        /// The cluster tag.
+        tag: String,
+    },
+    /// Could not join or form a cluster in time.
+    #[error("could not join a cluster within {waited:?}: {reason}")]
+    JoinFailed {
+        /// How long we tried.
+        waited: Duration,
+        /// What the last attempt said.
+        reason: String,
+    },
+    /// No leader was elected within the deadline (no quorum?).
+    #[error("no leader elected within {waited:?}; the cluster may have lost its quorum")]
+    NoLeader {
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// No outcome within the deadline. The command may still be applied;
+    /// nothing is applied twice.
+    #[error("no outcome within the deadline; the command may still be applied: {0}")]
+    Timeout(String),
+    /// The state machine could not decode the command or query (nodes with
+    /// different versions of the state machine's types?).
+    #[error("rejected by the state machine: {0}")]
+    Rejected(String),
+    /// Configuration or argument error.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Storage could not be opened or written.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The tailnet or the network failed.
+    #[error("network: {0}")]
+    Network(String),
+    /// The node is stopped or stopping.
+    #[error("the node is stopped")]
+    Stopped,
+    /// The node stopped on a fatal error (for example, the state machine
+    /// panicked).
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl From<cmd_rpc::RpcError> for Error {
+    fn from(err: cmd_rpc::RpcError) -> Error {
+        use cmd_rpc::RpcError as E;
+        match err {
+            E::NoLeader { waited } => Error::NoLeader { waited },
+            E::Timeout { .. } => Error::Timeout(err.to_string()),
+            E::TooLarge { .. } | E::BadRequest(_) => Error::Invalid(err.to_string()),
+            E::Unavailable(_) => Error::Stopped,
+            E::Fatal(why) => Error::Fatal(why),
+            other => Error::Network(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The user's state machine in typed form, and the adapter that turns it
+//! into raft-core's byte-level one. Commands, answers and queries travel as
+//! JSON, so a node can forward them without knowing their types.
+
+use std::io::{self, Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A deterministic state machine replicated on every member.
+///
+/// `apply` must depend only on the state and the command: no clocks, no
+/// randomness, no IO. A panic in `apply` stops the node (a fatal error) so
+/// that replicas cannot diverge.
+pub trait StateMachine: Send + Sync + 'static {
+    /// A command that changes the state.
+    type Command: Serialize + DeserializeOwned + Send + 'static;
+    /// What applying a command answers.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+    /// A read-only question.
+    type Query: Serialize + DeserializeOwned + Send + 'static;
+    /// Its answer.
+    type QueryResponse: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Applies one command.
+    fn apply(&mut self, command: Self::Command) -> Self::Response;
+    /// Answers a query from the current state.
+    fn query(&self, query: &Self::Query) -> Self::QueryResponse;
+    /// Writes the whole state.
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()>;
+    /// Replaces the state with one written by `snapshot`.
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
+}
+
+/// The Go package's command shape: a name for dispatch and JSON arguments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DynamicCommand {
+    /// What to do.
+    pub name: String,
+    /// Its arguments.
+    pub args: serde_json::Value,
+}
+
+/// The Go package's result shape: the state machine's error as a string, or
+/// a JSON result. Unlike the Go package, the error survives forwarding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DynamicResult {
+    /// The state machine's error, if the command failed.
+    pub error: Option<String>,
+    /// The result.
+    pub result: serde_json::Value,
+}
+
+/// What the adapter stores as an answer: the response, or why the command
+/// could not even be decoded (a node with another version of the types).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Answer<R> {
+    Ok(R),
+    Undecodable(String),
+}
+
+/// raft-core's state machine over a typed one.
+pub(crate) struct Adapter<S>(pub(crate) S);
+
+impl<S: StateMachine> raft_core::StateMachine for Adapter<S> {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let answer = match serde_json::from_slice::<S::Command>(command) {
+            Ok(command) => Answer::Ok(self.0.apply(command)),
+            Err(err) => Answer::Undecodable(format!("command does not decode: {err}")),
+        };
+        serde_json::to_vec(&answer).unwrap_or_else(|err| {
+            serde_json::to_vec(&Answer::<()>::Undecodable(format!("answer does not encode: {err}")))
+                .unwrap_or_default()
+        })
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        let answer = match serde_json::from_slice::<S::Query>(query) {
+            Ok(query) => Answer::Ok(self.0.query(&query)),
+            Err(err) => Answer::Undecodable(format!("query does not decode: {err}")),
+        };
+        serde_json::to_vec(&answer).unwrap_or_default()
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        self.0.snapshot(out)
+    }
+
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        self.0.restore(input)
+    }
+}

@@ -1,0 +1,227 @@
+//! The monitor: `/status` (JSON), `/metrics` (Prometheus text) and `/` (an
+//! HTML page that refreshes itself), on the monitor port for tagged peers
+//! and, optionally, on 127.0.0.1 for operators. Read-only: no endpoint makes
+//! the node dial anything.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cmd_rpc::{Page, PageServer, Render};
+use serde::Serialize;
+use ts_transport::{PeerAddr, TcpTransport, Transport};
+
+use crate::error::Error;
+use crate::machine::StateMachine;
+use crate::node::{Inner, Member, Metrics, members_of};
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Serialize)]
+struct Status {
+    id: u64,
+    tag: String,
+    #[serde(flatten)]
+    metrics: Metrics,
+    committed_index: Option<u64>,
+    members: Vec<Member>,
+}
+
+fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
+    let raft = inner.raft().metrics();
+    let metrics = crate::node::Consensus::<S>::metrics_from(&raft);
+    let committed = inner.committed.load(Ordering::Relaxed);
+    Status {
+        id: inner.id,
+        tag: inner.tag.clone(),
+        metrics,
+        committed_index: (committed != u64::MAX).then_some(committed),
+        members: members_of(inner),
+    }
+}
+
+fn prometheus(status: &Status) -> String {
+    let mut out = String::new();
+    let m = &status.metrics;
+    let gauge = |out: &mut String, name: &str, help: &str, value: Option<u64>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        if let Some(value) = value {
+            let _ = writeln!(out, "{name} {value}");
+        }
+    };
+    gauge(&mut out, "tsconsensus_term", "Current raft term.", Some(m.term));
+    gauge(
+        &mut out,
+        "tsconsensus_is_leader",
+        "1 if this node leads.",
+        Some(u64::from(m.leader == Some(m.id))),
+    );
+    gauge(
+        &mut out,
+        "tsconsensus_leader_known",
+        "1 if a leader is known.",
+        Some(u64::from(m.leader.is_some())),
+    );
+    gauge(&mut out, "tsconsensus_last_log_index", "Index of the last log entry.", m.last_log_index);
+    gauge(
+        &mut out,
+        "tsconsensus_applied_index",
+        "Index of the last applied entry.",
+        m.applied_index,
+    );
+    gauge(
+        &mut out,
+        "tsconsensus_committed_index",
+        "Index of the last committed entry.",
+        status.committed_index,
+    );
+    gauge(
+        &mut out,
+        "tsconsensus_snapshot_index",
+        "Index covered by the last snapshot.",
+        m.snapshot_index,
+    );
+    gauge(&mut out, "tsconsensus_voters", "Voting members.", Some(m.voters as u64));
+    gauge(&mut out, "tsconsensus_learners", "Non-voting members.", Some(m.learners as u64));
+    let _ = writeln!(
+        out,
+        "# HELP tsconsensus_member_online 1 if the tailnet shows the member online.\n# TYPE tsconsensus_member_online gauge"
+    );
+    for member in &status.members {
+        let _ = writeln!(
+            out,
+            "tsconsensus_member_online{{id=\"{}\",stable_id=\"{}\"}} {}",
+            member.id,
+            escape_label(&member.stable_id),
+            u64::from(member.online)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tsconsensus_member_matched_index Last index replicated to the member (leader only).\n# TYPE tsconsensus_member_matched_index gauge"
+    );
+    for member in &status.members {
+        if let Some(index) = member.matched_index {
+            let _ =
+                writeln!(out, "tsconsensus_member_matched_index{{id=\"{}\"}} {index}", member.id);
+        }
+    }
+    out
+}
+
+fn escape_label(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn html(status: &Status) -> String {
+    let m = &status.metrics;
+    let leader = status.members.iter().find(|member| member.leader);
+    let leader_text = match leader {
+        Some(l) => {
+            format!("{} ({})", escape_html(l.hostname.as_deref().unwrap_or(&l.stable_id)), l.id)
+        }
+        None => "none".to_owned(),
+    };
+    let mut rows = String::new();
+    for member in &status.members {
+        let _ = write!(
+            rows,
+            "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{:?}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            if member.leader { " class=\"leader\"" } else { "" },
+            member.id,
+            escape_html(member.hostname.as_deref().unwrap_or("?")),
+            escape_html(&member.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
+            member.role,
+            if member.leader { ", leader" } else { "" },
+            escape_html(&member.tags.join(" ")),
+            if member.online { "online" } else { "offline" },
+            member.matched_index.map(|i| i.to_string()).unwrap_or_else(|| "-".to_owned()),
+        );
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>tsconsensus node {id}</title><style>body{{font-family:sans-serif;margin:2em}}\
+         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.leader{{font-weight:bold}}</style></head>\
+         <body><h1>tsconsensus node {id}</h1><p id=\"summary\">Tag <b>{tag}</b> · role <b>{role:?}</b> · term {term} · \
+         leader <b id=\"leader\">{leader_text}</b> · applied {applied} · committed {committed} · snapshot {snapshot}</p>\
+         <table id=\"members\"><tr><th>id</th><th>host</th><th>addresses</th><th>role</th><th>tags</th><th>tailnet</th><th>replicated to</th></tr>{rows}</table>\
+         <p>Refreshes every 2 s. <a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a></p></body></html>",
+        id = status.id,
+        tag = escape_html(&status.tag),
+        role = m.role,
+        term = m.term,
+        applied = m.applied_index.map(|i| i.to_string()).unwrap_or_else(|| "-".to_owned()),
+        committed = status.committed_index.map(|i| i.to_string()).unwrap_or_else(|| "-".to_owned()),
+        snapshot = m.snapshot_index.map(|i| i.to_string()).unwrap_or_else(|| "-".to_owned()),
+    )
+}
+
+fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
+    Arc::new(move |path: &str| {
+        let inner = inner.upgrade()?;
+        let status = status(&inner);
+        match path {
+            "/status" => Some(Page {
+                content_type: "application/json",
+                body: serde_json::to_string_pretty(&status).unwrap_or_default(),
+            }),
+            "/metrics" => {
+                Some(Page { content_type: "text/plain; version=0.0.4", body: prometheus(&status) })
+            }
+            "/" => Some(Page { content_type: "text/html; charset=utf-8", body: html(&status) }),
+            _ => None,
+        }
+    })
+}
+
+/// Starts the monitor servers and the task that refreshes the committed
+/// index.
+pub(crate) async fn start<S: StateMachine>(
+    inner: &Arc<Inner<S>>,
+    transport: Arc<dyn Transport>,
+    authorize: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync>,
+) -> Result<(), Error> {
+    let refresher = tokio::spawn({
+        let inner = Arc::downgrade(inner);
+        async move {
+            loop {
+                let Some(strong) = inner.upgrade() else { return };
+                if let Some(committed) = strong.raft().committed_index().await {
+                    strong.committed.store(committed, Ordering::Relaxed);
+                }
+                drop(strong);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(refresher);
+    let render = renderer(Arc::downgrade(inner));
+    if let Some(port) = inner.config.monitor_port {
+        let listener = transport
+            .listen(port)
+            .await
+            .map_err(|e| Error::Network(format!("cannot listen on monitor port {port}: {e}")))?;
+        let server =
+            PageServer::start(Arc::from(listener), authorize, render.clone(), HEADER_TIMEOUT);
+        inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+    }
+    if let Some(port) = inner.config.monitor_localhost_port {
+        let local = TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let listener = local.listen(port).await.map_err(|e| {
+            Error::Network(format!("cannot listen on 127.0.0.1:{port} for the monitor: {e}"))
+        })?;
+        let only_loopback: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> =
+            Arc::new(|peer: PeerAddr| peer.ip().is_loopback());
+        let server = PageServer::start(Arc::from(listener), only_loopback, render, HEADER_TIMEOUT);
+        *inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(server.port());
+        inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+    }
+    Ok(())
+}

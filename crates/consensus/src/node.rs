@@ -1,0 +1,614 @@
+//! A running consensus node: the handle users hold.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cmd_rpc::{
+    CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest, JoinRequest,
+    PageServer, ReadRequest, RemoveRequest,
+};
+use raft_core::{ClientId, NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use ts_discovery::{ClusterView, Discovery};
+use ts_transport::{PeerAddr, Transport};
+
+use crate::config::{BootstrapOptions, Config};
+use crate::error::Error;
+use crate::machine::{Adapter, Answer, StateMachine};
+use crate::{membership, monitor};
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// Reflects every command acknowledged before the read began (asks the
+    /// leader to confirm its leadership; one round trip).
+    Linearizable,
+    /// Whatever this node has applied; may be behind.
+    Local,
+}
+
+/// A member's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Votes and may lead.
+    Voter,
+    /// Receives the log; becomes a voter once caught up.
+    Learner,
+}
+
+/// One member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Raft id (derived from the stable tailnet id).
+    pub id: u64,
+    /// The stable tailnet id.
+    pub stable_id: String,
+    /// Its hostname, if the tailnet view knows it.
+    pub hostname: Option<String>,
+    /// Its addresses.
+    pub addrs: Vec<IpAddr>,
+    /// Raft port.
+    pub raft_port: u16,
+    /// Command port.
+    pub command_port: u16,
+    /// Voter or learner.
+    pub role: MemberRole,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Its tags, as the tailnet view shows them.
+    pub tags: Vec<String>,
+    /// Whether the tailnet shows it online.
+    pub online: bool,
+    /// On the leader: the last index replicated to it.
+    pub matched_index: Option<u64>,
+}
+
+/// This node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Leads.
+    Leader,
+    /// Follows.
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Not (yet) a voter.
+    Learner,
+    /// Stopped.
+    Stopped,
+}
+
+/// A point-in-time view of this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Metrics {
+    /// This node's raft id.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader's id, if known.
+    pub leader: Option<u64>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub applied_index: Option<u64>,
+    /// Index covered by the last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voters.
+    pub voters: usize,
+    /// Learners.
+    pub learners: usize,
+    /// Why the node stopped, if a fatal error stopped it.
+    pub fatal: Option<String>,
+}
+
+fn metrics_of(m: &raft_core::NodeMetrics) -> Metrics {
+    Metrics {
+        id: m.id,
+        role: match m.role {
+            raft_core::Role::Leader => Role::Leader,
+            raft_core::Role::Follower => Role::Follower,
+            raft_core::Role::Candidate => Role::Candidate,
+            raft_core::Role::Learner => Role::Learner,
+            raft_core::Role::Shutdown => Role::Stopped,
+        },
+        term: m.term,
+        leader: m.leader,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied,
+        snapshot_index: m.snapshot,
+        voters: m.voters.len(),
+        learners: m.learners.len(),
+        fatal: m.fatal.clone(),
+    }
+}
+
+/// Whether to stay in the configuration when stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Stay a member: the node is expected back (a restart, an upgrade).
+    Stay,
+    /// Leave the configuration first, so the cluster no longer counts it.
+    Leave,
+}
+
+/// Client sessions for exactly-once commands: each in-flight command uses
+/// a session no other in-flight command uses, with increasing sequence
+/// numbers. Ids are random, so a restart never reuses one.
+#[derive(Default)]
+struct Sessions {
+    idle: Mutex<Vec<(ClientId, u64)>>,
+}
+
+const MAX_IDLE_SESSIONS: usize = 1024;
+
+impl Sessions {
+    fn take(&self) -> Result<(ClientId, u64), Error> {
+        if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(session);
+        }
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| Error::Fatal(format!("no randomness for a session id: {e}")))?;
+        Ok((ClientId(u128::from_le_bytes(bytes)), 1))
+    }
+
+    fn give_back(&self, client: ClientId, next_seq: u64) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_SESSIONS {
+            idle.push((client, next_seq));
+        }
+    }
+}
+
+pub(crate) struct Inner<S: StateMachine> {
+    pub(crate) id: NodeId,
+    pub(crate) tag: String,
+    pub(crate) service: Arc<CommandService<Adapter<S>>>,
+    pub(crate) discovery: Arc<dyn Discovery>,
+    pub(crate) config: Config,
+    sessions: Sessions,
+    stopped: AtomicBool,
+    command_server: Mutex<Option<CommandServer>>,
+    pub(crate) monitors: Mutex<Vec<PageServer>>,
+    pub(crate) localhost_monitor_port: Mutex<Option<u16>>,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
+    pub(crate) committed: std::sync::atomic::AtomicU64,
+    /// Whether the node started its discovery itself (and stops it).
+    owns_discovery: AtomicBool,
+}
+
+impl<S: StateMachine> Inner<S> {
+    pub(crate) fn raft(&self) -> &Arc<RaftNode<Adapter<S>>> {
+        self.service.node()
+    }
+
+    pub(crate) fn view(&self) -> Option<Arc<ClusterView>> {
+        self.discovery.current()
+    }
+}
+
+/// A consensus node. Cloning gives another handle to the same node.
+pub struct Consensus<S: StateMachine> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: StateMachine> Clone for Consensus<S> {
+    fn clone(&self) -> Self {
+        Consensus { inner: self.inner.clone() }
+    }
+}
+
+fn raft_config(config: &Config) -> RaftConfig {
+    RaftConfig {
+        heartbeat_interval: config.timing.heartbeat,
+        election_timeout: config.timing.election,
+        ..RaftConfig::default()
+    }
+}
+
+fn command_config(config: &Config) -> CommandConfig {
+    CommandConfig { default_deadline: config.timing.call_deadline, ..CommandConfig::default() }
+}
+
+/// Waits for the first view of the tailnet.
+async fn first_view(
+    discovery: &dyn Discovery,
+    timeout: Duration,
+) -> Result<Arc<ClusterView>, Error> {
+    let mut state = discovery.state();
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(view) = state.borrow_and_update().view.clone() {
+                return Ok(view);
+            }
+            if state.changed().await.is_err() {
+                return Err(Error::Network("discovery stopped".to_owned()));
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(result) => result,
+        Err(_) => Err(Error::Network(match &state.borrow().last_error {
+            Some(err) => format!("no view of the tailnet within {timeout:?}: {err}"),
+            None => format!("no view of the tailnet within {timeout:?}"),
+        })),
+    }
+}
+
+impl<S: StateMachine> Consensus<S> {
+    /// Starts a consensus node on a Tailscale node that is up. Peers are the
+    /// tailnet nodes carrying `bootstrap.tag`.
+    #[cfg(feature = "tailscale")]
+    pub async fn start_on_tailnet(
+        node: &ts_transport::tsnet::TsnetTransport,
+        state_machine: S,
+        bootstrap: BootstrapOptions,
+        config: Config,
+    ) -> Result<Consensus<S>, Error> {
+        use ts_discovery::{LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};
+        let api = LocalApi::for_node(node, LocalApiLimits::default())
+            .map_err(|e| Error::Network(e.to_string()))?;
+        let discovery = Arc::new(TailnetDiscovery::start(
+            api,
+            TailnetDiscoveryConfig::new(bootstrap.tag.clone()),
+        ));
+        let transport: Arc<dyn Transport> = Arc::new(node.clone());
+        match Consensus::start_with(transport, discovery.clone(), state_machine, bootstrap, config)
+            .await
+        {
+            Ok(consensus) => {
+                consensus.inner.owns_discovery.store(true, Ordering::Release);
+                Ok(consensus)
+            }
+            Err(err) => {
+                discovery.stop();
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts a consensus node on any transport, with any discovery source
+    /// (for example `MemTransport` with `StaticDiscovery` in tests).
+    pub async fn start_with(
+        transport: Arc<dyn Transport>,
+        discovery: Arc<dyn Discovery>,
+        state_machine: S,
+        bootstrap: BootstrapOptions,
+        config: Config,
+    ) -> Result<Consensus<S>, Error> {
+        if bootstrap.tag.is_empty() {
+            return Err(Error::Invalid("the cluster tag must not be empty".to_owned()));
+        }
+        if bootstrap.expected_size == 0 {
+            return Err(Error::Invalid("expected_size must be at least 1".to_owned()));
+        }
+        let started = Instant::now();
+        let view = first_view(&*discovery, config.timing.start_timeout).await?;
+        if !view.self_tagged() {
+            return Err(Error::NotTagged { tag: bootstrap.tag.clone() });
+        }
+        let id = raft_core::node_id_from_stable_id(&view.self_node.id.0);
+        let self_node = NodeInfo {
+            stable_id: view.self_node.id.0.clone(),
+            addrs: view.self_node.addrs().collect(),
+            raft_port: config.raft_port,
+            command_port: config.command_port,
+        };
+        let authorizer = discovery.authorizer(config.timing.max_staleness);
+        let authorize: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> = {
+            let authorizer = authorizer.clone();
+            Arc::new(move |peer: PeerAddr| authorizer.allows_peer(peer))
+        };
+        let storage = match &config.state_dir {
+            Some(dir) => Storage::Durable(dir.clone()),
+            None => Storage::Memory,
+        };
+        let raft = RaftNode::start(
+            id,
+            self_node.clone(),
+            transport.clone(),
+            storage,
+            Adapter(state_machine),
+            authorize.clone(),
+            raft_config(&config),
+        )
+        .await
+        .map_err(|e| match e {
+            raft_core::StartError::Storage(why) => Error::Storage(why),
+            other => Error::Network(other.to_string()),
+        })?;
+        let commands = command_config(&config);
+        let service = Arc::new(CommandService::new(
+            Arc::new(raft),
+            CommandClient::new(transport.clone(), commands.clone()),
+            commands.clone(),
+        ));
+        let listener = match transport.listen(config.command_port).await {
+            Ok(listener) => Arc::from(listener),
+            Err(err) => {
+                shutdown_service(service).await;
+                return Err(Error::Network(format!(
+                    "cannot listen on command port {}: {err}",
+                    config.command_port
+                )));
+            }
+        };
+        let command_server =
+            CommandServer::start(listener, service.clone(), authorize.clone(), commands);
+        let inner = Arc::new(Inner {
+            id,
+            tag: bootstrap.tag.clone(),
+            service,
+            discovery,
+            config: config.clone(),
+            sessions: Sessions::default(),
+            stopped: AtomicBool::new(false),
+            command_server: Mutex::new(Some(command_server)),
+            monitors: Mutex::new(Vec::new()),
+            localhost_monitor_port: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+            committed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            owns_discovery: AtomicBool::new(false),
+        });
+        let consensus = Consensus { inner };
+        let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());
+        if let Err(err) = crate::bootstrap::run(
+            &consensus.inner,
+            transport.clone(),
+            &self_node,
+            &bootstrap,
+            remaining,
+        )
+        .await
+        {
+            consensus.shutdown_all().await;
+            return Err(err);
+        }
+        // Membership follows tags; the leader acts on it.
+        let reconciler = tokio::spawn(membership::reconcile_loop(Arc::downgrade(&consensus.inner)));
+        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(reconciler);
+        if let Err(err) = monitor::start(&consensus.inner, transport, authorize).await {
+            consensus.shutdown_all().await;
+            return Err(err);
+        }
+        tracing::info!(id, tag = %bootstrap.tag, "consensus node started");
+        Ok(consensus)
+    }
+
+    /// This node's raft id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    fn check_running(&self) -> Result<(), Error> {
+        if self.inner.stopped.load(Ordering::Acquire) { Err(Error::Stopped) } else { Ok(()) }
+    }
+
+    /// Executes a command: it is applied on every member in the same order,
+    /// exactly once, and this answers with the leader's result.
+    pub async fn execute(&self, command: S::Command) -> Result<S::Response, Error> {
+        self.execute_within(command, self.inner.config.timing.call_deadline).await
+    }
+
+    /// [`Consensus::execute`] with its own deadline.
+    pub async fn execute_within(
+        &self,
+        command: S::Command,
+        deadline: Duration,
+    ) -> Result<S::Response, Error> {
+        self.check_running()?;
+        let json = serde_json::to_string(&command)
+            .map_err(|e| Error::Invalid(format!("command does not encode: {e}")))?;
+        let command = RawValue::from_string(json).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (client, seq) = self.inner.sessions.take()?;
+        let request = ExecuteRequest { client: format!("{:032x}", client.0), seq, command };
+        match self.inner.service.execute(&request, Instant::now() + deadline, false).await {
+            Ok(response) => {
+                self.inner.sessions.give_back(client, seq + 1);
+                decode_answer(response.result.get())
+            }
+            // The session's fate is unknown; a fresh one is used next time.
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Answers a query from the state machine.
+    pub async fn read(
+        &self,
+        query: S::Query,
+        consistency: Consistency,
+    ) -> Result<S::QueryResponse, Error> {
+        self.check_running()?;
+        let json = serde_json::to_string(&query)
+            .map_err(|e| Error::Invalid(format!("query does not encode: {e}")))?;
+        let request = ReadRequest {
+            query: RawValue::from_string(json).map_err(|e| Error::Invalid(e.to_string()))?,
+            consistency: match consistency {
+                Consistency::Linearizable => cmd_rpc::Consistency::Linearizable,
+                Consistency::Local => cmd_rpc::Consistency::Local,
+            },
+        };
+        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+        let response = self.inner.service.read(&request, deadline).await?;
+        decode_answer(response.result.get())
+    }
+
+    /// The leader, if one is known.
+    pub fn leader(&self) -> Option<Member> {
+        self.members().into_iter().find(|m| m.leader)
+    }
+
+    /// Every member with its role, tags and liveness.
+    pub fn members(&self) -> Vec<Member> {
+        members_of(&self.inner)
+    }
+
+    /// Removes a member from the configuration (through the leader).
+    pub async fn remove_member(&self, id: u64) -> Result<(), Error> {
+        self.check_running()?;
+        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+        self.inner.service.remove(&RemoveRequest { id }, deadline, false).await.map_err(Error::from)
+    }
+
+    /// This node's metrics now.
+    pub fn metrics(&self) -> Metrics {
+        metrics_of(&self.inner.raft().metrics())
+    }
+
+    pub(crate) fn metrics_from(m: &raft_core::NodeMetrics) -> Metrics {
+        metrics_of(m)
+    }
+
+    /// Metrics as they change.
+    pub fn watch(&self) -> watch::Receiver<Metrics> {
+        let mut source = self.inner.raft().subscribe();
+        let (tx, rx) = watch::channel(metrics_of(&source.borrow()));
+        tokio::spawn(async move {
+            while source.changed().await.is_ok() {
+                if tx.send(metrics_of(&source.borrow_and_update())).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Waits, at most `timeout`, until `condition` holds for the metrics.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&Metrics) -> bool,
+    ) -> Result<Metrics, Error> {
+        self.inner
+            .raft()
+            .wait_for(timeout, |m| condition(&metrics_of(m)))
+            .await
+            .map(|m| metrics_of(&m))
+            .map_err(|m| {
+                Error::Timeout(format!(
+                    "condition not met within {timeout:?}; metrics now {:?}",
+                    metrics_of(&m)
+                ))
+            })
+    }
+
+    /// The port of the localhost monitor (`http://127.0.0.1:<port>/`), if
+    /// it is served.
+    pub fn monitor_localhost_port(&self) -> Option<u16> {
+        *self.inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the node. With [`StopMode::Leave`] it first leaves the
+    /// configuration (through the leader). Every background task ends.
+    pub async fn stop(self, mode: StopMode) -> Result<(), Error> {
+        let mut result = Ok(());
+        if mode == StopMode::Leave && !self.inner.stopped.load(Ordering::Acquire) {
+            let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+            if let Err(err) = self
+                .inner
+                .service
+                .remove(&RemoveRequest { id: self.inner.id }, deadline, false)
+                .await
+            {
+                result = Err(Error::from(err));
+            }
+        }
+        self.shutdown_all().await;
+        result
+    }
+
+    async fn shutdown_all(&self) {
+        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tasks: Vec<_> =
+            self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let monitors: Vec<_> =
+            self.inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for monitor in monitors {
+            monitor.shutdown().await;
+        }
+        let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+        self.inner.raft().shutdown().await;
+        if self.inner.owns_discovery.load(Ordering::Acquire) {
+            self.inner.discovery.stop();
+        }
+        tracing::info!(id = self.inner.id, "consensus node stopped");
+    }
+}
+
+/// Decodes a state machine answer.
+fn decode_answer<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
+    match serde_json::from_str::<Answer<T>>(json) {
+        Ok(Answer::Ok(value)) => Ok(value),
+        Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),
+        Err(e) => Err(Error::Rejected(format!("answer does not decode: {e}"))),
+    }
+}
+
+async fn shutdown_service<S: StateMachine>(service: Arc<CommandService<Adapter<S>>>) {
+    service.node().shutdown().await;
+}
+
+pub(crate) fn members_of<S: StateMachine>(inner: &Inner<S>) -> Vec<Member> {
+    let m = inner.raft().metrics();
+    let view = inner.view();
+    m.nodes
+        .iter()
+        .map(|(id, node)| {
+            let seen = view.as_ref().and_then(|v| {
+                if v.self_node.id.0 == node.stable_id {
+                    Some(v.self_node.clone())
+                } else {
+                    v.members.values().find(|n| n.id.0 == node.stable_id).cloned()
+                }
+            });
+            let is_self = *id == inner.id;
+            Member {
+                id: *id,
+                stable_id: node.stable_id.clone(),
+                hostname: seen.as_ref().map(|n| n.hostname.clone()),
+                addrs: node.addrs.clone(),
+                raft_port: node.raft_port,
+                command_port: node.command_port,
+                role: if m.voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
+                leader: m.leader == Some(*id),
+                tags: seen.as_ref().map(|n| n.tags.iter().cloned().collect()).unwrap_or_default(),
+                online: is_self || seen.as_ref().is_some_and(|n| n.online),
+                matched_index: m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()),
+            }
+        })
+        .collect()
+}
+
+/// Join requests this node sends: its id and record.
+pub(crate) fn join_request(id: NodeId, node: &NodeInfo, fresh: bool) -> JoinRequest {
+    JoinRequest { id, node: node.clone(), fresh }
+}
+
+/// Ports to try on a peer when joining.
+pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
+    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
+    ports.extend(&config.seed_command_ports);
+    let mut seen = BTreeMap::new();
+    ports.retain(|p| seen.insert(*p, ()).is_none());
+    ports
+}
