@@ -1,5 +1,7 @@
 //! Build and test automation for the workspace, run as `cargo xtask <task>`.
 //!
+//! - `demo`: a local tailnet and three KV nodes as separate processes:
+//!   writes, reads, the leader killed and replaced, the old leader back.
 //! - `ci`: the one gate. Formatting check, clippy with warnings denied,
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
 //!   included), and `cargo deny check bans licenses sources`. It never
@@ -13,6 +15,8 @@
 //!   cluster (memory and TCP transports, memory and durable storage).
 //!
 //! Standard library only, so it builds in seconds before anything else.
+
+mod demo;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["ci"] => ci(),
+        ["demo"] => demo::demo(),
         ["tailnet"] => tailnet(),
         ["bench", which @ ("transport" | "discovery")] => bench("tests", which),
         ["bench", "raft"] => bench("raft-core", "propose"),

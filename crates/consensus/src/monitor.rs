@@ -121,6 +121,15 @@ fn escape_html(text: &str) -> String {
 
 fn html(status: &Status) -> String {
     let m = &status.metrics;
+    let me = status
+        .members
+        .iter()
+        .find(|member| member.id == status.id)
+        .and_then(|member| member.hostname.clone());
+    let title = match &me {
+        Some(host) => format!("{} ({})", escape_html(host), status.id),
+        None => status.id.to_string(),
+    };
     let leader = status.members.iter().find(|member| member.leader);
     let leader_text = match leader {
         Some(l) => {
@@ -146,13 +155,12 @@ fn html(status: &Status) -> String {
     }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
-         <title>tsconsensus node {id}</title><style>body{{font-family:sans-serif;margin:2em}}\
+         <title>tsconsensus {title}</title><style>body{{font-family:sans-serif;margin:2em}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.leader{{font-weight:bold}}</style></head>\
-         <body><h1>tsconsensus node {id}</h1><p id=\"summary\">Tag <b>{tag}</b> · role <b>{role:?}</b> · term {term} · \
+         <body><h1>tsconsensus {title}</h1><p id=\"summary\">Tag <b>{tag}</b> · role <b>{role:?}</b> · term {term} · \
          leader <b id=\"leader\">{leader_text}</b> · applied {applied} · committed {committed} · snapshot {snapshot}</p>\
          <table id=\"members\"><tr><th>id</th><th>host</th><th>addresses</th><th>role</th><th>tags</th><th>tailnet</th><th>replicated to</th></tr>{rows}</table>\
          <p>Refreshes every 2 s. <a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a></p></body></html>",
-        id = status.id,
         tag = escape_html(&status.tag),
         role = m.role,
         term = m.term,

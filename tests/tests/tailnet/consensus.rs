@@ -433,3 +433,94 @@ async fn all_nodes_restarted_from_their_state_keep_every_acknowledged_command() 
     }
     tailnet.stop().await;
 }
+
+/// The Chromium binary (Debian's `chromium`, which `.ci/run` installs).
+fn chromium() -> std::path::PathBuf {
+    let path = std::env::var_os("CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        path.exists(),
+        "headless Chromium not found at {} (apt-get install chromium, or set CHROMIUM)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_page_shows_the_leader_and_every_member_in_a_browser() {
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let mut kvs = Vec::new();
+    for i in 0..3 {
+        let node = tagged(&tailnet, &format!("watch-{i}")).await;
+        let config = Config { monitor_localhost_port: Some(0), ..config() };
+        kvs.push(start(&node, 1, config).await);
+    }
+    wait_voters(&kvs[0], 3).await;
+    let leader = kvs[0].leader().expect("a leader");
+    let port = kvs[1].monitor_localhost_port().expect("localhost monitor");
+    let profile = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("Chromium finished within the deadline")
+    .expect("Chromium ran");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leader_name = leader.hostname.clone().expect("leader hostname");
+    assert!(
+        dom.contains(&format!("<b id=\"leader\">{leader_name} ({})</b>", leader.id)),
+        "page does not show the leader {leader_name}: {dom}"
+    );
+    for i in 0..3 {
+        assert!(dom.contains(&format!("watch-{i}")), "page does not list member watch-{i}: {dom}");
+    }
+    assert!(dom.contains("http-equiv=\"refresh\""), "page does not refresh itself");
+    // The JSON and Prometheus views are served too.
+    let status = http_get(port, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(status["leader"], serde_json::json!(leader.id));
+    let metrics = http_get(port, "/metrics").await;
+    assert!(metrics.contains("tsconsensus_voters 3"), "{metrics}");
+    for kv in kvs {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+    tailnet.stop().await;
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}

@@ -93,6 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node = TsnetTransport::new(options)?;
     let addrs = node.up(Duration::from_secs(120)).await?;
     eprintln!("kv: {} is on the tailnet at {:?}", args.hostname, addrs.all());
+    wait_for_tag(&node, &args.tag).await?;
 
     let config = Config {
         raft_port: args.raft_port,
@@ -144,6 +145,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     kv.stop(StopMode::Stay).await?;
     node.close().await;
     Ok(())
+}
+
+/// Waits (up to a minute) until this node carries `tag`: an operator may
+/// tag it only once it has registered.
+async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut said = false;
+    loop {
+        if api.status().await.is_ok_and(|view| view.self_node.has_tag(tag)) {
+            return Ok(());
+        }
+        if !said {
+            eprintln!("kv: waiting until this node carries {tag}");
+            said = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("this node was not tagged {tag} within 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn serve_lines(kv: Consensus<KvStore>, stream: TcpStream) {

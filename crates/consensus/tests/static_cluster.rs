@@ -1,0 +1,239 @@
+//! The facade on the in-memory network with a test-driven tailnet view:
+//! bootstrap, membership that follows the view, the quorum guard, leaving,
+//! and the Go package's dynamic command shape.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consensus::{
+    BootstrapOptions, Config, Consensus, Consistency, DynamicCommand, DynamicResult, StateMachine,
+    StopMode, Timing,
+};
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::MemNetwork;
+
+const TAG: &str = "tag:c";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A state machine in the Go package's shape: named commands with JSON
+/// arguments, results with an error string.
+#[derive(Default)]
+struct Counter {
+    value: i64,
+}
+
+impl StateMachine for Counter {
+    type Command = DynamicCommand;
+    type Response = DynamicResult;
+    type Query = ();
+    type QueryResponse = i64;
+
+    fn apply(&mut self, command: DynamicCommand) -> DynamicResult {
+        match (command.name.as_str(), command.args.as_i64()) {
+            ("add", Some(n)) => {
+                self.value += n;
+                DynamicResult { error: None, result: serde_json::json!(self.value) }
+            }
+            (name, _) => DynamicResult {
+                error: Some(format!("unknown command {name:?} or bad args")),
+                result: serde_json::Value::Null,
+            },
+        }
+    }
+    fn query(&self, _: &()) -> i64 {
+        self.value
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.value.to_le_bytes())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut bytes = [0u8; 8];
+        input.read_exact(&mut bytes)?;
+        self.value = i64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+fn tailnet_node(i: usize, tagged: bool, online: bool) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(format!("n{i}")),
+        hostname: format!("host-{i}"),
+        dns_name: String::new(),
+        ipv4: match ip(i) {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        ipv6: None,
+        tags: if tagged { BTreeSet::from([TAG.to_owned()]) } else { BTreeSet::new() },
+        online,
+    }
+}
+
+/// The tailnet as the test declares it, pushed to every node's view.
+struct World {
+    net: MemNetwork,
+    nodes: Mutex<Vec<Option<TailnetNode>>>,
+    views: Vec<Arc<StaticDiscovery>>,
+}
+
+impl World {
+    fn new(n: usize) -> Arc<World> {
+        let nodes: Vec<Option<TailnetNode>> =
+            (0..n).map(|i| Some(tailnet_node(i, true, true))).collect();
+        let views = (0..n).map(|i| Arc::new(StaticDiscovery::new(view(&nodes, i)))).collect();
+        Arc::new(World { net: MemNetwork::new(), nodes: Mutex::new(nodes), views })
+    }
+
+    /// Changes node `i` (None: deleted from the tailnet) and tells everyone.
+    fn set(&self, i: usize, node: Option<TailnetNode>) {
+        let mut nodes = self.nodes.lock().unwrap();
+        nodes[i] = node;
+        for (j, discovery) in self.views.iter().enumerate() {
+            if nodes[j].is_some() {
+                discovery.set(view(&nodes, j));
+            }
+        }
+    }
+
+    async fn start(&self, i: usize, expected: usize) -> Consensus<Counter> {
+        let config = Config {
+            monitor_port: None,
+            timing: Timing {
+                heartbeat: Duration::from_millis(100),
+                election: (Duration::from_millis(500), Duration::from_millis(1000)),
+                reconcile_every: Duration::from_millis(200),
+                start_timeout: Duration::from_secs(20),
+                call_deadline: Duration::from_secs(10),
+                max_staleness: Duration::from_secs(30),
+            },
+            ..Config::default()
+        };
+        let bootstrap =
+            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: expected };
+        Consensus::start_with(
+            Arc::new(self.net.node(ip(i))),
+            self.views[i].clone(),
+            Counter::default(),
+            bootstrap,
+            config,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("node {i}: {e}"))
+    }
+}
+
+fn view(nodes: &[Option<TailnetNode>], me: usize) -> ClusterView {
+    let self_node = nodes[me].clone().expect("a node sees itself");
+    let peers = nodes.iter().enumerate().filter(|(j, _)| *j != me).filter_map(|(_, n)| n.clone());
+    ClusterView::new(TAG, self_node, peers)
+}
+
+/// Three nodes started at the same moment, expecting three.
+async fn three(world: &World) -> Vec<Consensus<Counter>> {
+    let (a, b, c) = tokio::join!(world.start(0, 3), world.start(1, 3), world.start(2, 3));
+    for kv in [&a, &b, &c] {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    vec![a, b, c]
+}
+
+fn add(n: i64) -> DynamicCommand {
+    DynamicCommand { name: "add".to_owned(), args: serde_json::json!(n) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_together_form_one_cluster_and_run_dynamic_commands() {
+    let world = World::new(3);
+    let nodes = three(&world).await;
+    let leaders: BTreeSet<Option<u64>> = nodes.iter().map(|n| n.metrics().leader).collect();
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+    let result = nodes[2].execute(add(5)).await.unwrap();
+    assert_eq!(result, DynamicResult { error: None, result: serde_json::json!(5) });
+    // The state machine's own error comes back through forwarding.
+    let error = nodes[1]
+        .execute(DynamicCommand { name: "boom".to_owned(), args: serde_json::Value::Null })
+        .await
+        .unwrap();
+    assert_eq!(error.error.as_deref(), Some("unknown command \"boom\" or bad args"));
+    assert_eq!(nodes[0].read((), Consistency::Linearizable).await.unwrap(), 5);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_deleted_from_the_tailnet_is_removed_but_an_offline_one_stays() {
+    let world = World::new(4);
+    let mut nodes = three(&world).await;
+    let fourth = world.start(3, 3).await;
+    nodes[0].wait_for(WAIT, |m| m.voters == 4).await.unwrap();
+    let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
+    let offline = (leader + 1) % 3;
+    // Offline but tagged: stays.
+    world.set(offline, Some(tailnet_node(offline, true, false)));
+    // Several reconcile rounds (every 200 ms) must pass without a removal.
+    let removed = nodes[leader].wait_for(Duration::from_millis(1000), |m| m.voters < 4).await;
+    assert!(removed.is_err(), "an offline member was removed: {removed:?}");
+    world.set(offline, Some(tailnet_node(offline, true, true)));
+    // Deleted from the tailnet: removed.
+    let fourth_id = fourth.id();
+    fourth.stop(StopMode::Stay).await.unwrap();
+    world.set(3, None);
+    nodes[leader].wait_for(WAIT, |m| m.voters == 3).await.expect("deleted member removed");
+    assert!(nodes[leader].members().iter().all(|m| m.id != fourth_id));
+    for node in nodes.drain(..) {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_never_leaves_the_remaining_voters_without_a_reachable_quorum() {
+    let world = World::new(3);
+    let nodes = three(&world).await;
+    let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
+    let (b, c) = ((leader + 1) % 3, (leader + 2) % 3);
+    // c is offline; b loses its tag. Removing b would leave {leader, c} with
+    // only the leader reachable: not a quorum, so b stays.
+    world.set(c, Some(tailnet_node(c, true, false)));
+    world.set(b, Some(tailnet_node(b, false, true)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        nodes[leader].metrics().voters,
+        3,
+        "removal went through without a reachable quorum"
+    );
+    // Once c is back online, b goes.
+    world.set(c, Some(tailnet_node(c, true, true)));
+    nodes[leader]
+        .wait_for(WAIT, |m| m.voters == 2)
+        .await
+        .expect("b removed once a quorum is reachable");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_takes_the_node_out_of_the_configuration() {
+    let world = World::new(3);
+    let mut nodes = three(&world).await;
+    let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
+    let leaver = (leader + 1) % 3;
+    let leaver_id = nodes[leaver].id();
+    nodes.remove(leaver).stop(StopMode::Leave).await.unwrap();
+    let remaining =
+        nodes.iter().find(|n| n.leader().is_some_and(|l| l.id == n.id())).expect("leader still up");
+    remaining.wait_for(WAIT, |m| m.voters == 2).await.unwrap();
+    assert!(remaining.members().iter().all(|m| m.id != leaver_id));
+    assert_eq!(remaining.execute(add(1)).await.unwrap().result, serde_json::json!(1));
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
