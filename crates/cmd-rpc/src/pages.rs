@@ -13,8 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::task::{JoinHandle, JoinSet};
-use ts_transport::{Listener, TransportError};
+use ts_transport::{Listener, Server};
 
 use crate::server::Authorize;
 
@@ -31,10 +30,7 @@ pub struct Page {
 pub type Render = Arc<dyn Fn(&str) -> Option<Page> + Send + Sync>;
 
 /// A running page server; stops on [`PageServer::shutdown`] or drop.
-pub struct PageServer {
-    listener: Arc<dyn Listener>,
-    task: JoinHandle<()>,
-}
+pub struct PageServer(Server);
 
 impl PageServer {
     /// Serves `render` on `listener` to callers `authorize` accepts.
@@ -44,29 +40,55 @@ impl PageServer {
         render: Render,
         header_timeout: Duration,
     ) -> PageServer {
-        let task = tokio::spawn(accept_loop(listener.clone(), authorize, render, header_timeout));
-        PageServer { listener, task }
+        PageServer(Server::start(listener, "monitor", move |stream, peer| {
+            let authorize = authorize.clone();
+            let render = render.clone();
+            async move {
+                let handler = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let response = if !authorize(peer) {
+                        respond(
+                            StatusCode::FORBIDDEN,
+                            "text/plain; charset=utf-8",
+                            format!("peer {} is not allowed\n", peer.ip()),
+                        )
+                    } else if request.method() != Method::GET {
+                        let mut r = respond(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            "text/plain; charset=utf-8",
+                            "only GET\n".to_owned(),
+                        );
+                        r.headers_mut().insert(
+                            hyper::header::ALLOW,
+                            hyper::header::HeaderValue::from_static("GET"),
+                        );
+                        r
+                    } else {
+                        match render(request.uri().path()) {
+                            Some(page) => respond(StatusCode::OK, page.content_type, page.body),
+                            None => respond(
+                                StatusCode::NOT_FOUND,
+                                "text/plain; charset=utf-8",
+                                "not found\n".to_owned(),
+                            ),
+                        }
+                    };
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let mut builder = http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
+            }
+        }))
     }
 
     /// The port served.
     pub fn port(&self) -> u16 {
-        self.listener.local_port()
+        self.0.port()
     }
 
     /// Stops serving and waits for every connection to end.
-    pub async fn shutdown(mut self) {
-        self.listener.close();
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
-            self.task.abort();
-            let _ = (&mut self.task).await;
-        }
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.listener.close();
-        self.task.abort();
+    pub async fn shutdown(self) {
+        self.0.shutdown().await;
     }
 }
 
@@ -80,50 +102,4 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .headers_mut()
         .insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
     response
-}
-
-async fn accept_loop(
-    listener: Arc<dyn Listener>,
-    authorize: Authorize,
-    render: Render,
-    header_timeout: Duration,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let authorize = authorize.clone();
-                    let render = render.clone();
-                    connections.spawn(async move {
-                        let handler = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                            let response = if !authorize(peer) {
-                                respond(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", format!("peer {} is not allowed\n", peer.ip()))
-                            } else if request.method() != Method::GET {
-                                let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".to_owned());
-                                r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET"));
-                                r
-                            } else {
-                                match render(request.uri().path()) {
-                                    Some(page) => respond(StatusCode::OK, page.content_type, page.body),
-                                    None => respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
-                                }
-                            };
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        let mut builder = http1::Builder::new();
-                        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-                        let _ = builder.serve_connection(TokioIo::new(stream), handler).await;
-                    });
-                }
-                Err(TransportError::Closed) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "page accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
 }

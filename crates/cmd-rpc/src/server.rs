@@ -20,8 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use raft_core::StateMachine;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::task::{JoinHandle, JoinSet};
-use ts_transport::{Listener, PeerAddr, TransportError};
+use ts_transport::{Listener, PeerAddr, Server};
 
 use crate::api::{ExecuteRequest, JoinRequest, ReadRequest, RemoveRequest};
 use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
@@ -33,10 +32,7 @@ use crate::service::CommandService;
 pub type Authorize = Arc<dyn Fn(PeerAddr) -> bool + Send + Sync>;
 
 /// A running command server; stops on [`CommandServer::shutdown`] or drop.
-pub struct CommandServer {
-    listener: Arc<dyn Listener>,
-    task: JoinHandle<()>,
-}
+pub struct CommandServer(Server);
 
 impl CommandServer {
     /// Serves `service` on `listener`.
@@ -46,73 +42,40 @@ impl CommandServer {
         authorize: Authorize,
         config: CommandConfig,
     ) -> CommandServer {
-        let task = tokio::spawn(accept_loop(listener.clone(), service, authorize, config));
-        CommandServer { listener, task }
+        CommandServer(Server::start(listener, "command API", move |stream, peer| {
+            let service = service.clone();
+            let authorize = authorize.clone();
+            let config = config.clone();
+            async move {
+                let header_timeout = config.header_timeout;
+                let handler = service_fn(move |request| {
+                    let service = service.clone();
+                    let authorize = authorize.clone();
+                    let config = config.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            handle(request, peer, &service, &authorize, &config).await,
+                        )
+                    }
+                });
+                let mut builder = http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                if let Err(err) = builder.serve_connection(TokioIo::new(stream), handler).await {
+                    tracing::debug!(%peer, error = %err, "command connection ended");
+                }
+            }
+        }))
     }
 
     /// The port served.
     pub fn port(&self) -> u16 {
-        self.listener.local_port()
+        self.0.port()
     }
 
     /// Stops accepting, ends every connection, and waits for that.
-    pub async fn shutdown(mut self) {
-        // Closing the listener ends the accept loop, which then shuts its
-        // connections down and waits for them.
-        self.listener.close();
-        if tokio::time::timeout(Duration::from_secs(5), &mut self.task).await.is_err() {
-            self.task.abort();
-            let _ = (&mut self.task).await;
-        }
+    pub async fn shutdown(self) {
+        self.0.shutdown().await;
     }
-}
-
-impl Drop for CommandServer {
-    fn drop(&mut self) {
-        self.listener.close();
-        self.task.abort();
-    }
-}
-
-async fn accept_loop<S: StateMachine>(
-    listener: Arc<dyn Listener>,
-    service: Arc<CommandService<S>>,
-    authorize: Authorize,
-    config: CommandConfig,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let header_timeout = config.header_timeout;
-                    let service = service.clone();
-                    let authorize = authorize.clone();
-                    let config = config.clone();
-                    connections.spawn(async move {
-                        let handler = service_fn(move |request| {
-                            let service = service.clone();
-                            let authorize = authorize.clone();
-                            let config = config.clone();
-                            async move { Ok::<_, Infallible>(handle(request, peer, &service, &authorize, &config).await) }
-                        });
-                        let mut builder = http1::Builder::new();
-                        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-                        if let Err(err) = builder.serve_connection(TokioIo::new(stream), handler).await {
-                            tracing::debug!(%peer, error = %err, "command connection ended");
-                        }
-                    });
-                }
-                Err(TransportError::Closed) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "command accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    connections.shutdown().await;
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -213,7 +213,8 @@ pub struct RaftNode<S: StateMachine> {
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore<S>,
     proposals: mpsc::Sender<Pending>,
-    listener: Arc<dyn Listener>,
+    /// The raft port; taken out by `shutdown`.
+    server: std::sync::Mutex<Option<ts_transport::Server>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     config: RaftConfig,
 }
@@ -267,13 +268,7 @@ impl<S: StateMachine> RaftNode<S> {
         let raft = Raft::new(id, openraft_config, network, log_store, state_machine.clone())
             .await
             .map_err(|err| StartError::Raft(err.to_string()))?;
-        let server = tokio::spawn(server::serve(
-            listener.clone(),
-            raft.clone(),
-            id,
-            config.network.clone(),
-            authorize,
-        ));
+        let server = server::start(listener, raft.clone(), id, config.network.clone(), authorize);
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
         let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
@@ -283,8 +278,8 @@ impl<S: StateMachine> RaftNode<S> {
             raft,
             state_machine,
             proposals,
-            listener,
-            tasks: std::sync::Mutex::new(vec![server, batcher]),
+            server: std::sync::Mutex::new(Some(server)),
+            tasks: std::sync::Mutex::new(vec![batcher]),
             config,
         })
     }
@@ -512,12 +507,11 @@ impl<S: StateMachine> RaftNode<S> {
     /// Calling it again does nothing more.
     pub async fn shutdown(&self) {
         // Stop taking RPCs first, so none arrive at a stopped core.
-        self.listener.close();
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(server) = server else { return };
+        server.shutdown().await;
         let tasks: Vec<_> =
             self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
-        if tasks.is_empty() {
-            return;
-        }
         for task in &tasks {
             task.abort();
         }

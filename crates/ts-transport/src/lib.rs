@@ -25,6 +25,7 @@
 mod close;
 mod error;
 mod mem;
+mod server;
 mod tcp;
 #[cfg(feature = "tailscale")]
 pub mod tsnet;
@@ -38,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use crate::error::TransportError;
 pub use crate::mem::{MemNetwork, MemTransport};
+pub use crate::server::Server;
 pub use crate::tcp::TcpTransport;
 
 /// A boxed future, as returned by the object-safe traits of this crate.

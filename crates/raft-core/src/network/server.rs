@@ -6,7 +6,7 @@ use std::sync::Arc;
 use openraft::Raft;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use ts_transport::{BoxStream, Listener, PeerAddr, TransportError};
+use ts_transport::{BoxStream, Listener, PeerAddr, Server};
 
 use super::NetworkConfig;
 use super::frame::{self, Message};
@@ -21,38 +21,27 @@ const ANSWER_QUEUE: usize = 256;
 /// Requests one connection may have in progress at once.
 const MAX_IN_PROGRESS: usize = 64;
 
-/// Serves raft RPCs arriving on `listener` until it closes or the task is
-/// aborted; every connection task ends with it.
-pub(crate) async fn serve(
+/// Serves raft RPCs arriving on `listener`; connections from peers
+/// `authorize` refuses are dropped before anything is read.
+pub(crate) fn start(
     listener: Arc<dyn Listener>,
     raft: Raft<TypeConfig>,
     self_id: NodeId,
     config: NetworkConfig,
     authorize: Authorize,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if !authorize(peer) {
-                        tracing::info!(%peer, "refused raft connection from an unauthorized address");
-                        drop(stream);
-                        continue;
-                    }
-                    connections.spawn(serve_connection(stream, peer, raft.clone(), self_id, config.clone()));
-                }
-                Err(TransportError::Closed) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "raft accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            // Reap finished connections so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+) -> Server {
+    Server::start(listener, "raft", move |stream, peer| {
+        let raft = raft.clone();
+        let config = config.clone();
+        let allowed = authorize(peer);
+        async move {
+            if !allowed {
+                tracing::info!(%peer, "refused raft connection from an unauthorized address");
+                return;
+            }
+            serve_connection(stream, peer, raft, self_id, config).await;
         }
-    }
-    connections.shutdown().await;
+    })
 }
 
 async fn serve_connection(
