@@ -8,6 +8,10 @@
 //!   edits files.
 //! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
 //!   in the foreground and prints its URLs, for trying things by hand.
+//! - `bench`: the consensus benchmark suite (transports, cluster sizes,
+//!   concurrency, command sizes, storage, leader or follower, reads, memory
+//!   over a million commands); writes its section of `docs/benchmarks.md`
+//!   and `docs/img/throughput.svg`.
 //! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
 //!   table goes into `docs/benchmarks.md`.
 //! - `bench discovery`: tag-propagation latency on the local tailnet.
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         ["tailnet"] => tailnet(),
         ["bench", which @ ("transport" | "discovery")] => bench("tests", which),
         ["bench", "raft"] => bench("raft-core", "propose"),
+        ["bench"] => bench_suite(false),
+        ["bench", "--quick"] => bench_suite(true),
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | tailnet | bench transport | bench discovery | bench raft>"
@@ -128,4 +134,47 @@ fn bench(package: &str, which: &str) -> Result {
         &format!("{which} benchmark"),
         cargo().args(["bench", "--package", package, "--bench", which, "--locked"]),
     )
+}
+
+/// Markers around the generated part of docs/benchmarks.md.
+const BENCH_START: &str = "<!-- cluster-bench:start -->";
+const BENCH_END: &str = "<!-- cluster-bench:end -->";
+
+fn bench_suite(quick: bool) -> Result {
+    let root = workspace_root();
+    let out = root.join("target/bench");
+    let mut command = cargo();
+    command.args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"]).arg(&out);
+    if quick {
+        command.arg("--quick");
+    }
+    run("cluster benchmark", &mut command)?;
+    let mut report =
+        std::fs::read_to_string(out.join("cluster.md")).map_err(|e| format!("read report: {e}"))?;
+    if !quick {
+        // A process of its own, so earlier scenarios do not weigh on it.
+        run(
+            "memory over a million commands",
+            cargo()
+                .args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"])
+                .arg(&out)
+                .arg("--memory"),
+        )?;
+        let memory = std::fs::read_to_string(out.join("memory.md"))
+            .map_err(|e| format!("read report: {e}"))?;
+        report.push_str(&format!("\n### Memory over a million commands\n\n{memory}"));
+    }
+    let docs = root.join("docs/benchmarks.md");
+    let text =
+        std::fs::read_to_string(&docs).map_err(|e| format!("read {}: {e}", docs.display()))?;
+    let (Some(start), Some(end)) = (text.find(BENCH_START), text.find(BENCH_END)) else {
+        return Err(format!("{} lacks the {BENCH_START} / {BENCH_END} markers", docs.display()));
+    };
+    let updated = format!("{}{BENCH_START}\n{report}\n{}", &text[..start], &text[end..]);
+    std::fs::write(&docs, updated).map_err(|e| format!("write {}: {e}", docs.display()))?;
+    std::fs::create_dir_all(root.join("docs/img")).map_err(|e| e.to_string())?;
+    std::fs::copy(out.join("throughput.svg"), root.join("docs/img/throughput.svg"))
+        .map_err(|e| format!("copy chart: {e}"))?;
+    eprintln!("wrote docs/benchmarks.md and docs/img/throughput.svg");
+    Ok(())
 }

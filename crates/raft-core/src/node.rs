@@ -80,7 +80,7 @@ impl Default for RaftConfig {
             batch_max_proposals: 256,
             batch_max_bytes: 1 << 20,
             max_command_bytes: 1 << 20,
-            max_batches_in_flight: 4,
+            max_batches_in_flight: 2,
             propose_timeout: Duration::from_secs(10),
             sessions: SessionLimits::default(),
             network: NetworkConfig::default(),

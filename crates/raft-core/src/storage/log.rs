@@ -34,6 +34,11 @@ pub(crate) trait LogBackend: Send + Sync + 'static {
     /// Deletes `(-∞, log_id.index]` and records `log_id` as last purged, atomically.
     fn purge_to(&self, log_id: LogId<NodeId>) -> Result<(), String>;
     fn put_meta(&self, key: &'static str, value: Vec<u8>) -> Result<(), String>;
+    /// Like `put_meta`, but need not be durable before it returns: it
+    /// becomes durable with the next durable write.
+    fn put_meta_lazily(&self, key: &'static str, value: Vec<u8>) -> Result<(), String> {
+        self.put_meta(key, value)
+    }
     fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String>;
     /// Whether calls may block on disk (and so belong on the blocking pool).
     fn blocking(&self) -> bool;
@@ -175,6 +180,12 @@ impl LogBackend for RedbBackend {
         txn.open_table(META).map_err(err)?.insert(key, value.as_slice()).map_err(err)?;
         txn.commit().map_err(err)
     }
+    fn put_meta_lazily(&self, key: &'static str, value: Vec<u8>) -> Result<(), String> {
+        let mut txn = self.db.begin_write().map_err(err)?;
+        txn.set_durability(redb::Durability::None).map_err(err)?;
+        txn.open_table(META).map_err(err)?.insert(key, value.as_slice()).map_err(err)?;
+        txn.commit().map_err(err)
+    }
     fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(META).map_err(err)?;
@@ -296,12 +307,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta("vote", read_vote).await
     }
 
+    /// The committed log id is written without waiting for the disk: it is
+    /// only a hint of how far to re-apply the log at start, a stored value
+    /// that lags is safe (the rest is applied once the cluster commits it
+    /// again), and it becomes durable with the next append. Waiting for it
+    /// would add an fsync to every commit.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = codec::encode(&committed);
-        self.run(move |b| b.put_meta("committed", bytes), write_logs).await
+        self.run(move |b| b.put_meta_lazily("committed", bytes), write_logs).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
