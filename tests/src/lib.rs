@@ -4,8 +4,11 @@
 //!   127.0.0.1, in a separate Go process) and brings up tsnet nodes on it.
 //! - [`conformance`] is the one suite every `ts_transport::Transport` must
 //!   pass, run over the in-memory, TCP and tsnet transports alike.
+//! - [`linearizability`] checks key-value histories (Wing & Gong search with
+//!   memoization, partitioned by key, unknown outcomes allowed).
 //!
 //! The suites themselves live in `tests/tests/`.
 
 pub mod conformance;
+pub mod linearizability;
 pub mod tailnet;

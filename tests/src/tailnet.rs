@@ -22,7 +22,7 @@ pub const TAILNET_BIN: &str = env!("TAILNET_BIN");
 /// How long the tailnet program may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to come up.
-pub const UP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest admin API response read.
 const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
 

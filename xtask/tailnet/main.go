@@ -210,7 +210,14 @@ func (tn *tailnet) reconcile() {
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
 	var changed []key.NodePublic
-	for _, n := range tn.control.AllNodes() {
+	for _, listed := range tn.control.AllNodes() {
+		// Re-read each node just before changing it: a map request may
+		// have stored a newer copy (endpoints, disco key) since the list
+		// was taken, and writing back the listed copy would undo it.
+		n := tn.control.Node(listed.Key)
+		if n == nil {
+			continue
+		}
 		dirty := false
 		if want, ok := tn.tags[n.Key]; ok && !slices.Equal(want, n.Tags) {
 			n.Tags = append([]string{}, want...)
