@@ -1,0 +1,317 @@
+//! A short nemesis run in-process: the facade on the in-memory network with
+//! durable storage, concurrent key-value clients, and random faults (a node
+//! isolated, the leader cut off, a node killed and restarted from its state
+//! directory). Afterwards the recorded history must be linearizable and
+//! every replica must hold the same state.
+//!
+//! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
+
+#[path = "../../crates/consensus/examples/kv/store.rs"]
+mod store;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
+use store::{KvCommand, KvQuery, KvResponse, KvStore};
+use tests::linearizability::{Input, Operation, Output, check};
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::MemNetwork;
+
+const NODES: usize = 3;
+const CLIENTS: usize = 4;
+const KEYS: usize = 3;
+const RUN: Duration = Duration::from_secs(8);
+const TAG: &str = "tag:nemesis";
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, m: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % m
+    }
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 9, 0, i as u8 + 1))
+}
+
+fn tailnet_node(i: usize) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(format!("nemesis-{i}")),
+        hostname: format!("nemesis-{i}"),
+        dns_name: String::new(),
+        ipv4: Some(Ipv4Addr::new(10, 9, 0, i as u8 + 1)),
+        ipv6: None,
+        tags: BTreeSet::from([TAG.to_owned()]),
+        online: true,
+    }
+}
+
+struct Cluster {
+    net: MemNetwork,
+    dirs: tempfile::TempDir,
+    nodes: Vec<Mutex<Option<Consensus<KvStore>>>>,
+}
+
+impl Cluster {
+    async fn start_node(&self, i: usize) -> Consensus<KvStore> {
+        let all: Vec<TailnetNode> = (0..NODES).map(tailnet_node).collect();
+        let view = ClusterView::new(
+            TAG,
+            all[i].clone(),
+            all.iter().filter(|n| n.id != all[i].id).cloned(),
+        );
+        let config = Config {
+            monitor_port: None,
+            state_dir: Some(self.dirs.path().join(format!("n{i}"))),
+            timing: Timing {
+                heartbeat: Duration::from_millis(100),
+                election: (Duration::from_millis(400), Duration::from_millis(800)),
+                call_deadline: Duration::from_secs(3),
+                start_timeout: Duration::from_secs(30),
+                reconcile_every: Duration::from_secs(1),
+                max_staleness: Duration::from_secs(60),
+            },
+            ..Config::default()
+        };
+        let bootstrap =
+            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: NODES };
+        Consensus::start_with(
+            Arc::new(self.net.node(ip(i))),
+            Arc::new(StaticDiscovery::new(view)),
+            KvStore::default(),
+            bootstrap,
+            config,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("node {i} starts: {e}"))
+    }
+
+    fn node(&self, i: usize) -> Option<Consensus<KvStore>> {
+        self.nodes[i].lock().unwrap().clone()
+    }
+}
+
+fn micros(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+/// One client: random operations on a few keys through one node, each
+/// recorded with its invocation and completion time. A write that fails is
+/// recorded with an unknown outcome (it may still take effect); a read that
+/// fails constrains nothing and is left out.
+async fn client(
+    cluster: Arc<Cluster>,
+    id: usize,
+    seed: u64,
+    start: Instant,
+    history: Arc<Mutex<Vec<Operation>>>,
+) {
+    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        let Some(node) = cluster.node(id % NODES) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let key = format!("k{}", rng.next(KEYS as u64));
+        n += 1;
+        let call = micros(start);
+        let (input, result) = match rng.next(4) {
+            0 | 1 => {
+                let value = format!("c{id}-{n}");
+                let result =
+                    node.execute(KvCommand::Put { key: key.clone(), value: value.clone() }).await;
+                (
+                    Input::Put(value),
+                    result.map(|r| match r {
+                        KvResponse::Previous(prev) => Output::Previous(prev),
+                        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
+                    }),
+                )
+            }
+            2 => {
+                let result =
+                    node.read(KvQuery::Get { key: key.clone() }, Consistency::Linearizable).await;
+                (Input::Get, result.map(|v| Output::Value(v.as_str().map(str::to_owned))))
+            }
+            _ => {
+                let expected = (rng.next(2) == 0)
+                    .then(|| format!("c{}-{}", rng.next(CLIENTS as u64), rng.next(n.max(1)) + 1));
+                let new = format!("c{id}-{n}");
+                let result = node
+                    .execute(KvCommand::Cas {
+                        key: key.clone(),
+                        expected: expected.clone(),
+                        value: new.clone(),
+                    })
+                    .await;
+                (
+                    Input::Cas { expected, new },
+                    result.map(|r| match r {
+                        KvResponse::Previous(prev) => Output::Previous(prev),
+                        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
+                    }),
+                )
+            }
+        };
+        let ret = micros(start);
+        let operation = match result {
+            Ok(output) => {
+                Some(Operation { client: id, key, call, outcome: Some((ret, output)), input })
+            }
+            Err(_) if input == Input::Get => None,
+            Err(_) => Some(Operation { client: id, key, call, outcome: None, input }),
+        };
+        if let Some(operation) = operation {
+            history.lock().unwrap().push(operation);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
+    let seed =
+        std::env::var("NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("nemesis seed {seed} (replay with NEMESIS_SEED={seed})");
+    let cluster = Arc::new(Cluster {
+        net: MemNetwork::new(),
+        dirs: tempfile::tempdir().unwrap(),
+        nodes: (0..NODES).map(|_| Mutex::new(None)).collect(),
+    });
+    let starts: Vec<_> = (0..NODES)
+        .map(|i| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.start_node(i).await })
+        })
+        .collect();
+    for (i, start) in starts.into_iter().enumerate() {
+        *cluster.nodes[i].lock().unwrap() = Some(start.await.unwrap());
+    }
+    let start = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client(cluster.clone(), id, seed, start, history.clone())))
+        .collect();
+
+    // The nemesis.
+    let mut rng = Rng(seed);
+    let mut faults = Vec::new();
+    while start.elapsed() < RUN - Duration::from_millis(1500) {
+        tokio::time::sleep(Duration::from_millis(300 + rng.next(500))).await;
+        let victim = rng.next(NODES as u64) as usize;
+        match rng.next(3) {
+            0 => {
+                faults.push(format!("isolate {victim}"));
+                cluster.net.isolate(ip(victim));
+                tokio::time::sleep(Duration::from_millis(200 + rng.next(800))).await;
+                cluster.net.heal_all();
+            }
+            1 => {
+                let leader = (0..NODES).find(|&i| {
+                    cluster.node(i).is_some_and(|n| n.metrics().role == consensus::Role::Leader)
+                });
+                if let Some(leader) = leader {
+                    faults.push(format!("cut off leader {leader}"));
+                    cluster.net.isolate(ip(leader));
+                    tokio::time::sleep(Duration::from_millis(500 + rng.next(1000))).await;
+                    cluster.net.heal_all();
+                }
+            }
+            _ => {
+                faults.push(format!("kill and restart {victim}"));
+                let node = cluster.nodes[victim].lock().unwrap().take();
+                if let Some(node) = node {
+                    node.stop(StopMode::Stay).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100 + rng.next(500))).await;
+                let restarted = cluster.start_node(victim).await;
+                *cluster.nodes[victim].lock().unwrap() = Some(restarted);
+            }
+        }
+    }
+    cluster.net.heal_all();
+    for client in clients {
+        client.await.unwrap();
+    }
+    eprintln!("faults: {faults:?}");
+
+    // Final linearizable reads of every key join the history.
+    let reader = cluster.node(0).unwrap();
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let call = micros(start);
+        let value = reader
+            .read(KvQuery::Get { key: key.clone() }, Consistency::Linearizable)
+            .await
+            .expect("final read");
+        history.lock().unwrap().push(Operation {
+            client: 99,
+            key,
+            call,
+            outcome: Some((micros(start), Output::Value(value.as_str().map(str::to_owned)))),
+            input: Input::Get,
+        });
+    }
+    let history = history.lock().unwrap().clone();
+    let completed = history.iter().filter(|op| op.outcome.is_some()).count();
+    eprintln!("{} operations, {completed} with a known outcome", history.len());
+    assert!(completed > 50, "the workload made too little progress: {completed} operations");
+    if let Err(violation) = check(&history) {
+        panic!("seed {seed}: not linearizable: {violation}");
+    }
+    // The history really constrains the checker: one read answered with a
+    // value nobody wrote must make it fail.
+    let mut corrupted = history.clone();
+    let read = corrupted
+        .iter_mut()
+        .find(|op| op.input == Input::Get && op.outcome.is_some())
+        .expect("a completed read");
+    read.outcome =
+        read.outcome.take().map(|(t, _)| (t, Output::Value(Some("never-written".to_owned()))));
+    assert!(check(&corrupted).is_err(), "seed {seed}: the checker accepted a corrupted history");
+
+    // Every replica converges to the same state.
+    let leader = (0..NODES)
+        .find_map(|i| cluster.node(i).filter(|n| n.metrics().role == consensus::Role::Leader))
+        .expect("leader");
+    let target = leader.metrics().last_log_index.unwrap_or(0);
+    for i in 0..NODES {
+        let node = cluster.node(i).unwrap();
+        node.wait_for(Duration::from_secs(20), |m| m.applied_index >= Some(target))
+            .await
+            .expect("replica catches up");
+    }
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let mut values = BTreeSet::new();
+        for i in 0..NODES {
+            let node = cluster.node(i).unwrap();
+            values.insert(
+                node.read(KvQuery::Get { key: key.clone() }, Consistency::Local)
+                    .await
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        assert_eq!(values.len(), 1, "seed {seed}: replicas disagree on {key}: {values:?}");
+    }
+    for slot in &cluster.nodes {
+        let node = slot.lock().unwrap().take();
+        if let Some(node) = node {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
+}
