@@ -80,6 +80,38 @@ pub(crate) fn stored_limit(len: usize) -> usize {
     len.saturating_mul(8).clamp(MIN_LIMIT, MAX_STORED_VALUE)
 }
 
+/// `[format][header length: u32 LE][header]`, ready for the rest to be
+/// appended: the layout of snapshot files and snapshot data.
+pub(crate) fn framed_header<T: Serialize>(format: u8, header: &T) -> Vec<u8> {
+    let header = encode(header);
+    let mut out = Vec::with_capacity(5 + header.len());
+    out.push(format);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out
+}
+
+/// Splits bytes laid out by [`framed_header`] into the decoded header and
+/// the rest, checking the format and every bound. Errors say what is wrong
+/// with `what`.
+pub(crate) fn split_framed<'a, T: DeserializeOwned>(
+    bytes: &'a [u8],
+    format: u8,
+    what: &'static str,
+) -> Result<(T, &'a [u8]), String> {
+    if bytes.first() != Some(&format) {
+        return Err(format!("{what}: unknown format {:?}", bytes.first()));
+    }
+    let len = bytes
+        .get(1..5)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| format!("{what}: truncated header"))?;
+    let end = len.checked_add(5).ok_or_else(|| format!("{what}: header length {len} overflows"))?;
+    let header = bytes.get(5..end).ok_or_else(|| format!("{what}: truncated header"))?;
+    let header = decode(header, stored_limit(len), what).map_err(|e| e.to_string())?;
+    Ok((header, &bytes[end..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

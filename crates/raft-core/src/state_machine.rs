@@ -205,21 +205,11 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 
     fn restore_from(&self, data: &[u8]) -> io::Result<()> {
-        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-        if data.first() != Some(&SNAPSHOT_FORMAT) {
-            return Err(invalid(format!("unknown snapshot format {:?}", data.first())));
-        }
-        let len = data
-            .get(1..5)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| invalid("truncated snapshot".into()))?;
-        let header =
-            data.get(5..5 + len).ok_or_else(|| invalid("truncated snapshot header".into()))?;
-        let header: SnapshotHeader =
-            codec::decode(header, codec::stored_limit(len), "snapshot header")
-                .map_err(|err| invalid(err.to_string()))?;
+        let (header, user_bytes): (SnapshotHeader, &[u8]) =
+            codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot")
+                .map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))?;
         let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-        state.user.restore(&mut Cursor::new(&data[5 + len..]))?;
+        state.user.restore(&mut Cursor::new(user_bytes))?;
         state.last_applied = header.last_applied;
         state.membership = header.membership;
         state.sessions = Sessions::from_list(header.sessions);
@@ -264,15 +254,14 @@ impl<S: StateMachine> StateMachineStore<S> {
         if let Some(why) = &state.poisoned {
             return Err(sm_error(why));
         }
-        let header = codec::encode(&SnapshotHeader {
-            last_applied: state.last_applied,
-            membership: state.membership.clone(),
-            sessions: state.sessions.to_list(),
-        });
-        let mut data = Vec::with_capacity(header.len() + 5);
-        data.push(SNAPSHOT_FORMAT);
-        data.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        data.extend_from_slice(&header);
+        let mut data = codec::framed_header(
+            SNAPSHOT_FORMAT,
+            &SnapshotHeader {
+                last_applied: state.last_applied,
+                membership: state.membership.clone(),
+                sessions: state.sessions.to_list(),
+            },
+        );
         state.user.snapshot(&mut data).map_err(sm_error)?;
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match state.last_applied {

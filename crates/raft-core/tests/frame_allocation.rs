@@ -2,6 +2,8 @@
 //! is fed: a counting allocator records the largest single allocation made
 //! while decoding arbitrary bytes and hostile length claims.
 
+mod seeded;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,22 +81,8 @@ fn hostile_length_claims_allocate_nothing_near_their_size() {
     }
 }
 
-/// The default seed of this file's property tests.
-const SEED: u64 = 0x5eed_0002;
-
-/// Deterministic by default (a fixed seed; `PROPTEST_RNG_SEED` overrides it
-/// to explore or replay), and never writes regression files into the tree.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config =
-        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
-    if matches!(config.rng_seed, proptest::test_runner::RngSeed::Random) {
-        config.rng_seed = proptest::test_runner::RngSeed::Fixed(SEED);
-    }
-    config
-}
-
 proptest! {
-    #![proptest_config(config(2000))]
+    #![proptest_config(seeded::config(2000, 0x5eed_0002))]
 
     #[test]
     fn arbitrary_bytes_stay_within_the_limit(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

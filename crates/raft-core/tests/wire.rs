@@ -2,6 +2,8 @@
 //! and decode unchanged, and the frame decoder refuses malformed input
 //! without panicking.
 
+mod seeded;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -108,22 +110,8 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
-/// The default seed of this file's property tests.
-const SEED: u64 = 0x5eed_0001;
-
-/// Deterministic by default (a fixed seed; `PROPTEST_RNG_SEED` overrides it
-/// to explore or replay), and never writes regression files into the tree.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config =
-        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
-    if matches!(config.rng_seed, proptest::test_runner::RngSeed::Random) {
-        config.rng_seed = proptest::test_runner::RngSeed::Fixed(SEED);
-    }
-    config
-}
-
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(seeded::config(256, 0x5eed_0001))]
 
     /// Encode, decode, encode again: the same bytes.
     #[test]

@@ -66,15 +66,13 @@ impl SnapshotStore {
 
 fn write_atomically(dir: &Path, snapshot: &StoredSnapshot) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let header = codec::encode(&FileHeader {
-        meta: snapshot.meta.clone(),
-        data_len: snapshot.data.len() as u64,
-    });
+    let header = codec::framed_header(
+        FORMAT,
+        &FileHeader { meta: snapshot.meta.clone(), data_len: snapshot.data.len() as u64 },
+    );
     let temp = dir.join(TEMP);
     {
         let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
-        file.write_all(&[FORMAT])?;
-        file.write_all(&(header.len() as u32).to_le_bytes())?;
         file.write_all(&header)?;
         file.write_all(&snapshot.data)?;
         file.sync_all()?;
@@ -95,19 +93,8 @@ fn read(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
             format!("snapshot file in {}: {what}", dir.display()),
         )
     };
-    if bytes.first() != Some(&FORMAT) {
-        return Err(corrupt(format!("unknown format {:?}", bytes.first())));
-    }
-    let header_len = bytes
-        .get(1..5)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or_else(|| corrupt("truncated header".into()))?;
-    let header_bytes =
-        bytes.get(5..5 + header_len).ok_or_else(|| corrupt("truncated header".into()))?;
-    let header: FileHeader =
-        codec::decode(header_bytes, codec::stored_limit(header_len), "snapshot header")
-            .map_err(|err| corrupt(err.to_string()))?;
-    let data = &bytes[5 + header_len..];
+    let (header, data): (FileHeader, &[u8]) =
+        codec::split_framed(&bytes, FORMAT, "snapshot file").map_err(corrupt)?;
     if data.len() as u64 != header.data_len {
         return Err(corrupt(format!("{} data bytes, header says {}", data.len(), header.data_len)));
     }
