@@ -51,6 +51,9 @@ pub struct RaftConfig {
     pub keep_after_snapshot: u64,
     /// Most entries in one AppendEntries.
     pub max_entries_per_append: u64,
+    /// Log entries covered by a snapshot are purged in batches of at least
+    /// this many.
+    pub purge_batch: u64,
     /// Most proposals coalesced into one log entry.
     pub batch_max_proposals: usize,
     /// Most command bytes coalesced into one log entry.
@@ -77,6 +80,7 @@ impl Default for RaftConfig {
             snapshot_every: 8192,
             keep_after_snapshot: 1000,
             max_entries_per_append: 64,
+            purge_batch: 256,
             batch_max_proposals: 256,
             batch_max_bytes: 1 << 20,
             max_command_bytes: 1 << 20,
@@ -121,7 +125,7 @@ impl RaftConfig {
             max_payload_entries: self.max_entries_per_append,
             // A follower further behind than this gets a snapshot.
             replication_lag_threshold: self.snapshot_every + self.keep_after_snapshot,
-            purge_batch_size: 256,
+            purge_batch_size: self.purge_batch.max(1),
             ..Default::default()
         };
         config.validate().map_err(|err| invalid(err.to_string()))
@@ -160,6 +164,8 @@ pub struct NodeMetrics {
     pub last_applied: Option<u64>,
     /// Index covered by the last snapshot.
     pub snapshot: Option<u64>,
+    /// Index up to which the log has been purged.
+    pub purged: Option<u64>,
     /// Voting members.
     pub voters: BTreeSet<NodeId>,
     /// Non-voting members.
@@ -190,6 +196,7 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
         last_log_index: m.last_log_index,
         last_applied: m.last_applied.map(|id| id.index),
         snapshot: m.snapshot.map(|id| id.index),
+        purged: m.purged.map(|id| id.index),
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         nodes: membership.nodes().map(|(id, node)| (*id, node.clone())).collect(),

@@ -149,6 +149,7 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot() {
     let mut config = fast_config();
     config.snapshot_every = 20;
     config.keep_after_snapshot = 5;
+    config.purge_batch = 1;
     let cluster = Cluster::new(3, Net::Mem(net.clone()), false, config).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
@@ -160,12 +161,15 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot() {
     // Each proposal is its own entry here (sequential), so 100 proposals
     // pass several snapshot points; the leader purges what they cover.
     commit_n(&cluster, leader, 1, 6, 100).await;
-    let purged = cluster
+    // The follower stopped near entry 6; once the leader has purged far
+    // past that, only a snapshot can bring the follower back.
+    cluster
         .node(leader)
-        .wait_for(WAIT, |m| m.snapshot.is_some_and(|s| s >= 60))
+        .wait_for(WAIT, |m| {
+            m.snapshot.is_some_and(|s| s >= 60) && m.purged.is_some_and(|p| p >= 50)
+        })
         .await
-        .expect("leader built a snapshot");
-    assert!(purged.snapshot.is_some());
+        .expect("leader built a snapshot and purged the log behind it");
 
     net.heal_all();
     cluster.wait_applied(follower, 105).await;
