@@ -18,12 +18,16 @@
 //!   like libtailscale's `tailscale.h`. This is the only place in the
 //!   workspace that knows Tailscale exists.
 //!
+//! [`Faults`] wraps any of them with switchable faults (peers cut off,
+//! delays, dropped writes), for chaos tests of real processes.
+//!
 //! Streams are tokio [`AsyncRead`] +
 //! [`AsyncWrite`]; shutting down the write half sends
 //! end-of-stream to the peer while the read half stays open.
 
 mod close;
 mod error;
+mod fault;
 mod mem;
 mod server;
 mod tcp;
@@ -38,6 +42,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use crate::error::TransportError;
+pub use crate::fault::{FaultConfig, Faults, FaultyTransport};
 pub use crate::mem::{MemNetwork, MemTransport};
 pub use crate::server::Server;
 pub use crate::tcp::TcpTransport;
