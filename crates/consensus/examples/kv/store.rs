@@ -1,7 +1,10 @@
 #![allow(unreachable_pub, reason = "also included as a module by the tests crate")]
 
 //! The key-value state machine of the `kv` example: get, put,
-//! compare-and-set and delete over string keys and values.
+//! compare-and-set and delete over string keys and values. Every key also
+//! counts the writes applied to it (its version), and the whole state has a
+//! digest, so that replicas can be compared and lost or repeated writes
+//! noticed.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -39,12 +42,34 @@ pub enum KvQuery {
     Get { key: String },
     /// How many keys there are.
     Len,
+    /// How many writes (puts, compare-and-sets that matched, deletes of a
+    /// present key) have been applied to `key`; deleting keeps the count.
+    Version { key: String },
+    /// A digest of the whole state (values and versions), equal on
+    /// replicas that applied the same commands.
+    Digest,
 }
 
 /// The store.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KvStore {
     map: BTreeMap<String, String>,
+    versions: BTreeMap<String, u64>,
+}
+
+impl KvStore {
+    fn wrote(&mut self, key: &str) {
+        *self.versions.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// FNV-1a over the serialized state: stable across processes and runs.
+    fn digest(&self) -> String {
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
 }
 
 impl consensus::StateMachine for KvStore {
@@ -55,16 +80,26 @@ impl consensus::StateMachine for KvStore {
 
     fn apply(&mut self, command: KvCommand) -> KvResponse {
         match command {
-            KvCommand::Put { key, value } => KvResponse::Previous(self.map.insert(key, value)),
+            KvCommand::Put { key, value } => {
+                self.wrote(&key);
+                KvResponse::Previous(self.map.insert(key, value))
+            }
             KvCommand::Cas { key, expected, value } => {
                 let current = self.map.get(&key).cloned();
                 if current == expected {
+                    self.wrote(&key);
                     KvResponse::Previous(self.map.insert(key, value))
                 } else {
                     KvResponse::Mismatch(current)
                 }
             }
-            KvCommand::Delete { key } => KvResponse::Previous(self.map.remove(&key)),
+            KvCommand::Delete { key } => {
+                let previous = self.map.remove(&key);
+                if previous.is_some() {
+                    self.wrote(&key);
+                }
+                KvResponse::Previous(previous)
+            }
         }
     }
 
@@ -72,15 +107,17 @@ impl consensus::StateMachine for KvStore {
         match query {
             KvQuery::Get { key } => serde_json::json!(self.map.get(key)),
             KvQuery::Len => serde_json::json!(self.map.len()),
+            KvQuery::Version { key } => serde_json::json!(self.versions.get(key).unwrap_or(&0)),
+            KvQuery::Digest => serde_json::json!(self.digest()),
         }
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        serde_json::to_writer(out, &self.map).map_err(io::Error::other)
+        serde_json::to_writer(out, self).map_err(io::Error::other)
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.map = serde_json::from_reader(input).map_err(io::Error::other)?;
+        *self = serde_json::from_reader(input).map_err(io::Error::other)?;
         Ok(())
     }
 }
