@@ -114,6 +114,10 @@ pub struct ClusterInfo {
     pub term: u64,
     /// Every member.
     pub members: Vec<Member>,
+    /// Where the answering node itself is reached, so that a leader can add
+    /// it back when it is not a member.
+    #[serde(default)]
+    pub self_node: Option<NodeInfo>,
 }
 
 /// The leader, as an error body names it.

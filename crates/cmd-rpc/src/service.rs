@@ -75,6 +75,11 @@ impl<S: StateMachine> CommandService<S> {
         CommandService { node, client, config, membership: Mutex::new(()) }
     }
 
+    /// The client this service forwards with, for other calls to peers.
+    pub fn client(&self) -> &CommandClient {
+        &self.client
+    }
+
     /// The raft node behind the API.
     pub fn node(&self) -> &Arc<RaftNode<S>> {
         &self.node
@@ -430,7 +435,13 @@ impl<S: StateMachine> CommandService<S> {
             .iter()
             .map(|(id, node)| Member { id: *id, node: node.clone(), voter: m.voters.contains(id) })
             .collect();
-        ClusterInfo { node: m.id, leader: m.leader, term: m.term, members }
+        ClusterInfo {
+            node: m.id,
+            leader: m.leader,
+            term: m.term,
+            members,
+            self_node: Some(self.node.info().clone()),
+        }
     }
 }
 

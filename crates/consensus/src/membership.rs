@@ -1,16 +1,27 @@
 //! Membership follows tags: the leader removes members whose tag was
-//! revoked or that left the tailnet. Members that are merely offline stay.
-//! One change at a time (cmd-rpc serializes them), each logged, and never
-//! one that would leave the remaining voters without a reachable quorum.
+//! revoked or that left the tailnet, and adds back tagged nodes that run
+//! this cluster's consensus but are not members (a node whose tag was
+//! restored, or one removed while it was away). Members that are merely
+//! offline stay. One change at a time (cmd-rpc serializes them), each
+//! logged, and never one that would leave the remaining voters without a
+//! reachable quorum.
 
 use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use cmd_rpc::RemoveRequest;
+use cmd_rpc::{ClusterInfo, JoinRequest, RemoveRequest};
+use raft_core::{NodeInfo, node_id_from_stable_id};
 
 use crate::machine::StateMachine;
-use crate::node::Inner;
+use crate::node::{Inner, join_ports};
+
+/// Time a tagged non-member has to answer the leader's probe.
+const PROBE: Duration = Duration::from_secs(1);
+/// Least time between two probes of the same non-member.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// Time adding a node back may take, catching up included.
+const ADD_BACK: Duration = Duration::from_secs(30);
 
 pub(crate) async fn reconcile_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
     let (mut events, every) = match inner.upgrade() {
@@ -77,4 +88,71 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
         // One change per round; the next round sees the new configuration.
         return;
     }
+    add_back(inner, &metrics, &view).await;
+}
+
+/// Adds back one tagged, online node that is not a member but answers as
+/// this cluster's node with its own id (restored tag, or removed while it
+/// was away). A fresh node that is still bootstrapping is added the same
+/// way, which is what its own join would do.
+async fn add_back<S: StateMachine>(
+    inner: &Inner<S>,
+    metrics: &raft_core::NodeMetrics,
+    view: &ts_discovery::ClusterView,
+) {
+    let now = Instant::now();
+    for node in view.online_members() {
+        let id = node_id_from_stable_id(&node.id.0);
+        if metrics.nodes.contains_key(&id) {
+            continue;
+        }
+        {
+            let mut probes = inner.add_back_probes.lock().unwrap_or_else(|p| p.into_inner());
+            probes.retain(|_, next| *next > now);
+            if probes.contains_key(&id) {
+                continue;
+            }
+            probes.insert(id, now + PROBE_EVERY);
+        }
+        let Some(found) = probe(inner, node, id).await else { continue };
+        tracing::info!(id, stable_id = %node.id.0, tag = %inner.tag, "tagged node is not a member; adding it back");
+        let request = JoinRequest { id, node: found, fresh: false };
+        match inner.service.join(&request, Instant::now() + ADD_BACK, false).await {
+            Ok(()) => tracing::info!(id, stable_id = %node.id.0, "node added back"),
+            Err(err) => tracing::warn!(id, error = %err, "adding the node back failed; will retry"),
+        }
+        return;
+    }
+}
+
+/// Asks `node` who it is; its record if it answers as raft node `id`.
+async fn probe<S: StateMachine>(
+    inner: &Inner<S>,
+    node: &ts_discovery::TailnetNode,
+    id: raft_core::NodeId,
+) -> Option<NodeInfo> {
+    let addrs: Vec<_> = node.addrs().collect();
+    for port in join_ports(&inner.config) {
+        let target = NodeInfo {
+            stable_id: node.id.0.clone(),
+            addrs: addrs.clone(),
+            raft_port: 0,
+            command_port: port,
+        };
+        let answer: Result<ClusterInfo, _> =
+            inner.service.client().get(&target, "/v1/cluster", Instant::now() + PROBE).await;
+        match answer {
+            Ok(ClusterInfo { node: answered, self_node: Some(found), .. })
+                if answered == id && found.stable_id == node.id.0 =>
+            {
+                return Some(found);
+            }
+            Ok(_) => {
+                tracing::debug!(id, port, "tagged node answered as another node; not adding it");
+                return None;
+            }
+            Err(_) => continue,
+        }
+    }
+    None
 }

@@ -1,6 +1,6 @@
 //! A running consensus node: the handle users hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -185,6 +185,8 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) committed: std::sync::atomic::AtomicU64,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
+    /// When each tagged non-member may next be probed for adding back.
+    pub(crate) add_back_probes: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -360,6 +362,7 @@ impl<S: StateMachine> Consensus<S> {
             tasks: Mutex::new(Vec::new()),
             committed: std::sync::atomic::AtomicU64::new(u64::MAX),
             owns_discovery: AtomicBool::new(false),
+            add_back_probes: Mutex::new(HashMap::new()),
         });
         let consensus = Consensus { inner };
         let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());
@@ -455,6 +458,11 @@ impl<S: StateMachine> Consensus<S> {
     }
 
     /// Removes a member from the configuration (through the leader).
+    ///
+    /// Membership follows tags: a node that still carries the tag and keeps
+    /// running is added back by the leader within seconds. To keep a node
+    /// out, revoke its tag or stop it (a node stopped with
+    /// [`StopMode::Leave`] removes itself and stays out).
     pub async fn remove_member(&self, id: u64) -> Result<(), Error> {
         self.check_running()?;
         let deadline = Instant::now() + self.inner.config.timing.call_deadline;
@@ -514,6 +522,12 @@ impl<S: StateMachine> Consensus<S> {
     pub async fn stop(self, mode: StopMode) -> Result<(), Error> {
         let mut result = Ok(());
         if mode == StopMode::Leave && !self.inner.stopped.load(Ordering::Acquire) {
+            // Stop answering peers first, so that the leader cannot add
+            // this node back between its removal and its stop.
+            let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
             let deadline = Instant::now() + self.inner.config.timing.call_deadline;
             if let Err(err) = self
                 .inner

@@ -237,3 +237,32 @@ async fn leaving_takes_the_node_out_of_the_configuration() {
         node.stop(StopMode::Stay).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_tag_is_restored_is_added_back_and_catches_up() {
+    let world = World::new(3);
+    let nodes = three(&world).await;
+    let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
+    let churned = (leader + 1) % 3;
+    let churned_id = nodes[churned].id();
+    // Tag revoked: the still-running member goes.
+    world.set(churned, Some(tailnet_node(churned, false, true)));
+    nodes[leader].wait_for(WAIT, |m| m.voters == 2).await.expect("untagged member removed");
+    assert!(nodes[leader].members().iter().all(|m| m.id != churned_id));
+    // It stays out while untagged, and the cluster moves on without it.
+    assert_eq!(nodes[leader].execute(add(7)).await.unwrap().result, serde_json::json!(7));
+    let readded = nodes[leader].wait_for(Duration::from_millis(1000), |m| m.voters == 3).await;
+    assert!(readded.is_err(), "an untagged node was added back");
+    // Tag restored: the leader adds it back, and it catches up.
+    world.set(churned, Some(tailnet_node(churned, true, true)));
+    nodes[leader].wait_for(WAIT, |m| m.voters == 3).await.expect("retagged node added back");
+    let target = nodes[leader].metrics().last_log_index;
+    nodes[churned]
+        .wait_for(WAIT, |m| m.applied_index >= target)
+        .await
+        .expect("the added-back node catches up");
+    assert_eq!(nodes[churned].read((), Consistency::Local).await.unwrap(), 7);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}

@@ -224,6 +224,7 @@ pub struct RaftNode<S: StateMachine> {
     server: std::sync::Mutex<Option<ts_transport::Server>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     config: RaftConfig,
+    self_node: NodeInfo,
 }
 
 fn leader_of(
@@ -282,6 +283,7 @@ impl<S: StateMachine> RaftNode<S> {
         tracing::info!(id, node = %self_node, "raft node started");
         Ok(RaftNode {
             id,
+            self_node,
             raft,
             state_machine,
             proposals,
@@ -294,6 +296,11 @@ impl<S: StateMachine> RaftNode<S> {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Where other nodes reach this node, as given to [`RaftNode::start`].
+    pub fn info(&self) -> &NodeInfo {
+        &self.self_node
     }
 
     /// Makes this node the first of a new cluster with `members` (itself
