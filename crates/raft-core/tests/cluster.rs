@@ -351,3 +351,57 @@ async fn unauthorized_peers_cannot_reach_the_raft_port() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let net = MemNetwork::new();
+    let config = fast_config();
+    // Node 1 accepts node 0 until the switch flips; node 0 accepts everyone.
+    let trusted = std::sync::Arc::new(AtomicBool::new(true));
+    let switch = trusted.clone();
+    let revocable: raft_core::Authorize =
+        std::sync::Arc::new(move |_| switch.load(Ordering::SeqCst));
+    let start = |i: usize, authorize: raft_core::Authorize| {
+        let net = net.clone();
+        let config = config.clone();
+        async move {
+            raft_core::RaftNode::start(
+                node_id(i),
+                node_info(i, ip(i)),
+                std::sync::Arc::new(net.node(ip(i))),
+                raft_core::Storage::Memory,
+                Recorder::default(),
+                authorize,
+                config,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let a = start(0, allow_all()).await;
+    let b = start(1, revocable).await;
+    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
+        .into_iter()
+        .collect();
+    assert!(a.initialize(members).await.unwrap());
+    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
+    tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
+        .await
+        .expect("in time")
+        .expect("committed while trusted");
+    b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied).await.expect("b applies");
+    // Revoked: a's established connection to b must not carry another
+    // entry, so a can no longer commit anything.
+    trusted.store(false, Ordering::SeqCst);
+    let after =
+        tokio::time::timeout(Duration::from_secs(3), a.propose(client(1), 2, b"after".to_vec()))
+            .await;
+    assert!(
+        !matches!(after, Ok(Ok(_))),
+        "a revoked peer still replicated over its live connection: {after:?}"
+    );
+    assert_eq!(b.read_local(|r| r.applied.len()), 1, "b applied an entry from a revoked peer");
+    a.shutdown().await;
+    b.shutdown().await;
+}

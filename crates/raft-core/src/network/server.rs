@@ -22,7 +22,9 @@ const ANSWER_QUEUE: usize = 256;
 const MAX_IN_PROGRESS: usize = 64;
 
 /// Serves raft RPCs arriving on `listener`; connections from peers
-/// `authorize` refuses are dropped before anything is read.
+/// `authorize` refuses are dropped before anything is read, and a
+/// connection whose peer stops being authorized (its tag revoked) is
+/// dropped at its next request, never served.
 pub(crate) fn start(
     listener: Arc<dyn Listener>,
     raft: Raft<TypeConfig>,
@@ -33,13 +35,14 @@ pub(crate) fn start(
     Server::start(listener, "raft", move |stream, peer| {
         let raft = raft.clone();
         let config = config.clone();
+        let authorize = authorize.clone();
         let allowed = authorize(peer);
         async move {
             if !allowed {
                 tracing::info!(%peer, "refused raft connection from an unauthorized address");
                 return;
             }
-            serve_connection(stream, peer, raft, self_id, config).await;
+            serve_connection(stream, peer, raft, self_id, config, authorize).await;
         }
     })
 }
@@ -50,6 +53,7 @@ async fn serve_connection(
     raft: Raft<TypeConfig>,
     self_id: NodeId,
     config: NetworkConfig,
+    authorize: Authorize,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     // The first frame must be a hello for this node and cluster.
@@ -100,6 +104,10 @@ async fn serve_connection(
                     break;
                 }
             };
+            if !authorize(peer) {
+                tracing::info!(%peer, "dropping the raft connection of a peer no longer authorized");
+                break;
+            }
             let Ok(permit) = in_progress.clone().acquire_owned().await else { break };
             let raft = raft.clone();
             let answers = answers.clone();
