@@ -8,6 +8,11 @@
 //!   `ConnectionReset`, pending reads included), its dials hang until their
 //!   timeout as into a black hole, and its incoming connections are dropped
 //!   unanswered;
+//! - a black-holed peer is one that vanished without a word, as a process
+//!   killed behind a userspace network stack does: its connections go
+//!   silent for good (writes vanish, reads never complete, nothing fails),
+//!   and dials and incoming connections behave as when blocked until the
+//!   black hole is cleared;
 //! - a delay holds every write for that long before it goes out;
 //! - a drop rate makes that share of writes reset their connection, the way
 //!   a lossy path ends up looking to a stream protocol.
@@ -34,6 +39,8 @@ use crate::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, TransportError}
 pub struct FaultConfig {
     /// Peers this node cannot exchange anything with.
     pub blocked: HashSet<IpAddr>,
+    /// Peers whose connections silently died; new ones wait for clearing.
+    pub black_holed: HashSet<IpAddr>,
     /// Time every write waits before it is passed on.
     pub delay: Duration,
     /// Writes, per thousand, that reset their connection instead.
@@ -97,6 +104,19 @@ impl Faults {
         self.lock().config.blocked.remove(&peer);
     }
 
+    /// Makes every live connection with `peer` go silent for good, and new
+    /// ones wait until [`Faults::clear_black_hole`] (see the module
+    /// documentation).
+    pub fn black_hole(&self, peer: IpAddr) {
+        self.lock().config.black_holed.insert(peer);
+    }
+
+    /// Lets new connections with `peer` through again; the ones that went
+    /// silent stay silent.
+    pub fn clear_black_hole(&self, peer: IpAddr) {
+        self.lock().config.black_holed.remove(&peer);
+    }
+
     /// Holds every write for `delay` (`Duration::ZERO`: none).
     pub fn set_delay(&self, delay: Duration) {
         self.lock().config.delay = delay;
@@ -115,6 +135,16 @@ impl Faults {
 
     fn blocked(&self, peer: IpAddr) -> bool {
         self.lock().config.blocked.contains(&peer)
+    }
+
+    /// Whether new connections with `peer` vanish.
+    fn unreachable(&self, peer: IpAddr) -> bool {
+        let state = self.lock();
+        state.config.blocked.contains(&peer) || state.config.black_holed.contains(&peer)
+    }
+
+    fn black_holed(&self, peer: IpAddr) -> bool {
+        self.lock().config.black_holed.contains(&peer)
     }
 
     /// The delay to apply to a write, and whether the write is dropped.
@@ -194,7 +224,7 @@ impl Transport for FaultyTransport {
         timeout: Duration,
     ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
         Box::pin(async move {
-            if self.faults.blocked(addr) {
+            if self.faults.unreachable(addr) {
                 // A black hole: nothing comes back before the timeout.
                 tokio::time::sleep(timeout).await;
                 return Err(TransportError::Timeout {
@@ -222,7 +252,7 @@ impl Listener for FaultyListener {
         Box::pin(async move {
             loop {
                 let (stream, peer) = self.inner.accept().await?;
-                if self.faults.blocked(peer.ip()) {
+                if self.faults.unreachable(peer.ip()) {
                     // Dropped unanswered; the dialer sees its stream die.
                     drop(stream);
                     continue;
@@ -252,13 +282,30 @@ struct FaultyStream {
     delay: Option<Pin<Box<Sleep>>>,
     /// The write in progress has served its delay and passed the drop roll.
     cleared: bool,
+    /// The peer was black-holed while this stream lived: it is silent
+    /// forever.
+    dead: bool,
 }
 
 impl FaultyStream {
     fn boxed(inner: BoxStream, peer: IpAddr, faults: Faults) -> BoxStream {
         let read_waker = Arc::new(Mutex::new(None));
         faults.park(&read_waker);
-        Box::new(FaultyStream { inner, peer, faults, read_waker, delay: None, cleared: false })
+        Box::new(FaultyStream {
+            inner,
+            peer,
+            faults,
+            read_waker,
+            delay: None,
+            cleared: false,
+            dead: false,
+        })
+    }
+
+    /// Whether the stream has gone silent (checking the faults once more).
+    fn silent(&mut self) -> bool {
+        self.dead = self.dead || self.faults.black_holed(self.peer);
+        self.dead
     }
 
     fn cut(&self) -> io::Error {
@@ -276,6 +323,10 @@ impl AsyncRead for FaultyStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.silent() {
+            // Nothing will ever arrive; nothing will wake this read.
+            return Poll::Pending;
+        }
         if this.faults.blocked(this.peer) {
             return Poll::Ready(Err(this.cut()));
         }
@@ -291,6 +342,10 @@ impl AsyncWrite for FaultyStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.silent() {
+            // Into the void: accepted, never delivered.
+            return Poll::Ready(Ok(buf.len()));
+        }
         if this.faults.blocked(this.peer) {
             return Poll::Ready(Err(this.cut()));
         }
@@ -324,6 +379,9 @@ impl AsyncWrite for FaultyStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.silent() {
+            return Poll::Ready(Ok(()));
+        }
         if this.faults.blocked(this.peer) {
             return Poll::Ready(Err(this.cut()));
         }
@@ -416,6 +474,28 @@ mod tests {
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), dialed.read(&mut byte)).await;
         assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_peer_goes_silent_for_good_but_new_connections_work_after() {
+        let (a, b) = pair();
+        let (mut x, mut y) = connect(&a, &b).await;
+        a.faults().black_hole(ip(2));
+        x.write_all(b"lost").await.expect("writes vanish without an error");
+        let mut byte = [0u8; 1];
+        let nothing = tokio::time::timeout(Duration::from_millis(200), y.read(&mut byte)).await;
+        assert!(nothing.is_err(), "a write into the black hole arrived: {nothing:?}");
+        a.faults().clear_black_hole(ip(2));
+        // The old stream stays silent, even after the peer writes to it.
+        y.write_all(b"late").await.unwrap();
+        let silent = tokio::time::timeout(Duration::from_millis(200), x.read(&mut byte)).await;
+        assert!(silent.is_err(), "a dead stream came back: {silent:?}");
+        // A new connection works.
+        let (mut x2, mut y2) = connect(&a, &b).await;
+        x2.write_all(b"new").await.unwrap();
+        let mut got = [0u8; 3];
+        y2.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"new");
     }
 
     #[tokio::test(start_paused = true)]
