@@ -405,3 +405,98 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_went_silent_is_replaced() {
+    // A follower's process dies behind a userspace network stack and comes
+    // back: the leader's connection to it goes silent without an error.
+    // The leader must notice and dial again rather than wait on it forever.
+    let net = MemNetwork::new();
+    let config = fast_config();
+    let faults = ts_transport::Faults::new(7);
+    let start = |i: usize, transport: std::sync::Arc<dyn ts_transport::Transport>| {
+        let config = config.clone();
+        async move {
+            raft_core::RaftNode::start(
+                node_id(i),
+                node_info(i, ip(i)),
+                transport,
+                raft_core::Storage::Memory,
+                Recorder::default(),
+                allow_all(),
+                config,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let a = start(0, std::sync::Arc::new(faults.wrap(std::sync::Arc::new(net.node(ip(0)))))).await;
+    let b = start(1, std::sync::Arc::new(net.node(ip(1)))).await;
+    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
+        .into_iter()
+        .collect();
+    assert!(a.initialize(members).await.unwrap());
+    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
+    tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
+        .await
+        .expect("in time")
+        .expect("committed");
+    faults.black_hole(ip(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    faults.clear_black_hole(ip(1));
+    // b may have campaigned meanwhile; whoever leads must reach the other.
+    let committed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            for node in [&a, &b] {
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    node.propose(client(1), 2, b"after".to_vec()),
+                )
+                .await;
+                if matches!(attempt, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(committed.is_ok(), "the cluster never recovered from a silent connection");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_incoming_connection_is_closed() {
+    use raft_core::network::frame::{self, Message};
+    use ts_transport::Transport as _;
+    let net = MemNetwork::new();
+    let mut config = fast_config();
+    config.network.idle_timeout = Duration::from_millis(300);
+    let node = raft_core::RaftNode::start(
+        node_id(0),
+        node_info(0, ip(0)),
+        std::sync::Arc::new(net.node(ip(0))),
+        raft_core::Storage::Memory,
+        Recorder::default(),
+        allow_all(),
+        config.clone(),
+    )
+    .await
+    .unwrap();
+    let dialer = net.node(ip(1));
+    let mut stream = dialer.dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
+    let hello = Message::Hello {
+        cluster: config.network.cluster.clone(),
+        from: node_id(1),
+        to: node_id(0),
+    };
+    frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
+    let welcome = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
+    assert!(matches!(welcome.message, Message::Welcome), "{:?}", welcome.message);
+    // Then silence: the node hangs up after its idle timeout.
+    let closed = tokio::time::timeout(Duration::from_secs(5), frame::read(&mut stream, 1 << 20))
+        .await
+        .expect("the idle connection was closed within 5 s");
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    node.shutdown().await;
+}

@@ -5,6 +5,13 @@
 //! that cannot be reached is retried with exponential backoff; until the
 //! backoff has passed, calls fail at once with `Unreachable` instead of
 //! dialing again.
+//!
+//! A connection can die without an error: a peer process killed behind a
+//! userspace network stack (tsnet) never resets it, and writes keep being
+//! accepted. So a call that times out while nothing at all arrived on its
+//! connection for its whole wait retires that connection; the next call
+//! dials again. A peer that is merely slow still answers something (other
+//! calls, heartbeats) and keeps its connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,7 +122,20 @@ struct Conn {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
+    /// When the connection started.
+    opened: Instant,
+    /// Microseconds after `opened` at which the last frame arrived.
+    last_received_us: Arc<AtomicU64>,
     tasks: [JoinHandle<()>; 2],
+}
+
+impl Conn {
+    /// Whether nothing has arrived since `since`.
+    fn silent_since(&self, since: Instant) -> bool {
+        let last =
+            self.opened + Duration::from_micros(self.last_received_us.load(Ordering::Acquire));
+        last < since
+    }
 }
 
 impl Drop for Conn {
@@ -220,6 +240,8 @@ impl ClientsShared {
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let opened = Instant::now();
+        let last_received_us = Arc::new(AtomicU64::new(0));
         let writer_task = tokio::spawn({
             let alive = alive.clone();
             async move {
@@ -235,10 +257,13 @@ impl ClientsShared {
         let reader_task = tokio::spawn({
             let alive = alive.clone();
             let pending = pending.clone();
+            let last_received_us = last_received_us.clone();
             async move {
                 loop {
                     match frame::read(&mut reader, max_frame).await {
                         Ok(Some(frame)) => {
+                            let at = opened.elapsed().as_micros() as u64;
+                            last_received_us.store(at, Ordering::Release);
                             let waiter = pending
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
@@ -264,6 +289,8 @@ impl ClientsShared {
             pending,
             next_id: AtomicU64::new(1),
             alive,
+            opened,
+            last_received_us,
             tasks: [writer_task, reader_task],
         })
     }
@@ -288,10 +315,13 @@ impl ClientsShared {
         }
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let sent_at = Instant::now();
+        let remaining = deadline.saturating_duration_since(sent_at);
         let sent = tokio::time::timeout(remaining, conn.outgoing.send(bytes)).await;
         if !matches!(sent, Ok(Ok(()))) {
             conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            // A send queue that stays full is a connection going nowhere.
+            conn.alive.store(false, Ordering::Release);
             return Err(CallError::Network {
                 target: peer.target,
                 reason: "connection closed".to_owned(),
@@ -306,6 +336,13 @@ impl ClientsShared {
             }),
             Err(_) => {
                 conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                if conn.silent_since(sent_at) {
+                    tracing::debug!(
+                        target = peer.target,
+                        "nothing arrived on the raft connection while a call waited; dialing anew"
+                    );
+                    conn.alive.store(false, Ordering::Release);
+                }
                 Err(CallError::Timeout(timeout))
             }
         }

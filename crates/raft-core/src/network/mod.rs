@@ -22,6 +22,9 @@ pub struct NetworkConfig {
     pub min_backoff: Duration,
     /// Longest wait between dials to an unreachable peer.
     pub max_backoff: Duration,
+    /// An incoming connection that carries no request for this long is
+    /// closed (a dialer that vanished without a word never closes it).
+    pub idle_timeout: Duration,
 }
 
 impl Default for NetworkConfig {
@@ -32,6 +35,7 @@ impl Default for NetworkConfig {
             handshake_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }

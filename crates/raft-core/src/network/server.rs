@@ -96,10 +96,15 @@ async fn serve_connection(
     let mut handlers = JoinSet::new();
     let reader_task = async {
         loop {
-            let frame = match frame::read(&mut reader, config.max_frame).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
+            let read = frame::read(&mut reader, config.max_frame);
+            let frame = match tokio::time::timeout(config.idle_timeout, read).await {
+                Err(_) => {
+                    tracing::debug!(%peer, "closing an idle raft connection");
+                    break;
+                }
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => break,
+                Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "dropping raft connection");
                     break;
                 }
