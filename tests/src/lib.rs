@@ -7,8 +7,13 @@
 //! - [`linearizability`] checks key-value histories (Wing & Gong search with
 //!   memoization, partitioned by key, unknown outcomes allowed).
 //!
+//! - [`chaos`] is the multi-process nemesis run behind `cargo xtask chaos`:
+//!   `kv` example processes on a local tailnet, faults, a recorded history
+//!   and the checks after every run.
+//!
 //! The suites themselves live in `tests/tests/`.
 
+pub mod chaos;
 pub mod conformance;
 pub mod linearizability;
 pub mod tailnet;

@@ -6,6 +6,12 @@
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
 //!   included), and `cargo deny check bans licenses sources`. It never
 //!   edits files.
+//! - `chaos [--runs N] [--seed S] [--duration SECS] [--keep-dir DIR]
+//!   [--report FILE]`: the multi-process nemesis. A local tailnet, three
+//!   `kv` example processes, concurrent clients, one fault at a time (kill
+//!   -9, SIGSTOP, partitions, delays, drops, tags revoked and restored),
+//!   then the linearizability checker and the replica checks. `ci` runs one
+//!   short run of it.
 //! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
 //!   in the foreground and prints its URLs, for trying things by hand.
 //! - `bench`: the consensus benchmark suite (transports, cluster sizes,
@@ -37,6 +43,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["ci"] => ci(),
+        ["chaos", rest @ ..] => chaos(rest),
         ["demo"] => demo::demo(),
         ["tailnet"] => tailnet(),
         ["bench", which @ ("transport" | "discovery")] => bench("tests", which),
@@ -45,7 +52,8 @@ fn main() -> ExitCode {
         ["bench", "--quick"] => bench_suite(true),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | tailnet | bench transport | bench discovery | bench raft>"
+                "usage: cargo xtask <ci | demo | chaos [options] | tailnet | bench [--quick] \
+                 | bench transport | bench discovery | bench raft>"
             );
             return ExitCode::from(2);
         }
@@ -115,6 +123,9 @@ fn ci() -> Result {
             .env("RUST_TEST_THREADS", "4"),
     )?;
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
+    // A fresh seed each time (printed, replayable with --seed), so that CI
+    // keeps exploring new fault schedules.
+    chaos(&["--runs", "1", "--duration", "60"])?;
     eprintln!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }
@@ -184,4 +195,30 @@ fn bench_suite(quick: bool) -> Result {
         .map_err(|e| format!("copy chart: {e}"))?;
     eprintln!("wrote docs/benchmarks.md and docs/img/throughput.svg");
     Ok(())
+}
+
+/// Builds the `kv` example and the chaos driver, then runs the driver with
+/// `args` (see `tests/src/bin/chaos.rs` for the flags).
+fn chaos(args: &[&str]) -> Result {
+    let root = workspace_root();
+    run(
+        "build kv example and chaos driver",
+        cargo().args([
+            "build",
+            "--locked",
+            "--package",
+            "consensus",
+            "--example",
+            "kv",
+            "--package",
+            "tests",
+            "--bin",
+            "chaos",
+        ]),
+    )?;
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let mut command = Command::new(target.join("debug/chaos"));
+    command.current_dir(&root).envs(TAILNET_ENV.iter().copied());
+    command.arg("--kv-bin").arg(target.join("debug/examples/kv")).args(args);
+    run("chaos", &mut command)
 }

@@ -1,0 +1,135 @@
+//! `chaos`: runs the multi-process nemesis (see `tests::chaos`) one or more
+//! times and reports each run. `cargo xtask chaos` builds the `kv` example
+//! and calls this.
+//!
+//! ```text
+//! chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N]
+//!       [--clients N] [--keys N] [--keep-dir DIR] [--report FILE]
+//!       [--local-reads yes]
+//! ```
+//!
+//! Run `i` uses seed `S + i`. `--report` appends one JSON line per run.
+//! Exits non-zero if any run found a violation or could not run.
+
+#![allow(clippy::print_stdout, reason = "a command-line tool: its report goes to stdout")]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tests::chaos::{ChaosOptions, run};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N] \
+         [--clients N] [--keys N] [--keep-dir DIR] [--report FILE] [--local-reads yes]"
+    );
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut kv_bin = None;
+    let mut runs = 1u64;
+    let mut seed = None;
+    let mut duration = 60u64;
+    let (mut nodes, mut clients, mut keys) = (3usize, 6usize, 5usize);
+    let mut keep_dir = None;
+    let mut report = None;
+    let mut local_reads = false;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else { return usage() };
+        let number = || value.parse::<u64>().ok();
+        let parsed = match flag.as_str() {
+            "--kv-bin" => kv_bin.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
+            "--runs" => number().map(|n| runs = n),
+            "--seed" => number().map(|n| seed = Some(n)),
+            "--duration" => number().map(|n| duration = n),
+            "--nodes" => number().map(|n| nodes = n as usize),
+            "--clients" => number().map(|n| clients = n as usize),
+            "--keys" => number().map(|n| keys = n as usize),
+            "--keep-dir" => keep_dir.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
+            "--local-reads" => (value == "yes").then(|| local_reads = true),
+            "--report" => report.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
+            _ => None,
+        };
+        if parsed.is_none() {
+            eprintln!("chaos: bad flag or value: {flag} {value}");
+            return usage();
+        }
+    }
+    let Some(kv_bin) = kv_bin else { return usage() };
+    if nodes < 3 || clients == 0 || keys == 0 || duration < 10 {
+        eprintln!("chaos: needs at least 3 nodes, 1 client, 1 key and 10 seconds");
+        return usage();
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let mut failed = 0;
+    for i in 0..runs {
+        let run_seed = seed + i;
+        eprintln!("chaos: run {}/{runs}, seed {run_seed} (replay with --seed {run_seed})", i + 1);
+        let options = ChaosOptions {
+            kv_bin: kv_bin.clone(),
+            nodes,
+            clients,
+            keys,
+            duration: Duration::from_secs(duration),
+            seed: run_seed,
+            keep_dir: keep_dir.clone(),
+            local_reads,
+        };
+        let started = Instant::now();
+        // Setup, the workload, healing and the checks, bounded as a whole.
+        let bound = Duration::from_secs(duration) + Duration::from_secs(420);
+        let outcome = match tokio::time::timeout(bound, run(options)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("the run exceeded {bound:?}")),
+        };
+        let line = match &outcome {
+            Ok(report) => {
+                for fault in &report.faults {
+                    eprintln!("chaos:   {fault}");
+                }
+                println!("{}", report.summary());
+                serde_json::json!({
+                    "seed": run_seed,
+                    "passed": report.passed(),
+                    "operations": report.operations,
+                    "completed": report.completed,
+                    "unknown": report.unknown,
+                    "faults": report.fault_counts(),
+                    "heal_s": report.heal.as_secs_f64(),
+                    "term": report.term,
+                    "violations": report.violations,
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            }
+            Err(why) => {
+                println!("seed {run_seed} | could not run: {why}");
+                serde_json::json!({ "seed": run_seed, "passed": false, "error": why })
+            }
+        };
+        if !outcome.as_ref().is_ok_and(|r| r.passed()) {
+            failed += 1;
+        }
+        if let Some(path) = &report {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(err) = written {
+                eprintln!("chaos: cannot append to {}: {err}", path.display());
+            }
+        }
+    }
+    println!("chaos: {} of {runs} runs passed", runs - failed);
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
