@@ -69,10 +69,59 @@ pub struct ChaosOptions {
     /// Where node logs and the history are kept (else a temporary
     /// directory).
     pub keep_dir: Option<PathBuf>,
+    /// The kinds of fault the nemesis picks from (at random, evenly).
+    pub faults: Vec<FaultKind>,
     /// Read with `get-local` instead of linearizable `get`: not
     /// linearizable by design, so the checker should catch stale reads
     /// (a test of the harness itself).
     pub local_reads: bool,
+}
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `kill -9` a node, restart it from its state directory.
+    Kill,
+    /// `SIGSTOP` a node, later `SIGCONT`.
+    Pause,
+    /// Cut one node off from the others.
+    Partition,
+    /// Cut the leader off from the others.
+    PartitionLeader,
+    /// Hold every write on every node.
+    Delay,
+    /// Reset a share of every node's writes.
+    Drop,
+    /// Revoke a node's tag through the tailnet admin API, later restore it.
+    Untag,
+}
+
+impl FaultKind {
+    /// Every kind.
+    pub const ALL: [FaultKind; 7] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::PartitionLeader,
+        FaultKind::Delay,
+        FaultKind::Drop,
+        FaultKind::Untag,
+    ];
+
+    /// The kind called `name` (`kill`, `pause`, `partition`,
+    /// `partition-leader`, `delay`, `drop`, `untag`).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        Some(match name {
+            "kill" => FaultKind::Kill,
+            "pause" => FaultKind::Pause,
+            "partition" => FaultKind::Partition,
+            "partition-leader" => FaultKind::PartitionLeader,
+            "delay" => FaultKind::Delay,
+            "drop" => FaultKind::Drop,
+            "untag" => FaultKind::Untag,
+            _ => return None,
+        })
+    }
 }
 
 /// What one run found.
@@ -194,7 +243,10 @@ impl Cluster {
             .arg("--exit-on-stdin-eof")
             .env("TS_NO_LOGS_NO_SUPPORT", "true")
             .env("TS_DISABLE_PORTMAPPER", "1")
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
@@ -258,14 +310,19 @@ impl Cluster {
         self.control(i, "status").await.ok().map(|status| status["metrics"].clone())
     }
 
-    /// The node that says it leads, if one answers so.
+    /// The node that says it leads in the highest term (a cut-off former
+    /// leader may still say so in an older one), if any answers so.
     async fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
         for i in 0..self.nodes.len() {
-            if self.metrics(i).await.is_some_and(|m| m["role"] == "leader") {
-                return Some(i);
+            if let Some(m) = self.metrics(i).await.filter(|m| m["role"] == "leader") {
+                let term = m["term"].as_u64().unwrap_or(0);
+                if best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, i));
+                }
             }
         }
-        None
+        best.map(|(_, i)| i)
     }
 
     /// Cuts node `v` off from every other node, on both sides.
@@ -534,47 +591,49 @@ async fn nemesis(
         };
         let hold = rng.millis(1500, 6000);
         let started = Instant::now();
-        let name = match rng.below(7) {
-            0 => {
+        let kinds = &cluster.options.faults;
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+        let name = match kind {
+            FaultKind::Kill => {
                 cluster.kill(victim).await;
                 tokio::time::sleep(rng.millis(500, 5000)).await;
                 cluster.spawn(victim)?;
                 format!("kill -9 node {victim}, restart")
             }
-            1 => {
+            FaultKind::Pause => {
                 cluster.signal(victim, libc::SIGSTOP);
                 tokio::time::sleep(hold).await;
                 cluster.signal(victim, libc::SIGCONT);
                 format!("pause node {victim} (SIGSTOP/SIGCONT)")
             }
-            2 => {
+            FaultKind::Partition => {
                 cluster.isolate(victim).await?;
                 tokio::time::sleep(hold).await;
                 cluster.on_all("fault heal").await?;
                 format!("partition node {victim} from the others")
             }
-            3 => {
+            FaultKind::PartitionLeader => {
                 let Some(leader) = cluster.leader().await else { continue };
                 cluster.isolate(leader).await?;
                 tokio::time::sleep(hold).await;
                 cluster.on_all("fault heal").await?;
                 format!("partition the leader (node {leader})")
             }
-            4 => {
+            FaultKind::Delay => {
                 let ms = 20 + rng.below(180);
                 cluster.on_all(&format!("fault delay {ms}")).await?;
                 tokio::time::sleep(hold).await;
                 cluster.on_all("fault heal").await?;
                 format!("delay {ms} ms on every write")
             }
-            5 => {
+            FaultKind::Drop => {
                 let per_mille = 20 + rng.below(130);
                 cluster.on_all(&format!("fault drop {per_mille}")).await?;
                 tokio::time::sleep(hold).await;
                 cluster.on_all("fault heal").await?;
                 format!("drop {per_mille}‰ of writes")
             }
-            _ => {
+            FaultKind::Untag => {
                 let hostname = lock(&cluster.nodes[victim]).hostname.clone();
                 tailnet.set_tags(&hostname, &[]).await.map_err(|e| e.to_string())?;
                 tokio::time::sleep(hold).await;

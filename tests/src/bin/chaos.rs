@@ -5,7 +5,7 @@
 //! ```text
 //! chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N]
 //!       [--clients N] [--keys N] [--keep-dir DIR] [--report FILE]
-//!       [--local-reads yes]
+//!       [--local-reads yes] [--faults kill,pause,partition,partition-leader,delay,drop,untag]
 //! ```
 //!
 //! Run `i` uses seed `S + i`. `--report` appends one JSON line per run.
@@ -18,12 +18,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tests::chaos::{ChaosOptions, run};
+use tests::chaos::{ChaosOptions, FaultKind, run};
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N] \
-         [--clients N] [--keys N] [--keep-dir DIR] [--report FILE] [--local-reads yes]"
+         [--clients N] [--keys N] [--keep-dir DIR] [--report FILE] [--local-reads yes] \
+         [--faults kill,pause,partition,partition-leader,delay,drop,untag]"
     );
     ExitCode::from(2)
 }
@@ -39,6 +40,7 @@ async fn main() -> ExitCode {
     let mut keep_dir = None;
     let mut report = None;
     let mut local_reads = false;
+    let mut faults = FaultKind::ALL.to_vec();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else { return usage() };
@@ -52,6 +54,12 @@ async fn main() -> ExitCode {
             "--clients" => number().map(|n| clients = n as usize),
             "--keys" => number().map(|n| keys = n as usize),
             "--keep-dir" => keep_dir.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
+            "--faults" => value
+                .split(',')
+                .map(FaultKind::from_name)
+                .collect::<Option<Vec<_>>>()
+                .filter(|kinds| !kinds.is_empty())
+                .map(|kinds| faults = kinds),
             "--local-reads" => (value == "yes").then(|| local_reads = true),
             "--report" => report.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
             _ => None,
@@ -84,6 +92,7 @@ async fn main() -> ExitCode {
             seed: run_seed,
             keep_dir: keep_dir.clone(),
             local_reads,
+            faults: faults.clone(),
         };
         let started = Instant::now();
         // Setup, the workload, healing and the checks, bounded as a whole.
