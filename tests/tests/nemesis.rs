@@ -1,8 +1,9 @@
 //! A short nemesis run in-process: the facade on the in-memory network with
 //! durable storage, concurrent key-value clients, and random faults (a node
 //! isolated, the leader cut off, a node killed and restarted from its state
-//! directory). Afterwards the recorded history must be linearizable and
-//! every replica must hold the same state.
+//! directory). Afterwards the recorded history must be linearizable, every
+//! key's applied writes must match the acknowledged ones (none lost, none
+//! doubled), and every replica must hold the same state.
 //!
 //! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
 
@@ -307,6 +308,31 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             );
         }
         assert_eq!(values.len(), 1, "seed {seed}: replicas disagree on {key}: {values:?}");
+    }
+    // Versions count the writes applied to each key: between the
+    // acknowledged writes (none lost) and those plus the unknown ones (none
+    // applied twice).
+    for k in 0..KEYS {
+        let key = format!("k{k}");
+        let version = reader
+            .read(KvQuery::Version { key: key.clone() }, Consistency::Linearizable)
+            .await
+            .expect("version read")
+            .as_u64()
+            .expect("a number");
+        let ops: Vec<&Operation> = history.iter().filter(|op| op.key == key).collect();
+        let acked = ops
+            .iter()
+            .filter(|op| {
+                matches!(op.input, Input::Put(_) | Input::Cas { .. })
+                    && matches!(op.outcome, Some((_, Output::Previous(_))))
+            })
+            .count() as u64;
+        let unknown = ops.iter().filter(|op| op.outcome.is_none()).count() as u64;
+        assert!(
+            (acked..=acked + unknown).contains(&version),
+            "seed {seed}: {key} has {version} writes applied, {acked} acknowledged, {unknown} unknown"
+        );
     }
     for slot in &cluster.nodes {
         let node = slot.lock().unwrap().take();

@@ -125,7 +125,7 @@ fn ci() -> Result {
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
     // A fresh seed each time (printed, replayable with --seed), so that CI
     // keeps exploring new fault schedules.
-    chaos(&["--runs", "1", "--duration", "60"])?;
+    chaos(&["--runs", "1", "--duration", "120"])?;
     eprintln!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }
