@@ -870,3 +870,50 @@ async fn same_state(cluster: &Cluster) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The harness reads the kv example's answers in the shapes the store
+    /// writes them (pinned on the store's side in `tests/nemesis.rs`): a
+    /// misread would corrupt every history it checks.
+    #[test]
+    fn kv_answers_map_to_checker_outputs() {
+        let some = |v: &str| Some(v.to_owned());
+        for (line, expected) in [
+            (r#"{"ok":{"previous":"a"}}"#, Output::Previous(some("a"))),
+            (r#"{"ok":{"previous":null}}"#, Output::Previous(None)),
+            (r#"{"ok":{"mismatch":"b"}}"#, Output::Mismatch(some("b"))),
+            (r#"{"ok":{"mismatch":null}}"#, Output::Mismatch(None)),
+        ] {
+            let answer = ok_of(serde_json::from_str(line).unwrap()).unwrap();
+            assert_eq!(write_output(&answer), Some(expected), "{line}");
+        }
+        assert_eq!(write_output(&serde_json::json!({"other": 1})), None);
+        let error = serde_json::json!({ "error": "no leader" });
+        assert_eq!(ok_of(error), Err("no leader".to_owned()));
+    }
+
+    #[test]
+    fn fault_kinds_parse_by_name_and_the_schedule_follows_the_seed() {
+        for (name, kind) in [
+            ("kill", FaultKind::Kill),
+            ("pause", FaultKind::Pause),
+            ("partition", FaultKind::Partition),
+            ("partition-leader", FaultKind::PartitionLeader),
+            ("delay", FaultKind::Delay),
+            ("drop", FaultKind::Drop),
+            ("untag", FaultKind::Untag),
+        ] {
+            assert_eq!(FaultKind::from_name(name), Some(kind), "{name}");
+        }
+        assert_eq!(FaultKind::from_name("meteor"), None);
+        let draws = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..32).map(|_| rng.below(1000)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(7), draws(7));
+        assert_ne!(draws(7), draws(8));
+    }
+}

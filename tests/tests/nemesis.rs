@@ -341,3 +341,12 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
         }
     }
 }
+
+#[test]
+fn kv_answers_have_the_shapes_the_chaos_harness_reads() {
+    let shape = |r: KvResponse| serde_json::to_string(&r).unwrap();
+    assert_eq!(shape(KvResponse::Previous(Some("a".to_owned()))), r#"{"previous":"a"}"#);
+    assert_eq!(shape(KvResponse::Previous(None)), r#"{"previous":null}"#);
+    assert_eq!(shape(KvResponse::Mismatch(Some("b".to_owned()))), r#"{"mismatch":"b"}"#);
+    assert_eq!(shape(KvResponse::Mismatch(None)), r#"{"mismatch":null}"#);
+}
