@@ -91,7 +91,9 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
     add_back(inner, &metrics, &view).await;
 }
 
-/// Adds back one tagged, online node that is not a member but answers as
+/// Adds back one tagged, online node that is not a voter: a learner left
+/// behind by a join that never finished (its leader died between adding
+/// and promoting it), or a node that is not a member at all but answers as
 /// this cluster's node with its own id (restored tag, or removed while it
 /// was away). A fresh node that is still bootstrapping is added the same
 /// way, which is what its own join would do.
@@ -103,7 +105,7 @@ async fn add_back<S: StateMachine>(
     let now = Instant::now();
     for node in view.online_members() {
         let id = node_id_from_stable_id(&node.id.0);
-        if metrics.nodes.contains_key(&id) {
+        if metrics.voters.contains(&id) {
             continue;
         }
         {
@@ -114,8 +116,15 @@ async fn add_back<S: StateMachine>(
             }
             probes.insert(id, now + PROBE_EVERY);
         }
-        let Some(found) = probe(inner, node, id).await else { continue };
-        tracing::info!(id, stable_id = %node.id.0, tag = %inner.tag, "tagged node is not a member; adding it back");
+        let found = match metrics.nodes.get(&id) {
+            // A learner: its record is in the configuration already.
+            Some(known) => known.clone(),
+            None => match probe(inner, node, id).await {
+                Some(found) => found,
+                None => continue,
+            },
+        };
+        tracing::info!(id, stable_id = %node.id.0, tag = %inner.tag, "tagged node is not a voter; adding it back");
         let request = JoinRequest { id, node: found, fresh: false };
         match inner.service.join(&request, Instant::now() + ADD_BACK, false).await {
             Ok(()) => tracing::info!(id, stable_id = %node.id.0, "node added back"),
@@ -155,4 +164,96 @@ async fn probe<S: StateMachine>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::io::{self, Read, Write};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+    use ts_transport::MemNetwork;
+
+    use super::*;
+    use crate::{BootstrapOptions, Config, Consensus, StopMode, Timing};
+
+    const TAG: &str = "tag:m";
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct Nothing;
+
+    impl StateMachine for Nothing {
+        type Command = ();
+        type Response = ();
+        type Query = ();
+        type QueryResponse = ();
+        fn apply(&mut self, (): ()) {}
+        fn query(&self, (): &()) {}
+        fn snapshot(&self, _: &mut dyn Write) -> io::Result<()> {
+            Ok(())
+        }
+        fn restore(&mut self, _: &mut dyn Read) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn tailnet_node(i: u8) -> TailnetNode {
+        TailnetNode {
+            id: StableNodeId(format!("m{i}")),
+            hostname: format!("m{i}"),
+            dns_name: String::new(),
+            ipv4: Some(Ipv4Addr::new(10, 3, 0, i + 1)),
+            ipv6: None,
+            tags: BTreeSet::from([TAG.to_owned()]),
+            online: true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_learner_left_behind_by_an_unfinished_join_is_promoted() {
+        let net = MemNetwork::new();
+        let all: Vec<TailnetNode> = (0..3).map(tailnet_node).collect();
+        let start = |i: usize| {
+            let peers = all.iter().filter(|n| n.id != all[i].id).cloned();
+            let view = ClusterView::new(TAG, all[i].clone(), peers);
+            let transport = Arc::new(net.node(IpAddr::V4(all[i].ipv4.unwrap())));
+            let config = Config {
+                monitor_port: None,
+                timing: Timing {
+                    heartbeat: Duration::from_millis(100),
+                    election: (Duration::from_millis(500), Duration::from_millis(1000)),
+                    // Reconciliation runs only when the test calls it.
+                    reconcile_every: Duration::from_secs(3600),
+                    ..Timing::default()
+                },
+                ..Config::default()
+            };
+            let bootstrap =
+                BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: 3 };
+            Consensus::start_with(
+                transport,
+                Arc::new(StaticDiscovery::new(view)),
+                Nothing,
+                bootstrap,
+                config,
+            )
+        };
+        let (a, b, c) = tokio::join!(start(0), start(1), start(2));
+        let nodes = [a.unwrap(), b.unwrap(), c.unwrap()];
+        nodes[0].wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+        let leader = nodes.iter().find(|n| n.metrics().role == crate::Role::Leader).unwrap();
+        let other = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
+        // A join that stopped half way: the node is a learner, not a voter.
+        let raft = leader.inner.raft();
+        raft.remove(other.id(), WAIT).await.unwrap();
+        raft.add_learner(other.id(), other.inner.raft().info().clone(), WAIT).await.unwrap();
+        leader.wait_for(WAIT, |m| m.voters == 2 && m.learners == 1).await.unwrap();
+        reconcile(&leader.inner).await;
+        leader.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.expect("promoted");
+        for node in nodes {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
 }

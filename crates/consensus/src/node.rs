@@ -201,7 +201,7 @@ impl<S: StateMachine> Inner<S> {
 
 /// A consensus node. Cloning gives another handle to the same node.
 pub struct Consensus<S: StateMachine> {
-    inner: Arc<Inner<S>>,
+    pub(crate) inner: Arc<Inner<S>>,
 }
 
 impl<S: StateMachine> Clone for Consensus<S> {
