@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 
-use crate::linearizability::{Input, Operation, Output, check};
+use crate::linearizability::{Input, Operation, Output, check, write_bounds};
 use crate::tailnet::LocalTailnet;
 
 /// The cluster's tag.
@@ -801,15 +801,7 @@ async fn drive(
     }
     // Versions: acknowledged writes ≤ applied writes ≤ acknowledged + unknown.
     for (key, version) in &versions {
-        let ops = history.iter().filter(|op| &op.key == key);
-        let acked = ops
-            .clone()
-            .filter(|op| {
-                matches!(op.input, Input::Put(_) | Input::Cas { .. })
-                    && matches!(op.outcome, Some((_, Output::Previous(_))))
-            })
-            .count() as u64;
-        let unknown = ops.filter(|op| op.outcome.is_none()).count() as u64;
+        let (acked, unknown) = write_bounds(&history, key);
         if *version < acked {
             violations.push(format!(
                 "{key}: {acked} acknowledged writes but only {version} applied (a write was lost)"

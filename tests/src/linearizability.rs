@@ -129,6 +129,26 @@ fn step(state: &Option<String>, input: &Input, output: Option<&Output>) -> Optio
     }
 }
 
+/// For `key`: the writes acknowledged as applied (puts, and compare-and-sets
+/// that matched) and the writes with an unknown outcome. The number of
+/// writes the store applied to the key must lie between the first and the
+/// sum: fewer means an acknowledged write was lost, more that one was
+/// applied twice.
+pub fn write_bounds(history: &[Operation], key: &str) -> (u64, u64) {
+    let ops = history.iter().filter(|op| op.key == key);
+    let acked = ops
+        .clone()
+        .filter(|op| {
+            matches!(op.input, Input::Put(_) | Input::Cas { .. })
+                && matches!(op.outcome, Some((_, Output::Previous(_))))
+        })
+        .count() as u64;
+    let unknown = ops
+        .filter(|op| op.outcome.is_none() && matches!(op.input, Input::Put(_) | Input::Cas { .. }))
+        .count() as u64;
+    (acked, unknown)
+}
+
 /// Checks a whole history; the first key that fails, if any.
 pub fn check(history: &[Operation]) -> Result<(), Violation> {
     let mut by_key: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
@@ -330,6 +350,24 @@ mod tests {
             ),
         ];
         assert!(check(&h).is_ok());
+    }
+
+    #[test]
+    fn write_bounds_count_applied_and_unknown_writes_of_one_key() {
+        let cas =
+            |expected: Option<String>, new: &str| Input::Cas { expected, new: new.to_owned() };
+        let h = [
+            put(0, 0, 1, "a", None),
+            op(0, 2, Some(3), cas(some("a"), "b"), Some(Output::Previous(some("a")))),
+            op(0, 4, Some(5), cas(some("zz"), "c"), Some(Output::Mismatch(some("b")))),
+            op(1, 6, None, Input::Put("d".to_owned()), None),
+            op(1, 7, None, Input::Get, None),
+            get(2, 8, 9, some("b")),
+            Operation { key: "other".to_owned(), ..put(3, 0, 1, "x", None) },
+        ];
+        assert_eq!(write_bounds(&h, "k"), (2, 1));
+        assert_eq!(write_bounds(&h, "other"), (1, 0));
+        assert_eq!(write_bounds(&h, "none"), (0, 0));
     }
 
     #[test]

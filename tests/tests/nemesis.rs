@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
 use store::{KvCommand, KvQuery, KvResponse, KvStore};
-use tests::linearizability::{Input, Operation, Output, check};
+use tests::linearizability::{Input, Operation, Output, check, write_bounds};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
@@ -320,15 +320,7 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             .expect("version read")
             .as_u64()
             .expect("a number");
-        let ops: Vec<&Operation> = history.iter().filter(|op| op.key == key).collect();
-        let acked = ops
-            .iter()
-            .filter(|op| {
-                matches!(op.input, Input::Put(_) | Input::Cas { .. })
-                    && matches!(op.outcome, Some((_, Output::Previous(_))))
-            })
-            .count() as u64;
-        let unknown = ops.iter().filter(|op| op.outcome.is_none()).count() as u64;
+        let (acked, unknown) = write_bounds(&history, &key);
         assert!(
             (acked..=acked + unknown).contains(&version),
             "seed {seed}: {key} has {version} writes applied, {acked} acknowledged, {unknown} unknown"

@@ -318,28 +318,8 @@ async fn unauthorized_peers_cannot_reach_the_raft_port() {
     let config = fast_config();
     // Node 0 accepts nobody; node 1 everybody.
     let deny: raft_core::Authorize = std::sync::Arc::new(|_| false);
-    let a = raft_core::RaftNode::start(
-        node_id(0),
-        node_info(0, ip(0)),
-        std::sync::Arc::new(net.node(ip(0))),
-        raft_core::Storage::Memory,
-        Recorder::default(),
-        deny,
-        config.clone(),
-    )
-    .await
-    .unwrap();
-    let b = raft_core::RaftNode::start(
-        node_id(1),
-        node_info(1, ip(1)),
-        std::sync::Arc::new(net.node(ip(1))),
-        raft_core::Storage::Memory,
-        Recorder::default(),
-        allow_all(),
-        config,
-    )
-    .await
-    .unwrap();
+    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), deny, config.clone()).await;
+    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
     let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
         .into_iter()
         .collect();
@@ -362,25 +342,8 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     let switch = trusted.clone();
     let revocable: raft_core::Authorize =
         std::sync::Arc::new(move |_| switch.load(Ordering::SeqCst));
-    let start = |i: usize, authorize: raft_core::Authorize| {
-        let net = net.clone();
-        let config = config.clone();
-        async move {
-            raft_core::RaftNode::start(
-                node_id(i),
-                node_info(i, ip(i)),
-                std::sync::Arc::new(net.node(ip(i))),
-                raft_core::Storage::Memory,
-                Recorder::default(),
-                authorize,
-                config,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let a = start(0, allow_all()).await;
-    let b = start(1, revocable).await;
+    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
+    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), revocable, config).await;
     let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
         .into_iter()
         .collect();
@@ -414,24 +377,9 @@ async fn a_connection_that_went_silent_is_replaced() {
     let net = MemNetwork::new();
     let config = fast_config();
     let faults = ts_transport::Faults::new(7);
-    let start = |i: usize, transport: std::sync::Arc<dyn ts_transport::Transport>| {
-        let config = config.clone();
-        async move {
-            raft_core::RaftNode::start(
-                node_id(i),
-                node_info(i, ip(i)),
-                transport,
-                raft_core::Storage::Memory,
-                Recorder::default(),
-                allow_all(),
-                config,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let a = start(0, std::sync::Arc::new(faults.wrap(std::sync::Arc::new(net.node(ip(0)))))).await;
-    let b = start(1, std::sync::Arc::new(net.node(ip(1)))).await;
+    let faulty = faults.wrap(std::sync::Arc::new(net.node(ip(0))));
+    let a = start_alone(0, std::sync::Arc::new(faulty), allow_all(), config.clone()).await;
+    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
     let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
         .into_iter()
         .collect();
@@ -472,17 +420,8 @@ async fn an_idle_incoming_connection_is_closed() {
     let net = MemNetwork::new();
     let mut config = fast_config();
     config.network.idle_timeout = Duration::from_millis(300);
-    let node = raft_core::RaftNode::start(
-        node_id(0),
-        node_info(0, ip(0)),
-        std::sync::Arc::new(net.node(ip(0))),
-        raft_core::Storage::Memory,
-        Recorder::default(),
-        allow_all(),
-        config.clone(),
-    )
-    .await
-    .unwrap();
+    let node =
+        start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
     let dialer = net.node(ip(1));
     let mut stream = dialer.dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
     let hello = Message::Hello {

@@ -96,6 +96,27 @@ pub fn allow_all() -> Authorize {
     Arc::new(|_| true)
 }
 
+/// Starts node `i` on its own (memory storage, a `Recorder`), outside any
+/// `Cluster`: for tests that wire transports and authorization by hand.
+pub async fn start_alone(
+    i: usize,
+    transport: Arc<dyn ts_transport::Transport>,
+    authorize: Authorize,
+    config: RaftConfig,
+) -> RaftNode<Recorder> {
+    RaftNode::start(
+        node_id(i),
+        node_info(i, ip(i)),
+        transport,
+        Storage::Memory,
+        Recorder::default(),
+        authorize,
+        config,
+    )
+    .await
+    .expect("node starts")
+}
+
 /// How the nodes of a test cluster reach each other.
 #[derive(Clone)]
 pub enum Net {
