@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Talk to it on `127.0.0.1:<local-port>`, one command per line, one JSON
-//! answer per line:
+//! answer per line (lines are at most 64 KiB):
 //!
 //! ```text
 //! put <key> <value>         set a key
@@ -43,7 +43,7 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, TsnetTransport,
 };
 use store::{KvCommand, KvQuery, KvStore};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use ts_discovery::{Discovery, LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};
 use ts_transport::{Faults, Transport};
@@ -221,12 +221,29 @@ async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn st
     }
 }
 
+/// Longest line accepted on the line interface.
+const MAX_LINE: u64 = 64 * 1024;
+
 async fn serve_lines(served: Served, stream: TcpStream) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let answer = handle(&served, &line).await;
-        if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() {
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        // A line over the limit ends the connection: the rest of it cannot
+        // be told from the next command.
+        let too_long = line.len() as u64 > MAX_LINE;
+        let answer = match std::str::from_utf8(&line) {
+            _ if too_long => {
+                serde_json::json!({ "error": format!("line longer than {MAX_LINE} bytes") })
+            }
+            Ok(text) => handle(&served, text.trim_end()).await,
+            Err(_) => serde_json::json!({ "error": "line is not UTF-8" }),
+        };
+        if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() || too_long {
             return;
         }
     }
@@ -287,7 +304,11 @@ fn fault(faults: Option<&Faults>, words: &[&str]) -> serde_json::Value {
     let done = match words {
         ["block", peer] => ip(peer).map(|peer| faults.block(peer)),
         ["unblock", peer] => ip(peer).map(|peer| faults.unblock(peer)),
-        ["delay", ms] => number(ms).map(|ms| faults.set_delay(Duration::from_millis(ms))),
+        ["delay", ms] => number(ms).and_then(|ms| {
+            (ms <= 60_000)
+                .then(|| faults.set_delay(Duration::from_millis(ms)))
+                .ok_or_else(|| format!("a delay of {ms} ms is over the 60000 ms limit"))
+        }),
         ["drop", per_mille] => number(per_mille)
             .map(|n| faults.set_drop_per_mille(u16::try_from(n.min(1000)).unwrap_or(1000))),
         ["heal"] => {
