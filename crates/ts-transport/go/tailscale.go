@@ -132,6 +132,7 @@ func setField(sd C.int, set func(s *tsnet.Server)) (ret C.int) {
 		srv.mu.Unlock()
 		return srv.setErr(errors.New("options can only be set before the server starts"))
 	}
+	testHook(srv, "set")
 	set(srv.s)
 	srv.mu.Unlock()
 	return 0
@@ -355,6 +356,7 @@ func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOu
 	}
 	if srv.loopback == nil {
 		srv.started = true
+		testHook(srv, "loopback")
 		addr, proxyCred, apiCred, err := srv.s.Loopback()
 		if err != nil {
 			srv.mu.Unlock()
@@ -543,6 +545,7 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 			if err != nil {
 				return
 			}
+			testHook(srv, "accept")
 			fd, err := bridge(conn)
 			if err != nil {
 				conn.Close()

@@ -40,3 +40,14 @@ unsafe extern "C" {
     ) -> c_int;
     pub(crate) fn tailscale_errmsg(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
 }
+
+// Test-only entry points (go/testhooks_on.go), in the archive only when the
+// `test-hooks` feature builds it.
+#[cfg(feature = "test-hooks")]
+unsafe extern "C" {
+    pub(crate) fn tailscale_testhook_panic(sd: c_int, site: *const c_char) -> c_int;
+    pub(crate) fn tailscale_testhook_blocked_go_thread(
+        tid_out: *mut c_int,
+        release_out: *mut c_int,
+    ) -> c_int;
+}

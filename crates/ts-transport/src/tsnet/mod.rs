@@ -15,6 +15,8 @@
 
 mod ffi;
 mod record;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::ffi::{CString, c_char, c_int};
 use std::fs::File;
