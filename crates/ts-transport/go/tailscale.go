@@ -209,22 +209,41 @@ func tailscale_start(sd C.int) (ret C.int) {
 
 //export tailscale_up
 func tailscale_up(sd C.int) C.int {
-	return tailscale_up_timeout(sd, 0)
+	return tailscale_up_timeout(sd, 0, nil, 0)
 }
 
 // tailscale_up_timeout starts the server and waits until it is running with a
 // tailnet address, for at most timeout_ms milliseconds (0: no limit). A
-// concurrent tailscale_close ends the wait.
+// concurrent tailscale_close ends the wait. On failure the message goes to
+// errmsg (errmsg_len bytes, truncated, NUL-terminated; may be NULL) as well
+// as to tailscale_errmsg, so that a caller need not hold other calls back
+// for as long as this one waits in order to read its own message.
 //
 //export tailscale_up_timeout
-func tailscale_up_timeout(sd C.int, timeoutMs C.int) (ret C.int) {
+func tailscale_up_timeout(sd C.int, timeoutMs C.int, errmsg *C.char, errmsgLen C.size_t) (ret C.int) {
 	srv := getServer(sd)
 	if srv == nil {
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
-	if err := srv.start(); err != nil {
+	if err := srv.up(timeoutMs); err != nil {
+		if errmsg != nil && errmsgLen > 0 {
+			out := unsafe.Slice((*byte)(unsafe.Pointer(errmsg)), int(errmsgLen))
+			out[copy(out[:len(out)-1], err.Error())] = 0
+		}
 		return srv.setErr(err)
+	}
+	return 0
+}
+
+func (srv *server) up(timeoutMs C.int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	if err := srv.start(); err != nil {
+		return err
 	}
 	ctx := srv.ctx
 	if timeoutMs > 0 {
@@ -234,14 +253,14 @@ func tailscale_up_timeout(sd C.int, timeoutMs C.int) (ret C.int) {
 	}
 	if _, err := srv.s.Up(ctx); err != nil {
 		if srv.ctx.Err() != nil {
-			return srv.setErr(errors.New("server closed while coming up"))
+			return errors.New("server closed while coming up")
 		}
 		if ctx.Err() != nil {
-			return srv.setErr(fmt.Errorf("not running after %d ms: %w", timeoutMs, err))
+			return fmt.Errorf("not running after %d ms: %w", timeoutMs, err)
 		}
-		return srv.setErr(err)
+		return err
 	}
-	return 0
+	return nil
 }
 
 // tailscale_close stops the server and frees its handle. It is safe whatever

@@ -13,8 +13,14 @@ unsafe extern "C" {
     pub(crate) fn tailscale_set_control_url(sd: c_int, url: *const c_char) -> c_int;
     pub(crate) fn tailscale_set_ephemeral(sd: c_int, ephemeral: c_int) -> c_int;
     pub(crate) fn tailscale_set_logfd(sd: c_int, fd: c_int) -> c_int;
-    /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`.
-    pub(crate) fn tailscale_up_timeout(sd: c_int, timeout_ms: c_int) -> c_int;
+    /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`;
+    /// a failure's message also goes to `errmsg`.
+    pub(crate) fn tailscale_up_timeout(
+        sd: c_int,
+        timeout_ms: c_int,
+        errmsg: *mut c_char,
+        errmsg_len: usize,
+    ) -> c_int;
     pub(crate) fn tailscale_close(sd: c_int) -> c_int;
     pub(crate) fn tailscale_getips(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
     pub(crate) fn tailscale_listen(

@@ -131,7 +131,9 @@ struct Node {
     sd: c_int,
     hostname: String,
     /// Held around each call that may fail and the read of its message, so
-    /// messages of concurrent failures cannot be swapped.
+    /// messages of concurrent failures cannot be swapped. Never held across
+    /// a call that waits (`up` hands back its own message instead), so that
+    /// one slow call does not hold up the node's others.
     call_lock: Mutex<()>,
     closed: AtomicBool,
     addrs: OnceLock<TailnetAddrs>,
@@ -217,8 +219,15 @@ impl TsnetTransport {
         let node = self.node.clone();
         let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX).max(1);
         tokio::task::spawn_blocking(move || {
-            // SAFETY: sd is a live handle (or closed, which the call reports).
-            node.check(|sd| unsafe { ffi::tailscale_up_timeout(sd, timeout_ms) })?;
+            // Up waits for as long as `timeout`: not under call_lock, so the
+            // node's other calls (listen, local_api, ...) go on meanwhile.
+            let mut msg = vec![0 as c_char; ERRMSG_CAPACITY];
+            // SAFETY: sd is a live handle (or closed, which the call
+            // reports); msg has the length passed.
+            let rc = unsafe {
+                ffi::tailscale_up_timeout(node.sd, timeout_ms, msg.as_mut_ptr(), msg.len())
+            };
+            node.result(rc, || c_buf_to_string(&msg))?;
             let addrs = node.read_addrs()?;
             Ok(*node.addrs.get_or_init(|| addrs))
         })
@@ -276,9 +285,22 @@ impl Node {
     fn check(&self, call: impl FnOnce(c_int) -> c_int) -> Result<(), TransportError> {
         let _guard = self.call_lock.lock().unwrap_or_else(|p| p.into_inner());
         let rc = call(self.sd);
+        self.result(rc, || self.errmsg())
+    }
+
+    /// Turns a call's return code into a result; `message` gives the text of
+    /// a failure (-1).
+    fn result(&self, rc: c_int, message: impl FnOnce() -> String) -> Result<(), TransportError> {
         match rc {
             0 => Ok(()),
-            -1 => Err(TransportError::Tailscale(self.errmsg())),
+            -1 => {
+                let msg = message();
+                Err(TransportError::Tailscale(if msg.is_empty() {
+                    "unknown error".to_owned()
+                } else {
+                    msg
+                }))
+            }
             libc::EBADF if self.closed.load(Ordering::Acquire) => {
                 Err(TransportError::NotRunning("node is closed".to_owned()))
             }
@@ -301,8 +323,7 @@ impl Node {
         let mut buf = vec![0 as c_char; ERRMSG_CAPACITY];
         // SAFETY: buf has the length passed.
         unsafe { ffi::tailscale_errmsg(self.sd, buf.as_mut_ptr(), buf.len()) };
-        let msg = c_buf_to_string(&buf);
-        if msg.is_empty() { "unknown error".to_owned() } else { msg }
+        c_buf_to_string(&buf)
     }
 
     fn read_addrs(&self) -> Result<TailnetAddrs, TransportError> {
@@ -579,3 +600,6 @@ impl Listener for TsnetListener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
