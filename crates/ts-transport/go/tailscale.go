@@ -127,15 +127,24 @@ func setField(sd C.int, set func(s *tsnet.Server)) (ret C.int) {
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
+	if err := srv.setLocked(set); err != nil {
+		return srv.setErr(err)
+	}
+	return 0
+}
+
+// setLocked runs set under the server lock if the server has not started.
+// The lock is released even if set panics: guard takes it again to record
+// the error.
+func (srv *server) setLocked(set func(s *tsnet.Server)) error {
 	srv.mu.Lock()
+	defer srv.mu.Unlock()
 	if srv.started || srv.closed {
-		srv.mu.Unlock()
-		return srv.setErr(errors.New("options can only be set before the server starts"))
+		return errors.New("options can only be set before the server starts")
 	}
 	testHook(srv, "set")
 	set(srv.s)
-	srv.mu.Unlock()
-	return 0
+	return nil
 }
 
 //export tailscale_set_dir
@@ -368,23 +377,10 @@ func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOu
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
-	srv.mu.Lock()
-	if srv.closed {
-		srv.mu.Unlock()
-		return srv.setErr(net.ErrClosed)
+	lb, err := srv.startLoopback()
+	if err != nil {
+		return srv.setErr(err)
 	}
-	if srv.loopback == nil {
-		srv.started = true
-		testHook(srv, "loopback")
-		addr, proxyCred, apiCred, err := srv.s.Loopback()
-		if err != nil {
-			srv.mu.Unlock()
-			return srv.setErr(fmt.Errorf("loopback: %w", err))
-		}
-		srv.loopback = &loopbackInfo{addr, proxyCred, apiCred}
-	}
-	lb := *srv.loopback
-	srv.mu.Unlock()
 	if ret := copyOut(srv, lb.addr, addrOut, addrLen); ret != 0 {
 		return ret
 	}
@@ -392,6 +388,26 @@ func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOu
 		return ret
 	}
 	return copyOut(srv, lb.localAPICred, localAPICredOut, 33)
+}
+
+// startLoopback starts the loopback server once and describes it. The lock
+// is released even if tsnet panics.
+func (srv *server) startLoopback() (loopbackInfo, error) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.closed {
+		return loopbackInfo{}, net.ErrClosed
+	}
+	if srv.loopback == nil {
+		srv.started = true
+		testHook(srv, "loopback")
+		addr, proxyCred, apiCred, err := srv.s.Loopback()
+		if err != nil {
+			return loopbackInfo{}, fmt.Errorf("loopback: %w", err)
+		}
+		srv.loopback = &loopbackInfo{addr, proxyCred, apiCred}
+	}
+	return *srv.loopback, nil
 }
 
 // record builds one fixed-size message.

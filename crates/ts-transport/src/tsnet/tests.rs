@@ -3,6 +3,8 @@
 //! (feature `test-hooks`). Nodes here point at a control server that never
 //! answers or refuses, so nothing leaves 127.0.0.1.
 
+#[cfg(feature = "test-hooks")]
+use std::ffi::{CString, c_int};
 use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -45,6 +47,29 @@ fn offline_options(dir: &tempfile::TempDir, hostname: &str, control_url: String)
     options
 }
 
+/// A raw handle with a state dir and a control URL where nothing listens.
+#[cfg(feature = "test-hooks")]
+fn raw_server(dir: &tempfile::TempDir) -> c_int {
+    // SAFETY: no preconditions.
+    let sd = unsafe { ffi::tailscale_new() };
+    let state = CString::new(dir.path().join("raw").to_str().unwrap()).unwrap();
+    let url = CString::new(dead_control()).unwrap();
+    // SAFETY: live handle, NUL-terminated strings that outlive the calls.
+    unsafe {
+        assert_eq!(ffi::tailscale_set_dir(sd, state.as_ptr()), 0);
+        assert_eq!(ffi::tailscale_set_control_url(sd, url.as_ptr()), 0);
+    }
+    sd
+}
+
+#[cfg(feature = "test-hooks")]
+fn raw_errmsg(sd: c_int) -> String {
+    let mut buf = vec![0 as c_char; ERRMSG_CAPACITY];
+    // SAFETY: buf has the length passed.
+    unsafe { ffi::tailscale_errmsg(sd, buf.as_mut_ptr(), buf.len()) };
+    c_buf_to_string(&buf)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_up_does_not_block_other_calls_on_the_node_or_other_nodes() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,4 +110,55 @@ async fn a_hanging_up_does_not_block_other_calls_on_the_node_or_other_nodes() {
         .expect("up task");
     assert!(result.is_err(), "up succeeded against a control server that never answers");
     other.close().await;
+}
+
+#[cfg(feature = "test-hooks")]
+mod hooks {
+    use super::*;
+    use crate::tsnet::test_hooks::{Site, panic_next, panic_next_raw};
+
+    #[test]
+    fn a_panic_in_a_setter_leaves_the_server_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = raw_server(&dir);
+        panic_next_raw(sd, Site::Set).unwrap();
+        let (rc, msg) = promptly("a setter that panics", move || {
+            let name = CString::new("first").unwrap();
+            // SAFETY: a live handle and a string that outlives the call.
+            let rc = unsafe { ffi::tailscale_set_hostname(sd, name.as_ptr()) };
+            (rc, raw_errmsg(sd))
+        });
+        assert_eq!(rc, -1);
+        assert!(msg.contains("internal error"), "message {msg:?}");
+        let rc = promptly("the setter after a panic", move || {
+            let name = CString::new("second").unwrap();
+            // SAFETY: as above.
+            unsafe { ffi::tailscale_set_hostname(sd, name.as_ptr()) }
+        });
+        assert_eq!(rc, 0, "setter after a panic: {}", raw_errmsg(sd));
+        // SAFETY: a live handle, closed once.
+        let rc = promptly("close after a panic", move || unsafe { ffi::tailscale_close(sd) });
+        assert_eq!(rc, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_local_api_leaves_the_node_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TsnetTransport::new(offline_options(&dir, "lb", dead_control())).unwrap();
+        panic_next(&node, Site::Loopback).unwrap();
+        let first = promptly("local_api that panics", {
+            let node = node.clone();
+            move || node.local_api()
+        });
+        match first {
+            Err(TransportError::Tailscale(msg)) if msg.contains("internal error") => {}
+            other => panic!("local_api with a panic gave {other:?}"),
+        }
+        let second = promptly("local_api after a panic", {
+            let node = node.clone();
+            move || node.local_api()
+        });
+        assert!(second.expect("local_api after a panic").addr.ip().is_loopback());
+        tokio::time::timeout(PROMPT, node.close()).await.expect("close after a panic");
+    }
 }
