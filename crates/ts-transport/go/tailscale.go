@@ -63,6 +63,7 @@ type server struct {
 	closed   bool
 	lastErr  string
 	loopback *loopbackInfo
+	logFile  *os.File // from tailscale_set_logfd; closed with the server
 }
 
 type loopbackInfo struct {
@@ -177,20 +178,40 @@ func tailscale_set_ephemeral(sd C.int, ephemeral C.int) C.int {
 }
 
 // tailscale_set_logfd sends the node's logs, backend and user-facing alike, to
-// fd, which the server then owns; -1 discards them (the default).
+// fd; -1 discards them (the default). The call takes fd over whatever its
+// result: it is closed at once if the call fails, when another fd replaces
+// it, or when the server closes.
 //
 //export tailscale_set_logfd
-func tailscale_set_logfd(sd C.int, fd C.int) C.int {
-	return setField(sd, func(s *tsnet.Server) {
-		if fd == -1 {
-			s.Logf = func(string, ...any) {}
-			s.UserLogf = s.Logf
-			return
+func tailscale_set_logfd(sd C.int, fd C.int) (ret C.int) {
+	var file *os.File // nil for -1
+	if fd >= 0 {
+		file = os.NewFile(uintptr(fd), "tsnet-log")
+	}
+	// Closes fd if the server did not take it, or the file it replaced.
+	defer func() {
+		if file != nil {
+			file.Close()
 		}
-		logger := log.New(os.NewFile(uintptr(fd), "tsnet-log"), "", log.LstdFlags|log.Lmicroseconds)
-		s.Logf = logger.Printf
-		s.UserLogf = logger.Printf
+	}()
+	srv := getServer(sd)
+	if srv == nil {
+		return C.int(syscall.EBADF)
+	}
+	defer guard(srv, &ret)
+	err := srv.setLocked(func(s *tsnet.Server) {
+		if file == nil {
+			s.Logf = func(string, ...any) {}
+		} else {
+			s.Logf = log.New(file, "", log.LstdFlags|log.Lmicroseconds).Printf
+		}
+		s.UserLogf = s.Logf
+		srv.logFile, file = file, srv.logFile
 	})
+	if err != nil {
+		return srv.setErr(err)
+	}
+	return 0
 }
 
 func (srv *server) start() error {
@@ -290,6 +311,11 @@ func tailscale_close(sd C.int) (ret C.int) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	srv.closed = true
+	if srv.logFile != nil {
+		// Last, after tsnet's own shutdown has logged; later lines are
+		// dropped.
+		defer srv.logFile.Close()
+	}
 	if !srv.started {
 		return 0
 	}

@@ -13,6 +13,8 @@ unsafe extern "C" {
     pub(crate) fn tailscale_set_control_url(sd: c_int, url: *const c_char) -> c_int;
     pub(crate) fn tailscale_set_ephemeral(sd: c_int, ephemeral: c_int) -> c_int;
     pub(crate) fn tailscale_set_logfd(sd: c_int, fd: c_int) -> c_int;
+    #[cfg(test)]
+    pub(crate) fn tailscale_start(sd: c_int) -> c_int;
     /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`;
     /// a failure's message also goes to `errmsg`.
     pub(crate) fn tailscale_up_timeout(

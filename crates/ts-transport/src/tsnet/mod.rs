@@ -48,7 +48,7 @@ pub enum NodeLogs {
     Discard,
     /// Written to this process's standard error.
     Stderr,
-    /// Appended to this file.
+    /// Appended to this file, which the node closes when it closes.
     File(File),
 }
 
@@ -171,18 +171,6 @@ impl TsnetTransport {
         std::fs::create_dir_all(&options.state_dir).map_err(|err| {
             TransportError::io(format!("create state dir {}", options.state_dir.display()), err)
         })?;
-        let log_fd: c_int = match options.logs {
-            NodeLogs::Discard => -1,
-            NodeLogs::Stderr => {
-                // The node owns the descriptor it is given, so give it a copy.
-                let fd = io::stderr()
-                    .as_raw_fd()
-                    .try_clone_fd()
-                    .map_err(|err| TransportError::io("duplicate stderr", err))?;
-                fd.into_raw_fd()
-            }
-            NodeLogs::File(file) => OwnedFd::from(file).into_raw_fd(),
-        };
         // SAFETY: tailscale_new has no preconditions.
         let sd = unsafe { ffi::tailscale_new() };
         let transport = TsnetTransport {
@@ -207,8 +195,21 @@ impl TsnetTransport {
         node.check(|sd| unsafe {
             ffi::tailscale_set_ephemeral(sd, c_int::from(options.ephemeral))
         })?;
-        // SAFETY: as above. The descriptor now belongs to the node, whatever
-        // the result.
+        // Made only now, so that no early return above can leak it.
+        let log_fd: Option<OwnedFd> = match options.logs {
+            NodeLogs::Discard => None,
+            // The node owns the descriptor it is given, so give it a copy.
+            NodeLogs::Stderr => Some(
+                io::stderr()
+                    .as_raw_fd()
+                    .try_clone_fd()
+                    .map_err(|err| TransportError::io("duplicate stderr", err))?,
+            ),
+            NodeLogs::File(file) => Some(OwnedFd::from(file)),
+        };
+        let log_fd = log_fd.map_or(-1, IntoRawFd::into_raw_fd);
+        // SAFETY: as above. The call takes the descriptor over whatever its
+        // result: the node closes it on failure, or when it closes.
         node.check(|sd| unsafe { ffi::tailscale_set_logfd(sd, log_fd) })?;
         Ok(transport)
     }

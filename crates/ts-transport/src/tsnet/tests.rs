@@ -3,9 +3,9 @@
 //! (feature `test-hooks`). Nodes here point at a control server that never
 //! answers or refuses, so nothing leaves 127.0.0.1.
 
-#[cfg(feature = "test-hooks")]
 use std::ffi::{CString, c_int};
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -25,6 +25,28 @@ fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'stati
     });
     rx.recv_timeout(PROMPT)
         .unwrap_or_else(|_| panic!("{what} did not return within {PROMPT:?}: deadlocked"))
+}
+
+/// A pipe: (read end, write end).
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [-1; 2];
+    // SAFETY: fds has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    (owned_fd(fds[0]), owned_fd(fds[1]))
+}
+
+/// Whether every copy of the pipe's write end is closed within `PROMPT`:
+/// the read end then reads end of stream.
+fn writer_closed(read_end: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd { fd: read_end.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = c_int::try_from(PROMPT.as_millis()).unwrap();
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, ms) } != 1 {
+        return false;
+    }
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into `byte`.
+    unsafe { libc::read(read_end.as_raw_fd(), (&raw mut byte).cast(), 1) == 0 }
 }
 
 /// A control URL where a server accepts connections and never answers:
@@ -48,7 +70,6 @@ fn offline_options(dir: &tempfile::TempDir, hostname: &str, control_url: String)
 }
 
 /// A raw handle with a state dir and a control URL where nothing listens.
-#[cfg(feature = "test-hooks")]
 fn raw_server(dir: &tempfile::TempDir) -> c_int {
     // SAFETY: no preconditions.
     let sd = unsafe { ffi::tailscale_new() };
@@ -62,7 +83,6 @@ fn raw_server(dir: &tempfile::TempDir) -> c_int {
     sd
 }
 
-#[cfg(feature = "test-hooks")]
 fn raw_errmsg(sd: c_int) -> String {
     let mut buf = vec![0 as c_char; ERRMSG_CAPACITY];
     // SAFETY: buf has the length passed.
@@ -112,6 +132,45 @@ async fn a_hanging_up_does_not_block_other_calls_on_the_node_or_other_nodes() {
     other.close().await;
 }
 
+#[test]
+fn set_logfd_closes_the_descriptor_when_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // On a closed handle (EBADF).
+    // SAFETY: no preconditions.
+    let sd = unsafe { ffi::tailscale_new() };
+    // SAFETY: a handle from tailscale_new.
+    assert_eq!(unsafe { ffi::tailscale_close(sd) }, 0);
+    let (read_end, write_end) = pipe();
+    // SAFETY: the descriptor is handed over; the call owns it.
+    let rc = unsafe { ffi::tailscale_set_logfd(sd, write_end.into_raw_fd()) };
+    assert_eq!(rc, libc::EBADF);
+    assert!(writer_closed(&read_end), "set_logfd on a closed handle kept the descriptor");
+
+    // On a started server (options are refused then).
+    let sd = raw_server(&dir);
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { ffi::tailscale_start(sd) }, 0, "start: {}", raw_errmsg(sd));
+    let (read_end, write_end) = pipe();
+    // SAFETY: as above.
+    let rc = unsafe { ffi::tailscale_set_logfd(sd, write_end.into_raw_fd()) };
+    assert_eq!(rc, -1);
+    assert!(writer_closed(&read_end), "set_logfd on a started server kept the descriptor");
+    // SAFETY: a live handle, closed once.
+    unsafe { ffi::tailscale_close(sd) };
+}
+
+#[tokio::test]
+async fn closing_a_node_closes_its_log_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (read_end, write_end) = pipe();
+    let mut options = offline_options(&dir, "logs", dead_control());
+    options.logs = NodeLogs::File(File::from(write_end));
+    let node = TsnetTransport::new(options).unwrap();
+    node.close().await;
+    assert!(writer_closed(&read_end), "the node kept its log descriptor open after close");
+}
+
 #[cfg(feature = "test-hooks")]
 mod hooks {
     use super::*;
@@ -139,6 +198,22 @@ mod hooks {
         // SAFETY: a live handle, closed once.
         let rc = promptly("close after a panic", move || unsafe { ffi::tailscale_close(sd) });
         assert_eq!(rc, 0);
+    }
+
+    #[test]
+    fn a_panic_in_set_logfd_closes_the_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = raw_server(&dir);
+        panic_next_raw(sd, Site::Set).unwrap();
+        let (read_end, write_end) = pipe();
+        let fd = write_end.into_raw_fd();
+        // SAFETY: the descriptor is handed over; the call owns it.
+        let rc =
+            promptly("set_logfd that panics", move || unsafe { ffi::tailscale_set_logfd(sd, fd) });
+        assert_eq!(rc, -1);
+        assert!(writer_closed(&read_end), "set_logfd that failed kept the descriptor");
+        // SAFETY: a live handle, closed once.
+        promptly("close", move || unsafe { ffi::tailscale_close(sd) });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
