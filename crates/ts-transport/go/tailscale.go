@@ -11,7 +11,8 @@
 //     abandoned by closing the pending fd; no thread is blocked while it runs.
 //   - tailscale_close is safe on a server that was never started, is starting,
 //     is up, or is already closed.
-//   - Go panics in exported functions become error returns, never aborts.
+//   - Go panics in exported functions become error returns, never aborts;
+//     goroutines the shim starts recover too.
 //   - tailscale_up_timeout bounds Up; tailscale_close also cancels it.
 //   - The error message of the last failed call is kept under a lock.
 package main
@@ -551,6 +552,7 @@ func bridge(conn net.Conn) (int, error) {
 	go pipe(conn, local)
 	go pipe(local, conn)
 	go func() {
+		defer func() { recover() }()
 		wg.Wait()
 		teardown()
 	}()
@@ -591,36 +593,64 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 	}
 	// The caller closing its end is the signal to stop listening.
 	go func() {
+		defer func() { recover() }()
+		defer stop()
 		buf := make([]byte, 1)
 		for {
 			if _, err := goEnd.Read(buf); err != nil {
-				stop()
 				return
 			}
 		}
 	}()
 	go func() {
+		// A panic that escapes handOver (in tsnet's Accept, say) ends this
+		// listener, not the process: Go panics in a c-archive abort it.
+		defer func() { recover() }()
 		defer stop()
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			testHook(srv, "accept")
-			fd, err := bridge(conn)
-			if err != nil {
-				conn.Close()
-				continue
-			}
-			err = sendRecord(goEnd, record(recordConn, conn.RemoteAddr().String()), fd)
-			syscall.Close(fd)
-			if err != nil {
+			if !handOver(srv, goEnd, conn) {
 				return
 			}
 		}
 	}()
 	*listenerOut = C.int(cFd)
 	return 0
+}
+
+// handOver passes one accepted connection to the caller on the listener fd.
+// It returns false once records can no longer be sent there. A panic costs
+// only this connection, which is closed and reported with an error record,
+// unless it struck while a record was being sent: then the listener ends,
+// as the caller could not tell where the next record starts.
+func handOver(srv *server, goEnd *os.File, conn net.Conn) (ok bool) {
+	fd := -1
+	sending := false
+	defer func() {
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+		if r := recover(); r != nil {
+			conn.Close()
+			if sending {
+				ok = false
+				return
+			}
+			msg := fmt.Sprintf("internal error with a connection from %v: %v", conn.RemoteAddr(), r)
+			ok = sendRecord(goEnd, record(recordError, msg), -1) == nil
+		}
+	}()
+	testHook(srv, "accept")
+	fd, err := bridge(conn)
+	if err != nil {
+		conn.Close()
+		return true
+	}
+	sending = true
+	return sendRecord(goEnd, record(recordConn, conn.RemoteAddr().String()), fd) == nil
 }
 
 // tailscale_accept blocks until the next connection on a listener fd, for C
@@ -730,6 +760,7 @@ func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.i
 	ctx, cancel := context.WithTimeout(srv.ctx, time.Duration(timeoutMs)*time.Millisecond)
 	// The caller closing its end abandons the dial.
 	go func() {
+		defer func() { recover() }()
 		buf := make([]byte, 1)
 		goEnd.Read(buf)
 		cancel()

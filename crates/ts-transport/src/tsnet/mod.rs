@@ -574,7 +574,9 @@ impl Listener for TsnetListener {
                         return Ok((stream_from_fd(fd)?, peer));
                     }
                     Ok(Some(Record::Error(msg))) => {
-                        tracing::debug!(%msg, "listener reported an error");
+                        // One connection was lost on the Go side; the
+                        // listener goes on.
+                        tracing::warn!(port = self.port, %msg, "listener dropped a connection");
                     }
                     Err(err) if err.kind() == io::ErrorKind::InvalidData => {
                         return Err(TransportError::Tailscale(err.to_string()));
