@@ -104,3 +104,45 @@ async fn accept_panic_child() {
     a.close().await;
     b.close().await;
 }
+
+/// Go requires `SA_ONSTACK` on every signal handler that is not its own.
+/// The harness spawns child processes with tokio, which installs a `SIGCHLD`
+/// handler when one is dropped before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsnet_harness_signal_handlers_are_safe_for_go() {
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let child = tokio::process::Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sleep");
+    drop(child);
+    fn action(signo: libc::c_int) -> libc::sigaction {
+        // SAFETY: an all-zero sigaction is a valid value to be overwritten.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the current action into `action`.
+        unsafe { libc::sigaction(signo, std::ptr::null(), &mut action) };
+        action
+    }
+    let is_handler =
+        |a: &libc::sigaction| a.sa_sigaction != libc::SIG_DFL && a.sa_sigaction != libc::SIG_IGN;
+    // tokio installs it when it next tries to reap the orphan.
+    within("tokio's SIGCHLD handler", async {
+        while !is_handler(&action(libc::SIGCHLD)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let unsafe_handlers: Vec<libc::c_int> = (1..=libc::SIGRTMAX())
+        .filter(|&signo| {
+            let a = action(signo);
+            is_handler(&a) && a.sa_flags & libc::SA_ONSTACK == 0
+        })
+        .collect();
+    assert!(
+        unsafe_handlers.is_empty(),
+        "handlers without SA_ONSTACK for signals {unsafe_handlers:?}"
+    );
+    tailnet.stop().await;
+}

@@ -12,9 +12,15 @@
 //! Go reads its environment once, when the process starts, so knobs such as
 //! `TS_NO_LOGS_NO_SUPPORT=true` must be set before the process is executed,
 //! not with `std::env::set_var`.
+//!
+//! The Go runtime runs in every process that links this module, whether or
+//! not it creates a node, and requires every other signal handler to have
+//! `SA_ONSTACK`. Register the signals a program handles with [`signal`],
+//! not with `tokio::signal` directly.
 
 mod ffi;
 mod record;
+mod signal;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
@@ -31,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use self::record::{Record, RecordReader};
+pub use self::signal::signal;
 use crate::close::CloseSignal;
 use crate::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, TransportError};
 

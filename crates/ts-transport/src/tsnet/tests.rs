@@ -174,7 +174,7 @@ async fn closing_a_node_closes_its_log_descriptor() {
 #[cfg(feature = "test-hooks")]
 mod hooks {
     use super::*;
-    use crate::tsnet::test_hooks::{Site, panic_next, panic_next_raw};
+    use crate::tsnet::test_hooks::{GoThread, Site, panic_next, panic_next_raw};
 
     #[test]
     fn a_panic_in_a_setter_leaves_the_server_usable() {
@@ -235,5 +235,68 @@ mod hooks {
         });
         assert!(second.expect("local_api after a panic").addr.ip().is_loopback());
         tokio::time::timeout(PROMPT, node.close()).await.expect("close after a panic");
+    }
+
+    /// Go requires every signal handler that is not Go's to run on the
+    /// thread's alternate signal stack (`SA_ONSTACK`): Go threads run on
+    /// small goroutine stacks. A signal registered through
+    /// [`crate::tsnet::signal`] and delivered to a Go thread must run there.
+    #[tokio::test]
+    async fn signal_handlers_run_on_the_alternate_stack_of_go_threads() {
+        use std::sync::atomic::{AtomicI32, Ordering};
+        use tokio::signal::unix::SignalKind;
+
+        static RAN_ON_TID: AtomicI32 = AtomicI32::new(0);
+        /// 1: on the alternate stack, 2: not.
+        static ON_ALT_STACK: AtomicI32 = AtomicI32::new(0);
+
+        let kind = SignalKind::user_defined2();
+        let mut signals = super::super::signal(kind).unwrap();
+        // A second action in the same process-wide handler that notes where
+        // it runs.
+        // SAFETY: the action only makes async-signal-safe system calls and
+        // stores atomics.
+        unsafe {
+            signal_hook_registry::register(kind.as_raw_value(), || {
+                let mut stack: libc::stack_t = std::mem::zeroed();
+                libc::sigaltstack(std::ptr::null(), &mut stack);
+                let on = if stack.ss_flags & libc::SS_ONSTACK != 0 { 1 } else { 2 };
+                ON_ALT_STACK.store(on, Ordering::SeqCst);
+                RAN_ON_TID.store(libc::gettid(), Ordering::SeqCst);
+            })
+        }
+        .unwrap();
+
+        let mut go = GoThread::start().unwrap();
+        // SAFETY: a thread of this process.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), go.tid, kind.as_raw_value()) };
+        assert_eq!(rc, 0, "tgkill: {}", io::Error::last_os_error());
+        tokio::time::timeout(PROMPT, signals.recv()).await.expect("signal not delivered");
+        // Both actions run in one handler call, but tokio may wake the task
+        // before the second one has finished.
+        let deadline = Instant::now() + PROMPT;
+        while RAN_ON_TID.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(RAN_ON_TID.load(Ordering::SeqCst), go.tid, "the signal ran on another thread");
+        go.release();
+
+        assert_eq!(
+            ON_ALT_STACK.load(Ordering::SeqCst),
+            1,
+            "the handler ran on a goroutine's stack, not the Go thread's signal stack"
+        );
+        // SAFETY: an all-zero sigaction is a valid value to be overwritten.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the current action into `action`.
+        let rc = unsafe { libc::sigaction(kind.as_raw_value(), std::ptr::null(), &mut action) };
+        assert_eq!(rc, 0);
+        assert!(
+            action.sa_flags & libc::SA_ONSTACK != 0,
+            "the handler for signal {} lacks SA_ONSTACK (flags {:#x})",
+            kind.as_raw_value(),
+            action.sa_flags
+        );
     }
 }
