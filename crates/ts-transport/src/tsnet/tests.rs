@@ -23,8 +23,9 @@ fn promptly<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'stati
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(PROMPT)
-        .unwrap_or_else(|_| panic!("{what} did not return within {PROMPT:?}: deadlocked"))
+    rx.recv_timeout(PROMPT).unwrap_or_else(|_| {
+        panic!("{what} did not return within {PROMPT:?}: deadlocked or blocked behind a call")
+    })
 }
 
 /// A pipe: (read end, write end).
@@ -93,7 +94,7 @@ fn raw_errmsg(sd: c_int) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_up_does_not_block_other_calls_on_the_node_or_other_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let (_control, url) = hanging_control();
+    let (control, url) = hanging_control();
     let node = TsnetTransport::new(offline_options(&dir, "hang-up", url)).unwrap();
     let other = TsnetTransport::new(offline_options(&dir, "bystander", dead_control())).unwrap();
 
@@ -101,8 +102,16 @@ async fn a_hanging_up_does_not_block_other_calls_on_the_node_or_other_nodes() {
         let node = node.clone();
         async move { node.up(Duration::from_secs(120)).await }
     });
-    // Let the up call reach the Go side and start waiting on control.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The node contacting control shows that up is under way on the Go side.
+    let contacted = tokio::task::spawn_blocking(move || {
+        let conn = control.accept().map(|(conn, _)| conn);
+        (control, conn)
+    });
+    let (_control, conn) = tokio::time::timeout(PROMPT, contacted)
+        .await
+        .expect("the node did not contact control")
+        .unwrap();
+    let _conn = conn.expect("accept the node's connection to control");
     assert!(!up.is_finished(), "up returned against a control server that never answers");
 
     // Calls on the same node, and on another node, answer while up waits.
