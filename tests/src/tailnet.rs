@@ -60,6 +60,10 @@ struct Ready {
 impl LocalTailnet {
     /// Starts a new tailnet.
     pub async fn start() -> io::Result<LocalTailnet> {
+        // tokio installs a SIGCHLD handler when a child is dropped before it
+        // exits; in a process with Go it must have SA_ONSTACK. The handler
+        // outlives the listener dropped here.
+        drop(ts_transport::tsnet::signal(tokio::signal::unix::SignalKind::child())?);
         let dir = tempfile::Builder::new().prefix("tailnet-").tempdir()?;
         let mut child = Command::new(TAILNET_BIN)
             .stdin(Stdio::piped())

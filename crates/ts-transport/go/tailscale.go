@@ -11,7 +11,8 @@
 //     abandoned by closing the pending fd; no thread is blocked while it runs.
 //   - tailscale_close is safe on a server that was never started, is starting,
 //     is up, or is already closed.
-//   - Go panics in exported functions become error returns, never aborts.
+//   - Go panics in exported functions become error returns, never aborts;
+//     goroutines the shim starts recover too.
 //   - tailscale_up_timeout bounds Up; tailscale_close also cancels it.
 //   - The error message of the last failed call is kept under a lock.
 package main
@@ -63,6 +64,7 @@ type server struct {
 	closed   bool
 	lastErr  string
 	loopback *loopbackInfo
+	logFile  *os.File // from tailscale_set_logfd; closed with the server
 }
 
 type loopbackInfo struct {
@@ -127,14 +129,24 @@ func setField(sd C.int, set func(s *tsnet.Server)) (ret C.int) {
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
-	srv.mu.Lock()
-	if srv.started || srv.closed {
-		srv.mu.Unlock()
-		return srv.setErr(errors.New("options can only be set before the server starts"))
+	if err := srv.setLocked(set); err != nil {
+		return srv.setErr(err)
 	}
-	set(srv.s)
-	srv.mu.Unlock()
 	return 0
+}
+
+// setLocked runs set under the server lock if the server has not started.
+// The lock is released even if set panics: guard takes it again to record
+// the error.
+func (srv *server) setLocked(set func(s *tsnet.Server)) error {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.started || srv.closed {
+		return errors.New("options can only be set before the server starts")
+	}
+	testHook(srv, "set")
+	set(srv.s)
+	return nil
 }
 
 //export tailscale_set_dir
@@ -167,20 +179,40 @@ func tailscale_set_ephemeral(sd C.int, ephemeral C.int) C.int {
 }
 
 // tailscale_set_logfd sends the node's logs, backend and user-facing alike, to
-// fd, which the server then owns; -1 discards them (the default).
+// fd; -1 discards them (the default). The call takes fd over whatever its
+// result: it is closed at once if the call fails, when another fd replaces
+// it, or when the server closes.
 //
 //export tailscale_set_logfd
-func tailscale_set_logfd(sd C.int, fd C.int) C.int {
-	return setField(sd, func(s *tsnet.Server) {
-		if fd == -1 {
-			s.Logf = func(string, ...any) {}
-			s.UserLogf = s.Logf
-			return
+func tailscale_set_logfd(sd C.int, fd C.int) (ret C.int) {
+	var file *os.File // nil for -1
+	if fd >= 0 {
+		file = os.NewFile(uintptr(fd), "tsnet-log")
+	}
+	// Closes fd if the server did not take it, or the file it replaced.
+	defer func() {
+		if file != nil {
+			file.Close()
 		}
-		logger := log.New(os.NewFile(uintptr(fd), "tsnet-log"), "", log.LstdFlags|log.Lmicroseconds)
-		s.Logf = logger.Printf
-		s.UserLogf = logger.Printf
+	}()
+	srv := getServer(sd)
+	if srv == nil {
+		return C.int(syscall.EBADF)
+	}
+	defer guard(srv, &ret)
+	err := srv.setLocked(func(s *tsnet.Server) {
+		if file == nil {
+			s.Logf = func(string, ...any) {}
+		} else {
+			s.Logf = log.New(file, "", log.LstdFlags|log.Lmicroseconds).Printf
+		}
+		s.UserLogf = s.Logf
+		srv.logFile, file = file, srv.logFile
 	})
+	if err != nil {
+		return srv.setErr(err)
+	}
+	return 0
 }
 
 func (srv *server) start() error {
@@ -208,22 +240,41 @@ func tailscale_start(sd C.int) (ret C.int) {
 
 //export tailscale_up
 func tailscale_up(sd C.int) C.int {
-	return tailscale_up_timeout(sd, 0)
+	return tailscale_up_timeout(sd, 0, nil, 0)
 }
 
 // tailscale_up_timeout starts the server and waits until it is running with a
 // tailnet address, for at most timeout_ms milliseconds (0: no limit). A
-// concurrent tailscale_close ends the wait.
+// concurrent tailscale_close ends the wait. On failure the message goes to
+// errmsg (errmsg_len bytes, truncated, NUL-terminated; may be NULL) as well
+// as to tailscale_errmsg, so that a caller need not hold other calls back
+// for as long as this one waits in order to read its own message.
 //
 //export tailscale_up_timeout
-func tailscale_up_timeout(sd C.int, timeoutMs C.int) (ret C.int) {
+func tailscale_up_timeout(sd C.int, timeoutMs C.int, errmsg *C.char, errmsgLen C.size_t) (ret C.int) {
 	srv := getServer(sd)
 	if srv == nil {
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
-	if err := srv.start(); err != nil {
+	if err := srv.up(timeoutMs); err != nil {
+		if errmsg != nil && errmsgLen > 0 {
+			out := unsafe.Slice((*byte)(unsafe.Pointer(errmsg)), int(errmsgLen))
+			out[copy(out[:len(out)-1], err.Error())] = 0
+		}
 		return srv.setErr(err)
+	}
+	return 0
+}
+
+func (srv *server) up(timeoutMs C.int) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	if err := srv.start(); err != nil {
+		return err
 	}
 	ctx := srv.ctx
 	if timeoutMs > 0 {
@@ -233,14 +284,14 @@ func tailscale_up_timeout(sd C.int, timeoutMs C.int) (ret C.int) {
 	}
 	if _, err := srv.s.Up(ctx); err != nil {
 		if srv.ctx.Err() != nil {
-			return srv.setErr(errors.New("server closed while coming up"))
+			return errors.New("server closed while coming up")
 		}
 		if ctx.Err() != nil {
-			return srv.setErr(fmt.Errorf("not running after %d ms: %w", timeoutMs, err))
+			return fmt.Errorf("not running after %d ms: %w", timeoutMs, err)
 		}
-		return srv.setErr(err)
+		return err
 	}
-	return 0
+	return nil
 }
 
 // tailscale_close stops the server and frees its handle. It is safe whatever
@@ -261,6 +312,11 @@ func tailscale_close(sd C.int) (ret C.int) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	srv.closed = true
+	if srv.logFile != nil {
+		// Last, after tsnet's own shutdown has logged; later lines are
+		// dropped.
+		defer srv.logFile.Close()
+	}
 	if !srv.started {
 		return 0
 	}
@@ -348,22 +404,10 @@ func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOu
 		return C.int(syscall.EBADF)
 	}
 	defer guard(srv, &ret)
-	srv.mu.Lock()
-	if srv.closed {
-		srv.mu.Unlock()
-		return srv.setErr(net.ErrClosed)
+	lb, err := srv.startLoopback()
+	if err != nil {
+		return srv.setErr(err)
 	}
-	if srv.loopback == nil {
-		srv.started = true
-		addr, proxyCred, apiCred, err := srv.s.Loopback()
-		if err != nil {
-			srv.mu.Unlock()
-			return srv.setErr(fmt.Errorf("loopback: %w", err))
-		}
-		srv.loopback = &loopbackInfo{addr, proxyCred, apiCred}
-	}
-	lb := *srv.loopback
-	srv.mu.Unlock()
 	if ret := copyOut(srv, lb.addr, addrOut, addrLen); ret != 0 {
 		return ret
 	}
@@ -371,6 +415,26 @@ func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOu
 		return ret
 	}
 	return copyOut(srv, lb.localAPICred, localAPICredOut, 33)
+}
+
+// startLoopback starts the loopback server once and describes it. The lock
+// is released even if tsnet panics.
+func (srv *server) startLoopback() (loopbackInfo, error) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.closed {
+		return loopbackInfo{}, net.ErrClosed
+	}
+	if srv.loopback == nil {
+		srv.started = true
+		testHook(srv, "loopback")
+		addr, proxyCred, apiCred, err := srv.s.Loopback()
+		if err != nil {
+			return loopbackInfo{}, fmt.Errorf("loopback: %w", err)
+		}
+		srv.loopback = &loopbackInfo{addr, proxyCred, apiCred}
+	}
+	return *srv.loopback, nil
 }
 
 // record builds one fixed-size message.
@@ -488,6 +552,7 @@ func bridge(conn net.Conn) (int, error) {
 	go pipe(conn, local)
 	go pipe(local, conn)
 	go func() {
+		defer func() { recover() }()
 		wg.Wait()
 		teardown()
 	}()
@@ -528,35 +593,64 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 	}
 	// The caller closing its end is the signal to stop listening.
 	go func() {
+		defer func() { recover() }()
+		defer stop()
 		buf := make([]byte, 1)
 		for {
 			if _, err := goEnd.Read(buf); err != nil {
-				stop()
 				return
 			}
 		}
 	}()
 	go func() {
+		// A panic that escapes handOver (in tsnet's Accept, say) ends this
+		// listener, not the process: Go panics in a c-archive abort it.
+		defer func() { recover() }()
 		defer stop()
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			fd, err := bridge(conn)
-			if err != nil {
-				conn.Close()
-				continue
-			}
-			err = sendRecord(goEnd, record(recordConn, conn.RemoteAddr().String()), fd)
-			syscall.Close(fd)
-			if err != nil {
+			if !handOver(srv, goEnd, conn) {
 				return
 			}
 		}
 	}()
 	*listenerOut = C.int(cFd)
 	return 0
+}
+
+// handOver passes one accepted connection to the caller on the listener fd.
+// It returns false once records can no longer be sent there. A panic costs
+// only this connection, which is closed and reported with an error record,
+// unless it struck while a record was being sent: then the listener ends,
+// as the caller could not tell where the next record starts.
+func handOver(srv *server, goEnd *os.File, conn net.Conn) (ok bool) {
+	fd := -1
+	sending := false
+	defer func() {
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+		if r := recover(); r != nil {
+			conn.Close()
+			if sending {
+				ok = false
+				return
+			}
+			msg := fmt.Sprintf("internal error with a connection from %v: %v", conn.RemoteAddr(), r)
+			ok = sendRecord(goEnd, record(recordError, msg), -1) == nil
+		}
+	}()
+	testHook(srv, "accept")
+	fd, err := bridge(conn)
+	if err != nil {
+		conn.Close()
+		return true
+	}
+	sending = true
+	return sendRecord(goEnd, record(recordConn, conn.RemoteAddr().String()), fd) == nil
 }
 
 // tailscale_accept blocks until the next connection on a listener fd, for C
@@ -666,6 +760,7 @@ func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.i
 	ctx, cancel := context.WithTimeout(srv.ctx, time.Duration(timeoutMs)*time.Millisecond)
 	// The caller closing its end abandons the dial.
 	go func() {
+		defer func() { recover() }()
 		buf := make([]byte, 1)
 		goEnd.Read(buf)
 		cancel()

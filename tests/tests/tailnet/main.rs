@@ -7,6 +7,7 @@
 
 mod consensus;
 mod discovery;
+mod ffi;
 mod transport;
 
 use std::net::IpAddr;

@@ -189,9 +189,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
         }
     };
+    // Through ts-transport: Go needs SA_ONSTACK on the handler.
+    let mut interrupt = ts_transport::tsnet::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = serve => {}
-        _ = tokio::signal::ctrl_c() => eprintln!("kv: interrupted"),
+        _ = interrupt.recv() => eprintln!("kv: interrupted"),
         _ = stop_on_eof => eprintln!("kv: stdin closed"),
     }
     kv.stop(StopMode::Stay).await?;

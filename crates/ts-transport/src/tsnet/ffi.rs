@@ -13,8 +13,16 @@ unsafe extern "C" {
     pub(crate) fn tailscale_set_control_url(sd: c_int, url: *const c_char) -> c_int;
     pub(crate) fn tailscale_set_ephemeral(sd: c_int, ephemeral: c_int) -> c_int;
     pub(crate) fn tailscale_set_logfd(sd: c_int, fd: c_int) -> c_int;
-    /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`.
-    pub(crate) fn tailscale_up_timeout(sd: c_int, timeout_ms: c_int) -> c_int;
+    #[cfg(test)]
+    pub(crate) fn tailscale_start(sd: c_int) -> c_int;
+    /// Extension: `tailscale_up` with a bound, cancelled by `tailscale_close`;
+    /// a failure's message also goes to `errmsg`.
+    pub(crate) fn tailscale_up_timeout(
+        sd: c_int,
+        timeout_ms: c_int,
+        errmsg: *mut c_char,
+        errmsg_len: usize,
+    ) -> c_int;
     pub(crate) fn tailscale_close(sd: c_int) -> c_int;
     pub(crate) fn tailscale_getips(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
     pub(crate) fn tailscale_listen(
@@ -39,4 +47,15 @@ unsafe extern "C" {
         local_api_cred_out: *mut c_char,
     ) -> c_int;
     pub(crate) fn tailscale_errmsg(sd: c_int, buf: *mut c_char, buflen: usize) -> c_int;
+}
+
+// Test-only entry points (go/testhooks_on.go), in the archive only when the
+// `test-hooks` feature builds it.
+#[cfg(feature = "test-hooks")]
+unsafe extern "C" {
+    pub(crate) fn tailscale_testhook_panic(sd: c_int, site: *const c_char) -> c_int;
+    pub(crate) fn tailscale_testhook_blocked_go_thread(
+        tid_out: *mut c_int,
+        release_out: *mut c_int,
+    ) -> c_int;
 }

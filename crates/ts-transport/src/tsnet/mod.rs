@@ -12,9 +12,17 @@
 //! Go reads its environment once, when the process starts, so knobs such as
 //! `TS_NO_LOGS_NO_SUPPORT=true` must be set before the process is executed,
 //! not with `std::env::set_var`.
+//!
+//! The Go runtime runs in every process that links this module, whether or
+//! not it creates a node, and requires every other signal handler to have
+//! `SA_ONSTACK`. Register the signals a program handles with [`signal`],
+//! not with `tokio::signal` directly.
 
 mod ffi;
 mod record;
+mod signal;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::ffi::{CString, c_char, c_int};
 use std::fs::File;
@@ -29,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use self::record::{Record, RecordReader};
+pub use self::signal::signal;
 use crate::close::CloseSignal;
 use crate::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, TransportError};
 
@@ -46,7 +55,7 @@ pub enum NodeLogs {
     Discard,
     /// Written to this process's standard error.
     Stderr,
-    /// Appended to this file.
+    /// Appended to this file, which the node closes when it closes.
     File(File),
 }
 
@@ -129,7 +138,9 @@ struct Node {
     sd: c_int,
     hostname: String,
     /// Held around each call that may fail and the read of its message, so
-    /// messages of concurrent failures cannot be swapped.
+    /// messages of concurrent failures cannot be swapped. Never held across
+    /// a call that waits (`up` hands back its own message instead), so that
+    /// one slow call does not hold up the node's others.
     call_lock: Mutex<()>,
     closed: AtomicBool,
     addrs: OnceLock<TailnetAddrs>,
@@ -167,18 +178,6 @@ impl TsnetTransport {
         std::fs::create_dir_all(&options.state_dir).map_err(|err| {
             TransportError::io(format!("create state dir {}", options.state_dir.display()), err)
         })?;
-        let log_fd: c_int = match options.logs {
-            NodeLogs::Discard => -1,
-            NodeLogs::Stderr => {
-                // The node owns the descriptor it is given, so give it a copy.
-                let fd = io::stderr()
-                    .as_raw_fd()
-                    .try_clone_fd()
-                    .map_err(|err| TransportError::io("duplicate stderr", err))?;
-                fd.into_raw_fd()
-            }
-            NodeLogs::File(file) => OwnedFd::from(file).into_raw_fd(),
-        };
         // SAFETY: tailscale_new has no preconditions.
         let sd = unsafe { ffi::tailscale_new() };
         let transport = TsnetTransport {
@@ -203,8 +202,21 @@ impl TsnetTransport {
         node.check(|sd| unsafe {
             ffi::tailscale_set_ephemeral(sd, c_int::from(options.ephemeral))
         })?;
-        // SAFETY: as above. The descriptor now belongs to the node, whatever
-        // the result.
+        // Made only now, so that no early return above can leak it.
+        let log_fd: Option<OwnedFd> = match options.logs {
+            NodeLogs::Discard => None,
+            // The node owns the descriptor it is given, so give it a copy.
+            NodeLogs::Stderr => Some(
+                io::stderr()
+                    .as_raw_fd()
+                    .try_clone_fd()
+                    .map_err(|err| TransportError::io("duplicate stderr", err))?,
+            ),
+            NodeLogs::File(file) => Some(OwnedFd::from(file)),
+        };
+        let log_fd = log_fd.map_or(-1, IntoRawFd::into_raw_fd);
+        // SAFETY: as above. The call takes the descriptor over whatever its
+        // result: the node closes it on failure, or when it closes.
         node.check(|sd| unsafe { ffi::tailscale_set_logfd(sd, log_fd) })?;
         Ok(transport)
     }
@@ -215,8 +227,15 @@ impl TsnetTransport {
         let node = self.node.clone();
         let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX).max(1);
         tokio::task::spawn_blocking(move || {
-            // SAFETY: sd is a live handle (or closed, which the call reports).
-            node.check(|sd| unsafe { ffi::tailscale_up_timeout(sd, timeout_ms) })?;
+            // Up waits for as long as `timeout`: not under call_lock, so the
+            // node's other calls (listen, local_api, ...) go on meanwhile.
+            let mut msg = vec![0 as c_char; ERRMSG_CAPACITY];
+            // SAFETY: sd is a live handle (or closed, which the call
+            // reports); msg has the length passed.
+            let rc = unsafe {
+                ffi::tailscale_up_timeout(node.sd, timeout_ms, msg.as_mut_ptr(), msg.len())
+            };
+            node.result(rc, || c_buf_to_string(&msg))?;
             let addrs = node.read_addrs()?;
             Ok(*node.addrs.get_or_init(|| addrs))
         })
@@ -274,9 +293,22 @@ impl Node {
     fn check(&self, call: impl FnOnce(c_int) -> c_int) -> Result<(), TransportError> {
         let _guard = self.call_lock.lock().unwrap_or_else(|p| p.into_inner());
         let rc = call(self.sd);
+        self.result(rc, || self.errmsg())
+    }
+
+    /// Turns a call's return code into a result; `message` gives the text of
+    /// a failure (-1).
+    fn result(&self, rc: c_int, message: impl FnOnce() -> String) -> Result<(), TransportError> {
         match rc {
             0 => Ok(()),
-            -1 => Err(TransportError::Tailscale(self.errmsg())),
+            -1 => {
+                let msg = message();
+                Err(TransportError::Tailscale(if msg.is_empty() {
+                    "unknown error".to_owned()
+                } else {
+                    msg
+                }))
+            }
             libc::EBADF if self.closed.load(Ordering::Acquire) => {
                 Err(TransportError::NotRunning("node is closed".to_owned()))
             }
@@ -299,8 +331,7 @@ impl Node {
         let mut buf = vec![0 as c_char; ERRMSG_CAPACITY];
         // SAFETY: buf has the length passed.
         unsafe { ffi::tailscale_errmsg(self.sd, buf.as_mut_ptr(), buf.len()) };
-        let msg = c_buf_to_string(&buf);
-        if msg.is_empty() { "unknown error".to_owned() } else { msg }
+        c_buf_to_string(&buf)
     }
 
     fn read_addrs(&self) -> Result<TailnetAddrs, TransportError> {
@@ -550,7 +581,9 @@ impl Listener for TsnetListener {
                         return Ok((stream_from_fd(fd)?, peer));
                     }
                     Ok(Some(Record::Error(msg))) => {
-                        tracing::debug!(%msg, "listener reported an error");
+                        // One connection was lost on the Go side; the
+                        // listener goes on.
+                        tracing::warn!(port = self.port, %msg, "listener dropped a connection");
                     }
                     Err(err) if err.kind() == io::ErrorKind::InvalidData => {
                         return Err(TransportError::Tailscale(err.to_string()));
@@ -577,3 +610,6 @@ impl Listener for TsnetListener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
