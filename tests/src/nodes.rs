@@ -33,6 +33,8 @@ use crate::tailnet::LocalTailnet;
 
 /// How long a control call (status, fault) may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a control line is retried in all.
+pub const CONTROL_DEADLINE: Duration = Duration::from_secs(12);
 /// How long a client call may take before its outcome counts as unknown.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a node may take to register with control.
@@ -126,9 +128,26 @@ impl Node {
         call_once(self.local_port, line, timeout).await
     }
 
-    /// A control line (status, fault) with the control timeout.
+    /// A control line (a fault, a digest): idempotent, so retried, each
+    /// attempt within the control timeout, for up to [`CONTROL_DEADLINE`]
+    /// (a loaded machine, a process still binding its port).
     pub async fn control(&self, line: &str) -> Result<Value, String> {
-        self.call(line, CONTROL_TIMEOUT).await.map_err(|e| format!("{}: {e}", self.hostname))
+        let deadline = Instant::now() + CONTROL_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = match Line::connect(self.local_port).await {
+                Ok(mut conn) => conn.call(line, CONTROL_TIMEOUT.min(left)).await,
+                Err(err) => Err(err),
+            };
+            match answer {
+                // An answer, even an error, will not change on a retry.
+                Ok(answer) => return ok_of(answer).map_err(|e| format!("{}: {e}", self.hostname)),
+                Err(err) if Instant::now() >= deadline => {
+                    return Err(format!("{}: {err}", self.hostname));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// Its status, if it answers within `timeout`.
