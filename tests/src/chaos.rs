@@ -1,9 +1,9 @@
 //! The multi-process chaos harness behind `cargo xtask chaos`.
 //!
-//! One run starts a local tailnet and a cluster of `kv` example processes
-//! (each with its own state directory and its transport behind
-//! `ts_transport::Faults`), drives concurrent key-value clients through
-//! their line interfaces while a seeded nemesis injects one fault at a time,
+//! One run starts a local tailnet and a cluster of `chaos-node` processes
+//! ([`crate::nodes`]: each with its own state directory and its transport
+//! behind `ts_transport::Faults`), drives concurrent key-value clients
+//! through their line interfaces while a seeded nemesis injects faults,
 //! heals everything, and then checks:
 //!
 //! - the recorded history is linearizable ([`crate::linearizability`]);
@@ -11,52 +11,55 @@
 //!   acknowledged writes and the acknowledged plus unknown ones: no
 //!   acknowledged write was lost, none was applied twice;
 //! - every replica reaches the same state digest at the same applied index,
-//!   with every node a voter again.
+//!   with every active node a voter of one cluster again;
+//! - at no time did two nodes lead, each followed by a majority of its own
+//!   voters ([`crate::nodes::LeaderWatch`], several samples a second).
 //!
-//! Faults: `kill -9` and restart, `SIGSTOP`/`SIGCONT`, a node or the leader
-//! cut off from the others, added delay, dropped writes, and the tag revoked
-//! and restored through the tailnet's admin API. A client call that times
-//! out or fails is recorded with an unknown outcome, never as failed.
+//! Faults ([`FaultKind`]): `kill -9` and restart, the raft state wiped and
+//! the node restarted under the same tailnet identity, `SIGSTOP`/`SIGCONT`,
+//! a node or the leader cut off, added delay, dropped writes, the tag
+//! revoked and restored, a new node started mid-run (one whose stable id
+//! sorts lowest, registered before the cluster, and one that sorts
+//! highest), a node replaced by a new one, two faults at once (a node cut
+//! off while another is killed or wiped), and storage faults. A client call
+//! that times out or fails is recorded with an unknown outcome, never as
+//! failed.
 //!
 //! Everything random comes from the run's seed, which the report prints;
 //! the timing of processes is not replayable, so a seed replays the same
 //! fault schedule and workload, not the same interleaving.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::process::{Child, Command};
 
 use crate::linearizability::{Input, Operation, Output, check, write_bounds};
+use crate::nodes::{
+    CALL_TIMEOUT, LeaderWatch, Line, Node, NodeSettings, Nodes, Status, lock, ok_of,
+};
 use crate::tailnet::LocalTailnet;
 
 /// The cluster's tag.
 const TAG: &str = "tag:chaos";
-/// How long a client waits for one answer before it records the outcome as
-/// unknown and reconnects.
-const CALL_TIMEOUT: Duration = Duration::from_secs(8);
-/// How long a control call (status, fault) may take.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the cluster may take to form, or to heal after the faults.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest answer line read from a node.
-const MAX_LINE: usize = 1 << 20;
+/// How often the leader watch samples every node.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// Identities registered before the cluster, for `start-lowest`.
+const LOWEST_RESERVES: usize = 2;
+/// How many nodes beyond `--nodes` new-node faults may add before each
+/// start also retires an old node.
+const EXTRA_NODES: usize = 2;
 
 /// What one run does.
 #[derive(Clone, Debug)]
 pub struct ChaosOptions {
-    /// The `kv` example binary.
-    pub kv_bin: PathBuf,
-    /// Nodes in the cluster.
+    /// The `chaos-node` binary.
+    pub node_bin: PathBuf,
+    /// Nodes in the cluster at the start.
     pub nodes: usize,
     /// Concurrent clients.
     pub clients: usize,
@@ -71,6 +74,13 @@ pub struct ChaosOptions {
     pub keep_dir: Option<PathBuf>,
     /// The kinds of fault the nemesis picks from (at random, evenly).
     pub faults: Vec<FaultKind>,
+    /// Kinds the schedule must contain: each is placed, by the seed, among
+    /// the first faults of the run.
+    pub require: Vec<FaultKind>,
+    /// Nodes build a snapshot after this many log entries (`None`: the
+    /// library's default), so that nodes that fall behind, fresh and wiped
+    /// ones first of all, catch up by snapshot.
+    pub snapshot_every: Option<u64>,
     /// Read with `get-local` instead of linearizable `get`: not
     /// linearizable by design, so the checker should catch stale reads
     /// (a test of the harness itself).
@@ -78,10 +88,13 @@ pub struct ChaosOptions {
 }
 
 /// A kind of fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FaultKind {
     /// `kill -9` a node, restart it from its state directory.
     Kill,
+    /// `kill -9` a node, delete its raft state, restart it under the same
+    /// tailnet identity.
+    Wipe,
     /// `SIGSTOP` a node, later `SIGCONT`.
     Pause,
     /// Cut one node off from the others.
@@ -94,33 +107,68 @@ pub enum FaultKind {
     Drop,
     /// Revoke a node's tag through the tailnet admin API, later restore it.
     Untag,
+    /// Start a new node whose stable id sorts below every other (its
+    /// identity was registered before the cluster's).
+    StartLowest,
+    /// Start a new node whose stable id sorts above every other.
+    StartHighest,
+    /// A new node joins; the old one is untagged and stopped.
+    Replace,
+    /// Two at once: a node cut off while another is killed (or wiped) and
+    /// restarted.
+    Double,
+    /// The next fsync of a node's raft storage fails: the node must stop
+    /// with a fatal error; it is then restarted from its state directory.
+    FsyncFail,
+    /// Every write of a node's raft storage fails from now on: the node
+    /// must stop with a fatal error; it is then restarted.
+    WriteFail,
 }
 
 impl FaultKind {
-    /// Every kind.
-    pub const ALL: [FaultKind; 7] = [
+    /// The kinds the nemesis picks from by default. The storage faults are
+    /// left out until the node can inject them (see `chaos-node`).
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
+        FaultKind::Wipe,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::PartitionLeader,
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Untag,
+        FaultKind::StartLowest,
+        FaultKind::StartHighest,
+        FaultKind::Replace,
+        FaultKind::Double,
     ];
 
-    /// The kind called `name` (`kill`, `pause`, `partition`,
-    /// `partition-leader`, `delay`, `drop`, `untag`).
+    /// Every kind there is, with its name.
+    pub const NAMES: [(&'static str, FaultKind); 14] = [
+        ("kill", FaultKind::Kill),
+        ("wipe", FaultKind::Wipe),
+        ("pause", FaultKind::Pause),
+        ("partition", FaultKind::Partition),
+        ("partition-leader", FaultKind::PartitionLeader),
+        ("delay", FaultKind::Delay),
+        ("drop", FaultKind::Drop),
+        ("untag", FaultKind::Untag),
+        ("start-lowest", FaultKind::StartLowest),
+        ("start-highest", FaultKind::StartHighest),
+        ("replace", FaultKind::Replace),
+        ("double", FaultKind::Double),
+        ("fsync-fail", FaultKind::FsyncFail),
+        ("write-fail", FaultKind::WriteFail),
+    ];
+
+    /// The kind called `name` (see [`FaultKind::NAMES`]).
     pub fn from_name(name: &str) -> Option<FaultKind> {
-        Some(match name {
-            "kill" => FaultKind::Kill,
-            "pause" => FaultKind::Pause,
-            "partition" => FaultKind::Partition,
-            "partition-leader" => FaultKind::PartitionLeader,
-            "delay" => FaultKind::Delay,
-            "drop" => FaultKind::Drop,
-            "untag" => FaultKind::Untag,
-            _ => return None,
-        })
+        FaultKind::NAMES.iter().find(|(n, _)| *n == name).map(|(_, kind)| *kind)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        FaultKind::NAMES.iter().find(|(_, k)| *k == self).map_or("?", |(name, _)| name)
     }
 }
 
@@ -129,19 +177,28 @@ impl FaultKind {
 pub struct ChaosReport {
     /// The run's seed.
     pub seed: u64,
+    /// Nodes at the start.
+    pub nodes: usize,
     /// Operations recorded.
     pub operations: usize,
     /// Of which completed with a known outcome.
     pub completed: usize,
     /// Of which writes with an unknown outcome.
     pub unknown: usize,
-    /// Faults injected, in order.
+    /// Faults injected, in order, each starting with its kind's name.
     pub faults: Vec<String>,
-    /// Time from the end of the faults until every node was a voter again.
-    pub heal: Duration,
+    /// Time from the end of the faults until the active nodes were one
+    /// cluster again (`None`: they never were).
+    pub heal: Option<Duration>,
     /// The raft term at the end (1 + elections, roughly: faults that bite
     /// make it grow).
     pub term: u64,
+    /// Active nodes at the end.
+    pub active_at_end: usize,
+    /// The index each active node's last snapshot covers, at the end.
+    pub snapshot_indexes: Vec<Option<u64>>,
+    /// Rounds of the leader watch.
+    pub watch_rounds: u64,
     /// The problems found; empty if the run passed.
     pub violations: Vec<String>,
 }
@@ -167,16 +224,41 @@ impl ChaosReport {
         let counts = self.fault_counts();
         let faults: Vec<String> = counts.iter().map(|(k, n)| format!("{k}×{n}")).collect();
         format!(
-            "seed {} | {} ops ({} ok, {} unknown writes) | faults {} | term {} | healed in {:.1} s | {}",
+            "seed {} | {} nodes | {} ops ({} ok, {} unknown writes) | faults {} | term {} | {} | {}",
             self.seed,
+            self.nodes,
             self.operations,
             self.completed,
             self.unknown,
             faults.join(" "),
             self.term,
-            self.heal.as_secs_f64(),
+            self.heal.map_or("never healed".to_owned(), |h| format!(
+                "healed in {:.1} s",
+                h.as_secs_f64()
+            )),
             if self.passed() { "PASS".to_owned() } else { self.violations.join("; ") },
         )
+    }
+
+    /// The report as one JSON object (a line of `--report`).
+    pub fn to_json(&self, seconds: f64) -> Value {
+        serde_json::json!({
+            "seed": self.seed,
+            "nodes": self.nodes,
+            "passed": self.passed(),
+            "operations": self.operations,
+            "completed": self.completed,
+            "unknown": self.unknown,
+            "faults": self.fault_counts(),
+            "fault_log": self.faults,
+            "heal_s": self.heal.map(|h| h.as_secs_f64()),
+            "term": self.term,
+            "active_at_end": self.active_at_end,
+            "snapshot_indexes": self.snapshot_indexes,
+            "watch_rounds": self.watch_rounds,
+            "violations": self.violations,
+            "seconds": seconds,
+        })
     }
 }
 
@@ -203,280 +285,271 @@ impl Rng {
     fn millis(&mut self, low: u64, high: u64) -> Duration {
         Duration::from_millis(low + self.below(high - low + 1))
     }
+
+    fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
+        (!items.is_empty()).then(|| items[self.below(items.len() as u64) as usize].clone())
+    }
 }
 
-/// One kv process.
-struct Node {
-    hostname: String,
-    local_port: u16,
-    state_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    ips: Vec<IpAddr>,
-    paused: bool,
+/// Which fault comes at which position: the required kinds at seeded
+/// places among the first ones, the others drawn from `kinds`.
+fn forced_slots(require: &[FaultKind], rng: &mut Rng) -> BTreeMap<usize, FaultKind> {
+    let mut required = require.to_vec();
+    required.sort();
+    required.dedup();
+    // Seeded shuffle, then slot 2i or 2i + 1 for the i-th.
+    for i in (1..required.len()).rev() {
+        required.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    required
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| (2 * i + rng.below(2) as usize, kind))
+        .collect()
 }
 
-/// The processes of one run, behind a lock the clients share.
-struct Cluster {
+/// One run's moving parts.
+struct Run<'a> {
     options: ChaosOptions,
-    control_url: String,
-    nodes: Vec<Mutex<Node>>,
+    tailnet: &'a LocalTailnet,
+    nodes: Arc<Nodes>,
+    /// Registered identities that sort lowest, not started yet.
+    reserves: Mutex<Vec<Arc<Node>>>,
     /// Faults injected so far, for the report (also of a run that fails).
     faults: Mutex<Vec<String>>,
+    /// Problems the nemesis itself saw (a node that did not go fatal).
+    violations: Mutex<Vec<String>>,
 }
 
-impl Cluster {
-    fn spawn(&self, i: usize) -> Result<(), String> {
-        let mut node = lock(&self.nodes[i]);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .map_err(|e| format!("open {}: {e}", node.log.display()))?;
-        let child = Command::new(&self.options.kv_bin)
-            .args(["--hostname", &node.hostname, "--control-url", &self.control_url])
-            .args(["--tag", TAG, "--expected-size", &self.options.nodes.to_string()])
-            .arg("--state-dir")
-            .arg(&node.state_dir)
-            .args(["--local-port", &node.local_port.to_string()])
-            .args(["--fault-injection", &(self.options.seed ^ i as u64).to_string()])
-            .arg("--exit-on-stdin-eof")
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .env("TS_DISABLE_PORTMAPPER", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("start {}: {e}", self.options.kv_bin.display()))?;
-        node.child = Some(child);
-        node.paused = false;
-        Ok(())
+impl Run<'_> {
+    fn random_active(&self, rng: &mut Rng) -> Option<Arc<Node>> {
+        rng.pick(&self.nodes.active())
     }
 
-    /// `kill -9`, and reaps the process.
-    async fn kill(&self, i: usize) {
-        let child = lock(&self.nodes[i]).child.take();
-        if let Some(mut child) = child {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    /// A new node, registered now (so it sorts above every node so far),
+    /// started and tagged.
+    async fn start_new(&self) -> Result<Arc<Node>, String> {
+        let node = self.nodes.add(&format!("chaos-{}", self.nodes.all().len()))?;
+        self.nodes.start(self.tailnet, &node).await?;
+        Ok(node)
+    }
+
+    /// Waits (at most `limit`) until `node` is a voter in the leader's
+    /// configuration.
+    async fn wait_voter(&self, node: &Node, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let id = node.status().await.and_then(|s| s.id);
+            if let (Some(id), Some(leader)) = (id, self.nodes.leader().await)
+                && leader.status().await.is_some_and(|s| s.voters.contains(&id))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        lock(&self.nodes[i]).paused = false;
+        false
     }
 
-    fn signal(&self, i: usize, signal: libc::c_int) {
-        let mut node = lock(&self.nodes[i]);
-        if let Some(pid) = node.child.as_ref().and_then(Child::id) {
-            // SAFETY: kill(2) with a pid this process spawned and has not
-            // reaped, so the pid cannot have been reused.
-            unsafe { libc::kill(pid as libc::pid_t, signal) };
-            node.paused = signal == libc::SIGSTOP;
+    /// Keeps the cluster from growing without bound: once new-node faults
+    /// have added [`EXTRA_NODES`], each further one retires an old node
+    /// (not `keep`, not the leader).
+    async fn trim(&self, keep: &Node, rng: &mut Rng) -> Result<Option<String>, String> {
+        let active = self.nodes.active();
+        if active.len() <= self.options.nodes + EXTRA_NODES {
+            return Ok(None);
         }
+        let leader = self.nodes.leader().await.map(|n| n.index);
+        let candidates: Vec<Arc<Node>> = active
+            .into_iter()
+            .filter(|n| n.index != keep.index && Some(n.index) != leader)
+            .collect();
+        let Some(old) = rng.pick(&candidates) else { return Ok(None) };
+        self.nodes.retire(self.tailnet, &old).await?;
+        Ok(Some(old.hostname.clone()))
     }
 
-    fn port(&self, i: usize) -> u16 {
-        lock(&self.nodes[i]).local_port
-    }
-
-    async fn control(&self, i: usize, line: &str) -> Result<Value, String> {
-        call_once(self.port(i), line, CONTROL_TIMEOUT).await
-    }
-
-    /// A call that must succeed eventually (the final reads): retried on
-    /// any node until `timeout` runs out.
-    async fn settled_call(&self, line: &str, timeout: Duration) -> Result<Value, String> {
-        let deadline = Instant::now() + timeout;
-        let mut i = 0;
-        loop {
-            match call_once(self.port(i % self.nodes.len()), line, CALL_TIMEOUT).await {
-                Ok(value) => return Ok(value),
-                Err(err) if Instant::now() >= deadline => {
-                    return Err(format!("{line:?} failed for {timeout:?}: {err}"));
+    /// Injects one fault of `kind` and heals it; returns its description
+    /// (starting with the kind's name), or `None` if it did not apply.
+    async fn inject(&self, kind: FaultKind, rng: &mut Rng) -> Result<Option<String>, String> {
+        let nodes = &self.nodes;
+        // Half the time the victim is the leader, whose faults bite hardest.
+        let Some(random_victim) = self.random_active(rng) else { return Ok(None) };
+        let victim = match rng.below(2) {
+            0 => nodes.leader().await.unwrap_or(random_victim),
+            _ => random_victim,
+        };
+        let v = victim.hostname.clone();
+        let hold = rng.millis(1500, 6000);
+        let name = kind.name();
+        Ok(Some(match kind {
+            FaultKind::Kill => {
+                nodes.kill(&victim).await;
+                tokio::time::sleep(rng.millis(500, 5000)).await;
+                nodes.spawn(&victim)?;
+                format!("{name} -9 {v}, restart")
+            }
+            FaultKind::Wipe => {
+                nodes.kill(&victim).await;
+                nodes.wipe_raft(&victim)?;
+                tokio::time::sleep(rng.millis(500, 5000)).await;
+                nodes.spawn(&victim)?;
+                format!("{name} {v}: kill -9, delete its raft state, restart")
+            }
+            FaultKind::Pause => {
+                nodes.signal(&victim, libc::SIGSTOP);
+                tokio::time::sleep(hold).await;
+                nodes.signal(&victim, libc::SIGCONT);
+                format!("{name} {v} (SIGSTOP/SIGCONT)")
+            }
+            FaultKind::Partition => {
+                nodes.isolate(&victim).await?;
+                tokio::time::sleep(hold).await;
+                nodes.on_running("fault heal").await?;
+                format!("{name} {v} from the others")
+            }
+            FaultKind::PartitionLeader => {
+                let Some(leader) = nodes.leader().await else { return Ok(None) };
+                nodes.isolate(&leader).await?;
+                tokio::time::sleep(hold).await;
+                nodes.on_running("fault heal").await?;
+                format!("{name} ({})", leader.hostname)
+            }
+            FaultKind::Delay => {
+                let ms = 20 + rng.below(180);
+                nodes.on_running(&format!("fault delay {ms}")).await?;
+                tokio::time::sleep(hold).await;
+                nodes.on_running("fault heal").await?;
+                format!("{name} {ms} ms on every write")
+            }
+            FaultKind::Drop => {
+                let per_mille = 20 + rng.below(130);
+                nodes.on_running(&format!("fault drop {per_mille}")).await?;
+                tokio::time::sleep(hold).await;
+                nodes.on_running("fault heal").await?;
+                format!("{name} {per_mille}‰ of writes")
+            }
+            FaultKind::Untag => {
+                nodes.untag(self.tailnet, &victim).await?;
+                tokio::time::sleep(hold).await;
+                nodes.tag(self.tailnet, &victim).await?;
+                format!("{name} {v}, retag")
+            }
+            FaultKind::StartLowest | FaultKind::StartHighest => {
+                let reserve = match kind {
+                    FaultKind::StartLowest => lock(&self.reserves).pop(),
+                    _ => None,
+                };
+                let (new, how) = match reserve {
+                    Some(node) => {
+                        nodes.start(self.tailnet, &node).await?;
+                        (node, "sorting lowest")
+                    }
+                    None if kind == FaultKind::StartLowest => {
+                        (self.start_new().await?, "sorting highest: no lowest identity left")
+                    }
+                    None => (self.start_new().await?, "sorting highest"),
+                };
+                tokio::time::sleep(hold).await;
+                let trimmed = match self.trim(&new, rng).await? {
+                    Some(old) => format!(", retire {old} (cluster at its size limit)"),
+                    None => String::new(),
+                };
+                format!("{name} {} ({how}){trimmed}", new.hostname)
+            }
+            FaultKind::Replace => {
+                let new = self.start_new().await?;
+                let joined = self.wait_voter(&new, Duration::from_secs(30)).await;
+                nodes.retire(self.tailnet, &victim).await?;
+                format!(
+                    "{name} {v} by {}{}",
+                    new.hostname,
+                    if joined { "" } else { " (not a voter after 30 s)" }
+                )
+            }
+            FaultKind::Double => {
+                let others: Vec<Arc<Node>> =
+                    nodes.active().into_iter().filter(|n| n.index != victim.index).collect();
+                let Some(cut) = rng.pick(&others) else { return Ok(None) };
+                let wipe = rng.below(2) == 0;
+                nodes.isolate(&cut).await?;
+                tokio::time::sleep(rng.millis(300, 1500)).await;
+                nodes.kill(&victim).await;
+                if wipe {
+                    nodes.wipe_raft(&victim)?;
                 }
-                Err(_) => {
-                    i += 1;
+                tokio::time::sleep(rng.millis(500, 3000)).await;
+                nodes.spawn(&victim)?;
+                // The new process starts with no faults: cut it off from
+                // the isolated node again, before it looks for its cluster.
+                nodes.block_pair(&victim, &cut).await?;
+                tokio::time::sleep(hold).await;
+                nodes.on_running("fault heal").await?;
+                format!(
+                    "{name} fault: {} cut off, meanwhile {v} killed{} and restarted",
+                    cut.hostname,
+                    if wipe { ", its raft state wiped," } else { "" }
+                )
+            }
+            FaultKind::FsyncFail | FaultKind::WriteFail => {
+                victim
+                    .control(&format!("fault {name}"))
+                    .await
+                    .map_err(|e| format!("cannot inject {name}: {e}"))?;
+                let deadline = Instant::now() + Duration::from_secs(15);
+                let mut fatal = None;
+                while fatal.is_none() && Instant::now() < deadline {
+                    fatal = victim.status().await.and_then(|s| s.fatal);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-            }
-        }
-    }
-
-    /// Node `i`'s metrics, if it answers.
-    async fn metrics(&self, i: usize) -> Option<Value> {
-        self.control(i, "status").await.ok().map(|status| status["metrics"].clone())
-    }
-
-    /// The node that says it leads in the highest term (a cut-off former
-    /// leader may still say so in an older one), if any answers so.
-    async fn leader(&self) -> Option<usize> {
-        let mut best: Option<(u64, usize)> = None;
-        for i in 0..self.nodes.len() {
-            if let Some(m) = self.metrics(i).await.filter(|m| m["role"] == "leader") {
-                let term = m["term"].as_u64().unwrap_or(0);
-                if best.is_none_or(|(t, _)| term > t) {
-                    best = Some((term, i));
+                if fatal.is_none() {
+                    lock(&self.violations).push(format!(
+                        "{v} did not report a fatal error within 15 s of `fault {name}`"
+                    ));
                 }
+                nodes.kill(&victim).await;
+                nodes.spawn(&victim)?;
+                format!(
+                    "{name} on {v}: {}, restart",
+                    fatal.map_or("not fatal".to_owned(), |f| format!("fatal ({f})"))
+                )
             }
-        }
-        best.map(|(_, i)| i)
-    }
-
-    /// Cuts node `v` off from every other node, on both sides.
-    async fn isolate(&self, v: usize) -> Result<(), String> {
-        for j in (0..self.nodes.len()).filter(|&j| j != v) {
-            let (vi, ji) = (lock(&self.nodes[v]).ips.clone(), lock(&self.nodes[j]).ips.clone());
-            for ip in &ji {
-                self.control(v, &format!("fault block {ip}")).await?;
-            }
-            for ip in &vi {
-                self.control(j, &format!("fault block {ip}")).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_all(&self, line: &str) -> Result<(), String> {
-        for i in 0..self.nodes.len() {
-            self.control(i, line).await?;
-        }
-        Ok(())
-    }
-
-    /// Waits until every node answers as a voter of one cluster with one
-    /// leader.
-    async fn settled(&self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            let mut leaders = Vec::new();
-            let mut ok = true;
-            last.clear();
-            for i in 0..self.nodes.len() {
-                match self.metrics(i).await {
-                    Some(m) => {
-                        let _ = write!(
-                            last,
-                            "[{i}: {} leader {} voters {}] ",
-                            m["role"], m["leader"], m["voters"]
-                        );
-                        ok &= m["voters"] == self.nodes.len()
-                            && m["leader"].is_u64()
-                            && m["role"] != "learner";
-                        leaders.push(m["leader"].clone());
-                    }
-                    None => {
-                        let _ = write!(last, "[{i}: no answer] ");
-                        ok = false;
-                    }
-                }
-            }
-            leaders.dedup();
-            if ok && leaders.len() == 1 {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("cluster not settled after {timeout:?}: {last}"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Closes every node's stdin (they stop), then kills what is left.
-    async fn shutdown(&self) {
-        for i in 0..self.nodes.len() {
-            self.signal(i, libc::SIGCONT);
-            let child = lock(&self.nodes[i]).child.take();
-            if let Some(mut child) = child {
-                drop(child.stdin.take());
-                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-                    let _ = child.start_kill();
-                    let _ = child.wait().await;
-                }
-            }
-        }
+        }))
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A line connection to one node.
-struct Line {
-    read: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
-}
-
-impl Line {
-    async fn connect(port: u16) -> Result<Line, String> {
-        let stream = tokio::time::timeout(CONTROL_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
-            .await
-            .map_err(|_| format!("connect to 127.0.0.1:{port} timed out"))?
-            .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))?;
-        let (read, write) = stream.into_split();
-        Ok(Line { read: BufReader::new(read), write })
-    }
-
-    /// Sends one line and reads the answer, or fails: the connection is
-    /// then unusable.
-    async fn call(&mut self, line: &str, timeout: Duration) -> Result<Value, String> {
-        let exchange = async {
-            self.write
-                .write_all(format!("{line}\n").as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut answer = String::new();
-            loop {
-                let buf = self.read.fill_buf().await.map_err(|e| e.to_string())?;
-                if buf.is_empty() {
-                    return Err("connection closed".to_owned());
-                }
-                if let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                    answer.push_str(&String::from_utf8_lossy(&buf[..end]));
-                    self.read.consume(end + 1);
-                    break;
-                }
-                let n = buf.len();
-                answer.push_str(&String::from_utf8_lossy(buf));
-                self.read.consume(n);
-                if answer.len() > MAX_LINE {
-                    return Err("answer line too long".to_owned());
-                }
-            }
-            serde_json::from_str::<Value>(&answer)
-                .map_err(|e| format!("bad answer {answer:?}: {e}"))
+/// The nemesis: faults one after another (a double fault is two at once),
+/// each healed before the next.
+async fn nemesis(
+    run: &Run<'_>,
+    rng: &mut Rng,
+    start: Instant,
+    until: Instant,
+) -> Result<(), String> {
+    let forced = forced_slots(&run.options.require, rng);
+    let mut slot = 0;
+    while Instant::now() + Duration::from_secs(4) < until {
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        let kind = match forced.get(&slot) {
+            Some(kind) => *kind,
+            None => rng.pick(&run.options.faults).ok_or("no fault kinds")?,
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| format!("no answer to {line:?} within {timeout:?}"))?
+        let started = Instant::now();
+        if let Some(name) = run.inject(kind, rng).await? {
+            let at = (started - start).as_secs_f64();
+            lock(&run.faults).push(format!("{name} at {at:.1} s"));
+            slot += 1;
+        }
     }
-}
-
-/// One call on a fresh connection; `{"ok": v}` gives `v`.
-async fn call_once(port: u16, line: &str, timeout: Duration) -> Result<Value, String> {
-    let mut conn = Line::connect(port).await?;
-    let answer = conn.call(line, timeout).await?;
-    ok_of(answer)
-}
-
-fn ok_of(mut answer: Value) -> Result<Value, String> {
-    match answer.get_mut("ok") {
-        Some(value) => Ok(value.take()),
-        None => Err(answer["error"].as_str().unwrap_or("malformed answer").to_owned()),
+    let injected = lock(&run.faults).clone();
+    for kind in forced.values() {
+        if !injected.iter().any(|f| f.split_whitespace().next() == Some(kind.name())) {
+            return Err(format!(
+                "the run ended before the required fault {} was injected (run longer)",
+                kind.name()
+            ));
+        }
     }
-}
-
-/// A write's answer as the checker sees it.
-fn write_output(value: &Value) -> Option<Output> {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    if let Some(prev) = value.get("previous") {
-        return Some(Output::Previous(text(prev)));
-    }
-    value.get("mismatch").map(|cur| Output::Mismatch(text(cur)))
+    Ok(())
 }
 
 struct Recorder {
@@ -490,18 +563,44 @@ impl Recorder {
     }
 }
 
-/// One client: random puts, compare-and-sets and reads through one node,
-/// reconnecting after every failure. Values are unique (`c<client>-<n>`).
-async fn client(cluster: Arc<Cluster>, id: usize, until: Instant, recorder: Arc<Recorder>) {
-    let mut rng = Rng::new(cluster.options.seed ^ (0x5eed_0000 + id as u64));
-    let node = id % cluster.nodes.len();
-    let keys = cluster.options.keys as u64;
+/// A write's answer as the checker sees it.
+fn write_output(value: &Value) -> Option<Output> {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    if let Some(prev) = value.get("previous") {
+        return Some(Output::Previous(text(prev)));
+    }
+    value.get("mismatch").map(|cur| Output::Mismatch(text(cur)))
+}
+
+/// Whether an error answer says the command never ran: the node's
+/// consensus was not running yet.
+fn never_ran(error: &str) -> bool {
+    error.starts_with("starting:")
+}
+
+/// One client: random puts, compare-and-sets and reads through one active
+/// node, reconnecting (maybe to another) after every failure. Values are
+/// unique (`c<client>-<n>`).
+async fn client(
+    nodes: Arc<Nodes>,
+    options: ChaosOptions,
+    id: usize,
+    until: Instant,
+    recorder: Arc<Recorder>,
+) {
+    let mut rng = Rng::new(options.seed ^ (0x5eed_0000 + id as u64));
+    let keys = options.keys as u64;
     let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut conn: Option<Line> = None;
     let mut n = 0u64;
     while Instant::now() < until {
         if conn.is_none() {
-            match Line::connect(cluster.port(node)).await {
+            let active = nodes.active();
+            let Some(node) = active.get(id % active.len().max(1)) else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            match Line::connect(node.local_port).await {
                 Ok(line) => conn = Some(line),
                 Err(_) => {
                     // The node is down; nothing was invoked.
@@ -523,7 +622,7 @@ async fn client(cluster: Arc<Cluster>, id: usize, until: Instant, recorder: Arc<
                 let old = expected.clone().unwrap_or_else(|| "-".to_owned());
                 (format!("cas {key} {old} {value}"), Input::Cas { expected, new: value })
             }
-            _ if cluster.options.local_reads => (format!("get-local {key}"), Input::Get),
+            _ if options.local_reads => (format!("get-local {key}"), Input::Get),
             _ => (format!("get {key}"), Input::Get),
         };
         let call = recorder.now();
@@ -536,6 +635,11 @@ async fn client(cluster: Arc<Cluster>, id: usize, until: Instant, recorder: Arc<
             Ok(answer) => match (ok_of(answer), &input) {
                 (Ok(value), Input::Get) => Some(Output::Value(value.as_str().map(str::to_owned))),
                 (Ok(value), _) => write_output(&value),
+                (Err(err), _) if never_ran(&err) => {
+                    // Consensus was not running there: nothing happened.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 (Err(_), _) => None,
             },
             Err(_) => {
@@ -557,7 +661,9 @@ async fn client(cluster: Arc<Cluster>, id: usize, until: Instant, recorder: Arc<
             None => {}
         }
         if output.is_none() {
-            // As a real client would, back off a little after a failure.
+            // As a real client would, back off a little after a failure,
+            // and try another node next time.
+            conn = None;
             tokio::time::sleep(Duration::from_millis(50 + rng.below(100))).await;
         }
         let operation = match output {
@@ -572,90 +678,6 @@ async fn client(cluster: Arc<Cluster>, id: usize, until: Instant, recorder: Arc<
     }
 }
 
-/// The nemesis: one fault at a time, each healed before the next.
-async fn nemesis(
-    cluster: &Cluster,
-    tailnet: &LocalTailnet,
-    rng: &mut Rng,
-    start: Instant,
-    until: Instant,
-) -> Result<(), String> {
-    let n = cluster.nodes.len();
-    while Instant::now() + Duration::from_secs(4) < until {
-        tokio::time::sleep(rng.millis(500, 2000)).await;
-        // Half the time the victim is the leader, whose faults bite hardest.
-        let random_victim = rng.below(n as u64) as usize;
-        let victim = match rng.below(2) {
-            0 => cluster.leader().await.unwrap_or(random_victim),
-            _ => random_victim,
-        };
-        let hold = rng.millis(1500, 6000);
-        let started = Instant::now();
-        let kinds = &cluster.options.faults;
-        let kind = kinds[rng.below(kinds.len() as u64) as usize];
-        let name = match kind {
-            FaultKind::Kill => {
-                cluster.kill(victim).await;
-                tokio::time::sleep(rng.millis(500, 5000)).await;
-                cluster.spawn(victim)?;
-                format!("kill -9 node {victim}, restart")
-            }
-            FaultKind::Pause => {
-                cluster.signal(victim, libc::SIGSTOP);
-                tokio::time::sleep(hold).await;
-                cluster.signal(victim, libc::SIGCONT);
-                format!("pause node {victim} (SIGSTOP/SIGCONT)")
-            }
-            FaultKind::Partition => {
-                cluster.isolate(victim).await?;
-                tokio::time::sleep(hold).await;
-                cluster.on_all("fault heal").await?;
-                format!("partition node {victim} from the others")
-            }
-            FaultKind::PartitionLeader => {
-                let Some(leader) = cluster.leader().await else { continue };
-                cluster.isolate(leader).await?;
-                tokio::time::sleep(hold).await;
-                cluster.on_all("fault heal").await?;
-                format!("partition the leader (node {leader})")
-            }
-            FaultKind::Delay => {
-                let ms = 20 + rng.below(180);
-                cluster.on_all(&format!("fault delay {ms}")).await?;
-                tokio::time::sleep(hold).await;
-                cluster.on_all("fault heal").await?;
-                format!("delay {ms} ms on every write")
-            }
-            FaultKind::Drop => {
-                let per_mille = 20 + rng.below(130);
-                cluster.on_all(&format!("fault drop {per_mille}")).await?;
-                tokio::time::sleep(hold).await;
-                cluster.on_all("fault heal").await?;
-                format!("drop {per_mille}‰ of writes")
-            }
-            FaultKind::Untag => {
-                let hostname = lock(&cluster.nodes[victim]).hostname.clone();
-                tailnet.set_tags(&hostname, &[]).await.map_err(|e| e.to_string())?;
-                tokio::time::sleep(hold).await;
-                tailnet.set_tags(&hostname, &[TAG]).await.map_err(|e| e.to_string())?;
-                format!("untag node {victim}, retag")
-            }
-        };
-        let at = (started - start).as_secs_f64();
-        lock(&cluster.faults).push(format!("{name} at {at:.1} s"));
-    }
-    Ok(())
-}
-
-/// A free port on 127.0.0.1 (another process could take it before the
-/// node binds it; the node then fails to start and the run says so).
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 /// One run, start to finish; cleans up after itself whatever happens.
 pub async fn run(options: ChaosOptions) -> Result<ChaosReport, String> {
     let tailnet = LocalTailnet::start().await.map_err(|e| format!("local tailnet: {e}"))?;
@@ -663,110 +685,165 @@ pub async fn run(options: ChaosOptions) -> Result<ChaosReport, String> {
         Some(dir) => {
             let dir = dir.join(format!("seed-{}", options.seed));
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
             dir
         }
         None => tailnet.dir().join("chaos"),
     };
-    let mut nodes = Vec::new();
-    for i in 0..options.nodes {
-        nodes.push(Mutex::new(Node {
-            hostname: format!("chaos-{i}"),
-            local_port: free_port()?,
-            state_dir: work.join(format!("node-{i}")),
-            log: work.join(format!("node-{i}.log")),
-            child: None,
-            ips: Vec::new(),
-            paused: false,
-        }));
-    }
-    let cluster = Arc::new(Cluster {
+    let settings = NodeSettings {
+        bin: options.node_bin.clone(),
+        tag: TAG.to_owned(),
+        expected_size: options.nodes,
+        snapshot_every: options.snapshot_every,
+        fault_seed: options.seed,
+    };
+    let nodes = match Nodes::new(settings, &tailnet, &work) {
+        Ok(nodes) => Arc::new(nodes),
+        Err(err) => {
+            tailnet.stop().await;
+            return Err(err);
+        }
+    };
+    let run = Run {
         options,
-        control_url: tailnet.control_url.clone(),
-        nodes,
+        tailnet: &tailnet,
+        nodes: nodes.clone(),
+        reserves: Mutex::new(Vec::new()),
         faults: Mutex::new(Vec::new()),
-    });
-    let result = drive(&cluster, &tailnet, &work).await.map_err(|why| {
-        let faults = lock(&cluster.faults);
+        violations: Mutex::new(Vec::new()),
+    };
+    let result = drive(&run, &work).await.map_err(|why| {
+        let faults = lock(&run.faults);
         format!("{why} (faults: {}; logs in {})", faults.join(", "), work.display())
     });
-    cluster.shutdown().await;
+    nodes.shutdown().await;
+    drop(run);
     tailnet.stop().await;
     result
 }
 
-async fn drive(
-    cluster: &Arc<Cluster>,
-    tailnet: &LocalTailnet,
-    work: &Path,
-) -> Result<ChaosReport, String> {
-    let options = cluster.options.clone();
-    std::fs::create_dir_all(work).map_err(|e| format!("create {}: {e}", work.display()))?;
-    for i in 0..options.nodes {
-        cluster.spawn(i)?;
-    }
-    // Tag each node once control knows it, and learn its addresses.
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut tagged = vec![false; options.nodes];
-    while tagged.iter().any(|t| !t) {
-        if Instant::now() >= deadline {
-            return Err("nodes did not register with control".to_owned());
+async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, String> {
+    let options = run.options.clone();
+    let nodes = &run.nodes;
+    // Identities for `start-lowest` register first: control hands out
+    // stable ids in registration order. The last one registered is used
+    // first, so each start sorts below every node running.
+    if options.faults.contains(&FaultKind::StartLowest)
+        || options.require.contains(&FaultKind::StartLowest)
+    {
+        let mut reserves = Vec::new();
+        for i in 0..LOWEST_RESERVES {
+            let node = nodes.add(&format!("chaos-low-{i}"))?;
+            nodes.register(run.tailnet, &node).await?;
+            reserves.push(node);
         }
-        for admin in tailnet.nodes().await.map_err(|e| e.to_string())? {
-            let Some(i) =
-                (0..options.nodes).find(|&i| lock(&cluster.nodes[i]).hostname == admin.hostname)
-            else {
-                continue;
-            };
-            if !tagged[i] {
-                tailnet.set_tags(&admin.hostname, &[TAG]).await.map_err(|e| e.to_string())?;
-                lock(&cluster.nodes[i]).ips =
-                    admin.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-                tagged[i] = true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        *lock(&run.reserves) = reserves;
     }
-    cluster.settled(SETTLE_TIMEOUT).await?;
+    let first: Vec<Arc<Node>> =
+        (0..options.nodes).map(|i| nodes.add(&format!("chaos-{i}"))).collect::<Result<_, _>>()?;
+    for node in &first {
+        nodes.spawn(node)?;
+    }
+    for node in &first {
+        nodes.tag(run.tailnet, node).await?;
+    }
+    nodes.settled(SETTLE_TIMEOUT).await?;
 
     let recorder = Arc::new(Recorder { start: Instant::now(), history: Mutex::new(Vec::new()) });
+    let watch = LeaderWatch::start(nodes.clone(), WATCH_EVERY, recorder.start);
     let until = Instant::now() + options.duration;
     let clients: Vec<_> = (0..options.clients)
-        .map(|id| tokio::spawn(client(cluster.clone(), id, until, recorder.clone())))
+        .map(|id| tokio::spawn(client(nodes.clone(), options.clone(), id, until, recorder.clone())))
         .collect();
     let mut rng = Rng::new(options.seed);
-    let faults = nemesis(cluster, tailnet, &mut rng, recorder.start, until).await;
+    let faults = nemesis(run, &mut rng, recorder.start, until).await;
     // Heal everything, whatever the nemesis was doing.
-    for i in 0..options.nodes {
-        cluster.signal(i, libc::SIGCONT);
-        let dead = lock(&cluster.nodes[i])
-            .child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-        if dead {
-            cluster.kill(i).await;
-            cluster.spawn(i)?;
+    for node in nodes.active() {
+        nodes.signal(&node, libc::SIGCONT);
+        if !node.running() {
+            nodes.kill(&node).await;
+            nodes.spawn(&node)?;
         }
-        let hostname = lock(&cluster.nodes[i]).hostname.clone();
-        tailnet.set_tags(&hostname, &[TAG]).await.map_err(|e| e.to_string())?;
+        nodes.tag(run.tailnet, &node).await?;
     }
-    faults?;
-    let faults = lock(&cluster.faults).clone();
+    let faults_log = lock(&run.faults).clone();
     for client in clients {
         client.await.map_err(|e| format!("client task: {e}"))?;
     }
     let healing = Instant::now();
-    let _ = cluster.on_all("fault heal").await;
-    cluster.settled(SETTLE_TIMEOUT).await.map_err(|e| format!("after the faults: {e}"))?;
-    let heal = healing.elapsed();
+    let _ = nodes.on_running("fault heal").await;
+    let mut violations = lock(&run.violations).clone();
+    // A fault that could not be injected or healed (a node that stopped
+    // answering its control lines) is a finding too; the checks still run.
+    if let Err(why) = faults {
+        violations.push(format!("the nemesis could not go on: {why}"));
+    }
+    let faults = faults_log;
+    let settled = nodes.settled(SETTLE_TIMEOUT).await;
+    let heal = settled.is_ok().then(|| healing.elapsed());
+    if let Err(why) = &settled {
+        violations.push(format!("after the faults: {why}"));
+    }
 
-    let mut violations = Vec::new();
-    // Final linearizable reads and versions of every key.
+    // Without one cluster the checks still run where a majority answers,
+    // with less patience.
+    let patience = if settled.is_ok() { SETTLE_TIMEOUT } else { Duration::from_secs(20) };
+    let history =
+        match final_checks(nodes, &recorder, &options, work, patience, &mut violations).await {
+            Ok(history) => history,
+            Err(why) => {
+                violations.push(format!("the final reads failed: {why}"));
+                lock(&recorder.history).clone()
+            }
+        };
+    let (watch_rounds, split) = watch.finish().await;
+    if let Some(split) = split {
+        violations.push(format!("two clusters at once {split}"));
+    }
+    let mut term = 0;
+    let mut snapshot_indexes = Vec::new();
+    for node in nodes.active() {
+        let status = node.status().await.unwrap_or_else(Status::default);
+        term = term.max(status.term);
+        snapshot_indexes.push(status.snapshot_index);
+    }
+    let completed = history.iter().filter(|op| op.outcome.is_some()).count();
+    let unknown = history.iter().filter(|op| op.outcome.is_none()).count();
+    if completed < 50 {
+        violations.push(format!("the workload made too little progress: {completed} operations"));
+    }
+    if !violations.is_empty() {
+        violations.push(format!("history and logs in {}", work.display()));
+    }
+    Ok(ChaosReport {
+        seed: options.seed,
+        nodes: options.nodes,
+        operations: history.len(),
+        completed,
+        unknown,
+        faults,
+        heal,
+        term,
+        active_at_end: nodes.active().len(),
+        snapshot_indexes,
+        watch_rounds,
+        violations,
+    })
+}
+
+/// Final reads, then the history, write-count and replica checks.
+async fn final_checks(
+    nodes: &Nodes,
+    recorder: &Recorder,
+    options: &ChaosOptions,
+    work: &std::path::Path,
+    patience: Duration,
+    violations: &mut Vec<String>,
+) -> Result<Vec<Operation>, String> {
     let mut versions = BTreeMap::new();
     for k in 0..options.keys {
         let key = format!("k{k}");
         let call = recorder.now();
-        let value = cluster.settled_call(&format!("get {key}"), SETTLE_TIMEOUT).await?;
+        let value = nodes.settled_call(&format!("get {key}"), patience).await?;
         lock(&recorder.history).push(Operation {
             client: usize::MAX,
             key: key.clone(),
@@ -774,7 +851,7 @@ async fn drive(
             outcome: Some((recorder.now(), Output::Value(value.as_str().map(str::to_owned)))),
             input: Input::Get,
         });
-        let version = cluster.settled_call(&format!("version {key}"), SETTLE_TIMEOUT).await?;
+        let version = nodes.settled_call(&format!("version {key}"), patience).await?;
         versions.insert(key, version.as_u64().unwrap_or(0));
     }
     let history = lock(&recorder.history).clone();
@@ -814,60 +891,17 @@ async fn drive(
         }
     }
     // Replicas: the same digest at the same applied index.
-    if let Err(why) = same_state(cluster).await {
+    if let Err(why) = nodes.same_state(patience.min(Duration::from_secs(30))).await {
         violations.push(why);
     }
-    let term = cluster.metrics(0).await.and_then(|m| m["term"].as_u64()).unwrap_or(0);
-    let completed = history.iter().filter(|op| op.outcome.is_some()).count();
-    let unknown = history.iter().filter(|op| op.outcome.is_none()).count();
-    if completed < 50 {
-        violations.push(format!("the workload made too little progress: {completed} operations"));
-    }
-    if !violations.is_empty() {
-        violations.push(format!("history in {}", history_file.display()));
-    }
-    Ok(ChaosReport {
-        seed: options.seed,
-        operations: history.len(),
-        completed,
-        unknown,
-        faults,
-        heal,
-        term,
-        violations,
-    })
-}
-
-/// Waits until every node reports the same applied index, then compares
-/// their digests.
-async fn same_state(cluster: &Cluster) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut answers = Vec::new();
-        for i in 0..cluster.nodes.len() {
-            let digest = cluster.control(i, "digest").await.unwrap_or(Value::Null);
-            answers.push((digest["applied_index"].clone(), digest["digest"].clone()));
-        }
-        let index_agrees = answers.windows(2).all(|w| w[0].0 == w[1].0) && answers[0].0.is_u64();
-        if index_agrees {
-            return if answers.windows(2).all(|w| w[0].1 == w[1].1) {
-                Ok(())
-            } else {
-                Err(format!("replicas differ at the same applied index: {answers:?}"))
-            };
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("replicas did not reach the same applied index: {answers:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(history)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The harness reads the kv example's answers in the shapes the store
+    /// The harness reads the kv store's answers in the shapes the store
     /// writes them (pinned on the store's side in `tests/nemesis.rs`): a
     /// misread would corrupt every history it checks.
     #[test]
@@ -885,20 +919,15 @@ mod tests {
         assert_eq!(write_output(&serde_json::json!({"other": 1})), None);
         let error = serde_json::json!({ "error": "no leader" });
         assert_eq!(ok_of(error), Err("no leader".to_owned()));
+        assert!(never_ran("starting: consensus is not running yet"));
+        assert!(!never_ran("no leader"));
     }
 
     #[test]
     fn fault_kinds_parse_by_name_and_the_schedule_follows_the_seed() {
-        for (name, kind) in [
-            ("kill", FaultKind::Kill),
-            ("pause", FaultKind::Pause),
-            ("partition", FaultKind::Partition),
-            ("partition-leader", FaultKind::PartitionLeader),
-            ("delay", FaultKind::Delay),
-            ("drop", FaultKind::Drop),
-            ("untag", FaultKind::Untag),
-        ] {
+        for (name, kind) in FaultKind::NAMES {
             assert_eq!(FaultKind::from_name(name), Some(kind), "{name}");
+            assert_eq!(kind.name(), name);
         }
         assert_eq!(FaultKind::from_name("meteor"), None);
         let draws = |seed| {
@@ -907,5 +936,20 @@ mod tests {
         };
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
+    }
+
+    #[test]
+    fn required_faults_take_early_slots_chosen_by_the_seed() {
+        let require = [FaultKind::Wipe, FaultKind::StartLowest, FaultKind::Wipe];
+        let slots = |seed| forced_slots(&require, &mut Rng::new(seed));
+        for seed in 0..50 {
+            let forced = slots(seed);
+            assert_eq!(forced, slots(seed), "seed {seed} replays");
+            let mut kinds: Vec<FaultKind> = forced.values().copied().collect();
+            kinds.sort();
+            assert_eq!(kinds, vec![FaultKind::Wipe, FaultKind::StartLowest]);
+            assert!(forced.keys().all(|slot| *slot < 4), "{forced:?}");
+        }
+        assert!((0..50).map(slots).collect::<std::collections::BTreeSet<_>>().len() > 1);
     }
 }

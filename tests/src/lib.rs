@@ -7,13 +7,18 @@
 //! - [`linearizability`] checks key-value histories (Wing & Gong search with
 //!   memoization, partitioned by key, unknown outcomes allowed).
 //!
+//! - [`nodes`] runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
+//!   the KV example's state machine behind switchable faults) on a local
+//!   tailnet, and watches that no two clusters lead at once.
 //! - [`chaos`] is the multi-process nemesis run behind `cargo xtask chaos`:
-//!   `kv` example processes on a local tailnet, faults, a recorded history
+//!   `chaos-node` processes on a local tailnet, faults, a recorded history
 //!   and the checks after every run.
 //!
-//! The suites themselves live in `tests/tests/`.
+//! The suites themselves live in `tests/tests/` (`scenarios.rs` runs fixed
+//! fault sequences against `chaos-node` processes).
 
 pub mod chaos;
 pub mod conformance;
 pub mod linearizability;
+pub mod nodes;
 pub mod tailnet;

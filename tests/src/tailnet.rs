@@ -157,13 +157,26 @@ impl LocalTailnet {
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| io::Error::other(format!("admin {method} {path}: no HTTP response")))?;
+        let chunked = head.lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("transfer-encoding")
+                    && value.trim().eq_ignore_ascii_case("chunked")
+            })
+        });
+        let body = if chunked {
+            dechunk(body).map_err(|why| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("admin {method} {path}: {why}"))
+            })?
+        } else {
+            body.to_owned()
+        };
         if !head.starts_with("HTTP/1.1 200") {
             return Err(io::Error::other(format!(
                 "admin {method} {path}: {} {body}",
                 head.lines().next().unwrap_or_default()
             )));
         }
-        Ok(body.to_owned())
+        Ok(body)
     }
 
     /// Stops the tailnet program and waits for it to exit.
@@ -172,5 +185,38 @@ impl LocalTailnet {
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// Decodes a chunked HTTP/1.1 body (the admin API answers large lists that
+/// way).
+fn dechunk(mut rest: &str) -> Result<String, String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) =
+            rest.split_once("\r\n").ok_or("a chunk size line without its line end")?;
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|e| format!("chunk size {size:?} is not hexadecimal: {e}"))?;
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = after.get(..size).ok_or("a chunk shorter than its size")?;
+        body.push_str(chunk);
+        rest = after[size..].strip_prefix("\r\n").ok_or("a chunk without its line end")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunked_bodies_decode() {
+        assert_eq!(dechunk("4\r\n[1,2\r\n3;x=y\r\n,3]\r\n0\r\n\r\n").unwrap(), "[1,2,3]");
+        assert_eq!(dechunk("0\r\n\r\n").unwrap(), "");
+        assert!(dechunk("zz\r\nab\r\n0\r\n\r\n").is_err());
+        assert!(dechunk("5\r\nab").is_err());
+        assert!(dechunk("2\r\nabcd").is_err());
     }
 }

@@ -1,9 +1,15 @@
 //! A short nemesis run in-process: the facade on the in-memory network with
 //! durable storage, concurrent key-value clients, and random faults (a node
-//! isolated, the leader cut off, a node killed and restarted from its state
+//! isolated, the leader cut off, a node crashed and restarted from its state
 //! directory). Afterwards the recorded history must be linearizable, every
 //! key's applied writes must match the acknowledged ones (none lost, none
 //! doubled), and every replica must hold the same state.
+//!
+//! Each node runs on a tokio runtime of its own, and every call to it runs
+//! there. A crash shuts that runtime down without calling `stop`: every task
+//! of the node (raft, its servers, calls in flight) is dropped wherever it
+//! was, its listeners and connections go with them, and only what its
+//! storage had committed survives, as when a process dies.
 //!
 //! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
 
@@ -12,12 +18,14 @@ mod store;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
 use store::{KvCommand, KvQuery, KvResponse, KvStore};
 use tests::linearizability::{Input, Operation, Output, check, write_bounds};
+use tokio::runtime::{Handle, Runtime};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
@@ -54,48 +62,92 @@ fn tailnet_node(i: usize) -> TailnetNode {
     }
 }
 
+/// A running node: the handle, and the runtime all of its tasks live on.
+struct Running {
+    node: Consensus<KvStore>,
+    runtime: Runtime,
+}
+
 struct Cluster {
     net: MemNetwork,
     dirs: tempfile::TempDir,
-    nodes: Vec<Mutex<Option<Consensus<KvStore>>>>,
+    nodes: Vec<Mutex<Option<Running>>>,
+}
+
+async fn start_node(net: MemNetwork, dir: PathBuf, i: usize) -> Consensus<KvStore> {
+    let all: Vec<TailnetNode> = (0..NODES).map(tailnet_node).collect();
+    let view =
+        ClusterView::new(TAG, all[i].clone(), all.iter().filter(|n| n.id != all[i].id).cloned());
+    let config = Config {
+        monitor_port: None,
+        state_dir: Some(dir),
+        timing: Timing {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(400), Duration::from_millis(800)),
+            call_deadline: Duration::from_secs(3),
+            start_timeout: Duration::from_secs(30),
+            reconcile_every: Duration::from_secs(1),
+            max_staleness: Duration::from_secs(60),
+        },
+        ..Config::default()
+    };
+    let bootstrap =
+        BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: NODES };
+    Consensus::start_with(
+        Arc::new(net.node(ip(i))),
+        Arc::new(StaticDiscovery::new(view)),
+        KvStore::default(),
+        bootstrap,
+        config,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("node {i} starts: {e}"))
 }
 
 impl Cluster {
-    async fn start_node(&self, i: usize) -> Consensus<KvStore> {
-        let all: Vec<TailnetNode> = (0..NODES).map(tailnet_node).collect();
-        let view = ClusterView::new(
-            TAG,
-            all[i].clone(),
-            all.iter().filter(|n| n.id != all[i].id).cloned(),
-        );
-        let config = Config {
-            monitor_port: None,
-            state_dir: Some(self.dirs.path().join(format!("n{i}"))),
-            timing: Timing {
-                heartbeat: Duration::from_millis(100),
-                election: (Duration::from_millis(400), Duration::from_millis(800)),
-                call_deadline: Duration::from_secs(3),
-                start_timeout: Duration::from_secs(30),
-                reconcile_every: Duration::from_secs(1),
-                max_staleness: Duration::from_secs(60),
-            },
-            ..Config::default()
-        };
-        let bootstrap =
-            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: NODES };
-        Consensus::start_with(
-            Arc::new(self.net.node(ip(i))),
-            Arc::new(StaticDiscovery::new(view)),
-            KvStore::default(),
-            bootstrap,
-            config,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("node {i} starts: {e}"))
+    /// Starts node `i` from its state directory on a runtime of its own.
+    async fn start(&self, i: usize) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("nemesis-node-{i}"))
+            .enable_all()
+            .build()
+            .expect("a runtime for the node");
+        let dir = self.dirs.path().join(format!("n{i}"));
+        let node = runtime.spawn(start_node(self.net.clone(), dir, i)).await.expect("node starts");
+        *self.nodes[i].lock().unwrap() = Some(Running { node, runtime });
     }
 
-    fn node(&self, i: usize) -> Option<Consensus<KvStore>> {
-        self.nodes[i].lock().unwrap().clone()
+    /// The handle of node `i` and its runtime, if it runs.
+    fn node(&self, i: usize) -> Option<(Consensus<KvStore>, Handle)> {
+        self.nodes[i].lock().unwrap().as_ref().map(|r| (r.node.clone(), r.runtime.handle().clone()))
+    }
+
+    /// Runs `call` on node `i`'s runtime, as a request handled by that
+    /// process would; `None` if the node is down or crashed meanwhile.
+    async fn on<T: Send + 'static, F: Future<Output = T> + Send + 'static>(
+        &self,
+        i: usize,
+        call: impl FnOnce(Consensus<KvStore>) -> F,
+    ) -> Option<T> {
+        let (node, handle) = self.node(i)?;
+        handle.spawn(call(node)).await.ok()
+    }
+
+    /// Crashes node `i`: its runtime is shut down with every task on it,
+    /// mid-flight; `stop` is never called.
+    async fn crash(&self, i: usize) {
+        let running = self.nodes[i].lock().unwrap().take();
+        if let Some(Running { node, runtime }) = running {
+            drop(node);
+            tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(5)))
+                .await
+                .expect("runtime shuts down");
+        }
+    }
+
+    fn metrics(&self, i: usize) -> Option<consensus::Metrics> {
+        self.node(i).map(|(node, _)| node.metrics())
     }
 }
 
@@ -116,52 +168,56 @@ async fn client(
 ) {
     let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut n = 0u64;
+    let answer = |r: KvResponse| match r {
+        KvResponse::Previous(prev) => Output::Previous(prev),
+        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
+    };
     while start.elapsed() < RUN {
-        let Some(node) = cluster.node(id % NODES) else {
+        let target = id % NODES;
+        if cluster.node(target).is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
-        };
+        }
         let key = format!("k{}", rng.next(KEYS as u64));
         n += 1;
         let call = micros(start);
-        let (input, result) = match rng.next(4) {
+        // `None`: the node crashed during the call (or was down).
+        let (input, result): (Input, Option<Result<Output, consensus::Error>>) = match rng.next(4) {
             0 | 1 => {
                 let value = format!("c{id}-{n}");
-                let result =
-                    node.execute(KvCommand::Put { key: key.clone(), value: value.clone() }).await;
-                (
-                    Input::Put(value),
-                    result.map(|r| match r {
-                        KvResponse::Previous(prev) => Output::Previous(prev),
-                        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
-                    }),
-                )
+                let command = KvCommand::Put { key: key.clone(), value: value.clone() };
+                let result = cluster
+                    .on(target, move |node| async move { node.execute(command).await.map(answer) })
+                    .await;
+                (Input::Put(value), result)
             }
             2 => {
-                let result =
-                    node.read(KvQuery::Get { key: key.clone() }, Consistency::Linearizable).await;
-                (Input::Get, result.map(|v| Output::Value(v.as_str().map(str::to_owned))))
+                let query = KvQuery::Get { key: key.clone() };
+                let result = cluster
+                    .on(target, move |node| async move {
+                        node.read(query, Consistency::Linearizable)
+                            .await
+                            .map(|v| Output::Value(v.as_str().map(str::to_owned)))
+                    })
+                    .await;
+                (Input::Get, result)
             }
             _ => {
                 let expected = (rng.next(2) == 0)
                     .then(|| format!("c{}-{}", rng.next(CLIENTS as u64), rng.next(n.max(1)) + 1));
                 let new = format!("c{id}-{n}");
-                let result = node
-                    .execute(KvCommand::Cas {
-                        key: key.clone(),
-                        expected: expected.clone(),
-                        value: new.clone(),
-                    })
+                let command = KvCommand::Cas {
+                    key: key.clone(),
+                    expected: expected.clone(),
+                    value: new.clone(),
+                };
+                let result = cluster
+                    .on(target, move |node| async move { node.execute(command).await.map(answer) })
                     .await;
-                (
-                    Input::Cas { expected, new },
-                    result.map(|r| match r {
-                        KvResponse::Previous(prev) => Output::Previous(prev),
-                        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
-                    }),
-                )
+                (Input::Cas { expected, new }, result)
             }
         };
+        let result = result.unwrap_or(Err(consensus::Error::Stopped));
         let ret = micros(start);
         let operation = match result {
             Ok(output) => {
@@ -195,11 +251,11 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     let starts: Vec<_> = (0..NODES)
         .map(|i| {
             let cluster = cluster.clone();
-            tokio::spawn(async move { cluster.start_node(i).await })
+            tokio::spawn(async move { cluster.start(i).await })
         })
         .collect();
-    for (i, start) in starts.into_iter().enumerate() {
-        *cluster.nodes[i].lock().unwrap() = Some(start.await.unwrap());
+    for start in starts {
+        start.await.unwrap();
     }
     let start = Instant::now();
     let history = Arc::new(Mutex::new(Vec::new()));
@@ -222,7 +278,7 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             }
             1 => {
                 let leader = (0..NODES).find(|&i| {
-                    cluster.node(i).is_some_and(|n| n.metrics().role == consensus::Role::Leader)
+                    cluster.metrics(i).is_some_and(|m| m.role == consensus::Role::Leader)
                 });
                 if let Some(leader) = leader {
                     faults.push(format!("cut off leader {leader}"));
@@ -232,14 +288,10 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
                 }
             }
             _ => {
-                faults.push(format!("kill and restart {victim}"));
-                let node = cluster.nodes[victim].lock().unwrap().take();
-                if let Some(node) = node {
-                    node.stop(StopMode::Stay).await.unwrap();
-                }
+                faults.push(format!("crash and restart {victim}"));
+                cluster.crash(victim).await;
                 tokio::time::sleep(Duration::from_millis(100 + rng.next(500))).await;
-                let restarted = cluster.start_node(victim).await;
-                *cluster.nodes[victim].lock().unwrap() = Some(restarted);
+                cluster.start(victim).await;
             }
         }
     }
@@ -250,13 +302,14 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     eprintln!("faults: {faults:?}");
 
     // Final linearizable reads of every key join the history.
-    let reader = cluster.node(0).unwrap();
     for k in 0..KEYS {
         let key = format!("k{k}");
         let call = micros(start);
-        let value = reader
-            .read(KvQuery::Get { key: key.clone() }, Consistency::Linearizable)
+        let query = KvQuery::Get { key: key.clone() };
+        let value = cluster
+            .on(0, move |node| async move { node.read(query, Consistency::Linearizable).await })
             .await
+            .expect("node 0 runs")
             .expect("final read");
         history.lock().unwrap().push(Operation {
             client: 99,
@@ -286,26 +339,29 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
 
     // Every replica converges to the same state.
     let leader = (0..NODES)
-        .find_map(|i| cluster.node(i).filter(|n| n.metrics().role == consensus::Role::Leader))
+        .find(|&i| cluster.metrics(i).is_some_and(|m| m.role == consensus::Role::Leader))
         .expect("leader");
-    let target = leader.metrics().last_log_index.unwrap_or(0);
+    let target = cluster.metrics(leader).and_then(|m| m.last_log_index).unwrap_or(0);
     for i in 0..NODES {
-        let node = cluster.node(i).unwrap();
-        node.wait_for(Duration::from_secs(20), |m| m.applied_index >= Some(target))
+        cluster
+            .on(i, move |node| async move {
+                node.wait_for(Duration::from_secs(20), |m| m.applied_index >= Some(target)).await
+            })
             .await
+            .expect("node runs")
             .expect("replica catches up");
     }
     for k in 0..KEYS {
         let key = format!("k{k}");
         let mut values = BTreeSet::new();
         for i in 0..NODES {
-            let node = cluster.node(i).unwrap();
-            values.insert(
-                node.read(KvQuery::Get { key: key.clone() }, Consistency::Local)
-                    .await
-                    .unwrap()
-                    .to_string(),
-            );
+            let query = KvQuery::Get { key: key.clone() };
+            let value = cluster
+                .on(i, move |node| async move { node.read(query, Consistency::Local).await })
+                .await
+                .expect("node runs")
+                .unwrap();
+            values.insert(value.to_string());
         }
         assert_eq!(values.len(), 1, "seed {seed}: replicas disagree on {key}: {values:?}");
     }
@@ -314,9 +370,11 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     // applied twice).
     for k in 0..KEYS {
         let key = format!("k{k}");
-        let version = reader
-            .read(KvQuery::Version { key: key.clone() }, Consistency::Linearizable)
+        let query = KvQuery::Version { key: key.clone() };
+        let version = cluster
+            .on(0, move |node| async move { node.read(query, Consistency::Linearizable).await })
             .await
+            .expect("node 0 runs")
             .expect("version read")
             .as_u64()
             .expect("a number");
@@ -326,11 +384,13 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             "seed {seed}: {key} has {version} writes applied, {acked} acknowledged, {unknown} unknown"
         );
     }
-    for slot in &cluster.nodes {
-        let node = slot.lock().unwrap().take();
-        if let Some(node) = node {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
+    for i in 0..NODES {
+        cluster
+            .on(i, |node| async move { node.stop(StopMode::Stay).await })
+            .await
+            .expect("node runs")
+            .unwrap();
+        cluster.crash(i).await;
     }
 }
 

@@ -6,12 +6,15 @@
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
 //!   included), and `cargo deny check bans licenses sources`. It never
 //!   edits files.
-//! - `chaos [--runs N] [--seed S] [--duration SECS] [--keep-dir DIR]
-//!   [--report FILE]`: the multi-process nemesis. A local tailnet, three
-//!   `kv` example processes, concurrent clients, one fault at a time (kill
-//!   -9, SIGSTOP, partitions, delays, drops, tags revoked and restored),
-//!   then the linearizability checker and the replica checks. `ci` runs one
-//!   short run of it.
+//! - `chaos [--runs N] [--seed S] [--duration SECS] [--nodes N]
+//!   [--faults KIND,...] [--keep-dir DIR] [--report FILE] ...`: the
+//!   multi-process nemesis (flags: `tests/src/bin/chaos.rs`). A local
+//!   tailnet, `chaos-node` processes, concurrent clients, seeded faults
+//!   (kill -9, raft state wiped, SIGSTOP, partitions, delays, drops, tags
+//!   revoked and restored, new nodes mid-run, replacements, two faults at
+//!   once), then the linearizability checker, the replica checks and the
+//!   two-leader watch. `ci` runs one run of it that must include a state
+//!   wipe and a new node started mid-run.
 //! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
 //!   in the foreground and prints its URLs, for trying things by hand.
 //! - `bench`: the consensus benchmark suite (transports, cluster sizes,
@@ -124,8 +127,9 @@ fn ci() -> Result {
     )?;
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
     // A fresh seed each time (printed, replayable with --seed), so that CI
-    // keeps exploring new fault schedules.
-    chaos(&["--runs", "1", "--duration", "120"])?;
+    // keeps exploring new fault schedules; every schedule wipes a node's
+    // raft state and starts a new node mid-run at least once.
+    chaos(&["--runs", "1", "--duration", "120", "--require", "wipe,start-lowest"])?;
     eprintln!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }
@@ -197,28 +201,30 @@ fn bench_suite(quick: bool) -> Result {
     Ok(())
 }
 
-/// Builds the `kv` example and the chaos driver, then runs the driver with
-/// `args` (see `tests/src/bin/chaos.rs` for the flags).
+/// Builds the chaos node and driver, then runs the driver with `args` (see
+/// `tests/src/bin/chaos.rs` for the flags).
 fn chaos(args: &[&str]) -> Result {
     let root = workspace_root();
     run(
-        "build kv example and chaos driver",
+        "build chaos node and driver",
         cargo().args([
             "build",
             "--locked",
             "--package",
-            "consensus",
-            "--example",
-            "kv",
-            "--package",
             "tests",
             "--bin",
             "chaos",
+            "--bin",
+            "chaos-node",
         ]),
     )?;
     let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let node_bin = target.join("debug/chaos-node");
+    if !node_bin.is_file() {
+        return Err(format!("the build did not produce {}", node_bin.display()));
+    }
     let mut command = Command::new(target.join("debug/chaos"));
     command.current_dir(&root).envs(TAILNET_ENV.iter().copied());
-    command.arg("--kv-bin").arg(target.join("debug/examples/kv")).args(args);
+    command.arg("--node-bin").arg(node_bin).args(args);
     run("chaos", &mut command)
 }

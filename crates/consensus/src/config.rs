@@ -22,6 +22,11 @@ pub struct Config {
     /// Command ports to try on peers when joining, besides this node's own
     /// and the default 6271 (for clusters whose nodes use other ports).
     pub seed_command_ports: Vec<u16>,
+    /// Build a snapshot after this many new log entries (raft-core's
+    /// `RaftConfig::snapshot_every`; 8192 by default). Small values make
+    /// followers that fall behind catch up by snapshot (the chaos harness
+    /// uses a few hundred).
+    pub snapshot_every: u64,
     /// Timing of raft and of calls.
     pub timing: Timing,
 }
@@ -35,6 +40,7 @@ impl Default for Config {
             monitor_localhost_port: None,
             state_dir: None,
             seed_command_ports: Vec::new(),
+            snapshot_every: raft_core::RaftConfig::default().snapshot_every,
             timing: Timing::default(),
         }
     }

@@ -214,6 +214,7 @@ fn raft_config(config: &Config) -> RaftConfig {
     RaftConfig {
         heartbeat_interval: config.timing.heartbeat,
         election_timeout: config.timing.election,
+        snapshot_every: config.snapshot_every,
         ..RaftConfig::default()
     }
 }

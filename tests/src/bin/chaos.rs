@@ -1,12 +1,20 @@
 //! `chaos`: runs the multi-process nemesis (see `tests::chaos`) one or more
-//! times and reports each run. `cargo xtask chaos` builds the `kv` example
-//! and calls this.
+//! times and reports each run. `cargo xtask chaos` builds the `chaos-node`
+//! program and this driver, then calls it.
 //!
 //! ```text
-//! chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N]
+//! chaos --node-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N]
 //!       [--clients N] [--keys N] [--keep-dir DIR] [--report FILE]
-//!       [--local-reads yes] [--faults kill,pause,partition,partition-leader,delay,drop,untag]
+//!       [--snapshot-every N] [--local-reads yes]
+//!       [--faults KIND,...] [--require KIND,...]
 //! ```
+//!
+//! Kinds: kill, wipe, pause, partition, partition-leader, delay, drop,
+//! untag, start-lowest, start-highest, replace, double (the default set),
+//! and fsync-fail, write-fail (storage faults: a run with them fails until
+//! the node can inject them). `--require` puts each of its kinds among the
+//! first faults of every run (by the seed). `--snapshot-every` defaults to
+//! 300 entries (0: the library's default).
 //!
 //! Run `i` uses seed `S + i`. `--report` appends one JSON line per run.
 //! Exits non-zero if any run found a violation or could not run.
@@ -21,18 +29,28 @@ use std::time::{Duration, Instant};
 use tests::chaos::{ChaosOptions, FaultKind, run};
 
 fn usage() -> ExitCode {
+    let kinds: Vec<&str> = FaultKind::NAMES.iter().map(|(name, _)| *name).collect();
     eprintln!(
-        "usage: chaos --kv-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N] \
-         [--clients N] [--keys N] [--keep-dir DIR] [--report FILE] [--local-reads yes] \
-         [--faults kill,pause,partition,partition-leader,delay,drop,untag]"
+        "usage: chaos --node-bin PATH [--runs N] [--seed S] [--duration SECS] [--nodes N] \
+         [--clients N] [--keys N] [--keep-dir DIR] [--report FILE] [--snapshot-every N] \
+         [--local-reads yes] [--faults KIND,...] [--require KIND,...]\nkinds: {}",
+        kinds.join(",")
     );
     ExitCode::from(2)
+}
+
+fn kinds(value: &str) -> Option<Vec<FaultKind>> {
+    value
+        .split(',')
+        .map(FaultKind::from_name)
+        .collect::<Option<Vec<_>>>()
+        .filter(|kinds| !kinds.is_empty())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut kv_bin = None;
+    let mut node_bin = None;
     let mut runs = 1u64;
     let mut seed = None;
     let mut duration = 60u64;
@@ -41,12 +59,14 @@ async fn main() -> ExitCode {
     let mut report = None;
     let mut local_reads = false;
     let mut faults = FaultKind::ALL.to_vec();
+    let mut require = Vec::new();
+    let mut snapshot_every = Some(300);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else { return usage() };
         let number = || value.parse::<u64>().ok();
         let parsed = match flag.as_str() {
-            "--kv-bin" => kv_bin.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
+            "--node-bin" => node_bin.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
             "--runs" => number().map(|n| runs = n),
             "--seed" => number().map(|n| seed = Some(n)),
             "--duration" => number().map(|n| duration = n),
@@ -54,12 +74,9 @@ async fn main() -> ExitCode {
             "--clients" => number().map(|n| clients = n as usize),
             "--keys" => number().map(|n| keys = n as usize),
             "--keep-dir" => keep_dir.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
-            "--faults" => value
-                .split(',')
-                .map(FaultKind::from_name)
-                .collect::<Option<Vec<_>>>()
-                .filter(|kinds| !kinds.is_empty())
-                .map(|kinds| faults = kinds),
+            "--faults" => kinds(value).map(|kinds| faults = kinds),
+            "--require" => kinds(value).map(|kinds| require = kinds),
+            "--snapshot-every" => number().map(|n| snapshot_every = (n > 0).then_some(n)),
             "--local-reads" => (value == "yes").then(|| local_reads = true),
             "--report" => report.replace(PathBuf::from(value)).map_or(Some(()), |_| None),
             _ => None,
@@ -69,7 +86,14 @@ async fn main() -> ExitCode {
             return usage();
         }
     }
-    let Some(kv_bin) = kv_bin else { return usage() };
+    let Some(node_bin) = node_bin else { return usage() };
+    if !node_bin.is_file() {
+        eprintln!(
+            "chaos: the node binary {} does not exist (cargo build -p tests --bin chaos-node)",
+            node_bin.display()
+        );
+        return ExitCode::from(2);
+    }
     if nodes < 3 || clients == 0 || keys == 0 || duration < 10 {
         eprintln!("chaos: needs at least 3 nodes, 1 client, 1 key and 10 seconds");
         return usage();
@@ -84,7 +108,7 @@ async fn main() -> ExitCode {
         let run_seed = seed + i;
         eprintln!("chaos: run {}/{runs}, seed {run_seed} (replay with --seed {run_seed})", i + 1);
         let options = ChaosOptions {
-            kv_bin: kv_bin.clone(),
+            node_bin: node_bin.clone(),
             nodes,
             clients,
             keys,
@@ -93,6 +117,8 @@ async fn main() -> ExitCode {
             keep_dir: keep_dir.clone(),
             local_reads,
             faults: faults.clone(),
+            require: require.clone(),
+            snapshot_every,
         };
         let started = Instant::now();
         // Setup, the workload, healing and the checks, bounded as a whole.
@@ -107,18 +133,7 @@ async fn main() -> ExitCode {
                     eprintln!("chaos:   {fault}");
                 }
                 println!("{}", report.summary());
-                serde_json::json!({
-                    "seed": run_seed,
-                    "passed": report.passed(),
-                    "operations": report.operations,
-                    "completed": report.completed,
-                    "unknown": report.unknown,
-                    "faults": report.fault_counts(),
-                    "heal_s": report.heal.as_secs_f64(),
-                    "term": report.term,
-                    "violations": report.violations,
-                    "seconds": started.elapsed().as_secs_f64(),
-                })
+                report.to_json(started.elapsed().as_secs_f64())
             }
             Err(why) => {
                 println!("seed {run_seed} | could not run: {why}");

@@ -14,28 +14,17 @@
 //! get-local <key>           read it from this node only (may be stale)
 //! cas <key> <old|-> <new>   compare-and-set ("-": the key is absent)
 //! del <key>                 delete it
-//! version <key>             how many writes were applied to it (linearizable)
-//! digest                    a digest of this node's whole state, and its applied index
 //! status                    this node's role, term, leader and members
 //! ```
 //!
-//! With `--fault-injection` (for chaos tests, never in production) the
-//! node's tailnet transport sits behind switchable faults, driven by more
-//! lines:
-//!
-//! ```text
-//! fault block <ip>          cut this node off from the peer at <ip>
-//! fault unblock <ip>        let it through again
-//! fault delay <ms>          hold every outgoing write that long
-//! fault drop <per-mille>    reset that share of writes' connections
-//! fault heal                remove every fault
-//! ```
+//! The chaos harness runs the same state machine in its own node program
+//! (`tests/src/bin/chaos-node.rs`), which adds fault injection and the
+//! lines the harness needs.
 
 mod store;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -45,8 +34,6 @@ use consensus::{
 use store::{KvCommand, KvQuery, KvStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use ts_discovery::{Discovery, LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};
-use ts_transport::{Faults, Transport};
 
 #[derive(Parser, Debug)]
 #[command(about = "A replicated key-value store on a tailnet")]
@@ -93,17 +80,6 @@ struct Args {
     /// Exit when standard input closes (for supervisors and tests).
     #[arg(long)]
     exit_on_stdin_eof: bool,
-    /// Put the transport behind switchable faults driven by `fault` lines
-    /// (chaos tests only); the value seeds the random drops.
-    #[arg(long, value_name = "SEED")]
-    fault_injection: Option<u64>,
-}
-
-/// What the line interface serves.
-#[derive(Clone)]
-struct Served {
-    kv: Consensus<KvStore>,
-    faults: Option<Faults>,
 }
 
 #[tokio::main]
@@ -137,32 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         follow_only: args.follow_only,
         expected_size: args.expected_size,
     };
-    // The same as `Consensus::start_on_tailnet`, spelled out so that the
-    // transport can sit behind faults.
-    let faults = args.fault_injection.map(Faults::new);
-    let transport: Arc<dyn Transport> = match &faults {
-        Some(faults) => Arc::new(faults.wrap(Arc::new(node.clone()))),
-        None => Arc::new(node.clone()),
-    };
-    let api = LocalApi::for_node(&node, LocalApiLimits::default())?;
-    let discovery =
-        Arc::new(TailnetDiscovery::start(api, TailnetDiscoveryConfig::new(args.tag.clone())));
-    let kv = match Consensus::start_with(
-        transport,
-        discovery.clone(),
-        KvStore::default(),
-        bootstrap,
-        config,
-    )
-    .await
-    {
-        Ok(kv) => kv,
-        Err(err) => {
-            discovery.stop();
-            return Err(err.into());
-        }
-    };
-    let served = Served { kv: kv.clone(), faults };
+    let kv = Consensus::start_on_tailnet(&node, KvStore::default(), bootstrap, config).await?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.local_port))).await?;
     eprintln!(
         "kv: node {} ready; line interface on 127.0.0.1:{}{}",
@@ -174,10 +125,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let serve = {
+        let kv = kv.clone();
         async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(serve_lines(served.clone(), stream));
+                tokio::spawn(serve_lines(kv.clone(), stream));
             }
         }
     };
@@ -197,7 +149,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ = stop_on_eof => eprintln!("kv: stdin closed"),
     }
     kv.stop(StopMode::Stay).await?;
-    discovery.stop();
     node.close().await;
     Ok(())
 }
@@ -226,7 +177,7 @@ async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn st
 /// Longest line accepted on the line interface.
 const MAX_LINE: u64 = 64 * 1024;
 
-async fn serve_lines(served: Served, stream: TcpStream) {
+async fn serve_lines(kv: Consensus<KvStore>, stream: TcpStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -242,7 +193,7 @@ async fn serve_lines(served: Served, stream: TcpStream) {
             _ if too_long => {
                 serde_json::json!({ "error": format!("line longer than {MAX_LINE} bytes") })
             }
-            Ok(text) => handle(&served, text.trim_end()).await,
+            Ok(text) => handle(&kv, text.trim_end()).await,
             Err(_) => serde_json::json!({ "error": "line is not UTF-8" }),
         };
         if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() || too_long {
@@ -251,11 +202,9 @@ async fn serve_lines(served: Served, stream: TcpStream) {
     }
 }
 
-async fn handle(served: &Served, line: &str) -> serde_json::Value {
-    let kv = &served.kv;
+async fn handle(kv: &Consensus<KvStore>, line: &str) -> serde_json::Value {
     let words: Vec<&str> = line.split_whitespace().collect();
     let result = match words.as_slice() {
-        ["fault", rest @ ..] => return fault(served.faults.as_ref(), rest),
         ["put", key, value] => kv
             .execute(KvCommand::Put { key: key.to_string(), value: value.to_string() })
             .await
@@ -278,56 +227,11 @@ async fn handle(served: &Served, line: &str) -> serde_json::Value {
         ["get-local", key] => {
             kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Local).await
         }
-        ["version", key] => {
-            kv.read(KvQuery::Version { key: key.to_string() }, Consistency::Linearizable).await
-        }
-        ["digest"] => kv.read(KvQuery::Digest, Consistency::Local).await.map(|digest| {
-            serde_json::json!({ "digest": digest, "applied_index": kv.metrics().applied_index })
-        }),
         ["status"] => Ok(serde_json::json!({ "metrics": kv.metrics(), "members": kv.members() })),
         _ => return serde_json::json!({ "error": format!("unknown command {line:?}") }),
     };
     match result {
         Ok(value) => serde_json::json!({ "ok": value }),
         Err(err) => serde_json::json!({ "error": err.to_string() }),
-    }
-}
-
-/// A `fault` line.
-fn fault(faults: Option<&Faults>, words: &[&str]) -> serde_json::Value {
-    let Some(faults) = faults else {
-        return serde_json::json!({ "error": "fault injection is off (start with --fault-injection)" });
-    };
-    let ip = |word: &str| {
-        word.parse::<IpAddr>().map_err(|err| format!("{word:?} is not an IP address: {err}"))
-    };
-    let number =
-        |word: &str| word.parse::<u64>().map_err(|err| format!("{word:?} is not a number: {err}"));
-    let done = match words {
-        ["block", peer] => ip(peer).map(|peer| faults.block(peer)),
-        ["unblock", peer] => ip(peer).map(|peer| faults.unblock(peer)),
-        ["delay", ms] => number(ms).and_then(|ms| {
-            (ms <= 60_000)
-                .then(|| faults.set_delay(Duration::from_millis(ms)))
-                .ok_or_else(|| format!("a delay of {ms} ms is over the 60000 ms limit"))
-        }),
-        ["drop", per_mille] => number(per_mille)
-            .map(|n| faults.set_drop_per_mille(u16::try_from(n.min(1000)).unwrap_or(1000))),
-        ["heal"] => {
-            faults.heal();
-            Ok(())
-        }
-        _ => Err(format!("unknown fault command {:?}", words.join(" "))),
-    };
-    match done {
-        Ok(()) => {
-            let config = faults.config();
-            serde_json::json!({ "ok": {
-                "blocked": config.blocked,
-                "delay_ms": config.delay.as_millis() as u64,
-                "drop_per_mille": config.drop_per_mille,
-            }})
-        }
-        Err(err) => serde_json::json!({ "error": err }),
     }
 }
