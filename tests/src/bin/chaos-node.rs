@@ -145,6 +145,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
         }
     };
+    // Through ts-transport: Go needs SA_ONSTACK on the handler.
+    let mut interrupt = ts_transport::tsnet::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         result = run(&args, &node, &served) => {
             if let Err(err) = &result {
@@ -153,7 +155,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             result?;
         }
         _ = serve => {}
-        _ = tokio::signal::ctrl_c() => eprintln!("chaos-node: interrupted"),
+        _ = interrupt.recv() => eprintln!("chaos-node: interrupted"),
         _ = stop_on_eof => eprintln!("chaos-node: stdin closed"),
     }
     if let Some(kv) = served.kv.get() {
