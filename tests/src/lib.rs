@@ -11,9 +11,14 @@
 //!   `kv` example processes on a local tailnet, faults, a recorded history
 //!   and the checks after every run.
 //!
+//! - [`headscale`] is the suite behind `cargo xtask headscale`: `kv`
+//!   example processes against headscale, a real, independent control
+//!   server, on 127.0.0.1.
+//!
 //! The suites themselves live in `tests/tests/`.
 
 pub mod chaos;
 pub mod conformance;
+pub mod headscale;
 pub mod linearizability;
 pub mod tailnet;
