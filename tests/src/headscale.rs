@@ -334,9 +334,10 @@ struct Headscale {
 }
 
 impl Headscale {
-    /// Writes the configuration and policy into `dir` and starts headscale;
-    /// tries again with other ports if it exits before it is healthy.
-    async fn start(bin: &Path, dir: &Path, clock: Clock) -> Result<Headscale, String> {
+    /// Writes the configuration and policy into `dir` and starts headscale,
+    /// its output going to `log`; tries again with other ports if it exits
+    /// before it is healthy.
+    async fn start(bin: &Path, dir: &Path, log: &Path, clock: Clock) -> Result<Headscale, String> {
         let socket = dir.join("headscale.sock");
         // sun_path holds 108 bytes, the terminating NUL included.
         if socket.as_os_str().len() > 100 {
@@ -346,7 +347,6 @@ impl Headscale {
             std::fs::write(dir.join(name), text).map_err(|e| format!("write {name}: {e}"))
         };
         write("policy.hujson", policy())?;
-        let log = dir.join("headscale.log");
         let mut last = String::new();
         for _ in 0..3 {
             let (port, stun_port) = (free_tcp_port()?, free_udp_port()?);
@@ -376,14 +376,14 @@ impl Headscale {
             let mut child = command.spawn().map_err(|e| format!("start {}: {e}", bin.display()))?;
             let events = Events::default();
             if let Some(out) = child.stdout.take() {
-                pump(out, log.clone(), clock, &[], events.clone());
+                pump(out, log.to_owned(), clock, &[], events.clone());
             }
             if let Some(err) = child.stderr.take() {
-                pump(err, log.clone(), clock, &[], events);
+                pump(err, log.to_owned(), clock, &[], events);
             }
             let url = format!("http://127.0.0.1:{port}");
             let mut headscale =
-                Headscale { bin: bin.to_owned(), config, url, log: log.clone(), child };
+                Headscale { bin: bin.to_owned(), config, url, log: log.to_owned(), child };
             match headscale.wait_healthy().await {
                 Ok(()) => return Ok(headscale),
                 Err(why) => {
@@ -628,6 +628,48 @@ struct WriteRecord {
     sent: Duration,
     done: Duration,
     acknowledged: bool,
+    /// The error answer, if any.
+    error: Option<String>,
+}
+
+/// One line on the writes sent around a kill: how many were acknowledged
+/// and how fast, how many failed, after how long and why.
+fn failover_summary(writes: &[WriteRecord]) -> String {
+    let took = |w: &&WriteRecord| w.done.saturating_sub(w.sent);
+    let (ok, failed): (Vec<&WriteRecord>, Vec<&WriteRecord>) =
+        writes.iter().partition(|w| w.acknowledged);
+    let range = |set: &[&WriteRecord]| {
+        let min = set.iter().map(took).min().unwrap_or_default();
+        let max = set.iter().map(took).max().unwrap_or_default();
+        format!("{:.2}–{:.2} s", min.as_secs_f64(), max.as_secs_f64())
+    };
+    let mut line = format!(
+        "writes around the kill (one every 100 ms through the survivors): {} sent, {} acknowledged in {}",
+        writes.len(),
+        ok.len(),
+        range(&ok)
+    );
+    if !failed.is_empty() {
+        let mut errors: Vec<&str> = failed.iter().filter_map(|w| w.error.as_deref()).collect();
+        errors.sort_unstable();
+        errors.dedup();
+        let _ = write!(
+            line,
+            ", {} failed (outcome unknown) after {}: {}",
+            failed.len(),
+            range(&failed),
+            errors.iter().take(3).map(|e| shorten(e, 160)).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    line
+}
+
+/// `text` cut to at most `max` characters.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
 }
 
 /// The timings of one run.
@@ -641,13 +683,19 @@ struct Timings {
     formed_after_last_registration: Option<Duration>,
     /// The start of the processes → formed.
     formed_after_start: Option<Duration>,
+    /// Writes, reads, time taken.
     write_read: Option<(usize, usize, Duration)>,
-    retag_out: Option<Duration>,
-    retag_back: Option<Duration>,
+    /// `nodes tag` started → the leader removed the node; the CLI call's
+    /// own share.
+    retag_out: Option<(Duration, Duration)>,
+    /// `nodes tag` started → a voter again, caught up; the CLI call's share.
+    retag_back: Option<(Duration, Duration)>,
     new_leader: Option<Duration>,
     write_after_kill: Option<Duration>,
+    /// What happened to the writes sent around the kill.
+    failover_writes: Option<String>,
     restarted_caught_up: Option<Duration>,
-    /// Per node, the marker lines of its first start relative to its start.
+    /// Each start of each node: its marker lines relative to its start.
     timelines: Vec<String>,
 }
 
@@ -656,59 +704,58 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 impl Timings {
-    /// The report: one line per measured phase.
+    /// The report: one line per measured phase, then each node's starts.
     fn render(&self, nodes: &[KvNode]) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "  headscale ready (start → /health)        {}",
-            secs(self.headscale_ready)
-        );
-        let _ =
-            writeln!(out, "  user + tagged pre-auth key               {}", secs(self.key_created));
+        let mut rows: Vec<(String, String)> = vec![
+            ("headscale ready (start → /health)".into(), secs(self.headscale_ready)),
+            ("user and tagged pre-auth key created".into(), secs(self.key_created)),
+        ];
         for (node, at) in nodes.iter().zip(&self.registered) {
-            let _ = writeln!(
-                out,
-                "  {:<8} registered tagged (start → in headscale) {}",
-                node.hostname,
-                secs(*at)
-            );
+            rows.push((
+                format!("{} registered tagged (process start → in headscale)", node.hostname),
+                secs(*at),
+            ));
         }
-        let _ = writeln!(
-            out,
-            "  formed (last registration → one leader, all voters) {}",
-            secs(self.formed_after_last_registration)
-        );
-        let _ = writeln!(
-            out,
-            "  formed (processes started → formed)     {}",
-            secs(self.formed_after_start)
-        );
+        rows.push((
+            "formed: last registration → one leader, all voters".into(),
+            secs(self.formed_after_last_registration),
+        ));
+        rows.push(("formed: processes started → formed".into(), secs(self.formed_after_start)));
         if let Some((writes, reads, took)) = self.write_read {
-            let _ = writeln!(
-                out,
-                "  {writes} writes, {reads} reads through different nodes {}",
-                secs(Some(took))
-            );
+            rows.push((
+                format!("{writes} writes, {reads} reads through different nodes"),
+                secs(Some(took)),
+            ));
         }
-        let _ =
-            writeln!(out, "  retag out (nodes tag → leader removed it)  {}", secs(self.retag_out));
-        let _ =
-            writeln!(out, "  retag back (nodes tag → a voter again)     {}", secs(self.retag_back));
-        let _ =
-            writeln!(out, "  kill -9 leader → new leader              {}", secs(self.new_leader));
-        let _ = writeln!(
-            out,
-            "  kill -9 leader → a write acknowledged    {}",
-            secs(self.write_after_kill)
-        );
-        let _ = writeln!(
-            out,
-            "  old leader restarted → a voter, caught up {}",
-            secs(self.restarted_caught_up)
-        );
+        for (what, timing) in [
+            ("retag out: nodes tag → the leader removed it", self.retag_out),
+            ("retag back: nodes tag → a voter, caught up", self.retag_back),
+        ] {
+            let cli = timing.map_or(String::new(), |(_, cli)| {
+                format!(" (the CLI call: {:.2} s)", cli.as_secs_f64())
+            });
+            rows.push((what.into(), format!("{}{cli}", secs(timing.map(|(t, _)| t)))));
+        }
+        rows.push(("kill -9 of the leader → a new leader".into(), secs(self.new_leader)));
+        rows.push((
+            "kill -9 of the leader → a later write acknowledged".into(),
+            secs(self.write_after_kill),
+        ));
+        rows.push((
+            "old leader restarted → a voter, caught up".into(),
+            secs(self.restarted_caught_up),
+        ));
+        let width = rows.iter().map(|(label, _)| label.chars().count()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (label, value) in rows {
+            let pad = width - label.chars().count();
+            let _ = writeln!(out, "  {label}{:pad$}  {value}", "");
+        }
+        if let Some(summary) = &self.failover_writes {
+            let _ = writeln!(out, "  {summary}");
+        }
         if !self.timelines.is_empty() {
-            let _ = writeln!(out, "  start of each node (from its process start, from its log):");
+            let _ = writeln!(out, "  each start of each node, from its process start (its log):");
             for line in &self.timelines {
                 let _ = writeln!(out, "    {line}");
             }
@@ -750,7 +797,8 @@ pub async fn run(options: SuiteOptions) -> Result<String, String> {
     // limited to 108 bytes.
     let headscale_dir = temp.path().join("hs");
     std::fs::create_dir_all(&headscale_dir).map_err(|e| format!("create headscale dir: {e}"))?;
-    let headscale = Headscale::start(&options.headscale_bin, &headscale_dir, clock).await?;
+    let log = work.join("headscale.log");
+    let headscale = Headscale::start(&options.headscale_bin, &headscale_dir, &log, clock).await?;
     let headscale_ready = clock.now();
     let nodes = (0..options.nodes)
         .map(|i| {
@@ -783,8 +831,9 @@ pub async fn run(options: SuiteOptions) -> Result<String, String> {
         timings: Timings { headscale_ready: Some(headscale_ready), ..Timings::default() },
         writes: Vec::new(),
     };
+    suite.note(&format!("headscale {} ready", suite.headscale.url));
     let outcome = suite.phases().await;
-    suite.timings.timelines = suite.timelines();
+    suite.note(if outcome.is_ok() { "passed" } else { "FAILED" });
     let report = suite.timings.render(&suite.nodes);
     let result = match outcome {
         Ok(()) => Ok(report),
@@ -802,11 +851,21 @@ impl Suite {
         let started = self.clock.now();
         self.key = self.headscale.tagged_key("kv-suite", TAG).await?;
         self.timings.key_created = Some(self.clock.now() - started);
+        self.note(&format!("user and reusable pre-auth key tagged {TAG} created"));
         self.register_and_form().await?;
         self.write_and_read().await?;
         self.retag().await?;
         self.kill_and_restart_leader().await?;
-        self.check_every_write().await
+        self.check_every_write().await?;
+        let writes = std::fs::File::create(self.work.join("writes.txt")).map(|mut file| {
+            for w in &self.writes {
+                let _ = writeln!(file, "{w:?}");
+            }
+        });
+        if let Err(err) = writes {
+            self.note(&format!("cannot write writes.txt: {err}"));
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
@@ -850,6 +909,7 @@ impl Suite {
         for i in 0..n {
             self.spawn(i)?;
         }
+        self.note(&format!("started {n} kv processes with --control-url and the key"));
         let start = self.nodes[0].spawned;
         self.timings.registered = vec![None; n];
         // Registered: headscale lists every node, tagged by its key, online
@@ -890,10 +950,19 @@ impl Suite {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let last_registered = registered_at.iter().flatten().max().copied().unwrap_or(start);
+        self.note(&format!(
+            "all registered tagged {TAG} and online in headscale (the last at {:.3} s)",
+            last_registered.as_secs_f64()
+        ));
         let all: Vec<usize> = (0..n).collect();
         let formed = self.wait_formed(&all, FORM_TIMEOUT).await?;
         self.timings.formed_after_last_registration = Some(formed.saturating_sub(last_registered));
         self.timings.formed_after_start = Some(formed - start);
+        let (leader, _) = self.leader().await?;
+        self.note(&format!("one cluster of {n} voters, {} leads", self.nodes[leader].hostname));
+        for i in 0..n {
+            self.record_timeline(i, "first start");
+        }
         Ok(())
     }
 
@@ -975,6 +1044,7 @@ impl Suite {
             sent,
             done: self.clock.now(),
             acknowledged: answer.is_ok(),
+            error: answer.as_ref().err().cloned(),
         });
         answer.map(|_| ()).map_err(|e| format!("put {key} through {}: {e}", self.nodes[i].hostname))
     }
@@ -999,6 +1069,7 @@ impl Suite {
             }
         }
         self.timings.write_read = Some((2 * n, reads, self.clock.now() - started));
+        self.note(&format!("{} writes and {reads} reads through different nodes agree", 2 * n));
         Ok(())
     }
 
@@ -1010,8 +1081,10 @@ impl Suite {
         let stable = self.nodes[victim].stable_id();
         let others: Vec<usize> = (0..self.nodes.len()).filter(|&i| i != victim).collect();
 
+        self.note(&format!("headscale nodes tag: {} to {PARKED_TAG}", self.nodes[victim].hostname));
+        let retagging = self.clock.now();
         self.headscale.set_tags(victim_id, PARKED_TAG).await?;
-        let retagged = self.clock.now();
+        let cli = self.clock.now() - retagging;
         let removed = self
             .wait_leader_view(&others, MEMBERSHIP_TIMEOUT, |s| {
                 s.voters == others.len() as u64 && s.members.iter().all(|(m, _)| *m != stable)
@@ -1023,14 +1096,17 @@ impl Suite {
                     self.nodes[victim].hostname
                 )
             })?;
-        self.timings.retag_out = Some(removed - retagged);
+        self.timings.retag_out = Some((removed - retagging, cli));
+        self.note(&format!("the leader removed {}", self.nodes[victim].hostname));
         // The cluster goes on without it.
         self.put(others[0], "while-out", "yes").await?;
 
+        self.note(&format!("headscale nodes tag: {} back to {TAG}", self.nodes[victim].hostname));
+        let retagging = self.clock.now();
         self.headscale.set_tags(victim_id, TAG).await?;
-        let retagged = self.clock.now();
+        let cli = self.clock.now() - retagging;
         let all: Vec<usize> = (0..self.nodes.len()).collect();
-        let back = self.wait_formed(&all, MEMBERSHIP_TIMEOUT).await.map_err(|e| {
+        self.wait_formed(&all, MEMBERSHIP_TIMEOUT).await.map_err(|e| {
             format!("{} retagged {TAG} is not back: {e}", self.nodes[victim].hostname)
         })?;
         // Caught up: a linearizable read through it sees the write made
@@ -1042,7 +1118,8 @@ impl Suite {
                 self.nodes[victim].hostname
             ));
         }
-        self.timings.retag_back = Some(back - retagged);
+        self.timings.retag_back = Some((self.clock.now() - retagging, cli));
+        self.note(&format!("{} is a voter again and read while-out", self.nodes[victim].hostname));
         Ok(())
     }
 
@@ -1089,6 +1166,7 @@ impl Suite {
         // every 100 ms, each waiting for its answer on its own, each record
         // sent here as it completes.
         let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+        let background = self.writes.len();
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let clock = self.clock;
         let writer = tokio::spawn(async move {
@@ -1102,13 +1180,14 @@ impl Suite {
                 tokio::spawn(async move {
                     let sent = clock.now();
                     let answer = call(port, &format!("put {key} {value}"), CALL_TIMEOUT).await;
-                    let acknowledged = answer.is_ok();
+                    let (acknowledged, error) = (answer.is_ok(), answer.err());
                     let _ = records.send(WriteRecord {
                         key,
                         value,
                         sent,
                         done: clock.now(),
                         acknowledged,
+                        error,
                     });
                 });
                 let _ = tokio::time::timeout(Duration::from_millis(100), stop_rx.changed()).await;
@@ -1116,6 +1195,10 @@ impl Suite {
         });
         // Let some writes land before the kill.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        self.note(&format!(
+            "kill -9 of the leader, {}, while a client writes through the others",
+            self.nodes[leader].hostname
+        ));
         let kill_at = self.clock.now();
         if let Some(mut child) = self.nodes[leader].child.take() {
             let _ = child.start_kill();
@@ -1140,18 +1223,31 @@ impl Suite {
                 Ok(None) | Err(_) => break,
             }
         }
+        if let (Ok(elected), Some(write)) = (&elected, write_after_kill) {
+            self.note(&format!(
+                "a new leader after {:.2} s; a write sent after the kill acknowledged after {:.2} s",
+                (*elected - kill_at).as_secs_f64(),
+                write.as_secs_f64()
+            ));
+        }
         // Stop the client; every write it sent ends within CALL_TIMEOUT.
         let _ = stop_tx.send(true);
         writer.await.map_err(|e| format!("writer task: {e}"))?;
+        self.note("waiting for the answer to every write sent around the kill");
         while let Ok(Some(record)) = tokio::time::timeout(CALL_TIMEOUT * 2, records.recv()).await {
             self.writes.push(record);
         }
-        self.timings.new_leader = Some(elected? - kill_at);
+        let elected = elected?;
+        self.timings.new_leader = Some(elected - kill_at);
         self.timings.write_after_kill = Some(write_after_kill.ok_or_else(|| {
             format!("no write sent after the kill was acknowledged within {RECOVERY_TIMEOUT:?}")
         })?);
+        let summary = failover_summary(&self.writes[background..]);
+        self.note(&summary);
+        self.timings.failover_writes = Some(summary);
 
         // The old leader back, on its state directory.
+        self.note(&format!("restart {} on its state directory", self.nodes[leader].hostname));
         self.spawn(leader)?;
         let restarted = self.nodes[leader].spawned;
         let all: Vec<usize> = (0..self.nodes.len()).collect();
@@ -1169,6 +1265,8 @@ impl Suite {
             }
         }
         self.timings.restarted_caught_up = Some(self.clock.now() - restarted);
+        self.note(&format!("{} is a voter again and caught up", self.nodes[leader].hostname));
+        self.record_timeline(leader, "restart");
         Ok(())
     }
 
@@ -1204,24 +1302,36 @@ impl Suite {
                 }
             }
         }
+        self.note(&format!(
+            "every one of {acknowledged} acknowledged writes reads back through every node"
+        ));
         Ok(())
     }
 
-    /// Each node's start as its log told it, relative to its process start.
-    fn timelines(&self) -> Vec<String> {
-        self.nodes
+    /// Records the start of node `i` as its log told it, relative to its
+    /// process start.
+    fn record_timeline(&mut self, i: usize, what: &str) {
+        let node = &self.nodes[i];
+        let steps: Vec<String> = lock(&node.events)
             .iter()
-            .map(|node| {
-                let events = lock(&node.events);
-                let steps: Vec<String> = events
-                    .iter()
-                    .map(|(at, name)| {
-                        format!("{name} +{:.2} s", at.saturating_sub(node.spawned).as_secs_f64())
-                    })
-                    .collect();
-                format!("{}: {}", node.hostname, steps.join(", "))
+            .map(|(at, name)| {
+                format!("{name} +{:.2} s", at.saturating_sub(node.spawned).as_secs_f64())
             })
-            .collect()
+            .collect();
+        let line = format!("{} ({what}): {}", node.hostname, steps.join(", "));
+        self.timings.timelines.push(line);
+    }
+
+    /// Prints a progress line stamped with the run's clock, and keeps it in
+    /// `suite.log` in the work directory.
+    fn note(&self, text: &str) {
+        let line = format!("[{:9.3}] {text}", self.clock.now().as_secs_f64());
+        eprintln!("headscale-suite {line}");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.work.join("suite.log"));
+        if let Ok(mut log) = log {
+            let _ = writeln!(log, "{line}");
+        }
     }
 
     /// The end of headscale's log and of every node's, for a failure report.
