@@ -8,7 +8,10 @@
 //!    HTTP) on one free port, STUN on another, no remote gRPC, no metrics
 //!    listener, no DERP map URL, no logtail, no update checks; sqlite, the
 //!    socket and the keys in a temporary directory. The policy gives the
-//!    cluster's tag and a parking tag `tagOwners` and allows all traffic.
+//!    cluster's tag and a parking tag `tagOwners` and lets `tag:kv` nodes
+//!    reach each other on the kv example's raft, command and monitor ports
+//!    only (what README.md recommends), so a parked node drops out of the
+//!    others' netmaps altogether.
 //!    A user and a reusable pre-auth key that tags nodes `tag:kv` follow;
 //! 2. starts `kv` example processes with `--control-url` and the key
 //!    (`TS_AUTHKEY`, read by the `--auth-key` flag), waits until headscale
@@ -275,13 +278,15 @@ taildrop:
 }
 
 /// The policy: both tags exist (`nodes tag` accepts only tags in
-/// `tagOwners`; an empty owner list leaves them to the admin) and every
-/// node may reach every other.
+/// `tagOwners`; an empty owner list leaves them to the admin), and nodes
+/// tagged `tag:kv` may reach each other on the raft (6270), command (6271)
+/// and monitor (8081) ports, the kv example's defaults; nothing else is
+/// allowed.
 fn policy() -> String {
     format!(
         r#"{{
   "tagOwners": {{ "{TAG}": [], "{PARKED_TAG}": [] }},
-  "acls": [ {{ "action": "accept", "src": ["*"], "dst": ["*:*"] }} ]
+  "acls": [ {{ "action": "accept", "src": ["{TAG}"], "dst": ["{TAG}:6270,6271,8081"] }} ]
 }}
 "#
     )
