@@ -63,6 +63,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a membership change (retag out or back) may take to show.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node stays retagged out of the cluster.
+const PARKED_FOR: Duration = Duration::from_secs(5);
 /// How long a failover or a restarted node's catch-up may take.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a client waits for one answer; above the library's 30 s call
@@ -695,6 +697,9 @@ struct Timings {
     retag_out: Option<(Duration, Duration)>,
     /// `nodes tag` started → a voter again, caught up; the CLI call's share.
     retag_back: Option<(Duration, Duration)>,
+    /// The leader's term before and after the retag back (a change means
+    /// the returning node forced elections).
+    retag_back_terms: Option<(u64, u64)>,
     new_leader: Option<Duration>,
     write_after_kill: Option<Duration>,
     /// What happened to the writes sent around the kill.
@@ -740,6 +745,17 @@ impl Timings {
                 format!(" (the CLI call: {:.2} s)", cli.as_secs_f64())
             });
             rows.push((what.into(), format!("{}{cli}", secs(timing.map(|(t, _)| t)))));
+        }
+        if let Some((before, after)) = self.retag_back_terms {
+            let what = if before == after {
+                "no election"
+            } else {
+                "elections: the returning node disrupted the cluster"
+            };
+            rows.push((
+                "retag back: leader's term before → after".into(),
+                format!("{before} → {after} ({what})"),
+            ));
         }
         rows.push(("kill -9 of the leader → a new leader".into(), secs(self.new_leader)));
         rows.push((
@@ -1103,8 +1119,19 @@ impl Suite {
             })?;
         self.timings.retag_out = Some((removed - retagging, cli));
         self.note(&format!("the leader removed {}", self.nodes[victim].hostname));
-        // The cluster goes on without it.
+        // The cluster goes on without it: writes through the others while it
+        // is parked, longer than an election timeout (1.5-3 s), as when an
+        // operator parks a node for a while.
+        let parked = Instant::now();
+        let mut n = 0;
+        while parked.elapsed() < PARKED_FOR {
+            self.put(others[n % others.len()], &format!("parked{n}"), "yes").await?;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         self.put(others[0], "while-out", "yes").await?;
+        let term_before = self.leader().await?.1.term;
+        self.note(&format!("{} writes acknowledged while it was parked", n + 1));
 
         self.note(&format!("headscale nodes tag: {} back to {TAG}", self.nodes[victim].hostname));
         let retagging = self.clock.now();
@@ -1124,6 +1151,8 @@ impl Suite {
             ));
         }
         self.timings.retag_back = Some((self.clock.now() - retagging, cli));
+        let term_after = self.leader().await?.1.term;
+        self.timings.retag_back_terms = Some((term_before, term_after));
         self.note(&format!("{} is a voter again and read while-out", self.nodes[victim].hostname));
         Ok(())
     }
