@@ -99,6 +99,11 @@ pub struct SuiteOptions {
     pub nodes: usize,
     /// Keep the work directory (logs, state) here instead of a temporary one.
     pub keep_dir: Option<PathBuf>,
+    /// headscale's `tuning.batch_change_delay` and
+    /// `tuning.node_store_batch_timeout` (defaults 800 ms and 500 ms): how
+    /// long it gathers changes before it sends netmaps. `None` keeps its
+    /// defaults, as CI does.
+    pub batch_delay: Option<Duration>,
 }
 
 /// The run's clock: every timestamp in the logs and the report is time
@@ -206,8 +211,12 @@ fn yaml_string(text: &str) -> String {
 /// headscale's configuration: everything on 127.0.0.1, nothing that
 /// reaches the internet (checked against v0.28.0's `config-example.yaml`
 /// and the defaults in `hscontrol/types/config.go`).
-fn config(dir: &Path, port: u16, stun_port: u16) -> String {
+fn config(dir: &Path, port: u16, stun_port: u16, batch_delay: Option<Duration>) -> String {
     let path = |name: &str| yaml_string(&dir.join(name).display().to_string());
+    let tuning = batch_delay.map_or(String::new(), |delay| {
+        let ms = delay.as_millis();
+        format!("tuning:\n  batch_change_delay: {ms}ms\n  node_store_batch_timeout: {ms}ms\n")
+    });
     format!(
         r#"# Written by the tsconsensus-rs headscale suite: loopback only, offline.
 server_url: http://127.0.0.1:{port}
@@ -270,7 +279,7 @@ logtail:
   enabled: false
 taildrop:
   enabled: false
-"#,
+{tuning}"#,
         noise = path("noise_private.key"),
         derp_key = path("derp_server_private.key"),
         db = path("db.sqlite"),
@@ -344,7 +353,13 @@ impl Headscale {
     /// Writes the configuration and policy into `dir` and starts headscale,
     /// its output going to `log`; tries again with other ports if it exits
     /// before it is healthy.
-    async fn start(bin: &Path, dir: &Path, log: &Path, clock: Clock) -> Result<Headscale, String> {
+    async fn start(
+        bin: &Path,
+        dir: &Path,
+        log: &Path,
+        batch_delay: Option<Duration>,
+        clock: Clock,
+    ) -> Result<Headscale, String> {
         let socket = dir.join("headscale.sock");
         // sun_path holds 108 bytes, the terminating NUL included.
         if socket.as_os_str().len() > 100 {
@@ -357,7 +372,7 @@ impl Headscale {
         let mut last = String::new();
         for _ in 0..3 {
             let (port, stun_port) = (free_tcp_port()?, free_udp_port()?);
-            write("config.yaml", config(dir, port, stun_port))?;
+            write("config.yaml", config(dir, port, stun_port, batch_delay))?;
             let config = dir.join("config.yaml");
             let mut command = Command::new(bin);
             command
@@ -819,7 +834,9 @@ pub async fn run(options: SuiteOptions) -> Result<String, String> {
     let headscale_dir = temp.path().join("hs");
     std::fs::create_dir_all(&headscale_dir).map_err(|e| format!("create headscale dir: {e}"))?;
     let log = work.join("headscale.log");
-    let headscale = Headscale::start(&options.headscale_bin, &headscale_dir, &log, clock).await?;
+    let headscale =
+        Headscale::start(&options.headscale_bin, &headscale_dir, &log, options.batch_delay, clock)
+            .await?;
     let headscale_ready = clock.now();
     let nodes = (0..options.nodes)
         .map(|i| {
@@ -852,7 +869,11 @@ pub async fn run(options: SuiteOptions) -> Result<String, String> {
         timings: Timings { headscale_ready: Some(headscale_ready), ..Timings::default() },
         writes: Vec::new(),
     };
-    suite.note(&format!("headscale {} ready", suite.headscale.url));
+    let batching = suite.options.batch_delay.map_or_else(
+        || "default netmap batching (800 ms / 500 ms)".to_owned(),
+        |d| format!("netmap batching {} ms", d.as_millis()),
+    );
+    suite.note(&format!("headscale {} ready, {batching}", suite.headscale.url));
     let outcome = suite.phases().await;
     suite.note(if outcome.is_ok() { "passed" } else { "FAILED" });
     let report = suite.timings.render(&suite.nodes);

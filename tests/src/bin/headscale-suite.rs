@@ -4,7 +4,13 @@
 //!
 //! ```text
 //! headscale-suite --headscale-bin PATH --kv-bin PATH [--nodes N] [--keep-dir DIR]
+//!                 [--batch-delay MS]
 //! ```
+//!
+//! `--batch-delay` sets headscale's netmap batching (`tuning.batch_change_delay`
+//! and `tuning.node_store_batch_timeout`, 800 and 500 ms by default), to
+//! compare formation and membership times with other values; CI keeps the
+//! defaults.
 //!
 //! Exits non-zero if a check failed or the run could not finish; the
 //! failure report ends with headscale's log and the end of every node's.
@@ -19,7 +25,8 @@ use tests::headscale::{SuiteOptions, run};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: headscale-suite --headscale-bin PATH --kv-bin PATH [--nodes N] [--keep-dir DIR]"
+        "usage: headscale-suite --headscale-bin PATH --kv-bin PATH [--nodes N] [--keep-dir DIR] \
+         [--batch-delay MS]"
     );
     ExitCode::from(2)
 }
@@ -32,6 +39,7 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut headscale_bin, mut kv_bin, mut keep_dir) = (None, None, None);
     let mut nodes = 3usize;
+    let mut batch_delay = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else { return usage() };
@@ -40,6 +48,10 @@ async fn main() -> ExitCode {
             "--kv-bin" => kv_bin.replace(PathBuf::from(value)).is_none(),
             "--keep-dir" => keep_dir.replace(PathBuf::from(value)).is_none(),
             "--nodes" => value.parse().map(|n| nodes = n).is_ok(),
+            "--batch-delay" => value
+                .parse()
+                .map(|ms| batch_delay.replace(Duration::from_millis(ms)).is_none())
+                .unwrap_or(false),
             _ => false,
         };
         if !parsed {
@@ -52,7 +64,7 @@ async fn main() -> ExitCode {
         eprintln!("headscale-suite: --nodes must be 3 to 7");
         return usage();
     }
-    let options = SuiteOptions { headscale_bin, kv_bin, nodes, keep_dir };
+    let options = SuiteOptions { headscale_bin, kv_bin, nodes, keep_dir, batch_delay };
     let started = Instant::now();
     let outcome = match tokio::time::timeout(RUN_BOUND, run(options)).await {
         Ok(outcome) => outcome,
