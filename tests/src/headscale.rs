@@ -63,6 +63,9 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a membership change (retag out or back) may take to show.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long all the phases together may take (a passing run takes about
+/// a minute; `headscale-suite` bounds the whole run at 600 s).
+const PHASES_BOUND: Duration = Duration::from_secs(480);
 /// How long a node stays retagged out of the cluster.
 const PARKED_FOR: Duration = Duration::from_secs(5);
 /// How long a failover or a restarted node's catch-up may take.
@@ -874,7 +877,11 @@ pub async fn run(options: SuiteOptions) -> Result<String, String> {
         |d| format!("netmap batching {} ms", d.as_millis()),
     );
     suite.note(&format!("headscale {} ready, {batching}", suite.headscale.url));
-    let outcome = suite.phases().await;
+    // Within the caller's bound, so that a run that overruns still ends
+    // with the failure report and the logs.
+    let outcome = tokio::time::timeout(PHASES_BOUND, suite.phases())
+        .await
+        .unwrap_or_else(|_| Err(format!("the phases did not end within {PHASES_BOUND:?}")));
     suite.note(if outcome.is_ok() { "passed" } else { "FAILED" });
     let report = suite.timings.render(&suite.nodes);
     let result = match outcome {
@@ -1408,7 +1415,15 @@ impl Suite {
             );
             let _ = writeln!(out, "{}", tail(&node.log, 40));
         }
-        let _ = writeln!(out, "--- work directory: {} ---", self.work.display());
+        match &self.options.keep_dir {
+            Some(dir) => {
+                let _ =
+                    writeln!(out, "--- logs, state and suite.log kept in {} ---", dir.display());
+            }
+            None => {
+                let _ = writeln!(out, "--- logs removed at exit; --keep-dir DIR keeps them ---");
+            }
+        }
         out
     }
 
