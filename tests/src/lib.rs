@@ -6,19 +6,22 @@
 //!   pass, run over the in-memory, TCP and tsnet transports alike.
 //! - [`linearizability`] checks key-value histories (Wing & Gong search with
 //!   memoization, partitioned by key, unknown outcomes allowed).
-//!
 //! - [`nodes`] runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
 //!   the KV example's state machine behind switchable faults) on a local
 //!   tailnet, and watches that no two clusters lead at once.
 //! - [`chaos`] is the multi-process nemesis run behind `cargo xtask chaos`:
 //!   `chaos-node` processes on a local tailnet, faults, a recorded history
 //!   and the checks after every run.
+//! - [`headscale`] is the suite behind `cargo xtask headscale`: `kv`
+//!   example processes against headscale, a real, independent control
+//!   server, on 127.0.0.1.
 //!
 //! The suites themselves live in `tests/tests/` (`scenarios.rs` runs fixed
 //! fault sequences against `chaos-node` processes).
 
 pub mod chaos;
 pub mod conformance;
+pub mod headscale;
 pub mod linearizability;
 pub mod nodes;
 pub mod tailnet;

@@ -5,7 +5,7 @@
 //! - `ci`: the one gate. Formatting check, clippy with warnings denied,
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
 //!   included), and `cargo deny check bans licenses sources`. It never
-//!   edits files.
+//!   edits files. It ends with one chaos run and the headscale suite.
 //! - `chaos [--runs N] [--seed S] [--duration SECS] [--nodes N]
 //!   [--faults KIND,...] [--keep-dir DIR] [--report FILE] ...`: the
 //!   multi-process nemesis (flags: `tests/src/bin/chaos.rs`). A local
@@ -15,6 +15,12 @@
 //!   once), then the linearizability checker, the replica checks and the
 //!   two-leader watch. `ci` runs one run of it that must include a state
 //!   wipe and a new node started mid-run.
+//! - `headscale [--build-only] [--nodes N] [--keep-dir DIR]`: the kv
+//!   example against headscale (a real, independent control server) on
+//!   127.0.0.1: tagged pre-auth key, forming, retag out and back, kill -9
+//!   of the leader, with every phase timed. headscale is built once from
+//!   the Go module proxy at a pinned version and cached under
+//!   `target/headscale/`. `ci` runs it.
 //! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
 //!   in the foreground and prints its URLs, for trying things by hand.
 //! - `bench`: the consensus benchmark suite (transports, cluster sizes,
@@ -30,6 +36,7 @@
 //! Standard library only, so it builds in seconds before anything else.
 
 mod demo;
+mod headscale;
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         ["ci"] => ci(),
         ["chaos", rest @ ..] => chaos(rest),
         ["demo"] => demo::demo(),
+        ["headscale", rest @ ..] => headscale::headscale(rest),
         ["tailnet"] => tailnet(),
         ["bench", which @ ("transport" | "discovery")] => bench("tests", which),
         ["bench", "raft"] => bench("raft-core", "propose"),
@@ -55,8 +63,8 @@ fn main() -> ExitCode {
         ["bench", "--quick"] => bench_suite(true),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | demo | chaos [options] | tailnet | bench [--quick] \
-                 | bench transport | bench discovery | bench raft>"
+                "usage: cargo xtask <ci | demo | chaos [options] | headscale [--build-only | options] \
+                 | tailnet | bench [--quick] | bench transport | bench discovery | bench raft>"
             );
             return ExitCode::from(2);
         }
@@ -130,6 +138,9 @@ fn ci() -> Result {
     // keeps exploring new fault schedules; every schedule wipes a node's
     // raft state and starts a new node mid-run at least once.
     chaos(&["--runs", "1", "--duration", "120", "--require", "wipe,start-lowest"])?;
+    // The kv example against headscale, a real control server (built once,
+    // then cached under target/headscale/).
+    headscale::headscale(&[])?;
     eprintln!("\nci: all steps passed in {:.1?}", started.elapsed());
     Ok(())
 }
