@@ -28,6 +28,11 @@
 
 mod bootstrap;
 mod config;
+#[allow(
+    dead_code,
+    reason = "the bootstrap and membership shells call these in the next commit"
+)]
+mod decide;
 mod error;
 mod machine;
 mod membership;
