@@ -1,7 +1,7 @@
 //! The JSON bodies of the command API (version 1). Requests are strict:
 //! unknown fields and trailing data are refused.
 
-use raft_core::{NodeId, NodeInfo};
+use raft_core::{ClusterId, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -27,23 +27,26 @@ pub struct ExecuteResponse {
     pub duplicate: bool,
 }
 
-/// `POST /v1/join`: add a node to the cluster (learner, then voter once it
-/// has caught up).
-#[derive(Debug, Serialize, Deserialize)]
+/// `POST /v1/join`: add the calling node to the cluster (learner, then
+/// voter once it has caught up; a stale incarnation of the same node is
+/// swapped out in the same change). Answered by the leader only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
-    /// The joining node's raft id.
+    /// The joining node's raft id: `node_id(node.stable_id, incarnation)`.
     pub id: NodeId,
-    /// Where to reach it.
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Where to reach it; the stable id and addresses must be the caller's
+    /// own, as the leader's tailnet view shows them.
     pub node: NodeInfo,
-    /// The node has no raft state (new, or it lost its state). If its id is
-    /// already a member, the leader removes it first, so the cluster never
-    /// sees a member's log go backwards.
-    #[serde(default)]
-    pub fresh: bool,
+    /// The cluster it decided to join; must be the leader's.
+    pub cluster_id: ClusterId,
 }
 
-/// `POST /v1/remove`: remove a member.
+/// `POST /v1/remove`: remove a member. Answered by the leader only, for
+/// the caller itself (leaving) or for a member the leader's tailnet view
+/// shows offline or untagged; never for the leader through another node.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveRequest {
@@ -108,16 +111,67 @@ pub struct Member {
 pub struct ClusterInfo {
     /// The answering node.
     pub node: NodeId,
+    /// Its stable tailnet id.
+    pub stable_id: String,
+    /// Its incarnation (its raft id is `node_id(stable_id, incarnation)`).
+    pub incarnation: u64,
+    /// The cluster it formed or decided to join, if any.
+    pub cluster_id: Option<ClusterId>,
+    /// Whether it has raft state (formed or joined a cluster).
+    pub initialized: bool,
     /// The leader it knows of.
     pub leader: Option<NodeId>,
     /// Its term.
     pub term: u64,
     /// Every member.
     pub members: Vec<Member>,
-    /// Where the answering node itself is reached, so that a leader can add
-    /// it back when it is not a member.
-    #[serde(default)]
-    pub self_node: Option<NodeInfo>,
+    /// Where the answering node itself is reached.
+    pub self_node: NodeInfo,
+}
+
+/// `POST /v1/probe`: who are you, and which cluster are you in? Asked by a
+/// fresh node before it decides to join or form a cluster, and by a leader
+/// about tagged nodes that are not (current) members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRequest {
+    /// The caller asks the callee to promise not to form a cluster before
+    /// it, and not to promise that to anyone else (decision 0003). `false`
+    /// also gives back a promise the callee holds for the caller.
+    pub promise: bool,
+}
+
+/// Answer to [`ProbeRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeResponse {
+    /// The answering node's raft id.
+    pub id: NodeId,
+    /// Its incarnation: `id` is `node_id(node.stable_id, incarnation)`.
+    pub incarnation: u64,
+    /// Where it is reached (its stable id included).
+    pub node: NodeInfo,
+    /// What it is.
+    pub state: ProbeState,
+}
+
+/// What a probed node is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeState {
+    /// It formed or decided to join cluster `cluster_id`.
+    Member {
+        /// The cluster.
+        cluster_id: ClusterId,
+        /// The leader it knows of.
+        leader: Option<LeaderHint>,
+    },
+    /// It has no cluster yet.
+    Fresh {
+        /// The node it has promised not to form a cluster before (and not
+        /// to promise anyone else), by stable id.
+        promised_to: Option<String>,
+    },
 }
 
 /// The leader, as an error body names it.
@@ -140,4 +194,45 @@ pub struct ErrorBody {
     pub message: String,
     /// The leader, when the error is about leadership and it is known.
     pub leader: Option<LeaderHint>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_answers_are_strict() {
+        let answer = ProbeResponse {
+            id: 7,
+            incarnation: 9,
+            node: NodeInfo {
+                stable_id: "n1".to_owned(),
+                addrs: vec!["10.0.0.1".parse().unwrap()],
+                raft_port: 6270,
+                command_port: 6271,
+            },
+            state: ProbeState::Member { cluster_id: ClusterId(0xabc), leader: None },
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        assert!(
+            json.contains(
+                r#""state":{"state":"member","cluster_id":"00000000000000000000000000000abc""#
+            ),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ProbeResponse>(&json).unwrap(), answer);
+        let fresh = r#"{"state":"fresh","promised_to":"n0"}"#;
+        assert_eq!(
+            serde_json::from_str::<ProbeState>(fresh).unwrap(),
+            ProbeState::Fresh { promised_to: Some("n0".to_owned()) }
+        );
+        for bad in [
+            r#"{"state":"fresh","promised_to":null,"extra":1}"#,
+            r#"{"state":"leader"}"#,
+            r#"{"state":"member","cluster_id":"12","leader":null}"#,
+        ] {
+            assert!(serde_json::from_str::<ProbeState>(bad).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<ProbeRequest>(r#"{"promise":true,"x":0}"#).is_err());
+    }
 }

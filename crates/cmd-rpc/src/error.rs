@@ -32,8 +32,9 @@ pub enum RpcError {
         /// The deadline that ran out.
         after: Duration,
     },
-    /// The caller's address may not use this port.
-    #[error("peer {0} is not allowed")]
+    /// The caller may not do this (its address may not use this port, or
+    /// the request does not match its identity); the message says why.
+    #[error("{0}")]
     Forbidden(String),
     /// A body larger than allowed.
     #[error("body of {size} bytes exceeds the {limit}-byte limit")]

@@ -1,11 +1,17 @@
 //! The node-to-node command API: HTTP/1.1 (hyper) over transport streams.
 //!
-//! Any node accepts a command, a join, a removal or a read; what only the
-//! leader can do is done there. [`CommandService`] holds that logic: it runs
-//! a call locally on the leader, or forwards it, following "not the leader,
-//! the leader is X" hints, waiting (within the caller's deadline) while an
-//! election is under way, and retrying with backoff. Commands carry a
-//! session id and sequence number, so a retry never applies a command twice.
+//! Any node accepts a command or a read; what only the leader can do is
+//! done there. [`CommandService`] holds that logic: it runs a call locally
+//! on the leader, or forwards it, following "not the leader, the leader is
+//! X" hints, waiting (within the caller's deadline) while an election is
+//! under way, and retrying with backoff. Commands carry a session id and
+//! sequence number, so a retry never applies a command twice.
+//!
+//! Joins and removals are answered by the leader only and never forwarded
+//! (a follower answers `not_leader` with the leader): the leader checks them
+//! against the caller's identity, which the layer above supplies through
+//! [`Peers`] from the request's real address. `POST /v1/probe` (bootstrap)
+//! is answered by that layer too.
 //!
 //! [`CommandServer`] serves the API on the command port (default 6271):
 //! requests are authorized by the caller's real address before anything is
@@ -25,19 +31,22 @@ mod client;
 mod config;
 mod error;
 mod pages;
+mod peers;
 mod server;
 mod service;
 
 pub use crate::api::{
     ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint,
-    Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+    Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse, ReadRequest, ReadResponse,
+    RemoveRequest,
 };
 pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
 pub use crate::config::CommandConfig;
 pub use crate::error::RpcError;
 pub use crate::pages::{Page, PageServer, Render};
+pub use crate::peers::{Caller, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_node};
 pub use crate::server::{Authorize, CommandServer};
-pub use crate::service::CommandService;
+pub use crate::service::{Change, CommandService};
 
 /// The Go package's default command port.
 pub const DEFAULT_PORT: u16 = 6271;

@@ -5,6 +5,11 @@
 //! (408), and must be exactly one JSON document of the expected shape (400).
 //! Headers must arrive within a deadline too, which also closes idle
 //! connections.
+//!
+//! Joins, removals and probes are bound to the caller's identity: the
+//! [`Peers`](crate::Peers) hook names the node behind the request's real
+//! address, and no header (`x-tsc-forwarded` included) changes what is
+//! checked.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,10 +27,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ts_transport::{Listener, PeerAddr, Server};
 
-use crate::api::{ExecuteRequest, JoinRequest, ReadRequest, RemoveRequest};
+use crate::api::{ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest, RemoveRequest};
 use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::peers::Caller;
 use crate::service::CommandService;
 
 /// Decides whether a peer may use the command port.
@@ -103,7 +109,7 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 /// Which endpoint, and which method it takes.
 fn endpoint(path: &str) -> Option<Method> {
     match path {
-        "/v1/execute" | "/v1/join" | "/v1/remove" | "/v1/read" | "/v1/read-index" => {
+        "/v1/execute" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read" | "/v1/read-index" => {
             Some(Method::POST)
         }
         "/v1/cluster" => Some(Method::GET),
@@ -121,19 +127,28 @@ async fn handle<S: StateMachine>(
     // Before anything of the request is read.
     if !authorize(peer) {
         tracing::info!(%peer, path = request.uri().path(), "refused command request from an unauthorized address");
-        return error_response(&RpcError::Forbidden(peer.ip().to_string()));
+        return error_response(&RpcError::Forbidden(format!("peer {} is not allowed", peer.ip())));
     }
-    match dispatch(request, peer, service, authorize, config).await {
+    match dispatch(request, peer, service, config).await {
         Ok(response) => response,
         Err(err) => error_response(&err),
     }
+}
+
+/// The node behind `peer`, as this node's view knows it.
+fn caller_of<S: StateMachine>(
+    service: &CommandService<S>,
+    peer: PeerAddr,
+) -> Result<Caller, RpcError> {
+    service.peers().caller(peer.ip()).ok_or_else(|| {
+        RpcError::Forbidden(format!("{} is not a tagged node in this node's view", peer.ip()))
+    })
 }
 
 async fn dispatch<S: StateMachine>(
     request: Request<Incoming>,
     peer: PeerAddr,
     service: &CommandService<S>,
-    authorize: &Authorize,
     config: &CommandConfig,
 ) -> Result<Response<Full<Bytes>>, RpcError> {
     let path = request.uri().path().to_owned();
@@ -153,7 +168,7 @@ async fn dispatch<S: StateMachine>(
     let deadline = service.deadline(requested);
     let forwarded = headers.contains_key(FORWARDED_HEADER);
     if path == "/v1/cluster" {
-        return Ok(json_response(StatusCode::OK, &service.cluster()));
+        return Ok(json_response(StatusCode::OK, &service.cluster().await));
     }
     let body = read_body(request.into_body(), config).await?;
     match path.as_str() {
@@ -164,16 +179,21 @@ async fn dispatch<S: StateMachine>(
         }
         "/v1/join" => {
             let request: JoinRequest = parse(&body)?;
-            if !forwarded {
-                check_join_addresses(&request, peer, authorize)?;
-            }
-            service.join(&request, deadline, forwarded).await?;
+            let caller = caller_of(service, peer)?;
+            service.join(&request, &caller, deadline).await?;
             Ok(json_response(StatusCode::OK, &serde_json::json!({})))
         }
         "/v1/remove" => {
             let request: RemoveRequest = parse(&body)?;
-            service.remove(&request, deadline, forwarded).await?;
+            let caller = caller_of(service, peer)?;
+            service.remove(&request, &caller, deadline).await?;
             Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+        }
+        "/v1/probe" => {
+            let request: ProbeRequest = parse(&body)?;
+            let caller = caller_of(service, peer)?;
+            let answer = service.peers().probe(&caller, &request).await;
+            Ok(json_response(StatusCode::OK, &answer))
         }
         "/v1/read" => {
             let request: ReadRequest = parse(&body)?;
@@ -186,34 +206,6 @@ async fn dispatch<S: StateMachine>(
         }
         _ => Err(RpcError::NotFound(path)),
     }
-}
-
-/// A joining node may only register addresses that are its own (the one it
-/// called from among them) and that are authorized: no tagged node can make
-/// the cluster dial an address of its choosing.
-fn check_join_addresses(
-    request: &JoinRequest,
-    peer: PeerAddr,
-    authorize: &Authorize,
-) -> Result<(), RpcError> {
-    if request.node.addrs.is_empty() {
-        return Err(RpcError::BadRequest("a joining node needs at least one address".to_owned()));
-    }
-    if !request.node.addrs.iter().any(|ip| ip.to_canonical() == peer.ip().to_canonical()) {
-        return Err(RpcError::Forbidden(format!(
-            "{} cannot join on behalf of {:?}",
-            peer.ip(),
-            request.node.addrs
-        )));
-    }
-    for &ip in &request.node.addrs {
-        if !authorize(PeerAddr::new(std::net::SocketAddr::new(ip, 0))) {
-            return Err(RpcError::Forbidden(format!(
-                "address {ip} of the joining node is not allowed"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Reads a request body within the size limit and the body deadline.

@@ -7,6 +7,12 @@
 //! never forwarded again, so there are no chains or loops. Every command
 //! carries (client, seq), so a retry after a timeout or a leader change is
 //! answered from the session, never applied twice.
+//!
+//! Joins and removals are different (decision 0003): the leader answers
+//! them itself and never forwards them, and checks them against the
+//! caller's identity, which it learns from the [`Peers`] hook by the
+//! request's real address. A node that wants to join or leave calls the
+//! leader directly.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use raft_core::{
     ClientId, MembershipError, NodeId, NodeInfo, Outcome, ProposeError, RaftNode, ReadError, Role,
-    StateMachine,
+    StateMachine, node_id,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
@@ -26,14 +32,47 @@ use crate::api::{
 use crate::client::CommandClient;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::peers::{Caller, Peers, check_node};
 
 /// The command API of one node.
 pub struct CommandService<S: StateMachine> {
     node: Arc<RaftNode<S>>,
     client: CommandClient,
     config: CommandConfig,
+    peers: Arc<dyn Peers>,
     /// Membership changes one at a time (openraft allows one in progress).
     membership: Mutex<()>,
+}
+
+/// A membership change the leader decided on by itself (the facade's
+/// reconciler), not asked for by a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Add a node as a learner and wait until it has caught up.
+    AddLearner {
+        /// Its raft id.
+        id: NodeId,
+        /// Its record.
+        node: NodeInfo,
+    },
+    /// Make a learner a voter.
+    Promote {
+        /// Its raft id.
+        id: NodeId,
+    },
+    /// Swap stale incarnations `old` for the learner `new` in one joint
+    /// change.
+    Replace {
+        /// The stale incarnations.
+        old: BTreeSet<NodeId>,
+        /// The new incarnation.
+        new: NodeId,
+    },
+    /// Remove a member.
+    Remove {
+        /// Its raft id.
+        id: NodeId,
+    },
 }
 
 /// Where a call should go next.
@@ -66,13 +105,26 @@ fn raw(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>, RpcError> {
 }
 
 impl<S: StateMachine> CommandService<S> {
-    /// The command API of `node`, reaching other nodes through `client`.
+    /// The command API of `node`, reaching other nodes through `client`,
+    /// learning about callers from `peers`.
     pub fn new(
         node: Arc<RaftNode<S>>,
         client: CommandClient,
         config: CommandConfig,
+        peers: Arc<dyn Peers>,
     ) -> CommandService<S> {
-        CommandService { node, client, config, membership: Mutex::new(()) }
+        CommandService { node, client, config, peers, membership: Mutex::new(()) }
+    }
+
+    /// The hook that answers about callers.
+    pub fn peers(&self) -> &Arc<dyn Peers> {
+        &self.peers
+    }
+
+    /// This node as a caller of its own API.
+    fn own_caller(&self) -> Caller {
+        let info = self.node.info();
+        Caller { stable_id: info.stable_id.clone(), addrs: info.addrs.clone() }
     }
 
     /// The client this service forwards with, for other calls to peers.
@@ -260,101 +312,235 @@ impl<S: StateMachine> CommandService<S> {
         }
     }
 
-    /// Adds a node: as a learner, then as a voter once it has caught up.
-    /// Joining again is harmless.
+    /// An error unless this node is the leader: joins and removals are
+    /// answered by the leader only, never forwarded.
+    fn leader_only(&self) -> Result<(), RpcError> {
+        if self.node.metrics().role == Role::Leader {
+            Ok(())
+        } else {
+            Err(RpcError::NotLeader { leader: self.leader_hint(None) })
+        }
+    }
+
+    /// Runs a membership change on this node while it leads, one at a
+    /// time, retrying while another change is in progress or one timed
+    /// out, until `deadline`. `attempt` gets the time left.
+    async fn on_leader<F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<(), RpcError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<(), Failed>>,
+    {
+        let mut backoff = self.config.min_backoff;
+        loop {
+            self.leader_only()?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let last = match attempt(remaining).await {
+                Ok(()) => return Ok(()),
+                Err(Failed::Finally(err)) => return Err(err),
+                Err(Failed::ForNow(err)) => err,
+            };
+            if Instant::now() + backoff >= deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// Adds the calling node (on the leader only): as a learner, then as a
+    /// voter once it has caught up. If another incarnation of the same
+    /// stable id is a member, the new one takes its place in one joint
+    /// change, so the number of voters never drops. Joining again is
+    /// harmless.
+    ///
+    /// Refused unless the request's stable id and addresses are `caller`'s,
+    /// its cluster id is this node's, and its raft id is `node_id(stable
+    /// id, incarnation)` and not another node's member id.
     pub async fn join(
         &self,
         request: &JoinRequest,
+        caller: &Caller,
         deadline: Instant,
-        forwarded: bool,
     ) -> Result<(), RpcError> {
-        self.with_leader("join", deadline, forwarded, |route| async move {
-            match route {
-                Route::Local => self.join_here(request, deadline).await,
-                Route::Remote(leader) => {
-                    let result: Result<serde_json::Value, RpcError> =
-                        self.client.post(&leader, "/v1/join", request, deadline, true).await;
-                    self.remote_result(result.map(|_| ()))
+        self.leader_only()?;
+        self.check_join(request, caller)?;
+        self.on_leader(deadline, |remaining| self.join_here(request, remaining)).await
+    }
+
+    fn check_join(&self, request: &JoinRequest, caller: &Caller) -> Result<(), RpcError> {
+        check_node(&request.node).map_err(RpcError::BadRequest)?;
+        let stable_id = &request.node.stable_id;
+        if *stable_id != caller.stable_id {
+            return Err(RpcError::Forbidden(format!(
+                "node {:?} cannot join as {stable_id:?}",
+                caller.stable_id
+            )));
+        }
+        if let Some(foreign) = request.node.addrs.iter().find(|ip| !caller.owns(**ip)) {
+            return Err(RpcError::Forbidden(format!(
+                "address {foreign} is not one of node {stable_id:?}'s tailnet addresses {:?}",
+                caller.addrs
+            )));
+        }
+        match self.node.cluster_id() {
+            Some(own) if own == request.cluster_id => {}
+            own => {
+                return Err(RpcError::Forbidden(format!(
+                    "this is cluster {}, not {}",
+                    own.map(|id| id.to_string()).unwrap_or_else(|| "(none)".to_owned()),
+                    request.cluster_id
+                )));
+            }
+        }
+        if request.incarnation == 0 || request.id != node_id(stable_id, request.incarnation) {
+            return Err(RpcError::BadRequest(format!(
+                "raft id {} is not the id of {stable_id:?} incarnation {:016x}",
+                request.id, request.incarnation
+            )));
+        }
+        Ok(())
+    }
+
+    async fn join_here(&self, request: &JoinRequest, remaining: Duration) -> Result<(), Failed> {
+        let _serial = self.membership.lock().await;
+        let metrics = self.node.metrics();
+        let stable_id = &request.node.stable_id;
+        if let Some(known) = metrics.nodes.get(&request.id)
+            && known.stable_id != *stable_id
+        {
+            return Err(Failed::Finally(RpcError::Forbidden(format!(
+                "raft id {} belongs to member {:?}",
+                request.id, known.stable_id
+            ))));
+        }
+        if metrics.voters.contains(&request.id) {
+            return Ok(());
+        }
+        let stale: BTreeSet<NodeId> = metrics
+            .nodes
+            .iter()
+            .filter(|(id, node)| node.stable_id == *stable_id && **id != request.id)
+            .map(|(id, _)| *id)
+            .collect();
+        let timeout = remaining.min(self.config.catch_up_timeout);
+        self.node
+            .replace(&stale, request.id, request.node.clone(), timeout)
+            .await
+            .map_err(|err| self.membership_error(err))?;
+        if stale.is_empty() {
+            tracing::info!(id = request.id, node = %request.node, "node joined as a voter");
+        } else {
+            tracing::info!(id = request.id, node = %request.node, ?stale, "new incarnation replaced the old one");
+        }
+        Ok(())
+    }
+
+    fn membership_error(&self, err: MembershipError) -> Failed {
+        match err {
+            MembershipError::NotLeader { leader } => {
+                Failed::Finally(RpcError::NotLeader { leader: self.leader_hint(leader) })
+            }
+            MembershipError::InProgress => Failed::ForNow(RpcError::Unavailable(
+                "another membership change is in progress".to_owned(),
+            )),
+            MembershipError::NotCaughtUp { id, waited } => Failed::Finally(RpcError::Timeout {
+                what: format!("node {id} catching up"),
+                after: waited,
+            }),
+            MembershipError::Timeout(after) => {
+                Failed::ForNow(RpcError::Timeout { what: "membership change".to_owned(), after })
+            }
+            MembershipError::Fatal(why) => Failed::Finally(RpcError::Fatal(why)),
+            other => Failed::Finally(RpcError::BadRequest(other.to_string())),
+        }
+    }
+
+    /// Removes a member (on the leader only), if `caller` may: a node may
+    /// remove itself (or an old incarnation of itself), and a member this
+    /// node's view shows offline or untagged; never the leader through
+    /// another node. Removing a non-member does nothing.
+    pub async fn remove(
+        &self,
+        request: &RemoveRequest,
+        caller: &Caller,
+        deadline: Instant,
+    ) -> Result<(), RpcError> {
+        self.on_leader(deadline, |remaining| async move {
+            let _serial = self.membership.lock().await;
+            let metrics = self.node.metrics();
+            let Some(target) = metrics.nodes.get(&request.id) else { return Ok(()) };
+            if target.stable_id != caller.stable_id {
+                if request.id == self.node.id() {
+                    return Err(Failed::Finally(RpcError::Forbidden(format!(
+                        "node {:?} cannot remove the leader",
+                        caller.stable_id
+                    ))));
                 }
-                Route::Unknown => {
-                    unreachable!("with_leader does not call attempts without a route")
+                if self.peers.tagged_online(&target.stable_id) {
+                    return Err(Failed::Finally(RpcError::Forbidden(format!(
+                        "node {:?} cannot remove {:?}: it is tagged and online (membership \
+                         follows tags; revoke its tag, or let it leave)",
+                        caller.stable_id, target.stable_id
+                    ))));
+                }
+            }
+            self.node.remove(request.id, remaining).await.map_err(|err| self.membership_error(err))
+        })
+        .await
+    }
+
+    /// Asks the leader, wherever it is, to remove `request.id` on this
+    /// node's behalf (see [`CommandService::remove`] for who may remove
+    /// whom).
+    pub async fn remove_via_leader(
+        &self,
+        request: &RemoveRequest,
+        deadline: Instant,
+    ) -> Result<(), RpcError> {
+        let caller = self.own_caller();
+        self.with_leader("remove", deadline, false, |route| {
+            let caller = caller.clone();
+            async move {
+                match route {
+                    Route::Local => match self.remove(request, &caller, deadline).await {
+                        Ok(()) => Ok(Retry::Done(())),
+                        Err(RpcError::NotLeader { leader }) => {
+                            Ok(Retry::Again { leader, error: None })
+                        }
+                        Err(err) => Err(err),
+                    },
+                    Route::Remote(leader) => {
+                        let result: Result<serde_json::Value, RpcError> =
+                            self.client.post(&leader, "/v1/remove", request, deadline, false).await;
+                        self.remote_result(result.map(|_| ()))
+                    }
+                    Route::Unknown => {
+                        unreachable!("with_leader does not call attempts without a route")
+                    }
                 }
             }
         })
         .await
     }
 
-    async fn join_here(
-        &self,
-        request: &JoinRequest,
-        deadline: Instant,
-    ) -> Result<Retry<()>, RpcError> {
-        let _serial = self.membership.lock().await;
-        let metrics = self.node.metrics();
-        if metrics.voters.contains(&request.id)
-            && metrics.nodes.get(&request.id) == Some(&request.node)
-        {
-            return Ok(Retry::Done(()));
-        }
-        let remaining =
-            deadline.saturating_duration_since(Instant::now()).min(self.config.catch_up_timeout);
-        if let Err(err) = self.node.add_learner(request.id, request.node.clone(), remaining).await {
-            return self.membership_result(err);
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match self.node.promote(BTreeSet::from([request.id]), remaining).await {
-            Ok(()) => {
-                tracing::info!(id = request.id, node = %request.node, "node joined as a voter");
-                Ok(Retry::Done(()))
-            }
-            Err(err) => self.membership_result(err),
-        }
-    }
-
-    fn membership_result<T>(&self, err: MembershipError) -> Result<Retry<T>, RpcError> {
-        match err {
-            MembershipError::NotLeader { leader } => {
-                Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
-            }
-            MembershipError::InProgress => Ok(Retry::Again { leader: None, error: None }),
-            MembershipError::NotCaughtUp { id, waited } => {
-                Err(RpcError::Timeout { what: format!("node {id} catching up"), after: waited })
-            }
-            MembershipError::Timeout(after) => Ok(Retry::Again {
-                leader: None,
-                error: Some(RpcError::Timeout { what: "membership change".to_owned(), after }),
-            }),
-            MembershipError::Fatal(why) => Err(RpcError::Fatal(why)),
-            other => Err(RpcError::BadRequest(other.to_string())),
-        }
-    }
-
-    /// Removes a member.
-    pub async fn remove(
-        &self,
-        request: &RemoveRequest,
-        deadline: Instant,
-        forwarded: bool,
-    ) -> Result<(), RpcError> {
-        self.with_leader("remove", deadline, forwarded, |route| async move {
-            match route {
-                Route::Local => {
-                    let _serial = self.membership.lock().await;
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.node.remove(request.id, remaining).await {
-                        Ok(()) => Ok(Retry::Done(())),
-                        Err(err) => self.membership_result(err),
-                    }
+    /// Makes a membership change this node decided on as the leader (the
+    /// facade's reconciler), serialized with joins and removals.
+    pub async fn change(&self, change: &Change, deadline: Instant) -> Result<(), RpcError> {
+        self.on_leader(deadline, |remaining| async move {
+            let _serial = self.membership.lock().await;
+            let result = match change {
+                Change::AddLearner { id, node } => {
+                    let timeout = remaining.min(self.config.catch_up_timeout);
+                    self.node.add_learner(*id, node.clone(), timeout).await
                 }
-                Route::Remote(leader) => {
-                    let result: Result<serde_json::Value, RpcError> =
-                        self.client.post(&leader, "/v1/remove", request, deadline, true).await;
-                    self.remote_result(result.map(|_| ()))
-                }
-                Route::Unknown => {
-                    unreachable!("with_leader does not call attempts without a route")
-                }
-            }
+                Change::Promote { id } => self.node.promote(BTreeSet::from([*id]), remaining).await,
+                Change::Replace { old, new } => match self.node.metrics().nodes.get(new) {
+                    Some(node) => self.node.replace(old, *new, node.clone(), remaining).await,
+                    None => Err(MembershipError::Other(format!("{new} is not a member"))),
+                },
+                Change::Remove { id } => self.node.remove(*id, remaining).await,
+            };
+            result.map_err(|err| self.membership_error(err))
         })
         .await
     }
@@ -427,8 +613,8 @@ impl<S: StateMachine> CommandService<S> {
         Ok(ReadResponse { result: raw(self.node.query_local(query), "query answer")?, index })
     }
 
-    /// The configuration as this node knows it.
-    pub fn cluster(&self) -> ClusterInfo {
+    /// The configuration as this node knows it, and who this node is.
+    pub async fn cluster(&self) -> ClusterInfo {
         let m = self.node.metrics();
         let members = m
             .nodes
@@ -437,12 +623,25 @@ impl<S: StateMachine> CommandService<S> {
             .collect();
         ClusterInfo {
             node: m.id,
+            stable_id: self.node.info().stable_id.clone(),
+            incarnation: self.node.incarnation(),
+            cluster_id: self.node.cluster_id(),
+            initialized: self.node.is_initialized().await,
             leader: m.leader,
             term: m.term,
             members,
-            self_node: Some(self.node.info().clone()),
+            self_node: self.node.info().clone(),
         }
     }
+}
+
+/// Why a membership attempt on the leader failed.
+enum Failed {
+    /// It may succeed if tried again (another change in progress, a
+    /// timeout).
+    ForNow(RpcError),
+    /// It will not.
+    Finally(RpcError),
 }
 
 /// One attempt's result.

@@ -1,18 +1,20 @@
-//! The command API on clusters over the in-memory network: execute, join,
-//! read and remove through any node; forwarding across leader changes;
+//! The command API on clusters over the in-memory network: execute and
+//! read through any node, forwarding across leader changes; joins and
+//! removals answered by the leader only and bound to the caller's identity;
 //! authorization, size limits, strict JSON and slow clients.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    CommandClient, CommandConfig, CommandServer, CommandService, Consistency, ExecuteRequest,
-    ExecuteResponse, JoinRequest, ReadRequest, ReadResponse, RemoveRequest, RpcError,
+    Caller, CommandClient, CommandConfig, CommandServer, CommandService, Consistency,
+    ExecuteRequest, ExecuteResponse, JoinRequest, Peers, ProbeFuture, ProbeRequest, ProbeResponse,
+    ProbeState, ReadRequest, ReadResponse, RemoveRequest, RpcError,
 };
-use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
+use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,8 +78,34 @@ fn info(i: usize) -> NodeInfo {
     }
 }
 
-fn id(i: usize) -> NodeId {
-    i as NodeId + 1
+/// The tailnet as the tests declare it: node `i` is `node-i` at `ip(i)`;
+/// the intruder is no node. Nodes in `offline` are tagged but offline.
+#[derive(Default)]
+struct Tailnet {
+    offline: Mutex<BTreeSet<usize>>,
+}
+
+/// One node's view of the tailnet, as the facade would give it.
+struct TestPeers {
+    tailnet: Arc<Tailnet>,
+    me: Mutex<Option<(NodeId, u64, NodeInfo)>>,
+}
+
+impl Peers for TestPeers {
+    fn caller(&self, ip: IpAddr) -> Option<Caller> {
+        let i = (0..20).find(|&i| self::ip(i) == ip)?;
+        Some(Caller { stable_id: info(i).stable_id, addrs: vec![ip] })
+    }
+    fn tagged_online(&self, stable_id: &str) -> bool {
+        let offline = self.tailnet.offline.lock().unwrap();
+        (0..20).any(|i| info(i).stable_id == stable_id && !offline.contains(&i))
+    }
+    fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
+        let (id, incarnation, node) = self.me.lock().unwrap().clone().expect("started");
+        Box::pin(async move {
+            ProbeResponse { id, incarnation, node, state: ProbeState::Fresh { promised_to: None } }
+        })
+    }
 }
 
 fn test_config() -> CommandConfig {
@@ -95,6 +123,8 @@ struct Node {
 
 struct Cluster {
     net: MemNetwork,
+    tailnet: Arc<Tailnet>,
+    cluster_id: ClusterId,
     nodes: Vec<Option<Node>>,
 }
 
@@ -103,7 +133,7 @@ fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
 }
 
 impl Cluster {
-    async fn start_node(net: &MemNetwork, i: usize) -> Node {
+    async fn start_node(net: &MemNetwork, tailnet: &Arc<Tailnet>, i: usize) -> Node {
         let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
         let raft = RaftConfig {
             heartbeat_interval: Duration::from_millis(100),
@@ -112,7 +142,6 @@ impl Cluster {
             ..RaftConfig::default()
         };
         let raft_node = RaftNode::start(
-            id(i),
             info(i),
             transport.clone(),
             Storage::Memory,
@@ -123,10 +152,15 @@ impl Cluster {
         .await
         .unwrap();
         let config = test_config();
+        let peers = TestPeers {
+            tailnet: tailnet.clone(),
+            me: Mutex::new(Some((raft_node.id(), raft_node.incarnation(), info(i)))),
+        };
         let service = Arc::new(CommandService::new(
             Arc::new(raft_node),
             CommandClient::new(transport.clone(), config.clone()),
             config.clone(),
+            Arc::new(peers),
         ));
         let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
         let server =
@@ -134,20 +168,49 @@ impl Cluster {
         Node { service, server }
     }
 
-    /// `n` nodes; the first `voters` form the initial cluster, the rest wait
-    /// to join.
+    /// `n` nodes; the first `voters` form the initial cluster, the rest
+    /// wait to join (with the cluster's id, as if they had decided to).
     async fn new(n: usize, voters: usize) -> Cluster {
         let net = MemNetwork::new();
         net.node(INTRUDER);
+        let tailnet = Arc::new(Tailnet::default());
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Some(Cluster::start_node(&net, i).await));
+            nodes.push(Some(Cluster::start_node(&net, &tailnet, i).await));
         }
-        let members = (0..voters).map(|i| (id(i), info(i))).collect();
-        assert!(nodes[0].as_ref().unwrap().service.node().initialize(members).await.unwrap());
-        let cluster = Cluster { net, nodes };
+        let cluster_id = ClusterId::random().unwrap();
+        let cluster = Cluster { net, tailnet, cluster_id, nodes };
+        let members =
+            (0..voters).map(|i| (cluster.id(i), info(i))).collect::<BTreeMap<NodeId, NodeInfo>>();
+        for i in 1..n {
+            cluster.service(i).node().set_cluster_id(cluster_id).await.unwrap();
+        }
+        assert!(cluster.service(0).node().initialize_in(cluster_id, members).await.unwrap());
         cluster.leader().await;
         cluster
+    }
+
+    /// Restarts node `i` (memory storage: a new incarnation), with the
+    /// cluster's id.
+    async fn restart(&mut self, i: usize) {
+        self.stop(i).await;
+        self.nodes[i] = Some(Cluster::start_node(&self.net, &self.tailnet, i).await);
+        self.service(i).node().set_cluster_id(self.cluster_id).await.unwrap();
+    }
+
+    fn id(&self, i: usize) -> NodeId {
+        self.service(i).node().id()
+    }
+
+    /// Node `i`'s join request.
+    fn join_request(&self, i: usize) -> JoinRequest {
+        let node = self.service(i).node();
+        JoinRequest {
+            id: node.id(),
+            incarnation: node.incarnation(),
+            node: info(i),
+            cluster_id: self.cluster_id,
+        }
     }
 
     fn service(&self, i: usize) -> &Arc<CommandService<Kv>> {
@@ -292,30 +355,137 @@ async fn the_state_machines_own_error_survives_forwarding() {
     cluster.shutdown().await;
 }
 
+/// The message of an error answer.
+fn message(body: &str) -> String {
+    serde_json::from_str::<cmd_rpc::ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("not an error body: {body:?}: {e}"))
+        .message
+}
+
+/// Posts `body` to `path` on node `to` from address `from`, as raw HTTP
+/// with `headers` (each ending in CRLF).
+async fn post_from(
+    cluster: &Cluster,
+    from: IpAddr,
+    to: usize,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{headers}x-tsc-deadline-ms: 10000\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http(&cluster.net, from, to, request.as_bytes()).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_through_each_follower_adds_voters() {
+async fn joins_are_answered_by_the_leader_only_and_add_voters() {
     let cluster = Cluster::new(5, 3).await;
     let leader = cluster.leader().await;
-    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    for (joiner, via) in [(3, followers[0]), (4, followers[1])] {
-        let request = JoinRequest { id: id(joiner), node: info(joiner), fresh: true };
-        cluster
-            .service(via)
-            .join(&request, deadline(20), false)
-            .await
-            .unwrap_or_else(|e| panic!("join {joiner} via {via}: {e}"));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // A follower does not forward a join: it names the leader.
+    let join = serde_json::to_string(&cluster.join_request(3)).unwrap();
+    let (status, body) = post_from(&cluster, ip(3), follower, "/v1/join", &join, "").await;
+    assert_eq!(status, 409, "{body}");
+    let error: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(error.code, "not_leader");
+    assert_eq!(error.leader.map(|l| l.id), Some(cluster.id(leader)), "{body}");
+    // The leader adds each joining node as a voter.
+    for joiner in [3, 4] {
+        let join = serde_json::to_string(&cluster.join_request(joiner)).unwrap();
+        let (status, body) = post_from(&cluster, ip(joiner), leader, "/v1/join", &join, "").await;
+        assert_eq!(status, 200, "join {joiner}: {body}");
     }
     let metrics = cluster.service(leader).node().metrics();
-    assert_eq!(metrics.voters, (0..5).map(id).collect(), "joined nodes are voters");
+    assert_eq!(metrics.voters, (0..5).map(|i| cluster.id(i)).collect(), "joined nodes are voters");
     // Joining again is harmless.
-    cluster
-        .service(followers[0])
-        .join(&JoinRequest { id: id(3), node: info(3), fresh: false }, deadline(10), false)
-        .await
-        .unwrap();
+    let join = serde_json::to_string(&cluster.join_request(3)).unwrap();
+    let (status, body) = post_from(&cluster, ip(3), leader, "/v1/join", &join, "").await;
+    assert_eq!(status, 200, "{body}");
     // The new voters replicate.
     cluster.service(3).execute(&put(1, 1, "after-join", "x"), deadline(10), false).await.unwrap();
     cluster.wait_log_len(4, 1).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_that_do_not_match_the_callers_identity_are_refused() {
+    let cluster = Cluster::new(3, 2).await;
+    let leader = cluster.leader().await;
+    let good = cluster.join_request(2);
+    let owned = cluster;
+    let cluster = &owned;
+    let refused = |request: &JoinRequest| {
+        let body = serde_json::to_string(request).unwrap();
+        async move { post_from(cluster, ip(2), leader, "/v1/join", &body, "").await }
+    };
+    // Another stable id (the caller's own address, though).
+    let other = JoinRequest { node: NodeInfo { addrs: vec![ip(2)], ..info(7) }, ..good.clone() };
+    let (status, body) = refused(&other).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(message(&body).contains("\"node-2\" cannot join as \"node-7\""), "{body}");
+    // Foreign addresses.
+    let foreign = JoinRequest { node: NodeInfo { addrs: vec![ip(7)], ..info(2) }, ..good.clone() };
+    let (status, body) = refused(&foreign).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(message(&body).contains("10.0.0.8 is not one of node \"node-2\""), "{body}");
+    // Another cluster.
+    let wrong = JoinRequest { cluster_id: ClusterId(cluster.cluster_id.0 ^ 1), ..good.clone() };
+    let (status, body) = refused(&wrong).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(message(&body).contains(&format!("this is cluster {}", cluster.cluster_id)), "{body}");
+    // An id that is not the stable id's.
+    let forged = JoinRequest { id: cluster.id(0), ..good.clone() };
+    let (status, body) = refused(&forged).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("is not the id of \"node-2\""), "{body}");
+    let zero = JoinRequest { incarnation: 0, ..good.clone() };
+    assert_eq!(refused(&zero).await.0, 400);
+    // Bounded: too many addresses, an oversized stable id.
+    let many = JoinRequest { node: NodeInfo { addrs: vec![ip(2); 17], ..info(2) }, ..good.clone() };
+    let (status, body) = refused(&many).await;
+    assert_eq!(status, 400, "{body}");
+    let long =
+        JoinRequest { node: NodeInfo { stable_id: "x".repeat(300), ..info(2) }, ..good.clone() };
+    assert_eq!(refused(&long).await.0, 400);
+    // A forged forwarding header changes nothing.
+    let body = serde_json::to_string(&foreign).unwrap();
+    let (status, answer) =
+        post_from(cluster, ip(2), leader, "/v1/join", &body, "x-tsc-forwarded: 1\r\n").await;
+    assert_eq!(status, 403, "a forged x-tsc-forwarded header skipped the checks: {answer}");
+    // Nothing was added by any of them; the real join still works.
+    let metrics = cluster.service(leader).node().metrics();
+    assert_eq!(metrics.nodes.len(), 2, "{metrics:?}");
+    let (status, body) = refused(&good).await;
+    assert_eq!(status, 200, "{body}");
+    owned.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_incarnation_takes_the_old_ones_place_in_one_change() {
+    let mut cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let stale = (leader + 1) % 3;
+    let old_id = cluster.id(stale);
+    cluster.service(leader).execute(&put(1, 1, "k", "v"), deadline(10), false).await.unwrap();
+    cluster.restart(stale).await;
+    assert_ne!(cluster.id(stale), old_id, "a node without its state kept its raft id");
+    let mut voters_seen = cluster.service(leader).node().subscribe();
+    let join = serde_json::to_string(&cluster.join_request(stale)).unwrap();
+    let (status, body) = post_from(&cluster, ip(stale), leader, "/v1/join", &join, "").await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = cluster.service(leader).node().metrics();
+    assert!(metrics.voters.contains(&cluster.id(stale)), "{metrics:?}");
+    assert!(!metrics.nodes.contains_key(&old_id), "{metrics:?}");
+    assert_eq!(metrics.voters.len(), 3);
+    // Every configuration the leader went through had three voters or more.
+    let mut least = usize::MAX;
+    while voters_seen.has_changed().unwrap_or(false) {
+        least = least.min(voters_seen.borrow_and_update().voters.len());
+    }
+    assert!(least >= 3, "voters dropped to {least}");
+    cluster.wait_log_len(stale, 1).await;
     cluster.shutdown().await;
 }
 
@@ -408,21 +578,54 @@ async fn linearizable_reads_on_a_follower_see_acknowledged_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_through_a_follower() {
+async fn a_node_leaves_through_a_follower_but_cannot_remove_others_that_are_online() {
     let cluster = Cluster::new(3, 3).await;
     let leader = cluster.leader().await;
-    let follower = (leader + 1) % 3;
-    let victim = (leader + 2) % 3;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let remove = |id: NodeId| format!(r#"{{"id":{id}}}"#);
+    // Not the leader, and not an online tagged member.
+    let (status, body) =
+        post_from(&cluster, ip(follower), leader, "/v1/remove", &remove(cluster.id(leader)), "")
+            .await;
+    assert_eq!(status, 403, "a peer removed the leader: {body}");
+    assert!(message(&body).contains("cannot remove the leader"), "{body}");
+    let (status, body) =
+        post_from(&cluster, ip(follower), leader, "/v1/remove", &remove(cluster.id(other)), "")
+            .await;
+    assert_eq!(status, 403, "a peer removed an online tagged member: {body}");
+    assert!(message(&body).contains("tagged and online"), "{body}");
+    // A follower does not forward a removal.
+    let (status, body) =
+        post_from(&cluster, ip(other), follower, "/v1/remove", &remove(cluster.id(other)), "")
+            .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(cluster.service(leader).node().metrics().voters.len(), 3);
+    // A node leaves, through whichever node it asks.
+    let other_id = cluster.id(other);
     cluster
-        .service(follower)
-        .remove(&RemoveRequest { id: id(victim) }, deadline(10), false)
+        .service(other)
+        .remove_via_leader(&RemoveRequest { id: other_id }, deadline(10))
         .await
         .unwrap();
     let metrics = cluster.service(leader).node().metrics();
-    assert!(
-        !metrics.voters.contains(&id(victim)) && !metrics.nodes.contains_key(&id(victim)),
-        "{metrics:?}"
-    );
+    assert!(!metrics.voters.contains(&other_id) && !metrics.nodes.contains_key(&other_id));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_offline_in_the_leaders_view_may_be_removed_by_a_peer() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.tailnet.offline.lock().unwrap().insert(other);
+    let other_id = cluster.id(other);
+    cluster
+        .service(follower)
+        .remove_via_leader(&RemoveRequest { id: other_id }, deadline(10))
+        .await
+        .expect("an offline member may be removed");
+    let metrics = cluster.service(leader).node().metrics();
+    assert!(!metrics.nodes.contains_key(&other_id), "{metrics:?}");
     cluster.shutdown().await;
 }
 
@@ -460,6 +663,7 @@ async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
         ("POST", "/v1/execute"),
         ("POST", "/v1/join"),
         ("POST", "/v1/remove"),
+        ("POST", "/v1/probe"),
         ("POST", "/v1/read"),
         ("POST", "/v1/read-index"),
         ("GET", "/v1/cluster"),
@@ -476,9 +680,10 @@ async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
     }
     // And an unauthorized node cannot join, even naming itself.
     let join = serde_json::to_string(&JoinRequest {
-        id: 99,
+        id: raft_core::node_id("node-5", 9),
+        incarnation: 9,
         node: NodeInfo { addrs: vec![INTRUDER], ..info(5) },
-        fresh: true,
+        cluster_id: cluster.cluster_id,
     })
     .unwrap();
     let (status, _) = raw_http(&cluster.net, INTRUDER, 0, &post("/v1/join", &join)).await.unwrap();
@@ -491,9 +696,8 @@ async fn a_node_cannot_join_on_behalf_of_another_address() {
     let cluster = Cluster::new(2, 1).await;
     // Node 1 (allowed) asks to add a node at an address that is not its own.
     let join = serde_json::to_string(&JoinRequest {
-        id: 50,
-        node: NodeInfo { addrs: vec![ip(7)], ..info(7) },
-        fresh: true,
+        node: NodeInfo { addrs: vec![ip(7)], ..info(1) },
+        ..cluster.join_request(1)
     })
     .unwrap();
     let (status, body) = raw_http(&cluster.net, ip(1), 0, &post("/v1/join", &join)).await.unwrap();
@@ -650,8 +854,9 @@ fn valid_body(path: &str) -> String {
     match path {
         "/v1/execute" => r#"{"client":"00000000000000000000000000000009","seq":1,"command":{"op":"put","key":"f","value":"z"}}"#.to_owned(),
         // An address that is not the caller's: the join is refused.
-        "/v1/join" => r#"{"id":77,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001},"fresh":false}"#.to_owned(),
+        "/v1/join" => r#"{"id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001},"cluster_id":"0123456789abcdef0123456789abcdef"}"#.to_owned(),
         "/v1/remove" => r#"{"id":77}"#.to_owned(),
+        "/v1/probe" => r#"{"promise":true}"#.to_owned(),
         "/v1/read" => r#"{"query":{"get":"f"},"consistency":"linearizable"}"#.to_owned(),
         _ => "{}".to_owned(),
     }
@@ -665,6 +870,7 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
         "/v1/execute",
         "/v1/join",
         "/v1/remove",
+        "/v1/probe",
         "/v1/read",
         "/v1/read-index",
     ]);

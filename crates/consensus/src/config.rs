@@ -86,9 +86,12 @@ pub struct BootstrapOptions {
     /// Never form a cluster; only join an existing one.
     pub follow_only: bool,
     /// How many tagged nodes form the first cluster. With a fresh state,
-    /// nodes wait until this many tagged nodes are online; then the one with
-    /// the lowest id forms the cluster and the others join it, so nodes
-    /// started together form exactly one cluster. 1 lets a lone node start.
+    /// nodes wait until they see this many tagged nodes; then the one with
+    /// the lowest stable id forms the cluster (once every tagged node has
+    /// promised to wait for it) and the others join it. More than half of
+    /// the tagged nodes guarantees exactly one cluster even while the
+    /// nodes' views of the tailnet differ (docs/configuration.md). 1 lets a
+    /// lone node start.
     pub expected_size: usize,
 }
 

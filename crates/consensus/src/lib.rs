@@ -8,17 +8,25 @@
 //! exactly once, and the leader's answer comes back. [`Consensus::read`]
 //! answers queries, linearizable or local.
 //!
-//! - **Bootstrap without split brain**: with fresh state, nodes wait until
-//!   [`BootstrapOptions::expected_size`] tagged nodes are online; the one
-//!   with the lowest id forms the cluster and the others join it. A node
-//!   with stored state resumes by itself; a follow-only node never forms a
-//!   cluster.
+//! - **Bootstrap without split brain** (decision 0003): a fresh node probes
+//!   every tagged peer; it joins a cluster one of them knows the leader of,
+//!   and forms one only when it sees [`BootstrapOptions::expected_size`]
+//!   tagged nodes, has the lowest stable id, and every tagged peer answered
+//!   and promised to wait for it. A node with stored state resumes by
+//!   itself; a follow-only node never forms a cluster.
+//! - **Nodes that forget are new nodes**: a node's raft id comes from its
+//!   stable id and an incarnation drawn whenever its state is empty, so a
+//!   node that lost its state (memory storage: every restart) never votes
+//!   with a log it no longer has; it joins again and the leader swaps it
+//!   for its old incarnation in one change.
 //! - **Membership follows tags**: a newly tagged node joins as a learner and
 //!   becomes a voter once caught up; the leader removes a member whose tag
 //!   is revoked or that leaves the tailnet, never one that is merely
 //!   offline, and never if the remaining voters could not reach a quorum.
 //! - **Every port is authorized** by the caller's real tailnet address: only
-//!   tagged nodes reach the raft, command and monitor ports.
+//!   tagged nodes reach the raft, command and monitor ports; raft
+//!   connections must carry this cluster's id, and joins and removals are
+//!   bound to the caller's own identity.
 //! - **Observable**: [`Consensus::metrics`] and [`Consensus::watch`], and a
 //!   monitor with `/status` (JSON), `/metrics` (Prometheus) and `/` (HTML).
 //!
@@ -28,6 +36,7 @@
 
 mod bootstrap;
 mod config;
+mod decide;
 mod error;
 mod machine;
 mod membership;

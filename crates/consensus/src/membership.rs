@@ -1,27 +1,39 @@
-//! Membership follows tags: the leader removes members whose tag was
-//! revoked or that left the tailnet, and adds back tagged nodes that run
-//! this cluster's consensus but are not members (a node whose tag was
-//! restored, or one removed while it was away). Members that are merely
-//! offline stay. One change at a time (cmd-rpc serializes them), each
-//! logged, and never one that would leave the remaining voters without a
-//! reachable quorum.
+//! Membership follows tags (decision 0003): the shell around
+//! [`decide::membership::plan`]. On the leader, every `reconcile_every` and
+//! on every discovery change, it gathers the configuration, the tagged
+//! nodes of a fresh view and the probe answers of the tagged nodes
+//! [`decide::membership::to_probe`] names (each at most every
+//! [`PROBE_EVERY`]), asks the plan for one action, and carries it out
+//! through the command service, which serializes it with joins and
+//! removals. Members that are merely offline stay; the quorum guard and
+//! the rules are the plan's.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use cmd_rpc::{ClusterInfo, JoinRequest, RemoveRequest};
-use raft_core::{NodeInfo, node_id_from_stable_id};
+use cmd_rpc::{Change, ProbeRequest, ProbeResponse, ProbeState};
+use raft_core::NodeInfo;
+use tokio::task::JoinSet;
+use ts_discovery::ClusterView;
 
+use crate::bootstrap::check_answer;
+use crate::decide::membership::{Action, Inputs, Member, Probed, Tagged, plan, to_probe};
 use crate::machine::StateMachine;
 use crate::node::{Inner, join_ports};
 
-/// Time a tagged non-member has to answer the leader's probe.
+/// Time a tagged node has to answer the leader's probe.
 const PROBE: Duration = Duration::from_secs(1);
-/// Least time between two probes of the same non-member.
+/// Least time between two probes of the same node.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
-/// Time adding a node back may take, catching up included.
-const ADD_BACK: Duration = Duration::from_secs(30);
+/// Time adding a learner or replacing an incarnation may take, catching
+/// up included.
+const CATCH_UP: Duration = Duration::from_secs(30);
+/// Time any other change may take.
+const CHANGE: Duration = Duration::from_secs(10);
+/// How far behind the leader's log a learner may be and count as caught
+/// up.
+const MAX_LAG: u64 = 64;
 
 pub(crate) async fn reconcile_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
     let (mut events, every) = match inner.upgrade() {
@@ -44,126 +56,148 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
     if metrics.role != raft_core::Role::Leader {
         return;
     }
-    let state = inner.discovery.state().borrow().clone();
     // Never act on a view that might be out of date.
-    if state.is_stale(inner.config.timing.max_staleness) {
-        return;
-    }
-    let Some(view) = state.view else { return };
-    let tagged: HashSet<&str> = view.members.values().map(|n| n.id.0.as_str()).collect();
-    let online: HashSet<&str> = view.online_members().map(|n| n.id.0.as_str()).collect();
-    for (&id, node) in &metrics.nodes {
-        if id == inner.id || tagged.contains(node.stable_id.as_str()) {
-            continue;
-        }
-        if metrics.voters.contains(&id) {
-            let remaining: Vec<u64> = metrics.voters.iter().copied().filter(|v| *v != id).collect();
-            let reachable = remaining
-                .iter()
-                .filter(|v| {
-                    **v == inner.id
-                        || metrics
-                            .nodes
-                            .get(v)
-                            .is_some_and(|n| online.contains(n.stable_id.as_str()))
-                })
-                .count();
-            if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
-                tracing::warn!(
-                    id,
-                    stable_id = %node.stable_id,
-                    reachable,
-                    voters = remaining.len(),
-                    "member lost the tag, but removing it would leave no reachable quorum; keeping it for now"
-                );
-                continue;
-            }
-        }
-        tracing::info!(id, stable_id = %node.stable_id, tag = %inner.tag, "member no longer carries the tag; removing it");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        match inner.service.remove(&RemoveRequest { id }, deadline, false).await {
-            Ok(()) => tracing::info!(id, stable_id = %node.stable_id, "member removed"),
-            Err(err) => tracing::warn!(id, error = %err, "removing the member failed; will retry"),
-        }
-        // One change per round; the next round sees the new configuration.
-        return;
-    }
-    add_back(inner, &metrics, &view).await;
-}
-
-/// Adds back one tagged, online node that is not a voter: a learner left
-/// behind by a join that never finished (its leader died between adding
-/// and promoting it), or a node that is not a member at all but answers as
-/// this cluster's node with its own id (restored tag, or removed while it
-/// was away). A fresh node that is still bootstrapping is added the same
-/// way, which is what its own join would do.
-async fn add_back<S: StateMachine>(
-    inner: &Inner<S>,
-    metrics: &raft_core::NodeMetrics,
-    view: &ts_discovery::ClusterView,
-) {
-    let now = Instant::now();
-    for node in view.online_members() {
-        let id = node_id_from_stable_id(&node.id.0);
-        if metrics.voters.contains(&id) {
-            continue;
-        }
-        {
-            let mut probes = inner.add_back_probes.lock().unwrap_or_else(|p| p.into_inner());
-            probes.retain(|_, next| *next > now);
-            if probes.contains_key(&id) {
-                continue;
-            }
-            probes.insert(id, now + PROBE_EVERY);
-        }
-        let found = match metrics.nodes.get(&id) {
-            // A learner: its record is in the configuration already.
-            Some(known) => known.clone(),
-            None => match probe(inner, node, id).await {
-                Some(found) => found,
-                None => continue,
+    let Some(view) = inner.fresh_view() else { return };
+    let last_index = metrics.last_log_index.unwrap_or(0);
+    let members: Vec<Member<String>> = metrics
+        .nodes
+        .iter()
+        .map(|(id, node)| Member {
+            id: *id,
+            name: node.stable_id.clone(),
+            voter: metrics.voters.contains(id),
+            matched: if *id == inner.id {
+                metrics.last_log_index
+            } else {
+                metrics.replication.as_ref().and_then(|r| r.get(id).copied().flatten())
             },
-        };
-        tracing::info!(id, stable_id = %node.id.0, tag = %inner.tag, "tagged node is not a voter; adding it back");
-        let request = JoinRequest { id, node: found, fresh: false };
-        match inner.service.join(&request, Instant::now() + ADD_BACK, false).await {
-            Ok(()) => tracing::info!(id, stable_id = %node.id.0, "node added back"),
-            Err(err) => tracing::warn!(id, error = %err, "adding the node back failed; will retry"),
+        })
+        .collect();
+    let mut tagged: Vec<Tagged<String>> =
+        view.members.values().map(|n| Tagged { name: n.id.0.clone(), online: n.online }).collect();
+    if view.self_tagged() {
+        tagged.push(Tagged { name: view.self_node.id.0.clone(), online: true });
+    }
+    let answers = probe_due(inner, &view, to_probe(inner.id, &members, &tagged)).await;
+    let mut probed: Vec<Probed<String>> = answers.iter().map(|(p, _)| p.clone()).collect();
+    probed.push(Probed {
+        name: raft.info().stable_id.clone(),
+        id: inner.id,
+        in_this_cluster: true,
+    });
+    let inputs = Inputs {
+        leader: inner.id,
+        members: &members,
+        tagged: &tagged,
+        probed: &probed,
+        last_index,
+        max_lag: MAX_LAG,
+    };
+    let Some(action) = plan(&inputs) else { return };
+    let (change, timeout) = match &action {
+        Action::Replace { old, new, name } => {
+            tracing::info!(?old, new, %name, "replacing stale incarnations");
+            (Change::Replace { old: old.clone(), new: *new }, CATCH_UP)
         }
-        return;
+        Action::Remove { id, name } => {
+            tracing::info!(id, %name, tag = %inner.tag, "member no longer carries the tag or left the tailnet; removing it");
+            (Change::Remove { id: *id }, CHANGE)
+        }
+        Action::Promote { id, name } => {
+            tracing::info!(id, %name, "promoting a caught-up learner");
+            (Change::Promote { id: *id }, CHANGE)
+        }
+        Action::AddLearner { id, name } => {
+            let Some(node) = answers.iter().find(|(p, _)| p.id == *id).map(|(_, n)| n.clone())
+            else {
+                return;
+            };
+            tracing::info!(id, %name, tag = %inner.tag, "tagged node of this cluster is not a member; adding it back");
+            (Change::AddLearner { id: *id, node }, CATCH_UP)
+        }
+    };
+    match inner.service.change(&change, Instant::now() + timeout).await {
+        Ok(()) => tracing::info!(?action, "membership change done"),
+        Err(err) => tracing::warn!(?action, error = %err, "membership change failed; will retry"),
     }
 }
 
-/// Asks `node` who it is; its record if it answers as raft node `id`.
-async fn probe<S: StateMachine>(
+/// Probes the nodes named (those not probed within [`PROBE_EVERY`]), at
+/// once. Each answer that checks out gives what the plan needs and the
+/// node's record, its addresses limited to those the view gives it.
+async fn probe_due<S: StateMachine>(
     inner: &Inner<S>,
-    node: &ts_discovery::TailnetNode,
-    id: raft_core::NodeId,
-) -> Option<NodeInfo> {
-    let addrs: Vec<_> = node.addrs().collect();
-    for port in join_ports(&inner.config) {
-        let target = NodeInfo {
-            stable_id: node.id.0.clone(),
-            addrs: addrs.clone(),
-            raft_port: 0,
-            command_port: port,
-        };
-        let answer: Result<ClusterInfo, _> =
-            inner.service.client().get(&target, "/v1/cluster", Instant::now() + PROBE).await;
-        match answer {
-            Ok(ClusterInfo { node: answered, self_node: Some(found), .. })
-                if answered == id && found.stable_id == node.id.0 =>
-            {
-                return Some(found);
+    view: &ClusterView,
+    names: Vec<String>,
+) -> Vec<(Probed<String>, NodeInfo)> {
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut probes = inner.membership_probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.retain(|_, next| *next > now);
+        names
+            .into_iter()
+            .filter(|name| {
+                let due = !probes.contains_key(name);
+                if due {
+                    probes.insert(name.clone(), now + PROBE_EVERY);
+                }
+                due
+            })
+            .collect()
+    };
+    let cluster_id = inner.raft().cluster_id();
+    let mut tasks = JoinSet::new();
+    for name in due {
+        let Some(node) = view.members.values().find(|n| n.id.0 == name) else { continue };
+        let addrs: BTreeSet<_> = node.addrs().collect();
+        let client = inner.service.client().clone();
+        let ports = join_ports(&inner.config);
+        tasks.spawn(async move {
+            for port in ports {
+                let target = NodeInfo {
+                    stable_id: name.clone(),
+                    addrs: addrs.iter().copied().collect(),
+                    raft_port: 0,
+                    command_port: port,
+                };
+                let request = ProbeRequest { promise: false };
+                let answer: Result<ProbeResponse, _> = client
+                    .post(&target, "/v1/probe", &request, Instant::now() + PROBE, false)
+                    .await;
+                let Ok(answer) = answer else { continue };
+                if let Err(why) = check_answer(&answer, &name) {
+                    tracing::warn!(node = %name, %why, "ignoring a malformed probe answer");
+                    return None;
+                }
+                let in_this_cluster = matches!(
+                    answer.state,
+                    ProbeState::Member { cluster_id: theirs, .. } if Some(theirs) == cluster_id
+                );
+                let record = NodeInfo {
+                    addrs: answer
+                        .node
+                        .addrs
+                        .iter()
+                        .copied()
+                        .filter(|a| addrs.contains(a))
+                        .collect(),
+                    ..answer.node
+                };
+                if record.addrs.is_empty() {
+                    return None;
+                }
+                return Some((Probed { name, id: answer.id, in_this_cluster }, record));
             }
-            Ok(_) => {
-                tracing::debug!(id, port, "tagged node answered as another node; not adding it");
-                return None;
-            }
-            Err(_) => continue,
+            None
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some(answer)) = done {
+            out.push(answer);
         }
     }
-    None
+    out
 }
 
 #[cfg(test)]

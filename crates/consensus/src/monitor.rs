@@ -22,6 +22,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Serialize)]
 struct Status {
     id: u64,
+    stable_id: String,
+    incarnation: String,
+    cluster_id: Option<String>,
     tag: String,
     #[serde(flatten)]
     metrics: Metrics,
@@ -33,8 +36,12 @@ fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
     let raft = inner.raft().metrics();
     let metrics = crate::node::Consensus::<S>::metrics_from(&raft);
     let committed = inner.committed.load(Ordering::Relaxed);
+    let node = inner.raft();
     Status {
         id: inner.id,
+        stable_id: node.info().stable_id.clone(),
+        incarnation: format!("{:016x}", node.incarnation()),
+        cluster_id: node.cluster_id().map(|id| id.to_string()),
         tag: inner.tag.clone(),
         metrics,
         committed_index: (committed != u64::MAX).then_some(committed),

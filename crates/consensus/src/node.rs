@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest, JoinRequest,
-    PageServer, ReadRequest, RemoveRequest,
+    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest,
+    LeaderHint, PageServer, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState,
+    ReadRequest, RemoveRequest,
 };
 use raft_core::{ClientId, NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -17,7 +18,9 @@ use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 
+use crate::bootstrap::Promise;
 use crate::config::{BootstrapOptions, Config};
+use crate::decide;
 use crate::error::Error;
 use crate::machine::{Adapter, Answer, StateMachine};
 use crate::{membership, monitor};
@@ -45,7 +48,8 @@ pub enum MemberRole {
 /// One member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Member {
-    /// Raft id (derived from the stable tailnet id).
+    /// Raft id: derived from the stable tailnet id and the incarnation (a
+    /// node that lost its state comes back under a new one).
     pub id: u64,
     /// The stable tailnet id.
     pub stable_id: String,
@@ -185,8 +189,12 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) committed: std::sync::atomic::AtomicU64,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
-    /// When each tagged non-member may next be probed for adding back.
-    pub(crate) add_back_probes: Mutex<HashMap<NodeId, Instant>>,
+    /// When each tagged node (by stable id) may next be probed by the
+    /// leader's membership reconciler.
+    pub(crate) membership_probes: Mutex<HashMap<String, Instant>>,
+    /// The bootstrap lock: the promise this node holds; answering probes,
+    /// granting, joining and forming happen under it.
+    pub(crate) promise: Arc<tokio::sync::Mutex<Promise>>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -196,6 +204,109 @@ impl<S: StateMachine> Inner<S> {
 
     pub(crate) fn view(&self) -> Option<Arc<ClusterView>> {
         self.discovery.current()
+    }
+
+    /// The view, if it is fresh enough to act on.
+    pub(crate) fn fresh_view(&self) -> Option<Arc<ClusterView>> {
+        let state = self.discovery.state().borrow().clone();
+        if state.is_stale(self.config.timing.max_staleness) { None } else { state.view }
+    }
+}
+
+/// Whether `stable_id` is tagged and online in `view` (this node counts as
+/// online).
+pub(crate) fn tagged_online(view: &ClusterView, stable_id: &str) -> bool {
+    (view.self_node.id.0 == stable_id && view.self_tagged())
+        || view.members.values().any(|n| n.id.0 == stable_id && n.online)
+}
+
+/// Whether `stable_id` is tagged in `view`, online or not (this node
+/// included).
+pub(crate) fn tagged(view: &ClusterView, stable_id: &str) -> bool {
+    (view.self_node.id.0 == stable_id && view.self_tagged())
+        || view.members.values().any(|n| n.id.0 == stable_id)
+}
+
+/// The leader this node knows, as a hint for others.
+pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint> {
+    let id = metrics.leader?;
+    metrics.nodes.get(&id).map(|node| LeaderHint { id, node: node.clone() })
+}
+
+/// What the command API asks the facade about callers, answered from the
+/// tailnet view, and the bootstrap probe, answered under the bootstrap
+/// lock ([`decide::bootstrap::answer`]).
+struct FacadePeers<S: StateMachine> {
+    raft: Arc<RaftNode<Adapter<S>>>,
+    discovery: Arc<dyn Discovery>,
+    max_staleness: Duration,
+    promise: Arc<tokio::sync::Mutex<Promise>>,
+}
+
+impl<S: StateMachine> Peers for FacadePeers<S> {
+    fn caller(&self, ip: IpAddr) -> Option<Caller> {
+        let view = self.discovery.current()?;
+        let ip = ip.to_canonical();
+        let node = if view.self_node.addrs().any(|own| own == ip) {
+            &view.self_node
+        } else {
+            view.member_by_addr(ip)?
+        };
+        Some(Caller { stable_id: node.id.0.clone(), addrs: node.addrs().collect() })
+    }
+
+    fn tagged_online(&self, stable_id: &str) -> bool {
+        let state = self.discovery.state().borrow().clone();
+        match state.view {
+            // Fail closed: with an old view, everyone counts as present.
+            Some(_) if state.is_stale(self.max_staleness) => true,
+            Some(view) => tagged_online(&view, stable_id),
+            None => true,
+        }
+    }
+
+    fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let mut promise = self.promise.lock().await;
+            let state = self.discovery.state().borrow().clone();
+            let stale = state.is_stale(self.max_staleness);
+            let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
+            let me = self.raft.info().stable_id.clone();
+            let cluster_id = self.raft.cluster_id();
+            // A stale view keeps a promise (fail closed) and grants none.
+            let holder_tagged = promise
+                .to
+                .as_deref()
+                .is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)));
+            let (holding, reply) = decide::bootstrap::answer(&decide::bootstrap::Probe {
+                me: &me,
+                member: cluster_id.is_some(),
+                holding: promise.to.as_ref(),
+                holder_tagged,
+                caller: &caller.stable_id,
+                caller_live: !stale && live(&caller.stable_id),
+                wants_promise: request.promise,
+            });
+            if holding != promise.to {
+                tracing::info!(from = ?promise.to, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
+            }
+            promise.to = holding;
+            let state = match (cluster_id, reply) {
+                (Some(cluster_id), _) => {
+                    ProbeState::Member { cluster_id, leader: leader_hint(&self.raft.metrics()) }
+                }
+                (None, decide::bootstrap::Reply::Fresh { promised_to }) => {
+                    ProbeState::Fresh { promised_to }
+                }
+                (None, decide::bootstrap::Reply::Member) => ProbeState::Fresh { promised_to: None },
+            };
+            ProbeResponse {
+                id: self.raft.id(),
+                incarnation: self.raft.incarnation(),
+                node: self.raft.info().clone(),
+                state,
+            }
+        })
     }
 }
 
@@ -301,7 +412,6 @@ impl<S: StateMachine> Consensus<S> {
         if !view.self_tagged() {
             return Err(Error::NotTagged { tag: bootstrap.tag.clone() });
         }
-        let id = raft_core::node_id_from_stable_id(&view.self_node.id.0);
         let self_node = NodeInfo {
             stable_id: view.self_node.id.0.clone(),
             addrs: view.self_node.addrs().collect(),
@@ -318,7 +428,6 @@ impl<S: StateMachine> Consensus<S> {
             None => Storage::Memory,
         };
         let raft = RaftNode::start(
-            id,
             self_node.clone(),
             transport.clone(),
             storage,
@@ -328,14 +437,27 @@ impl<S: StateMachine> Consensus<S> {
         )
         .await
         .map_err(|e| match e {
-            raft_core::StartError::Storage(why) => Error::Storage(why),
+            raft_core::StartError::Storage(why) | raft_core::StartError::Identity(why) => {
+                Error::Storage(why)
+            }
+            raft_core::StartError::Config(why) => Error::Invalid(why),
             other => Error::Network(other.to_string()),
         })?;
+        let id = raft.id();
+        let raft = Arc::new(raft);
+        let promise = Arc::new(tokio::sync::Mutex::new(Promise::default()));
+        let peers = FacadePeers {
+            raft: raft.clone(),
+            discovery: discovery.clone(),
+            max_staleness: config.timing.max_staleness,
+            promise: promise.clone(),
+        };
         let commands = command_config(&config);
         let service = Arc::new(CommandService::new(
-            Arc::new(raft),
+            raft,
             CommandClient::new(transport.clone(), commands.clone()),
             commands.clone(),
+            Arc::new(peers),
         ));
         let listener = match transport.listen(config.command_port).await {
             Ok(listener) => Arc::from(listener),
@@ -363,19 +485,12 @@ impl<S: StateMachine> Consensus<S> {
             tasks: Mutex::new(Vec::new()),
             committed: std::sync::atomic::AtomicU64::new(u64::MAX),
             owns_discovery: AtomicBool::new(false),
-            add_back_probes: Mutex::new(HashMap::new()),
+            membership_probes: Mutex::new(HashMap::new()),
+            promise,
         });
         let consensus = Consensus { inner };
         let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());
-        if let Err(err) = crate::bootstrap::run(
-            &consensus.inner,
-            transport.clone(),
-            &self_node,
-            &bootstrap,
-            remaining,
-        )
-        .await
-        {
+        if let Err(err) = crate::bootstrap::run(&consensus.inner, &bootstrap, remaining).await {
             consensus.shutdown_all().await;
             return Err(err);
         }
@@ -458,16 +573,21 @@ impl<S: StateMachine> Consensus<S> {
         members_of(&self.inner)
     }
 
-    /// Removes a member from the configuration (through the leader).
+    /// Asks the leader to remove a member from the configuration.
     ///
-    /// Membership follows tags: a node that still carries the tag and keeps
-    /// running is added back by the leader within seconds. To keep a node
-    /// out, revoke its tag or stop it (a node stopped with
-    /// [`StopMode::Leave`] removes itself and stays out).
+    /// The leader allows it for this node itself (or an old incarnation of
+    /// it), and for a member its tailnet view shows offline or untagged;
+    /// never for the leader by another node, nor for a member that is
+    /// tagged and online: membership follows tags, so revoke its tag, or
+    /// stop it with [`StopMode::Leave`], to take it out.
     pub async fn remove_member(&self, id: u64) -> Result<(), Error> {
         self.check_running()?;
         let deadline = Instant::now() + self.inner.config.timing.call_deadline;
-        self.inner.service.remove(&RemoveRequest { id }, deadline, false).await.map_err(Error::from)
+        self.inner
+            .service
+            .remove_via_leader(&RemoveRequest { id }, deadline)
+            .await
+            .map_err(Error::from)
     }
 
     /// This node's metrics now.
@@ -533,7 +653,7 @@ impl<S: StateMachine> Consensus<S> {
             if let Err(err) = self
                 .inner
                 .service
-                .remove(&RemoveRequest { id: self.inner.id }, deadline, false)
+                .remove_via_leader(&RemoveRequest { id: self.inner.id }, deadline)
                 .await
             {
                 result = Err(Error::from(err));
@@ -614,12 +734,7 @@ pub(crate) fn members_of<S: StateMachine>(inner: &Inner<S>) -> Vec<Member> {
         .collect()
 }
 
-/// Join requests this node sends: its id and record.
-pub(crate) fn join_request(id: NodeId, node: &NodeInfo, fresh: bool) -> JoinRequest {
-    JoinRequest { id, node: node.clone(), fresh }
-}
-
-/// Ports to try on a peer when joining.
+/// Ports to try on a peer's command API (probes and joins).
 pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
     let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
     ports.extend(&config.seed_command_ports);

@@ -171,9 +171,11 @@ async fn three_nodes_started_together_form_one_cluster_and_run_dynamic_commands(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_deleted_from_the_tailnet_is_removed_but_an_offline_one_stays() {
     let world = World::new(4);
-    let mut nodes = three(&world).await;
-    let fourth = world.start(3, 3).await;
-    nodes[0].wait_for(WAIT, |m| m.voters == 4).await.unwrap();
+    // Every tagged node must answer before a cluster forms: start all four.
+    let (a, b, c, fourth) =
+        tokio::join!(world.start(0, 4), world.start(1, 4), world.start(2, 4), world.start(3, 4));
+    let mut nodes = vec![a, b, c];
+    nodes[0].wait_for(WAIT, |m| m.voters == 4 && m.leader.is_some()).await.unwrap();
     let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
     let offline = (leader + 1) % 3;
     // Offline but tagged: stays.

@@ -14,6 +14,10 @@ pub enum StartError {
     /// Storage could not be opened or restored.
     #[error("raft storage: {0}")]
     Storage(String),
+    /// The state directory belongs to another node, or was written before
+    /// node identities existed; the message says what to do.
+    #[error("raft storage: {0}")]
+    Identity(String),
     /// The raft port could not be opened.
     #[error("cannot listen on raft port {port}: {reason}")]
     Listen {
@@ -108,6 +112,20 @@ pub enum MembershipError {
     /// The node stopped on a fatal error.
     #[error("fatal: {0}")]
     Fatal(String),
+    /// The node belongs to a cluster already; its cluster id cannot
+    /// change.
+    #[error(
+        "this node belongs to cluster {current} and has raft state; it cannot join cluster {wanted}"
+    )]
+    ClusterIdFixed {
+        /// The node's cluster id.
+        current: crate::types::ClusterId,
+        /// The one asked for.
+        wanted: crate::types::ClusterId,
+    },
+    /// The identity record could not be written.
+    #[error("storing the cluster id: {0}")]
+    Storage(String),
     /// Refused for another reason.
     #[error("{0}")]
     Other(String),

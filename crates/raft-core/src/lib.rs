@@ -1,11 +1,16 @@
 //! The consensus engine: openraft 0.9 wired to a `ts_transport::Transport`.
 //!
 //! - [`RaftNode`] runs one node: its raft port (only peers the caller's
-//!   [`Authorize`] hook accepts), storage ([`Storage::Memory`] or
-//!   [`Storage::Durable`]: log, vote and committed index in redb, snapshots
-//!   as atomically replaced files), and a proposal batcher that coalesces
-//!   concurrent commands into one log entry, because openraft 0.9 performs
-//!   one durable append at a time.
+//!   [`Authorize`] hook accepts, and only connections of its own cluster),
+//!   storage ([`Storage::Memory`] or [`Storage::Durable`]: identity, log,
+//!   vote and committed index in redb, snapshots as atomically replaced
+//!   files), and a proposal batcher that coalesces concurrent commands into
+//!   one log entry, because openraft 0.9 performs one durable append at a
+//!   time.
+//! - Identity (decision 0003): a node's raft id is [`node_id`] of its
+//!   stable id and an incarnation drawn whenever its storage is fresh, so a
+//!   node that lost its state is a new node to the cluster; each cluster
+//!   has a random [`ClusterId`] that every raft connection must carry.
 //! - [`StateMachine`] is the user's deterministic state machine. The adapter
 //!   around it keeps a session table so a command retried with the same
 //!   `(ClientId, seq)` is applied once, and stops the node on a panic in
@@ -25,6 +30,7 @@
 
 mod codec;
 mod error;
+mod identity;
 pub mod network;
 mod node;
 mod state_machine;
@@ -38,6 +44,6 @@ pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
 pub use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
 pub use crate::storage::LogStore;
 pub use crate::types::{
-    Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
-    node_id_from_stable_id,
+    Batch, BatchResponse, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
+    node_id,
 };

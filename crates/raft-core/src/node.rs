@@ -13,20 +13,22 @@ use tokio::task::{JoinHandle, JoinSet};
 use ts_transport::{Listener, Transport};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
+use crate::identity::{self, Identity};
 use crate::network::client::RaftNetworkClients;
+use crate::network::gate::ClusterGate;
 use crate::network::{Authorize, NetworkConfig, server};
 use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
 use crate::storage::LogStore;
 use crate::storage::snapshot::SnapshotStore;
-use crate::types::{Batch, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
+use crate::types::{Batch, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
 /// Where a node keeps its log, vote and snapshots.
 #[derive(Clone, Debug)]
 pub enum Storage {
     /// In memory: gone when the process ends (tests, throwaway clusters).
     Memory,
-    /// In this directory: `raft.redb` (log, vote, committed index) and
-    /// `snapshots/`. Everything acknowledged survives a crash.
+    /// In this directory: `raft.redb` (identity, log, vote, committed
+    /// index) and `snapshots/`. Everything acknowledged survives a crash.
     Durable(PathBuf),
 }
 
@@ -217,6 +219,13 @@ struct Pending {
 /// One raft node serving its raft port.
 pub struct RaftNode<S: StateMachine> {
     id: NodeId,
+    /// The stored identity; its cluster id changes under `gate`.
+    identity: std::sync::Mutex<Identity>,
+    gate: Arc<ClusterGate>,
+    /// For writing the identity record; released at shutdown, so that the
+    /// store (and its file lock) goes with raft even while handles to this
+    /// node remain.
+    log: std::sync::Mutex<Option<LogStore>>,
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore<S>,
     proposals: mpsc::Sender<Pending>,
@@ -234,14 +243,22 @@ fn leader_of(
 }
 
 impl<S: StateMachine> RaftNode<S> {
-    /// Starts node `id`, described to others by `self_node`, listening for
-    /// raft RPCs on `self_node.raft_port` of `transport`. Peers `authorize`
-    /// refuses are disconnected before anything is read.
+    /// Starts the node described to others by `self_node` (its stable id,
+    /// addresses and ports), listening for raft RPCs on
+    /// `self_node.raft_port` of `transport`. Peers `authorize` refuses are
+    /// disconnected before anything is read.
     ///
-    /// A node with stored state resumes where it was; a fresh node waits to
-    /// be initialized or added to a cluster.
+    /// The node's raft id comes from its stable id and its incarnation
+    /// (decision 0003): storage with a stored identity keeps it; fresh
+    /// storage (memory storage at every start) draws a new incarnation, so
+    /// a node that lost its state is a new node to the cluster. Storage that
+    /// belongs to another stable id, or that was written before identities
+    /// existed, is refused with [`StartError::Identity`].
+    ///
+    /// A node with stored state resumes where it was; a fresh node refuses
+    /// every raft connection until it has a cluster id
+    /// ([`RaftNode::set_cluster_id`], [`RaftNode::initialize`]).
     pub async fn start(
-        id: NodeId,
         self_node: NodeInfo,
         transport: Arc<dyn Transport>,
         storage: Storage,
@@ -250,17 +267,34 @@ impl<S: StateMachine> RaftNode<S> {
         config: RaftConfig,
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
-        let (log_store, snapshots) = match &storage {
-            Storage::Memory => (LogStore::in_memory(), SnapshotStore::Memory(Default::default())),
+        let (log_store, snapshots, place, snapshot_dir) = match &storage {
+            Storage::Memory => (
+                LogStore::in_memory(),
+                SnapshotStore::Memory(Default::default()),
+                "memory storage".to_owned(),
+                None,
+            ),
             Storage::Durable(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     StartError::Storage(format!("create {}: {err}", dir.display()))
                 })?;
                 let log = LogStore::durable(&dir.join("raft.redb"))
                     .map_err(|err| StartError::Storage(err.to_string()))?;
-                (log, SnapshotStore::Dir(dir.join("snapshots")))
+                let snapshots = dir.join("snapshots");
+                (
+                    log,
+                    SnapshotStore::Dir(snapshots.clone()),
+                    format!("state directory {}", dir.display()),
+                    Some(snapshots),
+                )
             }
         };
+        // Before the state machine opens (a fresh identity clears leftover
+        // snapshots) and before the raft port listens.
+        let identity =
+            identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
+                .await?;
+        let id = identity.node_id;
         let state_machine = tokio::task::spawn_blocking(move || {
             StateMachineStore::open(state_machine, snapshots, config_sessions(&storage))
         });
@@ -272,17 +306,35 @@ impl<S: StateMachine> RaftNode<S> {
             Arc::from(transport.listen(self_node.raft_port).await.map_err(|err| {
                 StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
             })?);
-        let network = RaftNetworkClients::new(transport, id, config.network.clone());
-        let raft = Raft::new(id, openraft_config, network, log_store, state_machine.clone())
-            .await
-            .map_err(|err| StartError::Raft(err.to_string()))?;
-        let server = server::start(listener, raft.clone(), id, config.network.clone(), authorize);
+        let gate = Arc::new(ClusterGate::new(identity.cluster_id));
+        let network = RaftNetworkClients::new(transport, id, config.network.clone(), gate.clone());
+        let raft =
+            Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
+                .await
+                .map_err(|err| StartError::Raft(err.to_string()))?;
+        let server = server::start(
+            listener,
+            raft.clone(),
+            id,
+            config.network.clone(),
+            authorize,
+            gate.clone(),
+        );
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
         let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
-        tracing::info!(id, node = %self_node, "raft node started");
+        tracing::info!(
+            id,
+            incarnation = format_args!("{:016x}", identity.incarnation),
+            cluster = ?identity.cluster_id,
+            node = %self_node,
+            "raft node started"
+        );
         Ok(RaftNode {
             id,
+            identity: std::sync::Mutex::new(identity),
+            gate,
+            log: std::sync::Mutex::new(Some(log_store)),
             self_node,
             raft,
             state_machine,
@@ -293,9 +345,19 @@ impl<S: StateMachine> RaftNode<S> {
         })
     }
 
-    /// This node's id.
+    /// This node's raft id: `node_id(stable id, incarnation)`.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This node's incarnation: drawn at random when its storage was fresh.
+    pub fn incarnation(&self) -> u64 {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner()).incarnation
+    }
+
+    /// The cluster this node formed or decided to join, if any.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.gate.get()
     }
 
     /// Where other nodes reach this node, as given to [`RaftNode::start`].
@@ -303,13 +365,64 @@ impl<S: StateMachine> RaftNode<S> {
         &self.self_node
     }
 
+    /// Sets the cluster this node belongs to, durably, before it joins it:
+    /// from then on it answers raft connections of that cluster only.
+    /// Setting the same id again does nothing; another id is refused
+    /// ([`MembershipError::ClusterIdFixed`]) once the node has raft state.
+    /// Waits for raft requests in progress, so that none of the old cluster
+    /// races with the change.
+    pub async fn set_cluster_id(&self, cluster_id: ClusterId) -> Result<(), MembershipError> {
+        let held = self.gate.exclusive().await;
+        let current = self.gate.get();
+        if current == Some(cluster_id) {
+            return Ok(());
+        }
+        if self.is_initialized().await {
+            return Err(match current {
+                Some(current) => MembershipError::ClusterIdFixed { current, wanted: cluster_id },
+                None => MembershipError::Other("this node has raft state but no cluster id".into()),
+            });
+        }
+        let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(MembershipError::Fatal("the node is shut down".to_owned()));
+        };
+        let record = Identity {
+            cluster_id: Some(cluster_id),
+            ..self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        identity::store(&log, &record).await.map_err(MembershipError::Storage)?;
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        self.gate.set(&held, cluster_id);
+        tracing::info!(id = self.id, cluster = %cluster_id, "cluster id set");
+        Ok(())
+    }
+
     /// Makes this node the first of a new cluster with `members` (itself
-    /// among them). Returns `false`, doing nothing, if the node already has
-    /// state: initializing twice is harmless.
+    /// among them), under a new random cluster id stored first. Returns
+    /// `false`, doing nothing, if the node already has raft state:
+    /// initializing twice is harmless.
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
+        let cluster_id = ClusterId::random().map_err(MembershipError::Other)?;
+        self.initialize_in(cluster_id, members).await
+    }
+
+    /// [`RaftNode::initialize`] under the given cluster id.
+    pub async fn initialize_in(
+        &self,
+        cluster_id: ClusterId,
+        members: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, MembershipError> {
+        if self.is_initialized().await {
+            return Ok(false);
+        }
+        match self.set_cluster_id(cluster_id).await {
+            Ok(()) => {}
+            Err(MembershipError::ClusterIdFixed { .. }) => return Ok(false),
+            Err(err) => return Err(err),
+        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
@@ -437,6 +550,48 @@ impl<S: StateMachine> RaftNode<S> {
         self.change(ChangeMembers::AddVoterIds(ids), timeout).await
     }
 
+    /// Swaps voters `old` (stale incarnations) for `new` (on the leader),
+    /// so that the number of voters never drops and the change never needs
+    /// the old ones: `new` is added as a learner and caught up first
+    /// (within `timeout`), then one joint change (`ReplaceAllVoters`) makes
+    /// it a voter and drops `old`, then any node record of `old` left is
+    /// removed.
+    pub async fn replace(
+        &self,
+        old: &BTreeSet<NodeId>,
+        new: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + timeout;
+        let is_voter = self.metrics().voters.contains(&new);
+        if !is_voter {
+            self.add_learner(new, node, timeout).await?;
+        }
+        let mut voters = self.current_voters();
+        if old.iter().any(|id| voters.contains(id)) || !voters.contains(&new) {
+            voters.retain(|id| !old.contains(id));
+            voters.insert(new);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            self.change(ChangeMembers::ReplaceAllVoters(voters), remaining).await?;
+        }
+        let leftover: BTreeSet<NodeId> =
+            self.metrics().nodes.keys().filter(|id| old.contains(id)).copied().collect();
+        if !leftover.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            self.change(ChangeMembers::RemoveNodes(leftover), remaining).await?;
+        }
+        Ok(())
+    }
+
+    /// The voters of the latest configuration (the new half of a joint one).
+    fn current_voters(&self) -> BTreeSet<NodeId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let configs = metrics.membership_config.membership().get_joint_config();
+        configs.last().cloned().unwrap_or_default()
+    }
+
     /// Removes `id` from the cluster, voter or learner (on the leader).
     pub async fn remove(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
         let is_voter = self.metrics().voters.contains(&id);
@@ -535,6 +690,7 @@ impl<S: StateMachine> RaftNode<S> {
         if let Err(err) = self.raft.shutdown().await {
             tracing::warn!(error = %err, "raft shutdown reported an error");
         }
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         tracing::info!(id = self.id, "raft node stopped");
     }
 }

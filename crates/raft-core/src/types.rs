@@ -7,8 +7,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// A node's raft identity: a stable u64 derived from its tailnet identity
-/// with [`node_id_from_stable_id`].
+/// A node's raft id: [`node_id`] of its stable tailnet id and its
+/// incarnation. A node that loses its raft state gets a new incarnation, so
+/// a new id: an id never forgets what it voted for or acknowledged.
 pub type NodeId = u64;
 
 /// Where to reach a member; stored in the replicated membership, so each
@@ -40,15 +41,91 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// Derives a node id from a stable tailnet identity: FNV-1a over its bytes.
-/// Deterministic across platforms and versions; never 0.
-pub fn node_id_from_stable_id(stable_id: &str) -> NodeId {
+/// The raft id of incarnation `incarnation` of the node with stable
+/// tailnet id `stable_id`: FNV-1a (64 bit) over
+/// `"<stable_id>#<incarnation as 16 lowercase hex digits>"`. Deterministic
+/// across platforms and versions (ids are stored in logs and snapshots);
+/// never 0.
+pub fn node_id(stable_id: &str, incarnation: u64) -> NodeId {
+    let incarnation = format!("{incarnation:016x}");
+    let bytes = stable_id.bytes().chain(std::iter::once(b'#')).chain(incarnation.bytes());
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in stable_id.as_bytes() {
-        hash ^= u64::from(*byte);
+    for byte in bytes {
+        hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash.max(1)
+}
+
+/// A cluster's identity: 128 random bits drawn when the cluster forms. A
+/// node refuses raft connections from nodes of another cluster, and every
+/// raft connection while it has none.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterId(pub u128);
+
+impl ClusterId {
+    /// A new random cluster id (never 0).
+    pub fn random() -> Result<ClusterId, String> {
+        loop {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| format!("no randomness for a cluster id: {e}"))?;
+            let id = u128::from_le_bytes(bytes);
+            if id != 0 {
+                return Ok(ClusterId(id));
+            }
+        }
+    }
+}
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = String;
+
+    /// Exactly 32 hex digits.
+    fn from_str(text: &str) -> Result<ClusterId, String> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "a cluster id is 32 hex digits, not {:?}",
+                text.chars().take(40).collect::<String>()
+            ));
+        }
+        u128::from_str_radix(text, 16).map(ClusterId).map_err(|e| e.to_string())
+    }
+}
+
+/// As 32 hex digits in human-readable formats (JSON), as a `u128` in
+/// binary ones.
+impl Serialize for ClusterId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ClusterId, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            u128::deserialize(deserializer).map(ClusterId)
+        }
+    }
 }
 
 /// Identifies a client session for exactly-once commands.
@@ -157,9 +234,31 @@ mod tests {
     #[test]
     fn node_ids_are_pinned() {
         // Node ids are stored in logs and snapshots: the derivation must
-        // never change. Values computed independently (FNV-1a 64).
-        assert_eq!(node_id_from_stable_id("TESTCTRL00000001"), 0x788b_3599_804a_df37);
-        assert_eq!(node_id_from_stable_id("TESTCTRL00000002"), 0x788b_3699_804a_e0ea);
-        assert_eq!(node_id_from_stable_id(""), 0xcbf2_9ce4_8422_2325);
+        // never change. Values computed independently (FNV-1a 64 over
+        // "<stable id>#<incarnation as 16 lowercase hex digits>").
+        assert_eq!(node_id("TESTCTRL00000001", 1), 0xec78_9f88_0764_04af);
+        assert_eq!(node_id("TESTCTRL00000001", 2), 0xec78_a088_0764_0662);
+        assert_eq!(node_id("TESTCTRL00000002", 0xdead_beef_cafe_f00d), 0xf441_67ce_547e_7754);
+        assert_eq!(node_id("", 0), 0xab5f_618c_121e_bbb2);
+    }
+
+    #[test]
+    fn cluster_ids_are_32_hex_digits_in_json_and_a_u128_in_bincode() {
+        let id = ClusterId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#""0123456789abcdef0011223344556677""#);
+        assert_eq!(serde_json::from_str::<ClusterId>(&json).unwrap(), id);
+        for bad in [
+            r#""0123""#,
+            r#""0123456789abcdef001122334455667g""#,
+            "17",
+            r#""+123456789abcdef0011223344556677""#,
+        ] {
+            let err = serde_json::from_str::<ClusterId>(bad).unwrap_err();
+            assert!(err.to_string().contains("32 hex digits") || err.is_data(), "{bad}: {err}");
+        }
+        let bytes = crate::codec::encode(&id);
+        assert_eq!(crate::codec::decode::<ClusterId>(&bytes, 1 << 16, "id").unwrap(), id);
+        assert_ne!(ClusterId::random().unwrap(), ClusterId::random().unwrap());
     }
 }

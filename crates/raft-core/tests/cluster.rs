@@ -320,10 +320,7 @@ async fn unauthorized_peers_cannot_reach_the_raft_port() {
     let deny: raft_core::Authorize = std::sync::Arc::new(|_| false);
     let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), deny, config.clone()).await;
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
-    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
-        .into_iter()
-        .collect();
-    assert!(b.initialize(members).await.unwrap());
+    form(&[&b, &a]).await;
     // b can never win: a refuses its connections, so no vote arrives.
     let elected = b.wait_for(Duration::from_secs(3), |m| m.role == Role::Leader).await;
     assert!(elected.is_err(), "b became leader without a's vote");
@@ -344,10 +341,7 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
         std::sync::Arc::new(move |_| switch.load(Ordering::SeqCst));
     let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), revocable, config).await;
-    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
-        .into_iter()
-        .collect();
-    assert!(a.initialize(members).await.unwrap());
+    form(&[&a, &b]).await;
     a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
     tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
         .await
@@ -380,10 +374,7 @@ async fn a_connection_that_went_silent_is_replaced() {
     let faulty = faults.wrap(std::sync::Arc::new(net.node(ip(0))));
     let a = start_alone(0, std::sync::Arc::new(faulty), allow_all(), config.clone()).await;
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
-    let members = [(node_id(0), node_info(0, ip(0))), (node_id(1), node_info(1, ip(1)))]
-        .into_iter()
-        .collect();
-    assert!(a.initialize(members).await.unwrap());
+    form(&[&a, &b]).await;
     a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
     tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
         .await
@@ -424,10 +415,13 @@ async fn an_idle_incoming_connection_is_closed() {
         start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
     let dialer = net.node(ip(1));
     let mut stream = dialer.dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
+    let cluster_id = raft_core::ClusterId::random().unwrap();
+    node.set_cluster_id(cluster_id).await.unwrap();
     let hello = Message::Hello {
         cluster: config.network.cluster.clone(),
-        from: node_id(1),
-        to: node_id(0),
+        cluster_id,
+        from: 77,
+        to: node.id(),
     };
     frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
     let welcome = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");

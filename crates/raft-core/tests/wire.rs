@@ -15,7 +15,7 @@ use openraft::{
 };
 use proptest::prelude::*;
 use raft_core::network::frame::{self, FrameError, Message};
-use raft_core::{Batch, ClientId, NodeInfo, Proposal, TypeConfig};
+use raft_core::{Batch, ClientId, ClusterId, NodeInfo, Proposal, TypeConfig};
 
 const MAX_FRAME: usize = 1 << 20;
 
@@ -63,8 +63,14 @@ fn entry() -> impl Strategy<Value = Entry<TypeConfig>> {
 fn message() -> impl Strategy<Value = Message> {
     let vote = (0..1000u64, 1..10u64).prop_map(|(t, n)| Vote::new(t, n));
     prop_oneof![
-        ("[a-z]{0,12}", any::<u64>(), any::<u64>())
-            .prop_map(|(cluster, from, to)| Message::Hello { cluster, from, to }),
+        ("[a-z]{0,12}", any::<u128>(), any::<u64>(), any::<u64>()).prop_map(
+            |(cluster, id, from, to)| Message::Hello {
+                cluster,
+                cluster_id: ClusterId(id),
+                from,
+                to
+            }
+        ),
         Just(()).prop_map(|()| Message::Welcome),
         ".{0,40}".prop_map(Message::Refused),
         (

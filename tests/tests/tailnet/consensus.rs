@@ -66,6 +66,29 @@ async fn start(node: &TsnetTransport, expected: usize, config: Config) -> Consen
         .unwrap_or_else(|e| panic!("start on {}: {e}", node.hostname()))
 }
 
+/// Starts consensus on every node at once. (A fresh node forms a cluster
+/// only once every tagged peer answers its probe, so tagged nodes that
+/// start one after another would wait for each other.)
+async fn start_together(
+    nodes: &[TsnetTransport],
+    config: impl Fn(usize) -> Config,
+) -> Vec<Consensus<KvStore>> {
+    let starts: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let node = node.clone();
+            let config = config(i);
+            tokio::spawn(async move { start(&node, 1, config).await })
+        })
+        .collect();
+    let mut kvs = Vec::new();
+    for started in starts {
+        kvs.push(started.await.expect("start task"));
+    }
+    kvs
+}
+
 fn put(key: &str, value: &str) -> KvCommand {
     KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
 }
@@ -125,8 +148,8 @@ async fn two_nodes_apply_the_same_commands() {
     let tailnet = LocalTailnet::start().await.unwrap();
     let a = tagged(&tailnet, "pair-a").await;
     let b = tagged(&tailnet, "pair-b").await;
-    let kv_a = start(&a, 1, config()).await;
-    let kv_b = start(&b, 1, config()).await;
+    let mut kvs = start_together(&[a, b], |_| config()).await;
+    let (kv_b, kv_a) = (kvs.pop().unwrap(), kvs.pop().unwrap());
     wait_voters(&kv_a, 2).await;
     kv_b.execute(put("from-b", "1")).await.unwrap();
     kv_a.execute(put("from-a", "2")).await.unwrap();
@@ -185,10 +208,12 @@ async fn a_stopped_follower_restarts_and_catches_up() {
         tagged(&tailnet, "fc-1").await,
         tagged(&tailnet, "fc-2").await,
     ];
-    let mut kvs = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        kvs.push(Some(start(node, 1, Config { state_dir: Some(state(i)), ..config() }).await));
-    }
+    let mut kvs: Vec<Option<_>> =
+        start_together(&nodes, |i| Config { state_dir: Some(state(i)), ..config() })
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
     wait_voters(kvs[0].as_ref().unwrap(), 3).await;
     kvs[0].as_ref().unwrap().execute(put("before", "1")).await.unwrap();
     let follower =
@@ -218,22 +243,24 @@ async fn a_node_that_lost_its_state_rejoins() {
         tagged(&tailnet, "amnesia-1").await,
         tagged(&tailnet, "amnesia-2").await,
     ];
-    let mut kvs = Vec::new();
-    for node in &nodes {
-        kvs.push(Some(start(node, 1, config()).await));
-    }
+    let mut kvs: Vec<Option<_>> =
+        start_together(&nodes, |_| config()).await.into_iter().map(Some).collect();
     wait_voters(kvs[0].as_ref().unwrap(), 3).await;
     kvs[0].as_ref().unwrap().execute(put("old", "1")).await.unwrap();
     let follower =
         (0..3).find(|&i| kvs[i].as_ref().unwrap().metrics().role != Role::Leader).unwrap();
     let other = (0..3).find(|&i| i != follower).unwrap();
+    let old_id = kvs[follower].as_ref().unwrap().id();
     kvs[follower].take().unwrap().stop(StopMode::Stay).await.unwrap();
     kvs[other].as_ref().unwrap().execute(put("new", "2")).await.unwrap();
-    // Same tailnet node (same identity), empty memory state.
+    // Same tailnet node (same stable id), empty memory state: a new
+    // incarnation, which replaces the old one.
     let back = start(&nodes[follower], 1, config()).await;
+    assert_ne!(back.id(), old_id, "a node without its state came back under its old raft id");
     wait_value(&back, "old", "1").await;
     wait_value(&back, "new", "2").await;
     wait_voters(&back, 3).await;
+    assert!(back.members().iter().all(|m| m.id != old_id), "the old incarnation is still a member");
     back.stop(StopMode::Stay).await.unwrap();
     for kv in kvs.into_iter().flatten() {
         kv.stop(StopMode::Stay).await.unwrap();
@@ -402,10 +429,8 @@ async fn all_nodes_restarted_from_their_state_keep_every_acknowledged_command() 
         tagged(&tailnet, "dur-2").await,
     ];
     let cfg = |i: usize| Config { state_dir: Some(dirs.path().join(format!("n{i}"))), ..config() };
-    let mut kvs = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        kvs.push(start(node, 1, cfg(i)).await);
-    }
+    let kvs = start_together(&nodes, cfg).await;
+    let ids: Vec<u64> = kvs.iter().map(|kv| kv.id()).collect();
     wait_voters(&kvs[0], 3).await;
     let mut acknowledged = Vec::new();
     for n in 0..30 {
@@ -416,10 +441,12 @@ async fn all_nodes_restarted_from_their_state_keep_every_acknowledged_command() 
     for kv in kvs {
         kv.stop(StopMode::Stay).await.unwrap();
     }
+    // With their state, they resume one by one, under their raft ids.
     let mut kvs = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         kvs.push(start(node, 1, cfg(i)).await);
     }
+    assert_eq!(kvs.iter().map(|kv| kv.id()).collect::<Vec<_>>(), ids);
     wait_voters(&kvs[0], 3).await;
     for (key, value) in &acknowledged {
         let read = kvs[1]
@@ -502,6 +529,11 @@ async fn the_monitor_page_shows_the_leader_and_every_member_in_a_browser() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     assert_eq!(status["leader"], serde_json::json!(leader.id));
+    let cluster_id = status["cluster_id"].as_str().unwrap_or_default();
+    assert!(
+        cluster_id.len() == 32 && cluster_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "/status has no cluster id: {status}"
+    );
     let metrics = http_get(port, "/metrics").await;
     assert!(metrics.contains("tsconsensus_voters 3"), "{metrics}");
     for kv in kvs {

@@ -33,6 +33,7 @@ use ts_transport::Transport;
 
 use super::NetworkConfig;
 use super::frame::{self, Message};
+use super::gate::ClusterGate;
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// Outgoing frames queued per connection before callers wait.
@@ -48,21 +49,25 @@ struct ClientsShared {
     transport: Arc<dyn Transport>,
     config: NetworkConfig,
     self_id: NodeId,
+    gate: Arc<ClusterGate>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
 }
 
 impl RaftNetworkClients {
-    /// Clients for node `self_id` over `transport`.
+    /// Clients for node `self_id` over `transport`; their hellos carry the
+    /// cluster id in `gate`.
     pub(crate) fn new(
         transport: Arc<dyn Transport>,
         self_id: NodeId,
         config: NetworkConfig,
+        gate: Arc<ClusterGate>,
     ) -> RaftNetworkClients {
         RaftNetworkClients {
             shared: Arc::new(ClientsShared {
                 transport,
                 config,
                 self_id,
+                gate,
                 peers: Mutex::new(HashMap::new()),
             }),
         }
@@ -198,6 +203,9 @@ impl ClientsShared {
 
     /// Dials the peer's addresses in order and says hello.
     async fn dial(&self, peer: &Peer, timeout: Duration) -> Result<Arc<Conn>, String> {
+        let Some(cluster_id) = self.gate.get() else {
+            return Err("this node has no cluster id yet".to_owned());
+        };
         let mut last_error = format!("node {} has no address", peer.target);
         for &addr in &peer.node.addrs {
             let mut stream = match self.transport.dial(addr, peer.node.raft_port, timeout).await {
@@ -209,6 +217,7 @@ impl ClientsShared {
             };
             let hello = Message::Hello {
                 cluster: self.config.cluster.clone(),
+                cluster_id,
                 from: self.self_id,
                 to: peer.target,
             };

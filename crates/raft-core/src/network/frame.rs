@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec;
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{ClusterId, NodeId, TypeConfig};
 
 /// Wire protocol version; the first byte after the length.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 /// Bytes after the length prefix that every frame has.
 const HEADER: usize = 1 + 8;
 
@@ -29,6 +29,9 @@ pub enum Message {
     Hello {
         /// The cluster's name; both sides must agree.
         cluster: String,
+        /// The caller's cluster id; both sides must agree, and a node
+        /// without one refuses every connection.
+        cluster_id: ClusterId,
         /// The caller's node id.
         from: NodeId,
         /// The node id the caller means to reach.

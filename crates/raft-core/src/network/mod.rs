@@ -2,6 +2,7 @@
 
 pub(crate) mod client;
 pub mod frame;
+pub(crate) mod gate;
 pub(crate) mod server;
 
 use std::time::Duration;
@@ -11,7 +12,9 @@ pub use self::server::Authorize;
 /// Settings of the raft network.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
-    /// The cluster's name; a node refuses connections for another cluster.
+    /// The cluster's name; a node refuses connections that name another.
+    /// (Each cluster also has a random id, decision 0003, which connections
+    /// must match as well.)
     pub cluster: String,
     /// Largest frame accepted or sent. A larger announced length is refused
     /// before anything of that size is allocated.

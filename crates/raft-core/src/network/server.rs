@@ -10,7 +10,8 @@ use ts_transport::{BoxStream, Listener, PeerAddr, Server};
 
 use super::NetworkConfig;
 use super::frame::{self, Message};
-use crate::types::{NodeId, TypeConfig};
+use super::gate::ClusterGate;
+use crate::types::{ClusterId, NodeId, TypeConfig};
 
 /// Decides whether a peer may use the raft port; raft-core does not know
 /// where the answer comes from.
@@ -24,27 +25,57 @@ const MAX_IN_PROGRESS: usize = 64;
 /// Serves raft RPCs arriving on `listener`; connections from peers
 /// `authorize` refuses are dropped before anything is read, and a
 /// connection whose peer stops being authorized (its tag revoked) is
-/// dropped at its next request, never served.
+/// dropped at its next request, never served. A connection must say hello
+/// for this node and this node's cluster id; while the node has no cluster
+/// id, every connection is refused, and one whose cluster id is no longer
+/// this node's is dropped at its next request.
 pub(crate) fn start(
     listener: Arc<dyn Listener>,
     raft: Raft<TypeConfig>,
     self_id: NodeId,
     config: NetworkConfig,
     authorize: Authorize,
+    gate: Arc<ClusterGate>,
 ) -> Server {
     Server::start(listener, "raft", move |stream, peer| {
         let raft = raft.clone();
         let config = config.clone();
         let authorize = authorize.clone();
+        let gate = gate.clone();
         let allowed = authorize(peer);
         async move {
             if !allowed {
                 tracing::info!(%peer, "refused raft connection from an unauthorized address");
                 return;
             }
-            serve_connection(stream, peer, raft, self_id, config, authorize).await;
+            serve_connection(stream, peer, raft, self_id, config, authorize, gate).await;
         }
     })
+}
+
+/// Why a hello is refused, if it is.
+fn check_hello(
+    message: &Message,
+    config: &NetworkConfig,
+    self_id: NodeId,
+    own: Option<ClusterId>,
+) -> Result<ClusterId, String> {
+    let Message::Hello { cluster, cluster_id, to, .. } = message else {
+        return Err("expected hello".to_owned());
+    };
+    if *cluster != config.cluster {
+        return Err(format!("this node is in cluster {:?}, not {cluster:?}", config.cluster));
+    }
+    if *to != self_id {
+        return Err(format!("this is node {self_id}, not {to}"));
+    }
+    match own {
+        None => Err("this node has not joined a cluster yet".to_owned()),
+        Some(own) if own != *cluster_id => {
+            Err(format!("this node is in cluster {own}, not {cluster_id}"))
+        }
+        Some(own) => Ok(own),
+    }
 }
 
 async fn serve_connection(
@@ -54,32 +85,27 @@ async fn serve_connection(
     self_id: NodeId,
     config: NetworkConfig,
     authorize: Authorize,
+    gate: Arc<ClusterGate>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     // The first frame must be a hello for this node and cluster.
     let hello =
         tokio::time::timeout(config.handshake_timeout, frame::read(&mut reader, config.max_frame))
             .await;
-    let refusal = match hello {
-        Ok(Ok(Some(frame))) => match frame.message {
-            Message::Hello { cluster, to, .. } if cluster == config.cluster && to == self_id => {
-                None
-            }
-            Message::Hello { cluster, .. } if cluster != config.cluster => {
-                Some(format!("this node is in cluster {:?}, not {cluster:?}", config.cluster))
-            }
-            Message::Hello { to, .. } => Some(format!("this is node {self_id}, not {to}")),
-            _ => Some("expected hello".to_owned()),
-        },
+    let accepted = match hello {
+        Ok(Ok(Some(frame))) => check_hello(&frame.message, &config, self_id, gate.get()),
         Ok(Ok(None)) => return,
-        Ok(Err(err)) => Some(format!("bad hello: {err}")),
-        Err(_) => Some("no hello in time".to_owned()),
+        Ok(Err(err)) => Err(format!("bad hello: {err}")),
+        Err(_) => Err("no hello in time".to_owned()),
     };
-    if let Some(why) = refusal {
-        tracing::info!(%peer, %why, "refused raft connection");
-        let _ = frame::write(&mut writer, &frame::encode(0, &Message::Refused(why))).await;
-        return;
-    }
+    let cluster_id = match accepted {
+        Ok(cluster_id) => cluster_id,
+        Err(why) => {
+            tracing::info!(%peer, %why, "refused raft connection");
+            let _ = frame::write(&mut writer, &frame::encode(0, &Message::Refused(why))).await;
+            return;
+        }
+    };
     if frame::write(&mut writer, &frame::encode(0, &Message::Welcome)).await.is_err() {
         return;
     }
@@ -114,9 +140,17 @@ async fn serve_connection(
                 break;
             }
             let Ok(permit) = in_progress.clone().acquire_owned().await else { break };
+            // Held until the request is handled: the cluster id cannot
+            // change under it.
+            let entered = gate.enter().await;
+            if gate.get() != Some(cluster_id) {
+                tracing::info!(%peer, "dropping a raft connection of a cluster this node left");
+                break;
+            }
             let raft = raft.clone();
             let answers = answers.clone();
             handlers.spawn(async move {
+                let _entered = entered;
                 let answer = match frame.message {
                     Message::AppendEntries(req) => {
                         Message::AppendEntriesResult(raft.append_entries(req).await)

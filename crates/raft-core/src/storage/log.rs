@@ -20,7 +20,7 @@ type Entry = openraft::Entry<TypeConfig>;
 
 /// Log index → encoded entry.
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
-/// "vote", "committed", "last_purged" → encoded value.
+/// "vote", "committed", "last_purged", "identity" → encoded value.
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 /// What a log backend must provide; synchronous, called from the blocking
@@ -350,5 +350,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.run(move |b| b.purge_to(log_id), write_logs).await
+    }
+}
+
+/// The node's identity record (decision 0003) lives in the meta table next
+/// to the vote, so that the two can never come from different nodes.
+impl LogStore {
+    /// The stored value of meta `key`, undecoded.
+    pub(crate) async fn meta_bytes(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
+        self.run(move |b| b.get_meta(key), read_logs).await.map_err(|e| e.to_string())
+    }
+
+    /// Stores meta `key`, durably (fsynced) before it returns.
+    pub(crate) async fn put_meta_durably(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
+        self.run(move |b| b.put_meta(key, value), write_logs).await.map_err(|e| e.to_string())
+    }
+
+    /// Whether any raft state is stored: a log entry, a purge mark or a
+    /// vote.
+    pub(crate) async fn has_raft_state(&self) -> Result<bool, String> {
+        self.run(
+            |b| {
+                Ok(b.last_entry_id()?.is_some()
+                    || b.get_meta("last_purged")?.is_some()
+                    || b.get_meta("vote")?.is_some())
+            },
+            read_logs,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{
-    Authorize, ClientId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode, Role,
-    StateMachine, Storage,
+    Authorize, ClientId, ClusterId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
+    Role, StateMachine, Storage,
 };
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
@@ -88,10 +88,6 @@ pub fn node_info(i: usize, addr: IpAddr) -> NodeInfo {
     }
 }
 
-pub fn node_id(i: usize) -> NodeId {
-    i as NodeId + 1
-}
-
 pub fn allow_all() -> Authorize {
     Arc::new(|_| true)
 }
@@ -105,7 +101,6 @@ pub async fn start_alone(
     config: RaftConfig,
 ) -> RaftNode<Recorder> {
     RaftNode::start(
-        node_id(i),
         node_info(i, ip(i)),
         transport,
         Storage::Memory,
@@ -127,9 +122,23 @@ pub enum Net {
     Tcp(u16),
 }
 
+/// Forms a cluster of `nodes` (the first initializes it under a new
+/// cluster id, the others are told that id so they answer its leader).
+pub async fn form(nodes: &[&RaftNode<Recorder>]) {
+    let members: BTreeMap<NodeId, NodeInfo> =
+        nodes.iter().map(|n| (n.id(), n.info().clone())).collect();
+    let cluster_id = ClusterId::random().expect("randomness");
+    for node in &nodes[1..] {
+        node.set_cluster_id(cluster_id).await.expect("set cluster id");
+    }
+    assert!(nodes[0].initialize_in(cluster_id, members).await.expect("initialize"));
+}
+
 pub struct Cluster {
     pub net: Net,
     pub nodes: Vec<Option<RaftNode<Recorder>>>,
+    /// Each node's raft id (a restart from memory storage changes it).
+    pub ids: Vec<NodeId>,
     pub dirs: Vec<Option<PathBuf>>,
     pub config: RaftConfig,
     _temp: Option<tempfile::TempDir>,
@@ -141,9 +150,11 @@ impl Cluster {
         let temp = durable.then(|| tempfile::tempdir().expect("temp dir"));
         let dirs =
             (0..n).map(|i| temp.as_ref().map(|t| t.path().join(format!("node-{i}")))).collect();
-        let mut cluster = Cluster { net, nodes: Vec::new(), dirs, config, _temp: temp };
+        let mut cluster =
+            Cluster { net, nodes: Vec::new(), ids: Vec::new(), dirs, config, _temp: temp };
         for i in 0..n {
             let node = cluster.start_node(i).await;
+            cluster.ids.push(node.id());
             cluster.nodes.push(Some(node));
         }
         cluster
@@ -177,7 +188,6 @@ impl Cluster {
             None => Storage::Memory,
         };
         RaftNode::start(
-            node_id(i),
             self.info(i),
             self.transport(i),
             storage,
@@ -195,9 +205,8 @@ impl Cluster {
 
     /// Initializes node 0 with every node as a voter.
     pub async fn initialize(&self) {
-        let members: BTreeMap<NodeId, NodeInfo> =
-            (0..self.nodes.len()).map(|i| (node_id(i), self.info(i))).collect();
-        assert!(self.node(0).initialize(members).await.expect("initialize"));
+        let nodes: Vec<&RaftNode<Recorder>> = (0..self.nodes.len()).map(|i| self.node(i)).collect();
+        form(&nodes).await;
     }
 
     /// Waits until the running nodes in `among` agree on one leader from
@@ -213,7 +222,7 @@ impl Cluster {
                 .copied()
                 .collect();
             if let [leader] = leaders.as_slice() {
-                let id = node_id(*leader);
+                let id = self.ids[*leader];
                 if among
                     .iter()
                     .all(|&i| self.nodes[i].as_ref().is_none_or(|n| n.metrics().leader == Some(id)))

@@ -1,0 +1,73 @@
+//! What the command API learns from the layer above about the nodes that
+//! call it: who owns an address, who is tagged and online, and how to
+//! answer a bootstrap probe. cmd-rpc does not know where the answers come
+//! from (the facade answers from its tailnet view).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use raft_core::NodeInfo;
+
+use crate::api::{ProbeRequest, ProbeResponse};
+
+/// Longest stable id accepted from the network.
+pub const MAX_STABLE_ID: usize = 256;
+/// Most addresses a node record may carry.
+pub const MAX_ADDRS: usize = 16;
+
+/// A caller, as the tailnet view shows the owner of its real address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Its stable tailnet id.
+    pub stable_id: String,
+    /// Its tailnet addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+impl Caller {
+    /// Whether `ip` is one of the caller's addresses (IPv4-mapped IPv6
+    /// addresses count as their IPv4 address).
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        self.addrs.iter().any(|own| own.to_canonical() == ip.to_canonical())
+    }
+}
+
+/// A future answering a probe.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeResponse> + Send + 'a>>;
+
+/// Answers about callers, supplied by the layer above.
+pub trait Peers: Send + Sync + 'static {
+    /// The node that has address `ip` (a request's real peer address): a
+    /// tagged peer, or this node itself. `None` if the view knows no such
+    /// node.
+    fn caller(&self, ip: IpAddr) -> Option<Caller>;
+
+    /// Whether the node with `stable_id` carries the cluster tag and is
+    /// online.
+    fn tagged_online(&self, stable_id: &str) -> bool;
+
+    /// Answers `POST /v1/probe` from `caller`.
+    fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a>;
+}
+
+/// Checks a node record that arrived from the network: a stable id of 1 to
+/// [`MAX_STABLE_ID`] printable bytes and 1 to [`MAX_ADDRS`] addresses.
+pub fn check_node(node: &NodeInfo) -> Result<(), String> {
+    if node.stable_id.is_empty()
+        || node.stable_id.len() > MAX_STABLE_ID
+        || node.stable_id.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "a stable id is 1 to {MAX_STABLE_ID} printable bytes, not {:?}",
+            node.stable_id.chars().take(40).collect::<String>()
+        ));
+    }
+    if node.addrs.is_empty() || node.addrs.len() > MAX_ADDRS {
+        return Err(format!(
+            "a node record has 1 to {MAX_ADDRS} addresses, not {}",
+            node.addrs.len()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Identity, bootstrap and membership safety (issue 12, decision 0003) on
+//! the in-memory network with test-driven tailnet views:
+//!
+//! - a node that lost its raft state comes back under a new raft id and
+//!   never votes in, or counts toward, the configuration it was part of, so
+//!   an acknowledged write survives (durable storage wiped, and memory
+//!   storage, where every restart is a wipe);
+//! - a fresh node whose probes time out, are refused or get 403 never forms
+//!   a second cluster next to a running one;
+//! - fresh nodes started together form exactly one cluster (seeded);
+//! - a stale incarnation is replaced in one change: the voter count never
+//!   drops.
+
+#[path = "../examples/kv/store.rs"]
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use consensus::{BootstrapOptions, Config, Consensus, Consistency, Error, Role, StopMode, Timing};
+use store::{KvCommand, KvQuery, KvStore};
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::{Faults, MemNetwork, Transport};
+
+const TAG: &str = "tag:id";
+const WAIT: Duration = Duration::from_secs(30);
+/// The command port of the nodes here (not the default 6271, so that a node
+/// configured for another port finds nothing listening).
+const CLUSTER_PORT: u16 = 7001;
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 4, 0, i as u8 + 1))
+}
+
+fn tailnet_node(name: &str, i: usize, online: bool) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(name.to_owned()),
+        hostname: name.to_owned(),
+        dns_name: String::new(),
+        ipv4: match ip(i) {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        ipv6: None,
+        tags: BTreeSet::from([TAG.to_owned()]),
+        online,
+    }
+}
+
+fn timing(start_timeout: Duration) -> Timing {
+    Timing {
+        heartbeat: Duration::from_millis(100),
+        election: (Duration::from_millis(500), Duration::from_millis(1000)),
+        reconcile_every: Duration::from_millis(200),
+        start_timeout,
+        call_deadline: Duration::from_secs(10),
+        max_staleness: Duration::from_secs(60),
+    }
+}
+
+/// Nodes named `names[i]` at `ip(i)`, each seeing every other one tagged
+/// and online, optionally with durable state in a temporary directory.
+struct World {
+    net: MemNetwork,
+    names: Vec<String>,
+    dirs: Option<tempfile::TempDir>,
+    views: Vec<Arc<StaticDiscovery>>,
+}
+
+impl World {
+    fn new(names: &[&str], durable: bool) -> World {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let all: Vec<TailnetNode> =
+            names.iter().enumerate().map(|(i, n)| tailnet_node(n, i, true)).collect();
+        let views = (0..names.len())
+            .map(|i| {
+                let peers = all.iter().filter(|n| n.id != all[i].id).cloned();
+                Arc::new(StaticDiscovery::new(ClusterView::new(TAG, all[i].clone(), peers)))
+            })
+            .collect();
+        World {
+            net: MemNetwork::new(),
+            names,
+            dirs: durable.then(|| tempfile::tempdir().expect("temp dir")),
+            views,
+        }
+    }
+
+    fn dir(&self, i: usize) -> Option<PathBuf> {
+        self.dirs.as_ref().map(|d| d.path().join(&self.names[i]))
+    }
+
+    fn config(&self, i: usize, start_timeout: Duration) -> Config {
+        Config {
+            monitor_port: None,
+            state_dir: self.dir(i),
+            command_port: CLUSTER_PORT,
+            timing: timing(start_timeout),
+            ..Config::default()
+        }
+    }
+
+    fn start_on(
+        &self,
+        i: usize,
+        transport: Arc<dyn Transport>,
+        expected: usize,
+        config: Config,
+    ) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
+        let bootstrap =
+            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: expected };
+        Consensus::start_with(
+            transport,
+            self.views[i].clone(),
+            KvStore::default(),
+            bootstrap,
+            config,
+        )
+    }
+
+    fn start(
+        &self,
+        i: usize,
+        expected: usize,
+    ) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
+        self.start_on(i, Arc::new(self.net.node(ip(i))), expected, self.config(i, WAIT))
+    }
+}
+
+async fn start_all(world: &World, expected: usize) -> Vec<Consensus<KvStore>> {
+    let starts: Vec<_> =
+        (0..world.names.len()).map(|i| tokio::spawn(world.start(i, expected))).collect();
+    let mut nodes = Vec::new();
+    for (i, start) in starts.into_iter().enumerate() {
+        nodes.push(start.await.expect("start task").unwrap_or_else(|e| panic!("node {i}: {e}")));
+    }
+    let n = nodes.len();
+    for node in &nodes {
+        node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
+    }
+    nodes
+}
+
+fn leader_of(nodes: &[Option<Consensus<KvStore>>]) -> usize {
+    nodes
+        .iter()
+        .position(|n| n.as_ref().is_some_and(|n| n.metrics().role == Role::Leader))
+        .expect("a leader")
+}
+
+fn put(key: &str, value: &str) -> KvCommand {
+    KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
+}
+
+async fn get(kv: &Consensus<KvStore>, key: &str) -> serde_json::Value {
+    kv.read(KvQuery::Get { key: key.to_owned() }, Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("linearizable read of {key} on {}: {e}", kv.id()))
+}
+
+async fn stop_all(nodes: Vec<Option<Consensus<KvStore>>>) {
+    for node in nodes.into_iter().flatten() {
+        let _ = node.stop(StopMode::Stay).await;
+    }
+}
+
+/// Issue 12's sequence with durable storage: A, B, C; C cut off; a write
+/// through A acknowledged by A and B; A killed; B's state deleted and B
+/// restarted under the same tailnet identity; C healed. B must not vote C
+/// in (C lacks the write); once A is back, the write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_write_survives() {
+    let world = World::new(&["id-a", "id-b", "id-c"], true);
+    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
+    let a = leader_of(&nodes);
+    let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+    let old_b = nodes[b].as_ref().unwrap().id();
+    world.net.isolate(ip(c));
+    nodes[a].as_ref().unwrap().execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    // kill A; kill B and delete its raft state.
+    nodes[a].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    std::fs::remove_dir_all(world.dir(b).unwrap()).unwrap();
+    // B restarts with the same tailnet identity and empty state.
+    let restarted_b = tokio::spawn(world.start(b, 3));
+    world.net.heal_all();
+    // C is healed; B is back with an empty log. Without A nothing may be
+    // elected: a leader now could only be C, voted in by an amnesiac B.
+    let kv_c = nodes[c].as_ref().unwrap();
+    let elected = kv_c.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader).await;
+    assert!(
+        elected.is_err(),
+        "C (which lacks k1) became leader after B lost its state: {:?}",
+        kv_c.metrics()
+    );
+    // A comes back with its state: the write is there.
+    let kv_a = world.start(a, 3).await.expect("A restarts from its state");
+    kv_a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    assert_eq!(get(&kv_a, "k1").await, serde_json::json!("v"), "acknowledged write lost");
+    assert_eq!(get(kv_c, "k1").await, serde_json::json!("v"), "acknowledged write lost on C");
+    // B joins as a new node and replaces its old incarnation.
+    let kv_b = restarted_b.await.unwrap().expect("B rejoins");
+    assert_ne!(kv_b.id(), old_b, "B came back under its old raft id");
+    kv_a.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.unwrap();
+    let members: BTreeSet<u64> = kv_a.members().iter().map(|m| m.id).collect();
+    assert!(!members.contains(&old_b), "B's old incarnation is still a member: {members:?}");
+    assert!(members.contains(&kv_b.id()), "B's new incarnation is not a member: {members:?}");
+    assert_eq!(get(&kv_b, "k1").await, serde_json::json!("v"));
+    nodes[a] = Some(kv_a);
+    nodes[b] = Some(kv_b);
+    stop_all(nodes).await;
+}
+
+/// The same with memory storage, where every restart loses the state: B
+/// restarts while C, cut off, has campaigned to a higher term. C must not
+/// win with B's vote; the write survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_memory_storage_a_restarted_node_never_votes_in_its_old_configuration() {
+    let world = World::new(&["mem-a", "mem-b", "mem-c"], false);
+    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
+    let a = leader_of(&nodes);
+    let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+    let old_b = nodes[b].as_ref().unwrap().id();
+    world.net.isolate(ip(c));
+    nodes[a].as_ref().unwrap().execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    let term_a = nodes[a].as_ref().unwrap().metrics().term;
+    // C campaigns alone, so its term passes A's.
+    nodes[c].as_ref().unwrap().wait_for(WAIT, |m| m.term > term_a + 1).await.unwrap();
+    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    let restarted_b = tokio::spawn(world.start(b, 3));
+    world.net.heal_all();
+    let kv_b = restarted_b.await.unwrap().expect("B rejoins");
+    nodes[b] = Some(kv_b);
+    for (i, kv) in nodes.iter().enumerate() {
+        let kv = kv.as_ref().unwrap();
+        assert_eq!(get(kv, "k1").await, serde_json::json!("v"), "acknowledged write lost on {i}");
+    }
+    assert_ne!(nodes[b].as_ref().unwrap().id(), old_b, "B came back under its old raft id");
+    let leader = leader_of(&nodes);
+    let kv = nodes[leader].as_ref().unwrap();
+    kv.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.unwrap();
+    assert!(kv.members().iter().all(|m| m.id != old_b), "B's old incarnation is still a member");
+    stop_all(nodes).await;
+}
+
+/// How a fresh node's probes of the running cluster fail.
+#[derive(Clone, Copy, Debug)]
+enum ProbeFault {
+    /// Its dials hang until they time out.
+    Timeout,
+    /// Nothing listens where it probes: refused.
+    Refused,
+    /// The cluster's nodes do not see it tagged: 403.
+    Forbidden,
+}
+
+async fn fresh_node_next_to_a_cluster(fault: ProbeFault) {
+    // "aa" sorts before the others (by name, and by the old hash ids too).
+    let world = World::new(&["n1", "n2", "n3", "aa"], false);
+    let members: Vec<Consensus<KvStore>> = {
+        // The cluster's views do not show "aa" yet.
+        let three: Vec<TailnetNode> =
+            (0..3).map(|i| tailnet_node(&world.names[i], i, true)).collect();
+        for i in 0..3 {
+            let peers = three.iter().filter(|n| n.id != three[i].id).cloned();
+            world.views[i].set(ClusterView::new(TAG, three[i].clone(), peers));
+        }
+        let starts: Vec<_> = (0..3).map(|i| tokio::spawn(world.start(i, 3))).collect();
+        let mut nodes = Vec::new();
+        for start in starts {
+            nodes.push(start.await.unwrap().unwrap());
+        }
+        nodes
+    };
+    for kv in &members {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    members[0].execute(put("before", "1")).await.unwrap();
+    if !matches!(fault, ProbeFault::Forbidden) {
+        // Now the cluster sees "aa" tagged too.
+        for (i, view) in world.views.iter().enumerate().take(3) {
+            let peers = (0..4).filter(|j| *j != i).map(|j| tailnet_node(&world.names[j], j, true));
+            view.set(ClusterView::new(TAG, tailnet_node(&world.names[i], i, true), peers));
+        }
+    }
+    let faults = Faults::new(12);
+    let transport: Arc<dyn Transport> = match fault {
+        ProbeFault::Timeout => {
+            for i in 0..3 {
+                faults.block(ip(i));
+            }
+            Arc::new(faults.wrap(Arc::new(world.net.node(ip(3)))))
+        }
+        _ => Arc::new(world.net.node(ip(3))),
+    };
+    let mut config = world.config(3, Duration::from_secs(6));
+    if matches!(fault, ProbeFault::Refused) {
+        // The cluster listens on 7001; this node probes 7999 and 6271.
+        config.command_port = 7999;
+    }
+    let started = Instant::now();
+    let outcome = world.start_on(3, transport, 1, config).await;
+    match outcome {
+        Ok(kv) => {
+            let metrics = kv.metrics();
+            let _ = kv.stop(StopMode::Stay).await;
+            panic!(
+                "{fault:?}: a fresh node formed a second cluster next to a running one: {metrics:?}"
+            )
+        }
+        Err(Error::JoinFailed { reason, .. }) => {
+            eprintln!("{fault:?}: refused to form after {:?}: {reason}", started.elapsed());
+            assert!(reason.contains("does not answer"), "{fault:?}: {reason}");
+        }
+        Err(other) => panic!("{fault:?}: unexpected error {other}"),
+    }
+    // The cluster is untouched.
+    let leader = members.iter().find(|n| n.metrics().role == Role::Leader).unwrap();
+    assert_eq!(leader.metrics().voters, 3);
+    assert_eq!(get(leader, "before").await, serde_json::json!("1"));
+    stop_all(members.into_iter().map(Some).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_whose_probes_time_out_never_forms_a_second_cluster() {
+    fresh_node_next_to_a_cluster(ProbeFault::Timeout).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_whose_probes_are_refused_never_forms_a_second_cluster() {
+    fresh_node_next_to_a_cluster(ProbeFault::Refused).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_whose_probes_get_403_never_forms_a_second_cluster() {
+    fresh_node_next_to_a_cluster(ProbeFault::Forbidden).await;
+}
+
+/// A tiny deterministic generator for the seeded start-up test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, m: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % m
+    }
+}
+
+/// Five fresh nodes started at seeded moments over links with seeded delays
+/// form exactly one cluster. `IDENTITY_SEED` replays one seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_nodes_started_together_form_exactly_one_cluster() {
+    // RUST_LOG=info shows what the nodes did (printed for a failing run).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let seeds: Vec<u64> = match std::env::var("IDENTITY_SEED") {
+        Ok(seed) => vec![seed.parse().expect("IDENTITY_SEED is a number")],
+        Err(_) => vec![1, 2, 3, 4],
+    };
+    for seed in seeds {
+        eprintln!("seed {seed} (replay with IDENTITY_SEED={seed})");
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let world = World::new(&["s0", "s1", "s2", "s3", "s4"], false);
+        for i in 0..5 {
+            for j in i + 1..5 {
+                world.net.set_delay(ip(i), ip(j), Duration::from_millis(rng.next(8)));
+            }
+        }
+        let expected = 3 + rng.next(3) as usize;
+        let delays: Vec<u64> = (0..5).map(|_| rng.next(400)).collect();
+        eprintln!("seed {seed}: expected_size {expected}, start delays {delays:?} ms");
+        let starts: Vec<_> = (0..5)
+            .map(|i| {
+                let start = world.start(i, expected);
+                let delay = Duration::from_millis(delays[i]);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    start.await
+                })
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, start) in starts.into_iter().enumerate() {
+            let kv = start.await.unwrap().unwrap_or_else(|e| panic!("seed {seed}: node {i}: {e}"));
+            nodes.push(kv);
+        }
+        for kv in &nodes {
+            kv.wait_for(WAIT, |m| m.voters == 5 && m.learners == 0 && m.leader.is_some())
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        }
+        let leaders: BTreeSet<Option<u64>> = nodes.iter().map(|kv| kv.metrics().leader).collect();
+        assert_eq!(leaders.len(), 1, "seed {seed}: nodes disagree on the leader: {leaders:?}");
+        let configurations: BTreeSet<Vec<u64>> =
+            nodes.iter().map(|kv| kv.members().iter().map(|m| m.id).collect()).collect();
+        assert_eq!(
+            configurations.len(),
+            1,
+            "seed {seed}: more than one cluster: {configurations:?}"
+        );
+        stop_all(nodes.into_iter().map(Some).collect()).await;
+    }
+}
+
+/// A follower restarted with memory storage comes back as a new incarnation;
+/// the leader swaps it for the old one in one joint change, so the leader
+/// never sees fewer voters than before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_incarnation_is_replaced_in_one_change() {
+    let world = World::new(&["r-a", "r-b", "r-c"], false);
+    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
+    let a = leader_of(&nodes);
+    let b = (a + 1) % 3;
+    let old_b = nodes[b].as_ref().unwrap().id();
+    let leader = nodes[a].as_ref().unwrap().clone();
+    // Every configuration the leader goes through, in order.
+    let history: Arc<Mutex<Vec<BTreeMap<u64, bool>>>> = Arc::default();
+    let recorder = {
+        let history = history.clone();
+        let mut watch = leader.watch();
+        let leader = leader.clone();
+        tokio::spawn(async move {
+            loop {
+                let members: BTreeMap<u64, bool> = leader
+                    .members()
+                    .iter()
+                    .map(|m| (m.id, m.role == consensus::MemberRole::Voter))
+                    .collect();
+                {
+                    let mut history = history.lock().unwrap();
+                    if history.last() != Some(&members) {
+                        history.push(members);
+                    }
+                }
+                if watch.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    let kv_b = world.start(b, 3).await.expect("B rejoins");
+    let new_b = kv_b.id();
+    assert_ne!(new_b, old_b, "a node without state came back under its old raft id");
+    leader
+        .wait_for(WAIT, |m| m.voters == 3 && m.learners == 0)
+        .await
+        .expect("B's new incarnation replaced the old one");
+    let final_members: BTreeSet<u64> = leader.members().iter().map(|m| m.id).collect();
+    assert!(final_members.contains(&new_b) && !final_members.contains(&old_b), "{final_members:?}");
+    recorder.abort();
+    let history = history.lock().unwrap().clone();
+    for configuration in &history {
+        let voters = configuration.values().filter(|v| **v).count();
+        assert!(voters >= 3, "the voter count dropped to {voters}: {history:?}");
+        assert!(
+            !(configuration.get(&old_b) == Some(&true) && configuration.get(&new_b) == Some(&true))
+                || configuration.len() == 4,
+            "both incarnations voters outside the joint change: {history:?}"
+        );
+    }
+    nodes[b] = Some(kv_b);
+    stop_all(nodes).await;
+}

@@ -1,0 +1,189 @@
+//! Who this node is to raft (decision 0003): its incarnation, the raft id
+//! derived from it, and the cluster it belongs to.
+//!
+//! The identity record lives in the log store's meta table (redb for
+//! durable storage, memory otherwise) and is written, durably, before the
+//! raft port opens. Storage without a record is fresh: a new random
+//! incarnation is drawn, so a node that lost its state comes back under a
+//! new raft id and never votes in, or counts toward, a configuration its
+//! old incarnation was part of. Memory storage is fresh at every start.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::StartError;
+use crate::storage::LogStore;
+use crate::types::{ClusterId, NodeId, node_id};
+
+/// Meta key of the record.
+const KEY: &str = "identity";
+/// Version of the record's layout.
+const FORMAT: u8 = 1;
+/// Longest stable id accepted (tailnet stable ids are about 20 bytes).
+pub(crate) const MAX_STABLE_ID: usize = 256;
+
+/// The stored identity of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    /// Layout version ([`FORMAT`]).
+    pub(crate) format: u8,
+    /// The tailnet stable id the state belongs to.
+    pub(crate) stable_id: String,
+    /// Drawn at random when the storage was fresh; never 0.
+    pub(crate) incarnation: u64,
+    /// `node_id(stable_id, incarnation)`.
+    pub(crate) node_id: NodeId,
+    /// The cluster this node formed or decided to join, once it has.
+    pub(crate) cluster_id: Option<ClusterId>,
+}
+
+/// Checks a stable id given to the node: non-empty, bounded, printable.
+pub(crate) fn check_stable_id(stable_id: &str) -> Result<(), StartError> {
+    if stable_id.is_empty()
+        || stable_id.len() > MAX_STABLE_ID
+        || stable_id.chars().any(|c| c.is_control())
+    {
+        return Err(StartError::Config(format!(
+            "the stable id must be 1 to {MAX_STABLE_ID} printable bytes, got {:?}",
+            stable_id.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+fn random_incarnation() -> Result<u64, StartError> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| StartError::Storage(format!("no randomness for an incarnation: {e}")))?;
+        let incarnation = u64::from_le_bytes(bytes);
+        if incarnation != 0 {
+            return Ok(incarnation);
+        }
+    }
+}
+
+/// Writes `identity` durably.
+pub(crate) async fn store(log: &LogStore, identity: &Identity) -> Result<(), String> {
+    log.put_meta_durably(KEY, codec::encode(identity)).await
+}
+
+/// Loads this node's identity from `log`, or makes a new one if the storage
+/// is fresh. `place` names the storage in errors; `snapshots` is the
+/// snapshot directory of durable storage.
+///
+/// Refuses storage that belongs to another stable id, and storage written
+/// before identities existed (raft state without a record). For fresh
+/// storage, any snapshot left in `snapshots` is removed before the new
+/// record is written, so that state from an old incarnation never comes
+/// back under a new one.
+pub(crate) async fn establish(
+    log: &LogStore,
+    stable_id: &str,
+    place: &str,
+    snapshots: Option<&Path>,
+) -> Result<Identity, StartError> {
+    check_stable_id(stable_id)?;
+    let stored = log.meta_bytes(KEY).await.map_err(StartError::Storage)?;
+    if let Some(bytes) = stored {
+        let identity: Identity = codec::decode(&bytes, codec::stored_limit(bytes.len()), KEY)
+            .map_err(|e| StartError::Storage(format!("{place}: identity record: {e}")))?;
+        if identity.format != FORMAT {
+            return Err(StartError::Storage(format!(
+                "{place}: identity record of format {} (this version reads {FORMAT})",
+                identity.format
+            )));
+        }
+        if identity.stable_id != stable_id {
+            return Err(StartError::Identity(format!(
+                "{place} holds the raft state of node {:?}, but this node is {stable_id:?}: it was \
+                 copied from another node. Give this node its own (or an empty) state directory",
+                identity.stable_id
+            )));
+        }
+        if identity.incarnation == 0 || identity.node_id != node_id(stable_id, identity.incarnation)
+        {
+            return Err(StartError::Storage(format!(
+                "{place}: identity record is inconsistent (incarnation {:016x}, node id {})",
+                identity.incarnation, identity.node_id
+            )));
+        }
+        return Ok(identity);
+    }
+    if log.has_raft_state().await.map_err(StartError::Storage)? {
+        return Err(StartError::Identity(format!(
+            "{place} holds raft state written before node incarnations existed (decision 0003) \
+             and cannot be used: move it away and start the node with an empty state directory; \
+             it joins as a new node and the cluster replicates its data back"
+        )));
+    }
+    if let Some(dir) = snapshots {
+        remove_leftover_snapshots(dir)
+            .map_err(|e| StartError::Storage(format!("remove {}: {e}", dir.display())))?;
+    }
+    let incarnation = random_incarnation()?;
+    let identity = Identity {
+        format: FORMAT,
+        stable_id: stable_id.to_owned(),
+        incarnation,
+        node_id: node_id(stable_id, incarnation),
+        cluster_id: None,
+    };
+    store(log, &identity).await.map_err(|e| StartError::Storage(format!("{place}: {e}")))?;
+    Ok(identity)
+}
+
+/// Removes the snapshot directory of fresh storage, durably (its parent is
+/// fsynced).
+fn remove_leftover_snapshots(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::warn!(dir = %dir.display(), "removed snapshots left without a node identity");
+            if let Some(parent) = dir.parent() {
+                std::fs::File::open(parent)?.sync_all()?;
+            }
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fresh_memory_storage_gets_a_new_incarnation_every_time() {
+        let a = establish(&LogStore::in_memory(), "n1", "memory", None).await.unwrap();
+        let b = establish(&LogStore::in_memory(), "n1", "memory", None).await.unwrap();
+        assert_ne!(a.incarnation, b.incarnation);
+        assert_ne!(a.node_id, b.node_id);
+        assert_eq!(a.node_id, node_id("n1", a.incarnation));
+        assert_eq!(a.cluster_id, None);
+    }
+
+    #[tokio::test]
+    async fn a_stored_identity_is_kept_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let first = {
+            let log = LogStore::durable(&path).unwrap();
+            establish(&log, "n1", "dir", None).await.unwrap()
+        };
+        let log = LogStore::durable(&path).unwrap();
+        assert_eq!(establish(&log, "n1", "dir", None).await.unwrap(), first);
+        let err = establish(&log, "n2", "dir", None).await.unwrap_err().to_string();
+        assert!(err.contains("\"n1\"") && err.contains("\"n2\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_stable_ids_are_refused() {
+        for bad in ["", "a\nb", &"x".repeat(MAX_STABLE_ID + 1)] {
+            let err = establish(&LogStore::in_memory(), bad, "memory", None).await.unwrap_err();
+            assert!(matches!(err, StartError::Config(_)), "{bad:?}: {err}");
+        }
+    }
+}

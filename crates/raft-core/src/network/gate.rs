@@ -1,0 +1,44 @@
+//! The cluster id a node answers raft connections for, and the lock that
+//! keeps it from changing while a raft request is being handled.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedRwLockReadGuard, RwLock, RwLockWriteGuard};
+
+use crate::types::ClusterId;
+
+/// Holds this node's cluster id. Every incoming raft request is handled
+/// under a read guard, and the id changes only under the write guard, so a
+/// change of cluster (allowed only while the node has no raft state) never
+/// races with a request of the old cluster.
+#[derive(Debug)]
+pub(crate) struct ClusterGate {
+    lock: Arc<RwLock<()>>,
+    id: Mutex<Option<ClusterId>>,
+}
+
+impl ClusterGate {
+    pub(crate) fn new(id: Option<ClusterId>) -> ClusterGate {
+        ClusterGate { lock: Arc::new(RwLock::new(())), id: Mutex::new(id) }
+    }
+
+    /// The cluster id now.
+    pub(crate) fn get(&self) -> Option<ClusterId> {
+        *self.id.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Held while a raft request is handled.
+    pub(crate) async fn enter(&self) -> OwnedRwLockReadGuard<()> {
+        self.lock.clone().read_owned().await
+    }
+
+    /// Held while the id may change; waits for requests in progress.
+    pub(crate) async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.lock.write().await
+    }
+
+    /// Sets the id; call with [`ClusterGate::exclusive`] held.
+    pub(crate) fn set(&self, _held: &RwLockWriteGuard<'_, ()>, id: ClusterId) {
+        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+}

@@ -1,0 +1,242 @@
+//! Node identities and cluster ids (decision 0003): raft ids from a stable
+//! id and an incarnation, the identity record in storage, raft connections
+//! bound to a cluster id, and the replacement of a stale incarnation.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use raft_core::network::frame::{self, Message};
+use raft_core::{ClientId, ClusterId, NodeId, RaftNode, Role, StartError, Storage};
+use ts_transport::{MemNetwork, Transport as _};
+
+async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {
+    let mut stream = net.node(ip(9)).dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
+    let hello = Message::Hello {
+        cluster: fast_config().network.cluster,
+        cluster_id,
+        from: 12345,
+        to: node.id(),
+    };
+    frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
+    frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer").message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_cluster_id_refuses_raft_connections_and_another_cluster_is_refused() {
+    let net = MemNetwork::new();
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    let ours = ClusterId::random().unwrap();
+    match hello(&net, &node, ours).await {
+        Message::Refused(why) => assert!(why.contains("not joined a cluster"), "{why}"),
+        other => panic!("an uninitialized node accepted a raft connection: {other:?}"),
+    }
+    node.set_cluster_id(ours).await.unwrap();
+    let theirs = ClusterId(ours.0 ^ 1);
+    match hello(&net, &node, theirs).await {
+        Message::Refused(why) => {
+            assert!(why.contains(&ours.to_string()) && why.contains(&theirs.to_string()), "{why}")
+        }
+        other => panic!("a hello of another cluster was accepted: {other:?}"),
+    }
+    assert!(matches!(hello(&net, &node, ours).await, Message::Welcome));
+    // While it has no raft state, the node may still change its mind.
+    node.set_cluster_id(theirs).await.unwrap();
+    assert!(matches!(hello(&net, &node, ours).await, Message::Refused(_)));
+    assert_eq!(node.metrics().term, 0, "a refused peer reached raft");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_of_two_clusters_never_reach_each_other() {
+    let net = MemNetwork::new();
+    let config = fast_config();
+    let a = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
+    let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), config).await;
+    form(&[&a]).await;
+    form(&[&b]).await;
+    assert_ne!(a.cluster_id(), b.cluster_id());
+    for node in [&a, &b] {
+        node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+        node.propose(ClientId(1), 1, b"mine".to_vec()).await.unwrap();
+    }
+    // a's leader tries to take b in: b refuses a's connections.
+    let added = a.add_learner(b.id(), b.info().clone(), Duration::from_secs(2)).await;
+    assert!(added.is_err(), "a leader replicated to the leader of another cluster");
+    assert_eq!(b.read_local(|r| r.applied.clone()), vec![b"mine".to_vec()]);
+    assert_eq!(b.metrics().role, Role::Leader);
+    assert!(b.metrics().fatal.is_none());
+    // And a cluster's id never changes once it has raft state.
+    let err = b.set_cluster_id(a.cluster_id().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("cannot join"), "{err}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn start_durable(
+    net: &MemNetwork,
+    dir: &std::path::Path,
+    stable_id: &str,
+) -> Result<RaftNode<Recorder>, StartError> {
+    let info = raft_core::NodeInfo { stable_id: stable_id.to_owned(), ..node_info(0, ip(0)) };
+    RaftNode::start(
+        info,
+        Arc::new(net.node(ip(0))),
+        Storage::Durable(dir.to_owned()),
+        Recorder::default(),
+        allow_all(),
+        fast_config(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_storage_keeps_the_identity_and_memory_storage_draws_a_new_one() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    let (id, incarnation) = (node.id(), node.incarnation());
+    assert_eq!(id, raft_core::node_id("node-0", incarnation));
+    form(&[&node]).await;
+    let cluster_id = node.cluster_id().expect("a cluster id after forming");
+    node.shutdown().await;
+    drop(node);
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_eq!((node.id(), node.incarnation()), (id, incarnation));
+    assert_eq!(node.cluster_id(), Some(cluster_id));
+    node.shutdown().await;
+    drop(node);
+    let ids: BTreeSet<NodeId> = {
+        let mut ids = BTreeSet::new();
+        for _ in 0..3 {
+            let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+            assert_eq!(node.cluster_id(), None);
+            ids.insert(node.id());
+            node.shutdown().await;
+        }
+        ids
+    };
+    assert_eq!(ids.len(), 3, "memory storage reused an incarnation: {ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_of_another_stable_id_is_refused() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    node.shutdown().await;
+    drop(node);
+    let err = match start_durable(&net, dir.path(), "node-1").await {
+        Ok(_) => panic!("a node started on another node's state directory"),
+        Err(err) => err,
+    };
+    assert!(matches!(err, StartError::Identity(_)), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("\"node-0\"") && text.contains("\"node-1\""), "{text}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_from_before_identities_is_refused_with_advice() {
+    use openraft::storage::RaftLogStorage as _;
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What an older version left: a vote, no identity record.
+        let mut log = raft_core::LogStore::durable(&dir.path().join("raft.redb")).unwrap();
+        log.save_vote(&openraft::Vote::new(3, 7)).await.unwrap();
+    }
+    let err = match start_durable(&net, dir.path(), "node-0").await {
+        Ok(_) => panic!("a node started on a state directory without an identity"),
+        Err(err) => err,
+    };
+    let text = err.to_string();
+    assert!(matches!(err, StartError::Identity(_)), "{text}");
+    assert!(text.contains("before node incarnations") && text.contains("move it away"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_identity_clears_a_leftover_snapshot() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    let old_id = node.id();
+    form(&[&node]).await;
+    node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+    for seq in 1..=5 {
+        node.propose(ClientId(1), seq, format!("c{seq}").into_bytes()).await.unwrap();
+    }
+    node.snapshot_now(WAIT).await.unwrap();
+    node.shutdown().await;
+    drop(node);
+    assert!(dir.path().join("snapshots").exists(), "no snapshot was written");
+    // The log (and with it the identity) is lost; the snapshot is not.
+    std::fs::remove_file(dir.path().join("raft.redb")).unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_ne!(node.id(), old_id, "a node without its log kept its raft id");
+    assert_eq!(node.read_local(|r| r.applied.len()), 0, "an old incarnation's snapshot came back");
+    assert_eq!(node.metrics().snapshot, None);
+    assert!(!dir.path().join("snapshots").exists(), "the leftover snapshot is still there");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_incarnation_is_swapped_for_the_new_one_in_one_change() {
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let stale = (leader + 1) % 3;
+    cluster.propose(leader, ClientId(1), 1, b"before").await.unwrap();
+    let history: Arc<Mutex<Vec<BTreeSet<NodeId>>>> = Arc::default();
+    let mut watch = cluster.node(leader).subscribe();
+    let recorder = {
+        let history = history.clone();
+        tokio::spawn(async move {
+            loop {
+                let voters = watch.borrow_and_update().voters.clone();
+                {
+                    let mut history = history.lock().unwrap();
+                    if history.last() != Some(&voters) {
+                        history.push(voters);
+                    }
+                }
+                if watch.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    // The node restarts without its state (memory storage): a new id.
+    let old_id = cluster.ids[stale];
+    cluster.stop(stale).await;
+    let node = cluster.start_node(stale).await;
+    let new_id = node.id();
+    assert_ne!(new_id, old_id);
+    node.set_cluster_id(cluster.node(leader).cluster_id().unwrap()).await.unwrap();
+    cluster.ids[stale] = new_id;
+    cluster.nodes[stale] = Some(node);
+    cluster
+        .node(leader)
+        .replace(&BTreeSet::from([old_id]), new_id, cluster.info(stale), WAIT)
+        .await
+        .expect("replaced");
+    let metrics = cluster.node(leader).metrics();
+    assert!(metrics.voters.contains(&new_id) && !metrics.voters.contains(&old_id), "{metrics:?}");
+    assert!(!metrics.nodes.contains_key(&old_id), "the old record is left: {metrics:?}");
+    assert_eq!(metrics.voters.len(), 3);
+    cluster.wait_applied(stale, 1).await;
+    recorder.abort();
+    let history = history.lock().unwrap().clone();
+    assert!(history.iter().all(|voters| voters.len() >= 3), "voters dropped: {history:?}");
+    assert!(
+        history.iter().any(|v| v.contains(&old_id) && v.contains(&new_id)),
+        "no joint configuration: {history:?}"
+    );
+    let members: BTreeMap<NodeId, bool> =
+        metrics.nodes.keys().map(|id| (*id, metrics.voters.contains(id))).collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    cluster.shutdown().await;
+}
