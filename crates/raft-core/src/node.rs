@@ -251,14 +251,14 @@ impl<S: StateMachine> RaftNode<S> {
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
         let (log_store, snapshots) = match &storage {
-            Storage::Memory => (LogStore::in_memory(), SnapshotStore::Memory(Default::default())),
+            Storage::Memory => (LogStore::in_memory(), SnapshotStore::memory()),
             Storage::Durable(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     StartError::Storage(format!("create {}: {err}", dir.display()))
                 })?;
                 let log = LogStore::durable(&dir.join("raft.redb"))
                     .map_err(|err| StartError::Storage(err.to_string()))?;
-                (log, SnapshotStore::Dir(dir.join("snapshots")))
+                (log, SnapshotStore::dir(dir.join("snapshots")))
             }
         };
         let state_machine = tokio::task::spawn_blocking(move || {

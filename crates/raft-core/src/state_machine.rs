@@ -186,12 +186,8 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// A state machine kept in memory only.
     pub fn in_memory(user: S) -> StateMachineStore<S> {
         // Memory holds no snapshot yet, so opening cannot fail.
-        StateMachineStore::open(
-            user,
-            SnapshotStore::Memory(Default::default()),
-            SessionLimits::default(),
-        )
-        .unwrap_or_else(|err| unreachable!("empty in-memory snapshot store failed: {err}"))
+        StateMachineStore::open(user, SnapshotStore::memory(), SessionLimits::default())
+            .unwrap_or_else(|err| unreachable!("empty in-memory snapshot store failed: {err}"))
     }
 
     /// Runs `f` on the user's state machine as it is now on this node.

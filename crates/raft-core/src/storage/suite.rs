@@ -55,7 +55,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Counter>, tempfile::Te
         let log = LogStore::durable(&dir.path().join("raft.redb"))?;
         let sm = StateMachineStore::open(
             Counter::default(),
-            SnapshotStore::Dir(dir.path().join("snapshots")),
+            SnapshotStore::dir(dir.path().join("snapshots")),
             SessionLimits::default(),
         )
         .expect("open state machine");
