@@ -277,6 +277,58 @@ impl<S: StateMachine> StateMachineStore<S> {
             .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
+
+    /// Replaces the state with `stored`, then persists it. Restoring comes
+    /// first: a snapshot the state machine cannot take is never persisted,
+    /// so the node still starts from what it had. A failed restore may leave
+    /// the user's state half replaced, so it stops the node (the state is
+    /// poisoned and openraft goes fatal); so does a failed save, since the
+    /// state in memory is then ahead of the disk.
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        stored: &StoredSnapshot,
+    ) -> Result<(), StorageError<NodeId>> {
+        if let Err(err) = self.restore_from(&stored.data) {
+            let why = format!(
+                "installing snapshot {} failed: {err}; the state machine may be half restored",
+                meta.snapshot_id
+            );
+            self.poison(&why);
+            return Err(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &io::Error::other(why),
+            )
+            .into());
+        }
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+        }
+        // A crash before this line restarts from the old snapshot plus the
+        // log; after it, from the new one.
+        if let Err(err) = self.shared.snapshots.save(stored) {
+            let why = format!("persisting installed snapshot {} failed: {err}", meta.snapshot_id);
+            self.poison(&why);
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), &err).into());
+        }
+        Ok(())
+    }
+
+    /// Marks the state as unusable: every later apply or build fails, so
+    /// openraft stops the node.
+    fn poison(&self, why: &str) {
+        tracing::error!(%why, "fatal: stopping this node");
+        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+        state.poisoned.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Why the state machine stopped, if it did (a panic in `apply`, a
+    /// failed snapshot install).
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner()).poisoned.clone()
+    }
 }
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
@@ -360,24 +412,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         let store = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            // Persist first: a crash after this restarts from the new
-            // snapshot; a crash before it from the old one plus the log.
-            store
-                .shared
-                .snapshots
-                .save(&stored)
-                .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
-            store
-                .restore_from(&stored.data)
-                .map_err(|err| StorageIOError::read_snapshot(Some(meta.signature()), &err))?;
-            let mut state = store.shared.state.write().unwrap_or_else(|p| p.into_inner());
-            state.last_applied = meta.last_log_id;
-            state.membership = meta.last_membership.clone();
-            Ok(())
-        })
-        .await
-        .map_err(sm_error)?
+        tokio::task::spawn_blocking(move || store.install(&meta, &stored))
+            .await
+            .map_err(sm_error)?
     }
 
     async fn get_current_snapshot(
@@ -394,7 +431,88 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
 #[cfg(test)]
 mod tests {
+    use openraft::{CommittedLeaderId, Entry};
+
     use super::*;
+
+    /// Records commands; answers with the command, or with 1 MiB for a
+    /// command starting with `big`. Its restore can be made to fail.
+    #[derive(Default)]
+    struct Probe {
+        applied: Vec<Vec<u8>>,
+        refuse_restore: bool,
+    }
+
+    impl StateMachine for Probe {
+        fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+            self.applied.push(command.to_vec());
+            if command.starts_with(b"big") { vec![7u8; 1 << 20] } else { command.to_vec() }
+        }
+        fn query(&self, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+            out.write_all(&(self.applied.len() as u64).to_le_bytes())
+        }
+        fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+            // Change the state before failing, as a real restore might.
+            self.applied.clear();
+            if self.refuse_restore {
+                return Err(io::Error::other("refused by the user's restore"));
+            }
+            let mut n = [0u8; 8];
+            input.read_exact(&mut n)?;
+            self.applied = vec![Vec::new(); u64::from_le_bytes(n) as usize];
+            Ok(())
+        }
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64, proposals: Vec<Proposal>) -> Entry<TypeConfig> {
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(Batch(proposals)) }
+    }
+
+    fn command(client: u128, seq: u64, command: &[u8]) -> Proposal {
+        Proposal { client: ClientId(client), seq, command: command.to_vec() }
+    }
+
+    /// A snapshot the user's restore refuses must not be persisted: the node
+    /// stops, and starts again from what it had (issue 12, item 4).
+    #[tokio::test]
+    async fn a_failed_restore_stops_the_node_and_leaves_it_startable() {
+        let mut source = StateMachineStore::in_memory(Probe::default());
+        source.apply([entry(1, vec![command(1, 1, b"a")])]).await.unwrap();
+        let snapshot = source.build_snapshot().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            StateMachineStore::open(
+                Probe { refuse_restore: true, ..Probe::default() },
+                SnapshotStore::dir(dir.path().to_owned()),
+                SessionLimits::default(),
+            )
+        };
+        let mut target = open().unwrap();
+        let installed = target.install_snapshot(&snapshot.meta, snapshot.snapshot).await;
+        let err = installed.expect_err("a refused restore fails the install");
+        assert!(err.to_string().contains("refused by the user's restore"), "{err}");
+        let fatal = target.fatal().expect("the state machine is stopped");
+        assert!(fatal.contains("half restored"), "{fatal}");
+        // It stops: nothing more is applied or built.
+        assert!(target.apply([entry(2, vec![command(1, 2, b"b")])]).await.is_err());
+        assert!(target.build_snapshot().await.is_err());
+        drop(target);
+        // And it can start again.
+        let reopened = open();
+        assert!(
+            reopened.is_ok(),
+            "node cannot start after a failed restore: {}",
+            reopened.err().unwrap()
+        );
+    }
 
     fn session(seq: u64, index: u64) -> Session {
         Session { last_seq: seq, response: vec![seq as u8], last_index: index }
