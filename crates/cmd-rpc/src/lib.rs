@@ -30,7 +30,7 @@ mod service;
 
 pub use crate::api::{
     ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint,
-    Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+    Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
 pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
 pub use crate::config::CommandConfig;

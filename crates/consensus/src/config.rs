@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use raft_core::SessionLimits;
+
 /// Node settings. `Config::default()` uses the Go package's ports (raft
 /// 6270, command 6271, monitor 8081) and memory-only state.
 #[derive(Clone, Debug)]
@@ -24,6 +26,12 @@ pub struct Config {
     pub seed_command_ports: Vec<u16>,
     /// Timing of raft and of calls.
     pub timing: Timing,
+    /// Bounds of the exactly-once session table. They decide which
+    /// sessions exist, and so whether a retried command is answered or
+    /// refused: every member of a cluster must use the same values. The
+    /// defaults keep sessions for a million log entries, at most 100 000 of
+    /// them, answers up to 64 KiB, 64 MiB of answers in all.
+    pub sessions: SessionLimits,
 }
 
 impl Default for Config {
@@ -36,6 +44,7 @@ impl Default for Config {
             state_dir: None,
             seed_command_ports: Vec::new(),
             timing: Timing::default(),
+            sessions: SessionLimits::default(),
         }
     }
 }

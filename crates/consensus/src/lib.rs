@@ -5,8 +5,10 @@
 //! tagged node with [`Consensus::start_on_tailnet`]; call
 //! [`Consensus::execute`] on any node. The command goes to the leader, is
 //! committed by a quorum, and is applied on every member in the same order,
-//! exactly once, and the leader's answer comes back. [`Consensus::read`]
-//! answers queries, linearizable or local.
+//! exactly once, and the leader's answer comes back. To retry a command
+//! whose outcome an error left unknown, [`Consensus::prepare`] it and call
+//! [`Operation::execute`] again: it is never applied twice.
+//! [`Consensus::read`] answers queries, linearizable or local.
 //!
 //! - **Bootstrap without split brain**: with fresh state, nodes wait until
 //!   [`BootstrapOptions::expected_size`] tagged nodes are online; the one
@@ -33,10 +35,12 @@ mod machine;
 mod membership;
 mod monitor;
 mod node;
+mod operation;
 
-pub use crate::config::{BootstrapOptions, Config, Timing};
+pub use crate::config::{BootstrapOptions, Config, SessionLimits, Timing};
 pub use crate::error::Error;
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
+pub use crate::operation::Operation;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};

@@ -8,7 +8,10 @@
 //!   one durable append at a time.
 //! - [`StateMachine`] is the user's deterministic state machine. The adapter
 //!   around it keeps a session table so a command retried with the same
-//!   `(ClientId, seq)` is applied once, and stops the node on a panic in
+//!   `(ClientId, seq)` is applied once: sessions are registered through the
+//!   log ([`RaftNode::register_session`]), and a session that expired, a
+//!   client id never assigned or a sequence number reused for another
+//!   command is answered, never applied. It stops the node on a panic in
 //!   `apply` rather than let replicas diverge.
 //! - The network frames RPCs as `[length][version][request id][bincode]`,
 //!   refuses frames over a configured size before allocating them, keeps one
@@ -27,6 +30,7 @@ mod codec;
 mod error;
 pub mod network;
 mod node;
+mod sessions;
 mod state_machine;
 mod storage;
 mod types;
@@ -35,9 +39,10 @@ pub use crate::codec::DecodeError;
 pub use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Authorize, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
-pub use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+pub use crate::sessions::SessionLimits;
+pub use crate::state_machine::{StateMachine, StateMachineStore};
 pub use crate::storage::LogStore;
 pub use crate::types::{
-    Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
+    Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig, command_hash,
     node_id_from_stable_id,
 };

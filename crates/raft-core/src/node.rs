@@ -15,7 +15,8 @@ use ts_transport::{Listener, Transport};
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 use crate::network::client::RaftNetworkClients;
 use crate::network::{Authorize, NetworkConfig, server};
-use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+use crate::sessions::SessionLimits;
+use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::storage::LogStore;
 use crate::storage::snapshot::SnapshotStore;
 use crate::types::{Batch, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
@@ -64,7 +65,8 @@ pub struct RaftConfig {
     pub max_batches_in_flight: usize,
     /// How long a proposal may take before its outcome is reported unknown.
     pub propose_timeout: Duration,
-    /// Exactly-once session table bounds.
+    /// Exactly-once session table bounds. They decide which sessions exist,
+    /// so every member must use the same values.
     pub sessions: SessionLimits,
     /// The raft network.
     pub network: NetworkConfig,
@@ -107,6 +109,7 @@ impl RaftConfig {
                 "snapshot_chunk_size must be at most half of max_frame ({frame})"
             )));
         }
+        self.sessions.check().map_err(invalid)?;
         if self.batch_max_proposals == 0 || self.max_batches_in_flight == 0 {
             return Err(invalid(
                 "batch_max_proposals and max_batches_in_flight must be positive".into(),
@@ -261,8 +264,9 @@ impl<S: StateMachine> RaftNode<S> {
                 (log, SnapshotStore::dir(dir.join("snapshots")))
             }
         };
+        let sessions = config.sessions;
         let state_machine = tokio::task::spawn_blocking(move || {
-            StateMachineStore::open(state_machine, snapshots, config_sessions(&storage))
+            StateMachineStore::open(state_machine, snapshots, sessions)
         });
         let state_machine = state_machine
             .await
@@ -322,10 +326,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.raft.is_initialized().await.unwrap_or(false)
     }
 
-    /// Proposes one command. Concurrent proposals are coalesced into one log
-    /// entry. Answers with the command's outcome once it is applied on the
-    /// leader; a retry with the same `(client, seq)` is answered from the
-    /// session and never applied twice.
+    /// Proposes one command in a registered session. Concurrent proposals
+    /// are coalesced into one log entry. Answers with the command's outcome
+    /// once it is applied on the leader; a retry with the same `(client,
+    /// seq)` and command is answered from the session and never applied
+    /// twice.
     pub async fn propose(
         &self,
         client: ClientId,
@@ -338,9 +343,23 @@ impl<S: StateMachine> RaftNode<S> {
                 limit: self.config.max_command_bytes,
             });
         }
+        self.submit(Proposal::Command { client, seq, command }).await
+    }
+
+    /// Registers a new session through the log (on the leader): the cluster
+    /// assigns its client id. A registration whose outcome is unknown can
+    /// simply be retried; a session nobody uses expires.
+    pub async fn register_session(&self) -> Result<ClientId, ProposeError> {
+        match self.submit(Proposal::Register).await? {
+            Outcome::Registered(client) => Ok(client),
+            other => Err(ProposeError::Fatal(format!("a registration was answered {other:?}"))),
+        }
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.proposals
-            .send(Pending { proposal: Proposal { client, seq, command }, reply })
+            .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         answer.await.map_err(|_| ProposeError::ShuttingDown)?
@@ -460,6 +479,11 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
+    /// Why the node stopped, if it hit a fatal error; `None` while it runs.
+    pub fn fatal(&self) -> Option<String> {
+        self.state_machine.fatal().or_else(|| self.metrics().fatal)
+    }
+
     /// The node's metrics now.
     pub fn metrics(&self) -> NodeMetrics {
         convert(&self.raft.metrics().borrow())
@@ -539,10 +563,6 @@ impl<S: StateMachine> RaftNode<S> {
     }
 }
 
-fn config_sessions(_storage: &Storage) -> SessionLimits {
-    SessionLimits::default()
-}
-
 fn membership_error(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> MembershipError {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
@@ -573,12 +593,12 @@ async fn batch_loop(
         // Wait for room first: while batches are in flight, more proposals
         // queue up and join this one.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-        let mut bytes = first.proposal.command.len();
+        let mut bytes = first.proposal.size();
         let mut batch = vec![first];
         while batch.len() < config.batch_max_proposals && bytes < config.batch_max_bytes {
             match queue.try_recv() {
                 Ok(next) => {
-                    bytes += next.proposal.command.len();
+                    bytes += next.proposal.size();
                     batch.push(next);
                 }
                 Err(_) => break,

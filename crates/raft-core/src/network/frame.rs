@@ -16,8 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
 
-/// Wire protocol version; the first byte after the length.
-pub(crate) const VERSION: u8 = 1;
+/// Wire protocol version; the first byte after the length. Version 2: log
+/// entries carry session registrations and commands
+/// ([`Proposal`](crate::Proposal)).
+pub(crate) const VERSION: u8 = 2;
 /// Bytes after the length prefix that every frame has.
 const HEADER: usize = 1 + 8;
 

@@ -149,10 +149,10 @@ impl SnapshotStore {
 fn remove_temporaries(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-            if let Err(err) = fs::remove_file(entry.path()) {
-                tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a leftover temporary snapshot");
-            }
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && let Err(err) = fs::remove_file(entry.path())
+        {
+            tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a leftover temporary snapshot");
         }
     }
 }

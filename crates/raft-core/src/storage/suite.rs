@@ -8,7 +8,8 @@ use openraft::testing::{StoreBuilder, Suite};
 
 use super::LogStore;
 use super::snapshot::SnapshotStore;
-use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+use crate::sessions::SessionLimits;
+use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{NodeId, TypeConfig};
 
 /// Counts applied commands; enough for the suite, which checks raft state.

@@ -229,7 +229,12 @@ impl Cluster {
         }
     }
 
-    /// Proposes through node `i`, following "not the leader" answers.
+    /// Registers a session through node `i` (the leader).
+    pub async fn register(&self, i: usize) -> ClientId {
+        self.node(i).register_session().await.expect("session registered")
+    }
+
+    /// Proposes through node `i` (the leader).
     pub async fn propose(
         &self,
         i: usize,
@@ -280,6 +285,6 @@ pub fn count_of(outcome: &Outcome) -> u64 {
         Outcome::Applied(bytes) | Outcome::Duplicate(bytes) => {
             u64::from_le_bytes(bytes[..8].try_into().unwrap())
         }
-        Outcome::Stale { .. } => panic!("unexpected stale outcome"),
+        other => panic!("unexpected outcome {other:?}"),
     }
 }
