@@ -28,6 +28,7 @@
 
 mod codec;
 mod error;
+mod fatal;
 pub mod network;
 mod node;
 mod sessions;
@@ -41,7 +42,7 @@ pub use crate::network::{Authorize, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
 pub use crate::sessions::SessionLimits;
 pub use crate::state_machine::{StateMachine, StateMachineStore};
-pub use crate::storage::LogStore;
+pub use crate::storage::{LogStore, StorageFaults};
 pub use crate::types::{
     Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig, command_hash,
     node_id_from_stable_id,

@@ -13,12 +13,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use ts_transport::{Listener, Transport};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
+use crate::fatal::{self, Fatal};
 use crate::network::client::RaftNetworkClients;
 use crate::network::{Authorize, NetworkConfig, server};
 use crate::sessions::SessionLimits;
 use crate::state_machine::{StateMachine, StateMachineStore};
-use crate::storage::LogStore;
 use crate::storage::snapshot::SnapshotStore;
+use crate::storage::{LogStore, StorageFaults};
 use crate::types::{Batch, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
 /// Where a node keeps its log, vote and snapshots.
@@ -29,6 +30,31 @@ pub enum Storage {
     /// In this directory: `raft.redb` (log, vote, committed index) and
     /// `snapshots/`. Everything acknowledged survives a crash.
     Durable(PathBuf),
+    /// `storage` with its log behind switchable faults. **Tests and the
+    /// chaos harness only**; made by [`Storage::with_faults`].
+    Faulty {
+        /// The storage underneath.
+        storage: Box<Storage>,
+        /// The switches.
+        faults: StorageFaults,
+    },
+}
+
+impl Storage {
+    /// This storage with its raft log (log, vote, committed index) behind
+    /// `faults`, which the caller keeps to switch faults on. Tests and the
+    /// chaos harness only.
+    pub fn with_faults(self, faults: StorageFaults) -> Storage {
+        Storage::Faulty { storage: Box::new(self), faults }
+    }
+
+    /// The storage underneath any fault wrapper, and the faults.
+    fn without_faults(&self) -> (&Storage, Option<&StorageFaults>) {
+        match self {
+            Storage::Faulty { storage, faults } => (storage.without_faults().0, Some(faults)),
+            other => (other, None),
+        }
+    }
 }
 
 /// Timing and size settings. The defaults fit a tailnet, where a path may
@@ -208,8 +234,30 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
             .as_ref()
             .map(|r| r.iter().map(|(id, matched)| (*id, matched.map(|l| l.index))).collect()),
         millis_since_quorum_ack: m.millis_since_quorum_ack,
-        fatal: m.running_state.as_ref().err().map(|f| f.to_string()),
+        fatal: raft_fatal(m),
     }
+}
+
+/// The fatal error openraft's metrics report; a deliberate shutdown is not
+/// one.
+fn raft_fatal(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<String> {
+    match &m.running_state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(fatal) => Some(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// `metrics` with a fatal error laid over it: a stopped node has no role,
+/// leader or followers.
+fn with_fatal(mut metrics: NodeMetrics, fatal: Option<String>) -> NodeMetrics {
+    if let Some(why) = fatal.or(metrics.fatal.take()) {
+        metrics.role = Role::Shutdown;
+        metrics.leader = None;
+        metrics.replication = None;
+        metrics.millis_since_quorum_ack = None;
+        metrics.fatal = Some(why);
+    }
+    metrics
 }
 
 struct Pending {
@@ -223,11 +271,31 @@ pub struct RaftNode<S: StateMachine> {
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore<S>,
     proposals: mpsc::Sender<Pending>,
-    /// The raft port; taken out by `shutdown`.
-    server: std::sync::Mutex<Option<ts_transport::Server>>,
+    /// The raft port; taken out by `shutdown`, or when the node stops on a
+    /// fatal error.
+    server: Arc<std::sync::Mutex<Option<ts_transport::Server>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     config: RaftConfig,
     self_node: NodeInfo,
+    /// The first fatal error, from raft or its core dying.
+    fatal: Arc<Fatal>,
+    /// Set by the first `shutdown`.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Records the node's fatal error when raft meets one (or its core dies),
+/// then closes the raft port: a stopped node takes no more raft RPCs.
+async fn stop_serving_on_fatal(
+    raft: Raft<TypeConfig>,
+    fatal: Arc<Fatal>,
+    server: Arc<std::sync::Mutex<Option<ts_transport::Server>>>,
+) {
+    if fatal::watch(raft, fatal).await {
+        let server = server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+    }
 }
 
 fn leader_of(
@@ -253,8 +321,11 @@ impl<S: StateMachine> RaftNode<S> {
         config: RaftConfig,
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
-        let (log_store, snapshots) = match &storage {
-            Storage::Memory => (LogStore::in_memory(), SnapshotStore::memory()),
+        let (base, faults) = storage.without_faults();
+        let (log_store, snapshots) = match base {
+            Storage::Memory | Storage::Faulty { .. } => {
+                (LogStore::in_memory(), SnapshotStore::memory())
+            }
             Storage::Durable(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     StartError::Storage(format!("create {}: {err}", dir.display()))
@@ -263,6 +334,10 @@ impl<S: StateMachine> RaftNode<S> {
                     .map_err(|err| StartError::Storage(err.to_string()))?;
                 (log, SnapshotStore::dir(dir.join("snapshots")))
             }
+        };
+        let log_store = match faults {
+            Some(faults) => log_store.with_faults(faults.clone()),
+            None => log_store,
         };
         let sessions = config.sessions;
         let state_machine = tokio::task::spawn_blocking(move || {
@@ -281,9 +356,13 @@ impl<S: StateMachine> RaftNode<S> {
             .await
             .map_err(|err| StartError::Raft(err.to_string()))?;
         let server = server::start(listener, raft.clone(), id, config.network.clone(), authorize);
+        let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
         let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
+        let fatal = Fatal::new();
+        let watcher =
+            tokio::spawn(stop_serving_on_fatal(raft.clone(), fatal.clone(), server.clone()));
         tracing::info!(id, node = %self_node, "raft node started");
         Ok(RaftNode {
             id,
@@ -291,9 +370,11 @@ impl<S: StateMachine> RaftNode<S> {
             raft,
             state_machine,
             proposals,
-            server: std::sync::Mutex::new(Some(server)),
-            tasks: std::sync::Mutex::new(vec![batcher]),
+            server,
+            tasks: std::sync::Mutex::new(vec![batcher, watcher]),
             config,
+            fatal,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -357,6 +438,9 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     async fn submit(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
+        if let Some(why) = self.fatal() {
+            return Err(ProposeError::Fatal(why));
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Pending { proposal, reply })
@@ -479,14 +563,26 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Why the node stopped, if it hit a fatal error; `None` while it runs.
+    /// Why the node stopped, if it hit a fatal error (its state machine
+    /// panicked or refused a snapshot, its storage failed, raft's core
+    /// died); `None` while it runs. A node with a fatal error serves
+    /// nothing: proposals are refused, its raft port is closed.
     pub fn fatal(&self) -> Option<String> {
-        self.state_machine.fatal().or_else(|| self.metrics().fatal)
+        self.state_machine
+            .fatal()
+            .or_else(|| self.fatal.get())
+            .or_else(|| raft_fatal(&self.raft.metrics().borrow()))
+    }
+
+    /// Metrics as openraft reports them, with this node's fatal error laid
+    /// over them (openraft's say nothing when its core panicked).
+    fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
+        with_fatal(convert(m), self.state_machine.fatal().or_else(|| self.fatal.get()))
     }
 
     /// The node's metrics now.
     pub fn metrics(&self) -> NodeMetrics {
-        convert(&self.raft.metrics().borrow())
+        self.observe(&self.raft.metrics().borrow())
     }
 
     /// Waits until `condition` holds for the node's metrics, for at most
@@ -497,13 +593,24 @@ impl<S: StateMachine> RaftNode<S> {
         condition: impl Fn(&NodeMetrics) -> bool,
     ) -> Result<NodeMetrics, NodeMetrics> {
         let mut rx = self.raft.metrics();
+        let mut fatal = self.fatal.subscribe();
         let outcome = tokio::time::timeout(timeout, async {
+            let mut raft_running = true;
             loop {
-                let now = convert(&rx.borrow_and_update());
+                let now = self.observe(&rx.borrow_and_update());
                 if condition(&now) {
                     return Ok(now);
                 }
-                if rx.changed().await.is_err() {
+                if raft_running {
+                    tokio::select! {
+                        changed = rx.changed() => raft_running = changed.is_ok(),
+                        _ = fatal.changed() => {}
+                    }
+                } else if self.fatal.is_stopping()
+                    || now.fatal.is_some()
+                    || fatal.changed().await.is_err()
+                {
+                    // Raft has stopped and nothing more will change.
                     return Err(now);
                 }
             }
@@ -518,11 +625,27 @@ impl<S: StateMachine> RaftNode<S> {
     /// Changes of the metrics, as a watch of our own type.
     pub fn subscribe(&self) -> watch::Receiver<NodeMetrics> {
         let mut rx = self.raft.metrics();
-        let (tx, out) = watch::channel(convert(&rx.borrow()));
+        let mut fatal_rx = self.fatal.subscribe();
+        let (tx, out) = watch::channel(self.metrics());
+        let fatal = self.fatal.clone();
+        let state_machine = self.state_machine.clone();
+        let observe = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+            with_fatal(convert(m), state_machine.fatal().or_else(|| fatal.get()))
+        };
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let now = convert(&rx.borrow_and_update());
-                if tx.send(now).is_err() {
+            let mut raft_running = true;
+            loop {
+                if raft_running {
+                    tokio::select! {
+                        changed = rx.changed() => raft_running = changed.is_ok(),
+                        changed = fatal_rx.changed() => if changed.is_err() { break },
+                    }
+                } else if fatal_rx.changed().await.is_err() {
+                    break;
+                }
+                let now = observe(&rx.borrow_and_update());
+                let last = now.fatal.is_some() && !raft_running;
+                if tx.send(now).is_err() || last {
                     break;
                 }
             }
@@ -544,10 +667,15 @@ impl<S: StateMachine> RaftNode<S> {
     /// Stops serving and shuts raft down. Every background task ends.
     /// Calling it again does nothing more.
     pub async fn shutdown(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.fatal.stopping();
         // Stop taking RPCs first, so none arrive at a stopped core.
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(server) = server else { return };
-        server.shutdown().await;
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
         let tasks: Vec<_> =
             self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for task in &tasks {

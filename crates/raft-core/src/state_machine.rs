@@ -8,7 +8,7 @@
 use std::io::{self, Cursor, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -60,13 +60,14 @@ struct Replicated<S> {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeInfo>,
     sessions: Sessions,
-    /// Set when the user's `apply` panicked: the state is suspect and the
-    /// node must stop.
-    poisoned: Option<String>,
 }
 
 pub(crate) struct Shared<S> {
     state: RwLock<Replicated<S>>,
+    /// Set when the user's `apply` panicked or a snapshot install failed:
+    /// the state is suspect and the node must stop. Outside the state's
+    /// lock, so that asking never waits for an apply.
+    poisoned: Mutex<Option<String>>,
     snapshots: SnapshotStore,
     limits: SessionLimits,
     snapshot_counter: AtomicU64,
@@ -102,8 +103,8 @@ impl<S: StateMachine> StateMachineStore<S> {
                     last_applied: None,
                     membership: StoredMembership::default(),
                     sessions: Sessions::default(),
-                    poisoned: None,
                 }),
+                poisoned: Mutex::new(None),
                 snapshots,
                 limits,
                 snapshot_counter: AtomicU64::new(0),
@@ -183,10 +184,10 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = &state.poisoned {
+        if let Some(why) = self.fatal() {
             return Err(sm_error(why));
         }
+        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
         let mut data = codec::framed_header(
             SNAPSHOT_FORMAT,
             &SnapshotHeader {
@@ -257,14 +258,17 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// openraft stops the node.
     fn poison(&self, why: &str) {
         tracing::error!(%why, "fatal: stopping this node");
-        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-        state.poisoned.get_or_insert_with(|| why.to_owned());
+        self.shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| why.to_owned());
     }
 
     /// Why the state machine stopped, if it did (a panic in `apply`, a
     /// failed snapshot install).
     pub fn fatal(&self) -> Option<String> {
-        self.shared.state.read().unwrap_or_else(|p| p.into_inner()).poisoned.clone()
+        self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -292,10 +296,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = &state.poisoned {
+        if let Some(why) = self.fatal() {
             return Err(sm_error(why));
         }
+        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
         let mut responses = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -313,8 +317,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                         {
                             Ok(outcome) => outcomes.push(outcome),
                             Err(why) => {
-                                tracing::error!(%why, "fatal: stopping this node so replicas cannot diverge");
-                                state.poisoned = Some(why.clone());
+                                self.poison(&why);
                                 return Err(StorageIOError::apply(
                                     entry.log_id,
                                     AnyError::error(why),

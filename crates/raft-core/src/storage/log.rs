@@ -13,6 +13,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::faults::{FaultyBackend, StorageFaults};
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
 
@@ -232,6 +233,9 @@ fn check_format(backend: &dyn LogBackend) -> Result<(), String> {
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn LogBackend>,
+    /// Injected faults (tests only): the backend is wrapped, and writes
+    /// wait the injected delay.
+    faults: Option<StorageFaults>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -243,7 +247,7 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// A log kept in memory.
     pub fn in_memory() -> LogStore {
-        LogStore { backend: Arc::new(MemBackend::default()) }
+        LogStore { backend: Arc::new(MemBackend::default()), faults: None }
     }
 
     /// A log kept in the redb file at `path` (created if missing). A log
@@ -252,7 +256,22 @@ impl LogStore {
         let backend = RedbBackend::open(path)
             .and_then(|backend| check_format(&backend).map(|()| backend))
             .map_err(|e| StorageIOError::<NodeId>::write_logs(AnyError::error(e)))?;
-        Ok(LogStore { backend: Arc::new(backend) })
+        Ok(LogStore { backend: Arc::new(backend), faults: None })
+    }
+
+    /// The same store behind switchable faults (tests and the chaos harness
+    /// only; see [`StorageFaults`]).
+    pub fn with_faults(self, faults: StorageFaults) -> LogStore {
+        let backend = Arc::new(FaultyBackend::new(self.backend, faults.clone()));
+        LogStore { backend, faults: Some(faults) }
+    }
+
+    /// Waits the injected write delay, if any.
+    async fn before_write(&self) {
+        let delay = self.faults.as_ref().map(StorageFaults::delay).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Runs `f` on the backend: inline for memory, on the blocking pool for
@@ -329,6 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         let bytes = codec::encode(vote);
         self.run(move |b| b.put_meta("vote", bytes), write_vote).await
     }
@@ -346,6 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         let bytes = codec::encode(&committed);
         self.run(move |b| b.put_meta_lazily("committed", bytes), write_logs).await
     }
@@ -364,6 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        self.before_write().await;
         // The write is durable (fsynced) when it returns, so the entries are
         // both readable and flushed here.
         let result = self.run(move |b| b.append(entries), write_logs).await;
@@ -375,10 +397,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         self.run(move |b| b.truncate_from(log_id.index), write_logs).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         self.run(move |b| b.purge_to(log_id), write_logs).await
     }
 }

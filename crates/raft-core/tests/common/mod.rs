@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use raft_core::{
     Authorize, ClientId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode, Role,
-    StateMachine, Storage,
+    StateMachine, Storage, StorageFaults,
 };
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
@@ -132,16 +132,29 @@ pub struct Cluster {
     pub nodes: Vec<Option<RaftNode<Recorder>>>,
     pub dirs: Vec<Option<PathBuf>>,
     pub config: RaftConfig,
+    /// Each node's storage faults, when the cluster was made with them.
+    pub faults: Option<Vec<StorageFaults>>,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
     /// `n` nodes, not yet initialized.
     pub async fn new(n: usize, net: Net, durable: bool, config: RaftConfig) -> Cluster {
+        Cluster::build(n, net, durable, config, false).await
+    }
+
+    /// `n` nodes, not yet initialized, each with its storage behind
+    /// switchable faults (`cluster.faults`).
+    pub async fn with_faults(n: usize, net: Net, durable: bool, config: RaftConfig) -> Cluster {
+        Cluster::build(n, net, durable, config, true).await
+    }
+
+    async fn build(n: usize, net: Net, durable: bool, config: RaftConfig, faulty: bool) -> Cluster {
         let temp = durable.then(|| tempfile::tempdir().expect("temp dir"));
         let dirs =
             (0..n).map(|i| temp.as_ref().map(|t| t.path().join(format!("node-{i}")))).collect();
-        let mut cluster = Cluster { net, nodes: Vec::new(), dirs, config, _temp: temp };
+        let faults = faulty.then(|| (0..n).map(|_| StorageFaults::new()).collect());
+        let mut cluster = Cluster { net, nodes: Vec::new(), dirs, config, faults, _temp: temp };
         for i in 0..n {
             let node = cluster.start_node(i).await;
             cluster.nodes.push(Some(node));
@@ -172,10 +185,13 @@ impl Cluster {
 
     /// Starts (or restarts) node `i` on its storage.
     pub async fn start_node(&self, i: usize) -> RaftNode<Recorder> {
-        let storage = match &self.dirs[i] {
+        let mut storage = match &self.dirs[i] {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
         };
+        if let Some(faults) = &self.faults {
+            storage = storage.with_faults(faults[i].clone());
+        }
         RaftNode::start(
             node_id(i),
             self.info(i),
