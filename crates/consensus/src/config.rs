@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use raft_core::SessionLimits;
+pub use raft_core::{SessionLimits, StorageFaults};
 
 /// Node settings. `Config::default()` uses the Go package's ports (raft
 /// 6270, command 6271, monitor 8081) and memory-only state.
@@ -32,6 +32,11 @@ pub struct Config {
     /// defaults keep sessions for a million log entries, at most 100 000 of
     /// them, answers up to 64 KiB, 64 MiB of answers in all.
     pub sessions: SessionLimits,
+    /// **Tests and the chaos harness only.** Switchable faults in front of
+    /// the raft log storage (failed fsyncs, refused or slow writes, a
+    /// panicking write); keep a clone of the handle to switch them. A node
+    /// whose write fails stops with a fatal error. `None` in production.
+    pub storage_faults: Option<StorageFaults>,
 }
 
 impl Default for Config {
@@ -45,6 +50,7 @@ impl Default for Config {
             seed_command_ports: Vec::new(),
             timing: Timing::default(),
             sessions: SessionLimits::default(),
+            storage_faults: None,
         }
     }
 }

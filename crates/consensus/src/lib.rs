@@ -23,6 +23,9 @@
 //!   tagged nodes reach the raft, command and monitor ports.
 //! - **Observable**: [`Consensus::metrics`] and [`Consensus::watch`], and a
 //!   monitor with `/status` (JSON), `/metrics` (Prometheus) and `/` (HTML).
+//!   A node that hit a fatal error (its state machine panicked, its storage
+//!   failed, raft's core died) says so on all three and stops serving:
+//!   calls answer [`Error::Fatal`].
 //!
 //! Commands and answers travel as JSON between nodes; the Go package's
 //! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
@@ -37,7 +40,7 @@ mod monitor;
 mod node;
 mod operation;
 
-pub use crate::config::{BootstrapOptions, Config, SessionLimits, Timing};
+pub use crate::config::{BootstrapOptions, Config, SessionLimits, StorageFaults, Timing};
 pub use crate::error::Error;
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};

@@ -107,7 +107,9 @@ pub struct Metrics {
     pub voters: usize,
     /// Learners.
     pub learners: usize,
-    /// Why the node stopped, if a fatal error stopped it.
+    /// Why the node stopped, if a fatal error stopped it (its state machine
+    /// panicked or refused a snapshot, its storage failed, raft's core
+    /// died). Such a node serves nothing until it is restarted.
     pub fatal: Option<String>,
 }
 
@@ -296,10 +298,13 @@ impl<S: StateMachine> Consensus<S> {
             let authorizer = authorizer.clone();
             Arc::new(move |peer: PeerAddr| authorizer.allows_peer(peer))
         };
-        let storage = match &config.state_dir {
+        let mut storage = match &config.state_dir {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
         };
+        if let Some(faults) = &config.storage_faults {
+            storage = storage.with_faults(faults.clone());
+        }
         let raft = RaftNode::start(
             id,
             self_node.clone(),
