@@ -124,19 +124,26 @@ impl<S: StateMachine> Operation<S> {
                     session
                 }
             };
+            let earlier = self.maybe_applied;
             let request = ExecuteRequest {
                 client: client.to_string(),
                 seq,
                 command: self.command.clone(),
-                retry: self.maybe_applied,
+                retry: earlier,
             };
+            // Until this attempt answers, its outcome is unknown: if the
+            // caller drops this future, the next call must know.
+            self.maybe_applied = true;
             let err = match service.execute(&request, deadline, false).await {
                 Ok(response) => return decode_answer(response.result.get()),
                 Err(err) => err,
             };
+            if !err.outcome_unknown() {
+                self.maybe_applied = earlier;
+            }
             match err.code() {
                 // Nothing of this command was applied: a new session is safe.
-                "session_expired" | "unknown_session" if !self.maybe_applied => {
+                "session_expired" | "unknown_session" if !earlier => {
                     self.session = None;
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
@@ -152,12 +159,7 @@ impl<S: StateMachine> Operation<S> {
                     self.lost = Some(why.clone());
                     return Err(Error::OutcomeUnknown(why));
                 }
-                _ => {
-                    if err.outcome_unknown() {
-                        self.maybe_applied = true;
-                    }
-                    return Err(Error::from(err));
-                }
+                _ => return Err(Error::from(err)),
             }
         }
     }

@@ -143,3 +143,38 @@ async fn a_session_expired_after_an_unknown_attempt_is_an_unknown_outcome() {
         node.stop(StopMode::Stay).await.unwrap();
     }
 }
+
+/// An attempt the caller abandons (its future dropped mid-call) counts as
+/// one whose outcome is unknown: a later call never moves the command to a
+/// new session, where it could be applied a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_attempt_counts_as_an_unknown_outcome() {
+    let world = World::new(3);
+    let nodes = world
+        .start_all(|i| {
+            let mut config = patient_config();
+            config.sessions = small_table(i).sessions;
+            config
+        })
+        .await;
+    let leader = leader_of(&nodes);
+    let other = (leader + 1) % 3;
+    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&world, leader, Duration::from_millis(300));
+    let mut operation = nodes[leader].prepare(add("dropped", 1)).expect("prepared");
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(300), operation.execute_within(WAIT)).await;
+    assert!(abandoned.is_err(), "the attempt finished: {abandoned:?}");
+    slow_replication(&world, leader, Duration::ZERO);
+    wait_until_applied(&nodes[leader], "dropped").await;
+    let (b, c) = tokio::join!(nodes[other].execute(add("b", 1)), nodes[other].execute(add("c", 1)));
+    b.unwrap();
+    c.unwrap();
+    let again = operation.execute_within(Duration::from_secs(10)).await;
+    assert!(matches!(again, Err(Error::OutcomeUnknown(_))), "{again:?}");
+    let applied = applied_tags(&nodes[leader]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "dropped").count(), 1, "{applied:?}");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
