@@ -629,23 +629,28 @@ impl<S: StateMachine> RaftNode<S> {
         let (tx, out) = watch::channel(self.metrics());
         let fatal = self.fatal.clone();
         let state_machine = self.state_machine.clone();
-        let observe = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
-            with_fatal(convert(m), state_machine.fatal().or_else(|| fatal.get()))
+        let observe = {
+            let fatal = fatal.clone();
+            move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+                with_fatal(convert(m), state_machine.fatal().or_else(|| fatal.get()))
+            }
         };
         tokio::spawn(async move {
-            let mut raft_running = true;
             loop {
-                if raft_running {
-                    tokio::select! {
-                        changed = rx.changed() => raft_running = changed.is_ok(),
-                        changed = fatal_rx.changed() => if changed.is_err() { break },
+                let raft_running = tokio::select! {
+                    changed = rx.changed() => changed.is_ok(),
+                    _ = fatal_rx.changed() => true,
+                };
+                if !raft_running {
+                    // Raft is gone. Unless it was stopped on purpose, the
+                    // watcher records why; send that as the last value.
+                    if !fatal.is_stopping() && fatal.get().is_none() {
+                        let _ = fatal_rx.changed().await;
                     }
-                } else if fatal_rx.changed().await.is_err() {
+                    let _ = tx.send(observe(&rx.borrow()));
                     break;
                 }
-                let now = observe(&rx.borrow_and_update());
-                let last = now.fatal.is_some() && !raft_running;
-                if tx.send(now).is_err() || last {
+                if tx.send(observe(&rx.borrow_and_update())).is_err() {
                     break;
                 }
             }

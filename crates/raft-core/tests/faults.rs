@@ -135,6 +135,7 @@ async fn a_panic_in_raft_core_is_reported_and_stops_the_node() {
     cluster.leader(&[0]).await;
     let client = cluster.register(0).await;
     cluster.propose(0, client, 1, b"before").await.unwrap();
+    let mut watched = cluster.node(0).subscribe();
     cluster.faults.as_ref().unwrap()[0].panic_next_write();
     let outcome = cluster.propose(0, client, 2, b"boom").await;
     assert!(outcome.is_err(), "{outcome:?}");
@@ -147,6 +148,10 @@ async fn a_panic_in_raft_core_is_reported_and_stops_the_node() {
     assert!(why.contains("raft core stopped unexpectedly") && why.contains("panicked"), "{why}");
     assert_eq!(stopped.role, Role::Shutdown);
     assert_eq!(stopped.leader, None);
+    // Subscribers hear it too.
+    let seen = tokio::time::timeout(WAIT, watched.wait_for(|m| m.fatal.is_some())).await;
+    let seen = seen.expect("in time").expect("the watch delivers the fatal error").clone();
+    assert_eq!(seen.fatal.as_deref(), Some(why.as_str()));
     let after = cluster.propose(0, client, 3, b"after").await;
     assert!(matches!(after, Err(ProposeError::Fatal(_))), "{after:?}");
     let name = cluster.config.network.cluster.clone();
