@@ -214,7 +214,7 @@ impl<S: StateMachine> CommandService<S> {
                         Ok(Ok(client)) => {
                             Ok(Retry::Done(SessionResponse { client: client.to_string() }))
                         }
-                        Ok(Err(err)) => self.propose_error(err),
+                        Ok(Err(err)) => self.propose_error("register a session", err),
                         Err(_) => Ok(Retry::Again {
                             leader: None,
                             error: Some(RpcError::Timeout {
@@ -241,7 +241,7 @@ impl<S: StateMachine> CommandService<S> {
 
     /// What a failed proposal means for the call: try again (elsewhere, or
     /// once a leader is known) or give up.
-    fn propose_error<T>(&self, err: ProposeError) -> Result<Retry<T>, RpcError> {
+    fn propose_error<T>(&self, what: &str, err: ProposeError) -> Result<Retry<T>, RpcError> {
         match err {
             ProposeError::NotLeader { leader } => {
                 Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
@@ -249,10 +249,7 @@ impl<S: StateMachine> CommandService<S> {
             // Unknown outcome: a retry with the same seq is safe.
             ProposeError::Timeout(after) => Ok(Retry::Again {
                 leader: None,
-                error: Some(RpcError::Timeout {
-                    what: "execute (outcome unknown)".to_owned(),
-                    after,
-                }),
+                error: Some(RpcError::Timeout { what: format!("{what} (outcome unknown)"), after }),
             }),
             ProposeError::TooLarge { size, limit } => Err(RpcError::TooLarge { size, limit }),
             ProposeError::ShuttingDown => {
@@ -342,7 +339,7 @@ impl<S: StateMachine> CommandService<S> {
                             Ok(other @ Outcome::Registered(_)) => {
                                 Err(RpcError::Fatal(format!("a command was answered {other:?}")))
                             }
-                            Err(err) => self.propose_error(err),
+                            Err(err) => self.propose_error("execute", err),
                         }
                     }
                     Route::Remote(leader) => {
