@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,8 +14,8 @@ use raft_core::network::frame::{self, Message};
 use raft_core::{ClientId, Outcome, ProposeError, Role};
 use ts_transport::{MemNetwork, Transport as _};
 
-fn command(seq: u64) -> Vec<u8> {
-    format!("w{seq}").into_bytes()
+fn command(client: ClientId, seq: u64) -> Vec<u8> {
+    format!("{}:{seq}", client.0).into_bytes()
 }
 
 /// Proposes (client, seq) until some node answers it, trying the node
@@ -31,7 +32,7 @@ async fn propose_until_answered(
     loop {
         let attempt = tokio::time::timeout(
             Duration::from_secs(3),
-            cluster.node(target).propose(client, seq, command(seq)),
+            cluster.node(target).propose(client, seq, command(client, seq)),
         )
         .await;
         if let Ok(Ok(outcome)) = attempt {
@@ -57,30 +58,56 @@ async fn raft_port_answers(net: &MemNetwork, i: usize, cluster_name: &str) -> bo
     matches!(answer.await, Ok(Ok(Some(frame))) if matches!(frame.message, Message::Welcome))
 }
 
-/// The leader's next fsync fails while a client writes. The client never
-/// sees a success that is not on a quorum; the leader stops and says why;
-/// the others elect a leader and go on; every acknowledged write survives,
-/// once, on every node, the failed one included after a restart.
+/// The leader's next fsync fails while clients write. No client sees a
+/// success that is not on a quorum; the leader stops and says why; the
+/// others elect a leader and go on; every acknowledged write survives, once,
+/// on every node, the failed one included after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_fsync_fails_stops_and_the_others_carry_on() {
+    const WRITERS: usize = 4;
     let net = MemNetwork::new();
-    let mut cluster = Cluster::with_faults(3, Net::Mem(net.clone()), true, fast_config()).await;
+    let cluster = Cluster::with_faults(3, Net::Mem(net.clone()), true, fast_config()).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
-    let client = cluster.register(leader).await;
-    let mut acknowledged = BTreeSet::new();
-    for seq in 1..=10 {
-        let outcome = cluster.node(leader).propose(client, seq, command(seq)).await.unwrap();
-        assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
-        acknowledged.insert(seq);
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(cluster.register(leader).await);
     }
-    // The next write's fsync fails.
+    let cluster = Arc::new(cluster);
+    let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
+    // Each writer writes through the leader until a write fails; it
+    // returns the write whose outcome it does not know.
+    let writers: Vec<_> = clients
+        .iter()
+        .map(|&client| {
+            let cluster = cluster.clone();
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for seq in 1.. {
+                    match cluster.node(leader).propose(client, seq, command(client, seq)).await {
+                        Ok(Outcome::Applied(_)) => {
+                            acknowledged.lock().unwrap().insert((client, seq));
+                        }
+                        Ok(other) => panic!("({client}, {seq}) answered {other:?}"),
+                        Err(ProposeError::Fatal(_) | ProposeError::Timeout(_)) => return seq,
+                        Err(err) => panic!("({client}, {seq}) failed with {err}"),
+                    }
+                }
+                unreachable!("writers stop at their first error")
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while acknowledged.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next write's fsync fails, in the middle of the writes.
     cluster.faults.as_ref().unwrap()[leader].fail_next_fsync();
-    let failed = cluster.node(leader).propose(client, 11, command(11)).await;
-    assert!(
-        matches!(failed, Err(ProposeError::Fatal(_) | ProposeError::Timeout(_))),
-        "a write whose fsync failed was answered {failed:?}"
-    );
+    let mut unknown = Vec::new();
+    for (writer, &client) in writers.into_iter().zip(&clients) {
+        unknown.push((client, writer.await.expect("writer")));
+    }
     let stopped = cluster
         .node(leader)
         .wait_for(WAIT, |m| m.fatal.is_some())
@@ -91,35 +118,44 @@ async fn a_leader_whose_fsync_fails_stops_and_the_others_carry_on() {
     assert_eq!(stopped.role, Role::Shutdown);
     assert_eq!(cluster.node(leader).fatal().as_deref(), Some(why.as_str()));
     // It acknowledges nothing more, and its raft port is closed.
-    let after = cluster.node(leader).propose(client, 12, command(12)).await;
+    let (client, seq) = unknown[0];
+    let after = cluster.node(leader).propose(client, seq + 1, command(client, seq + 1)).await;
     assert!(matches!(after, Err(ProposeError::Fatal(_))), "{after:?}");
     let name = cluster.config.network.cluster.clone();
     assert!(!raft_port_answers(&net, leader, &name).await, "a stopped node serves raft");
 
-    // The others elect a leader; the unknown write is retried there and
-    // answered once, and the client goes on.
+    // The others elect a leader; each unknown write is retried there and
+    // answered once.
     let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new_leader = cluster.leader(&rest).await;
-    for seq in 11..=20 {
+    for &(client, seq) in &unknown {
         let outcome = propose_until_answered(&cluster, &rest, new_leader, client, seq).await;
         assert!(
             matches!(outcome, Outcome::Applied(_) | Outcome::Duplicate(_)),
-            "({seq}) {outcome:?}"
+            "({client}, {seq}) {outcome:?}"
         );
-        acknowledged.insert(seq);
+        acknowledged.lock().unwrap().insert((client, seq));
     }
-    let expected: Vec<Vec<u8>> = acknowledged.iter().map(|&seq| command(seq)).collect();
+    let acknowledged: BTreeSet<Vec<u8>> =
+        acknowledged.lock().unwrap().iter().map(|&(c, seq)| command(c, seq)).collect();
+    let check = |cluster: &Cluster, i: usize| {
+        let applied = cluster.applied(i);
+        let distinct: BTreeSet<Vec<u8>> = applied.iter().cloned().collect();
+        assert_eq!(distinct.len(), applied.len(), "node {i} applied a write twice");
+        assert_eq!(distinct, acknowledged, "node {i}: exactly the acknowledged writes");
+    };
     for &i in &rest {
-        cluster.wait_applied(i, expected.len()).await;
-        assert_eq!(cluster.applied(i), expected, "node {i}: acknowledged writes, once each");
+        cluster.wait_applied(i, acknowledged.len()).await;
+        check(&cluster, i);
     }
     // The failed node restarts from its disk (faults off) and catches up.
+    let Ok(mut cluster) = Arc::try_unwrap(cluster) else { panic!("cluster still shared") };
     cluster.stop(leader).await;
     cluster.faults.as_ref().unwrap()[leader].clear();
     let restarted = cluster.start_node(leader).await;
     cluster.nodes[leader] = Some(restarted);
-    cluster.wait_applied(leader, expected.len()).await;
-    assert_eq!(cluster.applied(leader), expected, "the restarted node");
+    cluster.wait_applied(leader, acknowledged.len()).await;
+    check(&cluster, leader);
     cluster.shutdown().await;
 }
 
