@@ -144,6 +144,8 @@ impl<S: StateMachine> CommandService<S> {
         let mut hinted: Option<LeaderHint> = None;
         let mut last_error: Option<RpcError> = None;
         loop {
+            // This node may stop on a fatal error mid-call: it serves no more.
+            self.check_fatal()?;
             let route = self.route(hinted.as_ref());
             if forwarded && !matches!(route, Route::Local) {
                 // Forwarded requests are answered here or bounced back. After
