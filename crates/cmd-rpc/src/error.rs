@@ -60,9 +60,11 @@ pub enum RpcError {
         /// The path.
         path: String,
     },
-    /// The session has moved past this sequence number.
+    /// The session has moved past this sequence number: the command was
+    /// not applied now (whether an earlier attempt was, the session no
+    /// longer says; sequence numbers may skip).
     #[error(
-        "sequence number is older than the session's last ({last_seq}); the command was not applied again"
+        "sequence number is older than the session's last ({last_seq}); the command was not applied now"
     )]
     StaleSequence {
         /// The session's last applied sequence number.
