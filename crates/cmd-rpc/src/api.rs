@@ -15,6 +15,13 @@ pub struct ExecuteRequest {
     pub seq: u64,
     /// The command: a JSON document the state machine understands.
     pub command: Box<RawValue>,
+    /// Set when an earlier call with this client and sequence number ended
+    /// without a known outcome. If the session turns out to have expired,
+    /// the answer is then `session_expired_outcome_unknown` (the command may
+    /// have been applied before the session expired) rather than
+    /// `session_expired` (it was not applied).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// Answer to [`ExecuteRequest`].
@@ -25,6 +32,15 @@ pub struct ExecuteResponse {
     pub result: Box<RawValue>,
     /// Whether this was a retry answered from the session, not applied again.
     pub duplicate: bool,
+}
+
+/// Answer to `POST /v1/session` (body `{}`): a new session, registered
+/// through the log. Commands in it use sequence numbers from 1 upwards.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionResponse {
+    /// The session's client id, 32 hex digits.
+    pub client: String,
 }
 
 /// `POST /v1/join`: add the calling node to the cluster (learner, then

@@ -61,14 +61,56 @@ pub enum RpcError {
         /// The path.
         path: String,
     },
-    /// The session has moved past this sequence number.
+    /// The session has moved past this sequence number: the command was
+    /// not applied now (whether an earlier attempt was, the session no
+    /// longer says; sequence numbers may skip).
     #[error(
-        "sequence number is older than the session's last ({last_seq}); the command was not applied again"
+        "sequence number is older than the session's last ({last_seq}); the command was not applied now"
     )]
     StaleSequence {
         /// The session's last applied sequence number.
         last_seq: u64,
     },
+    /// The session expired (or was evicted) before this command was applied:
+    /// it was not applied, and nothing more can be applied in the session.
+    /// Retrying the command in a new session is safe.
+    #[error(
+        "session {client} has expired; the command was not applied (retry it in a new session)"
+    )]
+    SessionExpired {
+        /// The session.
+        client: String,
+    },
+    /// The session expired after an earlier attempt whose outcome was
+    /// unknown: the command may or may not have been applied, and the
+    /// session can no longer tell.
+    #[error(
+        "session {client} expired after an attempt whose outcome is unknown: the command may or may not have been applied"
+    )]
+    SessionExpiredOutcomeUnknown {
+        /// The session.
+        client: String,
+    },
+    /// No session with this client id was ever registered in this cluster;
+    /// the command was not applied.
+    #[error("no session {client} was ever registered in this cluster; the command was not applied")]
+    UnknownSession {
+        /// The client id.
+        client: String,
+    },
+    /// The sequence number was already used in the session for another
+    /// command; this one was not applied.
+    #[error(
+        "sequence number {seq} was already used in this session for a different command; not applied"
+    )]
+    SequenceReused {
+        /// The sequence number.
+        seq: u64,
+    },
+    /// The command was applied once, earlier; its answer was too large to be
+    /// kept for retries, so it cannot be given again.
+    #[error("the command was applied, but its answer was too large to be kept for a retry")]
+    AnswerNotKept,
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -107,6 +149,11 @@ impl RpcError {
             RpcError::NotFound(_) => "not_found",
             RpcError::MethodNotAllowed { .. } => "method_not_allowed",
             RpcError::StaleSequence { .. } => "stale_sequence",
+            RpcError::SessionExpired { .. } => "session_expired",
+            RpcError::SessionExpiredOutcomeUnknown { .. } => "session_expired_outcome_unknown",
+            RpcError::UnknownSession { .. } => "unknown_session",
+            RpcError::SequenceReused { .. } => "sequence_reused",
+            RpcError::AnswerNotKept => "answer_not_kept",
             RpcError::Unavailable(_) => "unavailable",
             RpcError::Unreachable { .. } => "unreachable",
             RpcError::Fatal(_) => "fatal",
@@ -118,7 +165,13 @@ impl RpcError {
     pub fn status(&self) -> StatusCode {
         match self {
             RpcError::NoLeader { .. } | RpcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            RpcError::NotLeader { .. } | RpcError::StaleSequence { .. } => StatusCode::CONFLICT,
+            RpcError::NotLeader { .. }
+            | RpcError::StaleSequence { .. }
+            | RpcError::SessionExpired { .. }
+            | RpcError::SessionExpiredOutcomeUnknown { .. }
+            | RpcError::UnknownSession { .. }
+            | RpcError::SequenceReused { .. }
+            | RpcError::AnswerNotKept => StatusCode::CONFLICT,
             RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RpcError::Forbidden(_) => StatusCode::FORBIDDEN,
             RpcError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -147,6 +200,28 @@ impl RpcError {
                 ErrorBody { code: self.code().to_owned(), message: self.to_string(), leader: None }
             }
         }
+    }
+
+    /// Whether a command that failed with this error may still be applied
+    /// (no outcome known): timeouts, unreachable nodes, lost leaders and
+    /// fatal errors on the way. Errors that say the command was refused or
+    /// answered are not.
+    pub fn outcome_unknown(&self) -> bool {
+        !matches!(
+            self.code(),
+            "not_leader"
+                | "forbidden"
+                | "too_large"
+                | "bad_request"
+                | "slow_body"
+                | "not_found"
+                | "method_not_allowed"
+                | "stale_sequence"
+                | "session_expired"
+                | "unknown_session"
+                | "sequence_reused"
+                | "answer_not_kept"
+        )
     }
 
     /// Rebuilds an error from another node's answer.

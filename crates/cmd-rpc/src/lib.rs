@@ -38,7 +38,7 @@ mod service;
 pub use crate::api::{
     ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint,
     Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse, ReadRequest, ReadResponse,
-    RemoveRequest,
+    RemoveRequest, SessionResponse,
 };
 pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
 pub use crate::config::CommandConfig;

@@ -109,9 +109,8 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 /// Which endpoint, and which method it takes.
 fn endpoint(path: &str) -> Option<Method> {
     match path {
-        "/v1/execute" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read" | "/v1/read-index" => {
-            Some(Method::POST)
-        }
+        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read"
+        | "/v1/read-index" => Some(Method::POST),
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -167,6 +166,11 @@ async fn dispatch<S: StateMachine>(
     };
     let deadline = service.deadline(requested);
     let forwarded = headers.contains_key(FORWARDED_HEADER);
+    // A node stopped on a fatal error serves nothing, not even its view of
+    // the cluster (which may be stale).
+    if let Some(why) = service.fatal() {
+        return Err(RpcError::Fatal(why));
+    }
     if path == "/v1/cluster" {
         return Ok(json_response(StatusCode::OK, &service.cluster().await));
     }
@@ -176,6 +180,10 @@ async fn dispatch<S: StateMachine>(
             let request: ExecuteRequest = parse(&body)?;
             let response = service.execute(&request, deadline, forwarded).await?;
             Ok(json_response(StatusCode::OK, &response))
+        }
+        "/v1/session" => {
+            let _: serde_json::Map<String, serde_json::Value> = parse(&body)?;
+            Ok(json_response(StatusCode::OK, &service.register(deadline, forwarded).await?))
         }
         "/v1/join" => {
             let request: JoinRequest = parse(&body)?;

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use raft_core::{
@@ -27,7 +28,7 @@ use tokio::sync::Mutex;
 
 use crate::api::{
     ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
-    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
 use crate::client::CommandClient;
 use crate::config::CommandConfig;
@@ -195,10 +196,16 @@ impl<S: StateMachine> CommandService<S> {
         let mut hinted: Option<LeaderHint> = None;
         let mut last_error: Option<RpcError> = None;
         loop {
+            // This node may stop on a fatal error mid-call: it serves no more.
+            self.check_fatal()?;
             let route = self.route(hinted.as_ref());
             if forwarded && !matches!(route, Route::Local) {
-                // Forwarded requests are answered here or bounced back.
-                return Err(RpcError::NotLeader { leader: self.leader_hint(None) });
+                // Forwarded requests are answered here or bounced back. After
+                // an attempt here that left its outcome unknown, the caller
+                // must hear that rather than a plain "not the leader".
+                return Err(
+                    last_error.unwrap_or(RpcError::NotLeader { leader: self.leader_hint(None) })
+                );
             }
             let waiting_for_leader = matches!(route, Route::Unknown);
             if waiting_for_leader {
@@ -230,56 +237,52 @@ impl<S: StateMachine> CommandService<S> {
         }
     }
 
-    /// Executes one command on the leader.
-    pub async fn execute(
+    /// Why this node cannot serve, if it stopped on a fatal error.
+    pub fn fatal(&self) -> Option<String> {
+        self.node.fatal()
+    }
+
+    fn check_fatal(&self) -> Result<(), RpcError> {
+        match self.node.fatal() {
+            Some(why) => Err(RpcError::Fatal(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers a new session through the leader; its client id. A
+    /// registration whose outcome is unknown is simply tried again: a
+    /// session nobody uses expires.
+    pub async fn register(
         &self,
-        request: &ExecuteRequest,
         deadline: Instant,
         forwarded: bool,
-    ) -> Result<ExecuteResponse, RpcError> {
-        let client = parse_client(&request.client)?;
-        if request.seq == 0 {
-            return Err(RpcError::BadRequest("seq starts at 1".to_owned()));
-        }
-        self.with_leader("execute", deadline, forwarded, |route| async move {
+    ) -> Result<SessionResponse, RpcError> {
+        self.check_fatal()?;
+        self.with_leader("register a session", deadline, forwarded, |route| async move {
             match route {
                 Route::Local => {
-                    let command = request.command.get().as_bytes().to_vec();
-                    match self.node.propose(client, request.seq, command).await {
-                        Ok(Outcome::Applied(bytes)) => Ok(Retry::Done(ExecuteResponse {
-                            result: raw(bytes, "state machine answer")?,
-                            duplicate: false,
-                        })),
-                        Ok(Outcome::Duplicate(bytes)) => Ok(Retry::Done(ExecuteResponse {
-                            result: raw(bytes, "state machine answer")?,
-                            duplicate: true,
-                        })),
-                        Ok(Outcome::Stale { last_seq }) => {
-                            Err(RpcError::StaleSequence { last_seq })
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let registered =
+                        tokio::time::timeout(remaining, self.node.register_session()).await;
+                    match registered {
+                        Ok(Ok(client)) => {
+                            Ok(Retry::Done(SessionResponse { client: client.to_string() }))
                         }
-                        Err(ProposeError::NotLeader { leader }) => {
-                            Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
-                        }
-                        // Unknown outcome: a retry with the same seq is safe.
-                        Err(ProposeError::Timeout(after)) => Ok(Retry::Again {
+                        Ok(Err(err)) => self.propose_error("register a session", err),
+                        Err(_) => Ok(Retry::Again {
                             leader: None,
                             error: Some(RpcError::Timeout {
-                                what: "execute (outcome unknown)".to_owned(),
-                                after,
+                                what: "register a session".to_owned(),
+                                after: remaining,
                             }),
                         }),
-                        Err(ProposeError::TooLarge { size, limit }) => {
-                            Err(RpcError::TooLarge { size, limit })
-                        }
-                        Err(ProposeError::ShuttingDown) => {
-                            Err(RpcError::Unavailable("node is shutting down".to_owned()))
-                        }
-                        Err(err) => Err(RpcError::Fatal(err.to_string())),
                     }
                 }
                 Route::Remote(leader) => {
-                    let result =
-                        self.client.post(&leader, "/v1/execute", request, deadline, true).await;
+                    let result = self
+                        .client
+                        .post(&leader, "/v1/session", &serde_json::json!({}), deadline, true)
+                        .await;
                     self.remote_result(result)
                 }
                 Route::Unknown => {
@@ -290,6 +293,140 @@ impl<S: StateMachine> CommandService<S> {
         .await
     }
 
+    /// What a failed proposal means for the call: try again (elsewhere, or
+    /// once a leader is known) or give up.
+    fn propose_error<T>(&self, what: &str, err: ProposeError) -> Result<Retry<T>, RpcError> {
+        match err {
+            ProposeError::NotLeader { leader } => {
+                Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
+            }
+            // Unknown outcome: a retry with the same seq is safe.
+            ProposeError::Timeout(after) => Ok(Retry::Again {
+                leader: None,
+                error: Some(RpcError::Timeout { what: format!("{what} (outcome unknown)"), after }),
+            }),
+            ProposeError::TooLarge { size, limit } => Err(RpcError::TooLarge { size, limit }),
+            ProposeError::ShuttingDown => {
+                Err(RpcError::Unavailable("node is shutting down".to_owned()))
+            }
+            err => Err(RpcError::Fatal(err.to_string())),
+        }
+    }
+
+    /// Executes one command on the leader.
+    ///
+    /// Every attempt carries the request's (client, seq), so a retry is
+    /// answered from the session and never applied twice. The call keeps
+    /// track of whether an attempt may have been applied without this node
+    /// learning of it (an attempt that timed out, a leader lost on the way);
+    /// if the session then turns out to have expired, the answer is
+    /// [`RpcError::SessionExpiredOutcomeUnknown`], otherwise
+    /// [`RpcError::SessionExpired`] (not applied; safe to retry in a new
+    /// session). `request.retry` says an earlier call left it unknown.
+    pub async fn execute(
+        &self,
+        request: &ExecuteRequest,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<ExecuteResponse, RpcError> {
+        self.check_fatal()?;
+        let client = parse_client(&request.client)?;
+        if request.seq == 0 {
+            return Err(RpcError::BadRequest("seq starts at 1".to_owned()));
+        }
+        let maybe_applied = AtomicBool::new(request.retry);
+        let expired = |maybe_applied: bool| {
+            let client = client.to_string();
+            if maybe_applied {
+                RpcError::SessionExpiredOutcomeUnknown { client }
+            } else {
+                RpcError::SessionExpired { client }
+            }
+        };
+        let maybe_applied = &maybe_applied;
+        let result = self
+            .with_leader("execute", deadline, forwarded, |route| async move {
+                match route {
+                    Route::Local => {
+                        let command = request.command.get().as_bytes().to_vec();
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let proposed = tokio::time::timeout(
+                            remaining,
+                            self.node.propose(client, request.seq, command),
+                        )
+                        .await;
+                        let outcome = match proposed {
+                            Ok(outcome) => outcome,
+                            // The proposal may still be committed.
+                            Err(_) => Err(ProposeError::Timeout(remaining)),
+                        };
+                        if outcome.as_ref().is_err_and(|err| {
+                            !matches!(
+                                err,
+                                ProposeError::NotLeader { .. } | ProposeError::TooLarge { .. }
+                            )
+                        }) {
+                            maybe_applied.store(true, Ordering::Relaxed);
+                        }
+                        match outcome {
+                            Ok(Outcome::Applied(bytes)) => Ok(Retry::Done(ExecuteResponse {
+                                result: raw(bytes, "state machine answer")?,
+                                duplicate: false,
+                            })),
+                            Ok(Outcome::Duplicate(bytes)) => Ok(Retry::Done(ExecuteResponse {
+                                result: raw(bytes, "state machine answer")?,
+                                duplicate: true,
+                            })),
+                            Ok(Outcome::DuplicateAnswerNotKept) => Err(RpcError::AnswerNotKept),
+                            Ok(Outcome::Stale { last_seq }) => {
+                                Err(RpcError::StaleSequence { last_seq })
+                            }
+                            Ok(Outcome::SessionExpired) => {
+                                Err(expired(maybe_applied.load(Ordering::Relaxed)))
+                            }
+                            Ok(Outcome::UnknownSession) => {
+                                Err(RpcError::UnknownSession { client: client.to_string() })
+                            }
+                            Ok(Outcome::SequenceReused { seq }) => {
+                                Err(RpcError::SequenceReused { seq })
+                            }
+                            Ok(other @ Outcome::Registered(_)) => {
+                                Err(RpcError::Fatal(format!("a command was answered {other:?}")))
+                            }
+                            Err(err) => self.propose_error("execute", err),
+                        }
+                    }
+                    Route::Remote(leader) => {
+                        let forward = ExecuteRequest {
+                            client: request.client.clone(),
+                            seq: request.seq,
+                            command: request.command.clone(),
+                            retry: maybe_applied.load(Ordering::Relaxed),
+                        };
+                        let result = self
+                            .client
+                            .post(&leader, "/v1/execute", &forward, deadline, true)
+                            .await;
+                        if result.as_ref().is_err_and(RpcError::outcome_unknown) {
+                            maybe_applied.store(true, Ordering::Relaxed);
+                        }
+                        self.remote_result(result)
+                    }
+                    Route::Unknown => {
+                        unreachable!("with_leader does not call attempts without a route")
+                    }
+                }
+            })
+            .await;
+        match result {
+            // The leader could not know of this node's earlier attempts.
+            Err(err) if err.code() == "session_expired" => {
+                Err(expired(maybe_applied.load(Ordering::Relaxed)))
+            }
+            other => other,
+        }
+    }
+
     /// Turns another node's answer into done, retry, or a final error.
     fn remote_result<T>(&self, result: Result<T, RpcError>) -> Result<Retry<T>, RpcError> {
         match result {
@@ -298,6 +435,10 @@ impl<S: StateMachine> CommandService<S> {
                 if body.code == "not_leader" || body.code == "no_leader" =>
             {
                 Ok(Retry::Again { leader: body.leader, error: None })
+            }
+            // The leader stopped on a fatal error: another will be elected.
+            Err(RpcError::Remote { status, body }) if body.code == "fatal" => {
+                Ok(Retry::Again { leader: None, error: Some(RpcError::Remote { status, body }) })
             }
             // The leader may have died or be unreachable for a moment.
             Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. })) => {
@@ -332,6 +473,7 @@ impl<S: StateMachine> CommandService<S> {
     {
         let mut backoff = self.config.min_backoff;
         loop {
+            self.check_fatal()?;
             self.leader_only()?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let last = match attempt(remaining).await {
@@ -362,6 +504,7 @@ impl<S: StateMachine> CommandService<S> {
         caller: &Caller,
         deadline: Instant,
     ) -> Result<(), RpcError> {
+        self.check_fatal()?;
         self.leader_only()?;
         self.check_join(request, caller)?;
         self.on_leader(deadline, |remaining| self.join_here(request, remaining)).await
@@ -547,6 +690,7 @@ impl<S: StateMachine> CommandService<S> {
 
     /// The read index, answered by the leader only.
     pub async fn read_index(&self, deadline: Instant) -> Result<ReadIndexResponse, RpcError> {
+        self.check_fatal()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match self.node.read_index(remaining).await {
             Ok(index) => Ok(ReadIndexResponse { index }),
@@ -569,6 +713,7 @@ impl<S: StateMachine> CommandService<S> {
         request: &ReadRequest,
         deadline: Instant,
     ) -> Result<ReadResponse, RpcError> {
+        self.check_fatal()?;
         let query = request.query.get().as_bytes();
         if request.consistency == Consistency::Local {
             let index = self.node.metrics().last_applied.unwrap_or(0);
@@ -610,6 +755,8 @@ impl<S: StateMachine> CommandService<S> {
             }
             other => RpcError::Fatal(other.to_string()),
         })?;
+        // The state must not have been poisoned while we waited.
+        self.check_fatal()?;
         Ok(ReadResponse { result: raw(self.node.query_local(query), "query answer")?, index })
     }
 

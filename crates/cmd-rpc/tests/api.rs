@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, Consistency,
     ExecuteRequest, ExecuteResponse, JoinRequest, Peers, ProbeFuture, ProbeRequest, ProbeResponse,
-    ProbeState, ReadRequest, ReadResponse, RemoveRequest, RpcError,
+    ProbeState, ReadRequest, ReadResponse, RemoveRequest, RpcError, SessionResponse,
 };
 use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
@@ -125,6 +125,7 @@ struct Cluster {
     net: MemNetwork,
     tailnet: Arc<Tailnet>,
     cluster_id: ClusterId,
+    raft: RaftConfig,
     nodes: Vec<Option<Node>>,
 }
 
@@ -133,14 +134,22 @@ fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
 }
 
 impl Cluster {
-    async fn start_node(net: &MemNetwork, tailnet: &Arc<Tailnet>, i: usize) -> Node {
-        let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
-        let raft = RaftConfig {
+    fn raft_config() -> RaftConfig {
+        RaftConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             propose_timeout: Duration::from_secs(3),
             ..RaftConfig::default()
-        };
+        }
+    }
+
+    async fn start_node(
+        net: &MemNetwork,
+        tailnet: &Arc<Tailnet>,
+        i: usize,
+        raft: RaftConfig,
+    ) -> Node {
+        let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
         let raft_node = RaftNode::start(
             info(i),
             transport.clone(),
@@ -171,15 +180,19 @@ impl Cluster {
     /// `n` nodes; the first `voters` form the initial cluster, the rest
     /// wait to join (with the cluster's id, as if they had decided to).
     async fn new(n: usize, voters: usize) -> Cluster {
+        Cluster::with_raft(n, voters, Cluster::raft_config()).await
+    }
+
+    async fn with_raft(n: usize, voters: usize, raft: RaftConfig) -> Cluster {
         let net = MemNetwork::new();
         net.node(INTRUDER);
         let tailnet = Arc::new(Tailnet::default());
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Some(Cluster::start_node(&net, &tailnet, i).await));
+            nodes.push(Some(Cluster::start_node(&net, &tailnet, i, raft.clone()).await));
         }
         let cluster_id = ClusterId::random().unwrap();
-        let cluster = Cluster { net, tailnet, cluster_id, nodes };
+        let cluster = Cluster { net, tailnet, cluster_id, raft, nodes };
         let members =
             (0..voters).map(|i| (cluster.id(i), info(i))).collect::<BTreeMap<NodeId, NodeInfo>>();
         for i in 1..n {
@@ -194,7 +207,8 @@ impl Cluster {
     /// cluster's id.
     async fn restart(&mut self, i: usize) {
         self.stop(i).await;
-        self.nodes[i] = Some(Cluster::start_node(&self.net, &self.tailnet, i).await);
+        self.nodes[i] =
+            Some(Cluster::start_node(&self.net, &self.tailnet, i, self.raft.clone()).await);
         self.service(i).node().set_cluster_id(self.cluster_id).await.unwrap();
     }
 
@@ -249,6 +263,12 @@ impl Cluster {
         }
     }
 
+    /// Registers a session through node `via`; its client id.
+    async fn session(&self, via: usize) -> u128 {
+        let registered = self.service(via).register(deadline(10), false).await.unwrap();
+        u128::from_str_radix(&registered.client, 16).unwrap()
+    }
+
     fn log(&self, i: usize) -> Vec<String> {
         self.service(i).node().read_local(|kv| kv.log.clone())
     }
@@ -270,6 +290,7 @@ fn put(client: u128, seq: u64, key: &str, value: &str) -> ExecuteRequest {
             json!({"op": "put", "key": key, "value": value}).to_string(),
         )
         .unwrap(),
+        retry: false,
     }
 }
 
@@ -314,9 +335,10 @@ async fn execute_through_every_node_is_applied_once_each() {
     let cluster = Cluster::new(3, 3).await;
     let leader = cluster.leader().await;
     for i in 0..3 {
+        let session = cluster.session(i).await;
         let answer = cluster
             .service(i)
-            .execute(&put(i as u128 + 1, 1, &format!("k{i}"), "v"), deadline(10), false)
+            .execute(&put(session, 1, &format!("k{i}"), "v"), deadline(10), false)
             .await
             .unwrap();
         assert!(!answer.duplicate);
@@ -328,9 +350,10 @@ async fn execute_through_every_node_is_applied_once_each() {
     }
     // A second put on a key answers with the value before it, via a follower.
     let follower = (leader + 1) % 3;
+    let session = cluster.session(follower).await;
     let answer = cluster
         .service(follower)
-        .execute(&put(9, 1, "k0", "w"), deadline(10), false)
+        .execute(&put(session, 1, "k0", "w"), deadline(10), false)
         .await
         .unwrap();
     assert_eq!(answer.result.get(), r#"{"previous":"v"}"#);
@@ -346,9 +369,10 @@ async fn the_state_machines_own_error_survives_forwarding() {
     let cluster = Cluster::new(3, 3).await;
     let follower = (cluster.leader().await + 1) % 3;
     let request = ExecuteRequest {
-        client: format!("{:032x}", 5),
+        client: format!("{:032x}", cluster.session(follower).await),
         seq: 1,
         command: RawValue::from_string(r#"{"op":"explode"}"#.into()).unwrap(),
+        retry: false,
     };
     let answer = cluster.service(follower).execute(&request, deadline(10), false).await.unwrap();
     assert_eq!(answer.result.get(), r#"{"error":"refused by the state machine: unknown op"}"#);
@@ -404,7 +428,12 @@ async fn joins_are_answered_by_the_leader_only_and_add_voters() {
     let (status, body) = post_from(&cluster, ip(3), leader, "/v1/join", &join, "").await;
     assert_eq!(status, 200, "{body}");
     // The new voters replicate.
-    cluster.service(3).execute(&put(1, 1, "after-join", "x"), deadline(10), false).await.unwrap();
+    let session = cluster.session(3).await;
+    cluster
+        .service(3)
+        .execute(&put(session, 1, "after-join", "x"), deadline(10), false)
+        .await
+        .unwrap();
     cluster.wait_log_len(4, 1).await;
     cluster.shutdown().await;
 }
@@ -493,10 +522,11 @@ async fn a_new_incarnation_takes_the_old_ones_place_in_one_change() {
 async fn a_retry_after_a_leader_change_is_not_applied_twice() {
     let mut cluster = Cluster::new(3, 3).await;
     let leader = cluster.leader().await;
+    let session = cluster.session(leader).await;
     // Applied on the old leader, whose answer is then "lost".
     let first = cluster
         .service(leader)
-        .execute(&put(77, 1, "once", "1"), deadline(10), false)
+        .execute(&put(session, 1, "once", "1"), deadline(10), false)
         .await
         .unwrap();
     assert!(!first.duplicate);
@@ -507,7 +537,7 @@ async fn a_retry_after_a_leader_change_is_not_applied_twice() {
     // the new leader, which answers from the session.
     let retry = cluster
         .service(follower)
-        .execute(&put(77, 1, "once", "1"), deadline(20), false)
+        .execute(&put(session, 1, "once", "1"), deadline(20), false)
         .await
         .unwrap();
     assert!(retry.duplicate, "retry was applied again");
@@ -522,12 +552,13 @@ async fn a_request_in_flight_during_a_leader_crash_is_applied_exactly_once() {
     let mut cluster = Cluster::new(3, 3).await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
+    let session = cluster.session(follower).await;
     // Slow the follower's link to the leader so the forwarded request is
     // still in flight when the leader dies.
     cluster.net.set_delay(ip(follower), ip(leader), Duration::from_millis(300));
     let service = cluster.service(follower).clone();
     let request = tokio::spawn(async move {
-        service.execute(&put(88, 1, "crash", "1"), deadline(30), false).await
+        service.execute(&put(session, 1, "crash", "1"), deadline(30), false).await
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     cluster.stop(leader).await;
@@ -551,10 +582,11 @@ async fn linearizable_reads_on_a_follower_see_acknowledged_writes() {
     let cluster = Cluster::new(3, 3).await;
     let follower = (cluster.leader().await + 1) % 3;
     let other = (follower + 1) % 3;
+    let session = cluster.session(other).await;
     for n in 1..=20u64 {
         cluster
             .service(other)
-            .execute(&put(3, n, "counter", &n.to_string()), deadline(10), false)
+            .execute(&put(session, n, "counter", &n.to_string()), deadline(10), false)
             .await
             .unwrap();
         let read = ReadRequest {
@@ -661,6 +693,7 @@ async fn an_unauthorized_caller_gets_403_on_every_endpoint() {
     let body = r#"{"client":"00000000000000000000000000000001","seq":1,"command":{}}"#;
     for (method, path) in [
         ("POST", "/v1/execute"),
+        ("POST", "/v1/session"),
         ("POST", "/v1/join"),
         ("POST", "/v1/remove"),
         ("POST", "/v1/probe"),
@@ -734,6 +767,7 @@ async fn oversized_bodies_get_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_gets_400_and_wrong_routes_get_404_or_405() {
     let cluster = Cluster::new(1, 1).await;
+    assert_eq!(cluster.session(0).await, 1, "the first session registered is 1");
     let good = r#"{"client":"00000000000000000000000000000001","seq":1,"command":{"op":"put","key":"a","value":"b"}}"#;
     for bad in [
         "not json",
@@ -833,13 +867,16 @@ async fn the_http_client_forwards_through_a_real_server() {
     let cluster = Cluster::new(3, 3).await;
     let follower = (cluster.leader().await + 1) % 3;
     let client = CommandClient::new(Arc::new(cluster.net.node(ip(9))), test_config());
+    let registered: SessionResponse =
+        client.post(&info(follower), "/v1/session", &json!({}), deadline(10), false).await.unwrap();
+    let session = u128::from_str_radix(&registered.client, 16).unwrap();
     let answer: ExecuteResponse = client
-        .post(&info(follower), "/v1/execute", &put(42, 1, "http", "yes"), deadline(10), false)
+        .post(&info(follower), "/v1/execute", &put(session, 1, "http", "yes"), deadline(10), false)
         .await
         .unwrap();
     assert!(!answer.duplicate);
     let again: ExecuteResponse = client
-        .post(&info(follower), "/v1/execute", &put(42, 1, "http", "yes"), deadline(10), false)
+        .post(&info(follower), "/v1/execute", &put(session, 1, "http", "yes"), deadline(10), false)
         .await
         .unwrap();
     assert!(again.duplicate, "HTTP retry applied twice");
@@ -868,6 +905,7 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
     use proptest::prelude::*;
     let path = prop::sample::select(vec![
         "/v1/execute",
+        "/v1/session",
         "/v1/join",
         "/v1/remove",
         "/v1/probe",
@@ -955,9 +993,126 @@ fn fuzzed_bodies_on_every_endpoint_get_a_clear_answer_and_the_node_survives() {
     // Still healthy: no fatal error, and a normal command goes through.
     runtime.block_on(async {
         assert_eq!(cluster.service(0).node().metrics().fatal, None);
-        let request = put(5, 1, "after", "fuzz");
+        let request = put(cluster.session(0).await, 1, "after", "fuzz");
         let answer = cluster.service(0).execute(&request, deadline(5), false).await;
         answer.expect("the node still executes commands");
         cluster.shutdown().await;
     });
+}
+
+/// The answers for commands that were not applied, or whose answer is
+/// gone, each have their own code, through a follower as well as on the
+/// leader, in the service and over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_outcomes_have_their_own_codes() {
+    let mut raft = Cluster::raft_config();
+    raft.sessions.max_sessions = 2;
+    raft.sessions.max_answer_bytes = 32;
+    let cluster = Cluster::with_raft(3, 3, raft).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let code = |result: Result<ExecuteResponse, RpcError>| match result {
+        Ok(answer) => format!("ok {}", answer.result.get()),
+        Err(err) => err.code().to_owned(),
+    };
+    for via in [leader, follower] {
+        let service = cluster.service(via);
+        // Never registered.
+        let stranger = service.execute(&put(99, 1, "a", "1"), deadline(10), false).await;
+        assert_eq!(code(stranger), "unknown_session", "via {via}");
+        // Registered; the same number again with another command.
+        let session = cluster.session(via).await;
+        service.execute(&put(session, 1, "a", "1"), deadline(10), false).await.unwrap();
+        let reused = service.execute(&put(session, 1, "a", "2"), deadline(10), false).await;
+        assert_eq!(code(reused), "sequence_reused", "via {via}");
+        // A short answer is kept; one over 32 bytes is not, and a retry
+        // says the command was applied but its answer is gone.
+        let long = "x".repeat(40);
+        let short = service.execute(&put(session, 2, "a", &long), deadline(10), false).await;
+        assert_eq!(code(short), r#"ok {"previous":"1"}"#);
+        let again = service.execute(&put(session, 2, "a", &long), deadline(10), false).await;
+        assert_eq!(code(again), r#"ok {"previous":"1"}"#, "a short answer is kept");
+        let first = service.execute(&put(session, 3, "a", "z"), deadline(10), false).await;
+        assert_eq!(code(first), format!(r#"ok {{"previous":"{long}"}}"#));
+        let retry = service.execute(&put(session, 3, "a", "z"), deadline(10), false).await;
+        assert_eq!(code(retry), "answer_not_kept", "via {via}");
+        // Two newer sessions evict this one (the cap is two).
+        cluster.session(via).await;
+        cluster.session(via).await;
+        let expired = service.execute(&put(session, 4, "c", "1"), deadline(10), false).await;
+        assert_eq!(code(expired), "session_expired", "via {via}");
+        // The caller says an earlier call left the outcome unknown.
+        let mut unsure = put(session, 4, "c", "1");
+        unsure.retry = true;
+        let expired = service.execute(&unsure, deadline(10), false).await;
+        assert_eq!(code(expired), "session_expired_outcome_unknown", "via {via}");
+    }
+    // Over HTTP, the codes come with 409.
+    let (status, body) = raw_http(
+        &cluster.net,
+        ip(leader),
+        follower,
+        &post(
+            "/v1/execute",
+            r#"{"client":"000000000000000000000000000000ff","seq":1,"command":{}}"#,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 409, "{body}");
+    let body: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
+    assert_eq!(body.code, "unknown_session");
+    assert!(body.message.contains("was not applied"), "{}", body.message);
+    cluster.shutdown().await;
+}
+
+/// An attempt whose outcome is unknown (its leader was cut off), then the
+/// session expires: the caller must hear "outcome unknown", never "not
+/// applied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
+    let mut raft = Cluster::raft_config();
+    raft.sessions.max_sessions = 2;
+    raft.propose_timeout = Duration::from_millis(500);
+    let cluster = Cluster::with_raft(3, 3, raft).await;
+    let leader = cluster.leader().await;
+    let session = cluster.session(leader).await;
+    cluster.service(leader).execute(&put(session, 1, "a", "1"), deadline(10), false).await.unwrap();
+    // The leader is cut off: its attempts time out, outcome unknown.
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.net.partition_set(&[ip(leader)]);
+    let service = cluster.service(leader).clone();
+    let call = tokio::spawn(async move {
+        service.execute(&put(session, 2, "b", "1"), deadline(30), false).await
+    });
+    // The others elect a leader and evict the session.
+    let deadline_at = Instant::now() + WAIT;
+    let new_leader = loop {
+        let leading = others
+            .iter()
+            .copied()
+            .find(|&i| cluster.service(i).node().metrics().role == Role::Leader);
+        if let Some(i) = leading {
+            break i;
+        }
+        assert!(Instant::now() < deadline_at, "no new leader within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.session(new_leader).await;
+    cluster.session(new_leader).await;
+    cluster.net.heal_all();
+    let answer = call.await.unwrap();
+    match answer {
+        Err(err) => assert_eq!(err.code(), "session_expired_outcome_unknown", "{err}"),
+        Ok(ok) => panic!("answered {}", ok.result.get()),
+    }
+    // And nothing of it was applied.
+    for &i in &others {
+        assert!(
+            cluster.log(i).iter().all(|c| !c.contains("\"b\"")),
+            "node {i}: {:?}",
+            cluster.log(i)
+        );
+    }
+    cluster.shutdown().await;
 }

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use raft_core::{SessionLimits, StorageFaults};
+
 /// Node settings. `Config::default()` uses the Go package's ports (raft
 /// 6270, command 6271, monitor 8081) and memory-only state.
 #[derive(Clone, Debug)]
@@ -29,6 +31,17 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Timing of raft and of calls.
     pub timing: Timing,
+    /// Bounds of the exactly-once session table. They decide which
+    /// sessions exist, and so whether a retried command is answered or
+    /// refused: every member of a cluster must use the same values. The
+    /// defaults keep sessions for a million log entries, at most 100 000 of
+    /// them, answers up to 64 KiB, 64 MiB of answers in all.
+    pub sessions: SessionLimits,
+    /// **Tests and the chaos harness only.** Switchable faults in front of
+    /// the raft log storage (failed fsyncs, refused or slow writes, a
+    /// panicking write); keep a clone of the handle to switch them. A node
+    /// whose write fails stops with a fatal error. `None` in production.
+    pub storage_faults: Option<StorageFaults>,
 }
 
 impl Default for Config {
@@ -42,6 +55,8 @@ impl Default for Config {
             seed_command_ports: Vec::new(),
             snapshot_every: raft_core::RaftConfig::default().snapshot_every,
             timing: Timing::default(),
+            sessions: SessionLimits::default(),
+            storage_faults: None,
         }
     }
 }

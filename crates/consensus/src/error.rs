@@ -30,6 +30,16 @@ pub enum Error {
     /// nothing is applied twice.
     #[error("no outcome within the deadline; the command may still be applied: {0}")]
     Timeout(String),
+    /// The command may or may not have been applied, and this can no longer
+    /// be found out: an attempt ended without a known outcome, and its
+    /// session expired before a retry could ask. It was applied at most
+    /// once.
+    #[error("outcome unknown: the command may or may not have been applied ({0})")]
+    OutcomeUnknown(String),
+    /// The command was applied, once, by an earlier attempt; its answer was
+    /// too large to be kept for a retry, so it cannot be given again.
+    #[error("the command was applied, but its answer was too large to be kept for a retry")]
+    AnswerNotKept,
     /// The state machine could not decode the command or query (nodes with
     /// different versions of the state machine's types?).
     #[error("rejected by the state machine: {0}")]
@@ -50,18 +60,4 @@ pub enum Error {
     /// panicked).
     #[error("fatal: {0}")]
     Fatal(String),
-}
-
-impl From<cmd_rpc::RpcError> for Error {
-    fn from(err: cmd_rpc::RpcError) -> Error {
-        use cmd_rpc::RpcError as E;
-        match err {
-            E::NoLeader { waited } => Error::NoLeader { waited },
-            E::Timeout { .. } => Error::Timeout(err.to_string()),
-            E::TooLarge { .. } | E::BadRequest(_) => Error::Invalid(err.to_string()),
-            E::Unavailable(_) => Error::Stopped,
-            E::Fatal(why) => Error::Fatal(why),
-            other => Error::Network(other.to_string()),
-        }
-    }
 }

@@ -5,8 +5,10 @@
 //! tagged node with [`Consensus::start_on_tailnet`]; call
 //! [`Consensus::execute`] on any node. The command goes to the leader, is
 //! committed by a quorum, and is applied on every member in the same order,
-//! exactly once, and the leader's answer comes back. [`Consensus::read`]
-//! answers queries, linearizable or local.
+//! exactly once, and the leader's answer comes back. To retry a command
+//! whose outcome an error left unknown, [`Consensus::prepare`] it and call
+//! [`Operation::execute`] again: it is never applied twice.
+//! [`Consensus::read`] answers queries, linearizable or local.
 //!
 //! - **Bootstrap without split brain** (decision 0003): a fresh node probes
 //!   every tagged peer; it joins a cluster one of them knows the leader of,
@@ -29,6 +31,9 @@
 //!   bound to the caller's own identity.
 //! - **Observable**: [`Consensus::metrics`] and [`Consensus::watch`], and a
 //!   monitor with `/status` (JSON), `/metrics` (Prometheus) and `/` (HTML).
+//!   A node that hit a fatal error (its state machine panicked, its storage
+//!   failed, raft's core died) says so on all three and stops serving:
+//!   calls answer [`Error::Fatal`].
 //!
 //! Commands and answers travel as JSON between nodes; the Go package's
 //! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
@@ -42,10 +47,12 @@ mod machine;
 mod membership;
 mod monitor;
 mod node;
+mod operation;
 
-pub use crate::config::{BootstrapOptions, Config, Timing};
+pub use crate::config::{BootstrapOptions, Config, SessionLimits, StorageFaults, Timing};
 pub use crate::error::Error;
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
+pub use crate::operation::Operation;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};

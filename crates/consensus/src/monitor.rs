@@ -58,6 +58,12 @@ fn prometheus(status: &Status) -> String {
             let _ = writeln!(out, "{name} {value}");
         }
     };
+    gauge(
+        &mut out,
+        "tsconsensus_fatal",
+        "1 if the node stopped on a fatal error (the reason is in /status).",
+        Some(u64::from(m.fatal.is_some())),
+    );
     gauge(&mut out, "tsconsensus_term", "Current raft term.", Some(m.term));
     gauge(
         &mut out,
@@ -144,6 +150,13 @@ fn html(status: &Status) -> String {
         }
         None => "none".to_owned(),
     };
+    let fatal = match &m.fatal {
+        Some(why) => format!(
+            "<p id=\"fatal\" style=\"color:#b00\"><b>Stopped on a fatal error:</b> {}</p>",
+            escape_html(why)
+        ),
+        None => String::new(),
+    };
     let mut rows = String::new();
     for member in &status.members {
         let _ = write!(
@@ -165,7 +178,7 @@ fn html(status: &Status) -> String {
          <title>tsconsensus {title}</title><style>body{{font-family:sans-serif;margin:2em}}\
          table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}tr.leader{{font-weight:bold}}</style></head>\
          <body><h1>tsconsensus {title}</h1><p id=\"summary\">Tag <b>{tag}</b> · role <b>{role:?}</b> · term {term} · \
-         leader <b id=\"leader\">{leader_text}</b> · applied {applied} · committed {committed} · snapshot {snapshot}</p>\
+         leader <b id=\"leader\">{leader_text}</b> · applied {applied} · committed {committed} · snapshot {snapshot}</p>{fatal}\
          <table id=\"members\"><tr><th>id</th><th>host</th><th>addresses</th><th>role</th><th>tags</th><th>tailnet</th><th>replicated to</th></tr>{rows}</table>\
          <p>Refreshes every 2 s. <a href=\"/status\">status JSON</a> · <a href=\"/metrics\">metrics</a></p></body></html>",
         tag = escape_html(&status.tag),

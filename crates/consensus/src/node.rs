@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest,
-    LeaderHint, PageServer, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState,
-    ReadRequest, RemoveRequest,
+    Caller, CommandClient, CommandConfig, CommandServer, CommandService, LeaderHint, PageServer,
+    Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, RemoveRequest,
 };
-use raft_core::{ClientId, NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
+use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,6 +22,7 @@ use crate::config::{BootstrapOptions, Config};
 use crate::decide;
 use crate::error::Error;
 use crate::machine::{Adapter, Answer, StateMachine};
+use crate::operation::{Operation, SessionPool};
 use crate::{membership, monitor};
 
 /// How fresh a read must be.
@@ -110,7 +110,9 @@ pub struct Metrics {
     pub voters: usize,
     /// Learners.
     pub learners: usize,
-    /// Why the node stopped, if a fatal error stopped it.
+    /// Why the node stopped, if a fatal error stopped it (its state machine
+    /// panicked or refused a snapshot, its storage failed, raft's core
+    /// died). Such a node serves nothing until it is restarted.
     pub fatal: Option<String>,
 }
 
@@ -144,42 +146,13 @@ pub enum StopMode {
     Leave,
 }
 
-/// Client sessions for exactly-once commands: each in-flight command uses
-/// a session no other in-flight command uses, with increasing sequence
-/// numbers. Ids are random, so a restart never reuses one.
-#[derive(Default)]
-struct Sessions {
-    idle: Mutex<Vec<(ClientId, u64)>>,
-}
-
-const MAX_IDLE_SESSIONS: usize = 1024;
-
-impl Sessions {
-    fn take(&self) -> Result<(ClientId, u64), Error> {
-        if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(session);
-        }
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| Error::Fatal(format!("no randomness for a session id: {e}")))?;
-        Ok((ClientId(u128::from_le_bytes(bytes)), 1))
-    }
-
-    fn give_back(&self, client: ClientId, next_seq: u64) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_SESSIONS {
-            idle.push((client, next_seq));
-        }
-    }
-}
-
 pub(crate) struct Inner<S: StateMachine> {
     pub(crate) id: NodeId,
     pub(crate) tag: String,
     pub(crate) service: Arc<CommandService<Adapter<S>>>,
     pub(crate) discovery: Arc<dyn Discovery>,
     pub(crate) config: Config,
-    sessions: Sessions,
+    pub(crate) sessions: SessionPool,
     stopped: AtomicBool,
     command_server: Mutex<Option<CommandServer>>,
     pub(crate) monitors: Mutex<Vec<PageServer>>,
@@ -210,6 +183,17 @@ impl<S: StateMachine> Inner<S> {
     pub(crate) fn fresh_view(&self) -> Option<Arc<ClusterView>> {
         let state = self.discovery.state().borrow().clone();
         if state.is_stale(self.config.timing.max_staleness) { None } else { state.view }
+    }
+
+    /// Refuses calls on a stopped node, or on one stopped by a fatal error.
+    pub(crate) fn check_running(&self) -> Result<(), Error> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::Stopped);
+        }
+        match self.raft().fatal() {
+            Some(why) => Err(Error::Fatal(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -326,6 +310,7 @@ fn raft_config(config: &Config) -> RaftConfig {
         heartbeat_interval: config.timing.heartbeat,
         election_timeout: config.timing.election,
         snapshot_every: config.snapshot_every,
+        sessions: config.sessions,
         ..RaftConfig::default()
     }
 }
@@ -423,10 +408,13 @@ impl<S: StateMachine> Consensus<S> {
             let authorizer = authorizer.clone();
             Arc::new(move |peer: PeerAddr| authorizer.allows_peer(peer))
         };
-        let storage = match &config.state_dir {
+        let mut storage = match &config.state_dir {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
         };
+        if let Some(faults) = &config.storage_faults {
+            storage = storage.with_faults(faults.clone());
+        }
         let raft = RaftNode::start(
             self_node.clone(),
             transport.clone(),
@@ -477,7 +465,7 @@ impl<S: StateMachine> Consensus<S> {
             service,
             discovery,
             config: config.clone(),
-            sessions: Sessions::default(),
+            sessions: SessionPool::default(),
             stopped: AtomicBool::new(false),
             command_server: Mutex::new(Some(command_server)),
             monitors: Mutex::new(Vec::new()),
@@ -511,11 +499,16 @@ impl<S: StateMachine> Consensus<S> {
     }
 
     fn check_running(&self) -> Result<(), Error> {
-        if self.inner.stopped.load(Ordering::Acquire) { Err(Error::Stopped) } else { Ok(()) }
+        self.inner.check_running()
     }
 
     /// Executes a command: it is applied on every member in the same order,
     /// exactly once, and this answers with the leader's result.
+    ///
+    /// After an error the command may or may not have been applied
+    /// ([`Error::Timeout`], [`Error::NoLeader`], …); calling `execute` again
+    /// would execute it again, as a new command. To retry one command until
+    /// its outcome is known, use [`Consensus::prepare`].
     pub async fn execute(&self, command: S::Command) -> Result<S::Response, Error> {
         self.execute_within(command, self.inner.config.timing.call_deadline).await
     }
@@ -526,20 +519,19 @@ impl<S: StateMachine> Consensus<S> {
         command: S::Command,
         deadline: Duration,
     ) -> Result<S::Response, Error> {
+        self.prepare(command)?.execute_within(deadline).await
+    }
+
+    /// Prepares `command` for exactly-once execution: the [`Operation`]
+    /// keeps its session, sequence number and encoding, so
+    /// [`Operation::execute`] can be called again after any error and the
+    /// command is still applied at most once.
+    pub fn prepare(&self, command: S::Command) -> Result<Operation<S>, Error> {
         self.check_running()?;
         let json = serde_json::to_string(&command)
             .map_err(|e| Error::Invalid(format!("command does not encode: {e}")))?;
         let command = RawValue::from_string(json).map_err(|e| Error::Invalid(e.to_string()))?;
-        let (client, seq) = self.inner.sessions.take()?;
-        let request = ExecuteRequest { client: format!("{:032x}", client.0), seq, command };
-        match self.inner.service.execute(&request, Instant::now() + deadline, false).await {
-            Ok(response) => {
-                self.inner.sessions.give_back(client, seq + 1);
-                decode_answer(response.result.get())
-            }
-            // The session's fate is unknown; a fresh one is used next time.
-            Err(err) => Err(err.into()),
-        }
+        Ok(Operation::new(self.inner.clone(), command))
     }
 
     /// Answers a query from the state machine.
@@ -691,7 +683,7 @@ impl<S: StateMachine> Consensus<S> {
 }
 
 /// Decodes a state machine answer.
-fn decode_answer<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
+pub(crate) fn decode_answer<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
     match serde_json::from_str::<Answer<T>>(json) {
         Ok(Answer::Ok(value)) => Ok(value),
         Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Net};
-use raft_core::{ClientId, RaftConfig};
+use raft_core::RaftConfig;
 use ts_transport::MemNetwork;
 
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
@@ -51,7 +51,11 @@ async fn measure(
     let started = Instant::now();
     let deadline = started + RUN;
     let mut tasks = Vec::new();
-    for c in 0..callers {
+    let mut sessions = Vec::new();
+    for _ in 0..callers {
+        sessions.push(cluster.register(leader).await);
+    }
+    for session in sessions {
         let cluster = cluster.clone();
         tasks.push(tokio::spawn(async move {
             let command = vec![b'x'; COMMAND];
@@ -60,10 +64,7 @@ async fn measure(
             while Instant::now() < deadline {
                 seq += 1;
                 let t = Instant::now();
-                cluster
-                    .propose(leader, ClientId(c as u128 + 1), seq, &command)
-                    .await
-                    .expect("proposal");
+                cluster.propose(leader, session, seq, &command).await.expect("proposal");
                 latencies.push(t.elapsed());
             }
             latencies

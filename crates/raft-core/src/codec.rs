@@ -92,8 +92,8 @@ pub(crate) fn framed_header<T: Serialize>(format: u8, header: &T) -> Vec<u8> {
 }
 
 /// Splits bytes laid out by [`framed_header`] into the decoded header and
-/// the rest, checking the format and every bound. Errors say what is wrong
-/// with `what`.
+/// the rest, checking the format and every bound (the header decodes within
+/// [`MAX_STORED_VALUE`]). Errors say what is wrong with `what`.
 pub(crate) fn split_framed<'a, T: DeserializeOwned>(
     bytes: &'a [u8],
     format: u8,
@@ -108,7 +108,10 @@ pub(crate) fn split_framed<'a, T: DeserializeOwned>(
         .ok_or_else(|| format!("{what}: truncated header"))?;
     let end = len.checked_add(5).ok_or_else(|| format!("{what}: header length {len} overflows"))?;
     let header = bytes.get(5..end).ok_or_else(|| format!("{what}: truncated header"))?;
-    let header = decode(header, stored_limit(len), what).map_err(|e| e.to_string())?;
+    // The whole stored-value limit, not one scaled to the length: a header
+    // of many small integers (a session table) claims several times its
+    // encoded size when decoded, and it must always load.
+    let header = decode(header, MAX_STORED_VALUE, what).map_err(|e| e.to_string())?;
     Ok((header, &bytes[end..]))
 }
 

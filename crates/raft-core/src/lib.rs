@@ -13,7 +13,10 @@
 //!   has a random [`ClusterId`] that every raft connection must carry.
 //! - [`StateMachine`] is the user's deterministic state machine. The adapter
 //!   around it keeps a session table so a command retried with the same
-//!   `(ClientId, seq)` is applied once, and stops the node on a panic in
+//!   `(ClientId, seq)` is applied once: sessions are registered through the
+//!   log ([`RaftNode::register_session`]), and a session that expired, a
+//!   client id never assigned or a sequence number reused for another
+//!   command is answered, never applied. It stops the node on a panic in
 //!   `apply` rather than let replicas diverge.
 //! - The network frames RPCs as `[length][version][request id][bincode]`,
 //!   refuses frames over a configured size before allocating them, keeps one
@@ -30,9 +33,11 @@
 
 mod codec;
 mod error;
+mod fatal;
 mod identity;
 pub mod network;
 mod node;
+mod sessions;
 mod state_machine;
 mod storage;
 mod types;
@@ -41,9 +46,10 @@ pub use crate::codec::DecodeError;
 pub use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Authorize, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
-pub use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
-pub use crate::storage::LogStore;
+pub use crate::sessions::SessionLimits;
+pub use crate::state_machine::{StateMachine, StateMachineStore};
+pub use crate::storage::{LogStore, StorageFaults};
 pub use crate::types::{
     Batch, BatchResponse, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
-    node_id,
+    command_hash, node_id,
 };

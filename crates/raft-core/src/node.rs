@@ -13,13 +13,15 @@ use tokio::task::{JoinHandle, JoinSet};
 use ts_transport::{Listener, Transport};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
+use crate::fatal::{self, Fatal};
 use crate::identity::{self, Identity};
 use crate::network::client::RaftNetworkClients;
 use crate::network::gate::ClusterGate;
 use crate::network::{Authorize, NetworkConfig, server};
-use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
-use crate::storage::LogStore;
+use crate::sessions::SessionLimits;
+use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::storage::snapshot::SnapshotStore;
+use crate::storage::{LogStore, StorageFaults};
 use crate::types::{Batch, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
 /// Where a node keeps its log, vote and snapshots.
@@ -30,6 +32,31 @@ pub enum Storage {
     /// In this directory: `raft.redb` (identity, log, vote, committed
     /// index) and `snapshots/`. Everything acknowledged survives a crash.
     Durable(PathBuf),
+    /// `storage` with its log behind switchable faults. **Tests and the
+    /// chaos harness only**; made by [`Storage::with_faults`].
+    Faulty {
+        /// The storage underneath.
+        storage: Box<Storage>,
+        /// The switches.
+        faults: StorageFaults,
+    },
+}
+
+impl Storage {
+    /// This storage with its raft log (log, vote, committed index) behind
+    /// `faults`, which the caller keeps to switch faults on. Tests and the
+    /// chaos harness only.
+    pub fn with_faults(self, faults: StorageFaults) -> Storage {
+        Storage::Faulty { storage: Box::new(self), faults }
+    }
+
+    /// The storage underneath any fault wrapper, and the faults.
+    fn without_faults(&self) -> (&Storage, Option<&StorageFaults>) {
+        match self {
+            Storage::Faulty { storage, faults } => (storage.without_faults().0, Some(faults)),
+            other => (other, None),
+        }
+    }
 }
 
 /// Timing and size settings. The defaults fit a tailnet, where a path may
@@ -66,7 +93,8 @@ pub struct RaftConfig {
     pub max_batches_in_flight: usize,
     /// How long a proposal may take before its outcome is reported unknown.
     pub propose_timeout: Duration,
-    /// Exactly-once session table bounds.
+    /// Exactly-once session table bounds. They decide which sessions exist,
+    /// so every member must use the same values.
     pub sessions: SessionLimits,
     /// The raft network.
     pub network: NetworkConfig,
@@ -109,6 +137,7 @@ impl RaftConfig {
                 "snapshot_chunk_size must be at most half of max_frame ({frame})"
             )));
         }
+        self.sessions.check().map_err(invalid)?;
         if self.batch_max_proposals == 0 || self.max_batches_in_flight == 0 {
             return Err(invalid(
                 "batch_max_proposals and max_batches_in_flight must be positive".into(),
@@ -207,8 +236,30 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
             .as_ref()
             .map(|r| r.iter().map(|(id, matched)| (*id, matched.map(|l| l.index))).collect()),
         millis_since_quorum_ack: m.millis_since_quorum_ack,
-        fatal: m.running_state.as_ref().err().map(|f| f.to_string()),
+        fatal: raft_fatal(m),
     }
+}
+
+/// The fatal error openraft's metrics report; a deliberate shutdown is not
+/// one.
+fn raft_fatal(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<String> {
+    match &m.running_state {
+        Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+        Err(fatal) => Some(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// `metrics` with a fatal error laid over it: a stopped node has no role,
+/// leader or followers.
+fn with_fatal(mut metrics: NodeMetrics, fatal: Option<String>) -> NodeMetrics {
+    if let Some(why) = fatal.or(metrics.fatal.take()) {
+        metrics.role = Role::Shutdown;
+        metrics.leader = None;
+        metrics.replication = None;
+        metrics.millis_since_quorum_ack = None;
+        metrics.fatal = Some(why);
+    }
+    metrics
 }
 
 struct Pending {
@@ -229,11 +280,31 @@ pub struct RaftNode<S: StateMachine> {
     raft: Raft<TypeConfig>,
     state_machine: StateMachineStore<S>,
     proposals: mpsc::Sender<Pending>,
-    /// The raft port; taken out by `shutdown`.
-    server: std::sync::Mutex<Option<ts_transport::Server>>,
+    /// The raft port; taken out by `shutdown`, or when the node stops on a
+    /// fatal error.
+    server: Arc<std::sync::Mutex<Option<ts_transport::Server>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     config: RaftConfig,
     self_node: NodeInfo,
+    /// The first fatal error, from raft or its core dying.
+    fatal: Arc<Fatal>,
+    /// Set by the first `shutdown`.
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Records the node's fatal error when raft meets one (or its core dies),
+/// then closes the raft port: a stopped node takes no more raft RPCs.
+async fn stop_serving_on_fatal(
+    raft: Raft<TypeConfig>,
+    fatal: Arc<Fatal>,
+    server: Arc<std::sync::Mutex<Option<ts_transport::Server>>>,
+) {
+    if fatal::watch(raft, fatal).await {
+        let server = server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+    }
 }
 
 fn leader_of(
@@ -267,13 +338,11 @@ impl<S: StateMachine> RaftNode<S> {
         config: RaftConfig,
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
-        let (log_store, snapshots, place, snapshot_dir) = match &storage {
-            Storage::Memory => (
-                LogStore::in_memory(),
-                SnapshotStore::Memory(Default::default()),
-                "memory storage".to_owned(),
-                None,
-            ),
+        let (base, faults) = storage.without_faults();
+        let (log_store, snapshots, place, snapshot_dir) = match base {
+            Storage::Memory | Storage::Faulty { .. } => {
+                (LogStore::in_memory(), SnapshotStore::memory(), "memory storage".to_owned(), None)
+            }
             Storage::Durable(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     StartError::Storage(format!("create {}: {err}", dir.display()))
@@ -283,11 +352,15 @@ impl<S: StateMachine> RaftNode<S> {
                 let snapshots = dir.join("snapshots");
                 (
                     log,
-                    SnapshotStore::Dir(snapshots.clone()),
+                    SnapshotStore::dir(snapshots.clone()),
                     format!("state directory {}", dir.display()),
                     Some(snapshots),
                 )
             }
+        };
+        let log_store = match faults {
+            Some(faults) => log_store.with_faults(faults.clone()),
+            None => log_store,
         };
         // Before the state machine opens (a fresh identity clears leftover
         // snapshots) and before the raft port listens.
@@ -295,8 +368,9 @@ impl<S: StateMachine> RaftNode<S> {
             identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
                 .await?;
         let id = identity.node_id;
+        let sessions = config.sessions;
         let state_machine = tokio::task::spawn_blocking(move || {
-            StateMachineStore::open(state_machine, snapshots, config_sessions(&storage))
+            StateMachineStore::open(state_machine, snapshots, sessions)
         });
         let state_machine = state_machine
             .await
@@ -320,9 +394,13 @@ impl<S: StateMachine> RaftNode<S> {
             authorize,
             gate.clone(),
         );
+        let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
         let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
+        let fatal = Fatal::new();
+        let watcher =
+            tokio::spawn(stop_serving_on_fatal(raft.clone(), fatal.clone(), server.clone()));
         tracing::info!(
             id,
             incarnation = format_args!("{:016x}", identity.incarnation),
@@ -339,9 +417,11 @@ impl<S: StateMachine> RaftNode<S> {
             raft,
             state_machine,
             proposals,
-            server: std::sync::Mutex::new(Some(server)),
-            tasks: std::sync::Mutex::new(vec![batcher]),
+            server,
+            tasks: std::sync::Mutex::new(vec![batcher, watcher]),
             config,
+            fatal,
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -435,10 +515,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.raft.is_initialized().await.unwrap_or(false)
     }
 
-    /// Proposes one command. Concurrent proposals are coalesced into one log
-    /// entry. Answers with the command's outcome once it is applied on the
-    /// leader; a retry with the same `(client, seq)` is answered from the
-    /// session and never applied twice.
+    /// Proposes one command in a registered session. Concurrent proposals
+    /// are coalesced into one log entry. Answers with the command's outcome
+    /// once it is applied on the leader; a retry with the same `(client,
+    /// seq)` and command is answered from the session and never applied
+    /// twice.
     pub async fn propose(
         &self,
         client: ClientId,
@@ -451,9 +532,26 @@ impl<S: StateMachine> RaftNode<S> {
                 limit: self.config.max_command_bytes,
             });
         }
+        self.submit(Proposal::Command { client, seq, command }).await
+    }
+
+    /// Registers a new session through the log (on the leader): the cluster
+    /// assigns its client id. A registration whose outcome is unknown can
+    /// simply be retried; a session nobody uses expires.
+    pub async fn register_session(&self) -> Result<ClientId, ProposeError> {
+        match self.submit(Proposal::Register).await? {
+            Outcome::Registered(client) => Ok(client),
+            other => Err(ProposeError::Fatal(format!("a registration was answered {other:?}"))),
+        }
+    }
+
+    async fn submit(&self, proposal: Proposal) -> Result<Outcome, ProposeError> {
+        if let Some(why) = self.fatal() {
+            return Err(ProposeError::Fatal(why));
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
-            .send(Pending { proposal: Proposal { client, seq, command }, reply })
+            .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
         answer.await.map_err(|_| ProposeError::ShuttingDown)?
@@ -615,9 +713,26 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
+    /// Why the node stopped, if it hit a fatal error (its state machine
+    /// panicked or refused a snapshot, its storage failed, raft's core
+    /// died); `None` while it runs. A node with a fatal error serves
+    /// nothing: proposals are refused, its raft port is closed.
+    pub fn fatal(&self) -> Option<String> {
+        self.state_machine
+            .fatal()
+            .or_else(|| self.fatal.get())
+            .or_else(|| raft_fatal(&self.raft.metrics().borrow()))
+    }
+
+    /// Metrics as openraft reports them, with this node's fatal error laid
+    /// over them (openraft's say nothing when its core panicked).
+    fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
+        with_fatal(convert(m), self.state_machine.fatal().or_else(|| self.fatal.get()))
+    }
+
     /// The node's metrics now.
     pub fn metrics(&self) -> NodeMetrics {
-        convert(&self.raft.metrics().borrow())
+        self.observe(&self.raft.metrics().borrow())
     }
 
     /// Waits until `condition` holds for the node's metrics, for at most
@@ -628,13 +743,24 @@ impl<S: StateMachine> RaftNode<S> {
         condition: impl Fn(&NodeMetrics) -> bool,
     ) -> Result<NodeMetrics, NodeMetrics> {
         let mut rx = self.raft.metrics();
+        let mut fatal = self.fatal.subscribe();
         let outcome = tokio::time::timeout(timeout, async {
+            let mut raft_running = true;
             loop {
-                let now = convert(&rx.borrow_and_update());
+                let now = self.observe(&rx.borrow_and_update());
                 if condition(&now) {
                     return Ok(now);
                 }
-                if rx.changed().await.is_err() {
+                if raft_running {
+                    tokio::select! {
+                        changed = rx.changed() => raft_running = changed.is_ok(),
+                        _ = fatal.changed() => {}
+                    }
+                } else if self.fatal.is_stopping()
+                    || now.fatal.is_some()
+                    || fatal.changed().await.is_err()
+                {
+                    // Raft has stopped and nothing more will change.
                     return Err(now);
                 }
             }
@@ -649,11 +775,32 @@ impl<S: StateMachine> RaftNode<S> {
     /// Changes of the metrics, as a watch of our own type.
     pub fn subscribe(&self) -> watch::Receiver<NodeMetrics> {
         let mut rx = self.raft.metrics();
-        let (tx, out) = watch::channel(convert(&rx.borrow()));
+        let mut fatal_rx = self.fatal.subscribe();
+        let (tx, out) = watch::channel(self.metrics());
+        let fatal = self.fatal.clone();
+        let state_machine = self.state_machine.clone();
+        let observe = {
+            let fatal = fatal.clone();
+            move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+                with_fatal(convert(m), state_machine.fatal().or_else(|| fatal.get()))
+            }
+        };
         tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let now = convert(&rx.borrow_and_update());
-                if tx.send(now).is_err() {
+            loop {
+                let raft_running = tokio::select! {
+                    changed = rx.changed() => changed.is_ok(),
+                    _ = fatal_rx.changed() => true,
+                };
+                if !raft_running {
+                    // Raft is gone. Unless it was stopped on purpose, the
+                    // watcher records why; send that as the last value.
+                    if !fatal.is_stopping() && fatal.get().is_none() {
+                        let _ = fatal_rx.changed().await;
+                    }
+                    let _ = tx.send(observe(&rx.borrow()));
+                    break;
+                }
+                if tx.send(observe(&rx.borrow_and_update())).is_err() {
                     break;
                 }
             }
@@ -675,10 +822,15 @@ impl<S: StateMachine> RaftNode<S> {
     /// Stops serving and shuts raft down. Every background task ends.
     /// Calling it again does nothing more.
     pub async fn shutdown(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.fatal.stopping();
         // Stop taking RPCs first, so none arrive at a stopped core.
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(server) = server else { return };
-        server.shutdown().await;
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
         let tasks: Vec<_> =
             self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for task in &tasks {
@@ -693,10 +845,6 @@ impl<S: StateMachine> RaftNode<S> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).take();
         tracing::info!(id = self.id, "raft node stopped");
     }
-}
-
-fn config_sessions(_storage: &Storage) -> SessionLimits {
-    SessionLimits::default()
 }
 
 fn membership_error(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> MembershipError {
@@ -729,12 +877,12 @@ async fn batch_loop(
         // Wait for room first: while batches are in flight, more proposals
         // queue up and join this one.
         let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
-        let mut bytes = first.proposal.command.len();
+        let mut bytes = first.proposal.size();
         let mut batch = vec![first];
         while batch.len() < config.batch_max_proposals && bytes < config.batch_max_bytes {
             match queue.try_recv() {
                 Ok(next) => {
-                    bytes += next.proposal.command.len();
+                    bytes += next.proposal.size();
                     batch.push(next);
                 }
                 Err(_) => break,

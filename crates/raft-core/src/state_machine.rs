@@ -5,11 +5,10 @@
 //! makes commands exactly-once. All of it is replicated state: it changes
 //! only by applying log entries, in order, and it travels in snapshots.
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Cursor, Read, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -19,10 +18,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::sessions::{Check, SessionLimits, Sessions, SessionsImage};
 use crate::storage::snapshot::{SnapshotStore, StoredSnapshot};
-use crate::types::{
-    Batch, BatchResponse, ClientId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
-};
+use crate::types::{Batch, BatchResponse, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
 /// A deterministic state machine supplied by the user.
 ///
@@ -44,97 +42,32 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()>;
 }
 
-/// Bounds of the session table.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionLimits {
-    /// A session not used for this many log entries is forgotten.
-    pub ttl_entries: u64,
-    /// At most this many sessions are kept; beyond it the least recently
-    /// used are forgotten.
-    pub max_sessions: usize,
-}
-
-impl Default for SessionLimits {
-    fn default() -> SessionLimits {
-        SessionLimits { ttl_entries: 1_000_000, max_sessions: 100_000 }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Session {
-    last_seq: u64,
-    response: Vec<u8>,
-    /// Log index of the entry that last used the session.
-    last_index: u64,
-}
-
-/// Per-client last sequence number and answer. Expiry depends only on log
-/// positions, so every replica forgets the same sessions at the same point.
-#[derive(Clone, Debug, Default)]
-struct Sessions {
-    by_client: HashMap<ClientId, Session>,
-    /// (last_index, client): the eviction order.
-    by_age: BTreeSet<(u64, ClientId)>,
-}
-
-impl Sessions {
-    fn touch(&mut self, client: ClientId, session: Session) {
-        if let Some(old) = self.by_client.get(&client) {
-            self.by_age.remove(&(old.last_index, client));
-        }
-        self.by_age.insert((session.last_index, client));
-        self.by_client.insert(client, session);
-    }
-
-    fn expire(&mut self, index: u64, limits: SessionLimits) {
-        let horizon = index.saturating_sub(limits.ttl_entries);
-        while let Some(&(last_index, client)) = self.by_age.first() {
-            if last_index >= horizon && self.by_client.len() <= limits.max_sessions {
-                break;
-            }
-            self.by_age.pop_first();
-            self.by_client.remove(&client);
-        }
-    }
-
-    fn to_list(&self) -> Vec<(ClientId, Session)> {
-        let mut list: Vec<_> = self.by_client.iter().map(|(c, s)| (*c, s.clone())).collect();
-        list.sort_by_key(|(client, _)| *client);
-        list
-    }
-
-    fn from_list(list: Vec<(ClientId, Session)>) -> Sessions {
-        let mut sessions = Sessions::default();
-        for (client, session) in list {
-            sessions.touch(client, session);
-        }
-        sessions
-    }
-}
-
 /// What precedes the user's bytes in a snapshot.
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeInfo>,
-    sessions: Vec<(ClientId, Session)>,
+    sessions: SessionsImage,
 }
 
-/// Snapshot data layout version; the first byte.
-const SNAPSHOT_FORMAT: u8 = 1;
+/// Snapshot data layout version; the first byte. Version 2: sessions are
+/// registered (with the id counter), keep a command hash and a bounded
+/// answer.
+const SNAPSHOT_FORMAT: u8 = 2;
 
 struct Replicated<S> {
     user: S,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeInfo>,
     sessions: Sessions,
-    /// Set when the user's `apply` panicked: the state is suspect and the
-    /// node must stop.
-    poisoned: Option<String>,
 }
 
 pub(crate) struct Shared<S> {
     state: RwLock<Replicated<S>>,
+    /// Set when the user's `apply` panicked or a snapshot install failed:
+    /// the state is suspect and the node must stop. Outside the state's
+    /// lock, so that asking never waits for an apply.
+    poisoned: Mutex<Option<String>>,
     snapshots: SnapshotStore,
     limits: SessionLimits,
     snapshot_counter: AtomicU64,
@@ -170,8 +103,8 @@ impl<S: StateMachine> StateMachineStore<S> {
                     last_applied: None,
                     membership: StoredMembership::default(),
                     sessions: Sessions::default(),
-                    poisoned: None,
                 }),
+                poisoned: Mutex::new(None),
                 snapshots,
                 limits,
                 snapshot_counter: AtomicU64::new(0),
@@ -186,12 +119,8 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// A state machine kept in memory only.
     pub fn in_memory(user: S) -> StateMachineStore<S> {
         // Memory holds no snapshot yet, so opening cannot fail.
-        StateMachineStore::open(
-            user,
-            SnapshotStore::Memory(Default::default()),
-            SessionLimits::default(),
-        )
-        .unwrap_or_else(|err| unreachable!("empty in-memory snapshot store failed: {err}"))
+        StateMachineStore::open(user, SnapshotStore::memory(), SessionLimits::default())
+            .unwrap_or_else(|err| unreachable!("empty in-memory snapshot store failed: {err}"))
     }
 
     /// Runs `f` on the user's state machine as it is now on this node.
@@ -205,14 +134,24 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 
     fn restore_from(&self, data: &[u8]) -> io::Result<()> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        match data.first() {
+            Some(&format) if format < SNAPSHOT_FORMAT => {
+                return Err(invalid(format!(
+                    "snapshot data format {format} was written by an older version; this version \
+                     reads format {SNAPSHOT_FORMAT} and cannot convert it (its session table has \
+                     another shape)"
+                )));
+            }
+            _ => {}
+        }
         let (header, user_bytes): (SnapshotHeader, &[u8]) =
-            codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot")
-                .map_err(|what| io::Error::new(io::ErrorKind::InvalidData, what))?;
+            codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot").map_err(invalid)?;
         let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
         state.user.restore(&mut Cursor::new(user_bytes))?;
         state.last_applied = header.last_applied;
         state.membership = header.membership;
-        state.sessions = Sessions::from_list(header.sessions);
+        state.sessions = Sessions::from_image(header.sessions);
         Ok(())
     }
 
@@ -220,46 +159,41 @@ impl<S: StateMachine> StateMachineStore<S> {
         state: &mut Replicated<S>,
         proposal: Proposal,
         index: u64,
+        limits: SessionLimits,
     ) -> Result<Outcome, String> {
-        if let Some(session) = state.sessions.by_client.get(&proposal.client) {
-            if proposal.seq == session.last_seq {
-                return Ok(Outcome::Duplicate(session.response.clone()));
-            }
-            if proposal.seq < session.last_seq {
-                return Ok(Outcome::Stale { last_seq: session.last_seq });
-            }
+        let (client, seq, command) = match proposal {
+            Proposal::Register => return Ok(Outcome::Registered(state.sessions.register(index))),
+            Proposal::Command { client, seq, command } => (client, seq, command),
+        };
+        if let Check::Answer(outcome) = state.sessions.check(client, seq, &command) {
+            return Ok(outcome);
         }
         let user = &mut state.user;
-        let response =
-            catch_unwind(AssertUnwindSafe(|| user.apply(&proposal.command))).map_err(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic".to_owned());
-                format!(
-                    "state machine panicked applying entry {index} (client {}, seq {}): {what}",
-                    proposal.client, proposal.seq
-                )
-            })?;
-        state.sessions.touch(
-            proposal.client,
-            Session { last_seq: proposal.seq, response: response.clone(), last_index: index },
-        );
+        let response = catch_unwind(AssertUnwindSafe(|| user.apply(&command))).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic".to_owned());
+            format!(
+                "state machine panicked applying entry {index} (client {client}, seq {seq}): {what}"
+            )
+        })?;
+        state.sessions.record(client, seq, &command, &response, index, limits);
         Ok(Outcome::Applied(response))
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = &state.poisoned {
+        if let Some(why) = self.fatal() {
             return Err(sm_error(why));
         }
+        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
         let mut data = codec::framed_header(
             SNAPSHOT_FORMAT,
             &SnapshotHeader {
                 last_applied: state.last_applied,
                 membership: state.membership.clone(),
-                sessions: state.sessions.to_list(),
+                sessions: state.sessions.image(),
             },
         );
         state.user.snapshot(&mut data).map_err(sm_error)?;
@@ -280,6 +214,61 @@ impl<S: StateMachine> StateMachineStore<S> {
             .save(&stored)
             .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+
+    /// Replaces the state with `stored`, then persists it. Restoring comes
+    /// first: a snapshot the state machine cannot take is never persisted,
+    /// so the node still starts from what it had. A failed restore may leave
+    /// the user's state half replaced, so it stops the node (the state is
+    /// poisoned and openraft goes fatal); so does a failed save, since the
+    /// state in memory is then ahead of the disk.
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        stored: &StoredSnapshot,
+    ) -> Result<(), StorageError<NodeId>> {
+        if let Err(err) = self.restore_from(&stored.data) {
+            let why = format!(
+                "installing snapshot {} failed: {err}; the state machine may be half restored",
+                meta.snapshot_id
+            );
+            self.poison(&why);
+            return Err(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                &io::Error::other(why),
+            )
+            .into());
+        }
+        {
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+        }
+        // A crash before this line restarts from the old snapshot plus the
+        // log; after it, from the new one.
+        if let Err(err) = self.shared.snapshots.save(stored) {
+            let why = format!("persisting installed snapshot {} failed: {err}", meta.snapshot_id);
+            self.poison(&why);
+            return Err(StorageIOError::write_snapshot(Some(meta.signature()), &err).into());
+        }
+        Ok(())
+    }
+
+    /// Marks the state as unusable: every later apply or build fails, so
+    /// openraft stops the node.
+    fn poison(&self, why: &str) {
+        tracing::error!(%why, "fatal: stopping this node");
+        self.shared
+            .poisoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| why.to_owned());
+    }
+
+    /// Why the state machine stopped, if it did (a panic in `apply`, a
+    /// failed snapshot install).
+    pub fn fatal(&self) -> Option<String> {
+        self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -307,10 +296,10 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = &state.poisoned {
+        if let Some(why) = self.fatal() {
             return Err(sm_error(why));
         }
+        let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
         let mut responses = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -324,11 +313,11 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 EntryPayload::Normal(Batch(proposals)) => {
                     let mut outcomes = Vec::with_capacity(proposals.len());
                     for proposal in proposals {
-                        match Self::apply_proposal(&mut state, proposal, index) {
+                        match Self::apply_proposal(&mut state, proposal, index, self.shared.limits)
+                        {
                             Ok(outcome) => outcomes.push(outcome),
                             Err(why) => {
-                                tracing::error!(%why, "fatal: stopping this node so replicas cannot diverge");
-                                state.poisoned = Some(why.clone());
+                                self.poison(&why);
                                 return Err(StorageIOError::apply(
                                     entry.log_id,
                                     AnyError::error(why),
@@ -364,24 +353,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         let store = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || {
-            // Persist first: a crash after this restarts from the new
-            // snapshot; a crash before it from the old one plus the log.
-            store
-                .shared
-                .snapshots
-                .save(&stored)
-                .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
-            store
-                .restore_from(&stored.data)
-                .map_err(|err| StorageIOError::read_snapshot(Some(meta.signature()), &err))?;
-            let mut state = store.shared.state.write().unwrap_or_else(|p| p.into_inner());
-            state.last_applied = meta.last_log_id;
-            state.membership = meta.last_membership.clone();
-            Ok(())
-        })
-        .await
-        .map_err(sm_error)?
+        tokio::task::spawn_blocking(move || store.install(&meta, &stored))
+            .await
+            .map_err(sm_error)?
     }
 
     async fn get_current_snapshot(
@@ -398,31 +372,311 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use openraft::{CommittedLeaderId, Entry};
 
-    fn session(seq: u64, index: u64) -> Session {
-        Session { last_seq: seq, response: vec![seq as u8], last_index: index }
+    use super::*;
+    use crate::types::ClientId;
+
+    /// Records commands; answers with the command, or with 1 MiB for a
+    /// command starting with `big`. Its restore can be made to fail.
+    #[derive(Default)]
+    struct Probe {
+        applied: Vec<Vec<u8>>,
+        refuse_restore: bool,
     }
 
-    #[test]
-    fn sessions_expire_by_log_position_and_count() {
-        let limits = SessionLimits { ttl_entries: 10, max_sessions: 2 };
-        let mut sessions = Sessions::default();
-        sessions.touch(ClientId(1), session(1, 1));
-        sessions.touch(ClientId(2), session(1, 5));
-        sessions.expire(5, limits);
-        assert_eq!(sessions.by_client.len(), 2);
-        sessions.touch(ClientId(3), session(1, 6));
-        sessions.expire(6, limits);
-        // Over the count: the oldest (client 1) goes.
-        assert!(!sessions.by_client.contains_key(&ClientId(1)));
-        sessions.expire(16, limits);
-        // Client 2 was last used at 5 < 16 - 10.
-        assert!(!sessions.by_client.contains_key(&ClientId(2)));
-        assert!(sessions.by_client.contains_key(&ClientId(3)));
-        assert_eq!(sessions.by_age.len(), sessions.by_client.len());
-        // Touching moves a session to the young end.
-        sessions.touch(ClientId(3), session(2, 20));
-        assert_eq!(sessions.by_age.first(), Some(&(20, ClientId(3))));
+    impl StateMachine for Probe {
+        fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+            self.applied.push(command.to_vec());
+            if command.starts_with(b"big") { vec![7u8; 1 << 20] } else { command.to_vec() }
+        }
+        fn query(&self, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+            out.write_all(&(self.applied.len() as u64).to_le_bytes())
+        }
+        fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+            // Change the state before failing, as a real restore might.
+            self.applied.clear();
+            if self.refuse_restore {
+                return Err(io::Error::other("refused by the user's restore"));
+            }
+            let mut n = [0u8; 8];
+            input.read_exact(&mut n)?;
+            self.applied = vec![Vec::new(); u64::from_le_bytes(n) as usize];
+            Ok(())
+        }
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64, proposals: Vec<Proposal>) -> Entry<TypeConfig> {
+        Entry { log_id: log_id(index), payload: EntryPayload::Normal(Batch(proposals)) }
+    }
+
+    fn command(client: u128, seq: u64, command: &[u8]) -> Proposal {
+        Proposal::Command { client: ClientId(client), seq, command: command.to_vec() }
+    }
+
+    /// Applies one entry of `proposals` at `index`; its outcomes.
+    async fn apply_at<S: StateMachine>(
+        sm: &mut StateMachineStore<S>,
+        index: u64,
+        proposals: Vec<Proposal>,
+    ) -> Vec<Outcome> {
+        let mut responses = sm.apply([entry(index, proposals)]).await.expect("applied");
+        responses.pop().expect("one response").0
+    }
+
+    /// Registers `n` sessions at `index`; their client ids.
+    async fn register<S: StateMachine>(
+        sm: &mut StateMachineStore<S>,
+        index: u64,
+        n: usize,
+    ) -> Vec<u128> {
+        apply_at(sm, index, vec![Proposal::Register; n])
+            .await
+            .into_iter()
+            .map(|outcome| match outcome {
+                Outcome::Registered(client) => client.0,
+                other => panic!("registration answered {other:?}"),
+            })
+            .collect()
+    }
+
+    fn times_applied(sm: &StateMachineStore<Probe>, command: &[u8]) -> usize {
+        sm.read(|p| p.applied.iter().filter(|c| c.as_slice() == command).count())
+    }
+
+    fn limits(ttl_entries: u64, max_sessions: usize) -> SessionLimits {
+        SessionLimits { ttl_entries, max_sessions, ..SessionLimits::default() }
+    }
+
+    fn open_with(limits: SessionLimits) -> StateMachineStore<Probe> {
+        StateMachineStore::open(Probe::default(), SnapshotStore::memory(), limits).unwrap()
+    }
+
+    /// A retry in a session the count cap evicted must not be applied
+    /// again (issue 12, item 7).
+    #[tokio::test]
+    async fn a_retry_in_an_evicted_session_is_not_applied_again() {
+        let mut sm = open_with(limits(1000, 2));
+        let ids = register(&mut sm, 1, 1).await;
+        let first = apply_at(&mut sm, 2, vec![command(ids[0], 1, b"x")]).await;
+        assert_eq!(first, vec![Outcome::Applied(b"x".to_vec())]);
+        // Two more sessions: over the cap, the least recently used goes.
+        register(&mut sm, 3, 2).await;
+        let retry = apply_at(&mut sm, 4, vec![command(ids[0], 1, b"x")]).await;
+        assert_eq!(retry, vec![Outcome::SessionExpired]);
+        assert_eq!(times_applied(&sm, b"x"), 1, "evicted session's retry applied again");
+    }
+
+    /// The same for a session unused past its time to live.
+    #[tokio::test]
+    async fn a_retry_in_an_expired_session_is_not_applied_again() {
+        let mut sm = open_with(limits(5, 100));
+        let ids = register(&mut sm, 1, 1).await;
+        apply_at(&mut sm, 2, vec![command(ids[0], 1, b"x")]).await;
+        // Entries go by without the session.
+        for index in 3..10 {
+            apply_at(&mut sm, index, Vec::new()).await;
+        }
+        let retry = apply_at(&mut sm, 10, vec![command(ids[0], 1, b"x")]).await;
+        assert_eq!(retry, vec![Outcome::SessionExpired]);
+        // A new command in it is not applied either.
+        let next = apply_at(&mut sm, 11, vec![command(ids[0], 2, b"y")]).await;
+        assert_eq!(next, vec![Outcome::SessionExpired]);
+        assert_eq!(times_applied(&sm, b"x"), 1);
+        assert_eq!(times_applied(&sm, b"y"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_id_never_assigned_is_refused() {
+        let mut sm = open_with(SessionLimits::default());
+        let ids = register(&mut sm, 1, 2).await;
+        assert_eq!(ids, vec![1, 2], "ids are assigned in log order");
+        let outcomes =
+            apply_at(&mut sm, 2, vec![command(3, 1, b"a"), command(u128::MAX, 1, b"b")]).await;
+        assert_eq!(outcomes, vec![Outcome::UnknownSession, Outcome::UnknownSession]);
+        assert_eq!(sm.read(|p| p.applied.len()), 0);
+    }
+
+    /// The same (client, seq) with another command is refused, not answered
+    /// with the first command's answer (issue 12, item 7).
+    #[tokio::test]
+    async fn a_sequence_number_reused_for_another_command_is_refused() {
+        let mut sm = open_with(SessionLimits::default());
+        let ids = register(&mut sm, 1, 1).await;
+        apply_at(&mut sm, 2, vec![command(ids[0], 1, b"a")]).await;
+        let second = apply_at(&mut sm, 3, vec![command(ids[0], 1, b"b")]).await;
+        assert_eq!(second, vec![Outcome::SequenceReused { seq: 1 }]);
+        let retry = apply_at(&mut sm, 4, vec![command(ids[0], 1, b"a")]).await;
+        assert_eq!(retry, vec![Outcome::Duplicate(b"a".to_vec())]);
+        assert_eq!(times_applied(&sm, b"b"), 0);
+    }
+
+    /// Answers over the per-answer bound are not kept: a snapshot never
+    /// outgrows what it can be loaded with. On the old code, 260 answers of
+    /// 1 MiB made a snapshot that could not be decoded (issue 12, item 7).
+    #[tokio::test]
+    async fn a_snapshot_after_large_answers_can_be_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            StateMachineStore::open(
+                Probe::default(),
+                SnapshotStore::dir(dir.path().to_owned()),
+                SessionLimits::default(),
+            )
+        };
+        let mut sm = open().unwrap();
+        let ids = register(&mut sm, 1, 260).await;
+        for (i, id) in ids.iter().enumerate() {
+            let outcome = apply_at(&mut sm, i as u64 + 2, vec![command(*id, 1, b"big")]).await;
+            assert!(matches!(&outcome[..], [Outcome::Applied(a)] if a.len() == 1 << 20));
+        }
+        let retry = apply_at(&mut sm, 300, vec![command(ids[259], 1, b"big")]).await;
+        // Applied, answer not kept (printed without the megabyte).
+        let shape: Vec<_> = retry
+            .iter()
+            .map(|o| match o {
+                Outcome::Duplicate(a) => format!("Duplicate({} bytes)", a.len()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shape, ["DuplicateAnswerNotKept"]);
+        sm.build_snapshot().await.unwrap();
+        drop(sm);
+        let reopened = open();
+        assert!(reopened.is_ok(), "{}", reopened.err().unwrap());
+        assert_eq!(reopened.unwrap().read(|p| p.applied.len()), 260);
+    }
+
+    /// A session table filled to the default bounds (every session, every
+    /// kept answer byte) still makes a snapshot that loads.
+    #[tokio::test]
+    async fn a_table_full_to_the_default_bounds_round_trips_through_a_snapshot() {
+        let defaults = SessionLimits::default();
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            StateMachineStore::open(
+                Probe::default(),
+                SnapshotStore::dir(dir.path().to_owned()),
+                defaults,
+            )
+        };
+        let mut sm = open().unwrap();
+        let mut index = 1;
+        let mut ids = Vec::new();
+        while ids.len() < defaults.max_sessions {
+            ids.extend(register(&mut sm, index, 5000).await);
+            index += 1;
+        }
+        // The largest answers kept, until the answer bytes are at their bound.
+        let answer = vec![b'a'; defaults.max_answer_bytes];
+        let fill = defaults.max_answer_total_bytes / defaults.max_answer_bytes;
+        let mut seqs = vec![0u64; ids.len()];
+        for chunk in ids[ids.len() - fill..].chunks(256) {
+            let proposals = chunk
+                .iter()
+                .map(|id| {
+                    seqs[*id as usize - 1] = u64::MAX - 1;
+                    command(*id, u64::MAX - 1, &answer)
+                })
+                .collect();
+            apply_at(&mut sm, index, proposals).await;
+            index += 1;
+        }
+        let kept = sm.shared.state.read().unwrap().sessions.clone();
+        assert_eq!(kept.len(), defaults.max_sessions, "every session is live");
+        assert_eq!(kept.answer_bytes(), defaults.max_answer_total_bytes, "answers at their bound");
+
+        let snapshot = sm.build_snapshot().await.unwrap();
+        let data = snapshot.snapshot.into_inner();
+        let header_len = u32::from_le_bytes(data[1..5].try_into().unwrap()) as usize;
+        assert!(
+            header_len <= defaults.worst_case_header_bytes(),
+            "a {header_len}-byte header exceeds the {} bytes its bounds allow",
+            defaults.worst_case_header_bytes()
+        );
+        drop(sm);
+        let reopened = open().expect("a full table loads");
+        let restored = reopened.shared.state.read().unwrap().sessions.clone();
+        assert_eq!(restored.image(), kept.image());
+        // And it still answers from the sessions.
+        let mut reopened = reopened;
+        let last = *ids.last().unwrap();
+        let retry =
+            apply_at(&mut reopened, index, vec![command(last, u64::MAX - 1, &answer)]).await;
+        assert_eq!(retry, vec![Outcome::Duplicate(answer.clone())]);
+    }
+
+    /// Many sessions with nothing kept: the header decodes to several times
+    /// its encoded size, and must load all the same.
+    #[tokio::test]
+    async fn a_table_full_of_fresh_sessions_round_trips_through_a_snapshot() {
+        let defaults = SessionLimits::default();
+        let mut sm = open_with(defaults);
+        let mut index = 1;
+        while index as usize * 5000 <= defaults.max_sessions {
+            register(&mut sm, index, 5000).await;
+            index += 1;
+        }
+        let snapshot = sm.build_snapshot().await.unwrap();
+        let mut copy = open_with(defaults);
+        copy.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installs");
+        let image =
+            |sm: &StateMachineStore<Probe>| sm.shared.state.read().unwrap().sessions.image();
+        assert_eq!(image(&copy), image(&sm));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_in_the_old_format_is_refused_with_a_clear_error() {
+        let mut source = StateMachineStore::in_memory(Probe::default());
+        apply_at(&mut source, 1, vec![Proposal::Register]).await;
+        let snapshot = source.build_snapshot().await.unwrap();
+        let mut data = snapshot.snapshot.into_inner();
+        data[0] = 1;
+        let mut target = StateMachineStore::in_memory(Probe::default());
+        let err = target.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data))).await;
+        let err = err.expect_err("format 1 is refused").to_string();
+        assert!(err.contains("format 1 was written by an older version"), "{err}");
+    }
+
+    /// A snapshot the user's restore refuses must not be persisted: the node
+    /// stops, and starts again from what it had (issue 12, item 4).
+    #[tokio::test]
+    async fn a_failed_restore_stops_the_node_and_leaves_it_startable() {
+        let mut source = StateMachineStore::in_memory(Probe::default());
+        source.apply([entry(1, vec![command(1, 1, b"a")])]).await.unwrap();
+        let snapshot = source.build_snapshot().await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            StateMachineStore::open(
+                Probe { refuse_restore: true, ..Probe::default() },
+                SnapshotStore::dir(dir.path().to_owned()),
+                SessionLimits::default(),
+            )
+        };
+        let mut target = open().unwrap();
+        let installed = target.install_snapshot(&snapshot.meta, snapshot.snapshot).await;
+        let err = installed.expect_err("a refused restore fails the install");
+        assert!(err.to_string().contains("refused by the user's restore"), "{err}");
+        let fatal = target.fatal().expect("the state machine is stopped");
+        assert!(fatal.contains("half restored"), "{fatal}");
+        // It stops: nothing more is applied or built.
+        assert!(target.apply([entry(2, vec![command(1, 2, b"b")])]).await.is_err());
+        assert!(target.build_snapshot().await.is_err());
+        drop(target);
+        // And it can start again.
+        let reopened = open();
+        assert!(
+            reopened.is_ok(),
+            "node cannot start after a failed restore: {}",
+            reopened.err().unwrap()
+        );
     }
 }

@@ -41,20 +41,25 @@ impl fmt::Display for NodeInfo {
     }
 }
 
+/// FNV-1a, 64 bits, over `bytes`: pinned (stored in logs and snapshots), so
+/// it must never change.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
 /// The raft id of incarnation `incarnation` of the node with stable
 /// tailnet id `stable_id`: FNV-1a (64 bit) over
 /// `"<stable_id>#<incarnation as 16 lowercase hex digits>"`. Deterministic
 /// across platforms and versions (ids are stored in logs and snapshots);
 /// never 0.
 pub fn node_id(stable_id: &str, incarnation: u64) -> NodeId {
-    let incarnation = format!("{incarnation:016x}");
-    let bytes = stable_id.bytes().chain(std::iter::once(b'#')).chain(incarnation.bytes());
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash.max(1)
+    let text = format!("{stable_id}#{incarnation:016x}");
+    fnv1a64(text.as_bytes()).max(1)
 }
 
 /// A cluster's identity: 128 random bits drawn when the cluster forms. A
@@ -128,7 +133,18 @@ impl<'de> Deserialize<'de> for ClusterId {
     }
 }
 
-/// Identifies a client session for exactly-once commands.
+/// The fingerprint a session keeps of the command it applied last, so that
+/// a retry carrying the same sequence number but another command is told
+/// apart from a true retry: FNV-1a 64 over the command's bytes. Part of the
+/// snapshot format; never changes. (It guards against mistakes, not against
+/// an adversary: a caller that can execute commands can do worse.)
+pub fn command_hash(command: &[u8]) -> u64 {
+    fnv1a64(command)
+}
+
+/// Identifies a client session for exactly-once commands. Ids are assigned
+/// by the cluster when a session is registered (1, 2, 3, … in log order), so
+/// every replica agrees on them and none is reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClientId(pub u128);
 
@@ -138,18 +154,35 @@ impl fmt::Display for ClientId {
     }
 }
 
-/// One user command with its session and sequence number. A retry carries
-/// the same pair and is answered from the session instead of applied again.
+/// One entry of a [`Batch`]: a user command in a session, or the
+/// registration of a new session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    /// The session.
-    pub client: ClientId,
-    /// Position in the session, starting at 1; each new command uses the
-    /// next number.
-    pub seq: u64,
-    /// The command, opaque to raft.
-    #[serde(with = "serde_bytes_compat")]
-    pub command: Vec<u8>,
+pub enum Proposal {
+    /// A user command. A retry carries the same session, sequence number
+    /// and command, and is answered from the session instead of applied
+    /// again.
+    Command {
+        /// The session, as registered.
+        client: ClientId,
+        /// Position in the session, from 1; each new command uses a higher
+        /// number than the last (gaps are allowed).
+        seq: u64,
+        /// The command, opaque to raft.
+        #[serde(with = "serde_bytes_compat")]
+        command: Vec<u8>,
+    },
+    /// Opens a session: applying it assigns the next client id.
+    Register,
+}
+
+impl Proposal {
+    /// Bytes of user data it carries (for batching limits).
+    pub fn size(&self) -> usize {
+        match self {
+            Proposal::Command { command, .. } => command.len(),
+            Proposal::Register => 0,
+        }
+    }
 }
 
 /// What a log entry carries: proposals coalesced by the batcher.
@@ -163,12 +196,29 @@ pub enum Outcome {
     Applied(#[serde(with = "serde_bytes_compat")] Vec<u8>),
     /// Already applied earlier; the answer it gave then.
     Duplicate(#[serde(with = "serde_bytes_compat")] Vec<u8>),
-    /// The session has moved past this sequence number (or forgot it): the
-    /// command was applied once, but its answer is no longer kept.
+    /// Already applied earlier, but its answer was larger than a session
+    /// keeps, so it cannot be given again. Not applied again.
+    DuplicateAnswerNotKept,
+    /// The session has moved past this sequence number: not applied now.
+    /// (Whether an earlier attempt was applied, the session no longer says.)
     Stale {
         /// The last sequence number the session applied.
         last_seq: u64,
     },
+    /// The session was registered but has expired or been evicted since:
+    /// not applied. Nothing in this session can be applied any more; a new
+    /// command may use a new session.
+    SessionExpired,
+    /// No session with this client id was ever registered: not applied.
+    UnknownSession,
+    /// This sequence number was already used in the session for another
+    /// command: not applied.
+    SequenceReused {
+        /// The sequence number.
+        seq: u64,
+    },
+    /// A session was registered; its client id.
+    Registered(ClientId),
 }
 
 /// The answers for one entry, in proposal order (empty for blank and
@@ -190,14 +240,14 @@ openraft::declare_raft_types!(
 
 /// Serializes `Vec<u8>` as bytes (one length and a copy) rather than a
 /// sequence of integers, in formats that distinguish them.
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Vec<u8>, D::Error> {
         struct Visitor;
@@ -230,6 +280,29 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_hashes_are_pinned() {
+        // Stored in snapshots: FNV-1a 64, published test vectors.
+        assert_eq!(command_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(command_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(command_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    /// Entries are stored in the log and sent to followers: their encoding
+    /// must only change on purpose (with the log format and the raft
+    /// protocol version).
+    #[test]
+    fn proposal_encoding_is_pinned() {
+        let batch = Batch(vec![
+            Proposal::Command { client: ClientId(5), seq: 7, command: b"hi".to_vec() },
+            Proposal::Register,
+        ]);
+        let bytes = crate::codec::encode(&batch);
+        assert_eq!(bytes, [2, 0, 5, 7, 2, b'h', b'i', 1], "{bytes:?}");
+        let decoded: Batch = crate::codec::decode(&bytes, 1 << 16, "batch").unwrap();
+        assert_eq!(decoded, batch);
+    }
 
     #[test]
     fn node_ids_are_pinned() {

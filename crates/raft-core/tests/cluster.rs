@@ -11,16 +11,11 @@ use common::*;
 use raft_core::{ClientId, Outcome, ProposeError, Role};
 use ts_transport::MemNetwork;
 
-fn client(n: u128) -> ClientId {
-    ClientId(n)
-}
-
 /// Commits `count` commands through the leader (one session, sequential).
-async fn commit_n(cluster: &Cluster, leader: usize, session: u128, from: u64, count: u64) {
+async fn commit_n(cluster: &Cluster, leader: usize, session: ClientId, from: u64, count: u64) {
     for seq in from..from + count {
-        let outcome = cluster
-            .propose(leader, client(session), seq, format!("{session}:{seq}").as_bytes())
-            .await;
+        let outcome =
+            cluster.propose(leader, session, seq, format!("{session}:{seq}").as_bytes()).await;
         assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
     }
 }
@@ -30,7 +25,8 @@ async fn elect_and_replicate(n: usize, net: Net) {
     cluster.initialize().await;
     let all: Vec<usize> = (0..n).collect();
     let leader = cluster.leader(&all).await;
-    commit_n(&cluster, leader, 1, 1, 20).await;
+    let s1 = cluster.register(leader).await;
+    commit_n(&cluster, leader, s1, 1, 20).await;
     for i in 0..n {
         cluster.wait_applied(i, 20).await;
         assert_eq!(cluster.applied(i), cluster.applied(leader), "node {i} diverged");
@@ -70,14 +66,16 @@ async fn leader_crash_elects_a_new_leader_and_loses_nothing() {
     let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
-    commit_n(&cluster, leader, 1, 1, 10).await;
+    let s1 = cluster.register(leader).await;
+    commit_n(&cluster, leader, s1, 1, 10).await;
     let before = cluster.applied(leader);
     cluster.stop(leader).await;
 
     let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new_leader = cluster.leader(&rest).await;
     assert_ne!(new_leader, leader);
-    commit_n(&cluster, new_leader, 2, 1, 10).await;
+    let s2 = cluster.register(new_leader).await;
+    commit_n(&cluster, new_leader, s2, 1, 10).await;
     for &i in &rest {
         cluster.wait_applied(i, 20).await;
         let applied = cluster.applied(i);
@@ -95,7 +93,8 @@ async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     cluster.initialize().await;
     let all: Vec<usize> = (0..5).collect();
     let leader = cluster.leader(&all).await;
-    commit_n(&cluster, leader, 1, 1, 5).await;
+    let s1 = cluster.register(leader).await;
+    commit_n(&cluster, leader, s1, 1, 5).await;
 
     // The leader and one follower on the minority side.
     let buddy = (leader + 1) % 5;
@@ -103,14 +102,15 @@ async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     net.partition_set(&[ip(leader), ip(buddy)]);
 
     // The old leader cannot commit: its proposal gets no outcome.
-    let stranded = cluster.node(leader).propose(client(9), 1, b"stranded".to_vec()).await;
+    let stranded = cluster.node(leader).propose(s1, 6, b"stranded".to_vec()).await;
     assert!(
         matches!(stranded, Err(ProposeError::Timeout(_) | ProposeError::NotLeader { .. })),
         "minority leader committed: {stranded:?}"
     );
     // The majority elects its own leader and commits.
     let new_leader = cluster.leader(&majority).await;
-    commit_n(&cluster, new_leader, 2, 1, 5).await;
+    let s2 = cluster.register(new_leader).await;
+    commit_n(&cluster, new_leader, s2, 1, 5).await;
 
     net.heal_all();
     for i in 0..5 {
@@ -133,9 +133,10 @@ async fn an_isolated_follower_does_not_stop_the_majority() {
     let cluster = Cluster::new(3, Net::Mem(net.clone()), false, fast_config()).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
+    let s1 = cluster.register(leader).await;
     let follower = (leader + 1) % 3;
     net.isolate(ip(follower));
-    commit_n(&cluster, leader, 1, 1, 10).await;
+    commit_n(&cluster, leader, s1, 1, 10).await;
     assert!(cluster.applied(follower).len() < 10, "isolated follower received entries");
     net.heal_all();
     cluster.wait_applied(follower, 10).await;
@@ -153,14 +154,15 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot() {
     let cluster = Cluster::new(3, Net::Mem(net.clone()), false, config).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
+    let s1 = cluster.register(leader).await;
     let follower = (leader + 1) % 3;
-    commit_n(&cluster, leader, 1, 1, 5).await;
+    commit_n(&cluster, leader, s1, 1, 5).await;
     cluster.wait_applied(follower, 5).await;
 
     net.isolate(ip(follower));
     // Each proposal is its own entry here (sequential), so 100 proposals
     // pass several snapshot points; the leader purges what they cover.
-    commit_n(&cluster, leader, 1, 6, 100).await;
+    commit_n(&cluster, leader, s1, 6, 100).await;
     // The follower stopped near entry 6; once the leader has purged far
     // past that, only a snapshot can bring the follower back.
     cluster
@@ -190,7 +192,8 @@ async fn every_node_restarted_from_durable_storage_keeps_every_committed_entry()
     let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), true, config).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
-    commit_n(&cluster, leader, 1, 1, 50).await;
+    let s1 = cluster.register(leader).await;
+    commit_n(&cluster, leader, s1, 1, 50).await;
     let committed = cluster.applied(leader);
     for i in 0..3 {
         cluster.stop(i).await;
@@ -209,7 +212,7 @@ async fn every_node_restarted_from_durable_storage_keeps_every_committed_entry()
         );
     }
     let leader = cluster.leader(&[0, 1, 2]).await;
-    commit_n(&cluster, leader, 1, 51, 5).await;
+    commit_n(&cluster, leader, s1, 51, 5).await;
     for i in 0..3 {
         cluster.wait_applied(i, 55).await;
     }
@@ -221,8 +224,9 @@ async fn the_same_proposal_twice_is_applied_once() {
     let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
-    let first = cluster.propose(leader, client(7), 1, b"once").await.unwrap();
-    let again = cluster.propose(leader, client(7), 1, b"once").await.unwrap();
+    let c = cluster.register(leader).await;
+    let first = cluster.propose(leader, c, 1, b"once").await.unwrap();
+    let again = cluster.propose(leader, c, 1, b"once").await.unwrap();
     assert!(matches!(first, Outcome::Applied(_)));
     assert_eq!(
         again,
@@ -235,16 +239,56 @@ async fn the_same_proposal_twice_is_applied_once() {
     cluster.stop(leader).await;
     let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new_leader = cluster.leader(&rest).await;
-    let retried = cluster.propose(new_leader, client(7), 1, b"once").await.unwrap();
+    let retried = cluster.propose(new_leader, c, 1, b"once").await.unwrap();
     assert!(matches!(retried, Outcome::Duplicate(_)), "{retried:?}");
     // An older sequence number than the session's last is stale, not applied.
-    cluster.propose(new_leader, client(7), 2, b"second").await.unwrap();
-    let stale = cluster.propose(new_leader, client(7), 1, b"once").await.unwrap();
+    cluster.propose(new_leader, c, 2, b"second").await.unwrap();
+    let stale = cluster.propose(new_leader, c, 1, b"once").await.unwrap();
     assert_eq!(stale, Outcome::Stale { last_seq: 2 });
     for &i in &rest {
         cluster.wait_applied(i, 2).await;
         let applied = cluster.applied(i);
         assert_eq!(applied, vec![b"once".to_vec(), b"second".to_vec()], "node {i}");
+    }
+    cluster.shutdown().await;
+}
+
+/// Sessions are registered through the log: every replica assigns the same
+/// ids, forgets the same sessions, and refuses the same retries, across a
+/// leader change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_registered_through_the_log_and_expire_alike_everywhere() {
+    let mut config = fast_config();
+    config.sessions.max_sessions = 3;
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let first = cluster.register(leader).await;
+    assert_eq!(first, ClientId(1), "ids are assigned from 1, in log order");
+    let answer = cluster.propose(leader, first, 1, b"first").await.unwrap();
+    assert!(matches!(answer, Outcome::Applied(_)), "{answer:?}");
+    // Three more sessions: over the cap, so the least recently used goes.
+    for expected in 2..=4 {
+        assert_eq!(cluster.register(leader).await, ClientId(expected));
+    }
+    // A new leader refuses the evicted session's retry and new commands, and
+    // never-assigned ids.
+    cluster.stop(leader).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster.leader(&rest).await;
+    let retry = cluster.propose(new_leader, first, 1, b"first").await.unwrap();
+    assert_eq!(retry, Outcome::SessionExpired);
+    let next = cluster.propose(new_leader, first, 2, b"second").await.unwrap();
+    assert_eq!(next, Outcome::SessionExpired);
+    let stranger = cluster.propose(new_leader, ClientId(99), 1, b"stranger").await.unwrap();
+    assert_eq!(stranger, Outcome::UnknownSession);
+    // The counter carried over: the next id follows the last one.
+    assert_eq!(cluster.register(new_leader).await, ClientId(5));
+    let fifth = cluster.propose(new_leader, ClientId(5), 1, b"fifth").await.unwrap();
+    assert!(matches!(fifth, Outcome::Applied(_)), "{fifth:?}");
+    for &i in &rest {
+        cluster.wait_applied(i, 2).await;
+        assert_eq!(cluster.applied(i), vec![b"first".to_vec(), b"fifth".to_vec()], "node {i}");
     }
     cluster.shutdown().await;
 }
@@ -257,13 +301,16 @@ async fn concurrent_proposals_are_batched_and_all_applied_in_one_order() {
     let cluster = std::sync::Arc::new(cluster);
     let before = cluster.node(leader).metrics().last_log_index.unwrap_or(0);
     let mut tasks = Vec::new();
-    for c in 0..64u128 {
+    let mut sessions = Vec::new();
+    for _ in 0..64 {
+        sessions.push(cluster.register(leader).await);
+    }
+    for c in sessions {
         let cluster = cluster.clone();
         tasks.push(tokio::spawn(async move {
             for seq in 1..=10 {
-                let outcome = cluster
-                    .propose(leader, client(100 + c), seq, format!("{c}:{seq}").as_bytes())
-                    .await;
+                let outcome =
+                    cluster.propose(leader, c, seq, format!("{c}:{seq}").as_bytes()).await;
                 assert!(matches!(outcome, Ok(Outcome::Applied(_))), "{outcome:?}");
             }
         }));
@@ -290,8 +337,9 @@ async fn a_panicking_state_machine_stops_the_node_with_a_fatal_error() {
     let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, fast_config()).await;
     cluster.initialize().await;
     cluster.leader(&[0]).await;
-    cluster.propose(0, client(1), 1, b"fine").await.unwrap();
-    let outcome = cluster.propose(0, client(1), 2, b"panic now").await;
+    let c = cluster.register(0).await;
+    cluster.propose(0, c, 1, b"fine").await.unwrap();
+    let outcome = cluster.propose(0, c, 2, b"panic now").await;
     assert!(
         matches!(outcome, Err(ProposeError::Fatal(_)) | Err(ProposeError::ShuttingDown)),
         "{outcome:?}"
@@ -306,7 +354,7 @@ async fn a_panicking_state_machine_stops_the_node_with_a_fatal_error() {
         "{:?}",
         stopped.fatal
     );
-    let after = cluster.propose(0, client(1), 3, b"later").await;
+    let after = cluster.propose(0, c, 3, b"later").await;
     assert!(after.is_err(), "a stopped node accepted a proposal: {after:?}");
     assert_eq!(cluster.applied(0), vec![b"fine".to_vec()]);
     cluster.shutdown().await;
@@ -343,7 +391,8 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), revocable, config).await;
     form(&[&a, &b]).await;
     a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
-    tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
+    let c = a.register_session().await.expect("session registered");
+    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
         .await
         .expect("in time")
         .expect("committed while trusted");
@@ -352,8 +401,7 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     // entry, so a can no longer commit anything.
     trusted.store(false, Ordering::SeqCst);
     let after =
-        tokio::time::timeout(Duration::from_secs(3), a.propose(client(1), 2, b"after".to_vec()))
-            .await;
+        tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
     assert!(
         !matches!(after, Ok(Ok(_))),
         "a revoked peer still replicated over its live connection: {after:?}"
@@ -376,7 +424,8 @@ async fn a_connection_that_went_silent_is_replaced() {
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
     form(&[&a, &b]).await;
     a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
-    tokio::time::timeout(WAIT, a.propose(client(1), 1, b"before".to_vec()))
+    let c = a.register_session().await.expect("session registered");
+    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
         .await
         .expect("in time")
         .expect("committed");
@@ -389,7 +438,7 @@ async fn a_connection_that_went_silent_is_replaced() {
             for node in [&a, &b] {
                 let attempt = tokio::time::timeout(
                     Duration::from_secs(2),
-                    node.propose(client(1), 2, b"after".to_vec()),
+                    node.propose(c, 2, b"after".to_vec()),
                 )
                 .await;
                 if matches!(attempt, Ok(Ok(_))) {

@@ -40,8 +40,12 @@ fn log_id() -> impl Strategy<Value = LogId<u64>> {
 }
 
 fn proposal() -> impl Strategy<Value = Proposal> {
-    (any::<u128>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
-        .prop_map(|(client, seq, command)| Proposal { client: ClientId(client), seq, command })
+    prop_oneof![
+        (any::<u128>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+            |(client, seq, command)| Proposal::Command { client: ClientId(client), seq, command }
+        ),
+        Just(Proposal::Register),
+    ]
 }
 
 fn membership() -> impl Strategy<Value = Membership<u64, NodeInfo>> {

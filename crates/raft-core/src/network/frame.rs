@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::codec;
 use crate::types::{ClusterId, NodeId, TypeConfig};
 
-/// Wire protocol version; the first byte after the length.
+/// Wire protocol version; the first byte after the length. Version 2: the
+/// hello carries the caller's cluster id (decision 0003), and log entries
+/// carry session registrations and commands ([`Proposal`](crate::Proposal)).
 pub(crate) const VERSION: u8 = 2;
 /// Bytes after the length prefix that every frame has.
 const HEADER: usize = 1 + 8;

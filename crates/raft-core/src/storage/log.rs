@@ -13,6 +13,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::faults::{FaultyBackend, StorageFaults};
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
 
@@ -196,6 +197,34 @@ impl LogBackend for RedbBackend {
     }
 }
 
+/// Layout of the stored entries, recorded under `format` in `meta` when a
+/// log is created. Format 2: proposals are session registrations or
+/// commands in registered sessions. (Format 1 logs have no record.)
+const LOG_FORMAT: u32 = 2;
+
+/// Refuses a log in another format; records the format in a new one.
+fn check_format(backend: &dyn LogBackend) -> Result<(), String> {
+    if let Some(bytes) = backend.get_meta("format")? {
+        let format: u32 = codec::decode(&bytes, codec::MIN_LIMIT, "log format").map_err(err)?;
+        if format != LOG_FORMAT {
+            return Err(format!(
+                "the raft log is in format {format}; this version reads format {LOG_FORMAT}"
+            ));
+        }
+        return Ok(());
+    }
+    for key in ["vote", "committed", "last_purged"] {
+        if backend.get_meta(key)?.is_some() {
+            return Err(format!(
+                "the raft log was written by an older version (format 1, sessions chosen by \
+                 clients); this version reads format {LOG_FORMAT} and cannot convert it: start \
+                 this node with an empty state directory and let it join again"
+            ));
+        }
+    }
+    backend.put_meta("format", codec::encode(&LOG_FORMAT))
+}
+
 /// openraft's log storage: the log, the vote and the committed log id.
 ///
 /// [`LogStore::in_memory`] keeps them in memory (tests); [`LogStore::durable`]
@@ -204,6 +233,9 @@ impl LogBackend for RedbBackend {
 #[derive(Clone)]
 pub struct LogStore {
     backend: Arc<dyn LogBackend>,
+    /// Injected faults (tests only): the backend is wrapped, and writes
+    /// wait the injected delay.
+    faults: Option<StorageFaults>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -215,14 +247,31 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// A log kept in memory.
     pub fn in_memory() -> LogStore {
-        LogStore { backend: Arc::new(MemBackend::default()) }
+        LogStore { backend: Arc::new(MemBackend::default()), faults: None }
     }
 
-    /// A log kept in the redb file at `path` (created if missing).
+    /// A log kept in the redb file at `path` (created if missing). A log
+    /// written in another format is refused.
     pub fn durable(path: &Path) -> Result<LogStore, StorageError<NodeId>> {
         let backend = RedbBackend::open(path)
+            .and_then(|backend| check_format(&backend).map(|()| backend))
             .map_err(|e| StorageIOError::<NodeId>::write_logs(AnyError::error(e)))?;
-        Ok(LogStore { backend: Arc::new(backend) })
+        Ok(LogStore { backend: Arc::new(backend), faults: None })
+    }
+
+    /// The same store behind switchable faults (tests and the chaos harness
+    /// only; see [`StorageFaults`]).
+    pub fn with_faults(self, faults: StorageFaults) -> LogStore {
+        let backend = Arc::new(FaultyBackend::new(self.backend, faults.clone()));
+        LogStore { backend, faults: Some(faults) }
+    }
+
+    /// Waits the injected write delay, if any.
+    async fn before_write(&self) {
+        let delay = self.faults.as_ref().map(StorageFaults::delay).unwrap_or_default();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Runs `f` on the backend: inline for memory, on the blocking pool for
@@ -299,6 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         let bytes = codec::encode(vote);
         self.run(move |b| b.put_meta("vote", bytes), write_vote).await
     }
@@ -316,6 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         let bytes = codec::encode(&committed);
         self.run(move |b| b.put_meta_lazily("committed", bytes), write_logs).await
     }
@@ -334,6 +385,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        self.before_write().await;
         // The write is durable (fsynced) when it returns, so the entries are
         // both readable and flushed here.
         let result = self.run(move |b| b.append(entries), write_logs).await;
@@ -345,10 +397,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         self.run(move |b| b.truncate_from(log_id.index), write_logs).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.before_write().await;
         self.run(move |b| b.purge_to(log_id), write_logs).await
     }
 }
@@ -383,5 +437,35 @@ impl LogStore {
         )
         .await
         .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_from_an_older_version_is_refused_and_a_new_one_is_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        // New: marked with the format, and opens again.
+        drop(LogStore::durable(&path).expect("a new log opens"));
+        LogStore::durable(&path).expect("a log in this format opens again");
+
+        // Written by the old version: a vote and no format record.
+        let old = dir.path().join("old.redb");
+        let backend = RedbBackend::open(&old).unwrap();
+        backend.put_meta("vote", codec::encode(&Vote::<NodeId>::new(3, 1))).unwrap();
+        drop(backend);
+        let err = LogStore::durable(&old).expect_err("an old log is refused").to_string();
+        assert!(err.contains("written by an older version"), "{err}");
+
+        // Another format number.
+        let other = dir.path().join("other.redb");
+        let backend = RedbBackend::open(&other).unwrap();
+        backend.put_meta("format", codec::encode(&7u32)).unwrap();
+        drop(backend);
+        let err = LogStore::durable(&other).expect_err("format 7 is refused").to_string();
+        assert!(err.contains("format 7"), "{err}");
     }
 }

@@ -1,20 +1,28 @@
 //! Where the current snapshot lives: in memory, or in a directory as one
 //! file replaced atomically (write a temporary file, fsync it, rename it over
 //! the old one, fsync the directory).
+//!
+//! Saves are serialized, and a save never replaces a stored snapshot that
+//! covers a later log id: a snapshot build that started before a newer
+//! snapshot was installed must not put the older one back once the log
+//! behind the newer one is purged (the node could not restart from it).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use openraft::SnapshotMeta;
+use openraft::{LogId, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::types::{NodeId, NodeInfo};
 
 const CURRENT: &str = "current.snapshot";
-const TEMP: &str = "current.snapshot.tmp";
+/// Temporary files are `current.snapshot.tmp.<n>`: a name per save, so no
+/// two writes ever share a file.
+const TEMP_PREFIX: &str = "current.snapshot.tmp.";
 /// File format version; the first byte of the file.
 const FORMAT: u8 = 1;
 
@@ -31,54 +39,166 @@ struct FileHeader {
     data_len: u64,
 }
 
-/// The current snapshot's home.
+/// What a save did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Saved {
+    /// The snapshot is now the current one.
+    Replaced,
+    /// The stored snapshot covers a later log id; it was kept and the
+    /// snapshot given was not written.
+    KeptNewer {
+        /// The stored snapshot's last log id.
+        stored: Option<LogId<NodeId>>,
+    },
+}
+
+/// Where the snapshot lives.
 #[derive(Debug)]
-pub(crate) enum SnapshotStore {
-    /// Kept in memory; gone with the process.
-    Memory(Mutex<Option<StoredSnapshot>>),
-    /// Kept in `dir/current.snapshot`.
-    Dir(PathBuf),
+enum Place {
+    Memory(Option<StoredSnapshot>),
+    Dir { dir: PathBuf, next_temp: AtomicU64 },
+}
+
+/// The current snapshot's home. Saves and loads are serialized by one lock,
+/// which also remembers the stored snapshot's last log id.
+#[derive(Debug)]
+pub(crate) struct SnapshotStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    place: Place,
+    /// The stored snapshot's last log id, once known (`None` inside: the
+    /// store holds no snapshot, or one covering nothing).
+    stored: Option<Option<LogId<NodeId>>>,
 }
 
 impl SnapshotStore {
-    /// Saves `snapshot` as the current one. Durable when this returns.
-    pub(crate) fn save(&self, snapshot: &StoredSnapshot) -> io::Result<()> {
-        match self {
-            SnapshotStore::Memory(slot) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
-                Ok(())
+    /// A store kept in memory; gone with the process.
+    pub(crate) fn memory() -> SnapshotStore {
+        SnapshotStore::new(Place::Memory(None), Some(None))
+    }
+
+    /// A store kept in `dir/current.snapshot`. Temporary files a crash left
+    /// behind are removed.
+    pub(crate) fn dir(dir: PathBuf) -> SnapshotStore {
+        remove_temporaries(&dir);
+        SnapshotStore::new(Place::Dir { dir, next_temp: AtomicU64::new(0) }, None)
+    }
+
+    fn new(place: Place, stored: Option<Option<LogId<NodeId>>>) -> SnapshotStore {
+        SnapshotStore { inner: Mutex::new(Inner { place, stored }) }
+    }
+
+    /// Saves `snapshot` as the current one, unless the stored one covers a
+    /// later log id. Durable when this returns.
+    pub(crate) fn save(&self, snapshot: &StoredSnapshot) -> io::Result<Saved> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = match inner.stored {
+            Some(stored) => stored,
+            None => {
+                let stored = match &inner.place {
+                    Place::Memory(slot) => slot.as_ref().and_then(|s| s.meta.last_log_id),
+                    Place::Dir { dir, .. } => read_meta(dir)?.and_then(|meta| meta.last_log_id),
+                };
+                inner.stored = Some(stored);
+                stored
             }
-            SnapshotStore::Dir(dir) => write_atomically(dir, snapshot),
+        };
+        if snapshot.meta.last_log_id < stored {
+            tracing::info!(
+                kept = ?stored,
+                offered = ?snapshot.meta.last_log_id,
+                "not replacing the stored snapshot with an older one"
+            );
+            return Ok(Saved::KeptNewer { stored });
         }
+        match &mut inner.place {
+            Place::Memory(slot) => *slot = Some(snapshot.clone()),
+            Place::Dir { dir, next_temp } => {
+                let temp =
+                    dir.join(format!("{TEMP_PREFIX}{}", next_temp.fetch_add(1, Ordering::Relaxed)));
+                let written = write_atomically(dir, &temp, snapshot);
+                if written.is_err() {
+                    let _ = fs::remove_file(&temp);
+                    // The file may or may not have been replaced: read it
+                    // again next time.
+                    inner.stored = None;
+                    return written.map(|()| Saved::Replaced);
+                }
+            }
+        }
+        inner.stored = Some(snapshot.meta.last_log_id);
+        Ok(Saved::Replaced)
     }
 
     /// The current snapshot, if any. A file that cannot be read is an error,
     /// never silently ignored.
     pub(crate) fn load(&self) -> io::Result<Option<StoredSnapshot>> {
-        match self {
-            SnapshotStore::Memory(slot) => {
-                Ok(slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            }
-            SnapshotStore::Dir(dir) => read(dir),
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = match &inner.place {
+            Place::Memory(slot) => slot.clone(),
+            Place::Dir { dir, .. } => read(dir)?,
+        };
+        inner.stored = Some(loaded.as_ref().and_then(|s| s.meta.last_log_id));
+        Ok(loaded)
+    }
+}
+
+fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && let Err(err) = fs::remove_file(entry.path())
+        {
+            tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a leftover temporary snapshot");
         }
     }
 }
 
-fn write_atomically(dir: &Path, snapshot: &StoredSnapshot) -> io::Result<()> {
+fn write_atomically(dir: &Path, temp: &Path, snapshot: &StoredSnapshot) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let header = codec::framed_header(
         FORMAT,
         &FileHeader { meta: snapshot.meta.clone(), data_len: snapshot.data.len() as u64 },
     );
-    let temp = dir.join(TEMP);
     {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(temp)?;
         file.write_all(&header)?;
         file.write_all(&snapshot.data)?;
         file.sync_all()?;
     }
-    fs::rename(&temp, dir.join(CURRENT))?;
+    fs::rename(temp, dir.join(CURRENT))?;
     File::open(dir)?.sync_all()
+}
+
+fn corrupt(dir: &Path, what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("snapshot file in {}: {what}", dir.display()),
+    )
+}
+
+/// Only the stored snapshot's meta: the header, without reading the data.
+fn read_meta(dir: &Path) -> io::Result<Option<SnapshotMeta<NodeId, NodeInfo>>> {
+    let mut file = match File::open(dir.join(CURRENT)) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut prefix = [0u8; 5];
+    file.read_exact(&mut prefix).map_err(|e| corrupt(dir, format!("truncated header: {e}")))?;
+    let len = u32::from_le_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > codec::MAX_STORED_VALUE {
+        return Err(corrupt(dir, format!("header of {len} bytes")));
+    }
+    let mut bytes = prefix.to_vec();
+    bytes.resize(5 + len, 0);
+    file.read_exact(&mut bytes[5..]).map_err(|e| corrupt(dir, format!("truncated header: {e}")))?;
+    let (header, _): (FileHeader, &[u8]) =
+        codec::split_framed(&bytes, FORMAT, "snapshot file").map_err(|e| corrupt(dir, e))?;
+    Ok(Some(header.meta))
 }
 
 fn read(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
@@ -87,22 +207,23 @@ fn read(dir: &Path) -> io::Result<Option<StoredSnapshot>> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err),
     };
-    let corrupt = |what: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("snapshot file in {}: {what}", dir.display()),
-        )
-    };
     let (header, data): (FileHeader, &[u8]) =
-        codec::split_framed(&bytes, FORMAT, "snapshot file").map_err(corrupt)?;
+        codec::split_framed(&bytes, FORMAT, "snapshot file").map_err(|e| corrupt(dir, e))?;
     if data.len() as u64 != header.data_len {
-        return Err(corrupt(format!("{} data bytes, header says {}", data.len(), header.data_len)));
+        return Err(corrupt(
+            dir,
+            format!("{} data bytes, header says {}", data.len(), header.data_len),
+        ));
     }
     Ok(Some(StoredSnapshot { meta: header.meta, data: data.to_vec() }))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use openraft::CommittedLeaderId;
+
     use super::*;
 
     fn snapshot(id: &str, data: &[u8]) -> StoredSnapshot {
@@ -116,10 +237,30 @@ mod tests {
         }
     }
 
+    fn at(index: u64) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+                last_membership: Default::default(),
+                snapshot_id: format!("1-{index}-0"),
+            },
+            data: index.to_le_bytes().to_vec(),
+        }
+    }
+
+    fn temporaries(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(TEMP_PREFIX))
+            .collect()
+    }
+
     #[test]
     fn dir_store_replaces_and_detects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::Dir(dir.path().to_owned());
+        let store = SnapshotStore::dir(dir.path().to_owned());
         assert!(store.load().unwrap().is_none());
         store.save(&snapshot("one", b"first")).unwrap();
         store.save(&snapshot("two", b"second")).unwrap();
@@ -128,7 +269,7 @@ mod tests {
             (loaded.meta.snapshot_id.as_str(), loaded.data.as_slice()),
             ("two", &b"second"[..])
         );
-        assert!(!dir.path().join(TEMP).exists(), "temporary file left behind");
+        assert!(temporaries(dir.path()).is_empty(), "temporary file left behind");
 
         let path = dir.path().join(CURRENT);
         let mut bytes = fs::read(&path).unwrap();
@@ -138,5 +279,68 @@ mod tests {
         assert!(err.to_string().contains("data bytes"), "{err}");
         fs::write(&path, b"\x09junk").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("unknown format"));
+    }
+
+    /// A snapshot build that started before a newer snapshot was installed
+    /// must not put the older one back (issue 12, item 3).
+    #[test]
+    fn a_save_never_replaces_a_snapshot_covering_a_later_log_id() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [SnapshotStore::memory(), SnapshotStore::dir(dir.path().to_owned())] {
+            assert_eq!(store.save(&at(50)).unwrap(), Saved::Replaced);
+            let kept = store.save(&at(10)).unwrap();
+            assert!(matches!(kept, Saved::KeptNewer { .. }), "{kept:?}");
+            let loaded = store.load().unwrap().unwrap();
+            assert_eq!(
+                loaded.meta.last_log_id.map(|l| l.index),
+                Some(50),
+                "a stale save replaced a newer snapshot"
+            );
+            // The same log id again, or a later one, replaces it.
+            assert_eq!(store.save(&at(50)).unwrap(), Saved::Replaced);
+            assert_eq!(store.save(&at(60)).unwrap(), Saved::Replaced);
+        }
+    }
+
+    #[test]
+    fn a_reopened_store_knows_the_stored_snapshot_before_loading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        SnapshotStore::dir(dir.path().to_owned()).save(&at(50)).unwrap();
+        let reopened = SnapshotStore::dir(dir.path().to_owned());
+        assert!(matches!(reopened.save(&at(10)).unwrap(), Saved::KeptNewer { .. }));
+        assert_eq!(reopened.load().unwrap().unwrap().meta.last_log_id.map(|l| l.index), Some(50));
+    }
+
+    #[test]
+    fn concurrent_saves_leave_the_latest_snapshot_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SnapshotStore::dir(dir.path().to_owned()));
+        let threads: Vec<_> = (1..=8u64)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for round in 0..10u64 {
+                        let mut snapshot = at(round * 8 + t);
+                        snapshot.data = vec![t as u8; 64 << 10];
+                        store.save(&snapshot).expect("save");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let loaded = SnapshotStore::dir(dir.path().to_owned()).load().unwrap().unwrap();
+        assert_eq!(loaded.meta.last_log_id.map(|l| l.index), Some(9 * 8 + 8));
+        assert_eq!(loaded.data, vec![8u8; 64 << 10]);
+        assert!(temporaries(dir.path()).is_empty(), "temporary files left behind");
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(format!("{TEMP_PREFIX}3")), b"half a snapshot").unwrap();
+        let _store = SnapshotStore::dir(dir.path().to_owned());
+        assert!(temporaries(dir.path()).is_empty());
     }
 }

@@ -8,7 +8,8 @@ use openraft::testing::{StoreBuilder, Suite};
 
 use super::LogStore;
 use super::snapshot::SnapshotStore;
-use crate::state_machine::{SessionLimits, StateMachine, StateMachineStore};
+use crate::sessions::SessionLimits;
+use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{NodeId, TypeConfig};
 
 /// Counts applied commands; enough for the suite, which checks raft state.
@@ -55,7 +56,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Counter>, tempfile::Te
         let log = LogStore::durable(&dir.path().join("raft.redb"))?;
         let sm = StateMachineStore::open(
             Counter::default(),
-            SnapshotStore::Dir(dir.path().join("snapshots")),
+            SnapshotStore::dir(dir.path().join("snapshots")),
             SessionLimits::default(),
         )
         .expect("open state machine");

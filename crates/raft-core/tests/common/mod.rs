@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use raft_core::{
     Authorize, ClientId, ClusterId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
-    Role, StateMachine, Storage,
+    Role, StateMachine, Storage, StorageFaults,
 };
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
@@ -141,17 +141,30 @@ pub struct Cluster {
     pub ids: Vec<NodeId>,
     pub dirs: Vec<Option<PathBuf>>,
     pub config: RaftConfig,
+    /// Each node's storage faults, when the cluster was made with them.
+    pub faults: Option<Vec<StorageFaults>>,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
     /// `n` nodes, not yet initialized.
     pub async fn new(n: usize, net: Net, durable: bool, config: RaftConfig) -> Cluster {
+        Cluster::build(n, net, durable, config, false).await
+    }
+
+    /// `n` nodes, not yet initialized, each with its storage behind
+    /// switchable faults (`cluster.faults`).
+    pub async fn with_faults(n: usize, net: Net, durable: bool, config: RaftConfig) -> Cluster {
+        Cluster::build(n, net, durable, config, true).await
+    }
+
+    async fn build(n: usize, net: Net, durable: bool, config: RaftConfig, faulty: bool) -> Cluster {
         let temp = durable.then(|| tempfile::tempdir().expect("temp dir"));
         let dirs =
             (0..n).map(|i| temp.as_ref().map(|t| t.path().join(format!("node-{i}")))).collect();
+        let faults = faulty.then(|| (0..n).map(|_| StorageFaults::new()).collect());
         let mut cluster =
-            Cluster { net, nodes: Vec::new(), ids: Vec::new(), dirs, config, _temp: temp };
+            Cluster { net, nodes: Vec::new(), ids: Vec::new(), dirs, config, faults, _temp: temp };
         for i in 0..n {
             let node = cluster.start_node(i).await;
             cluster.ids.push(node.id());
@@ -183,10 +196,13 @@ impl Cluster {
 
     /// Starts (or restarts) node `i` on its storage.
     pub async fn start_node(&self, i: usize) -> RaftNode<Recorder> {
-        let storage = match &self.dirs[i] {
+        let mut storage = match &self.dirs[i] {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
         };
+        if let Some(faults) = &self.faults {
+            storage = storage.with_faults(faults[i].clone());
+        }
         RaftNode::start(
             self.info(i),
             self.transport(i),
@@ -238,7 +254,12 @@ impl Cluster {
         }
     }
 
-    /// Proposes through node `i`, following "not the leader" answers.
+    /// Registers a session through node `i` (the leader).
+    pub async fn register(&self, i: usize) -> ClientId {
+        self.node(i).register_session().await.expect("session registered")
+    }
+
+    /// Proposes through node `i` (the leader).
     pub async fn propose(
         &self,
         i: usize,
@@ -289,6 +310,6 @@ pub fn count_of(outcome: &Outcome) -> u64 {
         Outcome::Applied(bytes) | Outcome::Duplicate(bytes) => {
             u64::from_le_bytes(bytes[..8].try_into().unwrap())
         }
-        Outcome::Stale { .. } => panic!("unexpected stale outcome"),
+        other => panic!("unexpected outcome {other:?}"),
     }
 }

@@ -1,0 +1,162 @@
+//! A small harness for the facade's tests: nodes on a `MemNetwork`, every
+//! node tagged and online in a static tailnet view, a counter state machine
+//! that records what it applied, and fast timings.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(unreachable_pub, reason = "shared between test binaries as a module")]
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::{BootstrapOptions, Config, Consensus, StateMachine, Timing};
+use serde::{Deserialize, Serialize};
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::MemNetwork;
+
+pub const TAG: &str = "tag:c";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Commands of [`Tally`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TallyCommand {
+    /// Adds to the total and records the tag.
+    Add { tag: String, n: i64 },
+    /// Panics inside `apply`.
+    Panic,
+}
+
+/// A total, and every command tag applied, in order.
+#[derive(Default)]
+pub struct Tally {
+    pub total: i64,
+    pub applied: Vec<String>,
+}
+
+impl StateMachine for Tally {
+    type Command = TallyCommand;
+    type Response = i64;
+    type Query = ();
+    type QueryResponse = (i64, Vec<String>);
+
+    fn apply(&mut self, command: TallyCommand) -> i64 {
+        match command {
+            TallyCommand::Add { tag, n } => {
+                self.total += n;
+                self.applied.push(tag);
+                self.total
+            }
+            TallyCommand::Panic => panic!("asked to panic by the test"),
+        }
+    }
+    fn query(&self, _: &()) -> (i64, Vec<String>) {
+        (self.total, self.applied.clone())
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(out, &(self.total, &self.applied)).map_err(io::Error::other)
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        (self.total, self.applied) = serde_json::from_reader(input).map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+pub fn add(tag: &str, n: i64) -> TallyCommand {
+    TallyCommand::Add { tag: tag.to_owned(), n }
+}
+
+pub fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+fn tailnet_node(i: usize) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(format!("n{i}")),
+        hostname: format!("host-{i}"),
+        dns_name: String::new(),
+        ipv4: match ip(i) {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        ipv6: None,
+        tags: BTreeSet::from([TAG.to_owned()]),
+        online: true,
+    }
+}
+
+/// Fast timings for an in-memory cluster.
+pub fn fast_config() -> Config {
+    Config {
+        monitor_port: None,
+        timing: Timing {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(500), Duration::from_millis(1000)),
+            reconcile_every: Duration::from_millis(200),
+            start_timeout: Duration::from_secs(20),
+            call_deadline: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(30),
+        },
+        ..Config::default()
+    }
+}
+
+/// `n` nodes of one cluster on one in-memory network.
+pub struct World {
+    pub net: MemNetwork,
+    pub n: usize,
+}
+
+impl World {
+    pub fn new(n: usize) -> World {
+        World { net: MemNetwork::new(), n }
+    }
+
+    fn view(&self, me: usize) -> ClusterView {
+        let peers = (0..self.n).filter(|&j| j != me).map(tailnet_node);
+        ClusterView::new(TAG, tailnet_node(me), peers)
+    }
+
+    /// Starts node `i` with `config`, expecting `n` nodes to form the cluster.
+    pub async fn start(&self, i: usize, config: Config) -> Consensus<Tally> {
+        let bootstrap =
+            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: self.n };
+        Consensus::start_with(
+            Arc::new(self.net.node(ip(i))),
+            Arc::new(StaticDiscovery::new(self.view(i))),
+            Tally::default(),
+            bootstrap,
+            config,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("node {i}: {e}"))
+    }
+
+    /// Starts every node at once, node `i` with `config(i)`, and waits
+    /// until they agree on a leader.
+    pub async fn start_all(&self, config: impl Fn(usize) -> Config) -> Vec<Consensus<Tally>> {
+        let mut starting = Vec::new();
+        for i in 0..self.n {
+            let world = World { net: self.net.clone(), n: self.n };
+            let config = config(i);
+            starting.push(tokio::spawn(async move { world.start(i, config).await }));
+        }
+        let mut nodes = Vec::new();
+        for task in starting {
+            nodes.push(task.await.expect("start task"));
+        }
+        for node in &nodes {
+            node.wait_for(WAIT, |m| m.voters == self.n && m.leader.is_some())
+                .await
+                .expect("a leader is elected");
+        }
+        nodes
+    }
+}
+
+/// The index of the node that leads, as every node sees it.
+pub fn leader_of(nodes: &[Consensus<Tally>]) -> usize {
+    let id = nodes[0].metrics().leader.expect("a leader is known");
+    nodes.iter().position(|n| n.id() == id).expect("the leader is one of the nodes")
+}

@@ -1,0 +1,180 @@
+//! Exactly-once commands through the facade: a prepared operation retried
+//! after an unknown outcome, sessions that expire before or after an
+//! attempt.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use consensus::{Consistency, Error, StopMode, Timing};
+
+/// Slow raft timings, so that a few hundred milliseconds of link delay do
+/// not disturb elections.
+fn patient_config() -> consensus::Config {
+    let mut config = fast_config();
+    config.timing = Timing {
+        heartbeat: Duration::from_millis(1000),
+        election: (Duration::from_millis(3000), Duration::from_millis(6000)),
+        ..config.timing
+    };
+    config
+}
+
+async fn applied_tags(node: &consensus::Consensus<Tally>) -> Vec<String> {
+    node.read((), Consistency::Linearizable).await.expect("linearizable read").1
+}
+
+/// Delays every write between the leader and the other nodes, so that a
+/// commit takes a round trip of about 600 ms.
+fn slow_replication(world: &World, leader: usize, delay: Duration) {
+    for i in (0..world.n).filter(|&i| i != leader) {
+        world.net.set_delay(ip(leader), ip(i), delay);
+    }
+}
+
+/// A command whose first attempt timed out while it was being committed is
+/// retried through its operation: the retry is answered, and the command is
+/// applied once. (On the old code, with no way to retry the same command,
+/// the caller's retry applied it twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_command_retried_after_an_unknown_outcome_is_applied_once() {
+    let world = World::new(3);
+    let nodes = world.start_all(|_| patient_config()).await;
+    let leader = leader_of(&nodes);
+    // A first command registers the leader's session (and is pooled).
+    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&world, leader, Duration::from_millis(300));
+    let mut operation = nodes[leader].prepare(add("once", 1)).expect("prepared");
+    let first = operation.execute_within(Duration::from_millis(300)).await;
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    slow_replication(&world, leader, Duration::ZERO);
+    // The command was on its way: it commits, and the retry is answered
+    // from the session.
+    wait_until_applied(&nodes[leader], "once").await;
+    let retried = operation.execute_within(Duration::from_secs(10)).await;
+    assert_eq!(retried.expect("the retry learns the outcome"), 2, "the total after one add");
+    let applied = applied_tags(&nodes[leader]).await;
+    assert_eq!(applied, ["warm", "once"], "applied once");
+    drop(operation);
+    // Dropped, it gave its session back; the next command runs as usual.
+    assert_eq!(nodes[leader].execute(add("next", 1)).await.unwrap(), 3);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Waits (with a deadline) until `node` has applied the command tagged `tag`.
+async fn wait_until_applied(node: &consensus::Consensus<Tally>, tag: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, applied) = node.read((), Consistency::Local).await.expect("local read");
+        if applied.iter().any(|t| t == tag) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{tag} not applied within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn small_table(_: usize) -> consensus::Config {
+    let mut config = fast_config();
+    config.sessions.max_sessions = 2;
+    config
+}
+
+/// A pooled session that expired before a new command's first attempt is
+/// replaced without the caller noticing: nothing of the command was
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expired_before_the_first_attempt_is_replaced_transparently() {
+    let world = World::new(3);
+    let nodes = world.start_all(small_table).await;
+    // Node 0 runs a command; its session goes back to its pool.
+    assert_eq!(nodes[0].execute(add("a", 1)).await.unwrap(), 1);
+    // Two commands at once on node 1 register two sessions: with a cap of
+    // two, node 0's pooled session is evicted.
+    let (b, c) = tokio::join!(nodes[1].execute(add("b", 1)), nodes[1].execute(add("c", 1)));
+    b.unwrap();
+    c.unwrap();
+    // Node 0's next command meets the expired session, and moves on.
+    assert_eq!(nodes[0].execute(add("d", 1)).await.expect("transparent"), 4);
+    let applied = applied_tags(&nodes[0]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "d").count(), 1, "{applied:?}");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// If the session expires after an attempt whose outcome is unknown, the
+/// outcome can no longer be learned: the operation says so, and never
+/// applies the command a second time in a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expired_after_an_unknown_attempt_is_an_unknown_outcome() {
+    let world = World::new(3);
+    let nodes = world
+        .start_all(|i| {
+            let mut config = patient_config();
+            config.sessions = small_table(i).sessions;
+            config
+        })
+        .await;
+    let leader = leader_of(&nodes);
+    let other = (leader + 1) % 3;
+    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&world, leader, Duration::from_millis(300));
+    let mut operation = nodes[leader].prepare(add("lost", 1)).expect("prepared");
+    let first = operation.execute_within(Duration::from_millis(300)).await;
+    assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    slow_replication(&world, leader, Duration::ZERO);
+    wait_until_applied(&nodes[leader], "lost").await;
+    // Two new sessions elsewhere, committed after the command, evict the
+    // operation's session.
+    let (b, c) = tokio::join!(nodes[other].execute(add("b", 1)), nodes[other].execute(add("c", 1)));
+    b.unwrap();
+    c.unwrap();
+    for _ in 0..2 {
+        let again = operation.execute_within(Duration::from_secs(10)).await;
+        assert!(matches!(again, Err(Error::OutcomeUnknown(_))), "{again:?}");
+    }
+    let applied = applied_tags(&nodes[leader]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "lost").count(), 1, "{applied:?}");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// An attempt the caller abandons (its future dropped mid-call) counts as
+/// one whose outcome is unknown: a later call never moves the command to a
+/// new session, where it could be applied a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_attempt_counts_as_an_unknown_outcome() {
+    let world = World::new(3);
+    let nodes = world
+        .start_all(|i| {
+            let mut config = patient_config();
+            config.sessions = small_table(i).sessions;
+            config
+        })
+        .await;
+    let leader = leader_of(&nodes);
+    let other = (leader + 1) % 3;
+    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&world, leader, Duration::from_millis(300));
+    let mut operation = nodes[leader].prepare(add("dropped", 1)).expect("prepared");
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(300), operation.execute_within(WAIT)).await;
+    assert!(abandoned.is_err(), "the attempt finished: {abandoned:?}");
+    slow_replication(&world, leader, Duration::ZERO);
+    wait_until_applied(&nodes[leader], "dropped").await;
+    let (b, c) = tokio::join!(nodes[other].execute(add("b", 1)), nodes[other].execute(add("c", 1)));
+    b.unwrap();
+    c.unwrap();
+    let again = operation.execute_within(Duration::from_secs(10)).await;
+    assert!(matches!(again, Err(Error::OutcomeUnknown(_))), "{again:?}");
+    let applied = applied_tags(&nodes[leader]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "dropped").count(), 1, "{applied:?}");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
