@@ -497,7 +497,8 @@ async fn a_new_incarnation_takes_the_old_ones_place_in_one_change() {
     let leader = cluster.leader().await;
     let stale = (leader + 1) % 3;
     let old_id = cluster.id(stale);
-    cluster.service(leader).execute(&put(1, 1, "k", "v"), deadline(10), false).await.unwrap();
+    let client = cluster.session(leader).await;
+    cluster.service(leader).execute(&put(client, 1, "k", "v"), deadline(10), false).await.unwrap();
     cluster.restart(stale).await;
     assert_ne!(cluster.id(stale), old_id, "a node without its state kept its raft id");
     let mut voters_seen = cluster.service(leader).node().subscribe();
