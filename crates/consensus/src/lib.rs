@@ -31,6 +31,8 @@ mod config;
 mod error;
 mod machine;
 mod membership;
+#[cfg(test)]
+mod model;
 mod monitor;
 mod node;
 
