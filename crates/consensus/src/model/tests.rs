@@ -5,7 +5,7 @@ use super::design::Design0003;
 use super::explorer::{Bounds, Report, explore};
 use super::legacy::Legacy;
 use super::protocol::Protocol;
-use super::world::{NO_LOST_COMMIT, ONE_LEADER_PER_TERM, SINGLE_CLUSTER, Scenario, Start, System};
+use super::world::{NO_LOST_COMMIT, NO_LOST_WRITE, ONE_LEADER_PER_TERM, SINGLE_CLUSTER, Scenario, Start, System};
 
 fn check(protocol: &dyn Protocol, scenario: Scenario, bounds: Bounds) -> Report {
     let system = System { protocol, scenario: scenario.clone() };
@@ -52,9 +52,9 @@ const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 40, stop_when_fo
 
 #[test]
 fn legacy_loses_an_acknowledged_write_after_a_wipe() {
-    let bounds = Bounds { stop_when_found: Some(NO_LOST_COMMIT), ..FIND };
+    let bounds = Bounds { stop_when_found: Some(NO_LOST_WRITE), ..FIND };
     let report = check(&Legacy, amnesia(), bounds);
-    let found = report.violation(NO_LOST_COMMIT).expect("the checker finds the amnesia bug");
+    let found = report.violation(NO_LOST_WRITE).expect("the checker finds the amnesia bug");
     assert!(found.trace.iter().any(|s| s.contains("loses its raft state")), "{found}");
 }
 
@@ -68,8 +68,31 @@ fn legacy_forms_a_second_cluster() {
 
 #[test]
 fn design_0003_keeps_acknowledged_writes_through_a_wipe() {
-    let report = check(&Design0003::AS_WRITTEN, amnesia(), FIND);
+    let scenario = Scenario { reconcile: true, ..amnesia() };
+    let report = check(&Design0003::AS_WRITTEN, scenario, FIND);
     assert!(report.complete, "{}", report.summary());
     assert!(report.violations.is_empty());
-    let _ = ONE_LEADER_PER_TERM;
+    let _ = (ONE_LEADER_PER_TERM, NO_LOST_COMMIT);
+}
+
+/// Three fresh nodes, `expected_size` 2 (more than half of three), one tag
+/// change.
+fn fresh_three() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
+        expected_size: 2,
+        max_term: 1,
+        max_log: 2,
+        writes: 0,
+        crashes: 0,
+        wipes: 0,
+        tag_changes: 1,
+        reconcile: false,
+    }
+}
+
+#[test]
+fn design_0003_bootstrap() {
+    let report = check(&Design0003::AS_WRITTEN, fresh_three(), FIND);
+    assert!(report.violations.is_empty());
 }
