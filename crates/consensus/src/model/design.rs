@@ -1,31 +1,39 @@
 //! Decision 0003, transcribed from docs/decisions/0003-identity-bootstrap-membership.md
 //! (the section each method follows is named in its doc).
 //!
-//! `initial_voters_from_promises` switches on the fix this model proposes
-//! (see the module docs of `model` and docs/reliability.md): a node forms
-//! its cluster with every promiser as an initial voter, not alone.
+//! `fix` switches on the fix this model proposes (see docs/reliability.md):
+//! a confirm round makes promises binding before a node forms, and the
+//! binders are the new cluster's initial voters.
 
 use super::protocol::{
     Answer, Bootstrap, Change, ClusterId, Decision, Granter, JoinRequest, Leader, Node, Protocol,
-    Set,
+    RaftId, Set,
 };
 
 /// Decision 0003's rules.
 pub(crate) struct Design0003 {
-    /// The proposed fix: form with the promisers as initial voters.
-    pub(crate) initial_voters_from_promises: bool,
+    /// The proposed fix: promises are confirmed (binding) before forming,
+    /// and the binders are initial voters.
+    pub(crate) fix: bool,
 }
 
 impl Design0003 {
     /// Decision 0003 as written.
-    pub(crate) const AS_WRITTEN: Design0003 = Design0003 { initial_voters_from_promises: false };
+    pub(crate) const AS_WRITTEN: Design0003 = Design0003 { fix: false };
     /// Decision 0003 with the proposed fix.
-    pub(crate) const FIXED: Design0003 = Design0003 { initial_voters_from_promises: true };
+    pub(crate) const FIXED: Design0003 = Design0003 { fix: true };
+
+    /// Under the fix, a fresh node with a stored cluster id is bound to it
+    /// (it confirmed, or it is forming it): it answers as that cluster's
+    /// member, grants no promise and never forms or joins another.
+    fn bound(&self, cluster: Option<ClusterId>) -> bool {
+        self.fix && cluster.is_some()
+    }
 }
 
 impl Protocol for Design0003 {
     fn name(&self) -> &'static str {
-        if self.initial_voters_from_promises { "0003+fix" } else { "0003" }
+        if self.fix { "0003+fix" } else { "0003" }
     }
 
     /// "Incarnations": a node with empty raft storage draws a new
@@ -44,7 +52,7 @@ impl Protocol for Design0003 {
     /// granting the caller a promise if the caller sorts lower and no
     /// promise to another tagged, online node is held.
     fn answer_probe(&self, granter: &Granter, caller: Node) -> (Answer, Option<Node>) {
-        if granter.has_state {
+        if granter.has_state || self.bound(granter.cluster) {
             let answer = Answer::Member { cluster: granter.cluster, leader: granter.leader };
             return (answer, None);
         }
@@ -53,13 +61,13 @@ impl Protocol for Design0003 {
             None if caller < granter.me => Some(caller),
             other => other,
         };
-        (Answer::Fresh { id: granter.id, promised_to: promise }, promise)
+        (Answer::Fresh { promised_to: promise }, promise)
     }
 
     /// "Bootstrap": a promise is released when its holder is offline or
     /// untagged in the granter's view, or when the granter gets raft state.
     fn keep_promise(&self, granter: &Granter) -> Option<Node> {
-        if granter.has_state {
+        if granter.has_state || self.bound(granter.cluster) {
             return None;
         }
         granter.promise.filter(|&h| granter.view.tagged(h) && granter.view.online(h))
@@ -73,6 +81,17 @@ impl Protocol for Design0003 {
             if view.online(peer) { input.answers[peer as usize] } else { None }
         };
         let peers = || view.peers(input.me);
+        if self.bound(input.cluster) {
+            // The fix: a bound node only joins its own cluster.
+            for peer in peers() {
+                if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer) {
+                    if cluster == input.cluster {
+                        return Decision::Join { cluster, leader };
+                    }
+                }
+            }
+            return Decision::Wait;
+        }
         // 1. A Member whose leader is known: join.
         for peer in peers() {
             if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer) {
@@ -97,9 +116,9 @@ impl Protocol for Design0003 {
         }
         // 5. A peer promised another node (or nobody), or this node holds a
         // promise to another tagged, online node: wait.
-        let promised_elsewhere = peers().any(|p| {
-            !matches!(answer(p), Some(Answer::Fresh { promised_to: Some(h), .. }) if h == input.me)
-        });
+        let promised_elsewhere = peers().any(
+            |p| !matches!(answer(p), Some(Answer::Fresh { promised_to: Some(h) }) if h == input.me),
+        );
         let holds =
             input.promise.is_some_and(|h| h != input.me && view.tagged(h) && view.online(h));
         if promised_elsewhere || holds {
@@ -188,17 +207,24 @@ impl Protocol for Design0003 {
         None
     }
 
-    /// The proposed fix: every peer that promised this node becomes an
-    /// initial voter with it, so the new cluster commits nothing without a
-    /// majority of them; decision 0003 as written forms alone.
-    fn initial_voters(&self, input: &Bootstrap<'_>) -> Set {
-        let me = Set::default().with(input.id);
-        if !self.initial_voters_from_promises {
-            return me;
-        }
-        input.view.peers(input.me).fold(me, |set, peer| match input.answers[peer as usize] {
-            Some(Answer::Fresh { id, promised_to: Some(h) }) if h == input.me => set.with(id),
-            _ => set,
-        })
+    fn confirms(&self) -> bool {
+        self.fix
+    }
+
+    /// The fix: a promiser binds itself to the caller's cluster only while
+    /// it still holds the caller's promise, in one step.
+    fn on_confirm(&self, granter: &Granter, caller: Node) -> bool {
+        self.fix
+            && !granter.has_state
+            && granter.cluster.is_none()
+            && self.keep_promise(granter) == Some(caller)
+    }
+
+    /// The fix: the binders are initial voters with the forming node, so a
+    /// binder that loses its state leaves a voter behind that no new
+    /// incarnation can stand in for.
+    fn initial_voters(&self, me: RaftId, confirmed: Set) -> Set {
+        let me = Set::default().with(me);
+        if self.fix { me.union(confirmed) } else { me }
     }
 }

@@ -215,8 +215,6 @@ pub(crate) enum Answer {
     /// It has no raft state, and has promised this node not to form a
     /// cluster before it (decision 0003).
     Fresh {
-        /// Its raft id.
-        id: RaftId,
         /// The holder of its promise.
         promised_to: Option<Node>,
     },
@@ -227,8 +225,6 @@ pub(crate) enum Answer {
 pub(crate) struct Granter {
     /// The answering node.
     pub(crate) me: Node,
-    /// Its raft id.
-    pub(crate) id: RaftId,
     /// Whether it has raft state (a log or a vote).
     pub(crate) has_state: bool,
     /// Its stored cluster id.
@@ -262,8 +258,6 @@ pub(crate) enum Decision {
 pub(crate) struct Bootstrap<'a> {
     /// This node.
     pub(crate) me: Node,
-    /// Its raft id.
-    pub(crate) id: RaftId,
     /// Its view of the tailnet.
     pub(crate) view: View,
     /// The answer of each node to this node's probes (`None`: no answer,
@@ -271,6 +265,8 @@ pub(crate) struct Bootstrap<'a> {
     pub(crate) answers: &'a [Option<Answer>; MAX_NODES],
     /// The promise this node holds for another node.
     pub(crate) promise: Option<Node>,
+    /// Its stored cluster id (it decided to join, or is bound to one).
+    pub(crate) cluster: Option<ClusterId>,
     /// `BootstrapOptions::follow_only`.
     pub(crate) follow_only: bool,
     /// `BootstrapOptions::expected_size`.
@@ -372,9 +368,20 @@ pub(crate) trait Protocol: Sync {
     fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change>;
     /// One reconciler round on the leader: at most one change.
     fn plan(&self, leader: &Leader<'_>) -> Option<Change>;
-    /// The initial voters of a cluster formed by `me` from `input` (openraft
-    /// `initialize`).
-    fn initial_voters(&self, input: &Bootstrap<'_>) -> Set {
-        Set::default().with(input.id)
+    /// Whether forming goes through a confirm round first (the fix this
+    /// model proposes): the forming node stores a new cluster id and asks
+    /// every promiser to confirm; it initializes once all have.
+    fn confirms(&self) -> bool {
+        false
+    }
+    /// A promiser's step on `caller`'s confirm: `true` binds it to the
+    /// caller's cluster (it stores the cluster id), `false` refuses.
+    fn on_confirm(&self, _granter: &Granter, _caller: Node) -> bool {
+        false
+    }
+    /// The initial voters (openraft `initialize`) of a cluster formed by
+    /// `me`, whose promisers `confirmed` (empty without a confirm round).
+    fn initial_voters(&self, me: RaftId, _confirmed: Set) -> Set {
+        Set::default().with(me)
     }
 }

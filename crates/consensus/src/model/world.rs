@@ -55,6 +55,16 @@ pub(crate) struct Scenario {
     pub(crate) tag_changes: u8,
     /// Whether the leaders' reconcilers run.
     pub(crate) reconcile: bool,
+    /// The nodes faults (crashes, wipes, tag changes) may hit (bit `n` for
+    /// node `n`).
+    pub(crate) faulty: u8,
+    /// Whether cluster 0 starts settled: its lowest member leads term 1 and
+    /// every member has its log, committed (else it starts in term 0, with
+    /// no leader).
+    pub(crate) settled: bool,
+    /// Whether each node's view catches up on its own (else all views catch
+    /// up together, in one step).
+    pub(crate) skew: bool,
 }
 
 /// One log entry.
@@ -209,6 +219,8 @@ impl Msg {
             Body::Probe => 4,
             Body::Answer(_) => 5,
             Body::Join(_) => 6,
+            Body::Confirm(_) => 7,
+            Body::Confirmed { .. } => 8,
         };
         (self.from, self.to, kind)
     }
@@ -216,7 +228,13 @@ impl Msg {
     /// Whether it belongs to a node's HTTP exchanges (probe, answer, join),
     /// which end with the process.
     fn is_http(&self) -> bool {
-        matches!(self.body, Body::Probe | Body::Answer(_) | Body::Join(_))
+        !matches!(
+            self.body,
+            Body::Vote { .. }
+                | Body::VoteReply { .. }
+                | Body::Append { .. }
+                | Body::AppendReply { .. }
+        )
     }
 }
 
@@ -281,6 +299,15 @@ pub(crate) enum Body {
     Answer(Answer),
     /// A join request, to the leader.
     Join(JoinRequest),
+    /// The fix: the forming node asks a promiser to bind to its cluster.
+    Confirm(ClusterId),
+    /// The fix: the promiser is bound.
+    Confirmed {
+        /// The cluster it is bound to.
+        cluster: ClusterId,
+        /// Its raft id.
+        id: RaftId,
+    },
 }
 
 /// Faults and writes still allowed.
@@ -320,6 +347,8 @@ pub(crate) struct World {
     /// Ghost: per formed cluster, its committed log prefix, each entry with
     /// the term of the leader that first committed it.
     pub(crate) committed: Vec<Vec<(Entry, u8)>>,
+    /// The node that drew each cluster id (the index into `committed`).
+    pub(crate) formers: Vec<Node>,
     /// Ghost: (cluster, term, leader) for every election won.
     pub(crate) leaders: Vec<(ClusterId, u8, RaftId)>,
     /// Ghost: the first broken transition invariant.
@@ -370,8 +399,13 @@ pub(crate) enum Action {
     Probe(Node),
     /// A fresh node decides from its answers.
     Decide(Node),
-    /// A message arrives (and stays in flight: it may arrive again).
+    /// The fix: a forming node initializes once all promisers confirmed.
+    Initialize(Node),
+    /// A message arrives (and stays in flight: it may arrive again); the
+    /// answer to a raft request reaches the sender at once.
     Deliver(Msg),
+    /// A raft request arrives; its answer is lost.
+    DeliverLosingReply(Msg),
 }
 
 /// The world under a protocol and a scenario: the model to explore.
@@ -424,8 +458,29 @@ impl System<'_> {
                 node
             })
             .collect();
+        let mut formers = Vec::new();
         if !voters.is_empty() {
             committed.push(Vec::new());
+            formers.push(Node::MAX);
+        }
+        let mut nodes: Vec<NodeState> = nodes;
+        let mut leaders = Vec::new();
+        if s.settled && !voters.is_empty() {
+            let leader = voters.iter().next().unwrap_or(RaftId(0));
+            let mut matched = [None; 16];
+            for (n, node) in nodes.iter_mut().enumerate() {
+                if !voters.has(RaftId::new(n as Node, 0)) {
+                    continue;
+                }
+                node.log.push(Entry { term: 1, cluster: 0, kind: Kind::Blank });
+                node.term = 1;
+                node.voted = Some(leader);
+                node.leader = Some(leader);
+                matched[RaftId::new(n as Node, 0).0 as usize] = Some(1);
+            }
+            nodes[leader.node() as usize].role = Role::Leader { matched, commit: Some(1) };
+            committed[0] = nodes[leader.node() as usize].log.iter().map(|e| (*e, 1)).collect();
+            leaders.push((0, 1, leader));
         }
         World {
             nodes,
@@ -438,7 +493,8 @@ impl System<'_> {
                 tag_changes: s.tag_changes,
             },
             committed,
-            leaders: Vec::new(),
+            formers,
+            leaders,
             broken: None,
         }
     }
@@ -615,6 +671,19 @@ impl System<'_> {
         true
     }
 
+    /// Node `n` initializes its stored cluster (openraft `initialize`).
+    fn initialize(&self, w: &mut World, n: Node, confirmed: Set) {
+        let voters = self.protocol.initial_voters(w.id(n), confirmed);
+        let node = &mut w.nodes[n as usize];
+        let Some(cluster) = node.cluster else { return };
+        node.log.push(Entry {
+            term: 0,
+            cluster,
+            kind: Kind::Config(Config::uniform(voters, Set::default())),
+        });
+        self.settle(w, n);
+    }
+
     fn leader_input<'a>(
         w: &World,
         n: Node,
@@ -648,14 +717,29 @@ impl System<'_> {
         live
     }
 
-    fn deliver(&self, w: &mut World, msg: &Msg) {
+    /// The answer to a raft request reaches its sender at once, or is lost
+    /// (`lost`). A late answer is one whose request was late.
+    fn reply(&self, w: &mut World, msg: Msg, lost: bool) {
+        if !lost {
+            self.deliver(w, &msg, false);
+        }
+    }
+
+    fn deliver(&self, w: &mut World, msg: &Msg, lose_reply: bool) {
         let to = msg.to;
         let node = &w.nodes[to as usize];
         if !node.started || !node.up {
             return;
         }
         // Every port authorizes the caller by its tag in the receiver's view.
-        if !matches!(msg.body, Body::Answer(_)) && !node.view.tagged(msg.from) {
+        let answer = matches!(
+            msg.body,
+            Body::Answer(_)
+                | Body::Confirmed { .. }
+                | Body::VoteReply { .. }
+                | Body::AppendReply { .. }
+        );
+        if !answer && !node.view.tagged(msg.from) {
             return;
         }
         let me = w.id(to);
@@ -686,7 +770,7 @@ impl System<'_> {
                     granted,
                 };
                 self.settle(w, to);
-                self.send(w, Msg { from: to, to: candidate.node(), body: reply });
+                self.reply(w, Msg { from: to, to: candidate.node(), body: reply }, lose_reply);
             }
             Body::VoteReply { cluster, target, term, voter, granted } => {
                 if *target != me || !self.protocol.accepts_raft(node.cluster, *cluster) {
@@ -723,7 +807,7 @@ impl System<'_> {
                         follower: me,
                         matched: None,
                     };
-                    self.send(w, Msg { from: to, to: leader.node(), body: reply });
+                    self.reply(w, Msg { from: to, to: leader.node(), body: reply }, lose_reply);
                     return;
                 }
                 node.term = *term;
@@ -768,7 +852,7 @@ impl System<'_> {
                     matched: Some(entries.len() as u8 - 1),
                 };
                 self.settle(w, to);
-                self.send(w, Msg { from: to, to: leader.node(), body: reply });
+                self.reply(w, Msg { from: to, to: leader.node(), body: reply }, lose_reply);
             }
             Body::AppendReply { cluster, target, term, follower, matched } => {
                 if *target != me || !self.protocol.accepts_raft(node.cluster, *cluster) {
@@ -800,8 +884,21 @@ impl System<'_> {
                 w.nodes[to as usize].promise = promise;
                 self.send(w, Msg { from: to, to: msg.from, body: Body::Answer(answer) });
             }
-            // A fresh node decides from the answers that reached it.
-            Body::Answer(_) => {}
+            // A fresh node decides from the answers that reached it, and
+            // initializes once the confirmations have.
+            Body::Answer(_) | Body::Confirmed { .. } => {}
+            Body::Confirm(cluster) => {
+                let granter = granter(w, to);
+                if self.protocol.on_confirm(&granter, msg.from) {
+                    let former = w.id(msg.from);
+                    let node = &mut w.nodes[to as usize];
+                    node.cluster = Some(*cluster);
+                    node.leader = Some(former);
+                    self.settle(w, to);
+                    let body = Body::Confirmed { cluster: *cluster, id: me };
+                    self.send(w, Msg { from: to, to: msg.from, body });
+                }
+            }
             Body::Join(request) => {
                 let Role::Leader { matched, .. } = node.role else { return };
                 let live = Self::live(w);
@@ -847,8 +944,8 @@ fn collect_garbage(w: &mut World) {
                             && matches!((r.role, matched), (Role::Leader { matched: known, .. }, Some(m))
                                 if known[follower.0 as usize].is_none_or(|k| k < *m))))
             }
-            Body::Answer(_) => !r.has_state(),
-            Body::Probe | Body::Join(_) => true,
+            Body::Answer(_) | Body::Confirmed { .. } => !r.has_state(),
+            Body::Probe | Body::Join(_) | Body::Confirm(_) => true,
         }
     });
 }
@@ -858,7 +955,6 @@ fn granter(w: &World, n: Node) -> Granter {
     let node = &w.nodes[n as usize];
     Granter {
         me: n,
-        id: w.id(n),
         has_state: node.has_state(),
         cluster: node.cluster,
         leader: node.leader,
@@ -882,7 +978,10 @@ impl Model for System<'_> {
                 out.push(Action::Start(n));
                 continue;
             }
-            out.extend([Action::Crash(n), Action::Restart(n), Action::Wipe(n), Action::Tag(n)]);
+            out.push(Action::Restart(n));
+            if self.scenario.faulty & (1 << n) != 0 {
+                out.extend([Action::Crash(n), Action::Wipe(n), Action::Tag(n)]);
+            }
             if !node.up {
                 continue;
             }
@@ -892,6 +991,9 @@ impl Model for System<'_> {
                 Action::Probe(n),
                 Action::Decide(n),
             ]);
+            if self.protocol.confirms() {
+                out.push(Action::Initialize(n));
+            }
             if let (Role::Leader { .. }, Some((_, config))) = (node.role, node.config()) {
                 out.push(Action::Write(n));
                 out.push(Action::Reconcile(n));
@@ -904,6 +1006,9 @@ impl Model for System<'_> {
         for msg in &w.net {
             if !matches!(msg.body, Body::Answer(_)) {
                 out.push(Action::Deliver(msg.clone()));
+                if matches!(msg.body, Body::Vote { .. } | Body::Append { .. }) {
+                    out.push(Action::DeliverLosingReply(msg.clone()));
+                }
             }
         }
     }
@@ -960,11 +1065,15 @@ impl Model for System<'_> {
             }
             Action::Refresh(n) => {
                 let truth = w.truth();
-                if w.nodes[*n as usize].view == truth {
-                    return None;
+                let all: Vec<Node> = if s.skew {
+                    vec![*n]
+                } else {
+                    (0..w.nodes.len() as Node).filter(|&m| w.nodes[m as usize].up).collect()
+                };
+                for m in all {
+                    w.nodes[m as usize].view = truth;
+                    self.settle(&mut w, m);
                 }
-                w.nodes[*n as usize].view = truth;
-                self.settle(&mut w, *n);
             }
             Action::Timeout(n) => {
                 let me = w.id(*n);
@@ -1007,6 +1116,15 @@ impl Model for System<'_> {
             }
             Action::Replicate(n, target) => {
                 let node = &w.nodes[*n as usize];
+                // A follower known to have the whole log gets no heartbeat:
+                // it could only learn what it knows (or, with a newer term,
+                // depose a leader, which no schedule needs).
+                let last = node.log.len() as u8 - 1;
+                if let Role::Leader { matched, .. } = node.role {
+                    if matched[target.0 as usize] == Some(last) {
+                        return None;
+                    }
+                }
                 let body = Body::Append {
                     cluster: node.cluster,
                     target: *target,
@@ -1053,10 +1171,10 @@ impl Model for System<'_> {
                 }
                 let input = Bootstrap {
                     me: *n,
-                    id: w.id(*n),
                     view: node.view,
                     answers: &answers,
                     promise: node.promise,
+                    cluster: node.cluster,
                     follow_only: false,
                     expected_size: s.expected_size,
                 };
@@ -1073,26 +1191,51 @@ impl Model for System<'_> {
                         );
                     }
                     Decision::Form => {
-                        let formed = w.committed.len() as u8;
-                        if formed >= MAX_CLUSTERS {
+                        let drawn = w.committed.len() as u8;
+                        if drawn >= MAX_CLUSTERS {
                             return None;
                         }
-                        let voters = self.protocol.initial_voters(&input);
                         w.committed.push(Vec::new());
+                        w.formers.push(*n);
+                        let me = w.id(*n);
                         let node = &mut w.nodes[*n as usize];
-                        node.cluster = Some(formed);
-                        node.log.push(Entry {
-                            term: 0,
-                            cluster: formed,
-                            kind: Kind::Config(Config::uniform(voters, Set::default())),
-                        });
-                        self.settle(&mut w, *n);
+                        node.cluster = Some(drawn);
+                        if self.protocol.confirms() {
+                            node.leader = Some(me);
+                            let peers: Vec<Node> = node.view.online_peers(*n).collect();
+                            for peer in peers {
+                                let body = Body::Confirm(drawn);
+                                self.send(&mut w, Msg { from: *n, to: peer, body });
+                            }
+                        } else {
+                            self.initialize(&mut w, *n, Set::default());
+                        }
                     }
                 }
             }
-            Action::Deliver(msg) => {
-                self.deliver(&mut w, msg);
+            Action::Initialize(n) => {
+                // The fix: initialize once every tagged peer confirmed.
+                let node = &w.nodes[*n as usize];
+                let cluster = node.cluster?;
+                if node.has_state() || w.formers[cluster as usize] != *n {
+                    return None;
+                }
+                let mut confirmed = Set::default();
+                for peer in node.view.peers(*n) {
+                    let id = w.net.iter().find_map(|m| match m.body {
+                        Body::Confirmed { cluster: c, id }
+                            if m.to == *n && m.from == peer && c == cluster =>
+                        {
+                            Some(id)
+                        }
+                        _ => None,
+                    })?;
+                    confirmed = confirmed.with(id);
+                }
+                self.initialize(&mut w, *n, confirmed);
             }
+            Action::Deliver(msg) => self.deliver(&mut w, msg, false),
+            Action::DeliverLosingReply(msg) => self.deliver(&mut w, msg, true),
         }
         collect_garbage(&mut w);
         (w != *before).then_some(w)
@@ -1116,7 +1259,9 @@ impl Model for System<'_> {
             Action::Reconcile(n) => format!("{} runs the membership reconciler", name(n)),
             Action::Probe(n) => format!("{} probes its online tagged peers", name(n)),
             Action::Decide(n) => format!("{} decides", name(n)),
+            Action::Initialize(n) => format!("{} initializes its cluster", name(n)),
             Action::Deliver(m) => format!("deliver {}", show_msg(m)),
+            Action::DeliverLosingReply(m) => format!("deliver {}, lose the answer", show_msg(m)),
         };
         if let Some(after) = self.next(before, action) {
             let notes = changes(before, &after);
@@ -1200,6 +1345,8 @@ fn show_msg(m: &Msg) -> String {
         Body::Probe => "probe".to_owned(),
         Body::Answer(a) => format!("answer {a:?}"),
         Body::Join(r) => format!("join as {:?} (cluster {:?})", r.id, r.cluster),
+        Body::Confirm(c) => format!("confirm cluster {c}"),
+        Body::Confirmed { cluster, id } => format!("confirmed cluster {cluster} ({id:?})"),
     };
     format!("{from}->{to} {body}")
 }
