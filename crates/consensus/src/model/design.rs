@@ -84,10 +84,10 @@ impl Protocol for Design0003 {
         if self.bound(input.cluster) {
             // The fix: a bound node only joins its own cluster.
             for peer in peers() {
-                if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer) {
-                    if cluster == input.cluster {
-                        return Decision::Join { cluster, leader };
-                    }
+                if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer)
+                    && cluster == input.cluster
+                {
+                    return Decision::Join { cluster, leader };
                 }
             }
             return Decision::Wait;
@@ -160,10 +160,12 @@ impl Protocol for Design0003 {
         let view = leader.view;
         // 1. Replace a stale incarnation by its caught-up learner.
         for old in config.voters().iter().filter(|v| *v != leader.me) {
-            if let Some(live) = leader.live[old.node() as usize] {
-                if live.id != old && config.learners.has(live.id) && leader.caught_up(live.id) {
-                    return Some(Change::Replace { old, new: live.id });
-                }
+            if let Some(live) = leader.live[old.node() as usize]
+                && live.id != old
+                && config.learners.has(live.id)
+                && leader.caught_up(live.id)
+            {
+                return Some(Change::Replace { old, new: live.id });
             }
         }
         // 2. Remove a member whose tag was revoked or that left the tailnet,
@@ -195,13 +197,12 @@ impl Protocol for Design0003 {
         // 4. Add back a tagged, online non-member that answers as a member of
         // this cluster with its own raft id.
         for node in view.online_peers(leader.me.node()) {
-            if let Some(live) = leader.live[node as usize] {
-                if live.has_state
-                    && live.cluster == leader.cluster
-                    && !config.members().has(live.id)
-                {
-                    return Some(Change::AddLearner(live.id));
-                }
+            if let Some(live) = leader.live[node as usize]
+                && live.has_state
+                && live.cluster == leader.cluster
+                && !config.members().has(live.id)
+            {
+                return Some(Change::AddLearner(live.id));
             }
         }
         None

@@ -1120,10 +1120,10 @@ impl Model for System<'_> {
                 // it could only learn what it knows (or, with a newer term,
                 // depose a leader, which no schedule needs).
                 let last = node.log.len() as u8 - 1;
-                if let Role::Leader { matched, .. } = node.role {
-                    if matched[target.0 as usize] == Some(last) {
-                        return None;
-                    }
+                if let Role::Leader { matched, .. } = node.role
+                    && matched[target.0 as usize] == Some(last)
+                {
+                    return None;
                 }
                 let body = Body::Append {
                     cluster: node.cluster,
@@ -1391,10 +1391,8 @@ fn changes(before: &World, after: &World) -> String {
             notes.push(format!("{name} sees {:?}", a.view));
         }
     }
-    if let Some(broken) = &after.broken {
-        if before.broken.is_none() {
-            notes.push(format!("BROKEN: {broken:?}"));
-        }
+    if let (Some(broken), None) = (&after.broken, &before.broken) {
+        notes.push(format!("BROKEN: {broken:?}"));
     }
     notes.join("; ")
 }
