@@ -45,6 +45,8 @@ mod decide;
 mod error;
 mod machine;
 mod membership;
+#[cfg(test)]
+mod model;
 mod monitor;
 mod node;
 mod operation;

@@ -1,0 +1,170 @@
+//! The checks of issue 12: the legacy logic loses acknowledged writes and
+//! forms a second cluster; decision 0003 does neither within the bounds.
+
+use super::design::Design0003;
+use super::explorer::{Bounds, Report, explore};
+use super::legacy::Legacy;
+use super::protocol::Protocol;
+use super::world::{
+    NO_LOST_COMMIT, NO_LOST_WRITE, ONE_LEADER_PER_TERM, SINGLE_CLUSTER, Scenario, Start, System,
+};
+
+/// Larger bounds from the environment, for runs outside the gate:
+/// `TSC_MODEL_EXTRA=k` adds `k` to every budget (terms, writes, crashes,
+/// wipes, tag changes) and `2k` to the longest log of the checks that must
+/// pass; `TSC_MODEL_MAX_STATES=n` raises their state bound.
+fn larger(mut scenario: Scenario, mut bounds: Bounds) -> (Scenario, Bounds) {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(k) = var("TSC_MODEL_EXTRA") {
+        let k = k.min(8) as u8;
+        scenario.max_term += k;
+        scenario.max_log += 2 * k;
+        scenario.writes += k;
+        scenario.crashes += k;
+        scenario.wipes += k;
+        scenario.tag_changes += k;
+    }
+    if let Some(n) = var("TSC_MODEL_MAX_STATES") {
+        bounds.max_states = n;
+    }
+    (scenario, bounds)
+}
+
+/// A check that must find no violation.
+fn holds(protocol: &dyn Protocol, scenario: Scenario, bounds: Bounds) -> Report {
+    let (scenario, bounds) = larger(scenario, bounds);
+    let report = check(protocol, scenario, bounds);
+    assert!(report.violations.is_empty(), "{}", report.violations[0]);
+    report
+}
+
+fn check(protocol: &dyn Protocol, scenario: Scenario, bounds: Bounds) -> Report {
+    let system = System { protocol, scenario: scenario.clone() };
+    let report = explore(&system, bounds);
+    eprintln!("{} on {scenario:?}:\n  {}", protocol.name(), report.summary());
+    eprintln!("  new states by depth: {:?}", report.levels);
+    for violation in &report.violations {
+        eprintln!("{violation}");
+    }
+    report
+}
+
+/// Three voters of one cluster, one wipe, one write.
+fn amnesia() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Member, Start::Member, Start::Member],
+        expected_size: 3,
+        max_term: 2,
+        max_log: 3,
+        writes: 1,
+        crashes: 0,
+        wipes: 1,
+        tag_changes: 0,
+        reconcile: false,
+        faulty: 0b1111,
+        settled: false,
+        skew: true,
+    }
+}
+
+/// Three voters of one cluster and a late node with the lowest stable id.
+fn late_lowest() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Late, Start::Member, Start::Member, Start::Member],
+        expected_size: 3,
+        max_term: 1,
+        max_log: 2,
+        writes: 0,
+        crashes: 0,
+        wipes: 0,
+        tag_changes: 0,
+        reconcile: false,
+        faulty: 0b1111,
+        settled: false,
+        skew: true,
+    }
+}
+
+const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 40, stop_when_found: None };
+
+#[test]
+fn legacy_loses_an_acknowledged_write_after_a_wipe() {
+    let bounds = Bounds { stop_when_found: Some(NO_LOST_WRITE), ..FIND };
+    let report = check(&Legacy, amnesia(), bounds);
+    let found = report.violation(NO_LOST_WRITE).expect("the checker finds the amnesia bug");
+    assert!(found.trace.iter().any(|s| s.contains("loses its raft state")), "{found}");
+}
+
+#[test]
+fn legacy_forms_a_second_cluster() {
+    let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
+    let report = check(&Legacy, late_lowest(), bounds);
+    let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the second cluster");
+    assert!(found.trace.iter().any(|s| s.contains("a decides")), "{found}");
+}
+
+#[test]
+fn design_0003_keeps_acknowledged_writes_through_a_wipe() {
+    let scenario = Scenario { reconcile: true, ..amnesia() };
+    let report = holds(&Design0003::AS_WRITTEN, scenario, FIND);
+    assert!(report.complete, "{}", report.summary());
+    let _ = (ONE_LEADER_PER_TERM, NO_LOST_COMMIT);
+}
+
+/// Three fresh nodes, `expected_size` 2 (more than half of three), one tag
+/// change.
+fn fresh_three() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
+        expected_size: 2,
+        max_term: 1,
+        max_log: 2,
+        writes: 0,
+        crashes: 0,
+        wipes: 0,
+        tag_changes: 1,
+        reconcile: false,
+        faulty: 0b1111,
+        settled: false,
+        skew: true,
+    }
+}
+
+#[test]
+fn design_0003_as_written_forms_two_clusters_on_a_released_promise() {
+    let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
+    let report = check(&Design0003::AS_WRITTEN, fresh_three(), bounds);
+    let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the stale promise");
+    assert!(found.trace.iter().any(|s| s.contains("tag is revoked")), "{found}");
+}
+
+#[test]
+fn design_0003_fixed_bootstrap() {
+    let report = holds(&Design0003::FIXED, fresh_three(), FIND);
+    assert!(report.complete && !report.depth_cut, "{}", report.summary());
+}
+
+/// Three voters of one cluster, a late fresh node, a wipe, a tag change,
+/// two writes.
+fn running_four() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Member, Start::Member, Start::Member, Start::Late],
+        expected_size: 3,
+        max_term: 2,
+        max_log: 7,
+        writes: 1,
+        crashes: 0,
+        wipes: 1,
+        tag_changes: 1,
+        reconcile: true,
+        faulty: 0b0010,
+        settled: true,
+        skew: false,
+    }
+}
+
+#[test]
+fn design_0003_running_four() {
+    let bounds = Bounds { max_states: 600_000, ..FIND };
+    holds(&Design0003::FIXED, running_four(), bounds);
+}
