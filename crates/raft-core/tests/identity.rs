@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use raft_core::network::frame::{self, Message};
-use raft_core::{ClientId, ClusterId, NodeId, RaftNode, Role, StartError, Storage};
+use raft_core::{ClusterId, NodeId, Outcome, RaftNode, Role, StartError, Storage};
 use ts_transport::{MemNetwork, Transport as _};
 
 async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {
@@ -61,7 +61,9 @@ async fn the_leaders_of_two_clusters_never_reach_each_other() {
     assert_ne!(a.cluster_id(), b.cluster_id());
     for node in [&a, &b] {
         node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
-        node.propose(ClientId(1), 1, b"mine".to_vec()).await.unwrap();
+        let client = node.register_session().await.unwrap();
+        let outcome = node.propose(client, 1, b"mine".to_vec()).await.unwrap();
+        assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
     }
     // a's leader tries to take b in: b refuses a's connections.
     let added = a.add_learner(b.id(), b.info().clone(), Duration::from_secs(2)).await;
@@ -166,9 +168,12 @@ async fn a_fresh_identity_clears_a_leftover_snapshot() {
     let old_id = node.id();
     form(&[&node]).await;
     node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+    let client = node.register_session().await.unwrap();
     for seq in 1..=5 {
-        node.propose(ClientId(1), seq, format!("c{seq}").into_bytes()).await.unwrap();
+        let outcome = node.propose(client, seq, format!("c{seq}").into_bytes()).await.unwrap();
+        assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
     }
+    assert_eq!(node.read_local(|r| r.applied.len()), 5);
     node.snapshot_now(WAIT).await.unwrap();
     node.shutdown().await;
     drop(node);
@@ -189,7 +194,9 @@ async fn a_stale_incarnation_is_swapped_for_the_new_one_in_one_change() {
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
     let stale = (leader + 1) % 3;
-    cluster.propose(leader, ClientId(1), 1, b"before").await.unwrap();
+    let client = cluster.register(leader).await;
+    let outcome = cluster.propose(leader, client, 1, b"before").await.unwrap();
+    assert!(matches!(outcome, Outcome::Applied(_)), "{outcome:?}");
     let history: Arc<Mutex<Vec<BTreeSet<NodeId>>>> = Arc::default();
     let mut watch = cluster.node(leader).subscribe();
     let recorder = {
