@@ -15,9 +15,11 @@
 //	    two in-process tsnet nodes: single-stream throughput, 64-byte echo
 //	    round trips (p50/p99, serial rate) and 64 streams of echoes.
 //	gobench node      -control-url U -hostname H -state-dir D -local-port P -tag T
+//	                  [-peers N] [-wait-start]
 //	    one tsconsensus node with durable state in a process of its own, and a
 //	    line interface on 127.0.0.1:P shaped like the kv example's (put, status);
-//	    it exits when stdin closes.
+//	    it starts once it sees N tagged peers (and, with -wait-start, a line on
+//	    stdin), and exits when stdin closes.
 //
 // tsconsensus keeps its *raft.Raft unexported and has no call for the role,
 // term or log index. The benchmark needs them (which node leads, elections
@@ -88,13 +90,14 @@ func emit(v any) {
 	os.Stdout.Write(append(b, '\n'))
 }
 
-// cpuTime is this process's user plus system CPU time.
-func cpuTime() time.Duration {
+// cpuTime is this process's user plus system CPU time, and its voluntary
+// and involuntary context switches (all threads).
+func cpuTime() (time.Duration, int64) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw + ru.Nivcsw
 }
 
 // ---------------------------------------------------------------------------
@@ -161,7 +164,8 @@ func newNode(ctx context.Context, controlURL, hostname, dir string, ephemeral bo
 	return nil, netip.Addr{}, fmt.Errorf("%s has no tailnet IPv4", hostname)
 }
 
-// waitTagged waits until s sees itself and want other peers carrying tag.
+// waitTagged waits until s sees itself and peers other online nodes carrying
+// tag.
 func waitTagged(ctx context.Context, s *tsnet.Server, tag string, peers int) error {
 	lc, err := s.LocalClient()
 	if err != nil {
@@ -173,7 +177,7 @@ func waitTagged(ctx context.Context, s *tsnet.Server, tag string, peers int) err
 		if err == nil && st.Self != nil && st.Self.Tags != nil && slices.Contains(st.Self.Tags.AsSlice(), tag) {
 			n := 0
 			for _, p := range st.Peer {
-				if p.Tags != nil && slices.Contains(p.Tags.AsSlice(), tag) {
+				if p.Online && p.Tags != nil && slices.Contains(p.Tags.AsSlice(), tag) {
 					n++
 				}
 			}
@@ -289,22 +293,23 @@ func statU64(r *raft.Raft, name string) uint64 {
 // cluster mode.
 
 type clusterResult struct {
-	Kind        string  `json:"kind"`
-	Nodes       int     `json:"nodes"`
-	Callers     int     `json:"callers"`
-	Size        int     `json:"size"`
-	Storage     string  `json:"storage"`
-	Target      string  `json:"target"`
-	Ops         int     `json:"ops"`
-	Seconds     float64 `json:"seconds"`
-	OpsPerS     float64 `json:"ops_per_s"`
-	P50us       float64 `json:"p50_us"`
-	P99us       float64 `json:"p99_us"`
-	P999us      float64 `json:"p999_us"`
-	CPUusPerOp  float64 `json:"cpu_us_per_op"`
-	EntriesPerS float64 `json:"entries_per_s"`
-	Errors      int     `json:"errors"`
-	TermChanges uint64  `json:"term_changes"`
+	Kind          string  `json:"kind"`
+	Nodes         int     `json:"nodes"`
+	Callers       int     `json:"callers"`
+	Size          int     `json:"size"`
+	Storage       string  `json:"storage"`
+	Target        string  `json:"target"`
+	Ops           int     `json:"ops"`
+	Seconds       float64 `json:"seconds"`
+	OpsPerS       float64 `json:"ops_per_s"`
+	P50us         float64 `json:"p50_us"`
+	P99us         float64 `json:"p99_us"`
+	P999us        float64 `json:"p999_us"`
+	CPUusPerOp    float64 `json:"cpu_us_per_op"`
+	EntriesPerS   float64 `json:"entries_per_s"`
+	SwitchesPerOp float64 `json:"switches_per_op"`
+	Errors        int     `json:"errors"`
+	TermChanges   uint64  `json:"term_changes"`
 }
 
 type member struct {
@@ -431,7 +436,7 @@ func clusterMode(args []string) error {
 	lr := members[leader].r
 	logBefore := statU64(lr, "last_log_index")
 	termBefore := statU64(lr, "term")
-	cpuBefore := cpuTime()
+	cpuBefore, switchesBefore := cpuTime()
 	started := time.Now()
 	deadline := started.Add(*duration)
 	samples := make([][]time.Duration, *callers)
@@ -456,7 +461,8 @@ func clusterMode(args []string) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(started)
-	cpu := cpuTime() - cpuBefore
+	cpuAfter, switchesAfter := cpuTime()
+	cpu := cpuAfter - cpuBefore
 	var all []time.Duration
 	for _, s := range samples {
 		all = append(all, s...)
@@ -470,22 +476,23 @@ func clusterMode(args []string) error {
 		return float64(all[i].Nanoseconds()) / 1e3
 	}
 	emit(clusterResult{
-		Kind:        "cluster",
-		Nodes:       *nodes,
-		Callers:     *callers,
-		Size:        *size,
-		Storage:     *storage,
-		Target:      *target,
-		Ops:         len(all),
-		Seconds:     elapsed.Seconds(),
-		OpsPerS:     float64(len(all)) / elapsed.Seconds(),
-		P50us:       at(0.50),
-		P99us:       at(0.99),
-		P999us:      at(0.999),
-		CPUusPerOp:  float64(cpu.Microseconds()) / float64(len(all)),
-		EntriesPerS: float64(statU64(lr, "last_log_index")-logBefore) / elapsed.Seconds(),
-		Errors:      int(failures.Load()),
-		TermChanges: statU64(lr, "term") - termBefore,
+		Kind:          "cluster",
+		Nodes:         *nodes,
+		Callers:       *callers,
+		Size:          *size,
+		Storage:       *storage,
+		Target:        *target,
+		Ops:           len(all),
+		Seconds:       elapsed.Seconds(),
+		OpsPerS:       float64(len(all)) / elapsed.Seconds(),
+		P50us:         at(0.50),
+		P99us:         at(0.99),
+		P999us:        at(0.999),
+		CPUusPerOp:    float64(cpu.Microseconds()) / float64(len(all)),
+		EntriesPerS:   float64(statU64(lr, "last_log_index")-logBefore) / elapsed.Seconds(),
+		SwitchesPerOp: float64(switchesAfter-switchesBefore) / float64(len(all)),
+		Errors:        int(failures.Load()),
+		TermChanges:   statU64(lr, "term") - termBefore,
 	})
 	return nil
 }
@@ -755,6 +762,8 @@ func nodeMode(args []string) error {
 	stateDir := fs.String("state-dir", "", "tailnet and raft (BoltDB) state")
 	localPort := fs.Int("local-port", 0, "line interface port on 127.0.0.1")
 	tag := fs.String("tag", "tag:gobench", "cluster tag")
+	peers := fs.Int("peers", 0, "tagged online peers to wait for before starting")
+	waitStart := fs.Bool("wait-start", false, "start tsconsensus only once a line arrives on stdin")
 	fs.Parse(args)
 	if *hostname == "" || *stateDir == "" || *localPort <= 0 || *localPort > 65535 {
 		return errors.New("node needs -hostname, -state-dir and -local-port")
@@ -765,8 +774,17 @@ func nodeMode(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := waitTagged(ctx, s, *tag, 0); err != nil {
+	if err := waitTagged(ctx, s, *tag, *peers); err != nil {
 		return err
+	}
+	// tsconsensus bootstraps a cluster of its own when it finds no peer to
+	// join, and a peer refuses a join from a node it does not yet see
+	// tagged; whoever starts the nodes orders them through stdin.
+	stdin := bufio.NewReader(os.Stdin)
+	if *waitStart {
+		if _, err := stdin.ReadString('\n'); err != nil {
+			return fmt.Errorf("waiting for the start line: %w", err)
+		}
 	}
 	cfg := tsconsensus.DefaultConfig()
 	cfg.Raft.LogLevel = "WARN"
@@ -800,7 +818,7 @@ func nodeMode(args []string) error {
 	}()
 	// Like the kv example with --exit-on-stdin-eof; the process exits
 	// without stopping the node, as a crash would.
-	io.Copy(io.Discard, os.Stdin)
+	io.Copy(io.Discard, stdin)
 	return nil
 }
 
