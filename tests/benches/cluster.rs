@@ -654,6 +654,19 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
         tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
         nodes.push(node);
     }
+    for node in &nodes {
+        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+            .expect("LocalAPI");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !api
+            .status()
+            .await
+            .is_ok_and(|v| v.cluster(&tag).members.len() == 2 && v.self_node.has_tag(&tag))
+        {
+            assert!(Instant::now() < deadline, "tags did not propagate");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut starts = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())

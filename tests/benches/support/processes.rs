@@ -678,6 +678,10 @@ pub(crate) async fn run(
     let mut cluster = Cluster { options, tailnet, tag: format!("tag:{name}{serial}"), nodes };
     let result = drive(&mut cluster).await.map_err(|e| format!("{e} (logs in {})", work.display()));
     cluster.shutdown().await;
+    if result.is_ok() {
+        // State and logs are kept only when something failed.
+        let _ = std::fs::remove_dir_all(&work);
+    }
     result
 }
 
