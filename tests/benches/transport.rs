@@ -1,7 +1,9 @@
 //! Raw transport ceilings: single-stream throughput and 64-byte
 //! request/response round trips, over tsnet on the local tailnet and over
 //! TCP on loopback. Run with `cargo xtask bench transport`; it prints a
-//! Markdown table for `docs/benchmarks.md`. (`cargo xtask bench` measures
+//! Markdown table for `docs/benchmarks.md`. With `--quick` (`cargo bench -p
+//! tests --bench transport -- --quick`) it moves less data and does fewer
+//! rounds. (`cargo xtask bench` measures
 //! the tsnet row again next to Go's tsnet, in the same run.)
 //!
 //! Everything later layers do is measured against these numbers.
@@ -19,6 +21,8 @@ use tests::tailnet::LocalTailnet;
 use ts_transport::{TcpTransport, Transport};
 
 fn main() {
+    let amounts =
+        if std::env::args().any(|a| a == "--quick") { Amounts::QUICK } else { Amounts::FULL };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -26,7 +30,7 @@ fn main() {
 
         let tcp_a = Arc::new(TcpTransport::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
         let tcp_b = Arc::new(TcpTransport::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
-        let tcp = rawnet::measure(tcp_a, tcp_b, 17100, Amounts::FULL).await;
+        let tcp = rawnet::measure(tcp_a, tcp_b, 17100, amounts).await;
         reports.push(("TcpTransport, loopback", "kernel loopback".to_owned(), tcp));
 
         let tailnet = LocalTailnet::start().await.expect("local tailnet");
@@ -37,7 +41,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let path = rawnet::tailnet_path(&a, b.local_addrs()[0]).await;
         let report =
-            rawnet::measure(Arc::new(a.clone()), Arc::new(b.clone()), 17200, Amounts::FULL).await;
+            rawnet::measure(Arc::new(a.clone()), Arc::new(b.clone()), 17200, amounts).await;
         reports.push(("TsnetTransport, local tailnet", path, report));
         a.close().await;
         b.close().await;
