@@ -715,6 +715,7 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
     let switches = context_switches().saturating_sub(switches_before);
     let events = tap.events();
     let counts = tap.counts();
+    let ips: Vec<IpAddr> = nodes.iter().map(|n| n.local_addrs()[0]).collect();
     for n in cluster {
         n.stop(StopMode::Stay).await.expect("stop");
     }
@@ -725,13 +726,15 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
     let n = commands as f64;
     let role = |i: usize| {
         if i == leader {
-            "leader"
+            format!("leader (n{i})")
         } else if i == target {
-            "follower (called)"
+            format!("follower n{i} (called)")
         } else {
-            "follower"
+            format!("follower n{i}")
         }
     };
+    let peer =
+        |ip: IpAddr| ips.iter().position(|a| *a == ip).map_or(ip.to_string(), |i| format!("n{i}"));
     let mut out = format!(
         "{commands} commands, 1 caller, sent to the {}; 3 nodes in one process on the local tailnet, memory storage.\n\n\
          | Node | Port | Direction | Writes or reads per command | Raft frames per command | Bytes per command |\n|---|---|---|---:|---:|---:|\n",
@@ -833,17 +836,18 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
         let next = windows.get(k + 1).map_or(end, |w| w.0);
         let _ = writeln!(
             out,
-            "\nTimeline of one command of median latency ({:.0} µs), until the next command starts:\n\n| µs after the call | Node | Port | | Bytes | Raft frames |\n|---:|---|---|---|---:|---:|",
+            "\nTimeline of one command of median latency ({:.0} µs), until the next command starts:\n\n| µs after the call | Node | Port | | Other end | Bytes | Raft frames |\n|---:|---|---|---|---|---:|---:|",
             med.as_secs_f64() * 1e6
         );
         for ev in events.iter().filter(|ev| ev.at >= start && ev.at < next) {
             let _ = writeln!(
                 out,
-                "| {:.0} | {} | {} | {:?} | {} | {} |",
+                "| {:.0} | {} | {} | {:?} | {} | {} | {} |",
                 (ev.at - start).as_secs_f64() * 1e6,
                 role(ev.node),
                 if ev.port == raft_port { "raft" } else { "command" },
                 ev.dir,
+                peer(ev.peer),
                 ev.bytes,
                 ev.frames
             );
@@ -1042,10 +1046,10 @@ fn main() {
         if let Some(bin) = &args.kv_bin {
             flavors.push(proc_options(processes::Flavor::Kv, bin.clone()));
         }
-        if let Some(go) = &go {
-            if args.kv_bin.is_some() {
-                flavors.push(proc_options(processes::Flavor::Go, go.bin.clone()));
-            }
+        if let Some(go) = &go
+            && args.kv_bin.is_some()
+        {
+            flavors.push(proc_options(processes::Flavor::Go, go.bin.clone()));
         }
         for options in flavors {
             serial += 1;

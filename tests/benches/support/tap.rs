@@ -32,6 +32,8 @@ pub(crate) struct Event {
     pub(crate) node: usize,
     /// The service port (raft or command) the stream belongs to.
     pub(crate) port: u16,
+    /// The other end's address.
+    pub(crate) peer: IpAddr,
     pub(crate) dir: Dir,
     pub(crate) bytes: usize,
     /// Raft frames that started in these bytes (0 for other ports).
@@ -88,12 +90,12 @@ impl Tap {
         lock(&self.counts).clone()
     }
 
-    fn note(&self, node: usize, port: u16, dir: Dir, bytes: usize, frames: usize) {
+    fn note(&self, node: usize, port: u16, peer: IpAddr, dir: Dir, bytes: usize, frames: usize) {
         if !self.enabled.load(Ordering::Acquire) {
             return;
         }
         let at = self.now();
-        lock(&self.events).push(Event { at, node, port, dir, bytes, frames });
+        lock(&self.events).push(Event { at, node, port, peer, dir, bytes, frames });
         let mut counts = lock(&self.counts);
         let c = counts.entry((node, port, dir)).or_default();
         c.calls += 1;
@@ -110,11 +112,12 @@ pub(crate) struct Tapped {
 }
 
 impl Tapped {
-    fn wrap(&self, stream: BoxStream, port: u16) -> BoxStream {
+    fn wrap(&self, stream: BoxStream, port: u16, peer: IpAddr) -> BoxStream {
         Box::new(TappedStream {
             inner: stream,
             node: self.node,
             port,
+            peer,
             tap: self.tap.clone(),
             raft: port == self.tap.raft_port,
             sent: FrameCounter::default(),
@@ -149,7 +152,7 @@ impl Transport for Tapped {
     ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
         Box::pin(async move {
             let stream = self.inner.dial(addr, port, timeout).await?;
-            Ok(self.wrap(stream, port))
+            Ok(self.wrap(stream, port, addr))
         })
     }
 
@@ -168,7 +171,7 @@ impl Listener for TappedListener {
     fn accept(&self) -> BoxFuture<'_, Result<(BoxStream, PeerAddr), TransportError>> {
         Box::pin(async move {
             let (stream, peer) = self.inner.accept().await?;
-            Ok((self.transport.wrap(stream, self.port), peer))
+            Ok((self.transport.wrap(stream, self.port, peer.ip()), peer))
         })
     }
 
@@ -217,6 +220,7 @@ struct TappedStream {
     inner: BoxStream,
     node: usize,
     port: u16,
+    peer: IpAddr,
     tap: Arc<Tap>,
     raft: bool,
     sent: FrameCounter,
@@ -236,7 +240,7 @@ impl AsyncRead for TappedStream {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
                 let frames = if this.raft { this.received.feed(new) } else { 0 };
-                this.tap.note(this.node, this.port, Dir::Recv, new.len(), frames);
+                this.tap.note(this.node, this.port, this.peer, Dir::Recv, new.len(), frames);
             }
         }
         result
@@ -251,11 +255,11 @@ impl AsyncWrite for TappedStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                let frames = if this.raft { this.sent.feed(&buf[..n]) } else { 0 };
-                this.tap.note(this.node, this.port, Dir::Send, n, frames);
-            }
+        if let Poll::Ready(Ok(n)) = result
+            && n > 0
+        {
+            let frames = if this.raft { this.sent.feed(&buf[..n]) } else { 0 };
+            this.tap.note(this.node, this.port, this.peer, Dir::Send, n, frames);
         }
         result
     }
