@@ -11,9 +11,12 @@
 //! Everything later layers do is measured against these numbers.
 //!
 //! For profiling, environment variables narrow a run:
-//! `TRANSPORT_BENCH_ONLY=tcp,tsnet,go` (any subset), `TRANSPORT_BENCH_ROUNDS`
-//! (measured round trips, default 5000) and `TRANSPORT_BENCH_BULK_RUNS`
-//! (0 skips the bulk transfers).
+//! `TRANSPORT_BENCH_ONLY=tcp,socketpair,tsnet,go` (any subset; `socketpair`
+//! is `TsnetTransport` on the socketpair data path, `tsnet` on the direct
+//! one), `TRANSPORT_BENCH_ROUNDS` (measured round trips, default 5000),
+//! `TRANSPORT_BENCH_BULK_RUNS` (0 skips the bulk transfers) and
+//! `TRANSPORT_BENCH_REPEATS` (how many times the tailnet rows take turns,
+//! default 3).
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,8 +25,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tests::tailnet::LocalTailnet;
+use tests::tailnet::{LocalTailnet, UP_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ts_transport::tsnet::{DataPath, TsnetTransport};
 use ts_transport::{BoxStream, Listener, TcpTransport, Transport};
 
 const BULK_BYTES: usize = 256 << 20;
@@ -68,7 +72,9 @@ impl Settings {
         Settings {
             only: std::env::var("TRANSPORT_BENCH_ONLY")
                 .map(|v| v.split(',').map(str::to_owned).collect())
-                .unwrap_or_else(|_| vec!["tcp".into(), "tsnet".into(), "go".into()]),
+                .unwrap_or_else(|_| {
+                    ["tcp", "socketpair", "tsnet", "go"].map(str::to_owned).to_vec()
+                }),
             rtt_rounds: number("TRANSPORT_BENCH_ROUNDS", RTT_ROUNDS),
             bulk_runs: number("TRANSPORT_BENCH_BULK_RUNS", BULK_RUNS),
         }
@@ -120,15 +126,17 @@ async fn bulk(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr, runs: us
     let mut rates = Vec::new();
     for _ in 0..runs {
         let (mut client, mut server) = connect(a, listener, b_ip).await;
-        let chunk = vec![0x5au8; 1 << 20];
         let started = Instant::now();
-        let sender = async {
+        // Tasks of their own, as a program's would be (not the thread
+        // blocked in `block_on`, which every wake-up would cost a hop).
+        let sender = tokio::spawn(async move {
+            let chunk = vec![0x5au8; 1 << 20];
             for _ in 0..BULK_BYTES / chunk.len() {
                 client.write_all(&chunk).await.expect("write");
             }
             client.shutdown().await.expect("shutdown");
-        };
-        let receiver = async {
+        });
+        let receiver = tokio::spawn(async move {
             let mut buf = vec![0u8; 1 << 16];
             let mut total = 0;
             loop {
@@ -138,8 +146,9 @@ async fn bulk(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr, runs: us
                 }
                 total += n;
             }
-        };
-        let ((), received) = tokio::join!(sender, receiver);
+        });
+        sender.await.expect("sender task");
+        let received = receiver.await.expect("receiver task");
         assert_eq!(received, BULK_BYTES);
         rates.push(BULK_BYTES as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
     }
@@ -189,11 +198,16 @@ async fn measure(
     let echo: Arc<dyn Listener> = Arc::from(b.listen(port + 1).await.expect("listen"));
     let server = tokio::spawn(echo_server(echo.clone()));
     let mut stream = a.dial(b_ip, echo.local_port(), DIAL_TIMEOUT).await.expect("dial");
-    ping_pong(&mut stream, RTT_WARMUP).await;
     let rounds = settings.rtt_rounds;
-    let (before, started) = (Usage::now(), Instant::now());
-    let mut samples = ping_pong(&mut stream, rounds).await;
-    let (elapsed, after) = (started.elapsed(), Usage::now());
+    // In a task of its own, as a program's would be (see `bulk`).
+    let (mut samples, before, elapsed, after) = tokio::spawn(async move {
+        ping_pong(&mut stream, RTT_WARMUP).await;
+        let (before, started) = (Usage::now(), Instant::now());
+        let samples = ping_pong(&mut stream, rounds).await;
+        (samples, before, started.elapsed(), Usage::now())
+    })
+    .await
+    .expect("ping task");
     let serial_rps = rounds as f64 / elapsed.as_secs_f64();
     let (cpu_per_rtt, switches_per_rtt) = before.per(after, rounds);
     samples.sort();
@@ -286,9 +300,9 @@ fn measure_go(settings: &Settings, control_url: &str) -> Report {
     }
 }
 
-/// How node `a` reaches its peer, from its LocalAPI status: "direct" with the
-/// endpoint, or "DERP" relay.
-async fn tailnet_path(node: &ts_transport::tsnet::TsnetTransport) -> String {
+/// How `node` reaches the peer at `peer`, from its LocalAPI status: "direct"
+/// with the endpoint, or "DERP" relay.
+async fn tailnet_path(node: &TsnetTransport, peer: IpAddr) -> String {
     let Ok(api) = node.local_api() else { return "unknown".to_owned() };
     let auth = base64(&format!(":{}", api.credential));
     let request = format!(
@@ -312,7 +326,11 @@ async fn tailnet_path(node: &ts_transport::tsnet::TsnetTransport) -> String {
         return "unknown".to_owned();
     };
     let peers = status["Peer"].as_object().cloned().unwrap_or_default();
-    match peers.values().next() {
+    let peer = peer.to_string();
+    let is_peer = |p: &&serde_json::Value| {
+        p["TailscaleIPs"].as_array().is_some_and(|ips| ips.iter().any(|ip| *ip == *peer))
+    };
+    match peers.values().find(is_peer) {
         Some(peer) if peer["CurAddr"].as_str().is_some_and(|a| !a.is_empty()) => {
             format!("direct ({})", peer["CurAddr"].as_str().unwrap_or_default())
         }
@@ -339,8 +357,66 @@ fn base64(input: &str) -> String {
     out
 }
 
+/// Median and range of one metric over repeated runs, as "m (lo–hi)".
+fn spread(values: impl Iterator<Item = f64>, decimals: usize) -> String {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "–".to_owned(),
+        [only] => format!("{only:.decimals$}"),
+        all => format!(
+            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+            all[all.len() / 2],
+            all[0],
+            all[all.len() - 1]
+        ),
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Brings up two nodes `{prefix}-a` and `{prefix}-b` on `data_path` and lets
+/// them find their path; returns them and the path `a` reports.
+async fn node_pair(
+    tailnet: &LocalTailnet,
+    prefix: &str,
+    data_path: DataPath,
+) -> (TsnetTransport, TsnetTransport, String) {
+    let node = |name: String| {
+        let mut options = tailnet.node_options(&name);
+        options.data_path = data_path;
+        async move {
+            let node = TsnetTransport::new(options).expect("node");
+            node.up(UP_TIMEOUT).await.expect("node up");
+            node
+        }
+    };
+    let a = node(format!("{prefix}-a")).await;
+    let b = node(format!("{prefix}-b")).await;
+    // Traffic until the nodes talk directly (not through the DERP relay),
+    // for at most 20 s.
+    let b_ip = b.local_addrs()[0];
+    let warm = b.listen(17000).await.expect("listen");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut path = String::new();
+    while Instant::now() < deadline {
+        let _ = connect(&a, &*warm, b_ip).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        path = tailnet_path(&a, b_ip).await;
+        if path.starts_with("direct") {
+            break;
+        }
+    }
+    drop(warm);
+    (a, b, path)
+}
+
 fn main() {
     let settings = Settings::from_env();
+    let repeats: usize =
+        std::env::var("TRANSPORT_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -355,27 +431,36 @@ fn main() {
             );
         }
 
+        // The tailnet rows take turns, `repeats` times, so that a load
+        // change on this shared machine hits them alike; the socketpair
+        // path is the "before" of decision 0004.
         let tailnet = LocalTailnet::start().await.expect("local tailnet");
-        if settings.runs("tsnet") {
-            let (a, _) = tailnet.node("bench-a").await.expect("node a");
-            let (b, _) = tailnet.node("bench-b").await.expect("node b");
-            // Let the nodes find a direct path before measuring.
-            let warm = b.listen(17000).await.expect("listen");
-            let _ = connect(&a, &*warm, b.local_addrs()[0]).await;
-            drop(warm);
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let path = tailnet_path(&a).await;
-            let name = "TsnetTransport, local tailnet";
-            let (a_t, b_t) = (Arc::new(a.clone()), Arc::new(b.clone()));
-            reports.push(measure(&settings, name, path, a_t, b_t, 17200).await);
+        let mut pairs = Vec::new();
+        for (what, data_path, prefix, label) in [
+            ("socketpair", DataPath::Socketpair, "bench-s", "TsnetTransport (socketpair path)"),
+            ("tsnet", DataPath::Direct, "bench", "TsnetTransport (direct path)"),
+        ] {
+            if settings.runs(what) {
+                let (a, b, path) = node_pair(&tailnet, prefix, data_path).await;
+                pairs.push((label, a, b, path));
+            }
+        }
+        for round in 0..repeats {
+            let port = 17200 + 10 * round as u16;
+            for (label, a, b, path) in &pairs {
+                let (a, b) = (Arc::new(a.clone()), Arc::new(b.clone()));
+                reports.push(measure(&settings, label, path.clone(), a, b, port).await);
+            }
+            if settings.runs("go") {
+                let url = tailnet.control_url.clone();
+                let settings = &settings;
+                let go = tokio::task::block_in_place(|| measure_go(settings, &url));
+                reports.push(go);
+            }
+        }
+        for (_, a, b, _) in pairs {
             a.close().await;
             b.close().await;
-        }
-        if settings.runs("go") {
-            let url = tailnet.control_url.clone();
-            let settings = &settings;
-            let go = tokio::task::block_in_place(|| measure_go(settings, &url));
-            reports.push(go);
         }
         tailnet.stop().await;
 
@@ -391,28 +476,75 @@ fn main() {
                 r.name,
                 r.path,
                 r.mib_per_s,
-                r.rtt_p50.as_secs_f64() * 1e6,
-                r.rtt_p99.as_secs_f64() * 1e6,
+                micros(r.rtt_p50),
+                micros(r.rtt_p99),
                 r.serial_rps,
-                r.cpu_per_rtt.as_secs_f64() * 1e6,
+                micros(r.cpu_per_rtt),
                 r.switches_per_rtt,
                 r.parallel_rps,
-                r.cpu_per_parallel.as_secs_f64() * 1e6,
+                micros(r.cpu_per_parallel),
             );
         }
-        let ours = reports.iter().find(|r| r.name.starts_with("TsnetTransport"));
-        let go = reports.iter().find(|r| r.name.starts_with("Go tsnet"));
-        if let (Some(ours), Some(go)) = (ours, go) {
-            let ratio = |a: f64, b: f64| a / b;
+
+        // Medians and ranges over the repeats.
+        let mut names: Vec<&str> = Vec::new();
+        for r in &reports {
+            if !names.contains(&r.name.as_str()) {
+                names.push(&r.name);
+            }
+        }
+        println!(
+            "\nMedian (min–max) of {repeats} runs:\n\n| Transport | Single stream MiB/s \
+             | 64 B RTT p50 µs | 64 B RTT p99 µs | CPU µs per RTT \
+             | Voluntary context switches per RTT | {PARALLEL_STREAMS} streams req/s \
+             | CPU µs per req ({PARALLEL_STREAMS} streams) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for name in &names {
+            let runs: Vec<&Report> = reports.iter().filter(|r| r.name == *name).collect();
             println!(
-                "\nTsnetTransport ÷ Go tsnet: RTT p50 {:.2}×, p99 {:.2}×, CPU per RTT {:.2}×, \
-                 context switches per RTT {:.2}×, {PARALLEL_STREAMS}-stream req/s {:.2}×",
-                ratio(ours.rtt_p50.as_secs_f64(), go.rtt_p50.as_secs_f64()),
-                ratio(ours.rtt_p99.as_secs_f64(), go.rtt_p99.as_secs_f64()),
-                ratio(ours.cpu_per_rtt.as_secs_f64(), go.cpu_per_rtt.as_secs_f64()),
-                ratio(ours.switches_per_rtt, go.switches_per_rtt),
-                ratio(ours.parallel_rps, go.parallel_rps),
+                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                spread(runs.iter().map(|r| r.mib_per_s), 0),
+                spread(runs.iter().map(|r| micros(r.rtt_p50)), 0),
+                spread(runs.iter().map(|r| micros(r.rtt_p99)), 0),
+                spread(runs.iter().map(|r| micros(r.cpu_per_rtt)), 0),
+                spread(runs.iter().map(|r| r.switches_per_rtt), 1),
+                spread(runs.iter().map(|r| r.parallel_rps), 0),
+                spread(runs.iter().map(|r| micros(r.cpu_per_parallel)), 0),
             );
         }
+
+        // Ratios within each repeat (same minute, same load), then their
+        // medians and ranges.
+        let by_round = |prefix: &str| -> Vec<&Report> {
+            reports.iter().filter(|r| r.name.starts_with(prefix)).collect()
+        };
+        let (direct, socketpair, go) = (
+            by_round("TsnetTransport (direct"),
+            by_round("TsnetTransport (socketpair"),
+            by_round("Go tsnet"),
+        );
+        let ratios = |label: &str, ours: &[&Report], base: &[&Report]| {
+            if ours.is_empty() || ours.len() != base.len() {
+                return;
+            }
+            let pairs = || ours.iter().zip(base.iter());
+            println!(
+                "| {label} | {} | {} | {} | {} | {} |",
+                spread(pairs().map(|(o, b)| micros(o.rtt_p50) / micros(b.rtt_p50)), 2),
+                spread(pairs().map(|(o, b)| micros(o.rtt_p99) / micros(b.rtt_p99)), 2),
+                spread(pairs().map(|(o, b)| micros(o.cpu_per_rtt) / micros(b.cpu_per_rtt)), 2),
+                spread(pairs().map(|(o, b)| o.switches_per_rtt / b.switches_per_rtt), 2),
+                spread(pairs().map(|(o, b)| o.parallel_rps / b.parallel_rps), 2),
+            );
+        };
+        println!(
+            "\nRatios within each run, median (min–max):\n\n| Ratio | RTT p50 | RTT p99 \
+             | CPU per RTT | Context switches per RTT | {PARALLEL_STREAMS}-stream req/s |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        ratios("direct ÷ socketpair", &direct, &socketpair);
+        ratios("direct ÷ Go tsnet", &direct, &go);
+        ratios("socketpair ÷ Go tsnet", &socketpair, &go);
     });
 }
