@@ -41,6 +41,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -154,6 +155,8 @@ type directConn struct {
 	// guards what follows.
 	serveMu        sync.Mutex
 	done           bool
+	toldAt         time.Time     // when the caller was last told bytes arrived, until it answers
+	answerAvg      time.Duration // how long the caller takes to answer, on average
 	closeDeadline  time.Time
 	seenRequests   uint32 // requests as of the last serve
 	finSent        bool
@@ -290,6 +293,7 @@ func (dc *directConn) callNotify(events uint32) {
 // tell wakes the caller for the directions it waits on.
 func (dc *directConn) tell(read, write bool) {
 	if read && atomic.SwapUint32(dc.u32(offRxWaiting), 0) != 0 {
+		dc.toldAt = time.Now()
 		one := [8]byte{1}
 		for {
 			_, err := syscall.Write(dc.readyFd, one[:])
@@ -326,12 +330,58 @@ func (dc *directConn) service() (done bool) {
 			dc.done = true
 			break
 		}
+		if dc.spin() {
+			continue
+		}
 		atomic.StoreUint32(dc.u32(offIdle), 1)
 		if !dc.hasWork() {
 			break
 		}
 	}
 	return dc.done
+}
+
+// spinBudget bounds how long a connection's goroutine watches for the
+// caller's answer, instead of sleeping, after it handed the caller bytes it
+// was waiting for.
+const spinBudget = 50 * time.Microsecond
+
+// spinners counts the goroutines spinning now; at most GOMAXPROCS/2 (at
+// least one) do, as with the Go scheduler's own spinning threads.
+var spinners atomic.Int32
+
+// spin waits for the caller's answer to the bytes just handed to it, for at
+// most spinBudget, with the idle word clear so that the caller does not
+// need to write the kick eventfd: no thread on either side sleeps and wakes
+// for the answer. It only does so while this connection's recent answers
+// came within the budget. It returns whether there is work now.
+func (dc *directConn) spin() bool {
+	if dc.toldAt.IsZero() || dc.answerAvg >= spinBudget {
+		return false
+	}
+	if spinners.Add(1) > max(1, int32(runtime.GOMAXPROCS(0)/2)) {
+		spinners.Add(-1)
+		return false
+	}
+	defer spinners.Add(-1)
+	deadline := dc.toldAt.Add(spinBudget)
+	for time.Now().Before(deadline) {
+		if dc.hasWork() || len(dc.kick) > 0 || dc.aborted.Load() {
+			return true
+		}
+		runtime.Gosched()
+	}
+	// No answer in time: count it as twice the budget, so that a
+	// connection whose answers are slow soon stops spinning.
+	dc.noteAnswer(2 * spinBudget)
+	return dc.hasWork()
+}
+
+// noteAnswer records how long the caller took to answer, as a moving
+// average.
+func (dc *directConn) noteAnswer(took time.Duration) {
+	dc.answerAvg += (took - dc.answerAvg) / 8
+	dc.toldAt = time.Time{}
 }
 
 // lingerTimer returns a channel that fires when a closing connection must
@@ -350,6 +400,9 @@ func (dc *directConn) lingerTimer() (<-chan time.Time, func() bool) {
 // run is the pump: it serves the connection when gVisor reports an event,
 // until the caller closes it or the node closes, then releases the block.
 func (dc *directConn) run(kickReader *sync.WaitGroup) {
+	// A panic here must not abort the process; it costs this connection
+	// (and, if finish itself panicked, the block's memory).
+	defer func() { recover() }()
 	defer dc.finish(kickReader)
 	for !dc.service() {
 		linger, stop := dc.lingerTimer()
@@ -428,6 +481,9 @@ func (dc *directConn) send() {
 		if n > 0 {
 			atomic.StoreUint64(dc.u64(offTxTail), tail+uint64(n))
 			moved = true
+			if !dc.toldAt.IsZero() {
+				dc.noteAnswer(time.Since(dc.toldAt))
+			}
 		}
 		if err != nil {
 			if _, ok := err.(*tcpip.ErrWouldBlock); ok {
