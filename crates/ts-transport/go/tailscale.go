@@ -597,7 +597,8 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 // connection arrives as a 'D' record whose handle the caller must pass to
 // tailscale_conn_attach (direct.go); a connection not attached by the time
 // the listener closes is closed. A connection that is not a netstack TCP
-// connection arrives as with tailscale_listen, with its fd.
+// connection arrives as with tailscale_listen, with its fd. tailscale_accept
+// answers EPROTO for a 'D' record: it is for tailscale_listen's listeners.
 //
 //export tailscale_listen_direct
 func tailscale_listen_direct(sd C.int, network *C.char, addr *C.char, listenerOut *C.int) C.int {
