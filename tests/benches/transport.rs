@@ -16,7 +16,9 @@
 //! one), `TRANSPORT_BENCH_ROUNDS` (measured round trips, default 5000),
 //! `TRANSPORT_BENCH_BULK_RUNS` (0 skips the bulk transfers) and
 //! `TRANSPORT_BENCH_REPEATS` (how many times the tailnet rows take turns,
-//! default 3).
+//! default 3). `--quick` (`cargo bench -p tests --bench transport --
+//! --quick`) moves 64 MiB once, does 1,000 round trips and 100 per parallel
+//! stream, and one turn; the variables still apply on top.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -57,16 +59,21 @@ struct Report {
     cpu_per_parallel: Duration,
 }
 
-/// What to run, from the environment (see the crate docs).
+/// What to run, from the arguments and environment (see the crate docs).
 struct Settings {
     only: Vec<String>,
-    rtt_rounds: usize,
+    bulk_bytes: usize,
     bulk_runs: usize,
+    rtt_rounds: usize,
+    parallel_rounds: usize,
+    repeats: usize,
 }
 
 impl Settings {
     fn from_env() -> Settings {
-        let number = |name: &str, default: usize| {
+        let quick = std::env::args().any(|a| a == "--quick");
+        let number = |name: &str, full: usize, reduced: usize| {
+            let default = if quick { reduced } else { full };
             std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
         };
         Settings {
@@ -75,8 +82,11 @@ impl Settings {
                 .unwrap_or_else(|_| {
                     ["tcp", "socketpair", "tsnet", "go"].map(str::to_owned).to_vec()
                 }),
-            rtt_rounds: number("TRANSPORT_BENCH_ROUNDS", RTT_ROUNDS),
-            bulk_runs: number("TRANSPORT_BENCH_BULK_RUNS", BULK_RUNS),
+            bulk_bytes: if quick { 64 << 20 } else { BULK_BYTES },
+            bulk_runs: number("TRANSPORT_BENCH_BULK_RUNS", BULK_RUNS, 1),
+            rtt_rounds: number("TRANSPORT_BENCH_ROUNDS", RTT_ROUNDS, 1000),
+            parallel_rounds: if quick { 100 } else { PARALLEL_ROUNDS },
+            repeats: number("TRANSPORT_BENCH_REPEATS", 3, 1),
         }
     }
 
@@ -121,8 +131,14 @@ async fn connect(
     (dialed.expect("dial"), accepted.expect("accept").0)
 }
 
-/// Median MiB/s of `runs` one-way transfers of `BULK_BYTES`.
-async fn bulk(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr, runs: usize) -> f64 {
+/// Median MiB/s of `runs` one-way transfers of `bytes`.
+async fn bulk(
+    a: &dyn Transport,
+    listener: &dyn Listener,
+    b_ip: IpAddr,
+    bytes: usize,
+    runs: usize,
+) -> f64 {
     let mut rates = Vec::new();
     for _ in 0..runs {
         let (mut client, mut server) = connect(a, listener, b_ip).await;
@@ -131,7 +147,7 @@ async fn bulk(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr, runs: us
         // blocked in `block_on`, which every wake-up would cost a hop).
         let sender = tokio::spawn(async move {
             let chunk = vec![0x5au8; 1 << 20];
-            for _ in 0..BULK_BYTES / chunk.len() {
+            for _ in 0..bytes / chunk.len() {
                 client.write_all(&chunk).await.expect("write");
             }
             client.shutdown().await.expect("shutdown");
@@ -149,8 +165,8 @@ async fn bulk(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr, runs: us
         });
         sender.await.expect("sender task");
         let received = receiver.await.expect("receiver task");
-        assert_eq!(received, BULK_BYTES);
-        rates.push(BULK_BYTES as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
+        assert_eq!(received, bytes);
+        rates.push(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
     rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
@@ -192,7 +208,7 @@ async fn measure(
 ) -> Report {
     let b_ip = b.local_addrs()[0];
     let bulk_listener = b.listen(port).await.expect("listen");
-    let mib_per_s = bulk(&*a, &*bulk_listener, b_ip, settings.bulk_runs).await;
+    let mib_per_s = bulk(&*a, &*bulk_listener, b_ip, settings.bulk_bytes, settings.bulk_runs).await;
     drop(bulk_listener);
 
     let echo: Arc<dyn Listener> = Arc::from(b.listen(port + 1).await.expect("listen"));
@@ -220,10 +236,11 @@ async fn measure(
         ping_pong(&mut s, 10).await;
         streams.push(s);
     }
+    let rounds = settings.parallel_rounds;
     let (before, started) = (Usage::now(), Instant::now());
     let tasks: Vec<_> = streams
         .into_iter()
-        .map(|mut s| tokio::spawn(async move { ping_pong(&mut s, PARALLEL_ROUNDS).await.len() }))
+        .map(|mut s| tokio::spawn(async move { ping_pong(&mut s, rounds).await.len() }))
         .collect();
     let mut done = 0;
     for task in tasks {
@@ -280,6 +297,8 @@ fn measure_go(settings: &Settings, control_url: &str) -> Report {
         .args(["-control-url", control_url, "-prefix", "echobench"])
         .args(["-rounds", &settings.rtt_rounds.to_string()])
         .args(["-bulk-runs", &settings.bulk_runs.to_string()])
+        .args(["-bulk-bytes", &settings.bulk_bytes.to_string()])
+        .args(["-parallel-rounds", &settings.parallel_rounds.to_string()])
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("run echobench");
@@ -415,8 +434,7 @@ async fn node_pair(
 
 fn main() {
     let settings = Settings::from_env();
-    let repeats: usize =
-        std::env::var("TRANSPORT_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let repeats = settings.repeats;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {

@@ -4,6 +4,7 @@
 // machine and local tailnet, in the same benchmark run.
 //
 //	echobench -control-url URL [-prefix P] [-rounds N] [-bulk-runs N]
+//	          [-bulk-bytes N] [-parallel-rounds N]
 //
 // Two tsnet nodes in this process; b listens, a dials. It measures one-way
 // single-stream throughput (256 MiB, median of -bulk-runs), 64-byte echo
@@ -38,10 +39,13 @@ import (
 
 const (
 	message         = 64
-	bulkBytes       = 256 << 20
 	warmupRounds    = 200
 	parallelStreams = 64
-	parallelRounds  = 500
+)
+
+var (
+	bulkBytes      = 256 << 20
+	parallelRounds = 500
 )
 
 // usage is this process's CPU time and voluntary context switches (a thread
@@ -81,6 +85,8 @@ func main() {
 	prefix := flag.String("prefix", "echobench", "hostname prefix of the two nodes")
 	rounds := flag.Int("rounds", 5000, "measured echo round trips")
 	bulkRuns := flag.Int("bulk-runs", 3, "bulk transfers (median reported); 0 skips them")
+	flag.IntVar(&bulkBytes, "bulk-bytes", bulkBytes, "bytes of one bulk transfer (a multiple of 1 MiB)")
+	flag.IntVar(&parallelRounds, "parallel-rounds", parallelRounds, "echoes per stream of the 64")
 	flag.Parse()
 	if *controlURL == "" {
 		log.Fatal("-control-url is required")
