@@ -14,7 +14,15 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let go_dir = manifest_dir.join("go");
-    for file in ["tailscale.go", "testhooks_on.go", "testhooks_off.go", "go.mod", "go.sum"] {
+    for file in [
+        "tailscale.go",
+        "direct.go",
+        "notify.go",
+        "testhooks_on.go",
+        "testhooks_off.go",
+        "go.mod",
+        "go.sum",
+    ] {
         println!("cargo:rerun-if-changed={}", go_dir.join(file).display());
     }
     for var in ["GOFLAGS", "GOPROXY", "GOTOOLCHAIN", "CC", "CGO_CFLAGS"] {

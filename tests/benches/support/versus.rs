@@ -313,8 +313,8 @@ impl Report {
         if let Some(t) = &self.transport {
             md.push_str(
                 "\n#### Raw tsnet between two nodes in one process\n\n\
-                 Ours: Rust over the tsnet C archive (every byte also crosses a Unix socketpair \
-                 and a Go copy goroutine). Go: two `tsnet.Server`s and plain `net.Conn`s.\n\n\
+                 Ours: Rust over the tsnet C archive (bytes cross between Go and Rust through \
+                 shared rings, decision 0004). Go: two `tsnet.Server`s and plain `net.Conn`s.\n\n\
                  | Measure | Go | Ours | Ours ÷ Go |\n|---|---:|---:|---:|\n",
             );
             let o = &t.ours;
