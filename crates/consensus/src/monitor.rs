@@ -196,13 +196,20 @@ fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
         let status = status(&inner);
         match path {
             "/status" => Some(Page {
+                status: 200,
                 content_type: "application/json",
                 body: serde_json::to_string_pretty(&status).unwrap_or_default(),
             }),
-            "/metrics" => {
-                Some(Page { content_type: "text/plain; version=0.0.4", body: prometheus(&status) })
-            }
-            "/" => Some(Page { content_type: "text/html; charset=utf-8", body: html(&status) }),
+            "/metrics" => Some(Page {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: prometheus(&status),
+            }),
+            "/" => Some(Page {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: html(&status),
+            }),
             _ => None,
         }
     })
