@@ -192,7 +192,7 @@ fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
 
 async fn handle<S: StateMachine>(inner: &Arc<Inner<S>>, request: AdminRequest) -> AdminResponse {
     let result = match request.path {
-        "/v1/status" => Ok(status(inner)),
+        "/v1/status" => Ok(status(inner).await),
         "/v1/members" => Ok(members(inner)),
         "/v1/remove" => remove(inner, &request.body).await,
         "/v1/transfer-leader" => transfer_leader(inner, &request.body).await,
@@ -224,7 +224,12 @@ fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminR
     })
 }
 
-fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
+async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
+    // The monitor refreshes the committed index every 500 ms; an operator
+    // asking wants it now.
+    if let Some(committed) = inner.raft().committed_index().await {
+        inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut value =
         serde_json::to_value(crate::monitor::status(inner)).unwrap_or(serde_json::Value::Null);
     if let Some(object) = value.as_object_mut() {
