@@ -10,7 +10,7 @@
 //! | `GET /v1/status` | this node: role, term, leader, indexes, members, readiness, a staged restore |
 //! | `GET /v1/members` | the configuration with each member's role, tags and liveness |
 //! | `POST /v1/remove` `{"node", "force"}` | removes a member (see below) |
-//! | `POST /v1/transfer-leader` `{"to"}` | hands leadership over ([`crate::transfer`]) |
+//! | `POST /v1/transfer-leader` `{"to"}` | hands leadership over ([`Consensus::transfer_leadership`](crate::Consensus::transfer_leadership)) |
 //! | `POST /v1/snapshot` `{}` | builds a snapshot now |
 //! | `POST /v1/backup` `{}` | a backup of the state (binary, [`raft_core::backup`]) |
 //! | `POST /v1/restore[?force=true]` (backup bytes) | stages a restore as a new cluster |

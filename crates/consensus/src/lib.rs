@@ -66,5 +66,11 @@ pub use crate::error::Error;
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
 pub use crate::operation::Operation;
+/// Discovery sources ([`Consensus::start_with`] takes any): a static view
+/// for tests and fixed clusters, and the tailnet's.
+pub use ts_discovery as discovery;
+/// The transports ([`Consensus::start_with`] takes any): in-memory and TCP
+/// for tests and LANs, and the fault wrapper.
+pub use ts_transport as transport;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};
