@@ -594,7 +594,12 @@ impl<S: StateMachine> RaftNode<S> {
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
-        answer.await.map_err(|_| ProposeError::ShuttingDown)?
+        // Until the batch is committed and applied; inside `propose`, whose
+        // span carries the request id.
+        answer
+            .instrument(tracing::debug_span!("commit"))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?
     }
 
     /// Confirms this node is the leader and waits until everything committed
@@ -1031,7 +1036,7 @@ async fn batch_loop(
         let raft = raft.clone();
         let timeout = config.propose_timeout;
         stats.batch_size.observe(batch.len() as u64);
-        let span = tracing::debug_span!("commit", proposals = batch.len());
+        let span = tracing::debug_span!("commit_batch", proposals = batch.len());
         commits.spawn(
             async move {
                 commit(raft, batch, timeout).await;
