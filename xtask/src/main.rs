@@ -4,8 +4,12 @@
 //!   writes, reads, the leader killed and replaced, the old leader back.
 //! - `ci`: the one gate. Formatting check, clippy with warnings denied,
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
-//!   included), and `cargo deny check bans licenses sources`. It never
-//!   edits files. It ends with one chaos run and the headscale suite.
+//!   included; the `tsconsensus` tool's end-to-end tests among them),
+//!   `cargo package` of every published crate, the project in
+//!   `tests/downstream` (outside the workspace, depending on `consensus`
+//!   by path) built and run, and `cargo deny check bans licenses
+//!   sources`. It never edits files. It ends with one chaos run and the
+//!   headscale suite.
 //! - `chaos [--runs N] [--seed S] [--duration SECS] [--nodes N]
 //!   [--faults KIND,...] [--keep-dir DIR] [--report FILE] ...`: the
 //!   multi-process nemesis (flags: `tests/src/bin/chaos.rs`). A local
@@ -84,6 +88,10 @@ fn main() -> ExitCode {
 
 type Result<T = ()> = std::result::Result<T, String>;
 
+/// The crates meant for crates.io, in dependency order.
+const PUBLISHED: &[&str] =
+    &["ts-transport", "ts-discovery", "raft-core", "cmd-rpc", "consensus", "tsconsensus"];
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
 }
@@ -136,6 +144,25 @@ fn ci() -> Result {
         cargo()
             .args(["test", "--workspace", "--all-features", "--locked"])
             .env("RUST_TEST_THREADS", "4"),
+    )?;
+    // Every library crate (and the tool) packages as it would be published:
+    // versioned dependencies, the Go sources inside ts-transport. Packaged
+    // together, so that they resolve each other before any is on crates.io.
+    let mut package = cargo();
+    package.args(["package", "--no-verify", "--offline", "--allow-dirty"]);
+    for krate in PUBLISHED {
+        package.args(["-p", krate]);
+    }
+    run("package", &mut package)?;
+    // A project outside the workspace that depends on `consensus` by path,
+    // as a user's would, builds and runs (sharing the target directory).
+    let root = workspace_root();
+    run(
+        "downstream",
+        cargo()
+            .current_dir(root.join("tests/downstream"))
+            .args(["run", "--locked", "--offline"])
+            .env("CARGO_TARGET_DIR", root.join("target")),
     )?;
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
     // A fresh seed each time (printed, replayable with --seed), so that CI
