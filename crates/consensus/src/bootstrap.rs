@@ -79,6 +79,21 @@ const JOIN: Duration = Duration::from_secs(30);
 const MAX_HOPS: usize = 4;
 /// Longest wait between rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a peer that is online but has no path in this node's netmap
+/// yet (no DERP home, no endpoint) is left undialed: control usually sends
+/// the path within a second or so. A dial before it costs about 5 s (the
+/// WireGuard handshake is dropped and retried only after REKEY_TIMEOUT);
+/// after this grace it is dialed anyway, in case this control server never
+/// reports paths.
+const PATHLESS_GRACE: Duration = Duration::from_secs(3);
+/// How long this node leaves a peer that sorts lower undialed after the
+/// peer's path arrived (having been seen without one): the lower node
+/// dials at once, and a first WireGuard handshake both sides start at the
+/// same moment is lost on both (each becomes the responder) and retried
+/// only 5 s later. The lowest node, which forms the cluster, never waits.
+const FIRST_CONTACT_YIELD: Duration = Duration::from_millis(700);
+/// How often a node yielding to a lower peer looks again.
+const YIELD_CHECK: Duration = Duration::from_millis(200);
 
 type PeerAnswer = Peer<String, ClusterId, LeaderHint>;
 
@@ -144,7 +159,14 @@ pub(crate) async fn run<S: StateMachine>(
     let me = raft.info().stable_id.clone();
     let mut backoff = Duration::from_millis(100);
     let mut reason;
+    // When each peer was first seen online without a path, and when it
+    // then got one.
+    let mut paths = Paths::default();
+    let mut views = inner.discovery.state();
+    let mut raft_changes = raft.subscribe();
     loop {
+        views.borrow_and_update();
+        raft_changes.borrow_and_update();
         if raft.is_initialized().await {
             // A leader took this node in, or the former of the cluster it
             // is bound to initialized it.
@@ -161,7 +183,11 @@ pub(crate) async fn run<S: StateMachine>(
                     options.expected_size,
                     &owned.commitment(&view),
                 );
-                let answers = probe_all(inner, &view, wants, deadline).await;
+                let wait = paths.not_yet_reachable(&me, &view, Instant::now());
+                if !wait.is_empty() {
+                    tracing::debug!(peers = ?wait, "not dialing peers without a path yet");
+                }
+                let answers = probe_all(inner, &view, &wait, wants, deadline).await;
                 match round(inner, options, &view, &answers, deadline).await? {
                     Round::Done => return wait_for_leader(inner, deadline, started).await,
                     Round::Again(why) => reason = why,
@@ -172,8 +198,84 @@ pub(crate) async fn run<S: StateMachine>(
             return Err(Error::JoinFailed { waited: started.elapsed(), reason });
         }
         tracing::debug!(%reason, "not joined yet");
-        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let mut pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !paths.gained.is_empty() {
+            // A yield to a lower peer ends soon: look again then.
+            pause = pause.min(YIELD_CHECK);
+        }
+        // Look again after `pause`, or as soon as the former of the cluster
+        // this node is bound to initialized it, or (while a peer has no
+        // path yet) the view changes.
+        let watch_views = !paths.is_empty();
+        let woke = async {
+            tokio::select! {
+                Ok(()) = raft_changes.changed() => {}
+                Ok(()) = views.changed(), if watch_views => {}
+                else => std::future::pending::<()>().await,
+            }
+        };
+        let _ = tokio::time::timeout(pause, woke).await;
+    }
+}
+
+/// Peers whose path this node is waiting for, or has just seen arrive.
+#[derive(Default)]
+struct Paths {
+    /// When each peer was first seen online without a path.
+    pathless: BTreeMap<String, Instant>,
+    /// When each peer first seen without a path got one.
+    gained: BTreeMap<String, Instant>,
+}
+
+impl Paths {
+    fn is_empty(&self) -> bool {
+        self.pathless.is_empty() && self.gained.is_empty()
+    }
+
+    /// The peers not to dial this round: online peers without a path in
+    /// this node's netmap, within [`PATHLESS_GRACE`] of when they were
+    /// first seen so, and peers sorting lower than `me` within
+    /// [`FIRST_CONTACT_YIELD`] of their path's arrival. They answer
+    /// [`Answer::Silent`], which never lets this node form.
+    fn not_yet_reachable(&mut self, me: &str, view: &ClusterView, now: Instant) -> Vec<String> {
+        let online: BTreeMap<&str, bool> = view
+            .members
+            .values()
+            .filter(|n| n.online)
+            .map(|n| (n.id.0.as_str(), n.has_path))
+            .collect();
+        let mut arrived = Vec::new();
+        self.pathless.retain(|name, _| match online.get(name.as_str()) {
+            Some(false) => true,
+            Some(true) => {
+                arrived.push(name.clone());
+                false
+            }
+            None => false,
+        });
+        // Only lower peers are yielded to.
+        for name in arrived.into_iter().filter(|name| name.as_str() < me) {
+            self.gained.insert(name, now);
+        }
+        self.gained.retain(|name, at| {
+            online.get(name.as_str()) == Some(&true)
+                && now.saturating_duration_since(*at) < FIRST_CONTACT_YIELD
+        });
+        let mut wait = Vec::new();
+        for (name, has_path) in online {
+            if has_path {
+                if self.gained.contains_key(name) {
+                    wait.push(name.to_owned());
+                }
+                continue;
+            }
+            let first = *self.pathless.entry(name.to_owned()).or_insert(now);
+            if now.saturating_duration_since(first) < PATHLESS_GRACE {
+                wait.push(name.to_owned());
+            }
+        }
+        wait
     }
 }
 
@@ -476,18 +578,19 @@ async fn initialize<S: StateMachine>(
     Ok(Round::Done)
 }
 
-/// Probes every tagged peer of `view` at once; offline ones are silent
-/// without a dial.
+/// Probes every tagged peer of `view` at once; offline ones, and those in
+/// `not_yet` (no path yet), are silent without a dial.
 async fn probe_all<S: StateMachine>(
     inner: &Inner<S>,
     view: &ClusterView,
+    not_yet: &[String],
     wants_promise: bool,
     deadline: Instant,
 ) -> Vec<PeerAnswer> {
     let mut probes = JoinSet::new();
     let mut answers = Vec::new();
     for peer in view.members.values() {
-        if !peer.online {
+        if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
             continue;
         }
@@ -637,4 +740,76 @@ async fn wait_for_leader<S: StateMachine>(
         .await
         .map(|_| ())
         .map_err(|_| Error::NoLeader { waited: started.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ts_discovery::{StableNodeId, TailnetNode};
+
+    use super::*;
+
+    fn node(name: &str, online: bool, has_path: bool) -> TailnetNode {
+        let last = name.bytes().last().unwrap_or(0);
+        TailnetNode {
+            id: StableNodeId(name.to_owned()),
+            hostname: name.to_owned(),
+            dns_name: String::new(),
+            ipv4: Some(Ipv4Addr::new(100, 64, 0, last)),
+            ipv6: None,
+            tags: ["tag:t".to_owned()].into(),
+            online,
+            has_path,
+        }
+    }
+
+    fn view(peers: &[(&str, bool, bool)]) -> ClusterView {
+        let peers = peers.iter().map(|(n, online, path)| node(n, *online, *path));
+        ClusterView::new("tag:t", node("m", true, true), peers)
+    }
+
+    /// An online peer without a path is not dialed until its path arrives,
+    /// or for at most PATHLESS_GRACE; a peer with a path from the start,
+    /// or offline, is not held back (offline peers are silent anyway).
+    #[test]
+    fn a_peer_without_a_path_is_dialed_when_it_has_one_or_after_the_grace() {
+        let t0 = Instant::now();
+        let mut paths = Paths::default();
+        let v = view(&[("p", true, false), ("q", true, true), ("r", false, false)]);
+        assert_eq!(paths.not_yet_reachable("m", &v, t0), ["p"]);
+        assert_eq!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE / 2), ["p"]);
+        assert!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE).is_empty());
+        // Its path arrives: dialed at once (it sorts higher than "m").
+        let mut paths = Paths::default();
+        assert_eq!(paths.not_yet_reachable("m", &v, t0), ["p"]);
+        let v = view(&[("p", true, true), ("q", true, true), ("r", false, false)]);
+        assert!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE / 3).is_empty());
+        assert!(paths.is_empty());
+    }
+
+    /// A peer that sorts lower and whose path just arrived dials first: this
+    /// node waits FIRST_CONTACT_YIELD, so that the two first handshakes do
+    /// not cross; a lower peer known with a path from the start is dialed
+    /// at once.
+    #[test]
+    fn a_lower_peer_whose_path_just_arrived_dials_first() {
+        let t0 = Instant::now();
+        let mut paths = Paths::default();
+        let before = view(&[("a", true, false), ("b", true, true), ("p", true, false)]);
+        let after = view(&[("a", true, true), ("b", true, true), ("p", true, true)]);
+        assert_eq!(paths.not_yet_reachable("m", &before, t0), ["a", "p"]);
+        let t1 = t0 + Duration::from_millis(900);
+        assert_eq!(paths.not_yet_reachable("m", &after, t1), ["a"]);
+        assert_eq!(paths.not_yet_reachable("m", &after, t1 + FIRST_CONTACT_YIELD / 2), ["a"]);
+        assert!(paths.not_yet_reachable("m", &after, t1 + FIRST_CONTACT_YIELD).is_empty());
+        assert!(paths.is_empty());
+        // A peer gone offline meanwhile is forgotten.
+        let mut paths = Paths::default();
+        paths.not_yet_reachable("m", &before, t0);
+        paths.not_yet_reachable("m", &after, t1);
+        let gone = view(&[("a", false, true), ("b", true, true), ("p", true, true)]);
+        assert!(paths.not_yet_reachable("m", &gone, t1).is_empty());
+        assert!(paths.is_empty(), "{:?} {:?}", paths.pathless, paths.gained);
+    }
 }

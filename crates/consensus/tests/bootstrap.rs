@@ -70,6 +70,7 @@ fn node(i: usize, online: bool) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([TAG.to_owned()]),
         online,
+        has_path: true,
     }
 }
 
