@@ -813,7 +813,14 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
         violations.push(format!("the workload made too little progress: {completed} operations"));
     }
     if !violations.is_empty() {
-        violations.push(format!("history and logs in {}", work.display()));
+        // The tailnet's directory goes when the run ends; a failed run's
+        // history and logs must outlive it.
+        let kept =
+            if options.keep_dir.is_some() { Ok(work.to_owned()) } else { keep(work, options.seed) };
+        match kept {
+            Ok(dir) => violations.push(format!("history and logs in {}", dir.display())),
+            Err(err) => violations.push(format!("history and logs lost: {err}")),
+        }
     }
     Ok(ChaosReport {
         seed: options.seed,
@@ -829,6 +836,16 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
         watch_rounds,
         violations,
     })
+}
+
+/// Moves a failed run's directory out of the tailnet's (which is deleted when
+/// the run ends) to `<temp>/chaos-failed-seed-<seed>-<pid>`; the nodes may
+/// still be writing their logs, which a rename does not disturb.
+fn keep(work: &std::path::Path, seed: u64) -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("chaos-failed-seed-{seed}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(work, &dir)?;
+    Ok(dir)
 }
 
 /// Final reads, then the history, write-count and replica checks.

@@ -41,6 +41,11 @@
 //!   tool: members, status, remove, transfer leadership
 //!   ([`Consensus::transfer_leadership`]), snapshot, backup and restore.
 //!
+//! [`Consensus::start_on_tailnet`] and the tsnet transport come with the
+//! `tailscale` feature (Go's tsnet built into the binary: Go and a C
+//! compiler at build time). Without it the crate needs only Rust and runs
+//! over any [`Transport`] with any [`Discovery`] ([`Consensus::start_with`]).
+//!
 //! Commands and answers travel as JSON between nodes; the Go package's
 //! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
 //! hyper type appears in this API.
@@ -69,8 +74,10 @@ pub use crate::operation::Operation;
 /// Discovery sources ([`Consensus::start_with`] takes any): a static view
 /// for tests and fixed clusters, and the tailnet's.
 pub use ts_discovery as discovery;
+pub use ts_discovery::{ClusterView, Discovery, StableNodeId, StaticDiscovery, TailnetNode};
 /// The transports ([`Consensus::start_with`] takes any): in-memory and TCP
 /// for tests and LANs, and the fault wrapper.
 pub use ts_transport as transport;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};
+pub use ts_transport::{MemNetwork, MemTransport, TcpTransport, Transport};
