@@ -164,6 +164,7 @@ fn static_node(i: usize, tag: &str) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([tag.to_owned()]),
         online: true,
+        has_path: true,
     }
 }
 

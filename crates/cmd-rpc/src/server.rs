@@ -6,7 +6,7 @@
 //! Headers must arrive within a deadline too, which also closes idle
 //! connections.
 //!
-//! Joins, removals and probes are bound to the caller's identity: the
+//! Joins, removals, probes and confirms are bound to the caller's identity: the
 //! [`Peers`](crate::Peers) hook names the node behind the request's real
 //! address, and no header (`x-tsc-forwarded` included) changes what is
 //! checked.
@@ -28,12 +28,13 @@ use serde::de::DeserializeOwned;
 use ts_transport::{Listener, PeerAddr, Server};
 
 use crate::api::{
-    CampaignRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest, RemoveRequest,
+    CampaignRequest, ConfirmRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest,
+    RemoveRequest,
 };
 use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
-use crate::peers::Caller;
+use crate::peers::{Caller, check_confirm};
 use crate::service::CommandService;
 
 /// Decides whether a peer may use the command port.
@@ -111,8 +112,8 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 /// Which endpoint, and which method it takes.
 fn endpoint(path: &str) -> Option<Method> {
     match path {
-        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read"
-        | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
+        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/confirm"
+        | "/v1/read" | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -203,6 +204,13 @@ async fn dispatch<S: StateMachine>(
             let request: ProbeRequest = parse(&body)?;
             let caller = caller_of(service, peer)?;
             let answer = service.peers().probe(&caller, &request).await;
+            Ok(json_response(StatusCode::OK, &answer))
+        }
+        "/v1/confirm" => {
+            let request: ConfirmRequest = parse(&body)?;
+            let caller = caller_of(service, peer)?;
+            check_confirm(&request, &caller)?;
+            let answer = service.peers().confirm(&caller, &request).await?;
             Ok(json_response(StatusCode::OK, &answer))
         }
         "/v1/read" => {
