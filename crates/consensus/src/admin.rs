@@ -15,6 +15,12 @@
 //! | `POST /v1/backup` `{}` | a backup of the state (binary, [`raft_core::backup`]) |
 //! | `POST /v1/restore[?force=true]` (backup bytes) | stages a restore as a new cluster |
 //!
+//! A restore fails closed: without `force` it is staged only if no member
+//! (this node included) confirmed a read index during the whole health
+//! check, and a restore staged that way is called off (renamed
+//! [`RESTORE_CANCELLED`]) as soon as the cluster commits again before the
+//! node restarts.
+//!
 //! A node is named by raft id, stable id or hostname. Removal follows the
 //! leader's rules (decision 0003): on the leader, the operator is trusted
 //! and may remove any other member, with `force` for one that is tagged
@@ -36,7 +42,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
@@ -553,41 +559,174 @@ async fn restore<S: StateMachine>(
     if let Err(why) = raft_core::Backup::from_bytes(body) {
         return Err(AdminResponse::error(400, "bad_backup", why));
     }
-    if !force
-        && inner.raft().fatal().is_none()
-        && let Ok(index) = barrier(inner, HEALTH_CHECK).await
-    {
-        let m = inner.raft().metrics();
-        return Err(AdminResponse::error(
-            409,
-            "healthy_cluster",
-            format!(
-                "this node belongs to cluster {} which is healthy: a quorum confirmed leader {} \
-                 just now (index {index}). A restore takes this node out of it and starts a \
-                 second cluster from the backup; it is meant for a cluster that lost its quorum \
-                 for good. --force restores anyway (then remove this node's old incarnation \
-                 from the healthy cluster).",
-                inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
-                m.leader.map(|l| l.to_string()).unwrap_or_default()
-            ),
-        ));
+    let period = health_check_period(inner);
+    if !force {
+        // Fail closed: staged only once the cluster is shown unable to
+        // commit for the whole period, whatever this node's own state.
+        if let Ok((index, leader)) = cluster_commits(inner, period).await {
+            return Err(AdminResponse::error(
+                409,
+                "healthy_cluster",
+                format!(
+                    "this node belongs to cluster {} which is healthy: a quorum confirmed leader \
+                     {leader} just now (index {index}). A restore takes this node out of it and \
+                     starts a second cluster from the backup; it is meant for a cluster that lost \
+                     its quorum for good. --force restores anyway (then remove this node's old \
+                     incarnation from the healthy cluster).",
+                    inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
+                ),
+            ));
+        }
     }
-    let info = raft_core::backup::stage_restore(&dir, body)
-        .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
+    let (info, generation) = {
+        let mut staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        let info = raft_core::backup::stage_restore(&dir, body)
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
+        *staged += 1;
+        (info, *staged)
+    };
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
+    if !force {
+        let watcher = tokio::spawn(cancel_when_cluster_commits(Arc::downgrade(inner), generation));
+        inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(watcher);
+    }
+    let pending = dir.join(raft_core::backup::PENDING_RESTORE);
     Ok(AdminResponse::json(
         200,
         &serde_json::json!({
             "staged": info,
+            "forced": force,
             "message": format!(
-                "staged in {}: restart this node to start a new cluster from the backup (its \
+                "staged in {}: restart this node NOW to start a new cluster from the backup (its \
                  raft state moves aside into {}/pre-restore-<time>/). It is that cluster's only \
-                 member until other nodes join it with empty state directories.",
-                dir.join(raft_core::backup::PENDING_RESTORE).display(),
-                dir.display()
+                 member until other nodes join it with empty state directories. {}",
+                pending.display(),
+                dir.display(),
+                if force {
+                    "Forced: it stays staged until the node restarts; to call it off, move the \
+                     file away before that."
+                } else {
+                    "Until the node restarts it keeps asking its cluster: if the cluster commits \
+                     again, the restore is called off (the file is renamed restore.cancelled)."
+                }
             ),
         }),
     ))
+}
+
+/// The file a staged restore is renamed to when it is called off.
+pub const RESTORE_CANCELLED: &str = "restore.cancelled";
+
+/// How long a restore's health check asks the cluster: long enough for an
+/// election or a leadership transfer to end.
+fn health_check_period<S: StateMachine>(inner: &Inner<S>) -> Duration {
+    HEALTH_CHECK.max(inner.config.timing.election.1 * 3)
+}
+
+/// Whether this node's cluster commits: asks, round after round until
+/// `period` has passed, this node (if it leads and is not fatal) and every
+/// other member it knows for a read index, which only a leader of this
+/// cluster confirmed by a quorum answers. The first answer (index,
+/// leader), or why none came.
+async fn cluster_commits<S: StateMachine>(
+    inner: &Inner<S>,
+    period: Duration,
+) -> Result<(u64, u64), String> {
+    let deadline = Instant::now() + period;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let why = match commits_once(inner, remaining.min(PROBE_ATTEMPT)).await {
+            Ok(answer) => return Ok(answer),
+            Err(why) => why,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(why);
+        }
+        tokio::time::sleep(remaining.min(PROBE_PAUSE)).await;
+    }
+}
+
+/// Time one round of [`cluster_commits`] waits for answers.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(1);
+/// Pause between rounds.
+const PROBE_PAUSE: Duration = Duration::from_millis(200);
+
+/// One round of [`cluster_commits`], within `timeout`.
+async fn commits_once<S: StateMachine>(
+    inner: &Inner<S>,
+    timeout: Duration,
+) -> Result<(u64, u64), String> {
+    let raft = inner.raft();
+    let m = raft.metrics();
+    let deadline = Instant::now() + timeout;
+    let mut asks = tokio::task::JoinSet::new();
+    if m.role == raft_core::Role::Leader && raft.fatal().is_none() {
+        let (raft, id) = (raft.clone(), inner.id);
+        asks.spawn(async move {
+            raft.read_index(timeout).await.map(|i| (i, id)).map_err(|e| e.to_string())
+        });
+    }
+    for (&id, node) in m.nodes.iter().filter(|(id, _)| **id != inner.id) {
+        let (client, node) = (inner.service.client().clone(), node.clone());
+        asks.spawn(async move {
+            let answer: Result<ReadIndexResponse, _> =
+                client.post(&node, "/v1/read-index", &serde_json::json!({}), deadline, true).await;
+            answer.map(|r| (r.index, id)).map_err(|e| format!("{id}: {}", err_message(&e)))
+        });
+    }
+    let mut why = Vec::new();
+    let answered = tokio::time::timeout(timeout, async {
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok(Ok(answer)) => return Some(answer),
+                Ok(Err(err)) => why.push(err),
+                Err(err) => why.push(err.to_string()),
+            }
+        }
+        None
+    })
+    .await;
+    match answered {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) if why.is_empty() => Err("no other member is known".to_owned()),
+        Ok(None) => Err(why.join("; ")),
+        Err(_) => Err(format!("no member confirmed a read index within {timeout:?}")),
+    }
+}
+
+/// Calls off the restore staged as `generation` (renames it
+/// [`RESTORE_CANCELLED`]) as soon as this node sees its cluster commit,
+/// until the node stops or another restore is staged.
+async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, generation: u64) {
+    loop {
+        tokio::time::sleep(PROBE_ATTEMPT).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(dir) = inner.config.state_dir.clone() else { return };
+        if *inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) != generation {
+            return;
+        }
+        let Ok((index, leader)) = commits_once(&inner, PROBE_ATTEMPT).await else { continue };
+        let staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        if *staged != generation {
+            return;
+        }
+        let pending = dir.join(raft_core::backup::PENDING_RESTORE);
+        match fs::rename(&pending, dir.join(RESTORE_CANCELLED)) {
+            Ok(()) => tracing::warn!(
+                leader,
+                index,
+                "the cluster commits again: the staged restore is called off (renamed {})",
+                RESTORE_CANCELLED
+            ),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::error!(error = %err, "cannot call off the staged restore {}", pending.display());
+                continue;
+            }
+        }
+        return;
+    }
 }
 
 /// Where a backup file came from, checking all of it (the format, the

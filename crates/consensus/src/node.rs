@@ -173,6 +173,10 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) counters: Arc<Counters>,
     /// The operator's endpoint, if served (crate::admin).
     pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
+    /// Counts restores staged through the admin endpoint; staging and
+    /// cancelling one happen under this lock, so a watcher cancels only
+    /// the restore it was started for (crate::admin).
+    pub(crate) restore_staged: Mutex<u64>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -566,6 +570,7 @@ impl<S: StateMachine> Consensus<S> {
             promise,
             counters: counters.clone(),
             admin: Mutex::new(None),
+            restore_staged: Mutex::new(0),
         });
         let consensus = Consensus { inner };
         // From before the bootstrap, so that the first election counts.

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use consensus::{Config, Consensus, Consistency, Role, StopMode};
+use consensus::{Config, Consensus, Consistency, Role, StopMode, StorageFaults};
 use serde_json::json;
 use ts_discovery::StaticDiscovery;
+
+/// The staged restore's file in a state directory.
+const PENDING_RESTORE: &str = "restore.pending";
 
 fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
@@ -27,6 +30,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_, dir| config(dir)).await
+    }
+
+    /// A cluster whose node `i` runs with `config(i, its state dir)`.
+    async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
         let world = World::new(n);
         let temp = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
@@ -36,7 +44,7 @@ impl Cluster {
         let mut starting = Vec::new();
         for i in 0..n {
             let world = World { net: world.net.clone(), n };
-            let (config, discovery) = (config(&dirs[i]), discovery[i].clone());
+            let (config, discovery) = (config(i, &dirs[i]), discovery[i].clone());
             starting.push(tokio::spawn(async move { world.start_on(i, config, discovery).await }));
         }
         let mut nodes = Vec::new();
@@ -67,6 +75,12 @@ impl Cluster {
         if let Some(node) = self.nodes[i].take() {
             node.stop(StopMode::Stay).await.unwrap();
         }
+    }
+
+    /// Starts node `i` again on its state directory.
+    async fn restart(&mut self, i: usize) {
+        let node = self.world.start_on(i, config(&self.dirs[i]), self.discovery[i].clone()).await;
+        self.nodes[i] = Some(node);
     }
 
     async fn shutdown(mut self) {
@@ -361,5 +375,66 @@ async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_fo
     node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
     assert_eq!(node.read((), Consistency::Local).await.unwrap().0, 7);
     node.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// A node that stopped on a fatal error, whose cluster still commits, must
+/// not stage a restore: it would take effect at the next restart (a
+/// supervisor restarts a fatal node) and start a second cluster beside the
+/// live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_node_cannot_stage_a_restore_while_its_cluster_commits() {
+    let faults: Vec<StorageFaults> = (0..3).map(|_| StorageFaults::new()).collect();
+    let cluster = Cluster::start_with(3, |i, dir| Config {
+        storage_faults: Some(faults[i].clone()),
+        ..config(dir)
+    })
+    .await;
+    let leader = cluster.leader();
+    let broken = (leader + 1) % 3;
+    cluster.node(leader).execute(add("a", 1)).await.unwrap();
+    let (status, backup) = admin(&cluster.dirs[broken], "POST", "/v1/backup", b"{}").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&backup));
+    faults[broken].fail_next_fsync();
+    cluster.node(leader).execute(add("b", 1)).await.unwrap();
+    cluster.node(broken).wait_for(WAIT, |m| m.fatal.is_some()).await.expect("the node goes fatal");
+    let (status, answer) = admin(&cluster.dirs[broken], "POST", "/v1/restore", &backup).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((status, code(&answer)), (409, "healthy_cluster"), "{answer}");
+    assert!(!cluster.dirs[broken].join(PENDING_RESTORE).exists(), "a restore was staged");
+    cluster.shutdown().await;
+}
+
+/// A restore staged while the cluster could not commit is cancelled (moved
+/// aside) as soon as the node sees its cluster commit again before it is
+/// restarted: it is never left armed for whatever restart comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.node(0).execute(add("a", 1)).await.unwrap();
+    let keep = (cluster.leader() + 1) % 3;
+    let (status, backup) = admin(&cluster.dirs[keep], "POST", "/v1/backup", b"{}").await;
+    assert_eq!(status, 200);
+    let others: Vec<usize> = (0..3).filter(|&i| i != keep).collect();
+    for &i in &others {
+        cluster.stop(i).await;
+    }
+    let (status, answer) = admin(&cluster.dirs[keep], "POST", "/v1/restore", &backup).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let pending = cluster.dirs[keep].join(PENDING_RESTORE);
+    assert!(pending.exists());
+    // The others come back: the cluster commits again.
+    for &i in &others {
+        cluster.restart(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the staged restore is still armed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.dirs[keep].join("restore.cancelled").exists());
+    let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
+    assert_eq!(s["pending_restore"], json!(null), "{s}");
+    cluster.node(keep).execute(add("b", 1)).await.unwrap();
     cluster.shutdown().await;
 }
