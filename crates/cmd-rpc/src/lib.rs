@@ -50,7 +50,9 @@ pub use crate::api::{
     JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse,
     ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
+pub use crate::client::{
+    Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
+};
 pub use crate::config::CommandConfig;
 pub use crate::error::RpcError;
 pub use crate::pages::{Page, PageServer, Render};

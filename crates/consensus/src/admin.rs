@@ -46,8 +46,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer, Change,
-    ReadIndexResponse, RemoveRequest, RpcError,
+    Addressee, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+    Change, ReadIndexResponse, RemoveRequest, RpcError,
 };
 use serde::Deserialize;
 use ts_transport::{TcpTransport, Transport};
@@ -489,14 +489,15 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
     let index = if m.role == raft_core::Role::Leader {
         raft.read_index(timeout).await.map_err(|e| e.to_string())?
     } else {
-        let leader = m
+        let (id, leader) = m
             .leader
-            .and_then(|id| m.nodes.get(&id))
+            .and_then(|id| m.nodes.get(&id).map(|node| (id, node)))
             .ok_or_else(|| "no leader is known".to_owned())?;
+        let to = Addressee { node: id, cluster: raft.cluster_id() };
         let answer: ReadIndexResponse = inner
             .service
             .client()
-            .post(leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
+            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
             .await
             .map_err(|e| err_message(&e))?;
         answer.index
@@ -667,11 +668,14 @@ async fn commits_once<S: StateMachine>(
             raft.read_index(timeout).await.map(|i| (i, id)).map_err(|e| e.to_string())
         });
     }
+    let cluster = raft.cluster_id();
     for (&id, node) in m.nodes.iter().filter(|(id, _)| **id != inner.id) {
         let (client, node) = (inner.service.client().clone(), node.clone());
+        let to = Addressee { node: id, cluster };
         asks.spawn(async move {
+            let body = serde_json::json!({});
             let answer: Result<ReadIndexResponse, _> =
-                client.post(&node, "/v1/read-index", &serde_json::json!({}), deadline, true).await;
+                client.post_to(to, &node, "/v1/read-index", &body, deadline, true).await;
             answer.map(|r| (r.index, id)).map_err(|e| format!("{id}: {}", err_message(&e)))
         });
     }

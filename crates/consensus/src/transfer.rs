@@ -207,8 +207,12 @@ pub(crate) async fn transfer<S: StateMachine>(
         last_log_index: caught_up.last_log_index.unwrap_or(0),
     };
     let call_deadline = deadline.min(Instant::now() + CAMPAIGN_CALL);
-    let answer: Result<serde_json::Value, _> =
-        inner.service.client().post(&node, "/v1/campaign", &request, call_deadline, false).await;
+    let to = cmd_rpc::Addressee { node: target, cluster: raft.cluster_id() };
+    let answer: Result<serde_json::Value, _> = inner
+        .service
+        .client()
+        .post_to(to, &node, "/v1/campaign", &request, call_deadline, false)
+        .await;
     if let Err(err) = answer {
         return Err(TransferError::Failed(format!("node {target} did not campaign: {err}")));
     }
