@@ -44,6 +44,7 @@ mod stats;
 
 pub use crate::admin::{
     AdminError, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+    NONCE_HEADER, PROOF_PATH, admin_proof,
 };
 pub use crate::api::{
     CampaignRequest, ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse,

@@ -32,9 +32,11 @@
 //! the command on the leader's host.
 //!
 //! The token is 32 random bytes in hex in `<state_dir>/admin.token`
-//! ([`TOKEN_FILE`]), created readable by its owner only and refused if
-//! others can read it; the port served is written to
-//! `<state_dir>/admin.port` ([`PORT_FILE`]). The public items of this
+//! ([`TOKEN_FILE`]), new at every start, written readable by its owner
+//! only before the endpoint listens; the port served is written to
+//! `<state_dir>/admin.port` ([`PORT_FILE`]) after. The endpoint proves it
+//! knows the token before a client sends it ([`admin_proof`], `GET
+//! /v1/proof`). The public items of this
 //! module are what the `tsconsensus` tool needs besides HTTP: those names,
 //! and reading and staging backups offline.
 
@@ -52,6 +54,7 @@ use cmd_rpc::{
 use serde::Deserialize;
 use ts_transport::{TcpTransport, Transport};
 
+pub use cmd_rpc::{NONCE_HEADER, PROOF_PATH, admin_proof};
 pub use raft_core::backup::{BackupInfo, BackupMember};
 
 use crate::error::Error;
@@ -96,7 +99,7 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
                 .to_owned(),
         ));
     };
-    let token = token(&dir)?;
+    let token = fresh_token(&dir)?;
     let listener =
         TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST)).listen(port).await.map_err(|e| {
             Error::Network(format!("cannot listen on 127.0.0.1:{port} for the admin endpoint: {e}"))
@@ -128,64 +131,41 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
     Ok(())
 }
 
-/// The token in `dir`, made if there is none.
-fn token(dir: &Path) -> Result<String, Error> {
+/// A new token for this run of the node, written to `dir` as
+/// [`TOKEN_FILE`] (readable by its owner only, whole or not at all) before
+/// the endpoint listens: a token read from the file is good only while
+/// this run lasts.
+fn fresh_token(dir: &Path) -> Result<String, Error> {
     fs::create_dir_all(dir)
         .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(TOKEN_FILE);
-    match fs::symlink_metadata(&path) {
-        Ok(meta) => {
-            if !meta.file_type().is_file() {
-                return Err(Error::Invalid(format!(
-                    "{} is not a regular file; remove it to have a new token made",
-                    path.display()
-                )));
-            }
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = meta.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(Error::Invalid(format!(
-                        "{} can be read by other users (mode {:o}); make it readable by its \
-                         owner only: chmod 600 {}",
-                        path.display(),
-                        mode & 0o777,
-                        path.display()
-                    )));
-                }
-            }
-            let text = fs::read_to_string(&path)
-                .map_err(|e| Error::Storage(format!("read {}: {e}", path.display())))?;
-            let token = text.trim();
-            if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::Invalid(format!(
-                    "{} does not hold an admin token (64 hex digits); remove it to have a new \
-                     one made",
-                    path.display()
-                )));
-            }
-            Ok(token.to_owned())
+    let temp = dir.join(format!("{TOKEN_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        // A leftover (or planted) temporary file is replaced, never
+        // followed: create_new refuses links.
+        match fs::remove_file(&temp) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes)
-                .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let write = || -> std::io::Result<()> {
-                let mut file = options.open(&path)?;
-                file.write_all(format!("{token}\n").as_bytes())?;
-                file.sync_all()
-            };
-            write().map_err(|e| Error::Storage(format!("write {}: {e}", path.display())))?;
-            Ok(token)
-        }
-        Err(err) => Err(Error::Storage(format!("{}: {err}", path.display()))),
-    }
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp)?;
+        file.write_all(format!("{token}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        Error::Storage(format!("write {}: {e}", path.display()))
+    })?;
+    Ok(token)
 }
 
 fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
@@ -818,23 +798,26 @@ mod tests {
     }
 
     #[test]
-    fn the_token_file_is_made_private_and_refused_when_it_is_not() {
+    fn every_start_writes_a_new_private_token() {
         let dir = tempfile::tempdir().unwrap();
-        let first = token(dir.path()).unwrap();
+        let first = fresh_token(dir.path()).unwrap();
         assert_eq!(first.len(), 64);
-        assert_eq!(token(dir.path()).unwrap(), first, "the token is kept");
         let path = dir.path().join(TOKEN_FILE);
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), first);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            // A token file others could read is replaced by a private one.
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-            let err = token(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         }
-        fs::write(&path, "not a token").unwrap();
-        let err = token(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("64 hex digits"), "{err}");
+        let second = fresh_token(dir.path()).unwrap();
+        assert_ne!(second, first, "a token outlives the run that made it");
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), second);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
     }
 }
