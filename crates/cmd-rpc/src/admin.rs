@@ -214,7 +214,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `host` names this endpoint: `127.0.0.1:<port>` or
 /// `localhost:<port>`.
-fn host_allowed(host: &str, port: u16) -> bool {
+pub(crate) fn host_allowed(host: &str, port: u16) -> bool {
     let Some((name, given)) = host.rsplit_once(':') else { return false };
     given.parse::<u16>().is_ok_and(|p| p == port)
         && (name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost"))
