@@ -25,8 +25,10 @@
 //! leader's rules (decision 0003): on the leader, the operator is trusted
 //! and may remove any other member, with `force` for one that is tagged
 //! and online (membership follows tags, so the leader adds such a node
-//! back as soon as it answers a probe) or whose removal would leave the
-//! remaining voters without a reachable majority; on a follower, the
+//! back as soon as it answers a probe), and with `force_quorum` for a
+//! voter whose removal would leave the remaining voters without a
+//! reachable majority (without a tailnet view only this node counts as
+//! reachable); on a follower, the
 //! request goes to the leader as this node's, and the leader allows it
 //! only for a member it sees offline or untagged; a refusal says to run
 //! the command on the leader's host.
@@ -302,8 +304,28 @@ fn leader_name(members: &[Member]) -> String {
 #[serde(deny_unknown_fields)]
 struct RemoveBody {
     node: String,
+    /// Removes a member that is tagged and online.
     #[serde(default)]
     force: bool,
+    /// Removes a voter whose removal leaves no reachable majority.
+    #[serde(default)]
+    force_quorum: bool,
+}
+
+/// The voters left once `id` is removed, and how many of them are
+/// reachable: this node, and the others the view shows tagged and online.
+/// Without a view nobody else counts as reachable (the check must not
+/// pass for want of information).
+fn remaining_voters(
+    members: &[Member],
+    me: u64,
+    id: u64,
+    online: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let remaining: Vec<&Member> =
+        members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
+    let reachable = remaining.iter().filter(|m| m.id == me || online(&m.stable_id)).count();
+    (remaining.len(), reachable)
 }
 
 async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
@@ -350,20 +372,24 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
                 ),
             ));
         }
-        if target.role == MemberRole::Voter && !request.force {
-            let remaining: Vec<&Member> =
-                members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
-            let reachable =
-                remaining.iter().filter(|m| m.id == inner.id || online(&m.stable_id)).count();
-            if reachable < remaining.len() / 2 + 1 {
+        if target.role == MemberRole::Voter && !request.force_quorum {
+            let seen_online =
+                |stable_id: &str| view.as_ref().is_some_and(|v| tagged_online(v, stable_id));
+            let (remaining, reachable) = remaining_voters(&members, inner.id, id, seen_online);
+            if reachable < remaining / 2 + 1 {
                 return Err(AdminResponse::error(
                     409,
                     "quorum",
                     format!(
-                        "removing voter {id} leaves {} voters of which only {reachable} are \
-                         reachable, not a majority: the change could not commit; --force tries \
-                         anyway",
-                        remaining.len()
+                        "removing voter {id} leaves {remaining} voters of which only {reachable} \
+                         are reachable{}, not a majority: the joint configuration might never \
+                         commit and the cluster could stall. Bring the offline voters back \
+                         first; --force-quorum tries anyway (--force does not cover this)",
+                        if view.is_none() {
+                            " (no tailnet view: only this node counts)"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -795,6 +821,17 @@ mod tests {
         for bad in ["", "a\nb", &"x".repeat(MAX_NAME + 1)] {
             assert_eq!(error_of(resolve(&members, bad).unwrap_err()).code, "bad_request");
         }
+    }
+
+    #[test]
+    fn without_a_view_only_this_node_counts_as_reachable() {
+        let members = vec![member(1, "a", "a"), member(2, "b", "b"), member(3, "c", "c")];
+        assert_eq!(remaining_voters(&members, 1, 3, |_| false), (2, 1));
+        assert_eq!(remaining_voters(&members, 1, 3, |s| s == "b"), (2, 2));
+        let mut learner = member(4, "d", "d");
+        learner.role = MemberRole::Learner;
+        let members = [members, vec![learner]].concat();
+        assert_eq!(remaining_voters(&members, 1, 2, |_| true), (2, 2));
     }
 
     #[test]

@@ -438,3 +438,34 @@ async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
     cluster.node(keep).execute(add("b", 1)).await.unwrap();
     cluster.shutdown().await;
 }
+
+/// `--force` overrides the tagged-and-online check only: removing a voter
+/// whose removal leaves no reachable majority (another voter is offline)
+/// needs its own override, `force_quorum`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_voter_that_breaks_the_quorum_needs_its_own_override() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let (offline, target) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[offline]));
+    let target_id = cluster.node(target).id().to_string();
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": target_id.clone(), "force": true }),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (409, "quorum"), "{answer}");
+    assert!(message(&answer).contains("--force-quorum"), "{answer}");
+    assert_eq!(cluster.node(leader).metrics().voters, 3);
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": target_id, "force": true, "force_quorum": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    cluster.shutdown().await;
+}

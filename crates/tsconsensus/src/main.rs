@@ -80,10 +80,13 @@ enum Command {
         /// The member.
         node: String,
         /// On the leader: remove a member that is tagged and online (the
-        /// leader adds it back once it answers), or one whose removal
-        /// leaves no reachable majority.
+        /// leader adds it back once it answers).
         #[arg(long)]
         force: bool,
+        /// On the leader: remove a voter even though the voters left would
+        /// have no reachable majority (the change may never commit).
+        #[arg(long)]
+        force_quorum: bool,
     },
     /// Hands leadership from this node (the leader) to a voter, or to the
     /// most caught-up one.
@@ -211,8 +214,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             let members = call("GET", "/v1/members", Value::Null)?;
             print(&members, &|m| print_members(&m["members"]));
         }
-        Command::Remove { node, force } => {
-            let answer = call("POST", "/v1/remove", json!({ "node": node, "force": force }))?;
+        Command::Remove { node, force, force_quorum } => {
+            let body = json!({ "node": node, "force": force, "force_quorum": force_quorum });
+            let answer = call("POST", "/v1/remove", body)?;
             print(&answer, &|a| {
                 println!("removed member {}", a["removed"]);
                 print_members(&a["members"]);
