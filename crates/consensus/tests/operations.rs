@@ -469,3 +469,33 @@ async fn removing_a_voter_that_breaks_the_quorum_needs_its_own_override() {
     assert_eq!(status, 200, "{answer}");
     cluster.shutdown().await;
 }
+
+/// A transfer to a voter that cannot catch up (it is down) gives up after
+/// about two election timeouts without progress, not at the call's
+/// deadline: the leader holds its log still all that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_voter_that_does_not_catch_up_gives_up_early() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let target = (leader + 1) % 3;
+    let target_id = cluster.node(target).id();
+    cluster.stop(target).await;
+    // The leader's log moves past what the stopped voter has.
+    cluster.node(leader).execute(add("after", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/transfer-leader",
+        json!({ "to": target_id.to_string() }),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!((status, code(&answer)), (504, "not_transferred"), "{answer}");
+    assert!(message(&answer).contains("catch up"), "{answer}");
+    // fast_config: upper election timeout 1 s, call deadline 10 s.
+    assert!(took < Duration::from_secs(5), "gave up only after {took:?}");
+    // The hold ended: commands commit again on the same leader.
+    cluster.node(leader).execute(add("again", 1)).await.unwrap();
+    cluster.shutdown().await;
+}

@@ -887,6 +887,18 @@ impl<S: StateMachine> RaftNode<S> {
         tracing::info!(id = self.id, hold, "leadership transfer hold");
     }
 
+    /// Turns the hold on unless it is on already (one atomic step): false
+    /// if another transfer holds it.
+    pub fn try_hold_for_transfer(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+            return false;
+        }
+        self.raft.runtime_config().heartbeat(false);
+        tracing::info!(id = self.id, hold = true, "leadership transfer hold");
+        true
+    }
+
     /// Whether [`RaftNode::hold_for_transfer`] is on.
     pub fn is_held_for_transfer(&self) -> bool {
         self.transferring.load(std::sync::atomic::Ordering::SeqCst)
