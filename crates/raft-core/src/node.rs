@@ -379,9 +379,10 @@ impl<S: StateMachine> RaftNode<S> {
             identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
                 .await?;
         let identity = match &restore {
-            Some((pending, _)) => {
-                pending.apply(log_store.clone(), &snapshots, &identity, &self_node).await?
-            }
+            Some((pending, dir)) => pending
+                .apply(log_store.clone(), &snapshots, &identity, &self_node)
+                .await
+                .map_err(|err| pending.abandon(dir, err))?,
             None => identity,
         };
         let id = identity.node_id;
@@ -393,11 +394,12 @@ impl<S: StateMachine> RaftNode<S> {
             .await
             .map_err(|err| StartError::Storage(err.to_string()))?
             .map_err(|err| match &restore {
-                Some((pending, _)) => StartError::Storage(format!(
-                    "the state machine cannot restore the backup being restored: {err}; the \
-                     previous raft state is in {}: to undo, stop the node and move it back",
-                    pending.aside().display()
-                )),
+                Some((pending, dir)) => pending.abandon(
+                    dir,
+                    StartError::Storage(format!(
+                        "the state machine cannot restore the backup being restored: {err}"
+                    )),
+                ),
                 None => StartError::Storage(format!("restore from snapshot: {err}")),
             })?;
         if let Some((pending, dir)) = &restore {
