@@ -296,7 +296,7 @@ impl Nodes {
     ) -> Result<Nodes, String> {
         if !settings.bin.is_file() {
             return Err(format!(
-                "the chaos-node binary {} does not exist (build it with `cargo build -p tests --bin chaos-node`)",
+                "the chaos-node binary {} does not exist (build it with `cargo build -p tests --features tailnet --bin chaos-node`)",
                 settings.bin.display()
             ));
         }
