@@ -218,6 +218,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     if let Some(committed) = inner.raft().committed_index().await {
         inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
     }
+    crate::health::refresh_leader_commit(inner).await;
     let mut value =
         serde_json::to_value(crate::monitor::status(inner)).unwrap_or(serde_json::Value::Null);
     if let Some(object) = value.as_object_mut() {

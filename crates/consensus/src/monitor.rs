@@ -254,6 +254,7 @@ pub(crate) async fn start<S: StateMachine>(
                 if let Some(committed) = strong.raft().committed_index().await {
                     strong.committed.store(committed, Ordering::Relaxed);
                 }
+                crate::health::refresh_leader_commit(&strong).await;
                 drop(strong);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -161,6 +161,10 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The committed index, refreshed by the monitor (u64::MAX: unknown).
     pub(crate) committed: std::sync::atomic::AtomicU64,
+    /// On a follower: the leader's commit index, learned through a
+    /// read-index round by the monitor's refresher, and when
+    /// (crate::health).
+    pub(crate) leader_committed: Mutex<Option<(u64, Instant)>>,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
     /// When each tagged node (by stable id) may next be probed by the
@@ -565,6 +569,7 @@ impl<S: StateMachine> Consensus<S> {
             localhost_monitor_port: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             committed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            leader_committed: Mutex::new(None),
             owns_discovery: AtomicBool::new(false),
             membership_probes: Mutex::new(HashMap::new()),
             promise,

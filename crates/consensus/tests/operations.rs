@@ -499,3 +499,24 @@ async fn a_transfer_to_a_voter_that_does_not_catch_up_gives_up_early() {
     cluster.node(leader).execute(add("again", 1)).await.unwrap();
     cluster.shutdown().await;
 }
+
+/// A follower's readiness is measured against the leader's commit index
+/// (learned through a read-index round), not its own, which openraft
+/// clamps to the entries it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_readiness_uses_the_leaders_commit_index() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    for k in 0..3 {
+        cluster.node(leader).execute(add(&format!("r{k}"), 1)).await.unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+    let readiness = &s["readiness"];
+    let learned = readiness["leader_committed_index"].as_u64();
+    assert!(learned.is_some_and(|i| i >= 3), "{s}");
+    assert_eq!(readiness["ready"], json!(true), "{s}");
+    let (_, s) = admin_json(&cluster.dirs[leader], "GET", "/v1/status", json!(null)).await;
+    assert_eq!(s["readiness"]["leader_committed_index"], json!(null), "a leader uses its own: {s}");
+    cluster.shutdown().await;
+}
