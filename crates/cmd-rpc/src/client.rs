@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use raft_core::NodeInfo;
+use raft_core::{ClusterId, NodeId, NodeInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ts_transport::Transport;
@@ -24,8 +24,24 @@ use crate::error::RpcError;
 pub const DEADLINE_HEADER: &str = "x-tsc-deadline-ms";
 /// Header marking a request forwarded by another node (never forwarded again).
 pub const FORWARDED_HEADER: &str = "x-tsc-forwarded";
+/// Header naming the raft id of the member a call is meant for.
+pub const TARGET_NODE_HEADER: &str = "x-tsc-target-node";
+/// Header naming the sender's cluster id (`none` before it has one).
+pub const CLUSTER_HEADER: &str = "x-tsc-cluster";
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 8;
+
+/// The member a call is meant for: its raft id, in the sender's cluster.
+/// A node that is not that member of that cluster (a new incarnation on
+/// the same addresses, a node restored as a new cluster) refuses the call
+/// as `not_leader` without a hint, and the sender routes it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addressee {
+    /// The raft id of the member called.
+    pub node: NodeId,
+    /// The sender's cluster.
+    pub cluster: Option<ClusterId>,
+}
 
 /// Idle connections by peer address.
 type IdlePool = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>>;
@@ -63,7 +79,26 @@ impl CommandClient {
     ) -> Result<R, RpcError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
-        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded).await
+        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded, None).await
+    }
+
+    /// [`CommandClient::post`] to a member named by `to`: the call says
+    /// which member of which cluster it is meant for, and any other node
+    /// refuses it.
+    #[allow(clippy::too_many_arguments, reason = "post's arguments and the addressee")]
+    pub async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        to: Addressee,
+        node: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
+        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded, Some(to))
+            .await
     }
 
     /// `GET path` on `node`.
@@ -73,9 +108,10 @@ impl CommandClient {
         path: &str,
         deadline: Instant,
     ) -> Result<R, RpcError> {
-        self.request(node, Method::GET, path, Bytes::new(), deadline, false).await
+        self.request(node, Method::GET, path, Bytes::new(), deadline, false, None).await
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one request's parts")]
     async fn request<R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
@@ -84,6 +120,7 @@ impl CommandClient {
         body: Bytes,
         deadline: Instant,
         forwarded: bool,
+        to: Option<Addressee>,
     ) -> Result<R, RpcError> {
         let mut last =
             RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
@@ -97,7 +134,7 @@ impl CommandClient {
                 });
             }
             let attempt =
-                self.exchange(addr, method.clone(), path, body.clone(), remaining, forwarded);
+                self.exchange(addr, method.clone(), path, body.clone(), remaining, forwarded, to);
             match tokio::time::timeout(remaining, attempt).await {
                 Err(_) => {
                     return Err(RpcError::Timeout {
@@ -130,6 +167,7 @@ impl CommandClient {
         Err(last)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one request's parts")]
     async fn exchange(
         &self,
         addr: SocketAddr,
@@ -138,6 +176,7 @@ impl CommandClient {
         body: Bytes,
         remaining: Duration,
         forwarded: bool,
+        to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
         let unreachable =
             |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
@@ -150,6 +189,12 @@ impl CommandClient {
             .header(DEADLINE_HEADER, remaining.as_millis().to_string());
         if forwarded {
             request = request.header(FORWARDED_HEADER, "1");
+        }
+        if let Some(to) = to {
+            let cluster = to.cluster.map(|c| c.to_string()).unwrap_or_else(|| "none".to_owned());
+            request = request
+                .header(TARGET_NODE_HEADER, to.node.to_string())
+                .header(CLUSTER_HEADER, cluster);
         }
         let request =
             request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;

@@ -46,13 +46,16 @@ mod stats;
 
 pub use crate::admin::{
     AdminError, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+    NONCE_HEADER, PROOF_PATH, admin_proof,
 };
 pub use crate::api::{
     CampaignRequest, ClusterInfo, ConfirmRequest, ConfirmResponse, Consistency, ErrorBody,
     ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse,
     ProbeState, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
+pub use crate::client::{
+    Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
+};
 pub use crate::config::CommandConfig;
 pub use crate::error::RpcError;
 pub use crate::pages::{Page, PageServer, Render};

@@ -27,11 +27,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ts_transport::{Listener, PeerAddr, Server};
 
+use crate::api::ErrorBody;
 use crate::api::{
     CampaignRequest, ConfirmRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest,
     RemoveRequest,
 };
-use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
+use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, check_confirm};
@@ -169,6 +170,10 @@ async fn dispatch<S: StateMachine>(
     };
     let deadline = service.deadline(requested);
     let forwarded = headers.contains_key(FORWARDED_HEADER);
+    // Only these honour the forwarding mark; on the others it changes nothing.
+    let forwarded_call =
+        forwarded && matches!(path.as_str(), "/v1/execute" | "/v1/session" | "/v1/read-index");
+    check_addressee(headers, service, forwarded_call)?;
     // A node stopped on a fatal error serves nothing, not even its view of
     // the cluster (which may be stale).
     if let Some(why) = service.fatal() {
@@ -230,6 +235,49 @@ async fn dispatch<S: StateMachine>(
         }
         _ => Err(RpcError::NotFound(path)),
     }
+}
+
+/// A call that names the member it is meant for ([`crate::Addressee`]) is
+/// answered only by that member of that cluster; a forwarded call must
+/// (execute, session, read index) must name it. Another node on the same addresses (a new incarnation, a node
+/// restored as a new cluster) answers `not_leader` without a hint, which
+/// makes the sender route the call again by what it knows.
+fn check_addressee<S: StateMachine>(
+    headers: &hyper::HeaderMap,
+    service: &CommandService<S>,
+    forwarded: bool,
+) -> Result<(), RpcError> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
+    let (node, cluster) = match (text(TARGET_NODE_HEADER), text(CLUSTER_HEADER)) {
+        (None, None) if !forwarded => return Ok(()),
+        (Some(node), Some(cluster)) => (node, cluster),
+        _ => {
+            return Err(RpcError::BadRequest(format!(
+                "{TARGET_NODE_HEADER} and {CLUSTER_HEADER} go together, and a forwarded call \
+                 carries both"
+            )));
+        }
+    };
+    let own_node = service.node().id().to_string();
+    let own_cluster =
+        service.node().cluster_id().map(|c| c.to_string()).unwrap_or_else(|| "none".to_owned());
+    if node == own_node && cluster == own_cluster {
+        return Ok(());
+    }
+    let clip = |s: &str| s.chars().take(64).collect::<String>();
+    Err(RpcError::from_remote(
+        StatusCode::CONFLICT.as_u16(),
+        ErrorBody {
+            code: "not_leader".to_owned(),
+            message: format!(
+                "this is node {own_node} of cluster {own_cluster}, not node {} of cluster {}: \
+                 the call was meant for another member (route it again)",
+                clip(node),
+                clip(cluster)
+            ),
+            leader: None,
+        },
+    ))
 }
 
 /// Reads a request body within the size limit and the body deadline.

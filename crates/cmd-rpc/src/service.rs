@@ -32,7 +32,7 @@ use crate::api::{
     LeaderHint, Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
     SessionResponse,
 };
-use crate::client::CommandClient;
+use crate::client::{Addressee, CommandClient};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, Peers, check_node};
@@ -84,7 +84,8 @@ pub enum Change {
 /// Where a call should go next.
 enum Route {
     Local,
-    Remote(NodeInfo),
+    /// The leader's raft id and record.
+    Remote(NodeId, NodeInfo),
     Unknown,
 }
 
@@ -175,16 +176,21 @@ impl<S: StateMachine> CommandService<S> {
             if hint.id == self.node.id() {
                 return Route::Local;
             }
-            return Route::Remote(hint.node.clone());
+            return Route::Remote(hint.id, hint.node.clone());
         }
         match metrics.leader {
             Some(id) if id == self.node.id() => Route::Local,
             Some(id) => match metrics.nodes.get(&id) {
-                Some(node) => Route::Remote(node.clone()),
+                Some(node) => Route::Remote(id, node.clone()),
                 None => Route::Unknown,
             },
             None => Route::Unknown,
         }
+    }
+
+    /// Member `id` of this node's cluster, as the addressee of a call.
+    fn member(&self, id: NodeId) -> Addressee {
+        Addressee { node: id, cluster: self.node.cluster_id() }
     }
 
     fn leader_hint(&self, leader: Option<(NodeId, NodeInfo)>) -> Option<LeaderHint> {
@@ -295,10 +301,17 @@ impl<S: StateMachine> CommandService<S> {
                         }),
                     }
                 }
-                Route::Remote(leader) => {
+                Route::Remote(id, leader) => {
                     let result = self
                         .client
-                        .post(&leader, "/v1/session", &serde_json::json!({}), deadline, true)
+                        .post_to(
+                            self.member(id),
+                            &leader,
+                            "/v1/session",
+                            &serde_json::json!({}),
+                            deadline,
+                            true,
+                        )
                         .await;
                     self.remote_result(result)
                 }
@@ -413,7 +426,7 @@ impl<S: StateMachine> CommandService<S> {
                             Err(err) => self.propose_error("execute", err),
                         }
                     }
-                    Route::Remote(leader) => {
+                    Route::Remote(id, leader) => {
                         let forward = ExecuteRequest {
                             client: request.client.clone(),
                             seq: request.seq,
@@ -430,7 +443,14 @@ impl<S: StateMachine> CommandService<S> {
                         );
                         let result = self
                             .client
-                            .post(&leader, "/v1/execute", &forward, deadline, true)
+                            .post_to(
+                                self.member(id),
+                                &leader,
+                                "/v1/execute",
+                                &forward,
+                                deadline,
+                                true,
+                            )
                             .instrument(span)
                             .await;
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
@@ -678,9 +698,18 @@ impl<S: StateMachine> CommandService<S> {
                         }
                         Err(err) => Err(err),
                     },
-                    Route::Remote(leader) => {
-                        let result: Result<serde_json::Value, RpcError> =
-                            self.client.post(&leader, "/v1/remove", request, deadline, false).await;
+                    Route::Remote(id, leader) => {
+                        let result: Result<serde_json::Value, RpcError> = self
+                            .client
+                            .post_to(
+                                self.member(id),
+                                &leader,
+                                "/v1/remove",
+                                request,
+                                deadline,
+                                false,
+                            )
+                            .await;
                         self.remote_result(result.map(|_| ()))
                     }
                     Route::Unknown => {
@@ -761,10 +790,17 @@ impl<S: StateMachine> CommandService<S> {
                         }
                         Err(err) => Err(err),
                     },
-                    Route::Remote(leader) => {
+                    Route::Remote(id, leader) => {
                         let result: Result<ReadIndexResponse, RpcError> = self
                             .client
-                            .post(&leader, "/v1/read-index", &serde_json::json!({}), deadline, true)
+                            .post_to(
+                                self.member(id),
+                                &leader,
+                                "/v1/read-index",
+                                &serde_json::json!({}),
+                                deadline,
+                                true,
+                            )
                             .await;
                         self.remote_result(result.map(|r| r.index))
                     }

@@ -1215,3 +1215,53 @@ async fn only_the_leader_may_ask_a_caught_up_voter_to_campaign_in_its_term() {
         .expect("the follower campaigned");
     cluster.shutdown().await;
 }
+
+/// A forwarded call names the member and cluster it is meant for: a node
+/// that is another member (a new incarnation on the same addresses) or in
+/// another cluster (a node restored as a new cluster) refuses it as
+/// `not_leader` without a hint, and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_meant_for_another_member_or_cluster_is_refused_and_not_applied() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let caller = ip((leader + 1) % 3);
+    let id = cluster.service(leader).node().id();
+    let own = cluster.cluster_id.to_string();
+    let other = ClusterId(cluster.cluster_id.0 ^ 1).to_string();
+    let client = cluster.session(leader).await;
+    let command = |seq: u64, key: &str| serde_json::to_string(&put(client, seq, key, "v")).unwrap();
+    let headers = |node: u64, cluster: &str| {
+        format!("x-tsc-forwarded: 1\r\nx-tsc-target-node: {node}\r\nx-tsc-cluster: {cluster}\r\n")
+    };
+    for (what, headers) in
+        [("another member", headers(id ^ 1, &own)), ("another cluster", headers(id, &other))]
+    {
+        let (status, body) =
+            post_from(&cluster, caller, leader, "/v1/execute", &command(1, what), &headers).await;
+        assert_eq!(status, 409, "{what}: {body}");
+        let error: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
+        assert_eq!((error.code.as_str(), error.leader), ("not_leader", None), "{what}: {body}");
+        let (status, body) =
+            post_from(&cluster, caller, leader, "/v1/read-index", "{}", &headers).await;
+        assert_eq!(status, 409, "{what}: read index answered: {body}");
+    }
+    assert!(cluster.log(leader).is_empty(), "applied: {:?}", cluster.log(leader));
+    // A forwarded call must say whom it is for.
+    let (status, body) = post_from(
+        &cluster,
+        caller,
+        leader,
+        "/v1/execute",
+        &command(1, "x"),
+        "x-tsc-forwarded: 1\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // Meant for this member of this cluster: applied.
+    let (status, body) =
+        post_from(&cluster, caller, leader, "/v1/execute", &command(1, "k"), &headers(id, &own))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cluster.log(leader).len(), 1);
+    cluster.shutdown().await;
+}

@@ -162,6 +162,10 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The committed index, refreshed by the monitor (u64::MAX: unknown).
     pub(crate) committed: std::sync::atomic::AtomicU64,
+    /// On a follower: the leader's commit index, learned through a
+    /// read-index round by the monitor's refresher, and when
+    /// (crate::health).
+    pub(crate) leader_committed: Mutex<Option<(u64, Instant)>>,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
     /// When each tagged node (by stable id) may next be probed by the
@@ -175,6 +179,10 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) counters: Arc<Counters>,
     /// The operator's endpoint, if served (crate::admin).
     pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
+    /// Counts restores staged through the admin endpoint; staging and
+    /// cancelling one happen under this lock, so a watcher cancels only
+    /// the restore it was started for (crate::admin).
+    pub(crate) restore_staged: Mutex<u64>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -614,11 +622,13 @@ impl<S: StateMachine> Consensus<S> {
             localhost_monitor_port: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             committed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            leader_committed: Mutex::new(None),
             owns_discovery: AtomicBool::new(false),
             membership_probes: Mutex::new(HashMap::new()),
             boot,
             counters: counters.clone(),
             admin: Mutex::new(None),
+            restore_staged: Mutex::new(0),
         });
         let consensus = Consensus { inner };
         // From before the bootstrap, so that the first election counts.

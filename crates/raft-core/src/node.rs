@@ -382,9 +382,10 @@ impl<S: StateMachine> RaftNode<S> {
             identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
                 .await?;
         let identity = match &restore {
-            Some((pending, _)) => {
-                pending.apply(log_store.clone(), &snapshots, &identity, &self_node).await?
-            }
+            Some((pending, dir)) => pending
+                .apply(log_store.clone(), &snapshots, &identity, &self_node)
+                .await
+                .map_err(|err| pending.abandon(dir, err))?,
             None => identity,
         };
         let id = identity.node_id;
@@ -397,11 +398,12 @@ impl<S: StateMachine> RaftNode<S> {
             .await
             .map_err(|err| StartError::Storage(err.to_string()))?
             .map_err(|err| match &restore {
-                Some((pending, _)) => StartError::Storage(format!(
-                    "the state machine cannot restore the backup being restored: {err}; the \
-                     previous raft state is in {}: to undo, stop the node and move it back",
-                    pending.aside().display()
-                )),
+                Some((pending, dir)) => pending.abandon(
+                    dir,
+                    StartError::Storage(format!(
+                        "the state machine cannot restore the backup being restored: {err}"
+                    )),
+                ),
                 None => StartError::Storage(format!("restore from snapshot: {err}")),
             })?;
         if let Some((pending, dir)) = &restore {
@@ -951,6 +953,18 @@ impl<S: StateMachine> RaftNode<S> {
         self.transferring.store(hold, std::sync::atomic::Ordering::SeqCst);
         self.raft.runtime_config().heartbeat(!hold);
         tracing::info!(id = self.id, hold, "leadership transfer hold");
+    }
+
+    /// Turns the hold on unless it is on already (one atomic step): false
+    /// if another transfer holds it.
+    pub fn try_hold_for_transfer(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+            return false;
+        }
+        self.raft.runtime_config().heartbeat(false);
+        tracing::info!(id = self.id, hold = true, "leadership transfer hold");
+        true
     }
 
     /// Whether [`RaftNode::hold_for_transfer`] is on.
