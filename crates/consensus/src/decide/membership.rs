@@ -101,6 +101,31 @@ fn caught_up<N>(member: &Member<N>, inputs: &Inputs<'_, N>) -> bool {
     member.matched.is_some_and(|m| m.saturating_add(inputs.max_lag) >= inputs.last_index)
 }
 
+/// Whether the quorum guard may count `voter` as reachable: the leader, or
+/// a voter whose node is tagged and online and that is that node's live
+/// incarnation. A node that restarted empty comes back under a new raft id;
+/// its old voter is dead however online the node is, so it counts only if
+/// a probe names it, or it is the node's only member and no probe names
+/// another.
+fn live<N: PartialEq>(
+    voter: &Member<N>,
+    members: &[&Member<N>],
+    probed: &[&Probed<N>],
+    inputs: &Inputs<'_, N>,
+) -> bool {
+    if voter.id == inputs.leader {
+        return true;
+    }
+    if !tagged_online(&voter.name, inputs) {
+        return false;
+    }
+    let mut answers = probed.iter().filter(|p| p.name == voter.name);
+    let named = answers.clone().any(|p| p.id == voter.id);
+    let other = answers.any(|p| p.id != voter.id);
+    let alone = members.iter().filter(|m| m.name == voter.name).count() == 1;
+    named || (alone && !other)
+}
+
 fn tagged_online<N: PartialEq>(name: &N, inputs: &Inputs<'_, N>) -> bool {
     inputs.tagged.iter().any(|t| t.name == *name && t.online)
 }
@@ -180,10 +205,7 @@ pub(crate) fn plan<N: Ord + Clone>(inputs: &Inputs<'_, N>) -> Option<Action<N>> 
         }
         if member.voter {
             let remaining: Vec<&&Member<N>> = voters.iter().filter(|v| v.id != member.id).collect();
-            let reachable = remaining
-                .iter()
-                .filter(|v| v.id == inputs.leader || tagged_online(&v.name, inputs))
-                .count();
+            let reachable = remaining.iter().filter(|v| live(v, &members, &probed, inputs)).count();
             if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
                 continue;
             }
@@ -313,6 +335,12 @@ mod tests {
             ("rule 2: quorum guard lifted once c is back",
              three(), vec![online('a'), online('c')], vec![],
              Some(Action::Remove { id: 2, name: 'b' })),
+            ("rule 2: quorum guard: a voter whose node came back as a new incarnation is not reachable",
+             { let mut m = three(); m.push(learner(22, 'b', Some(50))); m },
+             vec![online('a'), online('b')], vec![probe('b', 22)], None),
+            ("rule 2: quorum guard: nor one beside another member of its node that no probe settles",
+             { let mut m = three(); m.push(learner(22, 'b', Some(50))); m },
+             vec![online('a'), online('b')], vec![], None),
             ("rule 2: the leader never removes itself",
              three(), vec![online('b'), online('c')], vec![], None),
             ("rule 2: in a two-voter cluster an untagged follower goes (the leader alone is the rest's majority)",
