@@ -511,7 +511,17 @@ async fn a_followers_readiness_uses_the_leaders_commit_index() {
         cluster.node(leader).execute(add(&format!("r{k}"), 1)).await.unwrap();
     }
     let follower = (leader + 1) % 3;
-    let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+    // The leader's index is learned about once a second: wait for a round
+    // after the writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+        let learned = s["readiness"]["leader_committed_index"].as_u64();
+        if learned.is_some_and(|i| i >= 3) || tokio::time::Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let readiness = &s["readiness"];
     let learned = readiness["leader_committed_index"].as_u64();
     assert!(learned.is_some_and(|i| i >= 3), "{s}");
