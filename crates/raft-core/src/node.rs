@@ -779,6 +779,7 @@ impl<S: StateMachine> RaftNode<S> {
         timeout: Duration,
     ) -> Result<(), MembershipError> {
         let deadline = Instant::now() + timeout;
+        self.leave_joint(deadline).await?;
         let is_voter = self.metrics().voters.contains(&new);
         if !is_voter {
             self.add_learner(new, node, timeout).await?;
@@ -824,7 +825,35 @@ impl<S: StateMachine> RaftNode<S> {
         change: ChangeMembers<NodeId, NodeInfo>,
         timeout: Duration,
     ) -> Result<(), MembershipError> {
+        let deadline = Instant::now() + timeout;
+        self.leave_joint(deadline).await?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
+            Err(_) => Err(MembershipError::Timeout(timeout)),
+            Ok(result) => result.map(|_| ()).map_err(membership_error),
+        }
+    }
+
+    /// Finishes a joint configuration left behind. openraft 0.9 moves from
+    /// the joint configuration to the final one in the future of the
+    /// `change_membership` call that began the change; a timeout, a crash
+    /// or a lost leadership between the two steps leaves the cluster joint
+    /// for good (every commit needs a majority of both halves), and a change
+    /// computed from one half (a replacement's `RemoveNodes` of an old
+    /// incarnation still voting in the other half) is refused. Replacing
+    /// all voters by the final half completes it.
+    async fn leave_joint(&self, deadline: Instant) -> Result<(), MembershipError> {
+        let configs = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().get_joint_config().clone()
+        };
+        let (true, Some(last)) = (configs.len() > 1, configs.last().cloned()) else {
+            return Ok(());
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let finish = self.raft.change_membership(ChangeMembers::ReplaceAllVoters(last), false);
+        match tokio::time::timeout(timeout, finish).await {
             Err(_) => Err(MembershipError::Timeout(timeout)),
             Ok(result) => result.map(|_| ()).map_err(membership_error),
         }
