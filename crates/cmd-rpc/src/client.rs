@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use raft_core::NodeInfo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 use ts_transport::Transport;
 
 use crate::api::ErrorBody;
@@ -58,9 +59,10 @@ impl CommandClient {
         node: &NodeInfo,
         path: &str,
         body: &B,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<R, RpcError> {
+        let deadline = deadline.into();
         let body = serde_json::to_vec(body)
             .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
         self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded).await
@@ -71,8 +73,9 @@ impl CommandClient {
         &self,
         node: &NodeInfo,
         path: &str,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
+        let deadline = deadline.into();
         self.request(node, Method::GET, path, Bytes::new(), deadline, false).await
     }
 

@@ -17,14 +17,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft_core::{
-    ClientId, MembershipError, NodeId, NodeInfo, Outcome, ProposeError, RaftNode, ReadError, Role,
-    StateMachine, node_id,
+    ClientId, MembershipError, NodeId, NodeInfo, NodeMetrics, Outcome, ProposeError, RaftNode,
+    ReadError, Role, StateMachine, node_id,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::api::{
     ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
@@ -85,6 +86,28 @@ enum Route {
 
 fn hint(id: NodeId, node: NodeInfo) -> LeaderHint {
     LeaderHint { id, node }
+}
+
+/// Where a call goes, given this node's metrics and a leader hint from an
+/// earlier attempt.
+fn route_of(metrics: &NodeMetrics, me: NodeId, hint: Option<&LeaderHint>) -> Route {
+    if metrics.role == Role::Leader {
+        return Route::Local;
+    }
+    if let Some(hint) = hint {
+        if hint.id == me {
+            return Route::Local;
+        }
+        return Route::Remote(hint.node.clone());
+    }
+    match metrics.leader {
+        Some(id) if id == me => Route::Local,
+        Some(id) => match metrics.nodes.get(&id) {
+            Some(node) => Route::Remote(node.clone()),
+            None => Route::Unknown,
+        },
+        None => Route::Unknown,
+    }
 }
 
 fn parse_client(text: &str) -> Result<ClientId, RpcError> {
@@ -150,24 +173,7 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     fn route(&self, hint: Option<&LeaderHint>) -> Route {
-        let metrics = self.node.metrics();
-        if metrics.role == Role::Leader {
-            return Route::Local;
-        }
-        if let Some(hint) = hint {
-            if hint.id == self.node.id() {
-                return Route::Local;
-            }
-            return Route::Remote(hint.node.clone());
-        }
-        match metrics.leader {
-            Some(id) if id == self.node.id() => Route::Local,
-            Some(id) => match metrics.nodes.get(&id) {
-                Some(node) => Route::Remote(node.clone()),
-                None => Route::Unknown,
-            },
-            None => Route::Unknown,
-        }
+        route_of(&self.node.metrics(), self.node.id(), hint)
     }
 
     fn leader_hint(&self, leader: Option<(NodeId, NodeInfo)>) -> Option<LeaderHint> {
@@ -209,8 +215,22 @@ impl<S: StateMachine> CommandService<S> {
             }
             let waiting_for_leader = matches!(route, Route::Unknown);
             if waiting_for_leader {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let _ = self.node.wait_for(remaining.min(backoff), |m| m.leader.is_some()).await;
+                // Until a leader this node can route to is known: none yet,
+                // or one its configuration does not hold (during an
+                // incarnation change). The wait ends early only when the
+                // route changes; whatever else ends it (raft stopping), the
+                // slot is slept out, so this never spins.
+                let slot = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let slot_end = Instant::now() + slot;
+                let me = self.node.id();
+                let routable = self
+                    .node
+                    .wait_for(slot, |m| !matches!(route_of(m, me, None), Route::Unknown))
+                    .await
+                    .is_ok();
+                if !routable {
+                    tokio::time::sleep_until(slot_end).await;
+                }
             } else {
                 match attempt(route).await? {
                     Retry::Done(answer) => return Ok(answer),
@@ -221,11 +241,18 @@ impl<S: StateMachine> CommandService<S> {
                 }
             }
             if Instant::now() >= deadline {
+                let known = self.node.metrics().leader;
                 return Err(match (waiting_for_leader, last_error) {
-                    (true, _) | (false, None) if self.node.metrics().leader.is_none() => {
+                    (true, _) | (false, None) if known.is_none() => {
                         RpcError::NoLeader { waited: started.elapsed() }
                     }
                     (_, Some(err)) => err,
+                    (true, None) => RpcError::Unavailable(format!(
+                        "{what}: the leader this node knows ({}) is not in its configuration \
+                         yet; waited {:?}",
+                        known.unwrap_or_default(),
+                        started.elapsed()
+                    )),
                     _ => RpcError::Timeout { what: what.to_owned(), after: started.elapsed() },
                 });
             }
@@ -254,9 +281,10 @@ impl<S: StateMachine> CommandService<S> {
     /// session nobody uses expires.
     pub async fn register(
         &self,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<SessionResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         self.with_leader("register a session", deadline, forwarded, |route| async move {
             match route {
@@ -326,9 +354,10 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn execute(
         &self,
         request: &ExecuteRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<ExecuteResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let client = parse_client(&request.client)?;
         if request.seq == 0 {
@@ -502,8 +531,9 @@ impl<S: StateMachine> CommandService<S> {
         &self,
         request: &JoinRequest,
         caller: &Caller,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         self.leader_only()?;
         self.check_join(request, caller)?;
@@ -606,8 +636,9 @@ impl<S: StateMachine> CommandService<S> {
         &self,
         request: &RemoveRequest,
         caller: &Caller,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
             let _serial = self.membership.lock().await;
             let metrics = self.node.metrics();
@@ -638,8 +669,9 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn remove_via_leader(
         &self,
         request: &RemoveRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         let caller = self.own_caller();
         self.with_leader("remove", deadline, false, |route| {
             let caller = caller.clone();
@@ -668,7 +700,12 @@ impl<S: StateMachine> CommandService<S> {
 
     /// Makes a membership change this node decided on as the leader (the
     /// facade's reconciler), serialized with joins and removals.
-    pub async fn change(&self, change: &Change, deadline: Instant) -> Result<(), RpcError> {
+    pub async fn change(
+        &self,
+        change: &Change,
+        deadline: impl Into<Instant>,
+    ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
             let _serial = self.membership.lock().await;
             let result = match change {
@@ -689,7 +726,11 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     /// The read index, answered by the leader only.
-    pub async fn read_index(&self, deadline: Instant) -> Result<ReadIndexResponse, RpcError> {
+    pub async fn read_index(
+        &self,
+        deadline: impl Into<Instant>,
+    ) -> Result<ReadIndexResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match self.node.read_index(remaining).await {
@@ -711,8 +752,9 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn read(
         &self,
         request: &ReadRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<ReadResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let query = request.query.get().as_bytes();
         if request.consistency == Consistency::Local {
