@@ -53,7 +53,9 @@ impl CommandClient {
 
     /// `POST path` with a JSON body to `node`, as a forwarded request when
     /// `forwarded`; decodes a 200 answer as `R`, anything else as the error
-    /// the other node reported.
+    /// the other node reported. Each of the node's addresses gets at most
+    /// [`CommandConfig::connect_timeout`] to connect; the answer may take
+    /// until `deadline`.
     pub async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
@@ -62,10 +64,29 @@ impl CommandClient {
         deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<R, RpcError> {
-        let deadline = deadline.into();
-        let body = serde_json::to_vec(body)
-            .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
-        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded).await
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded };
+        self.request(node, Method::POST, path, encode(body)?, call).await
+    }
+
+    /// [`CommandClient::post`] as one attempt of a call that may be tried
+    /// again: the answer is awaited for at most `answer_within` (within
+    /// `deadline`), and the other node is told that budget as its deadline,
+    /// so it answers (if only "timeout") before this side gives up. An
+    /// attempt that gets no answer in time drops every idle connection to
+    /// that address: a peer that died behind a userspace network stack
+    /// never resets them.
+    pub async fn post_attempt<B: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: impl Into<Instant>,
+        answer_within: Duration,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let call =
+            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded };
+        self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
     /// `GET path` on `node`.
@@ -75,82 +96,97 @@ impl CommandClient {
         path: &str,
         deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
-        let deadline = deadline.into();
-        self.request(node, Method::GET, path, Bytes::new(), deadline, false).await
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded: false };
+        self.request(node, Method::GET, path, Bytes::new(), call).await
     }
 
+    /// Tries `node`'s addresses in order: each gets its own connect budget,
+    /// so an address that hangs (a dead peer's IPv4 path) leaves time for
+    /// the next. Once a request is sent, its answer decides the call.
     async fn request<R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
         method: Method,
         path: &str,
         body: Bytes,
-        deadline: Instant,
-        forwarded: bool,
+        call: Call,
     ) -> Result<R, RpcError> {
         let mut last =
             RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
         for &ip in &node.addrs {
             let addr = SocketAddr::new(ip, node.command_port);
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let what = || format!("{method} {path} to {addr}");
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(RpcError::Timeout {
-                    what: format!("{method} {path} to {addr}"),
-                    after: Duration::ZERO,
-                });
+                return Err(RpcError::Timeout { what: what(), after: Duration::ZERO });
             }
-            let attempt =
-                self.exchange(addr, method.clone(), path, body.clone(), remaining, forwarded);
-            match tokio::time::timeout(remaining, attempt).await {
+            let connect = remaining.min(self.config.connect_timeout);
+            let sender = match tokio::time::timeout(connect, self.connection(addr, connect)).await {
+                Ok(Ok(sender)) => sender,
+                Ok(Err(err)) => {
+                    last = err;
+                    continue;
+                }
                 Err(_) => {
-                    return Err(RpcError::Timeout {
-                        what: format!("{method} {path} to {addr}"),
-                        after: remaining,
-                    });
+                    last = RpcError::Unreachable {
+                        target: addr.to_string(),
+                        reason: format!("no connection within {connect:?}"),
+                    };
+                    continue;
+                }
+            };
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            // The other node's budget, and this side's: a little longer, for
+            // the answer to travel back.
+            let (budget, wait) = match call.answer_within {
+                Some(within) if within < remaining => {
+                    (within, (within + self.config.connect_timeout).min(remaining))
+                }
+                _ => (remaining, remaining),
+            };
+            let exchange = self.exchange(
+                sender,
+                addr,
+                method.clone(),
+                path,
+                body.clone(),
+                budget,
+                call.forwarded,
+            );
+            match tokio::time::timeout(wait, exchange).await {
+                Err(_) => {
+                    // The connection may be dead without an error; so may
+                    // the others to the same place.
+                    self.forget(addr);
+                    return Err(RpcError::Timeout { what: what(), after: wait });
                 }
                 Ok(Err(err @ RpcError::Unreachable { .. })) => last = err,
                 Ok(Err(err)) => return Err(err),
-                Ok(Ok((status, bytes))) => {
-                    if status == 200 {
-                        return serde_json::from_slice(&bytes).map_err(|e| RpcError::Unreachable {
-                            target: addr.to_string(),
-                            reason: format!("answered 200 with an unexpected body: {e}"),
-                        });
-                    }
-                    let body: ErrorBody =
-                        serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                            code: "http_error".to_owned(),
-                            message: format!(
-                                "{status}: {}",
-                                String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
-                            ),
-                            leader: None,
-                        });
-                    return Err(RpcError::from_remote(status, body));
-                }
+                Ok(Ok((status, bytes))) => return decode(addr, status, &bytes),
             }
         }
         Err(last)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one request's parts")]
     async fn exchange(
         &self,
+        mut sender: SendRequest<Full<Bytes>>,
         addr: SocketAddr,
         method: Method,
         path: &str,
         body: Bytes,
-        remaining: Duration,
+        budget: Duration,
         forwarded: bool,
     ) -> Result<(u16, Bytes), RpcError> {
         let unreachable =
             |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
-        let mut sender = self.connection(addr, remaining).await?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(DEADLINE_HEADER, remaining.as_millis().to_string());
+            .header(DEADLINE_HEADER, budget.as_millis().to_string());
         if forwarded {
             request = request.header(FORWARDED_HEADER, "1");
         }
@@ -217,6 +253,11 @@ impl CommandClient {
         Ok(sender)
     }
 
+    /// Drops every idle connection to `addr`.
+    fn forget(&self, addr: SocketAddr) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+    }
+
     fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
         if sender.is_closed() {
             return;
@@ -227,4 +268,35 @@ impl CommandClient {
             list.push(sender);
         }
     }
+}
+
+/// One call's limits.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    deadline: Instant,
+    /// Most time one attempt waits for its answer; `None`: the deadline.
+    answer_within: Option<Duration>,
+    forwarded: bool,
+}
+
+fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))
+}
+
+/// A 200 answer as `R`, anything else as the error the other node reported.
+fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> Result<R, RpcError> {
+    if status == 200 {
+        return serde_json::from_slice(bytes).map_err(|e| RpcError::Unreachable {
+            target: addr.to_string(),
+            reason: format!("answered 200 with an unexpected body: {e}"),
+        });
+    }
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        code: "http_error".to_owned(),
+        message: format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(256)])),
+        leader: None,
+    });
+    Err(RpcError::from_remote(status, body))
 }

@@ -25,6 +25,16 @@ pub struct CommandConfig {
     pub min_backoff: Duration,
     /// Longest wait between retries.
     pub max_backoff: Duration,
+    /// Time each of a peer's addresses gets to accept a connection; a peer
+    /// that vanished leaves the rest of the call to its other addresses and
+    /// to retries.
+    pub connect_timeout: Duration,
+    /// Longest one forwarded attempt (an execute, a session, a read index)
+    /// waits for the leader's answer before it is tried again (same client
+    /// and sequence number, so never applied twice). The leader is given
+    /// this as its deadline; an attempt also ends as soon as this node
+    /// learns of a newer leader.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for CommandConfig {
@@ -39,6 +49,8 @@ impl Default for CommandConfig {
             catch_up_timeout: Duration::from_secs(60),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(5),
         }
     }
 }

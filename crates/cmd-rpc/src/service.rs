@@ -80,7 +80,8 @@ pub enum Change {
 /// Where a call should go next.
 enum Route {
     Local,
-    Remote(NodeInfo),
+    /// The leader's raft id and record.
+    Remote(NodeId, NodeInfo),
     Unknown,
 }
 
@@ -98,12 +99,12 @@ fn route_of(metrics: &NodeMetrics, me: NodeId, hint: Option<&LeaderHint>) -> Rou
         if hint.id == me {
             return Route::Local;
         }
-        return Route::Remote(hint.node.clone());
+        return Route::Remote(hint.id, hint.node.clone());
     }
     match metrics.leader {
         Some(id) if id == me => Route::Local,
         Some(id) => match metrics.nodes.get(&id) {
-            Some(node) => Route::Remote(node.clone()),
+            Some(node) => Route::Remote(id, node.clone()),
             None => Route::Unknown,
         },
         None => Route::Unknown,
@@ -306,11 +307,9 @@ impl<S: StateMachine> CommandService<S> {
                         }),
                     }
                 }
-                Route::Remote(leader) => {
-                    let result = self
-                        .client
-                        .post(&leader, "/v1/session", &serde_json::json!({}), deadline, true)
-                        .await;
+                Route::Remote(id, leader) => {
+                    let body = serde_json::json!({});
+                    let result = self.forward(id, &leader, "/v1/session", &body, deadline).await;
                     self.remote_result(result)
                 }
                 Route::Unknown => {
@@ -425,17 +424,15 @@ impl<S: StateMachine> CommandService<S> {
                             Err(err) => self.propose_error("execute", err),
                         }
                     }
-                    Route::Remote(leader) => {
+                    Route::Remote(id, leader) => {
                         let forward = ExecuteRequest {
                             client: request.client.clone(),
                             seq: request.seq,
                             command: request.command.clone(),
                             retry: maybe_applied.load(Ordering::Relaxed),
                         };
-                        let result = self
-                            .client
-                            .post(&leader, "/v1/execute", &forward, deadline, true)
-                            .await;
+                        let result =
+                            self.forward(id, &leader, "/v1/execute", &forward, deadline).await;
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
                             maybe_applied.store(true, Ordering::Relaxed);
                         }
@@ -453,6 +450,60 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(maybe_applied.load(Ordering::Relaxed)))
             }
             other => other,
+        }
+    }
+
+    /// Forwards one attempt to the leader `id` at `leader`: each address
+    /// gets its own connect budget, the answer is awaited for at most
+    /// `attempt_timeout`, and the attempt is abandoned (outcome unknown) as
+    /// soon as this node learns of a newer leader. Every attempt of a call
+    /// carries the same (client, seq), so trying again never applies twice.
+    async fn forward<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        let attempt = self.config.attempt_timeout;
+        let send = self.client.post_attempt(leader, path, body, deadline, attempt, true);
+        self.unless_leader_moves(id, path, send, deadline).await
+    }
+
+    /// Runs `send`, an attempt at the leader `id`, unless this node learns
+    /// first of a leader of a newer term that is not `id`: a leader that
+    /// died (its connections silent, as behind tsnet) answers nothing, and
+    /// the call should go to its successor without waiting any longer.
+    async fn unless_leader_moves<R>(
+        &self,
+        id: NodeId,
+        what: &str,
+        send: impl Future<Output = Result<R, RpcError>>,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        let started = Instant::now();
+        let term = self.node.metrics().term;
+        let moved = async {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let moved = self
+                .node
+                .wait_for(remaining, |m| m.term > term && m.leader.is_some_and(|l| l != id))
+                .await;
+            match moved {
+                Ok(m) => m.leader.unwrap_or_default(),
+                // Raft stopped or the deadline passed: the attempt decides.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = send => result,
+            new = moved => Err(RpcError::Timeout {
+                what: format!(
+                    "{what} at leader {id}, which lost its leadership to {new} (outcome unknown)"
+                ),
+                after: started.elapsed(),
+            }),
         }
     }
 
@@ -684,9 +735,13 @@ impl<S: StateMachine> CommandService<S> {
                         }
                         Err(err) => Err(err),
                     },
-                    Route::Remote(leader) => {
+                    Route::Remote(id, leader) => {
+                        // A removal is answered by the leader itself, after
+                        // its membership change: no shorter attempt budget.
+                        let send =
+                            self.client.post(&leader, "/v1/remove", request, deadline, false);
                         let result: Result<serde_json::Value, RpcError> =
-                            self.client.post(&leader, "/v1/remove", request, deadline, false).await;
+                            self.unless_leader_moves(id, "/v1/remove", send, deadline).await;
                         self.remote_result(result.map(|_| ()))
                     }
                     Route::Unknown => {
@@ -777,11 +832,10 @@ impl<S: StateMachine> CommandService<S> {
                         }
                         Err(err) => Err(err),
                     },
-                    Route::Remote(leader) => {
-                        let result: Result<ReadIndexResponse, RpcError> = self
-                            .client
-                            .post(&leader, "/v1/read-index", &serde_json::json!({}), deadline, true)
-                            .await;
+                    Route::Remote(id, leader) => {
+                        let body = serde_json::json!({});
+                        let result: Result<ReadIndexResponse, RpcError> =
+                            self.forward(id, &leader, "/v1/read-index", &body, deadline).await;
                         self.remote_result(result.map(|r| r.index))
                     }
                     Route::Unknown => {
