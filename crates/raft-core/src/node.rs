@@ -381,7 +381,13 @@ impl<S: StateMachine> RaftNode<S> {
                 StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
             })?);
         let gate = Arc::new(ClusterGate::new(identity.cluster_id));
-        let network = RaftNetworkClients::new(transport, id, config.network.clone(), gate.clone());
+        let network = RaftNetworkClients::new(
+            transport,
+            id,
+            config.network.clone(),
+            gate.clone(),
+            authorize.clone(),
+        );
         let raft =
             Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
                 .await
