@@ -1,5 +1,8 @@
 //! The calling side: HTTP/1.1 to other nodes' command ports over a
-//! `Transport`, with idle connections kept for reuse.
+//! `Transport`, with idle connections kept for reuse. Only authorized
+//! addresses are called (checked on every call: a peer whose tag was
+//! revoked is refused and its idle connections dropped), and at most
+//! `max_requests_per_peer` requests are in flight to one address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,12 +17,14 @@ use hyper_util::rt::TokioIo;
 use raft_core::NodeInfo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use ts_transport::Transport;
+use ts_transport::{PeerAddr, Transport};
 
 use crate::api::ErrorBody;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::server::Authorize;
 
 /// Header carrying the time the caller still allows, in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-tsc-deadline-ms";
@@ -37,6 +42,9 @@ pub struct CommandClient {
     transport: Arc<dyn Transport>,
     config: CommandConfig,
     idle: IdlePool,
+    /// Requests in flight per peer address.
+    busy: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
+    authorize: Authorize,
 }
 
 impl std::fmt::Debug for CommandClient {
@@ -46,9 +54,46 @@ impl std::fmt::Debug for CommandClient {
 }
 
 impl CommandClient {
-    /// A client dialing over `transport`.
+    /// A client dialing over `transport`, to any address (see
+    /// [`CommandClient::authorized_by`]).
     pub fn new(transport: Arc<dyn Transport>, config: CommandConfig) -> CommandClient {
-        CommandClient { transport, config, idle: Arc::default() }
+        CommandClient {
+            transport,
+            config,
+            idle: Arc::default(),
+            busy: Arc::default(),
+            authorize: Arc::new(|_| true),
+        }
+    }
+
+    /// This client, calling only addresses `authorize` allows, checked on
+    /// every call (the node's authorizer: connections this node opens
+    /// follow tags as the ones it accepts do).
+    pub fn authorized_by(self, authorize: Authorize) -> CommandClient {
+        CommandClient { authorize, ..self }
+    }
+
+    /// Waits (until `deadline`) for room for one more request to `addr`.
+    async fn room(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, RpcError> {
+        let limit = self.config.max_requests_per_peer.max(1);
+        let semaphore = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone();
+        match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(RpcError::Timeout {
+                what: format!("waiting for one of {limit} requests in flight to {addr} to end"),
+                after: Duration::ZERO,
+            }),
+        }
     }
 
     /// `POST path` with a JSON body to `node`, as a forwarded request when
@@ -120,6 +165,16 @@ impl CommandClient {
             if remaining.is_zero() {
                 return Err(RpcError::Timeout { what: what(), after: Duration::ZERO });
             }
+            if !(self.authorize)(PeerAddr::new(addr)) {
+                self.forget(addr);
+                last = RpcError::Unreachable {
+                    target: addr.to_string(),
+                    reason: "not an authorized address (no longer tagged?)".to_owned(),
+                };
+                continue;
+            }
+            let _room = self.room(addr, call.deadline).await?;
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
             let connect = remaining.min(self.config.connect_timeout);
             let sender = match tokio::time::timeout(connect, self.connection(addr, connect)).await {
                 Ok(Ok(sender)) => sender,

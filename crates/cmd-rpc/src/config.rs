@@ -35,6 +35,15 @@ pub struct CommandConfig {
     /// this as its deadline; an attempt also ends as soon as this node
     /// learns of a newer leader.
     pub attempt_timeout: Duration,
+    /// Most connections one peer address may hold on the command port (a
+    /// new one beyond it closes that peer's oldest); peers not authorized
+    /// are closed at accept. Each costs the tsnet side buffers.
+    pub max_connections_per_peer: usize,
+    /// Most requests this node has in flight to one peer address at once
+    /// (each holds a connection; at most 8 more are kept idle). Below
+    /// `max_connections_per_peer`, so a busy node never has its own
+    /// connections closed by the peer's bound.
+    pub max_requests_per_peer: usize,
 }
 
 impl Default for CommandConfig {
@@ -51,6 +60,8 @@ impl Default for CommandConfig {
             max_backoff: Duration::from_millis(500),
             connect_timeout: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(5),
+            max_connections_per_peer: 32,
+            max_requests_per_peer: 16,
         }
     }
 }

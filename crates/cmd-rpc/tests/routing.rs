@@ -2,140 +2,20 @@
 //! runtime, and per-attempt timeouts that let a call in flight when the
 //! leader dies reach the new leader long before its deadline.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cmd_rpc::{
-    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest, Peers,
-    ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, RpcError,
-};
+use cmd_rpc::{CommandClient, CommandConfig, RpcError};
+use common::*;
 use raft_core::network::frame::{self, Message};
-use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
-use serde_json::value::RawValue;
+use raft_core::{ClusterId, NodeId, NodeInfo, Role};
 use tokio::time::Instant;
-use ts_transport::{Faults, MemNetwork, PeerAddr, Transport};
-
-const RAFT_PORT: u16 = 7000;
-const COMMAND_PORT: u16 = 7001;
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Applies nothing but counts, and answers with the count.
-#[derive(Default)]
-struct Counter {
-    applied: Vec<String>,
-}
-
-impl StateMachine for Counter {
-    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
-        self.applied.push(String::from_utf8_lossy(command).into_owned());
-        self.applied.len().to_string().into_bytes()
-    }
-    fn query(&self, _query: &[u8]) -> Vec<u8> {
-        self.applied.len().to_string().into_bytes()
-    }
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        serde_json::to_writer(out, &self.applied).map_err(io::Error::other)
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        self.applied = serde_json::from_reader(input).map_err(io::Error::other)?;
-        Ok(())
-    }
-}
-
-fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
-}
-
-fn info(i: usize) -> NodeInfo {
-    NodeInfo {
-        stable_id: format!("node-{i}"),
-        addrs: vec![ip(i)],
-        raft_port: RAFT_PORT,
-        command_port: COMMAND_PORT,
-    }
-}
-
-/// Every node is tagged and online.
-struct AllPeers;
-
-impl Peers for AllPeers {
-    fn caller(&self, ip: IpAddr) -> Option<Caller> {
-        let i = (0..20).find(|&i| self::ip(i) == ip)?;
-        Some(Caller { stable_id: info(i).stable_id, addrs: vec![ip] })
-    }
-    fn tagged_online(&self, _stable_id: &str) -> bool {
-        true
-    }
-    fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
-        Box::pin(async move {
-            ProbeResponse {
-                id: 0,
-                incarnation: 0,
-                node: info(0),
-                state: ProbeState::Fresh { promised_to: None },
-            }
-        })
-    }
-}
-
-fn fast_raft() -> RaftConfig {
-    RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-        propose_timeout: Duration::from_secs(3),
-        ..RaftConfig::default()
-    }
-}
-
-fn allow_all() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
-    Arc::new(|_| true)
-}
-
-struct Node {
-    service: Arc<CommandService<Counter>>,
-    server: CommandServer,
-}
-
-async fn start_node(transport: Arc<dyn Transport>, i: usize, raft: RaftConfig) -> Node {
-    let raft_node = RaftNode::start(
-        info(i),
-        transport.clone(),
-        Storage::Memory,
-        Counter::default(),
-        allow_all(),
-        raft,
-    )
-    .await
-    .unwrap();
-    let config = CommandConfig::default();
-    let service = Arc::new(CommandService::new(
-        Arc::new(raft_node),
-        CommandClient::new(transport.clone(), config.clone()),
-        config.clone(),
-        Arc::new(AllPeers),
-    ));
-    let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
-    let server = CommandServer::start(listener, service.clone(), allow_all(), config);
-    Node { service, server }
-}
-
-async fn stop_node(node: Node) {
-    node.server.shutdown().await;
-    node.service.node().shutdown().await;
-}
-
-fn put(client: u128, seq: u64, key: &str) -> ExecuteRequest {
-    ExecuteRequest {
-        client: format!("{client:032x}"),
-        seq,
-        command: RawValue::from_string(format!("{{\"put\":{key:?}}}")).unwrap(),
-        retry: false,
-    }
-}
+use ts_transport::{Faults, MemNetwork, Transport};
 
 /// A node that follows a leader its configuration does not hold (here a
 /// leader played on the wire; in a cluster, during an incarnation change)

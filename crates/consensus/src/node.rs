@@ -443,7 +443,8 @@ impl<S: StateMachine> Consensus<S> {
         let commands = command_config(&config);
         let service = Arc::new(CommandService::new(
             raft,
-            CommandClient::new(transport.clone(), commands.clone()),
+            CommandClient::new(transport.clone(), commands.clone())
+                .authorized_by(authorize.clone()),
             commands.clone(),
             Arc::new(peers),
         ));

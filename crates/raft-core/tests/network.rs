@@ -139,3 +139,31 @@ async fn a_leader_stops_replicating_to_a_member_it_no_longer_authorizes() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+/// A peer holds at most `max_connections_per_peer` raft connections: a
+/// new one beyond it closes that peer's oldest (before: no bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holds_at_most_max_connections_per_peer_on_the_raft_port() {
+    use tokio::io::AsyncReadExt;
+    use ts_transport::Transport as _;
+    let net = MemNetwork::new();
+    let mut config = fast_config();
+    config.network.max_connections_per_peer = 3;
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), config).await;
+    let dialer = net.node(ip(1));
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        streams.push(dialer.dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut open = Vec::new();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+        if read.is_err() {
+            open.push(i);
+        }
+    }
+    assert_eq!(open, vec![3, 4, 5], "the newest three stay open");
+    node.shutdown().await;
+}

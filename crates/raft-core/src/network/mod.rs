@@ -43,6 +43,10 @@ pub struct NetworkConfig {
     /// those queued ahead of it, at this rate. One not answered by then is
     /// given up, and later ones carry fewer entries.
     pub min_throughput: u64,
+    /// Most incoming raft connections one peer address may hold (each peer
+    /// keeps two, and may redial before this node notices the old ones
+    /// died); a new one beyond it closes that peer's oldest.
+    pub max_connections_per_peer: usize,
 }
 
 impl NetworkConfig {
@@ -65,6 +69,7 @@ impl Default for NetworkConfig {
             connect_timeout: Duration::from_secs(5),
             silence_timeout: Duration::from_secs(5),
             min_throughput: 256 << 10,
+            max_connections_per_peer: 8,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use openraft::Raft;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use ts_transport::{BoxStream, Listener, PeerAddr, Server};
+use ts_transport::{Admission, BoxStream, Listener, PeerAddr, Server};
 
 use super::NetworkConfig;
 use super::frame::{self, Message};
@@ -23,7 +23,8 @@ const ANSWER_QUEUE: usize = 256;
 const MAX_IN_PROGRESS: usize = 64;
 
 /// Serves raft RPCs arriving on `listener`; connections from peers
-/// `authorize` refuses are dropped before anything is read, and a
+/// `authorize` refuses are dropped before anything is read (a peer holds
+/// at most `max_connections_per_peer`), and a
 /// connection whose peer stops being authorized (its tag revoked) is
 /// dropped at its next request, never served. A connection must say hello
 /// for this node and this node's cluster id; while the node has no cluster
@@ -37,19 +38,14 @@ pub(crate) fn start(
     authorize: Authorize,
     gate: Arc<ClusterGate>,
 ) -> Server {
-    Server::start(listener, "raft", move |stream, peer| {
+    let admission =
+        Admission { allow: authorize.clone(), max_per_peer: config.max_connections_per_peer };
+    Server::start_admitting(listener, "raft", admission, move |stream, peer| {
         let raft = raft.clone();
         let config = config.clone();
         let authorize = authorize.clone();
         let gate = gate.clone();
-        let allowed = authorize(peer);
-        async move {
-            if !allowed {
-                tracing::info!(%peer, "refused raft connection from an unauthorized address");
-                return;
-            }
-            serve_connection(stream, peer, raft, self_id, config, authorize, gate).await;
-        }
+        serve_connection(stream, peer, raft, self_id, config, authorize, gate)
     })
 }
 
