@@ -3,8 +3,9 @@
 //! driven only through their line interfaces, the tailnet's admin API,
 //! `kill -9`, `SIGSTOP` and their state directories, as an operator could.
 //!
-//! Each sequence is one from issue 12 that lost acknowledged writes, and
-//! each checks the promise, whatever the fix:
+//! Each sequence is one from issue 12 that lost acknowledged writes (or,
+//! the last, one from issue 14 that stalled the cluster), and each checks
+//! the promise, whatever the fix:
 //!
 //! - every acknowledged write is readable afterwards through every node;
 //! - at no time do two nodes lead, each followed by a majority of its own
@@ -361,6 +362,83 @@ async fn a_wiped_lowest_node_whose_peers_are_paused_does_not_form_a_second_clust
         match s.leader(&peers, Duration::from_secs(30)).await {
             Some(real) => _ = s.put(&real, "k2", "v2", ACK).await,
             None => s.say("neither peer leads"),
+        }
+        s.show().await;
+        s.finish().await;
+    })
+    .await;
+}
+
+/// Issue 14: a member untagged for several election timeouts and then
+/// retagged stalled the cluster when it came back: never told it was
+/// removed, it had kept starting elections, and its higher term made the
+/// leader step down. It must hold its elections while it is out, so that
+/// on its return the leader and the term stay as they were and writes go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_untagged_and_retagged_does_not_disrupt_the_cluster() {
+    bounded("the retag scenario", async {
+        let mut s = Scenario::start("retag", 3).await;
+        let all = s.nodes.all();
+        let leader = s.leader(&all, SETTLE).await.expect("a leader");
+        let before = leader.status().await.expect("the leader's status");
+        let (leader_id, term) = (before.id.expect("the leader's id"), before.term);
+        let churned = all.iter().find(|n| n.hostname != leader.hostname).unwrap().clone();
+        let churned_id = churned.status().await.and_then(|st| st.id).expect("its id");
+        assert!(s.put(&leader, "k1", "v1", ACK).await, "the cluster acknowledges k1");
+
+        s.nodes.untag(&s.tailnet, &churned).await.expect("untag");
+        s.say(&format!("{} untagged", churned.hostname));
+        let removed = s
+            .wait_for(std::slice::from_ref(&leader), SETTLE, |st| {
+                st[0].as_ref().is_some_and(|st| !st.voters.contains(&churned_id))
+            })
+            .await;
+        assert!(removed, "the leader removes the untagged member");
+        s.say("the untagged member is removed");
+        // Out for several of its election timeouts (1.5-3 s after a lease
+        // of 3 s): it must not start one.
+        let campaigned = s
+            .wait_for(std::slice::from_ref(&churned), Duration::from_secs(12), |st| {
+                st[0].as_ref().is_some_and(|st| st.term != term)
+            })
+            .await;
+        s.show().await;
+        assert!(!campaigned, "the untagged member started an election");
+        assert!(s.put(&leader, "k2", "v2", ACK).await, "the cluster acknowledges k2");
+
+        s.nodes.tag(&s.tailnet, &churned).await.expect("retag");
+        s.say(&format!("{} tagged again", churned.hostname));
+        let back = s
+            .wait_for(&all, SETTLE, |st| {
+                st.iter().all(|st| st.as_ref().is_some_and(|st| st.voters.contains(&churned_id)))
+            })
+            .await;
+        assert!(back, "the retagged member is a voter again");
+        s.say("the retagged member is a voter again");
+        // Long enough for an election it would start (lease and election
+        // timeout), with writes going on.
+        let settle_until = Instant::now() + Duration::from_secs(8);
+        let mut n = 0;
+        while Instant::now() < settle_until {
+            n += 1;
+            let key = format!("after{n}");
+            assert!(
+                s.put(&leader, &key, "v", Duration::from_secs(5)).await,
+                "a write after the return takes more than 5 s"
+            );
+            let moved = s
+                .wait_for(&all, Duration::from_millis(500), |st| {
+                    st.iter().any(|st| {
+                        st.as_ref()
+                            .is_some_and(|st| st.term != term || st.leader != Some(leader_id))
+                    })
+                })
+                .await;
+            if moved {
+                s.show().await;
+                panic!("the leader or the term changed after the member's return");
+            }
         }
         s.show().await;
         s.finish().await;

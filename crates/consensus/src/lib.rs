@@ -40,6 +40,7 @@
 //! hyper type appears in this API.
 
 mod bootstrap;
+mod campaign;
 mod config;
 mod decide;
 mod error;

@@ -23,7 +23,7 @@ use crate::decide;
 use crate::error::Error;
 use crate::machine::{Adapter, Answer, StateMachine};
 use crate::operation::{Operation, SessionPool};
-use crate::{membership, monitor};
+use crate::{campaign, membership, monitor};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,7 +485,10 @@ impl<S: StateMachine> Consensus<S> {
         }
         // Membership follows tags; the leader acts on it.
         let reconciler = tokio::spawn(membership::reconcile_loop(Arc::downgrade(&consensus.inner)));
-        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(reconciler);
+        // A node whose tag is revoked stops campaigning until a leader takes
+        // it back.
+        let guard = tokio::spawn(campaign::guard_loop(Arc::downgrade(&consensus.inner)));
+        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([reconciler, guard]);
         if let Err(err) = monitor::start(&consensus.inner, transport, authorize).await {
             consensus.shutdown_all().await;
             return Err(err);

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use ts_transport::{Listener, Transport};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
@@ -17,7 +18,7 @@ use crate::fatal::{self, Fatal};
 use crate::identity::{self, Identity};
 use crate::network::client::RaftNetworkClients;
 use crate::network::gate::ClusterGate;
-use crate::network::{Authorize, NetworkConfig, server};
+use crate::network::{Authorize, LeaderContact, NetworkConfig, server};
 use crate::sessions::SessionLimits;
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::storage::snapshot::SnapshotStore;
@@ -290,6 +291,10 @@ pub struct RaftNode<S: StateMachine> {
     fatal: Arc<Fatal>,
     /// Set by the first `shutdown`.
     stopped: std::sync::atomic::AtomicBool,
+    /// When this node last heard from a leader.
+    contact: Arc<LeaderContact>,
+    /// Whether this node may start elections (`hold_elections`).
+    held: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Records the node's fatal error when raft meets one (or its core dies),
@@ -381,6 +386,8 @@ impl<S: StateMachine> RaftNode<S> {
                 StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
             })?);
         let gate = Arc::new(ClusterGate::new(identity.cluster_id));
+        let contact = Arc::new(LeaderContact::default());
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let network = RaftNetworkClients::new(
             transport,
             id,
@@ -399,6 +406,7 @@ impl<S: StateMachine> RaftNode<S> {
             config.network.clone(),
             authorize,
             gate.clone(),
+            contact.clone(),
         );
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
@@ -428,6 +436,8 @@ impl<S: StateMachine> RaftNode<S> {
             config,
             fatal,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            contact,
+            held,
         })
     }
 
@@ -449,6 +459,36 @@ impl<S: StateMachine> RaftNode<S> {
     /// Where other nodes reach this node, as given to [`RaftNode::start`].
     pub fn info(&self) -> &NodeInfo {
         &self.self_node
+    }
+
+    /// Stops (`true`) or resumes (`false`) this node's campaigning: while
+    /// held its election timer starts no election; it still votes and
+    /// follows.
+    /// For a node whose tag was revoked (it would only raise its term and
+    /// disrupt the cluster when it returns) until a leader that has it in
+    /// its configuration again has been heard from.
+    pub fn hold_elections(&self, hold: bool) {
+        use std::sync::atomic::Ordering;
+        if self.held.swap(hold, Ordering::SeqCst) != hold {
+            tracing::info!(
+                id = self.id,
+                hold,
+                "elections {}",
+                if hold { "held" } else { "resumed" }
+            );
+        }
+        self.raft.runtime_config().elect(!hold);
+    }
+
+    /// Whether elections are held ([`RaftNode::hold_elections`]).
+    pub fn elections_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// When this node last heard from a leader (an AppendEntries whose
+    /// vote it accepted); `None` if never since it started.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        self.contact.last()
     }
 
     /// Sets the cluster this node belongs to, durably, before it joins it:

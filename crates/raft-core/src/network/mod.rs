@@ -9,6 +9,23 @@ use std::time::Duration;
 
 pub use self::server::Authorize;
 
+/// When this node last heard from a leader: the last AppendEntries whose
+/// vote it accepted (answered success or conflict, not "higher vote").
+#[derive(Debug, Default)]
+pub(crate) struct LeaderContact {
+    at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl LeaderContact {
+    pub(crate) fn heard(&self) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    pub(crate) fn last(&self) -> Option<tokio::time::Instant> {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Settings of the raft network.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {

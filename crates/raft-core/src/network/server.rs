@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use openraft::Raft;
+use openraft::raft::AppendEntriesResponse;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use ts_transport::{Admission, BoxStream, Listener, PeerAddr, Server};
 
+use super::LeaderContact;
 use super::NetworkConfig;
 use super::frame::{self, Message};
 use super::gate::ClusterGate;
@@ -37,6 +39,7 @@ pub(crate) fn start(
     config: NetworkConfig,
     authorize: Authorize,
     gate: Arc<ClusterGate>,
+    contact: Arc<LeaderContact>,
 ) -> Server {
     let admission =
         Admission { allow: authorize.clone(), max_per_peer: config.max_connections_per_peer };
@@ -45,7 +48,8 @@ pub(crate) fn start(
         let config = config.clone();
         let authorize = authorize.clone();
         let gate = gate.clone();
-        serve_connection(stream, peer, raft, self_id, config, authorize, gate)
+        let contact = contact.clone();
+        serve_connection(stream, peer, raft, self_id, config, authorize, gate, contact)
     })
 }
 
@@ -74,6 +78,7 @@ fn check_hello(
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "one connection's context")]
 async fn serve_connection(
     stream: BoxStream,
     peer: PeerAddr,
@@ -82,6 +87,7 @@ async fn serve_connection(
     config: NetworkConfig,
     authorize: Authorize,
     gate: Arc<ClusterGate>,
+    contact: Arc<LeaderContact>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     // The first frame must be a hello for this node and cluster.
@@ -145,11 +151,21 @@ async fn serve_connection(
             }
             let raft = raft.clone();
             let answers = answers.clone();
+            let contact = contact.clone();
             handlers.spawn(async move {
                 let _entered = entered;
                 let answer = match frame.message {
                     Message::AppendEntries(req) => {
-                        Message::AppendEntriesResult(raft.append_entries(req).await)
+                        let answer = raft.append_entries(req).await;
+                        if matches!(
+                            answer,
+                            Ok(AppendEntriesResponse::Success
+                                | AppendEntriesResponse::PartialSuccess(_)
+                                | AppendEntriesResponse::Conflict)
+                        ) {
+                            contact.heard();
+                        }
+                        Message::AppendEntriesResult(answer)
                     }
                     Message::Vote(req) => Message::VoteResult(raft.vote(req).await),
                     Message::InstallSnapshot(req) => {
