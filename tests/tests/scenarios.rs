@@ -445,3 +445,71 @@ async fn a_member_untagged_and_retagged_does_not_disrupt_the_cluster() {
     })
     .await;
 }
+
+/// Issue 14: after kill -9 of the leader, a put sent through a follower
+/// returned only at its 30 s deadline although a new leader existed after
+/// about 5 s. The leader is paused first (so the put is forwarded to it and
+/// hangs there), then killed; the put must answer within about twice the
+/// failover (from the pause to a new leader), far from its deadline, and a
+/// put answered `ok` is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_when_the_leader_dies_answers_soon_after_the_failover() {
+    bounded("the failover-forwarding scenario", async {
+        let mut s = Scenario::start("forward", 3).await;
+        let all = s.nodes.all();
+        let leader = s.leader(&all, SETTLE).await.expect("a leader");
+        let old_term = leader.status().await.expect("the leader's status").term;
+        let survivors: Vec<Arc<Node>> =
+            all.iter().filter(|n| n.hostname != leader.hostname).cloned().collect();
+        let follower = survivors[0].clone();
+        assert!(s.put(&follower, "k1", "v1", ACK).await, "the cluster acknowledges k1");
+
+        s.nodes.signal(&leader, libc::SIGSTOP);
+        let paused = Instant::now();
+        s.say(&format!("{} (leader) paused", leader.hostname));
+        let in_flight = tokio::spawn({
+            let follower = follower.clone();
+            async move {
+                let answer = follower.call("put k2 v2", Duration::from_secs(60)).await;
+                (answer, paused.elapsed())
+            }
+        });
+        // The put reaches the follower and is forwarded to the paused
+        // leader, where it hangs; then the leader dies.
+        let sent = s
+            .wait_for(&survivors, Duration::from_millis(300), |_| in_flight.is_finished())
+            .await;
+        assert!(!sent, "the put answered while the leader was paused");
+        s.nodes.kill(&leader).await;
+        s.say(&format!("{} killed", leader.hostname));
+        let elected = s
+            .wait_for(&survivors, SETTLE, |st| {
+                st.iter().any(|st| st.as_ref().is_some_and(|st| st.leads() && st.term > old_term))
+            })
+            .await;
+        assert!(elected, "the survivors elect a leader");
+        let failover = paused.elapsed();
+        s.say(&format!("new leader {failover:?} after the pause"));
+        let (answer, answered) = in_flight.await.expect("the put task");
+        s.say(&format!("the put in flight answered {answered:?} after the pause: {answer:?}"));
+        match answer {
+            Ok(_) => s.acked.push(("k2".to_owned(), "v2".to_owned())),
+            // The caller may retry; the failover must not make it wait.
+            Err(err) => assert!(
+                !err.contains("deadline") && !err.contains("timed out"),
+                "the put in flight ran into its deadline: {err}"
+            ),
+        }
+        // Polling statuses adds up to a second to the failover seen here.
+        let bound = failover * 2 + Duration::from_secs(1);
+        assert!(
+            answered <= bound,
+            "the put in flight answered {answered:?} after the pause, beyond {bound:?} (failover {failover:?})"
+        );
+        assert!(s.put(&follower, "k3", "v3", ACK).await, "the new leader acknowledges k3");
+        s.nodes.spawn(&leader).expect("restart the old leader");
+        s.say(&format!("{} restarted", leader.hostname));
+        s.finish().await;
+    })
+    .await;
+}
