@@ -4,10 +4,29 @@
 //! command is sent to, and linearizable reads; plus resident memory over a
 //! million commands.
 //!
-//! Run through `cargo xtask bench`, which writes the results into
-//! docs/benchmarks.md and the chart into docs/img/. Standalone:
-//! `cargo bench -p tests --bench cluster -- <out-dir> [--quick]`.
+//! With `--go-bin` (the `xtask/gobench` program) it also runs Tailscale's Go
+//! tsconsensus in the same shapes, each Go scenario right before ours, and
+//! Go's tsnet next to ours; with `--kv-bin` (the `kv` example, release) it
+//! measures three node processes, failover and elections under load. The
+//! side-by-side report goes to `<out-dir>/versus.md` (and every number to
+//! `versus.jsonl`).
+//!
+//! Run through `cargo xtask bench`, which builds both programs, writes the
+//! results into docs/benchmarks.md and the chart into docs/img/. Standalone:
+//! `cargo bench -p tests --bench cluster -- [<out-dir>] [--quick] [--go-bin PATH]
+//! [--kv-bin PATH]`.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
+
+#[path = "support/gobench.rs"]
+mod gobench;
+#[path = "support/processes.rs"]
+mod processes;
+#[path = "support/rawnet.rs"]
+mod rawnet;
+#[path = "support/tap.rs"]
+mod tap;
+#[path = "support/versus.rs"]
+mod versus;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -96,6 +115,7 @@ struct Row {
     p999: Duration,
     cpu_per_op: Duration,
     entries_per_s: f64,
+    switches_per_op: f64,
 }
 
 fn cpu_time() -> Duration {
@@ -247,6 +267,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
         node.execute(SetSlot { slot: 0, value: value.clone() }).await.expect("warm-up");
     }
     let cpu_before = cpu_time();
+    let switches_before = context_switches();
     let started = Instant::now();
     let deadline = started + run;
     let mut tasks = Vec::new();
@@ -277,6 +298,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
     }
     let elapsed = started.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
+    let switches = context_switches().saturating_sub(switches_before);
     let entries = cluster.nodes[leader].metrics().last_log_index.unwrap_or(0) - log_before;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
@@ -288,6 +310,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
         p999: at(0.999),
         cpu_per_op: cpu / latencies.len().max(1) as u32,
         entries_per_s: entries as f64 / elapsed.as_secs_f64(),
+        switches_per_op: switches as f64 / latencies.len().max(1) as f64,
     };
     for node in cluster.nodes {
         node.stop(StopMode::Stay).await.expect("stop");
@@ -364,8 +387,13 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     let mut out = Vec::new();
     for net in [Net::Tailnet, Net::Tcp, Net::Mem] {
         for durable in [false, true] {
-            for &c in callers {
-                out.push(Scenario { net, durable, callers: c, ..base });
+            // On the tailnet, also to a follower: the shapes compared with
+            // Go's tsconsensus.
+            let targets: &[bool] = if net == Net::Tailnet { &[false, true] } else { &[false] };
+            for &to_follower in targets {
+                for &c in callers {
+                    out.push(Scenario { net, durable, callers: c, to_follower, ..base });
+                }
             }
         }
     }
@@ -375,8 +403,6 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     out.push(Scenario { size: 4096, callers: 1, ..base });
     out.push(Scenario { size: 4096, callers: 64, ..base });
     out.push(Scenario { size: 4096, callers: 64, durable: true, ..base });
-    out.push(Scenario { to_follower: true, callers: 1, ..base });
-    out.push(Scenario { to_follower: true, callers: 64, ..base });
     for to_follower in [false, true] {
         out.push(Scenario { op: Op::Read, callers: 1, to_follower, ..base });
         out.push(Scenario { op: Op::Read, callers: 64, to_follower, ..base });
@@ -600,46 +626,464 @@ async fn memory_run() -> String {
     report
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let out = PathBuf::from(
-        args.iter()
-            .find(|a| !a.starts_with("--"))
-            .cloned()
-            .unwrap_or_else(|| "target/bench".to_owned()),
+/// Voluntary and involuntary context switches of every thread of this
+/// process so far (Linux sums them over the threads for `RUSAGE_SELF`).
+fn context_switches() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
+}
+
+/// One caller, three nodes on the tailnet (memory storage), every stream of
+/// every node tapped: raft frames and HTTP writes per command, where they
+/// fall relative to the command, and the time between them.
+async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
+    use tap::{Dir, Tap, Tapped};
+    let config = Config { monitor_port: None, timing: timing(), ..Config::default() };
+    let (raft_port, command_port) = (config.raft_port, config.command_port);
+    let tap = Tap::new(raft_port);
+    let tag = format!("tag:trace{}", u8::from(to_follower));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let hostname = format!("trace{}-{i}", u8::from(to_follower));
+        let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
+        tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
+        nodes.push(node);
+    }
+    for node in &nodes {
+        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+            .expect("LocalAPI");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !api
+            .status()
+            .await
+            .is_ok_and(|v| v.cluster(&tag).members.len() == 2 && v.self_node.has_tag(&tag))
+        {
+            assert!(Instant::now() < deadline, "tags did not propagate");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut starts = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+            .expect("LocalAPI");
+        let discovery = Arc::new(ts_discovery::TailnetDiscovery::start(
+            api,
+            ts_discovery::TailnetDiscoveryConfig::new(tag.clone()),
+        ));
+        let transport: Arc<dyn Transport> =
+            Arc::new(Tapped { inner: Arc::new(node.clone()), node: i, tap: tap.clone() });
+        let bootstrap = BootstrapOptions { tag: tag.clone(), follow_only: false, expected_size: 3 };
+        let config = config.clone();
+        starts.push(tokio::spawn(async move {
+            Consensus::start_with(transport, discovery, Registers::default(), bootstrap, config)
+                .await
+        }));
+    }
+    let mut cluster = Vec::new();
+    for start in starts {
+        cluster.push(start.await.expect("start task").expect("node starts"));
+    }
+    for node in &cluster {
+        node.wait_for(Duration::from_secs(60), |m| m.voters == 3 && m.leader.is_some())
+            .await
+            .expect("cluster formed");
+    }
+    let leader =
+        cluster.iter().position(|n| n.metrics().role == consensus::Role::Leader).expect("leader");
+    let target = if to_follower { (leader + 1) % 3 } else { leader };
+    let node = cluster[target].clone();
+    let value = "x".repeat(100);
+    for _ in 0..200 {
+        node.execute(SetSlot { slot: 0, value: value.clone() }).await.expect("warm-up");
+    }
+    let switches_before = context_switches();
+    let cpu_before = cpu_time();
+    tap.record(true);
+    let mut windows = Vec::with_capacity(commands);
+    for _ in 0..commands {
+        let start = tap.now();
+        node.execute(SetSlot { slot: 0, value: value.clone() }).await.expect("execute");
+        windows.push((start, tap.now()));
+    }
+    tap.record(false);
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    let switches = context_switches().saturating_sub(switches_before);
+    let events = tap.events();
+    let counts = tap.counts();
+    let ips: Vec<IpAddr> = nodes.iter().map(|n| n.local_addrs()[0]).collect();
+    for n in cluster {
+        n.stop(StopMode::Stay).await.expect("stop");
+    }
+    for n in &nodes {
+        n.close().await;
+    }
+
+    let n = commands as f64;
+    let role = |i: usize| {
+        if i == leader {
+            format!("leader (n{i})")
+        } else if i == target {
+            format!("follower n{i} (called)")
+        } else {
+            format!("follower n{i}")
+        }
+    };
+    let peer =
+        |ip: IpAddr| ips.iter().position(|a| *a == ip).map_or(ip.to_string(), |i| format!("n{i}"));
+    let mut out = format!(
+        "{commands} commands, 1 caller, sent to the {}; 3 nodes in one process on the local tailnet, memory storage.\n\n\
+         | Node | Port | Direction | Writes or reads per command | Raft frames per command | Bytes per command |\n|---|---|---|---:|---:|---:|\n",
+        if to_follower { "follower" } else { "leader" }
     );
+    for ((i, port, dir), c) in &counts {
+        let port_name = if *port == raft_port {
+            "raft".to_owned()
+        } else if *port == command_port {
+            "command (HTTP)".to_owned()
+        } else {
+            port.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {port_name} | {:?} | {:.2} | {} | {:.0} |",
+            role(*i),
+            dir,
+            c.calls as f64 / n,
+            if *port == raft_port {
+                format!("{:.2}", c.frames as f64 / n)
+            } else {
+                "–".to_owned()
+            },
+            c.bytes as f64 / n
+        );
+    }
+    // Per command: the leader's raft frames inside the command's window and
+    // between its end and the next command's start.
+    let mut inside = 0usize;
+    let mut after = 0usize;
+    let mut phases: [Vec<Duration>; 3] = Default::default();
+    let mut e = 0;
+    for (k, (start, end)) in windows.iter().enumerate() {
+        let next = windows.get(k + 1).map_or(Duration::MAX, |w| w.0);
+        while e < events.len() && events[e].at < *start {
+            e += 1;
+        }
+        let mut first_send = None;
+        let mut first_ack = None;
+        let mut j = e;
+        while j < events.len() && events[j].at < next {
+            let ev = events[j];
+            if ev.node == leader && ev.port == raft_port && ev.dir == Dir::Send && ev.frames > 0 {
+                if ev.at <= *end {
+                    inside += ev.frames;
+                    first_send.get_or_insert(ev.at);
+                } else {
+                    after += ev.frames;
+                }
+            }
+            if ev.node == leader
+                && ev.port == raft_port
+                && ev.dir == Dir::Recv
+                && ev.frames > 0
+                && ev.at <= *end
+                && first_send.is_some()
+            {
+                first_ack.get_or_insert(ev.at);
+            }
+            j += 1;
+        }
+        if let (Some(send), Some(ack)) = (first_send, first_ack) {
+            phases[0].push(send - *start);
+            phases[1].push(ack - send);
+            phases[2].push(*end - ack);
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    let total: Vec<Duration> = windows.iter().map(|(s, e)| *e - *s).collect();
+    let mut total_sorted = total.clone();
+    let _ = writeln!(
+        out,
+        "\nLeader raft frames sent per command: {:.2} while the command is in flight, {:.2} after it was answered and before the next one.\n\
+         Context switches (all threads of the process, all three nodes): {:.1} per command; CPU {:.0} µs per command.\n\n\
+         | Phase (medians over the commands where the leader's first frame and first answer fell inside the command) | µs |\n|---|---:|\n\
+         | call → leader writes its first raft frame | {:.0} |\n\
+         | leader's first raft frame → first raft answer read by the leader | {:.0} |\n\
+         | first raft answer → call returns | {:.0} |\n\
+         | whole call (median of all) | {:.0} |\n\
+         Commands where both fell inside: {} of {commands}.",
+        inside as f64 / n,
+        after as f64 / n,
+        switches as f64 / n,
+        cpu.as_secs_f64() * 1e6 / n,
+        median(&mut phases[0]),
+        median(&mut phases[1]),
+        median(&mut phases[2]),
+        median(&mut total_sorted),
+        phases[1].len(),
+    );
+    // The timeline of the command closest to the median.
+    let med = total_sorted[total_sorted.len() / 2];
+    if let Some(k) = total.iter().position(|d| *d == med) {
+        let (start, end) = windows[k];
+        let next = windows.get(k + 1).map_or(end, |w| w.0);
+        let _ = writeln!(
+            out,
+            "\nTimeline of one command of median latency ({:.0} µs), until the next command starts:\n\n| µs after the call | Node | Port | | Other end | Bytes | Raft frames |\n|---:|---|---|---|---|---:|---:|",
+            med.as_secs_f64() * 1e6
+        );
+        for ev in events.iter().filter(|ev| ev.at >= start && ev.at < next) {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {} | {} | {:?} | {} | {} | {} |",
+                (ev.at - start).as_secs_f64() * 1e6,
+                role(ev.node),
+                if ev.port == raft_port { "raft" } else { "command" },
+                ev.dir,
+                peer(ev.peer),
+                ev.bytes,
+                ev.frames
+            );
+        }
+        let _ =
+            writeln!(out, "| {:.0} | | | call returns | | |", (end - start).as_secs_f64() * 1e6);
+    }
+    out
+}
+
+/// Whether Go's tsconsensus runs the same shape: 3 nodes on the tailnet,
+/// 100-byte commands.
+fn comparable(s: &Scenario) -> bool {
+    s.net == Net::Tailnet && s.nodes == 3 && s.size == 100 && s.op == Op::Write
+}
+
+fn numbers(r: &Row) -> versus::Numbers {
+    versus::Numbers {
+        ops_per_s: r.ops_per_s,
+        p50: r.p50,
+        p99: r.p99,
+        cpu_per_op: r.cpu_per_op,
+        entries_per_s: r.entries_per_s,
+        switches_per_op: r.switches_per_op,
+    }
+}
+
+/// Command-line options.
+struct Args {
+    quick: bool,
+    memory: bool,
+    out: PathBuf,
+    go_bin: Option<PathBuf>,
+    kv_bin: Option<PathBuf>,
+    trace: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        quick: false,
+        memory: false,
+        out: PathBuf::from("target/bench"),
+        go_bin: None,
+        kv_bin: None,
+        trace: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--bench" => {}
+            "--quick" => args.quick = true,
+            "--memory" => args.memory = true,
+            "--trace" => args.trace = true,
+            "--go-bin" => args.go_bin = it.next().map(PathBuf::from),
+            "--kv-bin" => args.kv_bin = it.next().map(PathBuf::from),
+            flag if flag.starts_with("--") => panic!("unknown option {flag}"),
+            dir => args.out = PathBuf::from(dir),
+        }
+    }
+    args
+}
+
+/// Our tsnet pair, then Go's, measured the same way.
+async fn transports(
+    tailnet: &LocalTailnet,
+    go: Option<&gobench::GoBench>,
+    quick: bool,
+) -> (rawnet::Report, String, Option<Result<gobench::GoTransport, String>>) {
+    let (a, _) = tailnet.node("rawnet-a").await.expect("node");
+    let (b, _) = tailnet.node("rawnet-b").await.expect("node");
+    rawnet::warm_up(&a, &b, 17000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let path = rawnet::tailnet_path(&a, b.local_addrs()[0]).await;
+    let amounts = if quick { rawnet::Amounts::QUICK } else { rawnet::Amounts::FULL };
+    let ours = rawnet::measure(Arc::new(a.clone()), Arc::new(b.clone()), 17200, amounts).await;
+    a.close().await;
+    b.close().await;
+    eprintln!(
+        "our tsnet: RTT p50 {:.0} µs, {:.0} MiB/s ({path})",
+        ours.rtt_p50.as_secs_f64() * 1e6,
+        ours.mib_per_s
+    );
+    let theirs = match go {
+        Some(go) => {
+            let result = go.transport(quick).await;
+            match &result {
+                Ok(t) => eprintln!(
+                    "Go tsnet: RTT p50 {:.0} µs, {:.0} MiB/s ({})",
+                    t.rtt_p50_us, t.mib_per_s, t.path
+                ),
+                Err(e) => eprintln!("Go tsnet: {e}"),
+            }
+            Some(result)
+        }
+        None => None,
+    };
+    (ours, path, theirs)
+}
+
+fn main() {
+    let args = parse_args();
+    let (quick, out) = (args.quick, args.out.clone());
     std::fs::create_dir_all(&out).expect("output dir");
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    if args.iter().any(|a| a == "--memory") {
+    if args.memory {
         let report = runtime.block_on(memory_run());
         std::fs::write(out.join("memory.md"), &report).expect("write report");
         println!("{report}");
         return;
     }
+    if args.trace {
+        let report = runtime.block_on(async {
+            let tailnet = LocalTailnet::start().await.expect("local tailnet");
+            let commands = if quick { 500 } else { 2000 };
+            let leader = trace_run(&tailnet, false, commands).await;
+            let follower = trace_run(&tailnet, true, commands).await;
+            tailnet.stop().await;
+            format!("{leader}\n{follower}")
+        });
+        std::fs::write(out.join("trace.md"), &report).expect("write report");
+        println!("{report}");
+        return;
+    }
     runtime.block_on(async {
         let tailnet = LocalTailnet::start().await.expect("local tailnet");
+        let go = args.go_bin.clone().map(|bin| {
+            let log = out.join("gobench.log");
+            let _ = std::fs::remove_file(&log);
+            gobench::GoBench::new(bin, &tailnet.control_url, log)
+        });
         let ceiling = raw_ceiling(&tailnet).await;
         eprintln!("raw tsnet ceiling: {ceiling:.0} req/s");
+        let mut report = versus::Report::new(quick);
+        if go.is_some() {
+            let (ours, path, theirs) = transports(&tailnet, go.as_ref(), quick).await;
+            report.transport = Some(versus::Transports { ours, ours_path: path, go: theirs });
+        }
         let run = if quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
         let mut rows = Vec::new();
         // BENCH_FILTER=text keeps the scenarios whose description contains it.
         let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
         let chosen = scenarios(quick).into_iter().filter(|s| format!("{s:?}").contains(&filter));
         for (serial, s) in chosen.enumerate() {
+            // Go first, then ours, shape by shape: the load of the shared
+            // machine drifts less between the two halves of a row.
+            let theirs = match &go {
+                Some(go) if comparable(&s) => {
+                    let shape = gobench::GoScenario {
+                        callers: s.callers,
+                        durable: s.durable,
+                        to_follower: s.to_follower,
+                        size: s.size,
+                        run,
+                    };
+                    let result = go.cluster(shape, serial).await;
+                    match &result {
+                        Ok(g) => eprintln!(
+                            "Go {s:?}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms",
+                            g.ops_per_s,
+                            g.p50_us / 1e3,
+                            g.p99_us / 1e3
+                        ),
+                        Err(e) => eprintln!("Go {s:?}: {e}"),
+                    }
+                    Some(result)
+                }
+                _ => None,
+            };
             let row = measure(s, run, &tailnet, serial).await;
             eprintln!("{:?}: {:.0} ops/s p50 {} ms p99 {} ms", s, row.ops_per_s, ms(row.p50), ms(row.p99));
+            if let Some(theirs) = theirs {
+                report.clusters.push(versus::Pair {
+                    callers: s.callers,
+                    durable: s.durable,
+                    to_follower: s.to_follower,
+                    ours: numbers(&row),
+                    go: theirs,
+                });
+            }
             rows.push(row);
         }
+        let work = out.join("processes");
+        let proc_options = |flavor, bin: PathBuf| processes::ProcOptions {
+            flavor,
+            bin,
+            work: work.clone(),
+            load: if quick { Duration::from_secs(3) } else { Duration::from_secs(10) },
+            idle: if quick { Duration::from_secs(2) } else { Duration::from_secs(5) },
+            many: 64,
+            failover_rounds: if quick { 3 } else { 20 },
+            steady: if quick { Duration::from_secs(10) } else { Duration::from_secs(60) },
+        };
+        let mut serial = 0;
+        let mut flavors = Vec::new();
+        if let Some(bin) = &args.kv_bin {
+            flavors.push(proc_options(processes::Flavor::Kv, bin.clone()));
+        }
+        if let Some(go) = &go
+            && args.kv_bin.is_some()
+        {
+            flavors.push(proc_options(processes::Flavor::Go, go.bin.clone()));
+        }
+        for options in flavors {
+            serial += 1;
+            eprintln!("{:?} processes…", options.flavor);
+            let result = processes::run(&tailnet, &options, serial).await;
+            match &result {
+                Ok(r) => eprintln!(
+                    "{:?} processes: 1 client {:.0} puts/s, CPU {:.0} µs/put; failover median {:?}",
+                    r.flavor,
+                    r.one.ops_per_s,
+                    r.one.cpu_per_op.as_secs_f64() * 1e6,
+                    r.failover.as_ref().and_then(processes::Failover::median)
+                ),
+                Err(e) => eprintln!("{:?} processes: {e}", options.flavor),
+            }
+            match options.flavor {
+                processes::Flavor::Kv => report.kv = Some(result),
+                processes::Flavor::Go => report.go_nodes = Some(result),
+            }
+        }
         tailnet.stop().await;
-        let report = format!(
+        let text = format!(
             "Raw tsnet request/response ceiling measured in the same run: {ceiling:.0} req/s (64 streams, 64-byte echo).\n\n{}\n{}",
             targets(&rows, ceiling),
             table(&rows)
         );
-        std::fs::write(out.join("cluster.md"), &report).expect("write report");
+        std::fs::write(out.join("cluster.md"), &text).expect("write report");
         chart(&rows, ceiling, &out.join("throughput.svg"));
-        println!("{report}");
+        println!("{text}");
+        if go.is_some() || args.kv_bin.is_some() {
+            let (markdown, lines) = report.render();
+            std::fs::write(out.join("versus.md"), &markdown).expect("write report");
+            std::fs::write(out.join("versus.jsonl"), lines).expect("write report");
+            println!("{markdown}");
+        }
     });
 }

@@ -126,9 +126,8 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The kinds the nemesis picks from by default. The storage faults are
-    /// left out until the node can inject them (see `chaos-node`).
-    pub const ALL: [FaultKind; 12] = [
+    /// The kinds the nemesis picks from by default: every kind.
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Kill,
         FaultKind::Wipe,
         FaultKind::Pause,
@@ -141,6 +140,8 @@ impl FaultKind {
         FaultKind::StartHighest,
         FaultKind::Replace,
         FaultKind::Double,
+        FaultKind::FsyncFail,
+        FaultKind::WriteFail,
     ];
 
     /// Every kind there is, with its name.

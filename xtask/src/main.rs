@@ -4,8 +4,12 @@
 //!   writes, reads, the leader killed and replaced, the old leader back.
 //! - `ci`: the one gate. Formatting check, clippy with warnings denied,
 //!   docs with warnings denied, the whole test suite (the real-tailnet tests
-//!   included), and `cargo deny check bans licenses sources`. It never
-//!   edits files. It ends with one chaos run and the headscale suite.
+//!   included; the `tsconsensus` tool's end-to-end tests among them),
+//!   `cargo package` of every published crate, the project in
+//!   `tests/downstream` (outside the workspace, depending on `consensus`
+//!   by path) built and run, and `cargo deny check bans licenses
+//!   sources`. It never edits files. It ends with one chaos run and the
+//!   headscale suite.
 //! - `chaos [--runs N] [--seed S] [--duration SECS] [--nodes N]
 //!   [--faults KIND,...] [--keep-dir DIR] [--report FILE] ...`: the
 //!   multi-process nemesis (flags: `tests/src/bin/chaos.rs`). A local
@@ -23,10 +27,14 @@
 //!   `target/headscale/`. `ci` runs it.
 //! - `tailnet`: runs the local tailnet (control, DERP, STUN on 127.0.0.1)
 //!   in the foreground and prints its URLs, for trying things by hand.
-//! - `bench`: the consensus benchmark suite (transports, cluster sizes,
-//!   concurrency, command sizes, storage, leader or follower, reads, memory
-//!   over a million commands); writes its section of `docs/benchmarks.md`
-//!   and `docs/img/throughput.svg`.
+//! - `bench [--quick]`: the consensus benchmark suite (transports, cluster
+//!   sizes, concurrency, command sizes, storage, leader or follower, reads,
+//!   memory over a million commands), side by side with Tailscale's Go
+//!   tsconsensus (`xtask/gobench`, built here) and with three `kv` example
+//!   processes (release build): throughput, CPU per put, failover,
+//!   elections under load. Writes its sections of `docs/benchmarks.md` and
+//!   `docs/img/throughput.svg`. `--quick` runs a reduced version in a few
+//!   minutes and writes only `target/bench/`.
 //! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
 //!   table goes into `docs/benchmarks.md`.
 //! - `bench discovery`: tag-propagation latency on the local tailnet.
@@ -79,6 +87,10 @@ fn main() -> ExitCode {
 }
 
 type Result<T = ()> = std::result::Result<T, String>;
+
+/// The crates meant for crates.io, in dependency order.
+const PUBLISHED: &[&str] =
+    &["ts-transport", "ts-discovery", "raft-core", "cmd-rpc", "consensus", "tsconsensus"];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
@@ -133,6 +145,25 @@ fn ci() -> Result {
             .args(["test", "--workspace", "--all-features", "--locked"])
             .env("RUST_TEST_THREADS", "4"),
     )?;
+    // Every library crate (and the tool) packages as it would be published:
+    // versioned dependencies, the Go sources inside ts-transport. Packaged
+    // together, so that they resolve each other before any is on crates.io.
+    let mut package = cargo();
+    package.args(["package", "--no-verify", "--offline", "--allow-dirty"]);
+    for krate in PUBLISHED {
+        package.args(["-p", krate]);
+    }
+    run("package", &mut package)?;
+    // A project outside the workspace that depends on `consensus` by path,
+    // as a user's would, builds and runs (sharing the target directory).
+    let root = workspace_root();
+    run(
+        "downstream",
+        cargo()
+            .current_dir(root.join("tests/downstream"))
+            .args(["run", "--locked", "--offline"])
+            .env("CARGO_TARGET_DIR", root.join("target")),
+    )?;
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
     // A fresh seed each time (printed, replayable with --seed), so that CI
     // keeps exploring new fault schedules; every schedule wipes a node's
@@ -173,43 +204,85 @@ fn bench(package: &str, which: &str) -> Result {
 const BENCH_START: &str = "<!-- cluster-bench:start -->";
 const BENCH_END: &str = "<!-- cluster-bench:end -->";
 
+/// Markers around the generated side-by-side comparison with Go.
+const VERSUS_START: &str = "<!-- versus-bench:start -->";
+const VERSUS_END: &str = "<!-- versus-bench:end -->";
+
 fn bench_suite(quick: bool) -> Result {
     let root = workspace_root();
     let out = root.join("target/bench");
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let gobench = target.join("xtask/gobench");
+    run(
+        "build Go tsconsensus benchmark",
+        Command::new("go")
+            .current_dir(root.join("xtask/gobench"))
+            .args(["build", "-trimpath", "-mod=readonly", "-o"])
+            .arg(&gobench)
+            .arg("."),
+    )?;
+    // The bench profile is release with line tables (for perf); it shares
+    // the artifacts `cargo bench` builds, in target/release.
+    run(
+        "build kv example (release)",
+        cargo().args([
+            "build",
+            "--profile",
+            "bench",
+            "--locked",
+            "-p",
+            "consensus",
+            "--example",
+            "kv",
+        ]),
+    )?;
     let mut command = cargo();
     command.args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"]).arg(&out);
+    command.arg("--go-bin").arg(&gobench);
+    command.arg("--kv-bin").arg(target.join("release/examples/kv"));
     if quick {
         command.arg("--quick");
     }
     run("cluster benchmark", &mut command)?;
+    if quick {
+        eprintln!("quick run: results in {} (docs/ left as they are)", out.display());
+        return Ok(());
+    }
     let mut report =
         std::fs::read_to_string(out.join("cluster.md")).map_err(|e| format!("read report: {e}"))?;
-    if !quick {
-        // A process of its own, so earlier scenarios do not weigh on it.
-        run(
-            "memory over a million commands",
-            cargo()
-                .args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"])
-                .arg(&out)
-                .arg("--memory"),
-        )?;
-        let memory = std::fs::read_to_string(out.join("memory.md"))
-            .map_err(|e| format!("read report: {e}"))?;
-        report.push_str(&format!("\n### Memory over a million commands\n\n{memory}"));
-    }
+    // A process of its own, so earlier scenarios do not weigh on it.
+    run(
+        "memory over a million commands",
+        cargo()
+            .args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"])
+            .arg(&out)
+            .arg("--memory"),
+    )?;
+    let memory =
+        std::fs::read_to_string(out.join("memory.md")).map_err(|e| format!("read report: {e}"))?;
+    report.push_str(&format!("\n### Memory over a million commands\n\n{memory}"));
+    let versus =
+        std::fs::read_to_string(out.join("versus.md")).map_err(|e| format!("read report: {e}"))?;
     let docs = root.join("docs/benchmarks.md");
     let text =
         std::fs::read_to_string(&docs).map_err(|e| format!("read {}: {e}", docs.display()))?;
-    let (Some(start), Some(end)) = (text.find(BENCH_START), text.find(BENCH_END)) else {
-        return Err(format!("{} lacks the {BENCH_START} / {BENCH_END} markers", docs.display()));
-    };
-    let updated = format!("{}{BENCH_START}\n{report}\n{}", &text[..start], &text[end..]);
-    std::fs::write(&docs, updated).map_err(|e| format!("write {}: {e}", docs.display()))?;
+    let text = splice(&text, BENCH_START, BENCH_END, &report)?;
+    let text = splice(&text, VERSUS_START, VERSUS_END, &versus)?;
+    std::fs::write(&docs, text).map_err(|e| format!("write {}: {e}", docs.display()))?;
     std::fs::create_dir_all(root.join("docs/img")).map_err(|e| e.to_string())?;
     std::fs::copy(out.join("throughput.svg"), root.join("docs/img/throughput.svg"))
         .map_err(|e| format!("copy chart: {e}"))?;
     eprintln!("wrote docs/benchmarks.md and docs/img/throughput.svg");
     Ok(())
+}
+
+/// `text` with what lies between the `start` and `end` markers replaced by
+/// `section`.
+fn splice(text: &str, start: &str, end: &str, section: &str) -> Result<String> {
+    let (Some(from), Some(to)) = (text.find(start), text.find(end)) else {
+        return Err(format!("docs/benchmarks.md lacks the {start} / {end} markers"));
+    };
+    Ok(format!("{}{start}\n{section}\n{}", &text[..from], &text[to..]))
 }
 
 /// Builds the chaos node and driver, then runs the driver with `args` (see

@@ -70,6 +70,19 @@ pub struct RemoveRequest {
     pub id: NodeId,
 }
 
+/// `POST /v1/campaign`: the leader, handing its leadership over, asks this
+/// node to start an election now. Refused unless the caller is the leader
+/// this node follows, in this term, and this node is a voter whose log
+/// reaches `last_log_index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    /// The leader's term.
+    pub term: u64,
+    /// The leader's last log index: this node must have it all.
+    pub last_log_index: u64,
+}
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

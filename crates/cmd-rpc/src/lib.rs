@@ -22,10 +22,16 @@
 //! [`CommandClient`] is the calling side, with idle connections reused.
 //!
 //! [`PageServer`] serves read-only pages rendered elsewhere (the facade's
-//! monitor) with the same authorization, so hyper stays in this crate.
+//! monitor) with the same authorization, and [`AdminServer`] the
+//! operator's endpoint on 127.0.0.1 (token, `Host` check, bounded
+//! bodies), so hyper stays in this crate.
+//!
+//! `POST /v1/campaign` is one half of a leadership transfer: the leader,
+//! holding its log still, asks a caught-up voter to start an election.
 //!
 //! Commands, queries and answers are JSON documents at this layer.
 
+mod admin;
 mod api;
 mod client;
 mod config;
@@ -34,11 +40,15 @@ mod pages;
 mod peers;
 mod server;
 mod service;
+mod stats;
 
+pub use crate::admin::{
+    AdminError, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+};
 pub use crate::api::{
-    ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint,
-    Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse, ReadRequest, ReadResponse,
-    RemoveRequest, SessionResponse,
+    CampaignRequest, ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse,
+    JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse,
+    ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
 pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
 pub use crate::config::CommandConfig;
@@ -47,6 +57,7 @@ pub use crate::pages::{Page, PageServer, Render};
 pub use crate::peers::{Caller, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_node};
 pub use crate::server::{Authorize, CommandServer};
 pub use crate::service::{Change, CommandService};
+pub use crate::stats::CommandStats;
 
 /// The Go package's default command port.
 pub const DEFAULT_PORT: u16 = 6271;

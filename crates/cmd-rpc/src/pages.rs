@@ -24,6 +24,8 @@ use crate::server::Authorize;
 /// A rendered page.
 #[derive(Clone, Debug)]
 pub struct Page {
+    /// Its HTTP status (200 for a page; health checks answer 503 too).
+    pub status: u16,
     /// Its `Content-Type`.
     pub content_type: &'static str,
     /// Its body.
@@ -70,7 +72,12 @@ impl PageServer {
                         r
                     } else {
                         match render(request.uri().path()) {
-                            Some(page) => respond(StatusCode::OK, page.content_type, page.body),
+                            Some(page) => respond(
+                                StatusCode::from_u16(page.status)
+                                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                                page.content_type,
+                                page.body,
+                            ),
                             None => respond(
                                 StatusCode::NOT_FOUND,
                                 "text/plain; charset=utf-8",

@@ -30,7 +30,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ts_transport::{Admission, Listener, PeerAddr, Server};
 
-use crate::api::{ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest, RemoveRequest};
+use crate::api::{
+    CampaignRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest, RemoveRequest,
+};
 use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
@@ -121,7 +123,7 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 fn endpoint(path: &str) -> Option<Method> {
     match path {
         "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read"
-        | "/v1/read-index" => Some(Method::POST),
+        | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -222,6 +224,12 @@ async fn dispatch<S: StateMachine>(
         "/v1/read-index" => {
             let _: serde_json::Map<String, serde_json::Value> = parse(&body)?;
             Ok(json_response(StatusCode::OK, &service.read_index(deadline).await?))
+        }
+        "/v1/campaign" => {
+            let request: CampaignRequest = parse(&body)?;
+            let caller = caller_of(service, peer)?;
+            service.campaign(&request, &caller).await?;
+            Ok(json_response(StatusCode::OK, &serde_json::json!({})))
         }
         _ => Err(RpcError::NotFound(path)),
     }

@@ -26,15 +26,18 @@ use raft_core::{
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::api::{
-    ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
-    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
+    CampaignRequest, ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
+    LeaderHint, Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
+    SessionResponse,
 };
 use crate::client::CommandClient;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, Peers, check_node};
+use crate::stats::CommandStats;
 
 /// The command API of one node.
 pub struct CommandService<S: StateMachine> {
@@ -44,6 +47,8 @@ pub struct CommandService<S: StateMachine> {
     peers: Arc<dyn Peers>,
     /// Membership changes one at a time (openraft allows one in progress).
     membership: Mutex<()>,
+    /// What it counts, for the facade's `/metrics`.
+    stats: Arc<CommandStats>,
 }
 
 /// A membership change the leader decided on by itself (the facade's
@@ -138,7 +143,19 @@ impl<S: StateMachine> CommandService<S> {
         config: CommandConfig,
         peers: Arc<dyn Peers>,
     ) -> CommandService<S> {
-        CommandService { node, client, config, peers, membership: Mutex::new(()) }
+        CommandService {
+            node,
+            client,
+            config,
+            peers,
+            membership: Mutex::new(()),
+            stats: Arc::default(),
+        }
+    }
+
+    /// What this service counts (commands forwarded to the leader).
+    pub fn stats(&self) -> &Arc<CommandStats> {
+        &self.stats
     }
 
     /// The hook that answers about callers.
@@ -431,8 +448,18 @@ impl<S: StateMachine> CommandService<S> {
                             command: request.command.clone(),
                             retry: maybe_applied.load(Ordering::Relaxed),
                         };
-                        let result =
-                            self.forward(id, &leader, "/v1/execute", &forward, deadline).await;
+                        self.stats.forwarded.inc();
+                        // The command's request id is its (client, seq).
+                        let span = tracing::debug_span!(
+                            "forward",
+                            client = %request.client,
+                            seq = request.seq,
+                            leader = %leader.stable_id
+                        );
+                        let result = self
+                            .forward(id, &leader, "/v1/execute", &forward, deadline)
+                            .instrument(span)
+                            .await;
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
                             maybe_applied.store(true, Ordering::Relaxed);
                         }
@@ -854,6 +881,45 @@ impl<S: StateMachine> CommandService<S> {
         // The state must not have been poisoned while we waited.
         self.check_fatal()?;
         Ok(ReadResponse { result: raw(self.node.query_local(query), "query answer")?, index })
+    }
+
+    /// Starts an election on this node at the request of the leader it
+    /// follows, which is handing its leadership over (`/v1/campaign`).
+    /// Refused unless `caller` is that leader, the request's term is this
+    /// node's, this node votes, and its log reaches the leader's last
+    /// index. Raft's rules decide whether the election succeeds.
+    pub async fn campaign(
+        &self,
+        request: &CampaignRequest,
+        caller: &Caller,
+    ) -> Result<(), RpcError> {
+        self.check_fatal()?;
+        let m = self.node.metrics();
+        let leader = m.leader.and_then(|id| m.nodes.get(&id));
+        if leader.is_none_or(|node| node.stable_id != caller.stable_id) {
+            return Err(RpcError::Forbidden(format!(
+                "node {:?} is not the leader this node follows; only that leader may ask it to \
+                 campaign",
+                caller.stable_id
+            )));
+        }
+        if request.term != m.term {
+            return Err(RpcError::BadRequest(format!(
+                "the request is for term {}, this node is in term {}",
+                request.term, m.term
+            )));
+        }
+        if !m.voters.contains(&m.id) {
+            return Err(RpcError::BadRequest("this node is not a voter".to_owned()));
+        }
+        let have = m.last_log_index.unwrap_or(0);
+        if have < request.last_log_index {
+            return Err(RpcError::Unavailable(format!(
+                "this node's log reaches index {have}, not yet the leader's {}",
+                request.last_log_index
+            )));
+        }
+        self.node.campaign().await.map_err(|e| RpcError::Fatal(e.to_string()))
     }
 
     /// The configuration as this node knows it, and who this node is.

@@ -49,8 +49,9 @@ async fn unauthorized_callers_are_closed_at_accept_on_the_command_and_monitor_po
         CommandConfig::default(),
     )
     .await;
-    let render: Render =
-        Arc::new(|_| Some(Page { content_type: "text/plain", body: "hi\n".to_owned() }));
+    let render: Render = Arc::new(|_| {
+        Some(Page { status: 200, content_type: "text/plain", body: "hi\n".to_owned() })
+    });
     let monitor = PageServer::start(
         Arc::from(transport.listen(MONITOR_PORT).await.unwrap()),
         all_but_intruder(),

@@ -713,6 +713,7 @@ async fn an_unauthorized_caller_is_refused_on_every_endpoint() {
         ("POST", "/v1/probe"),
         ("POST", "/v1/read"),
         ("POST", "/v1/read-index"),
+        ("POST", "/v1/campaign"),
         ("GET", "/v1/cluster"),
         ("GET", "/nope"),
     ] {
@@ -910,6 +911,7 @@ fn valid_body(path: &str) -> String {
         "/v1/remove" => r#"{"id":77}"#.to_owned(),
         "/v1/probe" => r#"{"promise":true}"#.to_owned(),
         "/v1/read" => r#"{"query":{"get":"f"},"consistency":"linearizable"}"#.to_owned(),
+        "/v1/campaign" => r#"{"term":1,"last_log_index":1}"#.to_owned(),
         _ => "{}".to_owned(),
     }
 }
@@ -926,6 +928,7 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
         "/v1/probe",
         "/v1/read",
         "/v1/read-index",
+        "/v1/campaign",
     ]);
     let json_value = prop_oneof![
         Just(serde_json::Value::Null),
@@ -1129,5 +1132,47 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
             cluster.log(i)
         );
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_may_ask_a_caught_up_voter_to_campaign_in_its_term() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let m = cluster.service(follower).node().metrics();
+    let last = cluster.service(leader).node().metrics().last_log_index.unwrap();
+    let campaign = |term: u64, index: u64| format!(r#"{{"term":{term},"last_log_index":{index}}}"#);
+    let (status, body) =
+        post_from(&cluster, ip(other), follower, "/v1/campaign", &campaign(m.term, last), "").await;
+    assert_eq!(status, 403, "a follower asked another to campaign: {body}");
+    assert!(message(&body).contains("not the leader this node follows"), "{body}");
+    let (status, body) =
+        post_from(&cluster, ip(leader), follower, "/v1/campaign", &campaign(m.term + 1, last), "")
+            .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(message(&body).contains("term"), "{body}");
+    let (status, body) = post_from(
+        &cluster,
+        ip(leader),
+        follower,
+        "/v1/campaign",
+        &campaign(m.term, last + 1000),
+        "",
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(message(&body).contains("not yet the leader's"), "{body}");
+    assert_eq!(cluster.service(follower).node().metrics().term, m.term, "refused, yet campaigned");
+    let (status, body) =
+        post_from(&cluster, ip(leader), follower, "/v1/campaign", &campaign(m.term, last), "")
+            .await;
+    assert_eq!(status, 200, "{body}");
+    cluster
+        .service(follower)
+        .node()
+        .wait_for(WAIT, |now| now.term > m.term)
+        .await
+        .expect("the follower campaigned");
     cluster.shutdown().await;
 }

@@ -18,6 +18,15 @@ pub struct Config {
     /// Also serve the monitor on `127.0.0.1:<port>` for operators on this
     /// host (0 picks a free port); `None` disables it.
     pub monitor_localhost_port: Option<u16>,
+    /// Serve the operator's admin endpoint (the `tsconsensus` tool) on
+    /// `127.0.0.1:<port>` (0 picks a free port); `None` disables it. It
+    /// needs `state_dir`: its token is kept there (`admin.token`, readable
+    /// by the owner only), and so is the port it listens on
+    /// (`admin.port`).
+    pub admin_port: Option<u16>,
+    /// `/readyz` answers "not ready" while this node's applied index is
+    /// more than this many entries behind the committed index it knows.
+    pub ready_max_lag: u64,
     /// Where to keep the log and snapshots; `None` keeps them in memory
     /// (everything is lost when the process ends).
     pub state_dir: Option<PathBuf>,
@@ -51,6 +60,8 @@ impl Default for Config {
             command_port: cmd_rpc::DEFAULT_PORT,
             monitor_port: Some(8081),
             monitor_localhost_port: None,
+            admin_port: None,
+            ready_max_lag: 1000,
             state_dir: None,
             seed_command_ports: Vec::new(),
             snapshot_every: raft_core::RaftConfig::default().snapshot_every,

@@ -35,27 +35,43 @@
 //!   failed, raft's core died) says so on all three and stops serving:
 //!   calls answer [`Error::Fatal`].
 //!
+//! - **Operable** (docs/operations.md): `/healthz` and `/readyz` for
+//!   supervisors; counters and histograms in `/metrics`; an admin endpoint
+//!   on 127.0.0.1 ([`Config::admin_port`], [`admin`]) for the `tsconsensus`
+//!   tool: members, status, remove, transfer leadership
+//!   ([`Consensus::transfer_leadership`]), snapshot, backup and restore.
+//!
 //! Commands and answers travel as JSON between nodes; the Go package's
 //! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
 //! hyper type appears in this API.
 
+pub mod admin;
 mod bootstrap;
 mod campaign;
 mod config;
 mod decide;
 mod error;
+mod health;
 mod machine;
 mod membership;
+mod metrics;
 #[cfg(test)]
 mod model;
 mod monitor;
 mod node;
 mod operation;
+mod transfer;
 
 pub use crate::config::{BootstrapOptions, Config, SessionLimits, StorageFaults, Timing};
 pub use crate::error::Error;
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
 pub use crate::operation::Operation;
+/// Discovery sources ([`Consensus::start_with`] takes any): a static view
+/// for tests and fixed clusters, and the tailnet's.
+pub use ts_discovery as discovery;
+/// The transports ([`Consensus::start_with`] takes any): in-memory and TCP
+/// for tests and LANs, and the fault wrapper.
+pub use ts_transport as transport;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};

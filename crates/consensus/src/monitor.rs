@@ -1,6 +1,8 @@
-//! The monitor: `/status` (JSON), `/metrics` (Prometheus text) and `/` (an
-//! HTML page that refreshes itself), on the monitor port for tagged peers
-//! and, optionally, on 127.0.0.1 for operators. Read-only: no endpoint makes
+//! The monitor: `/status` (JSON), `/metrics` (Prometheus text: the gauges
+//! here, the counters and histograms of [`crate::metrics`]), `/healthz` and
+//! `/readyz` ([`crate::health`]) and `/` (an HTML page that refreshes
+//! itself), on the monitor port for tagged peers and, optionally, on
+//! 127.0.0.1 for operators and supervisors. Read-only: no endpoint makes
 //! the node dial anything.
 
 use std::fmt::Write as _;
@@ -20,7 +22,7 @@ use crate::node::{Inner, Member, Metrics, members_of};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize)]
-struct Status {
+pub(crate) struct Status {
     id: u64,
     stable_id: String,
     incarnation: String,
@@ -32,7 +34,7 @@ struct Status {
     members: Vec<Member>,
 }
 
-fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
+pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
     let raft = inner.raft().metrics();
     let metrics = crate::node::Consensus::<S>::metrics_from(&raft);
     let committed = inner.committed.load(Ordering::Relaxed);
@@ -196,13 +198,42 @@ fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
         let status = status(&inner);
         match path {
             "/status" => Some(Page {
+                status: 200,
                 content_type: "application/json",
                 body: serde_json::to_string_pretty(&status).unwrap_or_default(),
             }),
             "/metrics" => {
-                Some(Page { content_type: "text/plain; version=0.0.4", body: prometheus(&status) })
+                let mut body = prometheus(&status);
+                crate::metrics::render(
+                    &mut body,
+                    &crate::metrics::Scrape {
+                        counters: &inner.counters,
+                        raft: inner.raft().stats(),
+                        commands: inner.service.stats(),
+                    },
+                );
+                Some(Page { status: 200, content_type: "text/plain; version=0.0.4", body })
             }
-            "/" => Some(Page { content_type: "text/html; charset=utf-8", body: html(&status) }),
+            "/healthz" => {
+                let (status, body) = match &status.metrics.fatal {
+                    None => (200, serde_json::json!({ "status": "ok" })),
+                    Some(why) => (503, serde_json::json!({ "status": "fatal", "reason": why })),
+                };
+                Some(Page { status, content_type: "application/json", body: body.to_string() })
+            }
+            "/readyz" => {
+                let readiness = crate::health::of(&inner);
+                Some(Page {
+                    status: if readiness.ready { 200 } else { 503 },
+                    content_type: "application/json",
+                    body: serde_json::to_string(&readiness).unwrap_or_default(),
+                })
+            }
+            "/" => Some(Page {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: html(&status),
+            }),
             _ => None,
         }
     })

@@ -22,8 +22,9 @@ use crate::config::{BootstrapOptions, Config};
 use crate::decide;
 use crate::error::Error;
 use crate::machine::{Adapter, Answer, StateMachine};
+use crate::metrics::{Counters, CountingTransport, Port};
 use crate::operation::{Operation, SessionPool};
-use crate::{campaign, membership, monitor};
+use crate::{admin, campaign, membership, monitor};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +169,10 @@ pub(crate) struct Inner<S: StateMachine> {
     /// The bootstrap lock: the promise this node holds; answering probes,
     /// granting, joining and forming happen under it.
     pub(crate) promise: Arc<tokio::sync::Mutex<Promise>>,
+    /// What `/metrics` counts here (crate::metrics).
+    pub(crate) counters: Arc<Counters>,
+    /// The operator's endpoint, if served (crate::admin).
+    pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -393,6 +398,8 @@ impl<S: StateMachine> Consensus<S> {
             return Err(Error::Invalid("expected_size must be at least 1".to_owned()));
         }
         let started = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let transport = CountingTransport::wrap(transport, counters.clone());
         let view = first_view(&*discovery, config.timing.start_timeout).await?;
         if !view.self_tagged() {
             return Err(Error::NotTagged { tag: bootstrap.tag.clone() });
@@ -404,10 +411,19 @@ impl<S: StateMachine> Consensus<S> {
             command_port: config.command_port,
         };
         let authorizer = discovery.authorizer(config.timing.max_staleness);
-        let authorize: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> = {
+        // One authorizer per port, each counting its refusals.
+        let authorize_on = |port: Port| -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
             let authorizer = authorizer.clone();
-            Arc::new(move |peer: PeerAddr| authorizer.allows_peer(peer))
+            let counters = counters.clone();
+            Arc::new(move |peer: PeerAddr| {
+                let allowed = authorizer.allows_peer(peer);
+                if !allowed {
+                    counters.refused(port);
+                }
+                allowed
+            })
         };
+        let authorize = authorize_on(Port::Command);
         let mut storage = match &config.state_dir {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
@@ -420,7 +436,7 @@ impl<S: StateMachine> Consensus<S> {
             transport.clone(),
             storage,
             Adapter(state_machine),
-            authorize.clone(),
+            authorize_on(Port::Raft),
             raft_config(&config),
         )
         .await
@@ -476,8 +492,16 @@ impl<S: StateMachine> Consensus<S> {
             owns_discovery: AtomicBool::new(false),
             membership_probes: Mutex::new(HashMap::new()),
             promise,
+            counters: counters.clone(),
+            admin: Mutex::new(None),
         });
         let consensus = Consensus { inner };
+        // From before the bootstrap, so that the first election counts.
+        let leadership = tokio::spawn(crate::metrics::follow_leadership(
+            consensus.inner.counters.clone(),
+            consensus.inner.raft().subscribe(),
+        ));
+        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(leadership);
         let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());
         if let Err(err) = crate::bootstrap::run(&consensus.inner, &bootstrap, remaining).await {
             consensus.shutdown_all().await;
@@ -489,7 +513,13 @@ impl<S: StateMachine> Consensus<S> {
         // it back.
         let guard = tokio::spawn(campaign::guard_loop(Arc::downgrade(&consensus.inner)));
         consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([reconciler, guard]);
-        if let Err(err) = monitor::start(&consensus.inner, transport, authorize).await {
+        if let Err(err) =
+            monitor::start(&consensus.inner, transport, authorize_on(Port::Monitor)).await
+        {
+            consensus.shutdown_all().await;
+            return Err(err);
+        }
+        if let Err(err) = admin::start(&consensus.inner).await {
             consensus.shutdown_all().await;
             return Err(err);
         }
@@ -628,6 +658,32 @@ impl<S: StateMachine> Consensus<S> {
             })
     }
 
+    /// The port of the admin endpoint on 127.0.0.1, if it is served
+    /// ([`Config::admin_port`]).
+    pub fn admin_port(&self) -> Option<u16> {
+        self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.port())
+    }
+
+    /// Hands this node's leadership to `to` (a voter's raft id), or to the
+    /// most caught-up other voter; answers the new leader's id. Only the
+    /// leader can: elsewhere this answers [`Error::Invalid`] naming the
+    /// leader. openraft 0.9 has no leadership transfer; this is the closest
+    /// safe equivalent (docs/operations.md): the leader holds its log
+    /// still (no heartbeats, no new entries; commands wait and then go to
+    /// the new leader) until the target has every entry and the other
+    /// voters' leader leases have run out, then asks the target to start an
+    /// election. Raft's voting rules keep it safe; if another node wins,
+    /// or nobody does before the deadline, the answer says so and the
+    /// leader's hold ends either way.
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, Error> {
+        self.check_running()?;
+        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+        crate::transfer::transfer(&self.inner, to, deadline)
+            .await
+            .map(|report| report.leader)
+            .map_err(Error::from)
+    }
+
     /// The port of the localhost monitor (`http://127.0.0.1:<port>/`), if
     /// it is served.
     pub fn monitor_localhost_port(&self) -> Option<u16> {
@@ -668,6 +724,10 @@ impl<S: StateMachine> Consensus<S> {
         for task in tasks {
             task.abort();
             let _ = task.await;
+        }
+        let admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(admin) = admin {
+            admin.shutdown().await;
         }
         let monitors: Vec<_> =
             self.inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();

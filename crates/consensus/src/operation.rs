@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use cmd_rpc::{CommandService, ExecuteRequest, RpcError};
 use raft_core::ClientId;
 use serde_json::value::RawValue;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
@@ -108,6 +109,13 @@ impl<S: StateMachine> Operation<S> {
 
     /// [`Operation::execute`] with its own deadline.
     pub async fn execute_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
+        let started = Instant::now();
+        let result = self.attempt_within(deadline).await;
+        self.inner.counters.command_done(&result, started.elapsed());
+        result
+    }
+
+    async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
         self.inner.check_running()?;
         if let Some(why) = &self.lost {
             return Err(Error::OutcomeUnknown(why.clone()));
@@ -134,7 +142,9 @@ impl<S: StateMachine> Operation<S> {
             // Until this attempt answers, its outcome is unknown: if the
             // caller drops this future, the next call must know.
             self.maybe_applied = true;
-            let err = match service.execute(&request, deadline, false).await {
+            // The command's request id is its (client, seq).
+            let span = tracing::debug_span!("execute", client = %client, seq);
+            let err = match service.execute(&request, deadline, false).instrument(span).await {
                 Ok(response) => return decode_answer(response.result.get()),
                 Err(err) => err,
             };

@@ -70,6 +70,21 @@ pub(crate) async fn store(log: &LogStore, identity: &Identity) -> Result<(), Str
     log.put_meta_durably(KEY, codec::encode(identity)).await
 }
 
+/// The identity stored in `log`, if any (its format checked, not whose it
+/// is).
+pub(crate) async fn load(log: &LogStore) -> Result<Option<Identity>, String> {
+    let Some(bytes) = log.meta_bytes(KEY).await? else { return Ok(None) };
+    let identity: Identity = codec::decode(&bytes, codec::stored_limit(bytes.len()), KEY)
+        .map_err(|e| format!("identity record: {e}"))?;
+    if identity.format != FORMAT {
+        return Err(format!(
+            "identity record of format {} (this version reads {FORMAT})",
+            identity.format
+        ));
+    }
+    Ok(Some(identity))
+}
+
 /// Loads this node's identity from `log`, or makes a new one if the storage
 /// is fresh. `place` names the storage in errors; `snapshots` is the
 /// snapshot directory of durable storage.

@@ -23,6 +23,13 @@
 //!   connection per peer with several RPCs in flight, and backs off from
 //!   unreachable peers.
 //!
+//! - Operators: [`RaftNode::backup`] takes a backup of the replicated state
+//!   and [`backup::stage_restore`] stages one, which the node restores at
+//!   its next start as a new one-node cluster ([`backup`]);
+//!   [`RaftNode::hold_for_transfer`] and [`RaftNode::campaign`] are the
+//!   pieces of a leadership transfer; [`RaftNode::stats`] counts batches,
+//!   applies and snapshots ([`stats`]).
+//!
 //! openraft types stay inside this crate: errors, metrics and membership are
 //! this crate's own types, so the layers above never see openraft.
 
@@ -31,6 +38,7 @@
     reason = "openraft's storage traits require its StorageError (over 200 bytes) as their error type"
 )]
 
+pub mod backup;
 mod codec;
 mod error;
 mod fatal;
@@ -39,15 +47,18 @@ pub mod network;
 mod node;
 mod sessions;
 mod state_machine;
+pub mod stats;
 mod storage;
 mod types;
 
+pub use crate::backup::{Backup, BackupInfo, StateDir};
 pub use crate::codec::DecodeError;
 pub use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Authorize, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
 pub use crate::sessions::SessionLimits;
 pub use crate::state_machine::{StateMachine, StateMachineStore};
+pub use crate::stats::{Counter, Histogram, HistogramSnapshot, RaftStats};
 pub use crate::storage::{LogStore, StorageFaults};
 pub use crate::types::{
     Batch, BatchResponse, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,

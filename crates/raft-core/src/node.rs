@@ -11,7 +11,10 @@ use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 use ts_transport::{Listener, Transport};
+
+use crate::backup::{Backup, BackupInfo, BackupMember, PendingRestore};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 use crate::fatal::{self, Fatal};
@@ -21,6 +24,7 @@ use crate::network::gate::ClusterGate;
 use crate::network::{Authorize, LeaderContact, NetworkConfig, server};
 use crate::sessions::SessionLimits;
 use crate::state_machine::{StateMachine, StateMachineStore};
+use crate::stats::RaftStats;
 use crate::storage::snapshot::SnapshotStore;
 use crate::storage::{LogStore, StorageFaults};
 use crate::types::{Batch, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
@@ -295,6 +299,9 @@ pub struct RaftNode<S: StateMachine> {
     contact: Arc<LeaderContact>,
     /// Whether this node may start elections (`hold_elections`).
     held: Arc<std::sync::atomic::AtomicBool>,
+    /// Set while this leader hands its leadership over
+    /// ([`RaftNode::hold_for_transfer`]).
+    transferring: std::sync::atomic::AtomicBool,
 }
 
 /// Records the node's fatal error when raft meets one (or its core dies),
@@ -344,6 +351,9 @@ impl<S: StateMachine> RaftNode<S> {
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
         let (base, faults) = storage.without_faults();
+        // A restore staged in the state directory (crate::backup) moves the
+        // raft state aside before the log opens, so the node starts fresh.
+        let mut restore: Option<(PendingRestore, PathBuf)> = None;
         let (log_store, snapshots, place, snapshot_dir) = match base {
             Storage::Memory | Storage::Faulty { .. } => {
                 (LogStore::in_memory(), SnapshotStore::memory(), "memory storage".to_owned(), None)
@@ -352,6 +362,7 @@ impl<S: StateMachine> RaftNode<S> {
                 std::fs::create_dir_all(dir).map_err(|err| {
                     StartError::Storage(format!("create {}: {err}", dir.display()))
                 })?;
+                restore = crate::backup::take_pending(dir)?.map(|pending| (pending, dir.clone()));
                 let log = LogStore::durable(&dir.join("raft.redb"))
                     .map_err(|err| StartError::Storage(err.to_string()))?;
                 let snapshots = dir.join("snapshots");
@@ -372,6 +383,12 @@ impl<S: StateMachine> RaftNode<S> {
         let identity =
             identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
                 .await?;
+        let identity = match &restore {
+            Some((pending, _)) => {
+                pending.apply(log_store.clone(), &snapshots, &identity, &self_node).await?
+            }
+            None => identity,
+        };
         let id = identity.node_id;
         let sessions = config.sessions;
         let state_machine = tokio::task::spawn_blocking(move || {
@@ -380,7 +397,17 @@ impl<S: StateMachine> RaftNode<S> {
         let state_machine = state_machine
             .await
             .map_err(|err| StartError::Storage(err.to_string()))?
-            .map_err(|err| StartError::Storage(format!("restore from snapshot: {err}")))?;
+            .map_err(|err| match &restore {
+                Some((pending, _)) => StartError::Storage(format!(
+                    "the state machine cannot restore the backup being restored: {err}; the \
+                     previous raft state is in {}: to undo, stop the node and move it back",
+                    pending.aside().display()
+                )),
+                None => StartError::Storage(format!("restore from snapshot: {err}")),
+            })?;
+        if let Some((pending, dir)) = &restore {
+            pending.finish(dir)?;
+        }
         let listener: Arc<dyn Listener> =
             Arc::from(transport.listen(self_node.raft_port).await.map_err(|err| {
                 StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
@@ -411,7 +438,12 @@ impl<S: StateMachine> RaftNode<S> {
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
-        let batcher = tokio::spawn(batch_loop(raft.clone(), queue, config.clone()));
+        let batcher = tokio::spawn(batch_loop(
+            raft.clone(),
+            queue,
+            config.clone(),
+            state_machine.stats().clone(),
+        ));
         let fatal = Fatal::new();
         let watcher =
             tokio::spawn(stop_serving_on_fatal(raft.clone(), fatal.clone(), server.clone()));
@@ -438,6 +470,7 @@ impl<S: StateMachine> RaftNode<S> {
             stopped: std::sync::atomic::AtomicBool::new(false),
             contact,
             held,
+            transferring: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -578,7 +611,9 @@ impl<S: StateMachine> RaftNode<S> {
                 limit: self.config.max_command_bytes,
             });
         }
-        self.submit(Proposal::Command { client, seq, command }).await
+        // The command's request id is its (client, seq).
+        let span = tracing::debug_span!("propose", client = %client, seq);
+        self.submit(Proposal::Command { client, seq, command }).instrument(span).await
     }
 
     /// Registers a new session through the log (on the leader): the cluster
@@ -595,18 +630,32 @@ impl<S: StateMachine> RaftNode<S> {
         if let Some(why) = self.fatal() {
             return Err(ProposeError::Fatal(why));
         }
+        if self.transferring.load(std::sync::atomic::Ordering::Relaxed) {
+            // Handing leadership over: nothing new goes into the log, so the
+            // followers' leases can run out. Not proposed; retried elsewhere.
+            return Err(ProposeError::NotLeader { leader: None });
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
-        answer.await.map_err(|_| ProposeError::ShuttingDown)?
+        // Until the batch is committed and applied; inside `propose`, whose
+        // span carries the request id.
+        answer
+            .instrument(tracing::debug_span!("commit"))
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?
     }
 
     /// Confirms this node is the leader and waits until everything committed
     /// before now is applied here: a read of the local state machine after
     /// this is linearizable. Returns the read index.
     pub async fn read_index(&self, timeout: Duration) -> Result<u64, ReadError> {
+        if self.transferring.load(std::sync::atomic::Ordering::Relaxed) {
+            // Confirming leadership would renew the followers' leases.
+            return Err(ReadError::NotLeader { leader: None });
+        }
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
             Err(_) => Err(ReadError::Timeout(timeout)),
             Ok(Ok(log_id)) => Ok(log_id.map(|id| id.index).unwrap_or(0)),
@@ -865,6 +914,101 @@ impl<S: StateMachine> RaftNode<S> {
             .map_err(|_| MembershipError::Timeout(timeout))
     }
 
+    /// What this node counts about itself: proposals per batch, commands
+    /// applied, snapshots built and installed.
+    pub fn stats(&self) -> &Arc<RaftStats> {
+        self.state_machine.stats()
+    }
+
+    /// Starts (`true`) or ends (`false`) handing leadership over, on the
+    /// leader. While it lasts, the leader sends no heartbeats and takes
+    /// nothing new into its log: proposals and read-index requests are
+    /// answered "not the leader" with no leader named (the command service
+    /// retries them until the new leader is known), so that the followers'
+    /// leader leases run out and a follower's election can succeed. Ending
+    /// it restores both; it must always be ended, whatever happened.
+    pub fn hold_for_transfer(&self, hold: bool) {
+        self.transferring.store(hold, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().heartbeat(!hold);
+        tracing::info!(id = self.id, hold, "leadership transfer hold");
+    }
+
+    /// Whether [`RaftNode::hold_for_transfer`] is on.
+    pub fn is_held_for_transfer(&self) -> bool {
+        self.transferring.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts an election now, if this node is a voter and not the leader
+    /// (openraft ignores it otherwise). Raft's rules decide the outcome: it
+    /// wins only with a log at least as long as a majority's, and only
+    /// voters whose leader lease has run out grant their vote.
+    pub async fn campaign(&self) -> Result<(), MembershipError> {
+        tracing::info!(id = self.id, term = self.metrics().term, "campaigning on request");
+        self.raft.trigger().elect().await.map_err(|e| MembershipError::Fatal(e.to_string()))
+    }
+
+    /// On the leader, how long until its own leader lease runs out: until
+    /// then it would refuse another node's vote request. The lease is
+    /// `election_timeout.1` from the last change of its vote (its election).
+    pub async fn own_lease_remaining(&self) -> Duration {
+        let lease = self.config.election_timeout.1;
+        self.raft
+            .with_raft_state(move |state| {
+                state.vote_last_modified().map(|changed| {
+                    (changed + lease).saturating_duration_since(tokio::time::Instant::now())
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The leader lease length: a voter that heard from its leader within
+    /// this refuses other candidates' votes (openraft's `leader_lease`, the
+    /// upper election timeout).
+    pub fn leader_lease(&self) -> Duration {
+        self.config.election_timeout.1
+    }
+
+    /// A backup of the state as this node has applied it now: the state
+    /// machine and its session table, and where they come from.
+    /// `linearizable` records whether the caller made sure beforehand that
+    /// everything committed before the backup began is applied here.
+    pub async fn backup(&self, linearizable: bool) -> Result<Backup, String> {
+        let store = self.state_machine.clone();
+        let image = tokio::task::spawn_blocking(move || store.image())
+            .await
+            .map_err(|e| format!("backup task: {e}"))?
+            .map_err(|e| format!("encode the state: {e}"))?;
+        let metrics = self.metrics();
+        let membership = image.membership.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let info = BackupInfo {
+            cluster_id: self.cluster_id(),
+            taken_by: self.id,
+            stable_id: self.self_node.stable_id.clone(),
+            taken_at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            applied_index: image.last_applied.map(|id| id.index),
+            applied_term: image.last_applied.map(|id| id.leader_id.term),
+            leader: metrics.leader,
+            members: membership
+                .nodes()
+                .map(|(id, node)| BackupMember {
+                    id: *id,
+                    stable_id: node.stable_id.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+            linearizable,
+            state_bytes: 0,
+        };
+        Ok(Backup::new(info, image.data))
+    }
+
     /// Stops serving and shuts raft down. Every background task ends.
     /// Calling it again does nothing more.
     pub async fn shutdown(&self) {
@@ -916,6 +1060,7 @@ async fn batch_loop(
     raft: Raft<TypeConfig>,
     mut queue: mpsc::Receiver<Pending>,
     config: RaftConfig,
+    stats: Arc<RaftStats>,
 ) {
     let in_flight = Arc::new(Semaphore::new(config.max_batches_in_flight));
     let mut commits = JoinSet::new();
@@ -936,10 +1081,15 @@ async fn batch_loop(
         }
         let raft = raft.clone();
         let timeout = config.propose_timeout;
-        commits.spawn(async move {
-            commit(raft, batch, timeout).await;
-            drop(permit);
-        });
+        stats.batch_size.observe(batch.len() as u64);
+        let span = tracing::debug_span!("commit_batch", proposals = batch.len());
+        commits.spawn(
+            async move {
+                commit(raft, batch, timeout).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
         while commits.try_join_next().is_some() {}
     }
     commits.shutdown().await;

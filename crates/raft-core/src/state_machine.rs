@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::sessions::{Check, SessionLimits, Sessions, SessionsImage};
+use crate::stats::RaftStats;
 use crate::storage::snapshot::{SnapshotStore, StoredSnapshot};
 use crate::types::{Batch, BatchResponse, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
@@ -71,6 +72,7 @@ pub(crate) struct Shared<S> {
     snapshots: SnapshotStore,
     limits: SessionLimits,
     snapshot_counter: AtomicU64,
+    stats: Arc<RaftStats>,
 }
 
 /// The openraft state machine around a user's [`StateMachine`]. Cloning
@@ -108,6 +110,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshots,
                 limits,
                 snapshot_counter: AtomicU64::new(0),
+                stats: Arc::new(RaftStats::default()),
             }),
         };
         if let Some(snapshot) = store.shared.snapshots.load()? {
@@ -126,6 +129,11 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// Runs `f` on the user's state machine as it is now on this node.
     pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
         f(&self.shared.state.read().unwrap_or_else(|p| p.into_inner()).user)
+    }
+
+    /// What this node counts about itself (applies, snapshots, batches).
+    pub fn stats(&self) -> &Arc<RaftStats> {
+        &self.shared.stats
     }
 
     /// The index of the last applied entry.
@@ -168,6 +176,8 @@ impl<S: StateMachine> StateMachineStore<S> {
         if let Check::Answer(outcome) = state.sessions.check(client, seq, &command) {
             return Ok(outcome);
         }
+        // The command's request id is its (client, seq).
+        let _span = tracing::debug_span!("apply", index, client = %client, seq).entered();
         let user = &mut state.user;
         let response = catch_unwind(AssertUnwindSafe(|| user.apply(&command))).map_err(|panic| {
             let what = panic
@@ -188,15 +198,7 @@ impl<S: StateMachine> StateMachineStore<S> {
             return Err(sm_error(why));
         }
         let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        let mut data = codec::framed_header(
-            SNAPSHOT_FORMAT,
-            &SnapshotHeader {
-                last_applied: state.last_applied,
-                membership: state.membership.clone(),
-                sessions: state.sessions.image(),
-            },
-        );
-        state.user.snapshot(&mut data).map_err(sm_error)?;
+        let data = encode_state(&state).map_err(sm_error)?;
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match state.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, counter),
@@ -213,6 +215,7 @@ impl<S: StateMachine> StateMachineStore<S> {
             .snapshots
             .save(&stored)
             .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
+        self.shared.stats.snapshots_built.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 
@@ -251,7 +254,23 @@ impl<S: StateMachine> StateMachineStore<S> {
             self.poison(&why);
             return Err(StorageIOError::write_snapshot(Some(meta.signature()), &err).into());
         }
+        self.shared.stats.snapshots_installed.inc();
         Ok(())
+    }
+
+    /// The whole replicated state now, encoded as snapshot data, with the
+    /// log id it reflects and the membership: what a backup carries.
+    /// Nothing is saved.
+    pub(crate) fn image(&self) -> io::Result<StateImage> {
+        if let Some(why) = self.fatal() {
+            return Err(io::Error::other(format!("the state machine stopped: {why}")));
+        }
+        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(StateImage {
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
+            data: encode_state(&state)?,
+        })
     }
 
     /// Marks the state as unusable: every later apply or build fails, so
@@ -270,6 +289,62 @@ impl<S: StateMachine> StateMachineStore<S> {
     pub fn fatal(&self) -> Option<String> {
         self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// The replicated state as snapshot data, and what it reflects.
+pub(crate) struct StateImage {
+    /// The last log id applied.
+    pub(crate) last_applied: Option<LogId<NodeId>>,
+    /// The membership.
+    pub(crate) membership: StoredMembership<NodeId, NodeInfo>,
+    /// Snapshot data: header (applied, membership, sessions), then the
+    /// user's bytes.
+    pub(crate) data: Vec<u8>,
+}
+
+fn encode_state<S: StateMachine>(state: &Replicated<S>) -> io::Result<Vec<u8>> {
+    let mut data = codec::framed_header(
+        SNAPSHOT_FORMAT,
+        &SnapshotHeader {
+            last_applied: state.last_applied,
+            membership: state.membership.clone(),
+            sessions: state.sessions.image(),
+        },
+    );
+    state.user.snapshot(&mut data)?;
+    Ok(data)
+}
+
+/// Checks that `data` is snapshot data this version reads (its header
+/// decodes; the user's bytes are the state machine's to judge).
+pub(crate) fn check_snapshot_data(data: &[u8]) -> Result<(), String> {
+    if let Some(&format) = data.first()
+        && format != SNAPSHOT_FORMAT
+    {
+        return Err(format!(
+            "snapshot data format {format}; this version reads format {SNAPSHOT_FORMAT}"
+        ));
+    }
+    let _: (SnapshotHeader, &[u8]) = codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot")?;
+    Ok(())
+}
+
+/// The same snapshot data, with the user's bytes and the sessions
+/// unchanged, as if taken at `last_applied` under `membership` (a restore
+/// into a new cluster).
+pub(crate) fn rebase_snapshot_data(
+    data: &[u8],
+    last_applied: LogId<NodeId>,
+    membership: StoredMembership<NodeId, NodeInfo>,
+) -> Result<Vec<u8>, String> {
+    let (header, user): (SnapshotHeader, &[u8]) =
+        codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot")?;
+    let mut out = codec::framed_header(
+        SNAPSHOT_FORMAT,
+        &SnapshotHeader { last_applied: Some(last_applied), membership, sessions: header.sessions },
+    );
+    out.extend_from_slice(user);
+    Ok(out)
 }
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
@@ -315,7 +390,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     for proposal in proposals {
                         match Self::apply_proposal(&mut state, proposal, index, self.shared.limits)
                         {
-                            Ok(outcome) => outcomes.push(outcome),
+                            Ok(outcome) => {
+                                if matches!(outcome, Outcome::Applied(_)) {
+                                    self.shared.stats.commands_applied.inc();
+                                }
+                                outcomes.push(outcome)
+                            }
                             Err(why) => {
                                 self.poison(&why);
                                 return Err(StorageIOError::apply(

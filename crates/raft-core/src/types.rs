@@ -43,7 +43,7 @@ impl fmt::Display for NodeInfo {
 
 /// FNV-1a, 64 bits, over `bytes`: pinned (stored in logs and snapshots), so
 /// it must never change.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
         hash ^= u64::from(*byte);

@@ -181,6 +181,10 @@ async fn a_follower_far_behind_catches_up_through_a_snapshot() {
         caught_up.snapshot.is_some(),
         "follower caught up without installing a snapshot: {caught_up:?}"
     );
+    // The counters the facade's /metrics shows.
+    assert!(cluster.node(follower).stats().snapshots_installed.get() >= 1);
+    assert!(cluster.node(leader).stats().snapshots_built.get() >= 1);
+    assert_eq!(cluster.node(leader).stats().commands_applied.get(), 105);
     cluster.shutdown().await;
 }
 

@@ -15,6 +15,9 @@
 //     goroutines the shim starts recover too.
 //   - tailscale_up_timeout bounds Up; tailscale_close also cancels it.
 //   - The error message of the last failed call is kept under a lock.
+//   - tailscale_listen_direct and tailscale_dial_direct hand out connection
+//     handles instead of fds, for the direct data path of direct.go: bytes
+//     move by cgo calls, not through a socketpair and two goroutines.
 package main
 
 /*
@@ -46,9 +49,13 @@ import (
 const recordSize = 256
 
 const (
-	recordConn  = 'C' // text is the peer's "ip:port"; the message carries the fd
-	recordError = 'E' // text is an error message; no fd
+	recordConn   = 'C' // text is the peer's "ip:port"; the message carries the fd
+	recordError  = 'E' // text is an error message; no fd
+	recordDirect = 'D' // text is the peer's "ip:port"; the last 8 bytes are a connection handle (direct.go)
 )
+
+// handleOffset is where a recordDirect keeps its handle (u64, little endian).
+const handleOffset = recordSize - 8
 
 // copyBufferSize is the buffer used to move bytes between a tsnet connection
 // and the socketpair end handed to the caller.
@@ -64,7 +71,8 @@ type server struct {
 	closed   bool
 	lastErr  string
 	loopback *loopbackInfo
-	logFile  *os.File // from tailscale_set_logfd; closed with the server
+	logFile  *os.File                 // from tailscale_set_logfd; closed with the server
+	conns    map[*directConn]struct{} // direct connections, closed with the server
 }
 
 type loopbackInfo struct {
@@ -310,8 +318,12 @@ func tailscale_close(sd C.int) (ret C.int) {
 	defer guard(srv, &ret)
 	srv.cancel()
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
 	srv.closed = true
+	srv.mu.Unlock()
+	// Wakes their callers; no new ones are made once closed is set.
+	srv.closeDirectConns()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
 	if srv.logFile != nil {
 		// Last, after tsnet's own shutdown has logged; later lines are
 		// dropped.
@@ -449,6 +461,17 @@ func record(kind byte, text string) []byte {
 	return rec
 }
 
+// directRecord builds the record that hands over a direct connection.
+func directRecord(dc *directConn) []byte {
+	text := dc.conn.RemoteAddr().String()
+	if len(text) > handleOffset-3 {
+		text = text[:handleOffset-3]
+	}
+	rec := record(recordDirect, text)
+	binary.LittleEndian.PutUint64(rec[handleOffset:], dc.id)
+	return rec
+}
+
 // sendRecord writes one record, with fd attached when fd >= 0, to the
 // non-blocking socket f, waiting in the Go poller while its buffer is full.
 func sendRecord(f *os.File, rec []byte, fd int) error {
@@ -566,7 +589,23 @@ func bridge(conn net.Conn) (int, error) {
 // listener fd reads end of stream.
 //
 //export tailscale_listen
-func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.int) (ret C.int) {
+func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.int) C.int {
+	return listen(sd, network, addr, listenerOut, false)
+}
+
+// tailscale_listen_direct is tailscale_listen for the direct data path: each
+// connection arrives as a 'D' record whose handle the caller must pass to
+// tailscale_conn_attach (direct.go); a connection not attached by the time
+// the listener closes is closed. A connection that is not a netstack TCP
+// connection arrives as with tailscale_listen, with its fd. tailscale_accept
+// answers EPROTO for a 'D' record: it is for tailscale_listen's listeners.
+//
+//export tailscale_listen_direct
+func tailscale_listen_direct(sd C.int, network *C.char, addr *C.char, listenerOut *C.int) C.int {
+	return listen(sd, network, addr, listenerOut, true)
+}
+
+func listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.int, direct bool) (ret C.int) {
 	srv := getServer(sd)
 	if srv == nil {
 		return C.int(syscall.EBADF)
@@ -585,10 +624,12 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 		return srv.setErr(err)
 	}
 	var once sync.Once
+	done := make(chan struct{}) // closed when the listener stops
 	stop := func() {
 		once.Do(func() {
 			ln.Close()
 			goEnd.Close()
+			close(done)
 		})
 	}
 	// The caller closing its end is the signal to stop listening.
@@ -612,7 +653,7 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 			if err != nil {
 				return
 			}
-			if !handOver(srv, goEnd, conn) {
+			if !handOver(srv, goEnd, conn, direct, done) {
 				return
 			}
 		}
@@ -621,12 +662,14 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 	return 0
 }
 
-// handOver passes one accepted connection to the caller on the listener fd.
-// It returns false once records can no longer be sent there. A panic costs
-// only this connection, which is closed and reported with an error record,
-// unless it struck while a record was being sent: then the listener ends,
-// as the caller could not tell where the next record starts.
-func handOver(srv *server, goEnd *os.File, conn net.Conn) (ok bool) {
+// handOver passes one accepted connection to the caller on the listener fd:
+// as a direct connection if direct is set and it can be one, else bridged to
+// a socketpair. It returns false once records can no longer be sent there. A
+// panic costs only this connection, which is closed and reported with an
+// error record, unless it struck while a record was being sent: then the
+// listener ends, as the caller could not tell where the next record starts.
+// A direct connection still unattached when done closes is closed.
+func handOver(srv *server, goEnd *os.File, conn net.Conn, direct bool, done <-chan struct{}) (ok bool) {
 	fd := -1
 	sending := false
 	defer func() {
@@ -644,6 +687,20 @@ func handOver(srv *server, goEnd *os.File, conn net.Conn) (ok bool) {
 		}
 	}()
 	testHook(srv, "accept")
+	if direct {
+		if dc, isDirect := newDirect(srv, conn); isDirect {
+			go func() {
+				defer func() { recover() }()
+				select {
+				case <-dc.attached:
+				case <-done:
+					dc.closePending()
+				}
+			}()
+			sending = true
+			return sendRecord(goEnd, directRecord(dc), -1) == nil
+		}
+	}
 	fd, err := bridge(conn)
 	if err != nil {
 		conn.Close()
@@ -740,7 +797,21 @@ func tailscale_dial(sd C.int, network *C.char, addr *C.char, connOut *C.int) (re
 // the pending fd abandons the dial; the connection, if it is made, is closed.
 //
 //export tailscale_dial_async
-func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.int, pendingOut *C.int) (ret C.int) {
+func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.int, pendingOut *C.int) C.int {
+	return dialAsync(sd, network, addr, timeoutMs, pendingOut, false)
+}
+
+// tailscale_dial_direct is tailscale_dial_async for the direct data path: the
+// connection arrives as a 'D' record whose handle the caller must pass to
+// tailscale_conn_attach (direct.go) before it closes the pending fd;
+// closing the fd first closes the connection.
+//
+//export tailscale_dial_direct
+func tailscale_dial_direct(sd C.int, network *C.char, addr *C.char, timeoutMs C.int, pendingOut *C.int) C.int {
+	return dialAsync(sd, network, addr, timeoutMs, pendingOut, true)
+}
+
+func dialAsync(sd C.int, network *C.char, addr *C.char, timeoutMs C.int, pendingOut *C.int, direct bool) (ret C.int) {
 	srv := getServer(sd)
 	if srv == nil {
 		return C.int(syscall.EBADF)
@@ -759,8 +830,10 @@ func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.i
 	netw, target := C.GoString(network), C.GoString(addr)
 	ctx, cancel := context.WithTimeout(srv.ctx, time.Duration(timeoutMs)*time.Millisecond)
 	// The caller closing its end abandons the dial.
+	abandoned := make(chan struct{})
 	go func() {
 		defer func() { recover() }()
+		defer close(abandoned)
 		buf := make([]byte, 1)
 		goEnd.Read(buf)
 		cancel()
@@ -780,6 +853,22 @@ func tailscale_dial_async(sd C.int, network *C.char, addr *C.char, timeoutMs C.i
 			}
 			sendRecord(goEnd, record(recordError, err.Error()), -1)
 			return
+		}
+		if direct {
+			if dc, isDirect := newDirect(srv, conn); isDirect {
+				if sendRecord(goEnd, directRecord(dc), -1) != nil {
+					dc.closePending()
+					return
+				}
+				// Not the dial's timeout: the caller attaches as soon as
+				// it reads the record, then closes its end.
+				select {
+				case <-dc.attached:
+				case <-abandoned:
+					dc.closePending()
+				}
+				return
+			}
 		}
 		fd, err := bridge(conn)
 		if err != nil {

@@ -34,8 +34,9 @@
 //! fault write-fail          fail every write of the raft storage from now on
 //! ```
 //!
-//! The storage faults need `raft_core::StorageFaults` reachable from
-//! `consensus::Config`; until it is, they answer an error saying so.
+//! The storage faults act through `consensus::StorageFaults` in front of
+//! the raft log: a failed write is never acknowledged, and the node stops
+//! with a fatal error (`status` shows it).
 //!
 //! `--register-only` brings the node up on the tailnet (so control assigns
 //! its stable id, in registration order) and exits: the harness reserves
@@ -51,7 +52,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use consensus::{
-    BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, TsnetTransport,
+    BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, StorageFaults,
+    TsnetTransport,
 };
 use store::{KvCommand, KvQuery, KvStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -102,6 +104,7 @@ struct Args {
 /// What the line interface serves; the node is set once consensus runs.
 struct Served {
     faults: Faults,
+    storage: StorageFaults,
     kv: OnceLock<Consensus<KvStore>>,
 }
 
@@ -125,7 +128,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let served = Arc::new(Served { faults: Faults::new(args.fault_seed), kv: OnceLock::new() });
+    let served = Arc::new(Served {
+        faults: Faults::new(args.fault_seed),
+        storage: StorageFaults::new(),
+        kv: OnceLock::new(),
+    });
     let local_port = args.local_port.ok_or("--local-port is required")?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], local_port))).await?;
     let serve = {
@@ -178,6 +185,7 @@ async fn run(
     let mut config = Config {
         state_dir: Some(args.state_dir.join("raft")),
         monitor_port: None,
+        storage_faults: Some(served.storage.clone()),
         ..Config::default()
     };
     if let Some(every) = args.snapshot_every {
@@ -264,7 +272,7 @@ async fn serve_lines(served: Arc<Served>, stream: TcpStream) {
 async fn handle(served: &Served, line: &str) -> serde_json::Value {
     let words: Vec<&str> = line.split_whitespace().collect();
     if let ["fault", rest @ ..] = words.as_slice() {
-        return fault(&served.faults, rest);
+        return fault(&served.faults, &served.storage, rest);
     }
     let Some(kv) = served.kv.get() else {
         return match words.as_slice() {
@@ -315,7 +323,7 @@ async fn handle(served: &Served, line: &str) -> serde_json::Value {
 }
 
 /// A `fault` line.
-fn fault(faults: &Faults, words: &[&str]) -> serde_json::Value {
+fn fault(faults: &Faults, storage: &StorageFaults, words: &[&str]) -> serde_json::Value {
     let ip = |word: &str| {
         word.parse::<IpAddr>().map_err(|err| format!("{word:?} is not an IP address: {err}"))
     };
@@ -335,10 +343,13 @@ fn fault(faults: &Faults, words: &[&str]) -> serde_json::Value {
             faults.heal();
             Ok(())
         }
-        ["fsync-fail" | "write-fail"] => {
-            Err("storage faults are not available: consensus::Config does not reach \
-             raft_core::StorageFaults yet"
-                .to_owned())
+        ["fsync-fail"] => {
+            storage.fail_next_fsync();
+            Ok(())
+        }
+        ["write-fail"] => {
+            storage.fail_all_writes(true);
+            Ok(())
         }
         _ => Err(format!("unknown fault command {:?}", words.join(" "))),
     };

@@ -10,9 +10,8 @@
 //! ```
 //!
 //! Kinds: kill, wipe, pause, partition, partition-leader, delay, drop,
-//! untag, start-lowest, start-highest, replace, double (the default set),
-//! and fsync-fail, write-fail (storage faults: a run with them fails until
-//! the node can inject them). `--require` puts each of its kinds among the
+//! untag, start-lowest, start-highest, replace, double, fsync-fail,
+//! write-fail (the default set: all of them). `--require` puts each of its kinds among the
 //! first faults of every run (by the seed). `--snapshot-every` defaults to
 //! 300 entries (0: the library's default).
 //!

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tests::conformance;
 use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ts_transport::tsnet::TsnetTransport;
+use ts_transport::tsnet::{DataPath, TsnetTransport};
 use ts_transport::{Listener, Transport, TransportError};
 
 use crate::{v4, within};
@@ -25,6 +25,150 @@ async fn tsnet_transport_conforms() {
     .await;
     a.close().await;
     b.close().await;
+    tailnet.stop().await;
+}
+
+/// The socketpair data path (libtailscale's way, kept for comparison and as
+/// the direct path's fallback) still does everything the direct one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsnet_socketpair_path_conforms() {
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let node = |name: &str| {
+        let mut options = tailnet.node_options(name);
+        options.data_path = DataPath::Socketpair;
+        async move {
+            let node = TsnetTransport::new(options).unwrap();
+            node.up(tests::tailnet::UP_TIMEOUT).await.unwrap();
+            node
+        }
+    };
+    let a = node("pair-a").await;
+    let b = node("pair-b").await;
+    within(
+        "conformance suite, socketpair path",
+        conformance::run_all(Arc::new(a.clone()), Arc::new(b.clone()), 7150),
+    )
+    .await;
+    a.close().await;
+    b.close().await;
+    tailnet.stop().await;
+}
+
+/// A writer whose peer does not read is held back after a bounded amount
+/// (the direct path's rings and gVisor's windows), not buffered without
+/// end, and goes on once the peer reads; every byte arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsnet_writer_is_held_back_while_the_peer_does_not_read() {
+    const BOUND: usize = 64 << 20;
+    const AFTER: usize = 4 << 20;
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let (a, _) = tailnet.node("back-a").await.unwrap();
+    let (b, _) = tailnet.node("back-b").await.unwrap();
+    let listener = b.listen(7800).await.unwrap();
+    let (accepted, dialed) =
+        tokio::join!(listener.accept(), a.dial(v4(&b), 7800, conformance::DIAL_TIMEOUT));
+    let (mut server, _) = accepted.unwrap();
+    let mut client = dialed.unwrap();
+    fn byte(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+    let chunk_at = |offset: usize, len: usize| (offset..offset + len).map(byte).collect::<Vec<_>>();
+
+    // Write until no write completes for 2 s.
+    let mut written = 0;
+    loop {
+        let chunk = chunk_at(written, 64 << 10);
+        match tokio::time::timeout(Duration::from_secs(2), client.write(&chunk)).await {
+            Ok(Ok(n)) => written += n,
+            Ok(Err(err)) => panic!("write failed after {written} bytes: {err}"),
+            Err(_) => break,
+        }
+        assert!(written <= BOUND, "{written} bytes written to a peer that reads nothing");
+    }
+    assert!(written > 0, "nothing could be written at all");
+
+    // The peer reads everything, and the writer goes on meanwhile.
+    let total = written + AFTER;
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut got = 0;
+        loop {
+            let n = server.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return got;
+            }
+            for (j, &b) in buf[..n].iter().enumerate() {
+                assert_eq!(b, byte(got + j), "byte {} differs", got + j);
+            }
+            got += n;
+        }
+    });
+    within("writing after the peer reads", async {
+        client.write_all(&chunk_at(written, AFTER)).await.expect("write after the peer reads");
+        client.shutdown().await.expect("shutdown");
+    })
+    .await;
+    let got = within("reading everything", reader).await.unwrap();
+    assert_eq!(got, total);
+    eprintln!("held back after {written} bytes");
+    tailnet.stop().await;
+}
+
+/// Bytes written just before a stream is dropped still reach the peer,
+/// followed by end of stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsnet_dropped_stream_delivers_what_was_written() {
+    const SIZE: usize = 3 << 20;
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let (a, _) = tailnet.node("linger-a").await.unwrap();
+    let (b, _) = tailnet.node("linger-b").await.unwrap();
+    let listener = b.listen(7810).await.unwrap();
+    let (accepted, dialed) =
+        tokio::join!(listener.accept(), a.dial(v4(&b), 7810, conformance::DIAL_TIMEOUT));
+    let (mut server, _) = accepted.unwrap();
+    let mut client = dialed.unwrap();
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.expect("read to end of stream");
+        got
+    });
+    within("write", client.write_all(&data)).await.unwrap();
+    drop(client);
+    let got = within("read to end of stream", reader).await.unwrap();
+    assert!(got == data, "received {} bytes, not the {SIZE} written", got.len());
+    tailnet.stop().await;
+}
+
+/// Connections a listener took but nobody accepted are closed with the
+/// listener, so their dialers see end of stream instead of waiting for
+/// ever (on the direct path they are handles nobody else would close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsnet_connections_left_on_a_closed_listener_are_closed() {
+    const DIALS: usize = 5;
+    let tailnet = LocalTailnet::start().await.unwrap();
+    let (a, _) = tailnet.node("left-a").await.unwrap();
+    let (b, _) = tailnet.node("left-b").await.unwrap();
+    let listener = b.listen(7820).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..DIALS {
+        let mut stream =
+            within("dial", a.dial(v4(&b), 7820, conformance::DIAL_TIMEOUT)).await.unwrap();
+        stream.write_all(b"x").await.unwrap();
+        streams.push(stream);
+    }
+    // Let the node hand them all to the listener, then close it unread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    listener.close();
+    drop(listener);
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => panic!("stream {i} read {n} bytes"),
+            Err(_) => panic!("stream {i} still open 20 s after its listener closed"),
+        }
+    }
     tailnet.stop().await;
 }
 

@@ -62,9 +62,15 @@ struct Args {
     /// Monitor port on the tailnet (tagged peers only).
     #[arg(long, default_value_t = 8081)]
     monitor_port: u16,
-    /// Also serve the monitor on 127.0.0.1:<port>.
+    /// Also serve the monitor on 127.0.0.1:<port> (with /healthz and
+    /// /readyz for supervisors).
     #[arg(long)]
     monitor_local_port: Option<u16>,
+    /// Serve the admin endpoint for the `tsconsensus` tool on
+    /// 127.0.0.1:<port> (0: any free port); its token and port are kept in
+    /// <state-dir>/raft.
+    #[arg(long)]
+    admin_port: Option<u16>,
     /// Port on 127.0.0.1 for the line interface.
     #[arg(long)]
     local_port: u16,
@@ -104,6 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         command_port: args.command_port,
         monitor_port: Some(args.monitor_port),
         monitor_localhost_port: args.monitor_local_port,
+        admin_port: args.admin_port,
         state_dir: Some(args.state_dir.join("raft")),
         seed_command_ports: args.seed_command_ports.clone(),
         ..Config::default()
@@ -116,11 +123,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kv = Consensus::start_on_tailnet(&node, KvStore::default(), bootstrap, config).await?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.local_port))).await?;
     eprintln!(
-        "kv: node {} ready; line interface on 127.0.0.1:{}{}",
+        "kv: node {} ready; line interface on 127.0.0.1:{}{}{}",
         kv.id(),
         args.local_port,
         kv.monitor_localhost_port()
             .map(|p| format!("; monitor on http://127.0.0.1:{p}/"))
+            .unwrap_or_default(),
+        kv.admin_port()
+            .map(|_| format!(
+                "; admin: tsconsensus --state-dir {}",
+                args.state_dir.join("raft").display()
+            ))
             .unwrap_or_default()
     );
 

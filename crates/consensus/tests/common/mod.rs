@@ -114,17 +114,36 @@ impl World {
     }
 
     fn view(&self, me: usize) -> ClusterView {
-        let peers = (0..self.n).filter(|&j| j != me).map(tailnet_node);
+        self.view_with_offline(me, &[])
+    }
+
+    /// Node `me`'s view of the tailnet, with the nodes in `offline` shown
+    /// offline.
+    pub fn view_with_offline(&self, me: usize, offline: &[usize]) -> ClusterView {
+        let peers = (0..self.n)
+            .filter(|&j| j != me)
+            .map(|j| TailnetNode { online: !offline.contains(&j), ..tailnet_node(j) });
         ClusterView::new(TAG, tailnet_node(me), peers)
     }
 
     /// Starts node `i` with `config`, expecting `n` nodes to form the cluster.
     pub async fn start(&self, i: usize, config: Config) -> Consensus<Tally> {
+        self.start_on(i, config, Arc::new(StaticDiscovery::new(self.view(i)))).await
+    }
+
+    /// [`World::start`] with a discovery the caller keeps (to change the
+    /// node's view).
+    pub async fn start_on(
+        &self,
+        i: usize,
+        config: Config,
+        discovery: Arc<StaticDiscovery>,
+    ) -> Consensus<Tally> {
         let bootstrap =
             BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: self.n };
         Consensus::start_with(
             Arc::new(self.net.node(ip(i))),
-            Arc::new(StaticDiscovery::new(self.view(i))),
+            discovery,
             Tally::default(),
             bootstrap,
             config,
@@ -159,4 +178,59 @@ impl World {
 pub fn leader_of(nodes: &[Consensus<Tally>]) -> usize {
     let id = nodes[0].metrics().leader.expect("a leader is known");
     nodes.iter().position(|n| n.id() == id).expect("the leader is one of the nodes")
+}
+
+/// One HTTP/1.1 exchange with `127.0.0.1:port`: the status and the body.
+/// `headers` each end in CRLF.
+pub async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    stream.write_all(body).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within a minute")
+        .expect("read");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a header end");
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status");
+    (status, response[split + 4..].to_vec())
+}
+
+/// A call to the admin endpoint of the node whose state directory is
+/// `dir`, with the token and port it keeps there.
+pub async fn admin(dir: &std::path::Path, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let token = std::fs::read_to_string(dir.join(consensus::admin::TOKEN_FILE)).expect("token");
+    let port: u16 = std::fs::read_to_string(dir.join(consensus::admin::PORT_FILE))
+        .expect("port file")
+        .trim()
+        .parse()
+        .expect("a port");
+    http(port, method, path, &format!("Authorization: Bearer {}\r\n", token.trim()), body).await
+}
+
+/// [`admin`] with a JSON answer.
+pub async fn admin_json(
+    dir: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = if body.is_null() { Vec::new() } else { body.to_string().into_bytes() };
+    let (status, body) = admin(dir, method, path, &body).await;
+    let value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!("{path} answered {status} with non-JSON {:?}: {e}", String::from_utf8_lossy(&body))
+    });
+    (status, value)
 }

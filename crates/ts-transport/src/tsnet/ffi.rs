@@ -3,7 +3,7 @@
 //! Names and meanings follow libtailscale's `tailscale.h`; the functions
 //! marked as extensions exist only in our archive.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void};
 
 unsafe extern "C" {
     pub(crate) fn tailscale_new() -> c_int;
@@ -38,6 +38,40 @@ unsafe extern "C" {
         addr: *const c_char,
         timeout_ms: c_int,
         pending_out: *mut c_int,
+    ) -> c_int;
+    /// Extension: `tailscale_listen` whose records carry connection handles
+    /// for the direct data path (decision 0004) instead of fds.
+    pub(crate) fn tailscale_listen_direct(
+        sd: c_int,
+        network: *const c_char,
+        addr: *const c_char,
+        listener_out: *mut c_int,
+    ) -> c_int;
+    /// Extension: `tailscale_dial_async` whose record carries a connection
+    /// handle for the direct data path instead of an fd.
+    pub(crate) fn tailscale_dial_direct(
+        sd: c_int,
+        network: *const c_char,
+        addr: *const c_char,
+        timeout_ms: c_int,
+        pending_out: *mut c_int,
+    ) -> c_int;
+    /// Extension (direct data path): takes over a handle from a record
+    /// and starts moving its bytes between gVisor and the rings of the block
+    /// at `header`; `ready_fd` reports what arrived, `notify(ctx, events)`
+    /// room to send, and last releases `ctx`. Takes both fds over.
+    #[allow(clippy::too_many_arguments, reason = "one C call, mirrored")]
+    pub(crate) fn tailscale_conn_attach(
+        conn: u64,
+        notify: unsafe extern "C" fn(ctx: *mut c_void, events: u32),
+        ctx: *mut c_void,
+        header: *mut c_void,
+        rx: *mut c_void,
+        rx_len: usize,
+        tx: *mut c_void,
+        tx_len: usize,
+        kick_fd: c_int,
+        ready_fd: c_int,
     ) -> c_int;
     pub(crate) fn tailscale_loopback(
         sd: c_int,

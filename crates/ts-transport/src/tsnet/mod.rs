@@ -7,7 +7,10 @@
 //!
 //! Nothing here blocks a tokio worker thread: `up` and `close` run on the
 //! blocking pool, accepts and dials wait on file descriptors with
-//! [`AsyncFd`].
+//! [`AsyncFd`]. Stream bytes take the direct data path by default
+//! ([`DataPath`]): cgo calls that copy between our buffers and gVisor's TCP
+//! endpoint without waiting for the peer, and a callback from Go that wakes
+//! the waiting task.
 //!
 //! Go reads its environment once, when the process starts, so knobs such as
 //! `TS_NO_LOGS_NO_SUPPORT=true` must be set before the process is executed,
@@ -18,6 +21,7 @@
 //! `SA_ONSTACK`. Register the signals a program handles with [`signal`],
 //! not with `tokio::signal` directly.
 
+mod direct;
 mod ffi;
 mod record;
 mod signal;
@@ -59,6 +63,21 @@ pub enum NodeLogs {
     File(File),
 }
 
+/// How stream bytes cross between Go and Rust (decision 0004).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPath {
+    /// Cgo calls copy bytes straight between our buffers and gVisor's TCP
+    /// endpoint on the calling thread; Go wakes the waiting task when the
+    /// endpoint becomes ready. No socketpair, no goroutine per stream.
+    #[default]
+    Direct,
+    /// libtailscale's way: every stream is a Unix socketpair, with two Go
+    /// goroutines copying between it and the tsnet connection. Kept for
+    /// comparison; the direct path also falls back to it for a connection
+    /// it cannot take.
+    Socketpair,
+}
+
 /// How to create a node.
 #[derive(Debug)]
 pub struct NodeOptions {
@@ -75,6 +94,8 @@ pub struct NodeOptions {
     pub ephemeral: bool,
     /// Where the node's logs go.
     pub logs: NodeLogs,
+    /// How stream bytes cross between Go and Rust.
+    pub data_path: DataPath,
 }
 
 impl NodeOptions {
@@ -88,6 +109,7 @@ impl NodeOptions {
             control_url: None,
             ephemeral: false,
             logs: NodeLogs::Discard,
+            data_path: DataPath::Direct,
         }
     }
 }
@@ -144,6 +166,7 @@ struct Node {
     call_lock: Mutex<()>,
     closed: AtomicBool,
     addrs: OnceLock<TailnetAddrs>,
+    data_path: DataPath,
 }
 
 impl std::fmt::Debug for TsnetTransport {
@@ -187,6 +210,7 @@ impl TsnetTransport {
                 call_lock: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 addrs: OnceLock::new(),
+                data_path: options.data_path,
             }),
         };
         let node = &transport.node;
@@ -395,6 +419,13 @@ fn c_buf_to_string(buf: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// Takes over a direct connection from a record.
+fn stream_from_handle(handle: u64) -> Result<BoxStream, TransportError> {
+    let stream = direct::DirectStream::attach(handle)
+        .map_err(|err| TransportError::io("attach direct connection", err))?;
+    Ok(Box::new(stream) as BoxStream)
+}
+
 /// Wraps a received descriptor (our end of a socketpair) as a tokio stream.
 fn stream_from_fd(fd: OwnedFd) -> Result<BoxStream, TransportError> {
     let std_stream = std::os::unix::net::UnixStream::from(fd);
@@ -461,12 +492,16 @@ impl Transport for TsnetTransport {
             let network = cstring("network", "tcp")?;
             let addr = cstring("address", &format!(":{port}"))?;
             let deadline = Instant::now() + RELISTEN_GRACE;
+            let listen = match self.node.data_path {
+                DataPath::Direct => ffi::tailscale_listen_direct,
+                DataPath::Socketpair => ffi::tailscale_listen,
+            };
             let fd = loop {
                 let mut fd: c_int = -1;
                 // SAFETY: the strings outlive the call; fd is written on success.
-                let res = self.node.check(|sd| unsafe {
-                    ffi::tailscale_listen(sd, network.as_ptr(), addr.as_ptr(), &mut fd)
-                });
+                let res = self
+                    .node
+                    .check(|sd| unsafe { listen(sd, network.as_ptr(), addr.as_ptr(), &mut fd) });
                 match res {
                     Ok(()) => break owned_fd(fd),
                     // A listener closed just before may still be shutting
@@ -501,21 +536,21 @@ impl Transport for TsnetTransport {
             let network = cstring("network", "tcp")?;
             let target_c = cstring("address", &target.to_string())?;
             let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX).max(1);
+            let dial = match self.node.data_path {
+                DataPath::Direct => ffi::tailscale_dial_direct,
+                DataPath::Socketpair => ffi::tailscale_dial_async,
+            };
             let mut fd: c_int = -1;
             // SAFETY: the strings outlive the call; fd is written on success.
             self.node.check(|sd| unsafe {
-                ffi::tailscale_dial_async(
-                    sd,
-                    network.as_ptr(),
-                    target_c.as_ptr(),
-                    timeout_ms,
-                    &mut fd,
-                )
+                dial(sd, network.as_ptr(), target_c.as_ptr(), timeout_ms, &mut fd)
             })?;
             let pending = async_fd(owned_fd(fd))?;
             // The Go side answers within the timeout; the extra second only
             // guards against it never answering. Dropping `pending` (on
-            // timeout or when this future is dropped) abandons the dial.
+            // timeout or when this future is dropped) abandons the dial,
+            // and closes a direct connection not yet attached: it is
+            // dropped only after the attach below.
             let answer = tokio::time::timeout(
                 timeout + Duration::from_secs(1),
                 RecordReader::default().next(&pending),
@@ -529,6 +564,7 @@ impl Transport for TsnetTransport {
                     reason: "node closed during the dial".to_owned(),
                 }),
                 Ok(Ok(Some(Record::Conn(fd, _)))) => stream_from_fd(fd),
+                Ok(Ok(Some(Record::Direct(handle, _)))) => stream_from_handle(handle),
                 Ok(Ok(Some(Record::Error(msg)))) => Err(dial_error(target, timeout, msg)),
             }
         })
@@ -579,6 +615,19 @@ impl Listener for TsnetListener {
                     Ok(Some(Record::Conn(fd, peer))) => {
                         let peer = parse_peer(&peer)?;
                         return Ok((stream_from_fd(fd)?, peer));
+                    }
+                    Ok(Some(Record::Direct(handle, peer))) => {
+                        // Attached first, so that the handle is closed
+                        // (on drop) whatever happens next.
+                        let stream = match stream_from_handle(handle) {
+                            Ok(stream) => stream,
+                            Err(err) => {
+                                // Closed on the Go side before we took it.
+                                tracing::warn!(port = self.port, %err, "listener lost a connection");
+                                continue;
+                            }
+                        };
+                        return Ok((stream, parse_peer(&peer)?));
                     }
                     Ok(Some(Record::Error(msg))) => {
                         // One connection was lost on the Go side; the

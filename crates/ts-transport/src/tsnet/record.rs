@@ -1,9 +1,11 @@
 //! Reading the fixed-size records the Go side sends on listener and
-//! pending-dial fds: one record per connection (its fd attached, text = the
-//! peer's `ip:port`) or per failed dial (text = the error).
+//! pending-dial fds: one record per connection (its fd attached, or for the
+//! direct data path its handle inside; text = the peer's `ip:port`) or per
+//! failed dial (text = the error).
 //!
 //! Layout of a record: kind (1 byte), text length (u16, little endian),
-//! text, zero padding up to [`RECORD_SIZE`].
+//! text, zero padding up to [`RECORD_SIZE`]; a direct connection's record
+//! ends with its handle (u64, little endian) at [`HANDLE_OFFSET`].
 
 use std::io;
 use std::mem;
@@ -14,6 +16,9 @@ use tokio::io::unix::AsyncFd;
 
 /// Size of every record; must match `recordSize` in `go/tailscale.go`.
 pub(crate) const RECORD_SIZE: usize = 256;
+/// Where a direct connection's record keeps its handle; `handleOffset` in
+/// `go/tailscale.go`.
+const HANDLE_OFFSET: usize = RECORD_SIZE - 8;
 /// How many fds one message may carry before we call it malformed; extra ones
 /// are received (so they can be closed) rather than silently leaked.
 const MAX_FDS: usize = 4;
@@ -23,6 +28,9 @@ const MAX_FDS: usize = 4;
 pub(crate) enum Record {
     /// A connection and the peer address text.
     Conn(OwnedFd, String),
+    /// A direct connection's handle, still to be attached, and the peer
+    /// address text.
+    Direct(u64, String),
     /// An error message.
     Error(String),
 }
@@ -127,10 +135,18 @@ pub(crate) fn decode(buf: &[u8], fd: Option<OwnedFd>) -> io::Result<Record> {
         return Err(invalid("wrong size"));
     }
     let len = u16::from_le_bytes([buf[1], buf[2]]) as usize;
-    let text = buf.get(3..3 + len).ok_or_else(|| invalid("text longer than the record"))?;
+    let text_end = if buf[0] == b'D' { HANDLE_OFFSET } else { RECORD_SIZE };
+    let text =
+        buf[..text_end].get(3..3 + len).ok_or_else(|| invalid("text longer than the record"))?;
     let text = String::from_utf8_lossy(text).into_owned();
     match (buf[0], fd) {
         (b'C', Some(fd)) => Ok(Record::Conn(fd, text)),
+        (b'D', None) => {
+            let mut handle = [0u8; 8];
+            handle.copy_from_slice(&buf[HANDLE_OFFSET..]);
+            Ok(Record::Direct(u64::from_le_bytes(handle), text))
+        }
+        (b'D', Some(_)) => Err(invalid("direct connection record with a descriptor")),
         (b'C', None) => Err(invalid("connection record without a descriptor")),
         (b'E', None) => Ok(Record::Error(text)),
         (b'E', Some(_)) => Err(invalid("error record with a descriptor")),
@@ -191,11 +207,28 @@ mod tests {
     }
 
     #[test]
+    fn decodes_direct_record() {
+        let mut buf = record(b'D', b"100.64.0.7:41000");
+        buf[HANDLE_OFFSET..].copy_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        match decode(&buf, None).unwrap() {
+            Record::Direct(handle, text) => {
+                assert_eq!(handle, 0x0102_0304_0506_0708);
+                assert_eq!(text, "100.64.0.7:41000");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn rejects_malformed_records() {
         let mut long = record(b'E', b"x");
         long[1..3].copy_from_slice(&u16::MAX.to_le_bytes());
+        // A direct record's text may not run into its handle.
+        let mut into_handle = record(b'D', b"x");
+        into_handle[1..3].copy_from_slice(&((HANDLE_OFFSET - 2) as u16).to_le_bytes());
         for (buf, what) in [
             (long, "text longer"),
+            (into_handle, "text longer"),
             (record(b'C', b"100.64.0.1:1"), "without a descriptor"),
             (record(b'Z', b""), "unknown kind"),
             (vec![b'E'; 10], "wrong size"),

@@ -1,0 +1,697 @@
+//! The operator's admin endpoint on `127.0.0.1:<Config::admin_port>`, for
+//! the `tsconsensus` command-line tool (docs/operations.md).
+//!
+//! cmd-rpc's [`AdminServer`] checks every request first (loopback caller,
+//! `Host` of 127.0.0.1 or localhost at this port, no browser `Origin`, the
+//! bearer token, the route, a bounded body); this module answers:
+//!
+//! | Route | Does |
+//! |---|---|
+//! | `GET /v1/status` | this node: role, term, leader, indexes, members, readiness, a staged restore |
+//! | `GET /v1/members` | the configuration with each member's role, tags and liveness |
+//! | `POST /v1/remove` `{"node", "force"}` | removes a member (see below) |
+//! | `POST /v1/transfer-leader` `{"to"}` | hands leadership over ([`Consensus::transfer_leadership`](crate::Consensus::transfer_leadership)) |
+//! | `POST /v1/snapshot` `{}` | builds a snapshot now |
+//! | `POST /v1/backup` `{}` | a backup of the state (binary, [`raft_core::backup`]) |
+//! | `POST /v1/restore[?force=true]` (backup bytes) | stages a restore as a new cluster |
+//!
+//! A node is named by raft id, stable id or hostname. Removal follows the
+//! leader's rules (decision 0003): on the leader, the operator is trusted
+//! and may remove any other member, with `force` for one that is tagged
+//! and online (membership follows tags, so the leader adds such a node
+//! back as soon as it answers a probe) or whose removal would leave the
+//! remaining voters without a reachable majority; on a follower, the
+//! request goes to the leader as this node's, and the leader allows it
+//! only for a member it sees offline or untagged; a refusal says to run
+//! the command on the leader's host.
+//!
+//! The token is 32 random bytes in hex in `<state_dir>/admin.token`
+//! ([`TOKEN_FILE`]), created readable by its owner only and refused if
+//! others can read it; the port served is written to
+//! `<state_dir>/admin.port` ([`PORT_FILE`]). The public items of this
+//! module are what the `tsconsensus` tool needs besides HTTP: those names,
+//! and reading and staging backups offline.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmd_rpc::{
+    AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer, Change,
+    ReadIndexResponse, RemoveRequest, RpcError,
+};
+use serde::Deserialize;
+use ts_transport::{TcpTransport, Transport};
+
+pub use raft_core::backup::{BackupInfo, BackupMember};
+
+use crate::error::Error;
+use crate::machine::StateMachine;
+use crate::node::{Inner, Member, MemberRole, members_of, tagged_online};
+use crate::transfer::{self, TransferError};
+
+/// The token's file in the state directory.
+pub const TOKEN_FILE: &str = "admin.token";
+/// The file in the state directory that names the port served.
+pub const PORT_FILE: &str = "admin.port";
+/// Largest JSON request body.
+const MAX_JSON: usize = 64 << 10;
+/// Largest backup a restore accepts.
+pub const MAX_BACKUP: usize = 1 << 30;
+/// Time a restore spends finding out whether the cluster is healthy.
+const HEALTH_CHECK: Duration = Duration::from_secs(5);
+/// Longest node name accepted.
+const MAX_NAME: usize = 256;
+
+fn routes() -> Vec<AdminRoute> {
+    let route = |method, path, max_body| AdminRoute { method, path, max_body };
+    vec![
+        route("GET", "/v1/status", 0),
+        route("GET", "/v1/members", 0),
+        route("POST", "/v1/remove", MAX_JSON),
+        route("POST", "/v1/transfer-leader", MAX_JSON),
+        route("POST", "/v1/snapshot", MAX_JSON),
+        route("POST", "/v1/backup", MAX_JSON),
+        route("POST", "/v1/restore", MAX_BACKUP),
+    ]
+}
+
+/// Starts the admin endpoint if [`Config::admin_port`](crate::Config) asks
+/// for it.
+pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), Error> {
+    let Some(port) = inner.config.admin_port else { return Ok(()) };
+    let Some(dir) = inner.config.state_dir.clone() else {
+        return Err(Error::Invalid(
+            "the admin endpoint keeps its token in the state directory: set state_dir, or \
+             leave admin_port unset"
+                .to_owned(),
+        ));
+    };
+    let token = token(&dir)?;
+    let listener =
+        TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST)).listen(port).await.map_err(|e| {
+            Error::Network(format!("cannot listen on 127.0.0.1:{port} for the admin endpoint: {e}"))
+        })?;
+    let port = listener.local_port();
+    write_port(&dir, port)?;
+    let handler: AdminHandler = {
+        let weak = Arc::downgrade(inner);
+        Arc::new(move |request| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => handle(&inner, request).await,
+                    None => AdminResponse::error(503, "stopped", "the node is stopping"),
+                }
+            })
+        })
+    };
+    let server = AdminServer::start(
+        Arc::from(listener),
+        token,
+        format!("the token is in {}", dir.join(TOKEN_FILE).display()),
+        routes(),
+        handler,
+        AdminLimits::default(),
+    );
+    tracing::info!(port, "admin endpoint on 127.0.0.1");
+    *inner.admin.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+    Ok(())
+}
+
+/// The token in `dir`, made if there is none.
+fn token(dir: &Path) -> Result<String, Error> {
+    fs::create_dir_all(dir)
+        .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
+    let path = dir.join(TOKEN_FILE);
+    match fs::symlink_metadata(&path) {
+        Ok(meta) => {
+            if !meta.file_type().is_file() {
+                return Err(Error::Invalid(format!(
+                    "{} is not a regular file; remove it to have a new token made",
+                    path.display()
+                )));
+            }
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(Error::Invalid(format!(
+                        "{} can be read by other users (mode {:o}); make it readable by its \
+                         owner only: chmod 600 {}",
+                        path.display(),
+                        mode & 0o777,
+                        path.display()
+                    )));
+                }
+            }
+            let text = fs::read_to_string(&path)
+                .map_err(|e| Error::Storage(format!("read {}: {e}", path.display())))?;
+            let token = text.trim();
+            if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::Invalid(format!(
+                    "{} does not hold an admin token (64 hex digits); remove it to have a new \
+                     one made",
+                    path.display()
+                )));
+            }
+            Ok(token.to_owned())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let write = || -> std::io::Result<()> {
+                let mut file = options.open(&path)?;
+                file.write_all(format!("{token}\n").as_bytes())?;
+                file.sync_all()
+            };
+            write().map_err(|e| Error::Storage(format!("write {}: {e}", path.display())))?;
+            Ok(token)
+        }
+        Err(err) => Err(Error::Storage(format!("{}: {err}", path.display()))),
+    }
+}
+
+fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
+    let temp = dir.join(format!("{PORT_FILE}.tmp"));
+    let path = dir.join(PORT_FILE);
+    fs::write(&temp, format!("{port}\n"))
+        .and_then(|()| fs::rename(&temp, &path))
+        .map_err(|e| Error::Storage(format!("write {}: {e}", path.display())))
+}
+
+async fn handle<S: StateMachine>(inner: &Arc<Inner<S>>, request: AdminRequest) -> AdminResponse {
+    let result = match request.path {
+        "/v1/status" => Ok(status(inner).await),
+        "/v1/members" => Ok(members(inner)),
+        "/v1/remove" => remove(inner, &request.body).await,
+        "/v1/transfer-leader" => transfer_leader(inner, &request.body).await,
+        "/v1/snapshot" => snapshot(inner, &request.body).await,
+        "/v1/backup" => backup(inner, &request.body).await,
+        "/v1/restore" => restore(inner, request.query.as_deref(), &request.body).await,
+        other => Err(AdminResponse::error(404, "not_found", format!("no admin endpoint {other}"))),
+    };
+    result.unwrap_or_else(|refusal| refusal)
+}
+
+type Answer = Result<AdminResponse, AdminResponse>;
+
+/// A JSON body of shape `T`; an empty body counts as `{}`.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminResponse> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body)
+        .map_err(|e| AdminResponse::error(400, "bad_request", format!("request body: {e}")))
+}
+
+fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminResponse> {
+    inner.check_running().map_err(|err| match err {
+        Error::Fatal(why) => AdminResponse::error(
+            503,
+            "fatal",
+            format!("this node stopped on a fatal error and serves nothing until restarted: {why}"),
+        ),
+        other => AdminResponse::error(503, "stopped", other.to_string()),
+    })
+}
+
+async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
+    // The monitor refreshes the committed index every 500 ms; an operator
+    // asking wants it now.
+    if let Some(committed) = inner.raft().committed_index().await {
+        inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
+    }
+    let mut value =
+        serde_json::to_value(crate::monitor::status(inner)).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "readiness".to_owned(),
+            serde_json::to_value(crate::health::of(inner)).unwrap_or_default(),
+        );
+        let pending = inner.config.state_dir.as_deref().map(raft_core::backup::pending_restore);
+        object.insert(
+            "pending_restore".to_owned(),
+            match pending {
+                None | Some(Ok(None)) => serde_json::Value::Null,
+                Some(Ok(Some(info))) => serde_json::to_value(info).unwrap_or_default(),
+                Some(Err(why)) => serde_json::json!({ "error": why }),
+            },
+        );
+    }
+    AdminResponse::json(200, &value)
+}
+
+fn members<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
+    let m = inner.raft().metrics();
+    AdminResponse::json(
+        200,
+        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": members_of(inner) }),
+    )
+}
+
+/// The member `name` names: a raft id, a stable id, or a hostname.
+fn resolve<'a>(members: &'a [Member], name: &str) -> Result<&'a Member, AdminResponse> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(AdminResponse::error(
+            400,
+            "bad_request",
+            format!(
+                "a node is named by raft id, stable id or hostname (1 to {MAX_NAME} printable characters)"
+            ),
+        ));
+    }
+    if let Ok(id) = name.parse::<u64>()
+        && let Some(member) = members.iter().find(|m| m.id == id)
+    {
+        return Ok(member);
+    }
+    for matches in [
+        members.iter().filter(|m| m.stable_id == name).collect::<Vec<_>>(),
+        members.iter().filter(|m| m.hostname.as_deref() == Some(name)).collect(),
+    ] {
+        match matches.as_slice() {
+            [] => {}
+            [one] => return Ok(one),
+            several => {
+                return Err(AdminResponse::error(
+                    409,
+                    "ambiguous",
+                    format!(
+                        "{name:?} names several members (raft ids {}): name one by its raft id",
+                        several.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let known = members
+        .iter()
+        .map(|m| format!("{} ({}, {})", m.id, m.hostname.as_deref().unwrap_or("?"), m.stable_id))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(AdminResponse::error(
+        404,
+        "no_such_member",
+        format!("no member is called {name:?}; the members are: {known}"),
+    ))
+}
+
+fn leader_name(members: &[Member]) -> String {
+    match members.iter().find(|m| m.leader) {
+        Some(l) => format!("{} (raft id {})", l.hostname.as_deref().unwrap_or(&l.stable_id), l.id),
+        None => "not known right now".to_owned(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    node: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+    let request: RemoveBody = parse(body)?;
+    refuse_unless_running(inner)?;
+    let members = members_of(inner);
+    let target = resolve(&members, &request.node)?;
+    let id = target.id;
+    if id == inner.id {
+        return Err(AdminResponse::error(
+            409,
+            "is_this_node",
+            format!(
+                "{} is this node. A running node that carries the tag is added back at once \
+                 (membership follows tags): stop it with StopMode::Leave (it leaves the \
+                 configuration, then stops), or revoke its tag. If it leads, run \
+                 transfer-leader first.",
+                request.node
+            ),
+        ));
+    }
+    let raft = inner.raft();
+    let m = raft.metrics();
+    let deadline = Instant::now() + inner.config.timing.call_deadline;
+    let removed = |id: u64| {
+        AdminResponse::json(
+            200,
+            &serde_json::json!({ "removed": id, "members": members_of(inner) }),
+        )
+    };
+    if m.role == raft_core::Role::Leader {
+        let view = inner.view();
+        let online = |stable_id: &str| view.as_ref().is_none_or(|v| tagged_online(v, stable_id));
+        if online(&target.stable_id) && !request.force {
+            return Err(AdminResponse::error(
+                409,
+                "tagged_and_online",
+                format!(
+                    "member {id} ({}) is tagged and online. Membership follows tags: the leader \
+                     adds it back as soon as it answers a probe. Stop that node (StopMode::Leave) \
+                     or revoke its tag instead; --force removes it anyway, and it stays out only \
+                     while it does not answer (a wedged node)",
+                    target.hostname.as_deref().unwrap_or(&target.stable_id)
+                ),
+            ));
+        }
+        if target.role == MemberRole::Voter && !request.force {
+            let remaining: Vec<&Member> =
+                members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
+            let reachable =
+                remaining.iter().filter(|m| m.id == inner.id || online(&m.stable_id)).count();
+            if reachable < remaining.len() / 2 + 1 {
+                return Err(AdminResponse::error(
+                    409,
+                    "quorum",
+                    format!(
+                        "removing voter {id} leaves {} voters of which only {reachable} are \
+                         reachable, not a majority: the change could not commit; --force tries \
+                         anyway",
+                        remaining.len()
+                    ),
+                ));
+            }
+        }
+        match inner.service.change(&Change::Remove { id }, deadline).await {
+            Ok(()) => {
+                tracing::info!(id, "member removed by the operator");
+                Ok(removed(id))
+            }
+            Err(err) => Err(rpc_refusal(&err, "remove")),
+        }
+    } else {
+        match inner.service.remove_via_leader(&RemoveRequest { id }, deadline).await {
+            Ok(()) => Ok(removed(id)),
+            Err(err) if err.code() == "forbidden" => Err(AdminResponse::error(
+                403,
+                "refused_by_leader",
+                format!(
+                    "the leader refused: {}. Through a follower, the leader removes only members \
+                     it sees offline or untagged. Run `tsconsensus remove {}` on the leader's \
+                     host, {}, where any member may be removed, or revoke the node's tag{}",
+                    err_message(&err),
+                    request.node,
+                    leader_name(&members),
+                    if request.force { " (--force counts on the leader only)" } else { "" }
+                ),
+            )),
+            Err(err) => Err(rpc_refusal(&err, "remove")),
+        }
+    }
+}
+
+fn err_message(err: &RpcError) -> String {
+    match err {
+        RpcError::Remote { body, .. } => body.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn rpc_refusal(err: &RpcError, what: &str) -> AdminResponse {
+    AdminResponse::error(err.status().as_u16(), err.code(), format!("{what}: {}", err_message(err)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    #[serde(default)]
+    to: Option<String>,
+}
+
+async fn transfer_leader<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+    let request: TransferBody = parse(body)?;
+    refuse_unless_running(inner)?;
+    let members = members_of(inner);
+    let to = match &request.to {
+        Some(name) => Some(resolve(&members, name)?.id),
+        None => None,
+    };
+    let deadline = Instant::now() + inner.config.timing.call_deadline;
+    match transfer::transfer(inner, to, deadline).await {
+        Ok(report) => Ok(AdminResponse::json(200, &report)),
+        Err(err @ TransferError::NotLeader { .. }) => Err(AdminResponse::error(
+            409,
+            "not_leader",
+            format!(
+                "{err}. Only the leader can hand its leadership over: run transfer-leader on \
+                 the leader's host, {}",
+                leader_name(&members)
+            ),
+        )),
+        Err(err @ (TransferError::Invalid(_) | TransferError::Busy)) => {
+            Err(AdminResponse::error(409, "refused", err.to_string()))
+        }
+        Err(err @ TransferError::Failed(_)) => Err(AdminResponse::error(
+            504,
+            "not_transferred",
+            format!("{err} (heartbeats and proposals resumed on this node)"),
+        )),
+    }
+}
+
+async fn snapshot<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+    let _: serde_json::Map<String, serde_json::Value> = parse(body)?;
+    refuse_unless_running(inner)?;
+    let raft = inner.raft();
+    raft.snapshot_now(inner.config.timing.call_deadline).await.map_err(|e| {
+        AdminResponse::error(504, "snapshot_failed", format!("no snapshot built: {e}"))
+    })?;
+    let m = raft.metrics();
+    Ok(AdminResponse::json(
+        200,
+        &serde_json::json!({ "snapshot_index": m.snapshot, "applied_index": m.last_applied }),
+    ))
+}
+
+/// Makes sure everything committed before now is applied on this node (a
+/// read-index round through the leader): a backup taken after it holds
+/// every acknowledged command. Fails without a quorum.
+async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result<u64, String> {
+    let raft = inner.raft();
+    let deadline = Instant::now() + timeout;
+    let m = raft.metrics();
+    let index = if m.role == raft_core::Role::Leader {
+        raft.read_index(timeout).await.map_err(|e| e.to_string())?
+    } else {
+        let leader = m
+            .leader
+            .and_then(|id| m.nodes.get(&id))
+            .ok_or_else(|| "no leader is known".to_owned())?;
+        let answer: ReadIndexResponse = inner
+            .service
+            .client()
+            .post(leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
+            .await
+            .map_err(|e| err_message(&e))?;
+        answer.index
+    };
+    raft.wait_applied(index, deadline.saturating_duration_since(Instant::now()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(index)
+}
+
+async fn backup<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+    let _: serde_json::Map<String, serde_json::Value> = parse(body)?;
+    refuse_unless_running(inner)?;
+    let linearizable = match barrier(inner, HEALTH_CHECK).await {
+        Ok(_) => true,
+        Err(why) => {
+            tracing::warn!(%why, "backup taken without a read barrier: it holds what this node applied");
+            false
+        }
+    };
+    let backup =
+        inner.raft().backup(linearizable).await.map_err(|e| {
+            AdminResponse::error(500, "backup_failed", format!("no backup taken: {e}"))
+        })?;
+    tracing::info!(info = ?backup.info(), "backup taken");
+    Ok(AdminResponse {
+        status: 200,
+        content_type: "application/octet-stream",
+        body: backup.to_bytes(),
+    })
+}
+
+async fn restore<S: StateMachine>(
+    inner: &Arc<Inner<S>>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Answer {
+    let force = match query {
+        None | Some("") | Some("force=false") => false,
+        Some("force=true") => true,
+        Some(other) => {
+            return Err(AdminResponse::error(
+                400,
+                "bad_request",
+                format!(
+                    "unknown query {:?}: the only one is force=true",
+                    other.chars().take(100).collect::<String>()
+                ),
+            ));
+        }
+    };
+    let Some(dir) = inner.config.state_dir.clone() else {
+        return Err(AdminResponse::error(
+            409,
+            "no_state_dir",
+            "this node keeps its state in memory: a restore needs a state directory to be \
+             applied at the next start",
+        ));
+    };
+    if let Err(why) = raft_core::Backup::from_bytes(body) {
+        return Err(AdminResponse::error(400, "bad_backup", why));
+    }
+    if !force
+        && inner.raft().fatal().is_none()
+        && let Ok(index) = barrier(inner, HEALTH_CHECK).await
+    {
+        let m = inner.raft().metrics();
+        return Err(AdminResponse::error(
+            409,
+            "healthy_cluster",
+            format!(
+                "this node belongs to cluster {} which is healthy: a quorum confirmed leader {} \
+                 just now (index {index}). A restore takes this node out of it and starts a \
+                 second cluster from the backup; it is meant for a cluster that lost its quorum \
+                 for good. --force restores anyway (then remove this node's old incarnation \
+                 from the healthy cluster).",
+                inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
+                m.leader.map(|l| l.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    let info = raft_core::backup::stage_restore(&dir, body)
+        .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
+    tracing::warn!(?info, force, "restore staged; it is applied at the next start");
+    Ok(AdminResponse::json(
+        200,
+        &serde_json::json!({
+            "staged": info,
+            "message": format!(
+                "staged in {}: restart this node to start a new cluster from the backup (its \
+                 raft state moves aside into {}/pre-restore-<time>/). It is that cluster's only \
+                 member until other nodes join it with empty state directories.",
+                dir.join(raft_core::backup::PENDING_RESTORE).display(),
+                dir.display()
+            ),
+        }),
+    ))
+}
+
+/// Where a backup file came from, checking all of it (the format, the
+/// lengths, the checksum, the header, the state's format).
+pub fn backup_info(backup: &[u8]) -> Result<BackupInfo, Error> {
+    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(Error::Invalid)
+}
+
+/// Stages `backup` in the state directory of a node that is **not
+/// running**, to be restored as a new one-node cluster when the node starts
+/// (the disaster-recovery path onto a machine whose node cannot start, or
+/// a new machine). Refused while a node runs on the directory (restore
+/// through its admin endpoint then, which checks the cluster's health),
+/// and, unless `force`, when the directory holds a cluster member's state:
+/// nothing here can tell whether that cluster is healthy.
+pub async fn stage_restore_offline(
+    state_dir: &Path,
+    backup: &[u8],
+    force: bool,
+) -> Result<BackupInfo, Error> {
+    backup_info(backup)?;
+    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::Storage)? {
+        raft_core::StateDir::InUse => {
+            return Err(Error::Invalid(format!(
+                "a node is running on {} (its raft log is locked): restore through its admin \
+                 endpoint instead, which checks whether its cluster is healthy",
+                state_dir.display()
+            )));
+        }
+        raft_core::StateDir::Member { node_id, cluster_id, .. } if !force => {
+            return Err(Error::Invalid(format!(
+                "{} holds the state of node {node_id} of cluster {}. If that cluster still \
+                 has a quorum, start this node and let it rejoin: a restore starts a second \
+                 cluster. --force stages the restore anyway (the state is moved aside, not \
+                 deleted)",
+                state_dir.display(),
+                cluster_id.map(|c| c.to_string()).unwrap_or_else(|| "(none yet)".to_owned())
+            )));
+        }
+        _ => {}
+    }
+    raft_core::backup::stage_restore(state_dir, backup).map_err(Error::Storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, stable: &str, host: &str) -> Member {
+        Member {
+            id,
+            stable_id: stable.to_owned(),
+            hostname: Some(host.to_owned()),
+            addrs: Vec::new(),
+            raft_port: 1,
+            command_port: 2,
+            role: MemberRole::Voter,
+            leader: false,
+            tags: Vec::new(),
+            online: true,
+            matched_index: None,
+        }
+    }
+
+    fn error_of(response: AdminResponse) -> cmd_rpc::AdminError {
+        serde_json::from_slice(&response.body).unwrap()
+    }
+
+    #[test]
+    fn members_are_named_by_id_stable_id_or_hostname() {
+        let members =
+            vec![member(11, "nA", "alpha"), member(22, "nB", "beta"), member(33, "nB", "beta2")];
+        assert_eq!(resolve(&members, "11").unwrap().id, 11);
+        assert_eq!(resolve(&members, "nA").unwrap().id, 11);
+        assert_eq!(resolve(&members, "beta2").unwrap().id, 33);
+        let err = error_of(resolve(&members, "nB").unwrap_err());
+        assert_eq!(err.code, "ambiguous");
+        assert!(err.message.contains("22, 33"), "{}", err.message);
+        let err = error_of(resolve(&members, "gamma").unwrap_err());
+        assert_eq!(err.code, "no_such_member");
+        assert!(err.message.contains("11 (alpha, nA)"), "{}", err.message);
+        for bad in ["", "a\nb", &"x".repeat(MAX_NAME + 1)] {
+            assert_eq!(error_of(resolve(&members, bad).unwrap_err()).code, "bad_request");
+        }
+    }
+
+    #[test]
+    fn the_token_file_is_made_private_and_refused_when_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = token(dir.path()).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(token(dir.path()).unwrap(), first, "the token is kept");
+        let path = dir.path().join(TOKEN_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            let err = token(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        fs::write(&path, "not a token").unwrap();
+        let err = token(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("64 hex digits"), "{err}");
+    }
+}

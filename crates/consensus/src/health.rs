@@ -1,0 +1,185 @@
+//! Health checks for supervisors, served by the monitor (and the
+//! localhost monitor):
+//!
+//! - `/healthz`: the process serves. 200 `{"status":"ok"}`; 503 once the
+//!   node stopped on a fatal error, since such a node serves nothing until
+//!   it is restarted (a liveness probe should restart it).
+//! - `/readyz`: the node is useful to talk to. 200 when it is a member of
+//!   a cluster's configuration, knows a leader, has applied to within
+//!   [`Config::ready_max_lag`](crate::Config::ready_max_lag) entries of
+//!   the committed index it knows, and is not fatal; a leader must also
+//!   have heard from a quorum within the upper election timeout (a leader
+//!   cut off from its followers keeps its role in openraft 0.9). 503
+//!   otherwise, with every reason.
+
+use serde::Serialize;
+
+use crate::machine::StateMachine;
+use crate::node::{Inner, Role};
+
+/// What readiness is decided on.
+#[derive(Clone, Debug)]
+pub(crate) struct Inputs {
+    pub(crate) fatal: Option<String>,
+    pub(crate) has_cluster: bool,
+    /// In the configuration (voter or learner).
+    pub(crate) member: bool,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<u64>,
+    pub(crate) applied: Option<u64>,
+    pub(crate) committed: Option<u64>,
+    /// On the leader: time since a quorum last acknowledged it.
+    pub(crate) millis_since_quorum_ack: Option<u64>,
+    pub(crate) max_lag: u64,
+    pub(crate) max_quorum_silence_ms: u64,
+}
+
+/// The answer of `/readyz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Readiness {
+    /// Whether the node is ready.
+    pub(crate) ready: bool,
+    /// Why not, one sentence per failed check.
+    pub(crate) reasons: Vec<String>,
+    pub(crate) role: Role,
+    pub(crate) leader: Option<u64>,
+    pub(crate) applied_index: Option<u64>,
+    pub(crate) committed_index: Option<u64>,
+}
+
+pub(crate) fn readiness(i: &Inputs) -> Readiness {
+    let mut reasons = Vec::new();
+    if let Some(why) = &i.fatal {
+        reasons.push(format!("stopped on a fatal error: {why}"));
+    }
+    if !i.has_cluster {
+        reasons.push("not in a cluster yet".to_owned());
+    } else if !i.member {
+        reasons.push("not in the cluster's configuration".to_owned());
+    }
+    match i.leader {
+        None => reasons.push("no leader known".to_owned()),
+        Some(_) if i.role == Role::Leader => match i.millis_since_quorum_ack {
+            Some(ms) if ms <= i.max_quorum_silence_ms => {}
+            Some(ms) => reasons.push(format!(
+                "leads, but no quorum has acknowledged it for {ms} ms (more than {} ms)",
+                i.max_quorum_silence_ms
+            )),
+            None => reasons.push("leads, but no quorum has acknowledged it yet".to_owned()),
+        },
+        Some(_) => {}
+    }
+    match (i.applied, i.committed) {
+        (_, None) => reasons.push("the committed index is not known yet".to_owned()),
+        (applied, Some(committed)) => {
+            let lag = committed.saturating_sub(applied.unwrap_or(0));
+            if lag > i.max_lag {
+                reasons.push(format!(
+                    "applied index {} is {lag} entries behind the committed index {committed} \
+                     (at most {} allowed)",
+                    applied.unwrap_or(0),
+                    i.max_lag
+                ));
+            }
+        }
+    }
+    Readiness {
+        ready: reasons.is_empty(),
+        reasons,
+        role: i.role,
+        leader: i.leader,
+        applied_index: i.applied,
+        committed_index: i.committed,
+    }
+}
+
+/// This node's readiness now.
+pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
+    let raft = inner.raft();
+    let m = raft.metrics();
+    let metrics = crate::node::Consensus::<S>::metrics_from(&m);
+    let committed = inner.committed.load(std::sync::atomic::Ordering::Relaxed);
+    readiness(&Inputs {
+        fatal: metrics.fatal.clone(),
+        has_cluster: raft.cluster_id().is_some(),
+        member: m.nodes.contains_key(&inner.id),
+        role: metrics.role,
+        leader: metrics.leader,
+        applied: metrics.applied_index,
+        committed: (committed != u64::MAX).then_some(committed),
+        millis_since_quorum_ack: m.millis_since_quorum_ack,
+        max_lag: inner.config.ready_max_lag,
+        max_quorum_silence_ms: inner.config.timing.election.1.as_millis() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy_follower() -> Inputs {
+        Inputs {
+            fatal: None,
+            has_cluster: true,
+            member: true,
+            role: Role::Follower,
+            leader: Some(1),
+            applied: Some(100),
+            committed: Some(100),
+            millis_since_quorum_ack: None,
+            max_lag: 10,
+            max_quorum_silence_ms: 3000,
+        }
+    }
+
+    #[test]
+    fn each_check_fails_on_its_own_with_a_reason() {
+        assert_eq!(readiness(&healthy_follower()).reasons, Vec::<String>::new());
+        let leader =
+            Inputs { role: Role::Leader, millis_since_quorum_ack: Some(120), ..healthy_follower() };
+        assert!(readiness(&leader).ready);
+        type Case = (&'static str, Inputs, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                "fatal",
+                Inputs { fatal: Some("disk".into()), ..healthy_follower() },
+                "fatal error: disk",
+            ),
+            ("no cluster", Inputs { has_cluster: false, ..healthy_follower() }, "not in a cluster"),
+            ("removed", Inputs { member: false, ..healthy_follower() }, "configuration"),
+            ("no leader", Inputs { leader: None, ..healthy_follower() }, "no leader"),
+            ("lagging", Inputs { applied: Some(89), ..healthy_follower() }, "11 entries behind"),
+            (
+                "nothing applied",
+                Inputs { applied: None, committed: Some(11), ..healthy_follower() },
+                "11 entries behind",
+            ),
+            (
+                "committed unknown",
+                Inputs { committed: None, ..healthy_follower() },
+                "committed index is not known",
+            ),
+            (
+                "cut-off leader",
+                Inputs { millis_since_quorum_ack: Some(5000), ..leader.clone() },
+                "for 5000 ms",
+            ),
+            (
+                "unacknowledged leader",
+                Inputs { millis_since_quorum_ack: None, ..leader.clone() },
+                "acknowledged it yet",
+            ),
+        ];
+        for (what, inputs, says) in cases {
+            let r = readiness(&inputs);
+            assert!(!r.ready, "{what}");
+            assert!(
+                r.reasons.iter().any(|reason| reason.contains(says)),
+                "{what}: {:?}",
+                r.reasons
+            );
+        }
+        // Within the lag bound.
+        assert!(readiness(&Inputs { applied: Some(90), ..healthy_follower() }).ready);
+    }
+}

@@ -1,0 +1,235 @@
+//! Handing leadership over before maintenance
+//! ([`Consensus::transfer_leadership`](crate::Consensus::transfer_leadership),
+//! `tsconsensus transfer-leader`).
+//!
+//! openraft 0.9.25 has no leadership transfer (0.10 adds one). This is the
+//! closest safe equivalent built from what 0.9 offers, run on the leader:
+//!
+//! 1. **Hold.** The leader stops its heartbeats and takes nothing new into
+//!    its log: proposals and read-index rounds are answered "not the
+//!    leader" inside the node, and the command service retries them (within
+//!    each call's deadline) until the new leader is known, then forwards
+//!    them there. Nothing is refused to a caller for this.
+//! 2. **Catch up.** It waits until the target has every entry of its log.
+//! 3. **Let leases run out.** A voter refuses another candidate while its
+//!    leader lease runs (the upper election timeout since it last heard
+//!    from the leader), so the leader waits one lease plus one heartbeat
+//!    after the last entry reached the followers, and until its own lease
+//!    since its election has run out too.
+//! 4. **Campaign.** It asks the target (`POST /v1/campaign`) to start an
+//!    election now. The target's log is as long as anyone's, so the old
+//!    leader and every other voter whose lease ran out grant it their
+//!    vote; the old leader steps down when it sees the higher term.
+//! 5. **Release.** Whatever happened, the hold ends (heartbeats resume):
+//!    when the new leader is known, at the deadline, on an error, or if the
+//!    call is dropped.
+//!
+//! Safety is raft's: votes and the log check decide who leads, so nothing
+//! committed is lost and no term has two leaders. What is not guaranteed:
+//! that the target wins (another voter whose election timer fires first
+//! can; its timer needs at least the lower election timeout after its
+//! lease ran out, which is the target's head start), nor that the cluster
+//! is never without a leader (for about a lease, commands wait).
+
+use std::time::{Duration, Instant};
+
+use cmd_rpc::CampaignRequest;
+use raft_core::{NodeInfo, RaftNode};
+
+use crate::error::Error;
+use crate::machine::{Adapter, StateMachine};
+use crate::node::{Inner, tagged_online};
+
+/// Time the target has to answer the campaign request.
+const CAMPAIGN_CALL: Duration = Duration::from_secs(5);
+
+/// What a transfer did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct TransferReport {
+    /// The leader it started on (this node).
+    pub(crate) from: u64,
+    /// The voter chosen.
+    pub(crate) target: u64,
+    /// Who leads now.
+    pub(crate) leader: u64,
+    /// Whether the target won.
+    pub(crate) target_won: bool,
+    /// How long it took, in milliseconds.
+    pub(crate) took_ms: u64,
+}
+
+/// Why a transfer did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TransferError {
+    /// Only the leader hands its leadership over.
+    #[error("this node is not the leader{}", match leader {
+        Some((id, node)) => format!("; the leader is {id} ({})", node.stable_id),
+        None => "; no leader is known".to_owned(),
+    })]
+    NotLeader { leader: Option<(u64, NodeInfo)> },
+    /// The request cannot be met (no such voter, no other voter).
+    #[error("{0}")]
+    Invalid(String),
+    /// Another transfer is under way.
+    #[error("another leadership transfer is under way on this node")]
+    Busy,
+    /// It was tried and did not complete; the hold has ended.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<TransferError> for Error {
+    fn from(err: TransferError) -> Error {
+        match err {
+            TransferError::Failed(why) => Error::Timeout(why),
+            other => Error::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// Ends the hold whatever happens, the caller dropping the call included.
+struct Hold<'a, S: StateMachine>(&'a RaftNode<Adapter<S>>);
+
+impl<'a, S: StateMachine> Hold<'a, S> {
+    fn start(raft: &'a RaftNode<Adapter<S>>) -> Hold<'a, S> {
+        raft.hold_for_transfer(true);
+        Hold(raft)
+    }
+}
+
+impl<S: StateMachine> Drop for Hold<'_, S> {
+    fn drop(&mut self) {
+        self.0.hold_for_transfer(false);
+    }
+}
+
+/// The voter to hand over to when none is named: one tagged and online in
+/// this node's view if any, the furthest replicated, the lowest id.
+fn pick<S: StateMachine>(inner: &Inner<S>, m: &raft_core::NodeMetrics) -> Option<u64> {
+    let view = inner.view();
+    let mut best: Option<(bool, u64, std::cmp::Reverse<u64>)> = None;
+    for id in m.voters.iter().filter(|id| **id != inner.id) {
+        let online = match (&view, m.nodes.get(id)) {
+            (Some(view), Some(node)) => tagged_online(view, &node.stable_id),
+            _ => false,
+        };
+        let matched = m.replication.as_ref().and_then(|r| r.get(id).copied().flatten());
+        let key = (online, matched.unwrap_or(0), std::cmp::Reverse(*id));
+        if best.is_none_or(|b| key > b) {
+            best = Some(key);
+        }
+    }
+    best.map(|(_, _, std::cmp::Reverse(id))| id)
+}
+
+/// Hands leadership from this node (the leader) to `to`, or to the voter
+/// [`pick`] chooses, by `deadline`.
+pub(crate) async fn transfer<S: StateMachine>(
+    inner: &Inner<S>,
+    to: Option<u64>,
+    deadline: Instant,
+) -> Result<TransferReport, TransferError> {
+    let started = Instant::now();
+    let raft = inner.raft();
+    let me = inner.id;
+    let m = raft.metrics();
+    if m.role != raft_core::Role::Leader {
+        return Err(TransferError::NotLeader {
+            leader: m.leader.and_then(|id| m.nodes.get(&id).map(|n| (id, n.clone()))),
+        });
+    }
+    let target = match to {
+        Some(id) if id == me => {
+            return Ok(TransferReport {
+                from: me,
+                target: me,
+                leader: me,
+                target_won: true,
+                took_ms: 0,
+            });
+        }
+        Some(id) if m.voters.contains(&id) => id,
+        Some(id) if m.nodes.contains_key(&id) => {
+            return Err(TransferError::Invalid(format!(
+                "member {id} is a learner; only a voter can lead"
+            )));
+        }
+        Some(id) => return Err(TransferError::Invalid(format!("{id} is not a member"))),
+        None => pick(inner, &m).ok_or_else(|| {
+            TransferError::Invalid("there is no other voter to hand leadership to".to_owned())
+        })?,
+    };
+    let Some(node) = m.nodes.get(&target).cloned() else {
+        return Err(TransferError::Invalid(format!("{target} is not a member")));
+    };
+    if raft.is_held_for_transfer() {
+        return Err(TransferError::Busy);
+    }
+    let hold = Hold::<S>::start(raft);
+    tracing::info!(from = me, target, "handing leadership over");
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+
+    // The target has every entry of the log (new ones are held out).
+    let caught_up = raft
+        .wait_for(remaining(), |m| {
+            m.role != raft_core::Role::Leader
+                || m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).copied().flatten())
+                    .is_some_and(|matched| Some(matched) >= m.last_log_index)
+        })
+        .await
+        .map_err(|m| {
+            TransferError::Failed(format!(
+                "node {target} did not catch up with this leader's log (index {:?}) in time",
+                m.last_log_index
+            ))
+        })?;
+    if caught_up.role != raft_core::Role::Leader {
+        return Err(TransferError::Failed(
+            "this node stopped leading while the target caught up".to_owned(),
+        ));
+    }
+    // Every voter's lease, and this leader's own, has run out.
+    let quiet = Instant::now();
+    let lease = raft.leader_lease();
+    let own = raft.own_lease_remaining().await;
+    let until = (quiet + lease + inner.config.timing.heartbeat).max(Instant::now() + own);
+    if until >= deadline {
+        return Err(TransferError::Failed(format!(
+            "not enough time left: the voters' leader leases ({lease:?}) run out after the deadline"
+        )));
+    }
+    tokio::time::sleep_until(until.into()).await;
+
+    let request = CampaignRequest {
+        term: caught_up.term,
+        last_log_index: caught_up.last_log_index.unwrap_or(0),
+    };
+    let call_deadline = deadline.min(Instant::now() + CAMPAIGN_CALL);
+    let answer: Result<serde_json::Value, _> =
+        inner.service.client().post(&node, "/v1/campaign", &request, call_deadline, false).await;
+    if let Err(err) = answer {
+        return Err(TransferError::Failed(format!("node {target} did not campaign: {err}")));
+    }
+    let after = raft
+        .wait_for(remaining(), |m| m.leader.is_some_and(|leader| leader != me))
+        .await
+        .map_err(|m| {
+        TransferError::Failed(format!(
+            "no other node took over by the deadline; the leader is {:?}",
+            m.leader
+        ))
+    })?;
+    drop(hold);
+    let leader = after.leader.unwrap_or(target);
+    let report = TransferReport {
+        from: me,
+        target,
+        leader,
+        target_won: leader == target,
+        took_ms: started.elapsed().as_millis() as u64,
+    };
+    tracing::info!(?report, "leadership handed over");
+    Ok(report)
+}

@@ -1,0 +1,365 @@
+//! The operator's admin endpoint against real in-process clusters: members
+//! and status, removal under the leader's rules, leadership transfer,
+//! snapshots, backup and restore as a new cluster.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use consensus::{Config, Consensus, Consistency, Role, StopMode};
+use serde_json::json;
+use ts_discovery::StaticDiscovery;
+
+fn config(dir: &Path) -> Config {
+    Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
+}
+
+struct Cluster {
+    world: World,
+    nodes: Vec<Option<Consensus<Tally>>>,
+    discovery: Vec<Arc<StaticDiscovery>>,
+    dirs: Vec<PathBuf>,
+    _temp: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let world = World::new(n);
+        let temp = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
+        let discovery: Vec<Arc<StaticDiscovery>> = (0..n)
+            .map(|i| Arc::new(StaticDiscovery::new(world.view_with_offline(i, &[]))))
+            .collect();
+        let mut starting = Vec::new();
+        for i in 0..n {
+            let world = World { net: world.net.clone(), n };
+            let (config, discovery) = (config(&dirs[i]), discovery[i].clone());
+            starting.push(tokio::spawn(async move { world.start_on(i, config, discovery).await }));
+        }
+        let mut nodes = Vec::new();
+        for task in starting {
+            nodes.push(Some(task.await.unwrap()));
+        }
+        let cluster = Cluster { world, nodes, discovery, dirs, _temp: temp };
+        for node in cluster.running() {
+            node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
+        }
+        cluster
+    }
+
+    fn node(&self, i: usize) -> &Consensus<Tally> {
+        self.nodes[i].as_ref().expect("running")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Consensus<Tally>> {
+        self.nodes.iter().flatten()
+    }
+
+    fn leader(&self) -> usize {
+        let id = self.running().next().unwrap().metrics().leader.expect("a leader");
+        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).unwrap()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+fn code(value: &serde_json::Value) -> &str {
+    value["code"].as_str().unwrap_or_else(|| panic!("no code in {value}"))
+}
+
+fn message(value: &serde_json::Value) -> &str {
+    value["message"].as_str().unwrap_or_else(|| panic!("no message in {value}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_members_and_status_with_its_token_only() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    for i in 0..3 {
+        let (status, members) =
+            admin_json(&cluster.dirs[i], "GET", "/v1/members", json!(null)).await;
+        assert_eq!(status, 200, "{members}");
+        let list = members["members"].as_array().unwrap();
+        assert_eq!(list.len(), 3, "{members}");
+        assert_eq!(members["leader"], json!(cluster.node(leader).id()));
+        assert_eq!(members["node"], json!(cluster.node(i).id()));
+        assert_eq!(list.iter().filter(|m| m["leader"] == json!(true)).count(), 1);
+        let (status, s) = admin_json(&cluster.dirs[i], "GET", "/v1/status", json!(null)).await;
+        assert_eq!(status, 200, "{s}");
+        assert_eq!(s["id"], json!(cluster.node(i).id()));
+        assert_eq!(s["role"], json!(if i == leader { "leader" } else { "follower" }));
+        assert_eq!(s["readiness"]["ready"], json!(true), "{s}");
+        assert_eq!(s["pending_restore"], json!(null));
+        assert!(s["cluster_id"].as_str().is_some_and(|c| c.len() == 32), "{s}");
+    }
+    // Each node has its own token: node 1's is refused by node 0.
+    let port = cluster.node(0).admin_port().unwrap();
+    let other =
+        std::fs::read_to_string(cluster.dirs[1].join(consensus::admin::TOKEN_FILE)).unwrap();
+    let (status, body) = http(
+        port,
+        "GET",
+        "/v1/status",
+        &format!("Authorization: Bearer {}\r\n", other.trim()),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_follows_the_leaders_rules_and_a_follower_says_where_to_go() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let other_id = cluster.node(other).id();
+    let other_host = format!("host-{other}");
+
+    // Through a follower: the leader refuses an online, tagged member.
+    let (status, answer) = admin_json(
+        &cluster.dirs[follower],
+        "POST",
+        "/v1/remove",
+        json!({ "node": other_host.clone() }),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(code(&answer), "refused_by_leader");
+    let text = message(&answer);
+    assert!(text.contains("tagged and online") && text.contains("tsconsensus remove"), "{text}");
+    assert!(text.contains(&format!("host-{leader}")), "names the leader's host: {text}");
+    // Neither this node nor a stranger.
+    let (status, answer) = admin_json(
+        &cluster.dirs[follower],
+        "POST",
+        "/v1/remove",
+        json!({ "node": format!("host-{follower}") }),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (409, "is_this_node"), "{answer}");
+    assert!(message(&answer).contains("StopMode::Leave"), "{answer}");
+    let (status, answer) =
+        admin_json(&cluster.dirs[leader], "POST", "/v1/remove", json!({ "node": "nobody" })).await;
+    assert_eq!((status, code(&answer)), (404, "no_such_member"), "{answer}");
+    let (status, answer) =
+        admin_json(&cluster.dirs[leader], "POST", "/v1/remove", json!({ "nod": "x" })).await;
+    assert_eq!((status, code(&answer)), (400, "bad_request"), "{answer}");
+    assert!(message(&answer).contains("unknown field"), "{answer}");
+
+    // On the leader: refused without --force, for the same reason.
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": other_id.to_string() }),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (409, "tagged_and_online"), "{answer}");
+    assert_eq!(cluster.node(leader).metrics().voters, 3);
+
+    // Through the follower, once the leader's view shows it offline.
+    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[other]));
+    let (status, answer) =
+        admin_json(&cluster.dirs[follower], "POST", "/v1/remove", json!({ "node": other_host }))
+            .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["removed"], json!(other_id));
+    let m = cluster.node(leader).wait_for(WAIT, |m| m.voters == 2).await.unwrap();
+    assert_eq!(m.voters + m.learners, 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_any_member_with_force_and_membership_brings_it_back() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let other = (leader + 1) % 3;
+    let other_id = cluster.node(other).id();
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": other_id.to_string(), "force": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["members"].as_array().unwrap().iter().all(|m| m["id"] != json!(other_id)),
+        "{answer}"
+    );
+    // Tagged, online and answering: the leader adds it back (membership
+    // follows tags), as the refusal without --force warns.
+    cluster
+        .node(leader)
+        .wait_for(WAIT, |m| m.voters == 3)
+        .await
+        .expect("the removed node, still tagged and answering, is added back");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_moves_leadership_to_the_named_voter_while_commands_go_on() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let target = (leader + 1) % 3;
+    let third = (leader + 2) % 3;
+    // A follower cannot, and says where to go.
+    let (status, answer) =
+        admin_json(&cluster.dirs[target], "POST", "/v1/transfer-leader", json!({})).await;
+    assert_eq!((status, code(&answer)), (409, "not_leader"), "{answer}");
+    assert!(message(&answer).contains(&format!("host-{leader}")), "{answer}");
+
+    // Commands keep flowing through the third node during the transfer.
+    let writer = {
+        let node = cluster.node(third).clone();
+        tokio::spawn(async move {
+            let mut done = 0;
+            for k in 0..40 {
+                node.execute(add(&format!("w{k}"), 1))
+                    .await
+                    .expect("a command during the transfer");
+                done += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            done
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, report) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/transfer-leader",
+        json!({ "to": format!("host-{target}") }),
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    let target_id = cluster.node(target).id();
+    assert_eq!(report["target"], json!(target_id));
+    assert_eq!(report["leader"], json!(target_id), "{report}");
+    assert_eq!(report["target_won"], json!(true));
+    for node in cluster.running() {
+        node.wait_for(WAIT, |m| m.leader == Some(target_id)).await.unwrap();
+    }
+    assert_eq!(writer.await.unwrap(), 40);
+    let (total, _) = cluster.node(target).read((), Consistency::Linearizable).await.unwrap();
+    assert_eq!(total, 40, "every command applied once");
+    // And back, without naming a node: the most caught-up other voter.
+    let back = cluster.node(target).transfer_leadership(None).await.unwrap();
+    assert_ne!(back, target_id);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_builds_one_now() {
+    let cluster = Cluster::start(3).await;
+    for k in 0..5 {
+        cluster.node(0).execute(add(&format!("s{k}"), 1)).await.unwrap();
+    }
+    let follower = (cluster.leader() + 1) % 3;
+    let (status, answer) =
+        admin_json(&cluster.dirs[follower], "POST", "/v1/snapshot", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let snapshot = answer["snapshot_index"].as_u64().expect("a snapshot index");
+    assert!(snapshot >= 5, "{answer}");
+    assert_eq!(cluster.node(follower).metrics().snapshot_index, Some(snapshot));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_as_a_new_cluster_once_the_quorum_is_lost() {
+    let mut cluster = Cluster::start(3).await;
+    for k in 0..10 {
+        cluster.node(k % 3).execute(add(&format!("b{k}"), k as i64)).await.unwrap();
+    }
+    let leader = cluster.leader();
+    let keep = (leader + 1) % 3;
+    let (status, backup) = admin(&cluster.dirs[keep], "POST", "/v1/backup", b"{}").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&backup));
+    let info = consensus::admin::backup_info(&backup).expect("a valid backup");
+    assert!(info.linearizable, "{info:?}");
+    assert_eq!(info.members.len(), 3);
+    let old_cluster = info.cluster_id.expect("a cluster id");
+    let expected = cluster.node(keep).read((), Consistency::Local).await.unwrap();
+    assert_eq!(expected.0, 45);
+
+    // Refused while the cluster is healthy.
+    let (status, answer) = admin(&cluster.dirs[keep], "POST", "/v1/restore", &backup).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((status, code(&answer)), (409, "healthy_cluster"), "{answer}");
+    assert!(message(&answer).contains("--force"), "{answer}");
+    // Refused if it is not a backup.
+    let (status, answer) = admin(&cluster.dirs[keep], "POST", "/v1/restore", b"junk").await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&answer));
+
+    // The two other nodes are gone for good: no quorum.
+    for i in (0..3).filter(|&i| i != keep) {
+        cluster.stop(i).await;
+    }
+    let (status, answer) = admin(&cluster.dirs[keep], "POST", "/v1/restore", &backup).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert!(message_of_staged(&answer).contains("restart"), "{answer}");
+    let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
+    assert_eq!(s["pending_restore"]["cluster_id"], json!(old_cluster.to_string()), "{s}");
+    let old_id = cluster.node(keep).id();
+    cluster.stop(keep).await;
+
+    // Restarted, it is the only member of a new cluster with the state.
+    let node = cluster
+        .world
+        .start_on(keep, config(&cluster.dirs[keep]), cluster.discovery[keep].clone())
+        .await;
+    assert_ne!(node.id(), old_id);
+    let m = node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+    assert_eq!((m.voters, m.learners), (1, 0));
+    assert_eq!(node.read((), Consistency::Linearizable).await.unwrap(), expected);
+    let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
+    assert_ne!(s["cluster_id"], json!(old_cluster.to_string()), "{s}");
+    assert_eq!(s["pending_restore"], json!(null));
+    node.execute(add("after", 1)).await.unwrap();
+    node.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
+}
+
+fn message_of_staged(answer: &serde_json::Value) -> &str {
+    answer["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_forced() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.node(0).execute(add("x", 7)).await.unwrap();
+    let (status, backup) = admin(&cluster.dirs[0], "POST", "/v1/backup", b"").await;
+    assert_eq!(status, 200);
+    let dir = cluster.dirs[0].clone();
+    let err = consensus::admin::stage_restore_offline(&dir, &backup, true).await.unwrap_err();
+    assert!(err.to_string().contains("is running"), "{err}");
+    cluster.stop(0).await;
+    let err = consensus::admin::stage_restore_offline(&dir, &backup, false).await.unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+    let err = consensus::admin::stage_restore_offline(&dir, b"junk", true).await.unwrap_err();
+    assert!(err.to_string().contains("not a tsconsensus backup"), "{err}");
+    consensus::admin::stage_restore_offline(&dir, &backup, true).await.unwrap();
+    // An empty directory (a new machine) needs no force.
+    let fresh = dir.with_file_name("fresh");
+    consensus::admin::stage_restore_offline(&fresh, &backup, false).await.unwrap();
+    let node = cluster.world.start_on(0, config(&fresh), cluster.discovery[0].clone()).await;
+    node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+    assert_eq!(node.read((), Consistency::Local).await.unwrap().0, 7);
+    node.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
+}

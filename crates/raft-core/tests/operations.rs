@@ -1,0 +1,164 @@
+//! What operators do to a node: back it up and restore the backup as a new
+//! cluster, hand leadership over, and the counters they watch.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use raft_core::backup::{PENDING_RESTORE, inspect_state_dir, stage_restore};
+use raft_core::{Outcome, ProposeError, ReadError, Role, StateDir, Storage};
+use ts_transport::MemNetwork;
+
+async fn commit(
+    cluster: &Cluster,
+    leader: usize,
+    session: raft_core::ClientId,
+    seqs: std::ops::Range<u64>,
+) {
+    for seq in seqs {
+        let outcome = cluster.propose(leader, session, seq, format!("c{seq}").as_bytes()).await;
+        assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_as_a_new_one_node_cluster_with_the_state_and_sessions() {
+    let mut config = fast_config();
+    config.snapshot_every = 8;
+    config.keep_after_snapshot = 2;
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), true, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let session = cluster.register(leader).await;
+    commit(&cluster, leader, session, 1..21).await;
+    let follower = (leader + 1) % 3;
+    cluster.wait_applied(follower, 20).await;
+    let old_cluster = cluster.node(follower).cluster_id().expect("a cluster id");
+    let backup = cluster.node(follower).backup(false).await.expect("backup");
+    let info = backup.info().clone();
+    assert_eq!(info.cluster_id, Some(old_cluster));
+    assert_eq!(info.taken_by, cluster.ids[follower]);
+    assert_eq!(info.members.len(), 3);
+    assert!(info.members.iter().all(|m| m.voter));
+    assert!(info.applied_index.is_some_and(|i| i >= 21), "{info:?}");
+    let expected = cluster.applied(follower);
+    let bytes = backup.to_bytes();
+    for i in 0..3 {
+        cluster.stop(i).await;
+    }
+
+    // The quorum is lost for good: restore into node 0's directory.
+    let dir = cluster.dirs[0].clone().expect("durable");
+    assert!(
+        matches!(inspect_state_dir(&dir).await.unwrap(), StateDir::Member { cluster_id: Some(c), .. } if c == old_cluster)
+    );
+    assert_eq!(stage_restore(&dir, &bytes).unwrap(), info);
+    let node = cluster.start_node(0).await;
+    let id = node.id();
+    assert_ne!(id, cluster.ids[0], "a restored node is a new incarnation");
+    let cluster_id = node.cluster_id().expect("the restored node has a cluster");
+    assert_ne!(cluster_id, old_cluster, "a restore starts a new cluster");
+    let m = node.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("it leads at once");
+    assert_eq!(m.voters.iter().copied().collect::<Vec<_>>(), vec![id]);
+    assert_eq!(m.nodes.len(), 1);
+    assert_eq!(node.read_local(|r| r.applied.clone()), expected);
+    assert!(!dir.join(PENDING_RESTORE).exists(), "the staged restore is done with");
+    let aside: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pre-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old state is kept aside");
+    assert!(aside[0].path().join("raft.redb").exists());
+    assert!(aside[0].path().join("restored.backup").exists());
+
+    // The exactly-once sessions came along: a retry of an applied command
+    // is answered, not applied again; the session goes on.
+    let retry = node.propose(session, 20, b"c20".to_vec()).await.unwrap();
+    assert!(matches!(retry, Outcome::Duplicate(_) | Outcome::DuplicateAnswerNotKept), "{retry:?}");
+    let next = node.propose(session, 21, b"c21".to_vec()).await.unwrap();
+    assert!(matches!(next, Outcome::Applied(_)), "{next:?}");
+    assert_eq!(node.read_local(|r| r.applied.len()), 21);
+    node.shutdown().await;
+
+    // And it stays that cluster across a restart.
+    let again = cluster.start_node(0).await;
+    assert_eq!(again.id(), id);
+    assert_eq!(again.cluster_id(), Some(cluster_id));
+    again.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("leads again");
+    assert_eq!(again.read_local(|r| r.applied.len()), 21);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_staged_restore_stops_the_start_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(PENDING_RESTORE), b"TSCBKUP\x01 truncated").unwrap();
+    let net = MemNetwork::new();
+    let started = raft_core::RaftNode::start(
+        node_info(0, ip(0)),
+        std::sync::Arc::new(net.node(ip(0))),
+        Storage::Durable(dir.path().to_owned()),
+        Recorder::default(),
+        allow_all(),
+        fast_config(),
+    )
+    .await;
+    let err = match started {
+        Ok(_) => panic!("a node started on a damaged backup"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains("not a valid backup") && err.contains("remove it"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_leader_lets_a_chosen_follower_win_an_election() {
+    let cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let session = cluster.register(leader).await;
+    commit(&cluster, leader, session, 1..6).await;
+    let target = (leader + 1) % 3;
+    cluster.wait_applied(target, 5).await;
+
+    let l = cluster.node(leader);
+    l.hold_for_transfer(true);
+    assert!(l.is_held_for_transfer());
+    // Nothing new enters the log while held.
+    let refused = l.propose(session, 6, b"c6".to_vec()).await;
+    assert!(matches!(refused, Err(ProposeError::NotLeader { leader: None })), "{refused:?}");
+    let read = l.read_index(Duration::from_secs(1)).await;
+    assert!(matches!(read, Err(ReadError::NotLeader { leader: None })), "{read:?}");
+    // Once every lease ran out, the target campaigns and wins.
+    let wait = l.own_lease_remaining().await.max(l.leader_lease()) + Duration::from_millis(100);
+    tokio::time::sleep(wait).await;
+    cluster.node(target).campaign().await.unwrap();
+    let id = cluster.ids[target];
+    l.wait_for(WAIT, |m| m.leader == Some(id)).await.expect("the old leader follows the target");
+    l.hold_for_transfer(false);
+    assert_eq!(cluster.leader(&[0, 1, 2]).await, target);
+    let outcome = cluster.propose(target, session, 6, b"c6").await;
+    assert!(matches!(outcome, Ok(Outcome::Applied(_))), "{outcome:?}");
+    cluster.wait_applied(leader, 6).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_are_counted_by_batch() {
+    let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0]).await;
+    let session = cluster.register(leader).await;
+    commit(&cluster, leader, session, 1..11).await;
+    let stats = cluster.node(leader).stats();
+    let batches = stats.batch_size.snapshot();
+    // The registration and ten sequential commands: one proposal a batch.
+    assert_eq!(batches.count, 11, "{batches:?}");
+    assert_eq!(batches.sum, 11);
+    assert_eq!(batches.buckets[0], (1, 11));
+    assert_eq!(stats.commands_applied.get(), 10);
+    cluster.node(leader).snapshot_now(WAIT).await.unwrap();
+    assert!(stats.snapshots_built.get() >= 1);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,296 @@
+//! The `tsconsensus` binary end to end against an in-process cluster
+//! (three nodes on the in-memory network, each with a state directory and
+//! an admin endpoint on 127.0.0.1): every command, its output, its exit
+//! status, and the messages of its refusals.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::{
+    BootstrapOptions, Config, Consensus, Consistency, Role, StateMachine, StopMode, Timing,
+};
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::MemNetwork;
+
+const TAG: &str = "tag:ops";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A sum.
+#[derive(Default)]
+struct Sum(i64);
+
+impl StateMachine for Sum {
+    type Command = i64;
+    type Response = i64;
+    type Query = ();
+    type QueryResponse = i64;
+    fn apply(&mut self, n: i64) -> i64 {
+        self.0 += n;
+        self.0
+    }
+    fn query(&self, _: &()) -> i64 {
+        self.0
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.0.to_le_bytes())
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        let mut bytes = [0u8; 8];
+        input.read_exact(&mut bytes)?;
+        self.0 = i64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 7, 0, i as u8 + 1))
+}
+
+fn tailnet_node(i: usize) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(format!("s{i}")),
+        hostname: format!("ops-{i}"),
+        dns_name: String::new(),
+        ipv4: Some(Ipv4Addr::new(10, 7, 0, i as u8 + 1)),
+        ipv6: None,
+        tags: BTreeSet::from([TAG.to_owned()]),
+        online: true,
+    }
+}
+
+struct Cluster {
+    net: MemNetwork,
+    nodes: Vec<Option<Consensus<Sum>>>,
+    dirs: Vec<PathBuf>,
+    _temp: tempfile::TempDir,
+}
+
+fn config(dir: &Path) -> Config {
+    Config {
+        monitor_port: None,
+        admin_port: Some(0),
+        state_dir: Some(dir.to_owned()),
+        timing: Timing {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(500), Duration::from_millis(1000)),
+            reconcile_every: Duration::from_millis(200),
+            start_timeout: Duration::from_secs(20),
+            call_deadline: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(30),
+        },
+        ..Config::default()
+    }
+}
+
+async fn start(net: &MemNetwork, i: usize, n: usize, dir: &Path) -> Consensus<Sum> {
+    let view = ClusterView::new(TAG, tailnet_node(i), (0..n).filter(|&j| j != i).map(tailnet_node));
+    Consensus::start_with(
+        Arc::new(net.node(ip(i))),
+        Arc::new(StaticDiscovery::new(view)),
+        Sum::default(),
+        BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: n },
+        config(dir),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("node {i}: {e}"))
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let net = MemNetwork::new();
+        let temp = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("ops-{i}"))).collect();
+        let mut tasks = Vec::new();
+        for (i, dir) in dirs.iter().enumerate() {
+            let (net, dir) = (net.clone(), dir.clone());
+            tasks.push(tokio::spawn(async move { start(&net, i, n, &dir).await }));
+        }
+        let mut nodes = Vec::new();
+        for task in tasks {
+            nodes.push(Some(task.await.unwrap()));
+        }
+        for node in nodes.iter().flatten() {
+            node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
+        }
+        Cluster { net, nodes, dirs, _temp: temp }
+    }
+
+    fn node(&self, i: usize) -> &Consensus<Sum> {
+        self.nodes[i].as_ref().unwrap()
+    }
+
+    fn leader(&self) -> usize {
+        let id = self.nodes.iter().flatten().next().unwrap().metrics().leader.unwrap();
+        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).unwrap()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
+}
+
+/// Runs the binary with `args` (off the runtime's threads).
+async fn cli(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tsconsensus"))
+            .args(&args)
+            .env_remove("TSCONSENSUS_STATE_DIR")
+            .env_remove("TSCONSENSUS_ADMIN_PORT")
+            .env_remove("TSCONSENSUS_TOKEN")
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `tsconsensus --state-dir <dir of node i> args...`.
+async fn on(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
+    let dir = cluster.dirs[i].to_string_lossy().into_owned();
+    let mut all = vec!["--state-dir", &dir];
+    all.extend_from_slice(args);
+    cli(&all).await
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "failed: {}\n{}", stderr(out), stdout(out));
+    stdout(out)
+}
+
+fn refused(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "expected a refusal: {}", stdout(out));
+    stderr(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_end_to_end() {
+    let mut cluster = Cluster::start(3).await;
+    for n in 1..=4 {
+        cluster.node(0).execute(n).await.unwrap();
+    }
+    let leader = cluster.leader();
+    let (target, third) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // status and members, human and JSON.
+    let text = ok(&on(&cluster, leader, &["status"]).await);
+    assert!(text.contains(&format!("node {} (ops-{leader}", cluster.node(leader).id())), "{text}");
+    assert!(text.contains("leader, term") && text.contains("\nready\n"), "{text}");
+    assert!(text.contains("members (3):"), "{text}");
+    let text = ok(&on(&cluster, third, &["members"]).await);
+    for i in 0..3 {
+        assert!(text.contains(&format!("ops-{i}")), "{text}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&on(&cluster, third, &["--json", "members"]).await)).unwrap();
+    assert_eq!(json["members"].as_array().unwrap().len(), 3);
+
+    // remove through a follower: the leader refuses, the message says where to go.
+    let err = refused(&on(&cluster, third, &["remove", &format!("ops-{target}")]).await);
+    assert!(err.contains("refused_by_leader"), "{err}");
+    assert!(err.contains(&format!("ops-{leader}")) && err.contains("tsconsensus remove"), "{err}");
+
+    // transfer-leader: on a follower it says to go to the leader; on the leader it moves.
+    let err = refused(&on(&cluster, target, &["transfer-leader"]).await);
+    assert!(err.contains("not_leader") && err.contains(&format!("ops-{leader}")), "{err}");
+    let text = ok(&on(&cluster, leader, &["transfer-leader", &format!("ops-{target}")]).await);
+    assert!(text.contains("leadership moved from"), "{text}");
+    let target_id = cluster.node(target).id();
+    cluster.node(leader).wait_for(WAIT, |m| m.leader == Some(target_id)).await.unwrap();
+    assert_eq!(cluster.node(target).metrics().role, Role::Leader);
+
+    // snapshot.
+    let text = ok(&on(&cluster, third, &["snapshot"]).await);
+    assert!(text.starts_with("snapshot built at index"), "{text}");
+
+    // backup: a private file, a valid backup.
+    let file = cluster._temp.path().join("sum.backup");
+    let file_arg = file.to_string_lossy().into_owned();
+    let text = ok(&on(&cluster, third, &["backup", &file_arg]).await);
+    assert!(text.contains("written to") && !text.contains("note:"), "{text}");
+    let bytes = std::fs::read(&file).unwrap();
+    let info = consensus::admin::backup_info(&bytes).unwrap();
+    assert!(info.linearizable);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    // restore on a healthy cluster is refused and says why.
+    let err = refused(&on(&cluster, third, &["restore", &file_arg]).await);
+    assert!(err.contains("healthy_cluster") && err.contains("--force"), "{err}");
+
+    // Quorum lost for good: restore on the survivor, restart it.
+    cluster.stop(leader).await;
+    cluster.stop(target).await;
+    let text = ok(&on(&cluster, third, &["restore", &file_arg]).await);
+    assert!(text.contains("restart this node"), "{text}");
+    let old_cluster = cluster.node(third).metrics();
+    cluster.stop(third).await;
+    let node = start(&cluster.net, third, 3, &cluster.dirs[third]).await;
+    let m = node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
+    assert_ne!(m.id, old_cluster.id, "a new incarnation");
+    assert_eq!((m.voters, m.learners), (1, 0));
+    assert_eq!(node.read((), Consistency::Linearizable).await.unwrap(), 10);
+    let text = ok(&on(&cluster, third, &["status"]).await);
+    assert!(text.contains("members (1):"), "{text}");
+    cluster.nodes[third] = Some(node);
+    cluster.stop(third).await;
+
+    // Offline: refused for a member's state without --force; then staged.
+    let err = refused(&on(&cluster, leader, &["restore", "--offline", &file_arg]).await);
+    assert!(err.contains("--force") && err.contains("holds the state of node"), "{err}");
+    let text = ok(&on(&cluster, leader, &["restore", "--offline", "--force", &file_arg]).await);
+    assert!(text.contains("staged in"), "{text}");
+    assert!(cluster.dirs[leader].join("restore.pending").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
+    let cluster = Cluster::start(1).await;
+    let err = refused(&cli(&["status"]).await);
+    assert!(err.contains("--state-dir"), "{err}");
+    let err = refused(&cli(&["--state-dir", "/nonexistent/dir", "status"]).await);
+    assert!(err.contains("/nonexistent/dir/admin.port"), "{err}");
+    let port = cluster.node(0).admin_port().unwrap().to_string();
+    let err = refused(&cli(&["--port", &port, "--token", "wrong", "status"]).await);
+    assert!(err.contains("unauthorized") && err.contains("wrong admin token"), "{err}");
+    // The right token through the environment works.
+    let token = std::fs::read_to_string(cluster.dirs[0].join("admin.token")).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tsconsensus"))
+            .args(["--port", &port, "members"])
+            .env("TSCONSENSUS_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok(&out).contains("members (1):"));
+    let err = refused(&on(&cluster, 0, &["remove", "nobody"]).await);
+    assert!(err.contains("no_such_member") && err.contains("ops-0"), "{err}");
+    let err = refused(&on(&cluster, 0, &["restore", "/nonexistent/file"]).await);
+    assert!(err.contains("/nonexistent/file"), "{err}");
+    let junk = cluster._temp.path().join("junk");
+    std::fs::write(&junk, b"not a backup").unwrap();
+    let err = refused(&on(&cluster, 0, &["restore", &junk.to_string_lossy()]).await);
+    assert!(err.contains("not a tsconsensus backup"), "{err}");
+    let usage = cli(&["frobnicate"]).await;
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+}

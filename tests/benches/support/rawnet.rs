@@ -1,0 +1,252 @@
+//! Raw transport measurements shared by the `transport` and `cluster`
+//! benchmarks: single-stream throughput and 64-byte request/response round
+//! trips between two nodes, the same shapes `xtask/gobench transport`
+//! measures for Go's tsnet.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ts_transport::{BoxStream, Listener, Transport};
+
+/// Size of one echoed message.
+pub(crate) const MESSAGE: usize = 64;
+/// Concurrent streams of the parallel measurement.
+pub(crate) const PARALLEL_STREAMS: usize = 64;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Amounts {
+    /// Bytes of one single-stream transfer.
+    pub(crate) bulk_bytes: usize,
+    /// Transfers; the median counts.
+    pub(crate) bulk_runs: usize,
+    /// Round trips before measuring.
+    pub(crate) rtt_warmup: usize,
+    /// Round trips measured.
+    pub(crate) rtt_rounds: usize,
+    /// Round trips per stream in the parallel measurement.
+    pub(crate) parallel_rounds: usize,
+}
+
+impl Amounts {
+    /// The full measurement (`xtask/gobench transport` without `-quick`).
+    pub(crate) const FULL: Amounts = Amounts {
+        bulk_bytes: 256 << 20,
+        bulk_runs: 3,
+        rtt_warmup: 200,
+        rtt_rounds: 5000,
+        parallel_rounds: 500,
+    };
+    /// The reduced one (`-quick`).
+    pub(crate) const QUICK: Amounts = Amounts {
+        bulk_bytes: 64 << 20,
+        bulk_runs: 1,
+        rtt_warmup: 200,
+        rtt_rounds: 1000,
+        parallel_rounds: 100,
+    };
+}
+
+/// What one node pair measured.
+#[derive(Clone, Debug)]
+pub(crate) struct Report {
+    /// Single-stream MiB/s, median.
+    pub(crate) mib_per_s: f64,
+    /// 64-byte round trip, median.
+    pub(crate) rtt_p50: Duration,
+    /// 64-byte round trip, 99th percentile.
+    pub(crate) rtt_p99: Duration,
+    /// Round trips per second on one stream.
+    pub(crate) serial_rps: f64,
+    /// Round trips per second over [`PARALLEL_STREAMS`] streams.
+    pub(crate) parallel_rps: f64,
+}
+
+async fn connect(
+    a: &dyn Transport,
+    listener: &dyn Listener,
+    b_ip: IpAddr,
+) -> (BoxStream, BoxStream) {
+    let (accepted, dialed) =
+        tokio::join!(listener.accept(), a.dial(b_ip, listener.local_port(), DIAL_TIMEOUT));
+    (dialed.expect("dial"), accepted.expect("accept").0)
+}
+
+/// Connects `a` to a fresh listener on `b`, once: lets the nodes find their
+/// path before anything is measured.
+pub(crate) async fn warm_up(a: &dyn Transport, b: &dyn Transport, port: u16) {
+    let listener = b.listen(port).await.expect("listen");
+    let _ = connect(a, &*listener, b.local_addrs()[0]).await;
+}
+
+/// Median MiB/s of `runs` one-way transfers of `bytes`.
+async fn bulk(
+    a: &dyn Transport,
+    listener: &dyn Listener,
+    b_ip: IpAddr,
+    bytes: usize,
+    runs: usize,
+) -> f64 {
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let (mut client, mut server) = connect(a, listener, b_ip).await;
+        let chunk = vec![0x5au8; 1 << 20];
+        let started = Instant::now();
+        let sender = async {
+            for _ in 0..bytes / chunk.len() {
+                client.write_all(&chunk).await.expect("write");
+            }
+            client.shutdown().await.expect("shutdown");
+        };
+        let receiver = async {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                let n = server.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break total;
+                }
+                total += n;
+            }
+        };
+        let ((), received) = tokio::join!(sender, receiver);
+        assert_eq!(received, bytes);
+        rates.push(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+async fn echo_server(listener: Arc<dyn Listener>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let mut buf = [0u8; MESSAGE];
+            while stream.read_exact(&mut buf).await.is_ok() {
+                if stream.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Round trips of one 64-byte message on one stream, one at a time.
+async fn ping_pong(stream: &mut BoxStream, rounds: usize) -> Vec<Duration> {
+    let mut buf = [7u8; MESSAGE];
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        stream.write_all(&buf).await.expect("ping");
+        stream.read_exact(&mut buf).await.expect("pong");
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// Measures `a` talking to `b` on ports `port` and `port + 1`.
+pub(crate) async fn measure(
+    a: Arc<dyn Transport>,
+    b: Arc<dyn Transport>,
+    port: u16,
+    amounts: Amounts,
+) -> Report {
+    let b_ip = b.local_addrs()[0];
+    let bulk_listener = b.listen(port).await.expect("listen");
+    let mib_per_s = bulk(&*a, &*bulk_listener, b_ip, amounts.bulk_bytes, amounts.bulk_runs).await;
+    drop(bulk_listener);
+
+    let echo: Arc<dyn Listener> = Arc::from(b.listen(port + 1).await.expect("listen"));
+    let server = tokio::spawn(echo_server(echo.clone()));
+    let mut stream = a.dial(b_ip, echo.local_port(), DIAL_TIMEOUT).await.expect("dial");
+    ping_pong(&mut stream, amounts.rtt_warmup).await;
+    let started = Instant::now();
+    let mut samples = ping_pong(&mut stream, amounts.rtt_rounds).await;
+    let serial_rps = amounts.rtt_rounds as f64 / started.elapsed().as_secs_f64();
+    samples.sort();
+    let rtt_p50 = samples[samples.len() / 2];
+    let rtt_p99 = samples[samples.len() * 99 / 100];
+
+    let mut streams = Vec::new();
+    for _ in 0..PARALLEL_STREAMS {
+        let mut s = a.dial(b_ip, echo.local_port(), DIAL_TIMEOUT).await.expect("dial");
+        ping_pong(&mut s, 10).await;
+        streams.push(s);
+    }
+    let started = Instant::now();
+    let rounds = amounts.parallel_rounds;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { ping_pong(&mut s, rounds).await.len() }))
+        .collect();
+    let mut done = 0;
+    for task in tasks {
+        done += task.await.expect("ping task");
+    }
+    let parallel_rps = done as f64 / started.elapsed().as_secs_f64();
+    echo.close();
+    server.abort();
+    Report { mib_per_s, rtt_p50, rtt_p99, serial_rps, parallel_rps }
+}
+
+/// How node `node` reaches the peer at `peer_ip`, from its LocalAPI status:
+/// "direct" with the endpoint, or "DERP" relay.
+pub(crate) async fn tailnet_path(
+    node: &ts_transport::tsnet::TsnetTransport,
+    peer_ip: IpAddr,
+) -> String {
+    let Ok(api) = node.local_api() else { return "unknown".to_owned() };
+    let auth = base64(&format!(":{}", api.credential));
+    let request = format!(
+        "GET /localapi/v0/status HTTP/1.0\r\nHost: {}\r\nSec-Tailscale: localapi\r\n\
+         Authorization: Basic {auth}\r\nConnection: close\r\n\r\n",
+        api.addr
+    );
+    let Ok(mut conn) = tokio::net::TcpStream::connect(api.addr).await else {
+        return "unknown".to_owned();
+    };
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return "unknown".to_owned();
+    }
+    let mut body = Vec::new();
+    let _ = conn.take(4 << 20).read_to_end(&mut body).await;
+    let text = String::from_utf8_lossy(&body);
+    let Some(json) = text.split_once("\r\n\r\n").map(|(_, b)| b) else {
+        return "unknown".to_owned();
+    };
+    let Ok(status) = serde_json::from_str::<serde_json::Value>(json) else {
+        return "unknown".to_owned();
+    };
+    let peers = status["Peer"].as_object().cloned().unwrap_or_default();
+    let ip = peer_ip.to_string();
+    let peer = peers.values().find(|p| {
+        p["TailscaleIPs"].as_array().is_some_and(|ips| ips.iter().any(|a| a.as_str() == Some(&ip)))
+    });
+    match peer {
+        Some(peer) if peer["CurAddr"].as_str().is_some_and(|a| !a.is_empty()) => {
+            format!("direct ({})", peer["CurAddr"].as_str().unwrap_or_default())
+        }
+        Some(peer) => format!("DERP relay ({})", peer["Relay"].as_str().unwrap_or("?")),
+        None => "unknown".to_owned(),
+    }
+}
+
+fn base64(input: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = input.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
