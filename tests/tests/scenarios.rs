@@ -396,8 +396,8 @@ async fn a_member_untagged_and_retagged_does_not_disrupt_the_cluster() {
             .await;
         assert!(removed, "the leader removes the untagged member");
         s.say("the untagged member is removed");
-        // Out for several of its election timeouts (1.5-3 s after a lease
-        // of 3 s): it must not start one.
+        // Out for many of its election timeouts (0.6-0.9 s after a lease of
+        // 0.9 s by default): it must not start one.
         let campaigned = s
             .wait_for(std::slice::from_ref(&churned), Duration::from_secs(12), |st| {
                 st[0].as_ref().is_some_and(|st| st.term != term)

@@ -65,14 +65,20 @@ impl Storage {
 }
 
 /// Timing and size settings. The defaults fit a tailnet, where a path may
-/// be relayed (DERP) and round trips can reach hundreds of milliseconds.
+/// be relayed (DERP) and round trips can reach a couple of hundred
+/// milliseconds, and elect a new leader within about 1.5–2 s of the old
+/// one's death.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     /// How often the leader sends heartbeats; also the timeout of each
-    /// AppendEntries RPC. 500 ms: tolerant of a relayed path.
+    /// heartbeat (and of the leadership check of a linearizable read).
+    /// 250 ms: a relayed path's round trip fits in it. Raise it on links
+    /// with longer round trips (and the election timeout with it).
     pub heartbeat_interval: Duration,
     /// A follower that hears nothing for a random time in this range starts
-    /// an election. 1.5–3 s: several heartbeats must be lost first.
+    /// an election; openraft 0.9 first waits out the leader's lease (the
+    /// upper bound), so failover takes the upper bound plus a random time
+    /// in the range. 0.6–0.9 s: six heartbeats must be lost first.
     pub election_timeout: (Duration, Duration),
     /// Time allowed for each snapshot chunk to be sent and installed.
     pub install_snapshot_timeout: Duration,
@@ -108,8 +114,8 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> RaftConfig {
         RaftConfig {
-            heartbeat_interval: Duration::from_millis(500),
-            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(600), Duration::from_millis(900)),
             install_snapshot_timeout: Duration::from_secs(10),
             snapshot_chunk_size: 1 << 20,
             snapshot_every: 8192,
