@@ -885,11 +885,20 @@ struct Args {
     trace: bool,
 }
 
+/// The workspace's `target/bench/` (or `$CARGO_TARGET_DIR/bench/`), not a
+/// path relative to wherever cargo runs the bench (the package directory).
+fn default_out() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir).join("bench"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+    }
+}
+
 fn parse_args() -> Args {
     let mut args = Args {
         quick: false,
         memory: false,
-        out: PathBuf::from("target/bench"),
+        out: default_out(),
         go_bin: None,
         kv_bin: None,
         trace: false,

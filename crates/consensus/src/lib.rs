@@ -70,8 +70,10 @@ pub use crate::operation::Operation;
 /// Discovery sources ([`Consensus::start_with`] takes any): a static view
 /// for tests and fixed clusters, and the tailnet's.
 pub use ts_discovery as discovery;
+pub use ts_discovery::{ClusterView, Discovery, StableNodeId, StaticDiscovery, TailnetNode};
 /// The transports ([`Consensus::start_with`] takes any): in-memory and TCP
 /// for tests and LANs, and the fault wrapper.
 pub use ts_transport as transport;
 #[cfg(feature = "tailscale")]
 pub use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};
+pub use ts_transport::{MemNetwork, MemTransport, TcpTransport, Transport};

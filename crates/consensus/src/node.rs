@@ -300,6 +300,79 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
 }
 
 /// A consensus node. Cloning gives another handle to the same node.
+///
+/// Without Tailscale, a node runs on any [`Transport`](crate::Transport)
+/// and [`Discovery`](crate::Discovery): here a one-node cluster on the
+/// in-memory transport.
+///
+/// ```
+/// use std::collections::BTreeSet;
+/// use std::io::{self, Read, Write};
+/// use std::net::Ipv4Addr;
+/// use std::sync::Arc;
+///
+/// use consensus::{
+///     BootstrapOptions, ClusterView, Config, Consensus, Consistency, MemNetwork, StableNodeId,
+///     StateMachine, StaticDiscovery, StopMode, TailnetNode,
+/// };
+///
+/// /// Commands add to a counter; the query reads it.
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl StateMachine for Counter {
+///     type Command = u64;
+///     type Response = u64;
+///     type Query = ();
+///     type QueryResponse = u64;
+///
+///     fn apply(&mut self, n: u64) -> u64 {
+///         self.0 += n;
+///         self.0
+///     }
+///     fn query(&self, _: &()) -> u64 {
+///         self.0
+///     }
+///     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+///         out.write_all(&self.0.to_le_bytes())
+///     }
+///     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+///         let mut bytes = [0u8; 8];
+///         input.read_exact(&mut bytes)?;
+///         self.0 = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), consensus::Error> {
+/// let tag = "tag:counter";
+/// let address = Ipv4Addr::new(10, 0, 0, 1);
+/// let me = TailnetNode {
+///     id: StableNodeId("node-1".to_owned()),
+///     hostname: "node-1".to_owned(),
+///     dns_name: String::new(),
+///     ipv4: Some(address),
+///     ipv6: None,
+///     tags: BTreeSet::from([tag.to_owned()]),
+///     online: true,
+/// };
+/// let network = MemNetwork::new();
+/// let node = Consensus::start_with(
+///     Arc::new(network.node(address.into())),
+///     Arc::new(StaticDiscovery::new(ClusterView::new(tag, me, []))),
+///     Counter::default(),
+///     BootstrapOptions::new(tag),
+///     Config { monitor_port: None, ..Config::default() },
+/// )
+/// .await?;
+/// assert_eq!(node.execute(2).await?, 2);
+/// assert_eq!(node.execute(3).await?, 5);
+/// assert_eq!(node.read((), Consistency::Linearizable).await?, 5);
+/// node.stop(StopMode::Stay).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Consensus<S: StateMachine> {
     pub(crate) inner: Arc<Inner<S>>,
 }

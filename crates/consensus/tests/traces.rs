@@ -45,10 +45,14 @@ async fn every_stage_of_a_forwarded_command_has_a_span_with_its_request_id() {
     let nodes = world.start_all(|_| fast_config()).await;
     let follower = (leader_of(&nodes) + 1) % 3;
     nodes[follower].execute(add("traced", 1)).await.unwrap();
-    for node in &nodes {
-        node.wait_for(WAIT, |m| m.applied_index >= nodes[follower].metrics().applied_index)
-            .await
-            .unwrap();
+    // The leader applied the command before it answered, but its metrics
+    // (and the other members) may lag: wait for every member's apply span.
+    let applied =
+        |text: &str| text.lines().filter(|l| l.contains("apply{") && l.contains("close")).count();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while applied(&String::from_utf8_lossy(&captured.0.lock().unwrap())) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "not every member applied within {WAIT:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // The command's session: the one the execute span names.
