@@ -13,7 +13,7 @@
 //!
 //! Run through `cargo xtask bench`, which builds both programs, writes the
 //! results into docs/benchmarks.md and the chart into docs/img/. Standalone:
-//! `cargo bench -p tests --bench cluster -- [<out-dir>] [--quick] [--go-bin PATH]
+//! `cargo bench -p tests --features tailnet --bench cluster -- [<out-dir>] [--quick] [--go-bin PATH]
 //! [--kv-bin PATH]`.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
@@ -164,6 +164,7 @@ fn static_node(i: usize, tag: &str) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([tag.to_owned()]),
         online: true,
+        has_path: true,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Tag-propagation latency: from the admin call that tags or untags a node
 //! to the moment a peer's `TailnetDiscovery` shows the change. 20 rounds
-//! (10 tag, 10 untag). Run with `cargo bench -p tests --bench discovery`.
+//! (10 tag, 10 untag). Run with `cargo bench -p tests --features tailnet --bench discovery`.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
 use std::net::IpAddr;

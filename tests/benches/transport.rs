@@ -16,7 +16,7 @@
 //! one), `TRANSPORT_BENCH_ROUNDS` (measured round trips, default 5000),
 //! `TRANSPORT_BENCH_BULK_RUNS` (0 skips the bulk transfers) and
 //! `TRANSPORT_BENCH_REPEATS` (how many times the tailnet rows take turns,
-//! default 3). `--quick` (`cargo bench -p tests --bench transport --
+//! default 3). `--quick` (`cargo bench -p tests --features tailnet --bench transport --
 //! --quick`) moves 64 MiB once, does 1,000 round trips and 100 per parallel
 //! stream, and one turn; the variables still apply on top.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]

@@ -2,7 +2,7 @@
 //! ts-discovery's unit tests:
 //!
 //! ```sh
-//! cargo run -p tests --example record_localapi -- crates/ts-discovery/tests/fixtures
+//! cargo run -p tests --features tailnet --example record_localapi -- crates/ts-discovery/tests/fixtures
 //! ```
 //!
 //! Node `fix-a` (tagged `tag:cluster`) sees `fix-b` (tagged), `fix-c`

@@ -29,7 +29,7 @@
 //! the timing of processes is not replayable, so a seed replays the same
 //! fault schedule and workload, not the same interleaving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -351,6 +351,40 @@ impl Run<'_> {
         false
     }
 
+    /// Waits (at most `limit`) until wiping `victim` would leave a majority
+    /// of the leader's voters with their state: voters that are the current
+    /// incarnation of a running node other than `victim`. The library
+    /// promises no acknowledged write is lost while a majority keeps its
+    /// state; a wipe that takes the last such majority (the voters after an
+    /// untag are two; an earlier wipe's old incarnation is not replaced yet)
+    /// is the loss of a quorum, which only a restore repairs
+    /// (docs/operations.md), so the nemesis does not schedule it.
+    async fn wipe_leaves_majority(&self, victim: &Node, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(leader) = self.nodes.leader().await
+                && let Some(status) = leader.status().await
+            {
+                let mut intact = BTreeSet::new();
+                for node in self.nodes.running() {
+                    if node.index != victim.index
+                        && let Some(id) = node.status().await.and_then(|s| s.id)
+                    {
+                        intact.insert(id);
+                    }
+                }
+                let kept = status.voters.iter().filter(|id| intact.contains(id)).count();
+                if kept * 2 > status.voters.len() {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Keeps the cluster from growing without bound: once new-node faults
     /// have added [`EXTRA_NODES`], each further one retires an old node
     /// (not `keep`, not the leader).
@@ -390,6 +424,9 @@ impl Run<'_> {
                 format!("{name} -9 {v}, restart")
             }
             FaultKind::Wipe => {
+                if !self.wipe_leaves_majority(&victim, Duration::from_secs(30)).await {
+                    return Ok(None);
+                }
                 nodes.kill(&victim).await;
                 nodes.wipe_raft(&victim)?;
                 tokio::time::sleep(rng.millis(500, 5000)).await;
@@ -471,7 +508,8 @@ impl Run<'_> {
                 let others: Vec<Arc<Node>> =
                     nodes.active().into_iter().filter(|n| n.index != victim.index).collect();
                 let Some(cut) = rng.pick(&others) else { return Ok(None) };
-                let wipe = rng.below(2) == 0;
+                let wipe = rng.below(2) == 0
+                    && self.wipe_leaves_majority(&victim, Duration::from_secs(30)).await;
                 nodes.isolate(&cut).await?;
                 tokio::time::sleep(rng.millis(300, 1500)).await;
                 nodes.kill(&victim).await;
@@ -496,15 +534,21 @@ impl Run<'_> {
                     .control(&format!("fault {name}"))
                     .await
                     .map_err(|e| format!("cannot inject {name}: {e}"))?;
+                // The fault bites at the node's next log write; one that
+                // writes nothing meanwhile (cut off, still joining) cannot
+                // fail, but one whose log grew must have.
+                let before = victim.status().await.and_then(|s| s.applied_index);
                 let deadline = Instant::now() + Duration::from_secs(15);
                 let mut fatal = None;
                 while fatal.is_none() && Instant::now() < deadline {
                     fatal = victim.status().await.and_then(|s| s.fatal);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                if fatal.is_none() {
+                let after = victim.status().await.and_then(|s| s.applied_index);
+                if fatal.is_none() && after > before {
                     lock(&self.violations).push(format!(
-                        "{v} did not report a fatal error within 15 s of `fault {name}`"
+                        "{v} applied {before:?} → {after:?} after `fault {name}` and reported no \
+                         fatal error within 15 s"
                     ));
                 }
                 nodes.kill(&victim).await;
@@ -813,7 +857,14 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
         violations.push(format!("the workload made too little progress: {completed} operations"));
     }
     if !violations.is_empty() {
-        violations.push(format!("history and logs in {}", work.display()));
+        // The tailnet's directory goes when the run ends; a failed run's
+        // history and logs must outlive it.
+        let kept =
+            if options.keep_dir.is_some() { Ok(work.to_owned()) } else { keep(work, options.seed) };
+        match kept {
+            Ok(dir) => violations.push(format!("history and logs in {}", dir.display())),
+            Err(err) => violations.push(format!("history and logs lost: {err}")),
+        }
     }
     Ok(ChaosReport {
         seed: options.seed,
@@ -829,6 +880,16 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
         watch_rounds,
         violations,
     })
+}
+
+/// Moves a failed run's directory out of the tailnet's (which is deleted when
+/// the run ends) to `<temp>/chaos-failed-seed-<seed>-<pid>`; the nodes may
+/// still be writing their logs, which a rename does not disturb.
+fn keep(work: &std::path::Path, seed: u64) -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("chaos-failed-seed-{seed}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(work, &dir)?;
+    Ok(dir)
 }
 
 /// Final reads, then the history, write-count and replica checks.

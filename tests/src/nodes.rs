@@ -296,7 +296,7 @@ impl Nodes {
     ) -> Result<Nodes, String> {
         if !settings.bin.is_file() {
             return Err(format!(
-                "the chaos-node binary {} does not exist (build it with `cargo build -p tests --bin chaos-node`)",
+                "the chaos-node binary {} does not exist (build it with `cargo build -p tests --features tailnet --bin chaos-node`)",
                 settings.bin.display()
             ));
         }
@@ -317,12 +317,21 @@ impl Nodes {
     /// Adds a node called `hostname` (not started, not registered).
     pub fn add(&self, hostname: &str) -> Result<Arc<Node>, String> {
         let mut list = lock(&self.list);
+        // Ports are drawn when a node is added, long before a reserved node
+        // binds its own, so the kernel may hand out one a node added later
+        // already holds: two nodes then answer on one port (campaign seed
+        // 2021 read one node's status for another's). Never repeat one.
+        let taken: BTreeSet<u16> = list.iter().map(|n| n.local_port).collect();
+        let local_port = (0..100)
+            .map(|_| free_port())
+            .find(|port| port.as_ref().map_or(true, |p| !taken.contains(p)))
+            .unwrap_or_else(|| Err("no free port unlike every node's".to_owned()))?;
         let node = Arc::new(Node {
             index: list.len(),
             hostname: hostname.to_owned(),
             state_dir: self.work.join(hostname),
             log: self.work.join(format!("{hostname}.log")),
-            local_port: free_port()?,
+            local_port,
             state: Mutex::new(NodeState {
                 child: None,
                 paused: false,

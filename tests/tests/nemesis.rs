@@ -59,6 +59,7 @@ fn tailnet_node(i: usize) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([TAG.to_owned()]),
         online: true,
+        has_path: true,
     }
 }
 

@@ -108,7 +108,18 @@ pub(crate) fn demo() -> Result {
             .arg(&tailnet_bin)
             .arg("."),
     )?;
-    run("build kv example", cargo().args(["build", "--package", "consensus", "--example", "kv"]))?;
+    run(
+        "build kv example",
+        cargo().args([
+            "build",
+            "--package",
+            "consensus",
+            "--example",
+            "kv",
+            "--features",
+            "tailscale",
+        ]),
+    )?;
     let kv_bin = root.join("target/debug/examples/kv");
     let work = std::env::temp_dir().join(format!("tsconsensus-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;

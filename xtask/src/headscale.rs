@@ -47,6 +47,8 @@ pub(crate) fn headscale(args: &[&str]) -> Result {
             "tests",
             "--bin",
             "headscale-suite",
+            "--features",
+            "consensus/tailscale,tests/tailnet",
         ]),
     )?;
     let target = target_dir();

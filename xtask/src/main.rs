@@ -196,7 +196,16 @@ fn tailnet() -> Result {
 fn bench(package: &str, which: &str) -> Result {
     run(
         &format!("{which} benchmark"),
-        cargo().args(["bench", "--package", package, "--bench", which, "--locked"]),
+        cargo().args([
+            "bench",
+            "--package",
+            package,
+            "--features",
+            "tailnet",
+            "--bench",
+            which,
+            "--locked",
+        ]),
     )
 }
 
@@ -234,10 +243,24 @@ fn bench_suite(quick: bool) -> Result {
             "consensus",
             "--example",
             "kv",
+            "--features",
+            "tailscale",
         ]),
     )?;
     let mut command = cargo();
-    command.args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"]).arg(&out);
+    command
+        .args([
+            "bench",
+            "--package",
+            "tests",
+            "--features",
+            "tailnet",
+            "--bench",
+            "cluster",
+            "--locked",
+            "--",
+        ])
+        .arg(&out);
     command.arg("--go-bin").arg(&gobench);
     command.arg("--kv-bin").arg(target.join("release/examples/kv"));
     if quick {
@@ -254,7 +277,17 @@ fn bench_suite(quick: bool) -> Result {
     run(
         "memory over a million commands",
         cargo()
-            .args(["bench", "--package", "tests", "--bench", "cluster", "--locked", "--"])
+            .args([
+                "bench",
+                "--package",
+                "tests",
+                "--features",
+                "tailnet",
+                "--bench",
+                "cluster",
+                "--locked",
+                "--",
+            ])
             .arg(&out)
             .arg("--memory"),
     )?;
@@ -296,6 +329,8 @@ fn chaos(args: &[&str]) -> Result {
             "--locked",
             "--package",
             "tests",
+            "--features",
+            "tailnet",
             "--bin",
             "chaos",
             "--bin",

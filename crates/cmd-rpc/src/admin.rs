@@ -9,7 +9,12 @@
 //!    to 127.0.0.1 sends its own name: no DNS rebinding), and a request
 //!    carrying `Origin` (a browser's) is refused;
 //! 3. `Authorization: Bearer <token>` must carry the token, compared in
-//!    constant time;
+//!    constant time — except on `GET /v1/proof` ([`PROOF_PATH`]), where
+//!    the endpoint proves that it knows the token without being sent it:
+//!    it answers the caller's nonce ([`NONCE_HEADER`]) with
+//!    [`admin_proof`], an HMAC of the nonce and the port keyed by the
+//!    token. A client checks that before it sends the token, so a program
+//!    squatting the port of a stopped node learns nothing;
 //! 4. the route must exist ([`AdminRoute`]; 404, 405), and the body must
 //!    fit its limit (413) and arrive within the body deadline (408);
 //!    headers must arrive within the header deadline.
@@ -21,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -30,6 +36,23 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use ts_transport::{BoxFuture, Listener, PeerAddr, Server};
+
+/// The path where the endpoint proves it knows the token.
+pub const PROOF_PATH: &str = "/v1/proof";
+/// The header carrying the caller's nonce on [`PROOF_PATH`]: 64 hex digits.
+pub const NONCE_HEADER: &str = "x-tsc-nonce";
+
+/// What the endpoint on `port` answers to `nonce` on [`PROOF_PATH`]:
+/// HMAC-SHA256 keyed by `token` of `"tsconsensus admin proof v1"`, the
+/// port and the nonce, in hex. Only a program that knows the token can
+/// compute it, and it tells nothing about the token; the port in it means
+/// an answer relayed from an endpoint on another port does not fit.
+pub fn admin_proof(token: &str, port: u16, nonce: &str) -> String {
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(token.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(format!("tsconsensus admin proof v1\n{port}\n{nonce}").as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// A route the admin endpoint serves.
 #[derive(Clone, Debug)]
@@ -191,14 +214,20 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `host` names this endpoint: `127.0.0.1:<port>` or
 /// `localhost:<port>`.
-fn host_allowed(host: &str, port: u16) -> bool {
+pub(crate) fn host_allowed(host: &str, port: u16) -> bool {
     let Some((name, given)) = host.rsplit_once(':') else { return false };
     given.parse::<u16>().is_ok_and(|p| p == port)
         && (name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost"))
 }
 
 async fn handle(request: Request<Incoming>, peer: PeerAddr, shared: &Shared) -> AdminResponse {
-    match check(&request, peer, shared) {
+    if let Err(refusal) = check_caller(&request, peer, shared) {
+        return refusal;
+    }
+    if request.uri().path() == PROOF_PATH {
+        return prove(&request, shared);
+    }
+    match check(&request, shared) {
         Err(refusal) => refusal,
         Ok(route) => {
             let query = request.uri().query().map(str::to_owned);
@@ -210,12 +239,36 @@ async fn handle(request: Request<Incoming>, peer: PeerAddr, shared: &Shared) -> 
     }
 }
 
-/// Every check made before the body is read; the route on success.
-fn check<'a>(
+/// The answer on [`PROOF_PATH`]: the proof for the caller's nonce.
+fn prove(request: &Request<Incoming>, shared: &Shared) -> AdminResponse {
+    if request.method() != hyper::Method::GET {
+        return AdminResponse::error(
+            405,
+            "method_not_allowed",
+            format!("{PROOF_PATH} takes GET, not {}", request.method()),
+        );
+    }
+    let nonce = request.headers().get(NONCE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if nonce.len() != 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return AdminResponse::error(
+            400,
+            "bad_request",
+            format!("{PROOF_PATH} needs a {NONCE_HEADER} header of 64 hex digits"),
+        );
+    }
+    AdminResponse::json(
+        200,
+        &serde_json::json!({ "proof": admin_proof(&shared.token, shared.port, nonce) }),
+    )
+}
+
+/// The checks of who asks and how: a loopback caller, a `Host` naming this
+/// endpoint, no browser `Origin`.
+fn check_caller(
     request: &Request<Incoming>,
     peer: PeerAddr,
-    shared: &'a Shared,
-) -> Result<&'a AdminRoute, AdminResponse> {
+    shared: &Shared,
+) -> Result<(), AdminResponse> {
     if !peer.ip().to_canonical().is_loopback() {
         return Err(AdminResponse::error(
             403,
@@ -253,6 +306,16 @@ fn check<'a>(
             "requests from web pages (with an Origin header) are refused",
         ));
     }
+    Ok(())
+}
+
+/// The token and the route, checked before the body is read; the route on
+/// success.
+fn check<'a>(
+    request: &Request<Incoming>,
+    shared: &'a Shared,
+) -> Result<&'a AdminRoute, AdminResponse> {
+    let headers = request.headers();
     let presented = match headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) {
         None => {
             return Err(AdminResponse::error(
@@ -364,6 +427,22 @@ mod tests {
         ] {
             assert_eq!(host_allowed(host, 7000), ok, "{host:?}");
         }
+    }
+
+    #[test]
+    fn proofs_follow_the_token_the_port_and_the_nonce() {
+        // RFC 4231 test case 2 checks the HMAC itself.
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let nonce = "ab".repeat(32);
+        let proof = admin_proof("token", 7000, &nonce);
+        assert_eq!(proof.len(), 64);
+        assert_eq!(proof, admin_proof("token", 7000, &nonce));
+        assert_ne!(proof, admin_proof("tokem", 7000, &nonce));
+        assert_ne!(proof, admin_proof("token", 7001, &nonce));
+        assert_ne!(proof, admin_proof("token", 7000, &"ac".repeat(32)));
     }
 
     #[test]

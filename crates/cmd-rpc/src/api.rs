@@ -203,6 +203,41 @@ pub enum ProbeState {
     },
 }
 
+/// `POST /v1/confirm`: the caller is forming cluster `cluster_id` and asks
+/// the callee, which promised to wait for it, to bind itself to that
+/// cluster (decision 0003): to store its id, answer as its member from
+/// now on, and be one of its initial voters. The callee binds itself only
+/// while it still holds the caller's promise (or is already bound to, or
+/// joining, that cluster); otherwise it answers `not_confirmed` (409).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// The cluster being formed.
+    pub cluster_id: ClusterId,
+    /// The former's raft id: `node_id(node.stable_id, incarnation)`.
+    pub id: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Where it is reached; the stable id and addresses must be the
+    /// caller's own, as the callee's tailnet view shows them.
+    pub node: NodeInfo,
+}
+
+/// Answer to [`ConfirmRequest`]: the callee is bound to the cluster, and
+/// joins it as this raft id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmResponse {
+    /// The cluster it is bound to.
+    pub cluster_id: ClusterId,
+    /// Its raft id: `node_id(node.stable_id, incarnation)`.
+    pub id: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Where it is reached (its stable id included).
+    pub node: NodeInfo,
+}
+
 /// The leader, as an error body names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,5 +298,26 @@ mod tests {
             assert!(serde_json::from_str::<ProbeState>(bad).is_err(), "{bad}");
         }
         assert!(serde_json::from_str::<ProbeRequest>(r#"{"promise":true,"x":0}"#).is_err());
+    }
+
+    #[test]
+    fn confirm_bodies_are_strict() {
+        let request = ConfirmRequest {
+            cluster_id: ClusterId(0xabc),
+            id: 7,
+            incarnation: 9,
+            node: NodeInfo {
+                stable_id: "n1".to_owned(),
+                addrs: vec!["10.0.0.1".parse().unwrap()],
+                raft_port: 6270,
+                command_port: 6271,
+            },
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(serde_json::from_str::<ConfirmRequest>(&json).unwrap(), request);
+        let extra = json.replacen('{', r#"{"x":1,"#, 1);
+        assert!(serde_json::from_str::<ConfirmRequest>(&extra).is_err(), "{extra}");
+        let short = r#"{"cluster_id":"00000000000000000000000000000abc","id":7,"incarnation":9}"#;
+        assert!(serde_json::from_str::<ConfirmRequest>(short).is_err());
     }
 }

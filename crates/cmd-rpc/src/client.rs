@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use raft_core::NodeInfo;
+use raft_core::{ClusterId, NodeId, NodeInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,8 +30,24 @@ use crate::server::Authorize;
 pub const DEADLINE_HEADER: &str = "x-tsc-deadline-ms";
 /// Header marking a request forwarded by another node (never forwarded again).
 pub const FORWARDED_HEADER: &str = "x-tsc-forwarded";
+/// Header naming the raft id of the member a call is meant for.
+pub const TARGET_NODE_HEADER: &str = "x-tsc-target-node";
+/// Header naming the sender's cluster id (`none` before it has one).
+pub const CLUSTER_HEADER: &str = "x-tsc-cluster";
 /// Idle connections kept per peer.
 const MAX_IDLE_PER_PEER: usize = 8;
+
+/// The member a call is meant for: its raft id, in the sender's cluster.
+/// A node that is not that member of that cluster (a new incarnation on
+/// the same addresses, a node restored as a new cluster) refuses the call
+/// as `not_leader` without a hint, and the sender routes it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addressee {
+    /// The raft id of the member called.
+    pub node: NodeId,
+    /// The sender's cluster.
+    pub cluster: Option<ClusterId>,
+}
 
 /// Idle connections by peer address.
 type IdlePool = Arc<Mutex<HashMap<SocketAddr, Vec<SendRequest<Full<Bytes>>>>>>;
@@ -109,19 +125,37 @@ impl CommandClient {
         deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded };
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: None };
+        self.request(node, Method::POST, path, encode(body)?, call).await
+    }
+
+    /// [`CommandClient::post`] to a member named by `to`: the call says
+    /// which member of which cluster it is meant for, and any other node
+    /// refuses it.
+    pub async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        to: Addressee,
+        node: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: impl Into<Instant>,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: Some(to) };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
     /// [`CommandClient::post`] as one attempt of a call that may be tried
-    /// again: the answer is awaited for at most `answer_within` (within
-    /// `deadline`), and the other node is told that budget as its deadline,
-    /// so it answers (if only "timeout") before this side gives up. An
-    /// attempt that gets no answer in time drops every idle connection to
-    /// that address: a peer that died behind a userspace network stack
-    /// never resets them.
+    /// again, to the member `to` if named: the answer is awaited for at
+    /// most `answer_within` (within `deadline`), and the other node is told
+    /// that budget as its deadline, so it answers (if only "timeout")
+    /// before this side gives up. An attempt that gets no answer in time
+    /// drops every idle connection to that address: a peer that died
+    /// behind a userspace network stack never resets them.
+    #[allow(clippy::too_many_arguments, reason = "post_to's arguments and the attempt's budget")]
     pub async fn post_attempt<B: Serialize, R: DeserializeOwned>(
         &self,
+        to: Option<Addressee>,
         node: &NodeInfo,
         path: &str,
         body: &B,
@@ -130,7 +164,7 @@ impl CommandClient {
         forwarded: bool,
     ) -> Result<R, RpcError> {
         let call =
-            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded };
+            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded, to };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -141,7 +175,8 @@ impl CommandClient {
         path: &str,
         deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded: false };
+        let call =
+            Call { deadline: deadline.into(), answer_within: None, forwarded: false, to: None };
         self.request(node, Method::GET, path, Bytes::new(), call).await
     }
 
@@ -207,6 +242,7 @@ impl CommandClient {
                 body.clone(),
                 budget,
                 call.forwarded,
+                call.to,
             );
             match tokio::time::timeout(wait, exchange).await {
                 Err(_) => {
@@ -233,6 +269,7 @@ impl CommandClient {
         body: Bytes,
         budget: Duration,
         forwarded: bool,
+        to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
         let unreachable =
             |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
@@ -244,6 +281,12 @@ impl CommandClient {
             .header(DEADLINE_HEADER, budget.as_millis().to_string());
         if forwarded {
             request = request.header(FORWARDED_HEADER, "1");
+        }
+        if let Some(to) = to {
+            let cluster = to.cluster.map(|c| c.to_string()).unwrap_or_else(|| "none".to_owned());
+            request = request
+                .header(TARGET_NODE_HEADER, to.node.to_string())
+                .header(CLUSTER_HEADER, cluster);
         }
         let request =
             request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;
@@ -332,6 +375,8 @@ struct Call {
     /// Most time one attempt waits for its answer; `None`: the deadline.
     answer_within: Option<Duration>,
     forwarded: bool,
+    /// The member the call is meant for, if named.
+    to: Option<Addressee>,
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {

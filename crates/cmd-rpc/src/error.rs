@@ -111,6 +111,11 @@ pub enum RpcError {
     /// kept for retries, so it cannot be given again.
     #[error("the command was applied, but its answer was too large to be kept for a retry")]
     AnswerNotKept,
+    /// A node asked to confirm a cluster being formed refused (decision
+    /// 0003): it holds no promise to the caller, is bound to another
+    /// cluster, or is a member already. The message says which.
+    #[error("not confirmed: {0}")]
+    NotConfirmed(String),
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -154,6 +159,7 @@ impl RpcError {
             RpcError::UnknownSession { .. } => "unknown_session",
             RpcError::SequenceReused { .. } => "sequence_reused",
             RpcError::AnswerNotKept => "answer_not_kept",
+            RpcError::NotConfirmed(_) => "not_confirmed",
             RpcError::Unavailable(_) => "unavailable",
             RpcError::Unreachable { .. } => "unreachable",
             RpcError::Fatal(_) => "fatal",
@@ -171,7 +177,8 @@ impl RpcError {
             | RpcError::SessionExpiredOutcomeUnknown { .. }
             | RpcError::UnknownSession { .. }
             | RpcError::SequenceReused { .. }
-            | RpcError::AnswerNotKept => StatusCode::CONFLICT,
+            | RpcError::AnswerNotKept
+            | RpcError::NotConfirmed(_) => StatusCode::CONFLICT,
             RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             RpcError::Forbidden(_) => StatusCode::FORBIDDEN,
             RpcError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -221,6 +228,7 @@ impl RpcError {
                 | "unknown_session"
                 | "sequence_reused"
                 | "answer_not_kept"
+                | "not_confirmed"
         )
     }
 

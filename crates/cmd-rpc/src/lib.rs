@@ -10,8 +10,10 @@
 //! Joins and removals are answered by the leader only and never forwarded
 //! (a follower answers `not_leader` with the leader): the leader checks them
 //! against the caller's identity, which the layer above supplies through
-//! [`Peers`] from the request's real address. `POST /v1/probe` (bootstrap)
-//! is answered by that layer too.
+//! [`Peers`] from the request's real address. `POST /v1/probe` and
+//! `POST /v1/confirm` (bootstrap, decision 0003) are answered by that layer
+//! too, after this crate has checked the confirm request against the
+//! caller's identity.
 //!
 //! [`CommandServer`] serves the API on the command port (default 6271):
 //! requests are authorized by the caller's real address before anything is
@@ -44,17 +46,22 @@ mod stats;
 
 pub use crate::admin::{
     AdminError, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+    NONCE_HEADER, PROOF_PATH, admin_proof,
 };
 pub use crate::api::{
-    CampaignRequest, ClusterInfo, Consistency, ErrorBody, ExecuteRequest, ExecuteResponse,
-    JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse, ProbeState, ReadIndexResponse,
-    ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
+    CampaignRequest, ClusterInfo, ConfirmRequest, ConfirmResponse, Consistency, ErrorBody,
+    ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse,
+    ProbeState, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-pub use crate::client::{CommandClient, DEADLINE_HEADER, FORWARDED_HEADER};
+pub use crate::client::{
+    Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
+};
 pub use crate::config::CommandConfig;
 pub use crate::error::RpcError;
 pub use crate::pages::{Page, PageServer, Render};
-pub use crate::peers::{Caller, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_node};
+pub use crate::peers::{
+    Caller, ConfirmFuture, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_confirm, check_node,
+};
 pub use crate::server::{Authorize, CommandServer};
 pub use crate::service::{Change, CommandService};
 pub use crate::stats::CommandStats;

@@ -3,6 +3,11 @@
 //! closed at accept (and requests authorized again), a few connections per
 //! peer, headers within a deadline. Kept here so hyper stays in
 //! this crate.
+//!
+//! On 127.0.0.1 ([`PageServer::start_local`]) it also checks `Host`, as the
+//! admin endpoint does: only `127.0.0.1:<port>` or `localhost:<port>`, so
+//! that a web page whose own name was rebound to 127.0.0.1 (DNS rebinding)
+//! reads nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +24,7 @@ use ts_transport::{Admission, Listener, Server};
 /// Most connections one peer address may hold on the monitor port.
 const MAX_CONNECTIONS_PER_PEER: usize = 8;
 
+use crate::admin::host_allowed;
 use crate::server::Authorize;
 
 /// A rendered page.
@@ -46,6 +52,29 @@ impl PageServer {
         render: Render,
         header_timeout: Duration,
     ) -> PageServer {
+        PageServer::serve(listener, authorize, render, header_timeout, false)
+    }
+
+    /// Serves `render` on `listener`, bound to 127.0.0.1, to loopback
+    /// callers whose `Host` names this server (`127.0.0.1:<port>` or
+    /// `localhost:<port>`; 421 otherwise).
+    pub fn start_local(
+        listener: Arc<dyn Listener>,
+        render: Render,
+        header_timeout: Duration,
+    ) -> PageServer {
+        let loopback: Authorize = Arc::new(|peer: ts_transport::PeerAddr| peer.ip().is_loopback());
+        PageServer::serve(listener, loopback, render, header_timeout, true)
+    }
+
+    fn serve(
+        listener: Arc<dyn Listener>,
+        authorize: Authorize,
+        render: Render,
+        header_timeout: Duration,
+        check_host: bool,
+    ) -> PageServer {
+        let port = listener.local_port();
         let admission =
             Admission { allow: authorize.clone(), max_per_peer: MAX_CONNECTIONS_PER_PEER };
         PageServer(Server::start_admitting(listener, "monitor", admission, move |stream, peer| {
@@ -58,6 +87,14 @@ impl PageServer {
                             StatusCode::FORBIDDEN,
                             "text/plain; charset=utf-8",
                             format!("peer {} is not allowed\n", peer.ip()),
+                        )
+                    } else if check_host && !host_names(&request, port) {
+                        respond(
+                            StatusCode::MISDIRECTED_REQUEST,
+                            "text/plain; charset=utf-8",
+                            format!(
+                                "the Host header must be 127.0.0.1:{port} or localhost:{port}\n"
+                            ),
                         )
                     } else if request.method() != Method::GET {
                         let mut r = respond(
@@ -102,6 +139,15 @@ impl PageServer {
     /// Stops serving and waits for every connection to end.
     pub async fn shutdown(self) {
         self.0.shutdown().await;
+    }
+}
+
+/// Whether the request has one `Host` header and it names this server.
+fn host_names<B>(request: &hyper::Request<B>, port: u16) -> bool {
+    let mut hosts = request.headers().get_all(hyper::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => host.to_str().is_ok_and(|host| host_allowed(host, port)),
+        _ => false,
     }
 }
 

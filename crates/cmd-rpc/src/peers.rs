@@ -7,9 +7,10 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use raft_core::NodeInfo;
+use raft_core::{NodeInfo, node_id};
 
-use crate::api::{ProbeRequest, ProbeResponse};
+use crate::api::{ConfirmRequest, ConfirmResponse, ProbeRequest, ProbeResponse};
+use crate::error::RpcError;
 
 /// Longest stable id accepted from the network.
 pub const MAX_STABLE_ID: usize = 256;
@@ -36,6 +37,10 @@ impl Caller {
 /// A future answering a probe.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeResponse> + Send + 'a>>;
 
+/// A future answering a confirm request.
+pub type ConfirmFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ConfirmResponse, RpcError>> + Send + 'a>>;
+
 /// Answers about callers, supplied by the layer above.
 pub trait Peers: Send + Sync + 'static {
     /// The node that has address `ip` (a request's real peer address): a
@@ -49,6 +54,38 @@ pub trait Peers: Send + Sync + 'static {
 
     /// Answers `POST /v1/probe` from `caller`.
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a>;
+
+    /// Answers `POST /v1/confirm` from `caller`, once [`check_confirm`]
+    /// has passed: binds this node to the caller's cluster, or refuses
+    /// ([`RpcError::NotConfirmed`]).
+    fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a>;
+}
+
+/// Checks a confirm request against its caller: a well-formed record of
+/// the caller itself (its stable id, only its tailnet addresses) and a raft
+/// id that is `node_id(stable id, incarnation)`.
+pub fn check_confirm(request: &ConfirmRequest, caller: &Caller) -> Result<(), RpcError> {
+    check_node(&request.node).map_err(RpcError::BadRequest)?;
+    let stable_id = &request.node.stable_id;
+    if *stable_id != caller.stable_id {
+        return Err(RpcError::Forbidden(format!(
+            "node {:?} cannot ask for confirmations as {stable_id:?}",
+            caller.stable_id
+        )));
+    }
+    if let Some(foreign) = request.node.addrs.iter().find(|ip| !caller.owns(**ip)) {
+        return Err(RpcError::Forbidden(format!(
+            "address {foreign} is not one of node {stable_id:?}'s tailnet addresses {:?}",
+            caller.addrs
+        )));
+    }
+    if request.incarnation == 0 || request.id != node_id(stable_id, request.incarnation) {
+        return Err(RpcError::BadRequest(format!(
+            "raft id {} is not the id of {stable_id:?} incarnation {:016x}",
+            request.id, request.incarnation
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a node record that arrived from the network: a stable id of 1 to

@@ -9,7 +9,7 @@
 //! Headers must arrive within a deadline too, which also closes idle
 //! connections.
 //!
-//! Joins, removals and probes are bound to the caller's identity: the
+//! Joins, removals, probes and confirms are bound to the caller's identity: the
 //! [`Peers`](crate::Peers) hook names the node behind the request's real
 //! address, and no header (`x-tsc-forwarded` included) changes what is
 //! checked.
@@ -30,13 +30,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use ts_transport::{Admission, Listener, PeerAddr, Server};
 
+use crate::api::ErrorBody;
 use crate::api::{
-    CampaignRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest, RemoveRequest,
+    CampaignRequest, ConfirmRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest,
+    RemoveRequest,
 };
-use crate::client::{DEADLINE_HEADER, FORWARDED_HEADER};
+use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
-use crate::peers::Caller;
+use crate::peers::{Caller, check_confirm};
 use crate::service::CommandService;
 
 /// Decides whether a peer may use the command port.
@@ -122,8 +124,8 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 /// Which endpoint, and which method it takes.
 fn endpoint(path: &str) -> Option<Method> {
     match path {
-        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/read"
-        | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
+        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/confirm"
+        | "/v1/read" | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -179,6 +181,10 @@ async fn dispatch<S: StateMachine>(
     };
     let deadline = service.deadline(requested);
     let forwarded = headers.contains_key(FORWARDED_HEADER);
+    // Only these honour the forwarding mark; on the others it changes nothing.
+    let forwarded_call =
+        forwarded && matches!(path.as_str(), "/v1/execute" | "/v1/session" | "/v1/read-index");
+    check_addressee(headers, service, forwarded_call)?;
     // A node stopped on a fatal error serves nothing, not even its view of
     // the cluster (which may be stale).
     if let Some(why) = service.fatal() {
@@ -216,6 +222,13 @@ async fn dispatch<S: StateMachine>(
             let answer = service.peers().probe(&caller, &request).await;
             Ok(json_response(StatusCode::OK, &answer))
         }
+        "/v1/confirm" => {
+            let request: ConfirmRequest = parse(&body)?;
+            let caller = caller_of(service, peer)?;
+            check_confirm(&request, &caller)?;
+            let answer = service.peers().confirm(&caller, &request).await?;
+            Ok(json_response(StatusCode::OK, &answer))
+        }
         "/v1/read" => {
             let request: ReadRequest = parse(&body)?;
             let response = service.read(&request, deadline).await?;
@@ -233,6 +246,49 @@ async fn dispatch<S: StateMachine>(
         }
         _ => Err(RpcError::NotFound(path)),
     }
+}
+
+/// A call that names the member it is meant for ([`crate::Addressee`]) is
+/// answered only by that member of that cluster; a forwarded call must
+/// (execute, session, read index) must name it. Another node on the same addresses (a new incarnation, a node
+/// restored as a new cluster) answers `not_leader` without a hint, which
+/// makes the sender route the call again by what it knows.
+fn check_addressee<S: StateMachine>(
+    headers: &hyper::HeaderMap,
+    service: &CommandService<S>,
+    forwarded: bool,
+) -> Result<(), RpcError> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
+    let (node, cluster) = match (text(TARGET_NODE_HEADER), text(CLUSTER_HEADER)) {
+        (None, None) if !forwarded => return Ok(()),
+        (Some(node), Some(cluster)) => (node, cluster),
+        _ => {
+            return Err(RpcError::BadRequest(format!(
+                "{TARGET_NODE_HEADER} and {CLUSTER_HEADER} go together, and a forwarded call \
+                 carries both"
+            )));
+        }
+    };
+    let own_node = service.node().id().to_string();
+    let own_cluster =
+        service.node().cluster_id().map(|c| c.to_string()).unwrap_or_else(|| "none".to_owned());
+    if node == own_node && cluster == own_cluster {
+        return Ok(());
+    }
+    let clip = |s: &str| s.chars().take(64).collect::<String>();
+    Err(RpcError::from_remote(
+        StatusCode::CONFLICT.as_u16(),
+        ErrorBody {
+            code: "not_leader".to_owned(),
+            message: format!(
+                "this is node {own_node} of cluster {own_cluster}, not node {} of cluster {}: \
+                 the call was meant for another member (route it again)",
+                clip(node),
+                clip(cluster)
+            ),
+            leader: None,
+        },
+    ))
 }
 
 /// Reads a request body within the size limit and the body deadline.

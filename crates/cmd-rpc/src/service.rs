@@ -33,7 +33,7 @@ use crate::api::{
     LeaderHint, Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
     SessionResponse,
 };
-use crate::client::CommandClient;
+use crate::client::{Addressee, CommandClient};
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, Peers, check_node};
@@ -192,6 +192,11 @@ impl<S: StateMachine> CommandService<S> {
 
     fn route(&self, hint: Option<&LeaderHint>) -> Route {
         route_of(&self.node.metrics(), self.node.id(), hint)
+    }
+
+    /// Member `id` of this node's cluster, as the addressee of a call.
+    fn member(&self, id: NodeId) -> Addressee {
+        Addressee { node: id, cluster: self.node.cluster_id() }
     }
 
     fn leader_hint(&self, leader: Option<(NodeId, NodeInfo)>) -> Option<LeaderHint> {
@@ -480,7 +485,8 @@ impl<S: StateMachine> CommandService<S> {
         }
     }
 
-    /// Forwards one attempt to the leader `id` at `leader`: each address
+    /// Forwards one attempt to the leader `id` at `leader`, addressed to
+    /// that member of this cluster (another node there refuses it): each address
     /// gets its own connect budget, the answer is awaited for at most
     /// `attempt_timeout`, and the attempt is abandoned (outcome unknown) as
     /// soon as this node learns of a newer leader. Every attempt of a call
@@ -494,7 +500,8 @@ impl<S: StateMachine> CommandService<S> {
         deadline: Instant,
     ) -> Result<R, RpcError> {
         let attempt = self.config.attempt_timeout;
-        let send = self.client.post_attempt(leader, path, body, deadline, attempt, true);
+        let to = Some(self.member(id));
+        let send = self.client.post_attempt(to, leader, path, body, deadline, attempt, true);
         self.unless_leader_moves(id, path, send, deadline).await
     }
 
@@ -765,8 +772,14 @@ impl<S: StateMachine> CommandService<S> {
                     Route::Remote(id, leader) => {
                         // A removal is answered by the leader itself, after
                         // its membership change: no shorter attempt budget.
-                        let send =
-                            self.client.post(&leader, "/v1/remove", request, deadline, false);
+                        let send = self.client.post_to(
+                            self.member(id),
+                            &leader,
+                            "/v1/remove",
+                            request,
+                            deadline,
+                            false,
+                        );
                         let result: Result<serde_json::Value, RpcError> =
                             self.unless_leader_moves(id, "/v1/remove", send, deadline).await;
                         self.remote_result(result.map(|_| ()))

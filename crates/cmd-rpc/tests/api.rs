@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    Caller, CommandClient, CommandConfig, CommandServer, CommandService, Consistency,
-    ExecuteRequest, ExecuteResponse, JoinRequest, Peers, ProbeFuture, ProbeRequest, ProbeResponse,
-    ProbeState, ReadRequest, ReadResponse, RemoveRequest, RpcError, SessionResponse,
+    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
+    ConfirmRequest, ConfirmResponse, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
+    Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, ReadResponse,
+    RemoveRequest, RpcError, SessionResponse,
 };
 use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
@@ -104,6 +105,14 @@ impl Peers for TestPeers {
         let (id, incarnation, node) = self.me.lock().unwrap().clone().expect("started");
         Box::pin(async move {
             ProbeResponse { id, incarnation, node, state: ProbeState::Fresh { promised_to: None } }
+        })
+    }
+    fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
+        // Reached only by a request the server checked against `caller`.
+        assert_eq!(caller.stable_id, request.node.stable_id);
+        let (id, incarnation, node) = self.me.lock().unwrap().clone().expect("started");
+        Box::pin(async move {
+            Ok(ConfirmResponse { cluster_id: request.cluster_id, id, incarnation, node })
         })
     }
 }
@@ -711,6 +720,7 @@ async fn an_unauthorized_caller_is_refused_on_every_endpoint() {
         ("POST", "/v1/join"),
         ("POST", "/v1/remove"),
         ("POST", "/v1/probe"),
+        ("POST", "/v1/confirm"),
         ("POST", "/v1/read"),
         ("POST", "/v1/read-index"),
         ("POST", "/v1/campaign"),
@@ -752,6 +762,46 @@ async fn a_node_cannot_join_on_behalf_of_another_address() {
     let (status, body) = raw_http(&cluster.net, ip(1), 0, &post("/v1/join", &join)).await.unwrap();
     assert_eq!(status, 403, "{body}");
     cluster.shutdown().await;
+}
+
+/// A confirm request reaches the layer above only when it is the caller's
+/// own: its stable id, its addresses, and a raft id that is
+/// `node_id(stable id, incarnation)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_is_checked_against_the_callers_identity() {
+    let net = MemNetwork::new();
+    let tailnet = Arc::new(Tailnet::default());
+    let node = Cluster::start_node(&net, &tailnet, 0, Cluster::raft_config()).await;
+    let good = ConfirmRequest {
+        cluster_id: ClusterId(0xc1),
+        id: raft_core::node_id("node-1", 5),
+        incarnation: 5,
+        node: info(1),
+    };
+    let cases = [
+        (ConfirmRequest { node: info(2), ..good.clone() }, 403, "cannot ask for confirmations"),
+        (
+            ConfirmRequest { node: NodeInfo { addrs: vec![ip(7)], ..info(1) }, ..good.clone() },
+            403,
+            "is not one of",
+        ),
+        (ConfirmRequest { id: 12, ..good.clone() }, 400, "is not the id of"),
+        (ConfirmRequest { incarnation: 0, ..good.clone() }, 400, "is not the id of"),
+        (ConfirmRequest { node: NodeInfo { addrs: vec![], ..info(1) }, ..good.clone() }, 400, ""),
+    ];
+    for (request, status, message) in cases {
+        let body = serde_json::to_string(&request).unwrap();
+        let (got, answer) = raw_http(&net, ip(1), 0, &post("/v1/confirm", &body)).await.unwrap();
+        assert_eq!(got, status, "{request:?}: {answer}");
+        assert!(answer.contains(message), "{answer}");
+    }
+    let body = serde_json::to_string(&good).unwrap();
+    let (got, answer) = raw_http(&net, ip(1), 0, &post("/v1/confirm", &body)).await.unwrap();
+    assert_eq!(got, 200, "{answer}");
+    let answered: ConfirmResponse = serde_json::from_str(&answer).unwrap();
+    assert_eq!((answered.cluster_id, answered.node), (good.cluster_id, info(0)));
+    node.server.shutdown().await;
+    node.service.node().shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,6 +960,8 @@ fn valid_body(path: &str) -> String {
         "/v1/join" => r#"{"id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001},"cluster_id":"0123456789abcdef0123456789abcdef"}"#.to_owned(),
         "/v1/remove" => r#"{"id":77}"#.to_owned(),
         "/v1/probe" => r#"{"promise":true}"#.to_owned(),
+        // An address that is not the caller's: the confirm is refused.
+        "/v1/confirm" => r#"{"cluster_id":"0123456789abcdef0123456789abcdef","id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001}}"#.to_owned(),
         "/v1/read" => r#"{"query":{"get":"f"},"consistency":"linearizable"}"#.to_owned(),
         "/v1/campaign" => r#"{"term":1,"last_log_index":1}"#.to_owned(),
         _ => "{}".to_owned(),
@@ -926,6 +978,7 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
         "/v1/join",
         "/v1/remove",
         "/v1/probe",
+        "/v1/confirm",
         "/v1/read",
         "/v1/read-index",
         "/v1/campaign",
@@ -1174,5 +1227,55 @@ async fn only_the_leader_may_ask_a_caught_up_voter_to_campaign_in_its_term() {
         .wait_for(WAIT, |now| now.term > m.term)
         .await
         .expect("the follower campaigned");
+    cluster.shutdown().await;
+}
+
+/// A forwarded call names the member and cluster it is meant for: a node
+/// that is another member (a new incarnation on the same addresses) or in
+/// another cluster (a node restored as a new cluster) refuses it as
+/// `not_leader` without a hint, and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_meant_for_another_member_or_cluster_is_refused_and_not_applied() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let caller = ip((leader + 1) % 3);
+    let id = cluster.service(leader).node().id();
+    let own = cluster.cluster_id.to_string();
+    let other = ClusterId(cluster.cluster_id.0 ^ 1).to_string();
+    let client = cluster.session(leader).await;
+    let command = |seq: u64, key: &str| serde_json::to_string(&put(client, seq, key, "v")).unwrap();
+    let headers = |node: u64, cluster: &str| {
+        format!("x-tsc-forwarded: 1\r\nx-tsc-target-node: {node}\r\nx-tsc-cluster: {cluster}\r\n")
+    };
+    for (what, headers) in
+        [("another member", headers(id ^ 1, &own)), ("another cluster", headers(id, &other))]
+    {
+        let (status, body) =
+            post_from(&cluster, caller, leader, "/v1/execute", &command(1, what), &headers).await;
+        assert_eq!(status, 409, "{what}: {body}");
+        let error: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
+        assert_eq!((error.code.as_str(), error.leader), ("not_leader", None), "{what}: {body}");
+        let (status, body) =
+            post_from(&cluster, caller, leader, "/v1/read-index", "{}", &headers).await;
+        assert_eq!(status, 409, "{what}: read index answered: {body}");
+    }
+    assert!(cluster.log(leader).is_empty(), "applied: {:?}", cluster.log(leader));
+    // A forwarded call must say whom it is for.
+    let (status, body) = post_from(
+        &cluster,
+        caller,
+        leader,
+        "/v1/execute",
+        &command(1, "x"),
+        "x-tsc-forwarded: 1\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    // Meant for this member of this cluster: applied.
+    let (status, body) =
+        post_from(&cluster, caller, leader, "/v1/execute", &command(1, "k"), &headers(id, &own))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cluster.log(leader).len(), 1);
     cluster.shutdown().await;
 }

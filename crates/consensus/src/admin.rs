@@ -15,20 +15,30 @@
 //! | `POST /v1/backup` `{}` | a backup of the state (binary, [`raft_core::backup`]) |
 //! | `POST /v1/restore[?force=true]` (backup bytes) | stages a restore as a new cluster |
 //!
+//! A restore fails closed: without `force` it is staged only if no member
+//! (this node included) confirmed a read index during the whole health
+//! check, and a restore staged that way is called off (renamed
+//! [`RESTORE_CANCELLED`]) as soon as the cluster commits again before the
+//! node restarts.
+//!
 //! A node is named by raft id, stable id or hostname. Removal follows the
 //! leader's rules (decision 0003): on the leader, the operator is trusted
 //! and may remove any other member, with `force` for one that is tagged
 //! and online (membership follows tags, so the leader adds such a node
-//! back as soon as it answers a probe) or whose removal would leave the
-//! remaining voters without a reachable majority; on a follower, the
+//! back as soon as it answers a probe), and with `force_quorum` for a
+//! voter whose removal would leave the remaining voters without a
+//! reachable majority (without a tailnet view only this node counts as
+//! reachable); on a follower, the
 //! request goes to the leader as this node's, and the leader allows it
 //! only for a member it sees offline or untagged; a refusal says to run
 //! the command on the leader's host.
 //!
 //! The token is 32 random bytes in hex in `<state_dir>/admin.token`
-//! ([`TOKEN_FILE`]), created readable by its owner only and refused if
-//! others can read it; the port served is written to
-//! `<state_dir>/admin.port` ([`PORT_FILE`]). The public items of this
+//! ([`TOKEN_FILE`]), new at every start, written readable by its owner
+//! only before the endpoint listens; the port served is written to
+//! `<state_dir>/admin.port` ([`PORT_FILE`]) after. The endpoint proves it
+//! knows the token before a client sends it ([`admin_proof`], `GET
+//! /v1/proof`). The public items of this
 //! module are what the `tsconsensus` tool needs besides HTTP: those names,
 //! and reading and staging backups offline.
 
@@ -36,16 +46,17 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer, Change,
-    ReadIndexResponse, RemoveRequest, RpcError,
+    Addressee, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
+    Change, ReadIndexResponse, RemoveRequest, RpcError,
 };
 use serde::Deserialize;
 use ts_transport::{TcpTransport, Transport};
 
+pub use cmd_rpc::{NONCE_HEADER, PROOF_PATH, admin_proof};
 pub use raft_core::backup::{BackupInfo, BackupMember};
 
 use crate::error::Error;
@@ -90,7 +101,7 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
                 .to_owned(),
         ));
     };
-    let token = token(&dir)?;
+    let token = fresh_token(&dir)?;
     let listener =
         TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST)).listen(port).await.map_err(|e| {
             Error::Network(format!("cannot listen on 127.0.0.1:{port} for the admin endpoint: {e}"))
@@ -122,64 +133,41 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
     Ok(())
 }
 
-/// The token in `dir`, made if there is none.
-fn token(dir: &Path) -> Result<String, Error> {
+/// A new token for this run of the node, written to `dir` as
+/// [`TOKEN_FILE`] (readable by its owner only, whole or not at all) before
+/// the endpoint listens: a token read from the file is good only while
+/// this run lasts.
+fn fresh_token(dir: &Path) -> Result<String, Error> {
     fs::create_dir_all(dir)
         .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(TOKEN_FILE);
-    match fs::symlink_metadata(&path) {
-        Ok(meta) => {
-            if !meta.file_type().is_file() {
-                return Err(Error::Invalid(format!(
-                    "{} is not a regular file; remove it to have a new token made",
-                    path.display()
-                )));
-            }
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = meta.permissions().mode();
-                if mode & 0o077 != 0 {
-                    return Err(Error::Invalid(format!(
-                        "{} can be read by other users (mode {:o}); make it readable by its \
-                         owner only: chmod 600 {}",
-                        path.display(),
-                        mode & 0o777,
-                        path.display()
-                    )));
-                }
-            }
-            let text = fs::read_to_string(&path)
-                .map_err(|e| Error::Storage(format!("read {}: {e}", path.display())))?;
-            let token = text.trim();
-            if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Error::Invalid(format!(
-                    "{} does not hold an admin token (64 hex digits); remove it to have a new \
-                     one made",
-                    path.display()
-                )));
-            }
-            Ok(token.to_owned())
+    let temp = dir.join(format!("{TOKEN_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        // A leftover (or planted) temporary file is replaced, never
+        // followed: create_new refuses links.
+        match fs::remove_file(&temp) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes)
-                .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let mut options = OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let write = || -> std::io::Result<()> {
-                let mut file = options.open(&path)?;
-                file.write_all(format!("{token}\n").as_bytes())?;
-                file.sync_all()
-            };
-            write().map_err(|e| Error::Storage(format!("write {}: {e}", path.display())))?;
-            Ok(token)
-        }
-        Err(err) => Err(Error::Storage(format!("{}: {err}", path.display()))),
-    }
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temp)?;
+        file.write_all(format!("{token}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        Error::Storage(format!("write {}: {e}", path.display()))
+    })?;
+    Ok(token)
 }
 
 fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
@@ -230,6 +218,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     if let Some(committed) = inner.raft().committed_index().await {
         inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
     }
+    crate::health::refresh_leader_commit(inner).await;
     let mut value =
         serde_json::to_value(crate::monitor::status(inner)).unwrap_or(serde_json::Value::Null);
     if let Some(object) = value.as_object_mut() {
@@ -316,8 +305,28 @@ fn leader_name(members: &[Member]) -> String {
 #[serde(deny_unknown_fields)]
 struct RemoveBody {
     node: String,
+    /// Removes a member that is tagged and online.
     #[serde(default)]
     force: bool,
+    /// Removes a voter whose removal leaves no reachable majority.
+    #[serde(default)]
+    force_quorum: bool,
+}
+
+/// The voters left once `id` is removed, and how many of them are
+/// reachable: this node, and the others the view shows tagged and online.
+/// Without a view nobody else counts as reachable (the check must not
+/// pass for want of information).
+fn remaining_voters(
+    members: &[Member],
+    me: u64,
+    id: u64,
+    online: impl Fn(&str) -> bool,
+) -> (usize, usize) {
+    let remaining: Vec<&Member> =
+        members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
+    let reachable = remaining.iter().filter(|m| m.id == me || online(&m.stable_id)).count();
+    (remaining.len(), reachable)
 }
 
 async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
@@ -364,20 +373,24 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
                 ),
             ));
         }
-        if target.role == MemberRole::Voter && !request.force {
-            let remaining: Vec<&Member> =
-                members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
-            let reachable =
-                remaining.iter().filter(|m| m.id == inner.id || online(&m.stable_id)).count();
-            if reachable < remaining.len() / 2 + 1 {
+        if target.role == MemberRole::Voter && !request.force_quorum {
+            let seen_online =
+                |stable_id: &str| view.as_ref().is_some_and(|v| tagged_online(v, stable_id));
+            let (remaining, reachable) = remaining_voters(&members, inner.id, id, seen_online);
+            if reachable < remaining / 2 + 1 {
                 return Err(AdminResponse::error(
                     409,
                     "quorum",
                     format!(
-                        "removing voter {id} leaves {} voters of which only {reachable} are \
-                         reachable, not a majority: the change could not commit; --force tries \
-                         anyway",
-                        remaining.len()
+                        "removing voter {id} leaves {remaining} voters of which only {reachable} \
+                         are reachable{}, not a majority: the joint configuration might never \
+                         commit and the cluster could stall. Bring the offline voters back \
+                         first; --force-quorum tries anyway (--force does not cover this)",
+                        if view.is_none() {
+                            " (no tailnet view: only this node counts)"
+                        } else {
+                            ""
+                        }
                     ),
                 ));
             }
@@ -483,14 +496,15 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
     let index = if m.role == raft_core::Role::Leader {
         raft.read_index(timeout).await.map_err(|e| e.to_string())?
     } else {
-        let leader = m
+        let (id, leader) = m
             .leader
-            .and_then(|id| m.nodes.get(&id))
+            .and_then(|id| m.nodes.get(&id).map(|node| (id, node)))
             .ok_or_else(|| "no leader is known".to_owned())?;
+        let to = Addressee { node: id, cluster: raft.cluster_id() };
         let answer: ReadIndexResponse = inner
             .service
             .client()
-            .post(leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
+            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
             .await
             .map_err(|e| err_message(&e))?;
         answer.index
@@ -553,41 +567,177 @@ async fn restore<S: StateMachine>(
     if let Err(why) = raft_core::Backup::from_bytes(body) {
         return Err(AdminResponse::error(400, "bad_backup", why));
     }
-    if !force
-        && inner.raft().fatal().is_none()
-        && let Ok(index) = barrier(inner, HEALTH_CHECK).await
-    {
-        let m = inner.raft().metrics();
-        return Err(AdminResponse::error(
-            409,
-            "healthy_cluster",
-            format!(
-                "this node belongs to cluster {} which is healthy: a quorum confirmed leader {} \
-                 just now (index {index}). A restore takes this node out of it and starts a \
-                 second cluster from the backup; it is meant for a cluster that lost its quorum \
-                 for good. --force restores anyway (then remove this node's old incarnation \
-                 from the healthy cluster).",
-                inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
-                m.leader.map(|l| l.to_string()).unwrap_or_default()
-            ),
-        ));
+    let period = health_check_period(inner);
+    if !force {
+        // Fail closed: staged only once the cluster is shown unable to
+        // commit for the whole period, whatever this node's own state.
+        if let Ok((index, leader)) = cluster_commits(inner, period).await {
+            return Err(AdminResponse::error(
+                409,
+                "healthy_cluster",
+                format!(
+                    "this node belongs to cluster {} which is healthy: a quorum confirmed leader \
+                     {leader} just now (index {index}). A restore takes this node out of it and \
+                     starts a second cluster from the backup; it is meant for a cluster that lost \
+                     its quorum for good. --force restores anyway (then remove this node's old \
+                     incarnation from the healthy cluster).",
+                    inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
+                ),
+            ));
+        }
     }
-    let info = raft_core::backup::stage_restore(&dir, body)
-        .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
+    let (info, generation) = {
+        let mut staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        let info = raft_core::backup::stage_restore(&dir, body)
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
+        *staged += 1;
+        (info, *staged)
+    };
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
+    if !force {
+        let watcher = tokio::spawn(cancel_when_cluster_commits(Arc::downgrade(inner), generation));
+        inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(watcher);
+    }
+    let pending = dir.join(raft_core::backup::PENDING_RESTORE);
     Ok(AdminResponse::json(
         200,
         &serde_json::json!({
             "staged": info,
+            "forced": force,
             "message": format!(
-                "staged in {}: restart this node to start a new cluster from the backup (its \
+                "staged in {}: restart this node NOW to start a new cluster from the backup (its \
                  raft state moves aside into {}/pre-restore-<time>/). It is that cluster's only \
-                 member until other nodes join it with empty state directories.",
-                dir.join(raft_core::backup::PENDING_RESTORE).display(),
-                dir.display()
+                 member until other nodes join it with empty state directories. {}",
+                pending.display(),
+                dir.display(),
+                if force {
+                    "Forced: it stays staged until the node restarts; to call it off, move the \
+                     file away before that."
+                } else {
+                    "Until the node restarts it keeps asking its cluster: if the cluster commits \
+                     again, the restore is called off (the file is renamed restore.cancelled)."
+                }
             ),
         }),
     ))
+}
+
+/// The file a staged restore is renamed to when it is called off.
+pub const RESTORE_CANCELLED: &str = "restore.cancelled";
+
+/// How long a restore's health check asks the cluster: long enough for an
+/// election or a leadership transfer to end.
+fn health_check_period<S: StateMachine>(inner: &Inner<S>) -> Duration {
+    HEALTH_CHECK.max(inner.config.timing.election.1 * 3)
+}
+
+/// Whether this node's cluster commits: asks, round after round until
+/// `period` has passed, this node (if it leads and is not fatal) and every
+/// other member it knows for a read index, which only a leader of this
+/// cluster confirmed by a quorum answers. The first answer (index,
+/// leader), or why none came.
+async fn cluster_commits<S: StateMachine>(
+    inner: &Inner<S>,
+    period: Duration,
+) -> Result<(u64, u64), String> {
+    let deadline = Instant::now() + period;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let why = match commits_once(inner, remaining.min(PROBE_ATTEMPT)).await {
+            Ok(answer) => return Ok(answer),
+            Err(why) => why,
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(why);
+        }
+        tokio::time::sleep(remaining.min(PROBE_PAUSE)).await;
+    }
+}
+
+/// Time one round of [`cluster_commits`] waits for answers.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(1);
+/// Pause between rounds.
+const PROBE_PAUSE: Duration = Duration::from_millis(200);
+
+/// One round of [`cluster_commits`], within `timeout`.
+async fn commits_once<S: StateMachine>(
+    inner: &Inner<S>,
+    timeout: Duration,
+) -> Result<(u64, u64), String> {
+    let raft = inner.raft();
+    let m = raft.metrics();
+    let deadline = Instant::now() + timeout;
+    let mut asks = tokio::task::JoinSet::new();
+    if m.role == raft_core::Role::Leader && raft.fatal().is_none() {
+        let (raft, id) = (raft.clone(), inner.id);
+        asks.spawn(async move {
+            raft.read_index(timeout).await.map(|i| (i, id)).map_err(|e| e.to_string())
+        });
+    }
+    let cluster = raft.cluster_id();
+    for (&id, node) in m.nodes.iter().filter(|(id, _)| **id != inner.id) {
+        let (client, node) = (inner.service.client().clone(), node.clone());
+        let to = Addressee { node: id, cluster };
+        asks.spawn(async move {
+            let body = serde_json::json!({});
+            let answer: Result<ReadIndexResponse, _> =
+                client.post_to(to, &node, "/v1/read-index", &body, deadline, true).await;
+            answer.map(|r| (r.index, id)).map_err(|e| format!("{id}: {}", err_message(&e)))
+        });
+    }
+    let mut why = Vec::new();
+    let answered = tokio::time::timeout(timeout, async {
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok(Ok(answer)) => return Some(answer),
+                Ok(Err(err)) => why.push(err),
+                Err(err) => why.push(err.to_string()),
+            }
+        }
+        None
+    })
+    .await;
+    match answered {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) if why.is_empty() => Err("no other member is known".to_owned()),
+        Ok(None) => Err(why.join("; ")),
+        Err(_) => Err(format!("no member confirmed a read index within {timeout:?}")),
+    }
+}
+
+/// Calls off the restore staged as `generation` (renames it
+/// [`RESTORE_CANCELLED`]) as soon as this node sees its cluster commit,
+/// until the node stops or another restore is staged.
+async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, generation: u64) {
+    loop {
+        tokio::time::sleep(PROBE_ATTEMPT).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(dir) = inner.config.state_dir.clone() else { return };
+        if *inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) != generation {
+            return;
+        }
+        let Ok((index, leader)) = commits_once(&inner, PROBE_ATTEMPT).await else { continue };
+        let staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        if *staged != generation {
+            return;
+        }
+        let pending = dir.join(raft_core::backup::PENDING_RESTORE);
+        match fs::rename(&pending, dir.join(RESTORE_CANCELLED)) {
+            Ok(()) => tracing::warn!(
+                leader,
+                index,
+                "the cluster commits again: the staged restore is called off (renamed {})",
+                RESTORE_CANCELLED
+            ),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::error!(error = %err, "cannot call off the staged restore {}", pending.display());
+                continue;
+            }
+        }
+        return;
+    }
 }
 
 /// Where a backup file came from, checking all of it (the format, the
@@ -675,23 +825,37 @@ mod tests {
     }
 
     #[test]
-    fn the_token_file_is_made_private_and_refused_when_it_is_not() {
+    fn without_a_view_only_this_node_counts_as_reachable() {
+        let members = vec![member(1, "a", "a"), member(2, "b", "b"), member(3, "c", "c")];
+        assert_eq!(remaining_voters(&members, 1, 3, |_| false), (2, 1));
+        assert_eq!(remaining_voters(&members, 1, 3, |s| s == "b"), (2, 2));
+        let mut learner = member(4, "d", "d");
+        learner.role = MemberRole::Learner;
+        let members = [members, vec![learner]].concat();
+        assert_eq!(remaining_voters(&members, 1, 2, |_| true), (2, 2));
+    }
+
+    #[test]
+    fn every_start_writes_a_new_private_token() {
         let dir = tempfile::tempdir().unwrap();
-        let first = token(dir.path()).unwrap();
+        let first = fresh_token(dir.path()).unwrap();
         assert_eq!(first.len(), 64);
-        assert_eq!(token(dir.path()).unwrap(), first, "the token is kept");
         let path = dir.path().join(TOKEN_FILE);
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), first);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            // A token file others could read is replaced by a private one.
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-            let err = token(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         }
-        fs::write(&path, "not a token").unwrap();
-        let err = token(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("64 hex digits"), "{err}");
+        let second = fresh_token(dir.path()).unwrap();
+        assert_ne!(second, first, "a token outlives the run that made it");
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), second);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
     }
 }

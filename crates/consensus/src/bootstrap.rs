@@ -2,7 +2,7 @@
 //! around [`decide::bootstrap`].
 //!
 //! A node with raft state resumes: the leader replicates to it again. A
-//! fresh node probes every tagged peer of its view (`POST /v1/probe`;
+//! node without probes every tagged peer of its view (`POST /v1/probe`;
 //! offline peers count as silent without being dialed), each probe with
 //! its own timeout inside the start deadline, and acts on
 //! [`decide::bootstrap::decide`]:
@@ -10,42 +10,68 @@
 //! - join: it stores the cluster's id (so that the cluster's raft
 //!   connections are accepted), then calls the leader's `/v1/join` itself,
 //!   following "not the leader" answers;
-//! - form: under the bootstrap lock it decides again with the promise it
-//!   holds now, and initializes a one-node cluster with a new cluster id;
+//! - form (or resume forming a cluster an earlier incarnation of it was
+//!   forming): under the bootstrap lock it decides again, stores the
+//!   cluster id bound to itself, and asks every tagged peer to confirm
+//!   (`POST /v1/confirm`); a peer that still holds its promise binds itself
+//!   to the cluster. Once every tagged peer of its view is bound, it
+//!   initializes the cluster with itself and the binders as voters;
 //! - wait: it probes again, until the start deadline, whose error names the
 //!   last reason.
 //!
-//! The bootstrap lock (the [`Promise`] this node holds) is the same one
-//! the facade answers probes under, so answering, granting, joining and
-//! forming are each one step.
+//! The bootstrap lock ([`BootState`]: the promise this node holds and the
+//! cluster it forms) is the one the facade answers probes and confirms
+//! under, so answering, granting, binding, joining and forming are each one
+//! step.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    CommandClient, JoinRequest, LeaderHint, MAX_STABLE_ID, ProbeRequest, ProbeResponse, ProbeState,
-    RpcError, check_node,
+    CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
+    ProbeRequest, ProbeResponse, ProbeState, RpcError, check_node,
 };
-use raft_core::{ClusterId, NodeInfo, node_id};
+use raft_core::{ClusterId, NodeId, NodeInfo, node_id};
 use tokio::task::JoinSet;
 use ts_discovery::{ClusterView, TailnetNode};
 
 use crate::config::BootstrapOptions;
-use crate::decide::bootstrap::{Answer, Decision, Peer, Situation, decide, wants_promises};
+use crate::decide::bootstrap::{
+    Answer, Commitment, Decision, Names, Peer, Situation, decide, wants_promises,
+};
 use crate::error::Error;
 use crate::machine::StateMachine;
 use crate::node::{Inner, join_ports, tagged};
 
-/// The promise a fresh node holds: the stable id of the node it promised
-/// not to form a cluster before (and not to promise anyone else).
+/// What a node without raft state holds under its bootstrap lock.
 #[derive(Debug, Default)]
-pub(crate) struct Promise {
-    /// The holder.
-    pub(crate) to: Option<String>,
+pub(crate) struct BootState {
+    /// The holder of this node's promise (not to form a cluster before it,
+    /// and not to promise anyone else), by stable id.
+    pub(crate) promise: Option<String>,
+    /// The cluster this node is forming, if it is.
+    pub(crate) forming: Option<Forming>,
 }
 
-/// Time one probe of one peer may take.
+/// A cluster this node is forming: its id (stored, bound to this node) and
+/// the peers that bound themselves to it so far.
+#[derive(Debug)]
+pub(crate) struct Forming {
+    /// The cluster.
+    pub(crate) cluster: ClusterId,
+    /// By stable id: each binder's raft id and record.
+    pub(crate) confirmed: BTreeMap<String, (NodeId, NodeInfo)>,
+}
+
+impl Names<String> for LeaderHint {
+    fn names(&self, node: &String) -> bool {
+        self.node.stable_id == *node
+    }
+}
+
+/// Time one probe or confirm of one peer may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
 /// Time a join may take (catching up included).
 const JOIN: Duration = Duration::from_secs(30);
@@ -53,8 +79,70 @@ const JOIN: Duration = Duration::from_secs(30);
 const MAX_HOPS: usize = 4;
 /// Longest wait between rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a peer that is online but has no path in this node's netmap
+/// yet (no DERP home, no endpoint) is left undialed: control usually sends
+/// the path within a second or so. A dial before it costs about 5 s (the
+/// WireGuard handshake is dropped and retried only after REKEY_TIMEOUT);
+/// after this grace it is dialed anyway, in case this control server never
+/// reports paths.
+const PATHLESS_GRACE: Duration = Duration::from_secs(3);
+/// How long this node leaves a peer that sorts lower undialed after the
+/// peer's path arrived (having been seen without one): the lower node
+/// dials at once, and a first WireGuard handshake both sides start at the
+/// same moment is lost on both (each becomes the responder) and retried
+/// only 5 s later. The lowest node, which forms the cluster, never waits.
+const FIRST_CONTACT_YIELD: Duration = Duration::from_millis(700);
+/// How often a node yielding to a lower peer looks again.
+const YIELD_CHECK: Duration = Duration::from_millis(200);
 
 type PeerAnswer = Peer<String, ClusterId, LeaderHint>;
+
+/// What this node is committed to, owned (a snapshot of [`BootState`] and
+/// of the raft node's stored cluster id and former).
+#[derive(Clone, Debug)]
+enum Owned {
+    Free { holding: Option<String> },
+    Bound { cluster: ClusterId, former: Option<String> },
+    Forming { cluster: ClusterId, confirmed: Vec<String> },
+}
+
+impl Owned {
+    fn of<S: StateMachine>(inner: &Inner<S>, state: &BootState) -> Owned {
+        let raft = inner.raft();
+        if let Some(forming) = &state.forming {
+            return Owned::Forming {
+                cluster: forming.cluster,
+                confirmed: forming.confirmed.keys().cloned().collect(),
+            };
+        }
+        match raft.cluster_id() {
+            Some(cluster) => {
+                Owned::Bound { cluster, former: raft.former().map(|(_, node)| node.stable_id) }
+            }
+            None => Owned::Free { holding: state.promise.clone() },
+        }
+    }
+
+    fn commitment<'a>(&'a self, view: &ClusterView) -> Commitment<'a, String, ClusterId> {
+        match self {
+            Owned::Free { holding } => {
+                Commitment::Free { holding: holding.as_ref().map(|h| (h, tagged(view, h))) }
+            }
+            Owned::Bound { cluster, former } => {
+                Commitment::Bound { cluster, former: former.as_ref() }
+            }
+            Owned::Forming { cluster, confirmed } => Commitment::Forming { cluster, confirmed },
+        }
+    }
+}
+
+/// What a round ended with.
+enum Round {
+    /// This node has raft state now (it joined, or initialized a cluster).
+    Done,
+    /// Not yet, for this reason.
+    Again(String),
+}
 
 pub(crate) async fn run<S: StateMachine>(
     inner: &Arc<Inner<S>>,
@@ -71,48 +159,38 @@ pub(crate) async fn run<S: StateMachine>(
     let me = raft.info().stable_id.clone();
     let mut backoff = Duration::from_millis(100);
     let mut reason;
+    // When each peer was first seen online without a path, and when it
+    // then got one.
+    let mut paths = Paths::default();
+    let mut views = inner.discovery.state();
+    let mut raft_changes = raft.subscribe();
     loop {
+        views.borrow_and_update();
+        raft_changes.borrow_and_update();
         if raft.is_initialized().await {
-            // A leader took this node in (a join answered too late).
+            // A leader took this node in, or the former of the cluster it
+            // is bound to initialized it.
             return wait_for_leader(inner, deadline, started).await;
         }
         match inner.fresh_view() {
             None => reason = "the tailnet view is missing or out of date".to_owned(),
             Some(view) => {
-                let names: Vec<&String> = view.members.values().map(|n| &n.id.0).collect();
+                let owned = Owned::of(inner, &*inner.boot.lock().await);
                 let wants = wants_promises(
                     &me,
-                    names.iter().copied(),
+                    view.members.values().map(|n| &n.id.0),
                     options.follow_only,
                     options.expected_size,
+                    &owned.commitment(&view),
                 );
-                let answers = probe_all(inner, &view, wants, deadline).await;
-                let holding = inner.promise.lock().await.to.clone();
-                let situation = Situation {
-                    me: &me,
-                    follow_only: options.follow_only,
-                    expected_size: options.expected_size,
-                    peers: &answers,
-                    holding: holding.as_ref().map(|h| (h, tagged(&view, h))),
-                };
-                match decide(&situation) {
-                    Decision::Join { cluster, leader, via } => {
-                        match join(inner, cluster, leader, &view, deadline).await {
-                            Ok(()) => {
-                                tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
-                                return wait_for_leader(inner, deadline, started).await;
-                            }
-                            Err(why) => {
-                                reason =
-                                    format!("joining cluster {cluster} (named by {via}): {why}")
-                            }
-                        }
-                    }
-                    Decision::Form => match form(inner, &situation, &view).await? {
-                        None => return wait_for_leader(inner, deadline, started).await,
-                        Some(why) => reason = why,
-                    },
-                    Decision::Wait(wait) => reason = wait.to_string(),
+                let wait = paths.not_yet_reachable(&me, &view, Instant::now());
+                if !wait.is_empty() {
+                    tracing::debug!(peers = ?wait, "not dialing peers without a path yet");
+                }
+                let answers = probe_all(inner, &view, &wait, wants, deadline).await;
+                match round(inner, options, &view, &answers, deadline).await? {
+                    Round::Done => return wait_for_leader(inner, deadline, started).await,
+                    Round::Again(why) => reason = why,
                 }
             }
         }
@@ -120,23 +198,399 @@ pub(crate) async fn run<S: StateMachine>(
             return Err(Error::JoinFailed { waited: started.elapsed(), reason });
         }
         tracing::debug!(%reason, "not joined yet");
-        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+        let mut pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
         backoff = (backoff * 2).min(MAX_BACKOFF);
+        if !paths.gained.is_empty() {
+            // A yield to a lower peer ends soon: look again then.
+            pause = pause.min(YIELD_CHECK);
+        }
+        // Look again after `pause`, or as soon as the former of the cluster
+        // this node is bound to initialized it, or (while a peer has no
+        // path yet) the view changes.
+        let watch_views = !paths.is_empty();
+        let woke = async {
+            tokio::select! {
+                Ok(()) = raft_changes.changed() => {}
+                Ok(()) = views.changed(), if watch_views => {}
+                else => std::future::pending::<()>().await,
+            }
+        };
+        let _ = tokio::time::timeout(pause, woke).await;
     }
 }
 
-/// Probes every tagged peer of `view` at once; offline ones are silent
-/// without a dial.
+/// Peers whose path this node is waiting for, or has just seen arrive.
+#[derive(Default)]
+struct Paths {
+    /// When each peer was first seen online without a path.
+    pathless: BTreeMap<String, Instant>,
+    /// When each peer first seen without a path got one.
+    gained: BTreeMap<String, Instant>,
+}
+
+impl Paths {
+    fn is_empty(&self) -> bool {
+        self.pathless.is_empty() && self.gained.is_empty()
+    }
+
+    /// The peers not to dial this round: online peers without a path in
+    /// this node's netmap, within [`PATHLESS_GRACE`] of when they were
+    /// first seen so, and peers sorting lower than `me` within
+    /// [`FIRST_CONTACT_YIELD`] of their path's arrival. They answer
+    /// [`Answer::Silent`], which never lets this node form.
+    fn not_yet_reachable(&mut self, me: &str, view: &ClusterView, now: Instant) -> Vec<String> {
+        let online: BTreeMap<&str, bool> = view
+            .members
+            .values()
+            .filter(|n| n.online)
+            .map(|n| (n.id.0.as_str(), n.has_path))
+            .collect();
+        let mut arrived = Vec::new();
+        self.pathless.retain(|name, _| match online.get(name.as_str()) {
+            Some(false) => true,
+            Some(true) => {
+                arrived.push(name.clone());
+                false
+            }
+            None => false,
+        });
+        // Only lower peers are yielded to.
+        for name in arrived.into_iter().filter(|name| name.as_str() < me) {
+            self.gained.insert(name, now);
+        }
+        self.gained.retain(|name, at| {
+            online.get(name.as_str()) == Some(&true)
+                && now.saturating_duration_since(*at) < FIRST_CONTACT_YIELD
+        });
+        let mut wait = Vec::new();
+        for (name, has_path) in online {
+            if has_path {
+                if self.gained.contains_key(name) {
+                    wait.push(name.to_owned());
+                }
+                continue;
+            }
+            let first = *self.pathless.entry(name.to_owned()).or_insert(now);
+            if now.saturating_duration_since(first) < PATHLESS_GRACE {
+                wait.push(name.to_owned());
+            }
+        }
+        wait
+    }
+}
+
+/// Decides on this round's answers and acts: forming (or resuming) goes on
+/// to the confirm round at once, and a confirm round that binds every peer
+/// to initializing.
+async fn round<S: StateMachine>(
+    inner: &Inner<S>,
+    options: &BootstrapOptions,
+    view: &ClusterView,
+    answers: &[PeerAnswer],
+    deadline: Instant,
+) -> Result<Round, Error> {
+    let me = inner.raft().info().stable_id.clone();
+    // Form, resume, one confirm round, initialize: at most four steps.
+    let mut why = String::new();
+    for _ in 0..4 {
+        let decision = {
+            let state = inner.boot.lock().await;
+            let owned = Owned::of(inner, &state);
+            let situation = situation(&me, options, answers, owned.commitment(view));
+            decide(&situation)
+        };
+        match decision {
+            Decision::Join { cluster, leader, via } => {
+                return match join(inner, cluster, leader, view, deadline).await {
+                    Ok(()) => {
+                        tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
+                        Ok(Round::Done)
+                    }
+                    Err(why) => Ok(Round::Again(format!(
+                        "joining cluster {cluster} (named by {via}): {why}"
+                    ))),
+                };
+            }
+            Decision::Form | Decision::Resume { .. } => {
+                if let Some(why) = start_forming(inner, options, view, answers, &decision).await? {
+                    return Ok(Round::Again(why));
+                }
+            }
+            Decision::Confirm { cluster, ask } => {
+                why = confirm_round(inner, view, cluster, &ask, deadline).await;
+                if why.is_empty() {
+                    continue;
+                }
+                // The peers asked may have confirmed meanwhile (a view that
+                // changed), but one round is enough: probe again first.
+                return Ok(Round::Again(why));
+            }
+            Decision::Initialize { cluster, voters } => {
+                return initialize(inner, options, answers, cluster, &voters).await;
+            }
+            Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
+        }
+    }
+    Ok(Round::Again(why))
+}
+
+fn situation<'a>(
+    me: &'a String,
+    options: &BootstrapOptions,
+    answers: &'a [PeerAnswer],
+    commitment: Commitment<'a, String, ClusterId>,
+) -> Situation<'a, String, ClusterId, LeaderHint> {
+    Situation {
+        me,
+        follow_only: options.follow_only,
+        expected_size: options.expected_size,
+        peers: answers,
+        commitment,
+    }
+}
+
+/// Starts forming a cluster (a new one, or one an earlier incarnation of
+/// this node was forming), if the decision still says so under the
+/// bootstrap lock (a probe answered meanwhile may have granted a promise,
+/// a confirm may have bound this node): stores its id bound to this node,
+/// and drops the promise it held. `None` when started; otherwise why not.
+async fn start_forming<S: StateMachine>(
+    inner: &Inner<S>,
+    options: &BootstrapOptions,
+    view: &ClusterView,
+    answers: &[PeerAnswer],
+    decided: &Decision<String, ClusterId, LeaderHint>,
+) -> Result<Option<String>, Error> {
+    let raft = inner.raft();
+    let me = raft.info().stable_id.clone();
+    let mut state = inner.boot.lock().await;
+    let owned = Owned::of(inner, &state);
+    let now = decide(&situation(&me, options, answers, owned.commitment(view)));
+    if now != *decided {
+        return Ok(Some("the situation changed while deciding".to_owned()));
+    }
+    let cluster = match now {
+        Decision::Form => ClusterId::random().map_err(Error::Fatal)?,
+        Decision::Resume { cluster } => cluster,
+        _ => return Ok(Some("not forming".to_owned())),
+    };
+    match raft.bind(cluster, raft.id(), raft.info().clone()).await {
+        Ok(()) => {}
+        Err(err) => return Ok(Some(format!("cannot store cluster id {cluster}: {err}"))),
+    }
+    state.promise = None;
+    state.forming = Some(Forming { cluster, confirmed: BTreeMap::new() });
+    tracing::info!(
+        id = inner.id,
+        %cluster,
+        resumed = matches!(decided, Decision::Resume { .. }),
+        tagged = 1 + answers.len(),
+        "forming a cluster: asking every tagged peer to confirm"
+    );
+    Ok(None)
+}
+
+/// Asks the peers `ask` to confirm `cluster`, at once, and records those
+/// that did. An empty string when all did; otherwise who did not, and why.
+async fn confirm_round<S: StateMachine>(
+    inner: &Inner<S>,
+    view: &ClusterView,
+    cluster: ClusterId,
+    ask: &[String],
+    deadline: Instant,
+) -> String {
+    let raft = inner.raft();
+    let request = ConfirmRequest {
+        cluster_id: cluster,
+        id: raft.id(),
+        incarnation: raft.incarnation(),
+        node: raft.info().clone(),
+    };
+    let mut calls = JoinSet::new();
+    let mut refused = Vec::new();
+    for name in ask {
+        let Some(peer) = view.members.values().find(|n| n.id.0 == *name) else {
+            refused.push(format!("{name} is not in view"));
+            continue;
+        };
+        if !peer.online {
+            refused.push(format!("{name} is offline"));
+            continue;
+        }
+        let client = inner.service.client().clone();
+        let ports = join_ports(&inner.config);
+        let (peer, request) = (peer.clone(), request.clone());
+        calls.spawn(async move {
+            let answer = ask_to_confirm(&client, &peer, &ports, &request, deadline).await;
+            (peer, answer)
+        });
+    }
+    let mut bound = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        match done {
+            Ok((peer, Ok(answer))) => match check_confirmed(&answer, &peer, cluster) {
+                Ok(record) => bound.push((peer.id.0.clone(), record)),
+                Err(why) => refused.push(format!("{} answered badly: {why}", peer.id)),
+            },
+            Ok((peer, Err(why))) => refused.push(format!("{}: {why}", peer.id)),
+            Err(err) => refused.push(format!("a confirm task failed: {err}")),
+        }
+    }
+    let mut state = inner.boot.lock().await;
+    if let Some(forming) = state.forming.as_mut().filter(|f| f.cluster == cluster) {
+        for (name, record) in bound {
+            tracing::info!(peer = %name, id = record.0, %cluster, "peer bound to the cluster");
+            forming.confirmed.insert(name, record);
+        }
+    }
+    refused.sort();
+    if refused.is_empty() {
+        String::new()
+    } else {
+        format!("forming cluster {cluster}, not confirmed yet: {}", refused.join("; "))
+    }
+}
+
+/// One peer's confirm: the first port that answers, each attempt within
+/// [`ATTEMPT`] and the deadline; a refusal ends it.
+async fn ask_to_confirm(
+    client: &CommandClient,
+    peer: &TailnetNode,
+    ports: &[u16],
+    request: &ConfirmRequest,
+    deadline: Instant,
+) -> Result<ConfirmResponse, String> {
+    let addrs: Vec<IpAddr> = peer.addrs().collect();
+    let mut last = "the start deadline passed".to_owned();
+    for &port in ports {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        let target = NodeInfo {
+            stable_id: peer.id.0.clone(),
+            addrs: addrs.clone(),
+            raft_port: 0,
+            command_port: port,
+        };
+        let until = Instant::now() + ATTEMPT.min(remaining);
+        match client.post(&target, "/v1/confirm", request, until, false).await {
+            Ok(answer) => return Ok(answer),
+            Err(RpcError::Remote { body, .. }) => {
+                return Err(format!("{}: {}", body.code, body.message));
+            }
+            Err(err) => last = err.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// Checks a binder's answer: about `peer`, bound to `cluster`, with a raft
+/// id from its incarnation. Its record, with only the addresses the view
+/// gives the peer.
+fn check_confirmed(
+    answer: &ConfirmResponse,
+    peer: &TailnetNode,
+    cluster: ClusterId,
+) -> Result<(NodeId, NodeInfo), String> {
+    check_node(&answer.node)?;
+    if answer.node.stable_id != peer.id.0 {
+        return Err(format!("answered as {:?}", answer.node.stable_id));
+    }
+    if answer.cluster_id != cluster {
+        return Err(format!("bound to cluster {}", answer.cluster_id));
+    }
+    if answer.incarnation == 0 || answer.id != node_id(&peer.id.0, answer.incarnation) {
+        return Err(format!("raft id {} does not match its incarnation", answer.id));
+    }
+    let addrs: Vec<IpAddr> = answer
+        .node
+        .addrs
+        .iter()
+        .copied()
+        .filter(|a| peer.addrs().any(|own| own == a.to_canonical()))
+        .collect();
+    if addrs.is_empty() {
+        return Err("none of its addresses is its tailnet address".to_owned());
+    }
+    Ok((answer.id, NodeInfo { addrs, ..answer.node.clone() }))
+}
+
+/// Initializes `cluster` with this node and the binders `voters` as its
+/// voters, if every tagged peer of the view is (still) bound to it under
+/// the bootstrap lock.
+async fn initialize<S: StateMachine>(
+    inner: &Inner<S>,
+    options: &BootstrapOptions,
+    answers: &[PeerAnswer],
+    cluster: ClusterId,
+    voters: &[String],
+) -> Result<Round, Error> {
+    let raft = inner.raft();
+    let me = raft.info().stable_id.clone();
+    let mut state = inner.boot.lock().await;
+    // Against the view as it is now: a peer tagged meanwhile must be bound
+    // too.
+    let Some(view) = inner.fresh_view() else {
+        return Ok(Round::Again("the tailnet view is missing or out of date".to_owned()));
+    };
+    let now_answers: Vec<PeerAnswer> = view
+        .members
+        .values()
+        .map(|n| {
+            answers
+                .iter()
+                .find(|a| a.name == n.id.0)
+                .cloned()
+                .unwrap_or(Peer { name: n.id.0.clone(), answer: Answer::Silent })
+        })
+        .collect();
+    let owned = Owned::of(inner, &state);
+    let voters = match decide(&situation(&me, options, &now_answers, owned.commitment(&view))) {
+        Decision::Initialize { cluster: c, voters: now } if c == cluster => now,
+        Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
+        _ => return Ok(Round::Again(format!("the view changed before initializing ({voters:?})"))),
+    };
+    let Some(forming) = state.forming.as_ref() else {
+        return Ok(Round::Again("no longer forming".to_owned()));
+    };
+    let mut members = BTreeMap::from([(raft.id(), raft.info().clone())]);
+    for name in &voters {
+        let Some((id, record)) = forming.confirmed.get(name) else {
+            return Ok(Round::Again(format!("{name} has not confirmed")));
+        };
+        members.insert(*id, record.clone());
+    }
+    tracing::info!(
+        id = inner.id,
+        %cluster,
+        voters = members.len(),
+        "every tagged peer is bound to the cluster; initializing it"
+    );
+    let formed =
+        raft.initialize_in(cluster, members).await.map_err(|e| Error::Fatal(e.to_string()))?;
+    state.forming = None;
+    if formed {
+        tracing::info!(id = inner.id, %cluster, "formed the cluster");
+    } else {
+        tracing::info!(id = inner.id, "this node had raft state before it initialized");
+    }
+    Ok(Round::Done)
+}
+
+/// Probes every tagged peer of `view` at once; offline ones, and those in
+/// `not_yet` (no path yet), are silent without a dial.
 async fn probe_all<S: StateMachine>(
     inner: &Inner<S>,
     view: &ClusterView,
+    not_yet: &[String],
     wants_promise: bool,
     deadline: Instant,
 ) -> Vec<PeerAnswer> {
     let mut probes = JoinSet::new();
     let mut answers = Vec::new();
     for peer in view.members.values() {
-        if !peer.online {
+        if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
             continue;
         }
@@ -231,7 +685,8 @@ fn resolve(view: &ClusterView, hint: &LeaderHint) -> Result<NodeInfo, String> {
 }
 
 /// Stores `cluster` as this node's cluster (under the bootstrap lock: from
-/// now on it answers probes as a member), then asks its leader to add it.
+/// now on it answers probes as a member; refused if this node is bound to
+/// another cluster meanwhile), then asks its leader to add it.
 async fn join<S: StateMachine>(
     inner: &Inner<S>,
     cluster: ClusterId,
@@ -241,9 +696,13 @@ async fn join<S: StateMachine>(
 ) -> Result<(), String> {
     let raft = inner.raft();
     {
-        let mut promise = inner.promise.lock().await;
+        let mut state = inner.boot.lock().await;
+        if let Some(own) = raft.cluster_id().filter(|own| *own != cluster) {
+            return Err(format!("this node is bound to cluster {own} meanwhile"));
+        }
         raft.set_cluster_id(cluster).await.map_err(|err| err.to_string())?;
-        promise.to = None;
+        state.promise = None;
+        state.forming = None;
     }
     let request = JoinRequest {
         id: raft.id(),
@@ -269,40 +728,6 @@ async fn join<S: StateMachine>(
     Err("the leader kept changing".to_owned())
 }
 
-/// Forms a one-node cluster, if the decision still says so under the
-/// bootstrap lock (a probe answered meanwhile may have granted a promise).
-/// `None` when formed; otherwise why not.
-async fn form<S: StateMachine>(
-    inner: &Inner<S>,
-    situation: &Situation<'_, String, ClusterId, LeaderHint>,
-    view: &ClusterView,
-) -> Result<Option<String>, Error> {
-    let raft = inner.raft();
-    let mut promise = inner.promise.lock().await;
-    let holding = promise.to.clone();
-    let now =
-        Situation { holding: holding.as_ref().map(|h| (h, tagged(view, h))), ..situation.clone() };
-    match decide(&now) {
-        Decision::Form => {}
-        Decision::Wait(wait) => return Ok(Some(wait.to_string())),
-        Decision::Join { .. } => return Ok(Some("a cluster appeared".to_owned())),
-    }
-    tracing::info!(
-        id = inner.id,
-        tagged = 1 + situation.peers.len(),
-        "every tagged peer is fresh and promised to wait for this node; forming the cluster"
-    );
-    let members = [(raft.id(), raft.info().clone())].into_iter().collect();
-    let formed = raft.initialize(members).await.map_err(|e| Error::Fatal(e.to_string()))?;
-    promise.to = None;
-    if formed {
-        tracing::info!(id = inner.id, cluster = ?raft.cluster_id(), "formed the cluster");
-    } else {
-        tracing::info!(id = inner.id, "a leader took this node in before it formed a cluster");
-    }
-    Ok(None)
-}
-
 async fn wait_for_leader<S: StateMachine>(
     inner: &Inner<S>,
     deadline: Instant,
@@ -315,4 +740,76 @@ async fn wait_for_leader<S: StateMachine>(
         .await
         .map(|_| ())
         .map_err(|_| Error::NoLeader { waited: started.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use ts_discovery::{StableNodeId, TailnetNode};
+
+    use super::*;
+
+    fn node(name: &str, online: bool, has_path: bool) -> TailnetNode {
+        let last = name.bytes().last().unwrap_or(0);
+        TailnetNode {
+            id: StableNodeId(name.to_owned()),
+            hostname: name.to_owned(),
+            dns_name: String::new(),
+            ipv4: Some(Ipv4Addr::new(100, 64, 0, last)),
+            ipv6: None,
+            tags: ["tag:t".to_owned()].into(),
+            online,
+            has_path,
+        }
+    }
+
+    fn view(peers: &[(&str, bool, bool)]) -> ClusterView {
+        let peers = peers.iter().map(|(n, online, path)| node(n, *online, *path));
+        ClusterView::new("tag:t", node("m", true, true), peers)
+    }
+
+    /// An online peer without a path is not dialed until its path arrives,
+    /// or for at most PATHLESS_GRACE; a peer with a path from the start,
+    /// or offline, is not held back (offline peers are silent anyway).
+    #[test]
+    fn a_peer_without_a_path_is_dialed_when_it_has_one_or_after_the_grace() {
+        let t0 = Instant::now();
+        let mut paths = Paths::default();
+        let v = view(&[("p", true, false), ("q", true, true), ("r", false, false)]);
+        assert_eq!(paths.not_yet_reachable("m", &v, t0), ["p"]);
+        assert_eq!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE / 2), ["p"]);
+        assert!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE).is_empty());
+        // Its path arrives: dialed at once (it sorts higher than "m").
+        let mut paths = Paths::default();
+        assert_eq!(paths.not_yet_reachable("m", &v, t0), ["p"]);
+        let v = view(&[("p", true, true), ("q", true, true), ("r", false, false)]);
+        assert!(paths.not_yet_reachable("m", &v, t0 + PATHLESS_GRACE / 3).is_empty());
+        assert!(paths.is_empty());
+    }
+
+    /// A peer that sorts lower and whose path just arrived dials first: this
+    /// node waits FIRST_CONTACT_YIELD, so that the two first handshakes do
+    /// not cross; a lower peer known with a path from the start is dialed
+    /// at once.
+    #[test]
+    fn a_lower_peer_whose_path_just_arrived_dials_first() {
+        let t0 = Instant::now();
+        let mut paths = Paths::default();
+        let before = view(&[("a", true, false), ("b", true, true), ("p", true, false)]);
+        let after = view(&[("a", true, true), ("b", true, true), ("p", true, true)]);
+        assert_eq!(paths.not_yet_reachable("m", &before, t0), ["a", "p"]);
+        let t1 = t0 + Duration::from_millis(900);
+        assert_eq!(paths.not_yet_reachable("m", &after, t1), ["a"]);
+        assert_eq!(paths.not_yet_reachable("m", &after, t1 + FIRST_CONTACT_YIELD / 2), ["a"]);
+        assert!(paths.not_yet_reachable("m", &after, t1 + FIRST_CONTACT_YIELD).is_empty());
+        assert!(paths.is_empty());
+        // A peer gone offline meanwhile is forgotten.
+        let mut paths = Paths::default();
+        paths.not_yet_reachable("m", &before, t0);
+        paths.not_yet_reachable("m", &after, t1);
+        let gone = view(&[("a", false, true), ("b", true, true), ("p", true, true)]);
+        assert!(paths.not_yet_reachable("m", &gone, t1).is_empty());
+        assert!(paths.is_empty(), "{:?} {:?}", paths.pathless, paths.gained);
+    }
 }

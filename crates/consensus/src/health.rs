@@ -7,10 +7,18 @@
 //! - `/readyz`: the node is useful to talk to. 200 when it is a member of
 //!   a cluster's configuration, knows a leader, has applied to within
 //!   [`Config::ready_max_lag`](crate::Config::ready_max_lag) entries of
-//!   the committed index it knows, and is not fatal; a leader must also
+//!   the cluster's committed index, and is not fatal; a leader must also
 //!   have heard from a quorum within the upper election timeout (a leader
 //!   cut off from its followers keeps its role in openraft 0.9). 503
 //!   otherwise, with every reason.
+//!
+//! A follower's own committed index is no measure: openraft clamps it to
+//! the entries the follower has accepted, so a follower far behind looks
+//! caught up. A follower compares with the **leader's** commit index
+//! instead, learned through a read-index round (the monitor's refresher
+//! asks about once a second, each round bounded by [`LEADER_ROUND`]); if
+//! it has not learned one within [`LEADER_COMMIT_FRESH`], it is not
+//! ready.
 
 use serde::Serialize;
 
@@ -28,6 +36,8 @@ pub(crate) struct Inputs {
     pub(crate) leader: Option<u64>,
     pub(crate) applied: Option<u64>,
     pub(crate) committed: Option<u64>,
+    /// On a follower: the leader's commit index, if learned recently.
+    pub(crate) leader_committed: Option<u64>,
     /// On the leader: time since a quorum last acknowledged it.
     pub(crate) millis_since_quorum_ack: Option<u64>,
     pub(crate) max_lag: u64,
@@ -45,6 +55,8 @@ pub(crate) struct Readiness {
     pub(crate) leader: Option<u64>,
     pub(crate) applied_index: Option<u64>,
     pub(crate) committed_index: Option<u64>,
+    /// On a follower: the leader's commit index it compared with.
+    pub(crate) leader_committed_index: Option<u64>,
 }
 
 pub(crate) fn readiness(i: &Inputs) -> Readiness {
@@ -69,7 +81,24 @@ pub(crate) fn readiness(i: &Inputs) -> Readiness {
         },
         Some(_) => {}
     }
-    match (i.applied, i.committed) {
+    // A follower measures against the leader's commit index; its own is
+    // clamped to what it has accepted.
+    let committed = match i.role {
+        Role::Leader => i.committed,
+        _ => match i.leader_committed {
+            Some(leader) => Some(leader.max(i.committed.unwrap_or(0))),
+            None => {
+                if i.leader.is_some() {
+                    reasons.push(
+                        "the leader's commit index is not known (no read-index answer lately)"
+                            .to_owned(),
+                    );
+                }
+                i.committed
+            }
+        },
+    };
+    match (i.applied, committed) {
         (_, None) => reasons.push("the committed index is not known yet".to_owned()),
         (applied, Some(committed)) => {
             let lag = committed.saturating_sub(applied.unwrap_or(0));
@@ -90,6 +119,46 @@ pub(crate) fn readiness(i: &Inputs) -> Readiness {
         leader: i.leader,
         applied_index: i.applied,
         committed_index: i.committed,
+        leader_committed_index: i.leader_committed,
+    }
+}
+
+/// How long a leader's commit index learned by a follower counts.
+pub(crate) const LEADER_COMMIT_FRESH: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often a follower asks, at most.
+const LEADER_COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Time one read-index round may take.
+pub(crate) const LEADER_ROUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// On a follower that knows a leader: learns the leader's commit index
+/// through a read-index round (bounded by [`LEADER_ROUND`]), unless it
+/// learned one less than [`LEADER_COMMIT_EVERY`] ago.
+pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
+    use std::time::Instant;
+    let raft = inner.raft();
+    let m = raft.metrics();
+    let Some((id, leader)) = m
+        .leader
+        .filter(|id| *id != inner.id)
+        .and_then(|id| m.nodes.get(&id).map(|node| (id, node.clone())))
+    else {
+        return;
+    };
+    let last = *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|(_, at)| at.elapsed() < LEADER_COMMIT_EVERY) {
+        return;
+    }
+    let to = cmd_rpc::Addressee { node: id, cluster: raft.cluster_id() };
+    let deadline = Instant::now() + LEADER_ROUND;
+    let body = serde_json::json!({});
+    let answer: Result<cmd_rpc::ReadIndexResponse, _> =
+        inner.service.client().post_to(to, &leader, "/v1/read-index", &body, deadline, true).await;
+    match answer {
+        Ok(answer) => {
+            *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((answer.index, Instant::now()));
+        }
+        Err(err) => tracing::debug!(error = %err, "no read index from the leader for readiness"),
     }
 }
 
@@ -107,6 +176,12 @@ pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
         leader: metrics.leader,
         applied: metrics.applied_index,
         committed: (committed != u64::MAX).then_some(committed),
+        leader_committed: inner
+            .leader_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .filter(|(_, at)| at.elapsed() < LEADER_COMMIT_FRESH)
+            .map(|(index, _)| index),
         millis_since_quorum_ack: m.millis_since_quorum_ack,
         max_lag: inner.config.ready_max_lag,
         max_quorum_silence_ms: inner.config.timing.election.1.as_millis() as u64,
@@ -126,6 +201,7 @@ mod tests {
             leader: Some(1),
             applied: Some(100),
             committed: Some(100),
+            leader_committed: Some(100),
             millis_since_quorum_ack: None,
             max_lag: 10,
             max_quorum_silence_ms: 3000,
@@ -151,12 +227,17 @@ mod tests {
             ("lagging", Inputs { applied: Some(89), ..healthy_follower() }, "11 entries behind"),
             (
                 "nothing applied",
-                Inputs { applied: None, committed: Some(11), ..healthy_follower() },
+                Inputs {
+                    applied: None,
+                    committed: Some(11),
+                    leader_committed: Some(11),
+                    ..healthy_follower()
+                },
                 "11 entries behind",
             ),
             (
                 "committed unknown",
-                Inputs { committed: None, ..healthy_follower() },
+                Inputs { committed: None, leader_committed: None, ..healthy_follower() },
                 "committed index is not known",
             ),
             (
@@ -181,5 +262,32 @@ mod tests {
         }
         // Within the lag bound.
         assert!(readiness(&Inputs { applied: Some(90), ..healthy_follower() }).ready);
+    }
+
+    #[test]
+    fn a_follower_measures_against_the_leaders_commit_index() {
+        // Its own committed index is clamped to what it accepted: it looks
+        // caught up, the leader's says it is far behind.
+        let behind = Inputs {
+            applied: Some(100),
+            committed: Some(100),
+            leader_committed: Some(5000),
+            ..healthy_follower()
+        };
+        let r = readiness(&behind);
+        assert!(!r.ready);
+        assert!(r.reasons.iter().any(|x| x.contains("4900 entries behind")), "{:?}", r.reasons);
+        let unknown = Inputs { leader_committed: None, ..healthy_follower() };
+        let r = readiness(&unknown);
+        assert!(!r.ready);
+        assert!(r.reasons.iter().any(|x| x.contains("leader's commit index")), "{:?}", r.reasons);
+        // A leader uses its own.
+        let leader = Inputs {
+            role: Role::Leader,
+            leader_committed: None,
+            millis_since_quorum_ack: Some(10),
+            ..healthy_follower()
+        };
+        assert!(readiness(&leader).ready);
     }
 }

@@ -41,6 +41,11 @@
 //!   tool: members, status, remove, transfer leadership
 //!   ([`Consensus::transfer_leadership`]), snapshot, backup and restore.
 //!
+//! [`Consensus::start_on_tailnet`] and the tsnet transport come with the
+//! `tailscale` feature (Go's tsnet built into the binary: Go and a C
+//! compiler at build time). Without it the crate needs only Rust and runs
+//! over any [`Transport`] with any [`Discovery`] ([`Consensus::start_with`]).
+//!
 //! Commands and answers travel as JSON between nodes; the Go package's
 //! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
 //! hyper type appears in this API.

@@ -242,6 +242,7 @@ mod tests {
             ipv6: None,
             tags: BTreeSet::from([TAG.to_owned()]),
             online: true,
+            has_path: true,
         }
     }
 

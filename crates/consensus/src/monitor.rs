@@ -254,6 +254,7 @@ pub(crate) async fn start<S: StateMachine>(
                 if let Some(committed) = strong.raft().committed_index().await {
                     strong.committed.store(committed, Ordering::Relaxed);
                 }
+                crate::health::refresh_leader_commit(&strong).await;
                 drop(strong);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -275,9 +276,9 @@ pub(crate) async fn start<S: StateMachine>(
         let listener = local.listen(port).await.map_err(|e| {
             Error::Network(format!("cannot listen on 127.0.0.1:{port} for the monitor: {e}"))
         })?;
-        let only_loopback: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> =
-            Arc::new(|peer: PeerAddr| peer.ip().is_loopback());
-        let server = PageServer::start(Arc::from(listener), only_loopback, render, HEADER_TIMEOUT);
+        // Loopback callers that name it 127.0.0.1 or localhost (no DNS
+        // rebinding), as the admin endpoint.
+        let server = PageServer::start_local(Arc::from(listener), render, HEADER_TIMEOUT);
         *inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(server.port());
         inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);

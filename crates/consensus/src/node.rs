@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    Caller, CommandClient, CommandConfig, CommandServer, CommandService, LeaderHint, PageServer,
-    Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, RemoveRequest,
+    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
+    ConfirmRequest, ConfirmResponse, LeaderHint, PageServer, Peers, ProbeFuture, ProbeRequest,
+    ProbeResponse, ProbeState, ReadRequest, RemoveRequest, RpcError,
 };
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 
-use crate::bootstrap::Promise;
+use crate::bootstrap::BootState;
 use crate::config::{BootstrapOptions, Config};
 use crate::decide;
 use crate::error::Error;
@@ -161,18 +162,27 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The committed index, refreshed by the monitor (u64::MAX: unknown).
     pub(crate) committed: std::sync::atomic::AtomicU64,
+    /// On a follower: the leader's commit index, learned through a
+    /// read-index round by the monitor's refresher, and when
+    /// (crate::health).
+    pub(crate) leader_committed: Mutex<Option<(u64, Instant)>>,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
     /// When each tagged node (by stable id) may next be probed by the
     /// leader's membership reconciler.
     pub(crate) membership_probes: Mutex<HashMap<String, Instant>>,
-    /// The bootstrap lock: the promise this node holds; answering probes,
-    /// granting, joining and forming happen under it.
-    pub(crate) promise: Arc<tokio::sync::Mutex<Promise>>,
+    /// The bootstrap lock: the promise this node holds and the cluster it
+    /// forms; answering probes and confirms, granting, binding, joining and
+    /// forming happen under it.
+    pub(crate) boot: Arc<tokio::sync::Mutex<BootState>>,
     /// What `/metrics` counts here (crate::metrics).
     pub(crate) counters: Arc<Counters>,
     /// The operator's endpoint, if served (crate::admin).
     pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
+    /// Counts restores staged through the admin endpoint; staging and
+    /// cancelling one happen under this lock, so a watcher cancels only
+    /// the restore it was started for (crate::admin).
+    pub(crate) restore_staged: Mutex<u64>,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -223,13 +233,31 @@ pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint
 }
 
 /// What the command API asks the facade about callers, answered from the
-/// tailnet view, and the bootstrap probe, answered under the bootstrap
-/// lock ([`decide::bootstrap::answer`]).
+/// tailnet view, and the bootstrap probe and confirm, answered under the
+/// bootstrap lock ([`decide::bootstrap::answer`],
+/// [`decide::bootstrap::confirm`]).
 struct FacadePeers<S: StateMachine> {
     raft: Arc<RaftNode<Adapter<S>>>,
     discovery: Arc<dyn Discovery>,
     max_staleness: Duration,
-    promise: Arc<tokio::sync::Mutex<Promise>>,
+    boot: Arc<tokio::sync::Mutex<BootState>>,
+}
+
+impl<S: StateMachine> FacadePeers<S> {
+    /// Whether the holder of this node's promise is still tagged in its
+    /// view; with a stale view, yes (a promise is kept, failing closed).
+    fn holder_tagged(&self, holder: Option<&str>) -> bool {
+        let state = self.discovery.state().borrow().clone();
+        let stale = state.is_stale(self.max_staleness);
+        holder.is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)))
+    }
+
+    /// The leader this node names: the one raft knows, else the former of
+    /// the cluster it is bound to (itself, while it forms one).
+    fn named_leader(&self) -> Option<LeaderHint> {
+        leader_hint(&self.raft.metrics())
+            .or_else(|| self.raft.former().map(|(id, node)| LeaderHint { id, node }))
+    }
 }
 
 impl<S: StateMachine> Peers for FacadePeers<S> {
@@ -256,33 +284,28 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
 
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let mut promise = self.promise.lock().await;
+            let mut boot = self.boot.lock().await;
             let state = self.discovery.state().borrow().clone();
             let stale = state.is_stale(self.max_staleness);
             let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
             let me = self.raft.info().stable_id.clone();
             let cluster_id = self.raft.cluster_id();
-            // A stale view keeps a promise (fail closed) and grants none.
-            let holder_tagged = promise
-                .to
-                .as_deref()
-                .is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)));
             let (holding, reply) = decide::bootstrap::answer(&decide::bootstrap::Probe {
                 me: &me,
                 member: cluster_id.is_some(),
-                holding: promise.to.as_ref(),
-                holder_tagged,
+                holding: boot.promise.as_ref(),
+                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
                 caller: &caller.stable_id,
                 caller_live: !stale && live(&caller.stable_id),
                 wants_promise: request.promise,
             });
-            if holding != promise.to {
-                tracing::info!(from = ?promise.to, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
+            if holding != boot.promise {
+                tracing::info!(from = ?boot.promise, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
             }
-            promise.to = holding;
+            boot.promise = holding;
             let state = match (cluster_id, reply) {
                 (Some(cluster_id), _) => {
-                    ProbeState::Member { cluster_id, leader: leader_hint(&self.raft.metrics()) }
+                    ProbeState::Member { cluster_id, leader: self.named_leader() }
                 }
                 (None, decide::bootstrap::Reply::Fresh { promised_to }) => {
                     ProbeState::Fresh { promised_to }
@@ -294,6 +317,43 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
                 incarnation: self.raft.incarnation(),
                 node: self.raft.info().clone(),
                 state,
+            }
+        })
+    }
+
+    fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
+        Box::pin(async move {
+            let mut boot = self.boot.lock().await;
+            let me = self.raft.info().stable_id.clone();
+            let stored = self.raft.cluster_id();
+            let former = self.raft.former().map(|(_, node)| node.stable_id);
+            let has_state = self.raft.is_initialized().await;
+            let step = decide::bootstrap::confirm(&decide::bootstrap::ConfirmCall {
+                has_state,
+                stored: stored.as_ref().map(|c| (c, former.as_ref())),
+                holding: boot.promise.as_ref(),
+                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
+                caller: &caller.stable_id,
+                cluster: &request.cluster_id,
+            });
+            match step {
+                decide::bootstrap::Confirmation::Refuse(why) => {
+                    tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, %why, "refused to confirm a cluster being formed");
+                    Err(RpcError::NotConfirmed(format!("{me} {why}")))
+                }
+                decide::bootstrap::Confirmation::Bind | decide::bootstrap::Confirmation::Again => {
+                    self.raft
+                        .bind(request.cluster_id, request.id, request.node.clone())
+                        .await
+                        .map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
+                    boot.promise = None;
+                    Ok(ConfirmResponse {
+                        cluster_id: request.cluster_id,
+                        id: self.raft.id(),
+                        incarnation: self.raft.incarnation(),
+                        node: self.raft.info().clone(),
+                    })
+                }
             }
         })
     }
@@ -356,6 +416,7 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
 ///     ipv6: None,
 ///     tags: BTreeSet::from([tag.to_owned()]),
 ///     online: true,
+///     has_path: true,
 /// };
 /// let network = MemNetwork::new();
 /// let node = Consensus::start_with(
@@ -522,12 +583,12 @@ impl<S: StateMachine> Consensus<S> {
         })?;
         let id = raft.id();
         let raft = Arc::new(raft);
-        let promise = Arc::new(tokio::sync::Mutex::new(Promise::default()));
+        let boot = Arc::new(tokio::sync::Mutex::new(BootState::default()));
         let peers = FacadePeers {
             raft: raft.clone(),
             discovery: discovery.clone(),
             max_staleness: config.timing.max_staleness,
-            promise: promise.clone(),
+            boot: boot.clone(),
         };
         let commands = command_config(&config);
         let service = Arc::new(CommandService::new(
@@ -562,11 +623,13 @@ impl<S: StateMachine> Consensus<S> {
             localhost_monitor_port: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             committed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            leader_committed: Mutex::new(None),
             owns_discovery: AtomicBool::new(false),
             membership_probes: Mutex::new(HashMap::new()),
-            promise,
+            boot,
             counters: counters.clone(),
             admin: Mutex::new(None),
+            restore_staged: Mutex::new(0),
         });
         let consensus = Consensus { inner };
         // From before the bootstrap, so that the first election counts.

@@ -10,7 +10,9 @@
 //!    leader" inside the node, and the command service retries them (within
 //!    each call's deadline) until the new leader is known, then forwards
 //!    them there. Nothing is refused to a caller for this.
-//! 2. **Catch up.** It waits until the target has every entry of its log.
+//! 2. **Catch up.** It waits until the target has every entry of its log:
+//!    at most two upper election timeouts, and gives up sooner if the
+//!    target's matched index does not move for one.
 //! 3. **Let leases run out.** A voter refuses another candidate while its
 //!    leader lease runs (the upper election timeout since it last heard
 //!    from the leader), so the leader waits one lease plus one heartbeat
@@ -91,9 +93,10 @@ impl From<TransferError> for Error {
 struct Hold<'a, S: StateMachine>(&'a RaftNode<Adapter<S>>);
 
 impl<'a, S: StateMachine> Hold<'a, S> {
-    fn start(raft: &'a RaftNode<Adapter<S>>) -> Hold<'a, S> {
-        raft.hold_for_transfer(true);
-        Hold(raft)
+    /// The hold, unless another transfer has it (checked and taken in one
+    /// atomic step).
+    fn try_start(raft: &'a RaftNode<Adapter<S>>) -> Option<Hold<'a, S>> {
+        raft.try_hold_for_transfer().then_some(Hold(raft))
     }
 }
 
@@ -120,6 +123,55 @@ fn pick<S: StateMachine>(inner: &Inner<S>, m: &raft_core::NodeMetrics) -> Option
         }
     }
     best.map(|(_, _, std::cmp::Reverse(id))| id)
+}
+
+/// Waits (the hold on) until `target` has every entry of this leader's
+/// log: at most two upper election timeouts, and no longer than one upper
+/// election timeout without its matched index moving, so that a target
+/// that is down or far behind does not keep the cluster without commits
+/// until the call's deadline.
+async fn catch_up<S: StateMachine>(
+    inner: &Inner<S>,
+    target: u64,
+    deadline: Instant,
+) -> Result<raft_core::NodeMetrics, TransferError> {
+    let raft = inner.raft();
+    let timing = &inner.config.timing;
+    let until = deadline.min(Instant::now() + timing.election.1 * 2);
+    let stall = timing.election.1;
+    let matched_of = |m: &raft_core::NodeMetrics| {
+        m.replication.as_ref().and_then(|r| r.get(&target).copied().flatten())
+    };
+    let mut last = (matched_of(&raft.metrics()), Instant::now());
+    loop {
+        let step = timing.heartbeat.min(until.saturating_duration_since(Instant::now()));
+        let done = |m: &raft_core::NodeMetrics| {
+            m.role != raft_core::Role::Leader
+                || matched_of(m).is_some_and(|matched| Some(matched) >= m.last_log_index)
+        };
+        let m = match raft.wait_for(step, done).await {
+            Ok(m) => return Ok(m),
+            Err(m) => m,
+        };
+        let now = Instant::now();
+        let matched = matched_of(&m);
+        if matched > last.0 {
+            last = (matched, now);
+        }
+        let why = if now >= until {
+            Some(format!("within {:?}", timing.election.1 * 2))
+        } else if now.duration_since(last.1) >= stall {
+            Some(format!("its matched index stayed at {:?} for {stall:?}", last.0))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(TransferError::Failed(format!(
+                "node {target} did not catch up with this leader's log (index {:?}): {why}",
+                m.last_log_index
+            )));
+        }
+    }
 }
 
 /// Hands leadership from this node (the leader) to `to`, or to the voter
@@ -162,29 +214,12 @@ pub(crate) async fn transfer<S: StateMachine>(
     let Some(node) = m.nodes.get(&target).cloned() else {
         return Err(TransferError::Invalid(format!("{target} is not a member")));
     };
-    if raft.is_held_for_transfer() {
-        return Err(TransferError::Busy);
-    }
-    let hold = Hold::<S>::start(raft);
+    let Some(hold) = Hold::<S>::try_start(raft) else { return Err(TransferError::Busy) };
     tracing::info!(from = me, target, "handing leadership over");
     let remaining = || deadline.saturating_duration_since(Instant::now());
 
     // The target has every entry of the log (new ones are held out).
-    let caught_up = raft
-        .wait_for(remaining(), |m| {
-            m.role != raft_core::Role::Leader
-                || m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).copied().flatten())
-                    .is_some_and(|matched| Some(matched) >= m.last_log_index)
-        })
-        .await
-        .map_err(|m| {
-            TransferError::Failed(format!(
-                "node {target} did not catch up with this leader's log (index {:?}) in time",
-                m.last_log_index
-            ))
-        })?;
+    let caught_up = catch_up(inner, target, deadline).await?;
     if caught_up.role != raft_core::Role::Leader {
         return Err(TransferError::Failed(
             "this node stopped leading while the target caught up".to_owned(),
@@ -207,8 +242,12 @@ pub(crate) async fn transfer<S: StateMachine>(
         last_log_index: caught_up.last_log_index.unwrap_or(0),
     };
     let call_deadline = deadline.min(Instant::now() + CAMPAIGN_CALL);
-    let answer: Result<serde_json::Value, _> =
-        inner.service.client().post(&node, "/v1/campaign", &request, call_deadline, false).await;
+    let to = cmd_rpc::Addressee { node: target, cluster: raft.cluster_id() };
+    let answer: Result<serde_json::Value, _> = inner
+        .service
+        .client()
+        .post_to(to, &node, "/v1/campaign", &request, call_deadline, false)
+        .await;
     if let Err(err) = answer {
         return Err(TransferError::Failed(format!("node {target} did not campaign: {err}")));
     }

@@ -31,7 +31,8 @@ fn config(faults: &StorageFaults, durable: Option<&tempfile::TempDir>, i: usize)
 async fn monitor(node: &Consensus<Tally>, path: &str) -> String {
     let port = node.monitor_localhost_port().expect("monitor on localhost");
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))

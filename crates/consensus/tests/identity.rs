@@ -47,6 +47,7 @@ fn tailnet_node(name: &str, i: usize, online: bool) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([TAG.to_owned()]),
         online,
+        has_path: true,
     }
 }
 

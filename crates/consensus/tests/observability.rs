@@ -341,3 +341,39 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
         node.stop(consensus::StopMode::Stay).await.unwrap();
     }
 }
+
+/// The localhost monitor answers only requests addressed to it as
+/// 127.0.0.1 or localhost: a web page whose own name was rebound to
+/// 127.0.0.1 (DNS rebinding) sends that name and reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_localhost_monitor_refuses_other_host_names() {
+    let world = World::new(1);
+    let node = world.start(0, config()).await;
+    let port = node.monitor_localhost_port().expect("a localhost monitor");
+    for path in ["/status", "/readyz", "/healthz", "/metrics", "/"] {
+        for host in [format!("rebound.example:{port}"), "127.0.0.1".to_owned(), String::new()] {
+            let (status, body) = raw_get(port, path, &host).await;
+            assert_eq!(status, 421, "{path} with Host {host:?}: {body}");
+            assert!(!body.contains("applied"), "{path} leaked: {body}");
+        }
+        for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let (status, body) = raw_get(port, path, &host).await;
+            assert!(status == 200 || status == 503, "{path} with Host {host:?}: {status} {body}");
+        }
+    }
+    node.stop(consensus::StopMode::Stay).await.unwrap();
+}
+
+/// `GET path` on 127.0.0.1:`port` with `Host: host` (none if empty).
+async fn raw_get(port: u16, path: &str, host: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let host = if host.is_empty() { String::new() } else { format!("Host: {host}\r\n") };
+    let request = format!("GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).expect("a status");
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use consensus::{Config, Consensus, Consistency, Role, StopMode};
+use consensus::{Config, Consensus, Consistency, Role, StopMode, StorageFaults};
 use serde_json::json;
 use ts_discovery::StaticDiscovery;
+
+/// The staged restore's file in a state directory.
+const PENDING_RESTORE: &str = "restore.pending";
 
 fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
@@ -27,6 +30,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, |_, dir| config(dir)).await
+    }
+
+    /// A cluster whose node `i` runs with `config(i, its state dir)`.
+    async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
         let world = World::new(n);
         let temp = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
@@ -36,7 +44,7 @@ impl Cluster {
         let mut starting = Vec::new();
         for i in 0..n {
             let world = World { net: world.net.clone(), n };
-            let (config, discovery) = (config(&dirs[i]), discovery[i].clone());
+            let (config, discovery) = (config(i, &dirs[i]), discovery[i].clone());
             starting.push(tokio::spawn(async move { world.start_on(i, config, discovery).await }));
         }
         let mut nodes = Vec::new();
@@ -67,6 +75,12 @@ impl Cluster {
         if let Some(node) = self.nodes[i].take() {
             node.stop(StopMode::Stay).await.unwrap();
         }
+    }
+
+    /// Starts node `i` again on its state directory.
+    async fn restart(&mut self, i: usize) {
+        let node = self.world.start_on(i, config(&self.dirs[i]), self.discovery[i].clone()).await;
+        self.nodes[i] = Some(node);
     }
 
     async fn shutdown(mut self) {
@@ -361,5 +375,148 @@ async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_fo
     node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
     assert_eq!(node.read((), Consistency::Local).await.unwrap().0, 7);
     node.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// A node that stopped on a fatal error, whose cluster still commits, must
+/// not stage a restore: it would take effect at the next restart (a
+/// supervisor restarts a fatal node) and start a second cluster beside the
+/// live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_node_cannot_stage_a_restore_while_its_cluster_commits() {
+    let faults: Vec<StorageFaults> = (0..3).map(|_| StorageFaults::new()).collect();
+    let cluster = Cluster::start_with(3, |i, dir| Config {
+        storage_faults: Some(faults[i].clone()),
+        ..config(dir)
+    })
+    .await;
+    let leader = cluster.leader();
+    let broken = (leader + 1) % 3;
+    cluster.node(leader).execute(add("a", 1)).await.unwrap();
+    let (status, backup) = admin(&cluster.dirs[broken], "POST", "/v1/backup", b"{}").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&backup));
+    faults[broken].fail_next_fsync();
+    cluster.node(leader).execute(add("b", 1)).await.unwrap();
+    cluster.node(broken).wait_for(WAIT, |m| m.fatal.is_some()).await.expect("the node goes fatal");
+    let (status, answer) = admin(&cluster.dirs[broken], "POST", "/v1/restore", &backup).await;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!((status, code(&answer)), (409, "healthy_cluster"), "{answer}");
+    assert!(!cluster.dirs[broken].join(PENDING_RESTORE).exists(), "a restore was staged");
+    cluster.shutdown().await;
+}
+
+/// A restore staged while the cluster could not commit is cancelled (moved
+/// aside) as soon as the node sees its cluster commit again before it is
+/// restarted: it is never left armed for whatever restart comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.node(0).execute(add("a", 1)).await.unwrap();
+    let keep = (cluster.leader() + 1) % 3;
+    let (status, backup) = admin(&cluster.dirs[keep], "POST", "/v1/backup", b"{}").await;
+    assert_eq!(status, 200);
+    let others: Vec<usize> = (0..3).filter(|&i| i != keep).collect();
+    for &i in &others {
+        cluster.stop(i).await;
+    }
+    let (status, answer) = admin(&cluster.dirs[keep], "POST", "/v1/restore", &backup).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let pending = cluster.dirs[keep].join(PENDING_RESTORE);
+    assert!(pending.exists());
+    // The others come back: the cluster commits again.
+    for &i in &others {
+        cluster.restart(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pending.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the staged restore is still armed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.dirs[keep].join("restore.cancelled").exists());
+    let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
+    assert_eq!(s["pending_restore"], json!(null), "{s}");
+    cluster.node(keep).execute(add("b", 1)).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// `--force` overrides the tagged-and-online check only: removing a voter
+/// whose removal leaves no reachable majority (another voter is offline)
+/// needs its own override, `force_quorum`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_voter_that_breaks_the_quorum_needs_its_own_override() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let (offline, target) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[offline]));
+    let target_id = cluster.node(target).id().to_string();
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": target_id.clone(), "force": true }),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (409, "quorum"), "{answer}");
+    assert!(message(&answer).contains("--force-quorum"), "{answer}");
+    assert_eq!(cluster.node(leader).metrics().voters, 3);
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/remove",
+        json!({ "node": target_id, "force": true, "force_quorum": true }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    cluster.shutdown().await;
+}
+
+/// A transfer to a voter that cannot catch up (it is down) gives up after
+/// about two election timeouts without progress, not at the call's
+/// deadline: the leader holds its log still all that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_voter_that_does_not_catch_up_gives_up_early() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let target = (leader + 1) % 3;
+    let target_id = cluster.node(target).id();
+    cluster.stop(target).await;
+    // The leader's log moves past what the stopped voter has.
+    cluster.node(leader).execute(add("after", 1)).await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, answer) = admin_json(
+        &cluster.dirs[leader],
+        "POST",
+        "/v1/transfer-leader",
+        json!({ "to": target_id.to_string() }),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!((status, code(&answer)), (504, "not_transferred"), "{answer}");
+    assert!(message(&answer).contains("catch up"), "{answer}");
+    // fast_config: upper election timeout 1 s, call deadline 10 s.
+    assert!(took < Duration::from_secs(5), "gave up only after {took:?}");
+    // The hold ended: commands commit again on the same leader.
+    cluster.node(leader).execute(add("again", 1)).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// A follower's readiness is measured against the leader's commit index
+/// (learned through a read-index round), not its own, which openraft
+/// clamps to the entries it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_readiness_uses_the_leaders_commit_index() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    for k in 0..3 {
+        cluster.node(leader).execute(add(&format!("r{k}"), 1)).await.unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+    let readiness = &s["readiness"];
+    let learned = readiness["leader_committed_index"].as_u64();
+    assert!(learned.is_some_and(|i| i >= 3), "{s}");
+    assert_eq!(readiness["ready"], json!(true), "{s}");
+    let (_, s) = admin_json(&cluster.dirs[leader], "GET", "/v1/status", json!(null)).await;
+    assert_eq!(s["readiness"]["leader_committed_index"], json!(null), "a leader uses its own: {s}");
     cluster.shutdown().await;
 }

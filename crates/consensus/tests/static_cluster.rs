@@ -73,6 +73,7 @@ fn tailnet_node(i: usize, tagged: bool, online: bool) -> TailnetNode {
         ipv6: None,
         tags: if tagged { BTreeSet::from([TAG.to_owned()]) } else { BTreeSet::new() },
         online,
+        has_path: true,
     }
 }
 

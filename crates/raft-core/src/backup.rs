@@ -253,16 +253,33 @@ pub fn stage_restore(dir: &Path, backup: &[u8]) -> Result<BackupInfo, String> {
     Ok(info)
 }
 
-/// The restore staged in `dir`, if any.
+/// Where a staged restore that failed at start goes: the next start does
+/// not try it again.
+pub const FAILED_RESTORE: &str = "restore.failed";
+
+/// The restore staged in `dir`, if any: its header only (the whole file
+/// was checked when it was staged, and is again when it is applied).
 pub fn pending_restore(dir: &Path) -> Result<Option<BackupInfo>, String> {
+    use std::io::Read as _;
     let path = dir.join(PENDING_RESTORE);
-    match fs::read(&path) {
-        Ok(bytes) => Backup::from_bytes(&bytes)
-            .map(|b| Some(b.info))
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(format!("{}: {err}", path.display())),
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(format!("{}: {err}", path.display())),
+    };
+    let bad = |what: String| format!("{}: {what}", path.display());
+    let mut head = [0u8; 12];
+    file.read_exact(&mut head).map_err(|e| bad(format!("backup truncated ({e})")))?;
+    if head[..8] != MAGIC[..] {
+        return Err(bad("not a tsconsensus backup of this format".to_owned()));
     }
+    let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+    if header_len > MAX_HEADER {
+        return Err(bad(format!("backup header of {header_len} bytes (at most {MAX_HEADER})")));
+    }
+    let mut header = vec![0u8; header_len];
+    file.read_exact(&mut header).map_err(|e| bad(format!("backup truncated ({e})")))?;
+    serde_json::from_slice(&header).map(Some).map_err(|e| bad(format!("backup header: {e}")))
 }
 
 /// A staged restore being applied at start.
@@ -321,11 +338,6 @@ pub(crate) fn take_pending(dir: &Path) -> Result<Option<PendingRestore>, StartEr
 }
 
 impl PendingRestore {
-    /// Where the previous raft state went.
-    pub(crate) fn aside(&self) -> &Path {
-        &self.aside
-    }
-
     /// Writes the backup into the node's fresh storage as the state of a
     /// new cluster whose only voter is this node (`identity`, `self_node`):
     /// the snapshot, a purge mark at its log id, and this node's committed
@@ -374,6 +386,30 @@ impl PendingRestore {
             "restored a backup as a new one-node cluster"
         );
         Ok(restored)
+    }
+
+    /// After a failed restore: renames the staged file [`FAILED_RESTORE`],
+    /// so that a supervisor restarting the node does not move the state
+    /// aside again at every start; says so, and how to retry or undo, in
+    /// `err`.
+    pub(crate) fn abandon(&self, dir: &Path, err: StartError) -> StartError {
+        let failed = dir.join(FAILED_RESTORE);
+        let renamed = fs::rename(dir.join(PENDING_RESTORE), &failed)
+            .and_then(|()| File::open(dir)?.sync_all());
+        let what = match renamed {
+            Ok(()) => format!(
+                "the staged restore was renamed {} and is not tried again; the previous raft \
+                 state is in {}. To undo, stop the node and move that state back; to retry, \
+                 rename the file back to {PENDING_RESTORE}",
+                failed.display(),
+                self.aside.display()
+            ),
+            Err(e) => {
+                format!("renaming the staged restore to {} failed too: {e}", failed.display())
+            }
+        };
+        tracing::error!(error = %err, "restore failed at start: {what}");
+        StartError::Storage(format!("{err}; {what}"))
     }
 
     /// Moves the staged file next to the state it replaced, once the
@@ -515,6 +551,22 @@ mod tests {
         }
         let err = stage_restore(dir.path(), b"garbage").unwrap_err();
         assert!(err.contains("not a tsconsensus backup"), "{err}");
+    }
+
+    #[test]
+    fn a_staged_restore_is_described_from_its_header_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backup = sample();
+        let mut bytes = backup.to_bytes();
+        // Damage the state: only a full read would notice.
+        let n = bytes.len() - 12;
+        bytes[n] ^= 1;
+        fs::write(dir.path().join(PENDING_RESTORE), &bytes).unwrap();
+        assert_eq!(pending_restore(dir.path()).unwrap(), Some(backup.info.clone()));
+        fs::write(dir.path().join(PENDING_RESTORE), b"TSCBKUP\x01\xff\xff\xff\xff").unwrap();
+        assert!(pending_restore(dir.path()).unwrap_err().contains("header of"));
+        fs::write(dir.path().join(PENDING_RESTORE), b"junk").unwrap();
+        assert!(pending_restore(dir.path()).unwrap_err().contains("truncated"));
     }
 
     #[tokio::test]

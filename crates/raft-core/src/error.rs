@@ -123,6 +123,15 @@ pub enum MembershipError {
         /// The one asked for.
         wanted: crate::types::ClusterId,
     },
+    /// The node is bound to (or decided to join) another cluster that it
+    /// has no raft state of yet; it never changes that (decision 0003).
+    #[error("this node is bound to cluster {current}; it cannot bind itself to cluster {wanted}")]
+    Bound {
+        /// The node's cluster id.
+        current: crate::types::ClusterId,
+        /// The one asked for.
+        wanted: crate::types::ClusterId,
+    },
     /// The identity record could not be written.
     #[error("storing the cluster id: {0}")]
     Storage(String),

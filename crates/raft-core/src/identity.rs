@@ -15,12 +15,16 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::error::StartError;
 use crate::storage::LogStore;
-use crate::types::{ClusterId, NodeId, node_id};
+use crate::types::{ClusterId, NodeId, NodeInfo, node_id};
 
 /// Meta key of the record.
 const KEY: &str = "identity";
 /// Version of the record's layout.
 const FORMAT: u8 = 1;
+/// Meta key of the binding record.
+const BINDING_KEY: &str = "binding";
+/// Version of the binding record's layout.
+const BINDING_FORMAT: u8 = 1;
 /// Longest stable id accepted (tailnet stable ids are about 20 bytes).
 pub(crate) const MAX_STABLE_ID: usize = 256;
 
@@ -37,6 +41,54 @@ pub(crate) struct Identity {
     pub(crate) node_id: NodeId,
     /// The cluster this node formed or decided to join, once it has.
     pub(crate) cluster_id: Option<ClusterId>,
+}
+
+/// Who formed (or is forming) the cluster a node bound itself to before
+/// that cluster existed (decision 0003's confirm round). Stored before the
+/// cluster id it belongs to, and valid only while the identity record
+/// carries that cluster id, so a record left by a cluster id that changed
+/// (or was never stored) is ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Binding {
+    /// Layout version ([`BINDING_FORMAT`]).
+    pub(crate) format: u8,
+    /// The cluster bound to.
+    pub(crate) cluster_id: ClusterId,
+    /// The former's raft id when it asked.
+    pub(crate) former_id: NodeId,
+    /// Where the former is reached (its stable id included).
+    pub(crate) former: NodeInfo,
+}
+
+impl Binding {
+    pub(crate) fn new(cluster_id: ClusterId, former_id: NodeId, former: NodeInfo) -> Binding {
+        Binding { format: BINDING_FORMAT, cluster_id, former_id, former }
+    }
+}
+
+/// Writes `binding` durably.
+pub(crate) async fn store_binding(log: &LogStore, binding: &Binding) -> Result<(), String> {
+    log.put_meta_durably(BINDING_KEY, codec::encode(binding)).await
+}
+
+/// The binding record that belongs to `cluster_id`, if one is stored.
+pub(crate) async fn load_binding(
+    log: &LogStore,
+    cluster_id: Option<ClusterId>,
+    place: &str,
+) -> Result<Option<Binding>, StartError> {
+    let Some(bytes) = log.meta_bytes(BINDING_KEY).await.map_err(StartError::Storage)? else {
+        return Ok(None);
+    };
+    let binding: Binding = codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY)
+        .map_err(|e| StartError::Storage(format!("{place}: binding record: {e}")))?;
+    if binding.format != BINDING_FORMAT {
+        return Err(StartError::Storage(format!(
+            "{place}: binding record of format {} (this version reads {BINDING_FORMAT})",
+            binding.format
+        )));
+    }
+    Ok((Some(binding.cluster_id) == cluster_id).then_some(binding))
 }
 
 /// Checks a stable id given to the node: non-empty, bounded, printable.
@@ -192,6 +244,21 @@ mod tests {
         assert_eq!(establish(&log, "n1", "dir", None).await.unwrap(), first);
         let err = establish(&log, "n2", "dir", None).await.unwrap_err().to_string();
         assert!(err.contains("\"n1\"") && err.contains("\"n2\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_binding_counts_only_for_its_cluster_id() {
+        let log = LogStore::in_memory();
+        let former = NodeInfo { stable_id: "f".to_owned(), ..NodeInfo::default() };
+        let binding = Binding::new(ClusterId(7), 42, former);
+        assert_eq!(load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(), None);
+        store_binding(&log, &binding).await.unwrap();
+        assert_eq!(
+            load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(),
+            Some(binding.clone())
+        );
+        assert_eq!(load_binding(&log, Some(ClusterId(8)), "memory").await.unwrap(), None);
+        assert_eq!(load_binding(&log, None, "memory").await.unwrap(), None);
     }
 
     #[tokio::test]

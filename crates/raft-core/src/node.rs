@@ -18,7 +18,7 @@ use crate::backup::{Backup, BackupInfo, BackupMember, PendingRestore};
 
 use crate::error::{MembershipError, ProposeError, ReadError, StartError};
 use crate::fatal::{self, Fatal};
-use crate::identity::{self, Identity};
+use crate::identity::{self, Binding, Identity};
 use crate::network::client::RaftNetworkClients;
 use crate::network::gate::ClusterGate;
 use crate::network::{Authorize, LeaderContact, NetworkConfig, server};
@@ -283,6 +283,9 @@ pub struct RaftNode<S: StateMachine> {
     id: NodeId,
     /// The stored identity; its cluster id changes under `gate`.
     identity: std::sync::Mutex<Identity>,
+    /// Who formed the cluster this node bound itself to, if it did
+    /// ([`RaftNode::bind`]); changes under `gate`.
+    binding: std::sync::Mutex<Option<Binding>>,
     gate: Arc<ClusterGate>,
     /// For writing the identity record; released at shutdown, so that the
     /// store (and its file lock) goes with raft even while handles to this
@@ -390,12 +393,14 @@ impl<S: StateMachine> RaftNode<S> {
             identity::establish(&log_store, &self_node.stable_id, &place, snapshot_dir.as_deref())
                 .await?;
         let identity = match &restore {
-            Some((pending, _)) => {
-                pending.apply(log_store.clone(), &snapshots, &identity, &self_node).await?
-            }
+            Some((pending, dir)) => pending
+                .apply(log_store.clone(), &snapshots, &identity, &self_node)
+                .await
+                .map_err(|err| pending.abandon(dir, err))?,
             None => identity,
         };
         let id = identity.node_id;
+        let binding = identity::load_binding(&log_store, identity.cluster_id, &place).await?;
         let sessions = config.sessions;
         let state_machine = tokio::task::spawn_blocking(move || {
             StateMachineStore::open(state_machine, snapshots, sessions)
@@ -404,11 +409,12 @@ impl<S: StateMachine> RaftNode<S> {
             .await
             .map_err(|err| StartError::Storage(err.to_string()))?
             .map_err(|err| match &restore {
-                Some((pending, _)) => StartError::Storage(format!(
-                    "the state machine cannot restore the backup being restored: {err}; the \
-                     previous raft state is in {}: to undo, stop the node and move it back",
-                    pending.aside().display()
-                )),
+                Some((pending, dir)) => pending.abandon(
+                    dir,
+                    StartError::Storage(format!(
+                        "the state machine cannot restore the backup being restored: {err}"
+                    )),
+                ),
                 None => StartError::Storage(format!("restore from snapshot: {err}")),
             })?;
         if let Some((pending, dir)) = &restore {
@@ -463,6 +469,7 @@ impl<S: StateMachine> RaftNode<S> {
         Ok(RaftNode {
             id,
             identity: std::sync::Mutex::new(identity),
+            binding: std::sync::Mutex::new(binding),
             gate,
             log: std::sync::Mutex::new(Some(log_store)),
             self_node,
@@ -548,6 +555,67 @@ impl<S: StateMachine> RaftNode<S> {
                 None => MembershipError::Other("this node has raft state but no cluster id".into()),
             });
         }
+        self.store_cluster_id(&held, cluster_id).await
+    }
+
+    /// Binds this node to cluster `cluster_id`, which node `former_id` (at
+    /// `former`) is forming (decision 0003's confirm round): stores who
+    /// forms it, then the cluster id, durably, so that after a restart the
+    /// node still answers for that cluster and names its former. Binding
+    /// again to the same cluster records the former anew (a former that
+    /// came back, perhaps under a new incarnation). Refused once the node
+    /// has raft state ([`MembershipError::ClusterIdFixed`]) and while it
+    /// belongs to another cluster ([`MembershipError::Bound`]).
+    pub async fn bind(
+        &self,
+        cluster_id: ClusterId,
+        former_id: NodeId,
+        former: NodeInfo,
+    ) -> Result<(), MembershipError> {
+        let held = self.gate.exclusive().await;
+        let current = self.gate.get();
+        if let Some(current) = current
+            && current != cluster_id
+        {
+            return Err(MembershipError::Bound { current, wanted: cluster_id });
+        }
+        if self.is_initialized().await {
+            return Err(MembershipError::ClusterIdFixed {
+                current: current.unwrap_or(cluster_id),
+                wanted: cluster_id,
+            });
+        }
+        let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(MembershipError::Fatal("the node is shut down".to_owned()));
+        };
+        let binding = Binding::new(cluster_id, former_id, former);
+        identity::store_binding(&log, &binding).await.map_err(MembershipError::Storage)?;
+        *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
+        if current != Some(cluster_id) {
+            self.store_cluster_id(&held, cluster_id).await?;
+        }
+        tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, "bound to a cluster being formed");
+        Ok(())
+    }
+
+    /// The node that formed (or is forming) this node's cluster, by raft id
+    /// and record, if this node bound itself to it ([`RaftNode::bind`]).
+    pub fn former(&self) -> Option<(NodeId, NodeInfo)> {
+        let current = self.gate.get();
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding
+            .as_ref()
+            .filter(|b| Some(b.cluster_id) == current)
+            .map(|b| (b.former_id, b.former.clone()))
+    }
+
+    /// Stores `cluster_id` in the identity record and opens the gate to it;
+    /// `held` is the gate's exclusive guard.
+    async fn store_cluster_id(
+        &self,
+        held: &tokio::sync::RwLockWriteGuard<'_, ()>,
+        cluster_id: ClusterId,
+    ) -> Result<(), MembershipError> {
         let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Err(MembershipError::Fatal("the node is shut down".to_owned()));
         };
@@ -557,7 +625,7 @@ impl<S: StateMachine> RaftNode<S> {
         };
         identity::store(&log, &record).await.map_err(MembershipError::Storage)?;
         *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = record;
-        self.gate.set(&held, cluster_id);
+        self.gate.set(held, cluster_id);
         tracing::info!(id = self.id, cluster = %cluster_id, "cluster id set");
         Ok(())
     }
@@ -937,6 +1005,18 @@ impl<S: StateMachine> RaftNode<S> {
         self.transferring.store(hold, std::sync::atomic::Ordering::SeqCst);
         self.raft.runtime_config().heartbeat(!hold);
         tracing::info!(id = self.id, hold, "leadership transfer hold");
+    }
+
+    /// Turns the hold on unless it is on already (one atomic step): false
+    /// if another transfer holds it.
+    pub fn try_hold_for_transfer(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+            return false;
+        }
+        self.raft.runtime_config().heartbeat(false);
+        tracing::info!(id = self.id, hold = true, "leadership transfer hold");
+        true
     }
 
     /// Whether [`RaftNode::hold_for_transfer`] is on.

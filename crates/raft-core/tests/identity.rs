@@ -124,6 +124,38 @@ async fn durable_storage_keeps_the_identity_and_memory_storage_draws_a_new_one()
     assert_eq!(ids.len(), 3, "memory storage reused an incarnation: {ids:?}");
 }
 
+/// A node bound to a cluster being formed keeps the cluster id and its
+/// former across a restart, binds again to the same cluster only (a former
+/// back under a new incarnation), and not at all once it has raft state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_survives_a_restart_and_is_never_to_another_cluster() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_eq!(node.former(), None);
+    let cluster = ClusterId::random().unwrap();
+    let former = raft_core::NodeInfo { stable_id: "f".to_owned(), ..node_info(1, ip(1)) };
+    node.bind(cluster, 11, former.clone()).await.unwrap();
+    assert_eq!(node.cluster_id(), Some(cluster));
+    assert_eq!(node.former(), Some((11, former.clone())));
+    // The former came back under a new incarnation: recorded anew.
+    node.bind(cluster, 12, former.clone()).await.unwrap();
+    let other = ClusterId(cluster.0 ^ 1);
+    let err = node.bind(other, 13, former.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("bound to cluster"), "{err}");
+    node.shutdown().await;
+    drop(node);
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_eq!(node.cluster_id(), Some(cluster));
+    assert_eq!(node.former(), Some((12, former.clone())), "the binding was lost in a restart");
+    // Once the node has raft state (the former initialized it), no more.
+    let members = BTreeMap::from([(node.id(), node.info().clone())]);
+    assert!(node.initialize_in(cluster, members).await.unwrap());
+    let err = node.bind(cluster, 14, former).await.unwrap_err();
+    assert!(err.to_string().contains("has raft state"), "{err}");
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_directory_of_another_stable_id_is_refused() {
     let net = MemNetwork::new();

@@ -162,3 +162,64 @@ async fn proposals_are_counted_by_batch() {
     assert!(stats.snapshots_built.get() >= 1);
     cluster.shutdown().await;
 }
+
+/// A state machine that cannot restore any snapshot.
+struct Refuses;
+
+impl raft_core::StateMachine for Refuses {
+    fn apply(&mut self, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn query(&self, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+        Err(std::io::Error::other("this state machine reads no snapshot"))
+    }
+}
+
+/// A restore that fails at start is not tried again at every start of a
+/// crash loop (each try moved another copy of the state aside): the
+/// staged file becomes restore.failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_at_start_is_not_tried_again() {
+    let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0]).await;
+    let session = cluster.register(leader).await;
+    commit(&cluster, leader, session, 1..3).await;
+    let bytes = cluster.node(0).backup(false).await.expect("backup").to_bytes();
+    cluster.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    stage_restore(dir.path(), &bytes).unwrap();
+    let net = MemNetwork::new();
+    for attempt in 0..3 {
+        let started = raft_core::RaftNode::start(
+            node_info(0, ip(0)),
+            std::sync::Arc::new(net.node(ip(0))),
+            Storage::Durable(dir.path().to_owned()),
+            Refuses,
+            allow_all(),
+            fast_config(),
+        )
+        .await;
+        let err = match started {
+            Ok(_) => panic!("start {attempt}: a state machine that reads nothing restored"),
+            Err(err) => err.to_string(),
+        };
+        if attempt == 0 {
+            assert!(err.contains("restore.failed"), "{err}");
+        }
+    }
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pre-restore-"))
+        .count();
+    assert_eq!(aside, 1, "the state was moved aside more than once");
+    assert!(!dir.path().join(PENDING_RESTORE).exists());
+    assert!(dir.path().join("restore.failed").exists());
+}

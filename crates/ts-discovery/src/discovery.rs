@@ -344,6 +344,7 @@ mod tests {
             ipv6: None,
             tags: if tagged { BTreeSet::from(["tag:c".to_owned()]) } else { BTreeSet::new() },
             online: true,
+            has_path: true,
         }
     }
 

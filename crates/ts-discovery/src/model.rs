@@ -32,6 +32,14 @@ pub struct TailnetNode {
     pub tags: BTreeSet<String>,
     /// Whether control reports the node connected.
     pub online: bool,
+    /// Whether this node's netmap entry says how to reach it: a DERP home
+    /// or at least one endpoint (the LocalAPI status's `Relay`, `Addrs`,
+    /// `CurAddr`). Right after a node comes up, its peers may see it
+    /// online for a second or so before control sends them its DERP home
+    /// (headscale batches netmap updates); a dial in that window makes
+    /// WireGuard drop the handshake and retry only 5 s later. Sources that
+    /// do not know (static views, whois) say `true`.
+    pub has_path: bool,
 }
 
 impl TailnetNode {
@@ -182,6 +190,7 @@ mod tests {
             ipv6: Some(format!("fd7a:115c:a1e0::{last}").parse().unwrap()),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             online,
+            has_path: true,
         }
     }
 

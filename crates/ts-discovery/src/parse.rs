@@ -37,6 +37,16 @@ struct PeerStatus {
     tags: Option<Vec<String>>,
     #[serde(default)]
     online: bool,
+    /// The DERP region code of its home ("" until control sends it).
+    #[serde(default)]
+    relay: Option<String>,
+    /// Its endpoints, as this node's netmap has them (only their number
+    /// matters).
+    #[serde(default)]
+    addrs: Option<Vec<serde::de::IgnoredAny>>,
+    /// The address of an active direct path, if any.
+    #[serde(default)]
+    cur_addr: Option<String>,
 }
 
 fn malformed(what: impl Into<String>) -> DiscoveryError {
@@ -56,6 +66,9 @@ impl PeerStatus {
             ipv6: None,
             tags: self.tags.unwrap_or_default().into_iter().collect::<BTreeSet<_>>(),
             online: self.online,
+            has_path: self.relay.is_some_and(|r| !r.is_empty())
+                || self.addrs.is_some_and(|a| !a.is_empty())
+                || self.cur_addr.is_some_and(|a| !a.is_empty()),
         };
         for text in self.tailscale_i_ps.unwrap_or_default() {
             match text.parse::<IpAddr>() {
@@ -80,6 +93,8 @@ pub fn parse_status(body: &[u8]) -> Result<TailnetView, DiscoveryError> {
     }
     let self_node =
         status.self_status.ok_or_else(|| malformed("status has no Self"))?.into_node("Self")?;
+    // The node itself needs no path to itself.
+    let self_node = TailnetNode { has_path: true, ..self_node };
     let mut peers = BTreeMap::new();
     for (key, peer) in status.peer.unwrap_or_default() {
         let node = peer.into_node(&format!("peer {key}"))?;
@@ -135,8 +150,12 @@ pub fn parse_whois(body: &[u8]) -> Result<TailnetNode, DiscoveryError> {
         }),
         tags: node.tags,
         online: node.online.unwrap_or(false),
+        relay: None,
+        addrs: None,
+        cur_addr: None,
     };
-    status.into_node("whois node")
+    // A whois says nothing about paths.
+    Ok(TailnetNode { has_path: true, ..status.into_node("whois node")? })
 }
 
 /// One `ipn.Notify` from the IPN bus, reduced to what matters here.
@@ -198,6 +217,33 @@ mod tests {
         assert_eq!(two.ipv4.unwrap().to_string(), "100.64.0.2");
     }
 
+    /// A peer has a path when its netmap entry gives a DERP home, an
+    /// endpoint or a current direct address; not before (an online peer
+    /// whose DERP home control has not sent yet, as headscale does for a
+    /// second or so after a node comes up). The node itself always has one.
+    #[test]
+    fn a_peer_has_a_path_once_it_has_a_derp_home_or_an_endpoint() {
+        let peer = |fields: &str| {
+            let body = format!(
+                r#"{{"BackendState":"Running","Self":{{"ID":"me","Relay":""}},
+                    "Peer":{{"k":{{"ID":"p","Online":true{fields}}}}}}}"#
+            );
+            let view = parse_status(body.as_bytes()).unwrap();
+            assert!(view.self_node.has_path);
+            view.peers[&StableNodeId("p".to_owned())].has_path
+        };
+        assert!(!peer(""));
+        assert!(!peer(r#","Relay":"","Addrs":null,"CurAddr":"""#));
+        assert!(!peer(r#","Relay":"","Addrs":[]"#));
+        assert!(peer(r#","Relay":"headscale""#));
+        assert!(peer(r#","Relay":"","Addrs":["127.0.0.1:41641"]"#));
+        assert!(peer(r#","CurAddr":"127.0.0.1:41641""#));
+        // Malformed path fields are errors, not silently a path.
+        let body =
+            br#"{"BackendState":"Running","Self":{"ID":"me"},"Peer":{"k":{"ID":"p","Relay":7}}}"#;
+        assert!(parse_status(body).unwrap_err().to_string().contains("not the expected JSON"));
+    }
+
     #[test]
     fn rejects_bad_status_with_a_clear_error() {
         let cases: &[(&str, &str)] = &[
@@ -231,7 +277,7 @@ mod tests {
         assert_eq!(node.id.0, "n5");
         assert_eq!(node.hostname, "five");
         assert_eq!(node.ipv4.unwrap().to_string(), "100.64.0.5");
-        assert!(node.has_tag("tag:c") && node.online);
+        assert!(node.has_tag("tag:c") && node.online && node.has_path);
         assert!(parse_whois(b"{}").unwrap_err().to_string().contains("no Node"));
     }
 

@@ -1,5 +1,5 @@
 //! The pure functions driven by LocalAPI answers recorded from the real local
-//! tailnet (`cargo run -p tests --example record_localapi`): node `fix-a`
+//! tailnet (`cargo run -p tests --features tailnet --example record_localapi -- crates/ts-discovery/tests/fixtures`): node `fix-a`
 //! tagged `tag:cluster` sees `fix-b` (tagged) and `fix-c` (`tag:other`);
 //! then `fix-b` stops; then it loses its tag.
 

@@ -1,10 +1,18 @@
-//! A small HTTP/1.1 client for the admin endpoint on 127.0.0.1: one
-//! request per connection, `Content-Length` bodies, every read and write
-//! bounded in time and size.
+//! A small HTTP/1.1 client for the admin endpoint on 127.0.0.1:
+//! `Content-Length` bodies, every read and write bounded in time and size.
+//!
+//! Each connection first has the endpoint prove that it knows the token
+//! (`GET /v1/proof` with a fresh nonce, answered with an HMAC keyed by the
+//! token; [`consensus::admin::admin_proof`]); only then does the request
+//! carrying the token go out, on the same connection. Whatever else holds
+//! the port (a program squatting it while the node is down) never sees
+//! the token.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
+
+use consensus::admin::{NONCE_HEADER, PROOF_PATH, admin_proof};
 
 /// Longest response head accepted.
 const MAX_HEAD: usize = 64 << 10;
@@ -40,16 +48,7 @@ impl Endpoint {
         max_body: usize,
     ) -> Result<Answer, String> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
-                format!(
-                    "cannot reach the admin endpoint at {addr} ({}): {e}; is the node running with \
-                 an admin port?",
-                    self.origin
-                )
-            })?;
-        stream.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        let mut stream = self.verified(addr)?;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
              Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -73,6 +72,58 @@ impl Endpoint {
             _ => format!("reading the answer from {addr}: {e}"),
         })
     }
+}
+
+impl Endpoint {
+    /// A connection to the endpoint on `addr` that proved it knows the
+    /// token (before the token was sent).
+    fn verified(&self, addr: SocketAddr) -> Result<TcpStream, String> {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+                format!(
+                    "cannot reach the admin endpoint at {addr} ({}): {e}; is the node running with \
+                     an admin port?",
+                    self.origin
+                )
+            })?;
+        stream.set_read_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(self.timeout)).map_err(|e| e.to_string())?;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a nonce: {e}"))?;
+        let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let head = format!(
+            "GET {PROOF_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{NONCE_HEADER}: {nonce}\r\n\
+             Content-Length: 0\r\n\r\n",
+            self.port
+        );
+        let not_the_node = |why: String| {
+            format!(
+                "refusing to send the admin token to 127.0.0.1:{} ({}): {why}. Whatever listens \
+                 there does not prove it knows this node's current token: the node is not \
+                 running (admin.port is left from an earlier run, and another program may hold \
+                 the port), or the token is not this node's (a new one is made at every start)",
+                self.port, self.origin
+            )
+        };
+        stream.write_all(head.as_bytes()).map_err(|e| not_the_node(e.to_string()))?;
+        let answer = read_answer(&mut stream, 4096).map_err(|e| not_the_node(e.to_string()))?;
+        let proof = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v["proof"].as_str().map(str::to_owned));
+        let expected = admin_proof(&self.token, self.port, &nonce);
+        match proof {
+            Some(proof) if answer.status == 200 && same(proof.as_bytes(), expected.as_bytes()) => {
+                Ok(stream)
+            }
+            Some(_) => Err(not_the_node("its proof does not match".to_owned())),
+            None => Err(not_the_node(format!("it answered {} without a proof", answer.status))),
+        }
+    }
+}
+
+/// Equal, in time that depends only on the lengths.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn invalid(what: String) -> io::Error {

@@ -13,8 +13,10 @@
 //! ```
 //!
 //! The node is found by its state directory (`--state-dir`, where it keeps
-//! `admin.token` and `admin.port`), or by `--port` and `--token` (or
-//! `TSCONSENSUS_ADMIN_PORT` and `TSCONSENSUS_TOKEN`). `--json` prints the
+//! `admin.token` and `admin.port`), or by `--port` (or
+//! `TSCONSENSUS_ADMIN_PORT`) and the token in `TSCONSENSUS_TOKEN` (never
+//! on the command line, where `ps` shows it). The endpoint must prove it
+//! knows the token before the tool sends it. `--json` prints the
 //! endpoint's JSON answers as they are. Exit status: 0 done, 1 refused or
 //! failed (the message says why and what to do), 2 bad usage.
 //! docs/operations.md describes every command.
@@ -35,6 +37,8 @@ use serde_json::{Value, json};
 
 use crate::http::{Answer, Endpoint};
 
+/// The environment variable that may carry the admin token.
+const TOKEN_ENV: &str = "TSCONSENSUS_TOKEN";
 /// Largest JSON answer read.
 const MAX_JSON: usize = 16 << 20;
 
@@ -52,9 +56,6 @@ struct Cli {
     /// The admin port, instead of the one in the state directory.
     #[arg(long, env = "TSCONSENSUS_ADMIN_PORT", global = true)]
     port: Option<u16>,
-    /// The admin token, instead of the one in the state directory.
-    #[arg(long, env = "TSCONSENSUS_TOKEN", global = true, hide_env_values = true)]
-    token: Option<String>,
     /// Print the endpoint's JSON answers unchanged.
     #[arg(long, global = true)]
     json: bool,
@@ -79,10 +80,13 @@ enum Command {
         /// The member.
         node: String,
         /// On the leader: remove a member that is tagged and online (the
-        /// leader adds it back once it answers), or one whose removal
-        /// leaves no reachable majority.
+        /// leader adds it back once it answers).
         #[arg(long)]
         force: bool,
+        /// On the leader: remove a voter even though the voters left would
+        /// have no reachable majority (the change may never commit).
+        #[arg(long)]
+        force_quorum: bool,
     },
     /// Hands leadership from this node (the leader) to a voter, or to the
     /// most caught-up one.
@@ -129,7 +133,7 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
     let from_dir = |file: &str| -> Result<(String, PathBuf), String> {
         let dir = cli.state_dir.as_ref().ok_or_else(|| {
             "name the node: --state-dir DIR (the node's state directory, with admin.token and \
-             admin.port), or --port and --token"
+             admin.port), or --port with the token in TSCONSENSUS_TOKEN"
                 .to_owned()
         })?;
         let path = dir.join(file);
@@ -153,9 +157,13 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, String> {
             (port, format!("port from {}", path.display()))
         }
     };
-    let token = match &cli.token {
-        Some(token) => token.clone(),
-        None => from_dir(TOKEN_FILE)?.0,
+    // The token is never an argument: `ps` would show it to every user.
+    let token = match std::env::var(TOKEN_ENV) {
+        Ok(token) => token,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{TOKEN_ENV} is not text"));
+        }
+        Err(std::env::VarError::NotPresent) => from_dir(TOKEN_FILE)?.0,
     };
     if token.is_empty() || token.len() > 256 || !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the admin token must be 1 to 256 printable characters".to_owned());
@@ -206,8 +214,9 @@ fn run(cli: &Cli) -> Result<(), String> {
             let members = call("GET", "/v1/members", Value::Null)?;
             print(&members, &|m| print_members(&m["members"]));
         }
-        Command::Remove { node, force } => {
-            let answer = call("POST", "/v1/remove", json!({ "node": node, "force": force }))?;
+        Command::Remove { node, force, force_quorum } => {
+            let body = json!({ "node": node, "force": force, "force_quorum": force_quorum });
+            let answer = call("POST", "/v1/remove", body)?;
             print(&answer, &|a| {
                 println!("removed member {}", a["removed"]);
                 print_members(&a["members"]);

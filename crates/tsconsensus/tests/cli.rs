@@ -60,6 +60,7 @@ fn tailnet_node(i: usize) -> TailnetNode {
         ipv6: None,
         tags: BTreeSet::from([TAG.to_owned()]),
         online: true,
+        has_path: true,
     }
 }
 
@@ -145,6 +146,23 @@ async fn cli(args: &[&str]) -> Output {
             .env_remove("TSCONSENSUS_STATE_DIR")
             .env_remove("TSCONSENSUS_ADMIN_PORT")
             .env_remove("TSCONSENSUS_TOKEN")
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs the binary with `args` and the token in the environment.
+async fn with_token(args: &[&str], token: &str) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let token = token.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tsconsensus"))
+            .args(&args)
+            .env_remove("TSCONSENSUS_STATE_DIR")
+            .env_remove("TSCONSENSUS_ADMIN_PORT")
+            .env("TSCONSENSUS_TOKEN", token)
             .output()
             .expect("the binary runs")
     })
@@ -269,19 +287,15 @@ async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
     let err = refused(&cli(&["--state-dir", "/nonexistent/dir", "status"]).await);
     assert!(err.contains("/nonexistent/dir/admin.port"), "{err}");
     let port = cluster.node(0).admin_port().unwrap().to_string();
-    let err = refused(&cli(&["--port", &port, "--token", "wrong", "status"]).await);
-    assert!(err.contains("unauthorized") && err.contains("wrong admin token"), "{err}");
+    // The token is never an argument (ps shows arguments to every user).
+    let usage = cli(&["--port", &port, "--token", "x", "status"]).await;
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    // A wrong token: the node cannot prove it knows it, and is not sent it.
+    let err = refused(&with_token(&["--port", &port, "status"], "wrong").await);
+    assert!(err.contains("refusing to send the admin token"), "{err}");
     // The right token through the environment works.
     let token = std::fs::read_to_string(cluster.dirs[0].join("admin.token")).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tsconsensus"))
-            .args(["--port", &port, "members"])
-            .env("TSCONSENSUS_TOKEN", token.trim())
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = with_token(&["--port", &port, "members"], token.trim()).await;
     assert!(ok(&out).contains("members (1):"));
     let err = refused(&on(&cluster, 0, &["remove", "nobody"]).await);
     assert!(err.contains("no_such_member") && err.contains("ops-0"), "{err}");
@@ -293,4 +307,46 @@ async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
     assert!(err.contains("not a tsconsensus backup"), "{err}");
     let usage = cli(&["frobnicate"]).await;
     assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+}
+
+/// A node that is down leaves admin.port and admin.token behind; another
+/// program may listen on that port. The tool must not hand it the token:
+/// the endpoint has to prove it knows the token first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_not_sent_to_a_program_squatting_the_port() {
+    use std::net::TcpListener;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ab".repeat(32);
+    std::fs::write(dir.path().join("admin.token"), format!("{token}\n")).unwrap();
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    std::fs::write(dir.path().join("admin.port"), format!("{port}\n")).unwrap();
+    // It answers 200 {} to everything and keeps what it was sent.
+    let heard = std::thread::spawn(move || {
+        let mut heard = Vec::new();
+        squatter.set_nonblocking(false).unwrap();
+        let (mut stream, _) = squatter.accept().unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    heard.extend_from_slice(&buf[..n]);
+                    if heard.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = stream.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                        );
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&heard).into_owned()
+    });
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let out = cli(&["--state-dir", &dir_arg, "status"]).await;
+    let heard = tokio::task::spawn_blocking(move || heard.join().unwrap()).await.unwrap();
+    assert!(!heard.contains(&token), "the squatter was sent the token: {heard}");
+    let err = refused(&out);
+    assert!(err.contains("refusing to send the admin token"), "{err}");
 }

@@ -53,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ipv6: None,
         tags: BTreeSet::from([tag.to_owned()]),
         online: true,
+        has_path: true,
     };
     let network = MemNetwork::new();
     let node = Consensus::start_with(

@@ -88,7 +88,7 @@ async fn main() -> ExitCode {
     let Some(node_bin) = node_bin else { return usage() };
     if !node_bin.is_file() {
         eprintln!(
-            "chaos: the node binary {} does not exist (cargo build -p tests --bin chaos-node)",
+            "chaos: the node binary {} does not exist (cargo build -p tests --features tailnet --bin chaos-node)",
             node_bin.display()
         );
         return ExitCode::from(2);

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmd_rpc::{
-    Authorize, Caller, CommandClient, CommandConfig, CommandServer, CommandService, ExecuteRequest,
-    Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState,
+    Authorize, Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
+    ConfirmRequest, ExecuteRequest, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState,
+    RpcError,
 };
 use raft_core::{NodeInfo, RaftConfig, RaftNode, StateMachine, Storage};
 use serde_json::value::RawValue;
@@ -77,6 +78,14 @@ impl Peers for AllPeers {
                 state: ProbeState::Fresh { promised_to: None },
             }
         })
+    }
+    fn confirm<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        _request: &'a ConfirmRequest,
+    ) -> ConfirmFuture<'a> {
+        // These clusters are formed by the tests, never through bootstrap.
+        Box::pin(async move { Err(RpcError::NotConfirmed("not forming here".to_owned())) })
     }
 }
 

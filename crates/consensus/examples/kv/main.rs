@@ -1,7 +1,7 @@
 //! A replicated key-value store on a tailnet.
 //!
 //! ```sh
-//! cargo run -p consensus --example kv -- --hostname kv-1 --control-url http://127.0.0.1:PORT \
+//! cargo run -p consensus --features tailscale --example kv -- --hostname kv-1 --control-url http://127.0.0.1:PORT \
 //!     --tag tag:kv --state-dir /tmp/kv-1 --local-port 7000
 //! ```
 //!

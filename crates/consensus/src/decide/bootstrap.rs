@@ -1,36 +1,55 @@
-//! How a fresh node (one without a cluster) finds or forms its cluster,
-//! and how it answers other fresh nodes (decision 0003).
+//! How a node without raft state finds or forms its cluster, and how it
+//! answers other such nodes (decision 0003).
 //!
-//! A fresh node probes every tagged peer in its view. Each answer is a
-//! [`Answer::Member`] of a cluster, [`Answer::Fresh`] with the promise the
-//! peer holds, or [`Answer::Silent`]. [`decide`] turns the answers into one
-//! [`Decision`]; [`answer`] is the other side: how a fresh node answers a
-//! probe, and which promise it holds afterwards.
+//! A node probes every tagged peer in its view. Each answer is a
+//! [`Answer::Member`] of a cluster (with the leader it names), a
+//! [`Answer::Fresh`] node with the promise it holds, or [`Answer::Silent`].
+//! [`decide`] turns the answers, and what this node is already committed
+//! to ([`Commitment`]), into one [`Decision`]. [`answer`] is the other
+//! side of a probe (the promises), [`confirm`] the other side of the
+//! confirm round.
 //!
 //! A promise (granted by node G to node X) means: G forms no cluster before
-//! X does, and promises nobody else, for as long as G holds it. A node forms
-//! a cluster only while every tagged peer in its view holds a promise to it
-//! and it holds none to another tagged node; so two nodes whose views share
-//! a node can never both form one.
+//! X does, and promises nobody else, for as long as G holds it. A promise is
+//! released when its holder gives it back (it probes without asking for
+//! one), is untagged or gone from the granter's view, or when the granter
+//! gets a cluster. Not when the holder is merely offline: an offline tagged
+//! node is silent to every prober, which blocks forming anyway.
 //!
-//! A promise is released when its holder gives it back (it probes without
-//! asking for one), is untagged or gone from the granter's view, or when
-//! the granter gets a cluster. Not when the holder is merely offline: an
-//! offline tagged node is silent to every prober, which blocks forming
-//! anyway, and releasing on a view that flapped could let two nodes whose
-//! views differ both form.
+//! A released promise is worthless to its holder, who may still be acting
+//! on an answer given before the release: so forming is two steps.
+//! [`Decision::Form`] draws a cluster id; the former stores it, bound to
+//! itself, and asks every tagged peer to confirm ([`Decision::Confirm`]).
+//! A peer that still holds the former's promise binds itself to that
+//! cluster in the same step ([`Confirmation::Bind`]); one that released it
+//! refuses. Only when every tagged peer of its view is bound does the
+//! former initialize the cluster, with every binder as an initial voter
+//! ([`Decision::Initialize`]). A bound node (one with a cluster id and no
+//! raft state) answers as a member of its cluster, grants no promise, never
+//! forms and joins only that cluster: it never changes its cluster id.
+//! Two nodes whose views share a node therefore never both initialize a
+//! cluster, and a cluster never commits without a majority of the nodes
+//! that bound themselves to it.
 
 use std::fmt;
+
+/// A leader hint: whether it names a node (by stable id), whatever its
+/// incarnation.
+pub(crate) trait Names<N> {
+    /// Whether this hint names `node`.
+    fn names(&self, node: &N) -> bool;
+}
 
 /// What one tagged peer answered a probe with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Answer<N, C, L> {
-    /// It formed, joined or decided to join cluster `cluster`; `leader` is
-    /// the leader it knows of.
+    /// It has a cluster id: it is a member of `cluster`, bound to it, joining
+    /// it or forming it; `leader` is the leader it names (its former, while
+    /// the cluster is being formed).
     Member {
         /// The cluster.
         cluster: C,
-        /// Its leader, if the peer knows one.
+        /// Its leader, if the peer names one.
         leader: Option<L>,
     },
     /// It has no cluster; `promised_to` is the node it holds a promise to.
@@ -53,6 +72,35 @@ pub(crate) struct Peer<N, C, L> {
     pub(crate) answer: Answer<N, C, L>,
 }
 
+/// What the deciding node is already committed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Commitment<'a, N, C> {
+    /// No cluster id: it may promise, form, or join any cluster.
+    Free {
+        /// The promise it holds, if any, and whether its holder is still
+        /// tagged in its view.
+        holding: Option<(&'a N, bool)>,
+    },
+    /// It stored cluster id `cluster` and has no raft state yet: it bound
+    /// itself to the cluster `former` is forming (`former` is this node
+    /// itself if it was forming it before a restart), or it decided to
+    /// join the cluster (`former` unknown).
+    Bound {
+        /// The cluster.
+        cluster: &'a C,
+        /// Who forms it, if this node bound itself to it.
+        former: Option<&'a N>,
+    },
+    /// It is forming `cluster`: it stored the id, bound to itself, and
+    /// collects confirmations; `confirmed` are the peers bound so far.
+    Forming {
+        /// The cluster.
+        cluster: &'a C,
+        /// The peers that confirmed (any order).
+        confirmed: &'a [N],
+    },
+}
+
 /// Everything [`decide`] looks at.
 #[derive(Clone, Debug)]
 pub(crate) struct Situation<'a, N, C, L> {
@@ -65,15 +113,15 @@ pub(crate) struct Situation<'a, N, C, L> {
     /// Every tagged peer in its view (online or not; offline ones answer
     /// [`Answer::Silent`]), itself excluded, in any order.
     pub(crate) peers: &'a [Peer<N, C, L>],
-    /// The promise this node holds, if any, and whether its holder is
-    /// still tagged in this node's view.
-    pub(crate) holding: Option<(&'a N, bool)>,
+    /// What it is committed to.
+    pub(crate) commitment: Commitment<'a, N, C>,
 }
 
-/// What a fresh node does next.
+/// What a node without raft state does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Decision<N, C, L> {
-    /// Join `cluster` by calling `leader` (learned from peer `via`).
+    /// Join `cluster` by calling `leader` (learned from peer `via`),
+    /// storing the cluster id first.
     Join {
         /// The cluster to join.
         cluster: C,
@@ -82,16 +130,39 @@ pub(crate) enum Decision<N, C, L> {
         /// The peer that named it.
         via: N,
     },
-    /// Form a new cluster now.
+    /// Form a new cluster: draw its id, store it bound to this node, and
+    /// ask every tagged peer to confirm.
     Form,
+    /// Take up forming `cluster` again: a peer names this node (an earlier
+    /// incarnation of it, or itself before a restart) as the one forming
+    /// it. Store the id bound to this node and ask for confirmations.
+    Resume {
+        /// The cluster.
+        cluster: C,
+    },
+    /// Ask these peers to confirm `cluster` (bind themselves to it).
+    Confirm {
+        /// The cluster being formed.
+        cluster: C,
+        /// The peers that have not confirmed yet, in order.
+        ask: Vec<N>,
+    },
+    /// Every tagged peer confirmed: initialize `cluster` with this node and
+    /// `voters` (the binders) as its voters.
+    Initialize {
+        /// The cluster.
+        cluster: C,
+        /// The other initial voters, in order.
+        voters: Vec<N>,
+    },
     /// Probe again later, for this reason.
     Wait(Wait<N, C>),
 }
 
-/// Why a fresh node waits.
+/// Why a node waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Wait<N, C> {
-    /// A peer is a member of `cluster` but knows no leader (rule 2).
+    /// A peer is a member of `cluster` but names no leader (rule 2).
     MemberWithoutLeader {
         /// The peer.
         peer: N,
@@ -129,6 +200,14 @@ pub(crate) enum Wait<N, C> {
         /// The holder.
         to: N,
     },
+    /// This node is bound to `cluster` (or decided to join it), and no peer
+    /// names a leader of it yet.
+    Bound {
+        /// The cluster.
+        cluster: C,
+        /// Who forms it, if known.
+        former: Option<N>,
+    },
 }
 
 impl<N: fmt::Display, C: fmt::Display> fmt::Display for Wait<N, C> {
@@ -156,6 +235,15 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Wait<N, C> {
                 write!(f, "{peer} has not promised this node yet")
             }
             Wait::Holding { to } => write!(f, "this node has promised {to} to wait for it"),
+            Wait::Bound { cluster, former: Some(former) } => write!(
+                f,
+                "bound to cluster {cluster}, which {former} is forming; waiting for it to \
+                 initialize the cluster (if {former} is gone for good, move this node's state \
+                 directory away to start over)"
+            ),
+            Wait::Bound { cluster, former: None } => {
+                write!(f, "joining cluster {cluster}; no peer names its leader yet")
+            }
         }
     }
 }
@@ -165,51 +253,118 @@ fn lowest<'a, N: Ord + 'a>(names: impl Iterator<Item = &'a N>) -> Option<&'a N> 
     names.min()
 }
 
-/// Whether the prober should ask its peers for promises this round: only
-/// a node that may form a cluster (not follow-only, enough tagged nodes,
-/// the lowest of them) asks. Asking otherwise would tie up promises the
-/// lowest node needs; a probe that does not ask gives back a promise the
-/// peer holds for the prober.
-pub(crate) fn wants_promises<'a, N: Ord + 'a>(
+/// Whether the prober asks its peers for promises this round: a free node
+/// that may form a cluster (not follow-only, enough tagged nodes, the
+/// lowest of them), and a node forming one (a promise lets a fresh peer
+/// bind itself). Asking otherwise would tie up promises the lowest node
+/// needs; a probe that does not ask gives back a promise the peer holds
+/// for the prober.
+pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
     me: &N,
     peers: impl Iterator<Item = &'a N> + Clone,
     follow_only: bool,
     expected_size: usize,
+    commitment: &Commitment<'_, N, C>,
 ) -> bool {
-    let tagged = 1 + peers.clone().count();
-    !follow_only && tagged >= expected_size && lowest(peers).is_none_or(|low| low > me)
-}
-
-/// The decision of a fresh node over its peers' answers. The first rule
-/// that applies wins:
-///
-/// 1. Some peer is a member of a cluster whose leader it knows → join that
-///    cluster through that leader (the lowest such peer's, to be
-///    deterministic).
-/// 2. Some peer is a member without a known leader → wait: a cluster
-///    exists.
-/// 3. Some peer is silent → wait: a cluster may exist there.
-/// 4. Follow-only, or fewer than `expected_size` tagged nodes (this one
-///    included), or another tagged node sorts lower → wait.
-/// 5. Some fresh peer holds no promise to this node, or this node holds a
-///    promise to another node that is still tagged → wait.
-/// 6. Otherwise (every peer fresh and promised to this node) → form.
-pub(crate) fn decide<N: Ord + Clone, C: Clone, L: Clone>(
-    s: &Situation<'_, N, C, L>,
-) -> Decision<N, C, L> {
-    let mut peers: Vec<&Peer<N, C, L>> = s.peers.iter().collect();
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-    // Rule 1.
-    for peer in &peers {
-        if let Answer::Member { cluster, leader: Some(leader) } = &peer.answer {
-            return Decision::Join {
-                cluster: cluster.clone(),
-                leader: leader.clone(),
-                via: peer.name.clone(),
-            };
+    match commitment {
+        Commitment::Forming { .. } => true,
+        Commitment::Bound { former, .. } => *former == Some(me),
+        Commitment::Free { .. } => {
+            let tagged = 1 + peers.clone().count();
+            !follow_only && tagged >= expected_size && lowest(peers).is_none_or(|low| low > me)
         }
     }
+}
+
+/// The decision of a node without raft state, over its peers' answers.
+///
+/// A **free** node (no cluster id), the first rule that applies:
+///
+/// 1. Some peer is a member of a cluster and names a leader that is not
+///    this node → join that cluster through that leader (the lowest such
+///    peer's, to be deterministic).
+/// 2. Some peer is a member of a cluster and names this node as its leader
+///    (an earlier incarnation of this node was forming it, and the peer is
+///    bound to it) → resume forming that cluster.
+/// 3. Some peer is a member without a leader → wait: a cluster exists.
+/// 4. Some peer is silent → wait: a cluster may exist there.
+/// 5. Follow-only, or fewer than `expected_size` tagged nodes (this one
+///    included), or another tagged node sorts lower → wait.
+/// 6. Some fresh peer holds no promise to this node, or this node holds a
+///    promise to another node that is still tagged → wait.
+/// 7. Otherwise (every peer fresh and promised to this node) → form.
+///
+/// A **bound** node joins its own cluster through a leader a peer names
+/// (not itself), and otherwise waits; one bound to itself (it was forming
+/// the cluster before a restart) resumes forming it.
+///
+/// A **forming** node joins its cluster through a leader a peer names
+/// other than itself (an earlier incarnation of it initialized the
+/// cluster, and another node leads it now); else it waits while fewer than
+/// `expected_size` tagged nodes are in view; else it initializes once
+/// every tagged peer of its view confirmed, and asks the others to.
+pub(crate) fn decide<N, C, L>(s: &Situation<'_, N, C, L>) -> Decision<N, C, L>
+where
+    N: Ord + Clone,
+    C: Clone + PartialEq,
+    L: Clone + Names<N>,
+{
+    let mut peers: Vec<&Peer<N, C, L>> = s.peers.iter().collect();
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    // A leader of `cluster` (any, if `None`) named by a peer, not this node.
+    let leader_of = |cluster: Option<&C>| {
+        peers.iter().find_map(|p| match &p.answer {
+            Answer::Member { cluster: c, leader: Some(l) }
+                if cluster.is_none_or(|want| want == c) && !l.names(s.me) =>
+            {
+                Some(Decision::Join { cluster: c.clone(), leader: l.clone(), via: p.name.clone() })
+            }
+            _ => None,
+        })
+    };
+    let holding = match s.commitment {
+        Commitment::Free { holding } => holding,
+        Commitment::Bound { cluster, former } => {
+            if former == Some(s.me) {
+                return Decision::Resume { cluster: cluster.clone() };
+            }
+            return leader_of(Some(cluster)).unwrap_or_else(|| {
+                Decision::Wait(Wait::Bound { cluster: cluster.clone(), former: former.cloned() })
+            });
+        }
+        Commitment::Forming { cluster, confirmed } => {
+            if let Some(join) = leader_of(Some(cluster)) {
+                return join;
+            }
+            let tagged = 1 + peers.len();
+            if tagged < s.expected_size {
+                return Decision::Wait(Wait::TooFew { tagged, expected: s.expected_size });
+            }
+            let ask: Vec<N> = peers
+                .iter()
+                .filter(|p| !confirmed.contains(&p.name))
+                .map(|p| p.name.clone())
+                .collect();
+            if ask.is_empty() {
+                let voters = peers.iter().map(|p| p.name.clone()).collect();
+                return Decision::Initialize { cluster: cluster.clone(), voters };
+            }
+            return Decision::Confirm { cluster: cluster.clone(), ask };
+        }
+    };
+    // Rule 1.
+    if let Some(join) = leader_of(None) {
+        return join;
+    }
     // Rule 2.
+    for peer in &peers {
+        if let Answer::Member { cluster, leader: Some(leader) } = &peer.answer
+            && leader.names(s.me)
+        {
+            return Decision::Resume { cluster: cluster.clone() };
+        }
+    }
+    // Rule 3.
     for peer in &peers {
         if let Answer::Member { cluster, leader: None } = &peer.answer {
             return Decision::Wait(Wait::MemberWithoutLeader {
@@ -218,11 +373,11 @@ pub(crate) fn decide<N: Ord + Clone, C: Clone, L: Clone>(
             });
         }
     }
-    // Rule 3.
+    // Rule 4.
     if let Some(peer) = peers.iter().find(|p| matches!(p.answer, Answer::Silent)) {
         return Decision::Wait(Wait::Silent { peer: peer.name.clone() });
     }
-    // Rule 4.
+    // Rule 5.
     if s.follow_only {
         return Decision::Wait(Wait::FollowOnly);
     }
@@ -235,7 +390,7 @@ pub(crate) fn decide<N: Ord + Clone, C: Clone, L: Clone>(
     {
         return Decision::Wait(Wait::NotLowest { lower: low.clone() });
     }
-    // Rule 5.
+    // Rule 6.
     for peer in &peers {
         if let Answer::Fresh { promised_to } = &peer.answer
             && promised_to.as_ref() != Some(s.me)
@@ -246,13 +401,23 @@ pub(crate) fn decide<N: Ord + Clone, C: Clone, L: Clone>(
             });
         }
     }
-    if let Some((to, true)) = s.holding
+    if let Some((to, true)) = holding
         && to != s.me
     {
         return Decision::Wait(Wait::Holding { to: to.clone() });
     }
-    // Rule 6.
+    // Rule 7.
     Decision::Form
+}
+
+/// The promise a node still holds: none once it has a cluster id
+/// (`member`), none whose holder is untagged or gone from its view; a
+/// promise whose holder is merely offline is kept.
+pub(crate) fn kept<N: Clone>(member: bool, holding: Option<&N>, holder_tagged: bool) -> Option<N> {
+    if member {
+        return None;
+    }
+    holding.filter(|_| holder_tagged).cloned()
 }
 
 /// A probe as the probed (granting) node sees it.
@@ -260,7 +425,7 @@ pub(crate) fn decide<N: Ord + Clone, C: Clone, L: Clone>(
 pub(crate) struct Probe<'a, N> {
     /// The probed node.
     pub(crate) me: &'a N,
-    /// It has a cluster (formed, joined, or decided to join one).
+    /// It has a cluster id (a member, bound, joining or forming).
     pub(crate) member: bool,
     /// The promise it holds, if any.
     pub(crate) holding: Option<&'a N>,
@@ -279,7 +444,7 @@ pub(crate) struct Probe<'a, N> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Reply<N> {
     /// It is a member of its cluster (the shell adds which, and the
-    /// leader).
+    /// leader it names).
     Member,
     /// It is fresh, holding a promise to `promised_to`.
     Fresh {
@@ -290,10 +455,9 @@ pub(crate) enum Reply<N> {
 
 /// How a node answers a probe, and the promise it holds afterwards:
 ///
-/// - a node with a cluster answers [`Reply::Member`] and holds no promise
-///   (a promise is released when the granter gets a cluster);
-/// - a promise whose holder is untagged or gone from the view is released
-///   (one whose holder is merely offline is kept);
+/// - a node with a cluster id answers [`Reply::Member`] and holds no
+///   promise;
+/// - a promise is released as [`kept`] says;
 /// - a probe that does not ask for a promise gives back the one the node
 ///   holds for the prober (the prober no longer means to form);
 /// - a promise is granted to a prober that asks for one, sorts lower than
@@ -301,12 +465,13 @@ pub(crate) enum Reply<N> {
 /// - never two promises at once; no timer releases one.
 ///
 /// The shell calls this and stores the result in one step under the
-/// node's bootstrap lock, the same lock under which it forms a cluster.
+/// node's bootstrap lock, the same lock under which it forms, binds and
+/// joins.
 pub(crate) fn answer<N: Ord + Clone>(p: &Probe<'_, N>) -> (Option<N>, Reply<N>) {
     if p.member {
         return (None, Reply::Member);
     }
-    let mut holding = p.holding.filter(|_| p.holder_tagged).cloned();
+    let mut holding = kept(false, p.holding, p.holder_tagged);
     if !p.wants_promise && holding.as_ref() == Some(p.caller) {
         holding = None;
     }
@@ -316,19 +481,140 @@ pub(crate) fn answer<N: Ord + Clone>(p: &Probe<'_, N>) -> (Option<N>, Reply<N>) 
     (holding.clone(), Reply::Fresh { promised_to: holding })
 }
 
+/// A request to confirm a cluster being formed, as the asked node sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfirmCall<'a, N, C> {
+    /// It has raft state.
+    pub(crate) has_state: bool,
+    /// Its cluster id, if it has one, and who forms that cluster, if it
+    /// bound itself to it.
+    pub(crate) stored: Option<(&'a C, Option<&'a N>)>,
+    /// The promise it holds, if any.
+    pub(crate) holding: Option<&'a N>,
+    /// Whether that promise's holder is still tagged in its view.
+    pub(crate) holder_tagged: bool,
+    /// The caller, which forms `cluster`.
+    pub(crate) caller: &'a N,
+    /// The cluster the caller forms.
+    pub(crate) cluster: &'a C,
+}
+
+/// The asked node's step on a confirm request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Confirmation<N, C> {
+    /// Bind to the caller's cluster now: store its id with the caller as
+    /// the former, drop the promise, and confirm.
+    Bind,
+    /// Already bound to (or joining) that cluster: confirm again, recording
+    /// the caller (perhaps a new incarnation of the former) as its former.
+    Again,
+    /// Refuse, for this reason.
+    Refuse(Refusal<N, C>),
+}
+
+/// Why a node refuses to confirm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal<N, C> {
+    /// It has raft state (of `cluster`, if it knows its id): it is a member
+    /// already, not a node in waiting.
+    HasState {
+        /// Its cluster.
+        cluster: Option<C>,
+    },
+    /// It is bound to, joining or forming another cluster.
+    OtherCluster {
+        /// That cluster.
+        cluster: C,
+    },
+    /// It is bound to the same cluster id, formed by another node.
+    OtherFormer {
+        /// Who forms it, as this node knows.
+        former: N,
+    },
+    /// It does not hold the caller's promise (it released it, or never
+    /// granted it).
+    NotPromised {
+        /// The promise it holds.
+        promised_to: Option<N>,
+    },
+}
+
+impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::HasState { cluster: Some(cluster) } => {
+                write!(f, "already a member of cluster {cluster}")
+            }
+            Refusal::HasState { cluster: None } => f.write_str("already has raft state"),
+            Refusal::OtherCluster { cluster } => write!(f, "bound to cluster {cluster}"),
+            Refusal::OtherFormer { former } => write!(f, "bound to that cluster as {former}'s"),
+            Refusal::NotPromised { promised_to: Some(to) } => {
+                write!(f, "holds a promise to {to}, not to the caller")
+            }
+            Refusal::NotPromised { promised_to: None } => {
+                f.write_str("holds no promise to the caller (released or never granted)")
+            }
+        }
+    }
+}
+
+/// How a node answers a request to confirm `cluster` from its former, in
+/// one step under its bootstrap lock:
+///
+/// 1. with raft state → refuse (it is a member already);
+/// 2. with this cluster id stored → confirm again, if it bound itself to
+///    the caller (by stable id: a former back under a new incarnation is
+///    the same node) or decided to join this cluster; refuse if another
+///    node forms it;
+/// 3. with another cluster id → refuse;
+/// 4. holding the caller's promise (still [`kept`]) → bind;
+/// 5. otherwise → refuse.
+pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
+    c: &ConfirmCall<'_, N, C>,
+) -> Confirmation<N, C> {
+    if c.has_state {
+        return Confirmation::Refuse(Refusal::HasState {
+            cluster: c.stored.map(|(cluster, _)| cluster.clone()),
+        });
+    }
+    match c.stored {
+        Some((cluster, former)) if cluster == c.cluster => match former {
+            Some(former) if former != c.caller => {
+                Confirmation::Refuse(Refusal::OtherFormer { former: former.clone() })
+            }
+            _ => Confirmation::Again,
+        },
+        Some((cluster, _)) => {
+            Confirmation::Refuse(Refusal::OtherCluster { cluster: cluster.clone() })
+        }
+        None => match kept(false, c.holding, c.holder_tagged) {
+            Some(holder) if holder == *c.caller => Confirmation::Bind,
+            promised_to => Confirmation::Refuse(Refusal::NotPromised { promised_to }),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// In these tables a leader hint is the node it names.
+    impl Names<u8> for u8 {
+        fn names(&self, node: &u8) -> bool {
+            self == node
+        }
+    }
+
     type A = Answer<u8, char, u8>;
 
-    /// Every answer a peer can give, over two clusters, with and without a
-    /// leader, and every promise (to the prober `me`, to another node, to
-    /// nobody).
+    /// Every answer a peer can give, over two clusters, with a leader that
+    /// is another node, with the prober `me` named as the leader, without a
+    /// leader, and every promise (to `me`, to another node, to nobody).
     fn all_answers(me: u8) -> Vec<A> {
         vec![
             Answer::Member { cluster: 'x', leader: Some(90) },
             Answer::Member { cluster: 'y', leader: Some(91) },
+            Answer::Member { cluster: 'x', leader: Some(me) },
             Answer::Member { cluster: 'x', leader: None },
             Answer::Fresh { promised_to: None },
             Answer::Fresh { promised_to: Some(me) },
@@ -355,43 +641,99 @@ mod tests {
         out
     }
 
-    /// The rules restated as properties of the whole answer set: who could
-    /// the node join, must it wait, may it form.
+    /// Every commitment the prober may have: free (holding nothing, a
+    /// promise to a tagged or to an untagged node), bound to cluster 'x' or
+    /// 'y' (formed by nobody known, by itself, by another node), forming
+    /// 'x' with no, the first, or every peer confirmed.
+    fn commitments<'a>(
+        me: &'a u8,
+        names: &'a [u8],
+        other: &'a u8,
+    ) -> Vec<Commitment<'a, u8, char>> {
+        let mut all = vec![
+            Commitment::Free { holding: None },
+            Commitment::Free { holding: Some((other, true)) },
+            Commitment::Free { holding: Some((other, false)) },
+        ];
+        for cluster in [&'x', &'y'] {
+            for former in [None, Some(me), Some(other)] {
+                all.push(Commitment::Bound { cluster, former });
+            }
+        }
+        for confirmed in [&names[..0], &names[..names.len().min(1)], names] {
+            all.push(Commitment::Forming { cluster: &'x', confirmed });
+        }
+        all
+    }
+
+    /// The rules restated as properties of the whole answer set.
     fn expected(s: &Situation<'_, u8, char, u8>) -> Decision<u8, char, u8> {
         let mut peers = s.peers.to_vec();
         peers.sort_by_key(|p| p.name);
-        let with_leader = peers.iter().find_map(|p| match &p.answer {
-            Answer::Member { cluster, leader: Some(l) } => Some((p.name, *cluster, *l)),
-            _ => None,
-        });
-        if let Some((via, cluster, leader)) = with_leader {
-            return Decision::Join { cluster, leader, via };
-        }
-        let members: Vec<_> = peers
+        let names: Vec<u8> = peers.iter().map(|p| p.name).collect();
+        let tagged = peers.len() + 1;
+        // (peer, cluster, leader) of every member answer naming a leader.
+        let led: Vec<(u8, char, u8)> = peers
             .iter()
             .filter_map(|p| match &p.answer {
-                Answer::Member { cluster, .. } => Some((p.name, *cluster)),
+                Answer::Member { cluster, leader: Some(l) } => Some((p.name, *cluster, *l)),
                 _ => None,
             })
             .collect();
-        if let Some(&(peer, cluster)) = members.first() {
+        let join = |only: Option<char>| {
+            led.iter()
+                .find(|(_, c, l)| *l != *s.me && only.is_none_or(|o| o == *c))
+                .map(|&(via, cluster, leader)| Decision::Join { cluster, leader, via })
+        };
+        let holding = match s.commitment {
+            Commitment::Bound { cluster, former } => {
+                if former == Some(s.me) {
+                    return Decision::Resume { cluster: *cluster };
+                }
+                return join(Some(*cluster)).unwrap_or(Decision::Wait(Wait::Bound {
+                    cluster: *cluster,
+                    former: former.copied(),
+                }));
+            }
+            Commitment::Forming { cluster, confirmed } => {
+                if let Some(join) = join(Some(*cluster)) {
+                    return join;
+                }
+                if tagged < s.expected_size {
+                    return Decision::Wait(Wait::TooFew { tagged, expected: s.expected_size });
+                }
+                let ask: Vec<u8> =
+                    names.iter().copied().filter(|n| !confirmed.contains(n)).collect();
+                return if ask.is_empty() {
+                    Decision::Initialize { cluster: *cluster, voters: names }
+                } else {
+                    Decision::Confirm { cluster: *cluster, ask }
+                };
+            }
+            Commitment::Free { holding } => holding,
+        };
+        if let Some(join) = join(None) {
+            return join;
+        }
+        if let Some(&(_, cluster, _)) = led.iter().find(|(_, _, l)| *l == *s.me) {
+            return Decision::Resume { cluster };
+        }
+        let leaderless = peers.iter().find_map(|p| match &p.answer {
+            Answer::Member { cluster, leader: None } => Some((p.name, *cluster)),
+            _ => None,
+        });
+        if let Some((peer, cluster)) = leaderless {
             return Decision::Wait(Wait::MemberWithoutLeader { peer, cluster });
         }
-        let silent: Vec<u8> =
-            peers.iter().filter(|p| p.answer == Answer::Silent).map(|p| p.name).collect();
-        if let Some(&peer) = silent.first() {
-            return Decision::Wait(Wait::Silent { peer });
+        if let Some(peer) = peers.iter().find(|p| p.answer == Answer::Silent) {
+            return Decision::Wait(Wait::Silent { peer: peer.name });
         }
         if s.follow_only {
             return Decision::Wait(Wait::FollowOnly);
         }
-        if peers.len() + 1 < s.expected_size {
-            return Decision::Wait(Wait::TooFew {
-                tagged: peers.len() + 1,
-                expected: s.expected_size,
-            });
+        if tagged < s.expected_size {
+            return Decision::Wait(Wait::TooFew { tagged, expected: s.expected_size });
         }
-        let names: Vec<u8> = peers.iter().map(|p| p.name).collect();
         if let Some(&low) = names.iter().min().filter(|low| **low < *s.me) {
             return Decision::Wait(Wait::NotLowest { lower: low });
         }
@@ -404,35 +746,36 @@ mod tests {
         if let Some((peer, promised_to)) = unpromised {
             return Decision::Wait(Wait::NotPromised { peer, promised_to });
         }
-        match s.holding {
+        match holding {
             Some((to, true)) if to != s.me => Decision::Wait(Wait::Holding { to: *to }),
             _ => Decision::Form,
         }
     }
 
     #[test]
-    fn every_combination_of_answers_from_up_to_three_peers() {
+    fn every_combination_of_answers_and_commitments_with_up_to_three_peers() {
         let mut cases = 0;
-        let mut formed = 0;
+        let mut counts = std::collections::BTreeMap::new();
         // The prober is the lowest (1), in the middle (25) or the highest
         // (99) of the names; peers are 10, 20, 30.
         for me in [1u8, 25, 99] {
             for n in 0..=3usize {
+                let names: Vec<u8> = (1..=n as u8).map(|i| 10 * i).collect();
                 for answers in combinations(n, me) {
                     let peers: Vec<Peer<u8, char, u8>> = answers
                         .into_iter()
-                        .enumerate()
-                        .map(|(i, answer)| Peer { name: 10 * (i as u8 + 1), answer })
+                        .zip(&names)
+                        .map(|(answer, name)| Peer { name: *name, answer })
                         .collect();
-                    for follow_only in [false, true] {
-                        for expected_size in 1..=5 {
-                            for holding in [None, Some((&77, true)), Some((&77, false))] {
+                    for commitment in commitments(&me, &names, &77) {
+                        for follow_only in [false, true] {
+                            for expected_size in 1..=5 {
                                 let s = Situation {
                                     me: &me,
                                     follow_only,
                                     expected_size,
                                     peers: &peers,
-                                    holding,
+                                    commitment,
                                 };
                                 let decision = decide(&s);
                                 assert_eq!(decision, expected(&s), "{s:?}");
@@ -445,39 +788,100 @@ mod tests {
                                     decision
                                 );
                                 cases += 1;
-                                formed += usize::from(decision == Decision::Form);
+                                let kind = match decision {
+                                    Decision::Join { .. } => "join",
+                                    Decision::Form => "form",
+                                    Decision::Resume { .. } => "resume",
+                                    Decision::Confirm { .. } => "confirm",
+                                    Decision::Initialize { .. } => "initialize",
+                                    Decision::Wait(_) => "wait",
+                                };
+                                *counts.entry(kind).or_insert(0) += 1;
                             }
                         }
                     }
                 }
             }
         }
-        // 3 provers × (1 + 7 + 49 + 343) answer sets × 2 × 5 × 3.
-        assert_eq!(cases, 3 * 400 * 30);
-        assert!(formed > 0, "no combination formed a cluster");
+        // 3 provers × (1 + 8 + 64 + 512) answer sets × 12 commitments × 2 × 5.
+        assert_eq!(cases, 3 * 585 * 12 * 10);
+        for kind in ["join", "form", "resume", "confirm", "initialize", "wait"] {
+            assert!(counts.get(kind).is_some_and(|c| *c > 0), "no case decided {kind}: {counts:?}");
+        }
     }
 
     /// What must hold whatever the rules say in detail.
     fn check_safety(s: &Situation<'_, u8, char, u8>, decision: &Decision<u8, char, u8>) {
-        if *decision == Decision::Form {
-            assert!(!s.follow_only, "a follow-only node formed: {s:?}");
-            assert!(s.peers.len() + 1 >= s.expected_size, "formed with too few: {s:?}");
-            for peer in s.peers {
-                assert!(peer.name > *s.me, "formed while {} sorts lower: {s:?}", peer.name);
+        match decision {
+            Decision::Form => {
+                let Commitment::Free { holding } = s.commitment else {
+                    panic!("a node with a cluster id formed another: {s:?}")
+                };
+                assert!(!s.follow_only, "a follow-only node formed: {s:?}");
+                assert!(s.peers.len() + 1 >= s.expected_size, "formed with too few: {s:?}");
+                for peer in s.peers {
+                    assert!(peer.name > *s.me, "formed while {} sorts lower: {s:?}", peer.name);
+                    assert_eq!(
+                        peer.answer,
+                        Answer::Fresh { promised_to: Some(*s.me) },
+                        "formed without {}'s promise: {s:?}",
+                        peer.name
+                    );
+                }
+                assert!(!matches!(holding, Some((_, true))), "formed holding a promise: {s:?}");
+            }
+            Decision::Initialize { cluster, voters } => {
+                let Commitment::Forming { cluster: forming, confirmed } = s.commitment else {
+                    panic!("initialized a cluster it was not forming: {s:?}")
+                };
+                assert_eq!(cluster, forming);
+                assert!(s.peers.len() + 1 >= s.expected_size, "initialized with too few: {s:?}");
+                for peer in s.peers {
+                    assert!(confirmed.contains(&peer.name), "{} did not confirm: {s:?}", peer.name);
+                    assert!(voters.contains(&peer.name), "{} is no initial voter", peer.name);
+                }
+            }
+            Decision::Join { cluster, leader, via } => {
+                let peer = s.peers.iter().find(|p| p.name == *via).expect("joins through a peer");
                 assert_eq!(
                     peer.answer,
-                    Answer::Fresh { promised_to: Some(*s.me) },
-                    "formed without {}'s promise: {s:?}",
-                    peer.name
+                    Answer::Member { cluster: *cluster, leader: Some(*leader) },
+                    "{s:?}"
                 );
+                assert_ne!(leader, s.me, "joins through itself: {s:?}");
+                match s.commitment {
+                    Commitment::Bound { cluster: own, .. }
+                    | Commitment::Forming { cluster: own, .. } => {
+                        assert_eq!(cluster, own, "a bound node joins another cluster: {s:?}")
+                    }
+                    Commitment::Free { .. } => {}
+                }
             }
-            assert!(!matches!(s.holding, Some((_, true))), "formed holding a promise: {s:?}");
+            Decision::Resume { cluster } => {
+                match s.commitment {
+                    Commitment::Bound { cluster: own, former } => {
+                        assert_eq!((cluster, former), (own, Some(s.me)), "{s:?}")
+                    }
+                    Commitment::Free { .. } => assert!(
+                        s.peers.iter().any(|p| p.answer
+                            == Answer::Member { cluster: *cluster, leader: Some(*s.me) }),
+                        "resumed a cluster no peer names it the former of: {s:?}"
+                    ),
+                    Commitment::Forming { .. } => panic!("resumed while forming: {s:?}"),
+                }
+            }
+            Decision::Confirm { cluster, ask } => {
+                assert!(
+                    matches!(s.commitment, Commitment::Forming { cluster: c, .. } if c == cluster)
+                );
+                assert!(!ask.is_empty());
+            }
+            Decision::Wait(_) => {}
         }
-        if let Decision::Join { via, .. } = decision {
-            let peer = s.peers.iter().find(|p| p.name == *via).expect("joins through a peer");
-            assert!(matches!(peer.answer, Answer::Member { leader: Some(_), .. }));
-        }
-        if s.peers.iter().any(|p| matches!(p.answer, Answer::Member { .. } | Answer::Silent)) {
+        let free = matches!(s.commitment, Commitment::Free { .. });
+        if free
+            && s.peers.iter().any(|p| matches!(p.answer, Answer::Member { .. } | Answer::Silent))
+        {
             assert_ne!(*decision, Decision::Form, "formed next to a possible cluster: {s:?}");
         }
     }
@@ -487,7 +891,13 @@ mod tests {
         peers: &'a [Peer<u8, char, u8>],
         expected_size: usize,
     ) -> Situation<'a, u8, char, u8> {
-        Situation { me, follow_only: false, expected_size, peers, holding: None }
+        Situation {
+            me,
+            follow_only: false,
+            expected_size,
+            peers,
+            commitment: Commitment::Free { holding: None },
+        }
     }
 
     fn peer(name: u8, answer: A) -> Peer<u8, char, u8> {
@@ -517,7 +927,23 @@ mod tests {
     }
 
     #[test]
-    fn rule_2_a_member_without_a_leader_means_wait() {
+    fn rule_2_a_peer_naming_this_node_as_former_makes_it_resume() {
+        // 9 formed 'c' in an earlier incarnation; 4 is bound to it.
+        let peers = [peer(4, Answer::Member { cluster: 'c', leader: Some(9) }), peer(3, A::Silent)];
+        assert_eq!(decide(&situation(&9, &peers, 3)), Decision::Resume { cluster: 'c' });
+        // Another leader of 'c' exists: join it instead.
+        let peers = [
+            peer(4, Answer::Member { cluster: 'c', leader: Some(9) }),
+            peer(5, Answer::Member { cluster: 'c', leader: Some(4) }),
+        ];
+        assert_eq!(
+            decide(&situation(&9, &peers, 3)),
+            Decision::Join { cluster: 'c', leader: 4, via: 5 }
+        );
+    }
+
+    #[test]
+    fn rule_3_a_member_without_a_leader_means_wait() {
         let peers = [
             peer(5, Answer::Fresh { promised_to: Some(1) }),
             peer(7, Answer::Member { cluster: 'c', leader: None }),
@@ -529,13 +955,13 @@ mod tests {
     }
 
     #[test]
-    fn rule_3_a_silent_peer_blocks_forming_even_for_the_lowest() {
+    fn rule_4_a_silent_peer_blocks_forming_even_for_the_lowest() {
         let peers = [peer(5, Answer::Fresh { promised_to: Some(1) }), peer(7, Answer::Silent)];
         assert_eq!(decide(&situation(&1, &peers, 1)), Decision::Wait(Wait::Silent { peer: 7 }));
     }
 
     #[test]
-    fn rule_4_follow_only_too_few_and_not_lowest_wait() {
+    fn rule_5_follow_only_too_few_and_not_lowest_wait() {
         let promised = [peer(5, Answer::Fresh { promised_to: Some(1) })];
         let mut s = situation(&1, &promised, 2);
         s.follow_only = true;
@@ -551,7 +977,7 @@ mod tests {
     }
 
     #[test]
-    fn rule_5_every_fresh_peer_must_have_promised_and_no_live_promise_held() {
+    fn rule_6_every_fresh_peer_must_have_promised_and_no_live_promise_held() {
         let peers = [
             peer(5, Answer::Fresh { promised_to: Some(1) }),
             peer(6, Answer::Fresh { promised_to: Some(3) }),
@@ -567,15 +993,15 @@ mod tests {
         );
         let peers = [peer(5, Answer::Fresh { promised_to: Some(1) })];
         let mut s = situation(&1, &peers, 1);
-        s.holding = Some((&0, true));
+        s.commitment = Commitment::Free { holding: Some((&0, true)) };
         assert_eq!(decide(&s), Decision::Wait(Wait::Holding { to: 0 }));
         // A promise whose holder is untagged or gone does not count.
-        s.holding = Some((&0, false));
+        s.commitment = Commitment::Free { holding: Some((&0, false)) };
         assert_eq!(decide(&s), Decision::Form);
     }
 
     #[test]
-    fn rule_6_every_peer_promised_forms() {
+    fn rule_7_every_peer_promised_forms() {
         let peers = [
             peer(5, Answer::Fresh { promised_to: Some(1) }),
             peer(6, Answer::Fresh { promised_to: Some(1) }),
@@ -584,12 +1010,55 @@ mod tests {
     }
 
     #[test]
+    fn a_forming_node_initializes_only_once_every_tagged_peer_confirmed() {
+        let peers = [
+            peer(5, Answer::Fresh { promised_to: None }),
+            peer(6, Answer::Member { cluster: 'c', leader: Some(1) }),
+        ];
+        let mut s = situation(&1, &peers, 3);
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[6] };
+        assert_eq!(decide(&s), Decision::Confirm { cluster: 'c', ask: vec![5] });
+        // A node confirmed once, no longer in view, is not needed (nor a
+        // voter); a view that shrank below the expected size waits.
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[5, 6, 7] };
+        assert_eq!(decide(&s), Decision::Initialize { cluster: 'c', voters: vec![5, 6] });
+        let one = [peer(5, Answer::Silent)];
+        let s = Situation { peers: &one, ..s };
+        assert_eq!(decide(&s), Decision::Wait(Wait::TooFew { tagged: 2, expected: 3 }));
+    }
+
+    #[test]
+    fn a_bound_node_only_ever_joins_its_own_cluster() {
+        let peers = [
+            peer(2, Answer::Member { cluster: 'd', leader: Some(2) }),
+            peer(5, Answer::Fresh { promised_to: Some(1) }),
+            peer(6, Answer::Member { cluster: 'c', leader: Some(6) }),
+        ];
+        let mut s = situation(&1, &peers, 3);
+        s.commitment = Commitment::Bound { cluster: &'c', former: Some(&6) };
+        assert_eq!(decide(&s), Decision::Join { cluster: 'c', leader: 6, via: 6 });
+        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&6) };
+        assert_eq!(decide(&s), Decision::Wait(Wait::Bound { cluster: 'e', former: Some(6) }));
+        // Bound to itself: it was forming 'e' before a restart.
+        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&1) };
+        assert_eq!(decide(&s), Decision::Resume { cluster: 'e' });
+    }
+
+    #[test]
     fn only_a_node_that_may_form_asks_for_promises() {
-        assert!(wants_promises(&1, [5u8, 6].iter(), false, 3));
-        assert!(!wants_promises(&1, [5u8, 6].iter(), true, 3));
-        assert!(!wants_promises(&1, [5u8, 6].iter(), false, 4));
-        assert!(!wants_promises(&5, [1u8, 6].iter(), false, 1));
-        assert!(wants_promises(&5, [].iter(), false, 1));
+        let free: Commitment<'_, u8, char> = Commitment::Free { holding: None };
+        assert!(wants_promises(&1, [5u8, 6].iter(), false, 3, &free));
+        assert!(!wants_promises(&1, [5u8, 6].iter(), true, 3, &free));
+        assert!(!wants_promises(&1, [5u8, 6].iter(), false, 4, &free));
+        assert!(!wants_promises(&5, [1u8, 6].iter(), false, 1, &free));
+        assert!(wants_promises(&5, [].iter(), false, 1, &free));
+        // A forming node asks; a bound one gives back what it holds.
+        let forming = Commitment::Forming { cluster: &'c', confirmed: &[] };
+        assert!(wants_promises(&5, [1u8, 6].iter(), true, 9, &forming));
+        let bound = Commitment::Bound { cluster: &'c', former: Some(&6) };
+        assert!(!wants_promises(&1, [5u8, 6].iter(), false, 3, &bound));
+        let resuming = Commitment::Bound { cluster: &'c', former: Some(&1) };
+        assert!(wants_promises(&1, [5u8, 6].iter(), false, 3, &resuming));
     }
 
     #[test]
@@ -687,5 +1156,139 @@ mod tests {
             wants_promise: false,
         });
         assert_eq!(held, None);
+    }
+
+    /// The confirm step over every case: whether the node has raft state,
+    /// its stored cluster (none, the caller's, another) and that cluster's
+    /// former (unknown, the caller, the node itself, another), the promise
+    /// it holds (none, the caller's, another's) and whether its holder is
+    /// tagged.
+    #[test]
+    fn the_confirm_step_over_every_case() {
+        let (me, caller, other) = (50u8, 10u8, 20u8);
+        let mut binds = 0;
+        for has_state in [false, true] {
+            for stored in [None, Some('c'), Some('d')] {
+                for former in [None, Some(caller), Some(me), Some(other)] {
+                    if stored.is_none() && former.is_some() {
+                        continue;
+                    }
+                    for holding in [None, Some(caller), Some(other)] {
+                        for holder_tagged in [false, true] {
+                            let call = ConfirmCall {
+                                has_state,
+                                stored: stored.as_ref().map(|c| (c, former.as_ref())),
+                                holding: holding.as_ref(),
+                                holder_tagged,
+                                caller: &caller,
+                                cluster: &'c',
+                            };
+                            let step = confirm(&call);
+                            let want = if has_state {
+                                Confirmation::Refuse(Refusal::HasState { cluster: stored })
+                            } else {
+                                match (stored, former) {
+                                    (Some('c'), None) | (Some('c'), Some(10)) => {
+                                        Confirmation::Again
+                                    }
+                                    (Some('c'), Some(f)) => {
+                                        Confirmation::Refuse(Refusal::OtherFormer { former: f })
+                                    }
+                                    (Some(d), _) => {
+                                        Confirmation::Refuse(Refusal::OtherCluster { cluster: d })
+                                    }
+                                    (None, _) if holding == Some(caller) && holder_tagged => {
+                                        Confirmation::Bind
+                                    }
+                                    (None, _) => Confirmation::Refuse(Refusal::NotPromised {
+                                        promised_to: holding.filter(|_| holder_tagged),
+                                    }),
+                                }
+                            };
+                            assert_eq!(step, want, "{call:?}");
+                            // Never bound while a member, bound elsewhere,
+                            // or without the caller's live promise.
+                            if step == Confirmation::Bind {
+                                binds += 1;
+                                assert!(!has_state && stored.is_none(), "{call:?}");
+                                assert!(holding == Some(caller) && holder_tagged, "{call:?}");
+                            }
+                            if step == Confirmation::Again {
+                                assert!(!has_state && stored == Some('c'), "{call:?}");
+                                assert!(former.is_none_or(|f| f == caller), "{call:?}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(binds, 1);
+    }
+
+    /// The model checker's schedule (docs/reliability.md) on the pure
+    /// functions: the promise `b` released behind `a`'s back makes `b`
+    /// refuse `a`'s confirm, so `a` never initializes; `c`, bound to `a`'s
+    /// cluster, answers `b` as a member and confirms nobody else.
+    #[test]
+    fn a_released_promise_refuses_the_confirm() {
+        let (a, b, c) = (1u8, 2u8, 3u8);
+        // b promised a, then its view dropped a: released.
+        let step = confirm(&ConfirmCall {
+            has_state: false,
+            stored: None,
+            holding: Some(&a),
+            holder_tagged: false,
+            caller: &a,
+            cluster: &'x',
+        });
+        assert_eq!(step, Confirmation::Refuse(Refusal::NotPromised { promised_to: None }));
+        // c still holds a's promise: it binds.
+        let step = confirm(&ConfirmCall {
+            has_state: false,
+            stored: None,
+            holding: Some(&a),
+            holder_tagged: true,
+            caller: &a,
+            cluster: &'x',
+        });
+        assert_eq!(step, Confirmation::Bind);
+        // a cannot initialize: b did not confirm.
+        let peers = [
+            peer(b, Answer::Fresh { promised_to: None }),
+            peer(c, Answer::Member { cluster: 'x', leader: Some(a) }),
+        ];
+        let s = Situation {
+            commitment: Commitment::Forming { cluster: &'x', confirmed: &[c] },
+            ..situation(&a, &peers, 2)
+        };
+        assert_eq!(decide(&s), Decision::Confirm { cluster: 'x', ask: vec![b] });
+        // c's view dropped a; b asks c for a promise: c, bound, answers as
+        // a member of a's cluster and promises nothing, and refuses b's
+        // confirm of another cluster.
+        let (held, reply) = answer(&Probe {
+            me: &c,
+            member: true,
+            holding: None,
+            holder_tagged: false,
+            caller: &b,
+            caller_live: true,
+            wants_promise: true,
+        });
+        assert_eq!((held, reply), (None, Reply::Member));
+        let step = confirm(&ConfirmCall {
+            has_state: false,
+            stored: Some((&'x', Some(&a))),
+            holding: None,
+            holder_tagged: false,
+            caller: &b,
+            cluster: &'y',
+        });
+        assert_eq!(step, Confirmation::Refuse(Refusal::OtherCluster { cluster: 'x' }));
+        // And b, seeing c a member of 'x' led by a, never forms.
+        let peers = [peer(c, Answer::Member { cluster: 'x', leader: Some(a) })];
+        assert_eq!(
+            decide(&situation(&b, &peers, 2)),
+            Decision::Join { cluster: 'x', leader: a, via: c }
+        );
     }
 }

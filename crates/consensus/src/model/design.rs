@@ -1,231 +1,283 @@
-//! Decision 0003, transcribed from docs/decisions/0003-identity-bootstrap-membership.md
-//! (the section each method follows is named in its doc).
-//!
-//! `fix` switches on the fix this model proposes (see docs/reliability.md):
-//! a confirm round makes promises binding before a node forms, and the
-//! binders are the new cluster's initial voters.
+//! Decision 0003 as the code makes it: every decision with a pure function
+//! in `crate::decide` is made by that function, on the model's values
+//! converted to its inputs (see the table in `model/mod.rs`). What is not
+//! a pure function of the facade is transcribed, citing the code: the
+//! incarnation drawn for empty storage (raft-core `identity.rs`), the raft
+//! hello's cluster check (raft-core `network/gate.rs`, `server.rs`), and
+//! the leader's join handling (cmd-rpc `service.rs`, `join_here`).
 
 use super::protocol::{
-    Answer, Bootstrap, Change, ClusterId, Decision, Granter, JoinRequest, Leader, Node, Protocol,
-    RaftId, Set,
+    Answer, Bootstrap, Change, ClusterId, Confirm, Decision, Granter, JoinRequest, Leader,
+    MAX_NODES, Node, Protocol, RaftId, Set,
 };
+use crate::decide::bootstrap as boot;
+use crate::decide::membership as members;
 
-/// Decision 0003's rules.
-pub(crate) struct Design0003 {
-    /// The proposed fix: promises are confirmed (binding) before forming,
-    /// and the binders are initial voters.
-    pub(crate) fix: bool,
+/// A leader hint names the node whose raft id it is, whatever its
+/// incarnation (as the facade compares stable ids).
+impl boot::Names<Node> for RaftId {
+    fn names(&self, node: &Node) -> bool {
+        self.node() == *node
+    }
 }
 
-impl Design0003 {
-    /// Decision 0003 as written.
-    pub(crate) const AS_WRITTEN: Design0003 = Design0003 { fix: false };
-    /// Decision 0003 with the proposed fix.
-    pub(crate) const FIXED: Design0003 = Design0003 { fix: true };
+/// Decision 0003 with its confirm round, as `crate::decide` makes it.
+pub(crate) struct Design0003;
 
-    /// Under the fix, a fresh node with a stored cluster id is bound to it
-    /// (it confirmed, or it is forming it): it answers as that cluster's
-    /// member, grants no promise and never forms or joins another.
-    fn bound(&self, cluster: Option<ClusterId>) -> bool {
-        self.fix && cluster.is_some()
+/// A bit set of nodes, from a list.
+fn bits(nodes: &[Node]) -> u8 {
+    nodes.iter().fold(0, |set, n| set | 1 << n)
+}
+
+/// The tagged peers of `input`'s view, each with its answer as the shell
+/// gives it to `decide` (an offline peer is Silent without a dial).
+fn peers(input: &Bootstrap<'_>) -> Vec<boot::Peer<Node, ClusterId, RaftId>> {
+    input
+        .view
+        .peers(input.me)
+        .map(|peer| {
+            let answer = match input.answers[peer as usize].filter(|_| input.view.online(peer)) {
+                Some(Answer::Member { cluster, leader }) => {
+                    boot::Answer::Member { cluster: cluster.unwrap_or(ClusterId::MAX), leader }
+                }
+                Some(Answer::Fresh { promised_to }) => boot::Answer::Fresh { promised_to },
+                None => boot::Answer::Silent,
+            };
+            boot::Peer { name: peer, answer }
+        })
+        .collect()
+}
+
+/// What the node is committed to, as the shell's `Owned` makes it: forming
+/// (in memory), bound (a stored cluster id, with its former if it bound
+/// itself), or free.
+fn commitment<'a>(
+    input: &Bootstrap<'_>,
+    cluster: &'a Option<ClusterId>,
+    former: &'a Option<Node>,
+    promise: &'a Option<Node>,
+    confirmed: &'a [Node],
+) -> boot::Commitment<'a, Node, ClusterId> {
+    match cluster {
+        Some(cluster) if input.forming => boot::Commitment::Forming { cluster, confirmed },
+        Some(cluster) => boot::Commitment::Bound { cluster, former: former.as_ref() },
+        None => {
+            boot::Commitment::Free { holding: promise.as_ref().map(|h| (h, input.view.tagged(*h))) }
+        }
     }
+}
+
+/// cmd-rpc `service.rs` `join_here` (after `check_join`): a join of
+/// another cluster, or under another node's id, is refused; a voter is
+/// done; otherwise the node is added as a learner (`replace` starts with
+/// `add_learner`, which waits for the catch-up), then every other
+/// incarnation of its stable id is swapped for it in one joint change, or
+/// it is promoted.
+pub(super) fn join_here(leader: &Leader<'_>, request: &JoinRequest) -> Option<Change> {
+    let config = leader.config;
+    if request.cluster != leader.cluster || request.id.node() != request.from {
+        return None;
+    }
+    if config.voters().has(request.id) {
+        return None;
+    }
+    if !config.learners.has(request.id) {
+        return Some(Change::AddLearner(request.id));
+    }
+    if !leader.caught_up(request.id) {
+        return None;
+    }
+    let old = config
+        .members()
+        .iter()
+        .filter(|m| m.node() == request.from && *m != request.id)
+        .fold(Set::default(), Set::with);
+    Some(if old.is_empty() {
+        Change::Promote(request.id)
+    } else {
+        Change::Replace { old, new: request.id }
+    })
 }
 
 impl Protocol for Design0003 {
     fn name(&self) -> &'static str {
-        if self.fix { "0003+fix" } else { "0003" }
+        "0003 (decide::)"
     }
 
-    /// "Incarnations": a node with empty raft storage draws a new
-    /// incarnation, so a new raft id.
+    /// raft-core `identity.rs` `establish`: storage without an identity
+    /// record draws a new random incarnation.
     fn incarnation_after_wipe(&self, old: u8) -> u8 {
         old + 1
     }
 
-    /// "Cluster ids": a node refuses a raft connection whose cluster id
-    /// differs from its own, and every one while it has none.
+    /// raft-core `network/server.rs` with `gate.rs`: a hello must carry the
+    /// node's own cluster id, and a node without one refuses all.
     fn accepts_raft(&self, mine: Option<ClusterId>, theirs: Option<ClusterId>) -> bool {
         mine.is_some() && mine == theirs
     }
 
-    /// "Bootstrap": Member with the leader if it has raft state; else Fresh,
-    /// granting the caller a promise if the caller sorts lower and no
-    /// promise to another tagged, online node is held.
-    fn answer_probe(&self, granter: &Granter, caller: Node) -> (Answer, Option<Node>) {
-        if granter.has_state || self.bound(granter.cluster) {
-            let answer = Answer::Member { cluster: granter.cluster, leader: granter.leader };
-            return (answer, None);
-        }
-        let held = self.keep_promise(granter);
-        let promise = match held {
-            None if caller < granter.me => Some(caller),
-            other => other,
-        };
-        (Answer::Fresh { promised_to: promise }, promise)
+    /// `decide::bootstrap::wants_promises`, as `bootstrap::run` calls it.
+    fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
+        let names: Vec<Node> = input.view.peers(input.me).collect();
+        let confirmed = confirmed(input);
+        let former = input.former.map(RaftId::node);
+        let c = commitment(input, &input.cluster, &former, &input.promise, &confirmed);
+        boot::wants_promises(
+            &input.me,
+            names.iter(),
+            input.follow_only,
+            input.expected_size as usize,
+            &c,
+        )
     }
 
-    /// "Bootstrap": a promise is released when its holder is offline or
-    /// untagged in the granter's view, or when the granter gets raft state.
+    /// `decide::bootstrap::answer`, as `FacadePeers::probe` calls it: a
+    /// node with a cluster id answers as a member and names its leader (or
+    /// its former).
+    fn answer_probe(&self, granter: &Granter, caller: Node, wants: bool) -> (Answer, Option<Node>) {
+        let view = granter.view;
+        let (holding, reply) = boot::answer(&boot::Probe {
+            me: &granter.me,
+            member: granter.cluster.is_some(),
+            holding: granter.promise.as_ref(),
+            holder_tagged: granter.promise.is_some_and(|h| view.tagged(h)),
+            caller: &caller,
+            caller_live: view.tagged(caller) && view.online(caller),
+            wants_promise: wants,
+        });
+        let answer = match (granter.cluster, reply) {
+            (Some(cluster), _) => Answer::Member { cluster: Some(cluster), leader: granter.leader },
+            (None, boot::Reply::Fresh { promised_to }) => Answer::Fresh { promised_to },
+            (None, boot::Reply::Member) => Answer::Fresh { promised_to: None },
+        };
+        (answer, holding)
+    }
+
+    /// `decide::bootstrap::kept`: the facade releases a promise when it
+    /// uses it (answering a probe or a confirm, deciding), with the view of
+    /// that moment; it never releases one on a view change alone. So here
+    /// only a cluster id releases it.
     fn keep_promise(&self, granter: &Granter) -> Option<Node> {
-        if granter.has_state || self.bound(granter.cluster) {
-            return None;
-        }
-        granter.promise.filter(|&h| granter.view.tagged(h) && granter.view.online(h))
+        boot::kept(granter.cluster.is_some(), granter.promise.as_ref(), true)
     }
 
-    /// "Bootstrap", the decision, rules 1-6 in order.
+    /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
     fn decide(&self, input: &Bootstrap<'_>) -> Decision {
-        let view = input.view;
-        // An offline peer is Silent, whatever it answered before.
-        let answer = |peer: Node| {
-            if view.online(peer) { input.answers[peer as usize] } else { None }
+        let peers = peers(input);
+        let confirmed = confirmed(input);
+        let former = input.former.map(RaftId::node);
+        let situation = boot::Situation {
+            me: &input.me,
+            follow_only: input.follow_only,
+            expected_size: input.expected_size as usize,
+            peers: &peers,
+            commitment: commitment(input, &input.cluster, &former, &input.promise, &confirmed),
         };
-        let peers = || view.peers(input.me);
-        if self.bound(input.cluster) {
-            // The fix: a bound node only joins its own cluster.
-            for peer in peers() {
-                if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer)
-                    && cluster == input.cluster
-                {
-                    return Decision::Join { cluster, leader };
-                }
+        match boot::decide(&situation) {
+            boot::Decision::Join { cluster, leader, .. } => {
+                Decision::Join { cluster: Some(cluster), leader }
             }
-            return Decision::Wait;
-        }
-        // 1. A Member whose leader is known: join.
-        for peer in peers() {
-            if let Some(Answer::Member { cluster, leader: Some(leader) }) = answer(peer) {
-                return Decision::Join { cluster, leader };
+            boot::Decision::Form => Decision::Form,
+            boot::Decision::Resume { cluster } => Decision::Resume { cluster },
+            boot::Decision::Confirm { cluster, ask } => {
+                Decision::Confirm { cluster, ask: bits(&ask) }
             }
+            boot::Decision::Initialize { cluster, voters } => {
+                Decision::Initialize { cluster, voters: bits(&voters) }
+            }
+            boot::Decision::Wait(_) => Decision::Wait,
         }
-        // 2. A Member without a known leader: wait.
-        if peers().any(|p| matches!(answer(p), Some(Answer::Member { .. }))) {
-            return Decision::Wait;
-        }
-        // 3. A Silent peer: wait.
-        if peers().any(|p| answer(p).is_none()) {
-            return Decision::Wait;
-        }
-        // 4. Follow-only, too few tagged nodes, or not the lowest: wait.
-        let tagged = 1 + peers().count();
-        if input.follow_only
-            || tagged < input.expected_size as usize
-            || peers().any(|p| p < input.me)
-        {
-            return Decision::Wait;
-        }
-        // 5. A peer promised another node (or nobody), or this node holds a
-        // promise to another tagged, online node: wait.
-        let promised_elsewhere = peers().any(
-            |p| !matches!(answer(p), Some(Answer::Fresh { promised_to: Some(h) }) if h == input.me),
-        );
-        let holds =
-            input.promise.is_some_and(|h| h != input.me && view.tagged(h) && view.online(h));
-        if promised_elsewhere || holds {
-            return Decision::Wait;
-        }
-        // 6. Form.
-        Decision::Form
     }
 
-    /// "Join and remove are bound to the caller's identity", and
-    /// "Incarnations" (the new incarnation replaces the old one in one joint
-    /// change once it has caught up).
     fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change> {
+        join_here(leader, request)
+    }
+
+    /// `decide::membership::to_probe` and `plan`, as `membership::reconcile`
+    /// calls them: the configuration and replication progress, the tagged
+    /// nodes of the leader's view (the leader itself online), and the
+    /// answers of the nodes `to_probe` names that are up.
+    fn plan(&self, leader: &Leader<'_>) -> Option<Change> {
         let config = leader.config;
-        if request.cluster != leader.cluster || request.id.node() != request.from {
-            return None;
-        }
-        // "Not another stable id's member": ids carry their node here, so
-        // only the caller's own ids can match.
-        if config.voters().has(request.id) {
-            return None;
-        }
-        if !config.learners.has(request.id) {
-            return Some(Change::AddLearner(request.id));
-        }
-        if !leader.caught_up(request.id) {
-            return None;
-        }
-        let old = config.voters().iter().find(|v| v.node() == request.from);
-        Some(match old {
-            Some(old) => Change::Replace { old, new: request.id },
-            None => Change::Promote(request.id),
+        let me = u64::from(leader.me.0);
+        let last_index = u64::from(leader.last_index);
+        let members: Vec<members::Member<Node>> = config
+            .members()
+            .iter()
+            .map(|id| members::Member {
+                id: u64::from(id.0),
+                name: id.node(),
+                voter: config.voters().has(id),
+                matched: if id == leader.me {
+                    Some(last_index)
+                } else {
+                    leader.matched[id.0 as usize].map(u64::from)
+                },
+            })
+            .collect();
+        let tagged: Vec<members::Tagged<Node>> = (0..MAX_NODES as Node)
+            .filter(|&n| leader.view.tagged(n))
+            .map(|n| members::Tagged {
+                name: n,
+                online: leader.view.online(n) || n == leader.me.node(),
+            })
+            .collect();
+        let mut probed: Vec<members::Probed<Node>> = members::to_probe(me, &members, &tagged)
+            .into_iter()
+            .filter_map(|name| {
+                let live = leader.live[name as usize]?;
+                Some(members::Probed {
+                    name,
+                    id: u64::from(live.id.0),
+                    in_this_cluster: live.cluster.is_some() && live.cluster == leader.cluster,
+                })
+            })
+            .collect();
+        probed.push(members::Probed { name: leader.me.node(), id: me, in_this_cluster: true });
+        let inputs = members::Inputs {
+            leader: me,
+            members: &members,
+            tagged: &tagged,
+            probed: &probed,
+            last_index,
+            max_lag: 0,
+        };
+        let id = |raw: u64| RaftId(raw as u8);
+        Some(match members::plan(&inputs)? {
+            members::Action::Replace { old, new, .. } => Change::Replace {
+                old: old.into_iter().map(id).fold(Set::default(), Set::with),
+                new: id(new),
+            },
+            members::Action::Remove { id: x, .. } => Change::Remove(id(x)),
+            members::Action::Promote { id: x, .. } => Change::Promote(id(x)),
+            members::Action::AddLearner { id: x, .. } => Change::AddLearner(id(x)),
         })
     }
 
-    /// "Membership plan", rules 1-4, at most one action.
-    fn plan(&self, leader: &Leader<'_>) -> Option<Change> {
-        let config = leader.config;
-        let view = leader.view;
-        // 1. Replace a stale incarnation by its caught-up learner.
-        for old in config.voters().iter().filter(|v| *v != leader.me) {
-            if let Some(live) = leader.live[old.node() as usize]
-                && live.id != old
-                && config.learners.has(live.id)
-                && leader.caught_up(live.id)
-            {
-                return Some(Change::Replace { old, new: live.id });
-            }
-        }
-        // 2. Remove a member whose tag was revoked or that left the tailnet,
-        // unless the remaining voters would lack a reachable majority.
-        for member in config.members().iter().filter(|m| *m != leader.me) {
-            if view.tagged(member.node()) {
-                continue;
-            }
-            let voters = config.voters();
-            if voters.has(member) {
-                let remaining = voters.without(member);
-                let reachable = remaining
-                    .iter()
-                    .filter(|v| *v == leader.me || view.online(v.node()))
-                    .fold(Set::default(), Set::with);
-                if remaining.is_empty() || !remaining.majority(reachable) {
-                    continue;
-                }
-            }
-            return Some(Change::Remove(member));
-        }
-        // 3. Promote a caught-up, tagged, online learner.
-        for learner in config.learners.iter() {
-            let node = learner.node();
-            if view.tagged(node) && view.online(node) && leader.caught_up(learner) {
-                return Some(Change::Promote(learner));
-            }
-        }
-        // 4. Add back a tagged, online non-member that answers as a member of
-        // this cluster with its own raft id.
-        for node in view.online_peers(leader.me.node()) {
-            if let Some(live) = leader.live[node as usize]
-                && live.has_state
-                && live.cluster == leader.cluster
-                && !config.members().has(live.id)
-            {
-                return Some(Change::AddLearner(live.id));
-            }
-        }
-        None
-    }
-
     fn confirms(&self) -> bool {
-        self.fix
+        true
     }
 
-    /// The fix: a promiser binds itself to the caller's cluster only while
-    /// it still holds the caller's promise, in one step.
-    fn on_confirm(&self, granter: &Granter, caller: Node) -> bool {
-        self.fix
-            && !granter.has_state
-            && granter.cluster.is_none()
-            && self.keep_promise(granter) == Some(caller)
+    /// `decide::bootstrap::confirm`, as `FacadePeers::confirm` calls it.
+    fn on_confirm(&self, granter: &Granter, caller: Node, cluster: ClusterId) -> Confirm {
+        let former = granter.former.map(RaftId::node);
+        let step = boot::confirm(&boot::ConfirmCall {
+            has_state: granter.has_state,
+            stored: granter.cluster.as_ref().map(|c| (c, former.as_ref())),
+            holding: granter.promise.as_ref(),
+            holder_tagged: granter.promise.is_some_and(|h| granter.view.tagged(h)),
+            caller: &caller,
+            cluster: &cluster,
+        });
+        match step {
+            boot::Confirmation::Bind => Confirm::Bind,
+            boot::Confirmation::Again => Confirm::Again,
+            boot::Confirmation::Refuse(_) => Confirm::Refuse,
+        }
     }
+}
 
-    /// The fix: the binders are initial voters with the forming node, so a
-    /// binder that loses its state leaves a voter behind that no new
-    /// incarnation can stand in for.
-    fn initial_voters(&self, me: RaftId, confirmed: Set) -> Set {
-        let me = Set::default().with(me);
-        if self.fix { me.union(confirmed) } else { me }
-    }
+/// The nodes whose confirmation reached the node.
+fn confirmed(input: &Bootstrap<'_>) -> Vec<Node> {
+    (0..MAX_NODES as Node).filter(|&n| input.confirmed[n as usize].is_some()).collect()
 }

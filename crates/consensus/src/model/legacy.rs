@@ -35,7 +35,12 @@ impl Protocol for Legacy {
 
     /// `crates/cmd-rpc/src/service.rs:431-445`: `/v1/cluster` answers the
     /// leader this node knows of; there are no promises.
-    fn answer_probe(&self, granter: &Granter, _caller: Node) -> (Answer, Option<Node>) {
+    fn answer_probe(
+        &self,
+        granter: &Granter,
+        _caller: Node,
+        _wants: bool,
+    ) -> (Answer, Option<Node>) {
         (Answer::Member { cluster: None, leader: granter.leader }, None)
     }
 

@@ -9,9 +9,15 @@
 //! [`world::Scenario`] and checks the properties in each, and a
 //! [`protocol::Protocol`] makes the decisions:
 //!
-//! - [`legacy::Legacy`] transcribes today's `bootstrap.rs`, `membership.rs`
-//!   and `join_here`, line by line; the checker finds both bugs of issue 12.
-//! - [`design::Design0003`] transcribes decision 0003.
+//! - [`legacy::Legacy`] transcribes the code before decision 0003
+//!   (`bootstrap.rs`, `membership.rs` and `join_here`), line by line; the
+//!   checker finds both bugs of issue 12.
+//! - [`as_written::AsWritten0003`] transcribes decision 0003 as first
+//!   written (forming on probe answers alone); the checker finds two
+//!   clusters with it (a promise released behind its holder's back).
+//! - [`design::Design0003`] is decision 0003 with its confirm round as the
+//!   code makes it: every decision that is a pure function of
+//!   `crate::decide` is made by calling that function.
 //!
 //! The properties, checked in every reachable state:
 //!
@@ -22,33 +28,36 @@
 //!   no node's log loses a committed entry it had (except by a wipe).
 //! - `one leader per term` (sanity), per cluster.
 //!
-//! # Switching `Design0003` to the real `decide::` functions
+//! # How `Design0003` calls the code
 //!
-//! The trait methods are the seams; each maps to one pure function of
-//! `crates/consensus/src/decide/` once it exists:
+//! Each [`protocol::Protocol`] method is a seam; `Design0003` fills it
+//! with the real function, called the way the shell calls it:
 //!
-//! | [`protocol::Protocol`]  | decision 0003 / `decide::`                         |
-//! |-------------------------|----------------------------------------------------|
-//! | `decide`                | `decide::bootstrap` (the fresh node's decision)    |
-//! | `answer_probe`          | the granter: answer a probe, grant a promise       |
-//! | `keep_promise`          | the granter: release a promise                     |
-//! | `plan`                  | `decide::membership::plan`                         |
-//! | `on_join`               | the leader's join checks (identity, cluster id)    |
-//! | `accepts_raft`          | the raft hello's cluster-id check                  |
-//! | `incarnation_after_wipe`| a new incarnation when storage is empty            |
-//! | `initial_voters`        | the members passed to `initialize`                 |
+//! | [`protocol::Protocol`]  | the code                                                  |
+//! |-------------------------|-----------------------------------------------------------|
+//! | `wants_promise`         | `decide::bootstrap::wants_promises` (`bootstrap::run`)    |
+//! | `decide`                | `decide::bootstrap::decide` (`bootstrap::round`)          |
+//! | `answer_probe`          | `decide::bootstrap::answer` (`FacadePeers::probe`)        |
+//! | `keep_promise`          | `decide::bootstrap::kept`                                 |
+//! | `on_confirm`            | `decide::bootstrap::confirm` (`FacadePeers::confirm`)     |
+//! | `plan`                  | `decide::membership::{to_probe, plan}` (`reconcile`)      |
+//! | `on_join`               | transcribed: cmd-rpc `join_here`                          |
+//! | `accepts_raft`          | transcribed: raft-core's raft hello (`gate.rs`)           |
+//! | `incarnation_after_wipe`| transcribed: raft-core `identity.rs`                      |
 //!
-//! Each needs a conversion of the model's small values to the real inputs:
-//! a model [`protocol::Node`] to a stable id whose string order is the
-//! node's number (`"n0" < "n1"`), a [`protocol::RaftId`] to
-//! `node_id(stable_id, incarnation)`, a [`protocol::View`] to the tagged
-//! nodes with their online flags, [`protocol::Answer`] to the peer answers
-//! (`Member{cluster, leader}` / `Fresh{promised_to}`; a `None` answer or
-//! an offline peer is `Silent`), the leader's configuration, progress
-//! (`matched`) and the live answers of [`protocol::Leader`] to the plan's
-//! input, and the results back ([`protocol::Decision`],
-//! [`protocol::Change`]). Nothing in [`world`] changes.
+//! The model's small values are converted to the real inputs: a model
+//! [`protocol::Node`] is its own name (nodes sort as stable ids do), a
+//! [`protocol::RaftId`] is a leader hint naming its node whatever the
+//! incarnation, a [`protocol::View`] gives the tagged peers and their
+//! online flags (an offline peer or a missing answer is `Silent`), the
+//! node's stored cluster id, former, forming flag and the confirmations
+//! that reached it give its `Commitment`; the results are converted back
+//! ([`protocol::Decision`], [`protocol::Confirm`], [`protocol::Change`]).
+//! [`world`] owns what the shell does with a decision: storing a cluster
+//! id (a durable binding), sending confirms, `initialize` with the
+//! binders' raft ids.
 
+mod as_written;
 mod design;
 mod explorer;
 mod legacy;

@@ -220,7 +220,7 @@ pub(crate) enum Answer {
     },
 }
 
-/// What a node answering a probe knows of itself.
+/// What a node answering a probe or a confirm knows of itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Granter {
     /// The answering node.
@@ -229,15 +229,18 @@ pub(crate) struct Granter {
     pub(crate) has_state: bool,
     /// Its stored cluster id.
     pub(crate) cluster: Option<ClusterId>,
-    /// The leader it knows of.
+    /// The leader it names: the one raft knows, else the former of the
+    /// cluster it is bound to.
     pub(crate) leader: Option<RaftId>,
+    /// Who forms its cluster, if it bound itself to it (durable).
+    pub(crate) former: Option<RaftId>,
     /// The node it holds a promise for.
     pub(crate) promise: Option<Node>,
     /// Its view of the tailnet.
     pub(crate) view: View,
 }
 
-/// A fresh node's decision.
+/// A node's decision while it has no raft state.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Decision {
     /// Join through this leader (storing this cluster id first, if any).
@@ -247,13 +250,34 @@ pub(crate) enum Decision {
         /// Its leader.
         leader: RaftId,
     },
-    /// Form a cluster with this node as its only voter.
+    /// Form a cluster: without a confirm round, initialize it with this
+    /// node as its only voter; with one, draw its id and bind to it.
     Form,
+    /// Take up forming `cluster` again (the confirm round).
+    Resume {
+        /// The cluster.
+        cluster: ClusterId,
+    },
+    /// Ask the nodes in `ask` (bit `n` for node `n`) to confirm `cluster`.
+    Confirm {
+        /// The cluster being formed.
+        cluster: ClusterId,
+        /// The nodes asked.
+        ask: u8,
+    },
+    /// Initialize `cluster` with this node and the binders `voters` (bit
+    /// `n` for node `n`) as its voters.
+    Initialize {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The binders.
+        voters: u8,
+    },
     /// Keep probing.
     Wait,
 }
 
-/// What a fresh node decides from.
+/// What a node without raft state decides from.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bootstrap<'a> {
     /// This node.
@@ -265,12 +289,34 @@ pub(crate) struct Bootstrap<'a> {
     pub(crate) answers: &'a [Option<Answer>; MAX_NODES],
     /// The promise this node holds for another node.
     pub(crate) promise: Option<Node>,
-    /// Its stored cluster id (it decided to join, or is bound to one).
+    /// Its stored cluster id (it decided to join, is bound to one, or
+    /// forms one).
     pub(crate) cluster: Option<ClusterId>,
+    /// Who forms that cluster, if it bound itself to it (itself, if it
+    /// forms it).
+    pub(crate) former: Option<RaftId>,
+    /// Whether it is forming its cluster now (volatile: lost in a crash).
+    pub(crate) forming: bool,
+    /// The raft id each node confirmed this node's cluster with, if it
+    /// did (the confirmations that reached it).
+    pub(crate) confirmed: [Option<RaftId>; MAX_NODES],
     /// `BootstrapOptions::follow_only`.
     pub(crate) follow_only: bool,
     /// `BootstrapOptions::expected_size`.
     pub(crate) expected_size: u8,
+}
+
+/// A node's step on a confirm request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Confirm {
+    /// Bind to the caller's cluster (store it, with the caller as former)
+    /// and confirm.
+    Bind,
+    /// Already bound to (or joining) that cluster: record the caller as its
+    /// former and confirm again.
+    Again,
+    /// Refuse.
+    Refuse,
 }
 
 /// What a live node answers to the leader's probe (`/v1/cluster`, or the
@@ -335,18 +381,19 @@ pub(crate) enum Change {
     Promote(RaftId),
     /// `RemoveVoters` / `RemoveNodes`: the member leaves (joint for a voter).
     Remove(RaftId),
-    /// `ReplaceAllVoters`: `new` (a learner) replaces `old` (a voter) in one
-    /// joint change.
+    /// `ReplaceAllVoters`: `new` (a learner or a voter) replaces the stale
+    /// incarnations `old` (voters or learners) in one joint change.
     Replace {
-        /// The voter that goes.
-        old: RaftId,
-        /// The learner that becomes a voter.
+        /// The members that go.
+        old: Set,
+        /// The member that is (or becomes) a voter.
         new: RaftId,
     },
 }
 
-/// The decisions around openraft. `Legacy` transcribes today's code;
-/// `Design0003` transcribes decision 0003.
+/// The decisions around openraft. `Legacy` transcribes the code before
+/// decision 0003, `AsWritten0003` transcribes decision 0003 as first
+/// written, `Design0003` calls the real `decide::` functions.
 pub(crate) trait Protocol: Sync {
     /// A short name for reports.
     fn name(&self) -> &'static str;
@@ -356,32 +403,32 @@ pub(crate) trait Protocol: Sync {
     /// Whether a node whose stored cluster id is `mine` handles a raft
     /// message from a node of cluster `theirs` (the raft hello).
     fn accepts_raft(&self, mine: Option<ClusterId>, theirs: Option<ClusterId>) -> bool;
-    /// The answer to a probe by `caller`, and the promise the answering
-    /// node holds afterwards (one step under its bootstrap lock).
-    fn answer_probe(&self, granter: &Granter, caller: Node) -> (Answer, Option<Node>);
+    /// Whether a node without raft state asks for promises in its probes.
+    fn wants_promise(&self, _input: &Bootstrap<'_>) -> bool {
+        true
+    }
+    /// The answer to a probe by `caller` (asking for a promise or not), and
+    /// the promise the answering node holds afterwards (one step under its
+    /// bootstrap lock).
+    fn answer_probe(&self, granter: &Granter, caller: Node, wants: bool) -> (Answer, Option<Node>);
     /// The promise a node still holds after its view or raft state changed.
     fn keep_promise(&self, granter: &Granter) -> Option<Node>;
-    /// A fresh node's decision from its probe answers.
+    /// A node's decision from its probe answers, while it has no raft
+    /// state.
     fn decide(&self, input: &Bootstrap<'_>) -> Decision;
     /// The leader's change for a join request (`None`: nothing to do or
     /// refused).
     fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change>;
     /// One reconciler round on the leader: at most one change.
     fn plan(&self, leader: &Leader<'_>) -> Option<Change>;
-    /// Whether forming goes through a confirm round first (the fix this
-    /// model proposes): the forming node stores a new cluster id and asks
-    /// every promiser to confirm; it initializes once all have.
+    /// Whether forming goes through a confirm round: [`Decision::Form`]
+    /// draws and stores a cluster id, and the node initializes only on
+    /// [`Decision::Initialize`].
     fn confirms(&self) -> bool {
         false
     }
-    /// A promiser's step on `caller`'s confirm: `true` binds it to the
-    /// caller's cluster (it stores the cluster id), `false` refuses.
-    fn on_confirm(&self, _granter: &Granter, _caller: Node) -> bool {
-        false
-    }
-    /// The initial voters (openraft `initialize`) of a cluster formed by
-    /// `me`, whose promisers `confirmed` (empty without a confirm round).
-    fn initial_voters(&self, me: RaftId, _confirmed: Set) -> Set {
-        Set::default().with(me)
+    /// A node's step on `caller`'s request to confirm `cluster`.
+    fn on_confirm(&self, _granter: &Granter, _caller: Node, _cluster: ClusterId) -> Confirm {
+        Confirm::Refuse
     }
 }

@@ -1,12 +1,16 @@
 //! The checks of issue 12: the legacy logic loses acknowledged writes and
-//! forms a second cluster; decision 0003 does neither within the bounds.
+//! forms a second cluster; decision 0003 as first written forms two
+//! clusters on a released promise; decision 0003 as the code makes it
+//! (`decide::`) does none of these within the bounds.
 
+use super::as_written::AsWritten0003;
 use super::design::Design0003;
 use super::explorer::{Bounds, Report, explore};
 use super::legacy::Legacy;
 use super::protocol::Protocol;
 use super::world::{
-    NO_LOST_COMMIT, NO_LOST_WRITE, ONE_LEADER_PER_TERM, SINGLE_CLUSTER, Scenario, Start, System,
+    NO_LOST_COMMIT, NO_LOST_WRITE, ONE_LEADER_PER_TERM, RESUMED_COMMITS, SINGLE_CLUSTER, Scenario,
+    Start, System,
 };
 
 /// Larger bounds from the environment, for runs outside the gate:
@@ -30,11 +34,13 @@ fn larger(mut scenario: Scenario, mut bounds: Bounds) -> (Scenario, Bounds) {
     (scenario, bounds)
 }
 
-/// A check that must find no violation.
+/// A check that must find no violation (a witness is not one).
 fn holds(protocol: &dyn Protocol, scenario: Scenario, bounds: Bounds) -> Report {
     let (scenario, bounds) = larger(scenario, bounds);
     let report = check(protocol, scenario, bounds);
-    assert!(report.violations.is_empty(), "{}", report.violations[0]);
+    if let Some(found) = report.violations.iter().find(|v| v.property != RESUMED_COMMITS) {
+        panic!("{found}");
+    }
     report
 }
 
@@ -106,7 +112,7 @@ fn legacy_forms_a_second_cluster() {
 #[test]
 fn design_0003_keeps_acknowledged_writes_through_a_wipe() {
     let scenario = Scenario { reconcile: true, ..amnesia() };
-    let report = holds(&Design0003::AS_WRITTEN, scenario, FIND);
+    let report = holds(&Design0003, scenario, FIND);
     assert!(report.complete, "{}", report.summary());
     let _ = (ONE_LEADER_PER_TERM, NO_LOST_COMMIT);
 }
@@ -130,18 +136,45 @@ fn fresh_three() -> Scenario {
     }
 }
 
+/// A regression of the design, not of the code: decision 0003 as first
+/// written (transcribed in `as_written.rs`) formed clusters on probe
+/// answers alone, and the checker finds two clusters with it.
 #[test]
 fn design_0003_as_written_forms_two_clusters_on_a_released_promise() {
     let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
-    let report = check(&Design0003::AS_WRITTEN, fresh_three(), bounds);
+    let report = check(&AsWritten0003, fresh_three(), bounds);
     let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the stale promise");
     assert!(found.trace.iter().any(|s| s.contains("tag is revoked")), "{found}");
 }
 
 #[test]
-fn design_0003_fixed_bootstrap() {
-    let report = holds(&Design0003::FIXED, fresh_three(), FIND);
+fn design_0003_bootstrap() {
+    let report = holds(&Design0003, fresh_three(), FIND);
     assert!(report.complete && !report.depth_cut, "{}", report.summary());
+}
+
+/// Three fresh nodes, `expected_size` 2, no tag change, and one restart
+/// of any node in the middle of the formation: with its durable state
+/// (`crashes`: it keeps its stored cluster id and binding, so a former
+/// resumes from its own binding) or without (`wipes`: a new incarnation, so
+/// a former resumes from its binders' answers, and a binder's old
+/// incarnation is a dead initial voter).
+fn fresh_three_restart(crashes: u8, wipes: u8) -> Scenario {
+    Scenario { crashes, wipes, tag_changes: 0, ..fresh_three() }
+}
+
+#[test]
+fn design_0003_bootstrap_through_a_restart_with_state() {
+    let report = holds(&Design0003, fresh_three_restart(1, 0), FIND);
+    assert!(report.complete && !report.depth_cut, "{}", report.summary());
+    assert!(report.violation(RESUMED_COMMITS).is_some(), "no former resumed a formation");
+}
+
+#[test]
+fn design_0003_bootstrap_through_a_restart_without_state() {
+    let report = holds(&Design0003, fresh_three_restart(0, 1), FIND);
+    assert!(report.complete && !report.depth_cut, "{}", report.summary());
+    assert!(report.violation(RESUMED_COMMITS).is_some(), "no former resumed a formation");
 }
 
 /// Three voters of one cluster, a late fresh node, a wipe, a tag change,
@@ -166,5 +199,5 @@ fn running_four() -> Scenario {
 #[test]
 fn design_0003_running_four() {
     let bounds = Bounds { max_states: 600_000, ..FIND };
-    holds(&Design0003::FIXED, running_four(), bounds);
+    holds(&Design0003, running_four(), bounds);
 }

@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 
 use super::explorer::{Model, Property};
 use super::protocol::{
-    Answer, Bootstrap, Change, ClusterId, Config, Decision, Granter, JoinRequest, Leader, Live,
-    MAX_NODES, Node, Protocol, RaftId, Set, View,
+    Answer, Bootstrap, Change, ClusterId, Config, Confirm, Decision, Granter, JoinRequest, Leader,
+    Live, MAX_NODES, Node, Protocol, RaftId, Set, View,
 };
 
 /// Most clusters the ghost state keeps apart (formations beyond are not
@@ -133,6 +133,11 @@ pub(crate) struct NodeState {
     pub(crate) log: Vec<Entry>,
     /// Durable: the stored cluster id.
     pub(crate) cluster: Option<ClusterId>,
+    /// Durable: who forms that cluster, if this node bound itself to it
+    /// (itself, if it forms it).
+    pub(crate) former: Option<RaftId>,
+    /// Volatile: it is forming its cluster (collecting confirmations).
+    pub(crate) forming: bool,
     /// Volatile: role.
     pub(crate) role: Role,
     /// Volatile: the leader it knows of.
@@ -153,6 +158,8 @@ impl NodeState {
             voted: None,
             log: Vec::new(),
             cluster: None,
+            former: None,
+            forming: false,
             role: Role::Follower,
             leader: None,
             view,
@@ -190,6 +197,7 @@ impl NodeState {
         self.role = Role::Follower;
         self.leader = None;
         self.promise = None;
+        self.forming = false;
     }
 }
 
@@ -216,7 +224,7 @@ impl Msg {
             Body::VoteReply { .. } => 1,
             Body::Append { .. } => 2,
             Body::AppendReply { .. } => 3,
-            Body::Probe => 4,
+            Body::Probe(_) => 4,
             Body::Answer(_) => 5,
             Body::Join(_) => 6,
             Body::Confirm(_) => 7,
@@ -293,15 +301,17 @@ pub(crate) enum Body {
         /// The last index it now shares with the leader (`None`: refused).
         matched: Option<u8>,
     },
-    /// Bootstrap: a fresh node asks what the receiver is.
-    Probe,
+    /// Bootstrap: a node without raft state asks what the receiver is,
+    /// asking for a promise or not.
+    Probe(bool),
     /// Bootstrap: the answer to a probe.
     Answer(Answer),
     /// A join request, to the leader.
     Join(JoinRequest),
-    /// The fix: the forming node asks a promiser to bind to its cluster.
+    /// The confirm round: the forming node asks a peer to bind itself to
+    /// its cluster.
     Confirm(ClusterId),
-    /// The fix: the promiser is bound.
+    /// The confirm round: the peer is bound.
     Confirmed {
         /// The cluster it is bound to.
         cluster: ClusterId,
@@ -353,6 +363,12 @@ pub(crate) struct World {
     pub(crate) leaders: Vec<(ClusterId, u8, RaftId)>,
     /// Ghost: the first broken transition invariant.
     pub(crate) broken: Option<Broken>,
+    /// Ghost: the clusters (bit `c` for cluster `c`) whose formation a
+    /// restarted former took up again.
+    pub(crate) resumed: u8,
+    /// Ghost: the clusters a former initialized after taking their
+    /// formation up again.
+    pub(crate) resumed_formed: u8,
 }
 
 impl World {
@@ -397,10 +413,10 @@ pub(crate) enum Action {
     Reconcile(Node),
     /// A fresh node probes its tagged, online peers.
     Probe(Node),
-    /// A fresh node decides from its answers.
+    /// A node without raft state decides from its answers (and its
+    /// confirmations): join, form, resume, ask for confirmations,
+    /// initialize.
     Decide(Node),
-    /// The fix: a forming node initializes once all promisers confirmed.
-    Initialize(Node),
     /// A message arrives (and stays in flight: it may arrive again); the
     /// answer to a raft request reaches the sender at once.
     Deliver(Msg),
@@ -496,6 +512,8 @@ impl System<'_> {
             formers,
             leaders,
             broken: None,
+            resumed: 0,
+            resumed_formed: 0,
         }
     }
 
@@ -515,7 +533,7 @@ impl System<'_> {
         node.promise = self.protocol.keep_promise(&granter);
         if node.has_state() {
             // It no longer probes.
-            w.net.retain(|m| !(m.from == n && m.body == Body::Probe));
+            w.net.retain(|m| !(m.from == n && matches!(m.body, Body::Probe(_))));
         }
     }
 
@@ -653,11 +671,15 @@ impl System<'_> {
             Change::Remove(x) if config.learners.has(x) => {
                 Config::uniform(voters, config.learners.without(x))
             }
-            Change::Replace { old, new } if voters.has(old) && config.learners.has(new) => Config {
-                old: voters,
-                new: voters.without(old).with(new),
-                learners: config.learners.without(new),
-            },
+            Change::Replace { old, new }
+                if config.members().has(new)
+                    && !old.has(new)
+                    && old.iter().any(|o| config.members().has(o)) =>
+            {
+                let kept = old.iter().fold(voters, Set::without);
+                let learners = old.iter().fold(config.learners.without(new), Set::without);
+                Config { old: voters, new: kept.with(new), learners }
+            }
             _ => return false,
         };
         let term = node.term;
@@ -671,10 +693,11 @@ impl System<'_> {
         true
     }
 
-    /// Node `n` initializes its stored cluster (openraft `initialize`).
-    fn initialize(&self, w: &mut World, n: Node, confirmed: Set) {
-        let voters = self.protocol.initial_voters(w.id(n), confirmed);
+    /// Node `n` initializes its stored cluster with `voters` (openraft
+    /// `initialize`).
+    fn initialize(&self, w: &mut World, n: Node, voters: Set) {
         let node = &mut w.nodes[n as usize];
+        node.forming = false;
         let Some(cluster) = node.cluster else { return };
         node.log.push(Entry {
             term: 0,
@@ -682,6 +705,37 @@ impl System<'_> {
             kind: Kind::Config(Config::uniform(voters, Set::default())),
         });
         self.settle(w, n);
+    }
+
+    /// What node `n` decides from, with the probe answers `answers`.
+    fn bootstrap<'a>(
+        &self,
+        w: &World,
+        n: Node,
+        answers: &'a [Option<Answer>; MAX_NODES],
+    ) -> Bootstrap<'a> {
+        let node = &w.nodes[n as usize];
+        let mut confirmed = [None; MAX_NODES];
+        for m in &w.net {
+            if let Body::Confirmed { cluster, id } = m.body
+                && m.to == n
+                && Some(cluster) == node.cluster
+            {
+                confirmed[m.from as usize] = Some(id);
+            }
+        }
+        Bootstrap {
+            me: n,
+            view: node.view,
+            answers,
+            promise: node.promise,
+            cluster: node.cluster,
+            former: node.former,
+            forming: node.forming,
+            confirmed,
+            follow_only: false,
+            expected_size: self.scenario.expected_size,
+        }
     }
 
     fn leader_input<'a>(
@@ -878,9 +932,9 @@ impl System<'_> {
                     self.advance(w, to);
                 }
             }
-            Body::Probe => {
+            Body::Probe(wants) => {
                 let granter = granter(w, to);
-                let (answer, promise) = self.protocol.answer_probe(&granter, msg.from);
+                let (answer, promise) = self.protocol.answer_probe(&granter, msg.from, *wants);
                 w.nodes[to as usize].promise = promise;
                 self.send(w, Msg { from: to, to: msg.from, body: Body::Answer(answer) });
             }
@@ -889,15 +943,19 @@ impl System<'_> {
             Body::Answer(_) | Body::Confirmed { .. } => {}
             Body::Confirm(cluster) => {
                 let granter = granter(w, to);
-                if self.protocol.on_confirm(&granter, msg.from) {
-                    let former = w.id(msg.from);
-                    let node = &mut w.nodes[to as usize];
-                    node.cluster = Some(*cluster);
-                    node.leader = Some(former);
-                    self.settle(w, to);
-                    let body = Body::Confirmed { cluster: *cluster, id: me };
-                    self.send(w, Msg { from: to, to: msg.from, body });
+                let former = w.id(msg.from);
+                match self.protocol.on_confirm(&granter, msg.from, *cluster) {
+                    Confirm::Refuse => return,
+                    Confirm::Bind | Confirm::Again => {
+                        let node = &mut w.nodes[to as usize];
+                        node.cluster = Some(*cluster);
+                        node.former = Some(former);
+                        node.promise = None;
+                    }
                 }
+                self.settle(w, to);
+                let body = Body::Confirmed { cluster: *cluster, id: me };
+                self.send(w, Msg { from: to, to: msg.from, body });
             }
             Body::Join(request) => {
                 let Role::Leader { matched, .. } = node.role else { return };
@@ -945,7 +1003,7 @@ fn collect_garbage(w: &mut World) {
                                 if known[follower.0 as usize].is_none_or(|k| k < *m))))
             }
             Body::Answer(_) | Body::Confirmed { .. } => !r.has_state(),
-            Body::Probe | Body::Join(_) | Body::Confirm(_) => true,
+            Body::Probe(_) | Body::Join(_) | Body::Confirm(_) => true,
         }
     });
 }
@@ -957,7 +1015,8 @@ fn granter(w: &World, n: Node) -> Granter {
         me: n,
         has_state: node.has_state(),
         cluster: node.cluster,
-        leader: node.leader,
+        leader: node.leader.or(node.former),
+        former: node.former,
         promise: node.promise,
         view: node.view,
     }
@@ -991,9 +1050,6 @@ impl Model for System<'_> {
                 Action::Probe(n),
                 Action::Decide(n),
             ]);
-            if self.protocol.confirms() {
-                out.push(Action::Initialize(n));
-            }
             if let (Role::Leader { .. }, Some((_, config))) = (node.role, node.config()) {
                 out.push(Action::Write(n));
                 out.push(Action::Reconcile(n));
@@ -1153,9 +1209,11 @@ impl Model for System<'_> {
                 if node.has_state() {
                     return None;
                 }
+                let answers = [None; MAX_NODES];
+                let wants = self.protocol.wants_promise(&self.bootstrap(&w, *n, &answers));
                 let peers: Vec<Node> = node.view.online_peers(*n).collect();
                 for peer in peers {
-                    self.send(&mut w, Msg { from: *n, to: peer, body: Body::Probe });
+                    self.send(&mut w, Msg { from: *n, to: peer, body: Body::Probe(wants) });
                 }
             }
             Action::Decide(n) => {
@@ -1169,22 +1227,18 @@ impl Model for System<'_> {
                         answers[m.from as usize] = Some(*answer);
                     }
                 }
-                let input = Bootstrap {
-                    me: *n,
-                    view: node.view,
-                    answers: &answers,
-                    promise: node.promise,
-                    cluster: node.cluster,
-                    follow_only: false,
-                    expected_size: s.expected_size,
-                };
+                let input = self.bootstrap(&w, *n, &answers);
+                let me = w.id(*n);
                 match self.protocol.decide(&input) {
                     Decision::Wait => return None,
                     Decision::Join { cluster, leader } => {
-                        let request = JoinRequest { from: *n, id: w.id(*n), cluster };
+                        let request = JoinRequest { from: *n, id: me, cluster };
+                        let node = &mut w.nodes[*n as usize];
                         if cluster.is_some() {
-                            w.nodes[*n as usize].cluster = cluster;
+                            node.cluster = cluster;
                         }
+                        node.forming = false;
+                        self.settle(&mut w, *n);
                         self.send(
                             &mut w,
                             Msg { from: *n, to: leader.node(), body: Body::Join(request) },
@@ -1197,42 +1251,45 @@ impl Model for System<'_> {
                         }
                         w.committed.push(Vec::new());
                         w.formers.push(*n);
-                        let me = w.id(*n);
                         let node = &mut w.nodes[*n as usize];
                         node.cluster = Some(drawn);
                         if self.protocol.confirms() {
-                            node.leader = Some(me);
-                            let peers: Vec<Node> = node.view.online_peers(*n).collect();
-                            for peer in peers {
-                                let body = Body::Confirm(drawn);
-                                self.send(&mut w, Msg { from: *n, to: peer, body });
-                            }
+                            node.former = Some(me);
+                            node.forming = true;
+                            node.promise = None;
                         } else {
-                            self.initialize(&mut w, *n, Set::default());
+                            self.initialize(&mut w, *n, Set::default().with(me));
                         }
                     }
-                }
-            }
-            Action::Initialize(n) => {
-                // The fix: initialize once every tagged peer confirmed.
-                let node = &w.nodes[*n as usize];
-                let cluster = node.cluster?;
-                if node.has_state() || w.formers[cluster as usize] != *n {
-                    return None;
-                }
-                let mut confirmed = Set::default();
-                for peer in node.view.peers(*n) {
-                    let id = w.net.iter().find_map(|m| match m.body {
-                        Body::Confirmed { cluster: c, id }
-                            if m.to == *n && m.from == peer && c == cluster =>
-                        {
-                            Some(id)
+                    Decision::Resume { cluster } => {
+                        w.resumed |= 1 << cluster;
+                        let node = &mut w.nodes[*n as usize];
+                        node.cluster = Some(cluster);
+                        node.former = Some(me);
+                        node.forming = true;
+                        node.promise = None;
+                    }
+                    Decision::Confirm { cluster, ask } => {
+                        let view = w.nodes[*n as usize].view;
+                        for peer in (0..MAX_NODES as Node).filter(|p| ask & (1 << p) != 0) {
+                            if view.online(peer) {
+                                let body = Body::Confirm(cluster);
+                                self.send(&mut w, Msg { from: *n, to: peer, body });
+                            }
                         }
-                        _ => None,
-                    })?;
-                    confirmed = confirmed.with(id);
+                    }
+                    Decision::Initialize { cluster, voters } => {
+                        if w.nodes[*n as usize].cluster != Some(cluster) {
+                            return None;
+                        }
+                        let mut set = Set::default().with(me);
+                        for peer in (0..MAX_NODES as Node).filter(|p| voters & (1 << p) != 0) {
+                            set = set.with(input.confirmed[peer as usize]?);
+                        }
+                        w.resumed_formed |= w.resumed & (1 << cluster);
+                        self.initialize(&mut w, *n, set);
+                    }
                 }
-                self.initialize(&mut w, *n, confirmed);
             }
             Action::Deliver(msg) => self.deliver(&mut w, msg, false),
             Action::DeliverLosingReply(msg) => self.deliver(&mut w, msg, true),
@@ -1259,7 +1316,6 @@ impl Model for System<'_> {
             Action::Reconcile(n) => format!("{} runs the membership reconciler", name(n)),
             Action::Probe(n) => format!("{} probes its online tagged peers", name(n)),
             Action::Decide(n) => format!("{} decides", name(n)),
-            Action::Initialize(n) => format!("{} initializes its cluster", name(n)),
             Action::Deliver(m) => format!("deliver {}", show_msg(m)),
             Action::DeliverLosingReply(m) => format!("deliver {}, lose the answer", show_msg(m)),
         };
@@ -1278,6 +1334,7 @@ impl Model for System<'_> {
             Property { name: NO_LOST_COMMIT, check: no_lost_commit },
             Property { name: NO_LOST_WRITE, check: no_lost_write },
             Property { name: ONE_LEADER_PER_TERM, check: one_leader_per_term },
+            Property { name: RESUMED_COMMITS, check: resumed_commits },
         ]
     }
 }
@@ -1290,6 +1347,17 @@ pub(crate) const NO_LOST_COMMIT: &str = "no lost commit";
 pub(crate) const NO_LOST_WRITE: &str = "no lost write";
 /// Sanity: at most one leader per term per cluster.
 pub(crate) const ONE_LEADER_PER_TERM: &str = "one leader per term";
+
+/// Not a property but a witness that the checks reach what they are for:
+/// "violated" when a cluster that a restarted former took up again and
+/// initialized commits an entry.
+pub(crate) const RESUMED_COMMITS: &str = "witness: a resumed formation commits";
+
+fn resumed_commits(w: &World) -> Option<String> {
+    (0..w.committed.len())
+        .find(|&c| w.resumed_formed & (1 << c) != 0 && !w.committed[c].is_empty())
+        .map(|c| format!("cluster {c}, initialized by a restarted former, committed"))
+}
 
 fn single_cluster(w: &World) -> Option<String> {
     let with: Vec<usize> = (0..w.committed.len()).filter(|&c| !w.committed[c].is_empty()).collect();
@@ -1342,7 +1410,8 @@ fn show_msg(m: &Msg) -> String {
             Some(m) => format!("append ok up to {m} (term {term})"),
             None => format!("append refused (term {term})"),
         },
-        Body::Probe => "probe".to_owned(),
+        Body::Probe(true) => "probe (asks for a promise)".to_owned(),
+        Body::Probe(false) => "probe".to_owned(),
         Body::Answer(a) => format!("answer {a:?}"),
         Body::Join(r) => format!("join as {:?} (cluster {:?})", r.id, r.cluster),
         Body::Confirm(c) => format!("confirm cluster {c}"),
@@ -1376,6 +1445,11 @@ fn changes(before: &World, after: &World) -> String {
         }
         if a.cluster != b.cluster {
             notes.push(format!("{name} stores cluster {:?}", a.cluster));
+        }
+        if a.former != b.former
+            && let Some(former) = a.former
+        {
+            notes.push(format!("{name} bound to {former:?}'s cluster"));
         }
         if a.promise != b.promise {
             let holder = a.promise.map(|p| (b'a' + p) as char);

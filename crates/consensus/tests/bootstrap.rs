@@ -1,0 +1,455 @@
+//! Bootstrap races of decision 0003 on the in-memory network, with each
+//! node's tailnet view driven by the test:
+//!
+//! - the model checker's 12-step schedule (a former whose tag is revoked
+//!   forms on a promise that was released behind its back): at most one
+//!   cluster forms, and once the tag is back the three nodes form one;
+//! - a former that dies after some promisers bound themselves to its
+//!   cluster, restarted (memory storage: a new incarnation; durable: the
+//!   same one), finishes the formation;
+//! - a binder whose incarnation changes before the new cluster reaches it
+//!   is a dead initial voter, replaced by its new incarnation in one change.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmd_rpc::{CommandClient, CommandConfig, ProbeRequest, ProbeResponse, ProbeState};
+use consensus::{
+    BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
+};
+use raft_core::NodeInfo;
+use tokio::task::JoinHandle;
+use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_transport::{Faults, MemNetwork, Transport};
+
+const TAG: &str = "tag:boot";
+const WAIT: Duration = Duration::from_secs(30);
+/// The command port of "rb" and "rc"; "ra" listens on [`A_PORT`].
+const PORT: u16 = 7101;
+/// "ra"'s command port: the others probe only [`PORT`] and 6271, so their
+/// probes of "ra" are refused and they never learn of its cluster by
+/// themselves; "ra" reaches them through `seed_command_ports`. Joins go to
+/// the port a leader hint names, so they reach "ra".
+const A_PORT: u16 = 7102;
+
+struct Nothing;
+
+impl StateMachine for Nothing {
+    type Command = ();
+    type Response = ();
+    type Query = ();
+    type QueryResponse = ();
+    fn apply(&mut self, (): ()) {}
+    fn query(&self, (): &()) {}
+    fn snapshot(&self, _: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn restore(&mut self, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const NAMES: [&str; 3] = ["ra", "rb", "rc"];
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 5, 0, i as u8 + 1))
+}
+
+fn node(i: usize, online: bool) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(NAMES[i].to_owned()),
+        hostname: NAMES[i].to_owned(),
+        dns_name: String::new(),
+        ipv4: match ip(i) {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        ipv6: None,
+        tags: BTreeSet::from([TAG.to_owned()]),
+        online,
+        has_path: true,
+    }
+}
+
+/// Node `me`'s view: itself, and the peers given with their online flag
+/// (a peer left out is untagged or gone).
+fn view(me: usize, peers: &[(usize, bool)]) -> ClusterView {
+    ClusterView::new(TAG, node(me, true), peers.iter().map(|&(j, online)| node(j, online)))
+}
+
+fn command_port(i: usize) -> u16 {
+    if i == 0 { A_PORT } else { PORT }
+}
+
+fn config(i: usize, start_timeout: Duration, state_dir: Option<PathBuf>) -> Config {
+    Config {
+        monitor_port: None,
+        command_port: command_port(i),
+        seed_command_ports: if i == 0 { vec![PORT] } else { Vec::new() },
+        state_dir,
+        timing: Timing {
+            heartbeat: Duration::from_millis(100),
+            election: (Duration::from_millis(500), Duration::from_millis(1000)),
+            reconcile_every: Duration::from_millis(200),
+            start_timeout,
+            call_deadline: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(60),
+        },
+        ..Config::default()
+    }
+}
+
+type Start = JoinHandle<Result<Consensus<Nothing>, Error>>;
+
+fn start(
+    transport: Arc<dyn Transport>,
+    discovery: &Arc<StaticDiscovery>,
+    config: Config,
+    expected_size: usize,
+) -> Start {
+    let bootstrap = BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size };
+    tokio::spawn(Consensus::start_with(transport, discovery.clone(), Nothing, bootstrap, config))
+}
+
+/// Asks node `i` what it is, as the node at `from` (a probe that asks for
+/// no promise gives back only a promise held for the caller, so it changes
+/// nothing here).
+async fn probe(net: &MemNetwork, from: usize, i: usize) -> Option<ProbeState> {
+    let client = CommandClient::new(Arc::new(net.node(ip(from))), CommandConfig::default());
+    let target = NodeInfo {
+        stable_id: NAMES[i].to_owned(),
+        addrs: vec![ip(i)],
+        raft_port: 0,
+        command_port: command_port(i),
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer: Result<ProbeResponse, _> =
+        client.post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false).await;
+    answer.ok().map(|a| a.state)
+}
+
+/// `RUST_LOG=consensus=info` shows what the nodes did (printed for a
+/// failing test).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls until `done` holds, at most `within`.
+async fn until<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn promised_to(state: &Option<ProbeState>, holder: &str) -> bool {
+    matches!(state, Some(ProbeState::Fresh { promised_to: Some(h) }) if h == holder)
+}
+
+/// Who leads and who is in the cluster of a started node.
+fn cluster_of(kv: &Consensus<Nothing>) -> (Option<u64>, BTreeSet<u64>) {
+    (kv.metrics().leader, kv.members().iter().map(|m| m.id).collect())
+}
+
+/// The model checker's schedule (docs/reliability.md, "The hole in
+/// decision 0003"), with three fresh nodes ra < rb < rc and
+/// `expected_size` 2:
+///
+/// 1. ra's tag is revoked; ra's own view still shows it tagged.
+/// 2. ra probes rb and rc; rb promises ra (3, 4).
+/// 5. rb's view catches up: ra is gone, so rb's promise is released.
+/// 6. rc promises ra (its answer is slow to arrive).
+/// 7. ra decides on those answers.
+/// 9. rc's view catches up: rc's promise to ra is released.
+/// 10. rb asks rc, which promises rb.
+/// 11. rb decides.
+///
+/// Before the confirm round, ra formed a cluster of its own at step 7 and
+/// rb another at step 11. Now ra's confirm is refused by rb (ra is not
+/// tagged in rb's view) and binds rc, so ra cannot initialize; rc, bound to
+/// ra's cluster, answers rb as its member and promises nothing; nobody
+/// forms. Once ra's tag is back, the three form one cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
+    logs();
+    let net = MemNetwork::new();
+    let views: Vec<Arc<StaticDiscovery>> = vec![
+        // ra still sees itself tagged, and both others (step 1).
+        Arc::new(StaticDiscovery::new(view(0, &[(1, true), (2, true)]))),
+        Arc::new(StaticDiscovery::new(view(1, &[(0, true), (2, true)]))),
+        // rc sees rb offline for now, so rb cannot have its promise before
+        // ra does, whatever the order of their probes.
+        Arc::new(StaticDiscovery::new(view(2, &[(0, true), (1, false)]))),
+    ];
+    // rc's answers take a while to arrive (step 6 happens long before ra
+    // hears of it at step 7).
+    let slow_c = Faults::new(1);
+    slow_c.set_delay(Duration::from_millis(600));
+    let transports: Vec<Arc<dyn Transport>> = vec![
+        Arc::new(net.node(ip(0))),
+        Arc::new(net.node(ip(1))),
+        Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
+    ];
+    // rb and rc answer before ra starts, so that ra's first round hears
+    // from both.
+    let mut starts: Vec<Option<Start>> = vec![None];
+    for i in 1..3 {
+        starts.push(Some(start(transports[i].clone(), &views[i], config(i, WAIT, None), 2)));
+    }
+    for i in 1..3 {
+        until(WAIT, "rb and rc answer", || async { probe(&net, 3 - i, i).await.is_some() }).await;
+    }
+    starts[0] = Some(start(transports[0].clone(), &views[0], config(0, WAIT, None), 2));
+    // 3, 4: rb promises ra.
+    until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
+    // 5: rb's view catches up; ra is gone from it.
+    views[1].set(view(1, &[(2, true)]));
+    // ra has not decided yet: it waits for rc's slow answer.
+    let a_now = probe(&net, 1, 0).await;
+    assert!(
+        matches!(a_now, Some(ProbeState::Fresh { .. })),
+        "the schedule was not followed: ra decided before rb's view changed ({a_now:?})"
+    );
+    // 6, 7: rc promises ra; ra hears of it and decides. Before the fix ra
+    // forms a cluster of its own; with it, ra's confirm binds rc.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if starts[0].as_ref().is_some_and(|s| s.is_finished()) {
+            break;
+        }
+        if matches!(probe(&net, 1, 2).await, Some(ProbeState::Member { .. })) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ra neither formed nor bound rc");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 9: rc's view catches up: ra is gone, rb is online.
+    views[2].set(view(2, &[(1, true)]));
+    // 10, 11: rb asks rc and decides. Give it time to form (it would
+    // within a second); two formed clusters fail the test.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut formed: Vec<(usize, Consensus<Nothing>)> = Vec::new();
+    while Instant::now() < deadline {
+        for (i, slot) in starts.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|s| s.is_finished()) {
+                let kv = slot.take().unwrap().await.unwrap();
+                formed.push((i, kv.unwrap_or_else(|e| panic!("{}: {e}", NAMES[i]))));
+            }
+        }
+        let clusters: BTreeSet<(Option<u64>, BTreeSet<u64>)> =
+            formed.iter().map(|(_, kv)| cluster_of(kv)).collect();
+        assert!(
+            clusters.len() <= 1,
+            "two clusters formed: {}",
+            formed
+                .iter()
+                .map(|(i, kv)| format!("{} in {:?}", NAMES[*i], cluster_of(kv)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(formed.is_empty(), "a node formed or joined a cluster while ra's tag was revoked");
+    // ra's tag is back in every view: the three form one cluster.
+    slow_c.set_delay(Duration::ZERO);
+    views[1].set(view(1, &[(0, true), (2, true)]));
+    views[2].set(view(2, &[(0, true), (1, true)]));
+    let mut nodes = Vec::new();
+    for (i, slot) in starts.into_iter().enumerate() {
+        let kv = slot.unwrap().await.unwrap();
+        nodes.push(kv.unwrap_or_else(|e| panic!("{} after ra's tag came back: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    for kv in nodes {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+fn voters(kv: &Consensus<Nothing>) -> BTreeSet<u64> {
+    kv.members().iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id).collect()
+}
+
+/// A formation left half done: ra forms a cluster, rc (whose answers are
+/// slow) binds itself to it, rb refuses (ra is no longer tagged in rb's
+/// view when ra asks). The nodes, started with start timeouts
+/// `timeouts`, are still starting; ra with durable storage in `dir` if
+/// given. Returns the network, the views, rc's fault switch, the starts,
+/// the cluster id and rc's raft id.
+struct Stalled {
+    net: MemNetwork,
+    views: Vec<Arc<StaticDiscovery>>,
+    slow_c: Faults,
+    starts: Vec<Option<Start>>,
+    cluster: raft_core::ClusterId,
+    c_id: u64,
+}
+
+async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Stalled {
+    logs();
+    let net = MemNetwork::new();
+    let full = |me: usize| view(me, &[((me + 1) % 3, true), ((me + 2) % 3, true)]);
+    let views: Vec<Arc<StaticDiscovery>> =
+        (0..3).map(|i| Arc::new(StaticDiscovery::new(full(i)))).collect();
+    let slow_c = Faults::new(2);
+    slow_c.set_delay(Duration::from_millis(600));
+    let transports: Vec<Arc<dyn Transport>> = vec![
+        Arc::new(net.node(ip(0))),
+        Arc::new(net.node(ip(1))),
+        Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
+    ];
+    let mut starts: Vec<Option<Start>> = vec![None];
+    for i in 1..3 {
+        starts.push(Some(start(transports[i].clone(), &views[i], config(i, timeouts[i], None), 3)));
+    }
+    for i in 1..3 {
+        until(WAIT, "rb and rc answer", || async { probe(&net, 3 - i, i).await.is_some() }).await;
+    }
+    starts[0] = Some(start(transports[0].clone(), &views[0], config(0, timeouts[0], dir), 3));
+    until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
+    views[1].set(view(1, &[(2, true)]));
+    let a_now = probe(&net, 1, 0).await;
+    assert!(
+        matches!(a_now, Some(ProbeState::Fresh { .. })),
+        "the schedule was not followed: ra decided before rb's view changed ({a_now:?})"
+    );
+    let deadline = Instant::now() + WAIT;
+    let (cluster, c_id) = loop {
+        let client = CommandClient::new(Arc::new(net.node(ip(1))), CommandConfig::default());
+        let target = NodeInfo {
+            stable_id: NAMES[2].to_owned(),
+            addrs: vec![ip(2)],
+            raft_port: 0,
+            command_port: PORT,
+        };
+        let answer: Result<ProbeResponse, _> = client
+            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false)
+            .await;
+        if let Ok(ProbeResponse { id, state: ProbeState::Member { cluster_id, leader }, .. }) =
+            answer
+        {
+            let leader = leader.expect("a bound node names its former");
+            assert_eq!(leader.node.stable_id, "ra", "rc is bound to another former");
+            break (cluster_id, id);
+        }
+        assert!(Instant::now() < deadline, "rc never bound itself to ra's cluster");
+    };
+    Stalled { net, views, slow_c, starts, cluster, c_id }
+}
+
+/// The former dies (its start times out) after rc bound itself to its
+/// cluster; it restarts, with memory storage under a new incarnation, and
+/// with durable storage under the same one. rc names it as the former of
+/// the cluster, so it takes the formation up again and finishes it: one
+/// cluster of three, with the id rc was bound to.
+async fn a_restarted_former_finishes(durable: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = durable.then(|| dir.path().join("ra"));
+    let short = Duration::from_secs(3);
+    let mut s = stall_a_formation([short, WAIT, WAIT], a_dir.clone()).await;
+    let failed = s.starts[0].take().unwrap().await.unwrap();
+    match failed {
+        Err(Error::JoinFailed { reason, .. }) => {
+            assert!(reason.contains("not confirmed yet"), "{reason}");
+            eprintln!("ra gave up: {reason}");
+        }
+        Err(other) => panic!("ra failed otherwise: {other}"),
+        Ok(_) => panic!("ra formed a cluster although rb refused to confirm"),
+    }
+    // ra is back in rb's view; ra restarts.
+    s.slow_c.set_delay(Duration::ZERO);
+    s.views[1].set(view(1, &[(0, true), (2, true)]));
+    let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], config(0, WAIT, a_dir), 3);
+    let mut nodes = vec![restarted.await.unwrap().expect("the restarted former finishes")];
+    for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
+        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    assert!(voters(&nodes[0]).contains(&nodes[0].id()), "the restarted former is no voter");
+    let cluster = cluster_id_of(&s.net, 1).await;
+    assert_eq!(cluster, Some(s.cluster), "the cluster is not the one rc was bound to");
+    for kv in nodes {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// The cluster id node `i` reports (`GET /v1/cluster`).
+async fn cluster_id_of(net: &MemNetwork, i: usize) -> Option<raft_core::ClusterId> {
+    let client = CommandClient::new(Arc::new(net.node(ip((i + 1) % 3))), CommandConfig::default());
+    let target = NodeInfo {
+        stable_id: NAMES[i].to_owned(),
+        addrs: vec![ip(i)],
+        raft_port: 0,
+        command_port: command_port(i),
+    };
+    let info: cmd_rpc::ClusterInfo =
+        client.get(&target, "/v1/cluster", Instant::now() + WAIT).await.expect("cluster info");
+    info.cluster_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_restarted_without_its_state_finishes_the_formation() {
+    a_restarted_former_finishes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_restarted_with_its_state_finishes_the_formation() {
+    a_restarted_former_finishes(true).await;
+}
+
+/// rc binds itself to ra's cluster and is restarted (memory storage: a new
+/// incarnation) before the cluster reaches it. ra initializes the cluster
+/// with rc's old incarnation as a voter (it confirmed), which is dead;
+/// ra and rb are a majority. rc's new incarnation joins, and the leader
+/// replaces the old one in one change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binder_restarted_before_the_cluster_reaches_it_is_replaced() {
+    let short = Duration::from_secs(3);
+    let mut s = stall_a_formation([WAIT, WAIT, short], None).await;
+    let failed = s.starts[2].take().unwrap().await.unwrap();
+    assert!(failed.is_err(), "rc started although ra's cluster was not initialized");
+    // ra is back in rb's view: rb confirms, ra initializes with rc's old
+    // incarnation among the voters.
+    s.slow_c.set_delay(Duration::ZERO);
+    s.views[1].set(view(1, &[(0, true), (2, true)]));
+    let a = s.starts[0].take().unwrap().await.unwrap().expect("ra forms");
+    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb joins");
+    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    let initial = voters(&a);
+    assert!(initial.contains(&s.c_id), "rc's bound incarnation is no initial voter: {initial:?}");
+    assert_eq!(initial.len(), 3, "{initial:?}");
+    // rc comes back as a new node and replaces its old incarnation.
+    let c = start(Arc::new(s.net.node(ip(2))), &s.views[2], config(2, WAIT, None), 3)
+        .await
+        .unwrap()
+        .expect("rc's new incarnation joins");
+    assert_ne!(c.id(), s.c_id);
+    let leader = if a.metrics().role == consensus::Role::Leader { &a } else { &b };
+    leader
+        .wait_for(WAIT, |m| m.voters == 3 && m.learners == 0)
+        .await
+        .expect("rc's new incarnation replaced the old one");
+    let members: BTreeSet<u64> = leader.members().iter().map(|m| m.id).collect();
+    assert!(members.contains(&c.id()) && !members.contains(&s.c_id), "{members:?}");
+    for kv in [a, b, c] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
