@@ -1049,7 +1049,13 @@ fn main() {
             idle: if quick { Duration::from_secs(2) } else { Duration::from_secs(5) },
             many: 64,
             failover_rounds: if quick { 3 } else { 20 },
-            steady: if quick { Duration::from_secs(10) } else { Duration::from_secs(60) },
+            // BENCH_STEADY_SECS=n runs the fault-free load longer (elections
+            // nobody caused are rare; counting them needs minutes).
+            steady: std::env::var("BENCH_STEADY_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(if quick { Duration::from_secs(10) } else { Duration::from_secs(60) }),
         };
         let mut serial = 0;
         let mut flavors = Vec::new();

@@ -1148,7 +1148,7 @@ impl Suite {
         self.timings.retag_out = Some((removed - retagging, cli));
         self.note(&format!("the leader removed {}", self.nodes[victim].hostname));
         // The cluster goes on without it: writes through the others while it
-        // is parked, longer than an election timeout (1.5-3 s), as when an
+        // is parked, longer than an election timeout (a 0.9 s lease, then 0.6-0.9 s), as when an
         // operator parks a node for a while.
         let parked = Instant::now();
         let mut n = 0;

@@ -1,10 +1,13 @@
 //! The calling side: HTTP/1.1 to other nodes' command ports over a
-//! `Transport`, with idle connections kept for reuse.
+//! `Transport`, with idle connections kept for reuse. Only authorized
+//! addresses are called (checked on every call: a peer whose tag was
+//! revoked is refused and its idle connections dropped), and at most
+//! `max_requests_per_peer` requests are in flight to one address.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,11 +17,14 @@ use hyper_util::rt::TokioIo;
 use raft_core::{ClusterId, NodeId, NodeInfo};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use ts_transport::Transport;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use ts_transport::{PeerAddr, Transport};
 
 use crate::api::ErrorBody;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::server::Authorize;
 
 /// Header carrying the time the caller still allows, in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-tsc-deadline-ms";
@@ -52,6 +58,9 @@ pub struct CommandClient {
     transport: Arc<dyn Transport>,
     config: CommandConfig,
     idle: IdlePool,
+    /// Requests in flight per peer address.
+    busy: Arc<Mutex<HashMap<SocketAddr, Arc<Semaphore>>>>,
+    authorize: Authorize,
 }
 
 impl std::fmt::Debug for CommandClient {
@@ -61,44 +70,102 @@ impl std::fmt::Debug for CommandClient {
 }
 
 impl CommandClient {
-    /// A client dialing over `transport`.
+    /// A client dialing over `transport`, to any address (see
+    /// [`CommandClient::authorized_by`]).
     pub fn new(transport: Arc<dyn Transport>, config: CommandConfig) -> CommandClient {
-        CommandClient { transport, config, idle: Arc::default() }
+        CommandClient {
+            transport,
+            config,
+            idle: Arc::default(),
+            busy: Arc::default(),
+            authorize: Arc::new(|_| true),
+        }
+    }
+
+    /// This client, calling only addresses `authorize` allows, checked on
+    /// every call (the node's authorizer: connections this node opens
+    /// follow tags as the ones it accepts do).
+    pub fn authorized_by(self, authorize: Authorize) -> CommandClient {
+        CommandClient { authorize, ..self }
+    }
+
+    /// Waits (until `deadline`) for room for one more request to `addr`.
+    async fn room(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, RpcError> {
+        let limit = self.config.max_requests_per_peer.max(1);
+        let semaphore = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone();
+        match tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(RpcError::Timeout {
+                what: format!("waiting for one of {limit} requests in flight to {addr} to end"),
+                after: Duration::ZERO,
+            }),
+        }
     }
 
     /// `POST path` with a JSON body to `node`, as a forwarded request when
     /// `forwarded`; decodes a 200 answer as `R`, anything else as the error
-    /// the other node reported.
+    /// the other node reported. Each of the node's addresses gets at most
+    /// [`CommandConfig::connect_timeout`] to connect; the answer may take
+    /// until `deadline`.
     pub async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
         path: &str,
         body: &B,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<R, RpcError> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
-        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded, None).await
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: None };
+        self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
     /// [`CommandClient::post`] to a member named by `to`: the call says
     /// which member of which cluster it is meant for, and any other node
     /// refuses it.
-    #[allow(clippy::too_many_arguments, reason = "post's arguments and the addressee")]
     pub async fn post_to<B: Serialize, R: DeserializeOwned>(
         &self,
         to: Addressee,
         node: &NodeInfo,
         path: &str,
         body: &B,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<R, RpcError> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))?;
-        self.request(node, Method::POST, path, Bytes::from(body), deadline, forwarded, Some(to))
-            .await
+        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: Some(to) };
+        self.request(node, Method::POST, path, encode(body)?, call).await
+    }
+
+    /// [`CommandClient::post`] as one attempt of a call that may be tried
+    /// again, to the member `to` if named: the answer is awaited for at
+    /// most `answer_within` (within `deadline`), and the other node is told
+    /// that budget as its deadline, so it answers (if only "timeout")
+    /// before this side gives up. An attempt that gets no answer in time
+    /// drops every idle connection to that address: a peer that died
+    /// behind a userspace network stack never resets them.
+    #[allow(clippy::too_many_arguments, reason = "post_to's arguments and the attempt's budget")]
+    pub async fn post_attempt<B: Serialize, R: DeserializeOwned>(
+        &self,
+        to: Option<Addressee>,
+        node: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: impl Into<Instant>,
+        answer_within: Duration,
+        forwarded: bool,
+    ) -> Result<R, RpcError> {
+        let call =
+            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded, to };
+        self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
     /// `GET path` on `node`.
@@ -106,62 +173,87 @@ impl CommandClient {
         &self,
         node: &NodeInfo,
         path: &str,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
-        self.request(node, Method::GET, path, Bytes::new(), deadline, false, None).await
+        let call =
+            Call { deadline: deadline.into(), answer_within: None, forwarded: false, to: None };
+        self.request(node, Method::GET, path, Bytes::new(), call).await
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one request's parts")]
+    /// Tries `node`'s addresses in order: each gets its own connect budget,
+    /// so an address that hangs (a dead peer's IPv4 path) leaves time for
+    /// the next. Once a request is sent, its answer decides the call.
     async fn request<R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
         method: Method,
         path: &str,
         body: Bytes,
-        deadline: Instant,
-        forwarded: bool,
-        to: Option<Addressee>,
+        call: Call,
     ) -> Result<R, RpcError> {
         let mut last =
             RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
         for &ip in &node.addrs {
             let addr = SocketAddr::new(ip, node.command_port);
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let what = || format!("{method} {path} to {addr}");
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(RpcError::Timeout {
-                    what: format!("{method} {path} to {addr}"),
-                    after: Duration::ZERO,
-                });
+                return Err(RpcError::Timeout { what: what(), after: Duration::ZERO });
             }
-            let attempt =
-                self.exchange(addr, method.clone(), path, body.clone(), remaining, forwarded, to);
-            match tokio::time::timeout(remaining, attempt).await {
+            if !(self.authorize)(PeerAddr::new(addr)) {
+                self.forget(addr);
+                last = RpcError::Unreachable {
+                    target: addr.to_string(),
+                    reason: "not an authorized address (no longer tagged?)".to_owned(),
+                };
+                continue;
+            }
+            let _room = self.room(addr, call.deadline).await?;
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            let connect = remaining.min(self.config.connect_timeout);
+            let sender = match tokio::time::timeout(connect, self.connection(addr, connect)).await {
+                Ok(Ok(sender)) => sender,
+                Ok(Err(err)) => {
+                    last = err;
+                    continue;
+                }
                 Err(_) => {
-                    return Err(RpcError::Timeout {
-                        what: format!("{method} {path} to {addr}"),
-                        after: remaining,
-                    });
+                    last = RpcError::Unreachable {
+                        target: addr.to_string(),
+                        reason: format!("no connection within {connect:?}"),
+                    };
+                    continue;
+                }
+            };
+            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            // The other node's budget, and this side's: a little longer, for
+            // the answer to travel back.
+            let (budget, wait) = match call.answer_within {
+                Some(within) if within < remaining => {
+                    (within, (within + self.config.connect_timeout).min(remaining))
+                }
+                _ => (remaining, remaining),
+            };
+            let exchange = self.exchange(
+                sender,
+                addr,
+                method.clone(),
+                path,
+                body.clone(),
+                budget,
+                call.forwarded,
+                call.to,
+            );
+            match tokio::time::timeout(wait, exchange).await {
+                Err(_) => {
+                    // The connection may be dead without an error; so may
+                    // the others to the same place.
+                    self.forget(addr);
+                    return Err(RpcError::Timeout { what: what(), after: wait });
                 }
                 Ok(Err(err @ RpcError::Unreachable { .. })) => last = err,
                 Ok(Err(err)) => return Err(err),
-                Ok(Ok((status, bytes))) => {
-                    if status == 200 {
-                        return serde_json::from_slice(&bytes).map_err(|e| RpcError::Unreachable {
-                            target: addr.to_string(),
-                            reason: format!("answered 200 with an unexpected body: {e}"),
-                        });
-                    }
-                    let body: ErrorBody =
-                        serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                            code: "http_error".to_owned(),
-                            message: format!(
-                                "{status}: {}",
-                                String::from_utf8_lossy(&bytes[..bytes.len().min(256)])
-                            ),
-                            leader: None,
-                        });
-                    return Err(RpcError::from_remote(status, body));
-                }
+                Ok(Ok((status, bytes))) => return decode(addr, status, &bytes),
             }
         }
         Err(last)
@@ -170,23 +262,23 @@ impl CommandClient {
     #[allow(clippy::too_many_arguments, reason = "one request's parts")]
     async fn exchange(
         &self,
+        mut sender: SendRequest<Full<Bytes>>,
         addr: SocketAddr,
         method: Method,
         path: &str,
         body: Bytes,
-        remaining: Duration,
+        budget: Duration,
         forwarded: bool,
         to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
         let unreachable =
             |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
-        let mut sender = self.connection(addr, remaining).await?;
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(DEADLINE_HEADER, remaining.as_millis().to_string());
+            .header(DEADLINE_HEADER, budget.as_millis().to_string());
         if forwarded {
             request = request.header(FORWARDED_HEADER, "1");
         }
@@ -259,6 +351,11 @@ impl CommandClient {
         Ok(sender)
     }
 
+    /// Drops every idle connection to `addr`.
+    fn forget(&self, addr: SocketAddr) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
+    }
+
     fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {
         if sender.is_closed() {
             return;
@@ -269,4 +366,37 @@ impl CommandClient {
             list.push(sender);
         }
     }
+}
+
+/// One call's limits.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    deadline: Instant,
+    /// Most time one attempt waits for its answer; `None`: the deadline.
+    answer_within: Option<Duration>,
+    forwarded: bool,
+    /// The member the call is meant for, if named.
+    to: Option<Addressee>,
+}
+
+fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))
+}
+
+/// A 200 answer as `R`, anything else as the error the other node reported.
+fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> Result<R, RpcError> {
+    if status == 200 {
+        return serde_json::from_slice(bytes).map_err(|e| RpcError::Unreachable {
+            target: addr.to_string(),
+            reason: format!("answered 200 with an unexpected body: {e}"),
+        });
+    }
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        code: "http_error".to_owned(),
+        message: format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(256)])),
+        leader: None,
+    });
+    Err(RpcError::from_remote(status, body))
 }

@@ -1,6 +1,7 @@
 //! A small read-only HTTP server for pages another crate renders (the
-//! facade's monitor): GET only, authorized by the caller's address before
-//! anything is read, headers within a deadline. Kept here so hyper stays in
+//! facade's monitor): GET only, connections from unauthorized addresses
+//! closed at accept (and requests authorized again), a few connections per
+//! peer, headers within a deadline. Kept here so hyper stays in
 //! this crate.
 //!
 //! On 127.0.0.1 ([`PageServer::start_local`]) it also checks `Host`, as the
@@ -18,7 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ts_transport::{Listener, Server};
+use ts_transport::{Admission, Listener, Server};
+
+/// Most connections one peer address may hold on the monitor port.
+const MAX_CONNECTIONS_PER_PEER: usize = 8;
 
 use crate::admin::host_allowed;
 use crate::server::Authorize;
@@ -71,7 +75,9 @@ impl PageServer {
         check_host: bool,
     ) -> PageServer {
         let port = listener.local_port();
-        PageServer(Server::start(listener, "monitor", move |stream, peer| {
+        let admission =
+            Admission { allow: authorize.clone(), max_per_peer: MAX_CONNECTIONS_PER_PEER };
+        PageServer(Server::start_admitting(listener, "monitor", admission, move |stream, peer| {
             let authorize = authorize.clone();
             let render = render.clone();
             async move {

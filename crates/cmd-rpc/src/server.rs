@@ -1,7 +1,10 @@
 //! The answering side: HTTP/1.1 (hyper) on the command port.
 //!
-//! Every request is authorized by the caller's real address before anything
-//! of it is read. Bodies are bounded (413), must arrive within a deadline
+//! A connection from an address that is not authorized is closed at accept,
+//! and one peer holds at most `max_connections_per_peer` connections. Every
+//! request is authorized again by the caller's real address before anything
+//! of it is read (a peer whose tag was revoked gets 403 on a live
+//! connection). Bodies are bounded (413), must arrive within a deadline
 //! (408), and must be exactly one JSON document of the expected shape (400).
 //! Headers must arrive within a deadline too, which also closes idle
 //! connections.
@@ -25,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use raft_core::StateMachine;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use ts_transport::{Listener, PeerAddr, Server};
+use ts_transport::{Admission, Listener, PeerAddr, Server};
 
 use crate::api::ErrorBody;
 use crate::api::{
@@ -52,29 +55,37 @@ impl CommandServer {
         authorize: Authorize,
         config: CommandConfig,
     ) -> CommandServer {
-        CommandServer(Server::start(listener, "command API", move |stream, peer| {
-            let service = service.clone();
-            let authorize = authorize.clone();
-            let config = config.clone();
-            async move {
-                let header_timeout = config.header_timeout;
-                let handler = service_fn(move |request| {
-                    let service = service.clone();
-                    let authorize = authorize.clone();
-                    let config = config.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            handle(request, peer, &service, &authorize, &config).await,
-                        )
+        let admission =
+            Admission { allow: authorize.clone(), max_per_peer: config.max_connections_per_peer };
+        CommandServer(Server::start_admitting(
+            listener,
+            "command API",
+            admission,
+            move |stream, peer| {
+                let service = service.clone();
+                let authorize = authorize.clone();
+                let config = config.clone();
+                async move {
+                    let header_timeout = config.header_timeout;
+                    let handler = service_fn(move |request| {
+                        let service = service.clone();
+                        let authorize = authorize.clone();
+                        let config = config.clone();
+                        async move {
+                            Ok::<_, Infallible>(
+                                handle(request, peer, &service, &authorize, &config).await,
+                            )
+                        }
+                    });
+                    let mut builder = http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                    if let Err(err) = builder.serve_connection(TokioIo::new(stream), handler).await
+                    {
+                        tracing::debug!(%peer, error = %err, "command connection ended");
                     }
-                });
-                let mut builder = http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-                if let Err(err) = builder.serve_connection(TokioIo::new(stream), handler).await {
-                    tracing::debug!(%peer, error = %err, "command connection ended");
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// The port served.

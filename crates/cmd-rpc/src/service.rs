@@ -17,14 +17,15 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use raft_core::{
-    ClientId, MembershipError, NodeId, NodeInfo, Outcome, ProposeError, RaftNode, ReadError, Role,
-    StateMachine, node_id,
+    ClientId, MembershipError, NodeId, NodeInfo, NodeMetrics, Outcome, ProposeError, RaftNode,
+    ReadError, Role, StateMachine, node_id,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::api::{
@@ -91,6 +92,28 @@ enum Route {
 
 fn hint(id: NodeId, node: NodeInfo) -> LeaderHint {
     LeaderHint { id, node }
+}
+
+/// Where a call goes, given this node's metrics and a leader hint from an
+/// earlier attempt.
+fn route_of(metrics: &NodeMetrics, me: NodeId, hint: Option<&LeaderHint>) -> Route {
+    if metrics.role == Role::Leader {
+        return Route::Local;
+    }
+    if let Some(hint) = hint {
+        if hint.id == me {
+            return Route::Local;
+        }
+        return Route::Remote(hint.id, hint.node.clone());
+    }
+    match metrics.leader {
+        Some(id) if id == me => Route::Local,
+        Some(id) => match metrics.nodes.get(&id) {
+            Some(node) => Route::Remote(id, node.clone()),
+            None => Route::Unknown,
+        },
+        None => Route::Unknown,
+    }
 }
 
 fn parse_client(text: &str) -> Result<ClientId, RpcError> {
@@ -168,24 +191,7 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     fn route(&self, hint: Option<&LeaderHint>) -> Route {
-        let metrics = self.node.metrics();
-        if metrics.role == Role::Leader {
-            return Route::Local;
-        }
-        if let Some(hint) = hint {
-            if hint.id == self.node.id() {
-                return Route::Local;
-            }
-            return Route::Remote(hint.id, hint.node.clone());
-        }
-        match metrics.leader {
-            Some(id) if id == self.node.id() => Route::Local,
-            Some(id) => match metrics.nodes.get(&id) {
-                Some(node) => Route::Remote(id, node.clone()),
-                None => Route::Unknown,
-            },
-            None => Route::Unknown,
-        }
+        route_of(&self.node.metrics(), self.node.id(), hint)
     }
 
     /// Member `id` of this node's cluster, as the addressee of a call.
@@ -232,8 +238,22 @@ impl<S: StateMachine> CommandService<S> {
             }
             let waiting_for_leader = matches!(route, Route::Unknown);
             if waiting_for_leader {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let _ = self.node.wait_for(remaining.min(backoff), |m| m.leader.is_some()).await;
+                // Until a leader this node can route to is known: none yet,
+                // or one its configuration does not hold (during an
+                // incarnation change). The wait ends early only when the
+                // route changes; whatever else ends it (raft stopping), the
+                // slot is slept out, so this never spins.
+                let slot = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let slot_end = Instant::now() + slot;
+                let me = self.node.id();
+                let routable = self
+                    .node
+                    .wait_for(slot, |m| !matches!(route_of(m, me, None), Route::Unknown))
+                    .await
+                    .is_ok();
+                if !routable {
+                    tokio::time::sleep_until(slot_end).await;
+                }
             } else {
                 match attempt(route).await? {
                     Retry::Done(answer) => return Ok(answer),
@@ -244,11 +264,18 @@ impl<S: StateMachine> CommandService<S> {
                 }
             }
             if Instant::now() >= deadline {
+                let known = self.node.metrics().leader;
                 return Err(match (waiting_for_leader, last_error) {
-                    (true, _) | (false, None) if self.node.metrics().leader.is_none() => {
+                    (true, _) | (false, None) if known.is_none() => {
                         RpcError::NoLeader { waited: started.elapsed() }
                     }
                     (_, Some(err)) => err,
+                    (true, None) => RpcError::Unavailable(format!(
+                        "{what}: the leader this node knows ({}) is not in its configuration \
+                         yet; waited {:?}",
+                        known.unwrap_or_default(),
+                        started.elapsed()
+                    )),
                     _ => RpcError::Timeout { what: what.to_owned(), after: started.elapsed() },
                 });
             }
@@ -277,9 +304,10 @@ impl<S: StateMachine> CommandService<S> {
     /// session nobody uses expires.
     pub async fn register(
         &self,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<SessionResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         self.with_leader("register a session", deadline, forwarded, |route| async move {
             match route {
@@ -302,17 +330,8 @@ impl<S: StateMachine> CommandService<S> {
                     }
                 }
                 Route::Remote(id, leader) => {
-                    let result = self
-                        .client
-                        .post_to(
-                            self.member(id),
-                            &leader,
-                            "/v1/session",
-                            &serde_json::json!({}),
-                            deadline,
-                            true,
-                        )
-                        .await;
+                    let body = serde_json::json!({});
+                    let result = self.forward(id, &leader, "/v1/session", &body, deadline).await;
                     self.remote_result(result)
                 }
                 Route::Unknown => {
@@ -356,9 +375,10 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn execute(
         &self,
         request: &ExecuteRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
         forwarded: bool,
     ) -> Result<ExecuteResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let client = parse_client(&request.client)?;
         if request.seq == 0 {
@@ -442,15 +462,7 @@ impl<S: StateMachine> CommandService<S> {
                             leader = %leader.stable_id
                         );
                         let result = self
-                            .client
-                            .post_to(
-                                self.member(id),
-                                &leader,
-                                "/v1/execute",
-                                &forward,
-                                deadline,
-                                true,
-                            )
+                            .forward(id, &leader, "/v1/execute", &forward, deadline)
                             .instrument(span)
                             .await;
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
@@ -470,6 +482,62 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(maybe_applied.load(Ordering::Relaxed)))
             }
             other => other,
+        }
+    }
+
+    /// Forwards one attempt to the leader `id` at `leader`, addressed to
+    /// that member of this cluster (another node there refuses it): each address
+    /// gets its own connect budget, the answer is awaited for at most
+    /// `attempt_timeout`, and the attempt is abandoned (outcome unknown) as
+    /// soon as this node learns of a newer leader. Every attempt of a call
+    /// carries the same (client, seq), so trying again never applies twice.
+    async fn forward<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+        path: &str,
+        body: &B,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        let attempt = self.config.attempt_timeout;
+        let to = Some(self.member(id));
+        let send = self.client.post_attempt(to, leader, path, body, deadline, attempt, true);
+        self.unless_leader_moves(id, path, send, deadline).await
+    }
+
+    /// Runs `send`, an attempt at the leader `id`, unless this node learns
+    /// first of a leader of a newer term that is not `id`: a leader that
+    /// died (its connections silent, as behind tsnet) answers nothing, and
+    /// the call should go to its successor without waiting any longer.
+    async fn unless_leader_moves<R>(
+        &self,
+        id: NodeId,
+        what: &str,
+        send: impl Future<Output = Result<R, RpcError>>,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        let started = Instant::now();
+        let term = self.node.metrics().term;
+        let moved = async {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let moved = self
+                .node
+                .wait_for(remaining, |m| m.term > term && m.leader.is_some_and(|l| l != id))
+                .await;
+            match moved {
+                Ok(m) => m.leader.unwrap_or_default(),
+                // Raft stopped or the deadline passed: the attempt decides.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = send => result,
+            new = moved => Err(RpcError::Timeout {
+                what: format!(
+                    "{what} at leader {id}, which lost its leadership to {new} (outcome unknown)"
+                ),
+                after: started.elapsed(),
+            }),
         }
     }
 
@@ -548,8 +616,9 @@ impl<S: StateMachine> CommandService<S> {
         &self,
         request: &JoinRequest,
         caller: &Caller,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         self.leader_only()?;
         self.check_join(request, caller)?;
@@ -652,8 +721,9 @@ impl<S: StateMachine> CommandService<S> {
         &self,
         request: &RemoveRequest,
         caller: &Caller,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
             let _serial = self.membership.lock().await;
             let metrics = self.node.metrics();
@@ -684,8 +754,9 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn remove_via_leader(
         &self,
         request: &RemoveRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         let caller = self.own_caller();
         self.with_leader("remove", deadline, false, |route| {
             let caller = caller.clone();
@@ -699,17 +770,18 @@ impl<S: StateMachine> CommandService<S> {
                         Err(err) => Err(err),
                     },
                     Route::Remote(id, leader) => {
-                        let result: Result<serde_json::Value, RpcError> = self
-                            .client
-                            .post_to(
-                                self.member(id),
-                                &leader,
-                                "/v1/remove",
-                                request,
-                                deadline,
-                                false,
-                            )
-                            .await;
+                        // A removal is answered by the leader itself, after
+                        // its membership change: no shorter attempt budget.
+                        let send = self.client.post_to(
+                            self.member(id),
+                            &leader,
+                            "/v1/remove",
+                            request,
+                            deadline,
+                            false,
+                        );
+                        let result: Result<serde_json::Value, RpcError> =
+                            self.unless_leader_moves(id, "/v1/remove", send, deadline).await;
                         self.remote_result(result.map(|_| ()))
                     }
                     Route::Unknown => {
@@ -723,7 +795,12 @@ impl<S: StateMachine> CommandService<S> {
 
     /// Makes a membership change this node decided on as the leader (the
     /// facade's reconciler), serialized with joins and removals.
-    pub async fn change(&self, change: &Change, deadline: Instant) -> Result<(), RpcError> {
+    pub async fn change(
+        &self,
+        change: &Change,
+        deadline: impl Into<Instant>,
+    ) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
             let _serial = self.membership.lock().await;
             let result = match change {
@@ -744,7 +821,11 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     /// The read index, answered by the leader only.
-    pub async fn read_index(&self, deadline: Instant) -> Result<ReadIndexResponse, RpcError> {
+    pub async fn read_index(
+        &self,
+        deadline: impl Into<Instant>,
+    ) -> Result<ReadIndexResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match self.node.read_index(remaining).await {
@@ -766,8 +847,9 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn read(
         &self,
         request: &ReadRequest,
-        deadline: Instant,
+        deadline: impl Into<Instant>,
     ) -> Result<ReadResponse, RpcError> {
+        let deadline: Instant = deadline.into();
         self.check_fatal()?;
         let query = request.query.get().as_bytes();
         if request.consistency == Consistency::Local {
@@ -791,17 +873,9 @@ impl<S: StateMachine> CommandService<S> {
                         Err(err) => Err(err),
                     },
                     Route::Remote(id, leader) => {
-                        let result: Result<ReadIndexResponse, RpcError> = self
-                            .client
-                            .post_to(
-                                self.member(id),
-                                &leader,
-                                "/v1/read-index",
-                                &serde_json::json!({}),
-                                deadline,
-                                true,
-                            )
-                            .await;
+                        let body = serde_json::json!({});
+                        let result: Result<ReadIndexResponse, RpcError> =
+                            self.forward(id, &leader, "/v1/read-index", &body, deadline).await;
                         self.remote_result(result.map(|r| r.index))
                     }
                     Route::Unknown => {

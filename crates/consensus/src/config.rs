@@ -93,8 +93,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Timing {
         Timing {
-            heartbeat: Duration::from_millis(500),
-            election: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            heartbeat: Duration::from_millis(250),
+            election: (Duration::from_millis(600), Duration::from_millis(900)),
             call_deadline: Duration::from_secs(30),
             start_timeout: Duration::from_secs(120),
             reconcile_every: Duration::from_secs(2),

@@ -52,6 +52,7 @@
 
 pub mod admin;
 mod bootstrap;
+mod campaign;
 mod config;
 mod decide;
 mod error;

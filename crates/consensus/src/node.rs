@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::machine::{Adapter, Answer, StateMachine};
 use crate::metrics::{Counters, CountingTransport, Port};
 use crate::operation::{Operation, SessionPool};
-use crate::{admin, membership, monitor};
+use crate::{admin, campaign, membership, monitor};
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -593,7 +593,8 @@ impl<S: StateMachine> Consensus<S> {
         let commands = command_config(&config);
         let service = Arc::new(CommandService::new(
             raft,
-            CommandClient::new(transport.clone(), commands.clone()),
+            CommandClient::new(transport.clone(), commands.clone())
+                .authorized_by(authorize.clone()),
             commands.clone(),
             Arc::new(peers),
         ));
@@ -644,7 +645,10 @@ impl<S: StateMachine> Consensus<S> {
         }
         // Membership follows tags; the leader acts on it.
         let reconciler = tokio::spawn(membership::reconcile_loop(Arc::downgrade(&consensus.inner)));
-        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(reconciler);
+        // A node whose tag is revoked stops campaigning until a leader takes
+        // it back.
+        let guard = tokio::spawn(campaign::guard_loop(Arc::downgrade(&consensus.inner)));
+        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([reconciler, guard]);
         if let Err(err) =
             monitor::start(&consensus.inner, transport, authorize_on(Port::Monitor)).await
         {

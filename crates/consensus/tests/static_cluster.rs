@@ -82,6 +82,8 @@ struct World {
     net: MemNetwork,
     nodes: Mutex<Vec<Option<TailnetNode>>>,
     views: Vec<Arc<StaticDiscovery>>,
+    /// Heartbeat and election timeout of every node.
+    raft_timing: (Duration, (Duration, Duration)),
 }
 
 impl World {
@@ -89,15 +91,24 @@ impl World {
         let nodes: Vec<Option<TailnetNode>> =
             (0..n).map(|i| Some(tailnet_node(i, true, true))).collect();
         let views = (0..n).map(|i| Arc::new(StaticDiscovery::new(view(&nodes, i)))).collect();
-        Arc::new(World { net: MemNetwork::new(), nodes: Mutex::new(nodes), views })
+        let raft_timing =
+            (Duration::from_millis(100), (Duration::from_millis(500), Duration::from_millis(1000)));
+        Arc::new(World { net: MemNetwork::new(), nodes: Mutex::new(nodes), views, raft_timing })
     }
 
     /// Changes node `i` (None: deleted from the tailnet) and tells everyone.
     fn set(&self, i: usize, node: Option<TailnetNode>) {
+        let everyone: Vec<usize> = (0..self.views.len()).collect();
+        self.set_seen_by(i, node, &everyone);
+    }
+
+    /// Changes node `i` and tells only the nodes in `seen_by` (netmaps
+    /// reach nodes at different times).
+    fn set_seen_by(&self, i: usize, node: Option<TailnetNode>, seen_by: &[usize]) {
         let mut nodes = self.nodes.lock().unwrap();
         nodes[i] = node;
         for (j, discovery) in self.views.iter().enumerate() {
-            if nodes[j].is_some() {
+            if nodes[j].is_some() && seen_by.contains(&j) {
                 discovery.set(view(&nodes, j));
             }
         }
@@ -107,8 +118,8 @@ impl World {
         let config = Config {
             monitor_port: None,
             timing: Timing {
-                heartbeat: Duration::from_millis(100),
-                election: (Duration::from_millis(500), Duration::from_millis(1000)),
+                heartbeat: self.raft_timing.0,
+                election: self.raft_timing.1,
                 reconcile_every: Duration::from_millis(200),
                 start_timeout: Duration::from_secs(20),
                 call_deadline: Duration::from_secs(10),
@@ -265,6 +276,72 @@ async fn a_member_whose_tag_is_restored_is_added_back_and_catches_up() {
         .await
         .expect("the added-back node catches up");
     assert_eq!(nodes[churned].read((), Consistency::Local).await.unwrap(), 7);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Issue 14: a member untagged for a while and then retagged stalled writes
+/// for seconds when it came back: never told it was removed, it had kept
+/// starting elections, and its higher term made the leader step down. Now
+/// it holds its elections while untagged and until the leader has taken it
+/// back, so its term never moves and the leader keeps leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_untagged_for_a_while_returns_without_disrupting_the_cluster() {
+    // Elections only after 3-4 s of silence (a 2 s lease, then 1-2 s): the
+    // test asserts that none happens, and a loaded machine can stall a
+    // node for the 1.5 s the faster profile allows.
+    let mut world = World::new(3);
+    Arc::get_mut(&mut world).unwrap().raft_timing =
+        (Duration::from_millis(100), (Duration::from_secs(1), Duration::from_secs(2)));
+    let nodes = three(&world).await;
+    let leader = nodes.iter().position(|n| n.leader().is_some_and(|l| l.id == n.id())).unwrap();
+    let churned = (leader + 1) % 3;
+    let term = nodes[leader].metrics().term;
+    // Writes go on all along; the longest one is the stall.
+    let writer = nodes[leader].clone();
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writes = tokio::spawn({
+        let writing = writing.clone();
+        async move {
+            let mut longest = Duration::ZERO;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = tokio::time::Instant::now();
+                writer.execute(add(1)).await.expect("a write");
+                longest = longest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            longest
+        }
+    });
+
+    world.set(churned, Some(tailnet_node(churned, false, true)));
+    nodes[leader].wait_for(WAIT, |m| m.voters == 2).await.expect("untagged member removed");
+    // Untagged for twice the silence after which it would campaign.
+    let campaigned = nodes[churned].wait_for(Duration::from_secs(8), |m| m.term != term).await;
+    assert!(campaigned.is_err(), "the untagged member campaigned: {campaigned:?}");
+    // Back, as its own netmap says first: no leader has taken it back yet,
+    // and its last word from one is long past, so it must keep holding.
+    world.set_seen_by(churned, Some(tailnet_node(churned, true, true)), &[churned]);
+    let campaigned = nodes[churned].wait_for(Duration::from_secs(5), |m| m.term != term).await;
+    assert!(campaigned.is_err(), "the returning member campaigned: {campaigned:?}");
+    // The others see it too: the leader takes it back, and nobody has to
+    // be elected.
+    world.set(churned, Some(tailnet_node(churned, true, true)));
+    nodes[leader].wait_for(WAIT, |m| m.voters == 3).await.expect("retagged member added back");
+    let target = nodes[leader].metrics().last_log_index;
+    nodes[churned].wait_for(WAIT, |m| m.applied_index >= target).await.expect("caught up");
+    // A voter again: long enough for an election it would start.
+    let elected = nodes[churned].wait_for(Duration::from_secs(5), |m| m.term != term).await;
+    assert!(elected.is_err(), "an election followed the return: {elected:?}");
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let longest = writes.await.unwrap();
+    for node in &nodes {
+        let m = node.metrics();
+        assert_eq!(m.term, term, "node {} is in term {} (was {term})", m.id, m.term);
+    }
+    assert_eq!(nodes[leader].metrics().role, consensus::Role::Leader);
+    assert!(longest < Duration::from_millis(1500), "writes stalled for {longest:?}");
     for node in nodes {
         node.stop(StopMode::Stay).await.unwrap();
     }

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tracing::Instrument;
 use ts_transport::{Listener, Transport};
 
@@ -20,7 +21,7 @@ use crate::fatal::{self, Fatal};
 use crate::identity::{self, Binding, Identity};
 use crate::network::client::RaftNetworkClients;
 use crate::network::gate::ClusterGate;
-use crate::network::{Authorize, NetworkConfig, server};
+use crate::network::{Authorize, LeaderContact, NetworkConfig, server};
 use crate::sessions::SessionLimits;
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::stats::RaftStats;
@@ -64,14 +65,20 @@ impl Storage {
 }
 
 /// Timing and size settings. The defaults fit a tailnet, where a path may
-/// be relayed (DERP) and round trips can reach hundreds of milliseconds.
+/// be relayed (DERP) and round trips can reach a couple of hundred
+/// milliseconds, and elect a new leader within about 1.5–2 s of the old
+/// one's death.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
     /// How often the leader sends heartbeats; also the timeout of each
-    /// AppendEntries RPC. 500 ms: tolerant of a relayed path.
+    /// heartbeat (and of the leadership check of a linearizable read).
+    /// 250 ms: a relayed path's round trip fits in it. Raise it on links
+    /// with longer round trips (and the election timeout with it).
     pub heartbeat_interval: Duration,
     /// A follower that hears nothing for a random time in this range starts
-    /// an election. 1.5–3 s: several heartbeats must be lost first.
+    /// an election; openraft 0.9 first waits out the leader's lease (the
+    /// upper bound), so failover takes the upper bound plus a random time
+    /// in the range. 0.6–0.9 s: six heartbeats must be lost first.
     pub election_timeout: (Duration, Duration),
     /// Time allowed for each snapshot chunk to be sent and installed.
     pub install_snapshot_timeout: Duration,
@@ -107,8 +114,8 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> RaftConfig {
         RaftConfig {
-            heartbeat_interval: Duration::from_millis(500),
-            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(600), Duration::from_millis(900)),
             install_snapshot_timeout: Duration::from_secs(10),
             snapshot_chunk_size: 1 << 20,
             snapshot_every: 8192,
@@ -297,6 +304,10 @@ pub struct RaftNode<S: StateMachine> {
     fatal: Arc<Fatal>,
     /// Set by the first `shutdown`.
     stopped: std::sync::atomic::AtomicBool,
+    /// When this node last heard from a leader.
+    contact: Arc<LeaderContact>,
+    /// Whether this node may start elections (`hold_elections`).
+    held: Arc<std::sync::atomic::AtomicBool>,
     /// Set while this leader hands its leadership over
     /// ([`RaftNode::hold_for_transfer`]).
     transferring: std::sync::atomic::AtomicBool,
@@ -414,7 +425,15 @@ impl<S: StateMachine> RaftNode<S> {
                 StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
             })?);
         let gate = Arc::new(ClusterGate::new(identity.cluster_id));
-        let network = RaftNetworkClients::new(transport, id, config.network.clone(), gate.clone());
+        let contact = Arc::new(LeaderContact::default());
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let network = RaftNetworkClients::new(
+            transport,
+            id,
+            config.network.clone(),
+            gate.clone(),
+            authorize.clone(),
+        );
         let raft =
             Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
                 .await
@@ -426,6 +445,7 @@ impl<S: StateMachine> RaftNode<S> {
             config.network.clone(),
             authorize,
             gate.clone(),
+            contact.clone(),
         );
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
@@ -461,6 +481,8 @@ impl<S: StateMachine> RaftNode<S> {
             config,
             fatal,
             stopped: std::sync::atomic::AtomicBool::new(false),
+            contact,
+            held,
             transferring: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -483,6 +505,36 @@ impl<S: StateMachine> RaftNode<S> {
     /// Where other nodes reach this node, as given to [`RaftNode::start`].
     pub fn info(&self) -> &NodeInfo {
         &self.self_node
+    }
+
+    /// Stops (`true`) or resumes (`false`) this node's campaigning: while
+    /// held its election timer starts no election; it still votes and
+    /// follows.
+    /// For a node whose tag was revoked (it would only raise its term and
+    /// disrupt the cluster when it returns) until a leader that has it in
+    /// its configuration again has been heard from.
+    pub fn hold_elections(&self, hold: bool) {
+        use std::sync::atomic::Ordering;
+        if self.held.swap(hold, Ordering::SeqCst) != hold {
+            tracing::info!(
+                id = self.id,
+                hold,
+                "elections {}",
+                if hold { "held" } else { "resumed" }
+            );
+        }
+        self.raft.runtime_config().elect(!hold);
+    }
+
+    /// Whether elections are held ([`RaftNode::hold_elections`]).
+    pub fn elections_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// When this node last heard from a leader (an AppendEntries whose
+    /// vote it accepted); `None` if never since it started.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        self.contact.last()
     }
 
     /// Sets the cluster this node belongs to, durably, before it joins it:

@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use crate::error::TransportError;
 pub use crate::fault::{FaultConfig, Faults, FaultyTransport};
 pub use crate::mem::{MemNetwork, MemTransport};
-pub use crate::server::Server;
+pub use crate::server::{Admission, Server};
 pub use crate::tcp::TcpTransport;
 
 /// A boxed future, as returned by the object-safe traits of this crate.

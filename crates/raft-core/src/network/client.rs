@@ -1,22 +1,47 @@
 //! The calling side: openraft's network factory over a `Transport`.
 //!
-//! One persistent connection per peer, shared by every RPC to it. Requests
-//! carry ids, so several can be in flight; each has its own timeout. A peer
-//! that cannot be reached is retried with exponential backoff; until the
-//! backoff has passed, calls fail at once with `Unreachable` instead of
-//! dialing again.
+//! Two persistent connections ("lanes") per peer, each shared by every RPC
+//! of its kind: the control lane carries votes and heartbeats (empty
+//! AppendEntries), the bulk lane AppendEntries with entries and snapshot
+//! chunks, so a large frame never holds up a heartbeat behind it and a
+//! follower that is catching up keeps hearing from its leader. Requests
+//! carry ids, so several can be in flight on a lane.
 //!
-//! A connection can die without an error: a peer process killed behind a
-//! userspace network stack (tsnet) never resets it, and writes keep being
-//! accepted. So a call that times out while nothing at all arrived on its
-//! connection for its whole wait retires that connection; the next call
-//! dials again. A peer that is merely slow still answers something (other
-//! calls, heartbeats) and keeps its connection.
+//! **Connecting** runs in the background, per address within
+//! `connect_timeout`: a call waits for it only as long as its own timeout,
+//! and the next call finds the connection (or waits on the same dial). So a
+//! link whose dial and hello take longer than one heartbeat still connects.
+//! A peer that cannot be reached is dialed again with exponential backoff;
+//! until the backoff has passed, calls fail at once with `Unreachable`.
+//!
+//! **Authorization** is checked on the way out too: a peer's address is
+//! dialed only while it is authorized, and every call first checks the
+//! address of its connection; once a peer is no longer authorized (its tag
+//! was revoked) its connections are dropped and calls to it refused, so a
+//! revoked member stops receiving the log.
+//!
+//! **Timeouts.** openraft gives AppendEntries one heartbeat interval, far
+//! too little for a frame of several MiB on a slow or loaded link. An
+//! AppendEntries with entries therefore lives on past openraft's timeout, up
+//! to a deadline that fits its size (`silence_timeout` plus the bytes
+//! queued ahead of it and its own at `min_throughput`); openraft's retry of
+//! the same entries (or of more entries after them) waits for that request's
+//! answer instead of sending them again, and answers with what it covers
+//! (openraft accepts a partial success). A request past its deadline is
+//! given up, and openraft is asked to send fewer entries at a time.
+//!
+//! **Dead connections.** A peer process killed behind a userspace network
+//! stack (tsnet) never resets its connections, and writes keep being
+//! accepted until buffers fill. A watchdog closes a connection that has
+//! been expecting answers for `silence_timeout` without receiving a byte,
+//! or whose writer has been stuck that long on a frame; one that is busy
+//! sending a large frame is not silent while its writes make progress.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -27,47 +52,57 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tokio::sync::{mpsc, oneshot};
+use openraft::{LogId, Vote};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use ts_transport::Transport;
+use tokio::time::Instant;
+use ts_transport::{PeerAddr, Transport};
 
-use super::NetworkConfig;
 use super::frame::{self, Message};
 use super::gate::ClusterGate;
+use super::{Authorize, NetworkConfig};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// Outgoing frames queued per connection before callers wait.
 const SEND_QUEUE: usize = 256;
+/// Bytes written at a time, so that progress on a large frame is seen.
+const WRITE_CHUNK: usize = 64 * 1024;
 
-/// openraft's network factory: hands out clients that share one connection
-/// per peer.
+/// openraft's network factory: hands out clients that share the
+/// connections to each peer.
 pub(crate) struct RaftNetworkClients {
     shared: Arc<ClientsShared>,
 }
 
 struct ClientsShared {
+    dialer: Dialer,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+}
+
+/// What a dial needs; cloned into each background dial.
+#[derive(Clone)]
+struct Dialer {
     transport: Arc<dyn Transport>,
     config: NetworkConfig,
     self_id: NodeId,
     gate: Arc<ClusterGate>,
-    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    authorize: Authorize,
 }
 
 impl RaftNetworkClients {
     /// Clients for node `self_id` over `transport`; their hellos carry the
-    /// cluster id in `gate`.
+    /// cluster id in `gate`, and they reach only peers `authorize` allows.
     pub(crate) fn new(
         transport: Arc<dyn Transport>,
         self_id: NodeId,
         config: NetworkConfig,
         gate: Arc<ClusterGate>,
+        authorize: Authorize,
     ) -> RaftNetworkClients {
         RaftNetworkClients {
             shared: Arc::new(ClientsShared {
-                transport,
-                config,
-                self_id,
-                gate,
+                dialer: Dialer { transport, config, self_id, gate, authorize },
                 peers: Mutex::new(HashMap::new()),
             }),
         }
@@ -80,7 +115,7 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkClients {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
         let mut peers = self.shared.peers.lock().unwrap_or_else(|p| p.into_inner());
         let peer = match peers.get(&target) {
-            // The same node at the same place: keep its connection.
+            // The same node at the same place: keep its connections.
             Some(peer) if peer.node == *node => peer.clone(),
             _ => {
                 let peer = Arc::new(Peer::new(target, node.clone()));
@@ -92,54 +127,190 @@ impl RaftNetworkFactory<TypeConfig> for RaftNetworkClients {
     }
 }
 
-/// One peer: its address and the connection to it, if any.
+/// Which of a peer's two connections a message travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Votes and heartbeats: small, and must never wait behind a large
+    /// frame.
+    Control = 0,
+    /// AppendEntries with entries, snapshot chunks.
+    Bulk = 1,
+}
+
+/// One peer: its address and its connections.
 struct Peer {
     target: NodeId,
     node: NodeInfo,
-    state: tokio::sync::Mutex<PeerState>,
+    lanes: [Mutex<LaneState>; 2],
+    /// The AppendEntries with entries in flight on the bulk lane, which
+    /// openraft's retries wait for instead of sending it again.
+    append: Mutex<Option<InflightAppend>>,
+    /// A log id the peer is known to hold, under a leader's vote.
+    confirmed: Mutex<Option<(Vote<NodeId>, LogId<NodeId>)>>,
 }
 
-struct PeerState {
+struct LaneState {
     conn: Option<Arc<Conn>>,
+    /// A dial in progress: flips to true when it ends.
+    dialing: Option<(watch::Receiver<bool>, JoinHandle<()>)>,
     /// No dial before this instant.
     retry_at: Instant,
     backoff: Duration,
+    /// Why the last dial failed.
+    last_error: Option<String>,
 }
 
 impl Peer {
     fn new(target: NodeId, node: NodeInfo) -> Peer {
+        let lane = || {
+            Mutex::new(LaneState {
+                conn: None,
+                dialing: None,
+                retry_at: Instant::now(),
+                backoff: Duration::ZERO,
+                last_error: None,
+            })
+        };
         Peer {
             target,
             node,
-            state: tokio::sync::Mutex::new(PeerState {
-                conn: None,
-                retry_at: Instant::now(),
-                backoff: Duration::ZERO,
-            }),
+            lanes: [lane(), lane()],
+            append: Mutex::new(None),
+            confirmed: Mutex::new(None),
+        }
+    }
+
+    fn lane(&self, lane: Lane) -> std::sync::MutexGuard<'_, LaneState> {
+        self.lanes[lane as usize].lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for lane in &self.lanes {
+            let mut state = lane.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, task)) = state.dialing.take() {
+                task.abort();
+            }
         }
     }
 }
 
+/// The answer of an AppendEntries, kept for whoever waits for it.
+type AppendAnswer = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+/// An answer as it arrived: the peer's, or why it made no sense.
+type Delivered = Result<AppendAnswer, String>;
+
+/// An AppendEntries with entries, sent and not yet answered.
+struct InflightAppend {
+    vote: Vote<NodeId>,
+    prev: Option<LogId<NodeId>>,
+    /// The last entry it carries.
+    last: LogId<NodeId>,
+    entries: u64,
+    /// `Some` once answered; closed if its connection died.
+    answer: watch::Receiver<Option<Delivered>>,
+    /// Given up after this.
+    deadline: Instant,
+    conn: Weak<Conn>,
+}
+
+impl InflightAppend {
+    /// Whether `rpc` asks for these entries (and maybe more after them) on
+    /// the same terms: then its answer is this one's, for a prefix.
+    fn covered_by(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        self.vote == rpc.vote
+            && self.prev == rpc.prev_log_id
+            && rpc.entries.iter().any(|entry| entry.log_id == self.last)
+    }
+}
+
+/// Whoever waits for the answer to a request.
+enum Waiter {
+    Once(oneshot::Sender<Message>),
+    Append(watch::Sender<Option<Delivered>>),
+}
+
 /// A live connection: a writer task fed by a queue, a reader task that
-/// routes answers to their callers.
+/// routes answers to their callers, a watchdog that closes it once it
+/// looks dead.
 struct Conn {
+    addr: SocketAddr,
     outgoing: mpsc::Sender<Vec<u8>>,
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>,
+    pending: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
-    alive: Arc<AtomicBool>,
-    /// When the connection started.
+    clock: Arc<ConnClock>,
+    tasks: [JoinHandle<()>; 3],
+}
+
+/// What the watchdog watches, in microseconds since the connection opened.
+struct ConnClock {
     opened: Instant,
-    /// Microseconds after `opened` at which the last frame arrived.
-    last_received_us: Arc<AtomicU64>,
-    tasks: [JoinHandle<()>; 2],
+    alive: AtomicBool,
+    last_received: AtomicU64,
+    last_written: AtomicU64,
+    /// Bytes queued and not yet written.
+    queued: AtomicU64,
+    /// Requests written (or being written) and not yet answered.
+    expecting: AtomicU64,
+    /// Since when answers have been expected without one arriving.
+    expecting_since: AtomicU64,
+}
+
+impl ConnClock {
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_micros() as u64
+    }
+
+    fn alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection looks dead: its writer has been stuck on a
+    /// frame for `silence`, or it has been expecting answers that long
+    /// without receiving anything.
+    fn silent(&self, silence: Duration) -> bool {
+        let now = self.now();
+        let silence = silence.as_micros() as u64;
+        let quiet = |since: u64| now.saturating_sub(since) >= silence;
+        if self.queued.load(Ordering::Acquire) > 0 {
+            return quiet(self.last_written.load(Ordering::Acquire));
+        }
+        self.expecting.load(Ordering::Acquire) > 0
+            && quiet(self.expecting_since.load(Ordering::Acquire))
+            && quiet(self.last_received.load(Ordering::Acquire))
+    }
 }
 
 impl Conn {
-    /// Whether nothing has arrived since `since`.
-    fn silent_since(&self, since: Instant) -> bool {
-        let last =
-            self.opened + Duration::from_micros(self.last_received_us.load(Ordering::Acquire));
-        last < since
+    fn alive(&self) -> bool {
+        self.clock.alive()
+    }
+
+    /// Ends the connection now; whoever waits on it hears so.
+    fn close(&self) {
+        self.clock.alive.store(false, Ordering::Release);
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Queues `bytes` (a frame for request `id`), waited for by `waiter`.
+    async fn send(&self, id: u64, bytes: Vec<u8>, waiter: Waiter) -> Result<(), ()> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, waiter);
+        let len = bytes.len() as u64;
+        self.clock.queued.fetch_add(len, Ordering::AcqRel);
+        if self.outgoing.send(bytes).await.is_err() {
+            self.clock.queued.fetch_sub(len, Ordering::AcqRel);
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(());
+        }
+        Ok(())
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 }
 
@@ -161,73 +332,47 @@ enum CallError {
     Timeout(Duration),
     #[error("request of {size} bytes exceeds the {limit}-byte frame limit")]
     TooLarge { size: usize, limit: usize },
+    #[error("{entries} entries were not answered within the time their size allows")]
+    Slow { entries: u64 },
 }
 
-impl ClientsShared {
-    /// The live connection to `peer`, dialing if allowed.
-    async fn conn(&self, peer: &Peer, timeout: Duration) -> Result<Arc<Conn>, CallError> {
-        let mut state = peer.state.lock().await;
-        if let Some(conn) = &state.conn {
-            if conn.alive.load(Ordering::Acquire) {
-                return Ok(conn.clone());
-            }
-            state.conn = None;
-        }
-        if Instant::now() < state.retry_at {
-            return Err(CallError::Unreachable {
-                target: peer.target,
-                reason: format!(
-                    "backing off for {:?} after a failed dial",
-                    state.retry_at - Instant::now()
-                ),
-            });
-        }
-        match self.dial(peer, timeout).await {
-            Ok(conn) => {
-                state.backoff = Duration::ZERO;
-                state.conn = Some(conn.clone());
-                Ok(conn)
-            }
-            Err(reason) => {
-                state.backoff = if state.backoff.is_zero() {
-                    self.config.min_backoff
-                } else {
-                    (state.backoff * 2).min(self.config.max_backoff)
-                };
-                state.retry_at = Instant::now() + state.backoff;
-                tracing::debug!(target = peer.target, %reason, backoff = ?state.backoff, "raft dial failed");
-                Err(CallError::Unreachable { target: peer.target, reason })
-            }
-        }
+impl Dialer {
+    fn authorized(&self, addr: SocketAddr) -> bool {
+        (self.authorize)(PeerAddr::new(addr))
     }
 
-    /// Dials the peer's addresses in order and says hello.
-    async fn dial(&self, peer: &Peer, timeout: Duration) -> Result<Arc<Conn>, String> {
+    /// Dials the peer's authorized addresses in order, each within
+    /// `connect_timeout`, and says hello.
+    async fn dial(&self, peer: &NodeInfo, target: NodeId) -> Result<Arc<Conn>, String> {
         let Some(cluster_id) = self.gate.get() else {
             return Err("this node has no cluster id yet".to_owned());
         };
-        let mut last_error = format!("node {} has no address", peer.target);
-        for &addr in &peer.node.addrs {
-            let mut stream = match self.transport.dial(addr, peer.node.raft_port, timeout).await {
-                Ok(stream) => stream,
-                Err(err) => {
-                    last_error = err.to_string();
-                    continue;
-                }
-            };
+        let timeout = self.config.connect_timeout;
+        let mut last_error = format!("node {target} has no address");
+        for &ip in &peer.addrs {
+            let addr = SocketAddr::new(ip, peer.raft_port);
+            if !self.authorized(addr) {
+                last_error = format!("{addr} is not authorized");
+                continue;
+            }
             let hello = Message::Hello {
                 cluster: self.config.cluster.clone(),
                 cluster_id,
                 from: self.self_id,
-                to: peer.target,
+                to: target,
             };
-            let handshake = async {
+            let connect = async {
+                let mut stream = self
+                    .transport
+                    .dial(ip, peer.raft_port, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 frame::write(&mut stream, &frame::encode(0, &hello))
                     .await
                     .map_err(|e| e.to_string())?;
                 match frame::read(&mut stream, self.config.max_frame).await {
                     Ok(Some(frame)) => match frame.message {
-                        Message::Welcome => Ok(()),
+                        Message::Welcome => Ok(stream),
                         Message::Refused(why) => Err(format!("refused: {why}")),
                         other => Err(format!("unexpected answer to hello: {other:?}")),
                     },
@@ -235,51 +380,64 @@ impl ClientsShared {
                     Err(err) => Err(err.to_string()),
                 }
             };
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(())) => return Ok(self.start_conn(stream)),
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(stream)) => return Ok(self.start_conn(addr, stream)),
                 Ok(Err(err)) => last_error = format!("{addr}: {err}"),
-                Err(_) => last_error = format!("{addr}: no answer to hello within {timeout:?}"),
+                Err(_) => last_error = format!("{addr}: not connected within {timeout:?}"),
             }
         }
         Err(last_error)
     }
 
-    fn start_conn(&self, stream: ts_transport::BoxStream) -> Arc<Conn> {
+    fn start_conn(&self, addr: SocketAddr, stream: ts_transport::BoxStream) -> Arc<Conn> {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let (outgoing, mut queue) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>> = Arc::default();
-        let alive = Arc::new(AtomicBool::new(true));
-        let opened = Instant::now();
-        let last_received_us = Arc::new(AtomicU64::new(0));
+        let pending: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
+        let clock = Arc::new(ConnClock {
+            opened: Instant::now(),
+            alive: AtomicBool::new(true),
+            last_received: AtomicU64::new(0),
+            last_written: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            expecting: AtomicU64::new(0),
+            expecting_since: AtomicU64::new(0),
+        });
         let writer_task = tokio::spawn({
-            let alive = alive.clone();
+            let clock = clock.clone();
             async move {
                 while let Some(bytes) = queue.recv().await {
-                    if frame::write(&mut writer, &bytes).await.is_err() {
+                    clock.last_written.store(clock.now(), Ordering::Release);
+                    if clock.expecting.fetch_add(1, Ordering::AcqRel) == 0 {
+                        clock.expecting_since.store(clock.now(), Ordering::Release);
+                    }
+                    if write_frame(&mut writer, &bytes, &clock).await.is_err() {
                         break;
                     }
                 }
-                alive.store(false, Ordering::Release);
+                clock.alive.store(false, Ordering::Release);
             }
         });
         let max_frame = self.config.max_frame;
         let reader_task = tokio::spawn({
-            let alive = alive.clone();
+            let clock = clock.clone();
             let pending = pending.clone();
-            let last_received_us = last_received_us.clone();
             async move {
                 loop {
                     match frame::read(&mut reader, max_frame).await {
                         Ok(Some(frame)) => {
-                            let at = opened.elapsed().as_micros() as u64;
-                            last_received_us.store(at, Ordering::Release);
+                            let now = clock.now();
+                            clock.last_received.store(now, Ordering::Release);
+                            clock.expecting_since.store(now, Ordering::Release);
+                            let _ = clock.expecting.fetch_update(
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                                |n| n.checked_sub(1),
+                            );
                             let waiter = pending
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .remove(&frame.request_id);
-                            if let Some(waiter) = waiter {
-                                let _ = waiter.send(frame.message);
-                            }
+                            deliver(waiter, frame.message);
                         }
                         Ok(None) => break,
                         Err(err) => {
@@ -288,73 +446,409 @@ impl ClientsShared {
                         }
                     }
                 }
-                alive.store(false, Ordering::Release);
+                clock.alive.store(false, Ordering::Release);
                 // Callers still waiting see their sender dropped.
                 pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
         });
+        let silence = self.config.silence_timeout;
+        let watchdog = tokio::spawn({
+            let clock = clock.clone();
+            let pending = pending.clone();
+            let reader = reader_task.abort_handle();
+            let writer = writer_task.abort_handle();
+            async move {
+                while clock.alive() {
+                    tokio::time::sleep(silence / 4).await;
+                    if clock.silent(silence) {
+                        tracing::debug!(
+                            %addr,
+                            "raft connection silent for {silence:?} while answers were due; dialing anew"
+                        );
+                        clock.alive.store(false, Ordering::Release);
+                        reader.abort();
+                        writer.abort();
+                        pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    }
+                }
+            }
+        });
         Arc::new(Conn {
+            addr,
             outgoing,
             pending,
             next_id: AtomicU64::new(1),
-            alive,
-            opened,
-            last_received_us,
-            tasks: [writer_task, reader_task],
+            clock,
+            tasks: [writer_task, reader_task, watchdog],
         })
     }
+}
 
-    /// Sends `message` to `peer` and waits for its answer, within `timeout`
-    /// overall (dial included).
+/// Writes one frame in chunks, recording progress, and flushes.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+    clock: &ConnClock,
+) -> std::io::Result<()> {
+    let mut result = Ok(());
+    let mut left = bytes.len() as u64;
+    for chunk in bytes.chunks(WRITE_CHUNK) {
+        result = writer.write_all(chunk).await;
+        if result.is_err() {
+            break;
+        }
+        clock.last_written.store(clock.now(), Ordering::Release);
+        clock.queued.fetch_sub(chunk.len() as u64, Ordering::AcqRel);
+        left -= chunk.len() as u64;
+    }
+    clock.queued.fetch_sub(left, Ordering::AcqRel);
+    result?;
+    writer.flush().await
+}
+
+/// Hands an answer to whoever waits for it.
+fn deliver(waiter: Option<Waiter>, message: Message) {
+    match waiter {
+        None => {}
+        Some(Waiter::Once(tx)) => {
+            let _ = tx.send(message);
+        }
+        Some(Waiter::Append(tx)) => {
+            let answer = match message {
+                Message::AppendEntriesResult(result) => Ok(result),
+                other => Err(format!("unexpected answer {other:?}")),
+            };
+            let _ = tx.send(Some(answer));
+        }
+    }
+}
+
+/// A copy of an AppendEntries answer (openraft's type is not `Clone`).
+fn copy_answer(delivered: &Delivered) -> Delivered {
+    let answer = match delivered {
+        Ok(answer) => answer,
+        Err(why) => return Err(why.clone()),
+    };
+    Ok(match answer {
+        Ok(AppendEntriesResponse::Success) => Ok(AppendEntriesResponse::Success),
+        Ok(AppendEntriesResponse::PartialSuccess(m)) => {
+            Ok(AppendEntriesResponse::PartialSuccess(*m))
+        }
+        Ok(AppendEntriesResponse::Conflict) => Ok(AppendEntriesResponse::Conflict),
+        Ok(AppendEntriesResponse::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(*v)),
+        Err(err) => Err(err.clone()),
+    })
+}
+
+impl ClientsShared {
+    fn config(&self) -> &NetworkConfig {
+        &self.dialer.config
+    }
+
+    /// The live connection of `lane` to `peer`: the one open, or the one a
+    /// background dial brings before `until`. A connection to an address
+    /// that is no longer authorized is dropped and refused.
+    async fn conn(
+        &self,
+        peer: &Arc<Peer>,
+        lane: Lane,
+        until: Instant,
+    ) -> Result<Arc<Conn>, CallError> {
+        loop {
+            let mut done = {
+                let mut state = peer.lane(lane);
+                if let Some(conn) = &state.conn {
+                    if conn.alive() && self.dialer.authorized(conn.addr) {
+                        return Ok(conn.clone());
+                    }
+                    if conn.alive() {
+                        tracing::info!(
+                            target = peer.target,
+                            addr = %conn.addr,
+                            "dropping the raft connection to a peer no longer authorized"
+                        );
+                    }
+                    conn.close();
+                    state.conn = None;
+                }
+                if state.dialing.is_none() {
+                    let now = Instant::now();
+                    if now < state.retry_at {
+                        return Err(CallError::Unreachable {
+                            target: peer.target,
+                            reason: format!(
+                                "{}; backing off for {:?}",
+                                state.last_error.as_deref().unwrap_or("dial failed"),
+                                state.retry_at - now
+                            ),
+                        });
+                    }
+                    state.dialing = Some(self.spawn_dial(peer, lane));
+                }
+                match &state.dialing {
+                    Some((done, _)) => done.clone(),
+                    None => continue,
+                }
+            };
+            if tokio::time::timeout_at(until, done.wait_for(|ended| *ended)).await.is_err() {
+                return Err(CallError::Unreachable {
+                    target: peer.target,
+                    reason: "still connecting".to_owned(),
+                });
+            }
+            // The dial ended and recorded its outcome: look again.
+            let state = peer.lane(lane);
+            if state.conn.is_none() && state.dialing.is_none() {
+                return Err(CallError::Unreachable {
+                    target: peer.target,
+                    reason: state.last_error.clone().unwrap_or_else(|| "dial failed".to_owned()),
+                });
+            }
+        }
+    }
+
+    /// Dials `lane` of `peer` in the background; the outcome goes into the
+    /// lane's state, then the returned receiver flips to true.
+    fn spawn_dial(&self, peer: &Arc<Peer>, lane: Lane) -> (watch::Receiver<bool>, JoinHandle<()>) {
+        let (tx, rx) = watch::channel(false);
+        let dialer = self.dialer.clone();
+        let node = peer.node.clone();
+        let target = peer.target;
+        let weak = Arc::downgrade(peer);
+        let task = tokio::spawn(async move {
+            let result = dialer.dial(&node, target).await;
+            if let Some(peer) = weak.upgrade() {
+                let mut state = peer.lane(lane);
+                state.dialing = None;
+                match result {
+                    Ok(conn) => {
+                        state.backoff = Duration::ZERO;
+                        state.last_error = None;
+                        state.conn = Some(conn);
+                    }
+                    Err(reason) => {
+                        let config = &dialer.config;
+                        state.backoff = if state.backoff.is_zero() {
+                            config.min_backoff
+                        } else {
+                            (state.backoff * 2).min(config.max_backoff)
+                        };
+                        state.retry_at = Instant::now() + state.backoff;
+                        tracing::debug!(target, ?lane, %reason, backoff = ?state.backoff, "raft dial failed");
+                        state.last_error = Some(reason);
+                    }
+                }
+            }
+            let _ = tx.send(true);
+        });
+        (rx, task)
+    }
+
+    /// Encodes `message` for a connection, refusing what exceeds a frame.
+    fn encode(&self, id: u64, message: &Message) -> Result<Vec<u8>, CallError> {
+        let bytes = frame::encode(id, message);
+        let limit = self.config().max_frame;
+        if bytes.len() > limit + 4 {
+            return Err(CallError::TooLarge { size: bytes.len() - 4, limit });
+        }
+        Ok(bytes)
+    }
+
+    /// Sends `message` on `lane` and waits for its answer, within `timeout`
+    /// overall (waiting for a connection included).
     async fn call(
         &self,
-        peer: &Peer,
+        peer: &Arc<Peer>,
+        lane: Lane,
         message: Message,
         timeout: Duration,
     ) -> Result<Message, CallError> {
-        let deadline = Instant::now() + timeout;
-        let conn = self.conn(peer, timeout).await?;
+        let until = Instant::now() + timeout;
+        let conn = self.conn(peer, lane, until).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = frame::encode(id, &message);
-        if bytes.len() > self.config.max_frame + 4 {
-            return Err(CallError::TooLarge {
-                size: bytes.len() - 4,
-                limit: self.config.max_frame,
-            });
-        }
+        let bytes = self.encode(id, &message)?;
         let (tx, rx) = oneshot::channel();
-        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
-        let sent_at = Instant::now();
-        let remaining = deadline.saturating_duration_since(sent_at);
-        let sent = tokio::time::timeout(remaining, conn.outgoing.send(bytes)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            // A send queue that stays full is a connection going nowhere.
-            conn.alive.store(false, Ordering::Release);
-            return Err(CallError::Network {
-                target: peer.target,
-                reason: "connection closed".to_owned(),
-            });
+        // Forgets the request if openraft drops this call first.
+        let _forget = Forget(&conn, id);
+        match tokio::time::timeout_at(until, conn.send(id, bytes, Waiter::Once(tx))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(())) | Err(_) => {
+                return Err(CallError::Network {
+                    target: peer.target,
+                    reason: "connection closed".to_owned(),
+                });
+            }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, rx).await {
+        match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(CallError::Network {
                 target: peer.target,
                 reason: "connection lost".to_owned(),
             }),
-            Err(_) => {
-                conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                if conn.silent_since(sent_at) {
-                    tracing::debug!(
-                        target = peer.target,
-                        "nothing arrived on the raft connection while a call waited; dialing anew"
-                    );
-                    conn.alive.store(false, Ordering::Release);
-                }
-                Err(CallError::Timeout(timeout))
-            }
+            Err(_) => Err(CallError::Timeout(timeout)),
         }
+    }
+
+    /// Before entries go after a log id the peer is not known to hold, an
+    /// empty AppendEntries on the control lane asks whether it does: a
+    /// conflict (or a higher vote) is then answered without sending a
+    /// frame of entries that the peer would refuse. `Some` is that answer;
+    /// `None` means the entries may go.
+    async fn probe(
+        &self,
+        peer: &Arc<Peer>,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        until: Instant,
+    ) -> Result<Option<AppendAnswer>, CallError> {
+        let Some(prev) = rpc.prev_log_id else { return Ok(None) };
+        if *peer.confirmed.lock().unwrap_or_else(|p| p.into_inner()) == Some((rpc.vote, prev)) {
+            return Ok(None);
+        }
+        let probe = AppendEntriesRequest {
+            vote: rpc.vote,
+            prev_log_id: Some(prev),
+            leader_commit: rpc.leader_commit,
+            entries: Vec::new(),
+        };
+        let timeout = until.saturating_duration_since(Instant::now());
+        match self.call(peer, Lane::Control, Message::AppendEntries(probe), timeout).await? {
+            Message::AppendEntriesResult(Ok(
+                AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_),
+            )) => {
+                *peer.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some((rpc.vote, prev));
+                Ok(None)
+            }
+            Message::AppendEntriesResult(answer) => Ok(Some(answer)),
+            other => Err(CallError::Network {
+                target: peer.target,
+                reason: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// An AppendEntries with entries on the bulk lane. If the same entries
+    /// (or a prefix of these) are already in flight on the same terms, this
+    /// waits for that request's answer instead of sending them again.
+    async fn append(
+        &self,
+        peer: &Arc<Peer>,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<AppendAnswer, CallError> {
+        let until = Instant::now() + timeout;
+        let Some(last) = rpc.entries.last().map(|e| e.log_id) else {
+            return Err(CallError::Network {
+                target: peer.target,
+                reason: "an AppendEntries without entries is not bulk".to_owned(),
+            });
+        };
+        let attach = {
+            let mut slot = peer.append.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.take() {
+                Some(inflight) if inflight.covered_by(&rpc) => {
+                    let alive = inflight.conn.upgrade().is_some_and(|c| c.alive());
+                    let answered = inflight.answer.borrow().is_some();
+                    if answered || (alive && Instant::now() < inflight.deadline) {
+                        let attach = (inflight.answer.clone(), inflight.last);
+                        *slot = Some(inflight);
+                        Some(attach)
+                    } else {
+                        if alive && inflight.entries > 1 {
+                            // Still going, but slower than min_throughput:
+                            // send fewer entries at a time from now on.
+                            tracing::debug!(
+                                target = peer.target,
+                                entries = inflight.entries,
+                                "AppendEntries not answered by its deadline; asking for smaller ones"
+                            );
+                            return Err(CallError::Slow { entries: inflight.entries });
+                        }
+                        None
+                    }
+                }
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        let (answer, covered) = match attach {
+            Some(attached) => attached,
+            None => {
+                if let Some(answer) = self.probe(peer, &rpc, until).await? {
+                    return Ok(answer);
+                }
+                let conn = self.conn(peer, Lane::Bulk, until).await?;
+                let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+                let entries = rpc.entries.len() as u64;
+                let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+                let bytes = self.encode(id, &Message::AppendEntries(rpc))?;
+                let ahead = conn.clock.queued.load(Ordering::Acquire);
+                let deadline =
+                    Instant::now() + self.config().transfer_time(ahead + bytes.len() as u64);
+                let (tx, rx) = watch::channel(None);
+                *peer.append.lock().unwrap_or_else(|p| p.into_inner()) = Some(InflightAppend {
+                    vote,
+                    prev,
+                    last,
+                    entries,
+                    answer: rx.clone(),
+                    deadline,
+                    conn: Arc::downgrade(&conn),
+                });
+                let sent = tokio::time::timeout_at(until, conn.send(id, bytes, Waiter::Append(tx)));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Err(CallError::Network {
+                        target: peer.target,
+                        reason: "connection closed".to_owned(),
+                    });
+                }
+                (rx, last)
+            }
+        };
+        let mut answer = answer;
+        let waited = tokio::time::timeout_at(until, answer.wait_for(Option::is_some)).await;
+        let result = match waited {
+            Err(_) => return Err(CallError::Timeout(timeout)),
+            Ok(Err(_)) => Err(CallError::Network {
+                target: peer.target,
+                reason: "connection lost".to_owned(),
+            }),
+            Ok(Ok(value)) => match value.as_ref().map(copy_answer) {
+                Some(Ok(answer)) => Ok(answer),
+                Some(Err(reason)) => Err(CallError::Network { target: peer.target, reason }),
+                None => {
+                    Err(CallError::Network { target: peer.target, reason: "no answer".to_owned() })
+                }
+            },
+        };
+        // Answered (or lost): nobody waits for it any more.
+        let mut slot = peer.append.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(inflight) = slot.as_ref().filter(|s| s.last == covered) {
+            let vote = inflight.vote;
+            *slot = None;
+            drop(slot);
+            let mut confirmed = peer.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            *confirmed = match &result {
+                Ok(Ok(AppendEntriesResponse::Success)) => Some((vote, covered)),
+                _ => None,
+            };
+        }
+        match result? {
+            Ok(AppendEntriesResponse::Success) if covered != last => {
+                Ok(Ok(AppendEntriesResponse::PartialSuccess(Some(covered))))
+            }
+            answer => Ok(answer),
+        }
+    }
+}
+
+/// Forgets a request whose caller is gone (openraft dropped the call).
+struct Forget<'a>(&'a Conn, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 
@@ -372,12 +866,12 @@ impl PeerClient {
     ) -> RPCError<NodeId, NodeInfo, E> {
         match err {
             CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&err)),
-            CallError::Network { .. } | CallError::TooLarge { .. } => {
+            CallError::Network { .. } | CallError::TooLarge { .. } | CallError::Slow { .. } => {
                 RPCError::Network(NetworkError::new(&err))
             }
             CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
                 action,
-                id: self.shared.self_id,
+                id: self.shared.dialer.self_id,
                 target: self.peer.target,
                 timeout,
             }),
@@ -391,6 +885,17 @@ impl PeerClient {
         };
         RPCError::Network(NetworkError::new(&err))
     }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        err: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.peer.target,
+            self.peer.node.clone(),
+            err,
+        ))
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -400,27 +905,38 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
-        let answer = match self
-            .shared
-            .call(&self.peer, Message::AppendEntries(rpc), option.soft_ttl())
-            .await
-        {
-            Ok(answer) => answer,
-            // Too many entries for one frame: openraft retries with fewer.
-            Err(CallError::TooLarge { .. }) if entries > 1 => {
-                return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                    entries / 2,
-                )));
+        // openraft drops the call at its hard ttl; waiting that long here
+        // costs nothing, and a bulk request lives on past it anyway.
+        let timeout = option.hard_ttl();
+        let answer = if entries == 0 {
+            match self
+                .shared
+                .call(&self.peer, Lane::Control, Message::AppendEntries(rpc), timeout)
+                .await
+            {
+                Ok(Message::AppendEntriesResult(answer)) => answer,
+                Ok(other) => return Err(self.unexpected(&other)),
+                Err(err) => return Err(self.rpc_error(RPCTypes::AppendEntries, err)),
             }
-            Err(err) => return Err(self.rpc_error(RPCTypes::AppendEntries, err)),
+        } else {
+            match self.shared.append(&self.peer, rpc, timeout).await {
+                Ok(answer) => answer,
+                // Too many entries for one frame, or for the time a frame
+                // gets: openraft retries at once with fewer.
+                Err(CallError::TooLarge { .. }) if entries > 1 => {
+                    return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                        entries / 2,
+                    )));
+                }
+                Err(CallError::Slow { entries: slow }) if slow > 1 => {
+                    return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                        slow / 2,
+                    )));
+                }
+                Err(err) => return Err(self.rpc_error(RPCTypes::AppendEntries, err)),
+            }
         };
-        match answer {
-            Message::AppendEntriesResult(Ok(resp)) => Ok(resp),
-            Message::AppendEntriesResult(Err(err)) => Err(RPCError::RemoteError(
-                RemoteError::new_with_node(self.peer.target, self.peer.node.clone(), err),
-            )),
-            other => Err(self.unexpected(&other)),
-        }
+        answer.map_err(|err| self.remote(err))
     }
 
     async fn install_snapshot(
@@ -433,14 +949,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         let answer = self
             .shared
-            .call(&self.peer, Message::InstallSnapshot(rpc), option.soft_ttl())
+            .call(&self.peer, Lane::Bulk, Message::InstallSnapshot(rpc), option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(RPCTypes::InstallSnapshot, e))?;
         match answer {
-            Message::InstallSnapshotResult(Ok(resp)) => Ok(resp),
-            Message::InstallSnapshotResult(Err(err)) => Err(RPCError::RemoteError(
-                RemoteError::new_with_node(self.peer.target, self.peer.node.clone(), err),
-            )),
+            Message::InstallSnapshotResult(answer) => answer.map_err(|err| self.remote(err)),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -452,21 +965,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let answer = self
             .shared
-            .call(&self.peer, Message::Vote(rpc), option.soft_ttl())
+            .call(&self.peer, Lane::Control, Message::Vote(rpc), option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(RPCTypes::Vote, e))?;
         match answer {
-            Message::VoteResult(Ok(resp)) => Ok(resp),
-            Message::VoteResult(Err(err)) => Err(RPCError::RemoteError(
-                RemoteError::new_with_node(self.peer.target, self.peer.node.clone(), err),
-            )),
+            Message::VoteResult(answer) => answer.map_err(|err| self.remote(err)),
             other => Err(self.unexpected(&other)),
         }
     }
 
     fn backoff(&self) -> openraft::network::Backoff {
-        let min = self.shared.config.min_backoff;
-        let max = self.shared.config.max_backoff;
+        let min = self.shared.config().min_backoff;
+        let max = self.shared.config().max_backoff;
         openraft::network::Backoff::new(std::iter::successors(Some(min), move |d| {
             Some((*d * 2).min(max))
         }))

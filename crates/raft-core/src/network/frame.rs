@@ -59,6 +59,20 @@ pub enum Message {
     ),
 }
 
+impl Message {
+    /// An empty AppendEntries (a heartbeat) from `leader` as the elected
+    /// leader of `term`, with nothing before it in the log: for tests and
+    /// tools that play a leader on the wire.
+    pub fn heartbeat(term: u64, leader: NodeId) -> Message {
+        Message::AppendEntries(AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(term, leader),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: Vec::new(),
+        })
+    }
+}
+
 /// One decoded frame.
 #[derive(Debug)]
 pub struct Frame {

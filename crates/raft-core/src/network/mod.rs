@@ -9,6 +9,23 @@ use std::time::Duration;
 
 pub use self::server::Authorize;
 
+/// When this node last heard from a leader: the last AppendEntries whose
+/// vote it accepted (answered success or conflict, not "higher vote").
+#[derive(Debug, Default)]
+pub(crate) struct LeaderContact {
+    at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl LeaderContact {
+    pub(crate) fn heard(&self) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    pub(crate) fn last(&self) -> Option<tokio::time::Instant> {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Settings of the raft network.
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
@@ -28,6 +45,33 @@ pub struct NetworkConfig {
     /// An incoming connection that carries no request for this long is
     /// closed (a dialer that vanished without a word never closes it).
     pub idle_timeout: Duration,
+    /// Time each of a peer's addresses has to accept a connection and
+    /// answer its hello. Dials run in the background: a call waits for one
+    /// only as long as its own timeout.
+    pub connect_timeout: Duration,
+    /// An outgoing connection that has been waiting this long for answers
+    /// without receiving a byte (or whose writer has been stuck this long
+    /// on a frame) is closed and dialed again: a peer that died behind a
+    /// userspace network stack never resets it. Also the time an
+    /// AppendEntries' answer may take once everything before it is sent.
+    pub silence_timeout: Duration,
+    /// The slowest link (bytes per second) an AppendEntries is given time
+    /// for: one stays in flight for `silence_timeout` plus its bytes, and
+    /// those queued ahead of it, at this rate. One not answered by then is
+    /// given up, and later ones carry fewer entries.
+    pub min_throughput: u64,
+    /// Most incoming raft connections one peer address may hold (each peer
+    /// keeps two, and may redial before this node notices the old ones
+    /// died); a new one beyond it closes that peer's oldest.
+    pub max_connections_per_peer: usize,
+}
+
+impl NetworkConfig {
+    /// Time to allow an answer to a request with `bytes` to send first.
+    pub(crate) fn transfer_time(&self, bytes: u64) -> Duration {
+        let rate = self.min_throughput.max(1);
+        self.silence_timeout + Duration::from_micros(bytes.saturating_mul(1_000_000) / rate)
+    }
 }
 
 impl Default for NetworkConfig {
@@ -39,6 +83,10 @@ impl Default for NetworkConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            silence_timeout: Duration::from_secs(5),
+            min_throughput: 256 << 10,
+            max_connections_per_peer: 8,
         }
     }
 }

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use openraft::Raft;
+use openraft::raft::AppendEntriesResponse;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use ts_transport::{BoxStream, Listener, PeerAddr, Server};
+use ts_transport::{Admission, BoxStream, Listener, PeerAddr, Server};
 
+use super::LeaderContact;
 use super::NetworkConfig;
 use super::frame::{self, Message};
 use super::gate::ClusterGate;
@@ -23,7 +25,8 @@ const ANSWER_QUEUE: usize = 256;
 const MAX_IN_PROGRESS: usize = 64;
 
 /// Serves raft RPCs arriving on `listener`; connections from peers
-/// `authorize` refuses are dropped before anything is read, and a
+/// `authorize` refuses are dropped before anything is read (a peer holds
+/// at most `max_connections_per_peer`), and a
 /// connection whose peer stops being authorized (its tag revoked) is
 /// dropped at its next request, never served. A connection must say hello
 /// for this node and this node's cluster id; while the node has no cluster
@@ -36,20 +39,17 @@ pub(crate) fn start(
     config: NetworkConfig,
     authorize: Authorize,
     gate: Arc<ClusterGate>,
+    contact: Arc<LeaderContact>,
 ) -> Server {
-    Server::start(listener, "raft", move |stream, peer| {
+    let admission =
+        Admission { allow: authorize.clone(), max_per_peer: config.max_connections_per_peer };
+    Server::start_admitting(listener, "raft", admission, move |stream, peer| {
         let raft = raft.clone();
         let config = config.clone();
         let authorize = authorize.clone();
         let gate = gate.clone();
-        let allowed = authorize(peer);
-        async move {
-            if !allowed {
-                tracing::info!(%peer, "refused raft connection from an unauthorized address");
-                return;
-            }
-            serve_connection(stream, peer, raft, self_id, config, authorize, gate).await;
-        }
+        let contact = contact.clone();
+        serve_connection(stream, peer, raft, self_id, config, authorize, gate, contact)
     })
 }
 
@@ -78,6 +78,7 @@ fn check_hello(
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "one connection's context")]
 async fn serve_connection(
     stream: BoxStream,
     peer: PeerAddr,
@@ -86,6 +87,7 @@ async fn serve_connection(
     config: NetworkConfig,
     authorize: Authorize,
     gate: Arc<ClusterGate>,
+    contact: Arc<LeaderContact>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     // The first frame must be a hello for this node and cluster.
@@ -149,11 +151,21 @@ async fn serve_connection(
             }
             let raft = raft.clone();
             let answers = answers.clone();
+            let contact = contact.clone();
             handlers.spawn(async move {
                 let _entered = entered;
                 let answer = match frame.message {
                     Message::AppendEntries(req) => {
-                        Message::AppendEntriesResult(raft.append_entries(req).await)
+                        let answer = raft.append_entries(req).await;
+                        if matches!(
+                            answer,
+                            Ok(AppendEntriesResponse::Success
+                                | AppendEntriesResponse::PartialSuccess(_)
+                                | AppendEntriesResponse::Conflict)
+                        ) {
+                            contact.heard();
+                        }
+                        Message::AppendEntriesResult(answer)
                     }
                     Message::Vote(req) => Message::VoteResult(raft.vote(req).await),
                     Message::InstallSnapshot(req) => {

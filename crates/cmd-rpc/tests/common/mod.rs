@@ -1,0 +1,155 @@
+//! A small harness for the command API's tests: nodes on a `MemNetwork`
+//! with a counting state machine, every node tagged and online.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+#![allow(unreachable_pub, reason = "shared between test binaries as a module")]
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmd_rpc::{
+    Authorize, Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
+    ConfirmRequest, ExecuteRequest, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState,
+    RpcError,
+};
+use raft_core::{NodeInfo, RaftConfig, RaftNode, StateMachine, Storage};
+use serde_json::value::RawValue;
+use ts_transport::Transport;
+
+pub const RAFT_PORT: u16 = 7000;
+pub const COMMAND_PORT: u16 = 7001;
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Applies nothing but counts, and answers with the count.
+#[derive(Default)]
+pub struct Counter {
+    pub applied: Vec<String>,
+}
+
+impl StateMachine for Counter {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        self.applied.push(String::from_utf8_lossy(command).into_owned());
+        self.applied.len().to_string().into_bytes()
+    }
+    fn query(&self, _query: &[u8]) -> Vec<u8> {
+        self.applied.len().to_string().into_bytes()
+    }
+    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        serde_json::to_writer(out, &self.applied).map_err(io::Error::other)
+    }
+    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        self.applied = serde_json::from_reader(input).map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+pub fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
+
+pub fn info(i: usize) -> NodeInfo {
+    NodeInfo {
+        stable_id: format!("node-{i}"),
+        addrs: vec![ip(i)],
+        raft_port: RAFT_PORT,
+        command_port: COMMAND_PORT,
+    }
+}
+
+/// Every node is tagged and online.
+pub struct AllPeers;
+
+impl Peers for AllPeers {
+    fn caller(&self, ip: IpAddr) -> Option<Caller> {
+        let i = (0..20).find(|&i| self::ip(i) == ip)?;
+        Some(Caller { stable_id: info(i).stable_id, addrs: vec![ip] })
+    }
+    fn tagged_online(&self, _stable_id: &str) -> bool {
+        true
+    }
+    fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            ProbeResponse {
+                id: 0,
+                incarnation: 0,
+                node: info(0),
+                state: ProbeState::Fresh { promised_to: None },
+            }
+        })
+    }
+    fn confirm<'a>(
+        &'a self,
+        _caller: &'a Caller,
+        _request: &'a ConfirmRequest,
+    ) -> ConfirmFuture<'a> {
+        // These clusters are formed by the tests, never through bootstrap.
+        Box::pin(async move { Err(RpcError::NotConfirmed("not forming here".to_owned())) })
+    }
+}
+
+pub fn fast_raft() -> RaftConfig {
+    RaftConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        propose_timeout: Duration::from_secs(3),
+        ..RaftConfig::default()
+    }
+}
+
+pub fn allow_all() -> Authorize {
+    Arc::new(|_| true)
+}
+
+pub struct Node {
+    pub service: Arc<CommandService<Counter>>,
+    pub server: CommandServer,
+}
+
+pub async fn start_node(transport: Arc<dyn Transport>, i: usize, raft: RaftConfig) -> Node {
+    start_node_with(transport, i, raft, allow_all(), CommandConfig::default()).await
+}
+
+/// Node `i`, its command port served to callers `authorize` allows.
+pub async fn start_node_with(
+    transport: Arc<dyn Transport>,
+    i: usize,
+    raft: RaftConfig,
+    authorize: Authorize,
+    config: CommandConfig,
+) -> Node {
+    let raft_node = RaftNode::start(
+        info(i),
+        transport.clone(),
+        Storage::Memory,
+        Counter::default(),
+        allow_all(),
+        raft,
+    )
+    .await
+    .unwrap();
+    let service = Arc::new(CommandService::new(
+        Arc::new(raft_node),
+        CommandClient::new(transport.clone(), config.clone()),
+        config.clone(),
+        Arc::new(AllPeers),
+    ));
+    let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
+    let server = CommandServer::start(listener, service.clone(), authorize, config);
+    Node { service, server }
+}
+
+pub async fn stop_node(node: Node) {
+    node.server.shutdown().await;
+    node.service.node().shutdown().await;
+}
+
+pub fn put(client: u128, seq: u64, key: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        client: format!("{client:032x}"),
+        seq,
+        command: RawValue::from_string(format!("{{\"put\":{key:?}}}")).unwrap(),
+        retry: false,
+    }
+}
