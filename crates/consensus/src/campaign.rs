@@ -26,6 +26,10 @@ use crate::node::Inner;
 /// cluster lost it for good, or it is alone) must not stay mute forever.
 pub(crate) const REJOIN_GRACE: Duration = Duration::from_secs(30);
 
+/// The least silence from leaders after which a member back in its
+/// configuration campaigns anyway.
+const LEADERLESS_MIN: Duration = Duration::from_secs(10);
+
 /// How often the decision is taken again without news.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -38,6 +42,10 @@ pub(crate) struct Seen {
     pub(crate) in_config: bool,
     /// When it last heard from a leader.
     pub(crate) contact: Option<Instant>,
+    /// How long without word from a leader means there is none: a member
+    /// back in its configuration that heard nothing that long campaigns
+    /// (the cluster may need its log to elect anyone).
+    pub(crate) leaderless: Duration,
 }
 
 /// The decision's memory.
@@ -67,7 +75,12 @@ impl Guard {
         if self.held {
             let back = *self.back_since.get_or_insert(now);
             let heard = seen.contact.is_some_and(|at| at > back);
-            if heard || now.saturating_duration_since(back) >= REJOIN_GRACE {
+            // Silence since its return (or its last word from a leader,
+            // if later) longer than a live leader's heartbeats allow.
+            let silent_since = seen.contact.map_or(back, |at| at.max(back));
+            let leaderless =
+                seen.in_config && now.saturating_duration_since(silent_since) >= seen.leaderless;
+            if heard || leaderless || now.saturating_duration_since(back) >= REJOIN_GRACE {
                 self.held = false;
                 self.back_since = None;
             }
@@ -93,6 +106,10 @@ pub(crate) async fn guard_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
                 tagged: inner.fresh_view().map(|view| view.self_tagged()),
                 in_config: m.voters.contains(&inner.id) || m.learners.contains(&inner.id),
                 contact: raft.last_leader_contact(),
+                // Well past a live leader's heartbeats, and past the time
+                // its view takes to see this node tagged again (until then
+                // the leader refuses to replicate to it).
+                leaderless: (inner.config.timing.election.1 * 4).max(LEADERLESS_MIN),
             };
             let hold = guard.decide(Instant::now(), seen);
             if hold != raft.elections_held() {
@@ -112,7 +129,27 @@ mod tests {
     use super::*;
 
     fn seen(tagged: bool, in_config: bool, contact: Option<Instant>) -> Seen {
-        Seen { tagged: Some(tagged), in_config, contact }
+        Seen { tagged: Some(tagged), in_config, contact, leaderless: Duration::from_secs(3) }
+    }
+
+    #[test]
+    fn a_member_back_in_its_configuration_campaigns_when_no_leader_speaks() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut guard = Guard::default();
+        assert!(!guard.decide(at(0), seen(true, true, Some(at(0)))));
+        // Its tag flaps; the leader dies meanwhile and nobody else may win
+        // (its log is the longest).
+        assert!(guard.decide(at(10), seen(false, true, Some(at(5)))));
+        assert!(guard.decide(at(20), seen(true, true, Some(at(5)))));
+        assert!(guard.decide(at(2_000), seen(true, true, Some(at(5)))));
+        // Three seconds of silence since its return: no leader; it campaigns.
+        assert!(!guard.decide(at(3_100), seen(true, true, Some(at(5)))));
+        // Out of its configuration, silence alone does not release it.
+        let mut removed = Guard::default();
+        assert!(!removed.decide(at(0), seen(true, true, Some(at(0)))));
+        assert!(removed.decide(at(10), seen(true, false, Some(at(0)))));
+        assert!(removed.decide(at(5_000), seen(true, false, Some(at(0)))));
     }
 
     #[test]
@@ -146,11 +183,18 @@ mod tests {
     fn a_node_nobody_takes_back_campaigns_after_the_grace() {
         let t0 = Instant::now();
         let mut guard = Guard::default();
-        guard.decide(t0, seen(true, true, None));
-        assert!(guard.decide(t0, seen(false, true, None)));
-        assert!(guard.decide(t0 + Duration::from_secs(1), seen(true, true, None)));
-        assert!(guard.decide(t0 + REJOIN_GRACE, seen(true, true, None)));
-        assert!(!guard.decide(t0 + Duration::from_secs(1) + REJOIN_GRACE, seen(true, true, None)));
+        // Leaders fall silent only past the grace here.
+        let seen = |tagged, in_config| Seen {
+            tagged: Some(tagged),
+            in_config,
+            contact: None,
+            leaderless: REJOIN_GRACE * 2,
+        };
+        guard.decide(t0, seen(true, true));
+        assert!(guard.decide(t0, seen(false, true)));
+        assert!(guard.decide(t0 + Duration::from_secs(1), seen(true, true)));
+        assert!(guard.decide(t0 + REJOIN_GRACE, seen(true, true)));
+        assert!(!guard.decide(t0 + Duration::from_secs(1) + REJOIN_GRACE, seen(true, true)));
     }
 
     #[test]
@@ -159,7 +203,12 @@ mod tests {
         let mut guard = Guard::default();
         guard.decide(t0, seen(true, true, None));
         assert!(guard.decide(t0, seen(false, true, None)));
-        let stale = Seen { tagged: None, in_config: true, contact: Some(t0) };
+        let stale = Seen {
+            tagged: None,
+            in_config: true,
+            contact: Some(t0),
+            leaderless: Duration::from_secs(3),
+        };
         assert!(guard.decide(t0 + Duration::from_secs(60), stale));
     }
 }
