@@ -322,7 +322,7 @@ async fn an_untagged_node_cannot_use_any_port_or_join() {
     let kv = start(&member, 1, config()).await;
     let outsider = node_with_tags(&tailnet, "outsider", &["tag:other"]).await;
     let target: IpAddr = IpAddr::V4(member.addrs().unwrap().v4.unwrap());
-    // Command and monitor ports answer 403 before reading the request.
+    // Command and monitor ports close the connection at accept.
     for (port, request) in [
         (6271u16, "POST /v1/join HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_owned()),
         (6271, "GET /v1/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned()),
@@ -333,8 +333,10 @@ async fn an_untagged_node_cannot_use_any_port_or_join() {
         let mut stream = outsider.dial(target, port, Duration::from_secs(10)).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.unwrap().unwrap();
-        assert!(response.starts_with("HTTP/1.1 403"), "port {port}: {response}");
+        let read = tokio::time::timeout(WAIT, stream.read_to_string(&mut response)).await.unwrap();
+        // Closed at accept, unread and unanswered (issue 12 item 9): an
+        // end of stream or a reset, never an answer.
+        assert!(read.is_err() || response.is_empty(), "port {port}: {response}");
     }
     // The raft port hangs up without answering.
     let mut stream = outsider.dial(target, 6270, Duration::from_secs(10)).await.unwrap();
@@ -546,7 +548,7 @@ async fn http_get(port: u16, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await
