@@ -247,20 +247,7 @@ fn bench_suite(quick: bool) -> Result {
             "tailscale",
         ]),
     )?;
-    let mut command = cargo();
-    command
-        .args([
-            "bench",
-            "--package",
-            "tests",
-            "--features",
-            "tailnet",
-            "--bench",
-            "cluster",
-            "--locked",
-            "--",
-        ])
-        .arg(&out);
+    let mut command = cluster_bench(&out);
     command.arg("--go-bin").arg(&gobench);
     command.arg("--kv-bin").arg(target.join("release/examples/kv"));
     if quick {
@@ -274,23 +261,7 @@ fn bench_suite(quick: bool) -> Result {
     let mut report =
         std::fs::read_to_string(out.join("cluster.md")).map_err(|e| format!("read report: {e}"))?;
     // A process of its own, so earlier scenarios do not weigh on it.
-    run(
-        "memory over a million commands",
-        cargo()
-            .args([
-                "bench",
-                "--package",
-                "tests",
-                "--features",
-                "tailnet",
-                "--bench",
-                "cluster",
-                "--locked",
-                "--",
-            ])
-            .arg(&out)
-            .arg("--memory"),
-    )?;
+    run("memory over a million commands", cluster_bench(&out).arg("--memory"))?;
     let memory =
         std::fs::read_to_string(out.join("memory.md")).map_err(|e| format!("read report: {e}"))?;
     report.push_str(&format!("\n### Memory over a million commands\n\n{memory}"));
@@ -307,6 +278,16 @@ fn bench_suite(quick: bool) -> Result {
         .map_err(|e| format!("copy chart: {e}"))?;
     eprintln!("wrote docs/benchmarks.md and docs/img/throughput.svg");
     Ok(())
+}
+
+/// `cargo bench` of the tests package's cluster benchmark, writing into `out`.
+fn cluster_bench(out: &Path) -> Command {
+    let mut command = cargo();
+    command
+        .args(["bench", "--package", "tests", "--features", "tailnet", "--bench", "cluster"])
+        .args(["--locked", "--"])
+        .arg(out);
+    command
 }
 
 /// `text` with what lies between the `start` and `end` markers replaced by
