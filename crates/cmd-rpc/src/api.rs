@@ -221,6 +221,11 @@ pub struct ConfirmRequest {
     /// Where it is reached; the stable id and addresses must be the
     /// caller's own, as the callee's tailnet view shows them.
     pub node: NodeInfo,
+    /// The former's last round before it initializes the cluster: the
+    /// callee answers only if it is bound to this cluster by the caller
+    /// already (never binding itself now), and seals that binding
+    /// (durably, before it answers): it never unbinds from then on.
+    pub seal: bool,
 }
 
 /// Answer to [`ConfirmRequest`]: the callee is bound to the cluster, and
@@ -312,9 +317,13 @@ mod tests {
                 raft_port: 6270,
                 command_port: 6271,
             },
+            seal: true,
         };
         let json = serde_json::to_string(&request).unwrap();
         assert_eq!(serde_json::from_str::<ConfirmRequest>(&json).unwrap(), request);
+        // The seal flag is required: a former that does not say is refused.
+        let unsaid = json.replace(r#","seal":true"#, "");
+        assert!(serde_json::from_str::<ConfirmRequest>(&unsaid).is_err(), "{unsaid}");
         let extra = json.replacen('{', r#"{"x":1,"#, 1);
         assert!(serde_json::from_str::<ConfirmRequest>(&extra).is_err(), "{extra}");
         let short = r#"{"cluster_id":"00000000000000000000000000000abc","id":7,"incarnation":9}"#;

@@ -34,8 +34,11 @@ impl Caller {
     }
 }
 
-/// A future answering a probe.
-pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = ProbeResponse> + Send + 'a>>;
+/// A future answering a probe, or refusing it (for example
+/// [`RpcError::Unavailable`] while the node has not looked around itself
+/// yet).
+pub type ProbeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ProbeResponse, RpcError>> + Send + 'a>>;
 
 /// A future answering a confirm request.
 pub type ConfirmFuture<'a> =

@@ -219,7 +219,7 @@ async fn dispatch<S: StateMachine>(
         "/v1/probe" => {
             let request: ProbeRequest = parse(&body)?;
             let caller = caller_of(service, peer)?;
-            let answer = service.peers().probe(&caller, &request).await;
+            let answer = service.peers().probe(&caller, &request).await?;
             Ok(json_response(StatusCode::OK, &answer))
         }
         "/v1/confirm" => {

@@ -104,7 +104,12 @@ impl Peers for TestPeers {
     fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
         let (id, incarnation, node) = self.me.lock().unwrap().clone().expect("started");
         Box::pin(async move {
-            ProbeResponse { id, incarnation, node, state: ProbeState::Fresh { promised_to: None } }
+            Ok(ProbeResponse {
+                id,
+                incarnation,
+                node,
+                state: ProbeState::Fresh { promised_to: None },
+            })
         })
     }
     fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
@@ -777,6 +782,7 @@ async fn a_confirm_is_checked_against_the_callers_identity() {
         id: raft_core::node_id("node-1", 5),
         incarnation: 5,
         node: info(1),
+        seal: false,
     };
     let cases = [
         (ConfirmRequest { node: info(2), ..good.clone() }, 403, "cannot ask for confirmations"),

@@ -39,7 +39,8 @@ use ts_discovery::{ClusterView, TailnetNode};
 
 use crate::config::BootstrapOptions;
 use crate::decide::bootstrap::{
-    Answer, Commitment, Decision, Names, Peer, Situation, decide, wants_promises,
+    Answer, Bond, Commitment, Decision, FormerNow, Names, Peer, Situation, decide, unbind,
+    wants_promises,
 };
 use crate::error::Error;
 use crate::machine::StateMachine;
@@ -53,6 +54,12 @@ pub(crate) struct BootState {
     pub(crate) promise: Option<String>,
     /// The cluster this node is forming, if it is.
     pub(crate) forming: Option<Forming>,
+    /// Whether it answers probes and confirms: once it has raft state or
+    /// a stored cluster id at start, or once its own first probe round
+    /// ended (a node that lost its state, memory storage at every start,
+    /// first learns whether a cluster exists or is being formed, so that
+    /// it never promises or binds itself before it could know).
+    pub(crate) ready: bool,
 }
 
 /// A cluster this node is forming: its id (stored, bound to this node) and
@@ -63,6 +70,9 @@ pub(crate) struct Forming {
     pub(crate) cluster: ClusterId,
     /// By stable id: each binder's raft id and record.
     pub(crate) confirmed: BTreeMap<String, (NodeId, NodeInfo)>,
+    /// By stable id: each binder that sealed its binding (the last round
+    /// before initializing), with the raft id and record it sealed as.
+    pub(crate) sealed: BTreeMap<String, (NodeId, NodeInfo)>,
 }
 
 impl Names<String> for LeaderHint {
@@ -94,6 +104,12 @@ const PATHLESS_GRACE: Duration = Duration::from_secs(3);
 const FIRST_CONTACT_YIELD: Duration = Duration::from_millis(700);
 /// How often a node yielding to a lower peer looks again.
 const YIELD_CHECK: Duration = Duration::from_millis(200);
+/// How long the former of the cluster a node bound itself to may be
+/// untagged or absent from the node's view before the node gives the
+/// binding up (if it has not sealed it): long enough that a view that
+/// flaps does not undo a formation in progress. Safety does not depend on
+/// it (decision 0003, "Amendment: bound for good").
+pub(crate) const UNBIND_GRACE: Duration = Duration::from_secs(10);
 
 type PeerAnswer = Peer<String, ClusterId, LeaderHint>;
 
@@ -103,7 +119,7 @@ type PeerAnswer = Peer<String, ClusterId, LeaderHint>;
 enum Owned {
     Free { holding: Option<String> },
     Bound { cluster: ClusterId, former: Option<String> },
-    Forming { cluster: ClusterId, confirmed: Vec<String> },
+    Forming { cluster: ClusterId, confirmed: Vec<String>, sealed: Vec<String> },
 }
 
 impl Owned {
@@ -113,6 +129,7 @@ impl Owned {
             return Owned::Forming {
                 cluster: forming.cluster,
                 confirmed: forming.confirmed.keys().cloned().collect(),
+                sealed: forming.sealed.keys().cloned().collect(),
             };
         }
         match raft.cluster_id() {
@@ -131,7 +148,9 @@ impl Owned {
             Owned::Bound { cluster, former } => {
                 Commitment::Bound { cluster, former: former.as_ref() }
             }
-            Owned::Forming { cluster, confirmed } => Commitment::Forming { cluster, confirmed },
+            Owned::Forming { cluster, confirmed, sealed } => {
+                Commitment::Forming { cluster, confirmed, sealed }
+            }
         }
     }
 }
@@ -153,10 +172,18 @@ pub(crate) async fn run<S: StateMachine>(
     let started = Instant::now();
     let deadline = started + timeout;
     if raft.is_initialized().await {
+        inner.boot.lock().await.ready = true;
         tracing::info!(id = inner.id, "resuming from stored state");
         return Ok(());
     }
+    if raft.cluster_id().is_some() {
+        // Bound, joining or forming, durably: it answers for that.
+        inner.boot.lock().await.ready = true;
+    }
     let me = raft.info().stable_id.clone();
+    // Since when the former this node is bound to has been missing from
+    // its view.
+    let mut former_gone_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     let mut reason;
     // When each peer was first seen online without a path, and when it
@@ -187,7 +214,12 @@ pub(crate) async fn run<S: StateMachine>(
                 if !wait.is_empty() {
                     tracing::debug!(peers = ?wait, "not dialing peers without a path yet");
                 }
-                let answers = probe_all(inner, &view, &wait, wants, deadline).await;
+                let (answers, ids) = probe_all(inner, &view, &wait, wants, deadline).await;
+                if let Some(why) =
+                    give_up_binding(inner, &view, &answers, &ids, &mut former_gone_since).await
+                {
+                    tracing::info!(id = inner.id, %why, "gave up the binding to a cluster being formed");
+                }
                 match round(inner, options, &view, &answers, deadline).await? {
                     Round::Done => return wait_for_leader(inner, deadline, started).await,
                     Round::Again(why) => reason = why,
@@ -216,6 +248,72 @@ pub(crate) async fn run<S: StateMachine>(
             }
         };
         let _ = tokio::time::timeout(pause, woke).await;
+    }
+}
+
+/// Gives this node's binding up if [`decide::bootstrap::unbind`] says so
+/// (its former gone for [`UNBIND_GRACE`], or answering as another
+/// incarnation that does not resume the formation), under the bootstrap
+/// lock, the lock confirms and seals are answered under: a seal answered
+/// before keeps it bound for good, and a seal asked after is refused.
+/// `gone_since` tracks when the former was last seen missing. Why it gave
+/// the binding up, if it did.
+async fn give_up_binding<S: StateMachine>(
+    inner: &Inner<S>,
+    view: &ClusterView,
+    answers: &[PeerAnswer],
+    ids: &BTreeMap<String, NodeId>,
+    gone_since: &mut Option<Instant>,
+) -> Option<String> {
+    let raft = inner.raft();
+    let state = inner.boot.lock().await;
+    let (Some(cluster), Some((former_id, former))) = (raft.cluster_id(), raft.former()) else {
+        *gone_since = None;
+        return None;
+    };
+    let me = &raft.info().stable_id;
+    if state.forming.is_some() || former.stable_id == *me {
+        return None;
+    }
+    let name = &former.stable_id;
+    let former_now = if !tagged(view, name) {
+        let since = *gone_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= UNBIND_GRACE { FormerNow::GoneForGood } else { FormerNow::Gone }
+    } else {
+        *gone_since = None;
+        let resumed = answers.iter().any(|p| {
+            p.name == *name
+                && matches!(&p.answer, Answer::Member { cluster: c, leader: Some(l) }
+                    if *c == cluster && l.names(name))
+        });
+        match ids.get(name) {
+            Some(id) if *id != former_id && !resumed => FormerNow::Forgot,
+            _ => FormerNow::Present,
+        }
+    };
+    let bond = Bond {
+        me,
+        has_state: raft.is_initialized().await,
+        former: Some(name),
+        sealed: raft.sealed_to().is_some(),
+        former_now,
+    };
+    if !unbind(&bond) {
+        return None;
+    }
+    let why = match former_now {
+        FormerNow::Forgot => format!("{name} answers as another incarnation"),
+        _ => format!("{name} has been gone from the view for {UNBIND_GRACE:?}"),
+    };
+    match raft.unbind(cluster, former_id).await {
+        Ok(()) => {
+            *gone_since = None;
+            Some(format!("cluster {cluster}: {why}"))
+        }
+        Err(err) => {
+            tracing::info!(%cluster, error = %err, "kept the binding");
+            None
+        }
     }
 }
 
@@ -290,11 +388,14 @@ async fn round<S: StateMachine>(
     deadline: Instant,
 ) -> Result<Round, Error> {
     let me = inner.raft().info().stable_id.clone();
-    // Form, resume, one confirm round, initialize: at most four steps.
+    // Form, resume, one confirm round, one seal round, initialize: at most
+    // five steps.
     let mut why = String::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let decision = {
-            let state = inner.boot.lock().await;
+            let mut state = inner.boot.lock().await;
+            // Its first round's answers are in: it answers others now.
+            state.ready = true;
             let owned = Owned::of(inner, &state);
             let situation = situation(&me, options, answers, owned.commitment(view));
             decide(&situation)
@@ -317,12 +418,19 @@ async fn round<S: StateMachine>(
                 }
             }
             Decision::Confirm { cluster, ask } => {
-                why = confirm_round(inner, view, cluster, &ask, deadline).await;
+                why = confirm_round(inner, view, cluster, &ask, false, deadline).await;
                 if why.is_empty() {
                     continue;
                 }
                 // The peers asked may have confirmed meanwhile (a view that
                 // changed), but one round is enough: probe again first.
+                return Ok(Round::Again(why));
+            }
+            Decision::Seal { cluster, ask } => {
+                why = confirm_round(inner, view, cluster, &ask, true, deadline).await;
+                if why.is_empty() {
+                    continue;
+                }
                 return Ok(Round::Again(why));
             }
             Decision::Initialize { cluster, voters } => {
@@ -379,7 +487,7 @@ async fn start_forming<S: StateMachine>(
         Err(err) => return Ok(Some(format!("cannot store cluster id {cluster}: {err}"))),
     }
     state.promise = None;
-    state.forming = Some(Forming { cluster, confirmed: BTreeMap::new() });
+    state.forming = Some(Forming { cluster, confirmed: BTreeMap::new(), sealed: BTreeMap::new() });
     tracing::info!(
         id = inner.id,
         %cluster,
@@ -390,13 +498,19 @@ async fn start_forming<S: StateMachine>(
     Ok(None)
 }
 
-/// Asks the peers `ask` to confirm `cluster`, at once, and records those
-/// that did. An empty string when all did; otherwise who did not, and why.
+/// Asks the peers `ask` to confirm `cluster` (or, `seal`, to seal their
+/// binding to it: the last round before initializing), at once, and
+/// records those that did. A peer that refuses a seal is no longer bound
+/// to this node's cluster as it confirmed (it lost its state, or gave the
+/// binding up): its confirmation is forgotten, so that it is asked to
+/// confirm again. An empty string when all did; otherwise who did not,
+/// and why.
 async fn confirm_round<S: StateMachine>(
     inner: &Inner<S>,
     view: &ClusterView,
     cluster: ClusterId,
     ask: &[String],
+    seal: bool,
     deadline: Instant,
 ) -> String {
     let raft = inner.raft();
@@ -405,6 +519,7 @@ async fn confirm_round<S: StateMachine>(
         id: raft.id(),
         incarnation: raft.incarnation(),
         node: raft.info().clone(),
+        seal,
     };
     let mut calls = JoinSet::new();
     let mut refused = Vec::new();
@@ -426,21 +541,38 @@ async fn confirm_round<S: StateMachine>(
         });
     }
     let mut bound = Vec::new();
+    let mut unbound = Vec::new();
     while let Some(done) = calls.join_next().await {
         match done {
             Ok((peer, Ok(answer))) => match check_confirmed(&answer, &peer, cluster) {
                 Ok(record) => bound.push((peer.id.0.clone(), record)),
                 Err(why) => refused.push(format!("{} answered badly: {why}", peer.id)),
             },
-            Ok((peer, Err(why))) => refused.push(format!("{}: {why}", peer.id)),
+            Ok((peer, Err(Refused::Refused(why)))) => {
+                unbound.push(peer.id.0.clone());
+                refused.push(format!("{}: {why}", peer.id));
+            }
+            Ok((peer, Err(Refused::NoAnswer(why)))) => refused.push(format!("{}: {why}", peer.id)),
             Err(err) => refused.push(format!("a confirm task failed: {err}")),
         }
     }
     let mut state = inner.boot.lock().await;
     if let Some(forming) = state.forming.as_mut().filter(|f| f.cluster == cluster) {
         for (name, record) in bound {
-            tracing::info!(peer = %name, id = record.0, %cluster, "peer bound to the cluster");
-            forming.confirmed.insert(name, record);
+            if seal {
+                tracing::info!(peer = %name, id = record.0, %cluster, "peer sealed its binding");
+                forming.confirmed.insert(name.clone(), record.clone());
+                forming.sealed.insert(name, record);
+            } else {
+                tracing::info!(peer = %name, id = record.0, %cluster, "peer bound to the cluster");
+                forming.confirmed.insert(name, record);
+            }
+        }
+        if seal {
+            for name in unbound {
+                forming.confirmed.remove(&name);
+                forming.sealed.remove(&name);
+            }
         }
     }
     refused.sort();
@@ -451,6 +583,14 @@ async fn confirm_round<S: StateMachine>(
     }
 }
 
+/// Why a peer did not confirm.
+enum Refused {
+    /// It answered with a refusal.
+    Refused(String),
+    /// No answer (unreachable, a timeout, not serving confirms yet).
+    NoAnswer(String),
+}
+
 /// One peer's confirm: the first port that answers, each attempt within
 /// [`ATTEMPT`] and the deadline; a refusal ends it.
 async fn ask_to_confirm(
@@ -459,7 +599,7 @@ async fn ask_to_confirm(
     ports: &[u16],
     request: &ConfirmRequest,
     deadline: Instant,
-) -> Result<ConfirmResponse, String> {
+) -> Result<ConfirmResponse, Refused> {
     let addrs: Vec<IpAddr> = peer.addrs().collect();
     let mut last = "the start deadline passed".to_owned();
     for &port in ports {
@@ -476,13 +616,16 @@ async fn ask_to_confirm(
         let until = Instant::now() + ATTEMPT.min(remaining);
         match client.post(&target, "/v1/confirm", request, until, false).await {
             Ok(answer) => return Ok(answer),
+            Err(RpcError::Remote { body, .. }) if body.code == "not_confirmed" => {
+                return Err(Refused::Refused(format!("{}: {}", body.code, body.message)));
+            }
             Err(RpcError::Remote { body, .. }) => {
-                return Err(format!("{}: {}", body.code, body.message));
+                return Err(Refused::NoAnswer(format!("{}: {}", body.code, body.message)));
             }
             Err(err) => last = err.to_string(),
         }
     }
-    Err(last)
+    Err(Refused::NoAnswer(last))
 }
 
 /// Checks a binder's answer: about `peer`, bound to `cluster`, with a raft
@@ -555,9 +698,10 @@ async fn initialize<S: StateMachine>(
         return Ok(Round::Again("no longer forming".to_owned()));
     };
     let mut members = BTreeMap::from([(raft.id(), raft.info().clone())]);
+    // The raft ids the binders sealed as: bound for good to this cluster.
     for name in &voters {
-        let Some((id, record)) = forming.confirmed.get(name) else {
-            return Ok(Round::Again(format!("{name} has not confirmed")));
+        let Some((id, record)) = forming.sealed.get(name) else {
+            return Ok(Round::Again(format!("{name} has not sealed its binding")));
         };
         members.insert(*id, record.clone());
     }
@@ -565,7 +709,7 @@ async fn initialize<S: StateMachine>(
         id = inner.id,
         %cluster,
         voters = members.len(),
-        "every tagged peer is bound to the cluster; initializing it"
+        "every tagged peer sealed its binding to the cluster; initializing it"
     );
     let formed =
         raft.initialize_in(cluster, members).await.map_err(|e| Error::Fatal(e.to_string()))?;
@@ -579,16 +723,18 @@ async fn initialize<S: StateMachine>(
 }
 
 /// Probes every tagged peer of `view` at once; offline ones, and those in
-/// `not_yet` (no path yet), are silent without a dial.
+/// `not_yet` (no path yet), are silent without a dial. Also the raft id
+/// each peer that answered answered as.
 async fn probe_all<S: StateMachine>(
     inner: &Inner<S>,
     view: &ClusterView,
     not_yet: &[String],
     wants_promise: bool,
     deadline: Instant,
-) -> Vec<PeerAnswer> {
+) -> (Vec<PeerAnswer>, BTreeMap<String, NodeId>) {
     let mut probes = JoinSet::new();
     let mut answers = Vec::new();
+    let mut ids = BTreeMap::new();
     for peer in view.members.values() {
         if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
@@ -598,28 +744,32 @@ async fn probe_all<S: StateMachine>(
         let ports = join_ports(&inner.config);
         let peer = peer.clone();
         probes.spawn(async move {
-            let answer = probe(&client, &peer, &ports, wants_promise, deadline).await;
-            Peer { name: peer.id.0.clone(), answer }
+            let (answer, id) = probe(&client, &peer, &ports, wants_promise, deadline).await;
+            (Peer { name: peer.id.0.clone(), answer }, id)
         });
     }
     while let Some(done) = probes.join_next().await {
-        if let Ok(answer) = done {
+        if let Ok((answer, id)) = done {
+            if let Some(id) = id {
+                ids.insert(answer.name.clone(), id);
+            }
             answers.push(answer);
         }
     }
-    answers
+    (answers, ids)
 }
 
-/// One peer's answer: the first port that answers, each attempt within
-/// [`ATTEMPT`] and the deadline. Anything else (no answer, an error, an
-/// answer that does not check out) is silence.
+/// One peer's answer, and the raft id it answered as: the first port that
+/// answers, each attempt within [`ATTEMPT`] and the deadline. Anything
+/// else (no answer, an error, an answer that does not check out) is
+/// silence.
 async fn probe(
     client: &CommandClient,
     peer: &TailnetNode,
     ports: &[u16],
     wants_promise: bool,
     deadline: Instant,
-) -> Answer<String, ClusterId, LeaderHint> {
+) -> (Answer<String, ClusterId, LeaderHint>, Option<NodeId>) {
     let addrs: Vec<IpAddr> = peer.addrs().collect();
     for &port in ports {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -639,20 +789,22 @@ async fn probe(
                 return match check_answer(&answer, &peer.id.0) {
                     Ok(()) => match answer.state {
                         ProbeState::Member { cluster_id, leader } => {
-                            Answer::Member { cluster: cluster_id, leader }
+                            (Answer::Member { cluster: cluster_id, leader }, Some(answer.id))
                         }
-                        ProbeState::Fresh { promised_to } => Answer::Fresh { promised_to },
+                        ProbeState::Fresh { promised_to } => {
+                            (Answer::Fresh { promised_to }, Some(answer.id))
+                        }
                     },
                     Err(why) => {
                         tracing::warn!(peer = %peer.id, %why, "ignoring a malformed probe answer");
-                        Answer::Silent
+                        (Answer::Silent, None)
                     }
                 };
             }
             Err(err) => tracing::debug!(peer = %peer.id, port, error = %err, "probe failed"),
         }
     }
-    Answer::Silent
+    (Answer::Silent, None)
 }
 
 /// Checks that a probe answer is about `stable_id` and well formed.
@@ -695,6 +847,12 @@ async fn join<S: StateMachine>(
     deadline: Instant,
 ) -> Result<(), String> {
     let raft = inner.raft();
+    // Never store a cluster id on hearsay: the leader a peer names must be
+    // a tagged, online node of this node's own view.
+    let first = resolve(view, &leader)?;
+    if !view.members.values().any(|n| n.id.0 == first.stable_id && n.online) {
+        return Err(format!("leader {:?} is offline here", first.stable_id));
+    }
     {
         let mut state = inner.boot.lock().await;
         if let Some(own) = raft.cluster_id().filter(|own| *own != cluster) {

@@ -226,6 +226,13 @@ pub(crate) fn tagged(view: &ClusterView, stable_id: &str) -> bool {
         || view.members.values().any(|n| n.id.0 == stable_id)
 }
 
+/// The refusal of a probe or confirm by a node that has not finished its
+/// own first probe round (it may be about to learn of a cluster it must
+/// join, and must not promise or bind anything before).
+fn not_ready() -> RpcError {
+    RpcError::Unavailable("starting: this node has not looked for a cluster yet".to_owned())
+}
+
 /// The leader this node knows, as a hint for others.
 pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint> {
     let id = metrics.leader?;
@@ -285,6 +292,9 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
             let mut boot = self.boot.lock().await;
+            if !boot.ready {
+                return Err(not_ready());
+            }
             let state = self.discovery.state().borrow().clone();
             let stale = state.is_stale(self.max_staleness);
             let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
@@ -312,40 +322,56 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
                 }
                 (None, decide::bootstrap::Reply::Member) => ProbeState::Fresh { promised_to: None },
             };
-            ProbeResponse {
+            Ok(ProbeResponse {
                 id: self.raft.id(),
                 incarnation: self.raft.incarnation(),
                 node: self.raft.info().clone(),
                 state,
-            }
+            })
         })
     }
 
     fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
         Box::pin(async move {
             let mut boot = self.boot.lock().await;
+            if !boot.ready {
+                return Err(not_ready());
+            }
             let me = self.raft.info().stable_id.clone();
             let stored = self.raft.cluster_id();
             let former = self.raft.former().map(|(_, node)| node.stable_id);
             let has_state = self.raft.is_initialized().await;
+            let sealed = match self.raft.sealed_to() {
+                None => decide::bootstrap::Sealed::No,
+                Some(id) if id == request.id => decide::bootstrap::Sealed::ToCaller,
+                Some(_) => decide::bootstrap::Sealed::ToOther,
+            };
             let step = decide::bootstrap::confirm(&decide::bootstrap::ConfirmCall {
                 has_state,
                 stored: stored.as_ref().map(|c| (c, former.as_ref())),
                 holding: boot.promise.as_ref(),
                 holder_tagged: self.holder_tagged(boot.promise.as_deref()),
+                sealed,
                 caller: &caller.stable_id,
                 cluster: &request.cluster_id,
+                seal: request.seal,
             });
             match step {
                 decide::bootstrap::Confirmation::Refuse(why) => {
-                    tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, %why, "refused to confirm a cluster being formed");
+                    tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, %why, "refused to confirm a cluster being formed");
                     Err(RpcError::NotConfirmed(format!("{me} {why}")))
                 }
-                decide::bootstrap::Confirmation::Bind | decide::bootstrap::Confirmation::Again => {
-                    self.raft
-                        .bind(request.cluster_id, request.id, request.node.clone())
-                        .await
-                        .map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
+                decide::bootstrap::Confirmation::Bind
+                | decide::bootstrap::Confirmation::Again
+                | decide::bootstrap::Confirmation::Seal => {
+                    let (cluster, id, node) =
+                        (request.cluster_id, request.id, request.node.clone());
+                    let stored = if step == decide::bootstrap::Confirmation::Seal {
+                        self.raft.seal(cluster, id, node).await
+                    } else {
+                        self.raft.bind(cluster, id, node).await
+                    };
+                    stored.map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
                     boot.promise = None;
                     Ok(ConfirmResponse {
                         cluster_id: request.cluster_id,

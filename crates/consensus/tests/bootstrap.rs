@@ -7,8 +7,10 @@
 //! - a former that dies after some promisers bound themselves to its
 //!   cluster, restarted (memory storage: a new incarnation; durable: the
 //!   same one), finishes the formation;
-//! - a binder whose incarnation changes before the new cluster reaches it
-//!   is a dead initial voter, replaced by its new incarnation in one change.
+//! - a binder whose incarnation changes before its former initializes is
+//!   counted as its new incarnation (the seal round), never the dead one;
+//! - the binders of a former gone for good give their binding up, and a
+//!   fresh node never stores a cluster id on another node's word.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -217,8 +219,9 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     views[1].set(view(1, &[(2, true)]));
     // ra has not decided yet: it waits for rc's slow answer.
     let a_now = probe(&net, 1, 0).await;
+    // (No answer: ra has not ended its first round, so it has not decided.)
     assert!(
-        matches!(a_now, Some(ProbeState::Fresh { .. })),
+        !matches!(a_now, Some(ProbeState::Member { .. })),
         "the schedule was not followed: ra decided before rb's view changed ({a_now:?})"
     );
     // 6, 7: rc promises ra; ra hears of it and decides. Before the fix ra
@@ -300,6 +303,15 @@ struct Stalled {
 }
 
 async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Stalled {
+    stall_a_formation_of(3, timeouts, dir).await
+}
+
+/// [`stall_a_formation`] with `expected_size` `expected`.
+async fn stall_a_formation_of(
+    expected: usize,
+    timeouts: [Duration; 3],
+    dir: Option<PathBuf>,
+) -> Stalled {
     logs();
     let net = MemNetwork::new();
     let full = |me: usize| view(me, &[((me + 1) % 3, true), ((me + 2) % 3, true)]);
@@ -314,17 +326,24 @@ async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Sta
     ];
     let mut starts: Vec<Option<Start>> = vec![None];
     for i in 1..3 {
-        starts.push(Some(start(transports[i].clone(), &views[i], config(i, timeouts[i], None), 3)));
+        starts.push(Some(start(
+            transports[i].clone(),
+            &views[i],
+            config(i, timeouts[i], None),
+            expected,
+        )));
     }
     for i in 1..3 {
         until(WAIT, "rb and rc answer", || async { probe(&net, 3 - i, i).await.is_some() }).await;
     }
-    starts[0] = Some(start(transports[0].clone(), &views[0], config(0, timeouts[0], dir), 3));
+    starts[0] =
+        Some(start(transports[0].clone(), &views[0], config(0, timeouts[0], dir), expected));
     until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
     views[1].set(view(1, &[(2, true)]));
     let a_now = probe(&net, 1, 0).await;
+    // (No answer: ra has not ended its first round, so it has not decided.)
     assert!(
-        matches!(a_now, Some(ProbeState::Fresh { .. })),
+        !matches!(a_now, Some(ProbeState::Member { .. })),
         "the schedule was not followed: ra decided before rb's view changed ({a_now:?})"
     );
     let deadline = Instant::now() + WAIT;
@@ -416,40 +435,81 @@ async fn a_former_restarted_with_its_state_finishes_the_formation() {
 }
 
 /// rc binds itself to ra's cluster and is restarted (memory storage: a new
-/// incarnation) before the cluster reaches it. ra initializes the cluster
-/// with rc's old incarnation as a voter (it confirmed), which is dead;
-/// ra and rb are a majority. rc's new incarnation joins, and the leader
-/// replaces the old one in one change.
+/// incarnation, free again) before ra initializes it. ra asks every
+/// binder to seal its binding before it initializes: rc's new incarnation
+/// is not bound by ra, so it refuses, ra forgets its old confirmation and
+/// binds it again. The initial voters are ra, rb and rc's new
+/// incarnation, never the dead one (before the seal round, ra counted
+/// rc's old confirmation, and rc's new incarnation was free to bind
+/// itself elsewhere while counted here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binder_restarted_before_the_cluster_reaches_it_is_replaced() {
+async fn a_binder_restarted_before_the_former_initializes_is_counted_as_its_new_incarnation() {
     let short = Duration::from_secs(3);
     let mut s = stall_a_formation([WAIT, WAIT, short], None).await;
     let failed = s.starts[2].take().unwrap().await.unwrap();
     assert!(failed.is_err(), "rc started although ra's cluster was not initialized");
-    // ra is back in rb's view: rb confirms, ra initializes with rc's old
-    // incarnation among the voters.
+    // ra is back in rb's view (rb confirms), and rc comes back as a new
+    // node.
     s.slow_c.set_delay(Duration::ZERO);
     s.views[1].set(view(1, &[(0, true), (2, true)]));
+    let c_start = start(Arc::new(s.net.node(ip(2))), &s.views[2], config(2, WAIT, None), 3);
     let a = s.starts[0].take().unwrap().await.unwrap().expect("ra forms");
-    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb joins");
-    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    // As ra initialized the cluster (before any membership change).
     let initial = voters(&a);
-    assert!(initial.contains(&s.c_id), "rc's bound incarnation is no initial voter: {initial:?}");
-    assert_eq!(initial.len(), 3, "{initial:?}");
-    // rc comes back as a new node and replaces its old incarnation.
-    let c = start(Arc::new(s.net.node(ip(2))), &s.views[2], config(2, WAIT, None), 3)
-        .await
-        .unwrap()
-        .expect("rc's new incarnation joins");
+    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb joins");
+    let c = c_start.await.unwrap().expect("rc's new incarnation joins");
     assert_ne!(c.id(), s.c_id);
-    let leader = if a.metrics().role == consensus::Role::Leader { &a } else { &b };
-    leader
-        .wait_for(WAIT, |m| m.voters == 3 && m.learners == 0)
-        .await
-        .expect("rc's new incarnation replaced the old one");
-    let members: BTreeSet<u64> = leader.members().iter().map(|m| m.id).collect();
-    assert!(members.contains(&c.id()) && !members.contains(&s.c_id), "{members:?}");
+    assert!(
+        !initial.contains(&s.c_id),
+        "rc's old incarnation, which had lost its binding, was counted as an initial voter: \
+         {initial:?}"
+    );
+    assert!(initial.contains(&c.id()), "rc's new incarnation is no initial voter: {initial:?}");
+    assert_eq!(initial.len(), 3, "{initial:?}");
+    a.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
     for kv in [a, b, c] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// ra forms a cluster with `expected_size` 2; rc binds itself to it, rb
+/// refuses (ra is untagged in rb's view); ra then gives up for good (its
+/// start times out, and it stays untagged). rb must not store ra's
+/// cluster id on rc's word (ra is no node of rb's view), and rc, whose
+/// former is gone for longer than the grace period and which never sealed
+/// its binding, gives it up: rb and rc form a cluster of their own. Before
+/// the fix, rb stored ra's cluster id and both waited for ra until their
+/// start timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
+    let short = Duration::from_secs(3);
+    let long = Duration::from_secs(45);
+    let mut s = stall_a_formation_of(2, [short, long, long], None).await;
+    let failed = s.starts[0].take().unwrap().await.unwrap();
+    assert!(failed.is_err(), "ra formed although rb refused to confirm");
+    // ra is gone for good: untagged in every view left.
+    s.slow_c.set_delay(Duration::ZERO);
+    s.views[2].set(view(2, &[(1, true)]));
+    // rb asks rc, which names ra as its former: rb keeps no cluster id on
+    // that word.
+    let gone_at = Instant::now();
+    while gone_at.elapsed() < Duration::from_secs(2) {
+        let b_now = probe(&s.net, 2, 1).await;
+        assert!(
+            !matches!(&b_now, Some(ProbeState::Member { cluster_id, .. }) if *cluster_id == s.cluster),
+            "rb stored ra's cluster id on rc's word: {b_now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb forms a cluster with rc");
+    let c = s.starts[2].take().unwrap().await.unwrap().expect("rc gives ra's binding up");
+    for kv in [&b, &c] {
+        kv.wait_for(WAIT, |m| m.voters == 2 && m.leader.is_some()).await.unwrap();
+    }
+    assert_eq!(cluster_of(&b), cluster_of(&c));
+    let cluster = cluster_id_of(&s.net, 1).await;
+    assert_ne!(cluster, Some(s.cluster), "rb and rc formed ra's cluster without ra");
+    for kv in [b, c] {
         kv.stop(StopMode::Stay).await.unwrap();
     }
 }

@@ -124,13 +124,22 @@ pub enum MembershipError {
         wanted: crate::types::ClusterId,
     },
     /// The node is bound to (or decided to join) another cluster that it
-    /// has no raft state of yet; it never changes that (decision 0003).
+    /// has no raft state of yet; it changes that only by giving the
+    /// binding up ([`crate::RaftNode::unbind`], decision 0003).
     #[error("this node is bound to cluster {current}; it cannot bind itself to cluster {wanted}")]
     Bound {
         /// The node's cluster id.
         current: crate::types::ClusterId,
         /// The one asked for.
         wanted: crate::types::ClusterId,
+    },
+    /// The node's binding is sealed to raft id `former` (it answered that
+    /// former's last round before initializing): it is never given up nor
+    /// moved to another raft id (decision 0003).
+    #[error("this node's binding is sealed to node {former}")]
+    Sealed {
+        /// The former's raft id it is sealed to.
+        former: crate::types::NodeId,
     },
     /// The identity record could not be written.
     #[error("storing the cluster id: {0}")]

@@ -23,8 +23,9 @@ const KEY: &str = "identity";
 const FORMAT: u8 = 1;
 /// Meta key of the binding record.
 const BINDING_KEY: &str = "binding";
-/// Version of the binding record's layout.
-const BINDING_FORMAT: u8 = 1;
+/// Version of the binding record's layout (1: without `sealed`, read as
+/// not sealed).
+const BINDING_FORMAT: u8 = 2;
 /// Longest stable id accepted (tailnet stable ids are about 20 bytes).
 pub(crate) const MAX_STABLE_ID: usize = 256;
 
@@ -58,11 +59,29 @@ pub(crate) struct Binding {
     pub(crate) former_id: NodeId,
     /// Where the former is reached (its stable id included).
     pub(crate) former: NodeInfo,
+    /// The node answered the former's last round before initializing
+    /// (decision 0003, "bound for good"): the former (as `former_id`) may
+    /// have initialized the cluster with it, so it never unbinds.
+    pub(crate) sealed: bool,
+}
+
+/// A binding record of format 1 (before seals).
+#[derive(Serialize, Deserialize)]
+struct BindingV1 {
+    format: u8,
+    cluster_id: ClusterId,
+    former_id: NodeId,
+    former: NodeInfo,
 }
 
 impl Binding {
-    pub(crate) fn new(cluster_id: ClusterId, former_id: NodeId, former: NodeInfo) -> Binding {
-        Binding { format: BINDING_FORMAT, cluster_id, former_id, former }
+    pub(crate) fn new(
+        cluster_id: ClusterId,
+        former_id: NodeId,
+        former: NodeInfo,
+        sealed: bool,
+    ) -> Binding {
+        Binding { format: BINDING_FORMAT, cluster_id, former_id, former, sealed }
     }
 }
 
@@ -80,8 +99,16 @@ pub(crate) async fn load_binding(
     let Some(bytes) = log.meta_bytes(BINDING_KEY).await.map_err(StartError::Storage)? else {
         return Ok(None);
     };
-    let binding: Binding = codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY)
-        .map_err(|e| StartError::Storage(format!("{place}: binding record: {e}")))?;
+    let bad = |e| StartError::Storage(format!("{place}: binding record: {e}"));
+    // The layout version is the first byte (a u8).
+    let binding: Binding = if bytes.first() == Some(&1) {
+        let old: BindingV1 =
+            codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?;
+        debug_assert_eq!(old.format, 1);
+        Binding::new(old.cluster_id, old.former_id, old.former, false)
+    } else {
+        codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?
+    };
     if binding.format != BINDING_FORMAT {
         return Err(StartError::Storage(format!(
             "{place}: binding record of format {} (this version reads {BINDING_FORMAT})",
@@ -250,7 +277,7 @@ mod tests {
     async fn a_binding_counts_only_for_its_cluster_id() {
         let log = LogStore::in_memory();
         let former = NodeInfo { stable_id: "f".to_owned(), ..NodeInfo::default() };
-        let binding = Binding::new(ClusterId(7), 42, former);
+        let binding = Binding::new(ClusterId(7), 42, former, true);
         assert_eq!(load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(), None);
         store_binding(&log, &binding).await.unwrap();
         assert_eq!(
@@ -259,6 +286,24 @@ mod tests {
         );
         assert_eq!(load_binding(&log, Some(ClusterId(8)), "memory").await.unwrap(), None);
         assert_eq!(load_binding(&log, None, "memory").await.unwrap(), None);
+    }
+
+    /// A binding written before seals existed reads as not sealed.
+    #[tokio::test]
+    async fn a_binding_of_format_1_is_not_sealed() {
+        let log = LogStore::in_memory();
+        let former = NodeInfo { stable_id: "f".to_owned(), ..NodeInfo::default() };
+        let old = BindingV1 {
+            format: 1,
+            cluster_id: ClusterId(7),
+            former_id: 42,
+            former: former.clone(),
+        };
+        log.put_meta_durably(BINDING_KEY, codec::encode(&old)).await.unwrap();
+        assert_eq!(
+            load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(),
+            Some(Binding::new(ClusterId(7), 42, former, false))
+        );
     }
 
     #[tokio::test]

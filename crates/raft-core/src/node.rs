@@ -563,14 +563,97 @@ impl<S: StateMachine> RaftNode<S> {
     /// forms it, then the cluster id, durably, so that after a restart the
     /// node still answers for that cluster and names its former. Binding
     /// again to the same cluster records the former anew (a former that
-    /// came back, perhaps under a new incarnation). Refused once the node
-    /// has raft state ([`MembershipError::ClusterIdFixed`]) and while it
-    /// belongs to another cluster ([`MembershipError::Bound`]).
+    /// came back, perhaps under a new incarnation), and keeps a seal to
+    /// that same raft id. Refused once the node has raft state
+    /// ([`MembershipError::ClusterIdFixed`]), while it belongs to another
+    /// cluster ([`MembershipError::Bound`]), and while its binding is
+    /// sealed to another raft id ([`MembershipError::Sealed`]).
     pub async fn bind(
         &self,
         cluster_id: ClusterId,
         former_id: NodeId,
         former: NodeInfo,
+    ) -> Result<(), MembershipError> {
+        self.bind_as(cluster_id, former_id, former, false).await
+    }
+
+    /// Seals this node's binding to `cluster_id` by `former_id` (the
+    /// former's last round before it initializes, decision 0003): binds as
+    /// [`RaftNode::bind`] does, and records, durably, that the former may
+    /// count this node as an initial voter. A sealed binding is never
+    /// given up ([`RaftNode::unbind`] refuses) and never moves to another
+    /// raft id of the former.
+    pub async fn seal(
+        &self,
+        cluster_id: ClusterId,
+        former_id: NodeId,
+        former: NodeInfo,
+    ) -> Result<(), MembershipError> {
+        self.bind_as(cluster_id, former_id, former, true).await
+    }
+
+    /// The former's raft id this node's binding is sealed to, if it is.
+    pub fn sealed_to(&self) -> Option<NodeId> {
+        let current = self.gate.get();
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding.as_ref().filter(|b| Some(b.cluster_id) == current && b.sealed).map(|b| b.former_id)
+    }
+
+    /// Gives up this node's binding to `cluster_id` by `former_id`, as if
+    /// it had never been bound: no cluster id (durably), so it answers no
+    /// raft request and may bind to, join or form any cluster. Refused
+    /// ([`MembershipError::Sealed`], [`MembershipError::ClusterIdFixed`],
+    /// [`MembershipError::Other`]) once it has raft state, if the binding
+    /// is sealed, or if the node is not bound to that cluster by that raft
+    /// id (it changed meanwhile).
+    pub async fn unbind(
+        &self,
+        cluster_id: ClusterId,
+        former_id: NodeId,
+    ) -> Result<(), MembershipError> {
+        let held = self.gate.exclusive().await;
+        if self.gate.get() != Some(cluster_id) {
+            return Err(MembershipError::Other(format!("not bound to cluster {cluster_id}")));
+        }
+        if self.is_initialized().await {
+            return Err(MembershipError::ClusterIdFixed {
+                current: cluster_id,
+                wanted: cluster_id,
+            });
+        }
+        {
+            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+            match binding.as_ref().filter(|b| b.cluster_id == cluster_id) {
+                Some(b) if b.sealed => return Err(MembershipError::Sealed { former: b.former_id }),
+                Some(b) if b.former_id == former_id => {}
+                _ => {
+                    return Err(MembershipError::Other(format!(
+                        "not bound to cluster {cluster_id} by {former_id}"
+                    )));
+                }
+            }
+        }
+        let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(MembershipError::Fatal("the node is shut down".to_owned()));
+        };
+        let record = Identity {
+            cluster_id: None,
+            ..self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        identity::store(&log, &record).await.map_err(MembershipError::Storage)?;
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.gate.clear(&held);
+        tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, "gave up the binding to a cluster being formed");
+        Ok(())
+    }
+
+    async fn bind_as(
+        &self,
+        cluster_id: ClusterId,
+        former_id: NodeId,
+        former: NodeInfo,
+        seal: bool,
     ) -> Result<(), MembershipError> {
         let held = self.gate.exclusive().await;
         let current = self.gate.get();
@@ -588,13 +671,23 @@ impl<S: StateMachine> RaftNode<S> {
         let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return Err(MembershipError::Fatal("the node is shut down".to_owned()));
         };
-        let binding = Binding::new(cluster_id, former_id, former);
+        let sealed = {
+            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+            match binding.as_ref().filter(|b| Some(b.cluster_id) == current && b.sealed) {
+                Some(b) if b.former_id != former_id => {
+                    return Err(MembershipError::Sealed { former: b.former_id });
+                }
+                Some(_) => true,
+                None => false,
+            }
+        };
+        let binding = Binding::new(cluster_id, former_id, former, seal || sealed);
         identity::store_binding(&log, &binding).await.map_err(MembershipError::Storage)?;
         *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
         if current != Some(cluster_id) {
             self.store_cluster_id(&held, cluster_id).await?;
         }
-        tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, "bound to a cluster being formed");
+        tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, sealed = seal || sealed, "bound to a cluster being formed");
         Ok(())
     }
 

@@ -71,12 +71,12 @@ impl Peers for AllPeers {
     }
     fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
-            ProbeResponse {
+            Ok(ProbeResponse {
                 id: 0,
                 incarnation: 0,
                 node: info(0),
                 state: ProbeState::Fresh { promised_to: None },
-            }
+            })
         })
     }
     fn confirm<'a>(

@@ -92,12 +92,16 @@ pub(crate) enum Commitment<'a, N, C> {
         former: Option<&'a N>,
     },
     /// It is forming `cluster`: it stored the id, bound to itself, and
-    /// collects confirmations; `confirmed` are the peers bound so far.
+    /// collects confirmations; `confirmed` are the peers bound so far, and
+    /// `sealed` those that answered its last round before initializing
+    /// (each bound to it for good: see [`confirm`]).
     Forming {
         /// The cluster.
         cluster: &'a C,
         /// The peers that confirmed (any order).
         confirmed: &'a [N],
+        /// The peers that sealed their binding (any order).
+        sealed: &'a [N],
     },
 }
 
@@ -147,8 +151,19 @@ pub(crate) enum Decision<N, C, L> {
         /// The peers that have not confirmed yet, in order.
         ask: Vec<N>,
     },
-    /// Every tagged peer confirmed: initialize `cluster` with this node and
-    /// `voters` (the binders) as its voters.
+    /// Every tagged peer confirmed: ask these (the ones that have not yet)
+    /// to seal their binding, the last round before initializing. A peer
+    /// that is no longer bound to `cluster` by this node (it restarted
+    /// without its state, or unbound itself) refuses, and this node
+    /// initializes only once every tagged peer sealed.
+    Seal {
+        /// The cluster being formed.
+        cluster: C,
+        /// The peers that have not sealed yet, in order.
+        ask: Vec<N>,
+    },
+    /// Every tagged peer sealed its binding: initialize `cluster` with this
+    /// node and `voters` (the binders) as its voters.
     Initialize {
         /// The cluster.
         cluster: C,
@@ -301,8 +316,10 @@ pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
 /// A **forming** node joins its cluster through a leader a peer names
 /// other than itself (an earlier incarnation of it initialized the
 /// cluster, and another node leads it now); else it waits while fewer than
-/// `expected_size` tagged nodes are in view; else it initializes once
-/// every tagged peer of its view confirmed, and asks the others to.
+/// `expected_size` tagged nodes are in view; else it asks the tagged peers
+/// of its view that have not confirmed to confirm, then, once all have,
+/// those that have not sealed their binding to seal it, and initializes
+/// once every tagged peer of its view sealed.
 pub(crate) fn decide<N, C, L>(s: &Situation<'_, N, C, L>) -> Decision<N, C, L>
 where
     N: Ord + Clone,
@@ -332,7 +349,7 @@ where
                 Decision::Wait(Wait::Bound { cluster: cluster.clone(), former: former.cloned() })
             });
         }
-        Commitment::Forming { cluster, confirmed } => {
+        Commitment::Forming { cluster, confirmed, sealed } => {
             if let Some(join) = leader_of(Some(cluster)) {
                 return join;
             }
@@ -340,16 +357,19 @@ where
             if tagged < s.expected_size {
                 return Decision::Wait(Wait::TooFew { tagged, expected: s.expected_size });
             }
-            let ask: Vec<N> = peers
-                .iter()
-                .filter(|p| !confirmed.contains(&p.name))
-                .map(|p| p.name.clone())
-                .collect();
-            if ask.is_empty() {
-                let voters = peers.iter().map(|p| p.name.clone()).collect();
-                return Decision::Initialize { cluster: cluster.clone(), voters };
+            let missing = |done: &[N]| -> Vec<N> {
+                peers.iter().filter(|p| !done.contains(&p.name)).map(|p| p.name.clone()).collect()
+            };
+            let ask = missing(confirmed);
+            if !ask.is_empty() {
+                return Decision::Confirm { cluster: cluster.clone(), ask };
             }
-            return Decision::Confirm { cluster: cluster.clone(), ask };
+            let ask = missing(sealed);
+            if !ask.is_empty() {
+                return Decision::Seal { cluster: cluster.clone(), ask };
+            }
+            let voters = peers.iter().map(|p| p.name.clone()).collect();
+            return Decision::Initialize { cluster: cluster.clone(), voters };
         }
     };
     // Rule 1.
@@ -493,10 +513,27 @@ pub(crate) struct ConfirmCall<'a, N, C> {
     pub(crate) holding: Option<&'a N>,
     /// Whether that promise's holder is still tagged in its view.
     pub(crate) holder_tagged: bool,
+    /// Whether its binding is sealed, and to whom ([`Sealed`]).
+    pub(crate) sealed: Sealed,
     /// The caller, which forms `cluster`.
     pub(crate) caller: &'a N,
     /// The cluster the caller forms.
     pub(crate) cluster: &'a C,
+    /// The caller's last round before it initializes: seal the binding.
+    pub(crate) seal: bool,
+}
+
+/// Whether a binding is sealed: the node answered its former's last round
+/// before initializing, so the former may have counted it as an initial
+/// voter. Sealed is for good (durable), and to one raft id of the former.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sealed {
+    /// Not sealed.
+    No,
+    /// Sealed to the caller, as the incarnation it is now.
+    ToCaller,
+    /// Sealed to another incarnation of the former.
+    ToOther,
 }
 
 /// The asked node's step on a confirm request.
@@ -508,6 +545,9 @@ pub(crate) enum Confirmation<N, C> {
     /// Already bound to (or joining) that cluster: confirm again, recording
     /// the caller (perhaps a new incarnation of the former) as its former.
     Again,
+    /// Bound to that cluster by the caller: seal the binding (durably,
+    /// before answering), and never unbind from then on.
+    Seal,
     /// Refuse, for this reason.
     Refuse(Refusal<N, C>),
 }
@@ -537,6 +577,12 @@ pub(crate) enum Refusal<N, C> {
         /// The promise it holds.
         promised_to: Option<N>,
     },
+    /// Asked to seal, it is not bound to the caller's cluster by the
+    /// caller (it lost its state, unbound itself, or only decided to join).
+    NotBound,
+    /// Its binding to that cluster is sealed to another incarnation of the
+    /// former, which may have initialized the cluster with it.
+    SealedToOther,
 }
 
 impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
@@ -554,6 +600,10 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
             Refusal::NotPromised { promised_to: None } => {
                 f.write_str("holds no promise to the caller (released or never granted)")
             }
+            Refusal::NotBound => f.write_str("is not bound to that cluster by the caller"),
+            Refusal::SealedToOther => {
+                f.write_str("sealed its binding to another incarnation of the caller")
+            }
         }
     }
 }
@@ -562,13 +612,20 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
 /// one step under its bootstrap lock:
 ///
 /// 1. with raft state → refuse (it is a member already);
-/// 2. with this cluster id stored → confirm again, if it bound itself to
+/// 2. with this cluster id stored, and another node as its former →
+///    refuse; sealed to another incarnation of the caller → refuse (that
+///    incarnation may have initialized the cluster with this node, and a
+///    second initialization would be a second cluster under one id);
+/// 3. with this cluster id stored, asked to seal → seal, if the caller is
+///    its former; refuse if it only decided to join;
+/// 4. with this cluster id stored → confirm again, if it bound itself to
 ///    the caller (by stable id: a former back under a new incarnation is
-///    the same node) or decided to join this cluster; refuse if another
-///    node forms it;
-/// 3. with another cluster id → refuse;
-/// 4. holding the caller's promise (still [`kept`]) → bind;
-/// 5. otherwise → refuse.
+///    the same node) or decided to join this cluster;
+/// 5. with another cluster id → refuse;
+/// 6. asked to seal without a cluster id → refuse (not bound: a node that
+///    lost its state or unbound itself answers so to the last round);
+/// 7. holding the caller's promise (still [`kept`]) → bind;
+/// 8. otherwise → refuse.
 pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
     c: &ConfirmCall<'_, N, C>,
 ) -> Confirmation<N, C> {
@@ -582,16 +639,77 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
             Some(former) if former != c.caller => {
                 Confirmation::Refuse(Refusal::OtherFormer { former: former.clone() })
             }
+            _ if c.sealed == Sealed::ToOther => Confirmation::Refuse(Refusal::SealedToOther),
+            Some(_) if c.seal => Confirmation::Seal,
+            None if c.seal => Confirmation::Refuse(Refusal::NotBound),
             _ => Confirmation::Again,
         },
         Some((cluster, _)) => {
             Confirmation::Refuse(Refusal::OtherCluster { cluster: cluster.clone() })
         }
+        None if c.seal => Confirmation::Refuse(Refusal::NotBound),
         None => match kept(false, c.holding, c.holder_tagged) {
             Some(holder) if holder == *c.caller => Confirmation::Bind,
             promised_to => Confirmation::Refuse(Refusal::NotPromised { promised_to }),
         },
     }
+}
+
+/// What a bound node knows of its former now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FormerNow {
+    /// Tagged in its (fresh) view, and not known to have forgotten.
+    Present,
+    /// Untagged or absent from its view, for less than the grace period.
+    Gone,
+    /// Untagged or absent from its view for the whole grace period.
+    GoneForGood,
+    /// It answered a probe as another incarnation (it lost its state), and
+    /// not as the former of this node's cluster (it did not resume it).
+    Forgot,
+}
+
+/// A node with a cluster id and no raft state (or not), as [`unbind`]
+/// sees it, under its bootstrap lock.
+#[derive(Clone, Debug)]
+pub(crate) struct Bond<'a, N> {
+    /// The node.
+    pub(crate) me: &'a N,
+    /// It has raft state: a member, never unbound.
+    pub(crate) has_state: bool,
+    /// Who forms its cluster, if it bound itself to it (`None`: it decided
+    /// to join that cluster through a leader).
+    pub(crate) former: Option<&'a N>,
+    /// Its binding is sealed (to any incarnation of the former).
+    pub(crate) sealed: bool,
+    /// What it knows of the former now.
+    pub(crate) former_now: FormerNow,
+}
+
+/// Whether a bound node gives its binding up (stores no cluster id again,
+/// free to promise, bind or form), in one step under its bootstrap lock,
+/// the lock it answers confirms under:
+///
+/// - never with raft state, never a node that decided to join (no
+///   former), never the former itself (it forms the cluster);
+/// - never once sealed: the former asks for seals last, and initializes
+///   only once every tagged peer of its view sealed, so a sealed node may
+///   be an initial voter of the cluster, and must not be counted by
+///   another;
+/// - otherwise when the former is gone for good (untagged or absent from
+///   its view for the grace period) or forgot the formation (answered as
+///   another incarnation, not resuming it). The former cannot have
+///   initialized with this node (it was not sealed), and cannot any more:
+///   this node answers "not bound" to its seal from now on.
+///
+/// Time only decides when a node that may unbind does; it may at any
+/// moment, so safety does not depend on the grace period.
+pub(crate) fn unbind<N: PartialEq>(b: &Bond<'_, N>) -> bool {
+    let Some(former) = b.former else { return false };
+    if b.has_state || b.sealed || former == b.me {
+        return false;
+    }
+    matches!(b.former_now, FormerNow::GoneForGood | FormerNow::Forgot)
 }
 
 #[cfg(test)]
@@ -644,7 +762,8 @@ mod tests {
     /// Every commitment the prober may have: free (holding nothing, a
     /// promise to a tagged or to an untagged node), bound to cluster 'x' or
     /// 'y' (formed by nobody known, by itself, by another node), forming
-    /// 'x' with no, the first, or every peer confirmed.
+    /// 'x' with no, the first, or every peer confirmed, and (every peer
+    /// confirmed) no, the first or every peer sealed.
     fn commitments<'a>(
         me: &'a u8,
         names: &'a [u8],
@@ -660,8 +779,12 @@ mod tests {
                 all.push(Commitment::Bound { cluster, former });
             }
         }
-        for confirmed in [&names[..0], &names[..names.len().min(1)], names] {
-            all.push(Commitment::Forming { cluster: &'x', confirmed });
+        let some = [&names[..0], &names[..names.len().min(1)]];
+        for confirmed in some {
+            all.push(Commitment::Forming { cluster: &'x', confirmed, sealed: &names[..0] });
+        }
+        for sealed in [some[0], some[1], names] {
+            all.push(Commitment::Forming { cluster: &'x', confirmed: names, sealed });
         }
         all
     }
@@ -695,7 +818,7 @@ mod tests {
                     former: former.copied(),
                 }));
             }
-            Commitment::Forming { cluster, confirmed } => {
+            Commitment::Forming { cluster, confirmed, sealed } => {
                 if let Some(join) = join(Some(*cluster)) {
                     return join;
                 }
@@ -704,10 +827,14 @@ mod tests {
                 }
                 let ask: Vec<u8> =
                     names.iter().copied().filter(|n| !confirmed.contains(n)).collect();
+                if !ask.is_empty() {
+                    return Decision::Confirm { cluster: *cluster, ask };
+                }
+                let ask: Vec<u8> = names.iter().copied().filter(|n| !sealed.contains(n)).collect();
                 return if ask.is_empty() {
                     Decision::Initialize { cluster: *cluster, voters: names }
                 } else {
-                    Decision::Confirm { cluster: *cluster, ask }
+                    Decision::Seal { cluster: *cluster, ask }
                 };
             }
             Commitment::Free { holding } => holding,
@@ -793,6 +920,7 @@ mod tests {
                                     Decision::Form => "form",
                                     Decision::Resume { .. } => "resume",
                                     Decision::Confirm { .. } => "confirm",
+                                    Decision::Seal { .. } => "seal",
                                     Decision::Initialize { .. } => "initialize",
                                     Decision::Wait(_) => "wait",
                                 };
@@ -803,9 +931,9 @@ mod tests {
                 }
             }
         }
-        // 3 provers × (1 + 8 + 64 + 512) answer sets × 12 commitments × 2 × 5.
-        assert_eq!(cases, 3 * 585 * 12 * 10);
-        for kind in ["join", "form", "resume", "confirm", "initialize", "wait"] {
+        // 3 provers × (1 + 8 + 64 + 512) answer sets × 14 commitments × 2 × 5.
+        assert_eq!(cases, 3 * 585 * 14 * 10);
+        for kind in ["join", "form", "resume", "confirm", "seal", "initialize", "wait"] {
             assert!(counts.get(kind).is_some_and(|c| *c > 0), "no case decided {kind}: {counts:?}");
         }
     }
@@ -831,13 +959,15 @@ mod tests {
                 assert!(!matches!(holding, Some((_, true))), "formed holding a promise: {s:?}");
             }
             Decision::Initialize { cluster, voters } => {
-                let Commitment::Forming { cluster: forming, confirmed } = s.commitment else {
+                let Commitment::Forming { cluster: forming, confirmed, sealed } = s.commitment
+                else {
                     panic!("initialized a cluster it was not forming: {s:?}")
                 };
                 assert_eq!(cluster, forming);
                 assert!(s.peers.len() + 1 >= s.expected_size, "initialized with too few: {s:?}");
                 for peer in s.peers {
                     assert!(confirmed.contains(&peer.name), "{} did not confirm: {s:?}", peer.name);
+                    assert!(sealed.contains(&peer.name), "{} did not seal: {s:?}", peer.name);
                     assert!(voters.contains(&peer.name), "{} is no initial voter", peer.name);
                 }
             }
@@ -875,6 +1005,16 @@ mod tests {
                     matches!(s.commitment, Commitment::Forming { cluster: c, .. } if c == cluster)
                 );
                 assert!(!ask.is_empty());
+            }
+            Decision::Seal { cluster, ask } => {
+                let Commitment::Forming { cluster: c, confirmed, .. } = s.commitment else {
+                    panic!("asked for seals while not forming: {s:?}")
+                };
+                assert_eq!(c, cluster);
+                assert!(!ask.is_empty());
+                for peer in s.peers {
+                    assert!(confirmed.contains(&peer.name), "sealing before {} bound", peer.name);
+                }
             }
             Decision::Wait(_) => {}
         }
@@ -1016,11 +1156,15 @@ mod tests {
             peer(6, Answer::Member { cluster: 'c', leader: Some(1) }),
         ];
         let mut s = situation(&1, &peers, 3);
-        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[6] };
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[6], sealed: &[6] };
         assert_eq!(decide(&s), Decision::Confirm { cluster: 'c', ask: vec![5] });
+        // Every peer confirmed: the last round seals the bindings.
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[5, 6], sealed: &[6] };
+        assert_eq!(decide(&s), Decision::Seal { cluster: 'c', ask: vec![5] });
         // A node confirmed once, no longer in view, is not needed (nor a
         // voter); a view that shrank below the expected size waits.
-        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[5, 6, 7] };
+        s.commitment =
+            Commitment::Forming { cluster: &'c', confirmed: &[5, 6, 7], sealed: &[5, 6, 7] };
         assert_eq!(decide(&s), Decision::Initialize { cluster: 'c', voters: vec![5, 6] });
         let one = [peer(5, Answer::Silent)];
         let s = Situation { peers: &one, ..s };
@@ -1053,7 +1197,7 @@ mod tests {
         assert!(!wants_promises(&5, [1u8, 6].iter(), false, 1, &free));
         assert!(wants_promises(&5, [].iter(), false, 1, &free));
         // A forming node asks; a bound one gives back what it holds.
-        let forming = Commitment::Forming { cluster: &'c', confirmed: &[] };
+        let forming = Commitment::Forming { cluster: &'c', confirmed: &[], sealed: &[] };
         assert!(wants_promises(&5, [1u8, 6].iter(), true, 9, &forming));
         let bound = Commitment::Bound { cluster: &'c', former: Some(&6) };
         assert!(!wants_promises(&1, [5u8, 6].iter(), false, 3, &bound));
@@ -1160,62 +1304,66 @@ mod tests {
 
     /// The confirm step over every case: whether the node has raft state,
     /// its stored cluster (none, the caller's, another) and that cluster's
-    /// former (unknown, the caller, the node itself, another), the promise
-    /// it holds (none, the caller's, another's) and whether its holder is
-    /// tagged.
+    /// former (unknown, the caller, the node itself, another), whether its
+    /// binding is sealed (no, to the caller, to another incarnation of the
+    /// caller), the promise it holds (none, the caller's, another's),
+    /// whether its holder is tagged, and whether the caller asks it to
+    /// seal.
     #[test]
     fn the_confirm_step_over_every_case() {
         let (me, caller, other) = (50u8, 10u8, 20u8);
-        let mut binds = 0;
+        let (mut binds, mut seals) = (0, 0);
         for has_state in [false, true] {
             for stored in [None, Some('c'), Some('d')] {
                 for former in [None, Some(caller), Some(me), Some(other)] {
                     if stored.is_none() && former.is_some() {
                         continue;
                     }
-                    for holding in [None, Some(caller), Some(other)] {
-                        for holder_tagged in [false, true] {
-                            let call = ConfirmCall {
-                                has_state,
-                                stored: stored.as_ref().map(|c| (c, former.as_ref())),
-                                holding: holding.as_ref(),
-                                holder_tagged,
-                                caller: &caller,
-                                cluster: &'c',
-                            };
-                            let step = confirm(&call);
-                            let want = if has_state {
-                                Confirmation::Refuse(Refusal::HasState { cluster: stored })
-                            } else {
-                                match (stored, former) {
-                                    (Some('c'), None) | (Some('c'), Some(10)) => {
-                                        Confirmation::Again
+                    for sealed in [Sealed::No, Sealed::ToCaller, Sealed::ToOther] {
+                        if sealed != Sealed::No && former.is_none() {
+                            continue;
+                        }
+                        for holding in [None, Some(caller), Some(other)] {
+                            for holder_tagged in [false, true] {
+                                for seal in [false, true] {
+                                    let call = ConfirmCall {
+                                        has_state,
+                                        stored: stored.as_ref().map(|c| (c, former.as_ref())),
+                                        holding: holding.as_ref(),
+                                        holder_tagged,
+                                        sealed,
+                                        caller: &caller,
+                                        cluster: &'c',
+                                        seal,
+                                    };
+                                    let step = confirm(&call);
+                                    assert_eq!(step, want_confirm(&call), "{call:?}");
+                                    // Never bound while a member, bound
+                                    // elsewhere, or without the caller's
+                                    // live promise; never on a seal.
+                                    if step == Confirmation::Bind {
+                                        binds += 1;
+                                        assert!(!has_state && stored.is_none() && !seal);
+                                        assert!(holding == Some(caller) && holder_tagged);
                                     }
-                                    (Some('c'), Some(f)) => {
-                                        Confirmation::Refuse(Refusal::OtherFormer { former: f })
+                                    if step == Confirmation::Again {
+                                        assert!(!has_state && stored == Some('c') && !seal);
+                                        assert!(former.is_none_or(|f| f == caller), "{call:?}");
+                                        assert_ne!(sealed, Sealed::ToOther, "{call:?}");
                                     }
-                                    (Some(d), _) => {
-                                        Confirmation::Refuse(Refusal::OtherCluster { cluster: d })
+                                    // Sealed only by its own former, bound,
+                                    // never over another incarnation's seal.
+                                    if step == Confirmation::Seal {
+                                        seals += 1;
+                                        assert!(seal && !has_state && stored == Some('c'));
+                                        assert_eq!(former, Some(caller), "{call:?}");
+                                        assert_ne!(sealed, Sealed::ToOther, "{call:?}");
                                     }
-                                    (None, _) if holding == Some(caller) && holder_tagged => {
-                                        Confirmation::Bind
+                                    // A seal request never binds a free node.
+                                    if seal && stored.is_none() {
+                                        assert!(matches!(step, Confirmation::Refuse(_)));
                                     }
-                                    (None, _) => Confirmation::Refuse(Refusal::NotPromised {
-                                        promised_to: holding.filter(|_| holder_tagged),
-                                    }),
                                 }
-                            };
-                            assert_eq!(step, want, "{call:?}");
-                            // Never bound while a member, bound elsewhere,
-                            // or without the caller's live promise.
-                            if step == Confirmation::Bind {
-                                binds += 1;
-                                assert!(!has_state && stored.is_none(), "{call:?}");
-                                assert!(holding == Some(caller) && holder_tagged, "{call:?}");
-                            }
-                            if step == Confirmation::Again {
-                                assert!(!has_state && stored == Some('c'), "{call:?}");
-                                assert!(former.is_none_or(|f| f == caller), "{call:?}");
                             }
                         }
                     }
@@ -1223,6 +1371,106 @@ mod tests {
             }
         }
         assert_eq!(binds, 1);
+        // Former the caller, sealed no or to the caller, 3 × 2 promises.
+        assert_eq!(seals, 2 * 6);
+    }
+
+    /// The confirm rules restated.
+    fn want_confirm(c: &ConfirmCall<'_, u8, char>) -> Confirmation<u8, char> {
+        if c.has_state {
+            return Confirmation::Refuse(Refusal::HasState { cluster: c.stored.map(|(c, _)| *c) });
+        }
+        match c.stored {
+            Some((&'c', Some(&f))) if f != *c.caller => {
+                Confirmation::Refuse(Refusal::OtherFormer { former: f })
+            }
+            Some((&'c', _)) if c.sealed == Sealed::ToOther => {
+                Confirmation::Refuse(Refusal::SealedToOther)
+            }
+            Some((&'c', Some(_))) if c.seal => Confirmation::Seal,
+            Some((&'c', None)) if c.seal => Confirmation::Refuse(Refusal::NotBound),
+            Some((&'c', _)) => Confirmation::Again,
+            Some((&d, _)) => Confirmation::Refuse(Refusal::OtherCluster { cluster: d }),
+            None if c.seal => Confirmation::Refuse(Refusal::NotBound),
+            None if c.holding == Some(c.caller) && c.holder_tagged => Confirmation::Bind,
+            None => Confirmation::Refuse(Refusal::NotPromised {
+                promised_to: c.holding.copied().filter(|_| c.holder_tagged),
+            }),
+        }
+    }
+
+    /// The unbind decision over every case, and what it protects: a sealed
+    /// node, a member, a joiner and the former itself never unbind; an
+    /// unsealed binder unbinds exactly when its former is gone for good or
+    /// forgot the formation.
+    #[test]
+    fn the_unbind_decision_over_every_case() {
+        let (me, former) = (50u8, 10u8);
+        let mut unbinds = 0;
+        for has_state in [false, true] {
+            for who in [None, Some(former), Some(me)] {
+                for sealed in [false, true] {
+                    for former_now in [
+                        FormerNow::Present,
+                        FormerNow::Gone,
+                        FormerNow::GoneForGood,
+                        FormerNow::Forgot,
+                    ] {
+                        let b =
+                            Bond { me: &me, has_state, former: who.as_ref(), sealed, former_now };
+                        let gone = matches!(former_now, FormerNow::GoneForGood | FormerNow::Forgot);
+                        let want = !has_state && !sealed && who == Some(former) && gone;
+                        assert_eq!(unbind(&b), want, "{b:?}");
+                        unbinds += usize::from(want);
+                    }
+                }
+            }
+        }
+        assert_eq!(unbinds, 2);
+    }
+
+    /// The race the seal closes: a binder unbinds only before it sealed,
+    /// and a binder that unbound refuses the seal, so its former cannot
+    /// initialize with it; one that sealed first never unbinds.
+    #[test]
+    fn a_binder_either_seals_or_unbinds_never_both() {
+        let (former, me) = (1u8, 2u8);
+        let bound = |sealed: Sealed, seal: bool| ConfirmCall {
+            has_state: false,
+            stored: Some((&'x', Some(&former))),
+            holding: None,
+            holder_tagged: false,
+            sealed,
+            caller: &former,
+            cluster: &'x',
+            seal,
+        };
+        // Unbind first (the former untagged for the grace period): the seal
+        // finds the node free and is refused.
+        let gone = Bond {
+            me: &me,
+            has_state: false,
+            former: Some(&former),
+            sealed: false,
+            former_now: FormerNow::GoneForGood,
+        };
+        assert!(unbind(&gone));
+        let free = ConfirmCall { stored: None, ..bound(Sealed::No, true) };
+        assert_eq!(confirm(&free), Confirmation::Refuse(Refusal::NotBound));
+        // Seal first: the node never unbinds afterwards.
+        assert_eq!(confirm(&bound(Sealed::No, true)), Confirmation::Seal);
+        assert!(!unbind(&Bond { sealed: true, ..gone.clone() }));
+        assert!(!unbind(&Bond { sealed: true, former_now: FormerNow::Forgot, ..gone }));
+        // A new incarnation of the former cannot take the sealed binding
+        // over (its old incarnation may have initialized the cluster).
+        assert_eq!(
+            confirm(&bound(Sealed::ToOther, false)),
+            Confirmation::Refuse(Refusal::SealedToOther)
+        );
+        assert_eq!(
+            confirm(&bound(Sealed::ToOther, true)),
+            Confirmation::Refuse(Refusal::SealedToOther)
+        );
     }
 
     /// The model checker's schedule (docs/reliability.md) on the pure
@@ -1238,8 +1486,10 @@ mod tests {
             stored: None,
             holding: Some(&a),
             holder_tagged: false,
+            sealed: Sealed::No,
             caller: &a,
             cluster: &'x',
+            seal: false,
         });
         assert_eq!(step, Confirmation::Refuse(Refusal::NotPromised { promised_to: None }));
         // c still holds a's promise: it binds.
@@ -1248,8 +1498,10 @@ mod tests {
             stored: None,
             holding: Some(&a),
             holder_tagged: true,
+            sealed: Sealed::No,
             caller: &a,
             cluster: &'x',
+            seal: false,
         });
         assert_eq!(step, Confirmation::Bind);
         // a cannot initialize: b did not confirm.
@@ -1258,7 +1510,7 @@ mod tests {
             peer(c, Answer::Member { cluster: 'x', leader: Some(a) }),
         ];
         let s = Situation {
-            commitment: Commitment::Forming { cluster: &'x', confirmed: &[c] },
+            commitment: Commitment::Forming { cluster: &'x', confirmed: &[c], sealed: &[] },
             ..situation(&a, &peers, 2)
         };
         assert_eq!(decide(&s), Decision::Confirm { cluster: 'x', ask: vec![b] });
@@ -1280,8 +1532,10 @@ mod tests {
             stored: Some((&'x', Some(&a))),
             holding: None,
             holder_tagged: false,
+            sealed: Sealed::No,
             caller: &b,
             cluster: &'y',
+            seal: false,
         });
         assert_eq!(step, Confirmation::Refuse(Refusal::OtherCluster { cluster: 'x' }));
         // And b, seeing c a member of 'x' led by a, never forms.

@@ -57,9 +57,10 @@ fn commitment<'a>(
     former: &'a Option<Node>,
     promise: &'a Option<Node>,
     confirmed: &'a [Node],
+    sealed: &'a [Node],
 ) -> boot::Commitment<'a, Node, ClusterId> {
     match cluster {
-        Some(cluster) if input.forming => boot::Commitment::Forming { cluster, confirmed },
+        Some(cluster) if input.forming => boot::Commitment::Forming { cluster, confirmed, sealed },
         Some(cluster) => boot::Commitment::Bound { cluster, former: former.as_ref() },
         None => {
             boot::Commitment::Free { holding: promise.as_ref().map(|h| (h, input.view.tagged(*h))) }
@@ -119,9 +120,9 @@ impl Protocol for Design0003 {
     /// `decide::bootstrap::wants_promises`, as `bootstrap::run` calls it.
     fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
         let names: Vec<Node> = input.view.peers(input.me).collect();
-        let confirmed = confirmed(input);
+        let (confirmed, sealed) = confirmed(input);
         let former = input.former.map(RaftId::node);
-        let c = commitment(input, &input.cluster, &former, &input.promise, &confirmed);
+        let c = commitment(input, &input.cluster, &former, &input.promise, &confirmed, &sealed);
         boot::wants_promises(
             &input.me,
             names.iter(),
@@ -164,14 +165,21 @@ impl Protocol for Design0003 {
     /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
     fn decide(&self, input: &Bootstrap<'_>) -> Decision {
         let peers = peers(input);
-        let confirmed = confirmed(input);
+        let (confirmed, sealed) = confirmed(input);
         let former = input.former.map(RaftId::node);
         let situation = boot::Situation {
             me: &input.me,
             follow_only: input.follow_only,
             expected_size: input.expected_size as usize,
             peers: &peers,
-            commitment: commitment(input, &input.cluster, &former, &input.promise, &confirmed),
+            commitment: commitment(
+                input,
+                &input.cluster,
+                &former,
+                &input.promise,
+                &confirmed,
+                &sealed,
+            ),
         };
         match boot::decide(&situation) {
             boot::Decision::Join { cluster, leader, .. } => {
@@ -182,6 +190,7 @@ impl Protocol for Design0003 {
             boot::Decision::Confirm { cluster, ask } => {
                 Decision::Confirm { cluster, ask: bits(&ask) }
             }
+            boot::Decision::Seal { cluster, ask } => Decision::Seal { cluster, ask: bits(&ask) },
             boot::Decision::Initialize { cluster, voters } => {
                 Decision::Initialize { cluster, voters: bits(&voters) }
             }
@@ -258,26 +267,69 @@ impl Protocol for Design0003 {
         true
     }
 
-    /// `decide::bootstrap::confirm`, as `FacadePeers::confirm` calls it.
-    fn on_confirm(&self, granter: &Granter, caller: Node, cluster: ClusterId) -> Confirm {
+    fn seals(&self) -> bool {
+        true
+    }
+
+    /// `decide::bootstrap::confirm`, as `FacadePeers::confirm` calls it:
+    /// the seal is compared by raft id (the incarnation of the former).
+    fn on_confirm(
+        &self,
+        granter: &Granter,
+        caller: RaftId,
+        cluster: ClusterId,
+        seal: bool,
+    ) -> Confirm {
         let former = granter.former.map(RaftId::node);
+        let sealed = match granter.sealed {
+            None => boot::Sealed::No,
+            Some(id) if id == caller => boot::Sealed::ToCaller,
+            Some(_) => boot::Sealed::ToOther,
+        };
         let step = boot::confirm(&boot::ConfirmCall {
             has_state: granter.has_state,
             stored: granter.cluster.as_ref().map(|c| (c, former.as_ref())),
             holding: granter.promise.as_ref(),
             holder_tagged: granter.promise.is_some_and(|h| granter.view.tagged(h)),
-            caller: &caller,
+            sealed,
+            caller: &caller.node(),
             cluster: &cluster,
+            seal,
         });
         match step {
             boot::Confirmation::Bind => Confirm::Bind,
             boot::Confirmation::Again => Confirm::Again,
+            boot::Confirmation::Seal => Confirm::Seal,
             boot::Confirmation::Refuse(_) => Confirm::Refuse,
         }
     }
+
+    /// `decide::bootstrap::unbind`, as `bootstrap::run` calls it (the grace
+    /// period is time, which the model leaves out: a node whose former is
+    /// untagged in its view may unbind at any moment).
+    fn unbind(&self, granter: &Granter, gone: bool, forgot: bool) -> bool {
+        let former = granter.former.map(RaftId::node);
+        let former_now = if forgot {
+            boot::FormerNow::Forgot
+        } else if gone {
+            boot::FormerNow::GoneForGood
+        } else {
+            boot::FormerNow::Present
+        };
+        boot::unbind(&boot::Bond {
+            me: &granter.me,
+            has_state: granter.has_state,
+            former: former.as_ref(),
+            sealed: granter.sealed.is_some(),
+            former_now,
+        })
+    }
 }
 
-/// The nodes whose confirmation reached the node.
-fn confirmed(input: &Bootstrap<'_>) -> Vec<Node> {
-    (0..MAX_NODES as Node).filter(|&n| input.confirmed[n as usize].is_some()).collect()
+/// The nodes whose confirmation, and whose seal, reached the node.
+fn confirmed(input: &Bootstrap<'_>) -> (Vec<Node>, Vec<Node>) {
+    let which = |of: &[Option<RaftId>; MAX_NODES]| {
+        (0..MAX_NODES as Node).filter(|&n| of[n as usize].is_some()).collect()
+    };
+    (which(&input.confirmed), which(&input.sealed))
 }

@@ -40,6 +40,7 @@
 //! | `answer_probe`          | `decide::bootstrap::answer` (`FacadePeers::probe`)        |
 //! | `keep_promise`          | `decide::bootstrap::kept`                                 |
 //! | `on_confirm`            | `decide::bootstrap::confirm` (`FacadePeers::confirm`)     |
+//! | `unbind`                | `decide::bootstrap::unbind` (`give_up_binding`)           |
 //! | `plan`                  | `decide::membership::{to_probe, plan}` (`reconcile`)      |
 //! | `on_join`               | transcribed: cmd-rpc `join_here`                          |
 //! | `accepts_raft`          | transcribed: raft-core's raft hello (`gate.rs`)           |

@@ -234,6 +234,8 @@ pub(crate) struct Granter {
     pub(crate) leader: Option<RaftId>,
     /// Who forms its cluster, if it bound itself to it (durable).
     pub(crate) former: Option<RaftId>,
+    /// The former's raft id its binding is sealed to, if it is (durable).
+    pub(crate) sealed: Option<RaftId>,
     /// The node it holds a promise for.
     pub(crate) promise: Option<Node>,
     /// Its view of the tailnet.
@@ -260,6 +262,13 @@ pub(crate) enum Decision {
     },
     /// Ask the nodes in `ask` (bit `n` for node `n`) to confirm `cluster`.
     Confirm {
+        /// The cluster being formed.
+        cluster: ClusterId,
+        /// The nodes asked.
+        ask: u8,
+    },
+    /// Ask the nodes in `ask` to seal their binding to `cluster`.
+    Seal {
         /// The cluster being formed.
         cluster: ClusterId,
         /// The nodes asked.
@@ -300,6 +309,9 @@ pub(crate) struct Bootstrap<'a> {
     /// The raft id each node confirmed this node's cluster with, if it
     /// did (the confirmations that reached it).
     pub(crate) confirmed: [Option<RaftId>; MAX_NODES],
+    /// The raft id each node sealed its binding to this node's cluster
+    /// with, if it did.
+    pub(crate) sealed: [Option<RaftId>; MAX_NODES],
     /// `BootstrapOptions::follow_only`.
     pub(crate) follow_only: bool,
     /// `BootstrapOptions::expected_size`.
@@ -315,6 +327,9 @@ pub(crate) enum Confirm {
     /// Already bound to (or joining) that cluster: record the caller as its
     /// former and confirm again.
     Again,
+    /// Bound to that cluster by the caller: seal the binding (durably) and
+    /// confirm.
+    Seal,
     /// Refuse.
     Refuse,
 }
@@ -427,8 +442,27 @@ pub(crate) trait Protocol: Sync {
     fn confirms(&self) -> bool {
         false
     }
-    /// A node's step on `caller`'s request to confirm `cluster`.
-    fn on_confirm(&self, _granter: &Granter, _caller: Node, _cluster: ClusterId) -> Confirm {
+    /// Whether the confirm round ends with a seal round:
+    /// [`Decision::Initialize`] counts the binders' seals.
+    fn seals(&self) -> bool {
+        false
+    }
+    /// A node's step on the request of `caller` (as raft id `caller_id`)
+    /// to confirm `cluster`, or to seal its binding to it (`seal`).
+    fn on_confirm(
+        &self,
+        _granter: &Granter,
+        _caller: RaftId,
+        _cluster: ClusterId,
+        _seal: bool,
+    ) -> Confirm {
         Confirm::Refuse
+    }
+    /// Whether a bound node gives its binding up, its former being gone
+    /// for good (`gone`: untagged in its view, the grace period passed) or
+    /// having forgotten the formation (`forgot`: it answered as another
+    /// incarnation, not as the former of this cluster).
+    fn unbind(&self, _granter: &Granter, _gone: bool, _forgot: bool) -> bool {
+        false
     }
 }

@@ -58,6 +58,9 @@ pub(crate) struct Scenario {
     /// The nodes faults (crashes, wipes, tag changes) may hit (bit `n` for
     /// node `n`).
     pub(crate) faulty: u8,
+    /// Of those, the nodes whose tag may change (all faulty ones if
+    /// `None`).
+    pub(crate) taggable: Option<u8>,
     /// Whether cluster 0 starts settled: its lowest member leads term 1 and
     /// every member has its log, committed (else it starts in term 0, with
     /// no leader).
@@ -136,6 +139,8 @@ pub(crate) struct NodeState {
     /// Durable: who forms that cluster, if this node bound itself to it
     /// (itself, if it forms it).
     pub(crate) former: Option<RaftId>,
+    /// Durable: the former's raft id this node sealed its binding to.
+    pub(crate) sealed: Option<RaftId>,
     /// Volatile: it is forming its cluster (collecting confirmations).
     pub(crate) forming: bool,
     /// Volatile: role.
@@ -159,6 +164,7 @@ impl NodeState {
             log: Vec::new(),
             cluster: None,
             former: None,
+            sealed: None,
             forming: false,
             role: Role::Follower,
             leader: None,
@@ -225,9 +231,9 @@ impl Msg {
             Body::Append { .. } => 2,
             Body::AppendReply { .. } => 3,
             Body::Probe(_) => 4,
-            Body::Answer(_) => 5,
+            Body::Answer { .. } => 5,
             Body::Join(_) => 6,
-            Body::Confirm(_) => 7,
+            Body::Confirm { .. } => 7,
             Body::Confirmed { .. } => 8,
         };
         (self.from, self.to, kind)
@@ -305,18 +311,30 @@ pub(crate) enum Body {
     /// asking for a promise or not.
     Probe(bool),
     /// Bootstrap: the answer to a probe.
-    Answer(Answer),
+    Answer {
+        /// What it says.
+        answer: Answer,
+        /// The raft id of the node answering.
+        id: RaftId,
+    },
     /// A join request, to the leader.
     Join(JoinRequest),
     /// The confirm round: the forming node asks a peer to bind itself to
-    /// its cluster.
-    Confirm(ClusterId),
-    /// The confirm round: the peer is bound.
+    /// its cluster, or (`seal`) to seal its binding.
+    Confirm {
+        /// The cluster being formed.
+        cluster: ClusterId,
+        /// The last round before initializing.
+        seal: bool,
+    },
+    /// The confirm round: the peer is bound (and sealed its binding).
     Confirmed {
         /// The cluster it is bound to.
         cluster: ClusterId,
         /// Its raft id.
         id: RaftId,
+        /// It sealed its binding.
+        sealed: bool,
     },
 }
 
@@ -414,9 +432,12 @@ pub(crate) enum Action {
     /// A fresh node probes its tagged, online peers.
     Probe(Node),
     /// A node without raft state decides from its answers (and its
-    /// confirmations): join, form, resume, ask for confirmations,
+    /// confirmations): join, form, resume, ask for confirmations or seals,
     /// initialize.
     Decide(Node),
+    /// A bound node without raft state gives its binding up, if the
+    /// protocol says so (its former gone for good, or forgetful).
+    Unbind(Node),
     /// A message arrives (and stays in flight: it may arrive again); the
     /// answer to a raft request reaches the sender at once.
     Deliver(Msg),
@@ -716,12 +737,16 @@ impl System<'_> {
     ) -> Bootstrap<'a> {
         let node = &w.nodes[n as usize];
         let mut confirmed = [None; MAX_NODES];
+        let mut sealed = [None; MAX_NODES];
         for m in &w.net {
-            if let Body::Confirmed { cluster, id } = m.body
+            if let Body::Confirmed { cluster, id, sealed: seal } = m.body
                 && m.to == n
                 && Some(cluster) == node.cluster
             {
                 confirmed[m.from as usize] = Some(id);
+                if seal {
+                    sealed[m.from as usize] = Some(id);
+                }
             }
         }
         Bootstrap {
@@ -733,6 +758,7 @@ impl System<'_> {
             former: node.former,
             forming: node.forming,
             confirmed,
+            sealed,
             follow_only: false,
             expected_size: self.scenario.expected_size,
         }
@@ -788,7 +814,7 @@ impl System<'_> {
         // Every port authorizes the caller by its tag in the receiver's view.
         let answer = matches!(
             msg.body,
-            Body::Answer(_)
+            Body::Answer { .. }
                 | Body::Confirmed { .. }
                 | Body::VoteReply { .. }
                 | Body::AppendReply { .. }
@@ -936,25 +962,44 @@ impl System<'_> {
                 let granter = granter(w, to);
                 let (answer, promise) = self.protocol.answer_probe(&granter, msg.from, *wants);
                 w.nodes[to as usize].promise = promise;
-                self.send(w, Msg { from: to, to: msg.from, body: Body::Answer(answer) });
+                self.send(w, Msg { from: to, to: msg.from, body: Body::Answer { answer, id: me } });
             }
             // A fresh node decides from the answers that reached it, and
             // initializes once the confirmations have.
-            Body::Answer(_) | Body::Confirmed { .. } => {}
-            Body::Confirm(cluster) => {
+            Body::Answer { .. } | Body::Confirmed { .. } => {}
+            Body::Confirm { cluster, seal } => {
                 let granter = granter(w, to);
                 let former = w.id(msg.from);
-                match self.protocol.on_confirm(&granter, msg.from, *cluster) {
-                    Confirm::Refuse => return,
-                    Confirm::Bind | Confirm::Again => {
+                let step = self.protocol.on_confirm(&granter, former, *cluster, *seal);
+                match step {
+                    Confirm::Refuse => {
+                        // A refused seal: the former learns it at once and
+                        // forgets the confirmation it had (it asks again).
+                        if *seal {
+                            w.net.retain(|m| {
+                                !(m.from == to
+                                    && m.to == msg.from
+                                    && matches!(m.body, Body::Confirmed { .. }))
+                            });
+                        }
+                        return;
+                    }
+                    Confirm::Bind | Confirm::Again | Confirm::Seal => {
                         let node = &mut w.nodes[to as usize];
+                        if node.former != Some(former) {
+                            node.sealed = None;
+                        }
                         node.cluster = Some(*cluster);
                         node.former = Some(former);
                         node.promise = None;
+                        if step == Confirm::Seal {
+                            node.sealed = Some(former);
+                        }
                     }
                 }
                 self.settle(w, to);
-                let body = Body::Confirmed { cluster: *cluster, id: me };
+                let sealed = step == Confirm::Seal;
+                let body = Body::Confirmed { cluster: *cluster, id: me, sealed };
                 self.send(w, Msg { from: to, to: msg.from, body });
             }
             Body::Join(request) => {
@@ -1002,10 +1047,17 @@ fn collect_garbage(w: &mut World) {
                             && matches!((r.role, matched), (Role::Leader { matched: known, .. }, Some(m))
                                 if known[follower.0 as usize].is_none_or(|k| k < *m))))
             }
-            Body::Answer(_) | Body::Confirmed { .. } => !r.has_state(),
-            Body::Probe(_) | Body::Join(_) | Body::Confirm(_) => true,
+            Body::Answer { .. } | Body::Confirmed { .. } => !r.has_state(),
+            Body::Probe(_) | Body::Join(_) | Body::Confirm { .. } => true,
         }
     });
+}
+
+/// Whether `m` dies with node `n`'s process: its HTTP exchanges, except
+/// the confirmations it sent (its former holds them in memory once they
+/// arrived; in flight, they may or may not have).
+fn dies_with(m: &Msg, n: Node) -> bool {
+    m.is_http() && (m.to == n || (m.from == n && !matches!(m.body, Body::Confirmed { .. })))
 }
 
 /// What node `n` knows of itself, as the protocol sees it.
@@ -1017,6 +1069,7 @@ fn granter(w: &World, n: Node) -> Granter {
         cluster: node.cluster,
         leader: node.leader.or(node.former),
         former: node.former,
+        sealed: node.sealed,
         promise: node.promise,
         view: node.view,
     }
@@ -1039,7 +1092,10 @@ impl Model for System<'_> {
             }
             out.push(Action::Restart(n));
             if self.scenario.faulty & (1 << n) != 0 {
-                out.extend([Action::Crash(n), Action::Wipe(n), Action::Tag(n)]);
+                out.extend([Action::Crash(n), Action::Wipe(n)]);
+            }
+            if self.scenario.taggable.unwrap_or(self.scenario.faulty) & (1 << n) != 0 {
+                out.push(Action::Tag(n));
             }
             if !node.up {
                 continue;
@@ -1049,6 +1105,7 @@ impl Model for System<'_> {
                 Action::Timeout(n),
                 Action::Probe(n),
                 Action::Decide(n),
+                Action::Unbind(n),
             ]);
             if let (Role::Leader { .. }, Some((_, config))) = (node.role, node.config()) {
                 out.push(Action::Write(n));
@@ -1060,7 +1117,7 @@ impl Model for System<'_> {
             }
         }
         for msg in &w.net {
-            if !matches!(msg.body, Body::Answer(_)) {
+            if !matches!(msg.body, Body::Answer { .. }) {
                 out.push(Action::Deliver(msg.clone()));
                 if matches!(msg.body, Body::Vote { .. } | Body::Append { .. }) {
                     out.push(Action::DeliverLosingReply(msg.clone()));
@@ -1090,7 +1147,7 @@ impl Model for System<'_> {
                 w.budget.crashes -= 1;
                 node.up = false;
                 node.forget_volatile();
-                w.net.retain(|m| !(m.is_http() && (m.from == *n || m.to == *n)));
+                w.net.retain(|m| !dies_with(m, *n));
             }
             Action::Restart(n) => {
                 if w.nodes[*n as usize].up {
@@ -1110,7 +1167,7 @@ impl Model for System<'_> {
                 *node = NodeState::fresh(truth);
                 node.incarnation = incarnation;
                 node.view = View { online: truth.online | 1 << n, ..truth };
-                w.net.retain(|m| !(m.is_http() && (m.from == *n || m.to == *n)));
+                w.net.retain(|m| !dies_with(m, *n));
             }
             Action::Tag(n) => {
                 if w.budget.tag_changes == 0 {
@@ -1223,14 +1280,23 @@ impl Model for System<'_> {
                 }
                 let mut answers = [None; MAX_NODES];
                 for m in &w.net {
-                    if let (true, Body::Answer(answer)) = (m.to == *n, &m.body) {
+                    if let (true, Body::Answer { answer, .. }) = (m.to == *n, &m.body) {
                         answers[m.from as usize] = Some(*answer);
                     }
                 }
                 let input = self.bootstrap(&w, *n, &answers);
                 let me = w.id(*n);
-                match self.protocol.decide(&input) {
+                let decision = self.protocol.decide(&input);
+                match decision {
                     Decision::Wait => return None,
+                    Decision::Join { cluster: _, leader }
+                        if self.protocol.confirms()
+                            && !(input.view.tagged(leader.node())
+                                && input.view.online(leader.node())) =>
+                    {
+                        // The shell resolves the leader to a tagged, online
+                        // node of its view before it stores anything.
+                    }
                     Decision::Join { cluster, leader } => {
                         let request = JoinRequest { from: *n, id: me, cluster };
                         let node = &mut w.nodes[*n as usize];
@@ -1269,11 +1335,12 @@ impl Model for System<'_> {
                         node.forming = true;
                         node.promise = None;
                     }
-                    Decision::Confirm { cluster, ask } => {
+                    Decision::Confirm { cluster, ask } | Decision::Seal { cluster, ask } => {
+                        let seal = matches!(decision, Decision::Seal { .. });
                         let view = w.nodes[*n as usize].view;
                         for peer in (0..MAX_NODES as Node).filter(|p| ask & (1 << p) != 0) {
                             if view.online(peer) {
-                                let body = Body::Confirm(cluster);
+                                let body = Body::Confirm { cluster, seal };
                                 self.send(&mut w, Msg { from: *n, to: peer, body });
                             }
                         }
@@ -1282,14 +1349,47 @@ impl Model for System<'_> {
                         if w.nodes[*n as usize].cluster != Some(cluster) {
                             return None;
                         }
+                        // The binders' raft ids as they sealed (as they
+                        // confirmed, without a seal round).
+                        let ids =
+                            if self.protocol.seals() { input.sealed } else { input.confirmed };
                         let mut set = Set::default().with(me);
                         for peer in (0..MAX_NODES as Node).filter(|p| voters & (1 << p) != 0) {
-                            set = set.with(input.confirmed[peer as usize]?);
+                            set = set.with(ids[peer as usize]?);
                         }
                         w.resumed_formed |= w.resumed & (1 << cluster);
                         self.initialize(&mut w, *n, set);
                     }
                 }
+            }
+            Action::Unbind(n) => {
+                let node = &w.nodes[*n as usize];
+                let (Some(cluster), Some(former)) = (node.cluster, node.former) else {
+                    return None;
+                };
+                if node.has_state() || former.node() == *n {
+                    return None;
+                }
+                let gone = !node.view.tagged(former.node());
+                // The former answered as another incarnation, and not as
+                // the former of this cluster.
+                let forgot = w.net.iter().any(|m| match m.body {
+                    Body::Answer { answer, id } => {
+                        m.to == *n
+                            && m.from == former.node()
+                            && id != former
+                            && !matches!(answer, Answer::Member { cluster: Some(c), leader: Some(l) }
+                                if c == cluster && l.node() == former.node())
+                    }
+                    _ => false,
+                });
+                if !self.protocol.unbind(&granter(&w, *n), gone, forgot) {
+                    return None;
+                }
+                let node = &mut w.nodes[*n as usize];
+                node.cluster = None;
+                node.former = None;
+                node.sealed = None;
             }
             Action::Deliver(msg) => self.deliver(&mut w, msg, false),
             Action::DeliverLosingReply(msg) => self.deliver(&mut w, msg, true),
@@ -1316,6 +1416,7 @@ impl Model for System<'_> {
             Action::Reconcile(n) => format!("{} runs the membership reconciler", name(n)),
             Action::Probe(n) => format!("{} probes its online tagged peers", name(n)),
             Action::Decide(n) => format!("{} decides", name(n)),
+            Action::Unbind(n) => format!("{} gives up its binding", name(n)),
             Action::Deliver(m) => format!("deliver {}", show_msg(m)),
             Action::DeliverLosingReply(m) => format!("deliver {}, lose the answer", show_msg(m)),
         };
@@ -1412,10 +1513,14 @@ fn show_msg(m: &Msg) -> String {
         },
         Body::Probe(true) => "probe (asks for a promise)".to_owned(),
         Body::Probe(false) => "probe".to_owned(),
-        Body::Answer(a) => format!("answer {a:?}"),
+        Body::Answer { answer, id } => format!("answer {answer:?} (as {id:?})"),
         Body::Join(r) => format!("join as {:?} (cluster {:?})", r.id, r.cluster),
-        Body::Confirm(c) => format!("confirm cluster {c}"),
-        Body::Confirmed { cluster, id } => format!("confirmed cluster {cluster} ({id:?})"),
+        Body::Confirm { cluster, seal: false } => format!("confirm cluster {cluster}"),
+        Body::Confirm { cluster, seal: true } => format!("seal cluster {cluster}"),
+        Body::Confirmed { cluster, id, sealed } => {
+            let what = if *sealed { "sealed" } else { "confirmed" };
+            format!("{what} cluster {cluster} ({id:?})")
+        }
     };
     format!("{from}->{to} {body}")
 }
@@ -1450,6 +1555,11 @@ fn changes(before: &World, after: &World) -> String {
             && let Some(former) = a.former
         {
             notes.push(format!("{name} bound to {former:?}'s cluster"));
+        }
+        if a.sealed != b.sealed
+            && let Some(former) = a.sealed
+        {
+            notes.push(format!("{name} sealed to {former:?}"));
         }
         if a.promise != b.promise {
             let holder = a.promise.map(|p| (b'a' + p) as char);

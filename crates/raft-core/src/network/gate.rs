@@ -41,4 +41,10 @@ impl ClusterGate {
     pub(crate) fn set(&self, _held: &RwLockWriteGuard<'_, ()>, id: ClusterId) {
         *self.id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     }
+
+    /// Clears the id (the node answers no raft request again); call with
+    /// [`ClusterGate::exclusive`] held.
+    pub(crate) fn clear(&self, _held: &RwLockWriteGuard<'_, ()>) {
+        *self.id.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
