@@ -142,6 +142,19 @@ fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
     Arc::new(|peer: PeerAddr| peer.ip() != INTRUDER)
 }
 
+/// The node at `ip(i)` is `node-<i>` (as `info` says).
+fn owner(ip: IpAddr) -> String {
+    let last = match ip {
+        IpAddr::V4(v4) => usize::from(v4.octets()[3]),
+        IpAddr::V6(v6) => usize::from(v6.segments()[7]),
+    };
+    format!("node-{}", last.saturating_sub(1))
+}
+
+fn identify_all_but_intruder() -> raft_core::Identify {
+    Arc::new(|peer: PeerAddr| (peer.ip() != INTRUDER).then(|| owner(peer.ip())))
+}
+
 impl Cluster {
     fn raft_config() -> RaftConfig {
         RaftConfig {
@@ -164,7 +177,7 @@ impl Cluster {
             transport.clone(),
             Storage::Memory,
             Kv::default(),
-            authorize_all_but_intruder(),
+            identify_all_but_intruder(),
             raft,
         )
         .await

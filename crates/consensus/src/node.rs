@@ -558,6 +558,19 @@ impl<S: StateMachine> Consensus<S> {
             })
         };
         let authorize = authorize_on(Port::Command);
+        // The raft port serves a peer only as the node that owns its
+        // address, and counts its refusals like the others.
+        let identify: raft_core::Identify = {
+            let authorizer = authorizer.clone();
+            let counters = counters.clone();
+            Arc::new(move |peer: PeerAddr| {
+                let owner = authorizer.owner(peer.ip());
+                if owner.is_none() {
+                    counters.refused(Port::Raft);
+                }
+                owner
+            })
+        };
         let mut storage = match &config.state_dir {
             Some(dir) => Storage::Durable(dir.clone()),
             None => Storage::Memory,
@@ -570,7 +583,7 @@ impl<S: StateMachine> Consensus<S> {
             transport.clone(),
             storage,
             Adapter(state_machine),
-            authorize_on(Port::Raft),
+            identify,
             raft_config(&config),
         )
         .await
