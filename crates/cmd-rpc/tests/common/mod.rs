@@ -69,6 +69,14 @@ impl Peers for AllPeers {
     fn tagged_online(&self, _stable_id: &str) -> bool {
         true
     }
+    fn removal_keeps_quorum(
+        &self,
+        _id: raft_core::NodeId,
+        _metrics: &raft_core::NodeMetrics,
+    ) -> Result<(), String> {
+        // Every voter is reachable here.
+        Ok(())
+    }
     fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
             ProbeResponse {
