@@ -51,6 +51,7 @@ struct Context {
 /// connection is refused, and one whose cluster id is no longer this
 /// node's is dropped at its next request. Every request must carry a vote
 /// of the caller's own raft id.
+#[allow(clippy::too_many_arguments, reason = "the node's parts the server shares")]
 pub(crate) fn start(
     listener: Arc<dyn Listener>,
     raft: Raft<TypeConfig>,
