@@ -1190,12 +1190,18 @@ mod tests {
         let transport =
             Restarts { inner: Arc::new(net.node(ip(1))), epoch: Arc::new(AtomicU64::new(0)) };
         let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
+        let local = Local {
+            id: crate::types::node_id("self", 1),
+            stable_id: "self".to_owned(),
+            incarnation: 1,
+            sessions: crate::sessions::SessionLimits::default(),
+        };
         let mut clients = RaftNetworkClients::new(
             Arc::new(transport.clone()),
-            1,
+            local,
             NetworkConfig::default(),
             gate,
-            Arc::new(|_| true),
+            Arc::new(|_| Some("peer".to_owned())),
         );
         let node = NodeInfo {
             stable_id: "peer".to_owned(),
