@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
-use raft_core::{NodeInfo, node_id};
+use raft_core::{NodeId, NodeInfo, NodeMetrics, node_id};
 
 use crate::api::{ConfirmRequest, ConfirmResponse, ProbeRequest, ProbeResponse};
 use crate::error::RpcError;
@@ -54,6 +54,14 @@ pub trait Peers: Send + Sync + 'static {
     /// Whether the node with `stable_id` carries the cluster tag and is
     /// online.
     fn tagged_online(&self, stable_id: &str) -> bool;
+
+    /// Whether voter `id` may be removed from the configuration `metrics`
+    /// shows (this node leads it) at another node's request: the quorum
+    /// guard of the leader's own membership plan (decision 0003), under
+    /// which the remaining voters keep a reachable majority and a dead
+    /// incarnation of a node that came back does not count as reachable.
+    /// `Err` says why not.
+    fn removal_keeps_quorum(&self, id: NodeId, metrics: &NodeMetrics) -> Result<(), String>;
 
     /// Answers `POST /v1/probe` from `caller`.
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a>;

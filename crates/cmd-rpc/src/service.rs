@@ -714,9 +714,11 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     /// Removes a member (on the leader only), if `caller` may: a node may
-    /// remove itself (or an old incarnation of itself), and a member this
-    /// node's view shows offline or untagged; never the leader through
-    /// another node. Removing a non-member does nothing.
+    /// remove itself (or an old incarnation of itself); a voter of this
+    /// configuration may remove a member this node's view shows offline or
+    /// untagged, if the remaining voters keep a reachable majority (the
+    /// quorum guard, [`Peers::removal_keeps_quorum`]); nobody removes the
+    /// leader through another node. Removing a non-member does nothing.
     pub async fn remove(
         &self,
         request: &RemoveRequest,
@@ -729,6 +731,16 @@ impl<S: StateMachine> CommandService<S> {
             let metrics = self.node.metrics();
             let Some(target) = metrics.nodes.get(&request.id) else { return Ok(()) };
             if target.stable_id != caller.stable_id {
+                let votes = metrics
+                    .voters
+                    .iter()
+                    .any(|v| metrics.nodes.get(v).is_some_and(|n| n.stable_id == caller.stable_id));
+                if !votes {
+                    return Err(Failed::Finally(RpcError::Forbidden(format!(
+                        "node {:?} is not a voter of this cluster: only members remove others",
+                        caller.stable_id
+                    ))));
+                }
                 if request.id == self.node.id() {
                     return Err(Failed::Finally(RpcError::Forbidden(format!(
                         "node {:?} cannot remove the leader",
@@ -739,6 +751,14 @@ impl<S: StateMachine> CommandService<S> {
                     return Err(Failed::Finally(RpcError::Forbidden(format!(
                         "node {:?} cannot remove {:?}: it is tagged and online (membership \
                          follows tags; revoke its tag, or let it leave)",
+                        caller.stable_id, target.stable_id
+                    ))));
+                }
+                if metrics.voters.contains(&request.id)
+                    && let Err(why) = self.peers.removal_keeps_quorum(request.id, &metrics)
+                {
+                    return Err(Failed::Finally(RpcError::Forbidden(format!(
+                        "node {:?} cannot remove voter {:?}: {why}",
                         caller.stable_id, target.stable_id
                     ))));
                 }

@@ -101,6 +101,25 @@ impl Peers for TestPeers {
         let offline = self.tailnet.offline.lock().unwrap();
         (0..20).any(|i| info(i).stable_id == stable_id && !offline.contains(&i))
     }
+    /// The remaining voters that are online (the leader among them) must
+    /// be a majority of them.
+    fn removal_keeps_quorum(
+        &self,
+        id: NodeId,
+        metrics: &raft_core::NodeMetrics,
+    ) -> Result<(), String> {
+        let remaining: Vec<&NodeInfo> = metrics
+            .voters
+            .iter()
+            .filter(|v| **v != id)
+            .filter_map(|v| metrics.nodes.get(v))
+            .collect();
+        let reachable = remaining.iter().filter(|n| self.tagged_online(&n.stable_id)).count();
+        if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
+            return Err(format!("{reachable} of {} remaining voters reachable", remaining.len()));
+        }
+        Ok(())
+    }
     fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
         let (id, incarnation, node) = self.me.lock().unwrap().clone().expect("started");
         Box::pin(async move {
@@ -147,6 +166,19 @@ fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
     Arc::new(|peer: PeerAddr| peer.ip() != INTRUDER)
 }
 
+/// The node at `ip(i)` is `node-<i>` (as `info` says).
+fn owner(ip: IpAddr) -> String {
+    let last = match ip {
+        IpAddr::V4(v4) => usize::from(v4.octets()[3]),
+        IpAddr::V6(v6) => usize::from(v6.segments()[7]),
+    };
+    format!("node-{}", last.saturating_sub(1))
+}
+
+fn identify_all_but_intruder() -> raft_core::Identify {
+    Arc::new(|peer: PeerAddr| (peer.ip() != INTRUDER).then(|| owner(peer.ip())))
+}
+
 impl Cluster {
     fn raft_config() -> RaftConfig {
         RaftConfig {
@@ -169,7 +201,7 @@ impl Cluster {
             transport.clone(),
             Storage::Memory,
             Kv::default(),
-            authorize_all_but_intruder(),
+            identify_all_but_intruder(),
             raft,
         )
         .await
@@ -669,6 +701,45 @@ async fn a_node_leaves_through_a_follower_but_cannot_remove_others_that_are_onli
         .unwrap();
     let metrics = cluster.service(leader).node().metrics();
     assert!(!metrics.voters.contains(&other_id) && !metrics.nodes.contains_key(&other_id));
+    cluster.shutdown().await;
+}
+
+/// A tagged node that is not a voter of the cluster cannot remove anyone
+/// but itself, even a member the leader sees offline; a voter can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_voter_removes_another_member_over_the_network() {
+    let cluster = Cluster::new(4, 3).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    cluster.tailnet.offline.lock().unwrap().insert(other);
+    let remove = format!(r#"{{"id":{}}}"#, cluster.id(other));
+    // Node 3 is tagged and runs, but is no member.
+    let (status, body) = post_from(&cluster, ip(3), leader, "/v1/remove", &remove, "").await;
+    assert_eq!(status, 403, "a non-member removed a member: {body}");
+    assert!(message(&body).contains("not a voter"), "{body}");
+    assert!(cluster.service(leader).node().metrics().voters.contains(&cluster.id(other)));
+    // A voter may.
+    let (status, body) = post_from(&cluster, ip(follower), leader, "/v1/remove", &remove, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!cluster.service(leader).node().metrics().nodes.contains_key(&cluster.id(other)));
+    cluster.shutdown().await;
+}
+
+/// A voter's removal of an offline voter is refused when the voters left
+/// would not have a reachable majority (the quorum guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_over_the_network_keeps_a_reachable_majority() {
+    let cluster = Cluster::new(3, 3).await;
+    let leader = cluster.leader().await;
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    // Both followers offline in the leader's view: removing one leaves the
+    // leader and an unreachable voter.
+    cluster.tailnet.offline.lock().unwrap().extend([follower, other]);
+    let remove = format!(r#"{{"id":{}}}"#, cluster.id(other));
+    let (status, body) = post_from(&cluster, ip(follower), leader, "/v1/remove", &remove, "").await;
+    assert_eq!(status, 403, "a removal without a reachable majority left went ahead: {body}");
+    assert!(message(&body).contains("reachable"), "{body}");
+    assert_eq!(cluster.service(leader).node().metrics().voters.len(), 3);
     cluster.shutdown().await;
 }
 

@@ -28,21 +28,27 @@ async fn waiting_for_a_leader_outside_the_configuration_does_not_starve_the_runt
     let raft = node.service.node().clone();
     let cluster_id = ClusterId::random().unwrap();
     raft.set_cluster_id(cluster_id).await.unwrap();
-    // Play leader 999 of term 1, which no configuration here knows.
+    // Play a leader of term 1 (incarnation 1 of node-9), which no
+    // configuration here knows.
     let mut stream = net.node(ip(9)).dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
-    let hello = Message::Hello {
-        cluster: fast_raft().network.cluster,
+    let hello = Message::hello(
+        &fast_raft().network.cluster,
         cluster_id,
-        from: 999,
-        to: raft.id(),
-    };
+        &owner(ip(9)),
+        1,
+        raft.id(),
+        fast_raft().sessions,
+    );
+    let player = raft_core::node_id(&owner(ip(9)), 1);
     frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
     let welcome = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
     assert!(matches!(welcome.message, Message::Welcome), "{:?}", welcome.message);
-    frame::write(&mut stream, &frame::encode(1, &Message::heartbeat(1, 999))).await.unwrap();
+    frame::write(&mut stream, &frame::encode(1, &Message::heartbeat(1, player))).await.unwrap();
     let answer = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
     assert!(matches!(answer.message, Message::AppendEntriesResult(Ok(_))), "{:?}", answer.message);
-    raft.wait_for(WAIT, |m| m.leader == Some(999)).await.expect("the node follows 999");
+    raft.wait_for(WAIT, |m| m.leader == Some(player))
+        .await
+        .expect("the node follows the played leader");
     assert!(raft.metrics().nodes.is_empty());
 
     // Another task on the same (single-threaded) runtime counts its turns.

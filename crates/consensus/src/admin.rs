@@ -410,12 +410,17 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
                 "refused_by_leader",
                 format!(
                     "the leader refused: {}. Through a follower, the leader removes only members \
-                     it sees offline or untagged. Run `tsconsensus remove {}` on the leader's \
+                     it sees offline or untagged, asked by a voter, and only if the voters left \
+                     keep a reachable majority. Run `tsconsensus remove {}` on the leader's \
                      host, {}, where any member may be removed, or revoke the node's tag{}",
                     err_message(&err),
                     request.node,
                     leader_name(&members),
-                    if request.force { " (--force counts on the leader only)" } else { "" }
+                    if request.force || request.force_quorum {
+                        " (--force and --force-quorum count on the leader only)"
+                    } else {
+                        ""
+                    }
                 ),
             )),
             Err(err) => Err(rpc_refusal(&err, "remove")),

@@ -42,7 +42,8 @@ pub struct Config {
     pub timing: Timing,
     /// Bounds of the exactly-once session table. They decide which
     /// sessions exist, and so whether a retried command is answered or
-    /// refused: every member of a cluster must use the same values. The
+    /// refused: every member of a cluster must use the same values (raft
+    /// connections between members whose values differ are refused). The
     /// defaults keep sessions for a million log entries, at most 100 000 of
     /// them, answers up to 64 KiB, 64 MiB of answers in all.
     pub sessions: SessionLimits,

@@ -379,6 +379,18 @@ pub(crate) fn render(out: &mut String, scrape: &Scrape<'_>) {
         "Snapshots this node installed from a leader.",
         scrape.raft.snapshots_installed.get(),
     );
+    counter(
+        out,
+        "tsconsensus_raft_refused_settings_total",
+        "Raft connections refused because the caller applies entries with other session limits.",
+        scrape.raft.refused_settings.get(),
+    );
+    counter(
+        out,
+        "tsconsensus_raft_refused_identity_total",
+        "Raft connections refused because the caller claimed to be another node.",
+        scrape.raft.refused_identity.get(),
+    );
     family(
         out,
         "tsconsensus_peers_refused_total",

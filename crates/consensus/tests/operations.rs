@@ -197,6 +197,36 @@ async fn removal_follows_the_leaders_rules_and_a_follower_says_where_to_go() {
     cluster.shutdown().await;
 }
 
+/// Through a follower, the leader applies its quorum guard: removing an
+/// offline voter is refused while the voters left would lack a reachable
+/// majority (here the follower itself is offline in the leader's view),
+/// and goes ahead once they have one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_through_a_follower_keeps_a_reachable_majority() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader();
+    let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    let other_host = format!("host-{other}");
+    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[follower, other]));
+    let (status, answer) = admin_json(
+        &cluster.dirs[follower],
+        "POST",
+        "/v1/remove",
+        json!({ "node": other_host.clone() }),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (403, "refused_by_leader"), "{answer}");
+    assert!(message(&answer).contains("reachable"), "{answer}");
+    assert_eq!(cluster.node(leader).metrics().voters, 3);
+    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[other]));
+    let (status, answer) =
+        admin_json(&cluster.dirs[follower], "POST", "/v1/remove", json!({ "node": other_host }))
+            .await;
+    assert_eq!(status, 200, "{answer}");
+    cluster.node(leader).wait_for(WAIT, |m| m.voters == 2).await.unwrap();
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_removes_any_member_with_force_and_membership_brings_it_back() {
     let cluster = Cluster::start(3).await;

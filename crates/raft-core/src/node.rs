@@ -21,7 +21,7 @@ use crate::fatal::{self, Fatal};
 use crate::identity::{self, Binding, Identity};
 use crate::network::client::RaftNetworkClients;
 use crate::network::gate::ClusterGate;
-use crate::network::{Authorize, LeaderContact, NetworkConfig, server};
+use crate::network::{Identify, LeaderContact, Local, NetworkConfig, server};
 use crate::sessions::SessionLimits;
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::stats::RaftStats;
@@ -337,8 +337,9 @@ fn leader_of(
 impl<S: StateMachine> RaftNode<S> {
     /// Starts the node described to others by `self_node` (its stable id,
     /// addresses and ports), listening for raft RPCs on
-    /// `self_node.raft_port` of `transport`. Peers `authorize` refuses are
-    /// disconnected before anything is read.
+    /// `self_node.raft_port` of `transport`. Peers `identify` does not name
+    /// are disconnected before anything is read, and a peer is served only
+    /// as the node `identify` names for its address.
     ///
     /// The node's raft id comes from its stable id and its incarnation
     /// (decision 0003): storage with a stored identity keeps it; fresh
@@ -355,7 +356,7 @@ impl<S: StateMachine> RaftNode<S> {
         transport: Arc<dyn Transport>,
         storage: Storage,
         state_machine: S,
-        authorize: Authorize,
+        identify: Identify,
         config: RaftConfig,
     ) -> Result<RaftNode<S>, StartError> {
         let openraft_config = Arc::new(config.openraft()?);
@@ -427,12 +428,18 @@ impl<S: StateMachine> RaftNode<S> {
         let gate = Arc::new(ClusterGate::new(identity.cluster_id));
         let contact = Arc::new(LeaderContact::default());
         let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let local = Local {
+            id,
+            stable_id: self_node.stable_id.clone(),
+            incarnation: identity.incarnation,
+            sessions: config.sessions,
+        };
         let network = RaftNetworkClients::new(
             transport,
-            id,
+            local.clone(),
             config.network.clone(),
             gate.clone(),
-            authorize.clone(),
+            identify.clone(),
         );
         let raft =
             Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
@@ -441,11 +448,12 @@ impl<S: StateMachine> RaftNode<S> {
         let server = server::start(
             listener,
             raft.clone(),
-            id,
+            local,
             config.network.clone(),
-            authorize,
+            identify,
             gate.clone(),
             contact.clone(),
+            state_machine.stats().clone(),
         );
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =

@@ -32,7 +32,7 @@ use crate::types::{ClientId, Outcome, command_hash, serde_bytes_compat};
 /// applied: every member of a cluster must use the same values (like the
 /// same state machine). The defaults fit a snapshot header in the codec's
 /// limit with room to spare ([`SessionLimits::check`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionLimits {
     /// A session not used for this many log entries is forgotten.
     pub ttl_entries: u64,

@@ -114,6 +114,13 @@ pub struct RaftStats {
     pub snapshots_built: Counter,
     /// Snapshots this node installed from a leader.
     pub snapshots_installed: Counter,
+    /// Raft connections refused because the caller applies entries with
+    /// other settings (its session limits differ from this node's).
+    pub refused_settings: Counter,
+    /// Raft connections refused or dropped because the caller claimed to
+    /// be a node other than the owner of its address (its hello's stable id
+    /// or raft id, or a request's vote, is not its own).
+    pub refused_identity: Counter,
 }
 
 impl Default for RaftStats {
@@ -123,6 +130,8 @@ impl Default for RaftStats {
             commands_applied: Counter::new(),
             snapshots_built: Counter::new(),
             snapshots_installed: Counter::new(),
+            refused_settings: Counter::new(),
+            refused_identity: Counter::new(),
         }
     }
 }

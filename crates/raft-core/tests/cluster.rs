@@ -369,7 +369,7 @@ async fn unauthorized_peers_cannot_reach_the_raft_port() {
     let net = MemNetwork::new();
     let config = fast_config();
     // Node 0 accepts nobody; node 1 everybody.
-    let deny: raft_core::Authorize = std::sync::Arc::new(|_| false);
+    let deny: raft_core::Identify = std::sync::Arc::new(|_| None);
     let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), deny, config.clone()).await;
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
     form(&[&b, &a]).await;
@@ -389,8 +389,10 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     // Node 1 accepts node 0 until the switch flips; node 0 accepts everyone.
     let trusted = std::sync::Arc::new(AtomicBool::new(true));
     let switch = trusted.clone();
-    let revocable: raft_core::Authorize =
-        std::sync::Arc::new(move |_| switch.load(Ordering::SeqCst));
+    let revocable: raft_core::Identify =
+        std::sync::Arc::new(move |peer: ts_transport::PeerAddr| {
+            switch.load(Ordering::SeqCst).then(|| owner(peer.ip()))
+        });
     let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
     let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), revocable, config).await;
     form(&[&a, &b]).await;
@@ -470,12 +472,7 @@ async fn an_idle_incoming_connection_is_closed() {
     let mut stream = dialer.dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
     let cluster_id = raft_core::ClusterId::random().unwrap();
     node.set_cluster_id(cluster_id).await.unwrap();
-    let hello = Message::Hello {
-        cluster: config.network.cluster.clone(),
-        cluster_id,
-        from: 77,
-        to: node.id(),
-    };
+    let hello = hello_from(1, node.id(), cluster_id);
     frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
     let welcome = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
     assert!(matches!(welcome.message, Message::Welcome), "{:?}", welcome.message);

@@ -56,7 +56,8 @@ async fn raft_port_answers(
     else {
         return false;
     };
-    let hello = Message::Hello { cluster: cluster_name.to_owned(), cluster_id, from: 99, to };
+    let hello =
+        Message::hello(cluster_name, cluster_id, &owner(ip(9)), 1, to, fast_config().sessions);
     if frame::write(&mut stream, &frame::encode(0, &hello)).await.is_err() {
         return false;
     }

@@ -15,12 +15,7 @@ use ts_transport::{MemNetwork, Transport as _};
 
 async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {
     let mut stream = net.node(ip(9)).dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
-    let hello = Message::Hello {
-        cluster: fast_config().network.cluster,
-        cluster_id,
-        from: 12345,
-        to: node.id(),
-    };
+    let hello = hello_from(9, node.id(), cluster_id);
     frame::write(&mut stream, &frame::encode(0, &hello)).await.unwrap();
     frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer").message
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use raft_core::{Authorize, Outcome, RaftConfig, Role};
+use raft_core::{Identify, Outcome, RaftConfig, Role};
 use ts_transport::MemNetwork;
 
 /// A cluster of `a` alone, which commits `commands` of `size` bytes.
@@ -103,9 +103,11 @@ async fn a_leader_stops_replicating_to_a_member_it_no_longer_authorizes() {
     let config = fast_config();
     let trusted = Arc::new(AtomicBool::new(true));
     // Node 0 allows node 1 until the switch flips; everyone else allows all.
-    let revocable: Authorize = {
+    let revocable: Identify = {
         let trusted = trusted.clone();
-        Arc::new(move |peer| peer.ip() != ip(1) || trusted.load(Ordering::SeqCst))
+        Arc::new(move |peer: ts_transport::PeerAddr| {
+            (peer.ip() != ip(1) || trusted.load(Ordering::SeqCst)).then(|| owner(peer.ip()))
+        })
     };
     let a = start_alone(0, Arc::new(net.node(ip(0))), revocable, config.clone()).await;
     let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), config.clone()).await;

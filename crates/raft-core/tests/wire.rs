@@ -67,14 +67,35 @@ fn entry() -> impl Strategy<Value = Entry<TypeConfig>> {
 fn message() -> impl Strategy<Value = Message> {
     let vote = (0..1000u64, 1..10u64).prop_map(|(t, n)| Vote::new(t, n));
     prop_oneof![
-        ("[a-z]{0,12}", any::<u128>(), any::<u64>(), any::<u64>()).prop_map(
-            |(cluster, id, from, to)| Message::Hello {
-                cluster,
-                cluster_id: ClusterId(id),
-                from,
-                to
-            }
-        ),
+        (
+            ("[a-z]{0,12}", any::<u128>(), any::<u64>(), "[A-Za-z0-9]{0,20}"),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<usize>(),
+                any::<usize>(),
+                any::<usize>()
+            )
+        )
+            .prop_map(
+                |((cluster, id, from, stable_id), (incarnation, to, ttl, max, answer, total))| {
+                    Message::Hello {
+                        cluster,
+                        cluster_id: ClusterId(id),
+                        from,
+                        stable_id,
+                        incarnation,
+                        to,
+                        sessions: raft_core::SessionLimits {
+                            ttl_entries: ttl,
+                            max_sessions: max,
+                            max_answer_bytes: answer,
+                            max_answer_total_bytes: total,
+                        },
+                    }
+                }
+            ),
         Just(()).prop_map(|()| Message::Welcome),
         ".{0,40}".prop_map(Message::Refused),
         (

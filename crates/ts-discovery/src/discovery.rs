@@ -104,6 +104,23 @@ impl Authorizer {
     pub fn allows_peer(&self, peer: ts_transport::PeerAddr) -> bool {
         self.allows(peer.ip())
     }
+
+    /// The stable id of the node that owns `ip`, if it may talk to this
+    /// node (by the same rules as [`Authorizer::allows`]): this node for
+    /// its own addresses, else the tagged peer that has it while the view
+    /// is fresh.
+    pub fn owner(&self, ip: IpAddr) -> Option<String> {
+        let state = self.state.borrow();
+        let view = state.view.as_ref()?;
+        let ip = ip.to_canonical();
+        if view.self_node.addrs().any(|own| own == ip) {
+            return Some(view.self_node.id.0.clone());
+        }
+        if state.is_stale(self.max_staleness) {
+            return None;
+        }
+        view.member_by_addr(ip).map(|node| node.id.0.clone())
+    }
 }
 
 /// Publishes a new view: updates the state and sends the events.

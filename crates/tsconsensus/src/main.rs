@@ -75,7 +75,7 @@ enum Command {
     Members,
     /// Removes a member (by raft id, stable id or hostname). On the leader
     /// any other member; through a follower only one the leader sees
-    /// offline or untagged.
+    /// offline or untagged, if the voters left keep a reachable majority.
     Remove {
         /// The member.
         node: String,

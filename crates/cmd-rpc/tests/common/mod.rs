@@ -69,6 +69,14 @@ impl Peers for AllPeers {
     fn tagged_online(&self, _stable_id: &str) -> bool {
         true
     }
+    fn removal_keeps_quorum(
+        &self,
+        _id: raft_core::NodeId,
+        _metrics: &raft_core::NodeMetrics,
+    ) -> Result<(), String> {
+        // Every voter is reachable here.
+        Ok(())
+    }
     fn probe<'a>(&'a self, _caller: &'a Caller, _request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
             Ok(ProbeResponse {
@@ -102,6 +110,20 @@ pub fn allow_all() -> Authorize {
     Arc::new(|_| true)
 }
 
+/// The node at `ip(i)` is `node-<i>` (as [`info`] says).
+pub fn owner(ip: IpAddr) -> String {
+    let last = match ip.to_canonical() {
+        IpAddr::V4(v4) => usize::from(v4.octets()[3]),
+        IpAddr::V6(v6) => usize::from(v6.segments()[7]),
+    };
+    format!("node-{}", last.saturating_sub(1))
+}
+
+/// Every address may use the raft port, as the node [`owner`] names.
+pub fn identify_all() -> raft_core::Identify {
+    Arc::new(|peer| Some(owner(peer.ip())))
+}
+
 pub struct Node {
     pub service: Arc<CommandService<Counter>>,
     pub server: CommandServer,
@@ -124,7 +146,7 @@ pub async fn start_node_with(
         transport.clone(),
         Storage::Memory,
         Counter::default(),
-        allow_all(),
+        identify_all(),
         raft,
     )
     .await

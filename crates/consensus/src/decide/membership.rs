@@ -126,6 +126,26 @@ fn live<N: PartialEq>(
     named || (alone && !other)
 }
 
+/// The quorum guard: whether the voters left once voter `id` is removed
+/// keep a reachable majority (the leader, and voters [`live`] counts: a
+/// dead incarnation of a node that came back does not count). `Err`
+/// carries how many voters would remain and how many of them are
+/// reachable.
+pub(crate) fn keeps_quorum<N: PartialEq>(
+    inputs: &Inputs<'_, N>,
+    id: u64,
+) -> Result<(), (usize, usize)> {
+    let members: Vec<&Member<N>> = inputs.members.iter().collect();
+    let probed: Vec<&Probed<N>> = inputs.probed.iter().collect();
+    let remaining: Vec<&Member<N>> =
+        inputs.members.iter().filter(|m| m.voter && m.id != id).collect();
+    let reachable = remaining.iter().filter(|v| live(v, &members, &probed, inputs)).count();
+    if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
+        return Err((remaining.len(), reachable));
+    }
+    Ok(())
+}
+
 fn tagged_online<N: PartialEq>(name: &N, inputs: &Inputs<'_, N>) -> bool {
     inputs.tagged.iter().any(|t| t.name == *name && t.online)
 }
@@ -198,22 +218,18 @@ pub(crate) fn plan<N: Ord + Clone>(inputs: &Inputs<'_, N>) -> Option<Action<N>> 
     }
 
     // Rule 2.
-    let voters: Vec<&Member<N>> = members.iter().copied().filter(|m| m.voter).collect();
     for member in &members {
         if member.id == inputs.leader || inputs.tagged.iter().any(|t| t.name == member.name) {
             continue;
         }
-        if member.voter {
-            let remaining: Vec<&&Member<N>> = voters.iter().filter(|v| v.id != member.id).collect();
-            let reachable = remaining.iter().filter(|v| live(v, &members, &probed, inputs)).count();
-            if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
-                continue;
-            }
+        if member.voter && keeps_quorum(inputs, member.id).is_err() {
+            continue;
         }
         return Some(Action::Remove { id: member.id, name: member.name.clone() });
     }
 
     // Rule 3.
+    let voters: Vec<&Member<N>> = members.iter().copied().filter(|m| m.voter).collect();
     for member in &members {
         if member.voter || !caught_up(member, inputs) || !tagged_online(&member.name, inputs) {
             continue;
@@ -405,5 +421,38 @@ mod tests {
         let tagged =
             vec![online('a'), online('b'), offline('c'), online('d'), online('e'), offline('f')];
         assert_eq!(to_probe(1, &members, &tagged), vec!['b', 'd', 'e']);
+    }
+
+    #[test]
+    fn the_quorum_guard_for_a_removal_asked_over_the_network() {
+        // Voters a (leader), b, c; c offline. Removing c leaves a and b,
+        // both reachable.
+        let members = vec![voter(1, 'a'), voter(2, 'b'), voter(3, 'c')];
+        let tagged = vec![online('a'), online('b'), offline('c')];
+        let probed = vec![probe('a', 1)];
+        let inputs = Inputs {
+            leader: 1,
+            members: &members,
+            tagged: &tagged,
+            probed: &probed,
+            last_index: 100,
+            max_lag: 0,
+        };
+        assert_eq!(keeps_quorum(&inputs, 3), Ok(()));
+        // b offline too: a alone of two.
+        let tagged = vec![online('a'), offline('b'), offline('c')];
+        assert_eq!(keeps_quorum(&Inputs { tagged: &tagged, ..inputs.clone() }, 3), Err((2, 1)));
+        // b online, but it came back as a new incarnation (20, a learner)
+        // and no probe names voter 2: its old voter is dead.
+        let members = vec![voter(1, 'a'), voter(2, 'b'), voter(3, 'c'), learner(20, 'b', None)];
+        let tagged = vec![online('a'), online('b'), offline('c')];
+        let dead = Inputs { members: &members, tagged: &tagged, ..inputs.clone() };
+        assert_eq!(keeps_quorum(&dead, 3), Err((2, 1)));
+        // Removing the only other voter of two leaves the leader, a
+        // majority of itself; removing the only voter leaves nobody.
+        let members = vec![voter(1, 'a'), voter(2, 'b')];
+        assert_eq!(keeps_quorum(&Inputs { members: &members, ..inputs.clone() }, 2), Ok(()));
+        let alone = vec![voter(1, 'a')];
+        assert_eq!(keeps_quorum(&Inputs { members: &alone, ..inputs }, 1), Err((0, 0)));
     }
 }

@@ -61,7 +61,7 @@ use ts_transport::{PeerAddr, Transport};
 
 use super::frame::{self, Message};
 use super::gate::ClusterGate;
-use super::{Authorize, NetworkConfig};
+use super::{Identify, Local, NetworkConfig};
 use crate::types::{NodeId, NodeInfo, TypeConfig};
 
 /// Outgoing frames queued per connection before callers wait.
@@ -85,24 +85,25 @@ struct ClientsShared {
 struct Dialer {
     transport: Arc<dyn Transport>,
     config: NetworkConfig,
-    self_id: NodeId,
+    local: Local,
     gate: Arc<ClusterGate>,
-    authorize: Authorize,
+    identify: Identify,
 }
 
 impl RaftNetworkClients {
-    /// Clients for node `self_id` over `transport`; their hellos carry the
-    /// cluster id in `gate`, and they reach only peers `authorize` allows.
+    /// Clients for node `local` over `transport`; their hellos carry who
+    /// `local` is, its session limits and the cluster id in `gate`, and they
+    /// reach only peers `identify` names.
     pub(crate) fn new(
         transport: Arc<dyn Transport>,
-        self_id: NodeId,
+        local: Local,
         config: NetworkConfig,
         gate: Arc<ClusterGate>,
-        authorize: Authorize,
+        identify: Identify,
     ) -> RaftNetworkClients {
         RaftNetworkClients {
             shared: Arc::new(ClientsShared {
-                dialer: Dialer { transport, config, self_id, gate, authorize },
+                dialer: Dialer { transport, config, local, gate, identify },
                 peers: Mutex::new(HashMap::new()),
             }),
         }
@@ -338,7 +339,7 @@ enum CallError {
 
 impl Dialer {
     fn authorized(&self, addr: SocketAddr) -> bool {
-        (self.authorize)(PeerAddr::new(addr))
+        (self.identify)(PeerAddr::new(addr)).is_some()
     }
 
     /// Dials the peer's authorized addresses in order, each within
@@ -358,8 +359,11 @@ impl Dialer {
             let hello = Message::Hello {
                 cluster: self.config.cluster.clone(),
                 cluster_id,
-                from: self.self_id,
+                from: self.local.id,
+                stable_id: self.local.stable_id.clone(),
+                incarnation: self.local.incarnation,
                 to: target,
+                sessions: self.local.sessions,
             };
             let connect = async {
                 let mut stream = self
@@ -910,7 +914,7 @@ impl PeerClient {
             }
             CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
                 action,
-                id: self.shared.dialer.self_id,
+                id: self.shared.dialer.local.id,
                 target: self.peer.target,
                 timeout,
             }),
@@ -1186,12 +1190,18 @@ mod tests {
         let transport =
             Restarts { inner: Arc::new(net.node(ip(1))), epoch: Arc::new(AtomicU64::new(0)) };
         let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
+        let local = Local {
+            id: crate::types::node_id("self", 1),
+            stable_id: "self".to_owned(),
+            incarnation: 1,
+            sessions: crate::sessions::SessionLimits::default(),
+        };
         let mut clients = RaftNetworkClients::new(
             Arc::new(transport.clone()),
-            1,
+            local,
             NetworkConfig::default(),
             gate,
-            Arc::new(|_| true),
+            Arc::new(|_| Some("peer".to_owned())),
         );
         let node = NodeInfo {
             stable_id: "peer".to_owned(),

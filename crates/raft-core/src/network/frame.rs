@@ -14,12 +14,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::codec;
+use crate::sessions::SessionLimits;
 use crate::types::{ClusterId, NodeId, TypeConfig};
 
 /// Wire protocol version; the first byte after the length. Version 2: the
 /// hello carries the caller's cluster id (decision 0003), and log entries
 /// carry session registrations and commands ([`Proposal`](crate::Proposal)).
-pub(crate) const VERSION: u8 = 2;
+/// Version 3: the hello also carries the caller's stable id and
+/// incarnation (bound to the connection's authenticated peer) and the
+/// settings that decide how entries apply (the session limits).
+pub(crate) const VERSION: u8 = 3;
 /// Bytes after the length prefix that every frame has.
 const HEADER: usize = 1 + 8;
 
@@ -34,10 +38,18 @@ pub enum Message {
         /// The caller's cluster id; both sides must agree, and a node
         /// without one refuses every connection.
         cluster_id: ClusterId,
-        /// The caller's node id.
+        /// The caller's node id: `node_id(stable_id, incarnation)`.
         from: NodeId,
+        /// The caller's stable id; must be the owner of the connection's
+        /// peer address as the answering node's authorizer sees it.
+        stable_id: String,
+        /// The caller's incarnation.
+        incarnation: u64,
         /// The node id the caller means to reach.
         to: NodeId,
+        /// The caller's session limits: they decide which sessions an entry
+        /// finds, so both sides must agree.
+        sessions: SessionLimits,
     },
     /// The hello was accepted.
     Welcome,
@@ -60,6 +72,29 @@ pub enum Message {
 }
 
 impl Message {
+    /// The hello of incarnation `incarnation` of node `stable_id` (raft id
+    /// `node_id(stable_id, incarnation)`) to node `to` of cluster
+    /// `cluster` / `cluster_id`, applying entries with `sessions`: for
+    /// tests and tools that play a node on the wire.
+    pub fn hello(
+        cluster: &str,
+        cluster_id: ClusterId,
+        stable_id: &str,
+        incarnation: u64,
+        to: NodeId,
+        sessions: SessionLimits,
+    ) -> Message {
+        Message::Hello {
+            cluster: cluster.to_owned(),
+            cluster_id,
+            from: crate::types::node_id(stable_id, incarnation),
+            stable_id: stable_id.to_owned(),
+            incarnation,
+            to,
+            sessions,
+        }
+    }
+
     /// An empty AppendEntries (a heartbeat) from `leader` as the elected
     /// leader of `term`, with nothing before it in the log: for tests and
     /// tools that play a leader on the wire.

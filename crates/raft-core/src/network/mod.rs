@@ -7,7 +7,23 @@ pub(crate) mod server;
 
 use std::time::Duration;
 
-pub use self::server::Authorize;
+pub use self::server::Identify;
+
+use crate::sessions::SessionLimits;
+
+/// What this node says about itself in every hello it sends, and what it
+/// holds the callers' hellos to.
+#[derive(Clone, Debug)]
+pub(crate) struct Local {
+    /// This node's raft id.
+    pub(crate) id: crate::NodeId,
+    /// Its stable id.
+    pub(crate) stable_id: String,
+    /// Its incarnation (`id` is `node_id(stable_id, incarnation)`).
+    pub(crate) incarnation: u64,
+    /// The session limits its state machine applies entries with.
+    pub(crate) sessions: SessionLimits,
+}
 
 /// When this node last heard from a leader: the last AppendEntries whose
 /// vote it accepted (answered success or conflict, not "higher vote").

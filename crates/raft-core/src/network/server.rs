@@ -9,101 +9,222 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use ts_transport::{Admission, BoxStream, Listener, PeerAddr, Server};
 
-use super::LeaderContact;
-use super::NetworkConfig;
 use super::frame::{self, Message};
 use super::gate::ClusterGate;
-use crate::types::{ClusterId, NodeId, TypeConfig};
+use super::{LeaderContact, Local, NetworkConfig};
+use crate::stats::RaftStats;
+use crate::types::{ClusterId, NodeId, NodeInfo, TypeConfig, node_id};
 
-/// Decides whether a peer may use the raft port; raft-core does not know
-/// where the answer comes from.
-pub type Authorize = Arc<dyn Fn(PeerAddr) -> bool + Send + Sync>;
+/// Who is behind a peer address: the stable id of the node that owns it,
+/// if that node may use the raft port (it carries the cluster's tag, or it
+/// is this node), and `None` otherwise. raft-core does not know where the
+/// answer comes from (the facade answers from its tailnet view). A caller
+/// is admitted only as the node this names: its hello must carry that
+/// stable id.
+pub type Identify = Arc<dyn Fn(PeerAddr) -> Option<String> + Send + Sync>;
 
 /// Answers queued per connection before handlers wait.
 const ANSWER_QUEUE: usize = 256;
 /// Requests one connection may have in progress at once.
 const MAX_IN_PROGRESS: usize = 64;
 
+/// What one connection's handler needs from its node.
+#[derive(Clone)]
+struct Context {
+    raft: Raft<TypeConfig>,
+    local: Local,
+    config: NetworkConfig,
+    identify: Identify,
+    gate: Arc<ClusterGate>,
+    contact: Arc<LeaderContact>,
+    stats: Arc<RaftStats>,
+}
+
 /// Serves raft RPCs arriving on `listener`; connections from peers
-/// `authorize` refuses are dropped before anything is read (a peer holds
-/// at most `max_connections_per_peer`), and a
+/// `identify` does not name are dropped before anything is read (a peer
+/// holds at most `max_connections_per_peer`), and a
 /// connection whose peer stops being authorized (its tag revoked) is
 /// dropped at its next request, never served. A connection must say hello
-/// for this node and this node's cluster id; while the node has no cluster
-/// id, every connection is refused, and one whose cluster id is no longer
-/// this node's is dropped at its next request.
+/// for this node and this node's cluster id, as the node that owns its
+/// address (its stable id, and a raft id of that stable id), with this
+/// node's session limits; while the node has no cluster id, every
+/// connection is refused, and one whose cluster id is no longer this
+/// node's is dropped at its next request. Every request must carry a vote
+/// of the caller's own raft id.
+#[allow(clippy::too_many_arguments, reason = "the node's parts the server shares")]
 pub(crate) fn start(
     listener: Arc<dyn Listener>,
     raft: Raft<TypeConfig>,
-    self_id: NodeId,
+    local: Local,
     config: NetworkConfig,
-    authorize: Authorize,
+    identify: Identify,
     gate: Arc<ClusterGate>,
     contact: Arc<LeaderContact>,
+    stats: Arc<RaftStats>,
 ) -> Server {
-    let admission =
-        Admission { allow: authorize.clone(), max_per_peer: config.max_connections_per_peer };
+    let allow = {
+        let identify = identify.clone();
+        Arc::new(move |peer: PeerAddr| identify(peer).is_some())
+    };
+    let admission = Admission { allow, max_per_peer: config.max_connections_per_peer };
+    let context = Context { raft, local, config, identify, gate, contact, stats };
     Server::start_admitting(listener, "raft", admission, move |stream, peer| {
-        let raft = raft.clone();
-        let config = config.clone();
-        let authorize = authorize.clone();
-        let gate = gate.clone();
-        let contact = contact.clone();
-        serve_connection(stream, peer, raft, self_id, config, authorize, gate, contact)
+        serve_connection(stream, peer, context.clone())
     })
 }
 
-/// Why a hello is refused, if it is.
-fn check_hello(
-    message: &Message,
-    config: &NetworkConfig,
-    self_id: NodeId,
-    own: Option<ClusterId>,
-) -> Result<ClusterId, String> {
-    let Message::Hello { cluster, cluster_id, to, .. } = message else {
-        return Err("expected hello".to_owned());
-    };
-    if *cluster != config.cluster {
-        return Err(format!("this node is in cluster {:?}, not {cluster:?}", config.cluster));
-    }
-    if *to != self_id {
-        return Err(format!("this is node {self_id}, not {to}"));
-    }
-    match own {
-        None => Err("this node has not joined a cluster yet".to_owned()),
-        Some(own) if own != *cluster_id => {
-            Err(format!("this node is in cluster {own}, not {cluster_id}"))
+/// Why a hello is refused.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a hello for this node and cluster.
+    Hello(String),
+    /// The caller applies entries with other settings.
+    Settings(String),
+    /// The caller claims to be a node other than the owner of its address.
+    Identity(String),
+}
+
+impl Refusal {
+    fn why(&self) -> &str {
+        match self {
+            Refusal::Hello(why) | Refusal::Settings(why) | Refusal::Identity(why) => why,
         }
-        Some(own) => Ok(own),
     }
 }
 
-#[allow(clippy::too_many_arguments, reason = "one connection's context")]
-async fn serve_connection(
-    stream: BoxStream,
-    peer: PeerAddr,
-    raft: Raft<TypeConfig>,
-    self_id: NodeId,
-    config: NetworkConfig,
-    authorize: Authorize,
-    gate: Arc<ClusterGate>,
-    contact: Arc<LeaderContact>,
-) {
+/// The checks of a hello: the caller's claimed node against `owner` (the
+/// node that owns the connection's peer address, `None` if nobody
+/// authorized does), and, if this node's membership names the claimed raft
+/// id, against that record too. Returns the cluster id and the caller's
+/// raft id.
+fn check_hello(
+    message: &Message,
+    config: &NetworkConfig,
+    local: &Local,
+    own: Option<ClusterId>,
+    owner: Option<&str>,
+    known: Option<&NodeInfo>,
+) -> Result<(ClusterId, NodeId), Refusal> {
+    let Message::Hello { cluster, cluster_id, from, stable_id, incarnation, to, sessions } =
+        message
+    else {
+        return Err(Refusal::Hello("expected hello".to_owned()));
+    };
+    if *cluster != config.cluster {
+        return Err(Refusal::Hello(format!(
+            "this node is in cluster {:?}, not {cluster:?}",
+            config.cluster
+        )));
+    }
+    if *to != local.id {
+        return Err(Refusal::Hello(format!("this is node {}, not {to}", local.id)));
+    }
+    let claimed = || stable_id.chars().take(64).collect::<String>();
+    match owner {
+        Some(owner) if owner == stable_id => {}
+        Some(owner) => {
+            return Err(Refusal::Identity(format!(
+                "the caller's address belongs to node {owner:?}, which cannot speak as {:?}",
+                claimed()
+            )));
+        }
+        None => {
+            return Err(Refusal::Identity(format!(
+                "the caller's address belongs to no authorized node (it claimed {:?})",
+                claimed()
+            )));
+        }
+    }
+    if *from != node_id(stable_id, *incarnation) {
+        return Err(Refusal::Identity(format!(
+            "raft id {from} is not the id of node {:?} incarnation {incarnation:016x}",
+            claimed()
+        )));
+    }
+    if let Some(known) = known
+        && known.stable_id != *stable_id
+    {
+        return Err(Refusal::Identity(format!(
+            "raft id {from} is node {:?}'s in this node's membership, not {:?}'s",
+            known.stable_id,
+            claimed()
+        )));
+    }
+    if *sessions != local.sessions {
+        return Err(Refusal::Settings(format!(
+            "session limits differ: this node applies entries with {:?}, the caller with \
+             {sessions:?}; every member must use the same (they decide which sessions exist)",
+            local.sessions
+        )));
+    }
+    match own {
+        None => Err(Refusal::Hello("this node has not joined a cluster yet".to_owned())),
+        Some(own) if own != *cluster_id => {
+            Err(Refusal::Hello(format!("this node is in cluster {own}, not {cluster_id}")))
+        }
+        Some(own) => Ok((own, *from)),
+    }
+}
+
+/// The raft id a request speaks for: the candidate of a vote request, the
+/// leader of an AppendEntries or a snapshot chunk.
+fn speaks_for(message: &Message) -> Option<NodeId> {
+    let vote = match message {
+        Message::AppendEntries(req) => &req.vote,
+        Message::Vote(req) => &req.vote,
+        Message::InstallSnapshot(req) => &req.vote,
+        _ => return None,
+    };
+    vote.leader_id().voted_for()
+}
+
+async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
+    let Context { raft, local, config, identify, gate, contact, stats } = context;
     let (mut reader, mut writer) = tokio::io::split(stream);
     // The first frame must be a hello for this node and cluster.
     let hello =
         tokio::time::timeout(config.handshake_timeout, frame::read(&mut reader, config.max_frame))
             .await;
     let accepted = match hello {
-        Ok(Ok(Some(frame))) => check_hello(&frame.message, &config, self_id, gate.get()),
+        Ok(Ok(Some(frame))) => {
+            let owner = identify(peer);
+            let known = match &frame.message {
+                Message::Hello { from, .. } => raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .nodes()
+                    .find_map(|(id, node)| (id == from).then(|| node.clone())),
+                _ => None,
+            };
+            check_hello(
+                &frame.message,
+                &config,
+                &local,
+                gate.get(),
+                owner.as_deref(),
+                known.as_ref(),
+            )
+        }
         Ok(Ok(None)) => return,
-        Ok(Err(err)) => Err(format!("bad hello: {err}")),
-        Err(_) => Err("no hello in time".to_owned()),
+        Ok(Err(err)) => Err(Refusal::Hello(format!("bad hello: {err}"))),
+        Err(_) => Err(Refusal::Hello("no hello in time".to_owned())),
     };
-    let cluster_id = match accepted {
-        Ok(cluster_id) => cluster_id,
-        Err(why) => {
-            tracing::info!(%peer, %why, "refused raft connection");
+    let (cluster_id, caller) = match accepted {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            match &refusal {
+                Refusal::Settings(why) => {
+                    stats.refused_settings.inc();
+                    tracing::error!(%peer, %why, "refused a raft connection: the caller applies entries with other settings");
+                }
+                Refusal::Identity(why) => {
+                    stats.refused_identity.inc();
+                    tracing::warn!(%peer, %why, "refused a raft connection: the caller is not who it claims");
+                }
+                Refusal::Hello(why) => tracing::info!(%peer, %why, "refused raft connection"),
+            }
+            let why = refusal.why().to_owned();
             let _ = frame::write(&mut writer, &frame::encode(0, &Message::Refused(why))).await;
             return;
         }
@@ -137,8 +258,15 @@ async fn serve_connection(
                     break;
                 }
             };
-            if !authorize(peer) {
+            if identify(peer).is_none() {
                 tracing::info!(%peer, "dropping the raft connection of a peer no longer authorized");
+                break;
+            }
+            if let Some(claimed) = speaks_for(&frame.message)
+                && claimed != caller
+            {
+                stats.refused_identity.inc();
+                tracing::warn!(%peer, caller, claimed, "dropping a raft connection whose request speaks for another node");
                 break;
             }
             let Ok(permit) = in_progress.clone().acquire_owned().await else { break };

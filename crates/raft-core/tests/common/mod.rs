@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft_core::network::frame::Message;
 use raft_core::{
-    Authorize, ClientId, ClusterId, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
+    ClientId, ClusterId, Identify, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
     Role, StateMachine, Storage, StorageFaults,
 };
 use ts_transport::{MemNetwork, TcpTransport, Transport};
@@ -88,8 +89,32 @@ pub fn node_info(i: usize, addr: IpAddr) -> NodeInfo {
     }
 }
 
-pub fn allow_all() -> Authorize {
-    Arc::new(|_| true)
+/// The stable id the harness gives the node at `ip`: `node-<i>` for the
+/// addresses [`ip`], [`ip6`] and TCP's `127.0.0.<i+1>` give node `i`.
+pub fn owner(ip: IpAddr) -> String {
+    let last = match ip.to_canonical() {
+        IpAddr::V4(v4) => usize::from(v4.octets()[3]),
+        IpAddr::V6(v6) => usize::from(v6.segments()[7]),
+    };
+    format!("node-{}", last.saturating_sub(1))
+}
+
+/// Every address may use the raft port, as the node [`owner`] names.
+pub fn allow_all() -> Identify {
+    Arc::new(|peer| Some(owner(peer.ip())))
+}
+
+/// A valid hello from incarnation 1 of the node at `ip(from)` to `to`, in
+/// cluster `cluster_id` under the default cluster name and session limits.
+pub fn hello_from(from: usize, to: NodeId, cluster_id: ClusterId) -> Message {
+    Message::hello(
+        &fast_config().network.cluster,
+        cluster_id,
+        &owner(ip(from)),
+        1,
+        to,
+        fast_config().sessions,
+    )
 }
 
 /// Starts node `i` on its own (memory storage, a `Recorder`), outside any
@@ -97,7 +122,7 @@ pub fn allow_all() -> Authorize {
 pub async fn start_alone(
     i: usize,
     transport: Arc<dyn ts_transport::Transport>,
-    authorize: Authorize,
+    authorize: Identify,
     config: RaftConfig,
 ) -> RaftNode<Recorder> {
     RaftNode::start(

@@ -1,0 +1,183 @@
+//! Who a raft connection may speak for and with which settings: a caller
+//! is served only as the node that owns its address (its hello's stable id
+//! and raft id, and every request's vote), and only if it applies entries
+//! with this node's session limits.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use raft_core::network::frame::{self, Message};
+use raft_core::{ClusterId, NodeId, RaftConfig, Role, SessionLimits};
+use ts_transport::{BoxStream, MemNetwork, Transport as _};
+
+/// Dials node 0's raft port from `ip(from)` and sends `hello`; returns the
+/// answer and the stream.
+async fn say_hello(net: &MemNetwork, from: usize, hello: &Message) -> (Message, BoxStream) {
+    let mut stream =
+        net.node(ip(from)).dial(ip(0), RAFT_PORT, Duration::from_secs(1)).await.unwrap();
+    frame::write(&mut stream, &frame::encode(0, hello)).await.unwrap();
+    let answer = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
+    (answer.message, stream)
+}
+
+fn refusal(answer: Message) -> String {
+    match answer {
+        Message::Refused(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Session limits decide which sessions an entry finds, so two members
+/// configured differently would apply the same log differently. A node
+/// refuses raft connections from a caller whose limits differ, naming both,
+/// and counts it; nodes with the same limits form a working cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_different_session_limits_never_connect() {
+    let net = MemNetwork::new();
+    let ours = fast_config();
+    let theirs = RaftConfig {
+        sessions: SessionLimits { ttl_entries: 500, ..ours.sessions },
+        ..fast_config()
+    };
+    let a = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), ours.clone()).await;
+    let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), theirs.clone()).await;
+    form(&[&a, &b]).await;
+    // Neither can win the other's vote: every connection is refused.
+    let elected = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if a.metrics().role == Role::Leader || b.metrics().role == Role::Leader {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(elected.is_err(), "a leader was elected across different session limits");
+    assert!(
+        a.stats().refused_settings.get() + b.stats().refused_settings.get() > 0,
+        "the refusals were not counted"
+    );
+    // The refusal names both values.
+    let cluster_id = a.cluster_id().unwrap();
+    let hello = Message::hello(
+        &theirs.network.cluster,
+        cluster_id,
+        &owner(ip(5)),
+        1,
+        a.id(),
+        theirs.sessions,
+    );
+    let why = refusal(say_hello(&net, 5, &hello).await.0);
+    assert!(
+        why.contains("ttl_entries: 500") && why.contains("ttl_entries: 1000000"),
+        "the refusal does not name both limits: {why}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // The same limits (the other ones, on both): a working cluster.
+    let net = MemNetwork::new();
+    let c = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), theirs.clone()).await;
+    let d = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), theirs).await;
+    form(&[&c, &d]).await;
+    let leader = tokio::time::timeout(WAIT, async {
+        loop {
+            for node in [&c, &d] {
+                if node.metrics().role == Role::Leader {
+                    return node;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a leader with the same limits");
+    let session = leader.register_session().await.expect("a session");
+    leader.propose(session, 1, b"x".to_vec()).await.expect("committed");
+    assert_eq!(c.stats().refused_settings.get() + d.stats().refused_settings.get(), 0);
+    c.shutdown().await;
+    d.shutdown().await;
+}
+
+/// A tagged peer cannot speak for another member: its hello must name the
+/// node that owns its address (stable id and a raft id of that stable id),
+/// and each request must carry a vote of its own raft id. Refusals name
+/// the problem and are counted; the member it impersonates is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_speak_as_another_member() {
+    let net = MemNetwork::new();
+    let config = fast_config();
+    let a = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
+    let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), config.clone()).await;
+    form(&[&a, &b]).await;
+    let leader = tokio::time::timeout(WAIT, async {
+        loop {
+            for node in [&a, &b] {
+                if node.metrics().role == Role::Leader {
+                    return node.id();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a leader");
+    let cluster_id: ClusterId = a.cluster_id().unwrap();
+    let name = &config.network.cluster;
+    let sessions = config.sessions;
+    let term = a.metrics().term;
+
+    // The node at ip(9) (node-9) claims to be node-1, b's exact identity.
+    let as_b = Message::hello(name, cluster_id, "node-1", b.incarnation(), a.id(), sessions);
+    let why = refusal(say_hello(&net, 9, &as_b).await.0);
+    assert!(why.contains("node-9") && why.contains("node-1"), "{why}");
+
+    // Its own stable id, with b's raft id.
+    let forged = Message::Hello {
+        cluster: name.clone(),
+        cluster_id,
+        from: b.id(),
+        stable_id: "node-9".to_owned(),
+        incarnation: 1,
+        to: a.id(),
+        sessions,
+    };
+    let why = refusal(say_hello(&net, 9, &forged).await.0);
+    assert!(why.contains(&b.id().to_string()), "{why}");
+    assert!(a.stats().refused_identity.get() >= 2, "the refusals were not counted");
+
+    // As itself it is welcome, but a request that speaks for b (a vote
+    // request with b as the candidate, a term ahead) ends the connection
+    // unanswered.
+    let own = hello_from(9, a.id(), cluster_id);
+    let (answer, mut stream) = say_hello(&net, 9, &own).await;
+    assert!(matches!(answer, Message::Welcome), "{answer:?}");
+    let vote = Message::Vote(openraft::raft::VoteRequest {
+        vote: openraft::Vote::new(term + 5, b.id()),
+        last_log_id: None,
+    });
+    frame::write(&mut stream, &frame::encode(1, &vote)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), frame::read(&mut stream, 1 << 20))
+        .await
+        .expect("an answer or the end within 5 s");
+    assert!(matches!(next, Ok(None) | Err(_)), "a request speaking for b was served: {next:?}");
+    assert!(a.stats().refused_identity.get() >= 3);
+    assert!(a.metrics().term < term + 5, "a request speaking for b reached raft");
+
+    // A request in its own name is served (answered, whatever the answer).
+    let (_, mut stream) = say_hello(&net, 9, &own).await;
+    let mine: NodeId = raft_core::node_id("node-9", 1);
+    let vote = Message::Vote(openraft::raft::VoteRequest {
+        vote: openraft::Vote::new(0, mine),
+        last_log_id: None,
+    });
+    frame::write(&mut stream, &frame::encode(1, &vote)).await.unwrap();
+    let answer = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
+    assert!(matches!(answer.message, Message::VoteResult(_)), "{:?}", answer.message);
+    assert!(a.metrics().leader == Some(leader) || b.metrics().leader == Some(leader));
+    a.shutdown().await;
+    b.shutdown().await;
+}
