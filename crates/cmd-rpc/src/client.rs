@@ -22,8 +22,10 @@ use tokio::time::Instant;
 use ts_transport::{PeerAddr, Transport};
 
 use crate::api::ErrorBody;
+use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::route::Origin;
 use crate::server::Authorize;
 
 /// Header carrying the time the caller still allows, in milliseconds.
@@ -113,7 +115,7 @@ impl CommandClient {
     }
 
     /// `POST path` with a JSON body to `node`, as a forwarded request when
-    /// `forwarded`; decodes a 200 answer as `R`, anything else as the error
+    /// `origin` is [`Origin::Forwarded`]; decodes a 200 answer as `R`, anything else as the error
     /// the other node reported. Each of the node's addresses gets at most
     /// [`CommandConfig::connect_timeout`] to connect; the answer may take
     /// until `deadline`.
@@ -123,9 +125,9 @@ impl CommandClient {
         path: &str,
         body: &B,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: None };
+        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: None };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -139,9 +141,9 @@ impl CommandClient {
         path: &str,
         body: &B,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: Some(to) };
+        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: Some(to) };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -161,10 +163,10 @@ impl CommandClient {
         body: &B,
         deadline: impl Into<Instant>,
         answer_within: Duration,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
         let call =
-            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded, to };
+            Call { deadline: deadline.into(), answer_within: Some(answer_within), origin, to };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -175,8 +177,12 @@ impl CommandClient {
         path: &str,
         deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
-        let call =
-            Call { deadline: deadline.into(), answer_within: None, forwarded: false, to: None };
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: None,
+            origin: Origin::Client,
+            to: None,
+        };
         self.request(node, Method::GET, path, Bytes::new(), call).await
     }
 
@@ -241,7 +247,7 @@ impl CommandClient {
                 path,
                 body.clone(),
                 budget,
-                call.forwarded,
+                call.origin,
                 call.to,
             );
             match tokio::time::timeout(wait, exchange).await {
@@ -268,7 +274,7 @@ impl CommandClient {
         path: &str,
         body: Bytes,
         budget: Duration,
-        forwarded: bool,
+        origin: Origin,
         to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
         let unreachable =
@@ -279,7 +285,7 @@ impl CommandClient {
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(DEADLINE_HEADER, budget.as_millis().to_string());
-        if forwarded {
+        if origin == Origin::Forwarded {
             request = request.header(FORWARDED_HEADER, "1");
         }
         if let Some(to) = to {
@@ -374,7 +380,7 @@ struct Call {
     deadline: Instant,
     /// Most time one attempt waits for its answer; `None`: the deadline.
     answer_within: Option<Duration>,
-    forwarded: bool,
+    origin: Origin,
     /// The member the call is meant for, if named.
     to: Option<Addressee>,
 }
@@ -394,7 +400,7 @@ fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> R
         });
     }
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
-        code: "http_error".to_owned(),
+        code: ErrorCode::HttpError,
         message: format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(256)])),
         leader: None,
     });

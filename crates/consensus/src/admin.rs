@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Addressee, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
-    Change, ReadIndexResponse, RemoveRequest, RpcError,
+    Change, ErrorCode, Origin, ReadIndexResponse, RemoveRequest, RpcError,
 };
 use serde::Deserialize;
 use ts_transport::{TcpTransport, Transport};
@@ -405,7 +405,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     } else {
         match inner.service.remove_via_leader(&RemoveRequest { id }, deadline).await {
             Ok(()) => Ok(removed(id)),
-            Err(err) if err.code() == "forbidden" => Err(AdminResponse::error(
+            Err(err) if err.code() == ErrorCode::Forbidden => Err(AdminResponse::error(
                 403,
                 "refused_by_leader",
                 format!(
@@ -431,7 +431,7 @@ fn err_message(err: &RpcError) -> String {
 }
 
 fn rpc_refusal(err: &RpcError, what: &str) -> AdminResponse {
-    AdminResponse::error(err.status().as_u16(), err.code(), format!("{what}: {}", err_message(err)))
+    AdminResponse::error(err.status(), err.code().as_str(), format!("{what}: {}", err_message(err)))
 }
 
 #[derive(Deserialize)]
@@ -504,7 +504,7 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
         let answer: ReadIndexResponse = inner
             .service
             .client()
-            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
+            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, Origin::Client)
             .await
             .map_err(|e| err_message(&e))?;
         answer.index
@@ -681,8 +681,9 @@ async fn commits_once<S: StateMachine>(
         let to = Addressee { node: id, cluster };
         asks.spawn(async move {
             let body = serde_json::json!({});
-            let answer: Result<ReadIndexResponse, _> =
-                client.post_to(to, &node, "/v1/read-index", &body, deadline, true).await;
+            let answer: Result<ReadIndexResponse, _> = client
+                .post_to(to, &node, "/v1/read-index", &body, deadline, Origin::Forwarded)
+                .await;
             answer.map(|r| (r.index, id)).map_err(|e| format!("{id}: {}", err_message(&e)))
         });
     }

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cmd_rpc::{CommandService, ExecuteRequest, RpcError};
+use cmd_rpc::{CommandService, ErrorCode, ExecuteRequest, Origin, RpcError};
 use raft_core::ClientId;
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -41,7 +41,7 @@ impl SessionPool {
         if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(session);
         }
-        let registered = service.register(deadline, false).await?;
+        let registered = service.register(deadline, Origin::Client).await?;
         let client = u128::from_str_radix(&registered.client, 16).map_err(|_| {
             Error::Network(format!(
                 "the leader assigned a malformed session {:?}",
@@ -144,16 +144,17 @@ impl<S: StateMachine> Operation<S> {
             self.maybe_applied = true;
             // The command's request id is its (client, seq).
             let span = tracing::debug_span!("execute", client = %client, seq);
-            let err = match service.execute(&request, deadline, false).instrument(span).await {
-                Ok(response) => return decode_answer(response.result.get()),
-                Err(err) => err,
-            };
+            let err =
+                match service.execute(&request, deadline, Origin::Client).instrument(span).await {
+                    Ok(response) => return decode_answer(response.result.get()),
+                    Err(err) => err,
+                };
             if !err.outcome_unknown() {
                 self.maybe_applied = earlier;
             }
             match err.code() {
                 // Nothing of this command was applied: a new session is safe.
-                "session_expired" | "unknown_session" if !earlier => {
+                ErrorCode::SessionExpired | ErrorCode::UnknownSession if !earlier => {
                     self.session = None;
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
@@ -161,7 +162,9 @@ impl<S: StateMachine> Operation<S> {
                     }
                     tracing::debug!(%client, "session expired before the command; using a new one");
                 }
-                "session_expired" | "unknown_session" | "session_expired_outcome_unknown" => {
+                ErrorCode::SessionExpired
+                | ErrorCode::UnknownSession
+                | ErrorCode::SessionExpiredOutcomeUnknown => {
                     self.session = None;
                     let why = format!(
                         "the session of an earlier attempt expired before its outcome was known ({err})"
@@ -198,12 +201,13 @@ impl From<RpcError> for Error {
         }
         // Local or passed on from another node: the code says what it was.
         match err.code() {
-            "timeout" | "fatal" => Error::Timeout(message),
-            "session_expired_outcome_unknown" => Error::OutcomeUnknown(message),
-            "answer_not_kept" => Error::AnswerNotKept,
-            "sequence_reused" | "stale_sequence" | "session_expired" | "unknown_session" => {
-                Error::Invalid(message)
-            }
+            ErrorCode::Timeout | ErrorCode::Fatal => Error::Timeout(message),
+            ErrorCode::SessionExpiredOutcomeUnknown => Error::OutcomeUnknown(message),
+            ErrorCode::AnswerNotKept => Error::AnswerNotKept,
+            ErrorCode::SequenceReused
+            | ErrorCode::StaleSequence
+            | ErrorCode::SessionExpired
+            | ErrorCode::UnknownSession => Error::Invalid(message),
             _ => Error::Network(message),
         }
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cmd_rpc::{CommandClient, CommandConfig, ProbeRequest, ProbeResponse, ProbeState};
+use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
 use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
@@ -126,8 +126,9 @@ async fn probe(net: &MemNetwork, from: usize, i: usize) -> Option<ProbeState> {
         command_port: command_port(i),
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    let answer: Result<ProbeResponse, _> =
-        client.post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false).await;
+    let answer: Result<ProbeResponse, _> = client
+        .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
+        .await;
     answer.ok().map(|a| a.state)
 }
 
@@ -337,7 +338,7 @@ async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Sta
             command_port: PORT,
         };
         let answer: Result<ProbeResponse, _> = client
-            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false)
+            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
             .await;
         if let Ok(ProbeResponse { id, state: ProbeState::Member { cluster_id, leader }, .. }) =
             answer
