@@ -49,6 +49,9 @@ pub enum ErrorCode {
     NotConfirmed,
     /// `unavailable`: the service cannot answer now.
     Unavailable,
+    /// `no_quorum`: the leader could not confirm its leadership with a
+    /// quorum of voters (too many of them stopped or unreachable).
+    NoQuorum,
     /// `unreachable`: another node could not be reached.
     Unreachable,
     /// `fatal`: the node stopped on a fatal error.
@@ -93,6 +96,7 @@ impl ErrorCode {
             "answer_not_kept" => ErrorCode::AnswerNotKept,
             "not_confirmed" => ErrorCode::NotConfirmed,
             "unavailable" => ErrorCode::Unavailable,
+            "no_quorum" => ErrorCode::NoQuorum,
             "unreachable" => ErrorCode::Unreachable,
             "fatal" => ErrorCode::Fatal,
             "http_error" => ErrorCode::HttpError,
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::AnswerNotKept => "answer_not_kept",
             ErrorCode::NotConfirmed => "not_confirmed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::Fatal => "fatal",
             ErrorCode::HttpError => "http_error",
@@ -184,7 +189,7 @@ mod tests {
     use super::*;
 
     /// Every known code with its wire string.
-    const KNOWN: [(ErrorCode, &str); 20] = [
+    const KNOWN: [(ErrorCode, &str); 21] = [
         (ErrorCode::NoLeader, "no_leader"),
         (ErrorCode::NotLeader, "not_leader"),
         (ErrorCode::Timeout, "timeout"),
@@ -202,6 +207,7 @@ mod tests {
         (ErrorCode::AnswerNotKept, "answer_not_kept"),
         (ErrorCode::NotConfirmed, "not_confirmed"),
         (ErrorCode::Unavailable, "unavailable"),
+        (ErrorCode::NoQuorum, "no_quorum"),
         (ErrorCode::Unreachable, "unreachable"),
         (ErrorCode::Fatal, "fatal"),
         (ErrorCode::HttpError, "http_error"),

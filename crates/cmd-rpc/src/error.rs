@@ -118,6 +118,11 @@ pub enum RpcError {
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The leader could not confirm its leadership with a quorum of voters
+    /// (too many of them stopped or unreachable), so it cannot answer a
+    /// linearizable read.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
     /// Another node could not be reached.
     #[error("cannot reach {target}: {reason}")]
     Unreachable {
@@ -162,6 +167,7 @@ impl RpcError {
             RpcError::AnswerNotKept => ErrorCode::AnswerNotKept,
             RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
             RpcError::Unreachable { .. } => ErrorCode::Unreachable,
             RpcError::Fatal(_) => ErrorCode::Fatal,
             RpcError::Remote { body, .. } => body.code.clone(),
@@ -171,7 +177,7 @@ impl RpcError {
     /// The HTTP status it is answered with (a three-digit number).
     pub fn status(&self) -> u16 {
         match self {
-            RpcError::NoLeader { .. } | RpcError::Unavailable(_) => 503,
+            RpcError::NoLeader { .. } | RpcError::Unavailable(_) | RpcError::NoQuorum(_) => 503,
             RpcError::NotLeader { .. }
             | RpcError::StaleSequence { .. }
             | RpcError::SessionExpired { .. }

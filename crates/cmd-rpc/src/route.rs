@@ -111,9 +111,11 @@ pub(crate) fn after_forward(err: &RpcError) -> Next {
                 Next::Retry { leader: body.leader.clone(), report: false }
             }
             // The leader stopped on a fatal error: another will be elected.
-            ErrorCode::Fatal | ErrorCode::Timeout | ErrorCode::Unavailable => {
-                Next::Retry { leader: None, report: true }
-            }
+            // Or it lacks a quorum for now.
+            ErrorCode::Fatal
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::NoQuorum => Next::Retry { leader: None, report: true },
             _ => Next::Fail,
         },
         // The leader may have died or be unreachable for a moment.
@@ -129,7 +131,7 @@ pub(crate) fn after_forward(err: &RpcError) -> Next {
 pub(crate) fn after_read_index(err: &RpcError) -> Next {
     match err {
         RpcError::NotLeader { leader } => Next::Retry { leader: leader.clone(), report: false },
-        RpcError::Unavailable(_) | RpcError::Timeout { .. } => {
+        RpcError::Unavailable(_) | RpcError::NoQuorum(_) | RpcError::Timeout { .. } => {
             Next::Retry { leader: None, report: true }
         }
         _ => Next::Fail,
@@ -351,6 +353,7 @@ mod tests {
             (remote("fatal", None), retry(None, true)),
             (remote("timeout", None), retry(None, true)),
             (remote("unavailable", None), retry(None, true)),
+            (remote("no_quorum", None), retry(None, true)),
             // Local failures on the way: the leader may be back soon.
             (unreachable, retry(None, true)),
             (timeout(), retry(None, true)),
@@ -378,6 +381,7 @@ mod tests {
                 Next::Retry { leader: Some(hint_at(OTHER)), report: false },
             ),
             (RpcError::Unavailable("u".to_owned()), Next::Retry { leader: None, report: true }),
+            (RpcError::NoQuorum("q".to_owned()), Next::Retry { leader: None, report: true }),
             (timeout(), Next::Retry { leader: None, report: true }),
             (RpcError::Fatal("f".to_owned()), Next::Fail),
         ];

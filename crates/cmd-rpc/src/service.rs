@@ -773,7 +773,7 @@ impl<S: StateMachine> CommandService<S> {
             Err(ReadError::NotLeader { leader }) => {
                 Err(RpcError::NotLeader { leader: self.leader_hint(leader) })
             }
-            Err(ReadError::QuorumNotReached(why)) => Err(RpcError::Unavailable(why)),
+            Err(ReadError::QuorumNotReached(why)) => Err(RpcError::NoQuorum(why)),
             Err(ReadError::Timeout(after)) => {
                 Err(RpcError::Timeout { what: "read index".to_owned(), after })
             }

@@ -53,6 +53,12 @@ pub enum Error {
     /// The tailnet or the network failed.
     #[error("network: {0}")]
     Network(String),
+    /// The leader could not confirm with a quorum of voters that it still
+    /// leads (too many of them stopped or unreachable), so a linearizable
+    /// read cannot be answered. The node itself runs; the read may succeed
+    /// once enough voters are back.
+    #[error("no quorum: {0}")]
+    QuorumUnavailable(String),
     /// The node is stopped or stopping.
     #[error("the node is stopped")]
     Stopped,

@@ -196,6 +196,7 @@ impl From<RpcError> for Error {
             E::NoLeader { waited } => return Error::NoLeader { waited },
             E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
             E::Unavailable(_) => return Error::Stopped,
+            E::NoQuorum(why) => return Error::QuorumUnavailable(why),
             E::Fatal(why) => return Error::Fatal(why),
             _ => {}
         }
@@ -204,6 +205,8 @@ impl From<RpcError> for Error {
             ErrorCode::Timeout | ErrorCode::Fatal => Error::Timeout(message),
             ErrorCode::SessionExpiredOutcomeUnknown => Error::OutcomeUnknown(message),
             ErrorCode::AnswerNotKept => Error::AnswerNotKept,
+            // The leader's own read index, asked for by this node.
+            ErrorCode::NoQuorum => Error::QuorumUnavailable(message),
             ErrorCode::SequenceReused
             | ErrorCode::StaleSequence
             | ErrorCode::SessionExpired
