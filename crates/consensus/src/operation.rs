@@ -42,11 +42,10 @@ impl SessionPool {
             return Ok(session);
         }
         let registered = service.register(deadline, Origin::Client).await?;
-        let client = u128::from_str_radix(&registered.client, 16).map_err(|_| {
-            Error::Network(format!(
-                "the leader assigned a malformed session {:?}",
-                registered.client
-            ))
+        let client = u128::from_str_radix(&registered.client, 16).map_err(|e| {
+            let message =
+                format!("the leader assigned a malformed session {:?}", registered.client);
+            Error::network_from(message, e)
         })?;
         Ok((ClientId(client), 1))
     }
@@ -211,7 +210,38 @@ impl From<RpcError> for Error {
             | ErrorCode::StaleSequence
             | ErrorCode::SessionExpired
             | ErrorCode::UnknownSession => Error::Invalid(message),
-            _ => Error::Network(message),
+            _ => Error::network_from(message, err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use cmd_rpc::{ErrorBody, RpcError};
+
+    use super::*;
+
+    /// Before: the command API's error became `Error::Network(String)`,
+    /// its kind lost. Now it is the error's source.
+    #[test]
+    fn a_network_error_keeps_the_command_apis_error_underneath() {
+        let unreachable = RpcError::Unreachable {
+            target: "10.0.0.2:6271".to_owned(),
+            reason: "reset".to_owned(),
+        };
+        let body = ErrorBody {
+            code: ErrorCode::from_wire("leader_on_vacation"),
+            message: "back soon".to_owned(),
+            leader: None,
+        };
+        for rpc in [unreachable, RpcError::from_remote(418, body)] {
+            let code = rpc.code();
+            let err = Error::from(rpc);
+            assert!(matches!(err, Error::Network { .. }), "{err:?}");
+            let source = err.source().and_then(|s| s.downcast_ref::<RpcError>());
+            assert_eq!(source.map(RpcError::code), Some(code), "{err:?}");
         }
     }
 }
