@@ -197,8 +197,11 @@ impl CommandClient {
         body: Bytes,
         call: Call,
     ) -> Result<R, RpcError> {
-        let mut last =
-            RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
+        let mut last = RpcError::Unreachable {
+            target: node.to_string(),
+            reason: "no address".to_owned(),
+            source: None,
+        };
         for &ip in &node.addrs {
             let addr = SocketAddr::new(ip, node.command_port);
             let what = || format!("{method} {path} to {addr}");
@@ -211,6 +214,7 @@ impl CommandClient {
                 last = RpcError::Unreachable {
                     target: addr.to_string(),
                     reason: "not an authorized address (no longer tagged?)".to_owned(),
+                    source: None,
                 };
                 continue;
             }
@@ -227,6 +231,7 @@ impl CommandClient {
                     last = RpcError::Unreachable {
                         target: addr.to_string(),
                         reason: format!("no connection within {connect:?}"),
+                        source: None,
                     };
                     continue;
                 }
@@ -277,8 +282,7 @@ impl CommandClient {
         origin: Origin,
         to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
-        let unreachable =
-            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
+        let unreachable = |err: hyper::Error| RpcError::unreachable(addr, err);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -296,13 +300,12 @@ impl CommandClient {
         }
         let request =
             request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let mut incoming = response.into_body();
         let mut bytes = Vec::new();
         while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let frame = frame.map_err(unreachable)?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > self.config.max_response {
                     return Err(RpcError::TooLarge {
@@ -340,16 +343,14 @@ impl CommandClient {
                 None => break,
             }
         }
-        let unreachable =
-            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
         let stream = self
             .transport
             .dial(addr.ip(), addr.port(), timeout)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| RpcError::unreachable(addr, e))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| RpcError::unreachable(addr, e))?;
         // Ends when the connection closes or every sender is dropped.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -397,6 +398,7 @@ fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> R
         return serde_json::from_slice(bytes).map_err(|e| RpcError::Unreachable {
             target: addr.to_string(),
             reason: format!("answered 200 with an unexpected body: {e}"),
+            source: Some(Box::new(e)),
         });
     }
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
@@ -405,4 +407,37 @@ fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> R
         leader: None,
     });
     Err(RpcError::from_remote(status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ts_transport::{MemNetwork, TransportError};
+
+    use super::*;
+
+    /// Before: the transport's or HTTP's error was flattened into
+    /// `reason`. Now it is the error's source as well.
+    #[tokio::test]
+    async fn an_unreachable_peer_keeps_the_transports_error_underneath() {
+        let net = MemNetwork::new();
+        let (me, nobody) = (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), Ipv4Addr::new(10, 0, 0, 2));
+        let client = CommandClient::new(Arc::new(net.node(me)), CommandConfig::default());
+        let peer = NodeInfo {
+            stable_id: "nobody".to_owned(),
+            addrs: vec![IpAddr::V4(nobody)],
+            raft_port: 6270,
+            command_port: 6271,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err =
+            client.get::<serde_json::Value>(&peer, "/v1/cluster", deadline).await.unwrap_err();
+        assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+        let source =
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<TransportError>());
+        assert!(matches!(source, Some(TransportError::Refused(_))), "{err:?}");
+        // The words stay as they were.
+        assert!(err.to_string().starts_with("cannot reach 10.0.0.2:6271: "), "{err}");
+    }
 }

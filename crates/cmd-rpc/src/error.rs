@@ -6,8 +6,12 @@ use std::time::Duration;
 use crate::api::{ErrorBody, LeaderHint};
 use crate::code::ErrorCode;
 
+/// An error underneath a command-API error (the transport's, HTTP's),
+/// boxed so that no lower layer's type shows.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a command-API call failed.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
     /// No leader was elected within the deadline.
@@ -130,6 +134,9 @@ pub enum RpcError {
         target: String,
         /// Why.
         reason: String,
+        /// The error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The node stopped on a fatal error.
     #[error("fatal: {0}")]
@@ -218,6 +225,19 @@ impl RpcError {
     /// answered are not.
     pub fn outcome_unknown(&self) -> bool {
         !self.code().outcome_known()
+    }
+
+    /// [`RpcError::Unreachable`]: `target` could not be reached because of
+    /// `source`, which stays the error's source.
+    pub fn unreachable(
+        target: impl ToString,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> RpcError {
+        RpcError::Unreachable {
+            target: target.to_string(),
+            reason: source.to_string(),
+            source: Some(Box::new(source)),
+        }
     }
 
     /// Rebuilds an error from another node's answer.

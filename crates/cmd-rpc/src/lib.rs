@@ -60,7 +60,7 @@ pub use crate::client::{
 };
 pub use crate::code::{ErrorCode, MAX_CODE_LEN, UnknownCode};
 pub use crate::config::CommandConfig;
-pub use crate::error::RpcError;
+pub use crate::error::{Cause, RpcError};
 pub use crate::pages::{Page, PageServer, Render};
 pub use crate::peers::{
     Caller, ConfirmFuture, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_confirm, check_node,

@@ -344,8 +344,11 @@ mod tests {
     #[test]
     fn what_an_error_from_the_leader_means() {
         let retry = |leader, report| Next::Retry { leader, report };
-        let unreachable =
-            RpcError::Unreachable { target: "n".to_owned(), reason: "refused".to_owned() };
+        let unreachable = RpcError::Unreachable {
+            target: "n".to_owned(),
+            reason: "refused".to_owned(),
+            source: None,
+        };
         let cases: Vec<(RpcError, Next)> = vec![
             (remote("not_leader", Some(hint_at(OTHER))), retry(Some(hint_at(OTHER)), false)),
             (remote("not_leader", None), retry(None, false)),

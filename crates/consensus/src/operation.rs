@@ -227,10 +227,7 @@ mod tests {
     /// its kind lost. Now it is the error's source.
     #[test]
     fn a_network_error_keeps_the_command_apis_error_underneath() {
-        let unreachable = RpcError::Unreachable {
-            target: "10.0.0.2:6271".to_owned(),
-            reason: "reset".to_owned(),
-        };
+        let unreachable = RpcError::unreachable("10.0.0.2:6271", std::io::Error::other("reset"));
         let body = ErrorBody {
             code: ErrorCode::from_wire("leader_on_vacation"),
             message: "back soon".to_owned(),
