@@ -156,7 +156,7 @@ impl Cluster<'_> {
                     .arg(&node.state_dir)
                     .args(["--local-port", &node.local_port.to_string()])
                     .arg("--exit-on-stdin-eof")
-                    .env("RUST_LOG", "warn");
+                    .env("RUST_LOG", kv_log().unwrap_or_else(|| "warn".to_owned()));
             }
             Flavor::Go => {
                 // Each node waits to see the two others tagged, then for
@@ -251,21 +251,29 @@ impl Cluster<'_> {
     }
 
     /// Waits until every node answers as a voter of one cluster of three
-    /// with the same leader.
+    /// with the same leader, and every node's log reaches as far as the
+    /// others' (a restarted node has caught up: until then only the nodes
+    /// with the whole log can win an election, and a failover measured then
+    /// measures a cluster still recovering from the previous round).
     async fn settled(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let mut leaders = Vec::new();
+            let mut logs = Vec::new();
             let mut ok = true;
             let mut last = String::new();
             for i in 0..self.nodes.len() {
                 match self.metrics(i).await {
                     Some(m) => {
-                        last.push_str(&format!("[{i}: {} leader {}] ", m["role"], m["leader"]));
+                        last.push_str(&format!(
+                            "[{i}: {} leader {} log {}] ",
+                            m["role"], m["leader"], m["last_log_index"]
+                        ));
                         ok &= m["voters"] == self.nodes.len()
                             && !m["leader"].is_null()
                             && m["role"] != "learner";
                         leaders.push(m["leader"].clone());
+                        logs.push(m["last_log_index"].as_u64());
                     }
                     None => {
                         last.push_str(&format!("[{i}: no answer] "));
@@ -274,7 +282,9 @@ impl Cluster<'_> {
                 }
             }
             leaders.dedup();
-            if ok && leaders.len() == 1 {
+            logs.dedup();
+            let caught_up = logs.len() == 1 && logs[0].is_some();
+            if ok && leaders.len() == 1 && caught_up {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -340,6 +350,12 @@ pub(crate) fn process_cpu(pid: u32) -> Duration {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let total = ticks(14) + ticks(15);
     Duration::from_micros(total * 1_000_000 / per_second)
+}
+
+/// `BENCH_KV_LOG`: the kv nodes' `RUST_LOG` (`warn` without it); with it
+/// their logs are kept after the run, for tracing a failover.
+fn kv_log() -> Option<String> {
+    std::env::var("BENCH_KV_LOG").ok().filter(|v| !v.is_empty())
 }
 
 /// A line connection to one node.
@@ -558,32 +574,36 @@ struct Round {
 /// node holds it), until one is accepted.
 async fn failover_round(cluster: &mut Cluster<'_>, round: usize) -> Result<Round, String> {
     let leader = cluster.leader().await.ok_or("no leader before the kill")?;
-    let survivors: Vec<u16> = (0..cluster.nodes.len())
+    let survivors: Vec<(usize, u16)> = (0..cluster.nodes.len())
         .filter(|&i| i != leader)
-        .map(|i| cluster.nodes[i].local_port)
+        .map(|i| (i, cluster.nodes[i].local_port))
         .collect();
     let killed = Instant::now();
+    let killed_wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     cluster.kill(leader).await;
-    // (attempt number, time since the kill, accepted)
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Duration, bool)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Attempt>();
     let mut attempts = tokio::task::JoinSet::new();
-    let put = |port: u16, n: usize, tx: tokio::sync::mpsc::UnboundedSender<_>| async move {
+    let put = |node: usize, port: u16, n: usize, tx: tokio::sync::mpsc::UnboundedSender<_>| async move {
+        let sent = killed.elapsed();
         let line = format!("put failover{round}-{n} x");
         let accepted = match Line::connect(port).await {
             Ok(mut conn) => conn.call(&line, FAILOVER_TIMEOUT).await.is_ok(),
             Err(_) => false,
         };
-        let _ = tx.send((n, killed.elapsed(), accepted));
+        let _ = tx.send(Attempt { n, node, sent, answered: killed.elapsed(), accepted });
     };
     let mut n = 0;
-    let mut first_accepted = None;
+    let mut first_accepted: Option<Attempt> = None;
     let mut first_answered = None;
-    let mut note = |(k, at, accepted): (usize, Duration, bool)| {
-        if accepted && first_accepted.is_none() {
-            first_accepted = Some(at);
+    let mut note = |attempt: Attempt| {
+        if attempt.accepted && first_accepted.is_none() {
+            first_accepted = Some(attempt);
         }
-        if k < survivors.len() && first_answered.is_none() {
-            first_answered = Some(at);
+        if attempt.n < survivors.len() && first_answered.is_none() {
+            first_answered = Some(attempt.answered);
         }
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -593,30 +613,59 @@ async fn failover_round(cluster: &mut Cluster<'_>, round: usize) -> Result<Round
                 if killed.elapsed() >= FAILOVER_TIMEOUT {
                     break;
                 }
-                for &port in &survivors {
-                    attempts.spawn(put(port, n, tx.clone()));
+                for &(node, port) in &survivors {
+                    attempts.spawn(put(node, port, n, tx.clone()));
                     n += 1;
                 }
             }
-            Some(event) = rx.recv() => {
-                let accepted = event.2;
-                note(event);
+            Some(attempt) = rx.recv() => {
+                let accepted = attempt.accepted;
+                note(attempt);
                 if accepted {
                     break;
                 }
             }
         }
     }
+    let new_leader = cluster.leader().await;
     cluster.spawn(leader)?;
     if cluster.options.flavor == Flavor::Go {
         cluster.go_start(leader).await?;
     }
+    let restarted = Instant::now();
     cluster.settled(SETTLE_TIMEOUT).await?;
-    while let Ok(event) = rx.try_recv() {
-        note(event);
+    let settle = restarted.elapsed();
+    while let Ok(attempt) = rx.try_recv() {
+        note(attempt);
     }
     attempts.abort_all();
-    Ok(Round { first_accepted, first_answered })
+    match &first_accepted {
+        Some(a) => eprintln!(
+            "failover round {round}: killed node {leader} at {killed_wall:.3} (unix s); first put \
+             accepted {:.3} s after (#{} sent at {:.3} s to node {}); new leader node {new_leader:?}; \
+             restarted and settled in {:.3} s",
+            a.answered.as_secs_f64(),
+            a.n,
+            a.sent.as_secs_f64(),
+            a.node,
+            settle.as_secs_f64(),
+        ),
+        None => eprintln!("failover round {round}: killed node {leader}; no put accepted"),
+    }
+    Ok(Round { first_accepted: first_accepted.map(|a| a.answered), first_answered })
+}
+
+/// One put of a failover round.
+#[derive(Clone, Copy, Debug)]
+struct Attempt {
+    /// Its number in the round.
+    n: usize,
+    /// The survivor it was sent to.
+    node: usize,
+    /// Sent, and answered, this long after the kill.
+    sent: Duration,
+    answered: Duration,
+    accepted: bool,
 }
 
 /// A steady load of `clients` clients for `duration` on a healthy cluster,
@@ -678,8 +727,8 @@ pub(crate) async fn run(
     let mut cluster = Cluster { options, tailnet, tag: format!("tag:{name}{serial}"), nodes };
     let result = drive(&mut cluster).await.map_err(|e| format!("{e} (logs in {})", work.display()));
     cluster.shutdown().await;
-    if result.is_ok() {
-        // State and logs are kept only when something failed.
+    if result.is_ok() && kv_log().is_none() {
+        // State and logs are kept only when something failed (or asked for).
         let _ = std::fs::remove_dir_all(&work);
     }
     result

@@ -656,6 +656,16 @@ impl ClientsShared {
 
     /// Sends `message` on `lane` and waits for its answer, within `timeout`
     /// overall (waiting for a connection included).
+    ///
+    /// On the control lane, a request whose connection breaks under it is
+    /// sent once more on a new connection if time is left. A connection
+    /// can sit unused for long (followers talk to each other only in
+    /// elections) while the peer's process restarts; behind a userspace
+    /// network stack nothing tells this side until it writes, and the
+    /// answer to that write is a reset. Without the second try, the vote
+    /// that peer would have granted is lost for the whole election. Votes,
+    /// heartbeats and probes are idempotent, so a request that did arrive
+    /// before the break does no harm arriving again.
     async fn call(
         &self,
         peer: &Arc<Peer>,
@@ -664,15 +674,47 @@ impl ClientsShared {
         timeout: Duration,
     ) -> Result<Message, CallError> {
         let until = Instant::now() + timeout;
+        let first = self.call_once(peer, lane, &message, until, timeout).await;
+        match first {
+            Err(CallError::Network { ref reason, .. })
+                if lane == Lane::Control && Instant::now() < until =>
+            {
+                tracing::debug!(
+                    target = peer.target,
+                    %reason,
+                    "raft connection broke under a request; sending it once more on a new one"
+                );
+                self.call_once(peer, lane, &message, until, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    /// One try of [`ClientsShared::call`], until `until`.
+    async fn call_once(
+        &self,
+        peer: &Arc<Peer>,
+        lane: Lane,
+        message: &Message,
+        until: Instant,
+        timeout: Duration,
+    ) -> Result<Message, CallError> {
         let conn = self.conn(peer, lane, until).await?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = self.encode(id, &message)?;
+        let bytes = self.encode(id, message)?;
         let (tx, rx) = oneshot::channel();
         // Forgets the request if openraft drops this call first.
         let _forget = Forget(&conn, id);
+        let broken = |reason: &str| {
+            // Whatever broke it, the next try must not find it again.
+            conn.close();
+            CallError::Network { target: peer.target, reason: reason.to_owned() }
+        };
         match tokio::time::timeout_at(until, conn.send(id, bytes, Waiter::Once(tx))).await {
             Ok(Ok(())) => {}
-            Ok(Err(())) | Err(_) => {
+            Ok(Err(())) => return Err(broken("connection closed")),
+            // Its queue stayed full: out of time, not broken.
+            Err(_) => {
                 return Err(CallError::Network {
                     target: peer.target,
                     reason: "connection closed".to_owned(),
@@ -681,10 +723,7 @@ impl ClientsShared {
         }
         match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(CallError::Network {
-                target: peer.target,
-                reason: "connection lost".to_owned(),
-            }),
+            Ok(Err(_)) => Err(broken("connection lost")),
             Err(_) => Err(CallError::Timeout(timeout)),
         }
     }
@@ -980,5 +1019,200 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         openraft::network::Backoff::new(std::iter::successors(Some(min), move |d| {
             Some((*d * 2).min(max))
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Context, Poll, Waker};
+
+    use openraft::Vote;
+    use tokio::io::{AsyncRead, ReadBuf};
+    use ts_transport::{BoxFuture, BoxStream, Listener, MemNetwork, TransportError};
+
+    use super::*;
+    use crate::types::ClusterId;
+
+    const PORT: u16 = 7000;
+
+    fn ip(i: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, i))
+    }
+
+    /// The dialing side's view of a peer whose process can restart behind
+    /// a userspace network stack: after [`Restarts::restart`], connections
+    /// dialed before it hear nothing until they write, and the write is
+    /// answered with a reset (the new process knows no such connection).
+    #[derive(Clone)]
+    struct Restarts {
+        inner: Arc<dyn Transport>,
+        epoch: Arc<AtomicU64>,
+    }
+
+    impl Restarts {
+        fn restart(&self) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    impl Transport for Restarts {
+        fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
+            self.inner.listen(port)
+        }
+
+        fn dial(
+            &self,
+            addr: IpAddr,
+            port: u16,
+            timeout: Duration,
+        ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
+            Box::pin(async move {
+                let inner = self.inner.dial(addr, port, timeout).await?;
+                Ok(Box::new(EpochStream {
+                    inner,
+                    dialed_in: self.epoch.load(Ordering::Acquire),
+                    epoch: self.epoch.clone(),
+                    reset: Arc::new(AtomicBool::new(false)),
+                    reader: Arc::new(Mutex::new(None)),
+                }) as BoxStream)
+            })
+        }
+
+        fn local_addrs(&self) -> Vec<IpAddr> {
+            self.inner.local_addrs()
+        }
+    }
+
+    struct EpochStream {
+        inner: BoxStream,
+        dialed_in: u64,
+        epoch: Arc<AtomicU64>,
+        reset: Arc<AtomicBool>,
+        reader: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl EpochStream {
+        fn stale(&self) -> bool {
+            self.epoch.load(Ordering::Acquire) != self.dialed_in
+        }
+
+        fn reset_error() -> io::Error {
+            io::Error::new(io::ErrorKind::ConnectionReset, "the peer restarted")
+        }
+    }
+
+    impl AsyncRead for EpochStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            if self.reset.load(Ordering::Acquire) {
+                return Poll::Ready(Err(EpochStream::reset_error()));
+            }
+            if self.stale() {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for EpochStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.stale() || self.reset.load(Ordering::Acquire) {
+                // The reset comes back for the reader too.
+                self.reset.store(true, Ordering::Release);
+                if let Some(waker) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    waker.wake();
+                }
+                return Poll::Ready(Err(EpochStream::reset_error()));
+            }
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A peer that welcomes every hello and grants every vote; counts the
+    /// connections it accepted.
+    async fn granting_peer(net: &MemNetwork, accepted: Arc<AtomicUsize>) -> JoinHandle<()> {
+        let listener = net.node(ip(2)).listen(PORT).await.expect("listen");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    while let Ok(Some(frame)) = frame::read(&mut stream, 1 << 20).await {
+                        let answer = match frame.message {
+                            Message::Hello { .. } => Message::Welcome,
+                            Message::Vote(rpc) => {
+                                Message::VoteResult(Ok(VoteResponse::new(rpc.vote, None, true)))
+                            }
+                            _ => return,
+                        };
+                        let bytes = frame::encode(frame.request_id, &answer);
+                        if frame::write(&mut stream, &bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// A candidate's vote request to a peer whose process restarted since
+    /// their last exchange reaches the new process: the connection that
+    /// breaks under the request is replaced within the vote's timeout,
+    /// instead of the vote being lost for the whole election.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_over_a_connection_the_peer_restarted_under_is_sent_again() {
+        let net = MemNetwork::new();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let server = granting_peer(&net, accepted.clone()).await;
+        let transport =
+            Restarts { inner: Arc::new(net.node(ip(1))), epoch: Arc::new(AtomicU64::new(0)) };
+        let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
+        let mut clients = RaftNetworkClients::new(
+            Arc::new(transport.clone()),
+            1,
+            NetworkConfig::default(),
+            gate,
+            Arc::new(|_| true),
+        );
+        let node = NodeInfo {
+            stable_id: "peer".to_owned(),
+            addrs: vec![ip(2)],
+            raft_port: PORT,
+            command_port: PORT + 1,
+        };
+        let mut client = clients.new_client(2, &node).await;
+        let option = || RPCOption::new(Duration::from_millis(600));
+
+        let first = client.vote(VoteRequest::new(Vote::new(1, 1), None), option()).await;
+        assert!(first.is_ok_and(|r| r.vote_granted), "the first vote is answered");
+        assert_eq!(accepted.load(Ordering::Acquire), 1);
+
+        transport.restart();
+        let second = client.vote(VoteRequest::new(Vote::new(2, 1), None), option()).await;
+        match second {
+            Ok(answer) => assert!(answer.vote_granted, "{answer:?}"),
+            Err(err) => panic!("the vote after the restart was lost: {err}"),
+        }
+        assert_eq!(accepted.load(Ordering::Acquire), 2, "on a new connection");
+        server.abort();
     }
 }
