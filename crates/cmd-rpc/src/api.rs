@@ -5,6 +5,8 @@ use raft_core::{ClusterId, NodeId, NodeInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::code::ErrorCode;
+
 /// `POST /v1/execute`: run one command through the leader.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -257,8 +259,9 @@ pub struct LeaderHint {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// Machine-readable code, such as `not_leader` or `too_large`.
-    pub code: String,
+    /// Machine-readable code, such as `not_leader` or `too_large`; a code
+    /// this version does not know decodes as [`ErrorCode::Other`].
+    pub code: ErrorCode,
     /// What happened, for people.
     pub message: String,
     /// The leader, when the error is about leadership and it is known.

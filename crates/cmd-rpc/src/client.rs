@@ -22,8 +22,10 @@ use tokio::time::Instant;
 use ts_transport::{PeerAddr, Transport};
 
 use crate::api::ErrorBody;
+use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
+use crate::route::Origin;
 use crate::server::Authorize;
 
 /// Header carrying the time the caller still allows, in milliseconds.
@@ -113,7 +115,7 @@ impl CommandClient {
     }
 
     /// `POST path` with a JSON body to `node`, as a forwarded request when
-    /// `forwarded`; decodes a 200 answer as `R`, anything else as the error
+    /// `origin` is [`Origin::Forwarded`]; decodes a 200 answer as `R`, anything else as the error
     /// the other node reported. Each of the node's addresses gets at most
     /// [`CommandConfig::connect_timeout`] to connect; the answer may take
     /// until `deadline`.
@@ -123,9 +125,9 @@ impl CommandClient {
         path: &str,
         body: &B,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: None };
+        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: None };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -139,9 +141,9 @@ impl CommandClient {
         path: &str,
         body: &B,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, forwarded, to: Some(to) };
+        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: Some(to) };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -161,10 +163,10 @@ impl CommandClient {
         body: &B,
         deadline: impl Into<Instant>,
         answer_within: Duration,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<R, RpcError> {
         let call =
-            Call { deadline: deadline.into(), answer_within: Some(answer_within), forwarded, to };
+            Call { deadline: deadline.into(), answer_within: Some(answer_within), origin, to };
         self.request(node, Method::POST, path, encode(body)?, call).await
     }
 
@@ -175,8 +177,12 @@ impl CommandClient {
         path: &str,
         deadline: impl Into<Instant>,
     ) -> Result<R, RpcError> {
-        let call =
-            Call { deadline: deadline.into(), answer_within: None, forwarded: false, to: None };
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: None,
+            origin: Origin::Client,
+            to: None,
+        };
         self.request(node, Method::GET, path, Bytes::new(), call).await
     }
 
@@ -191,8 +197,11 @@ impl CommandClient {
         body: Bytes,
         call: Call,
     ) -> Result<R, RpcError> {
-        let mut last =
-            RpcError::Unreachable { target: node.to_string(), reason: "no address".to_owned() };
+        let mut last = RpcError::Unreachable {
+            target: node.to_string(),
+            reason: "no address".to_owned(),
+            source: None,
+        };
         for &ip in &node.addrs {
             let addr = SocketAddr::new(ip, node.command_port);
             let what = || format!("{method} {path} to {addr}");
@@ -205,6 +214,7 @@ impl CommandClient {
                 last = RpcError::Unreachable {
                     target: addr.to_string(),
                     reason: "not an authorized address (no longer tagged?)".to_owned(),
+                    source: None,
                 };
                 continue;
             }
@@ -221,6 +231,7 @@ impl CommandClient {
                     last = RpcError::Unreachable {
                         target: addr.to_string(),
                         reason: format!("no connection within {connect:?}"),
+                        source: None,
                     };
                     continue;
                 }
@@ -241,7 +252,7 @@ impl CommandClient {
                 path,
                 body.clone(),
                 budget,
-                call.forwarded,
+                call.origin,
                 call.to,
             );
             match tokio::time::timeout(wait, exchange).await {
@@ -268,18 +279,17 @@ impl CommandClient {
         path: &str,
         body: Bytes,
         budget: Duration,
-        forwarded: bool,
+        origin: Origin,
         to: Option<Addressee>,
     ) -> Result<(u16, Bytes), RpcError> {
-        let unreachable =
-            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
+        let unreachable = |err: hyper::Error| RpcError::unreachable(addr, err);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, addr.to_string())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(DEADLINE_HEADER, budget.as_millis().to_string());
-        if forwarded {
+        if origin == Origin::Forwarded {
             request = request.header(FORWARDED_HEADER, "1");
         }
         if let Some(to) = to {
@@ -290,13 +300,12 @@ impl CommandClient {
         }
         let request =
             request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let mut incoming = response.into_body();
         let mut bytes = Vec::new();
         while let Some(frame) = incoming.frame().await {
-            let frame = frame.map_err(|e| unreachable(e.to_string()))?;
+            let frame = frame.map_err(unreachable)?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > self.config.max_response {
                     return Err(RpcError::TooLarge {
@@ -334,16 +343,14 @@ impl CommandClient {
                 None => break,
             }
         }
-        let unreachable =
-            |reason: String| RpcError::Unreachable { target: addr.to_string(), reason };
         let stream = self
             .transport
             .dial(addr.ip(), addr.port(), timeout)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| RpcError::unreachable(addr, e))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| RpcError::unreachable(addr, e))?;
         // Ends when the connection closes or every sender is dropped.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -374,7 +381,7 @@ struct Call {
     deadline: Instant,
     /// Most time one attempt waits for its answer; `None`: the deadline.
     answer_within: Option<Duration>,
-    forwarded: bool,
+    origin: Origin,
     /// The member the call is meant for, if named.
     to: Option<Addressee>,
 }
@@ -391,12 +398,46 @@ fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> R
         return serde_json::from_slice(bytes).map_err(|e| RpcError::Unreachable {
             target: addr.to_string(),
             reason: format!("answered 200 with an unexpected body: {e}"),
+            source: Some(Box::new(e)),
         });
     }
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
-        code: "http_error".to_owned(),
+        code: ErrorCode::HttpError,
         message: format!("{status}: {}", String::from_utf8_lossy(&bytes[..bytes.len().min(256)])),
         leader: None,
     });
     Err(RpcError::from_remote(status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ts_transport::{MemNetwork, TransportError};
+
+    use super::*;
+
+    /// Before: the transport's or HTTP's error was flattened into
+    /// `reason`. Now it is the error's source as well.
+    #[tokio::test]
+    async fn an_unreachable_peer_keeps_the_transports_error_underneath() {
+        let net = MemNetwork::new();
+        let (me, nobody) = (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), Ipv4Addr::new(10, 0, 0, 2));
+        let client = CommandClient::new(Arc::new(net.node(me)), CommandConfig::default());
+        let peer = NodeInfo {
+            stable_id: "nobody".to_owned(),
+            addrs: vec![IpAddr::V4(nobody)],
+            raft_port: 6270,
+            command_port: 6271,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err =
+            client.get::<serde_json::Value>(&peer, "/v1/cluster", deadline).await.unwrap_err();
+        assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+        let source =
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<TransportError>());
+        assert!(matches!(source, Some(TransportError::Refused(_))), "{err:?}");
+        // The words stay as they were.
+        assert!(err.to_string().starts_with("cannot reach 10.0.0.2:6271: "), "{err}");
+    }
 }

@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use hyper::StatusCode;
-
 use crate::api::{ErrorBody, LeaderHint};
+use crate::code::ErrorCode;
+
+/// An error underneath a command-API error (the transport's, HTTP's),
+/// boxed so that no lower layer's type shows.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a command-API call failed.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
     /// No leader was elected within the deadline.
@@ -119,6 +122,11 @@ pub enum RpcError {
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The leader could not confirm its leadership with a quorum of voters
+    /// (too many of them stopped or unreachable), so it cannot answer a
+    /// linearizable read.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
     /// Another node could not be reached.
     #[error("cannot reach {target}: {reason}")]
     Unreachable {
@@ -126,6 +134,9 @@ pub enum RpcError {
         target: String,
         /// Why.
         reason: String,
+        /// The error underneath, when there is one.
+        #[source]
+        source: Option<Cause>,
     },
     /// The node stopped on a fatal error.
     #[error("fatal: {0}")]
@@ -142,35 +153,38 @@ pub enum RpcError {
 
 impl RpcError {
     /// The machine-readable code.
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            RpcError::NoLeader { .. } => "no_leader",
-            RpcError::NotLeader { .. } => "not_leader",
-            RpcError::Timeout { .. } => "timeout",
-            RpcError::Forbidden(_) => "forbidden",
-            RpcError::TooLarge { .. } => "too_large",
-            RpcError::BadRequest(_) => "bad_request",
-            RpcError::SlowBody(_) => "slow_body",
-            RpcError::NotFound(_) => "not_found",
-            RpcError::MethodNotAllowed { .. } => "method_not_allowed",
-            RpcError::StaleSequence { .. } => "stale_sequence",
-            RpcError::SessionExpired { .. } => "session_expired",
-            RpcError::SessionExpiredOutcomeUnknown { .. } => "session_expired_outcome_unknown",
-            RpcError::UnknownSession { .. } => "unknown_session",
-            RpcError::SequenceReused { .. } => "sequence_reused",
-            RpcError::AnswerNotKept => "answer_not_kept",
-            RpcError::NotConfirmed(_) => "not_confirmed",
-            RpcError::Unavailable(_) => "unavailable",
-            RpcError::Unreachable { .. } => "unreachable",
-            RpcError::Fatal(_) => "fatal",
-            RpcError::Remote { body, .. } => &body.code,
+            RpcError::NoLeader { .. } => ErrorCode::NoLeader,
+            RpcError::NotLeader { .. } => ErrorCode::NotLeader,
+            RpcError::Timeout { .. } => ErrorCode::Timeout,
+            RpcError::Forbidden(_) => ErrorCode::Forbidden,
+            RpcError::TooLarge { .. } => ErrorCode::TooLarge,
+            RpcError::BadRequest(_) => ErrorCode::BadRequest,
+            RpcError::SlowBody(_) => ErrorCode::SlowBody,
+            RpcError::NotFound(_) => ErrorCode::NotFound,
+            RpcError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            RpcError::StaleSequence { .. } => ErrorCode::StaleSequence,
+            RpcError::SessionExpired { .. } => ErrorCode::SessionExpired,
+            RpcError::SessionExpiredOutcomeUnknown { .. } => {
+                ErrorCode::SessionExpiredOutcomeUnknown
+            }
+            RpcError::UnknownSession { .. } => ErrorCode::UnknownSession,
+            RpcError::SequenceReused { .. } => ErrorCode::SequenceReused,
+            RpcError::AnswerNotKept => ErrorCode::AnswerNotKept,
+            RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
+            RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
+            RpcError::Unreachable { .. } => ErrorCode::Unreachable,
+            RpcError::Fatal(_) => ErrorCode::Fatal,
+            RpcError::Remote { body, .. } => body.code.clone(),
         }
     }
 
-    /// The HTTP status it is answered with.
-    pub fn status(&self) -> StatusCode {
+    /// The HTTP status it is answered with (a three-digit number).
+    pub fn status(&self) -> u16 {
         match self {
-            RpcError::NoLeader { .. } | RpcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RpcError::NoLeader { .. } | RpcError::Unavailable(_) | RpcError::NoQuorum(_) => 503,
             RpcError::NotLeader { .. }
             | RpcError::StaleSequence { .. }
             | RpcError::SessionExpired { .. }
@@ -178,19 +192,19 @@ impl RpcError {
             | RpcError::UnknownSession { .. }
             | RpcError::SequenceReused { .. }
             | RpcError::AnswerNotKept
-            | RpcError::NotConfirmed(_) => StatusCode::CONFLICT,
-            RpcError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            RpcError::Forbidden(_) => StatusCode::FORBIDDEN,
-            RpcError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RpcError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            RpcError::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
-            RpcError::NotFound(_) => StatusCode::NOT_FOUND,
-            RpcError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            RpcError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
-            RpcError::Fatal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            RpcError::Remote { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
-            }
+            | RpcError::NotConfirmed(_) => 409,
+            RpcError::Timeout { .. } => 504,
+            RpcError::Forbidden(_) => 403,
+            RpcError::TooLarge { .. } => 413,
+            RpcError::BadRequest(_) => 400,
+            RpcError::SlowBody(_) => 408,
+            RpcError::NotFound(_) => 404,
+            RpcError::MethodNotAllowed { .. } => 405,
+            RpcError::Unreachable { .. } => 502,
+            RpcError::Fatal(_) => 500,
+            // Passed on as received, unless it is no HTTP status at all.
+            RpcError::Remote { status, .. } if (100..=999).contains(status) => *status,
+            RpcError::Remote { .. } => 502,
         }
     }
 
@@ -198,14 +212,10 @@ impl RpcError {
     pub fn body(&self) -> ErrorBody {
         match self {
             RpcError::Remote { body, .. } => body.clone(),
-            RpcError::NotLeader { leader } => ErrorBody {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-                leader: leader.clone(),
-            },
-            _ => {
-                ErrorBody { code: self.code().to_owned(), message: self.to_string(), leader: None }
+            RpcError::NotLeader { leader } => {
+                ErrorBody { code: self.code(), message: self.to_string(), leader: leader.clone() }
             }
+            _ => ErrorBody { code: self.code(), message: self.to_string(), leader: None },
         }
     }
 
@@ -214,22 +224,20 @@ impl RpcError {
     /// fatal errors on the way. Errors that say the command was refused or
     /// answered are not.
     pub fn outcome_unknown(&self) -> bool {
-        !matches!(
-            self.code(),
-            "not_leader"
-                | "forbidden"
-                | "too_large"
-                | "bad_request"
-                | "slow_body"
-                | "not_found"
-                | "method_not_allowed"
-                | "stale_sequence"
-                | "session_expired"
-                | "unknown_session"
-                | "sequence_reused"
-                | "answer_not_kept"
-                | "not_confirmed"
-        )
+        !self.code().outcome_known()
+    }
+
+    /// [`RpcError::Unreachable`]: `target` could not be reached because of
+    /// `source`, which stays the error's source.
+    pub fn unreachable(
+        target: impl ToString,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> RpcError {
+        RpcError::Unreachable {
+            target: target.to_string(),
+            reason: source.to_string(),
+            source: Some(Box::new(source)),
+        }
     }
 
     /// Rebuilds an error from another node's answer.

@@ -36,10 +36,12 @@
 mod admin;
 mod api;
 mod client;
+mod code;
 mod config;
 mod error;
 mod pages;
 mod peers;
+mod route;
 mod server;
 mod service;
 mod stats;
@@ -56,12 +58,14 @@ pub use crate::api::{
 pub use crate::client::{
     Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
 };
+pub use crate::code::{ErrorCode, MAX_CODE_LEN, UnknownCode};
 pub use crate::config::CommandConfig;
-pub use crate::error::RpcError;
+pub use crate::error::{Cause, RpcError};
 pub use crate::pages::{Page, PageServer, Render};
 pub use crate::peers::{
     Caller, ConfirmFuture, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_confirm, check_node,
 };
+pub use crate::route::Origin;
 pub use crate::server::{Authorize, CommandServer};
 pub use crate::service::{Change, CommandService};
 pub use crate::stats::CommandStats;

@@ -36,9 +36,11 @@ use crate::api::{
     RemoveRequest,
 };
 use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
+use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, check_confirm};
+use crate::route::Origin;
 use crate::service::CommandService;
 
 /// Decides whether a peer may use the command port.
@@ -111,7 +113,8 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<By
 }
 
 fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
-    let mut response = json_response(err.status(), &err.body());
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = json_response(status, &err.body());
     if let RpcError::MethodNotAllowed { path, .. } = err {
         let allow = if path == "/v1/cluster" { "GET" } else { "POST" };
         response
@@ -180,11 +183,15 @@ async fn dispatch<S: StateMachine>(
         )),
     };
     let deadline = service.deadline(requested);
-    let forwarded = headers.contains_key(FORWARDED_HEADER);
     // Only these honour the forwarding mark; on the others it changes nothing.
-    let forwarded_call =
-        forwarded && matches!(path.as_str(), "/v1/execute" | "/v1/session" | "/v1/read-index");
-    check_addressee(headers, service, forwarded_call)?;
+    let origin = if headers.contains_key(FORWARDED_HEADER)
+        && matches!(path.as_str(), "/v1/execute" | "/v1/session" | "/v1/read-index")
+    {
+        Origin::Forwarded
+    } else {
+        Origin::Client
+    };
+    check_addressee(headers, service, origin)?;
     // A node stopped on a fatal error serves nothing, not even its view of
     // the cluster (which may be stale).
     if let Some(why) = service.fatal() {
@@ -197,12 +204,12 @@ async fn dispatch<S: StateMachine>(
     match path.as_str() {
         "/v1/execute" => {
             let request: ExecuteRequest = parse(&body)?;
-            let response = service.execute(&request, deadline, forwarded).await?;
+            let response = service.execute(&request, deadline, origin).await?;
             Ok(json_response(StatusCode::OK, &response))
         }
         "/v1/session" => {
             let _: serde_json::Map<String, serde_json::Value> = parse(&body)?;
-            Ok(json_response(StatusCode::OK, &service.register(deadline, forwarded).await?))
+            Ok(json_response(StatusCode::OK, &service.register(deadline, origin).await?))
         }
         "/v1/join" => {
             let request: JoinRequest = parse(&body)?;
@@ -256,11 +263,11 @@ async fn dispatch<S: StateMachine>(
 fn check_addressee<S: StateMachine>(
     headers: &hyper::HeaderMap,
     service: &CommandService<S>,
-    forwarded: bool,
+    origin: Origin,
 ) -> Result<(), RpcError> {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("(not text)"));
     let (node, cluster) = match (text(TARGET_NODE_HEADER), text(CLUSTER_HEADER)) {
-        (None, None) if !forwarded => return Ok(()),
+        (None, None) if origin == Origin::Client => return Ok(()),
         (Some(node), Some(cluster)) => (node, cluster),
         _ => {
             return Err(RpcError::BadRequest(format!(
@@ -279,7 +286,7 @@ fn check_addressee<S: StateMachine>(
     Err(RpcError::from_remote(
         StatusCode::CONFLICT.as_u16(),
         ErrorBody {
-            code: "not_leader".to_owned(),
+            code: ErrorCode::NotLeader,
             message: format!(
                 "this is node {own_node} of cluster {own_cluster}, not node {} of cluster {}: \
                  the call was meant for another member (route it again)",

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use raft_core::{
-    ClientId, MembershipError, NodeId, NodeInfo, NodeMetrics, Outcome, ProposeError, RaftNode,
-    ReadError, Role, StateMachine, node_id,
+    ClientId, MembershipError, NodeId, NodeInfo, Outcome, ProposeError, RaftNode, ReadError, Role,
+    StateMachine, node_id,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
@@ -34,9 +34,11 @@ use crate::api::{
     SessionResponse,
 };
 use crate::client::{Addressee, CommandClient};
+use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, Peers, check_node};
+use crate::route::{self, Backoff, Next, Origin, Step, Target};
 use crate::stats::CommandStats;
 
 /// The command API of one node.
@@ -82,38 +84,8 @@ pub enum Change {
     },
 }
 
-/// Where a call should go next.
-enum Route {
-    Local,
-    /// The leader's raft id and record.
-    Remote(NodeId, NodeInfo),
-    Unknown,
-}
-
 fn hint(id: NodeId, node: NodeInfo) -> LeaderHint {
     LeaderHint { id, node }
-}
-
-/// Where a call goes, given this node's metrics and a leader hint from an
-/// earlier attempt.
-fn route_of(metrics: &NodeMetrics, me: NodeId, hint: Option<&LeaderHint>) -> Route {
-    if metrics.role == Role::Leader {
-        return Route::Local;
-    }
-    if let Some(hint) = hint {
-        if hint.id == me {
-            return Route::Local;
-        }
-        return Route::Remote(hint.id, hint.node.clone());
-    }
-    match metrics.leader {
-        Some(id) if id == me => Route::Local,
-        Some(id) => match metrics.nodes.get(&id) {
-            Some(node) => Route::Remote(id, node.clone()),
-            None => Route::Unknown,
-        },
-        None => Route::Unknown,
-    }
 }
 
 fn parse_client(text: &str) -> Result<ClientId, RpcError> {
@@ -190,10 +162,6 @@ impl<S: StateMachine> CommandService<S> {
             + requested.unwrap_or(self.config.default_deadline).min(self.config.max_deadline)
     }
 
-    fn route(&self, hint: Option<&LeaderHint>) -> Route {
-        route_of(&self.node.metrics(), self.node.id(), hint)
-    }
-
     /// Member `id` of this node's cluster, as the addressee of a call.
     fn member(&self, id: NodeId) -> Addressee {
         Addressee { node: id, cluster: self.node.cluster_id() }
@@ -207,83 +175,79 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     /// Runs `attempt` against the leader until it gives a final answer or
-    /// the deadline passes. `attempt` returns `Ok(Some(answer))`, `Ok(None)`
-    /// to try again (leadership moved), or an error that ends the call.
+    /// the deadline passes. `attempt` returns `Ok(Retry::Done(answer))`,
+    /// `Ok(Retry::Again { .. })` to try again (leadership moved), or an
+    /// error that ends the call. Where each attempt goes, and what the call reports at its deadline,
+    /// is decided in `route`.
     async fn with_leader<T, F, Fut>(
         &self,
         what: &str,
         deadline: Instant,
-        forwarded: bool,
+        origin: Origin,
         mut attempt: F,
     ) -> Result<T, RpcError>
     where
-        F: FnMut(Route) -> Fut,
+        F: FnMut(Target) -> Fut,
         Fut: Future<Output = Result<Retry<T>, RpcError>>,
     {
         let started = Instant::now();
-        let mut backoff = self.config.min_backoff;
+        let me = self.node.id();
+        let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let mut hinted: Option<LeaderHint> = None;
         let mut last_error: Option<RpcError> = None;
         loop {
             // This node may stop on a fatal error mid-call: it serves no more.
             self.check_fatal()?;
-            let route = self.route(hinted.as_ref());
-            if forwarded && !matches!(route, Route::Local) {
+            let step = route::step(origin, &self.node.metrics(), me, hinted.as_ref());
+            let waiting_for_leader = step == Step::Wait;
+            match step {
                 // Forwarded requests are answered here or bounced back. After
                 // an attempt here that left its outcome unknown, the caller
                 // must hear that rather than a plain "not the leader".
-                return Err(
-                    last_error.unwrap_or(RpcError::NotLeader { leader: self.leader_hint(None) })
-                );
-            }
-            let waiting_for_leader = matches!(route, Route::Unknown);
-            if waiting_for_leader {
-                // Until a leader this node can route to is known: none yet,
-                // or one its configuration does not hold (during an
-                // incarnation change). The wait ends early only when the
-                // route changes; whatever else ends it (raft stopping), the
-                // slot is slept out, so this never spins.
-                let slot = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                let slot_end = Instant::now() + slot;
-                let me = self.node.id();
-                let routable = self
-                    .node
-                    .wait_for(slot, |m| !matches!(route_of(m, me, None), Route::Unknown))
-                    .await
-                    .is_ok();
-                if !routable {
-                    tokio::time::sleep_until(slot_end).await;
+                Step::Bounce => {
+                    return Err(last_error
+                        .unwrap_or(RpcError::NotLeader { leader: self.leader_hint(None) }));
                 }
-            } else {
-                match attempt(route).await? {
+                Step::Wait => {
+                    // Until a leader this node can route to is known: none
+                    // yet, or one its configuration does not hold (during
+                    // an incarnation change). The wait ends early only when
+                    // the route changes; whatever else ends it (raft
+                    // stopping), the slot is slept out, so this never spins.
+                    let slot = backoff.pause(Instant::now(), deadline);
+                    let slot_end = Instant::now() + slot;
+                    let routable = self
+                        .node
+                        .wait_for(slot, |m| route::target(m, me, None).is_some())
+                        .await
+                        .is_ok();
+                    if !routable {
+                        tokio::time::sleep_until(slot_end).await;
+                    }
+                }
+                Step::Attempt(target) => match attempt(target).await? {
                     Retry::Done(answer) => return Ok(answer),
                     Retry::Again { leader, error } => {
                         hinted = leader;
                         last_error = error;
                     }
-                }
+                },
             }
             if Instant::now() >= deadline {
                 let known = self.node.metrics().leader;
-                return Err(match (waiting_for_leader, last_error) {
-                    (true, _) | (false, None) if known.is_none() => {
-                        RpcError::NoLeader { waited: started.elapsed() }
-                    }
-                    (_, Some(err)) => err,
-                    (true, None) => RpcError::Unavailable(format!(
-                        "{what}: the leader this node knows ({}) is not in its configuration \
-                         yet; waited {:?}",
-                        known.unwrap_or_default(),
-                        started.elapsed()
-                    )),
-                    _ => RpcError::Timeout { what: what.to_owned(), after: started.elapsed() },
-                });
+                let waited = started.elapsed();
+                return Err(route::at_deadline(
+                    what,
+                    waiting_for_leader,
+                    last_error,
+                    known,
+                    waited,
+                ));
             }
             if !waiting_for_leader {
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(backoff.pause(Instant::now(), deadline)).await;
             }
-            backoff = (backoff * 2).min(self.config.max_backoff);
+            backoff.grow();
         }
     }
 
@@ -305,13 +269,13 @@ impl<S: StateMachine> CommandService<S> {
     pub async fn register(
         &self,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<SessionResponse, RpcError> {
         let deadline: Instant = deadline.into();
         self.check_fatal()?;
-        self.with_leader("register a session", deadline, forwarded, |route| async move {
-            match route {
-                Route::Local => {
+        self.with_leader("register a session", deadline, origin, |target| async move {
+            match target {
+                Target::Local => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let registered =
                         tokio::time::timeout(remaining, self.node.register_session()).await;
@@ -329,13 +293,10 @@ impl<S: StateMachine> CommandService<S> {
                         }),
                     }
                 }
-                Route::Remote(id, leader) => {
+                Target::Leader(id, leader) => {
                     let body = serde_json::json!({});
                     let result = self.forward(id, &leader, "/v1/session", &body, deadline).await;
                     self.remote_result(result)
-                }
-                Route::Unknown => {
-                    unreachable!("with_leader does not call attempts without a route")
                 }
             }
         })
@@ -376,7 +337,7 @@ impl<S: StateMachine> CommandService<S> {
         &self,
         request: &ExecuteRequest,
         deadline: impl Into<Instant>,
-        forwarded: bool,
+        origin: Origin,
     ) -> Result<ExecuteResponse, RpcError> {
         let deadline: Instant = deadline.into();
         self.check_fatal()?;
@@ -395,9 +356,9 @@ impl<S: StateMachine> CommandService<S> {
         };
         let maybe_applied = &maybe_applied;
         let result = self
-            .with_leader("execute", deadline, forwarded, |route| async move {
-                match route {
-                    Route::Local => {
+            .with_leader("execute", deadline, origin, |target| async move {
+                match target {
+                    Target::Local => {
                         let command = request.command.get().as_bytes().to_vec();
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         let proposed = tokio::time::timeout(
@@ -446,7 +407,7 @@ impl<S: StateMachine> CommandService<S> {
                             Err(err) => self.propose_error("execute", err),
                         }
                     }
-                    Route::Remote(id, leader) => {
+                    Target::Leader(id, leader) => {
                         let forward = ExecuteRequest {
                             client: request.client.clone(),
                             seq: request.seq,
@@ -470,15 +431,12 @@ impl<S: StateMachine> CommandService<S> {
                         }
                         self.remote_result(result)
                     }
-                    Route::Unknown => {
-                        unreachable!("with_leader does not call attempts without a route")
-                    }
                 }
             })
             .await;
         match result {
             // The leader could not know of this node's earlier attempts.
-            Err(err) if err.code() == "session_expired" => {
+            Err(err) if err.code() == ErrorCode::SessionExpired => {
                 Err(expired(maybe_applied.load(Ordering::Relaxed)))
             }
             other => other,
@@ -501,7 +459,8 @@ impl<S: StateMachine> CommandService<S> {
     ) -> Result<R, RpcError> {
         let attempt = self.config.attempt_timeout;
         let to = Some(self.member(id));
-        let send = self.client.post_attempt(to, leader, path, body, deadline, attempt, true);
+        let send =
+            self.client.post_attempt(to, leader, path, body, deadline, attempt, Origin::Forwarded);
         self.unless_leader_moves(id, path, send, deadline).await
     }
 
@@ -541,29 +500,12 @@ impl<S: StateMachine> CommandService<S> {
         }
     }
 
-    /// Turns another node's answer into done, retry, or a final error.
+    /// Turns another node's answer into done, retry, or a final error
+    /// (`route::after_forward`).
     fn remote_result<T>(&self, result: Result<T, RpcError>) -> Result<Retry<T>, RpcError> {
         match result {
             Ok(answer) => Ok(Retry::Done(answer)),
-            Err(RpcError::Remote { body, .. })
-                if body.code == "not_leader" || body.code == "no_leader" =>
-            {
-                Ok(Retry::Again { leader: body.leader, error: None })
-            }
-            // The leader stopped on a fatal error: another will be elected.
-            Err(RpcError::Remote { status, body }) if body.code == "fatal" => {
-                Ok(Retry::Again { leader: None, error: Some(RpcError::Remote { status, body }) })
-            }
-            // The leader may have died or be unreachable for a moment.
-            Err(err @ (RpcError::Unreachable { .. } | RpcError::Timeout { .. })) => {
-                Ok(Retry::Again { leader: None, error: Some(err) })
-            }
-            Err(RpcError::Remote { status, body })
-                if body.code == "timeout" || body.code == "unavailable" =>
-            {
-                Ok(Retry::Again { leader: None, error: Some(RpcError::Remote { status, body }) })
-            }
-            Err(err) => Err(err),
+            Err(err) => Retry::after(route::after_forward(&err), err),
         }
     }
 
@@ -585,7 +527,7 @@ impl<S: StateMachine> CommandService<S> {
         F: FnMut(Duration) -> Fut,
         Fut: Future<Output = Result<(), Failed>>,
     {
-        let mut backoff = self.config.min_backoff;
+        let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         loop {
             self.check_fatal()?;
             self.leader_only()?;
@@ -595,11 +537,12 @@ impl<S: StateMachine> CommandService<S> {
                 Err(Failed::Finally(err)) => return Err(err),
                 Err(Failed::ForNow(err)) => err,
             };
-            if Instant::now() + backoff >= deadline {
+            let now = Instant::now();
+            if !backoff.fits(now, deadline) {
                 return Err(last);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.config.max_backoff);
+            tokio::time::sleep(backoff.pause(now, deadline)).await;
+            backoff.grow();
         }
     }
 
@@ -778,18 +721,18 @@ impl<S: StateMachine> CommandService<S> {
     ) -> Result<(), RpcError> {
         let deadline: Instant = deadline.into();
         let caller = self.own_caller();
-        self.with_leader("remove", deadline, false, |route| {
+        self.with_leader("remove", deadline, Origin::Client, |target| {
             let caller = caller.clone();
             async move {
-                match route {
-                    Route::Local => match self.remove(request, &caller, deadline).await {
+                match target {
+                    Target::Local => match self.remove(request, &caller, deadline).await {
                         Ok(()) => Ok(Retry::Done(())),
                         Err(RpcError::NotLeader { leader }) => {
                             Ok(Retry::Again { leader, error: None })
                         }
                         Err(err) => Err(err),
                     },
-                    Route::Remote(id, leader) => {
+                    Target::Leader(id, leader) => {
                         // A removal is answered by the leader itself, after
                         // its membership change: no shorter attempt budget.
                         let send = self.client.post_to(
@@ -798,14 +741,11 @@ impl<S: StateMachine> CommandService<S> {
                             "/v1/remove",
                             request,
                             deadline,
-                            false,
+                            Origin::Client,
                         );
                         let result: Result<serde_json::Value, RpcError> =
                             self.unless_leader_moves(id, "/v1/remove", send, deadline).await;
                         self.remote_result(result.map(|_| ()))
-                    }
-                    Route::Unknown => {
-                        unreachable!("with_leader does not call attempts without a route")
                     }
                 }
             }
@@ -853,7 +793,7 @@ impl<S: StateMachine> CommandService<S> {
             Err(ReadError::NotLeader { leader }) => {
                 Err(RpcError::NotLeader { leader: self.leader_hint(leader) })
             }
-            Err(ReadError::QuorumNotReached(why)) => Err(RpcError::Unavailable(why)),
+            Err(ReadError::QuorumNotReached(why)) => Err(RpcError::NoQuorum(why)),
             Err(ReadError::Timeout(after)) => {
                 Err(RpcError::Timeout { what: "read index".to_owned(), after })
             }
@@ -880,26 +820,17 @@ impl<S: StateMachine> CommandService<S> {
             });
         }
         let index = self
-            .with_leader("linearizable read", deadline, false, |route| async move {
-                match route {
-                    Route::Local => match self.read_index(deadline).await {
+            .with_leader("linearizable read", deadline, Origin::Client, |target| async move {
+                match target {
+                    Target::Local => match self.read_index(deadline).await {
                         Ok(r) => Ok(Retry::Done(r.index)),
-                        Err(RpcError::NotLeader { leader }) => {
-                            Ok(Retry::Again { leader, error: None })
-                        }
-                        Err(err @ (RpcError::Unavailable(_) | RpcError::Timeout { .. })) => {
-                            Ok(Retry::Again { leader: None, error: Some(err) })
-                        }
-                        Err(err) => Err(err),
+                        Err(err) => Retry::after(route::after_read_index(&err), err),
                     },
-                    Route::Remote(id, leader) => {
+                    Target::Leader(id, leader) => {
                         let body = serde_json::json!({});
                         let result: Result<ReadIndexResponse, RpcError> =
                             self.forward(id, &leader, "/v1/read-index", &body, deadline).await;
                         self.remote_result(result.map(|r| r.index))
-                    }
-                    Route::Unknown => {
-                        unreachable!("with_leader does not call attempts without a route")
                     }
                 }
             })
@@ -993,6 +924,18 @@ enum Retry<T> {
     /// Try again, at the hinted leader if any; `error` is what to report if
     /// the deadline passes first.
     Again { leader: Option<LeaderHint>, error: Option<RpcError> },
+}
+
+impl<T> Retry<T> {
+    /// What `err` becomes after `next`, the decision about it.
+    fn after(next: Next, err: RpcError) -> Result<Retry<T>, RpcError> {
+        match next {
+            Next::Retry { leader, report } => {
+                Ok(Retry::Again { leader, error: report.then_some(err) })
+            }
+            Next::Fail => Err(err),
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for Retry<T> {

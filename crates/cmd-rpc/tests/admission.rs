@@ -36,8 +36,10 @@ async fn dial(net: &MemNetwork, from: IpAddr, port: u16) -> BoxStream {
 
 /// Before: the command port kept an unauthorized caller's connection open
 /// (until the header timeout), and answered its requests with 403; the
-/// monitor port likewise. Now both close it at accept, unread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// monitor port likewise. Now both close it at accept, unread. In paused
+/// time (the network is in memory): waiting to see that an authorized
+/// connection stays open costs no real time.
+#[tokio::test(start_paused = true)]
 async fn unauthorized_callers_are_closed_at_accept_on_the_command_and_monitor_ports() {
     let net = MemNetwork::new();
     let transport: Arc<dyn Transport> = Arc::new(net.node(ip(0)));
@@ -74,8 +76,9 @@ async fn unauthorized_callers_are_closed_at_accept_on_the_command_and_monitor_po
 }
 
 /// Before: an authorized peer could hold any number of connections. Now
-/// one beyond `max_connections_per_peer` closes that peer's oldest.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// one beyond `max_connections_per_peer` closes that peer's oldest. In
+/// paused time, like the test above.
+#[tokio::test(start_paused = true)]
 async fn a_peer_holds_at_most_max_connections_per_peer() {
     let net = MemNetwork::new();
     let config = CommandConfig { max_connections_per_peer: 4, ..CommandConfig::default() };

@@ -7,18 +7,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
     ConfirmRequest, ConfirmResponse, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
-    Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, ReadResponse,
+    Origin, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, ReadResponse,
     RemoveRequest, RpcError, SessionResponse,
 };
 use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use ts_transport::{MemNetwork, PeerAddr, Transport};
 
 const RAFT_PORT: u16 = 7000;
@@ -324,7 +325,7 @@ impl Cluster {
 
     /// Registers a session through node `via`; its client id.
     async fn session(&self, via: usize) -> u128 {
-        let registered = self.service(via).register(deadline(10), false).await.unwrap();
+        let registered = self.service(via).register(deadline(10), Origin::Client).await.unwrap();
         u128::from_str_radix(&registered.client, 16).unwrap()
     }
 
@@ -397,7 +398,7 @@ async fn execute_through_every_node_is_applied_once_each() {
         let session = cluster.session(i).await;
         let answer = cluster
             .service(i)
-            .execute(&put(session, 1, &format!("k{i}"), "v"), deadline(10), false)
+            .execute(&put(session, 1, &format!("k{i}"), "v"), deadline(10), Origin::Client)
             .await
             .unwrap();
         assert!(!answer.duplicate);
@@ -412,7 +413,7 @@ async fn execute_through_every_node_is_applied_once_each() {
     let session = cluster.session(follower).await;
     let answer = cluster
         .service(follower)
-        .execute(&put(session, 1, "k0", "w"), deadline(10), false)
+        .execute(&put(session, 1, "k0", "w"), deadline(10), Origin::Client)
         .await
         .unwrap();
     assert_eq!(answer.result.get(), r#"{"previous":"v"}"#);
@@ -433,7 +434,8 @@ async fn the_state_machines_own_error_survives_forwarding() {
         command: RawValue::from_string(r#"{"op":"explode"}"#.into()).unwrap(),
         retry: false,
     };
-    let answer = cluster.service(follower).execute(&request, deadline(10), false).await.unwrap();
+    let answer =
+        cluster.service(follower).execute(&request, deadline(10), Origin::Client).await.unwrap();
     assert_eq!(answer.result.get(), r#"{"error":"refused by the state machine: unknown op"}"#);
     cluster.shutdown().await;
 }
@@ -472,7 +474,7 @@ async fn joins_are_answered_by_the_leader_only_and_add_voters() {
     let (status, body) = post_from(&cluster, ip(3), follower, "/v1/join", &join, "").await;
     assert_eq!(status, 409, "{body}");
     let error: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
-    assert_eq!(error.code, "not_leader");
+    assert_eq!(error.code.as_str(), "not_leader");
     assert_eq!(error.leader.map(|l| l.id), Some(cluster.id(leader)), "{body}");
     // The leader adds each joining node as a voter.
     for joiner in [3, 4] {
@@ -490,7 +492,7 @@ async fn joins_are_answered_by_the_leader_only_and_add_voters() {
     let session = cluster.session(3).await;
     cluster
         .service(3)
-        .execute(&put(session, 1, "after-join", "x"), deadline(10), false)
+        .execute(&put(session, 1, "after-join", "x"), deadline(10), Origin::Client)
         .await
         .unwrap();
     cluster.wait_log_len(4, 1).await;
@@ -557,7 +559,11 @@ async fn a_new_incarnation_takes_the_old_ones_place_in_one_change() {
     let stale = (leader + 1) % 3;
     let old_id = cluster.id(stale);
     let client = cluster.session(leader).await;
-    cluster.service(leader).execute(&put(client, 1, "k", "v"), deadline(10), false).await.unwrap();
+    cluster
+        .service(leader)
+        .execute(&put(client, 1, "k", "v"), deadline(10), Origin::Client)
+        .await
+        .unwrap();
     cluster.restart(stale).await;
     assert_ne!(cluster.id(stale), old_id, "a node without its state kept its raft id");
     let mut voters_seen = cluster.service(leader).node().subscribe();
@@ -586,7 +592,7 @@ async fn a_retry_after_a_leader_change_is_not_applied_twice() {
     // Applied on the old leader, whose answer is then "lost".
     let first = cluster
         .service(leader)
-        .execute(&put(session, 1, "once", "1"), deadline(10), false)
+        .execute(&put(session, 1, "once", "1"), deadline(10), Origin::Client)
         .await
         .unwrap();
     assert!(!first.duplicate);
@@ -597,7 +603,7 @@ async fn a_retry_after_a_leader_change_is_not_applied_twice() {
     // the new leader, which answers from the session.
     let retry = cluster
         .service(follower)
-        .execute(&put(session, 1, "once", "1"), deadline(20), false)
+        .execute(&put(session, 1, "once", "1"), deadline(20), Origin::Client)
         .await
         .unwrap();
     assert!(retry.duplicate, "retry was applied again");
@@ -618,7 +624,7 @@ async fn a_request_in_flight_during_a_leader_crash_is_applied_exactly_once() {
     cluster.net.set_delay(ip(follower), ip(leader), Duration::from_millis(300));
     let service = cluster.service(follower).clone();
     let request = tokio::spawn(async move {
-        service.execute(&put(session, 1, "crash", "1"), deadline(30), false).await
+        service.execute(&put(session, 1, "crash", "1"), deadline(30), Origin::Client).await
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     cluster.stop(leader).await;
@@ -646,7 +652,7 @@ async fn linearizable_reads_on_a_follower_see_acknowledged_writes() {
     for n in 1..=20u64 {
         cluster
             .service(other)
-            .execute(&put(session, n, "counter", &n.to_string()), deadline(10), false)
+            .execute(&put(session, n, "counter", &n.to_string()), deadline(10), Origin::Client)
             .await
             .unwrap();
         let read = ReadRequest {
@@ -760,7 +766,10 @@ async fn a_member_offline_in_the_leaders_view_may_be_removed_by_a_peer() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In paused time (nothing here leaves the process): the deadline passes
+/// on tokio's clock, so the test takes milliseconds, and the wait is
+/// measured on the same clock the service reads.
+#[tokio::test(start_paused = true)]
 async fn with_no_leader_a_call_waits_its_deadline_and_says_why() {
     let mut cluster = Cluster::new(3, 3).await;
     let leader = cluster.leader().await;
@@ -773,12 +782,14 @@ async fn with_no_leader_a_call_waits_its_deadline_and_says_why() {
     let started = Instant::now();
     let err = cluster
         .service(survivor)
-        .execute(&put(1, 1, "k", "v"), Instant::now() + Duration::from_secs(3), false)
+        .execute(&put(1, 1, "k", "v"), Instant::now() + Duration::from_secs(3), Origin::Client)
         .await
         .unwrap_err();
     let waited = started.elapsed();
+    // The deadline, and at most one backoff slot past it.
+    let slack = test_config().max_backoff;
     assert!(
-        waited >= Duration::from_secs(3) && waited < Duration::from_secs(8),
+        waited >= Duration::from_secs(3) && waited <= Duration::from_secs(3) + slack,
         "waited {waited:?}"
     );
     assert!(matches!(err, RpcError::NoLeader { .. }), "no quorum gave {err:?}");
@@ -1010,16 +1021,30 @@ async fn the_http_client_forwards_through_a_real_server() {
     let cluster = Cluster::new(3, 3).await;
     let follower = (cluster.leader().await + 1) % 3;
     let client = CommandClient::new(Arc::new(cluster.net.node(ip(9))), test_config());
-    let registered: SessionResponse =
-        client.post(&info(follower), "/v1/session", &json!({}), deadline(10), false).await.unwrap();
+    let registered: SessionResponse = client
+        .post(&info(follower), "/v1/session", &json!({}), deadline(10), Origin::Client)
+        .await
+        .unwrap();
     let session = u128::from_str_radix(&registered.client, 16).unwrap();
     let answer: ExecuteResponse = client
-        .post(&info(follower), "/v1/execute", &put(session, 1, "http", "yes"), deadline(10), false)
+        .post(
+            &info(follower),
+            "/v1/execute",
+            &put(session, 1, "http", "yes"),
+            deadline(10),
+            Origin::Client,
+        )
         .await
         .unwrap();
     assert!(!answer.duplicate);
     let again: ExecuteResponse = client
-        .post(&info(follower), "/v1/execute", &put(session, 1, "http", "yes"), deadline(10), false)
+        .post(
+            &info(follower),
+            "/v1/execute",
+            &put(session, 1, "http", "yes"),
+            deadline(10),
+            Origin::Client,
+        )
         .await
         .unwrap();
     assert!(again.duplicate, "HTTP retry applied twice");
@@ -1142,7 +1167,7 @@ fn fuzzed_bodies_on_every_endpoint_get_a_clear_answer_and_the_node_survives() {
     runtime.block_on(async {
         assert_eq!(cluster.service(0).node().metrics().fatal, None);
         let request = put(cluster.session(0).await, 1, "after", "fuzz");
-        let answer = cluster.service(0).execute(&request, deadline(5), false).await;
+        let answer = cluster.service(0).execute(&request, deadline(5), Origin::Client).await;
         answer.expect("the node still executes commands");
         cluster.shutdown().await;
     });
@@ -1161,38 +1186,42 @@ async fn session_outcomes_have_their_own_codes() {
     let follower = (leader + 1) % 3;
     let code = |result: Result<ExecuteResponse, RpcError>| match result {
         Ok(answer) => format!("ok {}", answer.result.get()),
-        Err(err) => err.code().to_owned(),
+        Err(err) => err.code().to_string(),
     };
     for via in [leader, follower] {
         let service = cluster.service(via);
         // Never registered.
-        let stranger = service.execute(&put(99, 1, "a", "1"), deadline(10), false).await;
+        let stranger = service.execute(&put(99, 1, "a", "1"), deadline(10), Origin::Client).await;
         assert_eq!(code(stranger), "unknown_session", "via {via}");
         // Registered; the same number again with another command.
         let session = cluster.session(via).await;
-        service.execute(&put(session, 1, "a", "1"), deadline(10), false).await.unwrap();
-        let reused = service.execute(&put(session, 1, "a", "2"), deadline(10), false).await;
+        service.execute(&put(session, 1, "a", "1"), deadline(10), Origin::Client).await.unwrap();
+        let reused =
+            service.execute(&put(session, 1, "a", "2"), deadline(10), Origin::Client).await;
         assert_eq!(code(reused), "sequence_reused", "via {via}");
         // A short answer is kept; one over 32 bytes is not, and a retry
         // says the command was applied but its answer is gone.
         let long = "x".repeat(40);
-        let short = service.execute(&put(session, 2, "a", &long), deadline(10), false).await;
+        let short =
+            service.execute(&put(session, 2, "a", &long), deadline(10), Origin::Client).await;
         assert_eq!(code(short), r#"ok {"previous":"1"}"#);
-        let again = service.execute(&put(session, 2, "a", &long), deadline(10), false).await;
+        let again =
+            service.execute(&put(session, 2, "a", &long), deadline(10), Origin::Client).await;
         assert_eq!(code(again), r#"ok {"previous":"1"}"#, "a short answer is kept");
-        let first = service.execute(&put(session, 3, "a", "z"), deadline(10), false).await;
+        let first = service.execute(&put(session, 3, "a", "z"), deadline(10), Origin::Client).await;
         assert_eq!(code(first), format!(r#"ok {{"previous":"{long}"}}"#));
-        let retry = service.execute(&put(session, 3, "a", "z"), deadline(10), false).await;
+        let retry = service.execute(&put(session, 3, "a", "z"), deadline(10), Origin::Client).await;
         assert_eq!(code(retry), "answer_not_kept", "via {via}");
         // Two newer sessions evict this one (the cap is two).
         cluster.session(via).await;
         cluster.session(via).await;
-        let expired = service.execute(&put(session, 4, "c", "1"), deadline(10), false).await;
+        let expired =
+            service.execute(&put(session, 4, "c", "1"), deadline(10), Origin::Client).await;
         assert_eq!(code(expired), "session_expired", "via {via}");
         // The caller says an earlier call left the outcome unknown.
         let mut unsure = put(session, 4, "c", "1");
         unsure.retry = true;
-        let expired = service.execute(&unsure, deadline(10), false).await;
+        let expired = service.execute(&unsure, deadline(10), Origin::Client).await;
         assert_eq!(code(expired), "session_expired_outcome_unknown", "via {via}");
     }
     // Over HTTP, the codes come with 409.
@@ -1209,7 +1238,7 @@ async fn session_outcomes_have_their_own_codes() {
     .unwrap();
     assert_eq!(status, 409, "{body}");
     let body: cmd_rpc::ErrorBody = serde_json::from_str(&body).unwrap();
-    assert_eq!(body.code, "unknown_session");
+    assert_eq!(body.code.as_str(), "unknown_session");
     assert!(body.message.contains("was not applied"), "{}", body.message);
     cluster.shutdown().await;
 }
@@ -1225,13 +1254,17 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
     let cluster = Cluster::with_raft(3, 3, raft).await;
     let leader = cluster.leader().await;
     let session = cluster.session(leader).await;
-    cluster.service(leader).execute(&put(session, 1, "a", "1"), deadline(10), false).await.unwrap();
+    cluster
+        .service(leader)
+        .execute(&put(session, 1, "a", "1"), deadline(10), Origin::Client)
+        .await
+        .unwrap();
     // The leader is cut off: its attempts time out, outcome unknown.
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     cluster.net.partition_set(&[ip(leader)]);
     let service = cluster.service(leader).clone();
     let call = tokio::spawn(async move {
-        service.execute(&put(session, 2, "b", "1"), deadline(30), false).await
+        service.execute(&put(session, 2, "b", "1"), deadline(30), Origin::Client).await
     });
     // The others elect a leader and evict the session.
     let deadline_at = Instant::now() + WAIT;
@@ -1251,7 +1284,7 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
     cluster.net.heal_all();
     let answer = call.await.unwrap();
     match answer {
-        Err(err) => assert_eq!(err.code(), "session_expired_outcome_unknown", "{err}"),
+        Err(err) => assert_eq!(err.code().as_str(), "session_expired_outcome_unknown", "{err}"),
         Ok(ok) => panic!("answered {}", ok.result.get()),
     }
     // And nothing of it was applied.

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Addressee, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
-    Change, ReadIndexResponse, RemoveRequest, RpcError,
+    Change, ErrorCode, Origin, ReadIndexResponse, RemoveRequest, RpcError,
 };
 use serde::Deserialize;
 use ts_transport::{TcpTransport, Transport};
@@ -104,7 +104,8 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
     let token = fresh_token(&dir)?;
     let listener =
         TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST)).listen(port).await.map_err(|e| {
-            Error::Network(format!("cannot listen on 127.0.0.1:{port} for the admin endpoint: {e}"))
+            let message = format!("cannot listen on 127.0.0.1:{port} for the admin endpoint: {e}");
+            Error::network_from(message, e)
         })?;
     let port = listener.local_port();
     write_port(&dir, port)?;
@@ -139,10 +140,10 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
 /// this run lasts.
 fn fresh_token(dir: &Path) -> Result<String, Error> {
     fs::create_dir_all(dir)
-        .map_err(|e| Error::Storage(format!("create {}: {e}", dir.display())))?;
+        .map_err(|e| Error::storage_from(format!("create {}: {e}", dir.display()), e))?;
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Storage(format!("no randomness for the admin token: {e}")))?;
+        .map_err(|e| Error::storage_from(format!("no randomness for the admin token: {e}"), e))?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(TOKEN_FILE);
     let temp = dir.join(format!("{TOKEN_FILE}.tmp"));
@@ -165,7 +166,7 @@ fn fresh_token(dir: &Path) -> Result<String, Error> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&temp);
-        Error::Storage(format!("write {}: {e}", path.display()))
+        Error::storage_from(format!("write {}: {e}", path.display()), e)
     })?;
     Ok(token)
 }
@@ -175,7 +176,7 @@ fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
     let path = dir.join(PORT_FILE);
     fs::write(&temp, format!("{port}\n"))
         .and_then(|()| fs::rename(&temp, &path))
-        .map_err(|e| Error::Storage(format!("write {}: {e}", path.display())))
+        .map_err(|e| Error::storage_from(format!("write {}: {e}", path.display()), e))
 }
 
 async fn handle<S: StateMachine>(inner: &Arc<Inner<S>>, request: AdminRequest) -> AdminResponse {
@@ -405,7 +406,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     } else {
         match inner.service.remove_via_leader(&RemoveRequest { id }, deadline).await {
             Ok(()) => Ok(removed(id)),
-            Err(err) if err.code() == "forbidden" => Err(AdminResponse::error(
+            Err(err) if err.code() == ErrorCode::Forbidden => Err(AdminResponse::error(
                 403,
                 "refused_by_leader",
                 format!(
@@ -436,7 +437,7 @@ fn err_message(err: &RpcError) -> String {
 }
 
 fn rpc_refusal(err: &RpcError, what: &str) -> AdminResponse {
-    AdminResponse::error(err.status().as_u16(), err.code(), format!("{what}: {}", err_message(err)))
+    AdminResponse::error(err.status(), err.code().as_str(), format!("{what}: {}", err_message(err)))
 }
 
 #[derive(Deserialize)]
@@ -509,7 +510,7 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
         let answer: ReadIndexResponse = inner
             .service
             .client()
-            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, false)
+            .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, Origin::Client)
             .await
             .map_err(|e| err_message(&e))?;
         answer.index
@@ -686,8 +687,9 @@ async fn commits_once<S: StateMachine>(
         let to = Addressee { node: id, cluster };
         asks.spawn(async move {
             let body = serde_json::json!({});
-            let answer: Result<ReadIndexResponse, _> =
-                client.post_to(to, &node, "/v1/read-index", &body, deadline, true).await;
+            let answer: Result<ReadIndexResponse, _> = client
+                .post_to(to, &node, "/v1/read-index", &body, deadline, Origin::Forwarded)
+                .await;
             answer.map(|r| (r.index, id)).map_err(|e| format!("{id}: {}", err_message(&e)))
         });
     }
@@ -764,7 +766,7 @@ pub async fn stage_restore_offline(
     force: bool,
 ) -> Result<BackupInfo, Error> {
     backup_info(backup)?;
-    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::Storage)? {
+    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::storage)? {
         raft_core::StateDir::InUse => {
             return Err(Error::Invalid(format!(
                 "a node is running on {} (its raft log is locked): restore through its admin \
@@ -784,12 +786,25 @@ pub async fn stage_restore_offline(
         }
         _ => {}
     }
-    raft_core::backup::stage_restore(state_dir, backup).map_err(Error::Storage)
+    raft_core::backup::stage_restore(state_dir, backup).map_err(Error::storage)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Before: `Error::Storage(String)`, the `io::Error` flattened to text.
+    #[test]
+    fn a_token_that_cannot_be_written_is_a_storage_error_with_its_io_error() {
+        let file = std::env::temp_dir().join(format!("tsc-token-{}", std::process::id()));
+        fs::write(&file, b"not a directory").unwrap();
+        let err = fresh_token(&file.join("state")).unwrap_err();
+        let _ = fs::remove_file(&file);
+        assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+        let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert!(io.is_some(), "no io::Error underneath {err:?}");
+        assert!(err.to_string().starts_with("storage: create "), "{err}");
+    }
 
     fn member(id: u64, stable: &str, host: &str) -> Member {
         Member {

@@ -614,9 +614,9 @@ async fn ask_to_confirm(
             command_port: port,
         };
         let until = Instant::now() + ATTEMPT.min(remaining);
-        match client.post(&target, "/v1/confirm", request, until, false).await {
+        match client.post(&target, "/v1/confirm", request, until, cmd_rpc::Origin::Client).await {
             Ok(answer) => return Ok(answer),
-            Err(RpcError::Remote { body, .. }) if body.code == "not_confirmed" => {
+            Err(RpcError::Remote { body, .. }) if body.code == cmd_rpc::ErrorCode::NotConfirmed => {
                 return Err(Refused::Refused(format!("{}: {}", body.code, body.message)));
             }
             Err(RpcError::Remote { body, .. }) => {
@@ -784,7 +784,16 @@ async fn probe(
         };
         let request = ProbeRequest { promise: wants_promise };
         let until = Instant::now() + ATTEMPT.min(remaining);
-        match client.post::<_, ProbeResponse>(&target, "/v1/probe", &request, until, false).await {
+        match client
+            .post::<_, ProbeResponse>(
+                &target,
+                "/v1/probe",
+                &request,
+                until,
+                cmd_rpc::Origin::Client,
+            )
+            .await
+        {
             Ok(answer) => {
                 return match check_answer(&answer, &peer.id.0) {
                     Ok(()) => match answer.state {
@@ -872,14 +881,19 @@ async fn join<S: StateMachine>(
     for _ in 0..MAX_HOPS {
         let target = resolve(view, &hint)?;
         let until = (Instant::now() + JOIN).min(deadline);
-        let joined: Result<serde_json::Value, RpcError> =
-            inner.service.client().post(&target, "/v1/join", &request, until, false).await;
+        let joined: Result<serde_json::Value, RpcError> = inner
+            .service
+            .client()
+            .post(&target, "/v1/join", &request, until, cmd_rpc::Origin::Client)
+            .await;
         match joined {
             Ok(_) => return Ok(()),
-            Err(RpcError::Remote { body, .. }) if body.code == "not_leader" => match body.leader {
-                Some(next) if next.id != hint.id => hint = next,
-                _ => return Err(format!("{} is not the leader and knows no other", target)),
-            },
+            Err(RpcError::Remote { body, .. }) if body.code == cmd_rpc::ErrorCode::NotLeader => {
+                match body.leader {
+                    Some(next) if next.id != hint.id => hint = next,
+                    _ => return Err(format!("{} is not the leader and knows no other", target)),
+                }
+            }
             Err(err) => return Err(format!("{target}: {err}")),
         }
     }

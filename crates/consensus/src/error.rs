@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// An error underneath one of ours, boxed so that no lower layer's type
+/// (openraft, hyper, the transport) shows in this API.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -48,11 +52,31 @@ pub enum Error {
     #[error("invalid: {0}")]
     Invalid(String),
     /// Storage could not be opened or written.
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("storage: {message}")]
+    Storage {
+        /// What failed, in words (the cause's own included).
+        message: String,
+        /// The error underneath, when there is one (an `std::io::Error`,
+        /// say), for programs that look at its kind.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The tailnet or the network failed.
-    #[error("network: {0}")]
-    Network(String),
+    #[error("network: {message}")]
+    Network {
+        /// What failed, in words (the cause's own included).
+        message: String,
+        /// The error underneath, when there is one (an `std::io::Error`,
+        /// or the command API's error), for programs that look at it.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The leader could not confirm with a quorum of voters that it still
+    /// leads (too many of them stopped or unreachable), so a linearizable
+    /// read cannot be answered. The node itself runs; the read may succeed
+    /// once enough voters are back.
+    #[error("no quorum: {0}")]
+    QuorumUnavailable(String),
     /// The node is stopped or stopping.
     #[error("the node is stopped")]
     Stopped,
@@ -60,4 +84,26 @@ pub enum Error {
     /// panicked).
     #[error("fatal: {0}")]
     Fatal(String),
+}
+
+impl Error {
+    /// [`Error::Storage`] without an error underneath.
+    pub(crate) fn storage(message: impl Into<String>) -> Error {
+        Error::Storage { message: message.into(), source: None }
+    }
+
+    /// [`Error::Storage`] caused by `source`.
+    pub(crate) fn storage_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Storage { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// [`Error::Network`] without an error underneath.
+    pub(crate) fn network(message: impl Into<String>) -> Error {
+        Error::Network { message: message.into(), source: None }
+    }
+
+    /// [`Error::Network`] caused by `source`.
+    pub(crate) fn network_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Network { message: message.into(), source: Some(source.into()) }
+    }
 }

@@ -151,8 +151,11 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
     let to = cmd_rpc::Addressee { node: id, cluster: raft.cluster_id() };
     let deadline = Instant::now() + LEADER_ROUND;
     let body = serde_json::json!({});
-    let answer: Result<cmd_rpc::ReadIndexResponse, _> =
-        inner.service.client().post_to(to, &leader, "/v1/read-index", &body, deadline, true).await;
+    let answer: Result<cmd_rpc::ReadIndexResponse, _> = inner
+        .service
+        .client()
+        .post_to(to, &leader, "/v1/read-index", &body, deadline, cmd_rpc::Origin::Forwarded)
+        .await;
     match answer {
         Ok(answer) => {
             *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -68,7 +68,7 @@ mod operation;
 mod transfer;
 
 pub use crate::config::{BootstrapOptions, Config, SessionLimits, StorageFaults, Timing};
-pub use crate::error::Error;
+pub use crate::error::{BoxError, Error};
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
 pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
 pub use crate::operation::Operation;

@@ -162,7 +162,13 @@ async fn probe_due<S: StateMachine>(
                 };
                 let request = ProbeRequest { promise: false };
                 let answer: Result<ProbeResponse, _> = client
-                    .post(&target, "/v1/probe", &request, Instant::now() + PROBE, false)
+                    .post(
+                        &target,
+                        "/v1/probe",
+                        &request,
+                        Instant::now() + PROBE,
+                        cmd_rpc::Origin::Client,
+                    )
                     .await;
                 let Ok(answer) = answer else { continue };
                 if let Err(why) = check_answer(&answer, &name) {

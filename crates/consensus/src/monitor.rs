@@ -263,10 +263,9 @@ pub(crate) async fn start<S: StateMachine>(
     inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(refresher);
     let render = renderer(Arc::downgrade(inner));
     if let Some(port) = inner.config.monitor_port {
-        let listener = transport
-            .listen(port)
-            .await
-            .map_err(|e| Error::Network(format!("cannot listen on monitor port {port}: {e}")))?;
+        let listener = transport.listen(port).await.map_err(|e| {
+            Error::network_from(format!("cannot listen on monitor port {port}: {e}"), e)
+        })?;
         let server =
             PageServer::start(Arc::from(listener), authorize, render.clone(), HEADER_TIMEOUT);
         inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);
@@ -274,7 +273,10 @@ pub(crate) async fn start<S: StateMachine>(
     if let Some(port) = inner.config.monitor_localhost_port {
         let local = TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let listener = local.listen(port).await.map_err(|e| {
-            Error::Network(format!("cannot listen on 127.0.0.1:{port} for the monitor: {e}"))
+            Error::network_from(
+                format!("cannot listen on 127.0.0.1:{port} for the monitor: {e}"),
+                e,
+            )
         })?;
         // Loopback callers that name it 127.0.0.1 or localhost (no DNS
         // rebinding), as the admin endpoint.

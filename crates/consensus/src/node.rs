@@ -544,14 +544,14 @@ async fn first_view(
                 return Ok(view);
             }
             if state.changed().await.is_err() {
-                return Err(Error::Network("discovery stopped".to_owned()));
+                return Err(Error::network("discovery stopped"));
             }
         }
     })
     .await;
     match waited {
         Ok(result) => result,
-        Err(_) => Err(Error::Network(match &state.borrow().last_error {
+        Err(_) => Err(Error::network(match &state.borrow().last_error {
             Some(err) => format!("no view of the tailnet within {timeout:?}: {err}"),
             None => format!("no view of the tailnet within {timeout:?}"),
         })),
@@ -570,7 +570,7 @@ impl<S: StateMachine> Consensus<S> {
     ) -> Result<Consensus<S>, Error> {
         use ts_discovery::{LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};
         let api = LocalApi::for_node(node, LocalApiLimits::default())
-            .map_err(|e| Error::Network(e.to_string()))?;
+            .map_err(|e| Error::network_from(e.to_string(), e))?;
         let discovery = Arc::new(TailnetDiscovery::start(
             api,
             TailnetDiscoveryConfig::new(bootstrap.tag.clone()),
@@ -663,10 +663,10 @@ impl<S: StateMachine> Consensus<S> {
         .await
         .map_err(|e| match e {
             raft_core::StartError::Storage(why) | raft_core::StartError::Identity(why) => {
-                Error::Storage(why)
+                Error::storage(why)
             }
             raft_core::StartError::Config(why) => Error::Invalid(why),
-            other => Error::Network(other.to_string()),
+            other => Error::network_from(other.to_string(), other),
         })?;
         let id = raft.id();
         let raft = Arc::new(raft);
@@ -689,10 +689,9 @@ impl<S: StateMachine> Consensus<S> {
             Ok(listener) => Arc::from(listener),
             Err(err) => {
                 shutdown_service(service).await;
-                return Err(Error::Network(format!(
-                    "cannot listen on command port {}: {err}",
-                    config.command_port
-                )));
+                let message =
+                    format!("cannot listen on command port {}: {err}", config.command_port);
+                return Err(Error::network_from(message, err));
             }
         };
         let command_server =

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cmd_rpc::{CommandService, ExecuteRequest, RpcError};
+use cmd_rpc::{CommandService, ErrorCode, ExecuteRequest, Origin, RpcError};
 use raft_core::ClientId;
 use serde_json::value::RawValue;
 use tracing::Instrument;
@@ -41,12 +41,11 @@ impl SessionPool {
         if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(session);
         }
-        let registered = service.register(deadline, false).await?;
-        let client = u128::from_str_radix(&registered.client, 16).map_err(|_| {
-            Error::Network(format!(
-                "the leader assigned a malformed session {:?}",
-                registered.client
-            ))
+        let registered = service.register(deadline, Origin::Client).await?;
+        let client = u128::from_str_radix(&registered.client, 16).map_err(|e| {
+            let message =
+                format!("the leader assigned a malformed session {:?}", registered.client);
+            Error::network_from(message, e)
         })?;
         Ok((ClientId(client), 1))
     }
@@ -144,16 +143,17 @@ impl<S: StateMachine> Operation<S> {
             self.maybe_applied = true;
             // The command's request id is its (client, seq).
             let span = tracing::debug_span!("execute", client = %client, seq);
-            let err = match service.execute(&request, deadline, false).instrument(span).await {
-                Ok(response) => return decode_answer(response.result.get()),
-                Err(err) => err,
-            };
+            let err =
+                match service.execute(&request, deadline, Origin::Client).instrument(span).await {
+                    Ok(response) => return decode_answer(response.result.get()),
+                    Err(err) => err,
+                };
             if !err.outcome_unknown() {
                 self.maybe_applied = earlier;
             }
             match err.code() {
                 // Nothing of this command was applied: a new session is safe.
-                "session_expired" | "unknown_session" if !earlier => {
+                ErrorCode::SessionExpired | ErrorCode::UnknownSession if !earlier => {
                     self.session = None;
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
@@ -161,7 +161,9 @@ impl<S: StateMachine> Operation<S> {
                     }
                     tracing::debug!(%client, "session expired before the command; using a new one");
                 }
-                "session_expired" | "unknown_session" | "session_expired_outcome_unknown" => {
+                ErrorCode::SessionExpired
+                | ErrorCode::UnknownSession
+                | ErrorCode::SessionExpiredOutcomeUnknown => {
                     self.session = None;
                     let why = format!(
                         "the session of an earlier attempt expired before its outcome was known ({err})"
@@ -193,18 +195,50 @@ impl From<RpcError> for Error {
             E::NoLeader { waited } => return Error::NoLeader { waited },
             E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
             E::Unavailable(_) => return Error::Stopped,
+            E::NoQuorum(why) => return Error::QuorumUnavailable(why),
             E::Fatal(why) => return Error::Fatal(why),
             _ => {}
         }
         // Local or passed on from another node: the code says what it was.
         match err.code() {
-            "timeout" | "fatal" => Error::Timeout(message),
-            "session_expired_outcome_unknown" => Error::OutcomeUnknown(message),
-            "answer_not_kept" => Error::AnswerNotKept,
-            "sequence_reused" | "stale_sequence" | "session_expired" | "unknown_session" => {
-                Error::Invalid(message)
-            }
-            _ => Error::Network(message),
+            ErrorCode::Timeout | ErrorCode::Fatal => Error::Timeout(message),
+            ErrorCode::SessionExpiredOutcomeUnknown => Error::OutcomeUnknown(message),
+            ErrorCode::AnswerNotKept => Error::AnswerNotKept,
+            // The leader's own read index, asked for by this node.
+            ErrorCode::NoQuorum => Error::QuorumUnavailable(message),
+            ErrorCode::SequenceReused
+            | ErrorCode::StaleSequence
+            | ErrorCode::SessionExpired
+            | ErrorCode::UnknownSession => Error::Invalid(message),
+            _ => Error::network_from(message, err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use cmd_rpc::{ErrorBody, RpcError};
+
+    use super::*;
+
+    /// Before: the command API's error became `Error::Network(String)`,
+    /// its kind lost. Now it is the error's source.
+    #[test]
+    fn a_network_error_keeps_the_command_apis_error_underneath() {
+        let unreachable = RpcError::unreachable("10.0.0.2:6271", std::io::Error::other("reset"));
+        let body = ErrorBody {
+            code: ErrorCode::from_wire("leader_on_vacation"),
+            message: "back soon".to_owned(),
+            leader: None,
+        };
+        for rpc in [unreachable, RpcError::from_remote(418, body)] {
+            let code = rpc.code();
+            let err = Error::from(rpc);
+            assert!(matches!(err, Error::Network { .. }), "{err:?}");
+            let source = err.source().and_then(|s| s.downcast_ref::<RpcError>());
+            assert_eq!(source.map(RpcError::code), Some(code), "{err:?}");
         }
     }
 }

@@ -246,7 +246,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     let answer: Result<serde_json::Value, _> = inner
         .service
         .client()
-        .post_to(to, &node, "/v1/campaign", &request, call_deadline, false)
+        .post_to(to, &node, "/v1/campaign", &request, call_deadline, cmd_rpc::Origin::Client)
         .await;
     if let Err(err) = answer {
         return Err(TransferError::Failed(format!("node {target} did not campaign: {err}")));

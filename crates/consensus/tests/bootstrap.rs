@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cmd_rpc::{CommandClient, CommandConfig, ProbeRequest, ProbeResponse, ProbeState};
+use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
 use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
@@ -128,8 +128,9 @@ async fn probe(net: &MemNetwork, from: usize, i: usize) -> Option<ProbeState> {
         command_port: command_port(i),
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    let answer: Result<ProbeResponse, _> =
-        client.post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false).await;
+    let answer: Result<ProbeResponse, _> = client
+        .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
+        .await;
     answer.ok().map(|a| a.state)
 }
 
@@ -356,7 +357,7 @@ async fn stall_a_formation_of(
             command_port: PORT,
         };
         let answer: Result<ProbeResponse, _> = client
-            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, false)
+            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
             .await;
         if let Ok(ProbeResponse { id, state: ProbeState::Member { cluster_id, leader }, .. }) =
             answer

@@ -1,0 +1,442 @@
+//! Where a call goes next and what a failed attempt means for it: pure
+//! decisions over plain data (this node's metrics, a leader hint, an
+//! error, a reading of the clock), with no IO and no async, so their tests
+//! run without a runtime. `service.rs` is the shell that acts on them.
+
+use std::time::Duration;
+
+use raft_core::{NodeId, NodeInfo, NodeMetrics, Role};
+use tokio::time::Instant;
+
+use crate::api::LeaderHint;
+use crate::code::ErrorCode;
+use crate::error::RpcError;
+
+/// Who handed a call to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client of this node (the facade, or a caller over HTTP): the call
+    /// runs here on the leader or is forwarded to it.
+    Client,
+    /// Another node, forwarding its client's call to this node as the
+    /// leader (`x-tsc-forwarded`): answered here or bounced back, never
+    /// forwarded again, so there are no chains or loops.
+    Forwarded,
+}
+
+/// Where one attempt runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Here: this node leads.
+    Local,
+    /// At the leader: its raft id and record.
+    Leader(NodeId, NodeInfo),
+}
+
+/// What a call does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Run an attempt there.
+    Attempt(Target),
+    /// Wait for a leader this node can route to: none is known, or the
+    /// one known is not in its configuration (an incarnation change).
+    Wait,
+    /// Answer the caller now: a forwarded call this node cannot run as
+    /// the leader.
+    Bounce,
+}
+
+/// Where an attempt goes, given this node's metrics and a leader hint from
+/// an earlier attempt; `None` while no leader is known that this node can
+/// route to.
+pub(crate) fn target(
+    metrics: &NodeMetrics,
+    me: NodeId,
+    hint: Option<&LeaderHint>,
+) -> Option<Target> {
+    if metrics.role == Role::Leader {
+        return Some(Target::Local);
+    }
+    if let Some(hint) = hint {
+        if hint.id == me {
+            return Some(Target::Local);
+        }
+        return Some(Target::Leader(hint.id, hint.node.clone()));
+    }
+    match metrics.leader {
+        Some(id) if id == me => Some(Target::Local),
+        Some(id) => metrics.nodes.get(&id).map(|node| Target::Leader(id, node.clone())),
+        None => None,
+    }
+}
+
+/// What a call from `origin` does next.
+pub(crate) fn step(
+    origin: Origin,
+    metrics: &NodeMetrics,
+    me: NodeId,
+    hint: Option<&LeaderHint>,
+) -> Step {
+    match (origin, target(metrics, me, hint)) {
+        (_, Some(Target::Local)) => Step::Attempt(Target::Local),
+        (Origin::Forwarded, _) => Step::Bounce,
+        (Origin::Client, Some(leader)) => Step::Attempt(leader),
+        (Origin::Client, None) => Step::Wait,
+    }
+}
+
+/// What a failed attempt means for the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Try again, at `leader` if named; if the deadline passes first, the
+    /// call reports this error when `report`, else why it found no leader.
+    Retry {
+        /// The leader to try, if the error named one.
+        leader: Option<LeaderHint>,
+        /// Whether this error is what the call reports at its deadline.
+        report: bool,
+    },
+    /// The error is the call's answer.
+    Fail,
+}
+
+/// What an error from an attempt forwarded to the leader means: a leader
+/// moved or not yet elected, a leader that stopped, timed out, cannot
+/// answer now or cannot be reached, is tried again; anything else (a
+/// refusal, the state machine's answer) ends the call.
+pub(crate) fn after_forward(err: &RpcError) -> Next {
+    match err {
+        RpcError::Remote { body, .. } => match body.code {
+            ErrorCode::NotLeader | ErrorCode::NoLeader => {
+                Next::Retry { leader: body.leader.clone(), report: false }
+            }
+            // The leader stopped on a fatal error: another will be elected.
+            // Or it lacks a quorum for now.
+            ErrorCode::Fatal
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::NoQuorum => Next::Retry { leader: None, report: true },
+            _ => Next::Fail,
+        },
+        // The leader may have died or be unreachable for a moment.
+        RpcError::Unreachable { .. } | RpcError::Timeout { .. } => {
+            Next::Retry { leader: None, report: true }
+        }
+        _ => Next::Fail,
+    }
+}
+
+/// What an error from this node's own read index (as the leader) means:
+/// leadership moved, or it could not confirm it in time, so try again.
+pub(crate) fn after_read_index(err: &RpcError) -> Next {
+    match err {
+        RpcError::NotLeader { leader } => Next::Retry { leader: leader.clone(), report: false },
+        RpcError::Unavailable(_) | RpcError::NoQuorum(_) | RpcError::Timeout { .. } => {
+            Next::Retry { leader: None, report: true }
+        }
+        _ => Next::Fail,
+    }
+}
+
+/// What a call reports when its deadline passes: whether it was waiting
+/// for a leader, the last attempt's error it kept, the leader this node
+/// knows, and how long it tried.
+pub(crate) fn at_deadline(
+    what: &str,
+    waiting_for_leader: bool,
+    last_error: Option<RpcError>,
+    known_leader: Option<NodeId>,
+    waited: Duration,
+) -> RpcError {
+    match (waiting_for_leader, last_error) {
+        (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
+        (_, Some(err)) => err,
+        (true, None) => RpcError::Unavailable(format!(
+            "{what}: the leader this node knows ({}) is not in its configuration yet; waited \
+             {waited:?}",
+            known_leader.unwrap_or_default(),
+        )),
+        (false, None) => RpcError::Timeout { what: what.to_owned(), after: waited },
+    }
+}
+
+/// Exponential backoff between attempts, doubling from a minimum up to a
+/// maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starting at `min`, never above `max`.
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { current: min.min(max), max }
+    }
+
+    /// The pause now, cut to what is left before `deadline`.
+    pub(crate) fn pause(&self, now: Instant, deadline: Instant) -> Duration {
+        self.current.min(deadline.saturating_duration_since(now))
+    }
+
+    /// Whether a full pause from `now` still ends before `deadline`.
+    pub(crate) fn fits(&self, now: Instant, deadline: Instant) -> bool {
+        now + self.current < deadline
+    }
+
+    /// Doubles the pause, up to the maximum.
+    pub(crate) fn grow(&mut self) {
+        self.current = (self.current * 2).min(self.max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::ErrorBody;
+
+    const ME: NodeId = 1;
+    const OTHER: NodeId = 2;
+    const STRANGER: NodeId = 9;
+
+    fn info(stable_id: &str) -> NodeInfo {
+        NodeInfo {
+            stable_id: stable_id.to_owned(),
+            addrs: vec!["100.64.0.1".parse().unwrap()],
+            raft_port: 6270,
+            command_port: 6271,
+        }
+    }
+
+    fn metrics(role: Role, leader: Option<NodeId>) -> NodeMetrics {
+        NodeMetrics {
+            id: ME,
+            role,
+            term: 3,
+            leader,
+            last_log_index: None,
+            last_applied: None,
+            snapshot: None,
+            purged: None,
+            voters: [ME, OTHER].into(),
+            learners: Default::default(),
+            nodes: BTreeMap::from([(ME, info("me")), (OTHER, info("other"))]),
+            replication: None,
+            millis_since_quorum_ack: None,
+            fatal: None,
+        }
+    }
+
+    fn hint_at(id: NodeId) -> LeaderHint {
+        LeaderHint { id, node: info("hinted") }
+    }
+
+    #[test]
+    fn where_a_call_goes() {
+        let leader = || Target::Leader(OTHER, info("other"));
+        let hinted = |id| Target::Leader(id, info("hinted"));
+        let cases: Vec<(&str, NodeMetrics, Option<LeaderHint>, Origin, Step)> = vec![
+            (
+                "leader, client",
+                metrics(Role::Leader, Some(ME)),
+                None,
+                Origin::Client,
+                Step::Attempt(Target::Local),
+            ),
+            (
+                "leader, forwarded",
+                metrics(Role::Leader, Some(ME)),
+                None,
+                Origin::Forwarded,
+                Step::Attempt(Target::Local),
+            ),
+            // The role decides, whatever an old hint says.
+            (
+                "leader, stale hint",
+                metrics(Role::Leader, Some(ME)),
+                Some(hint_at(OTHER)),
+                Origin::Client,
+                Step::Attempt(Target::Local),
+            ),
+            (
+                "follower",
+                metrics(Role::Follower, Some(OTHER)),
+                None,
+                Origin::Client,
+                Step::Attempt(leader()),
+            ),
+            (
+                "follower, forwarded",
+                metrics(Role::Follower, Some(OTHER)),
+                None,
+                Origin::Forwarded,
+                Step::Bounce,
+            ),
+            // A hint from an attempt beats the metrics, even naming a stranger.
+            (
+                "hint",
+                metrics(Role::Follower, Some(OTHER)),
+                Some(hint_at(STRANGER)),
+                Origin::Client,
+                Step::Attempt(hinted(STRANGER)),
+            ),
+            (
+                "hint names me",
+                metrics(Role::Follower, None),
+                Some(hint_at(ME)),
+                Origin::Client,
+                Step::Attempt(Target::Local),
+            ),
+            (
+                "hint names me, forwarded",
+                metrics(Role::Follower, None),
+                Some(hint_at(ME)),
+                Origin::Forwarded,
+                Step::Attempt(Target::Local),
+            ),
+            (
+                "metrics name me",
+                metrics(Role::Follower, Some(ME)),
+                None,
+                Origin::Client,
+                Step::Attempt(Target::Local),
+            ),
+            ("no leader", metrics(Role::Candidate, None), None, Origin::Client, Step::Wait),
+            (
+                "no leader, forwarded",
+                metrics(Role::Candidate, None),
+                None,
+                Origin::Forwarded,
+                Step::Bounce,
+            ),
+            // A leader outside the configuration: no address to call.
+            (
+                "leader not a member",
+                metrics(Role::Follower, Some(STRANGER)),
+                None,
+                Origin::Client,
+                Step::Wait,
+            ),
+            (
+                "leader not a member, forwarded",
+                metrics(Role::Follower, Some(STRANGER)),
+                None,
+                Origin::Forwarded,
+                Step::Bounce,
+            ),
+        ];
+        for (name, metrics, hint, origin, want) in cases {
+            assert_eq!(step(origin, &metrics, ME, hint.as_ref()), want, "{name}");
+        }
+    }
+
+    fn remote(code: &str, leader: Option<LeaderHint>) -> RpcError {
+        let body = ErrorBody { code: ErrorCode::from_wire(code), message: "m".to_owned(), leader };
+        RpcError::from_remote(503, body)
+    }
+
+    fn timeout() -> RpcError {
+        RpcError::Timeout { what: "w".to_owned(), after: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn what_an_error_from_the_leader_means() {
+        let retry = |leader, report| Next::Retry { leader, report };
+        let unreachable = RpcError::Unreachable {
+            target: "n".to_owned(),
+            reason: "refused".to_owned(),
+            source: None,
+        };
+        let cases: Vec<(RpcError, Next)> = vec![
+            (remote("not_leader", Some(hint_at(OTHER))), retry(Some(hint_at(OTHER)), false)),
+            (remote("not_leader", None), retry(None, false)),
+            (remote("no_leader", None), retry(None, false)),
+            (remote("fatal", None), retry(None, true)),
+            (remote("timeout", None), retry(None, true)),
+            (remote("unavailable", None), retry(None, true)),
+            (remote("no_quorum", None), retry(None, true)),
+            // Local failures on the way: the leader may be back soon.
+            (unreachable, retry(None, true)),
+            (timeout(), retry(None, true)),
+            // The leader's own answers end the call.
+            (remote("unreachable", None), Next::Fail),
+            (remote("forbidden", None), Next::Fail),
+            (remote("session_expired", None), Next::Fail),
+            (remote("stale_sequence", None), Next::Fail),
+            (remote("http_error", None), Next::Fail),
+            // A code from a newer node (or garbage) is not retried blindly.
+            (remote("leader_on_vacation", Some(hint_at(OTHER))), Next::Fail),
+            (RpcError::BadRequest("b".to_owned()), Next::Fail),
+            (RpcError::Fatal("f".to_owned()), Next::Fail),
+        ];
+        for (err, want) in cases {
+            assert_eq!(after_forward(&err), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn what_an_error_from_the_own_read_index_means() {
+        let cases: Vec<(RpcError, Next)> = vec![
+            (
+                RpcError::NotLeader { leader: Some(hint_at(OTHER)) },
+                Next::Retry { leader: Some(hint_at(OTHER)), report: false },
+            ),
+            (RpcError::Unavailable("u".to_owned()), Next::Retry { leader: None, report: true }),
+            (RpcError::NoQuorum("q".to_owned()), Next::Retry { leader: None, report: true }),
+            (timeout(), Next::Retry { leader: None, report: true }),
+            (RpcError::Fatal("f".to_owned()), Next::Fail),
+        ];
+        for (err, want) in cases {
+            assert_eq!(after_read_index(&err), want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn what_a_call_reports_at_its_deadline() {
+        let waited = Duration::from_secs(3);
+        let kept = || Some(remote("unavailable", None));
+        // (waiting for a leader, kept error, known leader) -> code.
+        let cases: Vec<(bool, Option<RpcError>, Option<NodeId>, ErrorCode)> = vec![
+            (true, None, None, ErrorCode::NoLeader),
+            (true, kept(), None, ErrorCode::NoLeader),
+            (false, None, None, ErrorCode::NoLeader),
+            (false, kept(), None, ErrorCode::Unavailable),
+            (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
+            (false, kept(), Some(OTHER), ErrorCode::Unavailable),
+            (false, Some(timeout()), Some(OTHER), ErrorCode::Timeout),
+            (true, None, Some(STRANGER), ErrorCode::Unavailable),
+            (false, None, Some(OTHER), ErrorCode::Timeout),
+        ];
+        for (waiting, last, known, want) in cases {
+            let err = at_deadline("put", waiting, last, known, waited);
+            assert_eq!(err.code(), want, "{waiting} {known:?}: {err}");
+        }
+        let err = at_deadline("put", true, None, Some(STRANGER), waited);
+        assert!(err.to_string().contains("(9) is not in its configuration"), "{err}");
+        let err = at_deadline("put", false, None, None, waited);
+        assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum_and_never_passes_the_deadline() {
+        let ms = Duration::from_millis;
+        let now = Instant::now();
+        let far = now + Duration::from_secs(60);
+        let mut backoff = Backoff::new(ms(10), ms(100));
+        let mut pauses = Vec::new();
+        for _ in 0..6 {
+            pauses.push(backoff.pause(now, far));
+            backoff.grow();
+        }
+        assert_eq!(pauses, [ms(10), ms(20), ms(40), ms(80), ms(100), ms(100)]);
+        // Cut to the time left, zero once it is gone.
+        assert_eq!(backoff.pause(now, now + ms(30)), ms(30));
+        assert_eq!(backoff.pause(now + ms(50), now), Duration::ZERO);
+        assert!(backoff.fits(now, now + ms(101)));
+        assert!(!backoff.fits(now, now + ms(100)));
+        // A minimum above the maximum starts at the maximum.
+        assert_eq!(Backoff::new(ms(500), ms(100)).pause(now, far), ms(100));
+    }
+}

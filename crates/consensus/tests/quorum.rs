@@ -1,0 +1,51 @@
+//! What a caller hears when the cluster lost its quorum: a linearizable
+//! read on a leader whose voters are gone says that it has no quorum,
+//! within the call's deadline, not that the node is stopped.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use consensus::{Consistency, Error, StopMode};
+
+/// Before: `ReadError::QuorumNotReached` became `RpcError::Unavailable`,
+/// which the facade reported as `Error::Stopped`, though the node runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
+    let deadline = Duration::from_secs(3);
+    let world = World::new(3);
+    let nodes = world
+        .start_all(|_| {
+            let mut config = fast_config();
+            config.timing.call_deadline = deadline;
+            config
+        })
+        .await;
+    let leader = leader_of(&nodes);
+    nodes[leader].execute(add("before", 1)).await.expect("a write with a quorum");
+    nodes[leader].read((), Consistency::Linearizable).await.expect("a read with a quorum");
+
+    // The other two voters stop: the leader runs on alone.
+    let mut survivor = None;
+    for (i, node) in nodes.into_iter().enumerate() {
+        if i == leader {
+            survivor = Some(node);
+        } else {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
+    let survivor = survivor.unwrap();
+
+    let started = Instant::now();
+    let err = survivor.read((), Consistency::Linearizable).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(err.to_string().contains("quorum"), "{err}");
+    assert!(matches!(err, Error::QuorumUnavailable(_)), "a read without a quorum gave {err:?}");
+    // Within its deadline (and some slack for a loaded machine).
+    assert!(took < deadline + Duration::from_secs(2), "answered after {took:?}");
+    // The node itself still runs: a local read is answered.
+    let (total, _) = survivor.read((), Consistency::Local).await.expect("a local read");
+    assert_eq!(total, 1);
+    survivor.stop(StopMode::Stay).await.unwrap();
+}
