@@ -13,9 +13,6 @@
 //!
 //! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
 
-#[path = "../../crates/consensus/examples/kv/store.rs"]
-mod store;
-
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -23,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
-use store::{KvCommand, KvQuery, KvResponse, KvStore};
+use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
 use tests::linearizability::{Input, Operation, Output, check, write_bounds};
 use tokio::runtime::{Handle, Runtime};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};

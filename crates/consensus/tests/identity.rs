@@ -11,9 +11,6 @@
 //! - a stale incarnation is replaced in one change: the voter count never
 //!   drops.
 
-#[path = "../examples/kv/store.rs"]
-mod store;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -21,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, Error, Role, StopMode, Timing};
-use store::{KvCommand, KvQuery, KvStore};
+use test_support::kv::{KvCommand, KvQuery, KvStore};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
 

@@ -1,9 +1,6 @@
 //! The facade end to end on the real local tailnet, with the KV example's
 //! state machine.
 
-#[path = "../../../crates/consensus/examples/kv/store.rs"]
-mod store;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -12,7 +9,7 @@ use std::time::{Duration, Instant};
 use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, Error, MemberRole, Role, StopMode, Timing,
 };
-use store::{KvCommand, KvQuery, KvResponse, KvStore};
+use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
 use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{LocalApi, LocalApiLimits};
