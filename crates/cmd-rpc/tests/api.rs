@@ -949,9 +949,6 @@ async fn the_http_client_forwards_through_a_real_server() {
     cluster.shutdown().await;
 }
 
-#[path = "../../raft-core/tests/seeded/mod.rs"]
-mod seeded;
-
 /// A body for `path` that the node accepts, to mutate.
 fn valid_body(path: &str) -> String {
     match path {
@@ -1037,7 +1034,8 @@ fn fuzzed_bodies_on_every_endpoint_get_a_clear_answer_and_the_node_survives() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cluster = runtime.block_on(Cluster::new(1, 1));
     let caller = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 50));
-    let mut runner = proptest::test_runner::TestRunner::new(seeded::config(300, 0x0f22_b0d1));
+    let mut runner =
+        proptest::test_runner::TestRunner::new(test_support::proptest_config(300, 0x0f22_b0d1));
     let result = runner.run(&fuzzed_body(), |(path, body)| {
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
