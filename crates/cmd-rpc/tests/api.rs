@@ -144,12 +144,7 @@ fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
 
 impl Cluster {
     fn raft_config() -> RaftConfig {
-        RaftConfig {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-            propose_timeout: Duration::from_secs(3),
-            ..RaftConfig::default()
-        }
+        RaftConfig { propose_timeout: Duration::from_secs(3), ..test_support::fast_raft() }
     }
 
     async fn start_node(

@@ -11,7 +11,7 @@
 //!   is a dead initial voter, replaced by its new incarnation in one change.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,9 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
+use test_support::{cluster, fast_timing};
 use tokio::task::JoinHandle;
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:boot";
@@ -55,23 +56,11 @@ impl StateMachine for Nothing {
 const NAMES: [&str; 3] = ["ra", "rb", "rc"];
 
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 5, 0, i as u8 + 1))
+    cluster::ip(5, i)
 }
 
 fn node(i: usize, online: bool) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(NAMES[i].to_owned()),
-        hostname: NAMES[i].to_owned(),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online,
-        has_path: true,
-    }
+    TailnetNode { online, ..cluster::tailnet_node(TAG, 5, i, NAMES[i], NAMES[i]) }
 }
 
 /// Node `me`'s view: itself, and the peers given with their online flag
@@ -90,14 +79,7 @@ fn config(i: usize, start_timeout: Duration, state_dir: Option<PathBuf>) -> Conf
         command_port: command_port(i),
         seed_command_ports: if i == 0 { vec![PORT] } else { Vec::new() },
         state_dir,
-        timing: Timing {
-            heartbeat: Duration::from_millis(100),
-            election: (Duration::from_millis(500), Duration::from_millis(1000)),
-            reconcile_every: Duration::from_millis(200),
-            start_timeout,
-            call_deadline: Duration::from_secs(10),
-            max_staleness: Duration::from_secs(60),
-        },
+        timing: Timing { start_timeout, max_staleness: Duration::from_secs(60), ..fast_timing() },
         ..Config::default()
     }
 }

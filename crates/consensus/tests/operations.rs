@@ -4,14 +4,14 @@
 
 mod common;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use consensus::{Config, Consensus, Consistency, Role, StopMode, StorageFaults};
+use consensus::{Config, Consistency, Role, StopMode, StorageFaults};
 use serde_json::json;
-use ts_discovery::StaticDiscovery;
+use test_support::cluster::MemCluster;
 
 /// The staged restore's file in a state directory.
 const PENDING_RESTORE: &str = "restore.pending";
@@ -20,12 +20,25 @@ fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
 }
 
+/// A cluster with a state directory per node.
 struct Cluster {
     world: World,
-    nodes: Vec<Option<Consensus<Tally>>>,
-    discovery: Vec<Arc<StaticDiscovery>>,
+    cluster: MemCluster<Tally>,
     dirs: Vec<PathBuf>,
     _temp: tempfile::TempDir,
+}
+
+impl Deref for Cluster {
+    type Target = MemCluster<Tally>;
+    fn deref(&self) -> &MemCluster<Tally> {
+        &self.cluster
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut MemCluster<Tally> {
+        &mut self.cluster
+    }
 }
 
 impl Cluster {
@@ -35,58 +48,21 @@ impl Cluster {
 
     /// A cluster whose node `i` runs with `config(i, its state dir)`.
     async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
-        let world = World::new(n);
         let temp = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
-        let discovery: Vec<Arc<StaticDiscovery>> = (0..n)
-            .map(|i| Arc::new(StaticDiscovery::new(world.view_with_offline(i, &[]))))
-            .collect();
-        let mut starting = Vec::new();
-        for i in 0..n {
-            let world = World { net: world.net.clone(), n };
-            let (config, discovery) = (config(i, &dirs[i]), discovery[i].clone());
-            starting.push(tokio::spawn(async move { world.start_on(i, config, discovery).await }));
-        }
-        let mut nodes = Vec::new();
-        for task in starting {
-            nodes.push(Some(task.await.unwrap()));
-        }
-        let cluster = Cluster { world, nodes, discovery, dirs, _temp: temp };
-        for node in cluster.running() {
-            node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
-        }
-        cluster
-    }
-
-    fn node(&self, i: usize) -> &Consensus<Tally> {
-        self.nodes[i].as_ref().expect("running")
-    }
-
-    fn running(&self) -> impl Iterator<Item = &Consensus<Tally>> {
-        self.nodes.iter().flatten()
-    }
-
-    fn leader(&self) -> usize {
-        let id = self.running().next().unwrap().metrics().leader.expect("a leader");
-        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).unwrap()
-    }
-
-    async fn stop(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
+        let cluster = MemCluster::start(World::new(n).tailnet(), |i| config(i, &dirs[i])).await;
+        let world = World { net: cluster.net.clone(), n };
+        Cluster { world, cluster, dirs, _temp: temp }
     }
 
     /// Starts node `i` again on its state directory.
     async fn restart(&mut self, i: usize) {
-        let node = self.world.start_on(i, config(&self.dirs[i]), self.discovery[i].clone()).await;
-        self.nodes[i] = Some(node);
+        let config = config(&self.dirs[i]);
+        self.cluster.restart(i, config).await;
     }
 
-    async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            self.stop(i).await;
-        }
+    async fn shutdown(self) {
+        self.cluster.shutdown().await;
     }
 }
 

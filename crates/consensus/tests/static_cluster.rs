@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, DynamicCommand, DynamicResult, StateMachine,
     StopMode, Timing,
 };
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use test_support::cluster;
+use test_support::{ELECTION, HEARTBEAT, fast_timing};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
 const TAG: &str = "tag:c";
@@ -58,23 +60,12 @@ impl StateMachine for Counter {
 }
 
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+    cluster::ip(0, i)
 }
 
 fn tailnet_node(i: usize, tagged: bool, online: bool) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(format!("n{i}")),
-        hostname: format!("host-{i}"),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: if tagged { BTreeSet::from([TAG.to_owned()]) } else { BTreeSet::new() },
-        online,
-        has_path: true,
-    }
+    let node = cluster::tailnet_node(TAG, 0, i, &format!("n{i}"), &format!("host-{i}"));
+    TailnetNode { tags: if tagged { node.tags } else { BTreeSet::new() }, online, ..node }
 }
 
 /// The tailnet as the test declares it, pushed to every node's view.
@@ -91,8 +82,7 @@ impl World {
         let nodes: Vec<Option<TailnetNode>> =
             (0..n).map(|i| Some(tailnet_node(i, true, true))).collect();
         let views = (0..n).map(|i| Arc::new(StaticDiscovery::new(view(&nodes, i)))).collect();
-        let raft_timing =
-            (Duration::from_millis(100), (Duration::from_millis(500), Duration::from_millis(1000)));
+        let raft_timing = (HEARTBEAT, ELECTION);
         Arc::new(World { net: MemNetwork::new(), nodes: Mutex::new(nodes), views, raft_timing })
     }
 
@@ -120,10 +110,7 @@ impl World {
             timing: Timing {
                 heartbeat: self.raft_timing.0,
                 election: self.raft_timing.1,
-                reconcile_every: Duration::from_millis(200),
-                start_timeout: Duration::from_secs(20),
-                call_deadline: Duration::from_secs(10),
-                max_staleness: Duration::from_secs(30),
+                ..fast_timing()
             },
             ..Config::default()
         };
@@ -150,9 +137,7 @@ fn view(nodes: &[Option<TailnetNode>], me: usize) -> ClusterView {
 /// Three nodes started at the same moment, expecting three.
 async fn three(world: &World) -> Vec<Consensus<Counter>> {
     let (a, b, c) = tokio::join!(world.start(0, 3), world.start(1, 3), world.start(2, 3));
-    for kv in [&a, &b, &c] {
-        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
-    }
+    cluster::wait_for_leader([&a, &b, &c], 3).await;
     vec![a, b, c]
 }
 

@@ -17,6 +17,31 @@ use ts_transport::MemNetwork;
 /// How long a cluster may take to elect a leader.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The address of node `i` of a [`Tailnet`] on `subnet`:
+/// `10.<subnet>.0.<i + 1>`.
+pub fn ip(subnet: u8, i: usize) -> IpAddr {
+    IpAddr::V4(ipv4(subnet, i))
+}
+
+fn ipv4(subnet: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, subnet, 0, i as u8 + 1)
+}
+
+/// Node `i` on `subnet` (at [`ip`]) as the tailnet shows it: carrying
+/// `tag`, online, with a path.
+pub fn tailnet_node(tag: &str, subnet: u8, i: usize, id: &str, hostname: &str) -> TailnetNode {
+    TailnetNode {
+        id: StableNodeId(id.to_owned()),
+        hostname: hostname.to_owned(),
+        dns_name: String::new(),
+        ipv4: Some(ipv4(subnet, i)),
+        ipv6: None,
+        tags: BTreeSet::from([tag.to_owned()]),
+        online: true,
+        has_path: true,
+    }
+}
+
 /// The nodes of an in-memory tailnet: node `i` at `10.<subnet>.0.<i + 1>`,
 /// tagged with the tag, online, with a path.
 #[derive(Clone, Debug)]
@@ -69,26 +94,13 @@ impl Tailnet {
 
     /// Node `i`'s address.
     pub fn ip(&self, i: usize) -> IpAddr {
-        IpAddr::V4(self.ipv4(i))
-    }
-
-    fn ipv4(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, self.subnet, 0, i as u8 + 1)
+        ip(self.subnet, i)
     }
 
     /// Node `i` as the tailnet shows it: tagged, online, with a path.
     pub fn node(&self, i: usize) -> TailnetNode {
         let (id, hostname) = &self.names[i];
-        TailnetNode {
-            id: StableNodeId(id.clone()),
-            hostname: hostname.clone(),
-            dns_name: String::new(),
-            ipv4: Some(self.ipv4(i)),
-            ipv6: None,
-            tags: BTreeSet::from([self.tag.clone()]),
-            online: true,
-            has_path: true,
-        }
+        tailnet_node(&self.tag, self.subnet, i, id, hostname)
     }
 
     /// Node `me`'s view: every other node, those in `offline` shown

@@ -58,13 +58,7 @@ impl StateMachine for Recorder {
 
 /// Timings fast enough for tests, slow enough for a loaded 2-core machine.
 pub fn fast_config() -> RaftConfig {
-    RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-        install_snapshot_timeout: Duration::from_secs(5),
-        propose_timeout: Duration::from_secs(5),
-        ..RaftConfig::default()
-    }
+    test_support::fast_raft()
 }
 
 pub const RAFT_PORT: u16 = 7000;
