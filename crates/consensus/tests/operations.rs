@@ -5,13 +5,14 @@
 mod common;
 
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use consensus::{Config, Consistency, Role, StopMode, StorageFaults};
 use serde_json::json;
 use test_support::cluster::MemCluster;
+use test_support::{eventually, eventually_every};
 
 /// The staged restore's file in a state directory.
 const PENDING_RESTORE: &str = "restore.pending";
@@ -24,8 +25,6 @@ fn config(dir: &Path) -> Config {
 struct Cluster {
     world: World,
     cluster: MemCluster<Tally>,
-    dirs: Vec<PathBuf>,
-    _temp: tempfile::TempDir,
 }
 
 impl Deref for Cluster {
@@ -48,11 +47,9 @@ impl Cluster {
 
     /// A cluster whose node `i` runs with `config(i, its state dir)`.
     async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
-        let temp = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
-        let cluster = MemCluster::start(World::new(n).tailnet(), |i| config(i, &dirs[i])).await;
+        let cluster = MemCluster::start_durable(World::new(n).tailnet(), config).await;
         let world = World { net: cluster.net.clone(), n };
-        Cluster { world, cluster, dirs, _temp: temp }
+        Cluster { world, cluster }
     }
 
     /// Starts node `i` again on its state directory.
@@ -403,11 +400,7 @@ async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
     for &i in &others {
         cluster.restart(i).await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "the staged restore is still armed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, "the staged restore disarmed", async || !pending.exists()).await;
     assert!(cluster.dirs[keep].join("restore.cancelled").exists());
     let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
     assert_eq!(s["pending_restore"], json!(null), "{s}");
@@ -489,15 +482,18 @@ async fn a_followers_readiness_uses_the_leaders_commit_index() {
     let follower = (leader + 1) % 3;
     // The leader's index is learned about once a second: wait for a round
     // after the writes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
-        let learned = s["readiness"]["leader_committed_index"].as_u64();
-        if learned.is_some_and(|i| i >= 3) || tokio::time::Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let s = eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "the leader's committed index learned",
+        async || {
+            let (_, s) =
+                admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+            let learned = s["readiness"]["leader_committed_index"].as_u64();
+            if learned.is_some_and(|i| i >= 3) { Ok(s) } else { Err(s.to_string()) }
+        },
+    )
+    .await;
     let readiness = &s["readiness"];
     let learned = readiness["leader_committed_index"].as_u64();
     assert!(learned.is_some_and(|i| i >= 3), "{s}");

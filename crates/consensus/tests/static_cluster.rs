@@ -23,9 +23,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A state machine in the Go package's shape: named commands with JSON
 /// arguments, results with an error string.
 #[derive(Default)]
-struct Counter {
-    value: i64,
-}
+struct Counter(test_support::Counter);
 
 impl StateMachine for Counter {
     type Command = DynamicCommand;
@@ -36,8 +34,7 @@ impl StateMachine for Counter {
     fn apply(&mut self, command: DynamicCommand) -> DynamicResult {
         match (command.name.as_str(), command.args.as_i64()) {
             ("add", Some(n)) => {
-                self.value += n;
-                DynamicResult { error: None, result: serde_json::json!(self.value) }
+                DynamicResult { error: None, result: serde_json::json!(self.0.apply(n)) }
             }
             (name, _) => DynamicResult {
                 error: Some(format!("unknown command {name:?} or bad args")),
@@ -45,17 +42,14 @@ impl StateMachine for Counter {
             },
         }
     }
-    fn query(&self, _: &()) -> i64 {
-        self.value
+    fn query(&self, query: &()) -> i64 {
+        self.0.query(query)
     }
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(&self.value.to_le_bytes())
+        self.0.snapshot(out)
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        let mut bytes = [0u8; 8];
-        input.read_exact(&mut bytes)?;
-        self.value = i64::from_le_bytes(bytes);
-        Ok(())
+        self.0.restore(input)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,12 +175,39 @@ pub struct MemCluster<S: StateMachine> {
     pub discovery: Vec<Arc<StaticDiscovery>>,
     /// The nodes; `None` while stopped.
     pub nodes: Vec<Option<Consensus<S>>>,
+    /// Each node's state directory ([`MemCluster::start_durable`]; empty
+    /// otherwise).
+    pub dirs: Vec<PathBuf>,
+    temp: Option<tempfile::TempDir>,
 }
 
 impl<S: StateMachine + Default> MemCluster<S> {
     /// Starts every node of `tailnet` at once, node `i` with `config(i)`
     /// and a fresh state machine, and waits until they agree on a leader.
     pub async fn start(tailnet: Tailnet, config: impl Fn(usize) -> Config) -> MemCluster<S> {
+        MemCluster::start_in(tailnet, None, config).await
+    }
+
+    /// [`MemCluster::start`] with durable state: node `i` runs with
+    /// `config(i, dir)`, its state directory named after its hostname in a
+    /// temporary directory that lives as long as the cluster.
+    pub async fn start_durable(
+        tailnet: Tailnet,
+        config: impl Fn(usize, &Path) -> Config,
+    ) -> MemCluster<S> {
+        let temp = tempfile::tempdir().expect("a temporary directory");
+        let dirs: Vec<PathBuf> =
+            (0..tailnet.len()).map(|i| temp.path().join(tailnet.hostname(i))).collect();
+        let mut cluster = MemCluster::start_in(tailnet, Some(temp), |i| config(i, &dirs[i])).await;
+        cluster.dirs = dirs;
+        cluster
+    }
+
+    async fn start_in(
+        tailnet: Tailnet,
+        temp: Option<tempfile::TempDir>,
+        config: impl Fn(usize) -> Config,
+    ) -> MemCluster<S> {
         let net = MemNetwork::new();
         let n = tailnet.len();
         let discovery: Vec<Arc<StaticDiscovery>> = (0..n).map(|i| tailnet.discovery(i)).collect();
@@ -197,7 +225,7 @@ impl<S: StateMachine + Default> MemCluster<S> {
             nodes.push(Some(node.unwrap_or_else(|e| panic!("node {i}: {e}"))));
         }
         wait_for_leader(nodes.iter().flatten(), n).await;
-        MemCluster { net, tailnet, discovery, nodes }
+        MemCluster { net, tailnet, discovery, nodes, dirs: Vec::new(), temp }
     }
 
     /// Starts node `i` again (on its state directory, if `config` has
@@ -219,6 +247,12 @@ impl<S: StateMachine + Default> MemCluster<S> {
 }
 
 impl<S: StateMachine> MemCluster<S> {
+    /// The temporary directory that holds the state directories (of a
+    /// cluster from [`MemCluster::start_durable`]), for other files too.
+    pub fn temp_dir(&self) -> &Path {
+        self.temp.as_ref().expect("a durable cluster").path()
+    }
+
     /// Node `i`, which must be running.
     pub fn node(&self, i: usize) -> &Consensus<S> {
         self.nodes[i].as_ref().unwrap_or_else(|| panic!("node {i} is stopped"))
@@ -246,5 +280,6 @@ impl<S: StateMachine> MemCluster<S> {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
         }
+        drop(self.temp.take());
     }
 }

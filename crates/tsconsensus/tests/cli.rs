@@ -4,8 +4,7 @@
 //! status, and the messages of its refusals.
 
 use std::io::{Read, Write};
-use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -22,27 +21,14 @@ fn tailnet(n: usize) -> Tailnet {
 }
 
 /// The cluster, with a state directory per node.
-struct Cluster {
-    cluster: MemCluster<Counter>,
-    dirs: Vec<PathBuf>,
-    _temp: tempfile::TempDir,
-}
-
-impl Deref for Cluster {
-    type Target = MemCluster<Counter>;
-    fn deref(&self) -> &MemCluster<Counter> {
-        &self.cluster
-    }
-}
-
-impl DerefMut for Cluster {
-    fn deref_mut(&mut self) -> &mut MemCluster<Counter> {
-        &mut self.cluster
-    }
-}
+type Cluster = MemCluster<Counter>;
 
 fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
+}
+
+async fn start_cluster(n: usize) -> Cluster {
+    MemCluster::start_durable(tailnet(n), |_, dir| config(dir)).await
 }
 
 /// Starts node `i` of `n` again on its state directory.
@@ -51,15 +37,6 @@ async fn start(net: &MemNetwork, i: usize, n: usize, dir: &Path) -> Consensus<Co
     start_node(net, &tailnet, i, tailnet.discovery(i), Counter::default(), n, config(dir))
         .await
         .unwrap_or_else(|e| panic!("node {i}: {e}"))
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        let temp = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("ops-{i}"))).collect();
-        let cluster = MemCluster::start(tailnet(n), |i| config(&dirs[i])).await;
-        Cluster { cluster, dirs, _temp: temp }
-    }
 }
 
 /// Runs the binary with `args` (off the runtime's threads).
@@ -123,7 +100,7 @@ fn refused(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_end_to_end() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     for n in 1..=4 {
         cluster.node(0).execute(n).await.unwrap();
     }
@@ -162,7 +139,7 @@ async fn every_command_end_to_end() {
     assert!(text.starts_with("snapshot built at index"), "{text}");
 
     // backup: a private file, a valid backup.
-    let file = cluster._temp.path().join("sum.backup");
+    let file = cluster.temp_dir().join("sum.backup");
     let file_arg = file.to_string_lossy().into_owned();
     let text = ok(&on(&cluster, third, &["backup", &file_arg]).await);
     assert!(text.contains("written to") && !text.contains("note:"), "{text}");
@@ -206,7 +183,7 @@ async fn every_command_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
-    let cluster = Cluster::start(1).await;
+    let cluster = start_cluster(1).await;
     let err = refused(&cli(&["status"]).await);
     assert!(err.contains("--state-dir"), "{err}");
     let err = refused(&cli(&["--state-dir", "/nonexistent/dir", "status"]).await);
@@ -226,7 +203,7 @@ async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
     assert!(err.contains("no_such_member") && err.contains("ops-0"), "{err}");
     let err = refused(&on(&cluster, 0, &["restore", "/nonexistent/file"]).await);
     assert!(err.contains("/nonexistent/file"), "{err}");
-    let junk = cluster._temp.path().join("junk");
+    let junk = cluster.temp_dir().join("junk");
     std::fs::write(&junk, b"not a backup").unwrap();
     let err = refused(&on(&cluster, 0, &["restore", &junk.to_string_lossy()]).await);
     assert!(err.contains("not a tsconsensus backup"), "{err}");
