@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use test_support::Rng;
+use test_support::{Rng, poll_until};
 
 use crate::linearizability::{Input, Operation, Output, check, write_bounds};
 use crate::nodes::{
@@ -310,17 +310,17 @@ impl Run<'_> {
     /// Waits (at most `limit`) until `node` is a voter in the leader's
     /// configuration.
     async fn wait_voter(&self, node: &Node, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        poll_until(limit, Duration::from_millis(250), async || {
             let id = node.status().await.and_then(|s| s.id);
-            if let (Some(id), Some(leader)) = (id, self.nodes.leader().await)
-                && leader.status().await.is_some_and(|s| s.voters.contains(&id))
-            {
-                return true;
+            match (id, self.nodes.leader().await) {
+                (Some(id), Some(leader)) => {
+                    leader.status().await.is_some_and(|s| s.voters.contains(&id))
+                }
+                _ => false,
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        false
+        })
+        .await
+        .is_ok()
     }
 
     /// Waits (at most `limit`) until wiping `victim` would leave a majority

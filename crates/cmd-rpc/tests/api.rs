@@ -18,6 +18,7 @@ use cmd_rpc::{
 use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
 use serde_json::value::RawValue;
+use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::{MemNetwork, PeerAddr, Transport};
 
@@ -239,26 +240,21 @@ impl Cluster {
     /// has it in its configuration, which a follower learns only from the
     /// leader's first entries).
     async fn leader(&self) -> usize {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for (i, node) in self.nodes.iter().enumerate() {
-                let Some(node) = node else { continue };
-                let m = node.service.node().metrics();
+        eventually(WAIT, "a leader every voter routes to", async || {
+            self.nodes.iter().enumerate().find_map(|(i, node)| {
+                let m = node.as_ref()?.service.node().metrics();
                 if m.role != Role::Leader {
-                    continue;
+                    return None;
                 }
                 let routed = self.nodes.iter().flatten().all(|other| {
                     let o = other.service.node().metrics();
                     !m.voters.contains(&o.id)
                         || (o.leader == Some(m.id) && o.nodes.contains_key(&m.id))
                 });
-                if routed {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                routed.then_some(i)
+            })
+        })
+        .await
     }
 
     async fn stop(&mut self, i: usize) {
@@ -291,11 +287,11 @@ impl Cluster {
     }
 
     async fn wait_log_len(&self, i: usize, len: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log(i).len() < len {
-            assert!(Instant::now() < deadline, "node {i} applied {} of {len}", self.log(i).len());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, format_args!("node {i} applies {len} commands"), async || {
+            let applied = self.log(i).len();
+            if applied >= len { Ok(()) } else { Err(format!("applied {applied}")) }
+        })
+        .await;
     }
 }
 
@@ -1150,18 +1146,10 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
         service.execute(&put(session, 2, "b", "1"), deadline(30), false).await
     });
     // The others elect a leader and evict the session.
-    let deadline_at = Instant::now() + WAIT;
-    let new_leader = loop {
-        let leading = others
-            .iter()
-            .copied()
-            .find(|&i| cluster.service(i).node().metrics().role == Role::Leader);
-        if let Some(i) = leading {
-            break i;
-        }
-        assert!(Instant::now() < deadline_at, "no new leader within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_leader = eventually(WAIT, "a new leader", async || {
+        others.iter().copied().find(|&i| cluster.service(i).node().metrics().role == Role::Leader)
+    })
+    .await;
     cluster.session(new_leader).await;
     cluster.session(new_leader).await;
     cluster.net.heal_all();

@@ -21,7 +21,7 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
-use test_support::{cluster, fast_timing};
+use test_support::{cluster, eventually, eventually_every, fast_timing};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
@@ -128,11 +128,7 @@ async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
     mut done: impl FnMut() -> F,
 ) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_every(within, Duration::from_millis(10), what, async || done().await).await;
 }
 
 fn promised_to(state: &Option<ProbeState>, holder: &str) -> bool {
@@ -205,17 +201,11 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     );
     // 6, 7: rc promises ra; ra hears of it and decides. Before the fix ra
     // forms a cluster of its own; with it, ra's confirm binds rc.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if starts[0].as_ref().is_some_and(|s| s.is_finished()) {
-            break;
-        }
-        if matches!(probe(&net, 1, 2).await, Some(ProbeState::Member { .. })) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ra neither formed nor bound rc");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "ra formed or bound rc", async || {
+        starts[0].as_ref().is_some_and(|s| s.is_finished())
+            || matches!(probe(&net, 1, 2).await, Some(ProbeState::Member { .. }))
+    })
+    .await;
     // 9: rc's view catches up: ra is gone, rb is online.
     views[2].set(view(2, &[(1, true)]));
     // 10, 11: rb asks rc and decides. Give it time to form (it would

@@ -69,14 +69,15 @@ pub async fn eventually_every<C: Condition>(
     }
 }
 
-/// Polls `poll` every `every` until its condition holds: its value, or
-/// `None` once `within` has passed (for callers that go on without it).
+/// Polls `poll` every `every` until its condition holds: its value, or,
+/// once `within` has passed, `Err` with the last reason it gave (for
+/// callers that go on without it or report it their own way).
 pub async fn poll_until<C: Condition>(
     within: Duration,
     every: Duration,
     poll: impl AsyncFnMut() -> C,
-) -> Option<C::Output> {
-    until(within, every, poll).await.ok()
+) -> Result<C::Output, Option<String>> {
+    until(within, every, poll).await
 }
 
 async fn until<C: Condition>(
@@ -146,7 +147,7 @@ mod tests {
     async fn poll_until_gives_up_at_the_deadline() {
         let started = Instant::now();
         let found = poll_until(Duration::from_secs(2), Duration::from_millis(300), async || false);
-        assert_eq!(found.await, None);
+        assert_eq!(found.await, Err(None));
         assert!(started.elapsed() >= Duration::from_secs(2));
     }
 
