@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use test_support::{Rng, poll_until};
 
 use crate::linearizability::{Input, Operation, Output, check, write_bounds};
 use crate::nodes::{
@@ -263,35 +264,6 @@ impl ChaosReport {
     }
 }
 
-/// xorshift64*, seeded per use.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low + 1))
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {
-        (!items.is_empty()).then(|| items[self.below(items.len() as u64) as usize].clone())
-    }
-}
-
 /// Which fault comes at which position: the required kinds at seeded
 /// places among the first ones, the others drawn from `kinds`.
 fn forced_slots(require: &[FaultKind], rng: &mut Rng) -> BTreeMap<usize, FaultKind> {
@@ -338,17 +310,17 @@ impl Run<'_> {
     /// Waits (at most `limit`) until `node` is a voter in the leader's
     /// configuration.
     async fn wait_voter(&self, node: &Node, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
+        poll_until(limit, Duration::from_millis(250), async || {
             let id = node.status().await.and_then(|s| s.id);
-            if let (Some(id), Some(leader)) = (id, self.nodes.leader().await)
-                && leader.status().await.is_some_and(|s| s.voters.contains(&id))
-            {
-                return true;
+            match (id, self.nodes.leader().await) {
+                (Some(id), Some(leader)) => {
+                    leader.status().await.is_some_and(|s| s.voters.contains(&id))
+                }
+                _ => false,
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        false
+        })
+        .await
+        .is_ok()
     }
 
     /// Waits (at most `limit`) until wiping `victim` would leave a majority

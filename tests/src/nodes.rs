@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use test_support::poll_until;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -604,16 +605,11 @@ impl Nodes {
 
     /// Waits until the active nodes form one cluster ([`Nodes::one_cluster`]).
     pub async fn settled(&self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.one_cluster().await {
-                Ok(()) => return Ok(()),
-                Err(last) if Instant::now() >= deadline => {
-                    return Err(format!("not one cluster after {timeout:?}: {last}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+        poll_until(timeout, Duration::from_millis(200), async || self.one_cluster().await)
+            .await
+            .map_err(|last| {
+                format!("not one cluster after {timeout:?}: {}", last.unwrap_or_default())
+            })
     }
 
     /// A call that must succeed eventually (the final reads): retried on

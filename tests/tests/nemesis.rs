@@ -13,20 +13,19 @@
 //!
 //! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
 
-#[path = "../../crates/consensus/examples/kv/store.rs"]
-mod store;
-
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
-use store::{KvCommand, KvQuery, KvResponse, KvStore};
+use test_support::cluster;
+use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
+use test_support::{Rng, fast_timing, seed_from_env};
 use tests::linearizability::{Input, Operation, Output, check, write_bounds};
 use tokio::runtime::{Handle, Runtime};
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
 const NODES: usize = 3;
@@ -35,32 +34,13 @@ const KEYS: usize = 3;
 const RUN: Duration = Duration::from_secs(8);
 const TAG: &str = "tag:nemesis";
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, m: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % m
-    }
-}
-
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 9, 0, i as u8 + 1))
+    cluster::ip(9, i)
 }
 
 fn tailnet_node(i: usize) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(format!("nemesis-{i}")),
-        hostname: format!("nemesis-{i}"),
-        dns_name: String::new(),
-        ipv4: Some(Ipv4Addr::new(10, 9, 0, i as u8 + 1)),
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online: true,
-        has_path: true,
-    }
+    let name = format!("nemesis-{i}");
+    cluster::tailnet_node(TAG, 9, i, &name, &name)
 }
 
 /// A running node: the handle, and the runtime all of its tasks live on.
@@ -83,12 +63,12 @@ async fn start_node(net: MemNetwork, dir: PathBuf, i: usize) -> Consensus<KvStor
         monitor_port: None,
         state_dir: Some(dir),
         timing: Timing {
-            heartbeat: Duration::from_millis(100),
             election: (Duration::from_millis(400), Duration::from_millis(800)),
             call_deadline: Duration::from_secs(3),
             start_timeout: Duration::from_secs(30),
             reconcile_every: Duration::from_secs(1),
             max_staleness: Duration::from_secs(60),
+            ..fast_timing()
         },
         ..Config::default()
     };
@@ -167,7 +147,7 @@ async fn client(
     start: Instant,
     history: Arc<Mutex<Vec<Operation>>>,
 ) {
-    let mut rng = Rng(seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng = Rng::new(seed ^ (id as u64 + 1));
     let mut n = 0u64;
     let answer = |r: KvResponse| match r {
         KvResponse::Previous(prev) => Output::Previous(prev),
@@ -179,11 +159,12 @@ async fn client(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let key = format!("k{}", rng.next(KEYS as u64));
+        let key = format!("k{}", rng.below(KEYS as u64));
         n += 1;
         let call = micros(start);
         // `None`: the node crashed during the call (or was down).
-        let (input, result): (Input, Option<Result<Output, consensus::Error>>) = match rng.next(4) {
+        let (input, result): (Input, Option<Result<Output, consensus::Error>>) = match rng.below(4)
+        {
             0 | 1 => {
                 let value = format!("c{id}-{n}");
                 let command = KvCommand::Put { key: key.clone(), value: value.clone() };
@@ -204,8 +185,8 @@ async fn client(
                 (Input::Get, result)
             }
             _ => {
-                let expected = (rng.next(2) == 0)
-                    .then(|| format!("c{}-{}", rng.next(CLIENTS as u64), rng.next(n.max(1)) + 1));
+                let expected = (rng.below(2) == 0)
+                    .then(|| format!("c{}-{}", rng.below(CLIENTS as u64), rng.below(n.max(1)) + 1));
                 let new = format!("c{id}-{n}");
                 let command = KvCommand::Cas {
                     key: key.clone(),
@@ -235,15 +216,7 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
-    let seed =
-        std::env::var("NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
-    eprintln!("nemesis seed {seed} (replay with NEMESIS_SEED={seed})");
+    let seed = seed_from_env("NEMESIS_SEED");
     let cluster = Arc::new(Cluster {
         net: MemNetwork::new(),
         dirs: tempfile::tempdir().unwrap(),
@@ -265,16 +238,16 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
         .collect();
 
     // The nemesis.
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut faults = Vec::new();
     while start.elapsed() < RUN - Duration::from_millis(1500) {
-        tokio::time::sleep(Duration::from_millis(300 + rng.next(500))).await;
-        let victim = rng.next(NODES as u64) as usize;
-        match rng.next(3) {
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(500))).await;
+        let victim = rng.below(NODES as u64) as usize;
+        match rng.below(3) {
             0 => {
                 faults.push(format!("isolate {victim}"));
                 cluster.net.isolate(ip(victim));
-                tokio::time::sleep(Duration::from_millis(200 + rng.next(800))).await;
+                tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
                 cluster.net.heal_all();
             }
             1 => {
@@ -284,14 +257,14 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
                 if let Some(leader) = leader {
                     faults.push(format!("cut off leader {leader}"));
                     cluster.net.isolate(ip(leader));
-                    tokio::time::sleep(Duration::from_millis(500 + rng.next(1000))).await;
+                    tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
                     cluster.net.heal_all();
                 }
             }
             _ => {
                 faults.push(format!("crash and restart {victim}"));
                 cluster.crash(victim).await;
-                tokio::time::sleep(Duration::from_millis(100 + rng.next(500))).await;
+                tokio::time::sleep(Duration::from_millis(100 + rng.below(500))).await;
                 cluster.start(victim).await;
             }
         }

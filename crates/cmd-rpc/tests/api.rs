@@ -18,6 +18,7 @@ use cmd_rpc::{
 use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
 use serde_json::json;
 use serde_json::value::RawValue;
+use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use ts_transport::{MemNetwork, PeerAddr, Transport};
@@ -182,12 +183,7 @@ fn identify_all_but_intruder() -> raft_core::Identify {
 
 impl Cluster {
     fn raft_config() -> RaftConfig {
-        RaftConfig {
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-            propose_timeout: Duration::from_secs(3),
-            ..RaftConfig::default()
-        }
+        RaftConfig { propose_timeout: Duration::from_secs(3), ..test_support::fast_raft() }
     }
 
     async fn start_node(
@@ -282,26 +278,21 @@ impl Cluster {
     /// has it in its configuration, which a follower learns only from the
     /// leader's first entries).
     async fn leader(&self) -> usize {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            for (i, node) in self.nodes.iter().enumerate() {
-                let Some(node) = node else { continue };
-                let m = node.service.node().metrics();
+        eventually(WAIT, "a leader every voter routes to", async || {
+            self.nodes.iter().enumerate().find_map(|(i, node)| {
+                let m = node.as_ref()?.service.node().metrics();
                 if m.role != Role::Leader {
-                    continue;
+                    return None;
                 }
                 let routed = self.nodes.iter().flatten().all(|other| {
                     let o = other.service.node().metrics();
                     !m.voters.contains(&o.id)
                         || (o.leader == Some(m.id) && o.nodes.contains_key(&m.id))
                 });
-                if routed {
-                    return i;
-                }
-            }
-            assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                routed.then_some(i)
+            })
+        })
+        .await
     }
 
     async fn stop(&mut self, i: usize) {
@@ -334,11 +325,11 @@ impl Cluster {
     }
 
     async fn wait_log_len(&self, i: usize, len: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log(i).len() < len {
-            assert!(Instant::now() < deadline, "node {i} applied {} of {len}", self.log(i).len());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, format_args!("node {i} applies {len} commands"), async || {
+            let applied = self.log(i).len();
+            if applied >= len { Ok(()) } else { Err(format!("applied {applied}")) }
+        })
+        .await;
     }
 }
 
@@ -1051,9 +1042,6 @@ async fn the_http_client_forwards_through_a_real_server() {
     cluster.shutdown().await;
 }
 
-#[path = "../../raft-core/tests/seeded/mod.rs"]
-mod seeded;
-
 /// A body for `path` that the node accepts, to mutate.
 fn valid_body(path: &str) -> String {
     match path {
@@ -1139,7 +1127,8 @@ fn fuzzed_bodies_on_every_endpoint_get_a_clear_answer_and_the_node_survives() {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cluster = runtime.block_on(Cluster::new(1, 1));
     let caller = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 50));
-    let mut runner = proptest::test_runner::TestRunner::new(seeded::config(300, 0x0f22_b0d1));
+    let mut runner =
+        proptest::test_runner::TestRunner::new(test_support::proptest_config(300, 0x0f22_b0d1));
     let result = runner.run(&fuzzed_body(), |(path, body)| {
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
@@ -1267,18 +1256,10 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
         service.execute(&put(session, 2, "b", "1"), deadline(30), Origin::Client).await
     });
     // The others elect a leader and evict the session.
-    let deadline_at = Instant::now() + WAIT;
-    let new_leader = loop {
-        let leading = others
-            .iter()
-            .copied()
-            .find(|&i| cluster.service(i).node().metrics().role == Role::Leader);
-        if let Some(i) = leading {
-            break i;
-        }
-        assert!(Instant::now() < deadline_at, "no new leader within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new_leader = eventually(WAIT, "a new leader", async || {
+        others.iter().copied().find(|&i| cluster.service(i).node().metrics().role == Role::Leader)
+    })
+    .await;
     cluster.session(new_leader).await;
     cluster.session(new_leader).await;
     cluster.net.heal_all();

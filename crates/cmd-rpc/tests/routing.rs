@@ -14,6 +14,7 @@ use cmd_rpc::{CommandClient, CommandConfig, Origin, RpcError};
 use common::*;
 use raft_core::network::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use test_support::eventually;
 use tokio::time::Instant;
 use ts_transport::{Faults, MemNetwork, Transport};
 
@@ -91,15 +92,10 @@ async fn form(nodes: &[&Node]) {
 }
 
 async fn leader_of(nodes: &[Node]) -> usize {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(i) = nodes.iter().position(|n| n.service.node().metrics().role == Role::Leader)
-        {
-            return i;
-        }
-        assert!(Instant::now() < deadline, "no leader within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "a leader", async || {
+        nodes.iter().position(|n| n.service.node().metrics().role == Role::Leader)
+    })
+    .await
 }
 
 /// The leader vanishes the way a process killed behind tsnet does: its

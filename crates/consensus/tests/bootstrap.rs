@@ -13,7 +13,7 @@
 //!   fresh node never stores a cluster id on another node's word.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
+use test_support::{cluster, eventually, eventually_every, fast_timing};
 use tokio::task::JoinHandle;
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:boot";
@@ -57,23 +58,11 @@ impl StateMachine for Nothing {
 const NAMES: [&str; 3] = ["ra", "rb", "rc"];
 
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 5, 0, i as u8 + 1))
+    cluster::ip(5, i)
 }
 
 fn node(i: usize, online: bool) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(NAMES[i].to_owned()),
-        hostname: NAMES[i].to_owned(),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online,
-        has_path: true,
-    }
+    TailnetNode { online, ..cluster::tailnet_node(TAG, 5, i, NAMES[i], NAMES[i]) }
 }
 
 /// Node `me`'s view: itself, and the peers given with their online flag
@@ -92,14 +81,7 @@ fn config(i: usize, start_timeout: Duration, state_dir: Option<PathBuf>) -> Conf
         command_port: command_port(i),
         seed_command_ports: if i == 0 { vec![PORT] } else { Vec::new() },
         state_dir,
-        timing: Timing {
-            heartbeat: Duration::from_millis(100),
-            election: (Duration::from_millis(500), Duration::from_millis(1000)),
-            reconcile_every: Duration::from_millis(200),
-            start_timeout,
-            call_deadline: Duration::from_secs(10),
-            max_staleness: Duration::from_secs(60),
-        },
+        timing: Timing { start_timeout, max_staleness: Duration::from_secs(60), ..fast_timing() },
         ..Config::default()
     }
 }
@@ -149,11 +131,7 @@ async fn until<F: std::future::Future<Output = bool>>(
     what: &str,
     mut done: impl FnMut() -> F,
 ) {
-    let deadline = Instant::now() + within;
-    while !done().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_every(within, Duration::from_millis(10), what, async || done().await).await;
 }
 
 fn promised_to(state: &Option<ProbeState>, holder: &str) -> bool {
@@ -227,17 +205,11 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     );
     // 6, 7: rc promises ra; ra hears of it and decides. Before the fix ra
     // forms a cluster of its own; with it, ra's confirm binds rc.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if starts[0].as_ref().is_some_and(|s| s.is_finished()) {
-            break;
-        }
-        if matches!(probe(&net, 1, 2).await, Some(ProbeState::Member { .. })) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ra neither formed nor bound rc");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "ra formed or bound rc", async || {
+        starts[0].as_ref().is_some_and(|s| s.is_finished())
+            || matches!(probe(&net, 1, 2).await, Some(ProbeState::Member { .. }))
+    })
+    .await;
     // 9: rc's view catches up: ra is gone, rb is online.
     views[2].set(view(2, &[(1, true)]));
     // 10, 11: rb asks rc and decides. Give it time to form (it would

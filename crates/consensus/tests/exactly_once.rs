@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use consensus::{Consistency, Error, StopMode, Timing};
+use test_support::eventually;
 
 /// Slow raft timings, so that a few hundred milliseconds of link delay do
 /// not disturb elections.
@@ -66,15 +67,11 @@ async fn a_prepared_command_retried_after_an_unknown_outcome_is_applied_once() {
 
 /// Waits (with a deadline) until `node` has applied the command tagged `tag`.
 async fn wait_until_applied(node: &consensus::Consensus<Tally>, tag: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, format_args!("{tag} applied"), async || {
         let (_, applied) = node.read((), Consistency::Local).await.expect("local read");
-        if applied.iter().any(|t| t == tag) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{tag} not applied within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        applied.iter().any(|t| t == tag)
+    })
+    .await
 }
 
 fn small_table(_: usize) -> consensus::Config {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use consensus::{Config, Consensus, Consistency, Error, StopMode, StorageFaults};
+use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::Transport as _;
 
@@ -123,11 +124,7 @@ async fn assert_stopped_everywhere(
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["code"], "fatal", "{path}: {answer}");
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while raft_port_open(world, peer, i).await {
-        assert!(tokio::time::Instant::now() < deadline, "the raft port stayed open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "the raft port closes", async || !raft_port_open(world, peer, i).await).await;
 }
 
 async fn healthy(node: &Consensus<Tally>) {

@@ -11,18 +11,17 @@
 //! - a stale incarnation is replaced in one change: the voter count never
 //!   drops.
 
-#[path = "../examples/kv/store.rs"]
-mod store;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, Error, Role, StopMode, Timing};
-use store::{KvCommand, KvQuery, KvStore};
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use test_support::cluster;
+use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::{Rng, fast_timing, seeds_from_env};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:id";
@@ -32,34 +31,15 @@ const WAIT: Duration = Duration::from_secs(30);
 const CLUSTER_PORT: u16 = 7001;
 
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 4, 0, i as u8 + 1))
+    cluster::ip(4, i)
 }
 
 fn tailnet_node(name: &str, i: usize, online: bool) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(name.to_owned()),
-        hostname: name.to_owned(),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online,
-        has_path: true,
-    }
+    TailnetNode { online, ..cluster::tailnet_node(TAG, 4, i, name, name) }
 }
 
 fn timing(start_timeout: Duration) -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(100),
-        election: (Duration::from_millis(500), Duration::from_millis(1000)),
-        reconcile_every: Duration::from_millis(200),
-        start_timeout,
-        call_deadline: Duration::from_secs(10),
-        max_staleness: Duration::from_secs(60),
-    }
+    Timing { start_timeout, max_staleness: Duration::from_secs(60), ..fast_timing() }
 }
 
 /// Nodes named `names[i]` at `ip(i)`, each seeing every other one tagged
@@ -138,10 +118,7 @@ async fn start_all(world: &World, expected: usize) -> Vec<Consensus<KvStore>> {
     for (i, start) in starts.into_iter().enumerate() {
         nodes.push(start.await.expect("start task").unwrap_or_else(|e| panic!("node {i}: {e}")));
     }
-    let n = nodes.len();
-    for node in &nodes {
-        node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
-    }
+    cluster::wait_for_leader(&nodes, nodes.len()).await;
     nodes
 }
 
@@ -340,18 +317,6 @@ async fn a_fresh_node_whose_probes_get_403_never_forms_a_second_cluster() {
     fresh_node_next_to_a_cluster(ProbeFault::Forbidden).await;
 }
 
-/// A tiny deterministic generator for the seeded start-up test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, m: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % m
-    }
-}
-
 /// Five fresh nodes started at seeded moments over links with seeded delays
 /// form exactly one cluster. `IDENTITY_SEED` replays one seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,21 +326,17 @@ async fn fresh_nodes_started_together_form_exactly_one_cluster() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let seeds: Vec<u64> = match std::env::var("IDENTITY_SEED") {
-        Ok(seed) => vec![seed.parse().expect("IDENTITY_SEED is a number")],
-        Err(_) => vec![1, 2, 3, 4],
-    };
-    for seed in seeds {
+    for seed in seeds_from_env("IDENTITY_SEED", &[1, 2, 3, 4]) {
         eprintln!("seed {seed} (replay with IDENTITY_SEED={seed})");
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let world = World::new(&["s0", "s1", "s2", "s3", "s4"], false);
         for i in 0..5 {
             for j in i + 1..5 {
-                world.net.set_delay(ip(i), ip(j), Duration::from_millis(rng.next(8)));
+                world.net.set_delay(ip(i), ip(j), Duration::from_millis(rng.below(8)));
             }
         }
-        let expected = 3 + rng.next(3) as usize;
-        let delays: Vec<u64> = (0..5).map(|_| rng.next(400)).collect();
+        let expected = 3 + rng.below(3) as usize;
+        let delays: Vec<u64> = (0..5).map(|_| rng.below(400)).collect();
         eprintln!("seed {seed}: expected_size {expected}, start delays {delays:?} ms");
         let starts: Vec<_> = (0..5)
             .map(|i| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use consensus::{Config, Consensus};
+use test_support::eventually_every;
 use tokio::io::AsyncWriteExt;
 use ts_transport::Transport as _;
 
@@ -25,15 +26,11 @@ async fn get(node: &Consensus<Tally>, path: &str) -> (u16, String) {
 
 /// Polls `path` on `node` until `check` holds for its answer, within WAIT.
 async fn until(node: &Consensus<Tally>, path: &str, check: impl Fn(u16, &str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually_every(WAIT, Duration::from_millis(50), format_args!("{path} changes"), async || {
         let (status, body) = get(node, path).await;
-        if check(status, &body) {
-            return body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{path} still answers {status} {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if check(status, &body) { Ok(body) } else { Err(format!("answers {status} {body}")) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use consensus::{Config, Consensus, Consistency, Role, StopMode, StorageFaults};
+use consensus::{Config, Consistency, Role, StopMode, StorageFaults};
 use serde_json::json;
-use ts_discovery::StaticDiscovery;
+use test_support::cluster::MemCluster;
+use test_support::{eventually, eventually_every};
 
 /// The staged restore's file in a state directory.
 const PENDING_RESTORE: &str = "restore.pending";
@@ -20,12 +21,23 @@ fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
 }
 
+/// A cluster with a state directory per node.
 struct Cluster {
     world: World,
-    nodes: Vec<Option<Consensus<Tally>>>,
-    discovery: Vec<Arc<StaticDiscovery>>,
-    dirs: Vec<PathBuf>,
-    _temp: tempfile::TempDir,
+    cluster: MemCluster<Tally>,
+}
+
+impl Deref for Cluster {
+    type Target = MemCluster<Tally>;
+    fn deref(&self) -> &MemCluster<Tally> {
+        &self.cluster
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut MemCluster<Tally> {
+        &mut self.cluster
+    }
 }
 
 impl Cluster {
@@ -35,58 +47,19 @@ impl Cluster {
 
     /// A cluster whose node `i` runs with `config(i, its state dir)`.
     async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
-        let world = World::new(n);
-        let temp = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("node-{i}"))).collect();
-        let discovery: Vec<Arc<StaticDiscovery>> = (0..n)
-            .map(|i| Arc::new(StaticDiscovery::new(world.view_with_offline(i, &[]))))
-            .collect();
-        let mut starting = Vec::new();
-        for i in 0..n {
-            let world = World { net: world.net.clone(), n };
-            let (config, discovery) = (config(i, &dirs[i]), discovery[i].clone());
-            starting.push(tokio::spawn(async move { world.start_on(i, config, discovery).await }));
-        }
-        let mut nodes = Vec::new();
-        for task in starting {
-            nodes.push(Some(task.await.unwrap()));
-        }
-        let cluster = Cluster { world, nodes, discovery, dirs, _temp: temp };
-        for node in cluster.running() {
-            node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
-        }
-        cluster
-    }
-
-    fn node(&self, i: usize) -> &Consensus<Tally> {
-        self.nodes[i].as_ref().expect("running")
-    }
-
-    fn running(&self) -> impl Iterator<Item = &Consensus<Tally>> {
-        self.nodes.iter().flatten()
-    }
-
-    fn leader(&self) -> usize {
-        let id = self.running().next().unwrap().metrics().leader.expect("a leader");
-        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).unwrap()
-    }
-
-    async fn stop(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
+        let cluster = MemCluster::start_durable(World::new(n).tailnet(), config).await;
+        let world = World { net: cluster.net.clone(), n };
+        Cluster { world, cluster }
     }
 
     /// Starts node `i` again on its state directory.
     async fn restart(&mut self, i: usize) {
-        let node = self.world.start_on(i, config(&self.dirs[i]), self.discovery[i].clone()).await;
-        self.nodes[i] = Some(node);
+        let config = config(&self.dirs[i]);
+        self.cluster.restart(i, config).await;
     }
 
-    async fn shutdown(mut self) {
-        for i in 0..self.nodes.len() {
-            self.stop(i).await;
-        }
+    async fn shutdown(self) {
+        self.cluster.shutdown().await;
     }
 }
 
@@ -457,11 +430,7 @@ async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
     for &i in &others {
         cluster.restart(i).await;
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while pending.exists() {
-        assert!(tokio::time::Instant::now() < deadline, "the staged restore is still armed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(WAIT, "the staged restore disarmed", async || !pending.exists()).await;
     assert!(cluster.dirs[keep].join("restore.cancelled").exists());
     let (_, s) = admin_json(&cluster.dirs[keep], "GET", "/v1/status", json!(null)).await;
     assert_eq!(s["pending_restore"], json!(null), "{s}");
@@ -543,15 +512,18 @@ async fn a_followers_readiness_uses_the_leaders_commit_index() {
     let follower = (leader + 1) % 3;
     // The leader's index is learned about once a second: wait for a round
     // after the writes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let s = loop {
-        let (_, s) = admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
-        let learned = s["readiness"]["leader_committed_index"].as_u64();
-        if learned.is_some_and(|i| i >= 3) || tokio::time::Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let s = eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        "the leader's committed index learned",
+        async || {
+            let (_, s) =
+                admin_json(&cluster.dirs[follower], "GET", "/v1/status", json!(null)).await;
+            let learned = s["readiness"]["leader_committed_index"].as_u64();
+            if learned.is_some_and(|i| i >= 3) { Ok(s) } else { Err(s.to_string()) }
+        },
+    )
+    .await;
     let readiness = &s["readiness"];
     let learned = readiness["leader_committed_index"].as_u64();
     assert!(learned.is_some_and(|i| i >= 3), "{s}");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, DynamicCommand, DynamicResult, StateMachine,
     StopMode, Timing,
 };
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use test_support::cluster;
+use test_support::{ELECTION, HEARTBEAT, fast_timing};
+use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
 const TAG: &str = "tag:c";
@@ -21,9 +23,7 @@ const WAIT: Duration = Duration::from_secs(20);
 /// A state machine in the Go package's shape: named commands with JSON
 /// arguments, results with an error string.
 #[derive(Default)]
-struct Counter {
-    value: i64,
-}
+struct Counter(test_support::Counter);
 
 impl StateMachine for Counter {
     type Command = DynamicCommand;
@@ -34,8 +34,7 @@ impl StateMachine for Counter {
     fn apply(&mut self, command: DynamicCommand) -> DynamicResult {
         match (command.name.as_str(), command.args.as_i64()) {
             ("add", Some(n)) => {
-                self.value += n;
-                DynamicResult { error: None, result: serde_json::json!(self.value) }
+                DynamicResult { error: None, result: serde_json::json!(self.0.apply(n)) }
             }
             (name, _) => DynamicResult {
                 error: Some(format!("unknown command {name:?} or bad args")),
@@ -43,38 +42,24 @@ impl StateMachine for Counter {
             },
         }
     }
-    fn query(&self, _: &()) -> i64 {
-        self.value
+    fn query(&self, query: &()) -> i64 {
+        self.0.query(query)
     }
     fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(&self.value.to_le_bytes())
+        self.0.snapshot(out)
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        let mut bytes = [0u8; 8];
-        input.read_exact(&mut bytes)?;
-        self.value = i64::from_le_bytes(bytes);
-        Ok(())
+        self.0.restore(input)
     }
 }
 
 fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+    cluster::ip(0, i)
 }
 
 fn tailnet_node(i: usize, tagged: bool, online: bool) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(format!("n{i}")),
-        hostname: format!("host-{i}"),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: if tagged { BTreeSet::from([TAG.to_owned()]) } else { BTreeSet::new() },
-        online,
-        has_path: true,
-    }
+    let node = cluster::tailnet_node(TAG, 0, i, &format!("n{i}"), &format!("host-{i}"));
+    TailnetNode { tags: if tagged { node.tags } else { BTreeSet::new() }, online, ..node }
 }
 
 /// The tailnet as the test declares it, pushed to every node's view.
@@ -91,8 +76,7 @@ impl World {
         let nodes: Vec<Option<TailnetNode>> =
             (0..n).map(|i| Some(tailnet_node(i, true, true))).collect();
         let views = (0..n).map(|i| Arc::new(StaticDiscovery::new(view(&nodes, i)))).collect();
-        let raft_timing =
-            (Duration::from_millis(100), (Duration::from_millis(500), Duration::from_millis(1000)));
+        let raft_timing = (HEARTBEAT, ELECTION);
         Arc::new(World { net: MemNetwork::new(), nodes: Mutex::new(nodes), views, raft_timing })
     }
 
@@ -120,10 +104,7 @@ impl World {
             timing: Timing {
                 heartbeat: self.raft_timing.0,
                 election: self.raft_timing.1,
-                reconcile_every: Duration::from_millis(200),
-                start_timeout: Duration::from_secs(20),
-                call_deadline: Duration::from_secs(10),
-                max_staleness: Duration::from_secs(30),
+                ..fast_timing()
             },
             ..Config::default()
         };
@@ -150,9 +131,7 @@ fn view(nodes: &[Option<TailnetNode>], me: usize) -> ClusterView {
 /// Three nodes started at the same moment, expecting three.
 async fn three(world: &World) -> Vec<Consensus<Counter>> {
     let (a, b, c) = tokio::join!(world.start(0, 3), world.start(1, 3), world.start(2, 3));
-    for kv in [&a, &b, &c] {
-        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
-    }
+    cluster::wait_for_leader([&a, &b, &c], 3).await;
     vec![a, b, c]
 }
 

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use test_support::eventually;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -49,11 +50,10 @@ async fn every_stage_of_a_forwarded_command_has_a_span_with_its_request_id() {
     // (and the other members) may lag: wait for every member's apply span.
     let applied =
         |text: &str| text.lines().filter(|l| l.contains("apply{") && l.contains("close")).count();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while applied(&String::from_utf8_lossy(&captured.0.lock().unwrap())) < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "not every member applied within {WAIT:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually(WAIT, "every member's apply span", async || {
+        applied(&String::from_utf8_lossy(&captured.0.lock().unwrap())) >= 3
+    })
+    .await;
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     // The command's session: the one the execute span names.
     let execute = text

@@ -2,8 +2,6 @@
 //! is fed: a counting allocator records the largest single allocation made
 //! while decoding arbitrary bytes and hostile length claims.
 
-mod seeded;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -82,7 +80,7 @@ fn hostile_length_claims_allocate_nothing_near_their_size() {
 }
 
 proptest! {
-    #![proptest_config(seeded::config(2000, 0x5eed_0002))]
+    #![proptest_config(test_support::proptest_config(2000, 0x5eed_0002))]
 
     #[test]
     fn arbitrary_bytes_stay_within_the_limit(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

@@ -2,8 +2,6 @@
 //! and decode unchanged, and the frame decoder refuses malformed input
 //! without panicking.
 
-mod seeded;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -142,7 +140,7 @@ fn message() -> impl Strategy<Value = Message> {
 }
 
 proptest! {
-    #![proptest_config(seeded::config(256, 0x5eed_0001))]
+    #![proptest_config(test_support::proptest_config(256, 0x5eed_0001))]
 
     /// Encode, decode, encode again: the same bytes.
     #[test]

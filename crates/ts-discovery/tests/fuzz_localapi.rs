@@ -3,9 +3,6 @@
 //! damaged recordings, and recordings with values of the wrong type at any
 //! place. Every input must give a view or a clear error, never a panic.
 
-#[path = "../../raft-core/tests/seeded/mod.rs"]
-mod seeded;
-
 use proptest::prelude::*;
 use serde_json::Value;
 use ts_discovery::{parse_notify, parse_status, parse_whois};
@@ -67,7 +64,7 @@ fn wrong_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(seeded::config(512, 0x10ca_1a91))]
+    #![proptest_config(test_support::proptest_config(512, 0x10ca_1a91))]
 
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {

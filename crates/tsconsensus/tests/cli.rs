@@ -3,138 +3,40 @@
 //! an admin endpoint on 127.0.0.1): every command, its output, its exit
 //! status, and the messages of its refusals.
 
-use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::Duration;
 
-use consensus::{
-    BootstrapOptions, Config, Consensus, Consistency, Role, StateMachine, StopMode, Timing,
-};
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use consensus::{Config, Consensus, Consistency, Role};
+use test_support::cluster::{MemCluster, Tailnet, start_node};
+use test_support::{Counter, fast_config};
 use ts_transport::MemNetwork;
 
 const TAG: &str = "tag:ops";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A sum.
-#[derive(Default)]
-struct Sum(i64);
-
-impl StateMachine for Sum {
-    type Command = i64;
-    type Response = i64;
-    type Query = ();
-    type QueryResponse = i64;
-    fn apply(&mut self, n: i64) -> i64 {
-        self.0 += n;
-        self.0
-    }
-    fn query(&self, _: &()) -> i64 {
-        self.0
-    }
-    fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        out.write_all(&self.0.to_le_bytes())
-    }
-    fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
-        let mut bytes = [0u8; 8];
-        input.read_exact(&mut bytes)?;
-        self.0 = i64::from_le_bytes(bytes);
-        Ok(())
-    }
+fn tailnet(n: usize) -> Tailnet {
+    Tailnet::with_names(TAG, 7, (0..n).map(|i| (format!("s{i}"), format!("ops-{i}"))))
 }
 
-fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 7, 0, i as u8 + 1))
-}
-
-fn tailnet_node(i: usize) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(format!("s{i}")),
-        hostname: format!("ops-{i}"),
-        dns_name: String::new(),
-        ipv4: Some(Ipv4Addr::new(10, 7, 0, i as u8 + 1)),
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online: true,
-        has_path: true,
-    }
-}
-
-struct Cluster {
-    net: MemNetwork,
-    nodes: Vec<Option<Consensus<Sum>>>,
-    dirs: Vec<PathBuf>,
-    _temp: tempfile::TempDir,
-}
+/// The cluster, with a state directory per node.
+type Cluster = MemCluster<Counter>;
 
 fn config(dir: &Path) -> Config {
-    Config {
-        monitor_port: None,
-        admin_port: Some(0),
-        state_dir: Some(dir.to_owned()),
-        timing: Timing {
-            heartbeat: Duration::from_millis(100),
-            election: (Duration::from_millis(500), Duration::from_millis(1000)),
-            reconcile_every: Duration::from_millis(200),
-            start_timeout: Duration::from_secs(20),
-            call_deadline: Duration::from_secs(10),
-            max_staleness: Duration::from_secs(30),
-        },
-        ..Config::default()
-    }
+    Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
 }
 
-async fn start(net: &MemNetwork, i: usize, n: usize, dir: &Path) -> Consensus<Sum> {
-    let view = ClusterView::new(TAG, tailnet_node(i), (0..n).filter(|&j| j != i).map(tailnet_node));
-    Consensus::start_with(
-        Arc::new(net.node(ip(i))),
-        Arc::new(StaticDiscovery::new(view)),
-        Sum::default(),
-        BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: n },
-        config(dir),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("node {i}: {e}"))
+async fn start_cluster(n: usize) -> Cluster {
+    MemCluster::start_durable(tailnet(n), |_, dir| config(dir)).await
 }
 
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        let net = MemNetwork::new();
-        let temp = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| temp.path().join(format!("ops-{i}"))).collect();
-        let mut tasks = Vec::new();
-        for (i, dir) in dirs.iter().enumerate() {
-            let (net, dir) = (net.clone(), dir.clone());
-            tasks.push(tokio::spawn(async move { start(&net, i, n, &dir).await }));
-        }
-        let mut nodes = Vec::new();
-        for task in tasks {
-            nodes.push(Some(task.await.unwrap()));
-        }
-        for node in nodes.iter().flatten() {
-            node.wait_for(WAIT, |m| m.voters == n && m.leader.is_some()).await.unwrap();
-        }
-        Cluster { net, nodes, dirs, _temp: temp }
-    }
-
-    fn node(&self, i: usize) -> &Consensus<Sum> {
-        self.nodes[i].as_ref().unwrap()
-    }
-
-    fn leader(&self) -> usize {
-        let id = self.nodes.iter().flatten().next().unwrap().metrics().leader.unwrap();
-        self.nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.id() == id)).unwrap()
-    }
-
-    async fn stop(&mut self, i: usize) {
-        if let Some(node) = self.nodes[i].take() {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
-    }
+/// Starts node `i` of `n` again on its state directory.
+async fn start(net: &MemNetwork, i: usize, n: usize, dir: &Path) -> Consensus<Counter> {
+    let tailnet = tailnet(n);
+    start_node(net, &tailnet, i, tailnet.discovery(i), Counter::default(), n, config(dir))
+        .await
+        .unwrap_or_else(|e| panic!("node {i}: {e}"))
 }
 
 /// Runs the binary with `args` (off the runtime's threads).
@@ -198,7 +100,7 @@ fn refused(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_end_to_end() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     for n in 1..=4 {
         cluster.node(0).execute(n).await.unwrap();
     }
@@ -237,7 +139,7 @@ async fn every_command_end_to_end() {
     assert!(text.starts_with("snapshot built at index"), "{text}");
 
     // backup: a private file, a valid backup.
-    let file = cluster._temp.path().join("sum.backup");
+    let file = cluster.temp_dir().join("sum.backup");
     let file_arg = file.to_string_lossy().into_owned();
     let text = ok(&on(&cluster, third, &["backup", &file_arg]).await);
     assert!(text.contains("written to") && !text.contains("note:"), "{text}");
@@ -281,7 +183,7 @@ async fn every_command_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
-    let cluster = Cluster::start(1).await;
+    let cluster = start_cluster(1).await;
     let err = refused(&cli(&["status"]).await);
     assert!(err.contains("--state-dir"), "{err}");
     let err = refused(&cli(&["--state-dir", "/nonexistent/dir", "status"]).await);
@@ -301,7 +203,7 @@ async fn the_binary_says_what_is_wrong_with_how_it_was_called() {
     assert!(err.contains("no_such_member") && err.contains("ops-0"), "{err}");
     let err = refused(&on(&cluster, 0, &["restore", "/nonexistent/file"]).await);
     assert!(err.contains("/nonexistent/file"), "{err}");
-    let junk = cluster._temp.path().join("junk");
+    let junk = cluster.temp_dir().join("junk");
     std::fs::write(&junk, b"not a backup").unwrap();
     let err = refused(&on(&cluster, 0, &["restore", &junk.to_string_lossy()]).await);
     assert!(err.contains("not a tsconsensus backup"), "{err}");

@@ -42,9 +42,6 @@
 //! its stable id, in registration order) and exits: the harness reserves
 //! identities that sort lowest this way and starts them later.
 
-#[path = "../../../crates/consensus/examples/kv/store.rs"]
-mod store;
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -55,7 +52,7 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, StorageFaults,
     TsnetTransport,
 };
-use store::{KvCommand, KvQuery, KvStore};
+use test_support::kv::{KvCommand, KvQuery, KvStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use ts_discovery::{Discovery, LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};

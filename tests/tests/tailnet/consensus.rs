@@ -1,9 +1,6 @@
 //! The facade end to end on the real local tailnet, with the KV example's
 //! state machine.
 
-#[path = "../../../crates/consensus/examples/kv/store.rs"]
-mod store;
-
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -12,7 +9,8 @@ use std::time::{Duration, Instant};
 use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, Error, MemberRole, Role, StopMode, Timing,
 };
-use store::{KvCommand, KvQuery, KvResponse, KvStore};
+use test_support::eventually_every;
+use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
 use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{LocalApi, LocalApiLimits};
@@ -46,14 +44,12 @@ async fn node_with_tags(tailnet: &LocalTailnet, hostname: &str, tags: &[&str]) -
     let (node, _) = tailnet.node(hostname).await.unwrap();
     tailnet.set_tags(hostname, tags).await.unwrap();
     let api = LocalApi::for_node(&node, LocalApiLimits::default()).unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if api.status().await.is_ok_and(|view| tags.iter().all(|t| view.self_node.has_tag(t))) {
-            return node;
-        }
-        assert!(Instant::now() < deadline, "{hostname} never saw its tags");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{hostname} sees its tags");
+    eventually_every(WAIT, Duration::from_millis(50), what, async || {
+        api.status().await.is_ok_and(|view| tags.iter().all(|t| view.self_node.has_tag(t)))
+    })
+    .await;
+    node
 }
 
 async fn tagged(tailnet: &LocalTailnet, hostname: &str) -> TsnetTransport {
@@ -99,11 +95,11 @@ async fn get_local(kv: &Consensus<KvStore>, key: &str) -> serde_json::Value {
 
 /// Waits until `kv` has applied `key = value` locally.
 async fn wait_value(kv: &Consensus<KvStore>, key: &str, value: &str) {
-    let deadline = Instant::now() + WAIT;
-    while get_local(kv, key).await != serde_json::json!(value) {
-        assert!(Instant::now() < deadline, "node {} never applied {key}={value}", kv.id());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("node {} applies {key}={value}", kv.id());
+    eventually_every(WAIT, Duration::from_millis(50), what, async || {
+        get_local(kv, key).await == serde_json::json!(value)
+    })
+    .await;
 }
 
 async fn wait_voters(kv: &Consensus<KvStore>, voters: usize) {

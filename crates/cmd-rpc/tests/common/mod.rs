@@ -98,12 +98,7 @@ impl Peers for AllPeers {
 }
 
 pub fn fast_raft() -> RaftConfig {
-    RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-        propose_timeout: Duration::from_secs(3),
-        ..RaftConfig::default()
-    }
+    RaftConfig { propose_timeout: Duration::from_secs(3), ..test_support::fast_raft() }
 }
 
 pub fn allow_all() -> Authorize {

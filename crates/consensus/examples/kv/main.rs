@@ -20,8 +20,9 @@
 //! The chaos harness runs the same state machine in its own node program
 //! (`tests/src/bin/chaos-node.rs`), which adds fault injection and the
 //! lines the harness needs.
-
-mod store;
+//!
+//! The state machine, `KvStore`, is in `crates/test-support/src/kv.rs`,
+//! where the tests and the chaos node use it too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use clap::Parser;
 use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, TsnetTransport,
 };
-use store::{KvCommand, KvQuery, KvStore};
+use test_support::kv::{KvCommand, KvQuery, KvStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 

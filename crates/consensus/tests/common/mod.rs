@@ -5,15 +5,16 @@
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 #![allow(unreachable_pub, reason = "shared between test binaries as a module")]
 
-use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use consensus::{BootstrapOptions, Config, Consensus, StateMachine, Timing};
+use consensus::{Config, Consensus, StateMachine};
 use serde::{Deserialize, Serialize};
-use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
+use test_support::cluster::{self, Tailnet};
+pub use test_support::fast_config;
+use ts_discovery::{ClusterView, StaticDiscovery};
 use ts_transport::MemNetwork;
 
 pub const TAG: &str = "tag:c";
@@ -68,39 +69,7 @@ pub fn add(tag: &str, n: i64) -> TallyCommand {
 }
 
 pub fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
-}
-
-fn tailnet_node(i: usize) -> TailnetNode {
-    TailnetNode {
-        id: StableNodeId(format!("n{i}")),
-        hostname: format!("host-{i}"),
-        dns_name: String::new(),
-        ipv4: match ip(i) {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        },
-        ipv6: None,
-        tags: BTreeSet::from([TAG.to_owned()]),
-        online: true,
-        has_path: true,
-    }
-}
-
-/// Fast timings for an in-memory cluster.
-pub fn fast_config() -> Config {
-    Config {
-        monitor_port: None,
-        timing: Timing {
-            heartbeat: Duration::from_millis(100),
-            election: (Duration::from_millis(500), Duration::from_millis(1000)),
-            reconcile_every: Duration::from_millis(200),
-            start_timeout: Duration::from_secs(20),
-            call_deadline: Duration::from_secs(10),
-            max_staleness: Duration::from_secs(30),
-        },
-        ..Config::default()
-    }
+    cluster::ip(0, i)
 }
 
 /// `n` nodes of one cluster on one in-memory network.
@@ -114,22 +83,20 @@ impl World {
         World { net: MemNetwork::new(), n }
     }
 
-    fn view(&self, me: usize) -> ClusterView {
-        self.view_with_offline(me, &[])
+    /// The nodes' names and addresses.
+    pub fn tailnet(&self) -> Tailnet {
+        Tailnet::new(TAG, 0, self.n)
     }
 
     /// Node `me`'s view of the tailnet, with the nodes in `offline` shown
     /// offline.
     pub fn view_with_offline(&self, me: usize, offline: &[usize]) -> ClusterView {
-        let peers = (0..self.n)
-            .filter(|&j| j != me)
-            .map(|j| TailnetNode { online: !offline.contains(&j), ..tailnet_node(j) });
-        ClusterView::new(TAG, tailnet_node(me), peers)
+        self.tailnet().view(me, offline)
     }
 
     /// Starts node `i` with `config`, expecting `n` nodes to form the cluster.
     pub async fn start(&self, i: usize, config: Config) -> Consensus<Tally> {
-        self.start_on(i, config, Arc::new(StaticDiscovery::new(self.view(i)))).await
+        self.start_on(i, config, self.tailnet().discovery(i)).await
     }
 
     /// [`World::start`] with a discovery the caller keeps (to change the
@@ -140,13 +107,13 @@ impl World {
         config: Config,
         discovery: Arc<StaticDiscovery>,
     ) -> Consensus<Tally> {
-        let bootstrap =
-            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: self.n };
-        Consensus::start_with(
-            Arc::new(self.net.node(ip(i))),
+        cluster::start_node(
+            &self.net,
+            &self.tailnet(),
+            i,
             discovery,
             Tally::default(),
-            bootstrap,
+            self.n,
             config,
         )
         .await
@@ -166,11 +133,7 @@ impl World {
         for task in starting {
             nodes.push(task.await.expect("start task"));
         }
-        for node in &nodes {
-            node.wait_for(WAIT, |m| m.voters == self.n && m.leader.is_some())
-                .await
-                .expect("a leader is elected");
-        }
+        cluster::wait_for_leader(&nodes, self.n).await;
         nodes
     }
 }

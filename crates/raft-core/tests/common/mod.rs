@@ -16,6 +16,7 @@ use raft_core::{
     ClientId, ClusterId, Identify, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
     Role, StateMachine, Storage, StorageFaults,
 };
+use test_support::eventually;
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
 /// Records every applied command in order; `apply` answers with the count.
@@ -59,13 +60,7 @@ impl StateMachine for Recorder {
 
 /// Timings fast enough for tests, slow enough for a loaded 2-core machine.
 pub fn fast_config() -> RaftConfig {
-    RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
-        install_snapshot_timeout: Duration::from_secs(5),
-        propose_timeout: Duration::from_secs(5),
-        ..RaftConfig::default()
-    }
+    test_support::fast_raft()
 }
 
 pub const RAFT_PORT: u16 = 7000;
@@ -253,8 +248,7 @@ impl Cluster {
     /// Waits until the running nodes in `among` agree on one leader from
     /// `among`; returns its index.
     pub async fn leader(&self, among: &[usize]) -> usize {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(WAIT, format_args!("an agreed leader among {among:?}"), async || {
             let leaders: Vec<usize> = among
                 .iter()
                 .filter(|&&i| {
@@ -262,21 +256,14 @@ impl Cluster {
                 })
                 .copied()
                 .collect();
-            if let [leader] = leaders.as_slice() {
-                let id = self.ids[*leader];
-                if among
-                    .iter()
-                    .all(|&i| self.nodes[i].as_ref().is_none_or(|n| n.metrics().leader == Some(id)))
-                {
-                    return *leader;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no agreed leader among {among:?} within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            let [leader] = leaders.as_slice() else { return None };
+            let id = self.ids[*leader];
+            among
+                .iter()
+                .all(|&i| self.nodes[i].as_ref().is_none_or(|n| n.metrics().leader == Some(id)))
+                .then_some(*leader)
+        })
+        .await
     }
 
     /// Registers a session through node `i` (the leader).
@@ -297,18 +284,11 @@ impl Cluster {
 
     /// Waits until node `i` has applied at least `count` commands.
     pub async fn wait_applied(&self, i: usize, count: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(WAIT, format_args!("node {i} applies {count} commands"), async || {
             let have = self.node(i).read_local(|r| r.applied.len());
-            if have >= count {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {i} applied {have} of {count} within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if have >= count { Ok(()) } else { Err(format!("applied {have}")) }
+        })
+        .await
     }
 
     pub fn applied(&self, i: usize) -> Vec<Vec<u8>> {

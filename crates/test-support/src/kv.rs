@@ -1,6 +1,5 @@
-#![allow(unreachable_pub, reason = "also included as a module by the tests crate")]
-
-//! The key-value state machine of the `kv` example: get, put,
+//! The key-value state machine of the `kv` example (and of the chaos node
+//! and the tests that run it): get, put,
 //! compare-and-set and delete over string keys and values. Every key also
 //! counts the writes applied to it (its version), and the whole state has a
 //! digest, so that replicas can be compared and lost or repeated writes
@@ -16,12 +15,26 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum KvCommand {
     /// Sets `key` to `value`.
-    Put { key: String, value: String },
-    /// Sets `key` to `value` if it currently holds `expected` (`None`:
-    /// absent).
-    Cas { key: String, expected: Option<String>, value: String },
+    Put {
+        /// The key.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Sets `key` to `value` if it currently holds `expected`.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value it must hold (`None`: absent).
+        expected: Option<String>,
+        /// Its new value.
+        value: String,
+    },
     /// Removes `key`.
-    Delete { key: String },
+    Delete {
+        /// The key.
+        key: String,
+    },
 }
 
 /// What a command answers.
@@ -39,12 +52,18 @@ pub enum KvResponse {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum KvQuery {
     /// The value of `key`.
-    Get { key: String },
+    Get {
+        /// The key.
+        key: String,
+    },
     /// How many keys there are.
     Len,
     /// How many writes (puts, compare-and-sets that matched, deletes of a
     /// present key) have been applied to `key`; deleting keeps the count.
-    Version { key: String },
+    Version {
+        /// The key.
+        key: String,
+    },
     /// A digest of the whole state (values and versions), equal on
     /// replicas that applied the same commands.
     Digest,

@@ -1,0 +1,39 @@
+//! What the workspace's tests share, so that each piece is written once:
+//!
+//! - [`eventually`] and its kin: wait for a condition with a deadline, never
+//!   with a bare sleep, and fail naming what was awaited;
+//! - [`Rng`] and the seed helpers: seeded randomness whose seed is printed
+//!   and can be replayed; [`proptest_config`] for the property tests;
+//! - the fast timing profile of in-memory clusters ([`HEARTBEAT`],
+//!   [`ELECTION`], and with features [`fast_raft`], [`fast_timing`],
+//!   [`fast_config`]);
+//! - with the `facade` feature: the kv example's store ([`kv`]), a counter
+//!   ([`Counter`]), and an in-memory cluster of the facade ([`cluster`]).
+//!
+//! A dev-dependency only (`publish = false`). The lower crates use it
+//! without the `facade` feature, so that their tests do not depend on the
+//! crates above them.
+
+#[cfg(feature = "facade")]
+pub mod cluster;
+#[cfg(feature = "facade")]
+mod counter;
+#[cfg(feature = "facade")]
+pub mod kv;
+mod seeded;
+mod timing;
+mod wait;
+
+#[cfg(feature = "facade")]
+pub use crate::counter::Counter;
+#[cfg(feature = "proptest")]
+pub use crate::seeded::proptest_config;
+pub use crate::seeded::{Rng, seed_from_env, seeds_from_env};
+#[cfg(feature = "raft")]
+pub use crate::timing::fast_raft;
+pub use crate::timing::{ELECTION, HEARTBEAT};
+#[cfg(feature = "facade")]
+pub use crate::timing::{fast_config, fast_timing};
+pub use crate::wait::{
+    Condition, POLL, eventually, eventually_blocking, eventually_every, poll_until,
+};

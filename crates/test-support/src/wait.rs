@@ -1,0 +1,159 @@
+//! Waiting for a condition within a deadline.
+//!
+//! A condition is polled until it holds; once the deadline has passed
+//! without it, [`eventually`] panics with what it waited for and, where
+//! the condition said why it did not hold yet, the last reason. A poll
+//! returns a [`Condition`]: `bool`, `Option<T>` (the value once there) or
+//! `Result<T, E>` (`Err` says why not yet).
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often [`eventually`] polls.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// What one poll found: done with a value, or not yet (perhaps with a
+/// reason).
+pub trait Condition {
+    /// The value once the condition holds.
+    type Output;
+    /// `Ok` once the condition holds; `Err` with a reason, if any, while
+    /// it does not.
+    fn check(self) -> Result<Self::Output, Option<String>>;
+}
+
+impl Condition for bool {
+    type Output = ();
+    fn check(self) -> Result<(), Option<String>> {
+        if self { Ok(()) } else { Err(None) }
+    }
+}
+
+impl<T> Condition for Option<T> {
+    type Output = T;
+    fn check(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: Display> Condition for Result<T, E> {
+    type Output = T;
+    fn check(self) -> Result<T, Option<String>> {
+        self.map_err(|why| Some(why.to_string()))
+    }
+}
+
+/// Polls `poll` every [`POLL`] until its condition holds and returns the
+/// condition's value; panics naming `what` once `within` has passed.
+pub async fn eventually<C: Condition>(
+    within: Duration,
+    what: impl Display,
+    poll: impl AsyncFnMut() -> C,
+) -> C::Output {
+    eventually_every(within, POLL, what, poll).await
+}
+
+/// [`eventually`], polling every `every` (for conditions that are
+/// expensive to check).
+pub async fn eventually_every<C: Condition>(
+    within: Duration,
+    every: Duration,
+    what: impl Display,
+    poll: impl AsyncFnMut() -> C,
+) -> C::Output {
+    match until(within, every, poll).await {
+        Ok(value) => value,
+        Err(why) => fail(within, &what, why),
+    }
+}
+
+/// Polls `poll` every `every` until its condition holds: its value, or,
+/// once `within` has passed, `Err` with the last reason it gave (for
+/// callers that go on without it or report it their own way).
+pub async fn poll_until<C: Condition>(
+    within: Duration,
+    every: Duration,
+    poll: impl AsyncFnMut() -> C,
+) -> Result<C::Output, Option<String>> {
+    until(within, every, poll).await
+}
+
+async fn until<C: Condition>(
+    within: Duration,
+    every: Duration,
+    mut poll: impl AsyncFnMut() -> C,
+) -> Result<C::Output, Option<String>> {
+    let deadline = Instant::now() + within;
+    loop {
+        match poll().await.check() {
+            Ok(value) => return Ok(value),
+            Err(why) if Instant::now() >= deadline => return Err(why),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// [`eventually`] for code outside a runtime: polls `poll` every [`POLL`]
+/// on this thread.
+pub fn eventually_blocking<C: Condition>(
+    within: Duration,
+    what: impl Display,
+    mut poll: impl FnMut() -> C,
+) -> C::Output {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match poll().check() {
+            Ok(value) => return value,
+            Err(why) if std::time::Instant::now() >= deadline => fail(within, &what, why),
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+fn fail(within: Duration, what: &dyn Display, why: Option<String>) -> ! {
+    match why {
+        Some(why) => panic!("not within {within:?}: {what} (last: {why})"),
+        None => panic!("not within {within:?}: {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_the_value_once_the_condition_holds() {
+        let mut polls = 0;
+        let value = eventually(Duration::from_secs(1), "the third poll", async || {
+            polls += 1;
+            (polls == 3).then_some(polls)
+        })
+        .await;
+        assert_eq!(value, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "not within 1s: the impossible (last: still 7)")]
+    async fn panics_naming_what_it_waited_for_and_why_not() {
+        eventually(Duration::from_secs(1), "the impossible", async || {
+            Err::<(), _>(format!("still {}", 7))
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn poll_until_gives_up_at_the_deadline() {
+        let started = Instant::now();
+        let found = poll_until(Duration::from_secs(2), Duration::from_millis(300), async || false);
+        assert_eq!(found.await, Err(None));
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[test]
+    #[should_panic(expected = "not within 50ms: never")]
+    fn blocking_panics_at_the_deadline() {
+        eventually_blocking(Duration::from_millis(50), "never", || false);
+    }
+}
