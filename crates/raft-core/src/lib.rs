@@ -1,7 +1,8 @@
 //! The consensus engine: openraft 0.9 wired to a `ts_transport::Transport`.
 //!
-//! - [`RaftNode`] runs one node: its raft port (only peers the caller's
-//!   [`Authorize`] hook accepts, and only connections of its own cluster),
+//! - [`RaftNode`] runs one node: its raft port (only a peer whose hello
+//!   names the node the caller's [`Identify`] hook says owns its address,
+//!   and only connections of its own cluster),
 //!   storage ([`Storage::Memory`] or [`Storage::Durable`]: identity, log,
 //!   vote and committed index in redb, snapshots as atomically replaced
 //!   files), and a proposal batcher that coalesces concurrent commands into
