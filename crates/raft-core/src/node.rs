@@ -447,13 +447,15 @@ impl<S: StateMachine> RaftNode<S> {
                 .map_err(|err| StartError::Raft(err.to_string()))?;
         let server = server::start(
             listener,
-            raft.clone(),
-            local,
-            config.network.clone(),
-            identify,
-            gate.clone(),
-            contact.clone(),
-            state_machine.stats().clone(),
+            server::Context {
+                raft: raft.clone(),
+                local,
+                config: config.network.clone(),
+                identify,
+                gate: gate.clone(),
+                contact: contact.clone(),
+                stats: state_machine.stats().clone(),
+            },
         );
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =

@@ -28,16 +28,16 @@ const ANSWER_QUEUE: usize = 256;
 /// Requests one connection may have in progress at once.
 const MAX_IN_PROGRESS: usize = 64;
 
-/// What one connection's handler needs from its node.
+/// What the raft port's handlers need from their node.
 #[derive(Clone)]
-struct Context {
-    raft: Raft<TypeConfig>,
-    local: Local,
-    config: NetworkConfig,
-    identify: Identify,
-    gate: Arc<ClusterGate>,
-    contact: Arc<LeaderContact>,
-    stats: Arc<RaftStats>,
+pub(crate) struct Context {
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) local: Local,
+    pub(crate) config: NetworkConfig,
+    pub(crate) identify: Identify,
+    pub(crate) gate: Arc<ClusterGate>,
+    pub(crate) contact: Arc<LeaderContact>,
+    pub(crate) stats: Arc<RaftStats>,
 }
 
 /// Serves raft RPCs arriving on `listener`; connections from peers
@@ -51,23 +51,12 @@ struct Context {
 /// connection is refused, and one whose cluster id is no longer this
 /// node's is dropped at its next request. Every request must carry a vote
 /// of the caller's own raft id.
-#[allow(clippy::too_many_arguments, reason = "the node's parts the server shares")]
-pub(crate) fn start(
-    listener: Arc<dyn Listener>,
-    raft: Raft<TypeConfig>,
-    local: Local,
-    config: NetworkConfig,
-    identify: Identify,
-    gate: Arc<ClusterGate>,
-    contact: Arc<LeaderContact>,
-    stats: Arc<RaftStats>,
-) -> Server {
+pub(crate) fn start(listener: Arc<dyn Listener>, context: Context) -> Server {
     let allow = {
-        let identify = identify.clone();
+        let identify = context.identify.clone();
         Arc::new(move |peer: PeerAddr| identify(peer).is_some())
     };
-    let admission = Admission { allow, max_per_peer: config.max_connections_per_peer };
-    let context = Context { raft, local, config, identify, gate, contact, stats };
+    let admission = Admission { allow, max_per_peer: context.config.max_connections_per_peer };
     Server::start_admitting(listener, "raft", admission, move |stream, peer| {
         serve_connection(stream, peer, context.clone())
     })
