@@ -261,9 +261,21 @@ impl<S: StateMachine> FacadePeers<S> {
 
     /// The leader this node names: the one raft knows, else the former of
     /// the cluster it is bound to (itself, while it forms one).
+    /// The leader a probe's answer names: the known leader; for a binder
+    /// (a cluster id, no configuration yet) the cluster's former. A member
+    /// with a configuration that knows no leader names none: naming the
+    /// former there would let a former that lost its state read its own
+    /// name and resume forming the running cluster, instead of joining it
+    /// as a new incarnation once a leader is elected.
     fn named_leader(&self) -> Option<LeaderHint> {
-        leader_hint(&self.raft.metrics())
-            .or_else(|| self.raft.former().map(|(id, node)| LeaderHint { id, node }))
+        let metrics = self.raft.metrics();
+        leader_hint(&metrics).or_else(|| {
+            if metrics.voters.is_empty() {
+                self.raft.former().map(|(id, node)| LeaderHint { id, node })
+            } else {
+                None
+            }
+        })
     }
 }
 
