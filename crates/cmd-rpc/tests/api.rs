@@ -362,11 +362,20 @@ async fn raw_http(
         .dial(ip(to), COMMAND_PORT, Duration::from_secs(5))
         .await
         .map_err(io::Error::other)?;
-    stream.write_all(request).await?;
+    // The server may answer and close before the whole request is sent (a
+    // body refused as too large), so write and read at once: a failed write
+    // only matters if no answer came.
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .map_err(io::Error::other)??;
+    let (written, read) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(writer.write_all(request), reader.read_to_end(&mut response))
+    })
+    .await
+    .map_err(io::Error::other)?;
+    read?;
+    if response.is_empty() {
+        written?;
+    }
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .get(9..12)
