@@ -357,7 +357,7 @@ async fn raw_http(
     to: usize,
     request: &[u8],
 ) -> io::Result<(u16, String)> {
-    let mut stream = net
+    let stream = net
         .node(from)
         .dial(ip(to), COMMAND_PORT, Duration::from_secs(5))
         .await
