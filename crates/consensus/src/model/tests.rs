@@ -95,7 +95,7 @@ fn late_lowest() -> Scenario {
     }
 }
 
-const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 40, stop_when_found: None };
+const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 64, stop_when_found: None };
 
 #[test]
 fn legacy_loses_an_acknowledged_write_after_a_wipe() {
@@ -232,7 +232,7 @@ fn fresh_three_wipe_and_tag(wiped: u8, retagged: u8) -> Scenario {
 /// voters: two leaders of "cluster 0" in term 1, after 20 steps (333,870
 /// states). With it, the binder is sealed to the old incarnation and
 /// refuses the new one. Not exhausted: the gate visits every schedule of
-/// up to 20 steps.
+/// up to 28 steps (20 before a starting node waited for its peers).
 #[test]
 fn design_0003_bootstrap_through_a_former_wipe_and_a_tag_change() {
     let bounds = Bounds { max_states: 600_000, ..FIND };
