@@ -45,17 +45,13 @@ fn discovery(me: usize) -> Arc<StaticDiscovery> {
     Arc::new(StaticDiscovery::new(ClusterView::new(TAG, node(me), peers)))
 }
 
-fn config() -> Config {
+fn config(start_timeout: Duration) -> Config {
     Config {
         monitor_port: None,
         command_port: PORT,
         // Memory storage: every restart is a wipe.
         state_dir: None,
-        timing: Timing {
-            start_timeout: WAIT,
-            max_staleness: Duration::from_secs(60),
-            ..fast_timing()
-        },
+        timing: Timing { start_timeout, max_staleness: Duration::from_secs(60), ..fast_timing() },
         ..Config::default()
     }
 }
@@ -64,6 +60,7 @@ fn start(
     net: &MemNetwork,
     views: &[Arc<StaticDiscovery>],
     i: usize,
+    start_timeout: Duration,
 ) -> tokio::task::JoinHandle<Result<Consensus<KvStore>, Error>> {
     let bootstrap = BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: 3 };
     tokio::spawn(Consensus::start_with(
@@ -71,7 +68,7 @@ fn start(
         views[i].clone(),
         KvStore::default(),
         bootstrap,
-        config(),
+        config(start_timeout),
     ))
 }
 
@@ -113,7 +110,9 @@ fn logs() {
 /// are cut off from each other, a write is acknowledged (wa and one of
 /// them), then wa is killed: the cluster has no leader. wa restarts
 /// without its state (memory storage: a new incarnation) while wb and wc
-/// still know no leader. It must not resume forming the running cluster
+/// still know no leader. With a short start timeout it gives up, saying
+/// that its peers know no leader. Restarted again, it must not resume
+/// forming the running cluster
 /// (before the fix, wb and wc named wa as the leader, wa read its own
 /// name there and resumed: its probe answer said "member, leader: wa", and
 /// its confirms were refused in a loop); it waits. Once wb and wc are
@@ -124,7 +123,7 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
     logs();
     let net = MemNetwork::new();
     let views: Vec<Arc<StaticDiscovery>> = (0..3).map(discovery).collect();
-    let starts: Vec<_> = (0..3).map(|i| start(&net, &views, i)).collect();
+    let starts: Vec<_> = (0..3).map(|i| start(&net, &views, i, WAIT)).collect();
     let mut nodes = Vec::new();
     for (i, s) in starts.into_iter().enumerate() {
         nodes.push(s.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
@@ -151,8 +150,22 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
             .await
             .unwrap_or_else(|m| panic!("{} still knows a leader: {m:?}", NAMES[i]));
     }
-    // wa comes back without its state.
-    let restarted = start(&net, &views, 0);
+    // wa comes back without its state, with a short start timeout: a
+    // node that hears "member, no leader" from every peer waits (it never
+    // forms), and gives up at its deadline, saying why.
+    let short = Duration::from_secs(3);
+    match start(&net, &views, 0, short).await.unwrap() {
+        // (The reason is its last round's: a probe cut short by the
+        // deadline reads as silence.)
+        Err(Error::JoinFailed { reason, .. }) => assert!(
+            reason.contains("knows no leader") || reason.contains("does not answer"),
+            "the wiped former gave up for another reason than a leaderless cluster: {reason}"
+        ),
+        Err(other) => panic!("the wiped former failed otherwise: {other}"),
+        Ok(kv) => panic!("the wiped former started in a leaderless cluster: {:?}", kv.metrics()),
+    }
+    // Again, with a long one.
+    let restarted = start(&net, &views, 0, WAIT);
     // For a while (wb and wc still leaderless), wa must not take up
     // forming the running cluster.
     let watch_until = Instant::now() + Duration::from_secs(3);
