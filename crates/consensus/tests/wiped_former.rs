@@ -181,10 +181,10 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
         assert!(!restarted.is_finished(), "wa's start ended while the cluster had no leader");
         // What wb and wc name (asked from wa's address: they do not reach
         // each other).
-        for i in 1..3 {
+        for (i, name) in NAMES.iter().enumerate().skip(1) {
             let member = probe(&net, 0, i).await;
             if !matches!(member, Some(ProbeState::Member { leader: None, .. })) {
-                named.push(format!("{}: {member:?}", NAMES[i]));
+                named.push(format!("{name}: {member:?}"));
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
