@@ -127,7 +127,8 @@ fn check_hello(
     }
     if *from != node_id(stable_id, *incarnation) {
         return Err(Refusal::Identity(format!(
-            "raft id {from} is not the id of node {:?} incarnation {incarnation:016x}",
+            "raft id {from} is not the id of node {:?} incarnation {incarnation:016x} (raft ids \
+             are SHA-256-derived; a node of a version that derived them with FNV-1a cannot join)",
             claimed()
         )));
     }
