@@ -34,9 +34,8 @@ impl Caller {
     }
 }
 
-/// A future answering a probe, or refusing it (for example
-/// [`RpcError::Unavailable`] while the node has not looked around itself
-/// yet).
+/// A future answering a probe, or refusing it (an [`RpcError`]; a node
+/// that is still starting answers, granting no promise).
 pub type ProbeFuture<'a> =
     Pin<Box<dyn Future<Output = Result<ProbeResponse, RpcError>> + Send + 'a>>;
 

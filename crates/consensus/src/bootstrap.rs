@@ -40,8 +40,8 @@ use ts_discovery::{ClusterView, TailnetNode};
 
 use crate::config::BootstrapOptions;
 use crate::decide::bootstrap::{
-    Answer, Bond, Commitment, Decision, FormerNow, Names, Peer, Situation, decide, unbind,
-    wants_promises,
+    Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide, unbind,
+    waiting_for, wants_promises,
 };
 use crate::error::Error;
 use crate::machine::StateMachine;
@@ -55,11 +55,15 @@ pub(crate) struct BootState {
     pub(crate) promise: Option<String>,
     /// The cluster this node is forming, if it is.
     pub(crate) forming: Option<Forming>,
-    /// Whether it answers probes and confirms: once it has raft state or
-    /// a stored cluster id at start, or once its own first probe round
-    /// ended (a node that lost its state, memory storage at every start,
-    /// first learns whether a cluster exists or is being formed, so that
-    /// it never promises or binds itself before it could know).
+    /// Whether it grants promises and binds itself to a cluster being
+    /// formed: once it has raft state or a stored cluster id at start, or
+    /// once every tagged, online peer of its view has answered one of its
+    /// probes and none answers as a member of a cluster it did not join
+    /// ([`decide::bootstrap::waiting_for`]). A node that lost its state
+    /// (memory storage: at every start) first learns whether a cluster
+    /// exists or is being formed among its peers, so that it never
+    /// promises or binds itself before it could know. Until then it
+    /// answers probes as fresh, granting nothing, and refuses confirms.
     pub(crate) ready: bool,
 }
 
@@ -192,6 +196,11 @@ pub(crate) async fn run<S: StateMachine>(
     let mut paths = Paths::default();
     let mut views = inner.discovery.state();
     let mut raft_changes = raft.subscribe();
+    // The peers that answered a probe of this node since it started, each
+    // with whether its last answer was a member's, and the peers it waits
+    // for before it is ready.
+    let mut heard: BTreeMap<String, bool> = BTreeMap::new();
+    let mut not_heard: Vec<String> = Vec::new();
     loop {
         views.borrow_and_update();
         // Raft's metrics as this round starts: only a change from these
@@ -218,6 +227,11 @@ pub(crate) async fn run<S: StateMachine>(
                     tracing::debug!(peers = ?wait, "not dialing peers without a path yet");
                 }
                 let (answers, ids) = probe_all(inner, &view, &wait, wants, deadline).await;
+                for answer in answers.iter().filter(|a| ids.contains_key(&a.name)) {
+                    let member = matches!(answer.answer, Answer::Member { .. });
+                    heard.insert(answer.name.clone(), member);
+                }
+                not_heard = become_ready(inner, &view, &heard).await;
                 if let Some(why) =
                     give_up_binding(inner, &view, &answers, &ids, &mut former_gone_since).await
                 {
@@ -230,6 +244,14 @@ pub(crate) async fn run<S: StateMachine>(
             }
         }
         if Instant::now() >= deadline {
+            if !not_heard.is_empty() {
+                reason = format!(
+                    "{reason}; not ready: waiting for {} (tagged, online peers that never \
+                     answered, or members of a cluster this node could not join; it promises \
+                     nothing and binds itself to no cluster before)",
+                    not_heard.join(", ")
+                );
+            }
             return Err(Error::JoinFailed { waited: started.elapsed(), reason });
         }
         tracing::debug!(%reason, "not joined yet");
@@ -253,6 +275,40 @@ pub(crate) async fn run<S: StateMachine>(
         };
         let _ = tokio::time::timeout(pause, woke).await;
     }
+}
+
+/// Makes this node ready (it grants promises and binds itself from now on)
+/// if every tagged, online peer of `view` is in `heard` and none's last
+/// answer there was a member's ([`decide::bootstrap::waiting_for`]), under
+/// the bootstrap lock. The peers it is still waiting for (none once
+/// ready).
+async fn become_ready<S: StateMachine>(
+    inner: &Inner<S>,
+    view: &ClusterView,
+    heard: &BTreeMap<String, bool>,
+) -> Vec<String> {
+    let mut state = inner.boot.lock().await;
+    if state.ready {
+        return Vec::new();
+    }
+    let peers: Vec<Heard<'_, String>> = view
+        .members
+        .values()
+        .map(|n| Heard {
+            peer: &n.id.0,
+            online: n.online,
+            answered: heard.contains_key(&n.id.0),
+            member: heard.get(&n.id.0) == Some(&true),
+        })
+        .collect();
+    let waiting = waiting_for(&peers);
+    if waiting.is_empty() {
+        state.ready = true;
+        tracing::info!(id = inner.id, "every tagged, online peer answered, none a member: ready");
+    } else {
+        tracing::debug!(peers = ?waiting, "not ready: waiting for these peers");
+    }
+    waiting
 }
 
 /// Waits until raft's metrics differ from `seen`; false once raft is gone.
@@ -418,9 +474,7 @@ async fn round<S: StateMachine>(
     let mut why = String::new();
     for _ in 0..5 {
         let decision = {
-            let mut state = inner.boot.lock().await;
-            // Its first round's answers are in: it answers others now.
-            state.ready = true;
+            let state = inner.boot.lock().await;
             let owned = Owned::of(inner, &state);
             let situation = situation(&me, options, answers, owned.commitment(view));
             decide(&situation)

@@ -226,11 +226,11 @@ pub(crate) fn tagged(view: &ClusterView, stable_id: &str) -> bool {
         || view.members.values().any(|n| n.id.0 == stable_id)
 }
 
-/// The refusal of a probe or confirm by a node that has not finished its
-/// own first probe round (it may be about to learn of a cluster it must
-/// join, and must not promise or bind anything before).
+/// The refusal of a confirm by a node that has not heard from every tagged,
+/// online peer of its view yet (it may be about to learn of a cluster it
+/// must join, and must not bind itself to anything before).
 fn not_ready() -> RpcError {
-    RpcError::Unavailable("starting: this node has not looked for a cluster yet".to_owned())
+    RpcError::Unavailable("starting: this node has not heard from every tagged peer yet".to_owned())
 }
 
 /// The leader this node knows, as a hint for others.
@@ -350,9 +350,11 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
         Box::pin(async move {
             let mut boot = self.boot.lock().await;
-            if !boot.ready {
-                return Err(not_ready());
-            }
+            // A node that is not ready answers what it is (fresh, holding
+            // no promise, or a member once it stored a cluster id) and
+            // grants nothing: its answer lets a peer starting with it
+            // become ready.
+            let ready = boot.ready;
             let state = self.discovery.state().borrow().clone();
             let stale = state.is_stale(self.max_staleness);
             let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
@@ -365,7 +367,7 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
                 holder_tagged: self.holder_tagged(boot.promise.as_deref()),
                 caller: &caller.stable_id,
                 caller_live: !stale && live(&caller.stable_id),
-                wants_promise: request.promise,
+                wants_promise: request.promise && ready,
             });
             if holding != boot.promise {
                 tracing::info!(from = ?boot.promise, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
@@ -392,11 +394,14 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
     fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
         Box::pin(async move {
             let mut boot = self.boot.lock().await;
-            if !boot.ready {
+            let stored = self.raft.cluster_id();
+            // A node that decided to join a cluster confirms its former
+            // (below) whether it is ready or not; a free one binds itself
+            // only once ready.
+            if !boot.ready && stored.is_none() {
                 return Err(not_ready());
             }
             let me = self.raft.info().stable_id.clone();
-            let stored = self.raft.cluster_id();
             let former = self.raft.former().map(|(_, node)| node.stable_id);
             let has_state = self.raft.is_initialized().await;
             let sealed = match self.raft.sealed_to() {

@@ -31,7 +31,7 @@ use raft_core::NodeInfo;
 use test_support::{cluster, eventually, eventually_every, fast_timing};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
-use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
+use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
 use ts_transport::{BoxFuture, BoxStream, Faults, Listener, MemNetwork, Transport, TransportError};
 
 const TAG: &str = "tag:boot";
@@ -188,15 +188,10 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
         Arc::new(net.node(ip(1))),
         Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
     ];
-    // rb and rc answer before ra starts, so that ra's first round hears
+    // rb and rc are ready before ra starts, so that ra's first round hears
     // from both.
     let mut starts: Vec<Option<Start>> = vec![None];
-    for i in 1..3 {
-        starts.push(Some(start(transports[i].clone(), &views[i], config(i, WAIT, None), 2)));
-    }
-    for i in 1..3 {
-        until(WAIT, "rb and rc answer", || async { probe(&net, 3 - i, i).await.is_some() }).await;
-    }
+    start_b_and_c_ready(&net, &views, &transports, [WAIT; 3], 2, &mut starts).await;
     starts[0] = Some(start(transports[0].clone(), &views[0], config(0, WAIT, None), 2));
     // 3, 4: rb promises ra.
     until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
@@ -262,6 +257,38 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     }
 }
 
+/// Starts rb and rc (into `starts[1..]`) so that each is ready before ra
+/// starts, then gives them the views in `views`. A node grants promises
+/// only once every tagged, online peer of its view answered it, and ra's
+/// port refuses their probes (so that they never learn of its cluster by
+/// themselves): they first see only each other, rc with rb offline (so
+/// that rb, the lowest of that view, cannot form with rc). rc, with no
+/// online peer, is ready at once; rb once rc answered it, which its first
+/// round does as rc answers before rb starts.
+async fn start_b_and_c_ready(
+    net: &MemNetwork,
+    views: &[Arc<StaticDiscovery>],
+    transports: &[Arc<dyn Transport>],
+    timeouts: [Duration; 3],
+    expected: usize,
+    starts: &mut Vec<Option<Start>>,
+) {
+    let full: Vec<ClusterView> =
+        views.iter().map(|v| ClusterView::clone(&v.current().expect("a view"))).collect();
+    views[1].set(view(1, &[(2, true)]));
+    views[2].set(view(2, &[(1, false)]));
+    for i in [2, 1] {
+        let started =
+            start(transports[i].clone(), &views[i], config(i, timeouts[i], None), expected);
+        starts.push(Some(started));
+        until(WAIT, "rb and rc answer", || async { probe(net, 3 - i, i).await.is_some() }).await;
+    }
+    starts.swap(1, 2);
+    for i in 1..3 {
+        views[i].set(full[i].clone());
+    }
+}
+
 fn voters(kv: &Consensus<Nothing>) -> BTreeSet<u64> {
     kv.members().iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id).collect()
 }
@@ -307,17 +334,7 @@ async fn stall_a_formation_of(
         Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
     ];
     let mut starts: Vec<Option<Start>> = vec![None];
-    for i in 1..3 {
-        starts.push(Some(start(
-            transports[i].clone(),
-            &views[i],
-            config(i, timeouts[i], None),
-            expected,
-        )));
-    }
-    for i in 1..3 {
-        until(WAIT, "rb and rc answer", || async { probe(&net, 3 - i, i).await.is_some() }).await;
-    }
+    start_b_and_c_ready(&net, &views, &transports, timeouts, expected, &mut starts).await;
     starts[0] =
         Some(start(transports[0].clone(), &views[0], config(0, timeouts[0], dir), expected));
     until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
@@ -493,6 +510,98 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     assert_ne!(cluster, Some(s.cluster), "rb and rc formed ra's cluster without ra");
     for kv in [b, c] {
         kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Every node on [`PORT`] (no port trick), memory storage.
+fn plain_config(start_timeout: Duration) -> Config {
+    Config { command_port: PORT, ..config(1, start_timeout, None) }
+}
+
+/// The schedule of decision 0003's open item "a first round in which
+/// nobody answered makes a node ready", with ra < rb < rc: ra runs a
+/// cluster (rc's earlier incarnation sealed to it, here: ra formed it
+/// alone); rb is tagged late and its view does not show ra yet; rc
+/// restarts empty (memory storage) while ra is tagged and online in its
+/// view but unreachable (no path yet). Before the fix rc ended a silent
+/// first round, was ready, promised rb and bound itself to rb's cluster:
+/// a second cluster next to ra's. Now rc grants nothing until ra has
+/// answered; once ra is reachable rc joins ra's cluster, and rb, which
+/// does not see ra, never forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
+    logs();
+    let net = MemNetwork::new();
+    // ra forms a cluster of its own (expected_size 1, nobody else in view).
+    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
+    let a = start(Arc::new(net.node(ip(0))), &a_view, plain_config(WAIT), 1)
+        .await
+        .unwrap()
+        .expect("ra forms its cluster");
+    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    // rc is tagged in ra's view; rb is not yet (ra's view lags too).
+    a_view.set(view(0, &[(2, true)]));
+    // rc: ra and rb tagged and online, but ra unreachable from rc.
+    let c_faults = Faults::new(3);
+    c_faults.block(ip(0));
+    let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, true), (1, true)])));
+    let c_transport: Arc<dyn Transport> = Arc::new(c_faults.wrap(Arc::new(net.node(ip(2)))));
+    let c_start = start(c_transport, &c_view, plain_config(WAIT), 2);
+    // rb: its view shows rc only; it is the lowest there and may form.
+    let b_view = Arc::new(StaticDiscovery::new(view(1, &[(2, true)])));
+    let b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
+    // Long enough for rb to form with rc many times over (it takes well
+    // under a second when rc promises).
+    let quiet = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < quiet {
+        if b_start.is_finished() || c_start.is_finished() {
+            let (b, c) = (outcome(b_start).await, outcome(c_start).await);
+            panic!("rc bound itself before hearing from ra: rb {b}; rc {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ra's path arrives: rc hears of ra's cluster and joins it.
+    c_faults.unblock(ip(0));
+    let c = c_start.await.unwrap().expect("rc joins ra's cluster");
+    c.wait_for(WAIT, |m| m.leader == Some(a.id())).await.unwrap();
+    assert!(cluster_of(&c).1.contains(&a.id()), "rc is not in ra's cluster: {:?}", cluster_of(&c));
+    // rb hears "member of ra's cluster, led by ra", and ra is no node of
+    // its view: it stores nothing and never forms.
+    let b_now = probe(&net, 2, 1).await;
+    assert!(matches!(b_now, Some(ProbeState::Fresh { .. })), "rb is not free: {b_now:?}");
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    b_start.abort();
+    for kv in [c, a] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// A node whose only peer is tagged and online in its view but never
+/// answers fails its start at the deadline, and the error names that peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_fails_naming_the_peers_that_never_answered() {
+    logs();
+    let net = MemNetwork::new();
+    let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, true)])));
+    let failed = start(Arc::new(net.node(ip(2))), &c_view, plain_config(Duration::from_secs(2)), 2)
+        .await
+        .unwrap();
+    match failed {
+        Err(Error::JoinFailed { reason, .. }) => {
+            assert!(reason.contains("not ready: waiting for ra"), "{reason}");
+        }
+        Err(other) => panic!("failed otherwise: {other}"),
+        Ok(_) => panic!("started without its only peer"),
+    }
+}
+
+/// How a start ended (it has ended, or ends within [`WAIT`]).
+async fn outcome(start: Start) -> String {
+    match tokio::time::timeout(WAIT, start).await {
+        Ok(Ok(Ok(kv))) => format!("started in {:?}", cluster_of(&kv)),
+        Ok(Ok(Err(err))) => format!("failed: {err}"),
+        Ok(Err(err)) => format!("panicked: {err}"),
+        Err(_) => "still starting".to_owned(),
     }
 }
 

@@ -153,6 +153,14 @@ pub(crate) async fn store(log: &LogStore, identity: &Identity) -> Result<(), Str
     log.put_meta_durably(KEY, codec::encode(identity)).await
 }
 
+/// Writes `identity` (with no cluster id) and deletes the binding record,
+/// in one durable write: a node that gave its binding up never reads it
+/// back, even if it later stores the same cluster id (joining it through
+/// a leader).
+pub(crate) async fn store_unbound(log: &LogStore, identity: &Identity) -> Result<(), String> {
+    log.put_meta_durably_removing(KEY, codec::encode(identity), BINDING_KEY).await
+}
+
 /// The identity stored in `log`, if any (its format checked, not whose it
 /// is).
 pub(crate) async fn load(log: &LogStore) -> Result<Option<Identity>, String> {

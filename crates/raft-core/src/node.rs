@@ -610,7 +610,8 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Gives up this node's binding to `cluster_id` by `former_id`, as if
-    /// it had never been bound: no cluster id (durably), so it answers no
+    /// it had never been bound: no cluster id and no binding record
+    /// (durably, in one write), so it answers no
     /// raft request and may bind to, join or form any cluster. Refused
     /// ([`MembershipError::Sealed`], [`MembershipError::ClusterIdFixed`],
     /// [`MembershipError::Other`]) once it has raft state, if the binding
@@ -650,7 +651,11 @@ impl<S: StateMachine> RaftNode<S> {
             cluster_id: None,
             ..self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone()
         };
-        identity::store(&log, &record).await.map_err(MembershipError::Storage)?;
+        // The binding record goes with the cluster id, in one write: left
+        // behind, it would be read back (and its former named again) once
+        // the node stores that cluster id again, joining it through a
+        // leader.
+        identity::store_unbound(&log, &record).await.map_err(MembershipError::Storage)?;
         *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = record;
         *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.gate.clear(&held);

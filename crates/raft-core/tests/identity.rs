@@ -151,6 +151,37 @@ async fn a_binding_survives_a_restart_and_is_never_to_another_cluster() {
     node.shutdown().await;
 }
 
+/// A node that gave its binding up and later decides to join the same
+/// cluster id (through a leader, with no former) names no former after a
+/// restart: `unbind` clears the binding record, not only the identity's
+/// cluster id. Before the fix the old binding was read back (it belongs
+/// to the cluster id stored again), and the node named that former.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbound_node_reads_back_no_binding_after_a_restart() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    let cluster = ClusterId::random().unwrap();
+    let former = raft_core::NodeInfo { stable_id: "f".to_owned(), ..node_info(1, ip(1)) };
+    node.bind(cluster, 11, former.clone()).await.unwrap();
+    node.unbind(cluster, 11).await.unwrap();
+    assert_eq!((node.cluster_id(), node.former()), (None, None));
+    // It decides to join that cluster through a leader a peer named.
+    node.set_cluster_id(cluster).await.unwrap();
+    assert_eq!(node.former(), None);
+    node.shutdown().await;
+    drop(node);
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_eq!(node.cluster_id(), Some(cluster));
+    assert_eq!(node.former(), None, "the binding given up came back after a restart");
+    assert_eq!(node.sealed_to(), None);
+    // Free to bind to that cluster's (new) former again, and to seal.
+    node.bind(cluster, 12, former.clone()).await.unwrap();
+    node.seal(cluster, 12, former.clone()).await.unwrap();
+    assert_eq!(node.sealed_to(), Some(12));
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_directory_of_another_stable_id_is_refused() {
     let net = MemNetwork::new();

@@ -162,6 +162,29 @@ impl Protocol for Design0003 {
         boot::kept(granter.cluster.is_some(), granter.promise.as_ref(), true)
     }
 
+    /// A node without raft state or a cluster id at start grants nothing
+    /// until it is ready (`BootState::ready`).
+    fn looks_first(&self) -> bool {
+        true
+    }
+
+    /// `decide::bootstrap::waiting_for`, as `bootstrap::become_ready` calls
+    /// it: ready once every tagged, online peer of its view answered a
+    /// probe, and none's last answer is a member's.
+    fn ready(&self, input: &Bootstrap<'_>) -> bool {
+        let peers: Vec<Node> = input.view.peers(input.me).collect();
+        let heard: Vec<boot::Heard<'_, Node>> = peers
+            .iter()
+            .map(|peer| boot::Heard {
+                peer,
+                online: input.view.online(*peer),
+                answered: input.answers[*peer as usize].is_some(),
+                member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
+            })
+            .collect();
+        boot::waiting_for(&heard).is_empty()
+    }
+
     /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
     fn decide(&self, input: &Bootstrap<'_>) -> Decision {
         let peers = peers(input);
@@ -332,4 +355,82 @@ fn confirmed(input: &Bootstrap<'_>) -> (Vec<Node>, Vec<Node>) {
         (0..MAX_NODES as Node).filter(|&n| of[n as usize].is_some()).collect()
     };
     (which(&input.confirmed), which(&input.sealed))
+}
+
+/// Decision 0003 with an earlier, weaker readiness rule; everything else
+/// is [`Design0003`].
+pub(crate) enum EarlierReadiness {
+    /// As the code made it before: a node that started without raft state
+    /// or a cluster id became ready once it had decided on one probe round
+    /// of its own, whatever answered, so a round in which its peers were
+    /// silent (no path yet, a lower peer yielded to, a probe timeout) made
+    /// it ready.
+    AfterAnyRound,
+    /// As first planned: ready once every tagged, online peer of its view
+    /// answered, whatever it answered (a member of a cluster that names no
+    /// leader included).
+    OnceAnswered,
+}
+
+impl Protocol for EarlierReadiness {
+    fn name(&self) -> &'static str {
+        match self {
+            EarlierReadiness::AfterAnyRound => "0003 (decide::), ready after any first round",
+            EarlierReadiness::OnceAnswered => "0003 (decide::), ready once every peer answered",
+        }
+    }
+    fn incarnation_after_wipe(&self, old: u8) -> u8 {
+        Design0003.incarnation_after_wipe(old)
+    }
+    fn accepts_raft(&self, mine: Option<ClusterId>, theirs: Option<ClusterId>) -> bool {
+        Design0003.accepts_raft(mine, theirs)
+    }
+    fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
+        Design0003.wants_promise(input)
+    }
+    fn answer_probe(&self, granter: &Granter, caller: Node, wants: bool) -> (Answer, Option<Node>) {
+        Design0003.answer_probe(granter, caller, wants)
+    }
+    fn keep_promise(&self, granter: &Granter) -> Option<Node> {
+        Design0003.keep_promise(granter)
+    }
+    fn looks_first(&self) -> bool {
+        true
+    }
+    fn ready(&self, input: &Bootstrap<'_>) -> bool {
+        match self {
+            // `round` set `ready` before deciding, on any answers.
+            EarlierReadiness::AfterAnyRound => true,
+            EarlierReadiness::OnceAnswered => {
+                input.view.online_peers(input.me).all(|peer| input.answers[peer as usize].is_some())
+            }
+        }
+    }
+    fn decide(&self, input: &Bootstrap<'_>) -> Decision {
+        Design0003.decide(input)
+    }
+    fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change> {
+        Design0003.on_join(leader, request)
+    }
+    fn plan(&self, leader: &Leader<'_>) -> Option<Change> {
+        Design0003.plan(leader)
+    }
+    fn confirms(&self) -> bool {
+        true
+    }
+    fn seals(&self) -> bool {
+        true
+    }
+    fn on_confirm(
+        &self,
+        granter: &Granter,
+        caller: RaftId,
+        cluster: ClusterId,
+        seal: bool,
+    ) -> Confirm {
+        Design0003.on_confirm(granter, caller, cluster, seal)
+    }
+    fn unbind(&self, granter: &Granter, gone: bool, forgot: bool) -> bool {
+        Design0003.unbind(granter, gone, forgot)
+    }
 }

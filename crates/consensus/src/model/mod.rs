@@ -18,6 +18,10 @@
 //! - [`design::Design0003`] is decision 0003 with its confirm round as the
 //!   code makes it: every decision that is a pure function of
 //!   `crate::decide` is made by calling that function.
+//!   [`design::EarlierReadiness`] is the same with the readiness rules the
+//!   code had before (a starting node ready after any first round, or once
+//!   every online peer answered); the checker finds a second cluster with
+//!   each.
 //!
 //! The properties, checked in every reachable state:
 //!
@@ -41,6 +45,7 @@
 //! | `keep_promise`          | `decide::bootstrap::kept`                                 |
 //! | `on_confirm`            | `decide::bootstrap::confirm` (`FacadePeers::confirm`)     |
 //! | `unbind`                | `decide::bootstrap::unbind` (`give_up_binding`)           |
+//! | `ready`                 | `decide::bootstrap::waiting_for` (`become_ready`)         |
 //! | `plan`                  | `decide::membership::{to_probe, plan}` (`reconcile`)      |
 //! | `on_join`               | transcribed: cmd-rpc `join_here`                          |
 //! | `accepts_raft`          | transcribed: raft-core's raft hello (`gate.rs`)           |

@@ -458,6 +458,19 @@ pub(crate) trait Protocol: Sync {
     ) -> Confirm {
         Confirm::Refuse
     }
+    /// Whether a node that starts without raft state or a cluster id
+    /// grants no promise and binds itself to nothing until it is ready
+    /// (decision 0003's "look before answering"); if not, every node is
+    /// ready at all times.
+    fn looks_first(&self) -> bool {
+        false
+    }
+    /// Whether such a node is ready after deciding on `input` (its probe
+    /// answers in `input.answers`: every answer that reached it since it
+    /// started, as the model keeps answers until the node stops).
+    fn ready(&self, _input: &Bootstrap<'_>) -> bool {
+        true
+    }
     /// Whether a bound node gives its binding up, its former being gone
     /// for good (`gone`: untagged in its view, the grace period passed) or
     /// having forgotten the formation (`forgot`: it answered as another

@@ -4,7 +4,7 @@
 //! (`decide::`) does none of these within the bounds.
 
 use super::as_written::AsWritten0003;
-use super::design::Design0003;
+use super::design::{Design0003, EarlierReadiness};
 use super::explorer::{Bounds, Report, explore};
 use super::legacy::Legacy;
 use super::protocol::Protocol;
@@ -71,6 +71,7 @@ fn amnesia() -> Scenario {
         taggable: None,
         settled: false,
         skew: true,
+        faults_after_tags: false,
     }
 }
 
@@ -90,10 +91,11 @@ fn late_lowest() -> Scenario {
         taggable: None,
         settled: false,
         skew: true,
+        faults_after_tags: false,
     }
 }
 
-const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 40, stop_when_found: None };
+const FIND: Bounds = Bounds { max_states: 5_000_000, max_depth: 64, stop_when_found: None };
 
 #[test]
 fn legacy_loses_an_acknowledged_write_after_a_wipe() {
@@ -136,6 +138,7 @@ fn fresh_three() -> Scenario {
         taggable: None,
         settled: false,
         skew: true,
+        faults_after_tags: false,
     }
 }
 
@@ -197,6 +200,7 @@ fn running_four() -> Scenario {
         taggable: None,
         settled: true,
         skew: false,
+        faults_after_tags: false,
     }
 }
 
@@ -228,7 +232,7 @@ fn fresh_three_wipe_and_tag(wiped: u8, retagged: u8) -> Scenario {
 /// voters: two leaders of "cluster 0" in term 1, after 20 steps (333,870
 /// states). With it, the binder is sealed to the old incarnation and
 /// refuses the new one. Not exhausted: the gate visits every schedule of
-/// up to 20 steps.
+/// up to 28 steps (20 before a starting node waited for its peers).
 #[test]
 fn design_0003_bootstrap_through_a_former_wipe_and_a_tag_change() {
     let bounds = Bounds { max_states: 600_000, ..FIND };
@@ -243,5 +247,71 @@ fn design_0003_bootstrap_through_a_former_wipe_and_a_tag_change() {
 #[test]
 fn design_0003_bootstrap_through_a_binder_wipe_and_a_tag_change() {
     let report = holds(&Design0003, fresh_three_wipe_and_tag(1, 0), FIND);
+    assert!(report.complete && !report.depth_cut, "{}", report.summary());
+}
+
+/// Decision 0003's schedule "a first round in which nobody answered makes
+/// a node ready", with a < b < c on memory storage and `expected_size` 2:
+/// `a` and `c` run cluster 0 (formed before `b` was tagged, `a` leading
+/// term 1, its log committed: the formation itself is checked by the
+/// checks above); `b` is late; `a`'s tag may be revoked and restored (two
+/// tag changes), so that `b`, starting in between, has a view without `a`
+/// (views catch up together, and not before something asks them to); `c`
+/// may restart empty (one wipe) as `c2`; `c` may campaign (terms up to 2),
+/// so that `a` no longer knows a leader. Wipes wait for the tag changes,
+/// so `a` is tagged again by then: an operator who untags every live node
+/// of a cluster starts over, which decision 0003 allows.
+fn late_view_and_a_wiped_voter() -> Scenario {
+    Scenario {
+        nodes: vec![Start::Member, Start::Late, Start::Member],
+        expected_size: 2,
+        max_term: 2,
+        max_log: 2,
+        writes: 0,
+        crashes: 0,
+        wipes: 1,
+        tag_changes: 2,
+        reconcile: false,
+        faulty: 0b100,
+        taggable: Some(0b001),
+        settled: true,
+        skew: false,
+        faults_after_tags: true,
+    }
+}
+
+/// A first round in which nobody answered made a node ready: `c2`'s probe
+/// of `a` is lost, `c2` decides on that silent round and is ready, and
+/// promises `b`, whose view does not show `a`; `b` forms a second cluster
+/// with `c2` next to `a`'s, which had committed (17 steps).
+#[test]
+fn design_0003_ready_after_a_silent_round_forms_a_second_cluster() {
+    let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
+    let protocol = EarlierReadiness::AfterAnyRound;
+    let report = check(&protocol, late_view_and_a_wiped_voter(), bounds);
+    let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the second cluster");
+    assert!(found.trace.iter().any(|s| s.contains("c loses its raft state")), "{found}");
+}
+
+/// Waiting for an answer from every online peer is not enough: `c`
+/// campaigns before it loses its state, so `a` steps down and answers
+/// `c2` as a member of cluster 0 that knows no leader; `c2` cannot join,
+/// has heard from everyone, and promises `b` (22 steps).
+#[test]
+fn design_0003_ready_once_every_peer_answered_forms_a_second_cluster() {
+    let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
+    let protocol = EarlierReadiness::OnceAnswered;
+    let report = check(&protocol, late_view_and_a_wiped_voter(), bounds);
+    let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the second cluster");
+    assert!(found.trace.iter().any(|s| s.contains("a steps down")), "{found}");
+}
+
+/// The same world with readiness as the code makes it now
+/// (`decide::bootstrap::waiting_for`): `c2` grants nothing until `a` has
+/// answered, and not while `a` answers as a member of a cluster; it joins
+/// `a`'s cluster once `a` names its leader.
+#[test]
+fn design_0003_ready_once_every_peer_answered_and_none_is_a_member() {
+    let report = holds(&Design0003, late_view_and_a_wiped_voter(), FIND);
     assert!(report.complete && !report.depth_cut, "{}", report.summary());
 }

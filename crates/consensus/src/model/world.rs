@@ -68,6 +68,12 @@ pub(crate) struct Scenario {
     /// Whether each node's view catches up on its own (else all views catch
     /// up together, in one step).
     pub(crate) skew: bool,
+    /// Whether the tags settle before any node loses its state: a crash or
+    /// wipe only while every started node is tagged, and no tag change
+    /// after one. Keeps out the schedules in which the operator untags
+    /// every live node of a cluster, which decision 0003 treats as
+    /// starting over (the others may then form a new cluster).
+    pub(crate) faults_after_tags: bool,
 }
 
 /// One log entry.
@@ -151,6 +157,10 @@ pub(crate) struct NodeState {
     pub(crate) view: View,
     /// Volatile: the promise it holds for another node.
     pub(crate) promise: Option<Node>,
+    /// Volatile: it grants promises and binds itself (a node that started
+    /// with raft state or a cluster id is at once; see
+    /// [`Protocol::looks_first`]).
+    pub(crate) ready: bool,
 }
 
 impl NodeState {
@@ -170,6 +180,7 @@ impl NodeState {
             leader: None,
             view,
             promise: None,
+            ready: false,
         }
     }
 
@@ -204,6 +215,12 @@ impl NodeState {
         self.leader = None;
         self.promise = None;
         self.forming = false;
+        self.ready = false;
+    }
+
+    /// Whether it may grant promises and bind itself now.
+    fn answers_fully(&self, protocol: &dyn Protocol) -> bool {
+        self.ready || !protocol.looks_first()
     }
 }
 
@@ -479,6 +496,7 @@ impl System<'_> {
                 match start {
                     Start::Fresh => {}
                     Start::Member => {
+                        node.ready = true;
                         node.cluster = Some(0);
                         node.log.push(Entry {
                             term: 0,
@@ -960,7 +978,9 @@ impl System<'_> {
             }
             Body::Probe(wants) => {
                 let granter = granter(w, to);
-                let (answer, promise) = self.protocol.answer_probe(&granter, msg.from, *wants);
+                // A node that is not ready answers, and grants nothing.
+                let wants = *wants && node.answers_fully(self.protocol);
+                let (answer, promise) = self.protocol.answer_probe(&granter, msg.from, wants);
                 w.nodes[to as usize].promise = promise;
                 self.send(w, Msg { from: to, to: msg.from, body: Body::Answer { answer, id: me } });
             }
@@ -968,6 +988,11 @@ impl System<'_> {
             // initializes once the confirmations have.
             Body::Answer { .. } | Body::Confirmed { .. } => {}
             Body::Confirm { cluster, seal } => {
+                // A node that is not ready refuses, unless it decided to
+                // join a cluster (it confirms that one's former).
+                if !node.answers_fully(self.protocol) && node.cluster.is_none() {
+                    return;
+                }
                 let granter = granter(w, to);
                 let former = w.id(msg.from);
                 let step = self.protocol.on_confirm(&granter, former, *cluster, *seal);
@@ -1060,6 +1085,11 @@ fn dies_with(m: &Msg, n: Node) -> bool {
     m.is_http() && (m.to == n || (m.from == n && !matches!(m.body, Body::Confirmed { .. })))
 }
 
+/// Whether every started node carries the tag.
+fn all_tagged(w: &World) -> bool {
+    w.nodes.iter().enumerate().all(|(n, node)| !node.started || w.tagged & (1 << n) != 0)
+}
+
 /// What node `n` knows of itself, as the protocol sees it.
 fn granter(w: &World, n: Node) -> Granter {
     let node = &w.nodes[n as usize];
@@ -1140,8 +1170,9 @@ impl Model for System<'_> {
                 w.nodes[*n as usize].view = truth;
             }
             Action::Crash(n) => {
+                let settled = !s.faults_after_tags || all_tagged(&w);
                 let node = &mut w.nodes[*n as usize];
-                if !node.up || w.budget.crashes == 0 {
+                if !node.up || w.budget.crashes == 0 || !settled {
                     return None;
                 }
                 w.budget.crashes -= 1;
@@ -1153,11 +1184,14 @@ impl Model for System<'_> {
                 if w.nodes[*n as usize].up {
                     return None;
                 }
-                w.nodes[*n as usize].up = true;
+                let node = &mut w.nodes[*n as usize];
+                node.up = true;
+                node.ready =
+                    self.protocol.looks_first() && (node.has_state() || node.cluster.is_some());
                 w.nodes[*n as usize].view = w.truth();
             }
             Action::Wipe(n) => {
-                if w.budget.wipes == 0 {
+                if w.budget.wipes == 0 || (s.faults_after_tags && !all_tagged(&w)) {
                     return None;
                 }
                 w.budget.wipes -= 1;
@@ -1170,7 +1204,8 @@ impl Model for System<'_> {
                 w.net.retain(|m| !dies_with(m, *n));
             }
             Action::Tag(n) => {
-                if w.budget.tag_changes == 0 {
+                let faulted = w.budget.wipes < s.wipes || w.budget.crashes < s.crashes;
+                if w.budget.tag_changes == 0 || (s.faults_after_tags && faulted) {
                     return None;
                 }
                 w.budget.tag_changes -= 1;
@@ -1286,9 +1321,13 @@ impl Model for System<'_> {
                 }
                 let input = self.bootstrap(&w, *n, &answers);
                 let me = w.id(*n);
+                // The shell's round: readiness first, on the answers in.
+                if self.protocol.looks_first() && !w.nodes[*n as usize].ready {
+                    w.nodes[*n as usize].ready = self.protocol.ready(&input);
+                }
                 let decision = self.protocol.decide(&input);
                 match decision {
-                    Decision::Wait => return None,
+                    Decision::Wait => {}
                     Decision::Join { cluster: _, leader }
                         if self.protocol.confirms()
                             && !(input.view.tagged(leader.node())

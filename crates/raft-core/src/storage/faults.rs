@@ -193,6 +193,14 @@ impl LogBackend for FaultyBackend {
     fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
         self.inner.get_meta(key)
     }
+    fn put_meta_removing(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+        remove: &'static str,
+    ) -> Result<(), String> {
+        self.write(key, || self.inner.put_meta_removing(key, value, remove))
+    }
     fn blocking(&self) -> bool {
         self.inner.blocking()
     }

@@ -41,6 +41,13 @@ pub(crate) trait LogBackend: Send + Sync + 'static {
         self.put_meta(key, value)
     }
     fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String>;
+    /// Stores meta `key` and deletes meta `remove`, in one durable write.
+    fn put_meta_removing(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+        remove: &'static str,
+    ) -> Result<(), String>;
     /// Whether calls may block on disk (and so belong on the blocking pool).
     fn blocking(&self) -> bool;
 }
@@ -97,6 +104,17 @@ impl LogBackend for MemBackend {
     }
     fn get_meta(&self, key: &'static str) -> Result<Option<Vec<u8>>, String> {
         Ok(self.meta.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
+    }
+    fn put_meta_removing(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+        remove: &'static str,
+    ) -> Result<(), String> {
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        meta.remove(remove);
+        meta.insert(key, value);
+        Ok(())
     }
     fn blocking(&self) -> bool {
         false
@@ -191,6 +209,20 @@ impl LogBackend for RedbBackend {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(META).map_err(err)?;
         Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+    fn put_meta_removing(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+        remove: &'static str,
+    ) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(META).map_err(err)?;
+            table.remove(remove).map_err(err)?;
+            table.insert(key, value.as_slice()).map_err(err)?;
+        }
+        txn.commit().map_err(err)
     }
     fn blocking(&self) -> bool {
         true
@@ -422,6 +454,19 @@ impl LogStore {
         value: Vec<u8>,
     ) -> Result<(), String> {
         self.run(move |b| b.put_meta(key, value), write_logs).await.map_err(|e| e.to_string())
+    }
+
+    /// Stores meta `key` and deletes meta `remove` in one write, durably
+    /// (fsynced) before it returns: a crash leaves both or neither.
+    pub(crate) async fn put_meta_durably_removing(
+        &self,
+        key: &'static str,
+        value: Vec<u8>,
+        remove: &'static str,
+    ) -> Result<(), String> {
+        self.run(move |b| b.put_meta_removing(key, value, remove), write_logs)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Whether any raft state is stored: a log entry, a purge mark or a
