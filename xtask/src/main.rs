@@ -138,11 +138,13 @@ fn ci() -> Result {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     // Every real-tailnet test runs several tsnet nodes; on a 2-core machine
-    // too many at once starve them, so bound the parallelism.
+    // too many at once starve them, so bound the parallelism. Every test
+    // binary runs even after one fails, so that one gate run reports every
+    // failing test, not only the first binary's.
     run(
         "test",
         cargo()
-            .args(["test", "--workspace", "--all-features", "--locked"])
+            .args(["test", "--workspace", "--all-features", "--locked", "--no-fail-fast"])
             .env("RUST_TEST_THREADS", "4"),
     )?;
     // Every library crate (and the tool) packages as it would be published:

@@ -160,6 +160,22 @@ pub(crate) fn at_deadline(
     }
 }
 
+/// What a call keeps to report after an attempt that asks to be tried
+/// again with `new` (or nothing) to report: `new`, unless an earlier
+/// attempt left the outcome unknown and `new` does not. An attempt that
+/// timed out may still be committed, so a later "not the leader" (or a
+/// deadline with nothing to report) must not turn that into "not applied".
+pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Option<RpcError> {
+    match (last, new) {
+        (Some(last), new)
+            if last.outcome_unknown() && !new.as_ref().is_some_and(RpcError::outcome_unknown) =>
+        {
+            Some(last)
+        }
+        (_, new) => new,
+    }
+}
+
 /// Exponential backoff between attempts, doubling from a minimum up to a
 /// maximum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,6 +355,21 @@ mod tests {
 
     fn timeout() -> RpcError {
         RpcError::Timeout { what: "w".to_owned(), after: Duration::from_secs(1) }
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_kept_until_another_unknown_replaces_it() {
+        let not_leader = || remote("not_leader", None);
+        let code = |e: Option<RpcError>| e.map(|e| e.code().to_string());
+        let kept = keep_unknown(Some(timeout()), None);
+        assert_eq!(code(kept), Some("timeout".to_owned()), "nothing new to report");
+        let kept = keep_unknown(Some(timeout()), Some(not_leader()));
+        assert_eq!(code(kept), Some("timeout".to_owned()), "a known outcome after an unknown");
+        let replaced = keep_unknown(Some(timeout()), Some(remote("fatal", None)));
+        assert_eq!(code(replaced), Some("fatal".to_owned()), "a newer unknown outcome");
+        let replaced = keep_unknown(Some(not_leader()), None);
+        assert_eq!(code(replaced), None, "a known outcome is not kept");
+        assert_eq!(code(keep_unknown(None, Some(timeout()))), Some("timeout".to_owned()));
     }
 
     #[test]

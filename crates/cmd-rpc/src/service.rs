@@ -39,7 +39,7 @@ use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
 use crate::peers::{Caller, Peers, check_node};
-use crate::route::{self, Backoff, Next, Origin, Step, Target};
+use crate::route::{self, Backoff, Next, Origin, Step, Target, keep_unknown};
 use crate::stats::CommandStats;
 
 /// The command API of one node.
@@ -233,7 +233,7 @@ impl<S: StateMachine> CommandService<S> {
                     Retry::Done(answer) => return Ok(answer),
                     Retry::Again { leader, error } => {
                         hinted = leader;
-                        last_error = error;
+                        last_error = keep_unknown(last_error, error);
                     }
                 },
             }

@@ -1299,6 +1299,51 @@ async fn an_expired_session_after_an_unknown_attempt_is_reported_as_unknown() {
     cluster.shutdown().await;
 }
 
+/// A forwarded call whose attempt on the leader timed out (outcome unknown:
+/// the entry may still commit), then bounced because the leader lost its
+/// leadership, must answer with that unknown outcome: `not_leader` tells
+/// the caller "not applied", and the entry may yet be committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_call_that_timed_out_is_not_bounced_as_not_leader() {
+    let mut raft = Cluster::raft_config();
+    raft.propose_timeout = Duration::from_millis(300);
+    let cluster = Cluster::with_raft(3, 3, raft).await;
+    let leader = cluster.leader().await;
+    let session = cluster.session(leader).await;
+    // The leader is cut off: the forwarded attempt's proposal times out.
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    cluster.net.partition_set(&[ip(leader)]);
+    let node = cluster.service(leader).node().clone();
+    let batches = || node.stats().batch_size.snapshot().count;
+    let before = batches();
+    let service = cluster.service(leader).clone();
+    let call = tokio::spawn(async move {
+        service.execute(&put(session, 1, "b", "1"), deadline(30), Origin::Forwarded).await
+    });
+    // A second proposal means the first one timed out.
+    eventually(WAIT, "a second attempt", async || (batches() >= before + 2).then_some(())).await;
+    // The leader starts handing leadership over (its proposals are now
+    // answered "not the leader"); the others elect a leader, and the old
+    // one learns of it once healed.
+    node.hold_for_transfer(true);
+    eventually(WAIT, "a new leader", async || {
+        others.iter().copied().find(|&i| cluster.service(i).node().metrics().role == Role::Leader)
+    })
+    .await;
+    cluster.net.heal_all();
+    let answer = call.await.unwrap();
+    node.hold_for_transfer(false);
+    match answer {
+        Err(err) => {
+            assert!(err.outcome_unknown(), "answered {} ({err}): a known outcome", err.code());
+            assert_eq!(err.code().as_str(), "timeout", "{err}");
+        }
+        Ok(ok) => panic!("answered {}", ok.result.get()),
+    }
+    drop(node);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_may_ask_a_caught_up_voter_to_campaign_in_its_term() {
     let cluster = Cluster::new(3, 3).await;

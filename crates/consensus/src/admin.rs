@@ -315,19 +315,48 @@ struct RemoveBody {
 }
 
 /// The voters left once `id` is removed, and how many of them are
-/// reachable: this node, and the others the view shows tagged and online.
-/// Without a view nobody else counts as reachable (the check must not
-/// pass for want of information).
+/// reachable, as the reconciler's quorum guard counts them
+/// (`decide::membership::keeps_quorum`): this node (the leader), and the
+/// voters whose node `online` says is tagged and online and that are that
+/// node's live incarnation (a dead voter of a node that came back under a
+/// new raft id does not count). Without a view nobody else counts as
+/// reachable (the check must not pass for want of information).
 fn remaining_voters(
     members: &[Member],
     me: u64,
     id: u64,
     online: impl Fn(&str) -> bool,
 ) -> (usize, usize) {
-    let remaining: Vec<&Member> =
-        members.iter().filter(|m| m.role == MemberRole::Voter && m.id != id).collect();
-    let reachable = remaining.iter().filter(|m| m.id == me || online(&m.stable_id)).count();
-    (remaining.len(), reachable)
+    use crate::decide::membership::{self as decide, Inputs, Probed, Tagged};
+    let model: Vec<decide::Member<&str>> = members
+        .iter()
+        .map(|m| decide::Member {
+            id: m.id,
+            name: m.stable_id.as_str(),
+            voter: m.role == MemberRole::Voter,
+            matched: None,
+        })
+        .collect();
+    let tagged: Vec<Tagged<&str>> = members
+        .iter()
+        .filter(|m| online(&m.stable_id))
+        .map(|m| Tagged { name: m.stable_id.as_str(), online: true })
+        .collect();
+    // Only this node's own answer is known here (no probes).
+    let probed: Vec<Probed<&str>> = members
+        .iter()
+        .filter(|m| m.id == me)
+        .map(|m| Probed { name: m.stable_id.as_str(), id: me, in_this_cluster: true })
+        .collect();
+    let inputs = Inputs {
+        leader: me,
+        members: &model,
+        tagged: &tagged,
+        probed: &probed,
+        last_index: 0,
+        max_lag: 0,
+    };
+    decide::voters_after_removal(&inputs, id)
 }
 
 async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
@@ -375,10 +404,13 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
             ));
         }
         if target.role == MemberRole::Voter && !request.force_quorum {
+            // As the reconciler's guard: only a fresh view says who is
+            // reachable.
+            let fresh = inner.fresh_view();
             let seen_online =
-                |stable_id: &str| view.as_ref().is_some_and(|v| tagged_online(v, stable_id));
+                |stable_id: &str| fresh.as_ref().is_some_and(|v| tagged_online(v, stable_id));
             let (remaining, reachable) = remaining_voters(&members, inner.id, id, seen_online);
-            if reachable < remaining / 2 + 1 {
+            if !crate::decide::membership::quorum_kept(remaining, reachable) {
                 return Err(AdminResponse::error(
                     409,
                     "quorum",
@@ -387,8 +419,8 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
                          are reachable{}, not a majority: the joint configuration might never \
                          commit and the cluster could stall. Bring the offline voters back \
                          first; --force-quorum tries anyway (--force does not cover this)",
-                        if view.is_none() {
-                            " (no tailnet view: only this node counts)"
+                        if fresh.is_none() {
+                            " (no fresh tailnet view: only this node counts)"
                         } else {
                             ""
                         }
@@ -853,6 +885,21 @@ mod tests {
         learner.role = MemberRole::Learner;
         let members = [members, vec![learner]].concat();
         assert_eq!(remaining_voters(&members, 1, 2, |_| true), (2, 2));
+    }
+
+    /// A node that restarted empty is back as a learner under a new raft
+    /// id; its old voter is dead however online the node is, and must not
+    /// count as reachable (the reconciler's guard, `keeps_quorum`, agrees).
+    #[test]
+    fn a_dead_incarnation_of_an_online_node_is_not_a_reachable_voter() {
+        let mut new = member(4, "c", "c");
+        new.role = MemberRole::Learner;
+        let members = vec![member(1, "a", "a"), member(2, "b", "b"), member(3, "c", "c"), new];
+        // Removing b (offline) leaves a (this node) and c's dead voter.
+        let online = |s: &str| s == "a" || s == "c";
+        assert_eq!(remaining_voters(&members, 1, 2, online), (2, 1));
+        // Without the new incarnation, c's only voter counts.
+        assert_eq!(remaining_voters(&members[..3], 1, 2, online), (2, 2));
     }
 
     #[test]

@@ -33,7 +33,8 @@ use cmd_rpc::{
     CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
     ProbeRequest, ProbeResponse, ProbeState, RpcError, check_node,
 };
-use raft_core::{ClusterId, NodeId, NodeInfo, node_id};
+use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, node_id};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use ts_discovery::{ClusterView, TailnetNode};
 
@@ -193,7 +194,9 @@ pub(crate) async fn run<S: StateMachine>(
     let mut raft_changes = raft.subscribe();
     loop {
         views.borrow_and_update();
-        raft_changes.borrow_and_update();
+        // Raft's metrics as this round starts: only a change from these
+        // ends a pause early.
+        let seen = raft_changes.borrow_and_update().clone();
         if raft.is_initialized().await {
             // A leader took this node in, or the former of the cluster it
             // is bound to initialized it.
@@ -230,24 +233,46 @@ pub(crate) async fn run<S: StateMachine>(
             return Err(Error::JoinFailed { waited: started.elapsed(), reason });
         }
         tracing::debug!(%reason, "not joined yet");
-        let mut pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+        let mut pause = jitter(backoff).min(deadline.saturating_duration_since(Instant::now()));
         backoff = (backoff * 2).min(MAX_BACKOFF);
         if !paths.gained.is_empty() {
             // A yield to a lower peer ends soon: look again then.
             pause = pause.min(YIELD_CHECK);
         }
-        // Look again after `pause`, or as soon as the former of the cluster
-        // this node is bound to initialized it, or (while a peer has no
-        // path yet) the view changes.
+        // Look again after `pause`, or as soon as raft's metrics change
+        // (the former of the cluster this node is bound to initialized it,
+        // a leader took it in), or (while a peer has no path yet) the view
+        // changes.
         let watch_views = !paths.is_empty();
         let woke = async {
             tokio::select! {
-                Ok(()) = raft_changes.changed() => {}
+                true = changed_from(&mut raft_changes, &seen) => {}
                 Ok(()) = views.changed(), if watch_views => {}
                 else => std::future::pending::<()>().await,
             }
         };
         let _ = tokio::time::timeout(pause, woke).await;
+    }
+}
+
+/// Waits until raft's metrics differ from `seen`; false once raft is gone.
+/// Raft republishes its metrics unchanged whenever it handles a call, and
+/// this node calls it every round (whether it is initialized, its binding):
+/// before, each round's own calls ended the next pause at once, and a
+/// formation the peers refused was asked again in a tight loop (every few
+/// milliseconds in memory, every ~20 ms on a tailnet; docs/reliability.md
+/// finding 10).
+async fn changed_from(changes: &mut watch::Receiver<NodeMetrics>, seen: &NodeMetrics) -> bool {
+    changes.wait_for(|now| now != seen).await.is_ok()
+}
+
+/// `pause` scaled by a random factor in [1/2, 1): nodes that wait for the
+/// same thing do not probe and confirm in step.
+fn jitter(pause: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    match getrandom::fill(&mut byte) {
+        Ok(()) => pause / 2 + pause.mul_f64(f64::from(byte[0]) / 512.0),
+        Err(_) => pause,
     }
 }
 

@@ -259,8 +259,6 @@ impl<S: StateMachine> FacadePeers<S> {
         holder.is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)))
     }
 
-    /// The leader this node names: the one raft knows, else the former of
-    /// the cluster it is bound to (itself, while it forms one).
     /// The leader a probe's answer names: the known leader; for a binder
     /// (a cluster id, no configuration yet) the cluster's former. A member
     /// with a configuration that knows no leader names none: naming the

@@ -10,12 +10,17 @@
 //! - a binder whose incarnation changes before its former initializes is
 //!   counted as its new incarnation (the seal round), never the dead one;
 //! - the binders of a former gone for good give their binding up, and a
-//!   fresh node never stores a cluster id on another node's word.
+//!   fresh node never stores a cluster id on another node's word;
+//! - a former whose confirms are refused asks again at the back-off, not
+//!   in a tight loop (docs/reliability.md finding 10).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -24,9 +29,10 @@ use consensus::{
 };
 use raft_core::NodeInfo;
 use test_support::{cluster, eventually, eventually_every, fast_timing};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
-use ts_transport::{Faults, MemNetwork, Transport};
+use ts_transport::{BoxFuture, BoxStream, Faults, Listener, MemNetwork, Transport, TransportError};
 
 const TAG: &str = "tag:boot";
 const WAIT: Duration = Duration::from_secs(30);
@@ -273,6 +279,8 @@ struct Stalled {
     starts: Vec<Option<Start>>,
     cluster: raft_core::ClusterId,
     c_id: u64,
+    /// The confirm requests ra sent.
+    a_confirms: Confirms,
 }
 
 async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Stalled {
@@ -292,8 +300,9 @@ async fn stall_a_formation_of(
         (0..3).map(|i| Arc::new(StaticDiscovery::new(full(i)))).collect();
     let slow_c = Faults::new(2);
     slow_c.set_delay(Duration::from_millis(600));
+    let a_confirms = Confirms::default();
     let transports: Vec<Arc<dyn Transport>> = vec![
-        Arc::new(net.node(ip(0))),
+        a_confirms.wrap(Arc::new(net.node(ip(0)))),
         Arc::new(net.node(ip(1))),
         Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
     ];
@@ -340,7 +349,7 @@ async fn stall_a_formation_of(
         }
         assert!(Instant::now() < deadline, "rc never bound itself to ra's cluster");
     };
-    Stalled { net, views, slow_c, starts, cluster, c_id }
+    Stalled { net, views, slow_c, starts, cluster, c_id, a_confirms }
 }
 
 /// The former dies (its start times out) after rc bound itself to its
@@ -483,6 +492,140 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     let cluster = cluster_id_of(&s.net, 1).await;
     assert_ne!(cluster, Some(s.cluster), "rb and rc formed ra's cluster without ra");
     for kv in [b, c] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Counts the confirm requests a node sends: the HTTP/1 request lines
+/// `POST /v1/confirm` it writes on the streams it dials.
+#[derive(Clone, Default)]
+struct Confirms(Arc<AtomicUsize>);
+
+impl Confirms {
+    fn wrap(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
+        Arc::new(Counting { inner, confirms: self.clone() })
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Counting {
+    inner: Arc<dyn Transport>,
+    confirms: Confirms,
+}
+
+impl Transport for Counting {
+    fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
+        self.inner.listen(port)
+    }
+
+    fn dial(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
+        Box::pin(async move {
+            let inner = self.inner.dial(addr, port, timeout).await?;
+            let counted = Counted { inner, confirms: self.confirms.clone(), tail: Vec::new() };
+            Ok(Box::new(counted) as BoxStream)
+        })
+    }
+
+    fn local_addrs(&self) -> Vec<IpAddr> {
+        self.inner.local_addrs()
+    }
+}
+
+/// A dialed stream whose written bytes are searched for confirm requests;
+/// `tail` keeps the end of the last write, for a request line split
+/// across two writes.
+struct Counted {
+    inner: BoxStream,
+    confirms: Confirms,
+    tail: Vec<u8>,
+}
+
+const CONFIRM_LINE: &[u8] = b"POST /v1/confirm";
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        let mut seen = std::mem::take(&mut this.tail);
+        seen.extend_from_slice(&buf[..written]);
+        let found = seen.windows(CONFIRM_LINE.len()).filter(|w| *w == CONFIRM_LINE).count();
+        this.confirms.0.fetch_add(found, Ordering::Relaxed);
+        let keep = seen.len().saturating_sub(CONFIRM_LINE.len() - 1);
+        this.tail = seen.split_off(keep);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// docs/reliability.md finding 10, the loop: a former whose confirms are
+/// refused round after round (rb no longer sees ra tagged) asks again at
+/// the bootstrap's back-off, a few times in a few seconds. Before the
+/// fix, every change of its raft metrics (each tick of its raft node,
+/// each raft request it receives) ended the pause at once, so it asked
+/// again every tick or faster (in the chaos run, about every 20 ms). Once
+/// rb sees ra again, the formation still finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_formation_backs_off_instead_of_looping() {
+    let s = stall_a_formation([WAIT, WAIT, WAIT], None).await;
+    // rc's answers are fast again: ra's rounds take a few milliseconds,
+    // and only the pause between them sets their pace.
+    s.slow_c.set_delay(Duration::ZERO);
+    // Past the back-off's ramp (doubling from 100 ms).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let window = Duration::from_secs(5);
+    let before = s.a_confirms.get();
+    tokio::time::sleep(window).await;
+    let sent = s.a_confirms.get() - before;
+    eprintln!("ra sent {sent} refused confirms in {window:?}");
+    assert!(sent > 0, "ra stopped asking rb to confirm");
+    // At most one per half second (the shortest jittered pause at the
+    // back-off's cap); before the fix, thousands.
+    assert!(sent <= 20, "ra sent {sent} confirms in {window:?}: a tight loop");
+    // rb sees ra again: the three form one cluster.
+    s.views[1].set(view(1, &[(0, true), (2, true)]));
+    let mut nodes = Vec::new();
+    for (i, slot) in s.starts.into_iter().enumerate() {
+        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    assert_eq!(cluster_id_of(&s.net, 1).await, Some(s.cluster));
+    for kv in nodes {
         kv.stop(StopMode::Stay).await.unwrap();
     }
 }

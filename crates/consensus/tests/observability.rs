@@ -300,7 +300,22 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
             scrape
         }
     };
-    let first: Vec<Scrape> = vec![scrape(0).await, scrape(1).await, scrape(2).await];
+    // A write is acknowledged once a majority has it: the third node may
+    // still be applying the last of the 20 when the writer returns.
+    let mut first = Vec::new();
+    for i in 0..3 {
+        let applied = eventually_every(
+            WAIT,
+            Duration::from_millis(50),
+            format_args!("node {i} applies the 20 commands"),
+            async || {
+                let s = scrape(i).await;
+                (s.value("tsconsensus_commands_applied_total", &[]) >= 20.0).then_some(s)
+            },
+        )
+        .await;
+        first.push(applied);
+    }
     let f = &first[follower];
     assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "ok")]), 10.0);
     assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "timeout")]), 1.0);

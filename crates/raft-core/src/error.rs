@@ -15,7 +15,8 @@ pub enum StartError {
     #[error("raft storage: {0}")]
     Storage(String),
     /// The state directory belongs to another node, or was written before
-    /// node identities existed; the message says what to do.
+    /// node identities existed or by a version that derived raft ids
+    /// otherwise; the message says what to do.
     #[error("raft storage: {0}")]
     Identity(String),
     /// The raft port could not be opened.

@@ -19,8 +19,12 @@ use crate::types::{ClusterId, NodeId, NodeInfo, node_id};
 
 /// Meta key of the record.
 const KEY: &str = "identity";
-/// Version of the record's layout.
-const FORMAT: u8 = 1;
+/// Version of the record: its layout and how its raft id is derived (1:
+/// FNV-1a 64, refused since raft ids are SHA-256-derived, see
+/// [`node_id`]; 2: SHA-256).
+const FORMAT: u8 = 2;
+/// The format whose raft ids were FNV-1a-derived.
+const FORMAT_FNV: u8 = 1;
 /// Meta key of the binding record.
 const BINDING_KEY: &str = "binding";
 /// Version of the binding record's layout (1: without `sealed`, read as
@@ -155,13 +159,24 @@ pub(crate) async fn load(log: &LogStore) -> Result<Option<Identity>, String> {
     let Some(bytes) = log.meta_bytes(KEY).await? else { return Ok(None) };
     let identity: Identity = codec::decode(&bytes, codec::stored_limit(bytes.len()), KEY)
         .map_err(|e| format!("identity record: {e}"))?;
-    if identity.format != FORMAT {
-        return Err(format!(
-            "identity record of format {} (this version reads {FORMAT})",
-            identity.format
-        ));
-    }
+    check_format(&identity)?;
     Ok(Some(identity))
+}
+
+/// Refuses a record this version cannot use, saying why.
+fn check_format(identity: &Identity) -> Result<(), String> {
+    match identity.format {
+        FORMAT => Ok(()),
+        FORMAT_FNV => Err(format!(
+            "the identity record (raft id {}) was written by an older version, which derived \
+             raft ids with FNV-1a; this version derives them with SHA-256 and its peers \
+             refuse the old id, so this raft state cannot be used. Upgrade the whole cluster \
+             at once: take a backup with the old version, then start every node with an \
+             empty state directory (one of them restoring the backup as a new cluster)",
+            identity.node_id
+        )),
+        other => Err(format!("identity record of format {other} (this version reads {FORMAT})")),
+    }
 }
 
 /// Loads this node's identity from `log`, or makes a new one if the storage
@@ -184,12 +199,10 @@ pub(crate) async fn establish(
     if let Some(bytes) = stored {
         let identity: Identity = codec::decode(&bytes, codec::stored_limit(bytes.len()), KEY)
             .map_err(|e| StartError::Storage(format!("{place}: identity record: {e}")))?;
-        if identity.format != FORMAT {
-            return Err(StartError::Storage(format!(
-                "{place}: identity record of format {} (this version reads {FORMAT})",
-                identity.format
-            )));
-        }
+        check_format(&identity).map_err(|why| match identity.format {
+            FORMAT_FNV => StartError::Identity(format!("{place}: {why}")),
+            _ => StartError::Storage(format!("{place}: {why}")),
+        })?;
         if identity.stable_id != stable_id {
             return Err(StartError::Identity(format!(
                 "{place} holds the raft state of node {:?}, but this node is {stable_id:?}: it was \
@@ -271,6 +284,28 @@ mod tests {
         assert_eq!(establish(&log, "n1", "dir", None).await.unwrap(), first);
         let err = establish(&log, "n2", "dir", None).await.unwrap_err().to_string();
         assert!(err.contains("\"n1\"") && err.contains("\"n2\""), "{err}");
+    }
+
+    /// Raft ids were once FNV-1a 64 of the same text (format 1): a node
+    /// that finds such a record cannot keep that id (peers derive ids the
+    /// new way and refuse it), and must say so rather than start.
+    #[tokio::test]
+    async fn an_identity_with_an_fnv_raft_id_is_refused_with_advice() {
+        let log = LogStore::in_memory();
+        let incarnation = 0x1234_5678_9abc_def0;
+        let fnv = crate::types::fnv1a64(format!("n1#{incarnation:016x}").as_bytes()).max(1);
+        let old = Identity {
+            format: 1,
+            stable_id: "n1".to_owned(),
+            incarnation,
+            node_id: fnv,
+            cluster_id: Some(ClusterId(7)),
+        };
+        store(&log, &old).await.unwrap();
+        let err = establish(&log, "n1", "dir", None).await.unwrap_err();
+        assert!(matches!(err, StartError::Identity(_)), "{err:?}");
+        let why = err.to_string();
+        assert!(why.contains(&fnv.to_string()) && why.contains("empty state directory"), "{why}");
     }
 
     #[tokio::test]

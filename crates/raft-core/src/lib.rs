@@ -2,7 +2,8 @@
 //!
 //! - [`RaftNode`] runs one node: its raft port (only a peer whose hello
 //!   names the node the caller's [`Identify`] hook says owns its address,
-//!   and only connections of its own cluster),
+//!   served only while that node still owns it, and only connections of
+//!   its own cluster),
 //!   storage ([`Storage::Memory`] or [`Storage::Durable`]: identity, log,
 //!   vote and committed index in redb, snapshots as atomically replaced
 //!   files), and a proposal batcher that coalesces concurrent commands into

@@ -53,13 +53,25 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 /// The raft id of incarnation `incarnation` of the node with stable
-/// tailnet id `stable_id`: FNV-1a (64 bit) over
-/// `"<stable_id>#<incarnation as 16 lowercase hex digits>"`. Deterministic
-/// across platforms and versions (ids are stored in logs and snapshots);
-/// never 0.
+/// tailnet id `stable_id`: the first 8 bytes (big-endian) of SHA-256 over
+/// `"tsconsensus raft id\n<stable_id>#<incarnation as 16 lowercase hex
+/// digits>"`. Deterministic across platforms and versions (ids are stored
+/// in logs and snapshots); never 0.
+///
+/// A node chooses its incarnation, so the hash must make it infeasible to
+/// choose one that gives another node's raft id (a second preimage of 64
+/// bits: about 2^64 hashes). FNV-1a, used before identity format 2, is
+/// invertible step by step and gave that up to a meet-in-the-middle search
+/// of about 2^32 steps.
 pub fn node_id(stable_id: &str, incarnation: u64) -> NodeId {
-    let text = format!("{stable_id}#{incarnation:016x}");
-    fnv1a64(text.as_bytes()).max(1)
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"tsconsensus raft id\n");
+    hash.update(format!("{stable_id}#{incarnation:016x}").as_bytes());
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 /// A cluster's identity: 128 random bits drawn when the cluster forms. A
@@ -307,12 +319,13 @@ mod tests {
     #[test]
     fn node_ids_are_pinned() {
         // Node ids are stored in logs and snapshots: the derivation must
-        // never change. Values computed independently (FNV-1a 64 over
-        // "<stable id>#<incarnation as 16 lowercase hex digits>").
-        assert_eq!(node_id("TESTCTRL00000001", 1), 0xec78_9f88_0764_04af);
-        assert_eq!(node_id("TESTCTRL00000001", 2), 0xec78_a088_0764_0662);
-        assert_eq!(node_id("TESTCTRL00000002", 0xdead_beef_cafe_f00d), 0xf441_67ce_547e_7754);
-        assert_eq!(node_id("", 0), 0xab5f_618c_121e_bbb2);
+        // never change by accident. Values computed independently (Python:
+        // int(hashlib.sha256(b"tsconsensus raft id\n" + text).hexdigest()[:16], 16)
+        // with text "<stable id>#<incarnation as 16 lowercase hex digits>").
+        assert_eq!(node_id("TESTCTRL00000001", 1), 0xf007_bbf6_be5c_fd0e);
+        assert_eq!(node_id("TESTCTRL00000001", 2), 0x4f6f_b977_1da8_fc99);
+        assert_eq!(node_id("TESTCTRL00000002", 0xdead_beef_cafe_f00d), 0xdda2_55f7_8776_962d);
+        assert_eq!(node_id("", 0), 0x1fe5_5852_74e2_6869);
     }
 
     #[test]

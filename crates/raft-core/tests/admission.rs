@@ -1,7 +1,8 @@
 //! Who a raft connection may speak for and with which settings: a caller
 //! is served only as the node that owns its address (its hello's stable id
-//! and raft id, and every request's vote), and only if it applies entries
-//! with this node's session limits.
+//! and raft id, and every request's vote, for as long as that node owns
+//! the address), and only if it applies entries with this node's session
+//! limits.
 
 mod common;
 
@@ -180,4 +181,53 @@ async fn a_peer_cannot_speak_as_another_member() {
     assert!(a.metrics().leader == Some(leader) || b.metrics().leader == Some(leader));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A connection is admitted as the node that owned its address at the
+/// hello. If the address later belongs to another tagged node (the first
+/// left the tailnet, the address was given to another), the connection no
+/// longer speaks for anyone the hello checked: its next request ends it
+/// unanswered, even though the address is still authorized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_address_moves_to_another_node() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let net = MemNetwork::new();
+    let moved = Arc::new(AtomicBool::new(false));
+    let switch = moved.clone();
+    // ip(9) is node-9's until the switch flips, then node-7's.
+    let identify: raft_core::Identify = Arc::new(move |peer: ts_transport::PeerAddr| {
+        if peer.ip() == ip(9) && switch.load(Ordering::SeqCst) {
+            Some("node-7".to_owned())
+        } else {
+            Some(owner(peer.ip()))
+        }
+    });
+    let a = start_alone(0, Arc::new(net.node(ip(0))), identify, fast_config()).await;
+    form(&[&a]).await;
+    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
+    let cluster_id = a.cluster_id().unwrap();
+    let (answer, mut stream) = say_hello(&net, 9, &hello_from(9, a.id(), cluster_id)).await;
+    assert!(matches!(answer, Message::Welcome), "{answer:?}");
+    let mine: NodeId = raft_core::node_id("node-9", 1);
+    let vote = Message::Vote(openraft::raft::VoteRequest {
+        vote: openraft::Vote::new(0, mine),
+        last_log_id: None,
+    });
+    // While node-9 owns the address, its requests are served.
+    frame::write(&mut stream, &frame::encode(1, &vote)).await.unwrap();
+    let answer = frame::read(&mut stream, 1 << 20).await.unwrap().expect("an answer");
+    assert!(matches!(answer.message, Message::VoteResult(_)), "{:?}", answer.message);
+    // The address now belongs to node-7: the same connection is cut off.
+    moved.store(true, Ordering::SeqCst);
+    let refused = a.stats().refused_identity.get();
+    frame::write(&mut stream, &frame::encode(2, &vote)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), frame::read(&mut stream, 1 << 20))
+        .await
+        .expect("an answer or the end within 5 s");
+    assert!(
+        matches!(next, Ok(None) | Err(_)),
+        "a request on a connection whose address moved to another node was served: {next:?}"
+    );
+    assert!(a.stats().refused_identity.get() > refused, "the refusal was not counted");
+    a.shutdown().await;
 }

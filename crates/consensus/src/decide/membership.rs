@@ -135,15 +135,28 @@ pub(crate) fn keeps_quorum<N: PartialEq>(
     inputs: &Inputs<'_, N>,
     id: u64,
 ) -> Result<(), (usize, usize)> {
+    let (remaining, reachable) = voters_after_removal(inputs, id);
+    if quorum_kept(remaining, reachable) { Ok(()) } else { Err((remaining, reachable)) }
+}
+
+/// How many voters remain once voter `id` is removed, and how many of
+/// them [`live`] counts as reachable.
+pub(crate) fn voters_after_removal<N: PartialEq>(
+    inputs: &Inputs<'_, N>,
+    id: u64,
+) -> (usize, usize) {
     let members: Vec<&Member<N>> = inputs.members.iter().collect();
     let probed: Vec<&Probed<N>> = inputs.probed.iter().collect();
     let remaining: Vec<&Member<N>> =
         inputs.members.iter().filter(|m| m.voter && m.id != id).collect();
     let reachable = remaining.iter().filter(|v| live(v, &members, &probed, inputs)).count();
-    if remaining.is_empty() || reachable < remaining.len() / 2 + 1 {
-        return Err((remaining.len(), reachable));
-    }
-    Ok(())
+    (remaining.len(), reachable)
+}
+
+/// Whether `reachable` of `remaining` voters are a majority (and there
+/// are any).
+pub(crate) fn quorum_kept(remaining: usize, reachable: usize) -> bool {
+    remaining > 0 && reachable > remaining / 2
 }
 
 fn tagged_online<N: PartialEq>(name: &N, inputs: &Inputs<'_, N>) -> bool {

@@ -43,8 +43,9 @@ pub(crate) struct Context {
 /// Serves raft RPCs arriving on `listener`; connections from peers
 /// `identify` does not name are dropped before anything is read (a peer
 /// holds at most `max_connections_per_peer`), and a
-/// connection whose peer stops being authorized (its tag revoked) is
-/// dropped at its next request, never served. A connection must say hello
+/// connection whose peer stops being authorized (its tag revoked), or
+/// whose address now belongs to a node other than the one its hello was
+/// admitted as, is dropped at its next request, never served. A connection must say hello
 /// for this node and this node's cluster id, as the node that owns its
 /// address (its stable id, and a raft id of that stable id), with this
 /// node's session limits; while the node has no cluster id, every
@@ -84,8 +85,8 @@ impl Refusal {
 /// The checks of a hello: the caller's claimed node against `owner` (the
 /// node that owns the connection's peer address, `None` if nobody
 /// authorized does), and, if this node's membership names the claimed raft
-/// id, against that record too. Returns the cluster id and the caller's
-/// raft id.
+/// id, against that record too. Returns the cluster id, the caller's raft
+/// id and its stable id.
 fn check_hello(
     message: &Message,
     config: &NetworkConfig,
@@ -93,7 +94,7 @@ fn check_hello(
     own: Option<ClusterId>,
     owner: Option<&str>,
     known: Option<&NodeInfo>,
-) -> Result<(ClusterId, NodeId), Refusal> {
+) -> Result<(ClusterId, NodeId, String), Refusal> {
     let Message::Hello { cluster, cluster_id, from, stable_id, incarnation, to, sessions } =
         message
     else {
@@ -126,7 +127,8 @@ fn check_hello(
     }
     if *from != node_id(stable_id, *incarnation) {
         return Err(Refusal::Identity(format!(
-            "raft id {from} is not the id of node {:?} incarnation {incarnation:016x}",
+            "raft id {from} is not the id of node {:?} incarnation {incarnation:016x} (raft ids \
+             are SHA-256-derived; a node of a version that derived them with FNV-1a cannot join)",
             claimed()
         )));
     }
@@ -151,7 +153,7 @@ fn check_hello(
         Some(own) if own != *cluster_id => {
             Err(Refusal::Hello(format!("this node is in cluster {own}, not {cluster_id}")))
         }
-        Some(own) => Ok((own, *from)),
+        Some(own) => Ok((own, *from, stable_id.clone())),
     }
 }
 
@@ -199,7 +201,7 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
         Ok(Err(err)) => Err(Refusal::Hello(format!("bad hello: {err}"))),
         Err(_) => Err(Refusal::Hello("no hello in time".to_owned())),
     };
-    let (cluster_id, caller) = match accepted {
+    let (cluster_id, caller, stable_id) = match accepted {
         Ok(accepted) => accepted,
         Err(refusal) => {
             match &refusal {
@@ -247,9 +249,20 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
                     break;
                 }
             };
-            if identify(peer).is_none() {
-                tracing::info!(%peer, "dropping the raft connection of a peer no longer authorized");
-                break;
+            // The address must still be authorized, and still be the
+            // node's the hello was checked against: an address given to
+            // another tagged node does not carry the first one's session.
+            match identify(peer) {
+                None => {
+                    tracing::info!(%peer, "dropping the raft connection of a peer no longer authorized");
+                    break;
+                }
+                Some(owner) if owner != stable_id => {
+                    stats.refused_identity.inc();
+                    tracing::warn!(%peer, admitted = %stable_id, %owner, "dropping a raft connection whose address now belongs to another node");
+                    break;
+                }
+                Some(_) => {}
             }
             if let Some(claimed) = speaks_for(&frame.message)
                 && claimed != caller
