@@ -176,6 +176,31 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
     }
 }
 
+/// What a call reports when an attempt ends it with `error`, after
+/// attempts that left `last`: `last` if that outcome is unknown and `error`
+/// is a refusal before the state machine (not the leader, forbidden, too
+/// large, malformed, slow, not found, not confirmed), which says nothing
+/// about the earlier attempt; otherwise `error`. The state machine's own
+/// answers about the session (stale, expired, reused, not kept) pass
+/// through: they already account for every earlier attempt.
+pub(crate) fn final_error(last: Option<RpcError>, error: RpcError) -> RpcError {
+    let refused_before_applying = matches!(
+        error.code(),
+        ErrorCode::NotLeader
+            | ErrorCode::Forbidden
+            | ErrorCode::TooLarge
+            | ErrorCode::BadRequest
+            | ErrorCode::SlowBody
+            | ErrorCode::NotFound
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::NotConfirmed
+    );
+    match last {
+        Some(last) if last.outcome_unknown() && refused_before_applying => last,
+        _ => error,
+    }
+}
+
 /// Exponential backoff between attempts, doubling from a minimum up to a
 /// maximum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +395,22 @@ mod tests {
         let replaced = keep_unknown(Some(not_leader()), None);
         assert_eq!(code(replaced), None, "a known outcome is not kept");
         assert_eq!(code(keep_unknown(None, Some(timeout()))), Some("timeout".to_owned()));
+    }
+
+    #[test]
+    fn a_refusal_that_ends_a_call_does_not_hide_an_unknown_outcome() {
+        let code = |e: RpcError| e.code().to_string();
+        for refusal in ["forbidden", "not_leader", "too_large", "bad_request", "not_found"] {
+            let kept = final_error(Some(timeout()), remote(refusal, None));
+            assert_eq!(code(kept), "timeout", "{refusal} after an unknown attempt");
+            assert_eq!(code(final_error(None, remote(refusal, None))), refusal);
+        }
+        // The session's own answers account for every earlier attempt.
+        for answer in ["session_expired", "stale_sequence", "answer_not_kept"] {
+            assert_eq!(code(final_error(Some(timeout()), remote(answer, None))), answer);
+        }
+        let known = final_error(Some(remote("not_leader", None)), remote("forbidden", None));
+        assert_eq!(code(known), "forbidden", "nothing unknown to keep");
     }
 
     #[test]

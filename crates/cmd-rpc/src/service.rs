@@ -225,12 +225,15 @@ impl<S: StateMachine> CommandService<S> {
                         tokio::time::sleep_until(slot_end).await;
                     }
                 }
-                Step::Attempt(target) => match attempt(target).await? {
-                    Retry::Done(answer) => return Ok(answer),
-                    Retry::Again { leader, error } => {
+                Step::Attempt(target) => match attempt(target).await {
+                    Ok(Retry::Done(answer)) => return Ok(answer),
+                    Ok(Retry::Again { leader, error }) => {
                         hinted = leader;
                         last_error = keep_unknown(last_error, error);
                     }
+                    // A refusal that ends the call says nothing of an
+                    // earlier attempt that may still commit.
+                    Err(error) => return Err(route::final_error(last_error, error)),
                 },
             }
             if Instant::now() >= deadline {

@@ -82,10 +82,13 @@ fn info(i: usize) -> NodeInfo {
 }
 
 /// The tailnet as the tests declare it: node `i` is `node-i` at `ip(i)`;
-/// the intruder is no node. Nodes in `offline` are tagged but offline.
+/// the intruder is no node. Nodes in `offline` are tagged but offline;
+/// nodes in `strangers` are not in any node's view (their calls are
+/// refused as from an untagged node).
 #[derive(Default)]
 struct Tailnet {
     offline: Mutex<BTreeSet<usize>>,
+    strangers: Mutex<BTreeSet<usize>>,
 }
 
 /// One node's view of the tailnet, as the facade would give it.
@@ -97,6 +100,9 @@ struct TestPeers {
 impl Peers for TestPeers {
     fn caller(&self, ip: IpAddr) -> Option<Caller> {
         let i = (0..20).find(|&i| self::ip(i) == ip)?;
+        if self.tailnet.strangers.lock().unwrap().contains(&i) {
+            return None;
+        }
         Some(Caller { stable_id: info(i).stable_id, addrs: vec![ip] })
     }
     fn tagged_online(&self, stable_id: &str) -> bool {
@@ -164,8 +170,13 @@ struct Cluster {
     nodes: Vec<Option<Node>>,
 }
 
-fn authorize_all_but_intruder() -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
-    Arc::new(|peer: PeerAddr| peer.ip() != INTRUDER)
+/// Every node but the intruder and the tailnet's strangers.
+fn authorize_members(tailnet: Arc<Tailnet>) -> Arc<dyn Fn(PeerAddr) -> bool + Send + Sync> {
+    Arc::new(move |peer: PeerAddr| {
+        let stranger =
+            (0..20).any(|i| ip(i) == peer.ip() && tailnet.strangers.lock().unwrap().contains(&i));
+        peer.ip() != INTRUDER && !stranger
+    })
 }
 
 /// The node at `ip(i)` is `node-<i>` (as `info` says).
@@ -215,8 +226,12 @@ impl Cluster {
             Arc::new(peers),
         ));
         let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
-        let server =
-            CommandServer::start(listener, service.clone(), authorize_all_but_intruder(), config);
+        let server = CommandServer::start(
+            listener,
+            service.clone(),
+            authorize_members(tailnet.clone()),
+            config,
+        );
         Node { service, server }
     }
 
@@ -1330,6 +1345,45 @@ async fn a_forwarded_call_that_timed_out_is_not_bounced_as_not_leader() {
         Ok(ok) => panic!("answered {}", ok.result.get()),
     }
     drop(node);
+    cluster.shutdown().await;
+}
+
+/// An attempt that left the outcome unknown (timed out at the leader) and
+/// a later one the leader refuses before it reaches the state machine (the
+/// follower no longer in its view): the caller must hear the unknown
+/// outcome, not the refusal, which says "not applied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_an_unknown_attempt_is_reported_as_unknown() {
+    let mut raft = Cluster::raft_config();
+    raft.propose_timeout = Duration::from_millis(150);
+    let cluster = Cluster::with_raft(3, 3, raft).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let session = cluster.session(follower).await;
+    // A commit now takes a round trip of 200 ms, longer than the leader
+    // waits for a proposal: every forwarded attempt times out at the
+    // leader (the entry may still commit), an unknown outcome.
+    for other in (0..3).filter(|&i| i != leader) {
+        cluster.net.set_delay(ip(leader), ip(other), Duration::from_millis(100));
+    }
+    let service = cluster.service(follower).clone();
+    let stats = service.stats().clone();
+    let call = tokio::spawn(async move {
+        service.execute(&put(session, 1, "k", "v"), deadline(30), Origin::Client).await
+    });
+    // A second forward means the first one came back unknown; then the
+    // leader's view loses the follower, so a later attempt is refused
+    // before it reaches the state machine.
+    eventually(WAIT, "a second forward", async || stats.forwarded.get() >= 2).await;
+    cluster.tailnet.strangers.lock().unwrap().insert(follower);
+    match call.await.unwrap() {
+        Err(err) => assert!(
+            err.outcome_unknown(),
+            "answered {} ({err}): a known outcome after an unknown attempt",
+            err.code()
+        ),
+        Ok(ok) => panic!("answered {}", ok.result.get()),
+    }
     cluster.shutdown().await;
 }
 
