@@ -347,7 +347,7 @@ async fn give_up_binding<S: StateMachine>(
     gone_since: &mut Option<Instant>,
 ) -> Option<String> {
     let raft = inner.raft();
-    let state = inner.boot.lock().await;
+    let mut state = inner.boot.lock().await;
     let (Some(cluster), Some((former_id, former))) = (raft.cluster_id(), raft.former()) else {
         *gone_since = None;
         return None;
@@ -389,6 +389,10 @@ async fn give_up_binding<S: StateMachine>(
     match raft.unbind(cluster, former_id).await {
         Ok(()) => {
             *gone_since = None;
+            // Free now: ready only once every tagged, online peer has
+            // answered (a binder is made ready at start for its binding,
+            // without that).
+            state.ready = false;
             Some(format!("cluster {cluster}: {why}"))
         }
         Err(err) => {

@@ -191,7 +191,7 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     // rb and rc are ready before ra starts, so that ra's first round hears
     // from both.
     let mut starts: Vec<Option<Start>> = vec![None];
-    start_b_and_c_ready(&net, &views, &transports, [WAIT; 3], 2, &mut starts).await;
+    start_b_and_c_ready(&net, &views, &transports, [WAIT; 3], 2, None, &mut starts).await;
     starts[0] = Some(start(transports[0].clone(), &views[0], config(0, WAIT, None), 2));
     // 3, 4: rb promises ra.
     until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
@@ -271,6 +271,7 @@ async fn start_b_and_c_ready(
     transports: &[Arc<dyn Transport>],
     timeouts: [Duration; 3],
     expected: usize,
+    c_dir: Option<PathBuf>,
     starts: &mut Vec<Option<Start>>,
 ) {
     let full: Vec<ClusterView> =
@@ -278,8 +279,9 @@ async fn start_b_and_c_ready(
     views[1].set(view(1, &[(2, true)]));
     views[2].set(view(2, &[(1, false)]));
     for i in [2, 1] {
+        let dir = if i == 2 { c_dir.clone() } else { None };
         let started =
-            start(transports[i].clone(), &views[i], config(i, timeouts[i], None), expected);
+            start(transports[i].clone(), &views[i], config(i, timeouts[i], dir), expected);
         starts.push(Some(started));
         until(WAIT, "rb and rc answer", || async { probe(net, 3 - i, i).await.is_some() }).await;
     }
@@ -320,6 +322,16 @@ async fn stall_a_formation_of(
     timeouts: [Duration; 3],
     dir: Option<PathBuf>,
 ) -> Stalled {
+    stall_a_formation_with(expected, timeouts, dir, None).await
+}
+
+/// [`stall_a_formation_of`] with ra's and rc's state directories.
+async fn stall_a_formation_with(
+    expected: usize,
+    timeouts: [Duration; 3],
+    dir: Option<PathBuf>,
+    c_dir: Option<PathBuf>,
+) -> Stalled {
     logs();
     let net = MemNetwork::new();
     let full = |me: usize| view(me, &[((me + 1) % 3, true), ((me + 2) % 3, true)]);
@@ -334,7 +346,7 @@ async fn stall_a_formation_of(
         Arc::new(slow_c.wrap(Arc::new(net.node(ip(2))))),
     ];
     let mut starts: Vec<Option<Start>> = vec![None];
-    start_b_and_c_ready(&net, &views, &transports, timeouts, expected, &mut starts).await;
+    start_b_and_c_ready(&net, &views, &transports, timeouts, expected, c_dir, &mut starts).await;
     starts[0] =
         Some(start(transports[0].clone(), &views[0], config(0, timeouts[0], dir), expected));
     until(WAIT, "rb promises ra", || async { promised_to(&probe(&net, 2, 1).await, "ra") }).await;
@@ -510,6 +522,58 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     assert_ne!(cluster, Some(s.cluster), "rb and rc formed ra's cluster without ra");
     for kv in [b, c] {
         kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// A binder is ready at start (it answers for its binding); once it gives
+/// that binding up it is free, and must hear from every tagged, online
+/// peer before it promises anything, as any starting node. rc (durable)
+/// binds to ra's stalled formation and restarts bound; ra is gone for good;
+/// rc's view also shows rd, tagged and online but never answering. Before
+/// the fix rc kept its start-time readiness after giving the binding up,
+/// promised rb and formed a cluster with it without having heard from rd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c_dir = dir.path().join("rc");
+    let short = Duration::from_secs(3);
+    let mut s =
+        stall_a_formation_with(2, [short, WAIT, Duration::from_secs(6)], None, Some(c_dir.clone()))
+            .await;
+    assert!(s.starts[0].take().unwrap().await.unwrap().is_err(), "ra formed although rb refused");
+    assert!(s.starts[2].take().unwrap().await.unwrap().is_err(), "rc started without ra");
+    // rc comes back bound to ra's cluster; ra is gone from its view, rb is
+    // there, and so is rd, which never answers (nothing listens there).
+    s.slow_c.set_delay(Duration::ZERO);
+    let rd = cluster::tailnet_node(TAG, 5, 3, "rd", "rd");
+    let c_view =
+        Arc::new(StaticDiscovery::new(ClusterView::new(TAG, node(2, true), [node(1, true), rd])));
+    let c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
+    until(WAIT, "rc answers bound to ra's cluster", || async {
+        matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Member { cluster_id, .. }) if cluster_id == s.cluster)
+    })
+    .await;
+    until(WAIT, "rc gives ra's binding up", || async {
+        matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Fresh { .. }))
+    })
+    .await;
+    // rb (its view: rc only) asks rc for a promise every round; rc has not
+    // heard from rd since it started, so it grants none and forms nothing.
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet {
+        let c_now = probe(&s.net, 1, 2).await;
+        assert!(
+            !promised_to(&c_now, "rb") && !matches!(c_now, Some(ProbeState::Member { .. })),
+            "rc promised or bound itself without hearing from rd: {c_now:?}"
+        );
+        if c_start.is_finished() {
+            panic!("rc started without hearing from rd: {}", outcome(c_start).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c_start.abort();
+    if let Some(b) = s.starts[1].take() {
+        b.abort();
     }
 }
 
