@@ -40,6 +40,9 @@ pub const CONTROL_DEADLINE: Duration = Duration::from_secs(12);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a node may take to register with control.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long a started node may take to show up at control before its
+/// process is started once more (see [`Nodes::start`]).
+const FIRST_SIGHTING: Duration = Duration::from_secs(60);
 /// Longest answer line read from a node.
 const MAX_LINE: usize = 1 << 20;
 
@@ -392,7 +395,7 @@ impl Nodes {
                 node.log.display()
             ));
         }
-        self.learn(tailnet, node).await
+        self.learn(tailnet, node, REGISTER_TIMEOUT).await
     }
 
     /// Starts a process for `node` from its state directory; the node is
@@ -437,8 +440,13 @@ impl Nodes {
 
     /// Waits until control knows `node`, then records its stable id and
     /// addresses.
-    async fn learn(&self, tailnet: &LocalTailnet, node: &Node) -> Result<(), String> {
-        let deadline = Instant::now() + REGISTER_TIMEOUT;
+    async fn learn(
+        &self,
+        tailnet: &LocalTailnet,
+        node: &Node,
+        within: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         loop {
             let known = tailnet.nodes().await.map_err(|e| format!("admin API: {e}"))?;
             if let Some(admin) = known.iter().find(|a| a.hostname == node.hostname) {
@@ -457,7 +465,7 @@ impl Nodes {
     /// Gives `node` the cluster tag once control knows it (it waits for the
     /// tag before it starts consensus).
     pub async fn tag(&self, tailnet: &LocalTailnet, node: &Node) -> Result<(), String> {
-        self.learn(tailnet, node).await?;
+        self.learn(tailnet, node, REGISTER_TIMEOUT).await?;
         tailnet
             .set_tags(&node.hostname, &[&self.settings.tag])
             .await
@@ -475,8 +483,25 @@ impl Nodes {
     }
 
     /// Starts `node` and tags it.
+    ///
+    /// A node process that control has not seen within [`FIRST_SIGHTING`]
+    /// is killed and started once more, after printing the end of its log:
+    /// the gate saw a tsnet node never reach the local control server
+    /// (in two of its recent runs, before any consensus code ran), which says
+    /// nothing about the scenario under test.
     pub async fn start(&self, tailnet: &LocalTailnet, node: &Node) -> Result<(), String> {
         self.spawn(node)?;
+        if let Err(why) = self.learn(tailnet, node, FIRST_SIGHTING).await {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "{why} within {FIRST_SIGHTING:?}; its log ends:\n{}\nstarting it again",
+                tail.join("\n")
+            );
+            self.kill(node).await;
+            self.spawn(node)?;
+        }
         self.tag(tailnet, node).await
     }
 
