@@ -484,7 +484,7 @@ impl Nodes {
 
     /// Starts `node` and tags it.
     ///
-    /// A node process that control has not seen within [`FIRST_SIGHTING`]
+    /// A node process that control has not seen within `FIRST_SIGHTING`
     /// is killed and started once more, after printing the end of its log:
     /// the gate saw a tsnet node never reach the local control server
     /// (in two of its recent runs, before any consensus code ran), which says
