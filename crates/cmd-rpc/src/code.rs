@@ -154,6 +154,25 @@ impl ErrorCode {
                 | ErrorCode::NotConfirmed
         )
     }
+
+    /// Whether this code refuses a request before the state machine saw
+    /// it (not the leader, forbidden, too large, malformed, slow, not
+    /// found, not confirmed): it says nothing of an earlier attempt of the
+    /// same call. The session's own answers (stale, expired, reused, not
+    /// kept) are known outcomes too, but they are not among these.
+    pub fn refused_before_applying(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::Forbidden
+                | ErrorCode::TooLarge
+                | ErrorCode::BadRequest
+                | ErrorCode::SlowBody
+                | ErrorCode::NotFound
+                | ErrorCode::MethodNotAllowed
+                | ErrorCode::NotConfirmed
+        )
+    }
 }
 
 impl std::fmt::Display for ErrorCode {

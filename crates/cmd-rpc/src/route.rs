@@ -184,19 +184,8 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
 /// answers about the session (stale, expired, reused, not kept) pass
 /// through: they already account for every earlier attempt.
 pub(crate) fn final_error(last: Option<RpcError>, error: RpcError) -> RpcError {
-    let refused_before_applying = matches!(
-        error.code(),
-        ErrorCode::NotLeader
-            | ErrorCode::Forbidden
-            | ErrorCode::TooLarge
-            | ErrorCode::BadRequest
-            | ErrorCode::SlowBody
-            | ErrorCode::NotFound
-            | ErrorCode::MethodNotAllowed
-            | ErrorCode::NotConfirmed
-    );
     match last {
-        Some(last) if last.outcome_unknown() && refused_before_applying => last,
+        Some(last) if last.outcome_unknown() && error.code().refused_before_applying() => last,
         _ => error,
     }
 }
