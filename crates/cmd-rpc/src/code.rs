@@ -137,22 +137,15 @@ impl ErrorCode {
     /// timeout, a lost leader, an unreachable node or a fatal error on the
     /// way, nor a code this version does not know.
     pub fn outcome_known(&self) -> bool {
-        matches!(
-            self,
-            ErrorCode::NotLeader
-                | ErrorCode::Forbidden
-                | ErrorCode::TooLarge
-                | ErrorCode::BadRequest
-                | ErrorCode::SlowBody
-                | ErrorCode::NotFound
-                | ErrorCode::MethodNotAllowed
-                | ErrorCode::StaleSequence
-                | ErrorCode::SessionExpired
-                | ErrorCode::UnknownSession
-                | ErrorCode::SequenceReused
-                | ErrorCode::AnswerNotKept
-                | ErrorCode::NotConfirmed
-        )
+        self.refused_before_applying()
+            || matches!(
+                self,
+                ErrorCode::StaleSequence
+                    | ErrorCode::SessionExpired
+                    | ErrorCode::UnknownSession
+                    | ErrorCode::SequenceReused
+                    | ErrorCode::AnswerNotKept
+            )
     }
 
     /// Whether this code refuses a request before the state machine saw
