@@ -308,9 +308,19 @@ impl CommandClient {
             let frame = frame.map_err(unreachable)?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > self.config.max_response {
-                    return Err(RpcError::TooLarge {
-                        size: bytes.len() + data.len(),
-                        limit: self.config.max_response,
+                    // The peer may have carried the request out (a leader
+                    // applies a command before it answers): an answer this
+                    // node will not read is an unknown outcome, never
+                    // `too_large`, which says the request was refused
+                    // before the state machine.
+                    return Err(RpcError::Unreachable {
+                        target: addr.to_string(),
+                        reason: format!(
+                            "its answer (status {status}) exceeds this node's {}-byte limit \
+                             (max_response); the request may have been carried out",
+                            self.config.max_response
+                        ),
+                        source: None,
                     });
                 }
                 bytes.extend_from_slice(&data);
