@@ -169,15 +169,14 @@ impl Protocol for Design0003 {
     }
 
     /// `decide::bootstrap::waiting_for`, as `bootstrap::become_ready` calls
-    /// it: ready once every tagged, online peer of its view answered a
-    /// probe, and none's last answer is a member's.
+    /// it: ready once every tagged peer of its view, online or not,
+    /// answered a probe, and none's last answer is a member's.
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
         let peers: Vec<Node> = input.view.peers(input.me).collect();
         let heard: Vec<boot::Heard<'_, Node>> = peers
             .iter()
             .map(|peer| boot::Heard {
                 peer,
-                online: input.view.online(*peer),
                 answered: input.answers[*peer as usize].is_some(),
                 member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
             })
@@ -370,6 +369,10 @@ pub(crate) enum EarlierReadiness {
     /// answered, whatever it answered (a member of a cluster that names no
     /// leader included).
     OnceAnswered,
+    /// As the code made it before the offline fix: ready once every tagged,
+    /// *online* peer of its view answered and none's last answer is a
+    /// member's; a peer offline in the view was not waited for.
+    OnlineOnly,
 }
 
 impl Protocol for EarlierReadiness {
@@ -377,6 +380,9 @@ impl Protocol for EarlierReadiness {
         match self {
             EarlierReadiness::AfterAnyRound => "0003 (decide::), ready after any first round",
             EarlierReadiness::OnceAnswered => "0003 (decide::), ready once every peer answered",
+            EarlierReadiness::OnlineOnly => {
+                "0003 (decide::), ready once every online peer answered, none a member"
+            }
         }
     }
     fn incarnation_after_wipe(&self, old: u8) -> u8 {
@@ -404,6 +410,9 @@ impl Protocol for EarlierReadiness {
             EarlierReadiness::OnceAnswered => {
                 input.view.online_peers(input.me).all(|peer| input.answers[peer as usize].is_some())
             }
+            EarlierReadiness::OnlineOnly => input.view.online_peers(input.me).all(|peer| {
+                matches!(input.answers[peer as usize], Some(a) if !matches!(a, Answer::Member { .. }))
+            }),
         }
     }
     fn decide(&self, input: &Bootstrap<'_>) -> Decision {
