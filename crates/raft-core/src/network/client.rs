@@ -15,10 +15,12 @@
 //! until the backoff has passed, calls fail at once with `Unreachable`.
 //!
 //! **Authorization** is checked on the way out too: a peer's address is
-//! dialed only while it is authorized, and every call first checks the
-//! address of its connection; once a peer is no longer authorized (its tag
-//! was revoked) its connections are dropped and calls to it refused, so a
-//! revoked member stops receiving the log.
+//! dialed only while `Identify` names the peer's stable id as its owner,
+//! and every call first checks that again for the address of its
+//! connection; once a peer is no longer authorized (its tag was revoked)
+//! or its address belongs to another node, its connections are dropped
+//! and calls to it refused, so a revoked member stops receiving the log
+//! and nothing meant for it reaches the address's new owner.
 //!
 //! **Timeouts.** openraft gives AppendEntries one heartbeat interval, far
 //! too little for a frame of several MiB on a slow or loaded link. An
@@ -338,8 +340,11 @@ enum CallError {
 }
 
 impl Dialer {
-    fn authorized(&self, addr: SocketAddr) -> bool {
-        (self.identify)(PeerAddr::new(addr)).is_some()
+    /// Whether `addr` belongs to the node `stable_id` now, as `identify`
+    /// names its owner: authorized, and not an address given to another
+    /// node since.
+    fn owned_by(&self, addr: SocketAddr, stable_id: &str) -> bool {
+        (self.identify)(PeerAddr::new(addr)).is_some_and(|owner| owner == stable_id)
     }
 
     /// Dials the peer's authorized addresses in order, each within
@@ -352,8 +357,8 @@ impl Dialer {
         let mut last_error = format!("node {target} has no address");
         for &ip in &peer.addrs {
             let addr = SocketAddr::new(ip, peer.raft_port);
-            if !self.authorized(addr) {
-                last_error = format!("{addr} is not authorized");
+            if !self.owned_by(addr, &peer.stable_id) {
+                last_error = format!("{addr} is not authorized as {}", peer.stable_id);
                 continue;
             }
             let hello = Message::Hello {
@@ -551,7 +556,7 @@ impl ClientsShared {
 
     /// The live connection of `lane` to `peer`: the one open, or the one a
     /// background dial brings before `until`. A connection to an address
-    /// that is no longer authorized is dropped and refused.
+    /// that is no longer authorized as `peer` is dropped and refused.
     async fn conn(
         &self,
         peer: &Arc<Peer>,
@@ -562,14 +567,15 @@ impl ClientsShared {
             let mut done = {
                 let mut state = peer.lane(lane);
                 if let Some(conn) = &state.conn {
-                    if conn.alive() && self.dialer.authorized(conn.addr) {
+                    if conn.alive() && self.dialer.owned_by(conn.addr, &peer.node.stable_id) {
                         return Ok(conn.clone());
                     }
                     if conn.alive() {
                         tracing::info!(
                             target = peer.target,
                             addr = %conn.addr,
-                            "dropping the raft connection to a peer no longer authorized"
+                            "dropping the raft connection to a peer no longer authorized \
+                             (untagged, or its address now another node's)"
                         );
                     }
                     conn.close();
