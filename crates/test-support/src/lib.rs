@@ -7,6 +7,9 @@
 //! - the fast timing profile of in-memory clusters ([`HEARTBEAT`],
 //!   [`ELECTION`], and with features [`fast_raft`], [`fast_timing`],
 //!   [`fast_config`]);
+//! - [`stream`]: a stream that hands everything to the stream it wraps and
+//!   tells a hook what crosses it ([`Hooked`]), and with the `transport`
+//!   feature a transport whose streams carry such hooks;
 //! - with the `facade` feature: the kv example's store ([`kv`]), a counter
 //!   ([`Counter`]), and an in-memory cluster of the facade ([`cluster`]).
 //!
@@ -21,6 +24,7 @@ mod counter;
 #[cfg(feature = "facade")]
 pub mod kv;
 mod seeded;
+pub mod stream;
 mod timing;
 mod wait;
 
@@ -29,6 +33,7 @@ pub use crate::counter::Counter;
 #[cfg(feature = "proptest")]
 pub use crate::seeded::proptest_config;
 pub use crate::seeded::{Rng, seed_from_env, seeds_from_env};
+pub use crate::stream::{Hook, Hooked};
 #[cfg(feature = "raft")]
 pub use crate::timing::fast_raft;
 pub use crate::timing::{ELECTION, HEARTBEAT};
