@@ -10,7 +10,8 @@
 //! - [`stream`]: a stream that hands everything to the stream it wraps and
 //!   tells a hook what crosses it ([`Hooked`]), and with the `transport`
 //!   feature a transport whose streams carry such hooks;
-//! - with the `facade` feature: the kv example's store ([`kv`]), a counter
+//! - with the `facade` feature: the kv example's store ([`kv`]) and line
+//!   interface ([`lines`], which the chaos node speaks too), a counter
 //!   ([`Counter`]), and an in-memory cluster of the facade ([`cluster`]).
 //!
 //! A dev-dependency only (`publish = false`). The lower crates use it
@@ -23,6 +24,8 @@ pub mod cluster;
 mod counter;
 #[cfg(feature = "facade")]
 pub mod kv;
+#[cfg(feature = "facade")]
+pub mod lines;
 mod seeded;
 pub mod stream;
 mod timing;
