@@ -17,10 +17,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -28,11 +26,11 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
-use test_support::{cluster, eventually, eventually_every, fast_timing};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use test_support::stream::HookedTransport;
+use test_support::{Hook, cluster, eventually, eventually_every, fast_timing};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
-use ts_transport::{BoxFuture, BoxStream, Faults, Listener, MemNetwork, Transport, TransportError};
+use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:boot";
 const WAIT: Duration = Duration::from_secs(30);
@@ -347,7 +345,7 @@ struct Stalled {
     cluster: raft_core::ClusterId,
     c_id: u64,
     /// The confirm requests ra sent.
-    a_confirms: Requests,
+    a_confirms: Confirms,
 }
 
 async fn stall_a_formation(timeouts: [Duration; 3], dir: Option<PathBuf>) -> Stalled {
@@ -377,7 +375,7 @@ async fn stall_a_formation_with(
         (0..3).map(|i| Arc::new(StaticDiscovery::new(full(i)))).collect();
     let slow_c = Faults::new(2);
     slow_c.set_delay(Duration::from_millis(600));
-    let a_confirms = Requests::new(CONFIRM_LINE);
+    let a_confirms = Confirms::default();
     let transports: Vec<Arc<dyn Transport>> = vec![
         a_confirms.wrap(Arc::new(net.node(ip(0)))),
         Arc::new(net.node(ip(1))),
@@ -769,105 +767,43 @@ async fn outcome(start: Start) -> String {
     }
 }
 
-/// Counts the requests of one kind a node sends: the HTTP/1 request
-/// lines (`POST /v1/confirm`, `POST /v1/probe`) it writes on the streams
-/// it dials.
-#[derive(Clone)]
-struct Requests {
-    count: Arc<AtomicUsize>,
-    line: &'static [u8],
-}
+/// Counts the confirm requests a node sends: the HTTP/1 request lines
+/// `POST /v1/confirm` it writes on the streams it dials.
+#[derive(Clone, Default)]
+struct Confirms(Arc<AtomicUsize>);
 
-impl Requests {
-    fn new(line: &'static [u8]) -> Requests {
-        Requests { count: Arc::default(), line }
-    }
-
+impl Confirms {
     fn wrap(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
-        Arc::new(Counting { inner, requests: self.clone() })
+        let confirms = self.clone();
+        Arc::new(
+            HookedTransport::new(inner)
+                .dialed(move |_, _| Counted { confirms: confirms.clone(), tail: Vec::new() }),
+        )
     }
 
     fn get(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed)
     }
 }
 
-struct Counting {
-    inner: Arc<dyn Transport>,
-    requests: Requests,
-}
-
-impl Transport for Counting {
-    fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-        self.inner.listen(port)
-    }
-
-    fn dial(
-        &self,
-        addr: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-        Box::pin(async move {
-            let inner = self.inner.dial(addr, port, timeout).await?;
-            let counted = Counted { inner, requests: self.requests.clone(), tail: Vec::new() };
-            Ok(Box::new(counted) as BoxStream)
-        })
-    }
-
-    fn local_addrs(&self) -> Vec<IpAddr> {
-        self.inner.local_addrs()
-    }
-}
-
-/// A dialed stream whose written bytes are searched for request lines;
-/// `tail` keeps the end of the last write, for a request line split
-/// across two writes.
+/// A dialed stream's hook that searches the written bytes for confirm
+/// requests; `tail` keeps the end of the last write, for a request line
+/// split across two writes.
 struct Counted {
-    inner: BoxStream,
-    requests: Requests,
+    confirms: Confirms,
     tail: Vec<u8>,
 }
 
 const CONFIRM_LINE: &[u8] = b"POST /v1/confirm";
 
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => n,
-            other => return other,
-        };
-        let mut seen = std::mem::take(&mut this.tail);
-        seen.extend_from_slice(&buf[..written]);
-        let line = this.requests.line;
-        let found = seen.windows(line.len()).filter(|w| *w == line).count();
-        this.requests.count.fetch_add(found, Ordering::Relaxed);
-        let keep = seen.len().saturating_sub(line.len() - 1);
-        this.tail = seen.split_off(keep);
-        Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Hook for Counted {
+    fn after_write(&mut self, written: &[u8]) {
+        let mut seen = std::mem::take(&mut self.tail);
+        seen.extend_from_slice(written);
+        let found = seen.windows(CONFIRM_LINE.len()).filter(|w| *w == CONFIRM_LINE).count();
+        self.confirms.0.fetch_add(found, Ordering::Relaxed);
+        let keep = seen.len().saturating_sub(CONFIRM_LINE.len() - 1);
+        self.tail = seen.split_off(keep);
     }
 }
 

@@ -100,9 +100,42 @@ pub(super) fn join_here(leader: &Leader<'_>, request: &JoinRequest) -> Option<Ch
     })
 }
 
-impl Protocol for Design0003 {
+/// What a variant of decision 0003 may change, each with the code's rule
+/// as its default: a variant overrides only what it changes, and makes
+/// every other decision as [`Design0003`] does (the [`Protocol`] below).
+pub(crate) trait Variant: Sync {
+    /// A short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// [`Protocol::ready`]: `decide::bootstrap::waiting_for`, as
+    /// `bootstrap::become_ready` calls it: ready once every tagged peer of
+    /// its view, online or not, answered a probe, and none's last answer is
+    /// a member's.
+    fn ready(&self, input: &Bootstrap<'_>) -> bool {
+        let peers: Vec<Node> = input.view.peers(input.me).collect();
+        let heard: Vec<boot::Heard<'_, Node>> = peers
+            .iter()
+            .map(|peer| boot::Heard {
+                peer,
+                answered: input.answers[*peer as usize].is_some(),
+                member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
+            })
+            .collect();
+        boot::waiting_for(&heard).is_empty()
+    }
+}
+
+impl Variant for Design0003 {
     fn name(&self) -> &'static str {
         "0003 (decide::)"
+    }
+}
+
+/// Decision 0003 as the code makes it, but for what the variant `V`
+/// overrides.
+impl<V: Variant> Protocol for V {
+    fn name(&self) -> &'static str {
+        Variant::name(self)
     }
 
     /// raft-core `identity.rs` `establish`: storage without an identity
@@ -168,20 +201,8 @@ impl Protocol for Design0003 {
         true
     }
 
-    /// `decide::bootstrap::waiting_for`, as `bootstrap::become_ready` calls
-    /// it: ready once every tagged peer of its view, online or not,
-    /// answered a probe, and none's last answer is a member's.
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
-        let peers: Vec<Node> = input.view.peers(input.me).collect();
-        let heard: Vec<boot::Heard<'_, Node>> = peers
-            .iter()
-            .map(|peer| boot::Heard {
-                peer,
-                answered: input.answers[*peer as usize].is_some(),
-                member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
-            })
-            .collect();
-        boot::waiting_for(&heard).is_empty()
+        Variant::ready(self, input)
     }
 
     /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
@@ -375,7 +396,7 @@ pub(crate) enum EarlierReadiness {
     OnlineOnly,
 }
 
-impl Protocol for EarlierReadiness {
+impl Variant for EarlierReadiness {
     fn name(&self) -> &'static str {
         match self {
             EarlierReadiness::AfterAnyRound => "0003 (decide::), ready after any first round",
@@ -385,24 +406,7 @@ impl Protocol for EarlierReadiness {
             }
         }
     }
-    fn incarnation_after_wipe(&self, old: u8) -> u8 {
-        Design0003.incarnation_after_wipe(old)
-    }
-    fn accepts_raft(&self, mine: Option<ClusterId>, theirs: Option<ClusterId>) -> bool {
-        Design0003.accepts_raft(mine, theirs)
-    }
-    fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
-        Design0003.wants_promise(input)
-    }
-    fn answer_probe(&self, granter: &Granter, caller: Node, wants: bool) -> (Answer, Option<Node>) {
-        Design0003.answer_probe(granter, caller, wants)
-    }
-    fn keep_promise(&self, granter: &Granter) -> Option<Node> {
-        Design0003.keep_promise(granter)
-    }
-    fn looks_first(&self) -> bool {
-        true
-    }
+
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
         match self {
             // `round` set `ready` before deciding, on any answers.
@@ -414,32 +418,5 @@ impl Protocol for EarlierReadiness {
                 matches!(input.answers[peer as usize], Some(a) if !matches!(a, Answer::Member { .. }))
             }),
         }
-    }
-    fn decide(&self, input: &Bootstrap<'_>) -> Decision {
-        Design0003.decide(input)
-    }
-    fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change> {
-        Design0003.on_join(leader, request)
-    }
-    fn plan(&self, leader: &Leader<'_>) -> Option<Change> {
-        Design0003.plan(leader)
-    }
-    fn confirms(&self) -> bool {
-        true
-    }
-    fn seals(&self) -> bool {
-        true
-    }
-    fn on_confirm(
-        &self,
-        granter: &Granter,
-        caller: RaftId,
-        cluster: ClusterId,
-        seal: bool,
-    ) -> Confirm {
-        Design0003.on_confirm(granter, caller, cluster, seal)
-    }
-    fn unbind(&self, granter: &Granter, gone: bool, forgot: bool) -> bool {
-        Design0003.unbind(granter, gone, forgot)
     }
 }

@@ -1036,13 +1036,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 mod tests {
     use std::io;
     use std::net::{IpAddr, Ipv4Addr};
-    use std::pin::Pin;
     use std::sync::atomic::AtomicUsize;
     use std::task::{Context, Poll, Waker};
 
     use openraft::Vote;
-    use tokio::io::{AsyncRead, ReadBuf};
-    use ts_transport::{BoxFuture, BoxStream, Listener, MemNetwork, TransportError};
+    use test_support::Hook;
+    use test_support::stream::HookedTransport;
+    use ts_transport::MemNetwork;
 
     use super::*;
     use crate::types::ClusterId;
@@ -1059,53 +1059,38 @@ mod tests {
     /// answered with a reset (the new process knows no such connection).
     #[derive(Clone)]
     struct Restarts {
-        inner: Arc<dyn Transport>,
+        transport: Arc<dyn Transport>,
         epoch: Arc<AtomicU64>,
     }
 
     impl Restarts {
+        fn new(inner: Arc<dyn Transport>) -> Restarts {
+            let epoch = Arc::new(AtomicU64::new(0));
+            let dial_epoch = epoch.clone();
+            let inner = HookedTransport::new(inner).dialed(move |_, _| EpochHook {
+                dialed_in: dial_epoch.load(Ordering::Acquire),
+                epoch: dial_epoch.clone(),
+                reset: false,
+                reader: None,
+            });
+            Restarts { transport: Arc::new(inner), epoch }
+        }
+
         fn restart(&self) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    impl Transport for Restarts {
-        fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-            self.inner.listen(port)
-        }
-
-        fn dial(
-            &self,
-            addr: IpAddr,
-            port: u16,
-            timeout: Duration,
-        ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-            Box::pin(async move {
-                let inner = self.inner.dial(addr, port, timeout).await?;
-                Ok(Box::new(EpochStream {
-                    inner,
-                    dialed_in: self.epoch.load(Ordering::Acquire),
-                    epoch: self.epoch.clone(),
-                    reset: Arc::new(AtomicBool::new(false)),
-                    reader: Arc::new(Mutex::new(None)),
-                }) as BoxStream)
-            })
-        }
-
-        fn local_addrs(&self) -> Vec<IpAddr> {
-            self.inner.local_addrs()
-        }
-    }
-
-    struct EpochStream {
-        inner: BoxStream,
+    /// The hook of one dialed stream: stale once the peer restarted since
+    /// the dial.
+    struct EpochHook {
         dialed_in: u64,
         epoch: Arc<AtomicU64>,
-        reset: Arc<AtomicBool>,
-        reader: Arc<Mutex<Option<Waker>>>,
+        reset: bool,
+        reader: Option<Waker>,
     }
 
-    impl EpochStream {
+    impl EpochHook {
         fn stale(&self) -> bool {
             self.epoch.load(Ordering::Acquire) != self.dialed_in
         }
@@ -1115,46 +1100,28 @@ mod tests {
         }
     }
 
-    impl AsyncRead for EpochStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
-            if self.reset.load(Ordering::Acquire) {
-                return Poll::Ready(Err(EpochStream::reset_error()));
+    impl Hook for EpochHook {
+        fn before_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.reader = Some(cx.waker().clone());
+            if self.reset {
+                return Poll::Ready(Err(EpochHook::reset_error()));
             }
             if self.stale() {
                 return Poll::Pending;
             }
-            Pin::new(&mut self.inner).poll_read(cx, buf)
+            Poll::Ready(Ok(()))
         }
-    }
 
-    impl AsyncWrite for EpochStream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            if self.stale() || self.reset.load(Ordering::Acquire) {
+        fn before_write(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.stale() || self.reset {
                 // The reset comes back for the reader too.
-                self.reset.store(true, Ordering::Release);
-                if let Some(waker) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                self.reset = true;
+                if let Some(waker) = self.reader.take() {
                     waker.wake();
                 }
-                return Poll::Ready(Err(EpochStream::reset_error()));
+                return Poll::Ready(Err(EpochHook::reset_error()));
             }
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -1193,8 +1160,7 @@ mod tests {
         let net = MemNetwork::new();
         let accepted = Arc::new(AtomicUsize::new(0));
         let server = granting_peer(&net, accepted.clone()).await;
-        let transport =
-            Restarts { inner: Arc::new(net.node(ip(1))), epoch: Arc::new(AtomicU64::new(0)) };
+        let transport = Restarts::new(Arc::new(net.node(ip(1))));
         let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
         let local = Local {
             id: crate::types::node_id("self", 1),
@@ -1203,7 +1169,7 @@ mod tests {
             sessions: crate::sessions::SessionLimits::default(),
         };
         let mut clients = RaftNetworkClients::new(
-            Arc::new(transport.clone()),
+            transport.transport.clone(),
             local,
             NetworkConfig::default(),
             gate,
