@@ -284,12 +284,30 @@ mod tests {
         let (a, b, c) = tokio::join!(start(0), start(1), start(2));
         let nodes = [a.unwrap(), b.unwrap(), c.unwrap()];
         nodes[0].wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
-        let leader = nodes.iter().find(|n| n.metrics().role == crate::Role::Leader).unwrap();
-        let other = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
         // A join that stopped half way: the node is a learner, not a voter.
-        let raft = leader.inner.raft();
-        raft.remove(other.id(), WAIT).await.unwrap();
-        raft.add_learner(other.id(), other.inner.raft().info().clone(), WAIT).await.unwrap();
+        // (On a loaded machine leadership may move, or the cluster's own
+        // reconciler may have a change in progress: the leader of the
+        // moment tries again until both changes are in.)
+        let deadline = std::time::Instant::now() + WAIT;
+        let leader = loop {
+            let leader = nodes.iter().find(|n| n.metrics().role == crate::Role::Leader);
+            if let Some(leader) = leader {
+                let other = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
+                let raft = leader.inner.raft();
+                let info = other.inner.raft().info().clone();
+                let removed = raft.remove(other.id(), WAIT).await;
+                let added = match removed {
+                    Ok(()) => raft.add_learner(other.id(), info, WAIT).await,
+                    Err(err) => Err(err),
+                };
+                match added {
+                    Ok(()) => break leader,
+                    Err(err) => eprintln!("the learner set-up failed once: {err}"),
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no leader took the learner set-up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         leader.wait_for(WAIT, |m| m.voters == 2 && m.learners == 1).await.unwrap();
         reconcile(&leader.inner).await;
         leader.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.expect("promoted");
