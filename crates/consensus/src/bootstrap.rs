@@ -413,9 +413,9 @@ async fn give_up_binding<S: StateMachine>(
     match raft.unbind(cluster, former_id).await {
         Ok(()) => {
             *gone_since = None;
-            // Free now: ready only once every tagged, online peer has
-            // answered (a binder is made ready at start for its binding,
-            // without that).
+            // Free now: ready only once every tagged peer, online or
+            // not, has answered since (a binder is made ready at start for
+            // its binding, without that).
             state.ready = false;
             Some(format!("cluster {cluster}: {why}"))
         }

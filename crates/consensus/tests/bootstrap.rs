@@ -256,7 +256,7 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
 }
 
 /// How long the stand-in for ra of [`start_b_and_c_ready`] lives.
-const STAND_IN: Duration = Duration::from_secs(3);
+const STAND_IN: Duration = Duration::from_secs(5);
 
 /// Starts rb and rc (into `starts[1..]`) so that each is ready before ra
 /// starts and has promised "ra", then gives them the views in `views`. A
@@ -562,8 +562,8 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
 }
 
 /// A binder is ready at start (it answers for its binding); once it gives
-/// that binding up it is free, and must hear from every tagged, online
-/// peer before it promises anything, as any starting node. rc (durable)
+/// that binding up it is free, and must hear from every tagged peer before
+/// it promises anything, as any starting node. rc (durable)
 /// binds to ra's stalled formation and restarts bound; ra is gone for good;
 /// rc's view also shows rd, tagged and online but never answering. Before
 /// the fix rc kept its start-time readiness after giving the binding up,

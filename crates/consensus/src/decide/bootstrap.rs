@@ -718,7 +718,7 @@ pub(crate) struct Heard<'a, N> {
     /// The peer.
     pub(crate) peer: &'a N,
     /// Whether it has answered one of this node's probes since this node
-    /// started, with any answer (a member, bound, forming or fresh node,
+    /// started (or last gave a binding up), with any answer (a member, bound, forming or fresh node,
     /// or one that is itself still starting).
     pub(crate) answered: bool,
     /// Whether the last answer it gave says it has a cluster id (a
