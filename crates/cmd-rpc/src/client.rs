@@ -165,9 +165,25 @@ impl CommandClient {
         answer_within: Duration,
         origin: Origin,
     ) -> Result<R, RpcError> {
+        self.post_attempt_encoded(to, node, path, encode(body)?, deadline, answer_within, origin)
+            .await
+    }
+
+    /// [`CommandClient::post_attempt`] with a body encoded already.
+    #[allow(clippy::too_many_arguments, reason = "post_attempt's arguments")]
+    pub(crate) async fn post_attempt_encoded<R: DeserializeOwned>(
+        &self,
+        to: Option<Addressee>,
+        node: &NodeInfo,
+        path: &str,
+        body: Bytes,
+        deadline: impl Into<Instant>,
+        answer_within: Duration,
+        origin: Origin,
+    ) -> Result<R, RpcError> {
         let call =
             Call { deadline: deadline.into(), answer_within: Some(answer_within), origin, to };
-        self.request(node, Method::POST, path, encode(body)?, call).await
+        self.request(node, Method::POST, path, body, call).await
     }
 
     /// `GET path` on `node`.

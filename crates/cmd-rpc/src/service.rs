@@ -29,10 +29,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::api::{
-    CampaignRequest, ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
-    LeaderHint, Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
-    SessionResponse,
+    BatchedAnswer, CampaignRequest, ClusterInfo, Consistency, ExecuteBatchRequest,
+    ExecuteBatchResponse, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
+    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
+use crate::batch::{Abandon, Batched, Batches, Route};
 use crate::client::{Addressee, CommandClient};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
@@ -51,6 +52,8 @@ pub struct CommandService<S: StateMachine> {
     membership: Mutex<()>,
     /// What it counts, for the facade's `/metrics`.
     stats: Arc<CommandStats>,
+    /// Commands forwarded to the leader, sent together.
+    batches: Batches,
 }
 
 /// A membership change the leader decided on by itself (the facade's
@@ -122,6 +125,7 @@ impl<S: StateMachine> CommandService<S> {
             peers,
             membership: Mutex::new(()),
             stats: Arc::default(),
+            batches: Batches::default(),
         }
     }
 
@@ -426,7 +430,7 @@ impl<S: StateMachine> CommandService<S> {
                             leader = %leader.stable_id
                         );
                         let result = self
-                            .forward(id, &leader, "/v1/execute", &forward, deadline)
+                            .forward_execute(id, &leader, &forward, deadline)
                             .instrument(span)
                             .await;
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
@@ -443,6 +447,79 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(maybe_applied.load(Ordering::Relaxed)))
             }
             other => other,
+        }
+    }
+
+    /// Runs the commands of a batch a follower forwarded
+    /// (`/v1/execute-batch`) as if each had come alone from it: each within
+    /// the smaller of `deadline` and its own budget, all at once; answers
+    /// them in order.
+    pub async fn execute_batch(
+        &self,
+        batch: &ExecuteBatchRequest,
+        deadline: impl Into<Instant>,
+    ) -> ExecuteBatchResponse {
+        let deadline: Instant = deadline.into();
+        let now = Instant::now();
+        let calls = batch.commands.iter().map(|command| async move {
+            let own = deadline.min(now + Duration::from_millis(command.within_ms));
+            match self.execute(&command.request, own, Origin::Forwarded).await {
+                Ok(done) => BatchedAnswer::Done(done),
+                Err(err) => BatchedAnswer::Failed { status: err.status(), error: err.body() },
+            }
+        });
+        ExecuteBatchResponse { answers: futures_util::future::join_all(calls).await }
+    }
+
+    /// Forwards one attempt of an execute to the leader `id` at `leader`,
+    /// together with other callers' commands when some are waiting
+    /// (`batch.rs`), or alone. Either way the attempt has the budget it
+    /// would have alone, and its outcome is unknown if the leader loses its
+    /// leadership before answering.
+    async fn forward_execute(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+        request: &ExecuteRequest,
+        deadline: Instant,
+    ) -> Result<ExecuteResponse, RpcError> {
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        let (attempt, grace) = (self.config.attempt_timeout, self.config.connect_timeout);
+        // As `CommandClient::post_attempt` budgets one attempt.
+        let (end, wait_until) = if attempt < remaining {
+            (now + attempt, (now + attempt + grace).min(deadline))
+        } else {
+            (deadline, deadline)
+        };
+        let route = Route {
+            client: &self.client,
+            to: self.member(id),
+            leader,
+            max_request: self.config.max_request,
+            grace,
+            stats: &self.stats,
+        };
+        let node = self.node.clone();
+        let abandon = || -> Abandon {
+            let node = node.clone();
+            let term = node.metrics().term;
+            let budget = wait_until.saturating_duration_since(Instant::now()) + grace;
+            Box::pin(async move {
+                let moved = node
+                    .wait_for(budget, |m| m.term > term && m.leader.is_some_and(|l| l != id))
+                    .await;
+                match moved {
+                    Ok(m) => format!("it lost its leadership to {}", m.leader.unwrap_or_default()),
+                    Err(_) => "no answer in time, or this node stopped".to_owned(),
+                }
+            })
+        };
+        match self.batches.submit(route, request, end, wait_until, abandon).await {
+            Batched::Answer(result) => result,
+            Batched::Alone(_permit) => {
+                self.forward(id, leader, "/v1/execute", request, deadline).await
+            }
         }
     }
 

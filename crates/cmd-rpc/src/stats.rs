@@ -9,4 +9,12 @@ pub struct CommandStats {
     /// Execute attempts this node forwarded to the leader (a command
     /// retried after a leader change counts once per attempt).
     pub forwarded: Counter,
+    /// Batches of forwarded commands sent to the leader
+    /// (`/v1/execute-batch`; a command with no other waiting goes alone).
+    pub batches: Counter,
+    /// Commands answered through those batches.
+    pub batched: Counter,
+    /// Batches the leader refused whole (an older version, a smaller size
+    /// limit): their commands went alone.
+    pub batches_refused: Counter,
 }
