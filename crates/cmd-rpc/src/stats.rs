@@ -17,4 +17,15 @@ pub struct CommandStats {
     /// Batches the leader refused whole (an older version, a smaller size
     /// limit): their commands went alone.
     pub batches_refused: Counter,
+    /// Forwarded commands taken back before they were written (their
+    /// leader lost its leadership while they waited for a batch, or their
+    /// attempt's time ran out): not applied, routed again.
+    pub not_sent: Counter,
+    /// Commands of batches forwarded to this node that it started as the
+    /// leader.
+    pub batch_started: Counter,
+    /// Commands of batches forwarded to this node that found no free slot
+    /// within their budget (at most `4 × MAX_BATCH` run at once), answered
+    /// `unavailable` without being started.
+    pub batch_not_started: Counter,
 }
