@@ -261,8 +261,10 @@ impl Batches {
     /// (the leader's budget for it), and its caller waits for the answer
     /// until `wait_until`. `abandon(term, until)` resolves once the leader
     /// lost its leadership since `term` (or at `until`): it ends a batch
-    /// this caller sends with an unknown outcome, and takes this caller's
-    /// command back unsent while it waits.
+    /// this caller sends with an unknown outcome. A command still waiting
+    /// when its leader lost its leadership is handed back unsent by the
+    /// next [`Queue::take`], which follows at once: what held the permit
+    /// ended on the same change.
     pub(crate) async fn submit(
         &self,
         route: Route<'_>,
@@ -292,7 +294,11 @@ impl Batches {
                 after: end.saturating_duration_since(Instant::now()),
             }))
         };
-        let mut moved = abandon(term, wait_until);
+        // A waiting caller does not watch the leader itself (that would
+        // wake every waiting caller at every commit): whatever holds the
+        // permit it waits for ends when the leader loses its leadership
+        // (a batch's watch, or the lone request's), and the next take()
+        // hands back the commands whose leader moved.
         loop {
             tokio::select! {
                 biased;
@@ -305,13 +311,6 @@ impl Batches {
                     }
                     // Taken: handed back, answered, or out in a batch.
                     return rx.try_recv().unwrap_or_else(|_| unknown("no answer in time"));
-                }
-                why = &mut moved, if waiting => {
-                    waiting = false;
-                    if queue.leave(ticket.ticket) {
-                        return Batched::NotSent(format!("{why} before it was sent"));
-                    }
-                    // Out in a batch, which its own watch ends.
                 }
                 permit = queue.senders.clone().acquire_owned(), if waiting => {
                     let Ok(permit) = permit else { return Batched::Alone(None) };
