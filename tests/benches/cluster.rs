@@ -645,7 +645,7 @@ fn context_switches() -> u64 {
 /// every node tapped: raft frames and HTTP writes per command, where they
 /// fall relative to the command, and the time between them.
 async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
-    use tap::{Dir, Tap, Tapped};
+    use tap::{Dir, Tap};
     let config = Config { monitor_port: None, timing: timing(), ..Config::default() };
     let (raft_port, command_port) = (config.raft_port, config.command_port);
     let tap = Tap::new(raft_port);
@@ -678,8 +678,7 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
             api,
             ts_discovery::TailnetDiscoveryConfig::new(tag.clone()),
         ));
-        let transport: Arc<dyn Transport> =
-            Arc::new(Tapped { inner: Arc::new(node.clone()), node: i, tap: tap.clone() });
+        let transport = tap.wrap(Arc::new(node.clone()), i);
         let bootstrap = BootstrapOptions { tag: tag.clone(), follow_only: false, expected_size: 3 };
         let config = config.clone();
         starts.push(tokio::spawn(async move {

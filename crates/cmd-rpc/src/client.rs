@@ -356,9 +356,19 @@ impl CommandClient {
             let frame = frame.map_err(unreachable)?;
             if let Ok(data) = frame.into_data() {
                 if bytes.len() + data.len() > answer_limit {
-                    return Err(RpcError::TooLarge {
-                        size: bytes.len() + data.len(),
-                        limit: answer_limit,
+                    // The peer may have carried the request out (a leader
+                    // applies a command before it answers): an answer this
+                    // node will not read is an unknown outcome, never
+                    // `too_large`, which says the request was refused
+                    // before the state machine.
+                    return Err(RpcError::Unreachable {
+                        target: addr.to_string(),
+                        reason: format!(
+                            "its answer (status {status}) exceeds this node's {answer_limit}-byte \
+                             limit (max_response, per command of a batch); the request may have \
+                             been carried out"
+                        ),
+                        source: None,
                     });
                 }
                 bytes.extend_from_slice(&data);

@@ -136,12 +136,16 @@ impl ErrorCode {
     /// answers was not applied by this call (refused, or answered): not a
     /// timeout, a lost leader, an unreachable node or a fatal error on the
     /// way, nor a code this version does not know.
+    ///
+    /// `stale_sequence` is not one: the session moved past this sequence
+    /// number, which another attempt of this very command may have done
+    /// (a caller that sends the next command before this one's outcome is
+    /// known), so it says nothing of whether this command was applied.
     pub fn outcome_known(&self) -> bool {
         self.refused_before_applying()
             || matches!(
                 self,
-                ErrorCode::StaleSequence
-                    | ErrorCode::SessionExpired
+                ErrorCode::SessionExpired
                     | ErrorCode::UnknownSession
                     | ErrorCode::SequenceReused
                     | ErrorCode::AnswerNotKept
@@ -151,8 +155,8 @@ impl ErrorCode {
     /// Whether this code refuses a request before the state machine saw
     /// it (not the leader, forbidden, too large, malformed, slow, not
     /// found, not confirmed): it says nothing of an earlier attempt of the
-    /// same call. The session's own answers (stale, expired, reused, not
-    /// kept) are known outcomes too, but they are not among these.
+    /// same call. The session's own answers (expired, reused, not kept)
+    /// are known outcomes too, but they are not among these.
     pub fn refused_before_applying(&self) -> bool {
         matches!(
             self,
@@ -224,6 +228,33 @@ mod tests {
         (ErrorCode::Fatal, "fatal"),
         (ErrorCode::HttpError, "http_error"),
     ];
+
+    /// Which codes say for sure whether the command was applied. Before,
+    /// `stale_sequence` was among them, though the session's moving past
+    /// a sequence number may be an earlier attempt of the same command
+    /// (the review of stop 19).
+    #[test]
+    fn which_codes_know_the_outcome() {
+        let known: Vec<&str> =
+            KNOWN.iter().filter(|(code, _)| code.outcome_known()).map(|(_, wire)| *wire).collect();
+        assert_eq!(
+            known,
+            [
+                "not_leader",
+                "forbidden",
+                "too_large",
+                "bad_request",
+                "slow_body",
+                "not_found",
+                "method_not_allowed",
+                "session_expired",
+                "unknown_session",
+                "sequence_reused",
+                "answer_not_kept",
+                "not_confirmed",
+            ]
+        );
+    }
 
     #[test]
     fn every_known_code_keeps_its_wire_string() {

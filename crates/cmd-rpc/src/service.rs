@@ -465,10 +465,17 @@ impl<S: StateMachine> CommandService<S> {
             })
             .await;
         match result {
-            // The leader could not know of this node's earlier attempts.
-            Err(err) if err.code() == ErrorCode::SessionExpired => {
-                Err(expired(maybe_applied.load(Ordering::Relaxed)))
+            // The leader could not know of this node's earlier attempts: a
+            // session it no longer has (expired, or never known to it) after
+            // an attempt whose outcome is unknown says nothing of that
+            // attempt.
+            Err(err)
+                if matches!(err.code(), ErrorCode::SessionExpired | ErrorCode::UnknownSession)
+                    && maybe_applied.load(Ordering::Relaxed) =>
+            {
+                Err(expired(true))
             }
+            Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
             other => other,
         }
     }

@@ -167,6 +167,7 @@ struct Cluster {
     tailnet: Arc<Tailnet>,
     cluster_id: ClusterId,
     raft: RaftConfig,
+    config: CommandConfig,
     nodes: Vec<Option<Node>>,
 }
 
@@ -202,6 +203,7 @@ impl Cluster {
         tailnet: &Arc<Tailnet>,
         i: usize,
         raft: RaftConfig,
+        config: CommandConfig,
     ) -> Node {
         let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
         let raft_node = RaftNode::start(
@@ -214,7 +216,6 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let config = test_config();
         let peers = TestPeers {
             tailnet: tailnet.clone(),
             me: Mutex::new(Some((raft_node.id(), raft_node.incarnation(), info(i)))),
@@ -242,15 +243,25 @@ impl Cluster {
     }
 
     async fn with_raft(n: usize, voters: usize, raft: RaftConfig) -> Cluster {
+        Cluster::with_configs(n, voters, raft, test_config()).await
+    }
+
+    async fn with_configs(
+        n: usize,
+        voters: usize,
+        raft: RaftConfig,
+        config: CommandConfig,
+    ) -> Cluster {
         let net = MemNetwork::new();
         net.node(INTRUDER);
         let tailnet = Arc::new(Tailnet::default());
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Some(Cluster::start_node(&net, &tailnet, i, raft.clone()).await));
+            let node = Cluster::start_node(&net, &tailnet, i, raft.clone(), config.clone()).await;
+            nodes.push(Some(node));
         }
         let cluster_id = ClusterId::random().unwrap();
-        let cluster = Cluster { net, tailnet, cluster_id, raft, nodes };
+        let cluster = Cluster { net, tailnet, cluster_id, raft, config, nodes };
         let members =
             (0..voters).map(|i| (cluster.id(i), info(i))).collect::<BTreeMap<NodeId, NodeInfo>>();
         for i in 1..n {
@@ -265,8 +276,16 @@ impl Cluster {
     /// cluster's id.
     async fn restart(&mut self, i: usize) {
         self.stop(i).await;
-        self.nodes[i] =
-            Some(Cluster::start_node(&self.net, &self.tailnet, i, self.raft.clone()).await);
+        self.nodes[i] = Some(
+            Cluster::start_node(
+                &self.net,
+                &self.tailnet,
+                i,
+                self.raft.clone(),
+                self.config.clone(),
+            )
+            .await,
+        );
         self.service(i).node().set_cluster_id(self.cluster_id).await.unwrap();
     }
 
@@ -874,7 +893,7 @@ async fn a_node_cannot_join_on_behalf_of_another_address() {
 async fn a_confirm_is_checked_against_the_callers_identity() {
     let net = MemNetwork::new();
     let tailnet = Arc::new(Tailnet::default());
-    let node = Cluster::start_node(&net, &tailnet, 0, Cluster::raft_config()).await;
+    let node = Cluster::start_node(&net, &tailnet, 0, Cluster::raft_config(), test_config()).await;
     let good = ConfirmRequest {
         cluster_id: ClusterId(0xc1),
         id: raft_core::node_id("node-1", 5),
@@ -1356,6 +1375,48 @@ async fn a_forwarded_call_that_timed_out_is_not_bounced_as_not_leader() {
         Ok(ok) => panic!("answered {}", ok.result.get()),
     }
     drop(node);
+    cluster.shutdown().await;
+}
+
+/// The leader applied a forwarded command and answered, but its answer is
+/// larger than the follower's client reads (`max_response`): the caller
+/// must hear an unknown outcome (or, once the follower retried in the same
+/// session, "applied, answer not kept"), not "too large", which says the
+/// request was refused before the state machine (the review of stop 19:
+/// it was applied, and a caller that believed the refusal applied it
+/// twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_max_response_is_an_unknown_outcome() {
+    let config = CommandConfig { max_response: 64 << 10, ..test_config() };
+    let cluster = Cluster::with_configs(3, 3, Cluster::raft_config(), config).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let big = "x".repeat(100 << 10);
+    let session = cluster.session(leader).await;
+    cluster
+        .service(leader)
+        .execute(&put(session, 1, "k", &big), deadline(10), Origin::Client)
+        .await
+        .unwrap();
+    // Through the follower: its answer is the previous value, 100 KiB.
+    let session = cluster.session(follower).await;
+    let before = cluster.service(leader).node().metrics().last_applied;
+    match cluster
+        .service(follower)
+        .execute(&put(session, 1, "k", "v"), deadline(10), Origin::Client)
+        .await
+    {
+        // Unknown, or (the follower retried in the same session) "applied,
+        // its answer not kept": either tells the truth.
+        Err(err) => assert!(
+            err.outcome_unknown() || err.code() == cmd_rpc::ErrorCode::AnswerNotKept,
+            "answered {} ({err}): not applied, for a command the leader applied",
+            err.code()
+        ),
+        Ok(ok) => panic!("the answer came through: {} bytes", ok.result.get().len()),
+    }
+    let after = cluster.service(leader).node().metrics().last_applied;
+    assert!(after > before, "the leader did not apply the command ({before:?} -> {after:?})");
     cluster.shutdown().await;
 }
 

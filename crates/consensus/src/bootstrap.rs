@@ -57,8 +57,8 @@ pub(crate) struct BootState {
     pub(crate) forming: Option<Forming>,
     /// Whether it grants promises and binds itself to a cluster being
     /// formed: once it has raft state or a stored cluster id at start, or
-    /// once every tagged, online peer of its view has answered one of its
-    /// probes and none answers as a member of a cluster it did not join
+    /// once every tagged peer of its view, online or not, has answered one
+    /// of its probes and none answers as a member of a cluster it did not join
     /// ([`decide::bootstrap::waiting_for`]). A node that lost its state
     /// (memory storage: at every start) first learns whether a cluster
     /// exists or is being formed among its peers, so that it never
@@ -201,6 +201,8 @@ pub(crate) async fn run<S: StateMachine>(
     // for before it is ready.
     let mut heard: BTreeMap<String, bool> = BTreeMap::new();
     let mut not_heard: Vec<String> = Vec::new();
+    // Of those, the ones offline in the view.
+    let mut offline: Vec<String> = Vec::new();
     loop {
         views.borrow_and_update();
         // Raft's metrics as this round starts: only a change from these
@@ -232,10 +234,13 @@ pub(crate) async fn run<S: StateMachine>(
                     heard.insert(answer.name.clone(), member);
                 }
                 not_heard = become_ready(inner, &view, &heard).await;
+                offline = offline_of(&view, &not_heard);
                 if let Some(why) =
                     give_up_binding(inner, &view, &answers, &ids, &mut former_gone_since).await
                 {
                     tracing::info!(id = inner.id, %why, "gave up the binding to a cluster being formed");
+                    // Ready again only on answers heard from now on.
+                    heard.clear();
                 }
                 match round(inner, options, &view, &answers, deadline).await? {
                     Round::Done => return wait_for_leader(inner, deadline, started).await,
@@ -246,10 +251,11 @@ pub(crate) async fn run<S: StateMachine>(
         if Instant::now() >= deadline {
             if !not_heard.is_empty() {
                 reason = format!(
-                    "{reason}; not ready: waiting for {} (tagged, online peers that never \
-                     answered, or members of a cluster this node could not join; it promises \
-                     nothing and binds itself to no cluster before)",
-                    not_heard.join(", ")
+                    "{reason}; not ready: waiting for {} (tagged peers that never answered, or \
+                     members of a cluster this node could not join; it promises nothing and \
+                     binds itself to no cluster before){}",
+                    not_heard.join(", "),
+                    offline_advice(&offline),
                 );
             }
             return Err(Error::JoinFailed { waited: started.elapsed(), reason });
@@ -278,7 +284,7 @@ pub(crate) async fn run<S: StateMachine>(
 }
 
 /// Makes this node ready (it grants promises and binds itself from now on)
-/// if every tagged, online peer of `view` is in `heard` and none's last
+/// if every tagged peer of `view`, online or not, is in `heard` and none's last
 /// answer there was a member's ([`decide::bootstrap::waiting_for`]), under
 /// the bootstrap lock. The peers it is still waiting for (none once
 /// ready).
@@ -296,7 +302,6 @@ async fn become_ready<S: StateMachine>(
         .values()
         .map(|n| Heard {
             peer: &n.id.0,
-            online: n.online,
             answered: heard.contains_key(&n.id.0),
             member: heard.get(&n.id.0) == Some(&true),
         })
@@ -304,11 +309,30 @@ async fn become_ready<S: StateMachine>(
     let waiting = waiting_for(&peers);
     if waiting.is_empty() {
         state.ready = true;
-        tracing::info!(id = inner.id, "every tagged, online peer answered, none a member: ready");
+        tracing::info!(id = inner.id, "every tagged peer answered, none a member: ready");
     } else {
         tracing::debug!(peers = ?waiting, "not ready: waiting for these peers");
     }
     waiting
+}
+
+/// The peers of `peers` that are offline in `view`.
+fn offline_of(view: &ClusterView, peers: &[String]) -> Vec<String> {
+    let offline = |p: &String| view.members.values().any(|n| n.id.0 == *p && !n.online);
+    peers.iter().filter(|p| offline(p)).cloned().collect()
+}
+
+/// What the operator can do about peers a start waited for that are
+/// offline: empty if there are none.
+fn offline_advice(offline: &[String]) -> String {
+    if offline.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; offline: {} (a tagged peer may hold a cluster's data: start it, or, if it is gone \
+         for good, remove its tag or delete it from the tailnet)",
+        offline.join(", ")
+    )
 }
 
 /// Waits until raft's metrics differ from `seen`; false once raft is gone.

@@ -17,10 +17,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -28,11 +26,11 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
-use test_support::{cluster, eventually, eventually_every, fast_timing};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use test_support::stream::HookedTransport;
+use test_support::{Hook, cluster, eventually, eventually_every, fast_timing};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
-use ts_transport::{BoxFuture, BoxStream, Faults, Listener, MemNetwork, Transport, TransportError};
+use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:boot";
 const WAIT: Duration = Duration::from_secs(30);
@@ -257,14 +255,21 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     }
 }
 
+/// How long the stand-in for ra of [`start_b_and_c_ready`] lives.
+const STAND_IN: Duration = Duration::from_secs(3);
+
 /// Starts rb and rc (into `starts[1..]`) so that each is ready before ra
-/// starts, then gives them the views in `views`. A node grants promises
-/// only once every tagged, online peer of its view answered it, and ra's
-/// port refuses their probes (so that they never learn of its cluster by
-/// themselves): they first see only each other, rc with rb offline (so
-/// that rb, the lowest of that view, cannot form with rc). rc, with no
-/// online peer, is ready at once; rb once rc answered it, which its first
-/// round does as rc answers before rb starts.
+/// starts and has promised "ra", then gives them the views in `views`. A
+/// node grants promises only once every tagged peer of its view, online or
+/// not, answered it, and ra's port refuses their probes (so that they
+/// never learn of its cluster by themselves). So a stand-in for ra (the
+/// same stable id, on the port they probe, with memory storage) answers
+/// them first: every view then holds all three, online, and each has
+/// heard from every peer. The stand-in also sees a fourth tagged node that
+/// never answers, so it asks for promises (the lowest of enough tagged
+/// nodes) and never forms. Once rb and rc promised "ra" (which shows they
+/// are ready), the stand-in's start fails at its deadline and its port
+/// closes, and they give the promise back; the real ra starts later.
 async fn start_b_and_c_ready(
     net: &MemNetwork,
     views: &[Arc<StaticDiscovery>],
@@ -276,16 +281,47 @@ async fn start_b_and_c_ready(
 ) {
     let full: Vec<ClusterView> =
         views.iter().map(|v| ClusterView::clone(&v.current().expect("a view"))).collect();
-    views[1].set(view(1, &[(2, true)]));
-    views[2].set(view(2, &[(1, false)]));
-    for i in [2, 1] {
+    views[1].set(view(1, &[(0, true), (2, true)]));
+    views[2].set(view(2, &[(0, true), (1, true)]));
+    let never_answers =
+        TailnetNode { online: true, ..cluster::tailnet_node(TAG, 5, 3, "rd", "rd") };
+    let stand_in_view = Arc::new(StaticDiscovery::new(ClusterView::new(
+        TAG,
+        node(0, true),
+        [node(1, true), node(2, true), never_answers],
+    )));
+    let stand_in_config =
+        Config { command_port: PORT, seed_command_ports: Vec::new(), ..config(0, STAND_IN, None) };
+    let stand_in = start(Arc::new(net.node(ip(0))), &stand_in_view, stand_in_config, expected);
+    for i in [1, 2] {
         let dir = if i == 2 { c_dir.clone() } else { None };
-        let started =
-            start(transports[i].clone(), &views[i], config(i, timeouts[i], dir), expected);
+        // (Their start deadlines count from the stand-in's end.)
+        let timeout = timeouts[i] + STAND_IN;
+        let started = start(transports[i].clone(), &views[i], config(i, timeout, dir), expected);
         starts.push(Some(started));
-        until(WAIT, "rb and rc answer", || async { probe(net, 3 - i, i).await.is_some() }).await;
     }
-    starts.swap(1, 2);
+    // (Asked as the other one: a probe from ra's address that asks for no
+    // promise would give ra's promise back.)
+    for i in [1, 2] {
+        until(WAIT, "rb and rc promise the stand-in for ra", || async {
+            promised_to(&probe(net, 3 - i, i).await, "ra")
+        })
+        .await;
+    }
+    let ended = tokio::time::timeout(WAIT, stand_in).await.expect("the stand-in's start ends");
+    assert!(
+        matches!(ended, Ok(Err(Error::JoinFailed { .. }))),
+        "the stand-in for ra started: {:?}",
+        ended.map(|r| r.map(|_| "a node"))
+    );
+    // They give the promise back (a probe from ra's address that asks for
+    // none), so that the real ra's first round is what gets it again.
+    for i in [1, 2] {
+        until(WAIT, "rb and rc give the promise back", || async {
+            matches!(probe(net, 0, i).await, Some(ProbeState::Fresh { promised_to: None }))
+        })
+        .await;
+    }
     for i in 1..3 {
         views[i].set(full[i].clone());
     }
@@ -659,6 +695,68 @@ async fn a_start_fails_naming_the_peers_that_never_answered() {
     }
 }
 
+/// An offline peer is silent only to probers that see it (decision 0003,
+/// the stop-19 review), with ra < rb < rc: ra runs a cluster (formed
+/// alone, durable) and is down for a restart; rb's view lacks ra (its tag
+/// flapped while rb started); rc restarts empty (memory storage) and sees
+/// ra tagged but offline. Before the fix rc did not wait for an offline
+/// peer: it heard rb, was ready, promised rb and bound itself to rb's
+/// cluster, a second cluster next to ra's. Now rc grants nothing until ra
+/// answered; its start fails naming ra as offline, with what to do; once
+/// ra is back, a new start of rc joins ra's cluster, and rb never forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
+    logs();
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let a_config = || Config { state_dir: Some(dir.path().join("ra")), ..plain_config(WAIT) };
+    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
+    let a = start(Arc::new(net.node(ip(0))), &a_view, a_config(), 1)
+        .await
+        .unwrap()
+        .expect("ra forms its cluster");
+    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    let a_id = a.id();
+    a.stop(StopMode::Stay).await.unwrap();
+    // rc: ra tagged and offline, rb online. rb: rc only, the lowest there.
+    let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, false), (1, true)])));
+    let c_start =
+        start(Arc::new(net.node(ip(2))), &c_view, plain_config(Duration::from_secs(4)), 2);
+    let b_view = Arc::new(StaticDiscovery::new(view(1, &[(2, true)])));
+    let b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
+    // rb would form with rc well within rc's start deadline if rc
+    // promised it; rc's start fails instead, naming ra.
+    match tokio::time::timeout(WAIT, c_start).await.expect("rc's start ends").unwrap() {
+        Err(Error::JoinFailed { reason, .. }) => {
+            assert!(reason.contains("not ready: waiting for ra"), "{reason}");
+            assert!(reason.contains("offline: ra"), "{reason}");
+        }
+        Err(other) => panic!("rc failed otherwise: {other}"),
+        Ok(c) => panic!("rc started before hearing from ra: {:?}", cluster_of(&c)),
+    }
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    // ra is back; rc starts again and joins ra's cluster.
+    a_view.set(view(0, &[(2, true)]));
+    let a = start(Arc::new(net.node(ip(0))), &a_view, a_config(), 1)
+        .await
+        .unwrap()
+        .expect("ra resumes its cluster");
+    assert_eq!(a.id(), a_id);
+    c_view.set(view(2, &[(0, true), (1, true)]));
+    let c = start(Arc::new(net.node(ip(2))), &c_view, plain_config(WAIT), 2)
+        .await
+        .unwrap()
+        .expect("rc joins ra's cluster");
+    c.wait_for(WAIT, |m| m.leader == Some(a_id)).await.unwrap();
+    let b_now = probe(&net, 2, 1).await;
+    assert!(matches!(b_now, Some(ProbeState::Fresh { .. })), "rb is not free: {b_now:?}");
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    b_start.abort();
+    for kv in [c, a] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
 /// How a start ended (it has ended, or ends within [`WAIT`]).
 async fn outcome(start: Start) -> String {
     match tokio::time::timeout(WAIT, start).await {
@@ -676,7 +774,11 @@ struct Confirms(Arc<AtomicUsize>);
 
 impl Confirms {
     fn wrap(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
-        Arc::new(Counting { inner, confirms: self.clone() })
+        let confirms = self.clone();
+        Arc::new(
+            HookedTransport::new(inner)
+                .dialed(move |_, _| Counted { confirms: confirms.clone(), tail: Vec::new() }),
+        )
     }
 
     fn get(&self) -> usize {
@@ -684,81 +786,24 @@ impl Confirms {
     }
 }
 
-struct Counting {
-    inner: Arc<dyn Transport>,
-    confirms: Confirms,
-}
-
-impl Transport for Counting {
-    fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-        self.inner.listen(port)
-    }
-
-    fn dial(
-        &self,
-        addr: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-        Box::pin(async move {
-            let inner = self.inner.dial(addr, port, timeout).await?;
-            let counted = Counted { inner, confirms: self.confirms.clone(), tail: Vec::new() };
-            Ok(Box::new(counted) as BoxStream)
-        })
-    }
-
-    fn local_addrs(&self) -> Vec<IpAddr> {
-        self.inner.local_addrs()
-    }
-}
-
-/// A dialed stream whose written bytes are searched for confirm requests;
-/// `tail` keeps the end of the last write, for a request line split
-/// across two writes.
+/// A dialed stream's hook that searches the written bytes for confirm
+/// requests; `tail` keeps the end of the last write, for a request line
+/// split across two writes.
 struct Counted {
-    inner: BoxStream,
     confirms: Confirms,
     tail: Vec<u8>,
 }
 
 const CONFIRM_LINE: &[u8] = b"POST /v1/confirm";
 
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let written = match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => n,
-            other => return other,
-        };
-        let mut seen = std::mem::take(&mut this.tail);
-        seen.extend_from_slice(&buf[..written]);
+impl Hook for Counted {
+    fn after_write(&mut self, written: &[u8]) {
+        let mut seen = std::mem::take(&mut self.tail);
+        seen.extend_from_slice(written);
         let found = seen.windows(CONFIRM_LINE.len()).filter(|w| *w == CONFIRM_LINE).count();
-        this.confirms.0.fetch_add(found, Ordering::Relaxed);
+        self.confirms.0.fetch_add(found, Ordering::Relaxed);
         let keep = seen.len().saturating_sub(CONFIRM_LINE.len() - 1);
-        this.tail = seen.split_off(keep);
-        Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.tail = seen.split_off(keep);
     }
 }
 

@@ -417,6 +417,49 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     b.shutdown().await;
 }
 
+/// The leader's side of a raft connection speaks to the node it dialed:
+/// once that node's address belongs to another tagged node (the first
+/// left the tailnet and the address was given to another), the leader's
+/// live connection must not carry another entry, though the address is
+/// still authorized. Before, the leader checked only that the address was
+/// authorized, by anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stops_replicating_to_an_address_that_moved_to_another_node() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let net = MemNetwork::new();
+    let config = fast_config();
+    // At node 0, ip(1) is node 1's until the switch flips, then node-7's.
+    let moved = std::sync::Arc::new(AtomicBool::new(false));
+    let switch = moved.clone();
+    let identify: raft_core::Identify = std::sync::Arc::new(move |peer: ts_transport::PeerAddr| {
+        if peer.ip() == ip(1) && switch.load(Ordering::SeqCst) {
+            Some("node-7".to_owned())
+        } else {
+            Some(owner(peer.ip()))
+        }
+    });
+    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), identify, config.clone()).await;
+    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
+    form(&[&a, &b]).await;
+    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
+    let c = a.register_session().await.expect("session registered");
+    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
+        .await
+        .expect("in time")
+        .expect("committed while b owns its address");
+    b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied).await.expect("b applies");
+    moved.store(true, Ordering::SeqCst);
+    let after =
+        tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
+    assert!(
+        !matches!(after, Ok(Ok(_))),
+        "a kept replicating to an address that now belongs to another node: {after:?}"
+    );
+    assert_eq!(b.read_local(|r| r.applied.len()), 1, "b applied an entry sent to another node");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_went_silent_is_replaced() {
     // A follower's process dies behind a userspace network stack and comes

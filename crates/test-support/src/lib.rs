@@ -7,7 +7,11 @@
 //! - the fast timing profile of in-memory clusters ([`HEARTBEAT`],
 //!   [`ELECTION`], and with features [`fast_raft`], [`fast_timing`],
 //!   [`fast_config`]);
-//! - with the `facade` feature: the kv example's store ([`kv`]), a counter
+//! - [`stream`]: a stream that hands everything to the stream it wraps and
+//!   tells a hook what crosses it ([`Hooked`]), and with the `transport`
+//!   feature a transport whose streams carry such hooks;
+//! - with the `facade` feature: the kv example's store ([`kv`]) and line
+//!   interface ([`lines`], which the chaos node speaks too), a counter
 //!   ([`Counter`]), and an in-memory cluster of the facade ([`cluster`]).
 //!
 //! A dev-dependency only (`publish = false`). The lower crates use it
@@ -20,7 +24,10 @@ pub mod cluster;
 mod counter;
 #[cfg(feature = "facade")]
 pub mod kv;
+#[cfg(feature = "facade")]
+pub mod lines;
 mod seeded;
+pub mod stream;
 mod timing;
 mod wait;
 
@@ -29,6 +36,7 @@ pub use crate::counter::Counter;
 #[cfg(feature = "proptest")]
 pub use crate::seeded::proptest_config;
 pub use crate::seeded::{Rng, seed_from_env, seeds_from_env};
+pub use crate::stream::{Hook, Hooked};
 #[cfg(feature = "raft")]
 pub use crate::timing::fast_raft;
 pub use crate::timing::{ELECTION, HEARTBEAT};

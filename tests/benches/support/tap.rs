@@ -7,16 +7,14 @@
 //! command port's HTTP) are counted in writes.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use ts_transport::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, TransportError};
+use test_support::Hook;
+use test_support::stream::HookedTransport;
+use ts_transport::Transport;
 
 /// Which way bytes went, seen from the node that holds the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,83 +102,27 @@ impl Tap {
     }
 }
 
-/// A transport whose streams report to a [`Tap`].
-pub(crate) struct Tapped {
-    pub(crate) inner: Arc<dyn Transport>,
-    pub(crate) node: usize,
-    pub(crate) tap: Arc<Tap>,
-}
-
-impl Tapped {
-    fn wrap(&self, stream: BoxStream, port: u16, peer: IpAddr) -> BoxStream {
-        Box::new(TappedStream {
-            inner: stream,
-            node: self.node,
-            port,
-            peer,
-            tap: self.tap.clone(),
-            raft: port == self.tap.raft_port,
-            sent: FrameCounter::default(),
-            received: FrameCounter::default(),
-        })
-    }
-}
-
-impl Transport for Tapped {
-    fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-        Box::pin(async move {
-            let inner = self.inner.listen(port).await?;
-            let port = inner.local_port();
-            let listener: Box<dyn Listener> = Box::new(TappedListener {
-                inner,
+impl Tap {
+    /// `inner`, as node `node`, with every stream it dials or accepts
+    /// reporting to this tap.
+    pub(crate) fn wrap(
+        self: &Arc<Tap>,
+        inner: Arc<dyn Transport>,
+        node: usize,
+    ) -> Arc<dyn Transport> {
+        let hook = {
+            let tap = self.clone();
+            move |peer: IpAddr, port: u16| TapHook {
+                node,
                 port,
-                transport: Tapped {
-                    inner: self.inner.clone(),
-                    node: self.node,
-                    tap: self.tap.clone(),
-                },
-            });
-            Ok(listener)
-        })
-    }
-
-    fn dial(
-        &self,
-        addr: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-        Box::pin(async move {
-            let stream = self.inner.dial(addr, port, timeout).await?;
-            Ok(self.wrap(stream, port, addr))
-        })
-    }
-
-    fn local_addrs(&self) -> Vec<IpAddr> {
-        self.inner.local_addrs()
-    }
-}
-
-struct TappedListener {
-    inner: Box<dyn Listener>,
-    port: u16,
-    transport: Tapped,
-}
-
-impl Listener for TappedListener {
-    fn accept(&self) -> BoxFuture<'_, Result<(BoxStream, PeerAddr), TransportError>> {
-        Box::pin(async move {
-            let (stream, peer) = self.inner.accept().await?;
-            Ok((self.transport.wrap(stream, self.port, peer.ip()), peer))
-        })
-    }
-
-    fn local_port(&self) -> u16 {
-        self.port
-    }
-
-    fn close(&self) {
-        self.inner.close();
+                peer,
+                raft: port == tap.raft_port,
+                tap: tap.clone(),
+                sent: FrameCounter::default(),
+                received: FrameCounter::default(),
+            }
+        };
+        Arc::new(HookedTransport::new(inner).dialed(hook.clone()).accepted(hook))
     }
 }
 
@@ -216,9 +158,10 @@ impl FrameCounter {
     }
 }
 
-struct TappedStream {
-    inner: BoxStream,
+/// What one stream reports to its [`Tap`].
+struct TapHook {
     node: usize,
+    /// The service port (raft or command) the stream belongs to.
     port: u16,
     peer: IpAddr,
     tap: Arc<Tap>,
@@ -227,48 +170,14 @@ struct TappedStream {
     received: FrameCounter,
 }
 
-impl AsyncRead for TappedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                let frames = if this.raft { this.received.feed(new) } else { 0 };
-                this.tap.note(this.node, this.port, this.peer, Dir::Recv, new.len(), frames);
-            }
-        }
-        result
-    }
-}
-
-impl AsyncWrite for TappedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result
-            && n > 0
-        {
-            let frames = if this.raft { this.sent.feed(&buf[..n]) } else { 0 };
-            this.tap.note(this.node, this.port, this.peer, Dir::Send, n, frames);
-        }
-        result
+impl Hook for TapHook {
+    fn after_read(&mut self, bytes: &[u8]) {
+        let frames = if self.raft { self.received.feed(bytes) } else { 0 };
+        self.tap.note(self.node, self.port, self.peer, Dir::Recv, bytes.len(), frames);
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn after_write(&mut self, bytes: &[u8]) {
+        let frames = if self.raft { self.sent.feed(bytes) } else { 0 };
+        self.tap.note(self.node, self.port, self.peer, Dir::Send, bytes.len(), frames);
     }
 }

@@ -13,7 +13,8 @@
 //! The line interface on `127.0.0.1:<local-port>` opens before the node
 //! joins the tailnet, so faults can be set before the node starts looking
 //! for its cluster. One command per line, one JSON answer per line
-//! (`{"ok": ...}` or `{"error": "..."}`; lines are at most 64 KiB):
+//! (`{"ok": ...}` or `{"error": "..."}`; lines are at most 64 KiB): the kv
+//! example's interface (`test_support::lines`) and the harness's lines:
 //!
 //! ```text
 //! put <key> <value>         set a key
@@ -52,9 +53,10 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, StorageFaults,
     TsnetTransport,
 };
-use test_support::kv::{KvCommand, KvQuery, KvStore};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use test_support::kv::{KvQuery, KvStore};
+use test_support::lines;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use ts_discovery::{Discovery, LocalApi, LocalApiLimits, TailnetDiscovery, TailnetDiscoveryConfig};
 use ts_transport::{Faults, Transport};
 
@@ -132,15 +134,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let local_port = args.local_port.ok_or("--local-port is required")?;
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], local_port))).await?;
-    let serve = {
+    let serve = lines::accept(listener, {
         let served = served.clone();
-        async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(serve_lines(served.clone(), stream));
-            }
+        move |line| {
+            let served = served.clone();
+            async move { handle(&served, &line).await }
         }
-    };
+    });
     let stop_on_eof = async {
         if args.exit_on_stdin_eof {
             let mut sink = Vec::new();
@@ -238,34 +238,9 @@ async fn wait_for_tag(
     }
 }
 
-/// Longest line accepted on the line interface.
-const MAX_LINE: u64 = 64 * 1024;
-
-async fn serve_lines(served: Arc<Served>, stream: TcpStream) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut line = Vec::new();
-        match (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        // A line over the limit ends the connection: the rest of it cannot
-        // be told from the next command.
-        let too_long = line.len() as u64 > MAX_LINE;
-        let answer = match std::str::from_utf8(&line) {
-            _ if too_long => {
-                serde_json::json!({ "error": format!("line longer than {MAX_LINE} bytes") })
-            }
-            Ok(text) => handle(&served, text.trim_end()).await,
-            Err(_) => serde_json::json!({ "error": "line is not UTF-8" }),
-        };
-        if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() || too_long {
-            return;
-        }
-    }
-}
-
+/// One line of the line interface: `fault ...`, the commands of
+/// `test_support::lines::kv_command`, and the harness's `status`,
+/// `version` and `digest`.
 async fn handle(served: &Served, line: &str) -> serde_json::Value {
     let words: Vec<&str> = line.split_whitespace().collect();
     if let ["fault", rest @ ..] = words.as_slice() {
@@ -277,29 +252,10 @@ async fn handle(served: &Served, line: &str) -> serde_json::Value {
             _ => serde_json::json!({ "error": "starting: consensus is not running yet" }),
         };
     };
+    if let Some(answer) = lines::kv_command(kv, &words).await {
+        return answer;
+    }
     let result = match words.as_slice() {
-        ["put", key, value] => kv
-            .execute(KvCommand::Put { key: key.to_string(), value: value.to_string() })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["cas", key, old, new] => kv
-            .execute(KvCommand::Cas {
-                key: key.to_string(),
-                expected: (*old != "-").then(|| old.to_string()),
-                value: new.to_string(),
-            })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["del", key] => kv
-            .execute(KvCommand::Delete { key: key.to_string() })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["get", key] => {
-            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Linearizable).await
-        }
-        ["get-local", key] => {
-            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Local).await
-        }
         ["version", key] => {
             kv.read(KvQuery::Version { key: key.to_string() }, Consistency::Linearizable).await
         }
@@ -311,12 +267,9 @@ async fn handle(served: &Served, line: &str) -> serde_json::Value {
             "metrics": kv.metrics(),
             "members": kv.members(),
         })),
-        _ => return serde_json::json!({ "error": format!("unknown command {line:?}") }),
+        _ => return lines::unknown(line),
     };
-    match result {
-        Ok(value) => serde_json::json!({ "ok": value }),
-        Err(err) => serde_json::json!({ "error": err.to_string() }),
-    }
+    lines::answer(result)
 }
 
 /// A `fault` line.

@@ -22,19 +22,19 @@
 //! lines the harness needs.
 //!
 //! The state machine, `KvStore`, is in `crates/test-support/src/kv.rs`,
-//! where the tests and the chaos node use it too.
+//! and the reading and answering of lines in
+//! `crates/test-support/src/lines.rs`, where the tests and the chaos node
+//! use them too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use consensus::{
-    BootstrapOptions, Config, Consensus, Consistency, NodeOptions, StopMode, TsnetTransport,
-};
-use test_support::kv::{KvCommand, KvQuery, KvStore};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use consensus::{BootstrapOptions, Config, Consensus, NodeOptions, StopMode, TsnetTransport};
+use test_support::kv::KvStore;
+use test_support::lines;
+use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
 #[command(about = "A replicated key-value store on a tailnet")]
@@ -138,15 +138,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default()
     );
 
-    let serve = {
+    let serve = lines::accept(listener, {
         let kv = kv.clone();
-        async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(serve_lines(kv.clone(), stream));
-            }
+        move |line| {
+            let kv = kv.clone();
+            async move { handle(&kv, &line).await }
         }
-    };
+    });
     let stop_on_eof = async {
         if args.exit_on_stdin_eof {
             let mut sink = Vec::new();
@@ -188,64 +186,17 @@ async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn st
     }
 }
 
-/// Longest line accepted on the line interface.
-const MAX_LINE: u64 = 64 * 1024;
-
-async fn serve_lines(kv: Consensus<KvStore>, stream: TcpStream) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut line = Vec::new();
-        match (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        // A line over the limit ends the connection: the rest of it cannot
-        // be told from the next command.
-        let too_long = line.len() as u64 > MAX_LINE;
-        let answer = match std::str::from_utf8(&line) {
-            _ if too_long => {
-                serde_json::json!({ "error": format!("line longer than {MAX_LINE} bytes") })
-            }
-            Ok(text) => handle(&kv, text.trim_end()).await,
-            Err(_) => serde_json::json!({ "error": "line is not UTF-8" }),
-        };
-        if write.write_all(format!("{answer}\n").as_bytes()).await.is_err() || too_long {
-            return;
-        }
-    }
-}
-
+/// One line of the line interface: the commands of
+/// `test_support::lines::kv_command`, and `status`.
 async fn handle(kv: &Consensus<KvStore>, line: &str) -> serde_json::Value {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let result = match words.as_slice() {
-        ["put", key, value] => kv
-            .execute(KvCommand::Put { key: key.to_string(), value: value.to_string() })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["cas", key, old, new] => kv
-            .execute(KvCommand::Cas {
-                key: key.to_string(),
-                expected: (*old != "-").then(|| old.to_string()),
-                value: new.to_string(),
-            })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["del", key] => kv
-            .execute(KvCommand::Delete { key: key.to_string() })
-            .await
-            .map(|r| serde_json::json!(r)),
-        ["get", key] => {
-            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Linearizable).await
+    if let Some(answer) = lines::kv_command(kv, &words).await {
+        return answer;
+    }
+    match words.as_slice() {
+        ["status"] => {
+            serde_json::json!({ "ok": { "metrics": kv.metrics(), "members": kv.members() } })
         }
-        ["get-local", key] => {
-            kv.read(KvQuery::Get { key: key.to_string() }, Consistency::Local).await
-        }
-        ["status"] => Ok(serde_json::json!({ "metrics": kv.metrics(), "members": kv.members() })),
-        _ => return serde_json::json!({ "error": format!("unknown command {line:?}") }),
-    };
-    match result {
-        Ok(value) => serde_json::json!({ "ok": value }),
-        Err(err) => serde_json::json!({ "error": err.to_string() }),
+        _ => lines::unknown(line),
     }
 }

@@ -717,8 +717,6 @@ pub(crate) fn unbind<N: PartialEq>(b: &Bond<'_, N>) -> bool {
 pub(crate) struct Heard<'a, N> {
     /// The peer.
     pub(crate) peer: &'a N,
-    /// Whether it is online in the view.
-    pub(crate) online: bool,
     /// Whether it has answered one of this node's probes since this node
     /// started, with any answer (a member, bound, forming or fresh node,
     /// or one that is itself still starting).
@@ -730,33 +728,34 @@ pub(crate) struct Heard<'a, N> {
 
 /// The peers a node that started without raft state or a stored cluster
 /// id waits for before it is *ready* (grants promises, binds itself to a
-/// cluster being formed), in order: the tagged, online peers of its view
-/// it has not heard from yet, and the peers whose last answer says they
-/// have a cluster id. Ready once there are none.
+/// cluster being formed), in order: the tagged peers of its view it has
+/// not heard from yet, online or not, and the peers whose last answer says
+/// they have a cluster id. Ready once there are none.
 ///
 /// A node that lost its state may be the only one that could tell another
 /// node of a cluster (it was one of its binders or voters), and a peer of
 /// the cluster may be reachable only later (no path yet, a lower peer
-/// yielded to, a probe timeout). A round in which such a peer was silent
-/// tells the node nothing, so readiness waits for an answer from each,
-/// not for one round. And a peer that answers as a member of a cluster
-/// tells it that a cluster exists among its peers: it joins that cluster
-/// if the peer names a leader it can reach (then it has a cluster id,
-/// and answers as that cluster's); otherwise (no leader known, or one
-/// that is no node of its view) it waits, and promises no prober whose
-/// view may lack that cluster. Any answer counts as heard, a starting
-/// peer's included: a node that is not ready answers as fresh, holding no
-/// promise and granting none, which is true, so that nodes starting
-/// together do not all wait for each other. A peer offline in the view
-/// that never answered is not waited for (it cannot answer, and it is
-/// silent to every prober, which keeps them from forming next to it). The
-/// shell fails the start at its deadline while it waits, naming them.
+/// yielded to, a probe timeout, down for a restart). A round in which such
+/// a peer was silent tells the node nothing, so readiness waits for an
+/// answer from each, not for one round. An offline peer is waited for
+/// too: "offline" is this node's view, and another node's view may lack
+/// that peer altogether (its tag flapped while that node started), so its
+/// silence keeps nobody else from forming next to its cluster
+/// (docs/decisions/0003, "an offline peer is silent only to probers that
+/// see it"). A tagged peer that is gone for good holds every fresh start
+/// back until the operator removes its tag or deletes it from the tailnet;
+/// the shell fails the start at its deadline naming it. And a peer that
+/// answers as a member of a cluster tells it that a cluster exists among
+/// its peers: it joins that cluster if the peer names a leader it can
+/// reach (then it has a cluster id, and answers as that cluster's);
+/// otherwise (no leader known, or one that is no node of its view) it
+/// waits, and promises no prober whose view may lack that cluster. Any
+/// answer counts as heard, a starting peer's included: a node that is not
+/// ready answers as fresh, holding no promise and granting none, which is
+/// true, so that nodes starting together do not all wait for each other.
 pub(crate) fn waiting_for<N: Ord + Clone>(peers: &[Heard<'_, N>]) -> Vec<N> {
-    let mut waiting: Vec<N> = peers
-        .iter()
-        .filter(|h| (h.online && !h.answered) || h.member)
-        .map(|h| h.peer.clone())
-        .collect();
+    let mut waiting: Vec<N> =
+        peers.iter().filter(|h| !h.answered || h.member).map(|h| h.peer.clone()).collect();
     waiting.sort();
     waiting
 }
@@ -1594,59 +1593,47 @@ mod tests {
             Decision::Join { cluster: 'x', leader: a, via: c }
         );
     }
-    /// Readiness over every combination of three peers, each online or
-    /// not, answered or not, a member or not by its last answer: ready
-    /// exactly when every online peer answered and none is a member, and
-    /// the peers waited for are named in order.
+    /// Readiness over every combination of three peers, each answered or
+    /// not, a member or not by its last answer: ready exactly when every
+    /// peer answered and none is a member, and the peers waited for are
+    /// named in order.
     #[test]
-    fn a_starting_node_is_ready_once_every_online_peer_answered_and_none_is_a_member() {
+    fn a_starting_node_is_ready_once_every_peer_answered_and_none_is_a_member() {
         let names = [3u8, 1, 2];
-        for bits in 0..512u16 {
+        for bits in 0..64u16 {
             let bit = |i: usize| bits & (1 << i) != 0;
             let peers: Vec<Heard<'_, u8>> = names
                 .iter()
                 .enumerate()
                 .map(|(i, peer)| Heard {
                     peer,
-                    online: bit(i),
-                    answered: bit(i + 3),
+                    answered: bit(i),
                     // Only a peer that answered can have answered as a member.
-                    member: bit(i + 3) && bit(i + 6),
+                    member: bit(i) && bit(i + 3),
                 })
                 .collect();
-            let mut want: Vec<u8> = peers
-                .iter()
-                .filter(|h| (h.online && !h.answered) || h.member)
-                .map(|h| *h.peer)
-                .collect();
-            want.sort();
-            assert_eq!(waiting_for(&peers), want, "{peers:?}");
+            let ready = (0..3).all(|i| bit(i) && !bit(i + 3));
+            assert_eq!(waiting_for(&peers).is_empty(), ready, "{peers:?}");
+            let mut named: Vec<u8> =
+                (0..3).filter(|&i| !bit(i) || bit(i + 3)).map(|i| names[i]).collect();
+            named.sort();
+            assert_eq!(waiting_for(&peers), named, "{peers:?}");
         }
     }
 
     #[test]
     fn readiness_cases() {
         let (a, b) = (1u8, 2u8);
-        let heard = |peer, online, answered, member| Heard { peer, online, answered, member };
+        let heard = |peer, answered, member| Heard { peer, answered, member };
         // Nobody to hear from: ready at once.
         assert!(waiting_for::<u8>(&[]).is_empty());
-        // A silent first round (no path yet, a timeout): not ready.
-        assert_eq!(
-            waiting_for(&[heard(&a, true, false, false), heard(&b, true, true, false)]),
-            [a]
-        );
-        // An offline peer that never answered is not waited for.
-        assert!(
-            waiting_for(&[heard(&a, false, false, false), heard(&b, true, true, false)]).is_empty()
-        );
-        // Every online peer answered as fresh (or starting): ready.
-        assert!(
-            waiting_for(&[heard(&a, true, true, false), heard(&b, true, true, false)]).is_empty()
-        );
+        // A silent first round (no path yet, a timeout, a peer offline in
+        // the view): not ready.
+        assert_eq!(waiting_for(&[heard(&a, false, false), heard(&b, true, false)]), [a]);
+        // Every peer answered as fresh (or starting): ready.
+        assert!(waiting_for(&[heard(&a, true, false), heard(&b, true, false)]).is_empty());
         // A peer answered as a member of a cluster this node did not join
-        // (it knows no leader, or one this node cannot reach): not ready,
-        // online or not.
-        assert_eq!(waiting_for(&[heard(&a, true, true, true), heard(&b, true, true, false)]), [a]);
-        assert_eq!(waiting_for(&[heard(&a, false, true, true), heard(&b, true, true, false)]), [a]);
+        // (it knows no leader, or one this node cannot reach): not ready.
+        assert_eq!(waiting_for(&[heard(&a, true, true), heard(&b, true, false)]), [a]);
     }
 }

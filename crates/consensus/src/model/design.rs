@@ -100,9 +100,42 @@ pub(super) fn join_here(leader: &Leader<'_>, request: &JoinRequest) -> Option<Ch
     })
 }
 
-impl Protocol for Design0003 {
+/// What a variant of decision 0003 may change, each with the code's rule
+/// as its default: a variant overrides only what it changes, and makes
+/// every other decision as [`Design0003`] does (the [`Protocol`] below).
+pub(crate) trait Variant: Sync {
+    /// A short name for reports.
+    fn name(&self) -> &'static str;
+
+    /// [`Protocol::ready`]: `decide::bootstrap::waiting_for`, as
+    /// `bootstrap::become_ready` calls it: ready once every tagged peer of
+    /// its view, online or not, answered a probe, and none's last answer is
+    /// a member's.
+    fn ready(&self, input: &Bootstrap<'_>) -> bool {
+        let peers: Vec<Node> = input.view.peers(input.me).collect();
+        let heard: Vec<boot::Heard<'_, Node>> = peers
+            .iter()
+            .map(|peer| boot::Heard {
+                peer,
+                answered: input.answers[*peer as usize].is_some(),
+                member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
+            })
+            .collect();
+        boot::waiting_for(&heard).is_empty()
+    }
+}
+
+impl Variant for Design0003 {
     fn name(&self) -> &'static str {
         "0003 (decide::)"
+    }
+}
+
+/// Decision 0003 as the code makes it, but for what the variant `V`
+/// overrides.
+impl<V: Variant> Protocol for V {
+    fn name(&self) -> &'static str {
+        Variant::name(self)
     }
 
     /// raft-core `identity.rs` `establish`: storage without an identity
@@ -168,21 +201,8 @@ impl Protocol for Design0003 {
         true
     }
 
-    /// `decide::bootstrap::waiting_for`, as `bootstrap::become_ready` calls
-    /// it: ready once every tagged, online peer of its view answered a
-    /// probe, and none's last answer is a member's.
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
-        let peers: Vec<Node> = input.view.peers(input.me).collect();
-        let heard: Vec<boot::Heard<'_, Node>> = peers
-            .iter()
-            .map(|peer| boot::Heard {
-                peer,
-                online: input.view.online(*peer),
-                answered: input.answers[*peer as usize].is_some(),
-                member: matches!(input.answers[*peer as usize], Some(Answer::Member { .. })),
-            })
-            .collect();
-        boot::waiting_for(&heard).is_empty()
+        Variant::ready(self, input)
     }
 
     /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
@@ -370,33 +390,23 @@ pub(crate) enum EarlierReadiness {
     /// answered, whatever it answered (a member of a cluster that names no
     /// leader included).
     OnceAnswered,
+    /// As the code made it before the offline fix: ready once every tagged,
+    /// *online* peer of its view answered and none's last answer is a
+    /// member's; a peer offline in the view was not waited for.
+    OnlineOnly,
 }
 
-impl Protocol for EarlierReadiness {
+impl Variant for EarlierReadiness {
     fn name(&self) -> &'static str {
         match self {
             EarlierReadiness::AfterAnyRound => "0003 (decide::), ready after any first round",
             EarlierReadiness::OnceAnswered => "0003 (decide::), ready once every peer answered",
+            EarlierReadiness::OnlineOnly => {
+                "0003 (decide::), ready once every online peer answered, none a member"
+            }
         }
     }
-    fn incarnation_after_wipe(&self, old: u8) -> u8 {
-        Design0003.incarnation_after_wipe(old)
-    }
-    fn accepts_raft(&self, mine: Option<ClusterId>, theirs: Option<ClusterId>) -> bool {
-        Design0003.accepts_raft(mine, theirs)
-    }
-    fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
-        Design0003.wants_promise(input)
-    }
-    fn answer_probe(&self, granter: &Granter, caller: Node, wants: bool) -> (Answer, Option<Node>) {
-        Design0003.answer_probe(granter, caller, wants)
-    }
-    fn keep_promise(&self, granter: &Granter) -> Option<Node> {
-        Design0003.keep_promise(granter)
-    }
-    fn looks_first(&self) -> bool {
-        true
-    }
+
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
         match self {
             // `round` set `ready` before deciding, on any answers.
@@ -404,33 +414,9 @@ impl Protocol for EarlierReadiness {
             EarlierReadiness::OnceAnswered => {
                 input.view.online_peers(input.me).all(|peer| input.answers[peer as usize].is_some())
             }
+            EarlierReadiness::OnlineOnly => input.view.online_peers(input.me).all(|peer| {
+                matches!(input.answers[peer as usize], Some(a) if !matches!(a, Answer::Member { .. }))
+            }),
         }
-    }
-    fn decide(&self, input: &Bootstrap<'_>) -> Decision {
-        Design0003.decide(input)
-    }
-    fn on_join(&self, leader: &Leader<'_>, request: &JoinRequest) -> Option<Change> {
-        Design0003.on_join(leader, request)
-    }
-    fn plan(&self, leader: &Leader<'_>) -> Option<Change> {
-        Design0003.plan(leader)
-    }
-    fn confirms(&self) -> bool {
-        true
-    }
-    fn seals(&self) -> bool {
-        true
-    }
-    fn on_confirm(
-        &self,
-        granter: &Granter,
-        caller: RaftId,
-        cluster: ClusterId,
-        seal: bool,
-    ) -> Confirm {
-        Design0003.on_confirm(granter, caller, cluster, seal)
-    }
-    fn unbind(&self, granter: &Granter, gone: bool, forgot: bool) -> bool {
-        Design0003.unbind(granter, gone, forgot)
     }
 }

@@ -21,7 +21,8 @@
 //!   [`design::EarlierReadiness`] is the same with the readiness rules the
 //!   code had before (a starting node ready after any first round, or once
 //!   every online peer answered); the checker finds a second cluster with
-//!   each.
+//!   each. Such a variant implements [`design::Variant`], whose methods
+//!   default to the code's rules, and overrides only what it changes.
 //!
 //! The properties, checked in every reachable state:
 //!

@@ -315,3 +315,34 @@ fn design_0003_ready_once_every_peer_answered_and_none_is_a_member() {
     let report = holds(&Design0003, late_view_and_a_wiped_voter(), FIND);
     assert!(report.complete && !report.depth_cut, "{}", report.summary());
 }
+
+/// [`late_view_and_a_wiped_voter`], and `a` may also crash (and restart
+/// with its state): `c2`, starting while `a` is down, sees `a` tagged but
+/// offline, and `b`'s view still lacks `a`.
+fn late_view_a_crashed_voter_and_a_wiped_voter() -> Scenario {
+    Scenario { crashes: 1, faulty: 0b101, ..late_view_and_a_wiped_voter() }
+}
+
+/// An offline peer is silent only to probers that see it (the hostile
+/// review of stop 19): `a`'s tag flaps while `b` starts, so `b`'s view
+/// lacks `a`; `a` crashes; `c` loses its state and `c2` sees `a` offline;
+/// not waiting for offline peers, `c2` is ready once `b` answered,
+/// promises `b` and binds itself to `b`'s cluster: two clusters commit
+/// (20 steps).
+#[test]
+fn design_0003_ready_without_offline_peers_forms_a_second_cluster() {
+    let bounds = Bounds { stop_when_found: Some(SINGLE_CLUSTER), ..FIND };
+    let protocol = EarlierReadiness::OnlineOnly;
+    let report = check(&protocol, late_view_a_crashed_voter_and_a_wiped_voter(), bounds);
+    let found = report.violation(SINGLE_CLUSTER).expect("the checker finds the second cluster");
+    assert!(found.trace.iter().any(|s| s.contains("a crashes")), "{found}");
+}
+
+/// The same world with readiness as the code makes it now: `c2` waits for
+/// `a`, offline or not, so it promises nothing until `a` is back and
+/// answers (as a member of cluster 0: `c2` then joins it).
+#[test]
+fn design_0003_ready_once_every_peer_online_or_not_answered() {
+    let report = holds(&Design0003, late_view_a_crashed_voter_and_a_wiped_voter(), FIND);
+    assert!(report.complete && !report.depth_cut, "{}", report.summary());
+}

@@ -15,10 +15,12 @@
 //! until the backoff has passed, calls fail at once with `Unreachable`.
 //!
 //! **Authorization** is checked on the way out too: a peer's address is
-//! dialed only while it is authorized, and every call first checks the
-//! address of its connection; once a peer is no longer authorized (its tag
-//! was revoked) its connections are dropped and calls to it refused, so a
-//! revoked member stops receiving the log.
+//! dialed only while `Identify` names the peer's stable id as its owner,
+//! and every call first checks that again for the address of its
+//! connection; once a peer is no longer authorized (its tag was revoked)
+//! or its address belongs to another node, its connections are dropped
+//! and calls to it refused, so a revoked member stops receiving the log
+//! and nothing meant for it reaches the address's new owner.
 //!
 //! **Timeouts.** openraft gives AppendEntries one heartbeat interval, far
 //! too little for a frame of several MiB on a slow or loaded link. An
@@ -338,8 +340,11 @@ enum CallError {
 }
 
 impl Dialer {
-    fn authorized(&self, addr: SocketAddr) -> bool {
-        (self.identify)(PeerAddr::new(addr)).is_some()
+    /// Whether `addr` belongs to the node `stable_id` now, as `identify`
+    /// names its owner: authorized, and not an address given to another
+    /// node since.
+    fn owned_by(&self, addr: SocketAddr, stable_id: &str) -> bool {
+        (self.identify)(PeerAddr::new(addr)).is_some_and(|owner| owner == stable_id)
     }
 
     /// Dials the peer's authorized addresses in order, each within
@@ -352,8 +357,8 @@ impl Dialer {
         let mut last_error = format!("node {target} has no address");
         for &ip in &peer.addrs {
             let addr = SocketAddr::new(ip, peer.raft_port);
-            if !self.authorized(addr) {
-                last_error = format!("{addr} is not authorized");
+            if !self.owned_by(addr, &peer.stable_id) {
+                last_error = format!("{addr} is not authorized as {}", peer.stable_id);
                 continue;
             }
             let hello = Message::Hello {
@@ -551,7 +556,7 @@ impl ClientsShared {
 
     /// The live connection of `lane` to `peer`: the one open, or the one a
     /// background dial brings before `until`. A connection to an address
-    /// that is no longer authorized is dropped and refused.
+    /// that is no longer authorized as `peer` is dropped and refused.
     async fn conn(
         &self,
         peer: &Arc<Peer>,
@@ -562,14 +567,15 @@ impl ClientsShared {
             let mut done = {
                 let mut state = peer.lane(lane);
                 if let Some(conn) = &state.conn {
-                    if conn.alive() && self.dialer.authorized(conn.addr) {
+                    if conn.alive() && self.dialer.owned_by(conn.addr, &peer.node.stable_id) {
                         return Ok(conn.clone());
                     }
                     if conn.alive() {
                         tracing::info!(
                             target = peer.target,
                             addr = %conn.addr,
-                            "dropping the raft connection to a peer no longer authorized"
+                            "dropping the raft connection to a peer no longer authorized \
+                             (untagged, or its address now another node's)"
                         );
                     }
                     conn.close();
@@ -1030,13 +1036,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 mod tests {
     use std::io;
     use std::net::{IpAddr, Ipv4Addr};
-    use std::pin::Pin;
     use std::sync::atomic::AtomicUsize;
     use std::task::{Context, Poll, Waker};
 
     use openraft::Vote;
-    use tokio::io::{AsyncRead, ReadBuf};
-    use ts_transport::{BoxFuture, BoxStream, Listener, MemNetwork, TransportError};
+    use test_support::Hook;
+    use test_support::stream::HookedTransport;
+    use ts_transport::MemNetwork;
 
     use super::*;
     use crate::types::ClusterId;
@@ -1053,53 +1059,38 @@ mod tests {
     /// answered with a reset (the new process knows no such connection).
     #[derive(Clone)]
     struct Restarts {
-        inner: Arc<dyn Transport>,
+        transport: Arc<dyn Transport>,
         epoch: Arc<AtomicU64>,
     }
 
     impl Restarts {
+        fn new(inner: Arc<dyn Transport>) -> Restarts {
+            let epoch = Arc::new(AtomicU64::new(0));
+            let dial_epoch = epoch.clone();
+            let inner = HookedTransport::new(inner).dialed(move |_, _| EpochHook {
+                dialed_in: dial_epoch.load(Ordering::Acquire),
+                epoch: dial_epoch.clone(),
+                reset: false,
+                reader: None,
+            });
+            Restarts { transport: Arc::new(inner), epoch }
+        }
+
         fn restart(&self) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    impl Transport for Restarts {
-        fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-            self.inner.listen(port)
-        }
-
-        fn dial(
-            &self,
-            addr: IpAddr,
-            port: u16,
-            timeout: Duration,
-        ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-            Box::pin(async move {
-                let inner = self.inner.dial(addr, port, timeout).await?;
-                Ok(Box::new(EpochStream {
-                    inner,
-                    dialed_in: self.epoch.load(Ordering::Acquire),
-                    epoch: self.epoch.clone(),
-                    reset: Arc::new(AtomicBool::new(false)),
-                    reader: Arc::new(Mutex::new(None)),
-                }) as BoxStream)
-            })
-        }
-
-        fn local_addrs(&self) -> Vec<IpAddr> {
-            self.inner.local_addrs()
-        }
-    }
-
-    struct EpochStream {
-        inner: BoxStream,
+    /// The hook of one dialed stream: stale once the peer restarted since
+    /// the dial.
+    struct EpochHook {
         dialed_in: u64,
         epoch: Arc<AtomicU64>,
-        reset: Arc<AtomicBool>,
-        reader: Arc<Mutex<Option<Waker>>>,
+        reset: bool,
+        reader: Option<Waker>,
     }
 
-    impl EpochStream {
+    impl EpochHook {
         fn stale(&self) -> bool {
             self.epoch.load(Ordering::Acquire) != self.dialed_in
         }
@@ -1109,46 +1100,28 @@ mod tests {
         }
     }
 
-    impl AsyncRead for EpochStream {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
-            if self.reset.load(Ordering::Acquire) {
-                return Poll::Ready(Err(EpochStream::reset_error()));
+    impl Hook for EpochHook {
+        fn before_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.reader = Some(cx.waker().clone());
+            if self.reset {
+                return Poll::Ready(Err(EpochHook::reset_error()));
             }
             if self.stale() {
                 return Poll::Pending;
             }
-            Pin::new(&mut self.inner).poll_read(cx, buf)
+            Poll::Ready(Ok(()))
         }
-    }
 
-    impl AsyncWrite for EpochStream {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            if self.stale() || self.reset.load(Ordering::Acquire) {
+        fn before_write(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.stale() || self.reset {
                 // The reset comes back for the reader too.
-                self.reset.store(true, Ordering::Release);
-                if let Some(waker) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                self.reset = true;
+                if let Some(waker) = self.reader.take() {
                     waker.wake();
                 }
-                return Poll::Ready(Err(EpochStream::reset_error()));
+                return Poll::Ready(Err(EpochHook::reset_error()));
             }
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -1187,8 +1160,7 @@ mod tests {
         let net = MemNetwork::new();
         let accepted = Arc::new(AtomicUsize::new(0));
         let server = granting_peer(&net, accepted.clone()).await;
-        let transport =
-            Restarts { inner: Arc::new(net.node(ip(1))), epoch: Arc::new(AtomicU64::new(0)) };
+        let transport = Restarts::new(Arc::new(net.node(ip(1))));
         let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
         let local = Local {
             id: crate::types::node_id("self", 1),
@@ -1197,7 +1169,7 @@ mod tests {
             sessions: crate::sessions::SessionLimits::default(),
         };
         let mut clients = RaftNetworkClients::new(
-            Arc::new(transport.clone()),
+            transport.transport.clone(),
             local,
             NetworkConfig::default(),
             gate,
