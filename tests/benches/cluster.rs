@@ -388,9 +388,11 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     let mut out = Vec::new();
     for net in [Net::Tailnet, Net::Tcp, Net::Mem] {
         for durable in [false, true] {
-            // On the tailnet, also to a follower: the shapes compared with
-            // Go's tsconsensus.
-            let targets: &[bool] = if net == Net::Tailnet { &[false, true] } else { &[false] };
+            // To a follower too: on the tailnet, the shapes compared with
+            // Go's tsconsensus; in memory and over TCP (memory storage), the
+            // cheap runs of the forwarding path.
+            let targets: &[bool] =
+                if net == Net::Tailnet || !durable { &[false, true] } else { &[false] };
             for &to_follower in targets {
                 for &c in callers {
                     out.push(Scenario { net, durable, callers: c, to_follower, ..base });
@@ -997,9 +999,13 @@ fn main() {
         }
         let run = if quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
         let mut rows = Vec::new();
-        // BENCH_FILTER=text keeps the scenarios whose description contains it.
+        // BENCH_FILTER=text keeps the scenarios whose description contains
+        // it; `a&b` those containing both (e.g. `net: Mem&to_follower`).
         let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
-        let chosen = scenarios(quick).into_iter().filter(|s| format!("{s:?}").contains(&filter));
+        let chosen = scenarios(quick).into_iter().filter(|s| {
+            let description = format!("{s:?}");
+            filter.split('&').all(|term| description.contains(term))
+        });
         for (serial, s) in chosen.enumerate() {
             // Go first, then ours, shape by shape: the load of the shared
             // machine drifts less between the two halves of a row.

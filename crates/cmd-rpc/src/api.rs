@@ -36,6 +36,57 @@ pub struct ExecuteResponse {
     pub duplicate: bool,
 }
 
+/// Most commands in one [`ExecuteBatchRequest`]; a batch with more is
+/// refused (400).
+pub const MAX_BATCH: usize = 256;
+
+/// `POST /v1/execute-batch`: commands a follower forwards to the leader
+/// together, each still its own call. Only forwarded requests (with
+/// `x-tsc-forwarded` and the addressee headers) are accepted. The leader
+/// runs every command as if it had come alone on `/v1/execute`, each
+/// within its own budget, and answers them in order once all are done.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteBatchRequest {
+    /// The commands, at most [`MAX_BATCH`].
+    pub commands: Vec<BatchedCommand>,
+}
+
+/// One command of an [`ExecuteBatchRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchedCommand {
+    /// The command, as `/v1/execute` takes it.
+    pub request: ExecuteRequest,
+    /// The time this command's attempt may take, in milliseconds; the
+    /// leader uses the smaller of this and the request's deadline header.
+    pub within_ms: u64,
+}
+
+/// Answer to [`ExecuteBatchRequest`]: one answer per command, in order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteBatchResponse {
+    /// The answers.
+    pub answers: Vec<BatchedAnswer>,
+}
+
+/// What one command of a batch got: what `/v1/execute` would have
+/// answered.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BatchedAnswer {
+    /// The 200 answer.
+    Done(ExecuteResponse),
+    /// An error answer: its HTTP status and body.
+    Failed {
+        /// The status `/v1/execute` would have answered with.
+        status: u16,
+        /// The error body.
+        error: ErrorBody,
+    },
+}
+
 /// Answer to `POST /v1/session` (body `{}`): a new session, registered
 /// through the log. Commands in it use sequence numbers from 1 upwards.
 #[derive(Debug, Serialize, Deserialize)]

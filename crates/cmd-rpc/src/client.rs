@@ -127,8 +127,14 @@ impl CommandClient {
         deadline: impl Into<Instant>,
         origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: None };
-        self.request(node, Method::POST, path, encode(body)?, call).await
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: None,
+            origin,
+            to: None,
+            answer_limit: self.config.max_response,
+        };
+        self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
 
     /// [`CommandClient::post`] to a member named by `to`: the call says
@@ -143,8 +149,14 @@ impl CommandClient {
         deadline: impl Into<Instant>,
         origin: Origin,
     ) -> Result<R, RpcError> {
-        let call = Call { deadline: deadline.into(), answer_within: None, origin, to: Some(to) };
-        self.request(node, Method::POST, path, encode(body)?, call).await
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: None,
+            origin,
+            to: Some(to),
+            answer_limit: self.config.max_response,
+        };
+        self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
 
     /// [`CommandClient::post`] as one attempt of a call that may be tried
@@ -165,9 +177,40 @@ impl CommandClient {
         answer_within: Duration,
         origin: Origin,
     ) -> Result<R, RpcError> {
-        let call =
-            Call { deadline: deadline.into(), answer_within: Some(answer_within), origin, to };
-        self.request(node, Method::POST, path, encode(body)?, call).await
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: Some(answer_within),
+            origin,
+            to,
+            answer_limit: self.config.max_response,
+        };
+        self.request(node, Method::POST, path, encode(body)?, call).await.result
+    }
+
+    /// [`CommandClient::post_attempt`] with a body encoded already and an
+    /// answer of up to `answer_limit` bytes (a batch's answers); also says
+    /// whether an address tried before the one that answered may have
+    /// received the request.
+    #[allow(clippy::too_many_arguments, reason = "post_attempt's arguments and the limit")]
+    pub(crate) async fn post_attempt_encoded<R: DeserializeOwned>(
+        &self,
+        to: Option<Addressee>,
+        node: &NodeInfo,
+        path: &str,
+        body: Bytes,
+        deadline: impl Into<Instant>,
+        answer_within: Duration,
+        origin: Origin,
+        answer_limit: usize,
+    ) -> Sent<R> {
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: Some(answer_within),
+            origin,
+            to,
+            answer_limit,
+        };
+        self.request(node, Method::POST, path, body, call).await
     }
 
     /// `GET path` on `node`.
@@ -182,13 +225,16 @@ impl CommandClient {
             answer_within: None,
             origin: Origin::Client,
             to: None,
+            answer_limit: self.config.max_response,
         };
-        self.request(node, Method::GET, path, Bytes::new(), call).await
+        self.request(node, Method::GET, path, Bytes::new(), call).await.result
     }
 
     /// Tries `node`'s addresses in order: each gets its own connect budget,
     /// so an address that hangs (a dead peer's IPv4 path) leaves time for
-    /// the next. Once a request is sent, its answer decides the call.
+    /// the next. Once a request is sent, its answer decides the call; an
+    /// exchange that breaks leaves the next address to try, and the call
+    /// remembers that the broken one may have received the request.
     async fn request<R: DeserializeOwned>(
         &self,
         node: &NodeInfo,
@@ -196,7 +242,9 @@ impl CommandClient {
         path: &str,
         body: Bytes,
         call: Call,
-    ) -> Result<R, RpcError> {
+    ) -> Sent<R> {
+        let mut sent = false;
+        let done = |result: Result<R, RpcError>, sent_before: bool| Sent { result, sent_before };
         let mut last = RpcError::Unreachable {
             target: node.to_string(),
             reason: "no address".to_owned(),
@@ -207,7 +255,8 @@ impl CommandClient {
             let what = || format!("{method} {path} to {addr}");
             let remaining = call.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(RpcError::Timeout { what: what(), after: Duration::ZERO });
+                let err = RpcError::Timeout { what: what(), after: Duration::ZERO };
+                return done(Err(err), sent);
             }
             if !(self.authorize)(PeerAddr::new(addr)) {
                 self.forget(addr);
@@ -218,7 +267,10 @@ impl CommandClient {
                 };
                 continue;
             }
-            let _room = self.room(addr, call.deadline).await?;
+            let _room = match self.room(addr, call.deadline).await {
+                Ok(room) => room,
+                Err(err) => return done(Err(err), sent),
+            };
             let remaining = call.deadline.saturating_duration_since(Instant::now());
             let connect = remaining.min(self.config.connect_timeout);
             let sender = match tokio::time::timeout(connect, self.connection(addr, connect)).await {
@@ -245,29 +297,25 @@ impl CommandClient {
                 }
                 _ => (remaining, remaining),
             };
-            let exchange = self.exchange(
-                sender,
-                addr,
-                method.clone(),
-                path,
-                body.clone(),
-                budget,
-                call.origin,
-                call.to,
-            );
+            let exchange =
+                self.exchange(sender, addr, method.clone(), path, body.clone(), budget, call);
             match tokio::time::timeout(wait, exchange).await {
                 Err(_) => {
                     // The connection may be dead without an error; so may
                     // the others to the same place.
                     self.forget(addr);
-                    return Err(RpcError::Timeout { what: what(), after: wait });
+                    return done(Err(RpcError::Timeout { what: what(), after: wait }), sent);
                 }
-                Ok(Err(err @ RpcError::Unreachable { .. })) => last = err,
-                Ok(Err(err)) => return Err(err),
-                Ok(Ok((status, bytes))) => return decode(addr, status, &bytes),
+                Ok(Err(err @ RpcError::Unreachable { .. })) => {
+                    last = err;
+                    // Some of it may have been written before it broke.
+                    sent = true;
+                }
+                Ok(Err(err)) => return done(Err(err), sent),
+                Ok(Ok((status, bytes))) => return done(decode(addr, status, &bytes), sent),
             }
         }
-        Err(last)
+        done(Err(last), sent)
     }
 
     #[allow(clippy::too_many_arguments, reason = "one request's parts")]
@@ -279,9 +327,9 @@ impl CommandClient {
         path: &str,
         body: Bytes,
         budget: Duration,
-        origin: Origin,
-        to: Option<Addressee>,
+        call: Call,
     ) -> Result<(u16, Bytes), RpcError> {
+        let Call { origin, to, answer_limit, .. } = call;
         let unreachable = |err: hyper::Error| RpcError::unreachable(addr, err);
         let mut request = Request::builder()
             .method(method)
@@ -307,7 +355,7 @@ impl CommandClient {
         while let Some(frame) = incoming.frame().await {
             let frame = frame.map_err(unreachable)?;
             if let Ok(data) = frame.into_data() {
-                if bytes.len() + data.len() > self.config.max_response {
+                if bytes.len() + data.len() > answer_limit {
                     // The peer may have carried the request out (a leader
                     // applies a command before it answers): an answer this
                     // node will not read is an unknown outcome, never
@@ -316,9 +364,9 @@ impl CommandClient {
                     return Err(RpcError::Unreachable {
                         target: addr.to_string(),
                         reason: format!(
-                            "its answer (status {status}) exceeds this node's {}-byte limit \
-                             (max_response); the request may have been carried out",
-                            self.config.max_response
+                            "its answer (status {status}) exceeds this node's {answer_limit}-byte \
+                             limit (max_response, per command of a batch); the request may have \
+                             been carried out"
                         ),
                         source: None,
                     });
@@ -394,6 +442,17 @@ struct Call {
     origin: Origin,
     /// The member the call is meant for, if named.
     to: Option<Addressee>,
+    /// Most bytes of the answer read.
+    answer_limit: usize,
+}
+
+/// What became of a request: its result, and whether an address tried
+/// before the one that gave it may have received the request (its exchange
+/// broke after it began), so the request may have run there too.
+#[derive(Debug)]
+pub(crate) struct Sent<R> {
+    pub(crate) result: Result<R, RpcError>,
+    pub(crate) sent_before: bool,
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {
@@ -449,5 +508,79 @@ mod tests {
         assert!(matches!(source, Some(TransportError::Refused(_))), "{err:?}");
         // The words stay as they were.
         assert!(err.to_string().starts_with("cannot reach 10.0.0.2:6271: "), "{err}");
+    }
+    /// Serves `port` on `node`: reads each request's head and body (up to
+    /// the end of a `{...}` body), then answers `answer` if it is `Some`,
+    /// or closes the connection without a word.
+    async fn serve(node: ts_transport::MemTransport, answer: Option<&'static str>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = node.listen(6271).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !seen.ends_with(b"}") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if let Some(body) = answer {
+                        let head = format!(
+                            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// An address whose exchange breaks after the request was written may
+    /// have received it: a later address's refusal says nothing of that,
+    /// and the call says so. One that could not even be connected to could
+    /// not.
+    #[tokio::test]
+    async fn a_request_resent_to_another_address_says_an_earlier_one_may_have_it() {
+        let net = MemNetwork::new();
+        let ip = |i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
+        let (me, breaks, refuses, absent) = (ip(1), ip(2), ip(3), ip(4));
+        serve(net.node(breaks), None).await;
+        let refusal = r#"{"code":"not_found","message":"no such endpoint","leader":null}"#;
+        serve(net.node(refuses), Some(refusal)).await;
+        let client = CommandClient::new(Arc::new(net.node(me)), CommandConfig::default());
+        let peer = |addrs| NodeInfo {
+            stable_id: "leader".to_owned(),
+            addrs,
+            raft_port: 6270,
+            command_port: 6271,
+        };
+        let call = async |node: NodeInfo| {
+            let body = Bytes::from_static(br#"{"commands":[]}"#);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let within = Duration::from_secs(2);
+            client
+                .post_attempt_encoded::<serde_json::Value>(
+                    None,
+                    &node,
+                    "/v1/execute-batch",
+                    body,
+                    deadline,
+                    within,
+                    Origin::Forwarded,
+                    1024,
+                )
+                .await
+        };
+        let sent = call(peer(vec![breaks, refuses])).await;
+        assert!(sent.sent_before, "{sent:?}");
+        assert!(matches!(&sent.result, Err(RpcError::Remote { status: 404, .. })), "{sent:?}");
+        let sent = call(peer(vec![absent, refuses])).await;
+        assert!(!sent.sent_before, "{sent:?}");
+        assert!(matches!(&sent.result, Err(RpcError::Remote { status: 404, .. })), "{sent:?}");
     }
 }

@@ -22,6 +22,9 @@
 //! `{code, message, leader}` ([`ErrorBody`]); a state machine's own answer,
 //! errors included, is carried verbatim through any number of hops.
 //! [`CommandClient`] is the calling side, with idle connections reused.
+//! Commands a follower forwards while others are on their way to the
+//! leader go together in one request (`POST /v1/execute-batch`), each
+//! still with its own budget, answer and unknown outcome.
 //!
 //! [`PageServer`] serves read-only pages rendered elsewhere (the facade's
 //! monitor) with the same authorization, and [`AdminServer`] the
@@ -35,6 +38,7 @@
 
 mod admin;
 mod api;
+mod batch;
 mod client;
 mod code;
 mod config;
@@ -51,8 +55,9 @@ pub use crate::admin::{
     NONCE_HEADER, PROOF_PATH, admin_proof,
 };
 pub use crate::api::{
-    CampaignRequest, ClusterInfo, ConfirmRequest, ConfirmResponse, Consistency, ErrorBody,
-    ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member, ProbeRequest, ProbeResponse,
+    BatchedAnswer, BatchedCommand, CampaignRequest, ClusterInfo, ConfirmRequest, ConfirmResponse,
+    Consistency, ErrorBody, ExecuteBatchRequest, ExecuteBatchResponse, ExecuteRequest,
+    ExecuteResponse, JoinRequest, LeaderHint, MAX_BATCH, Member, ProbeRequest, ProbeResponse,
     ProbeState, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
 pub use crate::client::{

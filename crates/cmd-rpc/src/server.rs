@@ -32,8 +32,8 @@ use ts_transport::{Admission, Listener, PeerAddr, Server};
 
 use crate::api::ErrorBody;
 use crate::api::{
-    CampaignRequest, ConfirmRequest, ExecuteRequest, JoinRequest, ProbeRequest, ReadRequest,
-    RemoveRequest,
+    CampaignRequest, ConfirmRequest, ExecuteBatchRequest, ExecuteRequest, JoinRequest, MAX_BATCH,
+    ProbeRequest, ReadRequest, RemoveRequest,
 };
 use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
 use crate::code::ErrorCode;
@@ -127,8 +127,10 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 /// Which endpoint, and which method it takes.
 fn endpoint(path: &str) -> Option<Method> {
     match path {
-        "/v1/execute" | "/v1/session" | "/v1/join" | "/v1/remove" | "/v1/probe" | "/v1/confirm"
-        | "/v1/read" | "/v1/read-index" | "/v1/campaign" => Some(Method::POST),
+        "/v1/execute" | "/v1/execute-batch" | "/v1/session" | "/v1/join" | "/v1/remove"
+        | "/v1/probe" | "/v1/confirm" | "/v1/read" | "/v1/read-index" | "/v1/campaign" => {
+            Some(Method::POST)
+        }
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -185,8 +187,10 @@ async fn dispatch<S: StateMachine>(
     let deadline = service.deadline(requested);
     // Only these honour the forwarding mark; on the others it changes nothing.
     let origin = if headers.contains_key(FORWARDED_HEADER)
-        && matches!(path.as_str(), "/v1/execute" | "/v1/session" | "/v1/read-index")
-    {
+        && matches!(
+            path.as_str(),
+            "/v1/execute" | "/v1/execute-batch" | "/v1/session" | "/v1/read-index"
+        ) {
         Origin::Forwarded
     } else {
         Origin::Client
@@ -206,6 +210,21 @@ async fn dispatch<S: StateMachine>(
             let request: ExecuteRequest = parse(&body)?;
             let response = service.execute(&request, deadline, origin).await?;
             Ok(json_response(StatusCode::OK, &response))
+        }
+        "/v1/execute-batch" => {
+            if origin != Origin::Forwarded {
+                return Err(RpcError::BadRequest(
+                    "only a member forwarding its callers' commands sends batches".to_owned(),
+                ));
+            }
+            let request: ExecuteBatchRequest = parse(&body)?;
+            if request.commands.len() > MAX_BATCH {
+                return Err(RpcError::BadRequest(format!(
+                    "a batch holds at most {MAX_BATCH} commands, not {}",
+                    request.commands.len()
+                )));
+            }
+            Ok(json_response(StatusCode::OK, &service.execute_batch(&request, deadline).await))
         }
         "/v1/session" => {
             let _: serde_json::Map<String, serde_json::Value> = parse(&body)?;

@@ -29,10 +29,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::api::{
-    CampaignRequest, ClusterInfo, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
-    LeaderHint, Member, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
-    SessionResponse,
+    BatchedAnswer, CampaignRequest, ClusterInfo, Consistency, ExecuteBatchRequest,
+    ExecuteBatchResponse, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
+    ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
+use crate::batch::{Abandon, Batched, Batches, Route};
 use crate::client::{Addressee, CommandClient};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
@@ -51,7 +52,18 @@ pub struct CommandService<S: StateMachine> {
     membership: Mutex<()>,
     /// What it counts, for the facade's `/metrics`.
     stats: Arc<CommandStats>,
+    /// Commands forwarded to the leader, sent together.
+    batches: Batches,
+    /// Commands of forwarded batches this node runs at once as the leader
+    /// ([`BATCH_WORK`]).
+    batch_work: tokio::sync::Semaphore,
 }
+
+/// Most commands of forwarded batches a leader runs at once, from all its
+/// followers together: four full batches. The rest of a batch waits for a
+/// slot within its own budget (the peers' connection bound alone would
+/// allow 32 batches of 256 commands per peer).
+pub(crate) const BATCH_WORK: usize = 4 * crate::api::MAX_BATCH;
 
 /// A membership change the leader decided on by itself (the facade's
 /// reconciler), not asked for by a caller.
@@ -122,6 +134,8 @@ impl<S: StateMachine> CommandService<S> {
             peers,
             membership: Mutex::new(()),
             stats: Arc::default(),
+            batches: Batches::default(),
+            batch_work: tokio::sync::Semaphore::new(BATCH_WORK),
         }
     }
 
@@ -411,6 +425,9 @@ impl<S: StateMachine> CommandService<S> {
                         }
                     }
                     Target::Leader(id, leader) => {
+                        // The term this leader was chosen in (the route
+                        // read the metrics just before).
+                        let term = self.node.metrics().term;
                         let forward = ExecuteRequest {
                             client: request.client.clone(),
                             seq: request.seq,
@@ -425,10 +442,20 @@ impl<S: StateMachine> CommandService<S> {
                             seq = request.seq,
                             leader = %leader.stable_id
                         );
-                        let result = self
-                            .forward(id, &leader, "/v1/execute", &forward, deadline)
+                        let forwarded = self
+                            .forward_execute(id, &leader, term, &forward, deadline)
                             .instrument(span)
                             .await;
+                        let result = match forwarded {
+                            Forwarded::Sent(result) => result,
+                            // Never written: not applied, so nothing is
+                            // unknown; routed again by the node's view.
+                            Forwarded::NotSent(why) => {
+                                tracing::debug!(client = %request.client, seq = request.seq, %why, "forward not sent");
+                                self.stats.not_sent.inc();
+                                return Ok(Retry::Again { leader: None, error: None });
+                            }
+                        };
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
                             maybe_applied.store(true, Ordering::Relaxed);
                         }
@@ -451,6 +478,148 @@ impl<S: StateMachine> CommandService<S> {
             Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
             other => other,
         }
+    }
+
+    /// Runs the commands of a batch a follower forwarded
+    /// (`/v1/execute-batch`) as if each had come alone from it: each within
+    /// the smaller of `deadline` and its own budget, all at once; answers
+    /// them in order.
+    pub async fn execute_batch(
+        &self,
+        batch: &ExecuteBatchRequest,
+        deadline: impl Into<Instant>,
+    ) -> ExecuteBatchResponse {
+        let deadline: Instant = deadline.into();
+        let now = Instant::now();
+        let calls = batch.commands.iter().map(|command| async move {
+            let own = deadline.min(now + Duration::from_millis(command.within_ms));
+            let result = match tokio::time::timeout_at(own, self.batch_work.acquire()).await {
+                Ok(Ok(_running)) => {
+                    self.stats.batch_started.inc();
+                    self.execute(&command.request, own, Origin::Forwarded).await
+                }
+                _ => Err({
+                    self.stats.batch_not_started.inc();
+                    RpcError::Unavailable(format!(
+                        "the leader is running {BATCH_WORK} batched commands; this one was not \
+                     started within its budget"
+                    ))
+                }),
+            };
+            match result {
+                Ok(done) => BatchedAnswer::Done(done),
+                Err(err) => BatchedAnswer::Failed { status: err.status(), error: err.body() },
+            }
+        });
+        ExecuteBatchResponse { answers: futures_util::future::join_all(calls).await }
+    }
+
+    /// Forwards one attempt of an execute to the leader `id` at `leader`,
+    /// chosen in `term`, together with other callers' commands when some
+    /// are waiting (`batch.rs`), or alone. Either way the attempt has the
+    /// budget it would have alone, and its outcome is unknown if the leader
+    /// loses its leadership after it was sent and before it is answered;
+    /// one never sent comes back as [`Forwarded::NotSent`].
+    async fn forward_execute(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+        term: u64,
+        request: &ExecuteRequest,
+        deadline: Instant,
+    ) -> Forwarded {
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        let (attempt, grace) = (self.config.attempt_timeout, self.config.connect_timeout);
+        // As `CommandClient::post_attempt` budgets one attempt.
+        let (end, wait_until) = if attempt < remaining {
+            (now + attempt, (now + attempt + grace).min(deadline))
+        } else {
+            (deadline, deadline)
+        };
+        let node = self.node.clone();
+        let moved = move |since: u64| leader_moved(&node.metrics(), since, id);
+        let route = Route {
+            client: &self.client,
+            to: self.member(id),
+            leader,
+            term,
+            max_request: self.config.max_request,
+            max_response: self.config.max_response,
+            grace,
+            stats: &self.stats,
+            moved: &moved,
+        };
+        let node = self.node.clone();
+        let abandon = |since: u64, until: Instant| -> Abandon {
+            let node = node.clone();
+            Box::pin(async move {
+                let budget = until.saturating_duration_since(Instant::now());
+                match node.wait_for(budget, |m| leader_moved(m, since, id)).await {
+                    Ok(m) => format!("it lost its leadership to {}", m.leader.unwrap_or_default()),
+                    Err(_) => "no answer in time, or this node stopped".to_owned(),
+                }
+            })
+        };
+        match self.batches.submit(route, request, end, wait_until, abandon).await {
+            Batched::Answer(result) => Forwarded::Sent(result),
+            Batched::NotSent(why) => Forwarded::NotSent(why),
+            Batched::Alone(_permit) => {
+                if leader_moved(&self.node.metrics(), term, id) {
+                    let why = "the leader it was meant for lost its leadership before it was sent";
+                    return Forwarded::NotSent(why.to_owned());
+                }
+                Forwarded::Sent(self.execute_alone(id, leader, term, request, deadline).await)
+            }
+        }
+    }
+
+    /// Forwards one attempt of an execute to the leader `id`, chosen in
+    /// `term`, on its own (`/v1/execute`). A refusal before the state
+    /// machine from one of the leader's addresses after an earlier one's
+    /// exchange broke (so that one may have received it) says nothing of
+    /// the command: its outcome is unknown.
+    async fn execute_alone(
+        &self,
+        id: NodeId,
+        leader: &NodeInfo,
+        term: u64,
+        request: &ExecuteRequest,
+        deadline: Instant,
+    ) -> Result<ExecuteResponse, RpcError> {
+        let body = match serde_json::to_vec(request) {
+            Ok(body) => bytes::Bytes::from(body),
+            Err(e) => return Err(RpcError::BadRequest(format!("encode request: {e}"))),
+        };
+        let send = async {
+            let sent = self
+                .client
+                .post_attempt_encoded(
+                    Some(self.member(id)),
+                    leader,
+                    "/v1/execute",
+                    body,
+                    deadline,
+                    self.config.attempt_timeout,
+                    Origin::Forwarded,
+                    self.config.max_response,
+                )
+                .await;
+            match sent.result {
+                Err(err) if sent.sent_before && err.code().refused_before_applying() => {
+                    Err(RpcError::Unreachable {
+                        target: format!("leader {id}"),
+                        reason: format!(
+                            "{err}, after an earlier address may have received it (outcome \
+                             unknown)"
+                        ),
+                        source: None,
+                    })
+                }
+                other => other,
+            }
+        };
+        self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline).await
     }
 
     /// Forwards one attempt to the leader `id` at `leader`, addressed to
@@ -485,14 +654,24 @@ impl<S: StateMachine> CommandService<S> {
         send: impl Future<Output = Result<R, RpcError>>,
         deadline: Instant,
     ) -> Result<R, RpcError> {
-        let started = Instant::now();
         let term = self.node.metrics().term;
+        self.unless_leader_moves_since(id, term, what, send, deadline).await
+    }
+
+    /// [`CommandService::unless_leader_moves`], watching for a newer leader
+    /// than the one of `term`.
+    async fn unless_leader_moves_since<R>(
+        &self,
+        id: NodeId,
+        term: u64,
+        what: &str,
+        send: impl Future<Output = Result<R, RpcError>>,
+        deadline: Instant,
+    ) -> Result<R, RpcError> {
+        let started = Instant::now();
         let moved = async {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let moved = self
-                .node
-                .wait_for(remaining, |m| m.term > term && m.leader.is_some_and(|l| l != id))
-                .await;
+            let moved = self.node.wait_for(remaining, |m| leader_moved(m, term, id)).await;
             match moved {
                 Ok(m) => m.leader.unwrap_or_default(),
                 // Raft stopped or the deadline passed: the attempt decides.
@@ -916,6 +1095,20 @@ impl<S: StateMachine> CommandService<S> {
             self_node: self.node.info().clone(),
         }
     }
+}
+
+/// What became of one forwarded attempt of an execute.
+enum Forwarded {
+    /// Written to the leader (or maybe): its answer or error.
+    Sent(Result<ExecuteResponse, RpcError>),
+    /// Never written to the wire, so not applied: why.
+    NotSent(String),
+}
+
+/// Whether this node's view `m` shows that the leader `id`, chosen in
+/// `term`, has lost its leadership: a newer term has another leader.
+fn leader_moved(m: &raft_core::NodeMetrics, term: u64, id: NodeId) -> bool {
+    m.term > term && m.leader.is_some_and(|l| l != id)
 }
 
 /// Why a membership attempt on the leader failed.

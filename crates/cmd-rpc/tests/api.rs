@@ -837,6 +837,7 @@ async fn an_unauthorized_caller_is_refused_on_every_endpoint() {
     let body = r#"{"client":"00000000000000000000000000000001","seq":1,"command":{}}"#;
     for (method, path) in [
         ("POST", "/v1/execute"),
+        ("POST", "/v1/execute-batch"),
         ("POST", "/v1/session"),
         ("POST", "/v1/join"),
         ("POST", "/v1/remove"),
@@ -1091,6 +1092,7 @@ fn valid_body(path: &str) -> String {
         "/v1/execute" => r#"{"client":"00000000000000000000000000000009","seq":1,"command":{"op":"put","key":"f","value":"z"}}"#.to_owned(),
         // An address that is not the caller's: the join is refused.
         "/v1/join" => r#"{"id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001},"cluster_id":"0123456789abcdef0123456789abcdef"}"#.to_owned(),
+        "/v1/execute-batch" => r#"{"commands":[{"request":{"client":"00000000000000000000000000000009","seq":1,"command":{"op":"put","key":"f","value":"z"}},"within_ms":300}]}"#.to_owned(),
         "/v1/remove" => r#"{"id":77}"#.to_owned(),
         "/v1/probe" => r#"{"promise":true}"#.to_owned(),
         // An address that is not the caller's: the confirm is refused.
@@ -1107,6 +1109,7 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
     use proptest::prelude::*;
     let path = prop::sample::select(vec![
         "/v1/execute",
+        "/v1/execute-batch",
         "/v1/session",
         "/v1/join",
         "/v1/remove",
@@ -1172,10 +1175,18 @@ fn fuzzed_bodies_on_every_endpoint_get_a_clear_answer_and_the_node_survives() {
     let caller = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 50));
     let mut runner =
         proptest::test_runner::TestRunner::new(test_support::proptest_config(300, 0x0f22_b0d1));
+    // Batches are taken only as forwarded calls to this member.
+    let node = cluster.service(0).node();
+    let forwarded = format!(
+        "x-tsc-forwarded: 1\r\nx-tsc-target-node: {}\r\nx-tsc-cluster: {}\r\n",
+        node.id(),
+        node.cluster_id().map(|c| c.to_string()).unwrap_or_else(|| "none".to_owned())
+    );
     let result = runner.run(&fuzzed_body(), |(path, body)| {
+        let marks = if path == "/v1/execute-batch" { forwarded.as_str() } else { "" };
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             x-tsc-deadline-ms: 300\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+             x-tsc-deadline-ms: 300\r\n{marks}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .into_bytes();
