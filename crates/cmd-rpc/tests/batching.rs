@@ -305,6 +305,38 @@ async fn the_leader_gives_each_command_of_a_batch_its_own_budget() {
     stop(nodes).await;
 }
 
+/// Warms the connections from the follower `clients` belong to (the
+/// leader's next node) with one command each, waits until every node
+/// applied them, then makes every connection with `leader` go silent.
+/// What the leader had applied before.
+async fn warm_then_silence_the_leader(
+    nodes: &[Node],
+    faults: &[Faults],
+    clients: &[u128],
+    leader: usize,
+) -> usize {
+    let follower = (leader + 1) % 3;
+    let warm = clients.iter().map(|&c| put(c, 1, "warm")).collect();
+    for result in all_at_once(&nodes[follower], warm, WAIT).await {
+        result.unwrap();
+    }
+    let applied_before = applied(&nodes[leader]);
+    let last = nodes[leader].service.node().metrics().last_applied;
+    for node in nodes {
+        node.service.node().wait_for(WAIT, |m| m.last_applied >= last).await.unwrap();
+    }
+    for (i, f) in faults.iter().enumerate() {
+        if i == leader {
+            for j in (0..3).filter(|&j| j != leader) {
+                f.black_hole(ip(j));
+            }
+        } else {
+            f.black_hole(ip(leader));
+        }
+    }
+    applied_before
+}
+
 /// The leader vanishes (its connections go silent) while batches of
 /// forwarded commands are out. Callers with short deadlines hear, each for
 /// its own command, that the outcome is unknown; callers with long ones
@@ -317,25 +349,7 @@ async fn a_leader_lost_mid_batch_leaves_each_commands_outcome_unknown() {
     let leader = leader_of(&nodes).await;
     let follower = (leader + 1) % 3;
     let clients = sessions(&nodes[follower], 16).await;
-    // Warm connections from the follower to the leader.
-    let warm = clients.iter().map(|&c| put(c, 1, "warm")).collect();
-    for result in all_at_once(&nodes[follower], warm, WAIT).await {
-        result.unwrap();
-    }
-    let applied_before = applied(&nodes[leader]);
-    let last = nodes[leader].service.node().metrics().last_applied;
-    for node in &nodes {
-        node.service.node().wait_for(WAIT, |m| m.last_applied >= last).await.unwrap();
-    }
-    for (i, f) in faults.iter().enumerate() {
-        if i == leader {
-            for j in (0..3).filter(|&j| j != leader) {
-                f.black_hole(ip(j));
-            }
-        } else {
-            f.black_hole(ip(leader));
-        }
-    }
+    let applied_before = warm_then_silence_the_leader(&nodes, &faults, &clients, leader).await;
     // Half with 300 ms (far less than a failover), half with 30 s.
     let short: Vec<_> = clients[..8].iter().map(|&c| put(c, 2, "short")).collect();
     let long: Vec<_> = clients[8..].iter().map(|&c| put(c, 2, "long")).collect();
@@ -389,25 +403,7 @@ async fn commands_waiting_for_a_batch_follow_a_new_leader() {
     let leader = leader_of(&nodes).await;
     let follower = (leader + 1) % 3;
     let clients = sessions(&nodes[follower], 16).await;
-    // Warm connections from the follower to the leader.
-    let warm = clients.iter().map(|&c| put(c, 1, "warm")).collect();
-    for result in all_at_once(&nodes[follower], warm, WAIT).await {
-        result.unwrap();
-    }
-    let applied_before = applied(&nodes[leader]);
-    let last = nodes[leader].service.node().metrics().last_applied;
-    for node in &nodes {
-        node.service.node().wait_for(WAIT, |m| m.last_applied >= last).await.unwrap();
-    }
-    for (i, f) in faults.iter().enumerate() {
-        if i == leader {
-            for j in (0..3).filter(|&j| j != leader) {
-                f.black_hole(ip(j));
-            }
-        } else {
-            f.black_hole(ip(leader));
-        }
-    }
+    let applied_before = warm_then_silence_the_leader(&nodes, &faults, &clients, leader).await;
     let started = Instant::now();
     let within = Duration::from_secs(6);
     // One command goes out alone to the silent leader; the others then

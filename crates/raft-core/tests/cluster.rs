@@ -381,11 +381,32 @@ async fn unauthorized_peers_cannot_reach_the_raft_port() {
     b.shutdown().await;
 }
 
+/// Nodes 0 (a, identifying peers with `identify_a`) and 1 (b, with
+/// `identify_b`) form a cluster that a leads; one entry is committed and b
+/// applied it. Also the session it was proposed in.
+async fn a_leads_b_applied_one(
+    net: &MemNetwork,
+    identify_a: raft_core::Identify,
+    identify_b: raft_core::Identify,
+) -> (raft_core::RaftNode<Recorder>, raft_core::RaftNode<Recorder>, raft_core::ClientId) {
+    let config = fast_config();
+    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), identify_a, config.clone()).await;
+    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), identify_b, config).await;
+    form(&[&a, &b]).await;
+    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
+    let c = a.register_session().await.expect("session registered");
+    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
+        .await
+        .expect("in time")
+        .expect("the first entry committed");
+    b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied).await.expect("b applies");
+    (a, b, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let net = MemNetwork::new();
-    let config = fast_config();
     // Node 1 accepts node 0 until the switch flips; node 0 accepts everyone.
     let trusted = std::sync::Arc::new(AtomicBool::new(true));
     let switch = trusted.clone();
@@ -393,16 +414,7 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
         std::sync::Arc::new(move |peer: ts_transport::PeerAddr| {
             switch.load(Ordering::SeqCst).then(|| owner(peer.ip()))
         });
-    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
-    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), revocable, config).await;
-    form(&[&a, &b]).await;
-    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
-    let c = a.register_session().await.expect("session registered");
-    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
-        .await
-        .expect("in time")
-        .expect("committed while trusted");
-    b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied).await.expect("b applies");
+    let (a, b, c) = a_leads_b_applied_one(&net, allow_all(), revocable).await;
     // Revoked: a's established connection to b must not carry another
     // entry, so a can no longer commit anything.
     trusted.store(false, Ordering::SeqCst);
@@ -427,7 +439,6 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
 async fn a_leader_stops_replicating_to_an_address_that_moved_to_another_node() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let net = MemNetwork::new();
-    let config = fast_config();
     // At node 0, ip(1) is node 1's until the switch flips, then node-7's.
     let moved = std::sync::Arc::new(AtomicBool::new(false));
     let switch = moved.clone();
@@ -438,16 +449,7 @@ async fn a_leader_stops_replicating_to_an_address_that_moved_to_another_node() {
             Some(owner(peer.ip()))
         }
     });
-    let a = start_alone(0, std::sync::Arc::new(net.node(ip(0))), identify, config.clone()).await;
-    let b = start_alone(1, std::sync::Arc::new(net.node(ip(1))), allow_all(), config).await;
-    form(&[&a, &b]).await;
-    a.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leads");
-    let c = a.register_session().await.expect("session registered");
-    tokio::time::timeout(WAIT, a.propose(c, 1, b"before".to_vec()))
-        .await
-        .expect("in time")
-        .expect("committed while b owns its address");
-    b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied).await.expect("b applies");
+    let (a, b, c) = a_leads_b_applied_one(&net, identify, allow_all()).await;
     moved.store(true, Ordering::SeqCst);
     let after =
         tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
