@@ -396,6 +396,25 @@ fn send(route: &Route<'_>, batch: Vec<Entry>, permit: OwnedSemaphorePermit, aban
     });
 }
 
+/// An error from `leader` answering a request that an earlier address of
+/// it may already have received and run: an answer that says "not
+/// applied" (a refusal before the state machine, or a session it does not
+/// have) speaks only of this copy, so the outcome is unknown. Other
+/// answers (applied, a duplicate, the session's own account) pass on.
+pub(crate) fn after_resend(err: RpcError, leader: NodeId) -> RpcError {
+    let code = err.code();
+    let not_applied_here = code.refused_before_applying()
+        || matches!(code, ErrorCode::SessionExpired | ErrorCode::UnknownSession);
+    if !not_applied_here {
+        return err;
+    }
+    RpcError::Unreachable {
+        target: format!("leader {leader}"),
+        reason: format!("{err}, after an earlier address may have received it (outcome unknown)"),
+        source: None,
+    }
+}
+
 /// Hands each command of `batch`, sent to `leader`, its answer.
 fn deliver(
     leader: NodeId,
@@ -413,6 +432,7 @@ fn deliver(
             let _ = entry.answer.send(Batched::Answer(Err(copy(&err))));
         }
     };
+    let sent_before = sent.sent_before;
     let err = match sent.result {
         Ok(response) if response.answers.len() == batch.len() => {
             stats.batched.add(batch.len() as u64);
@@ -420,7 +440,8 @@ fn deliver(
                 let answer = match answer {
                     BatchedAnswer::Done(done) => Ok(done),
                     BatchedAnswer::Failed { status, error } => {
-                        Err(RpcError::from_remote(status, error))
+                        let err = RpcError::from_remote(status, error);
+                        Err(if sent_before { after_resend(err, leader) } else { err })
                     }
                 };
                 let _ = entry.answer.send(Batched::Answer(answer));
@@ -596,6 +617,50 @@ mod tests {
                 }
             }
             assert_eq!(stats.batches_refused.get(), 0, "{code}");
+        }
+    }
+
+    /// Review finding (of the re-landed batching): the rule above covered
+    /// only whole-batch errors. A batch an earlier address of the leader
+    /// may have received, answered 200 by the next address with
+    /// per-command refusals ("not the leader", "session expired"), handed
+    /// those on as "not applied". They are unknown outcomes now; what the
+    /// leader answered as applied or as a duplicate passes on.
+    #[test]
+    fn per_command_refusals_after_an_earlier_address_may_have_the_batch_are_unknown() {
+        let failed = |status: u16, code: &str| BatchedAnswer::Failed {
+            status,
+            error: ErrorBody {
+                code: ErrorCode::from_wire(code),
+                message: "m".to_owned(),
+                leader: None::<LeaderHint>,
+            },
+        };
+        let done = || {
+            BatchedAnswer::Done(ExecuteResponse {
+                result: serde_json::value::RawValue::from_string("1".to_owned()).unwrap(),
+                duplicate: true,
+            })
+        };
+        for sent_before in [true, false] {
+            let answers = vec![
+                failed(409, "not_leader"),
+                failed(409, "session_expired"),
+                failed(403, "forbidden"),
+                done(),
+            ];
+            let (batch, mut rxs) = entries(4);
+            let sent = Sent { result: Ok(ExecuteBatchResponse { answers }), sent_before };
+            deliver(7, batch, sent, &CommandStats::default());
+            for (i, rx) in rxs.iter_mut().enumerate() {
+                match (i, outcome(rx)) {
+                    (3, Batched::Answer(Ok(done))) => assert!(done.duplicate),
+                    (_, Batched::Answer(Err(err))) => {
+                        assert_eq!(err.outcome_unknown(), sent_before, "command {i}: {err}");
+                    }
+                    (_, other) => panic!("command {i} gave {other:?}"),
+                }
+            }
         }
     }
 

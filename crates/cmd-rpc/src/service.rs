@@ -606,16 +606,7 @@ impl<S: StateMachine> CommandService<S> {
                 )
                 .await;
             match sent.result {
-                Err(err) if sent.sent_before && err.code().refused_before_applying() => {
-                    Err(RpcError::Unreachable {
-                        target: format!("leader {id}"),
-                        reason: format!(
-                            "{err}, after an earlier address may have received it (outcome \
-                             unknown)"
-                        ),
-                        source: None,
-                    })
-                }
+                Err(err) if sent.sent_before => Err(crate::batch::after_resend(err, id)),
                 other => other,
             }
         };
