@@ -50,7 +50,7 @@ use crate::api::{BatchedAnswer, ExecuteBatchResponse, ExecuteRequest, ExecuteRes
 use crate::client::{Addressee, CommandClient, Sent};
 use crate::code::ErrorCode;
 use crate::error::RpcError;
-use crate::route::Origin;
+use crate::route::{Origin, after_resend};
 use crate::stats::CommandStats;
 
 /// Batches (or commands alone) out to one leader at once. One: the next
@@ -394,25 +394,6 @@ fn send(route: &Route<'_>, batch: Vec<Entry>, permit: OwnedSemaphorePermit, aban
         };
         deliver(to.node, batch, sent, &stats);
     });
-}
-
-/// An error from `leader` answering a request that an earlier address of
-/// it may already have received and run: an answer that says "not
-/// applied" (a refusal before the state machine, or a session it does not
-/// have) speaks only of this copy, so the outcome is unknown. Other
-/// answers (applied, a duplicate, the session's own account) pass on.
-pub(crate) fn after_resend(err: RpcError, leader: NodeId) -> RpcError {
-    let code = err.code();
-    let not_applied_here = code.refused_before_applying()
-        || matches!(code, ErrorCode::SessionExpired | ErrorCode::UnknownSession);
-    if !not_applied_here {
-        return err;
-    }
-    RpcError::Unreachable {
-        target: format!("leader {leader}"),
-        reason: format!("{err}, after an earlier address may have received it (outcome unknown)"),
-        source: None,
-    }
 }
 
 /// Hands each command of `batch`, sent to `leader`, its answer.

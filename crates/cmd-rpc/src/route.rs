@@ -220,6 +220,25 @@ impl Backoff {
     }
 }
 
+/// An error from `leader` answering a request that an earlier address of
+/// it may already have received and run: an answer that says "not
+/// applied" (a refusal before the state machine, or a session it does not
+/// have) speaks only of this copy, so the outcome is unknown. Other
+/// answers (applied, a duplicate, the session's own account) pass on.
+pub(crate) fn after_resend(err: RpcError, leader: NodeId) -> RpcError {
+    let code = err.code();
+    let not_applied_here = code.refused_before_applying()
+        || matches!(code, ErrorCode::SessionExpired | ErrorCode::UnknownSession);
+    if !not_applied_here {
+        return err;
+    }
+    RpcError::Unreachable {
+        target: format!("leader {leader}"),
+        reason: format!("{err}, after an earlier address may have received it (outcome unknown)"),
+        source: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

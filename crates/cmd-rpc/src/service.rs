@@ -606,7 +606,7 @@ impl<S: StateMachine> CommandService<S> {
                 )
                 .await;
             match sent.result {
-                Err(err) if sent.sent_before => Err(crate::batch::after_resend(err, id)),
+                Err(err) if sent.sent_before => Err(route::after_resend(err, id)),
                 other => other,
             }
         };

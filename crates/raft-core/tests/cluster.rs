@@ -403,6 +403,23 @@ async fn a_leads_b_applied_one(
     (a, b, c)
 }
 
+/// After [`a_leads_b_applied_one`] and a change that must cut b off: a's
+/// next entry does not commit within 3 s (b is a's only other voter), and
+/// b applied nothing more; `what` names the failure. Stops both.
+async fn no_second_entry_reaches_b(
+    a: raft_core::RaftNode<Recorder>,
+    b: raft_core::RaftNode<Recorder>,
+    c: raft_core::ClientId,
+    what: &str,
+) {
+    let after =
+        tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
+    assert!(!matches!(after, Ok(Ok(_))), "{what}: {after:?}");
+    assert_eq!(b.read_local(|r| r.applied.len()), 1, "{what}: b applied a second entry");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -418,15 +435,8 @@ async fn a_peer_whose_authorization_is_revoked_is_cut_off_on_live_connections() 
     // Revoked: a's established connection to b must not carry another
     // entry, so a can no longer commit anything.
     trusted.store(false, Ordering::SeqCst);
-    let after =
-        tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
-    assert!(
-        !matches!(after, Ok(Ok(_))),
-        "a revoked peer still replicated over its live connection: {after:?}"
-    );
-    assert_eq!(b.read_local(|r| r.applied.len()), 1, "b applied an entry from a revoked peer");
-    a.shutdown().await;
-    b.shutdown().await;
+    no_second_entry_reaches_b(a, b, c, "a revoked peer still replicated over its live connection")
+        .await;
 }
 
 /// The leader's side of a raft connection speaks to the node it dialed:
@@ -451,15 +461,7 @@ async fn a_leader_stops_replicating_to_an_address_that_moved_to_another_node() {
     });
     let (a, b, c) = a_leads_b_applied_one(&net, identify, allow_all()).await;
     moved.store(true, Ordering::SeqCst);
-    let after =
-        tokio::time::timeout(Duration::from_secs(3), a.propose(c, 2, b"after".to_vec())).await;
-    assert!(
-        !matches!(after, Ok(Ok(_))),
-        "a kept replicating to an address that now belongs to another node: {after:?}"
-    );
-    assert_eq!(b.read_local(|r| r.applied.len()), 1, "b applied an entry sent to another node");
-    a.shutdown().await;
-    b.shutdown().await;
+    no_second_entry_reaches_b(a, b, c, "a kept replicating to an address now another node's").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
