@@ -40,9 +40,13 @@ pub enum Error {
     /// once.
     #[error("outcome unknown: the command may or may not have been applied ({0})")]
     OutcomeUnknown(String),
-    /// The command was applied, once, by an earlier attempt; its answer was
-    /// too large to be kept for a retry, so it cannot be given again.
-    #[error("the command was applied, but its answer was too large to be kept for a retry")]
+    /// The command was applied, once, but its answer cannot be given: it
+    /// was too large to be kept for a retry (an earlier attempt applied
+    /// it), or too large for this node to read from the leader.
+    #[error(
+        "the command was applied, but its answer cannot be given (too large to be kept for a \
+         retry, or to be read from the leader)"
+    )]
     AnswerNotKept,
     /// The state machine could not decode the command or query (nodes with
     /// different versions of the state machine's types?).
