@@ -361,6 +361,9 @@ impl CommandClient {
                     // node will not read is an unknown outcome, never
                     // `too_large`, which says the request was refused
                     // before the state machine.
+                    // The status stays underneath, for a caller that
+                    // knows what it means on its path (a 200 from
+                    // `/v1/execute`: applied).
                     return Err(RpcError::Unreachable {
                         target: addr.to_string(),
                         reason: format!(
@@ -368,7 +371,7 @@ impl CommandClient {
                              limit (max_response, per command of a batch); the request may have \
                              been carried out"
                         ),
-                        source: None,
+                        source: Some(Box::new(Oversized { status, limit: answer_limit })),
                     });
                 }
                 bytes.extend_from_slice(&data);
@@ -431,6 +434,18 @@ impl CommandClient {
             list.push(sender);
         }
     }
+}
+
+/// An answer longer than the call reads: the error underneath the
+/// [`RpcError::Unreachable`] such an exchange ends with, keeping the
+/// answer's status.
+#[derive(Debug, thiserror::Error)]
+#[error("an answer (status {status}) longer than the {limit}-byte limit")]
+pub(crate) struct Oversized {
+    /// The answer's HTTP status.
+    pub(crate) status: u16,
+    /// The most bytes the call read.
+    pub(crate) limit: usize,
 }
 
 /// One call's limits.

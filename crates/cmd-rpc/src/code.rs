@@ -43,7 +43,8 @@ pub enum ErrorCode {
     UnknownSession,
     /// `sequence_reused`: the sequence number was used for another command.
     SequenceReused,
-    /// `answer_not_kept`: applied once, its answer was not kept for retries.
+    /// `answer_not_kept`: applied once; its answer cannot be given (it was
+    /// not kept for retries, or is larger than the node that asked reads).
     AnswerNotKept,
     /// `not_confirmed`: a node refused to confirm a cluster being formed.
     NotConfirmed,

@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+use raft_core::SessionLimits;
+
+/// Bytes an execute's answer adds around the state machine's answer
+/// (`{"result":` and `,"duplicate":false}`, 29), with room to spare.
+pub const ANSWER_ENVELOPE: usize = 64;
+
 /// Settings of the command API, server and client.
 #[derive(Clone, Debug)]
 pub struct CommandConfig {
@@ -63,5 +69,61 @@ impl Default for CommandConfig {
             max_connections_per_peer: 32,
             max_requests_per_peer: 16,
         }
+    }
+}
+
+impl CommandConfig {
+    /// Checks these settings against the session table's bounds: every
+    /// answer a session keeps for a retry, in its envelope, must fit
+    /// `max_response`. Otherwise a follower cannot read a kept answer from
+    /// the leader, and no retry in the session ever can (it is answered
+    /// the same, kept answer).
+    pub fn check(&self, sessions: &SessionLimits) -> Result<(), String> {
+        let largest = sessions.max_answer_bytes.saturating_add(ANSWER_ENVELOPE);
+        if largest > self.max_response {
+            return Err(format!(
+                "sessions.max_answer_bytes ({}) plus an answer's {ANSWER_ENVELOPE}-byte envelope \
+                 exceeds max_response ({}): a follower could not read an answer its session \
+                 keeps; lower max_answer_bytes or raise max_response",
+                sessions.max_answer_bytes, self.max_response
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::api::ExecuteResponse;
+
+    #[test]
+    fn the_envelope_covers_an_execute_answer() {
+        let answer = "[1,2,3]";
+        let response = ExecuteResponse {
+            result: RawValue::from_string(answer.to_owned()).unwrap(),
+            duplicate: false,
+        };
+        let encoded = serde_json::to_vec(&response).unwrap();
+        assert!(encoded.len() - answer.len() <= ANSWER_ENVELOPE, "{}", encoded.len());
+    }
+
+    #[test]
+    fn a_kept_answer_must_fit_max_response() {
+        let config = CommandConfig { max_response: 64 << 10, ..CommandConfig::default() };
+        let fits =
+            SessionLimits { max_answer_bytes: (64 << 10) - ANSWER_ENVELOPE, ..Default::default() };
+        assert_eq!(config.check(&fits), Ok(()));
+        let over = SessionLimits {
+            max_answer_bytes: (64 << 10) - ANSWER_ENVELOPE + 1,
+            ..Default::default()
+        };
+        let err = config.check(&over).unwrap_err();
+        assert!(err.contains(&format!("max_answer_bytes ({})", over.max_answer_bytes)), "{err}");
+        assert!(err.contains("max_response (65536)"), "{err}");
+        // The defaults fit.
+        assert_eq!(CommandConfig::default().check(&SessionLimits::default()), Ok(()));
     }
 }

@@ -114,6 +114,22 @@ pub enum RpcError {
     /// kept for retries, so it cannot be given again.
     #[error("the command was applied, but its answer was too large to be kept for a retry")]
     AnswerNotKept,
+    /// The leader applied the command (its `/v1/execute` answered 200),
+    /// but the answer is larger than this node reads from another node
+    /// (`max_response`), so it cannot be given here. Applied, once: its
+    /// code is `answer_not_kept`, as for an answer too large to keep, since
+    /// a retry would read the same answer (the session keeps it) and be
+    /// refused it again.
+    #[error(
+        "the command was applied at {leader}, but its answer is larger than this node's \
+         {limit}-byte limit (max_response) and cannot be read here"
+    )]
+    AnswerTooLarge {
+        /// The leader that answered.
+        leader: String,
+        /// This node's limit, in bytes.
+        limit: usize,
+    },
     /// A node asked to confirm a cluster being formed refused (decision
     /// 0003): it holds no promise to the caller, is bound to another
     /// cluster, or is a member already. The message says which.
@@ -171,7 +187,7 @@ impl RpcError {
             }
             RpcError::UnknownSession { .. } => ErrorCode::UnknownSession,
             RpcError::SequenceReused { .. } => ErrorCode::SequenceReused,
-            RpcError::AnswerNotKept => ErrorCode::AnswerNotKept,
+            RpcError::AnswerNotKept | RpcError::AnswerTooLarge { .. } => ErrorCode::AnswerNotKept,
             RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
             RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
@@ -192,6 +208,7 @@ impl RpcError {
             | RpcError::UnknownSession { .. }
             | RpcError::SequenceReused { .. }
             | RpcError::AnswerNotKept
+            | RpcError::AnswerTooLarge { .. }
             | RpcError::NotConfirmed(_) => 409,
             RpcError::Timeout { .. } => 504,
             RpcError::Forbidden(_) => 403,

@@ -64,7 +64,7 @@ pub use crate::client::{
     Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
 };
 pub use crate::code::{ErrorCode, MAX_CODE_LEN, UnknownCode};
-pub use crate::config::CommandConfig;
+pub use crate::config::{ANSWER_ENVELOPE, CommandConfig};
 pub use crate::error::{Cause, RpcError};
 pub use crate::pages::{Page, PageServer, Render};
 pub use crate::peers::{

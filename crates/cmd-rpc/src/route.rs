@@ -239,6 +239,24 @@ pub(crate) fn after_resend(err: RpcError, leader: NodeId) -> RpcError {
     }
 }
 
+/// An error from `leader` answering a forwarded `/v1/execute`, seen
+/// through what its status says: an answer this node did not read because
+/// it is longer than `max_response` is, when its status is 200, the
+/// command applied (a leader answers 200 only for a command applied now or
+/// before in the session), so [`RpcError::AnswerTooLarge`]: every retry in
+/// the session would read the same kept answer, and meet the same limit,
+/// until the caller's deadline. Any other error passes on.
+pub(crate) fn after_execute(err: RpcError, leader: NodeId) -> RpcError {
+    let oversized = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<crate::client::Oversized>());
+    match oversized {
+        Some(oversized) if oversized.status == 200 => {
+            RpcError::AnswerTooLarge { leader: format!("leader {leader}"), limit: oversized.limit }
+        }
+        _ => err,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -453,6 +471,34 @@ mod tests {
         ];
         for (err, want) in cases {
             assert_eq!(after_forward(&err), want, "{err:?}");
+        }
+    }
+
+    /// A 200 answer too long to read is the command applied; any other
+    /// answer too long to read, or other failure, stays what it was.
+    #[test]
+    fn an_execute_answered_200_but_too_long_to_read_was_applied() {
+        let oversized = |status| RpcError::Unreachable {
+            target: "10.0.0.2:6271".to_owned(),
+            reason: "too long".to_owned(),
+            source: Some(Box::new(crate::client::Oversized { status, limit: 4096 })),
+        };
+        let applied = after_execute(oversized(200), OTHER);
+        assert!(matches!(&applied, RpcError::AnswerTooLarge { limit: 4096, .. }), "{applied:?}");
+        assert_eq!(applied.code(), ErrorCode::AnswerNotKept);
+        assert!(!applied.outcome_unknown());
+        assert!(applied.to_string().contains("4096-byte limit (max_response)"), "{applied}");
+        let cases: Vec<RpcError> = vec![
+            oversized(503),
+            oversized(409),
+            RpcError::Unreachable { target: "t".to_owned(), reason: "r".to_owned(), source: None },
+            timeout(),
+            remote("not_leader", None),
+        ];
+        for err in cases {
+            let code = err.code();
+            let after = after_execute(err, OTHER);
+            assert_eq!(after.code(), code, "{after:?}");
         }
     }
 

@@ -605,7 +605,7 @@ impl<S: StateMachine> CommandService<S> {
                     self.config.max_response,
                 )
                 .await;
-            match sent.result {
+            match sent.result.map_err(|err| route::after_execute(err, id)) {
                 Err(err) if sent.sent_before => Err(route::after_resend(err, id)),
                 other => other,
             }

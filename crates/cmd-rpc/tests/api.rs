@@ -1380,11 +1380,11 @@ async fn a_forwarded_call_that_timed_out_is_not_bounced_as_not_leader() {
 
 /// The leader applied a forwarded command and answered, but its answer is
 /// larger than the follower's client reads (`max_response`): the caller
-/// must hear an unknown outcome (or, once the follower retried in the same
-/// session, "applied, answer not kept"), not "too large", which says the
-/// request was refused before the state machine (the review of stop 19:
-/// it was applied, and a caller that believed the refusal applied it
-/// twice).
+/// must hear that it was applied (`answer_not_kept`: a 200 from
+/// `/v1/execute`, or a retry in the same session) or an unknown outcome
+/// (a batch's answer too large), not "too large", which says the request
+/// was refused before the state machine (the review of stop 19: it was
+/// applied, and a caller that believed the refusal applied it twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_larger_than_max_response_is_an_unknown_outcome() {
     let config = CommandConfig { max_response: 64 << 10, ..test_config() };
@@ -1417,6 +1417,59 @@ async fn an_answer_larger_than_max_response_is_an_unknown_outcome() {
     }
     let after = cluster.service(leader).node().metrics().last_applied;
     assert!(after > before, "the leader did not apply the command ({before:?} -> {after:?})");
+    cluster.shutdown().await;
+}
+
+/// The answer is kept in the session (`max_answer_bytes` above it) but is
+/// larger than the follower reads (`max_response`): every retry in the
+/// same session reads the same kept answer, too large again. Before, each
+/// was an unknown outcome, retried until the caller's deadline, which is
+/// when the caller learnt anything. A 200 from the leader's `/v1/execute`
+/// says the command was applied: the call ends at once and says so, naming
+/// the limit (the review of finding 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_answer_too_large_to_read_ends_the_call_at_once_as_applied() {
+    let config = CommandConfig { max_response: 64 << 10, ..test_config() };
+    let mut raft = Cluster::raft_config();
+    raft.sessions.max_answer_bytes = 256 << 10;
+    let cluster = Cluster::with_configs(3, 3, raft, config).await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let big = "x".repeat(100 << 10);
+    let session = cluster.session(leader).await;
+    cluster
+        .service(leader)
+        .execute(&put(session, 1, "k", &big), deadline(10), Origin::Client)
+        .await
+        .unwrap();
+    // Through the follower: its answer is the previous value, 100 KiB,
+    // kept by the session for a retry.
+    let session = cluster.session(follower).await;
+    let before = cluster.service(leader).node().metrics().last_applied;
+    let started = Instant::now();
+    let call_deadline = Duration::from_secs(20);
+    let answer = cluster
+        .service(follower)
+        .execute(&put(session, 1, "k", "v"), Instant::now() + call_deadline, Origin::Client)
+        .await;
+    let took = started.elapsed();
+    match answer {
+        Err(err) => {
+            assert_eq!(
+                err.code(),
+                cmd_rpc::ErrorCode::AnswerNotKept,
+                "answered {} ({err}) after {took:?}: not \"applied, answer not readable\"",
+                err.code()
+            );
+            assert!(err.to_string().contains("65536"), "the limit is not named: {err}");
+        }
+        Ok(ok) => panic!("the answer came through: {} bytes", ok.result.get().len()),
+    }
+    assert!(took < call_deadline / 2, "the call ended only after {took:?}");
+    let after = cluster.service(leader).node().metrics().last_applied;
+    assert!(after > before, "the leader did not apply the command ({before:?} -> {after:?})");
+    // Applied once: the log holds the big put and this one, nothing more.
+    assert_eq!(cluster.log(leader).len(), 2, "{:?}", cluster.log(leader).len());
     cluster.shutdown().await;
 }
 

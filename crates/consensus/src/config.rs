@@ -45,7 +45,10 @@ pub struct Config {
     /// refused: every member of a cluster must use the same values (raft
     /// connections between members whose values differ are refused). The
     /// defaults keep sessions for a million log entries, at most 100 000 of
-    /// them, answers up to 64 KiB, 64 MiB of answers in all.
+    /// them, answers up to 64 KiB, 64 MiB of answers in all. An answer
+    /// kept must also be one a follower reads from the leader (4 MiB, 64
+    /// bytes of it for the answer's envelope): a larger `max_answer_bytes`
+    /// is refused at start ([`crate::Error::Invalid`], naming both).
     pub sessions: SessionLimits,
     /// **Tests and the chaos harness only.** Switchable faults in front of
     /// the raft log storage (failed fsyncs, refused or slow writes, a

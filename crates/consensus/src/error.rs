@@ -30,25 +30,35 @@ pub enum Error {
         /// How long we waited.
         waited: Duration,
     },
-    /// No outcome within the deadline. The command may still be applied;
-    /// nothing is applied twice.
+    /// No outcome within the deadline (or, for a command whose sessions
+    /// kept expiring before it reached them, within the sessions an
+    /// operation moves through). The command may still be applied;
+    /// nothing is applied twice, and executing the same operation again
+    /// learns its outcome.
     #[error("no outcome within the deadline; the command may still be applied: {0}")]
     Timeout(String),
     /// The command may or may not have been applied, and this can no longer
     /// be found out: an attempt ended without a known outcome, and its
-    /// session expired before a retry could ask. It was applied at most
-    /// once.
+    /// session expired before a retry could ask, or the session moved past
+    /// the command's sequence number and no longer answers for it. It was
+    /// applied at most once.
     #[error("outcome unknown: the command may or may not have been applied ({0})")]
     OutcomeUnknown(String),
-    /// The command was applied, once, by an earlier attempt; its answer was
-    /// too large to be kept for a retry, so it cannot be given again.
-    #[error("the command was applied, but its answer was too large to be kept for a retry")]
+    /// The command was applied, once, but its answer cannot be given: it
+    /// was too large to be kept for a retry (an earlier attempt applied
+    /// it), or too large for this node to read from the leader.
+    #[error(
+        "the command was applied, but its answer cannot be given (too large to be kept for a \
+         retry, or to be read from the leader)"
+    )]
     AnswerNotKept,
     /// The state machine could not decode the command or query (nodes with
     /// different versions of the state machine's types?).
     #[error("rejected by the state machine: {0}")]
     Rejected(String),
-    /// Configuration or argument error.
+    /// Configuration or argument error: the caller's own (a session's
+    /// answers about sequence numbers never are; the facade numbers
+    /// commands itself).
     #[error("invalid: {0}")]
     Invalid(String),
     /// Storage could not be opened or written.

@@ -620,6 +620,7 @@ impl<S: StateMachine> Consensus<S> {
         if bootstrap.expected_size == 0 {
             return Err(Error::Invalid("expected_size must be at least 1".to_owned()));
         }
+        command_config(&config).check(&config.sessions).map_err(Error::Invalid)?;
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
         let transport = CountingTransport::wrap(transport, counters.clone());

@@ -70,9 +70,10 @@ impl SessionPool {
 ///
 /// If the session expires before the first attempt reaches it, the
 /// operation moves to a new session by itself (nothing was applied). If it
-/// expires after an attempt whose outcome is unknown, the outcome can no
-/// longer be learned: `execute` then answers [`Error::OutcomeUnknown`], now
-/// and on every later call.
+/// expires after an attempt whose outcome is unknown, or moves past the
+/// command's sequence number, the outcome can no longer be learned:
+/// `execute` then answers [`Error::OutcomeUnknown`], now and on every later
+/// call.
 pub struct Operation<S: StateMachine> {
     inner: Arc<Inner<S>>,
     command: Box<RawValue>,
@@ -151,27 +152,27 @@ impl<S: StateMachine> Operation<S> {
             if !err.outcome_unknown() {
                 self.maybe_applied = earlier;
             }
-            match err.code() {
-                // Nothing of this command was applied: a new session is safe.
-                ErrorCode::SessionExpired | ErrorCode::UnknownSession if !earlier => {
+            match after_session(&err.code(), earlier) {
+                // Nothing of this command was applied: a new session is
+                // safe. The old one is not given back (expired, or out of
+                // step with the numbers this node gives out).
+                AfterSession::NewSession => {
                     self.session = None;
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
                         return Err(Error::from(err));
                     }
-                    tracing::debug!(%client, "session expired before the command; using a new one");
+                    tracing::debug!(%client, code = %err.code(), "the session cannot take the command; using a new one");
                 }
-                ErrorCode::SessionExpired
-                | ErrorCode::UnknownSession
-                | ErrorCode::SessionExpiredOutcomeUnknown => {
+                AfterSession::Lost => {
                     self.session = None;
                     let why = format!(
-                        "the session of an earlier attempt expired before its outcome was known ({err})"
+                        "the session can no longer say whether an earlier attempt was applied ({err})"
                     );
                     self.lost = Some(why.clone());
                     return Err(Error::OutcomeUnknown(why));
                 }
-                _ => return Err(Error::from(err)),
+                AfterSession::Pass => return Err(Error::from(err)),
             }
         }
     }
@@ -184,6 +185,51 @@ impl<S: StateMachine> Drop for Operation<S> {
         if let Some((client, seq)) = self.session.take() {
             self.inner.sessions.give_back(client, seq + 1);
         }
+    }
+}
+
+/// What an operation does after an attempt failed with `code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterSession {
+    /// Nothing of the command was applied: it goes again in a new session.
+    NewSession,
+    /// Whether it was applied can no longer be learned: the caller hears
+    /// [`Error::OutcomeUnknown`], now and on every later call.
+    Lost,
+    /// Not the session's answer: the error goes to the caller.
+    Pass,
+}
+
+/// What the session's own answers mean for an operation, `earlier` saying
+/// whether an earlier attempt of it may have been applied. The facade
+/// gives out client ids and sequence numbers itself, and one operation
+/// has its session to itself, so none of these is the caller's mistake:
+///
+/// - `session_expired`, `unknown_session`: the session is gone; this
+///   attempt was not applied. With no earlier attempt that may have been,
+///   nothing was; otherwise nobody can tell any more.
+/// - `sequence_reused`: the session applied another command under this
+///   number (the session is out of step with this node's numbering): this
+///   command was not applied under it. Treated as an expired session,
+///   since with an earlier unknown attempt the session was not the one
+///   this node thought.
+/// - `stale_sequence`: the session moved past this number; whether an
+///   earlier attempt of this command was applied, it no longer says
+///   (cmd-rpc counts it an unknown outcome).
+/// - `session_expired_outcome_unknown`: said so already.
+fn after_session(code: &ErrorCode, earlier: bool) -> AfterSession {
+    match code {
+        ErrorCode::SessionExpired | ErrorCode::UnknownSession | ErrorCode::SequenceReused
+            if !earlier =>
+        {
+            AfterSession::NewSession
+        }
+        ErrorCode::SessionExpired
+        | ErrorCode::UnknownSession
+        | ErrorCode::SequenceReused
+        | ErrorCode::StaleSequence
+        | ErrorCode::SessionExpiredOutcomeUnknown => AfterSession::Lost,
+        _ => AfterSession::Pass,
     }
 }
 
@@ -202,14 +248,19 @@ impl From<RpcError> for Error {
         // Local or passed on from another node: the code says what it was.
         match err.code() {
             ErrorCode::Timeout | ErrorCode::Fatal => Error::Timeout(message),
-            ErrorCode::SessionExpiredOutcomeUnknown => Error::OutcomeUnknown(message),
+            ErrorCode::SessionExpiredOutcomeUnknown | ErrorCode::StaleSequence => {
+                Error::OutcomeUnknown(message)
+            }
             ErrorCode::AnswerNotKept => Error::AnswerNotKept,
             // The leader's own read index, asked for by this node.
             ErrorCode::NoQuorum => Error::QuorumUnavailable(message),
-            ErrorCode::SequenceReused
-            | ErrorCode::StaleSequence
-            | ErrorCode::SessionExpired
-            | ErrorCode::UnknownSession => Error::Invalid(message),
+            // Not applied, and an operation gave up moving to a new session
+            // (its deadline passed, or too many in a row could not take
+            // it): no outcome in time; `execute` again tries once more.
+            // Never the caller's mistake (the facade numbers commands).
+            ErrorCode::SequenceReused | ErrorCode::SessionExpired | ErrorCode::UnknownSession => {
+                Error::Timeout(message)
+            }
             _ => Error::network_from(message, err),
         }
     }
@@ -222,6 +273,46 @@ mod tests {
     use cmd_rpc::{ErrorBody, RpcError};
 
     use super::*;
+
+    /// The session's own answers, for an operation with and without an
+    /// earlier attempt that may have been applied: what it does next, and
+    /// what its caller hears if it ends there. Before, all four of
+    /// `stale_sequence`, `session_expired`, `unknown_session` and
+    /// `sequence_reused` reached the caller as `Error::Invalid`, an input
+    /// error, though the facade numbers commands itself, and
+    /// `stale_sequence` says nothing of whether the command was applied.
+    #[test]
+    fn what_the_sessions_answers_mean_for_a_caller() {
+        use AfterSession::{Lost, NewSession, Pass};
+        let kind = |err: Error| match err {
+            Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::Timeout(_) => "timeout",
+            Error::AnswerNotKept => "answer_not_kept",
+            Error::Invalid(_) => "invalid",
+            Error::Network { .. } => "network",
+            other => panic!("{other:?}"),
+        };
+        // (code, next without / with an earlier unknown attempt, the
+        // caller's error when the operation ends on it without `Lost`).
+        let cases: [(&str, AfterSession, AfterSession, &str); 8] = [
+            ("session_expired", NewSession, Lost, "timeout"),
+            ("unknown_session", NewSession, Lost, "timeout"),
+            ("sequence_reused", NewSession, Lost, "timeout"),
+            ("stale_sequence", Lost, Lost, "outcome_unknown"),
+            ("session_expired_outcome_unknown", Lost, Lost, "outcome_unknown"),
+            ("answer_not_kept", Pass, Pass, "answer_not_kept"),
+            ("not_leader", Pass, Pass, "network"),
+            ("bad_request", Pass, Pass, "network"),
+        ];
+        for (wire, fresh, after_unknown, caller) in cases {
+            let code = ErrorCode::from_wire(wire);
+            assert_eq!(after_session(&code, false), fresh, "{wire}, no earlier attempt");
+            assert_eq!(after_session(&code, true), after_unknown, "{wire}, after an unknown one");
+            let body = ErrorBody { code, message: "m".to_owned(), leader: None };
+            let err = Error::from(RpcError::from_remote(409, body));
+            assert_eq!(kind(err), caller, "{wire}");
+        }
+    }
 
     /// Before: the command API's error became `Error::Network(String)`,
     /// its kind lost. Now it is the error's source.

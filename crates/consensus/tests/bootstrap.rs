@@ -613,6 +613,136 @@ async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answer
     }
 }
 
+/// A binder that gives its binding up counts only the answers it hears
+/// from then on: rc (durable) restarts bound to ra's stalled formation, ra
+/// gone for good; rd answers rc's probes (fresh, promised to nobody) while
+/// rc is bound, then falls silent before rc gives the binding up. Without
+/// forgetting what it heard (`heard.clear()` in `bootstrap::run`), rc was
+/// ready on rd's old answer the round after it became free, and promised
+/// rb. Now it waits for rd to answer again, and grants nothing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binder_that_gives_its_binding_up_forgets_the_answers_it_heard_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let c_dir = dir.path().join("rc");
+    let short = Duration::from_secs(3);
+    let mut s =
+        stall_a_formation_with(2, [short, WAIT, Duration::from_secs(6)], None, Some(c_dir.clone()))
+            .await;
+    assert!(s.starts[0].take().unwrap().await.unwrap().is_err(), "ra formed although rb refused");
+    assert!(s.starts[2].take().unwrap().await.unwrap().is_err(), "rc started without ra");
+    let rd = FreshPeer::serve(&s.net, 3, "rd").await;
+    s.slow_c.set_delay(Duration::ZERO);
+    let rd_node = cluster::tailnet_node(TAG, 5, 3, "rd", "rd");
+    let c_view = Arc::new(StaticDiscovery::new(ClusterView::new(
+        TAG,
+        node(2, true),
+        [node(1, true), rd_node],
+    )));
+    let c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
+    until(WAIT, "rc answers bound to ra's cluster", || async {
+        matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Member { cluster_id, .. }) if cluster_id == s.cluster)
+    })
+    .await;
+    // Two of rc's rounds heard rd (a round ends before the next begins),
+    // well before rc may give the binding up (ra gone for 10 s); then rd
+    // falls silent.
+    until(WAIT, "rd answers rc twice", || async { rd.answered() >= 2 }).await;
+    rd.fall_silent();
+    let still_bound = probe(&s.net, 1, 2).await;
+    assert!(
+        matches!(&still_bound, Some(ProbeState::Member { cluster_id, .. }) if *cluster_id == s.cluster),
+        "rc gave its binding up before rd fell silent: {still_bound:?}"
+    );
+    until(WAIT, "rc gives ra's binding up", || async {
+        matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Fresh { .. }))
+    })
+    .await;
+    // rb (its view: rc only) asks rc for a promise every round; rc has not
+    // heard from rd since it became free, so it grants none.
+    let quiet = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < quiet {
+        let c_now = probe(&s.net, 1, 2).await;
+        assert!(
+            !promised_to(&c_now, "rb") && !matches!(c_now, Some(ProbeState::Member { .. })),
+            "rc promised or bound itself on rd's answer from before it became free: {c_now:?}"
+        );
+        if c_start.is_finished() {
+            panic!("rc started on rd's old answer: {}", outcome(c_start).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c_start.abort();
+    if let Some(b) = s.starts[1].take() {
+        b.abort();
+    }
+}
+
+/// A peer on [`PORT`] that answers every probe as a fresh node promised to
+/// nobody, until it falls silent (it then closes each connection unanswered).
+struct FreshPeer {
+    answered: Arc<AtomicUsize>,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreshPeer {
+    async fn serve(net: &MemNetwork, i: usize, name: &str) -> FreshPeer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let incarnation = 1;
+        let answer = ProbeResponse {
+            id: raft_core::node_id(name, incarnation),
+            incarnation,
+            node: NodeInfo {
+                stable_id: name.to_owned(),
+                addrs: vec![ip(i)],
+                raft_port: PORT - 1,
+                command_port: PORT,
+            },
+            state: ProbeState::Fresh { promised_to: None },
+        };
+        let body = serde_json::to_string(&answer).unwrap();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let peer = FreshPeer { answered: Arc::default(), silent: Arc::default() };
+        let (answered, silent) = (peer.answered.clone(), peer.silent.clone());
+        let listener = net.node(ip(i)).listen(PORT).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (answered, silent) = (answered.clone(), silent.clone());
+                let response = response.clone();
+                tokio::spawn(async move {
+                    // The request's head and its `{...}` body.
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !seen.ends_with(b"}") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if silent.load(Ordering::SeqCst) || !seen.starts_with(b"POST /v1/probe") {
+                        return;
+                    }
+                    if stream.write_all(response.as_bytes()).await.is_ok() {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        peer
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    fn fall_silent(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Every node on [`PORT`] (no port trick), memory storage.
 fn plain_config(start_timeout: Duration) -> Config {
     Config { command_port: PORT, ..config(1, start_timeout, None) }
