@@ -528,3 +528,58 @@ async fn the_leader_runs_a_bounded_number_of_batched_commands_at_once() {
     }
     stop(nodes).await;
 }
+
+/// Review finding: a batch's answer was read up to `max_response` per
+/// command, up to 63 commands at the default 4 MiB (~252 MiB buffered for
+/// one answer). A batch's answer now holds no more than the follower's
+/// request slots to the leader could hold alone (`max_requests_per_peer ×
+/// max_response`). With 4 slots of 1 MiB, a batch holds at most 3
+/// commands (4 answers of 1 MiB plus their framing do not fit); 32 callers
+/// at once are answered each once, in batches of at most 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answer_holds_no_more_than_the_peers_request_slots() {
+    let net = MemNetwork::new();
+    let config = CommandConfig {
+        max_response: 1 << 20,
+        max_requests_per_peer: 4,
+        ..CommandConfig::default()
+    };
+    let (nodes, _faults) = cluster(&net, config, 90).await;
+    let leader = leader_of(&nodes).await;
+    let follower = &nodes[(leader + 1) % 3];
+    let clients = sessions(follower, 32).await;
+    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
+    for result in all_at_once(follower, requests, WAIT).await {
+        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
+    }
+    let stats = follower.service.stats();
+    let (batches, batched) = (stats.batches.get(), stats.batched.get());
+    assert!(batches > 0, "no batch went out");
+    assert!(batched <= 3 * batches, "{batched} commands in {batches} batches");
+    assert_eq!(applied(&nodes[leader]), 32);
+    stop(nodes).await;
+}
+
+/// When `max_response` is so large that a batch would hold fewer than
+/// three commands within that budget, a follower does not batch: every
+/// command goes alone, as it would without batching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_alone_when_a_batch_would_hold_too_few() {
+    let net = MemNetwork::new();
+    // 16 slots of 40 MiB would allow 640 MiB: above the fixed cap, which
+    // holds one 40 MiB answer.
+    let config = CommandConfig { max_response: 40 << 20, ..CommandConfig::default() };
+    let (nodes, _faults) = cluster(&net, config, 100).await;
+    let leader = leader_of(&nodes).await;
+    let follower = &nodes[(leader + 1) % 3];
+    let clients = sessions(follower, 16).await;
+    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
+    for result in all_at_once(follower, requests, WAIT).await {
+        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
+    }
+    let stats = follower.service.stats();
+    assert_eq!(stats.batches.get(), 0, "{} commands went in batches", stats.batched.get());
+    assert_eq!(stats.forwarded.get(), 16, "one attempt each");
+    assert_eq!(applied(&nodes[leader]), 16);
+    stop(nodes).await;
+}
