@@ -583,3 +583,66 @@ async fn commands_go_alone_when_a_batch_would_hold_too_few() {
     assert_eq!(applied(&nodes[leader]), 16);
     stop(nodes).await;
 }
+
+/// Review finding: a command still waiting for a batch when its caller's
+/// deadline passed was reported as a timeout with its outcome unknown,
+/// though it was never written to the leader. The leader goes silent while
+/// one forwarded command (10 s deadline) holds the way out; eight more
+/// wait behind it with 200 ms, less than an election takes here. Each of
+/// them hears `not_started`, a known outcome: not applied. Sent again
+/// once a new leader is there, each is applied then (not a duplicate), and
+/// every command is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_never_sent_by_its_deadline_is_known_not_applied() {
+    let net = MemNetwork::new();
+    let (nodes, faults) = cluster(&net, CommandConfig::default(), 110).await;
+    let leader = leader_of(&nodes).await;
+    let follower = (leader + 1) % 3;
+    let clients = sessions(&nodes[follower], 9).await;
+    let applied_before = warm_then_silence_the_leader(&nodes, &faults, &clients, leader).await;
+    let stats = nodes[follower].service.stats().clone();
+    let forwarded = stats.forwarded.get();
+    let first = {
+        let service = nodes[follower].service.clone();
+        let request = put(clients[0], 2, "first");
+        tokio::spawn(async move {
+            service
+                .execute(&request, Instant::now() + Duration::from_secs(10), Origin::Client)
+                .await
+        })
+    };
+    eventually(WAIT, "the first command out", async || {
+        (stats.forwarded.get() > forwarded).then_some(())
+    })
+    .await;
+    let queued = clients[1..].iter().map(|&c| put(c, 2, "queued")).collect();
+    let results = all_at_once(&nodes[follower], queued, Duration::from_millis(200)).await;
+    let mut not_started = 0;
+    for result in &results {
+        match result {
+            // An election this early is unlikely, but then it is answered.
+            Ok(answer) => assert!(!answer.duplicate, "{answer:?}"),
+            Err(err) => {
+                assert!(!err.outcome_unknown(), "{err}");
+                assert_eq!(err.code().as_str(), "not_started", "{err}");
+                not_started += 1;
+            }
+        }
+    }
+    assert!(not_started > 0, "{results:?}");
+    assert!(first.await.unwrap().is_ok());
+    let new_leader = eventually(WAIT, "a new leader", async || {
+        (0..3).find(|&i| i != leader && nodes[i].service.node().metrics().role == Role::Leader)
+    })
+    .await;
+    // Not applied: sent again, each is applied now, not a duplicate.
+    let again = clients[1..].iter().map(|&c| put(c, 2, "queued")).collect();
+    let again = all_at_once(&nodes[follower], again, WAIT).await;
+    for (before, after) in results.iter().zip(&again) {
+        let after = after.as_ref().expect("answered by the new leader");
+        // Applied now if it was not started before; a duplicate otherwise.
+        assert_eq!(after.duplicate, before.is_ok(), "{before:?} then {after:?}");
+    }
+    assert_eq!(applied(&nodes[new_leader]), applied_before + 9);
+    stop(nodes).await;
+}
