@@ -22,10 +22,14 @@
 //! A batch never exceeds the request-size limit nor [`MAX_BATCH`]
 //! commands, and its answer is read up to `max_response` bytes per
 //! command (what one command alone may answer), so the leader never
-//! applies a batch whose answers this node then refuses to read; to keep
-//! that limit within [`MAX_BATCH_ANSWER`], a batch holds at most as many
-//! commands as that allows ([`commands_per_batch`]; 63 with the default
-//! 4 MiB `max_response`).
+//! applies a batch whose answers this node then refuses to read. To keep
+//! that limit within [`answer_budget`] (what `max_requests_per_peer`
+//! requests alone could hold, at most [`MAX_BATCH_ANSWER`]), a batch holds
+//! at most as many commands as that allows ([`commands_per_batch`]; 15
+//! with the defaults, 16 slots of 4 MiB); below [`MIN_BATCH`] commands go
+//! alone. A command with less than [`MIN_BUDGET`] left is not sent. The
+//! leader's answers are matched to the commands by position: an answer
+//! with another number of entries leaves every command unknown.
 //!
 //! Commands go alone (`/v1/execute`, the caller's own request) when they
 //! are retries of an attempt whose outcome is unknown, would not fit a
