@@ -22,10 +22,14 @@
 //! A batch never exceeds the request-size limit nor [`MAX_BATCH`]
 //! commands, and its answer is read up to `max_response` bytes per
 //! command (what one command alone may answer), so the leader never
-//! applies a batch whose answers this node then refuses to read; to keep
-//! that limit within [`MAX_BATCH_ANSWER`], a batch holds at most as many
-//! commands as that allows ([`commands_per_batch`]; 63 with the default
-//! 4 MiB `max_response`).
+//! applies a batch whose answers this node then refuses to read. To keep
+//! that limit within [`answer_budget`] (what `max_requests_per_peer`
+//! requests alone could hold, at most [`MAX_BATCH_ANSWER`]), a batch holds
+//! at most as many commands as that allows ([`commands_per_batch`]; 15
+//! with the defaults, 16 slots of 4 MiB); below [`MIN_BATCH`] commands go
+//! alone. A command with less than [`MIN_BUDGET`] left is not sent. The
+//! leader's answers are matched to the commands by position: an answer
+//! with another number of entries leaves every command unknown.
 //!
 //! Commands go alone (`/v1/execute`, the caller's own request) when they
 //! are retries of an attempt whose outcome is unknown, would not fit a
@@ -63,32 +67,58 @@ pub(crate) const BATCHES_IN_FLIGHT: usize = 1;
 /// The endpoint batches go to.
 pub(crate) const BATCH_PATH: &str = "/v1/execute-batch";
 
-/// Most bytes of one batch's answer this node reads: 256 MiB. Each command
-/// is allowed what it would be allowed alone (`max_response`), so this
-/// bounds how many commands a batch holds ([`commands_per_batch`]).
-pub(crate) const MAX_BATCH_ANSWER: usize = 256 << 20;
+/// Most bytes of one batch's answer this node reads, whatever the
+/// configuration: 64 MiB (the default 16 request slots to a peer of 4 MiB
+/// each). Each command is allowed what it would be allowed alone
+/// (`max_response`), so this bounds how many commands a batch holds
+/// ([`commands_per_batch`]).
+pub(crate) const MAX_BATCH_ANSWER: usize = 64 << 20;
+
+/// Fewest commands worth a batch: when a batch's answer budget holds fewer
+/// (a `max_response` of more than a third of it), commands go alone.
+pub(crate) const MIN_BATCH: usize = 3;
+
+/// Least time a command's attempt must have left to be sent in a batch:
+/// the leader is given it in whole milliseconds, and less than one would
+/// be a budget of 0. A command with less is handed back unsent.
+const MIN_BUDGET: Duration = Duration::from_millis(1);
 
 /// Bytes a batch adds around its commands: `{"commands":[` and `]}`.
 const BATCH_OVERHEAD: usize = 16;
 /// Bytes one command adds in a batch: `{"request":`, `,"within_ms":`, up
 /// to 20 digits, `}` and a comma.
 const ITEM_OVERHEAD: usize = 64;
+/// Bytes a batch's answer adds around its answers: `{"answers":[` and `]}`,
+/// with room to spare.
+const ANSWER_FRAME: usize = 64;
 /// Bytes one answer adds in a batch's answer, past what it would take
 /// alone: `{"done":` or `{"failed":{"status":...,"error":` and the closing
 /// braces, a comma, with room to spare.
 const ANSWER_OVERHEAD: usize = 1024;
 
-/// Most commands in one batch when one command alone may answer
-/// `max_response` bytes: as many as [`MAX_BATCH_ANSWER`] holds at that
-/// much each, at least one, at most [`MAX_BATCH`].
-pub(crate) fn commands_per_batch(max_response: usize) -> usize {
-    (MAX_BATCH_ANSWER / max_response.saturating_add(ANSWER_OVERHEAD)).clamp(1, MAX_BATCH)
+/// Most bytes of one batch's answer this node reads when one command alone
+/// may answer `max_response` bytes and `requests_per_peer` requests may be
+/// out to the leader at once: no more than those requests could hold alone,
+/// and no more than [`MAX_BATCH_ANSWER`].
+pub(crate) fn answer_budget(max_response: usize, requests_per_peer: usize) -> usize {
+    max_response.saturating_mul(requests_per_peer.max(1)).min(MAX_BATCH_ANSWER)
+}
+
+/// Most commands in one batch: as many as [`answer_budget`] holds at
+/// `max_response` each, at most [`MAX_BATCH`]. Below [`MIN_BATCH`],
+/// commands go alone.
+pub(crate) fn commands_per_batch(max_response: usize, requests_per_peer: usize) -> usize {
+    let budget = answer_budget(max_response, requests_per_peer).saturating_sub(ANSWER_FRAME);
+    (budget / max_response.saturating_add(ANSWER_OVERHEAD)).min(MAX_BATCH)
 }
 
 /// Bytes of answer read for a batch of `commands`: each may answer what it
 /// would alone.
 fn answer_limit(commands: usize, max_response: usize) -> usize {
-    max_response.saturating_add(ANSWER_OVERHEAD).saturating_mul(commands).saturating_add(64)
+    max_response
+        .saturating_add(ANSWER_OVERHEAD)
+        .saturating_mul(commands)
+        .saturating_add(ANSWER_FRAME)
 }
 
 /// What becomes of a command handed to [`Batches::submit`].
@@ -169,7 +199,7 @@ impl Queue {
         let mut size = BATCH_OVERHEAD;
         while let Some(entry) = pending.entries.front() {
             let item = entry.request.len() + ITEM_OVERHEAD;
-            let usable = !entry.answer.is_closed() && entry.end > fill.now;
+            let usable = !entry.answer.is_closed() && entry.end >= fill.now + MIN_BUDGET;
             if usable
                 && !batch.is_empty()
                 && (size + item > fill.max_request || batch.len() >= fill.max_commands)
@@ -180,7 +210,7 @@ impl Queue {
             if entry.answer.is_closed() {
                 continue;
             }
-            if entry.end <= fill.now {
+            if entry.end < fill.now + MIN_BUDGET {
                 let why = "its attempt's time ran out before a batch took it";
                 let _ = entry.answer.send(Batched::NotSent(why.to_owned()));
                 continue;
@@ -234,6 +264,9 @@ pub(crate) struct Route<'a> {
     pub(crate) max_request: usize,
     /// What one command's answer may take alone.
     pub(crate) max_response: usize,
+    /// Most requests out to one peer address at once
+    /// (`max_requests_per_peer`).
+    pub(crate) requests_per_peer: usize,
     /// Time an answer has to travel back, past the attempt's budget.
     pub(crate) grace: Duration,
     pub(crate) stats: &'a Arc<CommandStats>,
@@ -273,7 +306,8 @@ impl Batches {
         wait_until: Instant,
         abandon: impl Fn(u64, Instant) -> Abandon,
     ) -> Batched {
-        if request.retry {
+        let per_batch = commands_per_batch(route.max_response, route.requests_per_peer);
+        if request.retry || per_batch < MIN_BATCH {
             return Batched::Alone(None);
         }
         let Ok(encoded) = serde_json::to_vec(request) else { return Batched::Alone(None) };
@@ -316,7 +350,7 @@ impl Batches {
                     let Ok(permit) = permit else { return Batched::Alone(None) };
                     let fill = Fill {
                         max_request: route.max_request,
-                        max_commands: commands_per_batch(route.max_response),
+                        max_commands: per_batch,
                         now: Instant::now(),
                         moved: route.moved,
                     };
@@ -336,7 +370,7 @@ impl Batches {
                             let since = batch.iter().map(|e| e.term).min().unwrap_or(term);
                             let until = batch.iter().map(|e| e.end).max().unwrap_or(end)
                                 + route.grace * 2;
-                            send(&route, batch, permit, abandon(since, until));
+                            send(&route, batch, permit, abandon(since, until), fill.now);
                         }
                     }
                 }
@@ -345,10 +379,17 @@ impl Batches {
     }
 }
 
-/// Sends `batch` in a task of its own (its callers wait on their answers,
-/// each within its own deadline), holding `permit` until it is answered.
-fn send(route: &Route<'_>, batch: Vec<Entry>, permit: OwnedSemaphorePermit, abandon: Abandon) {
-    let now = Instant::now();
+/// Sends `batch`, taken at `now`, in a task of its own (its callers wait on
+/// their answers, each within its own deadline), holding `permit` until it
+/// is answered. Each command's budget is counted from `now`, when the take
+/// saw at least [`MIN_BUDGET`] left for it.
+fn send(
+    route: &Route<'_>,
+    batch: Vec<Entry>,
+    permit: OwnedSemaphorePermit,
+    abandon: Abandon,
+    now: Instant,
+) {
     let end = batch.iter().map(|e| e.end).max().unwrap_or(now);
     let mut body = Vec::with_capacity(
         BATCH_OVERHEAD + batch.iter().map(|e| e.request.len() + ITEM_OVERHEAD).sum::<usize>(),
@@ -699,20 +740,30 @@ mod tests {
         assert!(queue.pending.lock().unwrap().entries.is_empty());
     }
 
-    /// A batch holds as many commands as its answer limit allows at what
-    /// each may answer alone, and that limit stays within
-    /// [`MAX_BATCH_ANSWER`].
+    /// A batch holds as many commands as its answer budget allows at what
+    /// each may answer alone; that budget is no more than the request
+    /// slots to a peer could hold alone, nor [`MAX_BATCH_ANSWER`] (review
+    /// finding: 63 × 4 MiB could be buffered for one answer). Fewer than
+    /// [`MIN_BATCH`] go alone.
     #[test]
     fn a_batch_answer_limit_covers_each_commands_own_limit() {
-        let cases = [(4 << 20, 63), (1 << 20, 255), (64 << 10, MAX_BATCH), (1 << 30, 1)];
-        for (max_response, want) in cases {
-            let n = commands_per_batch(max_response);
-            assert_eq!(n, want, "{max_response}");
+        let cases = [
+            (4 << 20, 16, 15),
+            (1 << 20, 16, 15),
+            (1 << 20, 64, 63),
+            (1 << 20, 4, 3),
+            (64 << 10, 4096, MAX_BATCH),
+            (40 << 20, 16, 1),
+            (1 << 30, 16, 0),
+        ];
+        for (max_response, slots, want) in cases {
+            let n = commands_per_batch(max_response, slots);
+            assert_eq!(n, want, "{max_response} × {slots}");
             let limit = answer_limit(n, max_response);
             assert!(limit >= n * max_response, "{max_response}: {limit}");
-            if n > 1 {
-                assert!(limit <= MAX_BATCH_ANSWER, "{max_response}: {limit}");
-            }
+            assert!(limit <= answer_budget(max_response, slots), "{max_response}: {limit}");
+            assert!(answer_budget(max_response, slots) <= max_response * slots);
+            assert!(answer_budget(max_response, slots) <= MAX_BATCH_ANSWER);
         }
         // Filled no further than that.
         let queue = queue();
@@ -731,5 +782,63 @@ mod tests {
         let (batch, waiting) = queue.take(9, &fill);
         assert_eq!(batch.len(), 4);
         assert!(waiting);
+    }
+
+    /// Review finding: a command with less than a millisecond left when a
+    /// batch took it went out with `"within_ms":0`, a budget the leader
+    /// cannot use. It is handed back unsent, as one whose time ran out.
+    #[test]
+    fn take_hands_back_a_command_with_less_than_a_millisecond_left() {
+        let queue = queue();
+        let now = Instant::now();
+        let mut rxs = Vec::new();
+        for end in [now + Duration::from_micros(500), now + Duration::from_secs(10)] {
+            let (tx, rx) = oneshot::channel();
+            queue.push(|ticket| Entry {
+                ticket,
+                request: b"{}".to_vec(),
+                term: 3,
+                end,
+                answer: tx,
+            });
+            rxs.push(rx);
+        }
+        let never = |_: u64| false;
+        let fill = Fill { max_request: 1 << 20, max_commands: 256, now, moved: &never };
+        let (batch, _) = queue.take(1, &fill);
+        let tickets: Vec<u64> = batch.iter().map(|e| e.ticket).collect();
+        assert_eq!(tickets, [1]);
+        assert!(matches!(outcome(&mut rxs[0]), Batched::NotSent(why) if why.contains("time")));
+    }
+
+    /// Answers are matched to commands by position: an answer with fewer
+    /// or more entries than the batch had commands is a protocol error,
+    /// and every command of it gets an unknown outcome (retried alone),
+    /// never another command's answer and never a panic.
+    #[test]
+    fn an_answer_with_the_wrong_number_of_entries_leaves_every_command_unknown() {
+        let done = || {
+            BatchedAnswer::Done(ExecuteResponse {
+                result: serde_json::value::RawValue::from_string("1".to_owned()).unwrap(),
+                duplicate: false,
+            })
+        };
+        for answers in [0, 2, 4, 300] {
+            let stats = CommandStats::default();
+            let (batch, mut rxs) = entries(3);
+            let response = ExecuteBatchResponse { answers: (0..answers).map(|_| done()).collect() };
+            deliver(7, batch, Sent { result: Ok(response), sent_before: false }, &stats);
+            for rx in &mut rxs {
+                match outcome(rx) {
+                    Batched::Answer(Err(err)) => {
+                        assert!(err.outcome_unknown(), "{answers}: {err}");
+                        assert!(err.to_string().contains("answers"), "{answers}: {err}");
+                        assert!(matches!(after_forward(&err), Next::Retry { .. }), "{answers}");
+                    }
+                    other => panic!("{answers} answers gave {other:?}"),
+                }
+            }
+            assert_eq!(stats.batched.get(), 0);
+        }
     }
 }

@@ -306,12 +306,16 @@ impl CommandClient {
                     self.forget(addr);
                     return done(Err(RpcError::Timeout { what: what(), after: wait }), sent);
                 }
-                Ok(Err(err @ RpcError::Unreachable { .. })) => {
+                Ok(Err(Exchanged::Broke(err))) => {
                     last = err;
                     // Some of it may have been written before it broke.
                     sent = true;
                 }
-                Ok(Err(err)) => return done(Err(err), sent),
+                // Answered: the request was carried out (or refused) here,
+                // so no other address is tried, even when the answer is
+                // too large to read (its outcome is unknown, not "try
+                // again elsewhere").
+                Ok(Err(Exchanged::Failed(err))) => return done(Err(err), sent),
                 Ok(Ok((status, bytes))) => return done(decode(addr, status, &bytes), sent),
             }
         }
@@ -328,9 +332,9 @@ impl CommandClient {
         body: Bytes,
         budget: Duration,
         call: Call,
-    ) -> Result<(u16, Bytes), RpcError> {
+    ) -> Result<(u16, Bytes), Exchanged> {
         let Call { origin, to, answer_limit, .. } = call;
-        let unreachable = |err: hyper::Error| RpcError::unreachable(addr, err);
+        let unreachable = |err: hyper::Error| Exchanged::Broke(RpcError::unreachable(addr, err));
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -346,8 +350,9 @@ impl CommandClient {
                 .header(TARGET_NODE_HEADER, to.node.to_string())
                 .header(CLUSTER_HEADER, cluster);
         }
-        let request =
-            request.body(Full::new(body)).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| Exchanged::Failed(RpcError::BadRequest(e.to_string())))?;
         let response = sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let mut incoming = response.into_body();
@@ -364,7 +369,7 @@ impl CommandClient {
                     // The status stays underneath, for a caller that
                     // knows what it means on its path (a 200 from
                     // `/v1/execute`: applied).
-                    return Err(RpcError::Unreachable {
+                    return Err(Exchanged::Failed(RpcError::Unreachable {
                         target: addr.to_string(),
                         reason: format!(
                             "its answer (status {status}) exceeds this node's {answer_limit}-byte \
@@ -372,7 +377,7 @@ impl CommandClient {
                              been carried out"
                         ),
                         source: Some(Box::new(Oversized { status, limit: answer_limit })),
-                    });
+                    }));
                 }
                 bytes.extend_from_slice(&data);
             }
@@ -474,6 +479,16 @@ fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
         .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))
+}
+
+/// Why an exchange with one address ended without an answer to decode.
+enum Exchanged {
+    /// The connection broke: some of the request may have been written,
+    /// and the next address may be tried.
+    Broke(RpcError),
+    /// This address ended the call (it answered, too much to read, or the
+    /// request could not be built).
+    Failed(RpcError),
 }
 
 /// A 200 answer as `R`, anything else as the error the other node reported.
@@ -597,5 +612,84 @@ mod tests {
         let sent = call(peer(vec![absent, refuses])).await;
         assert!(!sent.sent_before, "{sent:?}");
         assert!(matches!(&sent.result, Err(RpcError::Remote { status: 404, .. })), "{sent:?}");
+    }
+
+    /// Serves `port` on `node` as [`serve`] does, answering each request
+    /// `status` with `body`; counts the requests it read in full.
+    async fn serve_counted(
+        node: ts_transport::MemTransport,
+        status: &'static str,
+        body: String,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let seen_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen_requests.clone();
+        let listener = node.listen(6271).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (count, body) = (count.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !seen.ends_with(b"}") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                });
+            }
+        });
+        seen_requests
+    }
+
+    /// Review finding: an answer larger than the call's limit (the leader
+    /// applied the request and answered) was treated like a broken
+    /// exchange, and the request was sent again to the leader's next
+    /// address, where it ran again against the session table and could
+    /// come back as a refusal. The call ends there: its outcome is unknown,
+    /// and no other address is tried.
+    #[tokio::test]
+    async fn an_answer_too_large_to_read_is_not_resent_to_the_next_address() {
+        let net = MemNetwork::new();
+        let ip = |i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
+        let (me, large, refuses) = (ip(1), ip(2), ip(3));
+        let big = format!(r#"{{"answers":["{}"]}}"#, "x".repeat(4096));
+        let at_large = serve_counted(net.node(large), "200 OK", big).await;
+        let refusal = r#"{"code":"not_found","message":"no such endpoint","leader":null}"#;
+        let at_refuses =
+            serve_counted(net.node(refuses), "404 Not Found", refusal.to_owned()).await;
+        let client = CommandClient::new(Arc::new(net.node(me)), CommandConfig::default());
+        let peer = NodeInfo {
+            stable_id: "leader".to_owned(),
+            addrs: vec![large, refuses],
+            raft_port: 6270,
+            command_port: 6271,
+        };
+        let sent = client
+            .post_attempt_encoded::<serde_json::Value>(
+                None,
+                &peer,
+                "/v1/execute-batch",
+                Bytes::from_static(br#"{"commands":[]}"#),
+                Instant::now() + Duration::from_secs(5),
+                Duration::from_secs(2),
+                Origin::Forwarded,
+                1024,
+            )
+            .await;
+        let err = sent.result.as_ref().expect_err("an answer over the limit");
+        assert!(err.outcome_unknown(), "{err}");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        assert_eq!(at_large.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(at_refuses.load(std::sync::atomic::Ordering::SeqCst), 0, "{sent:?}");
     }
 }

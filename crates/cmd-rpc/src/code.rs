@@ -48,6 +48,9 @@ pub enum ErrorCode {
     AnswerNotKept,
     /// `not_confirmed`: a node refused to confirm a cluster being formed.
     NotConfirmed,
+    /// `not_started`: the command was never sent to the leader (or never
+    /// started there) within its deadline: not applied.
+    NotStarted,
     /// `unavailable`: the service cannot answer now.
     Unavailable,
     /// `no_quorum`: the leader could not confirm its leadership with a
@@ -96,6 +99,7 @@ impl ErrorCode {
             "sequence_reused" => ErrorCode::SequenceReused,
             "answer_not_kept" => ErrorCode::AnswerNotKept,
             "not_confirmed" => ErrorCode::NotConfirmed,
+            "not_started" => ErrorCode::NotStarted,
             "unavailable" => ErrorCode::Unavailable,
             "no_quorum" => ErrorCode::NoQuorum,
             "unreachable" => ErrorCode::Unreachable,
@@ -124,6 +128,7 @@ impl ErrorCode {
             ErrorCode::SequenceReused => "sequence_reused",
             ErrorCode::AnswerNotKept => "answer_not_kept",
             ErrorCode::NotConfirmed => "not_confirmed",
+            ErrorCode::NotStarted => "not_started",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NoQuorum => "no_quorum",
             ErrorCode::Unreachable => "unreachable",
@@ -155,7 +160,7 @@ impl ErrorCode {
 
     /// Whether this code refuses a request before the state machine saw
     /// it (not the leader, forbidden, too large, malformed, slow, not
-    /// found, not confirmed): it says nothing of an earlier attempt of the
+    /// found, not confirmed, not started): it says nothing of an earlier attempt of the
     /// same call. The session's own answers (expired, reused, not kept)
     /// are known outcomes too, but they are not among these.
     pub fn refused_before_applying(&self) -> bool {
@@ -169,6 +174,7 @@ impl ErrorCode {
                 | ErrorCode::NotFound
                 | ErrorCode::MethodNotAllowed
                 | ErrorCode::NotConfirmed
+                | ErrorCode::NotStarted
         )
     }
 }
@@ -206,7 +212,7 @@ mod tests {
     use super::*;
 
     /// Every known code with its wire string.
-    const KNOWN: [(ErrorCode, &str); 21] = [
+    const KNOWN: [(ErrorCode, &str); 22] = [
         (ErrorCode::NoLeader, "no_leader"),
         (ErrorCode::NotLeader, "not_leader"),
         (ErrorCode::Timeout, "timeout"),
@@ -223,6 +229,7 @@ mod tests {
         (ErrorCode::SequenceReused, "sequence_reused"),
         (ErrorCode::AnswerNotKept, "answer_not_kept"),
         (ErrorCode::NotConfirmed, "not_confirmed"),
+        (ErrorCode::NotStarted, "not_started"),
         (ErrorCode::Unavailable, "unavailable"),
         (ErrorCode::NoQuorum, "no_quorum"),
         (ErrorCode::Unreachable, "unreachable"),
@@ -253,6 +260,7 @@ mod tests {
                 "sequence_reused",
                 "answer_not_kept",
                 "not_confirmed",
+                "not_started",
             ]
         );
     }

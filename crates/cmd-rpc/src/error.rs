@@ -135,6 +135,12 @@ pub enum RpcError {
     /// cluster, or is a member already. The message says which.
     #[error("not confirmed: {0}")]
     NotConfirmed(String),
+    /// The command was never sent to the leader before the call's deadline
+    /// (it was still waiting for a batch, or its leader lost its leadership
+    /// before it went), and no earlier attempt of the call may have been
+    /// applied: it was not applied, and may be sent again.
+    #[error("not started: {0}; the command was not applied")]
+    NotStarted(String),
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -189,6 +195,7 @@ impl RpcError {
             RpcError::SequenceReused { .. } => ErrorCode::SequenceReused,
             RpcError::AnswerNotKept | RpcError::AnswerTooLarge { .. } => ErrorCode::AnswerNotKept,
             RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
+            RpcError::NotStarted(_) => ErrorCode::NotStarted,
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
             RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
             RpcError::Unreachable { .. } => ErrorCode::Unreachable,
@@ -200,7 +207,10 @@ impl RpcError {
     /// The HTTP status it is answered with (a three-digit number).
     pub fn status(&self) -> u16 {
         match self {
-            RpcError::NoLeader { .. } | RpcError::Unavailable(_) | RpcError::NoQuorum(_) => 503,
+            RpcError::NoLeader { .. }
+            | RpcError::NotStarted(_)
+            | RpcError::Unavailable(_)
+            | RpcError::NoQuorum(_) => 503,
             RpcError::NotLeader { .. }
             | RpcError::StaleSequence { .. }
             | RpcError::SessionExpired { .. }

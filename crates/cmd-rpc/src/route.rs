@@ -115,6 +115,7 @@ pub(crate) fn after_forward(err: &RpcError) -> Next {
             ErrorCode::Fatal
             | ErrorCode::Timeout
             | ErrorCode::Unavailable
+            | ErrorCode::NotStarted
             | ErrorCode::NoQuorum => Next::Retry { leader: None, report: true },
             _ => Next::Fail,
         },

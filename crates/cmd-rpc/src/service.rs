@@ -449,11 +449,16 @@ impl<S: StateMachine> CommandService<S> {
                         let result = match forwarded {
                             Forwarded::Sent(result) => result,
                             // Never written: not applied, so nothing is
-                            // unknown; routed again by the node's view.
+                            // unknown; routed again by the node's view. At
+                            // the deadline the call says so (`not_started`),
+                            // unless an earlier attempt may have been applied.
                             Forwarded::NotSent(why) => {
                                 tracing::debug!(client = %request.client, seq = request.seq, %why, "forward not sent");
                                 self.stats.not_sent.inc();
-                                return Ok(Retry::Again { leader: None, error: None });
+                                let error = (!maybe_applied.load(Ordering::Relaxed)).then(|| {
+                                    RpcError::NotStarted(format!("execute at leader {id}: {why}"))
+                                });
+                                return Ok(Retry::Again { leader: None, error });
                             }
                         };
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
@@ -546,6 +551,7 @@ impl<S: StateMachine> CommandService<S> {
             term,
             max_request: self.config.max_request,
             max_response: self.config.max_response,
+            requests_per_peer: self.config.max_requests_per_peer,
             grace,
             stats: &self.stats,
             moved: &moved,
