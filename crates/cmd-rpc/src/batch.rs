@@ -23,10 +23,9 @@
 //! commands, and its answer is read up to `max_response` bytes per
 //! command (what one command alone may answer), so the leader never
 //! applies a batch whose answers this node then refuses to read. To keep
-//! that limit within [`answer_budget`] (what `max_requests_per_peer`
-//! requests alone could hold, at most [`MAX_BATCH_ANSWER`]), a batch holds
-//! at most as many commands as that allows ([`commands_per_batch`]; 15
-//! with the defaults, 16 slots of 4 MiB); below [`MIN_BATCH`] commands go
+//! that limit within [`MAX_BATCH_ANSWER`], a batch holds at most as many
+//! commands as that allows ([`commands_per_batch`]; 63 at the default
+//! 4 MiB); below [`MIN_BATCH`] commands go
 //! alone. A command with less than [`MIN_BUDGET`] left is not sent. The
 //! leader's answers are matched to the commands by position: an answer
 //! with another number of entries leaves every command unknown.
@@ -67,12 +66,17 @@ pub(crate) const BATCHES_IN_FLIGHT: usize = 1;
 /// The endpoint batches go to.
 pub(crate) const BATCH_PATH: &str = "/v1/execute-batch";
 
-/// Most bytes of one batch's answer this node reads, whatever the
-/// configuration: 64 MiB (the default 16 request slots to a peer of 4 MiB
-/// each). Each command is allowed what it would be allowed alone
-/// (`max_response`), so this bounds how many commands a batch holds
-/// ([`commands_per_batch`]).
-pub(crate) const MAX_BATCH_ANSWER: usize = 64 << 20;
+/// Most bytes of one batch's answer this node reads: 256 MiB. Each
+/// command is allowed what it would be allowed alone (`max_response`), so
+/// this bounds how many commands a batch holds ([`commands_per_batch`]; 63
+/// at the default 4 MiB). With one batch out per leader
+/// ([`BATCHES_IN_FLIGHT`]), this is the most a follower buffers for
+/// batches, past what its lone requests may (`max_requests_per_peer ×
+/// max_response`). Holding a batch to those slots instead (64 MiB, 15
+/// commands) halved a follower's commands/s at 64 callers and more
+/// (docs/benchmarks.md); reading a batch's answer one entry at a time would
+/// keep both.
+pub(crate) const MAX_BATCH_ANSWER: usize = 256 << 20;
 
 /// Fewest commands worth a batch: when a batch's answer budget holds fewer
 /// (a `max_response` of more than a third of it), commands go alone.
@@ -96,19 +100,12 @@ const ANSWER_FRAME: usize = 64;
 /// braces, a comma, with room to spare.
 const ANSWER_OVERHEAD: usize = 1024;
 
-/// Most bytes of one batch's answer this node reads when one command alone
-/// may answer `max_response` bytes and `requests_per_peer` requests may be
-/// out to the leader at once: no more than those requests could hold alone,
-/// and no more than [`MAX_BATCH_ANSWER`].
-pub(crate) fn answer_budget(max_response: usize, requests_per_peer: usize) -> usize {
-    max_response.saturating_mul(requests_per_peer.max(1)).min(MAX_BATCH_ANSWER)
-}
-
-/// Most commands in one batch: as many as [`answer_budget`] holds at
-/// `max_response` each, at most [`MAX_BATCH`]. Below [`MIN_BATCH`],
-/// commands go alone.
-pub(crate) fn commands_per_batch(max_response: usize, requests_per_peer: usize) -> usize {
-    let budget = answer_budget(max_response, requests_per_peer).saturating_sub(ANSWER_FRAME);
+/// Most commands in one batch when one command alone may answer
+/// `max_response` bytes: as many as [`MAX_BATCH_ANSWER`] holds at that
+/// much each, at most [`MAX_BATCH`]. Below [`MIN_BATCH`], commands go
+/// alone.
+pub(crate) fn commands_per_batch(max_response: usize) -> usize {
+    let budget = MAX_BATCH_ANSWER - ANSWER_FRAME;
     (budget / max_response.saturating_add(ANSWER_OVERHEAD)).min(MAX_BATCH)
 }
 
@@ -264,9 +261,6 @@ pub(crate) struct Route<'a> {
     pub(crate) max_request: usize,
     /// What one command's answer may take alone.
     pub(crate) max_response: usize,
-    /// Most requests out to one peer address at once
-    /// (`max_requests_per_peer`).
-    pub(crate) requests_per_peer: usize,
     /// Time an answer has to travel back, past the attempt's budget.
     pub(crate) grace: Duration,
     pub(crate) stats: &'a Arc<CommandStats>,
@@ -306,7 +300,7 @@ impl Batches {
         wait_until: Instant,
         abandon: impl Fn(u64, Instant) -> Abandon,
     ) -> Batched {
-        let per_batch = commands_per_batch(route.max_response, route.requests_per_peer);
+        let per_batch = commands_per_batch(route.max_response);
         if request.retry || per_batch < MIN_BATCH {
             return Batched::Alone(None);
         }
@@ -740,30 +734,25 @@ mod tests {
         assert!(queue.pending.lock().unwrap().entries.is_empty());
     }
 
-    /// A batch holds as many commands as its answer budget allows at what
-    /// each may answer alone; that budget is no more than the request
-    /// slots to a peer could hold alone, nor [`MAX_BATCH_ANSWER`] (review
-    /// finding: 63 × 4 MiB could be buffered for one answer). Fewer than
+    /// A batch holds as many commands as [`MAX_BATCH_ANSWER`] allows at
+    /// what each may answer alone, at most [`MAX_BATCH`]; fewer than
     /// [`MIN_BATCH`] go alone.
     #[test]
     fn a_batch_answer_limit_covers_each_commands_own_limit() {
         let cases = [
-            (4 << 20, 16, 15),
-            (1 << 20, 16, 15),
-            (1 << 20, 64, 63),
-            (1 << 20, 4, 3),
-            (64 << 10, 4096, MAX_BATCH),
-            (40 << 20, 16, 1),
-            (1 << 30, 16, 0),
+            (4 << 20, 63),
+            (1 << 20, 255),
+            (64 << 10, MAX_BATCH),
+            (64 << 20, 3),
+            (100 << 20, 2),
+            (1 << 30, 0),
         ];
-        for (max_response, slots, want) in cases {
-            let n = commands_per_batch(max_response, slots);
-            assert_eq!(n, want, "{max_response} × {slots}");
+        for (max_response, want) in cases {
+            let n = commands_per_batch(max_response);
+            assert_eq!(n, want, "{max_response}");
             let limit = answer_limit(n, max_response);
             assert!(limit >= n * max_response, "{max_response}: {limit}");
-            assert!(limit <= answer_budget(max_response, slots), "{max_response}: {limit}");
-            assert!(answer_budget(max_response, slots) <= max_response * slots);
-            assert!(answer_budget(max_response, slots) <= MAX_BATCH_ANSWER);
+            assert!(limit <= MAX_BATCH_ANSWER, "{max_response}: {limit}");
         }
         // Filled no further than that.
         let queue = queue();

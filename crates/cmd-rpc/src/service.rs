@@ -551,7 +551,6 @@ impl<S: StateMachine> CommandService<S> {
             term,
             max_request: self.config.max_request,
             max_response: self.config.max_response,
-            requests_per_peer: self.config.max_requests_per_peer,
             grace,
             stats: &self.stats,
             moved: &moved,

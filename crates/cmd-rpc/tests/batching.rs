@@ -540,21 +540,15 @@ async fn the_leader_runs_a_bounded_number_of_batched_commands_at_once() {
     stop(nodes).await;
 }
 
-/// Review finding: a batch's answer was read up to `max_response` per
-/// command, up to 63 commands at the default 4 MiB (~252 MiB buffered for
-/// one answer). A batch's answer now holds no more than the follower's
-/// request slots to the leader could hold alone (`max_requests_per_peer ×
-/// max_response`). With 4 slots of 1 MiB, a batch holds at most 3
-/// commands (4 answers of 1 MiB plus their framing do not fit); 32 callers
-/// at once are answered each once, in batches of at most 3.
+/// A batch's answer is read up to `max_response` per command, within
+/// 256 MiB in all, so a batch holds no more commands than that allows:
+/// with 64 MiB per answer, at most 3 (4 answers of 64 MiB plus their
+/// framing do not fit); 32 callers at once are answered each once, in
+/// batches of at most 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_answer_holds_no_more_than_the_peers_request_slots() {
+async fn a_batch_holds_no_more_answers_than_its_budget() {
     let net = MemNetwork::new();
-    let config = CommandConfig {
-        max_response: 1 << 20,
-        max_requests_per_peer: 4,
-        ..CommandConfig::default()
-    };
+    let config = CommandConfig { max_response: 64 << 20, ..CommandConfig::default() };
     let (nodes, _faults) = cluster(&net, config, 90).await;
     let leader = leader_of(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];
@@ -577,9 +571,8 @@ async fn a_batch_answer_holds_no_more_than_the_peers_request_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_go_alone_when_a_batch_would_hold_too_few() {
     let net = MemNetwork::new();
-    // 16 slots of 40 MiB would allow 640 MiB: above the fixed cap, which
-    // holds one 40 MiB answer.
-    let config = CommandConfig { max_response: 40 << 20, ..CommandConfig::default() };
+    // 256 MiB holds two answers of 100 MiB.
+    let config = CommandConfig { max_response: 100 << 20, ..CommandConfig::default() };
     let (nodes, _faults) = cluster(&net, config, 100).await;
     let leader = leader_of(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];

@@ -261,6 +261,9 @@ impl From<RpcError> for Error {
             ErrorCode::SequenceReused | ErrorCode::SessionExpired | ErrorCode::UnknownSession => {
                 Error::Timeout(message)
             }
+            // Never sent to the leader by the deadline: not applied, and
+            // the deadline passed; `execute` again tries once more.
+            ErrorCode::NotStarted => Error::Timeout(message),
             _ => Error::network_from(message, err),
         }
     }
@@ -294,7 +297,7 @@ mod tests {
         };
         // (code, next without / with an earlier unknown attempt, the
         // caller's error when the operation ends on it without `Lost`).
-        let cases: [(&str, AfterSession, AfterSession, &str); 8] = [
+        let cases: [(&str, AfterSession, AfterSession, &str); 9] = [
             ("session_expired", NewSession, Lost, "timeout"),
             ("unknown_session", NewSession, Lost, "timeout"),
             ("sequence_reused", NewSession, Lost, "timeout"),
@@ -303,6 +306,7 @@ mod tests {
             ("answer_not_kept", Pass, Pass, "answer_not_kept"),
             ("not_leader", Pass, Pass, "network"),
             ("bad_request", Pass, Pass, "network"),
+            ("not_started", Pass, Pass, "timeout"),
         ];
         for (wire, fresh, after_unknown, caller) in cases {
             let code = ErrorCode::from_wire(wire);
