@@ -81,6 +81,9 @@ pub struct Operation<S: StateMachine> {
     session: Option<(ClientId, u64)>,
     /// An earlier attempt ended without a known outcome.
     maybe_applied: bool,
+    /// An attempt heard that the command was applied, its answer not
+    /// kept: every later call says so without sending it again.
+    applied: bool,
     /// Why the outcome can no longer be learned, once that is so.
     lost: Option<String>,
 }
@@ -90,6 +93,7 @@ impl<S: StateMachine> std::fmt::Debug for Operation<S> {
         f.debug_struct("Operation")
             .field("session", &self.session)
             .field("maybe_applied", &self.maybe_applied)
+            .field("applied", &self.applied)
             .field("lost", &self.lost)
             .finish_non_exhaustive()
     }
@@ -97,7 +101,14 @@ impl<S: StateMachine> std::fmt::Debug for Operation<S> {
 
 impl<S: StateMachine> Operation<S> {
     pub(crate) fn new(inner: Arc<Inner<S>>, command: Box<RawValue>) -> Operation<S> {
-        Operation { inner, command, session: None, maybe_applied: false, lost: None }
+        Operation {
+            inner,
+            command,
+            session: None,
+            maybe_applied: false,
+            applied: false,
+            lost: None,
+        }
     }
 
     /// Executes the command, or, after an earlier error, tries again to
@@ -119,6 +130,9 @@ impl<S: StateMachine> Operation<S> {
         self.inner.check_running()?;
         if let Some(why) = &self.lost {
             return Err(Error::OutcomeUnknown(why.clone()));
+        }
+        if self.applied {
+            return Err(Error::AnswerNotKept);
         }
         let deadline = Instant::now() + deadline;
         let service = &self.inner.service;
@@ -149,8 +163,13 @@ impl<S: StateMachine> Operation<S> {
                     Ok(response) => return decode_answer(response.result.get()),
                     Err(err) => err,
                 };
-            if !err.outcome_unknown() {
-                self.maybe_applied = earlier;
+            match applied_after(&err, earlier) {
+                Applied::Yes => {
+                    self.applied = true;
+                    return Err(Error::from(err));
+                }
+                Applied::Maybe => self.maybe_applied = true,
+                Applied::No => self.maybe_applied = false,
             }
             match after_session(&err.code(), earlier) {
                 // Nothing of this command was applied: a new session is
@@ -185,6 +204,30 @@ impl<S: StateMachine> Drop for Operation<S> {
         if let Some((client, seq)) = self.session.take() {
             self.inner.sessions.give_back(client, seq + 1);
         }
+    }
+}
+
+/// Whether a command may have been applied once an attempt of it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Applied {
+    /// No attempt of it was applied.
+    No,
+    /// An attempt may have been.
+    Maybe,
+    /// It was (its answer was not kept, or too large to read here).
+    Yes,
+}
+
+/// What is known of the command after an attempt failed with `err`,
+/// `earlier` saying whether an earlier attempt may have been applied.
+/// `answer_not_kept` is a known outcome that says *applied*: taking it for
+/// "not applied, as before" let a later call, after the session expired,
+/// move the command to a new session and apply it again (review finding).
+fn applied_after(err: &RpcError, earlier: bool) -> Applied {
+    match err.code() {
+        ErrorCode::AnswerNotKept => Applied::Yes,
+        _ if err.outcome_unknown() || earlier => Applied::Maybe,
+        _ => Applied::No,
     }
 }
 
@@ -315,6 +358,36 @@ mod tests {
             let body = ErrorBody { code, message: "m".to_owned(), leader: None };
             let err = Error::from(RpcError::from_remote(409, body));
             assert_eq!(kind(err), caller, "{wire}");
+        }
+    }
+
+    /// Review finding: an attempt that heard `answer_not_kept` (applied)
+    /// left the operation believing nothing was applied, so a later call
+    /// whose session had expired moved the command to a new session and
+    /// applied it a second time.
+    #[test]
+    fn an_answer_not_kept_means_applied_for_every_later_call() {
+        let remote = |wire: &str| {
+            let body = ErrorBody {
+                code: ErrorCode::from_wire(wire),
+                message: "m".to_owned(),
+                leader: None,
+            };
+            RpcError::from_remote(409, body)
+        };
+        let cases = [
+            (remote("answer_not_kept"), false, Applied::Yes),
+            (remote("answer_not_kept"), true, Applied::Yes),
+            (RpcError::AnswerNotKept, false, Applied::Yes),
+            (RpcError::AnswerTooLarge { leader: "l".to_owned(), limit: 1 }, false, Applied::Yes),
+            (remote("session_expired"), false, Applied::No),
+            (remote("session_expired"), true, Applied::Maybe),
+            (remote("not_leader"), false, Applied::No),
+            (remote("timeout"), false, Applied::Maybe),
+            (remote("stale_sequence"), false, Applied::Maybe),
+        ];
+        for (err, earlier, want) in cases {
+            assert_eq!(applied_after(&err, earlier), want, "{err}, earlier {earlier}");
         }
     }
 
