@@ -34,7 +34,8 @@ pub enum Error {
     /// kept expiring before it reached them, within the sessions an
     /// operation moves through). The command may still be applied;
     /// nothing is applied twice, and executing the same operation again
-    /// learns its outcome.
+    /// learns its outcome (or, if its session expired meanwhile, that it
+    /// can no longer be learned: [`Error::OutcomeUnknown`]).
     #[error("no outcome within the deadline; the command may still be applied: {0}")]
     Timeout(String),
     /// The command may or may not have been applied, and this can no longer

@@ -543,8 +543,19 @@ fn raft_config(config: &Config) -> RaftConfig {
     }
 }
 
+/// The command API's settings: the defaults, with the node's deadline, and
+/// an answer limit that reads every answer a session keeps (kept answers
+/// are bounded by the cluster's session limits, which every member shares;
+/// refusing to start instead would strand a cluster whose limits were
+/// valid before the check existed, since session limits cannot change).
 fn command_config(config: &Config) -> CommandConfig {
-    CommandConfig { default_deadline: config.timing.call_deadline, ..CommandConfig::default() }
+    let defaults = CommandConfig::default();
+    let kept = config.sessions.max_answer_bytes.saturating_add(cmd_rpc::ANSWER_ENVELOPE);
+    CommandConfig {
+        default_deadline: config.timing.call_deadline,
+        max_response: defaults.max_response.max(kept),
+        ..defaults
+    }
 }
 
 /// Waits for the first view of the tailnet.
