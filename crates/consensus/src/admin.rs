@@ -61,8 +61,10 @@ pub use raft_core::backup::{BackupInfo, BackupMember};
 
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::{Inner, Member, MemberRole, members_of, tagged_online};
+use crate::node::Inner;
+use crate::report::{Member, MemberRole};
 use crate::transfer::{self, TransferError};
+use crate::view::tagged_online;
 
 /// The token's file in the state directory.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -244,7 +246,7 @@ fn members<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     let m = inner.raft().metrics();
     AdminResponse::json(
         200,
-        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": members_of(inner) }),
+        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": inner.members() }),
     )
 }
 
@@ -362,7 +364,7 @@ fn remaining_voters(
 async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let request: RemoveBody = parse(body)?;
     refuse_unless_running(inner)?;
-    let members = members_of(inner);
+    let members = inner.members();
     let target = resolve(&members, &request.node)?;
     let id = target.id;
     if id == inner.id {
@@ -382,10 +384,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let m = raft.metrics();
     let deadline = Instant::now() + inner.config.timing.call_deadline;
     let removed = |id: u64| {
-        AdminResponse::json(
-            200,
-            &serde_json::json!({ "removed": id, "members": members_of(inner) }),
-        )
+        AdminResponse::json(200, &serde_json::json!({ "removed": id, "members": inner.members() }))
     };
     if m.role == raft_core::Role::Leader {
         let view = inner.view();
@@ -482,7 +481,7 @@ struct TransferBody {
 async fn transfer_leader<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let request: TransferBody = parse(body)?;
     refuse_unless_running(inner)?;
-    let members = members_of(inner);
+    let members = inner.members();
     let to = match &request.to {
         Some(name) => Some(resolve(&members, name)?.id),
         None => None,

@@ -38,14 +38,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use ts_discovery::{ClusterView, TailnetNode};
 
-use crate::config::BootstrapOptions;
+use crate::config::{BootstrapOptions, Config};
 use crate::decide::bootstrap::{
     Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide, unbind,
     waiting_for, wants_promises,
 };
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::{Inner, join_ports, tagged};
+use crate::node::Inner;
+use crate::view::tagged;
 
 /// What a node without raft state holds under its bootstrap lock.
 #[derive(Debug, Default)]
@@ -939,6 +940,15 @@ pub(crate) fn check_answer(answer: &ProbeResponse, stable_id: &str) -> Result<()
         }
         _ => Ok(()),
     }
+}
+
+/// Ports to try on a peer's command API (probes and joins).
+pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
+    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
+    ports.extend(&config.seed_command_ports);
+    let mut seen = BTreeMap::new();
+    ports.retain(|p| seen.insert(*p, ()).is_none());
+    ports
 }
 
 /// The leader `hint` names, reached at the addresses `view` gives its node:

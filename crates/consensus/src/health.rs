@@ -23,7 +23,8 @@
 use serde::Serialize;
 
 use crate::machine::StateMachine;
-use crate::node::{Inner, Role};
+use crate::node::Inner;
+use crate::report::{Role, metrics_of};
 
 /// What readiness is decided on.
 #[derive(Clone, Debug)]
@@ -169,7 +170,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
 pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
     let raft = inner.raft();
     let m = raft.metrics();
-    let metrics = crate::node::Consensus::<S>::metrics_from(&m);
+    let metrics = metrics_of(&m);
     let committed = inner.committed.load(std::sync::atomic::Ordering::Relaxed);
     readiness(&Inputs {
         fatal: metrics.fatal.clone(),

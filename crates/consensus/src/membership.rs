@@ -17,10 +17,10 @@ use raft_core::NodeInfo;
 use tokio::task::JoinSet;
 use ts_discovery::ClusterView;
 
-use crate::bootstrap::check_answer;
+use crate::bootstrap::{check_answer, join_ports};
 use crate::decide::membership::{Action, Inputs, Member, Probed, Tagged, plan, to_probe};
 use crate::machine::StateMachine;
-use crate::node::{Inner, join_ports};
+use crate::node::Inner;
 
 /// Time a tagged node has to answer the leader's probe.
 const PROBE: Duration = Duration::from_secs(1);

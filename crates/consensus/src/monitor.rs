@@ -17,7 +17,8 @@ use ts_transport::{PeerAddr, TcpTransport, Transport};
 
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::{Inner, Member, Metrics, members_of};
+use crate::node::Inner;
+use crate::report::{Member, Metrics, metrics_of};
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,7 +37,7 @@ pub(crate) struct Status {
 
 pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
     let raft = inner.raft().metrics();
-    let metrics = crate::node::Consensus::<S>::metrics_from(&raft);
+    let metrics = metrics_of(&raft);
     let committed = inner.committed.load(Ordering::Relaxed);
     let node = inner.raft();
     Status {
@@ -47,7 +48,7 @@ pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
         tag: inner.tag.clone(),
         metrics,
         committed_index: (committed != u64::MAX).then_some(committed),
-        members: members_of(inner),
+        members: inner.members(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! A running consensus node: the handle users hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,9 +22,11 @@ use crate::bootstrap::BootState;
 use crate::config::{BootstrapOptions, Config};
 use crate::decide;
 use crate::error::Error;
-use crate::machine::{Adapter, Answer, StateMachine};
+use crate::machine::{Adapter, StateMachine, decode_answer};
 use crate::metrics::{Counters, CountingTransport, Port};
 use crate::operation::{Operation, SessionPool};
+use crate::report::{Member, Metrics, members_of, metrics_of};
+use crate::view::{tagged, tagged_online};
 use crate::{admin, campaign, membership, monitor};
 
 /// How fresh a read must be.
@@ -35,108 +37,6 @@ pub enum Consistency {
     Linearizable,
     /// Whatever this node has applied; may be behind.
     Local,
-}
-
-/// A member's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    /// Votes and may lead.
-    Voter,
-    /// Receives the log; becomes a voter once caught up.
-    Learner,
-}
-
-/// One member of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Member {
-    /// Raft id: derived from the stable tailnet id and the incarnation (a
-    /// node that lost its state comes back under a new one).
-    pub id: u64,
-    /// The stable tailnet id.
-    pub stable_id: String,
-    /// Its hostname, if the tailnet view knows it.
-    pub hostname: Option<String>,
-    /// Its addresses.
-    pub addrs: Vec<IpAddr>,
-    /// Raft port.
-    pub raft_port: u16,
-    /// Command port.
-    pub command_port: u16,
-    /// Voter or learner.
-    pub role: MemberRole,
-    /// Whether it leads.
-    pub leader: bool,
-    /// Its tags, as the tailnet view shows them.
-    pub tags: Vec<String>,
-    /// Whether the tailnet shows it online.
-    pub online: bool,
-    /// On the leader: the last index replicated to it.
-    pub matched_index: Option<u64>,
-}
-
-/// This node's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Leads.
-    Leader,
-    /// Follows.
-    Follower,
-    /// Campaigning.
-    Candidate,
-    /// Not (yet) a voter.
-    Learner,
-    /// Stopped.
-    Stopped,
-}
-
-/// A point-in-time view of this node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Metrics {
-    /// This node's raft id.
-    pub id: u64,
-    /// Its role.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// The leader's id, if known.
-    pub leader: Option<u64>,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Last applied index.
-    pub applied_index: Option<u64>,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Voters.
-    pub voters: usize,
-    /// Learners.
-    pub learners: usize,
-    /// Why the node stopped, if a fatal error stopped it (its state machine
-    /// panicked or refused a snapshot, its storage failed, raft's core
-    /// died). Such a node serves nothing until it is restarted.
-    pub fatal: Option<String>,
-}
-
-fn metrics_of(m: &raft_core::NodeMetrics) -> Metrics {
-    Metrics {
-        id: m.id,
-        role: match m.role {
-            raft_core::Role::Leader => Role::Leader,
-            raft_core::Role::Follower => Role::Follower,
-            raft_core::Role::Candidate => Role::Candidate,
-            raft_core::Role::Learner => Role::Learner,
-            raft_core::Role::Shutdown => Role::Stopped,
-        },
-        term: m.term,
-        leader: m.leader,
-        last_log_index: m.last_log_index,
-        applied_index: m.last_applied,
-        snapshot_index: m.snapshot,
-        voters: m.voters.len(),
-        learners: m.learners.len(),
-        fatal: m.fatal.clone(),
-    }
 }
 
 /// Whether to stay in the configuration when stopping.
@@ -194,6 +94,11 @@ impl<S: StateMachine> Inner<S> {
         self.discovery.current()
     }
 
+    /// Every member with its role, tags and liveness.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        members_of(&self.raft().metrics(), self.view().as_deref(), self.id)
+    }
+
     /// The view, if it is fresh enough to act on.
     pub(crate) fn fresh_view(&self) -> Option<Arc<ClusterView>> {
         let state = self.discovery.state().borrow().clone();
@@ -210,20 +115,6 @@ impl<S: StateMachine> Inner<S> {
             None => Ok(()),
         }
     }
-}
-
-/// Whether `stable_id` is tagged and online in `view` (this node counts as
-/// online).
-pub(crate) fn tagged_online(view: &ClusterView, stable_id: &str) -> bool {
-    (view.self_node.id.0 == stable_id && view.self_tagged())
-        || view.members.values().any(|n| n.id.0 == stable_id && n.online)
-}
-
-/// Whether `stable_id` is tagged in `view`, online or not (this node
-/// included).
-pub(crate) fn tagged(view: &ClusterView, stable_id: &str) -> bool {
-    (view.self_node.id.0 == stable_id && view.self_tagged())
-        || view.members.values().any(|n| n.id.0 == stable_id)
 }
 
 /// The refusal of a confirm by a node that has not heard from every tagged,
@@ -833,7 +724,7 @@ impl<S: StateMachine> Consensus<S> {
 
     /// Every member with its role, tags and liveness.
     pub fn members(&self) -> Vec<Member> {
-        members_of(&self.inner)
+        self.inner.members()
     }
 
     /// Asks the leader to remove a member from the configuration.
@@ -856,10 +747,6 @@ impl<S: StateMachine> Consensus<S> {
     /// This node's metrics now.
     pub fn metrics(&self) -> Metrics {
         metrics_of(&self.inner.raft().metrics())
-    }
-
-    pub(crate) fn metrics_from(m: &raft_core::NodeMetrics) -> Metrics {
-        metrics_of(m)
     }
 
     /// Metrics as they change.
@@ -983,55 +870,6 @@ impl<S: StateMachine> Consensus<S> {
     }
 }
 
-/// Decodes a state machine answer.
-pub(crate) fn decode_answer<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
-    match serde_json::from_str::<Answer<T>>(json) {
-        Ok(Answer::Ok(value)) => Ok(value),
-        Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),
-        Err(e) => Err(Error::Rejected(format!("answer does not decode: {e}"))),
-    }
-}
-
 async fn shutdown_service<S: StateMachine>(service: Arc<CommandService<Adapter<S>>>) {
     service.node().shutdown().await;
-}
-
-pub(crate) fn members_of<S: StateMachine>(inner: &Inner<S>) -> Vec<Member> {
-    let m = inner.raft().metrics();
-    let view = inner.view();
-    m.nodes
-        .iter()
-        .map(|(id, node)| {
-            let seen = view.as_ref().and_then(|v| {
-                if v.self_node.id.0 == node.stable_id {
-                    Some(v.self_node.clone())
-                } else {
-                    v.members.values().find(|n| n.id.0 == node.stable_id).cloned()
-                }
-            });
-            let is_self = *id == inner.id;
-            Member {
-                id: *id,
-                stable_id: node.stable_id.clone(),
-                hostname: seen.as_ref().map(|n| n.hostname.clone()),
-                addrs: node.addrs.clone(),
-                raft_port: node.raft_port,
-                command_port: node.command_port,
-                role: if m.voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
-                leader: m.leader == Some(*id),
-                tags: seen.as_ref().map(|n| n.tags.iter().cloned().collect()).unwrap_or_default(),
-                online: is_self || seen.as_ref().is_some_and(|n| n.online),
-                matched_index: m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()),
-            }
-        })
-        .collect()
-}
-
-/// Ports to try on a peer's command API (probes and joins).
-pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
-    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
-    ports.extend(&config.seed_command_ports);
-    let mut seen = BTreeMap::new();
-    ports.retain(|p| seen.insert(*p, ()).is_none());
-    ports
 }
