@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
-    ConfirmRequest, ConfirmResponse, LeaderHint, PageServer, Peers, ProbeFuture, ProbeRequest,
-    ProbeResponse, ProbeState, ReadRequest, RemoveRequest, RpcError,
+    ConfirmRequest, PageServer, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest,
 };
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -18,15 +17,14 @@ use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 
-use crate::bootstrap::BootState;
+use crate::bootstrap::Boot;
 use crate::config::{BootstrapOptions, Config};
-use crate::decide;
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine, decode_answer};
 use crate::metrics::{Counters, CountingTransport, Port};
 use crate::operation::{Operation, SessionPool};
 use crate::report::{Member, Metrics, members_of, metrics_of};
-use crate::view::{tagged, tagged_online};
+use crate::view::tagged_online;
 use crate::{admin, campaign, membership, monitor};
 
 /// How fresh a read must be.
@@ -73,8 +71,8 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) membership_probes: Mutex<HashMap<String, Instant>>,
     /// The bootstrap lock: the promise this node holds and the cluster it
     /// forms; answering probes and confirms, granting, binding, joining and
-    /// forming happen under it.
-    pub(crate) boot: Arc<tokio::sync::Mutex<BootState>>,
+    /// forming happen under it (crate::bootstrap).
+    pub(crate) boot: Boot,
     /// What `/metrics` counts here (crate::metrics).
     pub(crate) counters: Arc<Counters>,
     /// The operator's endpoint, if served (crate::admin).
@@ -117,55 +115,14 @@ impl<S: StateMachine> Inner<S> {
     }
 }
 
-/// The refusal of a confirm by a node that has not heard from every tagged,
-/// online peer of its view yet (it may be about to learn of a cluster it
-/// must join, and must not bind itself to anything before).
-fn not_ready() -> RpcError {
-    RpcError::Unavailable("starting: this node has not heard from every tagged peer yet".to_owned())
-}
-
-/// The leader this node knows, as a hint for others.
-pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint> {
-    let id = metrics.leader?;
-    metrics.nodes.get(&id).map(|node| LeaderHint { id, node: node.clone() })
-}
-
 /// What the command API asks the facade about callers, answered from the
-/// tailnet view, and the bootstrap probe and confirm, answered under the
-/// bootstrap lock ([`decide::bootstrap::answer`],
-/// [`decide::bootstrap::confirm`]).
+/// tailnet view, and the bootstrap probe and confirm, answered by the
+/// bootstrap part ([`Boot::probe`], [`Boot::confirm`]).
 struct FacadePeers<S: StateMachine> {
     raft: Arc<RaftNode<Adapter<S>>>,
     discovery: Arc<dyn Discovery>,
     max_staleness: Duration,
-    boot: Arc<tokio::sync::Mutex<BootState>>,
-}
-
-impl<S: StateMachine> FacadePeers<S> {
-    /// Whether the holder of this node's promise is still tagged in its
-    /// view; with a stale view, yes (a promise is kept, failing closed).
-    fn holder_tagged(&self, holder: Option<&str>) -> bool {
-        let state = self.discovery.state().borrow().clone();
-        let stale = state.is_stale(self.max_staleness);
-        holder.is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)))
-    }
-
-    /// The leader a probe's answer names: the known leader; for a binder
-    /// (a cluster id, no configuration yet) the cluster's former. A member
-    /// with a configuration that knows no leader names none: naming the
-    /// former there would let a former that lost its state read its own
-    /// name and resume forming the running cluster, instead of joining it
-    /// as a new incarnation once a leader is elected.
-    fn named_leader(&self) -> Option<LeaderHint> {
-        let metrics = self.raft.metrics();
-        leader_hint(&metrics).or_else(|| {
-            if metrics.voters.is_empty() {
-                self.raft.former().map(|(id, node)| LeaderHint { id, node })
-            } else {
-                None
-            }
-        })
-    }
+    boot: Boot,
 }
 
 impl<S: StateMachine> Peers for FacadePeers<S> {
@@ -239,103 +196,17 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
     }
 
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
-        Box::pin(async move {
-            let mut boot = self.boot.lock().await;
-            // A node that is not ready answers what it is (fresh, holding
-            // no promise, or a member once it stored a cluster id) and
-            // grants nothing: its answer lets a peer starting with it
-            // become ready.
-            let ready = boot.ready;
-            let state = self.discovery.state().borrow().clone();
-            let stale = state.is_stale(self.max_staleness);
-            let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
-            let me = self.raft.info().stable_id.clone();
-            let cluster_id = self.raft.cluster_id();
-            let (holding, reply) = decide::bootstrap::answer(&decide::bootstrap::Probe {
-                me: &me,
-                member: cluster_id.is_some(),
-                holding: boot.promise.as_ref(),
-                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
-                caller: &caller.stable_id,
-                caller_live: !stale && live(&caller.stable_id),
-                wants_promise: request.promise && ready,
-            });
-            if holding != boot.promise {
-                tracing::info!(from = ?boot.promise, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
-            }
-            boot.promise = holding;
-            let state = match (cluster_id, reply) {
-                (Some(cluster_id), _) => {
-                    ProbeState::Member { cluster_id, leader: self.named_leader() }
-                }
-                (None, decide::bootstrap::Reply::Fresh { promised_to }) => {
-                    ProbeState::Fresh { promised_to }
-                }
-                (None, decide::bootstrap::Reply::Member) => ProbeState::Fresh { promised_to: None },
-            };
-            Ok(ProbeResponse {
-                id: self.raft.id(),
-                incarnation: self.raft.incarnation(),
-                node: self.raft.info().clone(),
-                state,
-            })
-        })
+        Box::pin(self.boot.probe(&self.raft, &*self.discovery, self.max_staleness, caller, request))
     }
 
     fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
-        Box::pin(async move {
-            let mut boot = self.boot.lock().await;
-            let stored = self.raft.cluster_id();
-            // A node that decided to join a cluster confirms its former
-            // (below) whether it is ready or not; a free one binds itself
-            // only once ready.
-            if !boot.ready && stored.is_none() {
-                return Err(not_ready());
-            }
-            let me = self.raft.info().stable_id.clone();
-            let former = self.raft.former().map(|(_, node)| node.stable_id);
-            let has_state = self.raft.is_initialized().await;
-            let sealed = match self.raft.sealed_to() {
-                None => decide::bootstrap::Sealed::No,
-                Some(id) if id == request.id => decide::bootstrap::Sealed::ToCaller,
-                Some(_) => decide::bootstrap::Sealed::ToOther,
-            };
-            let step = decide::bootstrap::confirm(&decide::bootstrap::ConfirmCall {
-                has_state,
-                stored: stored.as_ref().map(|c| (c, former.as_ref())),
-                holding: boot.promise.as_ref(),
-                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
-                sealed,
-                caller: &caller.stable_id,
-                cluster: &request.cluster_id,
-                seal: request.seal,
-            });
-            match step {
-                decide::bootstrap::Confirmation::Refuse(why) => {
-                    tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, %why, "refused to confirm a cluster being formed");
-                    Err(RpcError::NotConfirmed(format!("{me} {why}")))
-                }
-                decide::bootstrap::Confirmation::Bind
-                | decide::bootstrap::Confirmation::Again
-                | decide::bootstrap::Confirmation::Seal => {
-                    let (cluster, id, node) =
-                        (request.cluster_id, request.id, request.node.clone());
-                    let stored = if step == decide::bootstrap::Confirmation::Seal {
-                        self.raft.seal(cluster, id, node).await
-                    } else {
-                        self.raft.bind(cluster, id, node).await
-                    };
-                    stored.map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
-                    boot.promise = None;
-                    Ok(ConfirmResponse {
-                        cluster_id: request.cluster_id,
-                        id: self.raft.id(),
-                        incarnation: self.raft.incarnation(),
-                        node: self.raft.info().clone(),
-                    })
-                }
-            }
-        })
+        Box::pin(self.boot.confirm(
+            &self.raft,
+            &*self.discovery,
+            self.max_staleness,
+            caller,
+            request,
+        ))
     }
 }
 
@@ -576,7 +447,7 @@ impl<S: StateMachine> Consensus<S> {
         })?;
         let id = raft.id();
         let raft = Arc::new(raft);
-        let boot = Arc::new(tokio::sync::Mutex::new(BootState::default()));
+        let boot = Boot::default();
         let peers = FacadePeers {
             raft: raft.clone(),
             discovery: discovery.clone(),
