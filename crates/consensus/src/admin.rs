@@ -219,7 +219,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     // The monitor refreshes the committed index every 500 ms; an operator
     // asking wants it now.
     if let Some(committed) = inner.raft().committed_index().await {
-        inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
+        inner.monitor.set_committed(committed);
     }
     crate::health::refresh_leader_commit(inner).await;
     let mut value =

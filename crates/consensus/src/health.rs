@@ -145,7 +145,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
     else {
         return;
     };
-    let last = *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner());
+    let last = inner.monitor.leader_committed();
     if last.is_some_and(|(_, at)| at.elapsed() < LEADER_COMMIT_EVERY) {
         return;
     }
@@ -159,8 +159,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
         .await;
     match answer {
         Ok(answer) => {
-            *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((answer.index, Instant::now()));
+            inner.monitor.set_leader_committed(answer.index, Instant::now());
         }
         Err(err) => tracing::debug!(error = %err, "no read index from the leader for readiness"),
     }
@@ -171,7 +170,6 @@ pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
     let raft = inner.raft();
     let m = raft.metrics();
     let metrics = metrics_of(&m);
-    let committed = inner.committed.load(std::sync::atomic::Ordering::Relaxed);
     readiness(&Inputs {
         fatal: metrics.fatal.clone(),
         has_cluster: raft.cluster_id().is_some(),
@@ -179,11 +177,10 @@ pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
         role: metrics.role,
         leader: metrics.leader,
         applied: metrics.applied_index,
-        committed: (committed != u64::MAX).then_some(committed),
+        committed: inner.monitor.committed(),
         leader_committed: inner
-            .leader_committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .monitor
+            .leader_committed()
             .filter(|(_, at)| at.elapsed() < LEADER_COMMIT_FRESH)
             .map(|(index, _)| index),
         millis_since_quorum_ack: m.millis_since_quorum_ack,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
-    ConfirmRequest, PageServer, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest,
+    ConfirmRequest, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest,
 };
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -22,6 +22,7 @@ use crate::config::{BootstrapOptions, Config};
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine, decode_answer};
 use crate::metrics::{Counters, CountingTransport, Port};
+use crate::monitor::Monitor;
 use crate::operation::{Operation, SessionPool};
 use crate::report::{Member, Metrics, members_of, metrics_of};
 use crate::view::tagged_online;
@@ -55,15 +56,9 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) sessions: SessionPool,
     stopped: AtomicBool,
     command_server: Mutex<Option<CommandServer>>,
-    pub(crate) monitors: Mutex<Vec<PageServer>>,
-    pub(crate) localhost_monitor_port: Mutex<Option<u16>>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
-    pub(crate) committed: std::sync::atomic::AtomicU64,
-    /// On a follower: the leader's commit index, learned through a
-    /// read-index round by the monitor's refresher, and when
-    /// (crate::health).
-    pub(crate) leader_committed: Mutex<Option<(u64, Instant)>>,
+    /// The monitor's servers and what its refresher learns (crate::monitor).
+    pub(crate) monitor: Monitor,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
     /// When each tagged node (by stable id) may next be probed by the
@@ -482,11 +477,8 @@ impl<S: StateMachine> Consensus<S> {
             sessions: SessionPool::default(),
             stopped: AtomicBool::new(false),
             command_server: Mutex::new(Some(command_server)),
-            monitors: Mutex::new(Vec::new()),
-            localhost_monitor_port: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
-            committed: std::sync::atomic::AtomicU64::new(u64::MAX),
-            leader_committed: Mutex::new(None),
+            monitor: Monitor::default(),
             owns_discovery: AtomicBool::new(false),
             membership_probes: Mutex::new(HashMap::new()),
             boot,
@@ -682,7 +674,7 @@ impl<S: StateMachine> Consensus<S> {
     /// The port of the localhost monitor (`http://127.0.0.1:<port>/`), if
     /// it is served.
     pub fn monitor_localhost_port(&self) -> Option<u16> {
-        *self.inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.monitor.localhost_port()
     }
 
     /// Stops the node. With [`StopMode::Leave`] it first leaves the
@@ -724,11 +716,7 @@ impl<S: StateMachine> Consensus<S> {
         if let Some(admin) = admin {
             admin.shutdown().await;
         }
-        let monitors: Vec<_> =
-            self.inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
-        for monitor in monitors {
-            monitor.shutdown().await;
-        }
+        self.inner.monitor.shutdown().await;
         let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(server) = server {
             server.shutdown().await;
