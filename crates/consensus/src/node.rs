@@ -1,6 +1,5 @@
 //! A running consensus node: the handle users hold.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +20,7 @@ use crate::bootstrap::Boot;
 use crate::config::{BootstrapOptions, Config};
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine, decode_answer};
+use crate::membership::Membership;
 use crate::metrics::{Counters, CountingTransport, Port};
 use crate::monitor::Monitor;
 use crate::operation::{Operation, SessionPool};
@@ -61,9 +61,9 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) monitor: Monitor,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
-    /// When each tagged node (by stable id) may next be probed by the
-    /// leader's membership reconciler.
-    pub(crate) membership_probes: Mutex<HashMap<String, Instant>>,
+    /// What the leader's membership reconciler keeps between rounds
+    /// (crate::membership).
+    pub(crate) membership: Membership,
     /// The bootstrap lock: the promise this node holds and the cluster it
     /// forms; answering probes and confirms, granting, binding, joining and
     /// forming happen under it (crate::bootstrap).
@@ -480,7 +480,7 @@ impl<S: StateMachine> Consensus<S> {
             tasks: Mutex::new(Vec::new()),
             monitor: Monitor::default(),
             owns_discovery: AtomicBool::new(false),
-            membership_probes: Mutex::new(HashMap::new()),
+            membership: Membership::default(),
             boot,
             counters: counters.clone(),
             admin: Mutex::new(None),
