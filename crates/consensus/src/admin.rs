@@ -46,7 +46,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
@@ -92,6 +92,52 @@ fn routes() -> Vec<AdminRoute> {
     ]
 }
 
+/// The admin endpoint's part of a node: its server, if served, and the
+/// restores staged through it.
+#[derive(Default)]
+pub(crate) struct Admin {
+    server: Mutex<Option<AdminServer>>,
+    /// Counts restores staged through the admin endpoint; staging and
+    /// cancelling one happen under this lock, so a watcher cancels only
+    /// the restore it was started for.
+    restore_staged: Mutex<u64>,
+}
+
+impl Admin {
+    /// The port served on 127.0.0.1, if the endpoint is served.
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.port())
+    }
+
+    /// Stops the endpoint, if it is served.
+    pub(crate) async fn shutdown(&self) {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+    }
+
+    /// Stages a restore with `stage`, under the lock; answers what it
+    /// answered and the restore's generation.
+    fn stage<T, E>(&self, stage: impl FnOnce() -> Result<T, E>) -> Result<(T, u64), E> {
+        let mut staged = self.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        let info = stage()?;
+        *staged += 1;
+        Ok((info, *staged))
+    }
+
+    /// Whether the restore staged last is `generation`.
+    fn is_staged(&self, generation: u64) -> bool {
+        *self.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) == generation
+    }
+
+    /// Runs `f` under the lock if the restore staged last is `generation`.
+    fn while_staged<R>(&self, generation: u64, f: impl FnOnce() -> R) -> Option<R> {
+        let staged = self.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        (*staged == generation).then(f)
+    }
+}
+
 /// Starts the admin endpoint if [`Config::admin_port`](crate::Config) asks
 /// for it.
 pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), Error> {
@@ -132,7 +178,7 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
         AdminLimits::default(),
     );
     tracing::info!(port, "admin endpoint on 127.0.0.1");
-    *inner.admin.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+    *inner.admin.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
     Ok(())
 }
 
@@ -623,13 +669,10 @@ async fn restore<S: StateMachine>(
             ));
         }
     }
-    let (info, generation) = {
-        let mut staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
-        let info = raft_core::backup::stage_restore(&dir, body)
-            .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
-        *staged += 1;
-        (info, *staged)
-    };
+    let (info, generation) = inner.admin.stage(|| {
+        raft_core::backup::stage_restore(&dir, body)
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why))
+    })?;
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
     if !force {
         let watcher = tokio::spawn(cancel_when_cluster_commits(Arc::downgrade(inner), generation));
@@ -752,24 +795,24 @@ async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, gen
         tokio::time::sleep(PROBE_ATTEMPT).await;
         let Some(inner) = inner.upgrade() else { return };
         let Some(dir) = inner.config.state_dir.clone() else { return };
-        if *inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) != generation {
+        if !inner.admin.is_staged(generation) {
             return;
         }
         let Ok((index, leader)) = commits_once(&inner, PROBE_ATTEMPT).await else { continue };
-        let staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
-        if *staged != generation {
-            return;
-        }
         let pending = dir.join(raft_core::backup::PENDING_RESTORE);
-        match fs::rename(&pending, dir.join(RESTORE_CANCELLED)) {
-            Ok(()) => tracing::warn!(
+        let cancelled = inner
+            .admin
+            .while_staged(generation, || fs::rename(&pending, dir.join(RESTORE_CANCELLED)));
+        match cancelled {
+            None => return,
+            Some(Ok(())) => tracing::warn!(
                 leader,
                 index,
                 "the cluster commits again: the staged restore is called off (renamed {})",
                 RESTORE_CANCELLED
             ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
+            Some(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Some(Err(err)) => {
                 tracing::error!(error = %err, "cannot call off the staged restore {}", pending.display());
                 continue;
             }

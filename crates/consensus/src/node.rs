@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 
+use crate::admin::Admin;
 use crate::bootstrap::Boot;
 use crate::config::{BootstrapOptions, Config};
 use crate::error::Error;
@@ -70,12 +71,9 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) boot: Boot,
     /// What `/metrics` counts here (crate::metrics).
     pub(crate) counters: Arc<Counters>,
-    /// The operator's endpoint, if served (crate::admin).
-    pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
-    /// Counts restores staged through the admin endpoint; staging and
-    /// cancelling one happen under this lock, so a watcher cancels only
-    /// the restore it was started for (crate::admin).
-    pub(crate) restore_staged: Mutex<u64>,
+    /// The operator's endpoint and the restores staged through it
+    /// (crate::admin).
+    pub(crate) admin: Admin,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -483,8 +481,7 @@ impl<S: StateMachine> Consensus<S> {
             membership: Membership::default(),
             boot,
             counters: counters.clone(),
-            admin: Mutex::new(None),
-            restore_staged: Mutex::new(0),
+            admin: Admin::default(),
         });
         let consensus = Consensus { inner };
         // From before the bootstrap, so that the first election counts.
@@ -648,7 +645,7 @@ impl<S: StateMachine> Consensus<S> {
     /// The port of the admin endpoint on 127.0.0.1, if it is served
     /// ([`Config::admin_port`]).
     pub fn admin_port(&self) -> Option<u16> {
-        self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.port())
+        self.inner.admin.port()
     }
 
     /// Hands this node's leadership to `to` (a voter's raft id), or to the
@@ -712,10 +709,7 @@ impl<S: StateMachine> Consensus<S> {
             task.abort();
             let _ = task.await;
         }
-        let admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(admin) = admin {
-            admin.shutdown().await;
-        }
+        self.inner.admin.shutdown().await;
         self.inner.monitor.shutdown().await;
         let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(server) = server {
