@@ -46,7 +46,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
@@ -61,8 +61,10 @@ pub use raft_core::backup::{BackupInfo, BackupMember};
 
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::{Inner, Member, MemberRole, members_of, tagged_online};
+use crate::node::Inner;
+use crate::report::{Member, MemberRole};
 use crate::transfer::{self, TransferError};
+use crate::view::tagged_online;
 
 /// The token's file in the state directory.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -88,6 +90,52 @@ fn routes() -> Vec<AdminRoute> {
         route("POST", "/v1/backup", MAX_JSON),
         route("POST", "/v1/restore", MAX_BACKUP),
     ]
+}
+
+/// The admin endpoint's part of a node: its server, if served, and the
+/// restores staged through it.
+#[derive(Default)]
+pub(crate) struct Admin {
+    server: Mutex<Option<AdminServer>>,
+    /// Counts restores staged through the admin endpoint; staging and
+    /// cancelling one happen under this lock, so a watcher cancels only
+    /// the restore it was started for.
+    restore_staged: Mutex<u64>,
+}
+
+impl Admin {
+    /// The port served on 127.0.0.1, if the endpoint is served.
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.port())
+    }
+
+    /// Stops the endpoint, if it is served.
+    pub(crate) async fn shutdown(&self) {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = server {
+            server.shutdown().await;
+        }
+    }
+
+    /// Stages a restore with `stage`, under the lock; answers what it
+    /// answered and the restore's generation.
+    fn stage<T, E>(&self, stage: impl FnOnce() -> Result<T, E>) -> Result<(T, u64), E> {
+        let mut staged = self.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        let info = stage()?;
+        *staged += 1;
+        Ok((info, *staged))
+    }
+
+    /// Whether the restore staged last is `generation`.
+    fn is_staged(&self, generation: u64) -> bool {
+        *self.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) == generation
+    }
+
+    /// Runs `f` under the lock if the restore staged last is `generation`.
+    fn while_staged<R>(&self, generation: u64, f: impl FnOnce() -> R) -> Option<R> {
+        let staged = self.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
+        (*staged == generation).then(f)
+    }
 }
 
 /// Starts the admin endpoint if [`Config::admin_port`](crate::Config) asks
@@ -130,7 +178,7 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
         AdminLimits::default(),
     );
     tracing::info!(port, "admin endpoint on 127.0.0.1");
-    *inner.admin.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+    *inner.admin.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
     Ok(())
 }
 
@@ -217,7 +265,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     // The monitor refreshes the committed index every 500 ms; an operator
     // asking wants it now.
     if let Some(committed) = inner.raft().committed_index().await {
-        inner.committed.store(committed, std::sync::atomic::Ordering::Relaxed);
+        inner.monitor.set_committed(committed);
     }
     crate::health::refresh_leader_commit(inner).await;
     let mut value =
@@ -244,7 +292,7 @@ fn members<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     let m = inner.raft().metrics();
     AdminResponse::json(
         200,
-        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": members_of(inner) }),
+        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": inner.members() }),
     )
 }
 
@@ -362,7 +410,7 @@ fn remaining_voters(
 async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let request: RemoveBody = parse(body)?;
     refuse_unless_running(inner)?;
-    let members = members_of(inner);
+    let members = inner.members();
     let target = resolve(&members, &request.node)?;
     let id = target.id;
     if id == inner.id {
@@ -382,10 +430,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let m = raft.metrics();
     let deadline = Instant::now() + inner.config.timing.call_deadline;
     let removed = |id: u64| {
-        AdminResponse::json(
-            200,
-            &serde_json::json!({ "removed": id, "members": members_of(inner) }),
-        )
+        AdminResponse::json(200, &serde_json::json!({ "removed": id, "members": inner.members() }))
     };
     if m.role == raft_core::Role::Leader {
         let view = inner.view();
@@ -482,7 +527,7 @@ struct TransferBody {
 async fn transfer_leader<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
     let request: TransferBody = parse(body)?;
     refuse_unless_running(inner)?;
-    let members = members_of(inner);
+    let members = inner.members();
     let to = match &request.to {
         Some(name) => Some(resolve(&members, name)?.id),
         None => None,
@@ -624,13 +669,10 @@ async fn restore<S: StateMachine>(
             ));
         }
     }
-    let (info, generation) = {
-        let mut staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
-        let info = raft_core::backup::stage_restore(&dir, body)
-            .map_err(|why| AdminResponse::error(500, "stage_failed", why))?;
-        *staged += 1;
-        (info, *staged)
-    };
+    let (info, generation) = inner.admin.stage(|| {
+        raft_core::backup::stage_restore(&dir, body)
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why))
+    })?;
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
     if !force {
         let watcher = tokio::spawn(cancel_when_cluster_commits(Arc::downgrade(inner), generation));
@@ -753,24 +795,24 @@ async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, gen
         tokio::time::sleep(PROBE_ATTEMPT).await;
         let Some(inner) = inner.upgrade() else { return };
         let Some(dir) = inner.config.state_dir.clone() else { return };
-        if *inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner()) != generation {
+        if !inner.admin.is_staged(generation) {
             return;
         }
         let Ok((index, leader)) = commits_once(&inner, PROBE_ATTEMPT).await else { continue };
-        let staged = inner.restore_staged.lock().unwrap_or_else(|p| p.into_inner());
-        if *staged != generation {
-            return;
-        }
         let pending = dir.join(raft_core::backup::PENDING_RESTORE);
-        match fs::rename(&pending, dir.join(RESTORE_CANCELLED)) {
-            Ok(()) => tracing::warn!(
+        let cancelled = inner
+            .admin
+            .while_staged(generation, || fs::rename(&pending, dir.join(RESTORE_CANCELLED)));
+        match cancelled {
+            None => return,
+            Some(Ok(())) => tracing::warn!(
                 leader,
                 index,
                 "the cluster commits again: the staged restore is called off (renamed {})",
                 RESTORE_CANCELLED
             ),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
+            Some(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Some(Err(err)) => {
                 tracing::error!(error = %err, "cannot call off the staged restore {}", pending.display());
                 continue;
             }

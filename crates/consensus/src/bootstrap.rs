@@ -19,10 +19,11 @@
 //! - wait: it probes again, until the start deadline, whose error names the
 //!   last reason.
 //!
-//! The bootstrap lock ([`BootState`]: the promise this node holds and the
-//! cluster it forms) is the one the facade answers probes and confirms
-//! under, so answering, granting, binding, joining and forming are each one
-//! step.
+//! The bootstrap lock ([`Boot`], the node's bootstrap part, over
+//! [`BootState`]: the promise this node holds and the cluster it forms) is
+//! also the one this node answers other nodes' probes and confirms under
+//! ([`Boot::probe`], [`Boot::confirm`]), so answering, granting, binding,
+//! joining and forming are each one step.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -30,26 +31,192 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
-    CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
+    Caller, CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
     ProbeRequest, ProbeResponse, ProbeState, RpcError, check_node,
 };
-use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, node_id};
+use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, RaftNode, node_id};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use ts_discovery::{ClusterView, TailnetNode};
+use ts_discovery::{ClusterView, Discovery, TailnetNode};
 
-use crate::config::BootstrapOptions;
+use crate::config::{BootstrapOptions, Config};
 use crate::decide::bootstrap::{
     Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide, unbind,
     waiting_for, wants_promises,
 };
 use crate::error::Error;
-use crate::machine::StateMachine;
-use crate::node::{Inner, join_ports, tagged};
+use crate::machine::{Adapter, StateMachine};
+use crate::node::Inner;
+use crate::view::{tagged, tagged_online};
+
+/// The bootstrap part of a node: its bootstrap lock, held while it starts
+/// ([`run`]) and while it answers other nodes' probes and confirms.
+#[derive(Clone, Default)]
+pub(crate) struct Boot {
+    state: Arc<tokio::sync::Mutex<BootState>>,
+}
+
+impl Boot {
+    /// Answers `POST /v1/probe` from `caller` under the bootstrap lock
+    /// ([`crate::decide::bootstrap::answer`]).
+    pub(crate) async fn probe<S: StateMachine>(
+        &self,
+        raft: &RaftNode<Adapter<S>>,
+        discovery: &dyn Discovery,
+        max_staleness: Duration,
+        caller: &Caller,
+        request: &ProbeRequest,
+    ) -> Result<ProbeResponse, RpcError> {
+        let mut boot = self.lock().await;
+        // A node that is not ready answers what it is (fresh, holding
+        // no promise, or a member once it stored a cluster id) and
+        // grants nothing: its answer lets a peer starting with it
+        // become ready.
+        let ready = boot.ready;
+        let state = discovery.state().borrow().clone();
+        let stale = state.is_stale(max_staleness);
+        let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
+        let me = raft.info().stable_id.clone();
+        let cluster_id = raft.cluster_id();
+        let (holding, reply) = crate::decide::bootstrap::answer(&crate::decide::bootstrap::Probe {
+            me: &me,
+            member: cluster_id.is_some(),
+            holding: boot.promise.as_ref(),
+            holder_tagged: holder_tagged(discovery, max_staleness, boot.promise.as_deref()),
+            caller: &caller.stable_id,
+            caller_live: !stale && live(&caller.stable_id),
+            wants_promise: request.promise && ready,
+        });
+        if holding != boot.promise {
+            tracing::info!(from = ?boot.promise, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
+        }
+        boot.promise = holding;
+        let state = match (cluster_id, reply) {
+            (Some(cluster_id), _) => ProbeState::Member { cluster_id, leader: named_leader(raft) },
+            (None, crate::decide::bootstrap::Reply::Fresh { promised_to }) => {
+                ProbeState::Fresh { promised_to }
+            }
+            (None, crate::decide::bootstrap::Reply::Member) => {
+                ProbeState::Fresh { promised_to: None }
+            }
+        };
+        Ok(ProbeResponse {
+            id: raft.id(),
+            incarnation: raft.incarnation(),
+            node: raft.info().clone(),
+            state,
+        })
+    }
+
+    /// Answers `POST /v1/confirm` from `caller` under the bootstrap lock
+    /// ([`crate::decide::bootstrap::confirm`]): binds this node to the
+    /// caller's cluster, seals that binding, or refuses.
+    pub(crate) async fn confirm<S: StateMachine>(
+        &self,
+        raft: &RaftNode<Adapter<S>>,
+        discovery: &dyn Discovery,
+        max_staleness: Duration,
+        caller: &Caller,
+        request: &ConfirmRequest,
+    ) -> Result<ConfirmResponse, RpcError> {
+        let mut boot = self.lock().await;
+        let stored = raft.cluster_id();
+        // A node that decided to join a cluster confirms its former
+        // (below) whether it is ready or not; a free one binds itself
+        // only once ready.
+        if !boot.ready && stored.is_none() {
+            return Err(not_ready());
+        }
+        let me = raft.info().stable_id.clone();
+        let former = raft.former().map(|(_, node)| node.stable_id);
+        let has_state = raft.is_initialized().await;
+        let sealed = match raft.sealed_to() {
+            None => crate::decide::bootstrap::Sealed::No,
+            Some(id) if id == request.id => crate::decide::bootstrap::Sealed::ToCaller,
+            Some(_) => crate::decide::bootstrap::Sealed::ToOther,
+        };
+        let step = crate::decide::bootstrap::confirm(&crate::decide::bootstrap::ConfirmCall {
+            has_state,
+            stored: stored.as_ref().map(|c| (c, former.as_ref())),
+            holding: boot.promise.as_ref(),
+            holder_tagged: holder_tagged(discovery, max_staleness, boot.promise.as_deref()),
+            sealed,
+            caller: &caller.stable_id,
+            cluster: &request.cluster_id,
+            seal: request.seal,
+        });
+        match step {
+            crate::decide::bootstrap::Confirmation::Refuse(why) => {
+                tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, %why, "refused to confirm a cluster being formed");
+                Err(RpcError::NotConfirmed(format!("{me} {why}")))
+            }
+            crate::decide::bootstrap::Confirmation::Bind
+            | crate::decide::bootstrap::Confirmation::Again
+            | crate::decide::bootstrap::Confirmation::Seal => {
+                let (cluster, id, node) = (request.cluster_id, request.id, request.node.clone());
+                let stored = if step == crate::decide::bootstrap::Confirmation::Seal {
+                    raft.seal(cluster, id, node).await
+                } else {
+                    raft.bind(cluster, id, node).await
+                };
+                stored.map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
+                boot.promise = None;
+                Ok(ConfirmResponse {
+                    cluster_id: request.cluster_id,
+                    id: raft.id(),
+                    incarnation: raft.incarnation(),
+                    node: raft.info().clone(),
+                })
+            }
+        }
+    }
+
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, BootState> {
+        self.state.lock().await
+    }
+}
+
+/// Whether the holder of this node's promise is still tagged in its view;
+/// with a stale view, yes (a promise is kept, failing closed).
+fn holder_tagged(discovery: &dyn Discovery, max_staleness: Duration, holder: Option<&str>) -> bool {
+    let state = discovery.state().borrow().clone();
+    let stale = state.is_stale(max_staleness);
+    holder.is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)))
+}
+
+/// The leader a probe's answer names: the known leader; for a binder (a
+/// cluster id, no configuration yet) the cluster's former. A member with a
+/// configuration that knows no leader names none: naming the former there
+/// would let a former that lost its state read its own name and resume
+/// forming the running cluster, instead of joining it as a new incarnation
+/// once a leader is elected.
+fn named_leader<S: StateMachine>(raft: &RaftNode<Adapter<S>>) -> Option<LeaderHint> {
+    let metrics = raft.metrics();
+    leader_hint(&metrics).or_else(|| {
+        if metrics.voters.is_empty() {
+            raft.former().map(|(id, node)| LeaderHint { id, node })
+        } else {
+            None
+        }
+    })
+}
+
+/// The refusal of a confirm by a node that has not heard from every tagged,
+/// online peer of its view yet (it may be about to learn of a cluster it
+/// must join, and must not bind itself to anything before).
+fn not_ready() -> RpcError {
+    RpcError::Unavailable("starting: this node has not heard from every tagged peer yet".to_owned())
+}
+
+/// The leader this node knows, as a hint for others.
+pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint> {
+    let id = metrics.leader?;
+    metrics.nodes.get(&id).map(|node| LeaderHint { id, node: node.clone() })
+}
 
 /// What a node without raft state holds under its bootstrap lock.
 #[derive(Debug, Default)]
-pub(crate) struct BootState {
+struct BootState {
     /// The holder of this node's promise (not to form a cluster before it,
     /// and not to promise anyone else), by stable id.
     pub(crate) promise: Option<String>,
@@ -939,6 +1106,15 @@ pub(crate) fn check_answer(answer: &ProbeResponse, stable_id: &str) -> Result<()
         }
         _ => Ok(()),
     }
+}
+
+/// Ports to try on a peer's command API (probes and joins).
+pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
+    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
+    ports.extend(&config.seed_command_ports);
+    let mut seen = BTreeMap::new();
+    ports.retain(|p| seen.insert(*p, ()).is_none());
+    ports
 }
 
 /// The leader `hint` names, reached at the addresses `view` gives its node:

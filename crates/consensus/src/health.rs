@@ -23,7 +23,8 @@
 use serde::Serialize;
 
 use crate::machine::StateMachine;
-use crate::node::{Inner, Role};
+use crate::node::Inner;
+use crate::report::{Role, metrics_of};
 
 /// What readiness is decided on.
 #[derive(Clone, Debug)]
@@ -144,7 +145,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
     else {
         return;
     };
-    let last = *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner());
+    let last = inner.monitor.leader_committed();
     if last.is_some_and(|(_, at)| at.elapsed() < LEADER_COMMIT_EVERY) {
         return;
     }
@@ -158,8 +159,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
         .await;
     match answer {
         Ok(answer) => {
-            *inner.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((answer.index, Instant::now()));
+            inner.monitor.set_leader_committed(answer.index, Instant::now());
         }
         Err(err) => tracing::debug!(error = %err, "no read index from the leader for readiness"),
     }
@@ -169,8 +169,7 @@ pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
 pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
     let raft = inner.raft();
     let m = raft.metrics();
-    let metrics = crate::node::Consensus::<S>::metrics_from(&m);
-    let committed = inner.committed.load(std::sync::atomic::Ordering::Relaxed);
+    let metrics = metrics_of(&m);
     readiness(&Inputs {
         fatal: metrics.fatal.clone(),
         has_cluster: raft.cluster_id().is_some(),
@@ -178,11 +177,10 @@ pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
         role: metrics.role,
         leader: metrics.leader,
         applied: metrics.applied_index,
-        committed: (committed != u64::MAX).then_some(committed),
+        committed: inner.monitor.committed(),
         leader_committed: inner
-            .leader_committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .monitor
+            .leader_committed()
             .filter(|(_, at)| at.elapsed() < LEADER_COMMIT_FRESH)
             .map(|(index, _)| index),
         millis_since_quorum_ack: m.millis_since_quorum_ack,

@@ -65,13 +65,16 @@ mod model;
 mod monitor;
 mod node;
 mod operation;
+mod report;
 mod transfer;
+mod view;
 
 pub use crate::config::{BootstrapOptions, Config, SessionLimits, StorageFaults, Timing};
 pub use crate::error::{BoxError, Error};
 pub use crate::machine::{DynamicCommand, DynamicResult, StateMachine};
-pub use crate::node::{Consensus, Consistency, Member, MemberRole, Metrics, Role, StopMode};
+pub use crate::node::{Consensus, Consistency, StopMode};
 pub use crate::operation::Operation;
+pub use crate::report::{Member, MemberRole, Metrics, Role};
 /// Discovery sources ([`Consensus::start_with`] takes any): a static view
 /// for tests and fixed clusters, and the tailnet's.
 pub use ts_discovery as discovery;

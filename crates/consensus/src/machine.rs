@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
+
 /// A deterministic state machine replicated on every member.
 ///
 /// `apply` must depend only on the state and the command: no clocks, no
@@ -89,5 +91,14 @@ impl<S: StateMachine> raft_core::StateMachine for Adapter<S> {
 
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         self.0.restore(input)
+    }
+}
+
+/// Decodes a state machine answer.
+pub(crate) fn decode_answer<T: DeserializeOwned>(json: &str) -> Result<T, Error> {
+    match serde_json::from_str::<Answer<T>>(json) {
+        Ok(Answer::Ok(value)) => Ok(value),
+        Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),
+        Err(e) => Err(Error::Rejected(format!("answer does not decode: {e}"))),
     }
 }

@@ -8,8 +8,8 @@
 //! removals. Members that are merely offline stay; the quorum guard and
 //! the rules are the plan's.
 
-use std::collections::BTreeSet;
-use std::sync::Weak;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{Change, ProbeRequest, ProbeResponse, ProbeState};
@@ -17,10 +17,10 @@ use raft_core::NodeInfo;
 use tokio::task::JoinSet;
 use ts_discovery::ClusterView;
 
-use crate::bootstrap::check_answer;
+use crate::bootstrap::{check_answer, join_ports};
 use crate::decide::membership::{Action, Inputs, Member, Probed, Tagged, plan, to_probe};
 use crate::machine::StateMachine;
-use crate::node::{Inner, join_ports};
+use crate::node::Inner;
 
 /// Time a tagged node has to answer the leader's probe.
 const PROBE: Duration = Duration::from_secs(1);
@@ -34,6 +34,32 @@ const CHANGE: Duration = Duration::from_secs(10);
 /// How far behind the leader's log a learner may be and count as caught
 /// up.
 const MAX_LAG: u64 = 64;
+
+/// The membership reconciler's part of a node: when each tagged node (by
+/// stable id) may next be probed by the leader.
+#[derive(Default)]
+pub(crate) struct Membership {
+    probes: Mutex<HashMap<String, Instant>>,
+}
+
+impl Membership {
+    /// Of `names`, those not probed within [`PROBE_EVERY`] before `now`;
+    /// they count as probed at `now`.
+    fn due(&self, names: Vec<String>, now: Instant) -> Vec<String> {
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.retain(|_, next| *next > now);
+        names
+            .into_iter()
+            .filter(|name| {
+                let due = !probes.contains_key(name);
+                if due {
+                    probes.insert(name.clone(), now + PROBE_EVERY);
+                }
+                due
+            })
+            .collect()
+    }
+}
 
 pub(crate) async fn reconcile_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
     let (mut events, every) = match inner.upgrade() {
@@ -131,20 +157,7 @@ async fn probe_due<S: StateMachine>(
     names: Vec<String>,
 ) -> Vec<(Probed<String>, NodeInfo)> {
     let now = Instant::now();
-    let due: Vec<String> = {
-        let mut probes = inner.membership_probes.lock().unwrap_or_else(|p| p.into_inner());
-        probes.retain(|_, next| *next > now);
-        names
-            .into_iter()
-            .filter(|name| {
-                let due = !probes.contains_key(name);
-                if due {
-                    probes.insert(name.clone(), now + PROBE_EVERY);
-                }
-                due
-            })
-            .collect()
-    };
+    let due = inner.membership.due(names, now);
     let cluster_id = inner.raft().cluster_id();
     let mut tasks = JoinSet::new();
     for name in due {

@@ -7,9 +7,9 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use cmd_rpc::{Page, PageServer, Render};
 use serde::Serialize;
@@ -17,9 +17,75 @@ use ts_transport::{PeerAddr, TcpTransport, Transport};
 
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::{Inner, Member, Metrics, members_of};
+use crate::node::Inner;
+use crate::report::{Member, Metrics, metrics_of};
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The monitor's part of a node: its servers, and what its refresher
+/// learns for `/status`, `/metrics` and readiness.
+pub(crate) struct Monitor {
+    servers: Mutex<Vec<PageServer>>,
+    localhost_port: Mutex<Option<u16>>,
+    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
+    committed: AtomicU64,
+    /// On a follower: the leader's commit index, learned through a
+    /// read-index round by the monitor's refresher, and when
+    /// (crate::health).
+    leader_committed: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            servers: Mutex::new(Vec::new()),
+            localhost_port: Mutex::new(None),
+            committed: AtomicU64::new(u64::MAX),
+            leader_committed: Mutex::new(None),
+        }
+    }
+}
+
+impl Monitor {
+    /// The committed index last learned, if any.
+    pub(crate) fn committed(&self) -> Option<u64> {
+        let committed = self.committed.load(Ordering::Relaxed);
+        (committed != u64::MAX).then_some(committed)
+    }
+
+    /// Learns the committed index.
+    pub(crate) fn set_committed(&self, committed: u64) {
+        self.committed.store(committed, Ordering::Relaxed);
+    }
+
+    /// On a follower: the leader's commit index last learned, and when.
+    pub(crate) fn leader_committed(&self) -> Option<(u64, Instant)> {
+        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the leader's commit index, as of `at`.
+    pub(crate) fn set_leader_committed(&self, index: u64, at: Instant) {
+        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, at));
+    }
+
+    /// The port of the localhost monitor, if it is served.
+    pub(crate) fn localhost_port(&self) -> Option<u16> {
+        *self.localhost_port.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops every monitor server.
+    pub(crate) async fn shutdown(&self) {
+        let servers: Vec<_> =
+            self.servers.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for server in servers {
+            server.shutdown().await;
+        }
+    }
+
+    fn serve(&self, server: PageServer) {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+    }
+}
 
 #[derive(Serialize)]
 pub(crate) struct Status {
@@ -36,8 +102,7 @@ pub(crate) struct Status {
 
 pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
     let raft = inner.raft().metrics();
-    let metrics = crate::node::Consensus::<S>::metrics_from(&raft);
-    let committed = inner.committed.load(Ordering::Relaxed);
+    let metrics = metrics_of(&raft);
     let node = inner.raft();
     Status {
         id: inner.id,
@@ -46,8 +111,8 @@ pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
         cluster_id: node.cluster_id().map(|id| id.to_string()),
         tag: inner.tag.clone(),
         metrics,
-        committed_index: (committed != u64::MAX).then_some(committed),
-        members: members_of(inner),
+        committed_index: inner.monitor.committed(),
+        members: inner.members(),
     }
 }
 
@@ -252,7 +317,7 @@ pub(crate) async fn start<S: StateMachine>(
             loop {
                 let Some(strong) = inner.upgrade() else { return };
                 if let Some(committed) = strong.raft().committed_index().await {
-                    strong.committed.store(committed, Ordering::Relaxed);
+                    strong.monitor.set_committed(committed);
                 }
                 crate::health::refresh_leader_commit(&strong).await;
                 drop(strong);
@@ -268,7 +333,7 @@ pub(crate) async fn start<S: StateMachine>(
         })?;
         let server =
             PageServer::start(Arc::from(listener), authorize, render.clone(), HEADER_TIMEOUT);
-        inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+        inner.monitor.serve(server);
     }
     if let Some(port) = inner.config.monitor_localhost_port {
         let local = TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -281,9 +346,9 @@ pub(crate) async fn start<S: StateMachine>(
         // Loopback callers that name it 127.0.0.1 or localhost (no DNS
         // rebinding), as the admin endpoint.
         let server = PageServer::start_local(Arc::from(listener), render, HEADER_TIMEOUT);
-        *inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner()) =
+        *inner.monitor.localhost_port.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(server.port());
-        inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).push(server);
+        inner.monitor.serve(server);
     }
     Ok(())
 }

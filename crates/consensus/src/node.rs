@@ -1,6 +1,5 @@
 //! A running consensus node: the handle users hold.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
-    ConfirmRequest, ConfirmResponse, LeaderHint, PageServer, Peers, ProbeFuture, ProbeRequest,
-    ProbeResponse, ProbeState, ReadRequest, RemoveRequest, RpcError,
+    ConfirmRequest, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest,
 };
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -18,13 +16,17 @@ use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 
-use crate::bootstrap::BootState;
+use crate::admin::Admin;
+use crate::bootstrap::Boot;
 use crate::config::{BootstrapOptions, Config};
-use crate::decide;
 use crate::error::Error;
-use crate::machine::{Adapter, Answer, StateMachine};
+use crate::machine::{Adapter, StateMachine, decode_answer};
+use crate::membership::Membership;
 use crate::metrics::{Counters, CountingTransport, Port};
+use crate::monitor::Monitor;
 use crate::operation::{Operation, SessionPool};
+use crate::report::{Member, Metrics, members_of, metrics_of};
+use crate::view::tagged_online;
 use crate::{admin, campaign, membership, monitor};
 
 /// How fresh a read must be.
@@ -35,108 +37,6 @@ pub enum Consistency {
     Linearizable,
     /// Whatever this node has applied; may be behind.
     Local,
-}
-
-/// A member's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    /// Votes and may lead.
-    Voter,
-    /// Receives the log; becomes a voter once caught up.
-    Learner,
-}
-
-/// One member of the cluster.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Member {
-    /// Raft id: derived from the stable tailnet id and the incarnation (a
-    /// node that lost its state comes back under a new one).
-    pub id: u64,
-    /// The stable tailnet id.
-    pub stable_id: String,
-    /// Its hostname, if the tailnet view knows it.
-    pub hostname: Option<String>,
-    /// Its addresses.
-    pub addrs: Vec<IpAddr>,
-    /// Raft port.
-    pub raft_port: u16,
-    /// Command port.
-    pub command_port: u16,
-    /// Voter or learner.
-    pub role: MemberRole,
-    /// Whether it leads.
-    pub leader: bool,
-    /// Its tags, as the tailnet view shows them.
-    pub tags: Vec<String>,
-    /// Whether the tailnet shows it online.
-    pub online: bool,
-    /// On the leader: the last index replicated to it.
-    pub matched_index: Option<u64>,
-}
-
-/// This node's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Leads.
-    Leader,
-    /// Follows.
-    Follower,
-    /// Campaigning.
-    Candidate,
-    /// Not (yet) a voter.
-    Learner,
-    /// Stopped.
-    Stopped,
-}
-
-/// A point-in-time view of this node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Metrics {
-    /// This node's raft id.
-    pub id: u64,
-    /// Its role.
-    pub role: Role,
-    /// Current term.
-    pub term: u64,
-    /// The leader's id, if known.
-    pub leader: Option<u64>,
-    /// Last log index.
-    pub last_log_index: Option<u64>,
-    /// Last applied index.
-    pub applied_index: Option<u64>,
-    /// Index covered by the last snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Voters.
-    pub voters: usize,
-    /// Learners.
-    pub learners: usize,
-    /// Why the node stopped, if a fatal error stopped it (its state machine
-    /// panicked or refused a snapshot, its storage failed, raft's core
-    /// died). Such a node serves nothing until it is restarted.
-    pub fatal: Option<String>,
-}
-
-fn metrics_of(m: &raft_core::NodeMetrics) -> Metrics {
-    Metrics {
-        id: m.id,
-        role: match m.role {
-            raft_core::Role::Leader => Role::Leader,
-            raft_core::Role::Follower => Role::Follower,
-            raft_core::Role::Candidate => Role::Candidate,
-            raft_core::Role::Learner => Role::Learner,
-            raft_core::Role::Shutdown => Role::Stopped,
-        },
-        term: m.term,
-        leader: m.leader,
-        last_log_index: m.last_log_index,
-        applied_index: m.last_applied,
-        snapshot_index: m.snapshot,
-        voters: m.voters.len(),
-        learners: m.learners.len(),
-        fatal: m.fatal.clone(),
-    }
 }
 
 /// Whether to stay in the configuration when stopping.
@@ -157,32 +57,23 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) sessions: SessionPool,
     stopped: AtomicBool,
     command_server: Mutex<Option<CommandServer>>,
-    pub(crate) monitors: Mutex<Vec<PageServer>>,
-    pub(crate) localhost_monitor_port: Mutex<Option<u16>>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
-    pub(crate) committed: std::sync::atomic::AtomicU64,
-    /// On a follower: the leader's commit index, learned through a
-    /// read-index round by the monitor's refresher, and when
-    /// (crate::health).
-    pub(crate) leader_committed: Mutex<Option<(u64, Instant)>>,
+    /// The monitor's servers and what its refresher learns (crate::monitor).
+    pub(crate) monitor: Monitor,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
-    /// When each tagged node (by stable id) may next be probed by the
-    /// leader's membership reconciler.
-    pub(crate) membership_probes: Mutex<HashMap<String, Instant>>,
+    /// What the leader's membership reconciler keeps between rounds
+    /// (crate::membership).
+    pub(crate) membership: Membership,
     /// The bootstrap lock: the promise this node holds and the cluster it
     /// forms; answering probes and confirms, granting, binding, joining and
-    /// forming happen under it.
-    pub(crate) boot: Arc<tokio::sync::Mutex<BootState>>,
+    /// forming happen under it (crate::bootstrap).
+    pub(crate) boot: Boot,
     /// What `/metrics` counts here (crate::metrics).
     pub(crate) counters: Arc<Counters>,
-    /// The operator's endpoint, if served (crate::admin).
-    pub(crate) admin: Mutex<Option<cmd_rpc::AdminServer>>,
-    /// Counts restores staged through the admin endpoint; staging and
-    /// cancelling one happen under this lock, so a watcher cancels only
-    /// the restore it was started for (crate::admin).
-    pub(crate) restore_staged: Mutex<u64>,
+    /// The operator's endpoint and the restores staged through it
+    /// (crate::admin).
+    pub(crate) admin: Admin,
 }
 
 impl<S: StateMachine> Inner<S> {
@@ -192,6 +83,11 @@ impl<S: StateMachine> Inner<S> {
 
     pub(crate) fn view(&self) -> Option<Arc<ClusterView>> {
         self.discovery.current()
+    }
+
+    /// Every member with its role, tags and liveness.
+    pub(crate) fn members(&self) -> Vec<Member> {
+        members_of(&self.raft().metrics(), self.view().as_deref(), self.id)
     }
 
     /// The view, if it is fresh enough to act on.
@@ -212,69 +108,14 @@ impl<S: StateMachine> Inner<S> {
     }
 }
 
-/// Whether `stable_id` is tagged and online in `view` (this node counts as
-/// online).
-pub(crate) fn tagged_online(view: &ClusterView, stable_id: &str) -> bool {
-    (view.self_node.id.0 == stable_id && view.self_tagged())
-        || view.members.values().any(|n| n.id.0 == stable_id && n.online)
-}
-
-/// Whether `stable_id` is tagged in `view`, online or not (this node
-/// included).
-pub(crate) fn tagged(view: &ClusterView, stable_id: &str) -> bool {
-    (view.self_node.id.0 == stable_id && view.self_tagged())
-        || view.members.values().any(|n| n.id.0 == stable_id)
-}
-
-/// The refusal of a confirm by a node that has not heard from every tagged,
-/// online peer of its view yet (it may be about to learn of a cluster it
-/// must join, and must not bind itself to anything before).
-fn not_ready() -> RpcError {
-    RpcError::Unavailable("starting: this node has not heard from every tagged peer yet".to_owned())
-}
-
-/// The leader this node knows, as a hint for others.
-pub(crate) fn leader_hint(metrics: &raft_core::NodeMetrics) -> Option<LeaderHint> {
-    let id = metrics.leader?;
-    metrics.nodes.get(&id).map(|node| LeaderHint { id, node: node.clone() })
-}
-
 /// What the command API asks the facade about callers, answered from the
-/// tailnet view, and the bootstrap probe and confirm, answered under the
-/// bootstrap lock ([`decide::bootstrap::answer`],
-/// [`decide::bootstrap::confirm`]).
+/// tailnet view, and the bootstrap probe and confirm, answered by the
+/// bootstrap part ([`Boot::probe`], [`Boot::confirm`]).
 struct FacadePeers<S: StateMachine> {
     raft: Arc<RaftNode<Adapter<S>>>,
     discovery: Arc<dyn Discovery>,
     max_staleness: Duration,
-    boot: Arc<tokio::sync::Mutex<BootState>>,
-}
-
-impl<S: StateMachine> FacadePeers<S> {
-    /// Whether the holder of this node's promise is still tagged in its
-    /// view; with a stale view, yes (a promise is kept, failing closed).
-    fn holder_tagged(&self, holder: Option<&str>) -> bool {
-        let state = self.discovery.state().borrow().clone();
-        let stale = state.is_stale(self.max_staleness);
-        holder.is_some_and(|h| stale || state.view.as_ref().is_some_and(|v| tagged(v, h)))
-    }
-
-    /// The leader a probe's answer names: the known leader; for a binder
-    /// (a cluster id, no configuration yet) the cluster's former. A member
-    /// with a configuration that knows no leader names none: naming the
-    /// former there would let a former that lost its state read its own
-    /// name and resume forming the running cluster, instead of joining it
-    /// as a new incarnation once a leader is elected.
-    fn named_leader(&self) -> Option<LeaderHint> {
-        let metrics = self.raft.metrics();
-        leader_hint(&metrics).or_else(|| {
-            if metrics.voters.is_empty() {
-                self.raft.former().map(|(id, node)| LeaderHint { id, node })
-            } else {
-                None
-            }
-        })
-    }
+    boot: Boot,
 }
 
 impl<S: StateMachine> Peers for FacadePeers<S> {
@@ -348,103 +189,17 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
     }
 
     fn probe<'a>(&'a self, caller: &'a Caller, request: &'a ProbeRequest) -> ProbeFuture<'a> {
-        Box::pin(async move {
-            let mut boot = self.boot.lock().await;
-            // A node that is not ready answers what it is (fresh, holding
-            // no promise, or a member once it stored a cluster id) and
-            // grants nothing: its answer lets a peer starting with it
-            // become ready.
-            let ready = boot.ready;
-            let state = self.discovery.state().borrow().clone();
-            let stale = state.is_stale(self.max_staleness);
-            let live = |name: &str| state.view.as_ref().is_some_and(|v| tagged_online(v, name));
-            let me = self.raft.info().stable_id.clone();
-            let cluster_id = self.raft.cluster_id();
-            let (holding, reply) = decide::bootstrap::answer(&decide::bootstrap::Probe {
-                me: &me,
-                member: cluster_id.is_some(),
-                holding: boot.promise.as_ref(),
-                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
-                caller: &caller.stable_id,
-                caller_live: !stale && live(&caller.stable_id),
-                wants_promise: request.promise && ready,
-            });
-            if holding != boot.promise {
-                tracing::info!(from = ?boot.promise, to = ?holding, caller = %caller.stable_id, "bootstrap promise changed");
-            }
-            boot.promise = holding;
-            let state = match (cluster_id, reply) {
-                (Some(cluster_id), _) => {
-                    ProbeState::Member { cluster_id, leader: self.named_leader() }
-                }
-                (None, decide::bootstrap::Reply::Fresh { promised_to }) => {
-                    ProbeState::Fresh { promised_to }
-                }
-                (None, decide::bootstrap::Reply::Member) => ProbeState::Fresh { promised_to: None },
-            };
-            Ok(ProbeResponse {
-                id: self.raft.id(),
-                incarnation: self.raft.incarnation(),
-                node: self.raft.info().clone(),
-                state,
-            })
-        })
+        Box::pin(self.boot.probe(&self.raft, &*self.discovery, self.max_staleness, caller, request))
     }
 
     fn confirm<'a>(&'a self, caller: &'a Caller, request: &'a ConfirmRequest) -> ConfirmFuture<'a> {
-        Box::pin(async move {
-            let mut boot = self.boot.lock().await;
-            let stored = self.raft.cluster_id();
-            // A node that decided to join a cluster confirms its former
-            // (below) whether it is ready or not; a free one binds itself
-            // only once ready.
-            if !boot.ready && stored.is_none() {
-                return Err(not_ready());
-            }
-            let me = self.raft.info().stable_id.clone();
-            let former = self.raft.former().map(|(_, node)| node.stable_id);
-            let has_state = self.raft.is_initialized().await;
-            let sealed = match self.raft.sealed_to() {
-                None => decide::bootstrap::Sealed::No,
-                Some(id) if id == request.id => decide::bootstrap::Sealed::ToCaller,
-                Some(_) => decide::bootstrap::Sealed::ToOther,
-            };
-            let step = decide::bootstrap::confirm(&decide::bootstrap::ConfirmCall {
-                has_state,
-                stored: stored.as_ref().map(|c| (c, former.as_ref())),
-                holding: boot.promise.as_ref(),
-                holder_tagged: self.holder_tagged(boot.promise.as_deref()),
-                sealed,
-                caller: &caller.stable_id,
-                cluster: &request.cluster_id,
-                seal: request.seal,
-            });
-            match step {
-                decide::bootstrap::Confirmation::Refuse(why) => {
-                    tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, %why, "refused to confirm a cluster being formed");
-                    Err(RpcError::NotConfirmed(format!("{me} {why}")))
-                }
-                decide::bootstrap::Confirmation::Bind
-                | decide::bootstrap::Confirmation::Again
-                | decide::bootstrap::Confirmation::Seal => {
-                    let (cluster, id, node) =
-                        (request.cluster_id, request.id, request.node.clone());
-                    let stored = if step == decide::bootstrap::Confirmation::Seal {
-                        self.raft.seal(cluster, id, node).await
-                    } else {
-                        self.raft.bind(cluster, id, node).await
-                    };
-                    stored.map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
-                    boot.promise = None;
-                    Ok(ConfirmResponse {
-                        cluster_id: request.cluster_id,
-                        id: self.raft.id(),
-                        incarnation: self.raft.incarnation(),
-                        node: self.raft.info().clone(),
-                    })
-                }
-            }
-        })
+        Box::pin(self.boot.confirm(
+            &self.raft,
+            &*self.discovery,
+            self.max_staleness,
+            caller,
+            request,
+        ))
     }
 }
 
@@ -697,7 +452,7 @@ impl<S: StateMachine> Consensus<S> {
         })?;
         let id = raft.id();
         let raft = Arc::new(raft);
-        let boot = Arc::new(tokio::sync::Mutex::new(BootState::default()));
+        let boot = Boot::default();
         let peers = FacadePeers {
             raft: raft.clone(),
             discovery: discovery.clone(),
@@ -732,17 +487,13 @@ impl<S: StateMachine> Consensus<S> {
             sessions: SessionPool::default(),
             stopped: AtomicBool::new(false),
             command_server: Mutex::new(Some(command_server)),
-            monitors: Mutex::new(Vec::new()),
-            localhost_monitor_port: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
-            committed: std::sync::atomic::AtomicU64::new(u64::MAX),
-            leader_committed: Mutex::new(None),
+            monitor: Monitor::default(),
             owns_discovery: AtomicBool::new(false),
-            membership_probes: Mutex::new(HashMap::new()),
+            membership: Membership::default(),
             boot,
             counters: counters.clone(),
-            admin: Mutex::new(None),
-            restore_staged: Mutex::new(0),
+            admin: Admin::default(),
         });
         let consensus = Consensus { inner };
         // From before the bootstrap, so that the first election counts.
@@ -845,7 +596,7 @@ impl<S: StateMachine> Consensus<S> {
 
     /// Every member with its role, tags and liveness.
     pub fn members(&self) -> Vec<Member> {
-        members_of(&self.inner)
+        self.inner.members()
     }
 
     /// Asks the leader to remove a member from the configuration.
@@ -868,10 +619,6 @@ impl<S: StateMachine> Consensus<S> {
     /// This node's metrics now.
     pub fn metrics(&self) -> Metrics {
         metrics_of(&self.inner.raft().metrics())
-    }
-
-    pub(crate) fn metrics_from(m: &raft_core::NodeMetrics) -> Metrics {
-        metrics_of(m)
     }
 
     /// Metrics as they change.
@@ -910,7 +657,7 @@ impl<S: StateMachine> Consensus<S> {
     /// The port of the admin endpoint on 127.0.0.1, if it is served
     /// ([`Config::admin_port`]).
     pub fn admin_port(&self) -> Option<u16> {
-        self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.port())
+        self.inner.admin.port()
     }
 
     /// Hands this node's leadership to `to` (a voter's raft id), or to the
@@ -936,7 +683,7 @@ impl<S: StateMachine> Consensus<S> {
     /// The port of the localhost monitor (`http://127.0.0.1:<port>/`), if
     /// it is served.
     pub fn monitor_localhost_port(&self) -> Option<u16> {
-        *self.inner.localhost_monitor_port.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.monitor.localhost_port()
     }
 
     /// Stops the node. With [`StopMode::Leave`] it first leaves the
@@ -974,15 +721,8 @@ impl<S: StateMachine> Consensus<S> {
             task.abort();
             let _ = task.await;
         }
-        let admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(admin) = admin {
-            admin.shutdown().await;
-        }
-        let monitors: Vec<_> =
-            self.inner.monitors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
-        for monitor in monitors {
-            monitor.shutdown().await;
-        }
+        self.inner.admin.shutdown().await;
+        self.inner.monitor.shutdown().await;
         let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(server) = server {
             server.shutdown().await;
@@ -995,55 +735,6 @@ impl<S: StateMachine> Consensus<S> {
     }
 }
 
-/// Decodes a state machine answer.
-pub(crate) fn decode_answer<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Error> {
-    match serde_json::from_str::<Answer<T>>(json) {
-        Ok(Answer::Ok(value)) => Ok(value),
-        Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),
-        Err(e) => Err(Error::Rejected(format!("answer does not decode: {e}"))),
-    }
-}
-
 async fn shutdown_service<S: StateMachine>(service: Arc<CommandService<Adapter<S>>>) {
     service.node().shutdown().await;
-}
-
-pub(crate) fn members_of<S: StateMachine>(inner: &Inner<S>) -> Vec<Member> {
-    let m = inner.raft().metrics();
-    let view = inner.view();
-    m.nodes
-        .iter()
-        .map(|(id, node)| {
-            let seen = view.as_ref().and_then(|v| {
-                if v.self_node.id.0 == node.stable_id {
-                    Some(v.self_node.clone())
-                } else {
-                    v.members.values().find(|n| n.id.0 == node.stable_id).cloned()
-                }
-            });
-            let is_self = *id == inner.id;
-            Member {
-                id: *id,
-                stable_id: node.stable_id.clone(),
-                hostname: seen.as_ref().map(|n| n.hostname.clone()),
-                addrs: node.addrs.clone(),
-                raft_port: node.raft_port,
-                command_port: node.command_port,
-                role: if m.voters.contains(id) { MemberRole::Voter } else { MemberRole::Learner },
-                leader: m.leader == Some(*id),
-                tags: seen.as_ref().map(|n| n.tags.iter().cloned().collect()).unwrap_or_default(),
-                online: is_self || seen.as_ref().is_some_and(|n| n.online),
-                matched_index: m.replication.as_ref().and_then(|r| r.get(id).copied().flatten()),
-            }
-        })
-        .collect()
-}
-
-/// Ports to try on a peer's command API (probes and joins).
-pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
-    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
-    ports.extend(&config.seed_command_ports);
-    let mut seen = BTreeMap::new();
-    ports.retain(|p| seen.insert(*p, ()).is_none());
-    ports
 }

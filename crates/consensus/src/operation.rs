@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use crate::error::Error;
-use crate::machine::{Adapter, StateMachine};
-use crate::node::{Inner, decode_answer};
+use crate::machine::{Adapter, StateMachine, decode_answer};
+use crate::node::Inner;
 
 /// Idle sessions kept for reuse.
 const MAX_IDLE_SESSIONS: usize = 1024;

@@ -40,7 +40,8 @@ use raft_core::{NodeInfo, RaftNode};
 
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
-use crate::node::{Inner, tagged_online};
+use crate::node::Inner;
+use crate::view::tagged_online;
 
 /// Time the target has to answer the campaign request.
 const CAMPAIGN_CALL: Duration = Duration::from_secs(5);
