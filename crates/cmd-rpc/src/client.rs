@@ -376,7 +376,11 @@ impl CommandClient {
                              limit (max_response, per command of a batch); the request may have \
                              been carried out"
                         ),
-                        source: Some(Box::new(Oversized { status, limit: answer_limit })),
+                        source: Some(Box::new(Oversized {
+                            status,
+                            limit: answer_limit,
+                            answer_shaped: starts_as_an_answer(&bytes, &data),
+                        })),
                     }));
                 }
                 bytes.extend_from_slice(&data);
@@ -451,6 +455,17 @@ pub(crate) struct Oversized {
     pub(crate) status: u16,
     /// The most bytes the call read.
     pub(crate) limit: usize,
+    /// Whether what was read begins as an execute answer does
+    /// (`{"result":`): a 200 from anything else says nothing.
+    pub(crate) answer_shaped: bool,
+}
+
+/// Whether an answer whose first bytes are `read` followed by `next`
+/// begins as [`ExecuteResponse`](crate::api::ExecuteResponse) is encoded.
+fn starts_as_an_answer(read: &[u8], next: &[u8]) -> bool {
+    const HEAD: &[u8] = b"{\"result\":";
+    let head: Vec<u8> = read.iter().chain(next).take(HEAD.len()).copied().collect();
+    head == HEAD
 }
 
 /// One call's limits.
@@ -691,5 +706,22 @@ mod tests {
         assert!(err.to_string().contains("exceeds"), "{err}");
         assert_eq!(at_large.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(at_refuses.load(std::sync::atomic::Ordering::SeqCst), 0, "{sent:?}");
+    }
+
+    /// The head of an execute answer may arrive split across frames.
+    #[test]
+    fn an_answer_is_recognised_by_its_head_across_frames() {
+        let answer = serde_json::to_vec(&crate::api::ExecuteResponse {
+            result: serde_json::value::RawValue::from_string("[1,2]".to_owned()).unwrap(),
+            duplicate: false,
+        })
+        .unwrap();
+        for split in 0..answer.len() {
+            let (read, next) = answer.split_at(split);
+            assert!(starts_as_an_answer(read, next), "split at {split}");
+        }
+        assert!(!starts_as_an_answer(b"", b"<html>"));
+        assert!(!starts_as_an_answer(b"{\"res", b"ult\"x"));
+        assert!(!starts_as_an_answer(b"", b"{\"code\":\"timeout\"}"));
     }
 }

@@ -244,14 +244,15 @@ pub(crate) fn after_resend(err: RpcError, leader: NodeId) -> RpcError {
 /// through what its status says: an answer this node did not read because
 /// it is longer than `max_response` is, when its status is 200, the
 /// command applied (a leader answers 200 only for a command applied now or
-/// before in the session), so [`RpcError::AnswerTooLarge`]: every retry in
-/// the session would read the same kept answer, and meet the same limit,
-/// until the caller's deadline. Any other error passes on.
+/// before in the session; what was read must begin as an execute answer
+/// does), so [`RpcError::AnswerTooLarge`]: every retry in the session would
+/// read the same kept answer, and meet the same limit, until the caller's
+/// deadline. Any other error passes on.
 pub(crate) fn after_execute(err: RpcError, leader: NodeId) -> RpcError {
     let oversized = std::error::Error::source(&err)
         .and_then(|source| source.downcast_ref::<crate::client::Oversized>());
     match oversized {
-        Some(oversized) if oversized.status == 200 => {
+        Some(oversized) if oversized.status == 200 && oversized.answer_shaped => {
             RpcError::AnswerTooLarge { leader: format!("leader {leader}"), limit: oversized.limit }
         }
         _ => err,
@@ -479,17 +480,21 @@ mod tests {
     /// answer too long to read, or other failure, stays what it was.
     #[test]
     fn an_execute_answered_200_but_too_long_to_read_was_applied() {
-        let oversized = |status| RpcError::Unreachable {
+        let shaped = |status, answer_shaped| RpcError::Unreachable {
             target: "10.0.0.2:6271".to_owned(),
             reason: "too long".to_owned(),
-            source: Some(Box::new(crate::client::Oversized { status, limit: 4096 })),
+            source: Some(Box::new(crate::client::Oversized { status, limit: 4096, answer_shaped })),
         };
+        let oversized = |status| shaped(status, true);
         let applied = after_execute(oversized(200), OTHER);
         assert!(matches!(&applied, RpcError::AnswerTooLarge { limit: 4096, .. }), "{applied:?}");
         assert_eq!(applied.code(), ErrorCode::AnswerNotKept);
         assert!(!applied.outcome_unknown());
         assert!(applied.to_string().contains("4096-byte limit (max_response)"), "{applied}");
         let cases: Vec<RpcError> = vec![
+            // A 200 whose body is not an execute answer (not a leader of
+            // this protocol answering): nothing known (review finding).
+            shaped(200, false),
             oversized(503),
             oversized(409),
             RpcError::Unreachable { target: "t".to_owned(), reason: "r".to_owned(), source: None },

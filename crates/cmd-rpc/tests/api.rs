@@ -1386,7 +1386,7 @@ async fn a_forwarded_call_that_timed_out_is_not_bounced_as_not_leader() {
 /// was refused before the state machine (the review of stop 19: it was
 /// applied, and a caller that believed the refusal applied it twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_larger_than_max_response_is_an_unknown_outcome() {
+async fn an_answer_larger_than_max_response_is_never_a_refusal() {
     let config = CommandConfig { max_response: 64 << 10, ..test_config() };
     let cluster = Cluster::with_configs(3, 3, Cluster::raft_config(), config).await;
     let leader = cluster.leader().await;
