@@ -35,6 +35,18 @@ pub enum RpcError {
         /// The deadline that ran out.
         after: Duration,
     },
+    /// The leader lost its leadership while the command's entry was out:
+    /// the entry may have been copied to another node and may still commit
+    /// there, so the outcome is unknown (code `timeout`); retrying with the
+    /// same client and sequence is safe.
+    #[error(
+        "{what}: the leader lost its leadership before the entry committed; the command may \
+         still be applied (retry with the same client and sequence)"
+    )]
+    LeaderLost {
+        /// What was being done.
+        what: String,
+    },
     /// The caller may not do this (its address may not use this port, or
     /// the request does not match its identity); the message says why.
     #[error("{0}")]
@@ -179,7 +191,7 @@ impl RpcError {
         match self {
             RpcError::NoLeader { .. } => ErrorCode::NoLeader,
             RpcError::NotLeader { .. } => ErrorCode::NotLeader,
-            RpcError::Timeout { .. } => ErrorCode::Timeout,
+            RpcError::Timeout { .. } | RpcError::LeaderLost { .. } => ErrorCode::Timeout,
             RpcError::Forbidden(_) => ErrorCode::Forbidden,
             RpcError::TooLarge { .. } => ErrorCode::TooLarge,
             RpcError::BadRequest(_) => ErrorCode::BadRequest,
@@ -220,7 +232,7 @@ impl RpcError {
             | RpcError::AnswerNotKept
             | RpcError::AnswerTooLarge { .. }
             | RpcError::NotConfirmed(_) => 409,
-            RpcError::Timeout { .. } => 504,
+            RpcError::Timeout { .. } | RpcError::LeaderLost { .. } => 504,
             RpcError::Forbidden(_) => 403,
             RpcError::TooLarge { .. } => 413,
             RpcError::BadRequest(_) => 400,

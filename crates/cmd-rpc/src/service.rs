@@ -327,6 +327,13 @@ impl<S: StateMachine> CommandService<S> {
             ProposeError::NotLeader { leader } => {
                 Ok(Retry::Again { leader: self.leader_hint(leader), error: None })
             }
+            // Unknown outcome (the entry may commit under another leader): a
+            // retry with the same seq is safe, and the call reports this if
+            // nothing better is learnt.
+            ProposeError::LeaderLost { leader } => Ok(Retry::Again {
+                leader: self.leader_hint(leader),
+                error: Some(RpcError::LeaderLost { what: what.to_owned() }),
+            }),
             // Unknown outcome: a retry with the same seq is safe.
             ProposeError::Timeout(after) => Ok(Retry::Again {
                 leader: None,
@@ -463,6 +470,14 @@ impl<S: StateMachine> CommandService<S> {
                         };
                         if result.as_ref().is_err_and(RpcError::outcome_unknown) {
                             maybe_applied.store(true, Ordering::Relaxed);
+                        }
+                        // "Not started" there says nothing of an earlier
+                        // attempt that may have been applied: retried, and
+                        // never this call's answer then (review finding).
+                        if maybe_applied.load(Ordering::Relaxed)
+                            && result.as_ref().is_err_and(|e| e.code() == ErrorCode::NotStarted)
+                        {
+                            return Ok(Retry::Again { leader: None, error: None });
                         }
                         self.remote_result(result)
                     }

@@ -36,11 +36,22 @@ pub enum StartError {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
-    /// This node is not the leader; the leader, if known. The proposal was
-    /// not applied by this node (a retry elsewhere is safe).
+    /// This node is not the leader; the leader, if known. Refused before
+    /// anything was proposed: the proposal was not applied (a retry
+    /// elsewhere is safe).
     #[error("not the leader{}", match leader { Some((id, node)) => format!("; the leader is {id} ({node})"), None => "; no leader is known".to_owned() })]
     NotLeader {
         /// The leader's id and address, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// This node lost its leadership while the proposal was out; the new
+    /// leader, if known. Its entry may have been appended here and copied
+    /// to another node before a new leader's log replaced it, and that copy
+    /// may still commit: the outcome is unknown. Retry with the same client
+    /// and sequence number to find out.
+    #[error("lost the leadership before the proposal committed{}; the command may still be applied (retry with the same sequence number)", match leader { Some((id, node)) => format!(" (the leader is {id} ({node}))"), None => String::new() })]
+    LeaderLost {
+        /// The new leader's id and address, if known.
         leader: Option<(NodeId, NodeInfo)>,
     },
     /// No outcome within the timeout: the command may or may not be applied.

@@ -817,6 +817,17 @@ impl<S: StateMachine> RaftNode<S> {
             // followers' leases can run out. Not proposed; retried elsewhere.
             return Err(ProposeError::NotLeader { leader: None });
         }
+        // Not the leader: refused here, before anything is proposed. Past
+        // this point, openraft's "forward to the leader" may also mean an
+        // entry that was appended and then truncated (`LeaderLost`).
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader != Some(self.id) {
+            let hint = leader.and_then(|id| {
+                let metrics = self.metrics();
+                metrics.nodes.get(&id).cloned().map(|node| (id, node))
+            });
+            return Err(ProposeError::NotLeader { leader: hint });
+        }
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Pending { proposal, reply })
@@ -1330,8 +1341,13 @@ async fn commit(raft: Raft<TypeConfig>, batch: Vec<Pending>, timeout: Duration) 
             "{} outcomes for a batch of {count} proposals",
             response.data.0.len()
         ))),
+        // `submit` refused proposals while this node was not the leader, so
+        // this one reached openraft: either it lost the leadership before
+        // appending, or the entry was appended and then truncated by a new
+        // leader's log, and a copy of it on another node may still commit.
+        // openraft answers both the same: the outcome is unknown.
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            Err(ProposeError::NotLeader { leader: leader_of(f) })
+            Err(ProposeError::LeaderLost { leader: leader_of(f) })
         }
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(ProposeError::Fatal(e.to_string()))

@@ -104,7 +104,12 @@ async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     // The old leader cannot commit: its proposal gets no outcome.
     let stranded = cluster.node(leader).propose(s1, 6, b"stranded".to_vec()).await;
     assert!(
-        matches!(stranded, Err(ProposeError::Timeout(_) | ProposeError::NotLeader { .. })),
+        matches!(
+            stranded,
+            Err(ProposeError::Timeout(_)
+                | ProposeError::NotLeader { .. }
+                | ProposeError::LeaderLost { .. })
+        ),
         "minority leader committed: {stranded:?}"
     );
     // The majority elects its own leader and commits.
@@ -529,4 +534,51 @@ async fn an_idle_incoming_connection_is_closed() {
         .expect("the idle connection was closed within 5 s");
     assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
     node.shutdown().await;
+}
+
+/// Review finding (a duplicate write on five nodes): openraft answers
+/// `ForwardToLeader` also to a proposal whose entry this node had appended,
+/// when a new leader's log truncates it; such an entry may survive on
+/// another node and commit there. It was reported as
+/// `ProposeError::NotLeader` ("not applied; a retry elsewhere is safe"),
+/// which the command API took for a known outcome. Here the leader is cut
+/// off alone with a proposal appended, the others elect a leader and
+/// commit, and on healing the old leader's entry is truncated: the
+/// proposal must end with an unknown outcome (`LeaderLost`, or a timeout),
+/// never `NotLeader`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_whose_entry_was_truncated_has_an_unknown_outcome() {
+    let net = MemNetwork::new();
+    let config =
+        raft_core::RaftConfig { propose_timeout: Duration::from_secs(60), ..fast_config() };
+    let cluster = Cluster::new(3, Net::Mem(net.clone()), false, config).await;
+    cluster.initialize().await;
+    let all: Vec<usize> = (0..3).collect();
+    let leader = cluster.leader(&all).await;
+    let s1 = cluster.register(leader).await;
+    commit_n(&cluster, leader, s1, 1, 3).await;
+    let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+
+    net.partition_set(&[ip(leader)]);
+    let appended = cluster.node(leader).metrics().last_log_index;
+    let cut_off = cluster.node(leader).propose(s1, 4, b"cut off".to_vec());
+    let elsewhere = async {
+        // The entry is in the old leader's log before the others move on.
+        test_support::eventually(WAIT, "the cut-off proposal appended", async || {
+            (cluster.node(leader).metrics().last_log_index > appended).then_some(())
+        })
+        .await;
+        let new_leader = cluster.leader(&rest).await;
+        let s2 = cluster.register(new_leader).await;
+        commit_n(&cluster, new_leader, s2, 1, 2).await;
+        net.heal_all();
+    };
+    let (outcome, ()) = tokio::time::timeout(WAIT * 2, async { tokio::join!(cut_off, elsewhere) })
+        .await
+        .expect("an outcome");
+    assert!(
+        !matches!(outcome, Err(ProposeError::NotLeader { .. }) | Ok(_)),
+        "a truncated entry's proposal was answered {outcome:?}: 'not applied' is not known"
+    );
+    cluster.shutdown().await;
 }
