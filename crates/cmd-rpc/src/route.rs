@@ -152,11 +152,15 @@ pub(crate) fn at_deadline(
     match (waiting_for_leader, last_error) {
         (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
         (_, Some(err)) => err,
-        (true, None) => RpcError::Unavailable(format!(
-            "{what}: the leader this node knows ({}) is not in its configuration yet; waited \
-             {waited:?}",
-            known_leader.unwrap_or_default(),
-        )),
+        // The node runs; it found no leader it can route to in time (not
+        // `unavailable`, which a caller reads as "this node stops").
+        (true, None) => RpcError::Timeout {
+            what: format!(
+                "{what}: the leader this node knows ({}) is not in its configuration yet",
+                known_leader.unwrap_or_default(),
+            ),
+            after: waited,
+        },
         (false, None) => RpcError::Timeout { what: what.to_owned(), after: waited },
     }
 }
@@ -538,7 +542,10 @@ mod tests {
             (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
             (false, kept(), Some(OTHER), ErrorCode::Unavailable),
             (false, Some(timeout()), Some(OTHER), ErrorCode::Timeout),
-            (true, None, Some(STRANGER), ErrorCode::Unavailable),
+            // No leader it can route to in time: the node runs, so a
+            // timeout, not `unavailable` (which the facade reports as the
+            // node stopped; review finding).
+            (true, None, Some(STRANGER), ErrorCode::Timeout),
             (false, None, Some(OTHER), ErrorCode::Timeout),
         ];
         for (waiting, last, known, want) in cases {

@@ -75,7 +75,9 @@ async fn waiting_for_a_leader_outside_the_configuration_does_not_starve_the_runt
     assert!(waited >= Duration::from_secs(1), "gave up after {waited:?}: {err}");
     // 100 turns in a second if the call yields; none if it spins.
     assert!(turns >= 20, "other tasks ran {turns} times in {waited:?}: the call spun");
-    assert!(!matches!(err, RpcError::Timeout { .. }), "{err}");
+    // It waited for a leader it can route to (a timeout that says so, not
+    // `unavailable`, which reads as this node stopping).
+    assert!(err.to_string().contains("is not in its configuration yet"), "{err}");
     drop(stream);
     stop_node(node).await;
 }
