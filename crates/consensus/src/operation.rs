@@ -50,6 +50,13 @@ impl SessionPool {
         Ok((ClientId(client), 1))
     }
 
+    /// Forgets every idle session: one of them expired, and the others were
+    /// given back no later than it (sessions expire by age and by least
+    /// recent use), so they are likely gone too.
+    fn forget_idle(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn give_back(&self, client: ClientId, next_seq: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_SESSIONS {
@@ -177,6 +184,14 @@ impl<S: StateMachine> Operation<S> {
                 // step with the numbers this node gives out).
                 AfterSession::NewSession => {
                     self.session = None;
+                    // The pool's other sessions are as old or older: without
+                    // this, a pool of expired sessions used up the
+                    // operation's replacements, each one a committed entry,
+                    // and failed a command that was never applied (review
+                    // finding).
+                    if err.code() != ErrorCode::SequenceReused {
+                        self.inner.sessions.forget_idle();
+                    }
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
                         return Err(Error::from(err));

@@ -199,3 +199,40 @@ async fn a_node_starts_with_kept_answers_above_the_default_read_limit() {
         node.stop(StopMode::Stay).await.unwrap();
     }
 }
+
+/// A node whose pool holds many sessions that all expired while it was
+/// quiet: its next command meets one expired session, forgets the rest and
+/// registers a new one. Before (review finding), it popped one expired
+/// session after another, each costing a committed entry, and gave up
+/// after eight with a timeout for a command that was never applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_expired_sessions_is_forgotten_at_the_first_one() {
+    let world = World::new(3);
+    let table = |_: usize| {
+        let mut config = fast_config();
+        config.sessions.max_sessions = 12;
+        config
+    };
+    let nodes = world.start_all(table).await;
+    // Node 0 runs twelve commands at once: twelve sessions in its pool.
+    at_once(&nodes[0], "a").await;
+    // Node 1 registers twelve more: every one of node 0's is evicted.
+    at_once(&nodes[1], "b").await;
+    let answer = nodes[0].execute(add("after", 1)).await;
+    assert_eq!(answer.expect("a new session, not eight expired ones"), 25);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Twelve commands through `node` at once, each in a session of its own.
+async fn at_once(node: &consensus::Consensus<Tally>, prefix: &str) {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (node, tag) = (node.clone(), format!("{prefix}{i}"));
+        calls.spawn(async move { node.execute(add(&tag, 1)).await });
+    }
+    while let Some(result) = calls.join_next().await {
+        result.unwrap().unwrap();
+    }
+}
