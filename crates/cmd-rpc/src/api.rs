@@ -21,7 +21,10 @@ pub struct ExecuteRequest {
     /// without a known outcome. If the session turns out to have expired,
     /// the answer is then `session_expired_outcome_unknown` (the command may
     /// have been applied before the session expired) rather than
-    /// `session_expired` (it was not applied).
+    /// `session_expired` (it was not applied); a command never sent ends
+    /// as an unknown outcome rather than `not_started`; and the command is
+    /// not batched. A caller that retries without it is told "not applied"
+    /// where only this call's attempts are known.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
 }

@@ -25,8 +25,8 @@
 //! applies a batch whose answers this node then refuses to read. To keep
 //! that limit within [`MAX_BATCH_ANSWER`], a batch holds at most as many
 //! commands as that allows ([`commands_per_batch`]; 63 at the default
-//! 4 MiB); below [`MIN_BATCH`] commands go
-//! alone. A command with less than [`MIN_BUDGET`] left is not sent. The
+//! 4 MiB); when that is fewer than [`MIN_BATCH`], no command is batched
+//! (all go alone). A command with less than [`MIN_BUDGET`] left is not sent. The
 //! leader's answers are matched to the commands by position: an answer
 //! with another number of entries leaves every command unknown.
 //!

@@ -48,8 +48,10 @@ pub enum ErrorCode {
     AnswerNotKept,
     /// `not_confirmed`: a node refused to confirm a cluster being formed.
     NotConfirmed,
-    /// `not_started`: the command was never sent to the leader (or never
-    /// started there) within its deadline: not applied.
+    /// `not_started`: the command was never sent to the leader within its
+    /// deadline, and no earlier attempt of the call may have been applied:
+    /// not applied. (A leader that cannot start a batched command answers
+    /// `unavailable`, an unknown outcome.)
     NotStarted,
     /// `unavailable`: the service cannot answer now.
     Unavailable,

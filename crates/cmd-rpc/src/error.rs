@@ -148,9 +148,12 @@ pub enum RpcError {
     #[error("not confirmed: {0}")]
     NotConfirmed(String),
     /// The command was never sent to the leader before the call's deadline
-    /// (it was still waiting for a batch, or its leader lost its leadership
-    /// before it went), and no earlier attempt of the call may have been
-    /// applied: it was not applied, and may be sent again.
+    /// (it was still waiting for a batch, had less than 1 ms left when a
+    /// batch was built, or its leader lost its leadership before it went,
+    /// batched or alone), and no earlier attempt of the call may have been
+    /// applied: it was not applied, and may be sent again. Other attempts
+    /// that were never written (a dial that failed, no free request slot)
+    /// still count as unknown.
     #[error("not started: {0}; the command was not applied")]
     NotStarted(String),
     /// The service cannot answer now (no quorum, shutting down).
