@@ -73,22 +73,14 @@ impl Default for CommandConfig {
 }
 
 impl CommandConfig {
-    /// Checks these settings against the session table's bounds: every
-    /// answer a session keeps for a retry, in its envelope, must fit
-    /// `max_response`. Otherwise a follower cannot read a kept answer from
-    /// the leader, and no retry in the session ever can (it is answered
-    /// the same, kept answer).
-    pub fn check(&self, sessions: &SessionLimits) -> Result<(), String> {
-        let largest = sessions.max_answer_bytes.saturating_add(ANSWER_ENVELOPE);
-        if largest > self.max_response {
-            return Err(format!(
-                "sessions.max_answer_bytes ({}) plus an answer's {ANSWER_ENVELOPE}-byte envelope \
-                 exceeds max_response ({}): a follower could not read an answer its session \
-                 keeps; lower max_answer_bytes or raise max_response",
-                sessions.max_answer_bytes, self.max_response
-            ));
-        }
-        Ok(())
+    /// Most bytes of a `/v1/execute` answer this node reads from the leader
+    /// when sessions keep answers up to `sessions.max_answer_bytes`:
+    /// `max_response`, or a kept answer in its envelope when that is larger.
+    /// A retry in the session is answered the kept answer, so a follower
+    /// that could not read it would never learn more than "applied". Every
+    /// other read (batches, probes, confirms, reads) keeps `max_response`.
+    pub fn execute_answer_limit(&self, sessions: &SessionLimits) -> usize {
+        self.max_response.max(sessions.max_answer_bytes.saturating_add(ANSWER_ENVELOPE))
     }
 }
 
@@ -111,19 +103,13 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_answer_must_fit_max_response() {
+    fn a_kept_answer_is_always_within_the_execute_answer_limit() {
         let config = CommandConfig { max_response: 64 << 10, ..CommandConfig::default() };
-        let fits =
-            SessionLimits { max_answer_bytes: (64 << 10) - ANSWER_ENVELOPE, ..Default::default() };
-        assert_eq!(config.check(&fits), Ok(()));
-        let over = SessionLimits {
-            max_answer_bytes: (64 << 10) - ANSWER_ENVELOPE + 1,
-            ..Default::default()
-        };
-        let err = config.check(&over).unwrap_err();
-        assert!(err.contains(&format!("max_answer_bytes ({})", over.max_answer_bytes)), "{err}");
-        assert!(err.contains("max_response (65536)"), "{err}");
-        // The defaults fit.
-        assert_eq!(CommandConfig::default().check(&SessionLimits::default()), Ok(()));
+        let small = SessionLimits { max_answer_bytes: 1 << 10, ..Default::default() };
+        assert_eq!(config.execute_answer_limit(&small), 64 << 10);
+        let large = SessionLimits { max_answer_bytes: 256 << 10, ..Default::default() };
+        assert_eq!(config.execute_answer_limit(&large), (256 << 10) + ANSWER_ENVELOPE);
+        let defaults = CommandConfig::default();
+        assert_eq!(defaults.execute_answer_limit(&SessionLimits::default()), defaults.max_response);
     }
 }

@@ -622,7 +622,7 @@ impl<S: StateMachine> CommandService<S> {
                     deadline,
                     self.config.attempt_timeout,
                     Origin::Forwarded,
-                    self.config.max_response,
+                    self.config.execute_answer_limit(&self.node.session_limits()),
                 )
                 .await;
             match sent.result.map_err(|err| route::after_execute(err, id)) {

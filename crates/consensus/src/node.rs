@@ -298,19 +298,8 @@ fn raft_config(config: &Config) -> RaftConfig {
     }
 }
 
-/// The command API's settings: the defaults, with the node's deadline, and
-/// an answer limit that reads every answer a session keeps (kept answers
-/// are bounded by the cluster's session limits, which every member shares;
-/// refusing to start instead would strand a cluster whose limits were
-/// valid before the check existed, since session limits cannot change).
 fn command_config(config: &Config) -> CommandConfig {
-    let defaults = CommandConfig::default();
-    let kept = config.sessions.max_answer_bytes.saturating_add(cmd_rpc::ANSWER_ENVELOPE);
-    CommandConfig {
-        default_deadline: config.timing.call_deadline,
-        max_response: defaults.max_response.max(kept),
-        ..defaults
-    }
+    CommandConfig { default_deadline: config.timing.call_deadline, ..CommandConfig::default() }
 }
 
 /// Waits for the first view of the tailnet.
@@ -386,7 +375,6 @@ impl<S: StateMachine> Consensus<S> {
         if bootstrap.expected_size == 0 {
             return Err(Error::Invalid("expected_size must be at least 1".to_owned()));
         }
-        command_config(&config).check(&config.sessions).map_err(Error::Invalid)?;
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
         let transport = CountingTransport::wrap(transport, counters.clone());

@@ -507,6 +507,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.identity.lock().unwrap_or_else(|p| p.into_inner()).incarnation
     }
 
+    /// The session limits entries apply with (every member has the same).
+    pub fn session_limits(&self) -> SessionLimits {
+        self.config.sessions
+    }
+
     /// The cluster this node formed or decided to join, if any.
     pub fn cluster_id(&self) -> Option<ClusterId> {
         self.gate.get()
