@@ -288,6 +288,18 @@ impl<S: StateMachine> Clone for Consensus<S> {
     }
 }
 
+/// The facade's error for a raft node that could not start.
+fn start_error(err: raft_core::StartError) -> Error {
+    use raft_core::StartError;
+    match err {
+        StartError::Config(why) => Error::Invalid(why),
+        StartError::Storage { message, .. } | StartError::Identity(message) => {
+            Error::storage(message)
+        }
+        other => Error::network_from(other.to_string(), other),
+    }
+}
+
 fn raft_config(config: &Config) -> RaftConfig {
     RaftConfig {
         heartbeat_interval: config.timing.heartbeat,
@@ -443,13 +455,7 @@ impl<S: StateMachine> Consensus<S> {
             raft_config(&config),
         )
         .await
-        .map_err(|e| match e {
-            raft_core::StartError::Storage(why) | raft_core::StartError::Identity(why) => {
-                Error::storage(why)
-            }
-            raft_core::StartError::Config(why) => Error::Invalid(why),
-            other => Error::network_from(other.to_string(), other),
-        })?;
+        .map_err(start_error)?;
         let id = raft.id();
         let raft = Arc::new(raft);
         let boot = Boot::default();
