@@ -288,13 +288,15 @@ impl<S: StateMachine> Clone for Consensus<S> {
     }
 }
 
-/// The facade's error for a raft node that could not start.
+/// The facade's error for a raft node that could not start, with the raft
+/// error underneath as its source (and, through it, the `std::io::Error`
+/// or storage error it came from).
 fn start_error(err: raft_core::StartError) -> Error {
     use raft_core::StartError;
     match err {
         StartError::Config(why) => Error::Invalid(why),
-        StartError::Storage { message, .. } | StartError::Identity(message) => {
-            Error::storage(message)
+        StartError::Storage { ref message, .. } | StartError::Identity(ref message) => {
+            Error::storage_from(message.clone(), err)
         }
         other => Error::network_from(other.to_string(), other),
     }
