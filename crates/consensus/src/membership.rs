@@ -13,12 +13,14 @@ use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{Change, ProbeRequest, ProbeResponse, ProbeState};
-use raft_core::NodeInfo;
+use raft_core::{NodeId, NodeInfo, NodeMetrics};
 use tokio::task::JoinSet;
-use ts_discovery::ClusterView;
+use ts_discovery::{ClusterView, Discovery};
 
 use crate::bootstrap::{check_answer, join_ports};
-use crate::decide::membership::{Action, Inputs, Member, Probed, Tagged, plan, to_probe};
+use crate::decide::membership::{
+    Action, Inputs, Member, Probed, Tagged, keeps_quorum, plan, to_probe,
+};
 use crate::machine::StateMachine;
 use crate::node::Inner;
 
@@ -217,6 +219,59 @@ async fn probe_due<S: StateMachine>(
         }
     }
     out
+}
+
+/// The quorum guard of a removal asked for through the command API:
+/// whether removing `id` leaves a majority of the remaining voters
+/// reachable ([`decide::membership::keeps_quorum`]), judged from this
+/// node's raft metrics and a fresh tailnet view. `me` and `my_name` are
+/// this node's (the leader's) raft id and stable id.
+pub(crate) fn removal_keeps_quorum(
+    me: NodeId,
+    my_name: &str,
+    discovery: &dyn Discovery,
+    max_staleness: Duration,
+    id: NodeId,
+    metrics: &NodeMetrics,
+) -> Result<(), String> {
+    let members: Vec<Member<String>> = metrics
+        .nodes
+        .iter()
+        .map(|(id, node)| Member {
+            id: *id,
+            name: node.stable_id.clone(),
+            voter: metrics.voters.contains(id),
+            matched: None,
+        })
+        .collect();
+    // Only a fresh view says who is reachable; without one only this node
+    // counts (the guard must not pass for want of information).
+    let state = discovery.state().borrow().clone();
+    let mut tagged: Vec<Tagged<String>> = Vec::new();
+    let stale = state.is_stale(max_staleness);
+    if let Some(view) = state.view.filter(|_| !stale) {
+        tagged.extend(
+            view.members.values().map(|n| Tagged { name: n.id.0.clone(), online: n.online }),
+        );
+        if view.self_tagged() {
+            tagged.push(Tagged { name: view.self_node.id.0.clone(), online: true });
+        }
+    }
+    let probed = [Probed { name: my_name.to_owned(), id: me, in_this_cluster: true }];
+    let inputs = Inputs {
+        leader: me,
+        members: &members,
+        tagged: &tagged,
+        probed: &probed,
+        last_index: metrics.last_log_index.unwrap_or(0),
+        max_lag: 0,
+    };
+    keeps_quorum(&inputs, id).map_err(|(remaining, reachable)| {
+        format!(
+            "removing it leaves {remaining} voters of which only {reachable} are reachable, not \
+             a majority"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -135,47 +135,14 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
         id: NodeId,
         metrics: &raft_core::NodeMetrics,
     ) -> Result<(), String> {
-        use crate::decide::membership::{Inputs, Member, Probed, Tagged, keeps_quorum};
-        let me = self.raft.id();
-        let members: Vec<Member<String>> = metrics
-            .nodes
-            .iter()
-            .map(|(id, node)| Member {
-                id: *id,
-                name: node.stable_id.clone(),
-                voter: metrics.voters.contains(id),
-                matched: None,
-            })
-            .collect();
-        // Only a fresh view says who is reachable; without one only this
-        // node counts (the guard must not pass for want of information).
-        let state = self.discovery.state().borrow().clone();
-        let mut tagged: Vec<Tagged<String>> = Vec::new();
-        let stale = state.is_stale(self.max_staleness);
-        if let Some(view) = state.view.filter(|_| !stale) {
-            tagged.extend(
-                view.members.values().map(|n| Tagged { name: n.id.0.clone(), online: n.online }),
-            );
-            if view.self_tagged() {
-                tagged.push(Tagged { name: view.self_node.id.0.clone(), online: true });
-            }
-        }
-        let probed =
-            [Probed { name: self.raft.info().stable_id.clone(), id: me, in_this_cluster: true }];
-        let inputs = Inputs {
-            leader: me,
-            members: &members,
-            tagged: &tagged,
-            probed: &probed,
-            last_index: metrics.last_log_index.unwrap_or(0),
-            max_lag: 0,
-        };
-        keeps_quorum(&inputs, id).map_err(|(remaining, reachable)| {
-            format!(
-                "removing it leaves {remaining} voters of which only {reachable} are reachable, \
-                 not a majority"
-            )
-        })
+        membership::removal_keeps_quorum(
+            self.raft.id(),
+            &self.raft.info().stable_id,
+            &*self.discovery,
+            self.max_staleness,
+            id,
+            metrics,
+        )
     }
 
     fn tagged_online(&self, stable_id: &str) -> bool {
@@ -285,6 +252,20 @@ pub struct Consensus<S: StateMachine> {
 impl<S: StateMachine> Clone for Consensus<S> {
     fn clone(&self) -> Self {
         Consensus { inner: self.inner.clone() }
+    }
+}
+
+/// The facade's error for a raft node that could not start, with the raft
+/// error underneath as its source (and, through it, the `std::io::Error`
+/// or storage error it came from).
+fn start_error(err: raft_core::StartError) -> Error {
+    use raft_core::StartError;
+    match err {
+        StartError::Config(why) => Error::Invalid(why),
+        StartError::Storage { ref message, .. } | StartError::Identity(ref message) => {
+            Error::storage_from(message.clone(), err)
+        }
+        other => Error::network_from(other.to_string(), other),
     }
 }
 
@@ -431,13 +412,7 @@ impl<S: StateMachine> Consensus<S> {
             raft_config(&config),
         )
         .await
-        .map_err(|e| match e {
-            raft_core::StartError::Storage(why) | raft_core::StartError::Identity(why) => {
-                Error::storage(why)
-            }
-            raft_core::StartError::Config(why) => Error::Invalid(why),
-            other => Error::network_from(other.to_string(), other),
-        })?;
+        .map_err(start_error)?;
         let id = raft.id();
         let raft = Arc::new(raft);
         let boot = Boot::default();

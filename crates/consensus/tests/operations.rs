@@ -1,6 +1,7 @@
 //! The operator's admin endpoint against real in-process clusters: members
 //! and status, removal under the leader's rules, leadership transfer,
-//! snapshots, backup and restore as a new cluster.
+//! snapshots, backup and restore as a new cluster; and what a start on a
+//! bad state directory or a taken raft port reports underneath its error.
 
 mod common;
 
@@ -9,10 +10,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use consensus::{Config, Consistency, Role, StopMode, StorageFaults};
+use consensus::{Config, Consistency, Error, Role, StopMode, StorageFaults};
 use serde_json::json;
-use test_support::cluster::MemCluster;
+use test_support::cluster::{self, MemCluster};
 use test_support::{eventually, eventually_every};
+use ts_transport::{Transport, TransportError};
 
 /// The staged restore's file in a state directory.
 const PENDING_RESTORE: &str = "restore.pending";
@@ -531,4 +533,65 @@ async fn a_followers_readiness_uses_the_leaders_commit_index() {
     let (_, s) = admin_json(&cluster.dirs[leader], "GET", "/v1/status", json!(null)).await;
     assert_eq!(s["readiness"]["leader_committed_index"], json!(null), "a leader uses its own: {s}");
     cluster.shutdown().await;
+}
+
+/// The first error of type `T` in `err`'s chain of sources.
+fn underneath<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    std::iter::successors(err.source(), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
+}
+
+/// Before: a start on a state directory that cannot be created said why
+/// in words only; the operating system's error was lost. Now it is in the
+/// chain of sources, for programs that look at its kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_state_directory_that_is_a_file_keeps_the_io_error_underneath() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("state");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let world = World::new(1);
+    let tailnet = world.tailnet();
+    let config = Config { state_dir: Some(file.clone()), ..fast_config() };
+    let started = cluster::start_node(
+        &world.net,
+        &tailnet,
+        0,
+        tailnet.discovery(0),
+        Tally::default(),
+        1,
+        config,
+    )
+    .await;
+    let Err(err) = started else { panic!("a node started on a state directory that is a file") };
+    assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("create {}", file.display())), "{err}");
+    let io = underneath::<std::io::Error>(&err);
+    assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::AlreadyExists), "{err:?}");
+}
+
+/// Before: a start whose raft port was taken kept only the transport's
+/// words. Now the transport's error is in the chain of sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_a_taken_raft_port_keeps_the_transports_error_underneath() {
+    let world = World::new(1);
+    let tailnet = world.tailnet();
+    let config = fast_config();
+    let port = config.raft_port;
+    let _squatter = world.net.node(tailnet.ip(0)).listen(port).await.unwrap();
+    let started = cluster::start_node(
+        &world.net,
+        &tailnet,
+        0,
+        tailnet.discovery(0),
+        Tally::default(),
+        1,
+        config,
+    )
+    .await;
+    let Err(err) = started else { panic!("a node started on a raft port already in use") };
+    assert!(matches!(err, Error::Network { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("cannot listen on raft port {port}")), "{err}");
+    let transport = underneath::<TransportError>(&err);
+    assert!(matches!(transport, Some(TransportError::AddrInUse(p)) if *p == port), "{err:?}");
 }

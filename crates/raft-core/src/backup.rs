@@ -34,7 +34,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{CommittedLeaderId, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::error::StartError;
+use crate::error::{BoxError, StartError};
 use crate::identity::{self, Identity};
 use crate::state_machine::{check_snapshot_data, rebase_snapshot_data};
 use crate::storage::LogStore;
@@ -297,10 +297,12 @@ pub(crate) fn take_pending(dir: &Path) -> Result<Option<PendingRestore>, StartEr
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(StartError::Storage(format!("{}: {err}", path.display()))),
+        Err(err) => {
+            return Err(StartError::storage_from(format!("{}: {err}", path.display()), err));
+        }
     };
     let backup = Backup::from_bytes(&bytes).map_err(|e| {
-        StartError::Storage(format!(
+        StartError::storage(format!(
             "the staged restore {} is not a valid backup: {e}; remove it to start without \
              restoring",
             path.display()
@@ -326,7 +328,10 @@ pub(crate) fn take_pending(dir: &Path) -> Result<Option<PendingRestore>, StartEr
         File::open(dir)?.sync_all()
     };
     moved().map_err(|e| {
-        StartError::Storage(format!("move the raft state aside into {}: {e}", aside.display()))
+        StartError::storage_from(
+            format!("move the raft state aside into {}: {e}", aside.display()),
+            e,
+        )
     })?;
     tracing::warn!(
         aside = %aside.display(),
@@ -350,7 +355,9 @@ impl PendingRestore {
         identity: &Identity,
         self_node: &NodeInfo,
     ) -> Result<Identity, StartError> {
-        let storage = |what: &str, e: String| StartError::Storage(format!("restore: {what}: {e}"));
+        let storage = |what: &str, e: String| StartError::storage(format!("restore: {what}: {e}"));
+        let storage_from =
+            |what: &str, e: BoxError| StartError::storage_from(format!("restore: {what}: {e}"), e);
         let id = identity.node_id;
         let cluster_id = ClusterId::random().map_err(|e| storage("cluster id", e))?;
         let index = self.backup.info.applied_index.unwrap_or(0).max(1);
@@ -368,14 +375,14 @@ impl PendingRestore {
         };
         snapshots
             .save(&StoredSnapshot { meta, data })
-            .map_err(|e| storage("write the snapshot", e.to_string()))?;
-        log.purge(log_id).await.map_err(|e| storage("mark the log", e.to_string()))?;
+            .map_err(|e| storage_from("write the snapshot", e.into()))?;
+        log.purge(log_id).await.map_err(|e| storage_from("mark the log", e.into()))?;
         log.save_committed(Some(log_id))
             .await
-            .map_err(|e| storage("mark the log", e.to_string()))?;
+            .map_err(|e| storage_from("mark the log", e.into()))?;
         log.save_vote(&Vote::new_committed(1, id))
             .await
-            .map_err(|e| storage("write the vote", e.to_string()))?;
+            .map_err(|e| storage_from("write the vote", e.into()))?;
         let restored = Identity { cluster_id: Some(cluster_id), ..identity.clone() };
         identity::store(&log, &restored).await.map_err(|e| storage("write the identity", e))?;
         tracing::warn!(
@@ -409,7 +416,7 @@ impl PendingRestore {
             }
         };
         tracing::error!(error = %err, "restore failed at start: {what}");
-        StartError::Storage(format!("{err}; {what}"))
+        StartError::storage_from(format!("{err}; {what}"), err)
     }
 
     /// Moves the staged file next to the state it replaced, once the
@@ -420,11 +427,12 @@ impl PendingRestore {
             File::open(dir)?.sync_all()
         };
         done().map_err(|e| {
-            StartError::Storage(format!(
+            let message = format!(
                 "restore: move {} into {}: {e}",
                 dir.join(PENDING_RESTORE).display(),
                 self.aside.display()
-            ))
+            );
+            StartError::storage_from(message, e)
         })
     }
 }

@@ -4,7 +4,16 @@ use std::time::Duration;
 
 use crate::types::{NodeId, NodeInfo};
 
+/// An error underneath one of ours, boxed so that no lower layer's type
+/// (openraft, redb) shows in this crate's signatures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a node could not start.
+///
+/// Where the failure came from an error value (an [`std::io::Error`] from
+/// the state directory, the transport's error from the raft port, a storage
+/// or openraft error), that value is kept as the
+/// [`std::error::Error::source`]; the message also says it in words.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -12,24 +21,53 @@ pub enum StartError {
     #[error("invalid raft configuration: {0}")]
     Config(String),
     /// Storage could not be opened or restored.
-    #[error("raft storage: {0}")]
-    Storage(String),
+    #[error("raft storage: {message}")]
+    Storage {
+        /// What failed, in words (the cause's own included).
+        message: String,
+        /// The error underneath, when there is one (an [`std::io::Error`]
+        /// from the state directory, say), for programs that look at it.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The state directory belongs to another node, or was written before
     /// node identities existed or by a version that derived raft ids
     /// otherwise; the message says what to do.
     #[error("raft storage: {0}")]
     Identity(String),
     /// The raft port could not be opened.
-    #[error("cannot listen on raft port {port}: {reason}")]
+    #[error("cannot listen on raft port {port}: {source}")]
     Listen {
         /// The port.
         port: u16,
-        /// Why.
-        reason: String,
+        /// The transport's error (an [`std::io::Error`] underneath it
+        /// for the operating system's sockets).
+        #[source]
+        source: ts_transport::TransportError,
     },
     /// openraft refused to start.
-    #[error("raft: {0}")]
-    Raft(String),
+    #[error("raft: {source}")]
+    Raft {
+        /// openraft's error, boxed.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StartError {
+    /// [`StartError::Storage`] without an error underneath (the storage
+    /// backends report their failures as text).
+    pub(crate) fn storage(message: impl Into<String>) -> StartError {
+        StartError::Storage { message: message.into(), source: None }
+    }
+
+    /// [`StartError::Storage`] caused by `source`.
+    pub(crate) fn storage_from(
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> StartError {
+        StartError::Storage { message: message.into(), source: Some(source.into()) }
+    }
 }
 
 /// Why a proposal has no outcome.

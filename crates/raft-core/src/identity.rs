@@ -100,10 +100,12 @@ pub(crate) async fn load_binding(
     cluster_id: Option<ClusterId>,
     place: &str,
 ) -> Result<Option<Binding>, StartError> {
-    let Some(bytes) = log.meta_bytes(BINDING_KEY).await.map_err(StartError::Storage)? else {
+    let Some(bytes) = log.meta_bytes(BINDING_KEY).await.map_err(StartError::storage)? else {
         return Ok(None);
     };
-    let bad = |e| StartError::Storage(format!("{place}: binding record: {e}"));
+    let bad = |e: codec::DecodeError| {
+        StartError::storage_from(format!("{place}: binding record: {e}"), e)
+    };
     // The layout version is the first byte (a u8).
     let binding: Binding = if bytes.first() == Some(&1) {
         let old: BindingV1 =
@@ -114,7 +116,7 @@ pub(crate) async fn load_binding(
         codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?
     };
     if binding.format != BINDING_FORMAT {
-        return Err(StartError::Storage(format!(
+        return Err(StartError::storage(format!(
             "{place}: binding record of format {} (this version reads {BINDING_FORMAT})",
             binding.format
         )));
@@ -140,7 +142,7 @@ fn random_incarnation() -> Result<u64, StartError> {
     loop {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes)
-            .map_err(|e| StartError::Storage(format!("no randomness for an incarnation: {e}")))?;
+            .map_err(|e| StartError::storage(format!("no randomness for an incarnation: {e}")))?;
         let incarnation = u64::from_le_bytes(bytes);
         if incarnation != 0 {
             return Ok(incarnation);
@@ -203,13 +205,13 @@ pub(crate) async fn establish(
     snapshots: Option<&Path>,
 ) -> Result<Identity, StartError> {
     check_stable_id(stable_id)?;
-    let stored = log.meta_bytes(KEY).await.map_err(StartError::Storage)?;
+    let stored = log.meta_bytes(KEY).await.map_err(StartError::storage)?;
     if let Some(bytes) = stored {
         let identity: Identity = codec::decode(&bytes, codec::stored_limit(bytes.len()), KEY)
-            .map_err(|e| StartError::Storage(format!("{place}: identity record: {e}")))?;
+            .map_err(|e| StartError::storage_from(format!("{place}: identity record: {e}"), e))?;
         check_format(&identity).map_err(|why| match identity.format {
             FORMAT_FNV => StartError::Identity(format!("{place}: {why}")),
-            _ => StartError::Storage(format!("{place}: {why}")),
+            _ => StartError::storage(format!("{place}: {why}")),
         })?;
         if identity.stable_id != stable_id {
             return Err(StartError::Identity(format!(
@@ -220,14 +222,14 @@ pub(crate) async fn establish(
         }
         if identity.incarnation == 0 || identity.node_id != node_id(stable_id, identity.incarnation)
         {
-            return Err(StartError::Storage(format!(
+            return Err(StartError::storage(format!(
                 "{place}: identity record is inconsistent (incarnation {:016x}, node id {})",
                 identity.incarnation, identity.node_id
             )));
         }
         return Ok(identity);
     }
-    if log.has_raft_state().await.map_err(StartError::Storage)? {
+    if log.has_raft_state().await.map_err(StartError::storage)? {
         return Err(StartError::Identity(format!(
             "{place} holds raft state written before node incarnations existed (decision 0003) \
              and cannot be used: move it away and start the node with an empty state directory; \
@@ -236,7 +238,7 @@ pub(crate) async fn establish(
     }
     if let Some(dir) = snapshots {
         remove_leftover_snapshots(dir)
-            .map_err(|e| StartError::Storage(format!("remove {}: {e}", dir.display())))?;
+            .map_err(|e| StartError::storage_from(format!("remove {}: {e}", dir.display()), e))?;
     }
     let incarnation = random_incarnation()?;
     let identity = Identity {
@@ -246,7 +248,7 @@ pub(crate) async fn establish(
         node_id: node_id(stable_id, incarnation),
         cluster_id: None,
     };
-    store(log, &identity).await.map_err(|e| StartError::Storage(format!("{place}: {e}")))?;
+    store(log, &identity).await.map_err(|e| StartError::storage(format!("{place}: {e}")))?;
     Ok(identity)
 }
 

@@ -370,11 +370,11 @@ impl<S: StateMachine> RaftNode<S> {
             }
             Storage::Durable(dir) => {
                 std::fs::create_dir_all(dir).map_err(|err| {
-                    StartError::Storage(format!("create {}: {err}", dir.display()))
+                    StartError::storage_from(format!("create {}: {err}", dir.display()), err)
                 })?;
                 restore = crate::backup::take_pending(dir)?.map(|pending| (pending, dir.clone()));
                 let log = LogStore::durable(&dir.join("raft.redb"))
-                    .map_err(|err| StartError::Storage(err.to_string()))?;
+                    .map_err(|err| StartError::storage_from(err.to_string(), err))?;
                 let snapshots = dir.join("snapshots");
                 (
                     log,
@@ -408,23 +408,28 @@ impl<S: StateMachine> RaftNode<S> {
         });
         let state_machine = state_machine
             .await
-            .map_err(|err| StartError::Storage(err.to_string()))?
+            .map_err(|err| StartError::storage_from(err.to_string(), err))?
             .map_err(|err| match &restore {
                 Some((pending, dir)) => pending.abandon(
                     dir,
-                    StartError::Storage(format!(
-                        "the state machine cannot restore the backup being restored: {err}"
-                    )),
+                    StartError::storage_from(
+                        format!(
+                            "the state machine cannot restore the backup being restored: {err}"
+                        ),
+                        err,
+                    ),
                 ),
-                None => StartError::Storage(format!("restore from snapshot: {err}")),
+                None => StartError::storage_from(format!("restore from snapshot: {err}"), err),
             })?;
         if let Some((pending, dir)) = &restore {
             pending.finish(dir)?;
         }
-        let listener: Arc<dyn Listener> =
-            Arc::from(transport.listen(self_node.raft_port).await.map_err(|err| {
-                StartError::Listen { port: self_node.raft_port, reason: err.to_string() }
-            })?);
+        let listener: Arc<dyn Listener> = Arc::from(
+            transport
+                .listen(self_node.raft_port)
+                .await
+                .map_err(|err| StartError::Listen { port: self_node.raft_port, source: err })?,
+        );
         let gate = Arc::new(ClusterGate::new(identity.cluster_id));
         let contact = Arc::new(LeaderContact::default());
         let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -444,7 +449,7 @@ impl<S: StateMachine> RaftNode<S> {
         let raft =
             Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
                 .await
-                .map_err(|err| StartError::Raft(err.to_string()))?;
+                .map_err(|err| StartError::Raft { source: err.into() })?;
         let server = server::start(
             listener,
             server::Context {
