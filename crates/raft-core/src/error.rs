@@ -106,10 +106,13 @@ pub enum ProposeError {
         /// The limit.
         limit: usize,
     },
-    /// The node is shutting down.
+    /// The node is shutting down. If the proposal was handed to the
+    /// batcher already, its entry may have been appended: the outcome is
+    /// unknown.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// The node stopped on a fatal error.
+    /// The node stopped on a fatal error; the outcome is unknown (the
+    /// entry may have been appended, and may commit on other nodes).
     #[error("fatal: {0}")]
     Fatal(String),
 }
