@@ -239,6 +239,11 @@ impl<S: StateMachine> CommandService<S> {
                         tokio::time::sleep_until(slot_end).await;
                     }
                 }
+                // The pause before this turn ran to the deadline: an
+                // attempt now would have no time, and its timeout would
+                // replace what the last one said (a read without a quorum
+                // reported as "no outcome within 0ns").
+                Step::Attempt(_) if last_error.is_some() && Instant::now() >= deadline => {}
                 Step::Attempt(target) => match attempt(target).await {
                     Ok(Retry::Done(answer)) => return Ok(answer),
                     Ok(Retry::Again { leader, error }) => {
