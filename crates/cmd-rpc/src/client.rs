@@ -555,34 +555,10 @@ mod tests {
         assert!(err.to_string().starts_with("cannot reach 10.0.0.2:6271: "), "{err}");
     }
     /// Serves `port` on `node`: reads each request's head and body (up to
-    /// the end of a `{...}` body), then answers `answer` if it is `Some`,
-    /// or closes the connection without a word.
+    /// the end of a `{...}` body), then answers 404 with `answer` if it is
+    /// `Some`, or closes the connection without a word.
     async fn serve(node: ts_transport::MemTransport, answer: Option<&'static str>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = node.listen(6271).await.unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !seen.ends_with(b"}") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if let Some(body) = answer {
-                        let head = format!(
-                            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n\
-                             content-length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(head.as_bytes()).await;
-                        let _ = stream.write_all(body.as_bytes()).await;
-                    }
-                });
-            }
-        });
+        serve_counted(node, answer.map(|body| ("404 Not Found", body.to_owned()))).await;
     }
 
     /// An address whose exchange breaks after the request was written may
@@ -629,12 +605,13 @@ mod tests {
         assert!(matches!(&sent.result, Err(RpcError::Remote { status: 404, .. })), "{sent:?}");
     }
 
-    /// Serves `port` on `node` as [`serve`] does, answering each request
-    /// `status` with `body`; counts the requests it read in full.
+    /// Serves `port` on `node`: reads each request's head and body (up to
+    /// the end of a `{...}` body) and counts it, then answers `(status,
+    /// body)` if given, or closes the connection without a word. The count
+    /// of requests read in full.
     async fn serve_counted(
         node: ts_transport::MemTransport,
-        status: &'static str,
-        body: String,
+        answer: Option<(&'static str, String)>,
     ) -> Arc<std::sync::atomic::AtomicUsize> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let seen_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -642,7 +619,7 @@ mod tests {
         let listener = node.listen(6271).await.unwrap();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (count, body) = (count.clone(), body.clone());
+                let (count, answer) = (count.clone(), answer.clone());
                 tokio::spawn(async move {
                     let mut seen = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -653,13 +630,15 @@ mod tests {
                         }
                     }
                     count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                         content-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(head.as_bytes()).await;
-                    let _ = stream.write_all(body.as_bytes()).await;
+                    if let Some((status, body)) = answer {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(head.as_bytes()).await;
+                        let _ = stream.write_all(body.as_bytes()).await;
+                    }
                 });
             }
         });
@@ -678,10 +657,10 @@ mod tests {
         let ip = |i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
         let (me, large, refuses) = (ip(1), ip(2), ip(3));
         let big = format!(r#"{{"answers":["{}"]}}"#, "x".repeat(4096));
-        let at_large = serve_counted(net.node(large), "200 OK", big).await;
+        let at_large = serve_counted(net.node(large), Some(("200 OK", big))).await;
         let refusal = r#"{"code":"not_found","message":"no such endpoint","leader":null}"#;
         let at_refuses =
-            serve_counted(net.node(refuses), "404 Not Found", refusal.to_owned()).await;
+            serve_counted(net.node(refuses), Some(("404 Not Found", refusal.to_owned()))).await;
         let client = CommandClient::new(Arc::new(net.node(me)), CommandConfig::default());
         let peer = NodeInfo {
             stable_id: "leader".to_owned(),

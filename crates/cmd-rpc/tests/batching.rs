@@ -55,6 +55,16 @@ async fn sessions(node: &Node, n: usize) -> Vec<u128> {
     out
 }
 
+/// `n` puts through `follower` at once, each in a new session of its own:
+/// each answered once, not as a duplicate of an earlier attempt.
+async fn put_once_each(follower: &Node, n: usize) {
+    let clients = sessions(follower, n).await;
+    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
+    for result in all_at_once(follower, requests, WAIT).await {
+        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
+    }
+}
+
 /// How many commands `node` has applied (the counter's answer).
 fn applied(node: &Node) -> usize {
     String::from_utf8(node.service.node().query_local(b"{}")).unwrap().parse().unwrap()
@@ -461,11 +471,7 @@ async fn a_batch_is_answered_within_each_commands_own_answer_limit() {
     let (nodes, _faults) = cluster(&net, config, 70).await;
     let leader = leader_of(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];
-    let clients = sessions(follower, 32).await;
-    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
-    for result in all_at_once(follower, requests, WAIT).await {
-        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
-    }
+    put_once_each(follower, 32).await;
     let stats = follower.service.stats();
     assert!(stats.batched.get() >= 8, "only {} commands went together", stats.batched.get());
     assert_eq!(stats.forwarded.get(), 32, "one attempt each");
@@ -552,11 +558,7 @@ async fn a_batch_holds_no_more_answers_than_its_budget() {
     let (nodes, _faults) = cluster(&net, config, 90).await;
     let leader = leader_of(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];
-    let clients = sessions(follower, 32).await;
-    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
-    for result in all_at_once(follower, requests, WAIT).await {
-        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
-    }
+    put_once_each(follower, 32).await;
     let stats = follower.service.stats();
     let (batches, batched) = (stats.batches.get(), stats.batched.get());
     assert!(batches > 0, "no batch went out");
@@ -576,11 +578,7 @@ async fn commands_go_alone_when_a_batch_would_hold_too_few() {
     let (nodes, _faults) = cluster(&net, config, 100).await;
     let leader = leader_of(&nodes).await;
     let follower = &nodes[(leader + 1) % 3];
-    let clients = sessions(follower, 16).await;
-    let requests = clients.iter().map(|&c| put(c, 1, "k")).collect();
-    for result in all_at_once(follower, requests, WAIT).await {
-        assert!(result.as_ref().is_ok_and(|a| !a.duplicate), "{result:?}");
-    }
+    put_once_each(follower, 16).await;
     let stats = follower.service.stats();
     assert_eq!(stats.batches.get(), 0, "{} commands went in batches", stats.batched.get());
     assert_eq!(stats.forwarded.get(), 16, "one attempt each");

@@ -542,6 +542,14 @@ fn underneath<'a, T: std::error::Error + 'static>(
     std::iter::successors(err.source(), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
+/// Starts node 0 of `world` on its own with `config`: what the start
+/// answers.
+async fn start_alone(world: &World, config: Config) -> Result<consensus::Consensus<Tally>, Error> {
+    let tailnet = world.tailnet();
+    cluster::start_node(&world.net, &tailnet, 0, tailnet.discovery(0), Tally::default(), 1, config)
+        .await
+}
+
 /// Before: a start on a state directory that cannot be created said why
 /// in words only; the operating system's error was lost. Now it is in the
 /// chain of sources, for programs that look at its kind.
@@ -551,18 +559,8 @@ async fn a_start_on_a_state_directory_that_is_a_file_keeps_the_io_error_undernea
     let file = tmp.path().join("state");
     std::fs::write(&file, b"not a directory").unwrap();
     let world = World::new(1);
-    let tailnet = world.tailnet();
     let config = Config { state_dir: Some(file.clone()), ..fast_config() };
-    let started = cluster::start_node(
-        &world.net,
-        &tailnet,
-        0,
-        tailnet.discovery(0),
-        Tally::default(),
-        1,
-        config,
-    )
-    .await;
+    let started = start_alone(&world, config).await;
     let Err(err) = started else { panic!("a node started on a state directory that is a file") };
     assert!(matches!(err, Error::Storage { .. }), "{err:?}");
     assert!(err.to_string().contains(&format!("create {}", file.display())), "{err}");
@@ -575,20 +573,10 @@ async fn a_start_on_a_state_directory_that_is_a_file_keeps_the_io_error_undernea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_on_a_taken_raft_port_keeps_the_transports_error_underneath() {
     let world = World::new(1);
-    let tailnet = world.tailnet();
     let config = fast_config();
     let port = config.raft_port;
-    let _squatter = world.net.node(tailnet.ip(0)).listen(port).await.unwrap();
-    let started = cluster::start_node(
-        &world.net,
-        &tailnet,
-        0,
-        tailnet.discovery(0),
-        Tally::default(),
-        1,
-        config,
-    )
-    .await;
+    let _squatter = world.net.node(world.tailnet().ip(0)).listen(port).await.unwrap();
+    let started = start_alone(&world, config).await;
     let Err(err) = started else { panic!("a node started on a raft port already in use") };
     assert!(matches!(err, Error::Network { .. }), "{err:?}");
     assert!(err.to_string().contains(&format!("cannot listen on raft port {port}")), "{err}");
