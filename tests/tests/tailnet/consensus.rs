@@ -1,5 +1,5 @@
-//! The facade end to end on the real local tailnet, with the KV example's
-//! state machine.
+//! The facade end to end on the real local tailnet, with the checking kv
+//! store (`test_support::kv`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
