@@ -891,9 +891,12 @@ struct Args {
 /// The workspace's `target/bench/` (or `$CARGO_TARGET_DIR/bench/`), not a
 /// path relative to wherever cargo runs the bench (the package directory).
 fn default_out() -> PathBuf {
+    // As xtask's `target_dir`: a relative CARGO_TARGET_DIR is the workspace
+    // root's (this runs in the package's directory).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("bench"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        Some(dir) => root.join(dir).join("bench"),
+        None => root.join("target/bench"),
     }
 }
 
