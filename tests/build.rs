@@ -12,8 +12,10 @@ fn main() {
     if env::var_os("CARGO_FEATURE_TAILNET").is_none() {
         println!(
             "cargo:warning=the real-tailnet suites, chaos, headscale and the benchmarks are off: \
-             they need Go >= 1.25, a C compiler and Chromium; run them with \
-             `cargo test -p tests --features tailnet` or `cargo xtask ci`"
+             they need Go >= 1.25, a C compiler and Chromium; `cargo xtask ci` runs everything \
+             (these, and what `cargo test -p tests --features tailnet` alone leaves out: \
+             ts-transport's tsnet unit tests and the rest of the `tailscale` features' code, \
+             such as the kv example's tests)"
         );
         return;
     }

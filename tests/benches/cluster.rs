@@ -138,14 +138,15 @@ fn resident_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The tailnet tests' profile (`tests::tailnet::timing`), with the call
+/// deadline, reconciliation period and staleness bound this benchmark's
+/// published numbers were measured with.
 fn timing() -> Timing {
     Timing {
-        heartbeat: Duration::from_millis(200),
-        election: (Duration::from_millis(1000), Duration::from_millis(2000)),
         call_deadline: Duration::from_secs(30),
-        start_timeout: Duration::from_secs(60),
         reconcile_every: Duration::from_secs(2),
         max_staleness: Duration::from_secs(60),
+        ..tests::tailnet::timing()
     }
 }
 
@@ -890,9 +891,12 @@ struct Args {
 /// The workspace's `target/bench/` (or `$CARGO_TARGET_DIR/bench/`), not a
 /// path relative to wherever cargo runs the bench (the package directory).
 fn default_out() -> PathBuf {
+    // As xtask's `target_dir`: a relative CARGO_TARGET_DIR is the workspace
+    // root's (this runs in the package's directory).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("bench"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench"),
+        Some(dir) => root.join(dir).join("bench"),
+        None => root.join("target/bench"),
     }
 }
 

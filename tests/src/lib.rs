@@ -7,7 +7,8 @@
 //! - [`linearizability`] checks key-value histories (Wing & Gong search with
 //!   memoization, partitioned by key, unknown outcomes allowed).
 //! - [`nodes`] runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
-//!   the KV example's state machine behind switchable faults) on a local
+//!   a key-value state machine, `test_support::kv`, behind switchable
+//!   faults) on a local
 //!   tailnet, and watches that no two clusters lead at once.
 //! - [`chaos`] is the multi-process nemesis run behind `cargo xtask chaos`:
 //!   `chaos-node` processes on a local tailnet, faults, a recorded history

@@ -26,6 +26,23 @@ pub const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest admin API response read.
 const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
 
+/// The facade's timing for clusters of tsnet nodes on a local tailnet:
+/// slower than the in-memory profile (`test_support::fast_timing`), since
+/// a tsnet hop costs more and a loaded 2-core machine runs several Go
+/// runtimes at once. The real-tailnet tests use it as it is; the cluster
+/// benchmark keeps its own call deadline, reconciliation period and
+/// staleness bound.
+pub fn timing() -> consensus::Timing {
+    consensus::Timing {
+        heartbeat: Duration::from_millis(200),
+        election: (Duration::from_millis(1000), Duration::from_millis(2000)),
+        call_deadline: Duration::from_secs(20),
+        start_timeout: Duration::from_secs(60),
+        reconcile_every: Duration::from_millis(500),
+        max_staleness: Duration::from_secs(30),
+    }
+}
+
 /// A running local tailnet.
 #[derive(Debug)]
 pub struct LocalTailnet {

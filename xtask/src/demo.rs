@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{Result, TAILNET_ENV, cargo, run, workspace_root};
+use crate::{Result, TAILNET_ENV, cargo, run, target_dir, workspace_root};
 
 const TAG: &str = "tag:kv";
 const NODES: usize = 3;
@@ -99,7 +99,7 @@ fn json_field<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
 pub(crate) fn demo() -> Result {
     let root = workspace_root();
     say("Building the local tailnet and the KV example");
-    let tailnet_bin = root.join("target/xtask/tailnet");
+    let tailnet_bin = target_dir().join("xtask/tailnet");
     run(
         "build local tailnet",
         Command::new("go")
@@ -120,7 +120,7 @@ pub(crate) fn demo() -> Result {
             "tailscale",
         ]),
     )?;
-    let kv_bin = root.join("target/debug/examples/kv");
+    let kv_bin = target_dir().join("debug/examples/kv");
     let work = std::env::temp_dir().join(format!("tsconsensus-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
 

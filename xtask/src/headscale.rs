@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{Result, TAILNET_ENV, cargo, run, workspace_root};
+use crate::{Result, TAILNET_ENV, cargo, run, target_dir, workspace_root};
 
 /// The headscale module.
 const MODULE: &str = "github.com/juanfont/headscale";
@@ -23,10 +23,6 @@ pub(crate) const VERSION: &str = "v0.28.0";
 /// download` also checks it against the checksum database; pinning it here
 /// makes a change of the proxy's answer an error, not a different build.
 const MODULE_SUM: &str = "h1:1lz1wj1NhKH2Y+U6URaVochCMrBsb+IUNDjQdwKn37Q=";
-
-fn target_dir() -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
-}
 
 /// `cargo xtask headscale [--build-only] [suite flags]`.
 pub(crate) fn headscale(args: &[&str]) -> Result {

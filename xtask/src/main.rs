@@ -34,7 +34,8 @@
 //!   processes (release build): throughput, CPU per put, failover,
 //!   elections under load. Writes its sections of `docs/benchmarks.md` and
 //!   `docs/img/throughput.svg`. `--quick` runs a reduced version in a few
-//!   minutes and writes only `target/bench/`.
+//!   minutes and writes only `target/bench/` (in `CARGO_TARGET_DIR` if
+//!   set).
 //! - `bench transport`: the raw transport benchmark (tsnet and TCP), whose
 //!   table goes into `docs/benchmarks.md`.
 //! - `bench discovery`: tag-propagation latency on the local tailnet.
@@ -94,6 +95,15 @@ const PUBLISHED: &[&str] =
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+}
+
+/// Where the cargo commands run here build: `CARGO_TARGET_DIR` if set (a
+/// relative one from the workspace root, where they run), else `target/`.
+/// Every built binary and every output (`bench/`, `headscale/`, `xtask/`)
+/// is found through it, as the cluster benchmark's default output is.
+fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }
 
 fn cargo() -> Command {
@@ -164,7 +174,7 @@ fn ci() -> Result {
         cargo()
             .current_dir(root.join("tests/downstream"))
             .args(["run", "--locked", "--offline"])
-            .env("CARGO_TARGET_DIR", root.join("target")),
+            .env("CARGO_TARGET_DIR", target_dir()),
     )?;
     run("deny", cargo().args(["deny", "--all-features", "check", "bans", "licenses", "sources"]))?;
     // A fresh seed each time (printed, replayable with --seed), so that CI
@@ -180,7 +190,7 @@ fn ci() -> Result {
 
 fn tailnet() -> Result {
     let root = workspace_root();
-    let bin = root.join("target/xtask/tailnet");
+    let bin = target_dir().join("xtask/tailnet");
     run(
         "build local tailnet",
         Command::new("go")
@@ -221,8 +231,8 @@ const VERSUS_END: &str = "<!-- versus-bench:end -->";
 
 fn bench_suite(quick: bool) -> Result {
     let root = workspace_root();
-    let out = root.join("target/bench");
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = target_dir();
+    let out = target.join("bench");
     let gobench = target.join("xtask/gobench");
     run(
         "build Go tsconsensus benchmark",
@@ -320,7 +330,7 @@ fn chaos(args: &[&str]) -> Result {
             "chaos-node",
         ]),
     )?;
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = target_dir();
     let node_bin = target.join("debug/chaos-node");
     if !node_bin.is_file() {
         return Err(format!("the build did not produce {}", node_bin.display()));

@@ -331,8 +331,8 @@ mod tests {
             let config = Config {
                 monitor_port: None,
                 timing: Timing {
-                    heartbeat: Duration::from_millis(100),
-                    election: (Duration::from_millis(500), Duration::from_millis(1000)),
+                    heartbeat: test_support::HEARTBEAT,
+                    election: test_support::ELECTION,
                     // Reconciliation runs only when the test calls it.
                     reconcile_every: Duration::from_secs(3600),
                     ..Timing::default()

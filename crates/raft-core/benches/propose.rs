@@ -40,8 +40,8 @@ async fn measure(
         _ => Net::Tcp(tcp_base),
     };
     let config = RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
-        election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        heartbeat_interval: test_support::HEARTBEAT,
+        election_timeout: test_support::ELECTION,
         ..RaftConfig::default()
     };
     let cluster = Arc::new(Cluster::new(3, net, storage == "durable", config).await);

@@ -40,7 +40,6 @@ async fn lone_leader(
 async fn a_dial_slower_than_a_heartbeat_still_connects() {
     let net = MemNetwork::new();
     let config = RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(600), Duration::from_millis(1200)),
         ..fast_config()
     };
@@ -48,7 +47,8 @@ async fn a_dial_slower_than_a_heartbeat_still_connects() {
     let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), config.clone()).await;
     b.set_cluster_id(a.cluster_id().unwrap()).await.unwrap();
     // 40 ms each way: a request and its answer take 80 ms, within the
-    // heartbeat; a dial and hello take 120 ms, beyond it.
+    // heartbeat (the fast profile's 100 ms); a dial and hello take 120 ms,
+    // beyond it.
     net.set_delay(ip(0), ip(1), Duration::from_millis(40));
     a.add_learner(b.id(), b.info().clone(), WAIT).await.expect("the learner catches up");
     b.wait_for(WAIT, |m| m.last_applied >= a.metrics().last_applied)
@@ -67,7 +67,6 @@ async fn a_dial_slower_than_a_heartbeat_still_connects() {
 async fn a_follower_behind_by_frames_slower_than_a_heartbeat_catches_up() {
     let net = MemNetwork::new();
     let mut config = RaftConfig {
-        heartbeat_interval: Duration::from_millis(100),
         election_timeout: (Duration::from_millis(600), Duration::from_millis(1200)),
         ..fast_config()
     };

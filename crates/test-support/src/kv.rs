@@ -1,9 +1,11 @@
-//! The key-value state machine of the `kv` example (and of the chaos node
-//! and the tests that run it): get, put,
-//! compare-and-set and delete over string keys and values. Every key also
-//! counts the writes applied to it (its version), and the whole state has a
-//! digest, so that replicas can be compared and lost or repeated writes
-//! noticed.
+//! The key-value state machine of the chaos node and of the tests that
+//! check replicas against each other: get, put, compare-and-set and delete
+//! over string keys and values, like the `kv` example's store
+//! (`crates/consensus/examples/kv/store.rs`), with what checking needs on
+//! top: every key counts the writes applied to it (its version), and the
+//! whole state has a digest, so that replicas can be compared and lost or
+//! repeated writes noticed. Its commands and their answers have the
+//! example's JSON shapes, so one client speaks to both.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};

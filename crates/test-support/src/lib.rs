@@ -10,9 +10,10 @@
 //! - [`stream`]: a stream that hands everything to the stream it wraps and
 //!   tells a hook what crosses it ([`Hooked`]), and with the `transport`
 //!   feature a transport whose streams carry such hooks;
-//! - with the `facade` feature: the kv example's store ([`kv`]) and line
-//!   interface ([`lines`], which the chaos node speaks too), a counter
-//!   ([`Counter`]), and an in-memory cluster of the facade ([`cluster`]).
+//! - with the `facade` feature: a key-value store with versions and a
+//!   digest for checking replicas ([`kv`]) and the chaos node's line
+//!   interface over it ([`lines`]), a counter ([`Counter`]), and an
+//!   in-memory cluster of the facade ([`cluster`]).
 //!
 //! A dev-dependency only (`publish = false`). The lower crates use it
 //! without the `facade` feature, so that their tests do not depend on the

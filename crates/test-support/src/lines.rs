@@ -1,6 +1,8 @@
-//! The line interface of the `kv` example and of the chaos node: one
-//! command per line, one JSON answer per line (`{"ok": ...}` or
-//! `{"error": "..."}`), lines of at most [`MAX_LINE`] bytes.
+//! The chaos node's line interface, the `kv` example's
+//! (`crates/consensus/examples/kv/lines.rs`) over the checking store
+//! [`crate::kv`]: one command per line, one JSON answer per line
+//! (`{"ok": ...}` or `{"error": "..."}`), lines of at most [`MAX_LINE`]
+//! bytes.
 //!
 //! [`accept`] and [`serve`] read the lines and write the answers; [`kv_command`] answers
 //! the commands every kv node has:
@@ -13,8 +15,8 @@
 //! del <key>                 delete it
 //! ```
 //!
-//! Each program adds its own lines (`status`, and the chaos node's
-//! `version`, `digest` and `fault ...`) in front of these.
+//! The chaos node adds its own lines (`status`, `version`, `digest` and
+//! `fault ...`) in front of these.
 
 use std::fmt::Display;
 use std::future::Future;

@@ -1,6 +1,7 @@
 //! `chaos-node`: the node program of the chaos harness and of the
-//! end-to-end scenarios (`tests/tests/scenarios.rs`): the KV example's state
-//! machine on a tailnet node whose transport sits behind switchable faults,
+//! end-to-end scenarios (`tests/tests/scenarios.rs`): a key-value state
+//! machine (`test_support::kv`: the kv example's, with versions and a
+//! digest for checking replicas) on a tailnet node whose transport sits behind switchable faults,
 //! with a line interface for clients and for the harness.
 //!
 //! ```sh
@@ -14,7 +15,7 @@
 //! joins the tailnet, so faults can be set before the node starts looking
 //! for its cluster. One command per line, one JSON answer per line
 //! (`{"ok": ...}` or `{"error": "..."}`; lines are at most 64 KiB): the kv
-//! example's interface (`test_support::lines`) and the harness's lines:
+//! example's commands (`test_support::lines`) and the harness's lines:
 //!
 //! ```text
 //! put <key> <value>         set a key

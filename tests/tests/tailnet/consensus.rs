@@ -1,5 +1,5 @@
-//! The facade end to end on the real local tailnet, with the KV example's
-//! state machine.
+//! The facade end to end on the real local tailnet, with the checking kv
+//! store (`test_support::kv`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -11,7 +11,7 @@ use consensus::{
 };
 use test_support::eventually_every;
 use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
-use tests::tailnet::LocalTailnet;
+use tests::tailnet::{LocalTailnet, timing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{LocalApi, LocalApiLimits};
 use ts_transport::Transport;
@@ -19,17 +19,6 @@ use ts_transport::tsnet::TsnetTransport;
 
 const TAG: &str = "tag:kv";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn timing() -> Timing {
-    Timing {
-        heartbeat: Duration::from_millis(200),
-        election: (Duration::from_millis(1000), Duration::from_millis(2000)),
-        call_deadline: Duration::from_secs(20),
-        start_timeout: Duration::from_secs(60),
-        reconcile_every: Duration::from_millis(500),
-        max_staleness: Duration::from_secs(30),
-    }
-}
 
 fn config() -> Config {
     Config { timing: timing(), ..Config::default() }

@@ -1,4 +1,15 @@
-//! A replicated key-value store on a tailnet.
+//! A replicated key-value store on a tailnet: the whole program a user of
+//! `consensus` writes, in three files.
+//!
+//! - `store.rs`: the state machine, which every node applies the same
+//!   commands to: a map from keys to values with put, compare-and-set and
+//!   delete;
+//! - `lines.rs`: a line interface on 127.0.0.1 that turns lines into
+//!   [`Consensus::execute`] and [`Consensus::read`] calls;
+//! - this file: joining the tailnet, waiting for the cluster's tag,
+//!   starting the node with [`Consensus::start_on_tailnet`], and stopping.
+//!
+//! Run one per machine (or per `--state-dir` and `--hostname` on one):
 //!
 //! ```sh
 //! cargo run -p consensus --features tailscale --example kv -- --hostname kv-1 --control-url http://127.0.0.1:PORT \
@@ -17,24 +28,22 @@
 //! status                    this node's role, term, leader and members
 //! ```
 //!
-//! The chaos harness runs the same state machine in its own node program
-//! (`tests/src/bin/chaos-node.rs`), which adds fault injection and the
-//! lines the harness needs.
-//!
-//! The state machine, `KvStore`, is in `crates/test-support/src/kv.rs`,
-//! and the reading and answering of lines in
-//! `crates/test-support/src/lines.rs`, where the tests and the chaos node
-//! use them too.
+//! `cargo xtask demo` runs three of these as separate processes on a local
+//! tailnet.
+
+mod lines;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use consensus::discovery::{LocalApi, LocalApiLimits};
 use consensus::{BootstrapOptions, Config, Consensus, NodeOptions, StopMode, TsnetTransport};
-use test_support::kv::KvStore;
-use test_support::lines;
 use tokio::net::TcpListener;
+
+use crate::store::KvStore;
 
 #[derive(Parser, Debug)]
 #[command(about = "A replicated key-value store on a tailnet")]
@@ -138,13 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default()
     );
 
-    let serve = lines::accept(listener, {
-        let kv = kv.clone();
-        move |line| {
-            let kv = kv.clone();
-            async move { handle(&kv, &line).await }
-        }
-    });
+    let serve = lines::accept(listener, kv.clone());
     let stop_on_eof = async {
         if args.exit_on_stdin_eof {
             let mut sink = Vec::new();
@@ -153,8 +156,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::future::pending::<()>().await;
         }
     };
-    // Through ts-transport: Go needs SA_ONSTACK on the handler.
-    let mut interrupt = ts_transport::tsnet::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // Through consensus::transport: Go needs SA_ONSTACK on the handler.
+    let mut interrupt =
+        consensus::transport::tsnet::signal(tokio::signal::unix::SignalKind::interrupt())?;
     tokio::select! {
         _ = serve => {}
         _ = interrupt.recv() => eprintln!("kv: interrupted"),
@@ -168,7 +172,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Waits (up to a minute) until this node carries `tag`: an operator may
 /// tag it only once it has registered.
 async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())?;
+    let api = LocalApi::for_node(node, LocalApiLimits::default())?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut said = false;
     loop {
@@ -183,20 +187,5 @@ async fn wait_for_tag(node: &TsnetTransport, tag: &str) -> Result<(), Box<dyn st
             return Err(format!("this node was not tagged {tag} within 60 s").into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// One line of the line interface: the commands of
-/// `test_support::lines::kv_command`, and `status`.
-async fn handle(kv: &Consensus<KvStore>, line: &str) -> serde_json::Value {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    if let Some(answer) = lines::kv_command(kv, &words).await {
-        return answer;
-    }
-    match words.as_slice() {
-        ["status"] => {
-            serde_json::json!({ "ok": { "metrics": kv.metrics(), "members": kv.members() } })
-        }
-        _ => lines::unknown(line),
     }
 }
