@@ -181,6 +181,27 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
     }
 }
 
+/// What an execute that ends with `err` reports, `maybe_applied` saying
+/// whether any attempt of it (or of an earlier call, `retry`) may have
+/// been applied: proposed here, or written, even in part, to a leader.
+/// When none may have been, a call that ended at its deadline without an
+/// answer (no leader known, no answer in time) knows the command was not
+/// applied: `not_started`, keeping why. Before, such a call answered an
+/// unknown outcome, and the facade's operation counted it "maybe applied"
+/// for good. Any other error passes: with an attempt that may have been
+/// applied, unknown stays unknown; this node's own fatal error or stop
+/// says more than "not started".
+pub(crate) fn unless_unsent(err: RpcError, maybe_applied: bool) -> RpcError {
+    match err {
+        _ if maybe_applied => err,
+        RpcError::NoLeader { waited } => RpcError::NoLeaderNotStarted { waited },
+        _ if err.code() == ErrorCode::Timeout => {
+            RpcError::NotStarted(format!("{err} (nothing of it was written to a leader)"))
+        }
+        _ => err,
+    }
+}
+
 /// What a call reports when an attempt ends it with `error`, after
 /// attempts that left `last`: `last` if that outcome is unknown and `error`
 /// is a refusal before the state machine (not the leader, forbidden, too
@@ -427,6 +448,42 @@ mod tests {
         let replaced = keep_unknown(Some(not_leader()), None);
         assert_eq!(code(replaced), None, "a known outcome is not kept");
         assert_eq!(code(keep_unknown(None, Some(timeout()))), Some("timeout".to_owned()));
+    }
+
+    /// Issue 12: an execute none of whose attempts may have been applied
+    /// (nothing proposed here, nothing written to a leader) and that ended
+    /// without an answer was not applied: `not_started`, keeping why.
+    /// With an attempt that may have been, or for another failure, the
+    /// error stays.
+    #[test]
+    fn an_execute_never_sent_anywhere_was_not_started() {
+        let no_leader = || RpcError::NoLeader { waited: Duration::from_secs(3) };
+        let unsent = unless_unsent(no_leader(), false);
+        assert!(
+            matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
+            "{unsent:?}"
+        );
+        for err in [no_leader(), timeout()] {
+            let text = err.to_string();
+            let unsent = unless_unsent(err, false);
+            assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+            assert!(!unsent.outcome_unknown());
+            assert!(unsent.to_string().contains(&text), "{unsent}");
+        }
+        for err in [no_leader(), timeout(), remote("unavailable", None)] {
+            let code = err.code();
+            assert_eq!(unless_unsent(err, true).code(), code, "may have been applied");
+        }
+        let passed = [
+            RpcError::Fatal("f".to_owned()),
+            RpcError::Unavailable("stopping".to_owned()),
+            remote("not_leader", None),
+            RpcError::NotStarted("n".to_owned()),
+        ];
+        for err in passed {
+            let code = err.code();
+            assert_eq!(unless_unsent(err, false).code(), code);
+        }
     }
 
     #[test]

@@ -501,6 +501,9 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(true))
             }
             Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
+            // Nothing of it was proposed here or written to a leader: an
+            // answer at the deadline is "not applied" (`not_started`).
+            Err(err) => Err(route::unless_unsent(err, maybe_applied.load(Ordering::Relaxed))),
             other => other,
         }
     }
@@ -594,7 +597,7 @@ impl<S: StateMachine> CommandService<S> {
                     let why = "the leader it was meant for lost its leadership before it was sent";
                     return Forwarded::NotSent(why.to_owned());
                 }
-                Forwarded::Sent(self.execute_alone(id, leader, term, request, deadline).await)
+                self.execute_alone(id, leader, term, request, deadline).await
             }
         }
     }
@@ -603,7 +606,9 @@ impl<S: StateMachine> CommandService<S> {
     /// `term`, on its own (`/v1/execute`). A refusal before the state
     /// machine from one of the leader's addresses after an earlier one's
     /// exchange broke (so that one may have received it) says nothing of
-    /// the command: its outcome is unknown.
+    /// the command: its outcome is unknown. One never written to any of
+    /// the leader's addresses (every dial failed, no free request slot)
+    /// is [`Forwarded::NotSent`].
     async fn execute_alone(
         &self,
         id: NodeId,
@@ -611,10 +616,12 @@ impl<S: StateMachine> CommandService<S> {
         term: u64,
         request: &ExecuteRequest,
         deadline: Instant,
-    ) -> Result<ExecuteResponse, RpcError> {
+    ) -> Forwarded {
         let body = match serde_json::to_vec(request) {
             Ok(body) => bytes::Bytes::from(body),
-            Err(e) => return Err(RpcError::BadRequest(format!("encode request: {e}"))),
+            Err(e) => {
+                return Forwarded::Sent(Err(RpcError::BadRequest(format!("encode request: {e}"))));
+            }
         };
         let send = async {
             let sent = self
@@ -631,11 +638,16 @@ impl<S: StateMachine> CommandService<S> {
                 )
                 .await;
             match sent.result.map_err(|err| route::after_execute(err, id)) {
+                Err(err) if !sent.written => Ok(Forwarded::NotSent(err.to_string())),
                 Err(err) if sent.sent_before => Err(route::after_resend(err, id)),
-                other => other,
+                other => other.map(|answer| Forwarded::Sent(Ok(answer))),
             }
         };
-        self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline).await
+        // A leader that moved meanwhile leaves the outcome unknown, written
+        // or not.
+        self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline)
+            .await
+            .unwrap_or_else(|err| Forwarded::Sent(Err(err)))
     }
 
     /// Forwards one attempt to the leader `id` at `leader`, addressed to
