@@ -170,6 +170,11 @@ pub(crate) fn at_deadline(
 /// attempt left the outcome unknown and `new` does not. An attempt that
 /// timed out may still be committed, so a later "not the leader" (or a
 /// deadline with nothing to report) must not turn that into "not applied".
+///
+/// Nor does a later attempt's bare timeout replace a leader's `no_quorum`
+/// (both unknown outcomes): the leader said why it could not answer, and
+/// a read that then ran out of time (a leader gone silent, or an attempt
+/// with little time left) should still hear it.
 pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Option<RpcError> {
     match (last, new) {
         (Some(last), new)
@@ -177,8 +182,28 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
         {
             Some(last)
         }
+        (Some(last), Some(new))
+            if last.code() == ErrorCode::NoQuorum && new.code() == ErrorCode::Timeout =>
+        {
+            Some(last)
+        }
         (_, new) => new,
     }
+}
+
+/// Whether an attempt with `remaining` of the call's time is worth
+/// making, `attempted` saying whether the call made one already. None is
+/// made with no time left: an execute proposed with a zero budget could
+/// still be applied (a timeout polls its future once) while the caller
+/// hears "no outcome". After a first attempt, one needs at least `least`
+/// (the minimum back-off, as a membership change's retry needs a whole
+/// pause before its deadline): with less it can only time out, and its
+/// bare timeout would replace what the earlier attempts said (a read
+/// without a quorum reported as "no outcome within 2ms"). The first
+/// attempt goes with any time left, for a caller that asked for a short
+/// deadline.
+pub(crate) fn worth_attempting(attempted: bool, remaining: Duration, least: Duration) -> bool {
+    !remaining.is_zero() && (!attempted || remaining >= least)
 }
 
 /// What an execute that ends with `err` reports, `maybe_applied` saying
@@ -448,6 +473,50 @@ mod tests {
         let replaced = keep_unknown(Some(not_leader()), None);
         assert_eq!(code(replaced), None, "a known outcome is not kept");
         assert_eq!(code(keep_unknown(None, Some(timeout()))), Some("timeout".to_owned()));
+        // Issue 12: a leader's "no quorum" says more than a later bare
+        // timeout (a read reported "no outcome within 2ms"); a newer
+        // "no quorum" or another failure of the leader replaces it.
+        let no_quorum = || RpcError::NoQuorum("q".to_owned());
+        for later in [timeout(), remote("timeout", None)] {
+            let kept = keep_unknown(Some(no_quorum()), Some(later));
+            assert_eq!(code(kept), Some("no_quorum".to_owned()), "a timeout after no_quorum");
+        }
+        let kept = keep_unknown(Some(remote("no_quorum", None)), Some(timeout()));
+        assert_eq!(code(kept), Some("no_quorum".to_owned()), "the leader's own no_quorum");
+        let replaced = keep_unknown(Some(no_quorum()), Some(remote("fatal", None)));
+        assert_eq!(code(replaced), Some("fatal".to_owned()));
+        let replaced = keep_unknown(Some(timeout()), Some(no_quorum()));
+        assert_eq!(code(replaced), Some("no_quorum".to_owned()));
+    }
+
+    /// Issue 12: an attempt needs time. Before, a turn whose pause ran to
+    /// (or nearly to) the deadline still made one: its timeout replaced a
+    /// read's `no_quorum`, and an execute could be proposed with a zero
+    /// budget (and applied, its caller told "no outcome").
+    #[test]
+    fn an_attempt_is_made_only_with_time_for_it() {
+        let ms = Duration::from_millis;
+        let least = ms(20);
+        // (attempted before, remaining) -> worth it.
+        let cases = [
+            (false, ms(0), false),
+            (false, Duration::from_nanos(1), true),
+            (false, ms(5), true),
+            (false, ms(30), true),
+            (true, ms(0), false),
+            (true, ms(5), false),
+            (true, ms(19), false),
+            (true, ms(20), true),
+            (true, ms(30), true),
+        ];
+        for (attempted, remaining, want) in cases {
+            assert_eq!(
+                worth_attempting(attempted, remaining, least),
+                want,
+                "attempted {attempted}, {remaining:?} left"
+            );
+        }
+        assert!(!worth_attempting(true, ms(0), Duration::ZERO), "no time, no attempt");
     }
 
     /// Issue 12: an execute none of whose attempts may have been applied

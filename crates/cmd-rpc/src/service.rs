@@ -209,6 +209,13 @@ impl<S: StateMachine> CommandService<S> {
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let mut hinted: Option<LeaderHint> = None;
         let mut last_error: Option<RpcError> = None;
+        // Whether an attempt was made: `last_error` is no sign of one (a
+        // known outcome after it is not kept).
+        let mut attempted = false;
+        let report = |waiting_for_leader: bool, last_error: Option<RpcError>| {
+            let known = self.node.metrics().leader;
+            route::at_deadline(what, waiting_for_leader, last_error, known, started.elapsed())
+        };
         loop {
             // This node may stop on a fatal error mid-call: it serves no more.
             self.check_fatal()?;
@@ -239,32 +246,36 @@ impl<S: StateMachine> CommandService<S> {
                         tokio::time::sleep_until(slot_end).await;
                     }
                 }
-                // The pause before this turn ran to the deadline: an
-                // attempt now would have no time, and its timeout would
-                // replace what the last one said (a read without a quorum
-                // reported as "no outcome within 0ns").
-                Step::Attempt(_) if last_error.is_some() && Instant::now() >= deadline => {}
-                Step::Attempt(target) => match attempt(target).await {
-                    Ok(Retry::Done(answer)) => return Ok(answer),
-                    Ok(Retry::Again { leader, error }) => {
-                        hinted = leader;
-                        last_error = keep_unknown(last_error, error);
+                // Too little time left for an attempt (the pause before
+                // this turn may have run to the deadline, or nearly): the
+                // call reports what it has. An attempt now could only
+                // time out, replacing what the last one said, and an
+                // execute proposed with no time could still be applied.
+                Step::Attempt(_)
+                    if !route::worth_attempting(
+                        attempted,
+                        deadline.saturating_duration_since(Instant::now()),
+                        self.config.min_backoff,
+                    ) =>
+                {
+                    return Err(report(false, last_error));
+                }
+                Step::Attempt(target) => {
+                    attempted = true;
+                    match attempt(target).await {
+                        Ok(Retry::Done(answer)) => return Ok(answer),
+                        Ok(Retry::Again { leader, error }) => {
+                            hinted = leader;
+                            last_error = keep_unknown(last_error, error);
+                        }
+                        // A refusal that ends the call says nothing of an
+                        // earlier attempt that may still commit.
+                        Err(error) => return Err(route::final_error(last_error, error)),
                     }
-                    // A refusal that ends the call says nothing of an
-                    // earlier attempt that may still commit.
-                    Err(error) => return Err(route::final_error(last_error, error)),
-                },
+                }
             }
             if Instant::now() >= deadline {
-                let known = self.node.metrics().leader;
-                let waited = started.elapsed();
-                return Err(route::at_deadline(
-                    what,
-                    waiting_for_leader,
-                    last_error,
-                    known,
-                    waited,
-                ));
+                return Err(report(waiting_for_leader, last_error));
             }
             if !waiting_for_leader {
                 tokio::time::sleep(backoff.pause(Instant::now(), deadline)).await;

@@ -1,7 +1,8 @@
 //! What a call that ends without the leader's answer reports. Whether an
 //! attempt of it may have been applied decides between `not_started`
 //! (known not applied: nothing of the call was ever written to a leader)
-//! and an unknown outcome.
+//! and an unknown outcome; an attempt with next to no time left is not
+//! made, and a later, vaguer error does not replace a more telling one.
 //!
 //! Most of these follow a leader played by a raw HTTP server: a cluster of
 //! two, whose leader's command server is replaced by one that answers (or
@@ -15,9 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cmd_rpc::{CommandConfig, ErrorCode, Origin};
+use cmd_rpc::{CommandConfig, Consistency, ErrorCode, Origin, ReadRequest};
 use common::*;
 use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use serde_json::value::RawValue;
 use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -141,6 +143,46 @@ async fn stop_all(follower: Node, leader: Arc<raft_core::RaftNode<Counter>>) {
     leader.shutdown().await;
 }
 
+fn linearizable() -> ReadRequest {
+    ReadRequest {
+        query: RawValue::from_string("null".to_owned()).unwrap(),
+        consistency: Consistency::Linearizable,
+    }
+}
+
+/// Issue 12, task 1 (the flake a087fcf narrowed): the leader answers the
+/// first read index `no_quorum` late enough that the back-off pause after
+/// it ends shortly before the deadline (less than one minimum back-off
+/// left), and would never answer another. Before, the call made one more
+/// attempt with that sliver of time, whose bare timeout replaced the
+/// leader's `no_quorum` ("no outcome within ..."). Now the attempt is not
+/// worth making: the call reports `no_quorum`, and the leader hears one
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_reports_the_leaders_no_quorum_not_a_last_slivers_timeout() {
+    let net = MemNetwork::new();
+    let backoff = Duration::from_millis(400);
+    let config = CommandConfig { min_backoff: backoff, max_backoff: backoff, ..Default::default() };
+    let (follower, leader, at) = follower_of_a_silent_leader(&net, config).await;
+    let budget = Duration::from_millis(1500);
+    // Answered at 0.85 s; the pause ends at 1.25 s, 0.25 s before the end.
+    let no_quorum =
+        Reply::Error { delay: Duration::from_millis(850), status: 503, code: "no_quorum" };
+    let requests = play_leader(&net, at, vec![no_quorum, Reply::Silent]).await;
+    let started = Instant::now();
+    let err = follower
+        .service
+        .read(&linearizable(), Instant::now() + budget)
+        .await
+        .expect_err("no quorum to read with");
+    let took = started.elapsed();
+    assert_eq!(err.code(), ErrorCode::NoQuorum, "{err}");
+    assert!(err.to_string().contains("played leader"), "{err}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "an attempt with a sliver of time was made");
+    assert!(took <= budget + Duration::from_millis(500), "answered after {took:?}");
+    stop_all(follower, leader).await;
+}
+
 /// Issue 12, task 3: a node that knows no leader for the whole of an
 /// execute's deadline never wrote the command anywhere: `not_started`
 /// (known not applied), saying why. Before: `no_leader`, an unknown
@@ -227,4 +269,39 @@ async fn a_not_started_after_an_attempt_that_may_have_been_applied_is_not_the_an
     assert!(err.outcome_unknown(), "{}: {err}", err.code());
     assert_eq!(err.code(), ErrorCode::Timeout, "{err}");
     stop_all(follower, leader).await;
+}
+
+/// Issue 12, task 2: an execute on the leader with no time left is not
+/// proposed. Before, the attempt was made with a zero budget;
+/// `tokio::time::timeout` polls once before it looks at the clock, so the
+/// proposal went to raft and was applied while the caller heard "no
+/// outcome".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_with_no_time_left_is_not_proposed() {
+    let net = MemNetwork::new();
+    let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
+    let raft = node.service.node().clone();
+    let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
+    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
+    let session: u128 = {
+        let registered =
+            node.service.register(Instant::now() + WAIT, Origin::Client).await.expect("a session");
+        u128::from_str_radix(&registered.client, 16).unwrap()
+    };
+    let err = node
+        .service
+        .execute(&put(session, 1, "late"), Instant::now(), Origin::Client)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotStarted, "{err}");
+    // A later command in the same session commits after anything the
+    // first one proposed: the count shows whether that was applied.
+    let answer = node
+        .service
+        .execute(&put(session, 2, "next"), Instant::now() + WAIT, Origin::Client)
+        .await
+        .expect("the next command");
+    assert_eq!(answer.result.get(), "1", "the command with no time left was applied");
+    stop_node(node).await;
 }
