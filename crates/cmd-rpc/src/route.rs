@@ -150,6 +150,10 @@ pub(crate) fn at_deadline(
     waited: Duration,
 ) -> RpcError {
     match (waiting_for_leader, last_error) {
+        // An attempt may have been applied: the caller hears that (and
+        // why), whatever happened since; "no leader" would drop the
+        // message, and its code says nothing of the earlier attempt.
+        (_, Some(err)) if err.outcome_unknown() => err,
         (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
         (_, Some(err)) => err,
         // The node runs; it found no leader it can route to in time (not
@@ -662,7 +666,13 @@ mod tests {
         // (waiting for a leader, kept error, known leader) -> code.
         let cases: Vec<(bool, Option<RpcError>, Option<NodeId>, ErrorCode)> = vec![
             (true, None, None, ErrorCode::NoLeader),
-            (true, kept(), None, ErrorCode::NoLeader),
+            // An attempt that may have been applied, then no leader: the
+            // caller hears that attempt's unknown outcome (issue 12: it
+            // heard `no_leader`, the message lost).
+            (true, kept(), None, ErrorCode::Unavailable),
+            (true, Some(timeout()), None, ErrorCode::Timeout),
+            // A known outcome kept ("not sent") says less than "no leader".
+            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NoLeader),
             (false, None, None, ErrorCode::NoLeader),
             (false, kept(), None, ErrorCode::Unavailable),
             (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
@@ -682,6 +692,8 @@ mod tests {
         assert!(err.to_string().contains("(9) is not in its configuration"), "{err}");
         let err = at_deadline("put", false, None, None, waited);
         assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
+        let err = at_deadline("put", true, Some(timeout()), None, waited);
+        assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
     }
 
     #[test]
