@@ -425,6 +425,7 @@ fn send(
                     after: now.elapsed(),
                 }),
                 sent_before: true,
+                written: true,
             },
         };
         deliver(to.node, batch, sent, &stats);
@@ -474,6 +475,14 @@ fn deliver(
         }
         Err(err) => err,
     };
+    // Never written to any address (every dial failed, no free request
+    // slot): none of it ran, and each command is routed again.
+    if !sent.written {
+        for entry in batch {
+            let _ = entry.answer.send(Batched::NotSent(format!("its batch was not sent: {err}")));
+        }
+        return;
+    }
     // An earlier address may have received the batch and run it: whatever
     // a later one says, nothing is known of its commands.
     if sent.sent_before {
@@ -580,7 +589,8 @@ mod tests {
         ] {
             let stats = CommandStats::default();
             let (batch, mut rxs) = entries(3);
-            let sent = Sent { result: Err(remote(status, code)), sent_before: false };
+            let sent =
+                Sent { result: Err(remote(status, code)), sent_before: false, written: true };
             deliver(7, batch, sent, &stats);
             for rx in &mut rxs {
                 let got = outcome(rx);
@@ -589,7 +599,8 @@ mod tests {
             assert_eq!(stats.batches_refused.get(), 1, "{code}");
         }
         let (batch, mut rxs) = entries(2);
-        let sent = Sent { result: Err(remote(409, "not_leader")), sent_before: false };
+        let sent =
+            Sent { result: Err(remote(409, "not_leader")), sent_before: false, written: true };
         deliver(7, batch, sent, &CommandStats::default());
         for rx in &mut rxs {
             match outcome(rx) {
@@ -620,7 +631,7 @@ mod tests {
         ] {
             let stats = CommandStats::default();
             let (batch, mut rxs) = entries(3);
-            let sent = Sent { result: Err(remote(status, code)), sent_before: true };
+            let sent = Sent { result: Err(remote(status, code)), sent_before: true, written: true };
             deliver(7, batch, sent, &stats);
             for rx in &mut rxs {
                 match outcome(rx) {
@@ -666,7 +677,8 @@ mod tests {
                 done(),
             ];
             let (batch, mut rxs) = entries(4);
-            let sent = Sent { result: Ok(ExecuteBatchResponse { answers }), sent_before };
+            let sent =
+                Sent { result: Ok(ExecuteBatchResponse { answers }), sent_before, written: true };
             deliver(7, batch, sent, &CommandStats::default());
             for (i, rx) in rxs.iter_mut().enumerate() {
                 match (i, outcome(rx)) {
@@ -689,7 +701,12 @@ mod tests {
         for err in [remote(502, "http_error"), remote(418, "leader_on_vacation"), too_large] {
             let (batch, mut rxs) = entries(2);
             let text = err.to_string();
-            deliver(7, batch, Sent { result: Err(err), sent_before: false }, &Default::default());
+            deliver(
+                7,
+                batch,
+                Sent { result: Err(err), sent_before: false, written: true },
+                &Default::default(),
+            );
             for rx in &mut rxs {
                 match outcome(rx) {
                     Batched::Answer(Err(err)) => {
@@ -697,6 +714,36 @@ mod tests {
                         assert!(matches!(after_forward(&err), Next::Retry { .. }), "{text}");
                     }
                     other => panic!("{text} gave {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Issue 12: a batch that no address ever received (every dial
+    /// refused, no free request slot) ran nowhere: each command comes
+    /// back not sent (not applied), not with an unknown outcome. Written
+    /// even in part, the same failures leave every command unknown.
+    #[test]
+    fn a_batch_never_written_hands_its_commands_back_unsent() {
+        let refused = || RpcError::Unreachable {
+            target: "10.0.0.2:6271".to_owned(),
+            reason: "connection refused".to_owned(),
+            source: None,
+        };
+        let no_slot =
+            || RpcError::Timeout { what: "a request slot".to_owned(), after: Duration::ZERO };
+        for (err, written) in
+            [(refused(), false), (no_slot(), false), (refused(), true), (no_slot(), true)]
+        {
+            let (batch, mut rxs) = entries(2);
+            let text = err.to_string();
+            let sent = Sent { result: Err(err), sent_before: false, written };
+            deliver(7, batch, sent, &Default::default());
+            for rx in &mut rxs {
+                match (written, outcome(rx)) {
+                    (false, Batched::NotSent(why)) => assert!(why.contains(&text), "{why}"),
+                    (true, Batched::Answer(Err(err))) => assert!(err.outcome_unknown(), "{err}"),
+                    (_, other) => panic!("{text}, written {written}: {other:?}"),
                 }
             }
         }
@@ -816,7 +863,12 @@ mod tests {
             let stats = CommandStats::default();
             let (batch, mut rxs) = entries(3);
             let response = ExecuteBatchResponse { answers: (0..answers).map(|_| done()).collect() };
-            deliver(7, batch, Sent { result: Ok(response), sent_before: false }, &stats);
+            deliver(
+                7,
+                batch,
+                Sent { result: Ok(response), sent_before: false, written: true },
+                &stats,
+            );
             for rx in &mut rxs {
                 match outcome(rx) {
                     Batched::Answer(Err(err)) => {

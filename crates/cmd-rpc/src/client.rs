@@ -244,7 +244,12 @@ impl CommandClient {
         call: Call,
     ) -> Sent<R> {
         let mut sent = false;
-        let done = |result: Result<R, RpcError>, sent_before: bool| Sent { result, sent_before };
+        let mut written = false;
+        let done = |result: Result<R, RpcError>, sent_before: bool, written: bool| Sent {
+            result,
+            sent_before,
+            written,
+        };
         let mut last = RpcError::Unreachable {
             target: node.to_string(),
             reason: "no address".to_owned(),
@@ -256,7 +261,7 @@ impl CommandClient {
             let remaining = call.deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let err = RpcError::Timeout { what: what(), after: Duration::ZERO };
-                return done(Err(err), sent);
+                return done(Err(err), sent, written);
             }
             if !(self.authorize)(PeerAddr::new(addr)) {
                 self.forget(addr);
@@ -269,7 +274,7 @@ impl CommandClient {
             }
             let _room = match self.room(addr, call.deadline).await {
                 Ok(room) => room,
-                Err(err) => return done(Err(err), sent),
+                Err(err) => return done(Err(err), sent, written),
             };
             let remaining = call.deadline.saturating_duration_since(Instant::now());
             let connect = remaining.min(self.config.connect_timeout);
@@ -297,6 +302,8 @@ impl CommandClient {
                 }
                 _ => (remaining, remaining),
             };
+            // From here on, some of the request may be on the wire.
+            written = true;
             let exchange =
                 self.exchange(sender, addr, method.clone(), path, body.clone(), budget, call);
             match tokio::time::timeout(wait, exchange).await {
@@ -304,7 +311,11 @@ impl CommandClient {
                     // The connection may be dead without an error; so may
                     // the others to the same place.
                     self.forget(addr);
-                    return done(Err(RpcError::Timeout { what: what(), after: wait }), sent);
+                    return done(
+                        Err(RpcError::Timeout { what: what(), after: wait }),
+                        sent,
+                        written,
+                    );
                 }
                 Ok(Err(Exchanged::Broke(err))) => {
                     last = err;
@@ -315,11 +326,13 @@ impl CommandClient {
                 // so no other address is tried, even when the answer is
                 // too large to read (its outcome is unknown, not "try
                 // again elsewhere").
-                Ok(Err(Exchanged::Failed(err))) => return done(Err(err), sent),
-                Ok(Ok((status, bytes))) => return done(decode(addr, status, &bytes), sent),
+                Ok(Err(Exchanged::Failed(err))) => return done(Err(err), sent, written),
+                Ok(Ok((status, bytes))) => {
+                    return done(decode(addr, status, &bytes), sent, written);
+                }
             }
         }
-        done(Err(last), sent)
+        done(Err(last), sent, written)
     }
 
     #[allow(clippy::too_many_arguments, reason = "one request's parts")]
@@ -481,13 +494,19 @@ struct Call {
     answer_limit: usize,
 }
 
-/// What became of a request: its result, and whether an address tried
+/// What became of a request: its result, whether an address tried
 /// before the one that gave it may have received the request (its exchange
-/// broke after it began), so the request may have run there too.
+/// broke after it began), so the request may have run there too, and
+/// whether any of it may have been written at all.
 #[derive(Debug)]
 pub(crate) struct Sent<R> {
     pub(crate) result: Result<R, RpcError>,
     pub(crate) sent_before: bool,
+    /// An exchange began with some address: bytes of the request may be
+    /// on the wire. False when every address was refused, unauthorized or
+    /// not connected in time, no request slot came free, or no time was
+    /// left: then the request was never received, let alone run.
+    pub(crate) written: bool,
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {

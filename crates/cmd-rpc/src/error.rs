@@ -149,13 +149,25 @@ pub enum RpcError {
     NotConfirmed(String),
     /// The command was never sent to the leader before the call's deadline
     /// (it was still waiting for a batch, had less than 1 ms left when a
-    /// batch was built, or its leader lost its leadership before it went,
-    /// batched or alone), and no earlier attempt of the call may have been
-    /// applied: it was not applied, and may be sent again. Other attempts
-    /// that were never written (a dial that failed, no free request slot)
-    /// still count as unknown.
+    /// batch was built, its leader lost its leadership before it went,
+    /// batched or alone, every dial to the leader failed or found no free
+    /// request slot, or no time was left for an attempt), and no earlier
+    /// attempt of the call may have been applied: it was not applied, and
+    /// may be sent again.
     #[error("not started: {0}; the command was not applied")]
     NotStarted(String),
+    /// No leader was known for the whole of the call's deadline (or none
+    /// at its end, after attempts none of which may have been applied):
+    /// nothing of the command was written to a leader, so it was not
+    /// applied (code `not_started`), and may be sent again.
+    #[error(
+        "not started: no leader elected within {waited:?}; the cluster may have lost its quorum \
+         (the command was not applied)"
+    )]
+    NoLeaderNotStarted {
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// The service cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -210,7 +222,7 @@ impl RpcError {
             RpcError::SequenceReused { .. } => ErrorCode::SequenceReused,
             RpcError::AnswerNotKept | RpcError::AnswerTooLarge { .. } => ErrorCode::AnswerNotKept,
             RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
-            RpcError::NotStarted(_) => ErrorCode::NotStarted,
+            RpcError::NotStarted(_) | RpcError::NoLeaderNotStarted { .. } => ErrorCode::NotStarted,
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
             RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
             RpcError::Unreachable { .. } => ErrorCode::Unreachable,
@@ -224,6 +236,7 @@ impl RpcError {
         match self {
             RpcError::NoLeader { .. }
             | RpcError::NotStarted(_)
+            | RpcError::NoLeaderNotStarted { .. }
             | RpcError::Unavailable(_)
             | RpcError::NoQuorum(_) => 503,
             RpcError::NotLeader { .. }

@@ -150,6 +150,10 @@ pub(crate) fn at_deadline(
     waited: Duration,
 ) -> RpcError {
     match (waiting_for_leader, last_error) {
+        // An attempt may have been applied: the caller hears that (and
+        // why), whatever happened since; "no leader" would drop the
+        // message, and its code says nothing of the earlier attempt.
+        (_, Some(err)) if err.outcome_unknown() => err,
         (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
         (_, Some(err)) => err,
         // The node runs; it found no leader it can route to in time (not
@@ -170,6 +174,11 @@ pub(crate) fn at_deadline(
 /// attempt left the outcome unknown and `new` does not. An attempt that
 /// timed out may still be committed, so a later "not the leader" (or a
 /// deadline with nothing to report) must not turn that into "not applied".
+///
+/// Nor does a later attempt's bare timeout replace a leader's `no_quorum`
+/// (both unknown outcomes): the leader said why it could not answer, and
+/// a read that then ran out of time (a leader gone silent, or an attempt
+/// with little time left) should still hear it.
 pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Option<RpcError> {
     match (last, new) {
         (Some(last), new)
@@ -177,7 +186,48 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
         {
             Some(last)
         }
+        (Some(last), Some(new))
+            if last.code() == ErrorCode::NoQuorum && new.code() == ErrorCode::Timeout =>
+        {
+            Some(last)
+        }
         (_, new) => new,
+    }
+}
+
+/// Whether an attempt with `remaining` of the call's time is worth
+/// making, `attempted` saying whether the call made one already. None is
+/// made with no time left: an execute proposed with a zero budget could
+/// still be applied (a timeout polls its future once) while the caller
+/// hears "no outcome". After a first attempt, one needs at least `least`
+/// (the minimum back-off, as a membership change's retry needs a whole
+/// pause before its deadline): with less it can only time out, and its
+/// bare timeout would replace what the earlier attempts said (a read
+/// without a quorum reported as "no outcome within 2ms"). The first
+/// attempt goes with any time left, for a caller that asked for a short
+/// deadline.
+pub(crate) fn worth_attempting(attempted: bool, remaining: Duration, least: Duration) -> bool {
+    !remaining.is_zero() && (!attempted || remaining >= least)
+}
+
+/// What an execute that ends with `err` reports, `maybe_applied` saying
+/// whether any attempt of it (or of an earlier call, `retry`) may have
+/// been applied: proposed here, or written, even in part, to a leader.
+/// When none may have been, a call that ended at its deadline without an
+/// answer (no leader known, no answer in time) knows the command was not
+/// applied: `not_started`, keeping why. Before, such a call answered an
+/// unknown outcome, and the facade's operation counted it "maybe applied"
+/// for good. Any other error passes: with an attempt that may have been
+/// applied, unknown stays unknown; this node's own fatal error or stop
+/// says more than "not started".
+pub(crate) fn unless_unsent(err: RpcError, maybe_applied: bool) -> RpcError {
+    match err {
+        _ if maybe_applied => err,
+        RpcError::NoLeader { waited } => RpcError::NoLeaderNotStarted { waited },
+        _ if err.code() == ErrorCode::Timeout => {
+            RpcError::NotStarted(format!("{err} (nothing of it was written to a leader)"))
+        }
+        _ => err,
     }
 }
 
@@ -427,6 +477,86 @@ mod tests {
         let replaced = keep_unknown(Some(not_leader()), None);
         assert_eq!(code(replaced), None, "a known outcome is not kept");
         assert_eq!(code(keep_unknown(None, Some(timeout()))), Some("timeout".to_owned()));
+        // Issue 12: a leader's "no quorum" says more than a later bare
+        // timeout (a read reported "no outcome within 2ms"); a newer
+        // "no quorum" or another failure of the leader replaces it.
+        let no_quorum = || RpcError::NoQuorum("q".to_owned());
+        for later in [timeout(), remote("timeout", None)] {
+            let kept = keep_unknown(Some(no_quorum()), Some(later));
+            assert_eq!(code(kept), Some("no_quorum".to_owned()), "a timeout after no_quorum");
+        }
+        let kept = keep_unknown(Some(remote("no_quorum", None)), Some(timeout()));
+        assert_eq!(code(kept), Some("no_quorum".to_owned()), "the leader's own no_quorum");
+        let replaced = keep_unknown(Some(no_quorum()), Some(remote("fatal", None)));
+        assert_eq!(code(replaced), Some("fatal".to_owned()));
+        let replaced = keep_unknown(Some(timeout()), Some(no_quorum()));
+        assert_eq!(code(replaced), Some("no_quorum".to_owned()));
+    }
+
+    /// Issue 12: an attempt needs time. Before, a turn whose pause ran to
+    /// (or nearly to) the deadline still made one: its timeout replaced a
+    /// read's `no_quorum`, and an execute could be proposed with a zero
+    /// budget (and applied, its caller told "no outcome").
+    #[test]
+    fn an_attempt_is_made_only_with_time_for_it() {
+        let ms = Duration::from_millis;
+        let least = ms(20);
+        // (attempted before, remaining) -> worth it.
+        let cases = [
+            (false, ms(0), false),
+            (false, Duration::from_nanos(1), true),
+            (false, ms(5), true),
+            (false, ms(30), true),
+            (true, ms(0), false),
+            (true, ms(5), false),
+            (true, ms(19), false),
+            (true, ms(20), true),
+            (true, ms(30), true),
+        ];
+        for (attempted, remaining, want) in cases {
+            assert_eq!(
+                worth_attempting(attempted, remaining, least),
+                want,
+                "attempted {attempted}, {remaining:?} left"
+            );
+        }
+        assert!(!worth_attempting(true, ms(0), Duration::ZERO), "no time, no attempt");
+    }
+
+    /// Issue 12: an execute none of whose attempts may have been applied
+    /// (nothing proposed here, nothing written to a leader) and that ended
+    /// without an answer was not applied: `not_started`, keeping why.
+    /// With an attempt that may have been, or for another failure, the
+    /// error stays.
+    #[test]
+    fn an_execute_never_sent_anywhere_was_not_started() {
+        let no_leader = || RpcError::NoLeader { waited: Duration::from_secs(3) };
+        let unsent = unless_unsent(no_leader(), false);
+        assert!(
+            matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
+            "{unsent:?}"
+        );
+        for err in [no_leader(), timeout()] {
+            let text = err.to_string();
+            let unsent = unless_unsent(err, false);
+            assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+            assert!(!unsent.outcome_unknown());
+            assert!(unsent.to_string().contains(&text), "{unsent}");
+        }
+        for err in [no_leader(), timeout(), remote("unavailable", None)] {
+            let code = err.code();
+            assert_eq!(unless_unsent(err, true).code(), code, "may have been applied");
+        }
+        let passed = [
+            RpcError::Fatal("f".to_owned()),
+            RpcError::Unavailable("stopping".to_owned()),
+            remote("not_leader", None),
+            RpcError::NotStarted("n".to_owned()),
+        ];
+        for err in passed {
+            let code = err.code();
+            assert_eq!(unless_unsent(err, false).code(), code);
+        }
     }
 
     #[test]
@@ -536,7 +666,13 @@ mod tests {
         // (waiting for a leader, kept error, known leader) -> code.
         let cases: Vec<(bool, Option<RpcError>, Option<NodeId>, ErrorCode)> = vec![
             (true, None, None, ErrorCode::NoLeader),
-            (true, kept(), None, ErrorCode::NoLeader),
+            // An attempt that may have been applied, then no leader: the
+            // caller hears that attempt's unknown outcome (issue 12: it
+            // heard `no_leader`, the message lost).
+            (true, kept(), None, ErrorCode::Unavailable),
+            (true, Some(timeout()), None, ErrorCode::Timeout),
+            // A known outcome kept ("not sent") says less than "no leader".
+            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NoLeader),
             (false, None, None, ErrorCode::NoLeader),
             (false, kept(), None, ErrorCode::Unavailable),
             (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
@@ -556,6 +692,8 @@ mod tests {
         assert!(err.to_string().contains("(9) is not in its configuration"), "{err}");
         let err = at_deadline("put", false, None, None, waited);
         assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
+        let err = at_deadline("put", true, Some(timeout()), None, waited);
+        assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
     }
 
     #[test]

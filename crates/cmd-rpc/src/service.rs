@@ -209,6 +209,13 @@ impl<S: StateMachine> CommandService<S> {
         let mut backoff = Backoff::new(self.config.min_backoff, self.config.max_backoff);
         let mut hinted: Option<LeaderHint> = None;
         let mut last_error: Option<RpcError> = None;
+        // Whether an attempt was made: `last_error` is no sign of one (a
+        // known outcome after it is not kept).
+        let mut attempted = false;
+        let report = |waiting_for_leader: bool, last_error: Option<RpcError>| {
+            let known = self.node.metrics().leader;
+            route::at_deadline(what, waiting_for_leader, last_error, known, started.elapsed())
+        };
         loop {
             // This node may stop on a fatal error mid-call: it serves no more.
             self.check_fatal()?;
@@ -239,32 +246,36 @@ impl<S: StateMachine> CommandService<S> {
                         tokio::time::sleep_until(slot_end).await;
                     }
                 }
-                // The pause before this turn ran to the deadline: an
-                // attempt now would have no time, and its timeout would
-                // replace what the last one said (a read without a quorum
-                // reported as "no outcome within 0ns").
-                Step::Attempt(_) if last_error.is_some() && Instant::now() >= deadline => {}
-                Step::Attempt(target) => match attempt(target).await {
-                    Ok(Retry::Done(answer)) => return Ok(answer),
-                    Ok(Retry::Again { leader, error }) => {
-                        hinted = leader;
-                        last_error = keep_unknown(last_error, error);
+                // Too little time left for an attempt (the pause before
+                // this turn may have run to the deadline, or nearly): the
+                // call reports what it has. An attempt now could only
+                // time out, replacing what the last one said, and an
+                // execute proposed with no time could still be applied.
+                Step::Attempt(_)
+                    if !route::worth_attempting(
+                        attempted,
+                        deadline.saturating_duration_since(Instant::now()),
+                        self.config.min_backoff,
+                    ) =>
+                {
+                    return Err(report(false, last_error));
+                }
+                Step::Attempt(target) => {
+                    attempted = true;
+                    match attempt(target).await {
+                        Ok(Retry::Done(answer)) => return Ok(answer),
+                        Ok(Retry::Again { leader, error }) => {
+                            hinted = leader;
+                            last_error = keep_unknown(last_error, error);
+                        }
+                        // A refusal that ends the call says nothing of an
+                        // earlier attempt that may still commit.
+                        Err(error) => return Err(route::final_error(last_error, error)),
                     }
-                    // A refusal that ends the call says nothing of an
-                    // earlier attempt that may still commit.
-                    Err(error) => return Err(route::final_error(last_error, error)),
-                },
+                }
             }
             if Instant::now() >= deadline {
-                let known = self.node.metrics().leader;
-                let waited = started.elapsed();
-                return Err(route::at_deadline(
-                    what,
-                    waiting_for_leader,
-                    last_error,
-                    known,
-                    waited,
-                ));
+                return Err(report(waiting_for_leader, last_error));
             }
             if !waiting_for_leader {
                 tokio::time::sleep(backoff.pause(Instant::now(), deadline)).await;
@@ -501,6 +512,9 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(true))
             }
             Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
+            // Nothing of it was proposed here or written to a leader: an
+            // answer at the deadline is "not applied" (`not_started`).
+            Err(err) => Err(route::unless_unsent(err, maybe_applied.load(Ordering::Relaxed))),
             other => other,
         }
     }
@@ -594,7 +608,7 @@ impl<S: StateMachine> CommandService<S> {
                     let why = "the leader it was meant for lost its leadership before it was sent";
                     return Forwarded::NotSent(why.to_owned());
                 }
-                Forwarded::Sent(self.execute_alone(id, leader, term, request, deadline).await)
+                self.execute_alone(id, leader, term, request, deadline).await
             }
         }
     }
@@ -603,7 +617,9 @@ impl<S: StateMachine> CommandService<S> {
     /// `term`, on its own (`/v1/execute`). A refusal before the state
     /// machine from one of the leader's addresses after an earlier one's
     /// exchange broke (so that one may have received it) says nothing of
-    /// the command: its outcome is unknown.
+    /// the command: its outcome is unknown. One never written to any of
+    /// the leader's addresses (every dial failed, no free request slot)
+    /// is [`Forwarded::NotSent`].
     async fn execute_alone(
         &self,
         id: NodeId,
@@ -611,10 +627,12 @@ impl<S: StateMachine> CommandService<S> {
         term: u64,
         request: &ExecuteRequest,
         deadline: Instant,
-    ) -> Result<ExecuteResponse, RpcError> {
+    ) -> Forwarded {
         let body = match serde_json::to_vec(request) {
             Ok(body) => bytes::Bytes::from(body),
-            Err(e) => return Err(RpcError::BadRequest(format!("encode request: {e}"))),
+            Err(e) => {
+                return Forwarded::Sent(Err(RpcError::BadRequest(format!("encode request: {e}"))));
+            }
         };
         let send = async {
             let sent = self
@@ -631,11 +649,16 @@ impl<S: StateMachine> CommandService<S> {
                 )
                 .await;
             match sent.result.map_err(|err| route::after_execute(err, id)) {
+                Err(err) if !sent.written => Ok(Forwarded::NotSent(err.to_string())),
                 Err(err) if sent.sent_before => Err(route::after_resend(err, id)),
-                other => other,
+                other => other.map(|answer| Forwarded::Sent(Ok(answer))),
             }
         };
-        self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline).await
+        // A leader that moved meanwhile leaves the outcome unknown, written
+        // or not.
+        self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline)
+            .await
+            .unwrap_or_else(|err| Forwarded::Sent(Err(err)))
     }
 
     /// Forwards one attempt to the leader `id` at `leader`, addressed to

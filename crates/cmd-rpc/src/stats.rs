@@ -18,8 +18,9 @@ pub struct CommandStats {
     /// limit): their commands went alone.
     pub batches_refused: Counter,
     /// Forwarded commands taken back before they were written (their
-    /// leader lost its leadership while they waited for a batch, or their
-    /// attempt's time ran out): not applied, routed again.
+    /// leader lost its leadership while they waited for a batch, their
+    /// attempt's time ran out, or every dial to the leader failed or found
+    /// no free request slot): not applied, routed again.
     pub not_sent: Counter,
     /// Commands of batches forwarded to this node that it started as the
     /// leader.

@@ -296,7 +296,11 @@ impl From<RpcError> for Error {
         use cmd_rpc::RpcError as E;
         let message = err.to_string();
         match err {
-            E::NoLeader { waited } => return Error::NoLeader { waited },
+            // Not applied, when it says so (code `not_started`); the
+            // operation knows that from the code.
+            E::NoLeader { waited } | E::NoLeaderNotStarted { waited } => {
+                return Error::NoLeader { waited };
+            }
             E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
             E::Unavailable(_) => return Error::Stopped,
             E::NoQuorum(why) => return Error::QuorumUnavailable(why),
@@ -400,10 +404,22 @@ mod tests {
             (remote("not_leader"), false, Applied::No),
             (remote("timeout"), false, Applied::Maybe),
             (remote("stale_sequence"), false, Applied::Maybe),
+            // Issue 12: cmd-rpc answers `not_started` for a call nothing of
+            // which was written to a leader (no leader for its deadline,
+            // every dial failed): not applied, so not "maybe" for good.
+            (remote("not_started"), false, Applied::No),
+            (RpcError::NotStarted("no answer in time".to_owned()), false, Applied::No),
+            (RpcError::NoLeaderNotStarted { waited: Duration::ZERO }, false, Applied::No),
+            (RpcError::NoLeaderNotStarted { waited: Duration::ZERO }, true, Applied::Maybe),
+            (remote("not_started"), true, Applied::Maybe),
         ];
         for (err, earlier, want) in cases {
             assert_eq!(applied_after(&err, earlier), want, "{err}, earlier {earlier}");
         }
+        // A call that found no leader is still `Error::NoLeader` to the
+        // caller, not applied.
+        let err = Error::from(RpcError::NoLeaderNotStarted { waited: Duration::from_secs(3) });
+        assert!(matches!(err, Error::NoLeader { waited } if waited.as_secs() == 3), "{err:?}");
     }
 
     /// Before: the command API's error became `Error::Network(String)`,

@@ -236,3 +236,40 @@ async fn at_once(node: &consensus::Consensus<Tally>, prefix: &str) {
         result.unwrap().unwrap();
     }
 }
+
+/// Issue 12: a call that found no leader for its whole deadline wrote the
+/// command nowhere, so the operation knows it was not applied: once its
+/// session has expired, executing it again moves it to a new session and
+/// applies it, once. Before, cmd-rpc answered `no_leader`, an unknown
+/// outcome; the operation counted it "maybe applied", and after the
+/// session expired answered `OutcomeUnknown` for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_found_no_leader_leaves_its_operation_known_not_applied() {
+    let world = World::new(3);
+    let nodes = world.start_all(small_table).await;
+    let leader = leader_of(&nodes);
+    let (cut, other) = ((leader + 1) % 3, (leader + 2) % 3);
+    // A command through the node to be cut off pools its session there.
+    assert_eq!(nodes[cut].execute(add("warm", 1)).await.unwrap(), 1);
+    world.net.partition_set(&[ip(cut)]);
+    eventually(WAIT, "the cut-off node knows no leader", async || {
+        nodes[cut].metrics().leader.is_none()
+    })
+    .await;
+    let mut operation = nodes[cut].prepare(add("unsent", 1)).expect("prepared");
+    let first = operation.execute_within(Duration::from_millis(500)).await;
+    assert!(matches!(first, Err(Error::NoLeader { .. })), "{first:?}");
+    world.net.heal_all();
+    // Two new sessions elsewhere evict the operation's.
+    let (b, c) = tokio::join!(nodes[other].execute(add("b", 1)), nodes[other].execute(add("c", 1)));
+    b.unwrap();
+    c.unwrap();
+    let again = operation.execute_within(WAIT).await;
+    assert_eq!(again.expect("applied in a new session"), 4, "warm, b, c and this one");
+    let applied = applied_tags(&nodes[other]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "unsent").count(), 1, "{applied:?}");
+    drop(operation);
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
