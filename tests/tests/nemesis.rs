@@ -17,12 +17,12 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
 use test_support::cluster;
 use test_support::kv::{KvCommand, KvQuery, KvStore};
-use test_support::{Rng, fast_timing, seed_from_env};
+use test_support::{Rng, eventually_every, fast_timing, seed_from_env};
 use tests::linearizability::{Input, Output, check, write_bounds};
 use tests::workload::{Client, Outcome, Recorder};
 use tokio::runtime::{Handle, Runtime};
@@ -258,22 +258,21 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
         // catching up past one call's deadline: a read that fails changes
         // nothing, so it is tried again (a seed that failed the gate:
         // 1795996894352690673, "applying up to read index: no outcome").
-        let settled = Instant::now() + Duration::from_secs(30);
-        let value = loop {
-            let query = KvQuery::Get { key: key.clone() };
-            let read = cluster
+        let what = format!("final read of {key}");
+        let value = eventually_every(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            what,
+            async || {
+                let query = KvQuery::Get { key: key.clone() };
+                cluster
                 .on(0, move |node| async move { node.read(query, Consistency::Linearizable).await })
                 .await
-                .expect("node 0 runs");
-            match read {
-                Ok(value) => break value,
-                Err(err) if Instant::now() < settled => {
-                    eprintln!("final read of {key} failed, trying again: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("final read of {key}: {err:?}"),
-            }
-        };
+                .expect("node 0 runs")
+                .inspect_err(|err| eprintln!("final read of {key} failed, trying again: {err}"))
+            },
+        )
+        .await;
         let output = Output::Value(value.as_str().map(str::to_owned));
         recorder.record(99, key, Input::Get, call, Outcome::Answered(output));
     }
