@@ -42,6 +42,7 @@ use crate::nodes::{
     CALL_TIMEOUT, LeaderWatch, Line, Node, NodeSettings, Nodes, Status, lock, ok_of,
 };
 use crate::tailnet::LocalTailnet;
+use crate::workload::{Client, Outcome, Recorder};
 
 /// The cluster's tag.
 const TAG: &str = "tag:chaos";
@@ -569,35 +570,8 @@ async fn nemesis(
     Ok(())
 }
 
-struct Recorder {
-    start: Instant,
-    history: Mutex<Vec<Operation>>,
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-}
-
-/// A write's answer as the checker sees it.
-fn write_output(value: &Value) -> Option<Output> {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    if let Some(prev) = value.get("previous") {
-        return Some(Output::Previous(text(prev)));
-    }
-    value.get("mismatch").map(|cur| Output::Mismatch(text(cur)))
-}
-
-/// Whether an error answer says the command never ran: the node's
-/// consensus was not running yet.
-fn never_ran(error: &str) -> bool {
-    error.starts_with("starting:")
-}
-
-/// One client: random puts, compare-and-sets and reads through one active
-/// node, reconnecting (maybe to another) after every failure. Values are
-/// unique (`c<client>-<n>`).
+/// One client: the workload's operations through one active node,
+/// reconnecting (maybe to another) after every failure.
 async fn client(
     nodes: Arc<Nodes>,
     options: ChaosOptions,
@@ -605,93 +579,55 @@ async fn client(
     until: Instant,
     recorder: Arc<Recorder>,
 ) {
-    let mut rng = Rng::new(options.seed ^ (0x5eed_0000 + id as u64));
-    let keys = options.keys as u64;
-    let mut last_seen: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut client = Client::new(id, options.seed, options.keys, recorder);
     let mut conn: Option<Line> = None;
-    let mut n = 0u64;
     while Instant::now() < until {
-        if conn.is_none() {
-            let active = nodes.active();
-            let Some(node) = active.get(id % active.len().max(1)) else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            match Line::connect(node.local_port).await {
-                Ok(line) => conn = Some(line),
-                Err(_) => {
-                    // The node is down; nothing was invoked.
+        let line = match conn.as_mut() {
+            Some(line) => line,
+            None => {
+                let active = nodes.active();
+                let Some(node) = active.get(id % active.len().max(1)) else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
+                };
+                match Line::connect(node.local_port).await {
+                    Ok(line) => conn.insert(line),
+                    Err(_) => {
+                        // The node is down; nothing was invoked.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 }
             }
-        }
-        let key = format!("k{}", rng.below(keys));
-        n += 1;
-        let value = format!("c{id}-{n}");
-        let (line, input) = match rng.below(10) {
-            0..=3 => (format!("put {key} {value}"), Input::Put(value)),
-            4..=6 => {
-                let expected = match rng.below(3) {
-                    0 => None,
-                    _ => last_seen.get(&key).cloned().flatten(),
-                };
-                let old = expected.clone().unwrap_or_else(|| "-".to_owned());
-                (format!("cas {key} {old} {value}"), Input::Cas { expected, new: value })
-            }
-            _ if options.local_reads => (format!("get-local {key}"), Input::Get),
-            _ => (format!("get {key}"), Input::Get),
         };
-        let call = recorder.now();
-        let answer = match conn.as_mut() {
-            Some(c) => c.call(&line, CALL_TIMEOUT).await,
-            None => continue,
-        };
-        let ret = recorder.now();
-        let output = match answer {
-            Ok(answer) => match (ok_of(answer), &input) {
-                (Ok(value), Input::Get) => Some(Output::Value(value.as_str().map(str::to_owned))),
-                (Ok(value), _) => write_output(&value),
-                (Err(err), _) if never_ran(&err) => {
-                    // Consensus was not running there: nothing happened.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                (Err(_), _) => None,
-            },
-            Err(_) => {
-                // Timed out or the connection broke: the answer, if one
-                // comes, can no longer be matched to this call.
-                conn = None;
-                None
+        let invocation = client.invoke();
+        let key = &invocation.key;
+        let request = match &invocation.input {
+            Input::Put(value) => format!("put {key} {value}"),
+            Input::Cas { expected, new } => {
+                format!("cas {key} {} {new}", expected.as_deref().unwrap_or("-"))
             }
+            _ if options.local_reads => format!("get-local {key}"),
+            _ => format!("get {key}"),
         };
-        match &output {
-            Some(Output::Value(v) | Output::Previous(v) | Output::Mismatch(v)) => {
-                let after = match (&input, &output) {
-                    (Input::Put(w), _) => Some(w.clone()),
-                    (Input::Cas { new, .. }, Some(Output::Previous(_))) => Some(new.clone()),
-                    _ => v.clone(),
-                };
-                last_seen.insert(key.clone(), after);
-            }
-            None => {}
-        }
-        if output.is_none() {
+        let outcome = match line.call(&request, CALL_TIMEOUT).await {
+            Ok(answer) => Outcome::of_answer(ok_of(answer), &invocation.input),
+            // Timed out or the connection broke: the answer, if one comes,
+            // can no longer be matched to this call.
+            Err(_) => Outcome::Unknown,
+        };
+        let failed = outcome == Outcome::Failed;
+        let unknown = outcome == Outcome::Unknown;
+        client.complete(invocation, outcome);
+        if failed {
+            // Consensus was not running there: nothing happened.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else if unknown {
             // As a real client would, back off a little after a failure,
             // and try another node next time.
             conn = None;
-            tokio::time::sleep(Duration::from_millis(50 + rng.below(100))).await;
+            tokio::time::sleep(client.backoff()).await;
         }
-        let operation = match output {
-            Some(output) => {
-                Operation { client: id, key, call, outcome: Some((ret, output)), input }
-            }
-            // A read that failed constrains nothing.
-            None if input == Input::Get => continue,
-            None => Operation { client: id, key, call, outcome: None, input },
-        };
-        lock(&recorder.history).push(operation);
     }
 }
 
@@ -765,14 +701,14 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
     }
     nodes.settled(SETTLE_TIMEOUT).await?;
 
-    let recorder = Arc::new(Recorder { start: Instant::now(), history: Mutex::new(Vec::new()) });
-    let watch = LeaderWatch::start(nodes.clone(), WATCH_EVERY, recorder.start);
+    let recorder = Arc::new(Recorder::new());
+    let watch = LeaderWatch::start(nodes.clone(), WATCH_EVERY, recorder.start());
     let until = Instant::now() + options.duration;
     let clients: Vec<_> = (0..options.clients)
         .map(|id| tokio::spawn(client(nodes.clone(), options.clone(), id, until, recorder.clone())))
         .collect();
     let mut rng = Rng::new(options.seed);
-    let faults = nemesis(run, &mut rng, recorder.start, until).await;
+    let faults = nemesis(run, &mut rng, recorder.start(), until).await;
     // Heal everything, whatever the nemesis was doing.
     for node in nodes.active() {
         nodes.signal(&node, libc::SIGCONT);
@@ -809,7 +745,7 @@ async fn drive(run: &Run<'_>, work: &std::path::Path) -> Result<ChaosReport, Str
             Ok(history) => history,
             Err(why) => {
                 violations.push(format!("the final reads failed: {why}"));
-                lock(&recorder.history).clone()
+                recorder.history()
             }
         };
     let (watch_rounds, split) = watch.finish().await;
@@ -878,17 +814,12 @@ async fn final_checks(
         let key = format!("k{k}");
         let call = recorder.now();
         let value = nodes.settled_call(&format!("get {key}"), patience).await?;
-        lock(&recorder.history).push(Operation {
-            client: usize::MAX,
-            key: key.clone(),
-            call,
-            outcome: Some((recorder.now(), Output::Value(value.as_str().map(str::to_owned)))),
-            input: Input::Get,
-        });
+        let output = Output::Value(value.as_str().map(str::to_owned));
+        recorder.record(usize::MAX, key.clone(), Input::Get, call, Outcome::Answered(output));
         let version = nodes.settled_call(&format!("version {key}"), patience).await?;
         versions.insert(key, version.as_u64().unwrap_or(0));
     }
-    let history = lock(&recorder.history).clone();
+    let history = recorder.history();
     let history_file = work.join("history.txt");
     let text: String = history.iter().map(|op| format!("{op:?}\n")).collect();
     std::fs::write(&history_file, text)
@@ -934,28 +865,6 @@ async fn final_checks(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The harness reads the kv store's answers in the shapes the store
-    /// writes them (pinned on the store's side in `tests/nemesis.rs`): a
-    /// misread would corrupt every history it checks.
-    #[test]
-    fn kv_answers_map_to_checker_outputs() {
-        let some = |v: &str| Some(v.to_owned());
-        for (line, expected) in [
-            (r#"{"ok":{"previous":"a"}}"#, Output::Previous(some("a"))),
-            (r#"{"ok":{"previous":null}}"#, Output::Previous(None)),
-            (r#"{"ok":{"mismatch":"b"}}"#, Output::Mismatch(some("b"))),
-            (r#"{"ok":{"mismatch":null}}"#, Output::Mismatch(None)),
-        ] {
-            let answer = ok_of(serde_json::from_str(line).unwrap()).unwrap();
-            assert_eq!(write_output(&answer), Some(expected), "{line}");
-        }
-        assert_eq!(write_output(&serde_json::json!({"other": 1})), None);
-        let error = serde_json::json!({ "error": "no leader" });
-        assert_eq!(ok_of(error), Err("no leader".to_owned()));
-        assert!(never_ran("starting: consensus is not running yet"));
-        assert!(!never_ran("no leader"));
-    }
 
     #[test]
     fn fault_kinds_parse_by_name_and_the_schedule_follows_the_seed() {

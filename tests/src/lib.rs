@@ -6,6 +6,8 @@
 //!   pass, run over the in-memory, TCP and tsnet transports alike.
 //! - [`linearizability`] checks key-value histories (Wing & Gong search with
 //!   memoization, partitioned by key, unknown outcomes allowed).
+//! - [`workload`] is the key-value workload both nemesis runs drive (seeded
+//!   clients) and the recorder of the history the checker reads.
 //! - [`nodes`] runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
 //!   a key-value state machine, `test_support::kv`, behind switchable
 //!   faults) on a local
@@ -34,3 +36,4 @@ pub mod linearizability;
 pub mod nodes;
 #[cfg(feature = "tailnet")]
 pub mod tailnet;
+pub mod workload;

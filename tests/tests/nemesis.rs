@@ -17,13 +17,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
 use test_support::cluster;
-use test_support::kv::{KvCommand, KvQuery, KvResponse, KvStore};
-use test_support::{Rng, fast_timing, seed_from_env};
-use tests::linearizability::{Input, Operation, Output, check, write_bounds};
+use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::{Rng, eventually_every, fast_timing, seed_from_env};
+use tests::linearizability::{Input, Output, check, write_bounds};
+use tests::workload::{Client, Outcome, Recorder};
 use tokio::runtime::{Handle, Runtime};
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
@@ -132,84 +133,58 @@ impl Cluster {
     }
 }
 
-fn micros(start: Instant) -> u64 {
-    start.elapsed().as_micros() as u64
-}
-
-/// One client: random operations on a few keys through one node, each
-/// recorded with its invocation and completion time. A write that fails is
-/// recorded with an unknown outcome (it may still take effect); a read that
-/// fails constrains nothing and is left out.
-async fn client(
-    cluster: Arc<Cluster>,
-    id: usize,
-    seed: u64,
-    start: Instant,
-    history: Arc<Mutex<Vec<Operation>>>,
-) {
-    let mut rng = Rng::new(seed ^ (id as u64 + 1));
-    let mut n = 0u64;
-    let answer = |r: KvResponse| match r {
-        KvResponse::Previous(prev) => Output::Previous(prev),
-        KvResponse::Mismatch(cur) => Output::Mismatch(cur),
-    };
-    while start.elapsed() < RUN {
-        let target = id % NODES;
+/// One client: the workload's operations through one node, each run on
+/// that node's runtime. A call the node did not answer (an error, or a
+/// crash mid-call) has an unknown outcome: it may still take effect.
+async fn client(cluster: Arc<Cluster>, id: usize, seed: u64, recorder: Arc<Recorder>) {
+    let mut client = Client::new(id, seed, KEYS, recorder.clone());
+    let target = id % NODES;
+    while recorder.start().elapsed() < RUN {
         if cluster.node(target).is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let key = format!("k{}", rng.below(KEYS as u64));
-        n += 1;
-        let call = micros(start);
+        let invocation = client.invoke();
+        let key = invocation.key.clone();
         // `None`: the node crashed during the call (or was down).
-        let (input, result): (Input, Option<Result<Output, consensus::Error>>) = match rng.below(4)
-        {
-            0 | 1 => {
-                let value = format!("c{id}-{n}");
-                let command = KvCommand::Put { key: key.clone(), value: value.clone() };
-                let result = cluster
-                    .on(target, move |node| async move { node.execute(command).await.map(answer) })
-                    .await;
-                (Input::Put(value), result)
-            }
-            2 => {
-                let query = KvQuery::Get { key: key.clone() };
-                let result = cluster
-                    .on(target, move |node| async move {
-                        node.read(query, Consistency::Linearizable)
-                            .await
-                            .map(|v| Output::Value(v.as_str().map(str::to_owned)))
-                    })
-                    .await;
-                (Input::Get, result)
-            }
-            _ => {
-                let expected = (rng.below(2) == 0)
-                    .then(|| format!("c{}-{}", rng.below(CLIENTS as u64), rng.below(n.max(1)) + 1));
-                let new = format!("c{id}-{n}");
-                let command = KvCommand::Cas {
-                    key: key.clone(),
-                    expected: expected.clone(),
-                    value: new.clone(),
-                };
-                let result = cluster
-                    .on(target, move |node| async move { node.execute(command).await.map(answer) })
-                    .await;
-                (Input::Cas { expected, new }, result)
-            }
+        let result: Option<Result<Output, consensus::Error>> =
+            match &invocation.input {
+                Input::Put(value) => {
+                    let command = KvCommand::Put { key, value: value.clone() };
+                    cluster
+                        .on(target, move |node| async move {
+                            node.execute(command).await.map(Output::from)
+                        })
+                        .await
+                }
+                Input::Cas { expected, new } => {
+                    let command =
+                        KvCommand::Cas { key, expected: expected.clone(), value: new.clone() };
+                    cluster
+                        .on(target, move |node| async move {
+                            node.execute(command).await.map(Output::from)
+                        })
+                        .await
+                }
+                _ => {
+                    let query = KvQuery::Get { key };
+                    cluster
+                        .on(target, move |node| async move {
+                            node.read(query, Consistency::Linearizable)
+                                .await
+                                .map(|v| Output::Value(v.as_str().map(str::to_owned)))
+                        })
+                        .await
+                }
+            };
+        let outcome = match result {
+            Some(Ok(output)) => Outcome::Answered(output),
+            Some(Err(_)) | None => Outcome::Unknown,
         };
-        let result = result.unwrap_or(Err(consensus::Error::Stopped));
-        let ret = micros(start);
-        let operation = match result {
-            Ok(output) => {
-                Some(Operation { client: id, key, call, outcome: Some((ret, output)), input })
-            }
-            Err(_) if input == Input::Get => None,
-            Err(_) => Some(Operation { client: id, key, call, outcome: None, input }),
-        };
-        if let Some(operation) = operation {
-            history.lock().unwrap().push(operation);
+        let unknown = outcome == Outcome::Unknown;
+        client.complete(invocation, outcome);
+        if unknown {
+            tokio::time::sleep(client.backoff()).await;
         }
     }
 }
@@ -231,10 +206,10 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     for start in starts {
         start.await.unwrap();
     }
-    let start = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::new(Recorder::new());
+    let start = recorder.start();
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| tokio::spawn(client(cluster.clone(), id, seed, start, history.clone())))
+        .map(|id| tokio::spawn(client(cluster.clone(), id, seed, recorder.clone())))
         .collect();
 
     // The nemesis.
@@ -278,36 +253,30 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     // Final linearizable reads of every key join the history.
     for k in 0..KEYS {
         let key = format!("k{k}");
-        let call = micros(start);
+        let call = recorder.now();
         // Right after healing, node 0 may still be waiting for a leader or
         // catching up past one call's deadline: a read that fails changes
         // nothing, so it is tried again (a seed that failed the gate:
         // 1795996894352690673, "applying up to read index: no outcome").
-        let settled = Instant::now() + Duration::from_secs(30);
-        let value = loop {
-            let query = KvQuery::Get { key: key.clone() };
-            let read = cluster
+        let what = format!("final read of {key}");
+        let value = eventually_every(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            what,
+            async || {
+                let query = KvQuery::Get { key: key.clone() };
+                cluster
                 .on(0, move |node| async move { node.read(query, Consistency::Linearizable).await })
                 .await
-                .expect("node 0 runs");
-            match read {
-                Ok(value) => break value,
-                Err(err) if Instant::now() < settled => {
-                    eprintln!("final read of {key} failed, trying again: {err}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => panic!("final read of {key}: {err:?}"),
-            }
-        };
-        history.lock().unwrap().push(Operation {
-            client: 99,
-            key,
-            call,
-            outcome: Some((micros(start), Output::Value(value.as_str().map(str::to_owned)))),
-            input: Input::Get,
-        });
+                .expect("node 0 runs")
+                .inspect_err(|err| eprintln!("final read of {key} failed, trying again: {err}"))
+            },
+        )
+        .await;
+        let output = Output::Value(value.as_str().map(str::to_owned));
+        recorder.record(99, key, Input::Get, call, Outcome::Answered(output));
     }
-    let history = history.lock().unwrap().clone();
+    let history = recorder.history();
     let completed = history.iter().filter(|op| op.outcome.is_some()).count();
     eprintln!("{} operations, {completed} with a known outcome", history.len());
     assert!(completed > 50, "the workload made too little progress: {completed} operations");
@@ -380,13 +349,4 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             .unwrap();
         cluster.crash(i).await;
     }
-}
-
-#[test]
-fn kv_answers_have_the_shapes_the_chaos_harness_reads() {
-    let shape = |r: KvResponse| serde_json::to_string(&r).unwrap();
-    assert_eq!(shape(KvResponse::Previous(Some("a".to_owned()))), r#"{"previous":"a"}"#);
-    assert_eq!(shape(KvResponse::Previous(None)), r#"{"previous":null}"#);
-    assert_eq!(shape(KvResponse::Mismatch(Some("b".to_owned()))), r#"{"mismatch":"b"}"#);
-    assert_eq!(shape(KvResponse::Mismatch(None)), r#"{"mismatch":null}"#);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use raft_core::network::frame::{self, Message};
 use raft_core::{ClientId, ClusterId, NodeId, Outcome, ProposeError, Role};
-use test_support::eventually;
+use test_support::{eventually, eventually_every};
 use ts_transport::{MemNetwork, Transport as _};
 
 fn command(client: ClientId, seq: u64) -> Vec<u8> {
@@ -28,21 +28,27 @@ async fn propose_until_answered(
     client: ClientId,
     seq: u64,
 ) -> Outcome {
-    let deadline = Instant::now() + WAIT;
     let mut target = prefer;
-    loop {
+    let what = format!("({client}, {seq}) answered");
+    eventually_every(WAIT, Duration::from_millis(50), what, async || {
         let attempt = tokio::time::timeout(
             Duration::from_secs(3),
             cluster.node(target).propose(client, seq, command(client, seq)),
         )
         .await;
-        if let Ok(Ok(outcome)) = attempt {
-            return outcome;
+        match attempt {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(err)) => {
+                target = cluster.leader(among).await;
+                Err(err.to_string())
+            }
+            Err(_) => {
+                target = cluster.leader(among).await;
+                Err("no answer within 3s".to_owned())
+            }
         }
-        assert!(Instant::now() < deadline, "({client}, {seq}) not answered within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        target = cluster.leader(among).await;
-    }
+    })
+    .await
 }
 
 /// Whether a raft connection to node `i` is still served.

@@ -14,6 +14,7 @@ use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Vote};
 use raft_core::network::frame::{self, Message};
 use raft_core::{NodeId, NodeInfo, RaftNode, TypeConfig};
+use test_support::eventually;
 use ts_transport::{MemNetwork, Transport as _};
 
 /// Sends one AppendEntries to node `i` as incarnation 1 of node-9 (a
@@ -107,22 +108,21 @@ async fn a_change_finishes_a_joint_configuration_left_behind() {
 
     // Replace 2 by 3, through our API, on whichever node leads.
     let mut leader = leader;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, "2 replaced by 3 on the leader", async || {
         let replaced = cluster
             .node(leader)
             .replace(&BTreeSet::from([ids[2]]), ids[3], cluster.info(3), Duration::from_secs(10))
             .await;
         match replaced {
-            Ok(()) => break,
-            Err(raft_core::MembershipError::NotLeader { .. })
-                if tokio::time::Instant::now() < deadline =>
-            {
+            Ok(()) => Ok(()),
+            Err(err @ raft_core::MembershipError::NotLeader { .. }) => {
                 leader = cluster.leader(&all).await;
+                Err(err)
             }
             Err(err) => panic!("replacing 2 by 3 after a joint configuration failed: {err}"),
         }
-    }
+    })
+    .await;
     let uniform = BTreeSet::from([ids[0], ids[1], ids[3]]);
     let m = cluster.node(leader).metrics();
     assert_eq!(m.voters, uniform, "the configuration is not uniform {{0, 1, 3}}: {m:?}");

@@ -1,7 +1,8 @@
 //! What the workspace's tests share, so that each piece is written once:
 //!
 //! - [`eventually`] and its kin: wait for a condition with a deadline, never
-//!   with a bare sleep, and fail naming what was awaited;
+//!   with a bare sleep, and fail naming what was awaited; [`never()`] for a
+//!   window in which something must not happen;
 //! - [`Rng`] and the seed helpers: seeded randomness whose seed is printed
 //!   and can be replayed; [`proptest_config`] for the property tests;
 //! - the fast timing profile of in-memory clusters ([`HEARTBEAT`],
@@ -44,5 +45,5 @@ pub use crate::timing::{ELECTION, HEARTBEAT};
 #[cfg(feature = "facade")]
 pub use crate::timing::{fast_config, fast_timing};
 pub use crate::wait::{
-    Condition, POLL, eventually, eventually_blocking, eventually_every, poll_until,
+    Condition, POLL, eventually, eventually_blocking, eventually_every, never, poll_until,
 };

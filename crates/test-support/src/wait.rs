@@ -5,6 +5,10 @@
 //! the condition said why it did not hold yet, the last reason. A poll
 //! returns a [`Condition`]: `bool`, `Option<T>` (the value once there) or
 //! `Result<T, E>` (`Err` says why not yet).
+//!
+//! [`never()`] is the other side: a window in which something must not
+//! happen, for when nothing observable marks that the system has looked
+//! and decided not to act.
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -112,6 +116,27 @@ pub fn eventually_blocking<C: Condition>(
     }
 }
 
+/// Polls `happened` every [`POLL`] for `within` (and once more at its
+/// end) and panics naming `what` the first time it holds.
+///
+/// A bounded observation, not a proof: it passes as well if the system
+/// never got round to acting in the window. Use it only where nothing
+/// observable says the system has considered the case and decided not to
+/// act (a counter of rounds, say, would be a condition to wait on), and
+/// make `within` several of the periods in which it would act.
+pub async fn never(within: Duration, what: impl Display, mut happened: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if happened().await {
+            panic!("within {within:?}: {what}");
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn fail(within: Duration, what: &dyn Display, why: Option<String>) -> ! {
     match why {
         Some(why) => panic!("not within {within:?}: {what} (last: {why})"),
@@ -149,6 +174,30 @@ mod tests {
         let found = poll_until(Duration::from_secs(2), Duration::from_millis(300), async || false);
         assert_eq!(found.await, Err(None));
         assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_watches_the_whole_window() {
+        let started = Instant::now();
+        let mut polls = 0;
+        never(Duration::from_secs(1), "the impossible", async || {
+            polls += 1;
+            false
+        })
+        .await;
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        assert!(polls > 1_000 / POLL.as_millis(), "polled {polls} times");
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "within 1s: the sixth poll held")]
+    async fn never_panics_once_it_happens() {
+        let mut polls = 0;
+        never(Duration::from_secs(1), "the sixth poll held", async || {
+            polls += 1;
+            polls == 6
+        })
+        .await;
     }
 
     #[test]
