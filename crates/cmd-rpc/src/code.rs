@@ -53,7 +53,12 @@ pub enum ErrorCode {
     /// not applied. (A leader that cannot start a batched command answers
     /// `unavailable`, an unknown outcome.)
     NotStarted,
-    /// `unavailable`: the service cannot answer now.
+    /// `unavailable`: the service cannot answer now (another membership
+    /// change is in progress, the node is starting or shutting down).
+    /// Callers retry it elsewhere (`route::after_forward`), so a more
+    /// precise reason gets no code of its own: an older node would take a
+    /// code it does not know for a final answer. Locally, shutting down is
+    /// told apart by [`RpcError::ShuttingDown`](crate::RpcError::ShuttingDown).
     Unavailable,
     /// `no_quorum`: the leader could not confirm its leadership with a
     /// quorum of voters (too many of them stopped or unreachable).

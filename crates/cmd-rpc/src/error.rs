@@ -168,9 +168,17 @@ pub enum RpcError {
         /// How long the call waited.
         waited: Duration,
     },
-    /// The service cannot answer now (no quorum, shutting down).
+    /// The service runs but cannot do this now (another membership change
+    /// is in progress, this node is still starting, the leader is running
+    /// as many batched commands as it takes); trying again later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// This node is shutting down. Its wire code is `unavailable`, as it
+    /// has always been (a code older nodes do not know would end their
+    /// calls instead of retrying them elsewhere); only this node's own
+    /// callers can tell it apart, as this variant.
+    #[error("unavailable: node is shutting down")]
+    ShuttingDown,
     /// The leader could not confirm its leadership with a quorum of voters
     /// (too many of them stopped or unreachable), so it cannot answer a
     /// linearizable read.
@@ -223,7 +231,7 @@ impl RpcError {
             RpcError::AnswerNotKept | RpcError::AnswerTooLarge { .. } => ErrorCode::AnswerNotKept,
             RpcError::NotConfirmed(_) => ErrorCode::NotConfirmed,
             RpcError::NotStarted(_) | RpcError::NoLeaderNotStarted { .. } => ErrorCode::NotStarted,
-            RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::Unavailable(_) | RpcError::ShuttingDown => ErrorCode::Unavailable,
             RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
             RpcError::Unreachable { .. } => ErrorCode::Unreachable,
             RpcError::Fatal(_) => ErrorCode::Fatal,
@@ -238,6 +246,7 @@ impl RpcError {
             | RpcError::NotStarted(_)
             | RpcError::NoLeaderNotStarted { .. }
             | RpcError::Unavailable(_)
+            | RpcError::ShuttingDown
             | RpcError::NoQuorum(_) => 503,
             RpcError::NotLeader { .. }
             | RpcError::StaleSequence { .. }

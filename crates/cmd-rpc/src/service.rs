@@ -356,9 +356,7 @@ impl<S: StateMachine> CommandService<S> {
                 error: Some(RpcError::Timeout { what: format!("{what} (outcome unknown)"), after }),
             }),
             ProposeError::TooLarge { size, limit } => Err(RpcError::TooLarge { size, limit }),
-            ProposeError::ShuttingDown => {
-                Err(RpcError::Unavailable("node is shutting down".to_owned()))
-            }
+            ProposeError::ShuttingDown => Err(RpcError::ShuttingDown),
             err => Err(RpcError::Fatal(err.to_string())),
         }
     }

@@ -88,6 +88,12 @@ pub enum Error {
     /// once enough voters are back.
     #[error("no quorum: {0}")]
     QuorumUnavailable(String),
+    /// This node runs, but cannot do this now: another membership change
+    /// is in progress, or it is still starting. Trying again later may
+    /// work. Like [`Error::Timeout`], it does not say that an earlier
+    /// attempt of the same call changed nothing.
+    #[error("unavailable for now: {0}")]
+    Unavailable(String),
     /// The node is stopped or stopping.
     #[error("the node is stopped")]
     Stopped,

@@ -351,6 +351,12 @@ pub(crate) fn render(out: &mut String, scrape: &Scrape<'_>) {
     );
     counter(
         out,
+        "tsconsensus_proposals_refused_at_handoff_total",
+        "Queued proposals refused (not applied) because this node stopped leading or began a leadership transfer while they waited.",
+        scrape.raft.proposals_refused_at_handoff.get(),
+    );
+    counter(
+        out,
         "tsconsensus_commands_applied_total",
         "Commands this node's state machine applied (retries answered from a session excluded).",
         scrape.raft.commands_applied.get(),

@@ -302,7 +302,11 @@ impl From<RpcError> for Error {
                 return Error::NoLeader { waited };
             }
             E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
-            E::Unavailable(_) => return Error::Stopped,
+            // Only this node shutting down is `Stopped`; a running node
+            // that cannot do this now (another membership change in
+            // progress, still starting) says so.
+            E::ShuttingDown => return Error::Stopped,
+            E::Unavailable(why) => return Error::Unavailable(why),
             E::NoQuorum(why) => return Error::QuorumUnavailable(why),
             E::Fatal(why) => return Error::Fatal(why),
             _ => {}
@@ -420,6 +424,60 @@ mod tests {
         // caller, not applied.
         let err = Error::from(RpcError::NoLeaderNotStarted { waited: Duration::from_secs(3) });
         assert!(matches!(err, Error::NoLeader { waited } if waited.as_secs() == 3), "{err:?}");
+    }
+
+    /// This node's own command-API errors, as its caller hears them. Before,
+    /// every local `unavailable` was `Error::Stopped`, so a running leader
+    /// whose removal met another membership change in progress until its
+    /// deadline reported itself stopped; only shutting down is.
+    #[test]
+    fn what_this_nodes_own_errors_mean_for_a_caller() {
+        let kind = |err: &Error| match err {
+            Error::Stopped => "stopped",
+            Error::Unavailable(_) => "unavailable",
+            Error::Timeout(_) => "timeout",
+            Error::NoLeader { .. } => "no_leader",
+            Error::QuorumUnavailable(_) => "quorum_unavailable",
+            Error::Fatal(_) => "fatal",
+            Error::Invalid(_) => "invalid",
+            Error::Network { .. } => "network",
+            other => panic!("{other:?}"),
+        };
+        let in_progress = "another membership change is in progress";
+        let starting = "starting: this node has not heard from every tagged peer yet";
+        let remote_unavailable = RpcError::from_remote(
+            503,
+            ErrorBody {
+                code: ErrorCode::Unavailable,
+                message: "node is shutting down".to_owned(),
+                leader: None,
+            },
+        );
+        let cases: Vec<(RpcError, &str)> = vec![
+            (RpcError::ShuttingDown, "stopped"),
+            (RpcError::Unavailable(in_progress.to_owned()), "unavailable"),
+            (RpcError::Unavailable(starting.to_owned()), "unavailable"),
+            // Another node shutting down is not this node stopped.
+            (remote_unavailable, "network"),
+            (RpcError::NoLeader { waited: Duration::from_secs(1) }, "no_leader"),
+            (
+                RpcError::Timeout { what: "membership change".to_owned(), after: Duration::ZERO },
+                "timeout",
+            ),
+            (RpcError::LeaderLost { what: "execute".to_owned() }, "timeout"),
+            (RpcError::NotStarted("no batch".to_owned()), "timeout"),
+            (RpcError::NoQuorum("2 of 5".to_owned()), "quorum_unavailable"),
+            (RpcError::Fatal("disk".to_owned()), "fatal"),
+            (RpcError::BadRequest("x".to_owned()), "invalid"),
+        ];
+        for (rpc, want) in cases {
+            let shown = rpc.to_string();
+            let err = Error::from(rpc);
+            assert_eq!(kind(&err), want, "{shown}");
+            if want == "unavailable" {
+                assert!(err.to_string().contains(&shown["unavailable: ".len()..]), "{err}");
+            }
+        }
     }
 
     /// Before: the command API's error became `Error::Network(String)`,

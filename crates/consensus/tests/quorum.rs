@@ -49,3 +49,40 @@ async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
     assert_eq!(total, 1);
     survivor.stop(StopMode::Stay).await.unwrap();
 }
+
+/// Before: a membership change that met another one still in progress
+/// until its deadline became `RpcError::Unavailable`, which the facade
+/// reported as `Error::Stopped`, though the node runs. Only a node shutting
+/// down is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() {
+    let deadline = Duration::from_secs(2);
+    let world = World::new(3);
+    let nodes = world
+        .start_all(|_| {
+            let mut config = fast_config();
+            config.timing.call_deadline = deadline;
+            config
+        })
+        .await;
+    let leader = leader_of(&nodes);
+    // Cut off, the leader keeps its role (openraft 0.9) and appends its own
+    // removal, which it cannot commit.
+    world.net.isolate(ip(leader));
+    let me = nodes[leader].id();
+    let first = nodes[leader].remove_member(me).await.unwrap_err();
+    assert!(!matches!(first, Error::Stopped), "{first:?}");
+    // The next change meets that one, uncommitted, until its deadline.
+    let started = Instant::now();
+    let second = nodes[leader].remove_member(me).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&second, Error::Unavailable(why) if why.contains("in progress")),
+        "a change that met another in progress gave {second:?}"
+    );
+    assert!(took < deadline + Duration::from_secs(2), "answered after {took:?}");
+    world.net.heal_all();
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}

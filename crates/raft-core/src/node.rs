@@ -308,9 +308,62 @@ pub struct RaftNode<S: StateMachine> {
     contact: Arc<LeaderContact>,
     /// Whether this node may start elections (`hold_elections`).
     held: Arc<std::sync::atomic::AtomicBool>,
+    /// The transfer hold, shared with the batcher.
+    handoff: Arc<Handoff>,
+}
+
+/// What decides whether a proposal may enter the log, shared by `propose`
+/// (checked before queuing) and the batcher (checked again as a batch is
+/// handed to raft, since a queued proposal may wait behind batches in
+/// flight while this node stops leading or begins a transfer).
+struct Handoff {
+    /// This node's raft id.
+    id: NodeId,
     /// Set while this leader hands its leadership over
     /// ([`RaftNode::hold_for_transfer`]).
     transferring: std::sync::atomic::AtomicBool,
+    /// Held while the batcher checks and hands a batch to raft, and while
+    /// the hold is switched: once `hold_for_transfer(true)` returns, no
+    /// batch is handed to raft until it ends.
+    gate: std::sync::Mutex<()>,
+}
+
+impl Handoff {
+    /// Why a proposal may not enter the log now, if it may not: this node
+    /// is handing its leadership over, or is not the leader. Nothing has
+    /// been proposed when this answers, so "not the leader" means not
+    /// applied.
+    fn refusal(&self, raft: &Raft<TypeConfig>) -> Option<ProposeError> {
+        if self.transferring.load(std::sync::atomic::Ordering::SeqCst) {
+            // Handing leadership over: nothing new goes into the log, so the
+            // followers' leases can run out. Not proposed; retried elsewhere.
+            return Some(ProposeError::NotLeader { leader: None });
+        }
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader;
+        if leader == Some(self.id) {
+            return None;
+        }
+        let membership = metrics.membership_config.membership();
+        let hint = leader.and_then(|id| membership.get_node(&id).cloned().map(|node| (id, node)));
+        Some(ProposeError::NotLeader { leader: hint })
+    }
+
+    /// Switches the hold on or off, with no batch being handed to raft
+    /// meanwhile.
+    fn hold(&self, on: bool) {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.transferring.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Switches the hold on unless it is on already, with no batch being
+    /// handed to raft meanwhile: whether it did.
+    fn try_hold(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
+    }
 }
 
 /// Records the node's fatal error when raft meets one (or its core dies),
@@ -465,8 +518,14 @@ impl<S: StateMachine> RaftNode<S> {
         let server = Arc::new(std::sync::Mutex::new(Some(server)));
         let (proposals, queue) =
             mpsc::channel(config.batch_max_proposals * config.max_batches_in_flight * 4);
+        let handoff = Arc::new(Handoff {
+            id,
+            transferring: std::sync::atomic::AtomicBool::new(false),
+            gate: std::sync::Mutex::new(()),
+        });
         let batcher = tokio::spawn(batch_loop(
             raft.clone(),
+            handoff.clone(),
             queue,
             config.clone(),
             state_machine.stats().clone(),
@@ -498,7 +557,7 @@ impl<S: StateMachine> RaftNode<S> {
             stopped: std::sync::atomic::AtomicBool::new(false),
             contact,
             held,
-            transferring: std::sync::atomic::AtomicBool::new(false),
+            handoff,
         })
     }
 
@@ -822,27 +881,20 @@ impl<S: StateMachine> RaftNode<S> {
         if let Some(why) = self.fatal() {
             return Err(ProposeError::Fatal(why));
         }
-        if self.transferring.load(std::sync::atomic::Ordering::Relaxed) {
-            // Handing leadership over: nothing new goes into the log, so the
-            // followers' leases can run out. Not proposed; retried elsewhere.
-            return Err(ProposeError::NotLeader { leader: None });
-        }
-        // Not the leader: refused here, before anything is proposed. Past
-        // this point, openraft's "forward to the leader" may also mean an
-        // entry that was appended and then truncated (`LeaderLost`).
-        let leader = self.raft.metrics().borrow().current_leader;
-        if leader != Some(self.id) {
-            let hint = leader.and_then(|id| {
-                let metrics = self.metrics();
-                metrics.nodes.get(&id).cloned().map(|node| (id, node))
-            });
-            return Err(ProposeError::NotLeader { leader: hint });
+        // Not the leader, or handing leadership over: refused here, before
+        // anything is proposed (and again by the batcher, right before the
+        // batch goes to raft). Past that point, openraft's "forward to the
+        // leader" may also mean an entry that was appended and then
+        // truncated (`LeaderLost`).
+        if let Some(refusal) = self.handoff.refusal(&self.raft) {
+            return Err(refusal);
         }
         let (reply, answer) = oneshot::channel();
         self.proposals
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
+        self.stats().proposals_queued.inc();
         // Until the batch is committed and applied; inside `propose`, whose
         // span carries the request id.
         answer
@@ -855,7 +907,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// before now is applied here: a read of the local state machine after
     /// this is linearizable. Returns the read index.
     pub async fn read_index(&self, timeout: Duration) -> Result<u64, ReadError> {
-        if self.transferring.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.handoff.transferring.load(std::sync::atomic::Ordering::SeqCst) {
             // Confirming leadership would renew the followers' leases.
             return Err(ReadError::NotLeader { leader: None });
         }
@@ -1159,8 +1211,16 @@ impl<S: StateMachine> RaftNode<S> {
     /// retries them until the new leader is known), so that the followers'
     /// leader leases run out and a follower's election can succeed. Ending
     /// it restores both; it must always be ended, whatever happened.
+    ///
+    /// Proposals already queued for the batcher are refused the same way
+    /// when their batch would be handed to raft: once this returns, no
+    /// batch is handed over until the hold ends. A batch handed over
+    /// before may still be appended after it returns (it is in openraft's
+    /// queue); if that happens after the transfer's catch-up, replicating
+    /// it renews the followers' leases, which can only make the transfer
+    /// fail (raft's votes still decide who leads).
     pub fn hold_for_transfer(&self, hold: bool) {
-        self.transferring.store(hold, std::sync::atomic::Ordering::SeqCst);
+        self.handoff.hold(hold);
         self.raft.runtime_config().heartbeat(!hold);
         tracing::info!(id = self.id, hold, "leadership transfer hold");
     }
@@ -1168,8 +1228,7 @@ impl<S: StateMachine> RaftNode<S> {
     /// Turns the hold on unless it is on already (one atomic step): false
     /// if another transfer holds it.
     pub fn try_hold_for_transfer(&self) -> bool {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+        if !self.handoff.try_hold() {
             return false;
         }
         self.raft.runtime_config().heartbeat(false);
@@ -1179,7 +1238,7 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Whether [`RaftNode::hold_for_transfer`] is on.
     pub fn is_held_for_transfer(&self) -> bool {
-        self.transferring.load(std::sync::atomic::Ordering::SeqCst)
+        self.handoff.transferring.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Starts an election now, if this node is a voter and not the leader
@@ -1302,6 +1361,7 @@ fn membership_error(err: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) 
 /// previous ones let it: there is no timer, so an idle node adds no delay.
 async fn batch_loop(
     raft: Raft<TypeConfig>,
+    handoff: Arc<Handoff>,
     mut queue: mpsc::Receiver<Pending>,
     config: RaftConfig,
     stats: Arc<RaftStats>,
@@ -1324,12 +1384,14 @@ async fn batch_loop(
             }
         }
         let raft = raft.clone();
+        let handoff = handoff.clone();
+        let stats = stats.clone();
         let timeout = config.propose_timeout;
         stats.batch_size.observe(batch.len() as u64);
         let span = tracing::debug_span!("commit_batch", proposals = batch.len());
         commits.spawn(
             async move {
-                commit(raft, batch, timeout).await;
+                commit(raft, &handoff, &stats, batch, timeout).await;
                 drop(permit);
             }
             .instrument(span),
@@ -1339,11 +1401,46 @@ async fn batch_loop(
     commits.shutdown().await;
 }
 
-async fn commit(raft: Raft<TypeConfig>, batch: Vec<Pending>, timeout: Duration) {
+/// Commits one batch and answers its proposals. The batch is handed to raft
+/// only if this node still leads and holds no transfer (`propose` checked
+/// that before queuing, but the proposals may have waited behind batches in
+/// flight); otherwise every proposal is answered "not the leader", which is
+/// true only because raft never saw them.
+async fn commit(
+    raft: Raft<TypeConfig>,
+    handoff: &Handoff,
+    stats: &RaftStats,
+    batch: Vec<Pending>,
+    timeout: Duration,
+) {
     let (proposals, replies): (Vec<Proposal>, Vec<_>) =
         batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
     let count = proposals.len();
-    let result = tokio::time::timeout(timeout, raft.client_write(Batch(proposals))).await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut write = std::pin::pin!(raft.client_write(Batch(proposals)));
+    // The check and the hand-over happen under the gate, in one poll: the
+    // first poll of `client_write` puts the batch in openraft's queue
+    // (an unbounded channel) before it waits for the answer.
+    let first = std::future::poll_fn(|cx| {
+        let _gate = handoff.gate.lock().unwrap_or_else(|p| p.into_inner());
+        match handoff.refusal(&raft) {
+            Some(refusal) => std::task::Poll::Ready(Err(refusal)),
+            None => std::task::Poll::Ready(Ok(write.as_mut().poll(cx))),
+        }
+    })
+    .await;
+    let result = match first {
+        Err(refusal) => {
+            // Never handed to raft: not applied.
+            stats.proposals_refused_at_handoff.add(count as u64);
+            for reply in replies {
+                let _ = reply.send(Err(refusal.clone()));
+            }
+            return;
+        }
+        Ok(std::task::Poll::Ready(result)) => Ok(result),
+        Ok(std::task::Poll::Pending) => tokio::time::timeout_at(deadline, write).await,
+    };
     let outcomes: Result<Vec<Outcome>, ProposeError> = match result {
         Err(_) => Err(ProposeError::Timeout(timeout)),
         Ok(Ok(response)) if response.data.0.len() == count => Ok(response.data.0),

@@ -107,6 +107,14 @@ pub struct RaftStats {
     /// Proposals coalesced into each log entry the batcher proposed (on
     /// the leader).
     pub batch_size: Histogram,
+    /// Proposals that passed this node's checks (leader, no transfer hold)
+    /// and were queued for the batcher. Less `batch_size`'s sum: those
+    /// still waiting for a batch.
+    pub proposals_queued: Counter,
+    /// Queued proposals the batcher refused before handing them to raft,
+    /// because this node stopped leading or began handing its leadership
+    /// over while they waited (answered "not the leader": not applied).
+    pub proposals_refused_at_handoff: Counter,
     /// Commands the state machine applied (a retry answered from its
     /// session is not applied again and not counted).
     pub commands_applied: Counter,
@@ -127,6 +135,8 @@ impl Default for RaftStats {
     fn default() -> RaftStats {
         RaftStats {
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
+            proposals_queued: Counter::new(),
+            proposals_refused_at_handoff: Counter::new(),
             commands_applied: Counter::new(),
             snapshots_built: Counter::new(),
             snapshots_installed: Counter::new(),

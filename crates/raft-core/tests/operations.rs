@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use raft_core::backup::{PENDING_RESTORE, inspect_state_dir, stage_restore};
 use raft_core::{Outcome, ProposeError, ReadError, Role, StateDir, Storage};
+use test_support::eventually;
 use ts_transport::MemNetwork;
 
 async fn commit(
@@ -222,4 +223,56 @@ async fn a_restore_that_fails_at_start_is_not_tried_again() {
     assert_eq!(aside, 1, "the state was moved aside more than once");
     assert!(!dir.path().join(PENDING_RESTORE).exists());
     assert!(dir.path().join("restore.failed").exists());
+}
+
+/// A proposal that passed `propose`'s checks and waits for the batcher
+/// while the leader begins handing its leadership over must not reach the
+/// log: the hold exists so that the log stops growing. It is answered "not
+/// the leader" (not applied), and a retry after the hold is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_queued_before_a_transfer_hold_is_not_appended() {
+    let mut config = fast_config();
+    // One batch at a time: the second proposal waits behind the first.
+    config.max_batches_in_flight = 1;
+    let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0]).await;
+    let session = cluster.register(leader).await;
+    let l = cluster.node(leader);
+    let before = l.metrics().last_log_index.expect("the registration is in the log");
+    let queued = l.stats().proposals_queued.get();
+    let batched = l.stats().batch_size.snapshot().sum;
+    // The first batch stays in flight (appended, its apply gated).
+    let mut first = Box::pin(cluster.propose(leader, session, 1, GATED));
+    let first_appended = l.wait_for(WAIT, |m| m.last_log_index == Some(before + 1));
+    tokio::select! {
+        outcome = &mut first => panic!("the first proposal ended early: {outcome:?}"),
+        appended = first_appended => { appended.expect("the first proposal is appended"); }
+    }
+    // The second passes propose's checks and waits for the batcher.
+    let mut second = Box::pin(cluster.propose(leader, session, 2, b"c2"));
+    let second_queued = eventually(WAIT, "the second proposal is queued", async || {
+        (l.stats().proposals_queued.get() >= queued + 2).then_some(())
+    });
+    tokio::select! {
+        outcome = &mut second => panic!("the second proposal ended early: {outcome:?}"),
+        () = second_queued => {}
+    }
+    l.hold_for_transfer(true);
+    // The premise: only the first was handed to raft when the hold began.
+    assert_eq!(l.stats().batch_size.snapshot().sum, batched + 1, "only the first was batched");
+    open_gate();
+    let first = first.await;
+    assert!(matches!(first, Ok(Outcome::Applied(_))), "{first:?}");
+    let second = second.await;
+    assert!(matches!(second, Err(ProposeError::NotLeader { leader: None })), "{second:?}");
+    assert_eq!(l.metrics().last_log_index, Some(before + 1), "nothing appended under the hold");
+    assert_eq!(cluster.applied(leader), vec![GATED.to_vec()]);
+    assert_eq!(l.stats().proposals_refused_at_handoff.get(), 1);
+    // Not applied: a retry once the hold ends applies it, once.
+    l.hold_for_transfer(false);
+    let retried = cluster.propose(leader, session, 2, b"c2").await;
+    assert!(matches!(retried, Ok(Outcome::Applied(_))), "{retried:?}");
+    assert_eq!(cluster.applied(leader), vec![GATED.to_vec(), b"c2".to_vec()]);
+    cluster.shutdown().await;
 }

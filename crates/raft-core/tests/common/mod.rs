@@ -20,15 +20,39 @@ use test_support::eventually;
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
 /// Records every applied command in order; `apply` answers with the count.
-/// A command starting with `b"panic"` panics, to test containment.
+/// A command starting with `b"panic"` panics, to test containment; the
+/// command [`GATED`] waits for [`open_gate`] before it is applied.
 #[derive(Default)]
 pub struct Recorder {
     pub applied: Vec<Vec<u8>>,
 }
 
+/// A command whose apply waits until [`open_gate`] is called (for at most
+/// [`WAIT`]): it keeps its batch in flight, committed but not applied, for
+/// as long as a test needs. One gate for the whole test binary; only one
+/// test of a binary may use it.
+pub const GATED: &[u8] = b"gated";
+
+static GATE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// Lets every [`GATED`] command waiting, and every later one, be applied.
+pub fn open_gate() {
+    *GATE.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    GATE.1.notify_all();
+}
+
+fn wait_for_gate() {
+    let open = GATE.0.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = GATE.1.wait_timeout_while(open, WAIT, |open| !*open);
+}
+
 impl StateMachine for Recorder {
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {
         assert!(!command.starts_with(b"panic"), "asked to panic by the test");
+        if command == GATED {
+            wait_for_gate();
+        }
         self.applied.push(command.to_vec());
         (self.applied.len() as u64).to_le_bytes().to_vec()
     }
