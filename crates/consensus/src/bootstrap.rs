@@ -318,10 +318,10 @@ impl Owned {
                 Commitment::Free { holding: holding.as_ref().map(|h| (h, tagged(view, h))) }
             }
             Owned::Bound { cluster, former } => {
-                Commitment::Bound { cluster, former: former.as_ref() }
+                Commitment::Bound { cluster, former: former.as_ref(), holds_set: false }
             }
             Owned::Forming { cluster, confirmed, sealed } => {
-                Commitment::Forming { cluster, confirmed, sealed }
+                Commitment::Forming { cluster, confirmed, sealed, chosen: None, stored: &[] }
             }
         }
     }
@@ -707,8 +707,15 @@ async fn round<S: StateMachine>(
                 }
                 return Ok(Round::Again(why));
             }
-            Decision::Initialize { cluster, voters } => {
+            // The final-set round is not in this shell yet: the former
+            // initializes on the seals, as before.
+            Decision::Choose { cluster, voters } => {
                 return initialize(inner, options, answers, cluster, &voters).await;
+            }
+            Decision::Store { .. }
+            | Decision::Initialize { .. }
+            | Decision::InitializeStored { .. } => {
+                return Ok(Round::Again("no final voter set in this shell".to_owned()));
             }
             Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
         }
@@ -964,7 +971,7 @@ async fn initialize<S: StateMachine>(
         .collect();
     let owned = Owned::of(inner, &state);
     let voters = match decide(&situation(&me, options, &now_answers, owned.commitment(&view))) {
-        Decision::Initialize { cluster: c, voters: now } if c == cluster => now,
+        Decision::Choose { cluster: c, voters: now } if c == cluster => now,
         Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
         _ => return Ok(Round::Again(format!("the view changed before initializing ({voters:?})"))),
     };
