@@ -713,7 +713,6 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
 /// the asked node sees it (the set itself is the shell's: it is compared,
 /// not read, here).
 #[derive(Clone, Debug)]
-#[cfg_attr(not(test), allow(dead_code))] // the shell calls it in the next commit
 pub(crate) struct StoreCall<'a, C> {
     /// It has raft state.
     pub(crate) has_state: bool,
@@ -730,7 +729,6 @@ pub(crate) struct StoreCall<'a, C> {
 
 /// The final voter set a node already holds, compared with an offered one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // the shell calls it in the next commit
 pub(crate) enum Held {
     /// It holds none.
     None,
@@ -742,7 +740,6 @@ pub(crate) enum Held {
 
 /// The asked node's step on a request to store the final voter set.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // the shell calls it in the next commit
 pub(crate) enum Storing<C> {
     /// Store the set (durably, before answering), sealed to the caller.
     Store,
@@ -754,7 +751,6 @@ pub(crate) enum Storing<C> {
 
 /// Why a node refuses to store a final voter set.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // the shell calls it in the next commit
 pub(crate) enum StoreRefusal<C> {
     /// It has another cluster id (or none: it lost its state, or gave its
     /// binding up).
@@ -809,7 +805,6 @@ impl<C: fmt::Display> fmt::Display for StoreRefusal<C> {
 /// back after a restart; a new incarnation of the former gets no seal, so
 /// never chooses one), so every node that initializes the cluster writes
 /// the identical index-0 entry, as if the former had replicated it.
-#[cfg_attr(not(test), allow(dead_code))] // the shell calls it in the next commit
 pub(crate) fn store<C: Clone + PartialEq>(c: &StoreCall<'_, C>) -> Storing<C> {
     if c.stored != Some(c.cluster) {
         return Storing::Refuse(StoreRefusal::OtherCluster { cluster: c.stored.cloned() });
