@@ -41,6 +41,9 @@ pub(crate) struct Property<S> {
     pub(crate) name: &'static str,
     /// Why `state` violates the property, or `None` if it holds.
     pub(crate) check: fn(&S) -> Option<String>,
+    /// Whether a state that violates it is still explored (a witness that
+    /// a situation is reached, whose aftermath another check looks at).
+    pub(crate) explore_on: bool,
 }
 
 /// Limits of one exploration.
@@ -148,7 +151,7 @@ pub(crate) fn explore<M: Model>(model: &M, bounds: Bounds) -> Report {
             let mut broken = false;
             for (i, property) in properties.iter().enumerate() {
                 if let Some(why) = (property.check)(&state) {
-                    broken = true;
+                    broken |= !property.explore_on;
                     if !found.iter().any(|(p, _, _)| *p == i) {
                         found.push((i, fp, why));
                     }
@@ -161,7 +164,8 @@ pub(crate) fn explore<M: Model>(model: &M, bounds: Bounds) -> Report {
             if done {
                 break 'levels;
             }
-            // A violating state is reported, not explored further.
+            // A violating state is reported, not explored further (unless
+            // every property it violates says so).
             if broken {
                 continue;
             }
@@ -337,6 +341,7 @@ mod tests {
             vec![Property {
                 name: "not both",
                 check: |s| (*s == (3, 3)).then(|| "both at 3".to_owned()),
+                explore_on: false,
             }]
         }
     }
