@@ -284,44 +284,6 @@ pub struct ConfirmRequest {
     pub seal: bool,
 }
 
-/// Most voters a final voter set ([`StoreSetRequest`]) may name.
-pub const MAX_SET: usize = 64;
-
-/// One voter of a final voter set: its raft id and record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetMember {
-    /// Raft id.
-    pub id: NodeId,
-    /// Where it is reached (its stable id included).
-    pub node: NodeInfo,
-}
-
-/// `POST /v1/store-set`: the caller formed cluster `cluster_id`, every
-/// binder sealed its binding to it, and it chose the final voter set
-/// (decision 0003, "Amendment: the stuck former"). The callee stores `set`
-/// durably, only if its binding to that cluster is sealed to the caller's
-/// raft id and it holds no other set, and may then initialize the cluster
-/// with exactly that set itself (the same cluster: openraft's index-0
-/// entry is identical on every node that initializes it). A node of a
-/// version without this endpoint answers `not_found` (404).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSetRequest {
-    /// The cluster being formed.
-    pub cluster_id: ClusterId,
-    /// The former's raft id: `node_id(node.stable_id, incarnation)`.
-    pub id: NodeId,
-    /// Its incarnation.
-    pub incarnation: u64,
-    /// Where it is reached; the stable id and addresses must be the
-    /// caller's own.
-    pub node: NodeInfo,
-    /// The voters (the former among them), 1 to [`MAX_SET`], one raft id
-    /// per stable id.
-    pub set: Vec<SetMember>,
-}
-
 /// Answer to [`ConfirmRequest`]: the callee is bound to the cluster, and
 /// joins it as this raft id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,9 +57,8 @@ pub use crate::admin::{
 pub use crate::api::{
     BatchedAnswer, BatchedCommand, CampaignRequest, ClusterInfo, ConfirmRequest, ConfirmResponse,
     Consistency, ErrorBody, ExecuteBatchRequest, ExecuteBatchResponse, ExecuteRequest,
-    ExecuteResponse, JoinRequest, LeaderHint, MAX_BATCH, MAX_SET, Member, ProbeRequest,
-    ProbeResponse, ProbeState, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest,
-    SessionResponse, SetMember, StoreSetRequest,
+    ExecuteResponse, JoinRequest, LeaderHint, MAX_BATCH, Member, ProbeRequest, ProbeResponse,
+    ProbeState, ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
 pub use crate::client::{
     Addressee, CLUSTER_HEADER, CommandClient, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER,
@@ -70,7 +69,6 @@ pub use crate::error::{Cause, RpcError};
 pub use crate::pages::{Page, PageServer, Render};
 pub use crate::peers::{
     Caller, ConfirmFuture, MAX_ADDRS, MAX_STABLE_ID, Peers, ProbeFuture, check_confirm, check_node,
-    check_store_set,
 };
 pub use crate::route::Origin;
 pub use crate::server::{Authorize, CommandServer};

@@ -33,13 +33,13 @@ use ts_transport::{Admission, Listener, PeerAddr, Server};
 use crate::api::ErrorBody;
 use crate::api::{
     CampaignRequest, ConfirmRequest, ExecuteBatchRequest, ExecuteRequest, JoinRequest, MAX_BATCH,
-    ProbeRequest, ReadRequest, RemoveRequest, StoreSetRequest,
+    ProbeRequest, ReadRequest, RemoveRequest,
 };
 use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
-use crate::peers::{Caller, check_confirm, check_store_set};
+use crate::peers::{Caller, check_confirm};
 use crate::route::Origin;
 use crate::service::CommandService;
 
@@ -128,8 +128,9 @@ fn error_response(err: &RpcError) -> Response<Full<Bytes>> {
 fn endpoint(path: &str) -> Option<Method> {
     match path {
         "/v1/execute" | "/v1/execute-batch" | "/v1/session" | "/v1/join" | "/v1/remove"
-        | "/v1/probe" | "/v1/confirm" | "/v1/store-set" | "/v1/read" | "/v1/read-index"
-        | "/v1/campaign" => Some(Method::POST),
+        | "/v1/probe" | "/v1/confirm" | "/v1/read" | "/v1/read-index" | "/v1/campaign" => {
+            Some(Method::POST)
+        }
         "/v1/cluster" => Some(Method::GET),
         _ => None,
     }
@@ -252,13 +253,6 @@ async fn dispatch<S: StateMachine>(
             let caller = caller_of(service, peer)?;
             check_confirm(&request, &caller)?;
             let answer = service.peers().confirm(&caller, &request).await?;
-            Ok(json_response(StatusCode::OK, &answer))
-        }
-        "/v1/store-set" => {
-            let request: StoreSetRequest = parse(&body)?;
-            let caller = caller_of(service, peer)?;
-            check_store_set(&request, &caller)?;
-            let answer = service.peers().store_set(&caller, &request).await?;
             Ok(json_response(StatusCode::OK, &answer))
         }
         "/v1/read" => {

@@ -845,7 +845,6 @@ async fn an_unauthorized_caller_is_refused_on_every_endpoint() {
         ("POST", "/v1/remove"),
         ("POST", "/v1/probe"),
         ("POST", "/v1/confirm"),
-        ("POST", "/v1/store-set"),
         ("POST", "/v1/read"),
         ("POST", "/v1/read-index"),
         ("POST", "/v1/campaign"),
@@ -1100,8 +1099,6 @@ fn valid_body(path: &str) -> String {
         "/v1/probe" => r#"{"promise":true}"#.to_owned(),
         // An address that is not the caller's: the confirm is refused.
         "/v1/confirm" => r#"{"cluster_id":"0123456789abcdef0123456789abcdef","id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001}}"#.to_owned(),
-        // An address that is not the caller's: the store is refused.
-        "/v1/store-set" => r#"{"cluster_id":"0123456789abcdef0123456789abcdef","id":77,"incarnation":5,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001},"set":[{"id":77,"node":{"stable_id":"n77","addrs":["10.0.0.77"],"raft_port":7000,"command_port":7001}}]}"#.to_owned(),
         "/v1/read" => r#"{"query":{"get":"f"},"consistency":"linearizable"}"#.to_owned(),
         "/v1/campaign" => r#"{"term":1,"last_log_index":1}"#.to_owned(),
         _ => "{}".to_owned(),
@@ -1120,7 +1117,6 @@ fn fuzzed_body() -> impl proptest::strategy::Strategy<Value = (String, Vec<u8>)>
         "/v1/remove",
         "/v1/probe",
         "/v1/confirm",
-        "/v1/store-set",
         "/v1/read",
         "/v1/read-index",
         "/v1/campaign",

@@ -14,33 +14,25 @@
 //!   forming): under the bootstrap lock it decides again, stores the
 //!   cluster id bound to itself, and asks every tagged peer to confirm
 //!   (`POST /v1/confirm`); a peer that still holds its promise binds itself
-//!   to the cluster. Once every tagged peer of its view is bound, it asks
-//!   each to seal its binding; once all sealed, it chooses the final voter
-//!   set (itself and the binders), stores it, asks every voter to store it
-//!   (`POST /v1/store-set`), and initializes the cluster with that set
-//!   once all did;
-//! - initialize the stored set, as a binder that holds its former's final
-//!   voter set (the same cluster: the identical membership at index 0), so
-//!   that a former that lost its state before replicating does not strand
-//!   its binders;
+//!   to the cluster. Once every tagged peer of its view is bound, it
+//!   initializes the cluster with itself and the binders as voters;
 //! - wait: it probes again, until the start deadline, whose error names the
 //!   last reason.
 //!
 //! The bootstrap lock ([`Boot`], the node's bootstrap part, over
 //! [`BootState`]: the promise this node holds and the cluster it forms) is
 //! also the one this node answers other nodes' probes and confirms under
-//! ([`Boot::probe`], [`Boot::confirm`], [`Boot::store_set`]), so
-//! answering, granting, binding, storing a set, joining and forming are
-//! each one step.
+//! ([`Boot::probe`], [`Boot::confirm`]), so answering, granting, binding,
+//! joining and forming are each one step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Caller, CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
-    ProbeRequest, ProbeResponse, ProbeState, RpcError, SetMember, StoreSetRequest, check_node,
+    ProbeRequest, ProbeResponse, ProbeState, RpcError, check_node,
 };
 use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, RaftNode, node_id};
 use tokio::sync::watch;
@@ -179,65 +171,6 @@ impl Boot {
         }
     }
 
-    /// Answers `POST /v1/store-set` from `caller` under the bootstrap lock
-    /// ([`crate::decide::bootstrap::store`]): stores the final voter set
-    /// of the cluster this node's binding is sealed to the caller for
-    /// (durably, before answering), or refuses.
-    pub(crate) async fn store_set<S: StateMachine>(
-        &self,
-        raft: &RaftNode<Adapter<S>>,
-        caller: &Caller,
-        request: &StoreSetRequest,
-    ) -> Result<ConfirmResponse, RpcError> {
-        use crate::decide::bootstrap::{Held, Sealed, StoreCall, Storing, store};
-        let _boot = self.lock().await;
-        let me = raft.info().stable_id.clone();
-        let set: BTreeMap<NodeId, NodeInfo> =
-            request.set.iter().map(|m| (m.id, m.node.clone())).collect();
-        let sealed = match raft.sealed_to() {
-            None => Sealed::No,
-            Some(id) if id == request.id => Sealed::ToCaller,
-            Some(_) => Sealed::ToOther,
-        };
-        let held = match raft.final_set() {
-            None => Held::None,
-            Some(held) if held == set => Held::Same,
-            Some(_) => Held::Other,
-        };
-        let stored = raft.cluster_id();
-        let step = store(&StoreCall {
-            has_state: raft.is_initialized().await,
-            stored: stored.as_ref(),
-            sealed,
-            held,
-            cluster: &request.cluster_id,
-        });
-        match step {
-            Storing::Refuse(why) => {
-                tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, %why, "refused to store a final voter set");
-                return Err(RpcError::NotConfirmed(format!("{me} {why}")));
-            }
-            Storing::Again => {}
-            Storing::Store => {
-                if !set.contains_key(&raft.id()) {
-                    return Err(RpcError::NotConfirmed(format!(
-                        "{me} is not in the final voter set as {}",
-                        raft.id()
-                    )));
-                }
-                raft.store_set(request.cluster_id, request.id, set)
-                    .await
-                    .map_err(|err| RpcError::NotConfirmed(format!("{me}: {err}")))?;
-            }
-        }
-        Ok(ConfirmResponse {
-            cluster_id: request.cluster_id,
-            id: raft.id(),
-            incarnation: raft.incarnation(),
-            node: raft.info().clone(),
-        })
-    }
-
     async fn lock(&self) -> tokio::sync::MutexGuard<'_, BootState> {
         self.state.lock().await
     }
@@ -309,12 +242,9 @@ pub(crate) struct Forming {
     pub(crate) cluster: ClusterId,
     /// By stable id: each binder's raft id and record.
     pub(crate) confirmed: BTreeMap<String, (NodeId, NodeInfo)>,
-    /// By stable id: each binder that sealed its binding, with the raft id
-    /// and record it sealed as.
+    /// By stable id: each binder that sealed its binding (the last round
+    /// before initializing), with the raft id and record it sealed as.
     pub(crate) sealed: BTreeMap<String, (NodeId, NodeInfo)>,
-    /// By stable id: each voter of the chosen final set that stored it (or
-    /// cannot: a node of a version without `/v1/store-set`).
-    pub(crate) stored: BTreeSet<String>,
 }
 
 impl Names<String> for LeaderHint {
@@ -359,45 +289,25 @@ type PeerAnswer = Peer<String, ClusterId, LeaderHint>;
 /// of the raft node's stored cluster id and former).
 #[derive(Clone, Debug)]
 enum Owned {
-    Free {
-        holding: Option<String>,
-    },
-    Bound {
-        cluster: ClusterId,
-        former: Option<String>,
-        holds_set: bool,
-    },
-    Forming {
-        cluster: ClusterId,
-        confirmed: Vec<String>,
-        sealed: Vec<String>,
-        chosen: Option<Vec<String>>,
-        stored: Vec<String>,
-    },
+    Free { holding: Option<String> },
+    Bound { cluster: ClusterId, former: Option<String> },
+    Forming { cluster: ClusterId, confirmed: Vec<String>, sealed: Vec<String> },
 }
 
 impl Owned {
     fn of<S: StateMachine>(inner: &Inner<S>, state: &BootState) -> Owned {
         let raft = inner.raft();
-        let set = raft.final_set();
         if let Some(forming) = &state.forming {
-            let me = &raft.info().stable_id;
             return Owned::Forming {
                 cluster: forming.cluster,
                 confirmed: forming.confirmed.keys().cloned().collect(),
                 sealed: forming.sealed.keys().cloned().collect(),
-                chosen: set.map(|set| {
-                    set.into_values().map(|n| n.stable_id).filter(|n| n != me).collect()
-                }),
-                stored: forming.stored.iter().cloned().collect(),
             };
         }
         match raft.cluster_id() {
-            Some(cluster) => Owned::Bound {
-                cluster,
-                former: raft.former().map(|(_, node)| node.stable_id),
-                holds_set: set.is_some(),
-            },
+            Some(cluster) => {
+                Owned::Bound { cluster, former: raft.former().map(|(_, node)| node.stable_id) }
+            }
             None => Owned::Free { holding: state.promise.clone() },
         }
     }
@@ -407,16 +317,12 @@ impl Owned {
             Owned::Free { holding } => {
                 Commitment::Free { holding: holding.as_ref().map(|h| (h, tagged(view, h))) }
             }
-            Owned::Bound { cluster, former, holds_set } => {
-                Commitment::Bound { cluster, former: former.as_ref(), holds_set: *holds_set }
+            Owned::Bound { cluster, former } => {
+                Commitment::Bound { cluster, former: former.as_ref() }
             }
-            Owned::Forming { cluster, confirmed, sealed, chosen, stored } => Commitment::Forming {
-                cluster,
-                confirmed,
-                sealed,
-                chosen: chosen.as_deref(),
-                stored,
-            },
+            Owned::Forming { cluster, confirmed, sealed } => {
+                Commitment::Forming { cluster, confirmed, sealed }
+            }
         }
     }
 }
@@ -758,10 +664,10 @@ async fn round<S: StateMachine>(
     deadline: Instant,
 ) -> Result<Round, Error> {
     let me = inner.raft().info().stable_id.clone();
-    // Form, resume, one confirm round, one seal round, choose, one store
-    // round, initialize: at most seven steps.
+    // Form, resume, one confirm round, one seal round, initialize: at most
+    // five steps.
     let mut why = String::new();
-    for _ in 0..7 {
+    for _ in 0..5 {
         let decision = {
             let state = inner.boot.lock().await;
             let owned = Owned::of(inner, &state);
@@ -801,23 +707,8 @@ async fn round<S: StateMachine>(
                 }
                 return Ok(Round::Again(why));
             }
-            Decision::Choose { cluster, voters } => {
-                if let Some(why) = choose(inner, options, answers, cluster, &voters).await? {
-                    return Ok(Round::Again(why));
-                }
-            }
-            Decision::Store { cluster, ask } => {
-                why = store_round(inner, view, cluster, &ask, deadline).await;
-                if why.is_empty() {
-                    continue;
-                }
-                return Ok(Round::Again(why));
-            }
-            Decision::Initialize { cluster, .. } => {
-                return initialize(inner, options, answers, cluster, false).await;
-            }
-            Decision::InitializeStored { cluster } => {
-                return initialize(inner, options, answers, cluster, true).await;
+            Decision::Initialize { cluster, voters } => {
+                return initialize(inner, options, answers, cluster, &voters).await;
             }
             Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
         }
@@ -870,12 +761,7 @@ async fn start_forming<S: StateMachine>(
         Err(err) => return Ok(Some(format!("cannot store cluster id {cluster}: {err}"))),
     }
     state.promise = None;
-    state.forming = Some(Forming {
-        cluster,
-        confirmed: BTreeMap::new(),
-        sealed: BTreeMap::new(),
-        stored: BTreeSet::new(),
-    });
+    state.forming = Some(Forming { cluster, confirmed: BTreeMap::new(), sealed: BTreeMap::new() });
     tracing::info!(
         id = inner.id,
         %cluster,
@@ -1047,25 +933,23 @@ fn check_confirmed(
     Ok((answer.id, NodeInfo { addrs, ..answer.node.clone() }))
 }
 
-/// Chooses the final voter set of `cluster`: this node and the binders
-/// `voters` by the raft ids they sealed as, if every tagged peer of the
-/// view is (still) sealed to it under the bootstrap lock; stores it in
-/// this node's own binding (durably) before it is sent anywhere. `None`
-/// when chosen; otherwise why not.
-async fn choose<S: StateMachine>(
+/// Initializes `cluster` with this node and the binders `voters` as its
+/// voters, if every tagged peer of the view is (still) bound to it under
+/// the bootstrap lock.
+async fn initialize<S: StateMachine>(
     inner: &Inner<S>,
     options: &BootstrapOptions,
     answers: &[PeerAnswer],
     cluster: ClusterId,
     voters: &[String],
-) -> Result<Option<String>, Error> {
+) -> Result<Round, Error> {
     let raft = inner.raft();
     let me = raft.info().stable_id.clone();
-    let state = inner.boot.lock().await;
-    // Against the view as it is now: a peer tagged meanwhile must be
-    // sealed too.
+    let mut state = inner.boot.lock().await;
+    // Against the view as it is now: a peer tagged meanwhile must be bound
+    // too.
     let Some(view) = inner.fresh_view() else {
-        return Ok(Some("the tailnet view is missing or out of date".to_owned()));
+        return Ok(Round::Again("the tailnet view is missing or out of date".to_owned()));
     };
     let now_answers: Vec<PeerAnswer> = view
         .members
@@ -1080,200 +964,32 @@ async fn choose<S: StateMachine>(
         .collect();
     let owned = Owned::of(inner, &state);
     let voters = match decide(&situation(&me, options, &now_answers, owned.commitment(&view))) {
-        Decision::Choose { cluster: c, voters: now } if c == cluster => now,
-        Decision::Wait(wait) => return Ok(Some(wait.to_string())),
-        _ => return Ok(Some(format!("the view changed before choosing the voters ({voters:?})"))),
+        Decision::Initialize { cluster: c, voters: now } if c == cluster => now,
+        Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
+        _ => return Ok(Round::Again(format!("the view changed before initializing ({voters:?})"))),
     };
     let Some(forming) = state.forming.as_ref() else {
-        return Ok(Some("no longer forming".to_owned()));
+        return Ok(Round::Again("no longer forming".to_owned()));
     };
     let mut members = BTreeMap::from([(raft.id(), raft.info().clone())]);
     // The raft ids the binders sealed as: bound for good to this cluster.
     for name in &voters {
         let Some((id, record)) = forming.sealed.get(name) else {
-            return Ok(Some(format!("{name} has not sealed its binding")));
+            return Ok(Round::Again(format!("{name} has not sealed its binding")));
         };
         members.insert(*id, record.clone());
     }
-    if let Err(err) = raft.store_set(cluster, raft.id(), members.clone()).await {
-        return Ok(Some(format!("cannot store the final voter set: {err}")));
-    }
     tracing::info!(
         id = inner.id,
         %cluster,
         voters = members.len(),
-        "every tagged peer sealed its binding; chose the final voter set"
-    );
-    Ok(None)
-}
-
-/// Asks the voters `ask` of this node's chosen final set to store it, at
-/// once, and records those that did. A voter of a version without
-/// `/v1/store-set` (it answers `not_found`) is counted as done: it cannot
-/// initialize the set itself, but the former may, as before the round
-/// (decision 0003, "Amendment: the stuck former", rolling upgrades). An
-/// empty string when all did; otherwise who did not, and why.
-async fn store_round<S: StateMachine>(
-    inner: &Inner<S>,
-    view: &ClusterView,
-    cluster: ClusterId,
-    ask: &[String],
-    deadline: Instant,
-) -> String {
-    let raft = inner.raft();
-    let Some(set) = raft.final_set() else {
-        return format!("forming cluster {cluster}: no final voter set stored");
-    };
-    let request = StoreSetRequest {
-        cluster_id: cluster,
-        id: raft.id(),
-        incarnation: raft.incarnation(),
-        node: raft.info().clone(),
-        set: set.iter().map(|(id, node)| SetMember { id: *id, node: node.clone() }).collect(),
-    };
-    let mut calls = JoinSet::new();
-    let mut refused = Vec::new();
-    for name in ask {
-        let Some(peer) = view.members.values().find(|n| n.id.0 == *name) else {
-            refused.push(format!("{name} is not in view"));
-            continue;
-        };
-        if !peer.online {
-            refused.push(format!("{name} is offline"));
-            continue;
-        }
-        let Some(want) = set.iter().find(|(_, n)| n.stable_id == *name).map(|(id, _)| *id) else {
-            refused.push(format!("{name} is not in the final voter set"));
-            continue;
-        };
-        let client = inner.service.client().clone();
-        let ports = join_ports(&inner.config);
-        let (peer, request) = (peer.clone(), request.clone());
-        calls.spawn(async move {
-            let answer = ask_to_store(&client, &peer, &ports, &request, deadline).await;
-            (peer, want, answer)
-        });
-    }
-    let mut stored = Vec::new();
-    while let Some(done) = calls.join_next().await {
-        match done {
-            Ok((peer, want, Ok(Some(answer)))) => match check_confirmed(&answer, &peer, cluster) {
-                Ok((id, _)) if id == want => stored.push(peer.id.0.clone()),
-                Ok((id, _)) => refused.push(format!("{} answered as {id}, not {want}", peer.id)),
-                Err(why) => refused.push(format!("{} answered badly: {why}", peer.id)),
-            },
-            Ok((peer, _, Ok(None))) => {
-                tracing::warn!(peer = %peer.id, %cluster, "peer has no /v1/store-set (an older version): it cannot initialize the final voter set itself");
-                stored.push(peer.id.0.clone());
-            }
-            Ok((peer, _, Err(Refused::Refused(why) | Refused::NoAnswer(why)))) => {
-                refused.push(format!("{}: {why}", peer.id));
-            }
-            Err(err) => refused.push(format!("a store task failed: {err}")),
-        }
-    }
-    let mut state = inner.boot.lock().await;
-    if let Some(forming) = state.forming.as_mut().filter(|f| f.cluster == cluster) {
-        for name in stored {
-            tracing::info!(peer = %name, %cluster, "peer stored the final voter set");
-            forming.stored.insert(name);
-        }
-    }
-    refused.sort();
-    if refused.is_empty() {
-        String::new()
-    } else {
-        format!("forming cluster {cluster}, final voter set not stored yet: {}", refused.join("; "))
-    }
-}
-
-/// One voter's store-set call: the first port that answers, each attempt
-/// within [`ATTEMPT`] and the deadline; a refusal ends it. `None`: the
-/// peer has no such endpoint (`not_found`: an older version).
-async fn ask_to_store(
-    client: &CommandClient,
-    peer: &TailnetNode,
-    ports: &[u16],
-    request: &StoreSetRequest,
-    deadline: Instant,
-) -> Result<Option<ConfirmResponse>, Refused> {
-    let addrs: Vec<IpAddr> = peer.addrs().collect();
-    let mut last = "the start deadline passed".to_owned();
-    for &port in ports {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            break;
-        }
-        let target = NodeInfo {
-            stable_id: peer.id.0.clone(),
-            addrs: addrs.clone(),
-            raft_port: 0,
-            command_port: port,
-        };
-        let until = Instant::now() + ATTEMPT.min(remaining);
-        match client.post(&target, "/v1/store-set", request, until, cmd_rpc::Origin::Client).await {
-            Ok(answer) => return Ok(Some(answer)),
-            Err(RpcError::Remote { body, .. }) if body.code == cmd_rpc::ErrorCode::NotFound => {
-                return Ok(None);
-            }
-            Err(RpcError::Remote { body, .. }) if body.code == cmd_rpc::ErrorCode::NotConfirmed => {
-                return Err(Refused::Refused(format!("{}: {}", body.code, body.message)));
-            }
-            Err(RpcError::Remote { body, .. }) => {
-                return Err(Refused::NoAnswer(format!("{}: {}", body.code, body.message)));
-            }
-            Err(err) => last = err.to_string(),
-        }
-    }
-    Err(Refused::NoAnswer(last))
-}
-
-/// Initializes `cluster` with the final voter set this node stored, under
-/// the bootstrap lock, if the decision still says so: as its former, once
-/// every voter stored the set; as a binder holding the set (`binder`),
-/// at once. Every node that initializes writes the same set, so the same
-/// index-0 entry: one cluster.
-async fn initialize<S: StateMachine>(
-    inner: &Inner<S>,
-    options: &BootstrapOptions,
-    answers: &[PeerAnswer],
-    cluster: ClusterId,
-    binder: bool,
-) -> Result<Round, Error> {
-    let raft = inner.raft();
-    let me = raft.info().stable_id.clone();
-    let mut state = inner.boot.lock().await;
-    let Some(view) = inner.fresh_view() else {
-        return Ok(Round::Again("the tailnet view is missing or out of date".to_owned()));
-    };
-    let owned = Owned::of(inner, &state);
-    match decide(&situation(&me, options, answers, owned.commitment(&view))) {
-        Decision::Initialize { cluster: c, .. } if c == cluster && !binder => {}
-        Decision::InitializeStored { cluster: c } if c == cluster && binder => {}
-        Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
-        _ => return Ok(Round::Again("the situation changed before initializing".to_owned())),
-    }
-    let Some(members) = raft.final_set() else {
-        return Ok(Round::Again("no final voter set stored".to_owned()));
-    };
-    if !members.contains_key(&raft.id()) {
-        return Ok(Round::Again(format!(
-            "this node ({}) is not in the final voter set it holds",
-            raft.id()
-        )));
-    }
-    tracing::info!(
-        id = inner.id,
-        %cluster,
-        voters = members.len(),
-        binder,
-        "initializing the cluster with its final voter set"
+        "every tagged peer sealed its binding to the cluster; initializing it"
     );
     let formed =
         raft.initialize_in(cluster, members).await.map_err(|e| Error::Fatal(e.to_string()))?;
     state.forming = None;
     if formed {
-        tracing::info!(id = inner.id, %cluster, binder, "formed the cluster");
+        tracing::info!(id = inner.id, %cluster, "formed the cluster");
     } else {
         tracing::info!(id = inner.id, "this node had raft state before it initialized");
     }

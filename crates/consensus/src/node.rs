@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
-    ConfirmRequest, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest, StoreSetRequest,
+    ConfirmRequest, Peers, ProbeFuture, ProbeRequest, ReadRequest, RemoveRequest,
 };
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
@@ -167,14 +167,6 @@ impl<S: StateMachine> Peers for FacadePeers<S> {
             caller,
             request,
         ))
-    }
-
-    fn store_set<'a>(
-        &'a self,
-        caller: &'a Caller,
-        request: &'a StoreSetRequest,
-    ) -> ConfirmFuture<'a> {
-        Box::pin(self.boot.store_set(&self.raft, caller, request))
     }
 }
 

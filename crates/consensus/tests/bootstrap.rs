@@ -12,16 +12,13 @@
 //! - the binders of a former gone for good give their binding up, and a
 //!   fresh node never stores a cluster id on another node's word;
 //! - a former whose confirms are refused asks again at the back-off, not
-//!   in a tight loop (docs/reliability.md finding 10);
-//! - a former that initialized and lost its state before its first
-//!   replication no longer strands its binders: they initialize the final
-//!   voter set it stored with them, and its new incarnation joins.
+//!   in a tight loop (docs/reliability.md finding 10).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -33,7 +30,7 @@ use test_support::stream::HookedTransport;
 use test_support::{Hook, cluster, eventually, eventually_every, fast_timing};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
-use ts_transport::{BoxFuture, BoxStream, Faults, Listener, MemNetwork, Transport, TransportError};
+use ts_transport::{Faults, MemNetwork, Transport};
 
 const TAG: &str = "tag:boot";
 const WAIT: Duration = Duration::from_secs(30);
@@ -979,121 +976,4 @@ async fn a_refused_formation_backs_off_instead_of_looping() {
     for kv in nodes {
         kv.stop(StopMode::Stay).await.unwrap();
     }
-}
-
-/// The raft port every node of these tests listens on (the default).
-const RAFT_PORT: u16 = 6270;
-
-/// A transport that refuses, while `cut` is set, every raft dial between
-/// "ra" and the others: ra's own raft dials, and the others' raft dials
-/// to ra. Command calls (probe, confirm, seal, store-set) go through.
-struct NoRaftWithA {
-    inner: Arc<dyn Transport>,
-    is_a: bool,
-    cut: Arc<AtomicBool>,
-}
-
-impl Transport for NoRaftWithA {
-    fn listen(&self, port: u16) -> BoxFuture<'_, Result<Box<dyn Listener>, TransportError>> {
-        self.inner.listen(port)
-    }
-
-    fn dial(
-        &self,
-        addr: IpAddr,
-        port: u16,
-        timeout: Duration,
-    ) -> BoxFuture<'_, Result<BoxStream, TransportError>> {
-        let with_a = self.is_a || addr == ip(0);
-        if port == RAFT_PORT && with_a && self.cut.load(Ordering::Relaxed) {
-            return Box::pin(async move {
-                Err(TransportError::Refused(std::net::SocketAddr::new(addr, port)))
-            });
-        }
-        self.inner.dial(addr, port, timeout)
-    }
-
-    fn local_addrs(&self) -> Vec<IpAddr> {
-        self.inner.local_addrs()
-    }
-}
-
-/// Decision 0003's stuck former: ra forms a cluster with rb and rc
-/// (`expected_size` 3, memory storage), initializes it and loses its state
-/// before anything of it reached rb or rc (every raft connection between
-/// ra and the others is cut; its start fails for want of a leader, and
-/// with memory storage its state goes with it). rb and rc are sealed to
-/// ra's old raft id for good. Before the final-set round they waited for
-/// it forever (their starts failed, and ra's new incarnation could not
-/// form the cluster again). Now they hold the final voter set ra stored
-/// with them before it initialized, initialize that very set themselves
-/// and elect a leader; ra's new incarnation joins the cluster (the same
-/// id, the same initial voters) and replaces its old one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_former_wiped_before_it_replicates_does_not_strand_its_binders() {
-    logs();
-    let net = MemNetwork::new();
-    let cut = Arc::new(AtomicBool::new(true));
-    let transport = |i: usize| -> Arc<dyn Transport> {
-        Arc::new(NoRaftWithA { inner: Arc::new(net.node(ip(i))), is_a: i == 0, cut: cut.clone() })
-    };
-    let views: Vec<Arc<StaticDiscovery>> = (0..3)
-        .map(|i| {
-            Arc::new(StaticDiscovery::new(view(i, &[((i + 1) % 3, true), ((i + 2) % 3, true)])))
-        })
-        .collect();
-    let a_start = start(transport(0), &views[0], plain_config(Duration::from_secs(8)), 3);
-    let b_start = start(transport(1), &views[1], plain_config(WAIT), 3);
-    let c_start = start(transport(2), &views[2], plain_config(WAIT), 3);
-    // ra forms and initializes, but no raft message leaves it or reaches
-    // it: no leader, and its start fails (memory storage: its state is
-    // gone with it).
-    match a_start.await.unwrap() {
-        Err(Error::NoLeader { .. }) => {}
-        Err(other) => panic!("ra did not get as far as initializing: {other}"),
-        Ok(_) => panic!("ra found a leader although its raft connections were cut"),
-    }
-    let cluster = plain_cluster_id(&net, 1).await.expect("rb is bound to ra's cluster");
-    cut.store(false, Ordering::Relaxed);
-    let b = b_start.await.unwrap().expect("rb starts (it initialized the final set)");
-    let c = c_start.await.unwrap().expect("rc starts (it initialized the final set)");
-    // The cluster ra initialized: its id, and ra's old incarnation, rb and
-    // rc as its voters.
-    assert_eq!(plain_cluster_id(&net, 2).await, Some(cluster));
-    let initial = b.members();
-    let old_a: Vec<u64> = initial.iter().filter(|m| m.stable_id == "ra").map(|m| m.id).collect();
-    assert_eq!(old_a.len(), 1, "{initial:?}");
-    assert_eq!(voters(&b), BTreeSet::from([old_a[0], b.id(), c.id()]), "{initial:?}");
-    // ra comes back as a new node: it joins and replaces its old
-    // incarnation.
-    let a = start(transport(0), &views[0], plain_config(WAIT), 3)
-        .await
-        .unwrap()
-        .expect("ra's new incarnation joins");
-    assert_ne!(a.id(), old_a[0]);
-    let want = BTreeSet::from([a.id(), b.id(), c.id()]);
-    b.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
-    eventually(WAIT, "ra's new incarnation replaces its old one", async || {
-        voters(&b) == want && voters(&c) == want
-    })
-    .await;
-    assert_eq!(plain_cluster_id(&net, 0).await, Some(cluster));
-    for kv in [a, b, c] {
-        kv.stop(StopMode::Stay).await.unwrap();
-    }
-}
-
-/// The cluster id node `i` reports (`GET /v1/cluster`), every node on
-/// [`PORT`] ([`plain_config`]).
-async fn plain_cluster_id(net: &MemNetwork, i: usize) -> Option<raft_core::ClusterId> {
-    let client = CommandClient::new(Arc::new(net.node(ip((i + 1) % 3))), CommandConfig::default());
-    let target = NodeInfo {
-        stable_id: NAMES[i].to_owned(),
-        addrs: vec![ip(i)],
-        raft_port: 0,
-        command_port: PORT,
-    };
-    let info: cmd_rpc::ClusterInfo =
-        client.get(&target, "/v1/cluster", Instant::now() + WAIT).await.expect("cluster info");
-    info.cluster_id
 }

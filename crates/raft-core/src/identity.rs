@@ -28,8 +28,8 @@ const FORMAT_FNV: u8 = 1;
 /// Meta key of the binding record.
 const BINDING_KEY: &str = "binding";
 /// Version of the binding record's layout (1: without `sealed`, read as
-/// not sealed; 2: without `set`, read as holding no final voter set).
-const BINDING_FORMAT: u8 = 3;
+/// not sealed).
+const BINDING_FORMAT: u8 = 2;
 /// Longest stable id accepted (tailnet stable ids are about 20 bytes).
 pub(crate) const MAX_STABLE_ID: usize = 256;
 
@@ -67,21 +67,6 @@ pub(crate) struct Binding {
     /// (decision 0003, "bound for good"): the former (as `former_id`) may
     /// have initialized the cluster with it, so it never unbinds.
     pub(crate) sealed: bool,
-    /// The cluster's final voter set (decision 0003, "the stuck former"):
-    /// chosen by the former (stored in its own binding before it sends it
-    /// anywhere), stored by a binder sealed to that former. Never changes
-    /// once stored; the node may initialize the cluster with it.
-    pub(crate) set: Option<Vec<(NodeId, NodeInfo)>>,
-}
-
-/// A binding record of format 2 (before final voter sets).
-#[derive(Serialize, Deserialize)]
-struct BindingV2 {
-    format: u8,
-    cluster_id: ClusterId,
-    former_id: NodeId,
-    former: NodeInfo,
-    sealed: bool,
 }
 
 /// A binding record of format 1 (before seals).
@@ -100,24 +85,13 @@ impl Binding {
         former: NodeInfo,
         sealed: bool,
     ) -> Binding {
-        Binding { format: BINDING_FORMAT, cluster_id, former_id, former, sealed, set: None }
+        Binding { format: BINDING_FORMAT, cluster_id, former_id, former, sealed }
     }
 }
 
-/// Writes `binding` durably: without a final voter set in the format
-/// before sets (2), which a version without them still reads.
+/// Writes `binding` durably.
 pub(crate) async fn store_binding(log: &LogStore, binding: &Binding) -> Result<(), String> {
-    let bytes = match binding.set {
-        None => codec::encode(&BindingV2 {
-            format: 2,
-            cluster_id: binding.cluster_id,
-            former_id: binding.former_id,
-            former: binding.former.clone(),
-            sealed: binding.sealed,
-        }),
-        Some(_) => codec::encode(binding),
-    };
-    log.put_meta_durably(BINDING_KEY, bytes).await
+    log.put_meta_durably(BINDING_KEY, codec::encode(binding)).await
 }
 
 /// The binding record that belongs to `cluster_id`, if one is stored.
@@ -138,10 +112,6 @@ pub(crate) async fn load_binding(
             codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?;
         debug_assert_eq!(old.format, 1);
         Binding::new(old.cluster_id, old.former_id, old.former, false)
-    } else if bytes.first() == Some(&2) {
-        let old: BindingV2 =
-            codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?;
-        Binding::new(old.cluster_id, old.former_id, old.former, old.sealed)
     } else {
         codec::decode(&bytes, codec::stored_limit(bytes.len()), BINDING_KEY).map_err(bad)?
     };
@@ -379,27 +349,6 @@ mod tests {
             load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(),
             Some(Binding::new(ClusterId(7), 42, former, false))
         );
-    }
-
-    /// A binding written before final voter sets reads as holding none,
-    /// and a set stored reads back.
-    #[tokio::test]
-    async fn a_binding_of_format_2_holds_no_set() {
-        let log = LogStore::in_memory();
-        let former = NodeInfo { stable_id: "f".to_owned(), ..NodeInfo::default() };
-        let old = BindingV2 {
-            format: 2,
-            cluster_id: ClusterId(7),
-            former_id: 42,
-            former: former.clone(),
-            sealed: true,
-        };
-        log.put_meta_durably(BINDING_KEY, codec::encode(&old)).await.unwrap();
-        let read = load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap();
-        assert_eq!(read, Some(Binding::new(ClusterId(7), 42, former.clone(), true)));
-        let with = Binding { set: Some(vec![(42, former)]), ..read.unwrap() };
-        store_binding(&log, &with).await.unwrap();
-        assert_eq!(load_binding(&log, Some(ClusterId(7)), "memory").await.unwrap(), Some(with));
     }
 
     #[tokio::test]

@@ -765,17 +765,7 @@ impl<S: StateMachine> RaftNode<S> {
                 None => false,
             }
         };
-        // A final set stays with its binding (the former's own, read back
-        // when it resumes; a binder's, sealed to that very former).
-        let set = {
-            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-            binding
-                .as_ref()
-                .filter(|b| Some(b.cluster_id) == current && b.former_id == former_id)
-                .and_then(|b| b.set.clone())
-        };
-        let binding =
-            Binding { set, ..Binding::new(cluster_id, former_id, former, seal || sealed) };
+        let binding = Binding::new(cluster_id, former_id, former, seal || sealed);
         identity::store_binding(&log, &binding).await.map_err(MembershipError::Storage)?;
         *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
         if current != Some(cluster_id) {
@@ -783,70 +773,6 @@ impl<S: StateMachine> RaftNode<S> {
         }
         tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, sealed = seal || sealed, "bound to a cluster being formed");
         Ok(())
-    }
-
-    /// Stores the final voter set `set` of cluster `cluster_id`, formed by
-    /// `former_id` (decision 0003, "the stuck former"), durably: on the
-    /// former itself (its own binding) when it chooses it, on a binder
-    /// whose binding is sealed to `former_id`. Storing the same set again
-    /// does nothing. Refused ([`MembershipError::Other`]) unless the node
-    /// is bound to that cluster by that raft id (sealed, for a binder),
-    /// if it holds another set, if `set` lacks `former_id`, and once it has
-    /// raft state without a set.
-    pub async fn store_set(
-        &self,
-        cluster_id: ClusterId,
-        former_id: NodeId,
-        set: BTreeMap<NodeId, NodeInfo>,
-    ) -> Result<(), MembershipError> {
-        let _held = self.gate.exclusive().await;
-        let refuse = |why: String| Err(MembershipError::Other(why));
-        if self.gate.get() != Some(cluster_id) {
-            return refuse(format!("not bound to cluster {cluster_id}"));
-        }
-        if !set.contains_key(&former_id) {
-            return refuse(format!("the set lacks its former {former_id}"));
-        }
-        let list: Vec<(NodeId, NodeInfo)> = set.into_iter().collect();
-        let binding = {
-            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-            match binding.as_ref().filter(|b| b.cluster_id == cluster_id) {
-                None => return refuse(format!("not bound to cluster {cluster_id}")),
-                Some(b) if b.former_id != former_id => {
-                    return refuse(format!("bound to cluster {cluster_id} by {}", b.former_id));
-                }
-                Some(b) if !b.sealed && former_id != self.id => {
-                    return refuse("the binding is not sealed".to_owned());
-                }
-                Some(b) => match &b.set {
-                    Some(held) if *held == list => return Ok(()),
-                    Some(_) => return refuse("another final voter set is stored".to_owned()),
-                    None => Binding { set: Some(list), ..b.clone() },
-                },
-            }
-        };
-        if self.is_initialized().await {
-            return refuse("the node has raft state".to_owned());
-        }
-        let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-            return Err(MembershipError::Fatal("the node is shut down".to_owned()));
-        };
-        identity::store_binding(&log, &binding).await.map_err(MembershipError::Storage)?;
-        *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
-        tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, "stored the final voter set");
-        Ok(())
-    }
-
-    /// The final voter set of this node's cluster, if it stored one
-    /// ([`RaftNode::store_set`]).
-    pub fn final_set(&self) -> Option<BTreeMap<NodeId, NodeInfo>> {
-        let current = self.gate.get();
-        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-        binding
-            .as_ref()
-            .filter(|b| Some(b.cluster_id) == current)
-            .and_then(|b| b.set.clone())
-            .map(|set| set.into_iter().collect())
     }
 
     /// The node that formed (or is forming) this node's cluster, by raft id

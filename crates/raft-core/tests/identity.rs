@@ -151,51 +151,6 @@ async fn a_binding_survives_a_restart_and_is_never_to_another_cluster() {
     node.shutdown().await;
 }
 
-/// The final voter set of decision 0003's stuck-former amendment: stored
-/// only by a binder sealed to that former's raft id, never replaced by
-/// another set, kept across a restart and across the former binding the
-/// node again (its confirm and seal after its own restart), and the node
-/// may initialize the cluster with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_final_set_is_stored_only_when_sealed_and_is_never_replaced() {
-    let net = MemNetwork::new();
-    let dir = tempfile::tempdir().unwrap();
-    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
-    let cluster = ClusterId::random().unwrap();
-    let former = raft_core::NodeInfo { stable_id: "f".to_owned(), ..node_info(1, ip(1)) };
-    let set = BTreeMap::from([(11, former.clone()), (node.id(), node.info().clone())]);
-    let err = node.store_set(cluster, 11, set.clone()).await.unwrap_err();
-    assert!(err.to_string().contains("not bound"), "{err}");
-    node.bind(cluster, 11, former.clone()).await.unwrap();
-    let err = node.store_set(cluster, 11, set.clone()).await.unwrap_err();
-    assert!(err.to_string().contains("not sealed"), "{err}");
-    node.seal(cluster, 11, former.clone()).await.unwrap();
-    // Another raft id of the former (a new incarnation): refused.
-    let err = node.store_set(cluster, 12, set.clone()).await.unwrap_err();
-    assert!(err.to_string().contains("lacks its former 12"), "{err}");
-    let mut by_12 = set.clone();
-    by_12.insert(12, former.clone());
-    let err = node.store_set(cluster, 12, by_12).await.unwrap_err();
-    assert!(err.to_string().contains("by 11"), "{err}");
-    node.store_set(cluster, 11, set.clone()).await.unwrap();
-    node.store_set(cluster, 11, set.clone()).await.unwrap();
-    let mut other = set.clone();
-    other.insert(13, former.clone());
-    let err = node.store_set(cluster, 11, other).await.unwrap_err();
-    assert!(err.to_string().contains("another final voter set"), "{err}");
-    // The former asks again after its restart: the set stays.
-    node.bind(cluster, 11, former.clone()).await.unwrap();
-    node.seal(cluster, 11, former.clone()).await.unwrap();
-    node.shutdown().await;
-    drop(node);
-    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
-    assert_eq!(node.final_set(), Some(set.clone()), "the set was lost");
-    assert!(node.initialize_in(cluster, set.clone()).await.unwrap());
-    // Holding it, the same set is still answered as stored.
-    node.store_set(cluster, 11, set).await.unwrap();
-    node.shutdown().await;
-}
-
 /// A node that gave its binding up and later decides to join the same
 /// cluster id (through a leader, with no former) names no former after a
 /// restart: `unbind` clears the binding record, not only the identity's

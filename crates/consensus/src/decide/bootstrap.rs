@@ -90,16 +90,11 @@ pub(crate) enum Commitment<'a, N, C> {
         cluster: &'a C,
         /// Who forms it, if this node bound itself to it.
         former: Option<&'a N>,
-        /// It holds the cluster's final voter set, stored (durably) at its
-        /// former's request ([`store`]): it may initialize that set itself.
-        holds_set: bool,
     },
     /// It is forming `cluster`: it stored the id, bound to itself, and
     /// collects confirmations; `confirmed` are the peers bound so far, and
-    /// `sealed` those that sealed their binding (each bound to it for
-    /// good: see [`confirm`]). Once every tagged peer sealed, it chooses
-    /// the final voter set (stored durably: `chosen`, the other voters),
-    /// and `stored` are the peers that stored that set too.
+    /// `sealed` those that answered its last round before initializing
+    /// (each bound to it for good: see [`confirm`]).
     Forming {
         /// The cluster.
         cluster: &'a C,
@@ -107,12 +102,6 @@ pub(crate) enum Commitment<'a, N, C> {
         confirmed: &'a [N],
         /// The peers that sealed their binding (any order).
         sealed: &'a [N],
-        /// The other voters of the final set, once chosen (stored on this
-        /// node, read back after a restart).
-        chosen: Option<&'a [N]>,
-        /// The voters of `chosen` that stored the set (or cannot: a binder
-        /// of a version without the round, see decision 0003), any order.
-        stored: &'a [N],
     },
 }
 
@@ -173,38 +162,13 @@ pub(crate) enum Decision<N, C, L> {
         /// The peers that have not sealed yet, in order.
         ask: Vec<N>,
     },
-    /// Every tagged peer sealed its binding: choose the final voter set,
-    /// this node and `voters` (the binders, by the raft ids they sealed
-    /// as), and store it durably before anything else. It never changes.
-    Choose {
-        /// The cluster.
-        cluster: C,
-        /// The other voters, in order.
-        voters: Vec<N>,
-    },
-    /// The set is chosen: ask these voters (the ones that have not yet)
-    /// to store it, sealed to this node. A binder holding it may
-    /// initialize it itself.
-    Store {
-        /// The cluster being formed.
-        cluster: C,
-        /// The voters that have not stored the set yet, in order.
-        ask: Vec<N>,
-    },
-    /// Every voter of the chosen set stored it: initialize `cluster` with
-    /// the stored set (this node and `voters`).
+    /// Every tagged peer sealed its binding: initialize `cluster` with this
+    /// node and `voters` (the binders) as its voters.
     Initialize {
         /// The cluster.
         cluster: C,
         /// The other initial voters, in order.
         voters: Vec<N>,
-    },
-    /// A binder holding its former's final voter set: initialize `cluster`
-    /// with that stored set, exactly as the former does (openraft's
-    /// index-0 entry is then identical on every node that initializes).
-    InitializeStored {
-        /// The cluster.
-        cluster: C,
     },
     /// Probe again later, for this reason.
     Wait(Wait<N, C>),
@@ -345,22 +309,17 @@ pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
 ///    promise to another node that is still tagged → wait.
 /// 7. Otherwise (every peer fresh and promised to this node) → form.
 ///
-/// A **bound** node that is bound to itself (it was forming the cluster
-/// before a restart) resumes forming it; one that holds its former's final
-/// voter set initializes that set itself (the same cluster: see
-/// [`store`]); any other joins its own cluster through a leader a peer
-/// names (not itself), and otherwise waits.
+/// A **bound** node joins its own cluster through a leader a peer names
+/// (not itself), and otherwise waits; one bound to itself (it was forming
+/// the cluster before a restart) resumes forming it.
 ///
 /// A **forming** node joins its cluster through a leader a peer names
 /// other than itself (an earlier incarnation of it initialized the
-/// cluster, and another node leads it now). Once it has chosen its final
-/// voter set, it asks the voters that have not stored it to store it, and
-/// initializes once all have (the view no longer matters: the set is
-/// final). Before that, it waits while fewer than `expected_size` tagged
-/// nodes are in view; else it asks the tagged peers of its view that have
-/// not confirmed to confirm, then, once all have, those that have not
-/// sealed their binding to seal it, and chooses the final voter set (the
-/// tagged peers of its view, every one sealed) once all have.
+/// cluster, and another node leads it now); else it waits while fewer than
+/// `expected_size` tagged nodes are in view; else it asks the tagged peers
+/// of its view that have not confirmed to confirm, then, once all have,
+/// those that have not sealed their binding to seal it, and initializes
+/// once every tagged peer of its view sealed.
 pub(crate) fn decide<N, C, L>(s: &Situation<'_, N, C, L>) -> Decision<N, C, L>
 where
     N: Ord + Clone,
@@ -382,30 +341,17 @@ where
     };
     let holding = match s.commitment {
         Commitment::Free { holding } => holding,
-        Commitment::Bound { cluster, former, holds_set } => {
+        Commitment::Bound { cluster, former } => {
             if former == Some(s.me) {
                 return Decision::Resume { cluster: cluster.clone() };
-            }
-            if holds_set {
-                return Decision::InitializeStored { cluster: cluster.clone() };
             }
             return leader_of(Some(cluster)).unwrap_or_else(|| {
                 Decision::Wait(Wait::Bound { cluster: cluster.clone(), former: former.cloned() })
             });
         }
-        Commitment::Forming { cluster, confirmed, sealed, chosen, stored } => {
+        Commitment::Forming { cluster, confirmed, sealed } => {
             if let Some(join) = leader_of(Some(cluster)) {
                 return join;
-            }
-            if let Some(chosen) = chosen {
-                // The set is final: the view no longer matters.
-                let mut voters = chosen.to_vec();
-                voters.sort();
-                let ask: Vec<N> = voters.iter().filter(|v| !stored.contains(v)).cloned().collect();
-                if !ask.is_empty() {
-                    return Decision::Store { cluster: cluster.clone(), ask };
-                }
-                return Decision::Initialize { cluster: cluster.clone(), voters };
             }
             let tagged = 1 + peers.len();
             if tagged < s.expected_size {
@@ -423,7 +369,7 @@ where
                 return Decision::Seal { cluster: cluster.clone(), ask };
             }
             let voters = peers.iter().map(|p| p.name.clone()).collect();
-            return Decision::Choose { cluster: cluster.clone(), voters };
+            return Decision::Initialize { cluster: cluster.clone(), voters };
         }
     };
     // Rule 1.
@@ -709,117 +655,6 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
     }
 }
 
-/// A request to store the final voter set of a cluster being formed, as
-/// the asked node sees it (the set itself is the shell's: it is compared,
-/// not read, here).
-#[derive(Clone, Debug)]
-pub(crate) struct StoreCall<'a, C> {
-    /// It has raft state.
-    pub(crate) has_state: bool,
-    /// Its stored cluster id, if it has one.
-    pub(crate) stored: Option<&'a C>,
-    /// Whether its binding is sealed, and to whom: to the caller is the
-    /// only way a set is accepted.
-    pub(crate) sealed: Sealed,
-    /// The final set it already holds, compared with the one offered.
-    pub(crate) held: Held,
-    /// The cluster the caller forms.
-    pub(crate) cluster: &'a C,
-}
-
-/// The final voter set a node already holds, compared with an offered one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Held {
-    /// It holds none.
-    None,
-    /// It holds exactly the offered set.
-    Same,
-    /// It holds another set.
-    Other,
-}
-
-/// The asked node's step on a request to store the final voter set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Storing<C> {
-    /// Store the set (durably, before answering), sealed to the caller.
-    Store,
-    /// It holds that very set already: answer that it is stored.
-    Again,
-    /// Refuse, for this reason.
-    Refuse(StoreRefusal<C>),
-}
-
-/// Why a node refuses to store a final voter set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum StoreRefusal<C> {
-    /// It has another cluster id (or none: it lost its state, or gave its
-    /// binding up).
-    OtherCluster {
-        /// Its cluster, if it has one.
-        cluster: Option<C>,
-    },
-    /// Its binding to that cluster is not sealed to the caller: not sealed
-    /// (it only decided to join, or a seal is still to come), or sealed to
-    /// another incarnation of the former (a new incarnation never chooses
-    /// a set).
-    NotSealedToCaller,
-    /// It holds another final set of that cluster: a set never changes.
-    OtherSet,
-    /// It has raft state and no set: it is a member already (of a cluster
-    /// formed without this round).
-    HasState,
-}
-
-impl<C: fmt::Display> fmt::Display for StoreRefusal<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreRefusal::OtherCluster { cluster: Some(cluster) } => {
-                write!(f, "bound to cluster {cluster}")
-            }
-            StoreRefusal::OtherCluster { cluster: None } => f.write_str("bound to no cluster"),
-            StoreRefusal::NotSealedToCaller => {
-                f.write_str("its binding is not sealed to the caller")
-            }
-            StoreRefusal::OtherSet => f.write_str("holds another final voter set"),
-            StoreRefusal::HasState => f.write_str("already has raft state"),
-        }
-    }
-}
-
-/// How a node answers its former's request to store the final voter set
-/// of `cluster`, in one step under its bootstrap lock (the lock it seals
-/// and gives bindings up under):
-///
-/// 1. another cluster id, or none → refuse;
-/// 2. not sealed to the caller (by raft id) → refuse: a set comes only
-///    from the former incarnation a node is sealed to, and only after
-///    that former chose it (which needs every seal);
-/// 3. holding this very set → stored again; holding another → refuse (a
-///    set is final);
-/// 4. raft state without a set → refuse;
-/// 5. otherwise → store it (durably, before answering).
-///
-/// A node that holds the set may initialize it ([`decide`]:
-/// [`Decision::InitializeStored`]): the set is the only one of its cluster
-/// (its former chose it once, stored it before sending it, and reads it
-/// back after a restart; a new incarnation of the former gets no seal, so
-/// never chooses one), so every node that initializes the cluster writes
-/// the identical index-0 entry, as if the former had replicated it.
-pub(crate) fn store<C: Clone + PartialEq>(c: &StoreCall<'_, C>) -> Storing<C> {
-    if c.stored != Some(c.cluster) {
-        return Storing::Refuse(StoreRefusal::OtherCluster { cluster: c.stored.cloned() });
-    }
-    if c.sealed != Sealed::ToCaller {
-        return Storing::Refuse(StoreRefusal::NotSealedToCaller);
-    }
-    match c.held {
-        Held::Same => Storing::Again,
-        Held::Other => Storing::Refuse(StoreRefusal::OtherSet),
-        Held::None if c.has_state => Storing::Refuse(StoreRefusal::HasState),
-        Held::None => Storing::Store,
-    }
-}
-
 /// What a bound node knows of its former now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FormerNow {
@@ -989,50 +824,16 @@ mod tests {
         ];
         for cluster in [&'x', &'y'] {
             for former in [None, Some(me), Some(other)] {
-                all.push(Commitment::Bound { cluster, former, holds_set: false });
+                all.push(Commitment::Bound { cluster, former });
             }
         }
-        // A binder holding the final set (its former is another node).
-        all.push(Commitment::Bound { cluster: &'x', former: Some(other), holds_set: true });
-        let none: &[u8] = &names[..0];
-        let some = [none, &names[..names.len().min(1)]];
+        let some = [&names[..0], &names[..names.len().min(1)]];
         for confirmed in some {
-            all.push(Commitment::Forming {
-                cluster: &'x',
-                confirmed,
-                sealed: none,
-                chosen: None,
-                stored: none,
-            });
+            all.push(Commitment::Forming { cluster: &'x', confirmed, sealed: &names[..0] });
         }
         for sealed in [some[0], some[1], names] {
-            all.push(Commitment::Forming {
-                cluster: &'x',
-                confirmed: names,
-                sealed,
-                chosen: None,
-                stored: none,
-            });
+            all.push(Commitment::Forming { cluster: &'x', confirmed: names, sealed });
         }
-        // The set chosen (every peer sealed): none, the first or every
-        // voter stored it; and a set chosen over a view that changed since
-        // (one voter, whatever the peers now).
-        for stored in [some[0], some[1], names] {
-            all.push(Commitment::Forming {
-                cluster: &'x',
-                confirmed: names,
-                sealed: names,
-                chosen: Some(names),
-                stored,
-            });
-        }
-        all.push(Commitment::Forming {
-            cluster: &'x',
-            confirmed: names,
-            sealed: names,
-            chosen: Some(other_set()),
-            stored: none,
-        });
         all
     }
 
@@ -1056,32 +857,18 @@ mod tests {
                 .map(|&(via, cluster, leader)| Decision::Join { cluster, leader, via })
         };
         let holding = match s.commitment {
-            Commitment::Bound { cluster, former, holds_set } => {
+            Commitment::Bound { cluster, former } => {
                 if former == Some(s.me) {
                     return Decision::Resume { cluster: *cluster };
-                }
-                if holds_set {
-                    return Decision::InitializeStored { cluster: *cluster };
                 }
                 return join(Some(*cluster)).unwrap_or(Decision::Wait(Wait::Bound {
                     cluster: *cluster,
                     former: former.copied(),
                 }));
             }
-            Commitment::Forming { cluster, confirmed, sealed, chosen, stored } => {
+            Commitment::Forming { cluster, confirmed, sealed } => {
                 if let Some(join) = join(Some(*cluster)) {
                     return join;
-                }
-                if let Some(chosen) = chosen {
-                    let mut voters = chosen.to_vec();
-                    voters.sort();
-                    let ask: Vec<u8> =
-                        voters.iter().copied().filter(|v| !stored.contains(v)).collect();
-                    return if ask.is_empty() {
-                        Decision::Initialize { cluster: *cluster, voters }
-                    } else {
-                        Decision::Store { cluster: *cluster, ask }
-                    };
                 }
                 if tagged < s.expected_size {
                     return Decision::Wait(Wait::TooFew { tagged, expected: s.expected_size });
@@ -1093,7 +880,7 @@ mod tests {
                 }
                 let ask: Vec<u8> = names.iter().copied().filter(|n| !sealed.contains(n)).collect();
                 return if ask.is_empty() {
-                    Decision::Choose { cluster: *cluster, voters: names }
+                    Decision::Initialize { cluster: *cluster, voters: names }
                 } else {
                     Decision::Seal { cluster: *cluster, ask }
                 };
@@ -1182,10 +969,7 @@ mod tests {
                                     Decision::Resume { .. } => "resume",
                                     Decision::Confirm { .. } => "confirm",
                                     Decision::Seal { .. } => "seal",
-                                    Decision::Choose { .. } => "choose",
-                                    Decision::Store { .. } => "store",
                                     Decision::Initialize { .. } => "initialize",
-                                    Decision::InitializeStored { .. } => "initialize stored",
                                     Decision::Wait(_) => "wait",
                                 };
                                 *counts.entry(kind).or_insert(0) += 1;
@@ -1195,21 +979,9 @@ mod tests {
                 }
             }
         }
-        // 3 provers × (1 + 8 + 64 + 512) answer sets × 19 commitments × 2 × 5.
-        assert_eq!(cases, 3 * 585 * 19 * 10);
-        let kinds = [
-            "join",
-            "form",
-            "resume",
-            "confirm",
-            "seal",
-            "choose",
-            "store",
-            "initialize",
-            "initialize stored",
-            "wait",
-        ];
-        for kind in kinds {
+        // 3 provers × (1 + 8 + 64 + 512) answer sets × 14 commitments × 2 × 5.
+        assert_eq!(cases, 3 * 585 * 14 * 10);
+        for kind in ["join", "form", "resume", "confirm", "seal", "initialize", "wait"] {
             assert!(counts.get(kind).is_some_and(|c| *c > 0), "no case decided {kind}: {counts:?}");
         }
     }
@@ -1234,52 +1006,18 @@ mod tests {
                 }
                 assert!(!matches!(holding, Some((_, true))), "formed holding a promise: {s:?}");
             }
-            Decision::Choose { cluster, voters } => {
-                let Commitment::Forming { cluster: forming, confirmed, sealed, chosen, .. } =
-                    s.commitment
+            Decision::Initialize { cluster, voters } => {
+                let Commitment::Forming { cluster: forming, confirmed, sealed } = s.commitment
                 else {
-                    panic!("chose a set for a cluster it was not forming: {s:?}")
+                    panic!("initialized a cluster it was not forming: {s:?}")
                 };
                 assert_eq!(cluster, forming);
-                assert!(chosen.is_none(), "chose a second set: {s:?}");
-                assert!(s.peers.len() + 1 >= s.expected_size, "chose with too few: {s:?}");
+                assert!(s.peers.len() + 1 >= s.expected_size, "initialized with too few: {s:?}");
                 for peer in s.peers {
                     assert!(confirmed.contains(&peer.name), "{} did not confirm: {s:?}", peer.name);
                     assert!(sealed.contains(&peer.name), "{} did not seal: {s:?}", peer.name);
                     assert!(voters.contains(&peer.name), "{} is no initial voter", peer.name);
                 }
-            }
-            Decision::Store { cluster, ask } => {
-                let Commitment::Forming { cluster: forming, chosen: Some(chosen), .. } =
-                    s.commitment
-                else {
-                    panic!("sent a set it has not chosen: {s:?}")
-                };
-                assert_eq!(cluster, forming);
-                assert!(!ask.is_empty() && ask.iter().all(|a| chosen.contains(a)), "{s:?}");
-            }
-            Decision::Initialize { cluster, voters } => {
-                // Only with the chosen set, once every voter stored it.
-                let Commitment::Forming { cluster: forming, chosen: Some(chosen), stored, .. } =
-                    s.commitment
-                else {
-                    panic!("initialized without a chosen set: {s:?}")
-                };
-                assert_eq!(cluster, forming);
-                let mut want = chosen.to_vec();
-                want.sort();
-                assert_eq!(*voters, want, "initialized another set than the chosen one: {s:?}");
-                for voter in chosen {
-                    assert!(stored.contains(voter), "{voter} has not stored the set: {s:?}");
-                }
-            }
-            Decision::InitializeStored { cluster } => {
-                let Commitment::Bound { cluster: own, former, holds_set: true } = s.commitment
-                else {
-                    panic!("initialized a stored set it does not hold: {s:?}")
-                };
-                assert_eq!(cluster, own);
-                assert!(former.is_some_and(|f| f != s.me), "{s:?}");
             }
             Decision::Join { cluster, leader, via } => {
                 let peer = s.peers.iter().find(|p| p.name == *via).expect("joins through a peer");
@@ -1299,7 +1037,7 @@ mod tests {
             }
             Decision::Resume { cluster } => {
                 match s.commitment {
-                    Commitment::Bound { cluster: own, former, .. } => {
+                    Commitment::Bound { cluster: own, former } => {
                         assert_eq!((cluster, former), (own, Some(s.me)), "{s:?}")
                     }
                     Commitment::Free { .. } => assert!(
@@ -1334,20 +1072,6 @@ mod tests {
         {
             assert_ne!(*decision, Decision::Form, "formed next to a possible cluster: {s:?}");
         }
-    }
-
-    /// A forming commitment before the set is chosen.
-    fn forming<'a>(
-        cluster: &'a char,
-        confirmed: &'a [u8],
-        sealed: &'a [u8],
-    ) -> Commitment<'a, u8, char> {
-        Commitment::Forming { cluster, confirmed, sealed, chosen: None, stored: &[] }
-    }
-
-    /// A final set chosen over another view: one voter, 30.
-    fn other_set() -> &'static [u8] {
-        &[30]
     }
 
     fn situation<'a>(
@@ -1480,109 +1204,19 @@ mod tests {
             peer(6, Answer::Member { cluster: 'c', leader: Some(1) }),
         ];
         let mut s = situation(&1, &peers, 3);
-        s.commitment = forming(&'c', &[6], &[6]);
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[6], sealed: &[6] };
         assert_eq!(decide(&s), Decision::Confirm { cluster: 'c', ask: vec![5] });
         // Every peer confirmed: the last round seals the bindings.
-        s.commitment = forming(&'c', &[5, 6], &[6]);
+        s.commitment = Commitment::Forming { cluster: &'c', confirmed: &[5, 6], sealed: &[6] };
         assert_eq!(decide(&s), Decision::Seal { cluster: 'c', ask: vec![5] });
         // A node confirmed once, no longer in view, is not needed (nor a
         // voter); a view that shrank below the expected size waits.
-        s.commitment = forming(&'c', &[5, 6, 7], &[5, 6, 7]);
-        assert_eq!(decide(&s), Decision::Choose { cluster: 'c', voters: vec![5, 6] });
+        s.commitment =
+            Commitment::Forming { cluster: &'c', confirmed: &[5, 6, 7], sealed: &[5, 6, 7] };
+        assert_eq!(decide(&s), Decision::Initialize { cluster: 'c', voters: vec![5, 6] });
         let one = [peer(5, Answer::Silent)];
         let s = Situation { peers: &one, ..s };
         assert_eq!(decide(&s), Decision::Wait(Wait::TooFew { tagged: 2, expected: 3 }));
-    }
-
-    #[test]
-    fn a_former_initializes_only_its_chosen_set_once_every_voter_stored_it() {
-        // The view changed since the set was chosen: 7 is new, 5 is gone.
-        let peers = [
-            peer(6, Answer::Member { cluster: 'c', leader: Some(1) }),
-            peer(7, Answer::Fresh { promised_to: None }),
-        ];
-        let mut s = situation(&1, &peers, 3);
-        let with = |stored| Commitment::Forming {
-            cluster: &'c',
-            confirmed: &[5, 6],
-            sealed: &[5, 6],
-            chosen: Some(&[6, 5]),
-            stored,
-        };
-        s.commitment = with(&[]);
-        assert_eq!(decide(&s), Decision::Store { cluster: 'c', ask: vec![5, 6] });
-        s.commitment = with(&[6]);
-        assert_eq!(decide(&s), Decision::Store { cluster: 'c', ask: vec![5] });
-        s.commitment = with(&[6, 5, 7]);
-        assert_eq!(decide(&s), Decision::Initialize { cluster: 'c', voters: vec![5, 6] });
-        // A leader of its cluster named by a peer: the cluster runs (the
-        // binders initialized the set), it joins.
-        let led = [peer(6, Answer::Member { cluster: 'c', leader: Some(6) })];
-        let s = Situation { peers: &led, commitment: with(&[]), ..s };
-        assert_eq!(decide(&s), Decision::Join { cluster: 'c', leader: 6, via: 6 });
-    }
-
-    #[test]
-    fn a_binder_that_holds_the_final_set_initializes_it() {
-        // Its former named as the leader (it is gone, or not yet
-        // initialized): the binder does not wait for it.
-        let peers =
-            [peer(1, Answer::Silent), peer(6, Answer::Member { cluster: 'c', leader: Some(1) })];
-        let mut s = situation(&5, &peers, 3);
-        s.commitment = Commitment::Bound { cluster: &'c', former: Some(&1), holds_set: true };
-        assert_eq!(decide(&s), Decision::InitializeStored { cluster: 'c' });
-        // Without the set, it waits for its former (as before the round).
-        s.commitment = Commitment::Bound { cluster: &'c', former: Some(&1), holds_set: false };
-        assert_eq!(decide(&s), Decision::Join { cluster: 'c', leader: 1, via: 6 });
-        let silent = [peer(1, Answer::Silent)];
-        let s = Situation { peers: &silent, ..s };
-        assert_eq!(decide(&s), Decision::Wait(Wait::Bound { cluster: 'c', former: Some(1) }));
-    }
-
-    #[test]
-    fn the_store_step_over_every_case() {
-        let mut stores = 0;
-        for has_state in [false, true] {
-            for stored in [None, Some('c'), Some('d')] {
-                for sealed in [Sealed::No, Sealed::ToCaller, Sealed::ToOther] {
-                    for held in [Held::None, Held::Same, Held::Other] {
-                        let call = StoreCall {
-                            has_state,
-                            stored: stored.as_ref(),
-                            sealed,
-                            held,
-                            cluster: &'c',
-                        };
-                        let step = store(&call);
-                        let want = if stored != Some('c') {
-                            Storing::Refuse(StoreRefusal::OtherCluster { cluster: stored })
-                        } else if sealed != Sealed::ToCaller {
-                            Storing::Refuse(StoreRefusal::NotSealedToCaller)
-                        } else {
-                            match held {
-                                Held::Same => Storing::Again,
-                                Held::Other => Storing::Refuse(StoreRefusal::OtherSet),
-                                Held::None if has_state => Storing::Refuse(StoreRefusal::HasState),
-                                Held::None => Storing::Store,
-                            }
-                        };
-                        assert_eq!(step, want, "{call:?}");
-                        // A set is stored only by a node of that cluster
-                        // sealed to the caller, holding no other set;
-                        // never replaced.
-                        if matches!(step, Storing::Store | Storing::Again) {
-                            assert_eq!((stored, sealed), (Some('c'), Sealed::ToCaller));
-                            assert_ne!(held, Held::Other);
-                        }
-                        if step == Storing::Store {
-                            stores += 1;
-                            assert!(!has_state && held == Held::None);
-                        }
-                    }
-                }
-            }
-        }
-        assert_eq!(stores, 1);
     }
 
     #[test]
@@ -1593,12 +1227,12 @@ mod tests {
             peer(6, Answer::Member { cluster: 'c', leader: Some(6) }),
         ];
         let mut s = situation(&1, &peers, 3);
-        s.commitment = Commitment::Bound { cluster: &'c', former: Some(&6), holds_set: false };
+        s.commitment = Commitment::Bound { cluster: &'c', former: Some(&6) };
         assert_eq!(decide(&s), Decision::Join { cluster: 'c', leader: 6, via: 6 });
-        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&6), holds_set: false };
+        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&6) };
         assert_eq!(decide(&s), Decision::Wait(Wait::Bound { cluster: 'e', former: Some(6) }));
         // Bound to itself: it was forming 'e' before a restart.
-        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&1), holds_set: false };
+        s.commitment = Commitment::Bound { cluster: &'e', former: Some(&1) };
         assert_eq!(decide(&s), Decision::Resume { cluster: 'e' });
     }
 
@@ -1611,11 +1245,11 @@ mod tests {
         assert!(!wants_promises(&5, [1u8, 6].iter(), false, 1, &free));
         assert!(wants_promises(&5, [].iter(), false, 1, &free));
         // A forming node asks; a bound one gives back what it holds.
-        let forming = forming(&'c', &[], &[]);
+        let forming = Commitment::Forming { cluster: &'c', confirmed: &[], sealed: &[] };
         assert!(wants_promises(&5, [1u8, 6].iter(), true, 9, &forming));
-        let bound = Commitment::Bound { cluster: &'c', former: Some(&6), holds_set: false };
+        let bound = Commitment::Bound { cluster: &'c', former: Some(&6) };
         assert!(!wants_promises(&1, [5u8, 6].iter(), false, 3, &bound));
-        let resuming = Commitment::Bound { cluster: &'c', former: Some(&1), holds_set: false };
+        let resuming = Commitment::Bound { cluster: &'c', former: Some(&1) };
         assert!(wants_promises(&1, [5u8, 6].iter(), false, 3, &resuming));
     }
 
@@ -1923,8 +1557,10 @@ mod tests {
             peer(b, Answer::Fresh { promised_to: None }),
             peer(c, Answer::Member { cluster: 'x', leader: Some(a) }),
         ];
-        let bound = [c];
-        let s = Situation { commitment: forming(&'x', &bound, &[]), ..situation(&a, &peers, 2) };
+        let s = Situation {
+            commitment: Commitment::Forming { cluster: &'x', confirmed: &[c], sealed: &[] },
+            ..situation(&a, &peers, 2)
+        };
         assert_eq!(decide(&s), Decision::Confirm { cluster: 'x', ask: vec![b] });
         // c's view dropped a; b asks c for a promise: c, bound, answers as
         // a member of a's cluster and promises nothing, and refuses b's

@@ -48,38 +48,20 @@ fn peers(input: &Bootstrap<'_>) -> Vec<boot::Peer<Node, ClusterId, RaftId>> {
         .collect()
 }
 
-/// The rounds' results as names: the nodes that confirmed, sealed, the
-/// other voters of the chosen set (if any), and those that stored it.
-struct Rounds {
-    confirmed: Vec<Node>,
-    sealed: Vec<Node>,
-    chosen: Option<Vec<Node>>,
-    stored: Vec<Node>,
-}
-
 /// What the node is committed to, as the shell's `Owned` makes it: forming
 /// (in memory), bound (a stored cluster id, with its former if it bound
-/// itself, and whether it holds the final set), or free.
+/// itself), or free.
 fn commitment<'a>(
     input: &Bootstrap<'_>,
     cluster: &'a Option<ClusterId>,
     former: &'a Option<Node>,
     promise: &'a Option<Node>,
-    rounds: &'a Rounds,
+    confirmed: &'a [Node],
+    sealed: &'a [Node],
 ) -> boot::Commitment<'a, Node, ClusterId> {
     match cluster {
-        Some(cluster) if input.forming => boot::Commitment::Forming {
-            cluster,
-            confirmed: &rounds.confirmed,
-            sealed: &rounds.sealed,
-            chosen: rounds.chosen.as_deref(),
-            stored: &rounds.stored,
-        },
-        Some(cluster) => boot::Commitment::Bound {
-            cluster,
-            former: former.as_ref(),
-            holds_set: input.set.is_some(),
-        },
+        Some(cluster) if input.forming => boot::Commitment::Forming { cluster, confirmed, sealed },
+        Some(cluster) => boot::Commitment::Bound { cluster, former: former.as_ref() },
         None => {
             boot::Commitment::Free { holding: promise.as_ref().map(|h| (h, input.view.tagged(*h))) }
         }
@@ -129,12 +111,6 @@ pub(crate) trait Variant: Sync {
     /// `bootstrap::become_ready` calls it: ready once every tagged peer of
     /// its view, online or not, answered a probe, and none's last answer is
     /// a member's.
-    /// Whether the seal round is followed by the final-set round (the
-    /// code now: decision 0003, "Amendment: the stuck former").
-    fn final_set(&self) -> bool {
-        true
-    }
-
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
         let peers: Vec<Node> = input.view.peers(input.me).collect();
         let heard: Vec<boot::Heard<'_, Node>> = peers
@@ -177,9 +153,9 @@ impl<V: Variant> Protocol for V {
     /// `decide::bootstrap::wants_promises`, as `bootstrap::run` calls it.
     fn wants_promise(&self, input: &Bootstrap<'_>) -> bool {
         let names: Vec<Node> = input.view.peers(input.me).collect();
-        let rounds = rounds(input);
+        let (confirmed, sealed) = confirmed(input);
         let former = input.former.map(RaftId::node);
-        let c = commitment(input, &input.cluster, &former, &input.promise, &rounds);
+        let c = commitment(input, &input.cluster, &former, &input.promise, &confirmed, &sealed);
         boot::wants_promises(
             &input.me,
             names.iter(),
@@ -232,14 +208,21 @@ impl<V: Variant> Protocol for V {
     /// `decide::bootstrap::decide`, as `bootstrap::round` calls it.
     fn decide(&self, input: &Bootstrap<'_>) -> Decision {
         let peers = peers(input);
-        let rounds = rounds(input);
+        let (confirmed, sealed) = confirmed(input);
         let former = input.former.map(RaftId::node);
         let situation = boot::Situation {
             me: &input.me,
             follow_only: input.follow_only,
             expected_size: input.expected_size as usize,
             peers: &peers,
-            commitment: commitment(input, &input.cluster, &former, &input.promise, &rounds),
+            commitment: commitment(
+                input,
+                &input.cluster,
+                &former,
+                &input.promise,
+                &confirmed,
+                &sealed,
+            ),
         };
         match boot::decide(&situation) {
             boot::Decision::Join { cluster, leader, .. } => {
@@ -251,14 +234,9 @@ impl<V: Variant> Protocol for V {
                 Decision::Confirm { cluster, ask: bits(&ask) }
             }
             boot::Decision::Seal { cluster, ask } => Decision::Seal { cluster, ask: bits(&ask) },
-            boot::Decision::Choose { cluster, voters } => {
-                Decision::Choose { cluster, voters: bits(&voters) }
-            }
-            boot::Decision::Store { cluster, ask } => Decision::Store { cluster, ask: bits(&ask) },
             boot::Decision::Initialize { cluster, voters } => {
                 Decision::Initialize { cluster, voters: bits(&voters) }
             }
-            boot::Decision::InitializeStored { cluster } => Decision::InitializeStored { cluster },
             boot::Decision::Wait(_) => Decision::Wait,
         }
     }
@@ -336,37 +314,6 @@ impl<V: Variant> Protocol for V {
         true
     }
 
-    fn final_set(&self) -> bool {
-        Variant::final_set(self)
-    }
-
-    /// `decide::bootstrap::store`, as `FacadePeers::store_set` calls it:
-    /// the seal compared by raft id, the held set compared with the
-    /// offered one.
-    fn on_store(&self, granter: &Granter, caller: RaftId, cluster: ClusterId, set: Set) -> bool {
-        if !Variant::final_set(self) {
-            return false;
-        }
-        let sealed = match granter.sealed {
-            None => boot::Sealed::No,
-            Some(id) if id == caller => boot::Sealed::ToCaller,
-            Some(_) => boot::Sealed::ToOther,
-        };
-        let held = match granter.set {
-            None => boot::Held::None,
-            Some(held) if held == set => boot::Held::Same,
-            Some(_) => boot::Held::Other,
-        };
-        let step = boot::store(&boot::StoreCall {
-            has_state: granter.has_state,
-            stored: granter.cluster.as_ref(),
-            sealed,
-            held,
-            cluster: &cluster,
-        });
-        matches!(step, boot::Storing::Store | boot::Storing::Again)
-    }
-
     /// `decide::bootstrap::confirm`, as `FacadePeers::confirm` calls it:
     /// the seal is compared by raft id (the incarnation of the former).
     fn on_confirm(
@@ -422,36 +369,12 @@ impl<V: Variant> Protocol for V {
     }
 }
 
-/// The nodes whose confirmation, and whose seal, reached the node; the
-/// other voters of its stored set, and the nodes that stored it.
-fn rounds(input: &Bootstrap<'_>) -> Rounds {
+/// The nodes whose confirmation, and whose seal, reached the node.
+fn confirmed(input: &Bootstrap<'_>) -> (Vec<Node>, Vec<Node>) {
     let which = |of: &[Option<RaftId>; MAX_NODES]| {
         (0..MAX_NODES as Node).filter(|&n| of[n as usize].is_some()).collect()
     };
-    Rounds {
-        confirmed: which(&input.confirmed),
-        sealed: which(&input.sealed),
-        chosen: input
-            .set
-            .map(|set| set.iter().map(RaftId::node).filter(|n| *n != input.me).collect()),
-        stored: (0..MAX_NODES as Node).filter(|&n| input.stored[n as usize]).collect(),
-    }
-}
-
-/// Decision 0003 as the code made it before the final-set round: the
-/// former initializes with the sealed raft ids at once, and no binder ever
-/// initializes. A former wiped before its first replication leaves its
-/// binders sealed to it for good: the cluster never forms.
-pub(crate) struct WithoutFinalSet;
-
-impl Variant for WithoutFinalSet {
-    fn name(&self) -> &'static str {
-        "0003 (decide::), without the final-set round"
-    }
-
-    fn final_set(&self) -> bool {
-        false
-    }
+    (which(&input.confirmed), which(&input.sealed))
 }
 
 /// Decision 0003 with an earlier, weaker readiness rule; everything else

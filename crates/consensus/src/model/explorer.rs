@@ -41,9 +41,6 @@ pub(crate) struct Property<S> {
     pub(crate) name: &'static str,
     /// Why `state` violates the property, or `None` if it holds.
     pub(crate) check: fn(&S) -> Option<String>,
-    /// Whether a state that violates it is still explored (a witness that
-    /// a situation is reached, whose aftermath another check looks at).
-    pub(crate) explore_on: bool,
 }
 
 /// Limits of one exploration.
@@ -151,7 +148,7 @@ pub(crate) fn explore<M: Model>(model: &M, bounds: Bounds) -> Report {
             let mut broken = false;
             for (i, property) in properties.iter().enumerate() {
                 if let Some(why) = (property.check)(&state) {
-                    broken |= !property.explore_on;
+                    broken = true;
                     if !found.iter().any(|(p, _, _)| *p == i) {
                         found.push((i, fp, why));
                     }
@@ -164,8 +161,7 @@ pub(crate) fn explore<M: Model>(model: &M, bounds: Bounds) -> Report {
             if done {
                 break 'levels;
             }
-            // A violating state is reported, not explored further (unless
-            // every property it violates says so).
+            // A violating state is reported, not explored further.
             if broken {
                 continue;
             }
@@ -341,7 +337,6 @@ mod tests {
             vec![Property {
                 name: "not both",
                 check: |s| (*s == (3, 3)).then(|| "both at 3".to_owned()),
-                explore_on: false,
             }]
         }
     }

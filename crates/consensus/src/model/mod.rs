@@ -33,11 +33,6 @@
 //!   no node's log loses a committed entry it had (except by a wipe).
 //! - `one leader per term` (sanity), per cluster.
 //!
-//! And witnesses, "violated" when a situation is reached (a check asserts
-//! that it is, or is not): a restarted former's formation commits; a
-//! former is wiped after initializing, before it replicated (explored
-//! on); and such a stranded cluster commits all the same.
-//!
 //! # How `Design0003` calls the code
 //!
 //! Each [`protocol::Protocol`] method is a seam; `Design0003` fills it
@@ -51,7 +46,6 @@
 //! | `keep_promise`          | `decide::bootstrap::kept`                                 |
 //! | `on_confirm`            | `decide::bootstrap::confirm` (`FacadePeers::confirm`)     |
 //! | `unbind`                | `decide::bootstrap::unbind` (`give_up_binding`)           |
-//! | `on_store`              | `decide::bootstrap::store` (`Boot::store_set`)            |
 //! | `ready`                 | `decide::bootstrap::waiting_for` (`become_ready`)         |
 //! | `plan`                  | `decide::membership::{to_probe, plan}` (`reconcile`)      |
 //! | `on_join`               | transcribed: cmd-rpc `join_here`                          |

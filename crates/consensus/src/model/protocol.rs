@@ -240,8 +240,6 @@ pub(crate) struct Granter {
     pub(crate) promise: Option<Node>,
     /// Its view of the tailnet.
     pub(crate) view: View,
-    /// The final voter set of its cluster it stored (durable).
-    pub(crate) set: Option<Set>,
 }
 
 /// A node's decision while it has no raft state.
@@ -276,35 +274,13 @@ pub(crate) enum Decision {
         /// The nodes asked.
         ask: u8,
     },
-    /// Choose the final voter set of `cluster`: this node and the binders
-    /// `voters` (bit `n` for node `n`) by the raft ids they sealed as;
-    /// store it (durably). Without a final-set round, initialize it.
-    Choose {
+    /// Initialize `cluster` with this node and the binders `voters` (bit
+    /// `n` for node `n`) as its voters.
+    Initialize {
         /// The cluster.
         cluster: ClusterId,
         /// The binders.
         voters: u8,
-    },
-    /// Ask the voters in `ask` (bit `n` for node `n`) to store the chosen
-    /// set.
-    Store {
-        /// The cluster being formed.
-        cluster: ClusterId,
-        /// The nodes asked.
-        ask: u8,
-    },
-    /// Initialize `cluster` with the stored set (its other voters
-    /// `voters`, bit `n` for node `n`).
-    Initialize {
-        /// The cluster.
-        cluster: ClusterId,
-        /// The other voters.
-        voters: u8,
-    },
-    /// A binder initializes `cluster` with the final set it stored.
-    InitializeStored {
-        /// The cluster.
-        cluster: ClusterId,
     },
     /// Keep probing.
     Wait,
@@ -336,11 +312,6 @@ pub(crate) struct Bootstrap<'a> {
     /// The raft id each node sealed its binding to this node's cluster
     /// with, if it did.
     pub(crate) sealed: [Option<RaftId>; MAX_NODES],
-    /// The final voter set it stored (durable): chosen, if it forms the
-    /// cluster; its former's, if it is a binder.
-    pub(crate) set: Option<Set>,
-    /// The nodes whose answer says they stored that set.
-    pub(crate) stored: [bool; MAX_NODES],
     /// `BootstrapOptions::follow_only`.
     pub(crate) follow_only: bool,
     /// `BootstrapOptions::expected_size`.
@@ -499,23 +470,6 @@ pub(crate) trait Protocol: Sync {
     /// started, as the model keeps answers until the node stops).
     fn ready(&self, _input: &Bootstrap<'_>) -> bool {
         true
-    }
-    /// Whether the seal round is followed by the final-set round: the
-    /// former chooses and stores its voter set ([`Decision::Choose`]),
-    /// every voter stores it, and a binder holding it may initialize it.
-    fn final_set(&self) -> bool {
-        false
-    }
-    /// Whether a node stores the final voter set `set` of `cluster` at the
-    /// request of `caller` (its answer says it holds it).
-    fn on_store(
-        &self,
-        _granter: &Granter,
-        _caller: RaftId,
-        _cluster: ClusterId,
-        _set: Set,
-    ) -> bool {
-        false
     }
     /// Whether a bound node gives its binding up, its former being gone
     /// for good (`gone`: untagged in its view, the grace period passed) or

@@ -147,9 +147,6 @@ pub(crate) struct NodeState {
     pub(crate) former: Option<RaftId>,
     /// Durable: the former's raft id this node sealed its binding to.
     pub(crate) sealed: Option<RaftId>,
-    /// Durable: the final voter set of its cluster (chosen, if it forms
-    /// it; its former's, if it is a binder).
-    pub(crate) set: Option<Set>,
     /// Volatile: it is forming its cluster (collecting confirmations).
     pub(crate) forming: bool,
     /// Volatile: role.
@@ -178,7 +175,6 @@ impl NodeState {
             cluster: None,
             former: None,
             sealed: None,
-            set: None,
             forming: false,
             role: Role::Follower,
             leader: None,
@@ -341,18 +337,14 @@ pub(crate) enum Body {
     /// A join request, to the leader.
     Join(JoinRequest),
     /// The confirm round: the forming node asks a peer to bind itself to
-    /// its cluster, or (`seal`) to seal its binding, or (`set`) to store
-    /// the final voter set.
+    /// its cluster, or (`seal`) to seal its binding.
     Confirm {
         /// The cluster being formed.
         cluster: ClusterId,
-        /// The round after binding.
+        /// The last round before initializing.
         seal: bool,
-        /// The final-set round: the set to store.
-        set: Option<Set>,
     },
-    /// The confirm round: the peer is bound (and sealed its binding, and
-    /// stored the final set).
+    /// The confirm round: the peer is bound (and sealed its binding).
     Confirmed {
         /// The cluster it is bound to.
         cluster: ClusterId,
@@ -360,8 +352,6 @@ pub(crate) enum Body {
         id: RaftId,
         /// It sealed its binding.
         sealed: bool,
-        /// It stored the final voter set.
-        stored: bool,
     },
 }
 
@@ -414,10 +404,6 @@ pub(crate) struct World {
     /// Ghost: the clusters a former initialized after taking their
     /// formation up again.
     pub(crate) resumed_formed: u8,
-    /// Ghost: the clusters whose former lost its state after initializing
-    /// them, while no other node had any of their log and nothing was
-    /// committed (the stuck former of decision 0003).
-    pub(crate) stranded: u8,
 }
 
 impl World {
@@ -567,7 +553,6 @@ impl System<'_> {
             broken: None,
             resumed: 0,
             resumed_formed: 0,
-            stranded: 0,
         }
     }
 
@@ -771,9 +756,8 @@ impl System<'_> {
         let node = &w.nodes[n as usize];
         let mut confirmed = [None; MAX_NODES];
         let mut sealed = [None; MAX_NODES];
-        let mut stored = [false; MAX_NODES];
         for m in &w.net {
-            if let Body::Confirmed { cluster, id, sealed: seal, stored: has } = m.body
+            if let Body::Confirmed { cluster, id, sealed: seal } = m.body
                 && m.to == n
                 && Some(cluster) == node.cluster
             {
@@ -781,7 +765,6 @@ impl System<'_> {
                 if seal {
                     sealed[m.from as usize] = Some(id);
                 }
-                stored[m.from as usize] = has;
             }
         }
         Bootstrap {
@@ -794,8 +777,6 @@ impl System<'_> {
             forming: node.forming,
             confirmed,
             sealed,
-            set: node.set,
-            stored,
             follow_only: false,
             expected_size: self.scenario.expected_size,
         }
@@ -1006,18 +987,7 @@ impl System<'_> {
             // A fresh node decides from the answers that reached it, and
             // initializes once the confirmations have.
             Body::Answer { .. } | Body::Confirmed { .. } => {}
-            Body::Confirm { cluster, set: Some(set), .. } => {
-                let granter = granter(w, to);
-                let former = w.id(msg.from);
-                if !self.protocol.on_store(&granter, former, *cluster, *set) {
-                    return;
-                }
-                w.nodes[to as usize].set = Some(*set);
-                let body =
-                    Body::Confirmed { cluster: *cluster, id: me, sealed: true, stored: true };
-                self.send(w, Msg { from: to, to: msg.from, body });
-            }
-            Body::Confirm { cluster, seal, set: None } => {
+            Body::Confirm { cluster, seal } => {
                 // A node that is not ready refuses, unless it decided to
                 // join a cluster (it confirms that one's former).
                 if !node.answers_fully(self.protocol) && node.cluster.is_none() {
@@ -1054,9 +1024,7 @@ impl System<'_> {
                 }
                 self.settle(w, to);
                 let sealed = step == Confirm::Seal;
-                // A binder that holds the final set says so again.
-                let stored = sealed && w.nodes[to as usize].set.is_some();
-                let body = Body::Confirmed { cluster: *cluster, id: me, sealed, stored };
+                let body = Body::Confirmed { cluster: *cluster, id: me, sealed };
                 self.send(w, Msg { from: to, to: msg.from, body });
             }
             Body::Join(request) => {
@@ -1134,7 +1102,6 @@ fn granter(w: &World, n: Node) -> Granter {
         sealed: node.sealed,
         promise: node.promise,
         view: node.view,
-        set: node.set,
     }
 }
 
@@ -1228,16 +1195,6 @@ impl Model for System<'_> {
                     return None;
                 }
                 w.budget.wipes -= 1;
-                if let Some(c) = w.nodes[*n as usize].ghost_cluster()
-                    && w.formers.get(c as usize) == Some(n)
-                    && w.committed[c as usize].is_empty()
-                    && w.nodes
-                        .iter()
-                        .enumerate()
-                        .all(|(m, other)| m == *n as usize || other.ghost_cluster() != Some(c))
-                {
-                    w.stranded |= 1 << c;
-                }
                 let truth = w.truth();
                 let node = &mut w.nodes[*n as usize];
                 let incarnation = self.protocol.incarnation_after_wipe(node.incarnation).min(3);
@@ -1417,23 +1374,17 @@ impl Model for System<'_> {
                         node.forming = true;
                         node.promise = None;
                     }
-                    Decision::Confirm { cluster, ask }
-                    | Decision::Seal { cluster, ask }
-                    | Decision::Store { cluster, ask } => {
-                        let seal = !matches!(decision, Decision::Confirm { .. });
-                        let set = match decision {
-                            Decision::Store { .. } => Some(w.nodes[*n as usize].set?),
-                            _ => None,
-                        };
+                    Decision::Confirm { cluster, ask } | Decision::Seal { cluster, ask } => {
+                        let seal = matches!(decision, Decision::Seal { .. });
                         let view = w.nodes[*n as usize].view;
                         for peer in (0..MAX_NODES as Node).filter(|p| ask & (1 << p) != 0) {
                             if view.online(peer) {
-                                let body = Body::Confirm { cluster, seal, set };
+                                let body = Body::Confirm { cluster, seal };
                                 self.send(&mut w, Msg { from: *n, to: peer, body });
                             }
                         }
                     }
-                    Decision::Choose { cluster, voters } => {
+                    Decision::Initialize { cluster, voters } => {
                         if w.nodes[*n as usize].cluster != Some(cluster) {
                             return None;
                         }
@@ -1444,23 +1395,6 @@ impl Model for System<'_> {
                         let mut set = Set::default().with(me);
                         for peer in (0..MAX_NODES as Node).filter(|p| voters & (1 << p) != 0) {
                             set = set.with(ids[peer as usize]?);
-                        }
-                        if self.protocol.final_set() {
-                            // Stored before it is sent anywhere.
-                            w.nodes[*n as usize].set = Some(set);
-                        } else {
-                            w.resumed_formed |= w.resumed & (1 << cluster);
-                            self.initialize(&mut w, *n, set);
-                        }
-                    }
-                    Decision::Initialize { cluster, .. }
-                    | Decision::InitializeStored { cluster } => {
-                        let node = &w.nodes[*n as usize];
-                        // Only the stored set, and only one holding this
-                        // node's own raft id (openraft refuses another).
-                        let set = node.set?;
-                        if node.cluster != Some(cluster) || !set.has(me) {
-                            return None;
                         }
                         w.resumed_formed |= w.resumed & (1 << cluster);
                         self.initialize(&mut w, *n, set);
@@ -1495,7 +1429,6 @@ impl Model for System<'_> {
                 node.cluster = None;
                 node.former = None;
                 node.sealed = None;
-                node.set = None;
             }
             Action::Deliver(msg) => self.deliver(&mut w, msg, false),
             Action::DeliverLosingReply(msg) => self.deliver(&mut w, msg, true),
@@ -1537,13 +1470,11 @@ impl Model for System<'_> {
 
     fn properties(&self) -> Vec<Property<World>> {
         vec![
-            Property { name: SINGLE_CLUSTER, check: single_cluster, explore_on: false },
-            Property { name: NO_LOST_COMMIT, check: no_lost_commit, explore_on: false },
-            Property { name: NO_LOST_WRITE, check: no_lost_write, explore_on: false },
-            Property { name: ONE_LEADER_PER_TERM, check: one_leader_per_term, explore_on: false },
-            Property { name: RESUMED_COMMITS, check: resumed_commits, explore_on: false },
-            Property { name: STRANDED, check: stranded, explore_on: true },
-            Property { name: STRANDED_COMMITS, check: stranded_commits, explore_on: false },
+            Property { name: SINGLE_CLUSTER, check: single_cluster },
+            Property { name: NO_LOST_COMMIT, check: no_lost_commit },
+            Property { name: NO_LOST_WRITE, check: no_lost_write },
+            Property { name: ONE_LEADER_PER_TERM, check: one_leader_per_term },
+            Property { name: RESUMED_COMMITS, check: resumed_commits },
         ]
     }
 }
@@ -1561,28 +1492,6 @@ pub(crate) const ONE_LEADER_PER_TERM: &str = "one leader per term";
 /// "violated" when a cluster that a restarted former took up again and
 /// initialized commits an entry.
 pub(crate) const RESUMED_COMMITS: &str = "witness: a resumed formation commits";
-
-/// Not a property but a witness that the stuck former is reached:
-/// "violated" when a former lost its state after initializing its cluster
-/// and before anything of it reached another node.
-pub(crate) const STRANDED: &str = "witness: a former is wiped before it replicates";
-
-fn stranded(w: &World) -> Option<String> {
-    (0..w.committed.len())
-        .find(|&c| w.stranded & (1 << c) != 0)
-        .map(|c| format!("cluster {c}'s former lost its state before replicating"))
-}
-
-/// Not a property but a witness of progress: "violated" when a cluster
-/// whose former lost its state after initializing it, before anything
-/// reached another node, commits an entry (it formed without its former).
-pub(crate) const STRANDED_COMMITS: &str = "witness: a stranded cluster commits";
-
-fn stranded_commits(w: &World) -> Option<String> {
-    (0..w.committed.len())
-        .find(|&c| w.stranded & (1 << c) != 0 && !w.committed[c].is_empty())
-        .map(|c| format!("cluster {c}, whose former was wiped before replicating, committed"))
-}
 
 fn resumed_commits(w: &World) -> Option<String> {
     (0..w.committed.len())
@@ -1645,17 +1554,10 @@ fn show_msg(m: &Msg) -> String {
         Body::Probe(false) => "probe".to_owned(),
         Body::Answer { answer, id } => format!("answer {answer:?} (as {id:?})"),
         Body::Join(r) => format!("join as {:?} (cluster {:?})", r.id, r.cluster),
-        Body::Confirm { cluster, seal: false, .. } => format!("confirm cluster {cluster}"),
-        Body::Confirm { cluster, seal: true, set: None } => format!("seal cluster {cluster}"),
-        Body::Confirm { cluster, set: Some(set), .. } => {
-            format!("store set {set:?} of cluster {cluster}")
-        }
-        Body::Confirmed { cluster, id, sealed, stored } => {
-            let what = match (sealed, stored) {
-                (_, true) => "stored the set of",
-                (true, false) => "sealed",
-                (false, false) => "confirmed",
-            };
+        Body::Confirm { cluster, seal: false } => format!("confirm cluster {cluster}"),
+        Body::Confirm { cluster, seal: true } => format!("seal cluster {cluster}"),
+        Body::Confirmed { cluster, id, sealed } => {
+            let what = if *sealed { "sealed" } else { "confirmed" };
             format!("{what} cluster {cluster} ({id:?})")
         }
     };
@@ -1697,11 +1599,6 @@ fn changes(before: &World, after: &World) -> String {
             && let Some(former) = a.sealed
         {
             notes.push(format!("{name} sealed to {former:?}"));
-        }
-        if a.set != b.set
-            && let Some(set) = a.set
-        {
-            notes.push(format!("{name} stores the final set {set:?}"));
         }
         if a.promise != b.promise {
             let holder = a.promise.map(|p| (b'a' + p) as char);
