@@ -94,7 +94,11 @@ pub enum Error {
     /// attempt of the same call changed nothing.
     #[error("unavailable for now: {0}")]
     Unavailable(String),
-    /// The node is stopped or stopping.
+    /// The node is stopped or stopping. For a command this says nothing of
+    /// its outcome: a command already handed to raft when the node began
+    /// stopping may still be applied (by this node's cluster, once another
+    /// node leads), so sending it again through another node, other than
+    /// with the same [`Operation`](crate::Operation), may apply it twice.
     #[error("the node is stopped")]
     Stopped,
     /// The node stopped on a fatal error (for example, the state machine

@@ -33,7 +33,7 @@ use ts_transport::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, Transpor
 use crate::error::Error;
 
 /// Outcomes commands are counted by; the last is for errors added later.
-pub(crate) const OUTCOMES: [&str; 12] = [
+pub(crate) const OUTCOMES: [&str; 13] = [
     "ok",
     "timeout",
     "no_leader",
@@ -44,6 +44,7 @@ pub(crate) const OUTCOMES: [&str; 12] = [
     "storage",
     "network",
     "stopped",
+    "unavailable",
     "fatal",
     "other",
 ];
@@ -60,8 +61,9 @@ fn outcome_of<T>(result: &Result<T, Error>) -> usize {
         Err(Error::Storage { .. }) => 7,
         Err(Error::Network { .. }) => 8,
         Err(Error::Stopped) => 9,
-        Err(Error::Fatal(_)) => 10,
-        Err(_) => 11,
+        Err(Error::Unavailable(_)) => 10,
+        Err(Error::Fatal(_)) => 11,
+        Err(_) => 12,
     }
 }
 
@@ -444,6 +446,7 @@ mod tests {
             (Err(Error::storage(String::new())), "storage"),
             (Err(Error::network(String::new())), "network"),
             (Err(Error::Stopped), "stopped"),
+            (Err(Error::Unavailable(String::new())), "unavailable"),
             (Err(Error::Fatal(String::new())), "fatal"),
             (Err(Error::NotTagged { tag: String::new() }), "other"),
         ];
