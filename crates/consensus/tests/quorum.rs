@@ -9,19 +9,27 @@ use std::time::{Duration, Instant};
 use common::*;
 use consensus::{Consistency, Error, StopMode};
 
+/// Three nodes of `world` whose calls have `deadline`.
+async fn three_with_deadline(
+    world: &World,
+    deadline: Duration,
+) -> Vec<consensus::Consensus<Tally>> {
+    world
+        .start_all(|_| {
+            let mut config = fast_config();
+            config.timing.call_deadline = deadline;
+            config
+        })
+        .await
+}
+
 /// Before: `ReadError::QuorumNotReached` became `RpcError::Unavailable`,
 /// which the facade reported as `Error::Stopped`, though the node runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
     let deadline = Duration::from_secs(3);
     let world = World::new(3);
-    let nodes = world
-        .start_all(|_| {
-            let mut config = fast_config();
-            config.timing.call_deadline = deadline;
-            config
-        })
-        .await;
+    let nodes = three_with_deadline(&world, deadline).await;
     let leader = leader_of(&nodes);
     nodes[leader].execute(add("before", 1)).await.expect("a write with a quorum");
     nodes[leader].read((), Consistency::Linearizable).await.expect("a read with a quorum");
@@ -58,13 +66,7 @@ async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
 async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() {
     let deadline = Duration::from_secs(2);
     let world = World::new(3);
-    let nodes = world
-        .start_all(|_| {
-            let mut config = fast_config();
-            config.timing.call_deadline = deadline;
-            config
-        })
-        .await;
+    let nodes = three_with_deadline(&world, deadline).await;
     let leader = leader_of(&nodes);
     // Cut off, the leader keeps its role (openraft 0.9) and appends its own
     // removal, which it cannot commit.
