@@ -139,6 +139,28 @@ pub(crate) fn after_read_index(err: &RpcError) -> Next {
     }
 }
 
+/// What a call has to report when its deadline passes (or too little of
+/// its time is left for another attempt).
+#[derive(Debug)]
+pub(crate) enum Deadline {
+    /// An error an attempt returned, kept by the call (`keep_unknown`):
+    /// it says what became of that attempt, and reaches the caller as it is.
+    Kept(RpcError),
+    /// An error made here for a call that ended without an answer it
+    /// could keep: no leader known (`NoLeader`), or none it could route
+    /// to or that answered in time (`Timeout`).
+    Unanswered(RpcError),
+}
+
+impl Deadline {
+    /// The error the caller hears, as it is.
+    pub(crate) fn into_error(self) -> RpcError {
+        match self {
+            Deadline::Kept(err) | Deadline::Unanswered(err) => err,
+        }
+    }
+}
+
 /// What a call reports when its deadline passes: whether it was waiting
 /// for a leader, the last attempt's error it kept, the leader this node
 /// knows, and how long it tried.
@@ -148,24 +170,28 @@ pub(crate) fn at_deadline(
     last_error: Option<RpcError>,
     known_leader: Option<NodeId>,
     waited: Duration,
-) -> RpcError {
+) -> Deadline {
     match (waiting_for_leader, last_error) {
         // An attempt may have been applied: the caller hears that (and
         // why), whatever happened since; "no leader" would drop the
         // message, and its code says nothing of the earlier attempt.
-        (_, Some(err)) if err.outcome_unknown() => err,
-        (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
-        (_, Some(err)) => err,
+        (_, Some(err)) if err.outcome_unknown() => Deadline::Kept(err),
+        (true, _) | (false, None) if known_leader.is_none() => {
+            Deadline::Unanswered(RpcError::NoLeader { waited })
+        }
+        (_, Some(err)) => Deadline::Kept(err),
         // The node runs; it found no leader it can route to in time (not
         // `unavailable`, which a caller reads as "this node stops").
-        (true, None) => RpcError::Timeout {
+        (true, None) => Deadline::Unanswered(RpcError::Timeout {
             what: format!(
                 "{what}: the leader this node knows ({}) is not in its configuration yet",
                 known_leader.unwrap_or_default(),
             ),
             after: waited,
-        },
-        (false, None) => RpcError::Timeout { what: what.to_owned(), after: waited },
+        }),
+        (false, None) => {
+            Deadline::Unanswered(RpcError::Timeout { what: what.to_owned(), after: waited })
+        }
     }
 }
 
@@ -210,24 +236,28 @@ pub(crate) fn worth_attempting(attempted: bool, remaining: Duration, least: Dura
     !remaining.is_zero() && (!attempted || remaining >= least)
 }
 
-/// What an execute that ends with `err` reports, `maybe_applied` saying
-/// whether any attempt of it (or of an earlier call, `retry`) may have
-/// been applied: proposed here, or written, even in part, to a leader.
-/// When none may have been, a call that ended at its deadline without an
-/// answer (no leader known, no answer in time) knows the command was not
-/// applied: `not_started`, keeping why. Before, such a call answered an
-/// unknown outcome, and the facade's operation counted it "maybe applied"
-/// for good. Any other error passes: with an attempt that may have been
-/// applied, unknown stays unknown; this node's own fatal error or stop
-/// says more than "not started".
-pub(crate) fn unless_unsent(err: RpcError, maybe_applied: bool) -> RpcError {
-    match err {
-        _ if maybe_applied => err,
-        RpcError::NoLeader { waited } => RpcError::NoLeaderNotStarted { waited },
-        _ if err.code() == ErrorCode::Timeout => {
+/// What an execute that ends at its deadline with `deadline` reports,
+/// `maybe_applied` saying whether any attempt of it (or of an earlier
+/// call, `retry`) may have been applied: proposed here, or written, even
+/// in part, to a leader. When none may have been, a call that ended
+/// without an answer (no leader known, no answer in time: the errors
+/// [`at_deadline`] makes itself) knows the command was not applied:
+/// `not_started`, keeping why. Before, such a call answered an unknown
+/// outcome, and the facade's operation counted it "maybe applied" for
+/// good. An error an attempt returned and the call kept passes as it is,
+/// whatever the flag says: a leader's `timeout` or a `LeaderLost` speaks
+/// of an attempt that may have been applied, even if the flag missed it.
+pub(crate) fn unless_unsent(deadline: Deadline, maybe_applied: bool) -> RpcError {
+    match deadline {
+        Deadline::Kept(err) => err,
+        Deadline::Unanswered(err) if maybe_applied => err,
+        Deadline::Unanswered(RpcError::NoLeader { waited }) => {
+            RpcError::NoLeaderNotStarted { waited }
+        }
+        Deadline::Unanswered(err) if err.code() == ErrorCode::Timeout => {
             RpcError::NotStarted(format!("{err} (nothing of it was written to a leader)"))
         }
-        _ => err,
+        Deadline::Unanswered(err) => err,
     }
 }
 
@@ -530,22 +560,51 @@ mod tests {
     /// error stays.
     #[test]
     fn an_execute_never_sent_anywhere_was_not_started() {
-        let no_leader = || RpcError::NoLeader { waited: Duration::from_secs(3) };
-        let unsent = unless_unsent(no_leader(), false);
+        let waited = Duration::from_secs(3);
+        let unanswered = |leader| at_deadline("execute", false, None, leader, waited);
+        let unsent = unless_unsent(unanswered(None), false);
         assert!(
             matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
             "{unsent:?}"
         );
-        for err in [no_leader(), timeout()] {
-            let text = err.to_string();
-            let unsent = unless_unsent(err, false);
+        for leader in [None, Some(OTHER)] {
+            let text = unanswered(leader).into_error().to_string();
+            let unsent = unless_unsent(unanswered(leader), false);
             assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
             assert!(!unsent.outcome_unknown());
             assert!(unsent.to_string().contains(&text), "{unsent}");
         }
-        for err in [no_leader(), timeout(), remote("unavailable", None)] {
-            let code = err.code();
-            assert_eq!(unless_unsent(err, true).code(), code, "may have been applied");
+        for leader in [None, Some(OTHER)] {
+            let code = unanswered(leader).into_error().code();
+            assert_eq!(
+                unless_unsent(unanswered(leader), true).code(),
+                code,
+                "may have been applied"
+            );
+        }
+        let kept = |err| at_deadline("execute", false, Some(err), Some(OTHER), waited);
+        assert_eq!(
+            unless_unsent(kept(remote("unavailable", None)), true).code(),
+            ErrorCode::Unavailable
+        );
+        // Review: only what `at_deadline` made itself is "not started". An
+        // error an attempt returned speaks of that attempt, even if the flag
+        // missed it: a leader's own `timeout`, a lost leadership, a local
+        // timeout waiting for an answer, pass unchanged.
+        let returned: [fn() -> RpcError; 3] = [
+            || remote("timeout", None),
+            || RpcError::LeaderLost { what: "execute".to_owned() },
+            timeout,
+        ];
+        for err in returned {
+            let text = err().to_string();
+            for leader in [None, Some(OTHER)] {
+                let deadline = at_deadline("execute", false, Some(err()), leader, waited);
+                let passed = unless_unsent(deadline, false);
+                assert_eq!(passed.code(), ErrorCode::Timeout, "{passed}");
+                assert!(passed.outcome_unknown(), "{passed}");
+                assert_eq!(passed.to_string(), text);
+            }
         }
         let passed = [
             RpcError::Fatal("f".to_owned()),
@@ -555,7 +614,7 @@ mod tests {
         ];
         for err in passed {
             let code = err.code();
-            assert_eq!(unless_unsent(err, false).code(), code);
+            assert_eq!(unless_unsent(Deadline::Kept(err), false).code(), code);
         }
     }
 
@@ -685,14 +744,14 @@ mod tests {
             (false, None, Some(OTHER), ErrorCode::Timeout),
         ];
         for (waiting, last, known, want) in cases {
-            let err = at_deadline("put", waiting, last, known, waited);
+            let err = at_deadline("put", waiting, last, known, waited).into_error();
             assert_eq!(err.code(), want, "{waiting} {known:?}: {err}");
         }
-        let err = at_deadline("put", true, None, Some(STRANGER), waited);
+        let err = at_deadline("put", true, None, Some(STRANGER), waited).into_error();
         assert!(err.to_string().contains("(9) is not in its configuration"), "{err}");
-        let err = at_deadline("put", false, None, None, waited);
+        let err = at_deadline("put", false, None, None, waited).into_error();
         assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
-        let err = at_deadline("put", true, Some(timeout()), None, waited);
+        let err = at_deadline("put", true, Some(timeout()), None, waited).into_error();
         assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
     }
 

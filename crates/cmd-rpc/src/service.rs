@@ -198,6 +198,23 @@ impl<S: StateMachine> CommandService<S> {
         what: &str,
         deadline: Instant,
         origin: Origin,
+        attempt: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(Target) -> Fut,
+        Fut: Future<Output = Result<Retry<T>, RpcError>>,
+    {
+        self.with_leader_settled(what, deadline, origin, route::Deadline::into_error, attempt).await
+    }
+
+    /// [`CommandService::with_leader`], the call's end at its deadline
+    /// told by `settle` (an execute tells what it knows of its attempts).
+    async fn with_leader_settled<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        origin: Origin,
+        settle: impl Fn(route::Deadline) -> RpcError,
         mut attempt: F,
     ) -> Result<T, RpcError>
     where
@@ -214,7 +231,13 @@ impl<S: StateMachine> CommandService<S> {
         let mut attempted = false;
         let report = |waiting_for_leader: bool, last_error: Option<RpcError>| {
             let known = self.node.metrics().leader;
-            route::at_deadline(what, waiting_for_leader, last_error, known, started.elapsed())
+            settle(route::at_deadline(
+                what,
+                waiting_for_leader,
+                last_error,
+                known,
+                started.elapsed(),
+            ))
         };
         loop {
             // This node may stop on a fatal error mid-call: it serves no more.
@@ -393,8 +416,12 @@ impl<S: StateMachine> CommandService<S> {
             }
         };
         let maybe_applied = &maybe_applied;
+        // Nothing of it proposed here or written to a leader, and no
+        // answer by the deadline: "not applied" (`not_started`).
+        let settle =
+            |deadline| route::unless_unsent(deadline, maybe_applied.load(Ordering::Relaxed));
         let result = self
-            .with_leader("execute", deadline, origin, |target| async move {
+            .with_leader_settled("execute", deadline, origin, settle, |target| async move {
                 match target {
                     Target::Local => {
                         let command = request.command.get().as_bytes().to_vec();
@@ -510,9 +537,6 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(true))
             }
             Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
-            // Nothing of it was proposed here or written to a leader: an
-            // answer at the deadline is "not applied" (`not_started`).
-            Err(err) => Err(route::unless_unsent(err, maybe_applied.load(Ordering::Relaxed))),
             other => other,
         }
     }
