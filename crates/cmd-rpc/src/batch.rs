@@ -84,8 +84,10 @@ pub(crate) const MIN_BATCH: usize = 3;
 
 /// Least time a command's attempt must have left to be sent in a batch:
 /// the leader is given it in whole milliseconds, and less than one would
-/// be a budget of 0. A command with less is handed back unsent.
-const MIN_BUDGET: Duration = Duration::from_millis(1);
+/// be a budget of 0. A command with less is handed back unsent. Nor is
+/// an execute proposed on the leader itself with less
+/// (`route::worth_attempting`).
+pub(crate) const MIN_BUDGET: Duration = Duration::from_millis(1);
 
 /// Bytes a batch adds around its commands: `{"commands":[` and `]}`.
 const BATCH_OVERHEAD: usize = 16;

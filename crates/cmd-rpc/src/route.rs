@@ -222,18 +222,29 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
 }
 
 /// Whether an attempt with `remaining` of the call's time is worth
-/// making, `attempted` saying whether the call made one already. None is
-/// made with no time left: an execute proposed with a zero budget could
-/// still be applied (a timeout polls its future once) while the caller
-/// hears "no outcome". After a first attempt, one needs at least `least`
-/// (the minimum back-off, as a membership change's retry needs a whole
-/// pause before its deadline): with less it can only time out, and its
-/// bare timeout would replace what the earlier attempts said (a read
-/// without a quorum reported as "no outcome within 2ms"). The first
-/// attempt goes with any time left, for a caller that asked for a short
-/// deadline.
-pub(crate) fn worth_attempting(attempted: bool, remaining: Duration, least: Duration) -> bool {
-    !remaining.is_zero() && (!attempted || remaining >= least)
+/// making, `attempted` saying whether the call made one already, and
+/// `floor` the least any attempt of it needs. None is made with no time
+/// left: an execute proposed with a zero budget could still be applied (a
+/// timeout polls its future once) while the caller hears "no outcome".
+/// Nor with a sliver of it for an execute on the leader itself (`floor`
+/// is then `batch::MIN_BUDGET`, 1 ms): its proposal would be queued, the
+/// call would time out, and the command could be applied while its caller
+/// hears an unknown outcome where `not_started` was known. Any call whose
+/// deadline leaves at least `floor` makes its first attempt; reads,
+/// registrations and membership changes have no floor. After a first
+/// attempt, one needs at least `least` (the minimum back-off, as a
+/// membership change's retry needs a whole pause before its deadline):
+/// with less it can only time out, and its bare timeout would replace
+/// what the earlier attempts said (a read without a quorum reported as
+/// "no outcome within 2ms"). The first attempt goes with any time above
+/// the floor, for a caller that asked for a short deadline.
+pub(crate) fn worth_attempting(
+    attempted: bool,
+    remaining: Duration,
+    least: Duration,
+    floor: Duration,
+) -> bool {
+    !remaining.is_zero() && remaining >= floor && (!attempted || remaining >= least)
 }
 
 /// What an execute that ends at its deadline with `deadline` reports,
@@ -545,12 +556,32 @@ mod tests {
         ];
         for (attempted, remaining, want) in cases {
             assert_eq!(
-                worth_attempting(attempted, remaining, least),
+                worth_attempting(attempted, remaining, least, Duration::ZERO),
                 want,
                 "attempted {attempted}, {remaining:?} left"
             );
         }
-        assert!(!worth_attempting(true, ms(0), Duration::ZERO), "no time, no attempt");
+        assert!(!worth_attempting(true, ms(0), Duration::ZERO, Duration::ZERO), "no time");
+        // Review (F2): an execute on the leader needs 1 ms even for its
+        // first attempt; with that, it makes one.
+        let floor = crate::batch::MIN_BUDGET;
+        let cases = [
+            (false, Duration::from_micros(1), false),
+            (false, Duration::from_micros(999), false),
+            (false, ms(1), true),
+            (false, ms(5), true),
+            (true, ms(5), false),
+            (true, ms(20), true),
+        ];
+        for (attempted, remaining, want) in cases {
+            assert_eq!(
+                worth_attempting(attempted, remaining, least, floor),
+                want,
+                "floor: attempted {attempted}, {remaining:?} left"
+            );
+        }
+        assert!(worth_attempting(true, ms(1), Duration::ZERO, floor), "a floor above least");
+        assert!(!worth_attempting(true, Duration::from_micros(500), Duration::ZERO, floor));
     }
 
     /// Issue 12: an execute none of whose attempts may have been applied

@@ -33,7 +33,7 @@ use crate::api::{
     ExecuteBatchResponse, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
     ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-use crate::batch::{Abandon, Batched, Batches, Route};
+use crate::batch::{Abandon, Batched, Batches, MIN_BUDGET, Route};
 use crate::client::{Addressee, CommandClient};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
@@ -204,16 +204,20 @@ impl<S: StateMachine> CommandService<S> {
         F: FnMut(Target) -> Fut,
         Fut: Future<Output = Result<Retry<T>, RpcError>>,
     {
-        self.with_leader_settled(what, deadline, origin, route::Deadline::into_error, attempt).await
+        let settle = route::Deadline::into_error;
+        self.with_leader_settled(what, deadline, origin, Duration::ZERO, settle, attempt).await
     }
 
-    /// [`CommandService::with_leader`], the call's end at its deadline
-    /// told by `settle` (an execute tells what it knows of its attempts).
+    /// [`CommandService::with_leader`], an attempt here made only with at
+    /// least `local_floor` left (an execute's proposal needs some time,
+    /// `route::worth_attempting`), and the call's end at its deadline told
+    /// by `settle` (an execute tells what it knows of its attempts).
     async fn with_leader_settled<T, F, Fut>(
         &self,
         what: &str,
         deadline: Instant,
         origin: Origin,
+        local_floor: Duration,
         settle: impl Fn(route::Deadline) -> RpcError,
         mut attempt: F,
     ) -> Result<T, RpcError>
@@ -273,12 +277,14 @@ impl<S: StateMachine> CommandService<S> {
                 // this turn may have run to the deadline, or nearly): the
                 // call reports what it has. An attempt now could only
                 // time out, replacing what the last one said, and an
-                // execute proposed with no time could still be applied.
-                Step::Attempt(_)
+                // execute proposed with no time (or less than 1 ms) could
+                // still be applied while its caller hears "no outcome".
+                Step::Attempt(ref target)
                     if !route::worth_attempting(
                         attempted,
                         deadline.saturating_duration_since(Instant::now()),
                         self.config.min_backoff,
+                        if *target == Target::Local { local_floor } else { Duration::ZERO },
                     ) =>
                 {
                     return Err(report(false, last_error));
@@ -421,7 +427,7 @@ impl<S: StateMachine> CommandService<S> {
         let settle =
             |deadline| route::unless_unsent(deadline, maybe_applied.load(Ordering::Relaxed));
         let result = self
-            .with_leader_settled("execute", deadline, origin, settle, |target| async move {
+            .with_leader_settled("execute", deadline, origin, MIN_BUDGET, settle, |target| async move {
                 match target {
                     Target::Local => {
                         let command = request.command.get().as_bytes().to_vec();

@@ -305,3 +305,48 @@ async fn an_execute_with_no_time_left_is_not_proposed() {
     assert_eq!(answer.result.get(), "1", "the command with no time left was applied");
     stop_node(node).await;
 }
+
+/// Review of issue 12 (F2): an execute on the leader with a sliver of time
+/// (100 µs) is not proposed either. Before, only a zero budget was
+/// refused: the proposal was polled once, queued, the call timed out, and
+/// the command was applied while its caller heard an unknown outcome
+/// where `not_started` was known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
+    let net = MemNetwork::new();
+    let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
+    let raft = node.service.node().clone();
+    let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
+    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
+    let session: u128 = {
+        let registered =
+            node.service.register(Instant::now() + WAIT, Origin::Client).await.expect("a session");
+        u128::from_str_radix(&registered.client, 16).unwrap()
+    };
+    let sliver = Instant::now() + Duration::from_micros(100);
+    let answer = node.service.execute(&put(session, 1, "late"), sliver, Origin::Client).await;
+    let err = answer.expect_err("a command with 100 µs left was answered");
+    assert_eq!(err.code(), ErrorCode::NotStarted, "{err}");
+    assert!(!err.outcome_unknown(), "{err}");
+    // A later command in the same session commits after anything the
+    // first one proposed: the count shows whether that was applied.
+    let answer = node
+        .service
+        .execute(&put(session, 2, "next"), Instant::now() + WAIT, Origin::Client)
+        .await
+        .expect("the next command");
+    assert_eq!(answer.result.get(), "1", "the command with a sliver of time was applied");
+    // A short but workable deadline still makes its attempt.
+    let answer = node
+        .service
+        .execute(
+            &put(session, 3, "short"),
+            Instant::now() + Duration::from_millis(200),
+            Origin::Client,
+        )
+        .await
+        .expect("a command with 200 ms is proposed");
+    assert_eq!(answer.result.get(), "2");
+    stop_node(node).await;
+}
