@@ -565,12 +565,25 @@ impl<S: StateMachine> CommandService<S> {
                     self.stats.batch_started.inc();
                     self.execute(&command.request, own, Origin::Forwarded).await
                 }
+                // Not started here: nothing of it was proposed in this
+                // call, so `not_started` (not applied), as `execute` would
+                // answer with no time left. Unless the follower says an
+                // earlier attempt may have been applied (`retry`: batches
+                // never carry it, but the leader does not count on that),
+                // which this leader cannot know of: then unknown. The
+                // follower drops a `not_started` after its own attempt that
+                // may have been applied (finding 24).
                 _ => Err({
                     self.stats.batch_not_started.inc();
-                    RpcError::Unavailable(format!(
+                    let why = format!(
                         "the leader is running {BATCH_WORK} batched commands; this one was not \
-                     started within its budget"
-                    ))
+                         started within its budget"
+                    );
+                    if command.request.retry {
+                        RpcError::Unavailable(why)
+                    } else {
+                        RpcError::NotStarted(why)
+                    }
                 }),
             };
             match result {
