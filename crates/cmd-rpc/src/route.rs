@@ -176,6 +176,12 @@ pub(crate) fn at_deadline(
         // why), whatever happened since; "no leader" would drop the
         // message, and its code says nothing of the earlier attempt.
         (_, Some(err)) if err.outcome_unknown() => Deadline::Kept(err),
+        // Known not applied, and why (every dial failed, ...): "no leader"
+        // would drop the reason; the caller hears both.
+        (_, Some(RpcError::NotStarted(why))) if known_leader.is_none() => Deadline::Kept(
+            RpcError::NotStarted(format!("{why}; then no leader was known (after {waited:?})")),
+        ),
+        (_, Some(err)) if err.code() == ErrorCode::NotStarted => Deadline::Kept(err),
         (true, _) | (false, None) if known_leader.is_none() => {
             Deadline::Unanswered(RpcError::NoLeader { waited })
         }
@@ -265,9 +271,10 @@ pub(crate) fn unless_unsent(deadline: Deadline, maybe_applied: bool) -> RpcError
         Deadline::Unanswered(RpcError::NoLeader { waited }) => {
             RpcError::NoLeaderNotStarted { waited }
         }
-        Deadline::Unanswered(err) if err.code() == ErrorCode::Timeout => {
-            RpcError::NotStarted(format!("{err} (nothing of it was written to a leader)"))
-        }
+        // "No outcome within" would contradict "not applied".
+        Deadline::Unanswered(RpcError::Timeout { what, after }) => RpcError::NotStarted(format!(
+            "{what}: nothing of it was proposed here or written to a leader within {after:?}"
+        )),
         Deadline::Unanswered(err) => err,
     }
 }
@@ -598,13 +605,26 @@ mod tests {
             matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
             "{unsent:?}"
         );
-        for leader in [None, Some(OTHER)] {
-            let text = unanswered(leader).into_error().to_string();
-            let unsent = unless_unsent(unanswered(leader), false);
-            assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
-            assert!(!unsent.outcome_unknown());
-            assert!(unsent.to_string().contains(&text), "{unsent}");
-        }
+        let text = unanswered(None).into_error().to_string();
+        let unsent = unless_unsent(unanswered(None), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        assert!(!unsent.outcome_unknown());
+        assert!(unsent.to_string().contains(&text[..text.find(';').unwrap()]), "{unsent}");
+        // Review (F4): no time left, or no answer in time, with nothing
+        // sent: the text says not applied, never "no outcome".
+        let unsent = unless_unsent(unanswered(Some(OTHER)), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        assert_eq!(
+            unsent.to_string(),
+            "not started: execute: nothing of it was proposed here or written to a leader \
+             within 3s; the command was not applied"
+        );
+        let unsent =
+            unless_unsent(at_deadline("execute", true, None, Some(STRANGER), waited), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        let text = unsent.to_string();
+        assert!(text.contains("(9) is not in its configuration yet"), "{text}");
+        assert!(!text.contains("no outcome"), "{text}");
         for leader in [None, Some(OTHER)] {
             let code = unanswered(leader).into_error().code();
             assert_eq!(
@@ -761,8 +781,12 @@ mod tests {
             // heard `no_leader`, the message lost).
             (true, kept(), None, ErrorCode::Unavailable),
             (true, Some(timeout()), None, ErrorCode::Timeout),
-            // A known outcome kept ("not sent") says less than "no leader".
-            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NoLeader),
+            // A known outcome kept ("not sent") keeps its reason, and
+            // says no leader was known then (review, F4: `no_leader`).
+            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
+            (false, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
+            (false, Some(remote("not_started", None)), None, ErrorCode::NotStarted),
+            (true, Some(remote("not_started", None)), None, ErrorCode::NotStarted),
             (false, None, None, ErrorCode::NoLeader),
             (false, kept(), None, ErrorCode::Unavailable),
             (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
@@ -784,6 +808,13 @@ mod tests {
         assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
         let err = at_deadline("put", true, Some(timeout()), None, waited).into_error();
         assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
+        let refused = RpcError::NotStarted("every dial failed: refused".to_owned());
+        let err = at_deadline("put", true, Some(refused), None, waited).into_error();
+        assert_eq!(
+            err.to_string(),
+            "not started: every dial failed: refused; then no leader was known (after 3s); the \
+             command was not applied"
+        );
     }
 
     #[test]
