@@ -163,11 +163,15 @@ pub enum RpcError {
     /// applied (code `not_started`), and may be sent again.
     #[error(
         "not started: no leader elected within {waited:?}; the cluster may have lost its quorum \
-         (the command was not applied)"
+         {}(the command was not applied)",
+        earlier.as_deref().map(|why| format!("(earlier: {why}) ")).unwrap_or_default()
     )]
     NoLeaderNotStarted {
         /// How long the call waited.
         waited: Duration,
+        /// Why an earlier attempt was not sent (every dial to the leader
+        /// then known failed, ...), if one was made.
+        earlier: Option<String>,
     },
     /// The service runs but cannot do this now (another membership change
     /// is in progress, this node is still starting, the leader is running

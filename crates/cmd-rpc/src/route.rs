@@ -176,12 +176,16 @@ pub(crate) fn at_deadline(
         // why), whatever happened since; "no leader" would drop the
         // message, and its code says nothing of the earlier attempt.
         (_, Some(err)) if err.outcome_unknown() => Deadline::Kept(err),
-        // Known not applied, and why (every dial failed, ...): "no leader"
-        // would drop the reason; the caller hears both.
-        (_, Some(RpcError::NotStarted(why))) if known_leader.is_none() => Deadline::Kept(
-            RpcError::NotStarted(format!("{why}; then no leader was known (after {waited:?})")),
-        ),
-        (_, Some(err)) if err.code() == ErrorCode::NotStarted => Deadline::Kept(err),
+        // Known not applied, and why (every dial failed, ...), then no
+        // leader: "no leader" alone would drop the reason; the caller
+        // hears both.
+        (_, Some(err)) if err.code() == ErrorCode::NotStarted && known_leader.is_none() => {
+            let earlier = match err {
+                RpcError::NotStarted(why) => why,
+                err => err.to_string(),
+            };
+            Deadline::Kept(RpcError::NoLeaderNotStarted { waited, earlier: Some(earlier) })
+        }
         (true, _) | (false, None) if known_leader.is_none() => {
             Deadline::Unanswered(RpcError::NoLeader { waited })
         }
@@ -269,7 +273,7 @@ pub(crate) fn unless_unsent(deadline: Deadline, maybe_applied: bool) -> RpcError
         Deadline::Kept(err) => err,
         Deadline::Unanswered(err) if maybe_applied => err,
         Deadline::Unanswered(RpcError::NoLeader { waited }) => {
-            RpcError::NoLeaderNotStarted { waited }
+            RpcError::NoLeaderNotStarted { waited, earlier: None }
         }
         // "No outcome within" would contradict "not applied".
         Deadline::Unanswered(RpcError::Timeout { what, after }) => RpcError::NotStarted(format!(
@@ -602,7 +606,7 @@ mod tests {
         let unanswered = |leader| at_deadline("execute", false, None, leader, waited);
         let unsent = unless_unsent(unanswered(None), false);
         assert!(
-            matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
+            matches!(unsent, RpcError::NoLeaderNotStarted { waited, earlier: None } if waited.as_secs() == 3),
             "{unsent:?}"
         );
         let text = unanswered(None).into_error().to_string();
@@ -781,8 +785,9 @@ mod tests {
             // heard `no_leader`, the message lost).
             (true, kept(), None, ErrorCode::Unavailable),
             (true, Some(timeout()), None, ErrorCode::Timeout),
-            // A known outcome kept ("not sent") keeps its reason, and
-            // says no leader was known then (review, F4: `no_leader`).
+            // A known outcome kept ("not sent"), then no leader: "no
+            // leader", not started, with the kept reason (review, F4:
+            // before, `no_leader` alone).
             (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
             (false, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
             (false, Some(remote("not_started", None)), None, ErrorCode::NotStarted),
@@ -810,10 +815,11 @@ mod tests {
         assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
         let refused = RpcError::NotStarted("every dial failed: refused".to_owned());
         let err = at_deadline("put", true, Some(refused), None, waited).into_error();
+        assert!(matches!(err, RpcError::NoLeaderNotStarted { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "not started: every dial failed: refused; then no leader was known (after 3s); the \
-             command was not applied"
+            "not started: no leader elected within 3s; the cluster may have lost its quorum \
+             (earlier: every dial failed: refused) (the command was not applied)"
         );
     }
 
