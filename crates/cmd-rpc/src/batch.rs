@@ -84,8 +84,17 @@ pub(crate) const MIN_BATCH: usize = 3;
 
 /// Least time a command's attempt must have left to be sent in a batch:
 /// the leader is given it in whole milliseconds, and less than one would
-/// be a budget of 0. A command with less is handed back unsent.
-const MIN_BUDGET: Duration = Duration::from_millis(1);
+/// be a budget of 0. A command with less is handed back unsent. Nor is
+/// an execute proposed on the leader itself with less
+/// (`route::worth_attempting`).
+pub(crate) const MIN_BUDGET: Duration = Duration::from_millis(1);
+
+/// How long before its first caller stops waiting a batch not yet written
+/// (no free request slot, no connection) gives up and hands its commands
+/// back unsent, so that each caller hears "not sent" (not applied) rather
+/// than "no answer in time" (unknown). A command taken into a batch has at
+/// least this (and [`MIN_BUDGET`]) left to wait.
+const SEND_MARGIN: Duration = Duration::from_millis(5);
 
 /// Bytes a batch adds around its commands: `{"commands":[` and `]}`.
 const BATCH_OVERHEAD: usize = 16;
@@ -146,6 +155,8 @@ struct Entry {
     term: u64,
     /// Its attempt's end.
     end: Instant,
+    /// When its caller stops waiting for an answer.
+    wait_until: Instant,
     answer: oneshot::Sender<Batched>,
 }
 
@@ -196,7 +207,7 @@ impl Queue {
         let mut size = BATCH_OVERHEAD;
         while let Some(entry) = pending.entries.front() {
             let item = entry.request.len() + ITEM_OVERHEAD;
-            let usable = !entry.answer.is_closed() && entry.end >= fill.now + MIN_BUDGET;
+            let usable = !entry.answer.is_closed() && !out_of_time(entry, fill.now);
             if usable
                 && !batch.is_empty()
                 && (size + item > fill.max_request || batch.len() >= fill.max_commands)
@@ -207,7 +218,7 @@ impl Queue {
             if entry.answer.is_closed() {
                 continue;
             }
-            if entry.end < fill.now + MIN_BUDGET {
+            if out_of_time(&entry, fill.now) {
                 let why = "its attempt's time ran out before a batch took it";
                 let _ = entry.answer.send(Batched::NotSent(why.to_owned()));
                 continue;
@@ -243,6 +254,13 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.queue.leave(self.ticket);
     }
+}
+
+/// Whether `entry` has too little time left at `now` to go in a batch:
+/// less than [`MIN_BUDGET`] for its attempt, or less than that and
+/// [`SEND_MARGIN`] before its caller stops waiting.
+fn out_of_time(entry: &Entry, now: Instant) -> bool {
+    entry.end < now + MIN_BUDGET || entry.wait_until < now + MIN_BUDGET + SEND_MARGIN
 }
 
 /// The queues of commands forwarded to the leader, by the leader's raft id.
@@ -313,7 +331,14 @@ impl Batches {
         let term = route.term;
         let ticket = Ticket {
             queue: &queue,
-            ticket: queue.push(|ticket| Entry { ticket, request: encoded, term, end, answer: tx }),
+            ticket: queue.push(|ticket| Entry {
+                ticket,
+                request: encoded,
+                term,
+                end,
+                wait_until,
+                answer: tx,
+            }),
         };
         let mut waiting = true;
         let unknown = |why: &str| {
@@ -403,11 +428,15 @@ fn send(
     let (to, leader, stats) = (route.to, route.leader.clone(), route.stats.clone());
     let budget = end.saturating_duration_since(now);
     let wait_until = end + route.grace;
+    // Not written by then (no free request slot, no connection): handed
+    // back unsent before its first caller stops waiting (review of issue
+    // 12, F1: the callers gave up first and heard an unknown outcome).
+    let send_by = batch.iter().map(|e| e.wait_until).min().unwrap_or(now) - SEND_MARGIN;
     let limit = answer_limit(batch.len(), route.max_response);
     tokio::spawn(async move {
         let _permit = permit;
         stats.batches.inc();
-        let exchange = client.post_attempt_encoded::<ExecuteBatchResponse>(
+        let exchange = client.post_attempt_sent_by::<ExecuteBatchResponse>(
             Some(to),
             &leader,
             BATCH_PATH,
@@ -416,6 +445,7 @@ fn send(
             budget,
             Origin::Forwarded,
             limit,
+            send_by,
         );
         let sent = tokio::select! {
             sent = exchange => sent,
@@ -551,7 +581,7 @@ mod tests {
 
     fn entry(ticket: u64, term: u64, end: Instant) -> (Entry, oneshot::Receiver<Batched>) {
         let (answer, rx) = oneshot::channel();
-        (Entry { ticket, request: b"{}".to_vec(), term, end, answer }, rx)
+        (Entry { ticket, request: b"{}".to_vec(), term, end, wait_until: end, answer }, rx)
     }
 
     fn entries(n: u64) -> (Vec<Entry>, Vec<oneshot::Receiver<Batched>>) {
@@ -766,7 +796,14 @@ mod tests {
         // (term, end): expired, good, moved (term 2), good, caller gone.
         for (term, end) in [(3, now), (3, later), (2, later), (3, later), (3, later)] {
             let (tx, rx) = oneshot::channel();
-            queue.push(|ticket| Entry { ticket, request: b"{}".to_vec(), term, end, answer: tx });
+            queue.push(|ticket| Entry {
+                ticket,
+                request: b"{}".to_vec(),
+                term,
+                end,
+                wait_until: end,
+                answer: tx,
+            });
             rxs.push(rx);
         }
         drop(rxs.pop());
@@ -807,8 +844,14 @@ mod tests {
         let mut rxs = Vec::new();
         for _ in 0..10 {
             let (tx, rx) = oneshot::channel();
-            let make =
-                |ticket| Entry { ticket, request: b"{}".to_vec(), term: 3, end: later, answer: tx };
+            let make = |ticket| Entry {
+                ticket,
+                request: b"{}".to_vec(),
+                term: 3,
+                end: later,
+                wait_until: later,
+                answer: tx,
+            };
             queue.push(make);
             rxs.push(rx);
         }
@@ -835,6 +878,7 @@ mod tests {
                 request: b"{}".to_vec(),
                 term: 3,
                 end,
+                wait_until: end,
                 answer: tx,
             });
             rxs.push(rx);

@@ -133,6 +133,7 @@ impl CommandClient {
             origin,
             to: None,
             answer_limit: self.config.max_response,
+            send_by: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -155,6 +156,7 @@ impl CommandClient {
             origin,
             to: Some(to),
             answer_limit: self.config.max_response,
+            send_by: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -183,6 +185,7 @@ impl CommandClient {
             origin,
             to,
             answer_limit: self.config.max_response,
+            send_by: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -209,6 +212,35 @@ impl CommandClient {
             origin,
             to,
             answer_limit,
+            send_by: None,
+        };
+        self.request(node, Method::POST, path, body, call).await
+    }
+
+    /// [`CommandClient::post_attempt_encoded`], given up unwritten (not
+    /// sent: `Sent::written` false) if no address has a free request slot
+    /// and a connection by `send_by`: a batch whose callers stop waiting
+    /// then hands them back unsent before they do.
+    #[allow(clippy::too_many_arguments, reason = "post_attempt_encoded's arguments and send_by")]
+    pub(crate) async fn post_attempt_sent_by<R: DeserializeOwned>(
+        &self,
+        to: Option<Addressee>,
+        node: &NodeInfo,
+        path: &str,
+        body: Bytes,
+        deadline: impl Into<Instant>,
+        answer_within: Duration,
+        origin: Origin,
+        answer_limit: usize,
+        send_by: Instant,
+    ) -> Sent<R> {
+        let call = Call {
+            deadline: deadline.into(),
+            answer_within: Some(answer_within),
+            origin,
+            to,
+            answer_limit,
+            send_by: Some(send_by),
         };
         self.request(node, Method::POST, path, body, call).await
     }
@@ -226,6 +258,7 @@ impl CommandClient {
             origin: Origin::Client,
             to: None,
             answer_limit: self.config.max_response,
+            send_by: None,
         };
         self.request(node, Method::GET, path, Bytes::new(), call).await.result
     }
@@ -272,11 +305,18 @@ impl CommandClient {
                 };
                 continue;
             }
-            let _room = match self.room(addr, call.deadline).await {
+            // Nothing is written before a slot is free and a connection
+            // made: both within the deadline, and by `send_by` if given.
+            let unwritten_until = call.send_by.map_or(call.deadline, |by| by.min(call.deadline));
+            let _room = match self.room(addr, unwritten_until).await {
                 Ok(room) => room,
                 Err(err) => return done(Err(err), sent, written),
             };
-            let remaining = call.deadline.saturating_duration_since(Instant::now());
+            let remaining = unwritten_until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let err = RpcError::Timeout { what: what(), after: Duration::ZERO };
+                return done(Err(err), sent, written);
+            }
             let connect = remaining.min(self.config.connect_timeout);
             let sender = match tokio::time::timeout(connect, self.connection(addr, connect)).await {
                 Ok(Ok(sender)) => sender,
@@ -492,6 +532,9 @@ struct Call {
     to: Option<Addressee>,
     /// Most bytes of the answer read.
     answer_limit: usize,
+    /// When given, the latest a slot and a connection may be waited for:
+    /// past it, nothing having been written, the call ends not sent.
+    send_by: Option<Instant>,
 }
 
 /// What became of a request: its result, whether an address tried

@@ -151,7 +151,8 @@ pub enum RpcError {
     /// (it was still waiting for a batch, had less than 1 ms left when a
     /// batch was built, its leader lost its leadership before it went,
     /// batched or alone, every dial to the leader failed or found no free
-    /// request slot, or no time was left for an attempt), and no earlier
+    /// request slot, no time was left for an attempt, or the leader had
+    /// no room to start it within its budget), and no earlier
     /// attempt of the call may have been applied: it was not applied, and
     /// may be sent again.
     #[error("not started: {0}; the command was not applied")]
@@ -162,15 +163,20 @@ pub enum RpcError {
     /// applied (code `not_started`), and may be sent again.
     #[error(
         "not started: no leader elected within {waited:?}; the cluster may have lost its quorum \
-         (the command was not applied)"
+         {}(the command was not applied)",
+        earlier.as_deref().map(|why| format!("(earlier: {why}) ")).unwrap_or_default()
     )]
     NoLeaderNotStarted {
         /// How long the call waited.
         waited: Duration,
+        /// Why an earlier attempt was not sent (every dial to the leader
+        /// then known failed, ...), if one was made.
+        earlier: Option<String>,
     },
     /// The service runs but cannot do this now (another membership change
     /// is in progress, this node is still starting, the leader is running
-    /// as many batched commands as it takes); trying again later may work.
+    /// as many batched commands as it takes and this one is a retry);
+    /// trying again later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// This node is shutting down. Its wire code is `unavailable`, as it

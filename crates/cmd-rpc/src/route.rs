@@ -139,6 +139,28 @@ pub(crate) fn after_read_index(err: &RpcError) -> Next {
     }
 }
 
+/// What a call has to report when its deadline passes (or too little of
+/// its time is left for another attempt).
+#[derive(Debug)]
+pub(crate) enum Deadline {
+    /// An error an attempt returned, kept by the call (`keep_unknown`):
+    /// it says what became of that attempt, and reaches the caller as it is.
+    Kept(RpcError),
+    /// An error made here for a call that ended without an answer it
+    /// could keep: no leader known (`NoLeader`), or none it could route
+    /// to or that answered in time (`Timeout`).
+    Unanswered(RpcError),
+}
+
+impl Deadline {
+    /// The error the caller hears, as it is.
+    pub(crate) fn into_error(self) -> RpcError {
+        match self {
+            Deadline::Kept(err) | Deadline::Unanswered(err) => err,
+        }
+    }
+}
+
 /// What a call reports when its deadline passes: whether it was waiting
 /// for a leader, the last attempt's error it kept, the leader this node
 /// knows, and how long it tried.
@@ -148,24 +170,38 @@ pub(crate) fn at_deadline(
     last_error: Option<RpcError>,
     known_leader: Option<NodeId>,
     waited: Duration,
-) -> RpcError {
+) -> Deadline {
     match (waiting_for_leader, last_error) {
         // An attempt may have been applied: the caller hears that (and
         // why), whatever happened since; "no leader" would drop the
         // message, and its code says nothing of the earlier attempt.
-        (_, Some(err)) if err.outcome_unknown() => err,
-        (true, _) | (false, None) if known_leader.is_none() => RpcError::NoLeader { waited },
-        (_, Some(err)) => err,
+        (_, Some(err)) if err.outcome_unknown() => Deadline::Kept(err),
+        // Known not applied, and why (every dial failed, ...), then no
+        // leader: "no leader" alone would drop the reason; the caller
+        // hears both.
+        (_, Some(err)) if err.code() == ErrorCode::NotStarted && known_leader.is_none() => {
+            let earlier = match err {
+                RpcError::NotStarted(why) => why,
+                err => err.to_string(),
+            };
+            Deadline::Kept(RpcError::NoLeaderNotStarted { waited, earlier: Some(earlier) })
+        }
+        (true, _) | (false, None) if known_leader.is_none() => {
+            Deadline::Unanswered(RpcError::NoLeader { waited })
+        }
+        (_, Some(err)) => Deadline::Kept(err),
         // The node runs; it found no leader it can route to in time (not
         // `unavailable`, which a caller reads as "this node stops").
-        (true, None) => RpcError::Timeout {
+        (true, None) => Deadline::Unanswered(RpcError::Timeout {
             what: format!(
                 "{what}: the leader this node knows ({}) is not in its configuration yet",
                 known_leader.unwrap_or_default(),
             ),
             after: waited,
-        },
-        (false, None) => RpcError::Timeout { what: what.to_owned(), after: waited },
+        }),
+        (false, None) => {
+            Deadline::Unanswered(RpcError::Timeout { what: what.to_owned(), after: waited })
+        }
     }
 }
 
@@ -196,38 +232,54 @@ pub(crate) fn keep_unknown(last: Option<RpcError>, new: Option<RpcError>) -> Opt
 }
 
 /// Whether an attempt with `remaining` of the call's time is worth
-/// making, `attempted` saying whether the call made one already. None is
-/// made with no time left: an execute proposed with a zero budget could
-/// still be applied (a timeout polls its future once) while the caller
-/// hears "no outcome". After a first attempt, one needs at least `least`
-/// (the minimum back-off, as a membership change's retry needs a whole
-/// pause before its deadline): with less it can only time out, and its
-/// bare timeout would replace what the earlier attempts said (a read
-/// without a quorum reported as "no outcome within 2ms"). The first
-/// attempt goes with any time left, for a caller that asked for a short
-/// deadline.
-pub(crate) fn worth_attempting(attempted: bool, remaining: Duration, least: Duration) -> bool {
-    !remaining.is_zero() && (!attempted || remaining >= least)
+/// making, `attempted` saying whether the call made one already, and
+/// `floor` the least any attempt of it needs. None is made with no time
+/// left: an execute proposed with a zero budget could still be applied (a
+/// timeout polls its future once) while the caller hears "no outcome".
+/// Nor with a sliver of it for an execute on the leader itself (`floor`
+/// is then `batch::MIN_BUDGET`, 1 ms): its proposal would be queued, the
+/// call would time out, and the command could be applied while its caller
+/// hears an unknown outcome where `not_started` was known. Any call whose
+/// deadline leaves at least `floor` makes its first attempt; reads,
+/// registrations and membership changes have no floor. After a first
+/// attempt, one needs at least `least` (the minimum back-off, as a
+/// membership change's retry needs a whole pause before its deadline):
+/// with less it can only time out, and its bare timeout would replace
+/// what the earlier attempts said (a read without a quorum reported as
+/// "no outcome within 2ms"). The first attempt goes with any time above
+/// the floor, for a caller that asked for a short deadline.
+pub(crate) fn worth_attempting(
+    attempted: bool,
+    remaining: Duration,
+    least: Duration,
+    floor: Duration,
+) -> bool {
+    !remaining.is_zero() && remaining >= floor && (!attempted || remaining >= least)
 }
 
-/// What an execute that ends with `err` reports, `maybe_applied` saying
-/// whether any attempt of it (or of an earlier call, `retry`) may have
-/// been applied: proposed here, or written, even in part, to a leader.
-/// When none may have been, a call that ended at its deadline without an
-/// answer (no leader known, no answer in time) knows the command was not
-/// applied: `not_started`, keeping why. Before, such a call answered an
-/// unknown outcome, and the facade's operation counted it "maybe applied"
-/// for good. Any other error passes: with an attempt that may have been
-/// applied, unknown stays unknown; this node's own fatal error or stop
-/// says more than "not started".
-pub(crate) fn unless_unsent(err: RpcError, maybe_applied: bool) -> RpcError {
-    match err {
-        _ if maybe_applied => err,
-        RpcError::NoLeader { waited } => RpcError::NoLeaderNotStarted { waited },
-        _ if err.code() == ErrorCode::Timeout => {
-            RpcError::NotStarted(format!("{err} (nothing of it was written to a leader)"))
+/// What an execute that ends at its deadline with `deadline` reports,
+/// `maybe_applied` saying whether any attempt of it (or of an earlier
+/// call, `retry`) may have been applied: proposed here, or written, even
+/// in part, to a leader. When none may have been, a call that ended
+/// without an answer (no leader known, no answer in time: the errors
+/// [`at_deadline`] makes itself) knows the command was not applied:
+/// `not_started`, keeping why. Before, such a call answered an unknown
+/// outcome, and the facade's operation counted it "maybe applied" for
+/// good. An error an attempt returned and the call kept passes as it is,
+/// whatever the flag says: a leader's `timeout` or a `LeaderLost` speaks
+/// of an attempt that may have been applied, even if the flag missed it.
+pub(crate) fn unless_unsent(deadline: Deadline, maybe_applied: bool) -> RpcError {
+    match deadline {
+        Deadline::Kept(err) => err,
+        Deadline::Unanswered(err) if maybe_applied => err,
+        Deadline::Unanswered(RpcError::NoLeader { waited }) => {
+            RpcError::NoLeaderNotStarted { waited, earlier: None }
         }
-        _ => err,
+        // "No outcome within" would contradict "not applied".
+        Deadline::Unanswered(RpcError::Timeout { what, after }) => RpcError::NotStarted(format!(
+            "{what}: nothing of it was proposed here or written to a leader within {after:?}"
+        )),
+        Deadline::Unanswered(err) => err,
     }
 }
 
@@ -515,12 +567,32 @@ mod tests {
         ];
         for (attempted, remaining, want) in cases {
             assert_eq!(
-                worth_attempting(attempted, remaining, least),
+                worth_attempting(attempted, remaining, least, Duration::ZERO),
                 want,
                 "attempted {attempted}, {remaining:?} left"
             );
         }
-        assert!(!worth_attempting(true, ms(0), Duration::ZERO), "no time, no attempt");
+        assert!(!worth_attempting(true, ms(0), Duration::ZERO, Duration::ZERO), "no time");
+        // Review (F2): an execute on the leader needs 1 ms even for its
+        // first attempt; with that, it makes one.
+        let floor = crate::batch::MIN_BUDGET;
+        let cases = [
+            (false, Duration::from_micros(1), false),
+            (false, Duration::from_micros(999), false),
+            (false, ms(1), true),
+            (false, ms(5), true),
+            (true, ms(5), false),
+            (true, ms(20), true),
+        ];
+        for (attempted, remaining, want) in cases {
+            assert_eq!(
+                worth_attempting(attempted, remaining, least, floor),
+                want,
+                "floor: attempted {attempted}, {remaining:?} left"
+            );
+        }
+        assert!(worth_attempting(true, ms(1), Duration::ZERO, floor), "a floor above least");
+        assert!(!worth_attempting(true, Duration::from_micros(500), Duration::ZERO, floor));
     }
 
     /// Issue 12: an execute none of whose attempts may have been applied
@@ -530,22 +602,64 @@ mod tests {
     /// error stays.
     #[test]
     fn an_execute_never_sent_anywhere_was_not_started() {
-        let no_leader = || RpcError::NoLeader { waited: Duration::from_secs(3) };
-        let unsent = unless_unsent(no_leader(), false);
+        let waited = Duration::from_secs(3);
+        let unanswered = |leader| at_deadline("execute", false, None, leader, waited);
+        let unsent = unless_unsent(unanswered(None), false);
         assert!(
-            matches!(unsent, RpcError::NoLeaderNotStarted { waited } if waited.as_secs() == 3),
+            matches!(unsent, RpcError::NoLeaderNotStarted { waited, earlier: None } if waited.as_secs() == 3),
             "{unsent:?}"
         );
-        for err in [no_leader(), timeout()] {
-            let text = err.to_string();
-            let unsent = unless_unsent(err, false);
-            assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
-            assert!(!unsent.outcome_unknown());
-            assert!(unsent.to_string().contains(&text), "{unsent}");
+        let text = unanswered(None).into_error().to_string();
+        let unsent = unless_unsent(unanswered(None), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        assert!(!unsent.outcome_unknown());
+        assert!(unsent.to_string().contains(&text[..text.find(';').unwrap()]), "{unsent}");
+        // Review (F4): no time left, or no answer in time, with nothing
+        // sent: the text says not applied, never "no outcome".
+        let unsent = unless_unsent(unanswered(Some(OTHER)), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        assert_eq!(
+            unsent.to_string(),
+            "not started: execute: nothing of it was proposed here or written to a leader \
+             within 3s; the command was not applied"
+        );
+        let unsent =
+            unless_unsent(at_deadline("execute", true, None, Some(STRANGER), waited), false);
+        assert_eq!(unsent.code(), ErrorCode::NotStarted, "{unsent}");
+        let text = unsent.to_string();
+        assert!(text.contains("(9) is not in its configuration yet"), "{text}");
+        assert!(!text.contains("no outcome"), "{text}");
+        for leader in [None, Some(OTHER)] {
+            let code = unanswered(leader).into_error().code();
+            assert_eq!(
+                unless_unsent(unanswered(leader), true).code(),
+                code,
+                "may have been applied"
+            );
         }
-        for err in [no_leader(), timeout(), remote("unavailable", None)] {
-            let code = err.code();
-            assert_eq!(unless_unsent(err, true).code(), code, "may have been applied");
+        let kept = |err| at_deadline("execute", false, Some(err), Some(OTHER), waited);
+        assert_eq!(
+            unless_unsent(kept(remote("unavailable", None)), true).code(),
+            ErrorCode::Unavailable
+        );
+        // Review: only what `at_deadline` made itself is "not started". An
+        // error an attempt returned speaks of that attempt, even if the flag
+        // missed it: a leader's own `timeout`, a lost leadership, a local
+        // timeout waiting for an answer, pass unchanged.
+        let returned: [fn() -> RpcError; 3] = [
+            || remote("timeout", None),
+            || RpcError::LeaderLost { what: "execute".to_owned() },
+            timeout,
+        ];
+        for err in returned {
+            let text = err().to_string();
+            for leader in [None, Some(OTHER)] {
+                let deadline = at_deadline("execute", false, Some(err()), leader, waited);
+                let passed = unless_unsent(deadline, false);
+                assert_eq!(passed.code(), ErrorCode::Timeout, "{passed}");
+                assert!(passed.outcome_unknown(), "{passed}");
+                assert_eq!(passed.to_string(), text);
+            }
         }
         let passed = [
             RpcError::Fatal("f".to_owned()),
@@ -555,7 +669,7 @@ mod tests {
         ];
         for err in passed {
             let code = err.code();
-            assert_eq!(unless_unsent(err, false).code(), code);
+            assert_eq!(unless_unsent(Deadline::Kept(err), false).code(), code);
         }
     }
 
@@ -671,8 +785,13 @@ mod tests {
             // heard `no_leader`, the message lost).
             (true, kept(), None, ErrorCode::Unavailable),
             (true, Some(timeout()), None, ErrorCode::Timeout),
-            // A known outcome kept ("not sent") says less than "no leader".
-            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NoLeader),
+            // A known outcome kept ("not sent"), then no leader: "no
+            // leader", not started, with the kept reason (review, F4:
+            // before, `no_leader` alone).
+            (true, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
+            (false, Some(RpcError::NotStarted("n".to_owned())), None, ErrorCode::NotStarted),
+            (false, Some(remote("not_started", None)), None, ErrorCode::NotStarted),
+            (true, Some(remote("not_started", None)), None, ErrorCode::NotStarted),
             (false, None, None, ErrorCode::NoLeader),
             (false, kept(), None, ErrorCode::Unavailable),
             (true, kept(), Some(STRANGER), ErrorCode::Unavailable),
@@ -685,15 +804,23 @@ mod tests {
             (false, None, Some(OTHER), ErrorCode::Timeout),
         ];
         for (waiting, last, known, want) in cases {
-            let err = at_deadline("put", waiting, last, known, waited);
+            let err = at_deadline("put", waiting, last, known, waited).into_error();
             assert_eq!(err.code(), want, "{waiting} {known:?}: {err}");
         }
-        let err = at_deadline("put", true, None, Some(STRANGER), waited);
+        let err = at_deadline("put", true, None, Some(STRANGER), waited).into_error();
         assert!(err.to_string().contains("(9) is not in its configuration"), "{err}");
-        let err = at_deadline("put", false, None, None, waited);
+        let err = at_deadline("put", false, None, None, waited).into_error();
         assert!(matches!(err, RpcError::NoLeader { waited: w } if w == waited), "{err}");
-        let err = at_deadline("put", true, Some(timeout()), None, waited);
+        let err = at_deadline("put", true, Some(timeout()), None, waited).into_error();
         assert_eq!(err.to_string(), timeout().to_string(), "the kept message");
+        let refused = RpcError::NotStarted("every dial failed: refused".to_owned());
+        let err = at_deadline("put", true, Some(refused), None, waited).into_error();
+        assert!(matches!(err, RpcError::NoLeaderNotStarted { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "not started: no leader elected within 3s; the cluster may have lost its quorum \
+             (earlier: every dial failed: refused) (the command was not applied)"
+        );
     }
 
     #[test]

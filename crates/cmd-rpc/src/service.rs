@@ -33,7 +33,7 @@ use crate::api::{
     ExecuteBatchResponse, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
     ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-use crate::batch::{Abandon, Batched, Batches, Route};
+use crate::batch::{Abandon, Batched, Batches, MIN_BUDGET, Route};
 use crate::client::{Addressee, CommandClient};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
@@ -198,6 +198,27 @@ impl<S: StateMachine> CommandService<S> {
         what: &str,
         deadline: Instant,
         origin: Origin,
+        attempt: F,
+    ) -> Result<T, RpcError>
+    where
+        F: FnMut(Target) -> Fut,
+        Fut: Future<Output = Result<Retry<T>, RpcError>>,
+    {
+        let settle = route::Deadline::into_error;
+        self.with_leader_settled(what, deadline, origin, Duration::ZERO, settle, attempt).await
+    }
+
+    /// [`CommandService::with_leader`], an attempt here made only with at
+    /// least `local_floor` left (an execute's proposal needs some time,
+    /// `route::worth_attempting`), and the call's end at its deadline told
+    /// by `settle` (an execute tells what it knows of its attempts).
+    async fn with_leader_settled<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        origin: Origin,
+        local_floor: Duration,
+        settle: impl Fn(route::Deadline) -> RpcError,
         mut attempt: F,
     ) -> Result<T, RpcError>
     where
@@ -214,7 +235,13 @@ impl<S: StateMachine> CommandService<S> {
         let mut attempted = false;
         let report = |waiting_for_leader: bool, last_error: Option<RpcError>| {
             let known = self.node.metrics().leader;
-            route::at_deadline(what, waiting_for_leader, last_error, known, started.elapsed())
+            settle(route::at_deadline(
+                what,
+                waiting_for_leader,
+                last_error,
+                known,
+                started.elapsed(),
+            ))
         };
         loop {
             // This node may stop on a fatal error mid-call: it serves no more.
@@ -250,12 +277,14 @@ impl<S: StateMachine> CommandService<S> {
                 // this turn may have run to the deadline, or nearly): the
                 // call reports what it has. An attempt now could only
                 // time out, replacing what the last one said, and an
-                // execute proposed with no time could still be applied.
-                Step::Attempt(_)
+                // execute proposed with no time (or less than 1 ms) could
+                // still be applied while its caller hears "no outcome".
+                Step::Attempt(ref target)
                     if !route::worth_attempting(
                         attempted,
                         deadline.saturating_duration_since(Instant::now()),
                         self.config.min_backoff,
+                        if *target == Target::Local { local_floor } else { Duration::ZERO },
                     ) =>
                 {
                     return Err(report(false, last_error));
@@ -393,8 +422,12 @@ impl<S: StateMachine> CommandService<S> {
             }
         };
         let maybe_applied = &maybe_applied;
+        // Nothing of it proposed here or written to a leader, and no
+        // answer by the deadline: "not applied" (`not_started`).
+        let settle =
+            |deadline| route::unless_unsent(deadline, maybe_applied.load(Ordering::Relaxed));
         let result = self
-            .with_leader("execute", deadline, origin, |target| async move {
+            .with_leader_settled("execute", deadline, origin, MIN_BUDGET, settle, |target| async move {
                 match target {
                     Target::Local => {
                         let command = request.command.get().as_bytes().to_vec();
@@ -510,9 +543,6 @@ impl<S: StateMachine> CommandService<S> {
                 Err(expired(true))
             }
             Err(err) if err.code() == ErrorCode::SessionExpired => Err(expired(false)),
-            // Nothing of it was proposed here or written to a leader: an
-            // answer at the deadline is "not applied" (`not_started`).
-            Err(err) => Err(route::unless_unsent(err, maybe_applied.load(Ordering::Relaxed))),
             other => other,
         }
     }
@@ -535,12 +565,25 @@ impl<S: StateMachine> CommandService<S> {
                     self.stats.batch_started.inc();
                     self.execute(&command.request, own, Origin::Forwarded).await
                 }
+                // Not started here: nothing of it was proposed in this
+                // call, so `not_started` (not applied), as `execute` would
+                // answer with no time left. Unless the follower says an
+                // earlier attempt may have been applied (`retry`: batches
+                // never carry it, but the leader does not count on that),
+                // which this leader cannot know of: then unknown. The
+                // follower drops a `not_started` after its own attempt that
+                // may have been applied (finding 24).
                 _ => Err({
                     self.stats.batch_not_started.inc();
-                    RpcError::Unavailable(format!(
+                    let why = format!(
                         "the leader is running {BATCH_WORK} batched commands; this one was not \
-                     started within its budget"
-                    ))
+                         started within its budget"
+                    );
+                    if command.request.retry {
+                        RpcError::Unavailable(why)
+                    } else {
+                        RpcError::NotStarted(why)
+                    }
                 }),
             };
             match result {

@@ -305,3 +305,100 @@ async fn an_execute_with_no_time_left_is_not_proposed() {
     assert_eq!(answer.result.get(), "1", "the command with no time left was applied");
     stop_node(node).await;
 }
+
+/// Review of issue 12 (F2): an execute on the leader with a sliver of time
+/// (100 µs) is not proposed either. Before, only a zero budget was
+/// refused: the proposal was polled once, queued, the call timed out, and
+/// the command was applied while its caller heard an unknown outcome
+/// where `not_started` was known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
+    let net = MemNetwork::new();
+    let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
+    let raft = node.service.node().clone();
+    let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
+    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
+    let session: u128 = {
+        let registered =
+            node.service.register(Instant::now() + WAIT, Origin::Client).await.expect("a session");
+        u128::from_str_radix(&registered.client, 16).unwrap()
+    };
+    let sliver = Instant::now() + Duration::from_micros(100);
+    let answer = node.service.execute(&put(session, 1, "late"), sliver, Origin::Client).await;
+    let err = answer.expect_err("a command with 100 µs left was answered");
+    assert_eq!(err.code(), ErrorCode::NotStarted, "{err}");
+    assert!(!err.outcome_unknown(), "{err}");
+    // A later command in the same session commits after anything the
+    // first one proposed: the count shows whether that was applied.
+    let answer = node
+        .service
+        .execute(&put(session, 2, "next"), Instant::now() + WAIT, Origin::Client)
+        .await
+        .expect("the next command");
+    assert_eq!(answer.result.get(), "1", "the command with a sliver of time was applied");
+    // A short but workable deadline still makes its attempt.
+    let answer = node
+        .service
+        .execute(
+            &put(session, 3, "short"),
+            Instant::now() + Duration::from_millis(200),
+            Origin::Client,
+        )
+        .await
+        .expect("a command with 200 ms is proposed");
+    assert_eq!(answer.result.get(), "2");
+    stop_node(node).await;
+}
+
+/// Review of issue 12 (F1): a batch that never got a request slot is
+/// handed back unsent before its callers stop waiting. The follower may
+/// have one request out to the leader (`max_requests_per_peer = 1`); a
+/// read to the played leader, which never answers, holds it. Three
+/// executes follow: the first goes alone and waits for the slot until its
+/// deadline, the others wait for it and then go together in a batch,
+/// which waits for the slot too. Before, the batch waited until its
+/// attempt's end and a grace beyond it, its callers only until their
+/// deadline: they gave up first and heard "no answer in time" (unknown)
+/// for commands never written. Now every one of them is `not_started`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_never_got_a_request_slot_was_not_started() {
+    let net = MemNetwork::new();
+    let config = CommandConfig {
+        max_requests_per_peer: 1,
+        attempt_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (follower, leader, at) = follower_of_a_silent_leader(&net, config).await;
+    let requests = play_leader(&net, at, vec![Reply::Silent]).await;
+    let service = follower.service.clone();
+    let read = tokio::spawn(async move {
+        service.read(&linearizable(), Instant::now() + Duration::from_secs(3)).await
+    });
+    eventually(WAIT, "the read holds the request slot", async || {
+        (requests.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+    let stats = follower.service.stats().clone();
+    let execute = |seq: u64, within: Duration| {
+        let service = follower.service.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + within;
+            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
+        })
+    };
+    let alone = execute(1, Duration::from_millis(300));
+    eventually(WAIT, "the first execute out", async || (stats.forwarded.get() >= 1).then_some(()))
+        .await;
+    let together = [execute(2, Duration::from_secs(1)), execute(3, Duration::from_secs(1))];
+    for call in std::iter::once(alone).chain(together) {
+        let err = call.await.unwrap().expect_err("nothing answers");
+        assert_eq!(err.code(), ErrorCode::NotStarted, "{err}");
+        assert!(!err.outcome_unknown(), "{err}");
+    }
+    assert!(stats.batches.get() >= 1, "no batch was formed");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "only the read reached the leader");
+    let _ = read.await;
+    stop_all(follower, leader).await;
+}

@@ -298,7 +298,7 @@ impl From<RpcError> for Error {
         match err {
             // Not applied, when it says so (code `not_started`); the
             // operation knows that from the code.
-            E::NoLeader { waited } | E::NoLeaderNotStarted { waited } => {
+            E::NoLeader { waited } | E::NoLeaderNotStarted { waited, .. } => {
                 return Error::NoLeader { waited };
             }
             E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
@@ -413,8 +413,16 @@ mod tests {
             // every dial failed): not applied, so not "maybe" for good.
             (remote("not_started"), false, Applied::No),
             (RpcError::NotStarted("no answer in time".to_owned()), false, Applied::No),
-            (RpcError::NoLeaderNotStarted { waited: Duration::ZERO }, false, Applied::No),
-            (RpcError::NoLeaderNotStarted { waited: Duration::ZERO }, true, Applied::Maybe),
+            (
+                RpcError::NoLeaderNotStarted { waited: Duration::ZERO, earlier: None },
+                false,
+                Applied::No,
+            ),
+            (
+                RpcError::NoLeaderNotStarted { waited: Duration::ZERO, earlier: None },
+                true,
+                Applied::Maybe,
+            ),
             (remote("not_started"), true, Applied::Maybe),
         ];
         for (err, earlier, want) in cases {
@@ -422,7 +430,10 @@ mod tests {
         }
         // A call that found no leader is still `Error::NoLeader` to the
         // caller, not applied.
-        let err = Error::from(RpcError::NoLeaderNotStarted { waited: Duration::from_secs(3) });
+        let err = Error::from(RpcError::NoLeaderNotStarted {
+            waited: Duration::from_secs(3),
+            earlier: None,
+        });
         assert!(matches!(err, Error::NoLeader { waited } if waited.as_secs() == 3), "{err:?}");
     }
 
