@@ -50,8 +50,10 @@ pub enum ErrorCode {
     NotConfirmed,
     /// `not_started`: the command was never sent to the leader within its
     /// deadline, and no earlier attempt of the call may have been applied:
-    /// not applied. (A leader that cannot start a batched command answers
-    /// `unavailable`, an unknown outcome.)
+    /// not applied. A leader that cannot start a batched command within its
+    /// budget answers it too, unless the command says an earlier attempt
+    /// may have been applied (`retry`): then `unavailable`, an unknown
+    /// outcome.
     NotStarted,
     /// `unavailable`: the service cannot answer now (another membership
     /// change is in progress, the node is starting or shutting down).
