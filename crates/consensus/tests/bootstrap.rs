@@ -7,6 +7,8 @@
 //! - a former that dies after some promisers bound themselves to its
 //!   cluster, restarted (memory storage: a new incarnation; durable: the
 //!   same one), finishes the formation;
+//! - a wiped former whose earlier incarnation initialized its cluster never
+//!   initializes that cluster id a second time (finding 38);
 //! - a binder whose incarnation changes before its former initializes is
 //!   counted as its new incarnation (the seal round), never the dead one;
 //! - the binders of a former gone for good give their binding up, and a
@@ -559,6 +561,82 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     for kv in [b, c] {
         kv.stop(StopMode::Stay).await.unwrap();
     }
+}
+
+/// docs/reliability.md finding 38: a wiped former's new incarnation
+/// resumed a cluster id its earlier incarnation had already initialized,
+/// and initialized it a second time with other voters.
+///
+/// ra forms a cluster with `expected_size` 2; rc binds itself to it (never
+/// sealed), rb refuses (ra is untagged in rb's view). Then rc leaves ra's
+/// view and ra comes back into rb's: ra binds rb, seals it and initializes
+/// the cluster with {ra, rb}, which commits a write. ra is wiped (memory
+/// storage: a new incarnation, same stable id) and starts again seeing
+/// only rc (rb is down). rc, still bound to ra's cluster, names ra's earlier
+/// incarnation as its former (rc's probes of ra are refused, so it never
+/// sees that ra forgot). Before the fix the new incarnation read its own
+/// name in that hint, resumed the cluster id, rebound rc, sealed it and
+/// initialized {ra', rc} under the id of {ra, rb}: two histories under one
+/// cluster id, each with its own index-0 membership. With the fix it never
+/// takes up an id it did not draw: it waits, naming the earlier
+/// incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_former_never_initializes_its_cluster_id_a_second_time() {
+    let long = Duration::from_secs(60);
+    let mut s = stall_a_formation_of(2, [long, long, long], None).await;
+    // rc (bound, not sealed) leaves ra's view and sees only ra; ra is back
+    // in rb's view, and rb sees only ra.
+    s.slow_c.set_delay(Duration::ZERO);
+    s.views[2].set(view(2, &[(0, true)]));
+    s.views[0].set(view(0, &[(1, true)]));
+    s.views[1].set(view(1, &[(0, true)]));
+    let a = s.starts[0].take().unwrap().await.unwrap().expect("ra initializes {ra, rb}");
+    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb is an initial voter");
+    for kv in [&a, &b] {
+        kv.wait_for(WAIT, |m| m.voters == 2 && m.leader.is_some()).await.unwrap();
+    }
+    assert_eq!(cluster_id_of(&s.net, 0).await, Some(s.cluster));
+    let first: BTreeSet<u64> = voters(&a);
+    assert_eq!(first, BTreeSet::from([a.id(), b.id()]));
+    a.execute(()).await.expect("a write commits in {ra, rb}");
+    // rc is still bound to ra's cluster, by ra's first incarnation.
+    let c_now = probe(&s.net, 0, 2).await;
+    assert!(
+        matches!(&c_now, Some(ProbeState::Member { cluster_id, leader: Some(l) })
+            if *cluster_id == s.cluster && l.node.stable_id == "ra" && l.id == a.id()),
+        "rc is not bound to ra's first incarnation: {c_now:?}"
+    );
+    // ra is wiped and rb is down; ra starts again (a new incarnation),
+    // seeing only rc.
+    let first_id = a.id();
+    for kv in [a, b] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+    s.views[0].set(view(0, &[(2, true)]));
+    let short = Duration::from_secs(6);
+    let again = start(Arc::new(s.net.node(ip(0))), &s.views[0], config(0, short, None), 2);
+    match again.await.unwrap() {
+        Ok(a2) => {
+            // (Asked of rc, as ra: ra's view no longer holds rb.)
+            let cluster = cluster_id_of(&s.net, 2).await;
+            let second = voters(&a2);
+            assert_ne!(a2.id(), first_id);
+            assert_ne!(
+                cluster,
+                Some(s.cluster),
+                "ra's new incarnation initialized cluster {} a second time: voters {second:?}, \
+                 after {first:?}",
+                s.cluster
+            );
+            a2.stop(StopMode::Stay).await.unwrap();
+        }
+        Err(Error::JoinFailed { reason, .. }) => {
+            assert!(reason.contains("earlier incarnation"), "{reason}");
+        }
+        Err(other) => panic!("ra's new incarnation failed otherwise: {other}"),
+    }
+    let c = s.starts[2].take().unwrap();
+    c.abort();
 }
 
 /// A binder is ready at start (it answers for its binding); once it gives
