@@ -751,15 +751,20 @@ async fn start_forming<S: StateMachine>(
     if now != *decided {
         return Ok(Some("the situation changed while deciding".to_owned()));
     }
-    let cluster = match now {
-        Decision::Form => ClusterId::random().map_err(Error::Fatal)?,
-        Decision::Resume { cluster } => cluster,
+    // A new cluster id is drawn by raft-core as it binds this node to it;
+    // an id is taken up again only as this incarnation's own binding read
+    // back (raft-core refuses any other: docs/reliability.md finding 38).
+    let stored = match now {
+        Decision::Form => raft.form().await,
+        Decision::Resume { cluster } => {
+            raft.bind(cluster, raft.id(), raft.info().clone()).await.map(|()| cluster)
+        }
         _ => return Ok(Some("not forming".to_owned())),
     };
-    match raft.bind(cluster, raft.id(), raft.info().clone()).await {
-        Ok(()) => {}
-        Err(err) => return Ok(Some(format!("cannot store cluster id {cluster}: {err}"))),
-    }
+    let cluster = match stored {
+        Ok(cluster) => cluster,
+        Err(err) => return Ok(Some(format!("cannot store a cluster id to form: {err}"))),
+    };
     state.promise = None;
     state.forming = Some(Forming { cluster, confirmed: BTreeMap::new(), sealed: BTreeMap::new() });
     tracing::info!(
@@ -985,8 +990,17 @@ async fn initialize<S: StateMachine>(
         voters = members.len(),
         "every tagged peer sealed its binding to the cluster; initializing it"
     );
-    let formed =
-        raft.initialize_in(cluster, members).await.map_err(|e| Error::Fatal(e.to_string()))?;
+    let formed = match raft.initialize_in(cluster, members).await {
+        Ok(formed) => formed,
+        // raft-core's backstop (finding 38): this incarnation did not draw
+        // that id. Never initialized a second time; probe again.
+        Err(err @ raft_core::MembershipError::NotFormer { .. }) => {
+            tracing::warn!(id = inner.id, %cluster, error = %err, "refused to initialize");
+            state.forming = None;
+            return Ok(Round::Again(err.to_string()));
+        }
+        Err(err) => return Err(Error::Fatal(err.to_string())),
+    };
     state.forming = None;
     if formed {
         tracing::info!(id = inner.id, %cluster, "formed the cluster");
