@@ -206,21 +206,25 @@ impl CommandClient {
         origin: Origin,
         answer_limit: usize,
     ) -> Sent<R> {
-        let call = Call {
-            deadline: deadline.into(),
-            answer_within: Some(answer_within),
-            origin,
+        let deadline = deadline.into();
+        self.post_attempt_sent_by(
             to,
+            node,
+            path,
+            body,
+            deadline,
+            answer_within,
+            origin,
             answer_limit,
-            send_by: None,
-        };
-        self.request(node, Method::POST, path, body, call).await
+            None,
+        )
+        .await
     }
 
     /// [`CommandClient::post_attempt_encoded`], given up unwritten (not
     /// sent: `Sent::written` false) if no address has a free request slot
-    /// and a connection by `send_by`: a batch whose callers stop waiting
-    /// then hands them back unsent before they do.
+    /// and a connection by `send_by` (when given): a batch whose callers
+    /// stop waiting then hands them back unsent before they do.
     #[allow(clippy::too_many_arguments, reason = "post_attempt_encoded's arguments and send_by")]
     pub(crate) async fn post_attempt_sent_by<R: DeserializeOwned>(
         &self,
@@ -232,7 +236,7 @@ impl CommandClient {
         answer_within: Duration,
         origin: Origin,
         answer_limit: usize,
-        send_by: Instant,
+        send_by: Option<Instant>,
     ) -> Sent<R> {
         let call = Call {
             deadline: deadline.into(),
@@ -240,7 +244,7 @@ impl CommandClient {
             origin,
             to,
             answer_limit,
-            send_by: Some(send_by),
+            send_by,
         };
         self.request(node, Method::POST, path, body, call).await
     }
