@@ -669,6 +669,73 @@ async fn a_wiped_former_never_initializes_its_cluster_id_a_second_time() {
     c.abort();
 }
 
+/// The fresh node that follows a dead former's hint: ra's formation stalls
+/// (rc bound to it, rb refused) and ra dies. rb, free, sees ra tagged and
+/// online again while rc still names ra as its cluster's former: rb joins
+/// that cluster through ra, storing its id first, and the join fails (ra
+/// is gone; here a listener in ra's place drops it). Then ra starts again
+/// without its state (a new incarnation, which never takes that id up:
+/// finding 38). Before the fix rb kept the cluster id for ever with no
+/// former to give up and no leader to name, so every other node waited on
+/// it (a member that knows no leader) and no cluster formed. Now a join
+/// that did not happen gives the id back, and the three form one cluster
+/// under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_join_failed_does_not_keep_the_cluster_id() {
+    use tokio::io::AsyncReadExt;
+    let long = WAIT * 2;
+    let mut s = stall_a_formation([Duration::from_secs(3), long, long], None).await;
+    match s.starts[0].take().unwrap().await.unwrap() {
+        Err(Error::JoinFailed { .. }) => {}
+        other => panic!("ra's formation did not stall: {:?}", other.map(|_| "a node")),
+    }
+    s.slow_c.set_delay(Duration::ZERO);
+    // In ra's place, a listener that drops every request after noting
+    // whether it was a join.
+    let joins = Arc::new(AtomicUsize::new(0));
+    let listener = s.net.node(ip(0)).listen(A_PORT).await.unwrap();
+    let seen_joins = joins.clone();
+    let dead_a = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 64];
+            if let Ok(n) = stream.read(&mut head).await
+                && head[..n].starts_with(b"POST /v1/join")
+            {
+                seen_joins.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    s.views[1].set(view(1, &[(0, true), (2, true)]));
+    until(WAIT, "rb asks ra to join the cluster rc names it the former of", || async {
+        joins.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    dead_a.abort();
+    let a_config =
+        Config { command_port: PORT, seed_command_ports: Vec::new(), ..config(0, WAIT, None) };
+    let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], a_config, 3);
+    let a2 = match restarted.await.unwrap() {
+        Ok(a2) => a2,
+        Err(err) => {
+            let b_now = probe(&s.net, 2, 1).await;
+            panic!("ra's new incarnation did not start: {err} (rb answers {b_now:?})")
+        }
+    };
+    let mut nodes = vec![a2];
+    for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
+        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    assert_ne!(cluster_id_of(&s.net, 1).await, Some(s.cluster), "the dead former's id was taken up");
+    for kv in nodes {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
 /// A binder is ready at start (it answers for its binding); once it gives
 /// that binding up it is free, and must hear from every tagged peer before
 /// it promises anything, as any starting node. rc (durable)
