@@ -409,7 +409,7 @@ pub(crate) async fn run<S: StateMachine>(
                     // Ready again only on answers heard from now on.
                     heard.clear();
                 }
-                match round(inner, options, &view, &answers, deadline).await? {
+                match round(inner, options, &view, &answers, &ids, deadline).await? {
                     Round::Done => return wait_for_leader(inner, deadline, started).await,
                     Round::Again(why) => reason = why,
                 }
@@ -661,6 +661,7 @@ async fn round<S: StateMachine>(
     options: &BootstrapOptions,
     view: &ClusterView,
     answers: &[PeerAnswer],
+    ids: &BTreeMap<String, NodeId>,
     deadline: Instant,
 ) -> Result<Round, Error> {
     let me = inner.raft().info().stable_id.clone();
@@ -676,7 +677,7 @@ async fn round<S: StateMachine>(
         };
         match decision {
             Decision::Join { cluster, leader, via } => {
-                return match join(inner, cluster, leader, view, deadline).await {
+                return match join(inner, cluster, leader, view, ids, deadline).await {
                     Ok(()) => {
                         tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
                         Ok(Round::Done)
@@ -1023,13 +1024,22 @@ async fn probe_all<S: StateMachine>(
     let mut probes = JoinSet::new();
     let mut answers = Vec::new();
     let mut ids = BTreeMap::new();
+    // A binder also tries its former where the former said it listens, so
+    // that it hears a new incarnation there answer that it forgot (and
+    // gives the binding up) whatever its own port list.
+    let former = inner.raft().former().map(|(_, node)| node);
     for peer in view.members.values() {
         if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
             continue;
         }
         let client = inner.service.client().clone();
-        let ports = join_ports(&inner.config);
+        let mut ports = join_ports(&inner.config);
+        if let Some(former) = former.as_ref().filter(|f| f.stable_id == peer.id.0)
+            && !ports.contains(&former.command_port)
+        {
+            ports.push(former.command_port);
+        }
         let peer = peer.clone();
         probes.spawn(async move {
             let (answer, id) = probe(&client, &peer, &ports, wants_promise, deadline).await;
@@ -1150,21 +1160,46 @@ async fn join<S: StateMachine>(
     cluster: ClusterId,
     leader: LeaderHint,
     view: &ClusterView,
+    ids: &BTreeMap<String, NodeId>,
     deadline: Instant,
 ) -> Result<(), String> {
     let raft = inner.raft();
     // Never store a cluster id on hearsay: the leader a peer names must be
-    // a tagged, online node of this node's own view.
+    // a tagged, online node of this node's own view, and not one that
+    // answered this round as another incarnation (the hint is stale: a
+    // binder naming a former that lost its state, which never takes that
+    // cluster up again).
     let first = resolve(view, &leader)?;
     if !view.members.values().any(|n| n.id.0 == first.stable_id && n.online) {
         return Err(format!("leader {:?} is offline here", first.stable_id));
     }
+    if let Some(now) = ids.get(&first.stable_id).filter(|now| **now != leader.id) {
+        return Err(format!(
+            "{:?} answers as raft id {now}, not as the {} named: a stale hint",
+            first.stable_id, leader.id
+        ));
+    }
     {
         let mut state = inner.boot.lock().await;
-        if let Some(own) = raft.cluster_id().filter(|own| *own != cluster) {
-            return Err(format!("this node is bound to cluster {own} meanwhile"));
+        match raft.cluster_id() {
+            Some(own) if own != cluster => {
+                return Err(format!("this node is bound to cluster {own} meanwhile"));
+            }
+            // Already its cluster (bound to it, or a join before a
+            // restart).
+            Some(_) => {}
+            // A free node binds itself to the cluster by the node it
+            // follows, as a binder is bound by its former, so that it
+            // gives the id up as a binder does if that node forgets it or
+            // is gone for good before the join happens (a former that
+            // died before initializing: otherwise the node would answer
+            // as a member that knows no leader for ever and every peer
+            // would wait on it). Its former confirms it as its binder.
+            None => raft
+                .bind(cluster, leader.id, first.clone())
+                .await
+                .map_err(|err| format!("storing cluster {cluster}: {err}"))?,
         }
-        raft.set_cluster_id(cluster).await.map_err(|err| err.to_string())?;
         state.promise = None;
         state.forming = None;
     }
