@@ -677,7 +677,15 @@ async fn round<S: StateMachine>(
         };
         match decision {
             Decision::Join { cluster, leader, via } => {
-                return match join(inner, cluster, leader, view, ids, deadline).await {
+                let leader = match current_hint(cluster, leader, answers, ids) {
+                    Ok(leader) => leader,
+                    Err(why) => {
+                        return Ok(Round::Again(format!(
+                            "joining cluster {cluster} (named by {via}): {why}"
+                        )));
+                    }
+                };
+                return match join(inner, cluster, leader, view, deadline).await {
                     Ok(()) => {
                         tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
                         Ok(Round::Done)
@@ -1152,6 +1160,33 @@ fn resolve(view: &ClusterView, hint: &LeaderHint) -> Result<NodeInfo, String> {
     Ok(NodeInfo { addrs: node.addrs().collect(), ..hint.node.clone() })
 }
 
+/// The leader to join `cluster` through, for a `hint` a peer gave: the
+/// hint itself, unless the node it names answered this round as another
+/// raft id (the hint names an earlier incarnation: a binder naming a
+/// former that lost its state, which never takes that cluster up again).
+/// Then that node's own answer decides: the leader it names for the same
+/// cluster (its new incarnation may have joined it, and lead it), else
+/// none (following the stale hint would bind this node to a dead
+/// incarnation again and again).
+fn current_hint(
+    cluster: ClusterId,
+    hint: LeaderHint,
+    answers: &[PeerAnswer],
+    ids: &BTreeMap<String, NodeId>,
+) -> Result<LeaderHint, String> {
+    let named = &hint.node.stable_id;
+    let Some(now) = ids.get(named).filter(|now| **now != hint.id) else { return Ok(hint) };
+    let own = answers.iter().find(|a| a.name == *named).map(|a| &a.answer);
+    match own {
+        Some(Answer::Member { cluster: c, leader: Some(l) }) if *c == cluster => Ok(l.clone()),
+        _ => Err(format!(
+            "{named:?} answers as raft id {now}, not as the {} named, and names no leader of \
+             that cluster: a stale hint",
+            hint.id
+        )),
+    }
+}
+
 /// Stores `cluster` as this node's cluster (under the bootstrap lock: from
 /// now on it answers probes as a member; refused if this node is bound to
 /// another cluster meanwhile), then asks its leader to add it.
@@ -1160,24 +1195,14 @@ async fn join<S: StateMachine>(
     cluster: ClusterId,
     leader: LeaderHint,
     view: &ClusterView,
-    ids: &BTreeMap<String, NodeId>,
     deadline: Instant,
 ) -> Result<(), String> {
     let raft = inner.raft();
     // Never store a cluster id on hearsay: the leader a peer names must be
-    // a tagged, online node of this node's own view, and not one that
-    // answered this round as another incarnation (the hint is stale: a
-    // binder naming a former that lost its state, which never takes that
-    // cluster up again).
+    // a tagged, online node of this node's own view.
     let first = resolve(view, &leader)?;
     if !view.members.values().any(|n| n.id.0 == first.stable_id && n.online) {
         return Err(format!("leader {:?} is offline here", first.stable_id));
-    }
-    if let Some(now) = ids.get(&first.stable_id).filter(|now| **now != leader.id) {
-        return Err(format!(
-            "{:?} answers as raft id {now}, not as the {} named: a stale hint",
-            first.stable_id, leader.id
-        ));
     }
     {
         let mut state = inner.boot.lock().await;
@@ -1276,6 +1301,39 @@ mod tests {
     /// An online peer without a path is not dialed until its path arrives,
     /// or for at most PATHLESS_GRACE; a peer with a path from the start,
     /// or offline, is not held back (offline peers are silent anyway).
+    #[test]
+    fn a_hint_naming_an_earlier_incarnation_is_followed_only_through_its_new_one() {
+        let (c, other) = (ClusterId(1), ClusterId(2));
+        let hint = |id, name: &str| LeaderHint {
+            id,
+            node: NodeInfo {
+                stable_id: name.to_owned(),
+                addrs: Vec::new(),
+                raft_port: 0,
+                command_port: 0,
+            },
+        };
+        let answer = |answer| vec![Peer { name: "a".to_owned(), answer }];
+        let ids = BTreeMap::from([("a".to_owned(), 7)]);
+        // The named node answered as the raft id named: the hint holds.
+        assert_eq!(current_hint(c, hint(7, "a"), &[], &ids), Ok(hint(7, "a")));
+        // Not heard this round: nothing to say it is stale.
+        assert_eq!(current_hint(c, hint(5, "b"), &[], &ids), Ok(hint(5, "b")));
+        // Another incarnation: its own answer decides.
+        let led = answer(Answer::Member { cluster: c, leader: Some(hint(7, "a")) });
+        assert_eq!(current_hint(c, hint(5, "a"), &led, &ids), Ok(hint(7, "a")));
+        let elsewhere = answer(Answer::Member { cluster: c, leader: Some(hint(9, "d")) });
+        assert_eq!(current_hint(c, hint(5, "a"), &elsewhere, &ids), Ok(hint(9, "d")));
+        for stale in [
+            answer(Answer::Fresh { promised_to: None }),
+            answer(Answer::Member { cluster: c, leader: None }),
+            answer(Answer::Member { cluster: other, leader: Some(hint(7, "a")) }),
+        ] {
+            let refused = current_hint(c, hint(5, "a"), &stale, &ids);
+            assert!(refused.as_ref().is_err_and(|e| e.contains("stale hint")), "{refused:?}");
+        }
+    }
+
     #[test]
     fn a_peer_without_a_path_is_dialed_when_it_has_one_or_after_the_grace() {
         let t0 = Instant::now();

@@ -628,7 +628,7 @@ impl<S: StateMachine> RaftNode<S> {
         if current == Some(cluster_id) {
             return Ok(());
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(match current {
                 Some(current) => MembershipError::ClusterIdFixed { current, wanted: cluster_id },
                 None => MembershipError::Other("this node has raft state but no cluster id".into()),
@@ -711,7 +711,7 @@ impl<S: StateMachine> RaftNode<S> {
         if self.gate.get() != Some(cluster_id) {
             return Err(MembershipError::Other(format!("not bound to cluster {cluster_id}")));
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(MembershipError::ClusterIdFixed {
                 current: cluster_id,
                 wanted: cluster_id,
@@ -763,7 +763,7 @@ impl<S: StateMachine> RaftNode<S> {
         {
             return Err(MembershipError::Bound { current, wanted: cluster_id });
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(MembershipError::ClusterIdFixed {
                 current: current.unwrap_or(cluster_id),
                 wanted: cluster_id,
@@ -853,7 +853,7 @@ impl<S: StateMachine> RaftNode<S> {
         cluster_id: ClusterId,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Ok(false);
         }
         if self.gate.get() == Some(cluster_id) {
@@ -880,6 +880,13 @@ impl<S: StateMachine> RaftNode<S> {
     /// Whether this node has any raft state (was initialized or joined).
     pub async fn is_initialized(&self) -> bool {
         self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// [`RaftNode::is_initialized`] failing closed: `true` when raft cannot
+    /// say (stopped or fatal), so that no identity change (binding, giving
+    /// a binding up, initializing) treats a node with a log as one without.
+    async fn may_have_state(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(true)
     }
 
     /// Proposes one command in a registered session. Concurrent proposals

@@ -1654,3 +1654,45 @@ fn changes(before: &World, after: &World) -> String {
     }
     notes.join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::design::Design0003;
+
+    /// The ghost property fires: one cluster id initialized a second time
+    /// by another node with other voters is a violation; the same
+    /// initialization repeated (a former asked again) is not.
+    #[test]
+    fn a_second_initialization_of_one_cluster_id_is_a_violation() {
+        let scenario = Scenario {
+            nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
+            expected_size: 2,
+            max_term: 1,
+            max_log: 2,
+            writes: 0,
+            crashes: 0,
+            wipes: 0,
+            tag_changes: 0,
+            reconcile: false,
+            faulty: 0,
+            taggable: None,
+            settled: false,
+            skew: false,
+            faults_after_tags: false,
+        };
+        let system = System { protocol: &Design0003, scenario };
+        let mut w = system.initial();
+        for n in 0..3 {
+            w.nodes[n].cluster = Some(1);
+        }
+        let first = Set::default().with(w.id(0)).with(w.id(2));
+        system.initialize(&mut w, 0, first);
+        system.initialize(&mut w, 0, first);
+        assert_eq!(one_formation_per_cluster(&w), None);
+        let second = Set::default().with(w.id(1)).with(w.id(2));
+        system.initialize(&mut w, 1, second);
+        let found = one_formation_per_cluster(&w).expect("a second formation of cluster 1");
+        assert!(found.contains("cluster 1 initialized again"), "{found}");
+    }
+}
