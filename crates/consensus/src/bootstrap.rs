@@ -409,7 +409,7 @@ pub(crate) async fn run<S: StateMachine>(
                     // Ready again only on answers heard from now on.
                     heard.clear();
                 }
-                match round(inner, options, &view, &answers, deadline).await? {
+                match round(inner, options, &view, &answers, &ids, deadline).await? {
                     Round::Done => return wait_for_leader(inner, deadline, started).await,
                     Round::Again(why) => reason = why,
                 }
@@ -661,6 +661,7 @@ async fn round<S: StateMachine>(
     options: &BootstrapOptions,
     view: &ClusterView,
     answers: &[PeerAnswer],
+    ids: &BTreeMap<String, NodeId>,
     deadline: Instant,
 ) -> Result<Round, Error> {
     let me = inner.raft().info().stable_id.clone();
@@ -676,6 +677,14 @@ async fn round<S: StateMachine>(
         };
         match decision {
             Decision::Join { cluster, leader, via } => {
+                let leader = match current_hint(cluster, leader, answers, ids) {
+                    Ok(leader) => leader,
+                    Err(why) => {
+                        return Ok(Round::Again(format!(
+                            "joining cluster {cluster} (named by {via}): {why}"
+                        )));
+                    }
+                };
                 return match join(inner, cluster, leader, view, deadline).await {
                     Ok(()) => {
                         tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
@@ -751,15 +760,20 @@ async fn start_forming<S: StateMachine>(
     if now != *decided {
         return Ok(Some("the situation changed while deciding".to_owned()));
     }
-    let cluster = match now {
-        Decision::Form => ClusterId::random().map_err(Error::Fatal)?,
-        Decision::Resume { cluster } => cluster,
+    // A new cluster id is drawn by raft-core as it binds this node to it;
+    // an id is taken up again only as this incarnation's own binding read
+    // back (raft-core refuses any other: docs/reliability.md finding 38).
+    let stored = match now {
+        Decision::Form => raft.form().await,
+        Decision::Resume { cluster } => {
+            raft.bind(cluster, raft.id(), raft.info().clone()).await.map(|()| cluster)
+        }
         _ => return Ok(Some("not forming".to_owned())),
     };
-    match raft.bind(cluster, raft.id(), raft.info().clone()).await {
-        Ok(()) => {}
-        Err(err) => return Ok(Some(format!("cannot store cluster id {cluster}: {err}"))),
-    }
+    let cluster = match stored {
+        Ok(cluster) => cluster,
+        Err(err) => return Ok(Some(format!("cannot store a cluster id to form: {err}"))),
+    };
     state.promise = None;
     state.forming = Some(Forming { cluster, confirmed: BTreeMap::new(), sealed: BTreeMap::new() });
     tracing::info!(
@@ -985,8 +999,17 @@ async fn initialize<S: StateMachine>(
         voters = members.len(),
         "every tagged peer sealed its binding to the cluster; initializing it"
     );
-    let formed =
-        raft.initialize_in(cluster, members).await.map_err(|e| Error::Fatal(e.to_string()))?;
+    let formed = match raft.initialize_in(cluster, members).await {
+        Ok(formed) => formed,
+        // raft-core's backstop (finding 38): this incarnation did not draw
+        // that id. Never initialized a second time; probe again.
+        Err(err @ raft_core::MembershipError::NotFormer { .. }) => {
+            tracing::warn!(id = inner.id, %cluster, error = %err, "refused to initialize");
+            state.forming = None;
+            return Ok(Round::Again(err.to_string()));
+        }
+        Err(err) => return Err(Error::Fatal(err.to_string())),
+    };
     state.forming = None;
     if formed {
         tracing::info!(id = inner.id, %cluster, "formed the cluster");
@@ -1009,13 +1032,22 @@ async fn probe_all<S: StateMachine>(
     let mut probes = JoinSet::new();
     let mut answers = Vec::new();
     let mut ids = BTreeMap::new();
+    // A binder also tries its former where the former said it listens, so
+    // that it hears a new incarnation there answer that it forgot (and
+    // gives the binding up) whatever its own port list.
+    let former = inner.raft().former().map(|(_, node)| node);
     for peer in view.members.values() {
         if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
             continue;
         }
         let client = inner.service.client().clone();
-        let ports = join_ports(&inner.config);
+        let mut ports = join_ports(&inner.config);
+        if let Some(former) = former.as_ref().filter(|f| f.stable_id == peer.id.0)
+            && !ports.contains(&former.command_port)
+        {
+            ports.push(former.command_port);
+        }
         let peer = peer.clone();
         probes.spawn(async move {
             let (answer, id) = probe(&client, &peer, &ports, wants_promise, deadline).await;
@@ -1128,6 +1160,33 @@ fn resolve(view: &ClusterView, hint: &LeaderHint) -> Result<NodeInfo, String> {
     Ok(NodeInfo { addrs: node.addrs().collect(), ..hint.node.clone() })
 }
 
+/// The leader to join `cluster` through, for a `hint` a peer gave: the
+/// hint itself, unless the node it names answered this round as another
+/// raft id (the hint names an earlier incarnation: a binder naming a
+/// former that lost its state, which never takes that cluster up again).
+/// Then that node's own answer decides: the leader it names for the same
+/// cluster (its new incarnation may have joined it, and lead it), else
+/// none (following the stale hint would bind this node to a dead
+/// incarnation again and again).
+fn current_hint(
+    cluster: ClusterId,
+    hint: LeaderHint,
+    answers: &[PeerAnswer],
+    ids: &BTreeMap<String, NodeId>,
+) -> Result<LeaderHint, String> {
+    let named = &hint.node.stable_id;
+    let Some(now) = ids.get(named).filter(|now| **now != hint.id) else { return Ok(hint) };
+    let own = answers.iter().find(|a| a.name == *named).map(|a| &a.answer);
+    match own {
+        Some(Answer::Member { cluster: c, leader: Some(l) }) if *c == cluster => Ok(l.clone()),
+        _ => Err(format!(
+            "{named:?} answers as raft id {now}, not as the {} named, and names no leader of \
+             that cluster: a stale hint",
+            hint.id
+        )),
+    }
+}
+
 /// Stores `cluster` as this node's cluster (under the bootstrap lock: from
 /// now on it answers probes as a member; refused if this node is bound to
 /// another cluster meanwhile), then asks its leader to add it.
@@ -1147,10 +1206,25 @@ async fn join<S: StateMachine>(
     }
     {
         let mut state = inner.boot.lock().await;
-        if let Some(own) = raft.cluster_id().filter(|own| *own != cluster) {
-            return Err(format!("this node is bound to cluster {own} meanwhile"));
+        match raft.cluster_id() {
+            Some(own) if own != cluster => {
+                return Err(format!("this node is bound to cluster {own} meanwhile"));
+            }
+            // Already its cluster (bound to it, or a join before a
+            // restart).
+            Some(_) => {}
+            // A free node binds itself to the cluster by the node it
+            // follows, as a binder is bound by its former, so that it
+            // gives the id up as a binder does if that node forgets it or
+            // is gone for good before the join happens (a former that
+            // died before initializing: otherwise the node would answer
+            // as a member that knows no leader for ever and every peer
+            // would wait on it). Its former confirms it as its binder.
+            None => raft
+                .bind(cluster, leader.id, first.clone())
+                .await
+                .map_err(|err| format!("storing cluster {cluster}: {err}"))?,
         }
-        raft.set_cluster_id(cluster).await.map_err(|err| err.to_string())?;
         state.promise = None;
         state.forming = None;
     }
@@ -1227,6 +1301,39 @@ mod tests {
     /// An online peer without a path is not dialed until its path arrives,
     /// or for at most PATHLESS_GRACE; a peer with a path from the start,
     /// or offline, is not held back (offline peers are silent anyway).
+    #[test]
+    fn a_hint_naming_an_earlier_incarnation_is_followed_only_through_its_new_one() {
+        let (c, other) = (ClusterId(1), ClusterId(2));
+        let hint = |id, name: &str| LeaderHint {
+            id,
+            node: NodeInfo {
+                stable_id: name.to_owned(),
+                addrs: Vec::new(),
+                raft_port: 0,
+                command_port: 0,
+            },
+        };
+        let answer = |answer| vec![Peer { name: "a".to_owned(), answer }];
+        let ids = BTreeMap::from([("a".to_owned(), 7)]);
+        // The named node answered as the raft id named: the hint holds.
+        assert_eq!(current_hint(c, hint(7, "a"), &[], &ids), Ok(hint(7, "a")));
+        // Not heard this round: nothing to say it is stale.
+        assert_eq!(current_hint(c, hint(5, "b"), &[], &ids), Ok(hint(5, "b")));
+        // Another incarnation: its own answer decides.
+        let led = answer(Answer::Member { cluster: c, leader: Some(hint(7, "a")) });
+        assert_eq!(current_hint(c, hint(5, "a"), &led, &ids), Ok(hint(7, "a")));
+        let elsewhere = answer(Answer::Member { cluster: c, leader: Some(hint(9, "d")) });
+        assert_eq!(current_hint(c, hint(5, "a"), &elsewhere, &ids), Ok(hint(9, "d")));
+        for stale in [
+            answer(Answer::Fresh { promised_to: None }),
+            answer(Answer::Member { cluster: c, leader: None }),
+            answer(Answer::Member { cluster: other, leader: Some(hint(7, "a")) }),
+        ] {
+            let refused = current_hint(c, hint(5, "a"), &stale, &ids);
+            assert!(refused.as_ref().is_err_and(|e| e.contains("stale hint")), "{refused:?}");
+        }
+    }
+
     #[test]
     fn a_peer_without_a_path_is_dialed_when_it_has_one_or_after_the_grace() {
         let t0 = Instant::now();

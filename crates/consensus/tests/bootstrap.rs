@@ -5,8 +5,12 @@
 //!   forms on a promise that was released behind its back): at most one
 //!   cluster forms, and once the tag is back the three nodes form one;
 //! - a former that dies after some promisers bound themselves to its
-//!   cluster, restarted (memory storage: a new incarnation; durable: the
-//!   same one), finishes the formation;
+//!   cluster, restarted with its state (the same incarnation), finishes
+//!   the formation; restarted without (a new incarnation), it never takes
+//!   up the id its earlier incarnation drew: its binders give the binding
+//!   up and a cluster forms under a new id;
+//! - a wiped former whose earlier incarnation initialized its cluster never
+//!   initializes that cluster id a second time (finding 38);
 //! - a binder whose incarnation changes before its former initializes is
 //!   counted as its new incarnation (the seal round), never the dead one;
 //! - the binders of a former gone for good give their binding up, and a
@@ -418,10 +422,17 @@ async fn stall_a_formation_with(
 }
 
 /// The former dies (its start times out) after rc bound itself to its
-/// cluster; it restarts, with memory storage under a new incarnation, and
-/// with durable storage under the same one. rc names it as the former of
-/// the cluster, so it takes the formation up again and finishes it: one
-/// cluster of three, with the id rc was bound to.
+/// cluster, and restarts. With durable storage (the same incarnation) it
+/// reads its own binding back, takes the formation up again and finishes
+/// it: one cluster of three, with the id rc was bound to. With memory
+/// storage (a new incarnation) it never takes up the id its earlier
+/// incarnation drew, which that one may have initialized already
+/// (docs/reliability.md finding 38): rc, which still names the earlier
+/// incarnation, sees the new one answer as another incarnation, gives its
+/// binding up, and the three form one cluster under a new id. (The new
+/// incarnation listens on the port the others probe, so that they can
+/// promise it once free; before finding 38 it resumed the old id on rc's
+/// word.)
 async fn a_restarted_former_finishes(durable: bool) {
     let dir = tempfile::tempdir().unwrap();
     let a_dir = durable.then(|| dir.path().join("ra"));
@@ -439,7 +450,12 @@ async fn a_restarted_former_finishes(durable: bool) {
     // ra is back in rb's view; ra restarts.
     s.slow_c.set_delay(Duration::ZERO);
     s.views[1].set(view(1, &[(0, true), (2, true)]));
-    let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], config(0, WAIT, a_dir), 3);
+    let a_config = if durable {
+        config(0, WAIT, a_dir)
+    } else {
+        Config { command_port: PORT, seed_command_ports: Vec::new(), ..config(0, WAIT, None) }
+    };
+    let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], a_config, 3);
     let mut nodes = vec![restarted.await.unwrap().expect("the restarted former finishes")];
     for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
         nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
@@ -451,7 +467,15 @@ async fn a_restarted_former_finishes(durable: bool) {
     assert_eq!(clusters.len(), 1, "{clusters:?}");
     assert!(voters(&nodes[0]).contains(&nodes[0].id()), "the restarted former is no voter");
     let cluster = cluster_id_of(&s.net, 1).await;
-    assert_eq!(cluster, Some(s.cluster), "the cluster is not the one rc was bound to");
+    if durable {
+        assert_eq!(cluster, Some(s.cluster), "the cluster is not the one rc was bound to");
+    } else {
+        assert_ne!(
+            cluster,
+            Some(s.cluster),
+            "ra's new incarnation took up the cluster id its earlier incarnation drew"
+        );
+    }
     for kv in nodes {
         kv.stop(StopMode::Stay).await.unwrap();
     }
@@ -472,7 +496,7 @@ async fn cluster_id_of(net: &MemNetwork, i: usize) -> Option<raft_core::ClusterI
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_former_restarted_without_its_state_finishes_the_formation() {
+async fn a_former_restarted_without_its_state_forms_under_a_new_id() {
     a_restarted_former_finishes(false).await;
 }
 
@@ -557,6 +581,164 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     let cluster = cluster_id_of(&s.net, 1).await;
     assert_ne!(cluster, Some(s.cluster), "rb and rc formed ra's cluster without ra");
     for kv in [b, c] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// docs/reliability.md finding 38: a wiped former's new incarnation
+/// resumed a cluster id its earlier incarnation had already initialized,
+/// and initialized it a second time with other voters.
+///
+/// ra forms a cluster with `expected_size` 2; rc binds itself to it (never
+/// sealed), rb refuses (ra is untagged in rb's view). Then rc leaves ra's
+/// view and ra comes back into rb's: ra binds rb, seals it and initializes
+/// the cluster with {ra, rb}, which commits a write. ra is wiped (memory
+/// storage: a new incarnation, same stable id) and starts again seeing
+/// only rc (rb is down). rc, still bound to ra's cluster, names ra's earlier
+/// incarnation as its former (rc's probes of ra are refused, so it never
+/// sees that ra forgot). Before the fix the new incarnation read its own
+/// name in that hint, resumed the cluster id, rebound rc, sealed it and
+/// initialized {ra', rc} under the id of {ra, rb}: two histories under one
+/// cluster id, each with its own index-0 membership. With the fix it never
+/// takes up an id it did not draw: it waits, naming the earlier
+/// incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_former_never_initializes_its_cluster_id_a_second_time() {
+    let long = Duration::from_secs(60);
+    let mut s = stall_a_formation_of(2, [long, long, long], None).await;
+    // rc (bound, not sealed) leaves ra's view and sees only ra; ra is back
+    // in rb's view, and rb sees only ra.
+    s.slow_c.set_delay(Duration::ZERO);
+    s.views[2].set(view(2, &[(0, true)]));
+    s.views[0].set(view(0, &[(1, true)]));
+    s.views[1].set(view(1, &[(0, true)]));
+    let a = s.starts[0].take().unwrap().await.unwrap().expect("ra initializes {ra, rb}");
+    let b = s.starts[1].take().unwrap().await.unwrap().expect("rb is an initial voter");
+    for kv in [&a, &b] {
+        kv.wait_for(WAIT, |m| m.voters == 2 && m.leader.is_some()).await.unwrap();
+    }
+    assert_eq!(cluster_id_of(&s.net, 0).await, Some(s.cluster));
+    let first: BTreeSet<u64> = voters(&a);
+    assert_eq!(first, BTreeSet::from([a.id(), b.id()]));
+    a.execute(()).await.expect("a write commits in {ra, rb}");
+    // rc is still bound to ra's cluster, by ra's first incarnation.
+    let c_now = probe(&s.net, 0, 2).await;
+    assert!(
+        matches!(&c_now, Some(ProbeState::Member { cluster_id, leader: Some(l) })
+            if *cluster_id == s.cluster && l.node.stable_id == "ra" && l.id == a.id()),
+        "rc is not bound to ra's first incarnation: {c_now:?}"
+    );
+    // ra is wiped and rb is down; ra starts again (a new incarnation),
+    // seeing only rc.
+    let first_id = a.id();
+    for kv in [a, b] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+    s.views[0].set(view(0, &[(2, true)]));
+    let short = Duration::from_secs(6);
+    let again = start(Arc::new(s.net.node(ip(0))), &s.views[0], config(0, short, None), 2);
+    match again.await.unwrap() {
+        Ok(a2) => {
+            // (Asked of rc, as ra: ra's view no longer holds rb.)
+            let cluster = cluster_id_of(&s.net, 2).await;
+            let second = voters(&a2);
+            assert_ne!(a2.id(), first_id);
+            assert_ne!(
+                cluster,
+                Some(s.cluster),
+                "ra's new incarnation initialized cluster {} a second time: voters {second:?}, \
+                 after {first:?}",
+                s.cluster
+            );
+            a2.stop(StopMode::Stay).await.unwrap();
+        }
+        Err(Error::JoinFailed { reason, .. }) => {
+            // It waited: rc never sealed, so it gives the binding up once
+            // it hears the new incarnation (at the port its binding
+            // recorded for ra: rc's own probes of ra are refused), and is
+            // never rebound to it. (Free, rc cannot promise ra: it cannot
+            // reach ra's port by itself, so nothing forms here.)
+            eprintln!("ra's new incarnation did not start: {reason}");
+            let c_now = probe(&s.net, 0, 2).await;
+            assert!(
+                matches!(&c_now, Some(ProbeState::Fresh { .. })),
+                "rc did not give up its binding to ra's first incarnation: {c_now:?}"
+            );
+        }
+        Err(other) => panic!("ra's new incarnation failed otherwise: {other}"),
+    }
+    let c = s.starts[2].take().unwrap();
+    c.abort();
+}
+
+/// The fresh node that follows a dead former's hint: ra's formation stalls
+/// (rc bound to it, rb refused) and ra dies. rb, free, sees ra tagged and
+/// online again while rc still names ra as its cluster's former: rb joins
+/// that cluster through ra, storing its id first, and the join fails (ra
+/// is gone; here a listener in ra's place drops it). Then ra starts again
+/// without its state (a new incarnation, which never takes that id up:
+/// finding 38). Before the fix rb stored the id with nothing to give up:
+/// it answered as a member that knows no leader for ever, every other
+/// node waited on it, and no cluster formed. Now a node that follows a
+/// hint binds itself to the cluster by the node the hint names, and gives
+/// the id up as any binder does once that node answers as another
+/// incarnation: the three form one cluster under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_followed_a_dead_formers_hint_gives_the_cluster_id_up() {
+    use tokio::io::AsyncReadExt;
+    let long = WAIT * 2;
+    let mut s = stall_a_formation([Duration::from_secs(3), long, long], None).await;
+    match s.starts[0].take().unwrap().await.unwrap() {
+        Err(Error::JoinFailed { .. }) => {}
+        other => panic!("ra's formation did not stall: {:?}", other.map(|_| "a node")),
+    }
+    s.slow_c.set_delay(Duration::ZERO);
+    // In ra's place, a listener that drops every request after noting
+    // whether it was a join.
+    let joins = Arc::new(AtomicUsize::new(0));
+    let listener = s.net.node(ip(0)).listen(A_PORT).await.unwrap();
+    let seen_joins = joins.clone();
+    let dead_a = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 64];
+            if let Ok(n) = stream.read(&mut head).await
+                && head[..n].starts_with(b"POST /v1/join")
+            {
+                seen_joins.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    s.views[1].set(view(1, &[(0, true), (2, true)]));
+    until(WAIT, "rb asks ra to join the cluster rc names it the former of", || async {
+        joins.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    dead_a.abort();
+    let a_config =
+        Config { command_port: PORT, seed_command_ports: Vec::new(), ..config(0, WAIT, None) };
+    let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], a_config, 3);
+    let a2 = match restarted.await.unwrap() {
+        Ok(a2) => a2,
+        Err(err) => {
+            let b_now = probe(&s.net, 2, 1).await;
+            panic!("ra's new incarnation did not start: {err} (rb answers {b_now:?})")
+        }
+    };
+    let mut nodes = vec![a2];
+    for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
+        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    assert_ne!(
+        cluster_id_of(&s.net, 1).await,
+        Some(s.cluster),
+        "the dead former's id was taken up"
+    );
+    for kv in nodes {
         kv.stop(StopMode::Stay).await.unwrap();
     }
 }

@@ -194,6 +194,15 @@ pub enum MembershipError {
         /// The former's raft id it is sealed to.
         former: crate::types::NodeId,
     },
+    /// This incarnation did not draw cluster `cluster` (it is not bound to
+    /// it by itself, [`crate::RaftNode::form`]): it neither forms nor
+    /// initializes it. An earlier incarnation may have initialized that id
+    /// with other voters already (docs/reliability.md finding 38).
+    #[error("this incarnation did not draw cluster {cluster}: it neither forms nor initializes it")]
+    NotFormer {
+        /// The cluster asked for.
+        cluster: crate::types::ClusterId,
+    },
     /// The identity record could not be written.
     #[error("storing the cluster id: {0}")]
     Storage(String),

@@ -628,7 +628,7 @@ impl<S: StateMachine> RaftNode<S> {
         if current == Some(cluster_id) {
             return Ok(());
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(match current {
                 Some(current) => MembershipError::ClusterIdFixed { current, wanted: cluster_id },
                 None => MembershipError::Other("this node has raft state but no cluster id".into()),
@@ -646,14 +646,30 @@ impl<S: StateMachine> RaftNode<S> {
     /// that same raft id. Refused once the node has raft state
     /// ([`MembershipError::ClusterIdFixed`]), while it belongs to another
     /// cluster ([`MembershipError::Bound`]), and while its binding is
-    /// sealed to another raft id ([`MembershipError::Sealed`]).
+    /// sealed to another raft id ([`MembershipError::Sealed`]). Bound to
+    /// this node itself only again (a former that read its own binding
+    /// back after a restart): a node becomes a former only through
+    /// [`RaftNode::form`] ([`MembershipError::NotFormer`]).
     pub async fn bind(
         &self,
         cluster_id: ClusterId,
         former_id: NodeId,
         former: NodeInfo,
     ) -> Result<(), MembershipError> {
-        self.bind_as(cluster_id, former_id, former, false).await
+        self.bind_as(cluster_id, former_id, former, false, false).await
+    }
+
+    /// Draws a new cluster id and binds this node to it as its former,
+    /// durably (decision 0003's forming step): the one way a node becomes
+    /// a former. So a node initializes only a cluster id this incarnation
+    /// drew ([`RaftNode::initialize_in`]): a new incarnation never takes up
+    /// an id an earlier one drew, which that one may have initialized
+    /// already with other voters (docs/reliability.md finding 38).
+    /// Refused as [`RaftNode::bind`] is.
+    pub async fn form(&self) -> Result<ClusterId, MembershipError> {
+        let cluster_id = ClusterId::random().map_err(MembershipError::Other)?;
+        self.bind_as(cluster_id, self.id, self.self_node.clone(), false, true).await?;
+        Ok(cluster_id)
     }
 
     /// Seals this node's binding to `cluster_id` by `former_id` (the
@@ -668,7 +684,7 @@ impl<S: StateMachine> RaftNode<S> {
         former_id: NodeId,
         former: NodeInfo,
     ) -> Result<(), MembershipError> {
-        self.bind_as(cluster_id, former_id, former, true).await
+        self.bind_as(cluster_id, former_id, former, true, false).await
     }
 
     /// The former's raft id this node's binding is sealed to, if it is.
@@ -695,7 +711,7 @@ impl<S: StateMachine> RaftNode<S> {
         if self.gate.get() != Some(cluster_id) {
             return Err(MembershipError::Other(format!("not bound to cluster {cluster_id}")));
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(MembershipError::ClusterIdFixed {
                 current: cluster_id,
                 wanted: cluster_id,
@@ -738,6 +754,7 @@ impl<S: StateMachine> RaftNode<S> {
         former_id: NodeId,
         former: NodeInfo,
         seal: bool,
+        drawn: bool,
     ) -> Result<(), MembershipError> {
         let held = self.gate.exclusive().await;
         let current = self.gate.get();
@@ -746,7 +763,7 @@ impl<S: StateMachine> RaftNode<S> {
         {
             return Err(MembershipError::Bound { current, wanted: cluster_id });
         }
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Err(MembershipError::ClusterIdFixed {
                 current: current.unwrap_or(cluster_id),
                 wanted: cluster_id,
@@ -757,6 +774,12 @@ impl<S: StateMachine> RaftNode<S> {
         };
         let sealed = {
             let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+            // Bound to itself: only to an id it drew, or again to its own
+            // binding read back.
+            let own = |b: &Binding| Some(b.cluster_id) == current && b.former_id == self.id;
+            if former_id == self.id && !drawn && !binding.as_ref().is_some_and(own) {
+                return Err(MembershipError::NotFormer { cluster: cluster_id });
+            }
             match binding.as_ref().filter(|b| Some(b.cluster_id) == current && b.sealed) {
                 Some(b) if b.former_id != former_id => {
                     return Err(MembershipError::Sealed { former: b.former_id });
@@ -819,14 +842,28 @@ impl<S: StateMachine> RaftNode<S> {
         self.initialize_in(cluster_id, members).await
     }
 
-    /// [`RaftNode::initialize`] under the given cluster id.
+    /// [`RaftNode::initialize`] under the given cluster id. A node that
+    /// stored that cluster id initializes it only as its former, bound to
+    /// it by itself ([`RaftNode::form`]); a binder, a joiner, or a new
+    /// incarnation of a former is refused ([`MembershipError::NotFormer`]):
+    /// the cluster may be initialized elsewhere already (docs/reliability.md
+    /// finding 38).
     pub async fn initialize_in(
         &self,
         cluster_id: ClusterId,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
-        if self.is_initialized().await {
+        if self.may_have_state().await {
             return Ok(false);
+        }
+        if self.gate.get() == Some(cluster_id) {
+            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+            if !binding
+                .as_ref()
+                .is_some_and(|b| b.cluster_id == cluster_id && b.former_id == self.id)
+            {
+                return Err(MembershipError::NotFormer { cluster: cluster_id });
+            }
         }
         match self.set_cluster_id(cluster_id).await {
             Ok(()) => {}
@@ -843,6 +880,13 @@ impl<S: StateMachine> RaftNode<S> {
     /// Whether this node has any raft state (was initialized or joined).
     pub async fn is_initialized(&self) -> bool {
         self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// [`RaftNode::is_initialized`] failing closed: `true` when raft cannot
+    /// say (stopped or fatal), so that no identity change (binding, giving
+    /// a binding up, initializing) treats a node with a log as one without.
+    async fn may_have_state(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(true)
     }
 
     /// Proposes one command in a registered session. Concurrent proposals

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use raft_core::network::frame::{self, Message};
-use raft_core::{ClusterId, NodeId, Outcome, RaftNode, Role, StartError, Storage};
+use raft_core::{ClusterId, MembershipError, NodeId, Outcome, RaftNode, Role, StartError, Storage};
 use ts_transport::{MemNetwork, Transport as _};
 
 async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {
@@ -143,8 +143,13 @@ async fn a_binding_survives_a_restart_and_is_never_to_another_cluster() {
     let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
     assert_eq!(node.cluster_id(), Some(cluster));
     assert_eq!(node.former(), Some((12, former.clone())), "the binding was lost in a restart");
-    // Once the node has raft state (the former initialized it), no more.
+    // A binder never initializes its cluster itself (finding 38).
     let members = BTreeMap::from([(node.id(), node.info().clone())]);
+    let err = node.initialize_in(cluster, members.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
+    // Once the node has raft state, no more: here it gives the binding up
+    // and initializes that id as a plain node (no cluster id stored).
+    node.unbind(cluster, 12).await.unwrap();
     assert!(node.initialize_in(cluster, members).await.unwrap());
     let err = node.bind(cluster, 14, former).await.unwrap_err();
     assert!(err.to_string().contains("has raft state"), "{err}");
@@ -179,6 +184,57 @@ async fn an_unbound_node_reads_back_no_binding_after_a_restart() {
     node.bind(cluster, 12, former.clone()).await.unwrap();
     node.seal(cluster, 12, former.clone()).await.unwrap();
     assert_eq!(node.sealed_to(), Some(12));
+    node.shutdown().await;
+}
+
+/// docs/reliability.md finding 38: a node initializes only a cluster id
+/// this incarnation drew. A former that restarts with its state (the same
+/// incarnation) takes its own formation up again; one wiped (a new
+/// incarnation, the same stable id and address) can neither bind itself
+/// to the id its earlier incarnation drew nor initialize it, even bound to
+/// it as a binder would be. Before the fix a new incarnation bound itself
+/// to that id and initialized it a second time, with other voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_incarnation_that_drew_a_cluster_id_forms_and_initializes_it() {
+    let net = MemNetwork::new();
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    let (first, info) = (node.id(), node.info().clone());
+    // Not bound to itself on its own word: only through `form`.
+    let elsewhere = ClusterId::random().unwrap();
+    let err = node.bind(elsewhere, first, info.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { .. }), "{err}");
+    assert_eq!(node.cluster_id(), None);
+    let cluster = node.form().await.unwrap();
+    assert_eq!((node.cluster_id(), node.former()), (Some(cluster), Some((first, info.clone()))));
+    node.shutdown().await;
+    drop(node);
+    // Restarted with its state: the same incarnation takes it up again.
+    let node = start_durable(&net, dir.path(), "node-0").await.unwrap();
+    assert_eq!(node.id(), first);
+    node.bind(cluster, first, info.clone()).await.unwrap();
+    node.shutdown().await;
+    drop(node);
+    // Wiped: a new incarnation of the same node.
+    let wiped = tempfile::tempdir().unwrap();
+    let node = start_durable(&net, wiped.path(), "node-0").await.unwrap();
+    assert_ne!(node.id(), first);
+    let again = node.info().clone();
+    let err = node.bind(cluster, node.id(), again.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
+    assert_eq!(node.cluster_id(), None, "the refused binding stored the cluster id");
+    // Even bound to that id by its earlier incarnation (as a binder), it
+    // does not initialize it.
+    node.bind(cluster, first, info).await.unwrap();
+    let members = BTreeMap::from([(node.id(), again)]);
+    let err = node.initialize_in(cluster, members.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
+    assert!(!node.is_initialized().await);
+    // It forms a cluster of its own instead (after giving that up).
+    node.unbind(cluster, first).await.unwrap();
+    let own = node.form().await.unwrap();
+    assert_ne!(own, cluster);
+    assert!(node.initialize_in(own, members).await.unwrap());
     node.shutdown().await;
 }
 

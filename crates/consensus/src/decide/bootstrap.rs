@@ -137,9 +137,12 @@ pub(crate) enum Decision<N, C, L> {
     /// Form a new cluster: draw its id, store it bound to this node, and
     /// ask every tagged peer to confirm.
     Form,
-    /// Take up forming `cluster` again: a peer names this node (an earlier
-    /// incarnation of it, or itself before a restart) as the one forming
-    /// it. Store the id bound to this node and ask for confirmations.
+    /// Take up forming `cluster` again: this node read back its own binding
+    /// to it (the same incarnation, restarted with its state). Store the id
+    /// bound to this node and ask for confirmations. Never on a peer's word:
+    /// a node names an earlier incarnation of this one as a former only of
+    /// a cluster that incarnation may have initialized already
+    /// ([`Wait::EarlierIncarnation`]).
     Resume {
         /// The cluster.
         cluster: C,
@@ -177,7 +180,18 @@ pub(crate) enum Decision<N, C, L> {
 /// Why a node waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Wait<N, C> {
-    /// A peer is a member of `cluster` but names no leader (rule 2).
+    /// A peer is a member of `cluster` and names an earlier incarnation of
+    /// this node as its leader or former (rule 2): that incarnation may
+    /// have initialized the cluster, so this node waits for the peer to
+    /// give the binding up (it sees this node forgot) or to name another
+    /// leader.
+    EarlierIncarnation {
+        /// The peer.
+        peer: N,
+        /// Its cluster.
+        cluster: C,
+    },
+    /// A peer is a member of `cluster` but names no leader (rule 3).
     MemberWithoutLeader {
         /// The peer.
         peer: N,
@@ -228,6 +242,13 @@ pub(crate) enum Wait<N, C> {
 impl<N: fmt::Display, C: fmt::Display> fmt::Display for Wait<N, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Wait::EarlierIncarnation { peer, cluster } => write!(
+                f,
+                "{peer} names an earlier incarnation of this node as the leader or former of \
+                 cluster {cluster}, which it may have initialized: this node never takes up a \
+                 cluster id it did not draw; waiting for {peer} to give its binding up or to \
+                 name another leader"
+            ),
             Wait::MemberWithoutLeader { peer, cluster } => {
                 write!(f, "{peer} is a member of cluster {cluster} but knows no leader")
             }
@@ -299,8 +320,15 @@ pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
 ///    this node → join that cluster through that leader (the lowest such
 ///    peer's, to be deterministic).
 /// 2. Some peer is a member of a cluster and names this node as its leader
-///    (an earlier incarnation of this node was forming it, and the peer is
-///    bound to it) → resume forming that cluster.
+///    (an earlier incarnation of this node, by stable id: this node has no
+///    cluster id, so it is not the incarnation that drew that one) → wait.
+///    That incarnation may have initialized the cluster with other voters
+///    (the peer was bound to it but never sealed, so it was not counted):
+///    taking the id up would initialize it a second time, with another
+///    index-0 membership (docs/reliability.md finding 38). The peer gives
+///    its binding up once it sees this node forgot (a new incarnation, not
+///    forming), and this node then forms a cluster of its own; a member
+///    whose stale hint names it names the new leader once one is elected.
 /// 3. Some peer is a member without a leader → wait: a cluster exists.
 /// 4. Some peer is silent → wait: a cluster may exist there.
 /// 5. Follow-only, or fewer than `expected_size` tagged nodes (this one
@@ -311,7 +339,8 @@ pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
 ///
 /// A **bound** node joins its own cluster through a leader a peer names
 /// (not itself), and otherwise waits; one bound to itself (it was forming
-/// the cluster before a restart) resumes forming it.
+/// the cluster before a restart, with its state: the same incarnation)
+/// resumes forming it. That is the only resume.
 ///
 /// A **forming** node joins its cluster through a leader a peer names
 /// other than itself (an earlier incarnation of it initialized the
@@ -381,7 +410,10 @@ where
         if let Answer::Member { cluster, leader: Some(leader) } = &peer.answer
             && leader.names(s.me)
         {
-            return Decision::Resume { cluster: cluster.clone() };
+            return Decision::Wait(Wait::EarlierIncarnation {
+                peer: peer.name.clone(),
+                cluster: cluster.clone(),
+            });
         }
     }
     // Rule 3.
@@ -890,8 +922,10 @@ mod tests {
         if let Some(join) = join(None) {
             return join;
         }
-        if let Some(&(_, cluster, _)) = led.iter().find(|(_, _, l)| *l == *s.me) {
-            return Decision::Resume { cluster };
+        // A free node never resumes: a hint naming it names an earlier
+        // incarnation (finding 38).
+        if let Some(&(peer, cluster, _)) = led.iter().find(|(_, _, l)| *l == *s.me) {
+            return Decision::Wait(Wait::EarlierIncarnation { peer, cluster });
         }
         let leaderless = peers.iter().find_map(|p| match &p.answer {
             Answer::Member { cluster, leader: None } => Some((p.name, *cluster)),
@@ -1040,11 +1074,12 @@ mod tests {
                     Commitment::Bound { cluster: own, former } => {
                         assert_eq!((cluster, former), (own, Some(s.me)), "{s:?}")
                     }
-                    Commitment::Free { .. } => assert!(
-                        s.peers.iter().any(|p| p.answer
-                            == Answer::Member { cluster: *cluster, leader: Some(*s.me) }),
-                        "resumed a cluster no peer names it the former of: {s:?}"
-                    ),
+                    // Only a node that reads back its own binding resumes:
+                    // a free one never takes up a cluster id it did not
+                    // draw, whoever names it (finding 38).
+                    Commitment::Free { .. } => {
+                        panic!("a free node resumed a cluster on a peer's word: {s:?}")
+                    }
                     Commitment::Forming { .. } => panic!("resumed while forming: {s:?}"),
                 }
             }
@@ -1115,10 +1150,31 @@ mod tests {
     }
 
     #[test]
-    fn rule_2_a_peer_naming_this_node_as_former_makes_it_resume() {
-        // 9 formed 'c' in an earlier incarnation; 4 is bound to it.
+    fn rule_2_a_peer_naming_this_node_as_former_makes_it_wait_never_resume() {
+        // 9 formed 'c' in an earlier incarnation; 4 is bound to it. That
+        // incarnation may have initialized 'c' without 4 (finding 38): 9,
+        // free now, never takes 'c' up; 4 gives its binding up once it sees
+        // 9 forgot.
         let peers = [peer(4, Answer::Member { cluster: 'c', leader: Some(9) }), peer(3, A::Silent)];
-        assert_eq!(decide(&situation(&9, &peers, 3)), Decision::Resume { cluster: 'c' });
+        assert_eq!(
+            decide(&situation(&9, &peers, 3)),
+            Decision::Wait(Wait::EarlierIncarnation { peer: 4, cluster: 'c' })
+        );
+        // Even next to a fresh peer holding its promise.
+        let peers = [
+            peer(4, Answer::Member { cluster: 'c', leader: Some(9) }),
+            peer(10, Answer::Fresh { promised_to: Some(9) }),
+        ];
+        assert_eq!(
+            decide(&situation(&9, &peers, 2)),
+            Decision::Wait(Wait::EarlierIncarnation { peer: 4, cluster: 'c' })
+        );
+        // Only its own binding read back (the same incarnation) resumes.
+        let s = Situation {
+            commitment: Commitment::Bound { cluster: &'c', former: Some(&9) },
+            ..situation(&9, &peers, 2)
+        };
+        assert_eq!(decide(&s), Decision::Resume { cluster: 'c' });
         // Another leader of 'c' exists: join it instead.
         let peers = [
             peer(4, Answer::Member { cluster: 'c', leader: Some(9) }),

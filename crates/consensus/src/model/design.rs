@@ -123,6 +123,14 @@ pub(crate) trait Variant: Sync {
             .collect();
         boot::waiting_for(&heard).is_empty()
     }
+
+    /// [`Protocol::decide`]'s rules: `decide::bootstrap::decide`.
+    fn decide_with(
+        &self,
+        situation: &boot::Situation<'_, Node, ClusterId, RaftId>,
+    ) -> boot::Decision<Node, ClusterId, RaftId> {
+        boot::decide(situation)
+    }
 }
 
 impl Variant for Design0003 {
@@ -224,7 +232,7 @@ impl<V: Variant> Protocol for V {
                 &sealed,
             ),
         };
-        match boot::decide(&situation) {
+        match self.decide_with(&situation) {
             boot::Decision::Join { cluster, leader, .. } => {
                 Decision::Join { cluster: Some(cluster), leader }
             }
@@ -417,6 +425,30 @@ impl Variant for EarlierReadiness {
             EarlierReadiness::OnlineOnly => input.view.online_peers(input.me).all(|peer| {
                 matches!(input.answers[peer as usize], Some(a) if !matches!(a, Answer::Member { .. }))
             }),
+        }
+    }
+}
+
+/// Decision 0003 as the code made it before docs/reliability.md finding
+/// 38: a free node that a peer names (by stable id) as its leader or
+/// former, an earlier incarnation of it, resumed forming that cluster id
+/// (decide's rule 2 was `Resume` where it now waits, in the same place).
+pub(crate) struct ResumeOnHint;
+
+impl Variant for ResumeOnHint {
+    fn name(&self) -> &'static str {
+        "0003 (decide::), resuming an earlier incarnation's cluster id"
+    }
+
+    fn decide_with(
+        &self,
+        situation: &boot::Situation<'_, Node, ClusterId, RaftId>,
+    ) -> boot::Decision<Node, ClusterId, RaftId> {
+        match boot::decide(situation) {
+            boot::Decision::Wait(boot::Wait::EarlierIncarnation { cluster, .. }) => {
+                boot::Decision::Resume { cluster }
+            }
+            other => other,
         }
     }
 }

@@ -21,7 +21,8 @@
 //!   [`design::EarlierReadiness`] is the same with the readiness rules the
 //!   code had before (a starting node ready after any first round, or once
 //!   every online peer answered); the checker finds a second cluster with
-//!   each. Such a variant implements [`design::Variant`], whose methods
+//!   each. [`design::ResumeOnHint`] has the resume rule the code had
+//!   before docs/reliability.md finding 38. Such a variant implements [`design::Variant`], whose methods
 //!   default to the code's rules, and overrides only what it changes.
 //!
 //! The properties, checked in every reachable state:
@@ -32,6 +33,9 @@
 //!   that cluster committed; a commit never disagrees with an earlier one;
 //!   no node's log loses a committed entry it had (except by a wipe).
 //! - `one leader per term` (sanity), per cluster.
+//! - `one formation per cluster id` (ghost): a cluster id is initialized
+//!   once, by one raft id with one index-0 configuration
+//!   (docs/reliability.md finding 38).
 //!
 //! # How `Design0003` calls the code
 //!

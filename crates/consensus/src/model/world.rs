@@ -404,6 +404,14 @@ pub(crate) struct World {
     /// Ghost: the clusters a former initialized after taking their
     /// formation up again.
     pub(crate) resumed_formed: u8,
+    /// Ghost: per cluster id, how it was initialized: the initializer's
+    /// raft id and the index-0 configuration's voters (a cluster formed
+    /// before the run: no initializer). A second initialization of one id
+    /// with another pair is two histories under one cluster id, which the
+    /// raft hello (cluster-id equality) lets meet.
+    pub(crate) formations: [Option<(Option<RaftId>, Set)>; MAX_CLUSTERS as usize],
+    /// Ghost: the first such second initialization.
+    pub(crate) two_formations: Option<String>,
 }
 
 impl World {
@@ -553,6 +561,10 @@ impl System<'_> {
             broken: None,
             resumed: 0,
             resumed_formed: 0,
+            formations: std::array::from_fn(|c| {
+                (c == 0 && !voters.is_empty()).then_some((None, voters))
+            }),
+            two_formations: None,
         }
     }
 
@@ -735,9 +747,23 @@ impl System<'_> {
     /// Node `n` initializes its stored cluster with `voters` (openraft
     /// `initialize`).
     fn initialize(&self, w: &mut World, n: Node, voters: Set) {
+        let me = w.id(n);
         let node = &mut w.nodes[n as usize];
         node.forming = false;
         let Some(cluster) = node.cluster else { return };
+        let formation = (Some(me), voters);
+        match &w.formations[cluster as usize] {
+            None => w.formations[cluster as usize] = Some(formation),
+            Some(first) if *first == formation => {}
+            Some((by, first)) => {
+                let by = by.map_or_else(|| "before the run".to_owned(), |id| format!("by {id:?}"));
+                w.two_formations.get_or_insert(format!(
+                    "cluster {cluster} initialized again by {me:?} with voters {voters:?}, after \
+                     {by} with {first:?}"
+                ));
+            }
+        }
+        let node = &mut w.nodes[n as usize];
         node.log.push(Entry {
             term: 0,
             cluster,
@@ -1474,6 +1500,7 @@ impl Model for System<'_> {
             Property { name: NO_LOST_COMMIT, check: no_lost_commit },
             Property { name: NO_LOST_WRITE, check: no_lost_write },
             Property { name: ONE_LEADER_PER_TERM, check: one_leader_per_term },
+            Property { name: ONE_FORMATION_PER_CLUSTER, check: one_formation_per_cluster },
             Property { name: RESUMED_COMMITS, check: resumed_commits },
         ]
     }
@@ -1487,6 +1514,14 @@ pub(crate) const NO_LOST_COMMIT: &str = "no lost commit";
 pub(crate) const NO_LOST_WRITE: &str = "no lost write";
 /// Sanity: at most one leader per term per cluster.
 pub(crate) const ONE_LEADER_PER_TERM: &str = "one leader per term";
+
+/// Ghost: a cluster id is initialized once (one initializer raft id, one
+/// index-0 configuration): docs/reliability.md finding 38.
+pub(crate) const ONE_FORMATION_PER_CLUSTER: &str = "one formation per cluster id";
+
+fn one_formation_per_cluster(w: &World) -> Option<String> {
+    w.two_formations.clone()
+}
 
 /// Not a property but a witness that the checks reach what they are for:
 /// "violated" when a cluster that a restarted former took up again and
@@ -1618,4 +1653,46 @@ fn changes(before: &World, after: &World) -> String {
         notes.push(format!("BROKEN: {broken:?}"));
     }
     notes.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::design::Design0003;
+
+    /// The ghost property fires: one cluster id initialized a second time
+    /// by another node with other voters is a violation; the same
+    /// initialization repeated (a former asked again) is not.
+    #[test]
+    fn a_second_initialization_of_one_cluster_id_is_a_violation() {
+        let scenario = Scenario {
+            nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
+            expected_size: 2,
+            max_term: 1,
+            max_log: 2,
+            writes: 0,
+            crashes: 0,
+            wipes: 0,
+            tag_changes: 0,
+            reconcile: false,
+            faulty: 0,
+            taggable: None,
+            settled: false,
+            skew: false,
+            faults_after_tags: false,
+        };
+        let system = System { protocol: &Design0003, scenario };
+        let mut w = system.initial();
+        for n in 0..3 {
+            w.nodes[n].cluster = Some(1);
+        }
+        let first = Set::default().with(w.id(0)).with(w.id(2));
+        system.initialize(&mut w, 0, first);
+        system.initialize(&mut w, 0, first);
+        assert_eq!(one_formation_per_cluster(&w), None);
+        let second = Set::default().with(w.id(1)).with(w.id(2));
+        system.initialize(&mut w, 1, second);
+        let found = one_formation_per_cluster(&w).expect("a second formation of cluster 1");
+        assert!(found.contains("cluster 1 initialized again"), "{found}");
+    }
 }
