@@ -347,7 +347,7 @@ pub(crate) fn render(out: &mut String, scrape: &Scrape<'_>) {
     histogram(
         out,
         "tsconsensus_proposal_batch_size",
-        "Proposals coalesced into each log entry this node proposed as leader.",
+        "Proposals coalesced into each log entry this node handed to raft as leader (not the batches refused at hand-off).",
         &scrape.raft.batch_size.snapshot(),
         1.0,
     );

@@ -104,12 +104,13 @@ pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 /// What a raft node counts about itself.
 #[derive(Debug)]
 pub struct RaftStats {
-    /// Proposals coalesced into each log entry the batcher proposed (on
-    /// the leader).
+    /// Proposals coalesced into each log entry the batcher handed to
+    /// openraft (on the leader). A batch refused at the hand-off is not
+    /// one: its proposals count in `proposals_refused_at_handoff`.
     pub batch_size: Histogram,
     /// Proposals that passed this node's checks (leader, no transfer hold)
-    /// and were queued for the batcher. Less `batch_size`'s sum: those
-    /// still waiting for a batch.
+    /// and were queued for the batcher. Less `batch_size`'s sum and
+    /// `proposals_refused_at_handoff`: those still waiting for a batch.
     pub proposals_queued: Counter,
     /// Queued proposals the batcher refused before handing them to raft,
     /// because this node stopped leading or began handing its leadership

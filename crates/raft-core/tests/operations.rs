@@ -269,10 +269,15 @@ async fn a_proposal_queued_before_a_transfer_hold_is_not_appended() {
     assert_eq!(l.metrics().last_log_index, Some(before + 1), "nothing appended under the hold");
     assert_eq!(cluster.applied(leader), vec![GATED.to_vec()]);
     assert_eq!(l.stats().proposals_refused_at_handoff.get(), 1);
+    // The refused batch never reached openraft: `batch_size` counts only
+    // what did (issue 12; before, it counted the refused batch too).
+    let batches = l.stats().batch_size.snapshot();
+    assert_eq!(batches.sum, batched + 1, "a refused batch counted as proposed: {batches:?}");
     // Not applied: a retry once the hold ends applies it, once.
     l.hold_for_transfer(false);
     let retried = cluster.propose(leader, session, 2, b"c2").await;
     assert!(matches!(retried, Ok(Outcome::Applied(_))), "{retried:?}");
     assert_eq!(cluster.applied(leader), vec![GATED.to_vec(), b"c2".to_vec()]);
+    assert_eq!(l.stats().batch_size.snapshot().sum, batched + 2);
     cluster.shutdown().await;
 }
