@@ -927,11 +927,15 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(refusal);
         }
         let (reply, answer) = oneshot::channel();
+        // Counted before the batcher can see it, so that no reader sees it
+        // batched (or refused) before it is queued (issue 12). One the
+        // batcher is gone for stays counted, as do those it drops when the
+        // node stops (`RaftStats::proposals_queued`).
+        self.stats().proposals_queued.inc();
         self.proposals
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
-        self.stats().proposals_queued.inc();
         // Until the batch is committed and applied; inside `propose`, whose
         // span carries the request id.
         answer
