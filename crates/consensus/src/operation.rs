@@ -206,7 +206,7 @@ impl<S: StateMachine> Operation<S> {
                     self.lost = Some(why.clone());
                     return Err(Error::OutcomeUnknown(why));
                 }
-                AfterSession::Pass => return Err(Error::from(err)),
+                AfterSession::Pass => return Err(caller_error(err, self.maybe_applied)),
             }
         }
     }
@@ -291,6 +291,21 @@ fn after_session(code: &ErrorCode, earlier: bool) -> AfterSession {
     }
 }
 
+/// What the caller of an operation hears for `err`, `maybe_applied`
+/// saying whether an attempt of it (this call's or an earlier one's) may
+/// have been applied: a `not_started` says "not applied" of this call
+/// only, so after an attempt that may have been it is a timeout (the
+/// command may still be applied), never [`Error::NotApplied`].
+fn caller_error(err: RpcError, maybe_applied: bool) -> Error {
+    match Error::from(err) {
+        Error::NotApplied(why) if maybe_applied => Error::Timeout(format!(
+            "{why} (this call's attempts were not applied; an earlier one's outcome is still \
+             unknown)"
+        )),
+        other => other,
+    }
+}
+
 impl From<RpcError> for Error {
     fn from(err: RpcError) -> Error {
         use cmd_rpc::RpcError as E;
@@ -309,6 +324,8 @@ impl From<RpcError> for Error {
             E::Unavailable(why) => return Error::Unavailable(why),
             E::NoQuorum(why) => return Error::QuorumUnavailable(why),
             E::Fatal(why) => return Error::Fatal(why),
+            // Its reason; the variant says it was not applied.
+            E::NotStarted(why) => return Error::NotApplied(why),
             _ => {}
         }
         // Local or passed on from another node: the code says what it was.
@@ -322,14 +339,20 @@ impl From<RpcError> for Error {
             ErrorCode::NoQuorum => Error::QuorumUnavailable(message),
             // Not applied, and an operation gave up moving to a new session
             // (its deadline passed, or too many in a row could not take
-            // it): no outcome in time; `execute` again tries once more.
-            // Never the caller's mistake (the facade numbers commands).
+            // it); `execute` again tries once more. Never the caller's
+            // mistake (the facade numbers commands). An operation reaches
+            // this only when no earlier attempt may have been applied
+            // (`after_session`); before, it was `Error::Timeout`, which says
+            // the command may still be applied (issue 12).
             ErrorCode::SequenceReused | ErrorCode::SessionExpired | ErrorCode::UnknownSession => {
-                Error::Timeout(message)
+                Error::NotApplied(message)
             }
-            // Never sent to the leader by the deadline: not applied, and
-            // the deadline passed; `execute` again tries once more.
-            ErrorCode::NotStarted => Error::Timeout(message),
+            // Never sent to the leader by the deadline (another node's
+            // `not_started`): not applied, and the deadline passed;
+            // `execute` again tries once more. An operation whose earlier
+            // attempt may have been applied makes it `Error::Timeout`
+            // (`caller_error`).
+            ErrorCode::NotStarted => Error::NotApplied(message),
             _ => Error::network_from(message, err),
         }
     }
@@ -356,6 +379,7 @@ mod tests {
         let kind = |err: Error| match err {
             Error::OutcomeUnknown(_) => "outcome_unknown",
             Error::Timeout(_) => "timeout",
+            Error::NotApplied(_) => "not_applied",
             Error::AnswerNotKept => "answer_not_kept",
             Error::Invalid(_) => "invalid",
             Error::Network { .. } => "network",
@@ -364,15 +388,15 @@ mod tests {
         // (code, next without / with an earlier unknown attempt, the
         // caller's error when the operation ends on it without `Lost`).
         let cases: [(&str, AfterSession, AfterSession, &str); 9] = [
-            ("session_expired", NewSession, Lost, "timeout"),
-            ("unknown_session", NewSession, Lost, "timeout"),
-            ("sequence_reused", NewSession, Lost, "timeout"),
+            ("session_expired", NewSession, Lost, "not_applied"),
+            ("unknown_session", NewSession, Lost, "not_applied"),
+            ("sequence_reused", NewSession, Lost, "not_applied"),
             ("stale_sequence", Lost, Lost, "outcome_unknown"),
             ("session_expired_outcome_unknown", Lost, Lost, "outcome_unknown"),
             ("answer_not_kept", Pass, Pass, "answer_not_kept"),
             ("not_leader", Pass, Pass, "network"),
             ("bad_request", Pass, Pass, "network"),
-            ("not_started", Pass, Pass, "timeout"),
+            ("not_started", Pass, Pass, "not_applied"),
         ];
         for (wire, fresh, after_unknown, caller) in cases {
             let code = ErrorCode::from_wire(wire);
@@ -447,6 +471,7 @@ mod tests {
             Error::Stopped => "stopped",
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
+            Error::NotApplied(_) => "not_applied",
             Error::NoLeader { .. } => "no_leader",
             Error::QuorumUnavailable(_) => "quorum_unavailable",
             Error::Fatal(_) => "fatal",
@@ -476,7 +501,7 @@ mod tests {
                 "timeout",
             ),
             (RpcError::LeaderLost { what: "execute".to_owned() }, "timeout"),
-            (RpcError::NotStarted("no batch".to_owned()), "timeout"),
+            (RpcError::NotStarted("no batch".to_owned()), "not_applied"),
             (RpcError::NoQuorum("2 of 5".to_owned()), "quorum_unavailable"),
             (RpcError::Fatal("disk".to_owned()), "fatal"),
             (RpcError::BadRequest("x".to_owned()), "invalid"),
@@ -489,6 +514,55 @@ mod tests {
                 assert!(err.to_string().contains(&shown["unavailable: ".len()..]), "{err}");
             }
         }
+    }
+
+    /// Issue 12: a command known not applied (cmd-rpc's `not_started`:
+    /// nothing of the call was written to a leader or proposed in time; or
+    /// an operation that gave up moving to a new session before anything
+    /// of it was applied) reached its caller as `Error::Timeout`, whose
+    /// text says the command "may still be applied". The caller hears that
+    /// it was not applied, under its own outcome label (`not_applied`).
+    #[test]
+    fn a_command_known_not_applied_is_not_reported_as_maybe_applied() {
+        let remote = |wire: &str| {
+            let body = ErrorBody {
+                code: ErrorCode::from_wire(wire),
+                message: "m".to_owned(),
+                leader: None,
+            };
+            RpcError::from_remote(409, body)
+        };
+        let why = "execute: nothing of it was proposed here or written to a leader within 3ms";
+        for rpc in [
+            RpcError::NotStarted(why.to_owned()),
+            remote("not_started"),
+            remote("session_expired"),
+            remote("unknown_session"),
+            remote("sequence_reused"),
+        ] {
+            let shown = rpc.to_string();
+            let err = Error::from(rpc);
+            let text = err.to_string();
+            assert!(!text.contains("may still be applied"), "{shown}: {text}");
+            assert!(text.contains("not applied"), "{shown}: {text}");
+        }
+        let err = Error::from(RpcError::NotStarted(why.to_owned()));
+        assert_eq!(err.to_string(), format!("not applied within the deadline: {why}"));
+    }
+
+    /// `not_started` speaks of this call only: after an attempt that may
+    /// have been applied (an earlier call's, or this one's), the caller
+    /// still hears that the command may be applied.
+    #[test]
+    fn not_started_after_an_attempt_that_may_have_been_applied_is_a_timeout() {
+        let not_started = || RpcError::NotStarted("no free request slot".to_owned());
+        assert!(matches!(caller_error(not_started(), false), Error::NotApplied(_)));
+        let err = caller_error(not_started(), true);
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        assert!(err.to_string().contains("may still be applied"), "{err}");
+        // Other errors are as `From` makes them, whatever the flag.
+        let no_leader = RpcError::NoLeaderNotStarted { waited: Duration::ZERO, earlier: None };
+        assert!(matches!(caller_error(no_leader, true), Error::NoLeader { .. }));
     }
 
     /// Before: the command API's error became `Error::Network(String)`,
