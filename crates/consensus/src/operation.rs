@@ -80,7 +80,9 @@ impl SessionPool {
 /// expires after an attempt whose outcome is unknown, or moves past the
 /// command's sequence number, the outcome can no longer be learned:
 /// `execute` then answers [`Error::OutcomeUnknown`], now and on every later
-/// call.
+/// call. Once the cluster answered the command, every later call answers
+/// that again without sending it, whether or not its session still keeps
+/// the answer.
 pub struct Operation<S: StateMachine> {
     inner: Arc<Inner<S>>,
     command: Box<RawValue>,
@@ -93,6 +95,9 @@ pub struct Operation<S: StateMachine> {
     applied: bool,
     /// Why the outcome can no longer be learned, once that is so.
     lost: Option<String>,
+    /// The cluster's answer, once an attempt got it: every later call
+    /// answers it again (the session that keeps it may expire).
+    answered: Option<Box<RawValue>>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Operation<S> {
@@ -102,6 +107,7 @@ impl<S: StateMachine> std::fmt::Debug for Operation<S> {
             .field("maybe_applied", &self.maybe_applied)
             .field("applied", &self.applied)
             .field("lost", &self.lost)
+            .field("answered", &self.answered.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -115,12 +121,14 @@ impl<S: StateMachine> Operation<S> {
             maybe_applied: false,
             applied: false,
             lost: None,
+            answered: None,
         }
     }
 
     /// Executes the command, or, after an earlier error, tries again to
-    /// learn its outcome, applying it if it was not applied yet. Uses the
-    /// node's default deadline.
+    /// learn its outcome, applying it if it was not applied yet. After an
+    /// answer, answers it again without sending anything. Uses the node's
+    /// default deadline.
     pub async fn execute(&mut self) -> Result<S::Response, Error> {
         self.execute_within(self.inner.config.timing.call_deadline).await
     }
@@ -135,6 +143,12 @@ impl<S: StateMachine> Operation<S> {
 
     async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
         self.inner.check_running()?;
+        // Applied and answered: the answer stands, even once the session
+        // that keeps it expired (issue 12: before, a later call asked the
+        // session again, and an expired one made it `OutcomeUnknown`).
+        if let Some(answer) = &self.answered {
+            return decode_answer(answer.get());
+        }
         if let Some(why) = &self.lost {
             return Err(Error::OutcomeUnknown(why.clone()));
         }
@@ -167,7 +181,11 @@ impl<S: StateMachine> Operation<S> {
             let span = tracing::debug_span!("execute", client = %client, seq);
             let err =
                 match service.execute(&request, deadline, Origin::Client).instrument(span).await {
-                    Ok(response) => return decode_answer(response.result.get()),
+                    Ok(response) => {
+                        let answer = decode_answer(response.result.get());
+                        self.answered = Some(response.result);
+                        return answer;
+                    }
                     Err(err) => err,
                 };
             match applied_after(&err, earlier) {
