@@ -41,6 +41,7 @@
 //! at most once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -438,6 +439,7 @@ fn send(
     tokio::spawn(async move {
         let _permit = permit;
         stats.batches.inc();
+        let written = AtomicBool::new(false);
         let exchange = client.post_attempt_sent_by::<ExecuteBatchResponse>(
             Some(to),
             &leader,
@@ -448,17 +450,30 @@ fn send(
             Origin::Forwarded,
             limit,
             Some(send_by),
+            &written,
         );
         let sent = tokio::select! {
             sent = exchange => sent,
-            why = abandon => Sent {
-                result: Err(RpcError::Timeout {
-                    what: format!("execute at leader {} ({why}; outcome unknown)", to.node),
-                    after: now.elapsed(),
-                }),
-                sent_before: true,
-                written: true,
-            },
+            // Abandoned (its leader lost its leadership): unknown if any
+            // of it may have been written; otherwise (still waiting for a
+            // request slot or a connection) nothing of it left this node,
+            // and each command is handed back unsent (issue 12: before,
+            // every abandoned batch was reported written).
+            why = abandon => {
+                let written = written.load(Ordering::SeqCst);
+                let result = Err(if written {
+                    RpcError::Timeout {
+                        what: format!("execute at leader {} ({why}; outcome unknown)", to.node),
+                        after: now.elapsed(),
+                    }
+                } else {
+                    RpcError::NotStarted(format!(
+                        "execute at leader {} ({why}) before its batch was written",
+                        to.node
+                    ))
+                });
+                Sent { result, sent_before: written, written }
+            }
         };
         deliver(to.node, batch, sent, &stats);
     });

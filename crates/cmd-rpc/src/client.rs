@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +135,7 @@ impl CommandClient {
             to: None,
             answer_limit: self.config.max_response,
             send_by: None,
+            written: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -157,6 +159,7 @@ impl CommandClient {
             to: Some(to),
             answer_limit: self.config.max_response,
             send_by: None,
+            written: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -186,6 +189,7 @@ impl CommandClient {
             to,
             answer_limit: self.config.max_response,
             send_by: None,
+            written: None,
         };
         self.request(node, Method::POST, path, encode(body)?, call).await.result
     }
@@ -193,7 +197,9 @@ impl CommandClient {
     /// [`CommandClient::post_attempt`] with a body encoded already and an
     /// answer of up to `answer_limit` bytes (a batch's answers); also says
     /// whether an address tried before the one that answered may have
-    /// received the request.
+    /// received the request. `written` is set as soon as any of the
+    /// request may be written (what [`Sent::written`] says), for a caller
+    /// that may drop this call before it ends.
     #[allow(clippy::too_many_arguments, reason = "post_attempt's arguments and the limit")]
     pub(crate) async fn post_attempt_encoded<R: DeserializeOwned>(
         &self,
@@ -205,6 +211,7 @@ impl CommandClient {
         answer_within: Duration,
         origin: Origin,
         answer_limit: usize,
+        written: &AtomicBool,
     ) -> Sent<R> {
         let deadline = deadline.into();
         self.post_attempt_sent_by(
@@ -217,6 +224,7 @@ impl CommandClient {
             origin,
             answer_limit,
             None,
+            written,
         )
         .await
     }
@@ -237,6 +245,7 @@ impl CommandClient {
         origin: Origin,
         answer_limit: usize,
         send_by: Option<Instant>,
+        written: &AtomicBool,
     ) -> Sent<R> {
         let call = Call {
             deadline: deadline.into(),
@@ -245,6 +254,7 @@ impl CommandClient {
             to,
             answer_limit,
             send_by,
+            written: Some(written),
         };
         self.request(node, Method::POST, path, body, call).await
     }
@@ -263,6 +273,7 @@ impl CommandClient {
             to: None,
             answer_limit: self.config.max_response,
             send_by: None,
+            written: None,
         };
         self.request(node, Method::GET, path, Bytes::new(), call).await.result
     }
@@ -278,7 +289,7 @@ impl CommandClient {
         method: Method,
         path: &str,
         body: Bytes,
-        call: Call,
+        call: Call<'_>,
     ) -> Sent<R> {
         let mut sent = false;
         let mut written = false;
@@ -346,8 +357,13 @@ impl CommandClient {
                 }
                 _ => (remaining, remaining),
             };
-            // From here on, some of the request may be on the wire.
+            // From here on, some of the request may be on the wire: said
+            // before the exchange is first polled, so a caller that drops
+            // this call at any later point reads it.
             written = true;
+            if let Some(flag) = call.written {
+                flag.store(true, Ordering::SeqCst);
+            }
             let exchange =
                 self.exchange(sender, addr, method.clone(), path, body.clone(), budget, call);
             match tokio::time::timeout(wait, exchange).await {
@@ -388,7 +404,7 @@ impl CommandClient {
         path: &str,
         body: Bytes,
         budget: Duration,
-        call: Call,
+        call: Call<'_>,
     ) -> Result<(u16, Bytes), Exchanged> {
         let Call { origin, to, answer_limit, .. } = call;
         let unreachable = |err: hyper::Error| Exchanged::Broke(RpcError::unreachable(addr, err));
@@ -527,7 +543,7 @@ fn starts_as_an_answer(read: &[u8], next: &[u8]) -> bool {
 
 /// One call's limits.
 #[derive(Clone, Copy, Debug)]
-struct Call {
+struct Call<'a> {
     deadline: Instant,
     /// Most time one attempt waits for its answer; `None`: the deadline.
     answer_within: Option<Duration>,
@@ -539,6 +555,11 @@ struct Call {
     /// When given, the latest a slot and a connection may be waited for:
     /// past it, nothing having been written, the call ends not sent.
     send_by: Option<Instant>,
+    /// Set (before any byte of the request can reach a socket) once an
+    /// exchange begins, as [`Sent::written`] would say: a caller that
+    /// drops the call midway (a batch abandoned when its leader lost its
+    /// leadership) still learns whether any of it may have been written.
+    written: Option<&'a AtomicBool>,
 }
 
 /// What became of a request: its result, whether an address tried
@@ -660,6 +681,7 @@ mod tests {
                     within,
                     Origin::Forwarded,
                     1024,
+                    &AtomicBool::new(false),
                 )
                 .await
         };
@@ -744,6 +766,7 @@ mod tests {
                 Duration::from_secs(2),
                 Origin::Forwarded,
                 1024,
+                &AtomicBool::new(false),
             )
             .await;
         let err = sent.result.as_ref().expect_err("an answer over the limit");

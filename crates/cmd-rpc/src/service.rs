@@ -675,6 +675,7 @@ impl<S: StateMachine> CommandService<S> {
                 return Forwarded::Sent(Err(RpcError::BadRequest(format!("encode request: {e}"))));
             }
         };
+        let written = AtomicBool::new(false);
         let send = async {
             let sent = self
                 .client
@@ -687,6 +688,7 @@ impl<S: StateMachine> CommandService<S> {
                     self.config.attempt_timeout,
                     Origin::Forwarded,
                     self.config.execute_answer_limit(&self.node.session_limits()),
+                    &written,
                 )
                 .await;
             match sent.result.map_err(|err| route::after_execute(err, id)) {
@@ -695,11 +697,21 @@ impl<S: StateMachine> CommandService<S> {
                 other => other.map(|answer| Forwarded::Sent(Ok(answer))),
             }
         };
-        // A leader that moved meanwhile leaves the outcome unknown, written
-        // or not.
+        // A leader that moved meanwhile leaves the outcome unknown if any
+        // of the request may have been written; one still waiting for a
+        // request slot or a connection was not sent (issue 12: before, it
+        // was unknown too). An error `send` returned itself was written.
         self.unless_leader_moves_since(id, term, "/v1/execute", send, deadline)
             .await
-            .unwrap_or_else(|err| Forwarded::Sent(Err(err)))
+            .unwrap_or_else(|err| {
+                if written.load(Ordering::SeqCst) {
+                    Forwarded::Sent(Err(err))
+                } else {
+                    let why = "the leader it was meant for lost its leadership before it was \
+                               written";
+                    Forwarded::NotSent(why.to_owned())
+                }
+            })
     }
 
     /// Forwards one attempt to the leader `id` at `leader`, addressed to

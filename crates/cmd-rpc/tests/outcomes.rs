@@ -402,3 +402,110 @@ async fn a_batch_that_never_got_a_request_slot_was_not_started() {
     let _ = read.await;
     stop_all(follower, leader).await;
 }
+
+/// Moves the leadership from `leader` (whose command port is played) to
+/// `follower`, which then leads: a change every waiting forward sees.
+async fn move_leadership_to(follower: &Node, leader: &raft_core::RaftNode<Counter>) {
+    leader.hold_for_transfer(true);
+    let lease = leader.own_lease_remaining().await.max(leader.leader_lease());
+    // The followers' leases must run out before a vote is granted.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let node = follower.service.node();
+    node.campaign().await.expect("campaign");
+    node.wait_for(WAIT, |m| m.leader == Some(node.id())).await.expect("the follower leads");
+}
+
+/// Holds the only request slot (`max_requests_per_peer` 1) from the
+/// follower to the played leader at `at` with a request it never
+/// answers and that no change of leader abandons.
+async fn hold_the_request_slot(follower: &Node, at: IpAddr, requests: &AtomicUsize) {
+    let client = follower.service.client().clone();
+    let leader = NodeInfo { addrs: vec![at], ..info(0) };
+    tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let _ = client.get::<serde_json::Value>(&leader, "/v1/cluster", deadline).await;
+    });
+    eventually(WAIT, "the slot is held", async || {
+        (requests.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+}
+
+/// Issue 12 (finding 37's open end): a batch waiting for a request slot
+/// when its leader lost its leadership was abandoned as if written, so
+/// its commands' outcomes were unknown though none of it left the node.
+/// They are handed back unsent: routed again (to this node, now the
+/// leader, which does not know the session), the calls end with a known
+/// outcome, not "maybe applied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_abandoned_before_it_was_written_was_not_started() {
+    let net = MemNetwork::new();
+    let config = CommandConfig {
+        max_requests_per_peer: 1,
+        attempt_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (follower, leader, at) = follower_of_a_silent_leader(&net, config).await;
+    let requests = play_leader(&net, at, vec![Reply::Silent]).await;
+    hold_the_request_slot(&follower, at, &requests).await;
+    let stats = follower.service.stats().clone();
+    let execute = |seq: u64, within: Duration| {
+        let service = follower.service.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + within;
+            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
+        })
+    };
+    // The first goes alone and gives up at its deadline; the next two wait
+    // meanwhile and go in a batch, which waits for the slot.
+    let alone = execute(1, Duration::from_millis(300));
+    eventually(WAIT, "the first execute out", async || (stats.forwarded.get() >= 1).then_some(()))
+        .await;
+    let together = [execute(2, Duration::from_secs(8)), execute(3, Duration::from_secs(8))];
+    let err = alone.await.unwrap().expect_err("nothing answers");
+    assert_eq!(err.code(), ErrorCode::NotStarted, "{err}");
+    eventually(WAIT, "a batch out", async || (stats.batches.get() >= 1).then_some(())).await;
+    let not_sent = stats.not_sent.get();
+    move_leadership_to(&follower, &leader).await;
+    for call in together {
+        let err = call.await.unwrap().expect_err("session 1 was never registered");
+        assert!(!err.outcome_unknown(), "{}: {err}", err.code());
+        assert_eq!(err.code(), ErrorCode::UnknownSession, "{err}");
+    }
+    assert_eq!(stats.not_sent.get(), not_sent + 2, "both handed back unsent");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "only the slot's holder reached the leader");
+    stop_all(follower, leader).await;
+}
+
+/// Issue 12, the same for a command forwarded alone: waiting for the
+/// request slot when its leader lost its leadership, nothing of it was
+/// written. Before: an unknown outcome ("lost its leadership"), whatever
+/// was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_abandoned_alone_before_it_was_written_was_not_started() {
+    let net = MemNetwork::new();
+    let config = CommandConfig {
+        max_requests_per_peer: 1,
+        attempt_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let (follower, leader, at) = follower_of_a_silent_leader(&net, config).await;
+    let requests = play_leader(&net, at, vec![Reply::Silent]).await;
+    hold_the_request_slot(&follower, at, &requests).await;
+    let stats = follower.service.stats().clone();
+    let service = follower.service.clone();
+    let call = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        service.execute(&put(1, 1, "k"), deadline, Origin::Client).await
+    });
+    eventually(WAIT, "the execute out", async || (stats.forwarded.get() >= 1).then_some(())).await;
+    move_leadership_to(&follower, &leader).await;
+    let err = call.await.unwrap().expect_err("session 1 was never registered");
+    assert!(!err.outcome_unknown(), "{}: {err}", err.code());
+    assert_eq!(err.code(), ErrorCode::UnknownSession, "{err}");
+    assert_eq!(stats.not_sent.get(), 1, "handed back unsent");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "only the slot's holder reached the leader");
+    stop_all(follower, leader).await;
+}

@@ -24,20 +24,33 @@ pub enum Error {
         /// What the last attempt said.
         reason: String,
     },
-    /// No leader was elected within the deadline (no quorum?).
+    /// No leader was elected within the deadline (no quorum?). For a
+    /// command, no attempt of this call may have been applied (a call with
+    /// one that may have been reports that instead); an earlier call of the
+    /// same [`Operation`](crate::Operation) that ended without a known
+    /// outcome still may have been.
     #[error("no leader elected within {waited:?}; the cluster may have lost its quorum")]
     NoLeader {
         /// How long we waited.
         waited: Duration,
     },
-    /// No outcome within the deadline (or, for a command whose sessions
-    /// kept expiring before it reached them, within the sessions an
-    /// operation moves through). The command may still be applied;
+    /// No outcome within the deadline. The command may still be applied;
     /// nothing is applied twice, and executing the same operation again
     /// learns its outcome (or, if its session expired meanwhile, that it
-    /// can no longer be learned: [`Error::OutcomeUnknown`]).
+    /// can no longer be learned: [`Error::OutcomeUnknown`]). A command known
+    /// not applied is [`Error::NotApplied`] instead.
     #[error("no outcome within the deadline; the command may still be applied: {0}")]
     Timeout(String),
+    /// The command was not applied, and the deadline passed: nothing of
+    /// this call was written to a leader or proposed in time (no free
+    /// request slot, every dial failed, no time left for an attempt, a
+    /// busy leader that did not start it), or the sessions it moved
+    /// through kept expiring before it reached them; and no earlier call
+    /// of the same [`Operation`](crate::Operation) may have been applied
+    /// (one that may have been makes this [`Error::Timeout`]). Executing
+    /// the operation again tries again, still at most once.
+    #[error("not applied within the deadline: {0}")]
+    NotApplied(String),
     /// The command may or may not have been applied, and this can no longer
     /// be found out: an attempt ended without a known outcome, and its
     /// session expired before a retry could ask, or the session moved past

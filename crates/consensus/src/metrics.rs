@@ -33,7 +33,7 @@ use ts_transport::{BoxFuture, BoxStream, Listener, PeerAddr, Transport, Transpor
 use crate::error::Error;
 
 /// Outcomes commands are counted by; the last is for errors added later.
-pub(crate) const OUTCOMES: [&str; 13] = [
+pub(crate) const OUTCOMES: [&str; 14] = [
     "ok",
     "timeout",
     "no_leader",
@@ -46,6 +46,7 @@ pub(crate) const OUTCOMES: [&str; 13] = [
     "stopped",
     "unavailable",
     "fatal",
+    "not_applied",
     "other",
 ];
 
@@ -63,7 +64,8 @@ fn outcome_of<T>(result: &Result<T, Error>) -> usize {
         Err(Error::Stopped) => 9,
         Err(Error::Unavailable(_)) => 10,
         Err(Error::Fatal(_)) => 11,
-        Err(_) => 12,
+        Err(Error::NotApplied(_)) => 12,
+        Err(_) => 13,
     }
 }
 
@@ -347,7 +349,7 @@ pub(crate) fn render(out: &mut String, scrape: &Scrape<'_>) {
     histogram(
         out,
         "tsconsensus_proposal_batch_size",
-        "Proposals coalesced into each log entry this node proposed as leader.",
+        "Proposals coalesced into each log entry this node handed to raft as leader (not the batches refused at hand-off).",
         &scrape.raft.batch_size.snapshot(),
         1.0,
     );
@@ -448,6 +450,7 @@ mod tests {
             (Err(Error::Stopped), "stopped"),
             (Err(Error::Unavailable(String::new())), "unavailable"),
             (Err(Error::Fatal(String::new())), "fatal"),
+            (Err(Error::NotApplied(String::new())), "not_applied"),
             (Err(Error::NotTagged { tag: String::new() }), "other"),
         ];
         for (result, label) in cases {

@@ -80,7 +80,9 @@ impl SessionPool {
 /// expires after an attempt whose outcome is unknown, or moves past the
 /// command's sequence number, the outcome can no longer be learned:
 /// `execute` then answers [`Error::OutcomeUnknown`], now and on every later
-/// call.
+/// call. Once the cluster answered the command, every later call answers
+/// that again without sending it, whether or not its session still keeps
+/// the answer.
 pub struct Operation<S: StateMachine> {
     inner: Arc<Inner<S>>,
     command: Box<RawValue>,
@@ -93,6 +95,9 @@ pub struct Operation<S: StateMachine> {
     applied: bool,
     /// Why the outcome can no longer be learned, once that is so.
     lost: Option<String>,
+    /// The cluster's answer, once an attempt got it: every later call
+    /// answers it again (the session that keeps it may expire).
+    answered: Option<Box<RawValue>>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Operation<S> {
@@ -102,6 +107,7 @@ impl<S: StateMachine> std::fmt::Debug for Operation<S> {
             .field("maybe_applied", &self.maybe_applied)
             .field("applied", &self.applied)
             .field("lost", &self.lost)
+            .field("answered", &self.answered.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -115,12 +121,14 @@ impl<S: StateMachine> Operation<S> {
             maybe_applied: false,
             applied: false,
             lost: None,
+            answered: None,
         }
     }
 
     /// Executes the command, or, after an earlier error, tries again to
-    /// learn its outcome, applying it if it was not applied yet. Uses the
-    /// node's default deadline.
+    /// learn its outcome, applying it if it was not applied yet. After an
+    /// answer, answers it again without sending anything. Uses the node's
+    /// default deadline.
     pub async fn execute(&mut self) -> Result<S::Response, Error> {
         self.execute_within(self.inner.config.timing.call_deadline).await
     }
@@ -135,6 +143,12 @@ impl<S: StateMachine> Operation<S> {
 
     async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
         self.inner.check_running()?;
+        // Applied and answered: the answer stands, even once the session
+        // that keeps it expired (issue 12: before, a later call asked the
+        // session again, and an expired one made it `OutcomeUnknown`).
+        if let Some(answer) = &self.answered {
+            return decode_answer(answer.get());
+        }
         if let Some(why) = &self.lost {
             return Err(Error::OutcomeUnknown(why.clone()));
         }
@@ -167,7 +181,11 @@ impl<S: StateMachine> Operation<S> {
             let span = tracing::debug_span!("execute", client = %client, seq);
             let err =
                 match service.execute(&request, deadline, Origin::Client).instrument(span).await {
-                    Ok(response) => return decode_answer(response.result.get()),
+                    Ok(response) => {
+                        let answer = decode_answer(response.result.get());
+                        self.answered = Some(response.result);
+                        return answer;
+                    }
                     Err(err) => err,
                 };
             match applied_after(&err, earlier) {
@@ -206,7 +224,7 @@ impl<S: StateMachine> Operation<S> {
                     self.lost = Some(why.clone());
                     return Err(Error::OutcomeUnknown(why));
                 }
-                AfterSession::Pass => return Err(Error::from(err)),
+                AfterSession::Pass => return Err(caller_error(err, self.maybe_applied)),
             }
         }
     }
@@ -291,6 +309,21 @@ fn after_session(code: &ErrorCode, earlier: bool) -> AfterSession {
     }
 }
 
+/// What the caller of an operation hears for `err`, `maybe_applied`
+/// saying whether an attempt of it (this call's or an earlier one's) may
+/// have been applied: a `not_started` says "not applied" of this call
+/// only, so after an attempt that may have been it is a timeout (the
+/// command may still be applied), never [`Error::NotApplied`].
+fn caller_error(err: RpcError, maybe_applied: bool) -> Error {
+    match Error::from(err) {
+        Error::NotApplied(why) if maybe_applied => Error::Timeout(format!(
+            "{why} (this call's attempts were not applied; an earlier one's outcome is still \
+             unknown)"
+        )),
+        other => other,
+    }
+}
+
 impl From<RpcError> for Error {
     fn from(err: RpcError) -> Error {
         use cmd_rpc::RpcError as E;
@@ -309,6 +342,8 @@ impl From<RpcError> for Error {
             E::Unavailable(why) => return Error::Unavailable(why),
             E::NoQuorum(why) => return Error::QuorumUnavailable(why),
             E::Fatal(why) => return Error::Fatal(why),
+            // Its reason; the variant says it was not applied.
+            E::NotStarted(why) => return Error::NotApplied(why),
             _ => {}
         }
         // Local or passed on from another node: the code says what it was.
@@ -322,14 +357,20 @@ impl From<RpcError> for Error {
             ErrorCode::NoQuorum => Error::QuorumUnavailable(message),
             // Not applied, and an operation gave up moving to a new session
             // (its deadline passed, or too many in a row could not take
-            // it): no outcome in time; `execute` again tries once more.
-            // Never the caller's mistake (the facade numbers commands).
+            // it); `execute` again tries once more. Never the caller's
+            // mistake (the facade numbers commands). An operation reaches
+            // this only when no earlier attempt may have been applied
+            // (`after_session`); before, it was `Error::Timeout`, which says
+            // the command may still be applied (issue 12).
             ErrorCode::SequenceReused | ErrorCode::SessionExpired | ErrorCode::UnknownSession => {
-                Error::Timeout(message)
+                Error::NotApplied(message)
             }
-            // Never sent to the leader by the deadline: not applied, and
-            // the deadline passed; `execute` again tries once more.
-            ErrorCode::NotStarted => Error::Timeout(message),
+            // Never sent to the leader by the deadline (another node's
+            // `not_started`): not applied, and the deadline passed;
+            // `execute` again tries once more. An operation whose earlier
+            // attempt may have been applied makes it `Error::Timeout`
+            // (`caller_error`).
+            ErrorCode::NotStarted => Error::NotApplied(message),
             _ => Error::network_from(message, err),
         }
     }
@@ -356,6 +397,7 @@ mod tests {
         let kind = |err: Error| match err {
             Error::OutcomeUnknown(_) => "outcome_unknown",
             Error::Timeout(_) => "timeout",
+            Error::NotApplied(_) => "not_applied",
             Error::AnswerNotKept => "answer_not_kept",
             Error::Invalid(_) => "invalid",
             Error::Network { .. } => "network",
@@ -364,15 +406,15 @@ mod tests {
         // (code, next without / with an earlier unknown attempt, the
         // caller's error when the operation ends on it without `Lost`).
         let cases: [(&str, AfterSession, AfterSession, &str); 9] = [
-            ("session_expired", NewSession, Lost, "timeout"),
-            ("unknown_session", NewSession, Lost, "timeout"),
-            ("sequence_reused", NewSession, Lost, "timeout"),
+            ("session_expired", NewSession, Lost, "not_applied"),
+            ("unknown_session", NewSession, Lost, "not_applied"),
+            ("sequence_reused", NewSession, Lost, "not_applied"),
             ("stale_sequence", Lost, Lost, "outcome_unknown"),
             ("session_expired_outcome_unknown", Lost, Lost, "outcome_unknown"),
             ("answer_not_kept", Pass, Pass, "answer_not_kept"),
             ("not_leader", Pass, Pass, "network"),
             ("bad_request", Pass, Pass, "network"),
-            ("not_started", Pass, Pass, "timeout"),
+            ("not_started", Pass, Pass, "not_applied"),
         ];
         for (wire, fresh, after_unknown, caller) in cases {
             let code = ErrorCode::from_wire(wire);
@@ -447,6 +489,7 @@ mod tests {
             Error::Stopped => "stopped",
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
+            Error::NotApplied(_) => "not_applied",
             Error::NoLeader { .. } => "no_leader",
             Error::QuorumUnavailable(_) => "quorum_unavailable",
             Error::Fatal(_) => "fatal",
@@ -476,7 +519,7 @@ mod tests {
                 "timeout",
             ),
             (RpcError::LeaderLost { what: "execute".to_owned() }, "timeout"),
-            (RpcError::NotStarted("no batch".to_owned()), "timeout"),
+            (RpcError::NotStarted("no batch".to_owned()), "not_applied"),
             (RpcError::NoQuorum("2 of 5".to_owned()), "quorum_unavailable"),
             (RpcError::Fatal("disk".to_owned()), "fatal"),
             (RpcError::BadRequest("x".to_owned()), "invalid"),
@@ -489,6 +532,55 @@ mod tests {
                 assert!(err.to_string().contains(&shown["unavailable: ".len()..]), "{err}");
             }
         }
+    }
+
+    /// Issue 12: a command known not applied (cmd-rpc's `not_started`:
+    /// nothing of the call was written to a leader or proposed in time; or
+    /// an operation that gave up moving to a new session before anything
+    /// of it was applied) reached its caller as `Error::Timeout`, whose
+    /// text says the command "may still be applied". The caller hears that
+    /// it was not applied, under its own outcome label (`not_applied`).
+    #[test]
+    fn a_command_known_not_applied_is_not_reported_as_maybe_applied() {
+        let remote = |wire: &str| {
+            let body = ErrorBody {
+                code: ErrorCode::from_wire(wire),
+                message: "m".to_owned(),
+                leader: None,
+            };
+            RpcError::from_remote(409, body)
+        };
+        let why = "execute: nothing of it was proposed here or written to a leader within 3ms";
+        for rpc in [
+            RpcError::NotStarted(why.to_owned()),
+            remote("not_started"),
+            remote("session_expired"),
+            remote("unknown_session"),
+            remote("sequence_reused"),
+        ] {
+            let shown = rpc.to_string();
+            let err = Error::from(rpc);
+            let text = err.to_string();
+            assert!(!text.contains("may still be applied"), "{shown}: {text}");
+            assert!(text.contains("not applied"), "{shown}: {text}");
+        }
+        let err = Error::from(RpcError::NotStarted(why.to_owned()));
+        assert_eq!(err.to_string(), format!("not applied within the deadline: {why}"));
+    }
+
+    /// `not_started` speaks of this call only: after an attempt that may
+    /// have been applied (an earlier call's, or this one's), the caller
+    /// still hears that the command may be applied.
+    #[test]
+    fn not_started_after_an_attempt_that_may_have_been_applied_is_a_timeout() {
+        let not_started = || RpcError::NotStarted("no free request slot".to_owned());
+        assert!(matches!(caller_error(not_started(), false), Error::NotApplied(_)));
+        let err = caller_error(not_started(), true);
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        assert!(err.to_string().contains("may still be applied"), "{err}");
+        // Other errors are as `From` makes them, whatever the flag.
+        let no_leader = RpcError::NoLeaderNotStarted { waited: Duration::ZERO, earlier: None };
+        assert!(matches!(caller_error(no_leader, true), Error::NoLeader { .. }));
     }
 
     /// Before: the command API's error became `Error::Network(String)`,

@@ -168,6 +168,31 @@ async fn a_session_expired_after_an_unknown_attempt_is_an_unknown_outcome() {
     }
 }
 
+/// Issue 12: an operation that had answered, executed again once its
+/// session expired, answered `OutcomeUnknown` (it asked the session,
+/// which could no longer say) though it had heard the command applied.
+/// It answers what it answered before, without sending the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_answered_answers_the_same_after_its_session_expired() {
+    let world = World::new(3);
+    let nodes = world.start_all(short_lived_sessions).await;
+    let leader = leader_of(&nodes);
+    let other = (leader + 1) % 3;
+    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
+    let mut operation = nodes[leader].prepare(add("done", 1)).expect("prepared");
+    assert_eq!(operation.execute().await.expect("applied"), 2);
+    expire_sessions_used_until_now(&nodes[leader], &nodes[other]).await;
+    for _ in 0..2 {
+        let again = operation.execute_within(Duration::from_secs(10)).await;
+        assert_eq!(again.expect("the answer it gave"), 2, "the total after that add");
+    }
+    let applied = applied_tags(&nodes[leader]).await;
+    assert_eq!(applied.iter().filter(|t| *t == "done").count(), 1, "{applied:?}");
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
 /// An attempt the caller abandons (its future dropped mid-call) counts as
 /// one whose outcome is unknown: a later call never moves the command to a
 /// new session, where it could be applied a second time.

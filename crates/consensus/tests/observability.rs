@@ -275,9 +275,12 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
         nodes[follower].execute(add(&format!("f{k}"), 1)).await.unwrap();
         nodes[leader].execute(add(&format!("l{k}"), 1)).await.unwrap();
     }
-    // One that fails: a deadline too short to be met.
+    // One that fails: a deadline too short to be met. No attempt was
+    // made, so it was not applied, and says so (issue 12: before, it was
+    // a `timeout`, "may still be applied").
     let short = nodes[follower].execute_within(add("late", 1), Duration::ZERO).await;
-    assert!(short.is_err(), "{short:?}");
+    let short = short.expect_err("no time for an attempt").to_string();
+    assert!(short.starts_with("not applied"), "{short}");
     // Refused peers: a stranger dials the raft and command ports.
     let stranger = world.net.node(std::net::IpAddr::from([10, 9, 9, 9]));
     for port in [Config::default().raft_port, Config::default().command_port] {
@@ -318,7 +321,8 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
     }
     let f = &first[follower];
     assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "ok")]), 10.0);
-    assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "timeout")]), 1.0);
+    assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "not_applied")]), 1.0);
+    assert_eq!(f.value("tsconsensus_commands_total", &[("outcome", "timeout")]), 0.0);
     assert_eq!(f.value("tsconsensus_command_duration_seconds_count", &[]), 11.0);
     assert!(f.value("tsconsensus_commands_forwarded_total", &[]) >= 10.0);
     let l = &first[leader];

@@ -934,11 +934,15 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(refusal);
         }
         let (reply, answer) = oneshot::channel();
+        // Counted before the batcher can see it, so that no reader sees it
+        // batched (or refused) before it is queued (issue 12). One the
+        // batcher is gone for stays counted, as do those it drops when the
+        // node stops (`RaftStats::proposals_queued`).
+        self.stats().proposals_queued.inc();
         self.proposals
             .send(Pending { proposal, reply })
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
-        self.stats().proposals_queued.inc();
         // Until the batch is committed and applied; inside `propose`, whose
         // span carries the request id.
         answer
@@ -1431,7 +1435,6 @@ async fn batch_loop(
         let handoff = handoff.clone();
         let stats = stats.clone();
         let timeout = config.propose_timeout;
-        stats.batch_size.observe(batch.len() as u64);
         let span = tracing::debug_span!("commit_batch", proposals = batch.len());
         commits.spawn(
             async move {
@@ -1473,17 +1476,22 @@ async fn commit(
         }
     })
     .await;
-    let result = match first {
+    let first = match first {
         Err(refusal) => {
-            // Never handed to raft: not applied.
+            // Never handed to raft: not applied, and not a batch
+            // (`batch_size` counts only what raft got; issue 12).
             stats.proposals_refused_at_handoff.add(count as u64);
             for reply in replies {
                 let _ = reply.send(Err(refusal.clone()));
             }
             return;
         }
-        Ok(std::task::Poll::Ready(result)) => Ok(result),
-        Ok(std::task::Poll::Pending) => tokio::time::timeout_at(deadline, write).await,
+        Ok(first) => first,
+    };
+    stats.batch_size.observe(count as u64);
+    let result = match first {
+        std::task::Poll::Ready(result) => Ok(result),
+        std::task::Poll::Pending => tokio::time::timeout_at(deadline, write).await,
     };
     let outcomes: Result<Vec<Outcome>, ProposeError> = match result {
         Err(_) => Err(ProposeError::Timeout(timeout)),

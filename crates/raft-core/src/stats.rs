@@ -1,10 +1,14 @@
 //! Counters and histograms a node keeps about itself, for the facade's
 //! `/metrics`.
 //!
-//! Everything is a relaxed atomic: recording never locks and never
-//! allocates, so it can sit on the per-command path. A reader sees each
-//! value on its own (a histogram's buckets are read one by one); every
-//! value only grows, so two reads in a row never go backwards.
+//! Everything is an atomic: recording never locks and never allocates,
+//! so it can sit on the per-command path. A reader sees each value on its
+//! own (a histogram's buckets are read one by one); every value only
+//! grows, so two reads in a row never go backwards. Updates release and
+//! reads acquire (on x86 the same instructions as relaxed ones): a value
+//! read after another includes every update made before the one that
+//! other read saw, so counts updated in a known order (queued before
+//! batched) read in the reverse order never look inverted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,17 +24,17 @@ impl Counter {
 
     /// Adds 1.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.fetch_add(1, Ordering::Release);
     }
 
     /// Adds `n`.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.0.fetch_add(n, Ordering::Release);
     }
 
     /// The value now.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -75,8 +79,8 @@ impl Histogram {
     /// Records one value.
     pub fn observe(&self, value: u64) {
         let bucket = self.bounds.partition_point(|&bound| bound < value);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(value, Ordering::Relaxed);
+        self.counts[bucket].fetch_add(1, Ordering::Release);
+        self.sum.fetch_add(value, Ordering::Release);
     }
 
     /// The upper bounds.
@@ -90,11 +94,11 @@ impl Histogram {
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(self.bounds.len());
         for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
+            cumulative += self.counts[i].load(Ordering::Acquire);
             buckets.push((*bound, cumulative));
         }
-        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
-        HistogramSnapshot { buckets, count: cumulative, sum: self.sum.load(Ordering::Relaxed) }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Acquire);
+        HistogramSnapshot { buckets, count: cumulative, sum: self.sum.load(Ordering::Acquire) }
     }
 }
 
@@ -104,12 +108,16 @@ pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 /// What a raft node counts about itself.
 #[derive(Debug)]
 pub struct RaftStats {
-    /// Proposals coalesced into each log entry the batcher proposed (on
-    /// the leader).
+    /// Proposals coalesced into each log entry the batcher handed to
+    /// openraft (on the leader). A batch refused at the hand-off is not
+    /// one: its proposals count in `proposals_refused_at_handoff`.
     pub batch_size: Histogram,
     /// Proposals that passed this node's checks (leader, no transfer hold)
-    /// and were queued for the batcher. Less `batch_size`'s sum: those
-    /// still waiting for a batch.
+    /// and were queued for the batcher, counted before the batcher can
+    /// take them. Less `batch_size`'s sum and
+    /// `proposals_refused_at_handoff`: those still waiting for a batch, or
+    /// dropped unbatched because the node stopped (answered "shutting
+    /// down"). Read after those two, it is never the smaller.
     pub proposals_queued: Counter,
     /// Queued proposals the batcher refused before handing them to raft,
     /// because this node stopped leading or began handing its leadership
