@@ -444,7 +444,7 @@ mod tests {
     fn sample() -> Backup {
         let data = {
             // Real snapshot data: an empty state machine's.
-            let store = crate::StateMachineStore::in_memory(Nothing);
+            let store = crate::state_machine::StateMachineStore::in_memory(Nothing);
             store.image().unwrap().data
         };
         Backup::new(
