@@ -143,10 +143,9 @@ impl Admin {
 pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), Error> {
     let Some(port) = inner.config.admin_port else { return Ok(()) };
     let Some(dir) = inner.config.state_dir.clone() else {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "the admin endpoint keeps its token in the state directory: set state_dir, or \
-             leave admin_port unset"
-                .to_owned(),
+             leave admin_port unset",
         ));
     };
     let token = fresh_token(&dir)?;
@@ -252,7 +251,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminResponse> 
 
 fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminResponse> {
     inner.check_running().map_err(|err| match err {
-        Error::Fatal(why) => AdminResponse::error(
+        Error::Fatal { message: why, .. } => AdminResponse::error(
             503,
             "fatal",
             format!("this node stopped on a fatal error and serves nothing until restarted: {why}"),
@@ -824,7 +823,7 @@ async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, gen
 /// Where a backup file came from, checking all of it (the format, the
 /// lengths, the checksum, the header, the state's format).
 pub fn backup_info(backup: &[u8]) -> Result<BackupInfo, Error> {
-    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(Error::Invalid)
+    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(Error::invalid)
 }
 
 /// Stages `backup` in the state directory of a node that is **not
@@ -842,14 +841,14 @@ pub async fn stage_restore_offline(
     backup_info(backup)?;
     match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::storage)? {
         raft_core::StateDir::InUse => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "a node is running on {} (its raft log is locked): restore through its admin \
                  endpoint instead, which checks whether its cluster is healthy",
                 state_dir.display()
             )));
         }
         raft_core::StateDir::Member { node_id, cluster_id, .. } if !force => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{} holds the state of node {node_id} of cluster {}. If that cluster still \
                  has a quorum, start this node and let it rejoin: a restore starts a second \
                  cluster. --force stages the restore anyway (the state is moved aside, not \

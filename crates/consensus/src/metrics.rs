@@ -56,13 +56,13 @@ fn outcome_of<T>(result: &Result<T, Error>) -> usize {
         Err(Error::NoLeader { .. }) => 2,
         Err(Error::OutcomeUnknown(_)) => 3,
         Err(Error::AnswerNotKept) => 4,
-        Err(Error::Rejected(_)) => 5,
-        Err(Error::Invalid(_)) => 6,
+        Err(Error::Rejected { .. }) => 5,
+        Err(Error::Invalid { .. }) => 6,
         Err(Error::Storage { .. }) => 7,
         Err(Error::Network { .. }) => 8,
         Err(Error::Stopped) => 9,
         Err(Error::Unavailable(_)) => 10,
-        Err(Error::Fatal(_)) => 11,
+        Err(Error::Fatal { .. }) => 11,
         Err(_) => 12,
     }
 }
@@ -441,13 +441,13 @@ mod tests {
             (Err(Error::NoLeader { waited: Duration::ZERO }), "no_leader"),
             (Err(Error::OutcomeUnknown(String::new())), "outcome_unknown"),
             (Err(Error::AnswerNotKept), "answer_not_kept"),
-            (Err(Error::Rejected(String::new())), "rejected"),
-            (Err(Error::Invalid(String::new())), "invalid"),
+            (Err(Error::rejected("")), "rejected"),
+            (Err(Error::invalid("")), "invalid"),
             (Err(Error::storage(String::new())), "storage"),
             (Err(Error::network(String::new())), "network"),
             (Err(Error::Stopped), "stopped"),
             (Err(Error::Unavailable(String::new())), "unavailable"),
-            (Err(Error::Fatal(String::new())), "fatal"),
+            (Err(Error::fatal("")), "fatal"),
             (Err(Error::NotTagged { tag: String::new() }), "other"),
         ];
         for (result, label) in cases {
