@@ -280,7 +280,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
             match pending {
                 None | Some(Ok(None)) => serde_json::Value::Null,
                 Some(Ok(Some(info))) => serde_json::to_value(info).unwrap_or_default(),
-                Some(Err(why)) => serde_json::json!({ "error": why }),
+                Some(Err(why)) => serde_json::json!({ "error": why.to_string() }),
             },
         );
     }
@@ -647,7 +647,7 @@ async fn restore<S: StateMachine>(
         ));
     };
     if let Err(why) = raft_core::Backup::from_bytes(body) {
-        return Err(AdminResponse::error(400, "bad_backup", why));
+        return Err(AdminResponse::error(400, "bad_backup", why.to_string()));
     }
     let period = health_check_period(inner);
     if !force {
@@ -670,7 +670,7 @@ async fn restore<S: StateMachine>(
     }
     let (info, generation) = inner.admin.stage(|| {
         raft_core::backup::stage_restore(&dir, body)
-            .map_err(|why| AdminResponse::error(500, "stage_failed", why))
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why.to_string()))
     })?;
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
     if !force {
@@ -823,7 +823,7 @@ async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, gen
 /// Where a backup file came from, checking all of it (the format, the
 /// lengths, the checksum, the header, the state's format).
 pub fn backup_info(backup: &[u8]) -> Result<BackupInfo, Error> {
-    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(Error::invalid)
+    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(backup_error)
 }
 
 /// Stages `backup` in the state directory of a node that is **not
@@ -839,7 +839,7 @@ pub async fn stage_restore_offline(
     force: bool,
 ) -> Result<BackupInfo, Error> {
     backup_info(backup)?;
-    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::storage)? {
+    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(backup_error)? {
         raft_core::StateDir::InUse => {
             return Err(Error::invalid(format!(
                 "a node is running on {} (its raft log is locked): restore through its admin \
@@ -859,7 +859,17 @@ pub async fn stage_restore_offline(
         }
         _ => {}
     }
-    raft_core::backup::stage_restore(state_dir, backup).map_err(Error::storage)
+    raft_core::backup::stage_restore(state_dir, backup).map_err(backup_error)
+}
+
+/// The facade's error for raft-core's, which stays its source: a backup
+/// that does not check out is the caller's (`Invalid`), the rest is
+/// storage's.
+fn backup_error(err: raft_core::BackupError) -> Error {
+    match err {
+        raft_core::BackupError::Invalid { .. } => Error::invalid_from(err.to_string(), err),
+        _ => Error::storage_from(err.to_string(), err),
+    }
 }
 
 #[cfg(test)]

@@ -181,11 +181,6 @@ impl Error {
         Error::Fatal { message: message.into(), source: Some(source.into()) }
     }
 
-    /// [`Error::Storage`] without an error underneath.
-    pub(crate) fn storage(message: impl Into<String>) -> Error {
-        Error::Storage { message: message.into(), source: None }
-    }
-
     /// [`Error::Storage`] caused by `source`.
     pub(crate) fn storage_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
         Error::Storage { message: message.into(), source: Some(source.into()) }

@@ -443,7 +443,7 @@ mod tests {
             (Err(Error::AnswerNotKept), "answer_not_kept"),
             (Err(Error::rejected("")), "rejected"),
             (Err(Error::invalid("")), "invalid"),
-            (Err(Error::storage(String::new())), "storage"),
+            (Err(Error::Storage { message: String::new(), source: None }), "storage"),
             (Err(Error::network(String::new())), "network"),
             (Err(Error::Stopped), "stopped"),
             (Err(Error::Unavailable(String::new())), "unavailable"),

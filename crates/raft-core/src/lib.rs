@@ -56,7 +56,7 @@ pub mod stats;
 mod storage;
 mod types;
 
-pub use crate::backup::{Backup, BackupInfo, StateDir};
+pub use crate::backup::{Backup, BackupError, BackupInfo, StateDir};
 pub use crate::codec::DecodeError;
 pub use crate::error::{BoxError, MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Identify, NetworkConfig};
