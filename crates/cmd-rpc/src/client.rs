@@ -425,7 +425,7 @@ impl CommandClient {
         }
         let request = request
             .body(Full::new(body))
-            .map_err(|e| Exchanged::Failed(RpcError::BadRequest(e.to_string())))?;
+            .map_err(|e| Exchanged::Failed(RpcError::bad_request_from(e.to_string(), e)))?;
         let response = sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let mut incoming = response.into_body();
@@ -580,7 +580,7 @@ pub(crate) struct Sent<R> {
 fn encode<B: Serialize>(body: &B) -> Result<Bytes, RpcError> {
     serde_json::to_vec(body)
         .map(Bytes::from)
-        .map_err(|e| RpcError::BadRequest(format!("encode request: {e}")))
+        .map_err(|e| RpcError::bad_request_from(format!("encode request: {e}"), e))
 }
 
 /// Why an exchange with one address ended without an answer to decode.

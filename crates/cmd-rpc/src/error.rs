@@ -59,9 +59,18 @@ pub enum RpcError {
         /// The limit.
         limit: usize,
     },
-    /// The request is malformed.
-    #[error("bad request: {0}")]
-    BadRequest(String),
+    /// The request is malformed (or, on the way out, could not be built).
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// What is wrong, in words (the cause's own included). The wire's
+        /// `message` is this error's text.
+        message: String,
+        /// The error that found it, when there is one (the JSON parser's,
+        /// the HTTP body's, raft-core's refusal of a membership change);
+        /// for checks of this crate's own the message is all there is.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The body did not arrive in time.
     #[error("request body not received within {0:?}")]
     SlowBody(Duration),
@@ -201,9 +210,19 @@ pub enum RpcError {
         #[source]
         source: Option<Cause>,
     },
-    /// The node stopped on a fatal error.
-    #[error("fatal: {0}")]
-    Fatal(String),
+    /// The node stopped on a fatal error (or met something that cannot
+    /// happen: a stored answer that is not JSON).
+    #[error("fatal: {message}")]
+    Fatal {
+        /// What failed, in words. For a node stopped on a fatal error this
+        /// is raft-core's record of it, which is text by design
+        /// (docs/ARCHITECTURE.md): then there is no source.
+        message: String,
+        /// The error underneath, when there is one (raft-core's error for
+        /// the call that met the failure, a decoding error).
+        #[source]
+        source: Option<Cause>,
+    },
     /// An error another node answered with, passed on unchanged.
     #[error("{}: {}", .body.code, .body.message)]
     Remote {
@@ -223,7 +242,7 @@ impl RpcError {
             RpcError::Timeout { .. } | RpcError::LeaderLost { .. } => ErrorCode::Timeout,
             RpcError::Forbidden(_) => ErrorCode::Forbidden,
             RpcError::TooLarge { .. } => ErrorCode::TooLarge,
-            RpcError::BadRequest(_) => ErrorCode::BadRequest,
+            RpcError::BadRequest { .. } => ErrorCode::BadRequest,
             RpcError::SlowBody(_) => ErrorCode::SlowBody,
             RpcError::NotFound(_) => ErrorCode::NotFound,
             RpcError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
@@ -240,7 +259,7 @@ impl RpcError {
             RpcError::Unavailable(_) | RpcError::ShuttingDown => ErrorCode::Unavailable,
             RpcError::NoQuorum(_) => ErrorCode::NoQuorum,
             RpcError::Unreachable { .. } => ErrorCode::Unreachable,
-            RpcError::Fatal(_) => ErrorCode::Fatal,
+            RpcError::Fatal { .. } => ErrorCode::Fatal,
             RpcError::Remote { body, .. } => body.code.clone(),
         }
     }
@@ -266,12 +285,12 @@ impl RpcError {
             RpcError::Timeout { .. } | RpcError::LeaderLost { .. } => 504,
             RpcError::Forbidden(_) => 403,
             RpcError::TooLarge { .. } => 413,
-            RpcError::BadRequest(_) => 400,
+            RpcError::BadRequest { .. } => 400,
             RpcError::SlowBody(_) => 408,
             RpcError::NotFound(_) => 404,
             RpcError::MethodNotAllowed { .. } => 405,
             RpcError::Unreachable { .. } => 502,
-            RpcError::Fatal(_) => 500,
+            RpcError::Fatal { .. } => 500,
             // Passed on as received, unless it is no HTTP status at all.
             RpcError::Remote { status, .. } if (100..=999).contains(status) => *status,
             RpcError::Remote { .. } => 502,
@@ -310,8 +329,57 @@ impl RpcError {
         }
     }
 
+    /// [`RpcError::BadRequest`] found by this crate's own checks: the
+    /// message is all there is.
+    pub fn bad_request(message: impl Into<String>) -> RpcError {
+        RpcError::BadRequest { message: message.into(), source: None }
+    }
+
+    /// [`RpcError::BadRequest`] caused by `source`, which stays the
+    /// error's source (`message` should say it in words too).
+    pub fn bad_request_from(message: impl Into<String>, source: impl Into<Cause>) -> RpcError {
+        RpcError::BadRequest { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// [`RpcError::Fatal`] with no error underneath (a node's recorded
+    /// fatal error, which is text).
+    pub fn fatal(message: impl Into<String>) -> RpcError {
+        RpcError::Fatal { message: message.into(), source: None }
+    }
+
+    /// [`RpcError::Fatal`] caused by `source`, which stays the error's
+    /// source (`message` should say it in words too).
+    pub fn fatal_from(message: impl Into<String>, source: impl Into<Cause>) -> RpcError {
+        RpcError::Fatal { message: message.into(), source: Some(source.into()) }
+    }
+
     /// Rebuilds an error from another node's answer.
     pub fn from_remote(status: u16, body: ErrorBody) -> RpcError {
         RpcError::Remote { status, body }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A fatal error met as raft-core's error keeps it as the source; one
+    /// recorded as text has none. Both answer the same code, status and
+    /// text on the wire as before.
+    #[test]
+    fn a_fatal_error_keeps_raft_cores_error_underneath_and_its_wire_text() {
+        let proposed = raft_core::ProposeError::Fatal("disk full".to_owned());
+        let met = RpcError::fatal_from("disk full", proposed);
+        let under = met.source().and_then(|s| s.downcast_ref::<raft_core::ProposeError>());
+        assert!(matches!(under, Some(raft_core::ProposeError::Fatal(why)) if why == "disk full"));
+        let recorded = RpcError::fatal("disk full");
+        assert!(recorded.source().is_none());
+        for err in [met, recorded] {
+            assert_eq!(err.code(), ErrorCode::Fatal);
+            assert_eq!(err.status(), 500);
+            assert_eq!(err.body().message, "fatal: disk full");
+        }
     }
 }

@@ -75,7 +75,7 @@ pub trait Peers: Send + Sync + 'static {
 /// the caller itself (its stable id, only its tailnet addresses) and a raft
 /// id that is `node_id(stable id, incarnation)`.
 pub fn check_confirm(request: &ConfirmRequest, caller: &Caller) -> Result<(), RpcError> {
-    check_node(&request.node).map_err(RpcError::BadRequest)?;
+    check_node(&request.node).map_err(RpcError::bad_request)?;
     let stable_id = &request.node.stable_id;
     if *stable_id != caller.stable_id {
         return Err(RpcError::Forbidden(format!(
@@ -90,7 +90,7 @@ pub fn check_confirm(request: &ConfirmRequest, caller: &Caller) -> Result<(), Rp
         )));
     }
     if request.incarnation == 0 || request.id != node_id(stable_id, request.incarnation) {
-        return Err(RpcError::BadRequest(format!(
+        return Err(RpcError::bad_request(format!(
             "raft id {} is not the id of {stable_id:?} incarnation {:016x}",
             request.id, request.incarnation
         )));

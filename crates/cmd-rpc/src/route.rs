@@ -662,7 +662,7 @@ mod tests {
             }
         }
         let passed = [
-            RpcError::Fatal("f".to_owned()),
+            RpcError::fatal("f"),
             RpcError::Unavailable("stopping".to_owned()),
             remote("not_leader", None),
             RpcError::NotStarted("n".to_owned()),
@@ -716,8 +716,8 @@ mod tests {
             (remote("http_error", None), Next::Fail),
             // A code from a newer node (or garbage) is not retried blindly.
             (remote("leader_on_vacation", Some(hint_at(OTHER))), Next::Fail),
-            (RpcError::BadRequest("b".to_owned()), Next::Fail),
-            (RpcError::Fatal("f".to_owned()), Next::Fail),
+            (RpcError::bad_request("b"), Next::Fail),
+            (RpcError::fatal("f"), Next::Fail),
         ];
         for (err, want) in cases {
             assert_eq!(after_forward(&err), want, "{err:?}");
@@ -766,7 +766,7 @@ mod tests {
             (RpcError::Unavailable("u".to_owned()), Next::Retry { leader: None, report: true }),
             (RpcError::NoQuorum("q".to_owned()), Next::Retry { leader: None, report: true }),
             (timeout(), Next::Retry { leader: None, report: true }),
-            (RpcError::Fatal("f".to_owned()), Next::Fail),
+            (RpcError::fatal("f"), Next::Fail),
         ];
         for (err, want) in cases {
             assert_eq!(after_read_index(&err), want, "{err:?}");

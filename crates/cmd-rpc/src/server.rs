@@ -180,7 +180,7 @@ async fn dispatch<S: StateMachine>(
         None => None,
         Some(value) => Some(Duration::from_millis(
             value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| {
-                RpcError::BadRequest(format!("{DEADLINE_HEADER} must be milliseconds"))
+                RpcError::bad_request(format!("{DEADLINE_HEADER} must be milliseconds"))
             })?,
         )),
     };
@@ -199,7 +199,7 @@ async fn dispatch<S: StateMachine>(
     // A node stopped on a fatal error serves nothing, not even its view of
     // the cluster (which may be stale).
     if let Some(why) = service.fatal() {
-        return Err(RpcError::Fatal(why));
+        return Err(RpcError::fatal(why));
     }
     if path == "/v1/cluster" {
         return Ok(json_response(StatusCode::OK, &service.cluster().await));
@@ -213,13 +213,13 @@ async fn dispatch<S: StateMachine>(
         }
         "/v1/execute-batch" => {
             if origin != Origin::Forwarded {
-                return Err(RpcError::BadRequest(
+                return Err(RpcError::bad_request(
                     "only a member forwarding its callers' commands sends batches".to_owned(),
                 ));
             }
             let request: ExecuteBatchRequest = parse(&body)?;
             if request.commands.len() > MAX_BATCH {
-                return Err(RpcError::BadRequest(format!(
+                return Err(RpcError::bad_request(format!(
                     "a batch holds at most {MAX_BATCH} commands, not {}",
                     request.commands.len()
                 )));
@@ -289,7 +289,7 @@ fn check_addressee<S: StateMachine>(
         (None, None) if origin == Origin::Client => return Ok(()),
         (Some(node), Some(cluster)) => (node, cluster),
         _ => {
-            return Err(RpcError::BadRequest(format!(
+            return Err(RpcError::bad_request(format!(
                 "{TARGET_NODE_HEADER} and {CLUSTER_HEADER} go together, and a forwarded call \
                  carries both"
             )));
@@ -330,7 +330,8 @@ async fn read_body(body: Incoming, config: &CommandConfig) -> Result<Bytes, RpcE
         let mut body = body;
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| RpcError::BadRequest(format!("reading body: {e}")))?;
+            let frame =
+                frame.map_err(|e| RpcError::bad_request_from(format!("reading body: {e}"), e))?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
                     return Err(RpcError::TooLarge { size: buf.len() + data.len(), limit });
@@ -347,5 +348,25 @@ async fn read_body(body: Incoming, config: &CommandConfig) -> Result<Bytes, RpcE
 
 /// Exactly one JSON document of the expected shape.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
-    serde_json::from_slice(body).map_err(|e| RpcError::BadRequest(format!("body: {e}")))
+    serde_json::from_slice(body).map_err(|e| RpcError::bad_request_from(format!("body: {e}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: `BadRequest(String)`, the JSON parser's error flattened to
+    /// text. Now it is the source, and the wire's answer is unchanged.
+    #[test]
+    fn a_body_that_is_not_json_keeps_the_parsers_error_and_says_the_same_on_the_wire() {
+        let err = parse::<ExecuteRequest>(b"{\"client\": ").unwrap_err();
+        assert!(matches!(err, RpcError::BadRequest { .. }), "{err:?}");
+        let json =
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<serde_json::Error>());
+        let json = json.unwrap_or_else(|| panic!("no serde_json::Error underneath {err:?}"));
+        let body = err.body();
+        assert_eq!(body.code, ErrorCode::BadRequest);
+        assert_eq!(body.message, format!("bad request: body: {json}"));
+        assert_eq!(err.status(), 400);
+    }
 }

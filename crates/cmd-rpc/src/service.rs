@@ -102,20 +102,21 @@ fn hint(id: NodeId, node: NodeInfo) -> LeaderHint {
 
 fn parse_client(text: &str) -> Result<ClientId, RpcError> {
     if text.len() != 32 {
-        return Err(RpcError::BadRequest(format!(
+        return Err(RpcError::bad_request(format!(
             "client must be 32 hex digits, got {} characters",
             text.len()
         )));
     }
     u128::from_str_radix(text, 16)
         .map(ClientId)
-        .map_err(|_| RpcError::BadRequest(format!("client {text:?} is not hex")))
+        .map_err(|e| RpcError::bad_request_from(format!("client {text:?} is not hex"), e))
 }
 
 fn raw(bytes: Vec<u8>, what: &str) -> Result<Box<RawValue>, RpcError> {
     let text = String::from_utf8(bytes)
-        .map_err(|_| RpcError::Fatal(format!("{what} is not UTF-8 JSON")))?;
-    RawValue::from_string(text).map_err(|e| RpcError::Fatal(format!("{what} is not JSON: {e}")))
+        .map_err(|e| RpcError::fatal_from(format!("{what} is not UTF-8 JSON"), e))?;
+    RawValue::from_string(text)
+        .map_err(|e| RpcError::fatal_from(format!("{what} is not JSON: {e}"), e))
 }
 
 impl<S: StateMachine> CommandService<S> {
@@ -320,7 +321,7 @@ impl<S: StateMachine> CommandService<S> {
 
     fn check_fatal(&self) -> Result<(), RpcError> {
         match self.node.fatal() {
-            Some(why) => Err(RpcError::Fatal(why)),
+            Some(why) => Err(RpcError::fatal(why)),
             None => Ok(()),
         }
     }
@@ -386,7 +387,7 @@ impl<S: StateMachine> CommandService<S> {
             }),
             ProposeError::TooLarge { size, limit } => Err(RpcError::TooLarge { size, limit }),
             ProposeError::ShuttingDown => Err(RpcError::ShuttingDown),
-            err => Err(RpcError::Fatal(err.to_string())),
+            err => Err(RpcError::fatal_from(err.to_string(), err)),
         }
     }
 
@@ -410,7 +411,7 @@ impl<S: StateMachine> CommandService<S> {
         self.check_fatal()?;
         let client = parse_client(&request.client)?;
         if request.seq == 0 {
-            return Err(RpcError::BadRequest("seq starts at 1".to_owned()));
+            return Err(RpcError::bad_request("seq starts at 1".to_owned()));
         }
         let maybe_applied = AtomicBool::new(request.retry);
         let expired = |maybe_applied: bool| {
@@ -473,7 +474,7 @@ impl<S: StateMachine> CommandService<S> {
                                 Err(RpcError::SequenceReused { seq })
                             }
                             Ok(other @ Outcome::Registered(_)) => {
-                                Err(RpcError::Fatal(format!("a command was answered {other:?}")))
+                                Err(RpcError::fatal(format!("a command was answered {other:?}")))
                             }
                             Err(err) => self.propose_error("execute", err),
                         }
@@ -672,7 +673,10 @@ impl<S: StateMachine> CommandService<S> {
         let body = match serde_json::to_vec(request) {
             Ok(body) => bytes::Bytes::from(body),
             Err(e) => {
-                return Forwarded::Sent(Err(RpcError::BadRequest(format!("encode request: {e}"))));
+                return Forwarded::Sent(Err(RpcError::bad_request_from(
+                    format!("encode request: {e}"),
+                    e,
+                )));
             }
         };
         let written = AtomicBool::new(false);
@@ -850,7 +854,7 @@ impl<S: StateMachine> CommandService<S> {
     }
 
     fn check_join(&self, request: &JoinRequest, caller: &Caller) -> Result<(), RpcError> {
-        check_node(&request.node).map_err(RpcError::BadRequest)?;
+        check_node(&request.node).map_err(RpcError::bad_request)?;
         let stable_id = &request.node.stable_id;
         if *stable_id != caller.stable_id {
             return Err(RpcError::Forbidden(format!(
@@ -875,7 +879,7 @@ impl<S: StateMachine> CommandService<S> {
             }
         }
         if request.incarnation == 0 || request.id != node_id(stable_id, request.incarnation) {
-            return Err(RpcError::BadRequest(format!(
+            return Err(RpcError::bad_request(format!(
                 "raft id {} is not the id of {stable_id:?} incarnation {:016x}",
                 request.id, request.incarnation
             )));
@@ -932,8 +936,10 @@ impl<S: StateMachine> CommandService<S> {
             MembershipError::Timeout(after) => {
                 Failed::ForNow(RpcError::Timeout { what: "membership change".to_owned(), after })
             }
-            MembershipError::Fatal(why) => Failed::Finally(RpcError::Fatal(why)),
-            other => Failed::Finally(RpcError::BadRequest(other.to_string())),
+            MembershipError::Fatal(ref why) => {
+                Failed::Finally(RpcError::fatal_from(why.clone(), err))
+            }
+            other => Failed::Finally(RpcError::bad_request_from(other.to_string(), other)),
         }
     }
 
@@ -1078,7 +1084,7 @@ impl<S: StateMachine> CommandService<S> {
             Err(ReadError::Timeout(after)) => {
                 Err(RpcError::Timeout { what: "read index".to_owned(), after })
             }
-            Err(err) => Err(RpcError::Fatal(err.to_string())),
+            Err(err) => Err(RpcError::fatal_from(err.to_string(), err)),
         }
     }
 
@@ -1121,7 +1127,7 @@ impl<S: StateMachine> CommandService<S> {
             ReadError::Timeout(after) => {
                 RpcError::Timeout { what: format!("applying up to read index {index}"), after }
             }
-            other => RpcError::Fatal(other.to_string()),
+            other => RpcError::fatal_from(other.to_string(), other),
         })?;
         // The state must not have been poisoned while we waited.
         self.check_fatal()?;
@@ -1149,13 +1155,13 @@ impl<S: StateMachine> CommandService<S> {
             )));
         }
         if request.term != m.term {
-            return Err(RpcError::BadRequest(format!(
+            return Err(RpcError::bad_request(format!(
                 "the request is for term {}, this node is in term {}",
                 request.term, m.term
             )));
         }
         if !m.voters.contains(&m.id) {
-            return Err(RpcError::BadRequest("this node is not a voter".to_owned()));
+            return Err(RpcError::bad_request("this node is not a voter".to_owned()));
         }
         let have = m.last_log_index.unwrap_or(0);
         if have < request.last_log_index {
@@ -1164,7 +1170,7 @@ impl<S: StateMachine> CommandService<S> {
                 request.last_log_index
             )));
         }
-        self.node.campaign().await.map_err(|e| RpcError::Fatal(e.to_string()))
+        self.node.campaign().await.map_err(|e| RpcError::fatal_from(e.to_string(), e))
     }
 
     /// The configuration as this node knows it, and who this node is.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, RpcError};
 use common::*;
-use raft_core::network::frame::{self, Message};
+use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, NodeInfo, Role};
 use test_support::{eventually, eventually_every};
 use tokio::time::Instant;

@@ -143,10 +143,9 @@ impl Admin {
 pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), Error> {
     let Some(port) = inner.config.admin_port else { return Ok(()) };
     let Some(dir) = inner.config.state_dir.clone() else {
-        return Err(Error::Invalid(
+        return Err(Error::invalid(
             "the admin endpoint keeps its token in the state directory: set state_dir, or \
-             leave admin_port unset"
-                .to_owned(),
+             leave admin_port unset",
         ));
     };
     let token = fresh_token(&dir)?;
@@ -252,7 +251,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminResponse> 
 
 fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminResponse> {
     inner.check_running().map_err(|err| match err {
-        Error::Fatal(why) => AdminResponse::error(
+        Error::Fatal { message: why, .. } => AdminResponse::error(
             503,
             "fatal",
             format!("this node stopped on a fatal error and serves nothing until restarted: {why}"),
@@ -281,7 +280,7 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
             match pending {
                 None | Some(Ok(None)) => serde_json::Value::Null,
                 Some(Ok(Some(info))) => serde_json::to_value(info).unwrap_or_default(),
-                Some(Err(why)) => serde_json::json!({ "error": why }),
+                Some(Err(why)) => serde_json::json!({ "error": why.to_string() }),
             },
         );
     }
@@ -648,7 +647,7 @@ async fn restore<S: StateMachine>(
         ));
     };
     if let Err(why) = raft_core::Backup::from_bytes(body) {
-        return Err(AdminResponse::error(400, "bad_backup", why));
+        return Err(AdminResponse::error(400, "bad_backup", why.to_string()));
     }
     let period = health_check_period(inner);
     if !force {
@@ -671,7 +670,7 @@ async fn restore<S: StateMachine>(
     }
     let (info, generation) = inner.admin.stage(|| {
         raft_core::backup::stage_restore(&dir, body)
-            .map_err(|why| AdminResponse::error(500, "stage_failed", why))
+            .map_err(|why| AdminResponse::error(500, "stage_failed", why.to_string()))
     })?;
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
     if !force {
@@ -824,7 +823,7 @@ async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, gen
 /// Where a backup file came from, checking all of it (the format, the
 /// lengths, the checksum, the header, the state's format).
 pub fn backup_info(backup: &[u8]) -> Result<BackupInfo, Error> {
-    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(Error::Invalid)
+    raft_core::Backup::from_bytes(backup).map(|b| b.info().clone()).map_err(backup_error)
 }
 
 /// Stages `backup` in the state directory of a node that is **not
@@ -840,16 +839,16 @@ pub async fn stage_restore_offline(
     force: bool,
 ) -> Result<BackupInfo, Error> {
     backup_info(backup)?;
-    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(Error::storage)? {
+    match raft_core::backup::inspect_state_dir(state_dir).await.map_err(backup_error)? {
         raft_core::StateDir::InUse => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "a node is running on {} (its raft log is locked): restore through its admin \
                  endpoint instead, which checks whether its cluster is healthy",
                 state_dir.display()
             )));
         }
         raft_core::StateDir::Member { node_id, cluster_id, .. } if !force => {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{} holds the state of node {node_id} of cluster {}. If that cluster still \
                  has a quorum, start this node and let it rejoin: a restore starts a second \
                  cluster. --force stages the restore anyway (the state is moved aside, not \
@@ -860,7 +859,17 @@ pub async fn stage_restore_offline(
         }
         _ => {}
     }
-    raft_core::backup::stage_restore(state_dir, backup).map_err(Error::storage)
+    raft_core::backup::stage_restore(state_dir, backup).map_err(backup_error)
+}
+
+/// The facade's error for raft-core's, which stays its source: a backup
+/// that does not check out is the caller's (`Invalid`), the rest is
+/// storage's.
+fn backup_error(err: raft_core::BackupError) -> Error {
+    match err {
+        raft_core::BackupError::Invalid { .. } => Error::invalid_from(err.to_string(), err),
+        _ => Error::storage_from(err.to_string(), err),
+    }
 }
 
 #[cfg(test)]

@@ -1008,7 +1008,7 @@ async fn initialize<S: StateMachine>(
             state.forming = None;
             return Ok(Round::Again(err.to_string()));
         }
-        Err(err) => return Err(Error::Fatal(err.to_string())),
+        Err(err) => return Err(Error::fatal_from(err.to_string(), err)),
     };
     state.forming = None;
     if formed {

@@ -21,7 +21,8 @@ pub enum Error {
     JoinFailed {
         /// How long we tried.
         waited: Duration,
-        /// What the last attempt said.
+        /// What the last attempt said (text only: each attempt's answers,
+        /// often other nodes', summed up in words).
         reason: String,
     },
     /// No leader was elected within the deadline (no quorum?). For a
@@ -39,6 +40,10 @@ pub enum Error {
     /// learns its outcome (or, if its session expired meanwhile, that it
     /// can no longer be learned: [`Error::OutcomeUnknown`]). A command known
     /// not applied is [`Error::NotApplied`] instead.
+    ///
+    /// Text only: it is the command API's answer (often another node's,
+    /// which arrives as text) or a deadline of the facade's own, and says
+    /// all there is.
     #[error("no outcome within the deadline; the command may still be applied: {0}")]
     Timeout(String),
     /// The command was not applied, and the deadline passed: nothing of
@@ -56,6 +61,10 @@ pub enum Error {
     /// session expired before a retry could ask, or the session moved past
     /// the command's sequence number and no longer answers for it. It was
     /// applied at most once.
+    ///
+    /// Text only: an operation keeps it and answers it again on every
+    /// later call, and it is what a node answered (often another node's
+    /// text).
     #[error("outcome unknown: the command may or may not have been applied ({0})")]
     OutcomeUnknown(String),
     /// The command was applied, once, but its answer cannot be given: it
@@ -68,13 +77,31 @@ pub enum Error {
     AnswerNotKept,
     /// The state machine could not decode the command or query (nodes with
     /// different versions of the state machine's types?).
-    #[error("rejected by the state machine: {0}")]
-    Rejected(String),
+    #[error("rejected by the state machine: {message}")]
+    Rejected {
+        /// What failed, in words (the cause's own included). When the
+        /// state machine refused a command, its answer in the log says why
+        /// as text, and this is all there is.
+        message: String,
+        /// The JSON error, when this node could not decode the state
+        /// machine's answer.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Configuration or argument error: the caller's own (a session's
     /// answers about sequence numbers never are; the facade numbers
     /// commands itself).
-    #[error("invalid: {0}")]
-    Invalid(String),
+    #[error("invalid: {message}")]
+    Invalid {
+        /// What is wrong, in words (the cause's own included).
+        message: String,
+        /// The error that found it, when there is one (the JSON encoder's
+        /// for a command that does not encode, the command API's for a
+        /// request it refused, a leadership transfer's); for the facade's
+        /// own checks the message is all there is.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Storage could not be opened or written.
     #[error("storage: {message}")]
     Storage {
@@ -99,12 +126,18 @@ pub enum Error {
     /// leads (too many of them stopped or unreachable), so a linearizable
     /// read cannot be answered. The node itself runs; the read may succeed
     /// once enough voters are back.
+    ///
+    /// Text only: raft-core says so as text (docs/ARCHITECTURE.md, on its
+    /// run-time errors), and the leader's answer reaches another node as
+    /// text.
     #[error("no quorum: {0}")]
     QuorumUnavailable(String),
     /// This node runs, but cannot do this now: another membership change
     /// is in progress, or it is still starting. Trying again later may
     /// work. Like [`Error::Timeout`], it does not say that an earlier
     /// attempt of the same call changed nothing.
+    ///
+    /// Text only: the command API's answer, which says all there is.
     #[error("unavailable for now: {0}")]
     Unavailable(String),
     /// The node is stopped or stopping. For a command this says nothing of
@@ -116,14 +149,49 @@ pub enum Error {
     Stopped,
     /// The node stopped on a fatal error (for example, the state machine
     /// panicked).
-    #[error("fatal: {0}")]
-    Fatal(String),
+    #[error("fatal: {message}")]
+    Fatal {
+        /// What failed, in words. A node's fatal error is recorded once,
+        /// as text (docs/ARCHITECTURE.md), so for a node that stopped this
+        /// is all there is.
+        message: String,
+        /// The error underneath, when the failure was met as one: the
+        /// command API's (and under it raft-core's, for the call that met
+        /// it) or raft-core's refusal to initialize a cluster.
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
 impl Error {
-    /// [`Error::Storage`] without an error underneath.
-    pub(crate) fn storage(message: impl Into<String>) -> Error {
-        Error::Storage { message: message.into(), source: None }
+    /// [`Error::Invalid`] found by the facade's own checks.
+    pub(crate) fn invalid(message: impl Into<String>) -> Error {
+        Error::Invalid { message: message.into(), source: None }
+    }
+
+    /// [`Error::Invalid`] caused by `source`.
+    pub(crate) fn invalid_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Invalid { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// [`Error::Rejected`] as the state machine's answer says it.
+    pub(crate) fn rejected(message: impl Into<String>) -> Error {
+        Error::Rejected { message: message.into(), source: None }
+    }
+
+    /// [`Error::Rejected`] caused by `source`.
+    pub(crate) fn rejected_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Rejected { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// [`Error::Fatal`] from a node's recorded fatal error (text).
+    pub(crate) fn fatal(message: impl Into<String>) -> Error {
+        Error::Fatal { message: message.into(), source: None }
+    }
+
+    /// [`Error::Fatal`] caused by `source`.
+    pub(crate) fn fatal_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Fatal { message: message.into(), source: Some(source.into()) }
     }
 
     /// [`Error::Storage`] caused by `source`.

@@ -98,7 +98,33 @@ impl<S: StateMachine> raft_core::StateMachine for Adapter<S> {
 pub(crate) fn decode_answer<T: DeserializeOwned>(json: &str) -> Result<T, Error> {
     match serde_json::from_str::<Answer<T>>(json) {
         Ok(Answer::Ok(value)) => Ok(value),
-        Ok(Answer::Undecodable(why)) => Err(Error::Rejected(why)),
-        Err(e) => Err(Error::Rejected(format!("answer does not decode: {e}"))),
+        Ok(Answer::Undecodable(why)) => Err(Error::rejected(why)),
+        Err(e) => Err(Error::rejected_from(format!("answer does not decode: {e}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Before: `Rejected(String)`, the JSON error flattened to text. An
+    /// answer this node cannot decode keeps it as the source; a command
+    /// the state machine refused says why in its answer, as text only.
+    #[test]
+    fn an_answer_that_does_not_decode_keeps_the_json_error() {
+        let err = decode_answer::<u64>("{\"ok\": \"not a number\"}").unwrap_err();
+        assert!(matches!(err, Error::Rejected { .. }), "{err:?}");
+        let json = err.source().and_then(|s| s.downcast_ref::<serde_json::Error>());
+        assert!(json.is_some(), "no serde_json::Error underneath {err:?}");
+        assert!(
+            err.to_string().starts_with("rejected by the state machine: answer does not decode: ")
+        );
+
+        let refused = serde_json::to_string(&Answer::<u64>::Undecodable("bad".to_owned())).unwrap();
+        let err = decode_answer::<u64>(&refused).unwrap_err();
+        assert!(matches!(err, Error::Rejected { .. }) && err.source().is_none(), "{err:?}");
+        assert_eq!(err.to_string(), "rejected by the state machine: bad");
     }
 }

@@ -102,7 +102,7 @@ impl<S: StateMachine> Inner<S> {
             return Err(Error::Stopped);
         }
         match self.raft().fatal() {
-            Some(why) => Err(Error::Fatal(why)),
+            Some(why) => Err(Error::fatal(why)),
             None => Ok(()),
         }
     }
@@ -261,7 +261,7 @@ impl<S: StateMachine> Clone for Consensus<S> {
 fn start_error(err: raft_core::StartError) -> Error {
     use raft_core::StartError;
     match err {
-        StartError::Config(why) => Error::Invalid(why),
+        StartError::Config(ref why) => Error::invalid_from(why.clone(), err),
         StartError::Storage { ref message, .. } | StartError::Identity(ref message) => {
             Error::storage_from(message.clone(), err)
         }
@@ -351,10 +351,10 @@ impl<S: StateMachine> Consensus<S> {
         config: Config,
     ) -> Result<Consensus<S>, Error> {
         if bootstrap.tag.is_empty() {
-            return Err(Error::Invalid("the cluster tag must not be empty".to_owned()));
+            return Err(Error::invalid("the cluster tag must not be empty"));
         }
         if bootstrap.expected_size == 0 {
-            return Err(Error::Invalid("expected_size must be at least 1".to_owned()));
+            return Err(Error::invalid("expected_size must be at least 1"));
         }
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
@@ -526,8 +526,9 @@ impl<S: StateMachine> Consensus<S> {
     pub fn prepare(&self, command: S::Command) -> Result<Operation<S>, Error> {
         self.check_running()?;
         let json = serde_json::to_string(&command)
-            .map_err(|e| Error::Invalid(format!("command does not encode: {e}")))?;
-        let command = RawValue::from_string(json).map_err(|e| Error::Invalid(e.to_string()))?;
+            .map_err(|e| Error::invalid_from(format!("command does not encode: {e}"), e))?;
+        let command =
+            RawValue::from_string(json).map_err(|e| Error::invalid_from(e.to_string(), e))?;
         Ok(Operation::new(self.inner.clone(), command))
     }
 
@@ -539,9 +540,10 @@ impl<S: StateMachine> Consensus<S> {
     ) -> Result<S::QueryResponse, Error> {
         self.check_running()?;
         let json = serde_json::to_string(&query)
-            .map_err(|e| Error::Invalid(format!("query does not encode: {e}")))?;
+            .map_err(|e| Error::invalid_from(format!("query does not encode: {e}"), e))?;
         let request = ReadRequest {
-            query: RawValue::from_string(json).map_err(|e| Error::Invalid(e.to_string()))?,
+            query: RawValue::from_string(json)
+                .map_err(|e| Error::invalid_from(e.to_string(), e))?,
             consistency: match consistency {
                 Consistency::Linearizable => cmd_rpc::Consistency::Linearizable,
                 Consistency::Local => cmd_rpc::Consistency::Local,

@@ -334,14 +334,14 @@ impl From<RpcError> for Error {
             E::NoLeader { waited } | E::NoLeaderNotStarted { waited, .. } => {
                 return Error::NoLeader { waited };
             }
-            E::TooLarge { .. } | E::BadRequest(_) => return Error::Invalid(message),
+            E::TooLarge { .. } | E::BadRequest { .. } => return Error::invalid_from(message, err),
             // Only this node shutting down is `Stopped`; a running node
             // that cannot do this now (another membership change in
             // progress, still starting) says so.
             E::ShuttingDown => return Error::Stopped,
             E::Unavailable(why) => return Error::Unavailable(why),
             E::NoQuorum(why) => return Error::QuorumUnavailable(why),
-            E::Fatal(why) => return Error::Fatal(why),
+            E::Fatal { message: ref why, .. } => return Error::fatal_from(why.clone(), err),
             // Its reason; the variant says it was not applied.
             E::NotStarted(why) => return Error::NotApplied(why),
             _ => {}
@@ -399,7 +399,7 @@ mod tests {
             Error::Timeout(_) => "timeout",
             Error::NotApplied(_) => "not_applied",
             Error::AnswerNotKept => "answer_not_kept",
-            Error::Invalid(_) => "invalid",
+            Error::Invalid { .. } => "invalid",
             Error::Network { .. } => "network",
             other => panic!("{other:?}"),
         };
@@ -492,8 +492,8 @@ mod tests {
             Error::NotApplied(_) => "not_applied",
             Error::NoLeader { .. } => "no_leader",
             Error::QuorumUnavailable(_) => "quorum_unavailable",
-            Error::Fatal(_) => "fatal",
-            Error::Invalid(_) => "invalid",
+            Error::Fatal { .. } => "fatal",
+            Error::Invalid { .. } => "invalid",
             Error::Network { .. } => "network",
             other => panic!("{other:?}"),
         };
@@ -521,8 +521,8 @@ mod tests {
             (RpcError::LeaderLost { what: "execute".to_owned() }, "timeout"),
             (RpcError::NotStarted("no batch".to_owned()), "not_applied"),
             (RpcError::NoQuorum("2 of 5".to_owned()), "quorum_unavailable"),
-            (RpcError::Fatal("disk".to_owned()), "fatal"),
-            (RpcError::BadRequest("x".to_owned()), "invalid"),
+            (RpcError::fatal("disk"), "fatal"),
+            (RpcError::bad_request("x"), "invalid"),
         ];
         for (rpc, want) in cases {
             let shown = rpc.to_string();
@@ -600,5 +600,31 @@ mod tests {
             let source = err.source().and_then(|s| s.downcast_ref::<RpcError>());
             assert_eq!(source.map(RpcError::code), Some(code), "{err:?}");
         }
+    }
+
+    /// Before: `Error::Invalid(String)` and `Error::Fatal(String)`, the
+    /// command API's error (and what it kept underneath) flattened to
+    /// text. Now the chain reaches the JSON error of a request that did
+    /// not encode, and raft-core's error for a call that met a fatal one.
+    #[test]
+    fn invalid_and_fatal_errors_keep_what_they_came_from() {
+        fn find<'a, T: std::error::Error + 'static>(
+            err: &'a (dyn std::error::Error + 'static),
+        ) -> Option<&'a T> {
+            std::iter::successors(err.source(), |&e| e.source()).find_map(|e| e.downcast_ref::<T>())
+        }
+        let json = serde_json::from_str::<u64>("x").unwrap_err();
+        let err = Error::from(RpcError::bad_request_from(format!("encode request: {json}"), json));
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+        assert!(find::<RpcError>(&err).is_some(), "{err:?}");
+        assert!(find::<serde_json::Error>(&err).is_some(), "{err:?}");
+        assert!(err.to_string().starts_with("invalid: bad request: encode request: "), "{err}");
+
+        let proposed = raft_core::ProposeError::Fatal("disk full".to_owned());
+        let err = Error::from(RpcError::fatal_from("disk full", proposed));
+        assert!(matches!(&err, Error::Fatal { message, .. } if message == "disk full"), "{err:?}");
+        assert_eq!(err.to_string(), "fatal: disk full");
+        let under = find::<raft_core::ProposeError>(&err);
+        assert!(matches!(under, Some(raft_core::ProposeError::Fatal(_))), "{err:?}");
     }
 }

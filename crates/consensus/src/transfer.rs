@@ -85,7 +85,7 @@ impl From<TransferError> for Error {
     fn from(err: TransferError) -> Error {
         match err {
             TransferError::Failed(why) => Error::Timeout(why),
-            other => Error::Invalid(other.to_string()),
+            other => Error::invalid_from(other.to_string(), other),
         }
     }
 }

@@ -103,12 +103,12 @@ async fn assert_stopped_everywhere(
     assert!(monitor(node, "/").await.contains("Stopped on a fatal error"));
 
     let executed = node.execute(add("after", 1)).await;
-    assert!(matches!(executed, Err(Error::Fatal(_))), "execute: {executed:?}");
+    assert!(matches!(executed, Err(Error::Fatal { .. })), "execute: {executed:?}");
     let prepared = node.prepare(add("after", 1));
-    assert!(matches!(prepared, Err(Error::Fatal(_))), "prepare: {prepared:?}");
+    assert!(matches!(prepared, Err(Error::Fatal { .. })), "prepare: {prepared:?}");
     for consistency in [Consistency::Linearizable, Consistency::Local] {
         let read = node.read((), consistency).await;
-        assert!(matches!(read, Err(Error::Fatal(_))), "read {consistency:?}: {read:?}");
+        assert!(matches!(read, Err(Error::Fatal { .. })), "read {consistency:?}: {read:?}");
     }
     let peer = (i + 1) % world.n;
     for path in ["/v1/execute", "/v1/session", "/v1/read"] {

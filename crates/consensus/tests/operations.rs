@@ -376,6 +376,15 @@ async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_fo
     // An empty directory (a new machine) needs no force.
     let fresh = dir.with_file_name("fresh");
     consensus::admin::stage_restore_offline(&fresh, &backup, false).await.unwrap();
+    // A directory that cannot be created: storage's error, with the
+    // io::Error underneath (before: text only).
+    let file = dir.with_file_name("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let err = consensus::admin::stage_restore_offline(&file.join("state"), &backup, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+    assert!(underneath::<std::io::Error>(&err).is_some(), "no io::Error underneath {err:?}");
     let node = cluster.world.start_on(0, config(&fresh), cluster.discovery[0].clone()).await;
     node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
     assert_eq!(node.read((), Consistency::Local).await.unwrap().0, 7);

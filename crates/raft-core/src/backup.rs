@@ -52,6 +52,50 @@ const LOG_FILE: &str = "raft.redb";
 /// Where the snapshots live in a state directory.
 const SNAPSHOT_DIR: &str = "snapshots";
 
+/// Why a backup could not be read, staged or looked for, or a state
+/// directory looked at.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The backup is not one this version restores: another format,
+    /// truncated, damaged, or with a header or state that does not check
+    /// out. The message says what is wrong.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong, in words (the cause's own included).
+        message: String,
+        /// The JSON error, for a header that does not parse; for the
+        /// file's own checks the message is all there is.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Reading or writing a file failed.
+    #[error("{message}")]
+    Io {
+        /// What failed, and where, in words (the cause's own included).
+        message: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The state directory's raft log could not be read, or holds raft
+    /// state without a node identity. Text only: the log store reports
+    /// its failures as openraft's `StorageError`, which stays in this
+    /// crate, and the identity record's checks are this crate's own.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl BackupError {
+    fn invalid(message: impl Into<String>) -> BackupError {
+        BackupError::Invalid { message: message.into(), source: None }
+    }
+
+    fn io(message: impl Into<String>, source: io::Error) -> BackupError {
+        BackupError::Io { message: message.into(), source }
+    }
+}
+
 /// A member of the cluster a backup was taken in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,17 +171,20 @@ impl Backup {
     /// Reads a backup file's bytes, checking everything: the name and
     /// version, the lengths, the checksum, the header, and that the state
     /// is snapshot data this version reads.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Backup, String> {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Backup, BackupError> {
         if bytes.len() < MAGIC.len() || bytes[..7] != MAGIC[..7] {
-            return Err("not a tsconsensus backup (it does not start with \"TSCBKUP\")".into());
-        }
-        if bytes[7] != MAGIC[7] {
-            return Err(format!(
-                "backup format {} (this version reads format {})",
-                bytes[7], MAGIC[7]
+            return Err(BackupError::invalid(
+                "not a tsconsensus backup (it does not start with \"TSCBKUP\")",
             ));
         }
-        let truncated = |what: &str| format!("backup truncated ({what} missing)");
+        if bytes[7] != MAGIC[7] {
+            return Err(BackupError::invalid(format!(
+                "backup format {} (this version reads format {})",
+                bytes[7], MAGIC[7]
+            )));
+        }
+        let truncated =
+            |what: &str| BackupError::invalid(format!("backup truncated ({what} missing)"));
         let (body, checksum) = bytes
             .len()
             .checked_sub(8)
@@ -149,7 +196,9 @@ impl Backup {
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
             .ok_or_else(|| truncated("header length"))?;
         if header_len > MAX_HEADER {
-            return Err(format!("backup header of {header_len} bytes (at most {MAX_HEADER})"));
+            return Err(BackupError::invalid(format!(
+                "backup header of {header_len} bytes (at most {MAX_HEADER})"
+            )));
         }
         let header = body.get(12..12 + header_len).ok_or_else(|| truncated("header"))?;
         let rest = &body[12 + header_len..];
@@ -159,25 +208,31 @@ impl Backup {
             .ok_or_else(|| truncated("state length"))?;
         let data = &rest[8..];
         if data.len() as u64 != data_len {
-            return Err(format!(
+            return Err(BackupError::invalid(format!(
                 "backup state is {} bytes, its header says {data_len}: the file is truncated or \
                  has trailing bytes",
                 data.len()
-            ));
+            )));
         }
         let expected = u64::from_le_bytes(checksum.try_into().unwrap_or_default());
         if fnv1a64(body) != expected {
-            return Err("backup checksum does not match: the file is damaged".into());
-        }
-        let info: BackupInfo =
-            serde_json::from_slice(header).map_err(|e| format!("backup header: {e}"))?;
-        if info.state_bytes != data_len {
-            return Err(format!(
-                "backup header says {} state bytes, the file holds {data_len}",
-                info.state_bytes
+            return Err(BackupError::invalid(
+                "backup checksum does not match: the file is damaged",
             ));
         }
-        check_snapshot_data(data).map_err(|e| format!("backup state: {e}"))?;
+        let info: BackupInfo =
+            serde_json::from_slice(header).map_err(|e| BackupError::Invalid {
+                message: format!("backup header: {e}"),
+                source: Some(Box::new(e)),
+            })?;
+        if info.state_bytes != data_len {
+            return Err(BackupError::invalid(format!(
+                "backup header says {} state bytes, the file holds {data_len}",
+                info.state_bytes
+            )));
+        }
+        check_snapshot_data(data)
+            .map_err(|e| BackupError::invalid(format!("backup state: {e}")))?;
         Ok(Backup { info, data: data.to_vec() })
     }
 }
@@ -202,7 +257,7 @@ pub enum StateDir {
 
 /// Looks at a state directory without changing it: whether it holds raft
 /// state, and whose, or whether a running node holds it.
-pub async fn inspect_state_dir(dir: &Path) -> Result<StateDir, String> {
+pub async fn inspect_state_dir(dir: &Path) -> Result<StateDir, BackupError> {
     let path = dir.join(LOG_FILE);
     if !path.exists() {
         return Ok(StateDir::Empty);
@@ -211,18 +266,20 @@ pub async fn inspect_state_dir(dir: &Path) -> Result<StateDir, String> {
         Ok(log) => log,
         // redb takes an exclusive lock on the file while it is open.
         Err(err) if err.to_string().contains("already open") => return Ok(StateDir::InUse),
-        Err(err) => return Err(format!("{}: {err}", path.display())),
+        Err(err) => return Err(BackupError::Storage(format!("{}: {err}", path.display()))),
     };
-    match identity::load(&log).await? {
+    match identity::load(&log).await.map_err(BackupError::Storage)? {
         Some(identity) => Ok(StateDir::Member {
             stable_id: identity.stable_id,
             node_id: identity.node_id,
             cluster_id: identity.cluster_id,
         }),
-        None if log.has_raft_state().await? => Err(format!(
-            "{} holds raft state without a node identity (written before decision 0003)",
-            path.display()
-        )),
+        None if log.has_raft_state().await.map_err(BackupError::Storage)? => {
+            Err(BackupError::Storage(format!(
+                "{} holds raft state without a node identity (written before decision 0003)",
+                path.display()
+            )))
+        }
         None => Ok(StateDir::Empty),
     }
 }
@@ -231,9 +288,10 @@ pub async fn inspect_state_dir(dir: &Path) -> Result<StateDir, String> {
 /// atomically, readable by its owner only): the node whose state
 /// directory it is restores it the next time it starts. Whether that is
 /// wise (a healthy cluster?) is the caller's to decide.
-pub fn stage_restore(dir: &Path, backup: &[u8]) -> Result<BackupInfo, String> {
+pub fn stage_restore(dir: &Path, backup: &[u8]) -> Result<BackupInfo, BackupError> {
     let info = Backup::from_bytes(backup)?.info;
-    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| BackupError::io(format!("create {}: {e}", dir.display()), e))?;
     let temp = dir.join(format!("{PENDING_RESTORE}.tmp"));
     let write = || -> io::Result<()> {
         let mut options = OpenOptions::new();
@@ -248,7 +306,7 @@ pub fn stage_restore(dir: &Path, backup: &[u8]) -> Result<BackupInfo, String> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&temp);
-        format!("stage the restore in {}: {e}", dir.display())
+        BackupError::io(format!("stage the restore in {}: {e}", dir.display()), e)
     })?;
     Ok(info)
 }
@@ -259,27 +317,38 @@ pub const FAILED_RESTORE: &str = "restore.failed";
 
 /// The restore staged in `dir`, if any: its header only (the whole file
 /// was checked when it was staged, and is again when it is applied).
-pub fn pending_restore(dir: &Path) -> Result<Option<BackupInfo>, String> {
+pub fn pending_restore(dir: &Path) -> Result<Option<BackupInfo>, BackupError> {
     use std::io::Read as _;
     let path = dir.join(PENDING_RESTORE);
     let mut file = match File::open(&path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(format!("{}: {err}", path.display())),
+        Err(err) => return Err(BackupError::io(format!("{}: {err}", path.display()), err)),
     };
     let bad = |what: String| format!("{}: {what}", path.display());
+    let truncated = |e: io::Error| BackupError::Invalid {
+        message: bad(format!("backup truncated ({e})")),
+        source: Some(Box::new(e)),
+    };
     let mut head = [0u8; 12];
-    file.read_exact(&mut head).map_err(|e| bad(format!("backup truncated ({e})")))?;
+    file.read_exact(&mut head).map_err(truncated)?;
     if head[..8] != MAGIC[..] {
-        return Err(bad("not a tsconsensus backup of this format".to_owned()));
+        return Err(BackupError::invalid(
+            bad("not a tsconsensus backup of this format".to_owned()),
+        ));
     }
     let header_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
     if header_len > MAX_HEADER {
-        return Err(bad(format!("backup header of {header_len} bytes (at most {MAX_HEADER})")));
+        return Err(BackupError::invalid(bad(format!(
+            "backup header of {header_len} bytes (at most {MAX_HEADER})"
+        ))));
     }
     let mut header = vec![0u8; header_len];
-    file.read_exact(&mut header).map_err(|e| bad(format!("backup truncated ({e})")))?;
-    serde_json::from_slice(&header).map(Some).map_err(|e| bad(format!("backup header: {e}")))
+    file.read_exact(&mut header).map_err(truncated)?;
+    serde_json::from_slice(&header).map(Some).map_err(|e| BackupError::Invalid {
+        message: bad(format!("backup header: {e}")),
+        source: Some(Box::new(e)),
+    })
 }
 
 /// A staged restore being applied at start.
@@ -302,11 +371,14 @@ pub(crate) fn take_pending(dir: &Path) -> Result<Option<PendingRestore>, StartEr
         }
     };
     let backup = Backup::from_bytes(&bytes).map_err(|e| {
-        StartError::storage(format!(
-            "the staged restore {} is not a valid backup: {e}; remove it to start without \
-             restoring",
-            path.display()
-        ))
+        StartError::storage_from(
+            format!(
+                "the staged restore {} is not a valid backup: {e}; remove it to start without \
+                 restoring",
+                path.display()
+            ),
+            e,
+        )
     })?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut aside = dir.join(format!("pre-restore-{now}"));
@@ -444,7 +516,7 @@ mod tests {
     fn sample() -> Backup {
         let data = {
             // Real snapshot data: an empty state machine's.
-            let store = crate::StateMachineStore::in_memory(Nothing);
+            let store = crate::state_machine::StateMachineStore::in_memory(Nothing);
             store.image().unwrap().data
         };
         Backup::new(
@@ -539,7 +611,8 @@ mod tests {
         ];
         for (what, bytes, expected) in cases {
             let err = Backup::from_bytes(&bytes).expect_err(what);
-            assert!(err.contains(expected), "{what}: {err}");
+            assert!(matches!(err, BackupError::Invalid { .. }), "{what}: {err:?}");
+            assert!(err.to_string().contains(expected), "{what}: {err}");
         }
     }
 
@@ -558,7 +631,39 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "mode {mode:o}");
         }
         let err = stage_restore(dir.path(), b"garbage").unwrap_err();
-        assert!(err.contains("not a tsconsensus backup"), "{err}");
+        assert!(matches!(err, BackupError::Invalid { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a tsconsensus backup"), "{err}");
+    }
+
+    /// Before: `Result<_, String>`, the `io::Error` of a failed write
+    /// flattened to text. Now it is the source.
+    #[test]
+    fn a_restore_that_cannot_be_staged_keeps_its_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        fs::write(&file, b"not a directory").unwrap();
+        let err = stage_restore(&file.join("state"), &sample().to_bytes()).unwrap_err();
+        assert!(matches!(err, BackupError::Io { .. }), "{err:?}");
+        let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<io::Error>());
+        assert!(io.is_some(), "no io::Error underneath {err:?}");
+        assert!(err.to_string().starts_with("create "), "{err}");
+    }
+
+    /// A header that is not JSON keeps the JSON error underneath.
+    #[test]
+    fn a_header_that_does_not_parse_keeps_the_json_error() {
+        let mut bytes = MAGIC.to_vec();
+        let header = b"{not json";
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        let checksum = fnv1a64(&bytes);
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        let err = Backup::from_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().starts_with("backup header: "), "{err}");
+        let json =
+            std::error::Error::source(&err).and_then(|s| s.downcast_ref::<serde_json::Error>());
+        assert!(json.is_some(), "no serde_json::Error underneath {err:?}");
     }
 
     #[test]
@@ -572,9 +677,9 @@ mod tests {
         fs::write(dir.path().join(PENDING_RESTORE), &bytes).unwrap();
         assert_eq!(pending_restore(dir.path()).unwrap(), Some(backup.info.clone()));
         fs::write(dir.path().join(PENDING_RESTORE), b"TSCBKUP\x01\xff\xff\xff\xff").unwrap();
-        assert!(pending_restore(dir.path()).unwrap_err().contains("header of"));
+        assert!(pending_restore(dir.path()).unwrap_err().to_string().contains("header of"));
         fs::write(dir.path().join(PENDING_RESTORE), b"junk").unwrap();
-        assert!(pending_restore(dir.path()).unwrap_err().contains("truncated"));
+        assert!(pending_restore(dir.path()).unwrap_err().to_string().contains("truncated"));
     }
 
     #[tokio::test]

@@ -33,7 +33,10 @@
 //!   applies and snapshots ([`stats`]).
 //!
 //! openraft types stay inside this crate: errors, metrics and membership are
-//! this crate's own types, so the layers above never see openraft.
+//! this crate's own types, so the layers above never see openraft. The
+//! openraft-typed pieces this crate's own integration tests need (frames,
+//! `TypeConfig`, the log store) are public only under the non-default
+//! `testing` feature, in `testing`.
 
 #![allow(
     clippy::result_large_err,
@@ -45,7 +48,7 @@ mod codec;
 mod error;
 mod fatal;
 mod identity;
-pub mod network;
+mod network;
 mod node;
 mod sessions;
 mod state_machine;
@@ -53,16 +56,29 @@ pub mod stats;
 mod storage;
 mod types;
 
-pub use crate::backup::{Backup, BackupInfo, StateDir};
+pub use crate::backup::{Backup, BackupError, BackupInfo, StateDir};
 pub use crate::codec::DecodeError;
 pub use crate::error::{BoxError, MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Identify, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
 pub use crate::sessions::SessionLimits;
-pub use crate::state_machine::{StateMachine, StateMachineStore};
+pub use crate::state_machine::StateMachine;
 pub use crate::stats::{Counter, Histogram, HistogramSnapshot, RaftStats};
-pub use crate::storage::{LogStore, StorageFaults};
+pub use crate::storage::StorageFaults;
 pub use crate::types::{
-    Batch, BatchResponse, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, TypeConfig,
-    command_hash, node_id,
+    Batch, BatchResponse, ClientId, ClusterId, NodeId, NodeInfo, Outcome, Proposal, command_hash,
+    node_id,
 };
+
+/// openraft-typed internals, for this workspace's own tests only: raw
+/// frames (to play a peer or a leader on the wire), the openraft type
+/// configuration and the log store. Behind the non-default
+/// `testing` feature, which only dev-dependencies enable, so that no
+/// library built on this crate (the facade above all) can name openraft
+/// through it. No stability promise.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::network::frame;
+    pub use crate::storage::log::LogStore;
+    pub use crate::types::TypeConfig;
+}

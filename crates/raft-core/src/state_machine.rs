@@ -77,7 +77,7 @@ pub(crate) struct Shared<S> {
 
 /// The openraft state machine around a user's [`StateMachine`]. Cloning
 /// shares the same state.
-pub struct StateMachineStore<S> {
+pub(crate) struct StateMachineStore<S> {
     shared: Arc<Shared<S>>,
 }
 
@@ -120,25 +120,21 @@ impl<S: StateMachine> StateMachineStore<S> {
     }
 
     /// A state machine kept in memory only.
-    pub fn in_memory(user: S) -> StateMachineStore<S> {
+    #[cfg(test)]
+    pub(crate) fn in_memory(user: S) -> StateMachineStore<S> {
         // Memory holds no snapshot yet, so opening cannot fail.
         StateMachineStore::open(user, SnapshotStore::memory(), SessionLimits::default())
             .unwrap_or_else(|err| unreachable!("empty in-memory snapshot store failed: {err}"))
     }
 
     /// Runs `f` on the user's state machine as it is now on this node.
-    pub fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&S) -> T) -> T {
         f(&self.shared.state.read().unwrap_or_else(|p| p.into_inner()).user)
     }
 
     /// What this node counts about itself (applies, snapshots, batches).
-    pub fn stats(&self) -> &Arc<RaftStats> {
+    pub(crate) fn stats(&self) -> &Arc<RaftStats> {
         &self.shared.stats
-    }
-
-    /// The index of the last applied entry.
-    pub fn applied_index(&self) -> Option<u64> {
-        self.shared.state.read().unwrap_or_else(|p| p.into_inner()).last_applied.map(|id| id.index)
     }
 
     fn restore_from(&self, data: &[u8]) -> io::Result<()> {
@@ -286,7 +282,7 @@ impl<S: StateMachine> StateMachineStore<S> {
 
     /// Why the state machine stopped, if it did (a panic in `apply`, a
     /// failed snapshot install).
-    pub fn fatal(&self) -> Option<String> {
+    pub(crate) fn fatal(&self) -> Option<String> {
         self.shared.poisoned.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -240,6 +240,10 @@ pub struct BatchResponse(pub Vec<Outcome>);
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of this crate.
+    #[cfg_attr(
+        not(feature = "testing"),
+        allow(unreachable_pub, reason = "public only through `crate::testing`")
+    )]
     pub TypeConfig:
         D = Batch,
         R = BatchResponse,

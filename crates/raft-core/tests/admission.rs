@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use raft_core::network::frame::{self, Message};
+use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, RaftConfig, Role, SessionLimits};
 use ts_transport::{BoxStream, MemNetwork, Transport as _};
 

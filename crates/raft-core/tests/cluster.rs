@@ -513,7 +513,7 @@ async fn a_connection_that_went_silent_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_incoming_connection_is_closed() {
-    use raft_core::network::frame::{self, Message};
+    use raft_core::testing::frame::{self, Message};
     use ts_transport::Transport as _;
     let net = MemNetwork::new();
     let mut config = fast_config();

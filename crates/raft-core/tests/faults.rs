@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use raft_core::network::frame::{self, Message};
+use raft_core::testing::frame::{self, Message};
 use raft_core::{ClientId, ClusterId, NodeId, Outcome, ProposeError, Role};
 use test_support::{eventually, eventually_every};
 use ts_transport::{MemNetwork, Transport as _};

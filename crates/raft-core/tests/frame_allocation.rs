@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use raft_core::network::frame::{self, Message};
+use raft_core::testing::frame::{self, Message};
 
 struct Counting;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use raft_core::network::frame::{self, Message};
+use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, MembershipError, NodeId, Outcome, RaftNode, Role, StartError, Storage};
 use ts_transport::{MemNetwork, Transport as _};
 
@@ -262,7 +262,7 @@ async fn a_state_directory_from_before_identities_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     {
         // What an older version left: a vote, no identity record.
-        let mut log = raft_core::LogStore::durable(&dir.path().join("raft.redb")).unwrap();
+        let mut log = raft_core::testing::LogStore::durable(&dir.path().join("raft.redb")).unwrap();
         log.save_vote(&openraft::Vote::new(3, 7)).await.unwrap();
     }
     let err = match start_durable(&net, dir.path(), "node-0").await {

@@ -12,8 +12,9 @@ use std::time::Duration;
 use common::*;
 use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Vote};
-use raft_core::network::frame::{self, Message};
-use raft_core::{NodeId, NodeInfo, RaftNode, TypeConfig};
+use raft_core::testing::TypeConfig;
+use raft_core::testing::frame::{self, Message};
+use raft_core::{NodeId, NodeInfo, RaftNode};
 use test_support::eventually;
 use ts_transport::{MemNetwork, Transport as _};
 

@@ -12,8 +12,9 @@ use openraft::{
     CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
 };
 use proptest::prelude::*;
-use raft_core::network::frame::{self, FrameError, Message};
-use raft_core::{Batch, ClientId, ClusterId, NodeInfo, Proposal, TypeConfig};
+use raft_core::testing::TypeConfig;
+use raft_core::testing::frame::{self, FrameError, Message};
+use raft_core::{Batch, ClientId, ClusterId, NodeInfo, Proposal};
 
 const MAX_FRAME: usize = 1 << 20;
 

@@ -75,7 +75,8 @@ impl Message {
     /// The hello of incarnation `incarnation` of node `stable_id` (raft id
     /// `node_id(stable_id, incarnation)`) to node `to` of cluster
     /// `cluster` / `cluster_id`, applying entries with `sessions`: for
-    /// tests and tools that play a node on the wire.
+    /// tests that play a node on the wire.
+    #[cfg(feature = "testing")]
     pub fn hello(
         cluster: &str,
         cluster_id: ClusterId,
@@ -96,8 +97,9 @@ impl Message {
     }
 
     /// An empty AppendEntries (a heartbeat) from `leader` as the elected
-    /// leader of `term`, with nothing before it in the log: for tests and
-    /// tools that play a leader on the wire.
+    /// leader of `term`, with nothing before it in the log: for
+    /// tests that play a leader on the wire.
+    #[cfg(feature = "testing")]
     pub fn heartbeat(term: u64, leader: NodeId) -> Message {
         Message::AppendEntries(AppendEntriesRequest {
             vote: openraft::Vote::new_committed(term, leader),
@@ -157,6 +159,8 @@ pub fn encode(request_id: u64, message: &Message) -> Vec<u8> {
 /// Decodes the frame at the start of `buf`, if it is complete. Returns the
 /// frame and how many bytes it used; `Ok(None)` means more bytes are needed.
 /// Never panics and never allocates more than `max` for the frame's content.
+/// (The node reads frames with [`read`]; this is for tests of the decoder.)
+#[cfg(any(test, feature = "testing"))]
 pub fn decode(buf: &[u8], max: usize) -> Result<Option<(Frame, usize)>, FrameError> {
     let Some(prefix) = buf.get(..4) else { return Ok(None) };
     let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;

@@ -1,6 +1,10 @@
 //! Raft RPCs over a `ts_transport::Transport`: framed, versioned, bounded.
 
 pub(crate) mod client;
+#[cfg_attr(
+    not(feature = "testing"),
+    allow(unreachable_pub, reason = "public only through `crate::testing`")
+)]
 pub mod frame;
 pub(crate) mod gate;
 pub(crate) mod server;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::network::frame::Message;
+use raft_core::testing::frame::Message;
 use raft_core::{
     ClientId, ClusterId, Identify, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
     Role, StateMachine, Storage, StorageFaults,
