@@ -3,6 +3,8 @@
 //! removals answered by the leader only and bound to the caller's identity;
 //! authorization, size limits, strict JSON and slow clients.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -10,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cmd_rpc::{
-    Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
-    ConfirmRequest, ConfirmResponse, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest,
-    Origin, Peers, ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, ReadResponse,
-    RemoveRequest, RpcError, SessionResponse,
+    Caller, CommandClient, CommandConfig, CommandService, ConfirmFuture, ConfirmRequest,
+    ConfirmResponse, Consistency, ExecuteRequest, ExecuteResponse, JoinRequest, Origin, Peers,
+    ProbeFuture, ProbeRequest, ProbeResponse, ProbeState, ReadRequest, ReadResponse, RemoveRequest,
+    RpcError, SessionResponse,
 };
-use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine, Storage};
+use common::{COMMAND_PORT, Node, WAIT, fast_raft, info, ip, owner, start_node_on};
+use raft_core::{ClusterId, NodeId, NodeInfo, RaftConfig, RaftNode, Role, StateMachine};
 use serde_json::json;
 use serde_json::value::RawValue;
 use test_support::eventually;
@@ -23,9 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use ts_transport::{MemNetwork, PeerAddr, Transport};
 
-const RAFT_PORT: u16 = 7000;
-const COMMAND_PORT: u16 = 7001;
-const WAIT: Duration = Duration::from_secs(20);
 /// An address that is on the network but not allowed to use the API.
 const INTRUDER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99));
 
@@ -65,19 +65,6 @@ impl StateMachine for Kv {
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
         (self.map, self.log) = serde_json::from_reader(input).map_err(io::Error::other)?;
         Ok(())
-    }
-}
-
-fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
-}
-
-fn info(i: usize) -> NodeInfo {
-    NodeInfo {
-        stable_id: format!("node-{i}"),
-        addrs: vec![ip(i)],
-        raft_port: RAFT_PORT,
-        command_port: COMMAND_PORT,
     }
 }
 
@@ -157,18 +144,13 @@ fn test_config() -> CommandConfig {
     }
 }
 
-struct Node {
-    service: Arc<CommandService<Kv>>,
-    server: CommandServer,
-}
-
 struct Cluster {
     net: MemNetwork,
     tailnet: Arc<Tailnet>,
     cluster_id: ClusterId,
     raft: RaftConfig,
     config: CommandConfig,
-    nodes: Vec<Option<Node>>,
+    nodes: Vec<Option<Node<Kv>>>,
 }
 
 /// Every node but the intruder and the tailnet's strangers.
@@ -180,22 +162,13 @@ fn authorize_members(tailnet: Arc<Tailnet>) -> Arc<dyn Fn(PeerAddr) -> bool + Se
     })
 }
 
-/// The node at `ip(i)` is `node-<i>` (as `info` says).
-fn owner(ip: IpAddr) -> String {
-    let last = match ip {
-        IpAddr::V4(v4) => usize::from(v4.octets()[3]),
-        IpAddr::V6(v6) => usize::from(v6.segments()[7]),
-    };
-    format!("node-{}", last.saturating_sub(1))
-}
-
 fn identify_all_but_intruder() -> raft_core::Identify {
     Arc::new(|peer: PeerAddr| (peer.ip() != INTRUDER).then(|| owner(peer.ip())))
 }
 
 impl Cluster {
     fn raft_config() -> RaftConfig {
-        RaftConfig { propose_timeout: Duration::from_secs(3), ..test_support::fast_raft() }
+        fast_raft()
     }
 
     async fn start_node(
@@ -204,36 +177,24 @@ impl Cluster {
         i: usize,
         raft: RaftConfig,
         config: CommandConfig,
-    ) -> Node {
-        let transport: Arc<dyn Transport> = Arc::new(net.node(ip(i)));
-        let raft_node = RaftNode::start(
-            info(i),
-            transport.clone(),
-            Storage::Memory,
+    ) -> Node<Kv> {
+        let peers = |raft_node: &RaftNode<Kv>| -> Arc<dyn Peers> {
+            Arc::new(TestPeers {
+                tailnet: tailnet.clone(),
+                me: Mutex::new(Some((raft_node.id(), raft_node.incarnation(), info(i)))),
+            })
+        };
+        start_node_on(
+            Arc::new(net.node(ip(i))),
+            i,
+            raft,
             Kv::default(),
             identify_all_but_intruder(),
-            raft,
-        )
-        .await
-        .unwrap();
-        let peers = TestPeers {
-            tailnet: tailnet.clone(),
-            me: Mutex::new(Some((raft_node.id(), raft_node.incarnation(), info(i)))),
-        };
-        let service = Arc::new(CommandService::new(
-            Arc::new(raft_node),
-            CommandClient::new(transport.clone(), config.clone()),
-            config.clone(),
-            Arc::new(peers),
-        ));
-        let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
-        let server = CommandServer::start(
-            listener,
-            service.clone(),
+            peers,
             authorize_members(tailnet.clone()),
             config,
-        );
-        Node { service, server }
+        )
+        .await
     }
 
     /// `n` nodes; the first `voters` form the initial cluster, the rest

@@ -31,7 +31,7 @@ use consensus::{
 };
 use raft_core::NodeInfo;
 use test_support::stream::HookedTransport;
-use test_support::{Hook, cluster, eventually, eventually_every, fast_timing};
+use test_support::{Hook, cluster, eventually, eventually_every, fast_timing, never};
 use tokio::task::JoinHandle;
 use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
@@ -216,30 +216,18 @@ async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     // 9: rc's view catches up: ra is gone, rb is online.
     views[2].set(view(2, &[(1, true)]));
     // 10, 11: rb asks rc and decides. Give it time to form (it would
-    // within a second); two formed clusters fail the test.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut formed: Vec<(usize, Consensus<Nothing>)> = Vec::new();
-    while Instant::now() < deadline {
-        for (i, slot) in starts.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|s| s.is_finished()) {
-                let kv = slot.take().unwrap().await.unwrap();
-                formed.push((i, kv.unwrap_or_else(|e| panic!("{}: {e}", NAMES[i]))));
-            }
-        }
-        let clusters: BTreeSet<(Option<u64>, BTreeSet<u64>)> =
-            formed.iter().map(|(_, kv)| cluster_of(kv)).collect();
-        assert!(
-            clusters.len() <= 1,
-            "two clusters formed: {}",
-            formed
-                .iter()
-                .map(|(i, kv)| format!("{} in {:?}", NAMES[*i], cluster_of(kv)))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(formed.is_empty(), "a node formed or joined a cluster while ra's tag was revoked");
+    // within a second): no start ends while ra's tag is revoked (before
+    // the fix, ra and rb each formed a cluster of its own).
+    never(
+        Duration::from_secs(5),
+        "a node formed or joined a cluster while ra's tag was revoked",
+        async || {
+            let i = starts.iter().position(|s| s.as_ref().is_some_and(|s| s.is_finished()))?;
+            let start = starts[i].as_mut().expect("a start");
+            Some(format!("{} {}", NAMES[i], outcome(start).await))
+        },
+    )
+    .await;
     // ra's tag is back in every view: the three form one cluster.
     slow_c.set_delay(Duration::ZERO);
     views[1].set(view(1, &[(0, true), (2, true)]));
@@ -397,8 +385,7 @@ async fn stall_a_formation_with(
         !matches!(a_now, Some(ProbeState::Member { .. })),
         "the schedule was not followed: ra decided before rb's view changed ({a_now:?})"
     );
-    let deadline = Instant::now() + WAIT;
-    let (cluster, c_id) = loop {
+    let (cluster, c_id) = eventually(WAIT, "rc binds itself to ra's cluster", async || {
         let client = CommandClient::new(Arc::new(net.node(ip(1))), CommandConfig::default());
         let target = NodeInfo {
             stable_id: NAMES[2].to_owned(),
@@ -406,18 +393,16 @@ async fn stall_a_formation_with(
             raft_port: 0,
             command_port: PORT,
         };
-        let answer: Result<ProbeResponse, _> = client
-            .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
-            .await;
-        if let Ok(ProbeResponse { id, state: ProbeState::Member { cluster_id, leader }, .. }) =
-            answer
-        {
-            let leader = leader.expect("a bound node names its former");
-            assert_eq!(leader.node.stable_id, "ra", "rc is bound to another former");
-            break (cluster_id, id);
-        }
-        assert!(Instant::now() < deadline, "rc never bound itself to ra's cluster");
-    };
+        let deadline = Instant::now() + WAIT;
+        let request = ProbeRequest { promise: false };
+        let answer: ProbeResponse =
+            client.post(&target, "/v1/probe", &request, deadline, Origin::Client).await.ok()?;
+        let ProbeState::Member { cluster_id, leader } = answer.state else { return None };
+        let leader = leader.expect("a bound node names its former");
+        assert_eq!(leader.node.stable_id, "ra", "rc is bound to another former");
+        Some((cluster_id, answer.id))
+    })
+    .await;
     Stalled { net, views, slow_c, starts, cluster, c_id, a_confirms }
 }
 
@@ -563,15 +548,12 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     s.views[2].set(view(2, &[(1, true)]));
     // rb asks rc, which names ra as its former: rb keeps no cluster id on
     // that word.
-    let gone_at = Instant::now();
-    while gone_at.elapsed() < Duration::from_secs(2) {
+    never(Duration::from_secs(2), "rb stored ra's cluster id on rc's word", async || {
         let b_now = probe(&s.net, 2, 1).await;
-        assert!(
-            !matches!(&b_now, Some(ProbeState::Member { cluster_id, .. }) if *cluster_id == s.cluster),
-            "rb stored ra's cluster id on rc's word: {b_now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        matches!(&b_now, Some(ProbeState::Member { cluster_id, .. }) if *cluster_id == s.cluster)
+            .then(|| format!("{b_now:?}"))
+    })
+    .await;
     let b = s.starts[1].take().unwrap().await.unwrap().expect("rb forms a cluster with rc");
     let c = s.starts[2].take().unwrap().await.unwrap().expect("rc gives ra's binding up");
     for kv in [&b, &c] {
@@ -766,7 +748,7 @@ async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answer
     let rd = cluster::tailnet_node(TAG, 5, 3, "rd", "rd");
     let c_view =
         Arc::new(StaticDiscovery::new(ClusterView::new(TAG, node(2, true), [node(1, true), rd])));
-    let c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
+    let mut c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
     until(WAIT, "rc answers bound to ra's cluster", || async {
         matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Member { cluster_id, .. }) if cluster_id == s.cluster)
     })
@@ -777,18 +759,19 @@ async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answer
     .await;
     // rb (its view: rc only) asks rc for a promise every round; rc has not
     // heard from rd since it started, so it grants none and forms nothing.
-    let quiet = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < quiet {
-        let c_now = probe(&s.net, 1, 2).await;
-        assert!(
-            !promised_to(&c_now, "rb") && !matches!(c_now, Some(ProbeState::Member { .. })),
-            "rc promised or bound itself without hearing from rd: {c_now:?}"
-        );
-        if c_start.is_finished() {
-            panic!("rc started without hearing from rd: {}", outcome(c_start).await);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    never(
+        Duration::from_secs(3),
+        "rc promised or bound itself without hearing from rd",
+        async || {
+            if c_start.is_finished() {
+                return Some(format!("it started: {}", outcome(&mut c_start).await));
+            }
+            let c_now = probe(&s.net, 1, 2).await;
+            (promised_to(&c_now, "rb") || matches!(c_now, Some(ProbeState::Member { .. })))
+                .then(|| format!("{c_now:?}"))
+        },
+    )
+    .await;
     c_start.abort();
     if let Some(b) = s.starts[1].take() {
         b.abort();
@@ -820,7 +803,7 @@ async fn a_binder_that_gives_its_binding_up_forgets_the_answers_it_heard_before(
         node(2, true),
         [node(1, true), rd_node],
     )));
-    let c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
+    let mut c_start = start(Arc::new(s.net.node(ip(2))), &c_view, config(2, WAIT, Some(c_dir)), 2);
     until(WAIT, "rc answers bound to ra's cluster", || async {
         matches!(probe(&s.net, 1, 2).await, Some(ProbeState::Member { cluster_id, .. }) if cluster_id == s.cluster)
     })
@@ -841,18 +824,19 @@ async fn a_binder_that_gives_its_binding_up_forgets_the_answers_it_heard_before(
     .await;
     // rb (its view: rc only) asks rc for a promise every round; rc has not
     // heard from rd since it became free, so it grants none.
-    let quiet = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < quiet {
-        let c_now = probe(&s.net, 1, 2).await;
-        assert!(
-            !promised_to(&c_now, "rb") && !matches!(c_now, Some(ProbeState::Member { .. })),
-            "rc promised or bound itself on rd's answer from before it became free: {c_now:?}"
-        );
-        if c_start.is_finished() {
-            panic!("rc started on rd's old answer: {}", outcome(c_start).await);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    never(
+        Duration::from_secs(3),
+        "rc promised or bound itself on rd's answer from before it became free",
+        async || {
+            if c_start.is_finished() {
+                return Some(format!("it started: {}", outcome(&mut c_start).await));
+            }
+            let c_now = probe(&s.net, 1, 2).await;
+            (promised_to(&c_now, "rb") || matches!(c_now, Some(ProbeState::Member { .. })))
+                .then(|| format!("{c_now:?}"))
+        },
+    )
+    .await;
     c_start.abort();
     if let Some(b) = s.starts[1].take() {
         b.abort();
@@ -958,20 +942,20 @@ async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
     c_faults.block(ip(0));
     let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, true), (1, true)])));
     let c_transport: Arc<dyn Transport> = Arc::new(c_faults.wrap(Arc::new(net.node(ip(2)))));
-    let c_start = start(c_transport, &c_view, plain_config(WAIT), 2);
+    let mut c_start = start(c_transport, &c_view, plain_config(WAIT), 2);
     // rb: its view shows rc only; it is the lowest there and may form.
     let b_view = Arc::new(StaticDiscovery::new(view(1, &[(2, true)])));
-    let b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
+    let mut b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
     // Long enough for rb to form with rc many times over (it takes well
     // under a second when rc promises).
-    let quiet = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < quiet {
-        if b_start.is_finished() || c_start.is_finished() {
-            let (b, c) = (outcome(b_start).await, outcome(c_start).await);
-            panic!("rc bound itself before hearing from ra: rb {b}; rc {c}");
+    never(Duration::from_secs(4), "rc bound itself before hearing from ra", async || {
+        if !b_start.is_finished() && !c_start.is_finished() {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let (b, c) = (outcome(&mut b_start).await, outcome(&mut c_start).await);
+        Some(format!("rb {b}; rc {c}"))
+    })
+    .await;
     // ra's path arrives: rc hears of ra's cluster and joins it.
     c_faults.unblock(ip(0));
     let c = c_start.await.unwrap().expect("rc joins ra's cluster");
@@ -981,7 +965,7 @@ async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
     // its view: it stores nothing and never forms.
     let b_now = probe(&net, 2, 1).await;
     assert!(matches!(b_now, Some(ProbeState::Fresh { .. })), "rb is not free: {b_now:?}");
-    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(&mut b_start).await);
     b_start.abort();
     for kv in [c, a] {
         kv.stop(StopMode::Stay).await.unwrap();
@@ -1035,7 +1019,7 @@ async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
     let c_start =
         start(Arc::new(net.node(ip(2))), &c_view, plain_config(Duration::from_secs(4)), 2);
     let b_view = Arc::new(StaticDiscovery::new(view(1, &[(2, true)])));
-    let b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
+    let mut b_start = start(Arc::new(net.node(ip(1))), &b_view, plain_config(WAIT), 2);
     // rb would form with rc well within rc's start deadline if rc
     // promised it; rc's start fails instead, naming ra.
     match tokio::time::timeout(WAIT, c_start).await.expect("rc's start ends").unwrap() {
@@ -1046,7 +1030,7 @@ async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
         Err(other) => panic!("rc failed otherwise: {other}"),
         Ok(c) => panic!("rc started before hearing from ra: {:?}", cluster_of(&c)),
     }
-    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(&mut b_start).await);
     // ra is back; rc starts again and joins ra's cluster.
     a_view.set(view(0, &[(2, true)]));
     let a = start(Arc::new(net.node(ip(0))), &a_view, a_config(), 1)
@@ -1062,7 +1046,7 @@ async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
     c.wait_for(WAIT, |m| m.leader == Some(a_id)).await.unwrap();
     let b_now = probe(&net, 2, 1).await;
     assert!(matches!(b_now, Some(ProbeState::Fresh { .. })), "rb is not free: {b_now:?}");
-    assert!(!b_start.is_finished(), "rb started: {}", outcome(b_start).await);
+    assert!(!b_start.is_finished(), "rb started: {}", outcome(&mut b_start).await);
     b_start.abort();
     for kv in [c, a] {
         kv.stop(StopMode::Stay).await.unwrap();
@@ -1070,7 +1054,7 @@ async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
 }
 
 /// How a start ended (it has ended, or ends within [`WAIT`]).
-async fn outcome(start: Start) -> String {
+async fn outcome(start: &mut Start) -> String {
     match tokio::time::timeout(WAIT, start).await {
         Ok(Ok(Ok(kv))) => format!("started in {:?}", cluster_of(&kv)),
         Ok(Ok(Err(err))) => format!("failed: {err}"),
@@ -1132,17 +1116,24 @@ async fn a_refused_formation_backs_off_instead_of_looping() {
     // rc's answers are fast again: ra's rounds take a few milliseconds,
     // and only the pause between them sets their pace.
     s.slow_c.set_delay(Duration::ZERO);
-    // Past the back-off's ramp (doubling from 100 ms).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Past the back-off's ramp (doubling from 100 ms to its cap of 1 s in
+    // four rounds, each of which asks rb to confirm): four more confirms.
+    let ramp = s.a_confirms.get();
+    eventually(WAIT, "ra asks rb to confirm four more times", async || {
+        s.a_confirms.get() >= ramp + 4
+    })
+    .await;
+    // At most one per half second (the shortest jittered pause at the
+    // back-off's cap); before the fix, thousands.
     let window = Duration::from_secs(5);
     let before = s.a_confirms.get();
-    tokio::time::sleep(window).await;
+    never(window, "ra sent more than 20 confirms: a tight loop", async || {
+        s.a_confirms.get() - before > 20
+    })
+    .await;
     let sent = s.a_confirms.get() - before;
     eprintln!("ra sent {sent} refused confirms in {window:?}");
     assert!(sent > 0, "ra stopped asking rb to confirm");
-    // At most one per half second (the shortest jittered pause at the
-    // back-off's cap); before the fix, thousands.
-    assert!(sent <= 20, "ra sent {sent} confirms in {window:?}: a tight loop");
     // rb sees ra again: the three form one cluster.
     s.views[1].set(view(1, &[(0, true), (2, true)]));
     let mut nodes = Vec::new();

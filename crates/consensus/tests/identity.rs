@@ -53,15 +53,9 @@ struct World {
 
 impl World {
     fn new(names: &[&str], durable: bool) -> World {
+        let tailnet = cluster::Tailnet::named(TAG, 4, names);
+        let views = (0..names.len()).map(|i| tailnet.discovery(i)).collect();
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let all: Vec<TailnetNode> =
-            names.iter().enumerate().map(|(i, n)| tailnet_node(n, i, true)).collect();
-        let views = (0..names.len())
-            .map(|i| {
-                let peers = all.iter().filter(|n| n.id != all[i].id).cloned();
-                Arc::new(StaticDiscovery::new(ClusterView::new(TAG, all[i].clone(), peers)))
-            })
-            .collect();
         World {
             net: MemNetwork::new(),
             names,

@@ -7,6 +7,8 @@ mod common;
 
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -243,21 +245,26 @@ async fn transfer_leader_moves_leadership_to_the_named_voter_while_commands_go_o
     assert!(message(&answer).contains(&format!("host-{leader}")), "{answer}");
 
     // Commands keep flowing through the third node during the transfer.
+    let done = Arc::new(AtomicUsize::new(0));
     let writer = {
         let node = cluster.node(third).clone();
+        let done = done.clone();
         tokio::spawn(async move {
-            let mut done = 0;
             for k in 0..40 {
                 node.execute(add(&format!("w{k}"), 1))
                     .await
                     .expect("a command during the transfer");
-                done += 1;
+                done.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            done
+            done.load(Ordering::SeqCst)
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The transfer starts while the writer is under way.
+    eventually(WAIT, "the writer's first commands apply", async || {
+        done.load(Ordering::SeqCst) >= 2
+    })
+    .await;
     let (status, report) = admin_json(
         &cluster.dirs[leader],
         "POST",

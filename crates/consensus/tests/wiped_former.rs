@@ -21,8 +21,8 @@ use consensus::{
 };
 use raft_core::NodeInfo;
 use test_support::cluster;
-use test_support::fast_timing;
 use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::{fast_timing, never};
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
@@ -168,29 +168,30 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
     let restarted = start(&net, &views, 0, WAIT);
     // For a while (wb and wc still leaderless), wa must not take up
     // forming the running cluster.
-    let watch_until = Instant::now() + Duration::from_secs(3);
     let mut answered = false;
-    let mut named = Vec::new();
-    while Instant::now() < watch_until {
+    never(Duration::from_secs(3), "wa took up forming the running cluster", async || {
+        if restarted.is_finished() {
+            return Some("wa's start ended while the cluster had no leader".to_owned());
+        }
         let a_now = probe(&net, 1, 0).await;
-        assert!(
-            !matches!(a_now, Some(ProbeState::Member { .. })),
-            "the wiped former resumed forming the running cluster: it answers {a_now:?}"
-        );
+        if matches!(a_now, Some(ProbeState::Member { .. })) {
+            return Some(format!("it answers {a_now:?}"));
+        }
         answered |= a_now.is_some();
-        assert!(!restarted.is_finished(), "wa's start ended while the cluster had no leader");
         // What wb and wc name (asked from wa's address: they do not reach
         // each other).
         for (i, name) in NAMES.iter().enumerate().skip(1) {
             let member = probe(&net, 0, i).await;
             if !matches!(member, Some(ProbeState::Member { leader: None, .. })) {
-                named.push(format!("{name}: {member:?}"));
+                return Some(format!(
+                    "a member that knows no leader names one: {name}: {member:?}"
+                ));
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None
+    })
+    .await;
     assert!(answered, "the wiped former never answered a probe");
-    assert!(named.is_empty(), "members that know no leader name one: {named:?}");
     // wb and wc are healed: they elect a leader, and wa joins.
     net.heal_all();
     let a = restarted.await.unwrap().expect("the wiped former joins the cluster");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, RaftConfig, Role, SessionLimits};
+use test_support::{eventually, never};
 use ts_transport::{BoxStream, MemNetwork, Transport as _};
 
 /// Dials node 0's raft port from `ip(from)` and sends `hello`; returns the
@@ -47,16 +48,12 @@ async fn members_with_different_session_limits_never_connect() {
     let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), theirs.clone()).await;
     form(&[&a, &b]).await;
     // Neither can win the other's vote: every connection is refused.
-    let elected = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            if a.metrics().role == Role::Leader || b.metrics().role == Role::Leader {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    never(
+        Duration::from_secs(3),
+        "a leader was elected across different session limits",
+        async || a.metrics().role == Role::Leader || b.metrics().role == Role::Leader,
+    )
     .await;
-    assert!(elected.is_err(), "a leader was elected across different session limits");
     assert!(
         a.stats().refused_settings.get() + b.stats().refused_settings.get() > 0,
         "the refusals were not counted"
@@ -84,18 +81,10 @@ async fn members_with_different_session_limits_never_connect() {
     let c = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), theirs.clone()).await;
     let d = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), theirs).await;
     form(&[&c, &d]).await;
-    let leader = tokio::time::timeout(WAIT, async {
-        loop {
-            for node in [&c, &d] {
-                if node.metrics().role == Role::Leader {
-                    return node;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let leader = eventually(WAIT, "a leader with the same limits", async || {
+        [&c, &d].into_iter().find(|node| node.metrics().role == Role::Leader)
     })
-    .await
-    .expect("a leader with the same limits");
+    .await;
     let session = leader.register_session().await.expect("a session");
     leader.propose(session, 1, b"x".to_vec()).await.expect("committed");
     assert_eq!(c.stats().refused_settings.get() + d.stats().refused_settings.get(), 0);
@@ -114,18 +103,10 @@ async fn a_peer_cannot_speak_as_another_member() {
     let a = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), config.clone()).await;
     let b = start_alone(1, Arc::new(net.node(ip(1))), allow_all(), config.clone()).await;
     form(&[&a, &b]).await;
-    let leader = tokio::time::timeout(WAIT, async {
-        loop {
-            for node in [&a, &b] {
-                if node.metrics().role == Role::Leader {
-                    return node.id();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let leader = eventually(WAIT, "a leader", async || {
+        [&a, &b].into_iter().find(|node| node.metrics().role == Role::Leader).map(|node| node.id())
     })
-    .await
-    .expect("a leader");
+    .await;
     let cluster_id: ClusterId = a.cluster_id().unwrap();
     let name = &config.network.cluster;
     let sessions = config.sessions;

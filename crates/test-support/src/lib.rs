@@ -45,5 +45,5 @@ pub use crate::timing::{ELECTION, HEARTBEAT};
 #[cfg(feature = "facade")]
 pub use crate::timing::{fast_config, fast_timing};
 pub use crate::wait::{
-    Condition, POLL, eventually, eventually_blocking, eventually_every, never, poll_until,
+    Condition, Happened, POLL, eventually, eventually_blocking, eventually_every, never, poll_until,
 };

@@ -116,24 +116,49 @@ pub fn eventually_blocking<C: Condition>(
     }
 }
 
+/// What one look of [`never()`] found: whether the thing it watches for
+/// happened, and what it was: `bool`, or `Option<T>` (`Some` says what
+/// happened).
+pub trait Happened {
+    /// `Some` with what happened (empty if there is nothing to say) once
+    /// it has; `None` while it has not.
+    fn happened(self) -> Option<String>;
+}
+
+impl Happened for bool {
+    fn happened(self) -> Option<String> {
+        self.then(String::new)
+    }
+}
+
+impl<T: Display> Happened for Option<T> {
+    fn happened(self) -> Option<String> {
+        self.map(|what| what.to_string())
+    }
+}
+
 /// Polls `happened` every [`POLL`] for `within` (and once more at its
-/// end) and panics naming `what` the first time it holds.
+/// end) and panics naming `what`, and what the poll said happened, the
+/// first time it has.
 ///
 /// A bounded observation, not a proof: it passes as well if the system
 /// never got round to acting in the window. Use it only where nothing
 /// observable says the system has considered the case and decided not to
 /// act (a counter of rounds, say, would be a condition to wait on), and
 /// make `within` several of the periods in which it would act.
-pub async fn never(within: Duration, what: impl Display, mut happened: impl AsyncFnMut() -> bool) {
+pub async fn never<H: Happened>(
+    within: Duration,
+    what: impl Display,
+    mut happened: impl AsyncFnMut() -> H,
+) {
     let deadline = Instant::now() + within;
     loop {
-        if happened().await {
-            panic!("within {within:?}: {what}");
+        match happened().await.happened() {
+            Some(it) if it.is_empty() => panic!("within {within:?}: {what}"),
+            Some(it) => panic!("within {within:?}: {what}: {it}"),
+            None if Instant::now() >= deadline => return,
+            None => tokio::time::sleep(POLL).await,
         }
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -196,6 +221,17 @@ mod tests {
         never(Duration::from_secs(1), "the sixth poll held", async || {
             polls += 1;
             polls == 6
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "within 1s: the count reached 3: at poll 3")]
+    async fn never_says_what_happened() {
+        let mut polls = 0;
+        never(Duration::from_secs(1), "the count reached 3", async || {
+            polls += 1;
+            (polls == 3).then(|| format!("at poll {polls}"))
         })
         .await;
     }

@@ -1,5 +1,8 @@
-//! A small harness for the command API's tests: nodes on a `MemNetwork`
-//! with a counting state machine, every node tagged and online.
+//! The one harness of the command API's tests: nodes on a `MemNetwork`,
+//! node `i` being `node-<i>` at [`ip`]`(i)`. [`start_node_on`] starts a
+//! node with the state machine, identities, tailnet view and authorization
+//! a test chooses; [`start_node`] and [`start_node_with`] one with a
+//! counting state machine, every node tagged and online.
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 #![allow(unreachable_pub, reason = "shared between test binaries as a module")]
@@ -119,8 +122,9 @@ pub fn identify_all() -> raft_core::Identify {
     Arc::new(|peer| Some(owner(peer.ip())))
 }
 
-pub struct Node {
-    pub service: Arc<CommandService<Counter>>,
+/// A running node: its command service (and raft node) and its server.
+pub struct Node<S: StateMachine = Counter> {
+    pub service: Arc<CommandService<S>>,
     pub server: CommandServer,
 }
 
@@ -136,28 +140,43 @@ pub async fn start_node_with(
     authorize: Authorize,
     config: CommandConfig,
 ) -> Node {
-    let raft_node = RaftNode::start(
-        info(i),
-        transport.clone(),
-        Storage::Memory,
-        Counter::default(),
-        identify_all(),
-        raft,
-    )
-    .await
-    .unwrap();
+    let peers = |_: &RaftNode<Counter>| -> Arc<dyn Peers> { Arc::new(AllPeers) };
+    let machine = Counter::default();
+    start_node_on(transport, i, raft, machine, identify_all(), peers, authorize, config).await
+}
+
+/// Node `i` (as [`info`] says) serving `machine` with memory storage:
+/// raft peers identified by `identify`, the tailnet as `peers` shows it
+/// (made once the raft node exists, for views that name it), its command
+/// port served to the callers `authorize` allows.
+#[allow(clippy::too_many_arguments, reason = "each is what a test varies")]
+pub async fn start_node_on<S: StateMachine>(
+    transport: Arc<dyn Transport>,
+    i: usize,
+    raft: RaftConfig,
+    machine: S,
+    identify: raft_core::Identify,
+    peers: impl FnOnce(&RaftNode<S>) -> Arc<dyn Peers>,
+    authorize: Authorize,
+    config: CommandConfig,
+) -> Node<S> {
+    let raft_node =
+        RaftNode::start(info(i), transport.clone(), Storage::Memory, machine, identify, raft)
+            .await
+            .unwrap();
+    let peers = peers(&raft_node);
     let service = Arc::new(CommandService::new(
         Arc::new(raft_node),
         CommandClient::new(transport.clone(), config.clone()),
         config.clone(),
-        Arc::new(AllPeers),
+        peers,
     ));
     let listener = Arc::from(transport.listen(COMMAND_PORT).await.unwrap());
     let server = CommandServer::start(listener, service.clone(), authorize, config);
     Node { service, server }
 }
 
-pub async fn stop_node(node: Node) {
+pub async fn stop_node<S: StateMachine>(node: Node<S>) {
     node.server.shutdown().await;
     node.service.node().shutdown().await;
 }
