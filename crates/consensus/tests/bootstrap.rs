@@ -1053,7 +1053,12 @@ impl Hook for Counted {
 /// each raft request it receives) ended the pause at once, so it asked
 /// again every tick or faster (in the chaos run, about every 20 ms). Once
 /// rb sees ra again, the formation still finishes.
-#[tokio::test(start_paused = true)]
+///
+/// On real time, unlike the rest of this file: paused time advances only
+/// when every task waits, so the loop this test is for (rounds that never
+/// wait) would freeze the window it counts in, and the test would hang
+/// instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_formation_backs_off_instead_of_looping() {
     let s = stall_a_formation([WAIT, WAIT, WAIT], None).await;
     // rc's answers are fast again: ra's rounds take a few milliseconds,
