@@ -47,13 +47,14 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{
     Addressee, AdminHandler, AdminLimits, AdminRequest, AdminResponse, AdminRoute, AdminServer,
     Change, ErrorCode, Origin, ReadIndexResponse, RemoveRequest, RpcError,
 };
 use serde::Deserialize;
+use tokio::time::Instant;
 use ts_transport::{TcpTransport, Transport};
 
 pub use cmd_rpc::{NONCE_HEADER, PROOF_PATH, admin_proof};

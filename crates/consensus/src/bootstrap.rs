@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{
     Caller, CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
@@ -37,6 +37,7 @@ use cmd_rpc::{
 use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, RaftNode, node_id};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery, TailnetNode};
 
 use crate::config::{BootstrapOptions, Config};

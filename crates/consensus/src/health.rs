@@ -135,7 +135,7 @@ pub(crate) const LEADER_ROUND: std::time::Duration = std::time::Duration::from_s
 /// through a read-index round (bounded by [`LEADER_ROUND`]), unless it
 /// learned one less than [`LEADER_COMMIT_EVERY`] ago.
 pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
-    use std::time::Instant;
+    use tokio::time::Instant;
     let raft = inner.raft();
     let m = raft.metrics();
     let Some((id, leader)) = m

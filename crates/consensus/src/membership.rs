@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{Change, ProbeRequest, ProbeResponse, ProbeState};
 use raft_core::{NodeId, NodeInfo, NodeMetrics};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery};
 
 use crate::bootstrap::{check_answer, join_ports};
@@ -356,7 +357,7 @@ mod tests {
         // (On a loaded machine leadership may move, or the cluster's own
         // reconciler may have a change in progress: the leader of the
         // moment tries again until both changes are in.)
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = Instant::now() + WAIT;
         let leader = loop {
             let leader = nodes.iter().find(|n| n.metrics().role == crate::Role::Leader);
             if let Some(leader) = leader {
@@ -373,7 +374,7 @@ mod tests {
                     Err(err) => eprintln!("the learner set-up failed once: {err}"),
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "no leader took the learner set-up");
+            assert!(Instant::now() < deadline, "no leader took the learner set-up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         leader.wait_for(WAIT, |m| m.voters == 2 && m.learners == 1).await.unwrap();

@@ -9,10 +9,11 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{Page, PageServer, Render};
 use serde::Serialize;
+use tokio::time::Instant;
 use ts_transport::{PeerAddr, TcpTransport, Transport};
 
 use crate::error::Error;

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{
     Caller, CommandClient, CommandConfig, CommandServer, CommandService, ConfirmFuture,
@@ -13,6 +13,7 @@ use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
 

@@ -8,11 +8,12 @@
 //! command then finds the session past it and is not applied.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{CommandService, ErrorCode, ExecuteRequest, Origin, RpcError};
 use raft_core::ClientId;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::Error;

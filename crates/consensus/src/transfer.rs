@@ -33,10 +33,11 @@
 //! lease ran out, which is the target's head start), nor that the cluster
 //! is never without a leader (for about a lease, commands wait).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::CampaignRequest;
 use raft_core::{NodeInfo, RaftNode};
+use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
@@ -236,7 +237,7 @@ pub(crate) async fn transfer<S: StateMachine>(
             "not enough time left: the voters' leader leases ({lease:?}) run out after the deadline"
         )));
     }
-    tokio::time::sleep_until(until.into()).await;
+    tokio::time::sleep_until(until).await;
 
     let request = CampaignRequest {
         term: caught_up.term,

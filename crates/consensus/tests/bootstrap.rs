@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
 use consensus::{
@@ -33,6 +33,7 @@ use raft_core::NodeInfo;
 use test_support::stream::HookedTransport;
 use test_support::{Hook, cluster, eventually, eventually_every, fast_timing, never};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery, StaticDiscovery, TailnetNode};
 use ts_transport::{Faults, MemNetwork, Transport};
 
@@ -169,7 +170,7 @@ fn cluster_of(kv: &Consensus<Nothing>) -> (Option<u64>, BTreeSet<u64>) {
 /// tagged in rb's view) and binds rc, so ra cannot initialize; rc, bound to
 /// ra's cluster, answers rb as its member and promises nothing; nobody
 /// forms. Once ra's tag is back, the three form one cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_former_with_a_revoked_tag_never_forms_a_second_cluster() {
     logs();
     let net = MemNetwork::new();
@@ -480,12 +481,12 @@ async fn cluster_id_of(net: &MemNetwork, i: usize) -> Option<raft_core::ClusterI
     info.cluster_id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_former_restarted_without_its_state_forms_under_a_new_id() {
     a_restarted_former_finishes(false).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_former_restarted_with_its_state_finishes_the_formation() {
     a_restarted_former_finishes(true).await;
 }
@@ -498,7 +499,7 @@ async fn a_former_restarted_with_its_state_finishes_the_formation() {
 /// incarnation, never the dead one (before the seal round, ra counted
 /// rc's old confirmation, and rc's new incarnation was free to bind
 /// itself elsewhere while counted here).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_binder_restarted_before_the_former_initializes_is_counted_as_its_new_incarnation() {
     let short = Duration::from_secs(3);
     let mut s = stall_a_formation([WAIT, WAIT, short], None).await;
@@ -536,7 +537,7 @@ async fn a_binder_restarted_before_the_former_initializes_is_counted_as_its_new_
 /// its binding, gives it up: rb and rc form a cluster of their own. Before
 /// the fix, rb stored ra's cluster id and both waited for ra until their
 /// start timed out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
     let short = Duration::from_secs(3);
     let long = Duration::from_secs(45);
@@ -584,7 +585,7 @@ async fn binders_of_a_former_gone_for_good_give_their_binding_up() {
 /// cluster id, each with its own index-0 membership. With the fix it never
 /// takes up an id it did not draw: it waits, naming the earlier
 /// incarnation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_wiped_former_never_initializes_its_cluster_id_a_second_time() {
     let long = Duration::from_secs(60);
     let mut s = stall_a_formation_of(2, [long, long, long], None).await;
@@ -732,7 +733,7 @@ async fn a_node_that_followed_a_dead_formers_hint_gives_the_cluster_id_up() {
 /// rc's view also shows rd, tagged and online but never answering. Before
 /// the fix rc kept its start-time readiness after giving the binding up,
 /// promised rb and formed a cluster with it without having heard from rd.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answered() {
     let dir = tempfile::tempdir().unwrap();
     let c_dir = dir.path().join("rc");
@@ -785,7 +786,7 @@ async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answer
 /// forgetting what it heard (`heard.clear()` in `bootstrap::run`), rc was
 /// ready on rd's old answer the round after it became free, and promised
 /// rb. Now it waits for rd to answer again, and grants nothing meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_binder_that_gives_its_binding_up_forgets_the_answers_it_heard_before() {
     let dir = tempfile::tempdir().unwrap();
     let c_dir = dir.path().join("rc");
@@ -924,7 +925,7 @@ fn plain_config(start_timeout: Duration) -> Config {
 /// a second cluster next to ra's. Now rc grants nothing until ra has
 /// answered; once ra is reachable rc joins ra's cluster, and rb, which
 /// does not see ra, never forms.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
     logs();
     let net = MemNetwork::new();
@@ -974,7 +975,7 @@ async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
 
 /// A node whose only peer is tagged and online in its view but never
 /// answers fails its start at the deadline, and the error names that peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_start_fails_naming_the_peers_that_never_answered() {
     logs();
     let net = MemNetwork::new();
@@ -1000,7 +1001,7 @@ async fn a_start_fails_naming_the_peers_that_never_answered() {
 /// cluster, a second cluster next to ra's. Now rc grants nothing until ra
 /// answered; its start fails naming ra as offline, with what to do; once
 /// ra is back, a new start of rc joins ra's cluster, and rb never forms.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_waits_for_a_tagged_peer_that_is_offline_in_its_view() {
     logs();
     let net = MemNetwork::new();
@@ -1110,6 +1111,11 @@ impl Hook for Counted {
 /// each raft request it receives) ended the pause at once, so it asked
 /// again every tick or faster (in the chaos run, about every 20 ms). Once
 /// rb sees ra again, the formation still finishes.
+///
+/// On real time, unlike the rest of this file: paused time advances only
+/// when every task waits, so the loop this test is for (rounds that never
+/// wait) would freeze the window it counts in, and the test would hang
+/// instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_formation_backs_off_instead_of_looping() {
     let s = stall_a_formation([WAIT, WAIT, WAIT], None).await;

@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use consensus::{Consistency, Error, StopMode};
+use tokio::time::Instant;
 
 /// Three nodes of `world` whose calls have `deadline`.
 async fn three_with_deadline(
@@ -25,7 +26,7 @@ async fn three_with_deadline(
 
 /// Before: `ReadError::QuorumNotReached` became `RpcError::Unavailable`,
 /// which the facade reported as `Error::Stopped`, though the node runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
     let deadline = Duration::from_secs(3);
     let world = World::new(3);
@@ -62,7 +63,7 @@ async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
 /// until its deadline became `RpcError::Unavailable`, which the facade
 /// reported as `Error::Stopped`, though the node runs. Only a node shutting
 /// down is stopped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() {
     let deadline = Duration::from_secs(2);
     let world = World::new(3);

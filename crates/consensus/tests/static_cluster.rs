@@ -164,7 +164,7 @@ async fn three_nodes_started_together_form_one_cluster_and_run_dynamic_commands(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_member_deleted_from_the_tailnet_is_removed_but_an_offline_one_stays() {
     let world = World::new(4);
     // Every tagged node must answer before a cluster forms: start all four.
@@ -196,7 +196,7 @@ async fn a_member_deleted_from_the_tailnet_is_removed_but_an_offline_one_stays()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn removal_never_leaves_the_remaining_voters_without_a_reachable_quorum() {
     let world = World::new(3);
     let nodes = three(&world).await;
@@ -242,7 +242,7 @@ async fn leaving_takes_the_node_out_of_the_configuration() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_member_whose_tag_is_restored_is_added_back_and_catches_up() {
     let world = World::new(3);
     let nodes = three(&world).await;
@@ -276,7 +276,7 @@ async fn a_member_whose_tag_is_restored_is_added_back_and_catches_up() {
 /// starting elections, and its higher term made the leader step down. Now
 /// it holds its elections while untagged and until the leader has taken it
 /// back, so its term never moves and the leader keeps leading.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_member_untagged_for_a_while_returns_without_disrupting_the_cluster() {
     // Elections only after 3-4 s of silence (a 2 s lease, then 1-2 s): the
     // test asserts that none happens, and a loaded machine can stall a

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
 use consensus::{
@@ -23,6 +23,7 @@ use raft_core::NodeInfo;
 use test_support::cluster;
 use test_support::kv::{KvCommand, KvQuery, KvStore};
 use test_support::{fast_timing, never};
+use tokio::time::Instant;
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
@@ -118,7 +119,7 @@ fn logs() {
 /// its confirms were refused in a loop); it waits. Once wb and wc are
 /// healed and elect a leader, wa joins as a new incarnation that replaces
 /// its old one, and every acknowledged write is read back everywhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
     logs();
     let net = MemNetwork::new();

@@ -2,10 +2,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::error::DiscoveryError;
 use crate::localapi::LocalApi;
@@ -20,7 +21,9 @@ const EVENT_CAPACITY: usize = 1024;
 pub enum Freshness {
     /// Nothing has been read yet.
     Never,
-    /// Last read successfully at this instant.
+    /// Last read successfully at this instant: tokio's clock, so that a
+    /// test with paused time sees the view age as that clock advances
+    /// (convert a [`std::time::Instant`] with `Instant::from_std`).
     ReadAt(Instant),
     /// A fixed view that cannot go stale.
     Static,
@@ -369,8 +372,8 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(100, 64, 0, last))
     }
 
-    #[test]
-    fn authorizer_fails_closed_before_the_first_read_and_when_stale() {
+    #[tokio::test(start_paused = true)]
+    async fn authorizer_fails_closed_before_the_first_read_and_when_stale() {
         let (tx, rx) = watch::channel(DiscoveryState::empty());
         let auth = Authorizer { state: rx, max_staleness: Duration::from_secs(30) };
         assert!(!auth.allows(ip(1)), "allowed before any read");
@@ -380,19 +383,17 @@ mod tests {
             [node("peer", 2, true), node("other", 3, false)],
         );
         tx.send_replace(DiscoveryState {
-            view: Some(Arc::new(view.clone())),
+            view: Some(Arc::new(view)),
             freshness: Freshness::ReadAt(Instant::now()),
             last_error: None,
         });
         assert!(auth.allows(ip(1)) && auth.allows(ip(2)));
         assert!(!auth.allows(ip(3)) && !auth.allows(ip(9)));
-        let long_ago =
-            Instant::now().checked_sub(Duration::from_secs(60)).expect("uptime over a minute");
-        tx.send_replace(DiscoveryState {
-            view: Some(Arc::new(view)),
-            freshness: Freshness::ReadAt(long_ago),
-            last_error: None,
-        });
+        // The view ages with the (paused) clock: fresh up to the bound,
+        // stale just past it.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(auth.allows(ip(2)), "tagged peer refused on a view exactly as old as the bound");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!auth.allows(ip(2)), "tagged peer allowed on a stale view");
         assert!(auth.allows(ip(1)), "the node itself is always allowed once known");
     }
