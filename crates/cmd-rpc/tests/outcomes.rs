@@ -107,6 +107,20 @@ async fn play_leader(net: &MemNetwork, at: IpAddr, replies: Vec<Reply>) -> Arc<A
     seen
 }
 
+/// Client 1's put of `k` with sequence `seq`, executed on `node` within
+/// `within`, as a task.
+fn spawn_put(
+    node: &Node,
+    seq: u64,
+    within: Duration,
+) -> tokio::task::JoinHandle<Result<cmd_rpc::ExecuteResponse, cmd_rpc::RpcError>> {
+    let service = node.service.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + within;
+        service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
+    })
+}
+
 /// Two nodes in one cluster; the leader's command server is shut down
 /// (its raft keeps leading). The follower's node, the leader's raft node
 /// (to shut down at the end), and the leader's address.
@@ -381,13 +395,7 @@ async fn a_batch_that_never_got_a_request_slot_was_not_started() {
     })
     .await;
     let stats = follower.service.stats().clone();
-    let execute = |seq: u64, within: Duration| {
-        let service = follower.service.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + within;
-            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
-        })
-    };
+    let execute = |seq: u64, within: Duration| spawn_put(&follower, seq, within);
     let alone = execute(1, Duration::from_millis(300));
     eventually(WAIT, "the first execute out", async || (stats.forwarded.get() >= 1).then_some(()))
         .await;
@@ -450,13 +458,7 @@ async fn a_batch_abandoned_before_it_was_written_was_not_started() {
     let requests = play_leader(&net, at, vec![Reply::Silent]).await;
     hold_the_request_slot(&follower, at, &requests).await;
     let stats = follower.service.stats().clone();
-    let execute = |seq: u64, within: Duration| {
-        let service = follower.service.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + within;
-            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
-        })
-    };
+    let execute = |seq: u64, within: Duration| spawn_put(&follower, seq, within);
     // The first goes alone and gives up at its deadline; the next two wait
     // meanwhile and go in a batch, which waits for the slot.
     let alone = execute(1, Duration::from_millis(300));
