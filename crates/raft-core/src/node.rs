@@ -626,9 +626,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// Sets the cluster this node belongs to, durably, before it joins it:
     /// from then on it answers raft connections of that cluster only.
     /// Setting the same id again does nothing; another id is refused
-    /// ([`MembershipError::ClusterIdFixed`]) once the node has raft state.
-    /// Waits for raft requests in progress, so that none of the old cluster
-    /// races with the change.
+    /// once the node has raft state ([`MembershipError::ClusterIdFixed`])
+    /// and while it is bound (or sealed) to its current id
+    /// ([`MembershipError::Bound`]: giving a binding up is
+    /// [`RaftNode::unbind`]'s job, and replacing the id would silently
+    /// drop the binding). Waits for raft requests in progress, so that
+    /// none of the old cluster races with the change.
     pub async fn set_cluster_id(&self, cluster_id: ClusterId) -> Result<(), MembershipError> {
         let held = self.gate.exclusive().await;
         let current = self.gate.get();
@@ -641,7 +644,18 @@ impl<S: StateMachine> RaftNode<S> {
                 None => MembershipError::Other("this node has raft state but no cluster id".into()),
             });
         }
+        if let Some(current) = current
+            && self.bound_to(current)
+        {
+            return Err(MembershipError::Bound { current, wanted: cluster_id });
+        }
         self.store_cluster_id(&held, cluster_id).await
+    }
+
+    /// Whether this node holds a binding to `cluster_id`, its stored id.
+    fn bound_to(&self, cluster_id: ClusterId) -> bool {
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding.as_ref().is_some_and(|b| b.cluster_id == cluster_id)
     }
 
     /// Binds this node to cluster `cluster_id`, which node `former_id` (at

@@ -273,6 +273,41 @@ async fn a_node_without_a_cluster_id_initializes_none_it_is_handed() {
     node.shutdown().await;
 }
 
+/// A node bound (or sealed) to a cluster being formed does not take
+/// another cluster id through `set_cluster_id`: giving a binding up is
+/// `unbind`'s job. Before the fix the id was replaced and the binding
+/// silently lost (`former` and `sealed_to` answered `None`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_node_keeps_its_cluster_id_until_it_unbinds() {
+    let net = MemNetwork::new();
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    let cluster = ClusterId::random().unwrap();
+    let other = ClusterId(cluster.0 ^ 1);
+    let former = raft_core::NodeInfo { stable_id: "f".to_owned(), ..node_info(1, ip(1)) };
+    node.bind(cluster, 11, former.clone()).await.unwrap();
+    let err = node.set_cluster_id(other).await.unwrap_err();
+    assert!(
+        matches!(err, MembershipError::Bound { current, wanted } if current == cluster && wanted == other),
+        "{err}"
+    );
+    assert_eq!((node.cluster_id(), node.former()), (Some(cluster), Some((11, former.clone()))));
+    // The same id again changes nothing.
+    node.set_cluster_id(cluster).await.unwrap();
+    assert_eq!(node.former(), Some((11, former.clone())));
+    node.seal(cluster, 11, former.clone()).await.unwrap();
+    let err = node.set_cluster_id(other).await.unwrap_err();
+    assert!(matches!(err, MembershipError::Bound { .. }), "{err}");
+    assert_eq!((node.cluster_id(), node.sealed_to()), (Some(cluster), Some(11)));
+    node.shutdown().await;
+    // Unsealed and given up, the node is free to take another id.
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    node.bind(cluster, 11, former).await.unwrap();
+    node.unbind(cluster, 11).await.unwrap();
+    node.set_cluster_id(other).await.unwrap();
+    assert_eq!(node.cluster_id(), Some(other));
+    node.shutdown().await;
+}
+
 /// `initialize_in` checks that the node formed the cluster id under the
 /// same exclusive hold of the cluster gate as the initialization, so a
 /// binding given up meanwhile is seen. Here an incoming raft request holds
