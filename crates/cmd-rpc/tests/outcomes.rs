@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use cmd_rpc::{CommandConfig, Consistency, ErrorCode, Origin, ReadRequest};
 use common::*;
-use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use raft_core::{NodeId, NodeInfo, Role};
 use serde_json::value::RawValue;
 use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -135,7 +135,7 @@ async fn follower_of_a_silent_leader(
     }
     let members: BTreeMap<NodeId, NodeInfo> =
         nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = ClusterId::random().unwrap();
+    let cluster_id = nodes[0].service.node().form().await.unwrap();
     nodes[1].service.node().set_cluster_id(cluster_id).await.unwrap();
     assert!(nodes[0].service.node().initialize_in(cluster_id, members).await.unwrap());
     let leader = eventually(WAIT, "a leader both nodes follow", async || {
@@ -296,7 +296,7 @@ async fn an_execute_with_no_time_left_is_not_proposed() {
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
     let raft = node.service.node().clone();
     let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
-    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    assert!(raft.initialize(members).await.unwrap());
     raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
     let session: u128 = {
         let registered =
@@ -331,7 +331,7 @@ async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
     let raft = node.service.node().clone();
     let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
-    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    assert!(raft.initialize(members).await.unwrap());
     raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
     let session: u128 = {
         let registered =
