@@ -17,7 +17,10 @@
 //!
 //! - [`Outcome::Answered`]: the history gets the operation, completed;
 //! - [`Outcome::Failed`]: the harness knows the command never ran (the
-//!   node's consensus was not running yet): the history does not get it;
+//!   node's consensus was not running yet, or the library said it was not
+//!   applied: `Error::NotApplied`): the history does not get it, so a
+//!   command reported not applied that took effect after all shows up as a
+//!   value from nowhere;
 //! - [`Outcome::Unknown`]: anything else (a timeout, a broken connection, a
 //!   crash mid-call, any error that does not prove the command never ran).
 //!   A write is recorded without a completion: it may take effect at any
@@ -76,10 +79,13 @@ impl From<KvResponse> for Output {
 
 /// Whether an error answer says the command never ran: the node's
 /// consensus was not running yet (`chaos-node` answers so before it has
-/// started).
+/// started), or the library said so (`Error::NotApplied`'s text).
 fn never_ran(error: &str) -> bool {
-    error.starts_with("starting:")
+    error.starts_with("starting:") || error.starts_with(NOT_APPLIED)
 }
+
+/// How `consensus::Error::NotApplied` reads.
+const NOT_APPLIED: &str = "not applied within the deadline:";
 
 /// The history of one run, with its invocation and completion times (in
 /// microseconds since the recorder was made).
@@ -236,6 +242,10 @@ mod tests {
         let not_started = Err("starting: consensus is not running yet".to_owned());
         assert_eq!(Outcome::of_answer(not_started, &put), Outcome::Failed);
         assert_eq!(Outcome::of_answer(Err("no leader".to_owned()), &put), Outcome::Unknown);
+        let not_applied = consensus::Error::NotApplied("no free request slot".to_owned());
+        assert_eq!(Outcome::of_answer(Err(not_applied.to_string()), &put), Outcome::Failed);
+        let timeout = consensus::Error::Timeout("no answer".to_owned());
+        assert_eq!(Outcome::of_answer(Err(timeout.to_string()), &put), Outcome::Unknown);
     }
 
     #[test]

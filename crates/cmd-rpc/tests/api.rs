@@ -221,7 +221,8 @@ impl Cluster {
             let node = Cluster::start_node(&net, &tailnet, i, raft.clone(), config.clone()).await;
             nodes.push(Some(node));
         }
-        let cluster_id = ClusterId::random().unwrap();
+        let former = &nodes[0].as_ref().expect("running").service;
+        let cluster_id = former.node().form().await.unwrap();
         let cluster = Cluster { net, tailnet, cluster_id, raft, config, nodes };
         let members =
             (0..voters).map(|i| (cluster.id(i), info(i))).collect::<BTreeMap<NodeId, NodeInfo>>();

@@ -14,7 +14,7 @@ use cmd_rpc::{
     ExecuteBatchResponse, ExecuteRequest, MAX_BATCH, Origin, RpcError,
 };
 use common::*;
-use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use raft_core::{NodeId, NodeInfo, Role};
 use test_support::eventually;
 use tokio::time::Instant;
 use ts_transport::{Faults, MemNetwork, Transport};
@@ -30,7 +30,7 @@ async fn cluster(net: &MemNetwork, config: CommandConfig, seed: u64) -> (Vec<Nod
     }
     let members: BTreeMap<NodeId, NodeInfo> =
         nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = ClusterId::random().unwrap();
+    let cluster_id = nodes[0].service.node().form().await.unwrap();
     for node in &nodes[1..] {
         node.service.node().set_cluster_id(cluster_id).await.unwrap();
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use cmd_rpc::{CommandConfig, Consistency, ErrorCode, Origin, ReadRequest};
 use common::*;
-use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use raft_core::{NodeId, NodeInfo, Role};
 use serde_json::value::RawValue;
 use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,6 +107,20 @@ async fn play_leader(net: &MemNetwork, at: IpAddr, replies: Vec<Reply>) -> Arc<A
     seen
 }
 
+/// Client 1's put of `k` with sequence `seq`, executed on `node` within
+/// `within`, as a task.
+fn spawn_put(
+    node: &Node,
+    seq: u64,
+    within: Duration,
+) -> tokio::task::JoinHandle<Result<cmd_rpc::ExecuteResponse, cmd_rpc::RpcError>> {
+    let service = node.service.clone();
+    tokio::spawn(async move {
+        let deadline = Instant::now() + within;
+        service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
+    })
+}
+
 /// Two nodes in one cluster; the leader's command server is shut down
 /// (its raft keeps leading). The follower's node, the leader's raft node
 /// (to shut down at the end), and the leader's address.
@@ -121,7 +135,7 @@ async fn follower_of_a_silent_leader(
     }
     let members: BTreeMap<NodeId, NodeInfo> =
         nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = ClusterId::random().unwrap();
+    let cluster_id = nodes[0].service.node().form().await.unwrap();
     nodes[1].service.node().set_cluster_id(cluster_id).await.unwrap();
     assert!(nodes[0].service.node().initialize_in(cluster_id, members).await.unwrap());
     let leader = eventually(WAIT, "a leader both nodes follow", async || {
@@ -282,7 +296,7 @@ async fn an_execute_with_no_time_left_is_not_proposed() {
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
     let raft = node.service.node().clone();
     let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
-    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    assert!(raft.initialize(members).await.unwrap());
     raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
     let session: u128 = {
         let registered =
@@ -317,7 +331,7 @@ async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
     let raft = node.service.node().clone();
     let members = BTreeMap::from([(raft.id(), raft.info().clone())]);
-    assert!(raft.initialize_in(ClusterId::random().unwrap(), members).await.unwrap());
+    assert!(raft.initialize(members).await.unwrap());
     raft.wait_for(WAIT, |m| m.role == Role::Leader).await.expect("a leader");
     let session: u128 = {
         let registered =
@@ -381,13 +395,7 @@ async fn a_batch_that_never_got_a_request_slot_was_not_started() {
     })
     .await;
     let stats = follower.service.stats().clone();
-    let execute = |seq: u64, within: Duration| {
-        let service = follower.service.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + within;
-            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
-        })
-    };
+    let execute = |seq: u64, within: Duration| spawn_put(&follower, seq, within);
     let alone = execute(1, Duration::from_millis(300));
     eventually(WAIT, "the first execute out", async || (stats.forwarded.get() >= 1).then_some(()))
         .await;
@@ -450,13 +458,7 @@ async fn a_batch_abandoned_before_it_was_written_was_not_started() {
     let requests = play_leader(&net, at, vec![Reply::Silent]).await;
     hold_the_request_slot(&follower, at, &requests).await;
     let stats = follower.service.stats().clone();
-    let execute = |seq: u64, within: Duration| {
-        let service = follower.service.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + within;
-            service.execute(&put(1, seq, "k"), deadline, Origin::Client).await
-        })
-    };
+    let execute = |seq: u64, within: Duration| spawn_put(&follower, seq, within);
     // The first goes alone and gives up at its deadline; the next two wait
     // meanwhile and go in a batch, which waits for the slot.
     let alone = execute(1, Duration::from_millis(300));

@@ -86,7 +86,7 @@ async fn waiting_for_a_leader_outside_the_configuration_does_not_starve_the_runt
 async fn form(nodes: &[&Node]) {
     let members: BTreeMap<NodeId, NodeInfo> =
         nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = ClusterId::random().unwrap();
+    let cluster_id = nodes[0].service.node().form().await.unwrap();
     for node in &nodes[1..] {
         node.service.node().set_cluster_id(cluster_id).await.unwrap();
     }

@@ -503,10 +503,12 @@ impl<S: StateMachine> Consensus<S> {
     /// Executes a command: it is applied on every member in the same order,
     /// exactly once, and this answers with the leader's result.
     ///
-    /// After an error the command may or may not have been applied
-    /// ([`Error::Timeout`], [`Error::NoLeader`], …); calling `execute` again
-    /// would execute it again, as a new command. To retry one command until
-    /// its outcome is known, use [`Consensus::prepare`].
+    /// After [`Error::NotApplied`] or [`Error::NoLeader`] the command was
+    /// not applied, and executing it again is safe. After most other
+    /// errors ([`Error::Timeout`], [`Error::OutcomeUnknown`],
+    /// [`Error::Stopped`], …) it may or may not have been applied; calling
+    /// `execute` again would execute it again, as a new command. To retry
+    /// one command until its outcome is known, use [`Consensus::prepare`].
     pub async fn execute(&self, command: S::Command) -> Result<S::Response, Error> {
         self.execute_within(command, self.inner.config.timing.call_deadline).await
     }

@@ -427,20 +427,19 @@ mod tests {
         }
     }
 
+    /// A remote refusal with the wire code `wire`.
+    fn remote(wire: &str) -> RpcError {
+        let body =
+            ErrorBody { code: ErrorCode::from_wire(wire), message: "m".to_owned(), leader: None };
+        RpcError::from_remote(409, body)
+    }
+
     /// Review finding: an attempt that heard `answer_not_kept` (applied)
     /// left the operation believing nothing was applied, so a later call
     /// whose session had expired moved the command to a new session and
     /// applied it a second time.
     #[test]
     fn an_answer_not_kept_means_applied_for_every_later_call() {
-        let remote = |wire: &str| {
-            let body = ErrorBody {
-                code: ErrorCode::from_wire(wire),
-                message: "m".to_owned(),
-                leader: None,
-            };
-            RpcError::from_remote(409, body)
-        };
         let cases = [
             (remote("answer_not_kept"), false, Applied::Yes),
             (remote("answer_not_kept"), true, Applied::Yes),
@@ -543,14 +542,6 @@ mod tests {
     /// it was not applied, under its own outcome label (`not_applied`).
     #[test]
     fn a_command_known_not_applied_is_not_reported_as_maybe_applied() {
-        let remote = |wire: &str| {
-            let body = ErrorBody {
-                code: ErrorCode::from_wire(wire),
-                message: "m".to_owned(),
-                leader: None,
-            };
-            RpcError::from_remote(409, body)
-        };
         let why = "execute: nothing of it was proposed here or written to a leader within 3ms";
         for rpc in [
             RpcError::NotStarted(why.to_owned()),

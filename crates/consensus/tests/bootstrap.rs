@@ -760,23 +760,26 @@ async fn a_binder_that_gives_its_binding_up_is_ready_only_once_every_peer_answer
     .await;
     // rb (its view: rc only) asks rc for a promise every round; rc has not
     // heard from rd since it started, so it grants none and forms nothing.
-    never(
-        Duration::from_secs(3),
-        "rc promised or bound itself without hearing from rd",
-        async || {
-            if c_start.is_finished() {
-                return Some(format!("it started: {}", outcome(&mut c_start).await));
-            }
-            let c_now = probe(&s.net, 1, 2).await;
-            (promised_to(&c_now, "rb") || matches!(c_now, Some(ProbeState::Member { .. })))
-                .then(|| format!("{c_now:?}"))
-        },
-    )
-    .await;
+    rc_grants_nothing(&s.net, &mut c_start, "rc promised or bound itself without hearing from rd")
+        .await;
     c_start.abort();
     if let Some(b) = s.starts[1].take() {
         b.abort();
     }
+}
+
+/// For 3 s, rc (starting as `c_start`) neither promises rb nor becomes a
+/// member of any cluster, and its start does not end.
+async fn rc_grants_nothing(net: &MemNetwork, c_start: &mut Start, what: &str) {
+    never(Duration::from_secs(3), what, async || {
+        if c_start.is_finished() {
+            return Some(format!("it started: {}", outcome(c_start).await));
+        }
+        let c_now = probe(net, 1, 2).await;
+        (promised_to(&c_now, "rb") || matches!(c_now, Some(ProbeState::Member { .. })))
+            .then(|| format!("{c_now:?}"))
+    })
+    .await;
 }
 
 /// A binder that gives its binding up counts only the answers it hears
@@ -825,17 +828,10 @@ async fn a_binder_that_gives_its_binding_up_forgets_the_answers_it_heard_before(
     .await;
     // rb (its view: rc only) asks rc for a promise every round; rc has not
     // heard from rd since it became free, so it grants none.
-    never(
-        Duration::from_secs(3),
+    rc_grants_nothing(
+        &s.net,
+        &mut c_start,
         "rc promised or bound itself on rd's answer from before it became free",
-        async || {
-            if c_start.is_finished() {
-                return Some(format!("it started: {}", outcome(&mut c_start).await));
-            }
-            let c_now = probe(&s.net, 1, 2).await;
-            (promised_to(&c_now, "rb") || matches!(c_now, Some(ProbeState::Member { .. })))
-                .then(|| format!("{c_now:?}"))
-        },
     )
     .await;
     c_start.abort();

@@ -81,4 +81,20 @@ pub mod testing {
     pub use crate::network::frame;
     pub use crate::storage::log::LogStore;
     pub use crate::types::TypeConfig;
+
+    use crate::{RaftNode, StateMachine};
+
+    /// Holds `node`'s cluster gate as an incoming raft request does, so
+    /// that identity changes (which take it exclusively) wait until the
+    /// guard is dropped.
+    pub async fn enter_gate<S: StateMachine>(
+        node: &RaftNode<S>,
+    ) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        node.gate().enter().await
+    }
+
+    /// How many identity changes wait for `node`'s cluster gate now.
+    pub fn gate_waiters<S: StateMachine>(node: &RaftNode<S>) -> usize {
+        node.gate().waiting()
+    }
 }

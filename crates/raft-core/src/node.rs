@@ -576,6 +576,13 @@ impl<S: StateMachine> RaftNode<S> {
         self.config.sessions
     }
 
+    /// The lock an incoming raft request holds and identity changes take
+    /// exclusively (for [`crate::testing`]).
+    #[cfg(feature = "testing")]
+    pub(crate) fn gate(&self) -> &ClusterGate {
+        &self.gate
+    }
+
     /// The cluster this node formed or decided to join, if any.
     pub fn cluster_id(&self) -> Option<ClusterId> {
         self.gate.get()
@@ -619,9 +626,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// Sets the cluster this node belongs to, durably, before it joins it:
     /// from then on it answers raft connections of that cluster only.
     /// Setting the same id again does nothing; another id is refused
-    /// ([`MembershipError::ClusterIdFixed`]) once the node has raft state.
-    /// Waits for raft requests in progress, so that none of the old cluster
-    /// races with the change.
+    /// once the node has raft state ([`MembershipError::ClusterIdFixed`])
+    /// and while it is bound (or sealed) to its current id
+    /// ([`MembershipError::Bound`]: giving a binding up is
+    /// [`RaftNode::unbind`]'s job, and replacing the id would silently
+    /// drop the binding). Waits for raft requests in progress, so that
+    /// none of the old cluster races with the change.
     pub async fn set_cluster_id(&self, cluster_id: ClusterId) -> Result<(), MembershipError> {
         let held = self.gate.exclusive().await;
         let current = self.gate.get();
@@ -634,7 +644,18 @@ impl<S: StateMachine> RaftNode<S> {
                 None => MembershipError::Other("this node has raft state but no cluster id".into()),
             });
         }
+        if let Some(current) = current
+            && self.bound_to(current)
+        {
+            return Err(MembershipError::Bound { current, wanted: cluster_id });
+        }
         self.store_cluster_id(&held, cluster_id).await
+    }
+
+    /// Whether this node holds a binding to `cluster_id`, its stored id.
+    fn bound_to(&self, cluster_id: ClusterId) -> bool {
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding.as_ref().is_some_and(|b| b.cluster_id == cluster_id)
     }
 
     /// Binds this node to cluster `cluster_id`, which node `former_id` (at
@@ -757,6 +778,19 @@ impl<S: StateMachine> RaftNode<S> {
         drawn: bool,
     ) -> Result<(), MembershipError> {
         let held = self.gate.exclusive().await;
+        self.bind_held(&held, cluster_id, former_id, former, seal, drawn).await
+    }
+
+    /// [`RaftNode::bind_as`] with the gate's exclusive guard `held`.
+    async fn bind_held(
+        &self,
+        held: &tokio::sync::RwLockWriteGuard<'_, ()>,
+        cluster_id: ClusterId,
+        former_id: NodeId,
+        former: NodeInfo,
+        seal: bool,
+        drawn: bool,
+    ) -> Result<(), MembershipError> {
         let current = self.gate.get();
         if let Some(current) = current
             && current != cluster_id
@@ -792,7 +826,7 @@ impl<S: StateMachine> RaftNode<S> {
         identity::store_binding(&log, &binding).await.map_err(MembershipError::Storage)?;
         *self.binding.lock().unwrap_or_else(|p| p.into_inner()) = Some(binding);
         if current != Some(cluster_id) {
-            self.store_cluster_id(&held, cluster_id).await?;
+            self.store_cluster_id(held, cluster_id).await?;
         }
         tracing::info!(id = self.id, cluster = %cluster_id, former = former_id, sealed = seal || sealed, "bound to a cluster being formed");
         Ok(())
@@ -831,44 +865,65 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Makes this node the first of a new cluster with `members` (itself
-    /// among them), under a new random cluster id stored first. Returns
-    /// `false`, doing nothing, if the node already has raft state:
-    /// initializing twice is harmless.
+    /// among them): draws a new cluster id, binds this node to it as its
+    /// former ([`RaftNode::form`]) and initializes it, in one step under
+    /// the cluster gate. Returns `false`, doing nothing, if the node
+    /// already has raft state: initializing twice is harmless. Refused as
+    /// [`RaftNode::form`] is otherwise (a node bound to another cluster:
+    /// [`MembershipError::Bound`]).
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
+        let held = self.gate.exclusive().await;
+        if self.may_have_state().await {
+            return Ok(false);
+        }
         let cluster_id = ClusterId::random().map_err(MembershipError::Other)?;
-        self.initialize_in(cluster_id, members).await
+        self.bind_held(&held, cluster_id, self.id, self.self_node.clone(), false, true).await?;
+        self.initialize_held(&held, cluster_id, members).await
     }
 
-    /// [`RaftNode::initialize`] under the given cluster id. A node that
-    /// stored that cluster id initializes it only as its former, bound to
-    /// it by itself ([`RaftNode::form`]); a binder, a joiner, or a new
-    /// incarnation of a former is refused ([`MembershipError::NotFormer`]):
-    /// the cluster may be initialized elsewhere already (docs/reliability.md
-    /// finding 38).
+    /// [`RaftNode::initialize`] under `cluster_id`, which this incarnation
+    /// must have drawn: the node's stored id, bound to this node itself
+    /// ([`RaftNode::form`]). Any other id is refused
+    /// ([`MembershipError::NotFormer`]), whether or not the node has a
+    /// cluster id stored: a binder, a joiner, a node that gave its binding
+    /// up, or a new incarnation of a former, since the cluster may be
+    /// initialized elsewhere already (docs/reliability.md finding 38).
+    /// Returns `false`, doing nothing, if the node already has raft state.
     pub async fn initialize_in(
         &self,
         cluster_id: ClusterId,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
+        let held = self.gate.exclusive().await;
         if self.may_have_state().await {
             return Ok(false);
         }
-        if self.gate.get() == Some(cluster_id) {
+        self.initialize_held(&held, cluster_id, members).await
+    }
+
+    /// Checks that this node formed `cluster_id` and initializes it, with
+    /// the gate's exclusive guard `held` and no raft state: no binding can
+    /// be given up or changed between the check and the initialization.
+    /// Holding the guard across openraft's `initialize` is safe: openraft
+    /// answers it from its core once the membership entry is queued for
+    /// the local log, without waiting on the network, and raft's own
+    /// traffic never needs the gate (only incoming requests, which wait
+    /// for the guard to be dropped; outgoing ones read the id only).
+    async fn initialize_held(
+        &self,
+        _held: &tokio::sync::RwLockWriteGuard<'_, ()>,
+        cluster_id: ClusterId,
+        members: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<bool, MembershipError> {
+        let formed = self.gate.get() == Some(cluster_id) && {
             let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-            if !binding
-                .as_ref()
-                .is_some_and(|b| b.cluster_id == cluster_id && b.former_id == self.id)
-            {
-                return Err(MembershipError::NotFormer { cluster: cluster_id });
-            }
-        }
-        match self.set_cluster_id(cluster_id).await {
-            Ok(()) => {}
-            Err(MembershipError::ClusterIdFixed { .. }) => return Ok(false),
-            Err(err) => return Err(err),
+            binding.as_ref().is_some_and(|b| b.cluster_id == cluster_id && b.former_id == self.id)
+        };
+        if !formed {
+            return Err(MembershipError::NotFormer { cluster: cluster_id });
         }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(true),

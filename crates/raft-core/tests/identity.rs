@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, MembershipError, NodeId, Outcome, RaftNode, Role, StartError, Storage};
+use test_support::eventually;
 use ts_transport::{MemNetwork, Transport as _};
 
 async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {
@@ -147,11 +148,17 @@ async fn a_binding_survives_a_restart_and_is_never_to_another_cluster() {
     let members = BTreeMap::from([(node.id(), node.info().clone())]);
     let err = node.initialize_in(cluster, members.clone()).await.unwrap_err();
     assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
-    // Once the node has raft state, no more: here it gives the binding up
-    // and initializes that id as a plain node (no cluster id stored).
+    // Nor once it gave the binding up (no cluster id stored): it did not
+    // draw that id. Before the fix it initialized it as a plain node.
     node.unbind(cluster, 12).await.unwrap();
-    assert!(node.initialize_in(cluster, members).await.unwrap());
-    let err = node.bind(cluster, 14, former).await.unwrap_err();
+    let err = node.initialize_in(cluster, members.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
+    assert!(!node.is_initialized().await);
+    assert_eq!(node.cluster_id(), None, "the refused initialization stored the cluster id");
+    // Once the node has raft state (a cluster of its own), no more binding.
+    assert!(node.initialize(members).await.unwrap());
+    let own = node.cluster_id().unwrap();
+    let err = node.bind(own, 14, former).await.unwrap_err();
     assert!(err.to_string().contains("has raft state"), "{err}");
     node.shutdown().await;
 }
@@ -235,6 +242,109 @@ async fn only_the_incarnation_that_drew_a_cluster_id_forms_and_initializes_it() 
     let own = node.form().await.unwrap();
     assert_ne!(own, cluster);
     assert!(node.initialize_in(own, members).await.unwrap());
+    node.shutdown().await;
+}
+
+/// A node initializes only a cluster id this incarnation drew
+/// ([`RaftNode::form`]), whether or not it has a cluster id stored: a
+/// fresh node handed an id refuses it, and stores nothing. Before the fix
+/// `initialize_in` checked the former only when that id was stored, and a
+/// node with none stored the id it was handed and initialized it.
+/// `initialize` draws its own id and forms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_cluster_id_initializes_none_it_is_handed() {
+    let net = MemNetwork::new();
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    let members = BTreeMap::from([(node.id(), node.info().clone())]);
+    let handed = ClusterId::random().unwrap();
+    let err = node.initialize_in(handed, members.clone()).await.unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == handed), "{err}");
+    assert!(!node.is_initialized().await);
+    assert_eq!((node.cluster_id(), node.former()), (None, None));
+    // `initialize` draws an id, forms it and initializes it.
+    assert!(node.initialize(members.clone()).await.unwrap());
+    let own = node.cluster_id().expect("a cluster id");
+    assert_ne!(own, handed);
+    assert_eq!(node.former().map(|(id, _)| id), Some(node.id()));
+    // Initializing again is harmless, whatever id is given.
+    assert!(!node.initialize(members.clone()).await.unwrap());
+    assert!(!node.initialize_in(handed, members).await.unwrap());
+    assert_eq!(node.cluster_id(), Some(own));
+    node.shutdown().await;
+}
+
+/// A node bound (or sealed) to a cluster being formed does not take
+/// another cluster id through `set_cluster_id`: giving a binding up is
+/// `unbind`'s job. Before the fix the id was replaced and the binding
+/// silently lost (`former` and `sealed_to` answered `None`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_node_keeps_its_cluster_id_until_it_unbinds() {
+    let net = MemNetwork::new();
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    let cluster = ClusterId::random().unwrap();
+    let other = ClusterId(cluster.0 ^ 1);
+    let former = raft_core::NodeInfo { stable_id: "f".to_owned(), ..node_info(1, ip(1)) };
+    node.bind(cluster, 11, former.clone()).await.unwrap();
+    let err = node.set_cluster_id(other).await.unwrap_err();
+    assert!(
+        matches!(err, MembershipError::Bound { current, wanted } if current == cluster && wanted == other),
+        "{err}"
+    );
+    assert_eq!((node.cluster_id(), node.former()), (Some(cluster), Some((11, former.clone()))));
+    // The same id again changes nothing.
+    node.set_cluster_id(cluster).await.unwrap();
+    assert_eq!(node.former(), Some((11, former.clone())));
+    node.seal(cluster, 11, former.clone()).await.unwrap();
+    let err = node.set_cluster_id(other).await.unwrap_err();
+    assert!(matches!(err, MembershipError::Bound { .. }), "{err}");
+    assert_eq!((node.cluster_id(), node.sealed_to()), (Some(cluster), Some(11)));
+    node.shutdown().await;
+    // Unsealed and given up, the node is free to take another id.
+    let node = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    node.bind(cluster, 11, former).await.unwrap();
+    node.unbind(cluster, 11).await.unwrap();
+    node.set_cluster_id(other).await.unwrap();
+    assert_eq!(node.cluster_id(), Some(other));
+    node.shutdown().await;
+}
+
+/// `initialize_in` checks that the node formed the cluster id under the
+/// same exclusive hold of the cluster gate as the initialization, so a
+/// binding given up meanwhile is seen. Here an incoming raft request holds
+/// the gate while `unbind` and then `initialize_in` wait for it: the
+/// binding is given up first, and the initialization is refused. Before
+/// the fix `initialize_in` checked before waiting, stored the id again
+/// after `unbind` and initialized a cluster id the node had given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_in_sees_a_binding_given_up_while_it_waited() {
+    let net = MemNetwork::new();
+    let node =
+        Arc::new(start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await);
+    let members = BTreeMap::from([(node.id(), node.info().clone())]);
+    let cluster = node.form().await.unwrap();
+    let request = raft_core::testing::enter_gate(&node).await;
+    let unbind = tokio::spawn({
+        let node = node.clone();
+        async move { node.unbind(cluster, node.id()).await }
+    });
+    eventually(WAIT, "unbind waits for the gate", async || {
+        raft_core::testing::gate_waiters(&node) == 1
+    })
+    .await;
+    let initialize = tokio::spawn({
+        let node = node.clone();
+        async move { node.initialize_in(cluster, members).await }
+    });
+    eventually(WAIT, "initialize_in waits for the gate", async || {
+        raft_core::testing::gate_waiters(&node) == 2
+    })
+    .await;
+    drop(request);
+    unbind.await.unwrap().unwrap();
+    let err = initialize.await.unwrap().unwrap_err();
+    assert!(matches!(err, MembershipError::NotFormer { cluster: c } if c == cluster), "{err}");
+    assert!(!node.is_initialized().await);
+    assert_eq!(node.cluster_id(), None);
     node.shutdown().await;
 }
 

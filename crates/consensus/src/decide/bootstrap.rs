@@ -247,7 +247,8 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Wait<N, C> {
                 "{peer} names an earlier incarnation of this node as the leader or former of \
                  cluster {cluster}, which it may have initialized: this node never takes up a \
                  cluster id it did not draw; waiting for {peer} to give its binding up or to \
-                 name another leader"
+                 name another leader (a binding {peer} sealed is never given up: then only \
+                 untagging {peer} or moving its state directory away ends the wait)"
             ),
             Wait::MemberWithoutLeader { peer, cluster } => {
                 write!(f, "{peer} is a member of cluster {cluster} but knows no leader")
@@ -343,8 +344,9 @@ pub(crate) fn wants_promises<'a, N: Ord + 'a, C>(
 /// resumes forming it. That is the only resume.
 ///
 /// A **forming** node joins its cluster through a leader a peer names
-/// other than itself (an earlier incarnation of it initialized the
-/// cluster, and another node leads it now); else it waits while fewer than
+/// other than itself (defensive: only the incarnation that drew the id
+/// initializes it, so another leader of it means it exists already); else
+/// it waits while fewer than
 /// `expected_size` tagged nodes are in view; else it asks the tagged peers
 /// of its view that have not confirmed to confirm, then, once all have,
 /// those that have not sealed their binding to seal it, and initializes

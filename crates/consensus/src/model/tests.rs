@@ -123,7 +123,7 @@ fn design_0003_keeps_acknowledged_writes_through_a_wipe() {
 
 /// Three fresh nodes, `expected_size` 2 (more than half of three), one tag
 /// change.
-fn fresh_three() -> Scenario {
+pub(super) fn fresh_three() -> Scenario {
     Scenario {
         nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
         expected_size: 2,

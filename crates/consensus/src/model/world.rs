@@ -1665,22 +1665,7 @@ mod tests {
     /// initialization repeated (a former asked again) is not.
     #[test]
     fn a_second_initialization_of_one_cluster_id_is_a_violation() {
-        let scenario = Scenario {
-            nodes: vec![Start::Fresh, Start::Fresh, Start::Fresh],
-            expected_size: 2,
-            max_term: 1,
-            max_log: 2,
-            writes: 0,
-            crashes: 0,
-            wipes: 0,
-            tag_changes: 0,
-            reconcile: false,
-            faulty: 0,
-            taggable: None,
-            settled: false,
-            skew: false,
-            faults_after_tags: false,
-        };
+        let scenario = Scenario { tag_changes: 0, ..crate::model::tests::fresh_three() };
         let system = System { protocol: &Design0003, scenario };
         let mut w = system.initial();
         for n in 0..3 {

@@ -1,6 +1,7 @@
 //! The cluster id a node answers raft connections for, and the lock that
 //! keeps it from changing while a raft request is being handled.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, RwLockWriteGuard};
@@ -15,11 +16,18 @@ use crate::types::ClusterId;
 pub(crate) struct ClusterGate {
     lock: Arc<RwLock<()>>,
     id: Mutex<Option<ClusterId>>,
+    /// Callers waiting in [`ClusterGate::exclusive`] (tests observe the
+    /// order of identity changes with it).
+    waiting: AtomicUsize,
 }
 
 impl ClusterGate {
     pub(crate) fn new(id: Option<ClusterId>) -> ClusterGate {
-        ClusterGate { lock: Arc::new(RwLock::new(())), id: Mutex::new(id) }
+        ClusterGate {
+            lock: Arc::new(RwLock::new(())),
+            id: Mutex::new(id),
+            waiting: AtomicUsize::new(0),
+        }
     }
 
     /// The cluster id now.
@@ -34,7 +42,17 @@ impl ClusterGate {
 
     /// Held while the id may change; waits for requests in progress.
     pub(crate) async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.lock.write().await
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let held = self.lock.write().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        held
+    }
+
+    /// How many callers wait in [`ClusterGate::exclusive`] now (a caller
+    /// cancelled while waiting stays counted).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Sets the id; call with [`ClusterGate::exclusive`] held.

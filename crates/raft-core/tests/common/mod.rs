@@ -166,12 +166,12 @@ pub enum Net {
     Tcp(u16),
 }
 
-/// Forms a cluster of `nodes` (the first initializes it under a new
-/// cluster id, the others are told that id so they answer its leader).
+/// Forms a cluster of `nodes` (the first draws a new cluster id and
+/// initializes it, the others are told that id so they answer its leader).
 pub async fn form(nodes: &[&RaftNode<Recorder>]) {
     let members: BTreeMap<NodeId, NodeInfo> =
         nodes.iter().map(|n| (n.id(), n.info().clone())).collect();
-    let cluster_id = ClusterId::random().expect("randomness");
+    let cluster_id = nodes[0].form().await.expect("form");
     for node in &nodes[1..] {
         node.set_cluster_id(cluster_id).await.expect("set cluster id");
     }
