@@ -442,15 +442,8 @@ async fn a_restarted_former_finishes(durable: bool) {
         Config { command_port: PORT, seed_command_ports: Vec::new(), ..config(0, WAIT, None) }
     };
     let restarted = start(Arc::new(s.net.node(ip(0))), &s.views[0], a_config, 3);
-    let mut nodes = vec![restarted.await.unwrap().expect("the restarted former finishes")];
-    for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
-        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
-    }
-    for kv in &nodes {
-        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
-    }
-    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
-    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    let a = restarted.await.unwrap().expect("the restarted former finishes");
+    let nodes = one_cluster_of_three(a, s.starts).await;
     assert!(voters(&nodes[0]).contains(&nodes[0].id()), "the restarted former is no voter");
     let cluster = cluster_id_of(&s.net, 1).await;
     if durable {
@@ -465,6 +458,24 @@ async fn a_restarted_former_finishes(durable: bool) {
     for kv in nodes {
         kv.stop(StopMode::Stay).await.unwrap();
     }
+}
+
+/// `a` and the nodes rb and rc started as (`starts[1..]`), once all three
+/// are voters under one leader, of one cluster.
+async fn one_cluster_of_three(
+    a: Consensus<Nothing>,
+    starts: Vec<Option<Start>>,
+) -> Vec<Consensus<Nothing>> {
+    let mut nodes = vec![a];
+    for (i, slot) in starts.into_iter().enumerate().skip(1) {
+        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
+    }
+    for kv in &nodes {
+        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
+    }
+    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
+    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    nodes
 }
 
 /// The cluster id node `i` reports (`GET /v1/cluster`).
@@ -707,15 +718,7 @@ async fn a_node_that_followed_a_dead_formers_hint_gives_the_cluster_id_up() {
             panic!("ra's new incarnation did not start: {err} (rb answers {b_now:?})")
         }
     };
-    let mut nodes = vec![a2];
-    for (i, slot) in s.starts.into_iter().enumerate().skip(1) {
-        nodes.push(slot.unwrap().await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", NAMES[i])));
-    }
-    for kv in &nodes {
-        kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
-    }
-    let clusters: BTreeSet<_> = nodes.iter().map(cluster_of).collect();
-    assert_eq!(clusters.len(), 1, "{clusters:?}");
+    let nodes = one_cluster_of_three(a2, s.starts).await;
     assert_ne!(
         cluster_id_of(&s.net, 1).await,
         Some(s.cluster),
