@@ -97,4 +97,18 @@ pub mod testing {
     pub fn gate_waiters<S: StateMachine>(node: &RaftNode<S>) -> usize {
         node.gate().waiting()
     }
+
+    /// What a stopped node's state directory `dir` holds: the index the
+    /// raft log is purged to, and the stored snapshot's last index.
+    pub async fn stored_purge_and_snapshot(
+        dir: &std::path::Path,
+    ) -> Result<(Option<u64>, Option<u64>), String> {
+        use openraft::storage::RaftLogStorage;
+        let mut log = LogStore::durable(&dir.join("raft.redb")).map_err(|e| e.to_string())?;
+        let purged = log.get_log_state().await.map_err(|e| e.to_string())?.last_purged_log_id;
+        let snapshot = crate::storage::snapshot::SnapshotStore::dir(dir.join("snapshots"))
+            .load()
+            .map_err(|e| e.to_string())?;
+        Ok((purged.map(|p| p.index), snapshot.and_then(|s| s.meta.last_log_id).map(|l| l.index)))
+    }
 }

@@ -441,6 +441,8 @@ impl<S: StateMachine> RaftNode<S> {
             Some(faults) => log_store.with_faults(faults.clone()),
             None => log_store,
         };
+        // Never purge the log past the stored snapshot (storage::floor).
+        let log_store = log_store.purging_behind(snapshots.floor().clone());
         // Before the state machine opens (a fresh identity clears leftover
         // snapshots) and before the raft port listens.
         let identity =

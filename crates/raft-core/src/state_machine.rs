@@ -278,6 +278,8 @@ impl<S: StateMachine> StateMachineStore<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(|| why.to_owned());
+        // No snapshot will be saved now: an append waiting for one fails.
+        self.shared.snapshots.floor().fail(why);
     }
 
     /// Why the state machine stopped, if it did (a panic in `apply`, a
@@ -437,11 +439,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let stored = self
-            .shared
-            .snapshots
-            .load()
-            .map_err(|err| StorageIOError::read_snapshot(None, &err))?;
+        let stored = self.shared.snapshots.load().map_err(|err| {
+            // openraft's state machine worker stops on this error, and
+            // with it any snapshot install queued behind it.
+            self.poison(&format!("reading the stored snapshot failed: {err}"));
+            StorageIOError::read_snapshot(None, &err)
+        })?;
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }

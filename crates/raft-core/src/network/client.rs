@@ -928,10 +928,11 @@ impl PeerClient {
     }
 
     fn unexpected<E: std::error::Error>(&self, answer: &Message) -> RPCError<NodeId, NodeInfo, E> {
-        let err = CallError::Network {
-            target: self.peer.target,
-            reason: format!("unexpected answer {answer:?}"),
+        let reason = match answer {
+            Message::Refused(why) => format!("refused: {why}"),
+            other => format!("unexpected answer {other:?}"),
         };
+        let err = CallError::Network { target: self.peer.target, reason };
         RPCError::Network(NetworkError::new(&err))
     }
 

@@ -56,6 +56,11 @@ pub struct NetworkConfig {
     /// Largest frame accepted or sent. A larger announced length is refused
     /// before anything of that size is allocated.
     pub max_frame: usize,
+    /// Largest snapshot accepted from a leader, in bytes. A snapshot is
+    /// received into memory; a chunk that would reach past this (wherever
+    /// its offset puts it) is refused before anything is written. Must
+    /// exceed the largest snapshot the cluster makes.
+    pub max_snapshot_bytes: u64,
     /// Time a new connection has to say hello.
     pub handshake_timeout: Duration,
     /// First wait before dialing a peer again after a failure.
@@ -99,6 +104,8 @@ impl Default for NetworkConfig {
         NetworkConfig {
             cluster: "tsconsensus".to_owned(),
             max_frame: 16 << 20,
+            // As large as the largest backup a node restores.
+            max_snapshot_bytes: 1 << 30,
             handshake_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),

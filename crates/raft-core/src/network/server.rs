@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use openraft::Raft;
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesResponse, InstallSnapshotRequest};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use ts_transport::{Admission, BoxStream, Listener, PeerAddr, Server};
@@ -233,6 +233,7 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
         }
     };
     let in_progress = Arc::new(Semaphore::new(MAX_IN_PROGRESS));
+    let max_snapshot_bytes = config.max_snapshot_bytes;
     let mut handlers = JoinSet::new();
     let reader_task = async {
         loop {
@@ -299,7 +300,15 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
                     }
                     Message::Vote(req) => Message::VoteResult(raft.vote(req).await),
                     Message::InstallSnapshot(req) => {
-                        Message::InstallSnapshotResult(raft.install_snapshot(req).await)
+                        match snapshot_chunk_fits(&req, max_snapshot_bytes) {
+                            Ok(()) => {
+                                Message::InstallSnapshotResult(raft.install_snapshot(req).await)
+                            }
+                            Err(why) => {
+                                tracing::warn!(%peer, %why, "refusing a snapshot chunk");
+                                Message::Refused(why)
+                            }
+                        }
                     }
                     other => Message::Refused(format!("not a request: {}", variant_name(&other))),
                 };
@@ -312,6 +321,24 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
     };
     tokio::join!(reader_task, writer_task);
     handlers.shutdown().await;
+}
+
+/// Whether a snapshot chunk stays within `limit` bytes of snapshot. The
+/// snapshot is received into memory and openraft writes a chunk at its
+/// offset, whatever it is: unchecked, one chunk at offset 2^40 would
+/// allocate a terabyte.
+fn snapshot_chunk_fits(req: &InstallSnapshotRequest<TypeConfig>, limit: u64) -> Result<(), String> {
+    let end = req.offset.checked_add(req.data.len() as u64);
+    match end {
+        Some(end) if end <= limit => Ok(()),
+        _ => Err(format!(
+            "snapshot {} chunk at offset {} ({} bytes) reaches past the {limit}-byte limit on \
+             snapshots (network.max_snapshot_bytes)",
+            req.meta.snapshot_id,
+            req.offset,
+            req.data.len()
+        )),
+    }
 }
 
 fn variant_name(message: &Message) -> &'static str {

@@ -14,6 +14,7 @@ use openraft::{AnyError, LogId, RaftLogReader, StorageError, StorageIOError, Vot
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::faults::{FaultyBackend, StorageFaults};
+use super::floor::{SnapshotFloor, reaches};
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
 
@@ -268,6 +269,43 @@ pub struct LogStore {
     /// Injected faults (tests only): the backend is wrapped, and writes
     /// wait the injected delay.
     faults: Option<StorageFaults>,
+    /// Set by [`LogStore::purging_behind`]: purges wait for the snapshot
+    /// that covers them to be stored.
+    behind: Option<Arc<PurgeBehind>>,
+}
+
+/// A purge raft asked for that the stored snapshot does not cover yet.
+struct PurgeBehind {
+    floor: SnapshotFloor,
+    /// How far raft has purged the log; physically done only as far as
+    /// `floor` reaches.
+    wanted: Mutex<Option<LogId<NodeId>>>,
+}
+
+impl PurgeBehind {
+    fn wanted(&self) -> Option<LogId<NodeId>> {
+        *self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether raft has purged past the stored snapshot.
+    fn ahead_of_floor(&self) -> Option<LogId<NodeId>> {
+        self.wanted().filter(|wanted| !reaches(self.floor.durable(), *wanted))
+    }
+}
+
+/// Purges the log up to `log_id`, unless it is purged that far already:
+/// the purge mark never moves back.
+fn purge_forward(backend: &dyn LogBackend, log_id: LogId<NodeId>) -> Result<(), String> {
+    let purged: Option<LogId<NodeId>> = match backend.get_meta("last_purged")? {
+        None => None,
+        Some(bytes) => Some(
+            codec::decode(&bytes, codec::stored_limit(bytes.len()), "last_purged").map_err(err)?,
+        ),
+    };
+    if purged.is_some_and(|purged| purged.index >= log_id.index) {
+        return Ok(());
+    }
+    backend.purge_to(log_id)
 }
 
 impl std::fmt::Debug for LogStore {
@@ -279,7 +317,7 @@ impl std::fmt::Debug for LogStore {
 impl LogStore {
     /// A log kept in memory.
     pub fn in_memory() -> LogStore {
-        LogStore { backend: Arc::new(MemBackend::default()), faults: None }
+        LogStore { backend: Arc::new(MemBackend::default()), faults: None, behind: None }
     }
 
     /// A log kept in the redb file at `path` (created if missing). A log
@@ -288,14 +326,73 @@ impl LogStore {
         let backend = RedbBackend::open(path)
             .and_then(|backend| check_format(&backend).map(|()| backend))
             .map_err(|e| StorageIOError::<NodeId>::write_logs(AnyError::error(e)))?;
-        Ok(LogStore { backend: Arc::new(backend), faults: None })
+        Ok(LogStore { backend: Arc::new(backend), faults: None, behind: None })
     }
 
     /// The same store behind switchable faults (tests and the chaos harness
     /// only; see [`StorageFaults`]).
     pub fn with_faults(self, faults: StorageFaults) -> LogStore {
         let backend = Arc::new(FaultyBackend::new(self.backend, faults.clone()));
-        LogStore { backend, faults: Some(faults) }
+        LogStore { backend, faults: Some(faults), behind: self.behind }
+    }
+
+    /// The same store, never purging past the snapshot `floor` says is
+    /// stored.
+    ///
+    /// openraft purges a follower's log up to a snapshot it receives when it
+    /// queues the install, not after it (0.9.25: `PurgeLog` has no wait
+    /// condition). Purged at once, a crash or a failed install before the
+    /// snapshot is saved leaves the old snapshot and a log purged past it:
+    /// the entries between are gone and the node cannot start. So a purge
+    /// deletes only what the stored snapshot covers and remembers the rest,
+    /// done by the next purge or append once the snapshot is saved. The
+    /// purge mark stays what is physically purged, so a restart sees a log
+    /// that continues the stored snapshot; openraft never reads the entries
+    /// kept (it counts them purged).
+    ///
+    /// Entries appended after the snapshot while it is not saved would leave
+    /// a hole behind them on disk (the stored snapshot, then the kept
+    /// entries, then a gap up to the new snapshot): such an append waits
+    /// until the snapshot is saved, or fails if the install fails.
+    pub(crate) fn purging_behind(self, floor: SnapshotFloor) -> LogStore {
+        let behind = Arc::new(PurgeBehind { floor, wanted: Mutex::new(None) });
+        LogStore { behind: Some(behind), ..self }
+    }
+
+    /// Physically purges what raft purged, as far as the stored snapshot
+    /// covers it.
+    async fn purge_covered(&self) -> Result<(), StorageError<NodeId>> {
+        let Some(behind) = &self.behind else { return Ok(()) };
+        let Some(wanted) = behind.wanted() else { return Ok(()) };
+        let Some(durable) = behind.floor.durable() else { return Ok(()) };
+        let upto = if durable.index < wanted.index { durable } else { wanted };
+        self.run(move |b| purge_forward(b, upto), write_logs).await?;
+        if upto == wanted {
+            let mut slot = behind.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            if *slot == Some(wanted) {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Before appending: if raft purged past the stored snapshot (a
+    /// snapshot is being installed), waits for it to be stored and purges
+    /// behind it, so that the log on disk never has a hole.
+    async fn before_append(&self) -> Result<(), StorageError<NodeId>> {
+        let Some(behind) = &self.behind else { return Ok(()) };
+        if let Some(wanted) = behind.ahead_of_floor() {
+            tracing::info!(
+                snapshot = %wanted,
+                "appending after a snapshot being installed: waiting for it to be saved"
+            );
+            behind.floor.covers(wanted).await.map_err(|why| {
+                StorageError::from(write_logs(AnyError::error(format!(
+                    "cannot append after snapshot {wanted}, which was not saved: {why}"
+                ))))
+            })?;
+        }
+        self.purge_covered().await
     }
 
     /// Waits the injected write delay, if any.
@@ -420,7 +517,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.before_write().await;
         // The write is durable (fsynced) when it returns, so the entries are
         // both readable and flushed here.
-        let result = self.run(move |b| b.append(entries), write_logs).await;
+        let result = match self.before_append().await {
+            Ok(()) => self.run(move |b| b.append(entries), write_logs).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -433,9 +533,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.run(move |b| b.truncate_from(log_id.index), write_logs).await
     }
 
+    /// Purges only as far as the stored snapshot reaches (see
+    /// [`LogStore::purging_behind`]).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.before_write().await;
-        self.run(move |b| b.purge_to(log_id), write_logs).await
+        let Some(behind) = &self.behind else {
+            return self.run(move |b| b.purge_to(log_id), write_logs).await;
+        };
+        {
+            let mut wanted = behind.wanted.lock().unwrap_or_else(|p| p.into_inner());
+            *wanted = (*wanted).max(Some(log_id));
+        }
+        if !reaches(behind.floor.durable(), log_id) {
+            tracing::info!(
+                purge = %log_id,
+                snapshot = ?behind.floor.durable(),
+                "keeping the log behind a snapshot not yet saved"
+            );
+        }
+        self.purge_covered().await
     }
 }
 
@@ -487,7 +603,75 @@ impl LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
     use super::*;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// What is physically stored: the purge mark and the first and last
+    /// entries.
+    async fn stored(log: &mut LogStore) -> (Option<u64>, Option<u64>, Option<u64>) {
+        let purged = log.get_log_state().await.unwrap().last_purged_log_id.map(|l| l.index);
+        let entries = log.try_get_log_entries(..).await.unwrap();
+        let first = entries.first().map(|e| e.log_id.index);
+        (purged, first, entries.last().map(|e| e.log_id.index))
+    }
+
+    /// openraft purges a follower's log up to a snapshot before the
+    /// snapshot is saved (issue 12). The log keeps what the stored snapshot
+    /// does not cover, purges it once the snapshot is stored, and an append
+    /// after the new snapshot waits for it, so that the log on disk never
+    /// has a hole after what a restart would start from.
+    #[tokio::test]
+    async fn the_log_is_never_purged_past_the_stored_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor = SnapshotFloor::default();
+        let mut log =
+            LogStore::durable(&dir.path().join("raft.redb")).unwrap().purging_behind(floor.clone());
+        let entries = (1..=20).map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank });
+        let entries: Vec<Entry> = entries.collect();
+        log.run(move |b| b.append(entries), write_logs).await.unwrap();
+
+        // A snapshot up to 5 is stored; raft purges to 15 for one at 15.
+        floor.set(Some(log_id(5)));
+        log.purge(log_id(15)).await.unwrap();
+        assert_eq!(stored(&mut log).await, (Some(5), Some(6), Some(20)));
+
+        // Appending after 15 waits until the snapshot at 15 is stored.
+        let waiting = tokio::spawn({
+            let log = log.clone();
+            async move { log.before_append().await }
+        });
+        test_support::never(
+            Duration::from_millis(300),
+            "appended before the snapshot was stored",
+            async || waiting.is_finished(),
+        )
+        .await;
+        floor.set(Some(log_id(15)));
+        waiting.await.unwrap().expect("the append goes on once the snapshot is stored");
+        assert_eq!(stored(&mut log).await, (Some(15), Some(16), Some(20)));
+
+        // A purge the stored snapshot covers is done at once; the purge
+        // mark never moves back.
+        floor.set(Some(log_id(18)));
+        log.purge(log_id(17)).await.unwrap();
+        assert_eq!(stored(&mut log).await, (Some(17), Some(18), Some(20)));
+        log.purge(log_id(12)).await.unwrap();
+        assert_eq!(stored(&mut log).await, (Some(17), Some(18), Some(20)));
+
+        // If the next install fails instead, the waiting append fails.
+        log.purge(log_id(30)).await.unwrap();
+        assert_eq!(stored(&mut log).await, (Some(18), Some(19), Some(20)));
+        floor.fail("the restore was refused");
+        let err = log.before_append().await.expect_err("no snapshot will be stored");
+        assert!(err.to_string().contains("the restore was refused"), "{err}");
+    }
 
     #[test]
     fn a_log_from_an_older_version_is_refused_and_a_new_one_is_marked() {

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::{LogId, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
+use super::floor::SnapshotFloor;
 use crate::codec;
 use crate::types::{NodeId, NodeInfo};
 
@@ -64,6 +65,9 @@ enum Place {
 #[derive(Debug)]
 pub(crate) struct SnapshotStore {
     inner: Mutex<Inner>,
+    /// The stored snapshot's last log id, for the log store, which never
+    /// purges past it; set whenever a save or a load learns it.
+    floor: SnapshotFloor,
 }
 
 #[derive(Debug)]
@@ -88,7 +92,17 @@ impl SnapshotStore {
     }
 
     fn new(place: Place, stored: Option<Option<LogId<NodeId>>>) -> SnapshotStore {
-        SnapshotStore { inner: Mutex::new(Inner { place, stored }) }
+        let floor = SnapshotFloor::default();
+        if let Some(stored) = stored {
+            floor.set(stored);
+        }
+        SnapshotStore { inner: Mutex::new(Inner { place, stored }), floor }
+    }
+
+    /// How far the stored snapshot reaches: the log must not be purged
+    /// past it.
+    pub(crate) fn floor(&self) -> &SnapshotFloor {
+        &self.floor
     }
 
     /// Saves `snapshot` as the current one, unless the stored one covers a
@@ -103,6 +117,7 @@ impl SnapshotStore {
                     Place::Dir { dir, .. } => read_meta(dir)?.and_then(|meta| meta.last_log_id),
                 };
                 inner.stored = Some(stored);
+                self.floor.set(stored);
                 stored
             }
         };
@@ -130,6 +145,7 @@ impl SnapshotStore {
             }
         }
         inner.stored = Some(snapshot.meta.last_log_id);
+        self.floor.set(snapshot.meta.last_log_id);
         Ok(Saved::Replaced)
     }
 
@@ -141,7 +157,9 @@ impl SnapshotStore {
             Place::Memory(slot) => slot.clone(),
             Place::Dir { dir, .. } => read(dir)?,
         };
-        inner.stored = Some(loaded.as_ref().and_then(|s| s.meta.last_log_id));
+        let stored = loaded.as_ref().and_then(|s| s.meta.last_log_id);
+        inner.stored = Some(stored);
+        self.floor.set(stored);
         Ok(loaded)
     }
 }

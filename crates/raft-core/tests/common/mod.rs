@@ -21,7 +21,8 @@ use ts_transport::{MemNetwork, TcpTransport, Transport};
 
 /// Records every applied command in order; `apply` answers with the count.
 /// A command starting with `b"panic"` panics, to test containment; the
-/// command [`GATED`] waits for [`open_gate`] before it is applied.
+/// command [`GATED`] waits for [`open_gate`] before it is applied; what
+/// `restore` does is set by [`set_restore`].
 #[derive(Default)]
 pub struct Recorder {
     pub applied: Vec<Vec<u8>>,
@@ -40,6 +41,53 @@ static GATE: (std::sync::Mutex<bool>, std::sync::Condvar) =
 pub fn open_gate() {
     *GATE.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
     GATE.1.notify_all();
+}
+
+/// What the recorder's `restore` does (one setting per test binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreMode {
+    /// Restores (the default).
+    Restore,
+    /// Waits (for at most [`WAIT`]) until the mode changes: a snapshot
+    /// install held half way. A restore still stalled at the deadline
+    /// refuses.
+    Stall,
+    /// Refuses, as a state machine that cannot read the snapshot.
+    Refuse,
+}
+
+static RESTORE: (std::sync::Mutex<RestoreMode>, std::sync::Condvar) =
+    (std::sync::Mutex::new(RestoreMode::Restore), std::sync::Condvar::new());
+static RESTORES_STALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets what every later (and every stalled) restore does.
+pub fn set_restore(mode: RestoreMode) {
+    *RESTORE.0.lock().unwrap_or_else(|p| p.into_inner()) = mode;
+    RESTORE.1.notify_all();
+}
+
+/// How many restores have stalled so far.
+pub fn restores_stalled() -> usize {
+    RESTORES_STALLED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Applies the [`RestoreMode`]: `Err` if this restore is refused.
+fn restore_mode() -> io::Result<()> {
+    let mut mode = RESTORE.0.lock().unwrap_or_else(|p| p.into_inner());
+    if *mode == RestoreMode::Stall {
+        RESTORES_STALLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        mode = RESTORE
+            .1
+            .wait_timeout_while(mode, WAIT, |m| *m == RestoreMode::Stall)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    match *mode {
+        RestoreMode::Restore => Ok(()),
+        RestoreMode::Stall | RestoreMode::Refuse => {
+            Err(io::Error::other("restore refused by the test"))
+        }
+    }
 }
 
 fn wait_for_gate() {
@@ -68,6 +116,7 @@ impl StateMachine for Recorder {
         Ok(())
     }
     fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
+        restore_mode()?;
         let mut n = [0u8; 8];
         input.read_exact(&mut n)?;
         self.applied.clear();
