@@ -899,20 +899,47 @@ impl<S: StateMachine> RaftNode<S> {
     /// among them): draws a new cluster id, binds this node to it as its
     /// former ([`RaftNode::form`]) and initializes it, in one step under
     /// the cluster gate. Returns `false`, doing nothing, if the node
-    /// already has raft state: initializing twice is harmless. Refused as
-    /// [`RaftNode::form`] is otherwise (a node bound to another cluster:
-    /// [`MembershipError::Bound`]).
+    /// already has raft state: initializing twice is harmless. A node that
+    /// formed a cluster id already (an earlier call that failed after
+    /// forming: openraft refused the members, or the caller gave up
+    /// waiting; or [`RaftNode::form`]) initializes that id rather than
+    /// drawing another, so a failed call can be retried; it never forms
+    /// a second id. Refused as [`RaftNode::form`] is otherwise (a node
+    /// bound to another cluster: [`MembershipError::Bound`]).
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
         let held = self.gate.exclusive().await;
+        // Failing closed: a node that may have been initialized (under the
+        // id it formed) draws nothing.
         if self.may_have_state().await {
             return Ok(false);
         }
-        let cluster_id = ClusterId::random().map_err(MembershipError::Other)?;
-        self.bind_held(&held, cluster_id, self.id, self.self_node.clone(), false, true).await?;
+        let cluster_id = match self.formed_here() {
+            // No raft state: nothing was stored under that id, on this
+            // node or (since only an initialized former sends raft
+            // traffic for it) anywhere, so it is initialized now, with
+            // the members given.
+            Some(formed) => formed,
+            None => {
+                let drawn = ClusterId::random().map_err(MembershipError::Other)?;
+                self.bind_held(&held, drawn, self.id, self.self_node.clone(), false, true).await?;
+                drawn
+            }
+        };
         self.initialize_held(&held, cluster_id, members).await
+    }
+
+    /// The cluster id this incarnation formed, if its stored id is one:
+    /// bound to it by its own raft id.
+    fn formed_here(&self) -> Option<ClusterId> {
+        let current = self.gate.get()?;
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding
+            .as_ref()
+            .is_some_and(|b| b.cluster_id == current && b.former_id == self.id)
+            .then_some(current)
     }
 
     /// [`RaftNode::initialize`] under `cluster_id`, which this incarnation
@@ -949,11 +976,7 @@ impl<S: StateMachine> RaftNode<S> {
         cluster_id: ClusterId,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
-        let formed = self.gate.get() == Some(cluster_id) && {
-            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-            binding.as_ref().is_some_and(|b| b.cluster_id == cluster_id && b.former_id == self.id)
-        };
-        if !formed {
+        if self.formed_here() != Some(cluster_id) {
             return Err(MembershipError::NotFormer { cluster: cluster_id });
         }
         match self.raft.initialize(members).await {
