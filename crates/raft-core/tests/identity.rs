@@ -350,6 +350,9 @@ async fn a_bound_node_keeps_its_cluster_id_until_it_unbinds() {
 /// binding is given up first, and the initialization is refused. Before
 /// the fix `initialize_in` checked before waiting, stored the id again
 /// after `unbind` and initialized a cluster id the node had given up.
+/// `gate_waiters` counts a waiter only once it is queued for the gate
+/// (first come, first served), so `unbind`, counted first, is ahead of
+/// `initialize_in` whatever the scheduling (docs/reliability.md 52).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_in_sees_a_binding_given_up_while_it_waited() {
     let net = MemNetwork::new();
