@@ -9,7 +9,11 @@
 //!    its log: proposals and read-index rounds are answered "not the
 //!    leader" inside the node, and the command service retries them (within
 //!    each call's deadline) until the new leader is known, then forwards
-//!    them there. Nothing is refused to a caller for this.
+//!    them there. Membership changes on this node (the reconciler's, joins,
+//!    removals) wait for the hold to end, within their own deadlines, and
+//!    the hold does not begin while one runs (`Busy`): each would append
+//!    entries and could change the voters under the transfer. Nothing is
+//!    refused to a caller for this.
 //! 2. **Catch up.** It waits until the target has every entry of its log:
 //!    at most two upper election timeouts, and gives up sooner if the
 //!    target's matched index does not move for one.
@@ -74,8 +78,8 @@ pub(crate) enum TransferError {
     /// The request cannot be met (no such voter, no other voter).
     #[error("{0}")]
     Invalid(String),
-    /// Another transfer is under way.
-    #[error("another leadership transfer is under way on this node")]
+    /// Another transfer, or a membership change, is under way.
+    #[error("another leadership transfer or a membership change is under way on this node")]
     Busy,
     /// It was tried and did not complete; the hold has ended.
     #[error("{0}")]
@@ -95,8 +99,8 @@ impl From<TransferError> for Error {
 struct Hold<'a, S: StateMachine>(&'a RaftNode<Adapter<S>>);
 
 impl<'a, S: StateMachine> Hold<'a, S> {
-    /// The hold, unless another transfer has it (checked and taken in one
-    /// atomic step).
+    /// The hold, unless another transfer has it or a membership change
+    /// runs (checked and taken in one atomic step).
     fn try_start(raft: &'a RaftNode<Adapter<S>>) -> Option<Hold<'a, S>> {
         raft.try_hold_for_transfer().then_some(Hold(raft))
     }

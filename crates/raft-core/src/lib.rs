@@ -93,7 +93,9 @@ pub mod testing {
         node.gate().enter().await
     }
 
-    /// How many identity changes wait for `node`'s cluster gate now.
+    /// How many identity changes wait for `node`'s cluster gate now, each
+    /// counted only once it is queued for the gate: changes seen counted
+    /// one after the other get the gate in that order.
     pub fn gate_waiters<S: StateMachine>(node: &RaftNode<S>) -> usize {
         node.gate().waiting()
     }

@@ -322,10 +322,20 @@ struct Handoff {
     /// Set while this leader hands its leadership over
     /// ([`RaftNode::hold_for_transfer`]).
     transferring: std::sync::atomic::AtomicBool,
-    /// Held while the batcher checks and hands a batch to raft, and while
-    /// the hold is switched: once `hold_for_transfer(true)` returns, no
-    /// batch is handed to raft until it ends.
+    /// Held while the batcher checks and hands a batch to raft, while a
+    /// membership change is handed to raft, and while the hold is
+    /// switched: once `hold_for_transfer(true)` returns, no batch and no
+    /// membership change is handed to raft until it ends.
     gate: std::sync::Mutex<()>,
+    /// Membership changes handed to raft and not answered yet (openraft's
+    /// second step out of a joint configuration included): no transfer
+    /// hold begins while one runs ([`Handoff::try_hold`]), since each
+    /// appends entries (renewing the followers' leases) and may change
+    /// the voters under the transfer.
+    changes: std::sync::atomic::AtomicUsize,
+    /// Whether the hold is on, for membership changes waiting for it to
+    /// end; switched with `transferring`, under `gate`.
+    held: watch::Sender<bool>,
 }
 
 impl Handoff {
@@ -355,14 +365,33 @@ impl Handoff {
     fn hold(&self, on: bool) {
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         self.transferring.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.held.send_replace(on);
     }
 
-    /// Switches the hold on unless it is on already, with no batch being
-    /// handed to raft meanwhile: whether it did.
+    /// Switches the hold on unless it is on already or a membership change
+    /// runs, with no batch or change being handed to raft meanwhile:
+    /// whether it did.
     fn try_hold(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;
         let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-        self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_ok()
+        if self.changes.load(SeqCst) > 0 {
+            return false;
+        }
+        let taken = self.transferring.compare_exchange(false, true, SeqCst, SeqCst).is_ok();
+        if taken {
+            self.held.send_replace(true);
+        }
+        taken
+    }
+}
+
+/// One membership change counted in [`Handoff::changes`] until it is
+/// answered or dropped.
+struct ChangeRunning<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ChangeRunning<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -524,6 +553,8 @@ impl<S: StateMachine> RaftNode<S> {
             id,
             transferring: std::sync::atomic::AtomicBool::new(false),
             gate: std::sync::Mutex::new(()),
+            changes: std::sync::atomic::AtomicUsize::new(0),
+            held: watch::Sender::new(false),
         });
         let batcher = tokio::spawn(batch_loop(
             raft.clone(),
@@ -870,20 +901,47 @@ impl<S: StateMachine> RaftNode<S> {
     /// among them): draws a new cluster id, binds this node to it as its
     /// former ([`RaftNode::form`]) and initializes it, in one step under
     /// the cluster gate. Returns `false`, doing nothing, if the node
-    /// already has raft state: initializing twice is harmless. Refused as
-    /// [`RaftNode::form`] is otherwise (a node bound to another cluster:
-    /// [`MembershipError::Bound`]).
+    /// already has raft state: initializing twice is harmless. A node that
+    /// formed a cluster id already (an earlier call that failed after
+    /// forming: openraft refused the members, or the caller gave up
+    /// waiting; or [`RaftNode::form`]) initializes that id rather than
+    /// drawing another, so a failed call can be retried; it never forms
+    /// a second id. Refused as [`RaftNode::form`] is otherwise (a node
+    /// bound to another cluster: [`MembershipError::Bound`]).
     pub async fn initialize(
         &self,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
         let held = self.gate.exclusive().await;
+        // Failing closed: a node that may have been initialized (under the
+        // id it formed) draws nothing.
         if self.may_have_state().await {
             return Ok(false);
         }
-        let cluster_id = ClusterId::random().map_err(MembershipError::Other)?;
-        self.bind_held(&held, cluster_id, self.id, self.self_node.clone(), false, true).await?;
+        let cluster_id = match self.formed_here() {
+            // No raft state: nothing was stored under that id, on this
+            // node or (since only an initialized former sends raft
+            // traffic for it) anywhere, so it is initialized now, with
+            // the members given.
+            Some(formed) => formed,
+            None => {
+                let drawn = ClusterId::random().map_err(MembershipError::Other)?;
+                self.bind_held(&held, drawn, self.id, self.self_node.clone(), false, true).await?;
+                drawn
+            }
+        };
         self.initialize_held(&held, cluster_id, members).await
+    }
+
+    /// The cluster id this incarnation formed, if its stored id is one:
+    /// bound to it by its own raft id.
+    fn formed_here(&self) -> Option<ClusterId> {
+        let current = self.gate.get()?;
+        let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
+        binding
+            .as_ref()
+            .is_some_and(|b| b.cluster_id == current && b.former_id == self.id)
+            .then_some(current)
     }
 
     /// [`RaftNode::initialize`] under `cluster_id`, which this incarnation
@@ -920,11 +978,7 @@ impl<S: StateMachine> RaftNode<S> {
         cluster_id: ClusterId,
         members: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<bool, MembershipError> {
-        let formed = self.gate.get() == Some(cluster_id) && {
-            let binding = self.binding.lock().unwrap_or_else(|p| p.into_inner());
-            binding.as_ref().is_some_and(|b| b.cluster_id == cluster_id && b.former_id == self.id)
-        };
-        if !formed {
+        if self.formed_here() != Some(cluster_id) {
             return Err(MembershipError::NotFormer { cluster: cluster_id });
         }
         match self.raft.initialize(members).await {
@@ -1067,11 +1121,7 @@ impl<S: StateMachine> RaftNode<S> {
         timeout: Duration,
     ) -> Result<(), MembershipError> {
         let deadline = Instant::now() + timeout;
-        let added = tokio::time::timeout(timeout, self.raft.add_learner(id, node, false)).await;
-        let response = match added {
-            Err(_) => return Err(MembershipError::Timeout(timeout)),
-            Ok(result) => result.map_err(membership_error)?,
-        };
+        let response = self.hand_over(self.raft.add_learner(id, node, false), deadline).await?;
         let target = response.log_id.index;
         let mut metrics = self.raft.metrics();
         loop {
@@ -1165,11 +1215,7 @@ impl<S: StateMachine> RaftNode<S> {
     ) -> Result<(), MembershipError> {
         let deadline = Instant::now() + timeout;
         self.leave_joint(deadline).await?;
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
-            Err(_) => Err(MembershipError::Timeout(timeout)),
-            Ok(result) => result.map(|_| ()).map_err(membership_error),
-        }
+        self.hand_over(self.raft.change_membership(change, false), deadline).await.map(|_| ())
     }
 
     /// Finishes a joint configuration left behind. openraft 0.9 moves from
@@ -1189,12 +1235,63 @@ impl<S: StateMachine> RaftNode<S> {
         let (true, Some(last)) = (configs.len() > 1, configs.last().cloned()) else {
             return Ok(());
         };
-        let timeout = deadline.saturating_duration_since(Instant::now());
         let finish = self.raft.change_membership(ChangeMembers::ReplaceAllVoters(last), false);
-        match tokio::time::timeout(timeout, finish).await {
-            Err(_) => Err(MembershipError::Timeout(timeout)),
-            Ok(result) => result.map(|_| ()).map_err(membership_error),
-        }
+        self.hand_over(finish, deadline).await.map(|_| ())
+    }
+
+    /// Runs openraft's membership call `call` (`add_learner`,
+    /// `change_membership`) by `deadline`, handing it to raft only while
+    /// no transfer hold is on: a change asked for during the hold waits
+    /// for it to end (within `deadline`; [`MembershipError::Timeout`]
+    /// otherwise), since a change would append entries, renewing the
+    /// followers' leases, and change the voters under the transfer. After
+    /// a transfer that succeeded the change then meets a follower and is
+    /// answered "not the leader" naming the new one, where the caller's
+    /// retry goes; after one that failed it simply goes ahead. The check
+    /// and the hand-over happen under the hold's lock, in the first poll
+    /// of `call` (which puts the change in openraft's queue before it
+    /// awaits anything), and the change counts as running until it is
+    /// answered (both of `change_membership`'s steps), so no hold begins
+    /// meanwhile.
+    async fn hand_over<T>(
+        &self,
+        call: impl Future<Output = Result<T, RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>>,
+        deadline: Instant,
+    ) -> Result<T, MembershipError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timed_out = || MembershipError::Timeout(timeout);
+        let mut call = std::pin::pin!(call);
+        let mut held = self.handoff.held.subscribe();
+        let first = loop {
+            let first = std::future::poll_fn(|cx| {
+                let _gate = self.handoff.gate.lock().unwrap_or_else(|p| p.into_inner());
+                if self.handoff.transferring.load(SeqCst) {
+                    return std::task::Poll::Ready(None);
+                }
+                self.handoff.changes.fetch_add(1, SeqCst);
+                std::task::Poll::Ready(Some(call.as_mut().poll(cx)))
+            })
+            .await;
+            if let Some(first) = first {
+                break first;
+            }
+            match tokio::time::timeout_at(deadline, held.wait_for(|on| !*on)).await {
+                Err(_) => return Err(timed_out()),
+                // The sender lives as long as this node.
+                Ok(Err(_)) => return Err(MembershipError::Fatal("the node is gone".to_owned())),
+                Ok(Ok(_)) => {}
+            }
+        };
+        let _running = ChangeRunning(&self.handoff.changes);
+        let result = match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => match tokio::time::timeout_at(deadline, call).await {
+                Err(_) => return Err(timed_out()),
+                Ok(result) => result,
+            },
+        };
+        result.map_err(membership_error)
     }
 
     /// Why the node stopped, if it hit a fatal error (its state machine
@@ -1313,25 +1410,31 @@ impl<S: StateMachine> RaftNode<S> {
     /// leader. While it lasts, the leader sends no heartbeats and takes
     /// nothing new into its log: proposals and read-index requests are
     /// answered "not the leader" with no leader named (the command service
-    /// retries them until the new leader is known), so that the followers'
-    /// leader leases run out and a follower's election can succeed. Ending
-    /// it restores both; it must always be ended, whatever happened.
+    /// retries them until the new leader is known), and membership changes
+    /// (`add_learner`, `promote`, `replace`, `remove`) wait for the hold to
+    /// end within their timeout, so that the followers' leader leases run
+    /// out and a follower's election can succeed. Ending it restores both;
+    /// it must always be ended, whatever happened.
     ///
     /// Proposals already queued for the batcher are refused the same way
     /// when their batch would be handed to raft: once this returns, no
-    /// batch is handed over until the hold ends. A batch handed over
-    /// before may still be appended after it returns (it is in openraft's
-    /// queue); if that happens after the transfer's catch-up, replicating
-    /// it renews the followers' leases, which can only make the transfer
-    /// fail (raft's votes still decide who leads).
+    /// batch or membership change is handed over until the hold ends. A
+    /// batch handed over before may still be appended after it returns (it
+    /// is in openraft's queue); if that happens after the transfer's
+    /// catch-up, replicating it renews the followers' leases, which can
+    /// only make the transfer fail (raft's votes still decide who leads).
+    /// This switch does not wait for membership changes already running;
+    /// [`RaftNode::try_hold_for_transfer`] refuses to begin while one runs.
     pub fn hold_for_transfer(&self, hold: bool) {
         self.handoff.hold(hold);
         self.raft.runtime_config().heartbeat(!hold);
         tracing::info!(id = self.id, hold, "leadership transfer hold");
     }
 
-    /// Turns the hold on unless it is on already (one atomic step): false
-    /// if another transfer holds it.
+    /// Turns the hold on unless it is on already or a membership change
+    /// runs on this node (one atomic step): false if another transfer
+    /// holds it or a change has been handed to raft and not answered yet
+    /// (it appends entries and may change the voters under the transfer).
     pub fn try_hold_for_transfer(&self) -> bool {
         if !self.handoff.try_hold() {
             return false;

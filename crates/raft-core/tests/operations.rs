@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use raft_core::backup::{PENDING_RESTORE, inspect_state_dir, stage_restore};
-use raft_core::{Outcome, ProposeError, ReadError, Role, StateDir, Storage};
+use raft_core::{MembershipError, Outcome, ProposeError, ReadError, Role, StateDir, Storage};
 use test_support::eventually;
 use ts_transport::MemNetwork;
 
@@ -142,6 +142,73 @@ async fn a_held_leader_lets_a_chosen_follower_win_an_election() {
     let outcome = cluster.propose(target, session, 6, b"c6").await;
     assert!(matches!(outcome, Ok(Outcome::Applied(_))), "{outcome:?}");
     cluster.wait_applied(leader, 6).await;
+    cluster.shutdown().await;
+}
+
+/// Issue 12: the transfer hold kept proposals and read-index rounds out,
+/// but membership changes started on the held leader (the reconciler, a
+/// join, an admin removal) still appended entries, renewing the
+/// followers' leases, and changed the voters under the transfer. A change
+/// asked for during the hold now waits for it to end: within its timeout
+/// it is not done and nothing is appended; started during the hold and
+/// still waiting when it ends, it is done then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_waits_for_the_transfer_hold_to_end() {
+    let cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let gone = cluster.ids[(leader + 1) % 3];
+    // No heartbeats under the hold: the followers must not take over.
+    for i in [(leader + 1) % 3, (leader + 2) % 3] {
+        cluster.node(i).hold_elections(true);
+    }
+    let l = cluster.node(leader);
+    let before = l.metrics();
+
+    l.hold_for_transfer(true);
+    let removed = l.remove(gone, Duration::from_millis(300)).await;
+    assert!(matches!(removed, Err(MembershipError::Timeout(_))), "{removed:?}");
+    let promoted = l.promote([gone].into(), Duration::from_millis(300)).await;
+    assert!(matches!(promoted, Err(MembershipError::Timeout(_))), "{promoted:?}");
+    let now = l.metrics();
+    assert_eq!(now.last_log_index, before.last_log_index, "appended under the hold");
+    assert_eq!(now.voters, before.voters, "the voters changed under the hold");
+
+    // Started under the hold (polled first), done once it ends.
+    let (removed, ()) = tokio::join!(l.remove(gone, WAIT), async { l.hold_for_transfer(false) });
+    removed.expect("removed once the hold ended");
+    assert!(!l.metrics().voters.contains(&gone));
+    cluster.shutdown().await;
+}
+
+/// A transfer hold does not begin while a membership change runs on the
+/// leader (handed to raft and not answered yet): its entries would renew
+/// the followers' leases and may change the voters under the transfer.
+/// Here the change cannot commit (both followers are stopped) and stays
+/// running until it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_transfer_hold_begins_while_a_membership_change_runs() {
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let gone = cluster.ids[(leader + 1) % 3];
+    for i in [(leader + 1) % 3, (leader + 2) % 3] {
+        cluster.stop(i).await;
+    }
+    let l = cluster.node(leader);
+    let before = l.metrics().last_log_index.expect("initialized");
+    let mut removal = Box::pin(l.remove(gone, WAIT));
+    tokio::select! {
+        removed = &mut removal => panic!("the removal ended without a quorum: {removed:?}"),
+        appended = l.wait_for(WAIT, |m| m.last_log_index == Some(before + 1)) => {
+            appended.expect("the removal's entry is appended");
+        }
+    }
+    assert!(!l.try_hold_for_transfer(), "a hold began while a membership change ran");
+    assert!(!l.is_held_for_transfer());
+    drop(removal);
+    assert!(l.try_hold_for_transfer(), "the dropped change still counts as running");
+    l.hold_for_transfer(false);
     cluster.shutdown().await;
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use tokio::sync::{OwnedRwLockReadGuard, RwLock, RwLockWriteGuard};
 
@@ -19,6 +20,16 @@ pub(crate) struct ClusterGate {
     /// Callers waiting in [`ClusterGate::exclusive`] (tests observe the
     /// order of identity changes with it).
     waiting: AtomicUsize,
+}
+
+/// One caller counted in [`ClusterGate::waiting`] until it has the lock or
+/// is cancelled.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ClusterGate {
@@ -42,14 +53,24 @@ impl ClusterGate {
 
     /// Held while the id may change; waits for requests in progress.
     pub(crate) async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        // The first poll either takes the lock or queues this caller in
+        // the lock's (first come, first served) wait list; only then is
+        // it counted, so a caller counted waiting is in the queue, and
+        // callers counted one after the other get the lock in that order.
+        // Unconstrained: a task out of its cooperative budget would be
+        // answered "pending" without being queued.
+        let mut write = std::pin::pin!(tokio::task::unconstrained(self.lock.write()));
+        let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+        if let Poll::Ready(held) = first {
+            return held;
+        }
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let held = self.lock.write().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        held
+        let _counted = Waiting(&self.waiting);
+        write.await
     }
 
-    /// How many callers wait in [`ClusterGate::exclusive`] now (a caller
-    /// cancelled while waiting stays counted).
+    /// How many callers wait in [`ClusterGate::exclusive`] now, each
+    /// counted once it is queued for the lock.
     #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
