@@ -35,16 +35,22 @@ pub enum Error {
         /// How long we waited.
         waited: Duration,
     },
-    /// No outcome within the deadline. The command may still be applied;
-    /// nothing is applied twice, and executing the same operation again
-    /// learns its outcome (or, if its session expired meanwhile, that it
-    /// can no longer be learned: [`Error::OutcomeUnknown`]). A command known
-    /// not applied is [`Error::NotApplied`] instead.
+    /// No outcome within the deadline; the text names what timed out.
+    ///
+    /// For a command ([`Consensus::execute`](crate::Consensus::execute),
+    /// [`Operation::execute`](crate::Operation::execute)), the command may
+    /// still be applied, and the text says so; nothing is applied twice,
+    /// and executing the same operation again learns its outcome (or, if
+    /// its session expired meanwhile, that it can no longer be learned:
+    /// [`Error::OutcomeUnknown`]). A command known not applied is
+    /// [`Error::NotApplied`] instead. For anything else (a read, a
+    /// membership change, [`Consensus::wait_for`](crate::Consensus::wait_for),
+    /// a leadership transfer) the text says which it was.
     ///
     /// Text only: it is the command API's answer (often another node's,
     /// which arrives as text) or a deadline of the facade's own, and says
     /// all there is.
-    #[error("no outcome within the deadline; the command may still be applied: {0}")]
+    #[error("{0}")]
     Timeout(String),
     /// The command was not applied, and the deadline passed: nothing of
     /// this call was written to a leader or proposed in time (no free
@@ -184,6 +190,14 @@ impl Error {
         Error::Rejected { message: message.into(), source: Some(source.into()) }
     }
 
+    /// [`Error::Timeout`] of a command: `why` (what timed out, in the
+    /// command API's words), and that the command may still be applied.
+    pub(crate) fn command_timeout(why: impl std::fmt::Display) -> Error {
+        Error::Timeout(format!(
+            "no outcome within the deadline; the command may still be applied: {why}"
+        ))
+    }
+
     /// [`Error::Fatal`] from a node's recorded fatal error (text).
     pub(crate) fn fatal(message: impl Into<String>) -> Error {
         Error::Fatal { message: message.into(), source: None }
@@ -207,5 +221,48 @@ impl Error {
     /// [`Error::Network`] caused by `source`.
     pub(crate) fn network_from(message: impl Into<String>, source: impl Into<BoxError>) -> Error {
         Error::Network { message: message.into(), source: Some(source.into()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cmd_rpc::RpcError;
+
+    use super::*;
+    use crate::transfer::TransferError;
+
+    fn timeout_text(err: Error) -> String {
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        err.to_string()
+    }
+
+    /// Before: every `Error::Timeout` said "the command may still be
+    /// applied", a read's, a membership change's and a leadership
+    /// transfer's too. Now the text names what timed out, and only a
+    /// command's speaks of a command.
+    #[test]
+    fn a_timeout_names_what_timed_out() {
+        let after = Duration::from_secs(2);
+        let cases = [
+            (Error::from(RpcError::Timeout { what: "read index".to_owned(), after }), "read index"),
+            (
+                Error::from(RpcError::Timeout { what: "membership change".to_owned(), after }),
+                "membership change",
+            ),
+            (
+                Error::from(TransferError::Failed("node 7 did not catch up".to_owned())),
+                "leadership transfer not done: node 7 did not catch up",
+            ),
+        ];
+        for (err, names) in cases {
+            let text = timeout_text(err);
+            assert!(text.contains(names), "{text}");
+            assert!(!text.contains("command"), "{text}");
+        }
+        let text = timeout_text(Error::command_timeout("execute: no outcome within 2s"));
+        assert!(text.contains("the command may still be applied"), "{text}");
+        assert!(text.contains("execute: no outcome within 2s"), "{text}");
     }
 }

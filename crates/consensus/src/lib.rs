@@ -41,14 +41,24 @@
 //!   tool: members, status, remove, transfer leadership
 //!   ([`Consensus::transfer_leadership`]), snapshot, backup and restore.
 //!
+//! Commands and answers travel as JSON between nodes; the Go package's
+//! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
+//! hyper type appears in this API.
+//!
+//! # Features
+//!
 //! [`Consensus::start_on_tailnet`] and the tsnet transport come with the
 //! `tailscale` feature (Go's tsnet built into the binary: Go and a C
 //! compiler at build time). Without it the crate needs only Rust and runs
 //! over any [`Transport`] with any [`Discovery`] ([`Consensus::start_with`]).
 //!
-//! Commands and answers travel as JSON between nodes; the Go package's
-//! dynamic shape is [`DynamicCommand`] / [`DynamicResult`]. No openraft or
-//! hyper type appears in this API.
+// `start_on_tailnet` exists only with the feature: without it, the links
+// to it lead to the paragraph above, so rustdoc works either way.
+#![cfg_attr(
+    feature = "tailscale",
+    doc = "[`Consensus::start_on_tailnet`]: Consensus::start_on_tailnet"
+)]
+#![cfg_attr(not(feature = "tailscale"), doc = "[`Consensus::start_on_tailnet`]: #features")]
 
 pub mod admin;
 mod bootstrap;

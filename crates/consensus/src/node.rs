@@ -603,7 +603,8 @@ impl<S: StateMachine> Consensus<S> {
         rx
     }
 
-    /// Waits, at most `timeout`, until `condition` holds for the metrics.
+    /// Waits, at most `timeout`, until `condition` holds for the metrics;
+    /// then [`Error::Timeout`], with the metrics of that moment.
     pub async fn wait_for(
         &self,
         timeout: Duration,
@@ -616,7 +617,8 @@ impl<S: StateMachine> Consensus<S> {
             .map(|m| metrics_of(&m))
             .map_err(|m| {
                 Error::Timeout(format!(
-                    "condition not met within {timeout:?}; metrics now {:?}",
+                    "wait_for: the metrics condition was not met within {timeout:?}; metrics \
+                     now {:?}",
                     metrics_of(&m)
                 ))
             })

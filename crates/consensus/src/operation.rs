@@ -314,13 +314,15 @@ fn after_session(code: &ErrorCode, earlier: bool) -> AfterSession {
 /// saying whether an attempt of it (this call's or an earlier one's) may
 /// have been applied: a `not_started` says "not applied" of this call
 /// only, so after an attempt that may have been it is a timeout (the
-/// command may still be applied), never [`Error::NotApplied`].
+/// command may still be applied), never [`Error::NotApplied`]. A timeout
+/// says that it is the command's.
 fn caller_error(err: RpcError, maybe_applied: bool) -> Error {
     match Error::from(err) {
-        Error::NotApplied(why) if maybe_applied => Error::Timeout(format!(
+        Error::NotApplied(why) if maybe_applied => Error::command_timeout(format!(
             "{why} (this call's attempts were not applied; an earlier one's outcome is still \
              unknown)"
         )),
+        Error::Timeout(why) => Error::command_timeout(why),
         other => other,
     }
 }

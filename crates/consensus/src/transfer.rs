@@ -89,7 +89,9 @@ pub(crate) enum TransferError {
 impl From<TransferError> for Error {
     fn from(err: TransferError) -> Error {
         match err {
-            TransferError::Failed(why) => Error::Timeout(why),
+            TransferError::Failed(why) => {
+                Error::Timeout(format!("leadership transfer not done: {why}"))
+            }
             other => Error::invalid_from(other.to_string(), other),
         }
     }

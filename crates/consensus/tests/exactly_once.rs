@@ -49,6 +49,9 @@ async fn a_prepared_command_retried_after_an_unknown_outcome_is_applied_once() {
     let mut operation = nodes[leader].prepare(add("once", 1)).expect("prepared");
     let first = operation.execute_within(Duration::from_millis(300)).await;
     assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
+    // A command's timeout says so, and that it may still be applied.
+    let text = first.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("the command may still be applied"), "{text}");
     slow_replication(&world, leader, Duration::ZERO);
     // The command was on its way: it commits, and the retry is answered
     // from the session.

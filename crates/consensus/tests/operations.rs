@@ -1,7 +1,8 @@
 //! The operator's admin endpoint against real in-process clusters: members
 //! and status, removal under the leader's rules, leadership transfer,
 //! snapshots, backup and restore as a new cluster; and what a start on a
-//! bad state directory or a taken raft port reports underneath its error.
+//! bad state directory, a taken raft port or a raft log that cannot open
+//! reports underneath its error.
 
 mod common;
 
@@ -598,4 +599,34 @@ async fn a_start_on_a_taken_raft_port_keeps_the_transports_error_underneath() {
     assert!(err.to_string().contains(&format!("cannot listen on raft port {port}")), "{err}");
     let transport = underneath::<TransportError>(&err);
     assert!(matches!(transport, Some(TransportError::AddrInUse(p)) if *p == port), "{err:?}");
+}
+
+/// Before: a start whose raft log could not be opened kept the log store's
+/// error, an openraft `StorageError`, in its chain of sources, so
+/// openraft's types reached callers of the facade through `source()`. Now
+/// every error in the chain is the facade's, raft-core's or the standard
+/// library's, and the log store's words are still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_raft_log_cannot_open_shows_no_openraft_type_underneath() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The log file's name taken by a directory: the log store cannot open it.
+    std::fs::create_dir_all(tmp.path().join("raft.redb")).unwrap();
+    let world = World::new(1);
+    let config = Config { state_dir: Some(tmp.path().to_owned()), ..fast_config() };
+    let started = start_alone(&world, config).await;
+    let Err(err) = started else { panic!("a node started with a raft log it cannot open") };
+    assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+    let chain: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| e.source())
+            .collect();
+    assert!(chain.len() >= 3, "the log store's error is gone: {err:?}");
+    for link in &chain {
+        let ours = link.is::<Error>()
+            || link.is::<raft_core::StartError>()
+            || link.is::<raft_core::Cause>()
+            || link.is::<std::io::Error>();
+        assert!(ours, "a foreign type in the chain of sources: {link:?} (all: {err:?})");
+    }
+    let words: Vec<String> = chain.iter().map(|e| e.to_string()).collect();
+    assert!(words[2..].iter().all(|w| !w.is_empty()), "{words:?}");
 }

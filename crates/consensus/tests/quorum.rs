@@ -1,6 +1,7 @@
 //! What a caller hears when the cluster lost its quorum: a linearizable
 //! read on a leader whose voters are gone says that it has no quorum,
-//! within the call's deadline, not that the node is stopped.
+//! within the call's deadline, not that the node is stopped; and what a
+//! wait that runs out says.
 
 mod common;
 
@@ -85,6 +86,24 @@ async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() 
     );
     assert!(took < deadline + Duration::from_secs(2), "answered after {took:?}");
     world.net.heal_all();
+    for node in nodes {
+        node.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// Before: a `wait_for` whose condition never held said "no outcome within
+/// the deadline; the command may still be applied", though no command was
+/// involved. Now it says that it was the wait, and how long it waited.
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_runs_out_says_it_was_a_wait_not_a_command() {
+    let world = World::new(3);
+    let nodes = world.start_all(|_| fast_config()).await;
+    let waited = Duration::from_secs(2);
+    let err = nodes[0].wait_for(waited, |m| m.voters == 7).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("wait_for") && text.contains(&format!("{waited:?}")), "{text}");
+    assert!(!text.contains("command"), "{text}");
     for node in nodes {
         node.stop(StopMode::Stay).await.unwrap();
     }

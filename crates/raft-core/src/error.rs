@@ -11,9 +11,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Why a node could not start.
 ///
 /// Where the failure came from an error value (an [`std::io::Error`] from
-/// the state directory, the transport's error from the raft port, a storage
-/// or openraft error), that value is kept as the
-/// [`std::error::Error::source`]; the message also says it in words.
+/// the state directory, the transport's error from the raft port), that
+/// value is kept as the [`std::error::Error::source`]; the message also
+/// says it in words. An openraft error (the log store's, raft's refusal to
+/// start) is kept as a [`Cause`], its words level by level: openraft's
+/// types never leave this crate, not even through `source()`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -48,9 +50,9 @@ pub enum StartError {
     /// openraft refused to start.
     #[error("raft: {source}")]
     Raft {
-        /// openraft's error, boxed.
+        /// openraft's error, in words.
         #[source]
-        source: BoxError,
+        source: Cause,
     },
 }
 
@@ -61,13 +63,93 @@ impl StartError {
         StartError::Storage { message: message.into(), source: None }
     }
 
-    /// [`StartError::Storage`] caused by `source`.
+    /// [`StartError::Storage`] caused by `source`, kept as it is when its
+    /// whole chain is of known types that are not openraft's (see
+    /// [`owned`]), else as a [`Cause`].
     pub(crate) fn storage_from(
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> StartError {
-        StartError::Storage { message: message.into(), source: Some(source.into()) }
+        StartError::Storage { message: message.into(), source: Some(owned(source.into())) }
     }
+}
+
+/// An error underneath one of this crate's, kept as words: each level of
+/// the original error's chain of sources becomes one `Cause` with that
+/// level's text, so that `source()` still walks the whole chain. What
+/// reaches callers this way is a lower layer's error whose type must stay
+/// inside this crate (openraft's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    message: String,
+    source: Option<Box<Cause>>,
+}
+
+impl Cause {
+    /// `err` and its chain of sources, in words.
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Cause {
+        Cause { message: err.to_string(), source: err.source().map(|s| Box::new(Cause::of(s))) }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<openraft::error::Fatal<NodeId>> for Cause {
+    fn from(err: openraft::error::Fatal<NodeId>) -> Cause {
+        Cause::of(&err)
+    }
+}
+
+/// `source` itself when every error in its chain (an [`std::io::Error`]'s
+/// inner error included) is of a type known to be safe to hand out (the
+/// standard library's IO error, the JSON decoder's, tokio's, this crate's
+/// own), else its words as a [`Cause`]. An allow list, so that no
+/// openraft type (the log store reports its failures as openraft's
+/// `StorageError`) reaches a caller, whatever a later change passes here.
+fn owned(source: BoxError) -> BoxError {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&*source);
+    while let Some(err) = next {
+        if !known(err) {
+            return Box::new(Cause::of(&*source));
+        }
+        next = err.source();
+    }
+    source
+}
+
+/// Whether `err` is of a type [`owned`] hands out as it is. An
+/// [`std::io::Error`] may wrap any error, the standard library's own
+/// private message type included, so there the test is the other way
+/// round: it must not wrap one of openraft's errors.
+fn known(err: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        return io.get_ref().is_none_or(|inner| !openraft_error(inner));
+    }
+    err.is::<Cause>()
+        || err.is::<StartError>()
+        || err.is::<crate::backup::BackupError>()
+        || err.is::<crate::codec::DecodeError>()
+        || err.is::<serde_json::Error>()
+        || err.is::<tokio::task::JoinError>()
+}
+
+/// Whether `err` is one of the openraft errors this crate meets (its log
+/// store's, raft's fatal error).
+fn openraft_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<openraft::StorageError<NodeId>>()
+        || err.is::<openraft::StorageIOError<NodeId>>()
+        || err.is::<openraft::AnyError>()
+        || err.is::<openraft::error::Fatal<NodeId>>()
 }
 
 /// Why a proposal has no outcome.
@@ -209,4 +291,67 @@ pub enum MembershipError {
     /// Refused for another reason.
     #[error("{0}")]
     Other(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+    use std::io;
+
+    use openraft::{AnyError, StorageError, StorageIOError};
+
+    use super::*;
+
+    fn log_store_error() -> StorageError<NodeId> {
+        let under = io::Error::new(io::ErrorKind::IsADirectory, "raft.redb is a directory");
+        StorageIOError::<NodeId>::write_logs(AnyError::error(under)).into()
+    }
+
+    fn words(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(err), |&e| e.source()).map(|e| e.to_string()).collect()
+    }
+
+    /// An openraft error given as a storage error's source is kept as its
+    /// words, level by level; before, as the openraft value itself.
+    #[test]
+    fn a_storage_errors_openraft_source_is_kept_as_words() {
+        let openraft = log_store_error();
+        let expected = words(&openraft);
+        let err = StartError::storage_from("open the log", openraft);
+        let source = err.source().expect("a source");
+        assert!(source.is::<Cause>(), "{source:?}");
+        assert_eq!(words(source), expected);
+        let mut chain = std::iter::successors(Some(source), |&e| e.source());
+        assert!(chain.all(|e| e.is::<Cause>()), "{err:?}");
+    }
+
+    /// One wrapped in an IO error too (`io::Error::other`).
+    #[test]
+    fn an_openraft_error_inside_an_io_error_is_kept_as_words() {
+        let err = StartError::storage_from("open the log", io::Error::other(log_store_error()));
+        assert!(err.source().is_some_and(|s| s.is::<Cause>()), "{err:?}");
+    }
+
+    /// The standard library's and this crate's own errors stay what they
+    /// are, for programs that look at them.
+    #[test]
+    fn an_io_error_stays_an_io_error() {
+        let err = StartError::storage_from(
+            "create the state directory",
+            io::Error::new(io::ErrorKind::AlreadyExists, "a file"),
+        );
+        let io = err.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(io.map(io::Error::kind), Some(io::ErrorKind::AlreadyExists), "{err:?}");
+    }
+
+    /// openraft refusing to start: its words, as a [`Cause`].
+    #[test]
+    fn a_fatal_raft_error_is_kept_as_words() {
+        let fatal = openraft::error::Fatal::<NodeId>::StorageError(log_store_error());
+        let expected = words(&fatal);
+        let err = StartError::Raft { source: fatal.into() };
+        let source = err.source().expect("a source");
+        assert!(source.is::<Cause>(), "{source:?}");
+        assert_eq!(words(source), expected);
+    }
 }

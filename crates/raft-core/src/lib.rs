@@ -58,7 +58,7 @@ mod types;
 
 pub use crate::backup::{Backup, BackupError, BackupInfo, StateDir};
 pub use crate::codec::DecodeError;
-pub use crate::error::{BoxError, MembershipError, ProposeError, ReadError, StartError};
+pub use crate::error::{BoxError, Cause, MembershipError, ProposeError, ReadError, StartError};
 pub use crate::network::{Identify, NetworkConfig};
 pub use crate::node::{NodeMetrics, RaftConfig, RaftNode, Role, Storage};
 pub use crate::sessions::SessionLimits;
