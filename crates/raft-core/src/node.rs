@@ -530,8 +530,9 @@ impl<S: StateMachine> RaftNode<S> {
             gate.clone(),
             identify.clone(),
         );
+        state_machine.set_max_snapshot_bytes(config.network.max_snapshot_bytes);
         let raft =
-            Raft::new(id, openraft_config, network, log_store.clone(), state_machine.clone())
+            Raft::new(id, openraft_config, network, log_store.clone(), state_machine.worker())
                 .await
                 .map_err(|err| StartError::Raft { source: err.into() })?;
         let server = server::start(
@@ -1527,6 +1528,8 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         self.fatal.stopping();
+        // An append waiting for a snapshot install would hold raft's core.
+        self.state_machine.release_waiters();
         // Stop taking RPCs first, so none arrive at a stopped core.
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(server) = server {

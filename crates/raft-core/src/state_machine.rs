@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::sessions::{Check, SessionLimits, Sessions, SessionsImage};
 use crate::stats::RaftStats;
+use crate::storage::floor::SnapshotFloor;
 use crate::storage::snapshot::{SnapshotStore, StoredSnapshot};
 use crate::types::{Batch, BatchResponse, NodeId, NodeInfo, Outcome, Proposal, TypeConfig};
 
@@ -73,18 +74,47 @@ pub(crate) struct Shared<S> {
     limits: SessionLimits,
     snapshot_counter: AtomicU64,
     stats: Arc<RaftStats>,
+    /// Snapshots larger than this cannot reach a peer with the same
+    /// `network.max_snapshot_bytes`; 0 before the node sets it.
+    max_snapshot_bytes: AtomicU64,
+}
+
+/// Held by the store openraft's state machine worker owns (and by its
+/// clones: snapshot builders, blocking installs). When the last one goes,
+/// the worker has stopped, however it stopped (an error, a panic, a
+/// shutdown): no snapshot will be saved, so an append waiting for one
+/// (`SnapshotFloor::covers`) fails instead of waiting for ever.
+struct WorkerLife {
+    floor: SnapshotFloor,
+}
+
+impl Drop for WorkerLife {
+    fn drop(&mut self) {
+        self.floor.fail("the state machine worker stopped");
+    }
 }
 
 /// The openraft state machine around a user's [`StateMachine`]. Cloning
 /// shares the same state.
 pub(crate) struct StateMachineStore<S> {
     shared: Arc<Shared<S>>,
+    /// Set on the store given to openraft (see [`StateMachineStore::worker`]).
+    life: Option<Arc<WorkerLife>>,
 }
 
 impl<S> Clone for StateMachineStore<S> {
     fn clone(&self) -> Self {
-        StateMachineStore { shared: self.shared.clone() }
+        StateMachineStore { shared: self.shared.clone(), life: self.life.clone() }
     }
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
 }
 
 fn sm_error(err: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -111,12 +141,36 @@ impl<S: StateMachine> StateMachineStore<S> {
                 limits,
                 snapshot_counter: AtomicU64::new(0),
                 stats: Arc::new(RaftStats::default()),
+                max_snapshot_bytes: AtomicU64::new(0),
             }),
+            life: None,
         };
         if let Some(snapshot) = store.shared.snapshots.load()? {
             store.restore_from(&snapshot.data)?;
         }
         Ok(store)
+    }
+
+    /// The same state, for openraft's state machine worker: when the
+    /// worker and every clone of this store are gone, appends waiting for a
+    /// snapshot to be saved fail (see [`WorkerLife`]).
+    pub(crate) fn worker(&self) -> StateMachineStore<S> {
+        let life = WorkerLife { floor: self.shared.snapshots.floor().clone() };
+        StateMachineStore { shared: self.shared.clone(), life: Some(Arc::new(life)) }
+    }
+
+    /// Records the largest snapshot a peer accepts
+    /// (`network.max_snapshot_bytes`): building a larger one is reported.
+    pub(crate) fn set_max_snapshot_bytes(&self, bytes: u64) {
+        self.shared.max_snapshot_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The node is shutting down: an append waiting for a snapshot to be
+    /// saved fails now rather than hold the shutdown for a restore and its
+    /// fsync, which have no bound. Safe: that append was never
+    /// acknowledged.
+    pub(crate) fn release_waiters(&self) {
+        self.shared.snapshots.floor().fail("the node is shutting down");
     }
 
     /// A state machine kept in memory only.
@@ -152,7 +206,16 @@ impl<S: StateMachine> StateMachineStore<S> {
         let (header, user_bytes): (SnapshotHeader, &[u8]) =
             codec::split_framed(data, SNAPSHOT_FORMAT, "snapshot").map_err(invalid)?;
         let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
-        state.user.restore(&mut Cursor::new(user_bytes))?;
+        let user = &mut state.user;
+        // A panic is a failed restore: the caller stops the node.
+        catch_unwind(AssertUnwindSafe(|| user.restore(&mut Cursor::new(user_bytes)))).map_err(
+            |panic| {
+                io::Error::other(format!(
+                    "state machine panicked restoring a snapshot: {}",
+                    panic_message(&*panic)
+                ))
+            },
+        )??;
         state.last_applied = header.last_applied;
         state.membership = header.membership;
         state.sessions = Sessions::from_image(header.sessions);
@@ -176,11 +239,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         let _span = tracing::debug_span!("apply", index, client = %client, seq).entered();
         let user = &mut state.user;
         let response = catch_unwind(AssertUnwindSafe(|| user.apply(&command))).map_err(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic".to_owned());
+            let what = panic_message(&*panic);
             format!(
                 "state machine panicked applying entry {index} (client {client}, seq {seq}): {what}"
             )
@@ -194,7 +253,19 @@ impl<S: StateMachine> StateMachineStore<S> {
             return Err(sm_error(why));
         }
         let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-        let data = encode_state(&state).map_err(sm_error)?;
+        let data = match catch_unwind(AssertUnwindSafe(|| encode_state(&state))) {
+            Ok(encoded) => encoded.map_err(sm_error)?,
+            Err(panic) => {
+                let why = format!(
+                    "state machine panicked writing a snapshot: {}",
+                    panic_message(&*panic)
+                );
+                drop(state);
+                self.poison(&why);
+                return Err(sm_error(why));
+            }
+        };
+        self.warn_if_too_large(data.len());
         let counter = self.shared.snapshot_counter.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match state.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, counter),
@@ -213,6 +284,21 @@ impl<S: StateMachine> StateMachineStore<S> {
             .map_err(|err| StorageIOError::write_snapshot(Some(meta.signature()), &err))?;
         self.shared.stats.snapshots_built.inc();
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+
+    /// Reports a snapshot no peer with this node's
+    /// `network.max_snapshot_bytes` would accept: followers that need it
+    /// cannot catch up until the limit is raised on every node.
+    fn warn_if_too_large(&self, len: usize) {
+        let limit = self.shared.max_snapshot_bytes.load(Ordering::Relaxed);
+        if limit > 0 && len as u64 > limit {
+            tracing::error!(
+                snapshot_bytes = len,
+                limit,
+                "built a snapshot larger than network.max_snapshot_bytes: peers refuse it, and a \
+                 follower that needs it cannot catch up; raise the limit on every node"
+            );
+        }
     }
 
     /// Replaces the state with `stored`, then persists it. Restoring comes
@@ -282,6 +368,13 @@ impl<S: StateMachine> StateMachineStore<S> {
         self.shared.snapshots.floor().fail(why);
     }
 
+    /// A blocking task died (a panic that escaped, or a cancelled task):
+    /// the state may be half changed, so the node stops.
+    fn stopped(&self, why: String) -> StorageError<NodeId> {
+        self.poison(&why);
+        sm_error(why)
+    }
+
     /// Why the state machine stopped, if it did (a panic in `apply`, a
     /// failed snapshot install).
     pub(crate) fn fatal(&self) -> Option<String> {
@@ -349,7 +442,8 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         // Serializing a large state is CPU work; keep it off the async workers.
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.build()).await.map_err(sm_error)?
+        let built = tokio::task::spawn_blocking(move || store.build()).await;
+        built.unwrap_or_else(|join| Err(self.stopped(format!("building a snapshot: {join}"))))
     }
 }
 
@@ -431,9 +525,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
         let store = self.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || store.install(&meta, &stored))
-            .await
-            .map_err(sm_error)?
+        let installed = tokio::task::spawn_blocking(move || store.install(&meta, &stored)).await;
+        installed.unwrap_or_else(|join| Err(self.stopped(format!("installing a snapshot: {join}"))))
     }
 
     async fn get_current_snapshot(
@@ -462,6 +555,10 @@ mod tests {
     struct Probe {
         applied: Vec<Vec<u8>>,
         refuse_restore: bool,
+        panic_restore: bool,
+        panic_snapshot: bool,
+        /// A restore waits until this is opened: a stalled install.
+        stall_restore: Option<Arc<Gate>>,
     }
 
     impl StateMachine for Probe {
@@ -473,11 +570,16 @@ mod tests {
             Vec::new()
         }
         fn snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+            assert!(!self.panic_snapshot, "snapshot panicked on purpose");
             out.write_all(&(self.applied.len() as u64).to_le_bytes())
         }
         fn restore(&mut self, input: &mut dyn Read) -> io::Result<()> {
             // Change the state before failing, as a real restore might.
             self.applied.clear();
+            if let Some(stall) = &self.stall_restore {
+                stall.wait();
+            }
+            assert!(!self.panic_restore, "restore panicked on purpose");
             if self.refuse_restore {
                 return Err(io::Error::other("refused by the user's restore"));
             }
@@ -485,6 +587,25 @@ mod tests {
             input.read_exact(&mut n)?;
             self.applied = vec![Vec::new(); u64::from_le_bytes(n) as usize];
             Ok(())
+        }
+    }
+
+    /// Closed until opened; waiting on it blocks the thread.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Gate {
+        fn wait(&self) {
+            let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            drop(self.opened.wait_while(open, |open| !*open));
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.opened.notify_all();
         }
     }
 
@@ -757,5 +878,89 @@ mod tests {
             "node cannot start after a failed restore: {}",
             reopened.err().unwrap()
         );
+    }
+
+    /// A snapshot of one entry, and a store to install it in, made from
+    /// `target`, with a task waiting (as an append does) for it to be saved.
+    async fn install_target(
+        target: Probe,
+    ) -> (Snapshot<TypeConfig>, StateMachineStore<Probe>, tokio::task::JoinHandle<Result<(), String>>)
+    {
+        let mut source = StateMachineStore::in_memory(Probe::default());
+        source.apply([entry(1, vec![command(1, 1, b"a")])]).await.unwrap();
+        let snapshot = source.build_snapshot().await.unwrap();
+        let target = StateMachineStore::open(target, SnapshotStore::memory(), limits(100, 100))
+            .unwrap()
+            .worker();
+        let floor = target.shared.snapshots.floor().clone();
+        let waiting = tokio::spawn(async move { floor.covers(log_id(1)).await });
+        (snapshot, target, waiting)
+    }
+
+    /// How long a released waiter may take to see it.
+    const RELEASED: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// A panic in the user's restore stops the node, and an append waiting
+    /// for the snapshot fails. It was a JoinError without poisoning: the
+    /// append waited for ever, and with it raft's core and the node's
+    /// shutdown (hostile review of issue 12, finding 1).
+    #[tokio::test]
+    async fn a_panicking_restore_stops_the_node_and_fails_a_waiting_append() {
+        let target = Probe { panic_restore: true, ..Probe::default() };
+        let (snapshot, mut target, waiting) = install_target(target).await;
+        let installed = target.install_snapshot(&snapshot.meta, snapshot.snapshot).await;
+        let err = installed.expect_err("a panicking restore fails the install").to_string();
+        assert!(err.contains("panicked restoring"), "{err}");
+        let fatal = target.fatal().expect("the state machine is stopped");
+        assert!(fatal.contains("restore panicked on purpose"), "{fatal}");
+        let waited = tokio::time::timeout(RELEASED, waiting).await;
+        let waited = waited.expect("the waiting append is released").unwrap();
+        assert!(waited.is_err_and(|why| why.contains("panicked")));
+    }
+
+    /// A panic in the user's snapshot stops the node as well.
+    #[tokio::test]
+    async fn a_panicking_snapshot_stops_the_node() {
+        let mut sm = open_with(limits(100, 100));
+        sm.shared.state.write().unwrap().user.panic_snapshot = true;
+        let built = sm.build_snapshot().await;
+        let err = built.expect_err("a panicking snapshot fails the build").to_string();
+        assert!(err.contains("panicked writing a snapshot"), "{err}");
+        assert!(sm.fatal().is_some_and(|why| why.contains("snapshot panicked on purpose")));
+    }
+
+    /// However openraft's state machine worker ends, an append waiting for
+    /// a snapshot it will never save fails once the worker's store (and
+    /// every clone of it) is gone.
+    #[tokio::test]
+    async fn the_worker_store_gone_fails_a_waiting_append() {
+        let (_snapshot, target, waiting) = install_target(Probe::default()).await;
+        let builder = target.clone();
+        drop(target);
+        drop(builder);
+        let waited = tokio::time::timeout(RELEASED, waiting).await;
+        let waited = waited.expect("the waiting append is released").unwrap();
+        assert!(waited.is_err_and(|why| why.contains("worker stopped")));
+    }
+
+    /// A shutdown does not wait for a stalled restore: the waiting append
+    /// fails at once, while the restore still runs (hostile review of
+    /// issue 12, finding 2).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_fails_an_append_waiting_for_a_stalled_install() {
+        let stall = Arc::new(Gate::default());
+        let target = Probe { stall_restore: Some(stall.clone()), ..Probe::default() };
+        let (snapshot, target, waiting) = install_target(target).await;
+        let mut installer = target.clone();
+        let install = tokio::spawn(async move {
+            installer.install_snapshot(&snapshot.meta, snapshot.snapshot).await
+        });
+        target.release_waiters();
+        let waited = tokio::time::timeout(RELEASED, waiting).await;
+        let waited = waited.expect("the waiting append is released").unwrap();
+        assert!(waited.is_err_and(|why| why.contains("shutting down")));
+        assert!(!install.is_finished(), "the restore was still stalled");
+        stall.open();
+        install.await.unwrap().expect("the stalled install completes");
     }
 }

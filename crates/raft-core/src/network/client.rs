@@ -936,6 +936,24 @@ impl PeerClient {
         RPCError::Network(NetworkError::new(&err))
     }
 
+    /// The peer refused a snapshot chunk (it reaches past the peer's
+    /// `network.max_snapshot_bytes`). Sending it again at once cannot
+    /// succeed: as a network error, openraft retried the chunk at once and
+    /// then streamed the whole snapshot again from offset 0, for ever.
+    /// `Unreachable` makes openraft's snapshot sender and its replication
+    /// back off (this client's `backoff`) between attempts.
+    fn snapshot_refused<E: std::error::Error>(&self, why: &str) -> RPCError<NodeId, NodeInfo, E> {
+        tracing::error!(
+            target = self.peer.target,
+            %why,
+            "the peer refused the snapshot; it cannot catch up until network.max_snapshot_bytes \
+             exceeds the snapshot on every node"
+        );
+        let err =
+            CallError::Network { target: self.peer.target, reason: format!("refused: {why}") };
+        RPCError::Unreachable(Unreachable::new(&err))
+    }
+
     fn remote<E: std::error::Error>(
         &self,
         err: RaftError<NodeId, E>,
@@ -1004,6 +1022,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .map_err(|e| self.rpc_error(RPCTypes::InstallSnapshot, e))?;
         match answer {
             Message::InstallSnapshotResult(answer) => answer.map_err(|err| self.remote(err)),
+            Message::Refused(why) => Err(self.snapshot_refused(&why)),
             other => Err(self.unexpected(&other)),
         }
     }
@@ -1196,6 +1215,84 @@ mod tests {
             Err(err) => panic!("the vote after the restart was lost: {err}"),
         }
         assert_eq!(accepted.load(Ordering::Acquire), 2, "on a new connection");
+        server.abort();
+    }
+
+    /// A peer that welcomes every hello and refuses every snapshot chunk,
+    /// as one whose `network.max_snapshot_bytes` the snapshot exceeds.
+    async fn refusing_peer(net: &MemNetwork) -> JoinHandle<()> {
+        let listener = net.node(ip(2)).listen(PORT).await.expect("listen");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(frame)) = frame::read(&mut stream, 1 << 20).await {
+                        let answer = match frame.message {
+                            Message::Hello { .. } => Message::Welcome,
+                            Message::InstallSnapshot(_) => Message::Refused(
+                                "reaches past the limit (network.max_snapshot_bytes)".to_owned(),
+                            ),
+                            _ => return,
+                        };
+                        let bytes = frame::encode(frame.request_id, &answer);
+                        if frame::write(&mut stream, &bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// A refused snapshot chunk is `Unreachable`, on which openraft's
+    /// snapshot sender and replication back off. As a network error it was
+    /// sent again at once, and the whole snapshot streamed again from
+    /// offset 0, for ever (hostile review of issue 12, finding 3).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_snapshot_chunk_makes_the_sender_back_off() {
+        use openraft::raft::InstallSnapshotRequest;
+        use openraft::{SnapshotMeta, StoredMembership};
+
+        let net = MemNetwork::new();
+        let server = refusing_peer(&net).await;
+        let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
+        let local = Local {
+            id: crate::types::node_id("self", 1),
+            stable_id: "self".to_owned(),
+            incarnation: 1,
+            sessions: crate::sessions::SessionLimits::default(),
+        };
+        let mut clients = RaftNetworkClients::new(
+            Arc::new(net.node(ip(1))),
+            local,
+            NetworkConfig::default(),
+            gate,
+            Arc::new(|_| Some("peer".to_owned())),
+        );
+        let node = NodeInfo {
+            stable_id: "peer".to_owned(),
+            addrs: vec![ip(2)],
+            raft_port: PORT,
+            command_port: PORT + 1,
+        };
+        let mut client = clients.new_client(2, &node).await;
+        let req = InstallSnapshotRequest {
+            vote: Vote::new(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: StoredMembership::default(),
+                snapshot_id: "big".to_owned(),
+            },
+            offset: 0,
+            data: vec![0; 1024],
+            done: false,
+        };
+        let answer = client.install_snapshot(req, RPCOption::new(Duration::from_secs(5))).await;
+        match answer {
+            Err(RPCError::Unreachable(err)) => {
+                assert!(err.to_string().contains("network.max_snapshot_bytes"), "{err}")
+            }
+            other => panic!("a refused chunk gave {other:?}, not Unreachable"),
+        }
         server.abort();
     }
 }

@@ -80,8 +80,22 @@ impl SnapshotFloor {
     }
 }
 
-/// Whether a snapshot up to `durable` covers `log_id` (both are on the
-/// committed log, where the index orders them).
+/// Whether a snapshot up to `durable` covers `log_id`.
+///
+/// This compares indices, while the log store keeps the purge it was asked
+/// for as the `LogId` maximum (term first). The two orders agree because
+/// both ids are committed: a snapshot covers only applied (so committed)
+/// entries, and openraft purges only behind a snapshot or behind what is
+/// applied. On one committed log, a higher index never has a lower term,
+/// so `a.index >= b.index` holds exactly when `a >= b`.
 pub(crate) fn reaches(durable: Option<LogId<NodeId>>, log_id: LogId<NodeId>) -> bool {
-    durable.is_some_and(|durable| durable.index >= log_id.index)
+    durable.is_some_and(|durable| {
+        // Same index on the committed log: the same entry, the same term.
+        debug_assert!(
+            durable.index != log_id.index || durable.leader_id == log_id.leader_id,
+            "two committed log ids at index {} differ: {durable} and {log_id}",
+            log_id.index
+        );
+        durable.index >= log_id.index
+    })
 }
