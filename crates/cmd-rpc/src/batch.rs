@@ -452,14 +452,14 @@ fn send(
             Some(send_by),
             &written,
         );
-        let sent = tokio::select! {
-            sent = exchange => sent,
+        let sent = match answer_unless(exchange, abandon).await {
+            Ok(sent) => sent,
             // Abandoned (its leader lost its leadership): unknown if any
             // of it may have been written; otherwise (still waiting for a
             // request slot or a connection) nothing of it left this node,
             // and each command is handed back unsent (issue 12: before,
             // every abandoned batch was reported written).
-            why = abandon => {
+            Err(why) => {
                 let written = written.load(Ordering::SeqCst);
                 let result = Err(if written {
                     RpcError::Timeout {
@@ -477,6 +477,22 @@ fn send(
         };
         deliver(to.node, batch, sent, &stats);
     });
+}
+
+/// Awaits an attempt's `answer` unless `other` (its leader lost its
+/// leadership, or its time ran out) ends first, which gives `Err` with
+/// what `other` said. An answer ready at the same poll as `other` wins: it
+/// is what happened (issue 12: an unbiased select picked one of the two at
+/// random, and reported an answer that had arrived as an unknown outcome).
+pub(crate) async fn answer_unless<A, O>(
+    answer: impl Future<Output = A>,
+    other: impl Future<Output = O>,
+) -> Result<A, O> {
+    tokio::select! {
+        biased;
+        answer = answer => Ok(answer),
+        other = other => Err(other),
+    }
 }
 
 /// Hands each command of `batch`, sent to `leader`, its answer.
@@ -941,6 +957,20 @@ mod tests {
                 }
             }
             assert_eq!(stats.batched.get(), 0);
+        }
+    }
+
+    /// Issue 12: an attempt's answer and its abandon (the leader moved,
+    /// its time ran out) ready at the same poll. The unbiased selects of
+    /// `batch::send` and `unless_leader_moves_since` picked one at random,
+    /// so an answer that had arrived was reported as an unknown outcome
+    /// about every other time; the answer now always wins. (Both futures
+    /// are ready at the first poll, so each round is that race.)
+    #[tokio::test]
+    async fn an_answer_ready_with_its_abandon_is_the_answer() {
+        for round in 0..128 {
+            let got = answer_unless(std::future::ready("answer"), std::future::ready("moved"));
+            assert_eq!(got.await, Ok("answer"), "round {round}");
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::api::{
     ExecuteBatchResponse, ExecuteRequest, ExecuteResponse, JoinRequest, LeaderHint, Member,
     ReadIndexResponse, ReadRequest, ReadResponse, RemoveRequest, SessionResponse,
 };
-use crate::batch::{Abandon, Batched, Batches, MIN_BUDGET, Route};
+use crate::batch::{Abandon, Batched, Batches, MIN_BUDGET, Route, answer_unless};
 use crate::client::{Addressee, CommandClient};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
@@ -774,15 +774,15 @@ impl<S: StateMachine> CommandService<S> {
                 Err(_) => std::future::pending().await,
             }
         };
-        tokio::select! {
-            result = send => result,
-            new = moved => Err(RpcError::Timeout {
+        // An answer that arrived as the leader moved is the answer.
+        answer_unless(send, moved).await.unwrap_or_else(|new| {
+            Err(RpcError::Timeout {
                 what: format!(
                     "{what} at leader {id}, which lost its leadership to {new} (outcome unknown)"
                 ),
                 after: started.elapsed(),
-            }),
-        }
+            })
+        })
     }
 
     /// Turns another node's answer into done, retry, or a final error

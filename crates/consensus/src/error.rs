@@ -55,7 +55,8 @@ pub enum Error {
     /// The command was not applied, and the deadline passed: nothing of
     /// this call was written to a leader or proposed in time (no free
     /// request slot, every dial failed, no time left for an attempt, a
-    /// busy leader that did not start it), or the sessions it moved
+    /// busy leader that did not start it), no session could be registered
+    /// for it (so it was never proposed), or the sessions it moved
     /// through kept expiring before it reached them; and no earlier call
     /// of the same [`Operation`](crate::Operation) may have been applied
     /// (one that may have been makes this [`Error::Timeout`]). Executing

@@ -8,7 +8,9 @@
 //! What only the facade sees is counted here:
 //!
 //! - commands executed through this node's API, by outcome, and their
-//!   latency, in [`Operation::execute_within`](crate::Operation);
+//!   latency, in [`Operation::execute_within`](crate::Operation) (a call
+//!   that only repeats an outcome the operation already gave is not
+//!   counted again);
 //! - elections (terms) and leader changes, by a task that follows the
 //!   node's metrics;
 //! - authorization refusals on each port, by wrapping the authorizer;

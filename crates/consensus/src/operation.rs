@@ -42,7 +42,7 @@ impl SessionPool {
         if let Some(session) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(session);
         }
-        let registered = service.register(deadline, Origin::Client).await?;
+        let registered = service.register(deadline, Origin::Client).await.map_err(unregistered)?;
         let client = u128::from_str_radix(&registered.client, 16).map_err(|e| {
             let message =
                 format!("the leader assigned a malformed session {:?}", registered.client);
@@ -83,7 +83,14 @@ impl SessionPool {
 /// `execute` then answers [`Error::OutcomeUnknown`], now and on every later
 /// call. Once the cluster answered the command, every later call answers
 /// that again without sending it, whether or not its session still keeps
-/// the answer.
+/// the answer. A call that only repeats an outcome settled that way is
+/// not counted again in the node's metrics (`tsconsensus_commands_total`
+/// counts a command's `ok` once, however often its answer is read).
+///
+/// Memory: an operation keeps the command and, once answered, the raw
+/// bytes of the answer (as the leader sent them, before decoding) until it
+/// is dropped; drop operations you are done with rather than keeping many
+/// answered ones around.
 pub struct Operation<S: StateMachine> {
     inner: Arc<Inner<S>>,
     command: Box<RawValue>,
@@ -136,26 +143,36 @@ impl<S: StateMachine> Operation<S> {
 
     /// [`Operation::execute`] with its own deadline.
     pub async fn execute_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
+        // An outcome an earlier call settled is given again uncounted: it
+        // was counted when it was settled (issue 12: before, every call on
+        // an answered operation counted one more `ok`).
+        if let Some(settled) = self.settled() {
+            self.inner.check_running()?;
+            return settled;
+        }
         let started = Instant::now();
         let result = self.attempt_within(deadline).await;
         self.inner.counters.command_done(&result, started.elapsed());
         result
     }
 
-    async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
-        self.inner.check_running()?;
-        // Applied and answered: the answer stands, even once the session
-        // that keeps it expired (issue 12: before, a later call asked the
-        // session again, and an expired one made it `OutcomeUnknown`).
+    /// The outcome an earlier call settled for good, if one did: the
+    /// cluster's answer, which stands even once the session that keeps it
+    /// expired (issue 12: before, a later call asked the session again,
+    /// and an expired one made it `OutcomeUnknown`); an outcome that can no
+    /// longer be learned; or applied, its answer not kept.
+    fn settled(&self) -> Option<Result<S::Response, Error>> {
         if let Some(answer) = &self.answered {
-            return decode_answer(answer.get());
+            return Some(decode_answer(answer.get()));
         }
         if let Some(why) = &self.lost {
-            return Err(Error::OutcomeUnknown(why.clone()));
+            return Some(Err(Error::OutcomeUnknown(why.clone())));
         }
-        if self.applied {
-            return Err(Error::AnswerNotKept);
-        }
+        self.applied.then_some(Err(Error::AnswerNotKept))
+    }
+
+    async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
+        self.inner.check_running()?;
         let deadline = Instant::now() + deadline;
         let service = &self.inner.service;
         let mut replaced = 0;
@@ -163,7 +180,8 @@ impl<S: StateMachine> Operation<S> {
             let (client, seq) = match self.session {
                 Some(session) => session,
                 None => {
-                    let session = self.inner.sessions.take(service, deadline).await?;
+                    let taken = self.inner.sessions.take(service, deadline).await;
+                    let session = taken.map_err(|err| known_error(err, self.maybe_applied))?;
                     self.session = Some(session);
                     session
                 }
@@ -317,12 +335,33 @@ fn after_session(code: &ErrorCode, earlier: bool) -> AfterSession {
 /// command may still be applied), never [`Error::NotApplied`]. A timeout
 /// says that it is the command's.
 fn caller_error(err: RpcError, maybe_applied: bool) -> Error {
-    match Error::from(err) {
+    known_error(Error::from(err), maybe_applied)
+}
+
+/// [`caller_error`] for an error already the caller's.
+fn known_error(err: Error, maybe_applied: bool) -> Error {
+    match err {
         Error::NotApplied(why) if maybe_applied => Error::command_timeout(format!(
             "{why} (this call's attempts were not applied; an earlier one's outcome is still \
              unknown)"
         )),
         Error::Timeout(why) => Error::command_timeout(why),
+        other => other,
+    }
+}
+
+/// What the caller of an operation hears when no session could be
+/// registered for its command (`err`, the registration's error): the
+/// command was never proposed, so an error that says the registration may
+/// still be applied (a timeout, a leader lost while its entry was out)
+/// says of the command that it was not applied (issue 12: before, the
+/// caller heard `Error::Timeout`, "the command may still be applied").
+/// Other errors keep their kind ([`Error::NoLeader`] says as much already).
+fn unregistered(err: RpcError) -> Error {
+    match Error::from(err) {
+        Error::Timeout(why) | Error::OutcomeUnknown(why) => Error::NotApplied(format!(
+            "no session could be registered for the command, so it was never proposed ({why})"
+        )),
         other => other,
     }
 }

@@ -370,6 +370,33 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
     }
 }
 
+/// Issue 12: an operation keeps its answer and gives it again on every
+/// later call; each of those calls counted one more `ok` in
+/// `tsconsensus_commands_total`, for a command applied once. Its outcome
+/// counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_operation_counts_its_outcome_once() {
+    let world = World::new(3);
+    let nodes = world.start_all(|_| config()).await;
+    let leader = leader_of(&nodes);
+    let ok = async || {
+        let (status, text) = get(&nodes[leader], "/metrics").await;
+        assert_eq!(status, 200);
+        let scrape = parse(&text).expect("Prometheus text");
+        scrape.value("tsconsensus_commands_total", &[("outcome", "ok")])
+    };
+    let before = ok().await;
+    let mut operation = nodes[leader].prepare(add("once", 1)).expect("prepared");
+    for _ in 0..3 {
+        assert_eq!(operation.execute().await.expect("the answer"), 1);
+    }
+    assert_eq!(ok().await, before + 1.0, "one command, one `ok`");
+    drop(operation);
+    for node in nodes {
+        node.stop(consensus::StopMode::Stay).await.unwrap();
+    }
+}
+
 /// The localhost monitor answers only requests addressed to it as
 /// 127.0.0.1 or localhost: a web page whose own name was rebound to
 /// 127.0.0.1 (DNS rebinding) sends that name and reads nothing.

@@ -108,3 +108,30 @@ async fn a_wait_that_runs_out_says_it_was_a_wait_not_a_command() {
         node.stop(StopMode::Stay).await.unwrap();
     }
 }
+
+/// Issue 12: without a quorum, the session an operation registers for its
+/// command (an entry of its own) cannot commit. The caller heard
+/// `Error::Timeout`, "the command may still be applied", of a command that
+/// was never proposed; it hears `Error::NotApplied`.
+#[tokio::test(start_paused = true)]
+async fn a_command_whose_session_could_not_be_registered_was_not_applied() {
+    let deadline = Duration::from_secs(3);
+    let world = World::new(3);
+    let nodes = three_with_deadline(&world, deadline).await;
+    let leader = leader_of(&nodes);
+    // The other two voters stop: the leader runs on alone, with no
+    // session in its pool (nothing was executed through it).
+    let mut survivor = None;
+    for (i, node) in nodes.into_iter().enumerate() {
+        if i == leader {
+            survivor = Some(node);
+        } else {
+            node.stop(StopMode::Stay).await.unwrap();
+        }
+    }
+    let survivor = survivor.unwrap();
+    let err = survivor.execute(add("never", 1)).await.unwrap_err();
+    assert!(matches!(err, Error::NotApplied(_)), "{err:?}");
+    assert!(!err.to_string().contains("may still be applied"), "{err}");
+    survivor.stop(StopMode::Stay).await.unwrap();
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, RaftConfig, Role, SessionLimits};
-use test_support::{eventually, never};
+use test_support::{eventually, eventually_every, never};
 use ts_transport::{BoxStream, MemNetwork, Transport as _};
 
 /// Dials node 0's raft port from `ip(from)` and sends `hello`; returns the
@@ -210,5 +210,68 @@ async fn a_connection_ends_when_its_address_moves_to_another_node() {
         "a request on a connection whose address moved to another node was served: {next:?}"
     );
     assert!(a.stats().refused_identity.get() > refused, "the refusal was not counted");
+    a.shutdown().await;
+}
+
+/// Issue 12: a caller that sends raft requests and never reads the answers
+/// fills the connection's answer queue, and then its handlers wait to queue
+/// theirs. They waited holding the cluster gate, so an identity change
+/// (which takes the gate exclusively) waited for as long as the caller did
+/// not read: here `initialize_in` never returned. The gate now guards the
+/// raft call only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_reads_no_answers_holds_no_identity_change_back() {
+    let net = MemNetwork::new();
+    let a = start_alone(0, Arc::new(net.node(ip(0))), allow_all(), fast_config()).await;
+    let cluster_id = a.form().await.unwrap();
+    let (answer, stream) = say_hello(&net, 9, &hello_from(9, a.id(), cluster_id)).await;
+    assert!(matches!(answer, Message::Welcome), "{answer:?}");
+    let (unread, mut writer) = tokio::io::split(stream);
+    let mine: NodeId = raft_core::node_id("node-9", 1);
+    let vote = frame::encode(
+        1,
+        &Message::Vote(openraft::raft::VoteRequest {
+            vote: openraft::Vote::new(0, mine),
+            last_log_id: None,
+        }),
+    );
+    // Far more requests than the pipes (256 KiB each way), the answer
+    // queue and the requests in progress hold between them.
+    let requests = 16 * 256 * 1024 / vote.len();
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writing = tokio::spawn({
+        let written = written.clone();
+        async move {
+            for _ in 0..requests {
+                if frame::write(&mut writer, &vote).await.is_err() {
+                    break;
+                }
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            writer
+        }
+    });
+    // The node stops reading once every handler in progress waits to
+    // queue its answer: the writes stall (no progress between two polls
+    // half a second apart) before they are all written.
+    let mut last = 0;
+    eventually_every(WAIT, Duration::from_millis(500), "the node stops reading", async || {
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled.then_some(())
+    })
+    .await;
+    assert!(!writing.is_finished(), "the node read every request unanswered");
+    let members = std::collections::BTreeMap::from([(a.id(), a.info().clone())]);
+    // It returns, whatever it decides (the votes the node answered may
+    // count as raft state, and then it declines).
+    let initialized = tokio::time::timeout(WAIT, a.initialize_in(cluster_id, members)).await;
+    assert!(
+        matches!(initialized, Ok(Ok(_))),
+        "the initialization waited for answers nobody read: {initialized:?}"
+    );
+    writing.abort();
+    drop(unread);
     a.shutdown().await;
 }

@@ -273,8 +273,8 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
                 break;
             }
             let Ok(permit) = in_progress.clone().acquire_owned().await else { break };
-            // Held until the request is handled: the cluster id cannot
-            // change under it.
+            // Held while raft handles the request (not while its answer
+            // waits to be written): the cluster id cannot change under it.
             let entered = gate.enter().await;
             if gate.get() != Some(cluster_id) {
                 tracing::info!(%peer, "dropping a raft connection of a cluster this node left");
@@ -284,7 +284,6 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
             let answers = answers.clone();
             let contact = contact.clone();
             handlers.spawn(async move {
-                let _entered = entered;
                 let answer = match frame.message {
                     Message::AppendEntries(req) => {
                         let answer = raft.append_entries(req).await;
@@ -312,6 +311,10 @@ async fn serve_connection(stream: BoxStream, peer: PeerAddr, context: Context) {
                     }
                     other => Message::Refused(format!("not a request: {}", variant_name(&other))),
                 };
+                // The gate guards the raft call only: a caller slow to read
+                // its answers (the queue full) must not hold identity
+                // changes back while its answer waits (issue 12).
+                drop(entered);
                 let _ = answers.send(frame::encode(frame.request_id, &answer)).await;
                 drop(permit);
             });
