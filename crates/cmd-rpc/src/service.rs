@@ -835,7 +835,8 @@ impl<S: StateMachine> CommandService<S> {
     /// voter once it has caught up. If another incarnation of the same
     /// stable id is a member, the new one takes its place in one joint
     /// change, so the number of voters never drops. Joining again is
-    /// harmless.
+    /// harmless, and replaces the caller's record if it changed (a member
+    /// restarted with its state on other ports).
     ///
     /// Refused unless the request's stable id and addresses are `caller`'s,
     /// its cluster id is this node's, and its raft id is `node_id(stable
@@ -898,6 +899,20 @@ impl<S: StateMachine> CommandService<S> {
                 "raft id {} belongs to member {:?}",
                 request.id, known.stable_id
             ))));
+        }
+        // A member that restarted with its state on other ports (or
+        // addresses) is reached only at its record: replace the record.
+        // The raft id is the caller's own (checked above and in
+        // `check_join`), so a node only ever moves its own record.
+        if let Some(known) = metrics.nodes.get(&request.id)
+            && *known != request.node
+        {
+            let timeout = remaining.min(self.config.catch_up_timeout);
+            self.node
+                .set_node(request.id, request.node.clone(), timeout)
+                .await
+                .map_err(|err| self.membership_error(err))?;
+            tracing::info!(id = request.id, from = %known, to = %request.node, "member record updated");
         }
         if metrics.voters.contains(&request.id) {
             return Ok(());

@@ -1,7 +1,9 @@
 //! Finding or forming the cluster at start (decision 0003): the shell
 //! around [`decide::bootstrap`].
 //!
-//! A node with raft state resumes: the leader replicates to it again. A
+//! A node with raft state resumes: the leader replicates to it again
+//! (first, if the membership records it at other ports or addresses than
+//! it runs on now, it has the leader replace its record: [`update_record`]). A
 //! node without probes every tagged peer of its view (`POST /v1/probe`;
 //! offline peers count as silent without being dialed), each probe with
 //! its own timeout inside the start deadline, and acts on
@@ -42,8 +44,8 @@ use ts_discovery::{ClusterView, Discovery, TailnetNode};
 
 use crate::config::{BootstrapOptions, Config};
 use crate::decide::bootstrap::{
-    Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide, unbind,
-    waiting_for, wants_promises,
+    Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide,
+    other_cluster, unbind, waiting_for, wants_promises,
 };
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
@@ -122,12 +124,6 @@ impl Boot {
     ) -> Result<ConfirmResponse, RpcError> {
         let mut boot = self.lock().await;
         let stored = raft.cluster_id();
-        // A node that decided to join a cluster confirms its former
-        // (below) whether it is ready or not; a free one binds itself
-        // only once ready.
-        if !boot.ready && stored.is_none() {
-            return Err(not_ready());
-        }
         let me = raft.info().stable_id.clone();
         let former = raft.former().map(|(_, node)| node.stable_id);
         let has_state = raft.is_initialized().await;
@@ -142,11 +138,22 @@ impl Boot {
             holding: boot.promise.as_ref(),
             holder_tagged: holder_tagged(discovery, max_staleness, boot.promise.as_deref()),
             sealed,
+            // A node that decided to join a cluster confirms its former
+            // whether it is ready or not (they would wait for each other);
+            // a free one binds itself, and a bound one seals, only once
+            // ready (docs/reliability.md finding 71).
+            ready: boot.ready,
             caller: &caller.stable_id,
             cluster: &request.cluster_id,
             seal: request.seal,
         });
         match step {
+            crate::decide::bootstrap::Confirmation::Refuse(
+                crate::decide::bootstrap::Refusal::NotReady,
+            ) => {
+                tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, "not ready: refused to confirm a cluster being formed");
+                Err(not_ready())
+            }
             crate::decide::bootstrap::Confirmation::Refuse(why) => {
                 tracing::info!(caller = %caller.stable_id, cluster = %request.cluster_id, seal = request.seal, %why, "refused to confirm a cluster being formed");
                 Err(RpcError::NotConfirmed(format!("{me} {why}")))
@@ -202,11 +209,16 @@ fn named_leader<S: StateMachine>(raft: &RaftNode<Adapter<S>>) -> Option<LeaderHi
     })
 }
 
-/// The refusal of a confirm by a node that has not heard from every tagged,
-/// online peer of its view yet (it may be about to learn of a cluster it
-/// must join, and must not bind itself to anything before).
+/// The refusal of a confirm (or a seal) by a node that is not ready: it has
+/// not heard from every tagged peer of its view yet, or hears from a member
+/// of another cluster (it may be about to learn of a cluster it must join,
+/// and must not bind or seal itself to anything before).
 fn not_ready() -> RpcError {
-    RpcError::Unavailable("starting: this node has not heard from every tagged peer yet".to_owned())
+    RpcError::Unavailable(
+        "starting: this node has not heard from every tagged peer yet, or hears from a member \
+         of another cluster"
+            .to_owned(),
+    )
 }
 
 /// The leader this node knows, as a hint for others.
@@ -223,15 +235,17 @@ struct BootState {
     pub(crate) promise: Option<String>,
     /// The cluster this node is forming, if it is.
     pub(crate) forming: Option<Forming>,
-    /// Whether it grants promises and binds itself to a cluster being
-    /// formed: once it has raft state or a stored cluster id at start, or
-    /// once every tagged peer of its view, online or not, has answered one
-    /// of its probes and none answers as a member of a cluster it did not join
-    /// ([`decide::bootstrap::waiting_for`]). A node that lost its state
-    /// (memory storage: at every start) first learns whether a cluster
-    /// exists or is being formed among its peers, so that it never
-    /// promises or binds itself before it could know. Until then it
-    /// answers probes as fresh, granting nothing, and refuses confirms.
+    /// Whether it grants promises, binds itself to a cluster being formed
+    /// and seals its binding: once it has raft state at start, or once
+    /// every tagged peer of its view, online or not, has answered one of
+    /// its probes and none answers as a member of a cluster other than
+    /// the one it stored ([`decide::bootstrap::waiting_for`]). A node that
+    /// lost its state (memory storage: at every start) first learns
+    /// whether a cluster exists or is being formed among its peers, so
+    /// that it never promises, binds or seals itself before it could know.
+    /// Until then it answers probes as what it is (fresh, granting
+    /// nothing, or a member once it stored a cluster id), refuses to bind
+    /// or seal, and confirms only a cluster it decided to join.
     pub(crate) ready: bool,
 }
 
@@ -347,12 +361,13 @@ pub(crate) async fn run<S: StateMachine>(
     if raft.is_initialized().await {
         inner.boot.lock().await.ready = true;
         tracing::info!(id = inner.id, "resuming from stored state");
-        return Ok(());
+        return update_record(inner, deadline, started).await;
     }
-    if raft.cluster_id().is_some() {
-        // Bound, joining or forming, durably: it answers for that.
-        inner.boot.lock().await.ready = true;
-    }
+    // A node bound, joining or forming durably answers probes for that
+    // (as a member) at once; it is not ready until it heard from its peers
+    // all the same, so that it seals no binding it took by following a
+    // hint before it could know of a cluster of its own earlier
+    // (docs/reliability.md finding 71).
     let me = raft.info().stable_id.clone();
     // Since when the former this node is bound to has been missing from
     // its view.
@@ -367,7 +382,7 @@ pub(crate) async fn run<S: StateMachine>(
     // The peers that answered a probe of this node since it started, each
     // with whether its last answer was a member's, and the peers it waits
     // for before it is ready.
-    let mut heard: BTreeMap<String, bool> = BTreeMap::new();
+    let mut heard: BTreeMap<String, Option<ClusterId>> = BTreeMap::new();
     let mut not_heard: Vec<String> = Vec::new();
     // Of those, the ones offline in the view.
     let mut offline: Vec<String> = Vec::new();
@@ -398,8 +413,11 @@ pub(crate) async fn run<S: StateMachine>(
                 }
                 let (answers, ids) = probe_all(inner, &view, &wait, wants, deadline).await;
                 for answer in answers.iter().filter(|a| ids.contains_key(&a.name)) {
-                    let member = matches!(answer.answer, Answer::Member { .. });
-                    heard.insert(answer.name.clone(), member);
+                    let cluster = match answer.answer {
+                        Answer::Member { cluster, .. } => Some(cluster),
+                        _ => None,
+                    };
+                    heard.insert(answer.name.clone(), cluster);
                 }
                 not_heard = become_ready(inner, &view, &heard).await;
                 offline = offline_of(&view, &not_heard);
@@ -451,27 +469,31 @@ pub(crate) async fn run<S: StateMachine>(
     }
 }
 
-/// Makes this node ready (it grants promises and binds itself from now on)
-/// if every tagged peer of `view`, online or not, is in `heard` and none's last
-/// answer there was a member's ([`decide::bootstrap::waiting_for`]), under
-/// the bootstrap lock. The peers it is still waiting for (none once
-/// ready).
+/// Makes this node ready (it grants promises, binds itself and seals its
+/// binding from now on) if every tagged peer of `view`, online or not, is
+/// in `heard` (with the cluster its last answer named, if any) and none's
+/// last answer there was a member's of a cluster other than this node's
+/// own ([`decide::bootstrap::waiting_for`], [`other_cluster`]), under the
+/// bootstrap lock. The peers it is still waiting for (none once ready).
 async fn become_ready<S: StateMachine>(
     inner: &Inner<S>,
     view: &ClusterView,
-    heard: &BTreeMap<String, bool>,
+    heard: &BTreeMap<String, Option<ClusterId>>,
 ) -> Vec<String> {
     let mut state = inner.boot.lock().await;
     if state.ready {
         return Vec::new();
     }
+    let own = inner.raft().cluster_id();
     let peers: Vec<Heard<'_, String>> = view
         .members
         .values()
         .map(|n| Heard {
             peer: &n.id.0,
             answered: heard.contains_key(&n.id.0),
-            member: heard.get(&n.id.0) == Some(&true),
+            member: heard
+                .get(&n.id.0)
+                .is_some_and(|answered| other_cluster(answered.as_ref(), own.as_ref())),
         })
         .collect();
     let waiting = waiting_for(&peers);
@@ -1037,6 +1059,9 @@ async fn probe_all<S: StateMachine>(
     // that it hears a new incarnation there answer that it forgot (and
     // gives the binding up) whatever its own port list.
     let former = inner.raft().former().map(|(_, node)| node);
+    // A member also tries its peers where the membership records them
+    // (they may listen on other ports than this node).
+    let recorded = inner.raft().metrics().nodes;
     for peer in view.members.values() {
         if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
@@ -1048,6 +1073,11 @@ async fn probe_all<S: StateMachine>(
             && !ports.contains(&former.command_port)
         {
             ports.push(former.command_port);
+        }
+        for node in recorded.values().filter(|n| n.stable_id == peer.id.0) {
+            if !ports.contains(&node.command_port) {
+                ports.push(node.command_port);
+            }
         }
         let peer = peer.clone();
         probes.spawn(async move {
@@ -1256,6 +1286,111 @@ async fn join<S: StateMachine>(
         }
     }
     Err("the leader kept changing".to_owned())
+}
+
+/// After a restart with raft state: if the membership records this node
+/// elsewhere than it now runs (other ports or addresses than at its first
+/// join), asks the leader to replace its record, through the join path
+/// (the leader replaces only the caller's own record), and waits until the
+/// new record reaches this node. Without it the leader would go on dialing
+/// the old raft port for good. The start fails at `deadline` if no leader
+/// takes the new record (none elected, or none reachable: every member
+/// changed its ports at once), naming both records.
+async fn update_record<S: StateMachine>(
+    inner: &Inner<S>,
+    deadline: Instant,
+    started: Instant,
+) -> Result<(), Error> {
+    let raft = inner.raft();
+    let (id, mine) = (raft.id(), raft.info().clone());
+    let Some(cluster) = raft.cluster_id() else { return Ok(()) };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let metrics = raft.metrics();
+        // Not a member (removed while away): nothing to update; the leader
+        // adds it back with the record its probe answer carries.
+        let Some(recorded) = metrics.nodes.get(&id).cloned() else { return Ok(()) };
+        if recorded == mine {
+            return Ok(());
+        }
+        tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
+        let why = match ask_to_update(inner, cluster, &metrics, deadline).await {
+            Ok(()) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match raft.wait_for(remaining, |m| m.nodes.get(&id) == Some(&mine)).await {
+                    Ok(_) => {
+                        tracing::info!(id, record = %mine, "member record updated");
+                        return Ok(());
+                    }
+                    Err(_) => "the leader took the new record, but it did not reach this node \
+                               in time"
+                        .to_owned(),
+                }
+            }
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::JoinFailed {
+                waited: started.elapsed(),
+                reason: format!(
+                    "the membership records this node with raft port {} and command port {} \
+                     (addresses {:?}), but it is configured with raft port {} and command port \
+                     {} (addresses {:?}), and no leader updated the record: {why}. A leader \
+                     must run for the update (change one node's ports at a time), or start this \
+                     node with the recorded ports",
+                    recorded.raft_port,
+                    recorded.command_port,
+                    recorded.addrs,
+                    mine.raft_port,
+                    mine.command_port,
+                    mine.addrs,
+                ),
+            });
+        }
+        tracing::debug!(%why, "member record not updated yet");
+        let pause = jitter(backoff).min(deadline.saturating_duration_since(Instant::now()));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One attempt to have this node's record replaced by the leader: at once
+/// if this node leads; else a join with its record now, sent to the leader
+/// it knows or, if it knows none (the leader cannot reach it at the old
+/// record), the one a peer of its cluster names.
+async fn ask_to_update<S: StateMachine>(
+    inner: &Inner<S>,
+    cluster: ClusterId,
+    metrics: &NodeMetrics,
+    deadline: Instant,
+) -> Result<(), String> {
+    let raft = inner.raft();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if metrics.leader == Some(raft.id()) {
+        return raft
+            .set_node(raft.id(), raft.info().clone(), remaining.min(JOIN))
+            .await
+            .map_err(|err| err.to_string());
+    }
+    let view = inner.fresh_view().ok_or("the tailnet view is missing or out of date")?;
+    let hint = match leader_hint(metrics).filter(|h| h.id != raft.id()) {
+        Some(hint) => hint,
+        None => {
+            let (answers, _) = probe_all(inner, &view, &[], false, deadline).await;
+            answers
+                .into_iter()
+                .find_map(|p| match p.answer {
+                    Answer::Member { cluster: c, leader: Some(l) }
+                        if c == cluster && l.id != raft.id() =>
+                    {
+                        Some(l)
+                    }
+                    _ => None,
+                })
+                .ok_or("no peer names a leader of this node's cluster")?
+        }
+    };
+    join(inner, cluster, hint, &view, deadline).await
 }
 
 async fn wait_for_leader<S: StateMachine>(

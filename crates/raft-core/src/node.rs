@@ -1197,6 +1197,23 @@ impl<S: StateMachine> RaftNode<S> {
         configs.last().cloned().unwrap_or_default()
     }
 
+    /// Replaces member `id`'s record (on the leader): where it is reached,
+    /// after it restarted with its state on other ports or addresses.
+    /// Only the record changes (`ChangeMembers::SetNodes`); voters and
+    /// learners stay, and replication to `id` restarts at the new record.
+    /// openraft warns that a record naming another node's address splits
+    /// a cluster: the caller passes only `id`'s owner's own record (the
+    /// join path checks it against the caller's tailnet identity), and a
+    /// raft connection is refused unless its hello is `id`'s.
+    pub async fn set_node(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        timeout: Duration,
+    ) -> Result<(), MembershipError> {
+        self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])), timeout).await
+    }
+
     /// Removes `id` from the cluster, voter or learner (on the leader).
     pub async fn remove(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
         let is_voter = self.metrics().voters.contains(&id);

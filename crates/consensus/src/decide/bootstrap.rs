@@ -549,6 +549,10 @@ pub(crate) struct ConfirmCall<'a, N, C> {
     pub(crate) holder_tagged: bool,
     /// Whether its binding is sealed, and to whom ([`Sealed`]).
     pub(crate) sealed: Sealed,
+    /// Whether it is ready: every tagged peer of its view has answered one
+    /// of its probes since it started, and none's last answer is a
+    /// member's of a cluster other than its own ([`waiting_for`]).
+    pub(crate) ready: bool,
     /// The caller, which forms `cluster`.
     pub(crate) caller: &'a N,
     /// The cluster the caller forms.
@@ -617,6 +621,11 @@ pub(crate) enum Refusal<N, C> {
     /// Its binding to that cluster is sealed to another incarnation of the
     /// former, which may have initialized the cluster with it.
     SealedToOther,
+    /// It is not ready: a tagged peer of its view has not answered yet, or
+    /// answers as a member of another cluster (which this node may have
+    /// been a voter of). It binds itself to nothing while free, and seals
+    /// nothing, until it is.
+    NotReady,
 }
 
 impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
@@ -638,6 +647,10 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
             Refusal::SealedToOther => {
                 f.write_str("sealed its binding to another incarnation of the caller")
             }
+            Refusal::NotReady => f.write_str(
+                "has not heard from every tagged peer yet, or hears from a member of another \
+                 cluster",
+            ),
         }
     }
 }
@@ -651,15 +664,20 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
 ///    incarnation may have initialized the cluster with this node, and a
 ///    second initialization would be a second cluster under one id);
 /// 3. with this cluster id stored, asked to seal → seal, if the caller is
-///    its former; refuse if it only decided to join;
+///    its former and this node is ready; refuse if it only decided to
+///    join, or is not ready (it may have bound itself by following a
+///    peer's hint while a peer that could tell it of its own earlier
+///    cluster was silent: sealed, it would be counted as an initial voter
+///    of a second cluster; docs/reliability.md finding 71);
 /// 4. with this cluster id stored → confirm again, if it bound itself to
 ///    the caller (by stable id: a former back under a new incarnation is
 ///    the same node) or decided to join this cluster;
 /// 5. with another cluster id → refuse;
 /// 6. asked to seal without a cluster id → refuse (not bound: a node that
 ///    lost its state or unbound itself answers so to the last round);
-/// 7. holding the caller's promise (still [`kept`]) → bind;
-/// 8. otherwise → refuse.
+/// 7. not ready → refuse;
+/// 8. holding the caller's promise (still [`kept`]) → bind;
+/// 9. otherwise → refuse.
 pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
     c: &ConfirmCall<'_, N, C>,
 ) -> Confirmation<N, C> {
@@ -674,6 +692,7 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
                 Confirmation::Refuse(Refusal::OtherFormer { former: former.clone() })
             }
             _ if c.sealed == Sealed::ToOther => Confirmation::Refuse(Refusal::SealedToOther),
+            Some(_) if c.seal && !c.ready => Confirmation::Refuse(Refusal::NotReady),
             Some(_) if c.seal => Confirmation::Seal,
             None if c.seal => Confirmation::Refuse(Refusal::NotBound),
             _ => Confirmation::Again,
@@ -682,6 +701,7 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
             Confirmation::Refuse(Refusal::OtherCluster { cluster: cluster.clone() })
         }
         None if c.seal => Confirmation::Refuse(Refusal::NotBound),
+        None if !c.ready => Confirmation::Refuse(Refusal::NotReady),
         None => match kept(false, c.holding, c.holder_tagged) {
             Some(holder) if holder == *c.caller => Confirmation::Bind,
             promised_to => Confirmation::Refuse(Refusal::NotPromised { promised_to }),
@@ -756,8 +776,18 @@ pub(crate) struct Heard<'a, N> {
     /// or one that is itself still starting).
     pub(crate) answered: bool,
     /// Whether the last answer it gave says it has a cluster id (a
-    /// member, a binder, a joiner or a former).
+    /// member, a binder, a joiner or a former) other than the starting
+    /// node's own ([`other_cluster`]): any, while the node has none.
     pub(crate) member: bool,
+}
+
+/// Whether a peer whose last answer named `answered` (its cluster id, if
+/// it has one) is a member of a cluster other than `own` (the starting
+/// node's stored cluster id, if any), for [`Heard::member`]: a node that
+/// bound itself to a cluster by following a peer's hint hears that
+/// cluster's members, and is held back only by another cluster's.
+pub(crate) fn other_cluster<C: PartialEq>(answered: Option<&C>, own: Option<&C>) -> bool {
+    answered.is_some() && answered != own
 }
 
 /// The peers a node that started without raft state or a stored cluster
@@ -1431,13 +1461,16 @@ mod tests {
                         }
                         for holding in [None, Some(caller), Some(other)] {
                             for holder_tagged in [false, true] {
-                                for seal in [false, true] {
+                                for (seal, ready) in
+                                    [(false, false), (false, true), (true, false), (true, true)]
+                                {
                                     let call = ConfirmCall {
                                         has_state,
                                         stored: stored.as_ref().map(|c| (c, former.as_ref())),
                                         holding: holding.as_ref(),
                                         holder_tagged,
                                         sealed,
+                                        ready,
                                         caller: &caller,
                                         cluster: &'c',
                                         seal,
@@ -1449,7 +1482,7 @@ mod tests {
                                     // live promise; never on a seal.
                                     if step == Confirmation::Bind {
                                         binds += 1;
-                                        assert!(!has_state && stored.is_none() && !seal);
+                                        assert!(!has_state && stored.is_none() && !seal && ready);
                                         assert!(holding == Some(caller) && holder_tagged);
                                     }
                                     if step == Confirmation::Again {
@@ -1461,7 +1494,7 @@ mod tests {
                                     // never over another incarnation's seal.
                                     if step == Confirmation::Seal {
                                         seals += 1;
-                                        assert!(seal && !has_state && stored == Some('c'));
+                                        assert!(seal && !has_state && stored == Some('c') && ready);
                                         assert_eq!(former, Some(caller), "{call:?}");
                                         assert_ne!(sealed, Sealed::ToOther, "{call:?}");
                                     }
@@ -1493,11 +1526,13 @@ mod tests {
             Some((&'c', _)) if c.sealed == Sealed::ToOther => {
                 Confirmation::Refuse(Refusal::SealedToOther)
             }
+            Some((&'c', Some(_))) if c.seal && !c.ready => Confirmation::Refuse(Refusal::NotReady),
             Some((&'c', Some(_))) if c.seal => Confirmation::Seal,
             Some((&'c', None)) if c.seal => Confirmation::Refuse(Refusal::NotBound),
             Some((&'c', _)) => Confirmation::Again,
             Some((&d, _)) => Confirmation::Refuse(Refusal::OtherCluster { cluster: d }),
             None if c.seal => Confirmation::Refuse(Refusal::NotBound),
+            None if !c.ready => Confirmation::Refuse(Refusal::NotReady),
             None if c.holding == Some(c.caller) && c.holder_tagged => Confirmation::Bind,
             None => Confirmation::Refuse(Refusal::NotPromised {
                 promised_to: c.holding.copied().filter(|_| c.holder_tagged),
@@ -1547,6 +1582,7 @@ mod tests {
             holding: None,
             holder_tagged: false,
             sealed,
+            ready: true,
             caller: &former,
             cluster: &'x',
             seal,
@@ -1593,6 +1629,7 @@ mod tests {
             holding: Some(&a),
             holder_tagged: false,
             sealed: Sealed::No,
+            ready: true,
             caller: &a,
             cluster: &'x',
             seal: false,
@@ -1605,6 +1642,7 @@ mod tests {
             holding: Some(&a),
             holder_tagged: true,
             sealed: Sealed::No,
+            ready: true,
             caller: &a,
             cluster: &'x',
             seal: false,
@@ -1639,6 +1677,7 @@ mod tests {
             holding: None,
             holder_tagged: false,
             sealed: Sealed::No,
+            ready: true,
             caller: &b,
             cluster: &'y',
             seal: false,
@@ -1677,6 +1716,68 @@ mod tests {
             named.sort();
             assert_eq!(waiting_for(&peers), named, "{peers:?}");
         }
+    }
+
+    /// Finding 71 on the pure functions. Cluster '0' = {x, z} runs; f forms
+    /// '1' with binder b; z lost its state and starts again as z′ (9),
+    /// while x has no path in its view yet (silent). Rule 1 comes before
+    /// the silent peer, so z′ follows b's hint and binds itself to '1' by
+    /// f; it confirms f again (a joiner and its former must not wait for
+    /// each other), but refuses f's seal while x has not answered, and
+    /// still once x answers as a member of '0': f cannot count it as an
+    /// initial voter. Answers from members of its own cluster '1' do not
+    /// hold it back, so with no other cluster around it seals.
+    #[test]
+    fn a_node_that_followed_a_hint_seals_only_once_ready() {
+        let (x, b, f, z) = (1u8, 2u8, 5u8, 9u8);
+        let member = |cluster, leader| Answer::Member { cluster, leader: Some(leader) };
+        let peers = [peer(x, Answer::Silent), peer(b, member('1', f)), peer(f, member('1', f))];
+        assert_eq!(
+            decide(&situation(&z, &peers, 3)),
+            Decision::Join { cluster: '1', leader: f, via: b }
+        );
+        // Bound to '1' now: b's and f's answers are its own cluster's.
+        let own = Some(&'1');
+        assert!(!other_cluster(Some(&'1'), own));
+        assert!(other_cluster(Some(&'0'), own));
+        assert!(!other_cluster(None, own));
+        // A free node is held back by any member's answer.
+        assert!(other_cluster(Some(&'1'), None));
+        let heard = |peer, answered: Option<Option<char>>| Heard {
+            peer,
+            answered: answered.is_some(),
+            member: answered.is_some_and(|c| other_cluster(c.as_ref(), own)),
+        };
+        let bound = ConfirmCall {
+            has_state: false,
+            stored: Some((&'1', Some(&f))),
+            holding: None,
+            holder_tagged: false,
+            sealed: Sealed::No,
+            ready: false,
+            caller: &f,
+            cluster: &'1',
+            seal: false,
+        };
+        let seal = ConfirmCall { seal: true, ..bound.clone() };
+        for x_answered in [None, Some(Some('0'))] {
+            let waiting = waiting_for(&[
+                heard(&x, x_answered),
+                heard(&b, Some(Some('1'))),
+                heard(&f, Some(Some('1'))),
+            ]);
+            assert_eq!(waiting, [x], "x answered {x_answered:?}");
+            assert_eq!(confirm(&bound), Confirmation::Again);
+            assert_eq!(confirm(&seal), Confirmation::Refuse(Refusal::NotReady));
+        }
+        // Every peer answered, none for another cluster: ready, it seals.
+        let waiting = waiting_for(&[
+            heard(&x, Some(None)),
+            heard(&b, Some(Some('1'))),
+            heard(&f, Some(Some('1'))),
+        ]);
+        assert!(waiting.is_empty(), "{waiting:?}");
+        assert_eq!(confirm(&ConfirmCall { ready: true, ..seal }), Confirmation::Seal);
     }
 
     #[test]

@@ -343,6 +343,12 @@ impl<V: Variant> Protocol for V {
             holding: granter.promise.as_ref(),
             holder_tagged: granter.promise.is_some_and(|h| granter.view.tagged(h)),
             sealed,
+            // The world applies readiness before this call (a node that is
+            // not ready drops confirms unless it has a cluster id). That a
+            // bound node which is not ready refuses to seal (finding 71) is
+            // left out: it only refuses, as a lost message does, so the
+            // model without it covers the code with it.
+            ready: true,
             caller: &caller.node(),
             cluster: &cluster,
             seal,

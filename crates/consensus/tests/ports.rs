@@ -1,0 +1,69 @@
+//! A member that restarts with its state on other ports is reached again
+//! (issue 12, docs/reliability.md finding 70): the membership records
+//! where each member listens, and a node with raft state never joins
+//! again, so without an update the leader dials the old raft port for good
+//! and the cluster runs on the other members only.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use consensus::Config;
+use test_support::cluster::MemCluster;
+use test_support::eventually;
+
+fn config(dir: &Path, raft_port: u16, command_port: u16) -> Config {
+    Config { state_dir: Some(dir.to_owned()), raft_port, command_port, ..fast_config() }
+}
+
+/// A durable cluster of three; a follower stops and restarts on its state
+/// directory with its raft port and command port moved by `moved`: it
+/// must apply what the leader commits after its restart, and every
+/// member's configuration must record it where it runs now.
+async fn a_member_restarted_on_other_ports_is_reached_again(moved: (u16, u16)) {
+    let defaults = fast_config();
+    let (raft, command) = (defaults.raft_port, defaults.command_port);
+    let mut cluster = MemCluster::<Tally>::start_durable(World::new(3).tailnet(), |_, dir| {
+        config(dir, raft, command)
+    })
+    .await;
+    let c = (cluster.leader() + 1) % 3;
+    let c_id = cluster.node(c).id();
+    cluster.node(cluster.leader()).execute(add("before", 1)).await.unwrap();
+    cluster.stop(c).await;
+    let leader = cluster.leader();
+    cluster.node(leader).execute(add("while away", 1)).await.unwrap();
+    let (new_raft, new_command) = (raft + moved.0, command + moved.1);
+    let restarted = config(&cluster.dirs[c], new_raft, new_command);
+    cluster.restart(c, restarted).await;
+    assert_eq!(cluster.node(c).id(), c_id, "restarted with its state: the same raft id");
+    let leader = cluster.leader();
+    cluster.node(leader).execute(add("after", 1)).await.unwrap();
+    let target = cluster.node(leader).metrics().applied_index;
+    eventually(WAIT, "the restarted member applies the leader's index", async || {
+        cluster.node(c).metrics().applied_index >= target
+    })
+    .await;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let node = node.as_ref().unwrap();
+        eventually(WAIT, "every member records the restarted one's new ports", async || {
+            node.members()
+                .iter()
+                .any(|m| m.id == c_id && (m.raft_port, m.command_port) == (new_raft, new_command))
+        })
+        .await;
+        assert_eq!(node.metrics().voters, 3, "node {i}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_another_raft_port_is_reached_again() {
+    a_member_restarted_on_other_ports_is_reached_again((100, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_another_command_port_is_recorded_there() {
+    a_member_restarted_on_other_ports_is_reached_again((0, 100)).await;
+}
