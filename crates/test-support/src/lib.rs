@@ -14,7 +14,10 @@
 //! - with the `facade` feature: a key-value store with versions and a
 //!   digest for checking replicas ([`kv`]) and the chaos node's line
 //!   interface over it ([`lines`]), a counter ([`Counter`]), and an
-//!   in-memory cluster of the facade ([`cluster`]).
+//!   in-memory cluster of the facade ([`cluster`]);
+//! - with the `raft-cluster` feature: raft-core's own cluster harness,
+//!   below the facade ([`raft_cluster`]), for raft-core's tests and
+//!   benchmark.
 //!
 //! A dev-dependency only (`publish = false`). The lower crates use it
 //! without the `facade` feature, so that their tests do not depend on the
@@ -28,6 +31,8 @@ mod counter;
 pub mod kv;
 #[cfg(feature = "facade")]
 pub mod lines;
+#[cfg(feature = "raft-cluster")]
+pub mod raft_cluster;
 mod seeded;
 pub mod stream;
 mod timing;
