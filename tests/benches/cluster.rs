@@ -17,16 +17,7 @@
 //! [--kv-bin PATH]`.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
-#[path = "support/gobench.rs"]
-mod gobench;
-#[path = "support/processes.rs"]
-mod processes;
-#[path = "support/rawnet.rs"]
-mod rawnet;
-#[path = "support/tap.rs"]
-mod tap;
-#[path = "support/versus.rs"]
-mod versus;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -42,6 +33,8 @@ use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::{Listener, MemNetwork, TcpTransport, Transport};
+
+use crate::support::{gobench, processes, rawnet, tap, versus};
 
 /// A register file: commands write a slot, queries read one.
 #[derive(Default)]

@@ -14,19 +14,17 @@
 //! The seed is printed; `NEMESIS_SEED=<n>` replays a run.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consensus::{BootstrapOptions, Config, Consensus, Consistency, StopMode, Timing};
-use test_support::cluster;
+use consensus::{Config, Consensus, Consistency, StopMode, Timing};
+use test_support::cluster::{self, Tailnet};
 use test_support::kv::{KvCommand, KvQuery, KvStore};
 use test_support::{Rng, eventually_every, fast_timing, seed_from_env};
 use tests::linearizability::{Input, Output, check, write_bounds};
 use tests::workload::{Client, Outcome, Recorder};
 use tokio::runtime::{Handle, Runtime};
-use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
 const NODES: usize = 3;
@@ -35,31 +33,28 @@ const KEYS: usize = 3;
 const RUN: Duration = Duration::from_secs(8);
 const TAG: &str = "tag:nemesis";
 
-fn ip(i: usize) -> IpAddr {
-    cluster::ip(9, i)
-}
-
-fn tailnet_node(i: usize) -> TailnetNode {
-    let name = format!("nemesis-{i}");
-    cluster::tailnet_node(TAG, 9, i, &name, &name)
-}
-
 /// A running node: the handle, and the runtime all of its tasks live on.
 struct Running {
     node: Consensus<KvStore>,
     runtime: Runtime,
 }
 
+/// The nodes as processes: each on a runtime of its own, which a crash
+/// shuts down. (test-support's `MemCluster` stops its nodes, and runs them
+/// on the test's runtime; the nodes here start as it starts them.)
 struct Cluster {
     net: MemNetwork,
+    tailnet: Tailnet,
     dirs: tempfile::TempDir,
     nodes: Vec<Mutex<Option<Running>>>,
 }
 
-async fn start_node(net: MemNetwork, dir: PathBuf, i: usize) -> Consensus<KvStore> {
-    let all: Vec<TailnetNode> = (0..NODES).map(tailnet_node).collect();
-    let view =
-        ClusterView::new(TAG, all[i].clone(), all.iter().filter(|n| n.id != all[i].id).cloned());
+async fn start_node(
+    net: MemNetwork,
+    tailnet: Tailnet,
+    dir: PathBuf,
+    i: usize,
+) -> Consensus<KvStore> {
     let config = Config {
         monitor_port: None,
         state_dir: Some(dir),
@@ -73,17 +68,10 @@ async fn start_node(net: MemNetwork, dir: PathBuf, i: usize) -> Consensus<KvStor
         },
         ..Config::default()
     };
-    let bootstrap =
-        BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: NODES };
-    Consensus::start_with(
-        Arc::new(net.node(ip(i))),
-        Arc::new(StaticDiscovery::new(view)),
-        KvStore::default(),
-        bootstrap,
-        config,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("node {i} starts: {e}"))
+    let discovery = tailnet.discovery(i);
+    cluster::start_node(&net, &tailnet, i, discovery, KvStore::default(), NODES, config)
+        .await
+        .unwrap_or_else(|e| panic!("node {i} starts: {e}"))
 }
 
 impl Cluster {
@@ -96,7 +84,8 @@ impl Cluster {
             .build()
             .expect("a runtime for the node");
         let dir = self.dirs.path().join(format!("n{i}"));
-        let node = runtime.spawn(start_node(self.net.clone(), dir, i)).await.expect("node starts");
+        let starting = start_node(self.net.clone(), self.tailnet.clone(), dir, i);
+        let node = runtime.spawn(starting).await.expect("node starts");
         *self.nodes[i].lock().unwrap() = Some(Running { node, runtime });
     }
 
@@ -197,6 +186,11 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
     let seed = seed_from_env("NEMESIS_SEED");
     let cluster = Arc::new(Cluster {
         net: MemNetwork::new(),
+        tailnet: Tailnet::with_names(
+            TAG,
+            9,
+            (0..NODES).map(|i| (format!("nemesis-{i}"), format!("nemesis-{i}"))),
+        ),
         dirs: tempfile::tempdir().unwrap(),
         nodes: (0..NODES).map(|_| Mutex::new(None)).collect(),
     });
@@ -224,7 +218,7 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
         match rng.below(3) {
             0 => {
                 faults.push(format!("isolate {victim}"));
-                cluster.net.isolate(ip(victim));
+                cluster.net.isolate(cluster.tailnet.ip(victim));
                 tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
                 cluster.net.heal_all();
             }
@@ -234,7 +228,7 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
                 });
                 if let Some(leader) = leader {
                     faults.push(format!("cut off leader {leader}"));
-                    cluster.net.isolate(ip(leader));
+                    cluster.net.isolate(cluster.tailnet.ip(leader));
                     tokio::time::sleep(Duration::from_millis(500 + rng.below(1000))).await;
                     cluster.net.heal_all();
                 }

@@ -2,13 +2,13 @@
 //! after an unknown outcome, sessions that expire before or after an
 //! attempt.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use consensus::{Consistency, Error, StopMode, Timing};
+use consensus::{Consistency, Error, Timing};
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
 use test_support::eventually;
+use test_support::fast_config;
+use test_support::tally::{Tally, add};
 
 /// Slow raft timings, so that a few hundred milliseconds of link delay do
 /// not disturb elections.
@@ -28,9 +28,9 @@ async fn applied_tags(node: &consensus::Consensus<Tally>) -> Vec<String> {
 
 /// Delays every write between the leader and the other nodes, so that a
 /// commit takes a round trip of about 600 ms.
-fn slow_replication(world: &World, leader: usize, delay: Duration) {
-    for i in (0..world.n).filter(|&i| i != leader) {
-        world.net.set_delay(ip(leader), ip(i), delay);
+fn slow_replication(cluster: &MemCluster<Tally>, leader: usize, delay: Duration) {
+    for i in (0..cluster.tailnet.len()).filter(|&i| i != leader) {
+        cluster.net.set_delay(cluster.ip(leader), cluster.ip(i), delay);
     }
 }
 
@@ -40,32 +40,29 @@ fn slow_replication(world: &World, leader: usize, delay: Duration) {
 /// the caller's retry applied it twice.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_command_retried_after_an_unknown_outcome_is_applied_once() {
-    let world = World::new(3);
-    let nodes = world.start_all(|_| patient_config()).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| patient_config()).await;
+    let leader = cluster.leader();
     // A first command registers the leader's session (and is pooled).
-    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
-    slow_replication(&world, leader, Duration::from_millis(300));
-    let mut operation = nodes[leader].prepare(add("once", 1)).expect("prepared");
+    assert_eq!(cluster.node(leader).execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&cluster, leader, Duration::from_millis(300));
+    let mut operation = cluster.node(leader).prepare(add("once", 1)).expect("prepared");
     let first = operation.execute_within(Duration::from_millis(300)).await;
     assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
     // A command's timeout says so, and that it may still be applied.
     let text = first.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(text.contains("the command may still be applied"), "{text}");
-    slow_replication(&world, leader, Duration::ZERO);
+    slow_replication(&cluster, leader, Duration::ZERO);
     // The command was on its way: it commits, and the retry is answered
     // from the session.
-    wait_until_applied(&nodes[leader], "once").await;
+    wait_until_applied(cluster.node(leader), "once").await;
     let retried = operation.execute_within(Duration::from_secs(10)).await;
     assert_eq!(retried.expect("the retry learns the outcome"), 2, "the total after one add");
-    let applied = applied_tags(&nodes[leader]).await;
+    let applied = applied_tags(cluster.node(leader)).await;
     assert_eq!(applied, ["warm", "once"], "applied once");
     drop(operation);
     // Dropped, it gave its session back; the next command runs as usual.
-    assert_eq!(nodes[leader].execute(add("next", 1)).await.unwrap(), 3);
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    assert_eq!(cluster.node(leader).execute(add("next", 1)).await.unwrap(), 3);
+    cluster.shutdown().await;
 }
 
 /// Waits (with a deadline) until `node` has applied the command tagged `tag`.
@@ -123,22 +120,20 @@ async fn expire_sessions_used_until_now(
 /// applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_expired_before_the_first_attempt_is_replaced_transparently() {
-    let world = World::new(3);
-    let nodes = world.start_all(small_table).await;
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), small_table).await;
     // Node 0 runs a command; its session goes back to its pool.
-    assert_eq!(nodes[0].execute(add("a", 1)).await.unwrap(), 1);
+    assert_eq!(cluster.node(0).execute(add("a", 1)).await.unwrap(), 1);
     // Two commands at once on node 1 register two sessions: with a cap of
     // two, node 0's pooled session is evicted.
-    let (b, c) = tokio::join!(nodes[1].execute(add("b", 1)), nodes[1].execute(add("c", 1)));
+    let (b, c) =
+        tokio::join!(cluster.node(1).execute(add("b", 1)), cluster.node(1).execute(add("c", 1)));
     b.unwrap();
     c.unwrap();
     // Node 0's next command meets the expired session, and moves on.
-    assert_eq!(nodes[0].execute(add("d", 1)).await.expect("transparent"), 4);
-    let applied = applied_tags(&nodes[0]).await;
+    assert_eq!(cluster.node(0).execute(add("d", 1)).await.expect("transparent"), 4);
+    let applied = applied_tags(cluster.node(0)).await;
     assert_eq!(applied.iter().filter(|t| *t == "d").count(), 1, "{applied:?}");
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// If the session expires after an attempt whose outcome is unknown, the
@@ -146,29 +141,26 @@ async fn a_session_expired_before_the_first_attempt_is_replaced_transparently() 
 /// applies the command a second time in a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_expired_after_an_unknown_attempt_is_an_unknown_outcome() {
-    let world = World::new(3);
-    let nodes = world.start_all(short_lived_sessions).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), short_lived_sessions).await;
+    let leader = cluster.leader();
     let other = (leader + 1) % 3;
-    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
-    slow_replication(&world, leader, Duration::from_millis(300));
-    let mut operation = nodes[leader].prepare(add("lost", 1)).expect("prepared");
+    assert_eq!(cluster.node(leader).execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&cluster, leader, Duration::from_millis(300));
+    let mut operation = cluster.node(leader).prepare(add("lost", 1)).expect("prepared");
     let first = operation.execute_within(Duration::from_millis(300)).await;
     assert!(matches!(first, Err(Error::Timeout(_))), "{first:?}");
-    slow_replication(&world, leader, Duration::ZERO);
-    wait_until_applied(&nodes[leader], "lost").await;
+    slow_replication(&cluster, leader, Duration::ZERO);
+    wait_until_applied(cluster.node(leader), "lost").await;
     // Commands elsewhere, committed after the command, expire the
     // operation's session.
-    expire_sessions_used_until_now(&nodes[leader], &nodes[other]).await;
+    expire_sessions_used_until_now(cluster.node(leader), cluster.node(other)).await;
     for _ in 0..2 {
         let again = operation.execute_within(Duration::from_secs(10)).await;
         assert!(matches!(again, Err(Error::OutcomeUnknown(_))), "{again:?}");
     }
-    let applied = applied_tags(&nodes[leader]).await;
+    let applied = applied_tags(cluster.node(leader)).await;
     assert_eq!(applied.iter().filter(|t| *t == "lost").count(), 1, "{applied:?}");
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// Issue 12: an operation that had answered, executed again once its
@@ -177,23 +169,20 @@ async fn a_session_expired_after_an_unknown_attempt_is_an_unknown_outcome() {
 /// It answers what it answered before, without sending the command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_that_answered_answers_the_same_after_its_session_expired() {
-    let world = World::new(3);
-    let nodes = world.start_all(short_lived_sessions).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), short_lived_sessions).await;
+    let leader = cluster.leader();
     let other = (leader + 1) % 3;
-    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
-    let mut operation = nodes[leader].prepare(add("done", 1)).expect("prepared");
+    assert_eq!(cluster.node(leader).execute(add("warm", 1)).await.unwrap(), 1);
+    let mut operation = cluster.node(leader).prepare(add("done", 1)).expect("prepared");
     assert_eq!(operation.execute().await.expect("applied"), 2);
-    expire_sessions_used_until_now(&nodes[leader], &nodes[other]).await;
+    expire_sessions_used_until_now(cluster.node(leader), cluster.node(other)).await;
     for _ in 0..2 {
         let again = operation.execute_within(Duration::from_secs(10)).await;
         assert_eq!(again.expect("the answer it gave"), 2, "the total after that add");
     }
-    let applied = applied_tags(&nodes[leader]).await;
+    let applied = applied_tags(cluster.node(leader)).await;
     assert_eq!(applied.iter().filter(|t| *t == "done").count(), 1, "{applied:?}");
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// An attempt the caller abandons (its future dropped mid-call) counts as
@@ -201,26 +190,23 @@ async fn an_operation_that_answered_answers_the_same_after_its_session_expired()
 /// new session, where it could be applied a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_attempt_counts_as_an_unknown_outcome() {
-    let world = World::new(3);
-    let nodes = world.start_all(short_lived_sessions).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), short_lived_sessions).await;
+    let leader = cluster.leader();
     let other = (leader + 1) % 3;
-    assert_eq!(nodes[leader].execute(add("warm", 1)).await.unwrap(), 1);
-    slow_replication(&world, leader, Duration::from_millis(300));
-    let mut operation = nodes[leader].prepare(add("dropped", 1)).expect("prepared");
+    assert_eq!(cluster.node(leader).execute(add("warm", 1)).await.unwrap(), 1);
+    slow_replication(&cluster, leader, Duration::from_millis(300));
+    let mut operation = cluster.node(leader).prepare(add("dropped", 1)).expect("prepared");
     let abandoned =
         tokio::time::timeout(Duration::from_millis(300), operation.execute_within(WAIT)).await;
     assert!(abandoned.is_err(), "the attempt finished: {abandoned:?}");
-    slow_replication(&world, leader, Duration::ZERO);
-    wait_until_applied(&nodes[leader], "dropped").await;
-    expire_sessions_used_until_now(&nodes[leader], &nodes[other]).await;
+    slow_replication(&cluster, leader, Duration::ZERO);
+    wait_until_applied(cluster.node(leader), "dropped").await;
+    expire_sessions_used_until_now(cluster.node(leader), cluster.node(other)).await;
     let again = operation.execute_within(Duration::from_secs(10)).await;
     assert!(matches!(again, Err(Error::OutcomeUnknown(_))), "{again:?}");
-    let applied = applied_tags(&nodes[leader]).await;
+    let applied = applied_tags(cluster.node(leader)).await;
     assert_eq!(applied.iter().filter(|t| *t == "dropped").count(), 1, "{applied:?}");
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// Kept answers larger than the command API's default read limit: the
@@ -230,21 +216,17 @@ async fn an_abandoned_attempt_counts_as_an_unknown_outcome() {
 /// before it: session limits cannot change on a running cluster.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_starts_with_kept_answers_above_the_default_read_limit() {
-    let world = World::new(3);
     let max_response = cmd_rpc::CommandConfig::default().max_response;
-    let nodes = world
-        .start_all(|_| {
-            let mut config = fast_config();
-            config.sessions.max_answer_bytes = max_response + 1;
-            config
-        })
-        .await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| {
+        let mut config = fast_config();
+        config.sessions.max_answer_bytes = max_response + 1;
+        config
+    })
+    .await;
+    let leader = cluster.leader();
     let follower = (leader + 1) % 3;
-    assert_eq!(nodes[follower].execute(add("through a follower", 1)).await.unwrap(), 1);
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    assert_eq!(cluster.node(follower).execute(add("through a follower", 1)).await.unwrap(), 1);
+    cluster.shutdown().await;
 }
 
 /// A node whose pool holds many sessions that all expired while it was
@@ -254,22 +236,19 @@ async fn a_node_starts_with_kept_answers_above_the_default_read_limit() {
 /// after eight with a timeout for a command that was never applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_expired_sessions_is_forgotten_at_the_first_one() {
-    let world = World::new(3);
     let table = |_: usize| {
         let mut config = fast_config();
         config.sessions.max_sessions = 12;
         config
     };
-    let nodes = world.start_all(table).await;
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), table).await;
     // Node 0 runs twelve commands at once: twelve sessions in its pool.
-    at_once(&nodes[0], "a").await;
+    at_once(cluster.node(0), "a").await;
     // Node 1 registers twelve more: every one of node 0's is evicted.
-    at_once(&nodes[1], "b").await;
-    let answer = nodes[0].execute(add("after", 1)).await;
+    at_once(cluster.node(1), "b").await;
+    let answer = cluster.node(0).execute(add("after", 1)).await;
     assert_eq!(answer.expect("a new session, not eight expired ones"), 25);
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// Twelve commands through `node` at once, each in a session of its own.
@@ -292,31 +271,31 @@ async fn at_once(node: &consensus::Consensus<Tally>, prefix: &str) {
 /// session expired answered `OutcomeUnknown` for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_that_found_no_leader_leaves_its_operation_known_not_applied() {
-    let world = World::new(3);
-    let nodes = world.start_all(small_table).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), small_table).await;
+    let leader = cluster.leader();
     let (cut, other) = ((leader + 1) % 3, (leader + 2) % 3);
     // A command through the node to be cut off pools its session there.
-    assert_eq!(nodes[cut].execute(add("warm", 1)).await.unwrap(), 1);
-    world.net.partition_set(&[ip(cut)]);
+    assert_eq!(cluster.node(cut).execute(add("warm", 1)).await.unwrap(), 1);
+    cluster.net.partition_set(&[cluster.ip(cut)]);
     eventually(WAIT, "the cut-off node knows no leader", async || {
-        nodes[cut].metrics().leader.is_none()
+        cluster.node(cut).metrics().leader.is_none()
     })
     .await;
-    let mut operation = nodes[cut].prepare(add("unsent", 1)).expect("prepared");
+    let mut operation = cluster.node(cut).prepare(add("unsent", 1)).expect("prepared");
     let first = operation.execute_within(Duration::from_millis(500)).await;
     assert!(matches!(first, Err(Error::NoLeader { .. })), "{first:?}");
-    world.net.heal_all();
+    cluster.net.heal_all();
     // Two new sessions elsewhere evict the operation's.
-    let (b, c) = tokio::join!(nodes[other].execute(add("b", 1)), nodes[other].execute(add("c", 1)));
+    let (b, c) = tokio::join!(
+        cluster.node(other).execute(add("b", 1)),
+        cluster.node(other).execute(add("c", 1))
+    );
     b.unwrap();
     c.unwrap();
     let again = operation.execute_within(WAIT).await;
     assert_eq!(again.expect("applied in a new session"), 4, "warm, b, c and this one");
-    let applied = applied_tags(&nodes[other]).await;
+    let applied = applied_tags(cluster.node(other)).await;
     assert_eq!(applied.iter().filter(|t| *t == "unsent").count(), 1, "{applied:?}");
     drop(operation);
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }

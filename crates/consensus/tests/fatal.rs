@@ -4,13 +4,12 @@
 //! get there: the state machine panics in `apply`, the leader's fsync fails,
 //! raft's own core panics.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use consensus::{Config, Consensus, Consistency, Error, StopMode, StorageFaults};
-use test_support::eventually;
+use consensus::{Config, Consensus, Consistency, Error, StorageFaults};
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::tally::{Tally, TallyCommand, add};
+use test_support::{eventually, fast_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::Transport as _;
 
@@ -47,16 +46,16 @@ async fn monitor(node: &Consensus<Tally>, path: &str) -> String {
 /// A raw `POST path` to node `to`'s command API from node `from`: the
 /// status code and body.
 async fn command_api(
-    world: &World,
+    cluster: &MemCluster<Tally>,
     from: usize,
     to: usize,
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut stream = world
+    let mut stream = cluster
         .net
-        .node(ip(from))
-        .dial(ip(to), COMMAND_PORT, Duration::from_secs(2))
+        .node(cluster.ip(from))
+        .dial(cluster.ip(to), COMMAND_PORT, Duration::from_secs(2))
         .await
         .expect("dial the command port");
     let request = format!(
@@ -75,20 +74,19 @@ async fn command_api(
 }
 
 /// Whether node `i`'s raft port still accepts a connection that stays open.
-async fn raft_port_open(world: &World, from: usize, i: usize) -> bool {
-    let dialed = world.net.node(ip(from)).dial(ip(i), RAFT_PORT, Duration::from_secs(1)).await;
+async fn raft_port_open(cluster: &MemCluster<Tally>, from: usize, i: usize) -> bool {
+    let dialed = cluster
+        .net
+        .node(cluster.ip(from))
+        .dial(cluster.ip(i), RAFT_PORT, Duration::from_secs(1))
+        .await;
     dialed.is_ok()
 }
 
 /// Checks every surface of a node that stopped on a fatal error whose
 /// reason contains `expected`.
-async fn assert_stopped_everywhere(
-    world: &World,
-    nodes: &[Consensus<Tally>],
-    i: usize,
-    expected: &str,
-) {
-    let node = &nodes[i];
+async fn assert_stopped_everywhere(cluster: &MemCluster<Tally>, i: usize, expected: &str) {
+    let node = cluster.node(i);
     let stopped = node.wait_for(WAIT, |m| m.fatal.is_some()).await.expect("fatal is reported");
     let why = stopped.fatal.clone().unwrap();
     assert!(why.contains(expected), "metrics().fatal = {why:?}, expected {expected:?}");
@@ -110,7 +108,7 @@ async fn assert_stopped_everywhere(
         let read = node.read((), consistency).await;
         assert!(matches!(read, Err(Error::Fatal { .. })), "read {consistency:?}: {read:?}");
     }
-    let peer = (i + 1) % world.n;
+    let peer = (i + 1) % cluster.tailnet.len();
     for path in ["/v1/execute", "/v1/session", "/v1/read"] {
         let body = match path {
             "/v1/execute" => {
@@ -119,24 +117,19 @@ async fn assert_stopped_everywhere(
             "/v1/read" => r#"{"query":null,"consistency":"local"}"#,
             _ => "{}",
         };
-        let (status, answer) = command_api(world, peer, i, path, body).await;
+        let (status, answer) = command_api(cluster, peer, i, path, body).await;
         assert_eq!(status, 500, "{path}: {answer}");
         let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
         assert_eq!(answer["code"], "fatal", "{path}: {answer}");
     }
-    eventually(WAIT, "the raft port closes", async || !raft_port_open(world, peer, i).await).await;
+    eventually(WAIT, "the raft port closes", async || !raft_port_open(cluster, peer, i).await)
+        .await;
 }
 
 async fn healthy(node: &Consensus<Tally>) {
     assert_eq!(node.metrics().fatal, None);
     let metrics = monitor(node, "/metrics").await;
     assert!(metrics.lines().any(|l| l == "tsconsensus_fatal 0"), "/metrics:\n{metrics}");
-}
-
-async fn stop_all(nodes: Vec<Consensus<Tally>>) {
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
 }
 
 /// A command that panics the state machine stops every replica that
@@ -146,61 +139,61 @@ async fn stop_all(nodes: Vec<Consensus<Tally>>) {
 /// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_apply_is_reported_everywhere_and_stops_serving() {
-    let world = World::new(3);
     let faults: Vec<_> = (0..3).map(|_| StorageFaults::new()).collect();
-    let nodes = world.start_all(|i| config(&faults[i], None, i)).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |i| config(&faults[i], None, i)).await;
+    let leader = cluster.leader();
     let caller = (leader + 1) % 3;
-    healthy(&nodes[caller]).await;
-    assert_eq!(nodes[caller].execute(add("fine", 1)).await.unwrap(), 1);
-    let panicked = nodes[caller].execute_within(TallyCommand::Panic, Duration::from_secs(3)).await;
+    healthy(cluster.node(caller)).await;
+    assert_eq!(cluster.node(caller).execute(add("fine", 1)).await.unwrap(), 1);
+    let panicked =
+        cluster.node(caller).execute_within(TallyCommand::Panic, Duration::from_secs(3)).await;
     assert!(panicked.is_err(), "{panicked:?}");
-    assert_stopped_everywhere(&world, &nodes, leader, "asked to panic by the test").await;
+    assert_stopped_everywhere(&cluster, leader, "asked to panic by the test").await;
     for i in (0..3).filter(|&i| i != leader) {
-        if nodes[i].metrics().fatal.is_some() {
-            assert_stopped_everywhere(&world, &nodes, i, "asked to panic by the test").await;
+        if cluster.node(i).metrics().fatal.is_some() {
+            assert_stopped_everywhere(&cluster, i, "asked to panic by the test").await;
         }
     }
-    stop_all(nodes).await;
+    cluster.shutdown().await;
 }
 
 /// The leader's fsync fails: it stops and says why on every surface; the
 /// others elect a leader and serve on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_is_reported_everywhere_and_stops_serving() {
-    let world = World::new(3);
     let dir = tempfile::tempdir().unwrap();
     let faults: Vec<_> = (0..3).map(|_| StorageFaults::new()).collect();
-    let nodes = world.start_all(|i| config(&faults[i], Some(&dir), i)).await;
-    let leader = leader_of(&nodes);
-    assert_eq!(nodes[leader].execute(add("before", 1)).await.unwrap(), 1);
+    let cluster =
+        MemCluster::<Tally>::start(Tailnet::of(3), |i| config(&faults[i], Some(&dir), i)).await;
+    let leader = cluster.leader();
+    assert_eq!(cluster.node(leader).execute(add("before", 1)).await.unwrap(), 1);
     faults[leader].fail_next_fsync();
-    let failed = nodes[leader].execute(add("lost", 1)).await;
+    let failed = cluster.node(leader).execute(add("lost", 1)).await;
     assert!(failed.is_err(), "a write whose fsync failed succeeded: {failed:?}");
-    assert_stopped_everywhere(&world, &nodes, leader, "fsync failed").await;
+    assert_stopped_everywhere(&cluster, leader, "fsync failed").await;
     let other = (leader + 1) % 3;
-    healthy(&nodes[other]).await;
-    nodes[other]
-        .wait_for(WAIT, |m| m.leader.is_some_and(|l| l != nodes[leader].id()))
+    healthy(cluster.node(other)).await;
+    cluster
+        .node(other)
+        .wait_for(WAIT, |m| m.leader.is_some_and(|l| l != cluster.node(leader).id()))
         .await
         .expect("the others elect a new leader");
-    let total = nodes[other].execute(add("after", 1)).await.expect("the others serve on");
+    let total = cluster.node(other).execute(add("after", 1)).await.expect("the others serve on");
     assert!(total == 2 || total == 3, "total {total}");
-    stop_all(nodes).await;
+    cluster.shutdown().await;
 }
 
 /// Raft's core task panics (a log write panics inside it, with memory
 /// storage): openraft's metrics never say so, the node must.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_raft_core_is_reported_everywhere_and_stops_serving() {
-    let world = World::new(3);
     let faults: Vec<_> = (0..3).map(|_| StorageFaults::new()).collect();
-    let nodes = world.start_all(|i| config(&faults[i], None, i)).await;
-    let leader = leader_of(&nodes);
-    assert_eq!(nodes[leader].execute(add("before", 1)).await.unwrap(), 1);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |i| config(&faults[i], None, i)).await;
+    let leader = cluster.leader();
+    assert_eq!(cluster.node(leader).execute(add("before", 1)).await.unwrap(), 1);
     faults[leader].panic_next_write();
-    let failed = nodes[leader].execute_within(add("boom", 1), Duration::from_secs(3)).await;
+    let failed = cluster.node(leader).execute_within(add("boom", 1), Duration::from_secs(3)).await;
     assert!(failed.is_err(), "{failed:?}");
-    assert_stopped_everywhere(&world, &nodes, leader, "panicked").await;
-    stop_all(nodes).await;
+    assert_stopped_everywhere(&cluster, leader, "panicked").await;
+    cluster.shutdown().await;
 }

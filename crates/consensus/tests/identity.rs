@@ -12,17 +12,15 @@
 //!   drops.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consensus::{BootstrapOptions, Config, Consensus, Consistency, Error, Role, StopMode, Timing};
-use test_support::cluster;
+use consensus::{Config, Consensus, Consistency, Error, Role, StopMode, Timing};
+use test_support::cluster::{MemCluster, Tailnet};
 use test_support::kv::{KvCommand, KvQuery, KvStore};
 use test_support::{Rng, fast_timing, seeds_from_env};
-use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
-use ts_transport::{Faults, MemNetwork, Transport};
+use ts_transport::{Faults, Transport};
 
 const TAG: &str = "tag:id";
 const WAIT: Duration = Duration::from_secs(30);
@@ -30,94 +28,66 @@ const WAIT: Duration = Duration::from_secs(30);
 /// configured for another port finds nothing listening).
 const CLUSTER_PORT: u16 = 7001;
 
-fn ip(i: usize) -> IpAddr {
-    cluster::ip(4, i)
-}
-
-fn tailnet_node(name: &str, i: usize, online: bool) -> TailnetNode {
-    TailnetNode { online, ..cluster::tailnet_node(TAG, 4, i, name, name) }
-}
-
 fn timing(start_timeout: Duration) -> Timing {
     Timing { start_timeout, max_staleness: Duration::from_secs(60), ..fast_timing() }
 }
 
-/// Nodes named `names[i]` at `ip(i)`, each seeing every other one tagged
-/// and online, optionally with durable state in a temporary directory.
-struct World {
-    net: MemNetwork,
-    names: Vec<String>,
-    dirs: Option<tempfile::TempDir>,
-    views: Vec<Arc<StaticDiscovery>>,
-}
-
-impl World {
-    fn new(names: &[&str], durable: bool) -> World {
-        let tailnet = cluster::Tailnet::named(TAG, 4, names);
-        let views = (0..names.len()).map(|i| tailnet.discovery(i)).collect();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        World {
-            net: MemNetwork::new(),
-            names,
-            dirs: durable.then(|| tempfile::tempdir().expect("temp dir")),
-            views,
-        }
-    }
-
-    fn dir(&self, i: usize) -> Option<PathBuf> {
-        self.dirs.as_ref().map(|d| d.path().join(&self.names[i]))
-    }
-
-    fn config(&self, i: usize, start_timeout: Duration) -> Config {
-        Config {
-            monitor_port: None,
-            state_dir: self.dir(i),
-            command_port: CLUSTER_PORT,
-            timing: timing(start_timeout),
-            ..Config::default()
-        }
-    }
-
-    fn start_on(
-        &self,
-        i: usize,
-        transport: Arc<dyn Transport>,
-        expected: usize,
-        config: Config,
-    ) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
-        let bootstrap =
-            BootstrapOptions { tag: TAG.to_owned(), follow_only: false, expected_size: expected };
-        Consensus::start_with(
-            transport,
-            self.views[i].clone(),
-            KvStore::default(),
-            bootstrap,
-            config,
-        )
-    }
-
-    fn start(
-        &self,
-        i: usize,
-        expected: usize,
-    ) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
-        self.start_on(i, Arc::new(self.net.node(ip(i))), expected, self.config(i, WAIT))
+/// A node's configuration: its state directory (none: memory storage) and
+/// how long its start may take.
+fn config(dir: Option<&Path>, start_timeout: Duration) -> Config {
+    Config {
+        monitor_port: None,
+        state_dir: dir.map(Path::to_owned),
+        command_port: CLUSTER_PORT,
+        timing: timing(start_timeout),
+        ..Config::default()
     }
 }
 
-async fn start_all(world: &World, expected: usize) -> Vec<Consensus<KvStore>> {
-    let starts: Vec<_> =
-        (0..world.names.len()).map(|i| tokio::spawn(world.start(i, expected))).collect();
-    let mut nodes = Vec::new();
-    for (i, start) in starts.into_iter().enumerate() {
-        nodes.push(start.await.expect("start task").unwrap_or_else(|e| panic!("node {i}: {e}")));
+/// Nodes named `names[i]` on subnet 4, each seeing every other one tagged
+/// and online, optionally with durable state; all started at once, with a
+/// leader.
+async fn start_all(names: &[&str], durable: bool) -> MemCluster<KvStore> {
+    let tailnet = Tailnet::named(TAG, 4, names);
+    if durable {
+        MemCluster::start_durable(tailnet, |_, dir| config(Some(dir), WAIT)).await
+    } else {
+        MemCluster::start(tailnet, |_| config(None, WAIT)).await
     }
-    cluster::wait_for_leader(&nodes, nodes.len()).await;
-    nodes
 }
 
-fn leader_of(nodes: &[Option<Consensus<KvStore>>]) -> usize {
-    nodes
+/// Starts node `i` of `cluster` over `transport`, expecting `expected`
+/// nodes to form the cluster (a future that owns what it needs, to spawn).
+fn start_on(
+    cluster: &MemCluster<KvStore>,
+    i: usize,
+    transport: Arc<dyn Transport>,
+    expected: usize,
+    config: Config,
+) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
+    Consensus::start_with(
+        transport,
+        cluster.discovery[i].clone(),
+        KvStore::default(),
+        cluster.tailnet.bootstrap(expected),
+        config,
+    )
+}
+
+/// [`start_on`] over node `i`'s own address, on its state directory.
+fn start(
+    cluster: &MemCluster<KvStore>,
+    i: usize,
+    expected: usize,
+) -> impl Future<Output = Result<Consensus<KvStore>, Error>> + 'static {
+    let config = config(cluster.dirs.get(i).map(PathBuf::as_path), WAIT);
+    start_on(cluster, i, Arc::new(cluster.net.node(cluster.ip(i))), expected, config)
+}
+
+/// The node whose role is leader.
+fn leader_of(cluster: &MemCluster<KvStore>) -> usize {
+    cluster
+        .nodes
         .iter()
         .position(|n| n.as_ref().is_some_and(|n| n.metrics().role == Role::Leader))
         .expect("a leader")
@@ -133,8 +103,9 @@ async fn get(kv: &Consensus<KvStore>, key: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("linearizable read of {key} on {}: {e}", kv.id()))
 }
 
-async fn stop_all(nodes: Vec<Option<Consensus<KvStore>>>) {
-    for node in nodes.into_iter().flatten() {
+/// Stops every running node; a node may have stopped on its own.
+async fn stop_all(cluster: MemCluster<KvStore>) {
+    for node in cluster.nodes.into_iter().flatten() {
         let _ = node.stop(StopMode::Stay).await;
     }
 }
@@ -145,23 +116,22 @@ async fn stop_all(nodes: Vec<Option<Consensus<KvStore>>>) {
 /// in (C lacks the write); once A is back, the write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_write_survives() {
-    let world = World::new(&["id-a", "id-b", "id-c"], true);
-    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
-    let a = leader_of(&nodes);
+    let mut cluster = start_all(&["id-a", "id-b", "id-c"], true).await;
+    let a = leader_of(&cluster);
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
-    let old_b = nodes[b].as_ref().unwrap().id();
-    world.net.isolate(ip(c));
-    nodes[a].as_ref().unwrap().execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    let old_b = cluster.node(b).id();
+    cluster.net.isolate(cluster.ip(c));
+    cluster.node(a).execute(put("k1", "v")).await.expect("write acknowledged by A+B");
     // kill A; kill B and delete its raft state.
-    nodes[a].take().unwrap().stop(StopMode::Stay).await.unwrap();
-    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
-    std::fs::remove_dir_all(world.dir(b).unwrap()).unwrap();
+    cluster.nodes[a].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    cluster.nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    std::fs::remove_dir_all(&cluster.dirs[b]).unwrap();
     // B restarts with the same tailnet identity and empty state.
-    let restarted_b = tokio::spawn(world.start(b, 3));
-    world.net.heal_all();
+    let restarted_b = tokio::spawn(start(&cluster, b, 3));
+    cluster.net.heal_all();
     // C is healed; B is back with an empty log. Without A nothing may be
     // elected: a leader now could only be C, voted in by an amnesiac B.
-    let kv_c = nodes[c].as_ref().unwrap();
+    let kv_c = cluster.node(c);
     let elected = kv_c.wait_for(Duration::from_secs(5), |m| m.role == Role::Leader).await;
     assert!(
         elected.is_err(),
@@ -169,7 +139,7 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
         kv_c.metrics()
     );
     // A comes back with its state: the write is there.
-    let kv_a = world.start(a, 3).await.expect("A restarts from its state");
+    let kv_a = start(&cluster, a, 3).await.expect("A restarts from its state");
     kv_a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
     assert_eq!(get(&kv_a, "k1").await, serde_json::json!("v"), "acknowledged write lost");
     assert_eq!(get(kv_c, "k1").await, serde_json::json!("v"), "acknowledged write lost on C");
@@ -181,9 +151,9 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
     assert!(!members.contains(&old_b), "B's old incarnation is still a member: {members:?}");
     assert!(members.contains(&kv_b.id()), "B's new incarnation is not a member: {members:?}");
     assert_eq!(get(&kv_b, "k1").await, serde_json::json!("v"));
-    nodes[a] = Some(kv_a);
-    nodes[b] = Some(kv_b);
-    stop_all(nodes).await;
+    cluster.nodes[a] = Some(kv_a);
+    cluster.nodes[b] = Some(kv_b);
+    stop_all(cluster).await;
 }
 
 /// The same with memory storage, where every restart loses the state: B
@@ -191,31 +161,30 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
 /// win with B's vote; the write survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_memory_storage_a_restarted_node_never_votes_in_its_old_configuration() {
-    let world = World::new(&["mem-a", "mem-b", "mem-c"], false);
-    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
-    let a = leader_of(&nodes);
+    let mut cluster = start_all(&["mem-a", "mem-b", "mem-c"], false).await;
+    let a = leader_of(&cluster);
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
-    let old_b = nodes[b].as_ref().unwrap().id();
-    world.net.isolate(ip(c));
-    nodes[a].as_ref().unwrap().execute(put("k1", "v")).await.expect("write acknowledged by A+B");
-    let term_a = nodes[a].as_ref().unwrap().metrics().term;
+    let old_b = cluster.node(b).id();
+    cluster.net.isolate(cluster.ip(c));
+    cluster.node(a).execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    let term_a = cluster.node(a).metrics().term;
     // C campaigns alone, so its term passes A's.
-    nodes[c].as_ref().unwrap().wait_for(WAIT, |m| m.term > term_a + 1).await.unwrap();
-    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
-    let restarted_b = tokio::spawn(world.start(b, 3));
-    world.net.heal_all();
+    cluster.node(c).wait_for(WAIT, |m| m.term > term_a + 1).await.unwrap();
+    cluster.nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    let restarted_b = tokio::spawn(start(&cluster, b, 3));
+    cluster.net.heal_all();
     let kv_b = restarted_b.await.unwrap().expect("B rejoins");
-    nodes[b] = Some(kv_b);
-    for (i, kv) in nodes.iter().enumerate() {
+    cluster.nodes[b] = Some(kv_b);
+    for (i, kv) in cluster.nodes.iter().enumerate() {
         let kv = kv.as_ref().unwrap();
         assert_eq!(get(kv, "k1").await, serde_json::json!("v"), "acknowledged write lost on {i}");
     }
-    assert_ne!(nodes[b].as_ref().unwrap().id(), old_b, "B came back under its old raft id");
-    let leader = leader_of(&nodes);
-    let kv = nodes[leader].as_ref().unwrap();
+    assert_ne!(cluster.node(b).id(), old_b, "B came back under its old raft id");
+    let leader = leader_of(&cluster);
+    let kv = cluster.node(leader);
     kv.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.unwrap();
     assert!(kv.members().iter().all(|m| m.id != old_b), "B's old incarnation is still a member");
-    stop_all(nodes).await;
+    stop_all(cluster).await;
 }
 
 /// How a fresh node's probes of the running cluster fail.
@@ -231,50 +200,39 @@ enum ProbeFault {
 
 async fn fresh_node_next_to_a_cluster(fault: ProbeFault) {
     // "aa" sorts before the others (by name, and by the old hash ids too).
-    let world = World::new(&["n1", "n2", "n3", "aa"], false);
-    let members: Vec<Consensus<KvStore>> = {
-        // The cluster's views do not show "aa" yet.
-        let three: Vec<TailnetNode> =
-            (0..3).map(|i| tailnet_node(&world.names[i], i, true)).collect();
-        for i in 0..3 {
-            let peers = three.iter().filter(|n| n.id != three[i].id).cloned();
-            world.views[i].set(ClusterView::new(TAG, three[i].clone(), peers));
-        }
-        let starts: Vec<_> = (0..3).map(|i| tokio::spawn(world.start(i, 3))).collect();
-        let mut nodes = Vec::new();
-        for start in starts {
-            nodes.push(start.await.unwrap().unwrap());
-        }
-        nodes
-    };
-    for kv in &members {
+    let mut cluster = MemCluster::<KvStore>::new(Tailnet::named(TAG, 4, &["n1", "n2", "n3", "aa"]));
+    // The cluster's views do not show "aa" yet.
+    let aa = cluster.tailnet.node(3);
+    cluster.show(3, None);
+    let starts: Vec<_> = (0..3).map(|i| tokio::spawn(start(&cluster, i, 3))).collect();
+    for (i, start) in starts.into_iter().enumerate() {
+        cluster.nodes[i] = Some(start.await.unwrap().unwrap());
+    }
+    for kv in cluster.running() {
         kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
     }
-    members[0].execute(put("before", "1")).await.unwrap();
+    cluster.node(0).execute(put("before", "1")).await.unwrap();
     if !matches!(fault, ProbeFault::Forbidden) {
         // Now the cluster sees "aa" tagged too.
-        for (i, view) in world.views.iter().enumerate().take(3) {
-            let peers = (0..4).filter(|j| *j != i).map(|j| tailnet_node(&world.names[j], j, true));
-            view.set(ClusterView::new(TAG, tailnet_node(&world.names[i], i, true), peers));
-        }
+        cluster.show_to(3, Some(aa), &[0, 1, 2]);
     }
     let faults = Faults::new(12);
     let transport: Arc<dyn Transport> = match fault {
         ProbeFault::Timeout => {
             for i in 0..3 {
-                faults.block(ip(i));
+                faults.block(cluster.ip(i));
             }
-            Arc::new(faults.wrap(Arc::new(world.net.node(ip(3)))))
+            Arc::new(faults.wrap(Arc::new(cluster.net.node(cluster.ip(3)))))
         }
-        _ => Arc::new(world.net.node(ip(3))),
+        _ => Arc::new(cluster.net.node(cluster.ip(3))),
     };
-    let mut config = world.config(3, Duration::from_secs(6));
+    let mut config = config(None, Duration::from_secs(6));
     if matches!(fault, ProbeFault::Refused) {
         // The cluster listens on 7001; this node probes 7999 and 6271.
         config.command_port = 7999;
     }
     let started = Instant::now();
-    let outcome = world.start_on(3, transport, 1, config).await;
+    let outcome = start_on(&cluster, 3, transport, 1, config).await;
     match outcome {
         Ok(kv) => {
             let metrics = kv.metrics();
@@ -290,10 +248,10 @@ async fn fresh_node_next_to_a_cluster(fault: ProbeFault) {
         Err(other) => panic!("{fault:?}: unexpected error {other}"),
     }
     // The cluster is untouched.
-    let leader = members.iter().find(|n| n.metrics().role == Role::Leader).unwrap();
+    let leader = cluster.running().find(|n| n.metrics().role == Role::Leader).unwrap();
     assert_eq!(leader.metrics().voters, 3);
     assert_eq!(get(leader, "before").await, serde_json::json!("1"));
-    stop_all(members.into_iter().map(Some).collect()).await;
+    stop_all(cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,10 +281,12 @@ async fn fresh_nodes_started_together_form_exactly_one_cluster() {
     for seed in seeds_from_env("IDENTITY_SEED", &[1, 2, 3, 4]) {
         eprintln!("seed {seed} (replay with IDENTITY_SEED={seed})");
         let mut rng = Rng::new(seed);
-        let world = World::new(&["s0", "s1", "s2", "s3", "s4"], false);
+        let mut cluster =
+            MemCluster::<KvStore>::new(Tailnet::named(TAG, 4, &["s0", "s1", "s2", "s3", "s4"]));
         for i in 0..5 {
             for j in i + 1..5 {
-                world.net.set_delay(ip(i), ip(j), Duration::from_millis(rng.below(8)));
+                let delay = Duration::from_millis(rng.below(8));
+                cluster.net.set_delay(cluster.ip(i), cluster.ip(j), delay);
             }
         }
         let expected = 3 + rng.below(3) as usize;
@@ -334,7 +294,7 @@ async fn fresh_nodes_started_together_form_exactly_one_cluster() {
         eprintln!("seed {seed}: expected_size {expected}, start delays {delays:?} ms");
         let starts: Vec<_> = (0..5)
             .map(|i| {
-                let start = world.start(i, expected);
+                let start = start(&cluster, i, expected);
                 let delay = Duration::from_millis(delays[i]);
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -342,26 +302,26 @@ async fn fresh_nodes_started_together_form_exactly_one_cluster() {
                 })
             })
             .collect();
-        let mut nodes = Vec::new();
         for (i, start) in starts.into_iter().enumerate() {
             let kv = start.await.unwrap().unwrap_or_else(|e| panic!("seed {seed}: node {i}: {e}"));
-            nodes.push(kv);
+            cluster.nodes[i] = Some(kv);
         }
-        for kv in &nodes {
+        for kv in cluster.running() {
             kv.wait_for(WAIT, |m| m.voters == 5 && m.learners == 0 && m.leader.is_some())
                 .await
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         }
-        let leaders: BTreeSet<Option<u64>> = nodes.iter().map(|kv| kv.metrics().leader).collect();
+        let leaders: BTreeSet<Option<u64>> =
+            cluster.running().map(|kv| kv.metrics().leader).collect();
         assert_eq!(leaders.len(), 1, "seed {seed}: nodes disagree on the leader: {leaders:?}");
         let configurations: BTreeSet<Vec<u64>> =
-            nodes.iter().map(|kv| kv.members().iter().map(|m| m.id).collect()).collect();
+            cluster.running().map(|kv| kv.members().iter().map(|m| m.id).collect()).collect();
         assert_eq!(
             configurations.len(),
             1,
             "seed {seed}: more than one cluster: {configurations:?}"
         );
-        stop_all(nodes.into_iter().map(Some).collect()).await;
+        stop_all(cluster).await;
     }
 }
 
@@ -370,12 +330,11 @@ async fn fresh_nodes_started_together_form_exactly_one_cluster() {
 /// never sees fewer voters than before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_incarnation_is_replaced_in_one_change() {
-    let world = World::new(&["r-a", "r-b", "r-c"], false);
-    let mut nodes: Vec<Option<_>> = start_all(&world, 3).await.into_iter().map(Some).collect();
-    let a = leader_of(&nodes);
+    let mut cluster = start_all(&["r-a", "r-b", "r-c"], false).await;
+    let a = leader_of(&cluster);
     let b = (a + 1) % 3;
-    let old_b = nodes[b].as_ref().unwrap().id();
-    let leader = nodes[a].as_ref().unwrap().clone();
+    let old_b = cluster.node(b).id();
+    let leader = cluster.node(a).clone();
     // Every configuration the leader goes through, in order.
     let history: Arc<Mutex<Vec<BTreeMap<u64, bool>>>> = Arc::default();
     let recorder = {
@@ -401,8 +360,8 @@ async fn a_stale_incarnation_is_replaced_in_one_change() {
             }
         })
     };
-    nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
-    let kv_b = world.start(b, 3).await.expect("B rejoins");
+    cluster.nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
+    let kv_b = start(&cluster, b, 3).await.expect("B rejoins");
     let new_b = kv_b.id();
     assert_ne!(new_b, old_b, "a node without state came back under its old raft id");
     leader
@@ -422,6 +381,6 @@ async fn a_stale_incarnation_is_replaced_in_one_change() {
             "both incarnations voters outside the joint change: {history:?}"
         );
     }
-    nodes[b] = Some(kv_b);
-    stop_all(nodes).await;
+    cluster.nodes[b] = Some(kv_b);
+    stop_all(cluster).await;
 }

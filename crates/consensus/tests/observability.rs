@@ -3,14 +3,14 @@
 //! `/metrics` parsed as Prometheus text, every family typed, counters only
 //! growing, histograms well formed, each counter moved by what it counts.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
 use consensus::{Config, Consensus};
-use test_support::eventually_every;
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::http::http;
+use test_support::tally::{Tally, TallyCommand, add};
+use test_support::{eventually_every, fast_config};
 use tokio::io::AsyncWriteExt;
 use ts_transport::Transport as _;
 
@@ -35,32 +35,32 @@ async fn until(node: &Consensus<Tally>, path: &str, check: impl Fn(u16, &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_endpoints_follow_leader_quorum_and_fatal_errors() {
-    let world = World::new(3);
-    let nodes = world.start_all(|_| config()).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| config()).await;
+    let leader = cluster.leader();
     let follower = (leader + 1) % 3;
-    for node in &nodes {
+    for node in cluster.running() {
         assert_eq!(get(node, "/healthz").await, (200, r#"{"status":"ok"}"#.to_owned()));
         until(node, "/readyz", |s, _| s == 200).await;
     }
-    let (_, ready) = get(&nodes[follower], "/readyz").await;
+    let (_, ready) = get(cluster.node(follower), "/readyz").await;
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], serde_json::json!(true));
     assert_eq!(ready["reasons"], serde_json::json!([]));
 
     // A follower cut off loses its leader: not ready, still alive.
-    world.net.isolate(ip(follower));
-    let body = until(&nodes[follower], "/readyz", |s, _| s == 503).await;
+    cluster.net.isolate(cluster.ip(follower));
+    let body = until(cluster.node(follower), "/readyz", |s, _| s == 503).await;
     assert!(body.contains("no leader known"), "{body}");
-    assert_eq!(get(&nodes[follower], "/healthz").await.0, 200);
+    assert_eq!(get(cluster.node(follower), "/healthz").await.0, 200);
     // A leader cut off from both followers keeps its role in openraft 0.9,
     // but no quorum acknowledges it.
     let other = (leader + 2) % 3;
-    world.net.isolate(ip(other));
-    let body = until(&nodes[leader], "/readyz", |s, b| s == 503 && b.contains("quorum")).await;
+    cluster.net.isolate(cluster.ip(other));
+    let body =
+        until(cluster.node(leader), "/readyz", |s, b| s == 503 && b.contains("quorum")).await;
     assert!(body.contains("no quorum has acknowledged it"), "{body}");
-    world.net.heal_all();
-    for node in &nodes {
+    cluster.net.heal_all();
+    for node in cluster.running() {
         until(node, "/readyz", |s, _| s == 200).await;
     }
 
@@ -69,9 +69,9 @@ async fn health_endpoints_follow_leader_quorum_and_fatal_errors() {
     // it learned the commit before the fatal leader stopped serving. So
     // every node ends either fatal (both endpoints say why) or alive
     // without a leader (not ready), and at least one is fatal.
-    let _ = nodes[leader].execute(TallyCommand::Panic).await;
+    let _ = cluster.node(leader).execute(TallyCommand::Panic).await;
     let mut fatal = 0;
-    for node in &nodes {
+    for node in cluster.running() {
         let ready = until(node, "/readyz", |s, _| s == 503).await;
         let (status, health) = get(node, "/healthz").await;
         if status == 503 {
@@ -84,7 +84,7 @@ async fn health_endpoints_follow_leader_quorum_and_fatal_errors() {
         }
     }
     assert!(fatal >= 1, "the node that applied the command first is fatal");
-    for node in nodes {
+    for node in cluster.nodes.into_iter().flatten() {
         let _ = node.stop(consensus::StopMode::Stay).await;
     }
 }
@@ -267,24 +267,27 @@ fn check_shapes(scrape: &Scrape) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_each_counter_counts_what_it_says() {
-    let world = World::new(3);
-    let nodes = world.start_all(|_| Config { snapshot_every: 10, ..config() }).await;
-    let leader = leader_of(&nodes);
+    let cluster =
+        MemCluster::<Tally>::start(Tailnet::of(3), |_| Config { snapshot_every: 10, ..config() })
+            .await;
+    let leader = cluster.leader();
     let follower = (leader + 1) % 3;
     for k in 0..10 {
-        nodes[follower].execute(add(&format!("f{k}"), 1)).await.unwrap();
-        nodes[leader].execute(add(&format!("l{k}"), 1)).await.unwrap();
+        cluster.node(follower).execute(add(&format!("f{k}"), 1)).await.unwrap();
+        cluster.node(leader).execute(add(&format!("l{k}"), 1)).await.unwrap();
     }
     // One that fails: a deadline too short to be met. No attempt was
     // made, so it was not applied, and says so (issue 12: before, it was
     // a `timeout`, "may still be applied").
-    let short = nodes[follower].execute_within(add("late", 1), Duration::ZERO).await;
+    let short = cluster.node(follower).execute_within(add("late", 1), Duration::ZERO).await;
     let short = short.expect_err("no time for an attempt").to_string();
     assert!(short.starts_with("not applied"), "{short}");
     // Refused peers: a stranger dials the raft and command ports.
-    let stranger = world.net.node(std::net::IpAddr::from([10, 9, 9, 9]));
+    let stranger = cluster.net.node(std::net::IpAddr::from([10, 9, 9, 9]));
     for port in [Config::default().raft_port, Config::default().command_port] {
-        if let Ok(mut stream) = stranger.dial(ip(leader), port, Duration::from_secs(2)).await {
+        if let Ok(mut stream) =
+            stranger.dial(cluster.ip(leader), port, Duration::from_secs(2)).await
+        {
             let _ = stream.write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: x\r\n\r\n").await;
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 let mut sink = Vec::new();
@@ -294,7 +297,7 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
         }
     }
     let scrape = |i: usize| {
-        let node = &nodes[i];
+        let node = cluster.node(i);
         async move {
             let (status, text) = get(node, "/metrics").await;
             assert_eq!(status, 200);
@@ -343,7 +346,7 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
     // Bytes both ways with every peer.
     for (i, s) in first.iter().enumerate() {
         for j in (0..3).filter(|&j| j != i) {
-            let peer = ip(j).to_string();
+            let peer = cluster.ip(j).to_string();
             assert!(s.value("tsconsensus_peer_sent_bytes_total", &[("peer", &peer)]) > 0.0);
             assert!(s.value("tsconsensus_peer_received_bytes_total", &[("peer", &peer)]) > 0.0);
         }
@@ -351,7 +354,7 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
 
     // More traffic: nothing goes down, and what moved moved.
     for k in 0..5 {
-        nodes[follower].execute(add(&format!("g{k}"), 1)).await.unwrap();
+        cluster.node(follower).execute(add(&format!("g{k}"), 1)).await.unwrap();
     }
     let second: Vec<Scrape> = vec![scrape(0).await, scrape(1).await, scrape(2).await];
     for (before, after) in first.iter().zip(&second) {
@@ -365,9 +368,7 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
         }
     }
     assert_eq!(second[follower].value("tsconsensus_commands_total", &[("outcome", "ok")]), 15.0);
-    for node in nodes {
-        node.stop(consensus::StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// Issue 12: an operation keeps its answer and gives it again on every
@@ -376,25 +377,22 @@ async fn metrics_parse_and_each_counter_counts_what_it_says() {
 /// counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_operation_counts_its_outcome_once() {
-    let world = World::new(3);
-    let nodes = world.start_all(|_| config()).await;
-    let leader = leader_of(&nodes);
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| config()).await;
+    let leader = cluster.leader();
     let ok = async || {
-        let (status, text) = get(&nodes[leader], "/metrics").await;
+        let (status, text) = get(cluster.node(leader), "/metrics").await;
         assert_eq!(status, 200);
         let scrape = parse(&text).expect("Prometheus text");
         scrape.value("tsconsensus_commands_total", &[("outcome", "ok")])
     };
     let before = ok().await;
-    let mut operation = nodes[leader].prepare(add("once", 1)).expect("prepared");
+    let mut operation = cluster.node(leader).prepare(add("once", 1)).expect("prepared");
     for _ in 0..3 {
         assert_eq!(operation.execute().await.expect("the answer"), 1);
     }
     assert_eq!(ok().await, before + 1.0, "one command, one `ok`");
     drop(operation);
-    for node in nodes {
-        node.stop(consensus::StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// The localhost monitor answers only requests addressed to it as
@@ -402,8 +400,9 @@ async fn an_answered_operation_counts_its_outcome_once() {
 /// 127.0.0.1 (DNS rebinding) sends that name and reads nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_localhost_monitor_refuses_other_host_names() {
-    let world = World::new(1);
-    let node = world.start(0, config()).await;
+    let mut cluster = MemCluster::<Tally>::new(Tailnet::of(1));
+    cluster.start_one(0, config()).await;
+    let node = cluster.node(0);
     let port = node.monitor_localhost_port().expect("a localhost monitor");
     for path in ["/status", "/readyz", "/healthz", "/metrics", "/"] {
         for host in [format!("rebound.example:{port}"), "127.0.0.1".to_owned(), String::new()] {
@@ -416,7 +415,7 @@ async fn the_localhost_monitor_refuses_other_host_names() {
             assert!(status == 200 || status == 503, "{path} with Host {host:?}: {status} {body}");
         }
     }
-    node.stop(consensus::StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
 }
 
 /// `GET path` on 127.0.0.1:`port` with `Host: host` (none if empty).

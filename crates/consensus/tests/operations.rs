@@ -4,19 +4,17 @@
 //! bad state directory, a taken raft port or a raft log that cannot open
 //! reports underneath its error.
 
-mod common;
-
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
-use consensus::{Config, Consistency, Error, Role, StopMode, StorageFaults};
+use consensus::{Config, Consistency, Error, Role, StorageFaults};
 use serde_json::json;
-use test_support::cluster::{self, MemCluster};
-use test_support::{eventually, eventually_every};
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::http::{admin, admin_json, http};
+use test_support::tally::{Tally, add};
+use test_support::{eventually, eventually_every, fast_config};
 use ts_transport::{Transport, TransportError};
 
 /// The staged restore's file in a state directory.
@@ -26,46 +24,14 @@ fn config(dir: &Path) -> Config {
     Config { admin_port: Some(0), state_dir: Some(dir.to_owned()), ..fast_config() }
 }
 
-/// A cluster with a state directory per node.
-struct Cluster {
-    world: World,
-    cluster: MemCluster<Tally>,
+/// A cluster of `n` with a state directory per node.
+async fn start(n: usize) -> MemCluster<Tally> {
+    start_with(n, |_, dir| config(dir)).await
 }
 
-impl Deref for Cluster {
-    type Target = MemCluster<Tally>;
-    fn deref(&self) -> &MemCluster<Tally> {
-        &self.cluster
-    }
-}
-
-impl DerefMut for Cluster {
-    fn deref_mut(&mut self) -> &mut MemCluster<Tally> {
-        &mut self.cluster
-    }
-}
-
-impl Cluster {
-    async fn start(n: usize) -> Cluster {
-        Cluster::start_with(n, |_, dir| config(dir)).await
-    }
-
-    /// A cluster whose node `i` runs with `config(i, its state dir)`.
-    async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> Cluster {
-        let cluster = MemCluster::start_durable(World::new(n).tailnet(), config).await;
-        let world = World { net: cluster.net.clone(), n };
-        Cluster { world, cluster }
-    }
-
-    /// Starts node `i` again on its state directory.
-    async fn restart(&mut self, i: usize) {
-        let config = config(&self.dirs[i]);
-        self.cluster.restart(i, config).await;
-    }
-
-    async fn shutdown(self) {
-        self.cluster.shutdown().await;
-    }
+/// A cluster of `n` whose node `i` runs with `config(i, its state dir)`.
+async fn start_with(n: usize, config: impl Fn(usize, &Path) -> Config) -> MemCluster<Tally> {
+    MemCluster::start_durable(Tailnet::of(n), config).await
 }
 
 fn code(value: &serde_json::Value) -> &str {
@@ -78,7 +44,7 @@ fn message(value: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_answers_members_and_status_with_its_token_only() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     for i in 0..3 {
         let (status, members) =
@@ -115,7 +81,7 @@ async fn every_node_answers_members_and_status_with_its_token_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_follows_the_leaders_rules_and_a_follower_says_where_to_go() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let other_id = cluster.node(other).id();
@@ -164,7 +130,7 @@ async fn removal_follows_the_leaders_rules_and_a_follower_says_where_to_go() {
     assert_eq!(cluster.node(leader).metrics().voters, 3);
 
     // Through the follower, once the leader's view shows it offline.
-    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[other]));
+    cluster.discovery[leader].set(cluster.tailnet.view(leader, &[other]));
     let (status, answer) =
         admin_json(&cluster.dirs[follower], "POST", "/v1/remove", json!({ "node": other_host }))
             .await;
@@ -181,11 +147,11 @@ async fn removal_follows_the_leaders_rules_and_a_follower_says_where_to_go() {
 /// and goes ahead once they have one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_through_a_follower_keeps_a_reachable_majority() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     let (follower, other) = ((leader + 1) % 3, (leader + 2) % 3);
     let other_host = format!("host-{other}");
-    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[follower, other]));
+    cluster.discovery[leader].set(cluster.tailnet.view(leader, &[follower, other]));
     let (status, answer) = admin_json(
         &cluster.dirs[follower],
         "POST",
@@ -196,7 +162,7 @@ async fn a_removal_through_a_follower_keeps_a_reachable_majority() {
     assert_eq!((status, code(&answer)), (403, "refused_by_leader"), "{answer}");
     assert!(message(&answer).contains("reachable"), "{answer}");
     assert_eq!(cluster.node(leader).metrics().voters, 3);
-    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[other]));
+    cluster.discovery[leader].set(cluster.tailnet.view(leader, &[other]));
     let (status, answer) =
         admin_json(&cluster.dirs[follower], "POST", "/v1/remove", json!({ "node": other_host }))
             .await;
@@ -207,7 +173,7 @@ async fn a_removal_through_a_follower_keeps_a_reachable_majority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_removes_any_member_with_force_and_membership_brings_it_back() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     let other = (leader + 1) % 3;
     let other_id = cluster.node(other).id();
@@ -235,7 +201,7 @@ async fn the_leader_removes_any_member_with_force_and_membership_brings_it_back(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_leader_moves_leadership_to_the_named_voter_while_commands_go_on() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     let target = (leader + 1) % 3;
     let third = (leader + 2) % 3;
@@ -292,7 +258,7 @@ async fn transfer_leader_moves_leadership_to_the_named_voter_while_commands_go_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_builds_one_now() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     for k in 0..5 {
         cluster.node(0).execute(add(&format!("s{k}"), 1)).await.unwrap();
     }
@@ -308,7 +274,7 @@ async fn snapshot_builds_one_now() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_restores_as_a_new_cluster_once_the_quorum_is_lost() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     for k in 0..10 {
         cluster.node(k % 3).execute(add(&format!("b{k}"), k as i64)).await.unwrap();
     }
@@ -346,10 +312,8 @@ async fn a_backup_restores_as_a_new_cluster_once_the_quorum_is_lost() {
     cluster.stop(keep).await;
 
     // Restarted, it is the only member of a new cluster with the state.
-    let node = cluster
-        .world
-        .start_on(keep, config(&cluster.dirs[keep]), cluster.discovery[keep].clone())
-        .await;
+    cluster.start_one(keep, config(&cluster.dirs[keep])).await;
+    let node = cluster.node(keep);
     assert_ne!(node.id(), old_id);
     let m = node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
     assert_eq!((m.voters, m.learners), (1, 0));
@@ -358,7 +322,6 @@ async fn a_backup_restores_as_a_new_cluster_once_the_quorum_is_lost() {
     assert_ne!(s["cluster_id"], json!(old_cluster.to_string()), "{s}");
     assert_eq!(s["pending_restore"], json!(null));
     node.execute(add("after", 1)).await.unwrap();
-    node.stop(StopMode::Stay).await.unwrap();
     cluster.shutdown().await;
 }
 
@@ -368,7 +331,7 @@ fn message_of_staged(answer: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_forced() {
-    let mut cluster = Cluster::start(1).await;
+    let mut cluster = start(1).await;
     cluster.node(0).execute(add("x", 7)).await.unwrap();
     let (status, backup) = admin(&cluster.dirs[0], "POST", "/v1/backup", b"").await;
     assert_eq!(status, 200);
@@ -393,10 +356,10 @@ async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_fo
         .unwrap_err();
     assert!(matches!(err, Error::Storage { .. }), "{err:?}");
     assert!(underneath::<std::io::Error>(&err).is_some(), "no io::Error underneath {err:?}");
-    let node = cluster.world.start_on(0, config(&fresh), cluster.discovery[0].clone()).await;
+    cluster.start_one(0, config(&fresh)).await;
+    let node = cluster.node(0);
     node.wait_for(WAIT, |m| m.role == Role::Leader).await.unwrap();
     assert_eq!(node.read((), Consistency::Local).await.unwrap().0, 7);
-    node.stop(StopMode::Stay).await.unwrap();
     cluster.shutdown().await;
 }
 
@@ -407,11 +370,9 @@ async fn an_offline_restore_refuses_a_running_node_and_a_members_state_unless_fo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_node_cannot_stage_a_restore_while_its_cluster_commits() {
     let faults: Vec<StorageFaults> = (0..3).map(|_| StorageFaults::new()).collect();
-    let cluster = Cluster::start_with(3, |i, dir| Config {
-        storage_faults: Some(faults[i].clone()),
-        ..config(dir)
-    })
-    .await;
+    let cluster =
+        start_with(3, |i, dir| Config { storage_faults: Some(faults[i].clone()), ..config(dir) })
+            .await;
     let leader = cluster.leader();
     let broken = (leader + 1) % 3;
     cluster.node(leader).execute(add("a", 1)).await.unwrap();
@@ -432,7 +393,7 @@ async fn a_fatal_node_cannot_stage_a_restore_while_its_cluster_commits() {
 /// restarted: it is never left armed for whatever restart comes next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     cluster.node(0).execute(add("a", 1)).await.unwrap();
     let keep = (cluster.leader() + 1) % 3;
     let (status, backup) = admin(&cluster.dirs[keep], "POST", "/v1/backup", b"{}").await;
@@ -447,7 +408,7 @@ async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
     assert!(pending.exists());
     // The others come back: the cluster commits again.
     for &i in &others {
-        cluster.restart(i).await;
+        cluster.restart(i, config(&cluster.dirs[i])).await;
     }
     eventually(WAIT, "the staged restore disarmed", async || !pending.exists()).await;
     assert!(cluster.dirs[keep].join("restore.cancelled").exists());
@@ -462,10 +423,10 @@ async fn a_staged_restore_is_cancelled_when_the_cluster_commits_again() {
 /// needs its own override, `force_quorum`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_voter_that_breaks_the_quorum_needs_its_own_override() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     let (offline, target) = ((leader + 1) % 3, (leader + 2) % 3);
-    cluster.discovery[leader].set(cluster.world.view_with_offline(leader, &[offline]));
+    cluster.discovery[leader].set(cluster.tailnet.view(leader, &[offline]));
     let target_id = cluster.node(target).id().to_string();
     let (status, answer) = admin_json(
         &cluster.dirs[leader],
@@ -493,7 +454,7 @@ async fn removing_a_voter_that_breaks_the_quorum_needs_its_own_override() {
 /// deadline: the leader holds its log still all that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_to_a_voter_that_does_not_catch_up_gives_up_early() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = start(3).await;
     let leader = cluster.leader();
     let target = (leader + 1) % 3;
     let target_id = cluster.node(target).id();
@@ -523,7 +484,7 @@ async fn a_transfer_to_a_voter_that_does_not_catch_up_gives_up_early() {
 /// clamps to the entries it accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followers_readiness_uses_the_leaders_commit_index() {
-    let cluster = Cluster::start(3).await;
+    let cluster = start(3).await;
     let leader = cluster.leader();
     for k in 0..3 {
         cluster.node(leader).execute(add(&format!("r{k}"), 1)).await.unwrap();
@@ -559,12 +520,9 @@ fn underneath<'a, T: std::error::Error + 'static>(
     std::iter::successors(err.source(), |e| e.source()).find_map(|e| e.downcast_ref::<T>())
 }
 
-/// Starts node 0 of `world` on its own with `config`: what the start
-/// answers.
-async fn start_alone(world: &World, config: Config) -> Result<consensus::Consensus<Tally>, Error> {
-    let tailnet = world.tailnet();
-    cluster::start_node(&world.net, &tailnet, 0, tailnet.discovery(0), Tally::default(), 1, config)
-        .await
+/// Starts the one node of `cluster` with `config`: what the start answers.
+async fn start_alone(cluster: &mut MemCluster<Tally>, config: Config) -> Result<(), Error> {
+    cluster.try_start_one(0, config).await
 }
 
 /// Before: a start on a state directory that cannot be created said why
@@ -575,9 +533,9 @@ async fn a_start_on_a_state_directory_that_is_a_file_keeps_the_io_error_undernea
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("state");
     std::fs::write(&file, b"not a directory").unwrap();
-    let world = World::new(1);
+    let mut cluster = MemCluster::<Tally>::new(Tailnet::of(1));
     let config = Config { state_dir: Some(file.clone()), ..fast_config() };
-    let started = start_alone(&world, config).await;
+    let started = start_alone(&mut cluster, config).await;
     let Err(err) = started else { panic!("a node started on a state directory that is a file") };
     assert!(matches!(err, Error::Storage { .. }), "{err:?}");
     assert!(err.to_string().contains(&format!("create {}", file.display())), "{err}");
@@ -589,11 +547,11 @@ async fn a_start_on_a_state_directory_that_is_a_file_keeps_the_io_error_undernea
 /// words. Now the transport's error is in the chain of sources.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_on_a_taken_raft_port_keeps_the_transports_error_underneath() {
-    let world = World::new(1);
+    let mut cluster = MemCluster::<Tally>::new(Tailnet::of(1));
     let config = fast_config();
     let port = config.raft_port;
-    let _squatter = world.net.node(world.tailnet().ip(0)).listen(port).await.unwrap();
-    let started = start_alone(&world, config).await;
+    let _squatter = cluster.net.node(cluster.ip(0)).listen(port).await.unwrap();
+    let started = start_alone(&mut cluster, config).await;
     let Err(err) = started else { panic!("a node started on a raft port already in use") };
     assert!(matches!(err, Error::Network { .. }), "{err:?}");
     assert!(err.to_string().contains(&format!("cannot listen on raft port {port}")), "{err}");
@@ -611,9 +569,9 @@ async fn a_start_whose_raft_log_cannot_open_shows_no_openraft_type_underneath() 
     let tmp = tempfile::tempdir().unwrap();
     // The log file's name taken by a directory: the log store cannot open it.
     std::fs::create_dir_all(tmp.path().join("raft.redb")).unwrap();
-    let world = World::new(1);
+    let mut cluster = MemCluster::<Tally>::new(Tailnet::of(1));
     let config = Config { state_dir: Some(tmp.path().to_owned()), ..fast_config() };
-    let started = start_alone(&world, config).await;
+    let started = start_alone(&mut cluster, config).await;
     let Err(err) = started else { panic!("a node started with a raft log it cannot open") };
     assert!(matches!(err, Error::Storage { .. }), "{err:?}");
     let chain: Vec<&(dyn std::error::Error + 'static)> =

@@ -4,14 +4,12 @@
 //! again, so without an update the leader dials the old raft port for good
 //! and the cluster runs on the other members only.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
 use consensus::Config;
-use test_support::cluster::MemCluster;
-use test_support::eventually;
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::tally::{Tally, add};
+use test_support::{eventually, fast_config};
 
 fn config(dir: &Path, raft_port: u16, command_port: u16) -> Config {
     Config { state_dir: Some(dir.to_owned()), raft_port, command_port, ..fast_config() }
@@ -24,10 +22,9 @@ fn config(dir: &Path, raft_port: u16, command_port: u16) -> Config {
 async fn a_member_restarted_on_other_ports_is_reached_again(moved: (u16, u16)) {
     let defaults = fast_config();
     let (raft, command) = (defaults.raft_port, defaults.command_port);
-    let mut cluster = MemCluster::<Tally>::start_durable(World::new(3).tailnet(), |_, dir| {
-        config(dir, raft, command)
-    })
-    .await;
+    let mut cluster =
+        MemCluster::<Tally>::start_durable(Tailnet::of(3), |_, dir| config(dir, raft, command))
+            .await;
     let c = (cluster.leader() + 1) % 3;
     let c_id = cluster.node(c).id();
     cluster.node(cluster.leader()).execute(add("before", 1)).await.unwrap();

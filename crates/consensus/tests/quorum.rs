@@ -3,26 +3,22 @@
 //! within the call's deadline, not that the node is stopped; and what a
 //! wait that runs out says.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use consensus::{Consistency, Error, StopMode};
+use consensus::{Consistency, Error};
+use test_support::cluster::{MemCluster, Tailnet};
+use test_support::fast_config;
+use test_support::tally::{Tally, add};
 use tokio::time::Instant;
 
-/// Three nodes of `world` whose calls have `deadline`.
-async fn three_with_deadline(
-    world: &World,
-    deadline: Duration,
-) -> Vec<consensus::Consensus<Tally>> {
-    world
-        .start_all(|_| {
-            let mut config = fast_config();
-            config.timing.call_deadline = deadline;
-            config
-        })
-        .await
+/// Three nodes whose calls have `deadline`.
+async fn three_with_deadline(deadline: Duration) -> MemCluster<Tally> {
+    MemCluster::start(Tailnet::of(3), |_| {
+        let mut config = fast_config();
+        config.timing.call_deadline = deadline;
+        config
+    })
+    .await
 }
 
 /// Before: `ReadError::QuorumNotReached` became `RpcError::Unavailable`,
@@ -30,22 +26,16 @@ async fn three_with_deadline(
 #[tokio::test(start_paused = true)]
 async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
     let deadline = Duration::from_secs(3);
-    let world = World::new(3);
-    let nodes = three_with_deadline(&world, deadline).await;
-    let leader = leader_of(&nodes);
-    nodes[leader].execute(add("before", 1)).await.expect("a write with a quorum");
-    nodes[leader].read((), Consistency::Linearizable).await.expect("a read with a quorum");
+    let mut cluster = three_with_deadline(deadline).await;
+    let leader = cluster.leader();
+    cluster.node(leader).execute(add("before", 1)).await.expect("a write with a quorum");
+    cluster.node(leader).read((), Consistency::Linearizable).await.expect("a read with a quorum");
 
     // The other two voters stop: the leader runs on alone.
-    let mut survivor = None;
-    for (i, node) in nodes.into_iter().enumerate() {
-        if i == leader {
-            survivor = Some(node);
-        } else {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.stop(i).await;
     }
-    let survivor = survivor.unwrap();
+    let survivor = cluster.node(leader);
 
     let started = Instant::now();
     let err = survivor.read((), Consistency::Linearizable).await.unwrap_err();
@@ -57,7 +47,7 @@ async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
     // The node itself still runs: a local read is answered.
     let (total, _) = survivor.read((), Consistency::Local).await.expect("a local read");
     assert_eq!(total, 1);
-    survivor.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
 }
 
 /// Before: a membership change that met another one still in progress
@@ -67,28 +57,25 @@ async fn a_linearizable_read_without_a_quorum_says_so_within_its_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() {
     let deadline = Duration::from_secs(2);
-    let world = World::new(3);
-    let nodes = three_with_deadline(&world, deadline).await;
-    let leader = leader_of(&nodes);
+    let cluster = three_with_deadline(deadline).await;
+    let leader = cluster.leader();
     // Cut off, the leader keeps its role (openraft 0.9) and appends its own
     // removal, which it cannot commit.
-    world.net.isolate(ip(leader));
-    let me = nodes[leader].id();
-    let first = nodes[leader].remove_member(me).await.unwrap_err();
+    cluster.net.isolate(cluster.ip(leader));
+    let me = cluster.node(leader).id();
+    let first = cluster.node(leader).remove_member(me).await.unwrap_err();
     assert!(!matches!(first, Error::Stopped), "{first:?}");
     // The next change meets that one, uncommitted, until its deadline.
     let started = Instant::now();
-    let second = nodes[leader].remove_member(me).await.unwrap_err();
+    let second = cluster.node(leader).remove_member(me).await.unwrap_err();
     let took = started.elapsed();
     assert!(
         matches!(&second, Error::Unavailable(why) if why.contains("in progress")),
         "a change that met another in progress gave {second:?}"
     );
     assert!(took < deadline + Duration::from_secs(2), "answered after {took:?}");
-    world.net.heal_all();
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.net.heal_all();
+    cluster.shutdown().await;
 }
 
 /// Before: a `wait_for` whose condition never held said "no outcome within
@@ -96,17 +83,14 @@ async fn a_removal_that_meets_another_change_in_progress_does_not_say_stopped() 
 /// involved. Now it says that it was the wait, and how long it waited.
 #[tokio::test(start_paused = true)]
 async fn a_wait_that_runs_out_says_it_was_a_wait_not_a_command() {
-    let world = World::new(3);
-    let nodes = world.start_all(|_| fast_config()).await;
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| fast_config()).await;
     let waited = Duration::from_secs(2);
-    let err = nodes[0].wait_for(waited, |m| m.voters == 7).await.unwrap_err();
+    let err = cluster.node(0).wait_for(waited, |m| m.voters == 7).await.unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("wait_for") && text.contains(&format!("{waited:?}")), "{text}");
     assert!(!text.contains("command"), "{text}");
-    for node in nodes {
-        node.stop(StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }
 
 /// Issue 12: without a quorum, the session an operation registers for its
@@ -116,22 +100,15 @@ async fn a_wait_that_runs_out_says_it_was_a_wait_not_a_command() {
 #[tokio::test(start_paused = true)]
 async fn a_command_whose_session_could_not_be_registered_was_not_applied() {
     let deadline = Duration::from_secs(3);
-    let world = World::new(3);
-    let nodes = three_with_deadline(&world, deadline).await;
-    let leader = leader_of(&nodes);
+    let mut cluster = three_with_deadline(deadline).await;
+    let leader = cluster.leader();
     // The other two voters stop: the leader runs on alone, with no
     // session in its pool (nothing was executed through it).
-    let mut survivor = None;
-    for (i, node) in nodes.into_iter().enumerate() {
-        if i == leader {
-            survivor = Some(node);
-        } else {
-            node.stop(StopMode::Stay).await.unwrap();
-        }
+    for i in (0..3).filter(|&i| i != leader) {
+        cluster.stop(i).await;
     }
-    let survivor = survivor.unwrap();
-    let err = survivor.execute(add("never", 1)).await.unwrap_err();
+    let err = cluster.node(leader).execute(add("never", 1)).await.unwrap_err();
     assert!(matches!(err, Error::NotApplied(_)), "{err:?}");
     assert!(!err.to_string().contains("may still be applied"), "{err}");
-    survivor.stop(StopMode::Stay).await.unwrap();
+    cluster.shutdown().await;
 }

@@ -3,13 +3,12 @@
 //! every span's close recorded by a global subscriber (this binary's only
 //! test, so nothing else logs into it).
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::*;
-use test_support::eventually;
+use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::tally::{Tally, add};
+use test_support::{eventually, fast_config};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -42,10 +41,9 @@ async fn every_stage_of_a_forwarded_command_has_a_span_with_its_request_id() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .init();
-    let world = World::new(3);
-    let nodes = world.start_all(|_| fast_config()).await;
-    let follower = (leader_of(&nodes) + 1) % 3;
-    nodes[follower].execute(add("traced", 1)).await.unwrap();
+    let cluster = MemCluster::<Tally>::start(Tailnet::of(3), |_| fast_config()).await;
+    let follower = (cluster.leader() + 1) % 3;
+    cluster.node(follower).execute(add("traced", 1)).await.unwrap();
     // The leader applied the command before it answered, but its metrics
     // (and the other members) may lag: wait for every member's apply span.
     let applied =
@@ -76,7 +74,5 @@ async fn every_stage_of_a_forwarded_command_has_a_span_with_its_request_id() {
     // One apply per member.
     let applies = text.lines().filter(|l| l.contains("apply{") && l.contains(&id)).count();
     assert!(applies >= 3, "{applies} apply spans for {id}");
-    for node in nodes {
-        node.stop(consensus::StopMode::Stay).await.unwrap();
-    }
+    cluster.shutdown().await;
 }

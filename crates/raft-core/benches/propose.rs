@@ -5,14 +5,11 @@
 //! table for docs/benchmarks.md.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Net};
 use raft_core::RaftConfig;
+use test_support::raft_cluster::{Cluster, Net};
 use ts_transport::MemNetwork;
 
 const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];

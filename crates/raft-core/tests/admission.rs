@@ -4,14 +4,12 @@
 //! the address), and only if it applies entries with this node's session
 //! limits.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, NodeId, RaftConfig, Role, SessionLimits};
+use test_support::raft_cluster::*;
 use test_support::{eventually, eventually_every, never};
 use ts_transport::{BoxStream, MemNetwork, Transport as _};
 

@@ -2,14 +2,12 @@
 //! TCP loopback: elections, replication, crashes, partitions, snapshots,
 //! restarts from durable storage, exactly-once proposals.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
 use raft_core::{ClientId, Outcome, ProposeError, Role};
 use test_support::eventually;
+use test_support::raft_cluster::*;
 use ts_transport::MemNetwork;
 
 /// Commits `count` commands through the leader (one session, sequential).

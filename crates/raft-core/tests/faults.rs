@@ -3,15 +3,13 @@
 //! raft's core is reported and closes the raft port; a slow disk slows
 //! commits.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClientId, ClusterId, NodeId, Outcome, ProposeError, Role};
+use test_support::raft_cluster::*;
 use test_support::{eventually, eventually_every};
 use ts_transport::{MemNetwork, Transport as _};
 

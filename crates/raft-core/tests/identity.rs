@@ -2,16 +2,14 @@
 //! id and an incarnation, the identity record in storage, raft connections
 //! bound to a cluster id, and the replacement of a stale incarnation.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClusterId, MembershipError, NodeId, Outcome, RaftNode, Role, StartError, Storage};
 use test_support::eventually;
+use test_support::raft_cluster::*;
 use ts_transport::{MemNetwork, Transport as _};
 
 async fn hello(net: &MemNetwork, node: &RaftNode<Recorder>, cluster_id: ClusterId) -> Message {

@@ -4,18 +4,16 @@
 //! cluster joint for good. A later membership change through `RaftNode`
 //! must finish it and end in a uniform configuration.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
 use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Vote};
 use raft_core::testing::TypeConfig;
 use raft_core::testing::frame::{self, Message};
 use raft_core::{NodeId, NodeInfo, RaftNode};
 use test_support::eventually;
+use test_support::raft_cluster::*;
 use ts_transport::{MemNetwork, Transport as _};
 
 /// Sends one AppendEntries to node `i` as incarnation 1 of node-9 (a

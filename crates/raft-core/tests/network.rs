@@ -2,14 +2,12 @@
 //! longer than a heartbeat, frames that take longer than a heartbeat to
 //! send, and peers whose authorization is revoked on the calling side.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
 use raft_core::{Identify, Outcome, RaftConfig, Role};
+use test_support::raft_cluster::*;
 use ts_transport::MemNetwork;
 
 /// A cluster of `a` alone, which commits `commands` of `size` bytes.

@@ -1,14 +1,12 @@
 //! What operators do to a node: back it up and restore the backup as a new
 //! cluster, hand leadership over, and the counters they watch.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use raft_core::backup::{PENDING_RESTORE, inspect_state_dir, stage_restore};
 use raft_core::{MembershipError, Outcome, ProposeError, ReadError, Role, StateDir, Storage};
 use test_support::eventually;
+use test_support::raft_cluster::*;
 use ts_transport::MemNetwork;
 
 async fn commit(

@@ -2,17 +2,15 @@
 //! crashes) half way through must start again from its disk, and a peer
 //! cannot make a node allocate an unbounded snapshot.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use openraft::raft::InstallSnapshotRequest;
 use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership, Vote};
 use raft_core::testing::frame::{self, Message};
 use raft_core::{ClientId, NodeId, Outcome, Role};
 use test_support::eventually;
+use test_support::raft_cluster::*;
 use ts_transport::{MemNetwork, Transport as _};
 
 async fn commit_n(cluster: &Cluster, leader: usize, session: ClientId, from: u64, count: u64) {

@@ -18,6 +18,9 @@ use ts_transport::MemNetwork;
 /// How long a cluster may take to elect a leader.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The tag of [`Tailnet::of`]'s nodes.
+pub const TAG: &str = "tag:c";
+
 /// The address of node `i` of a [`Tailnet`] on `subnet`:
 /// `10.<subnet>.0.<i + 1>`.
 pub fn ip(subnet: u8, i: usize) -> IpAddr {
@@ -54,6 +57,11 @@ pub struct Tailnet {
 }
 
 impl Tailnet {
+    /// `n` nodes tagged [`TAG`] on subnet 0: what most tests need.
+    pub fn of(n: usize) -> Tailnet {
+        Tailnet::new(TAG, 0, n)
+    }
+
     /// `n` nodes with stable ids `n<i>` and hostnames `host-<i>`.
     pub fn new(tag: &str, subnet: u8, n: usize) -> Tailnet {
         Tailnet::with_names(tag, subnet, (0..n).map(|i| (format!("n{i}"), format!("host-{i}"))))
@@ -165,7 +173,9 @@ pub fn leader_of<S: StateMachine>(nodes: &[Option<Consensus<S>>]) -> usize {
         .expect("the leader is one of the nodes")
 }
 
-/// Every node of a [`Tailnet`] on one in-memory network, started at once.
+/// Every node of a [`Tailnet`] on one in-memory network: started at once
+/// ([`MemCluster::start`]), or one by one ([`MemCluster::new`], then
+/// [`MemCluster::start_one`]).
 pub struct MemCluster<S: StateMachine> {
     /// The network.
     pub net: MemNetwork,
@@ -178,6 +188,9 @@ pub struct MemCluster<S: StateMachine> {
     /// Each node's state directory ([`MemCluster::start_durable`]; empty
     /// otherwise).
     pub dirs: Vec<PathBuf>,
+    /// How the tailnet shows each node now ([`MemCluster::show`]); `None`:
+    /// deleted from it.
+    shown: Vec<Option<TailnetNode>>,
     temp: Option<tempfile::TempDir>,
 }
 
@@ -203,34 +216,16 @@ impl<S: StateMachine + Default> MemCluster<S> {
         cluster
     }
 
-    async fn start_in(
-        tailnet: Tailnet,
-        temp: Option<tempfile::TempDir>,
-        config: impl Fn(usize) -> Config,
-    ) -> MemCluster<S> {
-        let net = MemNetwork::new();
-        let n = tailnet.len();
-        let discovery: Vec<Arc<StaticDiscovery>> = (0..n).map(|i| tailnet.discovery(i)).collect();
-        let mut starting = Vec::new();
-        for (i, view) in discovery.iter().enumerate() {
-            let (net, tailnet, view, config) =
-                (net.clone(), tailnet.clone(), view.clone(), config(i));
-            starting.push(tokio::spawn(async move {
-                start_node(&net, &tailnet, i, view, S::default(), n, config).await
-            }));
-        }
-        let mut nodes = Vec::new();
-        for (i, task) in starting.into_iter().enumerate() {
-            let node = task.await.expect("start task");
-            nodes.push(Some(node.unwrap_or_else(|e| panic!("node {i}: {e}"))));
-        }
-        wait_for_leader(nodes.iter().flatten(), n).await;
-        MemCluster { net, tailnet, discovery, nodes, dirs: Vec::new(), temp }
+    /// Starts node `i` (on its state directory, if `config` has one) with
+    /// a fresh state machine, expecting every node of the tailnet to form
+    /// the cluster; a node still running in its place is dropped.
+    pub async fn start_one(&mut self, i: usize, config: Config) {
+        let started = self.try_start_one(i, config).await;
+        started.unwrap_or_else(|e| panic!("node {i} starts: {e}"));
     }
 
-    /// Starts node `i` again (on its state directory, if `config` has
-    /// one) with a fresh state machine.
-    pub async fn restart(&mut self, i: usize, config: Config) {
+    /// [`MemCluster::start_one`], answering the start's error.
+    pub async fn try_start_one(&mut self, i: usize, config: Config) -> Result<(), Error> {
         let node = start_node(
             &self.net,
             &self.tailnet,
@@ -240,13 +235,85 @@ impl<S: StateMachine + Default> MemCluster<S> {
             self.tailnet.len(),
             config,
         )
-        .await
-        .unwrap_or_else(|e| panic!("node {i} restarts: {e}"));
+        .await?;
         self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    async fn start_in(
+        tailnet: Tailnet,
+        temp: Option<tempfile::TempDir>,
+        config: impl Fn(usize) -> Config,
+    ) -> MemCluster<S> {
+        let mut cluster = MemCluster::new(tailnet);
+        cluster.temp = temp;
+        let n = cluster.tailnet.len();
+        let mut starting = Vec::new();
+        for (i, view) in cluster.discovery.iter().enumerate() {
+            let (net, tailnet, view, config) =
+                (cluster.net.clone(), cluster.tailnet.clone(), view.clone(), config(i));
+            starting.push(tokio::spawn(async move {
+                start_node(&net, &tailnet, i, view, S::default(), n, config).await
+            }));
+        }
+        for (i, task) in starting.into_iter().enumerate() {
+            let node = task.await.expect("start task");
+            cluster.nodes[i] = Some(node.unwrap_or_else(|e| panic!("node {i}: {e}")));
+        }
+        wait_for_leader(cluster.running(), n).await;
+        cluster
+    }
+
+    /// Starts node `i` again (on its state directory, if `config` has
+    /// one) with a fresh state machine.
+    pub async fn restart(&mut self, i: usize, config: Config) {
+        self.start_one(i, config).await;
     }
 }
 
 impl<S: StateMachine> MemCluster<S> {
+    /// The nodes of `tailnet` on a new in-memory network, each with its
+    /// discovery, none started yet.
+    pub fn new(tailnet: Tailnet) -> MemCluster<S> {
+        let discovery = (0..tailnet.len()).map(|i| tailnet.discovery(i)).collect();
+        let nodes = (0..tailnet.len()).map(|_| None).collect();
+        let shown = (0..tailnet.len()).map(|i| Some(tailnet.node(i))).collect();
+        MemCluster {
+            net: MemNetwork::new(),
+            tailnet,
+            discovery,
+            nodes,
+            dirs: Vec::new(),
+            shown,
+            temp: None,
+        }
+    }
+
+    /// Changes how the tailnet shows node `i` (`None`: deleted from it),
+    /// and tells every node still in it.
+    pub fn show(&mut self, i: usize, node: Option<TailnetNode>) {
+        let everyone: Vec<usize> = (0..self.tailnet.len()).collect();
+        self.show_to(i, node, &everyone);
+    }
+
+    /// [`MemCluster::show`], told only to the nodes in `seen_by` (netmaps
+    /// reach nodes at different times).
+    pub fn show_to(&mut self, i: usize, node: Option<TailnetNode>, seen_by: &[usize]) {
+        self.shown[i] = node;
+        for &j in seen_by {
+            if let Some(me) = &self.shown[j] {
+                let peers =
+                    (0..self.shown.len()).filter(|&k| k != j).filter_map(|k| self.shown[k].clone());
+                self.discovery[j].set(ClusterView::new(self.tailnet.tag(), me.clone(), peers));
+            }
+        }
+    }
+
+    /// Node `i`'s address.
+    pub fn ip(&self, i: usize) -> IpAddr {
+        self.tailnet.ip(i)
+    }
+
     /// The temporary directory that holds the state directories (of a
     /// cluster from [`MemCluster::start_durable`]), for other files too.
     pub fn temp_dir(&self) -> &Path {

@@ -13,8 +13,13 @@
 //!   feature a transport whose streams carry such hooks;
 //! - with the `facade` feature: a key-value store with versions and a
 //!   digest for checking replicas ([`kv`]) and the chaos node's line
-//!   interface over it ([`lines`]), a counter ([`Counter`]), and an
-//!   in-memory cluster of the facade ([`cluster`]).
+//!   interface over it ([`lines`]), a counter ([`Counter`]), a state
+//!   machine that records what it applied ([`tally`]), HTTP to a node's
+//!   local endpoints ([`http`]), and the one in-memory cluster of the
+//!   facade ([`cluster`]);
+//! - with the `raft-cluster` feature: raft-core's own cluster harness,
+//!   below the facade ([`raft_cluster`]), for raft-core's tests and
+//!   benchmark.
 //!
 //! A dev-dependency only (`publish = false`). The lower crates use it
 //! without the `facade` feature, so that their tests do not depend on the
@@ -25,11 +30,17 @@ pub mod cluster;
 #[cfg(feature = "facade")]
 mod counter;
 #[cfg(feature = "facade")]
+pub mod http;
+#[cfg(feature = "facade")]
 pub mod kv;
 #[cfg(feature = "facade")]
 pub mod lines;
+#[cfg(feature = "raft-cluster")]
+pub mod raft_cluster;
 mod seeded;
 pub mod stream;
+#[cfg(feature = "facade")]
+pub mod tally;
 mod timing;
 mod wait;
 

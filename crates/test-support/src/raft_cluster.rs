@@ -1,8 +1,8 @@
-//! A test cluster harness: nodes on a `MemNetwork` (or TCP loopback) with a
-//! recording state machine, fast timings, and condition waits with deadlines.
-
-#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
-#![allow(unreachable_pub, reason = "shared between test binaries as a module")]
+//! raft-core's own cluster harness, below the facade: `RaftNode`s on a
+//! `MemNetwork` (or TCP loopback) with a recording state machine, fast
+//! timings, and condition waits with deadlines. For raft-core's tests and
+//! its `propose` benchmark; it needs raft-core's `testing` feature (raw
+//! frames, to play a peer on the wire).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::eventually;
 use raft_core::testing::frame::Message;
 use raft_core::{
     ClientId, ClusterId, Identify, NodeId, NodeInfo, Outcome, ProposeError, RaftConfig, RaftNode,
     Role, StateMachine, Storage, StorageFaults,
 };
-use test_support::eventually;
 use ts_transport::{MemNetwork, TcpTransport, Transport};
 
 /// Records every applied command in order; `apply` answers with the count.
@@ -25,6 +25,7 @@ use ts_transport::{MemNetwork, TcpTransport, Transport};
 /// `restore` does is set by [`set_restore`].
 #[derive(Default)]
 pub struct Recorder {
+    /// Every command applied, in order.
     pub applied: Vec<Vec<u8>>,
 }
 
@@ -133,21 +134,25 @@ impl StateMachine for Recorder {
 
 /// Timings fast enough for tests, slow enough for a loaded 2-core machine.
 pub fn fast_config() -> RaftConfig {
-    test_support::fast_raft()
+    crate::fast_raft()
 }
 
+/// The raft port of every in-memory node (the command port is the next).
 pub const RAFT_PORT: u16 = 7000;
 /// Bound on waits for cluster conditions (elections, catch-up).
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Node `i`'s IPv4 address in memory: `10.0.0.<i + 1>`.
 pub fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
 }
 
+/// Node `i`'s IPv6 address in memory: `fd7a:115c:a1e0::<i + 1>`.
 pub fn ip6(i: usize) -> IpAddr {
     IpAddr::V6(std::net::Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, i as u16 + 1))
 }
 
+/// Node `i` at `addr`: stable id `node-<i>`, [`RAFT_PORT`].
 pub fn node_info(i: usize, addr: IpAddr) -> NodeInfo {
     NodeInfo {
         stable_id: format!("node-{i}"),
@@ -208,6 +213,7 @@ pub async fn start_alone(
 /// How the nodes of a test cluster reach each other.
 #[derive(Clone)]
 pub enum Net {
+    /// In memory, node i at [`ip`].
     Mem(MemNetwork),
     /// In memory, every node with only an IPv6 address.
     Mem6(MemNetwork),
@@ -227,12 +233,18 @@ pub async fn form(nodes: &[&RaftNode<Recorder>]) {
     assert!(nodes[0].initialize_in(cluster_id, members).await.expect("initialize"));
 }
 
+/// Nodes of one test cluster, each with its storage (memory, or durable in
+/// a temporary directory) and optionally storage faults.
 pub struct Cluster {
+    /// How the nodes reach each other.
     pub net: Net,
+    /// The nodes; `None` while stopped.
     pub nodes: Vec<Option<RaftNode<Recorder>>>,
     /// Each node's raft id (a restart from memory storage changes it).
     pub ids: Vec<NodeId>,
+    /// Each node's state directory (durable clusters).
     pub dirs: Vec<Option<PathBuf>>,
+    /// Every node's configuration.
     pub config: RaftConfig,
     /// Each node's storage faults, when the cluster was made with them.
     pub faults: Option<Vec<StorageFaults>>,
@@ -266,6 +278,7 @@ impl Cluster {
         cluster
     }
 
+    /// Node `i` as its peers know it.
     pub fn info(&self, i: usize) -> NodeInfo {
         match &self.net {
             Net::Mem(_) => node_info(i, ip(i)),
@@ -308,6 +321,7 @@ impl Cluster {
         .expect("node starts")
     }
 
+    /// Node `i`, which must be running.
     pub fn node(&self, i: usize) -> &RaftNode<Recorder> {
         self.nodes[i].as_ref().expect("node is running")
     }
@@ -364,16 +378,19 @@ impl Cluster {
         .await
     }
 
+    /// The commands node `i` applied, in order.
     pub fn applied(&self, i: usize) -> Vec<Vec<u8>> {
         self.node(i).read_local(|r| r.applied.clone())
     }
 
+    /// Shuts node `i` down (it stays a member).
     pub async fn stop(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
             node.shutdown().await;
         }
     }
 
+    /// Shuts every running node down.
     pub async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
