@@ -668,7 +668,7 @@ impl<N: fmt::Display, C: fmt::Display> fmt::Display for Refusal<N, C> {
 ///    join, or is not ready (it may have bound itself by following a
 ///    peer's hint while a peer that could tell it of its own earlier
 ///    cluster was silent: sealed, it would be counted as an initial voter
-///    of a second cluster; docs/reliability.md finding 71);
+///    of a second cluster; docs/reliability.md finding 56);
 /// 4. with this cluster id stored → confirm again, if it bound itself to
 ///    the caller (by stable id: a former back under a new incarnation is
 ///    the same node) or decided to join this cluster;
@@ -692,7 +692,12 @@ pub(crate) fn confirm<N: Ord + Clone, C: Clone + PartialEq>(
                 Confirmation::Refuse(Refusal::OtherFormer { former: former.clone() })
             }
             _ if c.sealed == Sealed::ToOther => Confirmation::Refuse(Refusal::SealedToOther),
-            Some(_) if c.seal && !c.ready => Confirmation::Refuse(Refusal::NotReady),
+            // Sealed to the caller already (durably): sealing again adds no
+            // promise, so readiness does not hold it back (a former that
+            // restarted asks its sealed binders again).
+            Some(_) if c.seal && !c.ready && c.sealed != Sealed::ToCaller => {
+                Confirmation::Refuse(Refusal::NotReady)
+            }
             Some(_) if c.seal => Confirmation::Seal,
             None if c.seal => Confirmation::Refuse(Refusal::NotBound),
             _ => Confirmation::Again,
@@ -1494,7 +1499,8 @@ mod tests {
                                     // never over another incarnation's seal.
                                     if step == Confirmation::Seal {
                                         seals += 1;
-                                        assert!(seal && !has_state && stored == Some('c') && ready);
+                                        assert!(seal && !has_state && stored == Some('c'));
+                                        assert!(ready || sealed == Sealed::ToCaller, "{call:?}");
                                         assert_eq!(former, Some(caller), "{call:?}");
                                         assert_ne!(sealed, Sealed::ToOther, "{call:?}");
                                     }
@@ -1510,8 +1516,9 @@ mod tests {
             }
         }
         assert_eq!(binds, 1);
-        // Former the caller, sealed no or to the caller, 3 × 2 promises.
-        assert_eq!(seals, 2 * 6);
+        // Former the caller, sealed no or to the caller, 3 × 2 promises,
+        // ready; and sealed to the caller, not ready.
+        assert_eq!(seals, 3 * 6);
     }
 
     /// The confirm rules restated.
@@ -1526,7 +1533,9 @@ mod tests {
             Some((&'c', _)) if c.sealed == Sealed::ToOther => {
                 Confirmation::Refuse(Refusal::SealedToOther)
             }
-            Some((&'c', Some(_))) if c.seal && !c.ready => Confirmation::Refuse(Refusal::NotReady),
+            Some((&'c', Some(_))) if c.seal && !c.ready && c.sealed != Sealed::ToCaller => {
+                Confirmation::Refuse(Refusal::NotReady)
+            }
             Some((&'c', Some(_))) if c.seal => Confirmation::Seal,
             Some((&'c', None)) if c.seal => Confirmation::Refuse(Refusal::NotBound),
             Some((&'c', _)) => Confirmation::Again,
@@ -1769,6 +1778,9 @@ mod tests {
             assert_eq!(waiting, [x], "x answered {x_answered:?}");
             assert_eq!(confirm(&bound), Confirmation::Again);
             assert_eq!(confirm(&seal), Confirmation::Refuse(Refusal::NotReady));
+            // Sealed to f already, before a restart: asked again, it seals.
+            let resealed = ConfirmCall { sealed: Sealed::ToCaller, ..seal.clone() };
+            assert_eq!(confirm(&resealed), Confirmation::Seal);
         }
         // Every peer answered, none for another cluster: ready, it seals.
         let waiting = waiting_for(&[
