@@ -1,6 +1,6 @@
 //! Cross-crate test suites and the harness they share.
 //!
-//! - [`tailnet`] runs a real local tailnet (control, DERP and STUN on
+//! - `tailnet` runs a real local tailnet (control, DERP and STUN on
 //!   127.0.0.1, in a separate Go process) and brings up tsnet nodes on it.
 //! - [`conformance`] is the one suite every `ts_transport::Transport` must
 //!   pass, run over the in-memory, TCP and tsnet transports alike.
@@ -8,14 +8,14 @@
 //!   memoization, partitioned by key, unknown outcomes allowed).
 //! - [`workload`] is the key-value workload both nemesis runs drive (seeded
 //!   clients) and the recorder of the history the checker reads.
-//! - [`nodes`] runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
+//! - `nodes` runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
 //!   a key-value state machine, `test_support::kv`, behind switchable
 //!   faults) on a local
 //!   tailnet, and watches that no two clusters lead at once.
-//! - [`chaos`] is the multi-process nemesis run behind `cargo xtask chaos`:
+//! - `chaos` is the multi-process nemesis run behind `cargo xtask chaos`:
 //!   `chaos-node` processes on a local tailnet, faults, a recorded history
 //!   and the checks after every run.
-//! - [`headscale`] is the suite behind `cargo xtask headscale`: `kv`
+//! - `headscale` is the suite behind `cargo xtask headscale`: `kv`
 //!   example processes against headscale, a real, independent control
 //!   server, on 127.0.0.1.
 //!

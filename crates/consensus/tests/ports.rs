@@ -1,5 +1,5 @@
 //! A member that restarts with its state on other ports is reached again
-//! (issue 12, docs/reliability.md finding 70): the membership records
+//! (issue 12, docs/reliability.md finding 55): the membership records
 //! where each member listens, and a node with raft state never joins
 //! again, so without an update the leader dials the old raft port for good
 //! and the cluster runs on the other members only.

@@ -4,7 +4,7 @@
 //!   with a bare sleep, and fail naming what was awaited; [`never()`] for a
 //!   window in which something must not happen;
 //! - [`Rng`] and the seed helpers: seeded randomness whose seed is printed
-//!   and can be replayed; [`proptest_config`] for the property tests;
+//!   and can be replayed; `proptest_config` for the property tests;
 //! - the fast timing profile of in-memory clusters ([`HEARTBEAT`],
 //!   [`ELECTION`], and with features [`fast_raft`], [`fast_timing`],
 //!   [`fast_config`]);

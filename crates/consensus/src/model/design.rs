@@ -345,7 +345,7 @@ impl<V: Variant> Protocol for V {
             sealed,
             // The world applies readiness before this call (a node that is
             // not ready drops confirms unless it has a cluster id). That a
-            // bound node which is not ready refuses to seal (finding 71) is
+            // bound node which is not ready refuses to seal (finding 56) is
             // left out: it only refuses, as a lost message does, so the
             // model without it covers the code with it.
             ready: true,
