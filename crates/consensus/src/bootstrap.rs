@@ -1291,8 +1291,8 @@ async fn join<S: StateMachine>(
 /// After a restart with raft state: if the membership records this node
 /// elsewhere than it now runs (other ports or addresses than at its first
 /// join), asks the leader to replace its record, through the join path
-/// (the leader replaces only the caller's own record), and waits until the
-/// new record reaches this node. Without it the leader would go on dialing
+/// (the leader replaces only the caller's own record), and returns once
+/// the leader committed the new record. Without it the leader would go on dialing
 /// the old raft port for good. The start fails at `deadline` if no leader
 /// takes the new record (none elected, or none reachable: every member
 /// changed its ports at once), naming both records.
