@@ -534,7 +534,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Purges only as far as the stored snapshot reaches (see
-    /// [`LogStore::purging_behind`]).
+    /// `LogStore::purging_behind`).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.before_write().await;
         let Some(behind) = &self.behind else {
