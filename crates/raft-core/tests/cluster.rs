@@ -10,22 +10,13 @@ use test_support::eventually;
 use test_support::raft_cluster::*;
 use ts_transport::MemNetwork;
 
-/// Commits `count` commands through the leader (one session, sequential).
-async fn commit_n(cluster: &Cluster, leader: usize, session: ClientId, from: u64, count: u64) {
-    for seq in from..from + count {
-        let outcome =
-            cluster.propose(leader, session, seq, format!("{session}:{seq}").as_bytes()).await;
-        assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
-    }
-}
-
 async fn elect_and_replicate(n: usize, net: Net) {
     let cluster = Cluster::new(n, net, false, fast_config()).await;
     cluster.initialize().await;
     let all: Vec<usize> = (0..n).collect();
     let leader = cluster.leader(&all).await;
     let s1 = cluster.register(leader).await;
-    commit_n(&cluster, leader, s1, 1, 20).await;
+    cluster.commit_n(leader, s1, 1, 20).await;
     for i in 0..n {
         cluster.wait_applied(i, 20).await;
         assert_eq!(cluster.applied(i), cluster.applied(leader), "node {i} diverged");
@@ -66,7 +57,7 @@ async fn leader_crash_elects_a_new_leader_and_loses_nothing() {
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
     let s1 = cluster.register(leader).await;
-    commit_n(&cluster, leader, s1, 1, 10).await;
+    cluster.commit_n(leader, s1, 1, 10).await;
     let before = cluster.applied(leader);
     cluster.stop(leader).await;
 
@@ -74,7 +65,7 @@ async fn leader_crash_elects_a_new_leader_and_loses_nothing() {
     let new_leader = cluster.leader(&rest).await;
     assert_ne!(new_leader, leader);
     let s2 = cluster.register(new_leader).await;
-    commit_n(&cluster, new_leader, s2, 1, 10).await;
+    cluster.commit_n(new_leader, s2, 1, 10).await;
     for &i in &rest {
         cluster.wait_applied(i, 20).await;
         let applied = cluster.applied(i);
@@ -93,7 +84,7 @@ async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     let all: Vec<usize> = (0..5).collect();
     let leader = cluster.leader(&all).await;
     let s1 = cluster.register(leader).await;
-    commit_n(&cluster, leader, s1, 1, 5).await;
+    cluster.commit_n(leader, s1, 1, 5).await;
 
     // The leader and one follower on the minority side.
     let buddy = (leader + 1) % 5;
@@ -114,7 +105,7 @@ async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     // The majority elects its own leader and commits.
     let new_leader = cluster.leader(&majority).await;
     let s2 = cluster.register(new_leader).await;
-    commit_n(&cluster, new_leader, s2, 1, 5).await;
+    cluster.commit_n(new_leader, s2, 1, 5).await;
 
     net.heal_all();
     for i in 0..5 {
@@ -140,7 +131,7 @@ async fn an_isolated_follower_does_not_stop_the_majority() {
     let s1 = cluster.register(leader).await;
     let follower = (leader + 1) % 3;
     net.isolate(ip(follower));
-    commit_n(&cluster, leader, s1, 1, 10).await;
+    cluster.commit_n(leader, s1, 1, 10).await;
     assert!(cluster.applied(follower).len() < 10, "isolated follower received entries");
     net.heal_all();
     cluster.wait_applied(follower, 10).await;
@@ -151,32 +142,7 @@ async fn an_isolated_follower_does_not_stop_the_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_far_behind_catches_up_through_a_snapshot() {
     let net = MemNetwork::new();
-    let mut config = fast_config();
-    config.snapshot_every = 20;
-    config.keep_after_snapshot = 5;
-    config.purge_batch = 1;
-    let cluster = Cluster::new(3, Net::Mem(net.clone()), false, config).await;
-    cluster.initialize().await;
-    let leader = cluster.leader(&[0, 1, 2]).await;
-    let s1 = cluster.register(leader).await;
-    let follower = (leader + 1) % 3;
-    commit_n(&cluster, leader, s1, 1, 5).await;
-    cluster.wait_applied(follower, 5).await;
-
-    net.isolate(ip(follower));
-    // Each proposal is its own entry here (sequential), so 100 proposals
-    // pass several snapshot points; the leader purges what they cover.
-    commit_n(&cluster, leader, s1, 6, 100).await;
-    // The follower stopped near entry 6; once the leader has purged far
-    // past that, only a snapshot can bring the follower back.
-    cluster
-        .node(leader)
-        .wait_for(WAIT, |m| {
-            m.snapshot.is_some_and(|s| s >= 60) && m.purged.is_some_and(|p| p >= 50)
-        })
-        .await
-        .expect("leader built a snapshot and purged the log behind it");
-
+    let (cluster, leader, _, follower) = a_follower_behind_a_purge(&net, false).await;
     net.heal_all();
     cluster.wait_applied(follower, 105).await;
     assert_eq!(cluster.applied(follower), cluster.applied(leader));
@@ -201,7 +167,7 @@ async fn every_node_restarted_from_durable_storage_keeps_every_committed_entry()
     cluster.initialize().await;
     let leader = cluster.leader(&[0, 1, 2]).await;
     let s1 = cluster.register(leader).await;
-    commit_n(&cluster, leader, s1, 1, 50).await;
+    cluster.commit_n(leader, s1, 1, 50).await;
     let committed = cluster.applied(leader);
     for i in 0..3 {
         cluster.stop(i).await;
@@ -220,7 +186,7 @@ async fn every_node_restarted_from_durable_storage_keeps_every_committed_entry()
         );
     }
     let leader = cluster.leader(&[0, 1, 2]).await;
-    commit_n(&cluster, leader, s1, 51, 5).await;
+    cluster.commit_n(leader, s1, 51, 5).await;
     for i in 0..3 {
         cluster.wait_applied(i, 55).await;
     }
@@ -557,7 +523,7 @@ async fn a_proposal_whose_entry_was_truncated_has_an_unknown_outcome() {
     let all: Vec<usize> = (0..3).collect();
     let leader = cluster.leader(&all).await;
     let s1 = cluster.register(leader).await;
-    commit_n(&cluster, leader, s1, 1, 3).await;
+    cluster.commit_n(leader, s1, 1, 3).await;
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
 
     net.partition_set(&[ip(leader)]);
@@ -571,7 +537,7 @@ async fn a_proposal_whose_entry_was_truncated_has_an_unknown_outcome() {
         .await;
         let new_leader = cluster.leader(&rest).await;
         let s2 = cluster.register(new_leader).await;
-        commit_n(&cluster, new_leader, s2, 1, 2).await;
+        cluster.commit_n(new_leader, s2, 1, 2).await;
         net.heal_all();
     };
     let (outcome, ()) = tokio::time::timeout(WAIT * 2, async { tokio::join!(cut_off, elsewhere) })

@@ -8,18 +8,10 @@ use std::time::Duration;
 use openraft::raft::InstallSnapshotRequest;
 use openraft::{CommittedLeaderId, LogId, SnapshotMeta, StoredMembership, Vote};
 use raft_core::testing::frame::{self, Message};
-use raft_core::{ClientId, NodeId, Outcome, Role};
+use raft_core::{NodeId, Role};
 use test_support::eventually;
 use test_support::raft_cluster::*;
 use ts_transport::{MemNetwork, Transport as _};
-
-async fn commit_n(cluster: &Cluster, leader: usize, session: ClientId, from: u64, count: u64) {
-    for seq in from..from + count {
-        let outcome =
-            cluster.propose(leader, session, seq, format!("{session}:{seq}").as_bytes()).await;
-        assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
-    }
-}
 
 /// openraft purges a follower's log up to an incoming snapshot when it
 /// queues the install, not after it. Here the follower's restore stalls,
@@ -30,28 +22,7 @@ async fn commit_n(cluster: &Cluster, leader: usize, session: ClientId, from: u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_snapshot_install_fails_half_way_starts_again_and_catches_up() {
     let net = MemNetwork::new();
-    let mut config = fast_config();
-    config.snapshot_every = 20;
-    config.keep_after_snapshot = 5;
-    config.purge_batch = 1;
-    let mut cluster = Cluster::new(3, Net::Mem(net.clone()), true, config).await;
-    cluster.initialize().await;
-    let leader = cluster.leader(&[0, 1, 2]).await;
-    let session = cluster.register(leader).await;
-    let follower = (leader + 1) % 3;
-    commit_n(&cluster, leader, session, 1, 5).await;
-    cluster.wait_applied(follower, 5).await;
-
-    // The follower falls behind what the leader keeps in its log.
-    net.isolate(ip(follower));
-    commit_n(&cluster, leader, session, 6, 100).await;
-    cluster
-        .node(leader)
-        .wait_for(WAIT, |m| {
-            m.snapshot.is_some_and(|s| s >= 60) && m.purged.is_some_and(|p| p >= 50)
-        })
-        .await
-        .expect("leader built a snapshot and purged the log behind it");
+    let (mut cluster, leader, _, follower) = a_follower_behind_a_purge(&net, true).await;
 
     // It gets the leader's snapshot; its restore stalls while raft counts
     // the log up to the snapshot as purged.

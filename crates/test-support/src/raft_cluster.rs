@@ -353,6 +353,16 @@ impl Cluster {
         .await
     }
 
+    /// Commits `count` commands through the leader (one session,
+    /// sequential, sequence numbers from `from`), each applied.
+    pub async fn commit_n(&self, leader: usize, session: ClientId, from: u64, count: u64) {
+        for seq in from..from + count {
+            let outcome =
+                self.propose(leader, session, seq, format!("{session}:{seq}").as_bytes()).await;
+            assert!(matches!(outcome, Ok(Outcome::Applied(_))), "proposal {seq} gave {outcome:?}");
+        }
+    }
+
     /// Registers a session through node `i` (the leader).
     pub async fn register(&self, i: usize) -> ClientId {
         self.node(i).register_session().await.expect("session registered")
@@ -407,4 +417,38 @@ pub fn count_of(outcome: &Outcome) -> u64 {
         }
         other => panic!("unexpected outcome {other:?}"),
     }
+}
+
+/// Three nodes on `net` (`durable` or in memory) whose follower was cut
+/// off after 5 commands while the leader committed 100 more, built a
+/// snapshot and purged its log past where the follower stopped: only a
+/// snapshot can bring it back. Answers the cluster, the leader, the
+/// leader's session and the follower, still cut off.
+pub async fn a_follower_behind_a_purge(
+    net: &MemNetwork,
+    durable: bool,
+) -> (Cluster, usize, ClientId, usize) {
+    let mut config = fast_config();
+    config.snapshot_every = 20;
+    config.keep_after_snapshot = 5;
+    config.purge_batch = 1;
+    let cluster = Cluster::new(3, Net::Mem(net.clone()), durable, config).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let session = cluster.register(leader).await;
+    let follower = (leader + 1) % 3;
+    cluster.commit_n(leader, session, 1, 5).await;
+    cluster.wait_applied(follower, 5).await;
+    net.isolate(ip(follower));
+    // Each proposal is its own entry here (sequential), so 100 proposals
+    // pass several snapshot points; the leader purges what they cover.
+    cluster.commit_n(leader, session, 6, 100).await;
+    cluster
+        .node(leader)
+        .wait_for(WAIT, |m| {
+            m.snapshot.is_some_and(|s| s >= 60) && m.purged.is_some_and(|p| p >= 50)
+        })
+        .await
+        .expect("leader built a snapshot and purged the log behind it");
+    (cluster, leader, session, follower)
 }

@@ -1145,9 +1145,14 @@ mod tests {
         }
     }
 
-    /// A peer that welcomes every hello and grants every vote; counts the
-    /// connections it accepted.
-    async fn granting_peer(net: &MemNetwork, accepted: Arc<AtomicUsize>) -> JoinHandle<()> {
+    /// A played peer: welcomes every hello, answers other requests with
+    /// `answer` (or hangs up where it gives none); counts the connections
+    /// it accepted.
+    async fn played_peer(
+        net: &MemNetwork,
+        accepted: Arc<AtomicUsize>,
+        answer: fn(Message) -> Option<Message>,
+    ) -> JoinHandle<()> {
         let listener = net.node(ip(2)).listen(PORT).await.expect("listen");
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -1156,10 +1161,10 @@ mod tests {
                     while let Ok(Some(frame)) = frame::read(&mut stream, 1 << 20).await {
                         let answer = match frame.message {
                             Message::Hello { .. } => Message::Welcome,
-                            Message::Vote(rpc) => {
-                                Message::VoteResult(Ok(VoteResponse::new(rpc.vote, None, true)))
-                            }
-                            _ => return,
+                            other => match answer(other) {
+                                Some(answer) => answer,
+                                None => return,
+                            },
                         };
                         let bytes = frame::encode(frame.request_id, &answer);
                         if frame::write(&mut stream, &bytes).await.is_err() {
@@ -1169,6 +1174,17 @@ mod tests {
                 });
             }
         })
+    }
+
+    /// A peer that grants every vote; counts the connections it accepted.
+    async fn granting_peer(net: &MemNetwork, accepted: Arc<AtomicUsize>) -> JoinHandle<()> {
+        played_peer(net, accepted, |message| match message {
+            Message::Vote(rpc) => {
+                Some(Message::VoteResult(Ok(VoteResponse::new(rpc.vote, None, true))))
+            }
+            _ => None,
+        })
+        .await
     }
 
     /// A candidate's vote request to a peer whose process restarted since
@@ -1218,29 +1234,16 @@ mod tests {
         server.abort();
     }
 
-    /// A peer that welcomes every hello and refuses every snapshot chunk,
-    /// as one whose `network.max_snapshot_bytes` the snapshot exceeds.
+    /// A peer that refuses every snapshot chunk, as one whose
+    /// `network.max_snapshot_bytes` the snapshot exceeds.
     async fn refusing_peer(net: &MemNetwork) -> JoinHandle<()> {
-        let listener = net.node(ip(2)).listen(PORT).await.expect("listen");
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    while let Ok(Some(frame)) = frame::read(&mut stream, 1 << 20).await {
-                        let answer = match frame.message {
-                            Message::Hello { .. } => Message::Welcome,
-                            Message::InstallSnapshot(_) => Message::Refused(
-                                "reaches past the limit (network.max_snapshot_bytes)".to_owned(),
-                            ),
-                            _ => return,
-                        };
-                        let bytes = frame::encode(frame.request_id, &answer);
-                        if frame::write(&mut stream, &bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
+        played_peer(net, Arc::default(), |message| match message {
+            Message::InstallSnapshot(_) => Some(Message::Refused(
+                "reaches past the limit (network.max_snapshot_bytes)".to_owned(),
+            )),
+            _ => None,
         })
+        .await
     }
 
     /// A refused snapshot chunk is `Unreachable`, on which openraft's
