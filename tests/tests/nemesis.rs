@@ -305,19 +305,55 @@ async fn a_short_nemesis_run_stays_linearizable_and_replicas_converge() {
             .expect("node runs")
             .expect("replica catches up");
     }
+    // Replicas at one applied index hold one state. The index is read
+    // before and after each round of reads, and a round counts only if
+    // every node was at the same index throughout: a write given up at its
+    // deadline may still be appended after the workload ended, and a node
+    // that applied it would differ from one that had not yet (seed
+    // 1796031580222224849 compared values across a late entry).
+    let (index, by_node) = eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        "every replica at one applied index",
+        async || {
+            let applied = || -> Vec<Option<u64>> {
+                (0..NODES).map(|i| cluster.metrics(i).and_then(|m| m.applied_index)).collect()
+            };
+            let before = applied();
+            let mut by_node = Vec::new();
+            for i in 0..NODES {
+                let mut values = Vec::new();
+                for k in 0..KEYS {
+                    let query = KvQuery::Get { key: format!("k{k}") };
+                    let value = cluster
+                        .on(
+                            i,
+                            move |node| async move { node.read(query, Consistency::Local).await },
+                        )
+                        .await
+                        .expect("node runs")
+                        .unwrap();
+                    values.push(value.to_string());
+                }
+                by_node.push(values);
+            }
+            let after = applied();
+            let one = before == after && after.iter().all(|a| a.is_some() && *a == after[0]);
+            if one {
+                Ok((after[0], by_node))
+            } else {
+                Err(format!("applied {before:?}, then {after:?}"))
+            }
+        },
+    )
+    .await;
     for k in 0..KEYS {
-        let key = format!("k{k}");
-        let mut values = BTreeSet::new();
-        for i in 0..NODES {
-            let query = KvQuery::Get { key: key.clone() };
-            let value = cluster
-                .on(i, move |node| async move { node.read(query, Consistency::Local).await })
-                .await
-                .expect("node runs")
-                .unwrap();
-            values.insert(value.to_string());
-        }
-        assert_eq!(values.len(), 1, "seed {seed}: replicas disagree on {key}: {values:?}");
+        let values: BTreeSet<&String> = by_node.iter().map(|values| &values[k]).collect();
+        assert_eq!(
+            values.len(),
+            1,
+            "seed {seed}: replicas disagree on k{k} at applied index {index:?}: {values:?}"
+        );
     }
     // Versions count the writes applied to each key: between the
     // acknowledged writes (none lost) and those plus the unknown ones (none
