@@ -114,6 +114,31 @@ impl<S: StateMachine> Drop for Hold<'_, S> {
     }
 }
 
+/// How long a transfer waits for a membership change on this node to end
+/// (and its entry to be applied) before it answers that one is under way.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// The hold, once no other transfer holds it and no membership change is
+/// running or waiting in the log (raft-core refuses the hold until then):
+/// waits for that up to [`SETTLE`], within `deadline`.
+async fn start_hold<S: StateMachine>(
+    raft: &RaftNode<Adapter<S>>,
+    deadline: Instant,
+) -> Result<Hold<'_, S>, TransferError> {
+    let give_up = deadline.min(Instant::now() + SETTLE);
+    loop {
+        if let Some(hold) = Hold::<S>::try_start(raft) {
+            return Ok(hold);
+        }
+        if Instant::now() >= give_up {
+            return Err(TransferError::Busy);
+        }
+        // Polled: nothing signals the end of another transfer's hold or
+        // a change's entry being applied in one place.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The voter to hand over to when none is named: one tagged and online in
 /// this node's view if any, the furthest replicated, the lowest id.
 fn pick<S: StateMachine>(inner: &Inner<S>, m: &raft_core::NodeMetrics) -> Option<u64> {
@@ -222,7 +247,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     let Some(node) = m.nodes.get(&target).cloned() else {
         return Err(TransferError::Invalid(format!("{target} is not a member")));
     };
-    let Some(hold) = Hold::<S>::try_start(raft) else { return Err(TransferError::Busy) };
+    let hold = start_hold(raft, deadline).await?;
     tracing::info!(from = me, target, "handing leadership over");
     let remaining = || deadline.saturating_duration_since(Instant::now());
 

@@ -1189,6 +1189,21 @@ impl<S: StateMachine> RaftNode<S> {
         Ok(())
     }
 
+    /// Whether the latest configuration is a single one and applied here:
+    /// no membership entry is waiting in the log to be committed.
+    fn membership_settled(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let stored = &metrics.membership_config;
+        let single = stored.membership().get_joint_config().len() == 1;
+        let applied = match (stored.log_id(), metrics.last_applied) {
+            (None, _) => true,
+            (Some(entry), Some(applied)) => entry.index <= applied.index,
+            (Some(_), None) => false,
+        };
+        single && applied
+    }
+
     /// The voters of the latest configuration (the new half of a joint one).
     fn current_voters(&self) -> BTreeSet<NodeId> {
         let metrics = self.raft.metrics();
@@ -1452,8 +1467,14 @@ impl<S: StateMachine> RaftNode<S> {
     /// Turns the hold on unless it is on already or a membership change
     /// runs on this node (one atomic step): false if another transfer
     /// holds it or a change has been handed to raft and not answered yet
-    /// (it appends entries and may change the voters under the transfer).
+    /// (it appends entries and may change the voters under the transfer),
+    /// or the latest configuration is joint or not applied yet: a change
+    /// given up at its deadline (or left by a crash) may still be in the
+    /// log, to be committed under the transfer.
     pub fn try_hold_for_transfer(&self) -> bool {
+        if !self.membership_settled() {
+            return false;
+        }
         if !self.handoff.try_hold() {
             return false;
         }
