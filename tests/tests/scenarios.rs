@@ -36,10 +36,14 @@ const SETTLE: Duration = Duration::from_secs(120);
 const ACK: Duration = Duration::from_secs(40);
 /// Bound on a whole scenario.
 const SCENARIO: Duration = Duration::from_secs(480);
+/// Lines of each node's log printed when a scenario fails.
+const LOG_TAIL: usize = 80;
 
 /// A running scenario: the tailnet, the nodes, the leader watch, and what
 /// was acknowledged.
 struct Scenario {
+    /// First, so that it drops before the tailnet's directory goes.
+    _logs: LogsOnPanic,
     name: &'static str,
     tailnet: LocalTailnet,
     nodes: Arc<Nodes>,
@@ -70,7 +74,8 @@ impl Scenario {
         nodes.settled(SETTLE).await.expect("the cluster forms");
         let start = Instant::now();
         let watch = Some(LeaderWatch::start(nodes.clone(), Duration::from_millis(250), start));
-        let scenario = Scenario { name, tailnet, nodes, watch, start, acked: Vec::new() };
+        let _logs = LogsOnPanic(nodes.clone());
+        let scenario = Scenario { _logs, name, tailnet, nodes, watch, start, acked: Vec::new() };
         scenario.say("cluster formed");
         scenario
     }
@@ -206,6 +211,28 @@ impl Scenario {
     }
 }
 
+/// A scenario that panics prints the end of every node's log before its
+/// directory is removed: the status lines say what went wrong, the logs
+/// say who did it (which node campaigned, which refused a vote).
+struct LogsOnPanic(Arc<Nodes>);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in self.0.all() {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!("--- {} log, last {} lines ---", node.hostname, tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 /// `get key` through `node`, retried for `patience` on errors (the node
 /// may still be catching up); a value, once answered, is final.
 async fn read_settled(
@@ -223,7 +250,14 @@ async fn read_settled(
     }
 }
 
+/// Scenarios run one at a time. Each runs a tailnet and three node
+/// processes; four at once on two cores (CI runs four test threads) made
+/// heartbeats late enough for a follower to start an election, which the
+/// retag scenario then blamed on the member it brought back.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn bounded(what: &str, scenario: impl Future<Output = ()>) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     tokio::time::timeout(SCENARIO, scenario)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {SCENARIO:?}"));
