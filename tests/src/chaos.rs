@@ -6,7 +6,7 @@
 //! through their line interfaces while a seeded nemesis injects faults,
 //! heals everything, and then checks:
 //!
-//! - the recorded history is linearizable ([`crate::linearizability`]);
+//! - the recorded history is linearizable ([`test_support::linearizability`]);
 //! - every key's version (the writes applied to it) lies between the
 //!   acknowledged writes and the acknowledged plus unknown ones: no
 //!   acknowledged write was lost, none was applied twice;
@@ -37,12 +37,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use test_support::{Rng, poll_until};
 
-use crate::linearizability::{Input, Operation, Output, check, write_bounds};
 use crate::nodes::{
     CALL_TIMEOUT, LeaderWatch, Line, Node, NodeSettings, Nodes, Status, lock, ok_of,
 };
 use crate::tailnet::LocalTailnet;
-use crate::workload::{Client, Outcome, Recorder};
+use test_support::linearizability::{Input, Operation, Output, check, write_bounds};
+use test_support::workload::{Client, Outcome, Recorder};
 
 /// The cluster's tag.
 const TAG: &str = "tag:chaos";

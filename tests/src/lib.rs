@@ -4,17 +4,14 @@
 //!   127.0.0.1, in a separate Go process) and brings up tsnet nodes on it.
 //! - [`conformance`] is the one suite every `ts_transport::Transport` must
 //!   pass, run over the in-memory, TCP and tsnet transports alike.
-//! - [`linearizability`] checks key-value histories (Wing & Gong search with
-//!   memoization, partitioned by key, unknown outcomes allowed).
-//! - [`workload`] is the key-value workload both nemesis runs drive (seeded
-//!   clients) and the recorder of the history the checker reads.
 //! - `nodes` runs `chaos-node` processes (this crate's `src/bin/chaos-node.rs`:
 //!   a key-value state machine, `test_support::kv`, behind switchable
 //!   faults) on a local
 //!   tailnet, and watches that no two clusters lead at once.
 //! - `chaos` is the multi-process nemesis run behind `cargo xtask chaos`:
 //!   `chaos-node` processes on a local tailnet, faults, a recorded history
-//!   and the checks after every run.
+//!   and the checks after every run (its workload and history checker
+//!   are test-support's, shared with the in-process nemesis).
 //! - `headscale` is the suite behind `cargo xtask headscale`: `kv`
 //!   example processes against headscale, a real, independent control
 //!   server, on 127.0.0.1.
@@ -31,9 +28,7 @@ pub mod chaos;
 pub mod conformance;
 #[cfg(feature = "tailnet")]
 pub mod headscale;
-pub mod linearizability;
 #[cfg(feature = "tailnet")]
 pub mod nodes;
 #[cfg(feature = "tailnet")]
 pub mod tailnet;
-pub mod workload;

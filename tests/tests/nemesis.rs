@@ -21,9 +21,9 @@ use std::time::Duration;
 use consensus::{Config, Consensus, Consistency, StopMode, Timing};
 use test_support::cluster::{self, Tailnet};
 use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::linearizability::{Input, Output, check, write_bounds};
+use test_support::workload::{Client, Outcome, Recorder};
 use test_support::{Rng, eventually_every, fast_timing, seed_from_env};
-use tests::linearizability::{Input, Output, check, write_bounds};
-use tests::workload::{Client, Outcome, Recorder};
 use tokio::runtime::{Handle, Runtime};
 use ts_transport::MemNetwork;
 

@@ -17,6 +17,11 @@
 //!   machine that records what it applied ([`tally`]), HTTP to a node's
 //!   local endpoints ([`http`]), and the one in-memory cluster of the
 //!   facade ([`cluster`]);
+//! - [`linearizability`]: a checker of key-value histories (Wing & Gong
+//!   search with memoization, partitioned by key, unknown outcomes
+//!   allowed); with the `facade` feature, [`workload`]: the seeded
+//!   key-value clients both nemesis runs drive (in process and over
+//!   processes) and the recorder of the history the checker reads;
 //! - with the `raft-cluster` feature: raft-core's own cluster harness,
 //!   below the facade ([`raft_cluster`]), for raft-core's tests and
 //!   benchmark.
@@ -33,6 +38,7 @@ mod counter;
 pub mod http;
 #[cfg(feature = "facade")]
 pub mod kv;
+pub mod linearizability;
 #[cfg(feature = "facade")]
 pub mod lines;
 #[cfg(feature = "raft-cluster")]
@@ -43,6 +49,8 @@ pub mod stream;
 pub mod tally;
 mod timing;
 mod wait;
+#[cfg(feature = "facade")]
+pub mod workload;
 
 #[cfg(feature = "facade")]
 pub use crate::counter::Counter;

@@ -2,7 +2,7 @@
 //! history [`crate::linearizability`] checks.
 //!
 //! Both nemesis runs drive the same clients: the multi-process one
-//! ([`crate::chaos`], over `chaos-node`'s line interface) and the in-process
+//! (the `tests` package's `chaos`, over `chaos-node`'s line interface) and the in-process
 //! one (`tests/nemesis.rs`, through the facade). A [`Client`] draws every
 //! operation from its seeded RNG: a put (4 in 10), a compare-and-set (3 in
 //! 10) expecting the value the client last saw on that key (or absence,
@@ -33,9 +33,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Rng;
+use crate::kv::KvResponse;
 use serde_json::Value;
-use test_support::Rng;
-use test_support::kv::KvResponse;
 
 use crate::linearizability::{Input, Operation, Output};
 
