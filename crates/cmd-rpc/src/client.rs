@@ -407,7 +407,8 @@ impl CommandClient {
         call: Call<'_>,
     ) -> Result<(u16, Bytes), Exchanged> {
         let Call { origin, to, answer_limit, .. } = call;
-        let unreachable = |err: hyper::Error| Exchanged::Broke(RpcError::unreachable(addr, err));
+        let unreachable =
+            |err: hyper::Error| Exchanged::Broke(RpcError::unreachable(addr, in_words(&err)));
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -423,9 +424,9 @@ impl CommandClient {
                 .header(TARGET_NODE_HEADER, to.node.to_string())
                 .header(CLUSTER_HEADER, cluster);
         }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| Exchanged::Failed(RpcError::bad_request_from(e.to_string(), e)))?;
+        let request = request.body(Full::new(body)).map_err(|e| {
+            Exchanged::Failed(RpcError::bad_request_from(e.to_string(), in_words(&e)))
+        })?;
         let response = sender.send_request(request).await.map_err(unreachable)?;
         let status = response.status().as_u16();
         let mut incoming = response.into_body();
@@ -493,7 +494,7 @@ impl CommandClient {
             .map_err(|e| RpcError::unreachable(addr, e))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| RpcError::unreachable(addr, e))?;
+            .map_err(|e| RpcError::unreachable(addr, in_words(&e)))?;
         // Ends when the connection closes or every sender is dropped.
         tokio::spawn(async move {
             let _ = connection.await;
@@ -610,6 +611,14 @@ fn decode<R: DeserializeOwned>(addr: SocketAddr, status: u16, bytes: &[u8]) -> R
     Err(RpcError::from_remote(status, body))
 }
 
+/// An error of the HTTP layer (hyper's, or `http`'s from building a
+/// request) as its words, level by level, its own source's included: the
+/// chain under an [`RpcError`] reaches the facade's callers, and no hyper
+/// type may be found in it (issue 15).
+pub(crate) fn in_words(err: &(dyn std::error::Error + 'static)) -> raft_core::Cause {
+    raft_core::Cause::of(err)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
@@ -641,6 +650,68 @@ mod tests {
         // The words stay as they were.
         assert!(err.to_string().starts_with("cannot reach 10.0.0.2:6271: "), "{err}");
     }
+    /// Issue 15: an exchange that broke kept hyper's error as the source of
+    /// `Unreachable`, and so in the chain under the facade's
+    /// `Error::Network`, where a caller walking `source()` could downcast
+    /// to it. Its words stay, level by level; its type does not. One peer
+    /// hangs up after reading the request; the other's stream fails the
+    /// read with a reset, which hyper keeps as its own source.
+    #[tokio::test]
+    async fn a_broken_exchange_shows_no_hyper_type_underneath() {
+        use std::error::Error as _;
+        use std::io;
+        use std::task::{Context, Poll};
+
+        /// Fails every read of a stream dialed to `resets` with a reset.
+        struct Resets(bool);
+        impl test_support::Hook for Resets {
+            fn before_read(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                if !self.0 {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "played reset")))
+            }
+        }
+
+        let net = MemNetwork::new();
+        let ip = |i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
+        let (me, hangs_up, resets) = (ip(1), ip(2), ip(3));
+        serve(net.node(hangs_up), None).await;
+        serve(net.node(resets), None).await;
+        let transport = test_support::stream::HookedTransport::new(Arc::new(net.node(me)))
+            .dialed(move |to: IpAddr, _| Resets(to == resets));
+        let client = CommandClient::new(Arc::new(transport), CommandConfig::default());
+        for (at, words) in [(hangs_up, vec!["connection closed"]), (resets, vec!["played reset"])] {
+            let peer = NodeInfo {
+                stable_id: "peer".to_owned(),
+                addrs: vec![at],
+                raft_port: 6270,
+                command_port: 6271,
+            };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let err = client
+                .post::<_, serde_json::Value>(
+                    &peer,
+                    "/v1/execute",
+                    &serde_json::json!({}),
+                    deadline,
+                    Origin::Client,
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+            let chain: Vec<_> = std::iter::successors(err.source(), |&e| e.source()).collect();
+            assert!(!chain.is_empty(), "no source: {err:?}");
+            for under in &chain {
+                assert!(!under.is::<hyper::Error>(), "hyper's error underneath: {under:?}");
+            }
+            let text: Vec<String> = chain.iter().map(|e| e.to_string()).collect();
+            for word in words {
+                assert!(text.iter().any(|t| t.contains(word)), "{word:?} lost: {text:?}");
+            }
+        }
+    }
+
     /// Serves `port` on `node`: reads each request's head and body (up to
     /// the end of a `{...}` body), then answers 404 with `answer` if it is
     /// `Some`, or closes the connection without a word.

@@ -7,7 +7,8 @@ use crate::api::{ErrorBody, LeaderHint};
 use crate::code::ErrorCode;
 
 /// An error underneath a command-API error (the transport's, HTTP's),
-/// boxed so that no lower layer's type shows.
+/// boxed. HTTP's errors are kept only as their words (a
+/// [`raft_core::Cause`]): no hyper type is found by walking `source()`.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a command-API call failed.
@@ -206,7 +207,8 @@ pub enum RpcError {
         target: String,
         /// Why.
         reason: String,
-        /// The error underneath, when there is one.
+        /// The error underneath, when there is one: the transport's as it
+        /// is, an HTTP exchange's as its words ([`raft_core::Cause`]).
         #[source]
         source: Option<Cause>,
     },

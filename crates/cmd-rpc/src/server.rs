@@ -35,7 +35,9 @@ use crate::api::{
     CampaignRequest, ConfirmRequest, ExecuteBatchRequest, ExecuteRequest, JoinRequest, MAX_BATCH,
     ProbeRequest, ReadRequest, RemoveRequest,
 };
-use crate::client::{CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER};
+use crate::client::{
+    CLUSTER_HEADER, DEADLINE_HEADER, FORWARDED_HEADER, TARGET_NODE_HEADER, in_words,
+};
 use crate::code::ErrorCode;
 use crate::config::CommandConfig;
 use crate::error::RpcError;
@@ -330,8 +332,9 @@ async fn read_body(body: Incoming, config: &CommandConfig) -> Result<Bytes, RpcE
         let mut body = body;
         let mut buf = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| RpcError::bad_request_from(format!("reading body: {e}"), e))?;
+            let frame = frame.map_err(|e| {
+                RpcError::bad_request_from(format!("reading body: {e}"), in_words(&e))
+            })?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
                     return Err(RpcError::TooLarge { size: buf.len() + data.len(), limit });

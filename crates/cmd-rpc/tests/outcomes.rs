@@ -7,6 +7,11 @@
 //! Most of these follow a leader played by a raw HTTP server: a cluster of
 //! two, whose leader's command server is replaced by one that answers (or
 //! does not) as each test says.
+//!
+//! Every test runs in tokio's paused time: nothing here leaves the process
+//! (`MemNetwork`, memory storage), so deadlines, back-offs, leases and the
+//! played leader's delays all pass on tokio's clock, in exact order, and
+//! no loaded machine can stretch one past another.
 
 mod common;
 
@@ -20,7 +25,7 @@ use cmd_rpc::{CommandConfig, Consistency, ErrorCode, Origin, ReadRequest};
 use common::*;
 use raft_core::{NodeId, NodeInfo, Role};
 use serde_json::value::RawValue;
-use test_support::eventually;
+use test_support::{eventually, eventually_every};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use ts_transport::{MemNetwork, Transport};
@@ -172,11 +177,6 @@ fn linearizable() -> ReadRequest {
 /// leader's `no_quorum` ("no outcome within ..."). Now the attempt is not
 /// worth making: the call reports `no_quorum`, and the leader hears one
 /// request.
-///
-/// In paused time (nothing here leaves the process): the played leader's
-/// delay, the back-off pause and the deadline all pass on tokio's clock,
-/// so their order is exact and no loaded machine can stretch one past
-/// another; the test takes milliseconds.
 #[tokio::test(start_paused = true)]
 async fn a_read_reports_the_leaders_no_quorum_not_a_last_slivers_timeout() {
     let net = MemNetwork::new();
@@ -207,7 +207,7 @@ async fn a_read_reports_the_leaders_no_quorum_not_a_last_slivers_timeout() {
 /// execute's deadline never wrote the command anywhere: `not_started`
 /// (known not applied), saying why. Before: `no_leader`, an unknown
 /// outcome, so the facade's operation counted it "maybe applied".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_with_no_leader_for_its_whole_deadline_was_not_started() {
     let net = MemNetwork::new();
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
@@ -225,7 +225,7 @@ async fn an_execute_with_no_leader_for_its_whole_deadline_was_not_started() {
 /// Issue 12, task 3: every attempt failed to dial the leader (nothing
 /// listens there): nothing was written, so `not_started`. Before:
 /// `unreachable`, an unknown outcome.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_whose_attempts_all_failed_to_dial_was_not_started() {
     let net = MemNetwork::new();
     let (follower, leader, _) = follower_of_a_silent_leader(&net, CommandConfig::default()).await;
@@ -243,7 +243,7 @@ async fn an_execute_whose_attempts_all_failed_to_dial_was_not_started() {
 /// Issue 12, task 3 (the conservative side): an attempt that wrote the
 /// command and got no answer may have been applied, whatever follows:
 /// an unknown outcome, never `not_started`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_that_timed_out_after_sending_stays_unknown() {
     let net = MemNetwork::new();
     let config = CommandConfig {
@@ -269,7 +269,7 @@ async fn an_execute_that_timed_out_after_sending_stays_unknown() {
 /// every later one `not_started`, which speaks only of that copy. The
 /// call must not report `not_started` (not applied): it keeps the unknown
 /// outcome.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_not_started_after_an_attempt_that_may_have_been_applied_is_not_the_answer() {
     let net = MemNetwork::new();
     let config = CommandConfig {
@@ -296,7 +296,7 @@ async fn a_not_started_after_an_attempt_that_may_have_been_applied_is_not_the_an
 /// `tokio::time::timeout` polls once before it looks at the clock, so the
 /// proposal went to raft and was applied while the caller heard "no
 /// outcome".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_with_no_time_left_is_not_proposed() {
     let net = MemNetwork::new();
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
@@ -331,7 +331,7 @@ async fn an_execute_with_no_time_left_is_not_proposed() {
 /// refused: the proposal was polled once, queued, the call timed out, and
 /// the command was applied while its caller heard an unknown outcome
 /// where `not_started` was known.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
     let net = MemNetwork::new();
     let node = start_node(Arc::new(net.node(ip(0))), 0, fast_raft()).await;
@@ -381,7 +381,7 @@ async fn an_execute_with_a_sliver_of_time_is_not_proposed() {
 /// attempt's end and a grace beyond it, its callers only until their
 /// deadline: they gave up first and heard "no answer in time" (unknown)
 /// for commands never written. Now every one of them is `not_started`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_batch_that_never_got_a_request_slot_was_not_started() {
     let net = MemNetwork::new();
     let config = CommandConfig {
@@ -419,14 +419,24 @@ async fn a_batch_that_never_got_a_request_slot_was_not_started() {
 
 /// Moves the leadership from `leader` (whose command port is played) to
 /// `follower`, which then leads: a change every waiting forward sees.
+///
+/// The held leader sends no heartbeats, and a vote is granted only once
+/// the voters' leader leases have run out (when, depends on when each last
+/// heard from the leader): the follower campaigns, a few times a lease,
+/// until it leads.
 async fn move_leadership_to(follower: &Node, leader: &raft_core::RaftNode<Counter>) {
     leader.hold_for_transfer(true);
-    let lease = leader.own_lease_remaining().await.max(leader.leader_lease());
-    // The followers' leases must run out before a vote is granted.
-    tokio::time::sleep(lease + Duration::from_millis(100)).await;
     let node = follower.service.node();
-    node.campaign().await.expect("campaign");
-    node.wait_for(WAIT, |m| m.leader == Some(node.id())).await.expect("the follower leads");
+    let every = leader.leader_lease() / 4;
+    eventually_every(WAIT, every, "the follower leads", async || {
+        let now = node.metrics();
+        if now.leader == Some(node.id()) {
+            return Ok(());
+        }
+        node.campaign().await.expect("campaign");
+        Err(format!("term {}, leader {:?}", now.term, now.leader))
+    })
+    .await;
 }
 
 /// Holds the only request slot (`max_requests_per_peer` 1) from the
@@ -451,7 +461,7 @@ async fn hold_the_request_slot(follower: &Node, at: IpAddr, requests: &AtomicUsi
 /// They are handed back unsent: routed again (to this node, now the
 /// leader, which does not know the session), the calls end with a known
 /// outcome, not "maybe applied".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_batch_abandoned_before_it_was_written_was_not_started() {
     let net = MemNetwork::new();
     let config = CommandConfig {
@@ -490,7 +500,7 @@ async fn a_batch_abandoned_before_it_was_written_was_not_started() {
 /// request slot when its leader lost its leadership, nothing of it was
 /// written. Before: an unknown outcome ("lost its leadership"), whatever
 /// was written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_execute_abandoned_alone_before_it_was_written_was_not_started() {
     let net = MemNetwork::new();
     let config = CommandConfig {

@@ -1176,6 +1176,32 @@ mod tests {
         })
     }
 
+    /// Node 1's client, over `transport`, to the played peer: node 2, stable
+    /// id "peer", listening on `ip(2)`:`PORT` (see [`played_peer`]).
+    async fn client_to_peer(transport: Arc<dyn Transport>) -> PeerClient {
+        let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
+        let local = Local {
+            id: crate::types::node_id("self", 1),
+            stable_id: "self".to_owned(),
+            incarnation: 1,
+            sessions: crate::sessions::SessionLimits::default(),
+        };
+        let mut clients = RaftNetworkClients::new(
+            transport,
+            local,
+            NetworkConfig::default(),
+            gate,
+            Arc::new(|_| Some("peer".to_owned())),
+        );
+        let node = NodeInfo {
+            stable_id: "peer".to_owned(),
+            addrs: vec![ip(2)],
+            raft_port: PORT,
+            command_port: PORT + 1,
+        };
+        clients.new_client(2, &node).await
+    }
+
     /// A peer that grants every vote; counts the connections it accepted.
     async fn granting_peer(net: &MemNetwork, accepted: Arc<AtomicUsize>) -> JoinHandle<()> {
         played_peer(net, accepted, |message| match message {
@@ -1197,27 +1223,7 @@ mod tests {
         let accepted = Arc::new(AtomicUsize::new(0));
         let server = granting_peer(&net, accepted.clone()).await;
         let transport = Restarts::new(Arc::new(net.node(ip(1))));
-        let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
-        let local = Local {
-            id: crate::types::node_id("self", 1),
-            stable_id: "self".to_owned(),
-            incarnation: 1,
-            sessions: crate::sessions::SessionLimits::default(),
-        };
-        let mut clients = RaftNetworkClients::new(
-            transport.transport.clone(),
-            local,
-            NetworkConfig::default(),
-            gate,
-            Arc::new(|_| Some("peer".to_owned())),
-        );
-        let node = NodeInfo {
-            stable_id: "peer".to_owned(),
-            addrs: vec![ip(2)],
-            raft_port: PORT,
-            command_port: PORT + 1,
-        };
-        let mut client = clients.new_client(2, &node).await;
+        let mut client = client_to_peer(transport.transport.clone()).await;
         let option = || RPCOption::new(Duration::from_millis(600));
 
         let first = client.vote(VoteRequest::new(Vote::new(1, 1), None), option()).await;
@@ -1257,27 +1263,7 @@ mod tests {
 
         let net = MemNetwork::new();
         let server = refusing_peer(&net).await;
-        let gate = Arc::new(ClusterGate::new(Some(ClusterId::random().expect("randomness"))));
-        let local = Local {
-            id: crate::types::node_id("self", 1),
-            stable_id: "self".to_owned(),
-            incarnation: 1,
-            sessions: crate::sessions::SessionLimits::default(),
-        };
-        let mut clients = RaftNetworkClients::new(
-            Arc::new(net.node(ip(1))),
-            local,
-            NetworkConfig::default(),
-            gate,
-            Arc::new(|_| Some("peer".to_owned())),
-        );
-        let node = NodeInfo {
-            stable_id: "peer".to_owned(),
-            addrs: vec![ip(2)],
-            raft_port: PORT,
-            command_port: PORT + 1,
-        };
-        let mut client = clients.new_client(2, &node).await;
+        let mut client = client_to_peer(Arc::new(net.node(ip(1)))).await;
         let req = InstallSnapshotRequest {
             vote: Vote::new(1, 1),
             meta: SnapshotMeta {
