@@ -1078,6 +1078,32 @@ impl<S: StateMachine> CommandService<S> {
         .await
     }
 
+    /// Records this node, while it leads, where it runs now: its own
+    /// record, never another's (the raft id and record are this node's
+    /// own). For a member restarted on other ports or addresses that leads
+    /// when it looks (the facade's start; finding 55); serialized with
+    /// joins, removals and [`Change`]s under the same lock, which it waits
+    /// for only within `deadline` (finding 58). Nothing to do if the
+    /// membership already records this node so, or no longer holds it.
+    pub async fn update_own_record(&self, deadline: impl Into<Instant>) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
+        let (id, node) = (self.node.id(), self.node.info());
+        self.on_leader(deadline, |remaining| async move {
+            let (_serial, remaining) = self.membership_lock(remaining).await?;
+            match self.node.metrics().nodes.get(&id) {
+                Some(recorded) if recorded != node => self
+                    .node
+                    .set_node(id, node.clone(), remaining)
+                    .await
+                    .map_err(|err| self.membership_error(err)),
+                // Recorded so already, or removed meanwhile (the leader
+                // that adds it back takes the record it answers with).
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
     /// Makes a membership change this node decided on as the leader (the
     /// facade's reconciler), serialized with joins and removals.
     pub async fn change(

@@ -2,7 +2,8 @@
 //! membership lock), each within its caller's deadline: a join, a removal
 //! or a change that finds another change holding the lock gives up at its
 //! deadline with a timeout its caller may retry, instead of waiting for the
-//! other change to end (docs/reliability.md finding 57).
+//! other change to end (docs/reliability.md finding 57). A leader's update
+//! of its own record takes the same lock (finding 58).
 
 mod common;
 
@@ -129,5 +130,30 @@ async fn a_change_behind_another_gives_up_at_its_own_deadline() {
     let _ = blocker.await;
     service.join(&join, &caller, Instant::now() + WAIT).await.unwrap();
     assert!(service.node().metrics().voters.contains(&join.id), "node 1 joined as a voter");
+    pair.stop().await;
+}
+
+/// Issue 12 (hostile review): a leader started on other ports than its
+/// record replaced the record with raft's `set_node` directly, beside the
+/// membership lock, so in the middle of whatever change the service was
+/// running. Now it goes through the service and waits for the lock (within
+/// its deadline) like any other change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_update_of_its_own_record_waits_for_the_membership_lock() {
+    let mut recorded = info(0);
+    recorded.command_port += 100;
+    let pair = Pair::start(recorded.clone()).await;
+    let service = pair.service();
+    let me = service.node().id();
+    let blocker = pair.hold_lock().await;
+    gives_up_in_time("update_own_record", |deadline| service.update_own_record(deadline)).await;
+    let record = service.node().metrics().nodes.get(&me).cloned();
+    assert_eq!(record, Some(recorded), "the record moved in the middle of another change");
+    assert!(!blocker.is_finished(), "the blocking change held the lock throughout");
+    // Once the lock is free, the record is replaced.
+    blocker.abort();
+    let _ = blocker.await;
+    service.update_own_record(Instant::now() + WAIT).await.unwrap();
+    assert_eq!(service.node().metrics().nodes.get(&me), Some(&info(0)), "record updated");
     pair.stop().await;
 }
