@@ -806,7 +806,8 @@ impl<S: StateMachine> CommandService<S> {
 
     /// Runs a membership change on this node while it leads, one at a
     /// time, retrying while another change is in progress or one timed
-    /// out, until `deadline`. `attempt` gets the time left.
+    /// out, until `deadline`. `attempt` gets the time left, and waits for
+    /// the membership lock within it ([`CommandService::membership_lock`]).
     async fn on_leader<F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<(), RpcError>
     where
         F: FnMut(Duration) -> Fut,
@@ -888,8 +889,30 @@ impl<S: StateMachine> CommandService<S> {
         Ok(())
     }
 
+    /// Takes the membership lock (changes one at a time), waiting for it
+    /// at most `remaining`, the time left to the attempt: another change
+    /// may hold it for long (an `AddLearner` waiting for a slow learner, a
+    /// change that cannot commit), and a call must end by its caller's
+    /// deadline (finding 57). The lock and the time left after the wait;
+    /// at the end of the wait, a timeout the caller may retry: this change
+    /// was not started.
+    async fn membership_lock(
+        &self,
+        remaining: Duration,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Duration), Failed> {
+        let until = Instant::now() + remaining;
+        match tokio::time::timeout_at(until, self.membership.lock()).await {
+            Ok(serial) => Ok((serial, until.saturating_duration_since(Instant::now()))),
+            Err(_) => Err(Failed::ForNow(RpcError::Timeout {
+                what: "waiting for another membership change to end (this one was not started)"
+                    .to_owned(),
+                after: remaining,
+            })),
+        }
+    }
+
     async fn join_here(&self, request: &JoinRequest, remaining: Duration) -> Result<(), Failed> {
-        let _serial = self.membership.lock().await;
+        let (_serial, remaining) = self.membership_lock(remaining).await?;
         let metrics = self.node.metrics();
         let stable_id = &request.node.stable_id;
         if let Some(known) = metrics.nodes.get(&request.id)
@@ -972,7 +995,7 @@ impl<S: StateMachine> CommandService<S> {
     ) -> Result<(), RpcError> {
         let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
-            let _serial = self.membership.lock().await;
+            let (_serial, remaining) = self.membership_lock(remaining).await?;
             let metrics = self.node.metrics();
             let Some(target) = metrics.nodes.get(&request.id) else { return Ok(()) };
             if target.stable_id != caller.stable_id {
@@ -1055,6 +1078,32 @@ impl<S: StateMachine> CommandService<S> {
         .await
     }
 
+    /// Records this node, while it leads, where it runs now: its own
+    /// record, never another's (the raft id and record are this node's
+    /// own). For a member restarted on other ports or addresses that leads
+    /// when it looks (the facade's start; finding 55); serialized with
+    /// joins, removals and [`Change`]s under the same lock, which it waits
+    /// for only within `deadline` (finding 58). Nothing to do if the
+    /// membership already records this node so, or no longer holds it.
+    pub async fn update_own_record(&self, deadline: impl Into<Instant>) -> Result<(), RpcError> {
+        let deadline: Instant = deadline.into();
+        let (id, node) = (self.node.id(), self.node.info());
+        self.on_leader(deadline, |remaining| async move {
+            let (_serial, remaining) = self.membership_lock(remaining).await?;
+            match self.node.metrics().nodes.get(&id) {
+                Some(recorded) if recorded != node => self
+                    .node
+                    .set_node(id, node.clone(), remaining)
+                    .await
+                    .map_err(|err| self.membership_error(err)),
+                // Recorded so already, or removed meanwhile (the leader
+                // that adds it back takes the record it answers with).
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
     /// Makes a membership change this node decided on as the leader (the
     /// facade's reconciler), serialized with joins and removals.
     pub async fn change(
@@ -1064,7 +1113,7 @@ impl<S: StateMachine> CommandService<S> {
     ) -> Result<(), RpcError> {
         let deadline: Instant = deadline.into();
         self.on_leader(deadline, |remaining| async move {
-            let _serial = self.membership.lock().await;
+            let (_serial, remaining) = self.membership_lock(remaining).await?;
             let result = match change {
                 Change::AddLearner { id, node } => {
                     let timeout = remaining.min(self.config.catch_up_timeout);

@@ -1352,8 +1352,9 @@ async fn update_record<S: StateMachine>(
     }
 }
 
-/// One attempt to have this node's record replaced by the leader: at once
-/// if this node leads; else a join with its record now, sent to the leader
+/// One attempt to have this node's record replaced by the leader: if this
+/// node leads, by its own command service (serialized with the other
+/// membership changes); else a join with its record now, sent to the leader
 /// it knows or, if it knows none (the leader cannot reach it at the old
 /// record), the one a peer of its cluster names.
 async fn ask_to_update<S: StateMachine>(
@@ -1364,11 +1365,12 @@ async fn ask_to_update<S: StateMachine>(
 ) -> Result<(), String> {
     let raft = inner.raft();
     let remaining = deadline.saturating_duration_since(Instant::now());
+    // Through the service, under its membership lock: beside it, the
+    // update could land in the middle of a join, a removal or a
+    // replacement the service is running (finding 58).
     if metrics.leader == Some(raft.id()) {
-        return raft
-            .set_node(raft.id(), raft.info().clone(), remaining.min(JOIN))
-            .await
-            .map_err(|err| err.to_string());
+        let until = Instant::now() + remaining.min(JOIN);
+        return inner.service.update_own_record(until).await.map_err(|err| err.to_string());
     }
     let view = inner.fresh_view().ok_or("the tailnet view is missing or out of date")?;
     let hint = match leader_hint(metrics).filter(|h| h.id != raft.id()) {

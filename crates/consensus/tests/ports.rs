@@ -64,3 +64,26 @@ async fn a_member_restarted_on_another_raft_port_is_reached_again() {
 async fn a_member_restarted_on_another_command_port_is_recorded_there() {
     a_member_restarted_on_other_ports_is_reached_again((0, 100)).await;
 }
+
+/// A durable cluster of one restarted on another command port: the node
+/// leads when it looks at its record, so it replaces the record through
+/// its own command service, under the membership lock (finding 58; the
+/// lock itself is tested in cmd-rpc's `tests/membership.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_restarted_on_another_command_port_records_it() {
+    let defaults = fast_config();
+    let (raft, command) = (defaults.raft_port, defaults.command_port);
+    let mut cluster =
+        MemCluster::<Tally>::start_durable(Tailnet::of(1), |_, dir| config(dir, raft, command))
+            .await;
+    let id = cluster.node(0).id();
+    cluster.stop(0).await;
+    cluster.restart(0, config(&cluster.dirs[0], raft, command + 100)).await;
+    eventually(WAIT, "the lone member records its new command port", async || {
+        let recorded = cluster.node(0).members().into_iter().find(|m| m.id == id);
+        recorded.is_some_and(|m| m.command_port == command + 100)
+    })
+    .await;
+    cluster.node(0).execute(add("after", 1)).await.unwrap();
+    cluster.shutdown().await;
+}
