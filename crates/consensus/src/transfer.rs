@@ -244,10 +244,18 @@ pub(crate) async fn transfer<S: StateMachine>(
             TransferError::Invalid("there is no other voter to hand leadership to".to_owned())
         })?,
     };
-    let Some(node) = m.nodes.get(&target).cloned() else {
+    if !m.nodes.contains_key(&target) {
         return Err(TransferError::Invalid(format!("{target} is not a member")));
-    };
+    }
     let hold = start_hold(raft, deadline).await?;
+    // The wait for the hold let running membership changes end: one may
+    // have demoted or removed the target, or moved its record.
+    let m = raft.metrics();
+    let Some(node) = m.nodes.get(&target).filter(|_| m.voters.contains(&target)).cloned() else {
+        return Err(TransferError::Invalid(format!(
+            "{target} stopped being a voter while the transfer waited for a membership change"
+        )));
+    };
     tracing::info!(from = me, target, "handing leadership over");
     let remaining = || deadline.saturating_duration_since(Instant::now());
 

@@ -214,6 +214,30 @@ async fn no_transfer_hold_begins_while_a_membership_change_runs() {
     cluster.shutdown().await;
 }
 
+/// A membership change with no time left is not handed to openraft at
+/// all. Handed over, it was answered `Timeout` at once and no longer
+/// counted as running, yet openraft's core appended it afterwards: a
+/// transfer hold taken in between would see it commit under the transfer
+/// (hostile review of finding 44).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_with_no_time_left_is_not_handed_to_raft() {
+    let cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let l = cluster.node(leader);
+    let before = l.metrics().last_log_index;
+    let info = l.info().clone();
+    let added = l.add_learner(77, info, Duration::ZERO).await;
+    assert!(matches!(added, Err(MembershipError::Timeout(_))), "gave {added:?}");
+    test_support::never(Duration::from_millis(500), "the change was appended", async || {
+        let m = l.metrics();
+        (m.last_log_index != before || m.nodes.contains_key(&77))
+            .then(|| format!("last index {:?}, nodes {:?}", m.last_log_index, m.nodes.keys()))
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_are_counted_by_batch() {
     let cluster = Cluster::new(1, Net::Mem(MemNetwork::new()), false, fast_config()).await;
