@@ -893,7 +893,9 @@ impl<S: StateMachine> CommandService<S> {
     /// at most `remaining`, the time left to the attempt: another change
     /// may hold it for long (an `AddLearner` waiting for a slow learner, a
     /// change that cannot commit), and a call must end by its caller's
-    /// deadline (finding 57). The lock and the time left after the wait;
+    /// deadline (finding 57). Once it has the lock, checks again that this
+    /// node leads (`NotLeader` naming the leader otherwise). The lock and
+    /// the time left after the wait;
     /// at the end of the wait, a timeout the caller may retry: this change
     /// was not started.
     async fn membership_lock(
@@ -902,7 +904,12 @@ impl<S: StateMachine> CommandService<S> {
     ) -> Result<(tokio::sync::MutexGuard<'_, ()>, Duration), Failed> {
         let until = Instant::now() + remaining;
         match tokio::time::timeout_at(until, self.membership.lock()).await {
-            Ok(serial) => Ok((serial, until.saturating_duration_since(Instant::now()))),
+            Ok(serial) => {
+                // The wait may have lasted long enough for this node to
+                // stop leading: the change then goes to the leader.
+                self.leader_only().map_err(Failed::Finally)?;
+                Ok((serial, until.saturating_duration_since(Instant::now())))
+            }
             Err(_) => Err(Failed::ForNow(RpcError::Timeout {
                 what: "waiting for another membership change to end (this one was not started)"
                     .to_owned(),
