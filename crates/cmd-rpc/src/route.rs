@@ -398,6 +398,7 @@ mod tests {
             voters: [ME, OTHER].into(),
             learners: Default::default(),
             nodes: BTreeMap::from([(ME, info("me")), (OTHER, info("other"))]),
+            membership_index: None,
             replication: None,
             millis_since_quorum_ack: None,
             fatal: None,

@@ -945,7 +945,16 @@ impl<S: StateMachine> CommandService<S> {
             tracing::info!(id = request.id, from = %known, to = %request.node, "member record updated");
         }
         if metrics.voters.contains(&request.id) {
-            return Ok(());
+            // Only once committed: a configuration still in the log may be
+            // truncated by a later leader, and the caller would believe it
+            // is a member when it is not (hostile review of finding 57).
+            if metrics.membership_applied() {
+                return Ok(());
+            }
+            return Err(Failed::ForNow(RpcError::Unavailable(format!(
+                "raft id {} is a voter only in a configuration not committed yet",
+                request.id
+            ))));
         }
         let stale: BTreeSet<NodeId> = metrics
             .nodes

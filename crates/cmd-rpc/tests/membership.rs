@@ -157,3 +157,30 @@ async fn a_leaders_update_of_its_own_record_waits_for_the_membership_lock() {
     assert_eq!(service.node().metrics().nodes.get(&me), Some(&info(0)), "record updated");
     pair.stop().await;
 }
+
+/// Issue 12 (hostile review of finding 57): a join was answered "already
+/// a voter" from the latest configuration in the leader's log, committed
+/// or not. Here node 1's promotion cannot commit (node 1 is down, and the
+/// joint configuration needs it), so the leader lists node 1 among its
+/// voters from an entry a later leader may still truncate; node 1's join
+/// must not be told it is a member on that ground.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_not_answered_from_an_uncommitted_configuration() {
+    let pair = Pair::start(info(0)).await;
+    let (join, caller) = pair.join_request();
+    let Pair { _net, leader, joiner, .. } = pair;
+    let service = leader.service.clone();
+    let add = Change::AddLearner { id: join.id, node: info(1) };
+    service.change(&add, Instant::now() + WAIT).await.unwrap();
+    stop_node(joiner).await;
+    let promote = Change::Promote { id: join.id };
+    let promoted = service.change(&promote, Instant::now() + DEADLINE).await;
+    assert!(promoted.is_err(), "the promotion committed without node 1: {promoted:?}");
+    let m = service.node().metrics();
+    assert!(m.voters.contains(&join.id), "the uncommitted configuration lists node 1");
+    assert!(!m.membership_applied(), "the configuration listing node 1 is not committed");
+    let joined = service.join(&join, &caller, Instant::now() + DEADLINE).await;
+    let err = joined.expect_err("a join answered from an uncommitted configuration");
+    assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+    stop_node(leader).await;
+}

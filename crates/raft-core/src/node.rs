@@ -214,12 +214,26 @@ pub struct NodeMetrics {
     pub learners: BTreeSet<NodeId>,
     /// Every member's address record.
     pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// The log index of the configuration `voters`, `learners` and
+    /// `nodes` come from: the latest in this node's log, which may not be
+    /// committed yet ([`NodeMetrics::membership_applied`]); none for the
+    /// initial, empty one.
+    pub membership_index: Option<u64>,
     /// On the leader: each follower's last replicated index.
     pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
     /// On the leader: time since a quorum last acknowledged it.
     pub millis_since_quorum_ack: Option<u64>,
     /// Why the node stopped, if it hit a fatal error.
     pub fatal: Option<String>,
+}
+
+impl NodeMetrics {
+    /// Whether the configuration `voters`, `learners` and `nodes` come
+    /// from is applied here, so committed: until then a new leader may
+    /// still truncate it.
+    pub fn membership_applied(&self) -> bool {
+        applied_at(self.membership_index, self.last_applied)
+    }
 }
 
 fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
@@ -242,6 +256,7 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
         voters: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
         nodes: membership.nodes().map(|(id, node)| (*id, node.clone())).collect(),
+        membership_index: m.membership_config.log_id().map(|id| id.index),
         replication: m
             .replication
             .as_ref()
@@ -260,19 +275,30 @@ fn raft_fatal(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> Option<String> {
     }
 }
 
-/// `metrics` with a fatal error laid over it: a stopped node has no role,
-/// leader or followers.
+/// The least time left with which a membership change is still handed to
+/// openraft ([`RaftNode::hand_over`]): with less, openraft would likely
+/// take it after the call gave up on it.
+const HAND_OVER_FLOOR: Duration = Duration::from_millis(50);
+
 /// Whether the configuration `stored` (the latest in the log) is applied,
 /// given the last index applied: a joint one too, since only the next
 /// change finishes it.
 fn settled(stored: &openraft::StoredMembership<NodeId, NodeInfo>, applied: Option<u64>) -> bool {
-    match (stored.log_id(), applied) {
+    applied_at(stored.log_id().map(|id| id.index), applied)
+}
+
+/// Whether the entry at index `entry` (none: the initial, empty
+/// configuration) is applied, given the last index applied.
+fn applied_at(entry: Option<u64>, applied: Option<u64>) -> bool {
+    match (entry, applied) {
         (None, _) => true,
-        (Some(entry), Some(applied)) => entry.index <= applied,
+        (Some(entry), Some(applied)) => entry <= applied,
         (Some(_), None) => false,
     }
 }
 
+/// `metrics` with a fatal error laid over it: a stopped node has no role,
+/// leader or followers.
 fn with_fatal(mut metrics: NodeMetrics, fatal: Option<String>) -> NodeMetrics {
     if let Some(why) = fatal.or(metrics.fatal.take()) {
         metrics.role = Role::Shutdown;
@@ -1235,12 +1261,15 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Removes `id` from the cluster, voter or learner (on the leader).
     pub async fn remove(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        // Both steps within the one timeout, not each its own.
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
         let is_voter = self.metrics().voters.contains(&id);
         if is_voter {
-            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), timeout).await?;
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])), left()).await?;
         }
         if self.metrics().nodes.contains_key(&id) {
-            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), timeout).await?;
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), left()).await?;
         }
         Ok(())
     }
@@ -1298,16 +1327,18 @@ impl<S: StateMachine> RaftNode<S> {
         use std::sync::atomic::Ordering::SeqCst;
         let timeout = deadline.saturating_duration_since(Instant::now());
         let timed_out = || MembershipError::Timeout(timeout);
-        // No time left: not handed over at all. Handed over, it would be
-        // answered `Timeout` at once, no longer count as running, and still
-        // be appended by openraft's core after that (hostile review of
-        // finding 44).
-        if timeout.is_zero() {
-            return Err(timed_out());
-        }
         let mut call = std::pin::pin!(call);
         let mut held = self.handoff.held.subscribe();
         let first = loop {
+            // Too little time left: not handed over at all. Handed over, it
+            // would be answered `Timeout` at once, no longer count as
+            // running, and still be appended by openraft's core after that,
+            // perhaps under a transfer hold taken meanwhile (hostile review
+            // of finding 44). Checked before each attempt: a hold may end
+            // just before the deadline.
+            if deadline.saturating_duration_since(Instant::now()) < HAND_OVER_FLOOR {
+                return Err(timed_out());
+            }
             let first = std::future::poll_fn(|cx| {
                 let _gate = self.handoff.gate.lock().unwrap_or_else(|p| p.into_inner());
                 if self.handoff.transferring.load(SeqCst) {
@@ -1485,11 +1516,13 @@ impl<S: StateMachine> RaftNode<S> {
     /// does not stop it: nothing finishes it but the next change, which
     /// waits for the hold.
     pub fn try_hold_for_transfer(&self) -> bool {
-        if !self.handoff.try_hold() {
+        // First without the hold, so that polling an unsettled membership
+        // does not turn the hold on and off (refusing proposals meanwhile).
+        if !self.membership_settled() || !self.handoff.try_hold() {
             return false;
         }
-        // Checked with the hold on, so that no change is handed over
-        // between the check and the hold.
+        // Then with the hold on, so that no change is handed over between
+        // the check and the hold.
         if !self.membership_settled() {
             self.handoff.hold(false);
             return false;
