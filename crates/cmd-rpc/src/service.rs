@@ -894,10 +894,9 @@ impl<S: StateMachine> CommandService<S> {
     /// may hold it for long (an `AddLearner` waiting for a slow learner, a
     /// change that cannot commit), and a call must end by its caller's
     /// deadline (finding 57). Once it has the lock, checks again that this
-    /// node leads (`NotLeader` naming the leader otherwise). The lock and
-    /// the time left after the wait;
-    /// at the end of the wait, a timeout the caller may retry: this change
-    /// was not started.
+    /// node leads (`NotLeader` naming the leader otherwise). Gives the lock
+    /// and the time left after the wait; at the end of the wait, a timeout
+    /// the caller may retry: this change was not started.
     async fn membership_lock(
         &self,
         remaining: Duration,
