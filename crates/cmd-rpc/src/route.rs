@@ -396,6 +396,7 @@ mod tests {
             snapshot: None,
             purged: None,
             voters: [ME, OTHER].into(),
+            final_voters: [ME, OTHER].into(),
             learners: Default::default(),
             nodes: BTreeMap::from([(ME, info("me")), (OTHER, info("other"))]),
             membership_index: None,

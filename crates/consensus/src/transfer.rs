@@ -139,16 +139,28 @@ async fn start_hold<S: StateMachine>(
     }
 }
 
-/// The voter to hand over to when none is named: one tagged and online in
-/// this node's view if any, the furthest replicated, the lowest id.
+/// The voter to hand over to when none is named ([`choose`], with this
+/// node's view telling who is tagged and online).
 fn pick<S: StateMachine>(inner: &Inner<S>, m: &raft_core::NodeMetrics) -> Option<u64> {
     let view = inner.view();
+    let online = |node: &NodeInfo| view.as_ref().is_some_and(|v| tagged_online(v, &node.stable_id));
+    choose(m, inner.id, online)
+}
+
+/// Whether leadership may go to `id`: a voter of the configuration's
+/// final half. In a joint configuration a voter only the old half holds
+/// is removed by the step that ends it, and would cost one more election.
+fn may_lead(m: &raft_core::NodeMetrics, id: u64) -> bool {
+    m.final_voters.contains(&id)
+}
+
+/// The voter other than `me` to hand over to, among those that
+/// [`may_lead`]: one whose record is `online` if any, the furthest
+/// replicated, the lowest id.
+fn choose(m: &raft_core::NodeMetrics, me: u64, online: impl Fn(&NodeInfo) -> bool) -> Option<u64> {
     let mut best: Option<(bool, u64, std::cmp::Reverse<u64>)> = None;
-    for id in m.voters.iter().filter(|id| **id != inner.id) {
-        let online = match (&view, m.nodes.get(id)) {
-            (Some(view), Some(node)) => tagged_online(view, &node.stable_id),
-            _ => false,
-        };
+    for id in m.voters.iter().filter(|id| **id != me && may_lead(m, **id)) {
+        let online = m.nodes.get(id).is_some_and(&online);
         let matched = m.replication.as_ref().and_then(|r| r.get(id).copied().flatten());
         let key = (online, matched.unwrap_or(0), std::cmp::Reverse(*id));
         if best.is_none_or(|b| key > b) {
@@ -233,7 +245,13 @@ pub(crate) async fn transfer<S: StateMachine>(
                 took_ms: 0,
             });
         }
-        Some(id) if m.voters.contains(&id) => id,
+        Some(id) if may_lead(&m, id) => id,
+        Some(id) if m.voters.contains(&id) => {
+            return Err(TransferError::Invalid(format!(
+                "voter {id} is only in the old half of a joint configuration, which the next \
+                 membership change removes"
+            )));
+        }
         Some(id) if m.nodes.contains_key(&id) => {
             return Err(TransferError::Invalid(format!(
                 "member {id} is a learner; only a voter can lead"
@@ -251,7 +269,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     // The wait for the hold let running membership changes end: one may
     // have demoted or removed the target, or moved its record.
     let m = raft.metrics();
-    let Some(node) = m.nodes.get(&target).filter(|_| m.voters.contains(&target)).cloned() else {
+    let Some(node) = m.nodes.get(&target).filter(|_| may_lead(&m, target)).cloned() else {
         return Err(TransferError::Invalid(format!(
             "{target} stopped being a voter while the transfer waited for a membership change"
         )));
@@ -312,4 +330,98 @@ pub(crate) async fn transfer<S: StateMachine>(
     };
     tracing::info!(?report, "leadership handed over");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use raft_core::{NodeInfo, NodeMetrics, Role};
+
+    use super::{choose, may_lead};
+
+    const ME: u64 = 1;
+
+    fn info(id: u64) -> NodeInfo {
+        NodeInfo {
+            stable_id: format!("n{id}"),
+            addrs: vec![format!("100.64.0.{id}").parse().unwrap()],
+            raft_port: 6270,
+            command_port: 6271,
+        }
+    }
+
+    /// The leader's metrics over the configuration `halves` (one: a single
+    /// configuration; two: a joint one, old half first), with each other
+    /// voter's matched index.
+    fn leader(halves: &[&[u64]], matched: &[(u64, u64)]) -> NodeMetrics {
+        let voters: BTreeSet<u64> = halves.iter().flat_map(|h| h.iter().copied()).collect();
+        NodeMetrics {
+            id: ME,
+            role: Role::Leader,
+            term: 2,
+            leader: Some(ME),
+            last_log_index: Some(10),
+            last_applied: Some(10),
+            snapshot: None,
+            purged: None,
+            nodes: voters.iter().map(|id| (*id, info(*id))).collect(),
+            final_voters: halves.last().map(|h| h.iter().copied().collect()).unwrap_or_default(),
+            voters,
+            learners: BTreeSet::new(),
+            membership_index: Some(8),
+            replication: Some(matched.iter().map(|(id, m)| (*id, Some(*m))).collect()),
+            millis_since_quorum_ack: Some(0),
+            fatal: None,
+        }
+    }
+
+    /// The transfer's choice when no target is named (docs/reliability.md
+    /// finding 60 f): tagged and online first, then the furthest replicated,
+    /// then the lowest id; and in a joint configuration never a voter only
+    /// the old half holds, which the step that ends it removes (one more
+    /// election). `offline` lists the nodes the view shows offline.
+    #[test]
+    fn the_transfer_target_is_a_voter_of_the_final_half() {
+        type Case<'a> = (&'a str, &'a [&'a [u64]], &'a [(u64, u64)], &'a [u64], Option<u64>);
+        let cases: &[Case<'_>] = &[
+            ("furthest replicated", &[&[1, 2, 3]], &[(2, 5), (3, 7)], &[], Some(3)),
+            ("online before replicated", &[&[1, 2, 3]], &[(2, 5), (3, 7)], &[3], Some(2)),
+            ("lowest id on a tie", &[&[1, 2, 3]], &[(2, 7), (3, 7)], &[], Some(2)),
+            ("no other voter", &[&[1]], &[], &[], None),
+            (
+                "joint: the old half's best-matched node is not chosen",
+                &[&[1, 2, 3], &[1, 2, 4]],
+                &[(2, 5), (3, 10), (4, 6)],
+                &[],
+                Some(4),
+            ),
+            (
+                "joint: not the old half's online node over an offline new one",
+                &[&[1, 3], &[1, 4]],
+                &[(3, 10), (4, 6)],
+                &[4],
+                Some(4),
+            ),
+            ("joint: the old half's other node only", &[&[1, 2], &[1]], &[(2, 10)], &[], None),
+        ];
+        for (name, halves, matched, offline, want) in cases {
+            let m = leader(halves, matched);
+            let online = |node: &NodeInfo| !offline.iter().any(|id| info(*id) == *node);
+            assert_eq!(choose(&m, ME, online), *want, "{name}");
+        }
+    }
+
+    /// A named target, and the target read again once the hold is taken,
+    /// must be a voter of the final half too.
+    #[test]
+    fn only_a_voter_of_the_final_half_may_lead() {
+        let joint = leader(&[&[1, 2, 3], &[1, 2, 4]], &[]);
+        assert!(may_lead(&joint, 2), "in both halves");
+        assert!(may_lead(&joint, 4), "in the new half");
+        assert!(!may_lead(&joint, 3), "only in the old half");
+        assert!(!may_lead(&joint, 5), "not a member");
+        let single = leader(&[&[1, 2, 3]], &[]);
+        assert!(may_lead(&single, 3));
+    }
 }

@@ -208,8 +208,13 @@ pub struct NodeMetrics {
     pub snapshot: Option<u64>,
     /// Index up to which the log has been purged.
     pub purged: Option<u64>,
-    /// Voting members.
+    /// Voting members: in a joint configuration, those of both halves.
     pub voters: BTreeSet<NodeId>,
+    /// The voters of the final half of the configuration: the same as
+    /// `voters` unless it is joint, where they are the new half's only.
+    /// A voter only the old half holds is removed by the step that ends
+    /// the joint configuration, so it is no node to hand leadership to.
+    pub final_voters: BTreeSet<NodeId>,
     /// Non-voting members.
     pub learners: BTreeSet<NodeId>,
     /// Every member's address record.
@@ -254,6 +259,7 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
         snapshot: m.snapshot.map(|id| id.index),
         purged: m.purged.map(|id| id.index),
         voters: membership.voter_ids().collect(),
+        final_voters: final_half(membership),
         learners: membership.learner_ids().collect(),
         nodes: membership.nodes().map(|(id, node)| (*id, node.clone())).collect(),
         membership_index: m.membership_config.log_id().map(|id| id.index),
@@ -264,6 +270,12 @@ fn convert(m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
         millis_since_quorum_ack: m.millis_since_quorum_ack,
         fatal: raft_fatal(m),
     }
+}
+
+/// The voters of `membership`'s final half: the last configuration of a
+/// joint one (openraft lists the old half first), the only one otherwise.
+fn final_half(membership: &openraft::Membership<NodeId, NodeInfo>) -> BTreeSet<NodeId> {
+    membership.get_joint_config().last().cloned().unwrap_or_default()
 }
 
 /// The fatal error openraft's metrics report; a deliberate shutdown is not
@@ -1238,8 +1250,7 @@ impl<S: StateMachine> RaftNode<S> {
     fn current_voters(&self) -> BTreeSet<NodeId> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        let configs = metrics.membership_config.membership().get_joint_config();
-        configs.last().cloned().unwrap_or_default()
+        final_half(metrics.membership_config.membership())
     }
 
     /// Replaces member `id`'s record (on the leader): where it is reached,
@@ -1783,7 +1794,7 @@ mod tests {
 
     use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
 
-    use super::settled;
+    use super::{final_half, settled};
 
     fn stored(
         configs: Vec<BTreeSet<u64>>,
@@ -1810,5 +1821,20 @@ mod tests {
         assert!(!settled(&stored(single(), Some(5)), None));
         assert!(settled(&stored(joint(), Some(5)), Some(5)), "joint and applied");
         assert!(!settled(&stored(joint(), Some(5)), Some(4)), "joint, not applied");
+    }
+
+    /// A transfer's target is chosen among the final half's voters
+    /// (`NodeMetrics::final_voters`): in a joint configuration, the new
+    /// half, never a voter only the old half holds.
+    #[test]
+    fn the_final_half_is_the_new_half_of_a_joint_configuration() {
+        let single = Membership::<u64, super::NodeInfo>::new(vec![BTreeSet::from([1, 2, 3])], ());
+        assert_eq!(final_half(&single), BTreeSet::from([1, 2, 3]));
+        let joint = Membership::<u64, super::NodeInfo>::new(
+            vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 2, 4])],
+            (),
+        );
+        assert_eq!(final_half(&joint), BTreeSet::from([1, 2, 4]));
+        assert_eq!(joint.voter_ids().collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3, 4]));
     }
 }
