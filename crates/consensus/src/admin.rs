@@ -60,9 +60,10 @@ use ts_transport::{TcpTransport, Transport};
 pub use cmd_rpc::{NONCE_HEADER, PROOF_PATH, admin_proof};
 pub use raft_core::backup::{BackupInfo, BackupMember};
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::machine::StateMachine;
-use crate::node::Inner;
+use crate::monitor::Monitor;
 use crate::report::{Member, MemberRole};
 use crate::transfer::{self, TransferError};
 use crate::view::tagged_online;
@@ -141,9 +142,13 @@ impl Admin {
 
 /// Starts the admin endpoint if [`Config::admin_port`](crate::Config) asks
 /// for it.
-pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), Error> {
-    let Some(port) = inner.config.admin_port else { return Ok(()) };
-    let Some(dir) = inner.config.state_dir.clone() else {
+pub(crate) async fn start<S: StateMachine>(
+    core: &Arc<Core<S>>,
+    admin: &Arc<Admin>,
+    monitor: &Arc<Monitor>,
+) -> Result<(), Error> {
+    let Some(port) = core.config.admin_port else { return Ok(()) };
+    let Some(dir) = core.config.state_dir.clone() else {
         return Err(Error::invalid(
             "the admin endpoint keeps its token in the state directory: set state_dir, or \
              leave admin_port unset",
@@ -157,14 +162,17 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
         })?;
     let port = listener.local_port();
     write_port(&dir, port)?;
+    // The server owns the handler: it holds the node's parts weakly.
     let handler: AdminHandler = {
-        let weak = Arc::downgrade(inner);
+        let weak = (Arc::downgrade(core), Arc::downgrade(admin), Arc::downgrade(monitor));
         Arc::new(move |request| {
-            let weak = weak.clone();
+            let (core, admin, monitor) = weak.clone();
             Box::pin(async move {
-                match weak.upgrade() {
-                    Some(inner) => handle(&inner, request).await,
-                    None => AdminResponse::error(503, "stopped", "the node is stopping"),
+                match (core.upgrade(), admin.upgrade(), monitor.upgrade()) {
+                    (Some(core), Some(admin), Some(monitor)) => {
+                        handle(&core, &admin, &monitor, request).await
+                    }
+                    _ => AdminResponse::error(503, "stopped", "the node is stopping"),
                 }
             })
         })
@@ -178,7 +186,7 @@ pub(crate) async fn start<S: StateMachine>(inner: &Arc<Inner<S>>) -> Result<(), 
         AdminLimits::default(),
     );
     tracing::info!(port, "admin endpoint on 127.0.0.1");
-    *inner.admin.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+    *admin.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
     Ok(())
 }
 
@@ -227,15 +235,20 @@ fn write_port(dir: &Path, port: u16) -> Result<(), Error> {
         .map_err(|e| Error::storage_from(format!("write {}: {e}", path.display()), e))
 }
 
-async fn handle<S: StateMachine>(inner: &Arc<Inner<S>>, request: AdminRequest) -> AdminResponse {
+async fn handle<S: StateMachine>(
+    core: &Arc<Core<S>>,
+    admin: &Arc<Admin>,
+    monitor: &Monitor,
+    request: AdminRequest,
+) -> AdminResponse {
     let result = match request.path {
-        "/v1/status" => Ok(status(inner).await),
-        "/v1/members" => Ok(members(inner)),
-        "/v1/remove" => remove(inner, &request.body).await,
-        "/v1/transfer-leader" => transfer_leader(inner, &request.body).await,
-        "/v1/snapshot" => snapshot(inner, &request.body).await,
-        "/v1/backup" => backup(inner, &request.body).await,
-        "/v1/restore" => restore(inner, request.query.as_deref(), &request.body).await,
+        "/v1/status" => Ok(status(core, monitor).await),
+        "/v1/members" => Ok(members(core)),
+        "/v1/remove" => remove(core, &request.body).await,
+        "/v1/transfer-leader" => transfer_leader(core, &request.body).await,
+        "/v1/snapshot" => snapshot(core, &request.body).await,
+        "/v1/backup" => backup(core, &request.body).await,
+        "/v1/restore" => restore(core, admin, request.query.as_deref(), &request.body).await,
         other => Err(AdminResponse::error(404, "not_found", format!("no admin endpoint {other}"))),
     };
     result.unwrap_or_else(|refusal| refusal)
@@ -250,8 +263,8 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminResponse> 
         .map_err(|e| AdminResponse::error(400, "bad_request", format!("request body: {e}")))
 }
 
-fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminResponse> {
-    inner.check_running().map_err(|err| match err {
+fn refuse_unless_running<S: StateMachine>(core: &Core<S>) -> Result<(), AdminResponse> {
+    core.check_running().map_err(|err| match err {
         Error::Fatal { message: why, .. } => AdminResponse::error(
             503,
             "fatal",
@@ -261,21 +274,21 @@ fn refuse_unless_running<S: StateMachine>(inner: &Inner<S>) -> Result<(), AdminR
     })
 }
 
-async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
+async fn status<S: StateMachine>(core: &Arc<Core<S>>, monitor: &Monitor) -> AdminResponse {
     // The monitor refreshes the committed index every 500 ms; an operator
     // asking wants it now.
-    if let Some(committed) = inner.raft().committed_index().await {
-        inner.monitor.set_committed(committed);
+    if let Some(committed) = core.raft().committed_index().await {
+        monitor.learned.set_committed(committed);
     }
-    crate::health::refresh_leader_commit(inner).await;
-    let mut value =
-        serde_json::to_value(crate::monitor::status(inner)).unwrap_or(serde_json::Value::Null);
+    crate::health::refresh_leader_commit(core, &monitor.learned).await;
+    let mut value = serde_json::to_value(crate::monitor::status(core, monitor))
+        .unwrap_or(serde_json::Value::Null);
     if let Some(object) = value.as_object_mut() {
         object.insert(
             "readiness".to_owned(),
-            serde_json::to_value(crate::health::of(inner)).unwrap_or_default(),
+            serde_json::to_value(crate::health::of(core, &monitor.learned)).unwrap_or_default(),
         );
-        let pending = inner.config.state_dir.as_deref().map(raft_core::backup::pending_restore);
+        let pending = core.config.state_dir.as_deref().map(raft_core::backup::pending_restore);
         object.insert(
             "pending_restore".to_owned(),
             match pending {
@@ -288,11 +301,11 @@ async fn status<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
     AdminResponse::json(200, &value)
 }
 
-fn members<S: StateMachine>(inner: &Arc<Inner<S>>) -> AdminResponse {
-    let m = inner.raft().metrics();
+fn members<S: StateMachine>(core: &Arc<Core<S>>) -> AdminResponse {
+    let m = core.raft().metrics();
     AdminResponse::json(
         200,
-        &serde_json::json!({ "node": inner.id, "leader": m.leader, "members": inner.members() }),
+        &serde_json::json!({ "node": core.id, "leader": m.leader, "members": core.members() }),
     )
 }
 
@@ -407,13 +420,13 @@ fn remaining_voters(
     decide::voters_after_removal(&inputs, id)
 }
 
-async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+async fn remove<S: StateMachine>(core: &Arc<Core<S>>, body: &[u8]) -> Answer {
     let request: RemoveBody = parse(body)?;
-    refuse_unless_running(inner)?;
-    let members = inner.members();
+    refuse_unless_running(core)?;
+    let members = core.members();
     let target = resolve(&members, &request.node)?;
     let id = target.id;
-    if id == inner.id {
+    if id == core.id {
         return Err(AdminResponse::error(
             409,
             "is_this_node",
@@ -426,14 +439,14 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
             ),
         ));
     }
-    let raft = inner.raft();
+    let raft = core.raft();
     let m = raft.metrics();
-    let deadline = Instant::now() + inner.config.timing.call_deadline;
+    let deadline = Instant::now() + core.config.timing.call_deadline;
     let removed = |id: u64| {
-        AdminResponse::json(200, &serde_json::json!({ "removed": id, "members": inner.members() }))
+        AdminResponse::json(200, &serde_json::json!({ "removed": id, "members": core.members() }))
     };
     if m.role == raft_core::Role::Leader {
-        let view = inner.view();
+        let view = core.view();
         let online = |stable_id: &str| view.as_ref().is_none_or(|v| tagged_online(v, stable_id));
         if online(&target.stable_id) && !request.force {
             return Err(AdminResponse::error(
@@ -451,10 +464,10 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
         if target.role == MemberRole::Voter && !request.force_quorum {
             // As the reconciler's guard: only a fresh view says who is
             // reachable.
-            let fresh = inner.fresh_view();
+            let fresh = core.fresh_view();
             let seen_online =
                 |stable_id: &str| fresh.as_ref().is_some_and(|v| tagged_online(v, stable_id));
-            let (remaining, reachable) = remaining_voters(&members, inner.id, id, seen_online);
+            let (remaining, reachable) = remaining_voters(&members, core.id, id, seen_online);
             if !crate::decide::membership::quorum_kept(remaining, reachable) {
                 return Err(AdminResponse::error(
                     409,
@@ -473,7 +486,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
                 ));
             }
         }
-        match inner.service.change(&Change::Remove { id }, deadline).await {
+        match core.service.change(&Change::Remove { id }, deadline).await {
             Ok(()) => {
                 tracing::info!(id, "member removed by the operator");
                 Ok(removed(id))
@@ -481,7 +494,7 @@ async fn remove<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
             Err(err) => Err(rpc_refusal(&err, "remove")),
         }
     } else {
-        match inner.service.remove_via_leader(&RemoveRequest { id }, deadline).await {
+        match core.service.remove_via_leader(&RemoveRequest { id }, deadline).await {
             Ok(()) => Ok(removed(id)),
             Err(err) if err.code() == ErrorCode::Forbidden => Err(AdminResponse::error(
                 403,
@@ -524,16 +537,16 @@ struct TransferBody {
     to: Option<String>,
 }
 
-async fn transfer_leader<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+async fn transfer_leader<S: StateMachine>(core: &Arc<Core<S>>, body: &[u8]) -> Answer {
     let request: TransferBody = parse(body)?;
-    refuse_unless_running(inner)?;
-    let members = inner.members();
+    refuse_unless_running(core)?;
+    let members = core.members();
     let to = match &request.to {
         Some(name) => Some(resolve(&members, name)?.id),
         None => None,
     };
-    let deadline = Instant::now() + inner.config.timing.call_deadline;
-    match transfer::transfer(inner, to, deadline).await {
+    let deadline = Instant::now() + core.config.timing.call_deadline;
+    match transfer::transfer(core, to, deadline).await {
         Ok(report) => Ok(AdminResponse::json(200, &report)),
         Err(err @ TransferError::NotLeader { .. }) => Err(AdminResponse::error(
             409,
@@ -555,11 +568,11 @@ async fn transfer_leader<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) ->
     }
 }
 
-async fn snapshot<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+async fn snapshot<S: StateMachine>(core: &Arc<Core<S>>, body: &[u8]) -> Answer {
     let _: serde_json::Map<String, serde_json::Value> = parse(body)?;
-    refuse_unless_running(inner)?;
-    let raft = inner.raft();
-    raft.snapshot_now(inner.config.timing.call_deadline).await.map_err(|e| {
+    refuse_unless_running(core)?;
+    let raft = core.raft();
+    raft.snapshot_now(core.config.timing.call_deadline).await.map_err(|e| {
         AdminResponse::error(504, "snapshot_failed", format!("no snapshot built: {e}"))
     })?;
     let m = raft.metrics();
@@ -572,8 +585,8 @@ async fn snapshot<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer
 /// Makes sure everything committed before now is applied on this node (a
 /// read-index round through the leader): a backup taken after it holds
 /// every acknowledged command. Fails without a quorum.
-async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result<u64, String> {
-    let raft = inner.raft();
+async fn barrier<S: StateMachine>(core: &Core<S>, timeout: Duration) -> Result<u64, String> {
+    let raft = core.raft();
     let deadline = Instant::now() + timeout;
     let m = raft.metrics();
     let index = if m.role == raft_core::Role::Leader {
@@ -584,7 +597,7 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
             .and_then(|id| m.nodes.get(&id).map(|node| (id, node)))
             .ok_or_else(|| "no leader is known".to_owned())?;
         let to = Addressee { node: id, cluster: raft.cluster_id() };
-        let answer: ReadIndexResponse = inner
+        let answer: ReadIndexResponse = core
             .service
             .client()
             .post_to(to, leader, "/v1/read-index", &serde_json::json!({}), deadline, Origin::Client)
@@ -598,10 +611,10 @@ async fn barrier<S: StateMachine>(inner: &Inner<S>, timeout: Duration) -> Result
     Ok(index)
 }
 
-async fn backup<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
+async fn backup<S: StateMachine>(core: &Arc<Core<S>>, body: &[u8]) -> Answer {
     let _: serde_json::Map<String, serde_json::Value> = parse(body)?;
-    refuse_unless_running(inner)?;
-    let linearizable = match barrier(inner, HEALTH_CHECK).await {
+    refuse_unless_running(core)?;
+    let linearizable = match barrier(core, HEALTH_CHECK).await {
         Ok(_) => true,
         Err(why) => {
             tracing::warn!(%why, "backup taken without a read barrier: it holds what this node applied");
@@ -609,7 +622,7 @@ async fn backup<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
         }
     };
     let backup =
-        inner.raft().backup(linearizable).await.map_err(|e| {
+        core.raft().backup(linearizable).await.map_err(|e| {
             AdminResponse::error(500, "backup_failed", format!("no backup taken: {e}"))
         })?;
     tracing::info!(info = ?backup.info(), "backup taken");
@@ -621,7 +634,8 @@ async fn backup<S: StateMachine>(inner: &Arc<Inner<S>>, body: &[u8]) -> Answer {
 }
 
 async fn restore<S: StateMachine>(
-    inner: &Arc<Inner<S>>,
+    core: &Arc<Core<S>>,
+    admin: &Arc<Admin>,
     query: Option<&str>,
     body: &[u8],
 ) -> Answer {
@@ -639,7 +653,7 @@ async fn restore<S: StateMachine>(
             ));
         }
     };
-    let Some(dir) = inner.config.state_dir.clone() else {
+    let Some(dir) = core.config.state_dir.clone() else {
         return Err(AdminResponse::error(
             409,
             "no_state_dir",
@@ -650,11 +664,11 @@ async fn restore<S: StateMachine>(
     if let Err(why) = raft_core::Backup::from_bytes(body) {
         return Err(AdminResponse::error(400, "bad_backup", why.to_string()));
     }
-    let period = health_check_period(inner);
+    let period = health_check_period(core);
     if !force {
         // Fail closed: staged only once the cluster is shown unable to
         // commit for the whole period, whatever this node's own state.
-        if let Ok((index, leader)) = cluster_commits(inner, period).await {
+        if let Ok((index, leader)) = cluster_commits(core, period).await {
             return Err(AdminResponse::error(
                 409,
                 "healthy_cluster",
@@ -664,19 +678,23 @@ async fn restore<S: StateMachine>(
                      starts a second cluster from the backup; it is meant for a cluster that lost \
                      its quorum for good. --force restores anyway (then remove this node's old \
                      incarnation from the healthy cluster).",
-                    inner.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
+                    core.raft().cluster_id().map(|c| c.to_string()).unwrap_or_default(),
                 ),
             ));
         }
     }
-    let (info, generation) = inner.admin.stage(|| {
+    let (info, generation) = admin.stage(|| {
         raft_core::backup::stage_restore(&dir, body)
             .map_err(|why| AdminResponse::error(500, "stage_failed", why.to_string()))
     })?;
     tracing::warn!(?info, force, "restore staged; it is applied at the next start");
     if !force {
-        let watcher = tokio::spawn(cancel_when_cluster_commits(Arc::downgrade(inner), generation));
-        inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(watcher);
+        let watcher = tokio::spawn(cancel_when_cluster_commits(
+            Arc::downgrade(core),
+            Arc::downgrade(admin),
+            generation,
+        ));
+        core.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(watcher);
     }
     let pending = dir.join(raft_core::backup::PENDING_RESTORE);
     Ok(AdminResponse::json(
@@ -707,8 +725,8 @@ pub const RESTORE_CANCELLED: &str = "restore.cancelled";
 
 /// How long a restore's health check asks the cluster: long enough for an
 /// election or a leadership transfer to end.
-fn health_check_period<S: StateMachine>(inner: &Inner<S>) -> Duration {
-    HEALTH_CHECK.max(inner.config.timing.election.1 * 3)
+fn health_check_period<S: StateMachine>(core: &Core<S>) -> Duration {
+    HEALTH_CHECK.max(core.config.timing.election.1 * 3)
 }
 
 /// Whether this node's cluster commits: asks, round after round until
@@ -717,13 +735,13 @@ fn health_check_period<S: StateMachine>(inner: &Inner<S>) -> Duration {
 /// cluster confirmed by a quorum answers. The first answer (index,
 /// leader), or why none came.
 async fn cluster_commits<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     period: Duration,
 ) -> Result<(u64, u64), String> {
     let deadline = Instant::now() + period;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let why = match commits_once(inner, remaining.min(PROBE_ATTEMPT)).await {
+        let why = match commits_once(core, remaining.min(PROBE_ATTEMPT)).await {
             Ok(answer) => return Ok(answer),
             Err(why) => why,
         };
@@ -742,22 +760,22 @@ const PROBE_PAUSE: Duration = Duration::from_millis(200);
 
 /// One round of [`cluster_commits`], within `timeout`.
 async fn commits_once<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     timeout: Duration,
 ) -> Result<(u64, u64), String> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let m = raft.metrics();
     let deadline = Instant::now() + timeout;
     let mut asks = tokio::task::JoinSet::new();
     if m.role == raft_core::Role::Leader && raft.fatal().is_none() {
-        let (raft, id) = (raft.clone(), inner.id);
+        let (raft, id) = (raft.clone(), core.id);
         asks.spawn(async move {
             raft.read_index(timeout).await.map(|i| (i, id)).map_err(|e| e.to_string())
         });
     }
     let cluster = raft.cluster_id();
-    for (&id, node) in m.nodes.iter().filter(|(id, _)| **id != inner.id) {
-        let (client, node) = (inner.service.client().clone(), node.clone());
+    for (&id, node) in m.nodes.iter().filter(|(id, _)| **id != core.id) {
+        let (client, node) = (core.service.client().clone(), node.clone());
         let to = Addressee { node: id, cluster };
         asks.spawn(async move {
             let body = serde_json::json!({});
@@ -790,19 +808,22 @@ async fn commits_once<S: StateMachine>(
 /// Calls off the restore staged as `generation` (renames it
 /// [`RESTORE_CANCELLED`]) as soon as this node sees its cluster commit,
 /// until the node stops or another restore is staged.
-async fn cancel_when_cluster_commits<S: StateMachine>(inner: Weak<Inner<S>>, generation: u64) {
+async fn cancel_when_cluster_commits<S: StateMachine>(
+    core: Weak<Core<S>>,
+    admin: Weak<Admin>,
+    generation: u64,
+) {
     loop {
         tokio::time::sleep(PROBE_ATTEMPT).await;
-        let Some(inner) = inner.upgrade() else { return };
-        let Some(dir) = inner.config.state_dir.clone() else { return };
-        if !inner.admin.is_staged(generation) {
+        let (Some(core), Some(admin)) = (core.upgrade(), admin.upgrade()) else { return };
+        let Some(dir) = core.config.state_dir.clone() else { return };
+        if !admin.is_staged(generation) {
             return;
         }
-        let Ok((index, leader)) = commits_once(&inner, PROBE_ATTEMPT).await else { continue };
+        let Ok((index, leader)) = commits_once(&core, PROBE_ATTEMPT).await else { continue };
         let pending = dir.join(raft_core::backup::PENDING_RESTORE);
-        let cancelled = inner
-            .admin
-            .while_staged(generation, || fs::rename(&pending, dir.join(RESTORE_CANCELLED)));
+        let cancelled =
+            admin.while_staged(generation, || fs::rename(&pending, dir.join(RESTORE_CANCELLED)));
         match cancelled {
             None => return,
             Some(Ok(())) => tracing::warn!(

@@ -43,13 +43,13 @@ use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery, TailnetNode};
 
 use crate::config::{BootstrapOptions, Config};
+use crate::core::Core;
 use crate::decide::bootstrap::{
     Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide,
     other_cluster, unbind, waiting_for, wants_promises,
 };
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
-use crate::node::Inner;
 use crate::view::{tagged, tagged_online};
 
 /// The bootstrap part of a node: its bootstrap lock, held while it starts
@@ -310,8 +310,8 @@ enum Owned {
 }
 
 impl Owned {
-    fn of<S: StateMachine>(inner: &Inner<S>, state: &BootState) -> Owned {
-        let raft = inner.raft();
+    fn of<S: StateMachine>(core: &Core<S>, state: &BootState) -> Owned {
+        let raft = core.raft();
         if let Some(forming) = &state.forming {
             return Owned::Forming {
                 cluster: forming.cluster,
@@ -351,17 +351,18 @@ enum Round {
 }
 
 pub(crate) async fn run<S: StateMachine>(
-    inner: &Arc<Inner<S>>,
+    core: &Core<S>,
+    boot: &Boot,
     options: &BootstrapOptions,
     timeout: Duration,
 ) -> Result<(), Error> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let started = Instant::now();
     let deadline = started + timeout;
     if raft.is_initialized().await {
-        inner.boot.lock().await.ready = true;
-        tracing::info!(id = inner.id, "resuming from stored state");
-        return update_record(inner, deadline, started).await;
+        boot.lock().await.ready = true;
+        tracing::info!(id = core.id, "resuming from stored state");
+        return update_record(core, boot, deadline, started).await;
     }
     // A node bound, joining or forming durably answers probes for that
     // (as a member) at once; it is not ready until it heard from its peers
@@ -377,7 +378,7 @@ pub(crate) async fn run<S: StateMachine>(
     // When each peer was first seen online without a path, and when it
     // then got one.
     let mut paths = Paths::default();
-    let mut views = inner.discovery.state();
+    let mut views = core.discovery.state();
     let mut raft_changes = raft.subscribe();
     // The peers that answered a probe of this node since it started, each
     // with whether its last answer was a member's, and the peers it waits
@@ -394,12 +395,12 @@ pub(crate) async fn run<S: StateMachine>(
         if raft.is_initialized().await {
             // A leader took this node in, or the former of the cluster it
             // is bound to initialized it.
-            return wait_for_leader(inner, deadline, started).await;
+            return wait_for_leader(core, deadline, started).await;
         }
-        match inner.fresh_view() {
+        match core.fresh_view() {
             None => reason = "the tailnet view is missing or out of date".to_owned(),
             Some(view) => {
-                let owned = Owned::of(inner, &*inner.boot.lock().await);
+                let owned = Owned::of(core, &*boot.lock().await);
                 let wants = wants_promises(
                     &me,
                     view.members.values().map(|n| &n.id.0),
@@ -411,7 +412,7 @@ pub(crate) async fn run<S: StateMachine>(
                 if !wait.is_empty() {
                     tracing::debug!(peers = ?wait, "not dialing peers without a path yet");
                 }
-                let (answers, ids) = probe_all(inner, &view, &wait, wants, deadline).await;
+                let (answers, ids) = probe_all(core, &view, &wait, wants, deadline).await;
                 for answer in answers.iter().filter(|a| ids.contains_key(&a.name)) {
                     let cluster = match answer.answer {
                         Answer::Member { cluster, .. } => Some(cluster),
@@ -419,17 +420,17 @@ pub(crate) async fn run<S: StateMachine>(
                     };
                     heard.insert(answer.name.clone(), cluster);
                 }
-                not_heard = become_ready(inner, &view, &heard).await;
+                not_heard = become_ready(core, boot, &view, &heard).await;
                 offline = offline_of(&view, &not_heard);
                 if let Some(why) =
-                    give_up_binding(inner, &view, &answers, &ids, &mut former_gone_since).await
+                    give_up_binding(core, boot, &view, &answers, &ids, &mut former_gone_since).await
                 {
-                    tracing::info!(id = inner.id, %why, "gave up the binding to a cluster being formed");
+                    tracing::info!(id = core.id, %why, "gave up the binding to a cluster being formed");
                     // Ready again only on answers heard from now on.
                     heard.clear();
                 }
-                match round(inner, options, &view, &answers, &ids, deadline).await? {
-                    Round::Done => return wait_for_leader(inner, deadline, started).await,
+                match round(core, boot, options, &view, &answers, &ids, deadline).await? {
+                    Round::Done => return wait_for_leader(core, deadline, started).await,
                     Round::Again(why) => reason = why,
                 }
             }
@@ -476,15 +477,16 @@ pub(crate) async fn run<S: StateMachine>(
 /// own ([`decide::bootstrap::waiting_for`], [`other_cluster`]), under the
 /// bootstrap lock. The peers it is still waiting for (none once ready).
 async fn become_ready<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     view: &ClusterView,
     heard: &BTreeMap<String, Option<ClusterId>>,
 ) -> Vec<String> {
-    let mut state = inner.boot.lock().await;
+    let mut state = boot.lock().await;
     if state.ready {
         return Vec::new();
     }
-    let own = inner.raft().cluster_id();
+    let own = core.raft().cluster_id();
     let peers: Vec<Heard<'_, String>> = view
         .members
         .values()
@@ -499,7 +501,7 @@ async fn become_ready<S: StateMachine>(
     let waiting = waiting_for(&peers);
     if waiting.is_empty() {
         state.ready = true;
-        tracing::info!(id = inner.id, "every tagged peer answered, none a member: ready");
+        tracing::info!(id = core.id, "every tagged peer answered, none a member: ready");
     } else {
         tracing::debug!(peers = ?waiting, "not ready: waiting for these peers");
     }
@@ -554,14 +556,15 @@ fn jitter(pause: Duration) -> Duration {
 /// `gone_since` tracks when the former was last seen missing. Why it gave
 /// the binding up, if it did.
 async fn give_up_binding<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     view: &ClusterView,
     answers: &[PeerAnswer],
     ids: &BTreeMap<String, NodeId>,
     gone_since: &mut Option<Instant>,
 ) -> Option<String> {
-    let raft = inner.raft();
-    let mut state = inner.boot.lock().await;
+    let raft = core.raft();
+    let mut state = boot.lock().await;
     let (Some(cluster), Some((former_id, former))) = (raft.cluster_id(), raft.former()) else {
         *gone_since = None;
         return None;
@@ -680,21 +683,22 @@ impl Paths {
 /// to the confirm round at once, and a confirm round that binds every peer
 /// to initializing.
 async fn round<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     options: &BootstrapOptions,
     view: &ClusterView,
     answers: &[PeerAnswer],
     ids: &BTreeMap<String, NodeId>,
     deadline: Instant,
 ) -> Result<Round, Error> {
-    let me = inner.raft().info().stable_id.clone();
+    let me = core.raft().info().stable_id.clone();
     // Form, resume, one confirm round, one seal round, initialize: at most
     // five steps.
     let mut why = String::new();
     for _ in 0..5 {
         let decision = {
-            let state = inner.boot.lock().await;
-            let owned = Owned::of(inner, &state);
+            let state = boot.lock().await;
+            let owned = Owned::of(core, &state);
             let situation = situation(&me, options, answers, owned.commitment(view));
             decide(&situation)
         };
@@ -708,9 +712,9 @@ async fn round<S: StateMachine>(
                         )));
                     }
                 };
-                return match join(inner, cluster, leader, view, deadline).await {
+                return match join(core, boot, cluster, leader, view, deadline).await {
                     Ok(()) => {
-                        tracing::info!(id = inner.id, %cluster, %via, "joined the cluster");
+                        tracing::info!(id = core.id, %cluster, %via, "joined the cluster");
                         Ok(Round::Done)
                     }
                     Err(why) => Ok(Round::Again(format!(
@@ -719,12 +723,14 @@ async fn round<S: StateMachine>(
                 };
             }
             Decision::Form | Decision::Resume { .. } => {
-                if let Some(why) = start_forming(inner, options, view, answers, &decision).await? {
+                if let Some(why) =
+                    start_forming(core, boot, options, view, answers, &decision).await?
+                {
                     return Ok(Round::Again(why));
                 }
             }
             Decision::Confirm { cluster, ask } => {
-                why = confirm_round(inner, view, cluster, &ask, false, deadline).await;
+                why = confirm_round(core, boot, view, cluster, &ask, false, deadline).await;
                 if why.is_empty() {
                     continue;
                 }
@@ -733,14 +739,14 @@ async fn round<S: StateMachine>(
                 return Ok(Round::Again(why));
             }
             Decision::Seal { cluster, ask } => {
-                why = confirm_round(inner, view, cluster, &ask, true, deadline).await;
+                why = confirm_round(core, boot, view, cluster, &ask, true, deadline).await;
                 if why.is_empty() {
                     continue;
                 }
                 return Ok(Round::Again(why));
             }
             Decision::Initialize { cluster, voters } => {
-                return initialize(inner, options, answers, cluster, &voters).await;
+                return initialize(core, boot, options, answers, cluster, &voters).await;
             }
             Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
         }
@@ -769,16 +775,17 @@ fn situation<'a>(
 /// a confirm may have bound this node): stores its id bound to this node,
 /// and drops the promise it held. `None` when started; otherwise why not.
 async fn start_forming<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     options: &BootstrapOptions,
     view: &ClusterView,
     answers: &[PeerAnswer],
     decided: &Decision<String, ClusterId, LeaderHint>,
 ) -> Result<Option<String>, Error> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let me = raft.info().stable_id.clone();
-    let mut state = inner.boot.lock().await;
-    let owned = Owned::of(inner, &state);
+    let mut state = boot.lock().await;
+    let owned = Owned::of(core, &state);
     let now = decide(&situation(&me, options, answers, owned.commitment(view)));
     if now != *decided {
         return Ok(Some("the situation changed while deciding".to_owned()));
@@ -800,7 +807,7 @@ async fn start_forming<S: StateMachine>(
     state.promise = None;
     state.forming = Some(Forming { cluster, confirmed: BTreeMap::new(), sealed: BTreeMap::new() });
     tracing::info!(
-        id = inner.id,
+        id = core.id,
         %cluster,
         resumed = matches!(decided, Decision::Resume { .. }),
         tagged = 1 + answers.len(),
@@ -817,14 +824,15 @@ async fn start_forming<S: StateMachine>(
 /// confirm again. An empty string when all did; otherwise who did not,
 /// and why.
 async fn confirm_round<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     view: &ClusterView,
     cluster: ClusterId,
     ask: &[String],
     seal: bool,
     deadline: Instant,
 ) -> String {
-    let raft = inner.raft();
+    let raft = core.raft();
     let request = ConfirmRequest {
         cluster_id: cluster,
         id: raft.id(),
@@ -843,8 +851,8 @@ async fn confirm_round<S: StateMachine>(
             refused.push(format!("{name} is offline"));
             continue;
         }
-        let client = inner.service.client().clone();
-        let ports = join_ports(&inner.config);
+        let client = core.service.client().clone();
+        let ports = join_ports(&core.config);
         let (peer, request) = (peer.clone(), request.clone());
         calls.spawn(async move {
             let answer = ask_to_confirm(&client, &peer, &ports, &request, deadline).await;
@@ -867,7 +875,7 @@ async fn confirm_round<S: StateMachine>(
             Err(err) => refused.push(format!("a confirm task failed: {err}")),
         }
     }
-    let mut state = inner.boot.lock().await;
+    let mut state = boot.lock().await;
     if let Some(forming) = state.forming.as_mut().filter(|f| f.cluster == cluster) {
         for (name, record) in bound {
             if seal {
@@ -974,18 +982,19 @@ fn check_confirmed(
 /// voters, if every tagged peer of the view is (still) bound to it under
 /// the bootstrap lock.
 async fn initialize<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     options: &BootstrapOptions,
     answers: &[PeerAnswer],
     cluster: ClusterId,
     voters: &[String],
 ) -> Result<Round, Error> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let me = raft.info().stable_id.clone();
-    let mut state = inner.boot.lock().await;
+    let mut state = boot.lock().await;
     // Against the view as it is now: a peer tagged meanwhile must be bound
     // too.
-    let Some(view) = inner.fresh_view() else {
+    let Some(view) = core.fresh_view() else {
         return Ok(Round::Again("the tailnet view is missing or out of date".to_owned()));
     };
     let now_answers: Vec<PeerAnswer> = view
@@ -999,7 +1008,7 @@ async fn initialize<S: StateMachine>(
                 .unwrap_or(Peer { name: n.id.0.clone(), answer: Answer::Silent })
         })
         .collect();
-    let owned = Owned::of(inner, &state);
+    let owned = Owned::of(core, &state);
     let voters = match decide(&situation(&me, options, &now_answers, owned.commitment(&view))) {
         Decision::Initialize { cluster: c, voters: now } if c == cluster => now,
         Decision::Wait(wait) => return Ok(Round::Again(wait.to_string())),
@@ -1017,7 +1026,7 @@ async fn initialize<S: StateMachine>(
         members.insert(*id, record.clone());
     }
     tracing::info!(
-        id = inner.id,
+        id = core.id,
         %cluster,
         voters = members.len(),
         "every tagged peer sealed its binding to the cluster; initializing it"
@@ -1027,7 +1036,7 @@ async fn initialize<S: StateMachine>(
         // raft-core's backstop (finding 38): this incarnation did not draw
         // that id. Never initialized a second time; probe again.
         Err(err @ raft_core::MembershipError::NotFormer { .. }) => {
-            tracing::warn!(id = inner.id, %cluster, error = %err, "refused to initialize");
+            tracing::warn!(id = core.id, %cluster, error = %err, "refused to initialize");
             state.forming = None;
             return Ok(Round::Again(err.to_string()));
         }
@@ -1035,9 +1044,9 @@ async fn initialize<S: StateMachine>(
     };
     state.forming = None;
     if formed {
-        tracing::info!(id = inner.id, %cluster, "formed the cluster");
+        tracing::info!(id = core.id, %cluster, "formed the cluster");
     } else {
-        tracing::info!(id = inner.id, "this node had raft state before it initialized");
+        tracing::info!(id = core.id, "this node had raft state before it initialized");
     }
     Ok(Round::Done)
 }
@@ -1046,7 +1055,7 @@ async fn initialize<S: StateMachine>(
 /// `not_yet` (no path yet), are silent without a dial. Also the raft id
 /// each peer that answered answered as.
 async fn probe_all<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     view: &ClusterView,
     not_yet: &[String],
     wants_promise: bool,
@@ -1058,17 +1067,17 @@ async fn probe_all<S: StateMachine>(
     // A binder also tries its former where the former said it listens, so
     // that it hears a new incarnation there answer that it forgot (and
     // gives the binding up) whatever its own port list.
-    let former = inner.raft().former().map(|(_, node)| node);
+    let former = core.raft().former().map(|(_, node)| node);
     // A member also tries its peers where the membership records them
     // (they may listen on other ports than this node).
-    let recorded = inner.raft().metrics().nodes;
+    let recorded = core.raft().metrics().nodes;
     for peer in view.members.values() {
         if !peer.online || not_yet.contains(&peer.id.0) {
             answers.push(Peer { name: peer.id.0.clone(), answer: Answer::Silent });
             continue;
         }
-        let client = inner.service.client().clone();
-        let mut ports = join_ports(&inner.config);
+        let client = core.service.client().clone();
+        let mut ports = join_ports(&core.config);
         if let Some(former) = former.as_ref().filter(|f| f.stable_id == peer.id.0)
             && !ports.contains(&former.command_port)
         {
@@ -1222,13 +1231,14 @@ fn current_hint(
 /// now on it answers probes as a member; refused if this node is bound to
 /// another cluster meanwhile), then asks its leader to add it.
 async fn join<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     cluster: ClusterId,
     leader: LeaderHint,
     view: &ClusterView,
     deadline: Instant,
 ) -> Result<(), String> {
-    let raft = inner.raft();
+    let raft = core.raft();
     // Never store a cluster id on hearsay: the leader a peer names must be
     // a tagged, online node of this node's own view.
     let first = resolve(view, &leader)?;
@@ -1236,7 +1246,7 @@ async fn join<S: StateMachine>(
         return Err(format!("leader {:?} is offline here", first.stable_id));
     }
     {
-        let mut state = inner.boot.lock().await;
+        let mut state = boot.lock().await;
         match raft.cluster_id() {
             Some(own) if own != cluster => {
                 return Err(format!("this node is bound to cluster {own} meanwhile"));
@@ -1269,7 +1279,7 @@ async fn join<S: StateMachine>(
     for _ in 0..MAX_HOPS {
         let target = resolve(view, &hint)?;
         let until = (Instant::now() + JOIN).min(deadline);
-        let joined: Result<serde_json::Value, RpcError> = inner
+        let joined: Result<serde_json::Value, RpcError> = core
             .service
             .client()
             .post(&target, "/v1/join", &request, until, cmd_rpc::Origin::Client)
@@ -1299,11 +1309,12 @@ async fn join<S: StateMachine>(
 /// at `deadline` if no leader takes a new record (none elected, or none
 /// reachable: every member changed its ports at once), naming both records.
 async fn update_record<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     deadline: Instant,
     started: Instant,
 ) -> Result<(), Error> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let (id, mine) = (raft.id(), raft.info().clone());
     let Some(cluster) = raft.cluster_id() else { return Ok(()) };
     let mut backoff = Duration::from_millis(100);
@@ -1320,7 +1331,7 @@ async fn update_record<S: StateMachine>(
         } else {
             tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
         }
-        let why = match ask_to_update(inner, cluster, &metrics, deadline).await {
+        let why = match ask_to_update(core, boot, cluster, &metrics, deadline).await {
             // The leader committed the new record: it dials this node where
             // it listens now. Not waiting for the record to reach this
             // node's own log: a member far behind catches up (a snapshot,
@@ -1387,25 +1398,26 @@ fn record_to_replace<'a>(
 /// it knows or, if it knows none (the leader cannot reach it at the old
 /// record), the one a peer of its cluster names.
 async fn ask_to_update<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    boot: &Boot,
     cluster: ClusterId,
     metrics: &NodeMetrics,
     deadline: Instant,
 ) -> Result<(), String> {
-    let raft = inner.raft();
+    let raft = core.raft();
     let remaining = deadline.saturating_duration_since(Instant::now());
     // Through the service, under its membership lock: beside it, the
     // update could land in the middle of a join, a removal or a
     // replacement the service is running (finding 58).
     if metrics.leader == Some(raft.id()) {
         let until = Instant::now() + remaining.min(JOIN);
-        return inner.service.update_own_record(until).await.map_err(|err| err.to_string());
+        return core.service.update_own_record(until).await.map_err(|err| err.to_string());
     }
-    let view = inner.fresh_view().ok_or("the tailnet view is missing or out of date")?;
+    let view = core.fresh_view().ok_or("the tailnet view is missing or out of date")?;
     let hint = match leader_hint(metrics).filter(|h| h.id != raft.id()) {
         Some(hint) => hint,
         None => {
-            let (answers, _) = probe_all(inner, &view, &[], false, deadline).await;
+            let (answers, _) = probe_all(core, &view, &[], false, deadline).await;
             answers
                 .into_iter()
                 .find_map(|p| match p.answer {
@@ -1419,17 +1431,16 @@ async fn ask_to_update<S: StateMachine>(
                 .ok_or("no peer names a leader of this node's cluster")?
         }
     };
-    join(inner, cluster, hint, &view, deadline).await
+    join(core, boot, cluster, hint, &view, deadline).await
 }
 
 async fn wait_for_leader<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     deadline: Instant,
     started: Instant,
 ) -> Result<(), Error> {
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
-    inner
-        .raft()
+    core.raft()
         .wait_for(remaining, |m| m.leader.is_some())
         .await
         .map(|_| ())

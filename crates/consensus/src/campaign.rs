@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::core::Core;
 use crate::machine::StateMachine;
-use crate::node::Inner;
 
 /// How long a node that is back waits for word from a leader before it
 /// campaigns again anyway. A leader adds a returning member within a
@@ -91,25 +91,25 @@ impl Guard {
 
 /// Holds or resumes this node's elections as its tag, its configuration
 /// and news from leaders change. Ends with the node.
-pub(crate) async fn guard_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
-    let (mut views, mut metrics) = match inner.upgrade() {
-        Some(inner) => (inner.discovery.state(), inner.raft().subscribe()),
+pub(crate) async fn guard_loop<S: StateMachine>(core: Weak<Core<S>>) {
+    let (mut views, mut metrics) = match core.upgrade() {
+        Some(core) => (core.discovery.state(), core.raft().subscribe()),
         None => return,
     };
     let mut guard = Guard::default();
     loop {
         {
-            let Some(inner) = inner.upgrade() else { return };
-            let raft = inner.raft();
+            let Some(core) = core.upgrade() else { return };
+            let raft = core.raft();
             let m = raft.metrics();
             let seen = Seen {
-                tagged: inner.fresh_view().map(|view| view.self_tagged()),
-                in_config: m.voters.contains(&inner.id) || m.learners.contains(&inner.id),
+                tagged: core.fresh_view().map(|view| view.self_tagged()),
+                in_config: m.voters.contains(&core.id) || m.learners.contains(&core.id),
                 contact: raft.last_leader_contact(),
                 // Well past a live leader's heartbeats, and past the time
                 // its view takes to see this node tagged again (until then
                 // the leader refuses to replicate to it).
-                leaderless: (inner.config.timing.election.1 * 4).max(LEADERLESS_MIN),
+                leaderless: (core.config.timing.election.1 * 4).max(LEADERLESS_MIN),
             };
             let hold = guard.decide(Instant::now(), seen);
             if hold != raft.elections_held() {

@@ -20,10 +20,14 @@
 //! it has not learned one within [`LEADER_COMMIT_FRESH`], it is not
 //! ready.
 
-use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::core::Core;
 use crate::machine::StateMachine;
-use crate::node::Inner;
 use crate::report::{Role, metrics_of};
 
 /// What readiness is decided on.
@@ -124,6 +128,46 @@ pub(crate) fn readiness(i: &Inputs) -> Readiness {
     }
 }
 
+/// What the monitor's refresher learns, for `/status`, `/metrics` and
+/// readiness: part of the monitor's state (crate::monitor), defined here,
+/// below it, because readiness reads it.
+pub(crate) struct Learned {
+    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
+    committed: AtomicU64,
+    /// On a follower: the leader's commit index, learned through a
+    /// read-index round by the monitor's refresher, and when.
+    leader_committed: Mutex<Option<(u64, Instant)>>,
+}
+
+impl Default for Learned {
+    fn default() -> Self {
+        Learned { committed: AtomicU64::new(u64::MAX), leader_committed: Mutex::new(None) }
+    }
+}
+
+impl Learned {
+    /// The committed index last learned, if any.
+    pub(crate) fn committed(&self) -> Option<u64> {
+        let committed = self.committed.load(Ordering::Relaxed);
+        (committed != u64::MAX).then_some(committed)
+    }
+
+    /// Learns the committed index.
+    pub(crate) fn set_committed(&self, committed: u64) {
+        self.committed.store(committed, Ordering::Relaxed);
+    }
+
+    /// On a follower: the leader's commit index last learned, and when.
+    pub(crate) fn leader_committed(&self) -> Option<(u64, Instant)> {
+        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Learns the leader's commit index, as of `at`.
+    pub(crate) fn set_leader_committed(&self, index: u64, at: Instant) {
+        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, at));
+    }
+}
+
 /// How long a leader's commit index learned by a follower counts.
 pub(crate) const LEADER_COMMIT_FRESH: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often a follower asks, at most.
@@ -134,58 +178,56 @@ pub(crate) const LEADER_ROUND: std::time::Duration = std::time::Duration::from_s
 /// On a follower that knows a leader: learns the leader's commit index
 /// through a read-index round (bounded by [`LEADER_ROUND`]), unless it
 /// learned one less than [`LEADER_COMMIT_EVERY`] ago.
-pub(crate) async fn refresh_leader_commit<S: StateMachine>(inner: &Inner<S>) {
-    use tokio::time::Instant;
-    let raft = inner.raft();
+pub(crate) async fn refresh_leader_commit<S: StateMachine>(core: &Core<S>, learned: &Learned) {
+    let raft = core.raft();
     let m = raft.metrics();
     let Some((id, leader)) = m
         .leader
-        .filter(|id| *id != inner.id)
+        .filter(|id| *id != core.id)
         .and_then(|id| m.nodes.get(&id).map(|node| (id, node.clone())))
     else {
         return;
     };
-    let last = inner.monitor.leader_committed();
+    let last = learned.leader_committed();
     if last.is_some_and(|(_, at)| at.elapsed() < LEADER_COMMIT_EVERY) {
         return;
     }
     let to = cmd_rpc::Addressee { node: id, cluster: raft.cluster_id() };
     let deadline = Instant::now() + LEADER_ROUND;
     let body = serde_json::json!({});
-    let answer: Result<cmd_rpc::ReadIndexResponse, _> = inner
+    let answer: Result<cmd_rpc::ReadIndexResponse, _> = core
         .service
         .client()
         .post_to(to, &leader, "/v1/read-index", &body, deadline, cmd_rpc::Origin::Forwarded)
         .await;
     match answer {
         Ok(answer) => {
-            inner.monitor.set_leader_committed(answer.index, Instant::now());
+            learned.set_leader_committed(answer.index, Instant::now());
         }
         Err(err) => tracing::debug!(error = %err, "no read index from the leader for readiness"),
     }
 }
 
 /// This node's readiness now.
-pub(crate) fn of<S: StateMachine>(inner: &Inner<S>) -> Readiness {
-    let raft = inner.raft();
+pub(crate) fn of<S: StateMachine>(core: &Core<S>, learned: &Learned) -> Readiness {
+    let raft = core.raft();
     let m = raft.metrics();
     let metrics = metrics_of(&m);
     readiness(&Inputs {
         fatal: metrics.fatal.clone(),
         has_cluster: raft.cluster_id().is_some(),
-        member: m.nodes.contains_key(&inner.id),
+        member: m.nodes.contains_key(&core.id),
         role: metrics.role,
         leader: metrics.leader,
         applied: metrics.applied_index,
-        committed: inner.monitor.committed(),
-        leader_committed: inner
-            .monitor
+        committed: learned.committed(),
+        leader_committed: learned
             .leader_committed()
             .filter(|(_, at)| at.elapsed() < LEADER_COMMIT_FRESH)
             .map(|(index, _)| index),
         millis_since_quorum_ack: m.millis_since_quorum_ack,
-        max_lag: inner.config.ready_max_lag,
-        max_quorum_silence_ms: inner.config.timing.election.1.as_millis() as u64,
+        max_lag: core.config.ready_max_lag,
+        max_quorum_silence_ms: core.config.timing.election.1.as_millis() as u64,
     })
 }
 

@@ -64,6 +64,7 @@ pub mod admin;
 mod bootstrap;
 mod campaign;
 mod config;
+mod core;
 mod decide;
 mod error;
 mod health;

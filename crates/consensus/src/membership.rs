@@ -9,7 +9,7 @@
 //! the rules are the plan's.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cmd_rpc::{Change, ProbeRequest, ProbeResponse, ProbeState};
@@ -19,11 +19,11 @@ use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery};
 
 use crate::bootstrap::{check_answer, join_ports};
+use crate::core::Core;
 use crate::decide::membership::{
     Action, Inputs, Member, Probed, Tagged, keeps_quorum, plan, to_probe,
 };
 use crate::machine::StateMachine;
-use crate::node::Inner;
 
 /// Time a tagged node has to answer the leader's probe.
 const PROBE: Duration = Duration::from_secs(1);
@@ -64,9 +64,14 @@ impl Membership {
     }
 }
 
-pub(crate) async fn reconcile_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
-    let (mut events, every) = match inner.upgrade() {
-        Some(inner) => (inner.discovery.events(), inner.config.timing.reconcile_every),
+/// Reconciles on every discovery change and every `reconcile_every`, until
+/// the node is gone (`core` no longer upgrades) or its task is aborted.
+pub(crate) async fn reconcile_loop<S: StateMachine>(
+    core: Weak<Core<S>>,
+    membership: Arc<Membership>,
+) {
+    let (mut events, every) = match core.upgrade() {
+        Some(core) => (core.discovery.events(), core.config.timing.reconcile_every),
         None => return,
     };
     loop {
@@ -74,19 +79,19 @@ pub(crate) async fn reconcile_loop<S: StateMachine>(inner: Weak<Inner<S>>) {
             _ = events.recv() => {}
             _ = tokio::time::sleep(every) => {}
         }
-        let Some(inner) = inner.upgrade() else { return };
-        reconcile(&inner).await;
+        let Some(core) = core.upgrade() else { return };
+        reconcile(&core, &membership).await;
     }
 }
 
-async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
-    let raft = inner.raft();
+async fn reconcile<S: StateMachine>(core: &Core<S>, membership: &Membership) {
+    let raft = core.raft();
     let metrics = raft.metrics();
     if metrics.role != raft_core::Role::Leader {
         return;
     }
     // Never act on a view that might be out of date.
-    let Some(view) = inner.fresh_view() else { return };
+    let Some(view) = core.fresh_view() else { return };
     let last_index = metrics.last_log_index.unwrap_or(0);
     let members: Vec<Member<String>> = metrics
         .nodes
@@ -95,7 +100,7 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
             id: *id,
             name: node.stable_id.clone(),
             voter: metrics.voters.contains(id),
-            matched: if *id == inner.id {
+            matched: if *id == core.id {
                 metrics.last_log_index
             } else {
                 metrics.replication.as_ref().and_then(|r| r.get(id).copied().flatten())
@@ -107,15 +112,11 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
     if view.self_tagged() {
         tagged.push(Tagged { name: view.self_node.id.0.clone(), online: true });
     }
-    let answers = probe_due(inner, &view, to_probe(inner.id, &members, &tagged)).await;
+    let answers = probe_due(core, membership, &view, to_probe(core.id, &members, &tagged)).await;
     let mut probed: Vec<Probed<String>> = answers.iter().map(|(p, _)| p.clone()).collect();
-    probed.push(Probed {
-        name: raft.info().stable_id.clone(),
-        id: inner.id,
-        in_this_cluster: true,
-    });
+    probed.push(Probed { name: raft.info().stable_id.clone(), id: core.id, in_this_cluster: true });
     let inputs = Inputs {
-        leader: inner.id,
+        leader: core.id,
         members: &members,
         tagged: &tagged,
         probed: &probed,
@@ -129,7 +130,7 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
             (Change::Replace { old: old.clone(), new: *new }, CATCH_UP)
         }
         Action::Remove { id, name } => {
-            tracing::info!(id, %name, tag = %inner.tag, "member no longer carries the tag or left the tailnet; removing it");
+            tracing::info!(id, %name, tag = %core.tag, "member no longer carries the tag or left the tailnet; removing it");
             (Change::Remove { id: *id }, CHANGE)
         }
         Action::Promote { id, name } => {
@@ -141,11 +142,11 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
             else {
                 return;
             };
-            tracing::info!(id, %name, tag = %inner.tag, "tagged node of this cluster is not a member; adding it back");
+            tracing::info!(id, %name, tag = %core.tag, "tagged node of this cluster is not a member; adding it back");
             (Change::AddLearner { id: *id, node }, CATCH_UP)
         }
     };
-    match inner.service.change(&change, Instant::now() + timeout).await {
+    match core.service.change(&change, Instant::now() + timeout).await {
         Ok(()) => tracing::info!(?action, "membership change done"),
         Err(err) => tracing::warn!(?action, error = %err, "membership change failed; will retry"),
     }
@@ -155,19 +156,20 @@ async fn reconcile<S: StateMachine>(inner: &Inner<S>) {
 /// once. Each answer that checks out gives what the plan needs and the
 /// node's record, its addresses limited to those the view gives it.
 async fn probe_due<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
+    membership: &Membership,
     view: &ClusterView,
     names: Vec<String>,
 ) -> Vec<(Probed<String>, NodeInfo)> {
     let now = Instant::now();
-    let due = inner.membership.due(names, now);
-    let cluster_id = inner.raft().cluster_id();
+    let due = membership.due(names, now);
+    let cluster_id = core.raft().cluster_id();
     let mut tasks = JoinSet::new();
     for name in due {
         let Some(node) = view.members.values().find(|n| n.id.0 == name) else { continue };
         let addrs: BTreeSet<_> = node.addrs().collect();
-        let client = inner.service.client().clone();
-        let ports = join_ports(&inner.config);
+        let client = core.service.client().clone();
+        let ports = join_ports(&core.config);
         tasks.spawn(async move {
             for port in ports {
                 let target = NodeInfo {
@@ -362,8 +364,8 @@ mod tests {
             let leader = nodes.iter().find(|n| n.metrics().role == crate::Role::Leader);
             if let Some(leader) = leader {
                 let other = nodes.iter().find(|n| n.id() != leader.id()).unwrap();
-                let raft = leader.inner.raft();
-                let info = other.inner.raft().info().clone();
+                let raft = leader.inner.core.raft();
+                let info = other.inner.core.raft().info().clone();
                 let removed = raft.remove(other.id(), WAIT).await;
                 let added = match removed {
                     Ok(()) => raft.add_learner(other.id(), info, WAIT).await,
@@ -378,7 +380,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         leader.wait_for(WAIT, |m| m.voters == 2 && m.learners == 1).await.unwrap();
-        reconcile(&leader.inner).await;
+        reconcile(&leader.inner.core, &leader.inner.membership).await;
         leader.wait_for(WAIT, |m| m.voters == 3 && m.learners == 0).await.expect("promoted");
         for node in nodes {
             node.stop(StopMode::Stay).await.unwrap();

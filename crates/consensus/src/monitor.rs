@@ -7,68 +7,32 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use cmd_rpc::{Page, PageServer, Render};
 use serde::Serialize;
-use tokio::time::Instant;
 use ts_transport::{PeerAddr, TcpTransport, Transport};
 
+use crate::core::Core;
 use crate::error::Error;
+use crate::health::Learned;
 use crate::machine::StateMachine;
-use crate::node::Inner;
 use crate::report::{Member, Metrics, metrics_of};
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The monitor's part of a node: its servers, and what its refresher
 /// learns for `/status`, `/metrics` and readiness.
+#[derive(Default)]
 pub(crate) struct Monitor {
     servers: Mutex<Vec<PageServer>>,
     localhost_port: Mutex<Option<u16>>,
-    /// The committed index, refreshed by the monitor (u64::MAX: unknown).
-    committed: AtomicU64,
-    /// On a follower: the leader's commit index, learned through a
-    /// read-index round by the monitor's refresher, and when
-    /// (crate::health).
-    leader_committed: Mutex<Option<(u64, Instant)>>,
-}
-
-impl Default for Monitor {
-    fn default() -> Self {
-        Monitor {
-            servers: Mutex::new(Vec::new()),
-            localhost_port: Mutex::new(None),
-            committed: AtomicU64::new(u64::MAX),
-            leader_committed: Mutex::new(None),
-        }
-    }
+    /// The committed indexes the refresher learns (crate::health).
+    pub(crate) learned: Learned,
 }
 
 impl Monitor {
-    /// The committed index last learned, if any.
-    pub(crate) fn committed(&self) -> Option<u64> {
-        let committed = self.committed.load(Ordering::Relaxed);
-        (committed != u64::MAX).then_some(committed)
-    }
-
-    /// Learns the committed index.
-    pub(crate) fn set_committed(&self, committed: u64) {
-        self.committed.store(committed, Ordering::Relaxed);
-    }
-
-    /// On a follower: the leader's commit index last learned, and when.
-    pub(crate) fn leader_committed(&self) -> Option<(u64, Instant)> {
-        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Learns the leader's commit index, as of `at`.
-    pub(crate) fn set_leader_committed(&self, index: u64, at: Instant) {
-        *self.leader_committed.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, at));
-    }
-
     /// The port of the localhost monitor, if it is served.
     pub(crate) fn localhost_port(&self) -> Option<u16> {
         *self.localhost_port.lock().unwrap_or_else(|p| p.into_inner())
@@ -101,19 +65,19 @@ pub(crate) struct Status {
     members: Vec<Member>,
 }
 
-pub(crate) fn status<S: StateMachine>(inner: &Inner<S>) -> Status {
-    let raft = inner.raft().metrics();
+pub(crate) fn status<S: StateMachine>(core: &Core<S>, monitor: &Monitor) -> Status {
+    let raft = core.raft().metrics();
     let metrics = metrics_of(&raft);
-    let node = inner.raft();
+    let node = core.raft();
     Status {
-        id: inner.id,
+        id: core.id,
         stable_id: node.info().stable_id.clone(),
         incarnation: format!("{:016x}", node.incarnation()),
         cluster_id: node.cluster_id().map(|id| id.to_string()),
-        tag: inner.tag.clone(),
+        tag: core.tag.clone(),
         metrics,
-        committed_index: inner.monitor.committed(),
-        members: inner.members(),
+        committed_index: monitor.learned.committed(),
+        members: core.members(),
     }
 }
 
@@ -258,10 +222,12 @@ fn html(status: &Status) -> String {
     )
 }
 
-fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
+/// The monitor's pages; they answer nothing once the node is gone (the
+/// servers own this renderer, so it holds the node's parts weakly).
+fn renderer<S: StateMachine>(core: Weak<Core<S>>, monitor: Weak<Monitor>) -> Render {
     Arc::new(move |path: &str| {
-        let inner = inner.upgrade()?;
-        let status = status(&inner);
+        let (core, monitor) = (core.upgrade()?, monitor.upgrade()?);
+        let status = status(&core, &monitor);
         match path {
             "/status" => Some(Page {
                 status: 200,
@@ -273,9 +239,9 @@ fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
                 crate::metrics::render(
                     &mut body,
                     &crate::metrics::Scrape {
-                        counters: &inner.counters,
-                        raft: inner.raft().stats(),
-                        commands: inner.service.stats(),
+                        counters: &core.counters,
+                        raft: core.raft().stats(),
+                        commands: core.service.stats(),
                     },
                 );
                 Some(Page { status: 200, content_type: "text/plain; version=0.0.4", body })
@@ -288,7 +254,7 @@ fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
                 Some(Page { status, content_type: "application/json", body: body.to_string() })
             }
             "/readyz" => {
-                let readiness = crate::health::of(&inner);
+                let readiness = crate::health::of(&core, &monitor.learned);
                 Some(Page {
                     status: if readiness.ready { 200 } else { 503 },
                     content_type: "application/json",
@@ -308,35 +274,38 @@ fn renderer<S: StateMachine>(inner: Weak<Inner<S>>) -> Render {
 /// Starts the monitor servers and the task that refreshes the committed
 /// index.
 pub(crate) async fn start<S: StateMachine>(
-    inner: &Arc<Inner<S>>,
+    core: &Arc<Core<S>>,
+    monitor: &Arc<Monitor>,
     transport: Arc<dyn Transport>,
     authorize: Arc<dyn Fn(PeerAddr) -> bool + Send + Sync>,
 ) -> Result<(), Error> {
     let refresher = tokio::spawn({
-        let inner = Arc::downgrade(inner);
+        let (core, monitor) = (Arc::downgrade(core), Arc::downgrade(monitor));
         async move {
             loop {
-                let Some(strong) = inner.upgrade() else { return };
+                let (Some(strong), Some(monitor)) = (core.upgrade(), monitor.upgrade()) else {
+                    return;
+                };
                 if let Some(committed) = strong.raft().committed_index().await {
-                    strong.monitor.set_committed(committed);
+                    monitor.learned.set_committed(committed);
                 }
-                crate::health::refresh_leader_commit(&strong).await;
-                drop(strong);
+                crate::health::refresh_leader_commit(&strong, &monitor.learned).await;
+                drop((strong, monitor));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     });
-    inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(refresher);
-    let render = renderer(Arc::downgrade(inner));
-    if let Some(port) = inner.config.monitor_port {
+    core.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(refresher);
+    let render = renderer(Arc::downgrade(core), Arc::downgrade(monitor));
+    if let Some(port) = core.config.monitor_port {
         let listener = transport.listen(port).await.map_err(|e| {
             Error::network_from(format!("cannot listen on monitor port {port}: {e}"), e)
         })?;
         let server =
             PageServer::start(Arc::from(listener), authorize, render.clone(), HEADER_TIMEOUT);
-        inner.monitor.serve(server);
+        monitor.serve(server);
     }
-    if let Some(port) = inner.config.monitor_localhost_port {
+    if let Some(port) = core.config.monitor_localhost_port {
         let local = TcpTransport::new(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let listener = local.listen(port).await.map_err(|e| {
             Error::network_from(
@@ -347,9 +316,8 @@ pub(crate) async fn start<S: StateMachine>(
         // Loopback callers that name it 127.0.0.1 or localhost (no DNS
         // rebinding), as the admin endpoint.
         let server = PageServer::start_local(Arc::from(listener), render, HEADER_TIMEOUT);
-        *inner.monitor.localhost_port.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(server.port());
-        inner.monitor.serve(server);
+        *monitor.localhost_port.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.port());
+        monitor.serve(server);
     }
     Ok(())
 }

@@ -12,7 +12,6 @@ use cmd_rpc::{
 use raft_core::{NodeId, NodeInfo, RaftConfig, RaftNode, Storage};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery};
 use ts_transport::{PeerAddr, Transport};
@@ -20,13 +19,14 @@ use ts_transport::{PeerAddr, Transport};
 use crate::admin::Admin;
 use crate::bootstrap::Boot;
 use crate::config::{BootstrapOptions, Config};
+use crate::core::Core;
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine, decode_answer};
 use crate::membership::Membership;
 use crate::metrics::{Counters, CountingTransport, Port};
 use crate::monitor::Monitor;
 use crate::operation::{Operation, SessionPool};
-use crate::report::{Member, Metrics, members_of, metrics_of};
+use crate::report::{Member, Metrics, metrics_of};
 use crate::view::tagged_online;
 use crate::{admin, campaign, membership, monitor};
 
@@ -49,64 +49,28 @@ pub enum StopMode {
     Leave,
 }
 
+/// A node's parts: what every concern shares ([`Core`]) and each
+/// concern's own state. Only this module knows them all; the concerns take
+/// the core and their own part, and their background tasks hold them
+/// weakly, so that they end once the node is gone.
 pub(crate) struct Inner<S: StateMachine> {
-    pub(crate) id: NodeId,
-    pub(crate) tag: String,
-    pub(crate) service: Arc<CommandService<Adapter<S>>>,
-    pub(crate) discovery: Arc<dyn Discovery>,
-    pub(crate) config: Config,
-    pub(crate) sessions: SessionPool,
-    stopped: AtomicBool,
+    pub(crate) core: Arc<Core<S>>,
+    sessions: Arc<SessionPool>,
     command_server: Mutex<Option<CommandServer>>,
-    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The monitor's servers and what its refresher learns (crate::monitor).
-    pub(crate) monitor: Monitor,
+    monitor: Arc<Monitor>,
     /// Whether the node started its discovery itself (and stops it).
     owns_discovery: AtomicBool,
     /// What the leader's membership reconciler keeps between rounds
     /// (crate::membership).
-    pub(crate) membership: Membership,
+    pub(crate) membership: Arc<Membership>,
     /// The bootstrap lock: the promise this node holds and the cluster it
     /// forms; answering probes and confirms, granting, binding, joining and
     /// forming happen under it (crate::bootstrap).
-    pub(crate) boot: Boot,
-    /// What `/metrics` counts here (crate::metrics).
-    pub(crate) counters: Arc<Counters>,
+    boot: Boot,
     /// The operator's endpoint and the restores staged through it
     /// (crate::admin).
-    pub(crate) admin: Admin,
-}
-
-impl<S: StateMachine> Inner<S> {
-    pub(crate) fn raft(&self) -> &Arc<RaftNode<Adapter<S>>> {
-        self.service.node()
-    }
-
-    pub(crate) fn view(&self) -> Option<Arc<ClusterView>> {
-        self.discovery.current()
-    }
-
-    /// Every member with its role, tags and liveness.
-    pub(crate) fn members(&self) -> Vec<Member> {
-        members_of(&self.raft().metrics(), self.view().as_deref(), self.id)
-    }
-
-    /// The view, if it is fresh enough to act on.
-    pub(crate) fn fresh_view(&self) -> Option<Arc<ClusterView>> {
-        let state = self.discovery.state().borrow().clone();
-        if state.is_stale(self.config.timing.max_staleness) { None } else { state.view }
-    }
-
-    /// Refuses calls on a stopped node, or on one stopped by a fatal error.
-    pub(crate) fn check_running(&self) -> Result<(), Error> {
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(Error::Stopped);
-        }
-        match self.raft().fatal() {
-            Some(why) => Err(Error::fatal(why)),
-            None => Ok(()),
-        }
-    }
+    admin: Arc<Admin>,
 }
 
 /// What the command API asks the facade about callers, answered from the
@@ -442,48 +406,53 @@ impl<S: StateMachine> Consensus<S> {
         };
         let command_server =
             CommandServer::start(listener, service.clone(), authorize.clone(), commands);
-        let inner = Arc::new(Inner {
+        let core = Core::new(
             id,
-            tag: bootstrap.tag.clone(),
+            bootstrap.tag.clone(),
             service,
             discovery,
-            config: config.clone(),
-            sessions: SessionPool::default(),
-            stopped: AtomicBool::new(false),
+            config.clone(),
+            counters.clone(),
+        );
+        let inner = Arc::new(Inner {
+            core: Arc::new(core),
+            sessions: Arc::default(),
             command_server: Mutex::new(Some(command_server)),
-            tasks: Mutex::new(Vec::new()),
-            monitor: Monitor::default(),
+            monitor: Arc::default(),
             owns_discovery: AtomicBool::new(false),
-            membership: Membership::default(),
+            membership: Arc::default(),
             boot,
-            counters: counters.clone(),
-            admin: Admin::default(),
+            admin: Arc::default(),
         });
         let consensus = Consensus { inner };
+        let (inner, core) = (&consensus.inner, &consensus.inner.core);
         // From before the bootstrap, so that the first election counts.
         let leadership = tokio::spawn(crate::metrics::follow_leadership(
-            consensus.inner.counters.clone(),
-            consensus.inner.raft().subscribe(),
+            core.counters.clone(),
+            core.raft().subscribe(),
         ));
-        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(leadership);
+        core.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(leadership);
         let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());
-        if let Err(err) = crate::bootstrap::run(&consensus.inner, &bootstrap, remaining).await {
+        if let Err(err) = crate::bootstrap::run(core, &inner.boot, &bootstrap, remaining).await {
             consensus.shutdown_all().await;
             return Err(err);
         }
         // Membership follows tags; the leader acts on it.
-        let reconciler = tokio::spawn(membership::reconcile_loop(Arc::downgrade(&consensus.inner)));
+        let reconciler = tokio::spawn(membership::reconcile_loop(
+            Arc::downgrade(core),
+            inner.membership.clone(),
+        ));
         // A node whose tag is revoked stops campaigning until a leader takes
         // it back.
-        let guard = tokio::spawn(campaign::guard_loop(Arc::downgrade(&consensus.inner)));
-        consensus.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([reconciler, guard]);
+        let guard = tokio::spawn(campaign::guard_loop(Arc::downgrade(core)));
+        core.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([reconciler, guard]);
         if let Err(err) =
-            monitor::start(&consensus.inner, transport, authorize_on(Port::Monitor)).await
+            monitor::start(core, &inner.monitor, transport, authorize_on(Port::Monitor)).await
         {
             consensus.shutdown_all().await;
             return Err(err);
         }
-        if let Err(err) = admin::start(&consensus.inner).await {
+        if let Err(err) = admin::start(core, &inner.admin, &inner.monitor).await {
             consensus.shutdown_all().await;
             return Err(err);
         }
@@ -493,11 +462,11 @@ impl<S: StateMachine> Consensus<S> {
 
     /// This node's raft id.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner.core.id
     }
 
     fn check_running(&self) -> Result<(), Error> {
-        self.inner.check_running()
+        self.inner.core.check_running()
     }
 
     /// Executes a command: it is applied on every member in the same order,
@@ -510,7 +479,7 @@ impl<S: StateMachine> Consensus<S> {
     /// `execute` again would execute it again, as a new command. To retry
     /// one command until its outcome is known, use [`Consensus::prepare`].
     pub async fn execute(&self, command: S::Command) -> Result<S::Response, Error> {
-        self.execute_within(command, self.inner.config.timing.call_deadline).await
+        self.execute_within(command, self.inner.core.config.timing.call_deadline).await
     }
 
     /// [`Consensus::execute`] with its own deadline.
@@ -532,7 +501,8 @@ impl<S: StateMachine> Consensus<S> {
             .map_err(|e| Error::invalid_from(format!("command does not encode: {e}"), e))?;
         let command =
             RawValue::from_string(json).map_err(|e| Error::invalid_from(e.to_string(), e))?;
-        Ok(Operation::new(self.inner.clone(), command))
+        let inner = &self.inner;
+        Ok(Operation::new(inner.core.clone(), inner.sessions.clone(), inner.clone(), command))
     }
 
     /// Answers a query from the state machine.
@@ -552,8 +522,8 @@ impl<S: StateMachine> Consensus<S> {
                 Consistency::Local => cmd_rpc::Consistency::Local,
             },
         };
-        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
-        let response = self.inner.service.read(&request, deadline).await?;
+        let deadline = Instant::now() + self.inner.core.config.timing.call_deadline;
+        let response = self.inner.core.service.read(&request, deadline).await?;
         decode_answer(response.result.get())
     }
 
@@ -564,7 +534,7 @@ impl<S: StateMachine> Consensus<S> {
 
     /// Every member with its role, tags and liveness.
     pub fn members(&self) -> Vec<Member> {
-        self.inner.members()
+        self.inner.core.members()
     }
 
     /// Asks the leader to remove a member from the configuration.
@@ -576,8 +546,9 @@ impl<S: StateMachine> Consensus<S> {
     /// stop it with [`StopMode::Leave`], to take it out.
     pub async fn remove_member(&self, id: u64) -> Result<(), Error> {
         self.check_running()?;
-        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+        let deadline = Instant::now() + self.inner.core.config.timing.call_deadline;
         self.inner
+            .core
             .service
             .remove_via_leader(&RemoveRequest { id }, deadline)
             .await
@@ -586,12 +557,12 @@ impl<S: StateMachine> Consensus<S> {
 
     /// This node's metrics now.
     pub fn metrics(&self) -> Metrics {
-        metrics_of(&self.inner.raft().metrics())
+        metrics_of(&self.inner.core.raft().metrics())
     }
 
     /// Metrics as they change.
     pub fn watch(&self) -> watch::Receiver<Metrics> {
-        let mut source = self.inner.raft().subscribe();
+        let mut source = self.inner.core.raft().subscribe();
         let (tx, rx) = watch::channel(metrics_of(&source.borrow()));
         tokio::spawn(async move {
             while source.changed().await.is_ok() {
@@ -611,6 +582,7 @@ impl<S: StateMachine> Consensus<S> {
         condition: impl Fn(&Metrics) -> bool,
     ) -> Result<Metrics, Error> {
         self.inner
+            .core
             .raft()
             .wait_for(timeout, |m| condition(&metrics_of(m)))
             .await
@@ -643,8 +615,8 @@ impl<S: StateMachine> Consensus<S> {
     /// leader's hold ends either way.
     pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64, Error> {
         self.check_running()?;
-        let deadline = Instant::now() + self.inner.config.timing.call_deadline;
-        crate::transfer::transfer(&self.inner, to, deadline)
+        let deadline = Instant::now() + self.inner.core.config.timing.call_deadline;
+        crate::transfer::transfer(&self.inner.core, to, deadline)
             .await
             .map(|report| report.leader)
             .map_err(Error::from)
@@ -660,18 +632,19 @@ impl<S: StateMachine> Consensus<S> {
     /// configuration (through the leader). Every background task ends.
     pub async fn stop(self, mode: StopMode) -> Result<(), Error> {
         let mut result = Ok(());
-        if mode == StopMode::Leave && !self.inner.stopped.load(Ordering::Acquire) {
+        if mode == StopMode::Leave && !self.inner.core.is_stopped() {
             // Stop answering peers first, so that the leader cannot add
             // this node back between its removal and its stop.
             let server = self.inner.command_server.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(server) = server {
                 server.shutdown().await;
             }
-            let deadline = Instant::now() + self.inner.config.timing.call_deadline;
+            let deadline = Instant::now() + self.inner.core.config.timing.call_deadline;
             if let Err(err) = self
                 .inner
+                .core
                 .service
-                .remove_via_leader(&RemoveRequest { id: self.inner.id }, deadline)
+                .remove_via_leader(&RemoveRequest { id: self.inner.core.id }, deadline)
                 .await
             {
                 result = Err(Error::from(err));
@@ -682,11 +655,11 @@ impl<S: StateMachine> Consensus<S> {
     }
 
     async fn shutdown_all(&self) {
-        if self.inner.stopped.swap(true, Ordering::AcqRel) {
+        if self.inner.core.stop() {
             return;
         }
         let tasks: Vec<_> =
-            self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+            self.inner.core.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
         for task in tasks {
             task.abort();
             let _ = task.await;
@@ -697,11 +670,11 @@ impl<S: StateMachine> Consensus<S> {
         if let Some(server) = server {
             server.shutdown().await;
         }
-        self.inner.raft().shutdown().await;
+        self.inner.core.raft().shutdown().await;
         if self.inner.owns_discovery.load(Ordering::Acquire) {
-            self.inner.discovery.stop();
+            self.inner.core.discovery.stop();
         }
-        tracing::info!(id = self.inner.id, "consensus node stopped");
+        tracing::info!(id = self.inner.core.id, "consensus node stopped");
     }
 }
 

@@ -16,9 +16,9 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine, decode_answer};
-use crate::node::Inner;
 
 /// Idle sessions kept for reuse.
 const MAX_IDLE_SESSIONS: usize = 1024;
@@ -92,7 +92,11 @@ impl SessionPool {
 /// is dropped; drop operations you are done with rather than keeping many
 /// answered ones around.
 pub struct Operation<S: StateMachine> {
-    inner: Arc<Inner<S>>,
+    core: Arc<Core<S>>,
+    sessions: Arc<SessionPool>,
+    /// The rest of the node (its servers and background tasks), kept alive
+    /// while the operation lives, as a handle keeps it.
+    _node: Arc<dyn Send + Sync>,
     command: Box<RawValue>,
     /// The session and this command's sequence number in it, once taken.
     session: Option<(ClientId, u64)>,
@@ -121,9 +125,16 @@ impl<S: StateMachine> std::fmt::Debug for Operation<S> {
 }
 
 impl<S: StateMachine> Operation<S> {
-    pub(crate) fn new(inner: Arc<Inner<S>>, command: Box<RawValue>) -> Operation<S> {
+    pub(crate) fn new(
+        core: Arc<Core<S>>,
+        sessions: Arc<SessionPool>,
+        node: Arc<dyn Send + Sync>,
+        command: Box<RawValue>,
+    ) -> Operation<S> {
         Operation {
-            inner,
+            core,
+            sessions,
+            _node: node,
             command,
             session: None,
             maybe_applied: false,
@@ -138,7 +149,7 @@ impl<S: StateMachine> Operation<S> {
     /// answer, answers it again without sending anything. Uses the node's
     /// default deadline.
     pub async fn execute(&mut self) -> Result<S::Response, Error> {
-        self.execute_within(self.inner.config.timing.call_deadline).await
+        self.execute_within(self.core.config.timing.call_deadline).await
     }
 
     /// [`Operation::execute`] with its own deadline.
@@ -147,12 +158,12 @@ impl<S: StateMachine> Operation<S> {
         // was counted when it was settled (issue 12: before, every call on
         // an answered operation counted one more `ok`).
         if let Some(settled) = self.settled() {
-            self.inner.check_running()?;
+            self.core.check_running()?;
             return settled;
         }
         let started = Instant::now();
         let result = self.attempt_within(deadline).await;
-        self.inner.counters.command_done(&result, started.elapsed());
+        self.core.counters.command_done(&result, started.elapsed());
         result
     }
 
@@ -172,15 +183,15 @@ impl<S: StateMachine> Operation<S> {
     }
 
     async fn attempt_within(&mut self, deadline: Duration) -> Result<S::Response, Error> {
-        self.inner.check_running()?;
+        self.core.check_running()?;
         let deadline = Instant::now() + deadline;
-        let service = &self.inner.service;
+        let service = &self.core.service;
         let mut replaced = 0;
         loop {
             let (client, seq) = match self.session {
                 Some(session) => session,
                 None => {
-                    let taken = self.inner.sessions.take(service, deadline).await;
+                    let taken = self.sessions.take(service, deadline).await;
                     let session = taken.map_err(|err| known_error(err, self.maybe_applied))?;
                     self.session = Some(session);
                     session
@@ -227,7 +238,7 @@ impl<S: StateMachine> Operation<S> {
                     // and failed a command that was never applied (review
                     // finding).
                     if err.code() != ErrorCode::SequenceReused {
-                        self.inner.sessions.forget_idle();
+                        self.sessions.forget_idle();
                     }
                     replaced += 1;
                     if replaced >= MAX_REPLACED_SESSIONS || Instant::now() >= deadline {
@@ -254,7 +265,7 @@ impl<S: StateMachine> Drop for Operation<S> {
         // Done with, whatever its outcome: the session moves past this
         // command, so a late copy of it is never applied.
         if let Some((client, seq)) = self.session.take() {
-            self.inner.sessions.give_back(client, seq + 1);
+            self.sessions.give_back(client, seq + 1);
         }
     }
 }

@@ -43,9 +43,9 @@ use cmd_rpc::CampaignRequest;
 use raft_core::{NodeInfo, RaftNode};
 use tokio::time::Instant;
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
-use crate::node::Inner;
 use crate::view::tagged_online;
 
 /// Time the target has to answer the campaign request.
@@ -141,10 +141,10 @@ async fn start_hold<S: StateMachine>(
 
 /// The voter to hand over to when none is named ([`choose`], with this
 /// node's view telling who is tagged and online).
-fn pick<S: StateMachine>(inner: &Inner<S>, m: &raft_core::NodeMetrics) -> Option<u64> {
-    let view = inner.view();
+fn pick<S: StateMachine>(core: &Core<S>, m: &raft_core::NodeMetrics) -> Option<u64> {
+    let view = core.view();
     let online = |node: &NodeInfo| view.as_ref().is_some_and(|v| tagged_online(v, &node.stable_id));
-    choose(m, inner.id, online)
+    choose(m, core.id, online)
 }
 
 /// Whether leadership may go to `id`: a voter of the configuration's
@@ -176,12 +176,12 @@ fn choose(m: &raft_core::NodeMetrics, me: u64, online: impl Fn(&NodeInfo) -> boo
 /// that is down or far behind does not keep the cluster without commits
 /// until the call's deadline.
 async fn catch_up<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     target: u64,
     deadline: Instant,
 ) -> Result<raft_core::NodeMetrics, TransferError> {
-    let raft = inner.raft();
-    let timing = &inner.config.timing;
+    let raft = core.raft();
+    let timing = &core.config.timing;
     let until = deadline.min(Instant::now() + timing.election.1 * 2);
     let stall = timing.election.1;
     let matched_of = |m: &raft_core::NodeMetrics| {
@@ -222,13 +222,13 @@ async fn catch_up<S: StateMachine>(
 /// Hands leadership from this node (the leader) to `to`, or to the voter
 /// [`pick`] chooses, by `deadline`.
 pub(crate) async fn transfer<S: StateMachine>(
-    inner: &Inner<S>,
+    core: &Core<S>,
     to: Option<u64>,
     deadline: Instant,
 ) -> Result<TransferReport, TransferError> {
     let started = Instant::now();
-    let raft = inner.raft();
-    let me = inner.id;
+    let raft = core.raft();
+    let me = core.id;
     let m = raft.metrics();
     if m.role != raft_core::Role::Leader {
         return Err(TransferError::NotLeader {
@@ -258,7 +258,7 @@ pub(crate) async fn transfer<S: StateMachine>(
             )));
         }
         Some(id) => return Err(TransferError::Invalid(format!("{id} is not a member"))),
-        None => pick(inner, &m).ok_or_else(|| {
+        None => pick(core, &m).ok_or_else(|| {
             TransferError::Invalid("there is no other voter to hand leadership to".to_owned())
         })?,
     };
@@ -278,7 +278,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     let remaining = || deadline.saturating_duration_since(Instant::now());
 
     // The target has every entry of the log (new ones are held out).
-    let caught_up = catch_up(inner, target, deadline).await?;
+    let caught_up = catch_up(core, target, deadline).await?;
     if caught_up.role != raft_core::Role::Leader {
         return Err(TransferError::Failed(
             "this node stopped leading while the target caught up".to_owned(),
@@ -288,7 +288,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     let quiet = Instant::now();
     let lease = raft.leader_lease();
     let own = raft.own_lease_remaining().await;
-    let until = (quiet + lease + inner.config.timing.heartbeat).max(Instant::now() + own);
+    let until = (quiet + lease + core.config.timing.heartbeat).max(Instant::now() + own);
     if until >= deadline {
         return Err(TransferError::Failed(format!(
             "not enough time left: the voters' leader leases ({lease:?}) run out after the deadline"
@@ -302,7 +302,7 @@ pub(crate) async fn transfer<S: StateMachine>(
     };
     let call_deadline = deadline.min(Instant::now() + CAMPAIGN_CALL);
     let to = cmd_rpc::Addressee { node: target, cluster: raft.cluster_id() };
-    let answer: Result<serde_json::Value, _> = inner
+    let answer: Result<serde_json::Value, _> = core
         .service
         .client()
         .post_to(to, &node, "/v1/campaign", &request, call_deadline, cmd_rpc::Origin::Client)
