@@ -1303,11 +1303,9 @@ async fn join<S: StateMachine>(
 /// join), asks the leader to replace its record, through the join path
 /// (the leader replaces only the caller's own record), and returns once
 /// the leader committed the new record. Without it the leader would go on dialing
-/// the old raft port for good. A record already as it runs counts only from
-/// a configuration applied here ([`record_to_replace`]); else the node asks
-/// the leader the same way, and starts anyway at `deadline`. The start fails
-/// at `deadline` if no leader takes a new record (none elected, or none
-/// reachable: every member changed its ports at once), naming both records.
+/// the old raft port for good. The start fails at `deadline` if no leader
+/// takes the new record (none elected, or none reachable: every member
+/// changed its ports at once), naming both records.
 async fn update_record<S: StateMachine>(
     core: &Core<S>,
     boot: &Boot,
@@ -1320,17 +1318,13 @@ async fn update_record<S: StateMachine>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let metrics = raft.metrics();
-        let stale = record_to_replace(metrics.nodes.get(&id), &mine, metrics.membership_applied());
-        let Some(recorded) = stale.cloned() else { return Ok(()) };
-        // Recorded as it runs, in a configuration not committed yet: the
-        // join is idempotent, and the leader answers it only once its
-        // record is committed.
-        let confirming = recorded == mine;
-        if confirming {
-            tracing::info!(id, record = %mine, "asking the leader to commit this member's record");
-        } else {
-            tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
+        // Not a member (removed while away): nothing to update; the leader
+        // adds it back with the record its probe answer carries.
+        let Some(recorded) = metrics.nodes.get(&id).cloned() else { return Ok(()) };
+        if recorded == mine {
+            return Ok(());
         }
+        tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
         let why = match ask_to_update(core, boot, cluster, &metrics, deadline).await {
             // The leader committed the new record: it dials this node where
             // it listens now. Not waiting for the record to reach this
@@ -1344,13 +1338,6 @@ async fn update_record<S: StateMachine>(
             }
             Err(why) => why,
         };
-        if Instant::now() >= deadline && confirming {
-            // No leader all along (a cluster restarting): failing the start
-            // would take a voter away from the election that ends it. Its
-            // own log records it as it runs, as before this check.
-            tracing::warn!(id, record = %mine, %why, "no leader committed this member's record by the start deadline; starting without");
-            return Ok(());
-        }
         if Instant::now() >= deadline {
             return Err(Error::JoinFailed {
                 waited: started.elapsed(),
@@ -1374,22 +1361,6 @@ async fn update_record<S: StateMachine>(
         backoff = (backoff * 2).min(MAX_BACKOFF);
         tokio::time::sleep(pause).await;
     }
-}
-
-/// This node's record in the membership (`recorded`, from a configuration
-/// `applied` here or not) that the leader still has to replace with
-/// `mine` or confirm, if any. A record equal to `mine` counts only once
-/// its configuration is applied, so committed: one only in this node's
-/// log may be lost with the leader that appended it, and the next leader
-/// would dial the node at the old record. Not a member (removed while
-/// away): nothing to update; the leader adds it back with the record its
-/// probe answer carries.
-fn record_to_replace<'a>(
-    recorded: Option<&'a NodeInfo>,
-    mine: &NodeInfo,
-    applied: bool,
-) -> Option<&'a NodeInfo> {
-    recorded.filter(|recorded| *recorded != mine || !applied)
 }
 
 /// One attempt to have this node's record replaced by the leader: if this
@@ -1466,34 +1437,6 @@ mod tests {
             tags: ["tag:t".to_owned()].into(),
             online,
             has_path,
-        }
-    }
-
-    /// When a restarted member stops asking the leader for its record
-    /// (docs/reliability.md finding 55): only once the configuration that
-    /// records it as it runs is applied here, so committed. One only in its
-    /// own log may be lost with the leader that appended it (five voters:
-    /// the next leader need not have it), and nobody would dial the node at
-    /// its new ports until it restarted.
-    #[test]
-    fn a_record_counts_only_from_a_committed_configuration() {
-        let info = |raft_port| NodeInfo {
-            stable_id: "m".to_owned(),
-            addrs: vec![Ipv4Addr::new(100, 64, 0, 1).into()],
-            raft_port,
-            command_port: 6271,
-        };
-        let (mine, old) = (info(7000), info(6270));
-        let cases = [
-            ("recorded so, not applied yet", Some(&mine), false, Some(&mine)),
-            ("recorded so and applied", Some(&mine), true, None),
-            ("recorded elsewhere, applied", Some(&old), true, Some(&old)),
-            ("recorded elsewhere, not applied", Some(&old), false, Some(&old)),
-            ("not a member", None, true, None),
-            ("not a member, not applied", None, false, None),
-        ];
-        for (name, recorded, applied, want) in cases {
-            assert_eq!(record_to_replace(recorded, &mine, applied), want, "{name}");
         }
     }
 
