@@ -267,7 +267,7 @@ impl<S: StateMachine> CommandService<S> {
                     let slot_end = Instant::now() + slot;
                     let routable = self
                         .node
-                        .wait_for(slot, |m| route::target(m, me, None).is_some())
+                        .wait_for_leadership(slot, |m| route::target(m, me, None).is_some())
                         .await
                         .is_ok();
                     if !routable {
@@ -636,7 +636,7 @@ impl<S: StateMachine> CommandService<S> {
             let node = node.clone();
             Box::pin(async move {
                 let budget = until.saturating_duration_since(Instant::now());
-                match node.wait_for(budget, |m| leader_moved(m, since, id)).await {
+                match node.wait_for_leadership(budget, |m| leader_moved(m, since, id)).await {
                     Ok(m) => format!("it lost its leadership to {}", m.leader.unwrap_or_default()),
                     Err(_) => "no answer in time, or this node stopped".to_owned(),
                 }
@@ -767,7 +767,8 @@ impl<S: StateMachine> CommandService<S> {
         let started = Instant::now();
         let moved = async {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let moved = self.node.wait_for(remaining, |m| leader_moved(m, term, id)).await;
+            let moved =
+                self.node.wait_for_leadership(remaining, |m| leader_moved(m, term, id)).await;
             match moved {
                 Ok(m) => m.leader.unwrap_or_default(),
                 // Raft stopped or the deadline passed: the attempt decides.

@@ -1412,7 +1412,7 @@ async fn wait_for_leader<S: StateMachine>(
 ) -> Result<(), Error> {
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
     core.raft()
-        .wait_for(remaining, |m| m.leader.is_some())
+        .wait_for_leadership(remaining, |m| m.leader.is_some())
         .await
         .map(|_| ())
         .map_err(|_| Error::NoLeader { waited: started.elapsed() })

@@ -91,9 +91,14 @@ impl Guard {
 
 /// Holds or resumes this node's elections as its tag, its configuration
 /// and news from leaders change. Ends with the node.
+///
+/// It wakes on a new view, on a change of leadership or configuration, and
+/// every [`EVERY`] for the time since a leader's last contact; not on every
+/// entry, which cost each command a wake-up and a copy of the metrics on
+/// every node (docs/benchmarks.md, "The per-command CPU regression").
 pub(crate) async fn guard_loop<S: StateMachine>(core: Weak<Core<S>>) {
     let (mut views, mut metrics) = match core.upgrade() {
-        Some(core) => (core.discovery.state(), core.raft().subscribe()),
+        Some(core) => (core.discovery.state(), core.raft().subscribe_leadership()),
         None => return,
     };
     let mut guard = Guard::default();

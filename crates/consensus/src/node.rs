@@ -429,7 +429,7 @@ impl<S: StateMachine> Consensus<S> {
         // From before the bootstrap, so that the first election counts.
         let leadership = tokio::spawn(crate::metrics::follow_leadership(
             core.counters.clone(),
-            core.raft().subscribe(),
+            core.raft().subscribe_leadership(),
         ));
         core.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(leadership);
         let remaining = config.timing.start_timeout.saturating_sub(started.elapsed());

@@ -311,14 +311,14 @@ pub(crate) async fn transfer<S: StateMachine>(
         return Err(TransferError::Failed(format!("node {target} did not campaign: {err}")));
     }
     let after = raft
-        .wait_for(remaining(), |m| m.leader.is_some_and(|leader| leader != me))
+        .wait_for_leadership(remaining(), |m| m.leader.is_some_and(|leader| leader != me))
         .await
         .map_err(|m| {
-        TransferError::Failed(format!(
-            "no other node took over by the deadline; the leader is {:?}",
-            m.leader
-        ))
-    })?;
+            TransferError::Failed(format!(
+                "no other node took over by the deadline; the leader is {:?}",
+                m.leader
+            ))
+        })?;
     drop(hold);
     let leader = after.leader.unwrap_or(target);
     let report = TransferReport {

@@ -64,15 +64,27 @@ impl Fatal {
 /// Follows `raft` until it stops. A fatal error in its metrics, or its core
 /// ending while nobody asked it to, is recorded in `fatal`; returns whether
 /// that happened (false on a deliberate shutdown).
+///
+/// It wakes on openraft's server metrics (role, vote, leader,
+/// configuration), not on every change of the full metrics: openraft
+/// records a fatal error only as its core ends, which closes both.
 pub(crate) async fn watch(raft: Raft<TypeConfig>, fatal: Arc<Fatal>) -> bool {
-    let mut metrics = raft.metrics();
+    let (metrics, mut server) = (raft.metrics(), raft.server_metrics());
     let why = loop {
-        match &metrics.borrow_and_update().running_state {
+        server.borrow_and_update();
+        match &metrics.borrow().running_state {
             Ok(()) => {}
             Err(openraft::error::Fatal::Stopped) => return false,
             Err(err) => break format!("raft stopped: {err}"),
         }
-        if metrics.changed().await.is_err() {
+        if server.changed().await.is_err() {
+            // The core recorded why it stopped, if it said, before it
+            // ended and closed the channels.
+            match &metrics.borrow().running_state {
+                Ok(()) => {}
+                Err(openraft::error::Fatal::Stopped) => return false,
+                Err(err) => break format!("raft stopped: {err}"),
+            }
             if fatal.is_stopping() {
                 return false;
             }

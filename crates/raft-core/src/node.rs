@@ -311,6 +311,89 @@ fn applied_at(entry: Option<u64>, applied: Option<u64>) -> bool {
 
 /// `metrics` with a fatal error laid over it: a stopped node has no role,
 /// leader or followers.
+/// What wakes a watcher of a node's metrics.
+enum Wake {
+    /// Every change of openraft's metrics: every entry appended, replicated
+    /// or applied.
+    EveryChange(watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>),
+    /// A change of the node's role, vote, leader or configuration only.
+    Leadership {
+        server: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, NodeInfo>>,
+        all: watch::Receiver<openraft::RaftMetrics<NodeId, NodeInfo>>,
+    },
+}
+
+impl Wake {
+    // A clone of openraft's receivers carries over what the original had
+    // seen, which is nothing: marked seen here, the first wake-up is a
+    // change made after the watch began, not a spurious one.
+
+    fn every_change(raft: &Raft<TypeConfig>) -> Wake {
+        let mut all = raft.metrics();
+        all.borrow_and_update();
+        Wake::EveryChange(all)
+    }
+
+    fn leadership(raft: &Raft<TypeConfig>) -> Wake {
+        let mut server = raft.server_metrics();
+        server.borrow_and_update();
+        Wake::Leadership { server, all: raft.metrics() }
+    }
+
+    /// Waits for the next wake-up; false once raft has stopped.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Wake::EveryChange(rx) => rx.changed().await.is_ok(),
+            Wake::Leadership { server, .. } => server.changed().await.is_ok(),
+        }
+    }
+
+    /// The metrics now, as seen since the last wake-up. openraft publishes
+    /// the server part of a change before the full metrics, so a watcher
+    /// woken by the former waits (briefly: the latter follows in the same
+    /// call) until the full metrics agree with it; read at once, they
+    /// could still show the old leader and the wait would miss the change.
+    async fn current(&mut self) -> NodeMetrics {
+        match self {
+            Wake::EveryChange(rx) => convert(&rx.borrow_and_update()),
+            Wake::Leadership { server, all } => {
+                server.borrow_and_update();
+                loop {
+                    {
+                        let (s, m) = (server.borrow(), all.borrow_and_update());
+                        if agree(&s, &m) {
+                            return convert(&m);
+                        }
+                    }
+                    if all.changed().await.is_err() {
+                        return convert(&all.borrow());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The metrics raft left when it stopped.
+    fn last(&self) -> NodeMetrics {
+        match self {
+            Wake::EveryChange(rx) => convert(&rx.borrow()),
+            Wake::Leadership { all, .. } => convert(&all.borrow()),
+        }
+    }
+}
+
+/// Whether openraft's full metrics `m` show the server part `s`: its
+/// newest, since openraft publishes `s` first.
+fn agree(
+    s: &openraft::metrics::RaftServerMetrics<NodeId, NodeInfo>,
+    m: &openraft::RaftMetrics<NodeId, NodeInfo>,
+) -> bool {
+    s.vote == m.vote
+        && s.state == m.state
+        && s.current_leader == m.current_leader
+        && s.membership_config == m.membership_config
+}
+
 fn with_fatal(mut metrics: NodeMetrics, fatal: Option<String>) -> NodeMetrics {
     if let Some(why) = fatal.or(metrics.fatal.take()) {
         metrics.role = Role::Shutdown;
@@ -1394,7 +1477,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// Metrics as openraft reports them, with this node's fatal error laid
     /// over them (openraft's say nothing when its core panicked).
     fn observe(&self, m: &openraft::RaftMetrics<NodeId, NodeInfo>) -> NodeMetrics {
-        with_fatal(convert(m), self.state_machine.fatal().or_else(|| self.fatal.get()))
+        self.with_fatal(convert(m))
+    }
+
+    /// `metrics` with this node's fatal error laid over them.
+    fn with_fatal(&self, metrics: NodeMetrics) -> NodeMetrics {
+        with_fatal(metrics, self.state_machine.fatal().or_else(|| self.fatal.get()))
     }
 
     /// The node's metrics now.
@@ -1403,24 +1491,49 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     /// Waits until `condition` holds for the node's metrics, for at most
-    /// `timeout`; returns the metrics that satisfied it.
+    /// `timeout`; returns the metrics that satisfied it. The condition is
+    /// checked on every change of the metrics (every entry appended or
+    /// applied): for one over leadership and configuration alone,
+    /// [`RaftNode::wait_for_leadership`] costs far less.
     pub async fn wait_for(
         &self,
         timeout: Duration,
         condition: impl Fn(&NodeMetrics) -> bool,
     ) -> Result<NodeMetrics, NodeMetrics> {
-        let mut rx = self.raft.metrics();
+        self.wait_on(Wake::every_change(&self.raft), timeout, condition).await
+    }
+
+    /// [`RaftNode::wait_for`] for a condition over the node's role, term,
+    /// leader, configuration and fatal error only: it is checked when one
+    /// of those changes, not on every entry, so a wait on the command path
+    /// costs nothing per command of others.
+    pub async fn wait_for_leadership(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&NodeMetrics) -> bool,
+    ) -> Result<NodeMetrics, NodeMetrics> {
+        self.wait_on(Wake::leadership(&self.raft), timeout, condition).await
+    }
+
+    /// Checks `condition` each time `wake` fires or a fatal error is
+    /// recorded, for at most `timeout`.
+    async fn wait_on(
+        &self,
+        mut wake: Wake,
+        timeout: Duration,
+        condition: impl Fn(&NodeMetrics) -> bool,
+    ) -> Result<NodeMetrics, NodeMetrics> {
         let mut fatal = self.fatal.subscribe();
         let outcome = tokio::time::timeout(timeout, async {
             let mut raft_running = true;
             loop {
-                let now = self.observe(&rx.borrow_and_update());
+                let now = self.with_fatal(wake.current().await);
                 if condition(&now) {
                     return Ok(now);
                 }
                 if raft_running {
                     tokio::select! {
-                        changed = rx.changed() => raft_running = changed.is_ok(),
+                        changed = wake.changed() => raft_running = changed,
                         _ = fatal.changed() => {}
                     }
                 } else if self.fatal.is_stopping()
@@ -1439,23 +1552,37 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Changes of the metrics, as a watch of our own type.
+    /// Changes of the metrics, as a watch of our own type: a new value on
+    /// every change (every entry appended or applied). For a watcher that
+    /// decides on leadership or configuration,
+    /// [`RaftNode::subscribe_leadership`] wakes far less often.
     pub fn subscribe(&self) -> watch::Receiver<NodeMetrics> {
-        let mut rx = self.raft.metrics();
+        self.subscribe_on(Wake::every_change(&self.raft))
+    }
+
+    /// Changes of the node's role, term, leader, configuration or fatal
+    /// error, as a watch of its metrics: a new value only when one of
+    /// those changes, its other fields (log and applied indexes,
+    /// replication) as of that moment. A watcher of these wakes once per
+    /// election or configuration change, not once per entry.
+    pub fn subscribe_leadership(&self) -> watch::Receiver<NodeMetrics> {
+        self.subscribe_on(Wake::leadership(&self.raft))
+    }
+
+    /// A watch of our metrics, sent again each time `wake` fires or a
+    /// fatal error is recorded, until raft stops or nobody listens.
+    fn subscribe_on(&self, mut wake: Wake) -> watch::Receiver<NodeMetrics> {
         let mut fatal_rx = self.fatal.subscribe();
         let (tx, out) = watch::channel(self.metrics());
         let fatal = self.fatal.clone();
         let state_machine = self.state_machine.clone();
-        let observe = {
-            let fatal = fatal.clone();
-            move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
-                with_fatal(convert(m), state_machine.fatal().or_else(|| fatal.get()))
-            }
-        };
+        let observe =
+            move |m: NodeMetrics| with_fatal(m, state_machine.fatal().or_else(|| fatal.get()));
+        let fatal = self.fatal.clone();
         tokio::spawn(async move {
             loop {
                 let raft_running = tokio::select! {
-                    changed = rx.changed() => changed.is_ok(),
+                    changed = wake.changed() => changed,
                     _ = fatal_rx.changed() => true,
                 };
                 if !raft_running {
@@ -1464,10 +1591,10 @@ impl<S: StateMachine> RaftNode<S> {
                     if !fatal.is_stopping() && fatal.get().is_none() {
                         let _ = fatal_rx.changed().await;
                     }
-                    let _ = tx.send(observe(&rx.borrow()));
+                    let _ = tx.send(observe(wake.last()));
                     break;
                 }
-                if tx.send(observe(&rx.borrow_and_update())).is_err() {
+                if tx.send(observe(wake.current().await)).is_err() {
                     break;
                 }
             }

@@ -76,6 +76,52 @@ async fn leader_crash_elects_a_new_leader_and_loses_nothing() {
     cluster.shutdown().await;
 }
 
+/// A watch of leadership wakes once per election or configuration change,
+/// not once per entry (a watcher per node that woke on every entry cost
+/// every command tens of microseconds of CPU, docs/benchmarks.md); and it
+/// still sees every change of leader, as does a wait on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leadership_watch_wakes_on_elections_not_entries() {
+    let mut cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let rest: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let s1 = cluster.register(leader).await;
+    cluster.commit_n(leader, s1, 1, 2).await;
+    for &i in &rest {
+        cluster.wait_applied(i, 2).await;
+    }
+    let mut leadership: Vec<_> = (0..3).map(|i| cluster.node(i).subscribe_leadership()).collect();
+    let mut every: Vec<_> = (0..3).map(|i| cluster.node(i).subscribe()).collect();
+    for rx in leadership.iter_mut().chain(every.iter_mut()) {
+        rx.borrow_and_update();
+    }
+    cluster.commit_n(leader, s1, 3, 40).await;
+    for &i in &rest {
+        cluster.wait_applied(i, 42).await;
+    }
+    for i in 0..3 {
+        // The entries reached every node's metrics (so a change was there
+        // to be seen), but none woke a watcher of leadership.
+        assert!(every[i].has_changed().unwrap(), "node {i}: 40 entries changed no metrics");
+        assert!(
+            !leadership[i].has_changed().unwrap(),
+            "node {i}: an entry woke a leadership watch"
+        );
+    }
+    let old = cluster.ids[leader];
+    cluster.stop(leader).await;
+    let (watched, waiting) = (rest[0], rest[1]);
+    let moved = |m: &raft_core::NodeMetrics| m.leader.is_some_and(|l| l != old);
+    let waited = cluster.node(waiting).wait_for_leadership(WAIT, moved).await;
+    let waited = waited.expect("a wait on leadership sees the new leader");
+    let seen = tokio::time::timeout(WAIT, leadership[watched].wait_for(moved)).await;
+    let seen = seen.expect("in time").expect("the watch is open").clone();
+    assert_eq!(seen.leader, waited.leader, "the two survivors name different leaders");
+    assert!(seen.term > 1, "the new leader's term is missing: {seen:?}");
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     let net = MemNetwork::new();

@@ -185,6 +185,7 @@ async fn a_panic_in_raft_core_is_reported_and_stops_the_node() {
     let client = cluster.register(0).await;
     cluster.propose(0, client, 1, b"before").await.unwrap();
     let mut watched = cluster.node(0).subscribe();
+    let mut watched_leadership = cluster.node(0).subscribe_leadership();
     cluster.faults.as_ref().unwrap()[0].panic_next_write();
     let outcome = cluster.propose(0, client, 2, b"boom").await;
     assert!(outcome.is_err(), "{outcome:?}");
@@ -201,6 +202,11 @@ async fn a_panic_in_raft_core_is_reported_and_stops_the_node() {
     let seen = tokio::time::timeout(WAIT, watched.wait_for(|m| m.fatal.is_some())).await;
     let seen = seen.expect("in time").expect("the watch delivers the fatal error").clone();
     assert_eq!(seen.fatal.as_deref(), Some(why.as_str()));
+    let seen = tokio::time::timeout(WAIT, watched_leadership.wait_for(|m| m.fatal.is_some())).await;
+    let seen = seen.expect("in time").expect("the leadership watch delivers it").clone();
+    assert_eq!(seen.fatal.as_deref(), Some(why.as_str()));
+    let waited = cluster.node(0).wait_for_leadership(WAIT, |m| m.fatal.is_some()).await;
+    assert_eq!(waited.expect("a wait on leadership sees it").role, Role::Shutdown);
     let after = cluster.propose(0, client, 3, b"after").await;
     assert!(matches!(after, Err(ProposeError::Fatal(_))), "{after:?}");
     let name = cluster.config.network.cluster.clone();
