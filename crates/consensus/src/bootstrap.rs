@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmd_rpc::{
-    Caller, CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, MAX_STABLE_ID,
-    ProbeRequest, ProbeResponse, ProbeState, RpcError, check_node,
+    Caller, CommandClient, ConfirmRequest, ConfirmResponse, JoinRequest, LeaderHint, ProbeRequest,
+    ProbeResponse, ProbeState, RpcError, check_node,
 };
 use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics, RaftNode, node_id};
 use tokio::sync::watch;
@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery, TailnetNode};
 
-use crate::config::{BootstrapOptions, Config};
+use crate::config::BootstrapOptions;
 use crate::core::Core;
 use crate::decide::bootstrap::{
     Answer, Bond, Commitment, Decision, FormerNow, Heard, Names, Peer, Situation, decide,
@@ -50,6 +50,7 @@ use crate::decide::bootstrap::{
 };
 use crate::error::Error;
 use crate::machine::{Adapter, StateMachine};
+use crate::peers::{check_answer, join_ports};
 use crate::view::{tagged, tagged_online};
 
 /// The bootstrap part of a node: its bootstrap lock, held while it starts
@@ -1160,33 +1161,6 @@ async fn probe(
         }
     }
     (Answer::Silent, None)
-}
-
-/// Checks that a probe answer is about `stable_id` and well formed.
-pub(crate) fn check_answer(answer: &ProbeResponse, stable_id: &str) -> Result<(), String> {
-    check_node(&answer.node)?;
-    if answer.node.stable_id != stable_id {
-        return Err(format!("answered as {:?}", answer.node.stable_id));
-    }
-    if answer.incarnation == 0 || answer.id != node_id(stable_id, answer.incarnation) {
-        return Err(format!("raft id {} does not match its incarnation", answer.id));
-    }
-    match &answer.state {
-        ProbeState::Member { leader: Some(hint), .. } => check_node(&hint.node),
-        ProbeState::Fresh { promised_to: Some(to) } if to.len() > MAX_STABLE_ID => {
-            Err("promised to an oversized stable id".to_owned())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Ports to try on a peer's command API (probes and joins).
-pub(crate) fn join_ports(config: &Config) -> Vec<u16> {
-    let mut ports = vec![config.command_port, cmd_rpc::DEFAULT_PORT];
-    ports.extend(&config.seed_command_ports);
-    let mut seen = BTreeMap::new();
-    ports.retain(|p| seen.insert(*p, ()).is_none());
-    ports
 }
 
 /// The leader `hint` names, reached at the addresses `view` gives its node:
