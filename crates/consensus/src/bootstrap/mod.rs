@@ -37,7 +37,8 @@
 //!   in, and which peers not to dial yet ([`probe::Paths`]);
 //! - [`ready`]: when this node becomes ready (grants promises, binds and
 //!   seals), and giving up a binding whose former is gone or forgot it;
-//! - [`round`]: one round: deciding on the peers' answers and acting;
+//! - [`round`](mod@round): one round: deciding on the peers' answers
+//!   and acting;
 //! - [`form`]: forming a cluster: storing its id, the confirm and seal
 //!   rounds, initializing it;
 //! - [`join`]: joining an existing cluster through the leader a peer names;
