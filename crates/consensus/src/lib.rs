@@ -76,6 +76,7 @@ mod model;
 mod monitor;
 mod node;
 mod operation;
+mod peers;
 mod report;
 mod transfer;
 mod view;

@@ -18,12 +18,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use ts_discovery::{ClusterView, Discovery};
 
-use crate::bootstrap::{check_answer, join_ports};
 use crate::core::Core;
 use crate::decide::membership::{
     Action, Inputs, Member, Probed, Tagged, keeps_quorum, plan, to_probe,
 };
 use crate::machine::StateMachine;
+use crate::peers::{check_answer, join_ports};
 
 /// Time a tagged node has to answer the leader's probe.
 const PROBE: Duration = Duration::from_secs(1);

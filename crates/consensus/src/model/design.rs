@@ -108,9 +108,9 @@ pub(crate) trait Variant: Sync {
     fn name(&self) -> &'static str;
 
     /// [`Protocol::ready`]: `decide::bootstrap::waiting_for`, as
-    /// `bootstrap::become_ready` calls it: ready once every tagged peer of
-    /// its view, online or not, answered a probe, and none's last answer is
-    /// a member's.
+    /// `bootstrap::ready::become_ready` calls it: ready once every tagged
+    /// peer of its view, online or not, answered a probe, and none's last
+    /// answer is a member's.
     fn ready(&self, input: &Bootstrap<'_>) -> bool {
         let peers: Vec<Node> = input.view.peers(input.me).collect();
         let heard: Vec<boot::Heard<'_, Node>> = peers
