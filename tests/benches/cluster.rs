@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StateMachine, StopMode, Timing};
 use serde::{Deserialize, Serialize};
+use tests::rawnet;
 use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::{Listener, MemNetwork, TcpTransport, Transport};
 
-use crate::support::{gobench, processes, rawnet, tap, versus};
+use crate::support::{gobench, processes, tap, versus};
 
 /// A register file: commands write a slot, queries read one.
 #[derive(Default)]

@@ -21,16 +21,13 @@
 //! stream, and one turn; the variables still apply on top.
 #![allow(clippy::print_stdout, reason = "a benchmark's report is its output")]
 
-#[path = "support/rawnet.rs"]
-mod rawnet;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rawnet::{Amounts, Ends, PARALLEL_STREAMS, tailnet_path, warm_up};
+use tests::rawnet::{self, Amounts, Ends, PARALLEL_STREAMS, tailnet_path, warm_up};
 use tests::tailnet::{LocalTailnet, UP_TIMEOUT};
 use ts_transport::tsnet::{DataPath, TsnetTransport};
 use ts_transport::{TcpTransport, Transport};

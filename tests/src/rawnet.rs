@@ -1,7 +1,8 @@
 //! Raw transport measurements shared by the `transport` and `cluster`
 //! benchmarks: single-stream throughput and 64-byte request/response round
 //! trips between two nodes, the same shapes `xtask/gobench transport`
-//! measures for Go's tsnet.
+//! measures for Go's tsnet, with this process's CPU time and context
+//! switches per round trip.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,29 +12,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::{BoxStream, Listener, Transport};
 
 /// Size of one echoed message.
-pub(crate) const MESSAGE: usize = 64;
+pub const MESSAGE: usize = 64;
 /// Concurrent streams of the parallel measurement.
-pub(crate) const PARALLEL_STREAMS: usize = 64;
+pub const PARALLEL_STREAMS: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Amounts {
+pub struct Amounts {
     /// Bytes of one single-stream transfer.
-    pub(crate) bulk_bytes: usize,
+    pub bulk_bytes: usize,
     /// Transfers; the median counts.
-    pub(crate) bulk_runs: usize,
+    pub bulk_runs: usize,
     /// Round trips before measuring.
-    pub(crate) rtt_warmup: usize,
+    pub rtt_warmup: usize,
     /// Round trips measured.
-    pub(crate) rtt_rounds: usize,
+    pub rtt_rounds: usize,
     /// Round trips per stream in the parallel measurement.
-    pub(crate) parallel_rounds: usize,
+    pub parallel_rounds: usize,
 }
 
 impl Amounts {
     /// The full measurement (`xtask/gobench transport` without `-quick`).
-    pub(crate) const FULL: Amounts = Amounts {
+    pub const FULL: Amounts = Amounts {
         bulk_bytes: 256 << 20,
         bulk_runs: 3,
         rtt_warmup: 200,
@@ -41,7 +42,7 @@ impl Amounts {
         parallel_rounds: 500,
     };
     /// The reduced one (`-quick`).
-    pub(crate) const QUICK: Amounts = Amounts {
+    pub const QUICK: Amounts = Amounts {
         bulk_bytes: 64 << 20,
         bulk_runs: 1,
         rtt_warmup: 200,
@@ -53,8 +54,7 @@ impl Amounts {
 /// Where the measuring ends of the bulk transfer and of the serial round
 /// trips run.
 #[derive(Clone, Copy, Debug)]
-#[allow(dead_code, reason = "each benchmark measures with one of the two")]
-pub(crate) enum Ends {
+pub enum Ends {
     /// In the task that calls [`measure`]: for the cluster benchmark, the
     /// thread blocked in `block_on`.
     Caller,
@@ -65,28 +65,25 @@ pub(crate) enum Ends {
 
 /// What one node pair measured.
 #[derive(Clone, Debug)]
-pub(crate) struct Report {
+pub struct Report {
     /// Single-stream MiB/s, median.
-    pub(crate) mib_per_s: f64,
+    pub mib_per_s: f64,
     /// 64-byte round trip, median.
-    pub(crate) rtt_p50: Duration,
+    pub rtt_p50: Duration,
     /// 64-byte round trip, 99th percentile.
-    pub(crate) rtt_p99: Duration,
+    pub rtt_p99: Duration,
     /// Round trips per second on one stream.
-    pub(crate) serial_rps: f64,
+    pub serial_rps: f64,
     /// Process CPU time per round trip of the serial ping-pong.
-    #[allow(dead_code, reason = "the transport benchmark reports it, the cluster one does not")]
-    pub(crate) cpu_per_rtt: Duration,
+    pub cpu_per_rtt: Duration,
     /// Voluntary context switches of the process (a thread going to sleep
     /// to wait) per serial round trip; involuntary ones are mostly other
     /// processes preempting this one on a shared machine.
-    #[allow(dead_code, reason = "the transport benchmark reports it, the cluster one does not")]
-    pub(crate) switches_per_rtt: f64,
+    pub switches_per_rtt: f64,
     /// Round trips per second over [`PARALLEL_STREAMS`] streams.
-    pub(crate) parallel_rps: f64,
+    pub parallel_rps: f64,
     /// Process CPU time per round trip over the parallel streams.
-    #[allow(dead_code, reason = "the transport benchmark reports it, the cluster one does not")]
-    pub(crate) cpu_per_parallel: Duration,
+    pub cpu_per_parallel: Duration,
 }
 
 /// This process's CPU time (user + system) and voluntary context switches
@@ -128,7 +125,7 @@ async fn connect(
 /// Connects `a` to `listener` (at `b_ip`) once and closes both ends:
 /// traffic that lets the nodes find their path before anything is
 /// measured.
-pub(crate) async fn warm_up(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr) {
+pub async fn warm_up(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr) {
     let _ = connect(a, listener, b_ip).await;
 }
 
@@ -211,7 +208,7 @@ async fn ping_pong(stream: &mut BoxStream, rounds: usize) -> Vec<Duration> {
 
 /// Measures `a` talking to `b` on ports `port` and `port + 1`, its ends
 /// placed as `ends` says.
-pub(crate) async fn measure(
+pub async fn measure(
     a: Arc<dyn Transport>,
     b: Arc<dyn Transport>,
     port: u16,
@@ -278,10 +275,7 @@ pub(crate) async fn measure(
 
 /// How node `node` reaches the peer at `peer_ip`, from its LocalAPI status:
 /// "direct" with the endpoint, or "DERP" relay.
-pub(crate) async fn tailnet_path(
-    node: &ts_transport::tsnet::TsnetTransport,
-    peer_ip: IpAddr,
-) -> String {
+pub async fn tailnet_path(node: &ts_transport::tsnet::TsnetTransport, peer_ip: IpAddr) -> String {
     let Ok(api) = node.local_api() else { return "unknown".to_owned() };
     let auth = base64(&format!(":{}", api.credential));
     let request = format!(
