@@ -1,7 +1,7 @@
 //! Raw transport ceilings: single-stream throughput and 64-byte
 //! request/response round trips, over tsnet on the local tailnet and over
 //! TCP on loopback, and Go's own tsnet in-process on the same tailnet in the
-//! same run (`crates/ts-transport/go/echobench`). Run with `cargo xtask bench
+//! same run (`xtask/gobench transport`). Run with `cargo xtask bench
 //! transport`; it prints a Markdown table for `docs/benchmarks.md`.
 //!
 //! Besides times it reports the CPU time and the context switches of the
@@ -88,9 +88,9 @@ async fn measure(
     Report { name: name.to_owned(), path, raw }
 }
 
-/// The JSON line `echobench` prints.
+/// The JSON line `gobench transport` prints (the fields read here).
 #[derive(serde::Deserialize)]
-struct GoEcho {
+struct GoTransport {
     path: String,
     mib_per_s: f64,
     rtt_p50_us: f64,
@@ -102,35 +102,36 @@ struct GoEcho {
     cpu_per_parallel_us: f64,
 }
 
-/// Builds and runs Go's in-process tsnet benchmark against `control_url`:
-/// the same shapes as [`measure`], in a process of its own (one Go runtime
-/// per process), on the same tailnet.
+/// Builds `xtask/gobench` and runs its in-process tsnet measurement against
+/// `control_url`: the same shapes as [`measure`], in a process of its own
+/// (one Go runtime per process), on the same tailnet.
 fn measure_go(settings: &Settings, control_url: &str) -> Report {
-    let go_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/ts-transport/go");
-    let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("echobench");
+    let go_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../xtask/gobench");
+    let bin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gobench");
     let go = std::env::var("GO").unwrap_or_else(|_| "go".to_owned());
     let status = Command::new(&go)
         .current_dir(&go_dir)
         .args(["build", "-trimpath", "-mod=readonly", "-o"])
         .arg(&bin)
-        .arg("./echobench")
+        .arg(".")
         .status()
         .expect("run go build");
-    assert!(status.success(), "go build ./echobench failed");
+    assert!(status.success(), "go build of xtask/gobench failed");
     let out = Command::new(&bin)
-        .args(["-control-url", control_url, "-prefix", "echobench"])
+        .args(["transport", "-control-url", control_url])
         .args(["-rounds", &settings.amounts.rtt_rounds.to_string()])
         .args(["-bulk-runs", &settings.amounts.bulk_runs.to_string()])
         .args(["-bulk-bytes", &settings.amounts.bulk_bytes.to_string()])
         .args(["-parallel-rounds", &settings.amounts.parallel_rounds.to_string()])
         .stderr(std::process::Stdio::inherit())
         .output()
-        .expect("run echobench");
-    assert!(out.status.success(), "echobench failed: {}", out.status);
-    let go: GoEcho = serde_json::from_slice(&out.stdout).expect("echobench's JSON line");
+        .expect("run gobench transport");
+    assert!(out.status.success(), "gobench transport failed: {}", out.status);
+    let go: GoTransport =
+        serde_json::from_slice(&out.stdout).expect("gobench transport's JSON line");
     let us = |v: f64| Duration::from_nanos((v * 1e3) as u64);
     Report {
-        name: "Go tsnet in-process (echobench)".to_owned(),
+        name: "Go tsnet in-process (gobench)".to_owned(),
         path: go.path,
         raw: rawnet::Report {
             mib_per_s: go.mib_per_s,
