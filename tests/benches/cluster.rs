@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use consensus::{BootstrapOptions, Config, Consensus, Consistency, StateMachine, StopMode, Timing};
 use serde::{Deserialize, Serialize};
+use tests::rawnet;
 use tests::tailnet::LocalTailnet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_discovery::{ClusterView, StableNodeId, StaticDiscovery, TailnetNode};
 use ts_transport::{Listener, MemNetwork, TcpTransport, Transport};
 
-use crate::support::{gobench, processes, rawnet, tap, versus};
+use crate::support::{gobench, processes, tap, versus};
 
 /// A register file: commands write a slot, queries read one.
 #[derive(Default)]
@@ -926,11 +927,15 @@ async fn transports(
 ) -> (rawnet::Report, String, Option<Result<gobench::GoTransport, String>>) {
     let (a, _) = tailnet.node("rawnet-a").await.expect("node");
     let (b, _) = tailnet.node("rawnet-b").await.expect("node");
-    rawnet::warm_up(&a, &b, 17000).await;
+    let b_ip = b.local_addrs()[0];
+    let warm = b.listen(17000).await.expect("listen");
+    rawnet::warm_up(&a, &*warm, b_ip).await;
+    drop(warm);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let path = rawnet::tailnet_path(&a, b.local_addrs()[0]).await;
+    let path = rawnet::tailnet_path(&a, b_ip).await;
     let amounts = if quick { rawnet::Amounts::QUICK } else { rawnet::Amounts::FULL };
-    let ours = rawnet::measure(Arc::new(a.clone()), Arc::new(b.clone()), 17200, amounts).await;
+    let (a_arc, b_arc) = (Arc::new(a.clone()), Arc::new(b.clone()));
+    let ours = rawnet::measure(a_arc, b_arc, 17200, amounts, rawnet::Ends::Caller).await;
     a.close().await;
     b.close().await;
     eprintln!(

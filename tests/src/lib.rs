@@ -15,6 +15,8 @@
 //! - `headscale` is the suite behind `cargo xtask headscale`: `kv`
 //!   example processes against headscale, a real, independent control
 //!   server, on 127.0.0.1.
+//! - `rawnet` is the raw transport measurement (throughput, echo round
+//!   trips) that the `transport` and `cluster` benchmarks share.
 //!
 //! The suites themselves live in `tests/tests/` (`scenarios.rs` runs fixed
 //! fault sequences against `chaos-node` processes).
@@ -30,5 +32,7 @@ pub mod conformance;
 pub mod headscale;
 #[cfg(feature = "tailnet")]
 pub mod nodes;
+#[cfg(feature = "tailnet")]
+pub mod rawnet;
 #[cfg(feature = "tailnet")]
 pub mod tailnet;

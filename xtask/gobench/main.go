@@ -11,9 +11,11 @@
 //	                  -storage memory|durable [-duration 3s] [-size 100] [-nodes 3]
 //	    N callers send commands back to back to one node of a cluster of
 //	    in-process tsconsensus nodes; throughput, latency, CPU per command.
-//	gobench transport -control-url U -prefix P [-quick]
+//	gobench transport -control-url U -prefix P [-quick] [-bulk-bytes N]
+//	                  [-bulk-runs N] [-rounds N] [-parallel-rounds N]
 //	    two in-process tsnet nodes: single-stream throughput, 64-byte echo
-//	    round trips (p50/p99, serial rate) and 64 streams of echoes.
+//	    round trips (p50/p99, serial rate) and 64 streams of echoes, with
+//	    this process's CPU time and context switches per round trip.
 //	gobench node      -control-url U -hostname H -state-dir D -local-port P -tag T
 //	                  [-peers N] [-wait-start]
 //	    one tsconsensus node with durable state in a process of its own, and a
@@ -93,11 +95,20 @@ func emit(v any) {
 // cpuTime is this process's user plus system CPU time, and its voluntary
 // and involuntary context switches (all threads).
 func cpuTime() (time.Duration, int64) {
+	cpu, voluntary, involuntary := rusage()
+	return cpu, voluntary + involuntary
+}
+
+// rusage is this process's user plus system CPU time, its voluntary context
+// switches (a thread going to sleep to wait) and its involuntary ones
+// (mostly other processes preempting this one on a shared machine), all
+// threads; zeros if the kernel will not say.
+func rusage() (cpu time.Duration, voluntary, involuntary int64) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw + ru.Nivcsw
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ru.Nvcsw, ru.Nivcsw
 }
 
 // ---------------------------------------------------------------------------
@@ -522,14 +533,19 @@ func waitFor(timeout time.Duration, what string, cond func() bool) error {
 // ---------------------------------------------------------------------------
 // transport mode: the same measurements as tests/benches/transport.rs.
 
+// transportResult is the transport mode's line. The CPU times and context
+// switches are this process's (voluntary switches only), per round trip.
 type transportResult struct {
-	Kind        string  `json:"kind"`
-	Path        string  `json:"path"`
-	MiBPerS     float64 `json:"mib_per_s"`
-	RTTp50us    float64 `json:"rtt_p50_us"`
-	RTTp99us    float64 `json:"rtt_p99_us"`
-	SerialRPS   float64 `json:"serial_rps"`
-	ParallelRPS float64 `json:"parallel_rps"`
+	Kind             string  `json:"kind"`
+	Path             string  `json:"path"`
+	MiBPerS          float64 `json:"mib_per_s"`
+	RTTp50us         float64 `json:"rtt_p50_us"`
+	RTTp99us         float64 `json:"rtt_p99_us"`
+	SerialRPS        float64 `json:"serial_rps"`
+	CPUPerRTTus      float64 `json:"cpu_per_rtt_us"`
+	SwitchesPerRTT   float64 `json:"switches_per_rtt"`
+	ParallelRPS      float64 `json:"parallel_rps"`
+	CPUPerParallelus float64 `json:"cpu_per_parallel_us"`
 }
 
 const message = 64
@@ -538,11 +554,22 @@ func transportMode(args []string) error {
 	fs := flag.NewFlagSet("transport", flag.ExitOnError)
 	controlURL := fs.String("control-url", "", "local tailnet control URL")
 	prefix := fs.String("prefix", "gotransport", "hostname prefix of the two nodes")
-	quick := fs.Bool("quick", false, "fewer bytes and rounds")
+	quick := fs.Bool("quick", false, "fewer bytes and rounds: the defaults of the flags below become 64 MiB, 1, 1000 and 100")
+	bulkBytes := fs.Int("bulk-bytes", 256<<20, "bytes of one bulk transfer (a multiple of 1 MiB)")
+	bulkRuns := fs.Int("bulk-runs", 3, "bulk transfers (median reported); 0 skips them")
+	rounds := fs.Int("rounds", 5000, "measured echo round trips on one stream")
+	parallelRounds := fs.Int("parallel-rounds", 500, "echoes per stream of the 64")
 	fs.Parse(args)
-	bulkBytes, bulkRuns, rounds, parallelRounds := 256<<20, 3, 5000, 500
 	if *quick {
-		bulkBytes, bulkRuns, rounds, parallelRounds = 64<<20, 1, 1000, 100
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		for name, value := range map[string]int{
+			"bulk-bytes": 64 << 20, "bulk-runs": 1, "rounds": 1000, "parallel-rounds": 100,
+		} {
+			if !given[name] {
+				fs.Set(name, strconv.Itoa(value))
+			}
+		}
 	}
 	if _, err := newTailnet(*controlURL); err != nil {
 		return err
@@ -590,7 +617,7 @@ func transportMode(args []string) error {
 		return err
 	}
 	var rates []float64
-	for range bulkRuns {
+	for range *bulkRuns {
 		received := make(chan int, 1)
 		go func() {
 			c, err := bulkLn.Accept()
@@ -616,16 +643,16 @@ func transportMode(args []string) error {
 		}
 		chunk := bytes.Repeat([]byte{0x5a}, 1<<20)
 		started := time.Now()
-		for range bulkBytes / len(chunk) {
+		for range *bulkBytes / len(chunk) {
 			if _, err := c.Write(chunk); err != nil {
 				return err
 			}
 		}
 		c.(interface{ CloseWrite() error }).CloseWrite()
-		if got := <-received; got != bulkBytes {
-			return fmt.Errorf("bulk: received %d of %d bytes", got, bulkBytes)
+		if got := <-received; got != *bulkBytes {
+			return fmt.Errorf("bulk: received %d of %d bytes", got, *bulkBytes)
 		}
-		rates = append(rates, float64(bulkBytes)/(1<<20)/time.Since(started).Seconds())
+		rates = append(rates, float64(*bulkBytes)/(1<<20)/time.Since(started).Seconds())
 		c.Close()
 	}
 	bulkLn.Close()
@@ -678,12 +705,15 @@ func transportMode(args []string) error {
 	if _, err := pingPong(c, 200); err != nil {
 		return err
 	}
+	cpuBefore, switchesBefore, _ := rusage()
 	started := time.Now()
-	samples, err := pingPong(c, rounds)
+	samples, err := pingPong(c, *rounds)
 	if err != nil {
 		return err
 	}
-	serial := float64(rounds) / time.Since(started).Seconds()
+	elapsed := time.Since(started)
+	cpuAfter, switchesAfter, _ := rusage()
+	serial := float64(*rounds) / elapsed.Seconds()
 	c.Close()
 	slices.Sort(samples)
 
@@ -700,12 +730,13 @@ func transportMode(args []string) error {
 	}
 	var wg sync.WaitGroup
 	var done atomic.Int64
+	parallelCPUBefore, _, _ := rusage()
 	started = time.Now()
 	for _, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := pingPong(c, parallelRounds)
+			s, err := pingPong(c, *parallelRounds)
 			if err == nil {
 				done.Add(int64(len(s)))
 			}
@@ -713,18 +744,26 @@ func transportMode(args []string) error {
 	}
 	wg.Wait()
 	parallel := float64(done.Load()) / time.Since(started).Seconds()
+	parallelCPUAfter, _, _ := rusage()
 	for _, c := range conns {
 		c.Close()
 	}
 	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+	var mibPerS float64 // 0 when -bulk-runs 0 skips the transfers
+	if len(rates) > 0 {
+		mibPerS = rates[len(rates)/2]
+	}
 	emit(transportResult{
-		Kind:        "transport",
-		Path:        path,
-		MiBPerS:     rates[len(rates)/2],
-		RTTp50us:    us(samples[len(samples)/2]),
-		RTTp99us:    us(samples[len(samples)*99/100]),
-		SerialRPS:   serial,
-		ParallelRPS: parallel,
+		Kind:             "transport",
+		Path:             path,
+		MiBPerS:          mibPerS,
+		RTTp50us:         us(samples[len(samples)/2]),
+		RTTp99us:         us(samples[len(samples)*99/100]),
+		SerialRPS:        serial,
+		CPUPerRTTus:      us(cpuAfter-cpuBefore) / float64(*rounds),
+		SwitchesPerRTT:   float64(switchesAfter-switchesBefore) / float64(*rounds),
+		ParallelRPS:      parallel,
+		CPUPerParallelus: us(parallelCPUAfter-parallelCPUBefore) / float64(done.Load()),
 	})
 	return nil
 }

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::json;
+use tests::rawnet;
 
 use crate::gobench::{GoCluster, GoTransport};
 use crate::processes::{Flavor, ProcReport};
-use crate::rawnet;
 
 /// One in-process cluster scenario of ours.
 #[derive(Clone, Debug)]

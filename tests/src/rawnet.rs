@@ -1,7 +1,8 @@
 //! Raw transport measurements shared by the `transport` and `cluster`
 //! benchmarks: single-stream throughput and 64-byte request/response round
 //! trips between two nodes, the same shapes `xtask/gobench transport`
-//! measures for Go's tsnet.
+//! measures for Go's tsnet, with this process's CPU time and context
+//! switches per round trip.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,29 +12,29 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ts_transport::{BoxStream, Listener, Transport};
 
 /// Size of one echoed message.
-pub(crate) const MESSAGE: usize = 64;
+pub const MESSAGE: usize = 64;
 /// Concurrent streams of the parallel measurement.
-pub(crate) const PARALLEL_STREAMS: usize = 64;
+pub const PARALLEL_STREAMS: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How much to measure.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Amounts {
+pub struct Amounts {
     /// Bytes of one single-stream transfer.
-    pub(crate) bulk_bytes: usize,
+    pub bulk_bytes: usize,
     /// Transfers; the median counts.
-    pub(crate) bulk_runs: usize,
+    pub bulk_runs: usize,
     /// Round trips before measuring.
-    pub(crate) rtt_warmup: usize,
+    pub rtt_warmup: usize,
     /// Round trips measured.
-    pub(crate) rtt_rounds: usize,
+    pub rtt_rounds: usize,
     /// Round trips per stream in the parallel measurement.
-    pub(crate) parallel_rounds: usize,
+    pub parallel_rounds: usize,
 }
 
 impl Amounts {
     /// The full measurement (`xtask/gobench transport` without `-quick`).
-    pub(crate) const FULL: Amounts = Amounts {
+    pub const FULL: Amounts = Amounts {
         bulk_bytes: 256 << 20,
         bulk_runs: 3,
         rtt_warmup: 200,
@@ -41,7 +42,7 @@ impl Amounts {
         parallel_rounds: 500,
     };
     /// The reduced one (`-quick`).
-    pub(crate) const QUICK: Amounts = Amounts {
+    pub const QUICK: Amounts = Amounts {
         bulk_bytes: 64 << 20,
         bulk_runs: 1,
         rtt_warmup: 200,
@@ -50,19 +51,65 @@ impl Amounts {
     };
 }
 
+/// Where the measuring ends of the bulk transfer and of the serial round
+/// trips run.
+#[derive(Clone, Copy, Debug)]
+pub enum Ends {
+    /// In the task that calls [`measure`]: for the cluster benchmark, the
+    /// thread blocked in `block_on`.
+    Caller,
+    /// In tasks of their own, as a program's would be (not the thread
+    /// blocked in `block_on`, which every wake-up would cost a hop).
+    Tasks,
+}
+
 /// What one node pair measured.
 #[derive(Clone, Debug)]
-pub(crate) struct Report {
+pub struct Report {
     /// Single-stream MiB/s, median.
-    pub(crate) mib_per_s: f64,
+    pub mib_per_s: f64,
     /// 64-byte round trip, median.
-    pub(crate) rtt_p50: Duration,
+    pub rtt_p50: Duration,
     /// 64-byte round trip, 99th percentile.
-    pub(crate) rtt_p99: Duration,
+    pub rtt_p99: Duration,
     /// Round trips per second on one stream.
-    pub(crate) serial_rps: f64,
+    pub serial_rps: f64,
+    /// Process CPU time per round trip of the serial ping-pong.
+    pub cpu_per_rtt: Duration,
+    /// Voluntary context switches of the process (a thread going to sleep
+    /// to wait) per serial round trip; involuntary ones are mostly other
+    /// processes preempting this one on a shared machine.
+    pub switches_per_rtt: f64,
     /// Round trips per second over [`PARALLEL_STREAMS`] streams.
-    pub(crate) parallel_rps: f64,
+    pub parallel_rps: f64,
+    /// Process CPU time per round trip over the parallel streams.
+    pub cpu_per_parallel: Duration,
+}
+
+/// This process's CPU time (user + system) and voluntary context switches
+/// so far.
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    switches: i64,
+}
+
+impl Usage {
+    fn now() -> Usage {
+        // SAFETY: rusage is plain data, filled by the call.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a rusage.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) }, 0, "getrusage");
+        let time = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        Usage { cpu: time(ru.ru_utime) + time(ru.ru_stime), switches: ru.ru_nvcsw }
+    }
+
+    /// CPU time and switches from `self` to `later`, per one of `n` events.
+    fn per(self, later: Usage, n: usize) -> (Duration, f64) {
+        ((later.cpu - self.cpu) / n as u32, (later.switches - self.switches) as f64 / n as f64)
+    }
 }
 
 async fn connect(
@@ -75,49 +122,62 @@ async fn connect(
     (dialed.expect("dial"), accepted.expect("accept").0)
 }
 
-/// Connects `a` to a fresh listener on `b`, once: lets the nodes find their
-/// path before anything is measured.
-pub(crate) async fn warm_up(a: &dyn Transport, b: &dyn Transport, port: u16) {
-    let listener = b.listen(port).await.expect("listen");
-    let _ = connect(a, &*listener, b.local_addrs()[0]).await;
+/// Connects `a` to `listener` (at `b_ip`) once and closes both ends:
+/// traffic that lets the nodes find their path before anything is
+/// measured.
+pub async fn warm_up(a: &dyn Transport, listener: &dyn Listener, b_ip: IpAddr) {
+    let _ = connect(a, listener, b_ip).await;
 }
 
-/// Median MiB/s of `runs` one-way transfers of `bytes`.
+/// Median MiB/s of `runs` one-way transfers of `bytes` (NaN for none).
 async fn bulk(
     a: &dyn Transport,
     listener: &dyn Listener,
     b_ip: IpAddr,
     bytes: usize,
     runs: usize,
+    ends: Ends,
 ) -> f64 {
     let mut rates = Vec::new();
     for _ in 0..runs {
-        let (mut client, mut server) = connect(a, listener, b_ip).await;
-        let chunk = vec![0x5au8; 1 << 20];
+        let (client, server) = connect(a, listener, b_ip).await;
         let started = Instant::now();
-        let sender = async {
-            for _ in 0..bytes / chunk.len() {
-                client.write_all(&chunk).await.expect("write");
-            }
-            client.shutdown().await.expect("shutdown");
-        };
-        let receiver = async {
-            let mut buf = vec![0u8; 1 << 16];
-            let mut total = 0;
-            loop {
-                let n = server.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break total;
-                }
-                total += n;
+        let received = match ends {
+            Ends::Caller => tokio::join!(send(client, bytes), receive(server)).1,
+            Ends::Tasks => {
+                let sender = tokio::spawn(send(client, bytes));
+                let receiver = tokio::spawn(receive(server));
+                sender.await.expect("sender task");
+                receiver.await.expect("receiver task")
             }
         };
-        let ((), received) = tokio::join!(sender, receiver);
         assert_eq!(received, bytes);
         rates.push(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    rates.get(rates.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Writes `bytes` (whole MiB) to `client` and shuts its sending side.
+async fn send(mut client: BoxStream, bytes: usize) {
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..bytes / chunk.len() {
+        client.write_all(&chunk).await.expect("write");
+    }
+    client.shutdown().await.expect("shutdown");
+}
+
+/// Reads `server` to its end; the bytes read.
+async fn receive(mut server: BoxStream) -> usize {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0;
+    loop {
+        let n = server.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break total;
+        }
+        total += n;
+    }
 }
 
 async fn echo_server(listener: Arc<dyn Listener>) {
@@ -146,25 +206,37 @@ async fn ping_pong(stream: &mut BoxStream, rounds: usize) -> Vec<Duration> {
     samples
 }
 
-/// Measures `a` talking to `b` on ports `port` and `port + 1`.
-pub(crate) async fn measure(
+/// Measures `a` talking to `b` on ports `port` and `port + 1`, its ends
+/// placed as `ends` says.
+pub async fn measure(
     a: Arc<dyn Transport>,
     b: Arc<dyn Transport>,
     port: u16,
     amounts: Amounts,
+    ends: Ends,
 ) -> Report {
     let b_ip = b.local_addrs()[0];
     let bulk_listener = b.listen(port).await.expect("listen");
-    let mib_per_s = bulk(&*a, &*bulk_listener, b_ip, amounts.bulk_bytes, amounts.bulk_runs).await;
+    let mib_per_s =
+        bulk(&*a, &*bulk_listener, b_ip, amounts.bulk_bytes, amounts.bulk_runs, ends).await;
     drop(bulk_listener);
 
     let echo: Arc<dyn Listener> = Arc::from(b.listen(port + 1).await.expect("listen"));
     let server = tokio::spawn(echo_server(echo.clone()));
     let mut stream = a.dial(b_ip, echo.local_port(), DIAL_TIMEOUT).await.expect("dial");
-    ping_pong(&mut stream, amounts.rtt_warmup).await;
-    let started = Instant::now();
-    let mut samples = ping_pong(&mut stream, amounts.rtt_rounds).await;
-    let serial_rps = amounts.rtt_rounds as f64 / started.elapsed().as_secs_f64();
+    let rounds = amounts.rtt_rounds;
+    let serial = async move {
+        ping_pong(&mut stream, amounts.rtt_warmup).await;
+        let (before, started) = (Usage::now(), Instant::now());
+        let samples = ping_pong(&mut stream, rounds).await;
+        (samples, before, started.elapsed(), Usage::now())
+    };
+    let (mut samples, before, elapsed, after) = match ends {
+        Ends::Caller => serial.await,
+        Ends::Tasks => tokio::spawn(serial).await.expect("ping task"),
+    };
+    let serial_rps = rounds as f64 / elapsed.as_secs_f64();
+    let (cpu_per_rtt, switches_per_rtt) = before.per(after, rounds);
     samples.sort();
     let rtt_p50 = samples[samples.len() / 2];
     let rtt_p99 = samples[samples.len() * 99 / 100];
@@ -175,8 +247,8 @@ pub(crate) async fn measure(
         ping_pong(&mut s, 10).await;
         streams.push(s);
     }
-    let started = Instant::now();
     let rounds = amounts.parallel_rounds;
+    let (before, started) = (Usage::now(), Instant::now());
     let tasks: Vec<_> = streams
         .into_iter()
         .map(|mut s| tokio::spawn(async move { ping_pong(&mut s, rounds).await.len() }))
@@ -186,17 +258,24 @@ pub(crate) async fn measure(
         done += task.await.expect("ping task");
     }
     let parallel_rps = done as f64 / started.elapsed().as_secs_f64();
+    let (cpu_per_parallel, _) = before.per(Usage::now(), done);
     echo.close();
     server.abort();
-    Report { mib_per_s, rtt_p50, rtt_p99, serial_rps, parallel_rps }
+    Report {
+        mib_per_s,
+        rtt_p50,
+        rtt_p99,
+        serial_rps,
+        cpu_per_rtt,
+        switches_per_rtt,
+        parallel_rps,
+        cpu_per_parallel,
+    }
 }
 
 /// How node `node` reaches the peer at `peer_ip`, from its LocalAPI status:
 /// "direct" with the endpoint, or "DERP" relay.
-pub(crate) async fn tailnet_path(
-    node: &ts_transport::tsnet::TsnetTransport,
-    peer_ip: IpAddr,
-) -> String {
+pub async fn tailnet_path(node: &ts_transport::tsnet::TsnetTransport, peer_ip: IpAddr) -> String {
     let Ok(api) = node.local_api() else { return "unknown".to_owned() };
     let auth = base64(&format!(":{}", api.credential));
     let request = format!(
