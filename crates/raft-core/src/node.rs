@@ -309,8 +309,6 @@ fn applied_at(entry: Option<u64>, applied: Option<u64>) -> bool {
     }
 }
 
-/// `metrics` with a fatal error laid over it: a stopped node has no role,
-/// leader or followers.
 /// What wakes a watcher of a node's metrics.
 enum Wake {
     /// Every change of openraft's metrics: every entry appended, replicated
@@ -394,6 +392,15 @@ fn agree(
         && s.membership_config == m.membership_config
 }
 
+/// Whether `a` and `b` show the same role, term, leader, configuration
+/// and fatal error: what a watch of leadership is about.
+fn same_leadership(a: &NodeMetrics, b: &NodeMetrics) -> bool {
+    (a.role, a.term, a.leader, a.membership_index, &a.voters, &a.learners, &a.fatal)
+        == (b.role, b.term, b.leader, b.membership_index, &b.voters, &b.learners, &b.fatal)
+}
+
+/// `metrics` with a fatal error laid over it: a stopped node has no role,
+/// leader or followers.
 fn with_fatal(mut metrics: NodeMetrics, fatal: Option<String>) -> NodeMetrics {
     if let Some(why) = fatal.or(metrics.fatal.take()) {
         metrics.role = Role::Shutdown;
@@ -1580,10 +1587,25 @@ impl<S: StateMachine> RaftNode<S> {
             move |m: NodeMetrics| with_fatal(m, state_machine.fatal().or_else(|| fatal.get()));
         let fatal = self.fatal.clone();
         tokio::spawn(async move {
+            // The first value was read without waiting for openraft's full
+            // metrics to agree with what the wake-up source had already
+            // shown (marked seen): a change caught half-published is sent
+            // now, or it would wait for the next one (review finding).
+            let settled = observe(wake.current().await);
+            tx.send_if_modified(|first| {
+                let stale = !same_leadership(first, &settled);
+                if stale {
+                    *first = settled;
+                }
+                stale
+            });
             loop {
                 let raft_running = tokio::select! {
                     changed = wake.changed() => changed,
                     _ = fatal_rx.changed() => true,
+                    // Nobody listens any more: end now, not at the next
+                    // election (review finding).
+                    () = tx.closed() => break,
                 };
                 if !raft_running {
                     // Raft is gone. Unless it was stopped on purpose, the

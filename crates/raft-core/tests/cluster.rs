@@ -122,6 +122,22 @@ async fn a_leadership_watch_wakes_on_elections_not_entries() {
     cluster.shutdown().await;
 }
 
+/// A watch of leadership nobody holds any more ends its task at once, not
+/// at the next election: on a steady cluster that may be never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_leadership_watch_ends_its_task() {
+    let cluster = Cluster::new(3, Net::Mem(MemNetwork::new()), false, fast_config()).await;
+    cluster.initialize().await;
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    let watches: Vec<_> = (0..50).map(|_| cluster.node(leader).subscribe_leadership()).collect();
+    assert!(tasks() >= before + 50, "{} tasks before, {} with 50 watches", before, tasks());
+    drop(watches);
+    eventually(WAIT, "the 50 watch tasks end", async || tasks() < before + 10).await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_partition_cannot_commit_and_catches_up_after_healing() {
     let net = MemNetwork::new();
