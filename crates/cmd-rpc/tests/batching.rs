@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use cmd_rpc::{
     ExecuteBatchResponse, ExecuteRequest, MAX_BATCH, Origin, RpcError,
 };
 use common::*;
-use raft_core::{NodeId, NodeInfo, Role};
+use raft_core::Role;
 use test_support::eventually;
 use tokio::time::Instant;
 use ts_transport::{Faults, MemNetwork, Transport};
@@ -28,13 +27,7 @@ async fn cluster(net: &MemNetwork, config: CommandConfig, seed: u64) -> (Vec<Nod
         let transport: Arc<dyn Transport> = Arc::new(f.wrap(Arc::new(net.node(ip(i)))));
         nodes.push(start_node_with(transport, i, fast_raft(), allow_all(), config.clone()).await);
     }
-    let members: BTreeMap<NodeId, NodeInfo> =
-        nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = nodes[0].service.node().form().await.unwrap();
-    for node in &nodes[1..] {
-        node.service.node().set_cluster_id(cluster_id).await.unwrap();
-    }
-    assert!(nodes[0].service.node().initialize_in(cluster_id, members).await.unwrap());
+    form(&nodes.iter().collect::<Vec<_>>()).await;
     (nodes, faults)
 }
 

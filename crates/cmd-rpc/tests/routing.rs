@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +12,7 @@ use std::time::Duration;
 use cmd_rpc::{CommandClient, CommandConfig, Origin, RpcError};
 use common::*;
 use raft_core::testing::frame::{self, Message};
-use raft_core::{ClusterId, NodeId, NodeInfo, Role};
+use raft_core::{ClusterId, NodeInfo, Role};
 use test_support::{eventually, eventually_every};
 use tokio::time::Instant;
 use ts_transport::{Faults, MemNetwork, Transport};
@@ -80,17 +79,6 @@ async fn waiting_for_a_leader_outside_the_configuration_does_not_starve_the_runt
     assert!(err.to_string().contains("is not in its configuration yet"), "{err}");
     drop(stream);
     stop_node(node).await;
-}
-
-/// Forms a cluster of the nodes, the first initializing it.
-async fn form(nodes: &[&Node]) {
-    let members: BTreeMap<NodeId, NodeInfo> =
-        nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
-    let cluster_id = nodes[0].service.node().form().await.unwrap();
-    for node in &nodes[1..] {
-        node.service.node().set_cluster_id(cluster_id).await.unwrap();
-    }
-    assert!(nodes[0].service.node().initialize_in(cluster_id, members).await.unwrap());
 }
 
 async fn leader_of(nodes: &[Node]) -> usize {

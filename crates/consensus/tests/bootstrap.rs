@@ -18,6 +18,8 @@
 //! - a former whose confirms are refused asks again at the back-off, not
 //!   in a tight loop (docs/reliability.md finding 10).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -111,18 +113,8 @@ fn start(
 /// no promise gives back only a promise held for the caller, so it changes
 /// nothing here).
 async fn probe(net: &MemNetwork, from: usize, i: usize) -> Option<ProbeState> {
-    let client = CommandClient::new(Arc::new(net.node(ip(from))), CommandConfig::default());
-    let target = NodeInfo {
-        stable_id: NAMES[i].to_owned(),
-        addrs: vec![ip(i)],
-        raft_port: 0,
-        command_port: command_port(i),
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let answer: Result<ProbeResponse, _> = client
-        .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
-        .await;
-    answer.ok().map(|a| a.state)
+    let within = Duration::from_secs(5);
+    common::probe(net, ip(from), NAMES[i], ip(i), command_port(i), within).await
 }
 
 /// `RUST_LOG=consensus=info` shows what the nodes did (printed for a

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use consensus::{Config, Consensus, Consistency, Error, Role, StopMode, Timing};
+use consensus::{Config, Consensus, Error, Role, StopMode, Timing};
 use test_support::cluster::{MemCluster, Tailnet};
-use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::kv::{KvCommand, KvStore, read_key};
 use test_support::{Rng, fast_timing, seeds_from_env};
 use ts_transport::{Faults, Transport};
 
@@ -93,16 +93,6 @@ fn leader_of(cluster: &MemCluster<KvStore>) -> usize {
         .expect("a leader")
 }
 
-fn put(key: &str, value: &str) -> KvCommand {
-    KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
-}
-
-async fn get(kv: &Consensus<KvStore>, key: &str) -> serde_json::Value {
-    kv.read(KvQuery::Get { key: key.to_owned() }, Consistency::Linearizable)
-        .await
-        .unwrap_or_else(|e| panic!("linearizable read of {key} on {}: {e}", kv.id()))
-}
-
 /// Stops every running node; a node may have stopped on its own.
 async fn stop_all(cluster: MemCluster<KvStore>) {
     for node in cluster.nodes.into_iter().flatten() {
@@ -121,7 +111,7 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
     let old_b = cluster.node(b).id();
     cluster.net.isolate(cluster.ip(c));
-    cluster.node(a).execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    cluster.node(a).execute(KvCommand::put("k1", "v")).await.expect("write acknowledged by A+B");
     // kill A; kill B and delete its raft state.
     cluster.nodes[a].take().unwrap().stop(StopMode::Stay).await.unwrap();
     cluster.nodes[b].take().unwrap().stop(StopMode::Stay).await.unwrap();
@@ -141,8 +131,8 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
     // A comes back with its state: the write is there.
     let kv_a = start(&cluster, a, 3).await.expect("A restarts from its state");
     kv_a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
-    assert_eq!(get(&kv_a, "k1").await, serde_json::json!("v"), "acknowledged write lost");
-    assert_eq!(get(kv_c, "k1").await, serde_json::json!("v"), "acknowledged write lost on C");
+    assert_eq!(read_key(&kv_a, "k1").await, serde_json::json!("v"), "acknowledged write lost");
+    assert_eq!(read_key(kv_c, "k1").await, serde_json::json!("v"), "acknowledged write lost on C");
     // B joins as a new node and replaces its old incarnation.
     let kv_b = restarted_b.await.unwrap().expect("B rejoins");
     assert_ne!(kv_b.id(), old_b, "B came back under its old raft id");
@@ -150,7 +140,7 @@ async fn a_node_restarted_without_its_state_never_votes_and_the_acknowledged_wri
     let members: BTreeSet<u64> = kv_a.members().iter().map(|m| m.id).collect();
     assert!(!members.contains(&old_b), "B's old incarnation is still a member: {members:?}");
     assert!(members.contains(&kv_b.id()), "B's new incarnation is not a member: {members:?}");
-    assert_eq!(get(&kv_b, "k1").await, serde_json::json!("v"));
+    assert_eq!(read_key(&kv_b, "k1").await, serde_json::json!("v"));
     cluster.nodes[a] = Some(kv_a);
     cluster.nodes[b] = Some(kv_b);
     stop_all(cluster).await;
@@ -166,7 +156,7 @@ async fn with_memory_storage_a_restarted_node_never_votes_in_its_old_configurati
     let (b, c) = ((a + 1) % 3, (a + 2) % 3);
     let old_b = cluster.node(b).id();
     cluster.net.isolate(cluster.ip(c));
-    cluster.node(a).execute(put("k1", "v")).await.expect("write acknowledged by A+B");
+    cluster.node(a).execute(KvCommand::put("k1", "v")).await.expect("write acknowledged by A+B");
     let term_a = cluster.node(a).metrics().term;
     // C campaigns alone, so its term passes A's.
     cluster.node(c).wait_for(WAIT, |m| m.term > term_a + 1).await.unwrap();
@@ -177,7 +167,11 @@ async fn with_memory_storage_a_restarted_node_never_votes_in_its_old_configurati
     cluster.nodes[b] = Some(kv_b);
     for (i, kv) in cluster.nodes.iter().enumerate() {
         let kv = kv.as_ref().unwrap();
-        assert_eq!(get(kv, "k1").await, serde_json::json!("v"), "acknowledged write lost on {i}");
+        assert_eq!(
+            read_key(kv, "k1").await,
+            serde_json::json!("v"),
+            "acknowledged write lost on {i}"
+        );
     }
     assert_ne!(cluster.node(b).id(), old_b, "B came back under its old raft id");
     let leader = leader_of(&cluster);
@@ -211,7 +205,7 @@ async fn fresh_node_next_to_a_cluster(fault: ProbeFault) {
     for kv in cluster.running() {
         kv.wait_for(WAIT, |m| m.voters == 3 && m.leader.is_some()).await.unwrap();
     }
-    cluster.node(0).execute(put("before", "1")).await.unwrap();
+    cluster.node(0).execute(KvCommand::put("before", "1")).await.unwrap();
     if !matches!(fault, ProbeFault::Forbidden) {
         // Now the cluster sees "aa" tagged too.
         cluster.show_to(3, Some(aa), &[0, 1, 2]);
@@ -250,7 +244,7 @@ async fn fresh_node_next_to_a_cluster(fault: ProbeFault) {
     // The cluster is untouched.
     let leader = cluster.running().find(|n| n.metrics().role == Role::Leader).unwrap();
     assert_eq!(leader.metrics().voters, 3);
-    assert_eq!(get(leader, "before").await, serde_json::json!("1"));
+    assert_eq!(read_key(leader, "before").await, serde_json::json!("1"));
     stop_all(cluster).await;
 }
 

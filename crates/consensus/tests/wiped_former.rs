@@ -10,20 +10,18 @@
 //! are sealed to its old incarnation), in a loop, instead of waiting for a
 //! leader and joining as a new incarnation.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
-use consensus::{
-    BootstrapOptions, Config, Consensus, Consistency, Error, MemberRole, Role, StopMode, Timing,
-};
-use raft_core::NodeInfo;
+use cmd_rpc::ProbeState;
+use consensus::{BootstrapOptions, Config, Consensus, Error, MemberRole, Role, StopMode, Timing};
 use test_support::cluster;
-use test_support::kv::{KvCommand, KvQuery, KvStore};
+use test_support::kv::{KvCommand, KvStore, read_key};
 use test_support::{fast_timing, never};
-use tokio::time::Instant;
 use ts_discovery::{ClusterView, StaticDiscovery, TailnetNode};
 use ts_transport::MemNetwork;
 
@@ -76,28 +74,7 @@ fn start(
 /// What node `i` answers a probe (asking for no promise) from the node at
 /// `from`; `None` if it does not answer (not started, or not ready yet).
 async fn probe(net: &MemNetwork, from: usize, i: usize) -> Option<ProbeState> {
-    let client = CommandClient::new(Arc::new(net.node(ip(from))), CommandConfig::default());
-    let target = NodeInfo {
-        stable_id: NAMES[i].to_owned(),
-        addrs: vec![ip(i)],
-        raft_port: 0,
-        command_port: PORT,
-    };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let answer: Result<ProbeResponse, _> = client
-        .post(&target, "/v1/probe", &ProbeRequest { promise: false }, deadline, Origin::Client)
-        .await;
-    answer.ok().map(|a| a.state)
-}
-
-fn put(key: &str, value: &str) -> KvCommand {
-    KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
-}
-
-async fn get(kv: &Consensus<KvStore>, key: &str) -> serde_json::Value {
-    kv.read(KvQuery::Get { key: key.to_owned() }, Consistency::Linearizable)
-        .await
-        .unwrap_or_else(|e| panic!("linearizable read of {key} on {}: {e}", kv.id()))
+    common::probe(net, ip(from), NAMES[i], ip(i), PORT, Duration::from_secs(2)).await
 }
 
 fn logs() {
@@ -138,10 +115,10 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
         nodes[at].transfer_leadership(Some(old_a)).await.expect("leadership to wa");
     }
     nodes[0].wait_for(WAIT, |m| m.role == Role::Leader).await.expect("wa leads");
-    nodes[0].execute(put("k1", "1")).await.expect("k1 acknowledged");
+    nodes[0].execute(KvCommand::put("k1", "1")).await.expect("k1 acknowledged");
     // wb and wc are cut off from each other; wa still reaches both.
     net.partition(ip(1), ip(2));
-    nodes[0].execute(put("k2", "2")).await.expect("k2 acknowledged by wa and wb or wc");
+    nodes[0].execute(KvCommand::put("k2", "2")).await.expect("k2 acknowledged by wa and wb or wc");
     // wa is killed: wb and wc know no leader, and cannot elect one.
     let mut nodes: Vec<Option<Consensus<KvStore>>> = nodes.into_iter().map(Some).collect();
     nodes[0].take().unwrap().stop(StopMode::Stay).await.unwrap();
@@ -208,10 +185,13 @@ async fn a_wiped_former_waits_for_a_leader_and_joins_as_a_new_incarnation() {
         running[1].members().iter().filter(|m| m.role == MemberRole::Voter).map(|m| m.id).collect();
     let expected: BTreeSet<u64> = running.iter().map(|kv| kv.id()).collect();
     assert_eq!(voters, expected, "the voters are not the three running nodes (old wa {old_a})");
-    running[0].execute(put("k3", "3")).await.expect("k3 acknowledged through the new wa");
+    running[0]
+        .execute(KvCommand::put("k3", "3"))
+        .await
+        .expect("k3 acknowledged through the new wa");
     for kv in &running {
         for (key, value) in [("k1", "1"), ("k2", "2"), ("k3", "3")] {
-            assert_eq!(get(kv, key).await, serde_json::json!(value), "{key} on {}", kv.id());
+            assert_eq!(read_key(kv, key).await, serde_json::json!(value), "{key} on {}", kv.id());
         }
     }
     for kv in nodes.into_iter().flatten() {

@@ -78,6 +78,21 @@ pub struct KvStore {
     versions: BTreeMap<String, u64>,
 }
 
+impl KvCommand {
+    /// A put of `value` at `key`.
+    pub fn put(key: &str, value: &str) -> KvCommand {
+        KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
+    }
+}
+
+/// `key`'s value read linearizably on `kv` (`null` when absent); panics,
+/// naming the key and the node, if the read fails.
+pub async fn read_key(kv: &consensus::Consensus<KvStore>, key: &str) -> serde_json::Value {
+    kv.read(KvQuery::Get { key: key.to_owned() }, consensus::Consistency::Linearizable)
+        .await
+        .unwrap_or_else(|e| panic!("linearizable read of {key} on {}: {e}", kv.id()))
+}
+
 impl KvStore {
     fn wrote(&mut self, key: &str) {
         *self.versions.entry(key.to_owned()).or_default() += 1;

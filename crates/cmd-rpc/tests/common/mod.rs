@@ -176,6 +176,17 @@ pub async fn start_node_on<S: StateMachine>(
     Node { service, server }
 }
 
+/// Forms a cluster of the nodes, the first initializing it.
+pub async fn form<S: StateMachine>(nodes: &[&Node<S>]) {
+    let members: std::collections::BTreeMap<raft_core::NodeId, NodeInfo> =
+        nodes.iter().map(|n| (n.service.node().id(), n.service.node().info().clone())).collect();
+    let cluster_id = nodes[0].service.node().form().await.unwrap();
+    for node in &nodes[1..] {
+        node.service.node().set_cluster_id(cluster_id).await.unwrap();
+    }
+    assert!(nodes[0].service.node().initialize_in(cluster_id, members).await.unwrap());
+}
+
 pub async fn stop_node<S: StateMachine>(node: Node<S>) {
     node.server.shutdown().await;
     node.service.node().shutdown().await;
