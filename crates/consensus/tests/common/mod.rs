@@ -1,6 +1,6 @@
 //! What more than one of the facade's test binaries asks of a node's
-//! command API directly, past the facade (test-support sits below the
-//! command API's types, so it cannot).
+//! command API directly, past the facade: test-support's facade helpers
+//! use the facade's public API only, and it does not depend on cmd-rpc.
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 #![allow(unreachable_pub, reason = "shared between test binaries as a module")]
