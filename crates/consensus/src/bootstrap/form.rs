@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use ts_discovery::{ClusterView, TailnetNode};
 
 use super::round::{Owned, Round, situation};
-use super::{ATTEMPT, Boot, Forming, PeerAnswer};
+use super::{Boot, Forming, PeerAnswer, attempts};
 use crate::config::BootstrapOptions;
 use crate::core::Core;
 use crate::decide::bootstrap::{Answer, Decision, Peer, decide};
@@ -171,20 +171,8 @@ async fn ask_to_confirm(
     request: &ConfirmRequest,
     deadline: Instant,
 ) -> Result<ConfirmResponse, Refused> {
-    let addrs: Vec<IpAddr> = peer.addrs().collect();
     let mut last = "the start deadline passed".to_owned();
-    for &port in ports {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            break;
-        }
-        let target = NodeInfo {
-            stable_id: peer.id.0.clone(),
-            addrs: addrs.clone(),
-            raft_port: 0,
-            command_port: port,
-        };
-        let until = Instant::now() + ATTEMPT.min(remaining);
+    for (target, until) in attempts(peer, ports, deadline) {
         match client.post(&target, "/v1/confirm", request, until, cmd_rpc::Origin::Client).await {
             Ok(answer) => return Ok(answer),
             Err(RpcError::Remote { body, .. }) if body.code == cmd_rpc::ErrorCode::NotConfirmed => {

@@ -57,6 +57,7 @@ mod record;
 mod round;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,7 @@ use cmd_rpc::LeaderHint;
 use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use ts_discovery::TailnetNode;
 
 use self::probe::{Paths, YIELD_CHECK, probe_all};
 use self::ready::{become_ready, give_up_binding, offline_advice, offline_of};
@@ -131,6 +133,33 @@ impl Names<String> for LeaderHint {
 
 /// Time one probe or confirm of one peer may take.
 const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// The attempts to reach `peer` at each of `ports` in turn: its command
+/// target on that port, and when that attempt must end (at most
+/// [`ATTEMPT`] from when it is asked for, never after `deadline`). Ends
+/// once the deadline has passed, so a caller that takes the next attempt
+/// only after the last one failed stops on time.
+fn attempts<'a>(
+    peer: &'a TailnetNode,
+    ports: &'a [u16],
+    deadline: Instant,
+) -> impl Iterator<Item = (NodeInfo, Instant)> + 'a {
+    let addrs: Vec<IpAddr> = peer.addrs().collect();
+    ports.iter().map_while(move |&port| {
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return None;
+        }
+        let target = NodeInfo {
+            stable_id: peer.id.0.clone(),
+            addrs: addrs.clone(),
+            raft_port: 0,
+            command_port: port,
+        };
+        Some((target, now + ATTEMPT.min(remaining)))
+    })
+}
 
 /// Time a join may take (catching up included).
 const JOIN: Duration = Duration::from_secs(30);

@@ -5,16 +5,15 @@
 //! netmap yet, or a lower peer whose first handshake should go first).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use cmd_rpc::{CommandClient, LeaderHint, ProbeRequest, ProbeResponse, ProbeState};
-use raft_core::{ClusterId, NodeId, NodeInfo};
+use raft_core::{ClusterId, NodeId};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use ts_discovery::{ClusterView, TailnetNode};
 
-use super::{ATTEMPT, PeerAnswer};
+use super::{PeerAnswer, attempts};
 use crate::core::Core;
 use crate::decide::bootstrap::{Answer, Peer};
 use crate::machine::StateMachine;
@@ -168,20 +167,8 @@ async fn probe(
     wants_promise: bool,
     deadline: Instant,
 ) -> (Answer<String, ClusterId, LeaderHint>, Option<NodeId>) {
-    let addrs: Vec<IpAddr> = peer.addrs().collect();
-    for &port in ports {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            break;
-        }
-        let target = NodeInfo {
-            stable_id: peer.id.0.clone(),
-            addrs: addrs.clone(),
-            raft_port: 0,
-            command_port: port,
-        };
+    for (target, until) in attempts(peer, ports, deadline) {
         let request = ProbeRequest { promise: wants_promise };
-        let until = Instant::now() + ATTEMPT.min(remaining);
         match client
             .post::<_, ProbeResponse>(
                 &target,
@@ -208,7 +195,10 @@ async fn probe(
                     }
                 };
             }
-            Err(err) => tracing::debug!(peer = %peer.id, port, error = %err, "probe failed"),
+            Err(err) => {
+                let port = target.command_port;
+                tracing::debug!(peer = %peer.id, port, error = %err, "probe failed");
+            }
         }
     }
     (Answer::Silent, None)
