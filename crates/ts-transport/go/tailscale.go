@@ -295,11 +295,39 @@ func (srv *server) up(timeoutMs C.int) (err error) {
 			return errors.New("server closed while coming up")
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("not running after %d ms: %w", timeoutMs, err)
+			return fmt.Errorf("not running after %d ms (%s): %w", timeoutMs, srv.upState(), err)
 		}
 		return err
 	}
 	return nil
+}
+
+// upState says where a server that is not up stands: its backend state, its
+// home DERP region and whether it has a netmap, and its health warnings, so
+// that a timed-out Up says why. Bounded: it waits at most a second.
+func (srv *server) upState() string {
+	lc, err := srv.s.LocalClient()
+	if err != nil {
+		return "state unknown: " + err.Error()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return "state unknown: " + err.Error()
+	}
+	out := "backend state " + st.BackendState
+	if st.Self != nil {
+		relay := st.Self.Relay
+		if relay == "" {
+			relay = "none"
+		}
+		out += ", home DERP " + relay
+	}
+	if len(st.Health) > 0 {
+		out += ", health: " + strings.Join(st.Health, "; ")
+	}
+	return out
 }
 
 // tailscale_close stops the server and frees its handle. It is safe whatever

@@ -170,6 +170,20 @@ fn set_logfd_closes_the_descriptor_when_it_fails() {
 }
 
 #[tokio::test]
+async fn an_up_that_times_out_says_where_the_node_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TsnetTransport::new(offline_options(&dir, "late", dead_control())).unwrap();
+    let err = node.up(Duration::from_millis(1500)).await.expect_err("up without a control server");
+    let msg = err.to_string();
+    assert!(msg.contains("not running after 1500 ms"), "message {msg:?}");
+    // Never having reached control, the node is logged out, and its
+    // health warnings say why.
+    assert!(msg.contains("backend state NeedsLogin"), "message {msg:?}");
+    assert!(msg.contains("fetch control key"), "message {msg:?}");
+    node.close().await;
+}
+
+#[tokio::test]
 async fn closing_a_node_closes_its_log_descriptor() {
     let dir = tempfile::tempdir().unwrap();
     let (read_end, write_end) = pipe();
