@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use ts_transport::tsnet::{NodeOptions, TailnetAddrs, TsnetTransport};
+use ts_transport::tsnet::{NodeLogs, NodeOptions, TailnetAddrs, TsnetTransport};
 
 /// Path of the tailnet program, built by this crate's build script.
 pub const TAILNET_BIN: &str = env!("TAILNET_BIN");
@@ -131,10 +131,23 @@ impl LocalTailnet {
         self.dir.path().join(hostname)
     }
 
-    /// Creates a node called `hostname` and brings it up.
+    /// Creates a node called `hostname` and brings it up. The node logs to
+    /// `hostname.log` in [`LocalTailnet::dir`]; when it does not come up,
+    /// the error ends with the log's last lines, so that a failure in CI
+    /// says what tsnet was doing.
     pub async fn node(&self, hostname: &str) -> io::Result<(TsnetTransport, TailnetAddrs)> {
-        let node = TsnetTransport::new(self.node_options(hostname)).map_err(io::Error::other)?;
-        let addrs = node.up(UP_TIMEOUT).await.map_err(io::Error::other)?;
+        let log = self.dir.path().join(format!("{hostname}.log"));
+        let mut options = self.node_options(hostname);
+        options.logs =
+            NodeLogs::File(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
+        let node = TsnetTransport::new(options).map_err(io::Error::other)?;
+        let addrs = node.up(UP_TIMEOUT).await.map_err(|err| {
+            let tail = log_tail(&log, LOG_TAIL_LINES);
+            io::Error::other(format!(
+                "{hostname} not up: {err}\nthe last lines of its log ({}):\n{tail}",
+                log.display()
+            ))
+        })?;
         Ok((node, addrs))
     }
 
@@ -203,6 +216,27 @@ impl LocalTailnet {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// How many lines of a node's log a failure to come up quotes.
+const LOG_TAIL_LINES: usize = 60;
+/// How much of the log's end is read to find them.
+const LOG_TAIL_BYTES: u64 = 64 << 10;
+
+/// The last `lines` lines of the log at `path`, or why they cannot be read.
+fn log_tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))?;
+        let mut bytes = Vec::new();
+        file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let all: Vec<&str> = text.lines().collect();
+        Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+    };
+    read().unwrap_or_else(|err| format!("(log unreadable: {err})"))
 }
 
 /// Decodes a chunked HTTP/1.1 body (the admin API answers large lists that
