@@ -41,6 +41,7 @@ import (
 	"time"
 	"unsafe"
 
+	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
 )
 
@@ -290,6 +291,10 @@ func (srv *server) up(timeoutMs C.int) (err error) {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeoutMs)*time.Millisecond)
 		defer cancel()
 	}
+	// While Up waits, have the backend refresh the engine's status every
+	// 2 s (see pollEngineStatus).
+	stopPolling := srv.pollEngineStatus(ctx)
+	defer stopPolling()
 	if _, err := srv.s.Up(ctx); err != nil {
 		if srv.ctx.Err() != nil {
 			return errors.New("server closed while coming up")
@@ -300,6 +305,42 @@ func (srv *server) up(timeoutMs C.int) (err error) {
 		return err
 	}
 	return nil
+}
+
+// pollEngineStatus makes the backend ask the engine for its status every
+// 2 s until the returned function is called or ctx ends, by watching the IPN
+// bus with NotifyWatchEngineUpdates (the notifications are drained unread).
+//
+// Why: a node goes from Starting to Running on an engine status that counts
+// a DERP connection, and the engine sends its status only on some events
+// (new endpoints, a DERP connection added). In tailscale.com v1.94.1 the
+// engine reads the DERP count before it stamps the status's time
+// (wgengine's getStatus), and the backend drops a status older than the
+// last one it took: two statuses computed at once around the node's first
+// DERP connection can land the older count (none) last with the newer time.
+// Nothing then asks again, and the node stays in Starting for good, logged
+// in, with its netmap and its DERP connection (seen about once in 40 runs
+// of the tailnet tests; the node's log shows "derp-1 connected" and no
+// "Starting -> Running"). A fresh status within 2 s mends it.
+func (srv *server) pollEngineStatus(ctx context.Context) (stop func()) {
+	ctx, stop = context.WithCancel(ctx)
+	lc, err := srv.s.LocalClient()
+	if err != nil {
+		return stop
+	}
+	watcher, err := lc.WatchIPNBus(ctx, ipn.NotifyWatchEngineUpdates|ipn.NotifyNoPrivateKeys)
+	if err != nil {
+		return stop
+	}
+	go func() {
+		defer watcher.Close()
+		for {
+			if _, err := watcher.Next(); err != nil {
+				return
+			}
+		}
+	}()
+	return stop
 }
 
 // upState says where a server that is not up stands: its backend state, its
