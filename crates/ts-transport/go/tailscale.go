@@ -324,15 +324,18 @@ func (srv *server) up(timeoutMs C.int) (err error) {
 // "Starting -> Running"). A fresh status within 2 s mends it.
 func (srv *server) pollEngineStatus(ctx context.Context) (stop func()) {
 	ctx, stop = context.WithCancel(ctx)
-	lc, err := srv.s.LocalClient()
-	if err != nil {
-		return stop
-	}
-	watcher, err := lc.WatchIPNBus(ctx, ipn.NotifyWatchEngineUpdates|ipn.NotifyNoPrivateKeys)
-	if err != nil {
-		return stop
-	}
+	// Set up inside the goroutine, so that a slow LocalAPI cannot hold Up
+	// back; the watch, and the backend's polling with it, end with ctx.
 	go func() {
+		defer func() { _ = recover() }() // best effort: never take the process down
+		lc, err := srv.s.LocalClient()
+		if err != nil {
+			return
+		}
+		watcher, err := lc.WatchIPNBus(ctx, ipn.NotifyWatchEngineUpdates|ipn.NotifyNoPrivateKeys)
+		if err != nil {
+			return
+		}
 		defer watcher.Close()
 		for {
 			if _, err := watcher.Next(); err != nil {
