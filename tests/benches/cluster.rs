@@ -974,7 +974,7 @@ fn main() {
     }
     if args.trace {
         let report = runtime.block_on(async {
-            let tailnet = LocalTailnet::start().await.expect("local tailnet");
+            let tailnet = LocalTailnet::start().await.expect("local tailnet").without_node_logs();
             let commands = if quick { 500 } else { 2000 };
             let leader = trace_run(&tailnet, false, commands).await;
             let follower = trace_run(&tailnet, true, commands).await;
@@ -986,7 +986,7 @@ fn main() {
         return;
     }
     runtime.block_on(async {
-        let tailnet = LocalTailnet::start().await.expect("local tailnet");
+        let tailnet = LocalTailnet::start().await.expect("local tailnet").without_node_logs();
         let go = args.go_bin.clone().map(|bin| {
             let log = out.join("gobench.log");
             let _ = std::fs::remove_file(&log);

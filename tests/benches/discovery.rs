@@ -16,7 +16,7 @@ fn main() {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let tailnet = LocalTailnet::start().await.expect("tailnet");
+        let tailnet = LocalTailnet::start().await.expect("tailnet").without_node_logs();
         let (a, _) = tailnet.node("prop-a").await.expect("node a");
         let (b, b_addrs) = tailnet.node("prop-b").await.expect("node b");
         let b_ip = IpAddr::V4(b_addrs.v4.expect("IPv4"));

@@ -51,6 +51,8 @@ pub struct LocalTailnet {
     pub control_url: String,
     admin_addr: String,
     dir: tempfile::TempDir,
+    /// Whether [`LocalTailnet::node`] has nodes log to files.
+    node_logs: bool,
 }
 
 /// One node as the control server sees it.
@@ -110,7 +112,15 @@ impl LocalTailnet {
             .and_then(|rest| rest.split('/').next())
             .ok_or_else(|| io::Error::other(format!("bad admin URL {}", ready.admin_url)))?
             .to_owned();
-        Ok(LocalTailnet { child, control_url: ready.control_url, admin_addr, dir })
+        Ok(LocalTailnet { child, control_url: ready.control_url, admin_addr, dir, node_logs: true })
+    }
+
+    /// This tailnet with [`LocalTailnet::node`]'s nodes logging nowhere:
+    /// for benchmarks, where formatting and writing tsnet's verbose log
+    /// would cost time in the measured process.
+    pub fn without_node_logs(mut self) -> LocalTailnet {
+        self.node_logs = false;
+        self
     }
 
     /// A directory that lives as long as the tailnet, for node state.
@@ -132,16 +142,22 @@ impl LocalTailnet {
     }
 
     /// Creates a node called `hostname` and brings it up. The node logs to
-    /// `hostname.log` in [`LocalTailnet::dir`]; when it does not come up,
-    /// the error ends with the log's last lines, so that a failure in CI
-    /// says what tsnet was doing.
+    /// `hostname.log` in [`LocalTailnet::dir`] (unless
+    /// [`LocalTailnet::without_node_logs`]); when it does not come up, the
+    /// error ends with the log's last lines, so that a failure in CI says
+    /// what tsnet was doing.
     pub async fn node(&self, hostname: &str) -> io::Result<(TsnetTransport, TailnetAddrs)> {
         let log = self.dir.path().join(format!("{hostname}.log"));
         let mut options = self.node_options(hostname);
-        options.logs =
-            NodeLogs::File(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
+        if self.node_logs {
+            options.logs =
+                NodeLogs::File(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
+        }
         let node = TsnetTransport::new(options).map_err(io::Error::other)?;
         let addrs = node.up(UP_TIMEOUT).await.map_err(|err| {
+            if !self.node_logs {
+                return io::Error::other(format!("{hostname} not up: {err}"));
+            }
             let tail = log_tail(&log, LOG_TAIL_LINES);
             io::Error::other(format!(
                 "{hostname} not up: {err}\nthe last lines of its log ({}):\n{tail}",

@@ -253,7 +253,8 @@ func tailscale_up(sd C.int) C.int {
 }
 
 // tailscale_up_timeout starts the server and waits until it is running with a
-// tailnet address, for at most timeout_ms milliseconds (0: no limit). A
+// tailnet address, for at most timeout_ms milliseconds (0: no limit), plus up
+// to a second on a timeout to read where the node stands for the message. A
 // concurrent tailscale_close ends the wait. On failure the message goes to
 // errmsg (errmsg_len bytes, truncated, NUL-terminated; may be NULL) as well
 // as to tailscale_errmsg, so that a caller need not hold other calls back
@@ -334,6 +335,9 @@ func (srv *server) pollEngineStatus(ctx context.Context) (stop func()) {
 		}
 		watcher, err := lc.WatchIPNBus(ctx, ipn.NotifyWatchEngineUpdates|ipn.NotifyNoPrivateKeys)
 		if err != nil {
+			if ctx.Err() == nil {
+				srv.s.Logf("up: no engine-status watch: %v", err)
+			}
 			return
 		}
 		defer watcher.Close()
@@ -360,14 +364,11 @@ func (srv *server) upState() string {
 	if err != nil {
 		return "state unknown: " + err.Error()
 	}
-	out := "backend state " + st.BackendState
-	if st.Self != nil {
-		relay := st.Self.Relay
-		if relay == "" {
-			relay = "none"
-		}
-		out += ", home DERP " + relay
+	relay := "none"
+	if st.Self != nil && st.Self.Relay != "" {
+		relay = st.Self.Relay
 	}
+	out := "backend state " + st.BackendState + ", home DERP " + relay
 	if len(st.Health) > 0 {
 		out += ", health: " + strings.Join(st.Health, "; ")
 	}

@@ -176,10 +176,11 @@ async fn an_up_that_times_out_says_where_the_node_stands() {
     let err = node.up(Duration::from_millis(1500)).await.expect_err("up without a control server");
     let msg = err.to_string();
     assert!(msg.contains("not running after 1500 ms"), "message {msg:?}");
-    // Never having reached control, the node is logged out, and its
-    // health warnings say why.
-    assert!(msg.contains("backend state NeedsLogin"), "message {msg:?}");
-    assert!(msg.contains("fetch control key"), "message {msg:?}");
+    // Which state it is in by then (NoState, or NeedsLogin once its first
+    // try at control failed) depends on the machine's speed; that the state
+    // is named, and that it has no home DERP, does not.
+    assert!(msg.contains("(backend state "), "message {msg:?}");
+    assert!(msg.contains("home DERP none"), "message {msg:?}");
     node.close().await;
 }
 
