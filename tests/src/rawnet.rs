@@ -117,9 +117,11 @@ async fn connect(
     listener: &dyn Listener,
     b_ip: IpAddr,
 ) -> (BoxStream, BoxStream) {
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), a.dial(b_ip, listener.local_port(), DIAL_TIMEOUT));
-    (dialed.expect("dial"), accepted.expect("accept").0)
+    let ((accepted, _), dialed) =
+        crate::conformance::connect(listener, a, b_ip, listener.local_port())
+            .await
+            .expect("connect");
+    (dialed, accepted)
 }
 
 /// Connects `a` to `listener` (at `b_ip`) once and closes both ends:

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tests::conformance::DIAL_TIMEOUT;
+use tests::conformance::{self, DIAL_TIMEOUT};
 use tests::tailnet::{LocalTailnet, UP_TIMEOUT};
 use tokio::io::AsyncReadExt;
 use ts_transport::Transport;
@@ -93,12 +93,10 @@ async fn accept_panic_child() {
     }
 
     // The listener still accepts, with the right peer address.
-    let (accepted, dialed) = within("accept after the panic", async {
-        tokio::join!(listener.accept(), a.dial(v4(&b), 7900, DIAL_TIMEOUT))
-    })
-    .await;
-    let (_, peer) = accepted.expect("accept after a panic in the accept loop");
-    dialed.expect("dial after a panic in the accept loop");
+    let ((_, peer), _) =
+        within("accept after the panic", conformance::connect(&*listener, &a, v4(&b), 7900))
+            .await
+            .expect("connect after a panic in the accept loop");
     assert_eq!(peer.ip(), v4(&a));
     listener.close();
     a.close().await;

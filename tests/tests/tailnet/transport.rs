@@ -65,10 +65,8 @@ async fn tsnet_writer_is_held_back_while_the_peer_does_not_read() {
     let (a, _) = tailnet.node("back-a").await.unwrap();
     let (b, _) = tailnet.node("back-b").await.unwrap();
     let listener = b.listen(7800).await.unwrap();
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), a.dial(v4(&b), 7800, conformance::DIAL_TIMEOUT));
-    let (mut server, _) = accepted.unwrap();
-    let mut client = dialed.unwrap();
+    let ((mut server, _), mut client) =
+        within("connect", conformance::connect(&*listener, &a, v4(&b), 7800)).await.unwrap();
     fn byte(i: usize) -> u8 {
         (i % 251) as u8
     }
@@ -123,10 +121,8 @@ async fn tsnet_dropped_stream_delivers_what_was_written() {
     let (a, _) = tailnet.node("linger-a").await.unwrap();
     let (b, _) = tailnet.node("linger-b").await.unwrap();
     let listener = b.listen(7810).await.unwrap();
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), a.dial(v4(&b), 7810, conformance::DIAL_TIMEOUT));
-    let (mut server, _) = accepted.unwrap();
-    let mut client = dialed.unwrap();
+    let ((mut server, _), mut client) =
+        within("connect", conformance::connect(&*listener, &a, v4(&b), 7810)).await.unwrap();
     let data: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -179,12 +175,8 @@ async fn tsnet_ipv6_peer_addresses() {
     let (b, b_addrs) = tailnet.node("six-b").await.unwrap();
     let b_v6 = IpAddr::V6(b_addrs.v6.expect("testcontrol hands out IPv6 addresses"));
     let listener = b.listen(7200).await.unwrap();
-    let (accepted, dialed) = within("IPv6 connect", async {
-        tokio::join!(listener.accept(), a.dial(b_v6, 7200, conformance::DIAL_TIMEOUT))
-    })
-    .await;
-    let (_, peer) = accepted.unwrap();
-    dialed.unwrap();
+    let ((_, peer), _) =
+        within("IPv6 connect", conformance::connect(&*listener, &a, b_v6, 7200)).await.unwrap();
     assert_eq!(peer.ip(), IpAddr::V6(a_addrs.v6.unwrap()), "IPv6 dial attributed to {peer}");
     tailnet.stop().await;
 }
@@ -196,10 +188,8 @@ async fn tsnet_moves_64_mib_each_way_at_once() {
     let (a, _) = tailnet.node("bulk-a").await.unwrap();
     let (b, _) = tailnet.node("bulk-b").await.unwrap();
     let listener = b.listen(7300).await.unwrap();
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), a.dial(v4(&b), 7300, conformance::DIAL_TIMEOUT));
-    let (server, _) = accepted.unwrap();
-    let client = dialed.unwrap();
+    let ((server, _), client) =
+        within("connect", conformance::connect(&*listener, &a, v4(&b), 7300)).await.unwrap();
 
     // A pattern that differs at every offset modulo a prime, so a dropped,
     // duplicated or reordered chunk changes the checksum.
@@ -415,10 +405,8 @@ async fn tsnet_close_in_every_state() {
     let (a, _) = tailnet.node("close-a").await.unwrap();
     let (b, _) = tailnet.node("close-b").await.unwrap();
     let listener: Arc<dyn Listener> = Arc::from(b.listen(7601).await.unwrap());
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), a.dial(v4(&b), 7601, conformance::DIAL_TIMEOUT));
-    let (mut server_stream, _) = accepted.unwrap();
-    let _client_stream = dialed.unwrap();
+    let ((mut server_stream, _), _client_stream) =
+        within("connect", conformance::connect(&*listener, &a, v4(&b), 7601)).await.unwrap();
     let pending = tokio::spawn({
         let listener = listener.clone();
         async move { listener.accept().await.map(|_| ()) }
@@ -451,10 +439,7 @@ async fn tsnet_restart_on_same_state_dir_keeps_address() {
     // And it is usable: a peer reaches it at that address.
     let (peer, _) = tailnet.node("phoenix-peer").await.unwrap();
     let listener = second.listen(7700).await.unwrap();
-    let (accepted, dialed) =
-        tokio::join!(listener.accept(), peer.dial(v4(&second), 7700, conformance::DIAL_TIMEOUT));
-    accepted.unwrap();
-    dialed.unwrap();
+    within("connect", conformance::connect(&*listener, &peer, v4(&second), 7700)).await.unwrap();
     assert_eq!(
         tailnet.nodes().await.unwrap().iter().filter(|n| n.hostname == "phoenix").count(),
         1
