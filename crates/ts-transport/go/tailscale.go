@@ -320,9 +320,10 @@ func (srv *server) up(timeoutMs C.int) (err error) {
 // last one it took: two statuses computed at once around the node's first
 // DERP connection can land the older count (none) last with the newer time.
 // Nothing then asks again, and the node stays in Starting for good, logged
-// in, with its netmap and its DERP connection (seen about once in 40 runs
-// of the tailnet tests; the node's log shows "derp-1 connected" and no
-// "Starting -> Running"). A fresh status within 2 s mends it.
+// in, with its netmap and its DERP connection (seen 2 times in about 65
+// runs of the tailnet tests; the node's log shows "derp-1 connected" and no
+// "Starting -> Running"; docs/reliability.md finding 61). A fresh status
+// within 2 s mends it.
 func (srv *server) pollEngineStatus(ctx context.Context) (stop func()) {
 	ctx, stop = context.WithCancel(ctx)
 	// Set up inside the goroutine, so that a slow LocalAPI cannot hold Up
@@ -351,8 +352,8 @@ func (srv *server) pollEngineStatus(ctx context.Context) (stop func()) {
 }
 
 // upState says where a server that is not up stands: its backend state, its
-// home DERP region and whether it has a netmap, and its health warnings, so
-// that a timed-out Up says why. Bounded: it waits at most a second.
+// home DERP region and its health warnings, so that a timed-out Up says why.
+// Bounded: it waits at most a second.
 func (srv *server) upState() string {
 	lc, err := srv.s.LocalClient()
 	if err != nil {
