@@ -74,24 +74,21 @@ fn dial_ip(b: &dyn Transport) -> std::net::IpAddr {
 pub async fn echo_and_peer_addr(a: &dyn Transport, b: &dyn Transport, port: u16) {
     let listener = listen(b, port).await;
     let port = listener.local_port();
-    let server = async {
-        let (mut stream, peer) = listener.accept().await.expect("accept");
+    let ((mut server, peer), mut client) =
+        step("connect", connect(&*listener, a, dial_ip(b), port)).await.expect("connect");
+    let serve = async {
         let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await.expect("server read");
-        stream.write_all(&buf).await.expect("server write");
-        stream.flush().await.expect("server flush");
-        (peer, stream)
+        server.read_exact(&mut buf).await.expect("server read");
+        server.write_all(&buf).await.expect("server write");
+        server.flush().await.expect("server flush");
     };
-    let client = async {
-        let mut stream = a.dial(dial_ip(b), port, DIAL_TIMEOUT).await.expect("dial");
-        stream.write_all(b"hello").await.expect("client write");
+    let ask = async {
+        client.write_all(b"hello").await.expect("client write");
         let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await.expect("client read");
+        client.read_exact(&mut buf).await.expect("client read");
         assert_eq!(&buf, b"hello");
-        stream
     };
-    let ((peer, _server_stream), _client_stream) =
-        step("echo", async { tokio::join!(server, client) }).await;
+    step("echo", async { tokio::join!(serve, ask) }).await;
     assert!(
         a.local_addrs().contains(&peer.ip()),
         "accepted stream says it came from {peer}, but the dialer's addresses are {:?}",
@@ -104,23 +101,23 @@ pub async fn echo_and_peer_addr(a: &dyn Transport, b: &dyn Transport, port: u16)
 pub async fn half_close(a: &dyn Transport, b: &dyn Transport, port: u16) {
     let listener = listen(b, port).await;
     let port = listener.local_port();
-    let server = async {
-        let (mut stream, _) = listener.accept().await.expect("accept");
+    let ((mut server, _), mut client) =
+        step("connect", connect(&*listener, a, dial_ip(b), port)).await.expect("connect");
+    let serve = async {
         let mut request = Vec::new();
-        stream.read_to_end(&mut request).await.expect("read to end of stream");
+        server.read_to_end(&mut request).await.expect("read to end of stream");
         assert_eq!(request, b"request body");
-        stream.write_all(b"reply after end of request").await.expect("write after peer's EOF");
-        stream.shutdown().await.expect("server shutdown");
+        server.write_all(b"reply after end of request").await.expect("write after peer's EOF");
+        server.shutdown().await.expect("server shutdown");
     };
-    let client = async {
-        let mut stream = a.dial(dial_ip(b), port, DIAL_TIMEOUT).await.expect("dial");
-        stream.write_all(b"request body").await.expect("write");
-        stream.shutdown().await.expect("shutdown write half");
+    let ask = async {
+        client.write_all(b"request body").await.expect("write");
+        client.shutdown().await.expect("shutdown write half");
         let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.expect("read reply");
+        client.read_to_end(&mut reply).await.expect("read reply");
         assert_eq!(reply, b"reply after end of request");
     };
-    step("half-close", async { tokio::join!(server, client) }).await;
+    step("half-close", async { tokio::join!(serve, ask) }).await;
 }
 
 /// Many streams at once each carry their own bytes.
