@@ -999,7 +999,13 @@ fn main() {
             let (ours, path, theirs) = transports(&tailnet, go.as_ref(), quick).await;
             report.transport = Some(versus::Transports { ours, ours_path: path, go: theirs });
         }
-        let run = if quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
+        // BENCH_SECS=n runs each in-process shape for n seconds (long
+        // enough to attach `perf record -p` to this process mid-shape).
+        let run = std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(if quick { Duration::from_secs(1) } else { Duration::from_secs(3) });
         let mut rows = Vec::new();
         // BENCH_FILTER=text keeps the scenarios whose description contains
         // it; `a&b` those containing both (e.g. `net: Mem&to_follower`).

@@ -201,18 +201,24 @@ impl Report {
         } else {
             format!("{commit} with uncommitted changes")
         };
+        // What else ran shows in the load average; the 15-minute one spans
+        // most of a full run.
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+            .unwrap_or_else(|| "unknown".to_owned());
         let _ = writeln!(
             md,
-            "Measured {date}, commit {commit}, one `cargo xtask bench{}` run. The machine \
-             (2 cores) was shared with other developers building and testing, so absolute \
-             numbers are noisy: read the ratios, which come from the same run, each Go \
-             scenario measured right before ours.\n",
+            "Measured {date}, commit {commit}, one `cargo xtask bench{}` run. Load average \
+             at its end (1 / 5 / 15 min): {load}, on 2 cores. Absolute numbers are noisy \
+             here: read the ratios, which come from the same run, each Go scenario measured \
+             right before ours.\n",
             if self.quick { " --quick" } else { "" }
         );
         let _ = writeln!(
             lines,
             "{}",
-            json!({"kind": "run", "date": date, "commit": commit, "quick": self.quick})
+            json!({"kind": "run", "date": date, "commit": commit, "quick": self.quick, "load": load})
         );
 
         md.push_str("#### Targets of issue 13\n\n| Target | Go | Ours | Measured | Goal | |\n|---|---:|---:|---:|---:|---|\n");
