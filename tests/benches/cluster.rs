@@ -935,7 +935,7 @@ async fn transports(
     let path = rawnet::tailnet_path(&a, b_ip).await;
     let amounts = if quick { rawnet::Amounts::QUICK } else { rawnet::Amounts::FULL };
     let (a_arc, b_arc) = (Arc::new(a.clone()), Arc::new(b.clone()));
-    let ours = rawnet::measure(a_arc, b_arc, 17200, amounts, rawnet::Ends::Caller).await;
+    let ours = rawnet::measure(a_arc, b_arc, 17200, amounts).await;
     a.close().await;
     b.close().await;
     eprintln!(

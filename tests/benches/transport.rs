@@ -27,7 +27,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tests::rawnet::{self, Amounts, Ends, PARALLEL_STREAMS, tailnet_path, warm_up};
+use tests::rawnet::{self, Amounts, PARALLEL_STREAMS, tailnet_path, warm_up};
 use tests::tailnet::{LocalTailnet, UP_TIMEOUT};
 use ts_transport::tsnet::{DataPath, TsnetTransport};
 use ts_transport::{TcpTransport, Transport};
@@ -84,7 +84,7 @@ async fn measure(
     b: Arc<dyn Transport>,
     port: u16,
 ) -> Report {
-    let raw = rawnet::measure(a, b, port, settings.amounts, Ends::Tasks).await;
+    let raw = rawnet::measure(a, b, port, settings.amounts).await;
     Report { name: name.to_owned(), path, raw }
 }
 

@@ -51,18 +51,6 @@ impl Amounts {
     };
 }
 
-/// Where the measuring ends of the bulk transfer and of the serial round
-/// trips run.
-#[derive(Clone, Copy, Debug)]
-pub enum Ends {
-    /// In the task that calls [`measure`]: for the cluster benchmark, the
-    /// thread blocked in `block_on`.
-    Caller,
-    /// In tasks of their own, as a program's would be (not the thread
-    /// blocked in `block_on`, which every wake-up would cost a hop).
-    Tasks,
-}
-
 /// What one node pair measured.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -138,21 +126,15 @@ async fn bulk(
     b_ip: IpAddr,
     bytes: usize,
     runs: usize,
-    ends: Ends,
 ) -> f64 {
     let mut rates = Vec::new();
     for _ in 0..runs {
         let (client, server) = connect(a, listener, b_ip).await;
         let started = Instant::now();
-        let received = match ends {
-            Ends::Caller => tokio::join!(send(client, bytes), receive(server)).1,
-            Ends::Tasks => {
-                let sender = tokio::spawn(send(client, bytes));
-                let receiver = tokio::spawn(receive(server));
-                sender.await.expect("sender task");
-                receiver.await.expect("receiver task")
-            }
-        };
+        let sender = tokio::spawn(send(client, bytes));
+        let receiver = tokio::spawn(receive(server));
+        sender.await.expect("sender task");
+        let received = receiver.await.expect("receiver task");
         assert_eq!(received, bytes);
         rates.push(bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64());
     }
@@ -208,19 +190,19 @@ async fn ping_pong(stream: &mut BoxStream, rounds: usize) -> Vec<Duration> {
     samples
 }
 
-/// Measures `a` talking to `b` on ports `port` and `port + 1`, its ends
-/// placed as `ends` says.
+/// Measures `a` talking to `b` on ports `port` and `port + 1`. The
+/// measuring ends run in tasks of their own, as a program's would: not on
+/// the thread blocked in `block_on`, which every wake-up would cost one
+/// more thread hop (docs/benchmarks.md, "What changed").
 pub async fn measure(
     a: Arc<dyn Transport>,
     b: Arc<dyn Transport>,
     port: u16,
     amounts: Amounts,
-    ends: Ends,
 ) -> Report {
     let b_ip = b.local_addrs()[0];
     let bulk_listener = b.listen(port).await.expect("listen");
-    let mib_per_s =
-        bulk(&*a, &*bulk_listener, b_ip, amounts.bulk_bytes, amounts.bulk_runs, ends).await;
+    let mib_per_s = bulk(&*a, &*bulk_listener, b_ip, amounts.bulk_bytes, amounts.bulk_runs).await;
     drop(bulk_listener);
 
     let echo: Arc<dyn Listener> = Arc::from(b.listen(port + 1).await.expect("listen"));
@@ -233,10 +215,7 @@ pub async fn measure(
         let samples = ping_pong(&mut stream, rounds).await;
         (samples, before, started.elapsed(), Usage::now())
     };
-    let (mut samples, before, elapsed, after) = match ends {
-        Ends::Caller => serial.await,
-        Ends::Tasks => tokio::spawn(serial).await.expect("ping task"),
-    };
+    let (mut samples, before, elapsed, after) = tokio::spawn(serial).await.expect("ping task");
     let serial_rps = rounds as f64 / elapsed.as_secs_f64();
     let (cpu_per_rtt, switches_per_rtt) = before.per(after, rounds);
     samples.sort();
