@@ -297,6 +297,9 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
     let switches = context_switches().saturating_sub(switches_before);
     let entries = cluster.nodes[leader].metrics().last_log_index.unwrap_or(0) - log_before;
     latencies.sort();
+    if std::env::var_os("BENCH_HISTOGRAM").is_some() {
+        eprintln!("{s:?} latencies: {}", histogram(&latencies));
+    }
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let row = Row {
         scenario: s,
@@ -367,6 +370,36 @@ async fn raw_ceiling(tailnet: &LocalTailnet) -> f64 {
     a.close().await;
     b.close().await;
     rate
+}
+
+/// `BENCH_HISTOGRAM=1` prints each shape's latencies in buckets: how many
+/// calls took up to 1, 2, 5, 10, 15, 20, 50, 100 and 250 ms, and longer,
+/// with the time the calls over 5 ms spent (to tell a few long stalls from
+/// a slow common case).
+fn histogram(sorted: &[Duration]) -> String {
+    const BOUNDS_MS: [u64; 9] = [1, 2, 5, 10, 15, 20, 50, 100, 250];
+    let mut counts = [0usize; BOUNDS_MS.len() + 1];
+    for latency in sorted {
+        let i = BOUNDS_MS
+            .iter()
+            .position(|&b| *latency <= Duration::from_millis(b))
+            .unwrap_or(BOUNDS_MS.len());
+        counts[i] += 1;
+    }
+    let slow: Duration = sorted.iter().filter(|l| **l > Duration::from_millis(5)).sum();
+    let mut out = String::new();
+    for (i, count) in counts.iter().enumerate() {
+        match BOUNDS_MS.get(i) {
+            Some(b) => {
+                let _ = write!(out, "<={b}ms {count}, ");
+            }
+            None => {
+                let _ = write!(out, ">250ms {count}; ");
+            }
+        }
+    }
+    let _ = write!(out, "calls over 5 ms took {:.0} ms in all", slow.as_secs_f64() * 1e3);
+    out
 }
 
 fn scenarios(quick: bool) -> Vec<Scenario> {
