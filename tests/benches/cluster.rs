@@ -402,6 +402,12 @@ fn histogram(sorted: &[Duration]) -> String {
     out
 }
 
+/// Whole seconds from the environment variable `name`, or `default` when it
+/// is unset or not a number.
+fn secs_from_env(name: &str, default: Duration) -> Duration {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).map_or(default, Duration::from_secs)
+}
+
 fn scenarios(quick: bool) -> Vec<Scenario> {
     let base = Scenario {
         net: Net::Tailnet,
@@ -1034,11 +1040,10 @@ fn main() {
         }
         // BENCH_SECS=n runs each in-process shape for n seconds (long
         // enough to attach `perf record -p` to this process mid-shape).
-        let run = std::env::var("BENCH_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(if quick { Duration::from_secs(1) } else { Duration::from_secs(3) });
+        let run = secs_from_env(
+            "BENCH_SECS",
+            if quick { Duration::from_secs(1) } else { Duration::from_secs(3) },
+        );
         let mut rows = Vec::new();
         // BENCH_FILTER=text keeps the scenarios whose description contains
         // it; `a&b` those containing both (e.g. `net: Mem&to_follower`).
@@ -1097,11 +1102,10 @@ fn main() {
             failover_rounds: if quick { 3 } else { 20 },
             // BENCH_STEADY_SECS=n runs the fault-free load longer (elections
             // nobody caused are rare; counting them needs minutes).
-            steady: std::env::var("BENCH_STEADY_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .map(Duration::from_secs)
-                .unwrap_or(if quick { Duration::from_secs(10) } else { Duration::from_secs(60) }),
+            steady: secs_from_env(
+                "BENCH_STEADY_SECS",
+                if quick { Duration::from_secs(10) } else { Duration::from_secs(60) },
+            ),
         };
         let mut serial = 0;
         let mut flavors = Vec::new();
