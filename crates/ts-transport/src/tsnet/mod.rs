@@ -8,9 +8,9 @@
 //! Nothing here blocks a tokio worker thread: `up` and `close` run on the
 //! blocking pool, accepts and dials wait on file descriptors with
 //! [`AsyncFd`]. Stream bytes take the direct data path by default
-//! ([`DataPath`]): cgo calls that copy between our buffers and gVisor's TCP
-//! endpoint without waiting for the peer, and a callback from Go that wakes
-//! the waiting task.
+//! ([`DataPath`]): two rings in memory shared with the Go side, which its
+//! goroutines move to and from gVisor's TCP endpoint; either side signals
+//! the other (an eventfd) only when the other is asleep.
 //!
 //! Go reads its environment once, when the process starts, so knobs such as
 //! `TS_NO_LOGS_NO_SUPPORT=true` must be set before the process is executed,
@@ -66,9 +66,10 @@ pub enum NodeLogs {
 /// How stream bytes cross between Go and Rust (decision 0004).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DataPath {
-    /// Cgo calls copy bytes straight between our buffers and gVisor's TCP
-    /// endpoint on the calling thread; Go wakes the waiting task when the
-    /// endpoint becomes ready. No socketpair, no goroutine per stream.
+    /// Bytes cross through two rings in memory shared with the Go side,
+    /// whose goroutines move them to and from gVisor's TCP endpoint; a side
+    /// is woken (an eventfd) only when it sleeps. No socketpair, and no
+    /// system call per message while both sides are busy.
     #[default]
     Direct,
     /// libtailscale's way: every stream is a Unix socketpair, with two Go
