@@ -48,6 +48,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufRead
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::tailnet::OFFLINE_ENV;
+
 /// The cluster's tag, carried by the pre-auth key.
 pub const TAG: &str = "tag:kv";
 /// The tag a node is moved to to take it out of the cluster. headscale
@@ -931,8 +933,7 @@ impl Suite {
             .env("TS_AUTHKEY", &self.key)
             // headscale's embedded DERP speaks plain HTTP here.
             .env("TS_DEBUG_USE_DERP_HTTP", "1")
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .env("TS_DISABLE_PORTMAPPER", "1")
+            .envs(OFFLINE_ENV.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("HEADSCALE_SUITE_NODE_LOG")

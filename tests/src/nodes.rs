@@ -706,15 +706,16 @@ impl Nodes {
 }
 
 /// Environment of node processes: Go reads it at start.
-fn node_env() -> [(&'static str, String); 3] {
-    [
-        ("TS_NO_LOGS_NO_SUPPORT", "true".to_owned()),
-        ("TS_DISABLE_PORTMAPPER", "1".to_owned()),
-        (
-            "RUST_LOG",
-            std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
-        ),
-    ]
+fn node_env() -> Vec<(&'static str, String)> {
+    let mut env: Vec<_> = crate::tailnet::OFFLINE_ENV
+        .iter()
+        .map(|(name, value)| (*name, (*value).to_owned()))
+        .collect();
+    env.push((
+        "RUST_LOG",
+        std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".to_owned()),
+    ));
+    env
 }
 
 /// Samples the status of every running node several times a second, in

@@ -26,6 +26,29 @@ pub const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest admin API response read.
 const MAX_ADMIN_RESPONSE: u64 = 4 << 20;
 
+/// Environment that keeps a tsnet node off the internet (no log upload, no
+/// support endpoints, no port mapping). Go reads it when a process starts,
+/// so a child process gets it with `Command::envs`, and this process must
+/// have been started with it: [`LocalTailnet::start`] refuses otherwise.
+pub const OFFLINE_ENV: &[(&str, &str)] =
+    &[("TS_NO_LOGS_NO_SUPPORT", "true"), ("TS_DISABLE_PORTMAPPER", "1")];
+
+/// Checks that `get` (the process environment) has every variable of
+/// [`OFFLINE_ENV`] with its value, naming the first that does not.
+fn check_offline_env(get: impl Fn(&str) -> Option<String>) -> io::Result<()> {
+    for (name, value) in OFFLINE_ENV {
+        let found = get(name);
+        if found.as_deref() != Some(*value) {
+            return Err(io::Error::other(format!(
+                "{name} is {found:?}, not {value:?}: tsnet nodes in this process would try to \
+                 reach the internet. Run through cargo (the workspace's .cargo/config.toml sets \
+                 it) or set it before starting the process"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The facade's timing for clusters of tsnet nodes on a local tailnet:
 /// slower than the in-memory profile (`test_support::fast_timing`), since
 /// a tsnet hop costs more and a loaded 2-core machine runs several Go
@@ -78,7 +101,11 @@ struct Ready {
 
 impl LocalTailnet {
     /// Starts a new tailnet.
+    ///
+    /// Fails unless this process was started with [`OFFLINE_ENV`]: the
+    /// nodes it brings up run in this process.
     pub async fn start() -> io::Result<LocalTailnet> {
+        check_offline_env(|name| std::env::var(name).ok())?;
         // tokio installs a SIGCHLD handler when a child is dropped before it
         // exits; in a process with Go it must have SA_ONSTACK. The handler
         // outlives the listener dropped here.
@@ -276,7 +303,22 @@ fn dechunk(mut rest: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::dechunk;
+    use super::{OFFLINE_ENV, check_offline_env, dechunk};
+
+    #[test]
+    fn offline_env_is_required() {
+        let all =
+            |name: &str| OFFLINE_ENV.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned());
+        check_offline_env(all).unwrap();
+        let err = check_offline_env(|_| None).unwrap_err().to_string();
+        assert!(err.contains("TS_NO_LOGS_NO_SUPPORT is None"), "{err}");
+        // A wrong value is as bad as none.
+        let wrong = |name: &str| {
+            if name == "TS_DISABLE_PORTMAPPER" { Some("0".to_owned()) } else { all(name) }
+        };
+        let err = check_offline_env(wrong).unwrap_err().to_string();
+        assert!(err.contains(r#"TS_DISABLE_PORTMAPPER is Some("0"), not "1""#), "{err}");
+    }
 
     #[test]
     fn chunked_bodies_decode() {

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use tests::tailnet::OFFLINE_ENV;
+
 /// Longest a single Go run may take (cluster start included).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest result read from the Go program's stdout.
@@ -102,8 +104,7 @@ impl GoBench {
         let mut child = Command::new(&self.bin)
             .args(args)
             .args(["-control-url", &self.control_url])
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .env("TS_DISABLE_PORTMAPPER", "1")
+            .envs(OFFLINE_ENV.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

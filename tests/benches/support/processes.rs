@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tests::tailnet::LocalTailnet;
+use tests::tailnet::{LocalTailnet, OFFLINE_ENV};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -170,8 +170,7 @@ impl Cluster<'_> {
             }
         }
         let child = command
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .env("TS_DISABLE_PORTMAPPER", "1")
+            .envs(OFFLINE_ENV.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
