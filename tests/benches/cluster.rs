@@ -1078,8 +1078,19 @@ fn main() {
                 }
                 _ => None,
             };
+            // The machine's thread hand-off cost right before the shape, to
+            // read our tailnet rates against (see `wakeup_round_trip`).
+            let wakeup = versus::wakeup_text(
+                tokio::task::spawn_blocking(versus::wakeup_round_trip).await.ok().flatten(),
+            );
             let row = measure(s, run, &tailnet, serial).await;
-            eprintln!("{:?}: {:.0} ops/s p50 {} ms p99 {} ms", s, row.ops_per_s, ms(row.p50), ms(row.p99));
+            eprintln!(
+                "{:?}: {:.0} ops/s p50 {} ms p99 {} ms (wake-up round trip before it: {wakeup})",
+                s,
+                row.ops_per_s,
+                ms(row.p50),
+                ms(row.p99)
+            );
             if let Some(theirs) = theirs {
                 report.clusters.push(versus::Pair {
                     callers: s.callers,

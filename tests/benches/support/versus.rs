@@ -40,6 +40,8 @@ pub(crate) struct Transports {
 /// Everything one run compared.
 pub(crate) struct Report {
     quick: bool,
+    /// [`wakeup_round_trip`] when the run started.
+    wakeup_at_start: Option<Duration>,
     pub(crate) transport: Option<Transports>,
     pub(crate) clusters: Vec<Pair>,
     pub(crate) kv: Option<Result<ProcReport, String>>,
@@ -80,9 +82,98 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Median time for a thread to wake another on the other CPU and be woken
+/// back (park and unpark, a futex each way, the two threads pinned to two
+/// different CPUs this process may use), over 2,000 round trips; `None`
+/// with fewer than two CPUs. A wake-up across CPUs is the hand-off our
+/// tailnet shapes make several times per command (between the Go and tokio
+/// schedulers) and Go's in-process ones almost never. On a virtual machine
+/// whose idle CPUs halt, each one costs the host waking a virtual CPU, and
+/// that cost moves from minute to minute, so the report prints it next to
+/// the load average.
+pub(crate) fn wakeup_round_trip() -> Option<Duration> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    const ROUNDS: usize = 2_000;
+    // Two CPUs this process is allowed to run on.
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set, and
+    // sched_getaffinity writes at most its size.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as above; pid 0 is the calling thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads the set with an index below CPU_SETSIZE.
+    let mut cpus =
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) });
+    let (a, b) = (cpus.next()?, cpus.next()?);
+    let pin = move |cpu: usize| {
+        // SAFETY: as above; the set has one CPU below CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size, &set);
+        }
+    };
+    // 0: the measuring thread's turn; 1: the echo thread's; 2: stop.
+    let turn = Arc::new(AtomicU32::new(0));
+    let measure = std::thread::spawn(move || {
+        pin(a);
+        let me = std::thread::current();
+        let echo = {
+            let turn = Arc::clone(&turn);
+            std::thread::spawn(move || {
+                pin(b);
+                loop {
+                    match turn.load(Ordering::Acquire) {
+                        1 => {
+                            turn.store(0, Ordering::Release);
+                            me.unpark();
+                        }
+                        2 => return,
+                        _ => std::thread::park(),
+                    }
+                }
+            })
+        };
+        let mut took = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let start = Instant::now();
+            turn.store(1, Ordering::Release);
+            echo.thread().unpark();
+            while turn.load(Ordering::Acquire) != 0 {
+                std::thread::park();
+            }
+            took.push(start.elapsed());
+        }
+        turn.store(2, Ordering::Release);
+        echo.thread().unpark();
+        // The echo thread only parks and stores; it cannot panic.
+        let _ = echo.join();
+        took.sort_unstable();
+        took[ROUNDS / 2]
+    });
+    measure.join().ok()
+}
+
+/// [`wakeup_round_trip`] for a report line.
+pub(crate) fn wakeup_text(round_trip: Option<Duration>) -> String {
+    round_trip.map_or_else(|| "unknown".to_owned(), |d| format!("{} µs", d.as_micros()))
+}
+
 impl Report {
     pub(crate) fn new(quick: bool) -> Report {
-        Report { quick, transport: None, clusters: Vec::new(), kv: None, go_nodes: None }
+        Report {
+            quick,
+            wakeup_at_start: wakeup_round_trip(),
+            transport: None,
+            clusters: Vec::new(),
+            kv: None,
+            go_nodes: None,
+        }
     }
 
     fn pair(&self, callers: usize, durable: bool, to_follower: bool) -> Option<&Pair> {
@@ -207,18 +298,23 @@ impl Report {
             .ok()
             .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
             .unwrap_or_else(|| "unknown".to_owned());
+        let wakeup_at_end = wakeup_round_trip();
         let _ = writeln!(
             md,
             "Measured {date}, commit {commit}, one `cargo xtask bench{}` run. Load average \
-             at its end (1 / 5 / 15 min): {load}, on 2 cores. Absolute numbers are noisy \
-             here: read the ratios, which come from the same run, each Go scenario measured \
-             right before ours.\n",
-            if self.quick { " --quick" } else { "" }
+             at its end (1 / 5 / 15 min): {load}, on 2 cores. A thread waking another and \
+             being woken back across CPUs (median of 2,000) took {} at the start of the run \
+             and {} at its end. Absolute numbers are noisy here: read the ratios, which come \
+             from the same run, each Go scenario measured right before ours.\n",
+            if self.quick { " --quick" } else { "" },
+            wakeup_text(self.wakeup_at_start),
+            wakeup_text(wakeup_at_end),
         );
         let _ = writeln!(
             lines,
             "{}",
-            json!({"kind": "run", "date": date, "commit": commit, "quick": self.quick, "load": load})
+            json!({"kind": "run", "date": date, "commit": commit, "quick": self.quick, "load": load,
+                   "wakeup_round_trip_us": [self.wakeup_at_start.map(us), wakeup_at_end.map(us)]})
         );
 
         md.push_str("#### Targets of issue 13\n\n| Target | Go | Ours | Measured | Goal | |\n|---|---:|---:|---:|---:|---|\n");
