@@ -678,59 +678,179 @@ fn context_switches() -> u64 {
 /// One caller, three nodes on the tailnet (memory storage), every stream of
 /// every node tapped: raft frames and HTTP writes per command, where they
 /// fall relative to the command, and the time between them.
-async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
-    use tap::{Dir, Tap};
-    let config = Config { monitor_port: None, timing: timing(), ..Config::default() };
-    let (raft_port, command_port) = (config.raft_port, config.command_port);
-    let tap = Tap::new(raft_port);
-    let tag = format!("tag:trace{}", u8::from(to_follower));
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        let hostname = format!("trace{}-{i}", u8::from(to_follower));
-        let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
-        tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
-        nodes.push(node);
+/// Three tapped nodes on the local tailnet, formed, for the traces.
+struct TraceCluster {
+    tap: Arc<tap::Tap>,
+    raft_port: u16,
+    command_port: u16,
+    nodes: Vec<ts_transport::tsnet::TsnetTransport>,
+    cluster: Vec<Consensus<Registers>>,
+    leader: usize,
+}
+
+impl TraceCluster {
+    /// Starts the nodes, tagged `tag:trace<name>`, and waits for a leader.
+    async fn start(tailnet: &LocalTailnet, name: &str) -> TraceCluster {
+        let config = Config { monitor_port: None, timing: timing(), ..Config::default() };
+        let (raft_port, command_port) = (config.raft_port, config.command_port);
+        let tap = tap::Tap::new(raft_port);
+        let tag = format!("tag:trace{name}");
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let hostname = format!("trace{name}-{i}");
+            let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
+            tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
+            nodes.push(node);
+        }
+        for node in &nodes {
+            let api =
+                ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+                    .expect("LocalAPI");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !api
+                .status()
+                .await
+                .is_ok_and(|v| v.cluster(&tag).members.len() == 2 && v.self_node.has_tag(&tag))
+            {
+                assert!(Instant::now() < deadline, "tags did not propagate");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let mut starts = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let api =
+                ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+                    .expect("LocalAPI");
+            let discovery = Arc::new(ts_discovery::TailnetDiscovery::start(
+                api,
+                ts_discovery::TailnetDiscoveryConfig::new(tag.clone()),
+            ));
+            let transport = tap.wrap(Arc::new(node.clone()), i);
+            let bootstrap =
+                BootstrapOptions { tag: tag.clone(), follow_only: false, expected_size: 3 };
+            let config = config.clone();
+            starts.push(tokio::spawn(async move {
+                Consensus::start_with(transport, discovery, Registers::default(), bootstrap, config)
+                    .await
+            }));
+        }
+        let mut cluster = Vec::new();
+        for start in starts {
+            cluster.push(start.await.expect("start task").expect("node starts"));
+        }
+        for node in &cluster {
+            node.wait_for(Duration::from_secs(60), |m| m.voters == 3 && m.leader.is_some())
+                .await
+                .expect("cluster formed");
+        }
+        let leader = cluster
+            .iter()
+            .position(|n| n.metrics().role == consensus::Role::Leader)
+            .expect("leader");
+        TraceCluster { tap, raft_port, command_port, nodes, cluster, leader }
     }
-    for node in &nodes {
-        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
-            .expect("LocalAPI");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !api
-            .status()
-            .await
-            .is_ok_and(|v| v.cluster(&tag).members.len() == 2 && v.self_node.has_tag(&tag))
-        {
-            assert!(Instant::now() < deadline, "tags did not propagate");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+
+    /// Each node's first tailnet address.
+    fn ips(&self) -> Vec<IpAddr> {
+        self.nodes.iter().map(|n| n.local_addrs()[0]).collect()
+    }
+
+    async fn stop(self) {
+        for n in self.cluster {
+            n.stop(StopMode::Stay).await.expect("stop");
+        }
+        for n in &self.nodes {
+            n.close().await;
         }
     }
-    let mut starts = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
-            .expect("LocalAPI");
-        let discovery = Arc::new(ts_discovery::TailnetDiscovery::start(
-            api,
-            ts_discovery::TailnetDiscoveryConfig::new(tag.clone()),
-        ));
-        let transport = tap.wrap(Arc::new(node.clone()), i);
-        let bootstrap = BootstrapOptions { tag: tag.clone(), follow_only: false, expected_size: 3 };
-        let config = config.clone();
-        starts.push(tokio::spawn(async move {
-            Consensus::start_with(transport, discovery, Registers::default(), bootstrap, config)
-                .await
+}
+
+/// Replication under load: `callers` callers put through the leader for
+/// `secs`, and the leader's raft frames to and from each follower say how
+/// many requests it had in flight to it on average (Little's law: the sum
+/// of each answer's time less its request's, over the window; it holds
+/// whichever request an answer belongs to, as long as each has one) and
+/// how long each took.
+async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> String {
+    use tap::Dir;
+    let c = TraceCluster::start(tailnet, "load").await;
+    let leader = c.cluster[c.leader].clone();
+    let value = "x".repeat(100);
+    for _ in 0..200 {
+        leader.execute(SetSlot { slot: 0, value: value.clone() }).await.expect("warm-up");
+    }
+    let cpu_before = cpu_time();
+    c.tap.record(true);
+    let from = c.tap.now();
+    let until = Instant::now() + secs;
+    let mut tasks = Vec::new();
+    for slot in 0..callers {
+        let node = leader.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < until {
+                node.execute(SetSlot { slot: slot as u16, value: value.clone() })
+                    .await
+                    .expect("execute");
+                done += 1;
+            }
+            done
         }));
     }
-    let mut cluster = Vec::new();
-    for start in starts {
-        cluster.push(start.await.expect("start task").expect("node starts"));
+    let mut commands = 0;
+    for task in tasks {
+        commands += task.await.expect("caller");
     }
-    for node in &cluster {
-        node.wait_for(Duration::from_secs(60), |m| m.voters == 3 && m.leader.is_some())
-            .await
-            .expect("cluster formed");
+    let window = (c.tap.now() - from).as_secs_f64();
+    c.tap.record(false);
+    let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
+    let events = c.tap.events();
+    let ips = c.ips();
+    let me = c.leader;
+    let raft_port = c.raft_port;
+    c.stop().await;
+
+    let mut out = format!(
+        "Replication under load: {callers} caller{} to the leader for {window:.1} s, 3 nodes in one \
+         process on the local tailnet, memory storage: {:.0} commands/s, {:.2} cores busy \
+         (CPU of the whole process over the window, of 2).\n\n\
+         | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Mean time from request to answer |\n\
+         |---|---:|---:|---:|\n",
+        if callers == 1 { "" } else { "s" },
+        commands as f64 / window,
+        cpu / window
+    );
+    for (i, ip) in ips.iter().enumerate().filter(|(i, _)| *i != me) {
+        let frames = |dir: Dir| -> Vec<f64> {
+            events
+                .iter()
+                .filter(|e| e.node == me && e.port == raft_port && e.dir == dir && e.peer == *ip)
+                .flat_map(|e| std::iter::repeat_n(e.at.as_secs_f64(), e.frames))
+                .collect()
+        };
+        let sent = frames(Dir::Send);
+        let first = sent.first().copied().unwrap_or(f64::MAX);
+        // Answers to requests sent before the window began are not ours.
+        let answers: Vec<f64> = frames(Dir::Recv).into_iter().filter(|t| *t >= first).collect();
+        let n = sent.len().min(answers.len());
+        let waited: f64 = answers[..n].iter().sum::<f64>() - sent[..n].iter().sum::<f64>();
+        let _ = writeln!(
+            out,
+            "| n{i} | {:.0} | {:.2} | {:.0} µs |",
+            sent.len() as f64 / window,
+            waited / window,
+            if n == 0 { 0.0 } else { waited / n as f64 * 1e6 },
+        );
     }
-    let leader =
-        cluster.iter().position(|n| n.metrics().role == consensus::Role::Leader).expect("leader");
+    out
+}
+
+async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
+    use tap::Dir;
+    let c = TraceCluster::start(tailnet, &u8::from(to_follower).to_string()).await;
+    let (raft_port, command_port, leader) = (c.raft_port, c.command_port, c.leader);
+    let cluster = &c.cluster;
     let target = if to_follower { (leader + 1) % 3 } else { leader };
     let node = cluster[target].clone();
     let value = "x".repeat(100);
@@ -739,25 +859,20 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
     }
     let switches_before = context_switches();
     let cpu_before = cpu_time();
-    tap.record(true);
+    c.tap.record(true);
     let mut windows = Vec::with_capacity(commands);
     for _ in 0..commands {
-        let start = tap.now();
+        let start = c.tap.now();
         node.execute(SetSlot { slot: 0, value: value.clone() }).await.expect("execute");
-        windows.push((start, tap.now()));
+        windows.push((start, c.tap.now()));
     }
-    tap.record(false);
+    c.tap.record(false);
     let cpu = cpu_time().saturating_sub(cpu_before);
     let switches = context_switches().saturating_sub(switches_before);
-    let events = tap.events();
-    let counts = tap.counts();
-    let ips: Vec<IpAddr> = nodes.iter().map(|n| n.local_addrs()[0]).collect();
-    for n in cluster {
-        n.stop(StopMode::Stay).await.expect("stop");
-    }
-    for n in &nodes {
-        n.close().await;
-    }
+    let events = c.tap.events();
+    let counts = c.tap.counts();
+    let ips = c.ips();
+    c.stop().await;
 
     let n = commands as f64;
     let role = |i: usize| {
@@ -919,6 +1034,8 @@ struct Args {
     go_bin: Option<PathBuf>,
     kv_bin: Option<PathBuf>,
     trace: bool,
+    /// Callers of the replication-under-load trace, if asked for.
+    trace_load: Option<usize>,
 }
 
 /// The workspace's `target/bench/` (or `$CARGO_TARGET_DIR/bench/`), not a
@@ -941,6 +1058,7 @@ fn parse_args() -> Args {
         go_bin: None,
         kv_bin: None,
         trace: false,
+        trace_load: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -949,6 +1067,11 @@ fn parse_args() -> Args {
             "--quick" => args.quick = true,
             "--memory" => args.memory = true,
             "--trace" => args.trace = true,
+            "--trace-load" => {
+                let callers = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
+                args.trace_load =
+                    Some(callers.expect("--trace-load takes a number of callers above 0"));
+            }
             "--go-bin" => args.go_bin = it.next().map(PathBuf::from),
             "--kv-bin" => args.kv_bin = it.next().map(PathBuf::from),
             flag if flag.starts_with("--") => panic!("unknown option {flag}"),
@@ -1008,6 +1131,18 @@ fn main() {
     if args.memory {
         let report = runtime.block_on(memory_run());
         std::fs::write(out.join("memory.md"), &report).expect("write report");
+        println!("{report}");
+        return;
+    }
+    if let Some(callers) = args.trace_load {
+        let secs = secs_from_env("BENCH_SECS", Duration::from_secs(3)).max(Duration::from_secs(1));
+        let report = runtime.block_on(async {
+            let tailnet = LocalTailnet::start().await.expect("local tailnet").without_node_logs();
+            let report = load_trace(&tailnet, callers, secs).await;
+            tailnet.stop().await;
+            report
+        });
+        std::fs::write(out.join("trace-load.md"), &report).expect("write report");
         println!("{report}");
         return;
     }
