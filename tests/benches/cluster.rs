@@ -815,8 +815,8 @@ async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> S
         "Replication under load: {callers} caller{} to the leader for {window:.1} s, 3 nodes in one \
          process on the local tailnet, memory storage: {:.0} commands/s, {:.2} cores busy \
          (CPU of the whole process over the window, of 2).\n\n\
-         | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Mean time from request to answer |\n\
-         |---|---:|---:|---:|\n",
+         | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Most in flight at once | Share of the time with one or more in flight | Mean time from request to answer |\n\
+         |---|---:|---:|---:|---:|---:|\n",
         if callers == 1 { "" } else { "s" },
         commands as f64 / window,
         cpu / window
@@ -835,11 +835,35 @@ async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> S
         let answers: Vec<f64> = frames(Dir::Recv).into_iter().filter(|t| *t >= first).collect();
         let n = sent.len().min(answers.len());
         let waited: f64 = answers[..n].iter().sum::<f64>() - sent[..n].iter().sum::<f64>();
+        // The requests out at once, in the order the tap saw sends and
+        // answers (an answer is read after its request was written).
+        let (mut out_now, mut most) = (0usize, 0usize);
+        // Time with at least one request out, and since when it has been.
+        let (mut busy, mut busy_since) = (0.0, None);
+        for e in events.iter().filter(|e| {
+            e.node == me && e.port == raft_port && e.peer == *ip && e.at.as_secs_f64() >= first
+        }) {
+            let at = e.at.as_secs_f64();
+            match e.dir {
+                Dir::Send => out_now += e.frames,
+                Dir::Recv => out_now = out_now.saturating_sub(e.frames),
+            }
+            most = most.max(out_now);
+            match (out_now > 0, busy_since) {
+                (true, None) => busy_since = Some(at),
+                (false, Some(since)) => {
+                    busy += at - since;
+                    busy_since = None;
+                }
+                _ => {}
+            }
+        }
         let _ = writeln!(
             out,
-            "| n{i} | {:.0} | {:.2} | {:.0} µs |",
+            "| n{i} | {:.0} | {:.2} | {most} | {:.0} % | {:.0} µs |",
             sent.len() as f64 / window,
             waited / window,
+            busy / window * 100.0,
             if n == 0 { 0.0 } else { waited / n as f64 * 1e6 },
         );
     }
