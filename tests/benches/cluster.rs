@@ -207,25 +207,7 @@ async fn cluster(s: &Scenario, tailnet: Option<&LocalTailnet>, serial: usize) ->
         }
         Net::Tailnet => {
             let tailnet = tailnet.expect("tailnet scenarios need the local tailnet");
-            for i in 0..s.nodes {
-                let hostname = format!("b{serial}-{i}");
-                let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
-                tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
-                tailnet_nodes.push(node);
-            }
-            // Wait until every node sees every tag.
-            for node in &tailnet_nodes {
-                let api =
-                    ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
-                        .unwrap();
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !api.status().await.is_ok_and(|v| {
-                    v.cluster(&tag).members.len() == s.nodes - 1 && v.self_node.has_tag(&tag)
-                }) {
-                    assert!(Instant::now() < deadline, "tags did not propagate");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            tailnet_nodes = tagged_nodes(tailnet, &format!("b{serial}"), s.nodes, &tag).await;
             for (i, node) in tailnet_nodes.iter().enumerate() {
                 let (node, config, bootstrap) = (node.clone(), config(i), bootstrap.clone());
                 starts.push(tokio::spawn(async move {
@@ -678,6 +660,37 @@ fn context_switches() -> u64 {
 /// One caller, three nodes on the tailnet (memory storage), every stream of
 /// every node tapped: raft frames and HTTP writes per command, where they
 /// fall relative to the command, and the time between them.
+/// `n` nodes called `<prefix>-<i>` on the local tailnet, tagged `tag`,
+/// once each sees itself and all the others tagged (within 30 s).
+async fn tagged_nodes(
+    tailnet: &LocalTailnet,
+    prefix: &str,
+    n: usize,
+    tag: &str,
+) -> Vec<ts_transport::tsnet::TsnetTransport> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let hostname = format!("{prefix}-{i}");
+        let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
+        tailnet.set_tags(&hostname, &[tag]).await.expect("tag");
+        nodes.push(node);
+    }
+    for node in &nodes {
+        let api = ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
+            .expect("LocalAPI");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !api
+            .status()
+            .await
+            .is_ok_and(|v| v.cluster(tag).members.len() == n - 1 && v.self_node.has_tag(tag))
+        {
+            assert!(Instant::now() < deadline, "tags did not propagate");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    nodes
+}
+
 /// Three tapped nodes on the local tailnet, formed, for the traces.
 struct TraceCluster {
     tap: Arc<tap::Tap>,
@@ -695,27 +708,7 @@ impl TraceCluster {
         let (raft_port, command_port) = (config.raft_port, config.command_port);
         let tap = tap::Tap::new(raft_port);
         let tag = format!("tag:trace{name}");
-        let mut nodes = Vec::new();
-        for i in 0..3 {
-            let hostname = format!("trace{name}-{i}");
-            let (node, _) = tailnet.node(&hostname).await.expect("tailnet node");
-            tailnet.set_tags(&hostname, &[&tag]).await.expect("tag");
-            nodes.push(node);
-        }
-        for node in &nodes {
-            let api =
-                ts_discovery::LocalApi::for_node(node, ts_discovery::LocalApiLimits::default())
-                    .expect("LocalAPI");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !api
-                .status()
-                .await
-                .is_ok_and(|v| v.cluster(&tag).members.len() == 2 && v.self_node.has_tag(&tag))
-            {
-                assert!(Instant::now() < deadline, "tags did not propagate");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let nodes = tagged_nodes(tailnet, &format!("trace{name}"), 3, &tag).await;
         let mut starts = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
             let api =
