@@ -657,9 +657,6 @@ fn context_switches() -> u64 {
     (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
-/// One caller, three nodes on the tailnet (memory storage), every stream of
-/// every node tapped: raft frames and HTTP writes per command, where they
-/// fall relative to the command, and the time between them.
 /// `n` nodes called `<prefix>-<i>` on the local tailnet, tagged `tag`,
 /// once each sees itself and all the others tagged (within 30 s).
 async fn tagged_nodes(
@@ -863,6 +860,9 @@ async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> S
     out
 }
 
+/// One caller, three nodes on the tailnet (memory storage), every stream of
+/// every node tapped: raft frames and HTTP writes per command, where they
+/// fall relative to the command, and the time between them.
 async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
     use tap::Dir;
     let c = TraceCluster::start(tailnet, &u8::from(to_follower).to_string()).await;
