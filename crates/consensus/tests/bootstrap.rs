@@ -17,14 +17,18 @@
 //!   fresh node never stores a cluster id on another node's word;
 //! - a former whose confirms are refused asks again at the back-off, not
 //!   in a tight loop (docs/reliability.md finding 10).
+//! - a node the leader added starts, even when the leader's answer to its
+//!   join arrives after its start deadline (finding 62).
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -981,6 +985,82 @@ async fn a_start_fails_naming_the_peers_that_never_answered() {
     }
 }
 
+/// A join the leader carries out but answers too late: rc joins ra's
+/// cluster, and ra's answer to rc's `POST /v1/join` reaches rc only after
+/// rc's start deadline, while the raft traffic that adds rc flows at once.
+/// Before the fix, rc's start failed with "join failed" at the deadline
+/// (the join call timed out there) although rc was a voter of ra's
+/// cluster by then: the user saw a failed start of a node the cluster
+/// counts in its quorum. Now a start that reaches its deadline looks at
+/// raft once more, and a node that is a member waits for its leader and
+/// starts.
+#[tokio::test(start_paused = true)]
+async fn a_join_answered_after_the_deadline_still_starts_a_node_the_leader_added() {
+    logs();
+    let net = MemNetwork::new();
+    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
+    let a = start(Arc::new(net.node(ip(0))), &a_view, plain_config(WAIT), 1)
+        .await
+        .unwrap()
+        .expect("ra forms its cluster");
+    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    // rc is tagged now.
+    a_view.set(view(0, &[(2, true)]));
+    let held = Arc::new(AtomicUsize::new(0));
+    let hold = held.clone();
+    let c_transport: Arc<dyn Transport> = Arc::new(
+        HookedTransport::new(Arc::new(net.node(ip(2))))
+            .dialed(move |_, _| HeldJoin::new(hold.clone())),
+    );
+    let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, true)])));
+    let deadline = Duration::from_secs(5);
+    let c = start(c_transport, &c_view, plain_config(deadline), 2)
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("rc failed to start, as a voter of ra's cluster: {err}"));
+    assert!(held.load(Ordering::Relaxed) > 0, "no answer to a join was held back");
+    c.wait_for(WAIT, |m| m.leader == Some(a.id()) && m.voters == 2).await.unwrap();
+    assert_eq!(voters(&a), BTreeSet::from([a.id(), c.id()]));
+    for kv in [c, a] {
+        kv.stop(StopMode::Stay).await.unwrap();
+    }
+}
+
+/// How long [`HeldJoin`] holds back the answer to a join: longer than the
+/// joiner's start deadline.
+const JOIN_HELD: Duration = Duration::from_secs(60);
+
+/// A dialed stream's hook that holds back what comes in after a `POST
+/// /v1/join` request went out on it, for [`JOIN_HELD`]; counts the joins
+/// it held in `held`.
+struct HeldJoin {
+    search: Search,
+    until: Option<Pin<Box<tokio::time::Sleep>>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl HeldJoin {
+    fn new(held: Arc<AtomicUsize>) -> HeldJoin {
+        HeldJoin { search: Search::new(b"POST /v1/join"), until: None, held }
+    }
+}
+
+impl Hook for HeldJoin {
+    fn after_write(&mut self, written: &[u8]) {
+        if self.search.found(written) > 0 && self.until.is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            self.until = Some(Box::pin(tokio::time::sleep(JOIN_HELD)));
+        }
+    }
+
+    fn before_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.until {
+            Some(until) => until.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// An offline peer is silent only to probers that see it (decision 0003,
 /// the stop-19 review), with ra < rb < rc: ra runs a cluster (formed
 /// alone, durable) and is down for a restart; rb's view lacks ra (its tag
@@ -1061,10 +1141,10 @@ struct Confirms(Arc<AtomicUsize>);
 impl Confirms {
     fn wrap(&self, inner: Arc<dyn Transport>) -> Arc<dyn Transport> {
         let confirms = self.clone();
-        Arc::new(
-            HookedTransport::new(inner)
-                .dialed(move |_, _| Counted { confirms: confirms.clone(), tail: Vec::new() }),
-        )
+        Arc::new(HookedTransport::new(inner).dialed(move |_, _| Counted {
+            confirms: confirms.clone(),
+            search: Search::new(b"POST /v1/confirm"),
+        }))
     }
 
     fn get(&self) -> usize {
@@ -1072,24 +1152,41 @@ impl Confirms {
     }
 }
 
-/// A dialed stream's hook that searches the written bytes for confirm
-/// requests; `tail` keeps the end of the last write, for a request line
-/// split across two writes.
-struct Counted {
-    confirms: Confirms,
+/// Counts the times `line` occurs in the bytes written on a stream;
+/// `tail` keeps the end of the last write, for a line split across two
+/// writes.
+struct Search {
+    line: &'static [u8],
     tail: Vec<u8>,
 }
 
-const CONFIRM_LINE: &[u8] = b"POST /v1/confirm";
+impl Search {
+    fn new(line: &'static [u8]) -> Search {
+        Search { line, tail: Vec::new() }
+    }
+
+    /// How many times `line` ends in `written`.
+    fn found(&mut self, written: &[u8]) -> usize {
+        let mut seen = std::mem::take(&mut self.tail);
+        seen.extend_from_slice(written);
+        let found = seen.windows(self.line.len()).filter(|w| *w == self.line).count();
+        let keep = seen.len().saturating_sub(self.line.len() - 1);
+        self.tail = seen.split_off(keep);
+        found
+    }
+}
+
+/// A dialed stream's hook that searches the written bytes for confirm
+/// requests.
+struct Counted {
+    confirms: Confirms,
+    search: Search,
+}
 
 impl Hook for Counted {
     fn after_write(&mut self, written: &[u8]) {
-        let mut seen = std::mem::take(&mut self.tail);
-        seen.extend_from_slice(written);
-        let found = seen.windows(CONFIRM_LINE.len()).filter(|w| *w == CONFIRM_LINE).count();
+        let found = self.search.found(written);
         self.confirms.0.fetch_add(found, Ordering::Relaxed);
-        let keep = seen.len().saturating_sub(CONFIRM_LINE.len() - 1);
-        self.tail = seen.split_off(keep);
     }
 }
 

@@ -259,6 +259,13 @@ pub(crate) async fn run<S: StateMachine>(
             }
         }
         if Instant::now() >= deadline {
+            // A leader may have added this node in this very round, its
+            // answer to the join arriving too late: the node is a member
+            // the cluster counts in its quorum, and failing its start
+            // would leave a voter down that the user thinks never joined.
+            if raft.is_initialized().await {
+                return wait_for_leader(core, deadline, started).await;
+            }
             if !not_heard.is_empty() {
                 reason = format!(
                     "{reason}; not ready: waiting for {} (tagged peers that never answered, or \
