@@ -25,10 +25,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cmd_rpc::{CommandClient, CommandConfig, Origin, ProbeRequest, ProbeResponse, ProbeState};
@@ -36,7 +34,7 @@ use consensus::{
     BootstrapOptions, Config, Consensus, Error, MemberRole, StateMachine, StopMode, Timing,
 };
 use raft_core::NodeInfo;
-use test_support::stream::HookedTransport;
+use test_support::stream::{HoldAfter, HookedTransport, Search};
 use test_support::{Hook, cluster, eventually, eventually_every, fast_timing, never};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -988,12 +986,12 @@ async fn a_start_fails_naming_the_peers_that_never_answered() {
 /// A join the leader carries out but answers too late: rc joins ra's
 /// cluster, and ra's answer to rc's `POST /v1/join` reaches rc only after
 /// rc's start deadline, while the raft traffic that adds rc flows at once.
-/// Before the fix, rc's start failed with "join failed" at the deadline
-/// (the join call timed out there) although rc was a voter of ra's
-/// cluster by then: the user saw a failed start of a node the cluster
-/// counts in its quorum. Now a start that reaches its deadline looks at
-/// raft once more, and a node that is a member waits for its leader and
-/// starts.
+/// Before the fix, rc's start failed with "could not join" at the deadline
+/// (the join call timed out there) although rc was a member of ra's
+/// cluster by then, and the failed start shut it down. Now the join's
+/// call ends a margin before the deadline, and a round after it sees
+/// that rc has raft state (so does a last look at the deadline): rc waits
+/// for its leader and starts.
 #[tokio::test(start_paused = true)]
 async fn a_join_answered_after_the_deadline_still_starts_a_node_the_leader_added() {
     logs();
@@ -1010,15 +1008,20 @@ async fn a_join_answered_after_the_deadline_still_starts_a_node_the_leader_added
     let hold = held.clone();
     let c_transport: Arc<dyn Transport> = Arc::new(
         HookedTransport::new(Arc::new(net.node(ip(2))))
-            .dialed(move |_, _| HeldJoin::new(hold.clone())),
+            .dialed(move |_, _| HoldAfter::new(b"POST /v1/join", JOIN_HELD, hold.clone())),
     );
     let c_view = Arc::new(StaticDiscovery::new(view(2, &[(0, true)])));
     let deadline = Duration::from_secs(5);
+    let started = Instant::now();
     let c = start(c_transport, &c_view, plain_config(deadline), 2)
         .await
         .unwrap()
-        .unwrap_or_else(|err| panic!("rc failed to start, as a voter of ra's cluster: {err}"));
+        .unwrap_or_else(|err| panic!("rc failed to start, as a member of ra's cluster: {err}"));
     assert!(held.load(Ordering::Relaxed) > 0, "no answer to a join was held back");
+    // (The join's call ended before the deadline, leaving a round to see
+    // that rc is a member.)
+    let took = started.elapsed();
+    assert!(took <= deadline, "rc started {took:?} after its start, past its deadline");
     c.wait_for(WAIT, |m| m.leader == Some(a.id()) && m.voters == 2).await.unwrap();
     assert_eq!(voters(&a), BTreeSet::from([a.id(), c.id()]));
     for kv in [c, a] {
@@ -1026,40 +1029,9 @@ async fn a_join_answered_after_the_deadline_still_starts_a_node_the_leader_added
     }
 }
 
-/// How long [`HeldJoin`] holds back the answer to a join: longer than the
-/// joiner's start deadline.
+/// How long a joiner's transport holds back the answer to its join:
+/// longer than the joiner's start deadline.
 const JOIN_HELD: Duration = Duration::from_secs(60);
-
-/// A dialed stream's hook that holds back what comes in after a `POST
-/// /v1/join` request went out on it, for [`JOIN_HELD`]; counts the joins
-/// it held in `held`.
-struct HeldJoin {
-    search: Search,
-    until: Option<Pin<Box<tokio::time::Sleep>>>,
-    held: Arc<AtomicUsize>,
-}
-
-impl HeldJoin {
-    fn new(held: Arc<AtomicUsize>) -> HeldJoin {
-        HeldJoin { search: Search::new(b"POST /v1/join"), until: None, held }
-    }
-}
-
-impl Hook for HeldJoin {
-    fn after_write(&mut self, written: &[u8]) {
-        if self.search.found(written) > 0 && self.until.is_none() {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            self.until = Some(Box::pin(tokio::time::sleep(JOIN_HELD)));
-        }
-    }
-
-    fn before_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.until {
-            Some(until) => until.as_mut().poll(cx).map(Ok),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
 
 /// An offline peer is silent only to probers that see it (decision 0003,
 /// the stop-19 review), with ra < rb < rc: ra runs a cluster (formed
@@ -1149,30 +1121,6 @@ impl Confirms {
 
     fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts the times `line` occurs in the bytes written on a stream;
-/// `tail` keeps the end of the last write, for a line split across two
-/// writes.
-struct Search {
-    line: &'static [u8],
-    tail: Vec<u8>,
-}
-
-impl Search {
-    fn new(line: &'static [u8]) -> Search {
-        Search { line, tail: Vec::new() }
-    }
-
-    /// How many times `line` ends in `written`.
-    fn found(&mut self, written: &[u8]) -> usize {
-        let mut seen = std::mem::take(&mut self.tail);
-        seen.extend_from_slice(written);
-        let found = seen.windows(self.line.len()).filter(|w| *w == self.line).count();
-        let keep = seen.len().saturating_sub(self.line.len() - 1);
-        self.tail = seen.split_off(keep);
-        found
     }
 }
 

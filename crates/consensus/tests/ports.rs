@@ -5,11 +5,16 @@
 //! and the cluster runs on the other members only.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use consensus::Config;
+use consensus::{Config, Consensus, Timing};
 use test_support::cluster::{MemCluster, Tailnet, WAIT};
+use test_support::stream::{HoldAfter, HookedTransport};
 use test_support::tally::{Tally, add};
 use test_support::{eventually, fast_config};
+use ts_transport::Transport;
 
 fn config(dir: &Path, raft_port: u16, command_port: u16) -> Config {
     Config { state_dir: Some(dir.to_owned()), raft_port, command_port, ..fast_config() }
@@ -63,6 +68,58 @@ async fn a_member_restarted_on_another_raft_port_is_reached_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarted_on_another_command_port_is_recorded_there() {
     a_member_restarted_on_other_ports_is_reached_again((0, 100)).await;
+}
+
+/// Finding 62 on the way back: a follower restarted on another raft port
+/// asks the leader to update its record (a join), and the leader's answer
+/// reaches it only after its start deadline, while the leader commits the
+/// new record and replicates to it at once. Before the fix its start
+/// failed at the deadline ("no leader updated the record") although the
+/// record was updated, and the failed start shut the member down. Now the
+/// call ends a margin before the deadline and the node sees its record
+/// updated (a last look at the deadline would too): it starts, in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_update_answered_after_the_deadline_still_starts_the_member() {
+    let defaults = fast_config();
+    let (raft, command) = (defaults.raft_port, defaults.command_port);
+    let mut cluster =
+        MemCluster::<Tally>::start_durable(Tailnet::of(3), |_, dir| config(dir, raft, command))
+            .await;
+    let c = (cluster.leader() + 1) % 3;
+    cluster.stop(c).await;
+    let held = Arc::new(AtomicUsize::new(0));
+    let hold = held.clone();
+    let transport: Arc<dyn Transport> =
+        Arc::new(HookedTransport::new(Arc::new(cluster.net.node(cluster.ip(c)))).dialed(
+            move |_, _| HoldAfter::new(b"POST /v1/join", Duration::from_secs(60), hold.clone()),
+        ));
+    let deadline = Duration::from_secs(3);
+    let restarted = Config {
+        timing: Timing { start_timeout: deadline, ..defaults.timing.clone() },
+        ..config(&cluster.dirs[c], raft + 100, command)
+    };
+    let started = Instant::now();
+    let node = Consensus::start_with(
+        transport,
+        cluster.discovery[c].clone(),
+        Tally::default(),
+        cluster.tailnet.bootstrap(3),
+        restarted,
+    )
+    .await
+    .unwrap_or_else(|err| panic!("the member failed to start on its new raft port: {err}"));
+    let took = started.elapsed();
+    assert!(held.load(Ordering::Relaxed) > 0, "no answer to a record update was held back");
+    assert!(took <= deadline, "the member started {took:?} after its start, past its deadline");
+    let leader = cluster.leader();
+    cluster.node(leader).execute(add("after", 1)).await.unwrap();
+    let target = cluster.node(leader).metrics().applied_index;
+    eventually(WAIT, "the restarted member applies the leader's index", async || {
+        node.metrics().applied_index >= target
+    })
+    .await;
+    cluster.nodes[c] = Some(node);
+    cluster.shutdown().await;
 }
 
 /// A durable cluster of one restarted on another command port: the node

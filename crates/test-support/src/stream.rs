@@ -112,6 +112,72 @@ impl<S: AsyncWrite + Unpin, H: Hook> AsyncWrite for Hooked<S, H> {
     }
 }
 
+/// Counts the times a byte string (a request line, say) occurs in the
+/// bytes written on a stream, also when one write ends inside it and the
+/// next goes on.
+#[derive(Debug)]
+pub struct Search {
+    line: &'static [u8],
+    /// The end of the bytes seen so far: a line split across two writes.
+    tail: Vec<u8>,
+}
+
+impl Search {
+    /// Searches for `line` (not empty).
+    pub fn new(line: &'static [u8]) -> Search {
+        assert!(!line.is_empty(), "searching for nothing");
+        Search { line, tail: Vec::new() }
+    }
+
+    /// How many times `line` ends in `written`, the next bytes written.
+    pub fn found(&mut self, written: &[u8]) -> usize {
+        let mut seen = std::mem::take(&mut self.tail);
+        seen.extend_from_slice(written);
+        let found = seen.windows(self.line.len()).filter(|w| *w == self.line).count();
+        let keep = seen.len().saturating_sub(self.line.len() - 1);
+        self.tail = seen.split_off(keep);
+        found
+    }
+}
+
+/// A hook that holds back what comes in on a stream for `hold` once
+/// `line` went out on it (an answer the other end sends late), and counts
+/// the streams it held in `held`.
+pub struct HoldAfter {
+    search: Search,
+    hold: std::time::Duration,
+    until: Option<Pin<Box<tokio::time::Sleep>>>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HoldAfter {
+    /// Holds reads for `hold` after `line` is written; adds one to `held`
+    /// when it starts to.
+    pub fn new(
+        line: &'static [u8],
+        hold: std::time::Duration,
+        held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> HoldAfter {
+        HoldAfter { search: Search::new(line), hold, until: None, held }
+    }
+}
+
+impl Hook for HoldAfter {
+    fn after_write(&mut self, written: &[u8]) {
+        if self.search.found(written) > 0 && self.until.is_none() {
+            self.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.until = Some(Box::pin(tokio::time::sleep(self.hold)));
+        }
+    }
+
+    fn before_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.until {
+            Some(until) => until.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 #[cfg(feature = "transport")]
 pub use self::transport::HookedTransport;
 

@@ -10,7 +10,7 @@ use raft_core::{ClusterId, NodeId, NodeInfo};
 use tokio::time::Instant;
 use ts_discovery::ClusterView;
 
-use super::{Boot, JOIN, PeerAnswer};
+use super::{Boot, JOIN, JOIN_MARGIN, PeerAnswer};
 use crate::core::Core;
 use crate::decide::bootstrap::Answer;
 use crate::machine::StateMachine;
@@ -107,7 +107,9 @@ pub(super) async fn join<S: StateMachine>(
     let mut hint = leader;
     for _ in 0..MAX_HOPS {
         let target = resolve(view, &hint)?;
-        let until = (Instant::now() + JOIN).min(deadline);
+        let now = Instant::now();
+        let margin = JOIN_MARGIN.min(deadline.saturating_duration_since(now) / 2);
+        let until = (now + JOIN).min(deadline - margin);
         let joined: Result<serde_json::Value, RpcError> = core
             .service
             .client()

@@ -164,6 +164,15 @@ fn attempts<'a>(
 /// Time a join may take (catching up included).
 const JOIN: Duration = Duration::from_secs(30);
 
+/// How long before the start deadline a join's call ends (at most half of
+/// the time left). The leader runs a join within the time the call gives
+/// it, counted from the request's arrival, and a membership change it has
+/// begun completes even when it stops waiting: a call cut off right at the
+/// deadline could leave the node added just after it gave up. Ending the
+/// call earlier leaves time for a round that sees what the leader did
+/// (finding 62).
+const JOIN_MARGIN: Duration = Duration::from_secs(1);
+
 /// Longest wait between rounds.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -259,10 +268,11 @@ pub(crate) async fn run<S: StateMachine>(
             }
         }
         if Instant::now() >= deadline {
-            // A leader may have added this node in this very round, its
-            // answer to the join arriving too late: the node is a member
-            // the cluster counts in its quorum, and failing its start
-            // would leave a voter down that the user thinks never joined.
+            // A leader may have added this node (as a learner or a voter)
+            // in this very round, its answer to the join arriving too
+            // late; or the former of the cluster it is bound to may have
+            // initialized it. Failing the start would shut down a member,
+            // perhaps one the cluster counts in its quorum (finding 62).
             if raft.is_initialized().await {
                 return wait_for_leader(core, deadline, started).await;
             }
@@ -326,7 +336,10 @@ async fn wait_for_leader<S: StateMachine>(
     deadline: Instant,
     started: Instant,
 ) -> Result<(), Error> {
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    // At least two of the longest election timeouts: a node that is a
+    // member by its deadline fails only if no leader emerges in that time.
+    let grace = core.config.timing.election.1 * 2;
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(grace);
     core.raft()
         .wait_for_leadership(remaining, |m| m.leader.is_some())
         .await

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use raft_core::{ClusterId, NodeMetrics};
+use raft_core::{ClusterId, NodeId, NodeInfo, NodeMetrics};
 use tokio::time::Instant;
 
 use super::answer::leader_hint;
@@ -37,12 +37,7 @@ pub(super) async fn update_record<S: StateMachine>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let metrics = raft.metrics();
-        // Not a member (removed while away): nothing to update; the leader
-        // adds it back with the record its probe answer carries.
-        let Some(recorded) = metrics.nodes.get(&id).cloned() else { return Ok(()) };
-        if recorded == mine {
-            return Ok(());
-        }
+        let Some(recorded) = updated(&metrics, id, &mine) else { return Ok(()) };
         tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
         let why = match ask_to_update(core, boot, cluster, &metrics, deadline).await {
             // The leader committed the new record: it dials this node where
@@ -58,6 +53,9 @@ pub(super) async fn update_record<S: StateMachine>(
             Err(why) => why,
         };
         if Instant::now() >= deadline {
+            // The leader may have committed the record after the call gave
+            // up (finding 62).
+            let Some(recorded) = updated(&raft.metrics(), id, &mine) else { return Ok(()) };
             return Err(Error::JoinFailed {
                 waited: started.elapsed(),
                 reason: format!(
@@ -80,6 +78,14 @@ pub(super) async fn update_record<S: StateMachine>(
         backoff = (backoff * 2).min(MAX_BACKOFF);
         tokio::time::sleep(pause).await;
     }
+}
+
+/// This node's record in the membership `metrics` shows, if it differs
+/// from `mine`; `None` if it is `mine`, or if this node is not a member
+/// (removed while away: the leader adds it back with the record its probe
+/// answer carries, so there is nothing to update).
+fn updated(metrics: &NodeMetrics, id: NodeId, mine: &NodeInfo) -> Option<NodeInfo> {
+    metrics.nodes.get(&id).filter(|recorded| *recorded != mine).cloned()
 }
 
 /// One attempt to have this node's record replaced by the leader: if this
