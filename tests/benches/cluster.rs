@@ -696,11 +696,15 @@ struct TraceCluster {
     nodes: Vec<ts_transport::tsnet::TsnetTransport>,
     cluster: Vec<Consensus<Registers>>,
     leader: usize,
+    /// The nodes' state directories, if durable.
+    _dirs: Option<tempfile::TempDir>,
 }
 
 impl TraceCluster {
-    /// Starts the nodes, tagged `tag:trace<name>`, and waits for a leader.
-    async fn start(tailnet: &LocalTailnet, name: &str) -> TraceCluster {
+    /// Starts the nodes, tagged `tag:trace<name>`, with durable state if
+    /// `durable`, and waits for a leader.
+    async fn start(tailnet: &LocalTailnet, name: &str, durable: bool) -> TraceCluster {
+        let dirs = durable.then(|| tempfile::tempdir().expect("temp dir"));
         let config = Config { monitor_port: None, timing: timing(), ..Config::default() };
         let (raft_port, command_port) = (config.raft_port, config.command_port);
         let tap = tap::Tap::new(raft_port);
@@ -718,7 +722,8 @@ impl TraceCluster {
             let transport = tap.wrap(Arc::new(node.clone()), i);
             let bootstrap =
                 BootstrapOptions { tag: tag.clone(), follow_only: false, expected_size: 3 };
-            let config = config.clone();
+            let state_dir = dirs.as_ref().map(|d| d.path().join(format!("n{i}")));
+            let config = Config { state_dir, ..config.clone() };
             starts.push(tokio::spawn(async move {
                 Consensus::start_with(transport, discovery, Registers::default(), bootstrap, config)
                     .await
@@ -737,7 +742,7 @@ impl TraceCluster {
             .iter()
             .position(|n| n.metrics().role == consensus::Role::Leader)
             .expect("leader");
-        TraceCluster { tap, raft_port, command_port, nodes, cluster, leader }
+        TraceCluster { tap, raft_port, command_port, nodes, cluster, leader, _dirs: dirs }
     }
 
     /// Each node's first tailnet address.
@@ -761,9 +766,14 @@ impl TraceCluster {
 /// of each answer's time less its request's, over the window; it holds
 /// whichever request an answer belongs to, as long as each has one) and
 /// how long each took.
-async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> String {
+async fn load_trace(
+    tailnet: &LocalTailnet,
+    callers: usize,
+    secs: Duration,
+    durable: bool,
+) -> String {
     use tap::Dir;
-    let c = TraceCluster::start(tailnet, "load").await;
+    let c = TraceCluster::start(tailnet, "load", durable).await;
     let leader = c.cluster[c.leader].clone();
     let value = "x".repeat(100);
     for _ in 0..200 {
@@ -803,11 +813,12 @@ async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> S
 
     let mut out = format!(
         "Replication under load: {callers} caller{} to the leader for {window:.1} s, 3 nodes in one \
-         process on the local tailnet, memory storage: {:.0} commands/s, {:.2} cores busy \
+         process on the local tailnet, {} storage: {:.0} commands/s, {:.2} cores busy \
          (CPU of the whole process over the window, of 2).\n\n\
          | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Most in flight at once | Share of the time with one or more in flight | Mean time from request to answer |\n\
          |---|---:|---:|---:|---:|---:|\n",
         if callers == 1 { "" } else { "s" },
+        storage(durable),
         commands as f64 / window,
         cpu / window
     );
@@ -860,12 +871,23 @@ async fn load_trace(tailnet: &LocalTailnet, callers: usize, secs: Duration) -> S
     out
 }
 
-/// One caller, three nodes on the tailnet (memory storage), every stream of
-/// every node tapped: raft frames and HTTP writes per command, where they
-/// fall relative to the command, and the time between them.
-async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -> String {
+/// The traces' word for their storage.
+fn storage(durable: bool) -> &'static str {
+    if durable { "durable" } else { "memory" }
+}
+
+/// One caller, three nodes on the tailnet (durable state if `durable`),
+/// every stream of every node tapped: raft frames and HTTP writes per
+/// command, where they fall relative to the command, and the time between
+/// them.
+async fn trace_run(
+    tailnet: &LocalTailnet,
+    to_follower: bool,
+    commands: usize,
+    durable: bool,
+) -> String {
     use tap::Dir;
-    let c = TraceCluster::start(tailnet, &u8::from(to_follower).to_string()).await;
+    let c = TraceCluster::start(tailnet, &u8::from(to_follower).to_string(), durable).await;
     let (raft_port, command_port, leader) = (c.raft_port, c.command_port, c.leader);
     let cluster = &c.cluster;
     let target = if to_follower { (leader + 1) % 3 } else { leader };
@@ -904,9 +926,10 @@ async fn trace_run(tailnet: &LocalTailnet, to_follower: bool, commands: usize) -
     let peer =
         |ip: IpAddr| ips.iter().position(|a| *a == ip).map_or(ip.to_string(), |i| format!("n{i}"));
     let mut out = format!(
-        "{commands} commands, 1 caller, sent to the {}; 3 nodes in one process on the local tailnet, memory storage.\n\n\
+        "{commands} commands, 1 caller, sent to the {}; 3 nodes in one process on the local tailnet, {} storage.\n\n\
          | Node | Port | Direction | Writes or reads per command | Raft frames per command | Bytes per command |\n|---|---|---|---:|---:|---:|\n",
-        if to_follower { "follower" } else { "leader" }
+        if to_follower { "follower" } else { "leader" },
+        storage(durable),
     );
     for ((i, port, dir), c) in &counts {
         let port_name = if *port == raft_port {
@@ -1053,6 +1076,8 @@ struct Args {
     trace: bool,
     /// Callers of the replication-under-load trace, if asked for.
     trace_load: Option<usize>,
+    /// The traces' nodes keep durable state (`--durable`).
+    durable: bool,
 }
 
 /// The workspace's `target/bench/` (or `$CARGO_TARGET_DIR/bench/`), not a
@@ -1076,6 +1101,7 @@ fn parse_args() -> Args {
         kv_bin: None,
         trace: false,
         trace_load: None,
+        durable: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -1084,6 +1110,7 @@ fn parse_args() -> Args {
             "--quick" => args.quick = true,
             "--memory" => args.memory = true,
             "--trace" => args.trace = true,
+            "--durable" => args.durable = true,
             "--trace-load" => {
                 let callers = it.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
                 args.trace_load =
@@ -1155,7 +1182,7 @@ fn main() {
         let secs = secs_from_env("BENCH_SECS", Duration::from_secs(3)).max(Duration::from_secs(1));
         let report = runtime.block_on(async {
             let tailnet = LocalTailnet::start().await.expect("local tailnet").without_node_logs();
-            let report = load_trace(&tailnet, callers, secs).await;
+            let report = load_trace(&tailnet, callers, secs, args.durable).await;
             tailnet.stop().await;
             report
         });
@@ -1167,8 +1194,8 @@ fn main() {
         let report = runtime.block_on(async {
             let tailnet = LocalTailnet::start().await.expect("local tailnet").without_node_logs();
             let commands = if quick { 500 } else { 2000 };
-            let leader = trace_run(&tailnet, false, commands).await;
-            let follower = trace_run(&tailnet, true, commands).await;
+            let leader = trace_run(&tailnet, false, commands, args.durable).await;
+            let follower = trace_run(&tailnet, true, commands, args.durable).await;
             tailnet.stop().await;
             format!("{leader}\n{follower}")
         });
