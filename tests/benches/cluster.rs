@@ -110,6 +110,8 @@ struct Row {
     cpu_per_op: Duration,
     entries_per_s: f64,
     switches_per_op: f64,
+    /// The share of the machine's CPU time the host took meanwhile.
+    stolen: Option<f64>,
 }
 
 fn cpu_time() -> Duration {
@@ -246,6 +248,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
     }
     let cpu_before = cpu_time();
     let switches_before = context_switches();
+    let machine_before = versus::machine_cpu();
     let started = Instant::now();
     let deadline = started + run;
     let mut tasks = Vec::new();
@@ -277,6 +280,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
     let elapsed = started.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
     let switches = context_switches().saturating_sub(switches_before);
+    let stolen = versus::stolen(machine_before, versus::machine_cpu());
     let entries = cluster.nodes[leader].metrics().last_log_index.unwrap_or(0) - log_before;
     latencies.sort();
     if std::env::var_os("BENCH_HISTOGRAM").is_some() {
@@ -292,6 +296,7 @@ async fn measure(s: Scenario, run: Duration, tailnet: &LocalTailnet, serial: usi
         cpu_per_op: cpu / latencies.len().max(1) as u32,
         entries_per_s: entries as f64 / elapsed.as_secs_f64(),
         switches_per_op: switches as f64 / latencies.len().max(1) as f64,
+        stolen,
     };
     for node in cluster.nodes {
         node.stop(StopMode::Stay).await.expect("stop");
@@ -1063,6 +1068,7 @@ fn numbers(r: &Row) -> versus::Numbers {
         cpu_per_op: r.cpu_per_op,
         entries_per_s: r.entries_per_s,
         switches_per_op: r.switches_per_op,
+        stolen: r.stolen,
     }
 }
 
@@ -1243,17 +1249,20 @@ fn main() {
                         size: s.size,
                         run,
                     };
+                    let machine_before = versus::machine_cpu();
                     let result = go.cluster(shape, serial).await;
+                    let stolen = versus::stolen(machine_before, versus::machine_cpu());
                     match &result {
                         Ok(g) => eprintln!(
-                            "Go {s:?}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms",
+                            "Go {s:?}: {:.0} ops/s p50 {:.2} ms p99 {:.2} ms (host stole {})",
                             g.ops_per_s,
                             g.p50_us / 1e3,
-                            g.p99_us / 1e3
+                            g.p99_us / 1e3,
+                            versus::stolen_text(stolen),
                         ),
                         Err(e) => eprintln!("Go {s:?}: {e}"),
                     }
-                    Some(result)
+                    Some((result, stolen))
                 }
                 _ => None,
             };
@@ -1264,11 +1273,13 @@ fn main() {
             );
             let row = measure(s, run, &tailnet, serial).await;
             eprintln!(
-                "{:?}: {:.0} ops/s p50 {} ms p99 {} ms (wake-up round trip before it: {wakeup})",
+                "{:?}: {:.0} ops/s p50 {} ms p99 {} ms (wake-up round trip before it: {wakeup}; \
+                 host stole {})",
                 s,
                 row.ops_per_s,
                 ms(row.p50),
-                ms(row.p99)
+                ms(row.p99),
+                versus::stolen_text(row.stolen),
             );
             if let Some(theirs) = theirs {
                 report.clusters.push(versus::Pair {
@@ -1276,7 +1287,8 @@ fn main() {
                     durable: s.durable,
                     to_follower: s.to_follower,
                     ours: numbers(&row),
-                    go: theirs,
+                    go: theirs.0,
+                    go_stolen: theirs.1,
                 });
             }
             rows.push(row);

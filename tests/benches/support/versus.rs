@@ -19,6 +19,8 @@ pub(crate) struct Numbers {
     pub(crate) cpu_per_op: Duration,
     pub(crate) entries_per_s: f64,
     pub(crate) switches_per_op: f64,
+    /// The share of the machine's CPU time the host took meanwhile.
+    pub(crate) stolen: Option<f64>,
 }
 
 /// A shape measured on both sides.
@@ -28,6 +30,9 @@ pub(crate) struct Pair {
     pub(crate) to_follower: bool,
     pub(crate) ours: Numbers,
     pub(crate) go: Result<GoCluster, String>,
+    /// The share of the machine's CPU time the host took while Go's run
+    /// of the shape (its start included) lasted.
+    pub(crate) go_stolen: Option<f64>,
 }
 
 /// The raw tsnet measurements of both sides.
@@ -157,6 +162,32 @@ pub(crate) fn wakeup_round_trip() -> Option<Duration> {
         took[ROUNDS / 2]
     });
     measure.join().ok()
+}
+
+/// The machine's CPU time so far, as `/proc/stat` counts it in clock
+/// ticks: (stolen by the host, all). `None` without such a file.
+pub(crate) fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is in
+    // user already).
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).take(8).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    Some((*ticks.get(7)?, ticks.iter().sum()))
+}
+
+/// The share of the machine's CPU time the host took (a virtual CPU ready
+/// to run that the host did not run) between two [`machine_cpu`] reads.
+/// A run with much stolen time is slower for reasons outside it.
+pub(crate) fn stolen(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((steal_before, all_before), (steal_after, all_after)) = (before?, after?);
+    let all = all_after.checked_sub(all_before).filter(|all| *all > 0)?;
+    Some(steal_after.saturating_sub(steal_before) as f64 / all as f64)
+}
+
+/// A [`stolen`] share for a report cell.
+pub(crate) fn stolen_text(share: Option<f64>) -> String {
+    share.map_or_else(|| "–".to_owned(), |s| format!("{:.0} %", s * 100.0))
 }
 
 /// [`wakeup_round_trip`] for a report line.
@@ -305,7 +336,9 @@ impl Report {
              at its end (1 / 5 / 15 min): {load}, on 2 cores. A thread waking another and \
              being woken back across CPUs (median of 2,000) took {} at the start of the run \
              and {} at its end. Absolute numbers are noisy here: read the ratios, which come \
-             from the same run, each Go scenario measured right before ours.\n",
+             from the same run, each Go scenario measured right before ours, and the share of \
+             the CPU time the host took meanwhile (\"host stole\", from `/proc/stat`; a run \
+             with much stolen is slowed from outside).\n",
             if self.quick { " --quick" } else { "" },
             wakeup_text(self.wakeup_at_start),
             wakeup_text(wakeup_at_end),
@@ -347,8 +380,8 @@ impl Report {
 
         md.push_str(
             "\n#### Consensus, 3 nodes in one process, local tailnet, 100-byte commands\n\n\
-             | Storage | Sent to | Callers | Go cmd/s | Ours cmd/s | Ours ÷ Go | Go p50 | Ours p50 | Ours ÷ Go | Go p99 | Ours p99 | Go CPU µs/cmd | Ours CPU µs/cmd | Go switches/cmd | Ours switches/cmd | Go entries/s | Ours entries/s |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | Storage | Sent to | Callers | Go cmd/s | Ours cmd/s | Ours ÷ Go | Go p50 | Ours p50 | Ours ÷ Go | Go p99 | Ours p99 | Go CPU µs/cmd | Ours CPU µs/cmd | Go switches/cmd | Ours switches/cmd | Go entries/s | Ours entries/s | Host stole, Go | Host stole, ours |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.clusters {
             let storage = if p.durable { "durable" } else { "memory" };
@@ -358,7 +391,7 @@ impl Report {
                 Ok(g) => {
                     let _ = writeln!(
                         md,
-                        "| {storage} | {target} | {} | {:.0} | {:.0} | {} | {:.2} ms | {} | {} | {:.2} ms | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} |",
+                        "| {storage} | {target} | {} | {:.0} | {:.0} | {} | {:.2} ms | {} | {} | {:.2} ms | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {} | {} |",
                         p.callers,
                         g.ops_per_s,
                         o.ops_per_s,
@@ -374,11 +407,13 @@ impl Report {
                         o.switches_per_op,
                         g.entries_per_s,
                         o.entries_per_s,
+                        stolen_text(p.go_stolen),
+                        stolen_text(o.stolen),
                     );
                     if g.errors > 0 || g.term_changes > 0 {
                         let _ = writeln!(
                             md,
-                            "| | | | Go: {} failed commands, {} term changes during the run | | | | | | | | | | | | | |",
+                            "| | | | Go: {} failed commands, {} term changes during the run | | | | | | | | | | | | | | | |",
                             g.errors, g.term_changes
                         );
                     }
@@ -386,14 +421,15 @@ impl Report {
                 Err(e) => {
                     let _ = writeln!(
                         md,
-                        "| {storage} | {target} | {} | failed | {:.0} | – | – | {} | – | – | {} | – | {:.0} | – | {:.1} | – | {:.0} |",
+                        "| {storage} | {target} | {} | failed | {:.0} | – | – | {} | – | – | {} | – | {:.0} | – | {:.1} | – | {:.0} | – | {} |",
                         p.callers,
                         o.ops_per_s,
                         ms(o.p50),
                         ms(o.p99),
                         us(o.cpu_per_op),
                         o.switches_per_op,
-                        o.entries_per_s
+                        o.entries_per_s,
+                        stolen_text(o.stolen),
                     );
                     let _ = writeln!(md, "\nGo run failed: {e}\n");
                 }
@@ -405,10 +441,10 @@ impl Report {
                        "go": p.go.as_ref().ok().map(|g| json!({"ops_per_s": g.ops_per_s, "p50_us": g.p50_us,
                              "p99_us": g.p99_us, "cpu_us_per_op": g.cpu_us_per_op,
                              "entries_per_s": g.entries_per_s, "errors": g.errors, "switches_per_op": g.switches_per_op,
-                             "term_changes": g.term_changes})),
+                             "term_changes": g.term_changes, "stolen": p.go_stolen})),
                        "ours": {"ops_per_s": o.ops_per_s, "p50_us": us(o.p50), "p99_us": us(o.p99),
                                 "cpu_us_per_op": us(o.cpu_per_op), "entries_per_s": o.entries_per_s,
-                                "switches_per_op": o.switches_per_op}})
+                                "switches_per_op": o.switches_per_op, "stolen": o.stolen}})
             );
         }
 
