@@ -906,6 +906,19 @@ fn plain_config(start_timeout: Duration) -> Config {
     Config { command_port: PORT, ..config(1, start_timeout, None) }
 }
 
+/// ra forms a cluster of its own (expected_size 1, nobody else in its
+/// view), memory storage; its view, for the test to change, and the node
+/// once it leads.
+async fn ra_alone(net: &MemNetwork) -> (Arc<StaticDiscovery>, Consensus<Nothing>) {
+    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
+    let a = start(Arc::new(net.node(ip(0))), &a_view, plain_config(WAIT), 1)
+        .await
+        .unwrap()
+        .expect("ra forms its cluster");
+    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    (a_view, a)
+}
+
 /// The schedule of decision 0003's open item "a first round in which
 /// nobody answered makes a node ready", with ra < rb < rc: ra runs a
 /// cluster (rc's earlier incarnation sealed to it, here: ra formed it
@@ -920,13 +933,7 @@ fn plain_config(start_timeout: Duration) -> Config {
 async fn a_node_that_has_not_heard_from_every_online_peer_promises_nothing() {
     logs();
     let net = MemNetwork::new();
-    // ra forms a cluster of its own (expected_size 1, nobody else in view).
-    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
-    let a = start(Arc::new(net.node(ip(0))), &a_view, plain_config(WAIT), 1)
-        .await
-        .unwrap()
-        .expect("ra forms its cluster");
-    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    let (a_view, a) = ra_alone(&net).await;
     // rc is tagged in ra's view; rb is not yet (ra's view lags too).
     a_view.set(view(0, &[(2, true)]));
     // rc: ra and rb tagged and online, but ra unreachable from rc.
@@ -996,12 +1003,7 @@ async fn a_start_fails_naming_the_peers_that_never_answered() {
 async fn a_join_answered_after_the_deadline_still_starts_a_node_the_leader_added() {
     logs();
     let net = MemNetwork::new();
-    let a_view = Arc::new(StaticDiscovery::new(view(0, &[])));
-    let a = start(Arc::new(net.node(ip(0))), &a_view, plain_config(WAIT), 1)
-        .await
-        .unwrap()
-        .expect("ra forms its cluster");
-    a.wait_for(WAIT, |m| m.leader.is_some()).await.unwrap();
+    let (a_view, a) = ra_alone(&net).await;
     // rc is tagged now.
     a_view.set(view(0, &[(2, true)]));
     let held = Arc::new(AtomicUsize::new(0));

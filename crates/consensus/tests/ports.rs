@@ -20,16 +20,23 @@ fn config(dir: &Path, raft_port: u16, command_port: u16) -> Config {
     Config { state_dir: Some(dir.to_owned()), raft_port, command_port, ..fast_config() }
 }
 
+/// A durable cluster of `n` on the default ports, and those ports (raft,
+/// command).
+async fn durable_cluster(n: usize) -> (MemCluster<Tally>, u16, u16) {
+    let defaults = fast_config();
+    let (raft, command) = (defaults.raft_port, defaults.command_port);
+    let cluster =
+        MemCluster::<Tally>::start_durable(Tailnet::of(n), |_, dir| config(dir, raft, command))
+            .await;
+    (cluster, raft, command)
+}
+
 /// A durable cluster of three; a follower stops and restarts on its state
 /// directory with its raft port and command port moved by `moved`: it
 /// must apply what the leader commits after its restart, and every
 /// member's configuration must record it where it runs now.
 async fn a_member_restarted_on_other_ports_is_reached_again(moved: (u16, u16)) {
-    let defaults = fast_config();
-    let (raft, command) = (defaults.raft_port, defaults.command_port);
-    let mut cluster =
-        MemCluster::<Tally>::start_durable(Tailnet::of(3), |_, dir| config(dir, raft, command))
-            .await;
+    let (mut cluster, raft, command) = durable_cluster(3).await;
     let c = (cluster.leader() + 1) % 3;
     let c_id = cluster.node(c).id();
     cluster.node(cluster.leader()).execute(add("before", 1)).await.unwrap();
@@ -80,11 +87,7 @@ async fn a_member_restarted_on_another_command_port_is_recorded_there() {
 /// updated (a last look at the deadline would too): it starts, in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_update_answered_after_the_deadline_still_starts_the_member() {
-    let defaults = fast_config();
-    let (raft, command) = (defaults.raft_port, defaults.command_port);
-    let mut cluster =
-        MemCluster::<Tally>::start_durable(Tailnet::of(3), |_, dir| config(dir, raft, command))
-            .await;
+    let (mut cluster, raft, command) = durable_cluster(3).await;
     let c = (cluster.leader() + 1) % 3;
     cluster.stop(c).await;
     let held = Arc::new(AtomicUsize::new(0));
@@ -95,7 +98,7 @@ async fn a_record_update_answered_after_the_deadline_still_starts_the_member() {
         ));
     let deadline = Duration::from_secs(3);
     let restarted = Config {
-        timing: Timing { start_timeout: deadline, ..defaults.timing.clone() },
+        timing: Timing { start_timeout: deadline, ..fast_config().timing },
         ..config(&cluster.dirs[c], raft + 100, command)
     };
     let started = Instant::now();
@@ -128,11 +131,7 @@ async fn a_record_update_answered_after_the_deadline_still_starts_the_member() {
 /// lock itself is tested in cmd-rpc's `tests/membership.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_leader_restarted_on_another_command_port_records_it() {
-    let defaults = fast_config();
-    let (raft, command) = (defaults.raft_port, defaults.command_port);
-    let mut cluster =
-        MemCluster::<Tally>::start_durable(Tailnet::of(1), |_, dir| config(dir, raft, command))
-            .await;
+    let (mut cluster, raft, command) = durable_cluster(1).await;
     let id = cluster.node(0).id();
     cluster.stop(0).await;
     cluster.restart(0, config(&cluster.dirs[0], raft, command + 100)).await;
