@@ -104,12 +104,21 @@ pub(super) async fn join<S: StateMachine>(
         node: raft.info().clone(),
         cluster_id: cluster,
     };
+    // Every join call, in every round, ends this much before the start
+    // deadline (finding 62).
+    let margin = JOIN_MARGIN.min(core.config.timing.start_timeout / 2);
+    let join_by = deadline.checked_sub(margin).unwrap_or(deadline);
     let mut hint = leader;
     for _ in 0..MAX_HOPS {
         let target = resolve(view, &hint)?;
         let now = Instant::now();
-        let margin = JOIN_MARGIN.min(deadline.saturating_duration_since(now) / 2);
-        let until = (now + JOIN).min(deadline - margin);
+        if now >= join_by {
+            return Err(format!(
+                "no join starts within {margin:?} of the start deadline (the leader may still \
+                 be finishing an earlier one)"
+            ));
+        }
+        let until = (now + JOIN).min(join_by);
         let joined: Result<serde_json::Value, RpcError> = core
             .service
             .client()

@@ -164,13 +164,13 @@ fn attempts<'a>(
 /// Time a join may take (catching up included).
 const JOIN: Duration = Duration::from_secs(30);
 
-/// How long before the start deadline a join's call ends (at most half of
-/// the time left). The leader runs a join within the time the call gives
-/// it, counted from the request's arrival, and a membership change it has
-/// begun completes even when it stops waiting: a call cut off right at the
-/// deadline could leave the node added just after it gave up. Ending the
-/// call earlier leaves time for a round that sees what the leader did
-/// (finding 62).
+/// How long before the start deadline every join's call ends, and no new
+/// one starts (at most half the start timeout). The leader runs a join
+/// within the time the call gives it, counted from the request's arrival,
+/// and a membership change it has begun completes even when it stops
+/// waiting: a call cut off right at the deadline could leave the node
+/// added just after it gave up. Ending the calls earlier leaves that
+/// time for rounds that only watch what the leader did (finding 62).
 const JOIN_MARGIN: Duration = Duration::from_secs(1);
 
 /// Longest wait between rounds.

@@ -54,8 +54,12 @@ pub(super) async fn update_record<S: StateMachine>(
         };
         if Instant::now() >= deadline {
             // The leader may have committed the record after the call gave
-            // up (finding 62).
-            let Some(recorded) = updated(&raft.metrics(), id, &mine) else { return Ok(()) };
+            // up (finding 62); only a record this node applied counts (one
+            // still in its log may be truncated).
+            let now = raft.metrics();
+            if now.membership_applied() && updated(&now, id, &mine).is_none() {
+                return Ok(());
+            }
             return Err(Error::JoinFailed {
                 waited: started.elapsed(),
                 reason: format!(
