@@ -450,7 +450,7 @@ fn table(rows: &[Row]) -> String {
             "| {:?} | {} | {} | {} B | {} | {:?} | {} | {:.0} | {} | {} | {} | {:.0} | {:.0} |",
             s.net,
             s.nodes,
-            if s.durable { "durable" } else { "memory" },
+            storage(s.durable),
             s.size,
             if s.to_follower { "follower" } else { "leader" },
             s.op,
@@ -876,7 +876,7 @@ async fn load_trace(
     out
 }
 
-/// The traces' word for their storage.
+/// The word reports use for a scenario's storage.
 fn storage(durable: bool) -> &'static str {
     if durable { "durable" } else { "memory" }
 }

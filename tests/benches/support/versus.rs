@@ -384,7 +384,7 @@ impl Report {
              |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for p in &self.clusters {
-            let storage = if p.durable { "durable" } else { "memory" };
+            let storage = crate::storage(p.durable);
             let target = if p.to_follower { "follower" } else { "leader" };
             let o = &p.ours;
             match &p.go {

@@ -31,13 +31,24 @@ NEXT = re.compile(r'next_pid=(\d+)')
 def main():
     if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    path, prefixes = sys.argv[1], tuple(sys.argv[2].split(','))
-    rate = float(sys.argv[3]) if len(sys.argv) == 4 else None
+    path, prefixes = sys.argv[1], tuple(p for p in sys.argv[2].split(',') if p)
+    if not prefixes:
+        sys.exit('no thread name prefix given')
+    try:
+        rate = float(sys.argv[3]) if len(sys.argv) == 4 else None
+    except ValueError:
+        sys.exit(f'COMMANDS_PER_S is not a number: {sys.argv[3]!r}')
+    if rate is not None and not rate > 0:
+        sys.exit(f'COMMANDS_PER_S must be above 0, not {sys.argv[3]!r}')
     running = {}  # cpu -> pid on it (0: idle)
     woken = {}  # pid -> (time, target state, waker's cpu is the target)
     waits = collections.defaultdict(list)
     first = last = None
-    with open(path, errors='replace') as lines:
+    try:
+        lines = open(path, errors='replace')
+    except OSError as err:
+        sys.exit(f'cannot read {path}: {err}')
+    with lines:
         for line in lines:
             m = EVENT.search(line)
             if not m:

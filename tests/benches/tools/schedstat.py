@@ -149,7 +149,16 @@ def main():
     if len(args) >= 4 and args[0] == 'sample':
         sample(args[1], args[2], args[3:])
     elif len(args) in (2, 3) and args[0] == 'windows':
-        windows(args[1], float(args[2]) if len(args) == 3 else 0.5)
+        try:
+            cores = float(args[2]) if len(args) == 3 else 0.5
+        except ValueError:
+            sys.exit(f'CORES is not a number: {args[2]!r}')
+        try:
+            windows(args[1], cores)
+        except OSError as err:
+            sys.exit(f'cannot read {args[1]}: {err}')
+        except (ValueError, KeyError) as err:
+            sys.exit(f'{args[1]} is not a file `schedstat.py sample` wrote: {err}')
     else:
         sys.exit(__doc__)
 

@@ -37,7 +37,7 @@ pub(super) async fn update_record<S: StateMachine>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let metrics = raft.metrics();
-        let Some(recorded) = updated(&metrics, id, &mine) else { return Ok(()) };
+        let Some(recorded) = stale_record(&metrics, id, &mine) else { return Ok(()) };
         tracing::info!(id, %recorded, configured = %mine, "asking the leader to update this member's record");
         let why = match ask_to_update(core, boot, cluster, &metrics, deadline).await {
             // The leader committed the new record: it dials this node where
@@ -57,7 +57,7 @@ pub(super) async fn update_record<S: StateMachine>(
             // up (finding 62); only a record this node applied counts (one
             // still in its log may be truncated).
             let now = raft.metrics();
-            if now.membership_applied() && updated(&now, id, &mine).is_none() {
+            if now.membership_applied() && stale_record(&now, id, &mine).is_none() {
                 return Ok(());
             }
             return Err(Error::JoinFailed {
@@ -88,7 +88,7 @@ pub(super) async fn update_record<S: StateMachine>(
 /// from `mine`; `None` if it is `mine`, or if this node is not a member
 /// (removed while away: the leader adds it back with the record its probe
 /// answer carries, so there is nothing to update).
-fn updated(metrics: &NodeMetrics, id: NodeId, mine: &NodeInfo) -> Option<NodeInfo> {
+fn stale_record(metrics: &NodeMetrics, id: NodeId, mine: &NodeInfo) -> Option<NodeInfo> {
     metrics.nodes.get(&id).filter(|recorded| *recorded != mine).cloned()
 }
 
