@@ -765,6 +765,12 @@ impl TraceCluster {
     }
 }
 
+/// The size from which `--trace-load` counts a raft request as carrying
+/// entries: an AppendEntries with none (the commit index, a heartbeat) is
+/// a few dozen bytes, one entry of a single 100-byte command already more
+/// than this.
+const ENTRY_FRAME: usize = 160;
+
 /// Replication under load: `callers` callers put through the leader for
 /// `secs`, and the leader's raft frames to and from each follower say how
 /// many requests it had in flight to it on average (Little's law: the sum
@@ -820,27 +826,57 @@ async fn load_trace(
         "Replication under load: {callers} caller{} to the leader for {window:.1} s, 3 nodes in one \
          process on the local tailnet, {} storage: {:.0} commands/s, {:.2} cores busy \
          (CPU of the whole process over the window, of 2).\n\n\
-         | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Most in flight at once | Share of the time with one or more in flight | Mean time from request to answer |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+         | Follower | Leader's raft frames to it per s | Requests in flight to it, on average | Most in flight at once | Share of the time with one or more in flight | Mean time from request to answer | Requests of {ENTRY_FRAME} bytes or more (entries) per s, mean answer time | Smaller requests (no entries) per s, mean answer time |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
         if callers == 1 { "" } else { "s" },
         storage(durable),
         commands as f64 / window,
         cpu / window
     );
+    let mut sizes = String::new();
     for (i, ip) in ips.iter().enumerate().filter(|(i, _)| *i != me) {
-        let frames = |dir: Dir| -> Vec<f64> {
+        // Each frame's time and size (a write's bytes shared among the
+        // frames that started in it).
+        let frames = |dir: Dir| -> Vec<(f64, usize)> {
             events
                 .iter()
                 .filter(|e| e.node == me && e.port == raft_port && e.dir == dir && e.peer == *ip)
-                .flat_map(|e| std::iter::repeat_n(e.at.as_secs_f64(), e.frames))
+                .flat_map(|e| {
+                    let size = e.bytes / e.frames.max(1);
+                    std::iter::repeat_n((e.at.as_secs_f64(), size), e.frames)
+                })
                 .collect()
         };
         let sent = frames(Dir::Send);
-        let first = sent.first().copied().unwrap_or(f64::MAX);
+        let first = sent.first().map_or(f64::MAX, |f| f.0);
+        let mut by_bytes: Vec<usize> = sent.iter().map(|f| f.1).collect();
+        by_bytes.sort_unstable();
+        let at = |q: usize| by_bytes.get(by_bytes.len() * q / 10).copied().unwrap_or(0);
+        let _ = writeln!(
+            sizes,
+            "Request sizes to n{i}, bytes at each tenth from the smallest: {:?}.",
+            (0..10).map(at).collect::<Vec<_>>()
+        );
         // Answers to requests sent before the window began are not ours.
-        let answers: Vec<f64> = frames(Dir::Recv).into_iter().filter(|t| *t >= first).collect();
+        let answers: Vec<f64> =
+            frames(Dir::Recv).into_iter().map(|f| f.0).filter(|t| *t >= first).collect();
         let n = sent.len().min(answers.len());
-        let waited: f64 = answers[..n].iter().sum::<f64>() - sent[..n].iter().sum::<f64>();
+        let waited: f64 =
+            answers[..n].iter().sum::<f64>() - sent[..n].iter().map(|f| f.0).sum::<f64>();
+        // Requests that carry entries against those that carry none (the
+        // commit index alone, heartbeats): with durable storage only the
+        // first make the follower sync.
+        let by_size = |entries: bool| -> String {
+            let times: Vec<f64> = sent[..n]
+                .iter()
+                .zip(&answers[..n])
+                .filter(|(s, _)| (s.1 >= ENTRY_FRAME) == entries)
+                .map(|(s, a)| a - s.0)
+                .collect();
+            let mean =
+                if times.is_empty() { 0.0 } else { times.iter().sum::<f64>() / times.len() as f64 };
+            format!("{:.0}, {:.0} µs", times.len() as f64 / window, mean * 1e6)
+        };
         // The requests out at once, in the order the tap saw sends and
         // answers (an answer is read after its request was written).
         let (mut out_now, mut most) = (0usize, 0usize);
@@ -866,13 +902,16 @@ async fn load_trace(
         }
         let _ = writeln!(
             out,
-            "| n{i} | {:.0} | {:.2} | {most} | {:.0} % | {:.0} µs |",
+            "| n{i} | {:.0} | {:.2} | {most} | {:.0} % | {:.0} µs | {} | {} |",
             sent.len() as f64 / window,
             waited / window,
             busy / window * 100.0,
             if n == 0 { 0.0 } else { waited / n as f64 * 1e6 },
+            by_size(true),
+            by_size(false),
         );
     }
+    let _ = write!(out, "\n{sizes}");
     out
 }
 

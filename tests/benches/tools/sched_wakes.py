@@ -10,6 +10,12 @@ running another thread (it waits behind it), and by whether the waker ran on
 that CPU. docs/benchmarks.md ("Off the CPU") says how to record and what the
 numbers mean.
 
+It also tallies who did the waking: each wake-up by the prefix of the
+woken thread and that of the thread that ran the `sched_waking` (one of
+the prefixes, `idle` for an interrupt on an idle CPU, or `other`), which
+tells hand-offs between two schedulers (tokio workers and Go threads)
+from wake-ups within one.
+
 Usage: sched_wakes.py PERF_SCRIPT_TEXT PREFIX[,PREFIX...] [COMMANDS_PER_S]
 """
 import collections
@@ -43,6 +49,7 @@ def main():
     running = {}  # cpu -> pid on it (0: idle)
     woken = {}  # pid -> (time, target state, waker's cpu is the target)
     waits = collections.defaultdict(list)
+    wakers = collections.Counter()  # (waker's prefix, woken's prefix) -> wake-ups
     first = last = None
     try:
         lines = open(path, errors='replace')
@@ -61,7 +68,8 @@ def main():
                 if w and w[1].startswith(prefixes) and int(w[2]) not in woken:
                     target = int(w[3])
                     state = 'idle' if running.get(target, 0) == 0 else 'busy'
-                    woken[int(w[2])] = (t, state, 'same' if target == cpu else 'other')
+                    pair = (kind(waker_comm(line[:m.start()]), prefixes), kind(w[1], prefixes))
+                    woken[int(w[2])] = (t, state, 'same' if target == cpu else 'other', pair)
             elif event == 'sched_switch':
                 n = NEXT.search(rest)
                 if not n:
@@ -69,8 +77,9 @@ def main():
                 pid = int(n[1])
                 running[cpu] = pid
                 if pid in woken:
-                    since, state, where = woken.pop(pid)
+                    since, state, where, pair = woken.pop(pid)
                     waits[(state, where)].append((t - since) * 1e6)
+                    wakers[pair] += 1
     every = [w for ws in waits.values() for w in ws]
     if not every or last <= first:
         sys.exit(f'no wake-ups of threads named {prefixes} in {path}')
@@ -86,6 +95,26 @@ def main():
         print(f'  {KINDS[key]:<48} {len(ws):6} ({100 * len(ws) / len(every):4.1f} %), '
               f'mean {statistics.mean(ws):6.1f} us, median {statistics.median(ws):6.1f} us, '
               f'p90 {ws[int(len(ws) * 0.9)]:7.1f} us')
+    print('  woken by (waker -> woken):')
+    for (waker, wakee), n in wakers.most_common():
+        per = f', {n / span / rate:.2f} per command' if rate else ''
+        print(f'    {waker:>16} -> {wakee:<16} {n:6} ({100 * n / len(every):4.1f} %){per}')
+
+
+def waker_comm(head):
+    """The name of the thread a `perf script` line ran on: its text before
+    the CPU column, less the thread id."""
+    parts = head.split()
+    return ' '.join(parts[:-1]) if len(parts) > 1 else head.strip()
+
+
+def kind(comm, prefixes):
+    """The prefix `comm` starts with; `idle` for the idle task (an
+    interrupt on an idle CPU); else `other`."""
+    for p in prefixes:
+        if comm.startswith(p):
+            return p
+    return 'idle' if comm.startswith('swapper') else 'other'
 
 
 if __name__ == '__main__':
