@@ -1064,6 +1064,11 @@ async fn trace_run(
         median(&mut total_sorted),
         phases[1].len(),
     );
+    // Per command, over all of them: when the command's entry left the
+    // leader (its first raft write of an entry's size inside the call) and,
+    // through a follower, the two hops on the command port.
+    let _ =
+        write!(out, "{}", entry_steps(&events, &windows, leader, target, raft_port, command_port));
     // The timeline of the command closest to the median.
     let med = total_sorted[total_sorted.len() / 2];
     if let Some(k) = total.iter().position(|d| *d == med) {
@@ -1089,6 +1094,100 @@ async fn trace_run(
         }
         let _ =
             writeln!(out, "| {:.0} | | | call returns | | |", (end - start).as_secs_f64() * 1e6);
+    }
+    out
+}
+
+/// Medians over all commands of a one-caller trace: when each command's
+/// entry left the leader and, for calls through a follower, the forward's
+/// two hops on the command port. A command counts where all its steps fall
+/// inside its call.
+fn entry_steps(
+    events: &[tap::Event],
+    windows: &[(Duration, Duration)],
+    leader: usize,
+    target: usize,
+    raft_port: u16,
+    command_port: u16,
+) -> String {
+    use tap::Dir;
+    let forwarded = target != leader;
+    let mut steps: [Vec<Duration>; 5] = Default::default();
+    let mut e = 0;
+    for (start, end) in windows {
+        while e < events.len() && events[e].at < *start {
+            e += 1;
+        }
+        let inside = events[e..].iter().take_while(|ev| ev.at <= *end);
+        let (mut entry, mut sent, mut read, mut answered, mut back) =
+            (None, None, None, None, None);
+        for ev in inside {
+            let on = |node: usize, port: u16, dir: Dir| {
+                ev.node == node && ev.port == port && ev.dir == dir
+            };
+            if on(leader, raft_port, Dir::Send) && ev.bytes >= ENTRY_FRAME {
+                entry.get_or_insert(ev.at);
+            }
+            if forwarded {
+                if on(target, command_port, Dir::Send) {
+                    sent.get_or_insert(ev.at);
+                }
+                if on(leader, command_port, Dir::Recv) {
+                    read.get_or_insert(ev.at);
+                }
+                if on(leader, command_port, Dir::Send) {
+                    answered = Some(ev.at);
+                }
+                if on(target, command_port, Dir::Recv) {
+                    back = Some(ev.at);
+                }
+            }
+        }
+        let Some(entry) = entry else { continue };
+        if !forwarded {
+            steps[0].push(entry - *start);
+            steps[1].push(*end - entry);
+            continue;
+        }
+        if let (Some(sent), Some(read), Some(answered), Some(back)) = (sent, read, answered, back)
+            && sent <= read
+            && read <= entry
+            && entry <= answered
+            && answered <= back
+        {
+            steps[0].push(entry - *start);
+            steps[1].push(read - sent);
+            steps[2].push(entry - read);
+            steps[3].push(answered - entry);
+            steps[4].push(back - answered);
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    let counted = steps[0].len();
+    let mut out = format!(
+        "\nPer command, medians over the {counted} of {} commands whose steps all fell inside the call:\n\n| Step | µs |\n|---|---:|\n\
+         | call → its entry leaves the leader (first raft write of {ENTRY_FRAME} bytes or more) | {:.0} |\n",
+        windows.len(),
+        median(&mut steps[0]),
+    );
+    if forwarded {
+        let _ = write!(
+            out,
+            "| forward hop: the follower writes the command → the leader reads it | {:.0} |\n\
+             | the leader reads it → the entry leaves | {:.0} |\n\
+             | the entry leaves → the leader writes the answer | {:.0} |\n\
+             | answer hop: the leader writes the answer → the follower reads it | {:.0} |\n",
+            median(&mut steps[1]),
+            median(&mut steps[2]),
+            median(&mut steps[3]),
+            median(&mut steps[4]),
+        );
+    } else {
+        let _ =
+            writeln!(out, "| the entry leaves → the call returns | {:.0} |", median(&mut steps[1]));
     }
     out
 }
