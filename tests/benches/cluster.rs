@@ -1033,9 +1033,11 @@ async fn trace_run(
             j += 1;
         }
         if let (Some(send), Some(ack)) = (first_send, first_ack) {
-            phases[0].push(send - *start);
-            phases[1].push(ack - send);
-            phases[2].push(*end - ack);
+            // The tap's events are in the order they were recorded, which
+            // may differ by a few microseconds from their times.
+            phases[0].push(send.saturating_sub(*start));
+            phases[1].push(ack.saturating_sub(send));
+            phases[2].push(end.saturating_sub(ack));
         }
     }
     let median = |v: &mut Vec<Duration>| {
@@ -1098,10 +1100,13 @@ async fn trace_run(
     out
 }
 
-/// Medians over all commands of a one-caller trace: when each command's
-/// entry left the leader and, for calls through a follower, the forward's
-/// two hops on the command port. A command counts where all its steps fall
-/// inside its call.
+/// Medians over all commands of a one-caller trace, per step of each
+/// command. Its entry is the leader's first raft write of [`ENTRY_FRAME`]
+/// bytes or more inside the call (through a follower: the first after the
+/// leader read the forward); the step before it is timed from the leader's
+/// last raft read from the same follower, the answer the entry may have
+/// waited for. Calls through a follower count where the command-port
+/// writes and reads fall in order around the entry.
 fn entry_steps(
     events: &[tap::Event],
     windows: &[(Duration, Duration)],
@@ -1111,83 +1116,126 @@ fn entry_steps(
     command_port: u16,
 ) -> String {
     use tap::Dir;
+    #[derive(Default)]
+    struct Steps {
+        entry: Vec<Duration>,
+        after_answer: Vec<Duration>,
+        to_end: Vec<Duration>,
+        before_forward: Vec<Duration>,
+        forward_hop: Vec<Duration>,
+        read_to_entry: Vec<Duration>,
+        entry_to_answer: Vec<Duration>,
+        answer_hop: Vec<Duration>,
+        after_back: Vec<Duration>,
+        two_entries: usize,
+    }
     let forwarded = target != leader;
-    let mut steps: [Vec<Duration>; 5] = Default::default();
+    let mut steps = Steps::default();
     let mut e = 0;
     for (start, end) in windows {
         while e < events.len() && events[e].at < *start {
             e += 1;
         }
-        let inside = events[e..].iter().take_while(|ev| ev.at <= *end);
-        let (mut entry, mut sent, mut read, mut answered, mut back) =
-            (None, None, None, None, None);
-        for ev in inside {
-            let on = |node: usize, port: u16, dir: Dir| {
-                ev.node == node && ev.port == port && ev.dir == dir
-            };
-            if on(leader, raft_port, Dir::Send) && ev.bytes >= ENTRY_FRAME {
-                entry.get_or_insert(ev.at);
-            }
-            if forwarded {
-                if on(target, command_port, Dir::Send) {
-                    sent.get_or_insert(ev.at);
-                }
-                if on(leader, command_port, Dir::Recv) {
-                    read.get_or_insert(ev.at);
-                }
-                if on(leader, command_port, Dir::Send) {
-                    answered = Some(ev.at);
-                }
-                if on(target, command_port, Dir::Recv) {
-                    back = Some(ev.at);
-                }
-            }
+        let inside: Vec<&tap::Event> = events[e..].iter().take_while(|ev| ev.at <= *end).collect();
+        let on = |ev: &tap::Event, node: usize, port: u16, dir: Dir| {
+            ev.node == node && ev.port == port && ev.dir == dir
+        };
+        let first = |node: usize, port: u16, dir: Dir| {
+            inside.iter().find(|ev| on(ev, node, port, dir)).map(|ev| ev.at)
+        };
+        let last = |node: usize, port: u16, dir: Dir| {
+            inside.iter().rev().find(|ev| on(ev, node, port, dir)).map(|ev| ev.at)
+        };
+        let (sent, read, answered, back) = if forwarded {
+            (
+                first(target, command_port, Dir::Send),
+                first(leader, command_port, Dir::Recv),
+                last(leader, command_port, Dir::Send),
+                last(target, command_port, Dir::Recv),
+            )
+        } else {
+            (None, None, None, None)
+        };
+        let after = read.unwrap_or(*start);
+        let entries: Vec<&&tap::Event> = inside
+            .iter()
+            .filter(|ev| on(ev, leader, raft_port, Dir::Send) && ev.bytes >= ENTRY_FRAME)
+            .collect();
+        if entries.iter().any(|a| entries.iter().filter(|b| b.peer == a.peer).count() > 1) {
+            steps.two_entries += 1;
         }
-        let Some(entry) = entry else { continue };
+        let Some(entry) = entries.iter().find(|ev| ev.at >= after) else { continue };
+        // The leader's last raft read from that follower before the entry.
+        let answer = inside
+            .iter()
+            .filter(|ev| {
+                on(ev, leader, raft_port, Dir::Recv) && ev.peer == entry.peer && ev.at <= entry.at
+            })
+            .map(|ev| ev.at)
+            .next_back();
         if !forwarded {
-            steps[0].push(entry - *start);
-            steps[1].push(*end - entry);
+            steps.entry.push(entry.at.saturating_sub(*start));
+            if let Some(answer) = answer {
+                steps.after_answer.push(entry.at.saturating_sub(answer));
+            }
+            steps.to_end.push(end.saturating_sub(entry.at));
             continue;
         }
         if let (Some(sent), Some(read), Some(answered), Some(back)) = (sent, read, answered, back)
             && sent <= read
-            && read <= entry
-            && entry <= answered
+            && entry.at <= answered
             && answered <= back
         {
-            steps[0].push(entry - *start);
-            steps[1].push(read - sent);
-            steps[2].push(entry - read);
-            steps[3].push(answered - entry);
-            steps[4].push(back - answered);
+            steps.entry.push(entry.at.saturating_sub(*start));
+            if let Some(answer) = answer {
+                steps.after_answer.push(entry.at.saturating_sub(answer));
+            }
+            steps.before_forward.push(sent.saturating_sub(*start));
+            steps.forward_hop.push(read.saturating_sub(sent));
+            steps.read_to_entry.push(entry.at.saturating_sub(read));
+            steps.entry_to_answer.push(answered.saturating_sub(entry.at));
+            steps.answer_hop.push(back.saturating_sub(answered));
+            steps.after_back.push(end.saturating_sub(back));
         }
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
     };
-    let counted = steps[0].len();
     let mut out = format!(
-        "\nPer command, medians over the {counted} of {} commands whose steps all fell inside the call:\n\n| Step | µs |\n|---|---:|\n\
-         | call → its entry leaves the leader (first raft write of {ENTRY_FRAME} bytes or more) | {:.0} |\n",
+        "\nPer command, medians over the {} of {} commands counted ({} had two or more \
+         entry-sized writes to one follower inside the call):\n\n| Step | µs |\n|---|---:|\n\
+         | call → its entry leaves the leader (a raft write of {ENTRY_FRAME} bytes or more) | {:.0} |\n\
+         | the leader's last raft read from that follower → the entry leaves ({} commands had one) | {:.0} |\n",
+        steps.entry.len(),
         windows.len(),
-        median(&mut steps[0]),
+        steps.two_entries,
+        median(&mut steps.entry),
+        steps.after_answer.len(),
+        median(&mut steps.after_answer),
     );
     if forwarded {
         let _ = write!(
             out,
-            "| forward hop: the follower writes the command → the leader reads it | {:.0} |\n\
+            "| call → the follower writes the command to the leader | {:.0} |\n\
+             | forward hop: the follower writes the command → the leader reads it | {:.0} |\n\
              | the leader reads it → the entry leaves | {:.0} |\n\
              | the entry leaves → the leader writes the answer | {:.0} |\n\
-             | answer hop: the leader writes the answer → the follower reads it | {:.0} |\n",
-            median(&mut steps[1]),
-            median(&mut steps[2]),
-            median(&mut steps[3]),
-            median(&mut steps[4]),
+             | answer hop: the leader writes the answer → the follower reads it | {:.0} |\n\
+             | the follower reads the answer → the call returns | {:.0} |\n",
+            median(&mut steps.before_forward),
+            median(&mut steps.forward_hop),
+            median(&mut steps.read_to_entry),
+            median(&mut steps.entry_to_answer),
+            median(&mut steps.answer_hop),
+            median(&mut steps.after_back),
         );
     } else {
-        let _ =
-            writeln!(out, "| the entry leaves → the call returns | {:.0} |", median(&mut steps[1]));
+        let _ = writeln!(
+            out,
+            "| the entry leaves → the call returns | {:.0} |",
+            median(&mut steps.to_end)
+        );
     }
     out
 }
