@@ -952,7 +952,10 @@ async fn trace_run(
     c.tap.record(false);
     let cpu = cpu_time().saturating_sub(cpu_before);
     let switches = context_switches().saturating_sub(switches_before);
-    let events = c.tap.events();
+    // The tap stores events in the order its lock was taken, which may
+    // differ from the order of their times; the steps below need the latter.
+    let mut events = c.tap.events();
+    events.sort_by_key(|e| e.at);
     let counts = c.tap.counts();
     let ips = c.ips();
     c.stop().await;
@@ -1033,8 +1036,6 @@ async fn trace_run(
             j += 1;
         }
         if let (Some(send), Some(ack)) = (first_send, first_ack) {
-            // The tap's events are in the order they were recorded, which
-            // may differ by a few microseconds from their times.
             phases[0].push(send.saturating_sub(*start));
             phases[1].push(ack.saturating_sub(send));
             phases[2].push(end.saturating_sub(ack));
@@ -1101,12 +1102,15 @@ async fn trace_run(
 }
 
 /// Medians over all commands of a one-caller trace, per step of each
-/// command. Its entry is the leader's first raft write of [`ENTRY_FRAME`]
-/// bytes or more inside the call (through a follower: the first after the
-/// leader read the forward); the step before it is timed from the leader's
-/// last raft read from the same follower, the answer the entry may have
-/// waited for. Calls through a follower count where the command-port
-/// writes and reads fall in order around the entry.
+/// command. Its entry is a raft write of [`ENTRY_FRAME`] bytes or more by
+/// the leader inside the call: through a follower, the first after the
+/// leader read the forward; to the leader, the earliest of the last such
+/// write to each follower (an earlier one to the same follower belongs to
+/// the previous command; a follower whose own copy leaves after the call
+/// returns cannot be told apart). The step before it is timed from the
+/// leader's last raft read from the same follower, the answer the entry
+/// may have waited for. Calls through a follower count where the
+/// command-port writes and reads fall in order around the entry.
 fn entry_steps(
     events: &[tap::Event],
     windows: &[(Duration, Duration)],
@@ -1164,7 +1168,19 @@ fn entry_steps(
         if entries.iter().any(|a| entries.iter().filter(|b| b.peer == a.peer).count() > 1) {
             steps.two_entries += 1;
         }
-        let Some(entry) = entries.iter().find(|ev| ev.at >= after) else { continue };
+        // Through a follower: the first entry after the leader read the
+        // forward. To the leader: the call's own entry to the follower it
+        // reached first, the last entry-sized write to each follower (an
+        // earlier one to the same follower is the previous command's).
+        let entry = if forwarded {
+            entries.iter().find(|ev| ev.at >= after)
+        } else {
+            entries
+                .iter()
+                .filter(|a| !entries.iter().any(|b| b.peer == a.peer && b.at > a.at))
+                .min_by_key(|ev| ev.at)
+        };
+        let Some(entry) = entry else { continue };
         // The leader's last raft read from that follower before the entry.
         let answer = inside
             .iter()
